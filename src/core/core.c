@@ -1,0 +1,71 @@
+// Errors, threads, version and tensor-type facts shared by the whole library.
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "speck.h"
+
+static _Thread_local char g_err[1024];
+
+const char *speck_last_error(void) { return g_err; }
+
+void speck_clear_error(void) { g_err[0] = 0; }
+
+int speck_set_error(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static int g_threads = 0;
+
+void speck_set_threads(int n) {
+    g_threads = n > 0 ? n : omp_get_num_procs();
+    omp_set_num_threads(g_threads);
+}
+
+int speck_get_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+
+const char *speck_version(void) { return SPECK_VERSION_STR; }
+
+const char *speck_type_name(int type) {
+    switch (type) {
+    case SPECK_TYPE_F32: return "f32";
+    case SPECK_TYPE_F16: return "f16";
+    case SPECK_TYPE_Q4_0: return "q4_0";
+    case SPECK_TYPE_Q8_0: return "q8_0";
+    case SPECK_TYPE_BF16: return "bf16";
+    default: return NULL;
+    }
+}
+
+int speck_type_from_name(const char *name) {
+    static const int types[] = {SPECK_TYPE_F32, SPECK_TYPE_F16, SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0,
+                                SPECK_TYPE_BF16};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (!strcasecmp(name, speck_type_name(types[i]))) return types[i];
+    return -1;
+}
+
+int64_t speck_type_block_size(speck_type t) {
+    return (t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0) ? 32 : 1;
+}
+
+int64_t speck_type_block_bytes(speck_type t) {
+    switch (t) {
+    case SPECK_TYPE_F32: return 4;
+    case SPECK_TYPE_F16:
+    case SPECK_TYPE_BF16: return 2;
+    case SPECK_TYPE_Q4_0: return 18;
+    case SPECK_TYPE_Q8_0: return 34;
+    }
+    return 0;
+}
+
+size_t speck_type_row_size(speck_type t, int64_t n) {
+    return (size_t)(n / speck_type_block_size(t)) * (size_t)speck_type_block_bytes(t);
+}

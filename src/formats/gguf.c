@@ -1,0 +1,571 @@
+// GGUF v2/v3 reader (mmap, fully validated) and atomic writer.
+//
+// The reader trusts nothing in the file: every length, count, offset and dimension is checked
+// against the mapping before use, and arithmetic that could overflow is checked first.
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "speck.h"
+#include "formats/gguf_internal.h"
+
+#define GGUF_MAGIC "GGUF"
+#define GGUF_DEFAULT_ALIGNMENT 32
+// Bounds that no real file approaches; they keep a hostile header from making us allocate
+// absurd amounts before the file-size checks catch it.
+#define GGUF_MAX_KV (1 << 20)
+#define GGUF_MAX_TENSORS (1 << 20)
+
+typedef struct {
+    char *key;
+    speck_gguf_vtype type;
+    speck_gguf_vtype arr_type;
+    uint64_t n;          // array element count (1 for scalars), string length for strings
+    const uint8_t *data; // scalar bytes, string bytes, or first array element
+    uint64_t *str_off;   // string arrays: offset of each element's length prefix from data
+    char *str;           // strings: NUL-terminated copy
+} gguf_kv;
+
+struct speck_gguf {
+    char *path;
+    int fd;
+    uint8_t *map;
+    size_t size;
+    uint32_t version;
+    size_t alignment;
+    size_t data_offset;
+    int64_t n_kv, n_tensors;
+    gguf_kv *kv;
+    speck_gguf_tensor *tensors;
+};
+
+/* ---- type facts for every ggml type, so files with types we cannot compute still open ---- */
+
+typedef struct {
+    int block;
+    int bytes;
+} ggml_type_info;
+
+static ggml_type_info type_info(int t) {
+    switch (t) {
+    case 0: return (ggml_type_info){1, 4};     // F32
+    case 1: return (ggml_type_info){1, 2};     // F16
+    case 2: return (ggml_type_info){32, 18};   // Q4_0
+    case 3: return (ggml_type_info){32, 20};   // Q4_1
+    case 6: return (ggml_type_info){32, 22};   // Q5_0
+    case 7: return (ggml_type_info){32, 24};   // Q5_1
+    case 8: return (ggml_type_info){32, 34};   // Q8_0
+    case 9: return (ggml_type_info){32, 36};   // Q8_1
+    case 10: return (ggml_type_info){256, 84}; // Q2_K
+    case 11: return (ggml_type_info){256, 110};
+    case 12: return (ggml_type_info){256, 144};
+    case 13: return (ggml_type_info){256, 176};
+    case 14: return (ggml_type_info){256, 210};
+    case 15: return (ggml_type_info){256, 292};
+    case 16: return (ggml_type_info){256, 66};
+    case 17: return (ggml_type_info){256, 74};
+    case 18: return (ggml_type_info){256, 98};
+    case 19: return (ggml_type_info){256, 50};
+    case 20: return (ggml_type_info){32, 18};
+    case 21: return (ggml_type_info){256, 110};
+    case 22: return (ggml_type_info){256, 82};
+    case 23: return (ggml_type_info){256, 136};
+    case 24: return (ggml_type_info){1, 1};  // I8
+    case 25: return (ggml_type_info){1, 2};  // I16
+    case 26: return (ggml_type_info){1, 4};  // I32
+    case 27: return (ggml_type_info){1, 8};  // I64
+    case 28: return (ggml_type_info){1, 8};  // F64
+    case 29: return (ggml_type_info){256, 56};
+    case 30: return (ggml_type_info){1, 2};  // BF16
+    case 34: return (ggml_type_info){256, 54};
+    case 35: return (ggml_type_info){256, 66};
+    case 39: return (ggml_type_info){32, 17}; // MXFP4
+    default: return (ggml_type_info){0, 0};
+    }
+}
+
+const char *speck_gguf_type_label(int t) {
+    static const char *names[] = {
+        [0] = "f32",     [1] = "f16",     [2] = "q4_0",    [3] = "q4_1",   [6] = "q5_0",
+        [7] = "q5_1",    [8] = "q8_0",    [9] = "q8_1",    [10] = "q2_k",  [11] = "q3_k",
+        [12] = "q4_k",   [13] = "q5_k",   [14] = "q6_k",   [15] = "q8_k",  [16] = "iq2_xxs",
+        [17] = "iq2_xs", [18] = "iq3_xxs", [19] = "iq1_s", [20] = "iq4_nl", [21] = "iq3_s",
+        [22] = "iq2_s",  [23] = "iq4_xs", [24] = "i8",     [25] = "i16",   [26] = "i32",
+        [27] = "i64",    [28] = "f64",    [29] = "iq1_m",  [30] = "bf16",  [34] = "tq1_0",
+        [35] = "tq2_0",  [39] = "mxfp4"};
+    if (t >= 0 && t < (int)(sizeof names / sizeof names[0]) && names[t]) return names[t];
+    return "unknown";
+}
+
+static size_t vtype_size(speck_gguf_vtype t) {
+    switch (t) {
+    case SPECK_GGUF_UINT8:
+    case SPECK_GGUF_INT8:
+    case SPECK_GGUF_BOOL: return 1;
+    case SPECK_GGUF_UINT16:
+    case SPECK_GGUF_INT16: return 2;
+    case SPECK_GGUF_UINT32:
+    case SPECK_GGUF_INT32:
+    case SPECK_GGUF_FLOAT32: return 4;
+    case SPECK_GGUF_UINT64:
+    case SPECK_GGUF_INT64:
+    case SPECK_GGUF_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+static const char *vtype_name(speck_gguf_vtype t) {
+    static const char *n[] = {"u8",  "i8",   "u16",   "i16", "u32", "i32", "f32",
+                              "bool", "str", "array", "u64", "i64", "f64"};
+    return (unsigned)t < 13 ? n[t] : "?";
+}
+
+/* ---- reading ---- */
+
+typedef struct {
+    const uint8_t *p, *end;
+    const char *path;
+} cursor;
+
+static int need(cursor *c, uint64_t n, const char *what) {
+    if ((uint64_t)(c->end - c->p) < n)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: truncated file: %s needs %" PRIu64 " bytes, %zu left", c->path,
+                               what, n, (size_t)(c->end - c->p));
+    return 0;
+}
+
+static int rd_u32(cursor *c, uint32_t *v, const char *what) {
+    if (need(c, 4, what)) return SPECK_ERR_FORMAT;
+    memcpy(v, c->p, 4);
+    c->p += 4;
+    return 0;
+}
+
+static int rd_u64(cursor *c, uint64_t *v, const char *what) {
+    if (need(c, 8, what)) return SPECK_ERR_FORMAT;
+    memcpy(v, c->p, 8);
+    c->p += 8;
+    return 0;
+}
+
+// String: uint64 length + bytes (no NUL in the file).
+static int rd_str(cursor *c, const uint8_t **s, uint64_t *len, const char *what) {
+    if (rd_u64(c, len, what) || need(c, *len, what)) return SPECK_ERR_FORMAT;
+    *s = c->p;
+    c->p += *len;
+    return 0;
+}
+
+static char *dup_n(const uint8_t *s, uint64_t n) {
+    char *r = malloc(n + 1);
+    if (!r) return NULL;
+    memcpy(r, s, n);
+    r[n] = 0;
+    return r;
+}
+
+static int read_kv(speck_gguf *g, cursor *c, gguf_kv *kv, int64_t idx) {
+    const uint8_t *ks;
+    uint64_t klen;
+    char what[64];
+    snprintf(what, sizeof what, "key #%" PRId64, idx);
+    if (rd_str(c, &ks, &klen, what)) return SPECK_ERR_FORMAT;
+    if (!(kv->key = dup_n(ks, klen))) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    uint32_t t;
+    if (rd_u32(c, &t, kv->key)) return SPECK_ERR_FORMAT;
+    kv->type = (speck_gguf_vtype)t;
+    kv->n = 1;
+    if (t == SPECK_GGUF_STRING) {
+        if (rd_str(c, &kv->data, &kv->n, kv->key)) return SPECK_ERR_FORMAT;
+        if (!(kv->str = dup_n(kv->data, kv->n)))
+            return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        return 0;
+    }
+    if (t == SPECK_GGUF_ARRAY) {
+        uint32_t at;
+        if (rd_u32(c, &at, kv->key) || rd_u64(c, &kv->n, kv->key)) return SPECK_ERR_FORMAT;
+        kv->arr_type = (speck_gguf_vtype)at;
+        kv->data = c->p;
+        if (at == SPECK_GGUF_STRING) {
+            // Each element needs at least its 8-byte length, which bounds n before allocating.
+            if (kv->n > (uint64_t)(c->end - c->p) / 8)
+                return speck_set_error(SPECK_ERR_FORMAT,
+                                       "%s: key '%s': string array of %" PRIu64
+                                       " elements runs past the end of the file",
+                                       g->path, kv->key, kv->n);
+            kv->str_off = malloc((kv->n ? kv->n : 1) * sizeof(uint64_t));
+            if (!kv->str_off) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+            for (uint64_t j = 0; j < kv->n; j++) {
+                const uint8_t *s;
+                uint64_t len;
+                kv->str_off[j] = (uint64_t)(c->p - kv->data);
+                if (rd_str(c, &s, &len, kv->key)) return SPECK_ERR_FORMAT;
+            }
+            return 0;
+        }
+        size_t es = vtype_size(kv->arr_type);
+        if (!es)
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s': invalid array element type %u",
+                                   g->path, kv->key, at);
+        if (kv->n > UINT64_MAX / es || need(c, kv->n * es, kv->key)) {
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: key '%s': array of %" PRIu64
+                                   " elements runs past the end of the file",
+                                   g->path, kv->key, kv->n);
+        }
+        c->p += kv->n * es;
+        return 0;
+    }
+    size_t es = vtype_size(kv->type);
+    if (!es)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s': invalid value type %u", g->path,
+                               kv->key, t);
+    if (need(c, es, kv->key)) return SPECK_ERR_FORMAT;
+    kv->data = c->p;
+    c->p += es;
+    return 0;
+}
+
+static int read_tensor(speck_gguf *g, cursor *c, speck_gguf_tensor *t, int64_t idx) {
+    const uint8_t *ns;
+    uint64_t nlen;
+    char what[64];
+    snprintf(what, sizeof what, "tensor #%" PRId64, idx);
+    if (rd_str(c, &ns, &nlen, what)) return SPECK_ERR_FORMAT;
+    char *name = dup_n(ns, nlen);
+    if (!name) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    t->name = name;
+    uint32_t nd;
+    if (rd_u32(c, &nd, name)) return SPECK_ERR_FORMAT;
+    if (nd < 1 || nd > 4)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s': %u dimensions (must be 1..4)",
+                               g->path, name, nd);
+    t->n_dims = (int)nd;
+    int64_t n_el = 1;
+    for (int d = 0; d < 4; d++) t->ne[d] = 1;
+    for (uint32_t d = 0; d < nd; d++) {
+        uint64_t v;
+        if (rd_u64(c, &v, name)) return SPECK_ERR_FORMAT;
+        if (v > (uint64_t)INT64_MAX || (v && (uint64_t)n_el > (uint64_t)INT64_MAX / v))
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: tensor '%s': dimensions overflow (ne[%u] = %" PRIu64 ")",
+                                   g->path, name, d, v);
+        t->ne[d] = (int64_t)v;
+        n_el *= (int64_t)v;
+    }
+    t->n_elements = n_el;
+    uint32_t type;
+    if (rd_u32(c, &type, name) || rd_u64(c, &t->offset, name)) return SPECK_ERR_FORMAT;
+    t->type = (int)type;
+    ggml_type_info ti = type_info((int)type);
+    if (!ti.block)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s': unknown tensor type %u", g->path,
+                               name, type);
+    if (t->ne[0] % ti.block)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: tensor '%s': row length %" PRId64
+                               " is not a multiple of the %s block size %d",
+                               g->path, name, t->ne[0], speck_gguf_type_label(t->type), ti.block);
+    uint64_t blocks = (uint64_t)n_el / (uint64_t)ti.block;
+    if (blocks > SIZE_MAX / (uint64_t)ti.bytes)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s': size overflows", g->path, name);
+    t->n_bytes = (size_t)(blocks * (uint64_t)ti.bytes);
+    return 0;
+}
+
+static void gguf_free_contents(speck_gguf *g) {
+    if (g->kv)
+        for (int64_t i = 0; i < g->n_kv; i++) {
+            free(g->kv[i].key);
+            free(g->kv[i].str_off);
+            free(g->kv[i].str);
+        }
+    if (g->tensors)
+        for (int64_t i = 0; i < g->n_tensors; i++) free((char *)g->tensors[i].name);
+    free(g->kv);
+    free(g->tensors);
+}
+
+void speck_gguf_close(speck_gguf *g) {
+    if (!g) return;
+    gguf_free_contents(g);
+    if (g->map && g->map != MAP_FAILED) munmap(g->map, g->size);
+    if (g->fd >= 0) close(g->fd);
+    free(g->path);
+    free(g);
+}
+
+static int parse(speck_gguf *g) {
+    cursor c = {g->map, g->map + g->size, g->path};
+    if (g->size < 4 || memcmp(g->map, GGUF_MAGIC, 4) != 0)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: not a GGUF file (bad magic)", g->path);
+    c.p += 4;
+    if (rd_u32(&c, &g->version, "version")) return SPECK_ERR_FORMAT;
+    if (g->version != 2 && g->version != 3)
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: GGUF version %u is not supported (2 or 3)", g->path,
+                               g->version);
+    uint64_t nt, nkv;
+    if (rd_u64(&c, &nt, "tensor count") || rd_u64(&c, &nkv, "key/value count"))
+        return SPECK_ERR_FORMAT;
+    if (nt > GGUF_MAX_TENSORS || nkv > GGUF_MAX_KV)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: implausible header (%" PRIu64 " tensors, %" PRIu64 " keys)",
+                               g->path, nt, nkv);
+    g->kv = calloc(nkv ? nkv : 1, sizeof *g->kv);
+    g->tensors = calloc(nt ? nt : 1, sizeof *g->tensors);
+    if (!g->kv || !g->tensors) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; i < nkv; i++) {
+        g->n_kv = (int64_t)i + 1;
+        if (read_kv(g, &c, &g->kv[i], (int64_t)i)) return SPECK_ERR_FORMAT;
+    }
+    g->alignment = GGUF_DEFAULT_ALIGNMENT;
+    int64_t ai = speck_gguf_find_key(g, "general.alignment");
+    if (ai >= 0) {
+        if (g->kv[ai].type != SPECK_GGUF_UINT32)
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: general.alignment must be u32",
+                                   g->path);
+        uint32_t a;
+        memcpy(&a, g->kv[ai].data, 4);
+        if (a == 0 || (a & (a - 1)))
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: general.alignment = %u is not a power of two", g->path, a);
+        g->alignment = a;
+    }
+    for (uint64_t i = 0; i < nt; i++) {
+        g->n_tensors = (int64_t)i + 1;
+        if (read_tensor(g, &c, &g->tensors[i], (int64_t)i)) return SPECK_ERR_FORMAT;
+    }
+    size_t hdr = (size_t)(c.p - g->map);
+    g->data_offset = (hdr + g->alignment - 1) / g->alignment * g->alignment;
+    if (nt && g->data_offset > g->size)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: truncated file: no tensor data section",
+                               g->path);
+    for (uint64_t i = 0; i < nt; i++) {
+        speck_gguf_tensor *t = &g->tensors[i];
+        if (t->offset % g->alignment)
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: tensor '%s': offset %" PRIu64 " is not %zu-aligned",
+                                   g->path, t->name, t->offset, g->alignment);
+        uint64_t avail = g->size - g->data_offset;
+        if (t->offset > avail || t->n_bytes > avail - t->offset)
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: tensor '%s': data [%" PRIu64 ", %" PRIu64
+                                   ") lies beyond the end of the file (%zu bytes of data)",
+                                   g->path, t->name, t->offset, t->offset + (uint64_t)t->n_bytes,
+                                   (size_t)avail);
+        t->data = g->map + g->data_offset + t->offset;
+        for (uint64_t j = 0; j < i; j++)
+            if (!strcmp(g->tensors[j].name, t->name))
+                return speck_set_error(SPECK_ERR_FORMAT, "%s: duplicate tensor name '%s'",
+                                       g->path, t->name);
+    }
+    return 0;
+}
+
+speck_gguf *speck_gguf_open(const char *path) {
+    speck_gguf *g = calloc(1, sizeof *g);
+    if (!g) {
+        speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    g->fd = -1;
+    g->path = strdup(path);
+    g->fd = open(path, O_RDONLY);
+    if (g->fd < 0) {
+        speck_set_error(SPECK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        goto fail;
+    }
+    struct stat st;
+    if (fstat(g->fd, &st) || !S_ISREG(st.st_mode)) {
+        speck_set_error(SPECK_ERR_IO, "%s: not a regular file", path);
+        goto fail;
+    }
+    g->size = (size_t)st.st_size;
+    if (g->size == 0) {
+        speck_set_error(SPECK_ERR_FORMAT, "%s: empty file (not a GGUF file)", path);
+        goto fail;
+    }
+    g->map = mmap(NULL, g->size, PROT_READ, MAP_SHARED, g->fd, 0);
+    if (g->map == MAP_FAILED) {
+        g->map = NULL;
+        speck_set_error(SPECK_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (parse(g)) goto fail;
+    return g;
+fail:
+    speck_gguf_close(g);
+    return NULL;
+}
+
+const char *speck_gguf_path(const speck_gguf *g) { return g->path; }
+uint32_t speck_gguf_version(const speck_gguf *g) { return g->version; }
+size_t speck_gguf_file_size(const speck_gguf *g) { return g->size; }
+size_t speck_gguf_alignment(const speck_gguf *g) { return g->alignment; }
+int64_t speck_gguf_n_kv(const speck_gguf *g) { return g->n_kv; }
+const char *speck_gguf_key(const speck_gguf *g, int64_t i) { return g->kv[i].key; }
+
+int64_t speck_gguf_find_key(const speck_gguf *g, const char *key) {
+    for (int64_t i = 0; i < g->n_kv; i++)
+        if (g->kv[i].key && !strcmp(g->kv[i].key, key)) return i;
+    return -1;
+}
+
+speck_gguf_vtype speck_gguf_kv_type(const speck_gguf *g, int64_t i) { return g->kv[i].type; }
+speck_gguf_vtype speck_gguf_arr_type(const speck_gguf *g, int64_t i) { return g->kv[i].arr_type; }
+
+int64_t speck_gguf_arr_n(const speck_gguf *g, int64_t i) {
+    return g->kv[i].type == SPECK_GGUF_ARRAY ? (int64_t)g->kv[i].n : 0;
+}
+
+const void *speck_gguf_arr_data(const speck_gguf *g, int64_t i) {
+    return g->kv[i].type == SPECK_GGUF_ARRAY && g->kv[i].arr_type != SPECK_GGUF_STRING
+               ? g->kv[i].data
+               : NULL;
+}
+
+const char *speck_gguf_arr_str(const speck_gguf *g, int64_t i, int64_t j, uint64_t *len) {
+    const gguf_kv *kv = &g->kv[i];
+    if (kv->type != SPECK_GGUF_ARRAY || kv->arr_type != SPECK_GGUF_STRING || j < 0 ||
+        (uint64_t)j >= kv->n)
+        return NULL;
+    const uint8_t *p = kv->data + kv->str_off[j];
+    memcpy(len, p, 8);
+    return (const char *)p + 8;
+}
+
+// Value of a scalar of type t at p, as double / int64.
+static double scalar_f(speck_gguf_vtype t, const uint8_t *p) {
+    union {
+        uint8_t u8;
+        int8_t i8;
+        uint16_t u16;
+        int16_t i16;
+        uint32_t u32;
+        int32_t i32;
+        float f32;
+        uint64_t u64;
+        int64_t i64;
+        double f64;
+    } v;
+    memcpy(&v, p, vtype_size(t));
+    switch (t) {
+    case SPECK_GGUF_UINT8: return v.u8;
+    case SPECK_GGUF_BOOL: return v.u8 != 0;
+    case SPECK_GGUF_INT8: return v.i8;
+    case SPECK_GGUF_UINT16: return v.u16;
+    case SPECK_GGUF_INT16: return v.i16;
+    case SPECK_GGUF_UINT32: return v.u32;
+    case SPECK_GGUF_INT32: return v.i32;
+    case SPECK_GGUF_FLOAT32: return v.f32;
+    case SPECK_GGUF_UINT64: return (double)v.u64;
+    case SPECK_GGUF_INT64: return (double)v.i64;
+    case SPECK_GGUF_FLOAT64: return v.f64;
+    default: return 0;
+    }
+}
+
+static int64_t scalar_i(speck_gguf_vtype t, const uint8_t *p) {
+    if (t == SPECK_GGUF_UINT64 || t == SPECK_GGUF_INT64) {
+        int64_t v;
+        memcpy(&v, p, 8);
+        return v;
+    }
+    return (int64_t)scalar_f(t, p);
+}
+
+int64_t speck_gguf_get_int(const speck_gguf *g, int64_t i) {
+    const gguf_kv *kv = &g->kv[i];
+    return vtype_size(kv->type) ? scalar_i(kv->type, kv->data) : 0;
+}
+
+double speck_gguf_get_float(const speck_gguf *g, int64_t i) {
+    const gguf_kv *kv = &g->kv[i];
+    return vtype_size(kv->type) ? scalar_f(kv->type, kv->data) : 0;
+}
+
+const char *speck_gguf_get_str(const speck_gguf *g, int64_t i) {
+    return g->kv[i].type == SPECK_GGUF_STRING ? g->kv[i].str : NULL;
+}
+
+// Append printable text of n bytes of s to buf (escaping control characters).
+static void put_text(char *buf, size_t size, size_t *pos, const char *s, uint64_t n) {
+    for (uint64_t k = 0; k < n && *pos + 5 < size; k++) {
+        unsigned char ch = (unsigned char)s[k];
+        if (ch == '\n') *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\n");
+        else if (ch < 32) *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\x%02x", ch);
+        else buf[(*pos)++] = (char)ch;
+    }
+    buf[*pos < size ? *pos : size - 1] = 0;
+}
+
+static void put_scalar(char *buf, size_t size, size_t *pos, speck_gguf_vtype t,
+                       const uint8_t *p) {
+    if (*pos >= size) return;
+    int w;
+    if (t == SPECK_GGUF_FLOAT32 || t == SPECK_GGUF_FLOAT64)
+        w = snprintf(buf + *pos, size - *pos, "%g", scalar_f(t, p));
+    else if (t == SPECK_GGUF_BOOL)
+        w = snprintf(buf + *pos, size - *pos, "%s", *p ? "true" : "false");
+    else if (t == SPECK_GGUF_UINT64)
+        w = snprintf(buf + *pos, size - *pos, "%" PRIu64, (uint64_t)scalar_i(t, p));
+    else
+        w = snprintf(buf + *pos, size - *pos, "%" PRId64, scalar_i(t, p));
+    *pos += w > 0 ? (size_t)w : 0;
+    if (*pos >= size) *pos = size - 1;
+}
+
+char *speck_gguf_value_str(const speck_gguf *g, int64_t i, char *buf, size_t size,
+                           int max_items) {
+    const gguf_kv *kv = &g->kv[i];
+    size_t pos = 0;
+    buf[0] = 0;
+    if (size < 16) return buf;
+    if (kv->type == SPECK_GGUF_STRING) {
+        buf[pos++] = '"';
+        put_text(buf, size - 2, &pos, (const char *)kv->data, kv->n);
+        buf[pos++] = '"';
+        buf[pos] = 0;
+        return buf;
+    }
+    if (kv->type != SPECK_GGUF_ARRAY) {
+        put_scalar(buf, size, &pos, kv->type, kv->data);
+        return buf;
+    }
+    pos += (size_t)snprintf(buf, size, "[%s x %" PRIu64 "] ", vtype_name(kv->arr_type), kv->n);
+    for (uint64_t j = 0; j < kv->n && (int)j < max_items && pos + 8 < size; j++) {
+        if (j) pos += (size_t)snprintf(buf + pos, size - pos, ", ");
+        if (kv->arr_type == SPECK_GGUF_STRING) {
+            uint64_t len = 0;
+            const char *s = speck_gguf_arr_str(g, i, (int64_t)j, &len);
+            buf[pos++] = '"';
+            put_text(buf, size - 8, &pos, s, len);
+            buf[pos++] = '"';
+            buf[pos] = 0;
+        } else {
+            put_scalar(buf, size, &pos, kv->arr_type, kv->data + j * vtype_size(kv->arr_type));
+        }
+    }
+    if (kv->n > (uint64_t)max_items && pos + 5 < size) snprintf(buf + pos, size - pos, ", ...");
+    return buf;
+}
+
+int64_t speck_gguf_n_tensors(const speck_gguf *g) { return g->n_tensors; }
+
+const speck_gguf_tensor *speck_gguf_tensor_at(const speck_gguf *g, int64_t i) {
+    return i >= 0 && i < g->n_tensors ? &g->tensors[i] : NULL;
+}
+
+const speck_gguf_tensor *speck_gguf_find_tensor(const speck_gguf *g, const char *name) {
+    for (int64_t i = 0; i < g->n_tensors; i++)
+        if (!strcmp(g->tensors[i].name, name)) return &g->tensors[i];
+    return NULL;
+}

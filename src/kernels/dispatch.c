@@ -1,0 +1,97 @@
+// Run-time choice of the SIMD path and the public per-row entry points.
+//
+// The table is picked once, by a constructor, before main() and before any thread exists, so the
+// hot paths read a plain pointer without synchronisation. speck_kernels_force_isa() (tests,
+// benchmarks) swaps it; it must not race with running kernels.
+#include <string.h>
+
+#include "kernels/kernels_internal.h"
+
+static const speck_kernel_table *g_table = &speck_kernels_scalar;
+
+static int cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+static int cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+
+static const speck_kernel_table *best_table(void) {
+    if (cpu_has_avx512()) return &speck_kernels_avx512;
+    if (cpu_has_avx2()) return &speck_kernels_avx2;
+    return &speck_kernels_scalar;
+}
+
+__attribute__((constructor)) static void kernels_init(void) { g_table = best_table(); }
+
+const speck_kernel_table *speck_kernels_get(void) { return g_table; }
+
+const char *speck_kernels_isa(void) { return g_table->name; }
+
+int speck_kernels_force_isa(const char *name) {
+    if (!name) return -1;
+    if (!strcmp(name, "scalar")) {
+        g_table = &speck_kernels_scalar;
+        return 0;
+    }
+    if (!strcmp(name, "avx2") && cpu_has_avx2()) {
+        g_table = &speck_kernels_avx2;
+        return 0;
+    }
+    if (!strcmp(name, "avx512") && cpu_has_avx512()) {
+        g_table = &speck_kernels_avx512;
+        return 0;
+    }
+    return -1;
+}
+
+speck_type speck_act_type(speck_type weight_type) {
+    return (weight_type == SPECK_TYPE_Q8_0 || weight_type == SPECK_TYPE_Q4_0) ? SPECK_TYPE_Q8_0
+                                                                            : SPECK_TYPE_F32;
+}
+
+// x: (n) -> y: one row of type t.
+void speck_quantize_row(speck_type t, const float *x, void *y, int64_t n) {
+    switch (t) {
+    case SPECK_TYPE_F32: memcpy(y, x, (size_t)n * sizeof(float)); break;
+    case SPECK_TYPE_F16:
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_fp16(x[i]);
+        break;
+    case SPECK_TYPE_BF16:
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_bf16(x[i]);
+        break;
+    case SPECK_TYPE_Q8_0: g_table->quantize_q8_0(x, y, n); break;
+    case SPECK_TYPE_Q4_0: speck_quantize_row_q4_0_ref(x, y, n); break;
+    }
+}
+
+// x: one row of type t -> y: (n).
+void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n) {
+    switch (t) {
+    case SPECK_TYPE_F32: memcpy(y, x, (size_t)n * sizeof(float)); break;
+    case SPECK_TYPE_F16: g_table->f16_to_f32(x, y, n); break;
+    case SPECK_TYPE_BF16: g_table->bf16_to_f32(x, y, n); break;
+    case SPECK_TYPE_Q8_0: g_table->q8_0_to_f32(x, y, n); break;
+    case SPECK_TYPE_Q4_0: g_table->q4_0_to_f32(x, y, n); break;
+    }
+}
+
+// w: one weight row of type t (n values); act: (n) in speck_act_type(t).
+float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
+    const speck_kernel_table *k = g_table;
+    switch (t) {
+    case SPECK_TYPE_F32: return k->dot_f32(w, act, n);
+    case SPECK_TYPE_F16: return k->dot_f16(w, act, n);
+    case SPECK_TYPE_BF16: return k->dot_bf16(w, act, n);
+    case SPECK_TYPE_Q8_0: return k->dot_q8_0(w, act, n);
+    case SPECK_TYPE_Q4_0: return k->dot_q4_0(w, act, n);
+    }
+    return 0.0f;
+}

@@ -1,0 +1,65 @@
+// Internal kernel interface: weight types, quantization, dot products and matmul.
+//
+// Block layouts are byte-identical to llama.cpp / ggml so GGUF tensors are used in place (mmap):
+//   Q8_0: 32 values per 34-byte block: { fp16 d; int8 qs[32]; }        x[i] = d * qs[i]
+//   Q4_0: 32 values per 18-byte block: { fp16 d; uint8 qs[16]; }
+//         x[j] = d * ((qs[j] & 0x0F) - 8), x[j + 16] = d * ((qs[j] >> 4) - 8), j = 0..15
+//   F16 is IEEE binary16, BF16 the top 16 bits of an IEEE binary32 (round-to-nearest-even).
+#ifndef SPECK_KERNELS_H
+#define SPECK_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "speck.h"
+
+#define SPECK_QK 32 // values per Q8_0 / Q4_0 block
+
+typedef struct {
+    uint16_t d;
+    int8_t qs[SPECK_QK];
+} speck_block_q8_0;
+
+typedef struct {
+    uint16_t d;
+    uint8_t qs[SPECK_QK / 2];
+} speck_block_q4_0;
+
+_Static_assert(sizeof(speck_block_q8_0) == 34, "Q8_0 block must be 34 bytes");
+_Static_assert(sizeof(speck_block_q4_0) == 18, "Q4_0 block must be 18 bytes");
+
+// fp16 / bf16 scalar conversions (exact IEEE semantics, RNE on narrowing).
+float speck_fp16_to_fp32(uint16_t h);
+uint16_t speck_fp32_to_fp16(float f);
+float speck_bf16_to_fp32(uint16_t h);
+uint16_t speck_fp32_to_bf16(float f);
+
+// Which SIMD path the dispatcher picked ("avx512", "avx2", "scalar").
+const char *speck_kernels_isa(void);
+// Force a path for tests/benchmarks: "avx512", "avx2", "scalar". Returns 0, or -1 when the CPU
+// lacks it (the current path is kept).
+int speck_kernels_force_isa(const char *name);
+
+// Quantize/convert n floats (n a multiple of the block size for Q types) into type t.
+// x: (n) -> y: row of speck_type_row_size(t, n) bytes.
+void speck_quantize_row(speck_type t, const float *x, void *y, int64_t n);
+// y: (n) <- x: row of type t.
+void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n);
+
+// Type the activations must be in to be dotted with weights of type t:
+// SPECK_TYPE_Q8_0 for Q8_0/Q4_0 weights, SPECK_TYPE_F32 otherwise.
+speck_type speck_act_type(speck_type weight_type);
+
+// Dot product of one weight row (type t, n values) with one activation row already converted to
+// speck_act_type(t). n is a multiple of 32 for quantized types.
+float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n);
+
+// Y = X · Wᵀ, threaded with OpenMP.
+// W: (n_out, n_in) rows of type wt, rows contiguous (row stride speck_type_row_size(wt, n_in))
+// X: (n_tok, n_in) f32 row-major;  Y: (n_tok, n_out) f32 row-major.
+// Small n_tok (decode / draft verification) streams each weight row once and dots it with every
+// token; large n_tok (prefill) goes through OpenBLAS sgemm, dequantizing quantized weights first.
+void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, const float *X,
+                  int64_t n_tok, float *Y);
+
+#endif

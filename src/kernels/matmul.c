@@ -1,0 +1,176 @@
+// Y = X · Wᵀ for every weight type.
+//
+// Few tokens (decode, draft verification: n_tok < 32): the activations are converted once to the
+// type the weight dots want, then OpenMP threads split the weight rows and each row is dotted
+// with all n_tok activations while it is hot in L1 — the weights, which dominate memory traffic,
+// are streamed from DRAM exactly once per call, so verifying k draft tokens costs about the same
+// traffic as decoding one.
+//
+// Many tokens (prefill): OpenBLAS sgemm, on panels of weight rows dequantized to f32 (F32 weights
+// are used in place), so the scratch stays a few MiB instead of a full f32 copy of W.
+//
+// Scratch buffers are thread-local and grow on demand (never shrink), so the hot path does not
+// allocate; concurrent calls from different threads each use their own buffers. OpenMP worker
+// threads only see the buffer through the calling thread's pointer.
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels_internal.h"
+
+#define SMALL_BATCH 32                 // n_tok below this takes the streaming path
+#define PANEL_FLOATS (2u << 20)        // f32 values per dequantized weight panel (8 MiB)
+#define PARALLEL_MIN_WORK (1 << 15)    // weight values below which threads cost more than help
+
+typedef struct {
+    void *p;
+    size_t size;
+} scratch_buf;
+
+static _Thread_local scratch_buf g_act_buf;   // quantized activations (small path)
+static _Thread_local scratch_buf g_panel_buf; // dequantized weight panel (prefill path)
+
+// A buffer of at least n bytes, 64-byte aligned, or NULL when the allocation fails.
+static void *scratch_get(scratch_buf *s, size_t n) {
+    if (n <= s->size) return s->p;
+    size_t want = (n + 4095) & ~(size_t)4095;
+    void *p = aligned_alloc(64, want);
+    if (!p) return NULL;
+    free(s->p);
+    s->p = p;
+    s->size = want;
+    return p;
+}
+
+// Fill Y with NaN so a failed call cannot pass for a result. y: (n_tok, n_out)
+static void fail_nomem(float *Y, int64_t n_tok, int64_t n_out) {
+    for (int64_t i = 0; i < n_tok * n_out; i++) Y[i] = NAN;
+    speck_set_error(SPECK_ERR_NOMEM, "speck_matmul: out of memory for scratch buffers");
+}
+
+// Single-token dot of one weight row with one activation row, by type.
+static inline float dot_one(const speck_kernel_table *k, speck_type wt, const void *w,
+                            const void *a, int64_t n) {
+    switch (wt) {
+    case SPECK_TYPE_F32: return k->dot_f32(w, a, n);
+    case SPECK_TYPE_F16: return k->dot_f16(w, a, n);
+    case SPECK_TYPE_BF16: return k->dot_bf16(w, a, n);
+    case SPECK_TYPE_Q8_0: return k->dot_q8_0(w, a, n);
+    case SPECK_TYPE_Q4_0: return k->dot_q4_0(w, a, n);
+    }
+    return 0.0f;
+}
+
+// Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out).
+static void matmul_small(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
+                         const float *X, int64_t n_tok, float *Y) {
+    const speck_kernel_table *k = speck_kernels_get();
+    const size_t wrow = speck_type_row_size(wt, n_in);
+    const speck_type at = speck_act_type(wt);
+    const char *act = (const char *)X;
+    size_t arow = (size_t)n_in * sizeof(float);
+    if (at == SPECK_TYPE_Q8_0) {
+        // act: (n_tok) rows of n_in / 32 Q8_0 blocks
+        arow = speck_type_row_size(at, n_in);
+        char *buf = scratch_get(&g_act_buf, arow * (size_t)n_tok);
+        if (!buf) {
+            fail_nomem(Y, n_tok, n_out);
+            return;
+        }
+        for (int64_t t = 0; t < n_tok; t++)
+            k->quantize_q8_0(X + t * n_in, (speck_block_q8_0 *)(buf + t * arow), n_in);
+        act = buf;
+    }
+    // Multi-token kernel (weights unpacked once per group of up to SPECK_MT tokens), if any.
+    const int mt = n_tok > 1 && ((wt == SPECK_TYPE_Q4_0 && k->dot_q4_0_mt) ||
+                                 (wt == SPECK_TYPE_Q8_0 && k->dot_q8_0_mt));
+    const int64_t xs = (int64_t)(arow / sizeof(speck_block_q8_0)); // activation row stride, blocks
+
+    const int parallel = n_out > 1 && n_out * n_in * n_tok >= PARALLEL_MIN_WORK;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t o = 0; o < n_out; o++) {
+        const char *w = (const char *)W + (size_t)o * wrow;
+        if (mt) {
+            for (int64_t t = 0; t < n_tok; t += SPECK_MT) {
+                const int nt = (int)(n_tok - t < SPECK_MT ? n_tok - t : SPECK_MT);
+                float out[SPECK_MT];
+                const speck_block_q8_0 *a = (const speck_block_q8_0 *)(act + (size_t)t * arow);
+                if (wt == SPECK_TYPE_Q4_0)
+                    k->dot_q4_0_mt((const speck_block_q4_0 *)w, a, xs, nt, n_in, out);
+                else
+                    k->dot_q8_0_mt((const speck_block_q8_0 *)w, a, xs, nt, n_in, out);
+                for (int j = 0; j < nt; j++) Y[(t + j) * n_out + o] = out[j];
+            }
+        } else {
+            for (int64_t t = 0; t < n_tok; t++)
+                Y[t * n_out + o] = dot_one(k, wt, w, act + (size_t)t * arow, n_in);
+        }
+    }
+}
+
+// Keep OpenBLAS's pool in step with speck_set_threads() (cheap: only called when it changes).
+static void blas_threads_sync(void) {
+    static int last = 0; // prefill runs from one thread at a time; a race only repeats the call
+    int n = speck_get_threads();
+    if (n != last) {
+        openblas_set_num_threads(n);
+        last = n;
+    }
+}
+
+// Prefill path. Same shapes as matmul_small.
+static void matmul_blas(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
+                        const float *X, int64_t n_tok, float *Y) {
+    blas_threads_sync();
+    if (wt == SPECK_TYPE_F32) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)n_out, (int)n_in,
+                    1.0f, X, (int)n_in, W, (int)n_in, 0.0f, Y, (int)n_out);
+        return;
+    }
+    const speck_kernel_table *k = speck_kernels_get();
+    const size_t wrow = speck_type_row_size(wt, n_in);
+    // Panel height: PANEL_FLOATS worth of rows, at least 64 so sgemm keeps a useful N.
+    int64_t ph = (int64_t)(PANEL_FLOATS / (size_t)n_in);
+    if (ph < 64) ph = 64;
+    if (ph > n_out) ph = n_out;
+    float *panel = scratch_get(&g_panel_buf, (size_t)ph * (size_t)n_in * sizeof(float));
+    if (!panel) {
+        fail_nomem(Y, n_tok, n_out);
+        return;
+    }
+    for (int64_t o0 = 0; o0 < n_out; o0 += ph) {
+        const int64_t rows = n_out - o0 < ph ? n_out - o0 : ph;
+        // panel: (rows, n_in) f32 <- W rows o0 .. o0 + rows
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const void *src = (const char *)W + (size_t)(o0 + r) * wrow;
+            float *dst = panel + r * n_in;
+            switch (wt) {
+            case SPECK_TYPE_F16: k->f16_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_BF16: k->bf16_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_Q8_0: k->q8_0_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_Q4_0: k->q4_0_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_F32: memcpy(dst, src, (size_t)n_in * sizeof(float)); break;
+            }
+        }
+        // Y[:, o0 : o0 + rows] = X · panelᵀ (ldc = n_out writes the column slice in place)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)rows, (int)n_in,
+                    1.0f, X, (int)n_in, panel, (int)n_in, 0.0f, Y + o0, (int)n_out);
+    }
+}
+
+// W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out) f32.
+void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, const float *X,
+                  int64_t n_tok, float *Y) {
+    if (n_out <= 0 || n_tok <= 0) return;
+    if (n_in <= 0) {
+        memset(Y, 0, (size_t)(n_out * n_tok) * sizeof(float));
+        return;
+    }
+    if (n_tok < SMALL_BATCH)
+        matmul_small(wt, W, n_out, n_in, X, n_tok, Y);
+    else
+        matmul_blas(wt, W, n_out, n_in, X, n_tok, Y);
+}

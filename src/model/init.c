@@ -1,0 +1,303 @@
+// `speck init`: models with the exact shapes of real checkpoints and random weights. Decode and
+// prefill speed do not depend on weight values, so these are the speed benchmarks' models; the
+// `tiny` preset is the test suite's.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "speck.h"
+
+static const speck_preset g_presets[] = {
+    // name, arch, vocab, ctx, embd, layers, heads, kv heads, ff, rope base, eps, tied, bias
+    {"tiny", "llama", 512, 512, 64, 2, 4, 2, 192, 10000.0f, 1e-5f, false, false},
+    {"tiny-qwen2", "qwen2", 512, 512, 64, 2, 4, 1, 192, 1000000.0f, 1e-6f, true, true},
+    {"smollm2-135m", "llama", 49152, 8192, 576, 30, 9, 3, 1536, 100000.0f, 1e-5f, true, false},
+    {"qwen2.5-0.5b", "qwen2", 151936, 32768, 896, 24, 14, 2, 4864, 1000000.0f, 1e-6f, true, true},
+    {"tinyllama-1.1b", "llama", 32000, 2048, 2048, 22, 32, 4, 5632, 10000.0f, 1e-5f, false,
+     false},
+    {NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, false, false},
+};
+
+const speck_preset *speck_presets(void) { return g_presets; }
+
+const speck_preset *speck_preset_find(const char *name) {
+    for (const speck_preset *p = g_presets; p->name; p++)
+        if (!strcmp(p->name, name)) return p;
+    return NULL;
+}
+
+/* ---- byte-level BPE vocabulary of any size ---- */
+
+// GPT-2's reversible byte -> printable code point map: printable Latin-1 bytes map to
+// themselves, the rest to U+0100 upwards in byte order.
+static int byte_to_cp(int b) {
+    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) return b;
+    int n = 0;
+    for (int x = 0; x < b; x++)
+        if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) n++;
+    return 256 + n;
+}
+
+static int put_utf8(char *s, int cp) {
+    if (cp < 0x80) {
+        s[0] = (char)cp;
+        return 1;
+    }
+    s[0] = (char)(0xC0 | (cp >> 6));
+    s[1] = (char)(0x80 | (cp & 0x3F));
+    return 2; // every code point of the map is < 0x800
+}
+
+typedef struct {
+    char **tokens;
+    char **merges;
+    int32_t *types;
+    int n_tokens, n_merges;
+} vocab_build;
+
+static void vocab_free(vocab_build *v, int n) {
+    for (int i = 0; v->tokens && i < n; i++) free(v->tokens[i]);
+    for (int i = 0; v->merges && i < v->n_merges; i++) free(v->merges[i]);
+    free(v->tokens);
+    free(v->merges);
+    free(v->types);
+}
+
+// Tokens: the 256 byte tokens, then merged tokens built from an alphabet of 63 symbols (letters,
+// digits, 'Ġ' = space) — pairs, then triples — each with the merge that creates it, and one
+// control token "<|endoftext|>" last. Tokenizers (speck's, llama.cpp's) load it as GPT-2 BPE.
+static int build_vocab(int n_vocab, vocab_build *v) {
+    memset(v, 0, sizeof *v);
+    if (n_vocab < 257 + 1) return speck_set_error(SPECK_ERR_ARG, "vocabulary too small");
+    v->tokens = calloc((size_t)n_vocab, sizeof(char *));
+    v->merges = calloc((size_t)n_vocab, sizeof(char *));
+    v->types = calloc((size_t)n_vocab, sizeof(int32_t));
+    if (!v->tokens || !v->merges || !v->types) return SPECK_ERR_NOMEM;
+    char alpha[63][3];
+    int na = 0;
+    {
+        char s[3];
+        int len = put_utf8(s, byte_to_cp(' '));
+        memcpy(alpha[na], s, (size_t)len);
+        alpha[na++][len] = 0;
+        for (int c = 'a'; c <= 'z'; c++) alpha[na][0] = (char)c, alpha[na++][1] = 0;
+        for (int c = 'A'; c <= 'Z'; c++) alpha[na][0] = (char)c, alpha[na++][1] = 0;
+        for (int c = '0'; c <= '9'; c++) alpha[na][0] = (char)c, alpha[na++][1] = 0;
+    }
+    int n = 0;
+    for (int b = 0; b < 256; b++) {
+        char s[4] = {0};
+        put_utf8(s, byte_to_cp(b));
+        v->tokens[n] = strdup(s);
+        v->types[n++] = 1; // NORMAL
+    }
+    int target = n_vocab - 1;
+    for (int i = 0; i < na && n < target; i++)
+        for (int j = 0; j < na && n < target; j++) {
+            char t[16], m[16];
+            snprintf(t, sizeof t, "%s%s", alpha[i], alpha[j]);
+            snprintf(m, sizeof m, "%s %s", alpha[i], alpha[j]);
+            v->tokens[n] = strdup(t);
+            v->types[n++] = 1;
+            v->merges[v->n_merges++] = strdup(m);
+        }
+    for (int i = 0; i < na && n < target; i++)
+        for (int j = 0; j < na && n < target; j++)
+            for (int k = 0; k < na && n < target; k++) {
+                char t[16], m[16];
+                snprintf(t, sizeof t, "%s%s%s", alpha[i], alpha[j], alpha[k]);
+                snprintf(m, sizeof m, "%s%s %s", alpha[i], alpha[j], alpha[k]);
+                v->tokens[n] = strdup(t);
+                v->types[n++] = 1;
+                v->merges[v->n_merges++] = strdup(m);
+            }
+    // Past 63^3 the vocabulary is padded with unreachable user-defined tokens.
+    while (n < target) {
+        char t[32];
+        snprintf(t, sizeof t, "<|pad%d|>", n);
+        v->tokens[n] = strdup(t);
+        v->types[n++] = 4;
+    }
+    v->tokens[n] = strdup("<|endoftext|>");
+    v->types[n++] = 3; // CONTROL
+    v->n_tokens = n;
+    for (int i = 0; i < n; i++)
+        if (!v->tokens[i]) return SPECK_ERR_NOMEM;
+    for (int i = 0; i < v->n_merges; i++)
+        if (!v->merges[i]) return SPECK_ERR_NOMEM;
+    return 0;
+}
+
+/* ---- weights ---- */
+
+static uint64_t mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+typedef struct {
+    void **bufs;
+    int n, cap;
+} buflist;
+
+static void *keep(buflist *b, void *p) {
+    if (!p) return NULL;
+    if (b->n == b->cap) {
+        int cap = b->cap ? b->cap * 2 : 64;
+        void **q = realloc(b->bufs, (size_t)cap * sizeof *q);
+        if (!q) {
+            free(p);
+            return NULL;
+        }
+        b->bufs = q;
+        b->cap = cap;
+    }
+    return b->bufs[b->n++] = p;
+}
+
+// A (rows, cols) matrix of type t. Values are uniform with standard deviation `std` around
+// `mean`: the distribution does not matter for speed, and uniform draws keep init fast for 1B
+// parameters. Every row has its own RNG stream keyed by (seed, tensor, row), so the file is
+// identical for any thread count.
+static void *random_tensor(buflist *bl, speck_type t, int64_t rows, int64_t cols, uint64_t seed,
+                           uint64_t tensor_id, float mean, float std) {
+    size_t rs = speck_type_row_size(t, cols);
+    uint8_t *out = keep(bl, malloc(rs * (size_t)rows));
+    if (!out) return NULL;
+    float half = std * sqrtf(3.0f);
+#pragma omp parallel
+    {
+        float *row = malloc((size_t)cols * sizeof(float));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            uint64_t s = mix(seed ^ mix(tensor_id * 0x100000001b3ULL + (uint64_t)r));
+            for (int64_t c = 0; c < cols; c++) {
+                s = mix(s);
+                double u = (double)(s >> 11) * 0x1.0p-53;
+                row[c] = mean + (float)((2 * u - 1) * half);
+            }
+            speck_quantize_row(t, row, out + rs * (size_t)r, cols);
+        }
+        free(row);
+    }
+    return out;
+}
+
+static int file_type_of(speck_type t) {
+    switch (t) {
+    case SPECK_TYPE_F32: return 0;
+    case SPECK_TYPE_F16: return 1;
+    case SPECK_TYPE_Q4_0: return 2;
+    case SPECK_TYPE_Q8_0: return 7;
+    case SPECK_TYPE_BF16: return 32;
+    }
+    return 0;
+}
+
+int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path) {
+    if (!speck_type_name(type))
+        return speck_set_error(SPECK_ERR_ARG, "init: unsupported weight type %d", (int)type);
+    if (p->n_embd % speck_type_block_size(type) || p->n_ff % speck_type_block_size(type))
+        return speck_set_error(SPECK_ERR_ARG, "init: preset '%s' widths are not multiples of %s "
+                               "blocks", p->name, speck_type_name(type));
+    speck_gguf_writer *w = speck_gguf_writer_new();
+    if (!w) return SPECK_ERR_NOMEM;
+    vocab_build v;
+    buflist bl = {0};
+    int err = build_vocab(p->n_vocab, &v);
+    int hd = p->n_embd / p->n_head;
+    char key[128];
+#define K(s) (snprintf(key, sizeof key, "%s." s, p->arch), key)
+    if (!err) {
+        err |= speck_gguf_set_str(w, "general.architecture", p->arch);
+        char name[96];
+        snprintf(name, sizeof name, "speck-init %s (random weights, seed %llu)", p->name,
+                 (unsigned long long)seed);
+        err |= speck_gguf_set_str(w, "general.name", name);
+        err |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)file_type_of(type));
+        err |= speck_gguf_set_u32(w, K("context_length"), (uint32_t)p->n_ctx_train);
+        err |= speck_gguf_set_u32(w, K("embedding_length"), (uint32_t)p->n_embd);
+        err |= speck_gguf_set_u32(w, K("block_count"), (uint32_t)p->n_layer);
+        err |= speck_gguf_set_u32(w, K("feed_forward_length"), (uint32_t)p->n_ff);
+        err |= speck_gguf_set_u32(w, K("attention.head_count"), (uint32_t)p->n_head);
+        err |= speck_gguf_set_u32(w, K("attention.head_count_kv"), (uint32_t)p->n_head_kv);
+        err |= speck_gguf_set_u32(w, K("rope.dimension_count"), (uint32_t)hd);
+        err |= speck_gguf_set_f32(w, K("rope.freq_base"), p->rope_freq_base);
+        err |= speck_gguf_set_f32(w, K("attention.layer_norm_rms_epsilon"), p->norm_eps);
+        err |= speck_gguf_set_u32(w, K("vocab_size"), (uint32_t)p->n_vocab);
+        err |= speck_gguf_set_str(w, "tokenizer.ggml.model", "gpt2");
+        err |= speck_gguf_set_str(w, "tokenizer.ggml.pre", "gpt-2");
+        err |= speck_gguf_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tokens,
+                                      NULL, v.n_tokens);
+        err |= speck_gguf_set_arr(w, "tokenizer.ggml.token_type", SPECK_GGUF_INT32, v.types,
+                                  v.n_tokens);
+        err |= speck_gguf_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)v.merges,
+                                      NULL, v.n_merges);
+        err |= speck_gguf_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)(v.n_tokens - 1));
+        err |= speck_gguf_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)(v.n_tokens - 1));
+        err |= speck_gguf_set_bool(w, "tokenizer.ggml.add_bos_token", false);
+        if (err) err = SPECK_ERR_NOMEM;
+    }
+#undef K
+    uint64_t tid = 0;
+    int64_t E = p->n_embd, Q = (int64_t)p->n_head * hd, KV = (int64_t)p->n_head_kv * hd,
+            F = p->n_ff;
+    float *ones = keep(&bl, malloc((size_t)(E > F ? E : F) * sizeof(float)));
+    if (!ones) err = SPECK_ERR_NOMEM;
+    for (int64_t i = 0; !err && i < (E > F ? E : F); i++) ones[i] = 1.0f;
+#define MAT(name, rows, cols)                                                                      \
+    do {                                                                                           \
+        if (err) break;                                                                            \
+        void *d = random_tensor(&bl, type, rows, cols, seed, ++tid, 0.0f, 0.02f);                  \
+        int64_t ne[2] = {cols, rows};                                                              \
+        err = d ? speck_gguf_add_tensor(w, name, type, 2, ne, d) : SPECK_ERR_NOMEM;                \
+    } while (0)
+#define VEC(name, n, data)                                                                         \
+    do {                                                                                           \
+        if (err) break;                                                                            \
+        int64_t ne[1] = {n};                                                                       \
+        err = speck_gguf_add_tensor(w, name, SPECK_TYPE_F32, 1, ne, data);                         \
+    } while (0)
+    MAT("token_embd.weight", p->n_vocab, E);
+    VEC("output_norm.weight", E, ones);
+    if (!p->tied_output) MAT("output.weight", p->n_vocab, E);
+    for (int l = 0; l < p->n_layer && !err; l++) {
+        char n[64];
+#define N(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+        VEC(N("attn_norm.weight"), E, ones);
+        MAT(N("attn_q.weight"), Q, E);
+        MAT(N("attn_k.weight"), KV, E);
+        MAT(N("attn_v.weight"), KV, E);
+        if (p->qkv_bias) {
+            float *b[3];
+            int64_t sz[3] = {Q, KV, KV};
+            const char *names[3] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
+            for (int i = 0; i < 3 && !err; i++) {
+                b[i] = random_tensor(&bl, SPECK_TYPE_F32, 1, sz[i], seed, ++tid, 0.0f, 0.02f);
+                char bn[64];
+                snprintf(bn, sizeof bn, "blk.%d.%s", l, names[i]);
+                if (!b[i]) err = SPECK_ERR_NOMEM;
+                else VEC(bn, sz[i], b[i]);
+            }
+        }
+        MAT(N("attn_output.weight"), E, Q);
+        VEC(N("ffn_norm.weight"), E, ones);
+        MAT(N("ffn_gate.weight"), F, E);
+        MAT(N("ffn_up.weight"), F, E);
+        MAT(N("ffn_down.weight"), E, F);
+#undef N
+    }
+#undef MAT
+#undef VEC
+    if (!err) err = speck_gguf_writer_save(w, path);
+    else if (err == SPECK_ERR_NOMEM) speck_set_error(err, "init: out of memory");
+    speck_gguf_writer_free(w);
+    for (int i = 0; i < bl.n; i++) free(bl.bufs[i]);
+    free(bl.bufs);
+    vocab_free(&v, p->n_vocab);
+    return err;
+}

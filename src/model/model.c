@@ -1,0 +1,339 @@
+// Loading Llama-family models ("llama", "qwen2") from GGUF: hyper-parameters from llama.cpp's
+// metadata keys, weights referenced in place in the mapping, shapes and types validated.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/gguf_internal.h"
+#include "kernels/kernels.h"
+#include "model/model_internal.h"
+
+typedef struct {
+    speck_model *m;
+    const char *path;
+    const char *arch;
+} loader;
+
+static int64_t key_idx(loader *L, const char *suffix) {
+    char key[160];
+    snprintf(key, sizeof key, "%s.%s", L->arch, suffix);
+    return speck_gguf_find_key(L->m->g, key);
+}
+
+static int req_int(loader *L, const char *suffix, int *out) {
+    int64_t i = key_idx(L, suffix);
+    if (i < 0)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: missing required key '%s.%s'", L->path,
+                               L->arch, suffix);
+    speck_gguf_vtype t = speck_gguf_kv_type(L->m->g, i);
+    if (t == SPECK_GGUF_STRING || t == SPECK_GGUF_ARRAY || t == SPECK_GGUF_FLOAT32 ||
+        t == SPECK_GGUF_FLOAT64)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' must be an integer", L->path,
+                               L->arch, suffix);
+    int64_t v = speck_gguf_get_int(L->m->g, i);
+    if (v <= 0 || v > (1 << 30))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' = %lld is out of range",
+                               L->path, L->arch, suffix, (long long)v);
+    *out = (int)v;
+    return 0;
+}
+
+static int opt_int(loader *L, const char *suffix, int def) {
+    int64_t i = key_idx(L, suffix);
+    return i < 0 ? def : (int)speck_gguf_get_int(L->m->g, i);
+}
+
+static float opt_float(loader *L, const char *suffix, float def) {
+    int64_t i = key_idx(L, suffix);
+    return i < 0 ? def : (float)speck_gguf_get_float(L->m->g, i);
+}
+
+static int global_int(const speck_gguf *g, const char *key, int def) {
+    int64_t i = speck_gguf_find_key(g, key);
+    return i < 0 ? def : (int)speck_gguf_get_int(g, i);
+}
+
+static int is_compute_type(int t) {
+    return t == SPECK_TYPE_F32 || t == SPECK_TYPE_F16 || t == SPECK_TYPE_BF16 ||
+           t == SPECK_TYPE_Q8_0 || t == SPECK_TYPE_Q4_0;
+}
+
+// Find a tensor and check its shape: ne0 x ne1 (ne1 = 0 for a vector).
+static const speck_gguf_tensor *get_tensor(loader *L, const char *name, int64_t ne0, int64_t ne1,
+                                           int required, int *err) {
+    const speck_gguf_tensor *t = speck_gguf_find_tensor(L->m->g, name);
+    if (!t) {
+        if (required)
+            *err = speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor '%s'", L->path, name);
+        return NULL;
+    }
+    int nd = ne1 ? 2 : 1;
+    int bad = t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1);
+    for (int d = nd; d < 4; d++) bad |= t->ne[d] != 1;
+    if (bad) {
+        if (ne1)
+            *err = speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: tensor '%s' has shape [%lld, %lld, %lld], expected [%lld, "
+                                   "%lld] from the model's hyper-parameters",
+                                   L->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                                   (long long)t->ne[2], (long long)ne0, (long long)ne1);
+        else
+            *err = speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: tensor '%s' has shape [%lld, %lld], expected [%lld]",
+                                   L->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                                   (long long)ne0);
+        return NULL;
+    }
+    if (!is_compute_type(t->type)) {
+        *err = speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: tensor '%s' has type %s, which speck does not support "
+                               "(f32, f16, bf16, q8_0, q4_0)",
+                               L->path, name, speck_gguf_type_label(t->type));
+        return NULL;
+    }
+    return t;
+}
+
+static int get_weight(loader *L, const char *name, int64_t n_in, int64_t n_out, int required,
+                      speck_weight *w) {
+    int err = 0;
+    const speck_gguf_tensor *t = get_tensor(L, name, n_in, n_out, required, &err);
+    if (!t) return err;
+    *w = (speck_weight){t->data, (speck_type)t->type, n_in, n_out};
+    return 0;
+}
+
+// Vectors (norms, biases) are used as f32; other stored types are converted once.
+static int get_vec(loader *L, const char *name, int64_t n, int required, const float **out) {
+    int err = 0;
+    *out = NULL;
+    const speck_gguf_tensor *t = get_tensor(L, name, n, 0, required, &err);
+    if (!t) return err;
+    if (t->type == SPECK_TYPE_F32) {
+        *out = t->data;
+        return 0;
+    }
+    float *v = malloc((size_t)n * sizeof(float));
+    float **owned = realloc(L->m->owned, (size_t)(L->m->n_owned + 1) * sizeof *owned);
+    if (!v || !owned) {
+        free(v);
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    }
+    L->m->owned = owned;
+    owned[L->m->n_owned++] = v;
+    speck_dequantize_row((speck_type)t->type, t->data, v, n);
+    *out = v;
+    return 0;
+}
+
+static int load_hparams(loader *L) {
+    speck_model *m = L->m;
+    speck_hparams *hp = &m->hp;
+    const speck_gguf *g = m->g;
+    snprintf(hp->arch, sizeof hp->arch, "%s", L->arch);
+    int64_t ni = speck_gguf_find_key(g, "general.name");
+    if (ni >= 0 && speck_gguf_get_str(g, ni))
+        snprintf(hp->name, sizeof hp->name, "%s", speck_gguf_get_str(g, ni));
+    if (req_int(L, "context_length", &hp->n_ctx_train) ||
+        req_int(L, "embedding_length", &hp->n_embd) || req_int(L, "block_count", &hp->n_layer) ||
+        req_int(L, "feed_forward_length", &hp->n_ff) ||
+        req_int(L, "attention.head_count", &hp->n_head))
+        return SPECK_ERR_FORMAT;
+    hp->n_head_kv = opt_int(L, "attention.head_count_kv", hp->n_head);
+    if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: %s.attention.head_count_kv = %d does not divide head_count %d",
+                               L->path, L->arch, hp->n_head_kv, hp->n_head);
+    hp->head_dim = opt_int(L, "attention.key_length", hp->n_embd / hp->n_head);
+    if (hp->head_dim <= 0 || hp->head_dim % 2 ||
+        opt_int(L, "attention.value_length", hp->head_dim) != hp->head_dim)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: invalid head dimension %d", L->path,
+                               hp->head_dim);
+    hp->norm_eps = opt_float(L, "attention.layer_norm_rms_epsilon", 1e-5f);
+    hp->rope_freq_base = opt_float(L, "rope.freq_base", 10000.0f);
+    hp->rope_type = strcmp(L->arch, "qwen2") == 0 ? SPECK_ROPE_NEOX : SPECK_ROPE_NORMAL;
+    hp->rope_scale_factor = 1.0f;
+    int64_t si = key_idx(L, "rope.scaling.type");
+    const char *st = si >= 0 ? speck_gguf_get_str(g, si) : NULL;
+    if (st && !strcmp(st, "linear")) {
+        hp->rope_scaling = SPECK_ROPE_SCALING_LINEAR;
+        hp->rope_scale_factor = opt_float(L, "rope.scaling.factor", 1.0f);
+    } else if (st && !strcmp(st, "llama3")) {
+        hp->rope_scaling = SPECK_ROPE_SCALING_LLAMA3;
+        hp->rope_scale_factor = opt_float(L, "rope.scaling.factor", 8.0f);
+        hp->rope_low_freq_factor = opt_float(L, "rope.scaling.low_freq_factor", 1.0f);
+        hp->rope_high_freq_factor = opt_float(L, "rope.scaling.high_freq_factor", 4.0f);
+        hp->rope_orig_ctx = opt_int(L, "rope.scaling.original_context_length", 8192);
+    } else if (st && strcmp(st, "none") != 0) {
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: %s.rope.scaling.type '%s' is not supported (none, linear, "
+                               "llama3)",
+                               L->path, L->arch, st);
+    } else if (key_idx(L, "rope.scale_linear") >= 0) {
+        hp->rope_scaling = SPECK_ROPE_SCALING_LINEAR;
+        hp->rope_scale_factor = opt_float(L, "rope.scale_linear", 1.0f);
+    }
+    if (!(hp->rope_scale_factor > 0))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: rope scaling factor must be > 0", L->path);
+    hp->bos_id = global_int(g, "tokenizer.ggml.bos_token_id", -1);
+    hp->eos_id = global_int(g, "tokenizer.ggml.eos_token_id", -1);
+    return 0;
+}
+
+// Per-pair rotation frequency, with linear or llama3 scaling, or divided by the file's
+// rope_freqs factors (how llama.cpp's converter stores llama3 scaling).
+static int init_rope(loader *L) {
+    speck_model *m = L->m;
+    const speck_hparams *hp = &m->hp;
+    int half = hp->head_dim / 2;
+    m->rope_freq = malloc((size_t)half * sizeof(float));
+    if (!m->rope_freq) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    const float *factors = NULL;
+    int err = get_vec(L, "rope_freqs.weight", half, 0, &factors);
+    if (err) return err;
+    for (int i = 0; i < half; i++) {
+        double f = pow((double)hp->rope_freq_base, -2.0 * i / hp->head_dim);
+        if (factors) {
+            f /= factors[i];
+        } else if (hp->rope_scaling == SPECK_ROPE_SCALING_LINEAR) {
+            f /= hp->rope_scale_factor;
+        } else if (hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3) {
+            double wavelen = 2 * M_PI / f;
+            double lo = hp->rope_orig_ctx / hp->rope_low_freq_factor;
+            double hi = hp->rope_orig_ctx / hp->rope_high_freq_factor;
+            if (wavelen > lo) {
+                f /= hp->rope_scale_factor;
+            } else if (wavelen >= hi) {
+                double s = (hp->rope_orig_ctx / wavelen - hp->rope_low_freq_factor) /
+                           (hp->rope_high_freq_factor - hp->rope_low_freq_factor);
+                f = (1 - s) * f / hp->rope_scale_factor + s * f;
+            }
+        }
+        m->rope_freq[i] = (float)f;
+    }
+    return 0;
+}
+
+static int load_tensors(loader *L) {
+    speck_model *m = L->m;
+    const speck_hparams *hp = &m->hp;
+    int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
+            KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    int err;
+    const speck_gguf_tensor *te = speck_gguf_find_tensor(m->g, "token_embd.weight");
+    if (!te) return speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'",
+                                    L->path);
+    // Vocabulary size: from the tokenizer when present (and it must then agree with the
+    // embedding), else from the embedding.
+    int64_t vi = speck_gguf_find_key(m->g, "tokenizer.ggml.tokens");
+    int64_t n_vocab = vi >= 0 ? speck_gguf_arr_n(m->g, vi) : te->ne[1];
+    int64_t vk = key_idx(L, "vocab_size");
+    if (vi < 0 && vk >= 0) n_vocab = speck_gguf_get_int(m->g, vk);
+    if (te->ne[1] != n_vocab)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: vocabulary has %lld tokens but token_embd.weight has %lld rows",
+                               L->path, (long long)n_vocab, (long long)te->ne[1]);
+    if (n_vocab <= 0 || n_vocab > (1 << 30))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: invalid vocabulary size %lld", L->path,
+                               (long long)n_vocab);
+    m->hp.n_vocab = (int)n_vocab;
+    if ((err = get_weight(L, "token_embd.weight", E, n_vocab, 1, &m->tok_embd))) return err;
+    if ((err = get_weight(L, "output.weight", E, n_vocab, 0, &m->output))) return err;
+    m->hp.tied_output = m->output.data == NULL;
+    if (m->hp.tied_output) m->output = m->tok_embd;
+    if ((err = get_vec(L, "output_norm.weight", E, 1, &m->out_norm))) return err;
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    char n[96];
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+    for (int l = 0; l < hp->n_layer; l++) {
+        speck_layer *ly = &m->layers[l];
+        if ((err = get_vec(L, NAME("attn_norm.weight"), E, 1, &ly->attn_norm)) ||
+            (err = get_vec(L, NAME("ffn_norm.weight"), E, 1, &ly->ffn_norm)) ||
+            (err = get_weight(L, NAME("attn_q.weight"), E, Q, 1, &ly->wq)) ||
+            (err = get_weight(L, NAME("attn_k.weight"), E, KV, 1, &ly->wk)) ||
+            (err = get_weight(L, NAME("attn_v.weight"), E, KV, 1, &ly->wv)) ||
+            (err = get_weight(L, NAME("attn_output.weight"), Q, E, 1, &ly->wo)) ||
+            (err = get_weight(L, NAME("ffn_gate.weight"), E, F, 1, &ly->wg)) ||
+            (err = get_weight(L, NAME("ffn_up.weight"), E, F, 1, &ly->wu)) ||
+            (err = get_weight(L, NAME("ffn_down.weight"), F, E, 1, &ly->wd)) ||
+            (err = get_vec(L, NAME("attn_q.bias"), Q, 0, &ly->bq)) ||
+            (err = get_vec(L, NAME("attn_k.bias"), KV, 0, &ly->bk)) ||
+            (err = get_vec(L, NAME("attn_v.bias"), KV, 0, &ly->bv)))
+            return err;
+        if (!!ly->bq != !!ly->bk || !!ly->bq != !!ly->bv)
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: layer %d has only some of the q/k/v biases", L->path, l);
+        if (l == 0) m->hp.qkv_bias = ly->bq != NULL;
+        else if (m->hp.qkv_bias != (ly->bq != NULL))
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: q/k/v biases present in some layers only",
+                                   L->path);
+    }
+#undef NAME
+    return 0;
+}
+
+speck_model *speck_model_load(const char *path) {
+    speck_gguf *g = speck_gguf_open(path);
+    if (!g) return NULL;
+    speck_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        speck_gguf_close(g);
+        speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    m->g = g;
+    loader L = {m, path, NULL};
+    int64_t ai = speck_gguf_find_key(g, "general.architecture");
+    if (ai < 0 || !speck_gguf_get_str(g, ai)) {
+        speck_set_error(SPECK_ERR_FORMAT, "%s: missing required key 'general.architecture'", path);
+        goto fail;
+    }
+    L.arch = speck_gguf_get_str(g, ai);
+    if (strcmp(L.arch, "llama") && strcmp(L.arch, "qwen2")) {
+        speck_set_error(SPECK_ERR_UNSUPPORTED,
+                        "%s: architecture '%s' is not supported (llama, qwen2)", path, L.arch);
+        goto fail;
+    }
+    if (load_hparams(&L) || load_tensors(&L) || init_rope(&L)) goto fail;
+    return m;
+fail:
+    speck_model_free(m);
+    return NULL;
+}
+
+void speck_model_free(speck_model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    free(m->rope_freq);
+    speck_gguf_close(m->g);
+    free(m);
+}
+
+const speck_hparams *speck_model_hparams(const speck_model *m) { return &m->hp; }
+const speck_gguf *speck_model_gguf(const speck_model *m) { return m->g; }
+
+static size_t weight_bytes(const speck_weight *w) {
+    return w->data ? speck_type_row_size(w->type, w->n_in) * (size_t)w->n_out : 0;
+}
+
+size_t speck_model_weight_bytes(const speck_model *m) {
+    size_t total = 0;
+    for (int64_t i = 0; i < speck_gguf_n_tensors(m->g); i++)
+        total += speck_gguf_tensor_at(m->g, i)->n_bytes;
+    return total;
+}
+
+size_t speck_model_bytes_per_token(const speck_model *m) {
+    // Everything except the embedding table, of which one row is read — unless the head is tied,
+    // in which case the output matmul reads the whole table anyway.
+    size_t total = speck_model_weight_bytes(m);
+    if (!m->hp.tied_output)
+        total -= weight_bytes(&m->tok_embd) - speck_type_row_size(m->tok_embd.type, m->hp.n_embd);
+    return total;
+}
+
+speck_type speck_model_weight_type(const speck_model *m) { return m->layers[0].wq.type; }

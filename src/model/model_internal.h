@@ -1,0 +1,33 @@
+// Model internals shared by the loader, the forward pass and (later) training code.
+#ifndef SPECK_MODEL_INTERNAL_H
+#define SPECK_MODEL_INTERNAL_H
+
+#include "speck.h"
+
+// A weight matrix W: (n_out, n_in), rows of type `type` contiguous in the mapping.
+typedef struct {
+    const void *data;
+    speck_type type;
+    int64_t n_in, n_out;
+} speck_weight;
+
+typedef struct {
+    const float *attn_norm, *ffn_norm; // (n_embd)
+    speck_weight wq, wk, wv, wo;       // (n_head*hd, n_embd) (n_kv*hd, n_embd) x2 (n_embd, n_head*hd)
+    speck_weight wg, wu, wd;           // (n_ff, n_embd) x2, (n_embd, n_ff)
+    const float *bq, *bk, *bv;         // Qwen2 biases or NULL
+} speck_layer;
+
+struct speck_model {
+    speck_gguf *g;
+    speck_hparams hp;
+    speck_weight tok_embd; // (n_vocab, n_embd)
+    speck_weight output;   // (n_vocab, n_embd); == tok_embd when tied
+    const float *out_norm; // (n_embd)
+    speck_layer *layers;
+    float *rope_freq; // (head_dim/2) angle per position unit for each rotated pair, scaling applied
+    float **owned;    // f32 copies of norm/bias vectors stored in other types
+    int n_owned;
+};
+
+#endif

@@ -1,0 +1,194 @@
+#!/usr/bin/python3
+"""Write small random-weight GGUF models that exercise one model feature each.
+
+Each config differs from the plain GQA Llama in exactly one respect (attention grouping, tied
+output head, Qwen2 biases + NEOX RoPE, a RoPE scaling scheme, a non-default head size), so a
+failing config points at the feature at fault. Sizes are tiny so the float64 reference runs in
+well under a second, while every row length is a multiple of 32 so that the block-quantized
+types (Q8_0, Q4_0) can store every matrix.
+
+Usage: make_model.py --config gqa --type f32 --seed 1 -o out.gguf
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf_io as G  # noqa: E402
+from llama_ref import llama3_inv_freq  # noqa: E402
+
+BASE = dict(
+    arch="llama", n_vocab=300, n_ctx=256, n_embd=64, n_layer=2, n_head=4, n_head_kv=2,
+    head_dim=16, n_ff=192, eps=1e-5, rope_base=10000.0, tied=False, qkv_bias=False,
+    rope_scaling=None, rope_factor=1.0, rope_freqs_tensor=False,
+    explicit_head_dim=False,
+)
+
+CONFIGS = {
+    "gqa": {},
+    "mqa": dict(n_head_kv=1),
+    "mha": dict(n_head_kv=4),
+    "tied": dict(tied=True),
+    "qwen2": dict(arch="qwen2", qkv_bias=True, rope_base=1e6, eps=1e-6),
+    # Llama 3.1 scaling described by metadata keys only (frequencies computed by the loader).
+    "llama3": dict(rope_scaling="llama3", rope_factor=8.0),
+    # The same scaling the way llama.cpp's converter ships it: a rope_freqs.weight tensor of
+    # per-frequency divisors and no scaling keys. Must give the same logits as "llama3".
+    "llama3f": dict(rope_scaling="llama3", rope_factor=8.0, rope_freqs_tensor=True),
+    "linear": dict(rope_scaling="linear", rope_factor=2.0),
+    # head_dim given by attention.key_length and != n_embd / n_head (q width 128 != n_embd 64).
+    "headdim": dict(head_dim=32, explicit_head_dim=True),
+}
+
+# Llama 3.1 scaling constants used by the llama3 configs. With head_dim 16 and base 1e4 the
+# wavelengths are 6.3, 20, 63, 199, ... so orig_ctx 64 / high 4 = 16 and 64 / low 1 = 64 put
+# one frequency in the kept band, two in the interpolated band and five in the scaled band.
+LLAMA3_LOW, LLAMA3_HIGH, LLAMA3_ORIG_CTX = 1.0, 4.0, 64
+
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+
+def config(name: str) -> dict:
+    if name not in CONFIGS:
+        raise SystemExit(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+    c = dict(BASE)
+    c.update(CONFIGS[name])
+    c["name"] = name
+    return c
+
+
+def gpt2_byte_chars() -> list[str]:
+    """The GPT-2 byte-level BPE alphabet: printable Latin-1 bytes map to themselves, the other
+    bytes to consecutive code points from U+0100, in byte order. Entry b is byte b's token."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def tokenizer_kv(n_vocab: int) -> list:
+    """A minimal byte-level BPE vocabulary llama.cpp can load: the 256 byte tokens, filler
+    tokens, then BOS and EOS as control tokens. No merges: text tokenizes to single bytes."""
+    if n_vocab < 258:
+        raise ValueError("n_vocab must leave room for 256 byte tokens plus BOS/EOS")
+    tokens = gpt2_byte_chars() + [f"tok{i}" for i in range(256, n_vocab - 2)]
+    tokens += ["<|bos|>", "<|eos|>"]
+    types = [1] * (n_vocab - 2) + [3, 3]  # 1 = normal, 3 = control
+    arr = G.GGUF_ARRAY
+    return [
+        ("tokenizer.ggml.model", G.GGUF_STRING, "gpt2"),
+        ("tokenizer.ggml.pre", G.GGUF_STRING, "default"),
+        ("tokenizer.ggml.tokens", (arr, G.GGUF_STRING), tokens),
+        ("tokenizer.ggml.token_type", (arr, G.GGUF_I32), types),
+        ("tokenizer.ggml.merges", (arr, G.GGUF_STRING), []),
+        ("tokenizer.ggml.bos_token_id", G.GGUF_U32, n_vocab - 2),
+        ("tokenizer.ggml.eos_token_id", G.GGUF_U32, n_vocab - 1),
+    ]
+
+
+def build(c: dict, wtype: str = "f32", seed: int = 1):
+    """Return (kv list, tensor list) for write_gguf. Matrices (token_embd included) use wtype;
+    norms, biases and rope_freqs are always f32, as real converters store them."""
+    qt = G.TYPE_FROM_NAME[wtype]
+    rng = np.random.default_rng(seed)
+    E, F, D = c["n_embd"], c["n_ff"], c["head_dim"]
+    Hq, Hkv = c["n_head"] * D, c["n_head_kv"] * D
+
+    def mat(rows, cols, std=0.1):
+        return rng.normal(0.0, std, size=(rows, cols)).astype(np.float32)
+
+    def norm(n):
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    def bias(n):
+        return rng.normal(0.0, 0.1, size=n).astype(np.float32)
+
+    tensors = [("token_embd.weight", mat(c["n_vocab"], E), qt)]
+    for il in range(c["n_layer"]):
+        p = f"blk.{il}."
+        tensors.append((p + "attn_norm.weight", norm(E), G.F32))
+        tensors.append((p + "attn_q.weight", mat(Hq, E), qt))
+        tensors.append((p + "attn_k.weight", mat(Hkv, E), qt))
+        tensors.append((p + "attn_v.weight", mat(Hkv, E), qt))
+        if c["qkv_bias"]:
+            tensors.append((p + "attn_q.bias", bias(Hq), G.F32))
+            tensors.append((p + "attn_k.bias", bias(Hkv), G.F32))
+            tensors.append((p + "attn_v.bias", bias(Hkv), G.F32))
+        tensors.append((p + "attn_output.weight", mat(E, Hq), qt))
+        tensors.append((p + "ffn_norm.weight", norm(E), G.F32))
+        tensors.append((p + "ffn_gate.weight", mat(F, E), qt))
+        tensors.append((p + "ffn_up.weight", mat(F, E), qt))
+        tensors.append((p + "ffn_down.weight", mat(E, F), qt))
+    tensors.append(("output_norm.weight", norm(E), G.F32))
+    if not c["tied"]:
+        tensors.append(("output.weight", mat(c["n_vocab"], E), qt))
+
+    a = c["arch"] + "."
+    kv = [
+        ("general.architecture", G.GGUF_STRING, c["arch"]),
+        ("general.name", G.GGUF_STRING, f"speck-test-{c['name']}"),
+        ("general.alignment", G.GGUF_U32, 32),
+        (a + "vocab_size", G.GGUF_U32, c["n_vocab"]),
+        (a + "context_length", G.GGUF_U32, c["n_ctx"]),
+        (a + "embedding_length", G.GGUF_U32, E),
+        (a + "block_count", G.GGUF_U32, c["n_layer"]),
+        (a + "feed_forward_length", G.GGUF_U32, F),
+        (a + "attention.head_count", G.GGUF_U32, c["n_head"]),
+        (a + "attention.head_count_kv", G.GGUF_U32, c["n_head_kv"]),
+        (a + "attention.layer_norm_rms_epsilon", G.GGUF_F32, c["eps"]),
+        (a + "rope.freq_base", G.GGUF_F32, c["rope_base"]),
+        (a + "rope.dimension_count", G.GGUF_U32, D),
+    ]
+    if c["explicit_head_dim"]:
+        kv.append((a + "attention.key_length", G.GGUF_U32, D))
+        kv.append((a + "attention.value_length", G.GGUF_U32, D))
+
+    if c["rope_scaling"] == "linear":
+        kv.append((a + "rope.scaling.type", G.GGUF_STRING, "linear"))
+        kv.append((a + "rope.scaling.factor", G.GGUF_F32, c["rope_factor"]))
+    elif c["rope_scaling"] == "llama3" and not c["rope_freqs_tensor"]:
+        kv.append((a + "rope.scaling.type", G.GGUF_STRING, "llama3"))
+        kv.append((a + "rope.scaling.factor", G.GGUF_F32, c["rope_factor"]))
+        kv.append((a + "rope.scaling.low_freq_factor", G.GGUF_F32, LLAMA3_LOW))
+        kv.append((a + "rope.scaling.high_freq_factor", G.GGUF_F32, LLAMA3_HIGH))
+        kv.append((a + "rope.scaling.original_context_length", G.GGUF_U32, LLAMA3_ORIG_CTX))
+    elif c["rope_scaling"] == "llama3":
+        inv = c["rope_base"] ** (-2.0 * np.arange(D // 2) / D)
+        scaled = llama3_inv_freq(inv, c["rope_factor"], LLAMA3_LOW, LLAMA3_HIGH, LLAMA3_ORIG_CTX)
+        tensors.append(("rope_freqs.weight", (inv / scaled).astype(np.float32), G.F32))
+
+    kv += tokenizer_kv(c["n_vocab"])
+    return kv, tensors
+
+
+def make_model(config_name: str, path: str, wtype: str = "f32", seed: int = 1) -> str:
+    kv, tensors = build(config(config_name), wtype, seed)
+    G.write_gguf(path, kv, tensors)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="gqa", choices=sorted(CONFIGS))
+    ap.add_argument("--type", default="f32", choices=TYPES)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("-o", "--output", required=True)
+    args = ap.parse_args(argv)
+    make_model(args.config, args.output, args.type, args.seed)
+    print(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+#!/usr/bin/python3
+"""Check speck's forward pass (via the `forward_dump` tool) against the PyTorch reference.
+
+For every model config (make_model.py) and weight type, speck runs the same token sequence in
+several ways -- one prefill, token-by-token decode, chunked prefill, KV-cache truncation and
+re-decode, and token trees in a single masked forward -- and every way must reproduce the
+reference logits computed by llama_ref.py in float64 from the very same (dequantized) weights.
+
+Usage (as ctest runs it):
+    /usr/bin/python3 tests/reference/test_forward.py --dump build/tests/forward_dump --workdir DIR
+Debugging: --config gqa,qwen2  --type f32  --mode prefill,tree  --keep  -v
+Prints `PASS|FAIL config type mode maxerr tol` per case and finally `N passed, M failed`;
+exits 1 if anything failed.
+
+forward_dump CLI: forward_dump MODEL.gguf MODE OUT.f32 TOKENS (comma-separated ids); it writes
+raw little-endian float32 logits, row-major (rows, n_vocab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf_io as G  # noqa: E402
+import llama_ref as L  # noqa: E402
+import make_model as M  # noqa: E402
+
+# ---- tolerances --------------------------------------------------------------------------------
+# All tolerances scale with max(1, max|ref logit|) (about 3 for these models), so they are
+# relative to the logit range but never tighter than absolute for tiny logits.
+#
+# f32 / f16 / bf16 weights: 16-bit weights are exact once widened, so speck computes with
+# exactly the reference's weights and only its float32 arithmetic differs. Every value passes
+# through dot products of 16..192 terms, RMSNorm and softmax over 2 layers; float32 rounding
+# (2^-24 ~ 6e-8 relative per op) grows to about 1e-6 relative over that (a float32 run of this
+# reference differs from the float64 one by 2-3e-6, see test_reference.py). 1e-4 leaves ~30-50x
+# headroom for other summation orders and exp/sqrt implementations while still catching any
+# real bug, which moves logits by 1e-2 or more.
+TOL_FLOAT = 1e-4
+# q8_0 / q4_0 weights: the reference uses the same dequantized weights, but speck (like ggml)
+# also rounds each matmul input to Q8_0 (8 bits per block of 32 + fp16 scale). Emulating that
+# rounding in the reference moves logits by at most 2.0-3.7e-2 x scale (mean 2.2-2.5e-2, rms
+# ~0.5e-2 x scale) across configs, seeds and both types: with n_embd = 64 a block holds half a
+# vector, so one rounding flip is visible. Even two emulations differing only in float32 vs
+# float64 arithmetic disagree by up to 1.5e-2 x scale, so there is no tighter "exact" target.
+# 1e-1 (about 3x the worst observed) still flags real bugs (wrong mask/RoPE/nibble order give
+# errors of 0.3 x scale and more); the rms bound adds a check on the typical error size.
+TOL_QUANT = 1e-1
+TOL_QUANT_RMS = 2e-2
+
+N_TOKENS = 20
+# (prefix length, parent list): a bushy two-root tree reaching depth 3, and a plain chain,
+# which must equal ordinary decoding.
+TREES = [
+    (6, [-1, 0, 0, 1, 1, 2, -1, 6, 7]),
+    (1, [-1, 0, 1, 2, 3]),
+]
+
+
+def modes(n: int) -> list[str]:
+    """Modes whose rows are all n causal logits of the token sequence. truncate:K:J re-decodes
+    from K after a full prefill of the J = n tokens; rows < K come from that prefill."""
+    return ["prefill", "decode", "chunks:4", "chunks:7", "chunks:1",
+            f"truncate:8:{n}", f"truncate:0:{n}", f"truncate:{n - 1}:{n}"]
+
+
+def tree_mode(prefix: int, parents: list[int]) -> str:
+    return f"tree:{prefix}:" + ",".join(map(str, parents))
+
+
+def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_rows: int,
+             n_vocab: int):
+    """Run forward_dump; returns (logits, None) or (None, error text)."""
+    if os.path.exists(out):
+        os.remove(out)
+    cmd = [exe, model, mode, out, ",".join(map(str, tokens))]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"{' '.join(cmd)}: {e}"
+    if p.returncode != 0:
+        return None, f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr.strip()}"
+    if not os.path.exists(out):
+        return None, f"{' '.join(cmd)}: wrote no output file\n{p.stderr.strip()}"
+    data = np.fromfile(out, dtype="<f4")
+    if data.size != n_rows * n_vocab:
+        return None, (f"{' '.join(cmd)}: output has {data.size} floats, expected "
+                      f"{n_rows} rows x {n_vocab}")
+    return data.reshape(n_rows, n_vocab).astype(np.float64), None
+
+
+def compare(got: np.ndarray, ref: np.ndarray, wtype: str):
+    """(ok, maxerr, tol, extra text)."""
+    scale = max(1.0, float(np.abs(ref).max()))
+    if not np.all(np.isfinite(got)):
+        return False, float("inf"), 0.0, "non-finite logits"
+    err = np.abs(got - ref)
+    maxerr = float(err.max())
+    row, col = np.unravel_index(int(err.argmax()), err.shape)
+    where = f"worst row {row} col {col}"
+    if wtype in ("q8_0", "q4_0"):
+        tol = TOL_QUANT * scale
+        rms = float(np.sqrt((err ** 2).mean()))
+        ok = maxerr <= tol and rms <= TOL_QUANT_RMS * scale
+        return ok, maxerr, tol, f"rms {rms:.2e} (tol {TOL_QUANT_RMS * scale:.2e}) {where}"
+    tol = TOL_FLOAT * scale
+    return maxerr <= tol, maxerr, tol, where
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dump", required=True, help="path of the forward_dump executable")
+    ap.add_argument("--workdir", default=None, help="where models and outputs are written")
+    ap.add_argument("--config", default=",".join(M.CONFIGS),
+                    help="comma-separated configs (default: all)")
+    ap.add_argument("--type", default=",".join(M.TYPES), help="comma-separated weight types")
+    ap.add_argument("--mode", default=None,
+                    help="comma-separated mode prefixes to run (e.g. prefill,chunks,tree)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep models and outputs")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print where each case is worst")
+    args = ap.parse_args(argv)
+
+    configs = [c for c in args.config.split(",") if c]
+    types = [t for t in args.type.split(",") if t]
+    for c in configs:
+        M.config(c)  # validates the name
+    for t in types:
+        if t not in M.TYPES:
+            ap.error(f"unknown type {t!r}")
+    mode_filter = args.mode.split(",") if args.mode else None
+
+    def wanted(mode: str) -> bool:
+        return mode_filter is None or any(mode.startswith(f) for f in mode_filter)
+
+    passed = failed = 0
+    if not (os.path.isfile(args.dump) and os.access(args.dump, os.X_OK)):
+        print(f"FAIL forward_dump not found or not executable: {args.dump}")
+        print("0 passed, 1 failed")
+        return 1
+
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
+        work = tempfile.mkdtemp(prefix="fwd-", dir=args.workdir)
+    else:
+        work = tempfile.mkdtemp(prefix="speck-fwd-")
+
+    rng = np.random.default_rng(args.seed)
+    seq = rng.integers(0, BASE_VOCAB, size=N_TOKENS).tolist()
+    tree_cases = []
+    for prefix, parents in TREES:
+        toks = rng.integers(0, BASE_VOCAB, size=prefix + len(parents)).tolist()
+        tree_cases.append((prefix, parents, toks))
+
+    try:
+        for cfg in configs:
+            for wtype in types:
+                path = os.path.join(work, f"{cfg}_{wtype}.gguf")
+                M.make_model(cfg, path, wtype, args.seed)
+                g = G.read_gguf(path)  # the reference sees exactly the stored weights
+                ref_model = L.LlamaRef(g.kv, g.tensors)
+                n_vocab = ref_model.hp.n_vocab
+                with torch.no_grad():
+                    ref_causal = ref_model.forward(seq).numpy()
+
+                cases = [(m, seq, ref_causal) for m in modes(len(seq))]
+                for prefix, parents, toks in tree_cases:
+                    # Each node's logits = last row of prefix + root-to-node path run causally.
+                    with torch.no_grad():
+                        rows = [ref_model.forward(toks[:prefix] + [toks[prefix + j]
+                                                                  for j in path])[-1].numpy()
+                                for path in L.tree_paths(parents)]
+                    cases.append((tree_mode(prefix, parents), toks, np.stack(rows)))
+
+                for mode, toks, ref in cases:
+                    if not wanted(mode):
+                        continue
+                    out = os.path.join(work, f"{cfg}_{wtype}_{mode.replace(':', '_')}.f32")
+                    got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab)
+                    if error is not None:
+                        failed += 1
+                        print(f"FAIL {cfg} {wtype} {mode} - - forward_dump failed:")
+                        print("    " + error.replace("\n", "\n    "))
+                        continue
+                    ok, maxerr, tol, extra = compare(got, ref, wtype)
+                    passed += ok
+                    failed += not ok
+                    line = f"{'PASS' if ok else 'FAIL'} {cfg} {wtype} {mode} {maxerr:.3e} {tol:.3e}"
+                    if not ok or args.verbose:
+                        line += f"  [{extra}]"
+                    print(line, flush=True)
+    finally:
+        if args.keep:
+            print(f"kept files in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+# Token ids are drawn below the smallest vocabulary of all configs.
+BASE_VOCAB = min(M.config(c)["n_vocab"] for c in M.CONFIGS)
+
+if __name__ == "__main__":
+    sys.exit(main())

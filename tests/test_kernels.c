@@ -1,0 +1,482 @@
+// Tests for src/kernels: fp16/bf16 conversions, Q8_0/Q4_0 quantization (error bounds and exact
+// llama.cpp byte layout), every SIMD path against the scalar reference, and speck_matmul against
+// a double-precision reference on both the streaming (n_tok < 32) and BLAS (n_tok >= 32) paths.
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "speck.h"
+
+static int g_pass, g_fail;
+
+static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(int ok, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s: ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    if (ok)
+        g_pass++;
+    else
+        g_fail++;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Helpers                                                                                   */
+/* ---------------------------------------------------------------------------------------- */
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+
+static uint64_t rng_u64(void) { // splitmix64
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static float rng_uniform(void) { return (float)((rng_u64() >> 40) * 0x1p-24) * 2.0f - 1.0f; }
+
+// Values with varying magnitude per 32-block (realistic for weights and activations, and it
+// exercises very different scales across blocks).
+static void fill_random(float *x, int64_t n, float scale) {
+    float block_scale = scale;
+    for (int64_t i = 0; i < n; i++) {
+        if (i % 32 == 0) block_scale = scale * (0.05f + 2.0f * (float)((rng_u64() >> 40) * 0x1p-24));
+        x[i] = rng_uniform() * block_scale;
+    }
+}
+
+static uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static const speck_type all_types[] = {SPECK_TYPE_F32, SPECK_TYPE_F16, SPECK_TYPE_BF16,
+                                       SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0};
+#define N_TYPES 5
+
+/* ---------------------------------------------------------------------------------------- */
+/* fp16 / bf16                                                                               */
+/* ---------------------------------------------------------------------------------------- */
+
+static void test_fp16(void) {
+    static const struct {
+        uint32_t f;
+        uint16_t h;
+        const char *what;
+    } cases[] = {
+        {0x00000000, 0x0000, "+0"},
+        {0x80000000, 0x8000, "-0"},
+        {0x3f800000, 0x3c00, "1"},
+        {0xc0000000, 0xc000, "-2"},
+        {0x3eaaaaab, 0x3555, "1/3"},
+        {0x477fe000, 0x7bff, "65504 (max)"},
+        {0x477fefff, 0x7bff, "just below 65520"},
+        {0x477ff000, 0x7c00, "65520 ties to inf (65504 is odd)"},
+        {0x7f7fffff, 0x7c00, "FLT_MAX -> inf"},
+        {0x7f800000, 0x7c00, "+inf"},
+        {0xff800000, 0xfc00, "-inf"},
+        {0x3f801000, 0x3c00, "1+2^-11 tie to even (down)"},
+        {0x3f803000, 0x3c02, "1+3*2^-11 tie to even (up)"},
+        {0x3f801001, 0x3c01, "just above tie"},
+        {0x38800000, 0x0400, "2^-14 smallest normal"},
+        {0x387fc000, 0x03ff, "largest subnormal"},
+        {0x33800000, 0x0001, "2^-24 smallest subnormal"},
+        {0x33000000, 0x0000, "2^-25 ties to 0"},
+        {0x33000001, 0x0001, "just above 2^-25"},
+        {0x33c00000, 0x0002, "3*2^-25 ties to 2"},
+        {0x34200000, 0x0002, "5*2^-25 ties to 2"},
+        {0xb3c00000, 0x8002, "-3*2^-25"},
+        {0x387fe000, 0x0400, "subnormal rounding up into the smallest normal"},
+        {0x00000001, 0x0000, "fp32 denormal -> 0"},
+    };
+    int ok = 1;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint16_t h = speck_fp32_to_fp16(u2f(cases[i].f));
+        if (h != cases[i].h) {
+            ok = 0;
+            printf("  fp32->fp16 %s: got 0x%04x want 0x%04x\n", cases[i].what, h, cases[i].h);
+        }
+    }
+    check(ok, "fp32->fp16 special values, subnormals and ties");
+
+    uint16_t hn = speck_fp32_to_fp16(NAN);
+    check((hn & 0x7c00) == 0x7c00 && (hn & 0x03ff) != 0, "fp32->fp16 NaN stays NaN (0x%04x)", hn);
+
+    // fp16 -> fp32 exhaustively: compare with the value computed from the definition, and the
+    // round trip must be the identity for every non-NaN half.
+    int ok_val = 1, ok_rt = 1;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = speck_fp16_to_fp32((uint16_t)h);
+        int e = (h >> 10) & 31, m = h & 1023;
+        double mag = e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+        double want = (h & 0x8000) ? -mag : mag;
+        if (e == 31) {
+            if (m == 0 ? !(isinf(f) && (f < 0) == !!(h & 0x8000)) : !isnan(f)) ok_val = 0;
+            continue;
+        }
+        if ((double)f != want || !!signbit(f) != !!(h & 0x8000)) ok_val = 0;
+        if (speck_fp32_to_fp16(f) != h) ok_rt = 0;
+    }
+    check(ok_val, "fp16->fp32 exact for all 65536 halves");
+    check(ok_rt, "fp16->fp32->fp16 round trip is the identity");
+
+    // Random floats against the definition of round-to-nearest-even: the result must be one of
+    // the two neighbouring halves and the nearer one (the even one on a tie).
+    int ok_rne = 1;
+    for (int i = 0; i < 2000000 && ok_rne; i++) {
+        float f = u2f((uint32_t)rng_u64());
+        if (isnan(f) || fabsf(f) >= 65520.0f) continue;
+        uint16_t h = speck_fp32_to_fp16(f);
+        double v = speck_fp16_to_fp32(h);
+        double err = fabs(v - f);
+        uint16_t hs[2] = {(uint16_t)(h + 1), (uint16_t)(h - 1)}; // neighbours (same sign)
+        for (int k = 0; k < 2; k++) {
+            if ((hs[k] & 0x7fff) > 0x7bff || (hs[k] & 0x8000) != (h & 0x8000)) continue;
+            double e2 = fabs((double)speck_fp16_to_fp32(hs[k]) - f);
+            if (e2 < err || (e2 == err && (h & 1))) ok_rne = 0;
+        }
+        if (!ok_rne) printf("  fp32->fp16 of %a gave 0x%04x\n", f, h);
+    }
+    check(ok_rne, "fp32->fp16 is nearest-even on 2M random floats");
+}
+
+static void test_bf16(void) {
+    static const struct {
+        uint32_t f;
+        uint16_t h;
+        const char *what;
+    } cases[] = {
+        {0x3f800000, 0x3f80, "1"},
+        {0x3f808000, 0x3f80, "tie to even (down)"},
+        {0x3f818000, 0x3f82, "tie to even (up)"},
+        {0x3f808001, 0x3f81, "just above tie"},
+        {0x7f7fffff, 0x7f80, "FLT_MAX rounds to inf"},
+        {0x7f800000, 0x7f80, "+inf"},
+        {0xff800000, 0xff80, "-inf"},
+        {0x00018000, 0x0002, "subnormal tie to even (up)"},
+        {0x00008000, 0x0000, "subnormal tie to even (down)"},
+        {0x80000000, 0x8000, "-0"},
+    };
+    int ok = 1;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint16_t h = speck_fp32_to_bf16(u2f(cases[i].f));
+        if (h != cases[i].h) {
+            ok = 0;
+            printf("  fp32->bf16 %s: got 0x%04x want 0x%04x\n", cases[i].what, h, cases[i].h);
+        }
+    }
+    check(ok, "fp32->bf16 special values and ties");
+    uint16_t hn = speck_fp32_to_bf16(u2f(0x7f800001)); // signalling NaN with payload in low bits
+    check((hn & 0x7f80) == 0x7f80 && (hn & 0x7f) != 0, "fp32->bf16 NaN stays NaN (0x%04x)", hn);
+    int ok_all = 1;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = speck_bf16_to_fp32((uint16_t)h);
+        if (f2u(f) != h << 16) ok_all = 0;
+        if (!isnan(f) && speck_fp32_to_bf16(f) != h) ok_all = 0;
+    }
+    check(ok_all, "bf16->fp32 exact and round trip for all 65536 values");
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Quantization                                                                              */
+/* ---------------------------------------------------------------------------------------- */
+
+static void test_layout(void) {
+    // Q8_0 with amax = 127 so d = 1 exactly (fp16 0x3c00, stored little-endian 00 3c) and
+    // q = roundf(x): halves round away from zero.
+    float x[32];
+    for (int j = 0; j < 32; j++) x[j] = (float)(j - 16);
+    x[0] = 127.0f, x[1] = -127.0f, x[2] = 2.5f, x[3] = -2.5f, x[4] = 0.5f, x[5] = -0.5f,
+    x[6] = 1.49f, x[7] = -100.51f;
+    uint8_t want8[34] = {0x00, 0x3c, 127, (uint8_t)-127, 3, (uint8_t)-3, 1, (uint8_t)-1, 1,
+                         (uint8_t)-101};
+    for (int j = 8; j < 32; j++) want8[2 + j] = (uint8_t)(int8_t)(j - 16);
+    uint8_t got8[34];
+    speck_quantize_row(SPECK_TYPE_Q8_0, x, got8, 32);
+    check(!memcmp(got8, want8, 34), "Q8_0 known block: exact 34 bytes (isa %s)", speck_kernels_isa());
+
+    // Q4_0 with max = -8 (x[0]) so d = max / -8 = 1 and q = min(15, trunc(x + 8.5)). x[16] = +8
+    // has the same magnitude but comes later, so it does not become max and clamps to 15.
+    // Element j -> low nibble of qs[j], element j + 16 -> high nibble.
+    float y[32];
+    for (int j = 0; j < 16; j++) y[j] = 0.0f, y[j + 16] = 1.0f;
+    y[0] = -8.0f, y[16] = 8.0f;  // q 0, 15 (clamped)  -> 0xF0
+    y[1] = 7.0f, y[17] = -7.0f;  // q 15, 1            -> 0x1F
+    y[2] = 0.5f, y[18] = -0.5f;  // q 9, 8 (half up)   -> 0x89
+    y[3] = 3.0f, y[19] = -3.0f;  // q 11, 5            -> 0x5B
+    uint8_t want4[18] = {0x00, 0x3c, 0xF0, 0x1F, 0x89, 0x5B};
+    for (int j = 4; j < 16; j++) want4[2 + j] = 0x98; // 0 -> 8 low, 1 -> 9 high
+    uint8_t got4[18];
+    speck_quantize_row(SPECK_TYPE_Q4_0, y, got4, 32);
+    check(!memcmp(got4, want4, 18), "Q4_0 known block: exact 18 bytes, nibble placement");
+
+    // Negative d: max = +3 gives d = 3 / -8 = -0.375 = fp16 0xB600.
+    for (int j = 0; j < 32; j++) y[j] = 0.0f;
+    y[5] = 3.0f;
+    speck_quantize_row(SPECK_TYPE_Q4_0, y, got4, 32);
+    check(got4[0] == 0x00 && got4[1] == 0xB6 && (got4[2 + 5] & 0x0F) == 0,
+          "Q4_0 scale sign: max=+3 -> d=-0.375 (bytes %02x %02x), q=0", got4[0], got4[1]);
+    float back[32];
+    speck_dequantize_row(SPECK_TYPE_Q4_0, got4, back, 32);
+    check(back[5] == 3.0f && back[0] == 0.0f, "Q4_0 dequantize of that block: %g %g", back[5], back[0]);
+
+    // Zero block: d = 0, all q = 0 (Q8_0) / 8 (Q4_0), dequantizes to zeros.
+    for (int j = 0; j < 32; j++) y[j] = 0.0f;
+    speck_quantize_row(SPECK_TYPE_Q8_0, y, got8, 32);
+    speck_quantize_row(SPECK_TYPE_Q4_0, y, got4, 32);
+    // Q4_0's d = 0 / -8 is -0 (fp16 0x8000), exactly as llama.cpp stores it.
+    int zok = got8[0] == 0 && got8[1] == 0 && got4[0] == 0 && (got4[1] & 0x7f) == 0;
+    for (int j = 0; j < 32; j++) zok &= got8[2 + j] == 0;
+    for (int j = 0; j < 16; j++) zok &= got4[2 + j] == 0x88;
+    check(zok, "all-zero block quantizes to d=0 (Q4_0 nibbles 8)");
+}
+
+// Error bounds, per element, with d the fp16 scale stored in the block:
+//  Q8_0: q = round(x / d') with d' = amax/127 unrounded, |x/d' - q| <= 1/2, and the stored
+//        d = fp16(d') differs from d' by <= 2^-11 relatively; |q| <= 127, so
+//        |x - d*q| <= d'/2 + 127 * |d - d'| <= |d| * (1/2 + 128 * 2^-11) (+ float eps).
+//  Q4_0: q = floor(x/d' + 8.5) is round-half-up of x/d' (error <= 1/2) except for the one
+//        value of opposite sign to max with |x| = |max| whose x/d' = +8 clamps from 16 to 15
+//        (error 1); |q - 8| <= 8, so |x - d*(q-8)| <= |d| * (1/2 + 9 * 2^-11), or
+//        |d| * (1 + 9 * 2^-11) for the clamped element.
+static void test_quant_error(void) {
+    const int64_t n = 32 * 512;
+    float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+    void *q = malloc(speck_type_row_size(SPECK_TYPE_Q8_0, n));
+    fill_random(x, n, 3.0f);
+    for (int ti = 0; ti < 2; ti++) {
+        speck_type t = ti ? SPECK_TYPE_Q4_0 : SPECK_TYPE_Q8_0;
+        speck_quantize_row(t, x, q, n);
+        speck_dequantize_row(t, q, y, n);
+        double worst = 0.0;
+        for (int64_t b = 0; b < n / 32; b++) {
+            uint16_t dh;
+            memcpy(&dh, (const char *)q + b * speck_type_block_bytes(t), 2);
+            double ds = speck_fp16_to_fp32(dh), d = fabs(ds);
+            for (int j = 0; j < 32; j++) {
+                double e = fabs((double)x[b * 32 + j] - y[b * 32 + j]);
+                double bound = ti ? d * (0.5 + 9 * 0x1p-11) : d * (0.5 + 128 * 0x1p-11);
+                if (ti && x[b * 32 + j] / ds > 7.5) bound = d * (1 + 9 * 0x1p-11);
+                bound += 1e-6 * d + 1e-30;
+                if (e / bound > worst) worst = e / bound;
+            }
+        }
+        check(worst <= 1.0, "%s quantize->dequantize error within bound (worst %.3f of bound)",
+              speck_type_name(t), worst);
+    }
+    free(x), free(y), free(q);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* SIMD paths against scalar                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+// Dot of type t for one weight row and one f32 activation row through the public API, with the
+// activation converted as the kernels expect. Returns the dot; sabs gets sum |w_i * a_i| of the
+// dequantized operands (the scale of the float rounding error).
+static float api_dot(speck_type t, const void *w, const float *x, int64_t n, double *sabs) {
+    speck_type at = speck_act_type(t);
+    void *a = malloc(speck_type_row_size(at, n) + 64);
+    speck_quantize_row(at, x, a, n);
+    float r = speck_vec_dot(t, w, a, n);
+    if (sabs) {
+        float *wd = malloc(n * sizeof(float)), *ad = malloc(n * sizeof(float));
+        speck_dequantize_row(t, w, wd, n);
+        speck_dequantize_row(at, a, ad, n);
+        double s = 0;
+        for (int64_t i = 0; i < n; i++) s += fabs((double)wd[i] * ad[i]);
+        *sabs = s;
+        free(wd), free(ad);
+    }
+    free(a);
+    return r;
+}
+
+// Tolerance 1e-5 * sum|w*a|: every path computes the same products exactly (float products of
+// f32/f16/bf16 values, or exact int32 block sums) and only the order and grouping of float
+// additions differs; each rounding contributes at most 2^-24 relative of a partial sum bounded
+// by sum|w*a|, and with tree-shaped/multi-accumulator sums the accumulated factor stays far below
+// 1e-5 for n <= 8192 (worst sequential bound n * 2^-24 = 4.9e-4 is never approached: errors are
+// random-signed). Quantized paths also scale int32 lane partial sums before adding (one extra
+// rounding per block), well within the same bound.
+static void test_isa_equivalence(void) {
+    const char *isas[] = {"avx2", "avx512"};
+    int64_t lens[24] = {32, 64, 96, 128, 160, 224, 256, 288, 4096, 4128, 4160, 4192, 1, 7, 15, 17, 33, 100};
+    int n_lens = 18;
+    for (int i = 0; i < 6; i++) lens[n_lens++] = 32 * (1 + (int64_t)(rng_u64() % 256));
+    const int64_t nmax = 8192 + 64;
+    float *w = malloc(nmax * sizeof(float)), *x = malloc(nmax * sizeof(float));
+    void *wq = malloc(nmax * sizeof(float));
+    uint8_t *qa = malloc(nmax * sizeof(float)), *qb = malloc(nmax * sizeof(float));
+    float *fa = malloc(nmax * sizeof(float)), *fb = malloc(nmax * sizeof(float));
+    for (int ii = 0; ii < 2; ii++) {
+        if (speck_kernels_force_isa(isas[ii]) != 0) {
+            printf("SKIP: isa %s not available on this CPU\n", isas[ii]);
+            continue;
+        }
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            speck_type t = all_types[ti];
+            int ok = 1, ok_q = 1, ok_dq = 1;
+            double worst = 0;
+            for (int li = 0; li < n_lens; li++) {
+                int64_t n = lens[li];
+                if (n % speck_type_block_size(t)) continue;
+                for (int rep = 0; rep < 3; rep++) {
+                    fill_random(w, n, rep == 2 ? 100.0f : 1.0f);
+                    fill_random(x, n, rep == 1 ? 1e-3f : 1.0f);
+                    speck_kernels_force_isa("scalar");
+                    speck_quantize_row(t, w, wq, n);
+                    double sabs;
+                    float ref = api_dot(t, wq, x, n, &sabs);
+                    speck_type at = speck_act_type(t);
+                    speck_quantize_row(at, x, qa, n);
+                    speck_dequantize_row(t, wq, fa, n);
+                    speck_kernels_force_isa(isas[ii]);
+                    float got = api_dot(t, wq, x, n, NULL);
+                    speck_quantize_row(at, x, qb, n);
+                    speck_dequantize_row(t, wq, fb, n);
+                    double err = fabs((double)got - ref) / (sabs * 1e-5 + 1e-30);
+                    if (err > worst) worst = err;
+                    if (err > 1.0) {
+                        ok = 0;
+                        printf("  %s %s n=%lld: %.9g vs scalar %.9g (sum|wx| %g)\n", isas[ii],
+                               speck_type_name(t), (long long)n, got, ref, sabs);
+                    }
+                    if (memcmp(qa, qb, speck_type_row_size(at, n))) ok_q = 0;
+                    if (memcmp(fa, fb, n * sizeof(float))) ok_dq = 0;
+                }
+            }
+            check(ok, "%s %s vec_dot equals scalar within 1e-5*sum|w*x| (worst %.3f of tol)",
+                  isas[ii], speck_type_name(t), worst);
+            check(ok_q, "%s activation quantization for %s bit-identical to scalar", isas[ii],
+                  speck_type_name(t));
+            check(ok_dq, "%s dequantize_row %s bit-identical to scalar", isas[ii], speck_type_name(t));
+        }
+    }
+    speck_kernels_force_isa("scalar");
+    check(!strcmp(speck_kernels_isa(), "scalar"), "force_isa(scalar) switches path");
+    check(speck_kernels_force_isa("bogus") == -1 && !strcmp(speck_kernels_isa(), "scalar"),
+          "force_isa(unknown) fails and keeps the path");
+    free(w), free(x), free(wq), free(qa), free(qb), free(fa), free(fb);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* matmul                                                                                    */
+/* ---------------------------------------------------------------------------------------- */
+
+// Y = X · Wᵀ against a double reference. W: (n_out, n_in) quantized from random floats and
+// dequantized for the reference; X: (n_tok, n_in); for quantized weights on the streaming path
+// (n_tok < 32) the reference uses the Q8_0-rounded activations the kernel sees, on the BLAS path
+// the f32 ones. Tolerance 1e-4 * sum|w*x| per output (float accumulation over n_in <= 4096 terms
+// in sgemm's blocked order: ~sqrt(n) * 2^-24 typical, n * 2^-24 = 2.4e-4 worst case never seen).
+static int matmul_case(speck_type t, int64_t n_out, int64_t n_in, int64_t n_tok, double *worst) {
+    float *wf = malloc(n_out * n_in * sizeof(float));
+    float *x = malloc(n_tok * n_in * sizeof(float)), *xr = malloc(n_tok * n_in * sizeof(float));
+    float *y = malloc(n_tok * n_out * sizeof(float));
+    size_t wrow = speck_type_row_size(t, n_in);
+    char *w = malloc(wrow * n_out);
+    fill_random(wf, n_out * n_in, 1.0f);
+    fill_random(x, n_tok * n_in, 2.0f);
+    for (int64_t o = 0; o < n_out; o++) {
+        speck_quantize_row(t, wf + o * n_in, w + o * wrow, n_in);
+        speck_dequantize_row(t, w + o * wrow, wf + o * n_in, n_in);
+    }
+    speck_type at = speck_act_type(t);
+    void *qa = malloc(speck_type_row_size(SPECK_TYPE_F32, n_in));
+    for (int64_t i = 0; i < n_tok; i++) {
+        if (n_tok < 32 && at != SPECK_TYPE_F32) {
+            speck_quantize_row(at, x + i * n_in, qa, n_in);
+            speck_dequantize_row(at, qa, xr + i * n_in, n_in);
+        } else {
+            memcpy(xr + i * n_in, x + i * n_in, n_in * sizeof(float));
+        }
+    }
+    for (int64_t i = 0; i < n_tok * n_out; i++) y[i] = -12345.0f; // every output must be written
+    speck_matmul(t, w, n_out, n_in, x, n_tok, y);
+    int ok = 1;
+    for (int64_t i = 0; i < n_tok; i++) {
+        for (int64_t o = 0; o < n_out; o++) {
+            double s = 0, sa = 0;
+            for (int64_t k = 0; k < n_in; k++) {
+                double p = (double)wf[o * n_in + k] * xr[i * n_in + k];
+                s += p, sa += fabs(p);
+            }
+            double err = fabs(y[i * n_out + o] - s) / (1e-4 * sa + 1e-20);
+            if (!(err <= *worst)) *worst = isnan(err) ? INFINITY : err;
+            if (!(err <= 1.0)) {
+                if (ok)
+                    printf("  y[%lld,%lld] = %.9g want %.9g\n", (long long)i, (long long)o,
+                           y[i * n_out + o], s);
+                ok = 0;
+            }
+        }
+    }
+    free(wf), free(x), free(xr), free(y), free(w), free(qa);
+    return ok;
+}
+
+static void test_matmul(void) {
+    const int64_t toks[] = {1, 2, 3, 4, 5, 31, 32, 33, 100};
+    const char *isas[] = {"scalar", "avx2", "avx512"};
+    for (int ii = 0; ii < 3; ii++) {
+        if (speck_kernels_force_isa(isas[ii]) != 0) continue;
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            speck_type t = all_types[ti];
+            int ok = 1;
+            double worst = 0;
+            for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+                ok &= matmul_case(t, 67, 256, toks[k], &worst);
+                ok &= matmul_case(t, 5, 96, toks[k], &worst);
+            }
+            check(ok, "[%s] matmul %s n_tok in {1..5,31,32,33,100} (worst %.3f of tol)", isas[ii],
+                  speck_type_name(t), worst);
+        }
+    }
+    // The rest runs on the best path available.
+    if (speck_kernels_force_isa("avx512") != 0 && speck_kernels_force_isa("avx2") != 0)
+        speck_kernels_force_isa("scalar");
+    // Several prefill panels (n_in 4096 -> 512 rows per panel) and an odd token count.
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        double worst = 0;
+        int ok = matmul_case(all_types[ti], 1100, 4096, 33, &worst);
+        ok &= matmul_case(all_types[ti], 300, 4096, 3, &worst);
+        check(ok, "[%s] matmul %s 1100x4096 (multi-panel prefill) and decode (worst %.3f of tol)",
+              speck_kernels_isa(), speck_type_name(all_types[ti]), worst);
+    }
+    // Degenerate sizes must not crash or write out of bounds.
+    float y[4] = {1, 2, 3, 4}, xx[4] = {0};
+    speck_matmul(SPECK_TYPE_Q4_0, NULL, 0, 32, xx, 1, y);
+    speck_matmul(SPECK_TYPE_F32, NULL, 4, 32, xx, 0, y);
+    check(y[0] == 1 && y[3] == 4, "matmul with n_out = 0 / n_tok = 0 writes nothing");
+    speck_matmul(SPECK_TYPE_F32, xx, 2, 0, xx, 2, y);
+    check(y[0] == 0 && y[1] == 0 && y[2] == 0 && y[3] == 0, "matmul with n_in = 0 gives zeros");
+}
+
+int main(void) {
+    printf("kernels: dispatcher picked %s\n", speck_kernels_isa());
+    const char *best = speck_kernels_isa();
+    char best_name[16];
+    snprintf(best_name, sizeof best_name, "%s", best);
+    test_fp16();
+    test_bf16();
+    test_layout();
+    test_quant_error();
+    test_isa_equivalence();
+    test_matmul();
+    speck_kernels_force_isa(best_name);
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}

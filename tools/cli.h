@@ -1,0 +1,33 @@
+// Shared helpers of the speck CLI subcommands.
+#ifndef SPECK_CLI_H
+#define SPECK_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "speck.h"
+
+int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_init(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+
+// Option matching: if argv[*i] is `name` (or `alias`) followed by a value, or `name=value`,
+// store the value, advance *i and return true. Exits with a message when the value is missing.
+bool cli_opt(int argc, char **argv, int *i, const char *name, const char *alias,
+             const char **val);
+bool cli_flag(const char *arg, const char *name, const char *alias);
+// Strict number parsing; exits with "speck CMD: option: not a number" on junk.
+long long cli_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi);
+double cli_float(const char *cmd, const char *opt, const char *s);
+// Print "speck CMD: <last library error>" and return 1.
+int cli_fail(const char *cmd);
+// Parse "1,2,3" into ids (malloc'd); returns count or -1.
+int cli_parse_ids(const char *s, int32_t **ids);
+// The model used when -m is omitted: $SPECK_MODEL, else models/default.gguf beside the
+// executable's source tree or the working directory. NULL if none exists.
+const char *cli_default_model(void);
+double cli_now(void);
+
+#endif

@@ -1,0 +1,98 @@
+// Helpers shared by the CLI subcommands: option parsing, errors, timing.
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+bool cli_flag(const char *arg, const char *name, const char *alias) {
+    return !strcmp(arg, name) || (alias && !strcmp(arg, alias));
+}
+
+bool cli_opt(int argc, char **argv, int *i, const char *name, const char *alias,
+             const char **val) {
+    const char *a = argv[*i];
+    size_t n = strlen(name);
+    if (!strncmp(a, name, n) && a[n] == '=') {
+        *val = a + n + 1;
+        return true;
+    }
+    if (!cli_flag(a, name, alias)) return false;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "speck: option %s needs a value\n", name);
+        exit(2);
+    }
+    *val = argv[++*i];
+    return true;
+}
+
+long long cli_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "speck %s: %s: '%s' is not an integer in [%lld, %lld]\n", cmd, opt, s, lo,
+                hi);
+        exit(2);
+    }
+    return v;
+}
+
+double cli_float(const char *cmd, const char *opt, const char *s) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end) {
+        fprintf(stderr, "speck %s: %s: '%s' is not a number\n", cmd, opt, s);
+        exit(2);
+    }
+    return v;
+}
+
+int cli_fail(const char *cmd) {
+    fprintf(stderr, "speck %s: %s\n", cmd, speck_last_error());
+    return 1;
+}
+
+int cli_parse_ids(const char *s, int32_t **ids) {
+    int cap = 16, n = 0;
+    int32_t *v = malloc((size_t)cap * sizeof *v);
+    const char *p = s;
+    while (v && *p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x > INT32_MAX) {
+            free(v);
+            return -1;
+        }
+        if (n == cap) {
+            int32_t *w = realloc(v, (size_t)(cap *= 2) * sizeof *v);
+            if (!w) break;
+            v = w;
+        }
+        v[n++] = (int32_t)x;
+        p = end;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    *ids = v;
+    return v ? n : -1;
+}
+
+const char *cli_default_model(void) {
+    const char *env = getenv("SPECK_MODEL");
+    if (env && *env) return env;
+    static const char *cands[] = {"models/default.gguf", "models/speck-tiny.gguf"};
+    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
+        if (access(cands[i], R_OK) == 0) return cands[i];
+    return NULL;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}

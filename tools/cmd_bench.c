@@ -1,0 +1,158 @@
+// `speck bench`: prefill and decode throughput (median of runs) and the memory roofline.
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli.h"
+#include "kernels/kernels.h"
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Read bandwidth (GB/s) with all threads: each sums its slice of a buffer far larger than the
+// caches through the dispatched SIMD dot kernel; best of several passes.
+static double measure_bandwidth(void) {
+    size_t n = (size_t)256 << 20; // floats: 1 GiB
+    float *buf = malloc(n * sizeof(float));
+    if (!buf) return 0;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) buf[i] = 1.0f;
+    double best = 0;
+    volatile float sink = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = cli_now();
+        float total = 0;
+#pragma omp parallel reduction(+ : total)
+        {
+            int nt = omp_get_num_threads(), id = omp_get_thread_num();
+            size_t chunk = n / (size_t)nt / 4096 * 4096, lo = chunk * (size_t)id;
+            for (size_t off = lo; off < lo + chunk; off += 4096)
+                total += speck_vec_dot(SPECK_TYPE_F32, buf + off, buf + off, 4096);
+        }
+        double t = cli_now() - t0;
+        sink += total;
+        double gbs = (double)n * sizeof(float) / t / 1e9;
+        if (gbs > best) best = gbs;
+    }
+    (void)sink;
+    free(buf);
+    return best;
+}
+
+static void help(void) {
+    printf("usage: speck bench -m MODEL.gguf [-p 512] [-n 128] [-r 5] [-t THREADS] [--json]\n\n"
+           "Measures prompt processing (one forward over -p tokens from an empty cache) and\n"
+           "text generation (-n single-token forwards from an empty cache), reporting the median\n"
+           "of -r runs after one warm-up, like llama-bench's pp/tg tests. Also measures this\n"
+           "machine's memory read bandwidth and prints the decode roofline: bandwidth / bytes\n"
+           "of weights read per token, and the fraction of it reached.\n");
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *path = NULL;
+    int n_pp = 512, n_tg = 128, reps = 5;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (cli_flag(argv[i], "--help", "-h")) {
+            help();
+            return 0;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) path = v;
+        else if (cli_opt(argc, argv, &i, "--n-prompt", "-p", &v))
+            n_pp = (int)cli_int("bench", "-p", v, 0, 1 << 20);
+        else if (cli_opt(argc, argv, &i, "--n-gen", "-n", &v))
+            n_tg = (int)cli_int("bench", "-n", v, 0, 1 << 20);
+        else if (cli_opt(argc, argv, &i, "--repetitions", "-r", &v))
+            reps = (int)cli_int("bench", "-r", v, 1, 1000);
+        else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
+            speck_set_threads((int)cli_int("bench", "-t", v, 1, 4096));
+        else if (cli_flag(argv[i], "--json", NULL)) json = true;
+        else {
+            fprintf(stderr, "speck bench: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!path) path = cli_default_model();
+    if (!path) {
+        fprintf(stderr, "speck bench: no model given (-m FILE.gguf)\n");
+        return 2;
+    }
+    speck_model *m = speck_model_load(path);
+    if (!m) return cli_fail("bench");
+    const speck_hparams *hp = speck_model_hparams(m);
+    int n_ctx = (n_pp > n_tg ? n_pp : n_tg) + 1;
+    speck_ctx *ctx = speck_ctx_new(m, n_ctx);
+    int32_t *toks = malloc((size_t)(n_pp > n_tg ? n_pp : n_tg) * sizeof *toks + 4);
+    float *logits = malloc((size_t)hp->n_vocab * sizeof(float));
+    double *t_pp = calloc((size_t)reps, sizeof(double)), *t_tg = calloc((size_t)reps, sizeof(double));
+    if (!ctx || !toks || !logits || !t_pp || !t_tg) return cli_fail("bench");
+    uint64_t s = 12345;
+    for (int i = 0; i < (n_pp > n_tg ? n_pp : n_tg); i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        toks[i] = (int32_t)((s >> 33) % (uint64_t)hp->n_vocab);
+    }
+    for (int r = -1; r < reps; r++) { // r = -1: warm-up (page-in of the mapping, caches)
+        if (n_pp > 0) {
+            speck_ctx_truncate(ctx, 0);
+            int last = n_pp - 1;
+            double t0 = cli_now();
+            if (speck_forward(ctx, n_pp, toks, NULL, NULL, &last, 1, logits)) return cli_fail("bench");
+            if (r >= 0) t_pp[r] = cli_now() - t0;
+        }
+        if (n_tg > 0) {
+            speck_ctx_truncate(ctx, 0);
+            double t0 = cli_now();
+            for (int i = 0; i < n_tg; i++)
+                if (speck_forward(ctx, 1, &toks[i], NULL, NULL, NULL, 0, logits))
+                    return cli_fail("bench");
+            if (r >= 0) t_tg[r] = cli_now() - t0;
+        }
+    }
+    double pp = n_pp > 0 ? n_pp / median(t_pp, reps) : 0;
+    double tg = n_tg > 0 ? n_tg / median(t_tg, reps) : 0;
+    double bw = measure_bandwidth();
+    double bpt = (double)speck_model_bytes_per_token(m);
+    double roof = bw * 1e9 / bpt;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mib = ru.ru_maxrss / 1024.0;
+    const char *wt = speck_type_name(speck_model_weight_type(m));
+    if (json) {
+        printf("{\"model\": \"%s\", \"arch\": \"%s\", \"type\": \"%s\", \"file_bytes\": %zu, "
+               "\"threads\": %d, \"isa\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, "
+               "\"repetitions\": %d, \"pp_tok_s\": %.3f, \"tg_tok_s\": %.3f, "
+               "\"bandwidth_gb_s\": %.2f, \"bytes_per_token\": %.0f, \"roofline_tok_s\": %.3f, "
+               "\"roofline_fraction\": %.4f, \"peak_rss_mib\": %.1f}\n",
+               path, hp->arch, wt, speck_gguf_file_size(speck_model_gguf(m)), speck_get_threads(),
+               speck_kernels_isa(), n_pp, n_tg, reps, pp, tg, bw, bpt, roof, tg / roof, rss_mib);
+    } else {
+        printf("| model | type | size | threads | isa | test | t/s |\n");
+        printf("| --- | --- | ---: | ---: | --- | --- | ---: |\n");
+        double mib = speck_gguf_file_size(speck_model_gguf(m)) / 1048576.0;
+        if (n_pp > 0)
+            printf("| %s | %s | %.1f MiB | %d | %s | pp%d | %.2f |\n", hp->name[0] ? hp->name : path,
+                   wt, mib, speck_get_threads(), speck_kernels_isa(), n_pp, pp);
+        if (n_tg > 0)
+            printf("| %s | %s | %.1f MiB | %d | %s | tg%d | %.2f |\n", hp->name[0] ? hp->name : path,
+                   wt, mib, speck_get_threads(), speck_kernels_isa(), n_tg, tg);
+        printf("\nmedian of %d runs; memory read bandwidth %.1f GB/s; %.1f MiB read per token;\n"
+               "decode roofline %.1f tok/s; reached %.1f %%; peak RSS %.1f MiB\n",
+               reps, bw, bpt / 1048576.0, roof, 100.0 * tg / roof, rss_mib);
+    }
+    free(t_pp);
+    free(t_tg);
+    free(toks);
+    free(logits);
+    speck_ctx_free(ctx);
+    speck_model_free(m);
+    return 0;
+}

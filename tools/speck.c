@@ -1,0 +1,50 @@
+// speck — command-line interface: thin subcommands over libspeck.
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "cli.h"
+#include "speck.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "speck %s — run, benchmark and build language models on CPU\n\n"
+            "usage: speck <command> [options]   (speck <command> --help for details)\n\n"
+            "commands:\n"
+            "  generate   generate text from a prompt (default model when -m is omitted)\n"
+            "  bench      prefill/decode speed, median of runs, against the memory roofline\n"
+            "  info       print a GGUF file's metadata and tensor table\n"
+            "  init       write a model with a real checkpoint's shapes and random weights\n"
+            "  tokenize   print the token ids / pieces of a text\n",
+            speck_version());
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        printf("speck %s\n", speck_version());
+        return 0;
+    }
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {{"generate", cmd_generate}, {"bench", cmd_bench}, {"info", cmd_info},
+                {"init", cmd_init},         {"tokenize", cmd_tokenize}};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "speck: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}
