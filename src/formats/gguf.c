@@ -197,7 +197,7 @@ static int read_kv(speck_gguf *g, cursor *c, gguf_kv *kv, int64_t idx) {
             // Each element needs at least its 8-byte length, which bounds n before allocating.
             if (kv->n > (uint64_t)(c->end - c->p) / 8)
                 return speck_set_error(SPECK_ERR_FORMAT,
-                                       "%s: key '%s': string array of %" PRIu64
+                                       "%s: truncated file: key '%s': string array of %" PRIu64
                                        " elements runs past the end of the file",
                                        g->path, kv->key, kv->n);
             kv->str_off = malloc((kv->n ? kv->n : 1) * sizeof(uint64_t));
@@ -216,7 +216,7 @@ static int read_kv(speck_gguf *g, cursor *c, gguf_kv *kv, int64_t idx) {
                                    g->path, kv->key, at);
         if (kv->n > UINT64_MAX / es || need(c, kv->n * es, kv->key)) {
             return speck_set_error(SPECK_ERR_FORMAT,
-                                   "%s: key '%s': array of %" PRIu64
+                                   "%s: truncated file: key '%s': array of %" PRIu64
                                    " elements runs past the end of the file",
                                    g->path, kv->key, kv->n);
         }

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# CLI behaviour: every subcommand's --help, exit codes, clear errors on bad input, no partial
+# output files, determinism of seeded generation.  usage: test_cli.sh path/to/speck
+set -u
+SPECK=$1
+dir=$(mktemp -d /tmp/speck-cli.XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# expect CODE DESCRIPTION -- command...  (stderr saved in $dir/err)
+expect() {
+  local code=$1 what=$2; shift 3
+  "$@" >"$dir/out" 2>"$dir/err"; local rc=$?
+  if [[ $rc == "$code" ]]; then ok; else bad "$what: exit $rc, wanted $code: $(head -c 300 "$dir/err")"; fi
+}
+# stderr must mention each argument
+mentions() {
+  for s in "$@"; do grep -qF -- "$s" "$dir/err" || { bad "stderr lacks '$s': $(head -c 300 "$dir/err")"; return; }; done
+  ok
+}
+
+expect 2 "no command" -- "$SPECK"
+expect 2 "unknown command" -- "$SPECK" frobnicate
+mentions "unknown command"
+for c in generate bench info init tokenize; do
+  expect 0 "$c --help" -- "$SPECK" "$c" --help
+  grep -q "usage: speck $c" "$dir/out" && ok || bad "$c --help prints usage"
+  expect 2 "$c unknown option" -- "$SPECK" "$c" --no-such-option
+done
+
+expect 0 "init tiny" -- "$SPECK" init --preset tiny --seed 3 -o "$dir/tiny.gguf"
+expect 2 "init unknown preset" -- "$SPECK" init --preset huge -o "$dir/x.gguf"
+mentions "unknown preset 'huge'"
+expect 2 "init bad type" -- "$SPECK" init --preset tiny --type q9 -o "$dir/x.gguf"
+expect 1 "init into missing dir" -- "$SPECK" init --preset tiny -o "$dir/none/x.gguf"
+mentions "$dir/none/x.gguf"
+ls "$dir"/none* >/dev/null 2>&1 && bad "failed init left files" || ok
+# Re-init over an existing file with a failing write must keep the old file: a read-only dir.
+cp "$dir/tiny.gguf" "$dir/keep.gguf"
+mkdir "$dir/ro" && cp "$dir/tiny.gguf" "$dir/ro/m.gguf" && chmod 555 "$dir/ro"
+if [[ $(id -u) != 0 ]]; then
+  expect 1 "init into read-only dir" -- "$SPECK" init --preset tiny --seed 9 -o "$dir/ro/m.gguf"
+  cmp -s "$dir/ro/m.gguf" "$dir/keep.gguf" && ok || bad "old file damaged by failed init"
+fi
+chmod 755 "$dir/ro"
+
+expect 0 "info" -- "$SPECK" info -m "$dir/tiny.gguf"
+grep -q "blk.1.ffn_down.weight" "$dir/out" && grep -q "^model: *llama" "$dir/out" && ok || bad "info shows tensors and model"
+head -c 1000 "$dir/tiny.gguf" >"$dir/trunc.gguf"
+expect 1 "info truncated" -- "$SPECK" info -m "$dir/trunc.gguf"
+mentions "$dir/trunc.gguf" "truncated"
+printf 'NOPE0000000000000000000000' >"$dir/magic.gguf"
+expect 1 "generate bad magic" -- "$SPECK" generate -m "$dir/magic.gguf" -p hi
+mentions "$dir/magic.gguf" "magic"
+expect 1 "bench missing file" -- "$SPECK" bench -m "$dir/missing.gguf"
+mentions "$dir/missing.gguf" "cannot open"
+expect 2 "generate bad number" -- "$SPECK" generate -m "$dir/tiny.gguf" -n abc
+mentions "-n" "abc"
+expect 1 "generate bad token id" -- "$SPECK" generate -m "$dir/tiny.gguf" --ids 1,2,99999 -n 2
+mentions "token id 99999"
+
+expect 0 "generate greedy" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world" -n 16 --no-stats --ignore-eos
+cp "$dir/out" "$dir/g1"
+expect 0 "generate greedy again" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world" -n 16 --no-stats --ignore-eos -t 1
+cmp -s "$dir/out" "$dir/g1" && ok || bad "greedy output differs between runs/thread counts"
+expect 0 "generate seeded" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 24 --temp 1.0 --top-k 40 --seed 5 --no-stats --ignore-eos
+cp "$dir/out" "$dir/s1"
+expect 0 "generate seeded again" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 24 --temp 1.0 --top-k 40 --seed 5 --no-stats --ignore-eos
+cmp -s "$dir/out" "$dir/s1" && ok || bad "same seed gave different output"
+expect 0 "generate --ids" -- "$SPECK" generate -m "$dir/tiny.gguf" --ids 1,2,3 -n 4 --ignore-eos
+grep -q "generated 4 tokens" "$dir/err" && ok || bad "stats line: $(cat "$dir/err")"
+expect 0 "generate to context limit" -- "$SPECK" generate -m "$dir/tiny.gguf" --ids 1,2,3 -n 100 -c 16 --ignore-eos
+grep -q "context full" "$dir/err" && ok || bad "context-full stop: $(cat "$dir/err")"
+
+expect 0 "bench json" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 16 -n 4 -r 2 --json
+/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["pp_tok_s"]>0 and d["tg_tok_s"]>0 and 0<d["roofline_fraction"]' "$dir/out" && ok || bad "bench --json output: $(cat "$dir/out")"
+
+echo "$pass passed, $fail failed"
+[[ $fail == 0 ]]
