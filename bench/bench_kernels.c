@@ -1,13 +1,13 @@
 // Micro-benchmark of speck_matmul: GB/s of weight bytes for decode (n_tok = 1, plus a few small
 // batches for draft verification) and GFLOP/s for prefill (n_tok = 512), per weight type.
 //
-// Built by CMake as `bench_kernels`, or by hand:
-//   gcc -O3 -fopenmp -Iinclude -Isrc bench/bench_kernels.c build/libspeck.a \
-//       $(pkg-config --libs openblas libcjson libpcre2-8) -lm -o bench_kernels
-// Run: ./bench_kernels [threads] [isa]    (measure sgemm with `env -u OPENBLAS_CORETYPE`)
+// Built by CMake as `bench_kernels`, or by hand (one line):
+//   gcc -O3 -fopenmp -Iinclude -Isrc bench/bench_kernels.c build/libspeck.a $(pkg-config --libs openblas libcjson libpcre2-8) -lm -o bench_kernels
+// Run: ./bench_kernels [threads] [isa|best] [hot]   (measure sgemm with `env -u OPENBLAS_CORETYPE`)
 //
 // Decode streams a set of weight copies larger than any cache (>= 512 MiB in all), cycling
 // through them, so the number is DRAM bandwidth as in a real forward pass, not L3 bandwidth.
+// With "hot" a single copy is reused (cache-resident: the kernels' compute ceiling).
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,7 +47,8 @@ static char *make_weights(speck_type t, int64_t n_out, int64_t n_in, int copies,
 
 int main(int argc, char **argv) {
     if (argc > 1) speck_set_threads(atoi(argv[1]));
-    if (argc > 2 && speck_kernels_force_isa(argv[2]) != 0) fprintf(stderr, "isa %s unavailable\n", argv[2]);
+    const int hot = argc > 3 && !strcmp(argv[3], "hot");
+    if (argc > 2 && strcmp(argv[2], "best") && speck_kernels_force_isa(argv[2]) != 0) fprintf(stderr, "isa %s unavailable\n", argv[2]);
     printf("isa %s, %d threads, OPENBLAS_CORETYPE=%s\n", speck_kernels_isa(), speck_get_threads(),
            getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "(unset)");
     const speck_type types[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0, SPECK_TYPE_F16, SPECK_TYPE_BF16,
@@ -63,13 +64,13 @@ int main(int argc, char **argv) {
             const speck_type t = types[ti];
             size_t one;
             size_t probe = speck_type_row_size(t, n_in) * (size_t)n_out;
-            int copies = (int)((512u << 20) / probe) + 1;
+            int copies = hot ? 1 : (int)((512u << 20) / probe) + 1;
             char *W = make_weights(t, n_out, n_in, copies, &one);
             printf("%-5s %5lldx%-5lld", speck_type_name(t), (long long)n_out, (long long)n_in);
             // Decode and small batches: GB/s of weight bytes streamed.
             const int64_t toks[] = {1, 4, 16};
             for (size_t k = 0; k < 3; k++) {
-                int iters = copies * 2;
+                int iters = hot ? 200 : copies * 2;
                 speck_matmul(t, W, n_out, n_in, X, toks[k], Y); // warm-up (scratch, threads)
                 double t0 = now();
                 for (int i = 0; i < iters; i++)

@@ -347,6 +347,65 @@ double speck_sampler_uniform(speck_sampler *s);
 // Index of the largest value (first on ties).
 int32_t speck_argmax(const float *x, int n);
 
+/* ------------------------------------------------------------------------------------------ */
+/* Accelerated decoding: draft-and-verify with identical output                                */
+/* ------------------------------------------------------------------------------------------ */
+
+// Where draft tokens come from. Several may be chained: the first that proposes something wins
+// for that step (e.g. prompt lookup first, ADED when it finds nothing).
+typedef enum {
+    SPECK_DRAFT_NONE = 0,
+    SPECK_DRAFT_PROMPT = 1, // n-gram match in prompt + generated text (prompt lookup)
+    SPECK_DRAFT_ADED = 2,   // adaptive tri-gram statistics of the model's own output (ADED)
+    SPECK_DRAFT_JACOBI = 3, // Jacobi iteration with an n-gram pool from its trajectories
+    SPECK_DRAFT_MODEL = 4,  // a smaller model with the same vocabulary
+} speck_draft_kind;
+
+typedef struct {
+    speck_draft_kind kinds[4]; // tried in order; SPECK_DRAFT_NONE ends the list
+    const speck_model *draft_model; // for SPECK_DRAFT_MODEL (same vocabulary as the target)
+    int max_draft;      // longest draft chain (default 6)
+    int max_nodes;      // most candidate tokens verified in one pass, all branches (default 12)
+    int tree_width;     // alternatives at the first draft position: 1 = a chain (default 1)
+    float adaptive;     // > 0: stop extending a draft once the predicted chance that some draft
+                        // token is rejected exceeds this (SpecDec++-style); 0: fixed length
+    int ngram_max;      // prompt lookup: longest suffix n-gram matched (default 3)
+    const int32_t *warm_tokens; // ADED: token stream to warm the tri-gram statistics, or NULL
+    int64_t n_warm;
+} speck_spec_params;
+
+speck_spec_params speck_spec_default(void);
+// Parse "prompt", "aded", "jacobi", "model", "none" or a comma list ("prompt,aded") into kinds.
+int speck_spec_parse_kinds(const char *s, speck_draft_kind kinds[4]);
+const char *speck_draft_kind_name(speck_draft_kind k);
+
+typedef struct {
+    int n_prompt, n_generated;
+    int n_passes;           // target forward passes (prefill excluded)
+    int n_drafted;          // candidate tokens verified
+    int n_accepted;         // candidate tokens accepted
+    double t_total, t_draft, t_prefill; // seconds
+    const char *stop_reason; // "length", "end of generation", "context full", "callback"
+} speck_spec_stats;
+
+// Called for every token as it is accepted; return false to stop generating.
+typedef bool (*speck_token_cb)(int32_t token, void *user);
+
+typedef struct speck_decoder speck_decoder;
+
+// A decoder for `model` over context c (cleared on each run). The draft model, when used, gets
+// a context of its own.
+speck_decoder *speck_decoder_new(const speck_model *model, speck_ctx *c,
+                                 const speck_spec_params *p);
+void speck_decoder_free(speck_decoder *d);
+// Generate up to n_predict tokens after the prompt. With a greedy sampler the output is
+// token-identical to plain greedy decoding; otherwise the speculative-sampling acceptance rule
+// keeps the output distribution identical to plain sampling with the same settings. eog: token
+// predicate for end of generation (NULL: never stop early), stops after emitting that token.
+int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
+                 speck_sampler *s, bool (*eog)(int32_t tok, void *user), speck_token_cb cb,
+                 void *user, speck_spec_stats *stats);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "speck.h"
 
@@ -93,7 +94,7 @@ static void check_decode(const speck_vocab *v, const char *name, const char *s, 
 }
 
 static void run_vectors(const char *dir, const char *name) {
-    char path[4096], inp[4096], outp[4096];
+    char path[4096], inp[4200], outp[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     snprintf(inp, sizeof inp, "%s.inp", path);
     snprintf(outp, sizeof outp, "%s.out", path);

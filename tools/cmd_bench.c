@@ -119,12 +119,12 @@ int cmd_bench(int argc, char **argv) {
     }
     double pp = n_pp > 0 ? n_pp / median(t_pp, reps) : 0;
     double tg = n_tg > 0 ? n_tg / median(t_tg, reps) : 0;
+    struct rusage ru; // before the bandwidth probe's 1 GiB buffer
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mib = ru.ru_maxrss / 1024.0;
     double bw = measure_bandwidth();
     double bpt = (double)speck_model_bytes_per_token(m);
     double roof = bw * 1e9 / bpt;
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double rss_mib = ru.ru_maxrss / 1024.0;
     const char *wt = speck_type_name(speck_model_weight_type(m));
     if (json) {
         printf("{\"model\": \"%s\", \"arch\": \"%s\", \"type\": \"%s\", \"file_bytes\": %zu, "

@@ -94,12 +94,12 @@ static inline __m512i load_q8_pair(const speck_block_q8_0 *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-// One Q8_0 block in the low half, zeros above (tails with an odd block count).
+// One Q8_0 block in the low half, zeros above (tail blocks).
 static inline __m512i load_q8_one(const speck_block_q8_0 *b) {
     return _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)b[0].qs));
 }
 
-// Nibbles of two Q4_0 blocks as bytes 0..15 in element order: [b0 0-15 | b0 16-31 | b1 0-15 |
+// Nibbles of two Q4_0 blocks as bytes in element order: [b0 0-15 | b0 16-31 | b1 0-15 |
 // b1 16-31]. Each 16-byte qs is broadcast to two lanes and the odd lanes shift right by 4.
 static inline __m512i unpack_q4_pair(const speck_block_q4_0 *b) {
     const __m512i shifts = _mm512_set_epi64(0x0004000400040004LL, 0x0004000400040004LL, 0, 0,
@@ -130,150 +130,228 @@ static inline __m512i dot_q8_lanes(__m512i w, __m512i a) {
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(w), as);
 }
 
-// Per-block scales d_w * d_a of four blocks (pointers to the first of each group of four), as
-// two per-lane vectors: lo = [s0 x8, s1 x8], hi = [s2 x8, s3 x8]. The fp16 scales are gathered
-// with integer loads (free ports in these loops) and converted in one go.
-static inline void scales4(uint64_t wd, uint64_t ad, __m512 *lo, __m512 *hi) {
-    __m256 f = _mm256_cvtph_ps(_mm_set_epi64x((long long)ad, (long long)wd));
-    __m128 s = _mm_mul_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-    __m512 s512 = _mm512_castps128_ps512(s);
-    *lo = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), s512);
-    *hi = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2), s512);
+// fp16 scales of 8 consecutive Q4_0 blocks as floats. With an 18-byte stride all eight lie in
+// the first 128 bytes (words 0, 9, ..., 63), so one two-register word permute collects them
+// instead of eight scalar loads and inserts.
+static inline __m256 scales8_q4(const speck_block_q4_0 *b) {
+    const __m512i idx = _mm512_zextsi128_si512(_mm_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63));
+    __m512i lo = _mm512_loadu_si512(b), hi = _mm512_loadu_si512((const char *)b + 64);
+    return _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(lo, idx, hi)));
 }
 
-#define D4(b) ((uint64_t)(b)[0].d | (uint64_t)(b)[1].d << 16 | (uint64_t)(b)[2].d << 32 | \
-               (uint64_t)(b)[3].d << 48)
+// Same for 8 Q8_0 blocks (34-byte stride): four blocks fit in 128 bytes (words 0, 17, 34, 51),
+// so two permutes and a blend.
+static inline __m256 scales8_q8(const speck_block_q8_0 *b) {
+    const __m512i idx0 = _mm512_zextsi128_si512(_mm_setr_epi16(0, 17, 34, 51, 0, 0, 0, 0));
+    const __m512i idx1 = _mm512_zextsi128_si512(_mm_setr_epi16(0, 0, 0, 0, 0, 17, 34, 51));
+    const char *p = (const char *)b;
+    __m512i h0 = _mm512_permutex2var_epi16(_mm512_loadu_si512(p), idx0, _mm512_loadu_si512(p + 64));
+    __m512i h1 = _mm512_permutex2var_epi16(_mm512_loadu_si512(p + 136), idx1,
+                                           _mm512_loadu_si512(p + 200));
+    __m128i h = _mm_mask_blend_epi16(0xF0, _mm512_castsi512_si128(h0), _mm512_castsi512_si128(h1));
+    return _mm256_cvtph_ps(h);
+}
 
-// Scale vector for one or two blocks (tails): [s0 x8, s1 x8] with s1 = 0 when only one.
-static inline __m512 scales_tail(const uint16_t *wd, const uint16_t *ad, int nb) {
-    float s0 = _cvtsh_ss(wd[0]) * _cvtsh_ss(ad[0]);
-    float s1 = nb > 1 ? _cvtsh_ss(wd[1]) * _cvtsh_ss(ad[1]) : 0.0f;
-    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
+// Eight per-block scales -> four per-lane vectors for the four block pairs: [s0 x8, s1 x8], ...
+static inline void expand8(__m256 s, __m512 out[4]) {
+    const __m512 v = _mm512_castps256_ps512(s);
+    out[0] = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), v);
+    out[1] = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2), v);
+    out[2] = _mm512_permutexvar_ps(_mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4), v);
+    out[3] = _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6), v);
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Quantized dots                                                                            */
+/* Quantized dots (public speck_vec_dot: activations as Q8_0 blocks)                         */
 /* ---------------------------------------------------------------------------------------- */
 
-// w: (n) Q4_0, x: (n) Q8_0. Eight blocks per iteration, four float accumulators.
-static float dot_q4_0_avx512(const speck_block_q4_0 *w, const speck_block_q8_0 *x, int64_t n) {
-    const int64_t nb = n / SPECK_QK;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m512 s0, s1, s2, s3;
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        scales4(D4(w + b), D4(x + b), &s0, &s1);
-        scales4(D4(w + b + 4), D4(x + b + 4), &s2, &s3);
-        __m512i d0 = dot_q4_lanes(unpack_q4_pair(w + b), load_q8_pair(x + b));
-        __m512i d1 = dot_q4_lanes(unpack_q4_pair(w + b + 2), load_q8_pair(x + b + 2));
-        __m512i d2 = dot_q4_lanes(unpack_q4_pair(w + b + 4), load_q8_pair(x + b + 4));
-        __m512i d3 = dot_q4_lanes(unpack_q4_pair(w + b + 6), load_q8_pair(x + b + 6));
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), s1, a1);
-        a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d2), s2, a2);
-        a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d3), s3, a3);
-    }
-    for (; b + 2 <= nb; b += 2) {
-        uint16_t wd[2] = {w[b].d, w[b + 1].d}, ad[2] = {x[b].d, x[b + 1].d};
-        __m512i d = dot_q4_lanes(unpack_q4_pair(w + b), load_q8_pair(x + b));
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales_tail(wd, ad, 2), a0);
-    }
-    if (b < nb) {
-        __m512i d = dot_q4_lanes(unpack_q4_one(w + b), load_q8_one(x + b));
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales_tail(&w[b].d, &x[b].d, 1), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-// w: (n) Q8_0, x: (n) Q8_0.
-static float dot_q8_0_avx512(const speck_block_q8_0 *w, const speck_block_q8_0 *x, int64_t n) {
-    const int64_t nb = n / SPECK_QK;
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m512 s0, s1, s2, s3;
-    int64_t b = 0;
-    for (; b + 8 <= nb; b += 8) {
-        scales4(D4(w + b), D4(x + b), &s0, &s1);
-        scales4(D4(w + b + 4), D4(x + b + 4), &s2, &s3);
-        __m512i d0 = dot_q8_lanes(load_q8_pair(w + b), load_q8_pair(x + b));
-        __m512i d1 = dot_q8_lanes(load_q8_pair(w + b + 2), load_q8_pair(x + b + 2));
-        __m512i d2 = dot_q8_lanes(load_q8_pair(w + b + 4), load_q8_pair(x + b + 4));
-        __m512i d3 = dot_q8_lanes(load_q8_pair(w + b + 6), load_q8_pair(x + b + 6));
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), s1, a1);
-        a2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d2), s2, a2);
-        a3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d3), s3, a3);
-    }
-    for (; b + 2 <= nb; b += 2) {
-        uint16_t wd[2] = {w[b].d, w[b + 1].d}, ad[2] = {x[b].d, x[b + 1].d};
-        __m512i d = dot_q8_lanes(load_q8_pair(w + b), load_q8_pair(x + b));
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales_tail(wd, ad, 2), a0);
-    }
-    if (b < nb) {
-        __m512i d = dot_q8_lanes(load_q8_one(w + b), load_q8_one(x + b));
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales_tail(&w[b].d, &x[b].d, 1), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-// One weight row against nt activation rows (nt a compile-time constant after inlining, so the
-// per-token accumulators live in registers). The weight pair is unpacked once for all tokens.
-// w: (n) Q4_0 or Q8_0; x: nt rows of (n) Q8_0 at x + t * xs blocks; out: (nt).
-static inline __attribute__((always_inline)) void
-dot_mt_body(const void *wv, int is_q4, const speck_block_q8_0 *x, int64_t xs, int nt, int64_t n,
-            float *out) {
-    const int64_t nb = n / SPECK_QK;
+// w: (n) Q4_0 or Q8_0 (is_q4 constant after inlining), x: (n) Q8_0. Eight blocks per iteration
+// into four float accumulators; tail blocks one at a time.
+static inline __attribute__((always_inline)) float dot_quant(const void *wv, const int is_q4,
+                                                             const speck_block_q8_0 *x, int64_t n) {
     const speck_block_q4_0 *w4 = wv;
     const speck_block_q8_0 *w8 = wv;
-    __m512 acc[SPECK_MT][2];
-    for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    const int64_t nb = n / SPECK_QK;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        __m512i q0 = is_q4 ? unpack_q4_pair(w4 + b) : load_q8_pair(w8 + b);
-        __m512i q1 = is_q4 ? unpack_q4_pair(w4 + b + 2) : load_q8_pair(w8 + b + 2);
-        const uint64_t wd = is_q4 ? D4(w4 + b) : D4(w8 + b);
-        for (int t = 0; t < nt; t++) {
-            const speck_block_q8_0 *xt = x + t * xs + b;
-            __m512 s0, s1;
-            scales4(wd, D4(xt), &s0, &s1);
-            __m512i d0 = is_q4 ? dot_q4_lanes(q0, load_q8_pair(xt)) : dot_q8_lanes(q0, load_q8_pair(xt));
-            __m512i d1 = is_q4 ? dot_q4_lanes(q1, load_q8_pair(xt + 2))
-                               : dot_q8_lanes(q1, load_q8_pair(xt + 2));
-            acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, acc[t][0]);
-            acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), s1, acc[t][1]);
+    for (; b + 8 <= nb; b += 8) {
+        __m256 dw = is_q4 ? scales8_q4(w4 + b) : scales8_q8(w8 + b);
+        __m512 s[4];
+        expand8(_mm256_mul_ps(dw, scales8_q8(x + b)), s);
+        for (int k = 0; k < 4; k++) {
+            __m512i a = load_q8_pair(x + b + 2 * k);
+            __m512i d = is_q4 ? dot_q4_lanes(unpack_q4_pair(w4 + b + 2 * k), a)
+                              : dot_q8_lanes(load_q8_pair(w8 + b + 2 * k), a);
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s[k], acc[k]);
         }
     }
     for (; b < nb; b++) {
-        __m512i q = is_q4 ? unpack_q4_one(w4 + b) : load_q8_one(w8 + b);
-        const uint16_t wd = is_q4 ? w4[b].d : w8[b].d;
+        const float sc = _cvtsh_ss(is_q4 ? w4[b].d : w8[b].d) * _cvtsh_ss(x[b].d);
+        __m512i a = load_q8_one(x + b);
+        __m512i d = is_q4 ? dot_q4_lanes(unpack_q4_one(w4 + b), a) : dot_q8_lanes(load_q8_one(w8 + b), a);
+        acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(sc), acc[0]);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+static float dot_q4_0_avx512(const speck_block_q4_0 *w, const speck_block_q8_0 *x, int64_t n) {
+    return dot_quant(w, 1, x, n);
+}
+
+static float dot_q8_0_avx512(const speck_block_q8_0 *w, const speck_block_q8_0 *x, int64_t n) {
+    return dot_quant(w, 0, x, n);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Matmul kernels: one weight row x up to SPECK_MT token rows (speck_q8_rows layout)         */
+/* ---------------------------------------------------------------------------------------- */
+
+// The decode hot loop. Weights are unpacked and their scales converted once per 8 blocks for all
+// nt tokens (nt constant after inlining, so per-token accumulators stay in registers). Thanks to
+// the precomputed s = d * sum(a), Q4_0's "- 8" costs one FMA per 8 blocks instead of a second
+// dpbusd per pair: sum (q - 8) a = sum q a - 8 sum a.
+// w: (n) Q4_0 or Q8_0; a: rows t0 .. t0 + nt - 1; out: (nt).
+static inline __attribute__((always_inline)) void
+mm_body(const void *wv, const int is_q4, const speck_q8_rows *a, int64_t t0, const int nt, float *out) {
+    const speck_block_q4_0 *w4 = wv;
+    const speck_block_q8_0 *w8 = wv;
+    const int64_t n = a->n, nb = n / SPECK_QK;
+    const int8_t *qs[SPECK_MT];
+    const float *ad[SPECK_MT], *as[SPECK_MT];
+    __m512 acc[SPECK_MT][2];
+    __m256 bias[SPECK_MT];
+    float tail[SPECK_MT];
+    for (int t = 0; t < nt; t++) {
+        qs[t] = a->qs + (t0 + t) * n;
+        ad[t] = a->d + (t0 + t) * nb;
+        as[t] = a->s + (t0 + t) * nb;
+        acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+        bias[t] = _mm256_setzero_ps();
+        tail[t] = 0.0f;
+    }
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        const __m256 dw = is_q4 ? scales8_q4(w4 + b) : scales8_q8(w8 + b);
+        __m512i q[4];
+        for (int k = 0; k < 4; k++) q[k] = is_q4 ? unpack_q4_pair(w4 + b + 2 * k) : load_q8_pair(w8 + b + 2 * k);
         for (int t = 0; t < nt; t++) {
-            const speck_block_q8_0 *xt = x + t * xs + b;
-            __m512i d = is_q4 ? dot_q4_lanes(q, load_q8_one(xt)) : dot_q8_lanes(q, load_q8_one(xt));
-            acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scales_tail(&wd, &xt->d, 1), acc[t][0]);
+            __m512 s[4];
+            expand8(_mm256_mul_ps(dw, _mm256_loadu_ps(ad[t] + b)), s);
+            for (int k = 0; k < 4; k++) {
+                __m512i av = _mm512_loadu_si512(qs[t] + (b + 2 * k) * SPECK_QK);
+                __m512i d = is_q4 ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[k], av)
+                                  : dot_q8_lanes(q[k], av);
+                acc[t][k & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s[k], acc[t][k & 1]);
+            }
+            if (is_q4) bias[t] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(as[t] + b), bias[t]);
         }
     }
-    for (int t = 0; t < nt; t++) out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
-}
-
-static void dot_q4_0_mt_avx512(const speck_block_q4_0 *w, const speck_block_q8_0 *x, int64_t xs,
-                               int nt, int64_t n, float *out) {
-    switch (nt) {
-    case 1: out[0] = dot_q4_0_avx512(w, x, n); break;
-    case 2: dot_mt_body(w, 1, x, xs, 2, n, out); break;
-    case 3: dot_mt_body(w, 1, x, xs, 3, n, out); break;
-    default: dot_mt_body(w, 1, x, xs, 4, n, out); break;
+    for (; b < nb; b++) {
+        const float dw = _cvtsh_ss(is_q4 ? w4[b].d : w8[b].d);
+        const __m512i q = is_q4 ? unpack_q4_one(w4 + b) : load_q8_one(w8 + b);
+        for (int t = 0; t < nt; t++) {
+            __m512i av = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(qs[t] + b * SPECK_QK)));
+            __m512i d = is_q4 ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av) : dot_q8_lanes(q, av);
+            const float isum = (float)_mm512_reduce_add_epi32(d);
+            tail[t] += dw * (ad[t][b] * isum - (is_q4 ? 8.0f * as[t][b] : 0.0f));
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+        __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(bias[t]), _mm256_extractf128_ps(bias[t], 1));
+        b4 = _mm_add_ps(b4, _mm_movehl_ps(b4, b4));
+        b4 = _mm_add_ss(b4, _mm_movehdup_ps(b4));
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) - 8.0f * _mm_cvtss_f32(b4) + tail[t];
     }
 }
 
-static void dot_q8_0_mt_avx512(const speck_block_q8_0 *w, const speck_block_q8_0 *x, int64_t xs,
-                               int nt, int64_t n, float *out) {
-    switch (nt) {
-    case 1: out[0] = dot_q8_0_avx512(w, x, n); break;
-    case 2: dot_mt_body(w, 0, x, xs, 2, n, out); break;
-    case 3: dot_mt_body(w, 0, x, xs, 3, n, out); break;
-    default: dot_mt_body(w, 0, x, xs, 4, n, out); break;
+// Q4_0 weights: one vpermt2w gathers the 16-byte qs of four consecutive 18-byte blocks (all
+// word-aligned) into [b0 | b1 | b2 | b3]; the low nibbles are then elements 0-15 and the high
+// nibbles elements 16-31 of each block, matching the activation order quantize_rows() stores
+// for Q4_0 (speck_q8_rows, "q4 order"). Both dpbusd of a 4-block group land in the same int32
+// lanes (lanes 4k..4k+3 = block k), so a group costs one convert and one FMA.
+static inline __attribute__((always_inline)) void
+mm_q4_body(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, const int nt, float *out) {
+    const int64_t n = a->n, nb = n / SPECK_QK;
+    // Word indices of qs of blocks 0-3 in (bytes 0..127), and of blocks 4-7 in (bytes 64..191).
+    const __m512i idx_lo = _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,
+                                            17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    const __m512i idx_hi = _mm512_add_epi16(idx_lo, _mm512_set1_epi16(4)); // block 4 qs at word 37 - 32
+    const __m512i idx_d = _mm512_zextsi128_si512(_mm_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63));
+    const __m512i nib = _mm512_set1_epi8(0x0F);
+    const __m512i exp0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i exp1 = _mm512_add_epi32(exp0, _mm512_set1_epi32(4));
+    const int8_t *qs[SPECK_MT];
+    const float *ad[SPECK_MT], *as[SPECK_MT];
+    __m512 acc[SPECK_MT][2];
+    __m256 bias[SPECK_MT];
+    float tail[SPECK_MT];
+    for (int t = 0; t < nt; t++) {
+        qs[t] = a->qs + (t0 + t) * n;
+        ad[t] = a->d + (t0 + t) * nb;
+        as[t] = a->s + (t0 + t) * nb;
+        acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+        bias[t] = _mm256_setzero_ps();
+        tail[t] = 0.0f;
+    }
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        const char *p = (const char *)(w + b);
+        // 8 blocks are 144 bytes: the third register only takes bytes 128..143 (no over-read).
+        const __m512i l0 = _mm512_loadu_si512(p), l1 = _mm512_loadu_si512(p + 64);
+        const __m512i l2 = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)(p + 128)));
+        const __m256 dw = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(l0, idx_d, l1)));
+        const __m512i v0 = _mm512_permutex2var_epi16(l0, idx_lo, l1);
+        const __m512i v1 = _mm512_permutex2var_epi16(l1, idx_hi, l2);
+        const __m512i q0l = _mm512_and_si512(v0, nib), q0h = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
+        const __m512i q1l = _mm512_and_si512(v1, nib), q1h = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
+        for (int t = 0; t < nt; t++) {
+            const int8_t *x = qs[t] + b * SPECK_QK;
+            const __m512 sc = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(ad[t] + b)));
+            __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q0l, _mm512_loadu_si512(x));
+            d0 = _mm512_dpbusd_epi32(d0, q0h, _mm512_loadu_si512(x + 64));
+            __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q1l, _mm512_loadu_si512(x + 128));
+            d1 = _mm512_dpbusd_epi32(d1, q1h, _mm512_loadu_si512(x + 192));
+            acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(exp0, sc), acc[t][0]);
+            acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(exp1, sc), acc[t][1]);
+            bias[t] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(as[t] + b), bias[t]);
+        }
+    }
+    for (; b < nb; b++) { // natural order past the last full group of 8
+        const float dw = _cvtsh_ss(w[b].d);
+        const __m512i q = unpack_q4_one(w + b);
+        for (int t = 0; t < nt; t++) {
+            __m512i av = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(qs[t] + b * SPECK_QK)));
+            const float isum = (float)_mm512_reduce_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av));
+            tail[t] += dw * (ad[t][b] * isum - 8.0f * as[t][b]);
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+        __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(bias[t]), _mm256_extractf128_ps(bias[t], 1));
+        b4 = _mm_add_ps(b4, _mm_movehl_ps(b4, b4));
+        b4 = _mm_add_ss(b4, _mm_movehdup_ps(b4));
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) - 8.0f * _mm_cvtss_f32(b4) + tail[t];
     }
 }
 
+static void mm_q4_0_avx512(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
+                           float *out) {
+    switch (nt) {
+    case 1: mm_q4_body(w, a, t0, 1, out); break;
+    case 2: mm_q4_body(w, a, t0, 2, out); break;
+    case 3: mm_q4_body(w, a, t0, 3, out); break;
+    default: mm_q4_body(w, a, t0, 4, out); break;
+    }
+}
+
+static void mm_q8_0_avx512(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
+                           float *out) {
+    switch (nt) {
+    case 1: mm_body(w, 0, a, t0, 1, out); break;
+    case 2: mm_body(w, 0, a, t0, 2, out); break;
+    case 3: mm_body(w, 0, a, t0, 3, out); break;
+    default: mm_body(w, 0, a, t0, 4, out); break;
+    }
+}
 /* ---------------------------------------------------------------------------------------- */
 /* Activation quantization and row conversions                                               */
 /* ---------------------------------------------------------------------------------------- */
@@ -359,8 +437,8 @@ const speck_kernel_table speck_kernels_avx512 = {
     .dot_bf16 = dot_bf16_avx512,
     .dot_q8_0 = dot_q8_0_avx512,
     .dot_q4_0 = dot_q4_0_avx512,
-    .dot_q4_0_mt = dot_q4_0_mt_avx512,
-    .dot_q8_0_mt = dot_q8_0_mt_avx512,
+    .mm_q4_0 = mm_q4_0_avx512,
+    .mm_q8_0 = mm_q8_0_avx512,
     .quantize_q8_0 = quantize_q8_0_avx512,
     .f16_to_f32 = f16_to_f32_avx512,
     .bf16_to_f32 = bf16_to_f32_avx512,

@@ -8,6 +8,19 @@
 // Most activation rows a multi-token kernel handles per call (matmul tiles tokens by this).
 #define SPECK_MT 4
 
+// Activations in the matmul-internal layout: the Q8_0 values of nt token rows with the block
+// headers split off, so a pair of blocks is one aligned 64-byte load and the scales are floats.
+// Same numbers as speck_quantize_row(Q8_0) produces (d is the stored fp16 scale, widened). For
+// Q4_0 weights the AVX-512 kernel wants the values of each 4-block group (within the first
+// floor(nb / 8) * 8 blocks) as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks];
+// matmul.c builds that order when it passes Q4_0 rows (see quantize_rows()).
+typedef struct {
+    const int8_t *qs; // (n_tok, n) quantized values; rows 64-byte aligned
+    const float *d;   // (n_tok, n / 32) block scales
+    const float *s;   // (n_tok, n / 32) d * (sum of the block's 32 values), for Q4_0's -8 offset
+    int64_t n;        // values per row, a multiple of 32
+} speck_q8_rows;
+
 typedef struct {
     const char *name;
     // One weight row · one activation row; n values (a multiple of 32 for Q types).
@@ -16,13 +29,12 @@ typedef struct {
     float (*dot_bf16)(const uint16_t *w, const float *x, int64_t n);
     float (*dot_q8_0)(const speck_block_q8_0 *w, const speck_block_q8_0 *x, int64_t n);
     float (*dot_q4_0)(const speck_block_q4_0 *w, const speck_block_q8_0 *x, int64_t n);
-    // One weight row · nt (1..SPECK_MT) activation rows: x holds nt rows, row r starting at
-    // x + r * x_stride blocks; out: (nt). Weights are unpacked once for all rows. NULL: the
-    // matmul falls back to nt single dots.
-    void (*dot_q4_0_mt)(const speck_block_q4_0 *w, const speck_block_q8_0 *x, int64_t x_stride,
-                        int nt, int64_t n, float *out);
-    void (*dot_q8_0_mt)(const speck_block_q8_0 *w, const speck_block_q8_0 *x, int64_t x_stride,
-                        int nt, int64_t n, float *out);
+    // One weight row · token rows t0 .. t0 + nt - 1 (nt 1..SPECK_MT) of a; out: (nt). NULL: the
+    // matmul uses the Q8_0-block path above instead.
+    void (*mm_q4_0)(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
+                    float *out);
+    void (*mm_q8_0)(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
+                    float *out);
     // Activation quantization (must be bit-identical across ISAs) and row conversions.
     void (*quantize_q8_0)(const float *x, speck_block_q8_0 *y, int64_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);

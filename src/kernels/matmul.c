@@ -63,44 +63,80 @@ static inline float dot_one(const speck_kernel_table *k, speck_type wt, const vo
     return 0.0f;
 }
 
+// Quantize X into the matmul-internal layout (kernels with mm_* entry points).
+// X: (n_tok, n_in) f32 -> a: qs (n_tok, n_in), d and s (n_tok, n_in / 32), all inside buf.
+// blk: scratch for one Q8_0 row. q4_order: within the first floor(nb / 8) * 8 blocks, store each
+// group of 4 blocks as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks], the
+// order the AVX-512 Q4_0 kernel unpacks nibbles in (see mm_q4_body); otherwise natural order.
+static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, int64_t n_tok,
+                                   int64_t n_in, char *buf, speck_block_q8_0 *blk, int q4_order) {
+    const int64_t nb = n_in / SPECK_QK, grouped = q4_order ? nb / 8 * 8 : 0;
+    int8_t *qs = (int8_t *)buf;
+    float *d = (float *)(buf + (((size_t)(n_tok * n_in) + 63) & ~(size_t)63));
+    float *s = d + n_tok * nb;
+    for (int64_t t = 0; t < n_tok; t++) {
+        k->quantize_q8_0(X + t * n_in, blk, n_in);
+        int8_t *row = qs + t * n_in;
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t sum = 0;
+            for (int j = 0; j < SPECK_QK; j++) sum += blk[b].qs[j];
+            if (b < grouped) {
+                int8_t *g = row + (b / 4) * 4 * SPECK_QK + (b % 4) * 16;
+                memcpy(g, blk[b].qs, 16);
+                memcpy(g + 64, blk[b].qs + 16, 16);
+            } else {
+                memcpy(row + b * SPECK_QK, blk[b].qs, SPECK_QK);
+            }
+            d[t * nb + b] = speck_fp16_to_fp32(blk[b].d);
+            s[t * nb + b] = d[t * nb + b] * (float)sum;
+        }
+    }
+    return (speck_q8_rows){.qs = qs, .d = d, .s = s, .n = n_in};
+}
+
 // Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out).
 static void matmul_small(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
                          const float *X, int64_t n_tok, float *Y) {
     const speck_kernel_table *k = speck_kernels_get();
     const size_t wrow = speck_type_row_size(wt, n_in);
     const speck_type at = speck_act_type(wt);
-    const char *act = (const char *)X;
+    const int use_mm = (wt == SPECK_TYPE_Q4_0 && k->mm_q4_0) || (wt == SPECK_TYPE_Q8_0 && k->mm_q8_0);
+    const char *act = (const char *)X; // Q8_0-block or f32 rows when !use_mm
     size_t arow = (size_t)n_in * sizeof(float);
+    speck_q8_rows rows = {0};
     if (at == SPECK_TYPE_Q8_0) {
-        // act: (n_tok) rows of n_in / 32 Q8_0 blocks
         arow = speck_type_row_size(at, n_in);
-        char *buf = scratch_get(&g_act_buf, arow * (size_t)n_tok);
+        // Q8_0 rows (n_tok, n_in / 32 blocks), then for use_mm the split layout after them.
+        const size_t blocks = (arow * (size_t)n_tok + 63) & ~(size_t)63;
+        const size_t split = (size_t)n_tok * (size_t)n_in + 64 + 2 * sizeof(float) * (size_t)(n_tok * (n_in / SPECK_QK));
+        char *buf = scratch_get(&g_act_buf, blocks + (use_mm ? split : 0));
         if (!buf) {
             fail_nomem(Y, n_tok, n_out);
             return;
         }
-        for (int64_t t = 0; t < n_tok; t++)
-            k->quantize_q8_0(X + t * n_in, (speck_block_q8_0 *)(buf + t * arow), n_in);
-        act = buf;
+        if (use_mm) {
+            rows = quantize_rows(k, X, n_tok, n_in, buf + blocks, (speck_block_q8_0 *)buf,
+                                 wt == SPECK_TYPE_Q4_0);
+        } else {
+            for (int64_t t = 0; t < n_tok; t++)
+                k->quantize_q8_0(X + t * n_in, (speck_block_q8_0 *)(buf + t * arow), n_in);
+            act = buf;
+        }
     }
-    // Multi-token kernel (weights unpacked once per group of up to SPECK_MT tokens), if any.
-    const int mt = n_tok > 1 && ((wt == SPECK_TYPE_Q4_0 && k->dot_q4_0_mt) ||
-                                 (wt == SPECK_TYPE_Q8_0 && k->dot_q8_0_mt));
-    const int64_t xs = (int64_t)(arow / sizeof(speck_block_q8_0)); // activation row stride, blocks
 
     const int parallel = n_out > 1 && n_out * n_in * n_tok >= PARALLEL_MIN_WORK;
 #pragma omp parallel for schedule(static) if (parallel)
     for (int64_t o = 0; o < n_out; o++) {
         const char *w = (const char *)W + (size_t)o * wrow;
-        if (mt) {
+        if (use_mm) {
+            // Groups of up to SPECK_MT tokens; the row stays in L1 across groups.
             for (int64_t t = 0; t < n_tok; t += SPECK_MT) {
                 const int nt = (int)(n_tok - t < SPECK_MT ? n_tok - t : SPECK_MT);
                 float out[SPECK_MT];
-                const speck_block_q8_0 *a = (const speck_block_q8_0 *)(act + (size_t)t * arow);
                 if (wt == SPECK_TYPE_Q4_0)
-                    k->dot_q4_0_mt((const speck_block_q4_0 *)w, a, xs, nt, n_in, out);
+                    k->mm_q4_0((const speck_block_q4_0 *)w, &rows, t, nt, out);
                 else
-                    k->dot_q8_0_mt((const speck_block_q8_0 *)w, a, xs, nt, n_in, out);
+                    k->mm_q8_0((const speck_block_q8_0 *)w, &rows, t, nt, out);
                 for (int j = 0; j < nt; j++) Y[(t + j) * n_out + o] = out[j];
             }
         } else {

@@ -5,8 +5,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
+
+// Batches of at least this many new tokens compute attention with GEMMs.
+#define ATT_GEMM_MIN 16
+
+// Elementwise loops outside src/kernels get AVX-512/AVX2 clones picked at load time (ifunc), so
+// the generic x86-64 binary still runs them at full width.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define SPECK_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SPECK_MULTIVERSION
+#endif
 
 struct speck_ctx {
     const speck_model *m;
@@ -19,8 +32,8 @@ struct speck_ctx {
     float *q;       // (n, n_head*hd)
     float *att;     // (n, n_head*hd)
     float *g, *u;   // (n, n_ff)
-    float *kn, *vn; // (n, kv_dim) new keys/values before they are placed in the cache
     float *scores;  // (threads, n_ctx)
+    float *att_s;   // (cap, n_ctx) attention probabilities of a batch
     int scores_threads;
 };
 
@@ -61,9 +74,8 @@ void speck_ctx_free(speck_ctx *c) {
     free(c->att);
     free(c->g);
     free(c->u);
-    free(c->kn);
-    free(c->vn);
     free(c->scores);
+    free(c->att_s);
     free(c);
 }
 
@@ -115,13 +127,14 @@ static int reserve(speck_ctx *c, int n) {
     if (grow(&c->x, (size_t)n * hp->n_embd) || grow(&c->xn, (size_t)n * hp->n_embd) ||
         grow(&c->q, (size_t)n * qd) || grow(&c->att, (size_t)n * qd) ||
         grow(&c->g, (size_t)n * hp->n_ff) || grow(&c->u, (size_t)n * hp->n_ff) ||
-        grow(&c->kn, (size_t)n * c->kv_dim) || grow(&c->vn, (size_t)n * c->kv_dim))
+        (n >= ATT_GEMM_MIN && grow(&c->att_s, (size_t)n * c->n_ctx)))
         return -1;
     c->cap = n;
     return 0;
 }
 
 // out: (n, dim) = x / rms(x) * w, per row; x: (n, dim), w: (dim)
+SPECK_MULTIVERSION
 static void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps) {
 #pragma omp parallel for schedule(static) if (n > 1)
     for (int i = 0; i < n; i++) {
@@ -166,15 +179,61 @@ static void add_bias(float *x, const float *b, int n, int dim) {
         for (int j = 0; j < dim; j++) x[(size_t)i * dim + j] += b[j];
 }
 
+// Row softmax over the allowed entries of s (n_total), in place; masked entries become 0.
+// Returns false when nothing is allowed.
+static bool softmax_masked(float *s, int n_total, int limit, const uint8_t *mi) {
+    float mx = -INFINITY;
+    for (int j = 0; j < limit; j++) {
+        if (mi && !mi[j]) s[j] = -INFINITY;
+        if (s[j] > mx) mx = s[j];
+    }
+    for (int j = limit; j < n_total; j++) s[j] = 0.0f;
+    if (mx == -INFINITY) {
+        for (int j = 0; j < limit; j++) s[j] = 0.0f;
+        return false;
+    }
+    double sum = 0;
+    for (int j = 0; j < limit; j++) {
+        float p = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx);
+        s[j] = p;
+        sum += p;
+    }
+    float inv = (float)(1.0 / sum);
+    for (int j = 0; j < limit; j++) s[j] *= inv;
+    return true;
+}
+
+// o (hd) += p * v (hd)
+SPECK_MULTIVERSION
+static void axpy(float *o, float p, const float *v, int hd) {
+    for (int d = 0; d < hd; d++) o[d] += p * v[d];
+}
+
 // Attention of the n new queries over cache entries [0, n_total).
 // q, out: (n, n_head*hd); cache k, v: (n_ctx, kv_dim); mask: (n, n_total) or NULL (causal).
 static void attention(speck_ctx *c, const float *q, float *out, const float *kc, const float *vc,
                       int n, int n_total, const uint8_t *mask) {
     const speck_hparams *hp = &c->m->hp;
     int hd = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
-    int n_past = n_total - n;
+    int n_past = n_total - n, qd = nh * hd;
     float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    if (n >= ATT_GEMM_MIN) {
+        // Batches (prefill, wide trees): per head S = Q Kᵀ and O = P V as GEMMs.
+        for (int h = 0; h < nh; h++) {
+            const float *kb = kc + (size_t)(h / group) * hd, *vb = vc + (size_t)(h / group) * hd;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n_total, hd, scale,
+                        q + (size_t)h * hd, qd, kb, c->kv_dim, 0.0f, c->att_s, n_total);
+#pragma omp parallel for schedule(static)
+            for (int i = 0; i < n; i++)
+                softmax_masked(c->att_s + (size_t)i * n_total, n_total,
+                               mask ? n_total : n_past + i + 1,
+                               mask ? mask + (size_t)i * n_total : NULL);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, n_total, 1.0f,
+                        c->att_s, n_total, vb, c->kv_dim, 0.0f, out + (size_t)h * hd, qd);
+        }
+        return;
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (n * nh > 1)
     for (int i = 0; i < n; i++)
         for (int h = 0; h < nh; h++) {
             float *sc = c->scores + (size_t)omp_get_thread_num() * c->n_ctx;
@@ -183,32 +242,29 @@ static void attention(speck_ctx *c, const float *q, float *out, const float *kc,
             const float *vb = vc + (size_t)(h / group) * hd;
             const uint8_t *mi = mask ? mask + (size_t)i * n_total : NULL;
             int limit = mask ? n_total : n_past + i + 1;
-            float mx = -INFINITY;
-            for (int j = 0; j < limit; j++) {
-                if (mi && !mi[j]) {
-                    sc[j] = -INFINITY;
-                    continue;
-                }
-                sc[j] = speck_vec_dot(SPECK_TYPE_F32, kb + (size_t)j * c->kv_dim, qi, hd) * scale;
-                if (sc[j] > mx) mx = sc[j];
-            }
+            for (int j = 0; j < limit; j++)
+                sc[j] = (mi && !mi[j]) ? -INFINITY
+                                       : speck_vec_dot(SPECK_TYPE_F32, kb + (size_t)j * c->kv_dim,
+                                                       qi, hd) * scale;
             float *o = out + ((size_t)i * nh + h) * hd;
             memset(o, 0, (size_t)hd * sizeof(float));
-            if (mx == -INFINITY) continue; // fully masked row: no information, zero output
-            double sum = 0;
-            for (int j = 0; j < limit; j++) {
-                float p = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
-                sc[j] = p;
-                sum += p;
-            }
-            float inv = (float)(1.0 / sum);
-            for (int j = 0; j < limit; j++) {
-                float p = sc[j] * inv;
-                if (p == 0.0f) continue;
-                const float *vj = vb + (size_t)j * c->kv_dim;
-                for (int d = 0; d < hd; d++) o[d] += p * vj[d];
-            }
+            if (!softmax_masked(sc, limit, limit, NULL)) continue; // fully masked: zero output
+            for (int j = 0; j < limit; j++)
+                if (sc[j] != 0.0f) axpy(o, sc[j], vb + (size_t)j * c->kv_dim, hd);
         }
+}
+
+// x (n) += y (n)
+SPECK_MULTIVERSION
+static void add_inplace(float *x, const float *y, size_t n) {
+    for (size_t j = 0; j < n; j++) x[j] += y[j];
+}
+
+// g (n) = silu(g) * u
+SPECK_MULTIVERSION
+static void swiglu(float *g, const float *u, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 16384)
+    for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
 }
 
 static void matmul(const speck_weight *w, const float *x, int n, float *y) {
@@ -264,19 +320,14 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
         rope(kc, pos, n, hp->n_head_kv, hd, m->rope_freq, hp->rope_type);
         attention(c, c->q, c->att, c->k[l], c->v[l], n, n_total, mask);
         matmul(&ly->wo, c->att, n, c->xn);
-        for (size_t j = 0; j < (size_t)n * E; j++) c->x[j] += c->xn[j];
+        add_inplace(c->x, c->xn, (size_t)n * E);
 
         rmsnorm(c->xn, c->x, ly->ffn_norm, n, E, hp->norm_eps);
         matmul(&ly->wg, c->xn, n, c->g);
         matmul(&ly->wu, c->xn, n, c->u);
-        size_t nf = (size_t)n * hp->n_ff;
-#pragma omp parallel for schedule(static) if (nf > 16384)
-        for (size_t j = 0; j < nf; j++) {
-            float gj = c->g[j];
-            c->g[j] = gj / (1.0f + expf(-gj)) * c->u[j];
-        }
+        swiglu(c->g, c->u, (size_t)n * hp->n_ff);
         matmul(&ly->wd, c->g, n, c->xn);
-        for (size_t j = 0; j < (size_t)n * E; j++) c->x[j] += c->xn[j];
+        add_inplace(c->x, c->xn, (size_t)n * E);
     }
     // Only the requested rows go through the (large) output head.
     for (int r = 0; r < n_out; r++) {

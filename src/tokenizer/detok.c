@@ -40,11 +40,13 @@ int speck_token_to_piece(const speck_vocab *v, int32_t id, char *buf, int size) 
             return copy_out(buf, size, 0, &c, 1);
         }
     }
-    // Special and added tokens are shown as written (they are not byte-mapped).
-    if (type == TOK_CONTROL || type == TOK_USER_DEFINED || type == TOK_UNKNOWN)
+    // Special and added tokens are shown as written (they are not byte-mapped), except that
+    // SentencePiece-style added tokens such as Gemma's "▁▁" runs still stand for spaces.
+    if (type == TOK_CONTROL || type == TOK_UNKNOWN ||
+        (type == TOK_USER_DEFINED && !v->space_to_meta))
         return copy_out(buf, size, 0, t, len);
     int at = 0;
-    if (v->byte_level) {
+    if (v->byte_level && type != TOK_USER_DEFINED) {
         for (uint32_t i = 0; i < len;) {
             uint32_t cp;
             int cl = tok_utf8_next(t + i, len - i, &cp);

@@ -28,7 +28,7 @@ static const char RE_TEKKEN[] =
 // DeepSeek LLM lists its Latin/Greek/Cyrillic/... letters explicitly instead of \p{L}.
 static const char RE_DEEPSEEK_LETTERS[] =
     "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕ"
-    "ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭ"
+    "ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\\x{1F7D}ᾀ-ᾴᾶ-ᾼ\\x{1FBE}ῂ-ῄῆ-ῌῐ-\\x{1FD3}ῖ-\\x{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\\x{2126}ℨ\\x{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭ"
     "Ꚁ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ\\x{10400}-\\x{1044F}\\x{104B0}-\\x{104D3}\\x{104D8}-\\x{104FB}"
     "\\x{10C80}-\\x{10CB2}\\x{10CC0}-\\x{10CF2}\\x{118A0}-\\x{118DF}\\x{1E900}-\\x{1E943}]+";
 static const char RE_CJK_HANGUL[] = "[一-龥ࠀ-一가-퟿]+";
@@ -142,6 +142,7 @@ static int split_one(const pcre2_code *re, const char *text, size_t off, size_t 
     while (pos < len) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, len, pos, 0, md, mc);
         if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc == PCRE2_ERROR_JIT_STACKLIMIT) return rc; // caller retries with a bigger stack
         if (rc < 0) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(rc, msg, sizeof msg);
@@ -170,21 +171,33 @@ int tok_pretok_split(const tok_pretok *p, const char *text, size_t len, size_t *
     int rc = push_piece(pieces, n_pieces, cap, 0, len);
     if (rc || p->n == 0) return rc;
     pcre2_match_data *md = pcre2_match_data_create(4, NULL);
-    pcre2_match_context *mc = pcre2_match_context_create(NULL);
-    // The default 32 KiB JIT stack is enough for these patterns' simple repeats, but a larger
-    // one costs nothing until used and avoids PCRE2_ERROR_JIT_STACKLIMIT on pathological input.
-    pcre2_jit_stack *js = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
+    // The default 32 KiB JIT stack suffices for these patterns' simple repeats; only if a match
+    // runs out of it (pathological input) is a larger one created, for that call alone.
+    pcre2_match_context *mc = NULL;
+    pcre2_jit_stack *js = NULL;
     size_t *tmp = NULL, tn = 0, tcap = 0;
-    if (!md || !mc || !js) {
+    if (!md) {
         rc = speck_set_error(SPECK_ERR_NOMEM, "tokenizer: out of memory");
         goto done;
     }
-    pcre2_jit_stack_assign(mc, NULL, js);
     for (int r = 0; r < p->n; r++) {
         tn = 0;
         for (size_t i = 0; i < *n_pieces; i += 2) {
+            size_t tn0 = tn;
             rc = split_one(p->re[r], text, (*pieces)[i], (*pieces)[i + 1], md, mc, &tmp, &tn,
                            &tcap);
+            if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !js) {
+                mc = pcre2_match_context_create(NULL);
+                js = pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, NULL);
+                if (!mc || !js) {
+                    rc = speck_set_error(SPECK_ERR_NOMEM, "tokenizer: out of memory");
+                    goto done;
+                }
+                pcre2_jit_stack_assign(mc, NULL, js);
+                tn = tn0;
+                rc = split_one(p->re[r], text, (*pieces)[i], (*pieces)[i + 1], md, mc, &tmp,
+                               &tn, &tcap);
+            }
             if (rc) goto done;
         }
         size_t *sw = *pieces;

@@ -36,7 +36,10 @@ typedef struct {
 
 // String -> id map (open addressing; keys are the vocabulary's own token texts).
 typedef struct {
-    int32_t *slots; // id or -1
+    struct tok_slot {
+        uint32_t tag; // high hash bits: most mismatches are rejected without touching the text
+        int32_t id;   // -1 = empty
+    } *slots;
     uint32_t mask;
 } tok_strmap;
 

@@ -1,6 +1,7 @@
 // The in-memory vocabulary: token table, text->id and merge maps, special-token index, and
 // loading from GGUF tokenizer.ggml.* keys. (tokenizer.json loading lives in hf_json.c.)
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -47,11 +48,14 @@ static int strmap_init(tok_strmap *m, uint64_t n) {
 static void strmap_put(tok_strmap *m, const speck_vocab *v, int32_t id) {
     const char *s = v->text[id];
     size_t n = v->text_len[id];
-    uint32_t i = (uint32_t)hash_bytes(s, n) & m->mask;
-    for (;; i = (i + 1) & m->mask) {
-        int32_t e = m->slots[i];
-        if (e < 0 || (v->text_len[e] == n && !memcmp(v->text[e], s, n))) {
-            m->slots[i] = id;
+    uint64_t h = hash_bytes(s, n);
+    uint32_t tag = (uint32_t)(h >> 32);
+    for (uint32_t i = (uint32_t)h & m->mask;; i = (i + 1) & m->mask) {
+        struct tok_slot *e = &m->slots[i];
+        if (e->id < 0 ||
+            (e->tag == tag && v->text_len[e->id] == n && !memcmp(v->text[e->id], s, n))) {
+            e->tag = tag;
+            e->id = id;
             return;
         }
     }
@@ -59,11 +63,13 @@ static void strmap_put(tok_strmap *m, const speck_vocab *v, int32_t id) {
 
 static int32_t strmap_get(const tok_strmap *m, const speck_vocab *v, const char *s, size_t n) {
     if (!m->slots) return -1;
-    uint32_t i = (uint32_t)hash_bytes(s, n) & m->mask;
-    for (;; i = (i + 1) & m->mask) {
-        int32_t e = m->slots[i];
-        if (e < 0) return -1;
-        if (v->text_len[e] == n && !memcmp(v->text[e], s, n)) return e;
+    uint64_t h = hash_bytes(s, n);
+    uint32_t tag = (uint32_t)(h >> 32);
+    for (uint32_t i = (uint32_t)h & m->mask;; i = (i + 1) & m->mask) {
+        const struct tok_slot *e = &m->slots[i];
+        if (e->id < 0) return -1;
+        if (e->tag == tag && v->text_len[e->id] == n && !memcmp(v->text[e->id], s, n))
+            return e->id;
     }
 }
 
@@ -175,13 +181,18 @@ static int build_text_map(speck_vocab *v, const char *src) {
 int tok_build_text_map(speck_vocab *v, const char *src) { return build_text_map(v, src); }
 int tok_merges_init(speck_vocab *v, int64_t n) { return pairmap_init(&v->merges, n); }
 
-static int cmp_len_desc(const void *a, const void *b, void *ctx) {
-    const speck_vocab *v = ctx;
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    uint8_t fx = (uint8_t)v->text[x][0], fy = (uint8_t)v->text[y][0];
-    if (fx != fy) return fx < fy ? -1 : 1;
-    if (v->text_len[x] != v->text_len[y]) return v->text_len[x] > v->text_len[y] ? -1 : 1;
-    return x < y ? -1 : x > y;
+typedef struct {
+    uint8_t first;
+    uint32_t len;
+    int32_t id;
+} sp_key;
+
+// By first byte, then longest first, then lowest id.
+static int cmp_sp(const void *a, const void *b) {
+    const sp_key *x = a, *y = b;
+    if (x->first != y->first) return x->first < y->first ? -1 : 1;
+    if (x->len != y->len) return x->len > y->len ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
 }
 
 static const char *const EOG_TEXTS[] = {
@@ -228,7 +239,14 @@ static int vocab_finish_common(speck_vocab *v, const char *src) {
         }
     }
     v->n_special = n;
-    qsort_r(v->special, (size_t)n, sizeof *v->special, cmp_len_desc, v);
+    sp_key *keys = malloc(((size_t)n + 1) * sizeof *keys);
+    if (!keys) return speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
+    for (int i = 0; i < n; i++)
+        keys[i] = (sp_key){(uint8_t)v->text[v->special[i]][0], v->text_len[v->special[i]],
+                           v->special[i]};
+    qsort(keys, (size_t)n, sizeof *keys, cmp_sp);
+    for (int i = 0; i < n; i++) v->special[i] = keys[i].id;
+    free(keys);
     // Insert in reverse so that for equal texts the lowest id ends up in the map.
     for (int i = n - 1; i >= 0; i--) strmap_put(&v->sp_map, v, v->special[i]);
     int j = 0, nl = 0;

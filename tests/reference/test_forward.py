@@ -66,10 +66,11 @@ TREES = [
 
 
 def modes(n: int) -> list[str]:
-    """Modes whose rows are all n causal logits of the token sequence. truncate:K:J re-decodes
-    from K after a full prefill of the J = n tokens; rows < K come from that prefill."""
+    """Modes whose rows are all n causal logits of the token sequence. truncate:K prefills all
+    n tokens, cuts the KV cache back to K entries and decodes tokens K.. again; rows < K come
+    from the prefill. K = 0 empties the cache, K = n - 1 redoes only the last token."""
     return ["prefill", "decode", "chunks:4", "chunks:7", "chunks:1",
-            f"truncate:8:{n}", f"truncate:0:{n}", f"truncate:{n - 1}:{n}"]
+            "truncate:8", "truncate:0", f"truncate:{n - 1}"]
 
 
 def tree_mode(prefix: int, parents: list[int]) -> str:
@@ -87,9 +88,9 @@ def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_row
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"{' '.join(cmd)}: {e}"
     if p.returncode != 0:
-        return None, f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr.strip()}"
+        return None, f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr.strip()}".strip()
     if not os.path.exists(out):
-        return None, f"{' '.join(cmd)}: wrote no output file\n{p.stderr.strip()}"
+        return None, f"{' '.join(cmd)}: wrote no output file\n{p.stderr.strip()}".strip()
     data = np.fromfile(out, dtype="<f4")
     if data.size != n_rows * n_vocab:
         return None, (f"{' '.join(cmd)}: output has {data.size} floats, expected "
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
                 for mode, toks, ref in cases:
                     if not wanted(mode):
                         continue
-                    out = os.path.join(work, f"{cfg}_{wtype}_{mode.replace(':', '_')}.f32")
+                    tag = mode.replace(":", "_").replace(",", "_")
+                    out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
                     got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab)
                     if error is not None:
                         failed += 1

@@ -34,7 +34,8 @@ def check(name: str, ok: bool, detail: str = "") -> None:
     print(f"{'PASS' if ok else 'FAIL'} {name} {detail}".rstrip())
 
 
-def model(cfg: str, wtype: str = "f32", seed: int = 1, tmp: str = "") -> tuple[G.GGUFFile, L.LlamaRef]:
+def model(cfg: str, wtype: str = "f32", seed: int = 1,
+          tmp: str = "") -> tuple[G.GGUFFile, L.LlamaRef]:
     path = os.path.join(tmp, f"{cfg}_{wtype}_{seed}.gguf")
     M.make_model(cfg, path, wtype, seed)
     g = G.read_gguf(path)

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""speck vs llama.cpp on the identical GGUF files, same threads, same machine, one run.
+
+For each model (written by `speck init` with real checkpoint shapes and random weights) this runs
+`speck bench --json` and `llama-bench -o json` alternately, REPS times each, and reports the median
+prefill (pp) and decode (tg) tokens/s of both, their ratio, speck's peak RSS and the decode
+roofline fraction. Prints a Markdown table (paste into BENCHMARKS.md) and writes JSON.
+
+usage: bench/compare_llamacpp.py --llama-bin DIR [--speck build/speck] [--models DIR]
+                                 [--reps 5] [--threads 2] [--only smollm2-135m:q8_0,...]
+llama.cpp is built outside the repository (see BENCHMARKS.md for the exact commands).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_MODELS = ["smollm2-135m:f32", "smollm2-135m:q8_0", "tinyllama-1.1b:q4_0"]
+
+
+def run_json(cmd, env):
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def speck_once(speck, path, n_pp, n_tg, threads, env):
+    d = run_json([speck, "bench", "-m", path, "-p", str(n_pp), "-n", str(n_tg), "-r", "1",
+                  "-t", str(threads), "--json"], env)
+    return d
+
+
+def llama_once(bindir, path, n_pp, n_tg, threads, env):
+    res = {}
+    for test, args in (("pp", ["-p", str(n_pp), "-n", "0"]), ("tg", ["-p", "0", "-n", str(n_tg)])):
+        if (test == "pp" and n_pp == 0) or (test == "tg" and n_tg == 0):
+            continue
+        rows = run_json([os.path.join(bindir, "llama-bench"), "-m", path, "-t", str(threads),
+                         "-r", "1", "-o", "json"] + args, env)
+        res[test] = rows[0]["avg_ts"]
+    return res
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--llama-bin", required=True, help="directory with llama-bench")
+    ap.add_argument("--speck", default="build/speck")
+    ap.add_argument("--models", default="/tmp/speck-bench-models")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--pp", type=int, default=512)
+    ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--only", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--json", default=None, help="write results here")
+    a = ap.parse_args()
+
+    env = dict(os.environ)
+    # The machine sets OPENBLAS_CORETYPE=Haswell, which halves sgemm on Zen 5; both programs run
+    # without it (llama.cpp does not use OpenBLAS in this build, speck does for prefill).
+    env.pop("OPENBLAS_CORETYPE", None)
+    os.makedirs(a.models, exist_ok=True)
+    results = []
+    for spec in a.only.split(","):
+        preset, typ = spec.split(":")
+        path = os.path.join(a.models, f"{preset}-{typ}.gguf")
+        if not os.path.exists(path):
+            subprocess.run([a.speck, "init", "--preset", preset, "--type", typ, "--seed", "1",
+                            "-o", path], check=True, env=env)
+        sp, stg, lp, ltg, rss, roof = [], [], [], [], [], []
+        # One warm-up of each (page cache, CPU clocks), then alternate so drift hits both alike.
+        speck_once(a.speck, path, 16, 4, a.threads, env)
+        llama_once(a.llama_bin, path, 16, 4, a.threads, env)
+        for _ in range(a.reps):
+            d = speck_once(a.speck, path, a.pp, a.tg, a.threads, env)
+            sp.append(d["pp_tok_s"])
+            stg.append(d["tg_tok_s"])
+            rss.append(d["peak_rss_mib"])
+            roof.append(d["roofline_tok_s"])
+            l = llama_once(a.llama_bin, path, a.pp, a.tg, a.threads, env)
+            lp.append(l.get("pp", 0.0))
+            ltg.append(l.get("tg", 0.0))
+        r = {
+            "model": preset, "type": typ, "file_mib": os.path.getsize(path) / 2**20,
+            "speck_pp": statistics.median(sp), "llama_pp": statistics.median(lp),
+            "speck_tg": statistics.median(stg), "llama_tg": statistics.median(ltg),
+            "roofline_tg": statistics.median(roof), "speck_peak_rss_mib": max(rss),
+            "runs": a.reps,
+        }
+        r["pp_ratio"] = r["speck_pp"] / r["llama_pp"] if r["llama_pp"] else None
+        r["tg_ratio"] = r["speck_tg"] / r["llama_tg"] if r["llama_tg"] else None
+        r["tg_roofline_fraction"] = r["speck_tg"] / r["roofline_tg"]
+        results.append(r)
+        print(json.dumps(r), file=sys.stderr)
+
+    print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_name()}, {a.threads} threads, "
+          f"median of {a.reps} alternating runs, pp{a.pp} / tg{a.tg}, OPENBLAS_CORETYPE unset\n")
+    print("| model | type | file MiB | speck pp t/s | llama.cpp pp t/s | pp ratio | speck tg t/s "
+          "| llama.cpp tg t/s | tg ratio | tg roofline t/s | % of roofline | speck peak RSS MiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(f"| {r['model']} | {r['type']} | {r['file_mib']:.0f} | {r['speck_pp']:.1f} | "
+              f"{r['llama_pp']:.1f} | {r['pp_ratio']:.2f}x | {r['speck_tg']:.1f} | "
+              f"{r['llama_tg']:.1f} | {r['tg_ratio']:.2f}x | {r['roofline_tg']:.1f} | "
+              f"{100 * r['tg_roofline_fraction']:.0f} % | {r['speck_peak_rss_mib']:.0f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

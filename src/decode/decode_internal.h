@@ -1,0 +1,52 @@
+// Accelerated decoding internals: the drafter interface shared by the engine (spec.c) and the
+// drafters (drafters.c, draft_model.c).
+#ifndef SPECK_DECODE_INTERNAL_H
+#define SPECK_DECODE_INTERNAL_H
+
+#include "speck.h"
+
+// Verification batches stay below the sizes at which the forward pass switches to GEMM paths
+// (attention at 16 rows, matmul at 32), so every row is computed exactly as single-token decode
+// computes it: greedy speculative output is then token-identical to plain greedy decoding.
+#define SPECK_MAX_NODES 14
+
+// Candidate tokens as a tree hanging off the root (the last token of the sequence, which is not
+// yet in the KV cache). Nodes are in topological order: parent[i] < i, -1 = child of the root.
+typedef struct {
+    int n;
+    int32_t tok[SPECK_MAX_NODES];
+    int parent[SPECK_MAX_NODES];
+    float conf[SPECK_MAX_NODES]; // drafter's estimate of P(accepted | parent accepted)
+} speck_draft_tree;
+
+typedef struct speck_drafter speck_drafter;
+struct speck_drafter {
+    speck_draft_kind kind;
+    // Propose candidates continuing seq (n tokens; seq[n-1] is the root). Budget: at most
+    // max_nodes nodes and max_depth levels. Returns 0 (tree may be empty) or an error.
+    int (*propose)(speck_drafter *d, const int32_t *seq, int n, int max_nodes, int max_depth,
+                   const speck_spec_params *p, speck_draft_tree *out);
+    // The sequence is now seq[0..n) (tokens accepted and the bonus token appended).
+    void (*update)(speck_drafter *d, const int32_t *seq, int n);
+    // After a verification pass: batch tokens (root + nodes) and the target's argmax per row.
+    // Optional (Jacobi harvests its trajectories here).
+    void (*observe)(speck_drafter *d, const speck_draft_tree *t, const int32_t *argmax_rows,
+                    int n_accepted_path);
+    // Outcome of each node of the last proposal (for drafters that learn from it).
+    void (*feedback)(speck_drafter *d, const speck_draft_tree *t, const uint8_t *accepted);
+    void (*reset)(speck_drafter *d);
+    void (*destroy)(speck_drafter *d);
+};
+
+speck_drafter *speck_drafter_prompt_new(void);
+speck_drafter *speck_drafter_aded_new(const speck_spec_params *p, int n_vocab);
+speck_drafter *speck_drafter_jacobi_new(int n_vocab);
+speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_model *target);
+
+// Extend a tree to a chain budget under the adaptive policy: true while another token may be
+// added after a chain whose cumulative acceptance estimate is prod (SpecDec++-style stop rule).
+static inline int speck_keep_drafting(const speck_spec_params *p, float prod) {
+    return p->adaptive <= 0.0f || 1.0f - prod <= p->adaptive;
+}
+
+#endif

@@ -1,0 +1,340 @@
+// The draft-and-verify engine: one forward pass verifies a chain or tree of candidate tokens,
+// the acceptance rule keeps the output identical to plain decoding (token-identical for greedy,
+// distribution-identical for sampling), and the KV cache keeps only the accepted path.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "decode/decode_internal.h"
+
+struct speck_decoder {
+    const speck_model *model;
+    speck_ctx *ctx;
+    speck_spec_params p;
+    speck_drafter *drafters[4];
+    int n_drafters;
+    int n_vocab;
+    float *logits; // (SPECK_MAX_NODES + 1, n_vocab)
+    float *probs;  // (n_vocab)
+    int32_t *seq;  // prompt + generated
+    int seq_cap;
+};
+
+speck_spec_params speck_spec_default(void) {
+    speck_spec_params p;
+    memset(&p, 0, sizeof p);
+    p.max_draft = 6;
+    p.max_nodes = 12;
+    p.tree_width = 1;
+    p.ngram_max = 3;
+    return p;
+}
+
+static const char *g_kind_names[] = {"none", "prompt", "aded", "jacobi", "model"};
+
+const char *speck_draft_kind_name(speck_draft_kind k) {
+    return (unsigned)k < 5 ? g_kind_names[k] : "?";
+}
+
+int speck_spec_parse_kinds(const char *s, speck_draft_kind kinds[4]) {
+    int n = 0;
+    for (int i = 0; i < 4; i++) kinds[i] = SPECK_DRAFT_NONE;
+    while (*s) {
+        const char *e = strchr(s, ',');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        int found = -1;
+        for (int k = 0; k < 5; k++)
+            if (strlen(g_kind_names[k]) == len && !strncasecmp(s, g_kind_names[k], len)) found = k;
+        if (found < 0)
+            return speck_set_error(SPECK_ERR_ARG,
+                                   "unknown drafter '%.*s' (prompt, aded, jacobi, model, none)",
+                                   (int)len, s);
+        if (found != SPECK_DRAFT_NONE) {
+            if (n == 4) return speck_set_error(SPECK_ERR_ARG, "at most 4 drafters");
+            kinds[n++] = (speck_draft_kind)found;
+        }
+        s += len + (e ? 1 : 0);
+    }
+    return n;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+speck_decoder *speck_decoder_new(const speck_model *model, speck_ctx *c,
+                                 const speck_spec_params *p) {
+    speck_decoder *d = calloc(1, sizeof *d);
+    if (!d) goto oom;
+    d->model = model;
+    d->ctx = c;
+    d->p = p ? *p : speck_spec_default();
+    if (d->p.max_draft <= 0) d->p.max_draft = 1;
+    if (d->p.max_nodes <= 0 || d->p.max_nodes > SPECK_MAX_NODES) d->p.max_nodes = SPECK_MAX_NODES;
+    if (d->p.tree_width <= 0) d->p.tree_width = 1;
+    if (d->p.ngram_max <= 0) d->p.ngram_max = 3;
+    d->n_vocab = speck_model_hparams(model)->n_vocab;
+    for (int i = 0; i < 4 && d->p.kinds[i] != SPECK_DRAFT_NONE; i++) {
+        speck_drafter *dr = NULL;
+        switch (d->p.kinds[i]) {
+        case SPECK_DRAFT_PROMPT: dr = speck_drafter_prompt_new(); break;
+        case SPECK_DRAFT_ADED: dr = speck_drafter_aded_new(&d->p, d->n_vocab); break;
+        case SPECK_DRAFT_JACOBI: dr = speck_drafter_jacobi_new(d->n_vocab); break;
+        case SPECK_DRAFT_MODEL:
+            if (!d->p.draft_model) {
+                speck_set_error(SPECK_ERR_ARG, "drafter 'model' needs a draft model");
+                speck_decoder_free(d);
+                return NULL;
+            }
+            dr = speck_drafter_model_new(d->p.draft_model, model);
+            break;
+        default: break;
+        }
+        if (!dr) { // the constructor recorded why
+            speck_decoder_free(d);
+            return NULL;
+        }
+        d->drafters[d->n_drafters++] = dr;
+    }
+    d->logits = malloc((size_t)(SPECK_MAX_NODES + 1) * d->n_vocab * sizeof(float));
+    d->probs = malloc((size_t)d->n_vocab * sizeof(float));
+    if (!d->logits || !d->probs) goto oom;
+    return d;
+oom:
+    speck_decoder_free(d);
+    speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    return NULL;
+}
+
+void speck_decoder_free(speck_decoder *d) {
+    if (!d) return;
+    for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->destroy(d->drafters[i]);
+    free(d->logits);
+    free(d->probs);
+    free(d->seq);
+    free(d);
+}
+
+static int seq_push(speck_decoder *d, int n, int32_t tok) {
+    if (n >= d->seq_cap) {
+        int cap = d->seq_cap ? d->seq_cap * 2 : 1024;
+        int32_t *s = realloc(d->seq, (size_t)cap * sizeof *s);
+        if (!s) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        d->seq = s;
+        d->seq_cap = cap;
+    }
+    d->seq[n] = tok;
+    return 0;
+}
+
+// Draw from probs (n) with the sampler's RNG.
+static int32_t draw(speck_sampler *s, const float *probs, int n) {
+    double r = speck_sampler_uniform(s), cum = 0;
+    int32_t last = -1;
+    for (int i = 0; i < n; i++) {
+        if (probs[i] <= 0.0f) continue;
+        cum += probs[i];
+        last = i;
+        if (r < cum) return i;
+    }
+    return last >= 0 ? last : 0;
+}
+
+// Tree attention mask for the batch [root, nodes...] over the n_past cached entries.
+// mask: (1 + t->n, n_past + 1 + t->n); pos: (1 + t->n)
+static void build_mask(const speck_draft_tree *t, int n_past, uint8_t *mask, int32_t *pos) {
+    int nb = 1 + t->n, total = n_past + nb;
+    memset(mask, 0, (size_t)nb * total);
+    for (int r = 0; r < nb; r++) {
+        uint8_t *m = mask + (size_t)r * total;
+        memset(m, 1, (size_t)n_past + 1); // cache + root
+        int depth = 0;
+        for (int a = r - 1; a >= 0; a = t->parent[a]) {
+            m[n_past + 1 + a] = 1;
+            depth++;
+        }
+        pos[r] = n_past + depth;
+    }
+}
+
+static bool is_chain(const speck_draft_tree *t) {
+    for (int i = 0; i < t->n; i++)
+        if (t->parent[i] != i - 1) return false;
+    return true;
+}
+
+// Nodes that stay within budget: the first `keep` nodes (topological order keeps it a tree).
+static void clip_tree(speck_draft_tree *t, int keep) {
+    if (keep < 0) keep = 0;
+    if (t->n > keep) t->n = keep;
+}
+
+int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
+                 speck_sampler *s, bool (*eog)(int32_t, void *), speck_token_cb cb, void *user,
+                 speck_spec_stats *st) {
+    speck_spec_stats local;
+    if (!st) st = &local;
+    memset(st, 0, sizeof *st);
+    st->n_prompt = n_prompt;
+    st->stop_reason = "length";
+    if (n_prompt <= 0) return speck_set_error(SPECK_ERR_ARG, "decode: empty prompt");
+    int n_ctx = speck_ctx_n_ctx(d->ctx);
+    if (n_prompt > n_ctx)
+        return speck_set_error(SPECK_ERR_RANGE, "decode: prompt of %d tokens exceeds the %d-token "
+                               "context", n_prompt, n_ctx);
+    double t_start = now_s();
+    speck_ctx_truncate(d->ctx, 0);
+    for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->reset(d->drafters[i]);
+    int n = 0;
+    for (int i = 0; i < n_prompt; i++) {
+        if (seq_push(d, n, prompt[i])) return SPECK_ERR_NOMEM;
+        n++;
+        speck_sampler_accept(s, prompt[i]);
+    }
+    // The cache holds seq[0..n-1); the last token is the root of the next verification.
+    int last_row = n - 2;
+    if (n > 1 && speck_forward(d->ctx, n - 1, d->seq, NULL, NULL, &last_row, 1, d->logits) < 0)
+        return SPECK_ERR_ARG;
+    for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
+    st->t_prefill = now_s() - t_start;
+
+    speck_draft_tree tree;
+    uint8_t *fullmask = NULL;
+    int32_t pos[SPECK_MAX_NODES + 1], batch[SPECK_MAX_NODES + 1], amax[SPECK_MAX_NODES + 1];
+    uint8_t accepted[SPECK_MAX_NODES];
+    int rc = 0;
+    while (st->n_generated < n_predict) {
+        int n_past = speck_ctx_n_past(d->ctx);
+        if (n_past + 1 > n_ctx) {
+            st->stop_reason = "context full";
+            break;
+        }
+        // Draft: the first drafter with a proposal wins.
+        double t0 = now_s();
+        tree.n = 0;
+        int budget = d->p.max_nodes;
+        int room = n_ctx - n_past - 1, left = n_predict - st->n_generated - 1;
+        if (budget > room) budget = room;
+        if (budget > left) budget = left;
+        int used = -1;
+        for (int i = 0; i < d->n_drafters && budget > 0; i++) {
+            rc = d->drafters[i]->propose(d->drafters[i], d->seq, n, budget, d->p.max_draft, &d->p,
+                                         &tree);
+            if (rc) goto out;
+            if (tree.n > 0) {
+                used = i;
+                break;
+            }
+        }
+        clip_tree(&tree, budget);
+        st->t_draft += now_s() - t0;
+
+        // Verify root + candidates in one pass.
+        int nb = 1 + tree.n;
+        batch[0] = d->seq[n - 1];
+        for (int i = 0; i < tree.n; i++) batch[1 + i] = tree.tok[i];
+        const uint8_t *m = NULL;
+        const int32_t *pp = NULL;
+        if (!is_chain(&tree)) {
+            uint8_t *fm = realloc(fullmask, (size_t)nb * (n_past + nb));
+            if (!fm) {
+                rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            fullmask = fm;
+            build_mask(&tree, n_past, fullmask, pos);
+            m = fullmask;
+            pp = pos;
+        }
+        if ((rc = speck_forward(d->ctx, nb, batch, pp, m, NULL, 0, d->logits)) < 0) goto out;
+        st->n_passes++;
+        st->n_drafted += tree.n;
+
+        // Walk the tree: at each accepted node try its children in order (recursive rejection
+        // sampling for point-mass candidates; for greedy, accept the child equal to the argmax).
+        int path[SPECK_MAX_NODES + 1], n_path = 0, cur = -1; // cur: -1 = root (row 0)
+        int32_t bonus = -1;
+        memset(accepted, 0, sizeof accepted);
+        for (int r = 0; r < nb; r++) amax[r] = speck_argmax(d->logits + (size_t)r * d->n_vocab,
+                                                             d->n_vocab);
+        for (;;) {
+            int row = cur + 1;
+            speck_sampler_probs(s, d->logits + (size_t)row * d->n_vocab, d->probs);
+            int next = -1;
+            for (int c = 0; c < tree.n && next < 0; c++) {
+                if (tree.parent[c] != cur) continue;
+                float pc = d->probs[tree.tok[c]];
+                if (pc <= 0.0f) continue;
+                if (pc >= 1.0f || speck_sampler_uniform(s) < pc) {
+                    next = c;
+                } else { // rejected: remove it from the target distribution and renormalise
+                    d->probs[tree.tok[c]] = 0.0f;
+                    float rest = 1.0f - pc;
+                    for (int v = 0; v < d->n_vocab; v++) d->probs[v] /= rest;
+                }
+            }
+            if (next < 0) {
+                bonus = draw(s, d->probs, d->n_vocab);
+                break;
+            }
+            accepted[next] = 1;
+            path[n_path++] = next;
+            speck_sampler_accept(s, tree.tok[next]);
+            cur = next;
+        }
+        speck_sampler_accept(s, bonus);
+        if (used >= 0 && d->drafters[used]->feedback)
+            d->drafters[used]->feedback(d->drafters[used], &tree, accepted);
+        for (int i = 0; i < d->n_drafters; i++)
+            if (d->drafters[i]->observe) d->drafters[i]->observe(d->drafters[i], &tree, amax, n_path);
+        st->n_accepted += n_path;
+
+        // Keep the root and the accepted path in the cache.
+        bool prefix = true;
+        for (int i = 0; i < n_path; i++) prefix &= path[i] == i;
+        if (prefix) {
+            speck_ctx_truncate(d->ctx, n_past + 1 + n_path);
+        } else {
+            int keep[SPECK_MAX_NODES + 1];
+            int *idx = malloc((size_t)(n_past + 1 + n_path) * sizeof *idx);
+            if (!idx) {
+                rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+                goto out;
+            }
+            for (int i = 0; i <= n_past; i++) idx[i] = i;
+            for (int i = 0; i < n_path; i++) keep[i] = n_past + 1 + path[i];
+            memcpy(idx + n_past + 1, keep, (size_t)n_path * sizeof *idx);
+            rc = speck_ctx_compact(d->ctx, idx, n_past + 1 + n_path);
+            free(idx);
+            if (rc) goto out;
+        }
+
+        // Emit accepted tokens then the bonus token.
+        bool stop = false;
+        for (int i = 0; i <= n_path && !stop; i++) {
+            int32_t tok = i < n_path ? tree.tok[path[i]] : bonus;
+            if ((rc = seq_push(d, n, tok))) goto out;
+            n++;
+            st->n_generated++;
+            if (cb && !cb(tok, user)) {
+                st->stop_reason = "callback";
+                stop = true;
+            } else if (eog && eog(tok, user)) {
+                st->stop_reason = "end of generation";
+                stop = true;
+            } else if (st->n_generated >= n_predict) {
+                stop = true;
+            }
+        }
+        for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
+        if (stop) break;
+    }
+out:
+    free(fullmask);
+    st->t_total = now_s() - t_start;
+    return rc;
+}

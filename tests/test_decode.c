@@ -1,0 +1,255 @@
+// Accelerated decoding is lossless: every strategy's greedy output equals plain greedy decoding
+// token for token (≥ 200 prompts each, many rejections, tree compaction, context limit), and
+// speculative sampling's next-token distribution matches plain sampling (chi-square).
+//
+// usage: test_decode DIR   (scratch directory for the models it writes)
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "speck.h"
+#include "test_util.h"
+
+#define MAXP 128
+#define NPRED 24
+
+typedef struct {
+    int32_t toks[512];
+    int n;
+} collect;
+
+static bool collect_cb(int32_t tok, void *u) {
+    collect *c = u;
+    if (c->n < 512) c->toks[c->n++] = tok;
+    return true;
+}
+
+// Plain greedy decoding with the bare forward API: the reference every strategy must match.
+static int plain_greedy(const speck_model *m, speck_ctx *c, const int32_t *p, int np, int npred,
+                        int32_t *out) {
+    int V = speck_model_hparams(m)->n_vocab;
+    float *lg = malloc((size_t)V * sizeof(float));
+    speck_ctx_truncate(c, 0);
+    int last = np - 1, n = 0;
+    speck_forward(c, np, p, NULL, NULL, &last, 1, lg);
+    while (n < npred) {
+        int32_t t = speck_argmax(lg, V);
+        out[n++] = t;
+        if (n == npred || speck_ctx_n_past(c) >= speck_ctx_n_ctx(c)) break;
+        speck_forward(c, 1, &t, NULL, NULL, NULL, 0, lg);
+    }
+    free(lg);
+    return n;
+}
+
+// Prompts that make drafters work: random tokens with repeated spans (prompt lookup / ADED
+// find matches, and most of those matches are then rejected by the random-weight model).
+static int make_prompt(uint64_t *rng, int32_t *p, int V) {
+    *rng = *rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    int n = 1 + (int)((*rng >> 33) % (MAXP - 1));
+    for (int i = 0; i < n; i++) {
+        *rng = *rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        uint64_t r = *rng >> 33;
+        if (i > 8 && r % 3 == 0) p[i] = p[i - 1 - (int)(r % 7)];
+        else p[i] = (int32_t)(r % (uint64_t)(V < 64 ? V : 64));
+    }
+    return n;
+}
+
+static void check_strategy(const char *label, const speck_model *m, const speck_spec_params *sp,
+                           int n_prompts, int n_ctx) {
+    speck_ctx *c = speck_ctx_new(m, n_ctx), *ref = speck_ctx_new(m, n_ctx);
+    speck_decoder *d = speck_decoder_new(m, c, sp);
+    speck_sampler_params gp = speck_sampler_default();
+    speck_sampler *s = speck_sampler_new(&gp, speck_model_hparams(m)->n_vocab);
+    uint64_t rng = 99;
+    int mismatches = 0, passes = 0, drafted = 0, accepted = 0, generated = 0;
+    for (int k = 0; k < n_prompts; k++) {
+        int32_t p[MAXP], want[512];
+        int np = make_prompt(&rng, p, speck_model_hparams(m)->n_vocab);
+        if (np >= n_ctx) np = n_ctx - 1;
+        int nw = plain_greedy(m, ref, p, np, NPRED, want);
+        collect got = {.n = 0};
+        speck_spec_stats st;
+        speck_sampler_reset(s);
+        int rc = speck_decode(d, p, np, NPRED, s, NULL, collect_cb, &got, &st);
+        if (rc || got.n != nw || memcmp(got.toks, want, (size_t)nw * sizeof(int32_t))) {
+            if (mismatches++ < 3)
+                printf("  %s prompt %d (len %d): rc %d, %d vs %d tokens, %s\n", label, k, np, rc,
+                       got.n, nw, rc ? speck_last_error() : "");
+        }
+        passes += st.n_passes;
+        drafted += st.n_drafted;
+        accepted += st.n_accepted;
+        generated += st.n_generated;
+    }
+    CHECK(mismatches == 0, "%s: greedy output identical to plain greedy on %d prompts (%d differ)",
+          label, n_prompts, mismatches);
+    printf("  %-28s prompts %d: %d tokens in %d passes, drafted %d, accepted %d\n", label,
+           n_prompts, generated, passes, drafted, accepted);
+    speck_sampler_free(s);
+    speck_decoder_free(d);
+    speck_ctx_free(c);
+    speck_ctx_free(ref);
+}
+
+// Two-sample chi-square of the marginal distribution of the 2nd and 3rd generated tokens,
+// speculative vs plain sampling over many seeds. Degrees of freedom = categories - 1; the
+// threshold is the 0.1 % critical value, so a correct sampler fails with p < 0.001 per check at
+// this fixed seed set.
+static double chi2_crit_001(int df) {
+    // Wilson–Hilferty approximation of the chi-square quantile at 1 - 0.001 (z = 3.0902).
+    double z = 3.0902, k = df;
+    return k * pow(1 - 2 / (9 * k) + z * sqrt(2 / (9 * k)), 3);
+}
+
+static void check_sampling(const speck_model *m, const speck_model *draft) {
+    int V = speck_model_hparams(m)->n_vocab;
+    speck_sampler_params sp = speck_sampler_default();
+    sp.temperature = 1.3f;
+    sp.top_k = 6;
+    speck_spec_params spec = speck_spec_default();
+    spec.kinds[0] = SPECK_DRAFT_MODEL;
+    spec.draft_model = draft;
+    spec.max_draft = 3;
+    speck_spec_params plain = speck_spec_default();
+    speck_ctx *c1 = speck_ctx_new(m, 64), *c2 = speck_ctx_new(m, 64);
+    speck_decoder *ds = speck_decoder_new(m, c1, &spec), *dp = speck_decoder_new(m, c2, &plain);
+    const int N = 3000;
+    for (int pos = 1; pos <= 2; pos++) {
+        int *ca = calloc((size_t)V, sizeof(int)), *cb = calloc((size_t)V, sizeof(int));
+        int acc = 0, drafted = 0;
+        int32_t prompt[4] = {5, 17, 5, 17};
+        for (int i = 0; i < N; i++) {
+            sp.seed = (uint64_t)i * 2654435761u + 1;
+            speck_sampler *s1 = speck_sampler_new(&sp, V);
+            sp.seed += 777777;
+            speck_sampler *s2 = speck_sampler_new(&sp, V);
+            collect a = {.n = 0}, b = {.n = 0};
+            speck_spec_stats st;
+            speck_decode(ds, prompt, 4, 3, s1, NULL, collect_cb, &a, &st);
+            acc += st.n_accepted;
+            drafted += st.n_drafted;
+            speck_decode(dp, prompt, 4, 3, s2, NULL, collect_cb, &b, NULL);
+            ca[a.toks[pos]]++;
+            cb[b.toks[pos]]++;
+            speck_sampler_free(s1);
+            speck_sampler_free(s2);
+        }
+        double chi = 0;
+        int cats = 0;
+        for (int v = 0; v < V; v++)
+            if (ca[v] + cb[v] > 0) {
+                chi += (double)(ca[v] - cb[v]) * (ca[v] - cb[v]) / (ca[v] + cb[v]);
+                cats++;
+            }
+        double crit = chi2_crit_001(cats - 1);
+        CHECK(cats > 1 && chi < crit,
+              "speculative sampling matches plain sampling at token %d: chi2 %.1f < %.1f (%d "
+              "categories, %d of %d drafts accepted)",
+              pos + 1, chi, crit, cats, acc, drafted);
+        printf("  sampling token %d: chi2 %.1f (crit %.1f, %d categories), accepted %d/%d\n",
+               pos + 1, chi, crit, cats, acc, drafted);
+        free(ca);
+        free(cb);
+    }
+    speck_decoder_free(ds);
+    speck_decoder_free(dp);
+    speck_ctx_free(c1);
+    speck_ctx_free(c2);
+}
+
+int main(int argc, char **argv) {
+    const char *dir = argc > 1 ? argv[1] : "/tmp";
+    char tgt[512], drf[512], other[512];
+    snprintf(tgt, sizeof tgt, "%s/decode-target.gguf", dir);
+    snprintf(drf, sizeof drf, "%s/decode-draft.gguf", dir);
+    snprintf(other, sizeof other, "%s/decode-othervocab.gguf", dir);
+    CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_F32, 11, tgt) == 0, "init target");
+    CHECK(speck_init_model(speck_preset_find("tiny-qwen2"), SPECK_TYPE_F32, 12, drf) == 0,
+          "init draft");
+    speck_model *m = speck_model_load(tgt), *dm = speck_model_load(drf);
+    if (!m || !dm) return test_summary();
+
+    struct {
+        const char *label, *kinds;
+        int width;
+        float adaptive;
+        const speck_model *draft;
+    } cases[] = {
+        {"plain", "none", 1, 0, NULL},
+        {"prompt", "prompt", 1, 0, NULL},
+        {"prompt tree", "prompt", 4, 0, NULL},
+        {"aded", "aded", 1, 0, NULL},
+        {"aded tree adaptive", "aded", 3, 0.7f, NULL},
+        {"jacobi", "jacobi", 2, 0, NULL},
+        {"prompt,aded", "prompt,aded", 2, 0, NULL},
+        {"draft model (other)", "model", 1, 0, dm},
+        {"draft model (self)", "model", 1, 0, m},
+        {"draft model adaptive", "model", 1, 0.5f, dm},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        speck_spec_params sp = speck_spec_default();
+        speck_spec_parse_kinds(cases[i].kinds, sp.kinds);
+        sp.tree_width = cases[i].width;
+        sp.adaptive = cases[i].adaptive;
+        sp.draft_model = cases[i].draft;
+        check_strategy(cases[i].label, m, &sp, 200, 512);
+    }
+    // Generation that runs into the context limit, with drafts longer than the room left.
+    speck_spec_params sp = speck_spec_default();
+    speck_spec_parse_kinds("prompt,aded", sp.kinds);
+    sp.max_draft = 14;
+    sp.max_nodes = 14;
+    check_strategy("context limit (ctx 40)", m, &sp, 60, 40);
+    sp.kinds[0] = SPECK_DRAFT_MODEL;
+    sp.kinds[1] = SPECK_DRAFT_NONE;
+    sp.draft_model = dm;
+    check_strategy("draft model, ctx 40", m, &sp, 60, 40);
+
+    check_sampling(m, m);
+
+    // A draft model with another vocabulary is refused with a clear error.
+    speck_gguf *g = speck_gguf_open(drf);
+    speck_gguf_writer *w = speck_gguf_writer_new();
+    for (int64_t i = 0; i < speck_gguf_n_kv(g); i++) {
+        if (!strcmp(speck_gguf_key(g, i), "tokenizer.ggml.tokens")) {
+            int64_t n = speck_gguf_arr_n(g, i);
+            const char **toks = malloc((size_t)n * sizeof *toks);
+            uint64_t *lens = malloc((size_t)n * sizeof *lens);
+            for (int64_t j = 0; j < n; j++) toks[j] = speck_gguf_arr_str(g, i, j, &lens[j]);
+            toks[300] = "changed";
+            lens[300] = 7;
+            speck_gguf_set_arr_str(w, "tokenizer.ggml.tokens", toks, lens, n);
+            free(toks);
+            free(lens);
+        } else {
+            speck_gguf_copy_kv(w, g, i);
+        }
+    }
+    for (int64_t i = 0; i < speck_gguf_n_tensors(g); i++) {
+        const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
+        speck_gguf_add_tensor(w, t->name, (speck_type)t->type, t->n_dims, t->ne, t->data);
+    }
+    speck_gguf_writer_save(w, other);
+    speck_gguf_writer_free(w);
+    speck_gguf_close(g);
+    speck_model *om = speck_model_load(other);
+    speck_spec_params bad = speck_spec_default();
+    bad.kinds[0] = SPECK_DRAFT_MODEL;
+    bad.draft_model = om;
+    speck_ctx *c = speck_ctx_new(m, 64);
+    speck_decoder *d = speck_decoder_new(m, c, &bad);
+    CHECK(d == NULL && strstr(speck_last_error(), "vocabulary"),
+          "draft model with another vocabulary refused: %s", speck_last_error());
+    speck_decoder_free(d);
+    speck_ctx_free(c);
+    speck_model_free(om);
+    speck_model_free(dm);
+    speck_model_free(m);
+    remove(tgt);
+    remove(drf);
+    remove(other);
+    return test_summary();
+}
