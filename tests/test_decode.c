@@ -117,42 +117,49 @@ static void check_sampling(const speck_model *m, const speck_model *draft) {
     speck_ctx *c1 = speck_ctx_new(m, 64), *c2 = speck_ctx_new(m, 64);
     speck_decoder *ds = speck_decoder_new(m, c1, &spec), *dp = speck_decoder_new(m, c2, &plain);
     const int N = 3000;
-    for (int pos = 1; pos <= 2; pos++) {
-        int *ca = calloc((size_t)V, sizeof(int)), *cb = calloc((size_t)V, sizeof(int));
-        int acc = 0, drafted = 0;
-        int32_t prompt[4] = {5, 17, 5, 17};
-        for (int i = 0; i < N; i++) {
-            sp.seed = (uint64_t)i * 2654435761u + 1;
-            speck_sampler *s1 = speck_sampler_new(&sp, V);
-            sp.seed += 777777;
-            speck_sampler *s2 = speck_sampler_new(&sp, V);
-            collect a = {.n = 0}, b = {.n = 0};
-            speck_spec_stats st;
-            speck_decode(ds, prompt, 4, 3, s1, NULL, collect_cb, &a, &st);
-            acc += st.n_accepted;
-            drafted += st.n_drafted;
-            speck_decode(dp, prompt, 4, 3, s2, NULL, collect_cb, &b, NULL);
-            ca[a.toks[pos]]++;
-            cb[b.toks[pos]]++;
-            speck_sampler_free(s1);
-            speck_sampler_free(s2);
+    int *ca[2], *cb[2];
+    for (int p = 0; p < 2; p++) {
+        ca[p] = calloc((size_t)V, sizeof(int));
+        cb[p] = calloc((size_t)V, sizeof(int));
+    }
+    int acc = 0, drafted = 0;
+    int32_t prompt[4] = {5, 17, 5, 17};
+    for (int i = 0; i < N; i++) {
+        sp.seed = (uint64_t)i * 2654435761u + 1;
+        speck_sampler *s1 = speck_sampler_new(&sp, V);
+        sp.seed += 777777;
+        speck_sampler *s2 = speck_sampler_new(&sp, V);
+        collect a = {.n = 0}, b = {.n = 0};
+        speck_spec_stats st;
+        speck_decode(ds, prompt, 4, 3, s1, NULL, collect_cb, &a, &st);
+        acc += st.n_accepted;
+        drafted += st.n_drafted;
+        speck_decode(dp, prompt, 4, 3, s2, NULL, collect_cb, &b, NULL);
+        for (int p = 0; p < 2; p++) {
+            ca[p][a.toks[p + 1]]++;
+            cb[p][b.toks[p + 1]]++;
         }
+        speck_sampler_free(s1);
+        speck_sampler_free(s2);
+    }
+    for (int p = 0; p < 2; p++) {
         double chi = 0;
         int cats = 0;
         for (int v = 0; v < V; v++)
-            if (ca[v] + cb[v] > 0) {
-                chi += (double)(ca[v] - cb[v]) * (ca[v] - cb[v]) / (ca[v] + cb[v]);
+            if (ca[p][v] + cb[p][v] > 0) {
+                chi += (double)(ca[p][v] - cb[p][v]) * (ca[p][v] - cb[p][v]) /
+                       (ca[p][v] + cb[p][v]);
                 cats++;
             }
         double crit = chi2_crit_001(cats - 1);
         CHECK(cats > 1 && chi < crit,
               "speculative sampling matches plain sampling at token %d: chi2 %.1f < %.1f (%d "
               "categories, %d of %d drafts accepted)",
-              pos + 1, chi, crit, cats, acc, drafted);
+              p + 2, chi, crit, cats, acc, drafted);
         printf("  sampling token %d: chi2 %.1f (crit %.1f, %d categories), accepted %d/%d\n",
-               pos + 1, chi, crit, cats, acc, drafted);
-        free(ca);
-        free(cb);
+               p + 2, chi, crit, cats, acc, drafted);
+        free(ca[p]);
+        free(cb[p]);
     }
     speck_decoder_free(ds);
     speck_decoder_free(dp);
@@ -207,6 +214,22 @@ int main(int argc, char **argv) {
     sp.kinds[1] = SPECK_DRAFT_NONE;
     sp.draft_model = dm;
     check_strategy("draft model, ctx 40", m, &sp, 60, 40);
+
+    // Quantized weights: batch rows must equal single-token rows there too.
+    const speck_type qtypes[] = {SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0, SPECK_TYPE_BF16};
+    for (int i = 0; i < 3; i++) {
+        char qp[600], label[64];
+        snprintf(qp, sizeof qp, "%s/decode-q.gguf", dir);
+        CHECK(speck_init_model(speck_preset_find("tiny"), qtypes[i], 13, qp) == 0, "init q");
+        speck_model *qm = speck_model_load(qp);
+        speck_spec_params qs = speck_spec_default();
+        speck_spec_parse_kinds("prompt,aded", qs.kinds);
+        qs.tree_width = 2;
+        snprintf(label, sizeof label, "prompt,aded %s", speck_type_name(qtypes[i]));
+        if (qm) check_strategy(label, qm, &qs, 100, 512);
+        speck_model_free(qm);
+        remove(qp);
+    }
 
     check_sampling(m, m);
 

@@ -1,6 +1,7 @@
 // Tests for src/kernels: fp16/bf16 conversions, Q8_0/Q4_0 quantization (error bounds and exact
-// llama.cpp byte layout), every SIMD path against the scalar reference, and speck_matmul against
-// a double-precision reference on both the streaming (n_tok < 32) and BLAS (n_tok >= 32) paths.
+// llama.cpp byte layout), every SIMD path against the scalar reference, speck_matmul against a
+// double-precision reference on the streaming (n_tok < 16), int8 GEMM (AVX-512, Q8_0/Q4_0) and
+// sgemm paths, and batch invariance of matmul rows below 16 tokens.
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -378,9 +379,9 @@ static void test_isa_equivalence(void) {
 /* ---------------------------------------------------------------------------------------- */
 
 // Y = X · Wᵀ against a double reference. W: (n_out, n_in) quantized from random floats and
-// dequantized for the reference; X: (n_tok, n_in); for quantized weights on the streaming path
-// (n_tok < 32) the reference uses the Q8_0-rounded activations the kernel sees, on the BLAS path
-// the f32 ones. Tolerance 1e-4 * sum|w*x| per output (float accumulation over n_in <= 4096 terms
+// dequantized for the reference; X: (n_tok, n_in); the reference uses the activations rounded the
+// way speck_matmul_act_type() says the chosen path rounds them (Q8_0 on the streaming and int8
+// GEMM paths for quantized weights, f32 on the sgemm path). Tolerance 1e-4 * sum|w*x| per output (float accumulation over n_in <= 4096 terms
 // in sgemm's blocked order: ~sqrt(n) * 2^-24 typical, n * 2^-24 = 2.4e-4 worst case never seen).
 static int matmul_case(speck_type t, int64_t n_out, int64_t n_in, int64_t n_tok, double *worst) {
     float *wf = malloc(n_out * n_in * sizeof(float));
@@ -394,10 +395,10 @@ static int matmul_case(speck_type t, int64_t n_out, int64_t n_in, int64_t n_tok,
         speck_quantize_row(t, wf + o * n_in, w + o * wrow, n_in);
         speck_dequantize_row(t, w + o * wrow, wf + o * n_in, n_in);
     }
-    speck_type at = speck_act_type(t);
+    speck_type at = speck_matmul_act_type(t, n_tok);
     void *qa = malloc(speck_type_row_size(SPECK_TYPE_F32, n_in));
     for (int64_t i = 0; i < n_tok; i++) {
-        if (n_tok < 32 && at != SPECK_TYPE_F32) {
+        if (speck_matmul_act_type(t, n_tok) != SPECK_TYPE_F32) {
             speck_quantize_row(at, x + i * n_in, qa, n_in);
             speck_dequantize_row(at, qa, xr + i * n_in, n_in);
         } else {
@@ -466,6 +467,130 @@ static void test_matmul(void) {
     check(y[0] == 0 && y[1] == 0 && y[2] == 0 && y[3] == 0, "matmul with n_in = 0 gives zeros");
 }
 
+// The int8 GEMM prefill path (AVX-512 VNNI) for Q8_0/Q4_0 weights: against the double reference
+// (matmul_case, 1e-4 * sum|w*x|) and against the scalar ISA's vec_dot on the same Q8_0
+// activations (1e-5 * sum|w*x|: both compute the same exact per-block integer dots, only the
+// float scaling and summation order differ). n_out values are not multiples of the 16-row vectors
+// or 32-row strips; n_in 416 and 1056 end in partial K chunks (16 blocks) and 13 / 33 blocks.
+static int gemm_vs_scalar(speck_type t, int64_t n_out, int64_t n_in, int64_t n_tok, double *worst) {
+    const size_t wrow = speck_type_row_size(t, n_in),
+                 arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
+    float *wf = malloc(n_in * sizeof(float)), *x = malloc(n_tok * n_in * sizeof(float));
+    float *y = malloc(n_tok * n_out * sizeof(float)), *wd = malloc(n_in * sizeof(float));
+    float *ad = malloc(n_in * sizeof(float));
+    char *w = malloc(wrow * n_out), *qa = malloc(arow * n_tok);
+    for (int64_t o = 0; o < n_out; o++) {
+        fill_random(wf, n_in, 1.0f);
+        speck_quantize_row(t, wf, w + o * wrow, n_in);
+    }
+    fill_random(x, n_tok * n_in, 2.0f);
+    speck_matmul(t, w, n_out, n_in, x, n_tok, y); // on the ISA and path the caller forced
+    char isa[16];
+    snprintf(isa, sizeof isa, "%s", speck_kernels_isa());
+    speck_kernels_force_isa("scalar");
+    for (int64_t i = 0; i < n_tok; i++)
+        speck_quantize_row(SPECK_TYPE_Q8_0, x + i * n_in, qa + i * arow, n_in);
+    int ok = 1;
+    for (int64_t o = 0; o < n_out && ok; o++) {
+        speck_dequantize_row(t, w + o * wrow, wd, n_in);
+        for (int64_t i = 0; i < n_tok; i++) {
+            const float ref = speck_vec_dot(t, w + o * wrow, qa + i * arow, n_in);
+            speck_dequantize_row(SPECK_TYPE_Q8_0, qa + i * arow, ad, n_in);
+            double sa = 0;
+            for (int64_t k = 0; k < n_in; k++) sa += fabs((double)wd[k] * ad[k]);
+            const double err = fabs((double)y[i * n_out + o] - ref) / (1e-5 * sa + 1e-20);
+            if (!(err <= *worst)) *worst = isnan(err) ? INFINITY : err;
+            if (!(err <= 1.0)) {
+                printf("  %s %lldx%lld n_tok %lld: y[%lld,%lld] = %.9g, scalar %.9g\n",
+                       speck_type_name(t), (long long)n_out, (long long)n_in, (long long)n_tok,
+                       (long long)i, (long long)o, y[i * n_out + o], ref);
+                ok = 0;
+                break;
+            }
+        }
+    }
+    speck_kernels_force_isa(isa);
+    free(wf), free(x), free(y), free(wd), free(ad), free(w), free(qa);
+    return ok;
+}
+
+static void test_gemm(void) {
+    if (speck_kernels_force_isa("avx512") != 0) {
+        printf("SKIP: int8 GEMM needs avx512 (VNNI)\n");
+        return;
+    }
+    const speck_type qt[] = {SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0};
+    const int64_t toks[] = {16, 17, 32, 33, 34, 35, 100, 512};
+    for (int ti = 0; ti < 2; ti++) {
+        const speck_type t = qt[ti];
+        check(speck_matmul_act_type(t, 16) == SPECK_TYPE_Q8_0 &&
+                  speck_matmul_act_type(t, 512) == SPECK_TYPE_Q8_0,
+              "[avx512] %s prefill takes Q8_0 activations (int8 GEMM path)", speck_type_name(t));
+        int ok = 1, ok_s = 1;
+        double worst = 0, worst_s = 0;
+        for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+            ok &= matmul_case(t, 67, 416, toks[k], &worst);
+            ok &= matmul_case(t, 17, 1056, toks[k], &worst);
+            ok &= matmul_case(t, 1, 64, toks[k], &worst);
+            ok_s &= gemm_vs_scalar(t, 67, 416, toks[k], &worst_s);
+            ok_s &= gemm_vs_scalar(t, 97, 1056, toks[k], &worst_s);
+        }
+        ok &= matmul_case(t, 301, 2048, 512, &worst);
+        check(ok,
+              "[avx512] int8 GEMM %s vs double, n_tok in {16,17,32..35,100,512}, odd n_out (worst "
+              "%.3f of tol)",
+              speck_type_name(t), worst);
+        check(ok_s,
+              "[avx512] int8 GEMM %s vs scalar vec_dot on the same Q8_0 activations (worst %.3f of "
+              "tol)",
+              speck_type_name(t), worst_s);
+        // Token tails below one micro-tile, only reachable by forcing the path.
+        speck_matmul_force_path("gemm");
+        ok = 1, worst = 0;
+        for (int64_t n = 1; n <= 7; n++) ok &= gemm_vs_scalar(t, 33, 416, n, &worst);
+        speck_matmul_force_path("auto");
+        check(ok, "[avx512] int8 GEMM %s forced for n_tok 1..7 (worst %.3f of tol)",
+              speck_type_name(t), worst);
+    }
+}
+
+// Below 16 tokens every row of a batched matmul must be bit-identical to the same row computed
+// alone (speculative decoding verifies drafts in a batch and must reproduce greedy decoding).
+static void test_batch_invariance(void) {
+    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const int64_t n_out = 37, n_in = 416, nt = 15;
+    float *x = malloc(nt * n_in * sizeof(float)), *wf = malloc(n_in * sizeof(float));
+    float *y1 = malloc(nt * n_out * sizeof(float)), *yn = malloc(nt * n_out * sizeof(float));
+    char *w = malloc(n_out * n_in * sizeof(float));
+    fill_random(x, nt * n_in, 1.0f);
+    for (int ii = 0; ii < 3; ii++) {
+        if (speck_kernels_force_isa(isas[ii]) != 0) continue;
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            const speck_type t = all_types[ti];
+            const size_t wrow = speck_type_row_size(t, n_in);
+            for (int64_t o = 0; o < n_out; o++) {
+                fill_random(wf, n_in, 1.0f);
+                speck_quantize_row(t, wf, w + o * wrow, n_in);
+            }
+            for (int64_t i = 0; i < nt; i++)
+                speck_matmul(t, w, n_out, n_in, x + i * n_in, 1, y1 + i * n_out);
+            int ok = 1;
+            for (int64_t n = 2; n <= nt; n++) {
+                speck_matmul(t, w, n_out, n_in, x, n, yn);
+                if (memcmp(y1, yn, n * n_out * sizeof(float))) {
+                    if (ok)
+                        printf("  %s %s: n_tok = %lld differs from n_tok = 1\n", isas[ii],
+                               speck_type_name(t), (long long)n);
+                    ok = 0;
+                }
+            }
+            check(ok, "[%s] matmul %s rows for n_tok 1..15 bit-identical to n_tok = 1", isas[ii],
+                  speck_type_name(t));
+        }
+    }
+    free(x), free(wf), free(y1), free(yn), free(w);
+}
+
 int main(void) {
     printf("kernels: dispatcher picked %s\n", speck_kernels_isa());
     const char *best = speck_kernels_isa();
@@ -477,6 +602,8 @@ int main(void) {
     test_quant_error();
     test_isa_equivalence();
     test_matmul();
+    test_gemm();
+    test_batch_invariance();
     speck_kernels_force_isa(best_name);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

@@ -8,10 +8,17 @@
 #include "speck.h"
 
 int cmd_generate(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bench_decode(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_tokenizer_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 // Option matching: if argv[*i] is `name` (or `alias`) followed by a value, or `name=value`,
 // store the value, advance *i and return true. Exits with a message when the value is missing.
@@ -29,5 +36,7 @@ int cli_parse_ids(const char *s, int32_t **ids);
 // executable's source tree or the working directory. NULL if none exists.
 const char *cli_default_model(void);
 double cli_now(void);
+// Load a GGUF file or a Hugging Face checkpoint directory.
+speck_model *cli_load_model(const char *path);
 
 #endif

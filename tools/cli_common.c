@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,4 +96,11 @@ double cli_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+speck_model *cli_load_model(const char *path) {
+    // A directory is a Hugging Face checkpoint: converted on the fly (speck_model_load_hf).
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return speck_model_load_hf(path);
+    return speck_model_load(path);
 }

@@ -1,4 +1,4 @@
-// `speck generate`: prompt -> streamed completion with the sampler's settings.
+// `speck generate`: prompt -> streamed completion, plain or with lossless accelerated decoding.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +12,21 @@ typedef struct {
     int n_stops;
     char *pending; // text not yet printed because it may begin a stop string
     size_t len, cap;
+    bool quiet;    // collect only (the plain run of --compare)
+    char *all;     // everything emitted, for --compare
+    size_t all_len, all_cap;
 } stop_filter;
+
+static void emit(stop_filter *f, const char *s, size_t n) {
+    if (!f->quiet) fwrite(s, 1, n, stdout);
+    if (f->all_len + n + 1 > f->all_cap) {
+        f->all_cap = (f->all_len + n + 1) * 2;
+        f->all = realloc(f->all, f->all_cap);
+    }
+    memcpy(f->all + f->all_len, s, n);
+    f->all_len += n;
+    f->all[f->all_len] = 0;
+}
 
 // Append text; print what can no longer be part of a stop string. Returns true when a stop
 // string appeared (the text before it is printed, the stop string itself is not).
@@ -27,7 +41,7 @@ static bool stop_push(stop_filter *f, const char *text) {
     for (int s = 0; s < f->n_stops; s++) {
         char *hit = strstr(f->pending, f->stops[s]);
         if (hit) {
-            fwrite(f->pending, 1, (size_t)(hit - f->pending), stdout);
+            emit(f, f->pending, (size_t)(hit - f->pending));
             f->len = 0;
             return true;
         }
@@ -41,15 +55,50 @@ static bool stop_push(stop_filter *f, const char *text) {
                 break;
             }
     }
-    fwrite(f->pending, 1, f->len - keep, stdout);
+    emit(f, f->pending, f->len - keep);
     memmove(f->pending, f->pending + f->len - keep, keep);
     f->len = keep;
-    fflush(stdout);
+    if (!f->quiet) fflush(stdout);
     return false;
 }
 
+typedef struct {
+    stop_filter *sf;
+    speck_detok *dt;
+    const speck_vocab *vocab;
+    int32_t eos;
+    bool ignore_eos, stopped;
+    int n;
+} gen_state;
+
+static bool on_token(int32_t tok, void *u) {
+    gen_state *g = u;
+    g->n++;
+    bool eog = g->vocab ? speck_vocab_is_eog(g->vocab, tok) : tok == g->eos;
+    if (eog && !g->ignore_eos) return true; // eog() below ends generation; nothing printed
+    if (g->dt) {
+        const char *s = speck_detok_push(g->dt, tok);
+        if (s && stop_push(g->sf, s)) {
+            g->stopped = true;
+            return false;
+        }
+    } else {
+        char buf[16];
+        int n = snprintf(buf, sizeof buf, "%s%d", g->n > 1 ? " " : "", tok);
+        emit(g->sf, buf, (size_t)n);
+        if (!g->sf->quiet) fflush(stdout);
+    }
+    return true;
+}
+
+static bool is_eog(int32_t tok, void *u) {
+    gen_state *g = u;
+    if (g->ignore_eos) return false;
+    return g->vocab ? speck_vocab_is_eog(g->vocab, tok) : tok == g->eos;
+}
+
 static void help(void) {
-    printf("usage: speck generate [-m MODEL.gguf] [-p PROMPT | --ids 1,2,3] [options]\n\n"
+    printf("usage: speck generate [-m MODEL.gguf|HF_DIR] [-p PROMPT | --ids 1,2,3] [options]\n\n"
            "Generate a completion, streamed as it is decoded. Without -m, the default model\n"
            "($SPECK_MODEL or models/default.gguf).\n\n"
            "  -n, --n-predict N      tokens to generate (default 128)\n"
@@ -61,14 +110,97 @@ static void help(void) {
            "  --ignore-eos           keep going past end-of-generation tokens\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
            "  -t, --threads N        threads (default: all cores)\n"
-           "  --no-stats             do not print timing statistics to stderr\n");
+           "  --no-stats             do not print statistics to stderr\n\n"
+           "accelerated decoding (same output as plain decoding; docs/decoding.md):\n"
+           "  --draft LIST           prompt | aded | jacobi | model:FILE, or a comma list tried\n"
+           "                         in order, e.g. prompt,aded\n"
+           "  --draft-max K          longest draft (default 6)\n"
+           "  --draft-nodes N        most candidates verified per pass, 1..14 (default 12)\n"
+           "  --tree-width W         alternative branches per step (default 1 = chain)\n"
+           "  --adaptive P           stop a draft once P(some token rejected) > P (SpecDec++)\n"
+           "  --aded-warm FILE       warm ADED's tri-gram statistics with a text file\n"
+           "  --compare              also run plain decoding first and print the speedup\n");
+}
+
+typedef struct {
+    speck_spec_params sp;
+    speck_model *draft;
+    int32_t *warm;
+} draft_setup;
+
+// Parse --draft's value into spec params (loading a draft model for model:FILE).
+static int setup_draft(const char *arg, const char *warm_file, const speck_vocab *vocab,
+                       draft_setup *ds) {
+    char list[256];
+    snprintf(list, sizeof list, "%s", arg);
+    // "model:PATH" may be anywhere in the list: cut the path out, keep the kind.
+    const char *mp = strstr(arg, "model:");
+    char path[1024] = {0};
+    if (mp) {
+        mp += 6;
+        size_t len = strcspn(mp, ",");
+        snprintf(path, sizeof path, "%.*s", (int)len, mp);
+        // rebuild list with "model" in place of "model:PATH"
+        snprintf(list, sizeof list, "%.*smodel%s", (int)(mp - 6 - arg), arg, mp + len);
+    }
+    if (speck_spec_parse_kinds(list, ds->sp.kinds) < 0) return -1;
+    for (int i = 0; i < 4; i++)
+        if (ds->sp.kinds[i] == SPECK_DRAFT_MODEL) {
+            if (!path[0]) {
+                speck_set_error(SPECK_ERR_ARG, "--draft model needs a file: model:FILE.gguf");
+                return -1;
+            }
+            ds->draft = speck_model_load(path);
+            if (!ds->draft) return -1;
+            ds->sp.draft_model = ds->draft;
+        }
+    if (warm_file) {
+        if (!vocab) {
+            speck_set_error(SPECK_ERR_ARG, "--aded-warm needs a model with a tokenizer");
+            return -1;
+        }
+        FILE *f = fopen(warm_file, "rb");
+        if (!f) {
+            speck_set_error(SPECK_ERR_IO, "%s: cannot open", warm_file);
+            return -1;
+        }
+        fseek(f, 0, SEEK_END);
+        long sz = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *text = malloc((size_t)sz + 1);
+        size_t got = text ? fread(text, 1, (size_t)sz, f) : 0;
+        fclose(f);
+        ds->warm = malloc(((size_t)got + 8) * sizeof(int32_t));
+        int64_t n = text && ds->warm
+                        ? speck_tokenize(vocab, text, got, false, false, ds->warm, (int64_t)got + 8)
+                        : -1;
+        free(text);
+        if (n < 0) return -1;
+        ds->sp.warm_tokens = ds->warm;
+        ds->sp.n_warm = n;
+    }
+    return 0;
+}
+
+static void print_stats(const char *label, const speck_spec_stats *st) {
+    double gen_t = st->t_total - st->t_prefill;
+    fprintf(stderr,
+            "speck %s: prompt %d tokens in %.3f s; generated %d tokens in %.3f s (%.2f tok/s); "
+            "%d passes (%.2f per token), %.2f tokens accepted per pass, draft time %.1f %%; "
+            "stopped: %s\n",
+            label, st->n_prompt, st->t_prefill, st->n_generated, gen_t,
+            st->n_generated / (gen_t > 0 ? gen_t : 1e-9), st->n_passes,
+            st->n_generated ? (double)st->n_passes / st->n_generated : 0.0,
+            st->n_passes ? (double)st->n_accepted / st->n_passes : 0.0,
+            gen_t > 0 ? 100.0 * st->t_draft / gen_t : 0.0, st->stop_reason);
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *path = NULL, *prompt = NULL, *ids_arg = NULL;
+    const char *path = NULL, *prompt = NULL, *ids_arg = NULL, *draft_arg = NULL, *warm = NULL;
     int n_predict = 128, n_ctx = 0;
-    bool stats = true, ignore_eos = false;
+    bool stats = true, ignore_eos = false, compare = false;
     speck_sampler_params sp = speck_sampler_default();
+    draft_setup ds = {.sp = speck_spec_default()};
     stop_filter sf = {0};
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -105,7 +237,18 @@ int cmd_generate(int argc, char **argv) {
                 return 2;
             }
             sf.stops[sf.n_stops++] = v;
-        } else if (cli_flag(argv[i], "--no-stats", NULL)) stats = false;
+        } else if (cli_opt(argc, argv, &i, "--draft", NULL, &v)) draft_arg = v;
+        else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
+            ds.sp.max_draft = (int)cli_int("generate", "--draft-max", v, 1, 64);
+        else if (cli_opt(argc, argv, &i, "--draft-nodes", NULL, &v))
+            ds.sp.max_nodes = (int)cli_int("generate", "--draft-nodes", v, 1, 14);
+        else if (cli_opt(argc, argv, &i, "--tree-width", NULL, &v))
+            ds.sp.tree_width = (int)cli_int("generate", "--tree-width", v, 1, 8);
+        else if (cli_opt(argc, argv, &i, "--adaptive", NULL, &v))
+            ds.sp.adaptive = (float)cli_float("generate", "--adaptive", v);
+        else if (cli_opt(argc, argv, &i, "--aded-warm", NULL, &v)) warm = v;
+        else if (cli_flag(argv[i], "--compare", NULL)) compare = true;
+        else if (cli_flag(argv[i], "--no-stats", NULL)) stats = false;
         else if (cli_flag(argv[i], "--ignore-eos", NULL)) ignore_eos = true;
         else {
             fprintf(stderr, "speck generate: unknown option '%s' (speck generate --help)\n",
@@ -119,7 +262,7 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     if (!prompt && !ids_arg) prompt = "";
-    speck_model *m = speck_model_load(path);
+    speck_model *m = cli_load_model(path);
     if (!m) return cli_fail("generate");
     const speck_hparams *hp = speck_model_hparams(m);
     speck_vocab *vocab = speck_vocab_from_gguf(speck_model_gguf(m));
@@ -128,8 +271,8 @@ int cmd_generate(int argc, char **argv) {
     int n_prompt = 0;
     speck_ctx *ctx = NULL;
     speck_sampler *smp = NULL;
-    speck_detok *dt = NULL;
-    float *logits = NULL;
+    speck_decoder *dec = NULL;
+    gen_state gs = {.sf = &sf, .vocab = vocab, .eos = hp->eos_id, .ignore_eos = ignore_eos};
     if (ids_arg) {
         n_prompt = cli_parse_ids(ids_arg, &toks);
         if (n_prompt <= 0) {
@@ -137,6 +280,12 @@ int cmd_generate(int argc, char **argv) {
             rc = 2;
             goto done;
         }
+        for (int i = 0; i < n_prompt; i++)
+            if (toks[i] >= hp->n_vocab) {
+                fprintf(stderr, "speck generate: --ids: token id %d out of range [0, %d)\n",
+                        toks[i], hp->n_vocab);
+                goto done;
+            }
     } else {
         if (!vocab) {
             fprintf(stderr, "speck generate: %s: cannot tokenize the prompt: %s (use --ids)\n",
@@ -153,13 +302,14 @@ int cmd_generate(int argc, char **argv) {
         n_prompt = (int)n;
     }
     if (n_prompt == 0) { // an empty prompt needs a first token: BOS, else EOS as a separator
-        int32_t start = hp->bos_id >= 0 ? hp->bos_id : hp->eos_id >= 0 ? hp->eos_id : 0;
-        toks[n_prompt++] = start;
+        toks[n_prompt++] = hp->bos_id >= 0 ? hp->bos_id : hp->eos_id >= 0 ? hp->eos_id : 0;
+    }
+    if (draft_arg && setup_draft(draft_arg, warm, vocab, &ds)) {
+        cli_fail("generate");
+        goto done;
     }
     ctx = speck_ctx_new(m, n_ctx);
-    smp = speck_sampler_new(&sp, hp->n_vocab);
-    logits = malloc((size_t)hp->n_vocab * sizeof(float));
-    if (!ctx || !smp || !logits) {
+    if (!ctx) {
         cli_fail("generate");
         goto done;
     }
@@ -168,70 +318,79 @@ int cmd_generate(int argc, char **argv) {
                 n_prompt, speck_ctx_n_ctx(ctx));
         goto done;
     }
-    if (vocab) {
-        dt = speck_detok_new(vocab);
-        if (prompt) fputs(prompt, stdout);
-    }
-    for (int i = 0; i < n_prompt; i++) speck_sampler_accept(smp, toks[i]);
-    double t0 = cli_now();
-    int last = n_prompt - 1;
-    if (speck_forward(ctx, n_prompt, toks, NULL, NULL, &last, 1, logits)) {
-        cli_fail("generate");
-        goto done;
-    }
-    double t1 = cli_now();
-    int n_gen = 0;
-    const char *why = "length";
-    while (n_gen < n_predict) {
-        int32_t tok = speck_sampler_sample(smp, logits);
-        n_gen++;
-        speck_sampler_accept(smp, tok);
-        bool eog = vocab ? speck_vocab_is_eog(vocab, tok) : tok == hp->eos_id;
-        if (eog && !ignore_eos) {
-            why = "end of generation";
-            break;
-        }
-        if (dt) {
-            const char *s = speck_detok_push(dt, tok);
-            if (s && stop_push(&sf, s)) {
-                why = "stop string";
-                break;
-            }
-        } else {
-            printf("%s%d", n_gen > 1 ? " " : "", tok);
-            fflush(stdout);
-        }
-        if (n_gen == n_predict) break;
-        if (speck_ctx_n_past(ctx) >= speck_ctx_n_ctx(ctx)) {
-            why = "context full";
-            break;
-        }
-        if (speck_forward(ctx, 1, &tok, NULL, NULL, NULL, 0, logits)) {
+    speck_spec_stats plain_st = {0}, st = {0};
+    char *plain_text = NULL;
+    if (compare) { // plain decoding first, collected silently, to measure the speedup
+        speck_spec_params none = speck_spec_default();
+        speck_decoder *pd = speck_decoder_new(m, ctx, &none);
+        smp = speck_sampler_new(&sp, hp->n_vocab);
+        sf.quiet = true;
+        gs.dt = vocab ? speck_detok_new(vocab) : NULL;
+        if (!pd || !smp ||
+            speck_decode(pd, toks, n_prompt, n_predict, smp, is_eog, on_token, &gs, &plain_st)) {
+            speck_decoder_free(pd);
             cli_fail("generate");
             goto done;
         }
+        speck_decoder_free(pd);
+        if (gs.dt && !gs.stopped) stop_push(&sf, speck_detok_flush(gs.dt));
+        plain_text = sf.all ? strdup(sf.all) : strdup("");
+        speck_detok_free(gs.dt);
+        speck_sampler_free(smp);
+        sf.quiet = false;
+        sf.len = sf.all_len = 0;
+        gs.n = 0;
+        gs.stopped = false;
     }
-    if (dt && strcmp(why, "stop string")) {
-        const char *rest = speck_detok_flush(dt);
+    dec = speck_decoder_new(m, ctx, &ds.sp);
+    smp = speck_sampler_new(&sp, hp->n_vocab);
+    if (!dec || !smp) {
+        cli_fail("generate");
+        free(plain_text);
+        goto done;
+    }
+    gs.dt = vocab ? speck_detok_new(vocab) : NULL;
+    if (prompt) fputs(prompt, stdout);
+    if (speck_decode(dec, toks, n_prompt, n_predict, smp, is_eog, on_token, &gs, &st)) {
+        cli_fail("generate");
+        free(plain_text);
+        goto done;
+    }
+    if (gs.dt && !gs.stopped) {
+        const char *rest = speck_detok_flush(gs.dt);
         if (rest) stop_push(&sf, rest);
-        fwrite(sf.pending, 1, sf.len, stdout);
     }
+    if (!gs.stopped) emit(&sf, sf.pending, sf.len);
     printf("\n");
-    double t2 = cli_now();
-    if (stats)
-        fprintf(stderr,
-                "speck: prompt %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s "
-                "(%.1f tok/s); stopped: %s\n",
-                n_prompt, t1 - t0, n_prompt / (t1 - t0), n_gen, t2 - t1,
-                n_gen / (t2 - t1 > 0 ? t2 - t1 : 1e-9), why);
+    if (gs.stopped) st.stop_reason = "stop string";
+    if (stats) {
+        if (compare) print_stats("plain", &plain_st);
+        print_stats(draft_arg ? "accelerated" : "plain", &st);
+    }
+    if (compare) {
+        double tp = plain_st.t_total - plain_st.t_prefill, ta = st.t_total - st.t_prefill;
+        bool same = sp.temperature > 0 || !strcmp(plain_text, sf.all ? sf.all : "");
+        double rate_a = st.n_generated / (ta > 0 ? ta : 1e-9);
+        double rate_p = plain_st.n_generated / (tp > 0 ? tp : 1e-9);
+        fprintf(stderr, "speck: speedup %.2fx over plain decoding (%.2f vs %.2f tok/s); %s\n",
+                rate_a / rate_p, rate_a, rate_p,
+                sp.temperature > 0 ? "sampling: outputs differ sample by sample, same distribution"
+                : same             ? "output identical to plain greedy decoding"
+                                   : "OUTPUT DIFFERS FROM PLAIN DECODING");
+        free(plain_text);
+        if (!same) goto done;
+    }
     rc = 0;
 done:
     free(sf.pending);
-    free(logits);
+    free(sf.all);
     free(toks);
-    speck_detok_free(dt);
+    free(ds.warm);
+    speck_detok_free(gs.dt);
     speck_sampler_free(smp);
+    speck_decoder_free(dec);
     speck_ctx_free(ctx);
+    speck_model_free(ds.draft);
     speck_vocab_free(vocab);
     speck_model_free(m);
     return rc;

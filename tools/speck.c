@@ -16,10 +16,17 @@ static void usage(FILE *f) {
             "usage: speck <command> [options]   (speck <command> --help for details)\n\n"
             "commands:\n"
             "  generate   generate text from a prompt (default model when -m is omitted)\n"
+            "  chat       interactive multi-turn chat using the model's chat template\n"
             "  bench      prefill/decode speed, median of runs, against the memory roofline\n"
+            "  bench-decode  plain vs accelerated decoding strategies on a prompt set\n"
             "  info       print a GGUF file's metadata and tensor table\n"
             "  init       write a model with a real checkpoint's shapes and random weights\n"
-            "  tokenize   print the token ids / pieces of a text\n",
+            "  tokenize   print the token ids / pieces of a text\n"
+            "  convert    convert a Hugging Face checkpoint directory to GGUF\n"
+            "  export     write a GGUF model as a Hugging Face directory\n"
+            "  train      train a model on a directory of text files (docs/training.md)\n"
+            "  tokenizer-train  train a byte-level BPE vocabulary on text files\n"
+            "  eval       perplexity and bits per byte of a model on a text file\n",
             speck_version());
 }
 
@@ -40,8 +47,11 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"generate", cmd_generate}, {"bench", cmd_bench}, {"info", cmd_info},
-                {"init", cmd_init},         {"tokenize", cmd_tokenize}};
+    } cmds[] = {{"generate", cmd_generate}, {"chat", cmd_chat}, {"bench", cmd_bench}, {"bench-decode", cmd_bench_decode}, {"info", cmd_info},
+                {"init", cmd_init},         {"tokenize", cmd_tokenize},
+                {"convert", cmd_convert},   {"export", cmd_export},
+                {"train", cmd_train},       {"tokenizer-train", cmd_tokenizer_train},
+                {"eval", cmd_eval}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "speck: unknown command '%s'\n\n", cmd);

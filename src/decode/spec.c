@@ -195,18 +195,37 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         n++;
         speck_sampler_accept(s, prompt[i]);
     }
-    // The cache holds seq[0..n-1); the last token is the root of the next verification.
-    int last_row = n - 2;
-    if (n > 1 && speck_forward(d->ctx, n - 1, d->seq, NULL, NULL, &last_row, 1, d->logits) < 0)
+    // Prefill the whole prompt exactly as plain decoding does and draw the first token from its
+    // last row. From then on the cache holds seq[0..n-1) and the last token is the root of the
+    // next verification: every later row is computed in a batch of < 16 rows, bit-identical to a
+    // single-token step, so greedy output equals plain greedy decoding token for token.
+    int last_row = n - 1, rc = 0;
+    if (speck_forward(d->ctx, n, d->seq, NULL, NULL, &last_row, 1, d->logits) < 0)
         return SPECK_ERR_ARG;
-    for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
     st->t_prefill = now_s() - t_start;
+    if (n_predict <= 0) goto out_early;
+    {
+        speck_sampler_probs(s, d->logits, d->probs);
+        int32_t first = draw(s, d->probs, d->n_vocab);
+        speck_sampler_accept(s, first);
+        if ((rc = seq_push(d, n, first))) return rc;
+        n++;
+        st->n_generated = 1;
+        if (cb && !cb(first, user)) {
+            st->stop_reason = "callback";
+            goto out_early;
+        }
+        if (eog && eog(first, user)) {
+            st->stop_reason = "end of generation";
+            goto out_early;
+        }
+    }
+    for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
 
     speck_draft_tree tree;
     uint8_t *fullmask = NULL;
     int32_t pos[SPECK_MAX_NODES + 1], batch[SPECK_MAX_NODES + 1], amax[SPECK_MAX_NODES + 1];
     uint8_t accepted[SPECK_MAX_NODES];
-    int rc = 0;
     while (st->n_generated < n_predict) {
         int n_past = speck_ctx_n_past(d->ctx);
         if (n_past + 1 > n_ctx) {
@@ -335,6 +354,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
     }
 out:
     free(fullmask);
+out_early:
     st->t_total = now_s() - t_start;
     return rc;
 }

@@ -11,6 +11,7 @@
 
 #include "speck.h"
 #include "formats/gguf_internal.h"
+#include "formats/gguf_stream.h"
 
 #define ALIGN 32
 
@@ -282,7 +283,9 @@ int speck_atomic_commit(FILE *f, const char *tmp, const char *path) {
     return 0;
 }
 
-int speck_gguf_writer_save(speck_gguf_writer *w, const char *path) {
+// The header (magic, counts, key/values, tensor records, padding to the data section), shared
+// with the streaming writer (gguf_stream.c). Fixes every tensor's offset; *out is malloc'd.
+int speck_gguf_writer_header(speck_gguf_writer *w, uint8_t **out, size_t *len) {
     buf h = {0};
     put(&h, "GGUF", 4);
     put_u32(&h, 3);
@@ -309,6 +312,21 @@ int speck_gguf_writer_save(speck_gguf_writer *w, const char *path) {
         free(h.p);
         return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     }
+    *out = h.p;
+    *len = h.n;
+    return 0;
+}
+
+int64_t speck_gguf_writer_n_tensors(const speck_gguf_writer *w) { return w->n_t; }
+size_t speck_gguf_writer_tensor_bytes(const speck_gguf_writer *w, int64_t i) {
+    return w->t[i].n_bytes;
+}
+
+int speck_gguf_writer_save(speck_gguf_writer *w, const char *path) {
+    buf h = {0};
+    int rc = speck_gguf_writer_header(w, &h.p, &h.n);
+    if (rc) return rc;
+    static const uint8_t zeros[ALIGN];
     char tmp[PATH_MAX];
     FILE *f = speck_atomic_open(path, tmp, sizeof tmp);
     if (!f) {

@@ -54,12 +54,26 @@ speck_type speck_act_type(speck_type weight_type);
 // speck_act_type(t). n is a multiple of 32 for quantized types.
 float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n);
 
-// Y = X · Wᵀ, threaded with OpenMP.
+// Y = X · Wᵀ, threaded with OpenMP. Call it from outside any parallel region.
 // W: (n_out, n_in) rows of type wt, rows contiguous (row stride speck_type_row_size(wt, n_in))
 // X: (n_tok, n_in) f32 row-major;  Y: (n_tok, n_out) f32 row-major.
 // Small n_tok (decode / draft verification) streams each weight row once and dots it with every
-// token; large n_tok (prefill) goes through OpenBLAS sgemm, dequantizing quantized weights first.
+// token; large n_tok (prefill) runs an int8 GEMM on Q8_0-quantized activations for Q8_0/Q4_0
+// weights where the ISA has one (AVX-512 VNNI), and OpenBLAS sgemm otherwise (quantized weights
+// dequantized first). Below 16 tokens every output row is bit-identical to what n_tok = 1 gives
+// for the same activation row (speculative decoding's greedy identity relies on it).
 void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, const float *X,
                   int64_t n_tok, float *Y);
+
+// The type speck_matmul rounds the activations to before multiplying, for this weight type and
+// token count on the current ISA: SPECK_TYPE_Q8_0 on the streaming and int8 GEMM paths for
+// Q8_0/Q4_0 weights, SPECK_TYPE_F32 where it uses f32 activations (tests use it to build the
+// reference).
+speck_type speck_matmul_act_type(speck_type wt, int64_t n_tok);
+
+// Tests/benchmarks: force the path speck_matmul takes whatever n_tok is: "small" (streaming),
+// "sgemm", "gemm" (int8 GEMM; types or ISAs without one fall back to the automatic choice), or
+// "auto" (the default). Returns 0, or -1 for an unknown name. Must not race with running matmuls.
+int speck_matmul_force_path(const char *name);
 
 #endif

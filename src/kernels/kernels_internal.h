@@ -21,6 +21,23 @@ typedef struct {
     int64_t n;        // values per row, a multiple of 32
 } speck_q8_rows;
 
+// Prefill int8 GEMM (Q8_0 / Q4_0 weights, n_tok at or above the small-batch threshold).
+// Weight rows are repacked per call, one strip of SPECK_GEMM_ROWS rows at a time, into
+// SPECK_GEMM_BLOCK_BYTES bytes per 32-value block (the layout is private to the ISA file).
+// Activations are Q8_0 values offset to unsigned (q + 128) so that vpdpbusd (unsigned x signed
+// bytes) takes them against the signed weights directly; the packed strip carries -128 * sum(w)
+// per row and block to undo the offset exactly in int32.
+// 48 rows = 3 zmm of rows, so the AVX-512 micro-tile is 3 x 4 tokens of accumulators (measured
+// best among 2-4 row vectors x 3-6 tokens on Zen 5).
+#define SPECK_GEMM_ROWS 48
+#define SPECK_GEMM_BLOCK_BYTES (SPECK_GEMM_ROWS * (SPECK_QK + 2 * 4)) // qs + bias + scale per row
+
+typedef struct {
+    const uint8_t *qs; // (n_tok, n) q + 128 per value
+    const float *d;    // (n_tok, n / 32) block scales (the stored fp16 widened)
+    int64_t n_tok, n;  // n a multiple of 32
+} speck_gemm_act;
+
 typedef struct {
     const char *name;
     // One weight row · one activation row; n values (a multiple of 32 for Q types).
@@ -35,6 +52,13 @@ typedef struct {
                     float *out);
     void (*mm_q8_0)(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                     float *out);
+    // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
+    // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
+    // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.
+    void (*gemm_pack)(speck_type wt, const void *w, size_t wrow, int rows, int64_t n_in, void *dst);
+    // gemm_run: y[t * ldy + r] = sum over the row of packed row r times activation row t, for
+    // t < a->n_tok and r < rows (the packed strip's rows; nothing else in y is touched).
+    void (*gemm_run)(const void *packed, int rows, const speck_gemm_act *a, float *y, int64_t ldy);
     // Activation quantization (must be bit-identical across ISAs) and row conversions.
     void (*quantize_q8_0)(const float *x, speck_block_q8_0 *y, int64_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);

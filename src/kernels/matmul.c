@@ -1,13 +1,21 @@
 // Y = X · Wᵀ for every weight type.
 //
-// Few tokens (decode, draft verification: n_tok < 32): the activations are converted once to the
-// type the weight dots want, then OpenMP threads split the weight rows and each row is dotted
-// with all n_tok activations while it is hot in L1 — the weights, which dominate memory traffic,
-// are streamed from DRAM exactly once per call, so verifying k draft tokens costs about the same
-// traffic as decoding one.
+// Few tokens (decode, draft verification: n_tok < SMALL_BATCH): the activations are converted
+// once to the type the weight dots want, then OpenMP threads split the weight rows and each row
+// is dotted with all n_tok activations while it is hot in L1 — the weights, which dominate memory
+// traffic, are streamed from DRAM exactly once per call, so verifying k draft tokens costs about
+// the same traffic as decoding one.
 //
-// Many tokens (prefill): OpenBLAS sgemm, on panels of weight rows dequantized to f32 (F32 weights
-// are used in place), so the scratch stays a few MiB instead of a full f32 copy of W.
+// Many tokens (prefill), Q8_0/Q4_0 weights with an ISA that has an int8 GEMM (AVX-512 VNNI): the
+// activations are quantized to Q8_0 once (in parallel over tokens), then threads take strips of
+// SPECK_GEMM_ROWS weight rows, repack each into a VNNI-friendly layout in their own scratch (cost
+// ~ n_out * n_in, amortized over all tokens) and run the register-blocked kernel over every token
+// (see gemm_run_avx512). Results then carry the Q8_0 rounding of the activations, as the
+// streaming path's do.
+//
+// Otherwise (other types, ISAs without the GEMM): OpenBLAS sgemm, on panels of weight rows
+// dequantized to f32 (F32 weights are used in place), so the scratch stays a few MiB instead of a
+// full f32 copy of W.
 //
 // Scratch buffers are thread-local and grow on demand (never shrink), so the hot path does not
 // allocate; concurrent calls from different threads each use their own buffers. OpenMP worker
@@ -20,7 +28,10 @@
 
 #include "kernels/kernels_internal.h"
 
-#define SMALL_BATCH 32                 // n_tok below this takes the streaming path
+#define SMALL_BATCH 16                 // n_tok below this takes the streaming path (see below)
+// The streaming path computes each token's outputs with the same operations whatever n_tok is;
+// the prefill paths do not. Speculative decoding needs batch invariance below 16 tokens.
+_Static_assert(SMALL_BATCH >= 16, "n_tok < 16 must stay on the batch-invariant streaming path");
 #define PANEL_FLOATS (2u << 20)        // f32 values per dequantized weight panel (8 MiB)
 #define PARALLEL_MIN_WORK (1 << 15)    // weight values below which threads cost more than help
 
@@ -31,6 +42,10 @@ typedef struct {
 
 static _Thread_local scratch_buf g_act_buf;   // quantized activations (small path)
 static _Thread_local scratch_buf g_panel_buf; // dequantized weight panel (prefill path)
+static _Thread_local scratch_buf g_pack_buf;  // repacked weight strip (int8 GEMM, each thread)
+
+typedef enum { PATH_AUTO, PATH_SMALL, PATH_BLAS, PATH_GEMM } mm_path;
+static mm_path g_force = PATH_AUTO; // speck_matmul_force_path()
 
 // A buffer of at least n bytes, 64-byte aligned, or NULL when the allocation fails.
 static void *scratch_get(scratch_buf *s, size_t n) {
@@ -197,6 +212,81 @@ static void matmul_blas(speck_type wt, const void *W, int64_t n_out, int64_t n_i
     }
 }
 
+// Int8 GEMM path (k->gemm_pack set, wt Q8_0 or Q4_0). Same shapes as matmul_small.
+static void matmul_gemm(const speck_kernel_table *k, speck_type wt, const void *W, int64_t n_out,
+                        int64_t n_in, const float *X, int64_t n_tok, float *Y) {
+    const int64_t nb = n_in / SPECK_QK;
+    const size_t wrow = speck_type_row_size(wt, n_in),
+                 arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
+    // Scratch: qs (n_tok, n_in) u8 | d (n_tok, nb) f32 | Q8_0 blocks (n_tok, nb) the quantizer
+    // writes first (a separate row per token so tokens quantize in parallel).
+    const size_t off_d = ((size_t)(n_tok * n_in) + 63) & ~(size_t)63;
+    const size_t off_blk = (off_d + sizeof(float) * (size_t)(n_tok * nb) + 63) & ~(size_t)63;
+    char *buf = scratch_get(&g_act_buf, off_blk + arow * (size_t)n_tok);
+    if (!buf) {
+        fail_nomem(Y, n_tok, n_out);
+        return;
+    }
+    uint8_t *qs = (uint8_t *)buf;
+    float *d = (float *)(buf + off_d);
+#pragma omp parallel for schedule(static) if (n_tok * n_in >= PARALLEL_MIN_WORK)
+    for (int64_t t = 0; t < n_tok; t++) {
+        speck_block_q8_0 *blk = (speck_block_q8_0 *)(buf + off_blk + (size_t)t * arow);
+        k->quantize_q8_0(X + t * n_in, blk, n_in);
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *dst = qs + t * n_in + b * SPECK_QK;
+            for (int j = 0; j < SPECK_QK; j++) dst[j] = (uint8_t)(blk[b].qs[j] + 128);
+            d[t * nb + b] = speck_fp16_to_fp32(blk[b].d);
+        }
+    }
+    const speck_gemm_act act = {.qs = qs, .d = d, .n_tok = n_tok, .n = n_in};
+    const int64_t n_strips = (n_out + SPECK_GEMM_ROWS - 1) / SPECK_GEMM_ROWS;
+    const size_t pack_bytes = (size_t)nb * SPECK_GEMM_BLOCK_BYTES;
+    int failed = 0;
+    // Dynamic: strips are equal work, but the cores are shared with other processes.
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t s = 0; s < n_strips; s++) {
+        void *pk = scratch_get(&g_pack_buf, pack_bytes);
+        if (!pk) {
+#pragma omp atomic write
+            failed = 1;
+            continue;
+        }
+        const int64_t o0 = s * SPECK_GEMM_ROWS;
+        const int rows = (int)(n_out - o0 < SPECK_GEMM_ROWS ? n_out - o0 : SPECK_GEMM_ROWS);
+        k->gemm_pack(wt, (const char *)W + (size_t)o0 * wrow, wrow, rows, n_in, pk);
+        k->gemm_run(pk, rows, &act, Y + o0, n_out);
+    }
+    if (failed) fail_nomem(Y, n_tok, n_out);
+}
+
+static int has_gemm(const speck_kernel_table *k, speck_type wt) {
+    return k->gemm_pack && (wt == SPECK_TYPE_Q8_0 || wt == SPECK_TYPE_Q4_0);
+}
+
+static mm_path choose_path(const speck_kernel_table *k, speck_type wt, int64_t n_tok) {
+    if (g_force == PATH_SMALL || g_force == PATH_BLAS) return g_force;
+    if (g_force == PATH_GEMM && has_gemm(k, wt)) return PATH_GEMM;
+    if (n_tok < SMALL_BATCH) return PATH_SMALL;
+    return has_gemm(k, wt) ? PATH_GEMM : PATH_BLAS;
+}
+
+speck_type speck_matmul_act_type(speck_type wt, int64_t n_tok) {
+    return choose_path(speck_kernels_get(), wt, n_tok) == PATH_BLAS ? SPECK_TYPE_F32
+                                                                    : speck_act_type(wt);
+}
+
+int speck_matmul_force_path(const char *name) {
+    static const char *const names[] = {"auto", "small", "sgemm", "gemm"};
+    for (int i = 0; i < 4; i++) {
+        if (name && !strcmp(name, names[i])) {
+            g_force = (mm_path)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
 // W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out) f32.
 void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, const float *X,
                   int64_t n_tok, float *Y) {
@@ -205,8 +295,16 @@ void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, con
         memset(Y, 0, (size_t)(n_out * n_tok) * sizeof(float));
         return;
     }
-    if (n_tok < SMALL_BATCH)
-        matmul_small(wt, W, n_out, n_in, X, n_tok, Y);
-    else
+    const speck_kernel_table *k = speck_kernels_get();
+    switch (choose_path(k, wt, n_tok)) {
+    case PATH_GEMM:
+        matmul_gemm(k, wt, W, n_out, n_in, X, n_tok, Y);
+        break;
+    case PATH_BLAS:
         matmul_blas(wt, W, n_out, n_in, X, n_tok, Y);
+        break;
+    default:
+        matmul_small(wt, W, n_out, n_in, X, n_tok, Y);
+        break;
+    }
 }

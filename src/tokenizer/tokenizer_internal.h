@@ -34,14 +34,26 @@ typedef struct {
     pcre2_code *re[TOK_MAX_REGEX];
 } tok_pretok;
 
-// String -> id map (open addressing; keys are the vocabulary's own token texts).
+// String -> id map (open addressing; keys are the vocabulary's own token texts). A slot holds
+// the text pointer itself, and every text is stored right after its length (see tok_text_len),
+// so a lookup touches the slot and the text only: loading a 150k vocabulary does ~450k lookups,
+// and each extra dependent cache miss per lookup costs milliseconds.
 typedef struct {
     struct tok_slot {
-        uint32_t tag; // high hash bits: most mismatches are rejected without touching the text
-        int32_t id;   // -1 = empty
+        const char *s; // the token's text
+        uint32_t tag;  // high hash bits: most mismatches are rejected without touching the text
+        int32_t id;    // -1 = empty
     } *slots;
     uint32_t mask;
 } tok_strmap;
+
+// Token texts are carved out of large chunks (no per-token malloc). Each entry is laid out as
+// [uint32 length][bytes][NUL]; text pointers point at the bytes.
+typedef struct tok_chunk {
+    struct tok_chunk *next;
+    size_t used, cap;
+    char data[];
+} tok_chunk;
 
 // (left id, right id) -> merge rank and merged id.
 typedef struct {
@@ -70,13 +82,15 @@ struct speck_vocab {
     speck_vocab_type kind;
     tok_algo algo;
     int32_t n_tokens;
-    char **text;        // NUL-terminated token texts (into text_arena or individually owned)
+    char **text;        // NUL-terminated token texts, each preceded by its length (tok_chunk)
     uint32_t *text_len;
     float *scores;
     uint8_t *type;      // TOK_*
-    char *text_arena;
+    tok_chunk *chunks;  // storage of the texts
     tok_strmap map;     // text -> id over every token
+    bool dup_texts;     // some text names several ids (the map holds the last)
     tok_pairmap merges; // ALGO_BPE_RANKS only
+    int64_t merge_delta; // id - rank of the last merge result (they usually run in step)
 
     int32_t bos, eos, unk, pad, eot, eom;
     bool add_bos, add_eos;
@@ -122,6 +136,12 @@ int tok_build_text_map(speck_vocab *v, const char *src);
 int tok_merges_init(speck_vocab *v, int64_t n);
 int tok_add_merge(speck_vocab *v, const char *a, size_t alen, const char *b, size_t blen,
                   int32_t rank);
+// Many merges at once (ranks first_rank, first_rank + 1, ...): much faster than one by one.
+typedef struct {
+    const char *a, *b; // halves, not necessarily NUL-terminated
+    uint32_t alen, blen;
+} tok_merge_text;
+int tok_add_merges(speck_vocab *v, const tok_merge_text *m, int n, int32_t first_rank);
 const tok_pair *tok_pair_find(const tok_pairmap *m, int32_t left, int32_t right);
 speck_vocab *tok_vocab_from_hf(const char *json_path, const char *config_path);
 

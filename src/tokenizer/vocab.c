@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "tokenizer_internal.h"
@@ -35,41 +36,94 @@ static uint32_t pow2_at_least(uint64_t n) {
     return c;
 }
 
+// Length stored in front of a token text (see tok_chunk): read next to the text itself.
+static inline uint32_t text_len_of(const char *s) {
+    uint32_t n;
+    memcpy(&n, s - 4, 4);
+    return n;
+}
+
+// The big tables (a 150k vocabulary's text map and merge map are 4 MB each) are first touched at
+// random while loading, one 4 KB page fault at a time; in a VM each fault is a costly trap
+// (measured: ~3,000 faults, a fifth of the load time). Transparent huge pages, where the kernel
+// offers them (madvise mode), map 2 MB per fault instead. Freed with free().
+#define HUGE_PAGE ((size_t)2 << 20)
+
+static void *big_alloc(size_t bytes) {
+    if (bytes < HUGE_PAGE / 2) return malloc(bytes);
+    size_t n = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+    void *p = aligned_alloc(HUGE_PAGE, n);
+#ifdef MADV_HUGEPAGE
+    if (p) madvise(p, n, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
 static int strmap_init(tok_strmap *m, uint64_t n) {
-    uint32_t cap = pow2_at_least(n * 2);
-    m->slots = malloc(cap * sizeof *m->slots);
+    // Load factor <= 2/3: short probe runs, and a table half the size of a 2x one (a 150k
+    // vocabulary's map fits in 4 MB), which matters more here than the shorter runs.
+    uint32_t cap = pow2_at_least(n + n / 2);
+    m->slots = big_alloc(cap * sizeof *m->slots);
     if (!m->slots) return SPECK_ERR_NOMEM;
     memset(m->slots, 0xff, cap * sizeof *m->slots);
     m->mask = cap - 1;
     return SPECK_OK;
 }
 
-// Later ids replace earlier ones with the same text (as llama.cpp's token_to_id does).
-static void strmap_put(tok_strmap *m, const speck_vocab *v, int32_t id) {
+// Later ids replace earlier ones with the same text (as llama.cpp's token_to_id does). Returns
+// true when an earlier id was replaced. h: hash_bytes of the text.
+static bool strmap_put_h(tok_strmap *m, const speck_vocab *v, int32_t id, uint64_t h) {
     const char *s = v->text[id];
     size_t n = v->text_len[id];
-    uint64_t h = hash_bytes(s, n);
     uint32_t tag = (uint32_t)(h >> 32);
     for (uint32_t i = (uint32_t)h & m->mask;; i = (i + 1) & m->mask) {
         struct tok_slot *e = &m->slots[i];
-        if (e->id < 0 ||
-            (e->tag == tag && v->text_len[e->id] == n && !memcmp(v->text[e->id], s, n))) {
-            e->tag = tag;
-            e->id = id;
-            return;
+        if (e->id < 0) {
+            *e = (struct tok_slot){s, tag, id};
+            return false;
+        }
+        if (e->tag == tag && text_len_of(e->s) == n && !memcmp(e->s, s, n)) {
+            *e = (struct tok_slot){s, tag, id};
+            return true;
         }
     }
 }
 
-static int32_t strmap_get(const tok_strmap *m, const speck_vocab *v, const char *s, size_t n) {
+static bool strmap_put(tok_strmap *m, const speck_vocab *v, int32_t id) {
+    return strmap_put_h(m, v, id, hash_bytes(v->text[id], v->text_len[id]));
+}
+
+static int32_t strmap_get_h(const tok_strmap *m, const char *s, size_t n, uint64_t h) {
     if (!m->slots) return -1;
-    uint64_t h = hash_bytes(s, n);
     uint32_t tag = (uint32_t)(h >> 32);
     for (uint32_t i = (uint32_t)h & m->mask;; i = (i + 1) & m->mask) {
         const struct tok_slot *e = &m->slots[i];
         if (e->id < 0) return -1;
-        if (e->tag == tag && v->text_len[e->id] == n && !memcmp(v->text[e->id], s, n))
-            return e->id;
+        if (e->tag == tag && text_len_of(e->s) == n && !memcmp(e->s, s, n)) return e->id;
+    }
+}
+
+static int32_t strmap_get(const tok_strmap *m, const speck_vocab *v, const char *s, size_t n) {
+    (void)v;
+    return strmap_get_h(m, s, n, hash_bytes(s, n));
+}
+
+// Loading is bound by cache misses on the maps, not by arithmetic: callers that know many keys
+// in advance hash a batch, prefetch the slots, then the text behind the likely hit, and only
+// then probe, so the misses of a whole batch overlap instead of being paid one after another.
+static inline void strmap_prefetch_slot(const tok_strmap *m, uint64_t h) {
+    __builtin_prefetch(&m->slots[(uint32_t)h & m->mask]);
+}
+
+static inline void strmap_prefetch_text(const tok_strmap *m, uint64_t h) {
+    uint32_t tag = (uint32_t)(h >> 32);
+    for (uint32_t i = (uint32_t)h & m->mask, k = 0; k < 4; i = (i + 1) & m->mask, k++) {
+        const struct tok_slot *e = &m->slots[i];
+        if (e->id < 0) return;
+        if (e->tag == tag) {
+            __builtin_prefetch(e->s - 4);
+            return;
+        }
     }
 }
 
@@ -93,42 +147,96 @@ const tok_pair *tok_pair_find(const tok_pairmap *m, int32_t left, int32_t right)
 }
 
 static int pairmap_init(tok_pairmap *m, int64_t n) {
-    uint32_t cap = pow2_at_least((uint64_t)n * 2);
-    m->slots = calloc(cap, sizeof *m->slots);
+    uint32_t cap = pow2_at_least((uint64_t)n + (uint64_t)n / 2); // as strmap_init
+    m->slots = big_alloc(cap * sizeof *m->slots);
     if (!m->slots) return SPECK_ERR_NOMEM;
+    memset(m->slots, 0, cap * sizeof *m->slots);
     m->mask = cap - 1;
     m->n = 0;
     return SPECK_OK;
 }
 
-// Merge "a b" at rank: both halves and their concatenation must be tokens. Unknown halves are
-// skipped silently (some published merge lists carry a few such entries).
-int tok_add_merge(speck_vocab *v, const char *a, size_t alen, const char *b, size_t blen,
-                  int32_t rank) {
-    int32_t l = tok_find(v, a, alen), r = tok_find(v, b, blen);
-    if (l < 0 || r < 0) return SPECK_OK;
+// The id of a merge's result "a" + "b", or -1 if that text is no token. BPE vocabularies list
+// merge results in merge order (Qwen: id = rank + 256 throughout), so the id that keeps the
+// previous result's id - rank is checked first: a sequential compare instead of a hash lookup.
+// Not when texts repeat, where the map's choice among equal texts must win.
+static int32_t merge_result(speck_vocab *v, const char *a, size_t alen, const char *b,
+                            size_t blen, int32_t rank) {
+    int64_t guess = (int64_t)rank + v->merge_delta;
+    if (!v->dup_texts && guess >= 0 && guess < v->n_tokens && v->text_len[guess] == alen + blen &&
+        !memcmp(v->text[guess], a, alen) && !memcmp(v->text[guess] + alen, b, blen))
+        return (int32_t)guess;
     char stackbuf[256];
     char *cat = alen + blen <= sizeof stackbuf ? stackbuf : malloc(alen + blen);
-    if (!cat) return SPECK_ERR_NOMEM;
+    if (!cat) return -2;
     memcpy(cat, a, alen);
     memcpy(cat + alen, b, blen);
     int32_t id = tok_find(v, cat, alen + blen);
     if (cat != stackbuf) free(cat);
-    if (id < 0) return SPECK_OK;
-    tok_pairmap *m = &v->merges;
-    uint64_t key = (((uint64_t)(uint32_t)l << 32) | (uint32_t)r) + 1;
-    uint32_t i = (uint32_t)hash_u64(key) & m->mask;
-    for (;; i = (i + 1) & m->mask) {
+    if (id >= 0) v->merge_delta = (int64_t)id - rank;
+    return id;
+}
+
+static inline uint64_t pair_key(int32_t l, int32_t r) {
+    return (((uint64_t)(uint32_t)l << 32) | (uint32_t)r) + 1;
+}
+
+static void pair_insert(tok_pairmap *m, uint64_t key, int32_t rank, int32_t id) {
+    for (uint32_t i = (uint32_t)hash_u64(key) & m->mask;; i = (i + 1) & m->mask) {
         tok_pair *p = &m->slots[i];
-        if (p->key == key) return SPECK_OK; // keep the first (best) rank
+        if (p->key == key) return; // keep the first (best) rank
         if (!p->key) {
-            p->key = key;
-            p->rank = rank;
-            p->id = id;
+            *p = (tok_pair){key, rank, id};
             m->n++;
-            return SPECK_OK;
+            return;
         }
     }
+}
+
+#define MERGE_BATCH 32
+
+// Merges "a b" of ranks first_rank, first_rank + 1, ...: both halves and their concatenation
+// must be tokens. Unknown ones are skipped silently (some published merge lists carry a few).
+int tok_add_merges(speck_vocab *v, const tok_merge_text *mt, int n, int32_t first_rank) {
+    const tok_strmap *sm = &v->map;
+    tok_pairmap *pm = &v->merges;
+    for (int base = 0; base < n; base += MERGE_BATCH) {
+        int nb = n - base < MERGE_BATCH ? n - base : MERGE_BATCH;
+        const tok_merge_text *b = mt + base;
+        uint64_t ha[MERGE_BATCH], hb[MERGE_BATCH], key[MERGE_BATCH];
+        int32_t id[MERGE_BATCH];
+        for (int j = 0; j < nb; j++) {
+            ha[j] = hash_bytes(b[j].a, b[j].alen);
+            hb[j] = hash_bytes(b[j].b, b[j].blen);
+            strmap_prefetch_slot(sm, ha[j]);
+            strmap_prefetch_slot(sm, hb[j]);
+        }
+        for (int j = 0; j < nb; j++) {
+            strmap_prefetch_text(sm, ha[j]);
+            strmap_prefetch_text(sm, hb[j]);
+        }
+        for (int j = 0; j < nb; j++) {
+            key[j] = 0;
+            int32_t l = strmap_get_h(sm, b[j].a, b[j].alen, ha[j]);
+            int32_t r = strmap_get_h(sm, b[j].b, b[j].blen, hb[j]);
+            if (l < 0 || r < 0) continue;
+            id[j] = merge_result(v, b[j].a, b[j].alen, b[j].b, b[j].blen, first_rank + base + j);
+            if (id[j] == -2) return SPECK_ERR_NOMEM;
+            if (id[j] < 0) continue;
+            key[j] = pair_key(l, r);
+            __builtin_prefetch(&pm->slots[(uint32_t)hash_u64(key[j]) & pm->mask], 1);
+        }
+        for (int j = 0; j < nb; j++)
+            if (key[j]) pair_insert(pm, key[j], first_rank + base + j, id[j]);
+    }
+    return SPECK_OK;
+}
+
+int tok_add_merge(speck_vocab *v, const char *a, size_t alen, const char *b, size_t blen,
+                  int32_t rank) {
+    if (alen > UINT32_MAX || blen > UINT32_MAX) return SPECK_OK;
+    tok_merge_text m = {a, b, (uint32_t)alen, (uint32_t)blen};
+    return tok_add_merges(v, &m, 1, rank);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -139,41 +247,74 @@ speck_vocab *tok_vocab_alloc(int32_t n) {
     speck_vocab *v = calloc(1, sizeof *v);
     if (!v) return NULL;
     v->n_tokens = n;
-    v->text = calloc((size_t)n, sizeof *v->text);
-    v->text_len = calloc((size_t)n, sizeof *v->text_len);
-    v->scores = calloc((size_t)n, sizeof *v->scores);
-    v->type = malloc((size_t)n);
-    if (!v->text || !v->text_len || !v->scores || !v->type) {
+    tok_cache_init(&v->cache);
+    // One block for the per-token arrays (see big_alloc): text first, so freeing v->text frees
+    // them all.
+    size_t bytes = (size_t)n * (sizeof *v->text + sizeof *v->text_len + sizeof *v->scores + 1);
+    char *block = big_alloc(bytes);
+    if (!block) {
         speck_vocab_free(v);
         return NULL;
     }
+    memset(block, 0, bytes);
+    v->text = (char **)block;
+    v->text_len = (uint32_t *)(block + (size_t)n * sizeof *v->text);
+    v->scores = (float *)((char *)v->text_len + (size_t)n * sizeof *v->text_len);
+    v->type = (uint8_t *)((char *)v->scores + (size_t)n * sizeof *v->scores);
     memset(v->type, TOK_NORMAL, (size_t)n);
     v->bos = v->eos = v->unk = v->pad = v->eot = v->eom = -1;
-    tok_cache_init(&v->cache);
     return v;
 }
 
+#define CHUNK_BYTES HUGE_PAGE
+
+// Carve [u32 len][bytes][NUL] out of the current chunk (a new one when full). Texts never move,
+// so v->text pointers stay valid; a replaced text's bytes are simply left unused.
 int tok_set_token(speck_vocab *v, int32_t id, const char *s, size_t len) {
     if (len > UINT32_MAX / 2) return SPECK_ERR_RANGE;
-    char *t = malloc(len + 1);
-    if (!t) return SPECK_ERR_NOMEM;
-    memcpy(t, s, len);
-    t[len] = 0;
-    free(v->text[id]);
-    v->text[id] = t;
-    v->text_len[id] = (uint32_t)len;
+    size_t need = (4 + len + 1 + 3) & ~(size_t)3; // keep the length prefixes 4-byte aligned
+    tok_chunk *c = v->chunks;
+    if (!c || c->cap - c->used < need) {
+        size_t cap = need > CHUNK_BYTES - sizeof *c ? need : CHUNK_BYTES - sizeof *c;
+        c = big_alloc(sizeof *c + cap);
+        if (!c) return SPECK_ERR_NOMEM;
+        c->next = v->chunks;
+        c->used = 0;
+        c->cap = cap;
+        v->chunks = c;
+    }
+    char *e = c->data + c->used;
+    uint32_t n32 = (uint32_t)len;
+    memcpy(e, &n32, 4);
+    memcpy(e + 4, s, len);
+    e[4 + len] = 0;
+    c->used += need;
+    v->text[id] = e + 4;
+    v->text_len[id] = n32;
     return SPECK_OK;
 }
+
+// Shared text of ids no entry names: a zero length, then the NUL.
+static char EMPTY_TEXT[8];
 
 // Build the text->id map. Called before merges are added (they are looked up by text).
 static int build_text_map(speck_vocab *v, const char *src) {
     for (int32_t i = 0; i < v->n_tokens; i++)
-        if (!v->text[i] && tok_set_token(v, i, "", 0))
-            return speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
+        if (!v->text[i]) v->text[i] = EMPTY_TEXT + 4;
     if (strmap_init(&v->map, (uint64_t)v->n_tokens))
         return speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
-    for (int32_t i = 0; i < v->n_tokens; i++)
-        if (v->text_len[i]) strmap_put(&v->map, v, i);
+    // In batches, prefetching the slots (see strmap_prefetch_slot).
+    uint64_t h[MERGE_BATCH];
+    for (int32_t base = 0; base < v->n_tokens; base += MERGE_BATCH) {
+        int32_t nb = v->n_tokens - base < MERGE_BATCH ? v->n_tokens - base : MERGE_BATCH;
+        for (int32_t j = 0; j < nb; j++) {
+            h[j] = hash_bytes(v->text[base + j], v->text_len[base + j]);
+            strmap_prefetch_slot(&v->map, h[j]);
+        }
+        for (int32_t j = 0; j < nb; j++)
+            if (v->text_len[base + j])
+                v->dup_texts |= strmap_put_h(&v->map, v, base + j, h[j]);
+    }
     return SPECK_OK;
 }
 
@@ -283,12 +424,12 @@ int tok_vocab_finish(speck_vocab *v, const char *src) { return vocab_finish_comm
 
 void speck_vocab_free(speck_vocab *v) {
     if (!v) return;
-    if (v->text)
-        for (int32_t i = 0; i < v->n_tokens; i++) free(v->text[i]);
-    free(v->text);
-    free(v->text_len);
-    free(v->scores);
-    free(v->type);
+    while (v->chunks) {
+        tok_chunk *next = v->chunks->next;
+        free(v->chunks);
+        v->chunks = next;
+    }
+    free(v->text); // also text_len, scores and type (tok_vocab_alloc)
     free(v->map.slots);
     free(v->merges.slots);
     free(v->special);
@@ -444,20 +585,25 @@ speck_vocab *speck_vocab_from_gguf(const speck_gguf *g) {
             speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
             goto fail;
         }
+        tok_merge_text batch[256];
+        int nb = 0;
         for (int64_t i = 0; i < nm; i++) {
             uint64_t len;
             const char *s = speck_gguf_arr_str(g, kg, i, &len);
             const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
-            if (!sp) {
+            if (!sp || len > UINT32_MAX) {
                 speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.merges[%lld]: no space",
                                 src, (long long)i);
                 goto fail;
             }
-            if (tok_add_merge(v, s, (size_t)(sp - s), sp + 1, (size_t)(s + len - sp - 1),
-                              (int32_t)i)) {
+            batch[nb++] = (tok_merge_text){s, sp + 1, (uint32_t)(sp - s),
+                                           (uint32_t)(s + len - sp - 1)};
+            if ((nb == 256 || i == nm - 1) &&
+                tok_add_merges(v, batch, nb, (int32_t)(i + 1 - nb))) {
                 speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
                 goto fail;
             }
+            if (nb == 256) nb = 0;
         }
     }
     v->pad = gguf_id(g, "tokenizer.ggml.padding_token_id", -1);

@@ -1,0 +1,513 @@
+// Hugging Face directory (config.json + safetensors + tokenizer.json) -> GGUF, for the Llama
+// layer structure (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and look-alikes).
+//
+// Everything is validated before the first byte is written: the config's hyper-parameters, every
+// tensor the layout needs (present, right shape), and no tensor left over that the layout does
+// not know (it would mean a variant we would convert wrongly). Then the GGUF header is written
+// and tensors are streamed one row chunk at a time into a temporary file that is renamed into
+// place at the end, so memory stays near one chunk and a failure leaves nothing behind.
+//
+// Q/K layout: HF Llama checkpoints rotate halves (x[i], x[i + d/2]) while GGUF "llama" models
+// rotate adjacent pairs (x[2i], x[2i+1]), so the rows of q_proj / k_proj are interleaved per head
+// (row j of a head comes from row (j % 2) * d/2 + j / 2). Qwen2 is rotate-half in GGUF too
+// (NEOX) and is copied as is.
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "formats/gguf_stream.h"
+#include "formats/hf_internal.h"
+#include "kernels/kernels.h"
+
+/* ---- shared helpers (also used by hf_export.c) ---- */
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void hf_progress_start(hf_progress *p, bool on, int64_t n) {
+    *p = (hf_progress){on, n, now(), 0, 0};
+}
+
+void hf_progress_step(hf_progress *p, int64_t i, const char *name, size_t bytes) {
+    p->bytes += bytes;
+    if (!p->on) return;
+    double t = now();
+    if (t - p->last < 0.1 && i + 1 < p->n) return; // ~10 updates a second is plenty
+    p->last = t;
+    int w = 30, filled = (int)((double)(i + 1) / (double)p->n * w);
+    char bar[32];
+    for (int k = 0; k < w; k++) bar[k] = k < filled ? '#' : '.';
+    bar[w] = 0;
+    double mb = (double)p->bytes / 1e6, dt = t - p->t0;
+    fprintf(stderr, "\r[%s] %4lld/%-4lld %8.1f MB %7.1f MB/s  %-32.32s", bar, (long long)(i + 1),
+            (long long)p->n, mb, dt > 0 ? mb / dt : 0.0, name);
+    fflush(stderr);
+}
+
+void hf_progress_end(hf_progress *p, const char *what) {
+    if (!p->on) return;
+    double dt = now() - p->t0;
+    fprintf(stderr, "\n%s: %lld tensors, %.1f MB in %.2f s (%.1f MB/s)\n", what, (long long)p->n,
+            (double)p->bytes / 1e6, dt, dt > 0 ? (double)p->bytes / 1e6 / dt : 0.0);
+}
+
+void hf_release(const void *p, size_t n) {
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t b = ((uintptr_t)p + n) & ~((uintptr_t)page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static int64_t perm_row(int64_t r, int hd, int dir) {
+    if (hd <= 0) return r;
+    int64_t head = r / hd, j = r % hd, half = hd / 2;
+    if (dir > 0) return head * hd + (j % 2) * half + j / 2; // GGUF row j <- HF row
+    return head * hd + 2 * (j % half) + j / half;           // HF row j <- GGUF row
+}
+
+void hf_convert_rows(const void *src, speck_type st, void *dst, speck_type dt, int64_t r0,
+                     int64_t n, int64_t cols, int qk_head_dim, int dir) {
+    size_t in_rs = speck_type_row_size(st, cols), out_rs = speck_type_row_size(dt, cols);
+#pragma omp parallel if (n > 1 && (size_t)n * out_rs > (1u << 16))
+    {
+        float *tmp = st == dt ? NULL : malloc((size_t)cols * sizeof(float));
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < n; r++) {
+            const uint8_t *in = (const uint8_t *)src + in_rs * (size_t)perm_row(r0 + r,
+                                                                                  qk_head_dim, dir);
+            uint8_t *out = (uint8_t *)dst + out_rs * (size_t)r;
+            if (st == dt) {
+                memcpy(out, in, out_rs);
+            } else if (tmp) {
+                speck_dequantize_row(st, in, tmp, cols);
+                speck_quantize_row(dt, tmp, out, cols);
+            }
+        }
+        free(tmp);
+    }
+}
+
+/* ---- config.json ---- */
+
+typedef struct {
+    const char *path; // DIR/config.json, for messages
+    char arch[16];
+    char hf_arch[64];
+    int64_t n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim, n_ctx, n_vocab;
+    double eps, theta;
+    bool tied, attn_bias;
+    int scaling; // 0 none, 1 linear, 2 llama3
+    double factor, low, high, orig;
+} hf_cfg;
+
+static int cfg_int(const hf_cfg *c, const cJSON *j, const char *k, int64_t dflt, int64_t *out) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
+    if (!x || cJSON_IsNull(x)) {
+        if (dflt < 0)
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: %s: missing", c->path, k);
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsNumber(x) || x->valuedouble < 1 || x->valuedouble > (double)(1 << 30) ||
+        x->valuedouble != floor(x->valuedouble))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: %s: not a positive integer", c->path, k);
+    *out = (int64_t)x->valuedouble;
+    return 0;
+}
+
+static int cfg_num(const hf_cfg *c, const cJSON *j, const char *k, double dflt, double *out) {
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
+    if (!x || cJSON_IsNull(x)) {
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsNumber(x) || !(x->valuedouble > 0))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: %s: not a positive number", c->path, k);
+    *out = x->valuedouble;
+    return 0;
+}
+
+static int read_config(const char *dir, char *path, size_t path_size, hf_cfg *c) {
+    memset(c, 0, sizeof *c);
+    snprintf(path, path_size, "%s/config.json", dir);
+    c->path = path;
+    cJSON *j = hf_read_json(path);
+    if (!j) return SPECK_ERR_FORMAT;
+    int rc = 0;
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(j, "architectures");
+    const cJSON *a0 = cJSON_GetArrayItem(archs, 0);
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(j, "model_type");
+    const char *name = cJSON_IsString(a0) ? a0->valuestring : NULL;
+    const char *mtype = cJSON_IsString(mt) ? mt->valuestring : "";
+    snprintf(c->hf_arch, sizeof c->hf_arch, "%s", name ? name : mtype);
+    if (name ? !strcmp(name, "LlamaForCausalLM") || !strcmp(name, "MistralForCausalLM")
+             : !strcmp(mtype, "llama") || !strcmp(mtype, "mistral"))
+        strcpy(c->arch, "llama");
+    else if (name ? !strcmp(name, "Qwen2ForCausalLM") : !strcmp(mtype, "qwen2"))
+        strcpy(c->arch, "qwen2");
+    else {
+        rc = speck_set_error(SPECK_ERR_UNSUPPORTED,
+                             "%s: architectures: '%s' is not supported (LlamaForCausalLM, "
+                             "MistralForCausalLM, Qwen2ForCausalLM)",
+                             path, c->hf_arch[0] ? c->hf_arch : "(missing)");
+        goto done;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "hidden_act");
+    if (cJSON_IsString(act) && strcmp(act->valuestring, "silu")) {
+        rc = speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: hidden_act: '%s' is not supported (silu)",
+                             path, act->valuestring);
+        goto done;
+    }
+    if ((rc = cfg_int(c, j, "hidden_size", -1, &c->n_embd)) ||
+        (rc = cfg_int(c, j, "intermediate_size", -1, &c->n_ff)) ||
+        (rc = cfg_int(c, j, "num_hidden_layers", -1, &c->n_layer)) ||
+        (rc = cfg_int(c, j, "num_attention_heads", -1, &c->n_head)) ||
+        (rc = cfg_int(c, j, "num_key_value_heads", c->n_head, &c->n_head_kv)) ||
+        (rc = cfg_int(c, j, "head_dim", c->n_embd / c->n_head, &c->head_dim)) ||
+        (rc = cfg_int(c, j, "max_position_embeddings", 4096, &c->n_ctx)) ||
+        (rc = cfg_int(c, j, "vocab_size", 0, &c->n_vocab)) ||
+        (rc = cfg_num(c, j, "rms_norm_eps", 1e-6, &c->eps)) ||
+        (rc = cfg_num(c, j, "rope_theta", 10000.0, &c->theta)))
+        goto done;
+    if (c->n_head % c->n_head_kv || c->head_dim % 2) {
+        rc = speck_set_error(SPECK_ERR_FORMAT,
+                             "%s: num_key_value_heads %lld must divide num_attention_heads %lld "
+                             "and head_dim %lld be even",
+                             path, (long long)c->n_head_kv, (long long)c->n_head,
+                             (long long)c->head_dim);
+        goto done;
+    }
+    // Llama and Mistral default to an untied head; so does Qwen2's config class.
+    c->tied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings"));
+    c->attn_bias = !strcmp(c->arch, "qwen2") ||
+                   cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "attention_bias"));
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "mlp_bias"))) {
+        rc = speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: mlp_bias: true is not supported", path);
+        goto done;
+    }
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs)) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+        if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
+        const char *type = cJSON_IsString(t) ? t->valuestring : "(missing)";
+        if (!strcmp(type, "default")) {
+        } else if (!strcmp(type, "linear")) {
+            c->scaling = 1;
+            if ((rc = cfg_num(c, rs, "factor", 1.0, &c->factor))) goto done;
+        } else if (!strcmp(type, "llama3")) {
+            c->scaling = 2;
+            if ((rc = cfg_num(c, rs, "factor", 8.0, &c->factor)) ||
+                (rc = cfg_num(c, rs, "low_freq_factor", 1.0, &c->low)) ||
+                (rc = cfg_num(c, rs, "high_freq_factor", 4.0, &c->high)) ||
+                (rc = cfg_num(c, rs, "original_max_position_embeddings", 8192, &c->orig)))
+                goto done;
+            if (c->high <= c->low) {
+                rc = speck_set_error(SPECK_ERR_FORMAT,
+                                     "%s: rope_scaling: high_freq_factor must exceed "
+                                     "low_freq_factor", path);
+                goto done;
+            }
+        } else {
+            rc = speck_set_error(SPECK_ERR_UNSUPPORTED,
+                                 "%s: rope_scaling: type '%s' is not supported (linear, llama3)",
+                                 path, type);
+            goto done;
+        }
+    }
+done:
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* ---- the tensor plan ---- */
+
+typedef struct {
+    char hf[96], gg[64];
+    const speck_st_tensor *src;
+    int64_t rows, cols; // cols = 0: a vector of `rows` values
+    int qk_head_dim;    // > 0: Q/K rows to interleave
+    speck_type out;
+    const float *synth; // tensors computed here (rope_freqs), f32
+} plan_t;
+
+typedef struct {
+    const char *dir;
+    hf_cfg cfg;
+    speck_st *st;
+    plan_t *p;
+    int n, cap;
+    float *rope_freqs;
+} conv;
+
+static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64_t cols,
+                    int qk, int type, bool required) {
+    const speck_st_tensor *t = speck_st_find(c->st, hf);
+    if (!t) {
+        if (!required) return 0;
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is missing from the checkpoint",
+                               c->dir, hf);
+    }
+    bool ok = cols ? t->n_dims == 2 && t->shape[0] == rows && t->shape[1] == cols
+                   : t->n_dims == 1 && t->shape[0] == rows;
+    if (!ok) {
+        char got[96] = "[";
+        for (int d = 0; d < t->n_dims; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", d ? ", " : "",
+                     (long long)t->shape[d]);
+        strcat(got, "]");
+        if (cols)
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: tensor '%s' has shape %s but config.json implies [%lld, "
+                                   "%lld]",
+                                   t->file, hf, got, (long long)rows, (long long)cols);
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: tensor '%s' has shape %s but config.json implies [%lld]",
+                               t->file, hf, got, (long long)rows);
+    }
+    if (c->n == c->cap) {
+        int cap = c->cap ? c->cap * 2 : 64;
+        plan_t *p = realloc(c->p, (size_t)cap * sizeof *p);
+        if (!p) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        c->p = p;
+        c->cap = cap;
+    }
+    plan_t *p = &c->p[c->n++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->hf, sizeof p->hf, "%s", hf);
+    snprintf(p->gg, sizeof p->gg, "%s", gg);
+    p->src = t;
+    p->rows = rows;
+    p->cols = cols;
+    p->qk_head_dim = qk;
+    // Vectors are f32; matrices take the requested type (the source's for -1), falling back to
+    // f16 when a quantized type's block does not divide the row.
+    if (!cols) p->out = SPECK_TYPE_F32;
+    else if (type < 0) p->out = t->type;
+    else if (cols % speck_type_block_size((speck_type)type)) p->out = SPECK_TYPE_F16;
+    else p->out = (speck_type)type;
+    return 0;
+}
+
+static int build_plan(conv *c, int type) {
+    const hf_cfg *h = &c->cfg;
+    const speck_st_tensor *emb = speck_st_find(c->st, "model.embed_tokens.weight");
+    if (!emb)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: tensor 'model.embed_tokens.weight' is missing from the "
+                               "checkpoint", c->dir);
+    int64_t V = h->n_vocab ? h->n_vocab : (emb->n_dims == 2 ? emb->shape[0] : 0);
+    int64_t E = h->n_embd, Q = h->n_head * h->head_dim, KV = h->n_head_kv * h->head_dim,
+            F = h->n_ff;
+    int qk = strcmp(h->arch, "llama") ? 0 : (int)h->head_dim;
+    int rc;
+    if ((rc = plan_add(c, "model.embed_tokens.weight", "token_embd.weight", V, E, 0, type, 1)))
+        return rc;
+    c->cfg.n_vocab = V;
+    if (h->scaling == 2) {
+        // llama.cpp ships Llama 3.1 scaling as per-frequency divisors of the base frequencies.
+        int half = (int)h->head_dim / 2;
+        if (!(c->rope_freqs = malloc((size_t)half * sizeof(float))))
+            return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        double lo_wl = h->orig / h->low, hi_wl = h->orig / h->high;
+        for (int i = 0; i < half; i++) {
+            double f = pow(h->theta, -2.0 * i / (double)h->head_dim), wl = 2 * M_PI / f;
+            double d = 1.0;
+            if (wl > lo_wl) d = h->factor;
+            else if (wl >= hi_wl) {
+                double s = (h->orig / wl - h->low) / (h->high - h->low);
+                d = 1.0 / ((1 - s) / h->factor + s);
+            }
+            c->rope_freqs[i] = (float)d;
+        }
+        plan_t *p = &c->p[c->n++]; // capacity >= 64 after the first add
+        memset(p, 0, sizeof *p);
+        strcpy(p->gg, "rope_freqs.weight");
+        p->rows = half;
+        p->out = SPECK_TYPE_F32;
+        p->synth = c->rope_freqs;
+    }
+    if ((rc = plan_add(c, "model.norm.weight", "output_norm.weight", E, 0, 0, type, 1))) return rc;
+    if (!h->tied && (rc = plan_add(c, "lm_head.weight", "output.weight", V, E, 0, type, 1)))
+        return rc;
+    for (int64_t l = 0; l < h->n_layer; l++) {
+        char hf[96], gg[64];
+#define T(hfs, ggs, rows, cols, q, req)                                                            \
+    do {                                                                                           \
+        snprintf(hf, sizeof hf, "model.layers.%lld." hfs, (long long)l);                           \
+        snprintf(gg, sizeof gg, "blk.%lld." ggs, (long long)l);                                    \
+        if ((rc = plan_add(c, hf, gg, rows, cols, q, type, req))) return rc;                       \
+    } while (0)
+        T("input_layernorm.weight", "attn_norm.weight", E, 0, 0, 1);
+        T("self_attn.q_proj.weight", "attn_q.weight", Q, E, qk, 1);
+        T("self_attn.k_proj.weight", "attn_k.weight", KV, E, qk, 1);
+        T("self_attn.v_proj.weight", "attn_v.weight", KV, E, 0, 1);
+        // Biases are permuted like their weight rows.
+        T("self_attn.q_proj.bias", "attn_q.bias", Q, 0, qk, h->attn_bias);
+        T("self_attn.k_proj.bias", "attn_k.bias", KV, 0, qk, h->attn_bias);
+        T("self_attn.v_proj.bias", "attn_v.bias", KV, 0, 0, h->attn_bias);
+        T("self_attn.o_proj.weight", "attn_output.weight", E, Q, 0, 1);
+        T("post_attention_layernorm.weight", "ffn_norm.weight", E, 0, 0, 1);
+        T("mlp.gate_proj.weight", "ffn_gate.weight", F, E, 0, 1);
+        T("mlp.up_proj.weight", "ffn_up.weight", F, E, 0, 1);
+        T("mlp.down_proj.weight", "ffn_down.weight", E, F, 0, 1);
+#undef T
+    }
+    // Anything else means a layout this converter does not know.
+    for (int64_t i = 0; i < speck_st_n_tensors(c->st); i++) {
+        const speck_st_tensor *t = speck_st_tensor_at(c->st, i);
+        bool used = false;
+        for (int k = 0; k < c->n && !used; k++) used = c->p[k].src == t;
+        if (used || strstr(t->name, "rotary_emb.inv_freq") ||
+            (h->tied && !strcmp(t->name, "lm_head.weight")))
+            continue;
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: unexpected tensor '%s' (not part of the %s layout of "
+                               "config.json: %lld layers)",
+                               t->file, t->name, h->hf_arch, (long long)h->n_layer);
+    }
+    return 0;
+}
+
+static int file_type_of(int type) {
+    switch (type) {
+    case SPECK_TYPE_F16: return 1;
+    case SPECK_TYPE_Q4_0: return 2;
+    case SPECK_TYPE_Q8_0: return 7;
+    case SPECK_TYPE_BF16: return 32;
+    default: return 0;
+    }
+}
+
+static int write_kv(conv *c, speck_gguf_writer *w) {
+    const hf_cfg *h = &c->cfg;
+    char key[128], name[256];
+    int rc = 0;
+#define K(s) (snprintf(key, sizeof key, "%s." s, h->arch), key)
+    snprintf(name, sizeof name, "%s", c->dir);
+    size_t n = strlen(name);
+    while (n > 1 && name[n - 1] == '/') name[--n] = 0;
+    const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+    rc |= speck_gguf_set_str(w, "general.architecture", h->arch);
+    rc |= speck_gguf_set_str(w, "general.name", base);
+    // The matrices' type: that of the q projections, which every layout has.
+    int ft = 0;
+    for (int i = 0; i < c->n; i++)
+        if (strstr(c->p[i].gg, "attn_q.weight")) ft = file_type_of(c->p[i].out);
+    rc |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)ft);
+    rc |= speck_gguf_set_u32(w, K("context_length"), (uint32_t)h->n_ctx);
+    rc |= speck_gguf_set_u32(w, K("embedding_length"), (uint32_t)h->n_embd);
+    rc |= speck_gguf_set_u32(w, K("block_count"), (uint32_t)h->n_layer);
+    rc |= speck_gguf_set_u32(w, K("feed_forward_length"), (uint32_t)h->n_ff);
+    rc |= speck_gguf_set_u32(w, K("attention.head_count"), (uint32_t)h->n_head);
+    rc |= speck_gguf_set_u32(w, K("attention.head_count_kv"), (uint32_t)h->n_head_kv);
+    rc |= speck_gguf_set_u32(w, K("rope.dimension_count"), (uint32_t)h->head_dim);
+    if (h->head_dim != h->n_embd / h->n_head) {
+        rc |= speck_gguf_set_u32(w, K("attention.key_length"), (uint32_t)h->head_dim);
+        rc |= speck_gguf_set_u32(w, K("attention.value_length"), (uint32_t)h->head_dim);
+    }
+    rc |= speck_gguf_set_f32(w, K("rope.freq_base"), (float)h->theta);
+    rc |= speck_gguf_set_f32(w, K("attention.layer_norm_rms_epsilon"), (float)h->eps);
+    rc |= speck_gguf_set_u32(w, K("vocab_size"), (uint32_t)h->n_vocab);
+    if (h->scaling == 1) {
+        rc |= speck_gguf_set_str(w, K("rope.scaling.type"), "linear");
+        rc |= speck_gguf_set_f32(w, K("rope.scaling.factor"), (float)h->factor);
+    }
+#undef K
+    if (rc) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    return hf_tokenizer_to_gguf(w, c->dir, h->n_vocab);
+}
+
+static int stream_tensor(conv *c, speck_gguf_stream *s, const plan_t *p, uint8_t *buf,
+                         size_t buf_size) {
+    if (p->synth) return speck_gguf_stream_write(s, p->synth, (size_t)p->rows * sizeof(float));
+    int64_t rows = p->cols ? p->rows : 1, cols = p->cols ? p->cols : p->rows;
+    // A vector is one row, except permuted biases, which are rows of one value each.
+    if (!p->cols && p->qk_head_dim) rows = p->rows, cols = 1;
+    size_t out_rs = speck_type_row_size(p->out, cols);
+    int64_t chunk = (int64_t)(buf_size / out_rs);
+    if (chunk < 1) chunk = 1; // buf_size covers at least one row (see convert)
+    int rc = 0;
+    for (int64_t r0 = 0; r0 < rows && !rc; r0 += chunk) {
+        int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
+        hf_convert_rows(p->src->data, p->src->type, buf, p->out, r0, n, cols, p->qk_head_dim, 1);
+        rc = speck_gguf_stream_write(s, buf, (size_t)n * out_rs);
+        if (!p->qk_head_dim) { // rows done are never read again: keep only this chunk resident
+            size_t in_rs = speck_type_row_size(p->src->type, cols);
+            hf_release((const uint8_t *)p->src->data + (size_t)r0 * in_rs, (size_t)n * in_rs);
+        }
+    }
+    hf_release(p->src->data, p->src->n_bytes);
+    return rc;
+}
+
+int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool progress) {
+    if (type >= 0 && (!speck_type_name(type)))
+        return speck_set_error(SPECK_ERR_ARG, "convert: unsupported output type %d", type);
+    conv c = {.dir = hf_dir};
+    char cfg_path[PATH_MAX];
+    speck_gguf_writer *w = NULL;
+    speck_gguf_stream *s = NULL;
+    uint8_t *buf = NULL;
+    int rc = read_config(hf_dir, cfg_path, sizeof cfg_path, &c.cfg);
+    if (!rc && !(c.st = speck_st_open(hf_dir))) rc = SPECK_ERR_FORMAT;
+    if (!rc) rc = build_plan(&c, type);
+    if (!rc && !(w = speck_gguf_writer_new())) rc = SPECK_ERR_NOMEM;
+    if (!rc) rc = write_kv(&c, w);
+    size_t max_row = 0;
+    for (int i = 0; !rc && i < c.n; i++) {
+        const plan_t *p = &c.p[i];
+        int64_t ne[2] = {p->cols ? p->cols : p->rows, p->rows};
+        rc = speck_gguf_add_tensor(w, p->gg, p->out, p->cols ? 2 : 1, ne, NULL);
+        size_t rs = speck_type_row_size(p->out, ne[0]);
+        if (rs > max_row) max_row = rs;
+    }
+    // Row chunks of ~8 MB: big enough for fast writes, small next to any shard.
+    size_t buf_size = max_row > (8u << 20) ? max_row : (8u << 20);
+    if (!rc && !(buf = malloc(buf_size))) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    if (!rc && !(s = speck_gguf_stream_open(w, out_path))) rc = SPECK_ERR_IO;
+    hf_progress pr;
+    hf_progress_start(&pr, progress, c.n);
+    for (int i = 0; !rc && i < c.n; i++) {
+        rc = stream_tensor(&c, s, &c.p[i], buf, buf_size);
+        hf_progress_step(&pr, i, c.p[i].gg, c.p[i].src ? c.p[i].src->n_bytes : 0);
+    }
+    if (!rc) {
+        rc = speck_gguf_stream_close(s); // removes the temporary file itself on failure
+        s = NULL;
+    }
+    if (!rc) hf_progress_end(&pr, "convert");
+    else if (pr.on) fprintf(stderr, "\n");
+    speck_gguf_stream_abort(s);
+    free(buf);
+    speck_gguf_writer_free(w);
+    speck_st_close(c.st);
+    free(c.p);
+    free(c.rope_freqs);
+    return rc;
+}
+
+speck_model *speck_model_load_hf(const char *hf_dir) {
+    const char *td = getenv("TMPDIR");
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/speck-hf-XXXXXX", td && *td ? td : "/tmp");
+    int fd = mkstemp(path); // reserves a unique name; the converter renames over it
+    if (fd < 0) {
+        speck_set_error(SPECK_ERR_IO, "%s: cannot create a temporary file: %s", path,
+                        strerror(errno));
+        return NULL;
+    }
+    close(fd);
+    speck_model *m = NULL;
+    if (speck_hf_convert(hf_dir, path, -1, false) == 0) m = speck_model_load(path);
+    unlink(path); // the mapping keeps the data alive; nothing is left behind on exit
+    return m;
+}

@@ -1,0 +1,314 @@
+// GGUF ("llama" / "qwen2") -> Hugging Face directory: config.json, model.safetensors,
+// tokenizer.json, tokenizer_config.json. The inverse of hf_convert.c: tensor names mapped back,
+// llama Q/K rows de-interleaved to rotate-half, llama.cpp's rope_freqs divisors turned back
+// into a "llama3" rope_scaling entry. Everything is written into a temporary directory beside
+// the target, renamed into place only when complete.
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "formats/hf_internal.h"
+
+typedef struct {
+    char hf[96];
+    const speck_gguf_tensor *src;
+    int64_t rows, cols; // cols = 0: vector
+    int qk_head_dim;
+} ex_t;
+
+typedef struct {
+    ex_t *t;
+    int n, cap;
+} ex_list;
+
+static int ex_add(ex_list *l, const speck_gguf *g, const char *gg, const char *hf, int qk,
+                  bool required) {
+    const speck_gguf_tensor *t = speck_gguf_find_tensor(g, gg);
+    if (!t) {
+        if (!required) return 0;
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor '%s'", speck_gguf_path(g),
+                               gg);
+    }
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 64;
+        ex_t *p = realloc(l->t, (size_t)cap * sizeof *p);
+        if (!p) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        l->t = p;
+        l->cap = cap;
+    }
+    ex_t *e = &l->t[l->n++];
+    snprintf(e->hf, sizeof e->hf, "%s", hf);
+    e->src = t;
+    e->rows = t->n_dims == 1 ? t->ne[0] : t->ne[1];
+    e->cols = t->n_dims == 1 ? 0 : t->ne[0];
+    e->qk_head_dim = qk;
+    return 0;
+}
+
+// llama.cpp's rope_freqs.weight holds, per frequency i, the divisor d_i of base^(-2i/d) that
+// Llama 3.1 scaling applies: 1 for short wavelengths, `factor` for long ones, and in between
+// 1/d = (1 - s)/factor + s with s = (orig/wavelen - low) / (high - low). s is linear in
+// 1/wavelen, so two interpolated points give the line; (orig, low, high) are only determined up
+// to a common scale, which the formula does not see.
+static int fit_llama3(const speck_hparams *hp, const float *d, cJSON *rs, const char *src) {
+    int half = hp->head_dim / 2;
+    double F = 1;
+    for (int i = 0; i < half; i++) F = d[i] > F ? d[i] : F;
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int n = 0;
+    for (int i = 0; i < half; i++) {
+        if (d[i] <= 1 + 1e-6 || d[i] >= F * (1 - 1e-6)) continue;
+        double x = pow(hp->rope_freq_base, -2.0 * i / hp->head_dim) / (2 * M_PI);
+        double s = (1 / d[i] - 1 / F) / (1 - 1 / F);
+        sx += x, sy += s, sxx += x * x, sxy += x * s, n++;
+    }
+    if (n < 2 || F <= 1)
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: rope_freqs.weight cannot be expressed as a llama3 "
+                               "rope_scaling (too few interpolated frequencies)", src);
+    double A = (n * sxy - sx * sy) / (n * sxx - sx * sx), B = (sy - A * sx) / n;
+    // Pick the representative with low_freq_factor = 1 (Llama 3.1 / 3.2's value, so their
+    // original numbers come back): s = (orig x - 1) / (high - 1) gives B = -1 / (high - 1).
+    if (!(B < 0 && A > 0))
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: rope_freqs.weight does not follow llama3 scaling", src);
+    double low = 1, high = 1 - 1 / B, orig = A * (high - low);
+    if (fabs(orig - round(orig)) < 1e-6 * orig) orig = round(orig);
+    if (fabs(high - round(high)) < 1e-6 * high) high = round(high);
+    for (int i = 0; i < half; i++) { // the fit must reproduce every divisor
+        double f = pow(hp->rope_freq_base, -2.0 * i / hp->head_dim), wl = 2 * M_PI / f, e = 1;
+        if (wl > orig / low) e = F;
+        else if (wl >= orig / high) {
+            double s = (orig / wl - low) / (high - low);
+            e = 1 / ((1 - s) / F + s);
+        }
+        if (fabs(e - d[i]) > 1e-4 * d[i])
+            return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                                   "%s: rope_freqs.weight[%d] = %g does not follow llama3 "
+                                   "scaling", src, i, d[i]);
+    }
+    cJSON_AddNumberToObject(rs, "factor", F);
+    cJSON_AddNumberToObject(rs, "low_freq_factor", low);
+    cJSON_AddNumberToObject(rs, "high_freq_factor", high);
+    cJSON_AddNumberToObject(rs, "original_max_position_embeddings", orig);
+    return 0;
+}
+
+static const char *torch_dtype(speck_type t) {
+    return t == SPECK_TYPE_F16 ? "float16" : t == SPECK_TYPE_BF16 ? "bfloat16" : "float32";
+}
+
+static int write_config(const speck_model *m, speck_type dtype, const char *dir) {
+    const speck_hparams *hp = speck_model_hparams(m);
+    const speck_gguf *g = speck_model_gguf(m);
+    bool qwen = !strcmp(hp->arch, "qwen2");
+    cJSON *c = cJSON_CreateObject();
+    cJSON *a = cJSON_AddArrayToObject(c, "architectures");
+    cJSON_AddItemToArray(a, cJSON_CreateString(qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
+    cJSON_AddStringToObject(c, "model_type", qwen ? "qwen2" : "llama");
+    cJSON_AddNumberToObject(c, "hidden_size", hp->n_embd);
+    cJSON_AddNumberToObject(c, "intermediate_size", hp->n_ff);
+    cJSON_AddNumberToObject(c, "num_hidden_layers", hp->n_layer);
+    cJSON_AddNumberToObject(c, "num_attention_heads", hp->n_head);
+    cJSON_AddNumberToObject(c, "num_key_value_heads", hp->n_head_kv);
+    cJSON_AddNumberToObject(c, "head_dim", hp->head_dim);
+    cJSON_AddNumberToObject(c, "max_position_embeddings", hp->n_ctx_train);
+    cJSON_AddNumberToObject(c, "vocab_size", hp->n_vocab);
+    cJSON_AddNumberToObject(c, "rms_norm_eps", hp->norm_eps);
+    cJSON_AddNumberToObject(c, "rope_theta", hp->rope_freq_base);
+    cJSON_AddStringToObject(c, "hidden_act", "silu");
+    cJSON_AddBoolToObject(c, "tie_word_embeddings", hp->tied_output);
+    if (!qwen) {
+        cJSON_AddBoolToObject(c, "attention_bias", hp->qkv_bias);
+        cJSON_AddBoolToObject(c, "mlp_bias", false);
+    } else {
+        cJSON_AddBoolToObject(c, "use_sliding_window", false);
+    }
+    if (hp->bos_id >= 0) cJSON_AddNumberToObject(c, "bos_token_id", hp->bos_id);
+    if (hp->eos_id >= 0) cJSON_AddNumberToObject(c, "eos_token_id", hp->eos_id);
+    cJSON_AddStringToObject(c, "torch_dtype", torch_dtype(dtype));
+    cJSON_AddNumberToObject(c, "initializer_range", 0.02);
+    int rc = 0;
+    const speck_gguf_tensor *rf = speck_gguf_find_tensor(g, "rope_freqs.weight");
+    if (rf || hp->rope_scaling != SPECK_ROPE_SCALING_NONE) {
+        cJSON *rs = cJSON_AddObjectToObject(c, "rope_scaling");
+        bool l3 = rf || hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3;
+        cJSON_AddStringToObject(rs, "rope_type", l3 ? "llama3" : "linear");
+        cJSON_AddStringToObject(rs, "type", l3 ? "llama3" : "linear");
+        if (rf) {
+            float *d = malloc((size_t)(hp->head_dim / 2) * sizeof(float));
+            if (!d || rf->type != SPECK_TYPE_F32 || rf->n_elements != hp->head_dim / 2)
+                rc = speck_set_error(SPECK_ERR_UNSUPPORTED,
+                                     "%s: rope_freqs.weight: expected %d f32 values",
+                                     speck_gguf_path(g), hp->head_dim / 2);
+            else {
+                memcpy(d, rf->data, (size_t)(hp->head_dim / 2) * sizeof(float));
+                rc = fit_llama3(hp, d, rs, speck_gguf_path(g));
+            }
+            free(d);
+        } else if (l3) {
+            cJSON_AddNumberToObject(rs, "factor", hp->rope_scale_factor);
+            cJSON_AddNumberToObject(rs, "low_freq_factor", hp->rope_low_freq_factor);
+            cJSON_AddNumberToObject(rs, "high_freq_factor", hp->rope_high_freq_factor);
+            cJSON_AddNumberToObject(rs, "original_max_position_embeddings", hp->rope_orig_ctx);
+        } else {
+            cJSON_AddNumberToObject(rs, "factor", hp->rope_scale_factor);
+        }
+    } else {
+        cJSON_AddNullToObject(c, "rope_scaling");
+    }
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (!rc) rc = hf_write_json(c, path);
+    cJSON_Delete(c);
+    return rc;
+}
+
+static int write_safetensors(const speck_model *m, speck_type dtype, const char *dir,
+                             bool progress) {
+    const speck_hparams *hp = speck_model_hparams(m);
+    const speck_gguf *g = speck_model_gguf(m);
+    int qk = strcmp(hp->arch, "llama") ? 0 : hp->head_dim;
+    ex_list l = {0};
+    int rc = ex_add(&l, g, "token_embd.weight", "model.embed_tokens.weight", 0, 1);
+    if (!rc && !hp->tied_output)
+        rc = ex_add(&l, g, "output.weight", "lm_head.weight", 0, 1);
+    if (!rc) rc = ex_add(&l, g, "output_norm.weight", "model.norm.weight", 0, 1);
+    for (int i = 0; !rc && i < hp->n_layer; i++) {
+        static const struct {
+            const char *gg, *hf;
+            int qk, req;
+        } map[] = {
+            {"attn_norm.weight", "input_layernorm.weight", 0, 1},
+            {"attn_q.weight", "self_attn.q_proj.weight", 1, 1},
+            {"attn_k.weight", "self_attn.k_proj.weight", 1, 1},
+            {"attn_v.weight", "self_attn.v_proj.weight", 0, 1},
+            {"attn_q.bias", "self_attn.q_proj.bias", 1, 0},
+            {"attn_k.bias", "self_attn.k_proj.bias", 1, 0},
+            {"attn_v.bias", "self_attn.v_proj.bias", 0, 0},
+            {"attn_output.weight", "self_attn.o_proj.weight", 0, 1},
+            {"ffn_norm.weight", "post_attention_layernorm.weight", 0, 1},
+            {"ffn_gate.weight", "mlp.gate_proj.weight", 0, 1},
+            {"ffn_up.weight", "mlp.up_proj.weight", 0, 1},
+            {"ffn_down.weight", "mlp.down_proj.weight", 0, 1},
+        };
+        for (size_t k = 0; !rc && k < sizeof map / sizeof map[0]; k++) {
+            char gg[96], hf[128];
+            snprintf(gg, sizeof gg, "blk.%d.%s", i, map[k].gg);
+            snprintf(hf, sizeof hf, "model.layers.%d.%s", i, map[k].hf);
+            rc = ex_add(&l, g, gg, hf, map[k].qk ? qk : 0, map[k].req);
+        }
+    }
+    // Header: tensors in order, data offsets packed; padded with spaces to 8 bytes as the
+    // reference implementation does.
+    cJSON *h = cJSON_CreateObject();
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(h, "__metadata__"), "format", "pt");
+    const char *dt = dtype == SPECK_TYPE_F16 ? "F16" : dtype == SPECK_TYPE_BF16 ? "BF16" : "F32";
+    size_t es = dtype == SPECK_TYPE_F32 ? 4 : 2, off = 0, max_row = 0;
+    for (int i = 0; !rc && i < l.n; i++) {
+        ex_t *e = &l.t[i];
+        cJSON *o = cJSON_AddObjectToObject(h, e->hf);
+        cJSON_AddStringToObject(o, "dtype", dt);
+        cJSON *sh = cJSON_AddArrayToObject(o, "shape");
+        cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e->rows));
+        if (e->cols) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e->cols));
+        size_t n = (size_t)e->rows * (size_t)(e->cols ? e->cols : 1) * es;
+        cJSON *of = cJSON_AddArrayToObject(o, "data_offsets");
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
+        cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + n)));
+        off += n;
+        size_t rs = (size_t)(e->cols ? e->cols : e->rows) * es;
+        if (rs > max_row) max_row = rs;
+    }
+    char *js = rc ? NULL : cJSON_PrintUnformatted(h);
+    cJSON_Delete(h);
+    if (!rc && !js) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    FILE *f = rc ? NULL : fopen(path, "wb");
+    if (!rc && !f) rc = speck_set_error(SPECK_ERR_IO, "%s: %s", path, strerror(errno));
+    size_t buf_size = max_row > (8u << 20) ? max_row : (8u << 20);
+    uint8_t *buf = rc ? NULL : malloc(buf_size);
+    if (!rc && !buf) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        size_t jn = strlen(js), padded = (jn + 7) / 8 * 8;
+        uint64_t hl = padded;
+        int ok = fwrite(&hl, 8, 1, f) == 1 && fwrite(js, 1, jn, f) == jn;
+        for (size_t k = jn; ok && k < padded; k++) ok = fputc(' ', f) != EOF;
+        if (!ok) rc = speck_set_error(SPECK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    }
+    hf_progress pr;
+    hf_progress_start(&pr, progress, l.n);
+    for (int i = 0; !rc && i < l.n; i++) {
+        ex_t *e = &l.t[i];
+        int64_t rows = e->cols ? e->rows : 1, cols = e->cols ? e->cols : e->rows;
+        if (!e->cols && e->qk_head_dim) rows = e->rows, cols = 1; // permuted bias
+        size_t out_rs = (size_t)cols * es;
+        int64_t chunk = (int64_t)(buf_size / out_rs);
+        for (int64_t r0 = 0; r0 < rows && !rc; r0 += chunk) {
+            int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
+            hf_convert_rows(e->src->data, (speck_type)e->src->type, buf, dtype, r0, n, cols,
+                            e->qk_head_dim, -1);
+            if (fwrite(buf, 1, (size_t)n * out_rs, f) != (size_t)n * out_rs)
+                rc = speck_set_error(SPECK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+        }
+        hf_release(e->src->data, e->src->n_bytes);
+        hf_progress_step(&pr, i, e->hf, e->src->n_bytes);
+    }
+    if (f && fclose(f) != 0 && !rc)
+        rc = speck_set_error(SPECK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    if (!rc) hf_progress_end(&pr, "export");
+    free(buf);
+    free(js);
+    free(l.t);
+    return rc;
+}
+
+// Remove the files this exporter writes, then the directory (used on failure only).
+static void remove_tmp_dir(const char *dir) {
+    static const char *files[] = {"config.json", "model.safetensors", "tokenizer.json",
+                                  "tokenizer_config.json"};
+    char p[PATH_MAX + 32];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype, bool progress) {
+    if (dtype != SPECK_TYPE_F32 && dtype != SPECK_TYPE_F16 && dtype != SPECK_TYPE_BF16)
+        return speck_set_error(SPECK_ERR_ARG, "export: dtype must be f32, f16 or bf16");
+    struct stat st;
+    if (stat(out_dir, &st) == 0 && !(S_ISDIR(st.st_mode) && rmdir(out_dir) == 0))
+        return speck_set_error(SPECK_ERR_IO, "%s: already exists (and is not an empty directory)",
+                               out_dir);
+    speck_model *m = speck_model_load(gguf_path);
+    if (!m) return SPECK_ERR_FORMAT;
+    char tmp[PATH_MAX];
+    int rc = 0;
+    size_t n = strlen(out_dir);
+    if (n + 12 >= sizeof tmp ||
+        (memcpy(tmp, out_dir, n), memcpy(tmp + n, ".tmp.XXXXXX", 12), !mkdtemp(tmp)))
+        rc = speck_set_error(SPECK_ERR_IO, "%s: cannot create a temporary directory: %s", out_dir,
+                             strerror(errno));
+    bool made = !rc;
+    if (!rc) rc = write_config(m, dtype, tmp);
+    if (!rc) rc = hf_tokenizer_from_gguf(speck_model_gguf(m), tmp,
+                                         speck_model_hparams(m)->n_ctx_train);
+    if (!rc) rc = write_safetensors(m, dtype, tmp, progress);
+    if (!rc) {
+        chmod(tmp, 0755);
+        if (rename(tmp, out_dir) != 0)
+            rc = speck_set_error(SPECK_ERR_IO, "%s: cannot rename into place: %s", out_dir,
+                                 strerror(errno));
+    }
+    if (rc && made) remove_tmp_dir(tmp);
+    speck_model_free(m);
+    return rc;
+}

@@ -1,0 +1,758 @@
+// Training forward and backward pass of the Llama architecture, in f32 (llm.c style: every layer
+// is a forward/backward pair side by side, shapes documented). The forward computes the same
+// function as speck_forward (src/model/llama.c) over B independent sequences of T tokens.
+//
+// Shapes: N = B*T rows; C = n_embd; H / Hkv heads; hd = head_dim; Qd = H*hd; KVd = Hkv*hd;
+// F = n_ff; V = n_vocab. Matmuls y = x·Wᵀ go through OpenBLAS sgemm; elementwise loops and
+// attention are OpenMP loops with static schedules, so results depend only on the thread count.
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "kernels/kernels.h"
+#include "model/model_internal.h"
+#include "train/train_internal.h"
+
+// Loops with less work than this many element-operations run on one thread: a parallel region
+// costs microseconds, and far more on a loaded machine.
+#define PAR_MIN 32768
+
+/* ---- activations -------------------------------------------------------------------------- */
+
+typedef struct {
+    float *x_in;          // (N, C) residual stream entering the layer
+    float *xn1, *rstd1;   // (N, C) attn RMSNorm output, (N) its 1/rms
+    float *q, *k, *v;     // (N, Qd), (N, KVd), (N, KVd); q, k after RoPE
+    float *att;           // (B, H, T, T) softmax probabilities (upper triangle 0)
+    float *ao;            // (N, Qd) attention output before wo
+    float *x_mid;         // (N, C) residual after attention
+    float *xn2, *rstd2;   // (N, C), (N) ffn RMSNorm
+    float *g, *u, *h;     // (N, F) gate pre-activation, up, silu(g)*u
+} tlayer_acts;
+
+struct speck_tacts {
+    int B, T;
+    tlayer_acts *l;       // (L)
+    float *x_final;       // (N, C) residual after the last layer
+    float *xf, *rstdf;    // (N, C), (N) final norm
+    float *logits;        // (N, V) logits -> probabilities -> dlogits
+    float *cos, *sin;     // (T, hd/2) RoPE tables for positions 0..T-1
+    // backward scratch
+    float *dx, *dt;       // (N, C) residual gradient, temporary
+    float *dq, *dk, *dv, *dao; // (N, Qd), (N, KVd) x2, (N, Qd)
+    float *dg, *du, *dh;  // (N, F)
+    float *dp;            // (threads, T) attention row scratch
+    int dp_threads;
+    void **blocks;        // every allocation above, for freeing
+    int n_blocks;
+};
+
+static float *acts_alloc(speck_tacts *a, size_t n, int *err) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    void **b = realloc(a->blocks, (size_t)(a->n_blocks + 1) * sizeof *b);
+    if (!p || !b) {
+        free(p);
+        if (b) a->blocks = b;
+        *err = 1;
+        return NULL;
+    }
+    a->blocks = b;
+    b[a->n_blocks++] = p;
+    return p;
+}
+
+static void acts_free(speck_tacts *a) {
+    if (!a) return;
+    for (int i = 0; i < a->n_blocks; i++) free(a->blocks[i]);
+    free(a->blocks);
+    free(a->l);
+    free(a);
+}
+
+static int acts_reserve(speck_train_model *tm, int B, int T) {
+    speck_tacts *a = tm->acts;
+    if (a && a->B == B && a->T == T && a->dp_threads >= omp_get_max_threads()) return 0;
+    acts_free(a);
+    tm->acts = NULL;
+    const speck_train_config *c = &tm->cfg;
+    size_t N = (size_t)B * T, C = c->n_embd, hd = tm->head_dim, Qd = (size_t)c->n_head * hd,
+           KVd = (size_t)c->n_head_kv * hd, F = c->n_ff, V = c->n_vocab, half = hd / 2;
+    a = calloc(1, sizeof *a);
+    if (!a) return speck_set_error(SPECK_ERR_NOMEM, "train: out of memory");
+    a->B = B, a->T = T;
+    int err = 0;
+    a->l = calloc((size_t)c->n_layer, sizeof *a->l);
+    if (!a->l) err = 1;
+    for (int l = 0; !err && l < c->n_layer; l++) {
+        tlayer_acts *la = &a->l[l];
+        la->x_in = acts_alloc(a, N * C, &err);
+        la->xn1 = acts_alloc(a, N * C, &err);
+        la->rstd1 = acts_alloc(a, N, &err);
+        la->q = acts_alloc(a, N * Qd, &err);
+        la->k = acts_alloc(a, N * KVd, &err);
+        la->v = acts_alloc(a, N * KVd, &err);
+        la->att = acts_alloc(a, (size_t)B * c->n_head * T * T, &err);
+        la->ao = acts_alloc(a, N * Qd, &err);
+        la->x_mid = acts_alloc(a, N * C, &err);
+        la->xn2 = acts_alloc(a, N * C, &err);
+        la->rstd2 = acts_alloc(a, N, &err);
+        la->g = acts_alloc(a, N * F, &err);
+        la->u = acts_alloc(a, N * F, &err);
+        la->h = acts_alloc(a, N * F, &err);
+    }
+    a->dp_threads = omp_get_max_threads();
+    a->x_final = acts_alloc(a, N * C, &err);
+    a->xf = acts_alloc(a, N * C, &err);
+    a->rstdf = acts_alloc(a, N, &err);
+    a->logits = acts_alloc(a, N * V, &err);
+    a->cos = acts_alloc(a, (size_t)T * half, &err);
+    a->sin = acts_alloc(a, (size_t)T * half, &err);
+    a->dx = acts_alloc(a, N * C, &err);
+    a->dt = acts_alloc(a, N * C, &err);
+    a->dq = acts_alloc(a, N * Qd, &err);
+    a->dk = acts_alloc(a, N * KVd, &err);
+    a->dv = acts_alloc(a, N * KVd, &err);
+    a->dao = acts_alloc(a, N * Qd, &err);
+    a->dg = acts_alloc(a, N * F, &err);
+    a->du = acts_alloc(a, N * F, &err);
+    a->dh = acts_alloc(a, N * F, &err);
+    a->dp = acts_alloc(a, (size_t)a->dp_threads * T, &err);
+    if (err) {
+        acts_free(a);
+        return speck_set_error(SPECK_ERR_NOMEM,
+                               "train: out of memory for the activations of a %d x %d batch", B,
+                               T);
+    }
+    // Same angles as llama.c's rope(): cos/sin of (double)pos * freq, rounded to float.
+    for (int t = 0; t < T; t++)
+        for (size_t j = 0; j < half; j++) {
+            double ang = (double)t * tm->rope_freq[j];
+            a->cos[t * half + j] = (float)cos(ang);
+            a->sin[t * half + j] = (float)sin(ang);
+        }
+    tm->acts = a;
+    return 0;
+}
+
+/* ---- matmul: forward y = x·Wᵀ, backward dx (+)= dy·W, dW += dyᵀ·x --------------------------- */
+
+// GEMMs run on the OpenMP pool: each thread calls a single-threaded OpenBLAS sgemm on its slice
+// of rows. With OpenBLAS's own pthread pool as well, two pools spin against each other for the
+// cores (a third of the time lost on 2 cores). Slices depend only on the thread count.
+static void blas_single_threaded(void) {
+    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+}
+
+// Rows [r0, r1) of n for this thread (in a parallel region).
+static void slice(int n, int *r0, int *r1) {
+    int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    *r0 = (int)((int64_t)n * id / nt);
+    *r1 = (int)((int64_t)n * (id + 1) / nt);
+}
+
+#define GEMM_PAR(mnk) if ((size_t)(mnk) > ((size_t)1 << 18))
+
+// y: (N, n_out) = x: (N, n_in) · W: (n_out, n_in)ᵀ
+static void matmul_forward(float *y, const float *x, const float *W, int N, int n_in, int n_out) {
+#pragma omp parallel GEMM_PAR((size_t)N * n_in * n_out)
+    {
+        int r0, r1;
+        slice(N, &r0, &r1);
+        if (r1 > r0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, n_out, n_in, 1.0f,
+                        x + (size_t)r0 * n_in, n_in, W, n_in, 0.0f, y + (size_t)r0 * n_out, n_out);
+    }
+}
+
+// dx: (N, n_in) = (accumulate ? dx : 0) + dy: (N, n_out) · W: (n_out, n_in);
+// dW: (n_out, n_in) += dyᵀ · x: (N, n_in)
+static void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                            int N, int n_in, int n_out, bool accumulate) {
+#pragma omp parallel GEMM_PAR((size_t)N * n_in * n_out)
+    {
+        int r0, r1;
+        slice(N, &r0, &r1);
+        if (r1 > r0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, n_in, n_out, 1.0f,
+                        dy + (size_t)r0 * n_out, n_out, W, n_in, accumulate ? 1.0f : 0.0f,
+                        dx + (size_t)r0 * n_in, n_in);
+        slice(n_out, &r0, &r1);
+        if (r1 > r0)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, n_in, N, 1.0f, dy + r0,
+                        n_out, x, n_in, 1.0f, dW + (size_t)r0 * n_in, n_in);
+    }
+}
+
+/* ---- embedding -------------------------------------------------------------------------------- */
+
+// x: (N, C) = E[tok]; E: (V, C)
+static void embedding_forward(float *x, const float *E, const int32_t *tok, int N, int C) {
+    for (int i = 0; i < N; i++)
+        memcpy(x + (size_t)i * C, E + (size_t)tok[i] * C, (size_t)C * sizeof(float));
+}
+
+// dE: (V, C) += scatter of dx: (N, C) by tok. Threads own column slices (no races, fixed order).
+static void embedding_backward(float *dE, const float *dx, const int32_t *tok, int N, int C) {
+#pragma omp parallel if ((size_t)N * C > PAR_MIN)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = C * id / nt, c1 = C * (id + 1) / nt;
+        for (int i = 0; i < N; i++) {
+            float *d = dE + (size_t)tok[i] * C;
+            const float *s = dx + (size_t)i * C;
+            for (int j = c0; j < c1; j++) d[j] += s[j];
+        }
+    }
+}
+
+/* ---- RMSNorm: y = x * r * w, r = 1/sqrt(mean(x²) + eps) ------------------------------------- */
+
+// y, x: (N, C); w: (C); rstd: (N)
+static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C,
+                            float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        const float *xi = x + (size_t)i * C;
+        float *yi = y + (size_t)i * C;
+        double ss = 0;
+        for (int j = 0; j < C; j++) ss += (double)xi[j] * xi[j];
+        float r = (float)(1.0 / sqrt(ss / C + eps));
+        rstd[i] = r;
+        for (int j = 0; j < C; j++) yi[j] = xi[j] * r * w[j];
+    }
+}
+
+// dx: (N, C) (+)= r w dy - x r³/C Σ_k dy_k w_k x_k;  dw: (C) += Σ_rows dy x r
+static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
+                             const float *w, const float *rstd, int N, int C, bool accumulate) {
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        const float *xi = x + (size_t)i * C, *dyi = dy + (size_t)i * C;
+        float *dxi = dx + (size_t)i * C;
+        float r = rstd[i];
+        double dot = 0;
+        for (int j = 0; j < C; j++) dot += (double)dyi[j] * w[j] * xi[j];
+        float k = (float)(dot * r * r * r / C);
+        for (int j = 0; j < C; j++) {
+            float v = r * w[j] * dyi[j] - xi[j] * k;
+            dxi[j] = accumulate ? dxi[j] + v : v;
+        }
+    }
+#pragma omp parallel if ((size_t)N * C > PAR_MIN)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = C * id / nt, c1 = C * (id + 1) / nt;
+        for (int i = 0; i < N; i++) {
+            const float *xi = x + (size_t)i * C, *dyi = dy + (size_t)i * C;
+            float r = rstd[i];
+            for (int j = c0; j < c1; j++) dw[j] += dyi[j] * xi[j] * r;
+        }
+    }
+}
+
+/* ---- RoPE: rotate pair j of every head by angle t * freq[j] ------------------------------- */
+
+// x: (B*T, nh*hd) in place; cos, sin: (T, hd/2). inverse: rotate by -angle (the backward pass:
+// a rotation's transpose is its inverse).
+static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int nh,
+                       int hd, speck_rope_type type, bool inverse) {
+    int half = hd / 2;
+    float sgn = inverse ? -1.0f : 1.0f;
+#pragma omp parallel for schedule(static) if ((size_t)B * T * nh * hd > PAR_MIN)
+    for (int i = 0; i < B * T; i++) {
+        const float *cs = cos_t + (size_t)(i % T) * half, *sn = sin_t + (size_t)(i % T) * half;
+        for (int h = 0; h < nh; h++) {
+            float *v = x + ((size_t)i * nh + h) * hd;
+            for (int j = 0; j < half; j++) {
+                int a = type == SPECK_ROPE_NEOX ? j : 2 * j;
+                int b = type == SPECK_ROPE_NEOX ? j + half : 2 * j + 1;
+                float x0 = v[a], x1 = v[b], s = sgn * sn[j];
+                v[a] = x0 * cs[j] - x1 * s;
+                v[b] = x0 * s + x1 * cs[j];
+            }
+        }
+    }
+}
+
+/* ---- causal self-attention with GQA ------------------------------------------------------- */
+// Query head h reads kv head h / (H/Hkv). Scores scale 1/sqrt(hd).
+
+// q: (N, Qd); k, v: (N, KVd); att: (B, H, T, T); out: (N, Qd)
+static void attention_forward(float *out, float *att, const float *q, const float *k,
+                              const float *v, int B, int T, int H, int Hkv, int hd) {
+    int Qd = H * hd, KVd = Hkv * hd, group = H / Hkv;
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * H * T * T * hd > 2 * PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / group;
+            for (int t = 0; t < T; t++) {
+                const float *qt = q + ((size_t)b * T + t) * Qd + (size_t)h * hd;
+                float *p = att + (((size_t)b * H + h) * T + t) * T;
+                float mx = -INFINITY;
+                for (int s = 0; s <= t; s++) {
+                    const float *ks = k + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
+                    float d = 0;
+                    for (int e = 0; e < hd; e++) d += qt[e] * ks[e];
+                    p[s] = d * scale;
+                    if (p[s] > mx) mx = p[s];
+                }
+                double sum = 0;
+                for (int s = 0; s <= t; s++) {
+                    p[s] = expf(p[s] - mx);
+                    sum += p[s];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int s = 0; s <= t; s++) p[s] *= inv;
+                for (int s = t + 1; s < T; s++) p[s] = 0.0f;
+                float *o = out + ((size_t)b * T + t) * Qd + (size_t)h * hd;
+                for (int e = 0; e < hd; e++) o[e] = 0.0f;
+                for (int s = 0; s <= t; s++) {
+                    const float *vs = v + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
+                    for (int e = 0; e < hd; e++) o[e] += p[s] * vs[e];
+                }
+            }
+        }
+}
+
+// dq: (N, Qd) = ...; dk, dv: (N, KVd) = ... (overwritten). dout: (N, Qd).
+// One task per (batch, kv head): the query heads of a group add into the same dk/dv rows in a
+// fixed order, so there are no races.
+static void attention_backward(float *dq, float *dk, float *dv, float *dp_scratch,
+                               const float *dout, const float *att, const float *q,
+                               const float *k, const float *v, int B, int T, int H, int Hkv,
+                               int hd) {
+    int Qd = H * hd, KVd = Hkv * hd, group = H / Hkv;
+    float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * H * T * T * hd > 2 * PAR_MIN)
+    for (int b = 0; b < B; b++)
+        for (int kh = 0; kh < Hkv; kh++) {
+            float *dp = dp_scratch + (size_t)omp_get_thread_num() * T;
+            for (int t = 0; t < T; t++) {
+                memset(dk + ((size_t)b * T + t) * KVd + (size_t)kh * hd, 0, hd * sizeof(float));
+                memset(dv + ((size_t)b * T + t) * KVd + (size_t)kh * hd, 0, hd * sizeof(float));
+            }
+            for (int h = kh * group; h < (kh + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    const float *p = att + (((size_t)b * H + h) * T + t) * T;
+                    const float *dot = dout + ((size_t)b * T + t) * Qd + (size_t)h * hd;
+                    const float *qt = q + ((size_t)b * T + t) * Qd + (size_t)h * hd;
+                    float *dqt = dq + ((size_t)b * T + t) * Qd + (size_t)h * hd;
+                    // dP = dO·Vᵀ, dV += Pᵀ·dO
+                    double psum = 0;
+                    for (int s = 0; s <= t; s++) {
+                        const float *vs = v + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
+                        float *dvs = dv + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
+                        float d = 0;
+                        for (int e = 0; e < hd; e++) {
+                            d += dot[e] * vs[e];
+                            dvs[e] += p[s] * dot[e];
+                        }
+                        dp[s] = d;
+                        psum += (double)d * p[s];
+                    }
+                    // dS = P ∘ (dP - Σ P dP); dQ = scale dS·K; dK += scale dSᵀ·Q
+                    for (int e = 0; e < hd; e++) dqt[e] = 0.0f;
+                    for (int s = 0; s <= t; s++) {
+                        float ds = p[s] * (dp[s] - (float)psum) * scale;
+                        const float *ks = k + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
+                        float *dks = dk + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
+                        for (int e = 0; e < hd; e++) {
+                            dqt[e] += ds * ks[e];
+                            dks[e] += ds * qt[e];
+                        }
+                    }
+                }
+        }
+}
+
+/* ---- SwiGLU: h = silu(g) * u -------------------------------------------------------------- */
+
+// h, g, u: (n)
+static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (size_t j = 0; j < n; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+}
+
+// dg, du: (n) from dh: (n)
+static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u,
+                            size_t n) {
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (size_t j = 0; j < n; j++) {
+        float sg = 1.0f / (1.0f + expf(-g[j]));
+        du[j] = dh[j] * g[j] * sg;
+        dg[j] = dh[j] * u[j] * sg * (1.0f + g[j] * (1.0f - sg));
+    }
+}
+
+/* ---- residual ----------------------------------------------------------------------------- */
+
+// out: (n) = a + b
+static void residual_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (size_t j = 0; j < n; j++) out[j] = a[j] + b[j];
+}
+
+/* ---- softmax cross-entropy ---------------------------------------------------------------- */
+
+// logits: (N, V) in place -> probabilities; returns Σ_i -log p_i[target_i] (double).
+static double crossentropy_forward(float *logits, const int32_t *targets, int N, int V) {
+    double total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total) if ((size_t)N * V > PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        float *l = logits + (size_t)i * V;
+        float mx = l[0];
+        for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        double sum = 0;
+        for (int j = 0; j < V; j++) {
+            l[j] = expf(l[j] - mx);
+            sum += l[j];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int j = 0; j < V; j++) l[j] *= inv;
+        total += -log((double)l[targets[i]] > 0 ? (double)l[targets[i]] : 1e-45);
+    }
+    return total;
+}
+
+// probs: (N, V) in place -> dlogits = scale * (p - onehot(target))
+static void crossentropy_backward(float *probs, const int32_t *targets, int N, int V,
+                                  float scale) {
+#pragma omp parallel for schedule(static) if ((size_t)N * V > PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        float *p = probs + (size_t)i * V;
+        for (int j = 0; j < V; j++) p[j] *= scale;
+        p[targets[i]] -= scale;
+    }
+}
+
+/* ---- the model ---------------------------------------------------------------------------- */
+
+// Per-row loss sum in double; deterministic because of the fixed static schedule.
+static int check_batch(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B, int T) {
+    const speck_train_config *c = &tm->cfg;
+    if (B <= 0 || T <= 0)
+        return speck_set_error(SPECK_ERR_ARG, "train: batch %d x %d is empty", B, T);
+    if (T > c->n_ctx)
+        return speck_set_error(SPECK_ERR_RANGE, "train: sequence length %d exceeds n_ctx %d", T,
+                               c->n_ctx);
+    for (size_t i = 0; i < (size_t)B * T; i++)
+        if (in[i] < 0 || in[i] >= c->n_vocab || tg[i] < 0 || tg[i] >= c->n_vocab)
+            return speck_set_error(SPECK_ERR_RANGE,
+                                   "train: token id %d at %zu out of range [0, %d) (vocabulary "
+                                   "and model do not match?)",
+                                   in[i] < 0 || in[i] >= c->n_vocab ? in[i] : tg[i], i,
+                                   c->n_vocab);
+    return acts_reserve(tm, B, T);
+}
+
+static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B, int T,
+                    float *loss) {
+    const speck_train_config *c = &tm->cfg;
+    speck_tacts *a = tm->acts;
+    const speck_tweights *w = &tm->p;
+    int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
+    int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
+    embedding_forward(a->l[0].x_in, w->tok_embd, in, N, C);
+    for (int l = 0; l < c->n_layer; l++) {
+        tlayer_acts *la = &a->l[l];
+        const speck_tlayer *wl = &w->layers[l];
+        float *x_out = l + 1 < c->n_layer ? a->l[l + 1].x_in : a->x_final;
+        rmsnorm_forward(la->xn1, la->rstd1, la->x_in, wl->attn_norm, N, C, c->norm_eps);
+        matmul_forward(la->q, la->xn1, wl->wq, N, C, Qd);
+        matmul_forward(la->k, la->xn1, wl->wk, N, C, KVd);
+        matmul_forward(la->v, la->xn1, wl->wv, N, C, KVd);
+        rope_apply(la->q, a->cos, a->sin, B, T, H, hd, tm->rope_type, false);
+        rope_apply(la->k, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, false);
+        attention_forward(la->ao, la->att, la->q, la->k, la->v, B, T, H, Hkv, hd);
+        matmul_forward(a->dt, la->ao, wl->wo, N, Qd, C);
+        residual_forward(la->x_mid, la->x_in, a->dt, (size_t)N * C);
+        rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, wl->ffn_norm, N, C, c->norm_eps);
+        matmul_forward(la->g, la->xn2, wl->wg, N, C, F);
+        matmul_forward(la->u, la->xn2, wl->wu, N, C, F);
+        swiglu_forward(la->h, la->g, la->u, (size_t)N * F);
+        matmul_forward(a->dt, la->h, wl->wd, N, F, C);
+        residual_forward(x_out, la->x_mid, a->dt, (size_t)N * C);
+    }
+    rmsnorm_forward(a->xf, a->rstdf, a->x_final, w->out_norm, N, C, c->norm_eps);
+    matmul_forward(a->logits, a->xf, w->output, N, C, V);
+    *loss = (float)(crossentropy_forward(a->logits, tg, N, V) / N);
+}
+
+static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B, int T,
+                     float grad_scale) {
+    const speck_train_config *c = &tm->cfg;
+    speck_tacts *a = tm->acts;
+    const speck_tweights *w = &tm->p, *g = &tm->g;
+    int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
+    int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
+    crossentropy_backward(a->logits, tg, N, V, grad_scale / N);
+    // head: dxf = dlogits·W_out; dW_out += dlogitsᵀ·xf (into dE when tied)
+    matmul_backward(a->dt, g->output, a->logits, a->xf, w->output, N, C, V, false);
+    rmsnorm_backward(a->dx, g->out_norm, a->dt, a->x_final, w->out_norm, a->rstdf, N, C, false);
+    // a->dx holds dL/dx_out of the current layer; each block adds its branch gradient.
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        tlayer_acts *la = &a->l[l];
+        const speck_tlayer *wl = &w->layers[l], *gl = &g->layers[l];
+        // FFN branch: x_out = x_mid + wd(swiglu(wg xn2, wu xn2))
+        matmul_backward(a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
+        swiglu_backward(a->dg, a->du, a->dh, la->g, la->u, (size_t)N * F);
+        matmul_backward(a->dt, gl->wg, a->dg, la->xn2, wl->wg, N, C, F, false);
+        matmul_backward(a->dt, gl->wu, a->du, la->xn2, wl->wu, N, C, F, true);
+        rmsnorm_backward(a->dx, gl->ffn_norm, a->dt, la->x_mid, wl->ffn_norm, la->rstd2, N, C,
+                         true);
+        // attention branch: x_mid = x_in + wo(attn(rope(wq xn1), rope(wk xn1), wv xn1))
+        matmul_backward(a->dao, gl->wo, a->dx, la->ao, wl->wo, N, Qd, C, false);
+        attention_backward(a->dq, a->dk, a->dv, a->dp, a->dao, la->att, la->q, la->k, la->v, B, T,
+                           H, Hkv, hd);
+        rope_apply(a->dq, a->cos, a->sin, B, T, H, hd, tm->rope_type, true);
+        rope_apply(a->dk, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, true);
+        matmul_backward(a->dt, gl->wq, a->dq, la->xn1, wl->wq, N, C, Qd, false);
+        matmul_backward(a->dt, gl->wk, a->dk, la->xn1, wl->wk, N, C, KVd, true);
+        matmul_backward(a->dt, gl->wv, a->dv, la->xn1, wl->wv, N, C, KVd, true);
+        rmsnorm_backward(a->dx, gl->attn_norm, a->dt, la->x_in, wl->attn_norm, la->rstd1, N, C,
+                         true);
+    }
+    embedding_backward(g->tok_embd, a->dx, in, N, C);
+}
+
+int speck_train_loss(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,
+                     int T, float *loss) {
+    int err = check_batch(tm, inputs, targets, B, T);
+    if (err) return err;
+    blas_single_threaded();
+    forward(tm, inputs, targets, B, T, loss);
+    return 0;
+}
+
+int speck_train_step(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,
+                     int T, float grad_scale, float *loss) {
+    int err = check_batch(tm, inputs, targets, B, T);
+    if (err) return err;
+    blas_single_threaded();
+    forward(tm, inputs, targets, B, T, loss);
+    backward(tm, inputs, targets, B, T, grad_scale);
+    return 0;
+}
+
+/* ---- parameters: layout, creation, loading ------------------------------------------------ */
+
+void speck_tweights_bind(speck_train_model *tm, float *base, speck_tweights *w) {
+    int L = tm->cfg.n_layer, i = 0;
+    w->tok_embd = base + tm->tensors[i++].offset;
+    w->out_norm = base + tm->tensors[i++].offset;
+    w->output = tm->cfg.tied_output ? w->tok_embd : base + tm->tensors[i++].offset;
+    for (int l = 0; l < L; l++) {
+        speck_tlayer *y = &w->layers[l];
+        float **slots[9] = {&y->attn_norm, &y->wq, &y->wk, &y->wv, &y->wo,
+                            &y->ffn_norm,  &y->wg, &y->wu, &y->wd};
+        for (int s = 0; s < 9; s++) *slots[s] = base + tm->tensors[i++].offset;
+    }
+}
+
+static int validate_config(const speck_train_config *c) {
+    if (c->n_vocab < 2 || c->n_ctx < 1 || c->n_embd < 2 || c->n_layer < 1 || c->n_head < 1 ||
+        c->n_head_kv < 1 || c->n_ff < 1)
+        return speck_set_error(SPECK_ERR_ARG, "train config: every size must be positive");
+    if (c->n_embd % c->n_head || (c->n_embd / c->n_head) % 2)
+        return speck_set_error(SPECK_ERR_ARG,
+                               "train config: n_embd %d must split into %d heads of even size",
+                               c->n_embd, c->n_head);
+    if (c->n_head % c->n_head_kv)
+        return speck_set_error(SPECK_ERR_ARG, "train config: n_head_kv %d does not divide n_head %d",
+                               c->n_head_kv, c->n_head);
+    if (!(c->norm_eps > 0) || !(c->rope_freq_base > 0))
+        return speck_set_error(SPECK_ERR_ARG, "train config: norm_eps and rope base must be > 0");
+    return 0;
+}
+
+// Allocate everything for config c (head_dim n_embd/n_head); params zero.
+static speck_train_model *alloc_model(const speck_train_config *c) {
+    if (validate_config(c)) return NULL;
+    speck_train_model *tm = calloc(1, sizeof *tm);
+    if (!tm) goto oom;
+    tm->cfg = *c;
+    int hd = tm->head_dim = c->n_embd / c->n_head;
+    tm->rope_type = SPECK_ROPE_NORMAL;
+    int64_t C = c->n_embd, Qd = (int64_t)c->n_head * hd, KVd = (int64_t)c->n_head_kv * hd,
+            F = c->n_ff, V = c->n_vocab;
+    tm->rope_freq = malloc((size_t)(hd / 2) * sizeof(float));
+    tm->tensors = calloc((size_t)(3 + 9 * c->n_layer), sizeof *tm->tensors);
+    tm->p.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
+    tm->g.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
+    if (!tm->rope_freq || !tm->tensors || !tm->p.layers || !tm->g.layers) goto oom;
+    for (int j = 0; j < hd / 2; j++)
+        tm->rope_freq[j] = (float)pow((double)c->rope_freq_base, -2.0 * j / hd);
+    int64_t off = 0;
+#define ADD(nm, r, cols, mat, emb)                                                                 \
+    do {                                                                                           \
+        speck_ttensor *t = &tm->tensors[tm->n_tensors++];                                         \
+        snprintf(t->name, sizeof t->name, "%s", nm);                                               \
+        t->offset = off, t->ne0 = cols, t->ne1 = r, t->is_matrix = mat, t->is_embd = emb;          \
+        off += (int64_t)(r) * (cols);                                                              \
+    } while (0)
+    ADD("token_embd.weight", V, C, true, true);
+    ADD("output_norm.weight", 1, C, false, false);
+    if (!c->tied_output) ADD("output.weight", V, C, true, false);
+    for (int l = 0; l < c->n_layer; l++) {
+        char n[48];
+#define N(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+        ADD(N("attn_norm.weight"), 1, C, false, false);
+        ADD(N("attn_q.weight"), Qd, C, true, false);
+        ADD(N("attn_k.weight"), KVd, C, true, false);
+        ADD(N("attn_v.weight"), KVd, C, true, false);
+        ADD(N("attn_output.weight"), C, Qd, true, false);
+        ADD(N("ffn_norm.weight"), 1, C, false, false);
+        ADD(N("ffn_gate.weight"), F, C, true, false);
+        ADD(N("ffn_up.weight"), F, C, true, false);
+        ADD(N("ffn_down.weight"), C, F, true, false);
+#undef N
+    }
+#undef ADD
+    tm->n_params = off;
+    tm->params = calloc((size_t)off, sizeof(float));
+    tm->grads = calloc((size_t)off, sizeof(float));
+    tm->adam_m = calloc((size_t)off, sizeof(float));
+    tm->adam_v = calloc((size_t)off, sizeof(float));
+    if (!tm->params || !tm->grads || !tm->adam_m || !tm->adam_v) goto oom;
+    speck_tweights_bind(tm, tm->params, &tm->p);
+    speck_tweights_bind(tm, tm->grads, &tm->g);
+    return tm;
+oom:
+    speck_train_model_free(tm);
+    speck_set_error(SPECK_ERR_NOMEM, "train: out of memory for the parameters");
+    return NULL;
+}
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t x = (*s += 0x9e3779b97f4a7c15ULL);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t seed) {
+    speck_train_model *tm = alloc_model(cfg);
+    if (!tm) return NULL;
+    float resid_scale = 1.0f / sqrtf(2.0f * cfg->n_layer);
+    for (int i = 0; i < tm->n_tensors; i++) {
+        const speck_ttensor *t = &tm->tensors[i];
+        float *p = tm->params + t->offset;
+        int64_t n = t->ne0 * t->ne1;
+        if (!t->is_matrix) {
+            for (int64_t j = 0; j < n; j++) p[j] = 1.0f;
+            continue;
+        }
+        float std = 0.02f;
+        if (strstr(t->name, "attn_output") || strstr(t->name, "ffn_down")) std *= resid_scale;
+        uint64_t s = seed * 0x100000001b3ULL + (uint64_t)i * 0x9E3779B97F4A7C15ULL;
+        for (int64_t j = 0; j < n; j += 2) { // Box-Muller pairs
+            double u1 = ((double)(splitmix(&s) >> 11) + 1.0) * 0x1.0p-53;
+            double u2 = (double)(splitmix(&s) >> 11) * 0x1.0p-53;
+            double r = sqrt(-2.0 * log(u1));
+            p[j] = (float)(std * r * cos(2 * M_PI * u2));
+            if (j + 1 < n) p[j + 1] = (float)(std * r * sin(2 * M_PI * u2));
+        }
+    }
+    return tm;
+}
+
+speck_train_config speck_train_config_from_preset(const speck_preset *p) {
+    speck_train_config c = {p->n_vocab, p->n_ctx_train, p->n_embd,     p->n_layer,
+                            p->n_head,  p->n_head_kv,   p->n_ff,       p->norm_eps,
+                            p->rope_freq_base,          p->tied_output};
+    return c;
+}
+
+static void copy_weight(float *dst, const speck_weight *w) {
+    size_t rs = speck_type_row_size(w->type, w->n_in);
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < w->n_out; r++)
+        speck_dequantize_row(w->type, (const uint8_t *)w->data + rs * (size_t)r,
+                             dst + (size_t)r * w->n_in, w->n_in);
+}
+
+speck_train_model *speck_train_model_load(const char *path) {
+    speck_model *m = speck_model_load(path);
+    if (!m) return NULL;
+    const speck_hparams *hp = &m->hp;
+    speck_train_model *tm = NULL;
+    if (hp->qkv_bias) {
+        speck_set_error(SPECK_ERR_UNSUPPORTED,
+                        "%s: models with q/k/v biases cannot be trained by speck", path);
+        goto done;
+    }
+    if (hp->head_dim * hp->n_head != hp->n_embd) {
+        speck_set_error(SPECK_ERR_UNSUPPORTED,
+                        "%s: head_dim %d x %d heads != n_embd %d is not supported for training",
+                        path, hp->head_dim, hp->n_head, hp->n_embd);
+        goto done;
+    }
+    speck_train_config c = {hp->n_vocab, hp->n_ctx_train, hp->n_embd,     hp->n_layer,
+                            hp->n_head,  hp->n_head_kv,   hp->n_ff,       hp->norm_eps,
+                            hp->rope_freq_base,           hp->tied_output};
+    tm = alloc_model(&c);
+    if (!tm) goto done;
+    tm->rope_type = hp->rope_type;
+    memcpy(tm->rope_freq, m->rope_freq, (size_t)(hp->head_dim / 2) * sizeof(float));
+    tm->src_path = strdup(path);
+    copy_weight(tm->p.tok_embd, &m->tok_embd);
+    memcpy(tm->p.out_norm, m->out_norm, (size_t)hp->n_embd * sizeof(float));
+    if (!hp->tied_output) copy_weight(tm->p.output, &m->output);
+    for (int l = 0; l < hp->n_layer; l++) {
+        const speck_layer *s = &m->layers[l];
+        speck_tlayer *d = &tm->p.layers[l];
+        memcpy(d->attn_norm, s->attn_norm, (size_t)hp->n_embd * sizeof(float));
+        memcpy(d->ffn_norm, s->ffn_norm, (size_t)hp->n_embd * sizeof(float));
+        copy_weight(d->wq, &s->wq);
+        copy_weight(d->wk, &s->wk);
+        copy_weight(d->wv, &s->wv);
+        copy_weight(d->wo, &s->wo);
+        copy_weight(d->wg, &s->wg);
+        copy_weight(d->wu, &s->wu);
+        copy_weight(d->wd, &s->wd);
+    }
+done:
+    speck_model_free(m);
+    return tm;
+}
+
+void speck_train_model_free(speck_train_model *tm) {
+    if (!tm) return;
+    acts_free(tm->acts);
+    free(tm->rope_freq);
+    free(tm->tensors);
+    free(tm->p.layers);
+    free(tm->g.layers);
+    free(tm->params);
+    free(tm->grads);
+    free(tm->adam_m);
+    free(tm->adam_v);
+    free(tm->src_path);
+    free(tm);
+}
+
+const speck_train_config *speck_train_model_config(const speck_train_model *tm) {
+    return &tm->cfg;
+}
+int speck_train_n_tensors(const speck_train_model *tm) { return tm->n_tensors; }
+const char *speck_train_tensor_name(const speck_train_model *tm, int i) {
+    return i >= 0 && i < tm->n_tensors ? tm->tensors[i].name : NULL;
+}
+int64_t speck_train_tensor_numel(const speck_train_model *tm, int i) {
+    return i >= 0 && i < tm->n_tensors ? tm->tensors[i].ne0 * tm->tensors[i].ne1 : 0;
+}
+float *speck_train_tensor(speck_train_model *tm, int i, bool grad) {
+    if (i < 0 || i >= tm->n_tensors) return NULL;
+    return (grad ? tm->grads : tm->params) + tm->tensors[i].offset;
+}
+int64_t speck_train_n_params(const speck_train_model *tm) { return tm->n_params; }
+float *speck_train_params(speck_train_model *tm) { return tm->params; }
+float *speck_train_grads(speck_train_model *tm) { return tm->grads; }
+void speck_train_zero_grad(speck_train_model *tm) {
+    memset(tm->grads, 0, (size_t)tm->n_params * sizeof(float));
+}

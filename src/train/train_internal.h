@@ -1,0 +1,54 @@
+// Training internals shared by the forward/backward pass (model_train.c), the optimizer and
+// checkpoints (optim.c) and the tokenizer trainer (bpe_train.c).
+#ifndef SPECK_TRAIN_INTERNAL_H
+#define SPECK_TRAIN_INTERNAL_H
+
+#include "speck.h"
+
+// Names C = n_embd, Qd = n_head*hd, KVd = n_head_kv*hd, F = n_ff, V = n_vocab, L = n_layer.
+typedef struct {
+    float *attn_norm;  // (C)
+    float *wq;         // (Qd, C)
+    float *wk, *wv;    // (KVd, C)
+    float *wo;         // (C, Qd)
+    float *ffn_norm;   // (C)
+    float *wg, *wu;    // (F, C)
+    float *wd;         // (C, F)
+} speck_tlayer;
+
+// Views of one of the flat buffers (params or grads) as the model's tensors.
+typedef struct {
+    float *tok_embd; // (V, C)
+    float *out_norm; // (C)
+    float *output;   // (V, C); == tok_embd when tied
+    speck_tlayer *layers;
+} speck_tweights;
+
+typedef struct {
+    char name[48];
+    int64_t offset, ne0, ne1; // ne1 = 1 for vectors
+    bool is_matrix;           // weight decay applies (unless decay_all)
+    bool is_embd;
+} speck_ttensor;
+
+// Saved activations for one (B, T) batch shape; see model_train.c for each buffer's shape.
+typedef struct speck_tacts speck_tacts;
+
+struct speck_train_model {
+    speck_train_config cfg;
+    int head_dim;
+    speck_rope_type rope_type;
+    float *rope_freq;  // (head_dim/2)
+    int n_tensors;
+    speck_ttensor *tensors;
+    int64_t n_params;
+    float *params, *grads, *adam_m, *adam_v; // (n_params) each; moments zero until first step
+    speck_tweights p, g;
+    speck_tacts *acts;
+    char *src_path; // GGUF the model was loaded from (its tokenizer is the default vocabulary)
+};
+
+// Map the tensor table over a flat buffer.
+void speck_tweights_bind(speck_train_model *tm, float *base, speck_tweights *w);
+
+#endif

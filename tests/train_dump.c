@@ -1,0 +1,87 @@
+// Test driver for tests/reference/train_ref.py: loads a model GGUF into a training model, runs
+// a batch, and writes raw little-endian f32 files OUTDIR/<tensor name>.f32 plus OUTDIR/loss.txt.
+//
+//   train_dump MODEL.gguf TOKENS.i32 B T OUTDIR grad
+//       gradients of the mean next-token cross-entropy (one forward + backward)
+//   train_dump MODEL.gguf TOKENS.i32 B T OUTDIR adam:K
+//       the parameters after K AdamW steps on the same batch (schedule and clipping as in
+//       train_ref.py: lr 1e-2, min_lr 1e-3, warmup 2, total K, betas 0.9/0.95, eps 1e-8,
+//       weight decay 0.1 on matrices but not norms/embeddings, clip 0.5)
+// TOKENS.i32 holds B rows of T+1 int32 ids: inputs are ids 0..T-1, targets ids 1..T of a row.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "speck.h"
+
+static int die(const char *what) {
+    fprintf(stderr, "train_dump: %s: %s\n", what, speck_last_error());
+    return 1;
+}
+
+static int write_f32(const char *dir, const char *name, const float *x, int64_t n) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(x, sizeof(float), (size_t)n, f) != (size_t)n) {
+        if (f) fclose(f);
+        return -1;
+    }
+    return fclose(f);
+}
+
+int main(int argc, char **argv) {
+    if (argc != 7) {
+        fprintf(stderr, "usage: train_dump MODEL TOKENS B T OUTDIR grad|adam:K\n");
+        return 2;
+    }
+    int B = atoi(argv[3]), T = atoi(argv[4]);
+    const char *dir = argv[5], *mode = argv[6];
+    speck_set_threads(2);
+    speck_train_model *tm = speck_train_model_load(argv[1]);
+    if (!tm) return die("load");
+    int32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
+    int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
+    FILE *f = fopen(argv[2], "rb");
+    if (!f || fread(tok, sizeof *tok, (size_t)B * (T + 1), f) != (size_t)B * (T + 1)) {
+        fprintf(stderr, "train_dump: cannot read %s\n", argv[2]);
+        return 1;
+    }
+    fclose(f);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            in[b * T + t] = tok[b * (T + 1) + t];
+            tg[b * T + t] = tok[b * (T + 1) + t + 1];
+        }
+    float loss = 0;
+    bool grads = !strcmp(mode, "grad");
+    int steps = grads ? 0 : atoi(mode + 5);
+    if (grads) {
+        speck_train_zero_grad(tm);
+        if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return die("step");
+    } else {
+        speck_adamw_params p = speck_adamw_default();
+        p.lr = 1e-2f, p.min_lr = 1e-3f, p.warmup_steps = 2, p.total_steps = steps;
+        p.beta1 = 0.9f, p.beta2 = 0.95f, p.eps = 1e-8f, p.weight_decay = 0.1f, p.grad_clip = 0.5f;
+        for (int s = 0; s < steps; s++) {
+            speck_train_zero_grad(tm);
+            if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return die("step");
+            if (speck_adamw_step(tm, &p, s, NULL)) return die("adamw");
+        }
+    }
+    for (int i = 0; i < speck_train_n_tensors(tm); i++)
+        if (write_f32(dir, speck_train_tensor_name(tm, i), speck_train_tensor(tm, i, grads),
+                      speck_train_tensor_numel(tm, i))) {
+            fprintf(stderr, "train_dump: cannot write into %s\n", dir);
+            return 1;
+        }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/loss.txt", dir);
+    f = fopen(path, "w");
+    if (!f) return 1;
+    fprintf(f, "%.9g\n", loss);
+    fclose(f);
+    speck_train_model_free(tm);
+    free(tok), free(in), free(tg);
+    return 0;
+}

@@ -1,0 +1,408 @@
+// `speck bench-decode`: plain decoding and every accelerated strategy on the same prompts in
+// one run; checks greedy outputs are identical; tok/s, speedup, accepted length, passes/token;
+// and the cost(n)/cost(1) verification curve that bounds what drafting can gain on this machine.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "cli.h"
+
+typedef struct {
+    char **text;
+    int n;
+} prompts;
+
+// Prompts: a .jsonl file (one JSON string, or an object with "prompt", per line), or plain text
+// with prompts separated by lines holding only "---".
+static int load_prompts(const char *path, prompts *p) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return speck_set_error(SPECK_ERR_IO, "%s: cannot open", path);
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)sz + 1);
+    if (!buf || fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        fclose(f);
+        free(buf);
+        return speck_set_error(SPECK_ERR_IO, "%s: read failed", path);
+    }
+    fclose(f);
+    buf[sz] = 0;
+    p->text = NULL;
+    p->n = 0;
+    size_t plen = strlen(path);
+    bool jsonl = plen > 6 && !strcmp(path + plen - 6, ".jsonl");
+    char *save = NULL;
+    if (jsonl) {
+        int line = 0;
+        for (char *l = strtok_r(buf, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+            line++;
+            if (!*l) continue;
+            cJSON *j = cJSON_Parse(l);
+            cJSON *s = cJSON_IsString(j) ? j : cJSON_GetObjectItem(j, "prompt");
+            if (!cJSON_IsString(s)) {
+                cJSON_Delete(j);
+                free(buf);
+                return speck_set_error(SPECK_ERR_FORMAT,
+                                       "%s: line %d: expected a JSON string or {\"prompt\": ...}",
+                                       path, line);
+            }
+            p->text = realloc(p->text, (size_t)(p->n + 1) * sizeof *p->text);
+            p->text[p->n++] = strdup(s->valuestring);
+            cJSON_Delete(j);
+        }
+    } else {
+        char *start = buf;
+        for (;;) {
+            char *sep = strstr(start, "\n---\n");
+            if (sep) *sep = 0;
+            if (*start) {
+                p->text = realloc(p->text, (size_t)(p->n + 1) * sizeof *p->text);
+                p->text[p->n++] = strdup(start);
+            }
+            if (!sep) break;
+            start = sep + 5;
+        }
+    }
+    free(buf);
+    if (!p->n) return speck_set_error(SPECK_ERR_FORMAT, "%s: no prompts", path);
+    return 0;
+}
+
+typedef struct {
+    int32_t *toks;
+    int n, cap;
+} tokbuf;
+
+static bool collect(int32_t tok, void *u) {
+    tokbuf *b = u;
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 256;
+        b->toks = realloc(b->toks, (size_t)b->cap * sizeof *b->toks);
+    }
+    b->toks[b->n++] = tok;
+    return true;
+}
+
+typedef struct {
+    const char *name;
+    const char *kinds;
+    int width;
+    float adaptive;
+} strategy;
+
+typedef struct {
+    double tok_s, accept_per_pass, passes_per_tok, draft_share;
+    int identical, total;
+} result;
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+// Seconds of one forward of n tokens on top of a cached context of `past` tokens (median of reps).
+static double forward_cost(speck_ctx *c, int n, int past, int reps, int n_vocab) {
+    int32_t toks[64];
+    float *lg = malloc((size_t)n_vocab * sizeof(float));
+    double t[16];
+    for (int i = 0; i < 64; i++) toks[i] = (i * 7 + 3) % n_vocab;
+    for (int r = 0; r < reps; r++) {
+        speck_ctx_truncate(c, past);
+        int last = n - 1;
+        double t0 = cli_now();
+        speck_forward(c, n, toks, NULL, NULL, &last, 1, lg);
+        t[r] = cli_now() - t0;
+    }
+    free(lg);
+    qsort(t, (size_t)reps, sizeof *t, cmp_d);
+    return t[reps / 2];
+}
+
+static void help(void) {
+    printf("usage: speck bench-decode -m MODEL --prompts FILE [--draft-model FILE] [options]\n\n"
+           "Runs plain decoding and every accelerated strategy on the same prompts, checks that\n"
+           "greedy outputs are identical to plain decoding, and prints tok/s, speedup, mean\n"
+           "accepted tokens per verification pass and passes per token. Also measures the cost\n"
+           "of one forward over n = 1..64 tokens relative to n = 1.\n\n"
+           "  --prompts FILE      .jsonl (strings or {\"prompt\": ...}) or text separated by ---\n"
+           "  -n N                tokens per prompt (default 128)\n"
+           "  --temp T            also run every strategy sampling at temperature T (default 0:\n"
+           "                      greedy only)\n"
+           "  --max-prompts K     use the first K prompts\n"
+           "  --aded-warm FILE    warm ADED's statistics with this text\n"
+           "  --json              machine-readable results\n"
+           "  --plot FILE.png     speedup per strategy and the cost curve (gnuplot)\n"
+           "  -t N                threads\n");
+}
+
+int cmd_bench_decode(int argc, char **argv) {
+    const char *path = NULL, *ppath = NULL, *dpath = NULL, *plot = NULL, *warm = NULL;
+    int n_predict = 128, max_prompts = 1 << 30;
+    float temp = 0.0f;
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (cli_flag(argv[i], "--help", "-h")) {
+            help();
+            return 0;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) path = v;
+        else if (cli_opt(argc, argv, &i, "--prompts", NULL, &v)) ppath = v;
+        else if (cli_opt(argc, argv, &i, "--draft-model", NULL, &v)) dpath = v;
+        else if (cli_opt(argc, argv, &i, "--n-predict", "-n", &v))
+            n_predict = (int)cli_int("bench-decode", "-n", v, 1, 1 << 20);
+        else if (cli_opt(argc, argv, &i, "--max-prompts", NULL, &v))
+            max_prompts = (int)cli_int("bench-decode", "--max-prompts", v, 1, 1 << 30);
+        else if (cli_opt(argc, argv, &i, "--temp", NULL, &v))
+            temp = (float)cli_float("bench-decode", "--temp", v);
+        else if (cli_opt(argc, argv, &i, "--aded-warm", NULL, &v)) warm = v;
+        else if (cli_opt(argc, argv, &i, "--plot", NULL, &v)) plot = v;
+        else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
+            speck_set_threads((int)cli_int("bench-decode", "-t", v, 1, 4096));
+        else if (cli_flag(argv[i], "--json", NULL)) json = true;
+        else {
+            fprintf(stderr, "speck bench-decode: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!path) path = cli_default_model();
+    if (!path || !ppath) {
+        fprintf(stderr, "speck bench-decode: need -m MODEL and --prompts FILE\n");
+        return 2;
+    }
+    if (plot && system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "speck bench-decode: --plot needs gnuplot (apt-get install gnuplot-nox)\n");
+        return 2;
+    }
+    prompts P = {0};
+    if (load_prompts(ppath, &P)) return cli_fail("bench-decode");
+    if (P.n > max_prompts) P.n = max_prompts;
+    speck_model *m = cli_load_model(path);
+    if (!m) return cli_fail("bench-decode");
+    speck_model *dm = dpath ? speck_model_load(dpath) : NULL;
+    if (dpath && !dm) return cli_fail("bench-decode");
+    speck_vocab *vocab = speck_vocab_from_gguf(speck_model_gguf(m));
+    if (!vocab) return cli_fail("bench-decode");
+    int V = speck_model_hparams(m)->n_vocab;
+    int32_t *warm_toks = NULL;
+    int64_t n_warm = 0;
+    if (warm) {
+        FILE *f = fopen(warm, "rb");
+        if (!f) {
+            fprintf(stderr, "speck bench-decode: %s: cannot open\n", warm);
+            return 1;
+        }
+        fseek(f, 0, SEEK_END);
+        long sz = ftell(f);
+        fseek(f, 0, SEEK_SET);
+        char *text = malloc((size_t)sz + 1);
+        size_t got = fread(text, 1, (size_t)sz, f);
+        fclose(f);
+        warm_toks = malloc((got + 8) * sizeof *warm_toks);
+        n_warm = speck_tokenize(vocab, text, got, false, false, warm_toks, (int64_t)got + 8);
+        free(text);
+        if (n_warm < 0) return cli_fail("bench-decode");
+    }
+    strategy S[] = {
+        {"plain", "none", 1, 0},
+        {"prompt", "prompt", 1, 0},
+        {"prompt-tree", "prompt", 3, 0},
+        {"aded", "aded", 1, 0},
+        {"aded-tree", "aded", 3, 0},
+        {"aded-adaptive", "aded", 3, 0.6f},
+        {"jacobi", "jacobi", 2, 0},
+        {"prompt+aded", "prompt,aded", 2, 0},
+        {"model", "model", 1, 0},
+        {"model-adaptive", "model", 1, 0.5f},
+    };
+    int ns = sizeof S / sizeof S[0];
+    int n_modes = temp > 0 ? 2 : 1;
+    result R[2][16];
+    memset(R, 0, sizeof R);
+    // Tokenize prompts once.
+    int32_t **ptoks = calloc((size_t)P.n, sizeof *ptoks);
+    int *plen = calloc((size_t)P.n, sizeof *plen);
+    for (int k = 0; k < P.n; k++) {
+        size_t len = strlen(P.text[k]);
+        ptoks[k] = malloc((len + 8) * sizeof(int32_t));
+        plen[k] = (int)speck_tokenize(vocab, P.text[k], len, true, false, ptoks[k],
+                                      (int64_t)len + 8);
+        if (plen[k] <= 0) {
+            fprintf(stderr, "speck bench-decode: prompt %d: empty or untokenizable\n", k + 1);
+            return 1;
+        }
+    }
+    int n_ctx = 0;
+    for (int k = 0; k < P.n; k++)
+        if (plen[k] + n_predict + 16 > n_ctx) n_ctx = plen[k] + n_predict + 16;
+    speck_ctx *ctx = speck_ctx_new(m, n_ctx);
+    if (!ctx) return cli_fail("bench-decode");
+    tokbuf *plain_out = calloc((size_t)P.n, sizeof *plain_out);
+    for (int mode = 0; mode < n_modes; mode++) {
+        for (int si = 0; si < ns; si++) {
+            speck_spec_params sp = speck_spec_default();
+            speck_spec_parse_kinds(S[si].kinds, sp.kinds);
+            if (sp.kinds[0] == SPECK_DRAFT_MODEL && !dm) continue;
+            sp.draft_model = dm;
+            sp.tree_width = S[si].width;
+            sp.adaptive = S[si].adaptive;
+            sp.warm_tokens = warm_toks;
+            sp.n_warm = n_warm;
+            speck_decoder *d = speck_decoder_new(m, ctx, &sp);
+            if (!d) return cli_fail("bench-decode");
+            speck_sampler_params smp = speck_sampler_default();
+            smp.temperature = mode ? temp : 0.0f;
+            double t = 0, draft = 0;
+            long gen = 0, passes = 0, acc = 0;
+            result *r = &R[mode][si];
+            for (int k = 0; k < P.n; k++) {
+                smp.seed = 1000 + (uint64_t)k;
+                speck_sampler *s = speck_sampler_new(&smp, V);
+                tokbuf out = {0};
+                speck_spec_stats st;
+                if (speck_decode(d, ptoks[k], plen[k], n_predict, s, NULL, collect, &out, &st))
+                    return cli_fail("bench-decode");
+                speck_sampler_free(s);
+                t += st.t_total - st.t_prefill;
+                draft += st.t_draft;
+                gen += st.n_generated;
+                passes += st.n_passes;
+                acc += st.n_accepted;
+                if (mode == 0 && si == 0) {
+                    plain_out[k] = out;
+                } else {
+                    if (mode == 0)
+                        r->identical += out.n == plain_out[k].n &&
+                                        !memcmp(out.toks, plain_out[k].toks,
+                                                (size_t)out.n * sizeof(int32_t));
+                    free(out.toks);
+                }
+                r->total++;
+            }
+            if (mode == 0 && si == 0) r->identical = r->total;
+            r->tok_s = gen / t;
+            r->accept_per_pass = passes ? (double)acc / passes : 0;
+            r->passes_per_tok = gen ? (double)passes / gen : 0;
+            r->draft_share = t > 0 ? draft / t : 0;
+            speck_decoder_free(d);
+            if (!json)
+                fprintf(stderr, "  %s %-15s %8.2f tok/s\n", mode ? "sample" : "greedy", S[si].name,
+                        r->tok_s);
+        }
+    }
+    // cost(n) / cost(1) at a 128-token context.
+    int cn[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
+    int ncn = sizeof cn / sizeof cn[0];
+    double cost[16];
+    speck_ctx *cc = speck_ctx_new(m, 256);
+    {
+        int32_t pre[128];
+        for (int i = 0; i < 128; i++) pre[i] = (i * 13 + 1) % V;
+        int last = 127;
+        float *lg = malloc((size_t)V * sizeof(float));
+        speck_forward(cc, 128, pre, NULL, NULL, &last, 1, lg);
+        free(lg);
+    }
+    for (int i = 0; i < ncn; i++) cost[i] = forward_cost(cc, cn[i], 128, 7, V);
+    speck_ctx_free(cc);
+
+    double base = R[0][0].tok_s;
+    bool all_identical = true;
+    if (json) {
+        printf("{\"model\": \"%s\", \"prompts\": %d, \"n_predict\": %d, \"threads\": %d, "
+               "\"results\": [",
+               path, P.n, n_predict, speck_get_threads());
+        int first = 1;
+        for (int mode = 0; mode < n_modes; mode++)
+            for (int si = 0; si < ns; si++) {
+                result *r = &R[mode][si];
+                if (!r->total) continue;
+                printf("%s{\"strategy\": \"%s\", \"temperature\": %g, \"tok_s\": %.3f, "
+                       "\"speedup\": %.3f, \"accepted_per_pass\": %.3f, \"passes_per_token\": "
+                       "%.3f, \"draft_share\": %.3f, \"identical\": %s}",
+                       first ? "" : ", ", S[si].name, mode ? temp : 0.0, r->tok_s,
+                       r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
+                       r->passes_per_tok, r->draft_share,
+                       mode ? "null" : (r->identical == r->total ? "true" : "false"));
+                first = 0;
+            }
+        printf("], \"cost_curve\": [");
+        for (int i = 0; i < ncn; i++)
+            printf("%s{\"n\": %d, \"relative_cost\": %.3f}", i ? ", " : "", cn[i],
+                   cost[i] / cost[0]);
+        printf("]}\n");
+    } else {
+        printf("\n%d prompts, %d tokens each, %d threads\n\n", P.n, n_predict, speck_get_threads());
+        printf("| strategy | mode | tok/s | speedup | accepted/pass | passes/token | draft time | "
+               "identical |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+        for (int mode = 0; mode < n_modes; mode++)
+            for (int si = 0; si < ns; si++) {
+                result *r = &R[mode][si];
+                if (!r->total) continue;
+                char ident[32];
+                if (mode) snprintf(ident, sizeof ident, "(sampling)");
+                else snprintf(ident, sizeof ident, "%d/%d", r->identical, r->total);
+                printf("| %s | %s | %.2f | %.2fx | %.2f | %.3f | %.1f %% | %s |\n", S[si].name,
+                       mode ? "sample" : "greedy", r->tok_s,
+                       r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
+                       r->passes_per_tok, 100 * r->draft_share, ident);
+            }
+        printf("\ncost of one forward over n tokens relative to n = 1 (context 128):\n\n| n |");
+        for (int i = 0; i < ncn; i++) printf(" %d |", cn[i]);
+        printf("\n| --- |");
+        for (int i = 0; i < ncn; i++) printf(" ---: |");
+        printf("\n| cost(n)/cost(1) |");
+        for (int i = 0; i < ncn; i++) printf(" %.2f |", cost[i] / cost[0]);
+        printf("\n");
+    }
+    for (int si = 1; si < ns; si++)
+        if (R[0][si].total && R[0][si].identical != R[0][si].total) all_identical = false;
+    if (plot) {
+        char dat[] = "/tmp/speck-plot-XXXXXX";
+        int fd = mkstemp(dat);
+        FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+        if (f) {
+            fprintf(f, "# strategy speedup\n");
+            for (int si = 0; si < ns; si++)
+                if (R[0][si].total) fprintf(f, "\"%s\" %.3f\n", S[si].name, R[0][si].tok_s / base);
+            fprintf(f, "\n\n# n relative_cost\n");
+            for (int i = 0; i < ncn; i++) fprintf(f, "%d %.3f\n", cn[i], cost[i] / cost[0]);
+            fclose(f);
+            char cmd[2048];
+            snprintf(cmd, sizeof cmd,
+                     "gnuplot -e \"set terminal png size 1100,420; set output '%s'; "
+                     "set multiplot layout 1,2; set title 'greedy speedup over plain decoding'; "
+                     "set style fill solid 0.6; set boxwidth 0.7; set xtics rotate by -35; "
+                     "set yrange [0:*]; plot '%s' index 0 using 2:xtic(1) with boxes notitle; "
+                     "set title 'cost(n)/cost(1) of verifying n tokens'; set xtics norotate; "
+                     "set xlabel 'n'; plot '%s' index 1 using 1:2 with linespoints notitle; "
+                     "unset multiplot\"",
+                     plot, dat, dat);
+            if (system(cmd) != 0) fprintf(stderr, "speck bench-decode: gnuplot failed\n");
+            unlink(dat);
+        }
+    }
+    for (int k = 0; k < P.n; k++) {
+        free(P.text[k]);
+        free(ptoks[k]);
+        free(plain_out[k].toks);
+    }
+    free(P.text);
+    free(ptoks);
+    free(plen);
+    free(plain_out);
+    free(warm_toks);
+    speck_ctx_free(ctx);
+    speck_vocab_free(vocab);
+    speck_model_free(dm);
+    speck_model_free(m);
+    if (!all_identical) {
+        fprintf(stderr, "speck bench-decode: a strategy's greedy output differs from plain "
+                        "decoding\n");
+        return 1;
+    }
+    return 0;
+}

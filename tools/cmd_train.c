@@ -1,0 +1,535 @@
+// `speck train` and `speck tokenizer-train`: train a Llama-architecture model (and its byte-level
+// BPE vocabulary) on a directory of text files. See docs/training.md.
+#include <dirent.h>
+#include <errno.h>
+#include <fnmatch.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/* ---- speck tokenizer-train ------------------------------------------------------------------ */
+
+static int read_file(const char *path, char **text, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return speck_set_error(SPECK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *text = malloc((size_t)n + 1);
+    if (!*text || fread(*text, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        free(*text);
+        return speck_set_error(SPECK_ERR_IO, "%s: read failed", path);
+    }
+    fclose(f);
+    *len = (size_t)n;
+    return 0;
+}
+
+// Feed path (a file, or every file matching glob under a directory, recursively, in sorted
+// order) to the BPE trainer.
+static int feed_dir(speck_bpe_trainer *t, const char *path, const char *glob, int *n_files,
+                    size_t *n_bytes, int depth) {
+    struct stat st;
+    if (stat(path, &st))
+        return speck_set_error(SPECK_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    if (S_ISREG(st.st_mode)) {
+        char *text = NULL;
+        size_t len = 0;
+        int err = read_file(path, &text, &len);
+        if (err) return err;
+        err = speck_bpe_trainer_add(t, text, len);
+        free(text);
+        (*n_files)++, *n_bytes += len;
+        return err;
+    }
+    DIR *d = opendir(path);
+    if (!d) return speck_set_error(SPECK_ERR_IO, "%s: cannot open directory", path);
+    // Sorted for a deterministic word table.
+    char **names = NULL;
+    int n = 0, cap = 0, err = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **p = realloc(names, (size_t)cap * sizeof *p);
+            if (!p) break;
+            names = p;
+        }
+        names[n++] = strdup(e->d_name);
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (strcmp(names[i], names[j]) > 0) {
+                char *x = names[i];
+                names[i] = names[j], names[j] = x;
+            }
+    for (int i = 0; i < n && !err; i++) {
+        char sub[4096];
+        snprintf(sub, sizeof sub, "%s/%s", path, names[i]);
+        if (stat(sub, &st)) continue;
+        if (S_ISDIR(st.st_mode)) {
+            if (depth < 32) err = feed_dir(t, sub, glob, n_files, n_bytes, depth + 1);
+        } else if (S_ISREG(st.st_mode) && !fnmatch(glob, names[i], 0)) {
+            err = feed_dir(t, sub, glob, n_files, n_bytes, depth + 1);
+        }
+    }
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    return err;
+}
+
+int cmd_tokenizer_train(int argc, char **argv) {
+    const char *data = NULL, *glob = "*", *out = NULL;
+    const char *specials[16];
+    int n_specials = 0, vocab_size = 4096, min_freq = 2;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (cli_flag(argv[i], "--help", "-h")) {
+            printf("usage: speck tokenizer-train --data DIR|FILE [--glob PATTERN] -o VOCAB.gguf\n"
+                   "                             [--vocab-size N] [--special TEXT]... "
+                   "[--min-frequency N]\n\n"
+                   "Train a byte-level BPE vocabulary (GPT-2 pre-tokenizer, 256 byte tokens, merges\n"
+                   "of the most frequent pairs) on every file matching PATTERN (default *) under\n"
+                   "DIR, and write it as a GGUF that speck and llama.cpp read (tokenizer model\n"
+                   "gpt2, pre gpt-2). Special tokens (default <|endoftext|>) are CONTROL tokens;\n"
+                   "the first is BOS/EOS. Default vocabulary size 4096.\n");
+            return 0;
+        } else if (cli_opt(argc, argv, &i, "--data", "-d", &v)) data = v;
+        else if (cli_opt(argc, argv, &i, "--glob", NULL, &v)) glob = v;
+        else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) out = v;
+        else if (cli_opt(argc, argv, &i, "--vocab-size", NULL, &v))
+            vocab_size = (int)cli_int("tokenizer-train", "--vocab-size", v, 257, 1 << 20);
+        else if (cli_opt(argc, argv, &i, "--min-frequency", NULL, &v))
+            min_freq = (int)cli_int("tokenizer-train", "--min-frequency", v, 1, 1 << 30);
+        else if (cli_opt(argc, argv, &i, "--special", NULL, &v)) {
+            if (n_specials < 16) specials[n_specials++] = v;
+        } else {
+            fprintf(stderr, "speck tokenizer-train: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!data || !out) {
+        fprintf(stderr, "speck tokenizer-train: --data and -o are required\n");
+        return 2;
+    }
+    if (!n_specials) specials[n_specials++] = "<|endoftext|>";
+    speck_bpe_trainer *t = speck_bpe_trainer_new();
+    if (!t) return cli_fail("tokenizer-train");
+    int n_files = 0;
+    size_t n_bytes = 0;
+    double t0 = cli_now();
+    if (feed_dir(t, data, glob, &n_files, &n_bytes, 0)) {
+        speck_bpe_trainer_free(t);
+        return cli_fail("tokenizer-train");
+    }
+    if (n_files == 0) {
+        speck_bpe_trainer_free(t);
+        fprintf(stderr, "speck tokenizer-train: %s: no files match '%s' (empty corpus)\n", data,
+                glob);
+        return 1;
+    }
+    speck_bpe_train_params p = {vocab_size, specials, n_specials, min_freq};
+    int err = speck_bpe_trainer_save(t, &p, out);
+    speck_bpe_trainer_free(t);
+    if (err) return cli_fail("tokenizer-train");
+    fprintf(stderr, "speck tokenizer-train: %d files, %.1f MB -> %s (%d tokens) in %.1f s\n",
+            n_files, n_bytes / 1e6, out, vocab_size, cli_now() - t0);
+    return 0;
+}
+
+/* ---- speck train ---------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t g_stop;
+static void on_sigint(int sig) { g_stop = sig; }
+
+typedef struct {
+    const char *data, *glob, *vocab, *init_from, *preset, *out, *ckpt, *csv, *cache, *name;
+    speck_train_config cfg;
+    int set_layer, set_embd, set_head, set_head_kv, set_ff, set_ctx;
+    int B, accum, steps, val_every, val_batches, ckpt_every, threads;
+    double val_fraction;
+    uint64_t seed;
+    speck_adamw_params opt;
+    speck_type type;
+    int tied; // 1 tied, -1 untied, 0 the preset's
+    bool resume, plot, quiet;
+} train_opts;
+
+static void train_usage(void) {
+    printf("usage: speck train --data DIR|FILE [--glob PATTERN] --vocab VOCAB.gguf -o OUT.gguf\n"
+           "                   [--preset NAME | --init-from MODEL.gguf] [size flags] [options]\n\n"
+           "Train a Llama-architecture model from scratch (or continue a GGUF model) on every\n"
+           "file matching PATTERN under DIR. Whole files are held out for validation. Output:\n"
+           "OUT.gguf (architecture llama, the vocabulary of VOCAB.gguf), OUT.ckpt (checkpoint:\n"
+           "weights + AdamW state, atomic, resumable), OUT.csv (loss curve), OUT.png (--plot).\n\n"
+           "model (default preset tiny; vocabulary size from the tokenizer):\n"
+           "  --preset NAME        shapes of a preset (speck init --help lists them)\n"
+           "  --n-layer N --n-embd N --n-head N --n-head-kv N --n-ff N --ctx N --tied|--untied\n"
+           "  --init-from FILE     start from a GGUF model of any type (its vocabulary by default)\n"
+           "optimisation:\n"
+           "  --steps N (1000)  --batch B (8)  --accum K (1)  --lr X (1e-3)  --min-lr X (lr/10)\n"
+           "  --warmup N (steps/20)  --wd X (0.1)  --clip X (1.0)  --decay-all  --seed N (1)\n"
+           "  --threads N\n"
+           "evaluation and output:\n"
+           "  --val-fraction X (0.05)  --val-every N (100)  --val-batches N (8)\n"
+           "  --ckpt-every N (100)  --checkpoint PATH  --resume  --csv PATH  --cache PATH\n"
+           "  --type f16|q8_0|f32|bf16 (f16)  --name TEXT  --plot  --quiet\n"
+           "Ctrl-C saves a checkpoint and the model, then exits (status 130); --resume continues\n"
+           "the identical loss curve (same seed and threads).\n");
+}
+
+static int parse_train(int argc, char **argv, train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->glob = "*", o->preset = "tiny", o->B = 8, o->accum = 1, o->steps = 1000;
+    o->val_every = 100, o->val_batches = 8, o->ckpt_every = 100, o->val_fraction = 0.05;
+    o->seed = 1, o->type = SPECK_TYPE_F16;
+    o->opt = speck_adamw_default();
+    o->opt.warmup_steps = -1, o->opt.min_lr = -1;
+    const char *C = "train";
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (cli_flag(argv[i], "--help", "-h")) {
+            train_usage();
+            exit(0);
+        }
+#define INT(flag, dst, lo, hi) else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (int)cli_int(C, flag, v, lo, hi)
+#define FLT(flag, dst) else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (float)cli_float(C, flag, v)
+        else if (cli_opt(argc, argv, &i, "--data", "-d", &v)) o->data = v;
+        else if (cli_opt(argc, argv, &i, "--glob", NULL, &v)) o->glob = v;
+        else if (cli_opt(argc, argv, &i, "--vocab", NULL, &v)) o->vocab = v;
+        else if (cli_opt(argc, argv, &i, "--init-from", NULL, &v)) o->init_from = v;
+        else if (cli_opt(argc, argv, &i, "--preset", NULL, &v)) o->preset = v;
+        else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) o->out = v;
+        else if (cli_opt(argc, argv, &i, "--checkpoint", NULL, &v)) o->ckpt = v;
+        else if (cli_opt(argc, argv, &i, "--csv", NULL, &v)) o->csv = v;
+        else if (cli_opt(argc, argv, &i, "--cache", NULL, &v)) o->cache = v;
+        else if (cli_opt(argc, argv, &i, "--name", NULL, &v)) o->name = v;
+        INT("--n-layer", o->set_layer, 1, 1024);
+        INT("--n-embd", o->set_embd, 2, 1 << 16);
+        INT("--n-head", o->set_head, 1, 1024);
+        INT("--n-head-kv", o->set_head_kv, 1, 1024);
+        INT("--n-ff", o->set_ff, 1, 1 << 18);
+        INT("--ctx", o->set_ctx, 2, 1 << 16);
+        INT("--steps", o->steps, 1, 1 << 30);
+        INT("--batch", o->B, 1, 1 << 16);
+        INT("--accum", o->accum, 1, 1 << 16);
+        INT("--warmup", o->opt.warmup_steps, 0, 1 << 30);
+        INT("--val-every", o->val_every, 0, 1 << 30);
+        INT("--val-batches", o->val_batches, 1, 1 << 20);
+        INT("--ckpt-every", o->ckpt_every, 0, 1 << 30);
+        INT("--threads", o->threads, 1, 1024);
+        FLT("--lr", o->opt.lr);
+        FLT("--min-lr", o->opt.min_lr);
+        FLT("--wd", o->opt.weight_decay);
+        FLT("--clip", o->opt.grad_clip);
+        FLT("--val-fraction", o->val_fraction);
+        else if (cli_opt(argc, argv, &i, "--seed", NULL, &v))
+            o->seed = (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
+        else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
+            int t = speck_type_from_name(v);
+            if (t < 0 || t == SPECK_TYPE_Q4_0) {
+                fprintf(stderr, "speck train: --type: '%s' is not one of f32, f16, bf16, q8_0\n", v);
+                exit(2);
+            }
+            o->type = (speck_type)t;
+        } else if (cli_flag(argv[i], "--decay-all", NULL)) o->opt.decay_all = true;
+        else if (cli_flag(argv[i], "--resume", NULL)) o->resume = true;
+        else if (cli_flag(argv[i], "--tied", NULL)) o->tied = 1;
+        else if (cli_flag(argv[i], "--untied", NULL)) o->tied = -1;
+        else if (cli_flag(argv[i], "--plot", NULL)) o->plot = true;
+        else if (cli_flag(argv[i], "--quiet", "-q")) o->quiet = true;
+        else {
+            fprintf(stderr, "speck train: unknown option '%s'\n", argv[i]);
+            exit(2);
+        }
+#undef INT
+#undef FLT
+    }
+    if (!o->data || !o->out) {
+        fprintf(stderr, "speck train: --data and -o are required (speck train --help)\n");
+        exit(2);
+    }
+    if (!o->vocab && !o->init_from) {
+        fprintf(stderr, "speck train: --vocab VOCAB.gguf is required (speck tokenizer-train "
+                        "makes one)\n");
+        exit(2);
+    }
+    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) {
+        fprintf(stderr, "speck train: --val-fraction must be in [0, 1)\n");
+        exit(2);
+    }
+    if (o->opt.warmup_steps < 0) o->opt.warmup_steps = o->steps / 20;
+    if (o->opt.min_lr < 0) o->opt.min_lr = o->opt.lr / 10;
+    o->opt.total_steps = o->steps;
+    return 0;
+}
+
+static char *derived(const char *out, const char *ext) {
+    size_t n = strlen(out);
+    const char *dot = n > 5 && !strcmp(out + n - 5, ".gguf") ? out + n - 5 : out + n;
+    char *s = malloc((size_t)(dot - out) + strlen(ext) + 1);
+    if (!s) exit(1);
+    memcpy(s, out, (size_t)(dot - out));
+    strcpy(s + (dot - out), ext);
+    return s;
+}
+
+// Mean loss over up to n_batches batches of B windows of T+1 tokens (stride T) of the split.
+static int eval_split(speck_train_model *tm, const int32_t *tok, int64_t n, int B, int T,
+                      int n_batches, int32_t *in, int32_t *tg, double *mean) {
+    int64_t windows = n > T ? (n - 1) / T : 0;
+    if (windows > (int64_t)B * n_batches) windows = (int64_t)B * n_batches;
+    int64_t full = windows / B * B;
+    if (full == 0) return 1; // too little validation text
+    double total = 0;
+    for (int64_t w0 = 0; w0 < full; w0 += B) {
+        for (int b = 0; b < B; b++) {
+            memcpy(in + (size_t)b * T, tok + (w0 + b) * T, (size_t)T * sizeof *in);
+            memcpy(tg + (size_t)b * T, tok + (w0 + b) * T + 1, (size_t)T * sizeof *tg);
+        }
+        float loss;
+        int err = speck_train_loss(tm, in, tg, B, T, &loss);
+        if (err) return err;
+        total += loss;
+    }
+    *mean = total / (double)(full / B);
+    return 0;
+}
+
+// Keep the CSV rows of steps < keep (a resumed run rewrites what came after its checkpoint).
+static FILE *open_csv(const char *path, int64_t keep) {
+    FILE *in = keep > 0 ? fopen(path, "r") : NULL;
+    char *kept = NULL;
+    size_t kn = 0;
+    if (in) {
+        FILE *m = open_memstream(&kept, &kn);
+        char line[512];
+        while (fgets(line, sizeof line, in))
+            if (!strncmp(line, "step,", 5) || atoll(line) < keep) fputs(line, m);
+        fclose(m);
+        fclose(in);
+    }
+    FILE *f = fopen(path, "w");
+    if (!f) return NULL;
+    if (kept && kn) fwrite(kept, 1, kn, f);
+    else fprintf(f, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
+    free(kept);
+    fflush(f);
+    return f;
+}
+
+static int plot(const char *csv, const char *png) {
+    char *gp = derived(png, ".gp");
+    FILE *f = fopen(gp, "w");
+    if (!f) return -1;
+    fprintf(f,
+            "set terminal png size 900,540\nset output '%s'\nset datafile separator ','\n"
+            "set key autotitle columnhead\nset xlabel 'step'\nset ylabel 'loss (nats/token)'\n"
+            "set grid\nplot '%s' using 1:2 with lines title 'train', "
+            "'' using 1:($3 == $3 ? $3 : 1/0) with linespoints title 'validation'\n",
+            png, csv);
+    fclose(f);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>&1", gp);
+    int rc = system(cmd);
+    unlink(gp);
+    free(gp);
+    if (rc != 0) {
+        fprintf(stderr, "speck train: --plot: gnuplot failed or is not installed "
+                        "(apt-get install gnuplot-nox)\n");
+        return -1;
+    }
+    return 0;
+}
+
+static void fmt_time(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
+    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+}
+
+int cmd_train(int argc, char **argv) {
+    train_opts o;
+    parse_train(argc, argv, &o);
+    if (o.threads) speck_set_threads(o.threads);
+    char *ckpt = o.ckpt ? strdup(o.ckpt) : derived(o.out, ".ckpt");
+    char *csv = o.csv ? strdup(o.csv) : derived(o.out, ".csv");
+    char *cache = o.cache ? strdup(o.cache) : derived(o.out, ".tokens");
+    const char *vocab_path = o.vocab ? o.vocab : o.init_from;
+    speck_vocab *voc = speck_vocab_load(vocab_path);
+    if (!voc) return cli_fail("train");
+    int n_vocab = speck_vocab_n_tokens(voc);
+    speck_train_model *tm = NULL;
+    if (o.init_from) {
+        tm = speck_train_model_load(o.init_from);
+        if (!tm) return cli_fail("train");
+        if (speck_train_model_config(tm)->n_vocab != n_vocab) {
+            fprintf(stderr, "speck train: vocabulary/model mismatch: %s has %d tokens, %s has "
+                            "n_vocab %d\n", vocab_path, n_vocab, o.init_from,
+                    speck_train_model_config(tm)->n_vocab);
+            return 1;
+        }
+        o.cfg = *speck_train_model_config(tm);
+        if (o.set_ctx && o.set_ctx > o.cfg.n_ctx) {
+            fprintf(stderr, "speck train: --ctx %d exceeds the model's context %d\n", o.set_ctx,
+                    o.cfg.n_ctx);
+            return 2;
+        }
+    } else {
+        const speck_preset *p = speck_preset_find(o.preset);
+        if (!p) {
+            fprintf(stderr, "speck train: unknown preset '%s'\n", o.preset);
+            return 2;
+        }
+        o.cfg = speck_train_config_from_preset(p);
+        o.cfg.n_vocab = n_vocab;
+        o.cfg.rope_freq_base = 10000.0f;
+        if (o.set_layer) o.cfg.n_layer = o.set_layer;
+        if (o.set_embd) o.cfg.n_embd = o.set_embd;
+        if (o.set_head) o.cfg.n_head = o.set_head;
+        o.cfg.n_head_kv = o.set_head_kv ? o.set_head_kv : o.set_head ? o.set_head : o.cfg.n_head_kv;
+        if (o.set_ff) o.cfg.n_ff = o.set_ff;
+        if (o.set_ctx) o.cfg.n_ctx = o.set_ctx;
+        if (o.tied) o.cfg.tied_output = o.tied > 0;
+        tm = speck_train_model_new(&o.cfg, o.seed);
+        if (!tm) return cli_fail("train");
+    }
+    int T = o.set_ctx ? o.set_ctx : (o.cfg.n_ctx < 256 ? o.cfg.n_ctx : 256);
+    speck_token_data data;
+    double t0 = cli_now();
+    if (speck_token_data_build(o.data, o.glob, voc, o.val_fraction, cache, &data))
+        return cli_fail("train");
+    if (!o.quiet)
+        fprintf(stderr, "data: %d train files, %lld tokens; %d validation files, %lld tokens "
+                        "(%s, %.1f s)\n", data.n_files_train, (long long)data.n_train,
+                data.n_files_val, (long long)data.n_val, data.from_cache ? "cached" : "tokenized",
+                cli_now() - t0);
+    if (data.n_train < T + 1) {
+        fprintf(stderr, "speck train: %s: corpus too small: %lld training tokens for sequences "
+                        "of %d\n", o.data, (long long)data.n_train, T);
+        return 1;
+    }
+    speck_train_state st = {0, o.seed};
+    if (o.resume && access(ckpt, F_OK) == 0) {
+        if (speck_train_checkpoint_load(tm, ckpt, &st)) return cli_fail("train");
+        if (!o.quiet) fprintf(stderr, "resumed from %s at step %lld\n", ckpt, (long long)st.step);
+    }
+    const speck_train_config *c = speck_train_model_config(tm);
+    if (!o.quiet)
+        fprintf(stderr, "model: %d layers, width %d, %d heads (%d kv), ffn %d, vocab %d, %s head, "
+                        "%.2fM parameters; batch %d x %d x %d accum, %d steps, %d threads\n",
+                c->n_layer, c->n_embd, c->n_head, c->n_head_kv, c->n_ff, c->n_vocab,
+                c->tied_output ? "tied" : "untied", speck_train_n_params(tm) / 1e6, o.B, T,
+                o.accum, o.steps, speck_get_threads());
+    FILE *fcsv = open_csv(csv, st.step);
+    if (!fcsv) {
+        fprintf(stderr, "speck train: %s: cannot write: %s\n", csv, strerror(errno));
+        return 1;
+    }
+    int32_t *in = malloc((size_t)o.B * T * sizeof *in), *tg = malloc((size_t)o.B * T * sizeof *tg);
+    if (!in || !tg) return 1;
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int64_t hook_step = -1;
+    int hook_sig = 0;
+    const char *hook = getenv("SPECK_TRAIN_SIGNAL_AT");
+    if (hook && sscanf(hook, "%lld:%d", (long long *)&hook_step, &hook_sig) != 2) hook_step = -1;
+    double t_start = cli_now(), tokens_done = 0;
+    int64_t step0 = st.step;
+    int rc = 0;
+    double last_val = NAN, last_print = 0;
+    for (int64_t step = st.step; step < o.steps && !g_stop; step++) {
+        double ts = cli_now(), loss_sum = 0;
+        speck_train_zero_grad(tm);
+        for (int k = 0; k < o.accum && !rc; k++) {
+            for (int b = 0; b < o.B; b++)
+                speck_token_data_sample(&data, o.seed, step, k, b, T, in + (size_t)b * T,
+                                        tg + (size_t)b * T);
+            float loss;
+            if (speck_train_step(tm, in, tg, o.B, T, 1.0f / o.accum, &loss)) rc = cli_fail("train");
+            loss_sum += loss;
+        }
+        float gnorm = 0;
+        if (!rc && speck_adamw_step(tm, &o.opt, step, &gnorm)) rc = cli_fail("train");
+        if (rc) break;
+        st.step = step + 1;
+        double dt = cli_now() - ts, tps = (double)o.B * T * o.accum / dt;
+        tokens_done += (double)o.B * T * o.accum;
+        double val = NAN;
+        if (o.val_every && (st.step % o.val_every == 0 || st.step == o.steps)) {
+            double v;
+            int e = eval_split(tm, data.val, data.n_val, o.B, T, o.val_batches, in, tg, &v);
+            if (e < 0) {
+                rc = cli_fail("train");
+                break;
+            }
+            if (e == 0) val = last_val = v;
+        }
+        float lr = speck_lr_at(&o.opt, step);
+        fprintf(fcsv, "%lld,%.6f,", (long long)step, loss_sum / o.accum);
+        if (val == val) fprintf(fcsv, "%.6f", val);
+        fprintf(fcsv, ",%.6g,%.4f,%.1f\n", lr, gnorm, tps);
+        fflush(fcsv);
+        // Progress: at most ~5 updates a second (logs stay small), always on validation steps.
+        if (!o.quiet && (val == val || st.step == o.steps || cli_now() - last_print > 0.2)) {
+            last_print = cli_now();
+            double el = cli_now() - t_start;
+            double eta = el / (double)(st.step - step0) * (double)(o.steps - st.step);
+            char etas[32], bar[32];
+            fmt_time(eta, etas, sizeof etas);
+            int filled = (int)(20.0 * (double)st.step / o.steps);
+            for (int j = 0; j < 20; j++) bar[j] = j < filled ? '#' : '.';
+            bar[20] = 0;
+            fprintf(stderr, "\rstep %lld/%d [%s] loss %.4f", (long long)st.step, o.steps, bar,
+                    loss_sum / o.accum);
+            if (last_val == last_val) fprintf(stderr, " val %.4f", last_val);
+            fprintf(stderr, " | lr %.2e | %.0f tok/s | ETA %s   ", lr,
+                    tokens_done / el, etas);
+            if (val == val) fprintf(stderr, "\n");
+        }
+        if (o.ckpt_every && st.step % o.ckpt_every == 0 && st.step < o.steps &&
+            speck_train_checkpoint_save(tm, &st, vocab_path, ckpt)) {
+            rc = cli_fail("train");
+            break;
+        }
+        // Test hook: deliver a signal to ourselves after step N (SPECK_TRAIN_SIGNAL_AT=N:SIG), so
+        // tests of Ctrl-C / kill -9 do not depend on timing.
+        if (hook_step >= 0 && st.step == hook_step) raise(hook_sig);
+    }
+    if (!o.quiet) fprintf(stderr, "\n");
+    fclose(fcsv);
+    if (!rc) {
+        if (speck_train_checkpoint_save(tm, &st, vocab_path, ckpt) ||
+            speck_train_export(tm, vocab_path, o.type, o.name ? o.name : "speck-trained", o.out))
+            rc = cli_fail("train");
+        else if (!o.quiet)
+            fprintf(stderr, "saved %s (%s) and checkpoint %s at step %lld\n", o.out,
+                    speck_type_name(o.type), ckpt, (long long)st.step);
+    }
+    if (!rc && g_stop) {
+        fprintf(stderr, "speck train: interrupted at step %lld; resume with --resume\n",
+                (long long)st.step);
+        rc = 130;
+    }
+    if (!rc && o.plot) {
+        char *png = derived(o.out, ".png");
+        if (plot(csv, png) == 0 && !o.quiet) fprintf(stderr, "plot: %s\n", png);
+        free(png);
+    }
+    free(in), free(tg), free(ckpt), free(csv), free(cache);
+    speck_token_data_free(&data);
+    speck_train_model_free(tm);
+    speck_vocab_free(voc);
+    return rc;
+}
