@@ -36,6 +36,11 @@ int cli_parse_ids(const char *s, int32_t **ids);
 // executable's source tree or the working directory. NULL if none exists.
 const char *cli_default_model(void);
 double cli_now(void);
+// Sampling options shared by generate/chat/bench-decode (--temp, --top-k, --top-p, --min-p,
+// --repeat-penalty, --repeat-last-n, --seed) and -t/--threads. True if argv[*i] was one.
+bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp);
+// Whole file, NUL-terminated (malloc'd); NULL with the error recorded.
+char *cli_read_file(const char *path, size_t *len);
 // Load a GGUF file or a Hugging Face checkpoint directory.
 speck_model *cli_load_model(const char *path);
 

@@ -104,3 +104,56 @@ speck_model *cli_load_model(const char *path) {
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return speck_model_load_hf(path);
     return speck_model_load(path);
 }
+
+bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp) {
+    const char *v;
+    if (cli_opt(argc, argv, i, "--temp", NULL, &v)) sp->temperature = (float)cli_float(cmd, "--temp", v);
+    else if (cli_opt(argc, argv, i, "--top-k", NULL, &v))
+        sp->top_k = (int)cli_int(cmd, "--top-k", v, 0, 1 << 30);
+    else if (cli_opt(argc, argv, i, "--top-p", NULL, &v))
+        sp->top_p = (float)cli_float(cmd, "--top-p", v);
+    else if (cli_opt(argc, argv, i, "--min-p", NULL, &v))
+        sp->min_p = (float)cli_float(cmd, "--min-p", v);
+    else if (cli_opt(argc, argv, i, "--repeat-penalty", NULL, &v))
+        sp->repeat_penalty = (float)cli_float(cmd, "--repeat-penalty", v);
+    else if (cli_opt(argc, argv, i, "--repeat-last-n", NULL, &v))
+        sp->repeat_last_n = (int)cli_int(cmd, "--repeat-last-n", v, 0, 1 << 20);
+    else if (cli_opt(argc, argv, i, "--seed", NULL, &v))
+        sp->seed = (uint64_t)cli_int(cmd, "--seed", v, 0, INT64_MAX);
+    else if (cli_opt(argc, argv, i, "--threads", "-t", &v))
+        speck_set_threads((int)cli_int(cmd, "--threads", v, 1, 4096));
+    else return false;
+    return true;
+}
+
+char *cli_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        speck_set_error(SPECK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    size_t got;
+    while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            char *b = realloc(buf, (cap *= 2) + 1);
+            if (!b) {
+                free(buf);
+                buf = NULL;
+            }
+            buf = b;
+        }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf || bad) {
+        free(buf);
+        speck_set_error(SPECK_ERR_IO, "%s: read failed", path);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}

@@ -18,19 +18,9 @@ typedef struct {
 // Prompts: a .jsonl file (one JSON string, or an object with "prompt", per line), or plain text
 // with prompts separated by lines holding only "---".
 static int load_prompts(const char *path, prompts *p) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return speck_set_error(SPECK_ERR_IO, "%s: cannot open", path);
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)sz + 1);
-    if (!buf || fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-        fclose(f);
-        free(buf);
-        return speck_set_error(SPECK_ERR_IO, "%s: read failed", path);
-    }
-    fclose(f);
-    buf[sz] = 0;
+    size_t sz;
+    char *buf = cli_read_file(path, &sz);
+    if (!buf) return SPECK_ERR_IO;
     p->text = NULL;
     p->n = 0;
     size_t plen = strlen(path);
@@ -190,17 +180,9 @@ int cmd_bench_decode(int argc, char **argv) {
     int32_t *warm_toks = NULL;
     int64_t n_warm = 0;
     if (warm) {
-        FILE *f = fopen(warm, "rb");
-        if (!f) {
-            fprintf(stderr, "speck bench-decode: %s: cannot open\n", warm);
-            return 1;
-        }
-        fseek(f, 0, SEEK_END);
-        long sz = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *text = malloc((size_t)sz + 1);
-        size_t got = fread(text, 1, (size_t)sz, f);
-        fclose(f);
+        size_t got;
+        char *text = cli_read_file(warm, &got);
+        if (!text) return cli_fail("bench-decode");
         warm_toks = malloc((got + 8) * sizeof *warm_toks);
         n_warm = speck_tokenize(vocab, text, got, false, false, warm_toks, (int64_t)got + 8);
         free(text);

@@ -116,22 +116,7 @@ int cmd_chat(int argc, char **argv) {
             n_predict = (int)cli_int("chat", "-n", v, 1, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--ctx", "-c", &v))
             n_ctx = (int)cli_int("chat", "--ctx", v, 1, 1 << 24);
-        else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
-            speck_set_threads((int)cli_int("chat", "--threads", v, 1, 4096));
-        else if (cli_opt(argc, argv, &i, "--temp", NULL, &v))
-            sp.temperature = (float)cli_float("chat", "--temp", v);
-        else if (cli_opt(argc, argv, &i, "--top-k", NULL, &v))
-            sp.top_k = (int)cli_int("chat", "--top-k", v, 0, 1 << 30);
-        else if (cli_opt(argc, argv, &i, "--top-p", NULL, &v))
-            sp.top_p = (float)cli_float("chat", "--top-p", v);
-        else if (cli_opt(argc, argv, &i, "--min-p", NULL, &v))
-            sp.min_p = (float)cli_float("chat", "--min-p", v);
-        else if (cli_opt(argc, argv, &i, "--repeat-penalty", NULL, &v))
-            sp.repeat_penalty = (float)cli_float("chat", "--repeat-penalty", v);
-        else if (cli_opt(argc, argv, &i, "--repeat-last-n", NULL, &v))
-            sp.repeat_last_n = (int)cli_int("chat", "--repeat-last-n", v, 0, 1 << 20);
-        else if (cli_opt(argc, argv, &i, "--seed", NULL, &v))
-            sp.seed = (uint64_t)cli_int("chat", "--seed", v, 0, INT64_MAX);
+        else if (cli_sampler_opt("chat", argc, argv, &i, &sp)) continue;
         else if (cli_flag(argv[i], "--stats", NULL)) stats = true;
         else {
             fprintf(stderr, "speck chat: unknown option '%s' (speck chat --help)\n", argv[i]);

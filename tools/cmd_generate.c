@@ -159,21 +159,13 @@ static int setup_draft(const char *arg, const char *warm_file, const speck_vocab
             speck_set_error(SPECK_ERR_ARG, "--aded-warm needs a model with a tokenizer");
             return -1;
         }
-        FILE *f = fopen(warm_file, "rb");
-        if (!f) {
-            speck_set_error(SPECK_ERR_IO, "%s: cannot open", warm_file);
-            return -1;
-        }
-        fseek(f, 0, SEEK_END);
-        long sz = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        char *text = malloc((size_t)sz + 1);
-        size_t got = text ? fread(text, 1, (size_t)sz, f) : 0;
-        fclose(f);
-        ds->warm = malloc(((size_t)got + 8) * sizeof(int32_t));
-        int64_t n = text && ds->warm
-                        ? speck_tokenize(vocab, text, got, false, false, ds->warm, (int64_t)got + 8)
-                        : -1;
+        size_t got;
+        char *text = cli_read_file(warm_file, &got);
+        if (!text) return -1;
+        ds->warm = malloc((got + 8) * sizeof(int32_t));
+        int64_t n = ds->warm ? speck_tokenize(vocab, text, got, false, false, ds->warm,
+                                              (int64_t)got + 8)
+                             : -1;
         free(text);
         if (n < 0) return -1;
         ds->sp.warm_tokens = ds->warm;
@@ -214,22 +206,7 @@ int cmd_generate(int argc, char **argv) {
             n_predict = (int)cli_int("generate", "-n", v, 0, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--ctx", "-c", &v))
             n_ctx = (int)cli_int("generate", "--ctx", v, 1, 1 << 24);
-        else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
-            speck_set_threads((int)cli_int("generate", "--threads", v, 1, 4096));
-        else if (cli_opt(argc, argv, &i, "--temp", NULL, &v))
-            sp.temperature = (float)cli_float("generate", "--temp", v);
-        else if (cli_opt(argc, argv, &i, "--top-k", NULL, &v))
-            sp.top_k = (int)cli_int("generate", "--top-k", v, 0, 1 << 30);
-        else if (cli_opt(argc, argv, &i, "--top-p", NULL, &v))
-            sp.top_p = (float)cli_float("generate", "--top-p", v);
-        else if (cli_opt(argc, argv, &i, "--min-p", NULL, &v))
-            sp.min_p = (float)cli_float("generate", "--min-p", v);
-        else if (cli_opt(argc, argv, &i, "--repeat-penalty", NULL, &v))
-            sp.repeat_penalty = (float)cli_float("generate", "--repeat-penalty", v);
-        else if (cli_opt(argc, argv, &i, "--repeat-last-n", NULL, &v))
-            sp.repeat_last_n = (int)cli_int("generate", "--repeat-last-n", v, 0, 1 << 20);
-        else if (cli_opt(argc, argv, &i, "--seed", NULL, &v))
-            sp.seed = (uint64_t)cli_int("generate", "--seed", v, 0, INT64_MAX);
+        else if (cli_sampler_opt("generate", argc, argv, &i, &sp)) continue;
         else if (cli_opt(argc, argv, &i, "--stop", NULL, &v)) {
             if (sf.n_stops == MAX_STOPS || !*v) {
                 fprintf(stderr, "speck generate: --stop: at most %d non-empty strings\n",
@@ -362,6 +339,7 @@ int cmd_generate(int argc, char **argv) {
     }
     if (!gs.stopped) emit(&sf, sf.pending, sf.len);
     printf("\n");
+    fflush(stdout); // the statistics on stderr come after the text
     if (gs.stopped) st.stop_reason = "stop string";
     if (stats) {
         if (compare) print_stats("plain", &plain_st);
