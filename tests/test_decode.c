@@ -2,7 +2,8 @@
 // token for token (≥ 200 prompts each, many rejections, tree compaction, context limit), and
 // speculative sampling's next-token distribution matches plain sampling (chi-square).
 //
-// usage: test_decode DIR   (scratch directory for the models it writes)
+// usage: test_decode DIR [quick]   (scratch directory for the models it writes; `quick`, used by
+// the sanitizer build, runs 40 prompts per strategy instead of 200 and fewer sampling draws)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,6 +105,8 @@ static double chi2_crit_001(int df) {
     return k * pow(1 - 2 / (9 * k) + z * sqrt(2 / (9 * k)), 3);
 }
 
+static int g_quick;
+
 static void check_sampling(const speck_model *m, const speck_model *draft) {
     int V = speck_model_hparams(m)->n_vocab;
     speck_sampler_params sp = speck_sampler_default();
@@ -116,7 +119,7 @@ static void check_sampling(const speck_model *m, const speck_model *draft) {
     speck_spec_params plain = speck_spec_default();
     speck_ctx *c1 = speck_ctx_new(m, 64), *c2 = speck_ctx_new(m, 64);
     speck_decoder *ds = speck_decoder_new(m, c1, &spec), *dp = speck_decoder_new(m, c2, &plain);
-    const int N = 3000;
+    const int N = g_quick ? 600 : 3000;
     int *ca[2], *cb[2];
     for (int p = 0; p < 2; p++) {
         ca[p] = calloc((size_t)V, sizeof(int));
@@ -169,6 +172,8 @@ static void check_sampling(const speck_model *m, const speck_model *draft) {
 
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "/tmp";
+    g_quick = argc > 2 && !strcmp(argv[2], "quick");
+    int np = g_quick ? 40 : 200;
     char tgt[512], drf[512], other[512];
     snprintf(tgt, sizeof tgt, "%s/decode-target.gguf", dir);
     snprintf(drf, sizeof drf, "%s/decode-draft.gguf", dir);
@@ -202,18 +207,18 @@ int main(int argc, char **argv) {
         sp.tree_width = cases[i].width;
         sp.adaptive = cases[i].adaptive;
         sp.draft_model = cases[i].draft;
-        check_strategy(cases[i].label, m, &sp, 200, 512);
+        check_strategy(cases[i].label, m, &sp, np, 512);
     }
     // Generation that runs into the context limit, with drafts longer than the room left.
     speck_spec_params sp = speck_spec_default();
     speck_spec_parse_kinds("prompt,aded", sp.kinds);
     sp.max_draft = 14;
     sp.max_nodes = 14;
-    check_strategy("context limit (ctx 40)", m, &sp, 60, 40);
+    check_strategy("context limit (ctx 40)", m, &sp, np / 3, 40);
     sp.kinds[0] = SPECK_DRAFT_MODEL;
     sp.kinds[1] = SPECK_DRAFT_NONE;
     sp.draft_model = dm;
-    check_strategy("draft model, ctx 40", m, &sp, 60, 40);
+    check_strategy("draft model, ctx 40", m, &sp, np / 3, 40);
 
     // Quantized weights: batch rows must equal single-token rows there too.
     const speck_type qtypes[] = {SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0, SPECK_TYPE_BF16};
@@ -226,7 +231,7 @@ int main(int argc, char **argv) {
         speck_spec_parse_kinds("prompt,aded", qs.kinds);
         qs.tree_width = 2;
         snprintf(label, sizeof label, "prompt,aded %s", speck_type_name(qtypes[i]));
-        if (qm) check_strategy(label, qm, &qs, 100, 512);
+        if (qm) check_strategy(label, qm, &qs, np / 2, 512);
         speck_model_free(qm);
         remove(qp);
     }
