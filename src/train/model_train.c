@@ -143,8 +143,12 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
 // GEMMs run on the OpenMP pool: each thread calls a single-threaded OpenBLAS sgemm on its slice
 // of rows. With OpenBLAS's own pthread pool as well, two pools spin against each other for the
 // cores (a third of the time lost on 2 cores). Slices depend only on the thread count.
+// OpenBLAS built on OpenMP runs single-threaded inside a parallel region by itself (and its
+// openblas_set_num_threads would set OpenMP's thread count for everyone): leave it alone. The
+// pthread build is told to use one thread.
 static void blas_single_threaded(void) {
-    if (openblas_get_num_threads() != 1) openblas_set_num_threads(1);
+    if (openblas_get_parallel() == 1 && openblas_get_num_threads() != 1)
+        openblas_set_num_threads(1);
 }
 
 // Rows [r0, r1) of n for this thread (in a parallel region).
