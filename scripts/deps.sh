@@ -8,7 +8,11 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libcjson-dev libpcre2-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-torch python3-numpy nodejs npm)
+  pkgs+=(python3 python3-torch python3-numpy)
+  # Node.js may come from Debian (nodejs + npm) or from another vendor's nodejs package that
+  # bundles npm and conflicts with Debian's npm: only install when the commands are missing.
+  command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 fi
 if [[ "${1:-}" == "--train" ]]; then
   pkgs+=(gnuplot-nox libpython3.11-stdlib python3 python3-numpy)
