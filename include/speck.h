@@ -116,7 +116,8 @@ speck_gguf_vtype speck_gguf_kv_type(const speck_gguf *g, int64_t i);
 // For arrays: the element type and count.
 speck_gguf_vtype speck_gguf_arr_type(const speck_gguf *g, int64_t i);
 int64_t speck_gguf_arr_n(const speck_gguf *g, int64_t i);
-// Raw pointer to fixed-size array elements (not strings), little-endian as in the file.
+// Raw pointer to fixed-size array elements (not strings), little-endian as in the file. The
+// file does not align arrays: read elements with memcpy, never through a typed pointer.
 const void *speck_gguf_arr_data(const speck_gguf *g, int64_t i);
 // Array of strings: element j (pointer into the mapping, not NUL-terminated) and its length.
 const char *speck_gguf_arr_str(const speck_gguf *g, int64_t i, int64_t j, uint64_t *len);

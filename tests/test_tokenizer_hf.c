@@ -16,18 +16,7 @@
 
 #include "speck.h"
 
-static int g_pass, g_fail;
-
-#define CHECK(cond, ...)                                                                       \
-    do {                                                                                       \
-        if (cond) g_pass++;                                                                    \
-        else {                                                                                 \
-            g_fail++;                                                                          \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                        \
-            printf(__VA_ARGS__);                                                               \
-            printf("\n");                                                                      \
-        }                                                                                      \
-    } while (0)
+#include "test_util.h"
 
 static cJSON *load_json(const char *path) {
     FILE *f = fopen(path, "rb");
