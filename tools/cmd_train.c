@@ -357,20 +357,32 @@ static void fmt_time(double s, char *buf, size_t n) {
     else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }
 
-int cmd_train(int argc, char **argv) {
+// Everything a training run owns, released by cmd_train on every exit path (early error returns
+// included), so the run body can simply return.
+static struct {
+    speck_vocab *voc;
+    speck_train_model *tm;
+    char *ckpt, *csv, *cache;
+    speck_token_data data;
+    bool have_data;
+    FILE *fcsv;
+    int32_t *in, *tg;
+} R;
+
+static int train_run(int argc, char **argv) {
     train_opts o;
     parse_train(argc, argv, &o);
     if (o.threads) speck_set_threads(o.threads);
-    char *ckpt = o.ckpt ? strdup(o.ckpt) : derived(o.out, ".ckpt");
-    char *csv = o.csv ? strdup(o.csv) : derived(o.out, ".csv");
-    char *cache = o.cache ? strdup(o.cache) : derived(o.out, ".tokens");
+    char *ckpt = R.ckpt = o.ckpt ? strdup(o.ckpt) : derived(o.out, ".ckpt");
+    char *csv = R.csv = o.csv ? strdup(o.csv) : derived(o.out, ".csv");
+    char *cache = R.cache = o.cache ? strdup(o.cache) : derived(o.out, ".tokens");
     const char *vocab_path = o.vocab ? o.vocab : o.init_from;
-    speck_vocab *voc = speck_vocab_load(vocab_path);
+    speck_vocab *voc = R.voc = speck_vocab_load(vocab_path);
     if (!voc) return cli_fail("train");
     int n_vocab = speck_vocab_n_tokens(voc);
     speck_train_model *tm = NULL;
     if (o.init_from) {
-        tm = speck_train_model_load(o.init_from);
+        tm = R.tm = speck_train_model_load(o.init_from);
         if (!tm) return cli_fail("train");
         if (speck_train_model_config(tm)->n_vocab != n_vocab) {
             fprintf(stderr, "speck train: vocabulary/model mismatch: %s has %d tokens, %s has "
@@ -400,7 +412,7 @@ int cmd_train(int argc, char **argv) {
         if (o.set_ff) o.cfg.n_ff = o.set_ff;
         if (o.set_ctx) o.cfg.n_ctx = o.set_ctx;
         if (o.tied) o.cfg.tied_output = o.tied > 0;
-        tm = speck_train_model_new(&o.cfg, o.seed);
+        tm = R.tm = speck_train_model_new(&o.cfg, o.seed);
         if (!tm) return cli_fail("train");
     }
     int T = o.set_ctx ? o.set_ctx : (o.cfg.n_ctx < 256 ? o.cfg.n_ctx : 256);
@@ -408,6 +420,8 @@ int cmd_train(int argc, char **argv) {
     double t0 = cli_now();
     if (speck_token_data_build(o.data, o.glob, voc, o.val_fraction, cache, &data))
         return cli_fail("train");
+    R.data = data;
+    R.have_data = true;
     if (!o.quiet)
         fprintf(stderr, "data: %d train files, %lld tokens; %d validation files, %lld tokens "
                         "(%s, %.1f s)\n", data.n_files_train, (long long)data.n_train,
@@ -430,12 +444,13 @@ int cmd_train(int argc, char **argv) {
                 c->n_layer, c->n_embd, c->n_head, c->n_head_kv, c->n_ff, c->n_vocab,
                 c->tied_output ? "tied" : "untied", speck_train_n_params(tm) / 1e6, o.B, T,
                 o.accum, o.steps, speck_get_threads());
-    FILE *fcsv = open_csv(csv, st.step);
+    FILE *fcsv = R.fcsv = open_csv(csv, st.step);
     if (!fcsv) {
         fprintf(stderr, "speck train: %s: cannot write: %s\n", csv, strerror(errno));
         return 1;
     }
-    int32_t *in = malloc((size_t)o.B * T * sizeof *in), *tg = malloc((size_t)o.B * T * sizeof *tg);
+    int32_t *in = R.in = malloc((size_t)o.B * T * sizeof *in);
+    int32_t *tg = R.tg = malloc((size_t)o.B * T * sizeof *tg);
     if (!in || !tg) return 1;
     struct sigaction sa = {0};
     sa.sa_handler = on_sigint;
@@ -509,6 +524,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (!o.quiet) fprintf(stderr, "\n");
     fclose(fcsv);
+    R.fcsv = NULL;
     if (!rc) {
         if (speck_train_checkpoint_save(tm, &st, vocab_path, ckpt) ||
             speck_train_export(tm, vocab_path, o.type, o.name ? o.name : "speck-trained", o.out))
@@ -527,9 +543,20 @@ int cmd_train(int argc, char **argv) {
         if (plot(csv, png) == 0 && !o.quiet) fprintf(stderr, "plot: %s\n", png);
         free(png);
     }
-    free(in), free(tg), free(ckpt), free(csv), free(cache);
-    speck_token_data_free(&data);
-    speck_train_model_free(tm);
-    speck_vocab_free(voc);
+    return rc;
+}
+
+int cmd_train(int argc, char **argv) {
+    memset(&R, 0, sizeof R);
+    int rc = train_run(argc, argv);
+    if (R.fcsv) fclose(R.fcsv);
+    free(R.in);
+    free(R.tg);
+    free(R.ckpt);
+    free(R.csv);
+    free(R.cache);
+    if (R.have_data) speck_token_data_free(&R.data);
+    speck_train_model_free(R.tm);
+    speck_vocab_free(R.voc);
     return rc;
 }
