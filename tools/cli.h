@@ -36,6 +36,8 @@ int cli_parse_ids(const char *s, int32_t **ids);
 // executable's source tree or the working directory. NULL if none exists.
 const char *cli_default_model(void);
 double cli_now(void);
+// Median of v (n > 0); sorts v in place.
+double cli_median(double *v, int n);
 // Sampling options shared by generate/chat/bench-decode (--temp, --top-k, --top-p, --min-p,
 // --repeat-penalty, --repeat-last-n, --seed) and -t/--threads. True if argv[*i] was one.
 bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp);

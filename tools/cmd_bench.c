@@ -8,16 +8,6 @@
 #include "cli.h"
 #include "kernels/kernels.h"
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 // Sum of n 64-bit words: integer adds vectorize without reassociation flags, and the clones
 // let the generic binary stream at full AVX-512/AVX2 width.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
@@ -128,8 +118,8 @@ int cmd_bench(int argc, char **argv) {
             if (r >= 0) t_tg[r] = cli_now() - t0;
         }
     }
-    double pp = n_pp > 0 ? n_pp / median(t_pp, reps) : 0;
-    double tg = n_tg > 0 ? n_tg / median(t_tg, reps) : 0;
+    double pp = n_pp > 0 ? n_pp / cli_median(t_pp, reps) : 0;
+    double tg = n_tg > 0 ? n_tg / cli_median(t_tg, reps) : 0;
     struct rusage ru; // before the bandwidth probe's 1 GiB buffer
     getrusage(RUSAGE_SELF, &ru);
     double rss_mib = ru.ru_maxrss / 1024.0;

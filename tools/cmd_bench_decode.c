@@ -89,10 +89,6 @@ typedef struct {
     int identical, total;
 } result;
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 // Seconds of one forward of n tokens on top of a cached context of `past` tokens (median of reps).
 static double forward_cost(speck_ctx *c, int n, int past, int reps, int n_vocab) {
@@ -108,8 +104,7 @@ static double forward_cost(speck_ctx *c, int n, int past, int reps, int n_vocab)
         t[r] = cli_now() - t0;
     }
     free(lg);
-    qsort(t, (size_t)reps, sizeof *t, cmp_d);
-    return t[reps / 2];
+    return cli_median(t, reps);
 }
 
 static void help(void) {

@@ -9,6 +9,10 @@
 // Lower-case label of any ggml type id ("q4_k", ...) or "unknown".
 const char *speck_gguf_type_label(int type);
 
+// llama.cpp's general.file_type code for a model whose matrices are of type t (ALL_F32 = 0,
+// MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32).
+int speck_gguf_file_type(int t);
+
 // Atomic output files: open a temporary file beside `path`; commit renames it over `path`
 // (after fsync), abort removes it. tmp must hold PATH_MAX bytes.
 FILE *speck_atomic_open(const char *path, char *tmp, size_t tmp_size);

@@ -348,3 +348,13 @@ int speck_gguf_writer_save(speck_gguf_writer *w, const char *path) {
     }
     return speck_atomic_commit(f, tmp, path);
 }
+
+int speck_gguf_file_type(int t) {
+    switch (t) {
+    case SPECK_TYPE_F16: return 1;
+    case SPECK_TYPE_Q4_0: return 2;
+    case SPECK_TYPE_Q8_0: return 7;
+    case SPECK_TYPE_BF16: return 32;
+    default: return 0;
+    }
+}

@@ -23,6 +23,7 @@
 
 #include "formats/gguf_stream.h"
 #include "formats/hf_internal.h"
+#include "formats/gguf_internal.h"
 #include "kernels/kernels.h"
 
 /* ---- shared helpers (also used by hf_export.c) ---- */
@@ -377,16 +378,6 @@ static int build_plan(conv *c, int type) {
     return 0;
 }
 
-static int file_type_of(int type) {
-    switch (type) {
-    case SPECK_TYPE_F16: return 1;
-    case SPECK_TYPE_Q4_0: return 2;
-    case SPECK_TYPE_Q8_0: return 7;
-    case SPECK_TYPE_BF16: return 32;
-    default: return 0;
-    }
-}
-
 static int write_kv(conv *c, speck_gguf_writer *w) {
     const hf_cfg *h = &c->cfg;
     char key[128], name[256];
@@ -401,7 +392,7 @@ static int write_kv(conv *c, speck_gguf_writer *w) {
     // The matrices' type: that of the q projections, which every layout has.
     int ft = 0;
     for (int i = 0; i < c->n; i++)
-        if (strstr(c->p[i].gg, "attn_q.weight")) ft = file_type_of(c->p[i].out);
+        if (strstr(c->p[i].gg, "attn_q.weight")) ft = speck_gguf_file_type(c->p[i].out);
     rc |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)ft);
     rc |= speck_gguf_set_u32(w, K("context_length"), (uint32_t)h->n_ctx);
     rc |= speck_gguf_set_u32(w, K("embedding_length"), (uint32_t)h->n_embd);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/gguf_internal.h"
 #include "kernels/kernels.h"
 #include "speck.h"
 
@@ -187,17 +188,6 @@ static void *random_tensor(buflist *bl, speck_type t, int64_t rows, int64_t cols
     return out;
 }
 
-static int file_type_of(speck_type t) {
-    switch (t) {
-    case SPECK_TYPE_F32: return 0;
-    case SPECK_TYPE_F16: return 1;
-    case SPECK_TYPE_Q4_0: return 2;
-    case SPECK_TYPE_Q8_0: return 7;
-    case SPECK_TYPE_BF16: return 32;
-    }
-    return 0;
-}
-
 int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path) {
     if (!speck_type_name(type))
         return speck_set_error(SPECK_ERR_ARG, "init: unsupported weight type %d", (int)type);
@@ -218,7 +208,7 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
         snprintf(name, sizeof name, "speck-init %s (random weights, seed %llu)", p->name,
                  (unsigned long long)seed);
         err |= speck_gguf_set_str(w, "general.name", name);
-        err |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)file_type_of(type));
+        err |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)speck_gguf_file_type(type));
         err |= speck_gguf_set_u32(w, K("context_length"), (uint32_t)p->n_ctx_train);
         err |= speck_gguf_set_u32(w, K("embedding_length"), (uint32_t)p->n_embd);
         err |= speck_gguf_set_u32(w, K("block_count"), (uint32_t)p->n_layer);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "formats/gguf_internal.h"
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
 #include "train/train_internal.h"
@@ -74,17 +75,6 @@ int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t
 
 /* ---- GGUF output ---------------------------------------------------------------------------- */
 
-static int file_type_of(speck_type t) {
-    switch (t) {
-    case SPECK_TYPE_F32: return 0;
-    case SPECK_TYPE_F16: return 1;
-    case SPECK_TYPE_Q4_0: return 2;
-    case SPECK_TYPE_Q8_0: return 7;
-    case SPECK_TYPE_BF16: return 32;
-    }
-    return 0;
-}
-
 // Copy every tokenizer.* key of vocab_path; its token count must be n_vocab.
 static int copy_vocab(speck_gguf_writer *w, const char *vocab_path, int n_vocab) {
     speck_gguf *g = speck_gguf_open(vocab_path);
@@ -112,7 +102,7 @@ static int write_model(speck_gguf_writer *w, speck_train_model *tm, speck_type t
     int err = 0;
     err |= speck_gguf_set_str(w, "general.architecture", "llama");
     err |= speck_gguf_set_str(w, "general.name", name ? name : "speck-trained");
-    err |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)file_type_of(type));
+    err |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)speck_gguf_file_type(type));
     err |= speck_gguf_set_u32(w, "llama.context_length", (uint32_t)c->n_ctx);
     err |= speck_gguf_set_u32(w, "llama.embedding_length", (uint32_t)c->n_embd);
     err |= speck_gguf_set_u32(w, "llama.block_count", (uint32_t)c->n_layer);
