@@ -43,6 +43,21 @@ speck_drafter *speck_drafter_aded_new(const speck_spec_params *p, int n_vocab);
 speck_drafter *speck_drafter_jacobi_new(int n_vocab);
 speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_model *target);
 
+// Append a node (the caller checks the budget); returns its index, the parent of what follows.
+static inline int speck_tree_add(speck_draft_tree *t, int32_t tok, int parent, float conf) {
+    t->tok[t->n] = tok;
+    t->parent[t->n] = parent;
+    t->conf[t->n] = conf;
+    return t->n++;
+}
+
+// True when a first-level branch starting with tok is already in the tree.
+static inline bool speck_tree_has_branch(const speck_draft_tree *t, int32_t tok) {
+    for (int i = 0; i < t->n; i++)
+        if (t->parent[i] == -1 && t->tok[i] == tok) return true;
+    return false;
+}
+
 // Extend a tree to a chain budget under the adaptive policy: true while another token may be
 // added after a chain whose cumulative acceptance estimate is prod (SpecDec++-style stop rule).
 static inline int speck_keep_drafting(const speck_spec_params *p, float prod) {

@@ -56,10 +56,7 @@ static int dm_propose(speck_drafter *dr, const int32_t *seq, int n, int max_node
         float conf = top_prob(d->logits, d->n_vocab, tok);
         if (k > 0 && !speck_keep_drafting(p, prod * conf)) break;
         prod *= conf;
-        t->tok[t->n] = tok;
-        t->parent[t->n] = t->n - 1;
-        t->conf[t->n] = conf;
-        t->n++;
+        speck_tree_add(t, tok, t->n - 1, conf);
         if (k + 1 == depth || speck_ctx_n_past(d->ctx) + 1 > n_ctx) break;
         int np = speck_ctx_n_past(d->ctx);
         if (speck_forward(d->ctx, 1, &tok, NULL, NULL, NULL, 0, d->logits)) return SPECK_ERR_ARG;

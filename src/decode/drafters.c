@@ -27,9 +27,7 @@ static int prompt_propose(speck_drafter *dr, const int32_t *seq, int n, int max_
         if (!nm) continue;
         for (int b = 0; b < nm && t->n < max_nodes; b++) {
             int first = seq[starts[b]];
-            int dup = 0; // branch with the same first token already proposed
-            for (int i = 0; i < t->n; i++) dup |= t->parent[i] == -1 && t->tok[i] == first;
-            if (dup) continue;
+            if (speck_tree_has_branch(t, first)) continue;
             int roots = 0;
             for (int i = 0; i < t->n; i++) roots += t->parent[i] == -1;
             if (roots >= p->tree_width) break;
@@ -50,10 +48,7 @@ static int prompt_propose(speck_drafter *dr, const int32_t *seq, int n, int max_
                 conf *= (float)g / (float)(g + 1);
                 if (k > 0 && !speck_keep_drafting(p, prod * conf)) break;
                 prod *= conf;
-                t->tok[t->n] = tok;
-                t->parent[t->n] = parent;
-                t->conf[t->n] = conf;
-                parent = t->n++;
+                parent = speck_tree_add(t, tok, parent, conf);
             }
         }
     }
@@ -238,10 +233,7 @@ static int aded_propose(speck_drafter *d, const int32_t *seq, int n, int max_nod
             }
             if (k > 0 && !speck_keep_drafting(p, prod * conf)) break;
             prod *= conf;
-            t->tok[t->n] = tok;
-            t->parent[t->n] = parent;
-            t->conf[t->n] = conf;
-            parent = t->n++;
+            parent = speck_tree_add(t, tok, parent, conf);
         }
     }
     return 0;
@@ -336,16 +328,10 @@ static int jacobi_propose(speck_drafter *d, const int32_t *seq, int n, int max_n
     int width = p->tree_width;
     for (int i = 0; i < j->pool_n[h] && t->n < max_nodes && width > 0; i++) {
         if (j->pool[h][i][0] != root) continue;
-        int dup = 0;
-        for (int k = 0; k < t->n; k++) dup |= t->parent[k] == -1 && t->tok[k] == j->pool[h][i][1];
-        if (dup) continue;
+        if (speck_tree_has_branch(t, j->pool[h][i][1])) continue;
         int parent = -1;
-        for (int k = 1; k < JACOBI_N && k <= depth && t->n < max_nodes; k++) {
-            t->tok[t->n] = j->pool[h][i][k];
-            t->parent[t->n] = parent;
-            t->conf[t->n] = 0.5f;
-            parent = t->n++;
-        }
+        for (int k = 1; k < JACOBI_N && k <= depth && t->n < max_nodes; k++)
+            parent = speck_tree_add(t, j->pool[h][i][k], parent, 0.5f);
         width--;
     }
     // Branch 2: the Jacobi window (if it continues this root), or a fresh window seeded from
@@ -362,15 +348,8 @@ static int jacobi_propose(speck_drafter *d, const int32_t *seq, int n, int max_n
         }
         int parent = -1;
         for (int k = 0; k < j->n_window && k < depth && t->n < max_nodes; k++) {
-            if (k == 0) {
-                int dup = 0;
-                for (int q = 0; q < t->n; q++) dup |= t->parent[q] == -1 && t->tok[q] == j->window[0];
-                if (dup) break;
-            }
-            t->tok[t->n] = j->window[k];
-            t->parent[t->n] = parent;
-            t->conf[t->n] = 0.3f;
-            parent = t->n++;
+            if (k == 0 && speck_tree_has_branch(t, j->window[0])) break;
+            parent = speck_tree_add(t, j->window[k], parent, 0.3f);
         }
     }
     return 0;

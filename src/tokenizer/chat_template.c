@@ -176,8 +176,9 @@ static void render_gemma(sink *o, const speck_chat_msg *m, int n, bool gen) {
     if (gen) puts_(o, "<start_of_turn>model\n");
 }
 
-// Phi-3 / Phi-3.5: <|role|>\ncontent<|end|>\n for system, user and assistant; no BOS.
-static void render_phi3(sink *o, const speck_chat_msg *m, int n, bool gen) {
+// Phi-3 / Phi-3.5 and Zephyr share one shape, <|role|>\ncontent<END>\n for system, user and
+// assistant, and no BOS; they differ in what closes a turn: <|end|> (Phi-3), the EOS </s> (Zephyr).
+static void render_role_tags(sink *o, const speck_chat_msg *m, int n, bool gen, const char *end) {
     for (int i = 0; i < n; i++) {
         if (!is_role(&m[i], "system") && !is_role(&m[i], "user") && !is_role(&m[i], "assistant"))
             continue;
@@ -185,23 +186,18 @@ static void render_phi3(sink *o, const speck_chat_msg *m, int n, bool gen) {
         puts_(o, m[i].role);
         puts_(o, "|>\n");
         puts_(o, m[i].content);
-        puts_(o, "<|end|>\n");
+        puts_(o, end);
+        puts_(o, "\n");
     }
     if (gen) puts_(o, "<|assistant|>\n");
 }
 
-// Zephyr: <|role|>\ncontent</s>\n (the EOS closes every turn); no BOS.
+static void render_phi3(sink *o, const speck_chat_msg *m, int n, bool gen) {
+    render_role_tags(o, m, n, gen, "<|end|>");
+}
+
 static void render_zephyr(sink *o, const speck_chat_msg *m, int n, bool gen) {
-    for (int i = 0; i < n; i++) {
-        if (!is_role(&m[i], "system") && !is_role(&m[i], "user") && !is_role(&m[i], "assistant"))
-            continue;
-        puts_(o, "<|");
-        puts_(o, m[i].role);
-        puts_(o, "|>\n");
-        puts_(o, m[i].content);
-        puts_(o, "</s>\n");
-    }
-    if (gen) puts_(o, "<|assistant|>\n");
+    render_role_tags(o, m, n, gen, "</s>");
 }
 
 typedef struct {
