@@ -71,6 +71,55 @@ void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, con
 // reference).
 speck_type speck_matmul_act_type(speck_type wt, int64_t n_tok);
 
+// The streaming (few-token) matmul in pieces, for callers that run their own parallel region:
+// prepare the activations once per thread, then each thread computes its share of the rows.
+// Results are bit-identical to speck_matmul with n_tok < 16.
+// Activations in the matmul-internal layout: the Q8_0 values of nt token rows with the block
+// headers split off, so a pair of blocks is one aligned 64-byte load and the scales are floats.
+// Same numbers as speck_quantize_row(Q8_0) produces (d is the stored fp16 scale, widened). For
+// Q4_0 weights the AVX-512 kernel wants the values of each 4-block group (within the first
+// floor(nb / 8) * 8 blocks) as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks];
+// matmul.c builds that order when it passes Q4_0 rows (see quantize_rows()).
+typedef struct {
+    const int8_t *qs; // (n_tok, n) quantized values; rows 64-byte aligned
+    const float *d;   // (n_tok, n / 32) block scales
+    const float *s;   // (n_tok, n / 32) d * (sum of the block's 32 values), for Q4_0's -8 offset
+    int64_t n;        // values per row, a multiple of 32
+} speck_q8_rows;
+
+typedef enum {
+    SPECK_MM_F32,         // f32 rows used in place (F32/F16/BF16 weights)
+    SPECK_MM_Q8_BLOCKS,   // Q8_0 block rows (Q8_0/Q4_0 weights, ISAs without mm kernels)
+    SPECK_MM_Q8_SPLIT,    // split Q8_0 layout for the mm kernels, natural order (Q8_0 weights)
+    SPECK_MM_Q8_SPLIT_Q4, // split layout in Q4_0's nibble order (Q4_0 weights)
+} speck_mm_kind;
+
+typedef struct {
+    speck_mm_kind kind;
+    const float *x;      // SPECK_MM_F32: the caller's X
+    const char *blocks;  // SPECK_MM_Q8_BLOCKS
+    speck_q8_rows rows;  // SPECK_MM_Q8_SPLIT*
+    int64_t n_tok, n_in;
+} speck_mm_act;
+
+// Layout weight type wt needs on the current ISA (matrices of different types but the same kind
+// can share one prepared activation).
+speck_mm_kind speck_mm_kind_for(speck_type wt);
+// Bytes of buffer speck_mm_act_prepare needs (0 for SPECK_MM_F32).
+size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in);
+// X: (n_tok, n_in) f32 -> a, using buf (64-byte aligned, speck_mm_act_bytes long). X must stay
+// alive and unchanged while a is used for SPECK_MM_F32.
+void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t n_in, void *buf,
+                          speck_mm_act *a);
+// Whether a was prepared in the layout weight type wt needs.
+int speck_mm_act_fits(const speck_mm_act *a, speck_type wt);
+// Y[t * ldy + o] (=, or += when accumulate) row o of W · token t of a, for o in [o0, o1).
+// W: (n_out, a->n_in) of type wt.
+void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t o0, int64_t o1,
+                   float *Y, int64_t ldy, int accumulate);
+// Inside an OpenMP parallel region: this thread's contiguous share [*i0, *i1) of n items.
+void speck_thread_share(int64_t n, int64_t *i0, int64_t *i1);
+
 // Tests/benchmarks: force the path speck_matmul takes whatever n_tok is: "small" (streaming),
 // "sgemm", "gemm" (int8 GEMM; types or ISAs without one fall back to the automatic choice), or
 // "auto" (the default). Returns 0, or -1 for an unknown name. Must not race with running matmuls.

@@ -8,18 +8,6 @@
 // Most activation rows a multi-token kernel handles per call (matmul tiles tokens by this).
 #define SPECK_MT 4
 
-// Activations in the matmul-internal layout: the Q8_0 values of nt token rows with the block
-// headers split off, so a pair of blocks is one aligned 64-byte load and the scales are floats.
-// Same numbers as speck_quantize_row(Q8_0) produces (d is the stored fp16 scale, widened). For
-// Q4_0 weights the AVX-512 kernel wants the values of each 4-block group (within the first
-// floor(nb / 8) * 8 blocks) as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks];
-// matmul.c builds that order when it passes Q4_0 rows (see quantize_rows()).
-typedef struct {
-    const int8_t *qs; // (n_tok, n) quantized values; rows 64-byte aligned
-    const float *d;   // (n_tok, n / 32) block scales
-    const float *s;   // (n_tok, n / 32) d * (sum of the block's 32 values), for Q4_0's -8 offset
-    int64_t n;        // values per row, a multiple of 32
-} speck_q8_rows;
 
 // Prefill int8 GEMM (Q8_0 / Q4_0 weights, n_tok at or above the small-batch threshold).
 // Weight rows are repacked per call, one strip of SPECK_GEMM_ROWS rows at a time, into

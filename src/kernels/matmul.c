@@ -109,56 +109,114 @@ static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, 
     return (speck_q8_rows){.qs = qs, .d = d, .s = s, .n = n_in};
 }
 
-// Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out).
-static void matmul_small(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
-                         const float *X, int64_t n_tok, float *Y) {
-    const speck_kernel_table *k = speck_kernels_get();
-    const size_t wrow = speck_type_row_size(wt, n_in);
-    const speck_type at = speck_act_type(wt);
-    const int use_mm = (wt == SPECK_TYPE_Q4_0 && k->mm_q4_0) || (wt == SPECK_TYPE_Q8_0 && k->mm_q8_0);
-    const char *act = (const char *)X; // Q8_0-block or f32 rows when !use_mm
-    size_t arow = (size_t)n_in * sizeof(float);
-    speck_q8_rows rows = {0};
-    if (at == SPECK_TYPE_Q8_0) {
-        arow = speck_type_row_size(at, n_in);
-        // Q8_0 rows (n_tok, n_in / 32 blocks), then for use_mm the split layout after them.
-        const size_t blocks = (arow * (size_t)n_tok + 63) & ~(size_t)63;
-        const size_t split = (size_t)n_tok * (size_t)n_in + 64 + 2 * sizeof(float) * (size_t)(n_tok * (n_in / SPECK_QK));
-        char *buf = scratch_get(&g_act_buf, blocks + (use_mm ? split : 0));
-        if (!buf) {
-            fail_nomem(Y, n_tok, n_out);
-            return;
-        }
-        if (use_mm) {
-            rows = quantize_rows(k, X, n_tok, n_in, buf + blocks, (speck_block_q8_0 *)buf,
-                                 wt == SPECK_TYPE_Q4_0);
-        } else {
-            for (int64_t t = 0; t < n_tok; t++)
-                k->quantize_q8_0(X + t * n_in, (speck_block_q8_0 *)(buf + t * arow), n_in);
-            act = buf;
-        }
-    }
+static int has_mm(const speck_kernel_table *k, speck_type wt) {
+    return (wt == SPECK_TYPE_Q4_0 && k->mm_q4_0) || (wt == SPECK_TYPE_Q8_0 && k->mm_q8_0);
+}
 
-    const int parallel = n_out > 1 && n_out * n_in * n_tok >= PARALLEL_MIN_WORK;
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t o = 0; o < n_out; o++) {
+// Activation layout the streaming kernels want for weight type wt on the current ISA.
+static speck_mm_kind mm_kind(const speck_kernel_table *k, speck_type wt) {
+    if (speck_act_type(wt) != SPECK_TYPE_Q8_0) return SPECK_MM_F32;
+    if (!has_mm(k, wt)) return SPECK_MM_Q8_BLOCKS;
+    return wt == SPECK_TYPE_Q4_0 ? SPECK_MM_Q8_SPLIT_Q4 : SPECK_MM_Q8_SPLIT;
+}
+
+speck_mm_kind speck_mm_kind_for(speck_type wt) { return mm_kind(speck_kernels_get(), wt); }
+
+// Layout of the buffer: Q8_0 block rows (n_tok, n_in / 32) first (also the quantizer's scratch
+// for the split layout), then for the split layouts qs | d | s (see quantize_rows).
+size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in) {
+    const speck_mm_kind kind = speck_mm_kind_for(wt);
+    if (kind == SPECK_MM_F32) return 0;
+    const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
+    const size_t blocks = (arow * (size_t)n_tok + 63) & ~(size_t)63;
+    if (kind == SPECK_MM_Q8_BLOCKS) return blocks;
+    return blocks + (size_t)(n_tok * n_in) + 64 +
+           2 * sizeof(float) * (size_t)(n_tok * (n_in / SPECK_QK));
+}
+
+void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t n_in, void *buf,
+                          speck_mm_act *a) {
+    const speck_kernel_table *k = speck_kernels_get();
+    *a = (speck_mm_act){.kind = mm_kind(k, wt), .x = X, .n_tok = n_tok, .n_in = n_in};
+    if (a->kind == SPECK_MM_F32) return;
+    const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
+    char *b = buf;
+    if (a->kind == SPECK_MM_Q8_BLOCKS) {
+        for (int64_t t = 0; t < n_tok; t++)
+            k->quantize_q8_0(X + t * n_in, (speck_block_q8_0 *)(b + (size_t)t * arow), n_in);
+        a->blocks = b;
+        return;
+    }
+    const size_t blocks = (arow * (size_t)n_tok + 63) & ~(size_t)63;
+    a->rows = quantize_rows(k, X, n_tok, n_in, b + blocks, (speck_block_q8_0 *)b,
+                            a->kind == SPECK_MM_Q8_SPLIT_Q4);
+}
+
+int speck_mm_act_fits(const speck_mm_act *a, speck_type wt) {
+    return a->kind == speck_mm_kind_for(wt);
+}
+
+// Rows [o0, o1) of Y = X · Wᵀ from prepared activations; each row is dotted with every token
+// while it is hot in L1.
+void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t o0, int64_t o1,
+                   float *Y, int64_t ldy, int accumulate) {
+    const speck_kernel_table *k = speck_kernels_get();
+    const int64_t n_in = a->n_in, n_tok = a->n_tok;
+    const size_t wrow = speck_type_row_size(wt, n_in);
+    const int split = a->kind == SPECK_MM_Q8_SPLIT || a->kind == SPECK_MM_Q8_SPLIT_Q4;
+    const char *act = a->kind == SPECK_MM_F32 ? (const char *)a->x : a->blocks;
+    const size_t arow = a->kind == SPECK_MM_F32 ? (size_t)n_in * sizeof(float)
+                                                : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
+    for (int64_t o = o0; o < o1; o++) {
         const char *w = (const char *)W + (size_t)o * wrow;
-        if (use_mm) {
+        if (split) {
             // Groups of up to SPECK_MT tokens; the row stays in L1 across groups.
             for (int64_t t = 0; t < n_tok; t += SPECK_MT) {
                 const int nt = (int)(n_tok - t < SPECK_MT ? n_tok - t : SPECK_MT);
                 float out[SPECK_MT];
                 if (wt == SPECK_TYPE_Q4_0)
-                    k->mm_q4_0((const speck_block_q4_0 *)w, &rows, t, nt, out);
+                    k->mm_q4_0((const speck_block_q4_0 *)w, &a->rows, t, nt, out);
                 else
-                    k->mm_q8_0((const speck_block_q8_0 *)w, &rows, t, nt, out);
-                for (int j = 0; j < nt; j++) Y[(t + j) * n_out + o] = out[j];
+                    k->mm_q8_0((const speck_block_q8_0 *)w, &a->rows, t, nt, out);
+                for (int j = 0; j < nt; j++) {
+                    float *y = Y + (t + j) * ldy + o;
+                    *y = accumulate ? *y + out[j] : out[j];
+                }
             }
         } else {
-            for (int64_t t = 0; t < n_tok; t++)
-                Y[t * n_out + o] = dot_one(k, wt, w, act + (size_t)t * arow, n_in);
+            for (int64_t t = 0; t < n_tok; t++) {
+                const float r = dot_one(k, wt, w, act + (size_t)t * arow, n_in);
+                float *y = Y + t * ldy + o;
+                *y = accumulate ? *y + r : r;
+            }
         }
     }
+}
+
+// Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out).
+static void matmul_small(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
+                         const float *X, int64_t n_tok, float *Y) {
+    const size_t bytes = speck_mm_act_bytes(wt, n_tok, n_in);
+    void *buf = bytes ? scratch_get(&g_act_buf, bytes) : NULL;
+    if (bytes && !buf) {
+        fail_nomem(Y, n_tok, n_out);
+        return;
+    }
+    speck_mm_act a;
+    speck_mm_act_prepare(wt, X, n_tok, n_in, buf, &a);
+    const int parallel = n_out > 1 && n_out * n_in * n_tok >= PARALLEL_MIN_WORK;
+#pragma omp parallel if (parallel)
+    {
+        int64_t o0, o1;
+        speck_thread_share(n_out, &o0, &o1);
+        speck_mm_rows(wt, W, &a, o0, o1, Y, n_out, 0);
+    }
+}
+
+void speck_thread_share(int64_t n, int64_t *i0, int64_t *i1) {
+    const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    *i0 = n * tid / nth;
+    *i1 = n * (tid + 1) / nth;
 }
 
 // Keep OpenBLAS's pool in step with speck_set_threads() (cheap: only called when it changes).

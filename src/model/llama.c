@@ -34,7 +34,13 @@ struct speck_ctx {
     float *g, *u;   // (n, n_ff)
     float *scores;  // (threads, n_ctx)
     float *att_s;   // (cap, n_ctx) attention probabilities of a batch
+    float *rope_cs, *rope_sn; // (cap, head_dim / 2) rotation of each new token's position
     int scores_threads;
+    // Streaming path (n < ATT_GEMM_MIN): one buffer per thread, normalised rows then prepared
+    // activations, grown on demand.
+    char **tbuf;
+    size_t tbuf_bytes;
+    int tbuf_threads;
 };
 
 speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
@@ -76,6 +82,10 @@ void speck_ctx_free(speck_ctx *c) {
     free(c->u);
     free(c->scores);
     free(c->att_s);
+    free(c->rope_cs);
+    free(c->rope_sn);
+    for (int t = 0; c->tbuf && t < c->tbuf_threads; t++) free(c->tbuf[t]);
+    free(c->tbuf);
     free(c);
 }
 
@@ -115,6 +125,16 @@ static int grow(float **p, size_t n) {
     return 0;
 }
 
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+// Per-thread scratch of the streaming path for n tokens: (n, n_embd) normalised rows, then the
+// largest prepared activation any weight type needs.
+static size_t tbuf_need(const speck_hparams *hp, int n) {
+    int64_t in = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
+    size_t a = speck_mm_act_bytes(SPECK_TYPE_Q4_0, n, in), b = speck_mm_act_bytes(SPECK_TYPE_Q8_0, n, in);
+    return align64((size_t)n * hp->n_embd * sizeof(float)) + align64(a > b ? a : b);
+}
+
 static int reserve(speck_ctx *c, int n) {
     const speck_hparams *hp = &c->m->hp;
     int threads = omp_get_max_threads();
@@ -122,55 +142,86 @@ static int reserve(speck_ctx *c, int n) {
         if (grow(&c->scores, (size_t)threads * c->n_ctx)) return -1;
         c->scores_threads = threads;
     }
+    if (n < ATT_GEMM_MIN && (threads > c->tbuf_threads || tbuf_need(hp, n) > c->tbuf_bytes)) {
+        size_t need = tbuf_need(hp, n < 4 ? 4 : n);
+        if (need < c->tbuf_bytes) need = c->tbuf_bytes;
+        int nt = threads > c->tbuf_threads ? threads : c->tbuf_threads;
+        char **tb = realloc(c->tbuf, (size_t)nt * sizeof *tb);
+        if (!tb) return -1;
+        for (int t = c->tbuf_threads; t < nt; t++) tb[t] = NULL;
+        c->tbuf = tb;
+        c->tbuf_threads = nt;
+        for (int t = 0; t < nt; t++) {
+            char *p = aligned_alloc(64, need);
+            if (!p) return -1;
+            free(tb[t]);
+            tb[t] = p;
+        }
+        c->tbuf_bytes = need;
+    }
     if (n <= c->cap) return 0;
-    size_t qd = (size_t)hp->n_head * hp->head_dim;
+    size_t qd = (size_t)hp->n_head * hp->head_dim, half = (size_t)hp->head_dim / 2;
     if (grow(&c->x, (size_t)n * hp->n_embd) || grow(&c->xn, (size_t)n * hp->n_embd) ||
         grow(&c->q, (size_t)n * qd) || grow(&c->att, (size_t)n * qd) ||
         grow(&c->g, (size_t)n * hp->n_ff) || grow(&c->u, (size_t)n * hp->n_ff) ||
+        grow(&c->rope_cs, (size_t)n * half) || grow(&c->rope_sn, (size_t)n * half) ||
         (n >= ATT_GEMM_MIN && grow(&c->att_s, (size_t)n * c->n_ctx)))
         return -1;
     c->cap = n;
     return 0;
 }
 
-// out: (n, dim) = x / rms(x) * w, per row; x: (n, dim), w: (dim)
+// out (dim) = x / rms(x) * w; x, w: (dim)
 SPECK_MULTIVERSION
+static void rmsnorm_row(float *out, const float *x, const float *w, int dim, float eps) {
+    double ss = 0;
+    for (int j = 0; j < dim; j++) ss += (double)x[j] * x[j];
+    float s = (float)(1.0 / sqrt(ss / dim + eps));
+    for (int j = 0; j < dim; j++) out[j] = x[j] * s * w[j];
+}
+
+// out: (n, dim) = x / rms(x) * w, per row; x: (n, dim), w: (dim)
 static void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps) {
 #pragma omp parallel for schedule(static) if (n > 1)
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * dim;
-        float *oi = out + (size_t)i * dim;
-        double ss = 0;
-        for (int j = 0; j < dim; j++) ss += (double)xi[j] * xi[j];
-        float s = (float)(1.0 / sqrt(ss / dim + eps));
-        for (int j = 0; j < dim; j++) oi[j] = xi[j] * s * w[j];
+    for (int i = 0; i < n; i++)
+        rmsnorm_row(out + (size_t)i * dim, x + (size_t)i * dim, w, dim, eps);
+}
+
+// cs, sn: (n, hd / 2) cosine and sine of each position's angle for every rotated pair.
+// pos: (n), or NULL for positions first, first + 1, ...
+static void rope_tables(float *cs, float *sn, const int32_t *pos, int first, int n, int hd,
+                        const float *freq) {
+    int half = hd / 2;
+#pragma omp parallel for schedule(static) if (n > 1)
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < half; j++) {
+            double a = (double)(pos ? pos[i] : first + i) * freq[j];
+            cs[(size_t)i * half + j] = (float)cos(a);
+            sn[(size_t)i * half + j] = (float)sin(a);
+        }
+}
+
+// Rotate one head in place. v: (hd); cs, sn: (hd / 2) for its token's position.
+static void rope_head(float *v, const float *cs, const float *sn, int hd, speck_rope_type type) {
+    int half = hd / 2;
+    for (int j = 0; j < half; j++) {
+        // NORMAL rotates adjacent pairs, NEOX pairs split across the two halves.
+        int a = type == SPECK_ROPE_NEOX ? j : 2 * j;
+        int b = type == SPECK_ROPE_NEOX ? j + half : 2 * j + 1;
+        float x0 = v[a], x1 = v[b];
+        v[a] = x0 * cs[j] - x1 * sn[j];
+        v[b] = x0 * sn[j] + x1 * cs[j];
     }
 }
 
-// Rotate every head of x in place. x: (n, n_heads * hd); pos: (n)
-static void rope(float *x, const int32_t *pos, int n, int n_heads, int hd, const float *freq,
+// Rotate every head of x in place. x: (n, n_heads * hd); cs, sn: (n, hd / 2)
+static void rope(float *x, const float *cs, const float *sn, int n, int n_heads, int hd,
                  speck_rope_type type) {
-    int half = hd / 2;
 #pragma omp parallel for schedule(static) if (n > 1)
-    for (int i = 0; i < n; i++) {
-        float cs[512], sn[512]; // head_dim <= 1024
-        for (int j = 0; j < half; j++) {
-            double a = (double)pos[i] * freq[j];
-            cs[j] = (float)cos(a);
-            sn[j] = (float)sin(a);
-        }
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)i * n_heads + h) * hd;
-            for (int j = 0; j < half; j++) {
-                // NORMAL rotates adjacent pairs, NEOX pairs split across the two halves.
-                int a = type == SPECK_ROPE_NEOX ? j : 2 * j;
-                int b = type == SPECK_ROPE_NEOX ? j + half : 2 * j + 1;
-                float x0 = v[a], x1 = v[b];
-                v[a] = x0 * cs[j] - x1 * sn[j];
-                v[b] = x0 * sn[j] + x1 * cs[j];
-            }
-        }
-    }
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < n_heads; h++)
+            rope_head(x + ((size_t)i * n_heads + h) * hd, cs + (size_t)i * (hd / 2),
+                      sn + (size_t)i * (hd / 2), hd, type);
 }
 
 static void add_bias(float *x, const float *b, int n, int dim) {
@@ -209,49 +260,41 @@ static void axpy(float *o, float p, const float *v, int hd) {
     for (int d = 0; d < hd; d++) o[d] += p * v[d];
 }
 
-// Attention of the n new queries over cache entries [0, n_total).
+// One query head over cache entries [0, limit): out (hd) = softmax(q · Kᵀ * scale) V.
+// q: (hd); kb, vb: the head's first key/value, rows kv_dim apart; mi: (limit) allowed or NULL;
+// sc: (limit) scratch.
+static void attend_head(const float *q, float *out, const float *kb, const float *vb, int kv_dim,
+                        int hd, int limit, float scale, const uint8_t *mi, float *sc) {
+    for (int j = 0; j < limit; j++)
+        sc[j] = (mi && !mi[j]) ? -INFINITY
+                               : speck_vec_dot(SPECK_TYPE_F32, kb + (size_t)j * kv_dim, q, hd) * scale;
+    memset(out, 0, (size_t)hd * sizeof(float));
+    if (!softmax_masked(sc, limit, limit, NULL)) return; // fully masked: zero output
+    for (int j = 0; j < limit; j++)
+        if (sc[j] != 0.0f) axpy(out, sc[j], vb + (size_t)j * kv_dim, hd);
+}
+
+// Attention of n >= ATT_GEMM_MIN new queries over cache entries [0, n_total): per head
+// S = Q Kᵀ and O = P V as GEMMs.
 // q, out: (n, n_head*hd); cache k, v: (n_ctx, kv_dim); mask: (n, n_total) or NULL (causal).
-static void attention(speck_ctx *c, const float *q, float *out, const float *kc, const float *vc,
-                      int n, int n_total, const uint8_t *mask) {
+static void attention_gemm(speck_ctx *c, const float *q, float *out, const float *kc,
+                           const float *vc, int n, int n_total, const uint8_t *mask) {
     const speck_hparams *hp = &c->m->hp;
     int hd = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
     int n_past = n_total - n, qd = nh * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    if (n >= ATT_GEMM_MIN) {
-        // Batches (prefill, wide trees): per head S = Q Kᵀ and O = P V as GEMMs.
-        for (int h = 0; h < nh; h++) {
-            const float *kb = kc + (size_t)(h / group) * hd, *vb = vc + (size_t)(h / group) * hd;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n_total, hd, scale,
-                        q + (size_t)h * hd, qd, kb, c->kv_dim, 0.0f, c->att_s, n_total);
+    for (int h = 0; h < nh; h++) {
+        const float *kb = kc + (size_t)(h / group) * hd, *vb = vc + (size_t)(h / group) * hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n_total, hd, scale,
+                    q + (size_t)h * hd, qd, kb, c->kv_dim, 0.0f, c->att_s, n_total);
 #pragma omp parallel for schedule(static)
-            for (int i = 0; i < n; i++)
-                softmax_masked(c->att_s + (size_t)i * n_total, n_total,
-                               mask ? n_total : n_past + i + 1,
-                               mask ? mask + (size_t)i * n_total : NULL);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, n_total, 1.0f,
-                        c->att_s, n_total, vb, c->kv_dim, 0.0f, out + (size_t)h * hd, qd);
-        }
-        return;
+        for (int i = 0; i < n; i++)
+            softmax_masked(c->att_s + (size_t)i * n_total, n_total,
+                           mask ? n_total : n_past + i + 1,
+                           mask ? mask + (size_t)i * n_total : NULL);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, n_total, 1.0f, c->att_s,
+                    n_total, vb, c->kv_dim, 0.0f, out + (size_t)h * hd, qd);
     }
-#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (n * nh > 1)
-    for (int i = 0; i < n; i++)
-        for (int h = 0; h < nh; h++) {
-            float *sc = c->scores + (size_t)omp_get_thread_num() * c->n_ctx;
-            const float *qi = q + ((size_t)i * nh + h) * hd;
-            const float *kb = kc + (size_t)(h / group) * hd;
-            const float *vb = vc + (size_t)(h / group) * hd;
-            const uint8_t *mi = mask ? mask + (size_t)i * n_total : NULL;
-            int limit = mask ? n_total : n_past + i + 1;
-            for (int j = 0; j < limit; j++)
-                sc[j] = (mi && !mi[j]) ? -INFINITY
-                                       : speck_vec_dot(SPECK_TYPE_F32, kb + (size_t)j * c->kv_dim,
-                                                       qi, hd) * scale;
-            float *o = out + ((size_t)i * nh + h) * hd;
-            memset(o, 0, (size_t)hd * sizeof(float));
-            if (!softmax_masked(sc, limit, limit, NULL)) continue; // fully masked: zero output
-            for (int j = 0; j < limit; j++)
-                if (sc[j] != 0.0f) axpy(o, sc[j], vb + (size_t)j * c->kv_dim, hd);
-        }
 }
 
 // x (n) += y (n)
@@ -263,12 +306,163 @@ static void add_inplace(float *x, const float *y, size_t n) {
 // g (n) = silu(g) * u
 SPECK_MULTIVERSION
 static void swiglu(float *g, const float *u, size_t n) {
-#pragma omp parallel for schedule(static) if (n > 16384)
     for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
 }
 
 static void matmul(const speck_weight *w, const float *x, int n, float *y) {
     speck_matmul(w->type, w->data, w->n_out, w->n_in, x, n, y);
+}
+
+// A thread's prepared activations, reused by the matmuls that read the same rows in one stage.
+typedef struct {
+    speck_mm_act a;
+    bool valid;
+    void *buf;
+} act_slot;
+
+// Prepared activations of X (n, n_in) for weights of type wt, converting only when the slot
+// holds another matrix's input or layout. Callers invalidate the slot when X's contents change.
+static const speck_mm_act *act_for(act_slot *s, speck_type wt, const float *X, int n, int n_in) {
+    if (!s->valid || s->a.x != X || s->a.n_in != n_in || !speck_mm_act_fits(&s->a, wt)) {
+        speck_mm_act_prepare(wt, X, n, n_in, s->buf, &s->a);
+        s->valid = true;
+    }
+    return &s->a;
+}
+
+// Rows [o0, o1) of w applied to X into Y (ldy), =, or += when accumulate.
+static void mm_rows(act_slot *s, const speck_weight *w, const float *X, int n, int64_t o0,
+                    int64_t o1, float *Y, int64_t ldy, int accumulate) {
+    if (o0 < o1)
+        speck_mm_rows(w->type, w->data, act_for(s, w->type, X, n, (int)w->n_in), o0, o1, Y, ldy,
+                      accumulate);
+}
+
+// Few tokens (decode, draft verification): the whole forward is one OpenMP parallel region.
+// Each thread normalises and quantises the activations itself (cheaper than waiting for one
+// thread to do it), weight rows are split between threads, and bias, RoPE, residual adds and
+// SwiGLU are applied to each thread's own rows as they are produced, so a layer needs only five
+// barriers: after Q/K/V, attention, the output projection, gate/up, and down. Every token's
+// arithmetic is the same whatever n is (speculative decoding relies on it).
+// c->x: (n, n_embd) embeddings in; logits: (n_out, n_vocab) out.
+static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows,
+                           int n_out, float *logits) {
+    const speck_model *m = c->m;
+    const speck_hparams *hp = &m->hp;
+    const int E = hp->n_embd, hd = hp->head_dim, half = hd / 2, nh = hp->n_head;
+    const int nkv = hp->n_head_kv, group = nh / nkv, qd = nh * hd, kvd = c->kv_dim, F = hp->n_ff;
+    const int n_past = c->n_past, n_total = n_past + n;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+        const int tid = omp_get_thread_num();
+        float *xn = (float *)c->tbuf[tid]; // (n, E) this thread's normalised rows
+        act_slot act = {.buf = c->tbuf[tid] + align64((size_t)n * E * sizeof(float))};
+        float *sc = c->scores + (size_t)tid * c->n_ctx;
+        int64_t o0, o1;
+        for (int l = 0; l < hp->n_layer; l++) {
+            const speck_layer *ly = &m->layers[l];
+            float *kc = c->k[l] + (size_t)n_past * kvd, *vc = c->v[l] + (size_t)n_past * kvd;
+            for (int i = 0; i < n; i++)
+                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->attn_norm, E, hp->norm_eps);
+            act.valid = false;
+            // Q, K and V one head at a time (new keys/values land directly in the cache).
+#pragma omp for schedule(dynamic, 1)
+            for (int u = 0; u < nh + 2 * nkv; u++) {
+                const bool is_q = u < nh, is_k = !is_q && u < nh + nkv;
+                const speck_weight *w = is_q ? &ly->wq : is_k ? &ly->wk : &ly->wv;
+                const float *b = is_q ? ly->bq : is_k ? ly->bk : ly->bv;
+                const int r0 = (is_q ? u : is_k ? u - nh : u - nh - nkv) * hd;
+                float *y = is_q ? c->q : is_k ? kc : vc;
+                const int ld = is_q ? qd : kvd;
+                mm_rows(&act, w, xn, n, r0, r0 + hd, y, ld, 0);
+                for (int i = 0; i < n; i++) {
+                    float *v = y + (size_t)i * ld + r0;
+                    if (b)
+                        for (int j = 0; j < hd; j++) v[j] += b[r0 + j];
+                    if (is_q || is_k)
+                        rope_head(v, c->rope_cs + (size_t)i * half, c->rope_sn + (size_t)i * half,
+                                  hd, hp->rope_type);
+                }
+            }
+#pragma omp for schedule(dynamic, 1)
+            for (int u = 0; u < n * nh; u++) {
+                const int i = u / nh, h = u % nh, g = h / group;
+                attend_head(c->q + ((size_t)i * nh + h) * hd, c->att + ((size_t)i * nh + h) * hd,
+                            c->k[l] + (size_t)g * hd, c->v[l] + (size_t)g * hd, kvd, hd,
+                            mask ? n_total : n_past + i + 1, scale,
+                            mask ? mask + (size_t)i * n_total : NULL, sc);
+            }
+            speck_thread_share(E, &o0, &o1);
+            mm_rows(&act, &ly->wo, c->att, n, o0, o1, c->x, E, 1);
+#pragma omp barrier
+            for (int i = 0; i < n; i++)
+                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E, hp->norm_eps);
+            act.valid = false;
+            speck_thread_share(F, &o0, &o1);
+            for (int64_t r = o0; r < o1; r += 16) { // gate and up rows in step, SwiGLU at once
+                const int64_t r1 = r + 16 < o1 ? r + 16 : o1;
+                mm_rows(&act, &ly->wg, xn, n, r, r1, c->g, F, 0);
+                mm_rows(&act, &ly->wu, xn, n, r, r1, c->u, F, 0);
+                for (int i = 0; i < n; i++)
+                    swiglu(c->g + (size_t)i * F + r, c->u + (size_t)i * F + r, (size_t)(r1 - r));
+            }
+#pragma omp barrier
+            speck_thread_share(E, &o0, &o1);
+            mm_rows(&act, &ly->wd, c->g, n, o0, o1, c->x, E, 1);
+            act.valid = false; // g is rewritten by the next layer at the same address
+#pragma omp barrier
+        }
+        // Only the requested rows go through the (large) output head.
+        for (int r = 0; r < n_out; r++)
+            rmsnorm_row(xn + (size_t)r * E, c->x + (size_t)(out_rows ? out_rows[r] : r) * E,
+                        m->out_norm, E, hp->norm_eps);
+        act.valid = false;
+        speck_thread_share(hp->n_vocab, &o0, &o1);
+        if (n_out > 0) mm_rows(&act, &m->output, xn, n_out, o0, o1, logits, hp->n_vocab, 0);
+    }
+}
+
+// Many tokens (prefill, wide trees): one operation at a time, each parallel inside, with GEMMs.
+// c->x: (n, n_embd) embeddings in; logits: (n_out, n_vocab) out.
+static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows,
+                          int n_out, float *logits) {
+    const speck_model *m = c->m;
+    const speck_hparams *hp = &m->hp;
+    int E = hp->n_embd, hd = hp->head_dim, qd = hp->n_head * hd, kvd = c->kv_dim;
+    int n_total = c->n_past + n;
+    for (int l = 0; l < hp->n_layer; l++) {
+        const speck_layer *ly = &m->layers[l];
+        rmsnorm(c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps);
+        float *kc = c->k[l] + (size_t)c->n_past * kvd, *vc = c->v[l] + (size_t)c->n_past * kvd;
+        matmul(&ly->wq, c->xn, n, c->q);
+        matmul(&ly->wk, c->xn, n, kc); // new keys/values land directly in the cache
+        matmul(&ly->wv, c->xn, n, vc);
+        add_bias(c->q, ly->bq, n, qd);
+        add_bias(kc, ly->bk, n, kvd);
+        add_bias(vc, ly->bv, n, kvd);
+        rope(c->q, c->rope_cs, c->rope_sn, n, hp->n_head, hd, hp->rope_type);
+        rope(kc, c->rope_cs, c->rope_sn, n, hp->n_head_kv, hd, hp->rope_type);
+        attention_gemm(c, c->q, c->att, c->k[l], c->v[l], n, n_total, mask);
+        matmul(&ly->wo, c->att, n, c->xn);
+        add_inplace(c->x, c->xn, (size_t)n * E);
+
+        rmsnorm(c->xn, c->x, ly->ffn_norm, n, E, hp->norm_eps);
+        matmul(&ly->wg, c->xn, n, c->g);
+        matmul(&ly->wu, c->xn, n, c->u);
+        const size_t F = (size_t)hp->n_ff;
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < n; i++) swiglu(c->g + i * F, c->u + i * F, F);
+        matmul(&ly->wd, c->g, n, c->xn);
+        add_inplace(c->x, c->xn, (size_t)n * E);
+    }
+    // Only the requested rows go through the (large) output head.
+    for (int r = 0; r < n_out; r++) {
+        int src = out_rows ? out_rows[r] : r;
+        memmove(c->xn + (size_t)r * E, c->x + (size_t)src * E, (size_t)E * sizeof(float));
+    }
+    rmsnorm(c->xn, c->xn, m->out_norm, n_out, E, hp->norm_eps);
+    matmul(&m->output, c->xn, n_out, logits);
 }
 
 int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
@@ -292,51 +486,15 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
             return speck_set_error(SPECK_ERR_RANGE, "forward: output row %d out of range [0, %d)",
                                    out_rows[i], n);
     if (reserve(c, n)) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-    int32_t *auto_pos = NULL;
-    if (!pos) {
-        auto_pos = malloc((size_t)n * sizeof *auto_pos);
-        if (!auto_pos) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-        for (int i = 0; i < n; i++) auto_pos[i] = c->n_past + i;
-        pos = auto_pos;
-    }
-    int E = hp->n_embd, hd = hp->head_dim, qd = hp->n_head * hd, kvd = c->kv_dim;
-    int n_total = c->n_past + n;
-    size_t erow = speck_type_row_size(m->tok_embd.type, E);
+    rope_tables(c->rope_cs, c->rope_sn, pos, c->n_past, n, hp->head_dim, m->rope_freq);
+    size_t erow = speck_type_row_size(m->tok_embd.type, hp->n_embd);
     for (int i = 0; i < n; i++)
         speck_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + erow * tokens[i],
-                             c->x + (size_t)i * E, E);
-
-    for (int l = 0; l < hp->n_layer; l++) {
-        const speck_layer *ly = &m->layers[l];
-        rmsnorm(c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps);
-        float *kc = c->k[l] + (size_t)c->n_past * kvd, *vc = c->v[l] + (size_t)c->n_past * kvd;
-        matmul(&ly->wq, c->xn, n, c->q);
-        matmul(&ly->wk, c->xn, n, kc); // new keys/values land directly in the cache
-        matmul(&ly->wv, c->xn, n, vc);
-        add_bias(c->q, ly->bq, n, qd);
-        add_bias(kc, ly->bk, n, kvd);
-        add_bias(vc, ly->bv, n, kvd);
-        rope(c->q, pos, n, hp->n_head, hd, m->rope_freq, hp->rope_type);
-        rope(kc, pos, n, hp->n_head_kv, hd, m->rope_freq, hp->rope_type);
-        attention(c, c->q, c->att, c->k[l], c->v[l], n, n_total, mask);
-        matmul(&ly->wo, c->att, n, c->xn);
-        add_inplace(c->x, c->xn, (size_t)n * E);
-
-        rmsnorm(c->xn, c->x, ly->ffn_norm, n, E, hp->norm_eps);
-        matmul(&ly->wg, c->xn, n, c->g);
-        matmul(&ly->wu, c->xn, n, c->u);
-        swiglu(c->g, c->u, (size_t)n * hp->n_ff);
-        matmul(&ly->wd, c->g, n, c->xn);
-        add_inplace(c->x, c->xn, (size_t)n * E);
-    }
-    // Only the requested rows go through the (large) output head.
-    for (int r = 0; r < n_out; r++) {
-        int src = out_rows ? out_rows[r] : r;
-        memmove(c->xn + (size_t)r * E, c->x + (size_t)src * E, (size_t)E * sizeof(float));
-    }
-    rmsnorm(c->xn, c->xn, m->out_norm, n_out, E, hp->norm_eps);
-    matmul(&m->output, c->xn, n_out, logits);
-    c->n_past = n_total;
-    free(auto_pos);
+                             c->x + (size_t)i * hp->n_embd, hp->n_embd);
+    if (n < ATT_GEMM_MIN)
+        forward_stream(c, n, mask, out_rows, n_out, logits);
+    else
+        forward_batch(c, n, mask, out_rows, n_out, logits);
+    c->n_past += n;
     return 0;
 }
