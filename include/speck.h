@@ -448,6 +448,11 @@ typedef struct {
     int tree_width;     // alternatives at the first draft position: 1 = a chain (default 1)
     float adaptive;     // > 0: stop extending a draft once the predicted chance that some draft
                         // token is rejected exceeds this (SpecDec++-style); 0: fixed length
+    bool auto_budget;   // choose the candidates per pass (at most max_nodes) from this
+                        // machine's measured cost of verifying n tokens, the drafter's cost and
+                        // the observed acceptance rate; the cost curve is measured once per
+                        // decoder. Output stays identical; with sampling, the random stream then
+                        // depends on those timings (the distribution does not).
     int ngram_max;      // prompt lookup: longest suffix n-gram matched (default 3)
     const int32_t *warm_tokens; // ADED: token stream to warm the tri-gram statistics, or NULL
     int64_t n_warm;

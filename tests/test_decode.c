@@ -189,17 +189,20 @@ int main(int argc, char **argv) {
         int width;
         float adaptive;
         const speck_model *draft;
+        bool auto_budget;
     } cases[] = {
-        {"plain", "none", 1, 0, NULL},
-        {"prompt", "prompt", 1, 0, NULL},
-        {"prompt tree", "prompt", 4, 0, NULL},
-        {"aded", "aded", 1, 0, NULL},
-        {"aded tree adaptive", "aded", 3, 0.7f, NULL},
-        {"jacobi", "jacobi", 2, 0, NULL},
-        {"prompt,aded", "prompt,aded", 2, 0, NULL},
-        {"draft model (other)", "model", 1, 0, dm},
-        {"draft model (self)", "model", 1, 0, m},
-        {"draft model adaptive", "model", 1, 0.5f, dm},
+        {"plain", "none", 1, 0, NULL, false},
+        {"prompt", "prompt", 1, 0, NULL, false},
+        {"prompt tree", "prompt", 4, 0, NULL, false},
+        {"aded", "aded", 1, 0, NULL, false},
+        {"aded tree adaptive", "aded", 3, 0.7f, NULL, false},
+        {"jacobi", "jacobi", 2, 0, NULL, false},
+        {"prompt,aded", "prompt,aded", 2, 0, NULL, false},
+        {"draft model (other)", "model", 1, 0, dm, false},
+        {"draft model (self)", "model", 1, 0, m, false},
+        {"draft model adaptive", "model", 1, 0.5f, dm, false},
+        {"prompt,aded auto budget", "prompt,aded", 2, 0, NULL, true},
+        {"draft model auto budget", "model", 1, 0, dm, true},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         speck_spec_params sp = speck_spec_default();
@@ -207,6 +210,7 @@ int main(int argc, char **argv) {
         sp.tree_width = cases[i].width;
         sp.adaptive = cases[i].adaptive;
         sp.draft_model = cases[i].draft;
+        sp.auto_budget = cases[i].auto_budget;
         check_strategy(cases[i].label, m, &sp, np, 512);
     }
     // Generation that runs into the context limit, with drafts longer than the room left.
@@ -215,6 +219,9 @@ int main(int argc, char **argv) {
     sp.max_draft = 14;
     sp.max_nodes = 14;
     check_strategy("context limit (ctx 40)", m, &sp, np / 3, 40);
+    sp.auto_budget = true; // calibration runs out of context: the cost curve is extrapolated
+    check_strategy("context limit, auto budget (ctx 40)", m, &sp, np / 3, 40);
+    sp.auto_budget = false;
     sp.kinds[0] = SPECK_DRAFT_MODEL;
     sp.kinds[1] = SPECK_DRAFT_NONE;
     sp.draft_model = dm;

@@ -82,6 +82,7 @@ typedef struct {
     const char *kinds;
     int width;
     float adaptive;
+    bool auto_budget;
 } strategy;
 
 typedef struct {
@@ -184,16 +185,18 @@ int cmd_bench_decode(int argc, char **argv) {
         if (n_warm < 0) return cli_fail("bench-decode");
     }
     strategy S[] = {
-        {"plain", "none", 1, 0},
-        {"prompt", "prompt", 1, 0},
-        {"prompt-tree", "prompt", 3, 0},
-        {"aded", "aded", 1, 0},
-        {"aded-tree", "aded", 3, 0},
-        {"aded-adaptive", "aded", 3, 0.6f},
-        {"jacobi", "jacobi", 2, 0},
-        {"prompt+aded", "prompt,aded", 2, 0},
-        {"model", "model", 1, 0},
-        {"model-adaptive", "model", 1, 0.5f},
+        {"plain", "none", 1, 0, false},
+        {"prompt", "prompt", 1, 0, false},
+        {"prompt-tree", "prompt", 3, 0, false},
+        {"aded", "aded", 1, 0, false},
+        {"aded-tree", "aded", 3, 0, false},
+        {"aded-adaptive", "aded", 3, 0.6f, false},
+        {"jacobi", "jacobi", 2, 0, false},
+        {"prompt+aded", "prompt,aded", 2, 0, false},
+        {"prompt+aded-auto", "prompt,aded", 2, 0, true},
+        {"model", "model", 1, 0, false},
+        {"model-adaptive", "model", 1, 0.5f, false},
+        {"model-auto", "model", 1, 0, true},
     };
     int ns = sizeof S / sizeof S[0];
     int n_modes = temp > 0 ? 2 : 1;
@@ -226,6 +229,7 @@ int cmd_bench_decode(int argc, char **argv) {
             sp.draft_model = dm;
             sp.tree_width = S[si].width;
             sp.adaptive = S[si].adaptive;
+            sp.auto_budget = S[si].auto_budget;
             sp.warm_tokens = warm_toks;
             sp.n_warm = n_warm;
             speck_decoder *d = speck_decoder_new(m, ctx, &sp);

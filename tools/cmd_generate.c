@@ -115,7 +115,9 @@ static void help(void) {
            "  --draft LIST           prompt | aded | jacobi | model:FILE, or a comma list tried\n"
            "                         in order, e.g. prompt,aded\n"
            "  --draft-max K          longest draft (default 6)\n"
-           "  --draft-nodes N        most candidates verified per pass, 1..14 (default 12)\n"
+           "  --draft-nodes N|auto   most candidates verified per pass, 1..14 (default 12);\n"
+           "                         auto: chosen each pass from this machine's measured\n"
+           "                         verification cost and the observed acceptance rate\n"
            "  --tree-width W         alternative branches per step (default 1 = chain)\n"
            "  --adaptive P           stop a draft once P(some token rejected) > P (SpecDec++)\n"
            "  --aded-warm FILE       warm ADED's tri-gram statistics with a text file\n"
@@ -217,8 +219,10 @@ int cmd_generate(int argc, char **argv) {
         } else if (cli_opt(argc, argv, &i, "--draft", NULL, &v)) draft_arg = v;
         else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
             ds.sp.max_draft = (int)cli_int("generate", "--draft-max", v, 1, 64);
-        else if (cli_opt(argc, argv, &i, "--draft-nodes", NULL, &v))
-            ds.sp.max_nodes = (int)cli_int("generate", "--draft-nodes", v, 1, 14);
+        else if (cli_opt(argc, argv, &i, "--draft-nodes", NULL, &v)) {
+            if (!strcmp(v, "auto")) ds.sp.auto_budget = true;
+            else ds.sp.max_nodes = (int)cli_int("generate", "--draft-nodes", v, 1, 14);
+        }
         else if (cli_opt(argc, argv, &i, "--tree-width", NULL, &v))
             ds.sp.tree_width = (int)cli_int("generate", "--tree-width", v, 1, 8);
         else if (cli_opt(argc, argv, &i, "--adaptive", NULL, &v))

@@ -20,6 +20,11 @@ struct speck_decoder {
     float *probs;  // (n_vocab)
     int32_t *seq;  // prompt + generated
     int seq_cap;
+    // auto_budget: seconds of one verification pass of n tokens (index n, 1..max_nodes + 1),
+    // decayed counts of accepted and rejected candidate positions, drafting seconds per token.
+    double cost[SPECK_MAX_NODES + 2];
+    double n_acc, n_rej, draft_per_tok;
+    int passes_at_zero;
 };
 
 speck_spec_params speck_spec_default(void) {
@@ -78,6 +83,7 @@ speck_decoder *speck_decoder_new(const speck_model *model, speck_ctx *c,
     if (d->p.tree_width <= 0) d->p.tree_width = 1;
     if (d->p.ngram_max <= 0) d->p.ngram_max = 3;
     d->n_vocab = speck_model_hparams(model)->n_vocab;
+    d->n_acc = d->n_rej = 1; // prior: acceptance rate 1/2
     for (int i = 0; i < 4 && d->p.kinds[i] != SPECK_DRAFT_NONE; i++) {
         speck_drafter *dr = NULL;
         switch (d->p.kinds[i]) {
@@ -173,6 +179,60 @@ static void clip_tree(speck_draft_tree *t, int keep) {
     if (t->n > keep) t->n = keep;
 }
 
+// auto_budget: time verification passes of n = 1 .. max_nodes + 1 tokens on top of the current
+// cache (best of 2 at a few sizes, linear in between), then drop them from the cache again.
+static int calibrate_cost(speck_decoder *d, int32_t tok) {
+    static const int sizes[] = {1, 2, 3, 4, 6, 8, 11, 15};
+    const int n_past = speck_ctx_n_past(d->ctx), top = d->p.max_nodes + 1;
+    int32_t batch[SPECK_MAX_NODES + 1];
+    for (int i = 0; i <= SPECK_MAX_NODES; i++) batch[i] = tok;
+    int prev = 0;
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        int n = sizes[k] < top ? sizes[k] : top;
+        if (n <= prev || n_past + n > speck_ctx_n_ctx(d->ctx)) break;
+        double best = INFINITY;
+        for (int r = 0; r < 2; r++) {
+            double t0 = now_s();
+            int rc = speck_forward(d->ctx, n, batch, NULL, NULL, NULL, 0, d->logits);
+            double t = now_s() - t0;
+            speck_ctx_truncate(d->ctx, n_past);
+            if (rc) return rc;
+            if (t < best) best = t;
+        }
+        d->cost[n] = best;
+        for (int j = prev + 1; j < n && prev > 0; j++) // linear between measured sizes
+            d->cost[j] = d->cost[prev] + (best - d->cost[prev]) * (j - prev) / (n - prev);
+        prev = n;
+    }
+    for (int j = prev + 1; j <= top; j++) // the context ran out: extrapolate the last slope
+        d->cost[j] = prev > 1 ? d->cost[prev] + (d->cost[prev] - d->cost[prev - 1]) * (j - prev)
+                              : d->cost[1] * j;
+    return 0;
+}
+
+// auto_budget: the candidate count k maximising expected tokens per second, where a pass with
+// k candidates yields (1 - a^(k+1)) / (1 - a) tokens for acceptance rate a (the geometric model
+// of speculative decoding) and costs cost[k + 1] plus drafting k tokens. When not drafting looks
+// best, every 16th pass still drafts 2 tokens so the acceptance estimate can recover.
+static int choose_budget(speck_decoder *d) {
+    const double a = d->n_acc / (d->n_acc + d->n_rej);
+    int best_k = 0;
+    double best = 0, gain = 1, ak = 1;
+    for (int k = 0; k <= d->p.max_nodes; k++) {
+        if (k > 0) {
+            ak *= a;
+            gain += ak;
+        }
+        double rate = gain / (d->cost[k + 1] + k * d->draft_per_tok);
+        if (rate > best) {
+            best = rate;
+            best_k = k;
+        }
+    }
+    if (best_k == 0 && ++d->passes_at_zero % 16 == 0) best_k = 2;
+    return best_k;
+}
+
 int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
                  speck_sampler *s, bool (*eog)(int32_t, void *), speck_token_cb cb, void *user,
                  speck_spec_stats *st) {
@@ -221,6 +281,9 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         }
     }
     for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
+    if (d->p.auto_budget && d->n_drafters > 0 && d->cost[1] == 0 &&
+        (rc = calibrate_cost(d, d->seq[n - 1])))
+        return rc;
 
     speck_draft_tree tree;
     uint8_t *fullmask = NULL;
@@ -235,7 +298,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         // Draft: the first drafter with a proposal wins.
         double t0 = now_s();
         tree.n = 0;
-        int budget = d->p.max_nodes;
+        int budget = d->p.auto_budget && d->cost[1] > 0 ? choose_budget(d) : d->p.max_nodes;
         int room = n_ctx - n_past - 1, left = n_predict - st->n_generated - 1;
         if (budget > room) budget = room;
         if (budget > left) budget = left;
@@ -250,7 +313,10 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             }
         }
         clip_tree(&tree, budget);
-        st->t_draft += now_s() - t0;
+        double t_draft = now_s() - t0;
+        st->t_draft += t_draft;
+        if (tree.n > 0) // drafting cost per candidate, smoothed over recent passes
+            d->draft_per_tok = 0.9 * d->draft_per_tok + 0.1 * t_draft / tree.n;
 
         // Verify root + candidates in one pass.
         int nb = 1 + tree.n;
@@ -311,6 +377,12 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         for (int i = 0; i < d->n_drafters; i++)
             if (d->drafters[i]->observe) d->drafters[i]->observe(d->drafters[i], &tree, amax, n_path);
         st->n_accepted += n_path;
+        if (tree.n > 0) { // acceptance rate per candidate position, forgetting old passes
+            bool more = false; // a candidate existed below the last accepted node
+            for (int c = 0; c < tree.n && !more; c++) more = tree.parent[c] == cur;
+            d->n_acc = 0.98 * d->n_acc + n_path;
+            d->n_rej = 0.98 * d->n_rej + (more ? 1 : 0);
+        }
 
         // Keep the root and the accepted path in the cache.
         bool prefix = true;
