@@ -8,6 +8,7 @@ roofline fraction. Prints a Markdown table (paste into BENCHMARKS.md) and writes
 
 usage: bench/compare_llamacpp.py --llama-bin DIR [--speck build/speck] [--models DIR]
                                  [--reps 5] [--threads 2] [--only smollm2-135m:q8_0,...]
+                                 [--pp 512] [--tg 128] [--speck-base OLD_BUILD/speck]
 llama.cpp is built outside the repository (see BENCHMARKS.md for the exact commands).
 """
 import argparse
@@ -59,6 +60,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--llama-bin", required=True, help="directory with llama-bench")
     ap.add_argument("--speck", default="build/speck")
+    ap.add_argument("--speck-base", default=None,
+                    help="an older speck build to alternate with (its tg is reported too)")
     ap.add_argument("--models", default="/tmp/speck-bench-models")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -80,7 +83,7 @@ def main():
         if not os.path.exists(path):
             subprocess.run([a.speck, "init", "--preset", preset, "--type", typ, "--seed", "1",
                             "-o", path], check=True, env=env)
-        sp, stg, lp, ltg, rss, roof = [], [], [], [], [], []
+        sp, stg, lp, ltg, rss, roof, btg = [], [], [], [], [], [], []
         # One warm-up of each (page cache, CPU clocks), then alternate so drift hits both alike.
         speck_once(a.speck, path, 16, 4, a.threads, env)
         llama_once(a.llama_bin, path, 16, 4, a.threads, env)
@@ -93,6 +96,8 @@ def main():
             l = llama_once(a.llama_bin, path, a.pp, a.tg, a.threads, env)
             lp.append(l.get("pp", 0.0))
             ltg.append(l.get("tg", 0.0))
+            if a.speck_base:
+                btg.append(speck_once(a.speck_base, path, 0, a.tg, a.threads, env)["tg_tok_s"])
         r = {
             "model": preset, "type": typ, "file_mib": os.path.getsize(path) / 2**20,
             "speck_pp": statistics.median(sp), "llama_pp": statistics.median(lp),
@@ -100,6 +105,9 @@ def main():
             "roofline_tg": statistics.median(roof), "speck_peak_rss_mib": max(rss),
             "runs": a.reps,
         }
+        if btg:
+            r["base_tg"] = statistics.median(btg)
+            r["tg_vs_base"] = r["speck_tg"] / r["base_tg"]
         r["pp_ratio"] = r["speck_pp"] / r["llama_pp"] if r["llama_pp"] else None
         r["tg_ratio"] = r["speck_tg"] / r["llama_tg"] if r["llama_tg"] else None
         r["tg_roofline_fraction"] = r["speck_tg"] / r["roofline_tg"]
@@ -111,11 +119,20 @@ def main():
     print("| model | type | file MiB | speck pp t/s | llama.cpp pp t/s | pp ratio | speck tg t/s "
           "| llama.cpp tg t/s | tg ratio | tg roofline t/s | % of roofline | speck peak RSS MiB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
     for r in results:
-        print(f"| {r['model']} | {r['type']} | {r['file_mib']:.0f} | {r['speck_pp']:.1f} | "
-              f"{r['llama_pp']:.1f} | {r['pp_ratio']:.2f}x | {r['speck_tg']:.1f} | "
-              f"{r['llama_tg']:.1f} | {r['tg_ratio']:.2f}x | {r['roofline_tg']:.1f} | "
+        print(f"| {r['model']} | {r['type']} | {r['file_mib']:.0f} | {f(r['speck_pp'], '.1f')} | "
+              f"{f(r['llama_pp'], '.1f')} | {f(r['pp_ratio'], '.2f')}x | {r['speck_tg']:.1f} | "
+              f"{r['llama_tg']:.1f} | {f(r['tg_ratio'], '.2f')}x | {r['roofline_tg']:.1f} | "
               f"{100 * r['tg_roofline_fraction']:.0f} % | {r['speck_peak_rss_mib']:.0f} |")
+    if any("base_tg" in r for r in results):
+        print("\n| model | type | speck tg t/s | --speck-base tg t/s | ratio |")
+        print("| --- | --- | ---: | ---: | ---: |")
+        for r in results:
+            if "base_tg" in r:
+                print(f"| {r['model']} | {r['type']} | {r['speck_tg']:.1f} | {r['base_tg']:.1f} | "
+                      f"{r['tg_vs_base']:.2f}x |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

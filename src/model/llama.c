@@ -338,6 +338,22 @@ static void mm_rows(act_slot *s, const speck_weight *w, const float *X, int n, i
                       accumulate);
 }
 
+#define ROW_BLOCK 16 // rows per work item of the shared matmuls
+
+// Inside forward_stream's parallel region: all rows of w applied to X into Y (ldy), shared
+// between the threads in blocks of ROW_BLOCK rows, guided (large pieces first, small ones at the
+// end) so a thread slowed by the machine does not hold the others at the next barrier. No
+// barrier at the end.
+static void mm_shared(act_slot *s, const speck_weight *w, const float *X, int n, float *Y,
+                      int64_t ldy, int accumulate) {
+    const int64_t nblk = (w->n_out + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp for schedule(guided, 4) nowait
+    for (int64_t b = 0; b < nblk; b++) {
+        int64_t r0 = b * ROW_BLOCK, r1 = r0 + ROW_BLOCK < w->n_out ? r0 + ROW_BLOCK : w->n_out;
+        mm_rows(s, w, X, n, r0, r1, Y, ldy, accumulate);
+    }
+}
+
 // Few tokens (decode, draft verification): the whole forward is one OpenMP parallel region.
 // Each thread normalises and quantises the activations itself (cheaper than waiting for one
 // thread to do it), weight rows are split between threads, and bias, RoPE, residual adds and
@@ -359,7 +375,6 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
         float *xn = (float *)c->tbuf[tid]; // (n, E) this thread's normalised rows
         act_slot act = {.buf = c->tbuf[tid] + align64((size_t)n * E * sizeof(float))};
         float *sc = c->scores + (size_t)tid * c->n_ctx;
-        int64_t o0, o1;
         for (int l = 0; l < hp->n_layer; l++) {
             const speck_layer *ly = &m->layers[l];
             float *kc = c->k[l] + (size_t)n_past * kvd, *vc = c->v[l] + (size_t)n_past * kvd;
@@ -393,23 +408,21 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                             mask ? n_total : n_past + i + 1, scale,
                             mask ? mask + (size_t)i * n_total : NULL, sc);
             }
-            speck_thread_share(E, &o0, &o1);
-            mm_rows(&act, &ly->wo, c->att, n, o0, o1, c->x, E, 1);
+            mm_shared(&act, &ly->wo, c->att, n, c->x, E, 1);
 #pragma omp barrier
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E, hp->norm_eps);
             act.valid = false;
-            speck_thread_share(F, &o0, &o1);
-            for (int64_t r = o0; r < o1; r += 16) { // gate and up rows in step, SwiGLU at once
-                const int64_t r1 = r + 16 < o1 ? r + 16 : o1;
+#pragma omp for schedule(guided, 4) nowait
+            for (int64_t r = 0; r < F; r += ROW_BLOCK) { // gate and up rows in step, then SwiGLU
+                const int64_t r1 = r + ROW_BLOCK < F ? r + ROW_BLOCK : F;
                 mm_rows(&act, &ly->wg, xn, n, r, r1, c->g, F, 0);
                 mm_rows(&act, &ly->wu, xn, n, r, r1, c->u, F, 0);
                 for (int i = 0; i < n; i++)
                     swiglu(c->g + (size_t)i * F + r, c->u + (size_t)i * F + r, (size_t)(r1 - r));
             }
 #pragma omp barrier
-            speck_thread_share(E, &o0, &o1);
-            mm_rows(&act, &ly->wd, c->g, n, o0, o1, c->x, E, 1);
+            mm_shared(&act, &ly->wd, c->g, n, c->x, E, 1);
             act.valid = false; // g is rewritten by the next layer at the same address
 #pragma omp barrier
         }
@@ -418,8 +431,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             rmsnorm_row(xn + (size_t)r * E, c->x + (size_t)(out_rows ? out_rows[r] : r) * E,
                         m->out_norm, E, hp->norm_eps);
         act.valid = false;
-        speck_thread_share(hp->n_vocab, &o0, &o1);
-        if (n_out > 0) mm_rows(&act, &m->output, xn, n_out, o0, o1, logits, hp->n_vocab, 0);
+        if (n_out > 0) mm_shared(&act, &m->output, xn, n_out, logits, hp->n_vocab, 0);
     }
 }
 
