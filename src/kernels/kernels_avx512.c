@@ -15,25 +15,6 @@ static inline __mmask16 tail_mask16(int64_t r) { return (__mmask16)((1u << r) - 
 /* Float dots                                                                                */
 /* ---------------------------------------------------------------------------------------- */
 
-// w, x: (n)
-static float dot_f32_avx512(const float *w, const float *x, int64_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16)
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
-    if (i < n) {
-        __mmask16 m = tail_mask16(n - i);
-        a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, x + i), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
 static inline __m512 load_f16x16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
@@ -43,45 +24,86 @@ static inline __m512 load_bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 
-// w: (n) fp16, x: (n) f32
-static float dot_f16_avx512(const uint16_t *w, const float *x, int64_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(load_f16x16(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(load_f16x16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(load_f16x16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(load_f16x16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
-    }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_f16x16(w + i), _mm512_loadu_ps(x + i), a0);
-    if (i < n) {
-        __mmask16 m = tail_mask16(n - i);
-        __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + i));
-        a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + i), a1);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+enum { W_F32, W_F16, W_BF16 };
+
+// 16 weights from element i of a row of type wt (W_*), widened exactly to f32 (bf16 is not
+// multiplied with dpbf16_ps, which would round the activations to bf16). m: lanes to load.
+static inline __m512 load_w16(const void *w, int64_t i, const int wt, __mmask16 m) {
+    const int full = m == 0xFFFF; // constant after inlining: plain loads in the main loops
+    if (wt == W_F32)
+        return full ? _mm512_loadu_ps((const float *)w + i) : _mm512_maskz_loadu_ps(m, (const float *)w + i);
+    __m256i h = full ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))
+                     : _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
+    if (wt == W_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// w: (n) bf16, x: (n) f32. bf16 is widened exactly to f32 (not dpbf16_ps, which would round the
-// activations to bf16).
-static float dot_bf16_avx512(const uint16_t *w, const float *x, int64_t n) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+// One weight row (n values of type wt) times nt f32 activation rows x + t * ldx; out: (nt).
+// Each weight vector is loaded (and widened) once for all nt rows; every row keeps its own four
+// accumulators in the same order whatever nt is, so a row's result does not depend on nt
+// (batch invariance) and nt = 1 is the plain dot product.
+static inline __attribute__((always_inline)) void
+fdot_body(const void *w, const int wt, const float *x, int64_t ldx, const int nt, int64_t n,
+          float *out) {
+    __m512 acc[SPECK_MT][4];
+    for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        a0 = _mm512_fmadd_ps(load_bf16x16(w + i), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(load_bf16x16(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
-        a2 = _mm512_fmadd_ps(load_bf16x16(w + i + 32), _mm512_loadu_ps(x + i + 32), a2);
-        a3 = _mm512_fmadd_ps(load_bf16x16(w + i + 48), _mm512_loadu_ps(x + i + 48), a3);
+        __m512 wv[4];
+        for (int k = 0; k < 4; k++) wv[k] = load_w16(w, i + 16 * k, wt, 0xFFFF);
+        for (int t = 0; t < nt; t++)
+            for (int k = 0; k < 4; k++)
+                acc[t][k] = _mm512_fmadd_ps(wv[k], _mm512_loadu_ps(x + t * ldx + i + 16 * k), acc[t][k]);
     }
-    for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_bf16x16(w + i), _mm512_loadu_ps(x + i), a0);
+    for (; i + 16 <= n; i += 16) {
+        const __m512 wv = load_w16(w, i, wt, 0xFFFF);
+        for (int t = 0; t < nt; t++)
+            acc[t][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + i), acc[t][0]);
+    }
     if (i < n) {
-        __mmask16 m = tail_mask16(n - i);
-        __m512i v = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w + i));
-        __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-        a1 = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + i), a1);
+        const __mmask16 m = tail_mask16(n - i);
+        const __m512 wv = load_w16(w, i, wt, m);
+        for (int t = 0; t < nt; t++)
+            acc[t][1] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * ldx + i), acc[t][1]);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (int t = 0; t < nt; t++)
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
+                                                    _mm512_add_ps(acc[t][2], acc[t][3])));
 }
+
+// w, x: (n)
+static float dot_f32_avx512(const float *w, const float *x, int64_t n) {
+    float r;
+    fdot_body(w, W_F32, x, 0, 1, n, &r);
+    return r;
+}
+
+// w: (n) fp16, x: (n) f32
+static float dot_f16_avx512(const uint16_t *w, const float *x, int64_t n) {
+    float r;
+    fdot_body(w, W_F16, x, 0, 1, n, &r);
+    return r;
+}
+
+// w: (n) bf16, x: (n) f32
+static float dot_bf16_avx512(const uint16_t *w, const float *x, int64_t n) {
+    float r;
+    fdot_body(w, W_BF16, x, 0, 1, n, &r);
+    return r;
+}
+
+#define FLOAT_MM(NAME, WT)                                                                     \
+    static void NAME(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out) { \
+        switch (nt) {                                                                          \
+        case 1: fdot_body(w, WT, x, ldx, 1, n, out); break;                                    \
+        case 2: fdot_body(w, WT, x, ldx, 2, n, out); break;                                    \
+        case 3: fdot_body(w, WT, x, ldx, 3, n, out); break;                                    \
+        default: fdot_body(w, WT, x, ldx, 4, n, out); break;                                   \
+        }                                                                                      \
+    }
+FLOAT_MM(mm_f32_avx512, W_F32)
+FLOAT_MM(mm_f16_avx512, W_F16)
+FLOAT_MM(mm_bf16_avx512, W_BF16)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Quantized building blocks                                                                 */
@@ -644,6 +666,9 @@ const speck_kernel_table speck_kernels_avx512 = {
     .dot_q4_0 = dot_q4_0_avx512,
     .mm_q4_0 = mm_q4_0_avx512,
     .mm_q8_0 = mm_q8_0_avx512,
+    .mm_f32 = mm_f32_avx512,
+    .mm_f16 = mm_f16_avx512,
+    .mm_bf16 = mm_bf16_avx512,
     .gemm_pack = gemm_pack_avx512,
     .gemm_run = gemm_run_avx512,
     .quantize_q8_0 = quantize_q8_0_avx512,

@@ -40,6 +40,11 @@ typedef struct {
                     float *out);
     void (*mm_q8_0)(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                     float *out);
+    // One float weight row (F32 / F16 / BF16, n values) · nt (1..SPECK_MT) f32 activation rows
+    // x + t * ldx; out: (nt); each row's result independent of nt. NULL: per-row dots instead.
+    void (*mm_f32)(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out);
+    void (*mm_f16)(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out);
+    void (*mm_bf16)(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out);
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
     // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
     // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.

@@ -164,17 +164,25 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t wrow = speck_type_row_size(wt, n_in);
     const int split = a->kind == SPECK_MM_Q8_SPLIT || a->kind == SPECK_MM_Q8_SPLIT_Q4;
+    void (*mm_float)(const void *, const float *, int64_t, int64_t, int, float *) =
+        a->kind != SPECK_MM_F32       ? NULL
+        : wt == SPECK_TYPE_F32        ? k->mm_f32
+        : wt == SPECK_TYPE_F16        ? k->mm_f16
+        : wt == SPECK_TYPE_BF16       ? k->mm_bf16
+                                      : NULL;
     const char *act = a->kind == SPECK_MM_F32 ? (const char *)a->x : a->blocks;
     const size_t arow = a->kind == SPECK_MM_F32 ? (size_t)n_in * sizeof(float)
                                                 : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     for (int64_t o = o0; o < o1; o++) {
         const char *w = (const char *)W + (size_t)o * wrow;
-        if (split) {
+        if (split || mm_float) {
             // Groups of up to SPECK_MT tokens; the row stays in L1 across groups.
             for (int64_t t = 0; t < n_tok; t += SPECK_MT) {
                 const int nt = (int)(n_tok - t < SPECK_MT ? n_tok - t : SPECK_MT);
                 float out[SPECK_MT];
-                if (wt == SPECK_TYPE_Q4_0)
+                if (mm_float)
+                    mm_float(w, a->x + t * n_in, n_in, n_in, nt, out);
+                else if (wt == SPECK_TYPE_Q4_0)
                     k->mm_q4_0((const speck_block_q4_0 *)w, &a->rows, t, nt, out);
                 else
                     k->mm_q8_0((const speck_block_q8_0 *)w, &a->rows, t, nt, out);
