@@ -375,6 +375,8 @@ void speck_sampler_probs(speck_sampler *s, const float *logits, float *probs);
 int32_t speck_sampler_sample(speck_sampler *s, const float *logits);
 // Uniform double in [0, 1) from the sampler's seeded RNG.
 double speck_sampler_uniform(speck_sampler *s);
+// True when the sampler is greedy (temperature <= 0).
+bool speck_sampler_is_greedy(const speck_sampler *s);
 
 // Index of the largest value (first on ties).
 int32_t speck_argmax(const float *x, int n);

@@ -107,7 +107,9 @@ static double chi2_crit_001(int df) {
 
 static int g_quick;
 
-static void check_sampling(const speck_model *m, const speck_model *draft) {
+// partial: the draft differs from the target but overlaps it, so both the acceptance and the
+// residual branch of the min(1, p/q) rule must be taken.
+static void check_sampling(const speck_model *m, const speck_model *draft, bool partial) {
     int V = speck_model_hparams(m)->n_vocab;
     speck_sampler_params sp = speck_sampler_default();
     sp.temperature = 1.3f;
@@ -164,6 +166,9 @@ static void check_sampling(const speck_model *m, const speck_model *draft) {
         free(ca[p]);
         free(cb[p]);
     }
+    if (partial)
+        CHECK(acc > drafted / 20 && acc < drafted - drafted / 20,
+              "sampled drafts both accepted and rejected (%d of %d accepted)", acc, drafted);
     speck_decoder_free(ds);
     speck_decoder_free(dp);
     speck_ctx_free(c1);
@@ -243,7 +248,16 @@ int main(int argc, char **argv) {
         remove(qp);
     }
 
-    check_sampling(m, m);
+    check_sampling(m, m, false); // q = p: every draft accepted
+    // The target's own weights in Q4_0 as the draft: q close to p but not equal, so drafts are
+    // sampled from q, accepted with min(1, p/q), and rejections resample max(0, p - q).
+    char q4[600];
+    snprintf(q4, sizeof q4, "%s/decode-q4draft.gguf", dir);
+    CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_Q4_0, 11, q4) == 0, "init q4");
+    speck_model *q4m = speck_model_load(q4);
+    if (q4m) check_sampling(m, q4m, true);
+    speck_model_free(q4m);
+    remove(q4);
 
     // A draft model with another vocabulary is refused with a clear error.
     speck_gguf *g = speck_gguf_open(drf);

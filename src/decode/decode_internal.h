@@ -17,11 +17,17 @@ typedef struct {
     int32_t tok[SPECK_MAX_NODES];
     int parent[SPECK_MAX_NODES];
     float conf[SPECK_MAX_NODES]; // drafter's estimate of P(accepted | parent accepted)
+    // The distribution (n_vocab, owned by the drafter) the node's token was sampled from, or
+    // NULL for a deterministic proposal (a point mass).
+    const float *q[SPECK_MAX_NODES];
 } speck_draft_tree;
 
 typedef struct speck_drafter speck_drafter;
 struct speck_drafter {
     speck_draft_kind kind;
+    // The target's sampler for the current decode (set by the engine): drafters that can may
+    // sample their proposals from its distribution over their own logits.
+    speck_sampler *sampler;
     // Propose candidates continuing seq (n tokens; seq[n-1] is the root). Budget: at most
     // max_nodes nodes and max_depth levels. Returns 0 (tree may be empty) or an error.
     int (*propose)(speck_drafter *d, const int32_t *seq, int n, int max_nodes, int max_depth,
@@ -48,6 +54,7 @@ static inline int speck_tree_add(speck_draft_tree *t, int32_t tok, int parent, f
     t->tok[t->n] = tok;
     t->parent[t->n] = parent;
     t->conf[t->n] = conf;
+    t->q[t->n] = NULL;
     return t->n++;
 }
 

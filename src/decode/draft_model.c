@@ -1,5 +1,7 @@
-// Draft-model drafter: a smaller model with the same vocabulary proposes a greedy chain; its own
-// KV cache follows the accepted sequence (truncated back to the common prefix after each pass).
+// Draft-model drafter: a smaller model with the same vocabulary proposes a chain — greedy when the
+// target decodes greedily, otherwise each token sampled from the draft's distribution q under the
+// target's sampling settings, with q handed to the engine for the min(1, p/q) rule. Its own KV
+// cache follows the accepted sequence (truncated back to the common prefix after each pass).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,7 @@ typedef struct {
     int32_t *cached; // tokens whose keys/values are in ctx, in order (ctx's n_past of them)
     int cap;
     float *logits; // (n_vocab)
+    float *q;      // (SPECK_MAX_NODES, n_vocab) distributions sampled drafts were drawn from
 } draft_model;
 
 // Probability of the argmax under softmax(logits): the draft's confidence in its own token.
@@ -51,12 +54,27 @@ static int dm_propose(speck_drafter *dr, const int32_t *seq, int n, int max_node
     memcpy(d->cached + common, seq + common, (size_t)(n - common) * sizeof *seq);
     int depth = max_depth < max_nodes ? max_depth : max_nodes;
     float prod = 1.0f;
+    speck_sampler *s = d->base.sampler;
+    const bool sample = s && !speck_sampler_is_greedy(s);
     for (int k = 0; k < depth; k++) {
-        int32_t tok = speck_argmax(d->logits, d->n_vocab);
-        float conf = top_prob(d->logits, d->n_vocab, tok);
+        int32_t tok;
+        float conf, *q = d->q + (size_t)k * d->n_vocab;
+        if (sample) { // tok ~ q; its probability is the draft's own acceptance estimate
+            speck_sampler_probs(s, d->logits, q);
+            double r = speck_sampler_uniform(s), cum = 0;
+            tok = -1;
+            for (int v = 0; v < d->n_vocab && tok < 0; v++)
+                if (q[v] > 0.0f && r < (cum += q[v])) tok = v;
+            if (tok < 0) tok = speck_argmax(q, d->n_vocab); // rounding left r past the sum
+            conf = q[tok];
+        } else {
+            tok = speck_argmax(d->logits, d->n_vocab);
+            conf = top_prob(d->logits, d->n_vocab, tok);
+        }
         if (k > 0 && !speck_keep_drafting(p, prod * conf)) break;
         prod *= conf;
-        speck_tree_add(t, tok, t->n - 1, conf);
+        int node = speck_tree_add(t, tok, t->n - 1, conf);
+        if (sample) t->q[node] = q;
         if (k + 1 == depth || speck_ctx_n_past(d->ctx) + 1 > n_ctx) break;
         int np = speck_ctx_n_past(d->ctx);
         if (speck_forward(d->ctx, 1, &tok, NULL, NULL, NULL, 0, d->logits)) return SPECK_ERR_ARG;
@@ -77,6 +95,7 @@ static void dm_destroy(speck_drafter *dr) {
     speck_ctx_free(d->ctx);
     free(d->cached);
     free(d->logits);
+    free(d->q);
     free(d);
 }
 
@@ -111,7 +130,8 @@ speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_mod
     d->n_vocab = hd->n_vocab;
     d->ctx = speck_ctx_new(draft, 0);
     d->logits = malloc((size_t)d->n_vocab * sizeof(float));
-    if (!d->ctx || !d->logits) goto oom;
+    d->q = malloc((size_t)SPECK_MAX_NODES * d->n_vocab * sizeof(float));
+    if (!d->ctx || !d->logits || !d->q) goto oom;
     d->base.kind = SPECK_DRAFT_MODEL;
     d->base.propose = dm_propose;
     d->base.update = dm_update;

@@ -248,7 +248,10 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
                                "context", n_prompt, n_ctx);
     double t_start = now_s();
     speck_ctx_truncate(d->ctx, 0);
-    for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->reset(d->drafters[i]);
+    for (int i = 0; i < d->n_drafters; i++) {
+        d->drafters[i]->reset(d->drafters[i]);
+        d->drafters[i]->sampler = s;
+    }
     int n = 0;
     for (int i = 0; i < n_prompt; i++) {
         if (seq_push(d, n, prompt[i])) return SPECK_ERR_NOMEM;
@@ -353,6 +356,19 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             for (int c = 0; c < tree.n && next < 0; c++) {
                 if (tree.parent[c] != cur) continue;
                 float pc = d->probs[tree.tok[c]];
+                const float *q = tree.q[c];
+                if (q) { // sampled from q: accept with min(1, p/q), else p <- norm(max(0, p - q))
+                    if (speck_sampler_uniform(s) * q[tree.tok[c]] < pc) {
+                        next = c;
+                    } else {
+                        double rest = 0;
+                        for (int v = 0; v < d->n_vocab; v++) rest += fmaxf(d->probs[v] - q[v], 0.0f);
+                        if (rest > 0) // 0 only when p = q up to rounding: p stays as it is
+                            for (int v = 0; v < d->n_vocab; v++)
+                                d->probs[v] = (float)(fmaxf(d->probs[v] - q[v], 0.0f) / rest);
+                    }
+                    continue;
+                }
                 if (pc <= 0.0f) continue;
                 if (pc >= 1.0f || speck_sampler_uniform(s) < pc) {
                     next = c;

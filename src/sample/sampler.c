@@ -15,6 +15,8 @@ struct speck_sampler {
     int32_t *idx;  // (n_vocab) sort order
 };
 
+bool speck_sampler_is_greedy(const speck_sampler *s) { return s->p.temperature <= 0.0f; }
+
 speck_sampler_params speck_sampler_default(void) {
     return (speck_sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f,
                                   .repeat_penalty = 1.0f, .repeat_last_n = 64, .seed = 42};
