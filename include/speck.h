@@ -103,6 +103,14 @@ typedef struct speck_gguf speck_gguf;
 // Open and validate a GGUF file (mmap'd, read-only). Checks magic, version (2 or 3), every
 // key/value and tensor record, alignment, and that all tensor data lies inside the file.
 speck_gguf *speck_gguf_open(const char *path);
+
+// Load flags.
+// SPECK_LOAD_HUGEPAGES: read the file into anonymous memory advised as transparent huge pages
+// instead of mapping it. Same resident size (the file's bytes, now counted as anonymous memory;
+// the page cache may hold a second, reclaimable copy), about 0.2 s more load time per GB, and
+// faster decoding where reading the weights is the bottleneck (BENCHMARKS.md).
+#define SPECK_LOAD_HUGEPAGES 1u
+speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags);
 void speck_gguf_close(speck_gguf *g);
 const char *speck_gguf_path(const speck_gguf *g);
 uint32_t speck_gguf_version(const speck_gguf *g);
@@ -199,6 +207,8 @@ typedef struct speck_model speck_model;
 // Load a model from a GGUF file (architectures "llama" and "qwen2"). Weights stay in the
 // read-only mapping: no copies are made. Errors name the file and the key/tensor at fault.
 speck_model *speck_model_load(const char *path);
+// The same with SPECK_LOAD_* flags.
+speck_model *speck_model_load_ex(const char *path, unsigned flags);
 void speck_model_free(speck_model *m);
 const speck_hparams *speck_model_hparams(const speck_model *m);
 const speck_gguf *speck_model_gguf(const speck_model *m);

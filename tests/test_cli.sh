@@ -65,6 +65,9 @@ expect 0 "generate greedy" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello wo
 cp "$dir/out" "$dir/g1"
 expect 0 "generate greedy again" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world" -n 16 --no-stats --ignore-eos -t 1
 cmp -s "$dir/out" "$dir/g1" && ok || bad "greedy output differs between runs/thread counts"
+expect 0 "generate --hugepages" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world" -n 16 --no-stats --ignore-eos --hugepages
+cmp -s "$dir/out" "$dir/g1" && ok || bad "--hugepages changed the greedy output"
+expect 0 "bench --hugepages" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -r 1 --hugepages
 expect 0 "generate seeded" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 24 --temp 1.0 --top-k 40 --seed 5 --no-stats --ignore-eos
 cp "$dir/out" "$dir/s1"
 expect 0 "generate seeded again" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 24 --temp 1.0 --top-k 40 --seed 5 --no-stats --ignore-eos

@@ -35,12 +35,48 @@ static unsigned char *read_all(const char *path, size_t *n) {
     return p;
 }
 
-// Open must fail and the error must mention both the file and `what`.
+// Open must fail and the error must mention both the file and `what`, whether the file is mapped
+// or read into huge pages.
 static void expect_open_error(const char *path, const char *what, const char *label) {
-    speck_gguf *g = speck_gguf_open(path);
-    int ok = g == NULL && strstr(speck_last_error(), path) && strstr(speck_last_error(), what);
-    CHECK(ok, "%s: %s", label, g ? "opened" : speck_last_error());
-    speck_gguf_close(g);
+    for (unsigned flags = 0; flags <= SPECK_LOAD_HUGEPAGES; flags += SPECK_LOAD_HUGEPAGES) {
+        speck_gguf *g = speck_gguf_open_ex(path, flags);
+        int ok = g == NULL && strstr(speck_last_error(), path) && strstr(speck_last_error(), what);
+        CHECK(ok, "%s%s: %s", label, flags ? " (hugepages)" : "", g ? "opened" : speck_last_error());
+        speck_gguf_close(g);
+    }
+}
+
+// A model read into huge pages holds the same bytes and computes the same logits as the mapped
+// file.
+static void test_hugepages_load(void) {
+    const char *path = tmp("huge.gguf");
+    CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_Q8_0, 3, path) == 0, "init tiny");
+    speck_model *a = speck_model_load(path), *b = speck_model_load_ex(path, SPECK_LOAD_HUGEPAGES);
+    CHECK(a && b, "load mapped and into huge pages: %s", a && b ? "ok" : speck_last_error());
+    if (a && b) {
+        const speck_gguf *ga = speck_model_gguf(a), *gb = speck_model_gguf(b);
+        int same = speck_gguf_n_tensors(ga) == speck_gguf_n_tensors(gb);
+        for (int64_t i = 0; same && i < speck_gguf_n_tensors(ga); i++) {
+            const speck_gguf_tensor *ta = speck_gguf_tensor_at(ga, i), *tb = speck_gguf_tensor_at(gb, i);
+            same = ta->n_bytes == tb->n_bytes && ta->data != tb->data &&
+                   !memcmp(ta->data, tb->data, ta->n_bytes);
+        }
+        CHECK(same, "huge-page copy holds every tensor's bytes");
+        int V = speck_model_hparams(a)->n_vocab;
+        float *la = malloc((size_t)V * sizeof(float)), *lb = malloc((size_t)V * sizeof(float));
+        speck_ctx *ca = speck_ctx_new(a, 32), *cb = speck_ctx_new(b, 32);
+        int32_t toks[3] = {1, 7, 42};
+        int none = 0; // no output rows for the prompt
+        int ok = ca && cb && !speck_forward(ca, 3, toks, NULL, NULL, &none, 0, NULL) &&
+                 !speck_forward(cb, 3, toks, NULL, NULL, &none, 0, NULL);
+        ok = ok && !speck_forward(ca, 1, toks, NULL, NULL, NULL, 1, la) &&
+             !speck_forward(cb, 1, toks, NULL, NULL, NULL, 1, lb) &&
+             !memcmp(la, lb, (size_t)V * sizeof(float));
+        CHECK(ok, "same logits from the huge-page copy");
+        speck_ctx_free(ca), speck_ctx_free(cb), free(la), free(lb);
+    }
+    speck_model_free(a);
+    speck_model_free(b);
 }
 
 static void expect_load_error(const char *path, const char *what, const char *label) {
@@ -281,6 +317,7 @@ int main(void) {
     test_raw_corruptions();
     test_all_value_types();
     test_model_errors();
+    test_hugepages_load();
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) return 1;
     return test_summary();

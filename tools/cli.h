@@ -39,11 +39,13 @@ double cli_now(void);
 // Median of v (n > 0); sorts v in place.
 double cli_median(double *v, int n);
 // Sampling options shared by generate/chat/bench-decode (--temp, --top-k, --top-p, --min-p,
-// --repeat-penalty, --repeat-last-n, --seed) and -t/--threads. True if argv[*i] was one.
+// --repeat-penalty, --repeat-last-n, --seed), -t/--threads and --hugepages (sets
+// cli_load_flags). True if argv[*i] was one.
 bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp);
 // Whole file, NUL-terminated (malloc'd); NULL with the error recorded.
 char *cli_read_file(const char *path, size_t *len);
-// Load a GGUF file or a Hugging Face checkpoint directory.
+// Load a GGUF file (with cli_load_flags, SPECK_LOAD_*) or a Hugging Face checkpoint directory.
+extern unsigned cli_load_flags;
 speck_model *cli_load_model(const char *path);
 
 #endif

@@ -98,11 +98,13 @@ double cli_now(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+unsigned cli_load_flags = 0;
+
 speck_model *cli_load_model(const char *path) {
     // A directory is a Hugging Face checkpoint: converted on the fly (speck_model_load_hf).
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return speck_model_load_hf(path);
-    return speck_model_load(path);
+    return speck_model_load_ex(path, cli_load_flags);
 }
 
 bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp) {
@@ -122,6 +124,7 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
         sp->seed = (uint64_t)cli_int(cmd, "--seed", v, 0, INT64_MAX);
     else if (cli_opt(argc, argv, i, "--threads", "-t", &v))
         speck_set_threads((int)cli_int(cmd, "--threads", v, 1, 4096));
+    else if (cli_flag(argv[*i], "--hugepages", NULL)) cli_load_flags |= SPECK_LOAD_HUGEPAGES;
     else return false;
     return true;
 }

@@ -110,6 +110,8 @@ static void help(void) {
            "  --ignore-eos           keep going past end-of-generation tokens\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
            "  -t, --threads N        threads (default: all cores)\n"
+           "  --hugepages            read the weights into transparent huge pages instead of\n"
+           "                         mapping the file (faster decoding of large models)\n"
            "  --no-stats             do not print statistics to stderr\n\n"
            "accelerated decoding (same output as plain decoding; docs/decoding.md):\n"
            "  --draft LIST           prompt | aded | jacobi | model:FILE, or a comma list tried\n"

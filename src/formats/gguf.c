@@ -37,6 +37,8 @@ struct speck_gguf {
     int fd;
     uint8_t *map;
     size_t size;
+    void *anon;      // SPECK_LOAD_HUGEPAGES: the anonymous region holding the file (else NULL)
+    size_t anon_len;
     uint32_t version;
     size_t alignment;
     size_t data_offset;
@@ -296,7 +298,8 @@ static void gguf_free_contents(speck_gguf *g) {
 void speck_gguf_close(speck_gguf *g) {
     if (!g) return;
     gguf_free_contents(g);
-    if (g->map && g->map != MAP_FAILED) munmap(g->map, g->size);
+    if (g->anon) munmap(g->anon, g->anon_len);
+    else if (g->map && g->map != MAP_FAILED) munmap(g->map, g->size);
     if (g->fd >= 0) close(g->fd);
     free(g->path);
     free(g);
@@ -370,7 +373,40 @@ static int parse(speck_gguf *g) {
     return 0;
 }
 
-speck_gguf *speck_gguf_open(const char *path) {
+#define HUGE_PAGE ((size_t)2 << 20)
+
+// The whole file read into anonymous memory on 2 MiB boundaries, advised as transparent huge
+// pages: a decode step then streams the weights through 512x fewer TLB entries and without the
+// hardware prefetchers stopping at every 4 KiB page boundary, as they do on a file mapping whose
+// page cache holds small folios. Read-only once filled.
+static int load_anon(speck_gguf *g) {
+    size_t len = (g->size + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE + HUGE_PAGE;
+    void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED)
+        return speck_set_error(SPECK_ERR_NOMEM, "%s: cannot allocate %zu bytes for the weights: %s",
+                               g->path, g->size, strerror(errno));
+    g->anon = base;
+    g->anon_len = len;
+    uint8_t *p = (uint8_t *)(((uintptr_t)base + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+#ifdef MADV_HUGEPAGE
+    madvise(p, g->size, MADV_HUGEPAGE); // advice only: without THP the copy still works
+#endif
+    for (size_t off = 0; off < g->size;) {
+        ssize_t r = pread(g->fd, p + off, g->size - off, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0)
+            return speck_set_error(SPECK_ERR_IO, "%s: read failed at byte %zu: %s", g->path, off,
+                                   r ? strerror(errno) : "file shrank while loading");
+        off += (size_t)r;
+    }
+    mprotect(base, len, PROT_READ);
+    g->map = p;
+    return 0;
+}
+
+speck_gguf *speck_gguf_open(const char *path) { return speck_gguf_open_ex(path, 0); }
+
+speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags) {
     speck_gguf *g = calloc(1, sizeof *g);
     if (!g) {
         speck_set_error(SPECK_ERR_NOMEM, "out of memory");
@@ -393,11 +429,15 @@ speck_gguf *speck_gguf_open(const char *path) {
         speck_set_error(SPECK_ERR_FORMAT, "%s: empty file (not a GGUF file)", path);
         goto fail;
     }
-    g->map = mmap(NULL, g->size, PROT_READ, MAP_SHARED, g->fd, 0);
-    if (g->map == MAP_FAILED) {
-        g->map = NULL;
-        speck_set_error(SPECK_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
-        goto fail;
+    if (flags & SPECK_LOAD_HUGEPAGES) {
+        if (load_anon(g)) goto fail;
+    } else {
+        g->map = mmap(NULL, g->size, PROT_READ, MAP_SHARED, g->fd, 0);
+        if (g->map == MAP_FAILED) {
+            g->map = NULL;
+            speck_set_error(SPECK_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+            goto fail;
+        }
     }
     if (parse(g)) goto fail;
     return g;

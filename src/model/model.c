@@ -274,8 +274,10 @@ static int load_tensors(loader *L) {
     return 0;
 }
 
-speck_model *speck_model_load(const char *path) {
-    speck_gguf *g = speck_gguf_open(path);
+speck_model *speck_model_load(const char *path) { return speck_model_load_ex(path, 0); }
+
+speck_model *speck_model_load_ex(const char *path, unsigned flags) {
+    speck_gguf *g = speck_gguf_open_ex(path, flags);
     if (!g) return NULL;
     speck_model *m = calloc(1, sizeof *m);
     if (!m) {
