@@ -413,13 +413,13 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E, hp->norm_eps);
             act.valid = false;
-#pragma omp for schedule(guided, 4) nowait
-            for (int64_t r = 0; r < F; r += ROW_BLOCK) { // gate and up rows in step, then SwiGLU
-                const int64_t r1 = r + ROW_BLOCK < F ? r + ROW_BLOCK : F;
-                mm_rows(&act, &ly->wg, xn, n, r, r1, c->g, F, 0);
-                mm_rows(&act, &ly->wu, xn, n, r, r1, c->u, F, 0);
+            {
+                int64_t o0, o1; // gate rows, then the same up rows, then SwiGLU on them
+                speck_thread_share(F, &o0, &o1);
+                mm_rows(&act, &ly->wg, xn, n, o0, o1, c->g, F, 0);
+                mm_rows(&act, &ly->wu, xn, n, o0, o1, c->u, F, 0);
                 for (int i = 0; i < n; i++)
-                    swiglu(c->g + (size_t)i * F + r, c->u + (size_t)i * F + r, (size_t)(r1 - r));
+                    swiglu(c->g + (size_t)i * F + o0, c->u + (size_t)i * F + o0, (size_t)(o1 - o0));
             }
 #pragma omp barrier
             mm_shared(&act, &ly->wd, c->g, n, c->x, E, 1);
