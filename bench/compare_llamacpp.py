@@ -28,9 +28,13 @@ def run_json(cmd, env):
     return json.loads(out)
 
 
+HUGE = []  # --hugepages: extra speck bench flags
+LLAMA_EXTRA = []  # and llama-bench's matching flags
+
+
 def speck_once(speck, path, n_pp, n_tg, threads, env):
     d = run_json([speck, "bench", "-m", path, "-p", str(n_pp), "-n", str(n_tg), "-r", "1",
-                  "-t", str(threads), "--json"], env)
+                  "-t", str(threads), "--json", *HUGE], env)
     return d
 
 
@@ -40,7 +44,7 @@ def llama_once(bindir, path, n_pp, n_tg, threads, env):
         if (test == "pp" and n_pp == 0) or (test == "tg" and n_tg == 0):
             continue
         rows = run_json([os.path.join(bindir, "llama-bench"), "-m", path, "-t", str(threads),
-                         "-r", "1", "-o", "json"] + args, env)
+                         "-r", "1", "-o", "json"] + args + LLAMA_EXTRA, env)
         res[test] = rows[0]["avg_ts"]
     return res
 
@@ -69,7 +73,13 @@ def main():
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--only", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--hugepages", action="store_true",
+                    help="speck bench --hugepages (weights read into transparent huge pages) "
+                         "against llama-bench -mmp 0 (weights read into memory, no mmap)")
     a = ap.parse_args()
+    if a.hugepages:
+        HUGE.append("--hugepages")
+        LLAMA_EXTRA.extend(["-mmp", "0"])
 
     env = dict(os.environ)
     # The machine sets OPENBLAS_CORETYPE=Haswell, which halves sgemm on Zen 5; both programs run
@@ -115,7 +125,8 @@ def main():
         print(json.dumps(r), file=sys.stderr)
 
     print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_name()}, {a.threads} threads, "
-          f"median of {a.reps} alternating runs, pp{a.pp} / tg{a.tg}, OPENBLAS_CORETYPE unset\n")
+          f"median of {a.reps} alternating runs, pp{a.pp} / tg{a.tg}, OPENBLAS_CORETYPE unset"
+          f"{', speck --hugepages vs llama.cpp -mmp 0' if a.hugepages else ''}\n")
     print("| model | type | file MiB | speck pp t/s | llama.cpp pp t/s | pp ratio | speck tg t/s "
           "| llama.cpp tg t/s | tg ratio | tg roofline t/s | % of roofline | speck peak RSS MiB |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
