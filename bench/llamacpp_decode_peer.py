@@ -3,7 +3,9 @@
 
 For each prompt of a bench-decode prompts file (one JSON string per line, as written by
 bench/make_code_prompts.py) this runs, greedy and with the same thread count:
-  plain        llama-simple                        (one token per forward)
+  plain        llama-bench -p 0 -n N               (one token per forward, from an empty
+                                                   context: llama-simple runs its default
+                                                   thread count and times the prompt too)
   lookup       llama-lookup --draft-max K          (prompt lookup / n-gram cache)
   speculative  llama-speculative-simple -md DRAFT  (draft model), when --draft is given
 and reports the median decode tokens/s over the prompts and each strategy's speedup over plain,
@@ -54,7 +56,6 @@ def main():
     b = a.llama_bin
     common = ["-m", a.model, "-n", str(a.n), "-t", str(a.threads), "--temp", "0", "-c", "1024"]
     strategies = {
-        "plain": lambda f, p: [f"{b}/llama-simple", "-m", a.model, "-n", str(a.n), p],
         "lookup": lambda f, p: [f"{b}/llama-lookup", *common, "-f", f,
                                 "--spec-draft-n-max", str(a.draft_max)],
     }
@@ -62,7 +63,13 @@ def main():
         strategies["speculative"] = lambda f, p: [
             f"{b}/llama-speculative-simple", *common, "-md", a.draft, "-td", str(a.threads),
             "-f", f, "--spec-type", "draft-simple", "--spec-draft-n-max", str(a.draft_max)]
-    rates = {k: [] for k in strategies}
+    rates = {"plain": []}
+    rates.update({k: [] for k in strategies})
+    for _ in range(3):
+        p = subprocess.run([f"{b}/llama-bench", "-m", a.model, "-p", "0", "-n", str(a.n), "-t",
+                            str(a.threads), "-r", "1", "-o", "json"], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True, check=True)
+        rates["plain"].append(json.loads(p.stdout)[0]["avg_ts"])
     env_threads = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     os.environ.update(env_threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +87,7 @@ def main():
                           "n_predict": a.n, "threads": a.threads, "median_tok_s": med}))
         return
     base = med.get("plain")
-    print("| llama.cpp strategy | prompts | median decode tok/s | speedup vs plain |")
+    print("| llama.cpp strategy | runs | median decode tok/s | speedup vs plain |")
     print("| --- | ---: | ---: | ---: |")
     for k, v in med.items():
         sp = f"{v / base:.2f}x" if base else "-"
