@@ -11,7 +11,7 @@
 # usage: scripts/train_default_models.sh [BUILD_DIR] [WORK_DIR]
 # Env: THREADS (2). The committed models were made exactly so on this project's shared 2-core
 # machine: the default model in three stages (0-700 and 700-1800 on a busy machine, ~45 min;
-# 1800-7000 with 2 threads beside light other work, ~70 min), the draft model in one 6000-step
+# 1800-4000 with 2 threads beside light other work, ~22 min), the draft model in one 6000-step
 # run on 1 thread (~22 min). Each default-model stage after the first is `--resume` with a longer
 # `--steps`, which continues from the checkpoint under the longer cosine schedule (a warm restart
 # of the learning rate). A run can be interrupted with Ctrl-C and continued by running the script
@@ -34,8 +34,8 @@ COMMON=(--data "$CORPUS" --glob '*.py' --vocab "$WORK/vocab.gguf" --val-fraction
         --threads "$THREADS" --type f16 --resume --plot)
 
 # 2. default code model (5.25M parameters): steps 0-700 under a 700-step schedule, then to 1800,
-#    then to 7000
-for steps in 700 1800 7000; do
+#    then to 4000
+for steps in 700 1800 4000; do
   "$SPECK" train "${COMMON[@]}" --n-layer 4 --n-embd 256 --n-head 8 --n-head-kv 4 --n-ff 768 \
     --ctx 256 --untied --batch 8 --steps $steps --lr 2e-3 --warmup 60 --val-every 200 \
     --val-batches 8 --ckpt-every 100 --name speck-default-code-4x256 -o "$WORK/default.gguf"
