@@ -153,7 +153,10 @@ static int reserve(speck_ctx *c, int n) {
         c->tbuf_threads = nt;
         for (int t = 0; t < nt; t++) {
             char *p = aligned_alloc(64, need);
-            if (!p) return -1;
+            if (!p) {
+                c->tbuf_bytes = 0; // some buffers are missing or small: redo all next time
+                return -1;
+            }
             free(tb[t]);
             tb[t] = p;
         }
