@@ -166,20 +166,6 @@ static void test_detect(void) {
 /* Against transformers.js                                                                   */
 /* ---------------------------------------------------------------------------------------- */
 
-static cJSON *load_json(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = 0;
-    cJSON *j = cJSON_ParseWithLength(buf, got);
-    free(buf);
-    return j;
-}
 
 #define MAX_VOCABS 4
 
@@ -221,7 +207,7 @@ static void test_node(const char *node_dir, const char *work) {
         CHECK(0, "node chat_template.mjs failed");
         return;
     }
-    cJSON *all = load_json(path);
+    cJSON *all = test_load_json(path);
     CHECK(cJSON_IsArray(all), "%s: not a JSON array", path);
     if (!cJSON_IsArray(all)) return;
     int n_cases = 0, n_skipped = 0, n_ids = 0;

@@ -18,20 +18,6 @@
 
 #include "test_util.h"
 
-static cJSON *load_json(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = 0;
-    cJSON *j = cJSON_ParseWithLength(buf, got);
-    free(buf);
-    return j;
-}
 
 static int64_t encode(const speck_vocab *v, const char *s, size_t n, bool parse, int32_t **ids) {
     int64_t k = speck_tokenize(v, s, n, false, parse, NULL, 0);
@@ -80,7 +66,7 @@ static void run_model(const char *node_dir, const char *work, const char *model,
         return;
     }
     snprintf(path, sizeof path, "%s/expected_%s.json", work, model);
-    cJSON *exp = load_json(path);
+    cJSON *exp = test_load_json(path);
     CHECK(exp && cJSON_GetArraySize(exp) == cJSON_GetArraySize(corpus), "%s: expected ids", model);
     int n = cJSON_GetArraySize(corpus), same = 0, shown = 0;
     for (int i = 0; exp && i < n; i++) {
@@ -152,7 +138,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     snprintf(path, sizeof path, "%s/corpus.json", work);
-    cJSON *corpus = load_json(path);
+    cJSON *corpus = test_load_json(path);
     CHECK(corpus && cJSON_GetArraySize(corpus) >= 2000, "corpus has >= 2000 strings");
     const char *only = getenv("SPECK_HF_MODELS"); // e.g. "llama3,qwen3" to run a subset
     static const char *const models[] = {"llama2", "llama3", "qwen3", "gemma3"};

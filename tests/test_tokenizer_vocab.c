@@ -12,22 +12,6 @@
 
 #include "test_util.h"
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
 
 static int64_t encode(const speck_vocab *v, const char *s, size_t n, bool add, bool parse,
                       int32_t **ids) {
@@ -88,7 +72,7 @@ static void run_vectors(const char *dir, const char *name) {
     snprintf(inp, sizeof inp, "%s.inp", path);
     snprintf(outp, sizeof outp, "%s.out", path);
     size_t il, ol;
-    char *in = read_file(inp, &il), *out = read_file(outp, &ol);
+    char *in = test_read_file(inp, &il), *out = test_read_file(outp, &ol);
     speck_vocab *v = speck_vocab_load(path);
     CHECK(v != NULL, "%s: load: %s", name, speck_last_error());
     if (!v) goto done;
