@@ -35,6 +35,8 @@ int cli_parse_ids(const char *s, int32_t **ids);
 // The model used when -m is omitted: $SPECK_MODEL, else models/default.gguf beside the
 // executable's source tree or the working directory. NULL if none exists.
 const char *cli_default_model(void);
+// path, else the default model; NULL after printing "speck CMD: no model ..." when neither exists.
+const char *cli_model_path(const char *cmd, const char *path);
 double cli_now(void);
 // Median of v (n > 0); sorts v in place.
 double cli_median(double *v, int n);

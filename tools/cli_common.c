@@ -100,6 +100,13 @@ double cli_now(void) {
 
 unsigned cli_load_flags = 0;
 
+const char *cli_model_path(const char *cmd, const char *path) {
+    if (!path) path = cli_default_model();
+    if (!path)
+        fprintf(stderr, "speck %s: no model: pass -m FILE.gguf (no default model found)\n", cmd);
+    return path;
+}
+
 speck_model *cli_load_model(const char *path) {
     // A directory is a Hugging Face checkpoint: converted on the fly (speck_model_load_hf).
     struct stat st;

@@ -92,11 +92,7 @@ int cmd_bench(int argc, char **argv) {
             return 2;
         }
     }
-    if (!path) path = cli_default_model();
-    if (!path) {
-        fprintf(stderr, "speck bench: no model given (-m FILE.gguf)\n");
-        return 2;
-    }
+    if (!(path = cli_model_path("bench", path))) return 2;
     speck_model *m = cli_load_model(path);
     if (!m) return cli_fail("bench");
     const speck_hparams *hp = speck_model_hparams(m);

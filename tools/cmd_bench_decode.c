@@ -154,9 +154,9 @@ int cmd_bench_decode(int argc, char **argv) {
             return 2;
         }
     }
-    if (!path) path = cli_default_model();
-    if (!path || !ppath) {
-        fprintf(stderr, "speck bench-decode: need -m MODEL and --prompts FILE\n");
+    if (!(path = cli_model_path("bench-decode", path))) return 2;
+    if (!ppath) {
+        fprintf(stderr, "speck bench-decode: need --prompts FILE\n");
         return 2;
     }
     if (plot && system("command -v gnuplot >/dev/null 2>&1") != 0) {

@@ -132,11 +132,7 @@ int cmd_chat(int argc, char **argv) {
                 tmpl_arg);
         return 2;
     }
-    if (!path) path = cli_default_model();
-    if (!path) {
-        fprintf(stderr, "speck chat: no model: pass -m FILE.gguf (no default model found)\n");
-        return 2;
-    }
+    if (!(path = cli_model_path("chat", path))) return 2;
     speck_model *m = cli_load_model(path);
     if (!m) return cli_fail("chat");
     const speck_hparams *hp = speck_model_hparams(m);

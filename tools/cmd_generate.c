@@ -239,11 +239,7 @@ int cmd_generate(int argc, char **argv) {
             return 2;
         }
     }
-    if (!path) path = cli_default_model();
-    if (!path) {
-        fprintf(stderr, "speck generate: no model: pass -m FILE.gguf (no default model found)\n");
-        return 2;
-    }
+    if (!(path = cli_model_path("generate", path))) return 2;
     if (!prompt && !ids_arg) prompt = "";
     speck_model *m = cli_load_model(path);
     if (!m) return cli_fail("generate");

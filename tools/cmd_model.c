@@ -157,9 +157,9 @@ int cmd_tokenize(int argc, char **argv) {
             return 2;
         }
     }
-    if (!path) path = cli_default_model();
-    if (!path || !text) {
-        fprintf(stderr, "speck tokenize: need -m MODEL and TEXT\n");
+    if (!(path = cli_model_path("tokenize", path))) return 2;
+    if (!text) {
+        fprintf(stderr, "speck tokenize: need TEXT\n");
         return 2;
     }
     speck_vocab *v = speck_vocab_load(path);
