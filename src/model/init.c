@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "formats/gguf_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 #include "kernels/kernels.h"
 #include "speck.h"
 
@@ -30,26 +31,6 @@ const speck_preset *speck_preset_find(const char *name) {
 }
 
 /* ---- byte-level BPE vocabulary of any size ---- */
-
-// GPT-2's reversible byte -> printable code point map: printable Latin-1 bytes map to
-// themselves, the rest to U+0100 upwards in byte order.
-static int byte_to_cp(int b) {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) return b;
-    int n = 0;
-    for (int x = 0; x < b; x++)
-        if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) n++;
-    return 256 + n;
-}
-
-static int put_utf8(char *s, int cp) {
-    if (cp < 0x80) {
-        s[0] = (char)cp;
-        return 1;
-    }
-    s[0] = (char)(0xC0 | (cp >> 6));
-    s[1] = (char)(0x80 | (cp & 0x3F));
-    return 2; // every code point of the map is < 0x800
-}
 
 typedef struct {
     char **tokens;
@@ -80,7 +61,7 @@ static int build_vocab(int n_vocab, vocab_build *v) {
     int na = 0;
     {
         char s[3];
-        int len = put_utf8(s, byte_to_cp(' '));
+        int len = tok_byte_to_unicode(' ', s); // GPT-2's printable stand-in for a space
         memcpy(alpha[na], s, (size_t)len);
         alpha[na++][len] = 0;
         for (int c = 'a'; c <= 'z'; c++) alpha[na][0] = (char)c, alpha[na++][1] = 0;
@@ -90,7 +71,7 @@ static int build_vocab(int n_vocab, vocab_build *v) {
     int n = 0;
     for (int b = 0; b < 256; b++) {
         char s[4] = {0};
-        put_utf8(s, byte_to_cp(b));
+        tok_byte_to_unicode((uint8_t)b, s);
         v->tokens[n] = strdup(s);
         v->types[n++] = 1; // NORMAL
     }

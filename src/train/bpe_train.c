@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tokenizer/tokenizer_internal.h"
 #include "train/train_internal.h"
 
 // The GPT-2 pre-tokenizer pattern (what llama.cpp uses for pre "gpt-2").
@@ -179,22 +180,6 @@ static int pair_add(pair_table *pt, uint32_t a, uint32_t b, int64_t count, int32
     return 0;
 }
 
-// GPT-2's reversible byte -> printable code point map (as in src/model/init.c).
-static int byte_cp(int b) {
-    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) return b;
-    int n = 0;
-    for (int x = 0; x < b; x++)
-        if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) n++;
-    return 256 + n;
-}
-
-static int put_utf8(char *s, int cp) {
-    if (cp < 0x80) return s[0] = (char)cp, 1;
-    s[0] = (char)(0xC0 | (cp >> 6));
-    s[1] = (char)(0x80 | (cp & 0x3F));
-    return 2;
-}
-
 static char *str_cat(const char *a, const char *sep, const char *b) {
     size_t la = strlen(a), ls = strlen(sep), lb = strlen(b);
     char *s = malloc(la + ls + lb + 1);
@@ -235,7 +220,7 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
     }
     for (int b = 0; b < 256; b++) {
         char s[4] = {0};
-        put_utf8(s, byte_cp(b));
+        tok_byte_to_unicode((uint8_t)b, s); // GPT-2's reversible byte -> character map
         if (!(tok[n_tok] = strdup(s))) goto oom;
         types[n_tok++] = 1;
     }
