@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "formats/hf_internal.h"
 #include "speck.h"
 
 // A header larger than this is not a real checkpoint (the biggest published ones are ~1 MB);
@@ -218,33 +219,10 @@ static bool exists(const char *p) {
     return stat(p, &st) == 0;
 }
 
-static cJSON *read_json(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        speck_set_error(SPECK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        speck_set_error(SPECK_ERR_IO, "%s: cannot read", path);
-        return NULL;
-    }
-    fclose(f);
-    cJSON *j = cJSON_ParseWithLength(buf, (size_t)n);
-    free(buf);
-    if (!j) speck_set_error(SPECK_ERR_FORMAT, "%s: malformed JSON", path);
-    return j;
-}
-
 // Sharded checkpoint: open every shard the weight_map names and check that each listed tensor
 // is in the shard it names.
 static int open_index(speck_st *s, const char *index) {
-    cJSON *j = read_json(index);
+    cJSON *j = hf_read_json(index);
     if (!j) return SPECK_ERR_FORMAT;
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(j, "weight_map");
     int rc = 0;
