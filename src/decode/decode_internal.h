@@ -58,6 +58,20 @@ static inline int speck_tree_add(speck_draft_tree *t, int32_t tok, int parent, f
     return t->n++;
 }
 
+// Draw a token from probs (n) with the sampler's RNG (the last allowed token if rounding leaves
+// the uniform past the total).
+static inline int32_t speck_draw(speck_sampler *s, const float *probs, int n) {
+    double r = speck_sampler_uniform(s), cum = 0;
+    int32_t last = -1;
+    for (int i = 0; i < n; i++) {
+        if (probs[i] <= 0.0f) continue;
+        cum += probs[i];
+        last = i;
+        if (r < cum) return i;
+    }
+    return last >= 0 ? last : 0;
+}
+
 // True when a first-level branch starting with tok is already in the tree.
 static inline bool speck_tree_has_branch(const speck_draft_tree *t, int32_t tok) {
     for (int i = 0; i < t->n; i++)

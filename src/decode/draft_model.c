@@ -61,11 +61,7 @@ static int dm_propose(speck_drafter *dr, const int32_t *seq, int n, int max_node
         float conf, *q = d->q + (size_t)k * d->n_vocab;
         if (sample) { // tok ~ q; its probability is the draft's own acceptance estimate
             speck_sampler_probs(s, d->logits, q);
-            double r = speck_sampler_uniform(s), cum = 0;
-            tok = -1;
-            for (int v = 0; v < d->n_vocab && tok < 0; v++)
-                if (q[v] > 0.0f && r < (cum += q[v])) tok = v;
-            if (tok < 0) tok = speck_argmax(q, d->n_vocab); // rounding left r past the sum
+            tok = speck_draw(s, q, d->n_vocab);
             conf = q[tok];
         } else {
             tok = speck_argmax(d->logits, d->n_vocab);

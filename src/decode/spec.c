@@ -137,19 +137,6 @@ static int seq_push(speck_decoder *d, int n, int32_t tok) {
     return 0;
 }
 
-// Draw from probs (n) with the sampler's RNG.
-static int32_t draw(speck_sampler *s, const float *probs, int n) {
-    double r = speck_sampler_uniform(s), cum = 0;
-    int32_t last = -1;
-    for (int i = 0; i < n; i++) {
-        if (probs[i] <= 0.0f) continue;
-        cum += probs[i];
-        last = i;
-        if (r < cum) return i;
-    }
-    return last >= 0 ? last : 0;
-}
-
 // Tree attention mask for the batch [root, nodes...] over the n_past cached entries.
 // mask: (1 + t->n, n_past + 1 + t->n); pos: (1 + t->n)
 static void build_mask(const speck_draft_tree *t, int n_past, uint8_t *mask, int32_t *pos) {
@@ -269,7 +256,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
     if (n_predict <= 0) goto out_early;
     {
         speck_sampler_probs(s, d->logits, d->probs);
-        int32_t first = draw(s, d->probs, d->n_vocab);
+        int32_t first = speck_draw(s, d->probs, d->n_vocab);
         speck_sampler_accept(s, first);
         if ((rc = seq_push(d, n, first))) return rc;
         n++;
@@ -379,7 +366,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
                 }
             }
             if (next < 0) {
-                bonus = draw(s, d->probs, d->n_vocab);
+                bonus = speck_draw(s, d->probs, d->n_vocab);
                 break;
             }
             accepted[next] = 1;
