@@ -1,7 +1,7 @@
 // Tests for src/kernels: fp16/bf16 conversions, Q8_0/Q4_0 quantization (error bounds and exact
 // llama.cpp byte layout), every SIMD path against the scalar reference, speck_matmul against a
 // double-precision reference on the streaming (n_tok < 16), int8 GEMM (AVX-512, Q8_0/Q4_0) and
-// sgemm paths, and batch invariance of matmul rows below 16 tokens.
+// sgemm paths, batch invariance of matmul rows below 16 tokens, and attention on every ISA.
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -595,6 +595,72 @@ static void test_batch_invariance(void) {
     free(x), free(wf), free(y1), free(yn), free(w);
 }
 
+// speck_attend on every ISA against a double-precision softmax attention: head sizes with and
+// without a 16-lane tail, key counts around the 16-key blocks, no mask / a random mask / a mask
+// allowing nothing.
+static void test_attend(void) {
+    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const int hds[] = {32, 64, 80, 100, 128}, nks[] = {1, 7, 16, 17, 100, 300};
+    const int ld = 2 * 128 + 8, max_keys = 300; // keys of one head inside wider cache rows
+    float *kv = malloc((size_t)2 * max_keys * ld * sizeof(float)), q[128], out[128], sc[300];
+    float *kc = kv, *vc = kv + (size_t)max_keys * ld;
+    uint8_t allow[300], none[300] = {0};
+    fill_random(kv, (size_t)2 * max_keys * ld, 1.0f);
+    for (int j = 0; j < max_keys; j++) allow[j] = (rng_u64() % 3) != 0;
+    allow[0] = 0;
+    for (int ii = 0; ii < 3; ii++) {
+        if (speck_kernels_force_isa(isas[ii]) != 0) continue;
+        double worst = 0;
+        int ok_none = 1;
+        for (int hi = 0; hi < 5; hi++)
+            for (int ki = 0; ki < 6; ki++)
+                for (int mi = 0; mi < 2; mi++) {
+                    const int hd = hds[hi], nk = nks[ki];
+                    const uint8_t *m = mi ? allow : NULL;
+                    const float scale = 1.0f / sqrtf((float)hd);
+                    fill_random(q, hd, 2.0f);
+                    const int got = speck_attend(q, kc + 8, vc + 8, ld, hd, nk, scale, m, sc, out);
+                    double s[300], mx = -INFINITY, sum = 0;
+                    int any = 0;
+                    for (int j = 0; j < nk; j++) {
+                        if (m && !m[j]) continue;
+                        s[j] = 0;
+                        for (int d = 0; d < hd; d++) s[j] += (double)kc[8 + j * ld + d] * q[d];
+                        s[j] *= scale;
+                        if (s[j] > mx) mx = s[j];
+                        any = 1;
+                    }
+                    if (!any) {
+                        int zero = got == 0;
+                        for (int d = 0; d < hd; d++) zero &= out[d] == 0.0f;
+                        ok_none &= zero;
+                        continue;
+                    }
+                    for (int j = 0; j < nk; j++)
+                        if (!m || m[j]) sum += exp(s[j] - mx);
+                    for (int d = 0; d < hd; d++) {
+                        double ref = 0;
+                        for (int j = 0; j < nk; j++)
+                            if (!m || m[j]) ref += exp(s[j] - mx) / sum * vc[8 + j * ld + d];
+                        const double e = fabs(ref - out[d]);
+                        if (!(e <= worst)) worst = e; // NaN propagates to worst
+                    }
+                    if (got != 1) worst = INFINITY;
+                }
+        for (int hi = 0; hi < 5; hi++) {
+            const int got = speck_attend(q, kc, vc, ld, hds[hi], 17, 1.0f, none, sc, out);
+            ok_none &= got == 0 && out[0] == 0.0f && out[hds[hi] - 1] == 0.0f;
+        }
+        // Outputs are convex combinations of values in [-1, 1]; float scores (error ~1e-6 for
+        // |q . k| <= ~20) and a ~1-ulp exp move each weight by ~1e-6 relative: 1e-5 bounds it.
+        check(worst <= 1e-5,
+              "[%s] attend: head sizes 32..128, 1..300 keys, masks: max abs error %.2e <= 1e-5",
+              isas[ii], worst);
+        check(ok_none, "[%s] attend: nothing allowed -> returns 0, output zeroed", isas[ii]);
+    }
+    free(kv);
+}
+
 int main(void) {
     printf("kernels: dispatcher picked %s\n", speck_kernels_isa());
     const char *best = speck_kernels_isa();
@@ -608,6 +674,7 @@ int main(void) {
     test_matmul();
     test_gemm();
     test_batch_invariance();
+    test_attend();
     speck_kernels_force_isa(best_name);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

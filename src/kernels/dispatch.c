@@ -95,3 +95,9 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
     }
     return 0.0f;
 }
+
+// q: (hd); kb, vb: key/value j at + j * ld; allow, sc: (n_keys); out: (hd).
+int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
+                 float scale, const uint8_t *allow, float *sc, float *out) {
+    return g_table->attend(q, kb, vb, ld, hd, n_keys, scale, allow, sc, out);
+}

@@ -53,6 +53,11 @@ speck_type speck_act_type(speck_type weight_type);
 // Dot product of one weight row (type t, n values) with one activation row already converted to
 // speck_act_type(t). n is a multiple of 32 for quantized types.
 float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n);
+// Attention of one query head over n_keys cached keys/values (rows ld floats apart, hd used):
+// out (hd) = softmax(scale * q . k_j over allowed j) . v. q: (hd); allow: (n_keys) or NULL;
+// sc: (n_keys) scratch. Returns 0 (out zeroed) when no key is allowed. Batch-invariant.
+int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
+                 float scale, const uint8_t *allow, float *sc, float *out);
 
 // Y = X · Wᵀ, threaded with OpenMP. Call it from outside any parallel region.
 // W: (n_out, n_in) rows of type wt, rows contiguous (row stride speck_type_row_size(wt, n_in))

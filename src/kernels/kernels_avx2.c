@@ -242,6 +242,7 @@ const speck_kernel_table speck_kernels_avx2 = {
     .quantize_q8_0 = quantize_q8_0_avx2,
     .f16_to_f32 = f16_to_f32_avx2,
     .bf16_to_f32 = bf16_to_f32_avx2,
+    .attend = speck_attend_ref,
     .q8_0_to_f32 = q8_0_to_f32_avx2,
     .q4_0_to_f32 = q4_0_to_f32_avx2,
 };

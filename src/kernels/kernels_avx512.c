@@ -5,6 +5,7 @@
 // belong to the first block, 8-15 to the second), multiply the int32 partial sums by a per-lane
 // scale vector [s0 x8, s1 x8] and accumulate in float: no horizontal work per block.
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "kernels/kernels_internal.h"
@@ -92,13 +93,185 @@ static float dot_bf16_avx512(const uint16_t *w, const float *x, int64_t n) {
     return r;
 }
 
+
+/* ---------------------------------------------------------------------------------------- */
+/* Attention                                                                                 */
+/* ---------------------------------------------------------------------------------------- */
+
+// Lane r of the result = the sum of a[r]'s 16 lanes, for 16 vectors at once (a transposing
+// tree: 45 shuffles/adds for 16 sums instead of ~8 each). Every slot goes through the same tree,
+// so a key's score does not depend on which slot of its block it occupies.
+static inline __m512 hsum16x16(const __m512 a[16]) {
+    __m512 b[8], c[4], d[2];
+    for (int k = 0; k < 8; k++) // 256-bit halves: slot 2k in blocks 0-1, 2k+1 in 2-3
+        b[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * k], a[2 * k + 1], 0xEE));
+    for (int k = 0; k < 4; k++) // 128-bit blocks: block j holds slot 4k + j
+        c[k] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * k], b[2 * k + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * k], b[2 * k + 1], 0xDD));
+    for (int k = 0; k < 2; k++) { // pairs: block j holds slots 8k + j and 8k + 4 + j
+        __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(c[2 * k]), _mm512_castps_pd(c[2 * k + 1]));
+        __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(c[2 * k]), _mm512_castps_pd(c[2 * k + 1]));
+        d[k] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+    }
+    // lane 4j + t holds slot 4t + j
+    const __m512 e =
+        _mm512_add_ps(_mm512_shuffle_ps(d[0], d[1], 0x88), _mm512_shuffle_ps(d[0], d[1], 0xDD));
+    const __m512i perm = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(perm, e);
+}
+
+// e^x for x <= 0 (softmax arguments after the maximum is subtracted): Cody-Waite reduction to
+// r in [-ln2/2, ln2/2], a degree-6 polynomial (Cephes expf coefficients, ~1 ulp), scaled by 2^n.
+static inline __m512 exp_nonpos(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f)); // e^-104 underflows to 0 anyway
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+// out[c0 * 16 ..) (cn chunks of 16, the last masked by `last`) = inv * sum_j sc[j] v_j. Keys
+// go to four accumulator sets by j mod 4 (four independent FMA chains), summed in a fixed order.
+static inline __attribute__((always_inline)) void
+attend_v_slab(const float *sc, const float *vb, int64_t ld, int n_keys, const int cn,
+              __mmask16 last, float inv, float *out) {
+    __m512 o[4][4];
+    for (int u = 0; u < 4; u++)
+        for (int c = 0; c < cn; c++) o[u][c] = _mm512_setzero_ps();
+    for (int j = 0; j < n_keys; j += 4)
+        for (int u = 0; u < 4 && j + u < n_keys; u++) {
+            const __m512 p = _mm512_set1_ps(sc[j + u]);
+            const float *v = vb + (int64_t)(j + u) * ld;
+            for (int c = 0; c < cn; c++) {
+                const __mmask16 m = c == cn - 1 ? last : 0xFFFF;
+                o[u][c] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(m, v + 16 * c), o[u][c]);
+            }
+        }
+    for (int c = 0; c < cn; c++) {
+        const __m512 s =
+            _mm512_add_ps(_mm512_add_ps(o[0][c], o[1][c]), _mm512_add_ps(o[2][c], o[3][c]));
+        _mm512_mask_storeu_ps(out + 16 * c, c == cn - 1 ? last : 0xFFFF,
+                              _mm512_mul_ps(s, _mm512_set1_ps(inv)));
+    }
+}
+
+// q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys; sc: (n_keys); out: (hd).
+static int attend_avx512(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
+                         int n_keys, float scale, const uint8_t *allow, float *sc, float *out) {
+    const int nc = (hd + 15) / 16;
+    const __mmask16 hm = (__mmask16)((1u << (hd - 16 * (nc - 1))) - 1); // last chunk's lanes
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int j0 = 0; j0 < n_keys; j0 += 16) {
+        const int nk = n_keys - j0 < 16 ? n_keys - j0 : 16;
+        const __mmask16 tm = (__mmask16)((1u << nk) - 1);
+        __m512 acc[16];
+        for (int r = 0; r < 16; r++) {
+            acc[r] = _mm512_setzero_ps();
+            if (r >= nk) continue;
+            const float *k = kb + (int64_t)(j0 + r) * ld;
+            for (int c = 0; c < nc; c++) {
+                const __mmask16 m = c == nc - 1 ? hm : 0xFFFF;
+                acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, k + 16 * c),
+                                         _mm512_maskz_loadu_ps(m, q + 16 * c), acc[r]);
+            }
+        }
+        __mmask16 ok = tm;
+        if (allow) {
+            const __m128i a = _mm_maskz_loadu_epi8(tm, allow + j0);
+            ok &= _mm_test_epi8_mask(a, a);
+        }
+        const __m512 s = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY),
+                                              _mm512_mul_ps(hsum16x16(acc), _mm512_set1_ps(scale)));
+        _mm512_mask_storeu_ps(sc + j0, tm, s);
+        mx = _mm512_max_ps(mx, s);
+    }
+    const float m = _mm512_reduce_max_ps(mx);
+    if (m == -INFINITY) {
+        memset(out, 0, (size_t)hd * sizeof(float));
+        return 0;
+    }
+    __m512 sum = _mm512_setzero_ps();
+    for (int j0 = 0; j0 < n_keys; j0 += 16) {
+        const int nk = n_keys - j0 < 16 ? n_keys - j0 : 16;
+        const __mmask16 tm = (__mmask16)((1u << nk) - 1);
+        const __m512 s = _mm512_maskz_loadu_ps(tm, sc + j0);
+        const __mmask16 ok = _mm512_mask_cmp_ps_mask(tm, s, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        const __m512 p = _mm512_maskz_mov_ps(ok, exp_nonpos(_mm512_sub_ps(s, _mm512_set1_ps(m))));
+        _mm512_mask_storeu_ps(sc + j0, tm, p);
+        sum = _mm512_add_ps(sum, p);
+    }
+    const float inv = 1.0f / _mm512_reduce_add_ps(sum);
+    for (int c0 = 0; c0 < nc; c0 += 4) {
+        const int cn = nc - c0 < 4 ? nc - c0 : 4;
+        const __mmask16 last = c0 + cn == nc ? hm : 0xFFFF;
+        const float *v = vb + 16 * c0;
+        switch (cn) {
+        case 1: attend_v_slab(sc, v, ld, n_keys, 1, last, inv, out + 16 * c0); break;
+        case 2: attend_v_slab(sc, v, ld, n_keys, 2, last, inv, out + 16 * c0); break;
+        case 3: attend_v_slab(sc, v, ld, n_keys, 3, last, inv, out + 16 * c0); break;
+        default: attend_v_slab(sc, v, ld, n_keys, 4, last, inv, out + 16 * c0); break;
+        }
+    }
+    return 1;
+}
+
+// A tile of R weight rows x T activation rows (R * T <= 16), one accumulator per output and
+// one FMA chain over the row's 16-value chunks, then all sums in one transposing tree: the
+// per-output horizontal sum was most of the work for short rows (n_in 256-576). Each output's
+// arithmetic is the same whatever tile it sits in, so results do not depend on how many tokens
+// run together. Missing rows/tokens of an edge tile repeat row/token 0 and are not stored.
+static inline __attribute__((always_inline)) void
+ftile_body(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt, int64_t n,
+           const int wt, const int R, const int T, float *out) {
+    const char *wr[16];
+    const float *xr[4];
+    for (int r = 0; r < R; r++) wr[r] = (const char *)w + (r < rows ? (size_t)r * wrow : 0);
+    for (int t = 0; t < T; t++) xr[t] = x + (t < nt ? t * ldx : 0);
+    const int esz = wt == W_F32 ? 4 : 2;
+    __m512 acc[16];
+    for (int s = 0; s < 16; s++) acc[s] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 xv[4];
+        for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(xr[t] + i);
+        for (int r = 0; r < R; r++) {
+            const __m512 wv = load_w16(wr[r] + i * esz, 0, wt, 0xFFFF);
+            for (int t = 0; t < T; t++) acc[t * R + r] = _mm512_fmadd_ps(wv, xv[t], acc[t * R + r]);
+        }
+    }
+    if (i < n) {
+        const __mmask16 m = tail_mask16(n - i);
+        __m512 xv[4];
+        for (int t = 0; t < T; t++) xv[t] = _mm512_maskz_loadu_ps(m, xr[t] + i);
+        for (int r = 0; r < R; r++) {
+            const __m512 wv = load_w16(wr[r] + i * esz, 0, wt, m);
+            for (int t = 0; t < T; t++) acc[t * R + r] = _mm512_fmadd_ps(wv, xv[t], acc[t * R + r]);
+        }
+    }
+    float sums[16];
+    _mm512_storeu_ps(sums, hsum16x16(acc));
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
+}
+
+// rows (<= 16 / nt) weight rows x nt tokens in the tile shape of nt: 16x1, 8x2, 5x3, 4x4.
 #define FLOAT_MM(NAME, WT)                                                                     \
-    static void NAME(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out) { \
+    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,  \
+                     int64_t n, float *out) {                                                  \
         switch (nt) {                                                                          \
-        case 1: fdot_body(w, WT, x, ldx, 1, n, out); break;                                    \
-        case 2: fdot_body(w, WT, x, ldx, 2, n, out); break;                                    \
-        case 3: fdot_body(w, WT, x, ldx, 3, n, out); break;                                    \
-        default: fdot_body(w, WT, x, ldx, 4, n, out); break;                                   \
+        case 1: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 16, 1, out); break;               \
+        case 2: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 8, 2, out); break;                \
+        case 3: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 5, 3, out); break;                \
+        default: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 4, out); break;               \
         }                                                                                      \
     }
 FLOAT_MM(mm_f32_avx512, W_F32)
@@ -674,6 +847,7 @@ const speck_kernel_table speck_kernels_avx512 = {
     .quantize_q8_0 = quantize_q8_0_avx512,
     .f16_to_f32 = f16_to_f32_avx512,
     .bf16_to_f32 = bf16_to_f32_avx512,
+    .attend = attend_avx512,
     .q8_0_to_f32 = q8_0_to_f32_avx512,
     .q4_0_to_f32 = q4_0_to_f32_avx512,
 };

@@ -40,11 +40,16 @@ typedef struct {
                     float *out);
     void (*mm_q8_0)(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                     float *out);
-    // One float weight row (F32 / F16 / BF16, n values) · nt (1..SPECK_MT) f32 activation rows
-    // x + t * ldx; out: (nt); each row's result independent of nt. NULL: per-row dots instead.
-    void (*mm_f32)(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out);
-    void (*mm_f16)(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out);
-    void (*mm_bf16)(const void *w, const float *x, int64_t ldx, int64_t n, int nt, float *out);
+    // A tile of float weight rows (F32 / F16 / BF16, n values, rows wrow bytes apart) times nt
+    // (1..SPECK_MT) f32 activation rows x + t * ldx, rows <= 16 / nt; out[t * rows + r]. Each
+    // result's arithmetic does not depend on the tile's shape (batch invariance). NULL: per-row
+    // dots instead.
+    void (*mm_f32)(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,
+                   int64_t n, float *out);
+    void (*mm_f16)(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,
+                   int64_t n, float *out);
+    void (*mm_bf16)(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,
+                    int64_t n, float *out);
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
     // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
     // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.
@@ -52,6 +57,13 @@ typedef struct {
     // gemm_run: y[t * ldy + r] = sum over the row of packed row r times activation row t, for
     // t < a->n_tok and r < rows (the packed strip's rows; nothing else in y is touched).
     void (*gemm_run)(const void *packed, int rows, const speck_gemm_act *a, float *y, int64_t ldy);
+    // Attention of one query head over keys j < n_keys (k_j = kb + j * ld, v_j = vb + j * ld,
+    // each hd floats): out (hd) = sum_j softmax_j(scale * q . k_j) v_j over the allowed keys
+    // (allow: (n_keys) bytes, nonzero = allowed; NULL = all). sc: (n_keys) scratch. Returns 0 and
+    // zeroes out when no key is allowed. A query's result depends only on its own inputs, not on
+    // which other queries or heads run alongside (batch invariance of the decode path).
+    int (*attend)(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
+                  float scale, const uint8_t *allow, float *sc, float *out);
     // Activation quantization (must be bit-identical across ISAs) and row conversions.
     void (*quantize_q8_0)(const float *x, speck_block_q8_0 *y, int64_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
@@ -71,5 +83,8 @@ extern const speck_kernel_table speck_kernels_avx512;
 // Scalar row helpers shared by all ISAs (the reference semantics).
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n);
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
+// Portable attention (the scalar table's attend; the AVX2 table's too for now).
+int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
+                     int n_keys, float scale, const uint8_t *allow, float *sc, float *out);
 
 #endif

@@ -203,6 +203,36 @@ static float dot_q4_0_scalar(const speck_block_q4_0 *w, const speck_block_q8_0 *
     return sum;
 }
 
+// q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys; sc: (n_keys); out: (hd).
+int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
+                     int n_keys, float scale, const uint8_t *allow, float *sc, float *out) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n_keys; j++) {
+        if (allow && !allow[j]) {
+            sc[j] = -INFINITY;
+            continue;
+        }
+        const float *k = kb + (int64_t)j * ld;
+        float s = 0.0f;
+        for (int d = 0; d < hd; d++) s += k[d] * q[d];
+        sc[j] = s * scale;
+        if (sc[j] > mx) mx = sc[j];
+    }
+    memset(out, 0, (size_t)hd * sizeof(float));
+    if (mx == -INFINITY) return 0;
+    float sum = 0.0f;
+    for (int j = 0; j < n_keys; j++) {
+        const float p = sc[j] == -INFINITY ? 0.0f : expf(sc[j] - mx);
+        sum += p;
+        if (p == 0.0f) continue;
+        const float *v = vb + (int64_t)j * ld;
+        for (int d = 0; d < hd; d++) out[d] += p * v[d];
+    }
+    const float inv = 1.0f / sum;
+    for (int d = 0; d < hd; d++) out[d] *= inv;
+    return 1;
+}
+
 const speck_kernel_table speck_kernels_scalar = {
     .name = "scalar",
     .dot_f32 = dot_f32_scalar,
@@ -217,6 +247,7 @@ const speck_kernel_table speck_kernels_scalar = {
     .quantize_q8_0 = speck_quantize_row_q8_0_ref,
     .f16_to_f32 = f16_to_f32_scalar,
     .bf16_to_f32 = bf16_to_f32_scalar,
+    .attend = speck_attend_ref,
     .q8_0_to_f32 = q8_0_to_f32_scalar,
     .q4_0_to_f32 = q4_0_to_f32_scalar,
 };

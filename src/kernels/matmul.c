@@ -164,7 +164,7 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t wrow = speck_type_row_size(wt, n_in);
     const int split = a->kind == SPECK_MM_Q8_SPLIT || a->kind == SPECK_MM_Q8_SPLIT_Q4;
-    void (*mm_float)(const void *, const float *, int64_t, int64_t, int, float *) =
+    void (*mm_float)(const void *, size_t, int, const float *, int64_t, int, int64_t, float *) =
         a->kind != SPECK_MM_F32       ? NULL
         : wt == SPECK_TYPE_F32        ? k->mm_f32
         : wt == SPECK_TYPE_F16        ? k->mm_f16
@@ -173,16 +173,33 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     const char *act = a->kind == SPECK_MM_F32 ? (const char *)a->x : a->blocks;
     const size_t arow = a->kind == SPECK_MM_F32 ? (size_t)n_in * sizeof(float)
                                                 : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
+    if (mm_float) {
+        // Tiles of R rows x T tokens; a row block stays in L1 across the token groups.
+        const int T = (int)(n_tok < SPECK_MT ? n_tok : SPECK_MT), R = 16 / T;
+        for (int64_t o = o0; o < o1; o += R) {
+            const int rows = (int)(o1 - o < R ? o1 - o : R);
+            for (int64_t t = 0; t < n_tok; t += T) {
+                const int nt = (int)(n_tok - t < T ? n_tok - t : T);
+                float out[16];
+                mm_float((const char *)W + (size_t)o * wrow, wrow, rows, a->x + t * n_in, n_in,
+                         nt, n_in, out);
+                for (int j = 0; j < nt; j++)
+                    for (int r = 0; r < rows; r++) {
+                        float *y = Y + (t + j) * ldy + o + r;
+                        *y = accumulate ? *y + out[j * rows + r] : out[j * rows + r];
+                    }
+            }
+        }
+        return;
+    }
     for (int64_t o = o0; o < o1; o++) {
         const char *w = (const char *)W + (size_t)o * wrow;
-        if (split || mm_float) {
+        if (split) {
             // Groups of up to SPECK_MT tokens; the row stays in L1 across groups.
             for (int64_t t = 0; t < n_tok; t += SPECK_MT) {
                 const int nt = (int)(n_tok - t < SPECK_MT ? n_tok - t : SPECK_MT);
                 float out[SPECK_MT];
-                if (mm_float)
-                    mm_float(w, a->x + t * n_in, n_in, n_in, nt, out);
-                else if (wt == SPECK_TYPE_Q4_0)
+                if (wt == SPECK_TYPE_Q4_0)
                     k->mm_q4_0((const speck_block_q4_0 *)w, &a->rows, t, nt, out);
                 else
                     k->mm_q8_0((const speck_block_q8_0 *)w, &a->rows, t, nt, out);

@@ -257,26 +257,6 @@ static bool softmax_masked(float *s, int n_total, int limit, const uint8_t *mi) 
     return true;
 }
 
-// o (hd) += p * v (hd)
-SPECK_MULTIVERSION
-static void axpy(float *o, float p, const float *v, int hd) {
-    for (int d = 0; d < hd; d++) o[d] += p * v[d];
-}
-
-// One query head over cache entries [0, limit): out (hd) = softmax(q · Kᵀ * scale) V.
-// q: (hd); kb, vb: the head's first key/value, rows kv_dim apart; mi: (limit) allowed or NULL;
-// sc: (limit) scratch.
-static void attend_head(const float *q, float *out, const float *kb, const float *vb, int kv_dim,
-                        int hd, int limit, float scale, const uint8_t *mi, float *sc) {
-    for (int j = 0; j < limit; j++)
-        sc[j] = (mi && !mi[j]) ? -INFINITY
-                               : speck_vec_dot(SPECK_TYPE_F32, kb + (size_t)j * kv_dim, q, hd) * scale;
-    memset(out, 0, (size_t)hd * sizeof(float));
-    if (!softmax_masked(sc, limit, limit, NULL)) return; // fully masked: zero output
-    for (int j = 0; j < limit; j++)
-        if (sc[j] != 0.0f) axpy(out, sc[j], vb + (size_t)j * kv_dim, hd);
-}
-
 // Attention of n >= ATT_GEMM_MIN new queries over cache entries [0, n_total): per head
 // S = Q Kᵀ and O = P V as GEMMs.
 // q, out: (n, n_head*hd); cache k, v: (n_ctx, kv_dim); mask: (n, n_total) or NULL (causal).
@@ -406,10 +386,10 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
 #pragma omp for schedule(dynamic, 1)
             for (int u = 0; u < n * nh; u++) {
                 const int i = u / nh, h = u % nh, g = h / group;
-                attend_head(c->q + ((size_t)i * nh + h) * hd, c->att + ((size_t)i * nh + h) * hd,
-                            c->k[l] + (size_t)g * hd, c->v[l] + (size_t)g * hd, kvd, hd,
-                            mask ? n_total : n_past + i + 1, scale,
-                            mask ? mask + (size_t)i * n_total : NULL, sc);
+                speck_attend(c->q + ((size_t)i * nh + h) * hd, c->k[l] + (size_t)g * hd,
+                             c->v[l] + (size_t)g * hd, kvd, hd, mask ? n_total : n_past + i + 1,
+                             scale, mask ? mask + (size_t)i * n_total : NULL, sc,
+                             c->att + ((size_t)i * nh + h) * hd);
             }
             mm_shared(&act, &ly->wo, c->att, n, c->x, E, 1);
 #pragma omp barrier
