@@ -438,6 +438,11 @@ speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags) {
             speck_set_error(SPECK_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
             goto fail;
         }
+        // Advice only: pages this mapping faults in from disk are read into 2 MiB page-cache
+        // folios, which the kernel maps with one TLB entry each (measured: a freshly read 600 MB
+        // file ends up ~97 % PMD-mapped with it, ~90 % without). Pages already cached keep
+        // their size.
+        madvise(g->map, g->size, MADV_HUGEPAGE);
     }
     if (parse(g)) goto fail;
     return g;
