@@ -110,6 +110,12 @@ typedef struct {
 // Layout weight type wt needs on the current ISA (matrices of different types but the same kind
 // can share one prepared activation).
 speck_mm_kind speck_mm_kind_for(speck_type wt);
+// Token counts below this are faster on the streaming kernels than on the prefill path for weight
+// type wt on this ISA: 16 (SMALL_BATCH) in general; 32 for float weights with multi-token tile
+// kernels (AVX-512), which beat dequantize + sgemm up to there (smollm2-135m F32, OpenBLAS
+// Zen-tuned: pp32 627 vs 573 tok/s, pp64 764 vs 869; F16 4x256 with OPENBLAS_CORETYPE=Haswell:
+// ahead at every n up to 128).
+int speck_mm_stream_max(speck_type wt);
 // Bytes of buffer speck_mm_act_prepare needs (0 for SPECK_MM_F32).
 size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in);
 // X: (n_tok, n_in) f32 -> a, using buf (64-byte aligned, speck_mm_act_bytes long). X must stay

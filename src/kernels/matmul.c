@@ -122,6 +122,13 @@ static speck_mm_kind mm_kind(const speck_kernel_table *k, speck_type wt) {
 
 speck_mm_kind speck_mm_kind_for(speck_type wt) { return mm_kind(speck_kernels_get(), wt); }
 
+int speck_mm_stream_max(speck_type wt) {
+    const speck_kernel_table *k = speck_kernels_get();
+    const int tiles = (wt == SPECK_TYPE_F32 && k->mm_f32) || (wt == SPECK_TYPE_F16 && k->mm_f16) ||
+                      (wt == SPECK_TYPE_BF16 && k->mm_bf16);
+    return tiles ? 2 * SMALL_BATCH : SMALL_BATCH;
+}
+
 // Layout of the buffer: Q8_0 block rows (n_tok, n_in / 32) first (also the quantizer's scratch
 // for the split layout), then for the split layouts qs | d | s (see quantize_rows).
 size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in) {

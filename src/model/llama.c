@@ -125,6 +125,12 @@ static int grow(float **p, size_t n) {
     return 0;
 }
 
+// Below this many tokens a forward takes the streaming path (>= ATT_GEMM_MIN, so speculative
+// verification of < 16 rows is always batch-invariant).
+static int stream_max(const speck_model *m) {
+    const int k = speck_mm_stream_max(speck_model_weight_type(m));
+    return k > ATT_GEMM_MIN ? k : ATT_GEMM_MIN;
+}
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 // Per-thread scratch of the streaming path for n tokens: (n, n_embd) normalised rows, then the
@@ -142,7 +148,7 @@ static int reserve(speck_ctx *c, int n) {
         if (grow(&c->scores, (size_t)threads * c->n_ctx)) return -1;
         c->scores_threads = threads;
     }
-    if (n < ATT_GEMM_MIN && (threads > c->tbuf_threads || tbuf_need(hp, n) > c->tbuf_bytes)) {
+    if (n < stream_max(c->m) && (threads > c->tbuf_threads || tbuf_need(hp, n) > c->tbuf_bytes)) {
         size_t need = tbuf_need(hp, n < 4 ? 4 : n);
         if (need < c->tbuf_bytes) need = c->tbuf_bytes;
         int nt = threads > c->tbuf_threads ? threads : c->tbuf_threads;
@@ -168,7 +174,7 @@ static int reserve(speck_ctx *c, int n) {
         grow(&c->q, (size_t)n * qd) || grow(&c->att, (size_t)n * qd) ||
         grow(&c->g, (size_t)n * hp->n_ff) || grow(&c->u, (size_t)n * hp->n_ff) ||
         grow(&c->rope_cs, (size_t)n * half) || grow(&c->rope_sn, (size_t)n * half) ||
-        (n >= ATT_GEMM_MIN && grow(&c->att_s, (size_t)n * c->n_ctx)))
+        (n >= stream_max(c->m) && grow(&c->att_s, (size_t)n * c->n_ctx)))
         return -1;
     c->cap = n;
     return 0;
@@ -486,7 +492,7 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
     for (int i = 0; i < n; i++)
         speck_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + erow * tokens[i],
                              c->x + (size_t)i * hp->n_embd, hp->n_embd);
-    if (n < ATT_GEMM_MIN)
+    if (n < stream_max(m))
         forward_stream(c, n, mask, out_rows, n_out, logits);
     else
         forward_batch(c, n, mask, out_rows, n_out, logits);
