@@ -3,10 +3,12 @@
 //
 //   forward_dump MODEL.gguf MODE OUT.f32 TOKENS(comma-separated)
 //   MODE: prefill | decode | chunks:K | truncate:K | tree:P:parents
+// Env SPECK_TEST_ISA=scalar|avx2|avx512 runs on that kernel path (exit 3 if the CPU lacks it).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kernels.h"
 #include "speck.h"
 
 static int parse_list(const char *s, int32_t *out, int max) {
@@ -30,6 +32,11 @@ int main(int argc, char **argv) {
     if (argc != 5) {
         fprintf(stderr, "usage: forward_dump MODEL MODE OUT TOKENS\n");
         return 2;
+    }
+    const char *isa = getenv("SPECK_TEST_ISA");
+    if (isa && *isa && speck_kernels_force_isa(isa) != 0) {
+        fprintf(stderr, "forward_dump: this CPU cannot run the %s kernels\n", isa);
+        return 3;
     }
     speck_model *m = speck_model_load(argv[1]);
     if (!m) return die("load");

@@ -5,6 +5,8 @@
 // maddubs (unsigned x signed -> int16 pairs, cannot saturate here: |pair| <= 2*128*127 < 32768)
 // then madd with ones to int32.
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 #include "kernels/kernels_internal.h"
 
@@ -228,6 +230,129 @@ static void q4_0_to_f32_avx2(const speck_block_q4_0 *x, float *y, int64_t n) {
     }
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Attention (the same scheme as the AVX-512 kernel, 8 lanes)                                */
+/* ---------------------------------------------------------------------------------------- */
+
+// Lane r = sum of a[r]'s 8 lanes, through the same tree for every slot (pairs, quads, halves).
+static inline __m256 hsum8x8(const __m256 a[8]) {
+    const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+    return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+}
+
+// Lanes below n set (maskload/maskstore masks), n in 0..8.
+static inline __m256i lanes8(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// e^x for x <= 0: Cody-Waite reduction and the Cephes expf polynomial (as the AVX-512 kernel),
+// 2^n put into the exponent field; x is clamped at -87 so 2^n stays a normal float (weights
+// below e^-87 relative to the largest are ~1e-38: nothing).
+static inline __m256 exp_nonpos8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// out[c0 * 8 ..) (cn chunks of 8, the last with lanes `last`) = inv * sum_j sc[j] v_j; two
+// accumulator sets by j parity, summed at the end.
+static inline __attribute__((always_inline)) void
+attend_v_slab8(const float *sc, const float *vb, int64_t ld, int n_keys, const int cn, __m256i last,
+               float inv, float *out) {
+    __m256 o[2][4];
+    for (int u = 0; u < 2; u++)
+        for (int c = 0; c < cn; c++) o[u][c] = _mm256_setzero_ps();
+    const __m256i all = _mm256_set1_epi32(-1);
+    for (int j = 0; j < n_keys; j += 2)
+        for (int u = 0; u < 2 && j + u < n_keys; u++) {
+            const __m256 p = _mm256_set1_ps(sc[j + u]);
+            const float *v = vb + (int64_t)(j + u) * ld;
+            for (int c = 0; c < cn; c++)
+                o[u][c] = _mm256_fmadd_ps(p, _mm256_maskload_ps(v + 8 * c, c == cn - 1 ? last : all),
+                                          o[u][c]);
+        }
+    for (int c = 0; c < cn; c++)
+        _mm256_maskstore_ps(out + 8 * c, c == cn - 1 ? last : all,
+                            _mm256_mul_ps(_mm256_add_ps(o[0][c], o[1][c]), _mm256_set1_ps(inv)));
+}
+
+// q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys; sc: (n_keys); out: (hd).
+static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
+                       int n_keys, float scale, const uint8_t *allow, float *sc, float *out) {
+    const int nc = (hd + 7) / 8;
+    const __m256i hm = lanes8(hd - 8 * (nc - 1)), all = _mm256_set1_epi32(-1);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 mx = ninf;
+    for (int j0 = 0; j0 < n_keys; j0 += 8) {
+        const int nk = n_keys - j0 < 8 ? n_keys - j0 : 8;
+        __m256 acc[8];
+        for (int r = 0; r < 8; r++) {
+            acc[r] = _mm256_setzero_ps();
+            if (r >= nk) continue;
+            const float *k = kb + (int64_t)(j0 + r) * ld;
+            for (int c = 0; c < nc; c++) {
+                const __m256i m = c == nc - 1 ? hm : all;
+                acc[r] = _mm256_fmadd_ps(_mm256_maskload_ps(k + 8 * c, m),
+                                         _mm256_maskload_ps(q + 8 * c, m), acc[r]);
+            }
+        }
+        __m256i ok = lanes8(nk);
+        if (allow) {
+            uint8_t a8[8] = {0};
+            memcpy(a8, allow + j0, (size_t)nk);
+            const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)a8));
+            ok = _mm256_andnot_si256(_mm256_cmpeq_epi32(a, _mm256_setzero_si256()), ok);
+        }
+        const __m256 s = _mm256_blendv_ps(ninf, _mm256_mul_ps(hsum8x8(acc), _mm256_set1_ps(scale)),
+                                          _mm256_castsi256_ps(ok));
+        _mm256_maskstore_ps(sc + j0, lanes8(nk), s);
+        mx = _mm256_max_ps(mx, s);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    if (m == -INFINITY) {
+        memset(out, 0, (size_t)hd * sizeof(float));
+        return 0;
+    }
+    __m256 sum = _mm256_setzero_ps();
+    for (int j0 = 0; j0 < n_keys; j0 += 8) {
+        const int nk = n_keys - j0 < 8 ? n_keys - j0 : 8;
+        const __m256i tm = lanes8(nk);
+        const __m256 s = _mm256_maskload_ps(sc + j0, tm);
+        const __m256 ok = _mm256_and_ps(_mm256_castsi256_ps(tm), _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
+        const __m256 p = _mm256_and_ps(ok, exp_nonpos8(_mm256_sub_ps(s, _mm256_set1_ps(m))));
+        _mm256_maskstore_ps(sc + j0, tm, p);
+        sum = _mm256_add_ps(sum, p);
+    }
+    const float inv = 1.0f / hsum256(sum);
+    for (int c0 = 0; c0 < nc; c0 += 4) {
+        const int cn = nc - c0 < 4 ? nc - c0 : 4;
+        const __m256i last = c0 + cn == nc ? hm : all;
+        const float *v = vb + 8 * c0;
+        switch (cn) {
+        case 1: attend_v_slab8(sc, v, ld, n_keys, 1, last, inv, out + 8 * c0); break;
+        case 2: attend_v_slab8(sc, v, ld, n_keys, 2, last, inv, out + 8 * c0); break;
+        case 3: attend_v_slab8(sc, v, ld, n_keys, 3, last, inv, out + 8 * c0); break;
+        default: attend_v_slab8(sc, v, ld, n_keys, 4, last, inv, out + 8 * c0); break;
+        }
+    }
+    return 1;
+}
+
 const speck_kernel_table speck_kernels_avx2 = {
     .name = "avx2",
     .dot_f32 = dot_f32_avx2,
@@ -242,7 +367,7 @@ const speck_kernel_table speck_kernels_avx2 = {
     .quantize_q8_0 = quantize_q8_0_avx2,
     .f16_to_f32 = f16_to_f32_avx2,
     .bf16_to_f32 = bf16_to_f32_avx2,
-    .attend = speck_attend_ref,
+    .attend = attend_avx2,
     .q8_0_to_f32 = q8_0_to_f32_avx2,
     .q4_0_to_f32 = q4_0_to_f32_avx2,
 };

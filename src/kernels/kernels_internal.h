@@ -83,7 +83,7 @@ extern const speck_kernel_table speck_kernels_avx512;
 // Scalar row helpers shared by all ISAs (the reference semantics).
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n);
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
-// Portable attention (the scalar table's attend; the AVX2 table's too for now).
+// Portable attention (the scalar table's attend).
 int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
                      int n_keys, float scale, const uint8_t *allow, float *sc, float *out);
 

@@ -78,13 +78,14 @@ def tree_mode(prefix: int, parents: list[int]) -> str:
 
 
 def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_rows: int,
-             n_vocab: int):
+             n_vocab: int, isa: str | None = None):
     """Run forward_dump; returns (logits, None) or (None, error text)."""
     if os.path.exists(out):
         os.remove(out)
     cmd = [exe, model, mode, out, ",".join(map(str, tokens))]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        env = dict(os.environ, SPECK_TEST_ISA=isa) if isa else None
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"{' '.join(cmd)}: {e}"
     if p.returncode != 0:
@@ -125,6 +126,9 @@ def main(argv=None) -> int:
     ap.add_argument("--type", default=",".join(M.TYPES), help="comma-separated weight types")
     ap.add_argument("--mode", default=None,
                     help="comma-separated mode prefixes to run (e.g. prefill,chunks,tree)")
+    ap.add_argument("--isa", default=None,
+                    help="kernel path for speck (scalar, avx2, avx512; default: the best); a CPU "
+                         "without it skips the run")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep models and outputs")
     ap.add_argument("-v", "--verbose", action="store_true", help="print where each case is worst")
@@ -147,6 +151,14 @@ def main(argv=None) -> int:
         print(f"FAIL forward_dump not found or not executable: {args.dump}")
         print("0 passed, 1 failed")
         return 1
+
+    if args.isa:
+        probe = subprocess.run([args.dump, "-", "-", "-", "-"], capture_output=True, text=True,
+                               env=dict(os.environ, SPECK_TEST_ISA=args.isa))
+        if probe.returncode == 3:
+            print(f"SKIP: this CPU cannot run speck's {args.isa} kernels")
+            print("0 passed, 0 failed")
+            return 0
 
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
@@ -186,7 +198,8 @@ def main(argv=None) -> int:
                         continue
                     tag = mode.replace(":", "_").replace(",", "_")
                     out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
-                    got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab)
+                    got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab,
+                                          args.isa)
                     if error is not None:
                         failed += 1
                         print(f"FAIL {cfg} {wtype} {mode} - - forward_dump failed:")
