@@ -221,7 +221,13 @@ int cmd_bench_decode(int argc, char **argv) {
     speck_ctx *ctx = speck_ctx_new(m, n_ctx);
     if (!ctx) return cli_fail("bench-decode");
     tokbuf *plain_out = calloc((size_t)P.n, sizeof *plain_out);
+    // Prompt-major: every strategy runs on prompt k before any runs on prompt k + 1, so the
+    // machine's drift (this project's VM swings by tens of percent within minutes) falls on all
+    // strategies alike instead of on whichever ran during a slow minute.
     for (int mode = 0; mode < n_modes; mode++) {
+        speck_decoder *dec[16] = {0};
+        double t[16] = {0}, draft[16] = {0};
+        long gen[16] = {0}, passes[16] = {0}, acc[16] = {0};
         for (int si = 0; si < ns; si++) {
             speck_spec_params sp = speck_spec_default();
             speck_spec_parse_kinds(S[si].kinds, sp.kinds);
@@ -232,26 +238,28 @@ int cmd_bench_decode(int argc, char **argv) {
             sp.auto_budget = S[si].auto_budget;
             sp.warm_tokens = warm_toks;
             sp.n_warm = n_warm;
-            speck_decoder *d = speck_decoder_new(m, ctx, &sp);
-            if (!d) return cli_fail("bench-decode");
-            speck_sampler_params smp = speck_sampler_default();
-            smp.temperature = mode ? temp : 0.0f;
-            double t = 0, draft = 0;
-            long gen = 0, passes = 0, acc = 0;
-            result *r = &R[mode][si];
-            for (int k = 0; k < P.n; k++) {
+            dec[si] = speck_decoder_new(m, ctx, &sp);
+            if (!dec[si]) return cli_fail("bench-decode");
+        }
+        speck_sampler_params smp = speck_sampler_default();
+        smp.temperature = mode ? temp : 0.0f;
+        for (int k = 0; k < P.n; k++)
+            for (int si = 0; si < ns; si++) {
+                if (!dec[si]) continue;
+                result *r = &R[mode][si];
                 smp.seed = 1000 + (uint64_t)k;
                 speck_sampler *s = speck_sampler_new(&smp, V);
                 tokbuf out = {0};
                 speck_spec_stats st;
-                if (speck_decode(d, ptoks[k], plen[k], n_predict, s, NULL, collect, &out, &st))
+                if (speck_decode(dec[si], ptoks[k], plen[k], n_predict, s, NULL, collect, &out,
+                                 &st))
                     return cli_fail("bench-decode");
                 speck_sampler_free(s);
-                t += st.t_total - st.t_prefill;
-                draft += st.t_draft;
-                gen += st.n_generated;
-                passes += st.n_passes;
-                acc += st.n_accepted;
+                t[si] += st.t_total - st.t_prefill;
+                draft[si] += st.t_draft;
+                gen[si] += st.n_generated;
+                passes[si] += st.n_passes;
+                acc[si] += st.n_accepted;
                 if (mode == 0 && si == 0) {
                     plain_out[k] = out;
                 } else {
@@ -263,12 +271,15 @@ int cmd_bench_decode(int argc, char **argv) {
                 }
                 r->total++;
             }
+        for (int si = 0; si < ns; si++) {
+            if (!dec[si]) continue;
+            result *r = &R[mode][si];
             if (mode == 0 && si == 0) r->identical = r->total;
-            r->tok_s = gen / t;
-            r->accept_per_pass = passes ? (double)acc / passes : 0;
-            r->passes_per_tok = gen ? (double)passes / gen : 0;
-            r->draft_share = t > 0 ? draft / t : 0;
-            speck_decoder_free(d);
+            r->tok_s = gen[si] / t[si];
+            r->accept_per_pass = passes[si] ? (double)acc[si] / passes[si] : 0;
+            r->passes_per_tok = gen[si] ? (double)passes[si] / gen[si] : 0;
+            r->draft_share = t[si] > 0 ? draft[si] / t[si] : 0;
+            speck_decoder_free(dec[si]);
             if (!json)
                 fprintf(stderr, "  %s %-15s %8.2f tok/s\n", mode ? "sample" : "greedy", S[si].name,
                         r->tok_s);
