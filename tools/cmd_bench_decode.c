@@ -91,18 +91,19 @@ typedef struct {
 } result;
 
 
-// Seconds of one forward of n tokens on top of a cached context of `past` tokens (median of reps).
+// Seconds of one verification pass of n tokens on top of a cached context of `past` tokens: a
+// forward returning all n rows' logits, as the decoder's verification does (median of reps,
+// after one untimed warm-up run).
 static double forward_cost(speck_ctx *c, int n, int past, int reps, int n_vocab) {
     int32_t toks[64];
-    float *lg = malloc((size_t)n_vocab * sizeof(float));
+    float *lg = malloc((size_t)n * n_vocab * sizeof(float));
     double t[16];
     for (int i = 0; i < 64; i++) toks[i] = (i * 7 + 3) % n_vocab;
-    for (int r = 0; r < reps; r++) {
+    for (int r = -1; r < reps; r++) {
         speck_ctx_truncate(c, past);
-        int last = n - 1;
         double t0 = cli_now();
-        speck_forward(c, n, toks, NULL, NULL, &last, 1, lg);
-        t[r] = cli_now() - t0;
+        speck_forward(c, n, toks, NULL, NULL, NULL, 0, lg);
+        if (r >= 0) t[r] = cli_now() - t0;
     }
     free(lg);
     return cli_median(t, reps);
@@ -113,7 +114,8 @@ static void help(void) {
            "Runs plain decoding and every accelerated strategy on the same prompts, checks that\n"
            "greedy outputs are identical to plain decoding, and prints tok/s, speedup, mean\n"
            "accepted tokens per verification pass and passes per token. Also measures the cost\n"
-           "of one forward over n = 1..64 tokens relative to n = 1.\n\n"
+           "of verifying n = 1..64 tokens (one forward returning all n rows' logits) relative\n"
+           "to n = 1.\n\n"
            "  --prompts FILE      .jsonl (strings or {\"prompt\": ...}) or text separated by ---\n"
            "  -n N                tokens per prompt (default 128)\n"
            "  --temp T            also run every strategy sampling at temperature T (default 0:\n"
@@ -342,7 +344,8 @@ int cmd_bench_decode(int argc, char **argv) {
                        r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
                        r->passes_per_tok, 100 * r->draft_share, ident);
             }
-        printf("\ncost of one forward over n tokens relative to n = 1 (context 128):\n\n| n |");
+        printf("\ncost of verifying n tokens (one forward, all n rows' logits) relative to "
+               "n = 1 (context 128):\n\n| n |");
         for (int i = 0; i < ncn; i++) printf(" %d |", cn[i]);
         printf("\n| --- |");
         for (int i = 0; i < ncn; i++) printf(" ---: |");
