@@ -24,7 +24,7 @@
 #endif
 
 // A barrier for the threads of forward_stream's parallel region. libgomp's barrier ends with a
-// futex wake system call even when the other threads are spinning, not sleeping: ~2 us per
+// futex wake system call even when the other threads are spinning, not sleeping: ~1.5 us per
 // barrier on this project's VM (paravirtualised syscalls), and a decode step of a 4-layer model
 // passes 21 of them. Here waiters spin on a generation counter, yielding the CPU after a while so
 // that a descheduled peer can run. The counters sit on separate cache lines.
@@ -74,7 +74,7 @@ struct speck_ctx {
     float *att_s;   // (cap, n_ctx) attention probabilities of a batch
     float *rope_cs, *rope_sn; // (cap, head_dim / 2) rotation of each new token's position
     int scores_threads;
-    // Streaming path (n < ATT_GEMM_MIN): one buffer per thread, normalised rows then prepared
+    // Streaming path (n < stream_max()): one buffer per thread, normalised rows then prepared
     // activations, grown on demand.
     char **tbuf;
     size_t tbuf_bytes;
@@ -172,6 +172,7 @@ static int stream_max(const speck_model *m) {
     const int k = speck_mm_stream_max(speck_model_weight_type(m));
     return k > ATT_GEMM_MIN ? k : ATT_GEMM_MIN;
 }
+
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 // Per-thread scratch of the streaming path for n tokens: (n, n_embd) normalised rows, then the
