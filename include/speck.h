@@ -462,8 +462,9 @@ typedef struct {
                         // token is rejected exceeds this (SpecDec++-style); 0: fixed length
     bool auto_budget;   // choose the candidates per pass (at most max_nodes) from this
                         // machine's measured cost of verifying n tokens, the drafter's cost and
-                        // the observed acceptance rate; the cost curve is measured once per
-                        // decoder. Output stays identical; with sampling, the random stream then
+                        // the observed acceptance (per drafter-confidence bin for cheap
+                        // drafters, which then propose a full tree that is pruned); the cost
+                        // curve is measured once per decoder. Output stays identical; with sampling, the random stream then
                         // depends on those timings (the distribution does not).
     int ngram_max;      // prompt lookup: longest suffix n-gram matched (default 3)
     const int32_t *warm_tokens; // ADED: token stream to warm the tri-gram statistics, or NULL

@@ -9,6 +9,8 @@
 
 #include "decode/decode_internal.h"
 
+#define CONF_BINS 8
+
 struct speck_decoder {
     const speck_model *model;
     speck_ctx *ctx;
@@ -25,6 +27,9 @@ struct speck_decoder {
     double cost[SPECK_MAX_NODES + 2];
     double n_acc, n_rej, draft_per_tok;
     int passes_at_zero;
+    // auto_budget with cheap drafters: the acceptance observed for candidates whose drafter
+    // confidence fell in each of CONF_BINS equal bins (decayed counts; prior 1 of 2).
+    double bin_acc[CONF_BINS], bin_n[CONF_BINS];
 };
 
 speck_spec_params speck_spec_default(void) {
@@ -84,6 +89,7 @@ speck_decoder *speck_decoder_new(const speck_model *model, speck_ctx *c,
     if (d->p.ngram_max <= 0) d->p.ngram_max = 3;
     d->n_vocab = speck_model_hparams(model)->n_vocab;
     d->n_acc = d->n_rej = 1; // prior: acceptance rate 1/2
+    for (int b = 0; b < CONF_BINS; b++) d->bin_acc[b] = 1, d->bin_n[b] = 2;
     for (int i = 0; i < 4 && d->p.kinds[i] != SPECK_DRAFT_NONE; i++) {
         speck_drafter *dr = NULL;
         switch (d->p.kinds[i]) {
@@ -220,6 +226,72 @@ static int choose_budget(speck_decoder *d) {
     return best_k;
 }
 
+static int conf_bin(float c) {
+    int b = (int)(c * CONF_BINS);
+    return b < 0 ? 0 : b >= CONF_BINS ? CONF_BINS - 1 : b;
+}
+
+// auto_budget for drafters whose proposals cost next to nothing (prompt lookup, ADED, Jacobi):
+// they propose a full tree, and this keeps the nodes worth verifying. A node's chance of being
+// accepted is its parent's times the calibrated acceptance of its confidence bin, times the
+// chance that its earlier siblings (tried first) were rejected. Nodes in decreasing order of
+// that chance form ancestor-closed prefixes; the prefix maximising expected tokens per second,
+// (1 + sum of chances) / cost(k + 1), is kept, in the original topological order. With nothing
+// worth verifying, every 16th pass still keeps two nodes so that the bins keep learning.
+static void prune_tree(speck_decoder *d, speck_draft_tree *t) {
+    if (t->n == 0) return;
+    double P[SPECK_MAX_NODES], rest[SPECK_MAX_NODES + 1]; // rest: P(no earlier child accepted)
+    for (int i = 0; i <= SPECK_MAX_NODES; i++) rest[i] = 1.0;
+    for (int i = 0; i < t->n; i++) {
+        const int b = conf_bin(t->conf[i]), par = t->parent[i];
+        const double c = d->bin_acc[b] / d->bin_n[b], up = par < 0 ? 1.0 : P[par];
+        P[i] = up * rest[par + 1] * c;
+        rest[par + 1] *= 1.0 - c;
+    }
+    int order[SPECK_MAX_NODES];
+    for (int i = 0; i < t->n; i++) order[i] = i;
+    for (int i = 1; i < t->n; i++) // insertion sort, stable: a parent precedes its children
+        for (int j = i; j > 0 && P[order[j]] > P[order[j - 1]]; j--) {
+            int x = order[j];
+            order[j] = order[j - 1], order[j - 1] = x;
+        }
+    int best_k = 0;
+    double best = 1.0 / d->cost[1], gain = 1.0;
+    for (int k = 1; k <= t->n; k++) {
+        gain += P[order[k - 1]];
+        const double rate = gain / d->cost[k + 1]; // drafting is already paid for
+        if (rate > best) best = rate, best_k = k;
+    }
+    if (best_k == 0 && ++d->passes_at_zero % 16 == 0) best_k = t->n < 2 ? t->n : 2;
+    bool keep[SPECK_MAX_NODES] = {0};
+    for (int k = 0; k < best_k; k++) keep[order[k]] = true;
+    int map[SPECK_MAX_NODES], n = 0;
+    for (int i = 0; i < t->n; i++) {
+        if (!keep[i]) continue;
+        map[i] = n;
+        t->tok[n] = t->tok[i];
+        t->parent[n] = t->parent[i] < 0 ? -1 : map[t->parent[i]];
+        t->conf[n] = t->conf[i];
+        t->q[n] = t->q[i];
+        n++;
+    }
+    t->n = n;
+}
+
+// After a verification pass: each node that was tried (its parent accepted, no earlier sibling
+// accepted) counts towards its confidence bin, accepted or not.
+static void learn_bins(speck_decoder *d, const speck_draft_tree *t, const uint8_t *accepted) {
+    bool sibling_taken[SPECK_MAX_NODES + 1] = {0};
+    for (int i = 0; i < t->n; i++) {
+        const int par = t->parent[i];
+        if ((par >= 0 && !accepted[par]) || sibling_taken[par + 1]) continue;
+        const int b = conf_bin(t->conf[i]);
+        d->bin_acc[b] = 0.99 * d->bin_acc[b] + (accepted[i] ? 1 : 0);
+        d->bin_n[b] = 0.99 * d->bin_n[b] + 1;
+        if (accepted[i]) sibling_taken[par + 1] = true;
+    }
+}
+
 int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
                  speck_sampler *s, bool (*eog)(int32_t, void *), speck_token_cb cb, void *user,
                  speck_spec_stats *st) {
@@ -288,7 +360,11 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         // Draft: the first drafter with a proposal wins.
         double t0 = now_s();
         tree.n = 0;
-        int budget = d->p.auto_budget && d->cost[1] > 0 ? choose_budget(d) : d->p.max_nodes;
+        // auto_budget: cheap drafters propose everything and prune_tree() keeps what pays;
+        // costly ones (a draft model) are told the budget from the global acceptance rate.
+        const bool tuned = d->p.auto_budget && d->cost[1] > 0;
+        const bool cheap = tuned && d->draft_per_tok * d->p.max_nodes < 0.05 * d->cost[1];
+        int budget = tuned && !cheap ? choose_budget(d) : d->p.max_nodes;
         int room = n_ctx - n_past - 1, left = n_predict - st->n_generated - 1;
         if (budget > room) budget = room;
         if (budget > left) budget = left;
@@ -304,9 +380,13 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         }
         clip_tree(&tree, budget);
         double t_draft = now_s() - t0;
-        st->t_draft += t_draft;
-        if (tree.n > 0) // drafting cost per candidate, smoothed over recent passes
+        if (tree.n > 0) // drafting cost per proposed candidate, smoothed over recent passes
             d->draft_per_tok = 0.9 * d->draft_per_tok + 0.1 * t_draft / tree.n;
+        if (cheap) {
+            prune_tree(d, &tree);
+            t_draft = now_s() - t0;
+        }
+        st->t_draft += t_draft;
 
         // Verify root + candidates in one pass.
         int nb = 1 + tree.n;
@@ -375,6 +455,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             cur = next;
         }
         speck_sampler_accept(s, bonus);
+        if (tuned) learn_bins(d, &tree, accepted);
         if (used >= 0 && d->drafters[used]->feedback)
             d->drafters[used]->feedback(d->drafters[used], &tree, accepted);
         for (int i = 0; i < d->n_drafters; i++)
