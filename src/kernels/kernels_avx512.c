@@ -263,14 +263,22 @@ ftile_body(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, in
         for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
 }
 
-// rows (<= 16 / nt) weight rows x nt tokens in the tile shape of nt: 16x1, 8x2, 5x3, 4x4.
+// rows (<= 16 / nt) weight rows x nt tokens: tiles of 16x1, 8x2, 4x3 or 4x4, or 4 x nt when at
+// most 4 rows are asked for (the last token group of a 5..7-token call, whose rows come in tiles
+// of 4): a wider tile would compute its missing rows for nothing.
 #define FLOAT_MM(NAME, WT)                                                                     \
     static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,  \
                      int64_t n, float *out) {                                                  \
         switch (nt) {                                                                          \
-        case 1: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 16, 1, out); break;               \
-        case 2: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 8, 2, out); break;                \
-        case 3: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 5, 3, out); break;                \
+        case 1:                                                                                \
+            if (rows <= 4) ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 1, out);            \
+            else ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 16, 1, out);                     \
+            break;                                                                             \
+        case 2:                                                                                \
+            if (rows <= 4) ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 2, out);            \
+            else ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 8, 2, out);                      \
+            break;                                                                             \
+        case 3: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 3, out); break;                \
         default: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 4, out); break;               \
         }                                                                                      \
     }

@@ -41,9 +41,9 @@ typedef struct {
     void (*mm_q8_0)(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                     float *out);
     // A tile of float weight rows (F32 / F16 / BF16, n values, rows wrow bytes apart) times nt
-    // (1..SPECK_MT) f32 activation rows x + t * ldx, rows <= 16 / nt; out[t * rows + r]. Each
-    // result's arithmetic does not depend on the tile's shape (batch invariance). NULL: per-row
-    // dots instead.
+    // (1..SPECK_MT) f32 activation rows x + t * ldx, rows <= 16 / nt (4 for nt = 3);
+    // out[t * rows + r]. Each result's arithmetic does not depend on the tile's shape (batch
+    // invariance). NULL: per-row dots instead.
     void (*mm_f32)(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,
                    int64_t n, float *out);
     void (*mm_f16)(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,

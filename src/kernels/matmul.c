@@ -182,7 +182,8 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
                                                 : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     if (mm_float) {
         // Tiles of R rows x T tokens; a row block stays in L1 across the token groups.
-        const int T = (int)(n_tok < SPECK_MT ? n_tok : SPECK_MT), R = 16 / T;
+        // 16-row blocks (the shared matmuls' work items) split into whole tiles for every T.
+        const int T = (int)(n_tok < SPECK_MT ? n_tok : SPECK_MT), R = T == 1 ? 16 : T == 2 ? 8 : 4;
         for (int64_t o = o0; o < o1; o += R) {
             const int rows = (int)(o1 - o < R ? o1 - o : R);
             for (int64_t t = 0; t < n_tok; t += T) {
