@@ -353,6 +353,91 @@ static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t
     return 1;
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Float weight tiles (the AVX-512 scheme with 8 lanes and 16 registers)                     */
+/* ---------------------------------------------------------------------------------------- */
+
+enum { T_F32, T_F16, T_BF16 };
+
+// 8 weight values of row w from element i on, widened to f32; the last partial chunk (m < 8
+// values) goes through a zero-padded copy.
+static inline __m256 load_w8(const void *w, int64_t i, const int wt, int m) {
+    if (m < 8) {
+        uint16_t h[8] = {0};
+        float f[8] = {0};
+        if (wt == T_F32) {
+            memcpy(f, (const float *)w + i, (size_t)m * sizeof(float));
+            return _mm256_loadu_ps(f);
+        }
+        memcpy(h, (const uint16_t *)w + i, (size_t)m * sizeof(uint16_t));
+        return wt == T_F16 ? load_f16x8(h) : load_bf16x8(h);
+    }
+    if (wt == T_F32) return _mm256_loadu_ps((const float *)w + i);
+    return wt == T_F16 ? load_f16x8((const uint16_t *)w + i) : load_bf16x8((const uint16_t *)w + i);
+}
+
+// A tile of R weight rows x T tokens (R * T <= 8): one accumulator and one FMA chain per output,
+// all sums reduced by hsum8x8's tree (the same for every slot), so a result does not depend on
+// the tile it sits in. Missing rows/tokens of an edge tile repeat row/token 0 and are not stored.
+static inline __attribute__((always_inline)) void
+ftile8(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt, int64_t n,
+       const int wt, const int R, const int T, float *out) {
+    const char *wr[8];
+    const float *xr[4];
+    for (int r = 0; r < R; r++) wr[r] = (const char *)w + (r < rows ? (size_t)r * wrow : 0);
+    for (int t = 0; t < T; t++) xr[t] = x + (t < nt ? t * ldx : 0);
+    __m256 acc[8];
+    for (int s = 0; s < 8; s++) acc[s] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv[4];
+        for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(xr[t] + i);
+        for (int r = 0; r < R; r++) {
+            const __m256 wv = load_w8(wr[r], i, wt, 8);
+            for (int t = 0; t < T; t++) acc[t * R + r] = _mm256_fmadd_ps(wv, xv[t], acc[t * R + r]);
+        }
+    }
+    if (i < n) { // the last partial chunk, zero-padded
+        const int m = (int)(n - i);
+        __m256 xv[4];
+        for (int t = 0; t < T; t++) {
+            float f[8] = {0};
+            memcpy(f, xr[t] + i, (size_t)m * sizeof(float));
+            xv[t] = _mm256_loadu_ps(f);
+        }
+        for (int r = 0; r < R; r++) {
+            const __m256 wv = load_w8(wr[r], i, wt, m);
+            for (int t = 0; t < T; t++) acc[t * R + r] = _mm256_fmadd_ps(wv, xv[t], acc[t * R + r]);
+        }
+    }
+    float sums[8];
+    _mm256_storeu_ps(sums, hsum8x8(acc));
+    for (int t = 0; t < nt; t++)
+        for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
+}
+
+// rows (<= mm_tile_rows[nt]) weight rows x nt tokens: tiles of 8x1, 4x2, 2x3 or 2x4, or 2 x nt
+// when at most 2 rows are asked for (the last token group of a 5..7-token call).
+#define FLOAT_MM8(NAME, WT)                                                                    \
+    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,  \
+                     int64_t n, float *out) {                                                  \
+        switch (nt) {                                                                          \
+        case 1:                                                                                \
+            if (rows <= 2) ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 1, out);                \
+            else ftile8(w, wrow, rows, x, ldx, nt, n, WT, 8, 1, out);                          \
+            break;                                                                             \
+        case 2:                                                                                \
+            if (rows <= 2) ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 2, out);                \
+            else ftile8(w, wrow, rows, x, ldx, nt, n, WT, 4, 2, out);                          \
+            break;                                                                             \
+        case 3: ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 3, out); break;                    \
+        default: ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 4, out); break;                   \
+        }                                                                                      \
+    }
+FLOAT_MM8(mm_f32_avx2, T_F32)
+FLOAT_MM8(mm_f16_avx2, T_F16)
+FLOAT_MM8(mm_bf16_avx2, T_BF16)
+
 const speck_kernel_table speck_kernels_avx2 = {
     .name = "avx2",
     .dot_f32 = dot_f32_avx2,
@@ -362,6 +447,10 @@ const speck_kernel_table speck_kernels_avx2 = {
     .dot_q4_0 = dot_q4_0_avx2,
     .mm_q4_0 = NULL, // matmul uses the Q8_0-block dots
     .mm_q8_0 = NULL,
+    .mm_tile_rows = {0, 8, 4, 2, 2},
+    .mm_f32 = mm_f32_avx2,
+    .mm_f16 = mm_f16_avx2,
+    .mm_bf16 = mm_bf16_avx2,
     .gemm_pack = NULL, // prefill uses sgemm
     .gemm_run = NULL,
     .quantize_q8_0 = quantize_q8_0_avx2,

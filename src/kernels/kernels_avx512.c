@@ -847,6 +847,7 @@ const speck_kernel_table speck_kernels_avx512 = {
     .dot_q4_0 = dot_q4_0_avx512,
     .mm_q4_0 = mm_q4_0_avx512,
     .mm_q8_0 = mm_q8_0_avx512,
+    .mm_tile_rows = {0, 16, 8, 4, 4},
     .mm_f32 = mm_f32_avx512,
     .mm_f16 = mm_f16_avx512,
     .mm_bf16 = mm_bf16_avx512,

@@ -41,7 +41,7 @@ typedef struct {
     void (*mm_q8_0)(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                     float *out);
     // A tile of float weight rows (F32 / F16 / BF16, n values, rows wrow bytes apart) times nt
-    // (1..SPECK_MT) f32 activation rows x + t * ldx, rows <= 16 / nt (4 for nt = 3);
+    // (1..SPECK_MT) f32 activation rows x + t * ldx, rows <= mm_tile_rows[nt];
     // out[t * rows + r]. Each result's arithmetic does not depend on the tile's shape (batch
     // invariance). NULL: per-row dots instead.
     void (*mm_f32)(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,
@@ -50,6 +50,9 @@ typedef struct {
                    int64_t n, float *out);
     void (*mm_bf16)(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,
                     int64_t n, float *out);
+    // Rows per tile for a call whose token groups hold T tokens (index T = 1..SPECK_MT): the
+    // matmul hands the float tile kernels row blocks of this size (fewer at the end).
+    int mm_tile_rows[SPECK_MT + 1];
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
     // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
     // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.

@@ -126,7 +126,8 @@ int speck_mm_stream_max(speck_type wt) {
     const speck_kernel_table *k = speck_kernels_get();
     const int tiles = (wt == SPECK_TYPE_F32 && k->mm_f32) || (wt == SPECK_TYPE_F16 && k->mm_f16) ||
                       (wt == SPECK_TYPE_BF16 && k->mm_bf16);
-    return tiles ? 2 * SMALL_BATCH : SMALL_BATCH;
+    // Measured on AVX-512 only; the AVX2 tiles are half as wide, so they keep the general bound.
+    return tiles && k == &speck_kernels_avx512 ? 2 * SMALL_BATCH : SMALL_BATCH;
 }
 
 // Layout of the buffer: Q8_0 block rows (n_tok, n_in / 32) first (also the quantizer's scratch
@@ -182,8 +183,8 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
                                                 : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     if (mm_float) {
         // Tiles of R rows x T tokens; a row block stays in L1 across the token groups.
-        // 16-row blocks (the shared matmuls' work items) split into whole tiles for every T.
-        const int T = (int)(n_tok < SPECK_MT ? n_tok : SPECK_MT), R = T == 1 ? 16 : T == 2 ? 8 : 4;
+        // The shared matmuls' 16-row work items split into whole tiles for every T.
+        const int T = (int)(n_tok < SPECK_MT ? n_tok : SPECK_MT), R = k->mm_tile_rows[T];
         for (int64_t o = o0; o < o1; o += R) {
             const int rows = (int)(o1 - o < R ? o1 - o : R);
             for (int64_t t = 0; t < n_tok; t += T) {
