@@ -4,6 +4,7 @@
 #include <omp.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -334,10 +335,31 @@ static void add_inplace(float *x, const float *y, size_t n) {
     for (size_t j = 0; j < n; j++) x[j] += y[j];
 }
 
+// e^x without a library call, so that the SwiGLU loop vectorises (libm's expf was ~5 % of a
+// decode step of the default model): Cody-Waite reduction, the Cephes expf polynomial (~1 ulp),
+// 2^n built in the exponent field; x clamped to [-87, 88] so 2^n stays a normal float.
+static inline float exp_poly(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    const float n = rintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
 // g (n) = silu(g) * u
 SPECK_MULTIVERSION
 static void swiglu(float *g, const float *u, size_t n) {
-    for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+    for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + exp_poly(-g[j])) * u[j];
 }
 
 static void matmul(const speck_weight *w, const float *x, int n, float *y) {
