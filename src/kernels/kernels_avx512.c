@@ -39,60 +39,41 @@ static inline __m512 load_w16(const void *w, int64_t i, const int wt, __mmask16 
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// One weight row (n values of type wt) times nt f32 activation rows x + t * ldx; out: (nt).
-// Each weight vector is loaded (and widened) once for all nt rows; every row keeps its own four
-// accumulators in the same order whatever nt is, so a row's result does not depend on nt
-// (batch invariance) and nt = 1 is the plain dot product.
-static inline __attribute__((always_inline)) void
-fdot_body(const void *w, const int wt, const float *x, int64_t ldx, const int nt, int64_t n,
-          float *out) {
-    __m512 acc[SPECK_MT][4];
-    for (int t = 0; t < nt; t++) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = _mm512_setzero_ps();
+// w: (n) values of type wt (W_*) · x: (n) f32, four accumulators (the matmul's multi-token
+// work goes through the tiles below).
+static inline __attribute__((always_inline)) float fdot_body(const void *w, const int wt,
+                                                             const float *x, int64_t n) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
     int64_t i = 0;
-    for (; i + 64 <= n; i += 64) {
-        __m512 wv[4];
-        for (int k = 0; k < 4; k++) wv[k] = load_w16(w, i + 16 * k, wt, 0xFFFF);
-        for (int t = 0; t < nt; t++)
-            for (int k = 0; k < 4; k++)
-                acc[t][k] = _mm512_fmadd_ps(wv[k], _mm512_loadu_ps(x + t * ldx + i + 16 * k), acc[t][k]);
-    }
-    for (; i + 16 <= n; i += 16) {
-        const __m512 wv = load_w16(w, i, wt, 0xFFFF);
-        for (int t = 0; t < nt; t++)
-            acc[t][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * ldx + i), acc[t][0]);
-    }
+    for (; i + 64 <= n; i += 64)
+        for (int k = 0; k < 4; k++)
+            acc[k] = _mm512_fmadd_ps(load_w16(w, i + 16 * k, wt, 0xFFFF),
+                                     _mm512_loadu_ps(x + i + 16 * k), acc[k]);
+    for (; i + 16 <= n; i += 16)
+        acc[0] = _mm512_fmadd_ps(load_w16(w, i, wt, 0xFFFF), _mm512_loadu_ps(x + i), acc[0]);
     if (i < n) {
         const __mmask16 m = tail_mask16(n - i);
-        const __m512 wv = load_w16(w, i, wt, m);
-        for (int t = 0; t < nt; t++)
-            acc[t][1] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * ldx + i), acc[t][1]);
+        acc[1] = _mm512_fmadd_ps(load_w16(w, i, wt, m), _mm512_maskz_loadu_ps(m, x + i), acc[1]);
     }
-    for (int t = 0; t < nt; t++)
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]),
-                                                    _mm512_add_ps(acc[t][2], acc[t][3])));
+    return _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
 // w, x: (n)
 static float dot_f32_avx512(const float *w, const float *x, int64_t n) {
-    float r;
-    fdot_body(w, W_F32, x, 0, 1, n, &r);
-    return r;
+    return fdot_body(w, W_F32, x, n);
 }
 
 // w: (n) fp16, x: (n) f32
 static float dot_f16_avx512(const uint16_t *w, const float *x, int64_t n) {
-    float r;
-    fdot_body(w, W_F16, x, 0, 1, n, &r);
-    return r;
+    return fdot_body(w, W_F16, x, n);
 }
 
 // w: (n) bf16, x: (n) f32
 static float dot_bf16_avx512(const uint16_t *w, const float *x, int64_t n) {
-    float r;
-    fdot_body(w, W_BF16, x, 0, 1, n, &r);
-    return r;
+    return fdot_body(w, W_BF16, x, n);
 }
-
 
 /* ---------------------------------------------------------------------------------------- */
 /* Attention                                                                                 */
