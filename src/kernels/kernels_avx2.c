@@ -357,23 +357,21 @@ static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t
 /* Float weight tiles (the AVX-512 scheme with 8 lanes and 16 registers)                     */
 /* ---------------------------------------------------------------------------------------- */
 
-enum { T_F32, T_F16, T_BF16 };
-
 // 8 weight values of row w from element i on, widened to f32; the last partial chunk (m < 8
 // values) goes through a zero-padded copy.
 static inline __m256 load_w8(const void *w, int64_t i, const int wt, int m) {
     if (m < 8) {
         uint16_t h[8] = {0};
         float f[8] = {0};
-        if (wt == T_F32) {
+        if (wt == SPECK_W_F32) {
             memcpy(f, (const float *)w + i, (size_t)m * sizeof(float));
             return _mm256_loadu_ps(f);
         }
         memcpy(h, (const uint16_t *)w + i, (size_t)m * sizeof(uint16_t));
-        return wt == T_F16 ? load_f16x8(h) : load_bf16x8(h);
+        return wt == SPECK_W_F16 ? load_f16x8(h) : load_bf16x8(h);
     }
-    if (wt == T_F32) return _mm256_loadu_ps((const float *)w + i);
-    return wt == T_F16 ? load_f16x8((const uint16_t *)w + i) : load_bf16x8((const uint16_t *)w + i);
+    if (wt == SPECK_W_F32) return _mm256_loadu_ps((const float *)w + i);
+    return wt == SPECK_W_F16 ? load_f16x8((const uint16_t *)w + i) : load_bf16x8((const uint16_t *)w + i);
 }
 
 // A tile of R weight rows x T tokens (R * T <= 8): one accumulator and one FMA chain per output,
@@ -416,27 +414,9 @@ ftile8(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt
         for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
 }
 
-// rows (<= mm_tile_rows[nt]) weight rows x nt tokens: tiles of 8x1, 4x2, 2x3 or 2x4, or 2 x nt
-// when at most 2 rows are asked for (the last token group of a 5..7-token call).
-#define FLOAT_MM8(NAME, WT)                                                                    \
-    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,  \
-                     int64_t n, float *out) {                                                  \
-        switch (nt) {                                                                          \
-        case 1:                                                                                \
-            if (rows <= 2) ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 1, out);                \
-            else ftile8(w, wrow, rows, x, ldx, nt, n, WT, 8, 1, out);                          \
-            break;                                                                             \
-        case 2:                                                                                \
-            if (rows <= 2) ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 2, out);                \
-            else ftile8(w, wrow, rows, x, ldx, nt, n, WT, 4, 2, out);                          \
-            break;                                                                             \
-        case 3: ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 3, out); break;                    \
-        default: ftile8(w, wrow, rows, x, ldx, nt, n, WT, 2, 4, out); break;                   \
-        }                                                                                      \
-    }
-FLOAT_MM8(mm_f32_avx2, T_F32)
-FLOAT_MM8(mm_f16_avx2, T_F16)
-FLOAT_MM8(mm_bf16_avx2, T_BF16)
+SPECK_FLOAT_TILES(mm_f32_avx2, ftile8, SPECK_W_F32, 8, 4, 2)
+SPECK_FLOAT_TILES(mm_f16_avx2, ftile8, SPECK_W_F16, 8, 4, 2)
+SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 8, 4, 2)
 
 const speck_kernel_table speck_kernels_avx2 = {
     .name = "avx2",

@@ -25,21 +25,19 @@ static inline __m512 load_bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
 }
 
-enum { W_F32, W_F16, W_BF16 };
-
-// 16 weights from element i of a row of type wt (W_*), widened exactly to f32 (bf16 is not
+// 16 weights from element i of a row of type wt (SPECK_W_*), widened exactly to f32 (bf16 is not
 // multiplied with dpbf16_ps, which would round the activations to bf16). m: lanes to load.
 static inline __m512 load_w16(const void *w, int64_t i, const int wt, __mmask16 m) {
     const int full = m == 0xFFFF; // constant after inlining: plain loads in the main loops
-    if (wt == W_F32)
+    if (wt == SPECK_W_F32)
         return full ? _mm512_loadu_ps((const float *)w + i) : _mm512_maskz_loadu_ps(m, (const float *)w + i);
     __m256i h = full ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))
                      : _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
-    if (wt == W_F16) return _mm512_cvtph_ps(h);
+    if (wt == SPECK_W_F16) return _mm512_cvtph_ps(h);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// w: (n) values of type wt (W_*) · x: (n) f32, four accumulators (the matmul's multi-token
+// w: (n) values of type wt (SPECK_W_*) · x: (n) f32, four accumulators (the matmul's multi-token
 // work goes through the tiles below).
 static inline __attribute__((always_inline)) float fdot_body(const void *w, const int wt,
                                                              const float *x, int64_t n) {
@@ -62,17 +60,17 @@ static inline __attribute__((always_inline)) float fdot_body(const void *w, cons
 
 // w, x: (n)
 static float dot_f32_avx512(const float *w, const float *x, int64_t n) {
-    return fdot_body(w, W_F32, x, n);
+    return fdot_body(w, SPECK_W_F32, x, n);
 }
 
 // w: (n) fp16, x: (n) f32
 static float dot_f16_avx512(const uint16_t *w, const float *x, int64_t n) {
-    return fdot_body(w, W_F16, x, n);
+    return fdot_body(w, SPECK_W_F16, x, n);
 }
 
 // w: (n) bf16, x: (n) f32
 static float dot_bf16_avx512(const uint16_t *w, const float *x, int64_t n) {
-    return fdot_body(w, W_BF16, x, n);
+    return fdot_body(w, SPECK_W_BF16, x, n);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -217,7 +215,7 @@ ftile_body(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, in
     const float *xr[4];
     for (int r = 0; r < R; r++) wr[r] = (const char *)w + (r < rows ? (size_t)r * wrow : 0);
     for (int t = 0; t < T; t++) xr[t] = x + (t < nt ? t * ldx : 0);
-    const int esz = wt == W_F32 ? 4 : 2;
+    const int esz = wt == SPECK_W_F32 ? 4 : 2;
     __m512 acc[16];
     for (int s = 0; s < 16; s++) acc[s] = _mm512_setzero_ps();
     int64_t i = 0;
@@ -244,28 +242,9 @@ ftile_body(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, in
         for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
 }
 
-// rows (<= 16 / nt) weight rows x nt tokens: tiles of 16x1, 8x2, 4x3 or 4x4, or 4 x nt when at
-// most 4 rows are asked for (the last token group of a 5..7-token call, whose rows come in tiles
-// of 4): a wider tile would compute its missing rows for nothing.
-#define FLOAT_MM(NAME, WT)                                                                     \
-    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,  \
-                     int64_t n, float *out) {                                                  \
-        switch (nt) {                                                                          \
-        case 1:                                                                                \
-            if (rows <= 4) ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 1, out);            \
-            else ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 16, 1, out);                     \
-            break;                                                                             \
-        case 2:                                                                                \
-            if (rows <= 4) ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 2, out);            \
-            else ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 8, 2, out);                      \
-            break;                                                                             \
-        case 3: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 3, out); break;                \
-        default: ftile_body(w, wrow, rows, x, ldx, nt, n, WT, 4, 4, out); break;               \
-        }                                                                                      \
-    }
-FLOAT_MM(mm_f32_avx512, W_F32)
-FLOAT_MM(mm_f16_avx512, W_F16)
-FLOAT_MM(mm_bf16_avx512, W_BF16)
+SPECK_FLOAT_TILES(mm_f32_avx512, ftile_body, SPECK_W_F32, 16, 8, 4)
+SPECK_FLOAT_TILES(mm_f16_avx512, ftile_body, SPECK_W_F16, 16, 8, 4)
+SPECK_FLOAT_TILES(mm_bf16_avx512, ftile_body, SPECK_W_BF16, 16, 8, 4)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Quantized building blocks                                                                 */
