@@ -184,14 +184,15 @@ static size_t tbuf_need(const speck_hparams *hp, int n) {
     return align64((size_t)n * hp->n_embd * sizeof(float)) + align64(a > b ? a : b);
 }
 
-static int reserve(speck_ctx *c, int n) {
+// stream: whether this forward takes the streaming path (per-thread buffers) or the batch path.
+static int reserve(speck_ctx *c, int n, bool stream) {
     const speck_hparams *hp = &c->m->hp;
     int threads = omp_get_max_threads();
     if (threads > c->scores_threads) {
         if (grow(&c->scores, (size_t)threads * c->n_ctx)) return -1;
         c->scores_threads = threads;
     }
-    if (n < stream_max(c->m) && (threads > c->tbuf_threads || tbuf_need(hp, n) > c->tbuf_bytes)) {
+    if (stream && (threads > c->tbuf_threads || tbuf_need(hp, n) > c->tbuf_bytes)) {
         size_t need = tbuf_need(hp, n < 4 ? 4 : n);
         if (need < c->tbuf_bytes) need = c->tbuf_bytes;
         int nt = threads > c->tbuf_threads ? threads : c->tbuf_threads;
@@ -217,7 +218,7 @@ static int reserve(speck_ctx *c, int n) {
         grow(&c->q, (size_t)n * qd) || grow(&c->att, (size_t)n * qd) ||
         grow(&c->g, (size_t)n * hp->n_ff) || grow(&c->u, (size_t)n * hp->n_ff) ||
         grow(&c->rope_cs, (size_t)n * half) || grow(&c->rope_sn, (size_t)n * half) ||
-        (n >= stream_max(c->m) && grow(&c->att_s, (size_t)n * c->n_ctx)))
+        (!stream && grow(&c->att_s, (size_t)n * c->n_ctx)))
         return -1;
     c->cap = n;
     return 0;
@@ -552,13 +553,14 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
         if (out_rows[i] < 0 || out_rows[i] >= n)
             return speck_set_error(SPECK_ERR_RANGE, "forward: output row %d out of range [0, %d)",
                                    out_rows[i], n);
-    if (reserve(c, n)) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    const bool stream = n < stream_max(m);
+    if (reserve(c, n, stream)) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     rope_tables(c->rope_cs, c->rope_sn, pos, c->n_past, n, hp->head_dim, m->rope_freq);
     size_t erow = speck_type_row_size(m->tok_embd.type, hp->n_embd);
     for (int i = 0; i < n; i++)
         speck_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + erow * tokens[i],
                              c->x + (size_t)i * hp->n_embd, hp->n_embd);
-    if (n < stream_max(m))
+    if (stream)
         forward_stream(c, n, mask, out_rows, n_out, logits);
     else
         forward_batch(c, n, mask, out_rows, n_out, logits);
