@@ -122,12 +122,19 @@ static speck_mm_kind mm_kind(const speck_kernel_table *k, speck_type wt) {
 
 speck_mm_kind speck_mm_kind_for(speck_type wt) { return mm_kind(speck_kernels_get(), wt); }
 
+typedef void (*float_tile_fn)(const void *, size_t, int, const float *, int64_t, int, int64_t,
+                              float *);
+
+// The ISA's float tile kernel for weight type wt, or NULL (quantized types, ISAs without tiles).
+static float_tile_fn float_tiles(const speck_kernel_table *k, speck_type wt) {
+    return wt == SPECK_TYPE_F32 ? k->mm_f32 : wt == SPECK_TYPE_F16 ? k->mm_f16
+         : wt == SPECK_TYPE_BF16 ? k->mm_bf16 : NULL;
+}
+
 int speck_mm_stream_max(speck_type wt) {
     const speck_kernel_table *k = speck_kernels_get();
-    const int tiles = (wt == SPECK_TYPE_F32 && k->mm_f32) || (wt == SPECK_TYPE_F16 && k->mm_f16) ||
-                      (wt == SPECK_TYPE_BF16 && k->mm_bf16);
     // Measured on AVX-512 only; the AVX2 tiles are half as wide, so they keep the general bound.
-    return tiles && k == &speck_kernels_avx512 ? 2 * SMALL_BATCH : SMALL_BATCH;
+    return float_tiles(k, wt) && k == &speck_kernels_avx512 ? 2 * SMALL_BATCH : SMALL_BATCH;
 }
 
 // Layout of the buffer: Q8_0 block rows (n_tok, n_in / 32) first (also the quantizer's scratch
@@ -172,12 +179,7 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t wrow = speck_type_row_size(wt, n_in);
     const int split = a->kind == SPECK_MM_Q8_SPLIT || a->kind == SPECK_MM_Q8_SPLIT_Q4;
-    void (*mm_float)(const void *, size_t, int, const float *, int64_t, int, int64_t, float *) =
-        a->kind != SPECK_MM_F32       ? NULL
-        : wt == SPECK_TYPE_F32        ? k->mm_f32
-        : wt == SPECK_TYPE_F16        ? k->mm_f16
-        : wt == SPECK_TYPE_BF16       ? k->mm_bf16
-                                      : NULL;
+    const float_tile_fn mm_float = a->kind == SPECK_MM_F32 ? float_tiles(k, wt) : NULL;
     const char *act = a->kind == SPECK_MM_F32 ? (const char *)a->x : a->blocks;
     const size_t arow = a->kind == SPECK_MM_F32 ? (size_t)n_in * sizeof(float)
                                                 : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
