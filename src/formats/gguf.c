@@ -442,7 +442,9 @@ speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags) {
         // folios, which the kernel maps with one TLB entry each (measured: a freshly read 600 MB
         // file ends up ~97 % PMD-mapped with it, ~90 % without). Pages already cached keep
         // their size.
+#ifdef MADV_HUGEPAGE
         madvise(g->map, g->size, MADV_HUGEPAGE);
+#endif
     }
     if (parse(g)) goto fail;
     return g;
