@@ -3,7 +3,8 @@
 //
 //   forward_dump MODEL.gguf MODE OUT.f32 TOKENS(comma-separated)
 //   MODE: prefill | decode | chunks:K | truncate:K | tree:P:parents
-// Env SPECK_TEST_ISA=scalar|avx2|avx512 runs on that kernel path (exit 3 if the CPU lacks it).
+// Env SPECK_TEST_ISA=scalar|avx2|avx512 runs on that kernel path (exit 3 if the CPU lacks it);
+// SPECK_TEST_NO_PANELS=1 loads with SPECK_LOAD_NO_PANELS (the row-layout kernels).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "forward_dump: this CPU cannot run the %s kernels\n", isa);
         return 3;
     }
-    speck_model *m = speck_model_load(argv[1]);
+    const char *np = getenv("SPECK_TEST_NO_PANELS");
+    speck_model *m = speck_model_load_ex(argv[1], np && *np == '1' ? SPECK_LOAD_NO_PANELS : 0);
     if (!m) return die("load");
     int V = speck_model_hparams(m)->n_vocab;
     int32_t toks[4096];

@@ -595,6 +595,111 @@ static void test_batch_invariance(void) {
     free(x), free(wf), free(y1), free(yn), free(w);
 }
 
+// The panel layout (speck_panel_pack) and its kernels: the packed bytes, results against a
+// double reference for token counts across the kernels' token groups and row ranges not on
+// panel boundaries, accumulation, untouched rows outside the range, and bit-identical rows
+// whatever the token count or range split (the decode path's batch invariance). Tolerance as in
+// matmul_case: 1e-4 * sum|w*x| (one float FMA chain over n_in <= 416 terms: <= 2.5e-5 worst).
+static void test_panels(void) {
+    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const speck_type types[] = {SPECK_TYPE_F32, SPECK_TYPE_F16, SPECK_TYPE_BF16};
+    const int64_t n_outs[] = {37, 64, 300}, n_ins[] = {1, 7, 100, 416};
+    const int64_t max_out = 300, max_in = 416, max_tok = 31;
+    float *wf = malloc(max_out * max_in * sizeof(float));
+    float *x = malloc(max_tok * max_in * sizeof(float));
+    float *y = malloc(max_tok * max_out * sizeof(float)), *y0 = malloc(max_tok * max_out * sizeof(float));
+    float *y1 = malloc(max_tok * max_out * sizeof(float));
+    char *w = malloc(max_out * max_in * 4);
+    void *P = malloc(speck_panel_bytes(SPECK_TYPE_F32, max_out, max_in));
+    for (int ii = 0; ii < 3; ii++) {
+        if (speck_kernels_force_isa(isas[ii]) != 0) continue;
+        if (ii == 0) { // no panel kernels on the scalar path: the model keeps the row layout
+            check(!speck_panel_supported(SPECK_TYPE_F16) && !speck_panel_supported(SPECK_TYPE_Q8_0),
+                  "[scalar] no panel kernels");
+            continue;
+        }
+        for (int ti = 0; ti < 3; ti++) {
+            const speck_type t = types[ti];
+            const size_t es = t == SPECK_TYPE_F32 ? 4 : 2;
+            check(speck_panel_supported(t), "[%s] panel kernels for %s", isas[ii], speck_type_name(t));
+            if (!speck_panel_supported(t)) continue;
+            int ok_layout = 1, ok_ref = 1, ok_inv = 1, ok_keep = 1;
+            double worst = 0;
+            for (int oi = 0; oi < 3; oi++)
+                for (int ni = 0; ni < 4; ni++) {
+                    const int64_t n_out = n_outs[oi], n_in = n_ins[ni];
+                    fill_random(wf, n_out * n_in, 1.0f);
+                    fill_random(x, max_tok * n_in, 2.0f);
+                    for (int64_t o = 0; o < n_out; o++) {
+                        speck_quantize_row(t, wf + o * n_in, w + o * n_in * es, n_in);
+                        speck_dequantize_row(t, w + o * n_in * es, wf + o * n_in, n_in);
+                    }
+                    const size_t pb = speck_panel_bytes(t, n_out, n_in);
+                    ok_layout &= pb == (size_t)((n_out + 15) / 16) * 16 * n_in * es;
+                    memset(P, 0xAB, pb);
+                    speck_panel_pack(t, w, n_out, n_in, P);
+                    for (int64_t p = 0; p < (n_out + 15) / 16; p++)
+                        for (int64_t k = 0; k < n_in; k++)
+                            for (int j = 0; j < 16; j++) {
+                                const char *e = (const char *)P + ((p * n_in + k) * 16 + j) * es;
+                                const int64_t r = 16 * p + j;
+                                char zero[4] = {0};
+                                ok_layout &= r < n_out ? !memcmp(e, w + (r * n_in + k) * es, es)
+                                                       : !memcmp(e, zero, es);
+                            }
+                    // Token counts around the groups (AVX2 4, AVX-512 8) and ranges cut mid-panel.
+                    const int64_t toks[] = {1, 2, 3, 4, 5, 8, 9, 15, 31};
+                    const int64_t r0s[] = {0, 5, 16}, r1s[] = {n_out, n_out - 3, 17 < n_out ? 17 : n_out};
+                    for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++)
+                        for (int ri = 0; ri < 3; ri++) {
+                            const int64_t nt = toks[k], o0 = r0s[ri], o1 = r1s[ri];
+                            const int acc = ri == 1; // accumulate on the mid-panel range
+                            fill_random(y0, nt * n_out, 1.0f);
+                            memcpy(y, y0, nt * n_out * sizeof(float));
+                            speck_mm_act a;
+                            speck_mm_act_prepare(t, x, nt, n_in, NULL, &a);
+                            speck_mm_panel_rows(t, P, &a, o0, o1, y, n_out, acc);
+                            for (int64_t i = 0; i < nt; i++)
+                                for (int64_t o = 0; o < n_out; o++) {
+                                    const float got = y[i * n_out + o];
+                                    if (o < o0 || o >= o1) {
+                                        ok_keep &= got == y0[i * n_out + o];
+                                        continue;
+                                    }
+                                    double sum = acc ? y0[i * n_out + o] : 0, sa = fabs(sum);
+                                    for (int64_t kk = 0; kk < n_in; kk++) {
+                                        const double pr = (double)wf[o * n_in + kk] * x[i * n_in + kk];
+                                        sum += pr, sa += fabs(pr);
+                                    }
+                                    const double err = fabs(got - sum) / (1e-4 * sa + 1e-20);
+                                    if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
+                                    ok_ref &= err <= 1.0;
+                                }
+                            // Batch invariance: each token alone, and the range in two pieces.
+                            if (acc) continue;
+                            for (int64_t i = 0; i < nt; i++) {
+                                speck_mm_act_prepare(t, x + i * n_in, 1, n_in, NULL, &a);
+                                const int64_t mid = o0 + (o1 - o0) / 3;
+                                speck_mm_panel_rows(t, P, &a, o0, mid, y1 + i * n_out, n_out, 0);
+                                speck_mm_panel_rows(t, P, &a, mid, o1, y1 + i * n_out, n_out, 0);
+                                ok_inv &= !memcmp(y1 + i * n_out + o0, y + i * n_out + o0,
+                                                  (o1 - o0) * sizeof(float));
+                            }
+                        }
+                }
+            check(ok_layout, "[%s] panel layout of %s: 16-row panels, k-major, zero padding",
+                  isas[ii], speck_type_name(t));
+            check(ok_ref && ok_keep,
+                  "[%s] panel matmul %s: n_tok 1..31, ranges off panel bounds, += (worst %.3f of "
+                  "tol), rows outside the range untouched",
+                  isas[ii], speck_type_name(t), worst);
+            check(ok_inv, "[%s] panel matmul %s rows bit-identical for any n_tok and range split",
+                  isas[ii], speck_type_name(t));
+        }
+    }
+    free(wf), free(x), free(y), free(y0), free(y1), free(w), free(P);
+}
+
 // speck_attend on every ISA against a double-precision softmax attention: head sizes with and
 // without a 16-lane tail, key counts around the 16-key blocks, no mask / a random mask / a mask
 // allowing nothing.
@@ -674,6 +779,7 @@ int main(void) {
     test_matmul();
     test_gemm();
     test_batch_invariance();
+    test_panels();
     test_attend();
     speck_kernels_force_isa(best_name);
     printf("%d passed, %d failed\n", g_pass, g_fail);

@@ -418,6 +418,70 @@ SPECK_FLOAT_TILES(mm_f32_avx2, ftile8, SPECK_W_F32, 8, 4, 2)
 SPECK_FLOAT_TILES(mm_f16_avx2, ftile8, SPECK_W_F16, 8, 4, 2)
 SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 8, 4, 2)
 
+// Lanes of an 8-lane half of a panel whose bit is set in bits, as a maskload/maskstore mask.
+static inline __m256i lane_mask8(unsigned bits) {
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), sel), sel);
+}
+
+// R panels x T tokens of the panel layout (see speck_kernel_table.mm_panel_f16), each 16-row
+// panel as two 8-lane halves: per input k, 2R weight vectors times T broadcast activations into
+// 2R * T accumulators (8 independent FMA chains, of AVX2's 16 registers). Lane j of an accumulator
+// is a row's result, stored directly.
+static inline __attribute__((always_inline)) void
+ptile8_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n, float *y,
+            int64_t ldy, unsigned m0, unsigned m1, int accumulate, const int wt, const int R,
+            const int T) {
+    const int esz = wt == SPECK_W_F32 ? 4 : 2;
+    __m256 acc[8];
+    for (int s = 0; s < 2 * R * T; s++) acc[s] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < n; k++) {
+        __m256 w[8];
+        for (int h = 0; h < 2 * R; h++)
+            w[h] = load_w8(P + (h / 2) * pbytes + (size_t)(16 * k + 8 * (h % 2)) * esz, 0, wt, 8);
+        for (int t = 0; t < T; t++) {
+            const __m256 xb = _mm256_broadcast_ss(x + t * ldx + k);
+            for (int h = 0; h < 2 * R; h++)
+                acc[t * 2 * R + h] = _mm256_fmadd_ps(w[h], xb, acc[t * 2 * R + h]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < 2 * R; h++) {
+            const int r = h / 2;
+            const unsigned m16 = (r == 0 ? m0 : 0xFFFFu) & (r == R - 1 ? m1 : 0xFFFFu);
+            const unsigned m = (h % 2 ? m16 >> 8 : m16) & 0xFFu;
+            float *yp = y + t * ldy + 8 * h;
+            __m256 v = acc[t * 2 * R + h];
+            if (m == 0xFFu) {
+                if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(yp), v);
+                _mm256_storeu_ps(yp, v);
+            } else if (m) {
+                const __m256i mm = lane_mask8(m);
+                if (accumulate) v = _mm256_add_ps(_mm256_maskload_ps(yp, mm), v);
+                _mm256_maskstore_ps(yp, mm, v);
+            }
+        }
+}
+
+// Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_group below).
+#define PT8_ARGS P, pbytes, x, ldx, n, y, ldy, m0, m1, accumulate
+#define SPECK_PANELS_AVX2(NAME, WT)                                                             \
+    static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt, \
+                     int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
+        const char *P = Pv;                                                                     \
+        if (nt == 1 && np >= 4) ptile8_body(PT8_ARGS, WT, 4, 1);                                \
+        else if (nt == 1 && np == 3) ptile8_body(PT8_ARGS, WT, 3, 1);                           \
+        else if (nt == 1 && np == 2) ptile8_body(PT8_ARGS, WT, 2, 1);                           \
+        else if (nt == 1) ptile8_body(PT8_ARGS, WT, 1, 1);                                      \
+        else if (nt == 2 && np >= 2) ptile8_body(PT8_ARGS, WT, 2, 2);                           \
+        else if (nt == 2) ptile8_body(PT8_ARGS, WT, 1, 2);                                      \
+        else if (nt == 3) ptile8_body(PT8_ARGS, WT, 1, 3);                                      \
+        else ptile8_body(PT8_ARGS, WT, 1, 4);                                                   \
+    }
+SPECK_PANELS_AVX2(mm_panel_f32_avx2, SPECK_W_F32)
+SPECK_PANELS_AVX2(mm_panel_f16_avx2, SPECK_W_F16)
+SPECK_PANELS_AVX2(mm_panel_bf16_avx2, SPECK_W_BF16)
+
 const speck_kernel_table speck_kernels_avx2 = {
     .name = "avx2",
     .dot_f32 = dot_f32_avx2,
@@ -431,6 +495,11 @@ const speck_kernel_table speck_kernels_avx2 = {
     .mm_f32 = mm_f32_avx2,
     .mm_f16 = mm_f16_avx2,
     .mm_bf16 = mm_bf16_avx2,
+    .mm_panel_f32 = mm_panel_f32_avx2,
+    .mm_panel_f16 = mm_panel_f16_avx2,
+    .mm_panel_bf16 = mm_panel_bf16_avx2,
+    .panel_tokens = 4,
+    .panel_group = {0, 4, 2, 1, 1},
     .gemm_pack = NULL, // prefill uses sgemm
     .gemm_run = NULL,
     .quantize_q8_0 = quantize_q8_0_avx2,

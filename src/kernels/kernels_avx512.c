@@ -246,6 +246,64 @@ SPECK_FLOAT_TILES(mm_f32_avx512, ftile_body, SPECK_W_F32, 16, 8, 4)
 SPECK_FLOAT_TILES(mm_f16_avx512, ftile_body, SPECK_W_F16, 16, 8, 4)
 SPECK_FLOAT_TILES(mm_bf16_avx512, ftile_body, SPECK_W_BF16, 16, 8, 4)
 
+// R panels x T tokens of the panel layout (see speck_kernel_table.mm_panel_f16): per input k,
+// R 16-row weight vectors times T broadcast activations, R * T accumulators (>= 8 independent
+// FMA chains hide the FMA latency; at most 16 + 8 registers). No horizontal sums: lane j of an
+// accumulator is row j's result, stored directly.
+static inline __attribute__((always_inline)) void
+ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n, float *y,
+           int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int wt, const int R,
+           const int T) {
+    const size_t step = (size_t)16 * (wt == SPECK_W_F32 ? 4 : 2); // bytes per k of a panel
+    __m512 acc[16];
+    for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n; k++) {
+        __m512 w[8];
+        for (int r = 0; r < R; r++) w[r] = load_w16(P + r * pbytes + (size_t)k * step, 0, wt, 0xFFFF);
+        for (int t = 0; t < T; t++) {
+            const __m512 xb = _mm512_set1_ps(x[t * ldx + k]);
+            for (int r = 0; r < R; r++) acc[t * R + r] = _mm512_fmadd_ps(w[r], xb, acc[t * R + r]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
+            float *yp = y + t * ldy + 16 * r;
+            __m512 v = acc[t * R + r];
+            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
+            _mm512_mask_storeu_ps(yp, m, v);
+        }
+}
+
+// Panel groups per token count: 8 x 1, 4 x 2, 3 x 3, 2 x 4..8 (panel_group below); fewer
+// panels at the end of a row range.
+#define PT_ARGS P, pbytes, x, ldx, n, y, ldy, (__mmask16)m0, (__mmask16)m1, accumulate
+#define PT_CASE(WT, R, T) case R: ptile_body(PT_ARGS, WT, R, T); return;
+#define PT_UPTO2(WT, T) PT_CASE(WT, 1, T) default: ptile_body(PT_ARGS, WT, 2, T); return;
+#define PT_UPTO3(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) default: ptile_body(PT_ARGS, WT, 3, T); return;
+#define PT_UPTO4(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) PT_CASE(WT, 3, T)                     \
+    default: ptile_body(PT_ARGS, WT, 4, T); return;
+#define PT_UPTO8(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) PT_CASE(WT, 3, T) PT_CASE(WT, 4, T)  \
+    PT_CASE(WT, 5, T) PT_CASE(WT, 6, T) PT_CASE(WT, 7, T) default: ptile_body(PT_ARGS, WT, 8, T); return;
+#define SPECK_PANELS_AVX512(NAME, WT)                                                           \
+    static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt, \
+                     int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
+        const char *P = Pv;                                                                     \
+        switch (nt) {                                                                           \
+        case 1: switch (np) { PT_UPTO8(WT, 1) }                                                 \
+        case 2: switch (np) { PT_UPTO4(WT, 2) }                                                 \
+        case 3: switch (np) { PT_UPTO3(WT, 3) }                                                 \
+        case 4: switch (np) { PT_UPTO2(WT, 4) }                                                 \
+        case 5: switch (np) { PT_UPTO2(WT, 5) }                                                 \
+        case 6: switch (np) { PT_UPTO2(WT, 6) }                                                 \
+        case 7: switch (np) { PT_UPTO2(WT, 7) }                                                 \
+        default: switch (np) { PT_UPTO2(WT, 8) }                                                \
+        }                                                                                       \
+    }
+SPECK_PANELS_AVX512(mm_panel_f32_avx512, SPECK_W_F32)
+SPECK_PANELS_AVX512(mm_panel_f16_avx512, SPECK_W_F16)
+SPECK_PANELS_AVX512(mm_panel_bf16_avx512, SPECK_W_BF16)
+
 /* ---------------------------------------------------------------------------------------- */
 /* Quantized building blocks                                                                 */
 /* ---------------------------------------------------------------------------------------- */
@@ -811,6 +869,11 @@ const speck_kernel_table speck_kernels_avx512 = {
     .mm_f32 = mm_f32_avx512,
     .mm_f16 = mm_f16_avx512,
     .mm_bf16 = mm_bf16_avx512,
+    .mm_panel_f32 = mm_panel_f32_avx512,
+    .mm_panel_f16 = mm_panel_f16_avx512,
+    .mm_panel_bf16 = mm_panel_bf16_avx512,
+    .panel_tokens = 8,
+    .panel_group = {0, 8, 4, 3, 2, 2, 2, 2, 2},
     .gemm_pack = gemm_pack_avx512,
     .gemm_run = gemm_run_avx512,
     .quantize_q8_0 = quantize_q8_0_avx512,

@@ -9,6 +9,11 @@
 #define SPECK_MT 4
 // Float weight row types, as compile-time constants of the ISA files' inlined kernels.
 enum { SPECK_W_F32, SPECK_W_F16, SPECK_W_BF16 };
+// Most token rows a panel kernel call takes (the widest ISA's panel_tokens).
+#define SPECK_PT 8
+typedef void (*speck_panel_fn)(const void *P, size_t pbytes, int np, const float *x, int64_t ldx,
+                               int nt, int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1,
+                               int accumulate);
 // The float tile kernels' entry point (speck_kernel_table.mm_f32 ...) from an ISA's inlined tile
 // body BODY(w, wrow, rows, x, ldx, nt, n, wt, R, T, out): R1 x 1 and R2 x 2 tiles, E x 3 and
 // E x 4, and E x nt whenever at most E rows are asked for (the last token group of a 5..7-token
@@ -69,6 +74,15 @@ typedef struct {
     // Rows per tile for a call whose token groups hold T tokens (index T = 1..SPECK_MT): the
     // matmul hands the float tile kernels row blocks of this size (fewer at the end).
     int mm_tile_rows[SPECK_MT + 1];
+    // Panel kernels for float weights repacked by speck_panel_pack (16-row panels, k-major).
+    // np (1..panel_group[nt]) consecutive panels, pbytes apart, of n inputs each, times nt
+    // (1..panel_tokens) f32 token rows x + t * ldx: y[t * ldy + 16 * p + j] (=, or += when
+    // accumulate) for row j of panel p, except the lanes outside mask m0 in the first panel and
+    // outside m1 in the last. Each output is one FMA chain over k in order, so its value does not
+    // depend on np, nt or the grouping (batch invariance). NULL: no panel kernels on this ISA.
+    speck_panel_fn mm_panel_f32, mm_panel_f16, mm_panel_bf16;
+    int panel_tokens;                 // most tokens per call (index bound of panel_group)
+    int panel_group[SPECK_PT + 1];    // most panels per call for nt tokens (>= 8 FMA chains)
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
     // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
     // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.

@@ -229,6 +229,60 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     }
 }
 
+static size_t elem_size(speck_type wt) { return wt == SPECK_TYPE_F32 ? 4 : 2; }
+
+static speck_panel_fn panel_fn(const speck_kernel_table *k, speck_type wt) {
+    return wt == SPECK_TYPE_F32 ? k->mm_panel_f32 : wt == SPECK_TYPE_F16 ? k->mm_panel_f16
+         : wt == SPECK_TYPE_BF16 ? k->mm_panel_bf16 : NULL;
+}
+
+int speck_panel_supported(speck_type wt) { return panel_fn(speck_kernels_get(), wt) != NULL; }
+
+size_t speck_panel_bytes(speck_type wt, int64_t n_out, int64_t n_in) {
+    return (size_t)((n_out + 15) / 16) * 16 * (size_t)n_in * elem_size(wt);
+}
+
+void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in, void *P) {
+    const size_t es = elem_size(wt), wrow = (size_t)n_in * es;
+    char *dst = P;
+    for (int64_t p = 0; p < (n_out + 15) / 16; p++)
+        for (int64_t k = 0; k < n_in; k++)
+            for (int j = 0; j < 16; j++, dst += es) {
+                const int64_t r = 16 * p + j;
+                if (r < n_out) memcpy(dst, (const char *)W + (size_t)r * wrow + (size_t)k * es, es);
+                else memset(dst, 0, es);
+            }
+}
+
+int64_t speck_panel_rows_per_item(int64_t n_tok) {
+    const speck_kernel_table *k = speck_kernels_get();
+    if (!k->panel_tokens) return 16;
+    return 16 * k->panel_group[n_tok < k->panel_tokens ? n_tok : k->panel_tokens];
+}
+
+void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, int64_t o0,
+                         int64_t o1, float *Y, int64_t ldy, int accumulate) {
+    if (o0 >= o1) return;
+    const speck_kernel_table *k = speck_kernels_get();
+    const speck_panel_fn fn = panel_fn(k, wt);
+    const int64_t n_in = a->n_in, n_tok = a->n_tok;
+    const size_t pbytes = (size_t)16 * (size_t)n_in * elem_size(wt);
+    const int TG = (int)(n_tok < k->panel_tokens ? n_tok : k->panel_tokens);
+    const int R = k->panel_group[TG];
+    const int64_t p0 = o0 / 16, p1 = (o1 + 15) / 16;
+    // Panel groups outer, token groups inner: a group's weights stay in L1 across token groups.
+    for (int64_t p = p0; p < p1; p += R) {
+        const int np = (int)(p1 - p < R ? p1 - p : R);
+        const unsigned m0 = p == p0 ? 0xFFFFu << (o0 - 16 * p0) & 0xFFFFu : 0xFFFFu;
+        const unsigned m1 = p + np == p1 ? 0xFFFFu >> (16 * p1 - o1) : 0xFFFFu;
+        for (int64_t t = 0; t < n_tok; t += TG) {
+            const int nt = (int)(n_tok - t < TG ? n_tok - t : TG);
+            fn((const char *)P + (size_t)p * pbytes, pbytes, np, a->x + t * n_in, n_in, nt, n_in,
+               Y + t * ldy + 16 * p, ldy, m0, m1, accumulate);
+        }
+    }
+}
+
 // Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out).
 static void matmul_small(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
                          const float *X, int64_t n_tok, float *Y) {

@@ -384,28 +384,49 @@ static const speck_mm_act *act_for(act_slot *s, speck_type wt, const float *X, i
     return &s->a;
 }
 
+// Whether w runs on the panel kernels (a panel copy exists and the ISA has the kernel).
+static bool use_panels(const speck_weight *w) {
+    return w->packed && speck_panel_supported(w->type);
+}
+
 // Rows [o0, o1) of w applied to X into Y (ldy), =, or += when accumulate.
 static void mm_rows(act_slot *s, const speck_weight *w, const float *X, int n, int64_t o0,
                     int64_t o1, float *Y, int64_t ldy, int accumulate) {
-    if (o0 < o1)
-        speck_mm_rows(w->type, w->data, act_for(s, w->type, X, n, (int)w->n_in), o0, o1, Y, ldy,
-                      accumulate);
+    if (o0 >= o1) return;
+    const speck_mm_act *a = act_for(s, w->type, X, n, (int)w->n_in);
+    if (use_panels(w))
+        speck_mm_panel_rows(w->type, w->packed, a, o0, o1, Y, ldy, accumulate);
+    else
+        speck_mm_rows(w->type, w->data, a, o0, o1, Y, ldy, accumulate);
 }
 
-#define ROW_BLOCK 16 // rows per work item of the shared matmuls
+#define ROW_BLOCK 16 // rows per work item of the shared matmuls (row layout)
+
+// Rows per work item for w with n tokens: the panel kernels want several panels per call.
+static int64_t item_rows(const speck_weight *w, int n) {
+    return use_panels(w) ? speck_panel_rows_per_item(n) : ROW_BLOCK;
+}
 
 // Inside forward_stream's parallel region: all rows of w applied to X into Y (ldy), shared
-// between the threads in blocks of ROW_BLOCK rows, guided (large pieces first, small ones at the
-// end) so a thread slowed by the machine does not hold the others at the next barrier. No
+// between the threads in blocks of item_rows rows, guided (large pieces first, small ones at
+// the end) so a thread slowed by the machine does not hold the others at the next barrier. No
 // barrier at the end.
 static void mm_shared(act_slot *s, const speck_weight *w, const float *X, int n, float *Y,
                       int64_t ldy, int accumulate) {
-    const int64_t nblk = (w->n_out + ROW_BLOCK - 1) / ROW_BLOCK;
-#pragma omp for schedule(guided, 4) nowait
+    const int64_t rb = item_rows(w, n), nblk = (w->n_out + rb - 1) / rb;
+#pragma omp for schedule(guided, 2) nowait
     for (int64_t b = 0; b < nblk; b++) {
-        int64_t r0 = b * ROW_BLOCK, r1 = r0 + ROW_BLOCK < w->n_out ? r0 + ROW_BLOCK : w->n_out;
+        int64_t r0 = b * rb, r1 = r0 + rb < w->n_out ? r0 + rb : w->n_out;
         mm_rows(s, w, X, n, r0, r1, Y, ldy, accumulate);
     }
+}
+
+// This thread's share [*o0, *o1) of n rows, split on multiples of 16 (panel boundaries).
+static void share16(int64_t n, int64_t *o0, int64_t *o1) {
+    int64_t a, b;
+    speck_thread_share((n + 15) / 16, &a, &b);
+    *o0 = 16 * a < n ? 16 * a : n;
+    *o1 = 16 * b < n ? 16 * b : n;
 }
 
 // Few tokens (decode, draft verification): the whole forward is one OpenMP parallel region.
@@ -435,24 +456,29 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->attn_norm, E, hp->norm_eps);
             act.valid = false;
-            // Q, K and V one head at a time (new keys/values land directly in the cache).
+            // Q, K and V in units of a few heads (as many as fill a panel kernel's work item;
+            // one head on the row layout); new keys/values land directly in the cache.
+            const int hpu = item_rows(&ly->wq, n) > hd ? (int)(item_rows(&ly->wq, n) / hd) : 1;
+            const int uq = (nh + hpu - 1) / hpu, ukv = (nkv + hpu - 1) / hpu;
 #pragma omp for schedule(dynamic, 1) nowait
-            for (int u = 0; u < nh + 2 * nkv; u++) {
-                const bool is_q = u < nh, is_k = !is_q && u < nh + nkv;
+            for (int u = 0; u < uq + 2 * ukv; u++) {
+                const bool is_q = u < uq, is_k = !is_q && u < uq + ukv;
                 const speck_weight *w = is_q ? &ly->wq : is_k ? &ly->wk : &ly->wv;
                 const float *b = is_q ? ly->bq : is_k ? ly->bk : ly->bv;
-                const int r0 = (is_q ? u : is_k ? u - nh : u - nh - nkv) * hd;
+                const int h0 = (is_q ? u : is_k ? u - uq : u - uq - ukv) * hpu;
+                const int h1 = h0 + hpu < (is_q ? nh : nkv) ? h0 + hpu : (is_q ? nh : nkv);
                 float *y = is_q ? c->q : is_k ? kc : vc;
                 const int ld = is_q ? qd : kvd;
-                mm_rows(&act, w, xn, n, r0, r0 + hd, y, ld, 0);
-                for (int i = 0; i < n; i++) {
-                    float *v = y + (size_t)i * ld + r0;
-                    if (b)
-                        for (int j = 0; j < hd; j++) v[j] += b[r0 + j];
-                    if (is_q || is_k)
-                        rope_head(v, c->rope_cs + (size_t)i * half, c->rope_sn + (size_t)i * half,
-                                  hd, hp->rope_type);
-                }
+                mm_rows(&act, w, xn, n, (int64_t)h0 * hd, (int64_t)h1 * hd, y, ld, 0);
+                for (int i = 0; i < n; i++)
+                    for (int h = h0; h < h1; h++) {
+                        float *v = y + (size_t)i * ld + (size_t)h * hd;
+                        if (b)
+                            for (int j = 0; j < hd; j++) v[j] += b[h * hd + j];
+                        if (is_q || is_k)
+                            rope_head(v, c->rope_cs + (size_t)i * half,
+                                      c->rope_sn + (size_t)i * half, hd, hp->rope_type);
+                    }
             }
             barrier_wait(&c->bar, nth);
 #pragma omp for schedule(dynamic, 1) nowait
@@ -471,7 +497,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             act.valid = false;
             {
                 int64_t o0, o1; // gate rows, then the same up rows, then SwiGLU on them
-                speck_thread_share(F, &o0, &o1);
+                share16(F, &o0, &o1);
                 mm_rows(&act, &ly->wg, xn, n, o0, o1, c->g, F, 0);
                 mm_rows(&act, &ly->wu, xn, n, o0, o1, c->u, F, 0);
                 for (int i = 0; i < n; i++)

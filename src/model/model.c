@@ -100,7 +100,7 @@ static int get_weight(loader *L, const char *name, int64_t n_in, int64_t n_out, 
     int err = 0;
     const speck_gguf_tensor *t = get_tensor(L, name, n_in, n_out, required, &err);
     if (!t) return err;
-    *w = (speck_weight){t->data, (speck_type)t->type, n_in, n_out};
+    *w = (speck_weight){t->data, (speck_type)t->type, n_in, n_out, NULL};
     return 0;
 }
 
@@ -274,6 +274,47 @@ static int load_tensors(loader *L) {
     return 0;
 }
 
+#define PANEL_MAX_BYTES ((size_t)32 << 20)
+
+// Panel copies of the float matrices, for models small enough that the few-token matmuls are
+// compute-bound (their weights stay in cache) and the copy costs little memory. Large models
+// decode at memory speed, where the row layout read in place is as fast and costs nothing.
+static int pack_panels(speck_model *m) {
+    const int nl = m->hp.n_layer;
+    const int nw = 7 * nl + 1;
+    speck_weight **ws = malloc((size_t)nw * sizeof *ws);
+    if (!ws) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < nl; l++) {
+        speck_layer *ly = &m->layers[l];
+        speck_weight *lw[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->wg, &ly->wu, &ly->wd};
+        memcpy(ws + 7 * l, lw, sizeof lw);
+    }
+    ws[nw - 1] = &m->output;
+    size_t total = 0;
+    for (int i = 0; i < nw; i++)
+        if (speck_panel_supported(ws[i]->type))
+            total += (speck_panel_bytes(ws[i]->type, ws[i]->n_out, ws[i]->n_in) + 63) & ~(size_t)63;
+    if (total == 0 || total > PANEL_MAX_BYTES) {
+        free(ws);
+        return 0;
+    }
+    char *p = aligned_alloc(64, total);
+    if (!p) {
+        free(ws);
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory (%zu bytes of panels)", total);
+    }
+    m->panels = p;
+    for (int i = 0; i < nw; i++) {
+        speck_weight *w = ws[i];
+        if (!speck_panel_supported(w->type)) continue;
+        speck_panel_pack(w->type, w->data, w->n_out, w->n_in, p);
+        w->packed = p;
+        p += (speck_panel_bytes(w->type, w->n_out, w->n_in) + 63) & ~(size_t)63;
+    }
+    free(ws);
+    return 0;
+}
+
 speck_model *speck_model_load(const char *path) { return speck_model_load_ex(path, 0); }
 
 speck_model *speck_model_load_ex(const char *path, unsigned flags) {
@@ -299,6 +340,7 @@ speck_model *speck_model_load_ex(const char *path, unsigned flags) {
         goto fail;
     }
     if (load_hparams(&L) || load_tensors(&L) || init_rope(&L)) goto fail;
+    if (!(flags & SPECK_LOAD_NO_PANELS) && pack_panels(m)) goto fail;
     return m;
 fail:
     speck_model_free(m);
@@ -311,6 +353,7 @@ void speck_model_free(speck_model *m) {
     free(m->owned);
     free(m->layers);
     free(m->rope_freq);
+    free(m->panels);
     speck_gguf_close(m->g);
     free(m);
 }

@@ -5,10 +5,13 @@
 #include "speck.h"
 
 // A weight matrix W: (n_out, n_in), rows of type `type` contiguous in the mapping.
+// packed: the same matrix in the panel layout (speck_panel_pack) or NULL; the few-token forward
+// path uses it when the ISA has panel kernels, everything else reads data.
 typedef struct {
     const void *data;
     speck_type type;
     int64_t n_in, n_out;
+    const void *packed;
 } speck_weight;
 
 typedef struct {
@@ -28,6 +31,7 @@ struct speck_model {
     float *rope_freq; // (head_dim/2) angle per position unit for each rotated pair, scaling applied
     float **owned;    // f32 copies of norm/bias vectors stored in other types
     int n_owned;
+    void *panels;     // the weights' panel copies (speck_weight.packed point into it), or NULL
 };
 
 #endif
