@@ -44,6 +44,19 @@ typedef struct {
 
 // Every thread of the team calls this; returns when all nth have. The arrivals' writes happen
 // before every thread's return (acq_rel count, release/acquire generation).
+// A cheap timestamp for the thread balancer (units cancel: only ratios are used).
+static inline uint64_t ticks(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+#endif
+}
+
+// Every thread of the team calls this; returns when all nth have. The arrivals' writes happen
+// before every thread's return (acq_rel count, release/acquire generation).
 static void barrier_wait(spin_barrier *b, int nth) {
     if (nth <= 1) return;
     const int g = atomic_load_explicit(&b->gen, memory_order_relaxed);
@@ -58,6 +71,66 @@ static void barrier_wait(spin_barrier *b, int nth) {
         else
             sched_yield();
     }
+}
+
+// Static row splits weighted by each thread's measured speed. On this project's VM one core
+// runs the same work ~30 % slower than the other (whichever thread is placed on it), so even
+// splits left the fast thread waiting at every barrier. Each pass times every thread's work on
+// the split matmuls and moves the shares towards equal finish times (an exponential average, so
+// splits stay stable and each core keeps its rows cached).
+#define BAL_MAX 64 // threads balanced; more share evenly
+
+typedef struct {
+    int nth;                 // team size the estimates are for (0: none yet)
+    double speed[BAL_MAX];   // work per tick, relative
+    double cut[BAL_MAX + 1]; // thread t's share is [cut[t], cut[t + 1]) of [0, 1]
+    uint64_t busy[BAL_MAX];  // this pass: ticks each thread spent on its shares
+    double share[BAL_MAX];   // this pass: the share each thread had of the balanced work
+} balancer;
+
+// Prepares the cuts for a pass with nth threads.
+static void balance_begin(balancer *b, int nth) {
+    if (nth != b->nth || nth > BAL_MAX) {
+        b->nth = nth <= BAL_MAX ? nth : 0;
+        for (int t = 0; t < nth && t < BAL_MAX; t++) b->speed[t] = 1.0;
+    }
+    if (!b->nth) return;
+    for (int t = 0; t < nth; t++) b->busy[t] = 0;
+    double total = 0;
+    for (int t = 0; t < nth; t++) total += b->speed[t];
+    b->cut[0] = 0;
+    for (int t = 0; t < nth; t++) {
+        b->cut[t + 1] = b->cut[t] + b->speed[t] / total;
+        b->share[t] = b->speed[t] / total;
+    }
+    b->cut[nth] = 1.0;
+}
+
+// After a pass: new speed estimates from the busy times.
+static void balance_end(balancer *b) {
+    const int nth = b->nth;
+    if (nth < 2) return;
+    for (int t = 0; t < nth; t++)
+        if (b->busy[t] == 0) return; // a pass too short to measure
+    double mean = 0;
+    for (int t = 0; t < nth; t++) mean += b->share[t] / (double)b->busy[t];
+    mean /= nth;
+    for (int t = 0; t < nth; t++) {
+        double v = b->share[t] / (double)b->busy[t] / mean; // relative speed this pass
+        v = v < 0.25 ? 0.25 : v > 4.0 ? 4.0 : v;              // ignore descheduling outliers
+        b->speed[t] = 0.9 * b->speed[t] + 0.1 * v;
+    }
+}
+
+// Thread tid's range [*u0, *u1) of n units under the cuts (even split without estimates).
+static void balance_range(const balancer *b, int tid, int nth, int64_t n, int64_t *u0,
+                          int64_t *u1) {
+    if (b->nth != nth) {
+        *u0 = n * tid / nth, *u1 = n * (tid + 1) / nth;
+        return;
+    }
+    *u0 = (int64_t)(b->cut[tid] * (double)n + 0.5);
+    *u1 = tid == nth - 1 ? n : (int64_t)(b->cut[tid + 1] * (double)n + 0.5);
 }
 
 struct speck_ctx {
@@ -81,6 +154,7 @@ struct speck_ctx {
     size_t tbuf_bytes;
     int tbuf_threads;
     spin_barrier bar; // forward_stream's barriers
+    balancer bal;     // forward_stream's row splits
 };
 
 speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
@@ -407,25 +481,22 @@ static int64_t item_rows(const speck_weight *w, int n) {
     return use_panels(w) ? speck_panel_rows_per_item(n) : ROW_BLOCK;
 }
 
-// Inside forward_stream's parallel region: all rows of w applied to X into Y (ldy), shared
-// between the threads in blocks of item_rows rows, statically (see forward_stream). No barrier
-// at the end.
-static void mm_shared(act_slot *s, const speck_weight *w, const float *X, int n, float *Y,
-                      int64_t ldy, int accumulate) {
-    const int64_t rb = item_rows(w, n), nblk = (w->n_out + rb - 1) / rb;
-#pragma omp for schedule(static) nowait
-    for (int64_t b = 0; b < nblk; b++) {
-        int64_t r0 = b * rb, r1 = r0 + rb < w->n_out ? r0 + rb : w->n_out;
-        mm_rows(s, w, X, n, r0, r1, Y, ldy, accumulate);
-    }
+// This thread's rows [*o0, *o1) of n under the balancer's cuts, split on multiples of 16 (the
+// panel boundaries).
+static void share16(const balancer *b, int tid, int nth, int64_t n, int64_t *o0, int64_t *o1) {
+    int64_t a, e;
+    balance_range(b, tid, nth, (n + 15) / 16, &a, &e);
+    *o0 = 16 * a < n ? 16 * a : n;
+    *o1 = 16 * e < n ? 16 * e : n;
 }
 
-// This thread's share [*o0, *o1) of n rows, split on multiples of 16 (panel boundaries).
-static void share16(int64_t n, int64_t *o0, int64_t *o1) {
-    int64_t a, b;
-    speck_thread_share((n + 15) / 16, &a, &b);
-    *o0 = 16 * a < n ? 16 * a : n;
-    *o1 = 16 * b < n ? 16 * b : n;
+// Inside forward_stream's parallel region: this thread's share of w's rows applied to X into Y
+// (ldy). No barrier at the end.
+static void mm_shared(act_slot *s, const balancer *b, int tid, int nth, const speck_weight *w,
+                      const float *X, int n, float *Y, int64_t ldy, int accumulate) {
+    int64_t r0, r1;
+    share16(b, tid, nth, w->n_out, &r0, &r1);
+    mm_rows(s, w, X, n, r0, r1, Y, ldy, accumulate);
 }
 
 // Rows of heads [h0, h1) of Q (which 0), K (1) or V (2) for the n tokens of xn, with bias and
@@ -481,10 +552,12 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
     const int nkv = hp->n_head_kv, group = nh / nkv, kvd = c->kv_dim, F = hp->n_ff;
     const int n_past = c->n_past, n_total = n_past + n;
     const float scale = 1.0f / sqrtf((float)hd);
+    balance_begin(&c->bal, omp_get_max_threads());
 #pragma omp parallel
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const bool own_groups = nkv % nth == 0;
+        uint64_t busy = 0; // ticks on the balanced matmuls
         float *xn = (float *)c->tbuf[tid]; // (n, E) this thread's normalised rows
         act_slot act = {.buf = c->tbuf[tid] + align64((size_t)n * E * sizeof(float))};
         float *sc = c->scores + (size_t)tid * c->n_ctx;
@@ -522,21 +595,27 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 for (int u = 0; u < n * nh; u++) attend_head(c, l, mask, n_total, scale, u / nh, u % nh, sc);
             }
             barrier_wait(&c->bar, nth);
-            mm_shared(&act, &ly->wo, c->att, n, c->x, E, 1);
+            uint64_t t0 = ticks();
+            mm_shared(&act, &c->bal, tid, nth, &ly->wo, c->att, n, c->x, E, 1);
+            busy += ticks() - t0;
             barrier_wait(&c->bar, nth);
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E, hp->norm_eps);
             act.valid = false;
             {
                 int64_t o0, o1; // gate rows, then the same up rows, then SwiGLU on them
-                share16(F, &o0, &o1);
+                t0 = ticks();
+                share16(&c->bal, tid, nth, F, &o0, &o1);
                 mm_rows(&act, &ly->wg, xn, n, o0, o1, c->g, F, 0);
                 mm_rows(&act, &ly->wu, xn, n, o0, o1, c->u, F, 0);
                 for (int i = 0; i < n; i++)
                     swiglu(c->g + (size_t)i * F + o0, c->u + (size_t)i * F + o0, (size_t)(o1 - o0));
+                busy += ticks() - t0;
             }
             barrier_wait(&c->bar, nth);
-            mm_shared(&act, &ly->wd, c->g, n, c->x, E, 1);
+            t0 = ticks();
+            mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, c->x, E, 1);
+            busy += ticks() - t0;
             act.valid = false; // g is rewritten by the next layer at the same address
             barrier_wait(&c->bar, nth);
         }
@@ -545,8 +624,12 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             rmsnorm_row(xn + (size_t)r * E, c->x + (size_t)(out_rows ? out_rows[r] : r) * E,
                         m->out_norm, E, hp->norm_eps);
         act.valid = false;
-        if (n_out > 0) mm_shared(&act, &m->output, xn, n_out, logits, hp->n_vocab, 0);
+        const uint64_t t0 = ticks();
+        if (n_out > 0) mm_shared(&act, &c->bal, tid, nth, &m->output, xn, n_out, logits, hp->n_vocab, 0);
+        busy += ticks() - t0;
+        if (tid < BAL_MAX) c->bal.busy[tid] = busy;
     }
+    balance_end(&c->bal);
 }
 
 // Many tokens (prefill, wide trees): one operation at a time, each parallel inside, with GEMMs.
