@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "formats/gguf_internal.h"
 #include "kernels/kernels.h"
@@ -298,11 +299,17 @@ static int pack_panels(speck_model *m) {
         free(ws);
         return 0;
     }
-    char *p = aligned_alloc(64, total);
+    // 2 MiB-aligned and advised as transparent huge pages: a few page faults instead of one
+    // per 4 KiB while packing, and one TLB entry per 2 MiB while decoding.
+    const size_t huge = (size_t)2 << 20, len = (total + huge - 1) & ~(huge - 1);
+    char *p = aligned_alloc(huge, len);
     if (!p) {
         free(ws);
         return speck_set_error(SPECK_ERR_NOMEM, "out of memory (%zu bytes of panels)", total);
     }
+#ifdef MADV_HUGEPAGE
+    madvise(p, len, MADV_HUGEPAGE); // advice only
+#endif
     m->panels = p;
     for (int i = 0; i < nw; i++) {
         speck_weight *w = ws[i];
