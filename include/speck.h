@@ -110,10 +110,13 @@ speck_gguf *speck_gguf_open(const char *path);
 // the page cache may hold a second, reclaimable copy), about 0.2 s more load time per GB, and
 // faster decoding where reading the weights is the bottleneck (BENCHMARKS.md).
 #define SPECK_LOAD_HUGEPAGES 1u
-// SPECK_LOAD_NO_PANELS (speck_model_load_ex): keep float weights in the file's row layout only.
-// By default a model whose float (F32 / F16 / BF16) matrices total at most 32 MiB also gets a
-// copy of them in the panel layout the few-token kernels run fastest on (kernels.h) — up to
-// 32 MiB more memory, for ~1.5-2x faster verification passes on such compute-bound models.
+// SPECK_LOAD_NO_PANELS (speck_model_load_ex): keep the weights in the file's row layout only.
+// By default the few-token (decode / verification) kernels run on a *panel* copy (16 rows
+// interleaved, src/kernels/kernels.h) where it pays: float (F32 / F16 / BF16) matrices when they
+// total at most 32 MiB — up to 32 MiB more memory, ~1.5-2x faster passes on such compute-bound
+// models; and Q4_0 matrices of any size on AVX-512 VNNI CPUs when the file is mapped (not with
+// SPECK_LOAD_HUGEPAGES), whose mapped pages are then dropped (resident memory stays about the
+// file's size; packing takes ~0.5 s per GB at load).
 #define SPECK_LOAD_NO_PANELS 2u
 speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags);
 void speck_gguf_close(speck_gguf *g);
@@ -210,7 +213,8 @@ typedef struct {
 typedef struct speck_model speck_model;
 
 // Load a model from a GGUF file (architectures "llama" and "qwen2"). Weights stay in the
-// read-only mapping: no copies are made. Errors name the file and the key/tensor at fault.
+// read-only mapping (apart from the panel copies described at SPECK_LOAD_NO_PANELS; norm and
+// bias vectors are copied as f32). Errors name the file and the key/tensor at fault.
 speck_model *speck_model_load(const char *path);
 // The same with SPECK_LOAD_* flags.
 speck_model *speck_model_load_ex(const char *path, unsigned flags);

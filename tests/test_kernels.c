@@ -700,6 +700,131 @@ static void test_panels(void) {
     free(wf), free(x), free(y), free(y0), free(y1), free(w), free(P);
 }
 
+// Q4_0 panels (AVX-512 VNNI): the packed bytes (nibble groups and scales of a known block),
+// unpacking back to the exact rows, results against a double reference on the Q8_0-rounded
+// activations (same tolerance as matmul_case), row ranges off panel bounds, accumulation,
+// untouched rows, bit-identical rows for any token count / range split, and
+// speck_matmul_panels on every path (streaming, int8 GEMM, sgemm) from the panels alone.
+static void test_panels_q4(void) {
+    if (speck_kernels_force_isa("avx512") != 0 || !speck_panel_supported(SPECK_TYPE_Q4_0)) {
+        printf("SKIP: Q4_0 panel kernels need AVX-512 VNNI\n");
+        return;
+    }
+    const speck_type t = SPECK_TYPE_Q4_0;
+    const int64_t n_outs[] = {37, 64, 300}, n_ins[] = {32, 96, 416}, max_out = 300, max_in = 416;
+    const int64_t max_tok = 33;
+    const size_t max_row = speck_type_row_size(t, max_in);
+    float *wf = malloc(max_out * max_in * sizeof(float)), *x = malloc(max_tok * max_in * sizeof(float));
+    float *xr = malloc(max_tok * max_in * sizeof(float));
+    float *y = malloc(max_tok * max_out * sizeof(float)), *y0 = malloc(max_tok * max_out * sizeof(float));
+    float *y1 = malloc(max_tok * max_out * sizeof(float));
+    char *w = malloc(max_out * max_row), *back = malloc(max_out * max_row);
+    char *P = malloc(speck_panel_bytes(t, max_out, max_in));
+    char *qa = malloc(speck_type_row_size(SPECK_TYPE_Q8_0, max_in));
+    int ok_layout = 1, ok_unpack = 1, ok_ref = 1, ok_keep = 1, ok_inv = 1, ok_paths = 1;
+    double worst = 0;
+    for (int oi = 0; oi < 3; oi++)
+        for (int ni = 0; ni < 3; ni++) {
+            const int64_t n_out = n_outs[oi], n_in = n_ins[ni], nb = n_in / 32;
+            const size_t wrow = speck_type_row_size(t, n_in);
+            fill_random(wf, n_out * n_in, 1.0f);
+            fill_random(x, max_tok * n_in, 2.0f);
+            for (int64_t o = 0; o < n_out; o++) {
+                speck_quantize_row(t, wf + o * n_in, w + o * wrow, n_in);
+                speck_dequantize_row(t, w + o * wrow, wf + o * n_in, n_in);
+            }
+            for (int64_t i = 0; i < max_tok; i++) { // the activations as the kernel sees them
+                speck_quantize_row(SPECK_TYPE_Q8_0, x + i * n_in, qa, n_in);
+                speck_dequantize_row(SPECK_TYPE_Q8_0, qa, xr + i * n_in, n_in);
+            }
+            const size_t pb = speck_panel_bytes(t, n_out, n_in);
+            ok_layout &= pb == (size_t)((n_out + 15) / 16) * nb * 288;
+            speck_panel_pack(t, w, n_out, n_in, P);
+            // Row 17 (panel 1, lane 1), block nb - 1: its byte 4g + i at 64g + 4 + i, scale at
+            // 256 + 2; a padding row's lane is zero.
+            if (n_out > 17) {
+                const speck_block_q4_0 *blk = (const speck_block_q4_0 *)(w + 17 * wrow) + nb - 1;
+                const unsigned char *e = (const unsigned char *)P + (size_t)nb * 288 + (nb - 1) * 288;
+                for (int g = 0; g < 4; g++) ok_layout &= !memcmp(e + 64 * g + 4, blk->qs + 4 * g, 4);
+                ok_layout &= !memcmp(e + 256 + 2, &blk->d, 2);
+            }
+            if (n_out % 16) {
+                const unsigned char *e = (const unsigned char *)P + (size_t)(n_out / 16) * nb * 288;
+                const int j = 15; // lane 15 of the last panel is padding when n_out % 16 != 0
+                for (int g = 0; g < 4; g++) ok_layout &= !e[64 * g + 4 * j] && !e[64 * g + 4 * j + 3];
+                ok_layout &= !e[256 + 2 * j] && !e[256 + 2 * j + 1];
+            }
+            speck_panel_unpack(t, P, n_in, 0, n_out, back);
+            ok_unpack &= !memcmp(back, w, n_out * wrow);
+            speck_panel_unpack(t, P, n_in, 5, n_out - 8, back);
+            ok_unpack &= !memcmp(back, w + 5 * wrow, (n_out - 8) * wrow);
+            const int64_t toks[] = {1, 2, 3, 4, 5, 9, 15};
+            const int64_t r0s[] = {0, 5, 16}, r1s[] = {n_out, n_out - 3, 17 < n_out ? 17 : n_out};
+            void *abuf = malloc(speck_mm_act_bytes(SPECK_TYPE_Q8_0, max_tok, n_in));
+            for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++)
+                for (int ri = 0; ri < 3; ri++) {
+                    const int64_t nt = toks[k], o0 = r0s[ri], o1 = r1s[ri];
+                    const int acc = ri == 1;
+                    fill_random(y0, nt * n_out, 1.0f);
+                    memcpy(y, y0, nt * n_out * sizeof(float));
+                    speck_mm_act a;
+                    speck_mm_act_prepare(speck_panel_act_type(t), x, nt, n_in, abuf, &a);
+                    speck_mm_panel_rows(t, P, &a, o0, o1, y, n_out, acc);
+                    for (int64_t i = 0; i < nt; i++)
+                        for (int64_t o = 0; o < n_out; o++) {
+                            const float got = y[i * n_out + o];
+                            if (o < o0 || o >= o1) {
+                                ok_keep &= got == y0[i * n_out + o];
+                                continue;
+                            }
+                            double sum = acc ? y0[i * n_out + o] : 0, sa = fabs(sum);
+                            for (int64_t kk = 0; kk < n_in; kk++) {
+                                const double pr = (double)wf[o * n_in + kk] * xr[i * n_in + kk];
+                                sum += pr, sa += fabs(pr);
+                            }
+                            const double err = fabs(got - sum) / (1e-4 * sa + 1e-20);
+                            if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
+                            ok_ref &= err <= 1.0;
+                        }
+                    if (acc) continue;
+                    for (int64_t i = 0; i < nt; i++) {
+                        speck_mm_act_prepare(speck_panel_act_type(t), x + i * n_in, 1, n_in, abuf, &a);
+                        const int64_t mid = o0 + (o1 - o0) / 3;
+                        speck_mm_panel_rows(t, P, &a, o0, mid, y1 + i * n_out, n_out, 0);
+                        speck_mm_panel_rows(t, P, &a, mid, o1, y1 + i * n_out, n_out, 0);
+                        ok_inv &= !memcmp(y1 + i * n_out + o0, y + i * n_out + o0,
+                                          (o1 - o0) * sizeof(float));
+                    }
+                }
+            free(abuf);
+            // speck_matmul_panels with a poisoned row copy: every path must read the panels.
+            memset(back, 0x7F, n_out * wrow);
+            const char *paths[] = {"small", "gemm", "sgemm"};
+            for (int pi = 0; pi < 3; pi++) {
+                speck_matmul_force_path(paths[pi]);
+                const int64_t nt = pi == 0 ? 3 : 33;
+                speck_matmul_panels(t, back, P, n_out, n_in, x, nt, y);
+                speck_matmul(t, w, n_out, n_in, x, nt, y1);
+                for (int64_t i = 0; i < nt * n_out; i++) {
+                    double sa = 0;
+                    const int64_t ti = i / n_out, o = i % n_out;
+                    for (int64_t kk = 0; kk < n_in; kk++)
+                        sa += fabs((double)wf[o * n_in + kk] * x[ti * n_in + kk]);
+                    ok_paths &= fabs(y[i] - y1[i]) <= 2e-3 * sa + 1e-6; // Q8_0 vs f32 activations
+                }
+            }
+            speck_matmul_force_path("auto");
+        }
+    check(ok_layout, "[avx512] Q4_0 panel layout: nibble groups, scales, zero padding rows");
+    check(ok_unpack, "[avx512] Q4_0 panels unpack to the exact rows (whole and offset ranges)");
+    check(ok_ref && ok_keep,
+          "[avx512] Q4_0 panel matmul: n_tok 1..15, ranges off panel bounds, += (worst %.3f of "
+          "tol), rows outside the range untouched", worst);
+    check(ok_inv, "[avx512] Q4_0 panel rows bit-identical for any n_tok and range split");
+    check(ok_paths, "[avx512] speck_matmul_panels: streaming, int8 GEMM and sgemm paths read the panels");
+    free(wf), free(x), free(xr), free(y), free(y0), free(y1), free(w), free(back), free(P), free(qa);
+}
+
 // speck_attend on every ISA against a double-precision softmax attention: head sizes with and
 // without a 16-lane tail, key counts around the 16-key blocks, no mask / a random mask / a mask
 // allowing nothing.
@@ -780,6 +905,7 @@ int main(void) {
     test_gemm();
     test_batch_invariance();
     test_panels();
+    test_panels_q4();
     test_attend();
     speck_kernels_force_isa(best_name);
     printf("%d passed, %d failed\n", g_pass, g_fail);

@@ -13,6 +13,13 @@ const char *speck_gguf_type_label(int type);
 // MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32).
 int speck_gguf_file_type(int t);
 
+// Drop the resident pages of [p, p + len) (inside g's tensor data) from this process: they are
+// read from the file again if touched. For weights the model has copied into another layout.
+// Returns -1 (and drops nothing) when g holds an anonymous copy of the file (SPECK_LOAD_HUGEPAGES).
+int speck_gguf_release(speck_gguf *g, const void *p, size_t len);
+// Whether g's tensor data is a mapping of the file (so speck_gguf_release can drop pages).
+int speck_gguf_file_mapped(const speck_gguf *g);
+
 // Atomic output files: open a temporary file beside `path`; commit renames it over `path`
 // (after fsync), abort removes it. tmp must hold PATH_MAX bytes.
 FILE *speck_atomic_open(const char *path, char *tmp, size_t tmp_size);

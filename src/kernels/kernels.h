@@ -128,25 +128,38 @@ int speck_mm_act_fits(const speck_mm_act *a, speck_type wt);
 // W: (n_out, a->n_in) of type wt.
 void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t o0, int64_t o1,
                    float *Y, int64_t ldy, int accumulate);
-// Panel layout of a float weight matrix (F32 / F16 / BF16) for the few-token matmul: rows in
-// panels of 16 (the last zero-padded), each panel stored input-major — the 16 rows' values at
-// input k side by side, same element type. The kernel then multiplies 16 rows by a broadcast
-// activation per instruction with no horizontal sums, and every output is one FMA chain over k
-// (batch-invariant); on the small models whose matmuls are compute-bound this runs ~2x the row
-// layout's tiles. The model loader keeps such a copy for small float models (see model.c).
+// Panel layouts for the few-token matmul: rows in panels of 16 (the last padded with zero rows).
+// F32 / F16 / BF16: each panel stored input-major — the 16 rows' values at input k side by side,
+// same element type; the kernel multiplies 16 rows by a broadcast activation per FMA with no
+// horizontal sums, every output one FMA chain over k (batch-invariant). On small models, whose
+// matmuls are compute-bound (weights in cache), this runs ~2x the row layout's tiles.
+// Q4_0 (AVX-512 VNNI): per 32-input block the 16 rows' nibble bytes in four 64-byte groups
+// (group g: each row's bytes 4g .. 4g + 3) then their 16 fp16 scales — the same bytes as the
+// rows, reordered, so that one vpdpbusd multiplies 16 rows by 4 broadcast activation bytes:
+// ~2x the row kernel's rate, which was below the memory bandwidth. model.c keeps such a copy
+// (see there for when).
 // Whether the current ISA has panel kernels for wt.
 int speck_panel_supported(speck_type wt);
+// The type to prepare activations for (speck_mm_act_prepare) when running wt's panels.
+speck_type speck_panel_act_type(speck_type wt);
 // Bytes of the panel copy of a (n_out, n_in) matrix of type wt.
 size_t speck_panel_bytes(speck_type wt, int64_t n_out, int64_t n_in);
 // W: (n_out, n_in) rows of type wt -> P (speck_panel_bytes long).
 void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in, void *P);
+// Rows [o0, o0 + rows) of the matrix back from its panel copy P into dst, in the row layout.
+void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, int64_t rows,
+                        void *dst);
 // Rows per work item that keeps the panel kernel at full width for n_tok tokens (a multiple of
 // 16); split row ranges on multiples of 16.
-int64_t speck_panel_rows_per_item(int64_t n_tok);
-// Like speck_mm_rows, from the panel copy P of W (a prepared for W's type; any o0 <= o1).
-// Results equal for every n_tok and row range (not bit-equal to speck_mm_rows').
+int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok);
+// Like speck_mm_rows, from the panel copy P of W (a prepared for speck_panel_act_type(wt); any
+// o0 <= o1). Results equal for every n_tok and row range (not bit-equal to speck_mm_rows').
 void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, int64_t o0,
                          int64_t o1, float *Y, int64_t ldy, int accumulate);
+// speck_matmul with W's panel copy P (or NULL) used instead of W's rows on every path (the
+// model drops the mapped pages of weights it holds in panels).
+void speck_matmul_panels(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
+                         const float *X, int64_t n_tok, float *Y);
 // Inside an OpenMP parallel region: this thread's contiguous share [*i0, *i1) of n items.
 void speck_thread_share(int64_t n, int64_t *i0, int64_t *i1);
 

@@ -14,6 +14,12 @@ enum { SPECK_W_F32, SPECK_W_F16, SPECK_W_BF16 };
 typedef void (*speck_panel_fn)(const void *P, size_t pbytes, int np, const float *x, int64_t ldx,
                                int nt, int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1,
                                int accumulate);
+typedef void (*speck_panel_q_fn)(const void *P, size_t pbytes, int np, const speck_q8_rows *a,
+                                 int64_t t0, int nt, float *y, int64_t ldy, unsigned m0,
+                                 unsigned m1, int accumulate);
+// Bytes of one 32-input block of a Q4_0 panel: the 16 rows' 16 nibble bytes as four 64-byte
+// groups (group g: each row's bytes 4g .. 4g + 3, rows side by side), then the 16 fp16 scales.
+#define SPECK_Q4_PANEL_BLOCK 288
 // The float tile kernels' entry point (speck_kernel_table.mm_f32 ...) from an ISA's inlined tile
 // body BODY(w, wrow, rows, x, ldx, nt, n, wt, R, T, out): R1 x 1 and R2 x 2 tiles, E x 3 and
 // E x 4, and E x nt whenever at most E rows are asked for (the last token group of a 5..7-token
@@ -83,6 +89,11 @@ typedef struct {
     speck_panel_fn mm_panel_f32, mm_panel_f16, mm_panel_bf16;
     int panel_tokens;                 // most tokens per call (index bound of panel_group)
     int panel_group[SPECK_PT + 1];    // most panels per call for nt tokens (>= 8 FMA chains)
+    // Q4_0 panels (speck_panel_pack): the same with the activations quantized, token rows
+    // t0 .. t0 + nt - 1 (nt 1..panel_q_tokens) of a (natural order, SPECK_MM_Q8_SPLIT).
+    speck_panel_q_fn mm_panel_q4_0;
+    int panel_q_tokens;
+    int panel_q_group[SPECK_PT + 1];
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
     // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
     // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.

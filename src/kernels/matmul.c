@@ -42,6 +42,7 @@ typedef struct {
 
 static _Thread_local scratch_buf g_act_buf;   // quantized activations (small path)
 static _Thread_local scratch_buf g_panel_buf; // dequantized weight panel (prefill path)
+static _Thread_local scratch_buf g_rows_buf;  // weight rows unpacked from a panel copy
 static _Thread_local scratch_buf g_pack_buf;  // repacked weight strip (int8 GEMM, each thread)
 
 typedef enum { PATH_AUTO, PATH_SMALL, PATH_BLAS, PATH_GEMM } mm_path;
@@ -236,10 +237,23 @@ static speck_panel_fn panel_fn(const speck_kernel_table *k, speck_type wt) {
          : wt == SPECK_TYPE_BF16 ? k->mm_panel_bf16 : NULL;
 }
 
-int speck_panel_supported(speck_type wt) { return panel_fn(speck_kernels_get(), wt) != NULL; }
+speck_type speck_panel_act_type(speck_type wt) {
+    return wt == SPECK_TYPE_Q4_0 ? SPECK_TYPE_Q8_0 : wt; // Q8_0's split layout: natural order
+}
+
+int speck_panel_supported(speck_type wt) {
+    const speck_kernel_table *k = speck_kernels_get();
+    return wt == SPECK_TYPE_Q4_0 ? k->mm_panel_q4_0 != NULL : panel_fn(k, wt) != NULL;
+}
+
+// Bytes of one panel (16 rows) of n_in inputs.
+static size_t panel_stride(speck_type wt, int64_t n_in) {
+    if (wt == SPECK_TYPE_Q4_0) return (size_t)(n_in / SPECK_QK) * SPECK_Q4_PANEL_BLOCK;
+    return (size_t)16 * (size_t)n_in * elem_size(wt);
+}
 
 size_t speck_panel_bytes(speck_type wt, int64_t n_out, int64_t n_in) {
-    return (size_t)((n_out + 15) / 16) * 16 * (size_t)n_in * elem_size(wt);
+    return (size_t)((n_out + 15) / 16) * panel_stride(wt, n_in);
 }
 
 // One 16-row panel (rows of which exist: `rows`): dst[k * 16 + j] = row j's element k, zeros for
@@ -257,20 +271,72 @@ size_t speck_panel_bytes(speck_type wt, int64_t n_out, int64_t n_in) {
 PANEL_PACK(uint16_t)
 PANEL_PACK(uint32_t)
 
-void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in, void *P) {
-    const size_t es = elem_size(wt), pbytes = (size_t)16 * (size_t)n_in * es;
-#pragma omp parallel for schedule(static) if (n_out * n_in >= PARALLEL_MIN_WORK)
-    for (int64_t p = 0; p < (n_out + 15) / 16; p++) {
-        const int rows = (int)(n_out - 16 * p < 16 ? n_out - 16 * p : 16);
-        const char *src = (const char *)W + (size_t)p * pbytes;
-        char *dst = (char *)P + (size_t)p * pbytes;
-        if (es == 2) pack_panel_uint16_t((const uint16_t *)src, n_in, rows, (uint16_t *)dst);
-        else pack_panel_uint32_t((const uint32_t *)src, n_in, rows, (uint32_t *)dst);
+// Q4_0: rows (<= 16) consecutive rows of nb blocks <-> one panel (SPECK_Q4_PANEL_BLOCK per block).
+// Missing rows pack as zero nibbles with a zero scale, which contribute nothing.
+static void pack_panel_q4(const speck_block_q4_0 *W, int64_t nb, int rows, uint8_t *dst) {
+    for (int64_t b = 0; b < nb; b++, dst += SPECK_Q4_PANEL_BLOCK) {
+        memset(dst, 0, SPECK_Q4_PANEL_BLOCK);
+        for (int j = 0; j < rows; j++) {
+            const speck_block_q4_0 *blk = W + (size_t)j * (size_t)nb + b;
+            for (int g = 0; g < 4; g++) memcpy(dst + 64 * g + 4 * j, blk->qs + 4 * g, 4);
+            memcpy(dst + 256 + 2 * j, &blk->d, 2);
+        }
     }
 }
 
-int64_t speck_panel_rows_per_item(int64_t n_tok) {
+static void unpack_panel_q4(const uint8_t *src, int64_t nb, int j0, int rows,
+                            speck_block_q4_0 *W) {
+    for (int64_t b = 0; b < nb; b++, src += SPECK_Q4_PANEL_BLOCK)
+        for (int j = j0; j < j0 + rows; j++) {
+            speck_block_q4_0 *blk = W + (size_t)(j - j0) * (size_t)nb + b;
+            for (int g = 0; g < 4; g++) memcpy(blk->qs + 4 * g, src + 64 * g + 4 * j, 4);
+            memcpy(&blk->d, src + 256 + 2 * j, 2);
+        }
+}
+
+void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in, void *P) {
+    const size_t pbytes = panel_stride(wt, n_in), wrow = speck_type_row_size(wt, n_in);
+#pragma omp parallel for schedule(static) if (n_out * n_in >= PARALLEL_MIN_WORK)
+    for (int64_t p = 0; p < (n_out + 15) / 16; p++) {
+        const int rows = (int)(n_out - 16 * p < 16 ? n_out - 16 * p : 16);
+        const char *src = (const char *)W + (size_t)(16 * p) * wrow;
+        char *dst = (char *)P + (size_t)p * pbytes;
+        if (wt == SPECK_TYPE_Q4_0)
+            pack_panel_q4((const speck_block_q4_0 *)src, n_in / SPECK_QK, rows, (uint8_t *)dst);
+        else if (elem_size(wt) == 2)
+            pack_panel_uint16_t((const uint16_t *)src, n_in, rows, (uint16_t *)dst);
+        else
+            pack_panel_uint32_t((const uint32_t *)src, n_in, rows, (uint32_t *)dst);
+    }
+}
+
+void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, int64_t rows,
+                        void *dst) {
+    const size_t pbytes = panel_stride(wt, n_in), wrow = speck_type_row_size(wt, n_in);
+    for (int64_t r = o0; r < o0 + rows;) {
+        const int64_t p = r / 16;
+        const int j0 = (int)(r - 16 * p), n = (int)(16 - j0 < o0 + rows - r ? 16 - j0 : o0 + rows - r);
+        const char *src = (const char *)P + (size_t)p * pbytes;
+        char *out = (char *)dst + (size_t)(r - o0) * wrow;
+        if (wt == SPECK_TYPE_Q4_0) {
+            unpack_panel_q4((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q4_0 *)out);
+        } else {
+            const size_t es = elem_size(wt);
+            for (int j = 0; j < n; j++)
+                for (int64_t k = 0; k < n_in; k++)
+                    memcpy(out + (size_t)j * wrow + (size_t)k * es,
+                           src + ((size_t)k * 16 + (size_t)(j0 + j)) * es, es);
+        }
+        r += n;
+    }
+}
+
+int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok) {
     const speck_kernel_table *k = speck_kernels_get();
+    if (wt == SPECK_TYPE_Q4_0) {
+        if (!k->panel_q_tokens) return 16;
+        return 16 * k->panel_q_group[n_tok < k->panel_q_tokens ? n_tok : k->panel_q_tokens];
+    }
     if (!k->panel_tokens) return 16;
     return 16 * k->panel_group[n_tok < k->panel_tokens ? n_tok : k->panel_tokens];
 }
@@ -279,42 +345,53 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
                          int64_t o1, float *Y, int64_t ldy, int accumulate) {
     if (o0 >= o1) return;
     const speck_kernel_table *k = speck_kernels_get();
-    const speck_panel_fn fn = panel_fn(k, wt);
+    const int q4 = wt == SPECK_TYPE_Q4_0;
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
-    const size_t pbytes = (size_t)16 * (size_t)n_in * elem_size(wt);
-    const int TG = (int)(n_tok < k->panel_tokens ? n_tok : k->panel_tokens);
-    const int R = k->panel_group[TG];
+    const size_t pbytes = panel_stride(wt, n_in);
+    const int tmax = q4 ? k->panel_q_tokens : k->panel_tokens;
+    const int TG = (int)(n_tok < tmax ? n_tok : tmax);
+    const int R = q4 ? k->panel_q_group[TG] : k->panel_group[TG];
     const int64_t p0 = o0 / 16, p1 = (o1 + 15) / 16;
     // Panel groups outer, token groups inner: a group's weights stay in L1 across token groups.
     for (int64_t p = p0; p < p1; p += R) {
         const int np = (int)(p1 - p < R ? p1 - p : R);
         const unsigned m0 = p == p0 ? 0xFFFFu << (o0 - 16 * p0) & 0xFFFFu : 0xFFFFu;
         const unsigned m1 = p + np == p1 ? 0xFFFFu >> (16 * p1 - o1) : 0xFFFFu;
+        const char *pp = (const char *)P + (size_t)p * pbytes;
         for (int64_t t = 0; t < n_tok; t += TG) {
             const int nt = (int)(n_tok - t < TG ? n_tok - t : TG);
-            fn((const char *)P + (size_t)p * pbytes, pbytes, np, a->x + t * n_in, n_in, nt, n_in,
-               Y + t * ldy + 16 * p, ldy, m0, m1, accumulate);
+            if (q4)
+                k->mm_panel_q4_0(pp, pbytes, np, &a->rows, t, nt, Y + t * ldy + 16 * p, ldy, m0,
+                                 m1, accumulate);
+            else
+                panel_fn(k, wt)(pp, pbytes, np, a->x + t * n_in, n_in, nt, n_in,
+                                Y + t * ldy + 16 * p, ldy, m0, m1, accumulate);
         }
     }
 }
 
-// Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out).
-static void matmul_small(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
+// Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out). P: W's
+// panel copy or NULL.
+static void matmul_small(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
                          const float *X, int64_t n_tok, float *Y) {
-    const size_t bytes = speck_mm_act_bytes(wt, n_tok, n_in);
+    const speck_type at = P ? speck_panel_act_type(wt) : wt;
+    const size_t bytes = speck_mm_act_bytes(at, n_tok, n_in);
     void *buf = bytes ? scratch_get(&g_act_buf, bytes) : NULL;
     if (bytes && !buf) {
         fail_nomem(Y, n_tok, n_out);
         return;
     }
     speck_mm_act a;
-    speck_mm_act_prepare(wt, X, n_tok, n_in, buf, &a);
+    speck_mm_act_prepare(at, X, n_tok, n_in, buf, &a);
     const int parallel = n_out > 1 && n_out * n_in * n_tok >= PARALLEL_MIN_WORK;
 #pragma omp parallel if (parallel)
     {
         int64_t o0, o1;
-        speck_thread_share(n_out, &o0, &o1);
-        speck_mm_rows(wt, W, &a, o0, o1, Y, n_out, 0);
+        speck_thread_share((n_out + 15) / 16, &o0, &o1);
+        o0 = 16 * o0 < n_out ? 16 * o0 : n_out;
+        o1 = 16 * o1 < n_out ? 16 * o1 : n_out;
+        if (P) speck_mm_panel_rows(wt, P, &a, o0, o1, Y, n_out, 0);
+        else speck_mm_rows(wt, W, &a, o0, o1, Y, n_out, 0);
     }
 }
 
@@ -335,8 +412,8 @@ static void blas_threads_sync(void) {
 }
 
 // Prefill path. Same shapes as matmul_small.
-static void matmul_blas(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
-                        const float *X, int64_t n_tok, float *Y) {
+static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_out,
+                        int64_t n_in, const float *X, int64_t n_tok, float *Y) {
     blas_threads_sync();
     if (wt == SPECK_TYPE_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)n_out, (int)n_in,
@@ -354,12 +431,23 @@ static void matmul_blas(speck_type wt, const void *W, int64_t n_out, int64_t n_i
         fail_nomem(Y, n_tok, n_out);
         return;
     }
-    for (int64_t o0 = 0; o0 < n_out; o0 += ph) {
+    int failed = 0;
+    for (int64_t o0 = 0; o0 < n_out && !failed; o0 += ph) {
         const int64_t rows = n_out - o0 < ph ? n_out - o0 : ph;
         // panel: (rows, n_in) f32 <- W rows o0 .. o0 + rows
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
             const void *src = (const char *)W + (size_t)(o0 + r) * wrow;
+            if (P) { // the row from the panel copy (its mapped pages were dropped)
+                char *row = scratch_get(&g_rows_buf, wrow);
+                if (!row) {
+#pragma omp atomic write
+                    failed = 1;
+                    continue;
+                }
+                speck_panel_unpack(wt, P, n_in, o0 + r, 1, row);
+                src = row;
+            }
             float *dst = panel + r * n_in;
             switch (wt) {
             case SPECK_TYPE_F16: k->f16_to_f32(src, dst, n_in); break;
@@ -370,14 +458,16 @@ static void matmul_blas(speck_type wt, const void *W, int64_t n_out, int64_t n_i
             }
         }
         // Y[:, o0 : o0 + rows] = X · panelᵀ (ldc = n_out writes the column slice in place)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)rows, (int)n_in,
-                    1.0f, X, (int)n_in, panel, (int)n_in, 0.0f, Y + o0, (int)n_out);
+        if (!failed)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)rows,
+                        (int)n_in, 1.0f, X, (int)n_in, panel, (int)n_in, 0.0f, Y + o0, (int)n_out);
     }
+    if (failed) fail_nomem(Y, n_tok, n_out);
 }
 
 // Int8 GEMM path (k->gemm_pack set, wt Q8_0 or Q4_0). Same shapes as matmul_small.
-static void matmul_gemm(const speck_kernel_table *k, speck_type wt, const void *W, int64_t n_out,
-                        int64_t n_in, const float *X, int64_t n_tok, float *Y) {
+static void matmul_gemm(const speck_kernel_table *k, speck_type wt, const void *W, const void *P,
+                        int64_t n_out, int64_t n_in, const float *X, int64_t n_tok, float *Y) {
     const int64_t nb = n_in / SPECK_QK;
     const size_t wrow = speck_type_row_size(wt, n_in),
                  arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
@@ -410,14 +500,20 @@ static void matmul_gemm(const speck_kernel_table *k, speck_type wt, const void *
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t s = 0; s < n_strips; s++) {
         void *pk = scratch_get(&g_pack_buf, pack_bytes);
-        if (!pk) {
+        char *rowbuf = P ? scratch_get(&g_rows_buf, (size_t)SPECK_GEMM_ROWS * wrow) : NULL;
+        if (!pk || (P && !rowbuf)) {
 #pragma omp atomic write
             failed = 1;
             continue;
         }
         const int64_t o0 = s * SPECK_GEMM_ROWS;
         const int rows = (int)(n_out - o0 < SPECK_GEMM_ROWS ? n_out - o0 : SPECK_GEMM_ROWS);
-        k->gemm_pack(wt, (const char *)W + (size_t)o0 * wrow, wrow, rows, n_in, pk);
+        const char *src = (const char *)W + (size_t)o0 * wrow;
+        if (P) { // the strip's rows from the panel copy (its mapped pages were dropped)
+            speck_panel_unpack(wt, P, n_in, o0, rows, rowbuf);
+            src = rowbuf;
+        }
+        k->gemm_pack(wt, src, wrow, rows, n_in, pk);
         k->gemm_run(pk, rows, &act, Y + o0, n_out);
     }
     if (failed) fail_nomem(Y, n_tok, n_out);
@@ -453,6 +549,12 @@ int speck_matmul_force_path(const char *name) {
 // W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out) f32.
 void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, const float *X,
                   int64_t n_tok, float *Y) {
+    speck_matmul_panels(wt, W, NULL, n_out, n_in, X, n_tok, Y);
+}
+
+void speck_matmul_panels(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
+                         const float *X, int64_t n_tok, float *Y) {
+    if (P && !speck_panel_supported(wt)) P = NULL;
     if (n_out <= 0 || n_tok <= 0) return;
     if (n_in <= 0) {
         memset(Y, 0, (size_t)(n_out * n_tok) * sizeof(float));
@@ -461,13 +563,13 @@ void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, con
     const speck_kernel_table *k = speck_kernels_get();
     switch (choose_path(k, wt, n_tok)) {
     case PATH_GEMM:
-        matmul_gemm(k, wt, W, n_out, n_in, X, n_tok, Y);
+        matmul_gemm(k, wt, W, P, n_out, n_in, X, n_tok, Y);
         break;
     case PATH_BLAS:
-        matmul_blas(wt, W, n_out, n_in, X, n_tok, Y);
+        matmul_blas(wt, W, P, n_out, n_in, X, n_tok, Y);
         break;
     default:
-        matmul_small(wt, W, n_out, n_in, X, n_tok, Y);
+        matmul_small(wt, W, P, n_out, n_in, X, n_tok, Y);
         break;
     }
 }

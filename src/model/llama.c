@@ -437,8 +437,10 @@ static void swiglu(float *g, const float *u, size_t n) {
     for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + exp_poly(-g[j])) * u[j];
 }
 
+// Quantized weights held in panels had their mapped pages dropped: read them from the panels.
 static void matmul(const speck_weight *w, const float *x, int n, float *y) {
-    speck_matmul(w->type, w->data, w->n_out, w->n_in, x, n, y);
+    const void *p = w->type == SPECK_TYPE_Q4_0 ? w->packed : NULL;
+    speck_matmul_panels(w->type, w->data, p, w->n_out, w->n_in, x, n, y);
 }
 
 // A thread's prepared activations, reused by the matmuls that read the same rows in one stage.
@@ -467,18 +469,20 @@ static bool use_panels(const speck_weight *w) {
 static void mm_rows(act_slot *s, const speck_weight *w, const float *X, int n, int64_t o0,
                     int64_t o1, float *Y, int64_t ldy, int accumulate) {
     if (o0 >= o1) return;
-    const speck_mm_act *a = act_for(s, w->type, X, n, (int)w->n_in);
-    if (use_panels(w))
+    if (use_panels(w)) {
+        const speck_mm_act *a = act_for(s, speck_panel_act_type(w->type), X, n, (int)w->n_in);
         speck_mm_panel_rows(w->type, w->packed, a, o0, o1, Y, ldy, accumulate);
-    else
-        speck_mm_rows(w->type, w->data, a, o0, o1, Y, ldy, accumulate);
+    } else {
+        speck_mm_rows(w->type, w->data, act_for(s, w->type, X, n, (int)w->n_in), o0, o1, Y, ldy,
+                      accumulate);
+    }
 }
 
 #define ROW_BLOCK 16 // rows per work item of the shared matmuls (row layout)
 
 // Rows per work item for w with n tokens: the panel kernels want several panels per call.
 static int64_t item_rows(const speck_weight *w, int n) {
-    return use_panels(w) ? speck_panel_rows_per_item(n) : ROW_BLOCK;
+    return use_panels(w) ? speck_panel_rows_per_item(w->type, n) : ROW_BLOCK;
 }
 
 // This thread's rows [*o0, *o1) of n under the balancer's cuts, split on multiples of 16 (the

@@ -105,16 +105,14 @@ static int get_weight(loader *L, const char *name, int64_t n_in, int64_t n_out, 
     return 0;
 }
 
-// Vectors (norms, biases) are used as f32; other stored types are converted once.
+// Vectors (norms, biases) are used as f32, always from a copy: they sit between the matrices in
+// the file, and reading one in place would map back the file pages (2 MiB folios on this
+// project's kernel) around it, of matrices whose pages were dropped for their panel copies.
 static int get_vec(loader *L, const char *name, int64_t n, int required, const float **out) {
     int err = 0;
     *out = NULL;
     const speck_gguf_tensor *t = get_tensor(L, name, n, 0, required, &err);
     if (!t) return err;
-    if (t->type == SPECK_TYPE_F32) {
-        *out = t->data;
-        return 0;
-    }
     float *v = malloc((size_t)n * sizeof(float));
     float **owned = realloc(L->m->owned, (size_t)(L->m->n_owned + 1) * sizeof *owned);
     if (!v || !owned) {
@@ -276,10 +274,16 @@ static int load_tensors(loader *L) {
 }
 
 #define PANEL_MAX_BYTES ((size_t)32 << 20)
+#define PANEL_CHUNK_ROWS 1024 // Q4_0 rows packed before their mapped pages are dropped
 
-// Panel copies of the float matrices, for models small enough that the few-token matmuls are
-// compute-bound (their weights stay in cache) and the copy costs little memory. Large models
-// decode at memory speed, where the row layout read in place is as fast and costs nothing.
+// Panel copies (kernels.h) of the attention/FFN matrices and the output head:
+// - float (F32 / F16 / BF16) matrices when they total at most 32 MiB: such small models are
+//   compute-bound in the few-token matmuls (their weights stay in cache), and the copy costs
+//   little memory; the rows stay mapped for everything else (prefill GEMMs, training).
+// - Q4_0 matrices of any size when the ISA has the kernel (AVX-512 VNNI) and the file is mapped:
+//   the row kernel could not keep up with the memory, the panel one can. The panels replace the
+//   rows: each chunk's mapped pages are dropped once packed (every later use reads the panels),
+//   so resident memory stays about the file's size.
 static int pack_panels(speck_model *m) {
     const int nl = m->hp.n_layer;
     const int nw = 7 * nl + 1;
@@ -291,11 +295,18 @@ static int pack_panels(speck_model *m) {
         memcpy(ws + 7 * l, lw, sizeof lw);
     }
     ws[nw - 1] = &m->output;
-    size_t total = 0;
-    for (int i = 0; i < nw; i++)
-        if (speck_panel_supported(ws[i]->type))
-            total += (speck_panel_bytes(ws[i]->type, ws[i]->n_out, ws[i]->n_in) + 63) & ~(size_t)63;
-    if (total == 0 || total > PANEL_MAX_BYTES) {
+    size_t ftotal = 0, qtotal = 0;
+    for (int i = 0; i < nw; i++) {
+        const speck_weight *w = ws[i];
+        if (!speck_panel_supported(w->type)) continue;
+        const size_t b = (speck_panel_bytes(w->type, w->n_out, w->n_in) + 63) & ~(size_t)63;
+        if (w->type == SPECK_TYPE_Q4_0) qtotal += b;
+        else ftotal += b;
+    }
+    const bool do_f = ftotal > 0 && ftotal <= PANEL_MAX_BYTES;
+    const bool do_q = qtotal > 0 && speck_gguf_file_mapped(m->g);
+    const size_t total = (do_f ? ftotal : 0) + (do_q ? qtotal : 0);
+    if (total == 0) {
         free(ws);
         return 0;
     }
@@ -310,11 +321,23 @@ static int pack_panels(speck_model *m) {
 #ifdef MADV_HUGEPAGE
     madvise(p, len, MADV_HUGEPAGE); // advice only
 #endif
+    // Fault the pages in from all threads at once: the kernel zeroes each new page, which on
+    // this project's VM is most of the packing time (~1 s per GB on one core).
+#pragma omp parallel for schedule(static)
+    for (size_t off = 0; off < len; off += 4096) p[off] = 0;
     m->panels = p;
     for (int i = 0; i < nw; i++) {
         speck_weight *w = ws[i];
-        if (!speck_panel_supported(w->type)) continue;
-        speck_panel_pack(w->type, w->data, w->n_out, w->n_in, p);
+        const bool q = w->type == SPECK_TYPE_Q4_0;
+        if (!speck_panel_supported(w->type) || (q ? !do_q : !do_f)) continue;
+        const size_t wrow = speck_type_row_size(w->type, w->n_in);
+        const size_t pstride = speck_panel_bytes(w->type, 16, w->n_in); // one panel
+        for (int64_t r = 0; r < w->n_out; r += PANEL_CHUNK_ROWS) {
+            const int64_t rows = w->n_out - r < PANEL_CHUNK_ROWS ? w->n_out - r : PANEL_CHUNK_ROWS;
+            const char *src = (const char *)w->data + (size_t)r * wrow;
+            speck_panel_pack(w->type, src, rows, w->n_in, p + (size_t)(r / 16) * pstride);
+            if (q) speck_gguf_release(m->g, src, (size_t)rows * wrow);
+        }
         w->packed = p;
         p += (speck_panel_bytes(w->type, w->n_out, w->n_in) + 63) & ~(size_t)63;
     }
