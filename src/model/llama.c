@@ -244,7 +244,11 @@ static int grow(float **p, size_t n) {
 // Below this many tokens a forward takes the streaming path (>= ATT_GEMM_MIN, so speculative
 // verification of < 16 rows is always batch-invariant).
 static int stream_max(const speck_model *m) {
-    const int k = speck_mm_stream_max(speck_model_weight_type(m));
+    const speck_type wt = speck_model_weight_type(m);
+    int k = speck_mm_stream_max(wt);
+    // Panel kernels beat the prefill GEMMs up to 31 tokens for every type that has them
+X
+    if (m->layers[0].wq.packed && speck_panel_supported(wt) && k < 32) k = 32;
     return k > ATT_GEMM_MIN ? k : ATT_GEMM_MIN;
 }
 
