@@ -595,6 +595,58 @@ static void test_batch_invariance(void) {
     free(x), free(wf), free(y1), free(yn), free(w);
 }
 
+// One panel matrix P of type t (W dequantized: wf, (n_out, n_in)) against the double reference
+// on xref (the activations as the kernel rounds them) for token counts toks and three row ranges
+// (whole, cut mid-panel with +=, one row past a panel); rows outside the range must stay as
+// they were, and each token alone / the range in two pieces must give bit-identical rows.
+// y, y0, y1: (max tokens, n_out) scratch; abuf: activation scratch (or NULL for float types).
+typedef struct {
+    int ok_ref, ok_keep, ok_inv;
+    double worst;
+} panel_check;
+
+static void panel_cases(speck_type t, const void *P, const float *wf, const float *x,
+                        const float *xref, int64_t n_out, int64_t n_in, const int64_t *toks,
+                        int n_toks, void *abuf, float *y, float *y0, float *y1, panel_check *pc) {
+    const speck_type at = speck_panel_act_type(t);
+    const int64_t r0s[] = {0, 5, 16}, r1s[] = {n_out, n_out - 3, 17 < n_out ? 17 : n_out};
+    for (int k = 0; k < n_toks; k++)
+        for (int ri = 0; ri < 3; ri++) {
+            const int64_t nt = toks[k], o0 = r0s[ri], o1 = r1s[ri];
+            const int acc = ri == 1; // accumulate on the mid-panel range
+            fill_random(y0, nt * n_out, 1.0f);
+            memcpy(y, y0, nt * n_out * sizeof(float));
+            speck_mm_act a;
+            speck_mm_act_prepare(at, x, nt, n_in, abuf, &a);
+            speck_mm_panel_rows(t, P, &a, o0, o1, y, n_out, acc);
+            for (int64_t i = 0; i < nt; i++)
+                for (int64_t o = 0; o < n_out; o++) {
+                    const float got = y[i * n_out + o];
+                    if (o < o0 || o >= o1) {
+                        pc->ok_keep &= got == y0[i * n_out + o];
+                        continue;
+                    }
+                    double sum = acc ? y0[i * n_out + o] : 0, sa = fabs(sum);
+                    for (int64_t kk = 0; kk < n_in; kk++) {
+                        const double pr = (double)wf[o * n_in + kk] * xref[i * n_in + kk];
+                        sum += pr, sa += fabs(pr);
+                    }
+                    const double err = fabs(got - sum) / (1e-4 * sa + 1e-20);
+                    if (!(err <= pc->worst)) pc->worst = isnan(err) ? INFINITY : err;
+                    pc->ok_ref &= err <= 1.0;
+                }
+            if (acc) continue;
+            for (int64_t i = 0; i < nt; i++) {
+                speck_mm_act_prepare(at, x + i * n_in, 1, n_in, abuf, &a);
+                const int64_t mid = o0 + (o1 - o0) / 3;
+                speck_mm_panel_rows(t, P, &a, o0, mid, y1 + i * n_out, n_out, 0);
+                speck_mm_panel_rows(t, P, &a, mid, o1, y1 + i * n_out, n_out, 0);
+                pc->ok_inv &= !memcmp(y1 + i * n_out + o0, y + i * n_out + o0,
+                                      (o1 - o0) * sizeof(float));
+            }
+        }
+}
+
 // The panel layout (speck_panel_pack) and its kernels: the packed bytes, results against a
 // double reference for token counts across the kernels' token groups and row ranges not on
 // panel boundaries, accumulation, untouched rows outside the range, and bit-identical rows
@@ -623,8 +675,8 @@ static void test_panels(void) {
             const size_t es = t == SPECK_TYPE_F32 ? 4 : 2;
             check(speck_panel_supported(t), "[%s] panel kernels for %s", isas[ii], speck_type_name(t));
             if (!speck_panel_supported(t)) continue;
-            int ok_layout = 1, ok_ref = 1, ok_inv = 1, ok_keep = 1;
-            double worst = 0;
+            int ok_layout = 1;
+            panel_check pc = {1, 1, 1, 0};
             for (int oi = 0; oi < 3; oi++)
                 for (int ni = 0; ni < 4; ni++) {
                     const int64_t n_out = n_outs[oi], n_in = n_ins[ni];
@@ -647,53 +699,17 @@ static void test_panels(void) {
                                 ok_layout &= r < n_out ? !memcmp(e, w + (r * n_in + k) * es, es)
                                                        : !memcmp(e, zero, es);
                             }
-                    // Token counts around the groups (AVX2 4, AVX-512 8) and ranges cut mid-panel.
+                    // Token counts around the groups (AVX2 4, AVX-512 8).
                     const int64_t toks[] = {1, 2, 3, 4, 5, 8, 9, 15, 31};
-                    const int64_t r0s[] = {0, 5, 16}, r1s[] = {n_out, n_out - 3, 17 < n_out ? 17 : n_out};
-                    for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++)
-                        for (int ri = 0; ri < 3; ri++) {
-                            const int64_t nt = toks[k], o0 = r0s[ri], o1 = r1s[ri];
-                            const int acc = ri == 1; // accumulate on the mid-panel range
-                            fill_random(y0, nt * n_out, 1.0f);
-                            memcpy(y, y0, nt * n_out * sizeof(float));
-                            speck_mm_act a;
-                            speck_mm_act_prepare(t, x, nt, n_in, NULL, &a);
-                            speck_mm_panel_rows(t, P, &a, o0, o1, y, n_out, acc);
-                            for (int64_t i = 0; i < nt; i++)
-                                for (int64_t o = 0; o < n_out; o++) {
-                                    const float got = y[i * n_out + o];
-                                    if (o < o0 || o >= o1) {
-                                        ok_keep &= got == y0[i * n_out + o];
-                                        continue;
-                                    }
-                                    double sum = acc ? y0[i * n_out + o] : 0, sa = fabs(sum);
-                                    for (int64_t kk = 0; kk < n_in; kk++) {
-                                        const double pr = (double)wf[o * n_in + kk] * x[i * n_in + kk];
-                                        sum += pr, sa += fabs(pr);
-                                    }
-                                    const double err = fabs(got - sum) / (1e-4 * sa + 1e-20);
-                                    if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
-                                    ok_ref &= err <= 1.0;
-                                }
-                            // Batch invariance: each token alone, and the range in two pieces.
-                            if (acc) continue;
-                            for (int64_t i = 0; i < nt; i++) {
-                                speck_mm_act_prepare(t, x + i * n_in, 1, n_in, NULL, &a);
-                                const int64_t mid = o0 + (o1 - o0) / 3;
-                                speck_mm_panel_rows(t, P, &a, o0, mid, y1 + i * n_out, n_out, 0);
-                                speck_mm_panel_rows(t, P, &a, mid, o1, y1 + i * n_out, n_out, 0);
-                                ok_inv &= !memcmp(y1 + i * n_out + o0, y + i * n_out + o0,
-                                                  (o1 - o0) * sizeof(float));
-                            }
-                        }
+                    panel_cases(t, P, wf, x, x, n_out, n_in, toks, 9, NULL, y, y0, y1, &pc);
                 }
             check(ok_layout, "[%s] panel layout of %s: 16-row panels, k-major, zero padding",
                   isas[ii], speck_type_name(t));
-            check(ok_ref && ok_keep,
+            check(pc.ok_ref && pc.ok_keep,
                   "[%s] panel matmul %s: n_tok 1..31, ranges off panel bounds, += (worst %.3f of "
                   "tol), rows outside the range untouched",
-                  isas[ii], speck_type_name(t), worst);
-            check(ok_inv, "[%s] panel matmul %s rows bit-identical for any n_tok and range split",
+                  isas[ii], speck_type_name(t), pc.worst);
+            check(pc.ok_inv, "[%s] panel matmul %s rows bit-identical for any n_tok and range split",
                   isas[ii], speck_type_name(t));
         }
     }
@@ -721,8 +737,8 @@ static void test_panels_q4(void) {
     char *w = malloc(max_out * max_row), *back = malloc(max_out * max_row);
     char *P = malloc(speck_panel_bytes(t, max_out, max_in));
     char *qa = malloc(speck_type_row_size(SPECK_TYPE_Q8_0, max_in));
-    int ok_layout = 1, ok_unpack = 1, ok_ref = 1, ok_keep = 1, ok_inv = 1, ok_paths = 1;
-    double worst = 0;
+    int ok_layout = 1, ok_unpack = 1, ok_paths = 1;
+    panel_check pc = {1, 1, 1, 0};
     for (int oi = 0; oi < 3; oi++)
         for (int ni = 0; ni < 3; ni++) {
             const int64_t n_out = n_outs[oi], n_in = n_ins[ni], nb = n_in / 32;
@@ -759,43 +775,8 @@ static void test_panels_q4(void) {
             speck_panel_unpack(t, P, n_in, 5, n_out - 8, back);
             ok_unpack &= !memcmp(back, w + 5 * wrow, (n_out - 8) * wrow);
             const int64_t toks[] = {1, 2, 3, 4, 5, 9, 15};
-            const int64_t r0s[] = {0, 5, 16}, r1s[] = {n_out, n_out - 3, 17 < n_out ? 17 : n_out};
             void *abuf = malloc(speck_mm_act_bytes(SPECK_TYPE_Q8_0, max_tok, n_in));
-            for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++)
-                for (int ri = 0; ri < 3; ri++) {
-                    const int64_t nt = toks[k], o0 = r0s[ri], o1 = r1s[ri];
-                    const int acc = ri == 1;
-                    fill_random(y0, nt * n_out, 1.0f);
-                    memcpy(y, y0, nt * n_out * sizeof(float));
-                    speck_mm_act a;
-                    speck_mm_act_prepare(speck_panel_act_type(t), x, nt, n_in, abuf, &a);
-                    speck_mm_panel_rows(t, P, &a, o0, o1, y, n_out, acc);
-                    for (int64_t i = 0; i < nt; i++)
-                        for (int64_t o = 0; o < n_out; o++) {
-                            const float got = y[i * n_out + o];
-                            if (o < o0 || o >= o1) {
-                                ok_keep &= got == y0[i * n_out + o];
-                                continue;
-                            }
-                            double sum = acc ? y0[i * n_out + o] : 0, sa = fabs(sum);
-                            for (int64_t kk = 0; kk < n_in; kk++) {
-                                const double pr = (double)wf[o * n_in + kk] * xr[i * n_in + kk];
-                                sum += pr, sa += fabs(pr);
-                            }
-                            const double err = fabs(got - sum) / (1e-4 * sa + 1e-20);
-                            if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
-                            ok_ref &= err <= 1.0;
-                        }
-                    if (acc) continue;
-                    for (int64_t i = 0; i < nt; i++) {
-                        speck_mm_act_prepare(speck_panel_act_type(t), x + i * n_in, 1, n_in, abuf, &a);
-                        const int64_t mid = o0 + (o1 - o0) / 3;
-                        speck_mm_panel_rows(t, P, &a, o0, mid, y1 + i * n_out, n_out, 0);
-                        speck_mm_panel_rows(t, P, &a, mid, o1, y1 + i * n_out, n_out, 0);
-                        ok_inv &= !memcmp(y1 + i * n_out + o0, y + i * n_out + o0,
-                                          (o1 - o0) * sizeof(float));
-                    }
-                }
+            panel_cases(t, P, wf, x, xr, n_out, n_in, toks, 7, abuf, y, y0, y1, &pc);
             free(abuf);
             // speck_matmul_panels with a poisoned row copy: every path must read the panels.
             memset(back, 0x7F, n_out * wrow);
@@ -817,10 +798,10 @@ static void test_panels_q4(void) {
         }
     check(ok_layout, "[avx512] Q4_0 panel layout: nibble groups, scales, zero padding rows");
     check(ok_unpack, "[avx512] Q4_0 panels unpack to the exact rows (whole and offset ranges)");
-    check(ok_ref && ok_keep,
+    check(pc.ok_ref && pc.ok_keep,
           "[avx512] Q4_0 panel matmul: n_tok 1..15, ranges off panel bounds, += (worst %.3f of "
-          "tol), rows outside the range untouched", worst);
-    check(ok_inv, "[avx512] Q4_0 panel rows bit-identical for any n_tok and range split");
+          "tol), rows outside the range untouched", pc.worst);
+    check(pc.ok_inv, "[avx512] Q4_0 panel rows bit-identical for any n_tok and range split");
     check(ok_paths, "[avx512] speck_matmul_panels: streaming, int8 GEMM and sgemm paths read the panels");
     free(wf), free(x), free(xr), free(y), free(y0), free(y1), free(w), free(back), free(P), free(qa);
 }

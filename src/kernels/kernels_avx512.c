@@ -246,6 +246,22 @@ SPECK_FLOAT_TILES(mm_f32_avx512, ftile_body, SPECK_W_F32, 16, 8, 4)
 SPECK_FLOAT_TILES(mm_f16_avx512, ftile_body, SPECK_W_F16, 16, 8, 4)
 SPECK_FLOAT_TILES(mm_bf16_avx512, ftile_body, SPECK_W_BF16, 16, 8, 4)
 
+// Stores a panel tile's accumulators acc[t * R + r] (16 rows of panel r for token t) to
+// y + t * ldy + 16 * r, =, or += when accumulate; lanes outside m0 (first panel) and m1 (last)
+// untouched.
+static inline __attribute__((always_inline)) void
+store_panels(const __m512 *acc, float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate,
+             const int R, const int T) {
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
+            float *yp = y + t * ldy + 16 * r;
+            __m512 v = acc[t * R + r];
+            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
+            _mm512_mask_storeu_ps(yp, m, v);
+        }
+}
+
 // R panels x T tokens of the panel layout (see speck_kernel_table.mm_panel_f16): per input k,
 // R 16-row weight vectors times T broadcast activations, R * T accumulators (>= 8 independent
 // FMA chains hide the FMA latency; at most 16 + 8 registers). No horizontal sums: lane j of an
@@ -265,14 +281,7 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
             for (int r = 0; r < R; r++) acc[t * R + r] = _mm512_fmadd_ps(w[r], xb, acc[t * R + r]);
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + 16 * r;
-            __m512 v = acc[t * R + r];
-            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
-            _mm512_mask_storeu_ps(yp, m, v);
-        }
+    store_panels(acc, y, ldy, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 8 x 1, 4 x 2, 3 x 3, 2 x 4..8 (panel_group below); fewer
@@ -346,18 +355,11 @@ pq4_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
                 const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
                                                  _mm512_set1_ps(a->d[ab]),
                                                  _mm512_set1_ps(8.0f * a->s[ab]));
-                acc[r * T + t] = _mm512_fmadd_ps(dw, v, acc[r * T + t]);
+                acc[t * R + r] = _mm512_fmadd_ps(dw, v, acc[t * R + r]);
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + 16 * r;
-            __m512 v = acc[r * T + t];
-            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
-            _mm512_mask_storeu_ps(yp, m, v);
-        }
+    store_panels(acc, y, ldy, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 2 x 3, 1 x 4 (panel_q_group below).
