@@ -716,17 +716,18 @@ static void test_panels(void) {
     free(wf), free(x), free(y), free(y0), free(y1), free(w), free(P);
 }
 
-// Q4_0 panels (AVX-512 VNNI): the packed bytes (nibble groups and scales of a known block),
+// Q4_0 / Q8_0 panels (AVX-512 VNNI): the packed bytes (byte groups and scales of a known block),
 // unpacking back to the exact rows, results against a double reference on the Q8_0-rounded
 // activations (same tolerance as matmul_case), row ranges off panel bounds, accumulation,
 // untouched rows, bit-identical rows for any token count / range split, and
 // speck_matmul_panels on every path (streaming, int8 GEMM, sgemm) from the panels alone.
-static void test_panels_q4(void) {
-    if (speck_kernels_force_isa("avx512") != 0 || !speck_panel_supported(SPECK_TYPE_Q4_0)) {
-        printf("SKIP: Q4_0 panel kernels need AVX-512 VNNI\n");
+static void test_panels_quant(speck_type t) {
+    if (speck_kernels_force_isa("avx512") != 0 || !speck_panel_supported(t)) {
+        printf("SKIP: %s panel kernels need AVX-512 VNNI\n", speck_type_name(t));
         return;
     }
-    const speck_type t = SPECK_TYPE_Q4_0;
+    const int q8 = t == SPECK_TYPE_Q8_0;
+    const size_t bb = q8 ? 544 : 288; // bytes per panel block
     const int64_t n_outs[] = {37, 64, 300}, n_ins[] = {32, 96, 416}, max_out = 300, max_in = 416;
     const int64_t max_tok = 33;
     const size_t max_row = speck_type_row_size(t, max_in);
@@ -754,21 +755,26 @@ static void test_panels_q4(void) {
                 speck_dequantize_row(SPECK_TYPE_Q8_0, qa, xr + i * n_in, n_in);
             }
             const size_t pb = speck_panel_bytes(t, n_out, n_in);
-            ok_layout &= pb == (size_t)((n_out + 15) / 16) * nb * 288;
+            ok_layout &= pb == (size_t)((n_out + 15) / 16) * nb * bb;
             speck_panel_pack(t, w, n_out, n_in, P);
-            // Row 17 (panel 1, lane 1), block nb - 1: its byte 4g + i at 64g + 4 + i, scale at
-            // 256 + 2; a padding row's lane is zero.
+            // Row 17 (panel 1, lane 1), block nb - 1: its byte 4g + i at 64g + 4 + i (Q8_0: the
+            // value + 128), scale at bb - 32 + 2; a padding row's lane holds zero (Q8_0: 128).
             if (n_out > 17) {
-                const speck_block_q4_0 *blk = (const speck_block_q4_0 *)(w + 17 * wrow) + nb - 1;
-                const unsigned char *e = (const unsigned char *)P + (size_t)nb * 288 + (nb - 1) * 288;
-                for (int g = 0; g < 4; g++) ok_layout &= !memcmp(e + 64 * g + 4, blk->qs + 4 * g, 4);
-                ok_layout &= !memcmp(e + 256 + 2, &blk->d, 2);
+                const unsigned char *e = (const unsigned char *)P + (size_t)nb * bb + (nb - 1) * bb;
+                const char *blk = w + 17 * wrow + (nb - 1) * (q8 ? 34 : 18);
+                for (int g = 0; g < (q8 ? 8 : 4); g++)
+                    for (int k = 0; k < 4; k++)
+                        ok_layout &= e[64 * g + 4 + k] ==
+                                     (unsigned char)(blk[2 + 4 * g + k] ^ (q8 ? 0x80 : 0));
+                ok_layout &= !memcmp(e + bb - 32 + 2, blk, 2);
             }
             if (n_out % 16) {
-                const unsigned char *e = (const unsigned char *)P + (size_t)(n_out / 16) * nb * 288;
+                const unsigned char *e = (const unsigned char *)P + (size_t)(n_out / 16) * nb * bb;
                 const int j = 15; // lane 15 of the last panel is padding when n_out % 16 != 0
-                for (int g = 0; g < 4; g++) ok_layout &= !e[64 * g + 4 * j] && !e[64 * g + 4 * j + 3];
-                ok_layout &= !e[256 + 2 * j] && !e[256 + 2 * j + 1];
+                for (int g = 0; g < (q8 ? 8 : 4); g++)
+                    ok_layout &= e[64 * g + 4 * j] == (q8 ? 0x80 : 0) &&
+                                 e[64 * g + 4 * j + 3] == (q8 ? 0x80 : 0);
+                ok_layout &= !e[bb - 32 + 2 * j] && !e[bb - 32 + 2 * j + 1];
             }
             speck_panel_unpack(t, P, n_in, 0, n_out, back);
             ok_unpack &= !memcmp(back, w, n_out * wrow);
@@ -796,13 +802,15 @@ static void test_panels_q4(void) {
             }
             speck_matmul_force_path("auto");
         }
-    check(ok_layout, "[avx512] Q4_0 panel layout: nibble groups, scales, zero padding rows");
-    check(ok_unpack, "[avx512] Q4_0 panels unpack to the exact rows (whole and offset ranges)");
+    const char *tn = speck_type_name(t);
+    check(ok_layout, "[avx512] %s panel layout: byte groups, scales, padding rows", tn);
+    check(ok_unpack, "[avx512] %s panels unpack to the exact rows (whole and offset ranges)", tn);
     check(pc.ok_ref && pc.ok_keep,
-          "[avx512] Q4_0 panel matmul: n_tok 1..15, ranges off panel bounds, += (worst %.3f of "
-          "tol), rows outside the range untouched", pc.worst);
-    check(pc.ok_inv, "[avx512] Q4_0 panel rows bit-identical for any n_tok and range split");
-    check(ok_paths, "[avx512] speck_matmul_panels: streaming, int8 GEMM and sgemm paths read the panels");
+          "[avx512] %s panel matmul: n_tok 1..15, ranges off panel bounds, += (worst %.3f of "
+          "tol), rows outside the range untouched", tn, pc.worst);
+    check(pc.ok_inv, "[avx512] %s panel rows bit-identical for any n_tok and range split", tn);
+    check(ok_paths, "[avx512] %s speck_matmul_panels: streaming, int8 GEMM and sgemm paths read "
+          "the panels", tn);
     free(wf), free(x), free(xr), free(y), free(y0), free(y1), free(w), free(back), free(P), free(qa);
 }
 
@@ -886,7 +894,8 @@ int main(void) {
     test_gemm();
     test_batch_invariance();
     test_panels();
-    test_panels_q4();
+    test_panels_quant(SPECK_TYPE_Q4_0);
+    test_panels_quant(SPECK_TYPE_Q8_0);
     test_attend();
     speck_kernels_force_isa(best_name);
     printf("%d passed, %d failed\n", g_pass, g_fail);

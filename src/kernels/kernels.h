@@ -133,11 +133,11 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
 // same element type; the kernel multiplies 16 rows by a broadcast activation per FMA with no
 // horizontal sums, every output one FMA chain over k (batch-invariant). On small models, whose
 // matmuls are compute-bound (weights in cache), this runs ~2x the row layout's tiles.
-// Q4_0 (AVX-512 VNNI): per 32-input block the 16 rows' nibble bytes in four 64-byte groups
-// (group g: each row's bytes 4g .. 4g + 3) then their 16 fp16 scales — the same bytes as the
-// rows, reordered, so that one vpdpbusd multiplies 16 rows by 4 broadcast activation bytes:
-// ~2x the row kernel's rate, which was below the memory bandwidth. model.c keeps such a copy
-// (see there for when).
+// Q4_0 / Q8_0 (AVX-512 VNNI): per 32-input block the 16 rows' bytes in 64-byte groups (group g:
+// each row's bytes 4g .. 4g + 3; Q4_0 four groups of nibble pairs, Q8_0 eight groups of values
+// + 128) then their 16 fp16 scales — the rows' bytes reordered, so that one vpdpbusd multiplies
+// 16 rows by 4 broadcast activation bytes: ~2x the row kernels' rate, which was below the
+// memory bandwidth. model.c keeps such copies (see there for when).
 // Whether the current ISA has panel kernels for wt.
 int speck_panel_supported(speck_type wt);
 // The type to prepare activations for (speck_mm_act_prepare) when running wt's panels.

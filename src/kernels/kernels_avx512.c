@@ -313,48 +313,58 @@ SPECK_PANELS_AVX512(mm_panel_f32_avx512, SPECK_W_F32)
 SPECK_PANELS_AVX512(mm_panel_f16_avx512, SPECK_W_F16)
 SPECK_PANELS_AVX512(mm_panel_bf16_avx512, SPECK_W_BF16)
 
-// R Q4_0 panels x T tokens (layout: SPECK_Q4_PANEL_BLOCK). Per block and panel the four 64-byte
-// nibble groups are split into low nibbles (inputs 4g..4g+3 of each row) and high nibbles
-// (inputs 16+4g..) once, then each token's matching 4 activation bytes are broadcast into
-// vpdpbusd: 16 rows x 4 inputs per instruction, no horizontal sums. Per row and token the block
-// value is d_w * (d_a * sum(q_w * q_a) - 8 * d_a * sum(q_a)) (nibbles are stored +8), added into
-// one float accumulator in block order, so results do not depend on R, T or the grouping.
-#ifndef PQ4_AHEAD
-#define PQ4_AHEAD 4
+// R quantized panels x T tokens (layouts: SPECK_Q4_PANEL_BLOCK, SPECK_Q8_PANEL_BLOCK). Per block
+// and panel, eight vectors of 16 rows x 4 unsigned weight bytes — Q4_0: the four 64-byte groups
+// split into low nibbles (inputs 4g..4g+3) and high nibbles (16+4g..); Q8_0: the eight groups as
+// stored — vector i pairing with activation bytes 4i .. 4i + 3, broadcast into vpdpbusd: 16 rows
+// x 4 inputs per instruction, no horizontal sums. Weights are stored offset to unsigned (+8,
+// +128), so per row and token the block value is d_w * (d_a * sum(q_w * q_a) - off * d_a *
+// sum(q_a)), added into one float accumulator in block order: results do not depend on R, T or
+// the grouping.
+#ifndef PQ_AHEAD
+#define PQ_AHEAD 4 // blocks of each panel prefetched ahead (the panels are R separate streams)
 #endif
 static inline __attribute__((always_inline)) void
-pq4_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
-         int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int R, const int T) {
+pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
+        int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int q8, const int R,
+        const int T) {
     const int64_t nb = a->n / SPECK_QK;
+    const size_t bb = q8 ? SPECK_Q8_PANEL_BLOCK : SPECK_Q4_PANEL_BLOCK;
+    const float off = q8 ? 128.0f : 8.0f;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 acc[8];
     for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         for (int r = 0; r < R; r++) {
-            const uint8_t *wb = P + r * pbytes + (size_t)b * SPECK_Q4_PANEL_BLOCK;
-            for (int c = 0; c < SPECK_Q4_PANEL_BLOCK; c += 64)
-                _mm_prefetch((const char *)wb + PQ4_AHEAD * SPECK_Q4_PANEL_BLOCK + c, _MM_HINT_T0);
-            __m512i lo[4], hi[4];
+            const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
+            for (size_t c = 0; c < bb; c += 64)
+                _mm_prefetch((const char *)wb + PQ_AHEAD * bb + c, _MM_HINT_T0);
+            __m512i wv[8];
             for (int g = 0; g < 4; g++) {
                 const __m512i v = _mm512_loadu_si512(wb + 64 * g);
-                lo[g] = _mm512_and_si512(v, m4);
-                hi[g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                if (q8) {
+                    wv[g] = v;
+                    wv[4 + g] = _mm512_loadu_si512(wb + 256 + 64 * g);
+                } else {
+                    wv[g] = _mm512_and_si512(v, m4);
+                    wv[4 + g] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                }
             }
-            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + 256)));
+            const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + bb - 32)));
             for (int t = 0; t < T; t++) {
                 const int8_t *xa = a->qs + (t0 + t) * a->n + b * SPECK_QK;
                 __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-                for (int g = 0; g < 4; g++) {
-                    int32_t xl, xh;
-                    memcpy(&xl, xa + 4 * g, 4);
-                    memcpy(&xh, xa + 16 + 4 * g, 4);
-                    s0 = _mm512_dpbusd_epi32(s0, lo[g], _mm512_set1_epi32(xl));
-                    s1 = _mm512_dpbusd_epi32(s1, hi[g], _mm512_set1_epi32(xh));
+                for (int i = 0; i < 8; i += 2) {
+                    int32_t x0, x1;
+                    memcpy(&x0, xa + 4 * i, 4);
+                    memcpy(&x1, xa + 4 * i + 4, 4);
+                    s0 = _mm512_dpbusd_epi32(s0, wv[i], _mm512_set1_epi32(x0));
+                    s1 = _mm512_dpbusd_epi32(s1, wv[i + 1], _mm512_set1_epi32(x1));
                 }
                 const int64_t ab = (t0 + t) * nb + b;
                 const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
                                                  _mm512_set1_ps(a->d[ab]),
-                                                 _mm512_set1_ps(8.0f * a->s[ab]));
+                                                 _mm512_set1_ps(off * a->s[ab]));
                 acc[t * R + r] = _mm512_fmadd_ps(dw, v, acc[t * R + r]);
             }
         }
@@ -363,30 +373,23 @@ pq4_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 2 x 3, 1 x 4 (panel_q_group below).
-static void mm_panel_q4_0_avx512(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a,
-                                 int64_t t0, int nt, float *y, int64_t ldy, unsigned m0,
-                                 unsigned m1, int accumulate) {
-    const uint8_t *P = Pv;
-#define PQ(R, T) pq4_body(P, pbytes, a, t0, y, ldy, (__mmask16)m0, (__mmask16)m1, accumulate, R, T)
-    switch (nt) {
-    case 1:
-        if (np >= 4) PQ(4, 1);
-        else if (np == 3) PQ(3, 1);
-        else if (np == 2) PQ(2, 1);
-        else PQ(1, 1);
-        return;
-    case 2:
-        if (np >= 2) PQ(2, 2);
-        else PQ(1, 2);
-        return;
-    case 3:
-        if (np >= 2) PQ(2, 3);
-        else PQ(1, 3);
-        return;
-    default: PQ(1, 4); return;
+#define SPECK_PANELS_Q_AVX512(NAME, Q8)                                                         \
+    static void NAME(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a, int64_t t0, \
+                     int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
+        const uint8_t *P = Pv;                                                                  \
+        const __mmask16 k0 = (__mmask16)m0, k1 = (__mmask16)m1;                                 \
+        if (nt == 1 && np >= 4) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 4, 1); \
+        else if (nt == 1 && np == 3) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 3, 1); \
+        else if (nt == 1 && np == 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 2, 1); \
+        else if (nt == 1) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 1);      \
+        else if (nt == 2 && np >= 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 2, 2); \
+        else if (nt == 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 2);      \
+        else if (nt == 3 && np >= 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 2, 3); \
+        else if (nt == 3) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 3);      \
+        else pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 4);                   \
     }
-#undef PQ
-}
+SPECK_PANELS_Q_AVX512(mm_panel_q4_0_avx512, 0)
+SPECK_PANELS_Q_AVX512(mm_panel_q8_0_avx512, 1)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Quantized building blocks                                                                 */
@@ -959,6 +962,7 @@ const speck_kernel_table speck_kernels_avx512 = {
     .panel_tokens = 8,
     .panel_group = {0, 8, 4, 3, 2, 2, 2, 2, 2},
     .mm_panel_q4_0 = mm_panel_q4_0_avx512,
+    .mm_panel_q8_0 = mm_panel_q8_0_avx512,
     .panel_q_tokens = 4,
     .panel_q_group = {0, 4, 2, 2, 1},
     .gemm_pack = gemm_pack_avx512,

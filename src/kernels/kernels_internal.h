@@ -20,6 +20,9 @@ typedef void (*speck_panel_q_fn)(const void *P, size_t pbytes, int np, const spe
 // Bytes of one 32-input block of a Q4_0 panel: the 16 rows' 16 nibble bytes as four 64-byte
 // groups (group g: each row's bytes 4g .. 4g + 3, rows side by side), then the 16 fp16 scales.
 #define SPECK_Q4_PANEL_BLOCK 288
+// Q8_0: the 16 rows' 32 values + 128 (as unsigned bytes) as eight 64-byte groups (group g:
+// values 4g .. 4g + 3 of each row), then the 16 fp16 scales.
+#define SPECK_Q8_PANEL_BLOCK 544
 // The float tile kernels' entry point (speck_kernel_table.mm_f32 ...) from an ISA's inlined tile
 // body BODY(w, wrow, rows, x, ldx, nt, n, wt, R, T, out): R1 x 1 and R2 x 2 tiles, E x 3 and
 // E x 4, and E x nt whenever at most E rows are asked for (the last token group of a 5..7-token
@@ -89,9 +92,9 @@ typedef struct {
     speck_panel_fn mm_panel_f32, mm_panel_f16, mm_panel_bf16;
     int panel_tokens;                 // most tokens per call (index bound of panel_group)
     int panel_group[SPECK_PT + 1];    // most panels per call for nt tokens (>= 8 FMA chains)
-    // Q4_0 panels (speck_panel_pack): the same with the activations quantized, token rows
-    // t0 .. t0 + nt - 1 (nt 1..panel_q_tokens) of a (natural order, SPECK_MM_Q8_SPLIT).
-    speck_panel_q_fn mm_panel_q4_0;
+    // Q4_0 / Q8_0 panels (speck_panel_pack): the same with the activations quantized, token
+    // rows t0 .. t0 + nt - 1 (nt 1..panel_q_tokens) of a (natural order, SPECK_MM_Q8_SPLIT).
+    speck_panel_q_fn mm_panel_q4_0, mm_panel_q8_0;
     int panel_q_tokens;
     int panel_q_group[SPECK_PT + 1];
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).

@@ -237,18 +237,25 @@ static speck_panel_fn panel_fn(const speck_kernel_table *k, speck_type wt) {
          : wt == SPECK_TYPE_BF16 ? k->mm_panel_bf16 : NULL;
 }
 
+static int is_quant(speck_type wt) { return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0; }
+
+static speck_panel_q_fn panel_q_fn(const speck_kernel_table *k, speck_type wt) {
+    return wt == SPECK_TYPE_Q4_0 ? k->mm_panel_q4_0 : wt == SPECK_TYPE_Q8_0 ? k->mm_panel_q8_0 : NULL;
+}
+
 speck_type speck_panel_act_type(speck_type wt) {
-    return wt == SPECK_TYPE_Q4_0 ? SPECK_TYPE_Q8_0 : wt; // Q8_0's split layout: natural order
+    return is_quant(wt) ? SPECK_TYPE_Q8_0 : wt; // Q8_0's split layout: natural order
 }
 
 int speck_panel_supported(speck_type wt) {
     const speck_kernel_table *k = speck_kernels_get();
-    return wt == SPECK_TYPE_Q4_0 ? k->mm_panel_q4_0 != NULL : panel_fn(k, wt) != NULL;
+    return is_quant(wt) ? panel_q_fn(k, wt) != NULL : panel_fn(k, wt) != NULL;
 }
 
 // Bytes of one panel (16 rows) of n_in inputs.
 static size_t panel_stride(speck_type wt, int64_t n_in) {
     if (wt == SPECK_TYPE_Q4_0) return (size_t)(n_in / SPECK_QK) * SPECK_Q4_PANEL_BLOCK;
+    if (wt == SPECK_TYPE_Q8_0) return (size_t)(n_in / SPECK_QK) * SPECK_Q8_PANEL_BLOCK;
     return (size_t)16 * (size_t)n_in * elem_size(wt);
 }
 
@@ -294,6 +301,36 @@ static void unpack_panel_q4(const uint8_t *src, int64_t nb, int j0, int rows,
         }
 }
 
+// Q8_0: values stored + 128 (sign bit flipped) so that vpdpbusd takes them as unsigned bytes;
+// missing rows pack as 128s (value 0) with a zero scale.
+static void pack_panel_q8(const speck_block_q8_0 *W, int64_t nb, int rows, uint8_t *dst) {
+    for (int64_t b = 0; b < nb; b++, dst += SPECK_Q8_PANEL_BLOCK) {
+        memset(dst, 0x80, SPECK_Q8_PANEL_BLOCK - 32);
+        memset(dst + SPECK_Q8_PANEL_BLOCK - 32, 0, 32);
+        for (int j = 0; j < rows; j++) {
+            const speck_block_q8_0 *blk = W + (size_t)j * (size_t)nb + b;
+            for (int i = 0; i < SPECK_QK; i++)
+                dst[64 * (i / 4) + 4 * j + i % 4] = (uint8_t)blk->qs[i] ^ 0x80;
+            memcpy(dst + SPECK_Q8_PANEL_BLOCK - 32 + 2 * j, &blk->d, 2);
+        }
+    }
+}
+
+static void unpack_panel_q8(const uint8_t *src, int64_t nb, int j0, int rows,
+                            speck_block_q8_0 *W) {
+    for (int64_t b = 0; b < nb; b++, src += SPECK_Q8_PANEL_BLOCK)
+        for (int j = j0; j < j0 + rows; j++) {
+            speck_block_q8_0 *blk = W + (size_t)(j - j0) * (size_t)nb + b;
+            for (int g = 0; g < SPECK_QK / 4; g++) { // 4 values at a time (prefill unpacks it all)
+                uint32_t v;
+                memcpy(&v, src + 64 * g + 4 * j, 4);
+                v ^= 0x80808080u;
+                memcpy(blk->qs + 4 * g, &v, 4);
+            }
+            memcpy(&blk->d, src + SPECK_Q8_PANEL_BLOCK - 32 + 2 * j, 2);
+        }
+}
+
 void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in, void *P) {
     const size_t pbytes = panel_stride(wt, n_in), wrow = speck_type_row_size(wt, n_in);
 #pragma omp parallel for schedule(static) if (n_out * n_in >= PARALLEL_MIN_WORK)
@@ -303,6 +340,8 @@ void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
         char *dst = (char *)P + (size_t)p * pbytes;
         if (wt == SPECK_TYPE_Q4_0)
             pack_panel_q4((const speck_block_q4_0 *)src, n_in / SPECK_QK, rows, (uint8_t *)dst);
+        else if (wt == SPECK_TYPE_Q8_0)
+            pack_panel_q8((const speck_block_q8_0 *)src, n_in / SPECK_QK, rows, (uint8_t *)dst);
         else if (elem_size(wt) == 2)
             pack_panel_uint16_t((const uint16_t *)src, n_in, rows, (uint16_t *)dst);
         else
@@ -320,6 +359,8 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
         char *out = (char *)dst + (size_t)(r - o0) * wrow;
         if (wt == SPECK_TYPE_Q4_0) {
             unpack_panel_q4((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q4_0 *)out);
+        } else if (wt == SPECK_TYPE_Q8_0) {
+            unpack_panel_q8((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q8_0 *)out);
         } else {
             const size_t es = elem_size(wt);
             for (int j = 0; j < n; j++)
@@ -333,7 +374,7 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
 
 int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok) {
     const speck_kernel_table *k = speck_kernels_get();
-    if (wt == SPECK_TYPE_Q4_0) {
+    if (is_quant(wt)) {
         if (!k->panel_q_tokens) return 16;
         return 16 * k->panel_q_group[n_tok < k->panel_q_tokens ? n_tok : k->panel_q_tokens];
     }
@@ -345,7 +386,7 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
                          int64_t o1, float *Y, int64_t ldy, int accumulate) {
     if (o0 >= o1) return;
     const speck_kernel_table *k = speck_kernels_get();
-    const int q4 = wt == SPECK_TYPE_Q4_0;
+    const int q4 = is_quant(wt); // a quantized panel kernel
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t pbytes = panel_stride(wt, n_in);
     const int tmax = q4 ? k->panel_q_tokens : k->panel_tokens;
@@ -361,8 +402,8 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
         for (int64_t t = 0; t < n_tok; t += TG) {
             const int nt = (int)(n_tok - t < TG ? n_tok - t : TG);
             if (q4)
-                k->mm_panel_q4_0(pp, pbytes, np, &a->rows, t, nt, Y + t * ldy + 16 * p, ldy, m0,
-                                 m1, accumulate);
+                panel_q_fn(k, wt)(pp, pbytes, np, &a->rows, t, nt, Y + t * ldy + 16 * p, ldy, m0,
+                                  m1, accumulate);
             else
                 panel_fn(k, wt)(pp, pbytes, np, a->x + t * n_in, n_in, nt, n_in,
                                 Y + t * ldy + 16 * p, ldy, m0, m1, accumulate);

@@ -444,7 +444,8 @@ static void swiglu(float *g, const float *u, size_t n) {
 
 // Quantized weights held in panels had their mapped pages dropped: read them from the panels.
 static void matmul(const speck_weight *w, const float *x, int n, float *y) {
-    const void *p = w->type == SPECK_TYPE_Q4_0 ? w->packed : NULL;
+    const bool q = w->type == SPECK_TYPE_Q4_0 || w->type == SPECK_TYPE_Q8_0;
+    const void *p = q ? w->packed : NULL;
     speck_matmul_panels(w->type, w->data, p, w->n_out, w->n_in, x, n, y);
 }
 

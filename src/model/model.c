@@ -274,14 +274,14 @@ static int load_tensors(loader *L) {
 }
 
 #define PANEL_MAX_BYTES ((size_t)32 << 20)
-#define PANEL_CHUNK_ROWS 1024 // Q4_0 rows packed before their mapped pages are dropped
+#define PANEL_CHUNK_ROWS 1024 // quantized rows packed before their mapped pages are dropped
 
 // Panel copies (kernels.h) of the attention/FFN matrices and the output head:
 // - float (F32 / F16 / BF16) matrices when they total at most 32 MiB: such small models are
 //   compute-bound in the few-token matmuls (their weights stay in cache), and the copy costs
 //   little memory; the rows stay mapped for everything else (prefill GEMMs, training).
-// - Q4_0 matrices of any size when the ISA has the kernel (AVX-512 VNNI) and the file is mapped:
-//   the row kernel could not keep up with the memory, the panel one can. The panels replace the
+// - Q4_0 / Q8_0 matrices of any size when the ISA has the kernel (AVX-512 VNNI) and the file is
+//   mapped: the row kernels could not keep up with the memory, the panel ones can. The panels replace the
 //   rows: each chunk's mapped pages are dropped once packed (every later use reads the panels),
 //   so resident memory stays about the file's size.
 static int pack_panels(speck_model *m) {
@@ -294,13 +294,18 @@ static int pack_panels(speck_model *m) {
         speck_weight *lw[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->wg, &ly->wu, &ly->wd};
         memcpy(ws + 7 * l, lw, sizeof lw);
     }
+    // A tied head shares the token embedding, whose rows the lookups keep reading: quantized,
+    // its pages cannot be dropped, and a second copy would cost the table's size again.
     ws[nw - 1] = &m->output;
+    const bool tied_quant = m->hp.tied_output && (m->output.type == SPECK_TYPE_Q4_0 ||
+                                                  m->output.type == SPECK_TYPE_Q8_0);
+    const int nuse = tied_quant ? nw - 1 : nw;
     size_t ftotal = 0, qtotal = 0;
-    for (int i = 0; i < nw; i++) {
+    for (int i = 0; i < nuse; i++) {
         const speck_weight *w = ws[i];
         if (!speck_panel_supported(w->type)) continue;
         const size_t b = (speck_panel_bytes(w->type, w->n_out, w->n_in) + 63) & ~(size_t)63;
-        if (w->type == SPECK_TYPE_Q4_0) qtotal += b;
+        if (w->type == SPECK_TYPE_Q4_0 || w->type == SPECK_TYPE_Q8_0) qtotal += b;
         else ftotal += b;
     }
     const bool do_f = ftotal > 0 && ftotal <= PANEL_MAX_BYTES;
@@ -321,17 +326,19 @@ static int pack_panels(speck_model *m) {
 #ifdef MADV_HUGEPAGE
     madvise(p, len, MADV_HUGEPAGE); // advice only
 #endif
-    // Fault the pages in from all threads at once: the kernel zeroes each new page, which on
-    // this project's VM is most of the packing time (~1 s per GB on one core).
-#pragma omp parallel for schedule(static)
-    for (size_t off = 0; off < len; off += 4096) p[off] = 0;
     m->panels = p;
-    for (int i = 0; i < nw; i++) {
+    for (int i = 0; i < nuse; i++) {
         speck_weight *w = ws[i];
-        const bool q = w->type == SPECK_TYPE_Q4_0;
+        const bool q = w->type == SPECK_TYPE_Q4_0 || w->type == SPECK_TYPE_Q8_0;
         if (!speck_panel_supported(w->type) || (q ? !do_q : !do_f)) continue;
         const size_t wrow = speck_type_row_size(w->type, w->n_in);
         const size_t pstride = speck_panel_bytes(w->type, 16, w->n_in); // one panel
+        const size_t bytes = speck_panel_bytes(w->type, w->n_out, w->n_in);
+        // Fault this matrix's pages in from all threads at once: the kernel zeroes each new
+        // page, most of the packing time on this project's VM (~1 s per GB on one core). One
+        // matrix at a time, so that resident memory does not hold all panels and all rows.
+#pragma omp parallel for schedule(static)
+        for (size_t off = 0; off < bytes; off += 4096) p[off] = 0;
         for (int64_t r = 0; r < w->n_out; r += PANEL_CHUNK_ROWS) {
             const int64_t rows = w->n_out - r < PANEL_CHUNK_ROWS ? w->n_out - r : PANEL_CHUNK_ROWS;
             const char *src = (const char *)w->data + (size_t)r * wrow;
@@ -339,7 +346,7 @@ static int pack_panels(speck_model *m) {
             if (q) speck_gguf_release(m->g, src, (size_t)rows * wrow);
         }
         w->packed = p;
-        p += (speck_panel_bytes(w->type, w->n_out, w->n_in) + 63) & ~(size_t)63;
+        p += (bytes + 63) & ~(size_t)63;
     }
     free(ws);
     return 0;
