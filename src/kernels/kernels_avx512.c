@@ -275,7 +275,8 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
     for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
     for (int64_t k = 0; k < n; k++) {
         __m512 w[8];
-        for (int r = 0; r < R; r++) w[r] = load_w16(P + r * pbytes + (size_t)k * step, 0, wt, 0xFFFF);
+        for (int r = 0; r < R; r++)
+            w[r] = load_w16(P + r * pbytes + (size_t)k * step, 0, wt, 0xFFFF);
         for (int t = 0; t < T; t++) {
             const __m512 xb = _mm512_set1_ps(x[t * ldx + k]);
             for (int r = 0; r < R; r++) acc[t * R + r] = _mm512_fmadd_ps(w[r], xb, acc[t * R + r]);
@@ -289,11 +290,13 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
 #define PT_ARGS P, pbytes, x, ldx, n, y, ldy, (__mmask16)m0, (__mmask16)m1, accumulate
 #define PT_CASE(WT, R, T) case R: ptile_body(PT_ARGS, WT, R, T); return;
 #define PT_UPTO2(WT, T) PT_CASE(WT, 1, T) default: ptile_body(PT_ARGS, WT, 2, T); return;
-#define PT_UPTO3(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) default: ptile_body(PT_ARGS, WT, 3, T); return;
+#define PT_UPTO3(WT, T)                                                                        \
+    PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) default: ptile_body(PT_ARGS, WT, 3, T); return;
 #define PT_UPTO4(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) PT_CASE(WT, 3, T)                     \
     default: ptile_body(PT_ARGS, WT, 4, T); return;
 #define PT_UPTO8(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) PT_CASE(WT, 3, T) PT_CASE(WT, 4, T)  \
-    PT_CASE(WT, 5, T) PT_CASE(WT, 6, T) PT_CASE(WT, 7, T) default: ptile_body(PT_ARGS, WT, 8, T); return;
+    PT_CASE(WT, 5, T) PT_CASE(WT, 6, T) PT_CASE(WT, 7, T)                                     \
+    default: ptile_body(PT_ARGS, WT, 8, T); return;
 #define SPECK_PANELS_AVX512(NAME, WT)                                                           \
     static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt, \
                      int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
@@ -373,20 +376,22 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 2 x 3, 1 x 4 (panel_q_group below).
+#define PQ_CALL(R, T) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, q8, R, T)
 #define SPECK_PANELS_Q_AVX512(NAME, Q8)                                                         \
     static void NAME(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a, int64_t t0, \
                      int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
         const uint8_t *P = Pv;                                                                  \
         const __mmask16 k0 = (__mmask16)m0, k1 = (__mmask16)m1;                                 \
-        if (nt == 1 && np >= 4) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 4, 1); \
-        else if (nt == 1 && np == 3) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 3, 1); \
-        else if (nt == 1 && np == 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 2, 1); \
-        else if (nt == 1) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 1);      \
-        else if (nt == 2 && np >= 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 2, 2); \
-        else if (nt == 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 2);      \
-        else if (nt == 3 && np >= 2) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 2, 3); \
-        else if (nt == 3) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 3);      \
-        else pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, Q8, 1, 4);                   \
+        const int q8 = (Q8);                                                                    \
+        if (nt == 1 && np >= 4) PQ_CALL(4, 1);                                                  \
+        else if (nt == 1 && np == 3) PQ_CALL(3, 1);                                             \
+        else if (nt == 1 && np == 2) PQ_CALL(2, 1);                                             \
+        else if (nt == 1) PQ_CALL(1, 1);                                                        \
+        else if (nt == 2 && np >= 2) PQ_CALL(2, 2);                                             \
+        else if (nt == 2) PQ_CALL(1, 2);                                                        \
+        else if (nt == 3 && np >= 2) PQ_CALL(2, 3);                                             \
+        else if (nt == 3) PQ_CALL(1, 3);                                                        \
+        else PQ_CALL(1, 4);                                                                     \
     }
 SPECK_PANELS_Q_AVX512(mm_panel_q4_0_avx512, 0)
 SPECK_PANELS_Q_AVX512(mm_panel_q8_0_avx512, 1)

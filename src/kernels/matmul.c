@@ -240,7 +240,9 @@ static speck_panel_fn panel_fn(const speck_kernel_table *k, speck_type wt) {
 static int is_quant(speck_type wt) { return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0; }
 
 static speck_panel_q_fn panel_q_fn(const speck_kernel_table *k, speck_type wt) {
-    return wt == SPECK_TYPE_Q4_0 ? k->mm_panel_q4_0 : wt == SPECK_TYPE_Q8_0 ? k->mm_panel_q8_0 : NULL;
+    return wt == SPECK_TYPE_Q4_0   ? k->mm_panel_q4_0
+         : wt == SPECK_TYPE_Q8_0 ? k->mm_panel_q8_0
+                                 : NULL;
 }
 
 speck_type speck_panel_act_type(speck_type wt) {
@@ -354,7 +356,8 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
     const size_t pbytes = panel_stride(wt, n_in), wrow = speck_type_row_size(wt, n_in);
     for (int64_t r = o0; r < o0 + rows;) {
         const int64_t p = r / 16;
-        const int j0 = (int)(r - 16 * p), n = (int)(16 - j0 < o0 + rows - r ? 16 - j0 : o0 + rows - r);
+        const int j0 = (int)(r - 16 * p);
+        const int n = (int)(16 - j0 < o0 + rows - r ? 16 - j0 : o0 + rows - r);
         const char *src = (const char *)P + (size_t)p * pbytes;
         char *out = (char *)dst + (size_t)(r - o0) * wrow;
         if (wt == SPECK_TYPE_Q4_0) {

@@ -551,8 +551,8 @@ static void attend_head(speck_ctx *c, int l, const uint8_t *mask, int n_total, f
 // threads divide the KV groups between them. Row splits are static, so each core keeps reading
 // the same weight rows and cache slices pass after pass: on a machine whose cores do not share a
 // last-level cache (this project's VM), a row another core read last time is a remote fetch
-// (dynamic/guided splits were 7-9 % slower on the default model's 1- and 4-token passes). Every token's
-// arithmetic is the same whatever n is (speculative decoding relies on it).
+// (dynamic/guided splits were 7-9 % slower on the default model's 1- and 4-token passes). Every
+// token's arithmetic is the same whatever n is (speculative decoding relies on it).
 // c->x: (n, n_embd) embeddings in; logits: (n_out, n_vocab) out.
 static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows,
                            int n_out, float *logits) {
@@ -602,7 +602,8 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 }
                 barrier_wait(&c->bar, nth);
 #pragma omp for schedule(dynamic, 1) nowait
-                for (int u = 0; u < n * nh; u++) attend_head(c, l, mask, n_total, scale, u / nh, u % nh, sc);
+                for (int u = 0; u < n * nh; u++)
+                    attend_head(c, l, mask, n_total, scale, u / nh, u % nh, sc);
             }
             barrier_wait(&c->bar, nth);
             uint64_t t0 = ticks();
@@ -635,7 +636,8 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                         m->out_norm, E, hp->norm_eps);
         act.valid = false;
         const uint64_t t0 = ticks();
-        if (n_out > 0) mm_shared(&act, &c->bal, tid, nth, &m->output, xn, n_out, logits, hp->n_vocab, 0);
+        if (n_out > 0)
+            mm_shared(&act, &c->bal, tid, nth, &m->output, xn, n_out, logits, hp->n_vocab, 0);
         busy += ticks() - t0;
         if (tid < BAL_MAX) c->bal.busy[tid] = busy;
     }

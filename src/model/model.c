@@ -281,9 +281,9 @@ static int load_tensors(loader *L) {
 //   compute-bound in the few-token matmuls (their weights stay in cache), and the copy costs
 //   little memory; the rows stay mapped for everything else (prefill GEMMs, training).
 // - Q4_0 / Q8_0 matrices of any size when the ISA has the kernel (AVX-512 VNNI) and the file is
-//   mapped: the row kernels could not keep up with the memory, the panel ones can. The panels replace the
-//   rows: each chunk's mapped pages are dropped once packed (every later use reads the panels),
-//   so resident memory stays about the file's size.
+//   mapped: the row kernels could not keep up with the memory, the panel ones can. The panels
+//   replace the rows: each chunk's mapped pages are dropped once packed (every later use reads
+//   the panels), so resident memory stays about the file's size.
 static int pack_panels(speck_model *m) {
     const int nl = m->hp.n_layer;
     const int nw = 7 * nl + 1;
