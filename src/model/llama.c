@@ -10,19 +10,12 @@
 
 #include <cblas.h>
 
+#include "core/simd_math.h"
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
 
 // Batches of at least this many new tokens compute attention with GEMMs.
 #define ATT_GEMM_MIN 16
-
-// Elementwise loops outside src/kernels get AVX-512/AVX2 clones picked at load time (ifunc), so
-// the generic x86-64 binary still runs them at full width.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define SPECK_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SPECK_MULTIVERSION
-#endif
 
 // A barrier for the threads of forward_stream's parallel region. libgomp's barrier ends with a
 // futex wake system call even when the other threads are spinning, not sleeping: ~1.5 us per
@@ -415,31 +408,10 @@ static void add_inplace(float *x, const float *y, size_t n) {
     for (size_t j = 0; j < n; j++) x[j] += y[j];
 }
 
-// e^x without a library call, so that the SwiGLU loop vectorises (libm's expf was ~5 % of a
-// decode step of the default model): Cody-Waite reduction, the Cephes expf polynomial (~1 ulp),
-// 2^n built in the exponent field; x clamped to [-87, 88] so 2^n stays a normal float.
-static inline float exp_poly(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    const float n = rintf(x * 1.44269504088896341f);
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
 // g (n) = silu(g) * u
 SPECK_MULTIVERSION
 static void swiglu(float *g, const float *u, size_t n) {
-    for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + exp_poly(-g[j])) * u[j];
+    for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + speck_exp_poly(-g[j])) * u[j];
 }
 
 // Quantized weights held in panels had their mapped pages dropped: read them from the panels.

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "speck.h"
+#include "core/simd_math.h"
 
 struct speck_sampler {
     speck_sampler_params p;
@@ -103,6 +104,20 @@ static int cmp_desc(const void *a, const void *b) {
     return *(const int32_t *)a - *(const int32_t *)b; // stable on ties: lower id first
 }
 
+// probs[i] = e^((l[i] - mx) * inv_t); returns their sum, accumulated in 8 double lanes in a
+// fixed order (the loops vectorise: libm's expf made this ~19 us per token on a 4096 vocabulary).
+SPECK_MULTIVERSION
+static double softmax_unnormalised(const float *l, int n, float mx, float inv_t, float *probs) {
+    for (int i = 0; i < n; i++) probs[i] = speck_exp_poly((l[i] - mx) * inv_t);
+    double acc[8] = {0}, sum = 0;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += probs[i + j];
+    for (int j = 0; j < 8; j++) sum += acc[j];
+    for (; i < n; i++) sum += probs[i];
+    return sum;
+}
+
 void speck_sampler_probs(speck_sampler *s, const float *logits, float *probs) {
     int n = s->n_vocab;
     float *l = s->buf;
@@ -124,12 +139,8 @@ void speck_sampler_probs(speck_sampler *s, const float *logits, float *probs) {
         probs[speck_argmax(l, n)] = 1.0f;
         return;
     }
-    float mx = l[speck_argmax(l, n)];
-    double sum = 0;
-    for (int i = 0; i < n; i++) {
-        probs[i] = expf((l[i] - mx) / s->p.temperature);
-        sum += probs[i];
-    }
+    const double sum = softmax_unnormalised(l, n, l[speck_argmax(l, n)], 1.0f / s->p.temperature,
+                                            probs);
     for (int i = 0; i < n; i++) probs[i] = (float)(probs[i] / sum);
     int filter = (s->p.top_k > 0 && s->p.top_k < n) || s->p.top_p < 1.0f || s->p.min_p > 0.0f;
     if (!filter) return;
