@@ -407,7 +407,7 @@ static int load_anon(speck_gguf *g) {
 int speck_gguf_file_mapped(const speck_gguf *g) { return !g->anon && g->map; }
 
 int speck_gguf_release(speck_gguf *g, const void *p, size_t len) {
-    if (g->anon || !g->map) return -1; // anonymous copy: dropping pages would lose the data
+    if (!speck_gguf_file_mapped(g)) return -1; // an anonymous copy would lose the data
     const uintptr_t page = 4096, lo = ((uintptr_t)p + page - 1) & ~(page - 1),
                     hi = ((uintptr_t)p + len) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); // re-read from the file if touched

@@ -146,7 +146,8 @@ speck_type speck_panel_act_type(speck_type wt);
 size_t speck_panel_bytes(speck_type wt, int64_t n_out, int64_t n_in);
 // W: (n_out, n_in) rows of type wt -> P (speck_panel_bytes long).
 void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in, void *P);
-// Rows [o0, o0 + rows) of the matrix back from its panel copy P into dst, in the row layout.
+// Rows [o0, o0 + rows) of a Q4_0 / Q8_0 matrix back from its panel copy P into dst, in the row
+// layout.
 void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, int64_t rows,
                         void *dst);
 // Rows per work item that keeps the panel kernel at full width for n_tok tokens (a multiple of
@@ -156,8 +157,9 @@ int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok);
 // o0 <= o1). Results equal for every n_tok and row range (not bit-equal to speck_mm_rows').
 void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, int64_t o0,
                          int64_t o1, float *Y, int64_t ldy, int accumulate);
-// speck_matmul with W's panel copy P (or NULL) used instead of W's rows on every path (the
-// model drops the mapped pages of weights it holds in panels).
+// speck_matmul with the panel copy P (or NULL) of a Q4_0 / Q8_0 matrix W used instead of W's rows
+// on every path (the model drops the mapped pages of quantized weights it holds in panels). For
+// float types P is ignored: their rows stay.
 void speck_matmul_panels(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
                          const float *X, int64_t n_tok, float *Y);
 // Inside an OpenMP parallel region: this thread's contiguous share [*i0, *i1) of n items.

@@ -360,17 +360,10 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
         const int n = (int)(16 - j0 < o0 + rows - r ? 16 - j0 : o0 + rows - r);
         const char *src = (const char *)P + (size_t)p * pbytes;
         char *out = (char *)dst + (size_t)(r - o0) * wrow;
-        if (wt == SPECK_TYPE_Q4_0) {
+        if (wt == SPECK_TYPE_Q4_0)
             unpack_panel_q4((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q4_0 *)out);
-        } else if (wt == SPECK_TYPE_Q8_0) {
+        else
             unpack_panel_q8((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q8_0 *)out);
-        } else {
-            const size_t es = elem_size(wt);
-            for (int j = 0; j < n; j++)
-                for (int64_t k = 0; k < n_in; k++)
-                    memcpy(out + (size_t)j * wrow + (size_t)k * es,
-                           src + ((size_t)k * 16 + (size_t)(j0 + j)) * es, es);
-        }
         r += n;
     }
 }
@@ -389,12 +382,14 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
                          int64_t o1, float *Y, int64_t ldy, int accumulate) {
     if (o0 >= o1) return;
     const speck_kernel_table *k = speck_kernels_get();
-    const int q4 = is_quant(wt); // a quantized panel kernel
+    const int quant = is_quant(wt);
+    const speck_panel_q_fn qfn = panel_q_fn(k, wt);
+    const speck_panel_fn ffn = panel_fn(k, wt);
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t pbytes = panel_stride(wt, n_in);
-    const int tmax = q4 ? k->panel_q_tokens : k->panel_tokens;
+    const int tmax = quant ? k->panel_q_tokens : k->panel_tokens;
     const int TG = (int)(n_tok < tmax ? n_tok : tmax);
-    const int R = q4 ? k->panel_q_group[TG] : k->panel_group[TG];
+    const int R = quant ? k->panel_q_group[TG] : k->panel_group[TG];
     const int64_t p0 = o0 / 16, p1 = (o1 + 15) / 16;
     // Panel groups outer, token groups inner: a group's weights stay in L1 across token groups.
     for (int64_t p = p0; p < p1; p += R) {
@@ -404,12 +399,12 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
         const char *pp = (const char *)P + (size_t)p * pbytes;
         for (int64_t t = 0; t < n_tok; t += TG) {
             const int nt = (int)(n_tok - t < TG ? n_tok - t : TG);
-            if (q4)
-                panel_q_fn(k, wt)(pp, pbytes, np, &a->rows, t, nt, Y + t * ldy + 16 * p, ldy, m0,
-                                  m1, accumulate);
+            if (quant)
+                qfn(pp, pbytes, np, &a->rows, t, nt, Y + t * ldy + 16 * p, ldy, m0, m1,
+                    accumulate);
             else
-                panel_fn(k, wt)(pp, pbytes, np, a->x + t * n_in, n_in, nt, n_in,
-                                Y + t * ldy + 16 * p, ldy, m0, m1, accumulate);
+                ffn(pp, pbytes, np, a->x + t * n_in, n_in, nt, n_in, Y + t * ldy + 16 * p, ldy,
+                    m0, m1, accumulate);
         }
     }
 }
@@ -598,7 +593,8 @@ void speck_matmul(speck_type wt, const void *W, int64_t n_out, int64_t n_in, con
 
 void speck_matmul_panels(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
                          const float *X, int64_t n_tok, float *Y) {
-    if (P && !speck_panel_supported(wt)) P = NULL;
+    // Float models keep their rows (their panels are an extra copy): the prefill paths read W.
+    if (P && (!is_quant(wt) || !speck_panel_supported(wt))) P = NULL;
     if (n_out <= 0 || n_tok <= 0) return;
     if (n_in <= 0) {
         memset(Y, 0, (size_t)(n_out * n_tok) * sizeof(float));

@@ -78,7 +78,6 @@ typedef struct {
     double speed[BAL_MAX];   // work per tick, relative
     double cut[BAL_MAX + 1]; // thread t's share is [cut[t], cut[t + 1]) of [0, 1]
     uint64_t busy[BAL_MAX];  // this pass: ticks each thread spent on its shares
-    double share[BAL_MAX];   // this pass: the share each thread had of the balanced work
 } balancer;
 
 // Prepares the cuts for a pass with nth threads.
@@ -92,10 +91,7 @@ static void balance_begin(balancer *b, int nth) {
     double total = 0;
     for (int t = 0; t < nth; t++) total += b->speed[t];
     b->cut[0] = 0;
-    for (int t = 0; t < nth; t++) {
-        b->cut[t + 1] = b->cut[t] + b->speed[t] / total;
-        b->share[t] = b->speed[t] / total;
-    }
+    for (int t = 0; t < nth; t++) b->cut[t + 1] = b->cut[t] + b->speed[t] / total;
     b->cut[nth] = 1.0;
 }
 
@@ -105,11 +101,12 @@ static void balance_end(balancer *b) {
     if (nth < 2) return;
     for (int t = 0; t < nth; t++)
         if (b->busy[t] == 0) return; // a pass too short to measure
-    double mean = 0;
-    for (int t = 0; t < nth; t++) mean += b->share[t] / (double)b->busy[t];
+    double rate[BAL_MAX], mean = 0; // share of the work per tick this pass
+    for (int t = 0; t < nth; t++)
+        mean += rate[t] = (b->cut[t + 1] - b->cut[t]) / (double)b->busy[t];
     mean /= nth;
     for (int t = 0; t < nth; t++) {
-        double v = b->share[t] / (double)b->busy[t] / mean; // relative speed this pass
+        double v = rate[t] / mean; // relative speed this pass
         v = v < 0.25 ? 0.25 : v > 4.0 ? 4.0 : v;              // ignore descheduling outliers
         b->speed[t] = 0.9 * b->speed[t] + 0.1 * v;
     }
@@ -234,15 +231,19 @@ static int grow(float **p, size_t n) {
     return 0;
 }
 
+// Whether w runs on the panel kernels (a panel copy exists and the ISA has the kernel).
+static bool use_panels(const speck_weight *w) {
+    return w->packed && speck_panel_supported(w->type);
+}
+
 // Below this many tokens a forward takes the streaming path (>= ATT_GEMM_MIN, so speculative
 // verification of < 16 rows is always batch-invariant).
 static int stream_max(const speck_model *m) {
-    const speck_type wt = speck_model_weight_type(m);
-    int k = speck_mm_stream_max(wt);
+    int k = speck_mm_stream_max(speck_model_weight_type(m));
     // Panel kernels beat the prefill GEMMs up to 31 tokens for every type that has them
     // (tinyllama-1.1b Q4_0, `speck bench -p N`, two alternating runs: pp16 150-154 -> 244-278
     // tok/s, pp24 184-195 -> 260-285).
-    if (m->layers[0].wq.packed && speck_panel_supported(wt) && k < 32) k = 32;
+    if (use_panels(&m->layers[0].wq) && k < 32) k = 32;
     return k > ATT_GEMM_MIN ? k : ATT_GEMM_MIN;
 }
 
@@ -414,11 +415,9 @@ static void swiglu(float *g, const float *u, size_t n) {
     for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + speck_exp_poly(-g[j])) * u[j];
 }
 
-// Quantized weights held in panels had their mapped pages dropped: read them from the panels.
+// Quantized weights held in panels had their mapped pages dropped: they are read from the panels.
 static void matmul(const speck_weight *w, const float *x, int n, float *y) {
-    const bool q = w->type == SPECK_TYPE_Q4_0 || w->type == SPECK_TYPE_Q8_0;
-    const void *p = q ? w->packed : NULL;
-    speck_matmul_panels(w->type, w->data, p, w->n_out, w->n_in, x, n, y);
+    speck_matmul_panels(w->type, w->data, w->packed, w->n_out, w->n_in, x, n, y);
 }
 
 // A thread's prepared activations, reused by the matmuls that read the same rows in one stage.
@@ -436,11 +435,6 @@ static const speck_mm_act *act_for(act_slot *s, speck_type wt, const float *X, i
         s->valid = true;
     }
     return &s->a;
-}
-
-// Whether w runs on the panel kernels (a panel copy exists and the ISA has the kernel).
-static bool use_panels(const speck_weight *w) {
-    return w->packed && speck_panel_supported(w->type);
 }
 
 // Rows [o0, o1) of w applied to X into Y (ldy), =, or += when accumulate.

@@ -284,6 +284,13 @@ static int load_tensors(loader *L) {
 //   mapped: the row kernels could not keep up with the memory, the panel ones can. The panels
 //   replace the rows: each chunk's mapped pages are dropped once packed (every later use reads
 //   the panels), so resident memory stays about the file's size.
+static bool quantized(speck_type t) { return t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0; }
+
+// Bytes w's panel copy takes in the shared buffer (64-byte aligned slots).
+static size_t panel_slot(const speck_weight *w) {
+    return (speck_panel_bytes(w->type, w->n_out, w->n_in) + 63) & ~(size_t)63;
+}
+
 static int pack_panels(speck_model *m) {
     const int nl = m->hp.n_layer;
     const int nw = 7 * nl + 1;
@@ -297,17 +304,11 @@ static int pack_panels(speck_model *m) {
     // A tied head shares the token embedding, whose rows the lookups keep reading: quantized,
     // its pages cannot be dropped, and a second copy would cost the table's size again.
     ws[nw - 1] = &m->output;
-    const bool tied_quant = m->hp.tied_output && (m->output.type == SPECK_TYPE_Q4_0 ||
-                                                  m->output.type == SPECK_TYPE_Q8_0);
-    const int nuse = tied_quant ? nw - 1 : nw;
+    const int nuse = m->hp.tied_output && quantized(m->output.type) ? nw - 1 : nw;
     size_t ftotal = 0, qtotal = 0;
-    for (int i = 0; i < nuse; i++) {
-        const speck_weight *w = ws[i];
-        if (!speck_panel_supported(w->type)) continue;
-        const size_t b = (speck_panel_bytes(w->type, w->n_out, w->n_in) + 63) & ~(size_t)63;
-        if (w->type == SPECK_TYPE_Q4_0 || w->type == SPECK_TYPE_Q8_0) qtotal += b;
-        else ftotal += b;
-    }
+    for (int i = 0; i < nuse; i++)
+        if (speck_panel_supported(ws[i]->type))
+            *(quantized(ws[i]->type) ? &qtotal : &ftotal) += panel_slot(ws[i]);
     const bool do_f = ftotal > 0 && ftotal <= PANEL_MAX_BYTES;
     const bool do_q = qtotal > 0 && speck_gguf_file_mapped(m->g);
     const size_t total = (do_f ? ftotal : 0) + (do_q ? qtotal : 0);
@@ -329,8 +330,8 @@ static int pack_panels(speck_model *m) {
     m->panels = p;
     for (int i = 0; i < nuse; i++) {
         speck_weight *w = ws[i];
-        const bool q = w->type == SPECK_TYPE_Q4_0 || w->type == SPECK_TYPE_Q8_0;
-        if (!speck_panel_supported(w->type) || (q ? !do_q : !do_f)) continue;
+        const bool q = quantized(w->type);
+        if (!speck_panel_supported(w->type) || !(q ? do_q : do_f)) continue;
         const size_t wrow = speck_type_row_size(w->type, w->n_in);
         const size_t pstride = speck_panel_bytes(w->type, 16, w->n_in); // one panel
         const size_t bytes = speck_panel_bytes(w->type, w->n_out, w->n_in);
@@ -346,7 +347,7 @@ static int pack_panels(speck_model *m) {
             if (q) speck_gguf_release(m->g, src, (size_t)rows * wrow);
         }
         w->packed = p;
-        p += (bytes + 63) & ~(size_t)63;
+        p += panel_slot(w);
     }
     free(ws);
     return 0;

@@ -6,7 +6,9 @@
 
 // A weight matrix W: (n_out, n_in), rows of type `type` contiguous in the mapping.
 // packed: the same matrix in the panel layout (speck_panel_pack) or NULL; the few-token forward
-// path uses it when the ISA has panel kernels, everything else reads data.
+// path uses it when the ISA has panel kernels. Quantized matrices with panels had their mapped
+// rows dropped, so their matmuls read the panels on every path (speck_matmul_panels); data stays
+// valid (pages are read from the file again if touched) for everything else.
 typedef struct {
     const void *data;
     speck_type type;
