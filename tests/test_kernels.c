@@ -40,14 +40,17 @@ static uint64_t rng_u64(void) { // splitmix64
     return z ^ (z >> 31);
 }
 
-static float rng_uniform(void) { return (float)((rng_u64() >> 40) * 0x1p-24) * 2.0f - 1.0f; }
+static float rng_uniform(void) {
+    return (float)((rng_u64() >> 40) * 0x1p-24) * 2.0f - 1.0f;
+}
 
 // Values with varying magnitude per 32-block (realistic for weights and activations, and it
 // exercises very different scales across blocks).
 static void fill_random(float *x, int64_t n, float scale) {
     float block_scale = scale;
     for (int64_t i = 0; i < n; i++) {
-        if (i % 32 == 0) block_scale = scale * (0.05f + 2.0f * (float)((rng_u64() >> 40) * 0x1p-24));
+        if (i % 32 == 0)
+            block_scale = scale * (0.05f + 2.0f * (float)((rng_u64() >> 40) * 0x1p-24));
         x[i] = rng_uniform() * block_scale;
     }
 }
@@ -202,22 +205,23 @@ static void test_layout(void) {
     for (int j = 0; j < 32; j++) x[j] = (float)(j - 16);
     x[0] = 127.0f, x[1] = -127.0f, x[2] = 2.5f, x[3] = -2.5f, x[4] = 0.5f, x[5] = -0.5f,
     x[6] = 1.49f, x[7] = -100.51f;
-    uint8_t want8[34] = {0x00, 0x3c, 127, (uint8_t)-127, 3, (uint8_t)-3, 1, (uint8_t)-1, 1,
-                         (uint8_t)-101};
+    uint8_t want8[34] = {0x00, 0x3c,        127, (uint8_t)-127, 3, (uint8_t)-3,
+                         1,    (uint8_t)-1, 1,   (uint8_t)-101};
     for (int j = 8; j < 32; j++) want8[2 + j] = (uint8_t)(int8_t)(j - 16);
     uint8_t got8[34];
     speck_quantize_row(SPECK_TYPE_Q8_0, x, got8, 32);
-    check(!memcmp(got8, want8, 34), "Q8_0 known block: exact 34 bytes (isa %s)", speck_kernels_isa());
+    check(!memcmp(got8, want8, 34), "Q8_0 known block: exact 34 bytes (isa %s)",
+          speck_kernels_isa());
 
     // Q4_0 with max = -8 (x[0]) so d = max / -8 = 1 and q = min(15, trunc(x + 8.5)). x[16] = +8
     // has the same magnitude but comes later, so it does not become max and clamps to 15.
     // Element j -> low nibble of qs[j], element j + 16 -> high nibble.
     float y[32];
     for (int j = 0; j < 16; j++) y[j] = 0.0f, y[j + 16] = 1.0f;
-    y[0] = -8.0f, y[16] = 8.0f;  // q 0, 15 (clamped)  -> 0xF0
-    y[1] = 7.0f, y[17] = -7.0f;  // q 15, 1            -> 0x1F
-    y[2] = 0.5f, y[18] = -0.5f;  // q 9, 8 (half up)   -> 0x89
-    y[3] = 3.0f, y[19] = -3.0f;  // q 11, 5            -> 0x5B
+    y[0] = -8.0f, y[16] = 8.0f; // q 0, 15 (clamped)  -> 0xF0
+    y[1] = 7.0f, y[17] = -7.0f; // q 15, 1            -> 0x1F
+    y[2] = 0.5f, y[18] = -0.5f; // q 9, 8 (half up)   -> 0x89
+    y[3] = 3.0f, y[19] = -3.0f; // q 11, 5            -> 0x5B
     uint8_t want4[18] = {0x00, 0x3c, 0xF0, 0x1F, 0x89, 0x5B};
     for (int j = 4; j < 16; j++) want4[2 + j] = 0x98; // 0 -> 8 low, 1 -> 9 high
     uint8_t got4[18];
@@ -232,7 +236,8 @@ static void test_layout(void) {
           "Q4_0 scale sign: max=+3 -> d=-0.375 (bytes %02x %02x), q=0", got4[0], got4[1]);
     float back[32];
     speck_dequantize_row(SPECK_TYPE_Q4_0, got4, back, 32);
-    check(back[5] == 3.0f && back[0] == 0.0f, "Q4_0 dequantize of that block: %g %g", back[5], back[0]);
+    check(back[5] == 3.0f && back[0] == 0.0f, "Q4_0 dequantize of that block: %g %g", back[5],
+          back[0]);
 
     // Zero block: d = 0, all q = 0 (Q8_0) / 8 (Q4_0), dequantizes to zeros.
     for (int j = 0; j < 32; j++) y[j] = 0.0f;
@@ -315,7 +320,8 @@ static float api_dot(speck_type t, const void *w, const float *x, int64_t n, dou
 // rounding per block), well within the same bound.
 static void test_isa_equivalence(void) {
     const char *isas[] = {"avx2", "avx512"};
-    int64_t lens[24] = {32, 64, 96, 128, 160, 224, 256, 288, 4096, 4128, 4160, 4192, 1, 7, 15, 17, 33, 100};
+    int64_t lens[24] = {32,   64,   96,   128, 160, 224, 256, 288, 4096,
+                        4128, 4160, 4192, 1,   7,   15,  17,  33,  100};
     int n_lens = 18;
     for (int i = 0; i < 6; i++) lens[n_lens++] = 32 * (1 + (int64_t)(rng_u64() % 256));
     const int64_t nmax = 8192 + 64;
@@ -364,7 +370,8 @@ static void test_isa_equivalence(void) {
                   isas[ii], speck_type_name(t), worst);
             check(ok_q, "%s activation quantization for %s bit-identical to scalar", isas[ii],
                   speck_type_name(t));
-            check(ok_dq, "%s dequantize_row %s bit-identical to scalar", isas[ii], speck_type_name(t));
+            check(ok_dq, "%s dequantize_row %s bit-identical to scalar", isas[ii],
+                  speck_type_name(t));
         }
     }
     speck_kernels_force_isa("scalar");
@@ -381,8 +388,9 @@ static void test_isa_equivalence(void) {
 // Y = X · Wᵀ against a double reference. W: (n_out, n_in) quantized from random floats and
 // dequantized for the reference; X: (n_tok, n_in); the reference uses the activations rounded the
 // way speck_matmul_act_type() says the chosen path rounds them (Q8_0 on the streaming and int8
-// GEMM paths for quantized weights, f32 on the sgemm path). Tolerance 1e-4 * sum|w*x| per output (float accumulation over n_in <= 4096 terms
-// in sgemm's blocked order: ~sqrt(n) * 2^-24 typical, n * 2^-24 = 2.4e-4 worst case never seen).
+// GEMM paths for quantized weights, f32 on the sgemm path). Tolerance 1e-4 * sum|w*x| per output
+// (float accumulation over n_in <= 4096 terms in sgemm's blocked order: ~sqrt(n) * 2^-24 typical, n
+// * 2^-24 = 2.4e-4 worst case never seen).
 static int matmul_case(speck_type t, int64_t n_out, int64_t n_in, int64_t n_tok, double *worst) {
     float *wf = malloc(n_out * n_in * sizeof(float));
     float *x = malloc(n_tok * n_in * sizeof(float)), *xr = malloc(n_tok * n_in * sizeof(float));
@@ -588,7 +596,8 @@ static void test_batch_invariance(void) {
                         ok = 0;
                     }
                 }
-                check(ok, "[%s] matmul %s (n_in %lld) rows for n_tok 1..15 bit-identical to n_tok = 1",
+                check(ok,
+                      "[%s] matmul %s (n_in %lld) rows for n_tok 1..15 bit-identical to n_tok = 1",
                       isas[ii], speck_type_name(t), (long long)n_in);
             }
     }
@@ -641,8 +650,8 @@ static void panel_cases(speck_type t, const void *P, const float *wf, const floa
                 const int64_t mid = o0 + (o1 - o0) / 3;
                 speck_mm_panel_rows(t, P, &a, o0, mid, y1 + i * n_out, n_out, 0);
                 speck_mm_panel_rows(t, P, &a, mid, o1, y1 + i * n_out, n_out, 0);
-                pc->ok_inv &= !memcmp(y1 + i * n_out + o0, y + i * n_out + o0,
-                                      (o1 - o0) * sizeof(float));
+                pc->ok_inv &=
+                    !memcmp(y1 + i * n_out + o0, y + i * n_out + o0, (o1 - o0) * sizeof(float));
             }
         }
 }
@@ -659,7 +668,8 @@ static void test_panels(void) {
     const int64_t max_out = 300, max_in = 416, max_tok = 31;
     float *wf = malloc(max_out * max_in * sizeof(float));
     float *x = malloc(max_tok * max_in * sizeof(float));
-    float *y = malloc(max_tok * max_out * sizeof(float)), *y0 = malloc(max_tok * max_out * sizeof(float));
+    float *y = malloc(max_tok * max_out * sizeof(float)),
+          *y0 = malloc(max_tok * max_out * sizeof(float));
     float *y1 = malloc(max_tok * max_out * sizeof(float));
     char *w = malloc(max_out * max_in * 4);
     void *P = malloc(speck_panel_bytes(SPECK_TYPE_F32, max_out, max_in));
@@ -673,7 +683,8 @@ static void test_panels(void) {
         for (int ti = 0; ti < 3; ti++) {
             const speck_type t = types[ti];
             const size_t es = t == SPECK_TYPE_F32 ? 4 : 2;
-            check(speck_panel_supported(t), "[%s] panel kernels for %s", isas[ii], speck_type_name(t));
+            check(speck_panel_supported(t), "[%s] panel kernels for %s", isas[ii],
+                  speck_type_name(t));
             if (!speck_panel_supported(t)) continue;
             int ok_layout = 1;
             panel_check pc = {1, 1, 1, 0};
@@ -709,8 +720,9 @@ static void test_panels(void) {
                   "[%s] panel matmul %s: n_tok 1..31, ranges off panel bounds, += (worst %.3f of "
                   "tol), rows outside the range untouched",
                   isas[ii], speck_type_name(t), pc.worst);
-            check(pc.ok_inv, "[%s] panel matmul %s rows bit-identical for any n_tok and range split",
-                  isas[ii], speck_type_name(t));
+            check(pc.ok_inv,
+                  "[%s] panel matmul %s rows bit-identical for any n_tok and range split", isas[ii],
+                  speck_type_name(t));
         }
     }
     free(wf), free(x), free(y), free(y0), free(y1), free(w), free(P);
@@ -731,9 +743,11 @@ static void test_panels_quant(speck_type t) {
     const int64_t n_outs[] = {37, 64, 300}, n_ins[] = {32, 96, 416}, max_out = 300, max_in = 416;
     const int64_t max_tok = 33;
     const size_t max_row = speck_type_row_size(t, max_in);
-    float *wf = malloc(max_out * max_in * sizeof(float)), *x = malloc(max_tok * max_in * sizeof(float));
+    float *wf = malloc(max_out * max_in * sizeof(float)),
+          *x = malloc(max_tok * max_in * sizeof(float));
     float *xr = malloc(max_tok * max_in * sizeof(float));
-    float *y = malloc(max_tok * max_out * sizeof(float)), *y0 = malloc(max_tok * max_out * sizeof(float));
+    float *y = malloc(max_tok * max_out * sizeof(float)),
+          *y0 = malloc(max_tok * max_out * sizeof(float));
     float *y1 = malloc(max_tok * max_out * sizeof(float));
     char *w = malloc(max_out * max_row), *back = malloc(max_out * max_row);
     char *P = malloc(speck_panel_bytes(t, max_out, max_in));
@@ -807,21 +821,25 @@ static void test_panels_quant(speck_type t) {
     check(ok_unpack, "[avx512] %s panels unpack to the exact rows (whole and offset ranges)", tn);
     check(pc.ok_ref && pc.ok_keep,
           "[avx512] %s panel matmul: n_tok 1..15, ranges off panel bounds, += (worst %.3f of "
-          "tol), rows outside the range untouched", tn, pc.worst);
+          "tol), rows outside the range untouched",
+          tn, pc.worst);
     check(pc.ok_inv, "[avx512] %s panel rows bit-identical for any n_tok and range split", tn);
-    check(ok_paths, "[avx512] %s speck_matmul_panels: streaming, int8 GEMM and sgemm paths read "
-          "the panels", tn);
-    free(wf), free(x), free(xr), free(y), free(y0), free(y1), free(w), free(back), free(P), free(qa);
+    check(ok_paths,
+          "[avx512] %s speck_matmul_panels: streaming, int8 GEMM and sgemm paths read "
+          "the panels",
+          tn);
+    free(wf), free(x), free(xr), free(y), free(y0), free(y1), free(w), free(back), free(P),
+        free(qa);
 }
 
 // speck_attend on every ISA against a double-precision softmax attention: head sizes with and
-// without a 16-lane tail, key counts around the 16-key blocks, no mask / a random mask / a mask
-// allowing nothing.
+// without a 16-lane tail (144: above the unrolled chunk counts), key counts around the 16-key
+// blocks, no mask / a random mask / a mask allowing nothing.
 static void test_attend(void) {
     const char *isas[] = {"scalar", "avx2", "avx512"};
-    const int hds[] = {32, 64, 80, 100, 128}, nks[] = {1, 7, 16, 17, 100, 300};
-    const int ld = 2 * 128 + 8, max_keys = 300; // keys of one head inside wider cache rows
-    float *kv = malloc((size_t)2 * max_keys * ld * sizeof(float)), q[128], out[128], sc[300];
+    const int hds[] = {32, 64, 80, 100, 128, 144}, nks[] = {1, 7, 16, 17, 100, 300};
+    const int ld = 2 * 144 + 8, max_keys = 300; // keys of one head inside wider cache rows
+    float *kv = malloc((size_t)2 * max_keys * ld * sizeof(float)), q[144], out[144], sc[300];
     float *kc = kv, *vc = kv + (size_t)max_keys * ld;
     uint8_t allow[300], none[300] = {0};
     fill_random(kv, (size_t)2 * max_keys * ld, 1.0f);
@@ -831,7 +849,7 @@ static void test_attend(void) {
         if (speck_kernels_force_isa(isas[ii]) != 0) continue;
         double worst = 0;
         int ok_none = 1;
-        for (int hi = 0; hi < 5; hi++)
+        for (int hi = 0; hi < 6; hi++)
             for (int ki = 0; ki < 6; ki++)
                 for (int mi = 0; mi < 2; mi++) {
                     const int hd = hds[hi], nk = nks[ki];
@@ -866,18 +884,69 @@ static void test_attend(void) {
                     }
                     if (got != 1) worst = INFINITY;
                 }
-        for (int hi = 0; hi < 5; hi++) {
+        for (int hi = 0; hi < 6; hi++) {
             const int got = speck_attend(q, kc, vc, ld, hds[hi], 17, 1.0f, none, sc, out);
             ok_none &= got == 0 && out[0] == 0.0f && out[hds[hi] - 1] == 0.0f;
         }
         // Outputs are convex combinations of values in [-1, 1]; float scores (error ~1e-6 for
         // |q . k| <= ~20) and a ~1-ulp exp move each weight by ~1e-6 relative: 1e-5 bounds it.
         check(worst <= 1e-5,
-              "[%s] attend: head sizes 32..128, 1..300 keys, masks: max abs error %.2e <= 1e-5",
+              "[%s] attend: head sizes 32..144, 1..300 keys, masks: max abs error %.2e <= 1e-5",
               isas[ii], worst);
         check(ok_none, "[%s] attend: nothing allowed -> returns 0, output zeroed", isas[ii]);
     }
     free(kv);
+}
+
+// speck_attend_group on every ISA: each query's output bit-identical to speck_attend on that
+// query alone (the decode path's batch invariance), for head sizes with a tail and above 128
+// (the generic chunk loop), per-token key counts and mask rows (one row allowing nothing), and
+// more queries than one pass holds (gq 20 x 5 tokens = 100 > 64).
+static void test_attend_group(void) {
+    const char *isas[] = {"scalar", "avx2", "avx512"};
+    const int hds[] = {32, 80, 144}, gqs[] = {1, 3, 20};
+    const int nt = 5, maxk = 90, ld = 3 * 144 + 5, lda = 97, ldq = 20 * 144 + 3;
+    float *kv = malloc((size_t)2 * maxk * ld * sizeof(float));
+    float *q = malloc((size_t)nt * ldq * sizeof(float)),
+          *out = malloc((size_t)nt * ldq * sizeof(float));
+    float *sc = malloc((size_t)64 * maxk * sizeof(float)), one[144], sc1[96];
+    uint8_t allow[5 * 97];
+    fill_random(kv, (size_t)2 * maxk * ld, 1.0f);
+    fill_random(q, (size_t)nt * ldq, 2.0f);
+    for (int i = 0; i < nt * lda; i++) allow[i] = (rng_u64() % 4) != 0;
+    memset(allow + 2 * lda, 0, lda); // token 2 sees nothing; token 0 (one key) sees its key
+    allow[0] = 1;
+    const int n_keys[5] = {1, 17, 90, 33, 64};
+    for (int ii = 0; ii < 3; ii++) {
+        if (speck_kernels_force_isa(isas[ii]) != 0) continue;
+        int ok = 1;
+        for (int hi = 0; hi < 3; hi++)
+            for (int gi = 0; gi < 3; gi++)
+                for (int mi = 0; mi < 2; mi++) {
+                    const int hd = hds[hi], gq = gqs[gi];
+                    const uint8_t *m = mi ? allow : NULL;
+                    const float scale = 1.0f / sqrtf((float)hd);
+                    const float *kb = kv + 5, *vb = kv + (size_t)maxk * ld + 5;
+                    const int empty = speck_attend_group(q, ldq, nt, gq, n_keys, m, lda, kb, vb, ld,
+                                                         hd, scale, sc, maxk, out, ldq);
+                    int want_empty = 0;
+                    for (int t = 0; t < nt; t++)
+                        for (int h = 0; h < gq; h++) {
+                            const int got =
+                                speck_attend(q + t * ldq + h * hd, kb, vb, ld, hd, n_keys[t], scale,
+                                             m ? m + t * lda : NULL, sc1, one);
+                            want_empty += !got;
+                            ok &= memcmp(one, out + t * ldq + h * hd, (size_t)hd * sizeof(float)) ==
+                                  0;
+                        }
+                    ok &= empty == want_empty && (!mi || want_empty == gq);
+                }
+        check(ok,
+              "[%s] attend_group: every query's output bit-identical to speck_attend alone "
+              "(head sizes 32/80/144, 1/3/20 heads x 5 tokens, per-token key counts and masks)",
+              isas[ii]);
+    }
+    free(kv), free(q), free(out), free(sc);
 }
 
 int main(void) {
@@ -897,6 +966,7 @@ int main(void) {
     test_panels_quant(SPECK_TYPE_Q4_0);
     test_panels_quant(SPECK_TYPE_Q8_0);
     test_attend();
+    test_attend_group();
     speck_kernels_force_isa(best_name);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;

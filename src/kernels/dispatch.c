@@ -29,11 +29,17 @@ static const speck_kernel_table *best_table(void) {
     return &speck_kernels_scalar;
 }
 
-__attribute__((constructor)) static void kernels_init(void) { g_table = best_table(); }
+__attribute__((constructor)) static void kernels_init(void) {
+    g_table = best_table();
+}
 
-const speck_kernel_table *speck_kernels_get(void) { return g_table; }
+const speck_kernel_table *speck_kernels_get(void) {
+    return g_table;
+}
 
-const char *speck_kernels_isa(void) { return g_table->name; }
+const char *speck_kernels_isa(void) {
+    return g_table->name;
+}
 
 int speck_kernels_force_isa(const char *name) {
     if (!name) return -1;
@@ -54,32 +60,48 @@ int speck_kernels_force_isa(const char *name) {
 
 speck_type speck_act_type(speck_type weight_type) {
     return (weight_type == SPECK_TYPE_Q8_0 || weight_type == SPECK_TYPE_Q4_0) ? SPECK_TYPE_Q8_0
-                                                                            : SPECK_TYPE_F32;
+                                                                              : SPECK_TYPE_F32;
 }
 
 // x: (n) -> y: one row of type t.
 void speck_quantize_row(speck_type t, const float *x, void *y, int64_t n) {
     switch (t) {
-    case SPECK_TYPE_F32: memcpy(y, x, (size_t)n * sizeof(float)); break;
+    case SPECK_TYPE_F32:
+        memcpy(y, x, (size_t)n * sizeof(float));
+        break;
     case SPECK_TYPE_F16:
         for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_fp16(x[i]);
         break;
     case SPECK_TYPE_BF16:
         for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_bf16(x[i]);
         break;
-    case SPECK_TYPE_Q8_0: g_table->quantize_q8_0(x, y, n); break;
-    case SPECK_TYPE_Q4_0: speck_quantize_row_q4_0_ref(x, y, n); break;
+    case SPECK_TYPE_Q8_0:
+        g_table->quantize_q8_0(x, y, n);
+        break;
+    case SPECK_TYPE_Q4_0:
+        speck_quantize_row_q4_0_ref(x, y, n);
+        break;
     }
 }
 
 // x: one row of type t -> y: (n).
 void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n) {
     switch (t) {
-    case SPECK_TYPE_F32: memcpy(y, x, (size_t)n * sizeof(float)); break;
-    case SPECK_TYPE_F16: g_table->f16_to_f32(x, y, n); break;
-    case SPECK_TYPE_BF16: g_table->bf16_to_f32(x, y, n); break;
-    case SPECK_TYPE_Q8_0: g_table->q8_0_to_f32(x, y, n); break;
-    case SPECK_TYPE_Q4_0: g_table->q4_0_to_f32(x, y, n); break;
+    case SPECK_TYPE_F32:
+        memcpy(y, x, (size_t)n * sizeof(float));
+        break;
+    case SPECK_TYPE_F16:
+        g_table->f16_to_f32(x, y, n);
+        break;
+    case SPECK_TYPE_BF16:
+        g_table->bf16_to_f32(x, y, n);
+        break;
+    case SPECK_TYPE_Q8_0:
+        g_table->q8_0_to_f32(x, y, n);
+        break;
+    case SPECK_TYPE_Q4_0:
+        g_table->q4_0_to_f32(x, y, n);
+        break;
     }
 }
 
@@ -87,11 +109,16 @@ void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n) {
 float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
     const speck_kernel_table *k = g_table;
     switch (t) {
-    case SPECK_TYPE_F32: return k->dot_f32(w, act, n);
-    case SPECK_TYPE_F16: return k->dot_f16(w, act, n);
-    case SPECK_TYPE_BF16: return k->dot_bf16(w, act, n);
-    case SPECK_TYPE_Q8_0: return k->dot_q8_0(w, act, n);
-    case SPECK_TYPE_Q4_0: return k->dot_q4_0(w, act, n);
+    case SPECK_TYPE_F32:
+        return k->dot_f32(w, act, n);
+    case SPECK_TYPE_F16:
+        return k->dot_f16(w, act, n);
+    case SPECK_TYPE_BF16:
+        return k->dot_bf16(w, act, n);
+    case SPECK_TYPE_Q8_0:
+        return k->dot_q8_0(w, act, n);
+    case SPECK_TYPE_Q4_0:
+        return k->dot_q4_0(w, act, n);
     }
     return 0.0f;
 }
@@ -99,5 +126,26 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
 // q: (hd); kb, vb: key/value j at + j * ld; allow, sc: (n_keys); out: (hd).
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                  float scale, const uint8_t *allow, float *sc, float *out) {
+    if (g_table->attend_group)
+        return g_table->attend_group(q, 0, 1, 1, &n_keys, allow, 0, kb, vb, ld, hd, scale, sc, 0,
+                                     out, 0) == 0;
     return g_table->attend(q, kb, vb, ld, hd, n_keys, scale, allow, sc, out);
+}
+
+// q, out: query/output (t, h) at + t * ldq (ldo) + h * hd; allow: (nt, lda) or NULL;
+// sc: (min(nt * gq, 64), sc_ld).
+int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
+                       const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
+                       int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
+                       int64_t ldo) {
+    if (g_table->attend_group)
+        return g_table->attend_group(q, ldq, nt, gq, n_keys, allow, lda, kb, vb, ld, hd, scale, sc,
+                                     sc_ld, out, ldo);
+    int empty = 0;
+    for (int t = 0; t < nt; t++)
+        for (int h = 0; h < gq; h++)
+            empty += !g_table->attend(q + t * ldq + (int64_t)h * hd, kb, vb, ld, hd, n_keys[t],
+                                      scale, allow ? allow + t * lda : NULL, sc,
+                                      out + t * ldo + (int64_t)h * hd);
+    return empty;
 }

@@ -58,6 +58,16 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n);
 // sc: (n_keys) scratch. Returns 0 (out zeroed) when no key is allowed. Batch-invariant.
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                  float scale, const uint8_t *allow, float *sc, float *out);
+// The same for gq query heads sharing one key/value head, for nt tokens at once (GQA heads and
+// the tokens of a verification pass): query (t, h) at q + t * ldq + h * hd, its output at
+// out + t * ldo + h * hd; token t sees keys j < n_keys[t], those with allow[t * lda + j] != 0
+// when allow is not NULL. sc: (min(nt * gq, 64), sc_ld >= every n_keys[t]) scratch. Each block of
+// keys is read once for all the queries, and each output is bit-identical to speck_attend on
+// that query alone. Returns how many queries had no allowed key (their outputs zeroed).
+int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
+                       const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
+                       int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
+                       int64_t ldo);
 
 // Y = X · Wᵀ, threaded with OpenMP. Call it from outside any parallel region.
 // W: (n_out, n_in) rows of type wt, rows contiguous (row stride speck_type_row_size(wt, n_in))
@@ -101,9 +111,9 @@ typedef enum {
 
 typedef struct {
     speck_mm_kind kind;
-    const float *x;      // SPECK_MM_F32: the caller's X
-    const char *blocks;  // SPECK_MM_Q8_BLOCKS
-    speck_q8_rows rows;  // SPECK_MM_Q8_SPLIT*
+    const float *x;     // SPECK_MM_F32: the caller's X
+    const char *blocks; // SPECK_MM_Q8_BLOCKS
+    speck_q8_rows rows; // SPECK_MM_Q8_SPLIT*
     int64_t n_tok, n_in;
 } speck_mm_act;
 

@@ -10,7 +10,9 @@
 
 #include "kernels/kernels_internal.h"
 
-static inline __mmask16 tail_mask16(int64_t r) { return (__mmask16)((1u << r) - 1); }
+static inline __mmask16 tail_mask16(int64_t r) {
+    return (__mmask16)((1u << r) - 1);
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Float dots                                                                                */
@@ -30,7 +32,8 @@ static inline __m512 load_bf16x16(const uint16_t *p) {
 static inline __m512 load_w16(const void *w, int64_t i, const int wt, __mmask16 m) {
     const int full = m == 0xFFFF; // constant after inlining: plain loads in the main loops
     if (wt == SPECK_W_F32)
-        return full ? _mm512_loadu_ps((const float *)w + i) : _mm512_maskz_loadu_ps(m, (const float *)w + i);
+        return full ? _mm512_loadu_ps((const float *)w + i)
+                    : _mm512_maskz_loadu_ps(m, (const float *)w + i);
     __m256i h = full ? _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i))
                      : _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
     if (wt == SPECK_W_F16) return _mm512_cvtph_ps(h);
@@ -120,9 +123,10 @@ static inline __m512 exp_nonpos(__m512 x) {
 
 // out[c0 * 16 ..) (cn chunks of 16, the last masked by `last`) = inv * sum_j sc[j] v_j. Keys
 // go to four accumulator sets by j mod 4 (four independent FMA chains), summed in a fixed order.
-static inline __attribute__((always_inline)) void
-attend_v_slab(const float *sc, const float *vb, int64_t ld, int n_keys, const int cn,
-              __mmask16 last, float inv, float *out) {
+static inline __attribute__((always_inline)) void attend_v_slab(const float *sc, const float *vb,
+                                                                int64_t ld, int n_keys,
+                                                                const int cn, __mmask16 last,
+                                                                float inv, float *out) {
     __m512 o[4][4];
     for (int u = 0; u < 4; u++)
         for (int c = 0; c < cn; c++) o[u][c] = _mm512_setzero_ps();
@@ -143,36 +147,53 @@ attend_v_slab(const float *sc, const float *vb, int64_t ld, int n_keys, const in
     }
 }
 
-// q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys; sc: (n_keys); out: (hd).
-static int attend_avx512(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
-                         int n_keys, float scale, const uint8_t *allow, float *sc, float *out) {
-    const int nc = (hd + 15) / 16;
-    const __mmask16 hm = (__mmask16)((1u << (hd - 16 * (nc - 1))) - 1); // last chunk's lanes
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int j0 = 0; j0 < n_keys; j0 += 16) {
-        const int nk = n_keys - j0 < 16 ? n_keys - j0 : 16;
-        const __mmask16 tm = (__mmask16)((1u << nk) - 1);
-        __m512 acc[16];
-        for (int r = 0; r < 16; r++) {
-            acc[r] = _mm512_setzero_ps();
-            if (r >= nk) continue;
-            const float *k = kb + (int64_t)(j0 + r) * ld;
-            for (int c = 0; c < nc; c++) {
-                const __mmask16 m = c == nc - 1 ? hm : 0xFFFF;
-                acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, k + 16 * c),
-                                         _mm512_maskz_loadu_ps(m, q + 16 * c), acc[r]);
-            }
-        }
-        __mmask16 ok = tm;
-        if (allow) {
-            const __m128i a = _mm_maskz_loadu_epi8(tm, allow + j0);
-            ok &= _mm_test_epi8_mask(a, a);
-        }
-        const __m512 s = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY),
-                                              _mm512_mul_ps(hsum16x16(acc), _mm512_set1_ps(scale)));
-        _mm512_mask_storeu_ps(sc + j0, tm, s);
-        mx = _mm512_max_ps(mx, s);
+// Scores of one query (q: (hd), NC chunks of 16, the last masked by hm) against the keys
+// k0 + r * ld, r < nk <= 16: lane r = q . k_r (lanes >= nk: garbage, masked by the caller). NC is a
+// constant in each instantiation, so the query and the 16 accumulators stay in registers (with a
+// runtime chunk loop the compiler kept the accumulators in memory: a store-to-load chain per FMA,
+// 5x slower).
+static inline __attribute__((always_inline)) __m512
+qk_block(const float *k0, int64_t ld, int nk, const float *q, const int NC, __mmask16 hm) {
+    __m512 qv[NC], acc[16];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; c++)
+        qv[c] = _mm512_maskz_loadu_ps(c == NC - 1 ? hm : 0xFFFF, q + 16 * c);
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; r++) {
+        // Slots past the last key repeat it (branch-free); the caller masks those lanes.
+        const float *k = k0 + (int64_t)(r < nk ? r : nk - 1) * ld;
+        acc[r] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++)
+            acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(c == NC - 1 ? hm : 0xFFFF, k + 16 * c),
+                                     qv[c], acc[r]);
     }
+    return hsum16x16(acc);
+}
+
+// qk_block for any number of chunks (head sizes above 128): the same arithmetic, slower.
+static __m512 qk_block_any(const float *k0, int64_t ld, int nk, const float *q, int nc,
+                           __mmask16 hm) {
+    __m512 acc[16];
+    for (int r = 0; r < 16; r++) {
+        acc[r] = _mm512_setzero_ps();
+        if (r >= nk) continue;
+        const float *k = k0 + (int64_t)r * ld;
+        for (int c = 0; c < nc; c++) {
+            const __mmask16 m = c == nc - 1 ? hm : 0xFFFF;
+            acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, k + 16 * c),
+                                     _mm512_maskz_loadu_ps(m, q + 16 * c), acc[r]);
+        }
+    }
+    return hsum16x16(acc);
+}
+
+// One query's softmax over its n_keys scores (sc, masked ones -inf; mx: their lane maxima) and
+// out (hd) = the weighted sum of the values. Returns 0 (out zeroed) when no key is allowed.
+static int softmax_values(float *sc, int n_keys, __m512 mx, const float *vb, int64_t ld, int hd,
+                          float *out) {
+    const int nc = (hd + 15) / 16;
+    const __mmask16 hm = (__mmask16)((1u << (hd - 16 * (nc - 1))) - 1);
     const float m = _mm512_reduce_max_ps(mx);
     if (m == -INFINITY) {
         memset(out, 0, (size_t)hd * sizeof(float));
@@ -194,13 +215,114 @@ static int attend_avx512(const float *q, const float *kb, const float *vb, int64
         const __mmask16 last = c0 + cn == nc ? hm : 0xFFFF;
         const float *v = vb + 16 * c0;
         switch (cn) {
-        case 1: attend_v_slab(sc, v, ld, n_keys, 1, last, inv, out + 16 * c0); break;
-        case 2: attend_v_slab(sc, v, ld, n_keys, 2, last, inv, out + 16 * c0); break;
-        case 3: attend_v_slab(sc, v, ld, n_keys, 3, last, inv, out + 16 * c0); break;
-        default: attend_v_slab(sc, v, ld, n_keys, 4, last, inv, out + 16 * c0); break;
+        case 1:
+            attend_v_slab(sc, v, ld, n_keys, 1, last, inv, out + 16 * c0);
+            break;
+        case 2:
+            attend_v_slab(sc, v, ld, n_keys, 2, last, inv, out + 16 * c0);
+            break;
+        case 3:
+            attend_v_slab(sc, v, ld, n_keys, 3, last, inv, out + 16 * c0);
+            break;
+        default:
+            attend_v_slab(sc, v, ld, n_keys, 4, last, inv, out + 16 * c0);
+            break;
         }
     }
     return 1;
+}
+
+#define GROUP_MAX_Q 64 // queries per pass over the keys (their running maxima live on the stack)
+
+// speck_attend_group for nt * gq <= GROUP_MAX_Q queries. Key blocks are the outer loop, so each
+// block of 16 keys is read from memory once and then from L1 for the other queries; each
+// query's arithmetic is that of the one-query case, whatever else runs alongside.
+static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
+                             const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
+                             int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
+                             int64_t ldo) {
+    const int nc = (hd + 15) / 16;
+    const __mmask16 hm = (__mmask16)((1u << (hd - 16 * (nc - 1))) - 1); // last chunk's lanes
+    __m512 mx[GROUP_MAX_Q];
+    int maxk = 0;
+    for (int t = 0; t < nt; t++) maxk = n_keys[t] > maxk ? n_keys[t] : maxk;
+    for (int i = 0; i < nt * gq; i++) mx[i] = _mm512_set1_ps(-INFINITY);
+    for (int j0 = 0; j0 < maxk; j0 += 16) {
+        const float *k0 = kb + (int64_t)j0 * ld;
+        for (int t = 0; t < nt; t++) {
+            if (j0 >= n_keys[t]) continue;
+            const int nk = n_keys[t] - j0 < 16 ? n_keys[t] - j0 : 16;
+            const __mmask16 tm = (__mmask16)((1u << nk) - 1);
+            __mmask16 ok = tm;
+            if (allow) {
+                const __m128i a = _mm_maskz_loadu_epi8(tm, allow + (int64_t)t * lda + j0);
+                ok &= _mm_test_epi8_mask(a, a);
+            }
+            for (int h = 0; h < gq; h++) {
+                const float *qp = q + (int64_t)t * ldq + (int64_t)h * hd;
+                __m512 s;
+                switch (nc) {
+                case 1:
+                    s = qk_block(k0, ld, nk, qp, 1, hm);
+                    break;
+                case 2:
+                    s = qk_block(k0, ld, nk, qp, 2, hm);
+                    break;
+                case 3:
+                    s = qk_block(k0, ld, nk, qp, 3, hm);
+                    break;
+                case 4:
+                    s = qk_block(k0, ld, nk, qp, 4, hm);
+                    break;
+                case 5:
+                    s = qk_block(k0, ld, nk, qp, 5, hm);
+                    break;
+                case 6:
+                    s = qk_block(k0, ld, nk, qp, 6, hm);
+                    break;
+                case 7:
+                    s = qk_block(k0, ld, nk, qp, 7, hm);
+                    break;
+                case 8:
+                    s = qk_block(k0, ld, nk, qp, 8, hm);
+                    break;
+                default:
+                    s = qk_block_any(k0, ld, nk, qp, nc, hm);
+                    break;
+                }
+                s = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY),
+                                         _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+                const int i = t * gq + h;
+                _mm512_mask_storeu_ps(sc + i * sc_ld + j0, tm, s);
+                mx[i] = _mm512_max_ps(mx[i], s);
+            }
+        }
+    }
+    int empty = 0;
+    for (int t = 0; t < nt; t++)
+        for (int h = 0; h < gq; h++) {
+            const int i = t * gq + h;
+            empty += !softmax_values(sc + i * sc_ld, n_keys[t], mx[i], vb, ld, hd,
+                                     out + (int64_t)t * ldo + (int64_t)h * hd);
+        }
+    return empty;
+}
+
+// See speck_attend_group (kernels.h).
+static int attend_group_avx512(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
+                               const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
+                               int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
+                               float *out, int64_t ldo) {
+    const int hc = gq < GROUP_MAX_Q ? gq : GROUP_MAX_Q, tc = GROUP_MAX_Q / hc;
+    int empty = 0;
+    for (int t0 = 0; t0 < nt; t0 += tc)
+        for (int h0 = 0; h0 < gq; h0 += hc)
+            empty += attend_group_part(q + (int64_t)t0 * ldq + (int64_t)h0 * hd, ldq,
+                                       nt - t0 < tc ? nt - t0 : tc, gq - h0 < hc ? gq - h0 : hc,
+                                       n_keys + t0, allow ? allow + (int64_t)t0 * lda : NULL, lda,
+                                       kb, vb, ld, hd, scale, sc, sc_ld,
+                                       out + (int64_t)t0 * ldo + (int64_t)h0 * hd, ldo);
+    return empty;
 }
 
 // A tile of R weight rows x T activation rows (R * T <= 16), one accumulator per output and
@@ -208,9 +330,10 @@ static int attend_avx512(const float *q, const float *kb, const float *vb, int64
 // per-output horizontal sum was most of the work for short rows (n_in 256-576). Each output's
 // arithmetic is the same whatever tile it sits in, so results do not depend on how many tokens
 // run together. Missing rows/tokens of an edge tile repeat row/token 0 and are not stored.
-static inline __attribute__((always_inline)) void
-ftile_body(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt, int64_t n,
-           const int wt, const int R, const int T, float *out) {
+static inline __attribute__((always_inline)) void ftile_body(const void *w, size_t wrow, int rows,
+                                                             const float *x, int64_t ldx, int nt,
+                                                             int64_t n, const int wt, const int R,
+                                                             const int T, float *out) {
     const char *wr[16];
     const float *xr[4];
     for (int r = 0; r < R; r++) wr[r] = (const char *)w + (r < rows ? (size_t)r * wrow : 0);
@@ -249,9 +372,10 @@ SPECK_FLOAT_TILES(mm_bf16_avx512, ftile_body, SPECK_W_BF16, 16, 8, 4)
 // Stores a panel tile's accumulators acc[t * R + r] (16 rows of panel r for token t) to
 // y + t * ldy + 16 * r, =, or += when accumulate; lanes outside m0 (first panel) and m1 (last)
 // untouched.
-static inline __attribute__((always_inline)) void
-store_panels(const __m512 *acc, float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate,
-             const int R, const int T) {
+static inline __attribute__((always_inline)) void store_panels(const __m512 *acc, float *y,
+                                                               int64_t ldy, __mmask16 m0,
+                                                               __mmask16 m1, int accumulate,
+                                                               const int R, const int T) {
     for (int t = 0; t < T; t++)
         for (int r = 0; r < R; r++) {
             const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
@@ -288,29 +412,46 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
 // Panel groups per token count: 8 x 1, 4 x 2, 3 x 3, 2 x 4..8 (panel_group below); fewer
 // panels at the end of a row range.
 #define PT_ARGS P, pbytes, x, ldx, n, y, ldy, (__mmask16)m0, (__mmask16)m1, accumulate
-#define PT_CASE(WT, R, T) case R: ptile_body(PT_ARGS, WT, R, T); return;
-#define PT_UPTO2(WT, T) PT_CASE(WT, 1, T) default: ptile_body(PT_ARGS, WT, 2, T); return;
-#define PT_UPTO3(WT, T)                                                                        \
-    PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) default: ptile_body(PT_ARGS, WT, 3, T); return;
-#define PT_UPTO4(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) PT_CASE(WT, 3, T)                     \
-    default: ptile_body(PT_ARGS, WT, 4, T); return;
-#define PT_UPTO8(WT, T) PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) PT_CASE(WT, 3, T) PT_CASE(WT, 4, T)  \
-    PT_CASE(WT, 5, T) PT_CASE(WT, 6, T) PT_CASE(WT, 7, T)                                     \
-    default: ptile_body(PT_ARGS, WT, 8, T); return;
-#define SPECK_PANELS_AVX512(NAME, WT)                                                           \
-    static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt, \
+#define PT_CASE(WT, R, T)                                                                          \
+    case R:                                                                                        \
+        ptile_body(PT_ARGS, WT, R, T);                                                             \
+        return;
+#define PT_UPTO2(WT, T)                                                                            \
+    PT_CASE(WT, 1, T) default : ptile_body(PT_ARGS, WT, 2, T);                                     \
+    return;
+#define PT_UPTO3(WT, T)                                                                            \
+    PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) default : ptile_body(PT_ARGS, WT, 3, T);                   \
+    return;
+#define PT_UPTO4(WT, T)                                                                            \
+    PT_CASE(WT, 1, T) PT_CASE(WT, 2, T) PT_CASE(WT, 3, T) default : ptile_body(PT_ARGS, WT, 4, T); \
+    return;
+#define PT_UPTO8(WT, T)                                                                            \
+    PT_CASE(WT, 1, T)                                                                              \
+    PT_CASE(WT, 2, T) PT_CASE(WT, 3, T) PT_CASE(WT, 4, T) PT_CASE(WT, 5, T) PT_CASE(WT, 6, T)      \
+        PT_CASE(WT, 7, T) default : ptile_body(PT_ARGS, WT, 8, T);                                 \
+    return;
+#define SPECK_PANELS_AVX512(NAME, WT)                                                              \
+    static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt,   \
                      int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
-        const char *P = Pv;                                                                     \
-        switch (nt) {                                                                           \
-        case 1: switch (np) { PT_UPTO8(WT, 1) }                                                 \
-        case 2: switch (np) { PT_UPTO4(WT, 2) }                                                 \
-        case 3: switch (np) { PT_UPTO3(WT, 3) }                                                 \
-        case 4: switch (np) { PT_UPTO2(WT, 4) }                                                 \
-        case 5: switch (np) { PT_UPTO2(WT, 5) }                                                 \
-        case 6: switch (np) { PT_UPTO2(WT, 6) }                                                 \
-        case 7: switch (np) { PT_UPTO2(WT, 7) }                                                 \
-        default: switch (np) { PT_UPTO2(WT, 8) }                                                \
-        }                                                                                       \
+        const char *P = Pv;                                                                        \
+        switch (nt) {                                                                              \
+        case 1:                                                                                    \
+            switch (np) { PT_UPTO8(WT, 1) }                                                        \
+        case 2:                                                                                    \
+            switch (np) { PT_UPTO4(WT, 2) }                                                        \
+        case 3:                                                                                    \
+            switch (np) { PT_UPTO3(WT, 3) }                                                        \
+        case 4:                                                                                    \
+            switch (np) { PT_UPTO2(WT, 4) }                                                        \
+        case 5:                                                                                    \
+            switch (np) { PT_UPTO2(WT, 5) }                                                        \
+        case 6:                                                                                    \
+            switch (np) { PT_UPTO2(WT, 6) }                                                        \
+        case 7:                                                                                    \
+            switch (np) { PT_UPTO2(WT, 7) }                                                        \
+        default:                                                                                   \
+            switch (np) { PT_UPTO2(WT, 8) }                                                        \
+        }                                                                                          \
     }
 SPECK_PANELS_AVX512(mm_panel_f32_avx512, SPECK_W_F32)
 SPECK_PANELS_AVX512(mm_panel_f16_avx512, SPECK_W_F16)
@@ -328,9 +469,8 @@ SPECK_PANELS_AVX512(mm_panel_bf16_avx512, SPECK_W_BF16)
 #define PQ_AHEAD 4 // blocks of each panel prefetched ahead (the panels are R separate streams)
 #endif
 static inline __attribute__((always_inline)) void
-pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
-        int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int q8, const int R,
-        const int T) {
+pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y, int64_t ldy,
+        __mmask16 m0, __mmask16 m1, int accumulate, const int q8, const int R, const int T) {
     const int64_t nb = a->n / SPECK_QK;
     const size_t bb = q8 ? SPECK_Q8_PANEL_BLOCK : SPECK_Q4_PANEL_BLOCK;
     const float off = q8 ? 128.0f : 8.0f;
@@ -365,9 +505,9 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
                     s1 = _mm512_dpbusd_epi32(s1, wv[i + 1], _mm512_set1_epi32(x1));
                 }
                 const int64_t ab = (t0 + t) * nb + b;
-                const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                                                 _mm512_set1_ps(a->d[ab]),
-                                                 _mm512_set1_ps(off * a->s[ab]));
+                const __m512 v =
+                    _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
+                                    _mm512_set1_ps(a->d[ab]), _mm512_set1_ps(off * a->s[ab]));
                 acc[t * R + r] = _mm512_fmadd_ps(dw, v, acc[t * R + r]);
             }
         }
@@ -377,21 +517,30 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
 
 // Panel groups per token count: 4 x 1, 2 x 2, 2 x 3, 1 x 4 (panel_q_group below).
 #define PQ_CALL(R, T) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, q8, R, T)
-#define SPECK_PANELS_Q_AVX512(NAME, Q8)                                                         \
-    static void NAME(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a, int64_t t0, \
-                     int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
-        const uint8_t *P = Pv;                                                                  \
-        const __mmask16 k0 = (__mmask16)m0, k1 = (__mmask16)m1;                                 \
-        const int q8 = (Q8);                                                                    \
-        if (nt == 1 && np >= 4) PQ_CALL(4, 1);                                                  \
-        else if (nt == 1 && np == 3) PQ_CALL(3, 1);                                             \
-        else if (nt == 1 && np == 2) PQ_CALL(2, 1);                                             \
-        else if (nt == 1) PQ_CALL(1, 1);                                                        \
-        else if (nt == 2 && np >= 2) PQ_CALL(2, 2);                                             \
-        else if (nt == 2) PQ_CALL(1, 2);                                                        \
-        else if (nt == 3 && np >= 2) PQ_CALL(2, 3);                                             \
-        else if (nt == 3) PQ_CALL(1, 3);                                                        \
-        else PQ_CALL(1, 4);                                                                     \
+#define SPECK_PANELS_Q_AVX512(NAME, Q8)                                                            \
+    static void NAME(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a, int64_t t0,    \
+                     int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) {    \
+        const uint8_t *P = Pv;                                                                     \
+        const __mmask16 k0 = (__mmask16)m0, k1 = (__mmask16)m1;                                    \
+        const int q8 = (Q8);                                                                       \
+        if (nt == 1 && np >= 4)                                                                    \
+            PQ_CALL(4, 1);                                                                         \
+        else if (nt == 1 && np == 3)                                                               \
+            PQ_CALL(3, 1);                                                                         \
+        else if (nt == 1 && np == 2)                                                               \
+            PQ_CALL(2, 1);                                                                         \
+        else if (nt == 1)                                                                          \
+            PQ_CALL(1, 1);                                                                         \
+        else if (nt == 2 && np >= 2)                                                               \
+            PQ_CALL(2, 2);                                                                         \
+        else if (nt == 2)                                                                          \
+            PQ_CALL(1, 2);                                                                         \
+        else if (nt == 3 && np >= 2)                                                               \
+            PQ_CALL(2, 3);                                                                         \
+        else if (nt == 3)                                                                          \
+            PQ_CALL(1, 3);                                                                         \
+        else                                                                                       \
+            PQ_CALL(1, 4);                                                                         \
     }
 SPECK_PANELS_Q_AVX512(mm_panel_q4_0_avx512, 0)
 SPECK_PANELS_Q_AVX512(mm_panel_q8_0_avx512, 1)
@@ -459,8 +608,8 @@ static inline __m256 scales8_q8(const speck_block_q8_0 *b) {
     const __m512i idx1 = _mm512_zextsi128_si512(_mm_setr_epi16(0, 0, 0, 0, 0, 17, 34, 51));
     const char *p = (const char *)b;
     __m512i h0 = _mm512_permutex2var_epi16(_mm512_loadu_si512(p), idx0, _mm512_loadu_si512(p + 64));
-    __m512i h1 = _mm512_permutex2var_epi16(_mm512_loadu_si512(p + 136), idx1,
-                                           _mm512_loadu_si512(p + 200));
+    __m512i h1 =
+        _mm512_permutex2var_epi16(_mm512_loadu_si512(p + 136), idx1, _mm512_loadu_si512(p + 200));
     __m128i h = _mm_mask_blend_epi16(0xF0, _mm512_castsi512_si128(h0), _mm512_castsi512_si128(h1));
     return _mm256_cvtph_ps(h);
 }
@@ -468,10 +617,14 @@ static inline __m256 scales8_q8(const speck_block_q8_0 *b) {
 // Eight per-block scales -> four per-lane vectors for the four block pairs: [s0 x8, s1 x8], ...
 static inline void expand8(__m256 s, __m512 out[4]) {
     const __m512 v = _mm512_castps256_ps512(s);
-    out[0] = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), v);
-    out[1] = _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2), v);
-    out[2] = _mm512_permutexvar_ps(_mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4), v);
-    out[3] = _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6), v);
+    out[0] =
+        _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), v);
+    out[1] =
+        _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2), v);
+    out[2] =
+        _mm512_permutexvar_ps(_mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4), v);
+    out[3] =
+        _mm512_permutexvar_ps(_mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6), v);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -485,7 +638,8 @@ static inline __attribute__((always_inline)) float dot_quant(const void *wv, con
     const speck_block_q4_0 *w4 = wv;
     const speck_block_q8_0 *w8 = wv;
     const int64_t nb = n / SPECK_QK;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                     _mm512_setzero_ps()};
     int64_t b = 0;
     for (; b + 8 <= nb; b += 8) {
         __m256 dw = is_q4 ? scales8_q4(w4 + b) : scales8_q8(w8 + b);
@@ -501,10 +655,12 @@ static inline __attribute__((always_inline)) float dot_quant(const void *wv, con
     for (; b < nb; b++) {
         const float sc = _cvtsh_ss(is_q4 ? w4[b].d : w8[b].d) * _cvtsh_ss(x[b].d);
         __m512i a = load_q8_one(x + b);
-        __m512i d = is_q4 ? dot_q4_lanes(unpack_q4_one(w4 + b), a) : dot_q8_lanes(load_q8_one(w8 + b), a);
+        __m512i d =
+            is_q4 ? dot_q4_lanes(unpack_q4_one(w4 + b), a) : dot_q8_lanes(load_q8_one(w8 + b), a);
         acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(sc), acc[0]);
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    return _mm512_reduce_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
 static float dot_q4_0_avx512(const speck_block_q4_0 *w, const speck_block_q8_0 *x, int64_t n) {
@@ -524,8 +680,9 @@ static float dot_q8_0_avx512(const speck_block_q8_0 *w, const speck_block_q8_0 *
 // the precomputed s = d * sum(a), Q4_0's "- 8" costs one FMA per 8 blocks instead of a second
 // dpbusd per pair: sum (q - 8) a = sum q a - 8 sum a.
 // w: (n) Q4_0 or Q8_0; a: rows t0 .. t0 + nt - 1; out: (nt).
-static inline __attribute__((always_inline)) void
-mm_body(const void *wv, const int is_q4, const speck_q8_rows *a, int64_t t0, const int nt, float *out) {
+static inline __attribute__((always_inline)) void mm_body(const void *wv, const int is_q4,
+                                                          const speck_q8_rows *a, int64_t t0,
+                                                          const int nt, float *out) {
     const speck_block_q4_0 *w4 = wv;
     const speck_block_q8_0 *w8 = wv;
     const int64_t n = a->n, nb = n / SPECK_QK;
@@ -546,7 +703,8 @@ mm_body(const void *wv, const int is_q4, const speck_q8_rows *a, int64_t t0, con
     for (; b + 8 <= nb; b += 8) {
         const __m256 dw = is_q4 ? scales8_q4(w4 + b) : scales8_q8(w8 + b);
         __m512i q[4];
-        for (int k = 0; k < 4; k++) q[k] = is_q4 ? unpack_q4_pair(w4 + b + 2 * k) : load_q8_pair(w8 + b + 2 * k);
+        for (int k = 0; k < 4; k++)
+            q[k] = is_q4 ? unpack_q4_pair(w4 + b + 2 * k) : load_q8_pair(w8 + b + 2 * k);
         for (int t = 0; t < nt; t++) {
             __m512 s[4];
             expand8(_mm256_mul_ps(dw, _mm256_loadu_ps(ad[t] + b)), s);
@@ -563,8 +721,10 @@ mm_body(const void *wv, const int is_q4, const speck_q8_rows *a, int64_t t0, con
         const float dw = _cvtsh_ss(is_q4 ? w4[b].d : w8[b].d);
         const __m512i q = is_q4 ? unpack_q4_one(w4 + b) : load_q8_one(w8 + b);
         for (int t = 0; t < nt; t++) {
-            __m512i av = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(qs[t] + b * SPECK_QK)));
-            __m512i d = is_q4 ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av) : dot_q8_lanes(q, av);
+            __m512i av =
+                _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(qs[t] + b * SPECK_QK)));
+            __m512i d =
+                is_q4 ? _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av) : dot_q8_lanes(q, av);
             const float isum = (float)_mm512_reduce_add_epi32(d);
             tail[t] += dw * (ad[t][b] * isum - (is_q4 ? 8.0f * as[t][b] : 0.0f));
         }
@@ -573,7 +733,8 @@ mm_body(const void *wv, const int is_q4, const speck_q8_rows *a, int64_t t0, con
         __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(bias[t]), _mm256_extractf128_ps(bias[t], 1));
         b4 = _mm_add_ps(b4, _mm_movehl_ps(b4, b4));
         b4 = _mm_add_ss(b4, _mm_movehdup_ps(b4));
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) - 8.0f * _mm_cvtss_f32(b4) + tail[t];
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) -
+                 8.0f * _mm_cvtss_f32(b4) + tail[t];
     }
 }
 
@@ -582,13 +743,16 @@ mm_body(const void *wv, const int is_q4, const speck_q8_rows *a, int64_t t0, con
 // nibbles elements 16-31 of each block, matching the activation order quantize_rows() stores
 // for Q4_0 (speck_q8_rows, "q4 order"). Both dpbusd of a 4-block group land in the same int32
 // lanes (lanes 4k..4k+3 = block k), so a group costs one convert and one FMA.
-static inline __attribute__((always_inline)) void
-mm_q4_body(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, const int nt, float *out) {
+static inline __attribute__((always_inline)) void mm_q4_body(const speck_block_q4_0 *w,
+                                                             const speck_q8_rows *a, int64_t t0,
+                                                             const int nt, float *out) {
     const int64_t n = a->n, nb = n / SPECK_QK;
     // Word indices of qs of blocks 0-3 in (bytes 0..127), and of blocks 4-7 in (bytes 64..191).
-    const __m512i idx_lo = _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,
-                                            17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
-    const __m512i idx_hi = _mm512_add_epi16(idx_lo, _mm512_set1_epi16(4)); // block 4 qs at word 37 - 32
+    const __m512i idx_lo =
+        _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19, 17, 16, 15,
+                         14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    const __m512i idx_hi =
+        _mm512_add_epi16(idx_lo, _mm512_set1_epi16(4)); // block 4 qs at word 37 - 32
     const __m512i idx_d = _mm512_zextsi128_si512(_mm_setr_epi16(0, 9, 18, 27, 36, 45, 54, 63));
     const __m512i nib = _mm512_set1_epi8(0x0F);
     const __m512i exp0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -612,20 +776,26 @@ mm_q4_body(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, const 
         // 8 blocks are 144 bytes: the third register only takes bytes 128..143 (no over-read).
         const __m512i l0 = _mm512_loadu_si512(p), l1 = _mm512_loadu_si512(p + 64);
         const __m512i l2 = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)(p + 128)));
-        const __m256 dw = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(l0, idx_d, l1)));
+        const __m256 dw =
+            _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi16(l0, idx_d, l1)));
         const __m512i v0 = _mm512_permutex2var_epi16(l0, idx_lo, l1);
         const __m512i v1 = _mm512_permutex2var_epi16(l1, idx_hi, l2);
-        const __m512i q0l = _mm512_and_si512(v0, nib), q0h = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
-        const __m512i q1l = _mm512_and_si512(v1, nib), q1h = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
+        const __m512i q0l = _mm512_and_si512(v0, nib),
+                      q0h = _mm512_and_si512(_mm512_srli_epi16(v0, 4), nib);
+        const __m512i q1l = _mm512_and_si512(v1, nib),
+                      q1h = _mm512_and_si512(_mm512_srli_epi16(v1, 4), nib);
         for (int t = 0; t < nt; t++) {
             const int8_t *x = qs[t] + b * SPECK_QK;
             const __m512 sc = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(ad[t] + b)));
             __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q0l, _mm512_loadu_si512(x));
             d0 = _mm512_dpbusd_epi32(d0, q0h, _mm512_loadu_si512(x + 64));
-            __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q1l, _mm512_loadu_si512(x + 128));
+            __m512i d1 =
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), q1l, _mm512_loadu_si512(x + 128));
             d1 = _mm512_dpbusd_epi32(d1, q1h, _mm512_loadu_si512(x + 192));
-            acc[t][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(exp0, sc), acc[t][0]);
-            acc[t][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(exp1, sc), acc[t][1]);
+            acc[t][0] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(exp0, sc), acc[t][0]);
+            acc[t][1] =
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(exp1, sc), acc[t][1]);
             bias[t] = _mm256_fmadd_ps(dw, _mm256_loadu_ps(as[t] + b), bias[t]);
         }
     }
@@ -633,8 +803,10 @@ mm_q4_body(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, const 
         const float dw = _cvtsh_ss(w[b].d);
         const __m512i q = unpack_q4_one(w + b);
         for (int t = 0; t < nt; t++) {
-            __m512i av = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(qs[t] + b * SPECK_QK)));
-            const float isum = (float)_mm512_reduce_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av));
+            __m512i av =
+                _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(qs[t] + b * SPECK_QK)));
+            const float isum =
+                (float)_mm512_reduce_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, av));
             tail[t] += dw * (ad[t][b] * isum - 8.0f * as[t][b]);
         }
     }
@@ -642,27 +814,44 @@ mm_q4_body(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, const 
         __m128 b4 = _mm_add_ps(_mm256_castps256_ps128(bias[t]), _mm256_extractf128_ps(bias[t], 1));
         b4 = _mm_add_ps(b4, _mm_movehl_ps(b4, b4));
         b4 = _mm_add_ss(b4, _mm_movehdup_ps(b4));
-        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) - 8.0f * _mm_cvtss_f32(b4) + tail[t];
+        out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) -
+                 8.0f * _mm_cvtss_f32(b4) + tail[t];
     }
 }
 
 static void mm_q4_0_avx512(const speck_block_q4_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                            float *out) {
     switch (nt) {
-    case 1: mm_q4_body(w, a, t0, 1, out); break;
-    case 2: mm_q4_body(w, a, t0, 2, out); break;
-    case 3: mm_q4_body(w, a, t0, 3, out); break;
-    default: mm_q4_body(w, a, t0, 4, out); break;
+    case 1:
+        mm_q4_body(w, a, t0, 1, out);
+        break;
+    case 2:
+        mm_q4_body(w, a, t0, 2, out);
+        break;
+    case 3:
+        mm_q4_body(w, a, t0, 3, out);
+        break;
+    default:
+        mm_q4_body(w, a, t0, 4, out);
+        break;
     }
 }
 
 static void mm_q8_0_avx512(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                            float *out) {
     switch (nt) {
-    case 1: mm_body(w, 0, a, t0, 1, out); break;
-    case 2: mm_body(w, 0, a, t0, 2, out); break;
-    case 3: mm_body(w, 0, a, t0, 3, out); break;
-    default: mm_body(w, 0, a, t0, 4, out); break;
+    case 1:
+        mm_body(w, 0, a, t0, 1, out);
+        break;
+    case 2:
+        mm_body(w, 0, a, t0, 2, out);
+        break;
+    case 3:
+        mm_body(w, 0, a, t0, 3, out);
+        break;
+    default:
+        mm_body(w, 0, a, t0, 4, out);
+        break;
     }
 }
 
@@ -889,7 +1078,8 @@ static void quantize_q8_0_avx512(const float *x, speck_block_q8_0 *y, int64_t n)
     for (int64_t b = 0; b < n / SPECK_QK; b++) {
         __m512 v0 = _mm512_loadu_ps(x + b * SPECK_QK);
         __m512 v1 = _mm512_loadu_ps(x + b * SPECK_QK + 16);
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        const float amax =
+            _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = speck_fp32_to_fp16(d);
@@ -928,7 +1118,8 @@ static void q8_0_to_f32_avx512(const speck_block_q8_0 *x, float *y, int64_t n) {
         const __m512 d = _mm512_set1_ps(_cvtsh_ss(x[b].d));
         __m128i q0 = _mm_loadu_si128((const __m128i *)x[b].qs);
         __m128i q1 = _mm_loadu_si128((const __m128i *)(x[b].qs + 16));
-        _mm512_storeu_ps(y + b * SPECK_QK, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0))));
+        _mm512_storeu_ps(y + b * SPECK_QK,
+                         _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0))));
         _mm512_storeu_ps(y + b * SPECK_QK + 16,
                          _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1))));
     }
@@ -942,7 +1133,8 @@ static void q4_0_to_f32_avx512(const speck_block_q4_0 *x, float *y, int64_t n) {
         __m128i v = _mm_loadu_si128((const __m128i *)x[b].qs);
         __m128i lo = _mm_sub_epi8(_mm_and_si128(v, mask), eight);
         __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), mask), eight);
-        _mm512_storeu_ps(y + b * SPECK_QK, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
+        _mm512_storeu_ps(y + b * SPECK_QK,
+                         _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
         _mm512_storeu_ps(y + b * SPECK_QK + 16,
                          _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
     }
@@ -975,7 +1167,8 @@ const speck_kernel_table speck_kernels_avx512 = {
     .quantize_q8_0 = quantize_q8_0_avx512,
     .f16_to_f32 = f16_to_f32_avx512,
     .bf16_to_f32 = bf16_to_f32_avx512,
-    .attend = attend_avx512,
+    .attend = NULL, // speck_attend runs attend_group with one query
+    .attend_group = attend_group_avx512,
     .q8_0_to_f32 = q8_0_to_f32_avx512,
     .q4_0_to_f32 = q4_0_to_f32_avx512,
 };

@@ -27,17 +27,22 @@ typedef void (*speck_panel_q_fn)(const void *P, size_t pbytes, int np, const spe
 // body BODY(w, wrow, rows, x, ldx, nt, n, wt, R, T, out): R1 x 1 and R2 x 2 tiles, E x 3 and
 // E x 4, and E x nt whenever at most E rows are asked for (the last token group of a 5..7-token
 // call), so no tile computes missing rows for nothing. mm_tile_rows is then {0, R1, R2, E, E}.
-#define SPECK_FLOAT_TILES(NAME, BODY, WT, R1, R2, E)                                           \
-    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,  \
-                     int64_t n, float *out) {                                                  \
-        if (nt == 1 && rows > (E)) BODY(w, wrow, rows, x, ldx, nt, n, WT, R1, 1, out);         \
-        else if (nt == 2 && rows > (E)) BODY(w, wrow, rows, x, ldx, nt, n, WT, R2, 2, out);    \
-        else if (nt == 1) BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 1, out);                   \
-        else if (nt == 2) BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 2, out);                   \
-        else if (nt == 3) BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 3, out);                   \
-        else BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 4, out);                                \
+#define SPECK_FLOAT_TILES(NAME, BODY, WT, R1, R2, E)                                               \
+    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,    \
+                     int64_t n, float *out) {                                                      \
+        if (nt == 1 && rows > (E))                                                                 \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, R1, 1, out);                                    \
+        else if (nt == 2 && rows > (E))                                                            \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, R2, 2, out);                                    \
+        else if (nt == 1)                                                                          \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 1, out);                                     \
+        else if (nt == 2)                                                                          \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 2, out);                                     \
+        else if (nt == 3)                                                                          \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 3, out);                                     \
+        else                                                                                       \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 4, out);                                     \
     }
-
 
 // Prefill int8 GEMM (Q8_0 / Q4_0 weights, n_tok at or above the small-batch threshold).
 // Weight rows are repacked per call, one strip of SPECK_GEMM_ROWS rows at a time, into
@@ -90,8 +95,8 @@ typedef struct {
     // outside m1 in the last. Each output is one FMA chain over k in order, so its value does not
     // depend on np, nt or the grouping (batch invariance). NULL: no panel kernels on this ISA.
     speck_panel_fn mm_panel_f32, mm_panel_f16, mm_panel_bf16;
-    int panel_tokens;                 // most tokens per call (index bound of panel_group)
-    int panel_group[SPECK_PT + 1];    // most panels per call for nt tokens (>= 8 FMA chains)
+    int panel_tokens;              // most tokens per call (index bound of panel_group)
+    int panel_group[SPECK_PT + 1]; // most panels per call for nt tokens (>= 8 FMA chains)
     // Q4_0 / Q8_0 panels (speck_panel_pack): the same with the activations quantized, token
     // rows t0 .. t0 + nt - 1 (nt 1..panel_q_tokens) of a (natural order, SPECK_MM_Q8_SPLIT).
     speck_panel_q_fn mm_panel_q4_0, mm_panel_q8_0;
@@ -111,6 +116,12 @@ typedef struct {
     // which other queries or heads run alongside (batch invariance of the decode path).
     int (*attend)(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                   float scale, const uint8_t *allow, float *sc, float *out);
+    // Attention of several queries over the same keys (speck_attend_group); NULL: speck_attend
+    // once per query. Returns how many queries had no allowed key.
+    int (*attend_group)(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
+                        const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
+                        int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
+                        int64_t ldo);
     // Activation quantization (must be bit-identical across ISAs) and row conversions.
     void (*quantize_q8_0)(const float *x, speck_block_q8_0 *y, int64_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);

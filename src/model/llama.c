@@ -16,6 +16,9 @@
 
 // Batches of at least this many new tokens compute attention with GEMMs.
 #define ATT_GEMM_MIN 16
+// Queries per speck_attend_group call on the streaming path: a KV group's heads for a few tokens
+// share each read of its keys and values; each thread's score scratch holds this many rows.
+#define ATT_GROUP_Q 16
 
 // A barrier for the threads of forward_stream's parallel region. libgomp's barrier ends with a
 // futex wake system call even when the other threads are spinning, not sleeping: ~1.5 us per
@@ -101,13 +104,13 @@ static void balance_end(balancer *b) {
     if (nth < 2) return;
     for (int t = 0; t < nth; t++)
         if (b->busy[t] == 0) return; // a pass too short to measure
-    double rate[BAL_MAX], mean = 0; // share of the work per tick this pass
+    double rate[BAL_MAX], mean = 0;  // share of the work per tick this pass
     for (int t = 0; t < nth; t++)
         mean += rate[t] = (b->cut[t + 1] - b->cut[t]) / (double)b->busy[t];
     mean /= nth;
     for (int t = 0; t < nth; t++) {
-        double v = rate[t] / mean; // relative speed this pass
-        v = v < 0.25 ? 0.25 : v > 4.0 ? 4.0 : v;              // ignore descheduling outliers
+        double v = rate[t] / mean;               // relative speed this pass
+        v = v < 0.25 ? 0.25 : v > 4.0 ? 4.0 : v; // ignore descheduling outliers
         b->speed[t] = 0.9 * b->speed[t] + 0.1 * v;
     }
 }
@@ -129,13 +132,13 @@ struct speck_ctx {
     int kv_dim;     // n_head_kv * head_dim
     float **k, **v; // per layer: (n_ctx, kv_dim)
     // Scratch grown on demand to the largest batch seen.
-    int cap;        // tokens the scratch below holds
-    float *x, *xn;  // (n, n_embd)
-    float *q;       // (n, n_head*hd)
-    float *att;     // (n, n_head*hd)
-    float *g, *u;   // (n, n_ff)
-    float *scores;  // (threads, n_ctx)
-    float *att_s;   // (cap, n_ctx) attention probabilities of a batch
+    int cap;                  // tokens the scratch below holds
+    float *x, *xn;            // (n, n_embd)
+    float *q;                 // (n, n_head*hd)
+    float *att;               // (n, n_head*hd)
+    float *g, *u;             // (n, n_ff)
+    float *scores;            // (threads, ATT_GROUP_Q, n_ctx)
+    float *att_s;             // (cap, n_ctx) attention probabilities of a batch
     float *rope_cs, *rope_sn; // (cap, head_dim / 2) rotation of each new token's position
     int scores_threads;
     // Streaming path (n < stream_max()): one buffer per thread, normalised rows then prepared
@@ -195,8 +198,12 @@ void speck_ctx_free(speck_ctx *c) {
     free(c);
 }
 
-int speck_ctx_n_ctx(const speck_ctx *c) { return c->n_ctx; }
-int speck_ctx_n_past(const speck_ctx *c) { return c->n_past; }
+int speck_ctx_n_ctx(const speck_ctx *c) {
+    return c->n_ctx;
+}
+int speck_ctx_n_past(const speck_ctx *c) {
+    return c->n_past;
+}
 
 int speck_ctx_truncate(speck_ctx *c, int n) {
     if (n < 0 || n > c->n_past)
@@ -210,8 +217,8 @@ int speck_ctx_compact(speck_ctx *c, const int *idx, int n) {
     for (int i = 0; i < n; i++)
         if (idx[i] < 0 || idx[i] >= c->n_past || (i && idx[i] <= idx[i - 1]))
             return speck_set_error(SPECK_ERR_RANGE,
-                                   "compact: index %d (%d) must be increasing and < %d", i,
-                                   idx[i], c->n_past);
+                                   "compact: index %d (%d) must be increasing and < %d", i, idx[i],
+                                   c->n_past);
     size_t row = (size_t)c->kv_dim * sizeof(float);
     // idx[i] >= i, so moving rows forward in order never overwrites a row still to be read.
     for (int l = 0; l < c->m->hp.n_layer; l++)
@@ -247,13 +254,16 @@ static int stream_max(const speck_model *m) {
     return k > ATT_GEMM_MIN ? k : ATT_GEMM_MIN;
 }
 
-static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+static size_t align64(size_t n) {
+    return (n + 63) & ~(size_t)63;
+}
 
 // Per-thread scratch of the streaming path for n tokens: (n, n_embd) normalised rows, then the
 // largest prepared activation any weight type needs.
 static size_t tbuf_need(const speck_hparams *hp, int n) {
     int64_t in = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
-    size_t a = speck_mm_act_bytes(SPECK_TYPE_Q4_0, n, in), b = speck_mm_act_bytes(SPECK_TYPE_Q8_0, n, in);
+    size_t a = speck_mm_act_bytes(SPECK_TYPE_Q4_0, n, in),
+           b = speck_mm_act_bytes(SPECK_TYPE_Q8_0, n, in);
     return align64((size_t)n * hp->n_embd * sizeof(float)) + align64(a > b ? a : b);
 }
 
@@ -262,7 +272,7 @@ static int reserve(speck_ctx *c, int n, bool stream) {
     const speck_hparams *hp = &c->m->hp;
     int threads = omp_get_max_threads();
     if (threads > c->scores_threads) {
-        if (grow(&c->scores, (size_t)threads * c->n_ctx)) return -1;
+        if (grow(&c->scores, (size_t)threads * ATT_GROUP_Q * c->n_ctx)) return -1;
         c->scores_threads = threads;
     }
     if (stream && (threads > c->tbuf_threads || tbuf_need(hp, n) > c->tbuf_bytes)) {
@@ -395,8 +405,7 @@ static void attention_gemm(speck_ctx *c, const float *q, float *out, const float
                     q + (size_t)h * hd, qd, kb, c->kv_dim, 0.0f, c->att_s, n_total);
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < n; i++)
-            softmax_masked(c->att_s + (size_t)i * n_total, n_total,
-                           mask ? n_total : n_past + i + 1,
+            softmax_masked(c->att_s + (size_t)i * n_total, n_total, mask ? n_total : n_past + i + 1,
                            mask ? mask + (size_t)i * n_total : NULL);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, n_total, 1.0f, c->att_s,
                     n_total, vb, c->kv_dim, 0.0f, out + (size_t)h * hd, qd);
@@ -497,16 +506,21 @@ static void qkv_heads(speck_ctx *c, const speck_layer *ly, act_slot *act, const 
         }
 }
 
-// Attention of new token i's query head h over layer l's cache into c->att (mask: (n, n_total)
-// or NULL for causal). sc: (n_ctx) scratch.
-static void attend_head(speck_ctx *c, int l, const uint8_t *mask, int n_total, float scale, int i,
-                        int h, float *sc) {
+// Attention of query heads [h0, h1) of KV group g for new tokens [t0, t1) over layer l's cache
+// into c->att (mask: (n, n_total) or NULL for causal), in one call that reads each block of the
+// group's keys and values once for all of them. (t1 - t0) * (h1 - h0) <= ATT_GROUP_Q.
+// sc: (ATT_GROUP_Q, n_ctx) scratch.
+static void attend_unit(speck_ctx *c, int l, const uint8_t *mask, int n_total, float scale, int g,
+                        int h0, int h1, int t0, int t1, float *sc) {
     const speck_hparams *hp = &c->m->hp;
-    const int hd = hp->head_dim, nh = hp->n_head, g = h / (nh / hp->n_head_kv);
-    speck_attend(c->q + ((size_t)i * nh + h) * hd, c->k[l] + (size_t)g * hd,
-                 c->v[l] + (size_t)g * hd, c->kv_dim, hd, mask ? n_total : c->n_past + i + 1,
-                 scale, mask ? mask + (size_t)i * n_total : NULL, sc,
-                 c->att + ((size_t)i * nh + h) * hd);
+    const int hd = hp->head_dim;
+    const size_t qd = (size_t)hp->n_head * hd;
+    int nk[ATT_GROUP_Q];
+    for (int t = t0; t < t1; t++) nk[t - t0] = mask ? n_total : c->n_past + t + 1;
+    speck_attend_group(c->q + t0 * qd + (size_t)h0 * hd, (int64_t)qd, t1 - t0, h1 - h0, nk,
+                       mask ? mask + (size_t)t0 * n_total : NULL, n_total, c->k[l] + (size_t)g * hd,
+                       c->v[l] + (size_t)g * hd, c->kv_dim, hd, scale, sc, c->n_ctx,
+                       c->att + t0 * qd + (size_t)h0 * hd, (int64_t)qd);
 }
 
 // Few tokens (decode, draft verification): the whole forward is one OpenMP parallel region.
@@ -520,8 +534,8 @@ static void attend_head(speck_ctx *c, int l, const uint8_t *mask, int n_total, f
 // (dynamic/guided splits were 7-9 % slower on the default model's 1- and 4-token passes). Every
 // token's arithmetic is the same whatever n is (speculative decoding relies on it).
 // c->x: (n, n_embd) embeddings in; logits: (n_out, n_vocab) out.
-static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows,
-                           int n_out, float *logits) {
+static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows, int n_out,
+                           float *logits) {
     const speck_model *m = c->m;
     const speck_hparams *hp = &m->hp;
     const int E = hp->n_embd, hd = hp->head_dim, nh = hp->n_head;
@@ -533,15 +547,16 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const bool own_groups = nkv % nth == 0;
-        uint64_t busy = 0; // ticks on the balanced matmuls
+        uint64_t busy = 0;                 // ticks on the balanced matmuls
         float *xn = (float *)c->tbuf[tid]; // (n, E) this thread's normalised rows
         act_slot act = {.buf = c->tbuf[tid] + align64((size_t)n * E * sizeof(float))};
-        float *sc = c->scores + (size_t)tid * c->n_ctx;
+        float *sc = c->scores + (size_t)tid * ATT_GROUP_Q * c->n_ctx;
         for (int l = 0; l < hp->n_layer; l++) {
             const speck_layer *ly = &m->layers[l];
             float *kc = c->k[l] + (size_t)n_past * kvd, *vc = c->v[l] + (size_t)n_past * kvd;
             for (int i = 0; i < n; i++)
-                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->attn_norm, E, hp->norm_eps);
+                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->attn_norm, E,
+                            hp->norm_eps);
             act.valid = false;
             if (own_groups) {
                 // Each thread owns whole KV groups: their Q/K/V rows, then their heads'
@@ -551,8 +566,13 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 qkv_heads(c, ly, &act, xn, n, 0, g0 * group, g1 * group, kc, vc);
                 qkv_heads(c, ly, &act, xn, n, 1, g0, g1, kc, vc);
                 qkv_heads(c, ly, &act, xn, n, 2, g0, g1, kc, vc);
-                for (int h = g0 * group; h < g1 * group; h++)
-                    for (int i = 0; i < n; i++) attend_head(c, l, mask, n_total, scale, i, h, sc);
+                const int hc = group < ATT_GROUP_Q ? group : ATT_GROUP_Q, tc = ATT_GROUP_Q / hc;
+                for (int g = g0; g < g1; g++)
+                    for (int h = g * group; h < (g + 1) * group; h += hc)
+                        for (int t = 0; t < n; t += tc)
+                            attend_unit(c, l, mask, n_total, scale, g, h,
+                                        h + hc < (g + 1) * group ? h + hc : (g + 1) * group, t,
+                                        t + tc < n ? t + tc : n, sc);
             } else {
                 // Q, K and V in units of a few heads (as many as fill a panel kernel's work
                 // item; one head on the row layout), then attention per (token, head).
@@ -567,9 +587,20 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                               vc);
                 }
                 barrier_wait(&c->bar, nth);
+                // Attention per (group, token, part of the group's heads): parts enough for
+                // every thread to have work when there are few groups and tokens.
+                const int want = (2 * nth + nkv * n - 1) / (nkv * n);
+                int hc =
+                    (group + (want < group ? want : group) - 1) / (want < group ? want : group);
+                hc = hc < ATT_GROUP_Q ? hc : ATT_GROUP_Q;
+                const int parts = (group + hc - 1) / hc;
 #pragma omp for schedule(dynamic, 1) nowait
-                for (int u = 0; u < n * nh; u++)
-                    attend_head(c, l, mask, n_total, scale, u / nh, u % nh, sc);
+                for (int u = 0; u < nkv * n * parts; u++) {
+                    const int g = u / (n * parts), t = u / parts % n,
+                              h = g * group + u % parts * hc;
+                    attend_unit(c, l, mask, n_total, scale, g, h,
+                                h + hc < (g + 1) * group ? h + hc : (g + 1) * group, t, t + 1, sc);
+                }
             }
             barrier_wait(&c->bar, nth);
             uint64_t t0 = ticks();
@@ -577,7 +608,8 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             busy += ticks() - t0;
             barrier_wait(&c->bar, nth);
             for (int i = 0; i < n; i++)
-                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E, hp->norm_eps);
+                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E,
+                            hp->norm_eps);
             act.valid = false;
             {
                 int64_t o0, o1; // gate rows, then the same up rows, then SwiGLU on them
@@ -612,8 +644,8 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
 
 // Many tokens (prefill, wide trees): one operation at a time, each parallel inside, with GEMMs.
 // c->x: (n, n_embd) embeddings in; logits: (n_out, n_vocab) out.
-static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows,
-                          int n_out, float *logits) {
+static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows, int n_out,
+                          float *logits) {
     const speck_model *m = c->m;
     const speck_hparams *hp = &m->hp;
     int E = hp->n_embd, hd = hp->head_dim, qd = hp->n_head * hd, kvd = c->kv_dim;
