@@ -130,7 +130,7 @@ struct speck_ctx {
     const speck_model *m;
     int n_ctx, n_past;
     int kv_dim;     // n_head_kv * head_dim
-    float **k, **v; // per layer: (n_ctx, kv_dim)
+    float **k, **v; // per layer: (n_head_kv, n_ctx, head_dim), see kv_row
     // Scratch grown on demand to the largest batch seen.
     int cap;                  // tokens the scratch below holds
     float *x, *xn;            // (n, n_embd)
@@ -213,20 +213,28 @@ int speck_ctx_truncate(speck_ctx *c, int n) {
     return 0;
 }
 
+// Layer cache (cache: (n_head_kv, n_ctx, head_dim)): KV group g's row at position pos. Each
+// group's keys and values are contiguous, so attention streams them without striding over the
+// other groups' rows.
+static inline float *kv_row(const speck_ctx *c, float *cache, int g, int pos) {
+    return cache + ((size_t)g * c->n_ctx + (size_t)pos) * (size_t)c->m->hp.head_dim;
+}
+
 int speck_ctx_compact(speck_ctx *c, const int *idx, int n) {
     for (int i = 0; i < n; i++)
         if (idx[i] < 0 || idx[i] >= c->n_past || (i && idx[i] <= idx[i - 1]))
             return speck_set_error(SPECK_ERR_RANGE,
                                    "compact: index %d (%d) must be increasing and < %d", i, idx[i],
                                    c->n_past);
-    size_t row = (size_t)c->kv_dim * sizeof(float);
+    const size_t row = (size_t)c->m->hp.head_dim * sizeof(float);
     // idx[i] >= i, so moving rows forward in order never overwrites a row still to be read.
     for (int l = 0; l < c->m->hp.n_layer; l++)
-        for (int i = 0; i < n; i++)
-            if (idx[i] != i) {
-                memcpy(c->k[l] + (size_t)i * c->kv_dim, c->k[l] + (size_t)idx[i] * c->kv_dim, row);
-                memcpy(c->v[l] + (size_t)i * c->kv_dim, c->v[l] + (size_t)idx[i] * c->kv_dim, row);
-            }
+        for (int g = 0; g < c->m->hp.n_head_kv; g++)
+            for (int i = 0; i < n; i++)
+                if (idx[i] != i) {
+                    memcpy(kv_row(c, c->k[l], g, i), kv_row(c, c->k[l], g, idx[i]), row);
+                    memcpy(kv_row(c, c->v[l], g, i), kv_row(c, c->v[l], g, idx[i]), row);
+                }
     c->n_past = n;
     return 0;
 }
@@ -392,7 +400,7 @@ static bool softmax_masked(float *s, int n_total, int limit, const uint8_t *mi) 
 
 // Attention of n >= ATT_GEMM_MIN new queries over cache entries [0, n_total): per head
 // S = Q Kᵀ and O = P V as GEMMs.
-// q, out: (n, n_head*hd); cache k, v: (n_ctx, kv_dim); mask: (n, n_total) or NULL (causal).
+// q, out: (n, n_head*hd); cache k, v: (n_head_kv, n_ctx, hd); mask: (n, n_total) or NULL (causal).
 static void attention_gemm(speck_ctx *c, const float *q, float *out, const float *kc,
                            const float *vc, int n, int n_total, const uint8_t *mask) {
     const speck_hparams *hp = &c->m->hp;
@@ -400,15 +408,16 @@ static void attention_gemm(speck_ctx *c, const float *q, float *out, const float
     int n_past = n_total - n, qd = nh * hd;
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < nh; h++) {
-        const float *kb = kc + (size_t)(h / group) * hd, *vb = vc + (size_t)(h / group) * hd;
+        const float *kb = kc + (size_t)(h / group) * c->n_ctx * hd;
+        const float *vb = vc + (size_t)(h / group) * c->n_ctx * hd;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n_total, hd, scale,
-                    q + (size_t)h * hd, qd, kb, c->kv_dim, 0.0f, c->att_s, n_total);
+                    q + (size_t)h * hd, qd, kb, hd, 0.0f, c->att_s, n_total);
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < n; i++)
             softmax_masked(c->att_s + (size_t)i * n_total, n_total, mask ? n_total : n_past + i + 1,
                            mask ? mask + (size_t)i * n_total : NULL);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, n_total, 1.0f, c->att_s,
-                    n_total, vb, c->kv_dim, 0.0f, out + (size_t)h * hd, qd);
+                    n_total, vb, hd, 0.0f, out + (size_t)h * hd, qd);
     }
 }
 
@@ -484,26 +493,39 @@ static void mm_shared(act_slot *s, const balancer *b, int tid, int nth, const sp
     mm_rows(s, w, X, n, r0, r1, Y, ldy, accumulate);
 }
 
-// Rows of heads [h0, h1) of Q (which 0), K (1) or V (2) for the n tokens of xn, with bias and
-// (Q, K) RoPE applied; K/V rows land directly in the cache at kc / vc.
-static void qkv_heads(speck_ctx *c, const speck_layer *ly, act_slot *act, const float *xn, int n,
-                      int which, int h0, int h1, float *kc, float *vc) {
+// Rows of heads [h0, h1) of w for the n tokens of xn, with bias b and (rope) RoPE applied:
+// head h of token i lands at y + i * ld + h * hd.
+static void head_rows(speck_ctx *c, const speck_weight *w, const float *b, bool rope, act_slot *act,
+                      const float *xn, int n, int h0, int h1, float *y, int64_t ld) {
     const speck_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, half = hd / 2;
-    const speck_weight *w = which == 0 ? &ly->wq : which == 1 ? &ly->wk : &ly->wv;
-    const float *b = which == 0 ? ly->bq : which == 1 ? ly->bk : ly->bv;
-    float *y = which == 0 ? c->q : which == 1 ? kc : vc;
-    const int ld = which == 0 ? hp->n_head * hd : c->kv_dim;
     mm_rows(act, w, xn, n, (int64_t)h0 * hd, (int64_t)h1 * hd, y, ld, 0);
     for (int i = 0; i < n; i++)
         for (int h = h0; h < h1; h++) {
             float *v = y + (size_t)i * ld + (size_t)h * hd;
             if (b)
                 for (int j = 0; j < hd; j++) v[j] += b[h * hd + j];
-            if (which < 2)
+            if (rope)
                 rope_head(v, c->rope_cs + (size_t)i * half, c->rope_sn + (size_t)i * half, hd,
                           hp->rope_type);
         }
+}
+
+// Rows of heads [h0, h1) of Q (which 0), or of KV groups [h0, h1) of K (1) or V (2), for the n
+// tokens of xn, with bias and (Q, K) RoPE applied; K/V rows land directly in layer l's cache.
+static void qkv_heads(speck_ctx *c, int l, act_slot *act, const float *xn, int n, int which, int h0,
+                      int h1) {
+    const speck_layer *ly = &c->m->layers[l];
+    const int hd = c->m->hp.head_dim;
+    if (which == 0) {
+        head_rows(c, &ly->wq, ly->bq, true, act, xn, n, h0, h1, c->q,
+                  (int64_t)c->m->hp.n_head * hd);
+        return;
+    }
+    for (int g = h0; g < h1; g++) // one group at a time: its rows are hd floats apart
+        head_rows(c, which == 1 ? &ly->wk : &ly->wv, which == 1 ? ly->bk : ly->bv, which == 1, act,
+                  xn, n, g, g + 1,
+                  kv_row(c, which == 1 ? c->k[l] : c->v[l], g, c->n_past) - (size_t)g * hd, hd);
 }
 
 // Attention of query heads [h0, h1) of KV group g for new tokens [t0, t1) over layer l's cache
@@ -518,8 +540,8 @@ static void attend_unit(speck_ctx *c, int l, const uint8_t *mask, int n_total, f
     int nk[ATT_GROUP_Q];
     for (int t = t0; t < t1; t++) nk[t - t0] = mask ? n_total : c->n_past + t + 1;
     speck_attend_group(c->q + t0 * qd + (size_t)h0 * hd, (int64_t)qd, t1 - t0, h1 - h0, nk,
-                       mask ? mask + (size_t)t0 * n_total : NULL, n_total, c->k[l] + (size_t)g * hd,
-                       c->v[l] + (size_t)g * hd, c->kv_dim, hd, scale, sc, c->n_ctx,
+                       mask ? mask + (size_t)t0 * n_total : NULL, n_total, kv_row(c, c->k[l], g, 0),
+                       kv_row(c, c->v[l], g, 0), hd, hd, scale, sc, c->n_ctx,
                        c->att + t0 * qd + (size_t)h0 * hd, (int64_t)qd);
 }
 
@@ -539,7 +561,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
     const speck_model *m = c->m;
     const speck_hparams *hp = &m->hp;
     const int E = hp->n_embd, hd = hp->head_dim, nh = hp->n_head;
-    const int nkv = hp->n_head_kv, group = nh / nkv, kvd = c->kv_dim, F = hp->n_ff;
+    const int nkv = hp->n_head_kv, group = nh / nkv, F = hp->n_ff;
     const int n_past = c->n_past, n_total = n_past + n;
     const float scale = 1.0f / sqrtf((float)hd);
     balance_begin(&c->bal, omp_get_max_threads());
@@ -553,7 +575,6 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
         float *sc = c->scores + (size_t)tid * ATT_GROUP_Q * c->n_ctx;
         for (int l = 0; l < hp->n_layer; l++) {
             const speck_layer *ly = &m->layers[l];
-            float *kc = c->k[l] + (size_t)n_past * kvd, *vc = c->v[l] + (size_t)n_past * kvd;
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->attn_norm, E,
                             hp->norm_eps);
@@ -563,9 +584,9 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 // attention. No barrier between (nothing crosses threads), and a group's cache
                 // slices are written and read by the same core, in the same pass and the next.
                 const int g0 = nkv * tid / nth, g1 = nkv * (tid + 1) / nth;
-                qkv_heads(c, ly, &act, xn, n, 0, g0 * group, g1 * group, kc, vc);
-                qkv_heads(c, ly, &act, xn, n, 1, g0, g1, kc, vc);
-                qkv_heads(c, ly, &act, xn, n, 2, g0, g1, kc, vc);
+                qkv_heads(c, l, &act, xn, n, 0, g0 * group, g1 * group);
+                qkv_heads(c, l, &act, xn, n, 1, g0, g1);
+                qkv_heads(c, l, &act, xn, n, 2, g0, g1);
                 const int hc = group < ATT_GROUP_Q ? group : ATT_GROUP_Q, tc = ATT_GROUP_Q / hc;
                 for (int g = g0; g < g1; g++)
                     for (int h = g * group; h < (g + 1) * group; h += hc)
@@ -583,8 +604,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                     const int which = u < uq ? 0 : u < uq + ukv ? 1 : 2;
                     const int h0 = (u - (which == 0 ? 0 : which == 1 ? uq : uq + ukv)) * hpu;
                     const int nmax = which ? nkv : nh;
-                    qkv_heads(c, ly, &act, xn, n, which, h0, h0 + hpu < nmax ? h0 + hpu : nmax, kc,
-                              vc);
+                    qkv_heads(c, l, &act, xn, n, which, h0, h0 + hpu < nmax ? h0 + hpu : nmax);
                 }
                 barrier_wait(&c->bar, nth);
                 // Attention per (group, token, part of the group's heads): parts enough for
@@ -653,15 +673,21 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
     for (int l = 0; l < hp->n_layer; l++) {
         const speck_layer *ly = &m->layers[l];
         rmsnorm(c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps);
-        float *kc = c->k[l] + (size_t)c->n_past * kvd, *vc = c->v[l] + (size_t)c->n_past * kvd;
         matmul(&ly->wq, c->xn, n, c->q);
-        matmul(&ly->wk, c->xn, n, kc); // new keys/values land directly in the cache
-        matmul(&ly->wv, c->xn, n, vc);
         add_bias(c->q, ly->bq, n, qd);
-        add_bias(kc, ly->bk, n, kvd);
-        add_bias(vc, ly->bv, n, kvd);
         rope(c->q, c->rope_cs, c->rope_sn, n, hp->n_head, hd, hp->rope_type);
-        rope(kc, c->rope_cs, c->rope_sn, n, hp->n_head_kv, hd, hp->rope_type);
+        // New keys, then values, in c->att (free until the attention writes it): (n, kv_dim)
+        // rows, copied into the cache's per-group rows.
+        for (int kv = 0; kv < 2; kv++) {
+            matmul(kv ? &ly->wv : &ly->wk, c->xn, n, c->att);
+            add_bias(c->att, kv ? ly->bv : ly->bk, n, kvd);
+            if (!kv) rope(c->att, c->rope_cs, c->rope_sn, n, hp->n_head_kv, hd, hp->rope_type);
+#pragma omp parallel for schedule(static)
+            for (int g = 0; g < hp->n_head_kv; g++)
+                for (int i = 0; i < n; i++)
+                    memcpy(kv_row(c, kv ? c->v[l] : c->k[l], g, c->n_past + i),
+                           c->att + (size_t)i * kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
+        }
         attention_gemm(c, c->q, c->att, c->k[l], c->v[l], n, n_total, mask);
         matmul(&ly->wo, c->att, n, c->xn);
         add_inplace(c->x, c->xn, (size_t)n * E);
