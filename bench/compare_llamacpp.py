@@ -8,7 +8,7 @@ roofline fraction. Prints a Markdown table (paste into BENCHMARKS.md) and writes
 
 usage: bench/compare_llamacpp.py --llama-bin DIR [--speck build/speck] [--models DIR]
                                  [--reps 5] [--threads 2] [--only smollm2-135m:q8_0,...]
-                                 [--pp 512] [--tg 128] [--speck-base OLD_BUILD/speck]
+                                 [--pp 512] [--tg 128] [--depth 0] [--speck-base OLD_BUILD/speck]
 llama.cpp is built outside the repository (see BENCHMARKS.md for the exact commands).
 """
 import argparse
@@ -28,7 +28,7 @@ def run_json(cmd, env):
     return json.loads(out)
 
 
-HUGE = []  # --hugepages: extra speck bench flags
+HUGE = []  # --hugepages / --depth: extra speck bench flags
 LLAMA_EXTRA = []  # and llama-bench's matching flags
 
 
@@ -71,6 +71,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=0,
+                    help="tokens already in the KV cache for every test (llama-bench -d)")
     ap.add_argument("--only", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--json", default=None, help="write results here")
     ap.add_argument("--hugepages", action="store_true",
@@ -80,6 +82,9 @@ def main():
     if a.hugepages:
         HUGE.append("--hugepages")
         LLAMA_EXTRA.extend(["-mmp", "0"])
+    if a.depth:
+        HUGE.extend(["-d", str(a.depth)])
+        LLAMA_EXTRA.extend(["-d", str(a.depth)])
 
     env = dict(os.environ)
     # The machine sets OPENBLAS_CORETYPE=Haswell, which halves sgemm on Zen 5; both programs run
@@ -125,7 +130,8 @@ def main():
         print(json.dumps(r), file=sys.stderr)
 
     print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_name()}, {a.threads} threads, "
-          f"median of {a.reps} alternating runs, pp{a.pp} / tg{a.tg}, OPENBLAS_CORETYPE unset"
+          f"median of {a.reps} alternating runs, pp{a.pp} / tg{a.tg}"
+          f"{f' at depth {a.depth}' if a.depth else ''}, OPENBLAS_CORETYPE unset"
           f"{', speck --hugepages vs llama.cpp -mmp 0' if a.hugepages else ''}\n")
     print("| model | type | file MiB | speck pp t/s | llama.cpp pp t/s | pp ratio | speck tg t/s "
           "| llama.cpp tg t/s | tg ratio | tg roofline t/s | % of roofline | speck peak RSS MiB |")
