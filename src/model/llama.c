@@ -16,6 +16,8 @@
 
 // Batches of at least this many new tokens compute attention with GEMMs.
 #define ATT_GEMM_MIN 16
+// Query rows per unit of the batch attention.
+#define ATT_ROWS 64
 // Queries per speck_attend_group call on the streaming path: a KV group's heads for a few tokens
 // share each read of its keys and values; each thread's score scratch holds this many rows.
 #define ATT_GROUP_Q 16
@@ -138,9 +140,9 @@ struct speck_ctx {
     float *att;               // (n, n_head*hd)
     float *g, *u;             // (n, n_ff)
     float *scores;            // (threads, ATT_GROUP_Q, n_ctx)
-    float *att_s;             // (cap, n_ctx) attention probabilities of a batch
+    float *att_s;             // (threads, ATT_ROWS, n_ctx) attention probabilities of a batch
     float *rope_cs, *rope_sn; // (cap, head_dim / 2) rotation of each new token's position
-    int scores_threads;
+    int scores_threads, att_s_threads; // threads that scores / att_s hold rows for
     // Streaming path (n < stream_max()): one buffer per thread, normalised rows then prepared
     // activations, grown on demand.
     char **tbuf;
@@ -303,13 +305,16 @@ static int reserve(speck_ctx *c, int n, bool stream) {
         }
         c->tbuf_bytes = need;
     }
+    if (!stream && threads > c->att_s_threads) {
+        if (grow(&c->att_s, (size_t)threads * ATT_ROWS * c->n_ctx)) return -1;
+        c->att_s_threads = threads;
+    }
     if (n <= c->cap) return 0;
     size_t qd = (size_t)hp->n_head * hp->head_dim, half = (size_t)hp->head_dim / 2;
     if (grow(&c->x, (size_t)n * hp->n_embd) || grow(&c->xn, (size_t)n * hp->n_embd) ||
         grow(&c->q, (size_t)n * qd) || grow(&c->att, (size_t)n * qd) ||
         grow(&c->g, (size_t)n * hp->n_ff) || grow(&c->u, (size_t)n * hp->n_ff) ||
-        grow(&c->rope_cs, (size_t)n * half) || grow(&c->rope_sn, (size_t)n * half) ||
-        (!stream && grow(&c->att_s, (size_t)n * c->n_ctx)))
+        grow(&c->rope_cs, (size_t)n * half) || grow(&c->rope_sn, (size_t)n * half))
         return -1;
     c->cap = n;
     return 0;
@@ -376,48 +381,54 @@ static void add_bias(float *x, const float *b, int n, int dim) {
 
 // Row softmax over the allowed entries of s (n_total), in place; masked entries become 0.
 // Returns false when nothing is allowed.
+SPECK_MULTIVERSION
 static bool softmax_masked(float *s, int n_total, int limit, const uint8_t *mi) {
     float mx = -INFINITY;
-    for (int j = 0; j < limit; j++) {
-        if (mi && !mi[j]) s[j] = -INFINITY;
-        if (s[j] > mx) mx = s[j];
-    }
+    if (mi)
+        for (int j = 0; j < limit; j++) s[j] = mi[j] ? s[j] : -INFINITY;
+    for (int j = 0; j < limit; j++) mx = s[j] > mx ? s[j] : mx;
     for (int j = limit; j < n_total; j++) s[j] = 0.0f;
     if (mx == -INFINITY) {
         for (int j = 0; j < limit; j++) s[j] = 0.0f;
         return false;
     }
-    double sum = 0;
+    float sum = 0.0f; // masked entries: e^-inf = 0 (speck_exp_poly flushes below -87.3)
     for (int j = 0; j < limit; j++) {
-        float p = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx);
-        s[j] = p;
-        sum += p;
+        s[j] = speck_exp_poly(s[j] - mx);
+        sum += s[j];
     }
-    float inv = (float)(1.0 / sum);
+    const float inv = 1.0f / sum;
     for (int j = 0; j < limit; j++) s[j] *= inv;
     return true;
 }
 
-// Attention of n >= ATT_GEMM_MIN new queries over cache entries [0, n_total): per head
-// S = Q Kᵀ and O = P V as GEMMs.
+// Attention of n >= ATT_GEMM_MIN new queries over cache entries [0, n_total): per (head, chunk
+// of ATT_ROWS queries) S = Q Kᵀ, a row softmax and O = P V, the units in parallel with one
+// single-threaded sgemm each (OpenBLAS runs serially inside a parallel region): no fork/join
+// per head, and a causal chunk only multiplies the keys its last query can see, which skips the
+// masked half of the square at n_past = 0.
 // q, out: (n, n_head*hd); cache k, v: (n_head_kv, n_ctx, hd); mask: (n, n_total) or NULL (causal).
 static void attention_gemm(speck_ctx *c, const float *q, float *out, const float *kc,
                            const float *vc, int n, int n_total, const uint8_t *mask) {
     const speck_hparams *hp = &c->m->hp;
-    int hd = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
-    int n_past = n_total - n, qd = nh * hd;
-    float scale = 1.0f / sqrtf((float)hd);
-    for (int h = 0; h < nh; h++) {
+    const int hd = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
+    const int n_past = n_total - n, qd = nh * hd, nch = (n + ATT_ROWS - 1) / ATT_ROWS;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int u = 0; u < nh * nch; u++) {
+        const int h = u / nch, i0 = u % nch * ATT_ROWS;
+        const int rows = n - i0 < ATT_ROWS ? n - i0 : ATT_ROWS;
+        const int keys = mask ? n_total : n_past + i0 + rows;
         const float *kb = kc + (size_t)(h / group) * c->n_ctx * hd;
         const float *vb = vc + (size_t)(h / group) * c->n_ctx * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n_total, hd, scale,
-                    q + (size_t)h * hd, qd, kb, hd, 0.0f, c->att_s, n_total);
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++)
-            softmax_masked(c->att_s + (size_t)i * n_total, n_total, mask ? n_total : n_past + i + 1,
-                           mask ? mask + (size_t)i * n_total : NULL);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, n_total, 1.0f, c->att_s,
-                    n_total, vb, hd, 0.0f, out + (size_t)h * hd, qd);
+        float *S = c->att_s + (size_t)omp_get_thread_num() * ATT_ROWS * c->n_ctx;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale,
+                    q + (size_t)i0 * qd + (size_t)h * hd, qd, kb, hd, 0.0f, S, keys);
+        for (int i = 0; i < rows; i++)
+            softmax_masked(S + (size_t)i * keys, keys, mask ? keys : n_past + i0 + i + 1,
+                           mask ? mask + (size_t)(i0 + i) * n_total : NULL);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, S, keys, vb,
+                    hd, 0.0f, out + (size_t)i0 * qd + (size_t)h * hd, qd);
     }
 }
 

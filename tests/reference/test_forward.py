@@ -57,6 +57,10 @@ TOL_QUANT = 1e-1
 TOL_QUANT_RMS = 2e-2
 
 N_TOKENS = 20
+# A longer sequence for the batch attention's chunking (units of 64 queries, causal chunks over
+# only the keys they see): a 150-token prefill is three chunks, chunks:70 adds cached entries.
+LONG_TOKENS = 150
+LONG_MODES = ["prefill", "chunks:70"]
 # (prefix length, parent list): a bushy two-root tree reaching depth 3, and a plain chain,
 # which must equal ordinary decoding.
 TREES = [
@@ -168,6 +172,7 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(args.seed)
     seq = rng.integers(0, BASE_VOCAB, size=N_TOKENS).tolist()
+    long_seq = rng.integers(0, BASE_VOCAB, size=LONG_TOKENS).tolist()
     tree_cases = []
     for prefix, parents in TREES:
         toks = rng.integers(0, BASE_VOCAB, size=prefix + len(parents)).tolist()
@@ -184,7 +189,10 @@ def main(argv=None) -> int:
                 with torch.no_grad():
                     ref_causal = ref_model.forward(seq).numpy()
 
+                    ref_long = ref_model.forward(long_seq).numpy()
+
                 cases = [(m, seq, ref_causal) for m in modes(len(seq))]
+                cases += [(m, long_seq, ref_long) for m in LONG_MODES]
                 for prefix, parents, toks in tree_cases:
                     # Each node's logits = last row of prefix + root-to-node path run causally.
                     with torch.no_grad():
@@ -196,19 +204,20 @@ def main(argv=None) -> int:
                 for mode, toks, ref in cases:
                     if not wanted(mode):
                         continue
-                    tag = mode.replace(":", "_").replace(",", "_")
+                    tag = mode.replace(":", "_").replace(",", "_") + f"_{len(toks)}"
+                    name = mode if len(toks) == N_TOKENS else f"{mode}@{len(toks)}"
                     out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
                     got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab,
                                           args.isa)
                     if error is not None:
                         failed += 1
-                        print(f"FAIL {cfg} {wtype} {mode} - - forward_dump failed:")
+                        print(f"FAIL {cfg} {wtype} {name} - - forward_dump failed:")
                         print("    " + error.replace("\n", "\n    "))
                         continue
                     ok, maxerr, tol, extra = compare(got, ref, wtype)
                     passed += ok
                     failed += not ok
-                    line = f"{'PASS' if ok else 'FAIL'} {cfg} {wtype} {mode} {maxerr:.3e} {tol:.3e}"
+                    line = f"{'PASS' if ok else 'FAIL'} {cfg} {wtype} {name} {maxerr:.3e} {tol:.3e}"
                     if not ok or args.verbose:
                         line += f"  [{extra}]"
                     print(line, flush=True)
