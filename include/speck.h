@@ -256,6 +256,8 @@ int speck_ctx_compact(speck_ctx *c, const int *idx, int n);
 //   out_rows:  which of the n rows to return logits for (indices into 0..n-1), or NULL for all
 //   n_out:     number of entries in out_rows (ignored when out_rows is NULL)
 //   logits:    (n_out or n, n_vocab) f32, written in out_rows order
+// A causal batch of more than 512 tokens whose out_rows are in increasing order (or NULL) runs
+// as consecutive batches of at most 512, so the working memory stays that of a 512-token batch.
 // Fails (nothing appended) when the cache would overflow or a token id is out of range.
 int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
                   const uint8_t *mask, const int *out_rows, int n_out, float *logits);

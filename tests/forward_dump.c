@@ -2,7 +2,7 @@
 // modes and writes the logits as raw little-endian f32 (rows, n_vocab).
 //
 //   forward_dump MODEL.gguf MODE OUT.f32 TOKENS(comma-separated)
-//   MODE: prefill | decode | chunks:K | truncate:K | tree:P:parents
+//   MODE: prefill | decode | chunks:K | truncate:K | rows:STEP | tree:P:parents
 // Env SPECK_TEST_ISA=scalar|avx2|avx512 runs on that kernel path (exit 3 if the CPU lacks it);
 // SPECK_TEST_NO_PANELS=1 loads with SPECK_LOAD_NO_PANELS (the row-layout kernels).
 #include <stdio.h>
@@ -70,6 +70,13 @@ int main(int argc, char **argv) {
             if (speck_forward(c, 1, toks + i, NULL, NULL, NULL, 0, out + (size_t)i * V))
                 return die("redecode");
         free(junk);
+    } else if (!strncmp(mode, "rows:", 5)) {
+        // One prefill returning every STEP-th row only (out_rows), in order.
+        int step = atoi(mode + 5), idx[4096];
+        if (step < 1) return 2;
+        rows = 0;
+        for (int i = 0; i < n; i += step) idx[rows++] = i;
+        if (speck_forward(c, n, toks, NULL, NULL, idx, rows, out)) return die("rows");
     } else if (!strncmp(mode, "tree:", 5)) {
         int P = atoi(mode + 5);
         const char *ps = strchr(mode + 5, ':');

@@ -79,6 +79,9 @@ grep -q "context full" "$dir/err" && ok || bad "context-full stop: $(cat "$dir/e
 
 expect 0 "bench json" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 16 -n 4 -r 2 --json
 /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["pp_tok_s"]>0 and d["tg_tok_s"]>0 and 0<d["roofline_fraction"]' "$dir/out" && ok || bad "bench --json output: $(cat "$dir/out")"
+cp "$dir/out" "$dir/b0"
+expect 0 "bench at a depth" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -d 40 -r 1 --json
+/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d0=json.load(open(sys.argv[2])); assert d["n_depth"]==40 and d["pp_tok_s"]>0 and d["tg_tok_s"]>0 and d["bytes_per_token"]>d0["bytes_per_token"]' "$dir/out" "$dir/b0" && ok || bad "bench -d output: $(cat "$dir/out")"
 
 echo "$pass passed, $fail failed"
 [[ $fail == 0 ]]

@@ -18,6 +18,9 @@
 #define ATT_GEMM_MIN 16
 // Query rows per unit of the batch attention.
 #define ATT_ROWS 64
+// Longest batch run at once: longer causal batches are split (bounded scratch, like llama.cpp's
+// micro-batches).
+#define UBATCH 512
 // Queries per speck_attend_group call on the streaming path: a KV group's heads for a few tokens
 // share each read of its keys and values; each thread's score scratch holds this many rows.
 #define ATT_GROUP_Q 16
@@ -728,6 +731,9 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
     matmul(&m->output, c->xn, n_out, logits);
 }
 
+static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
+                        const uint8_t *mask, const int *out_rows, int n_out, float *logits);
+
 int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
                   const uint8_t *mask, const int *out_rows, int n_out, float *logits) {
     const speck_model *m = c->m;
@@ -748,8 +754,43 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
         if (out_rows[i] < 0 || out_rows[i] >= n)
             return speck_set_error(SPECK_ERR_RANGE, "forward: output row %d out of range [0, %d)",
                                    out_rows[i], n);
+    // A long causal batch runs as consecutive batches of at most UBATCH tokens (the scratch
+    // grows with the batch: ~80 MB for 1024 tokens of tinyllama-1.1b), when its output rows
+    // come in order so that each part's logits are a contiguous slice of the caller's.
+    bool ordered = true;
+    for (int i = 1; out_rows && i < n_out; i++) ordered &= out_rows[i] >= out_rows[i - 1];
+    if (n > UBATCH && !mask && ordered) {
+        const int n_past0 = c->n_past;
+        int local[UBATCH];
+        for (int c0 = 0, r = 0; c0 < n; c0 += UBATCH) {
+            const int cn = n - c0 < UBATCH ? n - c0 : UBATCH;
+            int k = 0;
+            while (out_rows && r + k < n_out && out_rows[r + k] < c0 + cn) {
+                local[k] = out_rows[r + k] - c0;
+                k++;
+            }
+            if (forward_part(c, cn, tokens + c0, pos ? pos + c0 : NULL, NULL,
+                             out_rows ? local : NULL, out_rows ? k : cn,
+                             logits + (size_t)r * hp->n_vocab)) {
+                c->n_past = n_past0; // nothing appended
+                return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+            }
+            r += out_rows ? k : cn;
+        }
+        return 0;
+    }
+    if (forward_part(c, n, tokens, pos, mask, out_rows, n_out, logits))
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    return 0;
+}
+
+// speck_forward after validation; -1 when the scratch cannot be allocated (nothing appended).
+static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
+                        const uint8_t *mask, const int *out_rows, int n_out, float *logits) {
+    const speck_model *m = c->m;
+    const speck_hparams *hp = &m->hp;
     const bool stream = n < stream_max(m);
-    if (reserve(c, n, stream)) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    if (reserve(c, n, stream)) return -1;
     rope_tables(c->rope_cs, c->rope_sn, pos, c->n_past, n, hp->head_dim, m->rope_freq);
     size_t erow = speck_type_row_size(m->tok_embd.type, hp->n_embd);
     for (int i = 0; i < n; i++)

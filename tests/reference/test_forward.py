@@ -58,9 +58,11 @@ TOL_QUANT_RMS = 2e-2
 
 N_TOKENS = 20
 # A longer sequence for the batch attention's chunking (units of 64 queries, causal chunks over
-# only the keys they see): a 150-token prefill is three chunks, chunks:70 adds cached entries.
-LONG_TOKENS = 150
+# only the keys they see) and for speck_forward's split of batches above 512 tokens: a
+# 600-token prefill runs as 512 + 88, chunks:70 adds cached entries to every batch.
+LONG_TOKENS = 600
 LONG_MODES = ["prefill", "chunks:70"]
+ROW_STEP = 7  # rows:7 asks that prefill for every 7th row's logits only
 # (prefix length, parent list): a bushy two-root tree reaching depth 3, and a plain chain,
 # which must equal ordinary decoding.
 TREES = [
@@ -193,6 +195,7 @@ def main(argv=None) -> int:
 
                 cases = [(m, seq, ref_causal) for m in modes(len(seq))]
                 cases += [(m, long_seq, ref_long) for m in LONG_MODES]
+                cases.append((f"rows:{ROW_STEP}", long_seq, ref_long[::ROW_STEP]))
                 for prefix, parents, toks in tree_cases:
                     # Each node's logits = last row of prefix + root-to-node path run causally.
                     with torch.no_grad():
