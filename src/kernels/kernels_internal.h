@@ -141,6 +141,11 @@ extern const speck_kernel_table speck_kernels_avx512;
 // Scalar row helpers shared by all ISAs (the reference semantics).
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n);
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
+// The AVX-512 table's attend_group (src/kernels/attend_avx512.c).
+int speck_attend_group_avx512(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
+                              const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
+                              int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
+                              int64_t ldo);
 // Portable attention (the scalar table's attend).
 int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
                      int n_keys, float scale, const uint8_t *allow, float *sc, float *out);
