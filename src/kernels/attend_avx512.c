@@ -92,6 +92,23 @@ static __m512 qk_block_any(const float *k0, int64_t ld, int nk, const float *q, 
     return hsum16x16(acc);
 }
 
+// qk_block instantiated for 1..8 chunks (head sizes up to 128); index: the chunk count.
+typedef __m512 (*qk_fn)(const float *k0, int64_t ld, int nk, const float *q, __mmask16 hm);
+#define QK_FN(NC)                                                                                  \
+    static __m512 qk_##NC(const float *k0, int64_t ld, int nk, const float *q, __mmask16 hm) {     \
+        return qk_block(k0, ld, nk, q, NC, hm);                                                    \
+    }
+QK_FN(1)
+QK_FN(2)
+QK_FN(3)
+QK_FN(4)
+QK_FN(5)
+QK_FN(6)
+QK_FN(7)
+QK_FN(8)
+#undef QK_FN
+static const qk_fn qk_fns[9] = {NULL, qk_1, qk_2, qk_3, qk_4, qk_5, qk_6, qk_7, qk_8};
+
 // One query's softmax over its n_keys scores (sc, masked ones -inf; mx: their lane maxima) and
 // out (hd) = the weighted sum of the values. Returns 0 (out zeroed) when no key is allowed.
 static int softmax_values(float *sc, int n_keys, __m512 mx, const float *vb, int64_t ld, int hd,
@@ -147,6 +164,7 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
                              int64_t ldo) {
     const int nc = (hd + 15) / 16;
     const __mmask16 hm = (__mmask16)((1u << (hd - 16 * (nc - 1))) - 1); // last chunk's lanes
+    const qk_fn qk = nc <= 8 ? qk_fns[nc] : NULL; // NULL: the generic chunk loop
     __m512 mx[GROUP_MAX_Q];
     int maxk = 0;
     for (int t = 0; t < nt; t++) maxk = n_keys[t] > maxk ? n_keys[t] : maxk;
@@ -164,38 +182,10 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
             }
             for (int h = 0; h < gq; h++) {
                 const float *qp = q + (int64_t)t * ldq + (int64_t)h * hd;
-                __m512 s;
-                switch (nc) {
-                case 1:
-                    s = qk_block(k0, ld, nk, qp, 1, hm);
-                    break;
-                case 2:
-                    s = qk_block(k0, ld, nk, qp, 2, hm);
-                    break;
-                case 3:
-                    s = qk_block(k0, ld, nk, qp, 3, hm);
-                    break;
-                case 4:
-                    s = qk_block(k0, ld, nk, qp, 4, hm);
-                    break;
-                case 5:
-                    s = qk_block(k0, ld, nk, qp, 5, hm);
-                    break;
-                case 6:
-                    s = qk_block(k0, ld, nk, qp, 6, hm);
-                    break;
-                case 7:
-                    s = qk_block(k0, ld, nk, qp, 7, hm);
-                    break;
-                case 8:
-                    s = qk_block(k0, ld, nk, qp, 8, hm);
-                    break;
-                default:
-                    s = qk_block_any(k0, ld, nk, qp, nc, hm);
-                    break;
-                }
-                s = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY),
-                                         _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+                const __m512 s0 =
+                    qk ? qk(k0, ld, nk, qp, hm) : qk_block_any(k0, ld, nk, qp, nc, hm);
+                const __m512 s = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY),
+                                                      _mm512_mul_ps(s0, _mm512_set1_ps(scale)));
                 const int i = t * gq + h;
                 _mm512_mask_storeu_ps(sc + i * sc_ld + j0, tm, s);
                 mx[i] = _mm512_max_ps(mx[i], s);
