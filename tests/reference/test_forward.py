@@ -68,6 +68,9 @@ ROW_STEP = 7  # rows:7 asks that prefill for every 7th row's logits only
 TREES = [
     (6, [-1, 0, 0, 1, 1, 2, -1, 6, 7]),
     (1, [-1, 0, 1, 2, 3]),
+    # 40 nodes, a binary tree 6 levels deep: enough to take the batch path (GEMMs, masked
+    # attention units) instead of the streaming one.
+    (5, [-1] + [(i - 1) // 2 for i in range(1, 40)]),
 ]
 
 
@@ -208,7 +211,7 @@ def main(argv=None) -> int:
                     if not wanted(mode):
                         continue
                     tag = mode.replace(":", "_").replace(",", "_") + f"_{len(toks)}"
-                    name = mode if len(toks) == N_TOKENS else f"{mode}@{len(toks)}"
+                    name = f"{mode}@{len(toks)}" if len(toks) == LONG_TOKENS else mode
                     out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
                     got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab,
                                           args.isa)
