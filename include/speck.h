@@ -238,6 +238,14 @@ typedef struct speck_ctx speck_ctx;
 // A context with room for n_ctx cached positions (0: the model's training context, capped at
 // 4096). Several contexts may share one model.
 speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx);
+// The same with the KV cache stored as kv_type: SPECK_TYPE_F32 (what speck_ctx_new uses) or
+// SPECK_TYPE_F16, which halves the cache's memory and the bytes attention reads per token at the
+// cost of rounding keys and values to f16 (relative error <= 2^-11; llama.cpp's default cache
+// type). Outputs stay batch-invariant, so accelerated decoding stays lossless. Any other type
+// fails with SPECK_ERR_ARG.
+speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type);
+// The element type of the context's KV cache.
+speck_type speck_ctx_kv_type(const speck_ctx *c);
 void speck_ctx_free(speck_ctx *c);
 int speck_ctx_n_ctx(const speck_ctx *c);
 // Number of entries currently in the KV cache.

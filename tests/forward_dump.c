@@ -4,7 +4,8 @@
 //   forward_dump MODEL.gguf MODE OUT.f32 TOKENS(comma-separated)
 //   MODE: prefill | decode | chunks:K | truncate:K | rows:STEP | tree:P:parents
 // Env SPECK_TEST_ISA=scalar|avx2|avx512 runs on that kernel path (exit 3 if the CPU lacks it);
-// SPECK_TEST_NO_PANELS=1 loads with SPECK_LOAD_NO_PANELS (the row-layout kernels).
+// SPECK_TEST_NO_PANELS=1 loads with SPECK_LOAD_NO_PANELS (the row-layout kernels);
+// SPECK_TEST_KV=f16 gives the context an f16 KV cache.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,10 @@ int main(int argc, char **argv) {
     int32_t toks[4096];
     int n = parse_list(argv[4], toks, 4096);
     if (n <= 0) return die("tokens");
-    speck_ctx *c = speck_ctx_new(m, 1024);
+    const char *kv = getenv("SPECK_TEST_KV"); // "f16": an f16 KV cache
+    speck_ctx *c =
+        speck_ctx_new_kv(m, 1024, kv && !strcmp(kv, "f16") ? SPECK_TYPE_F16 : SPECK_TYPE_F32);
+    if (!c) return die("context");
     float *out = calloc((size_t)n * V, sizeof(float));
     int rows = n;
     const char *mode = argv[2];

@@ -58,9 +58,11 @@ static int make_prompt(uint64_t *rng, int32_t *p, int V) {
     return n;
 }
 
+static speck_type g_kv = SPECK_TYPE_F32; // KV cache type of check_strategy's contexts
+
 static void check_strategy(const char *label, const speck_model *m, const speck_spec_params *sp,
                            int n_prompts, int n_ctx) {
-    speck_ctx *c = speck_ctx_new(m, n_ctx), *ref = speck_ctx_new(m, n_ctx);
+    speck_ctx *c = speck_ctx_new_kv(m, n_ctx, g_kv), *ref = speck_ctx_new_kv(m, n_ctx, g_kv);
     speck_decoder *d = speck_decoder_new(m, c, sp);
     speck_sampler_params gp = speck_sampler_default();
     speck_sampler *s = speck_sampler_new(&gp, speck_model_hparams(m)->n_vocab);
@@ -247,6 +249,27 @@ int main(int argc, char **argv) {
         speck_model_free(qm);
         remove(qp);
     }
+
+    // An f16 KV cache: plain and accelerated decoding round the same keys and values, so the
+    // outputs must still be identical (trees: compaction of f16 rows; ctx 40: the limit).
+    g_kv = SPECK_TYPE_F16;
+    {
+        speck_spec_params fs = speck_spec_default();
+        speck_spec_parse_kinds("prompt,aded", fs.kinds);
+        fs.tree_width = 3;
+        check_strategy("prompt,aded tree, f16 KV", m, &fs, np / 2, 512);
+        fs.max_draft = 14;
+        fs.max_nodes = 14;
+        check_strategy("context limit, f16 KV (ctx 40)", m, &fs, np / 4, 40);
+        speck_spec_params ds = speck_spec_default();
+        ds.kinds[0] = SPECK_DRAFT_MODEL;
+        ds.draft_model = dm;
+        check_strategy("draft model, f16 KV", m, &ds, np / 4, 512);
+    }
+    g_kv = SPECK_TYPE_F32;
+    CHECK(speck_ctx_new_kv(m, 16, SPECK_TYPE_Q8_0) == NULL &&
+              strstr(speck_last_error(), "KV cache type q8_0") != NULL,
+          "a KV cache type other than f32/f16 is refused: %s", speck_last_error());
 
     check_sampling(m, m, false); // q = p: every draft accepted
     // The target's own weights in Q4_0 as the draft: q close to p but not equal, so drafts are

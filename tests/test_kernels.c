@@ -901,17 +901,22 @@ static void test_attend(void) {
 // speck_attend_group on every ISA: each query's output bit-identical to speck_attend on that
 // query alone (the decode path's batch invariance), for head sizes with a tail and above 128
 // (the generic chunk loop), per-token key counts and mask rows (one row allowing nothing), and
-// more queries than one pass holds (gq 20 x 5 tokens = 100 > 64).
+// more queries than one pass holds (gq 20 x 5 tokens = 100 > 64). Keys and values in f32, and in
+// f16 (then against speck_attend on the same values widened to f32: the conversion is exact).
 static void test_attend_group(void) {
     const char *isas[] = {"scalar", "avx2", "avx512"};
     const int hds[] = {32, 80, 144}, gqs[] = {1, 3, 20};
     const int nt = 5, maxk = 90, ld = 3 * 144 + 5, lda = 97, ldq = 20 * 144 + 3;
-    float *kv = malloc((size_t)2 * maxk * ld * sizeof(float));
+    const size_t nkv = (size_t)2 * maxk * ld;
+    float *kv = malloc(nkv * sizeof(float)), *kvw = malloc(nkv * sizeof(float));
+    uint16_t *kv16 = malloc(nkv * sizeof(uint16_t));
     float *q = malloc((size_t)nt * ldq * sizeof(float)),
           *out = malloc((size_t)nt * ldq * sizeof(float));
     float *sc = malloc((size_t)64 * maxk * sizeof(float)), one[144], sc1[96];
     uint8_t allow[5 * 97];
-    fill_random(kv, (size_t)2 * maxk * ld, 1.0f);
+    fill_random(kv, nkv, 1.0f);
+    for (size_t i = 0; i < nkv; i++)
+        kvw[i] = speck_fp16_to_fp32(kv16[i] = speck_fp32_to_fp16(kv[i]));
     fill_random(q, (size_t)nt * ldq, 2.0f);
     for (int i = 0; i < nt * lda; i++) allow[i] = (rng_u64() % 4) != 0;
     memset(allow + 2 * lda, 0, lda); // token 2 sees nothing; token 0 (one key) sees its key
@@ -919,34 +924,43 @@ static void test_attend_group(void) {
     const int n_keys[5] = {1, 17, 90, 33, 64};
     for (int ii = 0; ii < 3; ii++) {
         if (speck_kernels_force_isa(isas[ii]) != 0) continue;
-        int ok = 1;
-        for (int hi = 0; hi < 3; hi++)
-            for (int gi = 0; gi < 3; gi++)
-                for (int mi = 0; mi < 2; mi++) {
-                    const int hd = hds[hi], gq = gqs[gi];
-                    const uint8_t *m = mi ? allow : NULL;
-                    const float scale = 1.0f / sqrtf((float)hd);
-                    const float *kb = kv + 5, *vb = kv + (size_t)maxk * ld + 5;
-                    const int empty = speck_attend_group(q, ldq, nt, gq, n_keys, m, lda, kb, vb, ld,
-                                                         hd, scale, sc, maxk, out, ldq);
-                    int want_empty = 0;
-                    for (int t = 0; t < nt; t++)
-                        for (int h = 0; h < gq; h++) {
-                            const int got =
-                                speck_attend(q + t * ldq + h * hd, kb, vb, ld, hd, n_keys[t], scale,
-                                             m ? m + t * lda : NULL, sc1, one);
-                            want_empty += !got;
-                            ok &= memcmp(one, out + t * ldq + h * hd, (size_t)hd * sizeof(float)) ==
-                                  0;
-                        }
-                    ok &= empty == want_empty && (!mi || want_empty == gq);
-                }
-        check(ok,
+        int ok[2] = {1, 1};
+        for (int f16 = 0; f16 < 2; f16++)
+            for (int hi = 0; hi < 3; hi++)
+                for (int gi = 0; gi < 3; gi++)
+                    for (int mi = 0; mi < 2; mi++) {
+                        const int hd = hds[hi], gq = gqs[gi];
+                        const uint8_t *m = mi ? allow : NULL;
+                        const float scale = 1.0f / sqrtf((float)hd);
+                        const size_t ko = 5, vo = (size_t)maxk * ld + 5;
+                        const float *kb = (f16 ? kvw : kv) + ko, *vb = (f16 ? kvw : kv) + vo;
+                        const int empty = speck_attend_group(q, ldq, nt, gq, n_keys, m, lda,
+                                                             f16 ? (const void *)(kv16 + ko) : kb,
+                                                             f16 ? (const void *)(kv16 + vo) : vb,
+                                                             f16 ? SPECK_TYPE_F16 : SPECK_TYPE_F32,
+                                                             ld, hd, scale, sc, maxk, out, ldq);
+                        int want_empty = 0;
+                        for (int t = 0; t < nt; t++)
+                            for (int h = 0; h < gq; h++) {
+                                const int got =
+                                    speck_attend(q + t * ldq + h * hd, kb, vb, ld, hd, n_keys[t],
+                                                 scale, m ? m + t * lda : NULL, sc1, one);
+                                want_empty += !got;
+                                ok[f16] &= memcmp(one, out + t * ldq + h * hd,
+                                                  (size_t)hd * sizeof(float)) == 0;
+                            }
+                        ok[f16] &= empty == want_empty && (!mi || want_empty == gq);
+                    }
+        check(ok[0],
               "[%s] attend_group: every query's output bit-identical to speck_attend alone "
               "(head sizes 32/80/144, 1/3/20 heads x 5 tokens, per-token key counts and masks)",
               isas[ii]);
+        check(ok[1],
+              "[%s] attend_group on an f16 cache: bit-identical to speck_attend on the "
+              "widened values",
+              isas[ii]);
     }
-    free(kv), free(q), free(out), free(sc);
+    free(kv), free(kvw), free(kv16), free(q), free(out), free(sc);
 }
 
 int main(void) {

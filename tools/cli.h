@@ -22,8 +22,7 @@ int cmd_export(int argc, char **argv);
 
 // Option matching: if argv[*i] is `name` (or `alias`) followed by a value, or `name=value`,
 // store the value, advance *i and return true. Exits with a message when the value is missing.
-bool cli_opt(int argc, char **argv, int *i, const char *name, const char *alias,
-             const char **val);
+bool cli_opt(int argc, char **argv, int *i, const char *name, const char *alias, const char **val);
 bool cli_flag(const char *arg, const char *name, const char *alias);
 // Strict number parsing; exits with "speck CMD: option: not a number" on junk.
 long long cli_int(const char *cmd, const char *opt, const char *s, long long lo, long long hi);
@@ -41,13 +40,17 @@ double cli_now(void);
 // Median of v (n > 0); sorts v in place.
 double cli_median(double *v, int n);
 // Sampling options shared by generate/chat/bench-decode (--temp, --top-k, --top-p, --min-p,
-// --repeat-penalty, --repeat-last-n, --seed), -t/--threads and --hugepages (sets
-// cli_load_flags). True if argv[*i] was one.
+// --repeat-penalty, --repeat-last-n, --seed), -t/--threads, --hugepages (sets cli_load_flags)
+// and --kv-type. True if argv[*i] was one.
 bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp);
 // Whole file, NUL-terminated (malloc'd); NULL with the error recorded.
 char *cli_read_file(const char *path, size_t *len);
 // Load a GGUF file (with cli_load_flags, SPECK_LOAD_*) or a Hugging Face checkpoint directory.
 extern unsigned cli_load_flags;
+// --kv-type f32|f16: the element type of the KV caches the commands create (default f32);
+// exits with status 2 on another value. True if argv[*i] was the option.
+extern speck_type cli_kv_type;
+bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i);
 speck_model *cli_load_model(const char *path);
 
 #endif

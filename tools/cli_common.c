@@ -13,8 +13,7 @@ bool cli_flag(const char *arg, const char *name, const char *alias) {
     return !strcmp(arg, name) || (alias && !strcmp(arg, alias));
 }
 
-bool cli_opt(int argc, char **argv, int *i, const char *name, const char *alias,
-             const char **val) {
+bool cli_opt(int argc, char **argv, int *i, const char *name, const char *alias, const char **val) {
     const char *a = argv[*i];
     size_t n = strlen(name);
     if (!strncmp(a, name, n) && a[n] == '=') {
@@ -99,6 +98,19 @@ double cli_now(void) {
 }
 
 unsigned cli_load_flags = 0;
+speck_type cli_kv_type = SPECK_TYPE_F32;
+
+bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i) {
+    const char *v;
+    if (!cli_opt(argc, argv, i, "--kv-type", NULL, &v)) return false;
+    const int t = speck_type_from_name(v);
+    if (t != SPECK_TYPE_F32 && t != SPECK_TYPE_F16) {
+        fprintf(stderr, "speck %s: --kv-type: '%s' is not a KV cache type (f32, f16)\n", cmd, v);
+        exit(2);
+    }
+    cli_kv_type = (speck_type)t;
+    return true;
+}
 
 const char *cli_model_path(const char *cmd, const char *path) {
     if (!path) path = cli_default_model();
@@ -116,7 +128,8 @@ speck_model *cli_load_model(const char *path) {
 
 bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp) {
     const char *v;
-    if (cli_opt(argc, argv, i, "--temp", NULL, &v)) sp->temperature = (float)cli_float(cmd, "--temp", v);
+    if (cli_opt(argc, argv, i, "--temp", NULL, &v))
+        sp->temperature = (float)cli_float(cmd, "--temp", v);
     else if (cli_opt(argc, argv, i, "--top-k", NULL, &v))
         sp->top_k = (int)cli_int(cmd, "--top-k", v, 0, 1 << 30);
     else if (cli_opt(argc, argv, i, "--top-p", NULL, &v))
@@ -131,8 +144,12 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
         sp->seed = (uint64_t)cli_int(cmd, "--seed", v, 0, INT64_MAX);
     else if (cli_opt(argc, argv, i, "--threads", "-t", &v))
         speck_set_threads((int)cli_int(cmd, "--threads", v, 1, 4096));
-    else if (cli_flag(argv[*i], "--hugepages", NULL)) cli_load_flags |= SPECK_LOAD_HUGEPAGES;
-    else return false;
+    else if (cli_flag(argv[*i], "--hugepages", NULL))
+        cli_load_flags |= SPECK_LOAD_HUGEPAGES;
+    else if (cli_kv_opt(cmd, argc, argv, i))
+        return true;
+    else
+        return false;
     return true;
 }
 

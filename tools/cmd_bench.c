@@ -65,14 +65,15 @@ static double measure_bandwidth(void) {
 
 static void help(void) {
     printf("usage: speck bench -m MODEL.gguf [-p 512] [-n 128] [-d 0] [-r 5] [-t THREADS]\n"
-           "                   [--json] [--hugepages]\n\n"
+           "                   [--kv-type f16] [--json] [--hugepages]\n\n"
            "Measures prompt processing (one forward over -p tokens) and text generation (-n\n"
            "single-token forwards), each from a cache holding -d tokens already (0: empty),\n"
            "reporting the median of -r runs after one warm-up, like llama-bench's pp/tg tests\n"
            "and its -d. Also measures this machine's memory read bandwidth and prints the\n"
            "decode roofline: bandwidth / bytes read per generated token (the weights, plus the\n"
            "KV cache at the run's mean depth), and the fraction of it reached. --hugepages\n"
-           "reads the weights into transparent huge pages instead of mapping the file.\n");
+           "reads the weights into transparent huge pages instead of mapping the file; --kv-type\n"
+           "f16 stores the KV cache in f16 (default f32).\n");
 }
 
 int cmd_bench(int argc, char **argv) {
@@ -98,6 +99,8 @@ int cmd_bench(int argc, char **argv) {
             speck_set_threads((int)cli_int("bench", "-t", v, 1, 4096));
         else if (cli_flag(argv[i], "--json", NULL))
             json = true;
+        else if (cli_kv_opt("bench", argc, argv, &i))
+            ;
         else if (cli_flag(argv[i], "--hugepages", NULL))
             cli_load_flags |= SPECK_LOAD_HUGEPAGES;
         else {
@@ -110,7 +113,7 @@ int cmd_bench(int argc, char **argv) {
     if (!m) return cli_fail("bench");
     const speck_hparams *hp = speck_model_hparams(m);
     const int n_new = n_pp > n_tg ? n_pp : n_tg, n_ctx = depth + n_new + 1;
-    speck_ctx *ctx = speck_ctx_new(m, n_ctx);
+    speck_ctx *ctx = speck_ctx_new_kv(m, n_ctx, cli_kv_type);
     int32_t *toks = malloc((size_t)(depth + n_new) * sizeof *toks + 4);
     float *logits = malloc((size_t)hp->n_vocab * sizeof(float));
     double *t_pp = calloc((size_t)reps, sizeof(double)),
@@ -149,11 +152,12 @@ int cmd_bench(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     double rss_mib = ru.ru_maxrss / 1024.0;
     double bw = measure_bandwidth();
-    // Each generated token also reads the cached keys and values (f32) of every layer: at depth
-    // 1024 that is 45 MB for tinyllama-1.1b, 8 % of its Q4_0 weights.
+    // Each generated token also reads the cached keys and values of every layer: at depth 1024
+    // that is 45 MB (f32) for tinyllama-1.1b, 8 % of its Q4_0 weights.
     const double mean_ctx = depth + (n_tg > 0 ? (n_tg - 1) / 2.0 : 0.0);
+    const double kv_bytes = cli_kv_type == SPECK_TYPE_F16 ? 2.0 : 4.0;
     double bpt = (double)speck_model_bytes_per_token(m) +
-                 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * sizeof(float) * mean_ctx;
+                 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * kv_bytes * mean_ctx;
     double roof = bw * 1e9 / bpt;
     const char *wt = speck_type_name(speck_model_weight_type(m));
     if (json) {

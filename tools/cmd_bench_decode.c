@@ -90,7 +90,6 @@ typedef struct {
     int identical, total;
 } result;
 
-
 // Seconds of one verification pass of n[i] tokens (i < k) on top of a cached context of `past`
 // tokens: a forward returning all n rows' logits, as the decoder's verification does. The sizes
 // are timed round-robin (one untimed round first), so that the machine's drift falls on all of
@@ -127,6 +126,7 @@ static void help(void) {
            "  --aded-warm FILE    warm ADED's statistics with this text\n"
            "  --json              machine-readable results\n"
            "  --plot FILE.png     speedup per strategy and the cost curve (gnuplot)\n"
+           "  --kv-type T         KV cache values: f32 (default) or f16\n"
            "  -t N                threads\n");
 }
 
@@ -140,20 +140,28 @@ int cmd_bench_decode(int argc, char **argv) {
         if (cli_flag(argv[i], "--help", "-h")) {
             help();
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) path = v;
-        else if (cli_opt(argc, argv, &i, "--prompts", NULL, &v)) ppath = v;
-        else if (cli_opt(argc, argv, &i, "--draft-model", NULL, &v)) dpath = v;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
+            path = v;
+        else if (cli_opt(argc, argv, &i, "--prompts", NULL, &v))
+            ppath = v;
+        else if (cli_opt(argc, argv, &i, "--draft-model", NULL, &v))
+            dpath = v;
         else if (cli_opt(argc, argv, &i, "--n-predict", "-n", &v))
             n_predict = (int)cli_int("bench-decode", "-n", v, 1, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--max-prompts", NULL, &v))
             max_prompts = (int)cli_int("bench-decode", "--max-prompts", v, 1, 1 << 30);
         else if (cli_opt(argc, argv, &i, "--temp", NULL, &v))
             temp = (float)cli_float("bench-decode", "--temp", v);
-        else if (cli_opt(argc, argv, &i, "--aded-warm", NULL, &v)) warm = v;
-        else if (cli_opt(argc, argv, &i, "--plot", NULL, &v)) plot = v;
+        else if (cli_opt(argc, argv, &i, "--aded-warm", NULL, &v))
+            warm = v;
+        else if (cli_opt(argc, argv, &i, "--plot", NULL, &v))
+            plot = v;
+        else if (cli_kv_opt("bench-decode", argc, argv, &i))
+            ;
         else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
             speck_set_threads((int)cli_int("bench-decode", "-t", v, 1, 4096));
-        else if (cli_flag(argv[i], "--json", NULL)) json = true;
+        else if (cli_flag(argv[i], "--json", NULL))
+            json = true;
         else {
             fprintf(stderr, "speck bench-decode: unknown option '%s'\n", argv[i]);
             return 2;
@@ -213,8 +221,8 @@ int cmd_bench_decode(int argc, char **argv) {
     for (int k = 0; k < P.n; k++) {
         size_t len = strlen(P.text[k]);
         ptoks[k] = malloc((len + 8) * sizeof(int32_t));
-        plen[k] = (int)speck_tokenize(vocab, P.text[k], len, true, false, ptoks[k],
-                                      (int64_t)len + 8);
+        plen[k] =
+            (int)speck_tokenize(vocab, P.text[k], len, true, false, ptoks[k], (int64_t)len + 8);
         if (plen[k] <= 0) {
             fprintf(stderr, "speck bench-decode: prompt %d: empty or untokenizable\n", k + 1);
             return 1;
@@ -223,7 +231,7 @@ int cmd_bench_decode(int argc, char **argv) {
     int n_ctx = 0;
     for (int k = 0; k < P.n; k++)
         if (plen[k] + n_predict + 16 > n_ctx) n_ctx = plen[k] + n_predict + 16;
-    speck_ctx *ctx = speck_ctx_new(m, n_ctx);
+    speck_ctx *ctx = speck_ctx_new_kv(m, n_ctx, cli_kv_type);
     if (!ctx) return cli_fail("bench-decode");
     tokbuf *plain_out = calloc((size_t)P.n, sizeof *plain_out);
     // Prompt-major: every strategy runs on prompt k before any runs on prompt k + 1, so the
@@ -269,9 +277,9 @@ int cmd_bench_decode(int argc, char **argv) {
                     plain_out[k] = out;
                 } else {
                     if (mode == 0)
-                        r->identical += out.n == plain_out[k].n &&
-                                        !memcmp(out.toks, plain_out[k].toks,
-                                                (size_t)out.n * sizeof(int32_t));
+                        r->identical +=
+                            out.n == plain_out[k].n &&
+                            !memcmp(out.toks, plain_out[k].toks, (size_t)out.n * sizeof(int32_t));
                     free(out.toks);
                 }
                 r->total++;
@@ -294,7 +302,7 @@ int cmd_bench_decode(int argc, char **argv) {
     int cn[] = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
     int ncn = sizeof cn / sizeof cn[0];
     double cost[16];
-    speck_ctx *cc = speck_ctx_new(m, 256);
+    speck_ctx *cc = speck_ctx_new_kv(m, 256, cli_kv_type);
     {
         int32_t pre[128];
         for (int i = 0; i < 128; i++) pre[i] = (i * 13 + 1) % V;
@@ -346,8 +354,10 @@ int cmd_bench_decode(int argc, char **argv) {
                 result *r = &R[mode][si];
                 if (!r->total) continue;
                 char ident[32];
-                if (mode) snprintf(ident, sizeof ident, "(sampling)");
-                else snprintf(ident, sizeof ident, "%d/%d", r->identical, r->total);
+                if (mode)
+                    snprintf(ident, sizeof ident, "(sampling)");
+                else
+                    snprintf(ident, sizeof ident, "%d/%d", r->identical, r->total);
                 printf("| %s | %s | %.2f | %.2fx | %.2f | %.3f | %.1f %% | %s |\n", S[si].name,
                        mode ? "sample" : "greedy", r->tok_s,
                        r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,

@@ -95,6 +95,7 @@ static void help(void) {
            "  --repeat-penalty R     penalise the last --repeat-last-n (64) tokens (default 1)\n"
            "  --seed S               sampler seed (default 42)\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
+           "  --kv-type T            KV cache values: f32 (default) or f16 (half the memory)\n"
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages\n"
            "  --stats                print timings to stderr after each reply\n");
@@ -110,15 +111,20 @@ int cmd_chat(int argc, char **argv) {
         if (cli_flag(argv[i], "--help", "-h")) {
             help();
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) path = v;
-        else if (cli_opt(argc, argv, &i, "--template", NULL, &v)) tmpl_arg = v;
-        else if (cli_opt(argc, argv, &i, "--system", NULL, &v)) system_msg = v;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
+            path = v;
+        else if (cli_opt(argc, argv, &i, "--template", NULL, &v))
+            tmpl_arg = v;
+        else if (cli_opt(argc, argv, &i, "--system", NULL, &v))
+            system_msg = v;
         else if (cli_opt(argc, argv, &i, "--n-predict", "-n", &v))
             n_predict = (int)cli_int("chat", "-n", v, 1, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--ctx", "-c", &v))
             n_ctx = (int)cli_int("chat", "--ctx", v, 1, 1 << 24);
-        else if (cli_sampler_opt("chat", argc, argv, &i, &sp)) continue;
-        else if (cli_flag(argv[i], "--stats", NULL)) stats = true;
+        else if (cli_sampler_opt("chat", argc, argv, &i, &sp))
+            continue;
+        else if (cli_flag(argv[i], "--stats", NULL))
+            stats = true;
         else {
             fprintf(stderr, "speck chat: unknown option '%s' (speck chat --help)\n", argv[i]);
             return 2;
@@ -161,7 +167,7 @@ int cmd_chat(int argc, char **argv) {
                     model_tmpl ? "chat template not recognised" : "no chat template");
         }
     }
-    ctx = speck_ctx_new(m, n_ctx);
+    ctx = speck_ctx_new_kv(m, n_ctx, cli_kv_type);
     smp = speck_sampler_new(&sp, hp->n_vocab);
     logits = malloc((size_t)hp->n_vocab * sizeof(float));
     if (!ctx || !smp || !logits) {

@@ -12,8 +12,8 @@ typedef struct {
     int n_stops;
     char *pending; // text not yet printed because it may begin a stop string
     size_t len, cap;
-    bool quiet;    // collect only (the plain run of --compare)
-    char *all;     // everything emitted, for --compare
+    bool quiet; // collect only (the plain run of --compare)
+    char *all;  // everything emitted, for --compare
     size_t all_len, all_cap;
 } stop_filter;
 
@@ -109,6 +109,7 @@ static void help(void) {
            "  --stop STR             stop when STR is generated (repeatable, up to 8)\n"
            "  --ignore-eos           keep going past end-of-generation tokens\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
+           "  --kv-type T            KV cache values: f32 (default) or f16 (half the memory)\n"
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages instead of\n"
            "                         mapping the file (faster decoding of large models)\n"
@@ -167,9 +168,9 @@ static int setup_draft(const char *arg, const char *warm_file, const speck_vocab
         char *text = cli_read_file(warm_file, &got);
         if (!text) return -1;
         ds->warm = malloc((got + 8) * sizeof(int32_t));
-        int64_t n = ds->warm ? speck_tokenize(vocab, text, got, false, false, ds->warm,
-                                              (int64_t)got + 8)
-                             : -1;
+        int64_t n = ds->warm
+                        ? speck_tokenize(vocab, text, got, false, false, ds->warm, (int64_t)got + 8)
+                        : -1;
         free(text);
         if (n < 0) return -1;
         ds->sp.warm_tokens = ds->warm;
@@ -203,14 +204,18 @@ int cmd_generate(int argc, char **argv) {
         if (cli_flag(argv[i], "--help", "-h")) {
             help();
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) path = v;
-        else if (cli_opt(argc, argv, &i, "--prompt", "-p", &v)) prompt = v;
-        else if (cli_opt(argc, argv, &i, "--ids", NULL, &v)) ids_arg = v;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
+            path = v;
+        else if (cli_opt(argc, argv, &i, "--prompt", "-p", &v))
+            prompt = v;
+        else if (cli_opt(argc, argv, &i, "--ids", NULL, &v))
+            ids_arg = v;
         else if (cli_opt(argc, argv, &i, "--n-predict", "-n", &v))
             n_predict = (int)cli_int("generate", "-n", v, 0, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--ctx", "-c", &v))
             n_ctx = (int)cli_int("generate", "--ctx", v, 1, 1 << 24);
-        else if (cli_sampler_opt("generate", argc, argv, &i, &sp)) continue;
+        else if (cli_sampler_opt("generate", argc, argv, &i, &sp))
+            continue;
         else if (cli_opt(argc, argv, &i, "--stop", NULL, &v)) {
             if (sf.n_stops == MAX_STOPS || !*v) {
                 fprintf(stderr, "speck generate: --stop: at most %d non-empty strings\n",
@@ -218,21 +223,27 @@ int cmd_generate(int argc, char **argv) {
                 return 2;
             }
             sf.stops[sf.n_stops++] = v;
-        } else if (cli_opt(argc, argv, &i, "--draft", NULL, &v)) draft_arg = v;
+        } else if (cli_opt(argc, argv, &i, "--draft", NULL, &v))
+            draft_arg = v;
         else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
             ds.sp.max_draft = (int)cli_int("generate", "--draft-max", v, 1, 64);
         else if (cli_opt(argc, argv, &i, "--draft-nodes", NULL, &v)) {
-            if (!strcmp(v, "auto")) ds.sp.auto_budget = true;
-            else ds.sp.max_nodes = (int)cli_int("generate", "--draft-nodes", v, 1, 14);
-        }
-        else if (cli_opt(argc, argv, &i, "--tree-width", NULL, &v))
+            if (!strcmp(v, "auto"))
+                ds.sp.auto_budget = true;
+            else
+                ds.sp.max_nodes = (int)cli_int("generate", "--draft-nodes", v, 1, 14);
+        } else if (cli_opt(argc, argv, &i, "--tree-width", NULL, &v))
             ds.sp.tree_width = (int)cli_int("generate", "--tree-width", v, 1, 8);
         else if (cli_opt(argc, argv, &i, "--adaptive", NULL, &v))
             ds.sp.adaptive = (float)cli_float("generate", "--adaptive", v);
-        else if (cli_opt(argc, argv, &i, "--aded-warm", NULL, &v)) warm = v;
-        else if (cli_flag(argv[i], "--compare", NULL)) compare = true;
-        else if (cli_flag(argv[i], "--no-stats", NULL)) stats = false;
-        else if (cli_flag(argv[i], "--ignore-eos", NULL)) ignore_eos = true;
+        else if (cli_opt(argc, argv, &i, "--aded-warm", NULL, &v))
+            warm = v;
+        else if (cli_flag(argv[i], "--compare", NULL))
+            compare = true;
+        else if (cli_flag(argv[i], "--no-stats", NULL))
+            stats = false;
+        else if (cli_flag(argv[i], "--ignore-eos", NULL))
+            ignore_eos = true;
         else {
             fprintf(stderr, "speck generate: unknown option '%s' (speck generate --help)\n",
                     argv[i]);
@@ -287,7 +298,7 @@ int cmd_generate(int argc, char **argv) {
         cli_fail("generate");
         goto done;
     }
-    ctx = speck_ctx_new(m, n_ctx);
+    ctx = speck_ctx_new_kv(m, n_ctx, cli_kv_type);
     if (!ctx) {
         cli_fail("generate");
         goto done;

@@ -3,6 +3,7 @@
 // The table is picked once, by a constructor, before main() and before any thread exists, so the
 // hot paths read a plain pointer without synchronisation. speck_kernels_force_isa() (tests,
 // benchmarks) swaps it; it must not race with running kernels.
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kernels_internal.h"
@@ -127,25 +128,42 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                  float scale, const uint8_t *allow, float *sc, float *out) {
     if (g_table->attend_group)
-        return g_table->attend_group(q, 0, 1, 1, &n_keys, allow, 0, kb, vb, ld, hd, scale, sc, 0,
-                                     out, 0) == 0;
+        return g_table->attend_group(q, 0, 1, 1, &n_keys, allow, 0, kb, vb, SPECK_TYPE_F32, ld, hd,
+                                     scale, sc, 0, out, 0) == 0;
     return g_table->attend(q, kb, vb, ld, hd, n_keys, scale, allow, sc, out);
 }
 
 // q, out: query/output (t, h) at + t * ldq (ldo) + h * hd; allow: (nt, lda) or NULL;
 // sc: (min(nt * gq, 64), sc_ld).
 int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
-                       const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
-                       int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
-                       int64_t ldo) {
+                       const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
+                       speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
+                       float *out, int64_t ldo) {
     if (g_table->attend_group)
-        return g_table->attend_group(q, ldq, nt, gq, n_keys, allow, lda, kb, vb, ld, hd, scale, sc,
-                                     sc_ld, out, ldo);
+        return g_table->attend_group(q, ldq, nt, gq, n_keys, allow, lda, kb, vb, kv, ld, hd, scale,
+                                     sc, sc_ld, out, ldo);
+    const float *kf = kb, *vf = vb;
+    float *conv = NULL;
+    if (kv == SPECK_TYPE_F16) { // the one-query kernels read floats: convert the rows seen
+        int maxk = 0;
+        for (int t = 0; t < nt; t++) maxk = n_keys[t] > maxk ? n_keys[t] : maxk;
+        conv = malloc(2 * sizeof(float) * (size_t)maxk * (size_t)hd + 1);
+        if (!conv) { // out of memory: zero outputs rather than a crash
+            for (int t = 0; t < nt; t++) memset(out + t * ldo, 0, sizeof(float) * (size_t)gq * hd);
+            return nt * gq;
+        }
+        for (int j = 0; j < maxk; j++) {
+            g_table->f16_to_f32((const uint16_t *)kb + j * ld, conv + (size_t)j * hd, hd);
+            g_table->f16_to_f32((const uint16_t *)vb + j * ld, conv + (size_t)(maxk + j) * hd, hd);
+        }
+        kf = conv, vf = conv + (size_t)maxk * hd, ld = hd;
+    }
     int empty = 0;
     for (int t = 0; t < nt; t++)
         for (int h = 0; h < gq; h++)
-            empty += !g_table->attend(q + t * ldq + (int64_t)h * hd, kb, vb, ld, hd, n_keys[t],
+            empty += !g_table->attend(q + t * ldq + (int64_t)h * hd, kf, vf, ld, hd, n_keys[t],
                                       scale, allow ? allow + t * lda : NULL, sc,
                                       out + t * ldo + (int64_t)h * hd);
+    free(conv);
     return empty;
 }

@@ -61,13 +61,14 @@ int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, i
 // The same for gq query heads sharing one key/value head, for nt tokens at once (GQA heads and
 // the tokens of a verification pass): query (t, h) at q + t * ldq + h * hd, its output at
 // out + t * ldo + h * hd; token t sees keys j < n_keys[t], those with allow[t * lda + j] != 0
-// when allow is not NULL. sc: (min(nt * gq, 64), sc_ld >= every n_keys[t]) scratch. Each block of
-// keys is read once for all the queries, and each output is bit-identical to speck_attend on
-// that query alone. Returns how many queries had no allowed key (their outputs zeroed).
+// when allow is not NULL. Keys and values: rows of type kv (SPECK_TYPE_F32 or SPECK_TYPE_F16)
+// ld elements apart. sc: (min(nt * gq, 64), sc_ld >= every n_keys[t]) scratch. Each block of
+// keys is read once for all the queries, and each output is bit-identical to the one-query case
+// (for f32 rows: speck_attend). Returns how many queries had no allowed key (outputs zeroed).
 int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
-                       const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
-                       int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
-                       int64_t ldo);
+                       const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
+                       speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
+                       float *out, int64_t ldo);
 
 // Y = X · Wᵀ, threaded with OpenMP. Call it from outside any parallel region.
 // W: (n_out, n_in) rows of type wt, rows contiguous (row stride speck_type_row_size(wt, n_in))

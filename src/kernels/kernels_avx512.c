@@ -180,8 +180,9 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
 #define PT_UPTO8(WT, T)                                                                            \
     PT_CASE(WT, 1, T)                                                                              \
     PT_CASE(WT, 2, T)                                                                              \
-    PT_CASE(WT, 3, T) PT_CASE(WT, 4, T) PT_CASE(WT, 5, T) PT_CASE(WT, 6, T)                        \
-        PT_CASE(WT, 7, T) default : ptile_body(PT_ARGS, WT, 8, T);                                 \
+    PT_CASE(WT, 3, T)                                                                              \
+    PT_CASE(WT, 4, T) PT_CASE(WT, 5, T) PT_CASE(WT, 6, T) PT_CASE(WT, 7, T) default                \
+        : ptile_body(PT_ARGS, WT, 8, T);                                                           \
     return;
 #define SPECK_PANELS_AVX512(NAME, WT)                                                              \
     static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt,   \

@@ -116,12 +116,13 @@ typedef struct {
     // which other queries or heads run alongside (batch invariance of the decode path).
     int (*attend)(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                   float scale, const uint8_t *allow, float *sc, float *out);
-    // Attention of several queries over the same keys (speck_attend_group); NULL: speck_attend
-    // once per query. Returns how many queries had no allowed key.
+    // Attention of several queries over the same keys (speck_attend_group), keys and values f32
+    // or f16; NULL: speck_attend once per query on f32 rows. Returns how many queries had no
+    // allowed key.
     int (*attend_group)(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
-                        const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
-                        int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
-                        int64_t ldo);
+                        const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
+                        speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
+                        float *out, int64_t ldo);
     // Activation quantization (must be bit-identical across ISAs) and row conversions.
     void (*quantize_q8_0)(const float *x, speck_block_q8_0 *y, int64_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
@@ -143,9 +144,9 @@ void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n)
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
 // The AVX-512 table's attend_group (src/kernels/attend_avx512.c).
 int speck_attend_group_avx512(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
-                              const uint8_t *allow, int64_t lda, const float *kb, const float *vb,
-                              int64_t ld, int hd, float scale, float *sc, int64_t sc_ld, float *out,
-                              int64_t ldo);
+                              const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
+                              speck_type kv, int64_t ld, int hd, float scale, float *sc,
+                              int64_t sc_ld, float *out, int64_t ldo);
 // Portable attention (the scalar table's attend).
 int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
                      int n_keys, float scale, const uint8_t *allow, float *sc, float *out);

@@ -134,8 +134,10 @@ static void balance_range(const balancer *b, int tid, int nth, int64_t n, int64_
 struct speck_ctx {
     const speck_model *m;
     int n_ctx, n_past;
-    int kv_dim;     // n_head_kv * head_dim
-    float **k, **v; // per layer: (n_head_kv, n_ctx, head_dim), see kv_row
+    int kv_dim;         // n_head_kv * head_dim
+    void **k, **v;      // per layer: (n_head_kv, n_ctx, head_dim) of kv_type, see kv_at
+    speck_type kv_type; // SPECK_TYPE_F32 or SPECK_TYPE_F16
+    size_t kv_es;       // bytes per cached value
     // Scratch grown on demand to the largest batch seen.
     int cap;                  // tokens the scratch below holds
     float *x, *xn;            // (n, n_embd)
@@ -146,6 +148,9 @@ struct speck_ctx {
     float *att_s;             // (threads, ATT_ROWS, n_ctx) attention probabilities of a batch
     float *rope_cs, *rope_sn; // (cap, head_dim / 2) rotation of each new token's position
     int scores_threads, att_s_threads; // threads that scores / att_s hold rows for
+    float *kvt; // f16 cache, streaming path: (threads, n, head_dim) new K/V rows
+    float *kvf; // f16 cache, batch path: one layer's K and V as floats, (2, n_kv, n_total, hd)
+    size_t kvt_cap, kvf_cap; // floats allocated
     // Streaming path (n < stream_max()): one buffer per thread, normalised rows then prepared
     // activations, grown on demand.
     char **tbuf;
@@ -156,7 +161,16 @@ struct speck_ctx {
 };
 
 speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
+    return speck_ctx_new_kv(m, n_ctx, SPECK_TYPE_F32);
+}
+
+speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type) {
     const speck_hparams *hp = &m->hp;
+    if (kv_type != SPECK_TYPE_F32 && kv_type != SPECK_TYPE_F16) {
+        speck_set_error(SPECK_ERR_ARG, "KV cache type %s is not supported (f32 or f16)",
+                        speck_type_name(kv_type));
+        return NULL;
+    }
     if (n_ctx <= 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
     speck_ctx *c = calloc(1, sizeof *c);
     if (!c) goto oom;
@@ -165,14 +179,16 @@ speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
     c->m = m;
     c->n_ctx = n_ctx;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
-    c->k = calloc((size_t)hp->n_layer, sizeof(float *));
-    c->v = calloc((size_t)hp->n_layer, sizeof(float *));
+    c->kv_type = kv_type;
+    c->kv_es = kv_type == SPECK_TYPE_F16 ? 2 : 4;
+    c->k = calloc((size_t)hp->n_layer, sizeof(void *));
+    c->v = calloc((size_t)hp->n_layer, sizeof(void *));
     if (!c->k || !c->v) goto oom;
     for (int l = 0; l < hp->n_layer; l++) {
         // calloc of large blocks maps zero pages lazily: only the part of the context actually
         // used becomes resident.
-        c->k[l] = calloc((size_t)n_ctx * c->kv_dim, sizeof(float));
-        c->v[l] = calloc((size_t)n_ctx * c->kv_dim, sizeof(float));
+        c->k[l] = calloc((size_t)n_ctx * c->kv_dim, c->kv_es);
+        c->v[l] = calloc((size_t)n_ctx * c->kv_dim, c->kv_es);
         if (!c->k[l] || !c->v[l]) goto oom;
     }
     return c;
@@ -196,6 +212,8 @@ void speck_ctx_free(speck_ctx *c) {
     free(c->u);
     free(c->scores);
     free(c->att_s);
+    free(c->kvt);
+    free(c->kvf);
     free(c->rope_cs);
     free(c->rope_sn);
     for (int t = 0; c->tbuf && t < c->tbuf_threads; t++) free(c->tbuf[t]);
@@ -205,6 +223,9 @@ void speck_ctx_free(speck_ctx *c) {
 
 int speck_ctx_n_ctx(const speck_ctx *c) {
     return c->n_ctx;
+}
+speck_type speck_ctx_kv_type(const speck_ctx *c) {
+    return c->kv_type;
 }
 int speck_ctx_n_past(const speck_ctx *c) {
     return c->n_past;
@@ -218,11 +239,26 @@ int speck_ctx_truncate(speck_ctx *c, int n) {
     return 0;
 }
 
-// Layer cache (cache: (n_head_kv, n_ctx, head_dim)): KV group g's row at position pos. Each
-// group's keys and values are contiguous, so attention streams them without striding over the
-// other groups' rows.
-static inline float *kv_row(const speck_ctx *c, float *cache, int g, int pos) {
-    return cache + ((size_t)g * c->n_ctx + (size_t)pos) * (size_t)c->m->hp.head_dim;
+// Layer cache (cache: (n_head_kv, n_ctx, head_dim) of kv_type): KV group g's row at position
+// pos. Each group's keys and values are contiguous, so attention streams them without striding
+// over the other groups' rows.
+static inline void *kv_at(const speck_ctx *c, void *cache, int g, int pos) {
+    return (char *)cache + ((size_t)g * c->n_ctx + (size_t)pos) * c->m->hp.head_dim * c->kv_es;
+}
+
+// Stores n rows of head_dim floats (src, src_ld apart) as cache rows pos.. of group g
+// (rounded to f16 for an f16 cache).
+static void kv_store(const speck_ctx *c, void *cache, int g, int pos, const float *src,
+                     int64_t src_ld, int n) {
+    const int hd = c->m->hp.head_dim;
+    for (int i = 0; i < n; i++) {
+        void *dst = kv_at(c, cache, g, pos + i);
+        const float *x = src + i * src_ld;
+        if (c->kv_type == SPECK_TYPE_F16)
+            for (int j = 0; j < hd; j++) ((uint16_t *)dst)[j] = speck_fp32_to_fp16(x[j]);
+        else
+            memcpy(dst, x, (size_t)hd * sizeof(float));
+    }
 }
 
 int speck_ctx_compact(speck_ctx *c, const int *idx, int n) {
@@ -231,14 +267,14 @@ int speck_ctx_compact(speck_ctx *c, const int *idx, int n) {
             return speck_set_error(SPECK_ERR_RANGE,
                                    "compact: index %d (%d) must be increasing and < %d", i, idx[i],
                                    c->n_past);
-    const size_t row = (size_t)c->m->hp.head_dim * sizeof(float);
+    const size_t row = (size_t)c->m->hp.head_dim * c->kv_es;
     // idx[i] >= i, so moving rows forward in order never overwrites a row still to be read.
     for (int l = 0; l < c->m->hp.n_layer; l++)
         for (int g = 0; g < c->m->hp.n_head_kv; g++)
             for (int i = 0; i < n; i++)
                 if (idx[i] != i) {
-                    memcpy(kv_row(c, c->k[l], g, i), kv_row(c, c->k[l], g, idx[i]), row);
-                    memcpy(kv_row(c, c->v[l], g, i), kv_row(c, c->v[l], g, idx[i]), row);
+                    memcpy(kv_at(c, c->k[l], g, i), kv_at(c, c->k[l], g, idx[i]), row);
+                    memcpy(kv_at(c, c->v[l], g, i), kv_at(c, c->v[l], g, idx[i]), row);
                 }
     c->n_past = n;
     return 0;
@@ -307,6 +343,17 @@ static int reserve(speck_ctx *c, int n, bool stream) {
             tb[t] = p;
         }
         c->tbuf_bytes = need;
+    }
+    if (c->kv_type == SPECK_TYPE_F16) {
+        const size_t hd = (size_t)hp->head_dim;
+        const size_t need = stream ? (size_t)threads * n * hd
+                                   : 2 * (size_t)hp->n_head_kv * (size_t)(c->n_past + n) * hd;
+        float **p = stream ? &c->kvt : &c->kvf;
+        size_t *cap = stream ? &c->kvt_cap : &c->kvf_cap;
+        if (need > *cap) {
+            if (grow(p, need)) return -1;
+            *cap = need;
+        }
     }
     if (!stream && threads > c->att_s_threads) {
         if (grow(&c->att_s, (size_t)threads * ATT_ROWS * c->n_ctx)) return -1;
@@ -410,9 +457,11 @@ static bool softmax_masked(float *s, int n_total, int limit, const uint8_t *mi) 
 // single-threaded sgemm each (OpenBLAS runs serially inside a parallel region): no fork/join
 // per head, and a causal chunk only multiplies the keys its last query can see, which skips the
 // masked half of the square at n_past = 0.
-// q, out: (n, n_head*hd); cache k, v: (n_head_kv, n_ctx, hd); mask: (n, n_total) or NULL (causal).
+// q, out: (n, n_head*hd); k, v: per KV group gstride floats apart, (n_total, hd) rows each;
+// mask: (n, n_total) or NULL (causal).
 static void attention_gemm(speck_ctx *c, const float *q, float *out, const float *kc,
-                           const float *vc, int n, int n_total, const uint8_t *mask) {
+                           const float *vc, size_t gstride, int n, int n_total,
+                           const uint8_t *mask) {
     const speck_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
     const int n_past = n_total - n, qd = nh * hd, nch = (n + ATT_ROWS - 1) / ATT_ROWS;
@@ -422,8 +471,8 @@ static void attention_gemm(speck_ctx *c, const float *q, float *out, const float
         const int h = u / nch, i0 = u % nch * ATT_ROWS;
         const int rows = n - i0 < ATT_ROWS ? n - i0 : ATT_ROWS;
         const int keys = mask ? n_total : n_past + i0 + rows;
-        const float *kb = kc + (size_t)(h / group) * c->n_ctx * hd;
-        const float *vb = vc + (size_t)(h / group) * c->n_ctx * hd;
+        const float *kb = kc + (size_t)(h / group) * gstride;
+        const float *vb = vc + (size_t)(h / group) * gstride;
         float *S = c->att_s + (size_t)omp_get_thread_num() * ATT_ROWS * c->n_ctx;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale,
                     q + (size_t)i0 * qd + (size_t)h * hd, qd, kb, hd, 0.0f, S, keys);
@@ -526,9 +575,10 @@ static void head_rows(speck_ctx *c, const speck_weight *w, const float *b, bool 
 }
 
 // Rows of heads [h0, h1) of Q (which 0), or of KV groups [h0, h1) of K (1) or V (2), for the n
-// tokens of xn, with bias and (Q, K) RoPE applied; K/V rows land directly in layer l's cache.
+// tokens of xn, with bias and (Q, K) RoPE applied; K/V rows land directly in layer l's cache
+// (through kt: (n, head_dim) floats of this thread's, for an f16 cache).
 static void qkv_heads(speck_ctx *c, int l, act_slot *act, const float *xn, int n, int which, int h0,
-                      int h1) {
+                      int h1, float *kt) {
     const speck_layer *ly = &c->m->layers[l];
     const int hd = c->m->hp.head_dim;
     if (which == 0) {
@@ -536,10 +586,13 @@ static void qkv_heads(speck_ctx *c, int l, act_slot *act, const float *xn, int n
                   (int64_t)c->m->hp.n_head * hd);
         return;
     }
-    for (int g = h0; g < h1; g++) // one group at a time: its rows are hd floats apart
+    void *cache = which == 1 ? c->k[l] : c->v[l];
+    for (int g = h0; g < h1; g++) { // one group at a time: its rows are hd values apart
+        float *y = c->kv_type == SPECK_TYPE_F32 ? (float *)kv_at(c, cache, g, c->n_past) : kt;
         head_rows(c, which == 1 ? &ly->wk : &ly->wv, which == 1 ? ly->bk : ly->bv, which == 1, act,
-                  xn, n, g, g + 1,
-                  kv_row(c, which == 1 ? c->k[l] : c->v[l], g, c->n_past) - (size_t)g * hd, hd);
+                  xn, n, g, g + 1, y - (size_t)g * hd, hd);
+        if (c->kv_type != SPECK_TYPE_F32) kv_store(c, cache, g, c->n_past, kt, hd, n);
+    }
 }
 
 // Attention of query heads [h0, h1) of KV group g for new tokens [t0, t1) over layer l's cache
@@ -554,8 +607,8 @@ static void attend_unit(speck_ctx *c, int l, const uint8_t *mask, int n_total, f
     int nk[ATT_GROUP_Q];
     for (int t = t0; t < t1; t++) nk[t - t0] = mask ? n_total : c->n_past + t + 1;
     speck_attend_group(c->q + t0 * qd + (size_t)h0 * hd, (int64_t)qd, t1 - t0, h1 - h0, nk,
-                       mask ? mask + (size_t)t0 * n_total : NULL, n_total, kv_row(c, c->k[l], g, 0),
-                       kv_row(c, c->v[l], g, 0), hd, hd, scale, sc, c->n_ctx,
+                       mask ? mask + (size_t)t0 * n_total : NULL, n_total, kv_at(c, c->k[l], g, 0),
+                       kv_at(c, c->v[l], g, 0), c->kv_type, hd, hd, scale, sc, c->n_ctx,
                        c->att + t0 * qd + (size_t)h0 * hd, (int64_t)qd);
 }
 
@@ -587,6 +640,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
         float *xn = (float *)c->tbuf[tid]; // (n, E) this thread's normalised rows
         act_slot act = {.buf = c->tbuf[tid] + align64((size_t)n * E * sizeof(float))};
         float *sc = c->scores + (size_t)tid * ATT_GROUP_Q * c->n_ctx;
+        float *kt = c->kvt ? c->kvt + (size_t)tid * n * hd : NULL; // f16 cache: new rows first
         for (int l = 0; l < hp->n_layer; l++) {
             const speck_layer *ly = &m->layers[l];
             for (int i = 0; i < n; i++)
@@ -598,9 +652,9 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 // attention. No barrier between (nothing crosses threads), and a group's cache
                 // slices are written and read by the same core, in the same pass and the next.
                 const int g0 = nkv * tid / nth, g1 = nkv * (tid + 1) / nth;
-                qkv_heads(c, l, &act, xn, n, 0, g0 * group, g1 * group);
-                qkv_heads(c, l, &act, xn, n, 1, g0, g1);
-                qkv_heads(c, l, &act, xn, n, 2, g0, g1);
+                qkv_heads(c, l, &act, xn, n, 0, g0 * group, g1 * group, kt);
+                qkv_heads(c, l, &act, xn, n, 1, g0, g1, kt);
+                qkv_heads(c, l, &act, xn, n, 2, g0, g1, kt);
                 const int hc = group < ATT_GROUP_Q ? group : ATT_GROUP_Q, tc = ATT_GROUP_Q / hc;
                 for (int g = g0; g < g1; g++)
                     for (int h = g * group; h < (g + 1) * group; h += hc)
@@ -618,7 +672,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                     const int which = u < uq ? 0 : u < uq + ukv ? 1 : 2;
                     const int h0 = (u - (which == 0 ? 0 : which == 1 ? uq : uq + ukv)) * hpu;
                     const int nmax = which ? nkv : nh;
-                    qkv_heads(c, l, &act, xn, n, which, h0, h0 + hpu < nmax ? h0 + hpu : nmax);
+                    qkv_heads(c, l, &act, xn, n, which, h0, h0 + hpu < nmax ? h0 + hpu : nmax, kt);
                 }
                 barrier_wait(&c->bar, nth);
                 // Attention per (group, chunk of tokens, part of the group's heads). A unit
@@ -705,11 +759,22 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
             if (!kv) rope(c->att, c->rope_cs, c->rope_sn, n, hp->n_head_kv, hd, hp->rope_type);
 #pragma omp parallel for schedule(static)
             for (int g = 0; g < hp->n_head_kv; g++)
-                for (int i = 0; i < n; i++)
-                    memcpy(kv_row(c, kv ? c->v[l] : c->k[l], g, c->n_past + i),
-                           c->att + (size_t)i * kvd + (size_t)g * hd, (size_t)hd * sizeof(float));
+                kv_store(c, kv ? c->v[l] : c->k[l], g, c->n_past, c->att + (size_t)g * hd, kvd, n);
         }
-        attention_gemm(c, c->q, c->att, c->k[l], c->v[l], n, n_total, mask);
+        if (c->kv_type == SPECK_TYPE_F32) {
+            attention_gemm(c, c->q, c->att, c->k[l], c->v[l], (size_t)c->n_ctx * hd, n, n_total,
+                           mask);
+        } else { // sgemm reads floats: this layer's cached rows [0, n_total), converted once
+            float *kf = c->kvf, *vf = c->kvf + (size_t)hp->n_head_kv * n_total * hd;
+#pragma omp parallel for schedule(static)
+            for (int g = 0; g < hp->n_head_kv; g++) {
+                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, c->k[l], g, 0),
+                                     kf + (size_t)g * n_total * hd, (int64_t)n_total * hd);
+                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, c->v[l], g, 0),
+                                     vf + (size_t)g * n_total * hd, (int64_t)n_total * hd);
+            }
+            attention_gemm(c, c->q, c->att, kf, vf, (size_t)n_total * hd, n, n_total, mask);
+        }
         matmul(&ly->wo, c->att, n, c->xn);
         add_inplace(c->x, c->xn, (size_t)n * E);
 

@@ -126,6 +126,9 @@ class LlamaRef:
         quantized weights (ggml's vec_dot_type). Used only to size test tolerances."""
         self.hp = hparams_from_gguf(kv, tensors)
         self.dtype = dtype
+        # Round cached keys and values to f16 (as a speck context with an f16 KV cache stores
+        # them); set after construction.
+        self.kv_f16 = False
         self.q8_inputs = set(q8_inputs)
         self.w = {k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in tensors.items()}
         if "output.weight" not in self.w:  # tied output head
@@ -191,6 +194,8 @@ class LlamaRef:
             k = self.linear(h, p + "attn_k").view(n, hp.n_head_kv, hp.head_dim)
             v = self.linear(h, p + "attn_v").view(n, hp.n_head_kv, hp.head_dim)
             q, k = self.rope(q, pos), self.rope(k, pos)
+            if self.kv_f16:
+                k, v = k.half().to(self.dtype), v.half().to(self.dtype)
             # GQA: query head hq reads kv head hq // group (consecutive query heads share one).
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
