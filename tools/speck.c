@@ -47,17 +47,10 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cmds[] = {{"generate", cmd_generate},
-                {"chat", cmd_chat},
-                {"bench", cmd_bench},
-                {"bench-decode", cmd_bench_decode},
-                {"info", cmd_info},
-                {"init", cmd_init},
-                {"tokenize", cmd_tokenize},
-                {"convert", cmd_convert},
-                {"export", cmd_export},
-                {"train", cmd_train},
-                {"tokenizer-train", cmd_tokenizer_train},
+    } cmds[] = {{"generate", cmd_generate}, {"chat", cmd_chat}, {"bench", cmd_bench}, {"bench-decode", cmd_bench_decode}, {"info", cmd_info},
+                {"init", cmd_init},         {"tokenize", cmd_tokenize},
+                {"convert", cmd_convert},   {"export", cmd_export},
+                {"train", cmd_train},       {"tokenizer-train", cmd_tokenizer_train},
                 {"eval", cmd_eval}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);

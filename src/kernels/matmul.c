@@ -28,12 +28,12 @@
 
 #include "kernels/kernels_internal.h"
 
-#define SMALL_BATCH 16 // n_tok below this takes the streaming path (see below)
+#define SMALL_BATCH 16                 // n_tok below this takes the streaming path (see below)
 // The streaming path computes each token's outputs with the same operations whatever n_tok is;
 // the prefill paths do not. Speculative decoding needs batch invariance below 16 tokens.
 _Static_assert(SMALL_BATCH >= 16, "n_tok < 16 must stay on the batch-invariant streaming path");
-#define PANEL_FLOATS (2u << 20)     // f32 values per dequantized weight panel (8 MiB)
-#define PARALLEL_MIN_WORK (1 << 15) // weight values below which threads cost more than help
+#define PANEL_FLOATS (2u << 20)        // f32 values per dequantized weight panel (8 MiB)
+#define PARALLEL_MIN_WORK (1 << 15)    // weight values below which threads cost more than help
 
 typedef struct {
     void *p;
@@ -70,16 +70,11 @@ static void fail_nomem(float *Y, int64_t n_tok, int64_t n_out) {
 static inline float dot_one(const speck_kernel_table *k, speck_type wt, const void *w,
                             const void *a, int64_t n) {
     switch (wt) {
-    case SPECK_TYPE_F32:
-        return k->dot_f32(w, a, n);
-    case SPECK_TYPE_F16:
-        return k->dot_f16(w, a, n);
-    case SPECK_TYPE_BF16:
-        return k->dot_bf16(w, a, n);
-    case SPECK_TYPE_Q8_0:
-        return k->dot_q8_0(w, a, n);
-    case SPECK_TYPE_Q4_0:
-        return k->dot_q4_0(w, a, n);
+    case SPECK_TYPE_F32: return k->dot_f32(w, a, n);
+    case SPECK_TYPE_F16: return k->dot_f16(w, a, n);
+    case SPECK_TYPE_BF16: return k->dot_bf16(w, a, n);
+    case SPECK_TYPE_Q8_0: return k->dot_q8_0(w, a, n);
+    case SPECK_TYPE_Q4_0: return k->dot_q4_0(w, a, n);
     }
     return 0.0f;
 }
@@ -126,19 +121,15 @@ static speck_mm_kind mm_kind(const speck_kernel_table *k, speck_type wt) {
     return wt == SPECK_TYPE_Q4_0 ? SPECK_MM_Q8_SPLIT_Q4 : SPECK_MM_Q8_SPLIT;
 }
 
-speck_mm_kind speck_mm_kind_for(speck_type wt) {
-    return mm_kind(speck_kernels_get(), wt);
-}
+speck_mm_kind speck_mm_kind_for(speck_type wt) { return mm_kind(speck_kernels_get(), wt); }
 
 typedef void (*float_tile_fn)(const void *, size_t, int, const float *, int64_t, int, int64_t,
                               float *);
 
 // The ISA's float tile kernel for weight type wt, or NULL (quantized types, ISAs without tiles).
 static float_tile_fn float_tiles(const speck_kernel_table *k, speck_type wt) {
-    return wt == SPECK_TYPE_F32    ? k->mm_f32
-           : wt == SPECK_TYPE_F16  ? k->mm_f16
-           : wt == SPECK_TYPE_BF16 ? k->mm_bf16
-                                   : NULL;
+    return wt == SPECK_TYPE_F32 ? k->mm_f32 : wt == SPECK_TYPE_F16 ? k->mm_f16
+         : wt == SPECK_TYPE_BF16 ? k->mm_bf16 : NULL;
 }
 
 int speck_mm_stream_max(speck_type wt) {
@@ -202,8 +193,8 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
             for (int64_t t = 0; t < n_tok; t += T) {
                 const int nt = (int)(n_tok - t < T ? n_tok - t : T);
                 float out[16];
-                mm_float((const char *)W + (size_t)o * wrow, wrow, rows, a->x + t * n_in, n_in, nt,
-                         n_in, out);
+                mm_float((const char *)W + (size_t)o * wrow, wrow, rows, a->x + t * n_in, n_in,
+                         nt, n_in, out);
                 for (int j = 0; j < nt; j++)
                     for (int r = 0; r < rows; r++) {
                         float *y = Y + (t + j) * ldy + o + r;
@@ -239,25 +230,19 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     }
 }
 
-static size_t elem_size(speck_type wt) {
-    return wt == SPECK_TYPE_F32 ? 4 : 2;
-}
+static size_t elem_size(speck_type wt) { return wt == SPECK_TYPE_F32 ? 4 : 2; }
 
 static speck_panel_fn panel_fn(const speck_kernel_table *k, speck_type wt) {
-    return wt == SPECK_TYPE_F32    ? k->mm_panel_f32
-           : wt == SPECK_TYPE_F16  ? k->mm_panel_f16
-           : wt == SPECK_TYPE_BF16 ? k->mm_panel_bf16
-                                   : NULL;
+    return wt == SPECK_TYPE_F32 ? k->mm_panel_f32 : wt == SPECK_TYPE_F16 ? k->mm_panel_f16
+         : wt == SPECK_TYPE_BF16 ? k->mm_panel_bf16 : NULL;
 }
 
-static int is_quant(speck_type wt) {
-    return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0;
-}
+static int is_quant(speck_type wt) { return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0; }
 
 static speck_panel_q_fn panel_q_fn(const speck_kernel_table *k, speck_type wt) {
     return wt == SPECK_TYPE_Q4_0   ? k->mm_panel_q4_0
-           : wt == SPECK_TYPE_Q8_0 ? k->mm_panel_q8_0
-                                   : NULL;
+         : wt == SPECK_TYPE_Q8_0 ? k->mm_panel_q8_0
+                                 : NULL;
 }
 
 speck_type speck_panel_act_type(speck_type wt) {
@@ -282,15 +267,15 @@ size_t speck_panel_bytes(speck_type wt, int64_t n_out, int64_t n_in) {
 
 // One 16-row panel (rows of which exist: `rows`): dst[k * 16 + j] = row j's element k, zeros for
 // missing rows. Typed copies (one element per store) keep packing a 10 MB model at a few ms.
-#define PANEL_PACK(T)                                                                              \
-    static void pack_panel_##T(const T *W, int64_t n_in, int rows, T *dst) {                       \
-        for (int j = 0; j < 16; j++) {                                                             \
-            const T *src = W + (size_t)j * (size_t)n_in;                                           \
-            if (j < rows)                                                                          \
-                for (int64_t k = 0; k < n_in; k++) dst[k * 16 + j] = src[k];                       \
-            else                                                                                   \
-                for (int64_t k = 0; k < n_in; k++) dst[k * 16 + j] = 0;                            \
-        }                                                                                          \
+#define PANEL_PACK(T)                                                                            \
+    static void pack_panel_##T(const T *W, int64_t n_in, int rows, T *dst) {                     \
+        for (int j = 0; j < 16; j++) {                                                           \
+            const T *src = W + (size_t)j * (size_t)n_in;                                         \
+            if (j < rows)                                                                        \
+                for (int64_t k = 0; k < n_in; k++) dst[k * 16 + j] = src[k];                     \
+            else                                                                                 \
+                for (int64_t k = 0; k < n_in; k++) dst[k * 16 + j] = 0;                          \
+        }                                                                                        \
     }
 PANEL_PACK(uint16_t)
 PANEL_PACK(uint32_t)
@@ -308,7 +293,8 @@ static void pack_panel_q4(const speck_block_q4_0 *W, int64_t nb, int rows, uint8
     }
 }
 
-static void unpack_panel_q4(const uint8_t *src, int64_t nb, int j0, int rows, speck_block_q4_0 *W) {
+static void unpack_panel_q4(const uint8_t *src, int64_t nb, int j0, int rows,
+                            speck_block_q4_0 *W) {
     for (int64_t b = 0; b < nb; b++, src += SPECK_Q4_PANEL_BLOCK)
         for (int j = j0; j < j0 + rows; j++) {
             speck_block_q4_0 *blk = W + (size_t)(j - j0) * (size_t)nb + b;
@@ -332,7 +318,8 @@ static void pack_panel_q8(const speck_block_q8_0 *W, int64_t nb, int rows, uint8
     }
 }
 
-static void unpack_panel_q8(const uint8_t *src, int64_t nb, int j0, int rows, speck_block_q8_0 *W) {
+static void unpack_panel_q8(const uint8_t *src, int64_t nb, int j0, int rows,
+                            speck_block_q8_0 *W) {
     for (int64_t b = 0; b < nb; b++, src += SPECK_Q8_PANEL_BLOCK)
         for (int j = j0; j < j0 + rows; j++) {
             speck_block_q8_0 *blk = W + (size_t)(j - j0) * (size_t)nb + b;
@@ -413,10 +400,11 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
         for (int64_t t = 0; t < n_tok; t += TG) {
             const int nt = (int)(n_tok - t < TG ? n_tok - t : TG);
             if (quant)
-                qfn(pp, pbytes, np, &a->rows, t, nt, Y + t * ldy + 16 * p, ldy, m0, m1, accumulate);
+                qfn(pp, pbytes, np, &a->rows, t, nt, Y + t * ldy + 16 * p, ldy, m0, m1,
+                    accumulate);
             else
-                ffn(pp, pbytes, np, a->x + t * n_in, n_in, nt, n_in, Y + t * ldy + 16 * p, ldy, m0,
-                    m1, accumulate);
+                ffn(pp, pbytes, np, a->x + t * n_in, n_in, nt, n_in, Y + t * ldy + 16 * p, ldy,
+                    m0, m1, accumulate);
         }
     }
 }
@@ -441,10 +429,8 @@ static void matmul_small(speck_type wt, const void *W, const void *P, int64_t n_
         speck_thread_share((n_out + 15) / 16, &o0, &o1);
         o0 = 16 * o0 < n_out ? 16 * o0 : n_out;
         o1 = 16 * o1 < n_out ? 16 * o1 : n_out;
-        if (P)
-            speck_mm_panel_rows(wt, P, &a, o0, o1, Y, n_out, 0);
-        else
-            speck_mm_rows(wt, W, &a, o0, o1, Y, n_out, 0);
+        if (P) speck_mm_panel_rows(wt, P, &a, o0, o1, Y, n_out, 0);
+        else speck_mm_rows(wt, W, &a, o0, o1, Y, n_out, 0);
     }
 }
 
@@ -465,8 +451,8 @@ static void blas_threads_sync(void) {
 }
 
 // Prefill path. Same shapes as matmul_small.
-static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
-                        const float *X, int64_t n_tok, float *Y) {
+static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_out,
+                        int64_t n_in, const float *X, int64_t n_tok, float *Y) {
     blas_threads_sync();
     if (wt == SPECK_TYPE_F32) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)n_out, (int)n_in,
@@ -503,27 +489,17 @@ static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_o
             }
             float *dst = panel + r * n_in;
             switch (wt) {
-            case SPECK_TYPE_F16:
-                k->f16_to_f32(src, dst, n_in);
-                break;
-            case SPECK_TYPE_BF16:
-                k->bf16_to_f32(src, dst, n_in);
-                break;
-            case SPECK_TYPE_Q8_0:
-                k->q8_0_to_f32(src, dst, n_in);
-                break;
-            case SPECK_TYPE_Q4_0:
-                k->q4_0_to_f32(src, dst, n_in);
-                break;
-            case SPECK_TYPE_F32:
-                memcpy(dst, src, (size_t)n_in * sizeof(float));
-                break;
+            case SPECK_TYPE_F16: k->f16_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_BF16: k->bf16_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_Q8_0: k->q8_0_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_Q4_0: k->q4_0_to_f32(src, dst, n_in); break;
+            case SPECK_TYPE_F32: memcpy(dst, src, (size_t)n_in * sizeof(float)); break;
             }
         }
         // Y[:, o0 : o0 + rows] = X · panelᵀ (ldc = n_out writes the column slice in place)
         if (!failed)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)rows, (int)n_in,
-                        1.0f, X, (int)n_in, panel, (int)n_in, 0.0f, Y + o0, (int)n_out);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)rows,
+                        (int)n_in, 1.0f, X, (int)n_in, panel, (int)n_in, 0.0f, Y + o0, (int)n_out);
     }
     if (failed) fail_nomem(Y, n_tok, n_out);
 }
