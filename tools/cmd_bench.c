@@ -161,15 +161,15 @@ int cmd_bench(int argc, char **argv) {
     double roof = bw * 1e9 / bpt;
     const char *wt = speck_type_name(speck_model_weight_type(m));
     if (json) {
-        printf(
-            "{\"model\": \"%s\", \"arch\": \"%s\", \"type\": \"%s\", \"file_bytes\": %zu, "
-            "\"threads\": %d, \"isa\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, "
-            "\"repetitions\": %d, \"pp_tok_s\": %.3f, \"tg_tok_s\": %.3f, "
-            "\"bandwidth_gb_s\": %.2f, \"bytes_per_token\": %.0f, \"roofline_tok_s\": %.3f, "
-            "\"roofline_fraction\": %.4f, \"peak_rss_mib\": %.1f}\n",
-            path, hp->arch, wt, speck_gguf_file_size(speck_model_gguf(m)), speck_get_threads(),
-            speck_kernels_isa(), n_pp, n_tg, depth, reps, pp, tg, bw, bpt, roof, tg / roof,
-            rss_mib);
+        printf("{\"model\": \"%s\", \"arch\": \"%s\", \"type\": \"%s\", \"file_bytes\": %zu, "
+               "\"threads\": %d, \"isa\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": "
+               "%d, \"kv_type\": \"%s\", "
+               "\"repetitions\": %d, \"pp_tok_s\": %.3f, \"tg_tok_s\": %.3f, "
+               "\"bandwidth_gb_s\": %.2f, \"bytes_per_token\": %.0f, \"roofline_tok_s\": %.3f, "
+               "\"roofline_fraction\": %.4f, \"peak_rss_mib\": %.1f}\n",
+               path, hp->arch, wt, speck_gguf_file_size(speck_model_gguf(m)), speck_get_threads(),
+               speck_kernels_isa(), n_pp, n_tg, depth, speck_type_name(cli_kv_type), reps, pp, tg,
+               bw, bpt, roof, tg / roof, rss_mib);
     } else {
         printf("| model | type | size | threads | isa | test | t/s |\n");
         printf("| --- | --- | ---: | ---: | --- | --- | ---: |\n");
