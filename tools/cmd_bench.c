@@ -187,6 +187,9 @@ int cmd_bench(int argc, char **argv) {
         printf("\nmedian of %d runs; memory read bandwidth %.1f GB/s; %.1f MiB read per token;\n"
                "decode roofline %.1f tok/s; reached %.1f %%; peak RSS %.1f MiB\n",
                reps, bw, bpt / 1048576.0, roof, 100.0 * tg / roof, rss_mib);
+        if (n_tg > 0 && tg > roof)
+            printf("(above 100 %%: what a token reads fits in the CPU caches, so memory bandwidth "
+                   "does not bound this model's decoding)\n");
     }
     free(t_pp);
     free(t_tg);
