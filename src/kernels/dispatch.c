@@ -127,10 +127,8 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
 // q: (hd); kb, vb: key/value j at + j * ld; allow, sc: (n_keys); out: (hd).
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                  float scale, const uint8_t *allow, float *sc, float *out) {
-    if (g_table->attend_group)
-        return g_table->attend_group(q, 0, 1, 1, &n_keys, allow, 0, kb, vb, SPECK_TYPE_F32, ld, hd,
-                                     scale, sc, 0, out, 0) == 0;
-    return g_table->attend(q, kb, vb, ld, hd, n_keys, scale, allow, sc, out);
+    return speck_attend_group(q, 0, 1, 1, &n_keys, allow, 0, kb, vb, SPECK_TYPE_F32, ld, hd, scale,
+                              sc, 0, out, 0) == 0;
 }
 
 // q, out: query/output (t, h) at + t * ldq (ldo) + h * hd; allow: (nt, lda) or NULL;

@@ -43,8 +43,6 @@ typedef struct {
 #endif
 #define SPIN_BEFORE_YIELD 4096 // pauses (~tens of microseconds) before a waiter yields
 
-// Every thread of the team calls this; returns when all nth have. The arrivals' writes happen
-// before every thread's return (acq_rel count, release/acquire generation).
 // A cheap timestamp for the thread balancer (units cancel: only ratios are used).
 static inline uint64_t ticks(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -250,15 +248,9 @@ static inline void *kv_at(const speck_ctx *c, void *cache, int g, int pos) {
 // (rounded to f16 for an f16 cache).
 static void kv_store(const speck_ctx *c, void *cache, int g, int pos, const float *src,
                      int64_t src_ld, int n) {
-    const int hd = c->m->hp.head_dim;
-    for (int i = 0; i < n; i++) {
-        void *dst = kv_at(c, cache, g, pos + i);
-        const float *x = src + i * src_ld;
-        if (c->kv_type == SPECK_TYPE_F16)
-            for (int j = 0; j < hd; j++) ((uint16_t *)dst)[j] = speck_fp32_to_fp16(x[j]);
-        else
-            memcpy(dst, x, (size_t)hd * sizeof(float));
-    }
+    for (int i = 0; i < n; i++)
+        speck_quantize_row(c->kv_type, src + i * src_ld, kv_at(c, cache, g, pos + i),
+                           c->m->hp.head_dim);
 }
 
 int speck_ctx_compact(speck_ctx *c, const int *idx, int n) {
@@ -548,12 +540,15 @@ static void share16(const balancer *b, int tid, int nth, int64_t n, int64_t *o0,
 }
 
 // Inside forward_stream's parallel region: this thread's share of w's rows applied to X into Y
-// (ldy). No barrier at the end.
+// (ldy); the ticks it took are added to *busy (the balancer's measure). No barrier at the end.
 static void mm_shared(act_slot *s, const balancer *b, int tid, int nth, const speck_weight *w,
-                      const float *X, int n, float *Y, int64_t ldy, int accumulate) {
+                      const float *X, int n, float *Y, int64_t ldy, int accumulate,
+                      uint64_t *busy) {
+    const uint64_t t0 = ticks();
     int64_t r0, r1;
     share16(b, tid, nth, w->n_out, &r0, &r1);
     mm_rows(s, w, X, n, r0, r1, Y, ldy, accumulate);
+    *busy += ticks() - t0;
 }
 
 // Rows of heads [h0, h1) of w for the n tokens of xn, with bias b and (rope) RoPE applied:
@@ -612,6 +607,41 @@ static void attend_unit(speck_ctx *c, int l, const uint8_t *mask, int n_total, f
                        c->att + t0 * qd + (size_t)h0 * hd, (int64_t)qd);
 }
 
+// How forward_stream cuts a layer's attention into attend_unit calls: units of (KV group, chunk
+// of tc tokens, part of hc heads), numbered group-major, ntc chunks and parts parts per group.
+// A unit reads its group's keys and values once: whole groups as long as every thread gets a
+// unit (smollm2's 3 groups on 2 threads at 1000 cached tokens: 5.6 ms per 1-token pass, against
+// 6.4 with the groups' heads split to balance the threads); heads are split only when there are
+// fewer units than threads (MQA).
+typedef struct {
+    int hc, tc, ntc, parts;
+} att_units;
+
+static att_units attention_units(int group, int nkv, int n, int nth) {
+    att_units a;
+    a.hc = group < ATT_GROUP_Q ? group : ATT_GROUP_Q;
+    a.tc = ATT_GROUP_Q / a.hc;
+    a.ntc = (n + a.tc - 1) / a.tc;
+    if (nkv * a.ntc * ((group + a.hc - 1) / a.hc) < nth) {
+        int parts = (nth + nkv * a.ntc - 1) / (nkv * a.ntc);
+        parts = parts < group ? parts : group;
+        a.hc = (group + parts - 1) / parts;
+    }
+    a.parts = (group + a.hc - 1) / a.hc;
+    return a;
+}
+
+// Unit u of a (see attention_units) for the n new tokens.
+static void attend_unit_at(speck_ctx *c, int l, const uint8_t *mask, int n, int n_total,
+                           float scale, const att_units *a, int u, float *sc) {
+    const int group = c->m->hp.n_head / c->m->hp.n_head_kv;
+    const int g = u / (a->ntc * a->parts), t = u / a->parts % a->ntc * a->tc;
+    const int h = g * group + u % a->parts * a->hc;
+    attend_unit(c, l, mask, n_total, scale, g, h,
+                h + a->hc < (g + 1) * group ? h + a->hc : (g + 1) * group, t,
+                t + a->tc < n ? t + a->tc : n, sc);
+}
+
 // Few tokens (decode, draft verification): the whole forward is one OpenMP parallel region.
 // Each thread normalises and quantises the activations itself (cheaper than waiting for one
 // thread to do it), weight rows are split between threads, and bias, RoPE, residual adds and
@@ -641,6 +671,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
         act_slot act = {.buf = c->tbuf[tid] + align64((size_t)n * E * sizeof(float))};
         float *sc = c->scores + (size_t)tid * ATT_GROUP_Q * c->n_ctx;
         float *kt = c->kvt ? c->kvt + (size_t)tid * n * hd : NULL; // f16 cache: new rows first
+        const att_units au = attention_units(group, nkv, n, nth);
         for (int l = 0; l < hp->n_layer; l++) {
             const speck_layer *ly = &m->layers[l];
             for (int i = 0; i < n; i++)
@@ -655,16 +686,12 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 qkv_heads(c, l, &act, xn, n, 0, g0 * group, g1 * group, kt);
                 qkv_heads(c, l, &act, xn, n, 1, g0, g1, kt);
                 qkv_heads(c, l, &act, xn, n, 2, g0, g1, kt);
-                const int hc = group < ATT_GROUP_Q ? group : ATT_GROUP_Q, tc = ATT_GROUP_Q / hc;
-                for (int g = g0; g < g1; g++)
-                    for (int h = g * group; h < (g + 1) * group; h += hc)
-                        for (int t = 0; t < n; t += tc)
-                            attend_unit(c, l, mask, n_total, scale, g, h,
-                                        h + hc < (g + 1) * group ? h + hc : (g + 1) * group, t,
-                                        t + tc < n ? t + tc : n, sc);
+                const int per_group = au.ntc * au.parts;
+                for (int u = g0 * per_group; u < g1 * per_group; u++)
+                    attend_unit_at(c, l, mask, n, n_total, scale, &au, u, sc);
             } else {
                 // Q, K and V in units of a few heads (as many as fill a panel kernel's work
-                // item; one head on the row layout), then attention per (token, head).
+                // item; one head on the row layout), then the attention units, shared dynamically.
                 const int hpu = item_rows(&ly->wq, n) > hd ? (int)(item_rows(&ly->wq, n) / hd) : 1;
                 const int uq = (nh + hpu - 1) / hpu, ukv = (nkv + hpu - 1) / hpu;
 #pragma omp for schedule(dynamic, 1) nowait
@@ -675,32 +702,12 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                     qkv_heads(c, l, &act, xn, n, which, h0, h0 + hpu < nmax ? h0 + hpu : nmax, kt);
                 }
                 barrier_wait(&c->bar, nth);
-                // Attention per (group, chunk of tokens, part of the group's heads). A unit
-                // reads its group's keys and values once: whole groups as long as every thread
-                // gets one (smollm2's 3 groups on 2 threads at 1000 cached tokens: 5.6 ms per
-                // 1-token pass, against 6.4 with the groups' heads split to balance the threads),
-                // heads split only when there are fewer units than threads (MQA).
-                int hc = group < ATT_GROUP_Q ? group : ATT_GROUP_Q;
-                const int tc = ATT_GROUP_Q / hc, ntc = (n + tc - 1) / tc;
-                if (nkv * ntc * ((group + hc - 1) / hc) < nth) {
-                    int parts = (nth + nkv * ntc - 1) / (nkv * ntc);
-                    parts = parts < group ? parts : group;
-                    hc = (group + parts - 1) / parts;
-                }
-                const int parts = (group + hc - 1) / hc;
 #pragma omp for schedule(dynamic, 1) nowait
-                for (int u = 0; u < nkv * ntc * parts; u++) {
-                    const int g = u / (ntc * parts), t = u / parts % ntc * tc,
-                              h = g * group + u % parts * hc;
-                    attend_unit(c, l, mask, n_total, scale, g, h,
-                                h + hc < (g + 1) * group ? h + hc : (g + 1) * group, t,
-                                t + tc < n ? t + tc : n, sc);
-                }
+                for (int u = 0; u < nkv * au.ntc * au.parts; u++)
+                    attend_unit_at(c, l, mask, n, n_total, scale, &au, u, sc);
             }
             barrier_wait(&c->bar, nth);
-            uint64_t t0 = ticks();
-            mm_shared(&act, &c->bal, tid, nth, &ly->wo, c->att, n, c->x, E, 1);
-            busy += ticks() - t0;
+            mm_shared(&act, &c->bal, tid, nth, &ly->wo, c->att, n, c->x, E, 1, &busy);
             barrier_wait(&c->bar, nth);
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E,
@@ -708,7 +715,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             act.valid = false;
             {
                 int64_t o0, o1; // gate rows, then the same up rows, then SwiGLU on them
-                t0 = ticks();
+                const uint64_t t0 = ticks();
                 share16(&c->bal, tid, nth, F, &o0, &o1);
                 mm_rows(&act, &ly->wg, xn, n, o0, o1, c->g, F, 0);
                 mm_rows(&act, &ly->wu, xn, n, o0, o1, c->u, F, 0);
@@ -717,9 +724,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 busy += ticks() - t0;
             }
             barrier_wait(&c->bar, nth);
-            t0 = ticks();
-            mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, c->x, E, 1);
-            busy += ticks() - t0;
+            mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, c->x, E, 1, &busy);
             act.valid = false; // g is rewritten by the next layer at the same address
             barrier_wait(&c->bar, nth);
         }
@@ -728,10 +733,9 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             rmsnorm_row(xn + (size_t)r * E, c->x + (size_t)(out_rows ? out_rows[r] : r) * E,
                         m->out_norm, E, hp->norm_eps);
         act.valid = false;
-        const uint64_t t0 = ticks();
         if (n_out > 0)
-            mm_shared(&act, &c->bal, tid, nth, &m->output, xn, n_out, logits, hp->n_vocab, 0);
-        busy += ticks() - t0;
+            mm_shared(&act, &c->bal, tid, nth, &m->output, xn, n_out, logits, hp->n_vocab, 0,
+                      &busy);
         if (tid < BAL_MAX) c->bal.busy[tid] = busy;
     }
     balance_end(&c->bal);
