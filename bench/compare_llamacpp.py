@@ -28,13 +28,13 @@ def run_json(cmd, env):
     return json.loads(out)
 
 
-HUGE = []  # --hugepages / --depth: extra speck bench flags
+SPECK_EXTRA = []  # --hugepages / --depth: extra speck bench flags
 LLAMA_EXTRA = []  # and llama-bench's matching flags
 
 
 def speck_once(speck, path, n_pp, n_tg, threads, env):
     d = run_json([speck, "bench", "-m", path, "-p", str(n_pp), "-n", str(n_tg), "-r", "1",
-                  "-t", str(threads), "--json", *HUGE], env)
+                  "-t", str(threads), "--json", *SPECK_EXTRA], env)
     return d
 
 
@@ -80,10 +80,10 @@ def main():
                          "against llama-bench -mmp 0 (weights read into memory, no mmap)")
     a = ap.parse_args()
     if a.hugepages:
-        HUGE.append("--hugepages")
+        SPECK_EXTRA.append("--hugepages")
         LLAMA_EXTRA.extend(["-mmp", "0"])
     if a.depth:
-        HUGE.extend(["-d", str(a.depth)])
+        SPECK_EXTRA.extend(["-d", str(a.depth)])
         LLAMA_EXTRA.extend(["-d", str(a.depth)])
 
     env = dict(os.environ)
