@@ -365,9 +365,7 @@ static int reserve(speck_ctx *c, int n, bool stream) {
 // out (dim) = x / rms(x) * w; x, w: (dim)
 SPECK_MULTIVERSION
 static void rmsnorm_row(float *out, const float *x, const float *w, int dim, float eps) {
-    double ss = 0;
-    for (int j = 0; j < dim; j++) ss += (double)x[j] * x[j];
-    float s = (float)(1.0 / sqrt(ss / dim + eps));
+    float s = (float)(1.0 / sqrt(speck_sum_sq(x, dim) / dim + eps));
     for (int j = 0; j < dim; j++) out[j] = x[j] * s * w[j];
 }
 

@@ -15,6 +15,7 @@
 
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
+#include "core/simd_math.h"
 #include "train/train_internal.h"
 
 // Loops with less work than this many element-operations run on one thread: a parallel region
@@ -222,9 +223,7 @@ static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *
     for (int i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * C;
         float *yi = y + (size_t)i * C;
-        double ss = 0;
-        for (int j = 0; j < C; j++) ss += (double)xi[j] * xi[j];
-        float r = (float)(1.0 / sqrt(ss / C + eps));
+        float r = (float)(1.0 / sqrt(speck_sum_sq(xi, C) / C + eps));
         rstd[i] = r;
         for (int j = 0; j < C; j++) yi[j] = xi[j] * r * w[j];
     }
