@@ -24,7 +24,7 @@ mentions() {
 expect 2 "no command" -- "$SPECK"
 expect 2 "unknown command" -- "$SPECK" frobnicate
 mentions "unknown command"
-for c in generate bench info init tokenize; do
+for c in generate bench info init tokenize quantize; do
   expect 0 "$c --help" -- "$SPECK" "$c" --help
   grep -q "usage: speck $c" "$dir/out" && ok || bad "$c --help prints usage"
   expect 2 "$c unknown option" -- "$SPECK" "$c" --no-such-option
@@ -48,6 +48,19 @@ chmod 755 "$dir/ro"
 
 expect 0 "info" -- "$SPECK" info -m "$dir/tiny.gguf"
 grep -q "blk.1.ffn_down.weight" "$dir/out" && grep -q "^model: *llama" "$dir/out" && ok || bad "info shows tensors and model"
+# quantize: the matrices change type (info shows them), the rest and the text stay usable.
+expect 0 "quantize q8_0" -- "$SPECK" quantize "$dir/tiny.gguf" "$dir/tiny-q8.gguf" q8_0 --quiet
+expect 0 "info of the quantized file" -- "$SPECK" info -m "$dir/tiny-q8.gguf"
+grep -q "blk.1.ffn_down.weight *q8_0" "$dir/out" && grep -q "attn_norm.weight *f32" "$dir/out" && ok || bad "quantized matrices q8_0, norms f32"
+expect 0 "generate with the quantized file" -- "$SPECK" generate -m "$dir/tiny-q8.gguf" -p hi -n 4
+expect 2 "quantize unknown type" -- "$SPECK" quantize "$dir/tiny.gguf" "$dir/x.gguf" q9
+mentions "unknown type 'q9'"
+expect 2 "quantize missing arguments" -- "$SPECK" quantize "$dir/tiny.gguf"
+expect 1 "quantize missing input" -- "$SPECK" quantize "$dir/missing.gguf" "$dir/x.gguf" q4_0
+mentions "$dir/missing.gguf"
+expect 1 "quantize twice refused" -- "$SPECK" quantize "$dir/tiny-q8.gguf" "$dir/x.gguf" q4_0
+mentions "already q8_0" "--allow-requantize"
+ls "$dir"/x.gguf* >/dev/null 2>&1 && bad "failed quantize left files" || ok
 head -c 1000 "$dir/tiny.gguf" >"$dir/trunc.gguf"
 expect 1 "info truncated" -- "$SPECK" info -m "$dir/trunc.gguf"
 mentions "$dir/trunc.gguf" "truncated"

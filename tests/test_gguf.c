@@ -6,6 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "formats/gguf_internal.h"
+#include "kernels/kernels.h"
 #include "speck.h"
 #include "test_util.h"
 
@@ -325,6 +327,142 @@ static void test_all_value_types(void) {
     speck_gguf_close(g);
 }
 
+// No file named like a temporary output (OUT.tmp.XXXXXX) left in the test directory.
+static bool no_temporaries(void) {
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls %s | grep -q '\\.tmp\\.'", dir);
+    return system(cmd) != 0;
+}
+
+// speck_gguf_quantize on a synthetic file: each matrix holds exactly speck_quantize_row of its
+// source rows in the type it should get (its own for the head and embeddings, f16 where 32 does
+// not divide a row), vectors and every key are copied, general.file_type follows; then
+// requantizing is refused unless allowed, and failures leave no file.
+static void test_quantize(void) {
+    const char *src = tmp("q_src.gguf"), *out = tmp("q_out.gguf"), *out2 = tmp("q_out2.gguf");
+    struct {
+        const char *name;
+        int n_dims;
+        int64_t ne[2];
+        speck_type want; // with type q4_0, embeddings f16, head q8_0
+    } ts[] = {
+        {"token_embd.weight", 2, {64, 8}, SPECK_TYPE_F16},
+        {"blk.0.attn_norm.weight", 1, {64, 1}, SPECK_TYPE_F32},
+        {"blk.0.attn_q.weight", 2, {64, 4}, SPECK_TYPE_Q4_0},
+        {"blk.0.odd.weight", 2, {48, 3}, SPECK_TYPE_F16},
+        {"output.weight", 2, {64, 8}, SPECK_TYPE_Q8_0},
+    };
+    const int nt = (int)(sizeof ts / sizeof ts[0]);
+    float *data[5];
+    speck_gguf_writer *w = speck_gguf_writer_new();
+    const int32_t arr[3] = {-1, 2, -3};
+    speck_gguf_set_str(w, "general.architecture", "llama");
+    speck_gguf_set_u32(w, "general.file_type", 0);
+    speck_gguf_set_arr(w, "test.array", SPECK_GGUF_INT32, arr, 3);
+    speck_gguf_set_f32(w, "test.float", 0.25f);
+    for (int i = 0; i < nt; i++) {
+        const int64_t n = ts[i].ne[0] * ts[i].ne[1];
+        data[i] = malloc((size_t)n * sizeof(float));
+        for (int64_t j = 0; j < n; j++) data[i][j] = sinf(0.37f * (float)(j + 13 * i)) * 2.0f;
+        speck_gguf_add_tensor(w, ts[i].name, SPECK_TYPE_F32, ts[i].n_dims, ts[i].ne, data[i]);
+    }
+    CHECK(speck_gguf_writer_save(w, src) == 0, "write the quantize source: %s", speck_last_error());
+    speck_gguf_writer_free(w);
+
+    speck_quantize_opts o = {
+        .type = SPECK_TYPE_Q4_0, .embd_type = SPECK_TYPE_F16, .output_type = SPECK_TYPE_Q8_0};
+    CHECK(speck_gguf_quantize(src, out, &o, false) == 0, "quantize to q4_0: %s",
+          speck_last_error());
+    speck_gguf *a = speck_gguf_open(src), *b = speck_gguf_open(out);
+    CHECK(a && b, "open source and quantized files");
+    if (a && b) {
+        bool types = true, bytes = true, kv = speck_gguf_n_kv(a) == speck_gguf_n_kv(b);
+        for (int i = 0; i < nt; i++) {
+            const speck_gguf_tensor *t = speck_gguf_find_tensor(b, ts[i].name);
+            if (!t || t->type != (int)ts[i].want || t->ne[0] != ts[i].ne[0]) {
+                types = false;
+                continue;
+            }
+            const size_t rs = speck_type_row_size(ts[i].want, ts[i].ne[0]);
+            unsigned char *row = malloc(rs);
+            for (int64_t r = 0; r < ts[i].ne[1]; r++) {
+                speck_quantize_row(ts[i].want, data[i] + r * ts[i].ne[0], row, ts[i].ne[0]);
+                bytes &= !memcmp(row, (const unsigned char *)t->data + r * rs, rs);
+            }
+            free(row);
+        }
+        for (int64_t i = 0; kv && i < speck_gguf_n_kv(a); i++) {
+            const char *key = speck_gguf_key(a, i);
+            const int64_t j = speck_gguf_find_key(b, key);
+            char va[256], vb[256];
+            kv = j >= 0;
+            if (!kv || !strcmp(key, "general.file_type")) continue;
+            speck_gguf_value_str(a, i, va, sizeof va, 8);
+            speck_gguf_value_str(b, j, vb, sizeof vb, 8);
+            kv = !strcmp(va, vb);
+        }
+        const int64_t ft = speck_gguf_find_key(b, "general.file_type");
+        CHECK(types, "quantize: matrices q4_0, head q8_0, embeddings f16, a 48-wide matrix f16, "
+                     "the norm f32");
+        CHECK(bytes, "quantize: every row is speck_quantize_row of its source row");
+        CHECK(kv, "quantize: every key copied");
+        CHECK(ft >= 0 && speck_gguf_get_int(b, ft) == speck_gguf_file_type(SPECK_TYPE_Q4_0),
+              "quantize: general.file_type names the q4_0 matrices");
+    }
+    speck_gguf_close(a);
+    speck_gguf_close(b);
+
+    // Requantizing the q4_0/q8_0 tensors to q8_0 is refused, naming the tensor and the flag;
+    // allowed, it works.
+    o = (speck_quantize_opts){.type = SPECK_TYPE_Q8_0, .embd_type = -1, .output_type = -1};
+    int rc = speck_gguf_quantize(out, out2, &o, false);
+    CHECK(rc == SPECK_ERR_ARG && strstr(speck_last_error(), "blk.0.attn_q.weight") &&
+              strstr(speck_last_error(), "--allow-requantize") && access(out2, F_OK) != 0,
+          "requantize refused without the flag: %s", speck_last_error());
+    o.allow_requantize = true;
+    CHECK(speck_gguf_quantize(out, out2, &o, false) == 0, "requantize allowed: %s",
+          speck_last_error());
+    // Quantizing in place is safe: the source stays mapped while its replacement is renamed in.
+    o = (speck_quantize_opts){.type = SPECK_TYPE_F16, .embd_type = -1, .output_type = -1};
+    CHECK(speck_gguf_quantize(src, src, &o, false) == 0, "quantize a file onto itself: %s",
+          speck_last_error());
+    speck_gguf *c = speck_gguf_open(src);
+    CHECK(c && speck_gguf_find_tensor(c, "blk.0.attn_q.weight")->type == SPECK_TYPE_F16,
+          "in place: the file now holds f16 matrices");
+    speck_gguf_close(c);
+
+    // Bad input: a missing source, an output directory that does not exist.
+    rc = speck_gguf_quantize(tmp("none.gguf"), out2, &o, false);
+    CHECK(rc != 0 && strstr(speck_last_error(), "none.gguf"), "missing source named: %s",
+          speck_last_error());
+    rc = speck_gguf_quantize(src, tmp("nodir/x.gguf"), &o, false);
+    CHECK(rc != 0 && strstr(speck_last_error(), "nodir/x.gguf"), "unwritable output named: %s",
+          speck_last_error());
+    CHECK(no_temporaries(), "no temporary file left behind");
+
+    // A real model: quantized, it loads and its forward pass gives finite logits.
+    const char *tiny = tmp("q_tiny.gguf");
+    CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_F32, 5, tiny) == 0,
+          "init tiny: %s", speck_last_error());
+    o = (speck_quantize_opts){.type = SPECK_TYPE_Q8_0, .embd_type = -1, .output_type = -1};
+    CHECK(speck_gguf_quantize(tiny, out, &o, false) == 0, "quantize tiny to q8_0: %s",
+          speck_last_error());
+    speck_model *m = speck_model_load(out);
+    speck_ctx *ctx = m ? speck_ctx_new(m, 16) : NULL;
+    const int V = m ? speck_model_hparams(m)->n_vocab : 0;
+    float *logits = malloc((size_t)(V > 0 ? V : 1) * sizeof(float));
+    const int32_t toks[3] = {1, 5, 9};
+    const int last = 2;
+    bool finite = ctx && speck_forward(ctx, 3, toks, NULL, NULL, &last, 1, logits) == 0;
+    for (int i = 0; finite && i < V; i++) finite = isfinite(logits[i]);
+    CHECK(finite, "the q8_0 model loads and computes finite logits: %s",
+          m ? "ok" : speck_last_error());
+    free(logits);
+    speck_ctx_free(ctx);
+    speck_model_free(m);
+    for (int i = 0; i < nt; i++) free(data[i]);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/speck-test-gguf-%d", (int)getpid());
     char cmd[300];
@@ -334,6 +472,7 @@ int main(void) {
     test_all_value_types();
     test_model_errors();
     test_hugepages_load();
+    test_quantize();
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) return 1;
     return test_summary();

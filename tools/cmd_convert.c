@@ -1,4 +1,5 @@
-// `speck convert` (Hugging Face directory -> GGUF) and `speck export` (GGUF -> Hugging Face).
+// `speck convert` (Hugging Face directory -> GGUF), `speck export` (GGUF -> Hugging Face) and
+// `speck quantize` (GGUF -> GGUF with the matrices in another type).
 #include <stdio.h>
 #include <string.h>
 
@@ -79,5 +80,56 @@ int cmd_export(int argc, char **argv) {
     }
     if (speck_hf_export(in, out, (speck_type)type, !quiet)) return cli_fail("export");
     if (!quiet) fprintf(stderr, "speck export: wrote %s\n", out);
+    return 0;
+}
+
+static int quant_type_arg(const char *opt, const char *v) {
+    int t = speck_type_from_name(v);
+    if (t < 0)
+        fprintf(stderr, "speck quantize: %s: unknown type '%s' (f32, f16, bf16, q8_0, q4_0)\n", opt,
+                v);
+    return t;
+}
+
+int cmd_quantize(int argc, char **argv) {
+    const char *pos[3] = {NULL, NULL, NULL};
+    int n_pos = 0;
+    speck_quantize_opts o = {.embd_type = -1, .output_type = -1};
+    bool quiet = false;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (cli_flag(argv[i], "--help", "-h")) {
+            printf("usage: speck quantize IN.gguf OUT.gguf TYPE [--output-tensor-type T]\n"
+                   "                      [--token-embedding-type T] [--allow-requantize] "
+                   "[--quiet]\n\n"
+                   "Write IN's matrices in TYPE (f32, f16, bf16, q8_0, q4_0), like llama.cpp's\n"
+                   "llama-quantize: norms, biases and metadata are copied, general.file_type is\n"
+                   "updated, and rows that TYPE's 32-value blocks do not divide fall back to f16.\n"
+                   "--output-tensor-type / --token-embedding-type give output.weight /\n"
+                   "token_embd.weight their own type (e.g. q8_0 beside q4_0 matrices). Tensors\n"
+                   "already q8_0/q4_0 are converted again only with --allow-requantize. OUT\n"
+                   "appears only when complete (temporary file + rename).\n");
+            return 0;
+        } else if (cli_opt(argc, argv, &i, "--output-tensor-type", NULL, &v)) {
+            if ((o.output_type = quant_type_arg("--output-tensor-type", v)) < 0) return 2;
+        } else if (cli_opt(argc, argv, &i, "--token-embedding-type", NULL, &v)) {
+            if ((o.embd_type = quant_type_arg("--token-embedding-type", v)) < 0) return 2;
+        } else if (cli_flag(argv[i], "--allow-requantize", NULL)) o.allow_requantize = true;
+        else if (cli_flag(argv[i], "--quiet", "-q")) quiet = true;
+        else if (argv[i][0] != '-' && n_pos < 3) pos[n_pos++] = argv[i];
+        else {
+            fprintf(stderr, "speck quantize: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (n_pos != 3) {
+        fprintf(stderr, "speck quantize: need IN.gguf OUT.gguf TYPE (speck quantize --help)\n");
+        return 2;
+    }
+    int t = quant_type_arg("TYPE", pos[2]);
+    if (t < 0) return 2;
+    o.type = (speck_type)t;
+    if (speck_gguf_quantize(pos[0], pos[1], &o, !quiet)) return cli_fail("quantize");
+    if (!quiet) fprintf(stderr, "speck quantize: wrote %s\n", pos[1]);
     return 0;
 }
