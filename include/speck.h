@@ -453,8 +453,9 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
 // every tensor of two or more dimensions takes `type` (token_embd.weight `embd_type` and
 // output.weight `output_type` when >= 0), falling back to f16 where the type's block does not
 // divide a row; vectors (norms, biases) and every metadata key are copied, general.file_type
-// set from the new matrices. A tensor already Q8_0/Q4_0 that would change type is refused
-// (SPECK_ERR_ARG) unless allow_requantize, since the rounding errors add up; a tensor in a
+// set from the new matrices. A tensor already Q8_0/Q4_0 that would go to the other quantized
+// type is refused (SPECK_ERR_ARG) unless allow_requantize, since the rounding errors add up
+// (to f32/f16/bf16 it is dequantized); a tensor in a
 // type speck cannot read (llama.cpp's K-quants, ...) is an error naming it when it would have
 // to change, and copied otherwise. Streams row chunks into a temporary file renamed into place
 // (a failure leaves no file); the source's pages are dropped as they are written.
@@ -462,7 +463,7 @@ typedef struct {
     speck_type type;        // the matrices: f32, f16, bf16, q8_0 or q4_0
     int embd_type;          // token_embd.weight: a speck_type, or -1 for `type`
     int output_type;        // output.weight: a speck_type, or -1 for `type`
-    bool allow_requantize;  // convert Q8_0/Q4_0 tensors to another type too
+    bool allow_requantize;  // convert Q8_0/Q4_0 tensors to the other quantized type too
 } speck_quantize_opts;
 int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
                         bool progress);

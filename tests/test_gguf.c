@@ -422,6 +422,24 @@ static void test_quantize(void) {
     o.allow_requantize = true;
     CHECK(speck_gguf_quantize(out, out2, &o, false) == 0, "requantize allowed: %s",
           speck_last_error());
+    // To f32 the quantized tensors are dequantized, no flag needed.
+    o = (speck_quantize_opts){.type = SPECK_TYPE_F32, .embd_type = -1, .output_type = -1};
+    CHECK(speck_gguf_quantize(out, out2, &o, false) == 0, "dequantize to f32: %s",
+          speck_last_error());
+    speck_gguf *q = speck_gguf_open(out), *d = speck_gguf_open(out2);
+    const speck_gguf_tensor *tq = q ? speck_gguf_find_tensor(q, "blk.0.attn_q.weight") : NULL,
+                            *td = d ? speck_gguf_find_tensor(d, "blk.0.attn_q.weight") : NULL;
+    bool deq = tq && td && td->type == SPECK_TYPE_F32 && td->n_bytes == 64 * 4 * sizeof(float);
+    float deq_row[64];
+    for (int r = 0; deq && r < 4; r++) {
+        speck_dequantize_row(SPECK_TYPE_Q4_0,
+                             (const char *)tq->data + r * speck_type_row_size(SPECK_TYPE_Q4_0, 64),
+                             deq_row, 64);
+        deq = !memcmp(deq_row, (const float *)td->data + r * 64, sizeof deq_row);
+    }
+    CHECK(deq, "dequantized rows equal speck_dequantize_row of the q4_0 rows");
+    speck_gguf_close(q);
+    speck_gguf_close(d);
     // Quantizing in place is safe: the source stays mapped while its replacement is renamed in.
     o = (speck_quantize_opts){.type = SPECK_TYPE_F16, .embd_type = -1, .output_type = -1};
     CHECK(speck_gguf_quantize(src, src, &o, false) == 0, "quantize a file onto itself: %s",

@@ -107,8 +107,9 @@ int cmd_quantize(int argc, char **argv) {
                    "updated, and rows that TYPE's 32-value blocks do not divide fall back to f16.\n"
                    "--output-tensor-type / --token-embedding-type give output.weight /\n"
                    "token_embd.weight their own type (e.g. q8_0 beside q4_0 matrices). Tensors\n"
-                   "already q8_0/q4_0 are converted again only with --allow-requantize. OUT\n"
-                   "appears only when complete (temporary file + rename).\n");
+                   "already q8_0/q4_0 go to the other quantized type only with\n"
+                   "--allow-requantize (f32/f16/bf16 dequantize them). OUT appears only when\n"
+                   "complete (temporary file + rename).\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--output-tensor-type", NULL, &v)) {
             if ((o.output_type = quant_type_arg("--output-tensor-type", v)) < 0) return 2;

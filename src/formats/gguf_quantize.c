@@ -46,11 +46,12 @@ static int check_types(const speck_gguf *g, const char *in, const speck_quantize
         const int dt = out_type(t, o);
         if (dt == t->type) continue;
         if (!speck_computes(t->type))
-            return speck_set_error(SPECK_ERR_FORMAT,
-                                   "%s: tensor '%s' has type %d, which speck cannot convert "
-                                   "(it reads f32, f16, bf16, q8_0 and q4_0)",
-                                   in, t->name, t->type);
-        if (is_quant(t->type) && !o->allow_requantize)
+            return speck_set_error(
+                SPECK_ERR_FORMAT,
+                "%s: tensor '%s' has ggml type id %d, which speck cannot convert "
+                "(it reads f32, f16, bf16, q8_0 and q4_0)",
+                in, t->name, t->type);
+        if (is_quant(t->type) && is_quant(dt) && !o->allow_requantize)
             return speck_set_error(SPECK_ERR_ARG,
                                    "%s: tensor '%s' is already %s; quantizing it again to %s "
                                    "adds the two rounding errors (allow with --allow-requantize)",
