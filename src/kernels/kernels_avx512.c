@@ -236,39 +236,47 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
     __m512 acc[8];
     for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        if (T == 1) {
-            // One token (decode): its eight activation broadcasts and two scales serve all R
-            // panels, so they are made once per block, not once per panel — a third fewer
-            // instructions between the weight loads, which lets more of them be in flight (a
-            // standalone copy of this loop streaming 260 MB of Q4_0 panels on 2 threads, medians
-            // of 10 alternated: 49.8 -> 55.3 GB/s, the read probe at ~57).
-            const int8_t *xa = a->qs + t0 * a->n + b * SPECK_QK;
-            __m512i xb[8];
-            for (int i = 0; i < 8; i++) {
-                int32_t x;
-                memcpy(&x, xa + 4 * i, 4);
-                xb[i] = _mm512_set1_epi32(x);
+        if (T <= 2) {
+            // One or two tokens (decode, a short draft): their activation broadcasts and scales
+            // serve all R panels, so they are made once per block, not once per panel — a third
+            // fewer instructions between the weight loads, which lets more of them be in flight
+            // (a standalone copy of the one-token loop streaming 260 MB of Q4_0 panels on 2
+            // threads, medians of 10 alternated: 49.8 -> 55.3 GB/s, the read probe at ~57).
+            __m512i xb[2][8];
+            __m512 vd[2], vs[2];
+            for (int t = 0; t < T; t++) {
+                const int8_t *xa = a->qs + (t0 + t) * a->n + b * SPECK_QK;
+                for (int i = 0; i < 8; i++) {
+                    int32_t x;
+                    memcpy(&x, xa + 4 * i, 4);
+                    xb[t][i] = _mm512_set1_epi32(x);
+                }
+                vd[t] = _mm512_set1_ps(a->d[(t0 + t) * nb + b]);
+                vs[t] = _mm512_set1_ps(off * a->s[(t0 + t) * nb + b]);
             }
-            const __m512 vd = _mm512_set1_ps(a->d[t0 * nb + b]);
-            const __m512 vs = _mm512_set1_ps(off * a->s[t0 * nb + b]);
             for (int r = 0; r < R; r++) {
                 const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
                 for (size_t c = 0; c < bb; c += 64)
                     _mm_prefetch((const char *)wb + PQ_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
-                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+                __m512i s0[2], s1[2];
+                for (int t = 0; t < T; t++) s0[t] = s1[t] = _mm512_setzero_si512();
                 for (int g = 0; g < 4; g++) {
                     const __m512i v = _mm512_loadu_si512(wb + 64 * g);
                     const __m512i lo = q8 ? v : _mm512_and_si512(v, m4);
                     const __m512i hi = q8 ? _mm512_loadu_si512(wb + 256 + 64 * g)
                                           : _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                    s0 = _mm512_dpbusd_epi32(s0, lo, xb[g]);
-                    s1 = _mm512_dpbusd_epi32(s1, hi, xb[4 + g]);
+                    for (int t = 0; t < T; t++) {
+                        s0[t] = _mm512_dpbusd_epi32(s0[t], lo, xb[t][g]);
+                        s1[t] = _mm512_dpbusd_epi32(s1[t], hi, xb[t][4 + g]);
+                    }
                 }
                 const __m512 dw =
                     _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + bb - 32)));
-                const __m512 v =
-                    _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), vd, vs);
-                acc[r] = _mm512_fmadd_ps(dw, v, acc[r]);
+                for (int t = 0; t < T; t++) {
+                    const __m512 v = _mm512_fmsub_ps(
+                        _mm512_cvtepi32_ps(_mm512_add_epi32(s0[t], s1[t])), vd[t], vs[t]);
+                    acc[t * R + r] = _mm512_fmadd_ps(dw, v, acc[t * R + r]);
+                }
             }
             continue;
         }
