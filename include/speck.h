@@ -455,10 +455,10 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
 // divide a row; vectors (norms, biases) and every metadata key are copied, general.file_type
 // set from the new matrices. A tensor already Q8_0/Q4_0 that would go to the other quantized
 // type is refused (SPECK_ERR_ARG) unless allow_requantize, since the rounding errors add up
-// (to f32/f16/bf16 it is dequantized); a tensor in a
-// type speck cannot read (llama.cpp's K-quants, ...) is an error naming it when it would have
-// to change, and copied otherwise. Streams row chunks into a temporary file renamed into place
-// (a failure leaves no file); the source's pages are dropped as they are written.
+// (to f32/f16/bf16 it is dequantized); a tensor in a type speck cannot read (llama.cpp's
+// K-quants, ...) is an error naming it when it would have to change, and copied otherwise.
+// Streams row chunks into a temporary file renamed into place (a failure leaves no file); the
+// source's pages are dropped as they are written.
 typedef struct {
     speck_type type;        // the matrices: f32, f16, bf16, q8_0 or q4_0
     int embd_type;          // token_embd.weight: a speck_type, or -1 for `type`
@@ -467,6 +467,7 @@ typedef struct {
 } speck_quantize_opts;
 int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
                         bool progress);
+
 // Load a model straight from a Hugging Face directory: it is converted (keeping its dtype) to
 // an unlinked temporary GGUF in $TMPDIR (default /tmp), which needs that much free disk while
 // the model is loaded, and then mapped like any GGUF.

@@ -23,18 +23,13 @@ static bool is_quant(int t) {
     return is_type(t, SPECK_TYPE_Q8_0) || is_type(t, SPECK_TYPE_Q4_0);
 }
 
-static bool ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
 // The type tensor t gets: matrices (two or more dimensions) take the requested type (the token
 // embeddings and output head their own when given), falling back to f16 when the type's block
 // does not divide a row, as `speck convert` does; vectors (norms, biases) are kept as they are.
 static int out_type(const speck_gguf_tensor *t, const speck_quantize_opts *o) {
     if (t->n_dims < 2) return t->type;
     speck_type want = o->type;
-    if (ends_with(t->name, "token_embd.weight") && o->embd_type >= 0) want = o->embd_type;
+    if (!strcmp(t->name, "token_embd.weight") && o->embd_type >= 0) want = o->embd_type;
     if (!strcmp(t->name, "output.weight") && o->output_type >= 0) want = o->output_type;
     if (t->ne[0] % speck_type_block_size(want)) return SPECK_TYPE_F16;
     return want;

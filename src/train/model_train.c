@@ -13,9 +13,9 @@
 
 #include <cblas.h>
 
+#include "core/simd_math.h"
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
-#include "core/simd_math.h"
 #include "train/train_internal.h"
 
 // Loops with less work than this many element-operations run on one thread: a parallel region
