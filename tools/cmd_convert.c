@@ -5,6 +5,15 @@
 
 #include "cli.h"
 
+// A weight type named on the command line (speck_type), or -1 after saying what is accepted.
+static int type_arg(const char *cmd, const char *opt, const char *v) {
+    int t = speck_type_from_name(v);
+    if (t < 0)
+        fprintf(stderr, "speck %s: %s: unknown type '%s' (f32, f16, bf16, q8_0, q4_0)\n", cmd, opt,
+                v);
+    return t;
+}
+
 int cmd_convert(int argc, char **argv) {
     const char *in = NULL, *out = NULL;
     int type = -1;
@@ -23,12 +32,7 @@ int cmd_convert(int argc, char **argv) {
             return 0;
         } else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) out = v;
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
-            type = speck_type_from_name(v);
-            if (type < 0) {
-                fprintf(stderr, "speck convert: --type: unknown type '%s' (f32, f16, bf16, q8_0, "
-                                "q4_0)\n", v);
-                return 2;
-            }
+            if ((type = type_arg("convert", "--type", v)) < 0) return 2;
         } else if (cli_flag(argv[i], "--quiet", "-q")) quiet = true;
         else if (argv[i][0] != '-' && !in) in = argv[i];
         else {
@@ -83,14 +87,6 @@ int cmd_export(int argc, char **argv) {
     return 0;
 }
 
-static int quant_type_arg(const char *opt, const char *v) {
-    int t = speck_type_from_name(v);
-    if (t < 0)
-        fprintf(stderr, "speck quantize: %s: unknown type '%s' (f32, f16, bf16, q8_0, q4_0)\n", opt,
-                v);
-    return t;
-}
-
 int cmd_quantize(int argc, char **argv) {
     const char *pos[3] = {NULL, NULL, NULL};
     int n_pos = 0;
@@ -112,9 +108,9 @@ int cmd_quantize(int argc, char **argv) {
                    "complete (temporary file + rename).\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--output-tensor-type", NULL, &v)) {
-            if ((o.output_type = quant_type_arg("--output-tensor-type", v)) < 0) return 2;
+            if ((o.output_type = type_arg("quantize", "--output-tensor-type", v)) < 0) return 2;
         } else if (cli_opt(argc, argv, &i, "--token-embedding-type", NULL, &v)) {
-            if ((o.embd_type = quant_type_arg("--token-embedding-type", v)) < 0) return 2;
+            if ((o.embd_type = type_arg("quantize", "--token-embedding-type", v)) < 0) return 2;
         } else if (cli_flag(argv[i], "--allow-requantize", NULL)) o.allow_requantize = true;
         else if (cli_flag(argv[i], "--quiet", "-q")) quiet = true;
         else if (argv[i][0] != '-' && n_pos < 3) pos[n_pos++] = argv[i];
@@ -127,7 +123,7 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "speck quantize: need IN.gguf OUT.gguf TYPE (speck quantize --help)\n");
         return 2;
     }
-    int t = quant_type_arg("TYPE", pos[2]);
+    int t = type_arg("quantize", "TYPE", pos[2]);
     if (t < 0) return 2;
     o.type = (speck_type)t;
     if (speck_gguf_quantize(pos[0], pos[1], &o, !quiet)) return cli_fail("quantize");

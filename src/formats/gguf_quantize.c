@@ -9,18 +9,12 @@
 #include "formats/hf_internal.h"
 #include "speck.h"
 
-static bool is_type(int t, speck_type want) {
-    return t == (int)want;
-}
-
+// speck's types are the ones speck_type_name knows; the quantized ones have blocks.
 static bool speck_computes(int t) {
-    return is_type(t, SPECK_TYPE_F32) || is_type(t, SPECK_TYPE_F16) ||
-           is_type(t, SPECK_TYPE_BF16) || is_type(t, SPECK_TYPE_Q8_0) ||
-           is_type(t, SPECK_TYPE_Q4_0);
+    return speck_type_name(t) != NULL;
 }
-
 static bool is_quant(int t) {
-    return is_type(t, SPECK_TYPE_Q8_0) || is_type(t, SPECK_TYPE_Q4_0);
+    return speck_computes(t) && speck_type_block_size(t) > 1;
 }
 
 // The type tensor t gets: matrices (two or more dimensions) take the requested type (the token

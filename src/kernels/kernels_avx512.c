@@ -226,6 +226,21 @@ SPECK_PANELS_AVX512(mm_panel_bf16_avx512, SPECK_W_BF16)
 // prefetched 4 / R times as far, so as many bytes are in flight as with four: one panel 4
 // blocks ahead left the 4- and 8-token passes of the 1.1B Q4_0 model waiting on memory
 // (21.0-21.1 vs 23.1-23.6 ms and 32.4-32.9 vs 36.3-36.7 ms, alternated).
+// The block's prefetch for panel stream wb (bb bytes a block, R streams a call).
+static inline __attribute__((always_inline)) void pq_prefetch(const uint8_t *wb, size_t bb,
+                                                              const int R) {
+    for (size_t c = 0; c < bb; c += 64)
+        _mm_prefetch((const char *)wb + PQ_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
+}
+
+// acc += d_w * (d_a * (s0 + s1) - off * d_a * sum(q_a)): one block of one panel and token, dw
+// the panel's 16 row scales, vd = d_a and vs = off * d_a * sum(q_a) broadcast.
+static inline __attribute__((always_inline)) __m512 pq_add(__m512 acc, __m512 dw, __m512i s0,
+                                                           __m512i s1, __m512 vd, __m512 vs) {
+    const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), vd, vs);
+    return _mm512_fmadd_ps(dw, v, acc);
+}
+
 static inline __attribute__((always_inline)) void
 pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y, int64_t ldy,
         __mmask16 m0, __mmask16 m1, int accumulate, const int q8, const int R, const int T) {
@@ -256,8 +271,7 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
             }
             for (int r = 0; r < R; r++) {
                 const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
-                for (size_t c = 0; c < bb; c += 64)
-                    _mm_prefetch((const char *)wb + PQ_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
+                pq_prefetch(wb, bb, R);
                 __m512i s0[2], s1[2];
                 for (int t = 0; t < T; t++) s0[t] = s1[t] = _mm512_setzero_si512();
                 for (int g = 0; g < 4; g++) {
@@ -272,18 +286,14 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
                 }
                 const __m512 dw =
                     _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + bb - 32)));
-                for (int t = 0; t < T; t++) {
-                    const __m512 v = _mm512_fmsub_ps(
-                        _mm512_cvtepi32_ps(_mm512_add_epi32(s0[t], s1[t])), vd[t], vs[t]);
-                    acc[t * R + r] = _mm512_fmadd_ps(dw, v, acc[t * R + r]);
-                }
+                for (int t = 0; t < T; t++)
+                    acc[t * R + r] = pq_add(acc[t * R + r], dw, s0[t], s1[t], vd[t], vs[t]);
             }
             continue;
         }
         for (int r = 0; r < R; r++) {
             const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
-            for (size_t c = 0; c < bb; c += 64)
-                _mm_prefetch((const char *)wb + PQ_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
+            pq_prefetch(wb, bb, R);
             __m512i wv[8];
             for (int g = 0; g < 4; g++) {
                 const __m512i v = _mm512_loadu_si512(wb + 64 * g);
@@ -307,10 +317,8 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
                     s1 = _mm512_dpbusd_epi32(s1, wv[i + 1], _mm512_set1_epi32(x1));
                 }
                 const int64_t ab = (t0 + t) * nb + b;
-                const __m512 v =
-                    _mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)),
-                                    _mm512_set1_ps(a->d[ab]), _mm512_set1_ps(off * a->s[ab]));
-                acc[t * R + r] = _mm512_fmadd_ps(dw, v, acc[t * R + r]);
+                acc[t * R + r] = pq_add(acc[t * R + r], dw, s0, s1, _mm512_set1_ps(a->d[ab]),
+                                        _mm512_set1_ps(off * a->s[ab]));
             }
         }
     }
