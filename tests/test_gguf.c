@@ -293,6 +293,9 @@ static void test_all_value_types(void) {
     speck_gguf_set_arr(w, "arr", SPECK_GGUF_INT16, arr, 3);
     const char *strs[2] = {"x", ""};
     speck_gguf_set_arr_str(w, "strs", strs, NULL, 2);
+    // Damaged or non-text bytes, quotes, a control character and a 2-byte character.
+    const char *odd[3] = {"a\"b\\c", "\xff\xc3", "\xc3\xa9\n\x7f"};
+    speck_gguf_set_arr_str(w, "odd", odd, NULL, 3);
     float data[64];
     for (int i = 0; i < 64; i++) data[i] = (float)i;
     int64_t ne[2] = {32, 2};
@@ -324,6 +327,16 @@ static void test_all_value_types(void) {
     char buf[256];
     speck_gguf_value_str(g, ai, buf, sizeof buf, 8);
     CHECK(strstr(buf, "-1, 2, -3") != NULL, "value_str renders arrays: %s", buf);
+    speck_gguf_value_str(g, speck_gguf_find_key(g, "odd"), buf, sizeof buf, 8);
+    CHECK(!strcmp(buf, "[str x 3] \"a\\\"b\\\\c\", \"\\xff\\xc3\", \"\xc3\xa9\\n\\x7f\""),
+          "value_str escapes quotes, invalid UTF-8 and control bytes: %s", buf);
+    for (size_t size = 16; size < sizeof buf; size++) { // cut short: never half a character
+        char small[sizeof buf];
+        speck_gguf_value_str(g, speck_gguf_find_key(g, "odd"), small, size, 8);
+        const char *c3 = strchr(small, '\xc3');
+        CHECK(strlen(small) < size && (!c3 || c3[1] == '\xa9'),
+              "value_str in %zu bytes: %s", size, small);
+    }
     speck_gguf_close(g);
 }
 

@@ -14,6 +14,7 @@
 
 #include "speck.h"
 #include "formats/gguf_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 
 #define GGUF_MAGIC "GGUF"
 #define GGUF_DEFAULT_ALIGNMENT 32
@@ -553,13 +554,27 @@ const char *speck_gguf_get_str(const speck_gguf *g, int64_t i) {
     return g->kv[i].type == SPECK_GGUF_STRING ? g->kv[i].str : NULL;
 }
 
-// Append printable text of n bytes of s to buf (escaping control characters).
+// Append printable text of n bytes of s to buf: control characters, bytes that are not part of
+// valid UTF-8 (a damaged or non-text string), quotes and backslashes escaped, so the value reads
+// back unambiguously and a terminal never receives raw bytes. Stops before a character that does
+// not fit.
 static void put_text(char *buf, size_t size, size_t *pos, const char *s, uint64_t n) {
-    for (uint64_t k = 0; k < n && *pos + 5 < size; k++) {
+    for (uint64_t k = 0; k < n && *pos + 5 < size;) {
         unsigned char ch = (unsigned char)s[k];
-        if (ch == '\n') *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\n");
-        else if (ch < 32) *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\x%02x", ch);
-        else buf[(*pos)++] = (char)ch;
+        uint32_t cp;
+        const int len = tok_utf8_next(s + k, (size_t)(n - k), &cp);
+        if (cp == 0xFFFFFFFFu || ch < 32 || ch == 127) {
+            if (ch == '\n') *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\n");
+            else *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\x%02x", ch);
+            k++;
+            continue;
+        }
+        const size_t esc = ch == '"' || ch == '\\';
+        if (*pos + esc + (size_t)len + 5 >= size) break;
+        if (esc) buf[(*pos)++] = '\\';
+        memcpy(buf + *pos, s + k, (size_t)len);
+        *pos += (size_t)len;
+        k += (uint64_t)len;
     }
     buf[*pos < size ? *pos : size - 1] = 0;
 }
