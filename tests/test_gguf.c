@@ -334,8 +334,8 @@ static void test_all_value_types(void) {
         char small[sizeof buf];
         speck_gguf_value_str(g, speck_gguf_find_key(g, "odd"), small, size, 8);
         const char *c3 = strchr(small, '\xc3');
-        CHECK(strlen(small) < size && (!c3 || c3[1] == '\xa9'),
-              "value_str in %zu bytes: %s", size, small);
+        CHECK(strlen(small) < size && (!c3 || c3[1] == '\xa9'), "value_str in %zu bytes: %s", size,
+              small);
     }
     speck_gguf_close(g);
 }

@@ -564,8 +564,10 @@ static void put_text(char *buf, size_t size, size_t *pos, const char *s, uint64_
         uint32_t cp;
         const int len = tok_utf8_next(s + k, (size_t)(n - k), &cp);
         if (cp == 0xFFFFFFFFu || ch < 32 || ch == 127) {
-            if (ch == '\n') *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\n");
-            else *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\x%02x", ch);
+            if (ch == '\n')
+                *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\n");
+            else
+                *pos += (size_t)snprintf(buf + *pos, size - *pos, "\\x%02x", ch);
             k++;
             continue;
         }
