@@ -99,6 +99,18 @@ static int fit_llama3(const speck_hparams *hp, const float *d, cJSON *rs, const 
     return 0;
 }
 
+// v (a float32 from the GGUF) as the double with the fewest significant digits that reads back
+// as v, so config.json says 1e-05 as Hugging Face's files do, not 9.99999974737875e-06 (the
+// float widened).
+static double short_f32(float v) {
+    char s[32];
+    for (int p = 1; p <= 9; p++) {
+        snprintf(s, sizeof s, "%.*g", p, (double)v);
+        if (strtof(s, NULL) == v) return strtod(s, NULL);
+    }
+    return v;
+}
+
 static const char *torch_dtype(speck_type t) {
     return t == SPECK_TYPE_F16 ? "float16" : t == SPECK_TYPE_BF16 ? "bfloat16" : "float32";
 }
@@ -119,8 +131,8 @@ static int write_config(const speck_model *m, speck_type dtype, const char *dir)
     cJSON_AddNumberToObject(c, "head_dim", hp->head_dim);
     cJSON_AddNumberToObject(c, "max_position_embeddings", hp->n_ctx_train);
     cJSON_AddNumberToObject(c, "vocab_size", hp->n_vocab);
-    cJSON_AddNumberToObject(c, "rms_norm_eps", hp->norm_eps);
-    cJSON_AddNumberToObject(c, "rope_theta", hp->rope_freq_base);
+    cJSON_AddNumberToObject(c, "rms_norm_eps", short_f32(hp->norm_eps));
+    cJSON_AddNumberToObject(c, "rope_theta", short_f32(hp->rope_freq_base));
     cJSON_AddStringToObject(c, "hidden_act", "silu");
     cJSON_AddBoolToObject(c, "tie_word_embeddings", hp->tied_output);
     if (!qwen) {
@@ -152,12 +164,12 @@ static int write_config(const speck_model *m, speck_type dtype, const char *dir)
             }
             free(d);
         } else if (l3) {
-            cJSON_AddNumberToObject(rs, "factor", hp->rope_scale_factor);
-            cJSON_AddNumberToObject(rs, "low_freq_factor", hp->rope_low_freq_factor);
-            cJSON_AddNumberToObject(rs, "high_freq_factor", hp->rope_high_freq_factor);
+            cJSON_AddNumberToObject(rs, "factor", short_f32(hp->rope_scale_factor));
+            cJSON_AddNumberToObject(rs, "low_freq_factor", short_f32(hp->rope_low_freq_factor));
+            cJSON_AddNumberToObject(rs, "high_freq_factor", short_f32(hp->rope_high_freq_factor));
             cJSON_AddNumberToObject(rs, "original_max_position_embeddings", hp->rope_orig_ctx);
         } else {
-            cJSON_AddNumberToObject(rs, "factor", hp->rope_scale_factor);
+            cJSON_AddNumberToObject(rs, "factor", short_f32(hp->rope_scale_factor));
         }
     } else {
         cJSON_AddNullToObject(c, "rope_scaling");

@@ -396,8 +396,11 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
     ecfg = json.load(open(os.path.join(exp, "config.json")))
     res.check(all(ecfg.get(k) == cfg[k] for k in
                   ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                   "num_key_value_heads", "vocab_size", "tie_word_embeddings")),
-              f"{name}: exported config.json hyper-parameters")
+                   "num_key_value_heads", "vocab_size", "tie_word_embeddings",
+                   # the GGUF holds these as float32: written back as the config's decimals
+                   "rms_norm_eps", "rope_theta")),
+              f"{name}: exported config.json hyper-parameters "
+              f"{[(k, ecfg.get(k)) for k in ('rms_norm_eps', 'rope_theta')]}")
     out2 = os.path.join(work, name + "-rt.gguf")
     p = convert(a.speck, exp, out2)
     res.check(p.returncode == 0, f"{name}: convert the export ({p.stderr.strip()[-300:]})")
