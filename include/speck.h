@@ -43,6 +43,14 @@ void speck_clear_error(void);
 
 void speck_set_threads(int n); // <= 0: all cores
 int speck_get_threads(void);
+// Kernel path: "avx512" (with VNNI), "avx2" (with FMA and F16C) or "scalar"; the best this CPU
+// runs is chosen at start-up. speck_set_isa picks another one this CPU runs — to compare paths,
+// or to see what a CPU without AVX-512 gets. Call it before loading models (how their weights
+// are laid out depends on the path) and while no call is running. Returns 0, or
+// SPECK_ERR_UNSUPPORTED (error set) when the name is unknown or this CPU lacks the instructions.
+// The CLI reads it from the SPECK_ISA environment variable.
+int speck_set_isa(const char *name);
+const char *speck_isa(void);
 const char *speck_version(void);
 
 /* ------------------------------------------------------------------------------------------ */

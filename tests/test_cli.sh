@@ -31,6 +31,11 @@ for c in generate bench info init tokenize quantize; do
 done
 
 expect 0 "init tiny" -- "$SPECK" init --preset tiny --seed 3 -o "$dir/tiny.gguf"
+# SPECK_ISA: a narrower kernel path, or a clear refusal.
+expect 2 "SPECK_ISA unknown" -- env SPECK_ISA=sse9 "$SPECK" info "$dir/tiny.gguf"
+mentions "SPECK_ISA" "'sse9'" "unknown"
+expect 0 "SPECK_ISA=scalar" -- env SPECK_ISA=scalar "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -r 1 --json
+grep -q '"isa": "scalar"' "$dir/out" && ok || bad "SPECK_ISA=scalar: bench reports $(grep -o '"isa": "[a-z0-9]*"' "$dir/out")"
 expect 2 "init unknown preset" -- "$SPECK" init --preset huge -o "$dir/x.gguf"
 mentions "unknown preset 'huge'"
 expect 2 "init bad type" -- "$SPECK" init --preset tiny --type q9 -o "$dir/x.gguf"

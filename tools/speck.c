@@ -27,8 +27,10 @@ static void usage(FILE *f) {
             "  quantize   write a GGUF model with its matrices in another type (q8_0, q4_0, ...)\n"
             "  train      train a model on a directory of text files (docs/training.md)\n"
             "  tokenizer-train  train a byte-level BPE vocabulary on text files\n"
-            "  eval       perplexity and bits per byte of a model on a text file\n",
-            speck_version());
+            "  eval       perplexity and bits per byte of a model on a text file\n\n"
+            "environment:\n"
+            "  SPECK_ISA=avx2|scalar  use a narrower kernel path than this CPU's best (%s)\n",
+            speck_version(), speck_isa());
 }
 
 int main(int argc, char **argv) {
@@ -44,6 +46,11 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "--version")) {
         printf("speck %s\n", speck_version());
         return 0;
+    }
+    const char *isa = getenv("SPECK_ISA");
+    if (isa && *isa && speck_set_isa(isa)) {
+        fprintf(stderr, "speck: SPECK_ISA: %s\n", speck_last_error());
+        return 2;
     }
     static const struct {
         const char *name;

@@ -59,6 +59,23 @@ int speck_kernels_force_isa(const char *name) {
     return -1;
 }
 
+int speck_set_isa(const char *name) {
+    if (speck_kernels_force_isa(name))
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "kernel path '%s': %s (this CPU runs %s)", name ? name : "(null)",
+                               name && (!strcmp(name, "avx2") || !strcmp(name, "avx512"))
+                                   ? "this CPU lacks its instructions"
+                                   : "unknown (avx512, avx2 or scalar)",
+                               cpu_has_avx512() ? "avx512, avx2 and scalar"
+                               : cpu_has_avx2() ? "avx2 and scalar"
+                                                : "scalar");
+    return 0;
+}
+
+const char *speck_isa(void) {
+    return g_table->name;
+}
+
 speck_type speck_act_type(speck_type weight_type) {
     return (weight_type == SPECK_TYPE_Q8_0 || weight_type == SPECK_TYPE_Q4_0) ? SPECK_TYPE_Q8_0
                                                                               : SPECK_TYPE_F32;

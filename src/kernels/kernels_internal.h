@@ -75,6 +75,15 @@ typedef struct {
                     float *out);
     void (*mm_q8_0)(const speck_block_q8_0 *w, const speck_q8_rows *a, int64_t t0, int nt,
                     float *out);
+    // A tile of Q4_0 / Q8_0 weight rows (n values, rows wrow bytes apart) times nt (1..SPECK_MT)
+    // Q8_0 block activation rows a + t * arow bytes (SPECK_MM_Q8_BLOCKS), rows <=
+    // mm_q_tile_rows[nt]; out[t * rows + r]. Batch invariant like the float tiles below. NULL:
+    // per-row dots instead.
+    void (*mm_qtile_q4_0)(const void *w, size_t wrow, int rows, const void *a, size_t arow,
+                          int nt, int64_t n, float *out);
+    void (*mm_qtile_q8_0)(const void *w, size_t wrow, int rows, const void *a, size_t arow,
+                          int nt, int64_t n, float *out);
+    int mm_q_tile_rows[SPECK_MT + 1];
     // A tile of float weight rows (F32 / F16 / BF16, n values, rows wrow bytes apart) times nt
     // (1..SPECK_MT) f32 activation rows x + t * ldx, rows <= mm_tile_rows[nt];
     // out[t * rows + r]. Each result's arithmetic does not depend on the tile's shape (batch

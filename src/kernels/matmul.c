@@ -132,6 +132,15 @@ static float_tile_fn float_tiles(const speck_kernel_table *k, speck_type wt) {
          : wt == SPECK_TYPE_BF16 ? k->mm_bf16 : NULL;
 }
 
+typedef void (*quant_tile_fn)(const void *, size_t, int, const void *, size_t, int, int64_t,
+                              float *);
+
+// The ISA's quantized tile kernel for weight type wt over Q8_0 block activations, or NULL.
+static quant_tile_fn quant_tiles(const speck_kernel_table *k, speck_type wt) {
+    return wt == SPECK_TYPE_Q4_0 ? k->mm_qtile_q4_0 : wt == SPECK_TYPE_Q8_0 ? k->mm_qtile_q8_0
+                                                                            : NULL;
+}
+
 int speck_mm_stream_max(speck_type wt) {
     const speck_kernel_table *k = speck_kernels_get();
     // Measured on AVX-512 only; the AVX2 tiles are half as wide, so they keep the general bound.
@@ -181,20 +190,26 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     const size_t wrow = speck_type_row_size(wt, n_in);
     const int split = a->kind == SPECK_MM_Q8_SPLIT || a->kind == SPECK_MM_Q8_SPLIT_Q4;
     const float_tile_fn mm_float = a->kind == SPECK_MM_F32 ? float_tiles(k, wt) : NULL;
+    const quant_tile_fn mm_quant = a->kind == SPECK_MM_Q8_BLOCKS ? quant_tiles(k, wt) : NULL;
     const char *act = a->kind == SPECK_MM_F32 ? (const char *)a->x : a->blocks;
     const size_t arow = a->kind == SPECK_MM_F32 ? (size_t)n_in * sizeof(float)
                                                 : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
-    if (mm_float) {
+    if (mm_float || mm_quant) {
         // Tiles of R rows x T tokens; a row block stays in L1 across the token groups.
         // The shared matmuls' 16-row work items split into whole tiles for every T.
-        const int T = (int)(n_tok < SPECK_MT ? n_tok : SPECK_MT), R = k->mm_tile_rows[T];
+        const int T = (int)(n_tok < SPECK_MT ? n_tok : SPECK_MT);
+        const int R = mm_float ? k->mm_tile_rows[T] : k->mm_q_tile_rows[T];
         for (int64_t o = o0; o < o1; o += R) {
             const int rows = (int)(o1 - o < R ? o1 - o : R);
             for (int64_t t = 0; t < n_tok; t += T) {
                 const int nt = (int)(n_tok - t < T ? n_tok - t : T);
                 float out[16];
-                mm_float((const char *)W + (size_t)o * wrow, wrow, rows, a->x + t * n_in, n_in,
-                         nt, n_in, out);
+                if (mm_float)
+                    mm_float((const char *)W + (size_t)o * wrow, wrow, rows, a->x + t * n_in, n_in,
+                             nt, n_in, out);
+                else
+                    mm_quant((const char *)W + (size_t)o * wrow, wrow, rows, act + t * arow, arow,
+                             nt, n_in, out);
                 for (int j = 0; j < nt; j++)
                     for (int r = 0; r < rows; r++) {
                         float *y = Y + (t + j) * ldy + o + r;
