@@ -728,14 +728,14 @@ static void test_panels(void) {
     free(wf), free(x), free(y), free(y0), free(y1), free(w), free(P);
 }
 
-// Q4_0 / Q8_0 panels (AVX-512 VNNI): the packed bytes (byte groups and scales of a known block),
+// Q4_0 / Q8_0 panels on one ISA (AVX-512 VNNI: both; AVX2: Q4_0): the packed bytes (byte groups and scales of a known block),
 // unpacking back to the exact rows, results against a double reference on the Q8_0-rounded
 // activations (same tolerance as matmul_case), row ranges off panel bounds, accumulation,
 // untouched rows, bit-identical rows for any token count / range split, and
 // speck_matmul_panels on every path (streaming, int8 GEMM, sgemm) from the panels alone.
-static void test_panels_quant(speck_type t) {
-    if (speck_kernels_force_isa("avx512") != 0 || !speck_panel_supported(t)) {
-        printf("SKIP: %s panel kernels need AVX-512 VNNI\n", speck_type_name(t));
+static void test_panels_quant(speck_type t, const char *isa) {
+    if (speck_kernels_force_isa(isa) != 0 || !speck_panel_supported(t)) {
+        printf("SKIP: [%s] no %s panel kernels (on this path or CPU)\n", isa, speck_type_name(t));
         return;
     }
     const int q8 = t == SPECK_TYPE_Q8_0;
@@ -817,17 +817,17 @@ static void test_panels_quant(speck_type t) {
             speck_matmul_force_path("auto");
         }
     const char *tn = speck_type_name(t);
-    check(ok_layout, "[avx512] %s panel layout: byte groups, scales, padding rows", tn);
-    check(ok_unpack, "[avx512] %s panels unpack to the exact rows (whole and offset ranges)", tn);
+    check(ok_layout, "[%s] %s panel layout: byte groups, scales, padding rows", isa, tn);
+    check(ok_unpack, "[%s] %s panels unpack to the exact rows (whole and offset ranges)", isa, tn);
     check(pc.ok_ref && pc.ok_keep,
-          "[avx512] %s panel matmul: n_tok 1..15, ranges off panel bounds, += (worst %.3f of "
+          "[%s] %s panel matmul: n_tok 1..15, ranges off panel bounds, += (worst %.3f of "
           "tol), rows outside the range untouched",
-          tn, pc.worst);
-    check(pc.ok_inv, "[avx512] %s panel rows bit-identical for any n_tok and range split", tn);
+          isa, tn, pc.worst);
+    check(pc.ok_inv, "[%s] %s panel rows bit-identical for any n_tok and range split", isa, tn);
     check(ok_paths,
-          "[avx512] %s speck_matmul_panels: streaming, int8 GEMM and sgemm paths read "
+          "[%s] %s speck_matmul_panels: streaming, int8 GEMM and sgemm paths read "
           "the panels",
-          tn);
+          isa, tn);
     free(wf), free(x), free(xr), free(y), free(y0), free(y1), free(w), free(back), free(P),
         free(qa);
 }
@@ -977,8 +977,10 @@ int main(void) {
     test_gemm();
     test_batch_invariance();
     test_panels();
-    test_panels_quant(SPECK_TYPE_Q4_0);
-    test_panels_quant(SPECK_TYPE_Q8_0);
+    test_panels_quant(SPECK_TYPE_Q4_0, "avx512");
+    test_panels_quant(SPECK_TYPE_Q8_0, "avx512");
+    test_panels_quant(SPECK_TYPE_Q4_0, "avx2");
+    test_panels_quant(SPECK_TYPE_Q8_0, "avx2");
     test_attend();
     test_attend_group();
     speck_kernels_force_isa(best_name);

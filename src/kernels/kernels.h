@@ -113,7 +113,7 @@ typedef enum {
 typedef struct {
     speck_mm_kind kind;
     const float *x;     // SPECK_MM_F32: the caller's X
-    const char *blocks; // SPECK_MM_Q8_BLOCKS
+    const char *blocks; // Q8_0 block rows (SPECK_MM_Q8_BLOCKS, and kept by the split layouts)
     speck_q8_rows rows; // SPECK_MM_Q8_SPLIT*
     int64_t n_tok, n_in;
 } speck_mm_act;

@@ -553,6 +553,95 @@ SPECK_PANELS_AVX2(mm_panel_f32_avx2, SPECK_W_F32)
 SPECK_PANELS_AVX2(mm_panel_f16_avx2, SPECK_W_F16)
 SPECK_PANELS_AVX2(mm_panel_bf16_avx2, SPECK_W_BF16)
 
+// R Q4_0 panels x T tokens (layout: SPECK_Q4_PANEL_BLOCK), each 16-row panel as two 8-row
+// halves. Per block and half, four 32-byte vectors hold 8 rows x 4 nibble bytes (group g: inputs
+// 4g..4g+3 in the low nibbles, 16+4g.. in the high ones), each multiplied by the 4 matching
+// activation bytes broadcast (maddubs: unsigned nibbles x signed bytes, |pair| <= 2 * 15 * 127),
+// the eight int16 products summed in int16 (<= 8 * 3810 < 2^15) and widened once (madd): no
+// horizontal sums, and a third of the per-row dots' instructions. Per row and token the block
+// adds d_w * (d_a * sum(q_w * q_a) - 8 * d_a * sum(q_a)) to one float accumulator in block
+// order, so results do not depend on R, T or the grouping.
+#ifndef PQ2_AHEAD
+#define PQ2_AHEAD 4 // blocks of each panel prefetched ahead (the panels are R separate streams)
+#endif
+static inline __attribute__((always_inline)) void
+pq4_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
+         int64_t ldy, unsigned m0, unsigned m1, int accumulate, const int R, const int T) {
+    const int64_t nb = a->n / SPECK_QK;
+    const size_t bb = SPECK_Q4_PANEL_BLOCK;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[8];
+    for (int s = 0; s < 2 * R * T; s++) acc[s] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
+            for (size_t c = 0; c < bb; c += 64)
+                _mm_prefetch((const char *)wb + PQ2_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
+            for (int h = 0; h < 2; h++) {
+                __m256i lo[4], hi[4];
+                for (int g = 0; g < 4; g++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + 64 * g + 32 * h));
+                    lo[g] = _mm256_and_si256(v, m4);
+                    hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                }
+                const __m256 dw =
+                    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wb + bb - 32 + 16 * h)));
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xa = a->qs + (t0 + t) * a->n + b * SPECK_QK;
+                    __m256i s16 = _mm256_setzero_si256();
+                    for (int g = 0; g < 4; g++) {
+                        int32_t x0, x1;
+                        memcpy(&x0, xa + 4 * g, 4);
+                        memcpy(&x1, xa + 16 + 4 * g, 4);
+                        s16 = _mm256_add_epi16(
+                            s16, _mm256_add_epi16(
+                                     _mm256_maddubs_epi16(lo[g], _mm256_set1_epi32(x0)),
+                                     _mm256_maddubs_epi16(hi[g], _mm256_set1_epi32(x1))));
+                    }
+                    const int64_t ab = (t0 + t) * nb + b;
+                    const __m256 v = _mm256_fmsub_ps(
+                        _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)),
+                        _mm256_set1_ps(a->d[ab]), _mm256_set1_ps(8.0f * a->s[ab]));
+                    acc[(t * R + r) * 2 + h] = _mm256_fmadd_ps(dw, v, acc[(t * R + r) * 2 + h]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < 2 * R; h++) {
+            const int r = h / 2;
+            const unsigned m16 = (r == 0 ? m0 : 0xFFFFu) & (r == R - 1 ? m1 : 0xFFFFu);
+            const unsigned m = (h % 2 ? m16 >> 8 : m16) & 0xFFu;
+            float *yp = y + t * ldy + 8 * h;
+            __m256 v = acc[t * 2 * R + h];
+            if (m == 0xFFu) {
+                if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(yp), v);
+                _mm256_storeu_ps(yp, v);
+            } else if (m) {
+                const __m256i mm = lane_mask8(m);
+                if (accumulate) v = _mm256_add_ps(_mm256_maskload_ps(yp, mm), v);
+                _mm256_maskstore_ps(yp, mm, v);
+            }
+        }
+}
+
+// Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_q_group below). Q8_0 has no
+// AVX2 panels: its unsigned (+128) bytes would overflow maddubs' int16 pairs.
+#define PQ4_ARGS P, pbytes, a, t0, y, ldy, m0, m1, accumulate
+static void mm_panel_q4_0_avx2(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a,
+                               int64_t t0, int nt, float *y, int64_t ldy, unsigned m0, unsigned m1,
+                               int accumulate) {
+    const uint8_t *P = Pv;
+    if (nt == 1 && np >= 4) pq4_body(PQ4_ARGS, 4, 1);
+    else if (nt == 1 && np == 3) pq4_body(PQ4_ARGS, 3, 1);
+    else if (nt == 1 && np == 2) pq4_body(PQ4_ARGS, 2, 1);
+    else if (nt == 1) pq4_body(PQ4_ARGS, 1, 1);
+    else if (nt == 2 && np >= 2) pq4_body(PQ4_ARGS, 2, 2);
+    else if (nt == 2) pq4_body(PQ4_ARGS, 1, 2);
+    else if (nt == 3) pq4_body(PQ4_ARGS, 1, 3);
+    else pq4_body(PQ4_ARGS, 1, 4);
+}
+
 const speck_kernel_table speck_kernels_avx2 = {
     .name = "avx2",
     .dot_f32 = dot_f32_avx2,
@@ -574,6 +663,10 @@ const speck_kernel_table speck_kernels_avx2 = {
     .mm_panel_bf16 = mm_panel_bf16_avx2,
     .panel_tokens = 4,
     .panel_group = {0, 4, 2, 1, 1},
+    .mm_panel_q4_0 = mm_panel_q4_0_avx2,
+    .mm_panel_q8_0 = NULL,
+    .panel_q_tokens = 4,
+    .panel_q_group = {0, 4, 2, 1, 1},
     .gemm_pack = NULL, // prefill uses sgemm
     .gemm_run = NULL,
     .quantize_q8_0 = quantize_q8_0_avx2,

@@ -81,7 +81,7 @@ static inline float dot_one(const speck_kernel_table *k, speck_type wt, const vo
 
 // Quantize X into the matmul-internal layout (kernels with mm_* entry points).
 // X: (n_tok, n_in) f32 -> a: qs (n_tok, n_in), d and s (n_tok, n_in / 32), all inside buf.
-// blk: scratch for one Q8_0 row. q4_order: within the first floor(nb / 8) * 8 blocks, store each
+// blk: (n_tok, n_in / 32) Q8_0 block rows, kept (the AVX2 row tiles read them). q4_order: within the first floor(nb / 8) * 8 blocks, store each
 // group of 4 blocks as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks], the
 // order the AVX-512 Q4_0 kernel unpacks nibbles in (see mm_q4_body); otherwise natural order.
 static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, int64_t n_tok,
@@ -90,7 +90,7 @@ static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, 
     int8_t *qs = (int8_t *)buf;
     float *d = (float *)(buf + (((size_t)(n_tok * n_in) + 63) & ~(size_t)63));
     float *s = d + n_tok * nb;
-    for (int64_t t = 0; t < n_tok; t++) {
+    for (int64_t t = 0; t < n_tok; t++, blk += nb) {
         k->quantize_q8_0(X + t * n_in, blk, n_in);
         int8_t *row = qs + t * n_in;
         for (int64_t b = 0; b < nb; b++) {
@@ -114,10 +114,14 @@ static int has_mm(const speck_kernel_table *k, speck_type wt) {
     return (wt == SPECK_TYPE_Q4_0 && k->mm_q4_0) || (wt == SPECK_TYPE_Q8_0 && k->mm_q8_0);
 }
 
-// Activation layout the streaming kernels want for weight type wt on the current ISA.
+// Activation layout the streaming kernels want for weight type wt on the current ISA. An ISA
+// with quantized panel kernels but no mm_* row kernels (AVX2) gets the natural split layout,
+// which also keeps the Q8_0 block rows its row tiles read, so one prepared activation serves
+// a layer's panels and rows alike.
 static speck_mm_kind mm_kind(const speck_kernel_table *k, speck_type wt) {
     if (speck_act_type(wt) != SPECK_TYPE_Q8_0) return SPECK_MM_F32;
-    if (!has_mm(k, wt)) return SPECK_MM_Q8_BLOCKS;
+    if (!has_mm(k, wt))
+        return k->mm_panel_q4_0 || k->mm_panel_q8_0 ? SPECK_MM_Q8_SPLIT : SPECK_MM_Q8_BLOCKS;
     return wt == SPECK_TYPE_Q4_0 ? SPECK_MM_Q8_SPLIT_Q4 : SPECK_MM_Q8_SPLIT;
 }
 
@@ -175,6 +179,7 @@ void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t 
     const size_t blocks = (arow * (size_t)n_tok + 63) & ~(size_t)63;
     a->rows = quantize_rows(k, X, n_tok, n_in, b + blocks, (speck_block_q8_0 *)b,
                             a->kind == SPECK_MM_Q8_SPLIT_Q4);
+    a->blocks = b;
 }
 
 int speck_mm_act_fits(const speck_mm_act *a, speck_type wt) {
@@ -188,9 +193,12 @@ void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t 
     const speck_kernel_table *k = speck_kernels_get();
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t wrow = speck_type_row_size(wt, n_in);
-    const int split = a->kind == SPECK_MM_Q8_SPLIT || a->kind == SPECK_MM_Q8_SPLIT_Q4;
+    // Split activations go to the mm_* row kernels where the ISA has them; otherwise (AVX2, whose
+    // Q4_0 panels want them split) their Q8_0 block rows go to the tiles or dots.
+    const int split =
+        (a->kind == SPECK_MM_Q8_SPLIT || a->kind == SPECK_MM_Q8_SPLIT_Q4) && has_mm(k, wt);
     const float_tile_fn mm_float = a->kind == SPECK_MM_F32 ? float_tiles(k, wt) : NULL;
-    const quant_tile_fn mm_quant = a->kind == SPECK_MM_Q8_BLOCKS ? quant_tiles(k, wt) : NULL;
+    const quant_tile_fn mm_quant = a->kind != SPECK_MM_F32 && !split ? quant_tiles(k, wt) : NULL;
     const char *act = a->kind == SPECK_MM_F32 ? (const char *)a->x : a->blocks;
     const size_t arow = a->kind == SPECK_MM_F32 ? (size_t)n_in * sizeof(float)
                                                 : speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
