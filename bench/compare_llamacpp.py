@@ -9,6 +9,7 @@ roofline fraction. Prints a Markdown table (paste into BENCHMARKS.md) and writes
 usage: bench/compare_llamacpp.py --llama-bin DIR [--speck build/speck] [--models DIR]
                                  [--reps 5] [--threads 2] [--only smollm2-135m:q8_0,...]
                                  [--pp 512] [--tg 128] [--depth 0] [--speck-base OLD_BUILD/speck]
+                                 [--isa avx2]
 llama.cpp is built outside the repository (see BENCHMARKS.md for the exact commands).
 """
 import argparse
@@ -75,6 +76,9 @@ def main():
                     help="tokens already in the KV cache for every test (llama-bench -d)")
     ap.add_argument("--only", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--isa", default=None,
+                    help="run speck on this kernel path (SPECK_ISA: avx2, scalar); pair it with a "
+                         "llama.cpp built for the same instruction set")
     ap.add_argument("--hugepages", action="store_true",
                     help="speck bench --hugepages (weights read into transparent huge pages) "
                          "against llama-bench -mmp 0 (weights read into memory, no mmap)")
@@ -90,6 +94,8 @@ def main():
     # The machine sets OPENBLAS_CORETYPE=Haswell, which halves sgemm on Zen 5; both programs run
     # without it (llama.cpp does not use OpenBLAS in this build, speck does for prefill).
     env.pop("OPENBLAS_CORETYPE", None)
+    if a.isa:
+        env["SPECK_ISA"] = a.isa  # llama.cpp ignores it
     os.makedirs(a.models, exist_ok=True)
     results = []
     for spec in a.only.split(","):
@@ -132,6 +138,7 @@ def main():
     print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_name()}, {a.threads} threads, "
           f"median of {a.reps} alternating runs, pp{a.pp} / tg{a.tg}"
           f"{f' at depth {a.depth}' if a.depth else ''}, OPENBLAS_CORETYPE unset"
+          f"{f', speck SPECK_ISA={a.isa}' if a.isa else ''}"
           f"{', speck --hugepages vs llama.cpp -mmp 0' if a.hugepages else ''}\n")
     print("| model | type | file MiB | speck pp t/s | llama.cpp pp t/s | pp ratio | speck tg t/s "
           "| llama.cpp tg t/s | tg ratio | tg roofline t/s | % of roofline | speck peak RSS MiB |")

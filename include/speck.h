@@ -122,8 +122,8 @@ speck_gguf *speck_gguf_open(const char *path);
 // By default the few-token (decode / verification) kernels run on a *panel* copy (16 rows
 // interleaved, src/kernels/kernels.h) where it pays: float (F32 / F16 / BF16) matrices when they
 // total at most 32 MiB — up to 32 MiB more memory, ~1.5-2x faster passes on such compute-bound
-// models; and Q4_0 / Q8_0 matrices of any size on AVX-512 VNNI CPUs (Q4_0 only on AVX2 CPUs)
-// when the file is mapped (not
+// models; and Q4_0 / Q8_0 matrices of any size on AVX-512 VNNI and AVX2 CPUs when the file is
+// mapped (not
 // with SPECK_LOAD_HUGEPAGES; not a head tied to the token embedding), whose mapped pages are
 // then dropped (resident memory stays about the file's size; packing takes ~0.5 s per GB).
 #define SPECK_LOAD_NO_PANELS 2u

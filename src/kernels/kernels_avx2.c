@@ -553,23 +553,29 @@ SPECK_PANELS_AVX2(mm_panel_f32_avx2, SPECK_W_F32)
 SPECK_PANELS_AVX2(mm_panel_f16_avx2, SPECK_W_F16)
 SPECK_PANELS_AVX2(mm_panel_bf16_avx2, SPECK_W_BF16)
 
-// R Q4_0 panels x T tokens (layout: SPECK_Q4_PANEL_BLOCK), each 16-row panel as two 8-row
-// halves. Per block and half, four 32-byte vectors hold 8 rows x 4 nibble bytes (group g: inputs
-// 4g..4g+3 in the low nibbles, 16+4g.. in the high ones), each multiplied by the 4 matching
-// activation bytes broadcast (maddubs: unsigned nibbles x signed bytes, |pair| <= 2 * 15 * 127),
-// the eight int16 products summed in int16 (<= 8 * 3810 < 2^15) and widened once (madd): no
-// horizontal sums, and a third of the per-row dots' instructions. Per row and token the block
-// adds d_w * (d_a * sum(q_w * q_a) - 8 * d_a * sum(q_a)) to one float accumulator in block
-// order, so results do not depend on R, T or the grouping.
+// R Q4_0 (q8 = 0) or Q8_0 (q8 = 1) panels x T tokens (layouts: SPECK_Q4_PANEL_BLOCK,
+// SPECK_Q8_PANEL_BLOCK), each 16-row panel as two 8-row halves: per block and half, 32-byte
+// vectors of 8 rows x 4 weight bytes, each multiplied by the 4 matching activation bytes
+// broadcast (vpmaddubsw) and widened by vpmaddwd: lane j is row j's partial sum, with no
+// horizontal sums, and a third to a half of the per-row dots' instructions. Q4_0 (four vectors
+// per block, low nibbles against inputs 4g..4g+3, high ones against 16+4g..): unsigned nibbles x
+// signed bytes, |pair| <= 2 * 15 * 127, so a block's eight products are summed in int16
+// (< 2^15) and widened once, and the +8 offset is taken out with the activations' block sums:
+// d_w * (d_a * sum(q_w * q_a) - 8 * d_a * sum(q_a)). Q8_0 (eight vectors, stored + 128): the
+// signed value times the activation with its sign (|pair| <= 2 * 128 * 127), widened per vector:
+// d_w * d_a * sum(q_w * q_a). Per row and token the block goes into one float accumulator in
+// block order, so results do not depend on R, T or the grouping.
 #ifndef PQ2_AHEAD
 #define PQ2_AHEAD 4 // blocks of each panel prefetched ahead (the panels are R separate streams)
 #endif
 static inline __attribute__((always_inline)) void
-pq4_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
-         int64_t ldy, unsigned m0, unsigned m1, int accumulate, const int R, const int T) {
+pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
+         int64_t ldy, unsigned m0, unsigned m1, int accumulate, const int q8, const int R,
+         const int T) {
     const int64_t nb = a->n / SPECK_QK;
-    const size_t bb = SPECK_Q4_PANEL_BLOCK;
+    const size_t bb = q8 ? SPECK_Q8_PANEL_BLOCK : SPECK_Q4_PANEL_BLOCK;
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
     __m256 acc[8];
     for (int s = 0; s < 2 * R * T; s++) acc[s] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
@@ -578,30 +584,47 @@ pq4_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
             for (size_t c = 0; c < bb; c += 64)
                 _mm_prefetch((const char *)wb + PQ2_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
             for (int h = 0; h < 2; h++) {
-                __m256i lo[4], hi[4];
-                for (int g = 0; g < 4; g++) {
+                // wv[i] pairs with activation bytes 4i .. 4i + 3 (Q8_0: as |w|, sign in ws[i]).
+                __m256i wv[8], ws[8];
+                for (int g = 0; g < (q8 ? 8 : 4); g++) {
                     const __m256i v = _mm256_loadu_si256((const __m256i *)(wb + 64 * g + 32 * h));
-                    lo[g] = _mm256_and_si256(v, m4);
-                    hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    if (q8) {
+                        ws[g] = _mm256_xor_si256(v, flip);
+                        wv[g] = _mm256_abs_epi8(ws[g]);
+                    } else {
+                        wv[g] = _mm256_and_si256(v, m4);
+                        wv[4 + g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                    }
                 }
                 const __m256 dw =
                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(wb + bb - 32 + 16 * h)));
                 for (int t = 0; t < T; t++) {
                     const int8_t *xa = a->qs + (t0 + t) * a->n + b * SPECK_QK;
-                    __m256i s16 = _mm256_setzero_si256();
-                    for (int g = 0; g < 4; g++) {
-                        int32_t x0, x1;
-                        memcpy(&x0, xa + 4 * g, 4);
-                        memcpy(&x1, xa + 16 + 4 * g, 4);
-                        s16 = _mm256_add_epi16(
-                            s16, _mm256_add_epi16(
-                                     _mm256_maddubs_epi16(lo[g], _mm256_set1_epi32(x0)),
-                                     _mm256_maddubs_epi16(hi[g], _mm256_set1_epi32(x1))));
+                    __m256i s32;
+                    if (q8) {
+                        s32 = _mm256_setzero_si256();
+                        for (int i = 0; i < 8; i++) {
+                            int32_t x;
+                            memcpy(&x, xa + 4 * i, 4);
+                            const __m256i p = _mm256_maddubs_epi16(
+                                wv[i], _mm256_sign_epi8(_mm256_set1_epi32(x), ws[i]));
+                            s32 = _mm256_add_epi32(s32, _mm256_madd_epi16(p, ones));
+                        }
+                    } else {
+                        __m256i s16 = _mm256_setzero_si256();
+                        for (int i = 0; i < 8; i++) {
+                            int32_t x;
+                            memcpy(&x, xa + (i < 4 ? 4 * i : 16 + 4 * (i - 4)), 4);
+                            s16 = _mm256_add_epi16(s16,
+                                                   _mm256_maddubs_epi16(wv[i], _mm256_set1_epi32(x)));
+                        }
+                        s32 = _mm256_madd_epi16(s16, ones);
                     }
                     const int64_t ab = (t0 + t) * nb + b;
-                    const __m256 v = _mm256_fmsub_ps(
-                        _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)),
-                        _mm256_set1_ps(a->d[ab]), _mm256_set1_ps(8.0f * a->s[ab]));
+                    const __m256 vd = _mm256_set1_ps(a->d[ab]);
+                    const __m256 v = q8 ? _mm256_mul_ps(_mm256_cvtepi32_ps(s32), vd)
+                                        : _mm256_fmsub_ps(_mm256_cvtepi32_ps(s32), vd,
+                                                          _mm256_set1_ps(8.0f * a->s[ab]));
                     acc[(t * R + r) * 2 + h] = _mm256_fmadd_ps(dw, v, acc[(t * R + r) * 2 + h]);
                 }
             }
@@ -625,22 +648,24 @@ pq4_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
         }
 }
 
-// Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_q_group below). Q8_0 has no
-// AVX2 panels: its unsigned (+128) bytes would overflow maddubs' int16 pairs.
-#define PQ4_ARGS P, pbytes, a, t0, y, ldy, m0, m1, accumulate
-static void mm_panel_q4_0_avx2(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a,
-                               int64_t t0, int nt, float *y, int64_t ldy, unsigned m0, unsigned m1,
-                               int accumulate) {
-    const uint8_t *P = Pv;
-    if (nt == 1 && np >= 4) pq4_body(PQ4_ARGS, 4, 1);
-    else if (nt == 1 && np == 3) pq4_body(PQ4_ARGS, 3, 1);
-    else if (nt == 1 && np == 2) pq4_body(PQ4_ARGS, 2, 1);
-    else if (nt == 1) pq4_body(PQ4_ARGS, 1, 1);
-    else if (nt == 2 && np >= 2) pq4_body(PQ4_ARGS, 2, 2);
-    else if (nt == 2) pq4_body(PQ4_ARGS, 1, 2);
-    else if (nt == 3) pq4_body(PQ4_ARGS, 1, 3);
-    else pq4_body(PQ4_ARGS, 1, 4);
-}
+// Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_q_group below).
+#define PQ2_ARGS P, pbytes, a, t0, y, ldy, m0, m1, accumulate, q8
+#define SPECK_PANELS_Q_AVX2(NAME, Q8)                                                              \
+    static void NAME(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a, int64_t t0,    \
+                     int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) {    \
+        const uint8_t *P = Pv;                                                                     \
+        const int q8 = (Q8);                                                                       \
+        if (nt == 1 && np >= 4) pq_body2(PQ2_ARGS, 4, 1);                                          \
+        else if (nt == 1 && np == 3) pq_body2(PQ2_ARGS, 3, 1);                                     \
+        else if (nt == 1 && np == 2) pq_body2(PQ2_ARGS, 2, 1);                                     \
+        else if (nt == 1) pq_body2(PQ2_ARGS, 1, 1);                                                \
+        else if (nt == 2 && np >= 2) pq_body2(PQ2_ARGS, 2, 2);                                     \
+        else if (nt == 2) pq_body2(PQ2_ARGS, 1, 2);                                                \
+        else if (nt == 3) pq_body2(PQ2_ARGS, 1, 3);                                                \
+        else pq_body2(PQ2_ARGS, 1, 4);                                                             \
+    }
+SPECK_PANELS_Q_AVX2(mm_panel_q4_0_avx2, 0)
+SPECK_PANELS_Q_AVX2(mm_panel_q8_0_avx2, 1)
 
 const speck_kernel_table speck_kernels_avx2 = {
     .name = "avx2",
@@ -664,7 +689,7 @@ const speck_kernel_table speck_kernels_avx2 = {
     .panel_tokens = 4,
     .panel_group = {0, 4, 2, 1, 1},
     .mm_panel_q4_0 = mm_panel_q4_0_avx2,
-    .mm_panel_q8_0 = NULL,
+    .mm_panel_q8_0 = mm_panel_q8_0_avx2,
     .panel_q_tokens = 4,
     .panel_q_group = {0, 4, 2, 1, 1},
     .gemm_pack = NULL, // prefill uses sgemm
