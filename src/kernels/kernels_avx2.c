@@ -578,9 +578,13 @@ SPECK_PANELS_AVX2(mm_panel_bf16_avx2, SPECK_W_BF16)
 // signed value times the activation with its sign (|pair| <= 2 * 128 * 127), widened per vector:
 // d_w * d_a * sum(q_w * q_a). Per row and token the block goes into one float accumulator in
 // block order, so results do not depend on R, T or the grouping.
-#ifndef PQ2_AHEAD
-#define PQ2_AHEAD 4 // blocks of each panel prefetched ahead (the panels are R separate streams)
-#endif
+// Prefetch distance of each of a call's R panel streams, in blocks: 16 / R, and at least 8 for
+// Q4_0 — about 2.3 KB ahead of each of four streams either way (one token). Four Q4_0 blocks, as
+// on AVX-512, left the 1.1B Q4_0 decode slower (15.3-16.4 vs 14.5-15.0 ms per token in four of
+// five alternations); eight Q8_0 blocks slowed smollm2-135m Q8_0 (3.9-4.3 vs 4.6-4.8 ms).
+static inline size_t pq2_ahead(const int q8, const int R) {
+    return q8 || 16 / R > 8 ? (size_t)(16 / R) : 8;
+}
 static inline __attribute__((always_inline)) void
 pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
          int64_t ldy, unsigned m0, unsigned m1, int accumulate, const int q8, const int R,
@@ -595,7 +599,7 @@ pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
         for (int r = 0; r < R; r++) {
             const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
             for (size_t c = 0; c < bb; c += 64)
-                _mm_prefetch((const char *)wb + PQ2_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
+                _mm_prefetch((const char *)wb + pq2_ahead(q8, R) * bb + c, _MM_HINT_T0);
             for (int h = 0; h < 2; h++) {
                 // wv[i] pairs with activation bytes 4i .. 4i + 3 (Q8_0: as |w|, sign in ws[i]).
                 __m256i wv[8], ws[8];
