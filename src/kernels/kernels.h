@@ -175,6 +175,11 @@ void speck_matmul_panels(speck_type wt, const void *W, const void *P, int64_t n_
                          const float *X, int64_t n_tok, float *Y);
 // Inside an OpenMP parallel region: this thread's contiguous share [*i0, *i1) of n items.
 void speck_thread_share(int64_t n, int64_t *i0, int64_t *i1);
+// OpenBLAS single-threaded: speck calls sgemm from its own OpenMP threads, each on a slice (two
+// thread pools spinning against each other lost a third or more of the time on 2 cores).
+// OpenBLAS built on OpenMP runs single-threaded inside a parallel region by itself, and its
+// openblas_set_num_threads would set OpenMP's thread count for everyone: left alone.
+void speck_blas_single_threaded(void);
 
 // Tests/benchmarks: force the path speck_matmul takes whatever n_tok is: "small" (streaming),
 // "sgemm", "gemm" (int8 GEMM; types or ISAs without one fall back to the automatic choice), or

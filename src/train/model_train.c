@@ -142,15 +142,7 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
 /* ---- matmul: forward y = x·Wᵀ, backward dx (+)= dy·W, dW += dyᵀ·x --------------------------- */
 
 // GEMMs run on the OpenMP pool: each thread calls a single-threaded OpenBLAS sgemm on its slice
-// of rows. With OpenBLAS's own pthread pool as well, two pools spin against each other for the
-// cores (a third of the time lost on 2 cores). Slices depend only on the thread count.
-// OpenBLAS built on OpenMP runs single-threaded inside a parallel region by itself (and its
-// openblas_set_num_threads would set OpenMP's thread count for everyone): leave it alone. The
-// pthread build is told to use one thread.
-static void blas_single_threaded(void) {
-    if (openblas_get_parallel() == 1 && openblas_get_num_threads() != 1)
-        openblas_set_num_threads(1);
-}
+// of rows (speck_blas_single_threaded). Slices depend only on the thread count.
 
 // Rows [r0, r1) of n for this thread (in a parallel region).
 static void slice(int n, int *r0, int *r1) {
@@ -527,7 +519,7 @@ int speck_train_loss(speck_train_model *tm, const int32_t *inputs, const int32_t
                      int T, float *loss) {
     int err = check_batch(tm, inputs, targets, B, T);
     if (err) return err;
-    blas_single_threaded();
+    speck_blas_single_threaded();
     forward(tm, inputs, targets, B, T, loss);
     return 0;
 }
@@ -536,7 +528,7 @@ int speck_train_step(speck_train_model *tm, const int32_t *inputs, const int32_t
                      int T, float grad_scale, float *loss) {
     int err = check_batch(tm, inputs, targets, B, T);
     if (err) return err;
-    blas_single_threaded();
+    speck_blas_single_threaded();
     forward(tm, inputs, targets, B, T, loss);
     backward(tm, inputs, targets, B, T, grad_scale);
     return 0;
