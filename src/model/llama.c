@@ -288,10 +288,14 @@ static bool use_panels(const speck_weight *w) {
 // verification of < 16 rows is always batch-invariant).
 static int stream_max(const speck_model *m) {
     int k = speck_mm_stream_max(speck_model_weight_type(m));
-    // Panel kernels beat the prefill GEMMs up to 31 tokens for every type that has them
-    // (tinyllama-1.1b Q4_0, `speck bench -p N`, two alternating runs: pp16 150-154 -> 244-278
-    // tok/s, pp24 184-195 -> 260-285).
-    if (use_panels(&m->layers[0].wq) && k < 32) k = 32;
+    // Panel kernels beat the prefill paths up to 63 tokens for every type that has them
+    // (`speck bench -p N`, two alternating runs each. tinyllama-1.1b Q4_0: pp16 150-154 -> 244-278
+    // tok/s, pp24 184-195 -> 260-285, pp32 259-266 -> 274-422, pp48 267-296 -> 389-412, on the
+    // AVX2 path pp48 95-102 -> 126-131; the default model pp32 22.7k -> 48-51k, pp48 28.6k ->
+    // 50k; smollm2-135m Q8_0 pp48 1.86k -> 2.82k). At 96 tokens the 1.1B's int8 GEMM is as fast
+    // or faster (327-435 vs 322-327 tok/s) while the smaller models still gain: 64 is the bound
+    // that helps all of them.
+    if (use_panels(&m->layers[0].wq) && k < 64) k = 64;
     return k > ATT_GEMM_MIN ? k : ATT_GEMM_MIN;
 }
 
