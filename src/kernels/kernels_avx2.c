@@ -508,6 +508,31 @@ static inline __m256i lane_mask8(unsigned bits) {
     return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), sel), sel);
 }
 
+// Stores a panel tile's accumulators acc[t * 2R + h] (8-row half h of the R panels for token t)
+// to y + t * ldy + 8 * h, =, or += when accumulate; lanes outside m0 (first panel) and m1 (last)
+// untouched.
+static inline __attribute__((always_inline)) void store_halves(const __m256 *acc, float *y,
+                                                               int64_t ldy, unsigned m0,
+                                                               unsigned m1, int accumulate,
+                                                               const int R, const int T) {
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < 2 * R; h++) {
+            const int r = h / 2;
+            const unsigned m16 = (r == 0 ? m0 : 0xFFFFu) & (r == R - 1 ? m1 : 0xFFFFu);
+            const unsigned m = (h % 2 ? m16 >> 8 : m16) & 0xFFu;
+            float *yp = y + t * ldy + 8 * h;
+            __m256 v = acc[t * 2 * R + h];
+            if (m == 0xFFu) {
+                if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(yp), v);
+                _mm256_storeu_ps(yp, v);
+            } else if (m) {
+                const __m256i mm = lane_mask8(m);
+                if (accumulate) v = _mm256_add_ps(_mm256_maskload_ps(yp, mm), v);
+                _mm256_maskstore_ps(yp, mm, v);
+            }
+        }
+}
+
 // R panels x T tokens of the panel layout (see speck_kernel_table.mm_panel_f16), each 16-row
 // panel as two 8-lane halves: per input k, 2R weight vectors times T broadcast activations into
 // 2R * T accumulators (8 independent FMA chains, of AVX2's 16 registers). Lane j of an accumulator
@@ -529,22 +554,7 @@ ptile8_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n
                 acc[t * 2 * R + h] = _mm256_fmadd_ps(w[h], xb, acc[t * 2 * R + h]);
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < 2 * R; h++) {
-            const int r = h / 2;
-            const unsigned m16 = (r == 0 ? m0 : 0xFFFFu) & (r == R - 1 ? m1 : 0xFFFFu);
-            const unsigned m = (h % 2 ? m16 >> 8 : m16) & 0xFFu;
-            float *yp = y + t * ldy + 8 * h;
-            __m256 v = acc[t * 2 * R + h];
-            if (m == 0xFFu) {
-                if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(yp), v);
-                _mm256_storeu_ps(yp, v);
-            } else if (m) {
-                const __m256i mm = lane_mask8(m);
-                if (accumulate) v = _mm256_add_ps(_mm256_maskload_ps(yp, mm), v);
-                _mm256_maskstore_ps(yp, mm, v);
-            }
-        }
+    store_halves(acc, y, ldy, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_group below).
@@ -647,22 +657,7 @@ pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < 2 * R; h++) {
-            const int r = h / 2;
-            const unsigned m16 = (r == 0 ? m0 : 0xFFFFu) & (r == R - 1 ? m1 : 0xFFFFu);
-            const unsigned m = (h % 2 ? m16 >> 8 : m16) & 0xFFu;
-            float *yp = y + t * ldy + 8 * h;
-            __m256 v = acc[t * 2 * R + h];
-            if (m == 0xFFu) {
-                if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(yp), v);
-                _mm256_storeu_ps(yp, v);
-            } else if (m) {
-                const __m256i mm = lane_mask8(m);
-                if (accumulate) v = _mm256_add_ps(_mm256_maskload_ps(yp, mm), v);
-                _mm256_maskstore_ps(yp, mm, v);
-            }
-        }
+    store_halves(acc, y, ldy, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_q_group below).
