@@ -81,9 +81,10 @@ static inline float dot_one(const speck_kernel_table *k, speck_type wt, const vo
 
 // Quantize X into the matmul-internal layout (kernels with mm_* entry points).
 // X: (n_tok, n_in) f32 -> a: qs (n_tok, n_in), d and s (n_tok, n_in / 32), all inside buf.
-// blk: (n_tok, n_in / 32) Q8_0 block rows, kept (the AVX2 row tiles read them). q4_order: within the first floor(nb / 8) * 8 blocks, store each
-// group of 4 blocks as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks], the
-// order the AVX-512 Q4_0 kernel unpacks nibbles in (see mm_q4_body); otherwise natural order.
+// blk: (n_tok, n_in / 32) Q8_0 block rows, kept (the AVX2 row tiles read them). q4_order:
+// within the first floor(nb / 8) * 8 blocks, store each group of 4 blocks as [elements 0-15 of
+// the 4 blocks | elements 16-31 of the 4 blocks], the order the AVX-512 Q4_0 kernel unpacks
+// nibbles in (see mm_q4_body); otherwise natural order.
 static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, int64_t n_tok,
                                    int64_t n_in, char *buf, speck_block_q8_0 *blk, int q4_order) {
     const int64_t nb = n_in / SPECK_QK, grouped = q4_order ? nb / 8 * 8 : 0;
@@ -472,7 +473,8 @@ void speck_blas_single_threaded(void) {
 // of the rows: they dequantize them into their own scratch and call a single-threaded sgemm on
 // them. With OpenBLAS's pthread pool doing the sgemm instead, the OpenMP workers, spinning
 // between the dequantizing regions, fought its threads for the cores: a 32-token pass of the
-// 1.1B Q4_0 model on the AVX2 path took 2.9 s (0.8 s with OMP_WAIT_POLICY=passive).
+// 1.1B Q4_0 model on the AVX2 path took 2.6-2.9 s (0.8 s with OMP_WAIT_POLICY=passive; 0.49 s
+// now).
 static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_out,
                         int64_t n_in, const float *X, int64_t n_tok, float *Y) {
     speck_blas_single_threaded();
