@@ -439,7 +439,8 @@ SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 8, 4, 2)
 // on 2 Zen 5 cores, a 4-token pass 86-88 -> 70 ms, 1 token unchanged at ~24 ms). Q4_0:
 // maddubs(q, a) - maddubs(8, a) in int16 (|pair| <= 2 * 15 * 127), the second term made once
 // per block and token. Q8_0: |w| times a with w's sign (a != -128). Edge tiles repeat row/token
-// 0 and do not store them.
+// 0 and do not store them. Since the AVX2 panels (below), only matrices without panels (a head
+// tied to the token embedding, SPECK_LOAD_NO_PANELS) come here.
 static inline __attribute__((always_inline)) void
 qtile8(const void *w, size_t wrow, int rows, const void *a, size_t arow, int nt, int64_t n,
        const int q8, const int R, const int T, float *out) {
