@@ -431,61 +431,38 @@ SPECK_FLOAT_TILES(mm_f32_avx2, ftile8, SPECK_W_F32, 8, 4, 2)
 SPECK_FLOAT_TILES(mm_f16_avx2, ftile8, SPECK_W_F16, 8, 4, 2)
 SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 8, 4, 2)
 
-// A tile of R Q4_0 (q8 = 0) or Q8_0 (q8 = 1) weight rows x T tokens of Q8_0 block activations
-// (R * T <= 8), the float tiles' scheme: per 32-value block and output, the int32 lane sums of
-// the block's products, widened and scaled by d_w * d_a, go into one FMA chain, and all sums are
-// reduced by hsum8x8's tree, so a result does not depend on the tile it sits in. A row's blocks
-// are unpacked once for all T tokens (per-row dots unpacked them per token: 1.1B Q4_0, AVX2 path
-// on 2 Zen 5 cores, a 4-token pass 86-88 -> 70 ms, 1 token unchanged at ~24 ms). Q4_0:
-// maddubs(q, a) - maddubs(8, a) in int16 (|pair| <= 2 * 15 * 127), the second term made once
-// per block and token. Q8_0: |w| times a with w's sign (a != -128). Edge tiles repeat row/token
-// 0 and do not store them. Since the AVX2 panels (below), only matrices without panels (a head
-// tied to the token embedding, SPECK_LOAD_NO_PANELS) come here.
-static inline __attribute__((always_inline)) void
-qtile8(const void *w, size_t wrow, int rows, const void *a, size_t arow, int nt, int64_t n,
-       const int q8, const int R, const int T, float *out) {
-    const char *wr[8];
+// One Q4_0 (q8 = 0) or Q8_0 (q8 = 1) weight row x T tokens of Q8_0 block activations, the float
+// tiles' scheme: per 32-value block and token, the row dots' lane sums (dot_q4_lanes /
+// dot_q8_lanes) scaled by d_w * d_a go into one FMA chain, and all sums are reduced by hsum8x8's
+// tree, so a result does not depend on how many tokens share the call. The row's blocks are
+// unpacked once for all T tokens (per-row dots unpacked them per token: 1.1B Q4_0, AVX2 path on
+// 2 Zen 5 cores, a 4-token pass 86-88 -> 70 ms, 1 token unchanged at ~24 ms). Missing tokens of
+// an edge tile repeat token 0 and are not stored. Since the AVX2 panels (below), only matrices
+// without panels (a head tied to the token embedding, SPECK_LOAD_NO_PANELS) come here.
+static inline __attribute__((always_inline)) void qrow_tile(const void *w, const void *a,
+                                                            size_t arow, int nt, int64_t n,
+                                                            const int q8, const int T,
+                                                            float *out) {
     const speck_block_q8_0 *xr[4];
-    for (int r = 0; r < R; r++) wr[r] = (const char *)w + (r < rows ? (size_t)r * wrow : 0);
     for (int t = 0; t < T; t++)
         xr[t] = (const speck_block_q8_0 *)((const char *)a + (t < nt ? (size_t)t * arow : 0));
-    const __m256i ones = _mm256_set1_epi16(1), eights = _mm256_set1_epi8(8);
     __m256 acc[8];
     for (int s = 0; s < 8; s++) acc[s] = _mm256_setzero_ps();
     const int64_t nb = n / SPECK_QK;
     for (int64_t b = 0; b < nb; b++) {
-        __m256i xv[4], x8[4];
-        float da[4];
+        const speck_block_q8_0 *w8 = (const speck_block_q8_0 *)w + b;
+        const speck_block_q4_0 *w4 = (const speck_block_q4_0 *)w + b;
+        const __m256i wv = q8 ? load_q8(w8) : unpack_q4(w4);
+        const uint16_t dw = q8 ? w8->d : w4->d;
         for (int t = 0; t < T; t++) {
-            xv[t] = load_q8(xr[t] + b);
-            if (!q8) x8[t] = _mm256_maddubs_epi16(eights, xv[t]);
-            da[t] = _cvtsh_ss(xr[t][b].d);
-        }
-        for (int r = 0; r < R; r++) {
-            __m256i wv;
-            float dw;
-            if (q8) {
-                const speck_block_q8_0 *wb = (const speck_block_q8_0 *)wr[r] + b;
-                wv = load_q8(wb);
-                dw = _cvtsh_ss(wb->d);
-            } else {
-                const speck_block_q4_0 *wb = (const speck_block_q4_0 *)wr[r] + b;
-                wv = unpack_q4(wb);
-                dw = _cvtsh_ss(wb->d);
-            }
-            const __m256i wa = q8 ? _mm256_sign_epi8(wv, wv) : wv;
-            for (int t = 0; t < T; t++) {
-                const __m256i p = q8 ? _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv[t], wv))
-                                     : _mm256_sub_epi16(_mm256_maddubs_epi16(wv, xv[t]), x8[t]);
-                const __m256 v = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[t * R + r] = _mm256_fmadd_ps(v, _mm256_set1_ps(dw * da[t]), acc[t * R + r]);
-            }
+            const __m256i xv = load_q8(xr[t] + b);
+            const __m256i d = q8 ? dot_q8_lanes(wv, xv) : dot_q4_lanes(wv, xv);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), block_scale(dw, xr[t][b].d), acc[t]);
         }
     }
     float sums[8];
     _mm256_storeu_ps(sums, hsum8x8(acc));
-    for (int t = 0; t < nt; t++)
-        for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
+    for (int t = 0; t < nt; t++) out[t] = sums[t];
 }
 
 // One row at a time for every token count (mm_q_tile_rows below): two or four rows interleaved
@@ -494,11 +471,11 @@ qtile8(const void *w, size_t wrow, int rows, const void *a, size_t arow, int nt,
 #define SPECK_QTILES_AVX2(NAME, Q8)                                                                \
     static void NAME(const void *w, size_t wrow, int rows, const void *a, size_t arow, int nt,     \
                      int64_t n, float *out) {                                                      \
-        (void)rows; /* always 1 */                                                                 \
-        if (nt == 1) qtile8(w, wrow, 1, a, arow, nt, n, Q8, 1, 1, out);                            \
-        else if (nt == 2) qtile8(w, wrow, 1, a, arow, nt, n, Q8, 1, 2, out);                       \
-        else if (nt == 3) qtile8(w, wrow, 1, a, arow, nt, n, Q8, 1, 3, out);                       \
-        else qtile8(w, wrow, 1, a, arow, nt, n, Q8, 1, 4, out);                                    \
+        (void)wrow, (void)rows; /* one row */                                                      \
+        if (nt == 1) qrow_tile(w, a, arow, nt, n, Q8, 1, out);                                     \
+        else if (nt == 2) qrow_tile(w, a, arow, nt, n, Q8, 2, out);                                \
+        else if (nt == 3) qrow_tile(w, a, arow, nt, n, Q8, 3, out);                                \
+        else qrow_tile(w, a, arow, nt, n, Q8, 4, out);                                             \
     }
 SPECK_QTILES_AVX2(mm_qtile_q4_0_avx2, 0)
 SPECK_QTILES_AVX2(mm_qtile_q8_0_avx2, 1)
