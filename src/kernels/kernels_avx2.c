@@ -40,7 +40,8 @@ static float dot_f32_avx2(const float *w, const float *x, int64_t n) {
         a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
         a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
     float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     for (; i < n; i++) s += w[i] * x[i];
     return s;
@@ -96,7 +97,8 @@ static inline __m256i load_q8(const speck_block_q8_0 *b) {
 // int32 partial sums of (q - 8) * a for unsigned nibbles q: maddubs(q, a) - maddubs(8, a) in
 // int16 (|q*a pair| <= 2*15*127), then widened.
 static inline __m256i dot_q4_lanes(__m256i q, __m256i a) {
-    __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, a), _mm256_maddubs_epi16(_mm256_set1_epi8(8), a));
+    __m256i p =
+        _mm256_sub_epi16(_mm256_maddubs_epi16(q, a), _mm256_maddubs_epi16(_mm256_set1_epi8(8), a));
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
@@ -180,7 +182,8 @@ static void quantize_q8_0_avx2(const float *x, speck_block_q8_0 *y, int64_t n) {
         y[b].d = speck_fp32_to_fp16(d);
         const __m256 vid = _mm256_set1_ps(id);
         __m256i i[4];
-        for (int k = 0; k < 4; k++) i[k] = _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v[k], vid)));
+        for (int k = 0; k < 4; k++)
+            i[k] = _mm256_cvttps_epi32(round_away(_mm256_mul_ps(v[k], vid)));
         // Pack 32 int32 -> 32 int8 (values fit, no saturation); packs interleave 128-bit lanes,
         // the final permute restores element order.
         __m256i p16a = _mm256_packs_epi32(i[0], i[1]);
@@ -239,7 +242,8 @@ static inline __m256 hsum8x8(const __m256 a[8]) {
     const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
     const __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
     const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-    return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+    return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                         _mm256_permute2f128_ps(q0, q1, 0x31));
 }
 
 // Lanes below n set (maskload/maskstore masks), n in 0..8.
@@ -263,15 +267,17 @@ static inline __m256 exp_nonpos8(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    const __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 // out[c0 * 8 ..) (cn chunks of 8, the last with lanes `last`) = inv * sum_j sc[j] v_j; two
 // accumulator sets by j parity, summed at the end.
-static inline __attribute__((always_inline)) void
-attend_v_slab8(const float *sc, const float *vb, int64_t ld, int n_keys, const int cn, __m256i last,
-               float inv, float *out) {
+static inline __attribute__((always_inline)) void attend_v_slab8(const float *sc, const float *vb,
+                                                                 int64_t ld, int n_keys,
+                                                                 const int cn, __m256i last,
+                                                                 float inv, float *out) {
     __m256 o[2][4];
     for (int u = 0; u < 2; u++)
         for (int c = 0; c < cn; c++) o[u][c] = _mm256_setzero_ps();
@@ -281,8 +287,8 @@ attend_v_slab8(const float *sc, const float *vb, int64_t ld, int n_keys, const i
             const __m256 p = _mm256_set1_ps(sc[j + u]);
             const float *v = vb + (int64_t)(j + u) * ld;
             for (int c = 0; c < cn; c++)
-                o[u][c] = _mm256_fmadd_ps(p, _mm256_maskload_ps(v + 8 * c, c == cn - 1 ? last : all),
-                                          o[u][c]);
+                o[u][c] = _mm256_fmadd_ps(
+                    p, _mm256_maskload_ps(v + 8 * c, c == cn - 1 ? last : all), o[u][c]);
         }
     for (int c = 0; c < cn; c++)
         _mm256_maskstore_ps(out + 8 * c, c == cn - 1 ? last : all,
@@ -333,7 +339,8 @@ static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t
         const int nk = n_keys - j0 < 8 ? n_keys - j0 : 8;
         const __m256i tm = lanes8(nk);
         const __m256 s = _mm256_maskload_ps(sc + j0, tm);
-        const __m256 ok = _mm256_and_ps(_mm256_castsi256_ps(tm), _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
+        const __m256 ok =
+            _mm256_and_ps(_mm256_castsi256_ps(tm), _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
         const __m256 p = _mm256_and_ps(ok, exp_nonpos8(_mm256_sub_ps(s, _mm256_set1_ps(m))));
         _mm256_maskstore_ps(sc + j0, tm, p);
         sum = _mm256_add_ps(sum, p);
@@ -344,10 +351,18 @@ static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t
         const __m256i last = c0 + cn == nc ? hm : all;
         const float *v = vb + 8 * c0;
         switch (cn) {
-        case 1: attend_v_slab8(sc, v, ld, n_keys, 1, last, inv, out + 8 * c0); break;
-        case 2: attend_v_slab8(sc, v, ld, n_keys, 2, last, inv, out + 8 * c0); break;
-        case 3: attend_v_slab8(sc, v, ld, n_keys, 3, last, inv, out + 8 * c0); break;
-        default: attend_v_slab8(sc, v, ld, n_keys, 4, last, inv, out + 8 * c0); break;
+        case 1:
+            attend_v_slab8(sc, v, ld, n_keys, 1, last, inv, out + 8 * c0);
+            break;
+        case 2:
+            attend_v_slab8(sc, v, ld, n_keys, 2, last, inv, out + 8 * c0);
+            break;
+        case 3:
+            attend_v_slab8(sc, v, ld, n_keys, 3, last, inv, out + 8 * c0);
+            break;
+        default:
+            attend_v_slab8(sc, v, ld, n_keys, 4, last, inv, out + 8 * c0);
+            break;
         }
     }
     return 1;
@@ -371,7 +386,8 @@ static inline __m256 load_w8(const void *w, int64_t i, const int wt, int m) {
         return wt == SPECK_W_F16 ? load_f16x8(h) : load_bf16x8(h);
     }
     if (wt == SPECK_W_F32) return _mm256_loadu_ps((const float *)w + i);
-    return wt == SPECK_W_F16 ? load_f16x8((const uint16_t *)w + i) : load_bf16x8((const uint16_t *)w + i);
+    return wt == SPECK_W_F16 ? load_f16x8((const uint16_t *)w + i)
+                             : load_bf16x8((const uint16_t *)w + i);
 }
 
 // Values of each weight row ftile8 prefetches ahead of its loads: R rows are R streams, and
@@ -386,9 +402,10 @@ static inline __m256 load_w8(const void *w, int64_t i, const int wt, int m) {
 // A tile of R weight rows x T tokens (R * T <= 8): one accumulator and one FMA chain per output,
 // all sums reduced by hsum8x8's tree (the same for every slot), so a result does not depend on
 // the tile it sits in. Missing rows/tokens of an edge tile repeat row/token 0 and are not stored.
-static inline __attribute__((always_inline)) void
-ftile8(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt, int64_t n,
-       const int wt, const int R, const int T, float *out) {
+static inline __attribute__((always_inline)) void ftile8(const void *w, size_t wrow, int rows,
+                                                         const float *x, int64_t ldx, int nt,
+                                                         int64_t n, const int wt, const int R,
+                                                         const int T, float *out) {
     const char *wr[8];
     const float *xr[4];
     for (int r = 0; r < R; r++) wr[r] = (const char *)w + (r < rows ? (size_t)r * wrow : 0);
@@ -441,8 +458,7 @@ SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 8, 4, 2)
 // without panels (a head tied to the token embedding, SPECK_LOAD_NO_PANELS) come here.
 static inline __attribute__((always_inline)) void qrow_tile(const void *w, const void *a,
                                                             size_t arow, int nt, int64_t n,
-                                                            const int q8, const int T,
-                                                            float *out) {
+                                                            const int q8, const int T, float *out) {
     const speck_block_q8_0 *xr[4];
     for (int t = 0; t < T; t++)
         xr[t] = (const speck_block_q8_0 *)((const char *)a + (t < nt ? (size_t)t * arow : 0));
@@ -472,10 +488,14 @@ static inline __attribute__((always_inline)) void qrow_tile(const void *w, const
     static void NAME(const void *w, size_t wrow, int rows, const void *a, size_t arow, int nt,     \
                      int64_t n, float *out) {                                                      \
         (void)wrow, (void)rows; /* one row */                                                      \
-        if (nt == 1) qrow_tile(w, a, arow, nt, n, Q8, 1, out);                                     \
-        else if (nt == 2) qrow_tile(w, a, arow, nt, n, Q8, 2, out);                                \
-        else if (nt == 3) qrow_tile(w, a, arow, nt, n, Q8, 3, out);                                \
-        else qrow_tile(w, a, arow, nt, n, Q8, 4, out);                                             \
+        if (nt == 1)                                                                               \
+            qrow_tile(w, a, arow, nt, n, Q8, 1, out);                                              \
+        else if (nt == 2)                                                                          \
+            qrow_tile(w, a, arow, nt, n, Q8, 2, out);                                              \
+        else if (nt == 3)                                                                          \
+            qrow_tile(w, a, arow, nt, n, Q8, 3, out);                                              \
+        else                                                                                       \
+            qrow_tile(w, a, arow, nt, n, Q8, 4, out);                                              \
     }
 SPECK_QTILES_AVX2(mm_qtile_q4_0_avx2, 0)
 SPECK_QTILES_AVX2(mm_qtile_q8_0_avx2, 1)
@@ -537,18 +557,26 @@ ptile8_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n
 
 // Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_group below).
 #define PT8_ARGS P, pbytes, x, ldx, n, y, ldy, m0, m1, accumulate
-#define SPECK_PANELS_AVX2(NAME, WT)                                                             \
-    static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt, \
+#define SPECK_PANELS_AVX2(NAME, WT)                                                                \
+    static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt,   \
                      int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) { \
-        const char *P = Pv;                                                                     \
-        if (nt == 1 && np >= 4) ptile8_body(PT8_ARGS, WT, 4, 1);                                \
-        else if (nt == 1 && np == 3) ptile8_body(PT8_ARGS, WT, 3, 1);                           \
-        else if (nt == 1 && np == 2) ptile8_body(PT8_ARGS, WT, 2, 1);                           \
-        else if (nt == 1) ptile8_body(PT8_ARGS, WT, 1, 1);                                      \
-        else if (nt == 2 && np >= 2) ptile8_body(PT8_ARGS, WT, 2, 2);                           \
-        else if (nt == 2) ptile8_body(PT8_ARGS, WT, 1, 2);                                      \
-        else if (nt == 3) ptile8_body(PT8_ARGS, WT, 1, 3);                                      \
-        else ptile8_body(PT8_ARGS, WT, 1, 4);                                                   \
+        const char *P = Pv;                                                                        \
+        if (nt == 1 && np >= 4)                                                                    \
+            ptile8_body(PT8_ARGS, WT, 4, 1);                                                       \
+        else if (nt == 1 && np == 3)                                                               \
+            ptile8_body(PT8_ARGS, WT, 3, 1);                                                       \
+        else if (nt == 1 && np == 2)                                                               \
+            ptile8_body(PT8_ARGS, WT, 2, 1);                                                       \
+        else if (nt == 1)                                                                          \
+            ptile8_body(PT8_ARGS, WT, 1, 1);                                                       \
+        else if (nt == 2 && np >= 2)                                                               \
+            ptile8_body(PT8_ARGS, WT, 2, 2);                                                       \
+        else if (nt == 2)                                                                          \
+            ptile8_body(PT8_ARGS, WT, 1, 2);                                                       \
+        else if (nt == 3)                                                                          \
+            ptile8_body(PT8_ARGS, WT, 1, 3);                                                       \
+        else                                                                                       \
+            ptile8_body(PT8_ARGS, WT, 1, 4);                                                       \
     }
 SPECK_PANELS_AVX2(mm_panel_f32_avx2, SPECK_W_F32)
 SPECK_PANELS_AVX2(mm_panel_f16_avx2, SPECK_W_F16)
@@ -574,9 +602,8 @@ static inline size_t pq2_ahead(const int q8, const int R) {
     return q8 || 16 / R > 8 ? (size_t)(16 / R) : 8;
 }
 static inline __attribute__((always_inline)) void
-pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y,
-         int64_t ldy, unsigned m0, unsigned m1, int accumulate, const int q8, const int R,
-         const int T) {
+pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y, int64_t ldy,
+         unsigned m0, unsigned m1, int accumulate, const int q8, const int R, const int T) {
     const int64_t nb = a->n / SPECK_QK;
     const size_t bb = q8 ? SPECK_Q8_PANEL_BLOCK : SPECK_Q4_PANEL_BLOCK;
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -620,8 +647,8 @@ pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
                         for (int i = 0; i < 8; i++) {
                             int32_t x;
                             memcpy(&x, xa + (i < 4 ? 4 * i : 16 + 4 * (i - 4)), 4);
-                            s16 = _mm256_add_epi16(s16,
-                                                   _mm256_maddubs_epi16(wv[i], _mm256_set1_epi32(x)));
+                            s16 = _mm256_add_epi16(
+                                s16, _mm256_maddubs_epi16(wv[i], _mm256_set1_epi32(x)));
                         }
                         s32 = _mm256_madd_epi16(s16, ones);
                     }
@@ -645,14 +672,22 @@ pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
                      int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) {    \
         const uint8_t *P = Pv;                                                                     \
         const int q8 = (Q8);                                                                       \
-        if (nt == 1 && np >= 4) pq_body2(PQ2_ARGS, 4, 1);                                          \
-        else if (nt == 1 && np == 3) pq_body2(PQ2_ARGS, 3, 1);                                     \
-        else if (nt == 1 && np == 2) pq_body2(PQ2_ARGS, 2, 1);                                     \
-        else if (nt == 1) pq_body2(PQ2_ARGS, 1, 1);                                                \
-        else if (nt == 2 && np >= 2) pq_body2(PQ2_ARGS, 2, 2);                                     \
-        else if (nt == 2) pq_body2(PQ2_ARGS, 1, 2);                                                \
-        else if (nt == 3) pq_body2(PQ2_ARGS, 1, 3);                                                \
-        else pq_body2(PQ2_ARGS, 1, 4);                                                             \
+        if (nt == 1 && np >= 4)                                                                    \
+            pq_body2(PQ2_ARGS, 4, 1);                                                              \
+        else if (nt == 1 && np == 3)                                                               \
+            pq_body2(PQ2_ARGS, 3, 1);                                                              \
+        else if (nt == 1 && np == 2)                                                               \
+            pq_body2(PQ2_ARGS, 2, 1);                                                              \
+        else if (nt == 1)                                                                          \
+            pq_body2(PQ2_ARGS, 1, 1);                                                              \
+        else if (nt == 2 && np >= 2)                                                               \
+            pq_body2(PQ2_ARGS, 2, 2);                                                              \
+        else if (nt == 2)                                                                          \
+            pq_body2(PQ2_ARGS, 1, 2);                                                              \
+        else if (nt == 3)                                                                          \
+            pq_body2(PQ2_ARGS, 1, 3);                                                              \
+        else                                                                                       \
+            pq_body2(PQ2_ARGS, 1, 4);                                                              \
     }
 SPECK_PANELS_Q_AVX2(mm_panel_q4_0_avx2, 0)
 SPECK_PANELS_Q_AVX2(mm_panel_q8_0_avx2, 1)
