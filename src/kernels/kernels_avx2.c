@@ -509,16 +509,16 @@ static inline __m256i lane_mask8(unsigned bits) {
 // Stores a panel tile's accumulators acc[t * 2R + h] (8-row half h of the R panels for token t)
 // to y + t * ldy + 8 * h, =, or += when accumulate; lanes outside m0 (first panel) and m1 (last)
 // untouched.
-static inline __attribute__((always_inline)) void store_halves(const __m256 *acc, float *y,
-                                                               int64_t ldy, unsigned m0,
-                                                               unsigned m1, int accumulate,
-                                                               const int R, const int T) {
+// Panel r of token t goes to y + t * ldy + r * ystep.
+static inline __attribute__((always_inline)) void
+store_halves(const __m256 *acc, float *y, int64_t ldy, int64_t ystep, unsigned m0, unsigned m1,
+             int accumulate, const int R, const int T) {
     for (int t = 0; t < T; t++)
         for (int h = 0; h < 2 * R; h++) {
             const int r = h / 2;
             const unsigned m16 = (r == 0 ? m0 : 0xFFFFu) & (r == R - 1 ? m1 : 0xFFFFu);
             const unsigned m = (h % 2 ? m16 >> 8 : m16) & 0xFFu;
-            float *yp = y + t * ldy + 8 * h;
+            float *yp = y + t * ldy + r * ystep + 8 * (h % 2);
             __m256 v = acc[t * 2 * R + h];
             if (m == 0xFFu) {
                 if (accumulate) v = _mm256_add_ps(_mm256_loadu_ps(yp), v);
@@ -552,7 +552,7 @@ ptile8_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n
                 acc[t * 2 * R + h] = _mm256_fmadd_ps(w[h], xb, acc[t * 2 * R + h]);
         }
     }
-    store_halves(acc, y, ldy, m0, m1, accumulate, R, T);
+    store_halves(acc, y, ldy, 16, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_group below).
@@ -601,9 +601,11 @@ SPECK_PANELS_AVX2(mm_panel_bf16_avx2, SPECK_W_BF16)
 static inline size_t pq2_ahead(const int q8, const int R) {
     return q8 || 16 / R > 8 ? (size_t)(16 / R) : 8;
 }
-static inline __attribute__((always_inline)) void
-pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y, int64_t ldy,
-         unsigned m0, unsigned m1, int accumulate, const int q8, const int R, const int T) {
+static inline __attribute__((always_inline)) void pq_body2(const uint8_t *P, size_t pbytes,
+                                                           int64_t pstep, const speck_q8_rows *a,
+                                                           int64_t t0, float *y, int64_t ldy,
+                                                           unsigned m0, unsigned m1, int accumulate,
+                                                           const int q8, const int R, const int T) {
     const int64_t nb = a->n / SPECK_QK;
     const size_t bb = q8 ? SPECK_Q8_PANEL_BLOCK : SPECK_Q4_PANEL_BLOCK;
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
@@ -612,7 +614,7 @@ pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
     for (int s = 0; s < 2 * R * T; s++) acc[s] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         for (int r = 0; r < R; r++) {
-            const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
+            const uint8_t *wb = P + r * pstep * pbytes + (size_t)b * bb;
             for (size_t c = 0; c < bb; c += 64)
                 _mm_prefetch((const char *)wb + pq2_ahead(q8, R) * bb + c, _MM_HINT_T0);
             for (int h = 0; h < 2; h++) {
@@ -662,14 +664,15 @@ pq_body2(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, fl
             }
         }
     }
-    store_halves(acc, y, ldy, m0, m1, accumulate, R, T);
+    store_halves(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_q_group below).
-#define PQ2_ARGS P, pbytes, a, t0, y, ldy, m0, m1, accumulate, q8
+#define PQ2_ARGS P, pbytes, pstep, a, t0, y, ldy, m0, m1, accumulate, q8
 #define SPECK_PANELS_Q_AVX2(NAME, Q8)                                                              \
-    static void NAME(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a, int64_t t0,    \
-                     int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) {    \
+    static void NAME(const void *Pv, size_t pbytes, int np, int64_t pstep, const speck_q8_rows *a, \
+                     int64_t t0, int nt, float *y, int64_t ldy, unsigned m0, unsigned m1,          \
+                     int accumulate) {                                                             \
         const uint8_t *P = Pv;                                                                     \
         const int q8 = (Q8);                                                                       \
         if (nt == 1 && np >= 4)                                                                    \

@@ -124,14 +124,14 @@ SPECK_FLOAT_TILES(mm_bf16_avx512, ftile_body, SPECK_W_BF16, 16, 8, 4)
 // Stores a panel tile's accumulators acc[t * R + r] (16 rows of panel r for token t) to
 // y + t * ldy + 16 * r, =, or += when accumulate; lanes outside m0 (first panel) and m1 (last)
 // untouched.
-static inline __attribute__((always_inline)) void store_panels(const __m512 *acc, float *y,
-                                                               int64_t ldy, __mmask16 m0,
-                                                               __mmask16 m1, int accumulate,
-                                                               const int R, const int T) {
+// Panel r of token t goes to y + t * ldy + r * ystep.
+static inline __attribute__((always_inline)) void
+store_panels(const __m512 *acc, float *y, int64_t ldy, int64_t ystep, __mmask16 m0, __mmask16 m1,
+             int accumulate, const int R, const int T) {
     for (int t = 0; t < T; t++)
         for (int r = 0; r < R; r++) {
             const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + 16 * r;
+            float *yp = y + t * ldy + r * ystep;
             __m512 v = acc[t * R + r];
             if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
             _mm512_mask_storeu_ps(yp, m, v);
@@ -158,7 +158,7 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
             for (int r = 0; r < R; r++) acc[t * R + r] = _mm512_fmadd_ps(w[r], xb, acc[t * R + r]);
         }
     }
-    store_panels(acc, y, ldy, m0, m1, accumulate, R, T);
+    store_panels(acc, y, ldy, 16, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 8 x 1, 4 x 2, 3 x 3, 2 x 4..8 (panel_group below); fewer
@@ -181,8 +181,8 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
     PT_CASE(WT, 1, T)                                                                              \
     PT_CASE(WT, 2, T)                                                                              \
     PT_CASE(WT, 3, T)                                                                              \
-    PT_CASE(WT, 4, T) PT_CASE(WT, 5, T) PT_CASE(WT, 6, T) PT_CASE(WT, 7, T) default                \
-        : ptile_body(PT_ARGS, WT, 8, T);                                                           \
+    PT_CASE(WT, 4, T)                                                                              \
+    PT_CASE(WT, 5, T) PT_CASE(WT, 6, T) PT_CASE(WT, 7, T) default : ptile_body(PT_ARGS, WT, 8, T); \
     return;
 #define SPECK_PANELS_AVX512(NAME, WT)                                                              \
     static void NAME(const void *Pv, size_t pbytes, int np, const float *x, int64_t ldx, int nt,   \
@@ -242,8 +242,9 @@ static inline __attribute__((always_inline)) __m512 pq_add(__m512 acc, __m512 dw
 }
 
 static inline __attribute__((always_inline)) void
-pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, float *y, int64_t ldy,
-        __mmask16 m0, __mmask16 m1, int accumulate, const int q8, const int R, const int T) {
+pq_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_q8_rows *a, int64_t t0,
+        float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int q8,
+        const int R, const int T) {
     const int64_t nb = a->n / SPECK_QK;
     const size_t bb = q8 ? SPECK_Q8_PANEL_BLOCK : SPECK_Q4_PANEL_BLOCK;
     const float off = q8 ? 128.0f : 8.0f;
@@ -270,7 +271,7 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
                 vs[t] = _mm512_set1_ps(off * a->s[(t0 + t) * nb + b]);
             }
             for (int r = 0; r < R; r++) {
-                const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
+                const uint8_t *wb = P + r * pstep * pbytes + (size_t)b * bb;
                 pq_prefetch(wb, bb, R);
                 __m512i s0[2], s1[2];
                 for (int t = 0; t < T; t++) s0[t] = s1[t] = _mm512_setzero_si512();
@@ -292,7 +293,7 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
             continue;
         }
         for (int r = 0; r < R; r++) {
-            const uint8_t *wb = P + r * pbytes + (size_t)b * bb;
+            const uint8_t *wb = P + r * pstep * pbytes + (size_t)b * bb;
             pq_prefetch(wb, bb, R);
             __m512i wv[8];
             for (int g = 0; g < 4; g++) {
@@ -322,14 +323,15 @@ pq_body(const uint8_t *P, size_t pbytes, const speck_q8_rows *a, int64_t t0, flo
             }
         }
     }
-    store_panels(acc, y, ldy, m0, m1, accumulate, R, T);
+    store_panels(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 2 x 3, 1 x 4 (panel_q_group below).
-#define PQ_CALL(R, T) pq_body(P, pbytes, a, t0, y, ldy, k0, k1, accumulate, q8, R, T)
+#define PQ_CALL(R, T) pq_body(P, pbytes, pstep, a, t0, y, ldy, k0, k1, accumulate, q8, R, T)
 #define SPECK_PANELS_Q_AVX512(NAME, Q8)                                                            \
-    static void NAME(const void *Pv, size_t pbytes, int np, const speck_q8_rows *a, int64_t t0,    \
-                     int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate) {    \
+    static void NAME(const void *Pv, size_t pbytes, int np, int64_t pstep, const speck_q8_rows *a, \
+                     int64_t t0, int nt, float *y, int64_t ldy, unsigned m0, unsigned m1,          \
+                     int accumulate) {                                                             \
         const uint8_t *P = Pv;                                                                     \
         const __mmask16 k0 = (__mmask16)m0, k1 = (__mmask16)m1;                                    \
         const int q8 = (Q8);                                                                       \
@@ -972,6 +974,7 @@ const speck_kernel_table speck_kernels_avx512 = {
     .mm_panel_q8_0 = mm_panel_q8_0_avx512,
     .panel_q_tokens = 4,
     .panel_q_group = {0, 4, 2, 2, 1},
+    .panel_q_spread = 1,
     .gemm_pack = gemm_pack_avx512,
     .gemm_run = gemm_run_avx512,
     .quantize_q8_0 = quantize_q8_0_avx512,

@@ -14,9 +14,9 @@ enum { SPECK_W_F32, SPECK_W_F16, SPECK_W_BF16 };
 typedef void (*speck_panel_fn)(const void *P, size_t pbytes, int np, const float *x, int64_t ldx,
                                int nt, int64_t n, float *y, int64_t ldy, unsigned m0, unsigned m1,
                                int accumulate);
-typedef void (*speck_panel_q_fn)(const void *P, size_t pbytes, int np, const speck_q8_rows *a,
-                                 int64_t t0, int nt, float *y, int64_t ldy, unsigned m0,
-                                 unsigned m1, int accumulate);
+typedef void (*speck_panel_q_fn)(const void *P, size_t pbytes, int np, int64_t pstep,
+                                 const speck_q8_rows *a, int64_t t0, int nt, float *y, int64_t ldy,
+                                 unsigned m0, unsigned m1, int accumulate);
 // Bytes of one 32-input block of a Q4_0 panel: the 16 rows' 16 nibble bytes as four 64-byte
 // groups (group g: each row's bytes 4g .. 4g + 3, rows side by side), then the 16 fp16 scales.
 #define SPECK_Q4_PANEL_BLOCK 288
@@ -79,10 +79,10 @@ typedef struct {
     // Q8_0 block activation rows a + t * arow bytes (SPECK_MM_Q8_BLOCKS), rows <=
     // mm_q_tile_rows[nt]; out[t * rows + r]. Batch invariant like the float tiles below. NULL:
     // per-row dots instead.
-    void (*mm_qtile_q4_0)(const void *w, size_t wrow, int rows, const void *a, size_t arow,
-                          int nt, int64_t n, float *out);
-    void (*mm_qtile_q8_0)(const void *w, size_t wrow, int rows, const void *a, size_t arow,
-                          int nt, int64_t n, float *out);
+    void (*mm_qtile_q4_0)(const void *w, size_t wrow, int rows, const void *a, size_t arow, int nt,
+                          int64_t n, float *out);
+    void (*mm_qtile_q8_0)(const void *w, size_t wrow, int rows, const void *a, size_t arow, int nt,
+                          int64_t n, float *out);
     int mm_q_tile_rows[SPECK_MT + 1];
     // A tile of float weight rows (F32 / F16 / BF16, n values, rows wrow bytes apart) times nt
     // (1..SPECK_MT) f32 activation rows x + t * ldx, rows <= mm_tile_rows[nt];
@@ -111,6 +111,9 @@ typedef struct {
     speck_panel_q_fn mm_panel_q4_0, mm_panel_q8_0;
     int panel_q_tokens;
     int panel_q_group[SPECK_PT + 1];
+    // 1: a call's panels are taken from separate equal parts of a row range, one weight stream
+    // each, rather than adjacent (speck_mm_panel_rows); either way each row's result is the same.
+    int panel_q_spread;
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
     // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
     // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.
