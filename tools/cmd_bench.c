@@ -219,9 +219,11 @@ int cmd_bench(int argc, char **argv) {
                    hp->name[0] ? hp->name : path, wt, mib, speck_get_threads(), speck_kernels_isa(),
                    n_tg, at, tg);
         printf("\nmedians of %d runs; memory read bandwidth %.1f GB/s (probed after each run);\n"
-               "%.1f MiB read per token; decode roofline %.1f tok/s; reached %.1f %% (each run "
-               "against its own probe); peak RSS %.1f MiB\n",
-               reps, bw_med, bpt / 1048576.0, roof, 100.0 * frac_med, rss_mib);
+               "%.1f MiB read per token; decode roofline %.1f tok/s",
+               reps, bw_med, bpt / 1048576.0, roof);
+        if (n_tg > 0)
+            printf("; reached %.1f %% (each run against its own probe)", 100.0 * frac_med);
+        printf("; peak RSS %.1f MiB\n", rss_mib);
         if (n_tg > 0 && frac_med > 1)
             printf("(above 100 %%: what a token reads fits in the CPU caches, so memory bandwidth "
                    "does not bound this model's decoding)\n");
