@@ -3,9 +3,11 @@
 // Q8_0/Q4_0 the int8 GEMM and the sgemm path side by side.
 //
 // Built by CMake as `bench_kernels`, or by hand (one line):
-//   gcc -O3 -fopenmp -Iinclude -Isrc bench/bench_kernels.c build/libspeck.a $(pkg-config --libs openblas libcjson libpcre2-8) -lm -o bench_kernels
-// Run: ./bench_kernels [threads] [isa|best] [hot|sweep]   (measure sgemm with `env -u OPENBLAS_CORETYPE`)
-// "sweep" times the small / int8 GEMM / sgemm paths against each other for n_tok 8..512.
+//   gcc -O3 -fopenmp -Iinclude -Isrc bench/bench_kernels.c build/libspeck.a $(pkg-config --libs
+//   openblas libcjson libpcre2-8) -lm -o bench_kernels
+// Run: ./bench_kernels [threads] [isa|best] [hot|sweep]   (measure sgemm with `env -u
+// OPENBLAS_CORETYPE`) "sweep" times the small / int8 GEMM / sgemm paths against each other for
+// n_tok 8..512.
 //
 // Decode streams a set of weight copies larger than any cache (>= 512 MiB in all), cycling
 // through them, so the number is DRAM bandwidth as in a real forward pass, not L3 bandwidth.
@@ -121,7 +123,8 @@ int main(int argc, char **argv) {
                 for (int i = 0; i < iters; i++)
                     speck_matmul(t, W + one * (size_t)(i % copies), n_out, n_in, X, toks[k], Y);
                 double dt = now() - t0;
-                printf("  n_tok=%-2lld %6.1f GB/s", (long long)toks[k], (double)one * iters / dt * 1e-9);
+                printf("  n_tok=%-2lld %6.1f GB/s", (long long)toks[k],
+                       (double)one * iters / dt * 1e-9);
             }
             // Prefill: GFLOP/s of the automatic path and, for types with an int8 GEMM, of the
             // sgemm path, interleaved in the same run (shared machines drift), best of 5.

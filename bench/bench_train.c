@@ -23,7 +23,8 @@ static double now(void) {
 // GFLOP/s of one square sgemm (the best of 5), with n threads.
 static double sgemm_peak(int n_threads) {
     const int n = 1024;
-    float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4), *c = malloc((size_t)n * n * 4);
+    float *a = malloc((size_t)n * n * 4), *b = malloc((size_t)n * n * 4),
+          *c = malloc((size_t)n * n * 4);
     for (int i = 0; i < n * n; i++) a[i] = b[i] = (float)(i % 7) * 0.1f;
     openblas_set_num_threads(n_threads);
     double best = 0;
@@ -81,7 +82,8 @@ int main(int argc, char **argv) {
     // Model FLOPs per token: 6 x (matmul parameters incl. the head) + causal attention
     // (QKᵀ and PV: 2·T·C multiply-adds per token and layer on average, x3 for fwd+bwd).
     int64_t C = c.n_embd, hd = C / c.n_head, kv = (int64_t)c.n_head_kv * hd;
-    double mat = (double)c.n_layer * (C * C * 2 + 2 * C * kv + 3.0 * C * c.n_ff) + (double)c.n_vocab * C;
+    double mat =
+        (double)c.n_layer * (C * C * 2 + 2 * C * kv + 3.0 * C * c.n_ff) + (double)c.n_vocab * C;
     double flops_tok = 6.0 * mat + 6.0 * c.n_layer * T * C;
     double tps_med = B * T * steps / total, tps_best = B * T / best;
     double peak = sgemm_peak(threads);

@@ -96,14 +96,14 @@ typedef enum {
 } speck_gguf_vtype;
 
 typedef struct {
-    const char *name;  // NUL-terminated copy
-    int type;          // speck_type / ggml type id (may be one speck cannot compute with)
-    int n_dims;        // 1..4
-    int64_t ne[4];     // ne[0] is the fastest-varying (row length)
+    const char *name; // NUL-terminated copy
+    int type;         // speck_type / ggml type id (may be one speck cannot compute with)
+    int n_dims;       // 1..4
+    int64_t ne[4];    // ne[0] is the fastest-varying (row length)
     int64_t n_elements;
-    uint64_t offset;   // relative to the start of the data section
+    uint64_t offset; // relative to the start of the data section
     size_t n_bytes;
-    const void *data;  // pointer into the mapping (read mode)
+    const void *data; // pointer into the mapping (read mode)
 } speck_gguf_tensor;
 
 typedef struct speck_gguf speck_gguf;
@@ -196,27 +196,27 @@ typedef enum {
 } speck_rope_scaling;
 
 typedef struct {
-    char arch[32];       // "llama" or "qwen2"
-    char name[128];      // general.name (may be empty)
+    char arch[32];  // "llama" or "qwen2"
+    char name[128]; // general.name (may be empty)
     int n_vocab;
-    int n_ctx_train;     // context length the model was trained for
-    int n_embd;          // model width
+    int n_ctx_train; // context length the model was trained for
+    int n_embd;      // model width
     int n_layer;
     int n_head;
-    int n_head_kv;       // < n_head: GQA; 1: MQA
-    int head_dim;        // n_embd / n_head unless the file says otherwise
-    int n_ff;            // SwiGLU hidden width
-    float norm_eps;      // RMSNorm epsilon
+    int n_head_kv;  // < n_head: GQA; 1: MQA
+    int head_dim;   // n_embd / n_head unless the file says otherwise
+    int n_ff;       // SwiGLU hidden width
+    float norm_eps; // RMSNorm epsilon
     float rope_freq_base;
     speck_rope_type rope_type;
     speck_rope_scaling rope_scaling;
     float rope_scale_factor;    // linear: positions divided by this; llama3: "factor"
     float rope_low_freq_factor; // llama3 scaling
     float rope_high_freq_factor;
-    int rope_orig_ctx;          // llama3 scaling: original_max_position_embeddings
-    bool qkv_bias;       // Qwen2-style biases on q/k/v projections
-    bool tied_output;    // output head shares token_embd
-    int bos_id, eos_id;  // -1 if absent
+    int rope_orig_ctx;  // llama3 scaling: original_max_position_embeddings
+    bool qkv_bias;      // Qwen2-style biases on q/k/v projections
+    bool tied_output;   // output head shares token_embd
+    int bos_id, eos_id; // -1 if absent
 } speck_hparams;
 
 typedef struct speck_model speck_model;
@@ -284,7 +284,7 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct {
-    const char *name;     // "tiny", "smollm2-135m", ...
+    const char *name; // "tiny", "smollm2-135m", ...
     const char *arch;
     int n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
     float rope_freq_base, norm_eps;
@@ -357,8 +357,8 @@ const char *speck_detok_flush(speck_detok *d);
 // itself (it does not interpret Jinja): "chatml" (Qwen and many fine-tunes), "llama2", "llama3",
 // "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
 typedef struct {
-    const char *role;    // "system", "user", "assistant" (others pass through where the format
-                         // names roles itself: chatml, llama3, gemma)
+    const char *role; // "system", "user", "assistant" (others pass through where the format
+                      // names roles itself: chatml, llama3, gemma)
     const char *content;
 } speck_chat_msg;
 
@@ -427,13 +427,13 @@ int32_t speck_argmax(const float *x, int n);
 // a (rows, cols) weight has shape {rows, cols} (GGUF ne = {cols, rows}).
 typedef struct {
     const char *name;
-    speck_type type;   // F32, F16 or BF16 (other dtypes are rejected when opening)
-    int n_dims;        // 0..8
+    speck_type type; // F32, F16 or BF16 (other dtypes are rejected when opening)
+    int n_dims;      // 0..8
     int64_t shape[8];
     int64_t n_elements;
     size_t n_bytes;
-    const void *data;  // pointer into the read-only mapping
-    const char *file;  // the shard holding it
+    const void *data; // pointer into the read-only mapping
+    const char *file; // the shard holding it
 } speck_st_tensor;
 
 typedef struct speck_st speck_st;
@@ -469,10 +469,10 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
 // Streams row chunks into a temporary file renamed into place (a failure leaves no file); the
 // source's pages are dropped as they are written.
 typedef struct {
-    speck_type type;        // the matrices: f32, f16, bf16, q8_0 or q4_0
-    int embd_type;          // token_embd.weight: a speck_type, or -1 for `type`
-    int output_type;        // output.weight: a speck_type, or -1 for `type`
-    bool allow_requantize;  // convert Q8_0/Q4_0 tensors to the other quantized type too
+    speck_type type;       // the matrices: f32, f16, bf16, q8_0 or q4_0
+    int embd_type;         // token_embd.weight: a speck_type, or -1 for `type`
+    int output_type;       // output.weight: a speck_type, or -1 for `type`
+    bool allow_requantize; // convert Q8_0/Q4_0 tensors to the other quantized type too
 } speck_quantize_opts;
 int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
                         bool progress);
@@ -501,20 +501,21 @@ typedef enum {
 } speck_draft_kind;
 
 typedef struct {
-    speck_draft_kind kinds[4]; // tried in order; SPECK_DRAFT_NONE ends the list
+    speck_draft_kind kinds[4];      // tried in order; SPECK_DRAFT_NONE ends the list
     const speck_model *draft_model; // for SPECK_DRAFT_MODEL (same vocabulary as the target)
-    int max_draft;      // longest draft chain (default 6)
-    int max_nodes;      // most candidate tokens verified in one pass, all branches (default 12)
-    int tree_width;     // alternatives at the first draft position: 1 = a chain (default 1)
-    float adaptive;     // > 0: stop extending a draft once the predicted chance that some draft
-                        // token is rejected exceeds this (SpecDec++-style); 0: fixed length
-    bool auto_budget;   // choose the candidates per pass (at most max_nodes) from this
-                        // machine's measured cost of verifying n tokens, the drafter's cost and
-                        // the observed acceptance (per drafter-confidence bin for cheap
-                        // drafters, which then propose a full tree that is pruned); the cost
-                        // curve is measured once per decoder. Output stays identical; with sampling, the random stream then
-                        // depends on those timings (the distribution does not).
-    int ngram_max;      // prompt lookup: longest suffix n-gram matched (default 3)
+    int max_draft;                  // longest draft chain (default 6)
+    int max_nodes;  // most candidate tokens verified in one pass, all branches (default 12)
+    int tree_width; // alternatives at the first draft position: 1 = a chain (default 1)
+    float adaptive; // > 0: stop extending a draft once the predicted chance that some draft
+                    // token is rejected exceeds this (SpecDec++-style); 0: fixed length
+    bool
+        auto_budget; // choose the candidates per pass (at most max_nodes) from this
+                     // machine's measured cost of verifying n tokens, the drafter's cost and
+                     // the observed acceptance (per drafter-confidence bin for cheap
+                     // drafters, which then propose a full tree that is pruned); the cost
+                     // curve is measured once per decoder. Output stays identical; with sampling,
+                     // the random stream then depends on those timings (the distribution does not).
+    int ngram_max;   // prompt lookup: longest suffix n-gram matched (default 3)
     const int32_t *warm_tokens; // ADED: token stream to warm the tri-gram statistics, or NULL
     int64_t n_warm;
 } speck_spec_params;
@@ -526,11 +527,11 @@ const char *speck_draft_kind_name(speck_draft_kind k);
 
 typedef struct {
     int n_prompt, n_generated;
-    int n_passes;           // target forward passes (prefill excluded)
-    int n_drafted;          // candidate tokens verified
-    int n_accepted;         // candidate tokens accepted
+    int n_passes;                       // target forward passes (prefill excluded)
+    int n_drafted;                      // candidate tokens verified
+    int n_accepted;                     // candidate tokens accepted
     double t_total, t_draft, t_prefill; // seconds
-    const char *stop_reason; // "length", "end of generation", "context full", "callback"
+    const char *stop_reason;            // "length", "end of generation", "context full", "callback"
 } speck_spec_stats;
 
 // Called for every token as it is accepted; return false to stop generating.
@@ -600,10 +601,10 @@ int speck_train_step(speck_train_model *tm, const int32_t *inputs, const int32_t
                      int T, float grad_scale, float *loss);
 
 typedef struct {
-    float lr;          // peak learning rate
-    float min_lr;      // cosine floor
-    int warmup_steps;  // linear warmup from lr/warmup to lr
-    int total_steps;   // cosine decay ends here (min_lr afterwards)
+    float lr;         // peak learning rate
+    float min_lr;     // cosine floor
+    int warmup_steps; // linear warmup from lr/warmup to lr
+    int total_steps;  // cosine decay ends here (min_lr afterwards)
     float beta1, beta2, eps;
     float weight_decay; // decoupled (AdamW); applied to matrices only unless decay_all
     bool decay_all;     // also decay norms and the token embedding
@@ -662,10 +663,10 @@ int speck_token_data_sample(const speck_token_data *d, uint64_t seed, int64_t st
 
 // Byte-level BPE tokenizer training (GPT-2 pre-tokenizer, merges by pair frequency).
 typedef struct {
-    int vocab_size;               // total tokens incl. 256 byte tokens and specials
-    const char *const *specials;  // special tokens (CONTROL), e.g. "<|endoftext|>"; the first is
-    int n_specials;               // also bos/eos
-    int min_frequency;            // pairs seen fewer times are not merged (default 2)
+    int vocab_size;              // total tokens incl. 256 byte tokens and specials
+    const char *const *specials; // special tokens (CONTROL), e.g. "<|endoftext|>"; the first is
+    int n_specials;              // also bos/eos
+    int min_frequency;           // pairs seen fewer times are not merged (default 2)
 } speck_bpe_train_params;
 
 typedef struct speck_bpe_trainer speck_bpe_trainer;
@@ -674,8 +675,7 @@ void speck_bpe_trainer_free(speck_bpe_trainer *t);
 // Count the pre-tokenized words of a text (call once per file).
 int speck_bpe_trainer_add(speck_bpe_trainer *t, const char *text, size_t len);
 // Learn merges and write a vocabulary GGUF (tokenizer.ggml.model "gpt2", pre "gpt-2") atomically.
-int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p,
-                           const char *path);
+int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p, const char *path);
 
 #ifdef __cplusplus
 }

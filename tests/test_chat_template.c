@@ -22,9 +22,12 @@
 
 static void print_escaped(const char *s) {
     for (; *s; s++) {
-        if (*s == '\n') printf("\\n");
-        else if (*s == '\t') printf("\\t");
-        else putchar(*s);
+        if (*s == '\n')
+            printf("\\n");
+        else if (*s == '\t')
+            printf("\\t");
+        else
+            putchar(*s);
     }
 }
 
@@ -77,7 +80,8 @@ static void test_formats(void) {
          "<|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|>"
          "<|start_header_id|>user<|end_header_id|>\n\nBye<|eot_id|>"
          "<|start_header_id|>assistant<|end_header_id|>\n\n"},
-        {"mistral", "<s>[INST] SYS\n\nHi [/INST]", "<s>[INST] Hi [/INST]Hello</s>[INST] Bye [/INST]"},
+        {"mistral", "<s>[INST] SYS\n\nHi [/INST]",
+         "<s>[INST] Hi [/INST]Hello</s>[INST] Bye [/INST]"},
         {"gemma", "<bos><start_of_turn>user\nSYS\n\nHi<end_of_turn>\n<start_of_turn>model\n",
          "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
          "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"},
@@ -127,8 +131,8 @@ static void test_api(void) {
     char small[6];
     memset(small, 'x', sizeof small);
     int64_t got = speck_chat_apply("chatml", a, 1, true, small, sizeof small);
-    CHECK(got == need && !strcmp(small, "<|im_"), "truncated output: %lld \"%s\"",
-          (long long)got, small);
+    CHECK(got == need && !strcmp(small, "<|im_"), "truncated output: %lld \"%s\"", (long long)got,
+          small);
     CHECK(speck_chat_apply("chatml", NULL, 0, true, NULL, 0) ==
               (int64_t)strlen("<|im_start|>assistant\n"),
           "empty conversation");
@@ -165,7 +169,6 @@ static void test_detect(void) {
 /* ---------------------------------------------------------------------------------------- */
 /* Against transformers.js                                                                   */
 /* ---------------------------------------------------------------------------------------- */
-
 
 #define MAX_VOCABS 4
 
@@ -283,8 +286,10 @@ int main(int argc, char **argv) {
     test_formats();
     test_api();
     test_detect();
-    if (argc > 2) test_node(argv[1], argv[2]);
-    else printf("SKIP: no NODE_DIR WORK_DIR given: no comparison with transformers.js\n");
+    if (argc > 2)
+        test_node(argv[1], argv[2]);
+    else
+        printf("SKIP: no NODE_DIR WORK_DIR given: no comparison with transformers.js\n");
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }

@@ -52,8 +52,10 @@ static int make_prompt(uint64_t *rng, int32_t *p, int V) {
     for (int i = 0; i < n; i++) {
         *rng = *rng * 6364136223846793005ULL + 1442695040888963407ULL;
         uint64_t r = *rng >> 33;
-        if (i > 8 && r % 3 == 0) p[i] = p[i - 1 - (int)(r % 7)];
-        else p[i] = (int32_t)(r % (uint64_t)(V < 64 ? V : 64));
+        if (i > 8 && r % 3 == 0)
+            p[i] = p[i - 1 - (int)(r % 7)];
+        else
+            p[i] = (int32_t)(r % (uint64_t)(V < 64 ? V : 64));
     }
     return n;
 }
@@ -154,8 +156,8 @@ static void check_sampling(const speck_model *m, const speck_model *draft, bool 
         int cats = 0;
         for (int v = 0; v < V; v++)
             if (ca[p][v] + cb[p][v] > 0) {
-                chi += (double)(ca[p][v] - cb[p][v]) * (ca[p][v] - cb[p][v]) /
-                       (ca[p][v] + cb[p][v]);
+                chi +=
+                    (double)(ca[p][v] - cb[p][v]) * (ca[p][v] - cb[p][v]) / (ca[p][v] + cb[p][v]);
                 cats++;
             }
         double crit = chi2_crit_001(cats - 1);
@@ -163,8 +165,8 @@ static void check_sampling(const speck_model *m, const speck_model *draft, bool 
               "speculative sampling matches plain sampling at token %d: chi2 %.1f < %.1f (%d "
               "categories, %d of %d drafts accepted)",
               p + 2, chi, crit, cats, acc, drafted);
-        printf("  sampling token %d: chi2 %.1f (crit %.1f, %d categories), accepted %d/%d\n",
-               p + 2, chi, crit, cats, acc, drafted);
+        printf("  sampling token %d: chi2 %.1f (crit %.1f, %d categories), accepted %d/%d\n", p + 2,
+               chi, crit, cats, acc, drafted);
         free(ca[p]);
         free(cb[p]);
     }

@@ -44,7 +44,8 @@ static void expect_open_error(const char *path, const char *what, const char *la
     for (unsigned flags = 0; flags <= SPECK_LOAD_HUGEPAGES; flags += SPECK_LOAD_HUGEPAGES) {
         speck_gguf *g = speck_gguf_open_ex(path, flags);
         int ok = g == NULL && strstr(speck_last_error(), path) && strstr(speck_last_error(), what);
-        CHECK(ok, "%s%s: %s", label, flags ? " (hugepages)" : "", g ? "opened" : speck_last_error());
+        CHECK(ok, "%s%s: %s", label, flags ? " (hugepages)" : "",
+              g ? "opened" : speck_last_error());
         speck_gguf_close(g);
     }
 }
@@ -62,7 +63,8 @@ static void test_hugepages_load(void) {
         const speck_gguf *ga = speck_model_gguf(a), *gb = speck_model_gguf(b);
         int same = speck_gguf_n_tensors(ga) == speck_gguf_n_tensors(gb);
         for (int64_t i = 0; same && i < speck_gguf_n_tensors(ga); i++) {
-            const speck_gguf_tensor *ta = speck_gguf_tensor_at(ga, i), *tb = speck_gguf_tensor_at(gb, i);
+            const speck_gguf_tensor *ta = speck_gguf_tensor_at(ga, i),
+                                    *tb = speck_gguf_tensor_at(gb, i);
             same = ta->n_bytes == tb->n_bytes && ta->data != tb->data &&
                    !memcmp(ta->data, tb->data, ta->n_bytes);
         }

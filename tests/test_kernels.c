@@ -728,10 +728,10 @@ static void test_panels(void) {
     free(wf), free(x), free(y), free(y0), free(y1), free(w), free(P);
 }
 
-// Q4_0 / Q8_0 panels on one ISA (AVX-512 VNNI: both; AVX2: Q4_0): the packed bytes (byte groups and scales of a known block),
-// unpacking back to the exact rows, results against a double reference on the Q8_0-rounded
-// activations (same tolerance as matmul_case), row ranges off panel bounds, accumulation,
-// untouched rows, bit-identical rows for any token count / range split, and
+// Q4_0 / Q8_0 panels on one ISA (AVX-512 VNNI: both; AVX2: Q4_0): the packed bytes (byte groups and
+// scales of a known block), unpacking back to the exact rows, results against a double reference on
+// the Q8_0-rounded activations (same tolerance as matmul_case), row ranges off panel bounds,
+// accumulation, untouched rows, bit-identical rows for any token count / range split, and
 // speck_matmul_panels on every path (streaming, int8 GEMM, sgemm) from the panels alone.
 static void test_panels_quant(speck_type t, const char *isa) {
     if (speck_kernels_force_isa(isa) != 0 || !speck_panel_supported(t)) {

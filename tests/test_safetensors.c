@@ -35,8 +35,8 @@ static void expect_fail(const char *what, const char *path, const char *needle) 
     CHECK(!s, "%s: opened although damaged", what);
     const char *e = speck_last_error();
     const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
-    CHECK(strstr(e, base) && strstr(e, needle), "%s: error '%s' should name %s and say '%s'",
-          what, e, base, needle);
+    CHECK(strstr(e, base) && strstr(e, needle), "%s: error '%s' should name %s and say '%s'", what,
+          e, base, needle);
     speck_st_close(s);
 }
 
@@ -56,7 +56,8 @@ static void test_reader(void) {
                   a->shape[1] == 3 && a->n_bytes == 24 && ((const uint8_t *)a->data)[1] == 1,
               "tensor a");
         CHECK(b && b->type == SPECK_TYPE_BF16 && b->n_elements == 4 &&
-                  ((const uint8_t *)b->data)[0] == 24, "tensor b");
+                  ((const uint8_t *)b->data)[0] == 24,
+              "tensor b");
         CHECK(!speck_st_find(s, "zz"), "absent tensor");
         speck_st_close(s);
     }

@@ -44,7 +44,8 @@ int main(void) {
     speck_sampler_params tp = t1;
     tp.top_p = 0.7f;
     probs_of(tp, lg, p);
-    CHECK(p[0] > 0 && p[1] > 0 && p[2] == 0.0f, "top-p=0.7 keeps the smallest prefix with mass >= 0.7");
+    CHECK(p[0] > 0 && p[1] > 0 && p[2] == 0.0f,
+          "top-p=0.7 keeps the smallest prefix with mass >= 0.7");
     tp.top_p = 0.85f;
     probs_of(tp, lg, p);
     CHECK(p[2] > 0 && p[3] == 0.0f, "top-p=0.85 keeps three");
@@ -79,14 +80,15 @@ int main(void) {
     // critical value, so a correct sampler fails this (fixed-seed) check with p < 0.001.
     double chi = 0, expect[4] = {0.5, 0.3, 0.15, 0.05};
     for (int i = 0; i < 4; i++) chi += pow(counts[i] - N * expect[i], 2) / (N * expect[i]);
-    CHECK(chi < 16.27 && counts[4] == 0 && counts[5] == 0, "draws follow the distribution (chi2 %.2f)",
-          chi);
+    CHECK(chi < 16.27 && counts[4] == 0 && counts[5] == 0,
+          "draws follow the distribution (chi2 %.2f)", chi);
     speck_sampler_params other = t1;
     other.seed = 7;
     speck_sampler *c = speck_sampler_new(&other, V);
     speck_sampler_reset(a);
     int differ = 0;
-    for (int i = 0; i < 64; i++) differ |= speck_sampler_sample(a, lg) != speck_sampler_sample(c, lg);
+    for (int i = 0; i < 64; i++)
+        differ |= speck_sampler_sample(a, lg) != speck_sampler_sample(c, lg);
     CHECK(differ, "a different seed gives a different sequence");
     speck_sampler_free(a);
     speck_sampler_free(b);

@@ -18,7 +18,6 @@
 
 #include "test_util.h"
 
-
 static int64_t encode(const speck_vocab *v, const char *s, size_t n, bool parse, int32_t **ids) {
     int64_t k = speck_tokenize(v, s, n, false, parse, NULL, 0);
     if (k < 0) return k;
@@ -29,9 +28,12 @@ static int64_t encode(const speck_vocab *v, const char *s, size_t n, bool parse,
 static void print_escaped(const char *s, size_t n) {
     for (size_t i = 0; i < n && i < 120; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '\n') printf("\\n");
-        else if (c < 0x20 || c == 0x7f) printf("\\x%02x", c);
-        else putchar(c);
+        if (c == '\n')
+            printf("\\n");
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\x%02x", c);
+        else
+            putchar(c);
     }
 }
 
@@ -58,8 +60,9 @@ static void run_model(const char *node_dir, const char *work, const char *model,
     speck_vocab *v = speck_vocab_load(path);
     CHECK(v != NULL, "%s: load %s: %s", model, path, speck_last_error());
     if (!v) return;
-    snprintf(cmd, sizeof cmd, "cd '%s' && node encode.mjs %s '%s/corpus.json' '%s/expected_%s.json'",
-             node_dir, model, work, work, model);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && node encode.mjs %s '%s/corpus.json' '%s/expected_%s.json'", node_dir,
+             model, work, work, model);
     if (system(cmd) != 0) {
         CHECK(0, "%s: node encode.mjs failed", model);
         speck_vocab_free(v);
@@ -101,9 +104,16 @@ static void run_model(const char *node_dir, const char *work, const char *model,
 
     // Invalid UTF-8: stray continuation bytes, truncated sequences, overlongs, 0xFF. Encoding
     // must succeed; byte-level and byte-fallback vocabularies get the exact bytes back.
-    static const char *const bad[] = {"abc\xff" "def", "\x80\x81\x82", "caf\xc3", "\xe2\x82 euro",
-                                      "\xf0\x9f\xa6 llama", "\xc0\xaf overlong", "ok\xed\xa0\x80",
-                                      "\xf4\x90\x80\x80 too big", "mixed \xc3\xa9\xc3 end\xfe"};
+    static const char *const bad[] = {"abc\xff"
+                                      "def",
+                                      "\x80\x81\x82",
+                                      "caf\xc3",
+                                      "\xe2\x82 euro",
+                                      "\xf0\x9f\xa6 llama",
+                                      "\xc0\xaf overlong",
+                                      "ok\xed\xa0\x80",
+                                      "\xf4\x90\x80\x80 too big",
+                                      "mixed \xc3\xa9\xc3 end\xfe"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int32_t *ids = NULL;
         int64_t k = encode(v, bad[i], strlen(bad[i]), false, &ids);

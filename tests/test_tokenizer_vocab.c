@@ -12,7 +12,6 @@
 
 #include "test_util.h"
 
-
 static int64_t encode(const speck_vocab *v, const char *s, size_t n, bool add, bool parse,
                       int32_t **ids) {
     int64_t k = speck_tokenize(v, s, n, add, parse, NULL, 0);

@@ -157,8 +157,8 @@ static void test_learning_and_resume(void) {
     speck_train_model_free(o);
 
     // The exported model runs in the inference engine with the same logits.
-    CHECK(speck_train_export(a, NULL, SPECK_TYPE_F32, "t", wpath("export.gguf")) == 0,
-          "export: %s", speck_last_error());
+    CHECK(speck_train_export(a, NULL, SPECK_TYPE_F32, "t", wpath("export.gguf")) == 0, "export: %s",
+          speck_last_error());
     speck_model *m = speck_model_load(wpath("export.gguf"));
     CHECK(m != NULL, "exported model loads: %s", speck_last_error());
     if (m) {
@@ -233,8 +233,8 @@ static void test_tokenizer_and_data(void) {
     CHECK(speck_vocab_eos(v) == 279, "eos is the special token");
 
     speck_token_data d;
-    CHECK(speck_token_data_build(corpus, "*.py", v, 0.2, wpath("cache.tok"), &d) == 0,
-          "data: %s", speck_last_error());
+    CHECK(speck_token_data_build(corpus, "*.py", v, 0.2, wpath("cache.tok"), &d) == 0, "data: %s",
+          speck_last_error());
     CHECK(d.n_files_train + d.n_files_val == 30 && d.n_files_val > 0 && d.n_files_train > 0,
           "split by file: %d train, %d val", d.n_files_train, d.n_files_val);
     CHECK(d.n_train == (int64_t)d.n_files_train * (n + 1), "every file + eos tokenized");

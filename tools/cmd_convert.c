@@ -21,20 +21,24 @@ int cmd_convert(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
-            printf("usage: speck convert HF_DIR -o OUT.gguf [--type f32|f16|bf16|q8_0|q4_0] "
-                   "[--quiet]\n\n"
-                   "Convert a Hugging Face checkpoint directory (config.json, model.safetensors or\n"
-                   "a sharded model.safetensors.index.json, tokenizer.json, tokenizer_config.json)\n"
-                   "of a LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM model to GGUF\n"
-                   "with llama.cpp's keys and tensor names. --type sets the matrices' type\n"
-                   "(default: keep the checkpoint's f32/f16/bf16); norms and biases stay f32.\n"
-                   "The output appears only when complete (temporary file + rename).\n");
+            printf(
+                "usage: speck convert HF_DIR -o OUT.gguf [--type f32|f16|bf16|q8_0|q4_0] "
+                "[--quiet]\n\n"
+                "Convert a Hugging Face checkpoint directory (config.json, model.safetensors or\n"
+                "a sharded model.safetensors.index.json, tokenizer.json, tokenizer_config.json)\n"
+                "of a LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM model to GGUF\n"
+                "with llama.cpp's keys and tensor names. --type sets the matrices' type\n"
+                "(default: keep the checkpoint's f32/f16/bf16); norms and biases stay f32.\n"
+                "The output appears only when complete (temporary file + rename).\n");
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) out = v;
+        } else if (cli_opt(argc, argv, &i, "--output", "-o", &v))
+            out = v;
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             if ((type = type_arg("convert", "--type", v)) < 0) return 2;
-        } else if (cli_flag(argv[i], "--quiet", "-q")) quiet = true;
-        else if (argv[i][0] != '-' && !in) in = argv[i];
+        } else if (cli_flag(argv[i], "--quiet", "-q"))
+            quiet = true;
+        else if (argv[i][0] != '-' && !in)
+            in = argv[i];
         else {
             fprintf(stderr, "speck convert: unknown option '%s'\n", argv[i]);
             return 2;
@@ -56,30 +60,36 @@ int cmd_export(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
-            printf("usage: speck export -m MODEL.gguf --hf OUT_DIR [--dtype f32|f16|bf16] "
-                   "[--quiet]\n\n"
-                   "Write a Hugging Face directory (config.json, model.safetensors, tokenizer.json,\n"
-                   "tokenizer_config.json) that transformers loads, from a llama or qwen2 GGUF.\n"
-                   "Quantized weights are dequantized to --dtype (default f32). OUT_DIR must not\n"
-                   "exist (or be empty); it appears only when complete.\n");
+            printf(
+                "usage: speck export -m MODEL.gguf --hf OUT_DIR [--dtype f32|f16|bf16] "
+                "[--quiet]\n\n"
+                "Write a Hugging Face directory (config.json, model.safetensors, tokenizer.json,\n"
+                "tokenizer_config.json) that transformers loads, from a llama or qwen2 GGUF.\n"
+                "Quantized weights are dequantized to --dtype (default f32). OUT_DIR must not\n"
+                "exist (or be empty); it appears only when complete.\n");
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) in = v;
-        else if (cli_opt(argc, argv, &i, "--hf", "-o", &v)) out = v;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
+            in = v;
+        else if (cli_opt(argc, argv, &i, "--hf", "-o", &v))
+            out = v;
         else if (cli_opt(argc, argv, &i, "--dtype", NULL, &v)) {
             type = speck_type_from_name(v);
             if (type != SPECK_TYPE_F32 && type != SPECK_TYPE_F16 && type != SPECK_TYPE_BF16) {
                 fprintf(stderr, "speck export: --dtype: '%s' is not f32, f16 or bf16\n", v);
                 return 2;
             }
-        } else if (cli_flag(argv[i], "--quiet", "-q")) quiet = true;
-        else if (argv[i][0] != '-' && !in) in = argv[i];
+        } else if (cli_flag(argv[i], "--quiet", "-q"))
+            quiet = true;
+        else if (argv[i][0] != '-' && !in)
+            in = argv[i];
         else {
             fprintf(stderr, "speck export: unknown option '%s'\n", argv[i]);
             return 2;
         }
     }
     if (!in || !out) {
-        fprintf(stderr, "speck export: need -m MODEL.gguf and --hf OUT_DIR (speck export --help)\n");
+        fprintf(stderr,
+                "speck export: need -m MODEL.gguf and --hf OUT_DIR (speck export --help)\n");
         return 2;
     }
     if (speck_hf_export(in, out, (speck_type)type, !quiet)) return cli_fail("export");
@@ -111,9 +121,12 @@ int cmd_quantize(int argc, char **argv) {
             if ((o.output_type = type_arg("quantize", "--output-tensor-type", v)) < 0) return 2;
         } else if (cli_opt(argc, argv, &i, "--token-embedding-type", NULL, &v)) {
             if ((o.embd_type = type_arg("quantize", "--token-embedding-type", v)) < 0) return 2;
-        } else if (cli_flag(argv[i], "--allow-requantize", NULL)) o.allow_requantize = true;
-        else if (cli_flag(argv[i], "--quiet", "-q")) quiet = true;
-        else if (argv[i][0] != '-' && n_pos < 3) pos[n_pos++] = argv[i];
+        } else if (cli_flag(argv[i], "--allow-requantize", NULL))
+            o.allow_requantize = true;
+        else if (cli_flag(argv[i], "--quiet", "-q"))
+            quiet = true;
+        else if (argv[i][0] != '-' && n_pos < 3)
+            pos[n_pos++] = argv[i];
         else {
             fprintf(stderr, "speck quantize: unknown option '%s'\n", argv[i]);
             return 2;

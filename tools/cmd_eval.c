@@ -21,9 +21,12 @@ int cmd_eval(int argc, char **argv) {
                    "in the first window. --tokens scores the validation split of a token cache\n"
                    "written by speck train (OUT.tokens) instead of a text file.\n");
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) model = v;
-        else if (cli_opt(argc, argv, &i, "--text", "-f", &v)) text_path = v;
-        else if (cli_opt(argc, argv, &i, "--tokens", NULL, &v)) tokens_path = v;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
+            model = v;
+        else if (cli_opt(argc, argv, &i, "--text", "-f", &v))
+            text_path = v;
+        else if (cli_opt(argc, argv, &i, "--tokens", NULL, &v))
+            tokens_path = v;
         else if (cli_opt(argc, argv, &i, "--ctx", "-c", &v))
             ctx = (int)cli_int("eval", "--ctx", v, 2, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--stride", NULL, &v))
@@ -37,7 +40,8 @@ int cmd_eval(int argc, char **argv) {
     }
     if (!model) model = cli_default_model();
     if (!model || (!text_path == !tokens_path)) {
-        fprintf(stderr, "speck eval: -m MODEL and one of --text FILE, --tokens CACHE are required\n");
+        fprintf(stderr,
+                "speck eval: -m MODEL and one of --text FILE, --tokens CACHE are required\n");
         return 2;
     }
     if (threads) speck_set_threads(threads);
@@ -64,8 +68,10 @@ int cmd_eval(int argc, char **argv) {
         n = (int64_t)hdr[2];
         for (int64_t i = 0; i < n; i++)
             if (ids[i] < 0 || ids[i] >= speck_model_hparams(m)->n_vocab) {
-                fprintf(stderr, "speck eval: %s: token %d is outside the model's vocabulary "
-                                "(vocabulary/model mismatch)\n", tokens_path, ids[i]);
+                fprintf(stderr,
+                        "speck eval: %s: token %d is outside the model's vocabulary "
+                        "(vocabulary/model mismatch)\n",
+                        tokens_path, ids[i]);
                 return 1;
             }
         text_path = tokens_path;
@@ -125,10 +131,12 @@ int cmd_eval(int argc, char **argv) {
         scored = end - 1;
     }
     double ppl = exp(nll / (double)(n - 1));
-    if (text) printf("model:      %s\ntext:       %s (%ld bytes, %lld tokens, %.2f bytes/token)\n",
-                     model, text_path, n_bytes, (long long)n, (double)n_bytes / n);
-    else printf("model:      %s\ntokens:     %s, validation split (%lld tokens)\n", model,
-                text_path, (long long)n);
+    if (text)
+        printf("model:      %s\ntext:       %s (%ld bytes, %lld tokens, %.2f bytes/token)\n", model,
+               text_path, n_bytes, (long long)n, (double)n_bytes / n);
+    else
+        printf("model:      %s\ntokens:     %s, validation split (%lld tokens)\n", model, text_path,
+               (long long)n);
     printf("window:     %d tokens, stride %d\n", ctx, stride);
     printf("perplexity: %.4f  (%.4f nats/token)\n", ppl, nll / (double)(n - 1));
     if (text) printf("bits/byte:  %.4f\n", nll / log(2.0) / (double)n_bytes);

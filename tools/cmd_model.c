@@ -22,11 +22,14 @@ int cmd_info(int argc, char **argv) {
                    "default 8), the tensor table, and the model's hyper-parameters when it is a\n"
                    "model speck can run.\n");
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) path = v;
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
+            path = v;
         else if (cli_opt(argc, argv, &i, "--items", NULL, &v))
             max_items = (int)cli_int("info", "--items", v, 0, 1 << 20);
-        else if (cli_flag(argv[i], "--no-tensors", NULL)) tensors = false;
-        else if (argv[i][0] != '-' && !path) path = argv[i];
+        else if (cli_flag(argv[i], "--no-tensors", NULL))
+            tensors = false;
+        else if (argv[i][0] != '-' && !path)
+            path = argv[i];
         else {
             fprintf(stderr, "speck info: unknown option '%s'\n", argv[i]);
             return 2;
@@ -92,28 +95,32 @@ int cmd_init(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
-            printf("usage: speck init --preset NAME [--type T] [--seed S] -o FILE.gguf\n\n"
-                   "Write a model with the exact shapes of a real checkpoint and random weights\n"
-                   "(uniform, std 0.02; norms 1) from a seeded generator: the same seed gives the\n"
-                   "same file on any machine and thread count. T: f32 (default), f16, bf16, q8_0,\n"
-                   "q4_0 for the matrices; norms and biases stay f32. The file carries a byte-level\n"
-                   "BPE vocabulary of the preset's size, so llama.cpp loads it too.\n\npresets:\n");
+            printf(
+                "usage: speck init --preset NAME [--type T] [--seed S] -o FILE.gguf\n\n"
+                "Write a model with the exact shapes of a real checkpoint and random weights\n"
+                "(uniform, std 0.02; norms 1) from a seeded generator: the same seed gives the\n"
+                "same file on any machine and thread count. T: f32 (default), f16, bf16, q8_0,\n"
+                "q4_0 for the matrices; norms and biases stay f32. The file carries a byte-level\n"
+                "BPE vocabulary of the preset's size, so llama.cpp loads it too.\n\npresets:\n");
             for (const speck_preset *p = speck_presets(); p->name; p++)
                 printf("  %-16s %-6s vocab %6d, %2d layers, width %4d, %2d heads (%d kv), ffn "
                        "%5d%s%s\n",
-                       p->name, p->arch, p->n_vocab, p->n_layer, p->n_embd, p->n_head,
-                       p->n_head_kv, p->n_ff, p->tied_output ? ", tied" : "",
-                       p->qkv_bias ? ", qkv bias" : "");
+                       p->name, p->arch, p->n_vocab, p->n_layer, p->n_embd, p->n_head, p->n_head_kv,
+                       p->n_ff, p->tied_output ? ", tied" : "", p->qkv_bias ? ", qkv bias" : "");
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--preset", NULL, &v)) preset = v;
-        else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) out = v;
+        } else if (cli_opt(argc, argv, &i, "--preset", NULL, &v))
+            preset = v;
+        else if (cli_opt(argc, argv, &i, "--output", "-o", &v))
+            out = v;
         else if (cli_opt(argc, argv, &i, "--seed", NULL, &v))
             seed = (unsigned long long)cli_int("init", "--seed", v, 0, INT64_MAX);
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             type = speck_type_from_name(v);
             if (type < 0) {
-                fprintf(stderr, "speck init: --type: unknown type '%s' (f32, f16, bf16, q8_0, "
-                                "q4_0)\n", v);
+                fprintf(stderr,
+                        "speck init: --type: unknown type '%s' (f32, f16, bf16, q8_0, "
+                        "q4_0)\n",
+                        v);
                 return 2;
             }
         } else {
@@ -146,12 +153,18 @@ int cmd_tokenize(int argc, char **argv) {
                    "[--parse-special] [--no-bos] TEXT\n\n"
                    "Print the token ids (default) or id + piece per line of TEXT.\n");
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) path = v;
-        else if (cli_flag(argv[i], "--ids", NULL)) pieces = false;
-        else if (cli_flag(argv[i], "--pieces", NULL)) pieces = true;
-        else if (cli_flag(argv[i], "--parse-special", NULL)) special = true;
-        else if (cli_flag(argv[i], "--no-bos", NULL)) no_bos = true;
-        else if (argv[i][0] != '-' && !text) text = argv[i];
+        } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
+            path = v;
+        else if (cli_flag(argv[i], "--ids", NULL))
+            pieces = false;
+        else if (cli_flag(argv[i], "--pieces", NULL))
+            pieces = true;
+        else if (cli_flag(argv[i], "--parse-special", NULL))
+            special = true;
+        else if (cli_flag(argv[i], "--no-bos", NULL))
+            no_bos = true;
+        else if (argv[i][0] != '-' && !text)
+            text = argv[i];
         else {
             fprintf(stderr, "speck tokenize: unknown option '%s'\n", argv[i]);
             return 2;

@@ -94,18 +94,22 @@ int cmd_tokenizer_train(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
-            printf("usage: speck tokenizer-train --data DIR|FILE [--glob PATTERN] -o VOCAB.gguf\n"
-                   "                             [--vocab-size N] [--special TEXT]... "
-                   "[--min-frequency N]\n\n"
-                   "Train a byte-level BPE vocabulary (GPT-2 pre-tokenizer, 256 byte tokens, merges\n"
-                   "of the most frequent pairs) on every file matching PATTERN (default *) under\n"
-                   "DIR, and write it as a GGUF that speck and llama.cpp read (tokenizer model\n"
-                   "gpt2, pre gpt-2). Special tokens (default <|endoftext|>) are CONTROL tokens;\n"
-                   "the first is BOS/EOS. Default vocabulary size 4096.\n");
+            printf(
+                "usage: speck tokenizer-train --data DIR|FILE [--glob PATTERN] -o VOCAB.gguf\n"
+                "                             [--vocab-size N] [--special TEXT]... "
+                "[--min-frequency N]\n\n"
+                "Train a byte-level BPE vocabulary (GPT-2 pre-tokenizer, 256 byte tokens, merges\n"
+                "of the most frequent pairs) on every file matching PATTERN (default *) under\n"
+                "DIR, and write it as a GGUF that speck and llama.cpp read (tokenizer model\n"
+                "gpt2, pre gpt-2). Special tokens (default <|endoftext|>) are CONTROL tokens;\n"
+                "the first is BOS/EOS. Default vocabulary size 4096.\n");
             return 0;
-        } else if (cli_opt(argc, argv, &i, "--data", "-d", &v)) data = v;
-        else if (cli_opt(argc, argv, &i, "--glob", NULL, &v)) glob = v;
-        else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) out = v;
+        } else if (cli_opt(argc, argv, &i, "--data", "-d", &v))
+            data = v;
+        else if (cli_opt(argc, argv, &i, "--glob", NULL, &v))
+            glob = v;
+        else if (cli_opt(argc, argv, &i, "--output", "-o", &v))
+            out = v;
         else if (cli_opt(argc, argv, &i, "--vocab-size", NULL, &v))
             vocab_size = (int)cli_int("tokenizer-train", "--vocab-size", v, 257, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--min-frequency", NULL, &v))
@@ -149,7 +153,9 @@ int cmd_tokenizer_train(int argc, char **argv) {
 /* ---- speck train ---------------------------------------------------------------------------- */
 
 static volatile sig_atomic_t g_stop;
-static void on_sigint(int sig) { g_stop = sig; }
+static void on_sigint(int sig) {
+    g_stop = sig;
+}
 
 typedef struct {
     const char *data, *glob, *vocab, *init_from, *preset, *out, *ckpt, *csv, *cache, *name;
@@ -165,26 +171,27 @@ typedef struct {
 } train_opts;
 
 static void train_usage(void) {
-    printf("usage: speck train --data DIR|FILE [--glob PATTERN] --vocab VOCAB.gguf -o OUT.gguf\n"
-           "                   [--preset NAME | --init-from MODEL.gguf] [size flags] [options]\n\n"
-           "Train a Llama-architecture model from scratch (or continue a GGUF model) on every\n"
-           "file matching PATTERN under DIR. Whole files are held out for validation. Output:\n"
-           "OUT.gguf (architecture llama, the vocabulary of VOCAB.gguf), OUT.ckpt (checkpoint:\n"
-           "weights + AdamW state, atomic, resumable), OUT.csv (loss curve), OUT.png (--plot).\n\n"
-           "model (default preset tiny; vocabulary size from the tokenizer):\n"
-           "  --preset NAME        shapes of a preset (speck init --help lists them)\n"
-           "  --n-layer N --n-embd N --n-head N --n-head-kv N --n-ff N --ctx N --tied|--untied\n"
-           "  --init-from FILE     start from a GGUF model of any type (its vocabulary by default)\n"
-           "optimisation:\n"
-           "  --steps N (1000)  --batch B (8)  --accum K (1)  --lr X (1e-3)  --min-lr X (lr/10)\n"
-           "  --warmup N (steps/20)  --wd X (0.1)  --clip X (1.0)  --decay-all  --seed N (1)\n"
-           "  --threads N\n"
-           "evaluation and output:\n"
-           "  --val-fraction X (0.05)  --val-every N (100)  --val-batches N (8)\n"
-           "  --ckpt-every N (100)  --checkpoint PATH  --resume  --csv PATH  --cache PATH\n"
-           "  --type f16|q8_0|f32|bf16 (f16)  --name TEXT  --plot  --quiet\n"
-           "Ctrl-C saves a checkpoint and the model, then exits (status 130); --resume continues\n"
-           "the identical loss curve (same seed and threads).\n");
+    printf(
+        "usage: speck train --data DIR|FILE [--glob PATTERN] --vocab VOCAB.gguf -o OUT.gguf\n"
+        "                   [--preset NAME | --init-from MODEL.gguf] [size flags] [options]\n\n"
+        "Train a Llama-architecture model from scratch (or continue a GGUF model) on every\n"
+        "file matching PATTERN under DIR. Whole files are held out for validation. Output:\n"
+        "OUT.gguf (architecture llama, the vocabulary of VOCAB.gguf), OUT.ckpt (checkpoint:\n"
+        "weights + AdamW state, atomic, resumable), OUT.csv (loss curve), OUT.png (--plot).\n\n"
+        "model (default preset tiny; vocabulary size from the tokenizer):\n"
+        "  --preset NAME        shapes of a preset (speck init --help lists them)\n"
+        "  --n-layer N --n-embd N --n-head N --n-head-kv N --n-ff N --ctx N --tied|--untied\n"
+        "  --init-from FILE     start from a GGUF model of any type (its vocabulary by default)\n"
+        "optimisation:\n"
+        "  --steps N (1000)  --batch B (8)  --accum K (1)  --lr X (1e-3)  --min-lr X (lr/10)\n"
+        "  --warmup N (steps/20)  --wd X (0.1)  --clip X (1.0)  --decay-all  --seed N (1)\n"
+        "  --threads N\n"
+        "evaluation and output:\n"
+        "  --val-fraction X (0.05)  --val-every N (100)  --val-batches N (8)\n"
+        "  --ckpt-every N (100)  --checkpoint PATH  --resume  --csv PATH  --cache PATH\n"
+        "  --type f16|q8_0|f32|bf16 (f16)  --name TEXT  --plot  --quiet\n"
+        "Ctrl-C saves a checkpoint and the model, then exits (status 130); --resume continues\n"
+        "the identical loss curve (same seed and threads).\n");
 }
 
 static int parse_train(int argc, char **argv, train_opts *o) {
@@ -201,18 +208,30 @@ static int parse_train(int argc, char **argv, train_opts *o) {
             train_usage();
             exit(0);
         }
-#define INT(flag, dst, lo, hi) else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (int)cli_int(C, flag, v, lo, hi)
-#define FLT(flag, dst) else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (float)cli_float(C, flag, v)
-        else if (cli_opt(argc, argv, &i, "--data", "-d", &v)) o->data = v;
-        else if (cli_opt(argc, argv, &i, "--glob", NULL, &v)) o->glob = v;
-        else if (cli_opt(argc, argv, &i, "--vocab", NULL, &v)) o->vocab = v;
-        else if (cli_opt(argc, argv, &i, "--init-from", NULL, &v)) o->init_from = v;
-        else if (cli_opt(argc, argv, &i, "--preset", NULL, &v)) o->preset = v;
-        else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) o->out = v;
-        else if (cli_opt(argc, argv, &i, "--checkpoint", NULL, &v)) o->ckpt = v;
-        else if (cli_opt(argc, argv, &i, "--csv", NULL, &v)) o->csv = v;
-        else if (cli_opt(argc, argv, &i, "--cache", NULL, &v)) o->cache = v;
-        else if (cli_opt(argc, argv, &i, "--name", NULL, &v)) o->name = v;
+#define INT(flag, dst, lo, hi)                                                                     \
+    else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (int)cli_int(C, flag, v, lo, hi)
+#define FLT(flag, dst)                                                                             \
+    else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (float)cli_float(C, flag, v)
+        else if (cli_opt(argc, argv, &i, "--data", "-d", &v))
+            o->data = v;
+        else if (cli_opt(argc, argv, &i, "--glob", NULL, &v))
+            o->glob = v;
+        else if (cli_opt(argc, argv, &i, "--vocab", NULL, &v))
+            o->vocab = v;
+        else if (cli_opt(argc, argv, &i, "--init-from", NULL, &v))
+            o->init_from = v;
+        else if (cli_opt(argc, argv, &i, "--preset", NULL, &v))
+            o->preset = v;
+        else if (cli_opt(argc, argv, &i, "--output", "-o", &v))
+            o->out = v;
+        else if (cli_opt(argc, argv, &i, "--checkpoint", NULL, &v))
+            o->ckpt = v;
+        else if (cli_opt(argc, argv, &i, "--csv", NULL, &v))
+            o->csv = v;
+        else if (cli_opt(argc, argv, &i, "--cache", NULL, &v))
+            o->cache = v;
+        else if (cli_opt(argc, argv, &i, "--name", NULL, &v))
+            o->name = v;
         INT("--n-layer", o->set_layer, 1, 1024);
         INT("--n-embd", o->set_embd, 2, 1 << 16);
         INT("--n-head", o->set_head, 1, 1024);
@@ -232,16 +251,18 @@ static int parse_train(int argc, char **argv, train_opts *o) {
         FLT("--wd", o->opt.weight_decay);
         FLT("--clip", o->opt.grad_clip);
         FLT("--val-fraction", o->val_fraction);
-        else if (cli_opt(argc, argv, &i, "--seed", NULL, &v))
-            o->seed = (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
+        else if (cli_opt(argc, argv, &i, "--seed", NULL, &v)) o->seed =
+            (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             int t = speck_type_from_name(v);
             if (t < 0 || t == SPECK_TYPE_Q4_0) {
-                fprintf(stderr, "speck train: --type: '%s' is not one of f32, f16, bf16, q8_0\n", v);
+                fprintf(stderr, "speck train: --type: '%s' is not one of f32, f16, bf16, q8_0\n",
+                        v);
                 exit(2);
             }
             o->type = (speck_type)t;
-        } else if (cli_flag(argv[i], "--decay-all", NULL)) o->opt.decay_all = true;
+        }
+        else if (cli_flag(argv[i], "--decay-all", NULL)) o->opt.decay_all = true;
         else if (cli_flag(argv[i], "--resume", NULL)) o->resume = true;
         else if (cli_flag(argv[i], "--tied", NULL)) o->tied = 1;
         else if (cli_flag(argv[i], "--untied", NULL)) o->tied = -1;
@@ -320,8 +341,10 @@ static FILE *open_csv(const char *path, int64_t keep) {
     }
     FILE *f = fopen(path, "w");
     if (!f) return NULL;
-    if (kept && kn) fwrite(kept, 1, kn, f);
-    else fprintf(f, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
+    if (kept && kn)
+        fwrite(kept, 1, kn, f);
+    else
+        fprintf(f, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
     free(kept);
     fflush(f);
     return f;
@@ -352,9 +375,12 @@ static int plot(const char *csv, const char *png) {
 }
 
 static void fmt_time(double s, char *buf, size_t n) {
-    if (!(s >= 0) || s > 1e7) snprintf(buf, n, "?");
-    else if (s >= 3600) snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-    else snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    if (!(s >= 0) || s > 1e7)
+        snprintf(buf, n, "?");
+    else if (s >= 3600)
+        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }
 
 // Everything a training run owns, released by cmd_train on every exit path (early error returns
@@ -385,9 +411,10 @@ static int train_run(int argc, char **argv) {
         tm = R.tm = speck_train_model_load(o.init_from);
         if (!tm) return cli_fail("train");
         if (speck_train_model_config(tm)->n_vocab != n_vocab) {
-            fprintf(stderr, "speck train: vocabulary/model mismatch: %s has %d tokens, %s has "
-                            "n_vocab %d\n", vocab_path, n_vocab, o.init_from,
-                    speck_train_model_config(tm)->n_vocab);
+            fprintf(stderr,
+                    "speck train: vocabulary/model mismatch: %s has %d tokens, %s has "
+                    "n_vocab %d\n",
+                    vocab_path, n_vocab, o.init_from, speck_train_model_config(tm)->n_vocab);
             return 1;
         }
         o.cfg = *speck_train_model_config(tm);
@@ -423,13 +450,16 @@ static int train_run(int argc, char **argv) {
     R.data = data;
     R.have_data = true;
     if (!o.quiet)
-        fprintf(stderr, "data: %d train files, %lld tokens; %d validation files, %lld tokens "
-                        "(%s, %.1f s)\n", data.n_files_train, (long long)data.n_train,
-                data.n_files_val, (long long)data.n_val, data.from_cache ? "cached" : "tokenized",
-                cli_now() - t0);
+        fprintf(stderr,
+                "data: %d train files, %lld tokens; %d validation files, %lld tokens "
+                "(%s, %.1f s)\n",
+                data.n_files_train, (long long)data.n_train, data.n_files_val,
+                (long long)data.n_val, data.from_cache ? "cached" : "tokenized", cli_now() - t0);
     if (data.n_train < T + 1) {
-        fprintf(stderr, "speck train: %s: corpus too small: %lld training tokens for sequences "
-                        "of %d\n", o.data, (long long)data.n_train, T);
+        fprintf(stderr,
+                "speck train: %s: corpus too small: %lld training tokens for sequences "
+                "of %d\n",
+                o.data, (long long)data.n_train, T);
         return 1;
     }
     speck_train_state st = {0, o.seed};
@@ -439,11 +469,12 @@ static int train_run(int argc, char **argv) {
     }
     const speck_train_config *c = speck_train_model_config(tm);
     if (!o.quiet)
-        fprintf(stderr, "model: %d layers, width %d, %d heads (%d kv), ffn %d, vocab %d, %s head, "
-                        "%.2fM parameters; batch %d x %d x %d accum, %d steps, %d threads\n",
+        fprintf(stderr,
+                "model: %d layers, width %d, %d heads (%d kv), ffn %d, vocab %d, %s head, "
+                "%.2fM parameters; batch %d x %d x %d accum, %d steps, %d threads\n",
                 c->n_layer, c->n_embd, c->n_head, c->n_head_kv, c->n_ff, c->n_vocab,
-                c->tied_output ? "tied" : "untied", speck_train_n_params(tm) / 1e6, o.B, T,
-                o.accum, o.steps, speck_get_threads());
+                c->tied_output ? "tied" : "untied", speck_train_n_params(tm) / 1e6, o.B, T, o.accum,
+                o.steps, speck_get_threads());
     FILE *fcsv = R.fcsv = open_csv(csv, st.step);
     if (!fcsv) {
         fprintf(stderr, "speck train: %s: cannot write: %s\n", csv, strerror(errno));
@@ -509,8 +540,7 @@ static int train_run(int argc, char **argv) {
             fprintf(stderr, "\rstep %lld/%d [%s] loss %.4f", (long long)st.step, o.steps, bar,
                     loss_sum / o.accum);
             if (last_val == last_val) fprintf(stderr, " val %.4f", last_val);
-            fprintf(stderr, " | lr %.2e | %.0f tok/s | ETA %s   ", lr,
-                    tokens_done / el, etas);
+            fprintf(stderr, " | lr %.2e | %.0f tok/s | ETA %s   ", lr, tokens_done / el, etas);
             if (val == val) fprintf(stderr, "\n");
         }
         if (o.ckpt_every && st.step % o.ckpt_every == 0 && st.step < o.steps &&

@@ -9,9 +9,13 @@
 
 static _Thread_local char g_err[1024];
 
-const char *speck_last_error(void) { return g_err; }
+const char *speck_last_error(void) {
+    return g_err;
+}
 
-void speck_clear_error(void) { g_err[0] = 0; }
+void speck_clear_error(void) {
+    g_err[0] = 0;
+}
 
 int speck_set_error(int code, const char *fmt, ...) {
     va_list ap;
@@ -28,18 +32,28 @@ void speck_set_threads(int n) {
     omp_set_num_threads(g_threads);
 }
 
-int speck_get_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }
+int speck_get_threads(void) {
+    return g_threads > 0 ? g_threads : omp_get_max_threads();
+}
 
-const char *speck_version(void) { return SPECK_VERSION_STR; }
+const char *speck_version(void) {
+    return SPECK_VERSION_STR;
+}
 
 const char *speck_type_name(int type) {
     switch (type) {
-    case SPECK_TYPE_F32: return "f32";
-    case SPECK_TYPE_F16: return "f16";
-    case SPECK_TYPE_Q4_0: return "q4_0";
-    case SPECK_TYPE_Q8_0: return "q8_0";
-    case SPECK_TYPE_BF16: return "bf16";
-    default: return NULL;
+    case SPECK_TYPE_F32:
+        return "f32";
+    case SPECK_TYPE_F16:
+        return "f16";
+    case SPECK_TYPE_Q4_0:
+        return "q4_0";
+    case SPECK_TYPE_Q8_0:
+        return "q8_0";
+    case SPECK_TYPE_BF16:
+        return "bf16";
+    default:
+        return NULL;
     }
 }
 
@@ -57,11 +71,15 @@ int64_t speck_type_block_size(speck_type t) {
 
 int64_t speck_type_block_bytes(speck_type t) {
     switch (t) {
-    case SPECK_TYPE_F32: return 4;
+    case SPECK_TYPE_F32:
+        return 4;
     case SPECK_TYPE_F16:
-    case SPECK_TYPE_BF16: return 2;
-    case SPECK_TYPE_Q4_0: return 18;
-    case SPECK_TYPE_Q8_0: return 34;
+    case SPECK_TYPE_BF16:
+        return 2;
+    case SPECK_TYPE_Q4_0:
+        return 18;
+    case SPECK_TYPE_Q8_0:
+        return 34;
     }
     return 0;
 }

@@ -9,8 +9,10 @@
 
 // Elementwise loops get AVX-512/AVX2 clones picked at load time (ifunc), so the generic x86-64
 // binary still runs them at full width.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define SPECK_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
+    !defined(__SANITIZE_ADDRESS__)
+#define SPECK_MULTIVERSION                                                                         \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SPECK_MULTIVERSION
 #endif

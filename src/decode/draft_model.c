@@ -79,7 +79,9 @@ static int dm_propose(speck_drafter *dr, const int32_t *seq, int n, int max_node
     return 0;
 }
 
-static void dm_update(speck_drafter *dr, const int32_t *seq, int n) { (void)dr, (void)seq, (void)n; }
+static void dm_update(speck_drafter *dr, const int32_t *seq, int n) {
+    (void)dr, (void)seq, (void)n;
+}
 
 static void dm_reset(speck_drafter *dr) {
     draft_model *d = (draft_model *)dr;

@@ -58,8 +58,12 @@ static int prompt_propose(speck_drafter *dr, const int32_t *seq, int n, int max_
 static void noop_update(speck_drafter *d, const int32_t *seq, int n) {
     (void)d, (void)seq, (void)n;
 }
-static void noop_reset(speck_drafter *d) { (void)d; }
-static void plain_destroy(speck_drafter *d) { free(d); }
+static void noop_reset(speck_drafter *d) {
+    (void)d;
+}
+static void plain_destroy(speck_drafter *d) {
+    free(d);
+}
 
 speck_drafter *speck_drafter_prompt_new(void) {
     speck_drafter *d = calloc(1, sizeof *d);
@@ -83,7 +87,7 @@ speck_drafter *speck_drafter_prompt_new(void) {
 
 typedef struct {
     int32_t tok;
-    float count; // decayed occurrence count of (a, b) -> tok
+    float count;          // decayed occurrence count of (a, b) -> tok
     uint16_t tried, hits; // how often drafted after (a, b) and accepted
 } aded_cand;
 
@@ -168,7 +172,8 @@ static void aded_add(aded *a, int32_t x, int32_t y, int32_t z) {
 
 static void aded_update(speck_drafter *d, const int32_t *seq, int n) {
     aded *a = (aded *)d;
-    for (int i = a->n_seen > 2 ? a->n_seen : 2; i < n; i++) aded_add(a, seq[i - 2], seq[i - 1], seq[i]);
+    for (int i = a->n_seen > 2 ? a->n_seen : 2; i < n; i++)
+        aded_add(a, seq[i - 2], seq[i - 1], seq[i]);
     a->n_seen = n;
 }
 
@@ -289,8 +294,8 @@ speck_drafter *speck_drafter_aded_new(const speck_spec_params *p, int n_vocab) {
 /* Jacobi iteration + n-gram pool (lookahead-style)                                            */
 /* ------------------------------------------------------------------------------------------ */
 
-#define JACOBI_N 4        // n-gram length kept in the pool (first token + 3 continuation tokens)
-#define JACOBI_POOL 8192  // pool slots (hash by first token, a few n-grams each)
+#define JACOBI_N 4       // n-gram length kept in the pool (first token + 3 continuation tokens)
+#define JACOBI_POOL 8192 // pool slots (hash by first token, a few n-grams each)
 #define JACOBI_PER 4
 
 typedef struct {
@@ -317,8 +322,8 @@ static void pool_add(jacobi *j, const int32_t *g) {
     memcpy(j->pool[h][0], g, sizeof j->pool[h][0]);
 }
 
-static int jacobi_propose(speck_drafter *d, const int32_t *seq, int n, int max_nodes,
-                          int max_depth, const speck_spec_params *p, speck_draft_tree *t) {
+static int jacobi_propose(speck_drafter *d, const int32_t *seq, int n, int max_nodes, int max_depth,
+                          const speck_spec_params *p, speck_draft_tree *t) {
     jacobi *j = (jacobi *)d;
     t->n = 0;
     int32_t root = seq[n - 1];

@@ -93,9 +93,15 @@ speck_decoder *speck_decoder_new(const speck_model *model, speck_ctx *c,
     for (int i = 0; i < 4 && d->p.kinds[i] != SPECK_DRAFT_NONE; i++) {
         speck_drafter *dr = NULL;
         switch (d->p.kinds[i]) {
-        case SPECK_DRAFT_PROMPT: dr = speck_drafter_prompt_new(); break;
-        case SPECK_DRAFT_ADED: dr = speck_drafter_aded_new(&d->p, d->n_vocab); break;
-        case SPECK_DRAFT_JACOBI: dr = speck_drafter_jacobi_new(d->n_vocab); break;
+        case SPECK_DRAFT_PROMPT:
+            dr = speck_drafter_prompt_new();
+            break;
+        case SPECK_DRAFT_ADED:
+            dr = speck_drafter_aded_new(&d->p, d->n_vocab);
+            break;
+        case SPECK_DRAFT_JACOBI:
+            dr = speck_drafter_jacobi_new(d->n_vocab);
+            break;
         case SPECK_DRAFT_MODEL:
             if (!d->p.draft_model) {
                 speck_set_error(SPECK_ERR_ARG, "drafter 'model' needs a draft model");
@@ -104,7 +110,8 @@ speck_decoder *speck_decoder_new(const speck_model *model, speck_ctx *c,
             }
             dr = speck_drafter_model_new(d->p.draft_model, model);
             break;
-        default: break;
+        default:
+            break;
         }
         if (!dr) { // the constructor recorded why
             speck_decoder_free(d);
@@ -314,8 +321,10 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
     if (n_prompt <= 0) return speck_set_error(SPECK_ERR_ARG, "decode: empty prompt");
     int n_ctx = speck_ctx_n_ctx(d->ctx);
     if (n_prompt > n_ctx)
-        return speck_set_error(SPECK_ERR_RANGE, "decode: prompt of %d tokens exceeds the %d-token "
-                               "context", n_prompt, n_ctx);
+        return speck_set_error(SPECK_ERR_RANGE,
+                               "decode: prompt of %d tokens exceeds the %d-token "
+                               "context",
+                               n_prompt, n_ctx);
     double t_start = now_s();
     speck_ctx_truncate(d->ctx, 0);
     for (int i = 0; i < d->n_drafters; i++) {
@@ -425,8 +434,8 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         int path[SPECK_MAX_NODES + 1], n_path = 0, cur = -1; // cur: -1 = root (row 0)
         int32_t bonus = -1;
         memset(accepted, 0, sizeof accepted);
-        for (int r = 0; r < nb; r++) amax[r] = speck_argmax(d->logits + (size_t)r * d->n_vocab,
-                                                             d->n_vocab);
+        for (int r = 0; r < nb; r++)
+            amax[r] = speck_argmax(d->logits + (size_t)r * d->n_vocab, d->n_vocab);
         for (;;) {
             int row = cur + 1;
             speck_sampler_probs(s, d->logits + (size_t)row * d->n_vocab, d->probs);
@@ -440,7 +449,8 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
                         next = c;
                     } else {
                         double rest = 0;
-                        for (int v = 0; v < d->n_vocab; v++) rest += fmaxf(d->probs[v] - q[v], 0.0f);
+                        for (int v = 0; v < d->n_vocab; v++)
+                            rest += fmaxf(d->probs[v] - q[v], 0.0f);
                         if (rest > 0) // 0 only when p = q up to rounding: p stays as it is
                             for (int v = 0; v < d->n_vocab; v++)
                                 d->probs[v] = (float)(fmaxf(d->probs[v] - q[v], 0.0f) / rest);
@@ -470,9 +480,10 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         if (used >= 0 && d->drafters[used]->feedback)
             d->drafters[used]->feedback(d->drafters[used], &tree, accepted);
         for (int i = 0; i < d->n_drafters; i++)
-            if (d->drafters[i]->observe) d->drafters[i]->observe(d->drafters[i], &tree, amax, n_path);
+            if (d->drafters[i]->observe)
+                d->drafters[i]->observe(d->drafters[i], &tree, amax, n_path);
         st->n_accepted += n_path;
-        if (tree.n > 0) { // acceptance rate per candidate position, forgetting old passes
+        if (tree.n > 0) {      // acceptance rate per candidate position, forgetting old passes
             bool more = false; // a candidate existed below the last accepted node
             for (int c = 0; c < tree.n && !more; c++) more = tree.parent[c] == cur;
             d->n_acc = 0.98 * d->n_acc + n_path;

@@ -38,7 +38,7 @@ struct speck_gguf {
     int fd;
     uint8_t *map;
     size_t size;
-    void *anon;      // SPECK_LOAD_HUGEPAGES: the anonymous region holding the file (else NULL)
+    void *anon; // SPECK_LOAD_HUGEPAGES: the anonymous region holding the file (else NULL)
     size_t anon_len;
     uint32_t version;
     size_t alignment;
@@ -57,50 +57,83 @@ typedef struct {
 
 static ggml_type_info type_info(int t) {
     switch (t) {
-    case 0: return (ggml_type_info){1, 4};     // F32
-    case 1: return (ggml_type_info){1, 2};     // F16
-    case 2: return (ggml_type_info){32, 18};   // Q4_0
-    case 3: return (ggml_type_info){32, 20};   // Q4_1
-    case 6: return (ggml_type_info){32, 22};   // Q5_0
-    case 7: return (ggml_type_info){32, 24};   // Q5_1
-    case 8: return (ggml_type_info){32, 34};   // Q8_0
-    case 9: return (ggml_type_info){32, 36};   // Q8_1
-    case 10: return (ggml_type_info){256, 84}; // Q2_K
-    case 11: return (ggml_type_info){256, 110};
-    case 12: return (ggml_type_info){256, 144};
-    case 13: return (ggml_type_info){256, 176};
-    case 14: return (ggml_type_info){256, 210};
-    case 15: return (ggml_type_info){256, 292};
-    case 16: return (ggml_type_info){256, 66};
-    case 17: return (ggml_type_info){256, 74};
-    case 18: return (ggml_type_info){256, 98};
-    case 19: return (ggml_type_info){256, 50};
-    case 20: return (ggml_type_info){32, 18};
-    case 21: return (ggml_type_info){256, 110};
-    case 22: return (ggml_type_info){256, 82};
-    case 23: return (ggml_type_info){256, 136};
-    case 24: return (ggml_type_info){1, 1};  // I8
-    case 25: return (ggml_type_info){1, 2};  // I16
-    case 26: return (ggml_type_info){1, 4};  // I32
-    case 27: return (ggml_type_info){1, 8};  // I64
-    case 28: return (ggml_type_info){1, 8};  // F64
-    case 29: return (ggml_type_info){256, 56};
-    case 30: return (ggml_type_info){1, 2};  // BF16
-    case 34: return (ggml_type_info){256, 54};
-    case 35: return (ggml_type_info){256, 66};
-    case 39: return (ggml_type_info){32, 17}; // MXFP4
-    default: return (ggml_type_info){0, 0};
+    case 0:
+        return (ggml_type_info){1, 4}; // F32
+    case 1:
+        return (ggml_type_info){1, 2}; // F16
+    case 2:
+        return (ggml_type_info){32, 18}; // Q4_0
+    case 3:
+        return (ggml_type_info){32, 20}; // Q4_1
+    case 6:
+        return (ggml_type_info){32, 22}; // Q5_0
+    case 7:
+        return (ggml_type_info){32, 24}; // Q5_1
+    case 8:
+        return (ggml_type_info){32, 34}; // Q8_0
+    case 9:
+        return (ggml_type_info){32, 36}; // Q8_1
+    case 10:
+        return (ggml_type_info){256, 84}; // Q2_K
+    case 11:
+        return (ggml_type_info){256, 110};
+    case 12:
+        return (ggml_type_info){256, 144};
+    case 13:
+        return (ggml_type_info){256, 176};
+    case 14:
+        return (ggml_type_info){256, 210};
+    case 15:
+        return (ggml_type_info){256, 292};
+    case 16:
+        return (ggml_type_info){256, 66};
+    case 17:
+        return (ggml_type_info){256, 74};
+    case 18:
+        return (ggml_type_info){256, 98};
+    case 19:
+        return (ggml_type_info){256, 50};
+    case 20:
+        return (ggml_type_info){32, 18};
+    case 21:
+        return (ggml_type_info){256, 110};
+    case 22:
+        return (ggml_type_info){256, 82};
+    case 23:
+        return (ggml_type_info){256, 136};
+    case 24:
+        return (ggml_type_info){1, 1}; // I8
+    case 25:
+        return (ggml_type_info){1, 2}; // I16
+    case 26:
+        return (ggml_type_info){1, 4}; // I32
+    case 27:
+        return (ggml_type_info){1, 8}; // I64
+    case 28:
+        return (ggml_type_info){1, 8}; // F64
+    case 29:
+        return (ggml_type_info){256, 56};
+    case 30:
+        return (ggml_type_info){1, 2}; // BF16
+    case 34:
+        return (ggml_type_info){256, 54};
+    case 35:
+        return (ggml_type_info){256, 66};
+    case 39:
+        return (ggml_type_info){32, 17}; // MXFP4
+    default:
+        return (ggml_type_info){0, 0};
     }
 }
 
 const char *speck_gguf_type_label(int t) {
     static const char *names[] = {
-        [0] = "f32",     [1] = "f16",     [2] = "q4_0",    [3] = "q4_1",   [6] = "q5_0",
-        [7] = "q5_1",    [8] = "q8_0",    [9] = "q8_1",    [10] = "q2_k",  [11] = "q3_k",
-        [12] = "q4_k",   [13] = "q5_k",   [14] = "q6_k",   [15] = "q8_k",  [16] = "iq2_xxs",
+        [0] = "f32",     [1] = "f16",      [2] = "q4_0",   [3] = "q4_1",    [6] = "q5_0",
+        [7] = "q5_1",    [8] = "q8_0",     [9] = "q8_1",   [10] = "q2_k",   [11] = "q3_k",
+        [12] = "q4_k",   [13] = "q5_k",    [14] = "q6_k",  [15] = "q8_k",   [16] = "iq2_xxs",
         [17] = "iq2_xs", [18] = "iq3_xxs", [19] = "iq1_s", [20] = "iq4_nl", [21] = "iq3_s",
-        [22] = "iq2_s",  [23] = "iq4_xs", [24] = "i8",     [25] = "i16",   [26] = "i32",
-        [27] = "i64",    [28] = "f64",    [29] = "iq1_m",  [30] = "bf16",  [34] = "tq1_0",
+        [22] = "iq2_s",  [23] = "iq4_xs",  [24] = "i8",    [25] = "i16",    [26] = "i32",
+        [27] = "i64",    [28] = "f64",     [29] = "iq1_m", [30] = "bf16",   [34] = "tq1_0",
         [35] = "tq2_0",  [39] = "mxfp4"};
     if (t >= 0 && t < (int)(sizeof names / sizeof names[0]) && names[t]) return names[t];
     return "unknown";
@@ -110,21 +143,26 @@ static size_t vtype_size(speck_gguf_vtype t) {
     switch (t) {
     case SPECK_GGUF_UINT8:
     case SPECK_GGUF_INT8:
-    case SPECK_GGUF_BOOL: return 1;
+    case SPECK_GGUF_BOOL:
+        return 1;
     case SPECK_GGUF_UINT16:
-    case SPECK_GGUF_INT16: return 2;
+    case SPECK_GGUF_INT16:
+        return 2;
     case SPECK_GGUF_UINT32:
     case SPECK_GGUF_INT32:
-    case SPECK_GGUF_FLOAT32: return 4;
+    case SPECK_GGUF_FLOAT32:
+        return 4;
     case SPECK_GGUF_UINT64:
     case SPECK_GGUF_INT64:
-    case SPECK_GGUF_FLOAT64: return 8;
-    default: return 0;
+    case SPECK_GGUF_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
 static const char *vtype_name(speck_gguf_vtype t) {
-    static const char *n[] = {"u8",  "i8",   "u16",   "i16", "u32", "i32", "f32",
+    static const char *n[] = {"u8",   "i8",  "u16",   "i16", "u32", "i32", "f32",
                               "bool", "str", "array", "u64", "i64", "f64"};
     return (unsigned)t < 13 ? n[t] : "?";
 }
@@ -299,8 +337,10 @@ static void gguf_free_contents(speck_gguf *g) {
 void speck_gguf_close(speck_gguf *g) {
     if (!g) return;
     gguf_free_contents(g);
-    if (g->anon) munmap(g->anon, g->anon_len);
-    else if (g->map && g->map != MAP_FAILED) munmap(g->map, g->size);
+    if (g->anon)
+        munmap(g->anon, g->anon_len);
+    else if (g->map && g->map != MAP_FAILED)
+        munmap(g->map, g->size);
     if (g->fd >= 0) close(g->fd);
     free(g->path);
     free(g);
@@ -334,8 +374,7 @@ static int parse(speck_gguf *g) {
     int64_t ai = speck_gguf_find_key(g, "general.alignment");
     if (ai >= 0) {
         if (g->kv[ai].type != SPECK_GGUF_UINT32)
-            return speck_set_error(SPECK_ERR_FORMAT, "%s: general.alignment must be u32",
-                                   g->path);
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: general.alignment must be u32", g->path);
         uint32_t a;
         memcpy(&a, g->kv[ai].data, 4);
         if (a == 0 || (a & (a - 1)))
@@ -368,8 +407,8 @@ static int parse(speck_gguf *g) {
         t->data = g->map + g->data_offset + t->offset;
         for (uint64_t j = 0; j < i; j++)
             if (!strcmp(g->tensors[j].name, t->name))
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: duplicate tensor name '%s'",
-                                       g->path, t->name);
+                return speck_set_error(SPECK_ERR_FORMAT, "%s: duplicate tensor name '%s'", g->path,
+                                       t->name);
     }
     return 0;
 }
@@ -405,7 +444,9 @@ static int load_anon(speck_gguf *g) {
     return 0;
 }
 
-int speck_gguf_file_mapped(const speck_gguf *g) { return !g->anon && g->map; }
+int speck_gguf_file_mapped(const speck_gguf *g) {
+    return !g->anon && g->map;
+}
 
 int speck_gguf_release(speck_gguf *g, const void *p, size_t len) {
     if (!speck_gguf_file_mapped(g)) return -1; // an anonymous copy would lose the data
@@ -415,7 +456,9 @@ int speck_gguf_release(speck_gguf *g, const void *p, size_t len) {
     return 0;
 }
 
-speck_gguf *speck_gguf_open(const char *path) { return speck_gguf_open_ex(path, 0); }
+speck_gguf *speck_gguf_open(const char *path) {
+    return speck_gguf_open_ex(path, 0);
+}
 
 speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags) {
     speck_gguf *g = calloc(1, sizeof *g);
@@ -464,12 +507,24 @@ fail:
     return NULL;
 }
 
-const char *speck_gguf_path(const speck_gguf *g) { return g->path; }
-uint32_t speck_gguf_version(const speck_gguf *g) { return g->version; }
-size_t speck_gguf_file_size(const speck_gguf *g) { return g->size; }
-size_t speck_gguf_alignment(const speck_gguf *g) { return g->alignment; }
-int64_t speck_gguf_n_kv(const speck_gguf *g) { return g->n_kv; }
-const char *speck_gguf_key(const speck_gguf *g, int64_t i) { return g->kv[i].key; }
+const char *speck_gguf_path(const speck_gguf *g) {
+    return g->path;
+}
+uint32_t speck_gguf_version(const speck_gguf *g) {
+    return g->version;
+}
+size_t speck_gguf_file_size(const speck_gguf *g) {
+    return g->size;
+}
+size_t speck_gguf_alignment(const speck_gguf *g) {
+    return g->alignment;
+}
+int64_t speck_gguf_n_kv(const speck_gguf *g) {
+    return g->n_kv;
+}
+const char *speck_gguf_key(const speck_gguf *g, int64_t i) {
+    return g->kv[i].key;
+}
 
 int64_t speck_gguf_find_key(const speck_gguf *g, const char *key) {
     for (int64_t i = 0; i < g->n_kv; i++)
@@ -477,8 +532,12 @@ int64_t speck_gguf_find_key(const speck_gguf *g, const char *key) {
     return -1;
 }
 
-speck_gguf_vtype speck_gguf_kv_type(const speck_gguf *g, int64_t i) { return g->kv[i].type; }
-speck_gguf_vtype speck_gguf_arr_type(const speck_gguf *g, int64_t i) { return g->kv[i].arr_type; }
+speck_gguf_vtype speck_gguf_kv_type(const speck_gguf *g, int64_t i) {
+    return g->kv[i].type;
+}
+speck_gguf_vtype speck_gguf_arr_type(const speck_gguf *g, int64_t i) {
+    return g->kv[i].arr_type;
+}
 
 int64_t speck_gguf_arr_n(const speck_gguf *g, int64_t i) {
     return g->kv[i].type == SPECK_GGUF_ARRAY ? (int64_t)g->kv[i].n : 0;
@@ -516,18 +575,30 @@ static double scalar_f(speck_gguf_vtype t, const uint8_t *p) {
     } v;
     memcpy(&v, p, vtype_size(t));
     switch (t) {
-    case SPECK_GGUF_UINT8: return v.u8;
-    case SPECK_GGUF_BOOL: return v.u8 != 0;
-    case SPECK_GGUF_INT8: return v.i8;
-    case SPECK_GGUF_UINT16: return v.u16;
-    case SPECK_GGUF_INT16: return v.i16;
-    case SPECK_GGUF_UINT32: return v.u32;
-    case SPECK_GGUF_INT32: return v.i32;
-    case SPECK_GGUF_FLOAT32: return v.f32;
-    case SPECK_GGUF_UINT64: return (double)v.u64;
-    case SPECK_GGUF_INT64: return (double)v.i64;
-    case SPECK_GGUF_FLOAT64: return v.f64;
-    default: return 0;
+    case SPECK_GGUF_UINT8:
+        return v.u8;
+    case SPECK_GGUF_BOOL:
+        return v.u8 != 0;
+    case SPECK_GGUF_INT8:
+        return v.i8;
+    case SPECK_GGUF_UINT16:
+        return v.u16;
+    case SPECK_GGUF_INT16:
+        return v.i16;
+    case SPECK_GGUF_UINT32:
+        return v.u32;
+    case SPECK_GGUF_INT32:
+        return v.i32;
+    case SPECK_GGUF_FLOAT32:
+        return v.f32;
+    case SPECK_GGUF_UINT64:
+        return (double)v.u64;
+    case SPECK_GGUF_INT64:
+        return (double)v.i64;
+    case SPECK_GGUF_FLOAT64:
+        return v.f64;
+    default:
+        return 0;
     }
 }
 
@@ -581,8 +652,7 @@ static void put_text(char *buf, size_t size, size_t *pos, const char *s, uint64_
     buf[*pos < size ? *pos : size - 1] = 0;
 }
 
-static void put_scalar(char *buf, size_t size, size_t *pos, speck_gguf_vtype t,
-                       const uint8_t *p) {
+static void put_scalar(char *buf, size_t size, size_t *pos, speck_gguf_vtype t, const uint8_t *p) {
     if (*pos >= size) return;
     int w;
     if (t == SPECK_GGUF_FLOAT32 || t == SPECK_GGUF_FLOAT64)
@@ -597,8 +667,7 @@ static void put_scalar(char *buf, size_t size, size_t *pos, speck_gguf_vtype t,
     if (*pos >= size) *pos = size - 1;
 }
 
-char *speck_gguf_value_str(const speck_gguf *g, int64_t i, char *buf, size_t size,
-                           int max_items) {
+char *speck_gguf_value_str(const speck_gguf *g, int64_t i, char *buf, size_t size, int max_items) {
     const gguf_kv *kv = &g->kv[i];
     size_t pos = 0;
     buf[0] = 0;
@@ -632,7 +701,9 @@ char *speck_gguf_value_str(const speck_gguf *g, int64_t i, char *buf, size_t siz
     return buf;
 }
 
-int64_t speck_gguf_n_tensors(const speck_gguf *g) { return g->n_tensors; }
+int64_t speck_gguf_n_tensors(const speck_gguf *g) {
+    return g->n_tensors;
+}
 
 const speck_gguf_tensor *speck_gguf_tensor_at(const speck_gguf *g, int64_t i) {
     return i >= 0 && i < g->n_tensors ? &g->tensors[i] : NULL;

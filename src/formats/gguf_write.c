@@ -61,8 +61,12 @@ static void put(buf *b, const void *src, size_t n) {
     b->n += n;
 }
 
-static void put_u32(buf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_u32(buf *b, uint32_t v) {
+    put(b, &v, 4);
+}
+static void put_u64(buf *b, uint64_t v) {
+    put(b, &v, 8);
+}
 static void put_str(buf *b, const char *s, uint64_t n) {
     put_u64(b, n);
     put(b, s, n);
@@ -147,11 +151,23 @@ int speck_gguf_set_str(speck_gguf_writer *w, const char *key, const char *v) {
 
 static size_t elem_size(speck_gguf_vtype t) {
     switch (t) {
-    case SPECK_GGUF_UINT8: case SPECK_GGUF_INT8: case SPECK_GGUF_BOOL: return 1;
-    case SPECK_GGUF_UINT16: case SPECK_GGUF_INT16: return 2;
-    case SPECK_GGUF_UINT32: case SPECK_GGUF_INT32: case SPECK_GGUF_FLOAT32: return 4;
-    case SPECK_GGUF_UINT64: case SPECK_GGUF_INT64: case SPECK_GGUF_FLOAT64: return 8;
-    default: return 0;
+    case SPECK_GGUF_UINT8:
+    case SPECK_GGUF_INT8:
+    case SPECK_GGUF_BOOL:
+        return 1;
+    case SPECK_GGUF_UINT16:
+    case SPECK_GGUF_INT16:
+        return 2;
+    case SPECK_GGUF_UINT32:
+    case SPECK_GGUF_INT32:
+    case SPECK_GGUF_FLOAT32:
+        return 4;
+    case SPECK_GGUF_UINT64:
+    case SPECK_GGUF_INT64:
+    case SPECK_GGUF_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
@@ -317,7 +333,9 @@ int speck_gguf_writer_header(speck_gguf_writer *w, uint8_t **out, size_t *len) {
     return 0;
 }
 
-int64_t speck_gguf_writer_n_tensors(const speck_gguf_writer *w) { return w->n_t; }
+int64_t speck_gguf_writer_n_tensors(const speck_gguf_writer *w) {
+    return w->n_t;
+}
 size_t speck_gguf_writer_tensor_bytes(const speck_gguf_writer *w, int64_t i) {
     return w->t[i].n_bytes;
 }
@@ -351,10 +369,15 @@ int speck_gguf_writer_save(speck_gguf_writer *w, const char *path) {
 
 int speck_gguf_file_type(int t) {
     switch (t) {
-    case SPECK_TYPE_F16: return 1;
-    case SPECK_TYPE_Q4_0: return 2;
-    case SPECK_TYPE_Q8_0: return 7;
-    case SPECK_TYPE_BF16: return 32;
-    default: return 0;
+    case SPECK_TYPE_F16:
+        return 1;
+    case SPECK_TYPE_Q4_0:
+        return 2;
+    case SPECK_TYPE_Q8_0:
+        return 7;
+    case SPECK_TYPE_BF16:
+        return 32;
+    default:
+        return 0;
     }
 }

@@ -83,8 +83,8 @@ void hf_convert_rows(const void *src, speck_type st, void *dst, speck_type dt, i
         float *tmp = st == dt ? NULL : malloc((size_t)cols * sizeof(float));
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < n; r++) {
-            const uint8_t *in = (const uint8_t *)src + in_rs * (size_t)perm_row(r0 + r,
-                                                                                  qk_head_dim, dir);
+            const uint8_t *in =
+                (const uint8_t *)src + in_rs * (size_t)perm_row(r0 + r, qk_head_dim, dir);
             uint8_t *out = (uint8_t *)dst + out_rs * (size_t)r;
             if (st == dt) {
                 memcpy(out, in, out_rs);
@@ -113,8 +113,7 @@ typedef struct {
 static int cfg_int(const hf_cfg *c, const cJSON *j, const char *k, int64_t dflt, int64_t *out) {
     const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
     if (!x || cJSON_IsNull(x)) {
-        if (dflt < 0)
-            return speck_set_error(SPECK_ERR_FORMAT, "%s: %s: missing", c->path, k);
+        if (dflt < 0) return speck_set_error(SPECK_ERR_FORMAT, "%s: %s: missing", c->path, k);
         *out = dflt;
         return 0;
     }
@@ -214,7 +213,8 @@ static int read_config(const char *dir, char *path, size_t path_size, hf_cfg *c)
             if (c->high <= c->low) {
                 rc = speck_set_error(SPECK_ERR_FORMAT,
                                      "%s: rope_scaling: high_freq_factor must exceed "
-                                     "low_freq_factor", path);
+                                     "low_freq_factor",
+                                     path);
                 goto done;
             }
         } else {
@@ -249,8 +249,8 @@ typedef struct {
     float *rope_freqs;
 } conv;
 
-static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64_t cols,
-                    int qk, int type, bool required) {
+static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64_t cols, int qk,
+                    int type, bool required) {
     const speck_st_tensor *t = speck_st_find(c->st, hf);
     if (!t) {
         if (!required) return 0;
@@ -291,10 +291,14 @@ static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64
     p->qk_head_dim = qk;
     // Vectors are f32; matrices take the requested type (the source's for -1), falling back to
     // f16 when a quantized type's block does not divide the row.
-    if (!cols) p->out = SPECK_TYPE_F32;
-    else if (type < 0) p->out = t->type;
-    else if (cols % speck_type_block_size((speck_type)type)) p->out = SPECK_TYPE_F16;
-    else p->out = (speck_type)type;
+    if (!cols)
+        p->out = SPECK_TYPE_F32;
+    else if (type < 0)
+        p->out = t->type;
+    else if (cols % speck_type_block_size((speck_type)type))
+        p->out = SPECK_TYPE_F16;
+    else
+        p->out = (speck_type)type;
     return 0;
 }
 
@@ -304,7 +308,8 @@ static int build_plan(conv *c, int type) {
     if (!emb)
         return speck_set_error(SPECK_ERR_FORMAT,
                                "%s: tensor 'model.embed_tokens.weight' is missing from the "
-                               "checkpoint", c->dir);
+                               "checkpoint",
+                               c->dir);
     int64_t V = h->n_vocab ? h->n_vocab : (emb->n_dims == 2 ? emb->shape[0] : 0);
     int64_t E = h->n_embd, Q = h->n_head * h->head_dim, KV = h->n_head_kv * h->head_dim,
             F = h->n_ff;
@@ -322,7 +327,8 @@ static int build_plan(conv *c, int type) {
         for (int i = 0; i < half; i++) {
             double f = pow(h->theta, -2.0 * i / (double)h->head_dim), wl = 2 * M_PI / f;
             double d = 1.0;
-            if (wl > lo_wl) d = h->factor;
+            if (wl > lo_wl)
+                d = h->factor;
             else if (wl >= hi_wl) {
                 double s = (h->orig / wl - h->low) / (h->high - h->low);
                 d = 1.0 / ((1 - s) / h->factor + s);
@@ -475,8 +481,10 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
         rc = speck_gguf_stream_close(s); // removes the temporary file itself on failure
         s = NULL;
     }
-    if (!rc) hf_progress_end(&pr, "convert");
-    else if (pr.on) fprintf(stderr, "\n");
+    if (!rc)
+        hf_progress_end(&pr, "convert");
+    else if (pr.on)
+        fprintf(stderr, "\n");
     speck_gguf_stream_abort(s);
     free(buf);
     speck_gguf_writer_free(w);

@@ -31,8 +31,7 @@ static int ex_add(ex_list *l, const speck_gguf *g, const char *gg, const char *h
     const speck_gguf_tensor *t = speck_gguf_find_tensor(g, gg);
     if (!t) {
         if (!required) return 0;
-        return speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor '%s'", speck_gguf_path(g),
-                               gg);
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor '%s'", speck_gguf_path(g), gg);
     }
     if (l->n == l->cap) {
         int cap = l->cap ? l->cap * 2 : 64;
@@ -70,7 +69,8 @@ static int fit_llama3(const speck_hparams *hp, const float *d, cJSON *rs, const 
     if (n < 2 || F <= 1)
         return speck_set_error(SPECK_ERR_UNSUPPORTED,
                                "%s: rope_freqs.weight cannot be expressed as a llama3 "
-                               "rope_scaling (too few interpolated frequencies)", src);
+                               "rope_scaling (too few interpolated frequencies)",
+                               src);
     double A = (n * sxy - sx * sy) / (n * sxx - sx * sx), B = (sy - A * sx) / n;
     // Pick the representative with low_freq_factor = 1 (Llama 3.1 / 3.2's value, so their
     // original numbers come back): s = (orig x - 1) / (high - 1) gives B = -1 / (high - 1).
@@ -82,7 +82,8 @@ static int fit_llama3(const speck_hparams *hp, const float *d, cJSON *rs, const 
     if (fabs(high - round(high)) < 1e-6 * high) high = round(high);
     for (int i = 0; i < half; i++) { // the fit must reproduce every divisor
         double f = pow(hp->rope_freq_base, -2.0 * i / hp->head_dim), wl = 2 * M_PI / f, e = 1;
-        if (wl > orig / low) e = F;
+        if (wl > orig / low)
+            e = F;
         else if (wl >= orig / high) {
             double s = (orig / wl - low) / (high - low);
             e = 1 / ((1 - s) / F + s);
@@ -90,7 +91,8 @@ static int fit_llama3(const speck_hparams *hp, const float *d, cJSON *rs, const 
         if (fabs(e - d[i]) > 1e-4 * d[i])
             return speck_set_error(SPECK_ERR_UNSUPPORTED,
                                    "%s: rope_freqs.weight[%d] = %g does not follow llama3 "
-                                   "scaling", src, i, d[i]);
+                                   "scaling",
+                                   src, i, d[i]);
     }
     cJSON_AddNumberToObject(rs, "factor", F);
     cJSON_AddNumberToObject(rs, "low_freq_factor", low);
@@ -188,8 +190,7 @@ static int write_safetensors(const speck_model *m, speck_type dtype, const char 
     int qk = strcmp(hp->arch, "llama") ? 0 : hp->head_dim;
     ex_list l = {0};
     int rc = ex_add(&l, g, "token_embd.weight", "model.embed_tokens.weight", 0, 1);
-    if (!rc && !hp->tied_output)
-        rc = ex_add(&l, g, "output.weight", "lm_head.weight", 0, 1);
+    if (!rc && !hp->tied_output) rc = ex_add(&l, g, "output.weight", "lm_head.weight", 0, 1);
     if (!rc) rc = ex_add(&l, g, "output_norm.weight", "model.norm.weight", 0, 1);
     for (int i = 0; !rc && i < hp->n_layer; i++) {
         static const struct {
@@ -311,8 +312,8 @@ int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype
                              strerror(errno));
     bool made = !rc;
     if (!rc) rc = write_config(m, dtype, tmp);
-    if (!rc) rc = hf_tokenizer_from_gguf(speck_model_gguf(m), tmp,
-                                         speck_model_hparams(m)->n_ctx_train);
+    if (!rc)
+        rc = hf_tokenizer_from_gguf(speck_model_gguf(m), tmp, speck_model_hparams(m)->n_ctx_train);
     if (!rc) rc = write_safetensors(m, dtype, tmp, progress);
     if (!rc) {
         chmod(tmp, 0755);

@@ -111,8 +111,8 @@ static int pre_regexes(const cJSON *p, const char **re, int *n, const char *src)
         return 0;
     }
     return speck_set_error(SPECK_ERR_UNSUPPORTED,
-                           "%s: pre_tokenizer: step '%s' is not one the converter recognises",
-                           src, type);
+                           "%s: pre_tokenizer: step '%s' is not one the converter recognises", src,
+                           type);
 }
 
 static int detect_pre(const cJSON *tj, const char *src, const char **name) {
@@ -220,9 +220,8 @@ int hf_tokenizer_to_gguf(speck_gguf_writer *w, const char *dir, int64_t n_vocab)
         // Score = -(rank of the first merge making the token); tokens no merge makes rank
         // below every merged one, reserved pieces (control, byte) score 0 as in SentencePiece.
         for (int64_t i = 0; i < n_vocab; i++)
-            scores[i] = (types[i] == TOK_NORMAL || types[i] == TOK_USER_DEFINED)
-                            ? -(float)(nm + i)
-                            : 0.0f;
+            scores[i] =
+                (types[i] == TOK_NORMAL || types[i] == TOK_USER_DEFINED) ? -(float)(nm + i) : 0.0f;
         for (int64_t k = nm - 1; k >= 0; k--) {
             const tok_pair *p = tok_pair_find(&v->merges, mr[k].left, mr[k].right);
             if (p && p->id >= 0 && p->id < n_vocab) scores[p->id] = -(float)mr[k].rank;
@@ -230,12 +229,14 @@ int hf_tokenizer_to_gguf(speck_gguf_writer *w, const char *dir, int64_t n_vocab)
         if (v->unk >= 0) types[v->unk] = TOK_UNKNOWN;
     }
     rc |= speck_gguf_set_str(w, "tokenizer.ggml.model", bpe ? "gpt2" : "llama");
-    if (bpe) rc |= speck_gguf_set_str(w, "tokenizer.ggml.pre", pre);
-    else rc |= speck_gguf_set_str(w, "tokenizer.ggml.pre", "default");
+    if (bpe)
+        rc |= speck_gguf_set_str(w, "tokenizer.ggml.pre", pre);
+    else
+        rc |= speck_gguf_set_str(w, "tokenizer.ggml.pre", "default");
     rc |= speck_gguf_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)texts, lens,
                                  n_vocab);
-    if (!bpe) rc |= speck_gguf_set_arr(w, "tokenizer.ggml.scores", SPECK_GGUF_FLOAT32, scores,
-                                       n_vocab);
+    if (!bpe)
+        rc |= speck_gguf_set_arr(w, "tokenizer.ggml.scores", SPECK_GGUF_FLOAT32, scores, n_vocab);
     rc |= speck_gguf_set_arr(w, "tokenizer.ggml.token_type", SPECK_GGUF_INT32, types, n_vocab);
     if (bpe) {
         mstr = calloc((size_t)nm + 1, sizeof *mstr);
@@ -252,8 +253,8 @@ int hf_tokenizer_to_gguf(speck_gguf_writer *w, const char *dir, int64_t n_vocab)
             mstr[k][a + b + 1] = 0;
         }
         if (!rc)
-            rc = speck_gguf_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)mstr,
-                                        NULL, nm);
+            rc = speck_gguf_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)mstr, NULL,
+                                        nm);
     } else {
         rc |= speck_gguf_set_bool(w, "tokenizer.ggml.add_space_prefix", v->prefix_meta);
     }
@@ -378,7 +379,9 @@ static int spm_merges(const gvocab *gv, speck_vocab *v, cJSON *arr, const char *
     return rc;
 }
 
-static int64_t gkey(const speck_gguf *g, const char *k) { return speck_gguf_find_key(g, k); }
+static int64_t gkey(const speck_gguf *g, const char *k) {
+    return speck_gguf_find_key(g, k);
+}
 
 static int32_t gid(const speck_gguf *g, const char *k) {
     int64_t i = gkey(g, k);
@@ -470,8 +473,8 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
                                src, model);
     gvocab gv = {g, gkey(g, "tokenizer.ggml.tokens"), gkey(g, "tokenizer.ggml.token_type"),
                  gkey(g, "tokenizer.ggml.scores"), 0};
-    if (gv.kt < 0) return speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.tokens: missing",
-                                          src);
+    if (gv.kt < 0)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.tokens: missing", src);
     gv.n = speck_gguf_arr_n(g, gv.kt);
     if (gv.ky >= 0 && speck_gguf_arr_n(g, gv.ky) != gv.n) gv.ky = -1;
     if (gv.ks >= 0 && speck_gguf_arr_n(g, gv.ks) != gv.n) gv.ks = -1;
@@ -487,7 +490,8 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
     // The GGUF vocabulary gives the text -> id map used to rebuild SentencePiece merges.
     speck_vocab *v = speck_vocab_from_gguf(g);
     if (!v) return SPECK_ERR_FORMAT;
-    int32_t bos = gid(g, "tokenizer.ggml.bos_token_id"), eos = gid(g, "tokenizer.ggml.eos_token_id"),
+    int32_t bos = gid(g, "tokenizer.ggml.bos_token_id"),
+            eos = gid(g, "tokenizer.ggml.eos_token_id"),
             unk = gid(g, "tokenizer.ggml.unknown_token_id"),
             pad = gid(g, "tokenizer.ggml.padding_token_id");
     bool add_bos = gbool(g, "tokenizer.ggml.add_bos_token", v->add_bos),
@@ -541,8 +545,10 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
         rc = spm_merges(&gv, v, merges, src);
     }
     if (bpe) {
-        if (nfc) cJSON_AddStringToObject(obj(tj, "normalizer"), "type", "NFC");
-        else cJSON_AddNullToObject(tj, "normalizer");
+        if (nfc)
+            cJSON_AddStringToObject(obj(tj, "normalizer"), "type", "NFC");
+        else
+            cJSON_AddNullToObject(tj, "normalizer");
         cJSON *pt = obj(tj, "pre_tokenizer");
         cJSON_AddStringToObject(pt, "type", "Sequence");
         cJSON *seq = cJSON_AddArrayToObject(pt, "pretokenizers");

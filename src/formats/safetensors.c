@@ -39,10 +39,14 @@ struct speck_st {
 };
 
 static int dtype_of(const char *s, speck_type *t, size_t *es) {
-    if (!strcmp(s, "F32")) *t = SPECK_TYPE_F32, *es = 4;
-    else if (!strcmp(s, "F16")) *t = SPECK_TYPE_F16, *es = 2;
-    else if (!strcmp(s, "BF16")) *t = SPECK_TYPE_BF16, *es = 2;
-    else return -1;
+    if (!strcmp(s, "F32"))
+        *t = SPECK_TYPE_F32, *es = 4;
+    else if (!strcmp(s, "F16"))
+        *t = SPECK_TYPE_F16, *es = 2;
+    else if (!strcmp(s, "BF16"))
+        *t = SPECK_TYPE_BF16, *es = 2;
+    else
+        return -1;
     return 0;
 }
 
@@ -110,8 +114,8 @@ static int parse_entry(speck_st *s, const st_file *f, const cJSON *e, const uint
         if (!cJSON_IsNumber(x) || x->valuedouble < 0 || x->valuedouble > 9007199254740992.0 ||
             x->valuedouble != (double)(uint64_t)x->valuedouble)
             return speck_set_error(SPECK_ERR_FORMAT,
-                                   "%s: tensor '%s': data_offsets[%d] is not an offset", path,
-                                   name, k);
+                                   "%s: tensor '%s': data_offsets[%d] is not an offset", path, name,
+                                   k);
         off[k] = (uint64_t)x->valuedouble;
     }
     if (off[0] > off[1] || off[1] > data_size)
@@ -158,7 +162,8 @@ static int open_file(speck_st *s, const char *path) {
     }
     void *m = mmap(NULL, f->size, PROT_READ, MAP_SHARED, fd, 0);
     close(fd); // the mapping keeps the file alive
-    if (m == MAP_FAILED) return speck_set_error(SPECK_ERR_IO, "%s: mmap: %s", path, strerror(errno));
+    if (m == MAP_FAILED)
+        return speck_set_error(SPECK_ERR_IO, "%s: mmap: %s", path, strerror(errno));
     f->map = m;
     uint64_t hlen;
     memcpy(&hlen, f->map, 8); // little-endian host (x86-64 / arm64)
@@ -233,8 +238,10 @@ static int open_index(speck_st *s, const char *index) {
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s", index);
     char *slash = strrchr(dir, '/');
-    if (slash) slash[1] = 0;
-    else dir[0] = 0;
+    if (slash)
+        slash[1] = 0;
+    else
+        dir[0] = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, wm) {
         if (!cJSON_IsString(e) || !e->valuestring[0] || strstr(e->valuestring, "..") ||
@@ -260,13 +267,17 @@ static int open_index(speck_st *s, const char *index) {
     for (e = wm->child; !rc && e; e = e->next) {
         const speck_st_tensor *t = speck_st_find(s, e->string);
         if (!t)
-            rc = speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is listed in the index but "
-                                 "missing from shard '%s'", index, e->string, e->valuestring);
+            rc = speck_set_error(SPECK_ERR_FORMAT,
+                                 "%s: tensor '%s' is listed in the index but "
+                                 "missing from shard '%s'",
+                                 index, e->string, e->valuestring);
         else if (strcmp(strrchr(t->file, '/') ? strrchr(t->file, '/') + 1 : t->file,
                         strrchr(e->valuestring, '/') ? strrchr(e->valuestring, '/') + 1
                                                      : e->valuestring))
-            rc = speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is listed in shard '%s' but "
-                                 "found in '%s'", index, e->string, e->valuestring, t->file);
+            rc = speck_set_error(SPECK_ERR_FORMAT,
+                                 "%s: tensor '%s' is listed in shard '%s' but "
+                                 "found in '%s'",
+                                 index, e->string, e->valuestring, t->file);
     }
     cJSON_Delete(j);
     return rc;
@@ -276,8 +287,10 @@ static int check_duplicates(speck_st *s) {
     for (int64_t i = 0; i < s->n; i++)
         for (int64_t k = i + 1; k < s->n; k++)
             if (!strcmp(s->t[i].name, s->t[k].name))
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' appears twice (also in "
-                                       "%s)", s->t[k].file, s->t[k].name, s->t[i].file);
+                return speck_set_error(SPECK_ERR_FORMAT,
+                                       "%s: tensor '%s' appears twice (also in "
+                                       "%s)",
+                                       s->t[k].file, s->t[k].name, s->t[i].file);
     return 0;
 }
 
@@ -296,7 +309,8 @@ speck_st *speck_st_open(const char *path) {
     if (is_dir(path)) {
         char p[PATH_MAX];
         snprintf(p, sizeof p, "%s/model.safetensors.index.json", path);
-        if (exists(p)) rc = open_index(s, p);
+        if (exists(p))
+            rc = open_index(s, p);
         else {
             snprintf(p, sizeof p, "%s/model.safetensors", path);
             rc = exists(p) ? open_file(s, p)
@@ -330,7 +344,9 @@ void speck_st_close(speck_st *s) {
     free(s);
 }
 
-int64_t speck_st_n_tensors(const speck_st *s) { return s->n; }
+int64_t speck_st_n_tensors(const speck_st *s) {
+    return s->n;
+}
 
 const speck_st_tensor *speck_st_tensor_at(const speck_st *s, int64_t i) {
     return i >= 0 && i < s->n ? &s->t[i] : NULL;

@@ -61,8 +61,8 @@ int speck_kernels_force_isa(const char *name) {
 
 int speck_set_isa(const char *name) {
     if (speck_kernels_force_isa(name))
-        return speck_set_error(SPECK_ERR_UNSUPPORTED,
-                               "kernel path '%s': %s (this CPU runs %s)", name ? name : "(null)",
+        return speck_set_error(SPECK_ERR_UNSUPPORTED, "kernel path '%s': %s (this CPU runs %s)",
+                               name ? name : "(null)",
                                name && (!strcmp(name, "avx2") || !strcmp(name, "avx512"))
                                    ? "this CPU lacks its instructions"
                                    : "unknown (avx512, avx2 or scalar)",

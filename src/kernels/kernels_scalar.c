@@ -62,7 +62,9 @@ uint16_t speck_fp32_to_fp16(float f) {
     return sign | (uint16_t)q; // q == 0x400 is the smallest normal, also correct
 }
 
-float speck_bf16_to_fp32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+float speck_bf16_to_fp32(uint16_t h) {
+    return bits_f32((uint32_t)h << 16);
+}
 
 uint16_t speck_fp32_to_bf16(float f) {
     uint32_t x = f32_bits(f);

@@ -17,12 +17,13 @@ static const speck_preset g_presets[] = {
     {"tiny-qwen2", "qwen2", 512, 512, 64, 2, 4, 1, 192, 1000000.0f, 1e-6f, true, true},
     {"smollm2-135m", "llama", 49152, 8192, 576, 30, 9, 3, 1536, 100000.0f, 1e-5f, true, false},
     {"qwen2.5-0.5b", "qwen2", 151936, 32768, 896, 24, 14, 2, 4864, 1000000.0f, 1e-6f, true, true},
-    {"tinyllama-1.1b", "llama", 32000, 2048, 2048, 22, 32, 4, 5632, 10000.0f, 1e-5f, false,
-     false},
+    {"tinyllama-1.1b", "llama", 32000, 2048, 2048, 22, 32, 4, 5632, 10000.0f, 1e-5f, false, false},
     {NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, false, false},
 };
 
-const speck_preset *speck_presets(void) { return g_presets; }
+const speck_preset *speck_presets(void) {
+    return g_presets;
+}
 
 const speck_preset *speck_preset_find(const char *name) {
     for (const speck_preset *p = g_presets; p->name; p++)
@@ -173,8 +174,10 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
     if (!speck_type_name(type))
         return speck_set_error(SPECK_ERR_ARG, "init: unsupported weight type %d", (int)type);
     if (p->n_embd % speck_type_block_size(type) || p->n_ff % speck_type_block_size(type))
-        return speck_set_error(SPECK_ERR_ARG, "init: preset '%s' widths are not multiples of %s "
-                               "blocks", p->name, speck_type_name(type));
+        return speck_set_error(SPECK_ERR_ARG,
+                               "init: preset '%s' widths are not multiples of %s "
+                               "blocks",
+                               p->name, speck_type_name(type));
     speck_gguf_writer *w = speck_gguf_writer_new();
     if (!w) return SPECK_ERR_NOMEM;
     vocab_build v;
@@ -251,8 +254,10 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
                 b[i] = random_tensor(&bl, SPECK_TYPE_F32, 1, sz[i], seed, ++tid, 0.0f, 0.02f);
                 char bn[64];
                 snprintf(bn, sizeof bn, "blk.%d.%s", l, names[i]);
-                if (!b[i]) err = SPECK_ERR_NOMEM;
-                else VEC(bn, sz[i], b[i]);
+                if (!b[i])
+                    err = SPECK_ERR_NOMEM;
+                else
+                    VEC(bn, sz[i], b[i]);
             }
         }
         MAT(N("attn_output.weight"), E, Q);
@@ -264,8 +269,10 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
     }
 #undef MAT
 #undef VEC
-    if (!err) err = speck_gguf_writer_save(w, path);
-    else if (err == SPECK_ERR_NOMEM) speck_set_error(err, "init: out of memory");
+    if (!err)
+        err = speck_gguf_writer_save(w, path);
+    else if (err == SPECK_ERR_NOMEM)
+        speck_set_error(err, "init: out of memory");
     speck_gguf_writer_free(w);
     for (int i = 0; i < bl.n; i++) free(bl.bufs[i]);
     free(bl.bufs);

@@ -34,8 +34,8 @@ static int req_int(loader *L, const char *suffix, int *out) {
                                L->arch, suffix);
     int64_t v = speck_gguf_get_int(L->m->g, i);
     if (v <= 0 || v > (1 << 30))
-        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' = %lld is out of range",
-                               L->path, L->arch, suffix, (long long)v);
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' = %lld is out of range", L->path,
+                               L->arch, suffix, (long long)v);
     *out = (int)v;
     return 0;
 }
@@ -80,10 +80,9 @@ static const speck_gguf_tensor *get_tensor(loader *L, const char *name, int64_t 
                                    L->path, name, (long long)t->ne[0], (long long)t->ne[1],
                                    (long long)t->ne[2], (long long)ne0, (long long)ne1);
         else
-            *err = speck_set_error(SPECK_ERR_FORMAT,
-                                   "%s: tensor '%s' has shape [%lld, %lld], expected [%lld]",
-                                   L->path, name, (long long)t->ne[0], (long long)t->ne[1],
-                                   (long long)ne0);
+            *err = speck_set_error(
+                SPECK_ERR_FORMAT, "%s: tensor '%s' has shape [%lld, %lld], expected [%lld]",
+                L->path, name, (long long)t->ne[0], (long long)t->ne[1], (long long)ne0);
         return NULL;
     }
     if (!is_compute_type(t->type)) {
@@ -221,8 +220,8 @@ static int load_tensors(loader *L) {
             KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
     int err;
     const speck_gguf_tensor *te = speck_gguf_find_tensor(m->g, "token_embd.weight");
-    if (!te) return speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'",
-                                    L->path);
+    if (!te)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor 'token_embd.weight'", L->path);
     // Vocabulary size: from the tokenizer when present (and it must then agree with the
     // embedding), else from the embedding.
     int64_t vi = speck_gguf_find_key(m->g, "tokenizer.ggml.tokens");
@@ -264,7 +263,8 @@ static int load_tensors(loader *L) {
         if (!!ly->bq != !!ly->bk || !!ly->bq != !!ly->bv)
             return speck_set_error(SPECK_ERR_FORMAT,
                                    "%s: layer %d has only some of the q/k/v biases", L->path, l);
-        if (l == 0) m->hp.qkv_bias = ly->bq != NULL;
+        if (l == 0)
+            m->hp.qkv_bias = ly->bq != NULL;
         else if (m->hp.qkv_bias != (ly->bq != NULL))
             return speck_set_error(SPECK_ERR_FORMAT, "%s: q/k/v biases present in some layers only",
                                    L->path);
@@ -284,7 +284,9 @@ static int load_tensors(loader *L) {
 //   mapped: the row kernels could not keep up with the memory, the panel ones can. The panels
 //   replace the rows: each chunk's mapped pages are dropped once packed (every later use reads
 //   the panels), so resident memory stays about the file's size.
-static bool quantized(speck_type t) { return t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0; }
+static bool quantized(speck_type t) {
+    return t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0;
+}
 
 // Bytes w's panel copy takes in the shared buffer (64-byte aligned slots).
 static size_t panel_slot(const speck_weight *w) {
@@ -353,7 +355,9 @@ static int pack_panels(speck_model *m) {
     return 0;
 }
 
-speck_model *speck_model_load(const char *path) { return speck_model_load_ex(path, 0); }
+speck_model *speck_model_load(const char *path) {
+    return speck_model_load_ex(path, 0);
+}
 
 speck_model *speck_model_load_ex(const char *path, unsigned flags) {
     speck_gguf *g = speck_gguf_open_ex(path, flags);
@@ -396,8 +400,12 @@ void speck_model_free(speck_model *m) {
     free(m);
 }
 
-const speck_hparams *speck_model_hparams(const speck_model *m) { return &m->hp; }
-const speck_gguf *speck_model_gguf(const speck_model *m) { return m->g; }
+const speck_hparams *speck_model_hparams(const speck_model *m) {
+    return &m->hp;
+}
+const speck_gguf *speck_model_gguf(const speck_model *m) {
+    return m->g;
+}
 
 static size_t weight_bytes(const speck_weight *w) {
     return w->data ? speck_type_row_size(w->type, w->n_in) * (size_t)w->n_out : 0;
@@ -419,4 +427,6 @@ size_t speck_model_bytes_per_token(const speck_model *m) {
     return total;
 }
 
-speck_type speck_model_weight_type(const speck_model *m) { return m->layers[0].wq.type; }
+speck_type speck_model_weight_type(const speck_model *m) {
+    return m->layers[0].wq.type;
+}

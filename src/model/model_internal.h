@@ -18,9 +18,9 @@ typedef struct {
 
 typedef struct {
     const float *attn_norm, *ffn_norm; // (n_embd)
-    speck_weight wq, wk, wv, wo;       // (n_head*hd, n_embd) (n_kv*hd, n_embd) x2 (n_embd, n_head*hd)
-    speck_weight wg, wu, wd;           // (n_ff, n_embd) x2, (n_embd, n_ff)
-    const float *bq, *bk, *bv;         // Qwen2 biases or NULL
+    speck_weight wq, wk, wv, wo; // (n_head*hd, n_embd) (n_kv*hd, n_embd) x2 (n_embd, n_head*hd)
+    speck_weight wg, wu, wd;     // (n_ff, n_embd) x2, (n_embd, n_ff)
+    const float *bq, *bk, *bv;   // Qwen2 biases or NULL
 } speck_layer;
 
 struct speck_model {
@@ -33,7 +33,7 @@ struct speck_model {
     float *rope_freq; // (head_dim/2) angle per position unit for each rotated pair, scaling applied
     float **owned;    // f32 copies of norm/bias vectors stored in other types
     int n_owned;
-    void *panels;     // the weights' panel copies (speck_weight.packed point into it), or NULL
+    void *panels; // the weights' panel copies (speck_weight.packed point into it), or NULL
 };
 
 #endif

@@ -12,15 +12,22 @@ struct speck_sampler {
     uint64_t rng[4];
     int32_t *hist; // ring buffer of the last repeat_last_n accepted tokens
     int hist_n, hist_pos;
-    float *buf;    // (n_vocab) penalised logits
-    int32_t *idx;  // (n_vocab) sort order
+    float *buf;   // (n_vocab) penalised logits
+    int32_t *idx; // (n_vocab) sort order
 };
 
-bool speck_sampler_is_greedy(const speck_sampler *s) { return s->p.temperature <= 0.0f; }
+bool speck_sampler_is_greedy(const speck_sampler *s) {
+    return s->p.temperature <= 0.0f;
+}
 
 speck_sampler_params speck_sampler_default(void) {
-    return (speck_sampler_params){.temperature = 0.0f, .top_k = 0, .top_p = 1.0f, .min_p = 0.0f,
-                                  .repeat_penalty = 1.0f, .repeat_last_n = 64, .seed = 42};
+    return (speck_sampler_params){.temperature = 0.0f,
+                                  .top_k = 0,
+                                  .top_p = 1.0f,
+                                  .min_p = 0.0f,
+                                  .repeat_penalty = 1.0f,
+                                  .repeat_last_n = 64,
+                                  .seed = 42};
 }
 
 // splitmix64 seeds xoshiro256**: any seed, including 0, gives a well-mixed state.
@@ -31,7 +38,9 @@ static uint64_t splitmix(uint64_t *x) {
     return z ^ (z >> 31);
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t next(uint64_t *s) {
     uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
@@ -44,7 +53,9 @@ static uint64_t next(uint64_t *s) {
     return r;
 }
 
-double speck_sampler_uniform(speck_sampler *s) { return (next(s->rng) >> 11) * 0x1.0p-53; }
+double speck_sampler_uniform(speck_sampler *s) {
+    return (next(s->rng) >> 11) * 0x1.0p-53;
+}
 
 void speck_sampler_reset(speck_sampler *s) {
     uint64_t x = s->p.seed;
@@ -139,8 +150,8 @@ void speck_sampler_probs(speck_sampler *s, const float *logits, float *probs) {
         probs[speck_argmax(l, n)] = 1.0f;
         return;
     }
-    const double sum = softmax_unnormalised(l, n, l[speck_argmax(l, n)], 1.0f / s->p.temperature,
-                                            probs);
+    const double sum =
+        softmax_unnormalised(l, n, l[speck_argmax(l, n)], 1.0f / s->p.temperature, probs);
     for (int i = 0; i < n; i++) probs[i] = (float)(probs[i] / sum);
     int filter = (s->p.top_k > 0 && s->p.top_k < n) || s->p.top_p < 1.0f || s->p.min_p > 0.0f;
     if (!filter) return;

@@ -16,9 +16,9 @@ struct tok_cache_entry {
     uint32_t key_off, key_len, ids_off, n_ids;
 };
 
-#define CACHE_SLOTS (1u << 16)      // entries are dropped all at once when half full
-#define CACHE_ARENA (8u << 20)      // bytes of keys + ids
-#define CACHE_MAX_WORD 128          // longer words are not worth remembering
+#define CACHE_SLOTS (1u << 16) // entries are dropped all at once when half full
+#define CACHE_ARENA (8u << 20) // bytes of keys + ids
+#define CACHE_MAX_WORD 128     // longer words are not worth remembering
 
 void tok_cache_init(tok_cache *c) {
     memset(c, 0, sizeof *c);
@@ -110,9 +110,9 @@ out:
 /* ---------------------------------------------------------------------------------------- */
 
 typedef struct {
-    int32_t id;    // token of the symbol's current text, -1 if none
-    uint32_t off;  // byte range in the word text (for fallbacks)
-    uint32_t n;    // 0 once merged into its left neighbour
+    int32_t id;   // token of the symbol's current text, -1 if none
+    uint32_t off; // byte range in the word text (for fallbacks)
+    uint32_t n;   // 0 once merged into its left neighbour
     int32_t prev, next;
 } sym;
 
@@ -254,8 +254,7 @@ static int merge_word(const speck_vocab *v, work *w, const char *text, size_t le
     return SPECK_OK;
 }
 
-static int encode_word(const speck_vocab *v, work *w, const char *text, size_t len,
-                       tok_out *out) {
+static int encode_word(const speck_vocab *v, work *w, const char *text, size_t len, tok_out *out) {
     if (len == 0) return SPECK_OK;
     if (v->ignore_merges) {
         // Llama 3: a word that is already a token is emitted whole, merges notwithstanding.

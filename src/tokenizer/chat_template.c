@@ -28,7 +28,9 @@ static void put(sink *o, const char *s, size_t len) {
     o->n += (int64_t)len;
 }
 
-static void puts_(sink *o, const char *s) { put(o, s, strlen(s)); }
+static void puts_(sink *o, const char *s) {
+    put(o, s, strlen(s));
+}
 
 // Whitespace as both Jinja's Python `strip`/`trim` and transformers.js's JS `trim` see it: ASCII
 // \t \n \v \f \r and space, plus the Unicode spaces the two agree on (NBSP, U+1680,
@@ -63,9 +65,13 @@ static void put_trimmed_n(sink *o, const char *s, size_t n) {
     put(o, (const char *)p, n);
 }
 
-static void put_trimmed(sink *o, const char *s) { put_trimmed_n(o, s, strlen(s)); }
+static void put_trimmed(sink *o, const char *s) {
+    put_trimmed_n(o, s, strlen(s));
+}
 
-static bool is_role(const speck_chat_msg *m, const char *role) { return !strcmp(m->role, role); }
+static bool is_role(const speck_chat_msg *m, const char *role) {
+    return !strcmp(m->role, role);
+}
 
 /* ---------------------------------------------------------------------------------------- */
 /* Formats                                                                                   */
@@ -206,8 +212,8 @@ typedef struct {
 } tmpl;
 
 static const tmpl TEMPLATES[] = {
-    {"chatml", render_chatml}, {"llama2", render_llama2}, {"llama3", render_llama3},
-    {"mistral", render_mistral}, {"gemma", render_gemma}, {"phi3", render_phi3},
+    {"chatml", render_chatml},   {"llama2", render_llama2}, {"llama3", render_llama3},
+    {"mistral", render_mistral}, {"gemma", render_gemma},   {"phi3", render_phi3},
     {"zephyr", render_zephyr},
 };
 #define N_TEMPLATES (sizeof TEMPLATES / sizeof TEMPLATES[0])
@@ -216,10 +222,10 @@ static const tmpl TEMPLATES[] = {
 static const struct {
     const char *alias, *name;
 } ALIASES[] = {
-    {"qwen", "chatml"},     {"qwen2", "chatml"},    {"qwen3", "chatml"},
-    {"llama-2", "llama2"},  {"llama-3", "llama3"},  {"llama3.1", "llama3"},
+    {"qwen", "chatml"},      {"qwen2", "chatml"},   {"qwen3", "chatml"},
+    {"llama-2", "llama2"},   {"llama-3", "llama3"}, {"llama3.1", "llama3"},
     {"llama-3.1", "llama3"}, {"gemma2", "gemma"},   {"gemma3", "gemma"},
-    {"phi-3", "phi3"},      {"phi3.5", "phi3"},     {"mistral-v1", "mistral"},
+    {"phi-3", "phi3"},       {"phi3.5", "phi3"},    {"mistral-v1", "mistral"},
 };
 
 static const tmpl *find_template(const char *name) {

@@ -16,8 +16,10 @@ static int byte_token_value(const char *t, uint32_t len) {
     int v = 0;
     for (int i = 3; i < 5; i++) {
         char c = t[i];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                       : -1;
         if (d < 0) return -1;
         v = v * 16 + d;
     }
@@ -89,8 +91,10 @@ static int append_piece(const speck_vocab *v, int32_t id, char **buf, size_t *n,
         *buf = p;
         *cap = nc;
     }
-    if ((size_t)k <= sizeof small) memcpy(*buf + *n, small, (size_t)k);
-    else speck_token_to_piece(v, id, *buf + *n, k);
+    if ((size_t)k <= sizeof small)
+        memcpy(*buf + *n, small, (size_t)k);
+    else
+        speck_token_to_piece(v, id, *buf + *n, k);
     size_t skip = strip_space && k > 0 && (*buf)[*n] == ' ';
     if (skip) memmove(*buf + *n, *buf + *n + 1, (size_t)k - 1);
     *n += (size_t)k - skip;
@@ -161,8 +165,10 @@ static size_t complete_prefix(const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         uint8_t c = (uint8_t)s[i];
-        size_t need = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 && c <= 0xEF ? 3
-                      : c >= 0xC2 && c <= 0xDF ? 2 : 1;
+        size_t need = c >= 0xF0 && c <= 0xF4   ? 4
+                      : c >= 0xE0 && c <= 0xEF ? 3
+                      : c >= 0xC2 && c <= 0xDF ? 2
+                                               : 1;
         if (need > 1 && i + need > n) {
             bool cont = true;
             for (size_t k = i + 1; k < n; k++) cont &= ((uint8_t)s[k] & 0xC0) == 0x80;

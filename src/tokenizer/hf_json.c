@@ -217,13 +217,15 @@ static int load_config(speck_vocab *v, const cJSON *tj, const char *cfg_path) {
         const cJSON *single = cJSON_GetObjectItemCaseSensitive(pp, "single");
         int n = cJSON_GetArraySize(single);
         for (int i = 0; i < n; i++) {
-            const cJSON *st = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, i),
-                                                               "SpecialToken");
+            const cJSON *st =
+                cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, i), "SpecialToken");
             const char *id = jstr(st, "id");
             int32_t tid = id ? tok_find(v, id, strlen(id)) : -1;
             if (tid < 0) continue;
-            if (i == 0) v->bos = tid, v->add_bos = true;
-            else if (i == n - 1) v->eos = v->eos < 0 ? tid : v->eos, v->add_eos = true;
+            if (i == 0)
+                v->bos = tid, v->add_bos = true;
+            else if (i == n - 1)
+                v->eos = v->eos < 0 ? tid : v->eos, v->add_eos = true;
         }
     }
     if (!cfg_path) return SPECK_OK;
@@ -262,11 +264,11 @@ static int load_config(speck_vocab *v, const cJSON *tj, const char *cfg_path) {
 // of the document, with the two members blanked out, goes to cJSON. When the scanner meets
 // anything unexpected, the lists are filled from a full cJSON parse instead.
 typedef struct {
-    char *text;      // decoded strings, each NUL-terminated
+    char *text; // decoded strings, each NUL-terminated
     size_t len, cap;
-    uint32_t *off;   // string i starts at text + off[i]
-    uint32_t *slen;  // and has slen[i] bytes
-    int32_t *id;     // vocab: the token id; merges: unused
+    uint32_t *off;  // string i starts at text + off[i]
+    uint32_t *slen; // and has slen[i] bytes
+    int32_t *id;    // vocab: the token id; merges: unused
     int n, cap_n;
 } strlist;
 
@@ -319,8 +321,10 @@ static const char *skip_ws(const char *p, const char *e) {
 // p at an opening quote: the position after the closing one, or NULL.
 static const char *skip_string(const char *p, const char *e) {
     for (p++; p < e; p++) {
-        if (*p == '\\') p++;
-        else if (*p == '"') return p + 1;
+        if (*p == '\\')
+            p++;
+        else if (*p == '"')
+            return p + 1;
     }
     return NULL;
 }
@@ -336,8 +340,10 @@ static const char *skip_value(const char *p, const char *e) {
                 if (!(p = skip_string(p, e))) return NULL;
                 continue;
             }
-            if (c == '{' || c == '[') depth++;
-            else if ((c == '}' || c == ']') && --depth == 0) return p + 1;
+            if (c == '{' || c == '[')
+                depth++;
+            else if ((c == '}' || c == ']') && --depth == 0)
+                return p + 1;
             p++;
         }
         return NULL;
@@ -372,7 +378,7 @@ static const char *find_member(const char *p, const char *e, const char *key) {
 }
 
 static int hexval(char c) {
-    return c >= '0' && c <= '9' ? c - '0'
+    return c >= '0' && c <= '9'   ? c - '0'
            : c >= 'a' && c <= 'f' ? c - 'a' + 10
            : c >= 'A' && c <= 'F' ? c - 'A' + 10
                                   : -1;
@@ -406,14 +412,30 @@ static const char *decode_string(const char *p, const char *e, char *out, size_t
         }
         if (++p >= e) return NULL;
         switch (*p) {
-        case '"': out[k++] = '"'; break;
-        case '\\': out[k++] = '\\'; break;
-        case '/': out[k++] = '/'; break;
-        case 'b': out[k++] = '\b'; break;
-        case 'f': out[k++] = '\f'; break;
-        case 'n': out[k++] = '\n'; break;
-        case 'r': out[k++] = '\r'; break;
-        case 't': out[k++] = '\t'; break;
+        case '"':
+            out[k++] = '"';
+            break;
+        case '\\':
+            out[k++] = '\\';
+            break;
+        case '/':
+            out[k++] = '/';
+            break;
+        case 'b':
+            out[k++] = '\b';
+            break;
+        case 'f':
+            out[k++] = '\f';
+            break;
+        case 'n':
+            out[k++] = '\n';
+            break;
+        case 'r':
+            out[k++] = '\r';
+            break;
+        case 't':
+            out[k++] = '\t';
+            break;
         case 'u': {
             unsigned cp, lo;
             if (!hex4(p + 1, e, &cp)) return NULL;
@@ -428,7 +450,8 @@ static const char *decode_string(const char *p, const char *e, char *out, size_t
             }
             if (cp == 0) return NULL;
             // At most 4 bytes for the 6 or 12 escape bytes consumed: stays within the raw length.
-            if (cp < 0x80) out[k++] = (char)cp;
+            if (cp < 0x80)
+                out[k++] = (char)cp;
             else if (cp < 0x800) {
                 out[k++] = (char)(0xC0 | (cp >> 6));
                 out[k++] = (char)(0x80 | (cp & 0x3F));
@@ -444,7 +467,8 @@ static const char *decode_string(const char *p, const char *e, char *out, size_t
             }
             break;
         }
-        default: return NULL;
+        default:
+            return NULL;
         }
     }
     return NULL;
@@ -452,8 +476,8 @@ static const char *decode_string(const char *p, const char *e, char *out, size_t
 
 // Decode the string at p into a scratch buffer that grows to its raw length. Returns the
 // position after it, or NULL (see decode_string).
-static const char *scratch_string(const char *p, const char *e, char **scratch,
-                                  size_t *scratch_cap, size_t *n) {
+static const char *scratch_string(const char *p, const char *e, char **scratch, size_t *scratch_cap,
+                                  size_t *n) {
     const char *q = skip_string(p, e);
     if (!q) return NULL;
     size_t raw = (size_t)(q - p);
@@ -466,8 +490,8 @@ static const char *scratch_string(const char *p, const char *e, char **scratch,
     return decode_string(p, e, *scratch, n) ? q : NULL;
 }
 
-static const char *push_string(strlist *l, const char *p, const char *e, int32_t id,
-                               char **scratch, size_t *scratch_cap) {
+static const char *push_string(strlist *l, const char *p, const char *e, int32_t id, char **scratch,
+                               size_t *scratch_cap) {
     size_t n;
     // Decoded straight into the list's text when it has room for everything up to the end of
     // the document (it was reserved so, see strlist_reserve): no copy through the scratch
@@ -496,8 +520,8 @@ static bool strlist_reserve(strlist *l, size_t bytes) {
     return true;
 }
 
-static bool scan_model(const char *doc, size_t n, strlist *vocab, strlist *merges,
-                       char **rest, size_t *rest_len) {
+static bool scan_model(const char *doc, size_t n, strlist *vocab, strlist *merges, char **rest,
+                       size_t *rest_len) {
     const char *e = doc + n, *p;
     char *scratch = NULL;
     size_t scap = 0;
@@ -617,8 +641,7 @@ static int lists_from_json(const cJSON *vocab, const cJSON *merges, strlist *vl,
             a = cJSON_GetArrayItem(e, 0)->valuestring, al = strlen(a);
             b = cJSON_GetArrayItem(e, 1)->valuestring, bl = strlen(b);
         } else {
-            return speck_set_error(SPECK_ERR_FORMAT, "%s: model.merges[%d]: not a pair", src,
-                                   rank);
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: model.merges[%d]: not a pair", src, rank);
         }
         if (!strlist_push(ml, a, al, 0) || !strlist_push(ml, b, bl, 0))
             return speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
@@ -691,7 +714,8 @@ speck_vocab *tok_vocab_from_hf(const char *path, const char *cfg_path) {
         speck_set_error(SPECK_ERR_FORMAT, "%s: model.vocab / model.merges: missing", path);
         goto fail;
     }
-    const char *cp = jstr(model, "continuing_subword_prefix"), *es = jstr(model, "end_of_word_suffix");
+    const char *cp = jstr(model, "continuing_subword_prefix"),
+               *es = jstr(model, "end_of_word_suffix");
     if ((cp && *cp) || (es && *es)) {
         unsupported(path, "model", "continuing_subword_prefix / end_of_word_suffix");
         goto fail;
@@ -766,7 +790,8 @@ speck_vocab *tok_vocab_from_hf(const char *path, const char *cfg_path) {
         goto fail;
     v->algo = ALGO_BPE_RANKS;
     v->kind = v->byte_level ? SPECK_VOCAB_BPE : SPECK_VOCAB_SPM;
-    v->strip_lead_space = !v->byte_level && decoder_strips(cJSON_GetObjectItemCaseSensitive(tj, "decoder"));
+    v->strip_lead_space =
+        !v->byte_level && decoder_strips(cJSON_GetObjectItemCaseSensitive(tj, "decoder"));
     if (load_config(v, tj, cfg_path)) goto fail;
     if (v->add_bos && v->bos < 0) v->add_bos = false;
     if (v->add_eos && v->eos < 0) v->add_eos = false;

@@ -27,9 +27,12 @@ static int ccc(uint32_t cp) {
     size_t lo = 0, hi = N_CCC;
     while (lo < hi) {
         size_t m = (lo + hi) / 2;
-        if (cp < NFC_CCC[m][0]) hi = m;
-        else if (cp > NFC_CCC[m][1]) lo = m + 1;
-        else return (int)NFC_CCC[m][2];
+        if (cp < NFC_CCC[m][0])
+            hi = m;
+        else if (cp > NFC_CCC[m][1])
+            lo = m + 1;
+        else
+            return (int)NFC_CCC[m][2];
     }
     return 0;
 }
@@ -38,9 +41,12 @@ static const uint32_t *decomp_of(uint32_t cp) {
     size_t lo = 0, hi = N_DECOMP;
     while (lo < hi) {
         size_t m = (lo + hi) / 2;
-        if (cp < NFC_DECOMP[m][0]) hi = m;
-        else if (cp > NFC_DECOMP[m][0]) lo = m + 1;
-        else return NFC_DECOMP[m];
+        if (cp < NFC_DECOMP[m][0])
+            hi = m;
+        else if (cp > NFC_DECOMP[m][0])
+            lo = m + 1;
+        else
+            return NFC_DECOMP[m];
     }
     return NULL;
 }
@@ -54,9 +60,12 @@ static uint32_t compose(uint32_t a, uint32_t b) {
     size_t lo = 0, hi = N_COMPOSE;
     while (lo < hi) {
         size_t m = (lo + hi) / 2;
-        if (a < NFC_COMPOSE[m][0] || (a == NFC_COMPOSE[m][0] && b < NFC_COMPOSE[m][1])) hi = m;
-        else if (a > NFC_COMPOSE[m][0] || b > NFC_COMPOSE[m][1]) lo = m + 1;
-        else return NFC_COMPOSE[m][2];
+        if (a < NFC_COMPOSE[m][0] || (a == NFC_COMPOSE[m][0] && b < NFC_COMPOSE[m][1]))
+            hi = m;
+        else if (a > NFC_COMPOSE[m][0] || b > NFC_COMPOSE[m][1])
+            lo = m + 1;
+        else
+            return NFC_COMPOSE[m][2];
     }
     return 0;
 }

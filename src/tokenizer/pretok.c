@@ -27,9 +27,14 @@ static const char RE_TEKKEN[] =
     "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 // DeepSeek LLM lists its Latin/Greek/Cyrillic/... letters explicitly instead of \p{L}.
 static const char RE_DEEPSEEK_LETTERS[] =
-    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕ"
-    "ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\\x{1F7D}ᾀ-ᾴᾶ-ᾼ\\x{1FBE}ῂ-ῄῆ-ῌῐ-\\x{1FD3}ῖ-\\x{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\\x{2126}ℨ\\x{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭ"
-    "Ꚁ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ\\x{10400}-\\x{1044F}\\x{104B0}-\\x{104D3}\\x{104D8}-\\x{104FB}"
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-"
+    "Ჿᴀ-"
+    "ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕ"
+    "ἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\\x{1F7D}ᾀ-ᾴᾶ-ᾼ\\x{1FBE}ῂ-ῄῆ-ῌῐ-\\x{1FD3}ῖ-\\x{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\\x{2126}"
+    "ℨ\\x{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭ"
+    "Ꚁ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ\\x{10400}-\\x{1044F}\\x{104B0}-\\x{104D3}\\x{104D8}-"
+    "\\x{"
+    "104FB}"
     "\\x{10C80}-\\x{10CB2}\\x{10CC0}-\\x{10CF2}\\x{118A0}-\\x{118DF}\\x{1E900}-\\x{1E943}]+";
 static const char RE_CJK_HANGUL[] = "[一-龥ࠀ-一가-퟿]+";
 
@@ -61,8 +66,7 @@ static const named_pre NAMED[] = {
     {"tekken", {RE_TEKKEN}},
     {"gpt-4o|llama4", {RE_GPT4O}},
     // What llama.cpp applies to a BPE vocabulary naming no (or an unknown) pre-tokenizer.
-    {"default",
-     {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}},
+    {"default", {"[\\p{P}\\$\\+<=>\\^~\\|]+", RE_GPT2, "\\p{N}+", "[0-9][0-9][0-9]"}},
 };
 
 static bool name_in_list(const char *list, const char *name) {
@@ -85,15 +89,14 @@ int tok_pretok_add(tok_pretok *p, const char *pattern, const char *src) {
     PCRE2_SIZE off;
     // MATCH_INVALID_UTF: arbitrary bytes may be encoded; invalid sequences simply never match
     // and end up in the gaps between matches, which are kept as words of their own.
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
-                                   PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &off,
-                                   NULL);
+    pcre2_code *re =
+        pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED,
+                      PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &err, &off, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
-        return speck_set_error(SPECK_ERR_FORMAT,
-                               "%s: pre-tokenizer: regex error at offset %zu: %s", src,
-                               (size_t)off, (const char *)msg);
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: pre-tokenizer: regex error at offset %zu: %s",
+                               src, (size_t)off, (const char *)msg);
     }
     pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); // falls back to the interpreter if unavailable
     p->re[p->n++] = re;
@@ -184,8 +187,8 @@ int tok_pretok_split(const tok_pretok *p, const char *text, size_t len, size_t *
         tn = 0;
         for (size_t i = 0; i < *n_pieces; i += 2) {
             size_t tn0 = tn;
-            rc = split_one(p->re[r], text, (*pieces)[i], (*pieces)[i + 1], md, mc, &tmp, &tn,
-                           &tcap);
+            rc =
+                split_one(p->re[r], text, (*pieces)[i], (*pieces)[i + 1], md, mc, &tmp, &tn, &tcap);
             if (rc == PCRE2_ERROR_JIT_STACKLIMIT && !js) {
                 mc = pcre2_match_context_create(NULL);
                 js = pcre2_jit_stack_create(32 * 1024, 64 * 1024 * 1024, NULL);
@@ -195,8 +198,8 @@ int tok_pretok_split(const tok_pretok *p, const char *text, size_t len, size_t *
                 }
                 pcre2_jit_stack_assign(mc, NULL, js);
                 tn = tn0;
-                rc = split_one(p->re[r], text, (*pieces)[i], (*pieces)[i + 1], md, mc, &tmp,
-                               &tn, &tcap);
+                rc = split_one(p->re[r], text, (*pieces)[i], (*pieces)[i + 1], md, mc, &tmp, &tn,
+                               &tcap);
             }
             if (rc) goto done;
         }
@@ -274,10 +277,14 @@ int tok_utf8_next(const char *str, size_t len, uint32_t *cp) {
     }
     int n;
     uint32_t v, min;
-    if (c >= 0xC2 && c <= 0xDF) n = 2, v = c & 0x1F, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF) n = 3, v = c & 0x0F, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4) n = 4, v = c & 0x07, min = 0x10000;
-    else return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2, v = c & 0x1F, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF)
+        n = 3, v = c & 0x0F, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4)
+        n = 4, v = c & 0x07, min = 0x10000;
+    else
+        return 1;
     if ((size_t)n > len) return 1;
     for (int i = 1; i < n; i++) {
         if ((s[i] & 0xC0) != 0x80) return 1;

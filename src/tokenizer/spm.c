@@ -117,7 +117,8 @@ int tok_spm_encode(const speck_vocab *v, const char *text, size_t len, tok_out *
             continue;
         }
         bool all = v->byte_fallback;
-        for (uint32_t k = 0; all && k < s->n; k++) all = v->byte_tok[(uint8_t)text[s->off + k]] >= 0;
+        for (uint32_t k = 0; all && k < s->n; k++)
+            all = v->byte_tok[(uint8_t)text[s->off + k]] >= 0;
         if (all) {
             for (uint32_t k = 0; k < s->n; k++)
                 if (tok_out_push(out, v->byte_tok[(uint8_t)text[s->off + k]])) goto nomem;

@@ -73,7 +73,9 @@ static int encode_segment(const speck_vocab *v, const char *s, size_t len, tok_o
     return rc;
 }
 
-static bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static bool is_ws(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 // Longest special token starting at text[pos] that the caller allows; -1 if none.
 static int32_t special_at(const speck_vocab *v, const char *text, size_t len, size_t pos,
@@ -103,9 +105,10 @@ int64_t speck_tokenize(const speck_vocab *v, const char *text, size_t len, bool 
     size_t seg = 0, pos = 0;
     while (scan && pos < len) {
         size_t ml = 0;
-        int32_t id = v->sp_lens_start[(uint8_t)text[pos]] == v->sp_lens_start[(uint8_t)text[pos] + 1]
-                         ? -1
-                         : special_at(v, text, len, pos, parse_special, &ml);
+        int32_t id =
+            v->sp_lens_start[(uint8_t)text[pos]] == v->sp_lens_start[(uint8_t)text[pos] + 1]
+                ? -1
+                : special_at(v, text, len, pos, parse_special, &ml);
         if (id < 0) {
             pos++;
             continue;

@@ -43,7 +43,7 @@ typedef struct {
         const char *s; // the token's text
         uint32_t tag;  // high hash bits: most mismatches are rejected without touching the text
         int32_t id;    // -1 = empty
-    } *slots;
+    } * slots;
     uint32_t mask;
 } tok_strmap;
 
@@ -82,14 +82,14 @@ struct speck_vocab {
     speck_vocab_type kind;
     tok_algo algo;
     int32_t n_tokens;
-    char **text;        // NUL-terminated token texts, each preceded by its length (tok_chunk)
+    char **text; // NUL-terminated token texts, each preceded by its length (tok_chunk)
     uint32_t *text_len;
     float *scores;
-    uint8_t *type;      // TOK_*
-    tok_chunk *chunks;  // storage of the texts
-    tok_strmap map;     // text -> id over every token
-    bool dup_texts;     // some text names several ids (the map holds the last)
-    tok_pairmap merges; // ALGO_BPE_RANKS only
+    uint8_t *type;       // TOK_*
+    tok_chunk *chunks;   // storage of the texts
+    tok_strmap map;      // text -> id over every token
+    bool dup_texts;      // some text names several ids (the map holds the last)
+    tok_pairmap merges;  // ALGO_BPE_RANKS only
     int64_t merge_delta; // id - rank of the last merge result (they usually run in step)
 
     int32_t bos, eos, unk, pad, eot, eom;
@@ -114,9 +114,9 @@ struct speck_vocab {
     // caller asks (parse_special), user-defined ones always (as HF and llama.cpp do).
     int32_t *special;
     int n_special, n_user_defined;
-    tok_strmap sp_map;             // text -> id over special[]
-    uint32_t *sp_lens;             // distinct lengths per first byte, longest first
-    int32_t sp_lens_start[257];    // sp_lens index range of first byte b
+    tok_strmap sp_map;              // text -> id over special[]
+    uint32_t *sp_lens;              // distinct lengths per first byte, longest first
+    int32_t sp_lens_start[257];     // sp_lens index range of first byte b
     uint8_t *sp_lstrip, *sp_rstrip; // per token id flags (HF added_tokens), may be NULL
 
     int32_t *eog;

@@ -160,8 +160,8 @@ static int pairmap_init(tok_pairmap *m, int64_t n) {
 // merge results in merge order (Qwen: id = rank + 256 throughout), so the id that keeps the
 // previous result's id - rank is checked first: a sequential compare instead of a hash lookup.
 // Not when texts repeat, where the map's choice among equal texts must win.
-static int32_t merge_result(speck_vocab *v, const char *a, size_t alen, const char *b,
-                            size_t blen, int32_t rank) {
+static int32_t merge_result(speck_vocab *v, const char *a, size_t alen, const char *b, size_t blen,
+                            int32_t rank) {
     int64_t guess = (int64_t)rank + v->merge_delta;
     if (!v->dup_texts && guess >= 0 && guess < v->n_tokens && v->text_len[guess] == alen + blen &&
         !memcmp(v->text[guess], a, alen) && !memcmp(v->text[guess] + alen, b, blen))
@@ -312,15 +312,18 @@ static int build_text_map(speck_vocab *v, const char *src) {
             strmap_prefetch_slot(&v->map, h[j]);
         }
         for (int32_t j = 0; j < nb; j++)
-            if (v->text_len[base + j])
-                v->dup_texts |= strmap_put_h(&v->map, v, base + j, h[j]);
+            if (v->text_len[base + j]) v->dup_texts |= strmap_put_h(&v->map, v, base + j, h[j]);
     }
     return SPECK_OK;
 }
 
 // HF loading needs the text map before merges; expose the step.
-int tok_build_text_map(speck_vocab *v, const char *src) { return build_text_map(v, src); }
-int tok_merges_init(speck_vocab *v, int64_t n) { return pairmap_init(&v->merges, n); }
+int tok_build_text_map(speck_vocab *v, const char *src) {
+    return build_text_map(v, src);
+}
+int tok_merges_init(speck_vocab *v, int64_t n) {
+    return pairmap_init(&v->merges, n);
+}
 
 typedef struct {
     uint8_t first;
@@ -337,8 +340,9 @@ static int cmp_sp(const void *a, const void *b) {
 }
 
 static const char *const EOG_TEXTS[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-    "<EOT>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "<|return|>", "<|call|>", NULL,
+    "<|eot_id|>", "<|im_end|>", "<|end|>",         "<end_of_turn>",         "<|endoftext|>",
+    "<|eom_id|>", "<EOT>",      "<|end_of_text|>", "<｜end▁of▁sentence｜>", "<|return|>",
+    "<|call|>",   NULL,
 };
 
 static int vocab_finish_common(speck_vocab *v, const char *src) {
@@ -364,8 +368,7 @@ static int vocab_finish_common(speck_vocab *v, const char *src) {
     int n = 0;
     for (int32_t i = 0; i < v->n_tokens; i++) {
         uint8_t t = v->type[i];
-        if (v->text_len[i] && (t == TOK_CONTROL || t == TOK_USER_DEFINED || t == TOK_UNKNOWN))
-            n++;
+        if (v->text_len[i] && (t == TOK_CONTROL || t == TOK_USER_DEFINED || t == TOK_UNKNOWN)) n++;
     }
     v->special = malloc(((size_t)n + 1) * sizeof *v->special);
     v->sp_lens = malloc(((size_t)n + 1) * sizeof *v->sp_lens);
@@ -383,8 +386,8 @@ static int vocab_finish_common(speck_vocab *v, const char *src) {
     sp_key *keys = malloc(((size_t)n + 1) * sizeof *keys);
     if (!keys) return speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
     for (int i = 0; i < n; i++)
-        keys[i] = (sp_key){(uint8_t)v->text[v->special[i]][0], v->text_len[v->special[i]],
-                           v->special[i]};
+        keys[i] =
+            (sp_key){(uint8_t)v->text[v->special[i]][0], v->text_len[v->special[i]], v->special[i]};
     qsort(keys, (size_t)n, sizeof *keys, cmp_sp);
     for (int i = 0; i < n; i++) v->special[i] = keys[i].id;
     free(keys);
@@ -420,7 +423,9 @@ static int vocab_finish_common(speck_vocab *v, const char *src) {
     return SPECK_OK;
 }
 
-int tok_vocab_finish(speck_vocab *v, const char *src) { return vocab_finish_common(v, src); }
+int tok_vocab_finish(speck_vocab *v, const char *src) {
+    return vocab_finish_common(v, src);
+}
 
 void speck_vocab_free(speck_vocab *v) {
     if (!v) return;
@@ -471,8 +476,8 @@ static bool gguf_bool(const speck_gguf *g, const char *k, bool dflt) {
 }
 
 static bool is_llama3_pre(const char *pre) {
-    static const char *const names[] = {"llama3", "llama-v3", "llama-bpe", "falcon3",
-                                        "falcon-h1", "pixtral", "midm-2.0", "lfm2", NULL};
+    static const char *const names[] = {"llama3",  "llama-v3", "llama-bpe", "falcon3", "falcon-h1",
+                                        "pixtral", "midm-2.0", "lfm2",      NULL};
     for (int i = 0; pre && names[i]; i++)
         if (!strcmp(pre, names[i])) return true;
     return false;
@@ -491,8 +496,10 @@ speck_vocab *speck_vocab_from_gguf(const speck_gguf *g) {
     }
     const char *model = speck_gguf_get_str(g, km);
     speck_vocab_type kind;
-    if (!strcmp(model, "llama")) kind = SPECK_VOCAB_SPM;
-    else if (!strcmp(model, "gpt2")) kind = SPECK_VOCAB_BPE;
+    if (!strcmp(model, "llama"))
+        kind = SPECK_VOCAB_SPM;
+    else if (!strcmp(model, "gpt2"))
+        kind = SPECK_VOCAB_BPE;
     else {
         speck_set_error(SPECK_ERR_UNSUPPORTED,
                         "%s: tokenizer.ggml.model: \"%s\" not supported (only llama, gpt2)", src,
@@ -501,8 +508,7 @@ speck_vocab *speck_vocab_from_gguf(const speck_gguf *g) {
     }
     int64_t kt = key_of(g, "tokenizer.ggml.tokens", SPECK_GGUF_ARRAY);
     if (kt < 0 || speck_gguf_arr_type(g, kt) != SPECK_GGUF_STRING) {
-        speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.tokens: missing or not strings",
-                        src);
+        speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.tokens: missing or not strings", src);
         return NULL;
     }
     int64_t n = speck_gguf_arr_n(g, kt);
@@ -539,8 +545,8 @@ speck_vocab *speck_vocab_from_gguf(const speck_gguf *g) {
     if (ky >= 0) {
         speck_gguf_vtype at = speck_gguf_arr_type(g, ky);
         if ((at != SPECK_GGUF_INT32 && at != SPECK_GGUF_UINT32) || speck_gguf_arr_n(g, ky) != n) {
-            speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.token_type: want %lld i32",
-                            src, (long long)n);
+            speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.token_type: want %lld i32", src,
+                            (long long)n);
             goto fail;
         }
         const uint8_t *p = speck_gguf_arr_data(g, ky);
@@ -592,14 +598,13 @@ speck_vocab *speck_vocab_from_gguf(const speck_gguf *g) {
             const char *s = speck_gguf_arr_str(g, kg, i, &len);
             const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
             if (!sp || len > UINT32_MAX) {
-                speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.merges[%lld]: no space",
-                                src, (long long)i);
+                speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.merges[%lld]: no space", src,
+                                (long long)i);
                 goto fail;
             }
-            batch[nb++] = (tok_merge_text){s, sp + 1, (uint32_t)(sp - s),
-                                           (uint32_t)(s + len - sp - 1)};
-            if ((nb == 256 || i == nm - 1) &&
-                tok_add_merges(v, batch, nb, (int32_t)(i + 1 - nb))) {
+            batch[nb++] =
+                (tok_merge_text){s, sp + 1, (uint32_t)(sp - s), (uint32_t)(s + len - sp - 1)};
+            if ((nb == 256 || i == nm - 1) && tok_add_merges(v, batch, nb, (int32_t)(i + 1 - nb))) {
                 speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
                 goto fail;
             }
@@ -626,7 +631,6 @@ fail:
     speck_vocab_free(v);
     return NULL;
 }
-
 
 static bool ends_with(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
@@ -686,13 +690,27 @@ speck_vocab *speck_vocab_load(const char *path) {
 /* Accessors                                                                                 */
 /* ---------------------------------------------------------------------------------------- */
 
-speck_vocab_type speck_vocab_kind(const speck_vocab *v) { return v->kind; }
-int32_t speck_vocab_n_tokens(const speck_vocab *v) { return v->n_tokens; }
-int32_t speck_vocab_bos(const speck_vocab *v) { return v->bos; }
-int32_t speck_vocab_eos(const speck_vocab *v) { return v->eos; }
-bool speck_vocab_add_bos(const speck_vocab *v) { return v->add_bos; }
-bool speck_vocab_add_eos(const speck_vocab *v) { return v->add_eos; }
-const char *speck_vocab_chat_template(const speck_vocab *v) { return v->chat_template; }
+speck_vocab_type speck_vocab_kind(const speck_vocab *v) {
+    return v->kind;
+}
+int32_t speck_vocab_n_tokens(const speck_vocab *v) {
+    return v->n_tokens;
+}
+int32_t speck_vocab_bos(const speck_vocab *v) {
+    return v->bos;
+}
+int32_t speck_vocab_eos(const speck_vocab *v) {
+    return v->eos;
+}
+bool speck_vocab_add_bos(const speck_vocab *v) {
+    return v->add_bos;
+}
+bool speck_vocab_add_eos(const speck_vocab *v) {
+    return v->add_eos;
+}
+const char *speck_vocab_chat_template(const speck_vocab *v) {
+    return v->chat_template;
+}
 
 bool speck_vocab_is_eog(const speck_vocab *v, int32_t id) {
     for (int i = 0; i < v->n_eog; i++)

@@ -193,8 +193,10 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
     int n_special = p->n_specials;
     int target = p->vocab_size - n_special;
     if (target < 256)
-        return speck_set_error(SPECK_ERR_ARG, "bpe: vocab_size %d leaves no room for the 256 byte "
-                               "tokens and %d specials", p->vocab_size, n_special);
+        return speck_set_error(SPECK_ERR_ARG,
+                               "bpe: vocab_size %d leaves no room for the 256 byte "
+                               "tokens and %d specials",
+                               p->vocab_size, n_special);
     if (t->n == 0) return speck_set_error(SPECK_ERR_ARG, "bpe: no training text (empty corpus)");
     int min_freq = p->min_frequency > 0 ? p->min_frequency : 2;
     // Words as symbol arrays (initially bytes), in table order.
@@ -235,11 +237,13 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
         for (int64_t i = 0; i < pt.cap; i++) {
             pair_entry *e = &pt.e[i];
             if (e->key && e->count >= min_freq &&
-                (!best || e->count > best->count || (e->count == best->count && e->key < best->key)))
+                (!best || e->count > best->count ||
+                 (e->count == best->count && e->key < best->key)))
                 best = e;
         }
         if (!best) break; // nothing left worth merging
-        uint32_t a = (uint32_t)((best->key - 1) >> 32), b = (uint32_t)((best->key - 1) & 0xffffffff);
+        uint32_t a = (uint32_t)((best->key - 1) >> 32),
+                 b = (uint32_t)((best->key - 1) & 0xffffffff);
         int32_t id = n_tok;
         if (!(tok[n_tok] = str_cat(tok[a], "", tok[b])) ||
             !(merges[n_merges] = str_cat(tok[a], " ", tok[b])))
@@ -288,8 +292,8 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
     err |= speck_gguf_set_str(gw, "general.name", "speck byte-level BPE vocabulary");
     err |= speck_gguf_set_str(gw, "tokenizer.ggml.model", "gpt2");
     err |= speck_gguf_set_str(gw, "tokenizer.ggml.pre", "gpt-2");
-    err |= speck_gguf_set_arr_str(gw, "tokenizer.ggml.tokens", (const char *const *)tok, NULL,
-                                  n_tok);
+    err |=
+        speck_gguf_set_arr_str(gw, "tokenizer.ggml.tokens", (const char *const *)tok, NULL, n_tok);
     err |= speck_gguf_set_arr(gw, "tokenizer.ggml.token_type", SPECK_GGUF_INT32, types, n_tok);
     err |= speck_gguf_set_arr_str(gw, "tokenizer.ggml.merges", (const char *const *)merges, NULL,
                                   n_merges);
@@ -298,8 +302,10 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
         err |= speck_gguf_set_u32(gw, "tokenizer.ggml.eos_token_id", (uint32_t)(n_tok - n_special));
     }
     err |= speck_gguf_set_bool(gw, "tokenizer.ggml.add_bos_token", false);
-    if (err) err = speck_set_error(SPECK_ERR_NOMEM, "bpe: out of memory");
-    else err = speck_gguf_writer_save(gw, path);
+    if (err)
+        err = speck_set_error(SPECK_ERR_NOMEM, "bpe: out of memory");
+    else
+        err = speck_gguf_writer_save(gw, path);
     speck_gguf_writer_free(gw);
     goto done;
 oom:

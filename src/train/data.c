@@ -119,9 +119,12 @@ static int tokenize_file(const char *path, const speck_vocab *v, ibuf *out) {
     if (ibuf_reserve(out, len + 2)) err = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     if (!err) {
         int64_t n = speck_tokenize(v, text, (size_t)len, false, false, out->d + out->n, len + 2);
-        if (n < 0) err = (int)n;
-        else if (n > len + 2) err = speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer overflow", path);
-        else out->n += n;
+        if (n < 0)
+            err = (int)n;
+        else if (n > len + 2)
+            err = speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer overflow", path);
+        else
+            out->n += n;
     }
     free(text);
     int32_t eos = speck_vocab_eos(v);
@@ -213,8 +216,10 @@ int speck_token_data_build(const char *dir, const char *glob, const speck_vocab 
             snprintf(full, sizeof full, "%s%s%s", dir, *fl.paths[i] ? "/" : "", fl.paths[i]);
             bool val = *fl.paths[i] && is_val(fl.paths[i], val_fraction);
             err = tokenize_file(full, v, val ? &va : &tr);
-            if (val) out->n_files_val++;
-            else out->n_files_train++;
+            if (val)
+                out->n_files_val++;
+            else
+                out->n_files_train++;
         }
         out->train = tr.d, out->n_train = tr.n, out->val = va.d, out->n_val = va.n;
         if (!err && cache_path) err = cache_write(cache_path, key, out);

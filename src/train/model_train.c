@@ -25,30 +25,30 @@
 /* ---- activations -------------------------------------------------------------------------- */
 
 typedef struct {
-    float *x_in;          // (N, C) residual stream entering the layer
-    float *xn1, *rstd1;   // (N, C) attn RMSNorm output, (N) its 1/rms
-    float *q, *k, *v;     // (N, Qd), (N, KVd), (N, KVd); q, k after RoPE
-    float *att;           // (B, H, T, T) softmax probabilities (upper triangle 0)
-    float *ao;            // (N, Qd) attention output before wo
-    float *x_mid;         // (N, C) residual after attention
-    float *xn2, *rstd2;   // (N, C), (N) ffn RMSNorm
-    float *g, *u, *h;     // (N, F) gate pre-activation, up, silu(g)*u
+    float *x_in;        // (N, C) residual stream entering the layer
+    float *xn1, *rstd1; // (N, C) attn RMSNorm output, (N) its 1/rms
+    float *q, *k, *v;   // (N, Qd), (N, KVd), (N, KVd); q, k after RoPE
+    float *att;         // (B, H, T, T) softmax probabilities (upper triangle 0)
+    float *ao;          // (N, Qd) attention output before wo
+    float *x_mid;       // (N, C) residual after attention
+    float *xn2, *rstd2; // (N, C), (N) ffn RMSNorm
+    float *g, *u, *h;   // (N, F) gate pre-activation, up, silu(g)*u
 } tlayer_acts;
 
 struct speck_tacts {
     int B, T;
-    tlayer_acts *l;       // (L)
-    float *x_final;       // (N, C) residual after the last layer
-    float *xf, *rstdf;    // (N, C), (N) final norm
-    float *logits;        // (N, V) logits -> probabilities -> dlogits
-    float *cos, *sin;     // (T, hd/2) RoPE tables for positions 0..T-1
+    tlayer_acts *l;    // (L)
+    float *x_final;    // (N, C) residual after the last layer
+    float *xf, *rstdf; // (N, C), (N) final norm
+    float *logits;     // (N, V) logits -> probabilities -> dlogits
+    float *cos, *sin;  // (T, hd/2) RoPE tables for positions 0..T-1
     // backward scratch
-    float *dx, *dt;       // (N, C) residual gradient, temporary
+    float *dx, *dt;            // (N, C) residual gradient, temporary
     float *dq, *dk, *dv, *dao; // (N, Qd), (N, KVd) x2, (N, Qd)
-    float *dg, *du, *dh;  // (N, F)
-    float *dp;            // (threads, T) attention row scratch
+    float *dg, *du, *dh;       // (N, F)
+    float *dp;                 // (threads, T) attention row scratch
     int dp_threads;
-    void **blocks;        // every allocation above, for freeing
+    void **blocks; // every allocation above, for freeing
     int n_blocks;
 };
 
@@ -125,8 +125,7 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
     if (err) {
         acts_free(a);
         return speck_set_error(SPECK_ERR_NOMEM,
-                               "train: out of memory for the activations of a %d x %d batch", B,
-                               T);
+                               "train: out of memory for the activations of a %d x %d batch", B, T);
     }
     // Same angles as llama.c's rope(): cos/sin of (double)pos * freq, rounded to float.
     for (int t = 0; t < T; t++)
@@ -155,7 +154,7 @@ static void slice(int n, int *r0, int *r1) {
 
 // y: (N, n_out) = x: (N, n_in) · W: (n_out, n_in)ᵀ
 static void matmul_forward(float *y, const float *x, const float *W, int N, int n_in, int n_out) {
-#pragma omp parallel GEMM_PAR((size_t)N * n_in * n_out)
+#pragma omp parallel GEMM_PAR((size_t)N *n_in *n_out)
     {
         int r0, r1;
         slice(N, &r0, &r1);
@@ -169,7 +168,7 @@ static void matmul_forward(float *y, const float *x, const float *W, int N, int 
 // dW: (n_out, n_in) += dyᵀ · x: (N, n_in)
 static void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
                             int N, int n_in, int n_out, bool accumulate) {
-#pragma omp parallel GEMM_PAR((size_t)N * n_in * n_out)
+#pragma omp parallel GEMM_PAR((size_t)N *n_in *n_out)
     {
         int r0, r1;
         slice(N, &r0, &r1);
@@ -184,7 +183,8 @@ static void matmul_backward(float *dx, float *dW, const float *dy, const float *
     }
 }
 
-/* ---- embedding -------------------------------------------------------------------------------- */
+/* ---- embedding --------------------------------------------------------------------------------
+ */
 
 // x: (N, C) = E[tok]; E: (V, C)
 static void embedding_forward(float *x, const float *E, const int32_t *tok, int N, int C) {
@@ -222,8 +222,8 @@ static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *
 }
 
 // dx: (N, C) (+)= r w dy - x r³/C Σ_k dy_k w_k x_k;  dw: (C) += Σ_rows dy x r
-static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
-                             const float *w, const float *rstd, int N, int C, bool accumulate) {
+static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                             const float *rstd, int N, int C, bool accumulate) {
 #pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
     for (int i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * C, *dyi = dy + (size_t)i * C;
@@ -318,9 +318,8 @@ static void attention_forward(float *out, float *att, const float *q, const floa
 // One task per (batch, kv head): the query heads of a group add into the same dk/dv rows in a
 // fixed order, so there are no races.
 static void attention_backward(float *dq, float *dk, float *dv, float *dp_scratch,
-                               const float *dout, const float *att, const float *q,
-                               const float *k, const float *v, int B, int T, int H, int Hkv,
-                               int hd) {
+                               const float *dout, const float *att, const float *q, const float *k,
+                               const float *v, int B, int T, int H, int Hkv, int hd) {
     int Qd = H * hd, KVd = Hkv * hd, group = H / Hkv;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * H * T * T * hd > 2 * PAR_MIN)
@@ -415,8 +414,7 @@ static double crossentropy_forward(float *logits, const int32_t *targets, int N,
 }
 
 // probs: (N, V) in place -> dlogits = scale * (p - onehot(target))
-static void crossentropy_backward(float *probs, const int32_t *targets, int N, int V,
-                                  float scale) {
+static void crossentropy_backward(float *probs, const int32_t *targets, int N, int V, float scale) {
 #pragma omp parallel for schedule(static) if ((size_t)N * V > PAR_MIN)
     for (int i = 0; i < N; i++) {
         float *p = probs + (size_t)i * V;
@@ -440,8 +438,7 @@ static int check_batch(speck_train_model *tm, const int32_t *in, const int32_t *
             return speck_set_error(SPECK_ERR_RANGE,
                                    "train: token id %d at %zu out of range [0, %d) (vocabulary "
                                    "and model do not match?)",
-                                   in[i] < 0 || in[i] >= c->n_vocab ? in[i] : tg[i], i,
-                                   c->n_vocab);
+                                   in[i] < 0 || in[i] >= c->n_vocab ? in[i] : tg[i], i, c->n_vocab);
     return acts_reserve(tm, B, T);
 }
 
@@ -558,8 +555,9 @@ static int validate_config(const speck_train_config *c) {
                                "train config: n_embd %d must split into %d heads of even size",
                                c->n_embd, c->n_head);
     if (c->n_head % c->n_head_kv)
-        return speck_set_error(SPECK_ERR_ARG, "train config: n_head_kv %d does not divide n_head %d",
-                               c->n_head_kv, c->n_head);
+        return speck_set_error(SPECK_ERR_ARG,
+                               "train config: n_head_kv %d does not divide n_head %d", c->n_head_kv,
+                               c->n_head);
     if (!(c->norm_eps > 0) || !(c->rope_freq_base > 0))
         return speck_set_error(SPECK_ERR_ARG, "train config: norm_eps and rope base must be > 0");
     return 0;
@@ -585,7 +583,7 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
     int64_t off = 0;
 #define ADD(nm, r, cols, mat, emb)                                                                 \
     do {                                                                                           \
-        speck_ttensor *t = &tm->tensors[tm->n_tensors++];                                         \
+        speck_ttensor *t = &tm->tensors[tm->n_tensors++];                                          \
         snprintf(t->name, sizeof t->name, "%s", nm);                                               \
         t->offset = off, t->ne0 = cols, t->ne1 = r, t->is_matrix = mat, t->is_embd = emb;          \
         off += (int64_t)(r) * (cols);                                                              \
@@ -657,9 +655,9 @@ speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t
 }
 
 speck_train_config speck_train_config_from_preset(const speck_preset *p) {
-    speck_train_config c = {p->n_vocab, p->n_ctx_train, p->n_embd,     p->n_layer,
-                            p->n_head,  p->n_head_kv,   p->n_ff,       p->norm_eps,
-                            p->rope_freq_base,          p->tied_output};
+    speck_train_config c = {p->n_vocab,        p->n_ctx_train, p->n_embd, p->n_layer,
+                            p->n_head,         p->n_head_kv,   p->n_ff,   p->norm_eps,
+                            p->rope_freq_base, p->tied_output};
     return c;
 }
 
@@ -687,9 +685,9 @@ speck_train_model *speck_train_model_load(const char *path) {
                         path, hp->head_dim, hp->n_head, hp->n_embd);
         goto done;
     }
-    speck_train_config c = {hp->n_vocab, hp->n_ctx_train, hp->n_embd,     hp->n_layer,
-                            hp->n_head,  hp->n_head_kv,   hp->n_ff,       hp->norm_eps,
-                            hp->rope_freq_base,           hp->tied_output};
+    speck_train_config c = {hp->n_vocab,        hp->n_ctx_train, hp->n_embd, hp->n_layer,
+                            hp->n_head,         hp->n_head_kv,   hp->n_ff,   hp->norm_eps,
+                            hp->rope_freq_base, hp->tied_output};
     tm = alloc_model(&c);
     if (!tm) goto done;
     tm->rope_type = hp->rope_type;
@@ -734,7 +732,9 @@ void speck_train_model_free(speck_train_model *tm) {
 const speck_train_config *speck_train_model_config(const speck_train_model *tm) {
     return &tm->cfg;
 }
-int speck_train_n_tensors(const speck_train_model *tm) { return tm->n_tensors; }
+int speck_train_n_tensors(const speck_train_model *tm) {
+    return tm->n_tensors;
+}
 const char *speck_train_tensor_name(const speck_train_model *tm, int i) {
     return i >= 0 && i < tm->n_tensors ? tm->tensors[i].name : NULL;
 }
@@ -745,9 +745,15 @@ float *speck_train_tensor(speck_train_model *tm, int i, bool grad) {
     if (i < 0 || i >= tm->n_tensors) return NULL;
     return (grad ? tm->grads : tm->params) + tm->tensors[i].offset;
 }
-int64_t speck_train_n_params(const speck_train_model *tm) { return tm->n_params; }
-float *speck_train_params(speck_train_model *tm) { return tm->params; }
-float *speck_train_grads(speck_train_model *tm) { return tm->grads; }
+int64_t speck_train_n_params(const speck_train_model *tm) {
+    return tm->n_params;
+}
+float *speck_train_params(speck_train_model *tm) {
+    return tm->params;
+}
+float *speck_train_grads(speck_train_model *tm) {
+    return tm->grads;
+}
 void speck_train_zero_grad(speck_train_model *tm) {
     memset(tm->grads, 0, (size_t)tm->n_params * sizeof(float));
 }

@@ -123,9 +123,10 @@ static int write_model(speck_gguf_writer *w, speck_train_model *tm, speck_type t
         int64_t ne[2] = {t->ne0, t->ne1};
         speck_type tt = t->is_matrix ? type : SPECK_TYPE_F32;
         if (tt != SPECK_TYPE_F32 && t->ne0 % speck_type_block_size(tt))
-            return speck_set_error(SPECK_ERR_ARG, "export: %s row length %lld is not a multiple "
-                                   "of the %s block size", t->name, (long long)t->ne0,
-                                   speck_type_name(tt));
+            return speck_set_error(SPECK_ERR_ARG,
+                                   "export: %s row length %lld is not a multiple "
+                                   "of the %s block size",
+                                   t->name, (long long)t->ne0, speck_type_name(tt));
         const void *data = src;
         if (tt != SPECK_TYPE_F32) {
             size_t rs = speck_type_row_size(tt, t->ne0);
@@ -170,7 +171,7 @@ int speck_train_checkpoint_save(speck_train_model *tm, const speck_train_state *
                                 const char *vocab_path, const char *path) {
     speck_gguf_writer *w = speck_gguf_writer_new();
     void **bufs = calloc((size_t)tm->n_tensors, sizeof *bufs);
-    char (*names)[64] = calloc((size_t)tm->n_tensors * 2, sizeof *names);
+    char(*names)[64] = calloc((size_t)tm->n_tensors * 2, sizeof *names);
     int err = 0;
     if (!w || !bufs || !names) err = speck_set_error(SPECK_ERR_NOMEM, "checkpoint: out of memory");
     if (!vocab_path) vocab_path = tm->src_path;
@@ -186,8 +187,7 @@ int speck_train_checkpoint_save(speck_train_model *tm, const speck_train_state *
         int64_t ne[2] = {t->ne0, t->ne1};
         snprintf(names[2 * i], 64, "adam_m.%s", t->name);
         snprintf(names[2 * i + 1], 64, "adam_v.%s", t->name);
-        err = speck_gguf_add_tensor(w, names[2 * i], SPECK_TYPE_F32, 2, ne,
-                                    tm->adam_m + t->offset);
+        err = speck_gguf_add_tensor(w, names[2 * i], SPECK_TYPE_F32, 2, ne, tm->adam_m + t->offset);
         if (!err)
             err = speck_gguf_add_tensor(w, names[2 * i + 1], SPECK_TYPE_F32, 2, ne,
                                         tm->adam_v + t->offset);
@@ -208,12 +208,14 @@ int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_t
 #define SAME(f)                                                                                    \
     if (!err && a->f != b->f)                                                                      \
         err = speck_set_error(SPECK_ERR_ARG,                                                       \
-                              "%s: checkpoint from another config: " #f " is %g, the run has %g", \
+                              "%s: checkpoint from another config: " #f " is %g, the run has %g",  \
                               path, (double)b->f, (double)a->f);
-    SAME(n_vocab) SAME(n_embd) SAME(n_layer) SAME(n_head) SAME(n_head_kv) SAME(n_ff)
-    SAME(tied_output) SAME(norm_eps) SAME(rope_freq_base)
+    SAME(n_vocab)
+    SAME(n_embd)
+    SAME(n_layer) SAME(n_head) SAME(n_head_kv) SAME(n_ff) SAME(tied_output) SAME(norm_eps)
+        SAME(rope_freq_base)
 #undef SAME
-    speck_gguf *g = err ? NULL : speck_gguf_open(path);
+            speck_gguf *g = err ? NULL : speck_gguf_open(path);
     if (!err && !g) err = SPECK_ERR_IO;
     int64_t ks = g ? speck_gguf_find_key(g, "train.step") : -1;
     if (!err && ks < 0)

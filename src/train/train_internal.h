@@ -7,13 +7,13 @@
 
 // Names C = n_embd, Qd = n_head*hd, KVd = n_head_kv*hd, F = n_ff, V = n_vocab, L = n_layer.
 typedef struct {
-    float *attn_norm;  // (C)
-    float *wq;         // (Qd, C)
-    float *wk, *wv;    // (KVd, C)
-    float *wo;         // (C, Qd)
-    float *ffn_norm;   // (C)
-    float *wg, *wu;    // (F, C)
-    float *wd;         // (C, F)
+    float *attn_norm; // (C)
+    float *wq;        // (Qd, C)
+    float *wk, *wv;   // (KVd, C)
+    float *wo;        // (C, Qd)
+    float *ffn_norm;  // (C)
+    float *wg, *wu;   // (F, C)
+    float *wd;        // (C, F)
 } speck_tlayer;
 
 // Views of one of the flat buffers (params or grads) as the model's tensors.
@@ -38,7 +38,7 @@ struct speck_train_model {
     speck_train_config cfg;
     int head_dim;
     speck_rope_type rope_type;
-    float *rope_freq;  // (head_dim/2)
+    float *rope_freq; // (head_dim/2)
     int n_tensors;
     speck_ttensor *tensors;
     int64_t n_params;
