@@ -390,10 +390,10 @@ static inline __m256 load_w8(const void *w, int64_t i, const int wt, int m) {
                              : load_bf16x8((const uint16_t *)w + i);
 }
 
-// Values of each weight row ftile8 prefetches ahead of its loads: R rows are R streams, and
-// the hardware prefetchers alone kept too few bytes in flight for them (smollm2-135m F32 on
-// this path, 2 Zen 5 cores, alternated: 4-token pass 32-34 -> 25-26 ms, 2 tokens 20-21 -> 17.5,
-// 1 token 13-14 either way; the same on the AVX-512 tiles made the 1-token pass slower).
+// Values of each weight row ftile8 prefetches ahead of its loads: a tile's rows are separate
+// streams (speck_mm_rows takes them from separate parts of a row range), and the hardware
+// prefetchers alone kept too few bytes in flight for them (smollm2-135m F32 on this path, 2 Zen
+// 5 cores, adjacent rows, alternated: 4-token pass 32-34 -> 25-26 ms, 2 tokens 20-21 -> 17.5).
 // Prefetches past a row's end touch the next row or nothing: harmless.
 #ifndef SPECK_FT_AHEAD
 #define SPECK_FT_AHEAD 512
@@ -444,9 +444,9 @@ static inline __attribute__((always_inline)) void ftile8(const void *w, size_t w
         for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
 }
 
-SPECK_FLOAT_TILES(mm_f32_avx2, ftile8, SPECK_W_F32, 8, 4, 2)
-SPECK_FLOAT_TILES(mm_f16_avx2, ftile8, SPECK_W_F16, 8, 4, 2)
-SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 8, 4, 2)
+SPECK_FLOAT_TILES(mm_f32_avx2, ftile8, SPECK_W_F32, 4, 4, 2)
+SPECK_FLOAT_TILES(mm_f16_avx2, ftile8, SPECK_W_F16, 4, 4, 2)
+SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 4, 4, 2)
 
 // One Q4_0 (q8 = 0) or Q8_0 (q8 = 1) weight row x T tokens of Q8_0 block activations, the float
 // tiles' scheme: per 32-value block and token, the row dots' lane sums (dot_q4_lanes /
@@ -707,7 +707,8 @@ const speck_kernel_table speck_kernels_avx2 = {
     .mm_qtile_q4_0 = mm_qtile_q4_0_avx2,
     .mm_qtile_q8_0 = mm_qtile_q8_0_avx2,
     .mm_q_tile_rows = {0, 1, 1, 1, 1},
-    .mm_tile_rows = {0, 8, 4, 2, 2},
+    .mm_tile_rows = {0, 4, 4, 2, 2},
+    .mm_tile_spread = 4,
     .mm_f32 = mm_f32_avx2,
     .mm_f16 = mm_f16_avx2,
     .mm_bf16 = mm_bf16_avx2,

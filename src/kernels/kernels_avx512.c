@@ -77,6 +77,10 @@ static float dot_bf16_avx512(const uint16_t *w, const float *x, int64_t n) {
     return fdot_body(w, SPECK_W_BF16, x, n);
 }
 
+// Values of each weight row a float tile prefetches ahead of its loads (see speck_mm_rows: a
+// tile's rows are separate streams).
+#define SPECK_FT_AHEAD 512
+
 // A tile of R weight rows x T activation rows (R * T <= 16), one accumulator per output and
 // one FMA chain over the row's 16-value chunks, then all sums in one transposing tree: the
 // per-output horizontal sum was most of the work for short rows (n_in 256-576). Each output's
@@ -97,6 +101,9 @@ static inline __attribute__((always_inline)) void ftile_body(const void *w, size
     for (; i + 16 <= n; i += 16) {
         __m512 xv[4];
         for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(xr[t] + i);
+        if ((i * esz) % 64 == 0) // once per cache line of each row
+            for (int r = 0; r < R; r++)
+                _mm_prefetch(wr[r] + (i + SPECK_FT_AHEAD) * esz, _MM_HINT_T0);
         for (int r = 0; r < R; r++) {
             const __m512 wv = load_w16(wr[r] + i * esz, 0, wt, 0xFFFF);
             for (int t = 0; t < T; t++) acc[t * R + r] = _mm512_fmadd_ps(wv, xv[t], acc[t * R + r]);
@@ -117,9 +124,9 @@ static inline __attribute__((always_inline)) void ftile_body(const void *w, size
         for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
 }
 
-SPECK_FLOAT_TILES(mm_f32_avx512, ftile_body, SPECK_W_F32, 16, 8, 4)
-SPECK_FLOAT_TILES(mm_f16_avx512, ftile_body, SPECK_W_F16, 16, 8, 4)
-SPECK_FLOAT_TILES(mm_bf16_avx512, ftile_body, SPECK_W_BF16, 16, 8, 4)
+SPECK_FLOAT_TILES(mm_f32_avx512, ftile_body, SPECK_W_F32, 4, 4, 4)
+SPECK_FLOAT_TILES(mm_f16_avx512, ftile_body, SPECK_W_F16, 4, 4, 4)
+SPECK_FLOAT_TILES(mm_bf16_avx512, ftile_body, SPECK_W_BF16, 4, 4, 4)
 
 // Stores a panel tile's accumulators acc[t * R + r] (16 rows of panel r for token t) to
 // y + t * ldy + 16 * r, =, or += when accumulate; lanes outside m0 (first panel) and m1 (last)
@@ -961,7 +968,8 @@ const speck_kernel_table speck_kernels_avx512 = {
     .dot_q4_0 = dot_q4_0_avx512,
     .mm_q4_0 = mm_q4_0_avx512,
     .mm_q8_0 = mm_q8_0_avx512,
-    .mm_tile_rows = {0, 16, 8, 4, 4},
+    .mm_tile_rows = {0, 4, 4, 4, 4},
+    .mm_tile_spread = 4,
     .mm_f32 = mm_f32_avx512,
     .mm_f16 = mm_f16_avx512,
     .mm_bf16 = mm_bf16_avx512,

@@ -97,6 +97,9 @@ typedef struct {
     // Rows per tile for a call whose token groups hold T tokens (index T = 1..SPECK_MT): the
     // matmul hands the float tile kernels row blocks of this size (fewer at the end).
     int mm_tile_rows[SPECK_MT + 1];
+    // Tiles of at most this many rows take them from separate equal parts of a row range (one
+    // weight stream each) rather than adjacent rows; each row's result is the same either way.
+    int mm_tile_spread;
     // Panel kernels for float weights repacked by speck_panel_pack (16-row panels, k-major).
     // np (1..panel_group[nt]) consecutive panels, pbytes apart, of n inputs each, times nt
     // (1..panel_tokens) f32 token rows x + t * ldx: y[t * ldy + 16 * p + j] (=, or += when
