@@ -667,7 +667,8 @@ static inline __attribute__((always_inline)) void pq_body2(const uint8_t *P, siz
     store_halves(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
-// Panel groups per token count: 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_q_group below).
+// Panel groups per token count: up to 4 x 1, 2 x 2, 1 x 3, 1 x 4 (panel_q_group below: Q4_0
+// calls take 2 x 1, spread).
 #define PQ2_ARGS P, pbytes, pstep, a, t0, y, ldy, m0, m1, accumulate, q8
 #define SPECK_PANELS_Q_AVX2(NAME, Q8)                                                              \
     static void NAME(const void *Pv, size_t pbytes, int np, int64_t pstep, const speck_q8_rows *a, \
@@ -720,7 +721,8 @@ const speck_kernel_table speck_kernels_avx2 = {
     .mm_panel_q4_0 = mm_panel_q4_0_avx2,
     .mm_panel_q8_0 = mm_panel_q8_0_avx2,
     .panel_q_tokens = 4,
-    .panel_q_group = {0, 4, 2, 1, 1},
+    .panel_q_group = {{0, 2, 2, 1, 1}, {0, 4, 2, 1, 1}},
+    .panel_q_spread = {1, 0},
     .gemm_pack = NULL, // prefill uses sgemm
     .gemm_run = NULL,
     .quantize_q8_0 = quantize_q8_0_avx2,

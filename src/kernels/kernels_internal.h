@@ -113,10 +113,10 @@ typedef struct {
     // rows t0 .. t0 + nt - 1 (nt 1..panel_q_tokens) of a (natural order, SPECK_MM_Q8_SPLIT).
     speck_panel_q_fn mm_panel_q4_0, mm_panel_q8_0;
     int panel_q_tokens;
-    int panel_q_group[SPECK_PT + 1];
+    int panel_q_group[2][SPECK_PT + 1]; // [0]: Q4_0, [1]: Q8_0
     // 1: a call's panels are taken from separate equal parts of a row range, one weight stream
     // each, rather than adjacent (speck_mm_panel_rows); either way each row's result is the same.
-    int panel_q_spread;
+    int panel_q_spread[2]; // [0]: Q4_0, [1]: Q8_0
     // Prefill GEMM, NULL where the ISA has none (matmul then uses sgemm).
     // gemm_pack: rows (1..SPECK_GEMM_ROWS) weight rows of type wt (Q8_0 or Q4_0), row stride wrow
     // bytes, n_in values each -> dst: (n_in / 32) * SPECK_GEMM_BLOCK_BYTES bytes, 64-byte aligned.

@@ -453,7 +453,8 @@ int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok) {
     const speck_kernel_table *k = speck_kernels_get();
     if (is_quant(wt)) {
         if (!k->panel_q_tokens) return 16;
-        return 16 * k->panel_q_group[n_tok < k->panel_q_tokens ? n_tok : k->panel_q_tokens];
+        return 16 * k->panel_q_group[wt == SPECK_TYPE_Q8_0]
+                                    [n_tok < k->panel_q_tokens ? n_tok : k->panel_q_tokens];
     }
     if (!k->panel_tokens) return 16;
     return 16 * k->panel_group[n_tok < k->panel_tokens ? n_tok : k->panel_tokens];
@@ -508,19 +509,20 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
                    .p0 = o0 / 16,
                    .p1 = (o1 + 15) / 16,
                    .TG = TG,
-                   .R = quant ? k->panel_q_group[TG] : k->panel_group[TG],
+                   .R = quant ? k->panel_q_group[wt == SPECK_TYPE_Q8_0][TG] : k->panel_group[TG],
                    .accumulate = accumulate};
     const int R = j.R;
     int64_t p = j.p0, end = j.p1;
-    if (quant && R > 1 && k->panel_q_spread) {
+    if (quant && R > 1 && k->panel_q_spread[wt == SPECK_TYPE_Q8_0]) {
         // The R panels of a call come from R equal consecutive parts of the range's whole
         // panels, so each of the call's R weight streams runs on through its part (the next
         // panel of a part follows in memory) instead of ending every panel (16 rows, 18 KB of
         // tinyllama's Q4_0) and being found again by the hardware prefetchers. A standalone
         // loop over 260 MB of Q4_0 panels on 2 threads: ~11 % more bandwidth, read-only
         // streams reach the read probe's; the 1.1B Q4_0 decodes 5-9 % faster, smollm2-135m Q8_0
-        // ~9 %. (Not on AVX2: its slower kernel lost 14 % that way.) A partial first panel goes
-        // before, the rest after.
+        // ~9 %. On AVX2 Q4_0 spreads two panels per call (four spread lost 14 %): the 1.1B
+        // decodes 65-69 -> 79-89 tok/s; its Q8_0 panels stay adjacent (no gain measured). A
+        // partial first panel goes before, the rest after.
         const int64_t f0 = o0 % 16 ? j.p0 + 1 : j.p0, f1 = o1 % 16 ? j.p1 - 1 : j.p1;
         const int64_t L = f1 > f0 ? (f1 - f0) / R : 0;
         if (L > 1) {
