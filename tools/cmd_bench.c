@@ -25,7 +25,7 @@ static inline __attribute__((always_inline)) uint64_t sum_parts(const uint64_t *
     return acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
 }
 
-// Sum of the first n words (less < 32), as one stream or four.
+// Sum of the first n words (all but fewer than 32 at the end), as one stream or four.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) &&                             \
     !defined(__SANITIZE_ADDRESS__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
