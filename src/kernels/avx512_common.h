@@ -3,6 +3,12 @@
 #define SPECK_AVX512_COMMON_H
 
 #include <immintrin.h>
+#include <stdint.h>
+
+// Lanes below r set (r in 0..16).
+static inline __mmask16 tail_mask16(int64_t r) {
+    return (__mmask16)((1u << r) - 1);
+}
 
 // Lane r of the result = the sum of a[r]'s 16 lanes, for 16 vectors at once (a transposing
 // tree: 45 shuffles/adds for 16 sums instead of ~8 each). Every slot goes through the same tree,

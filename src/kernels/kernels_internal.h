@@ -157,6 +157,11 @@ extern const speck_kernel_table speck_kernels_avx512;
 // Scalar row helpers shared by all ISAs (the reference semantics).
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n);
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
+// The AVX-512 table's gemm_pack / gemm_run (src/kernels/gemm_avx512.c).
+void speck_gemm_pack_avx512(speck_type wt, const void *w, size_t wrow, int rows, int64_t n_in,
+                            void *dst);
+void speck_gemm_run_avx512(const void *packed, int rows, const speck_gemm_act *a, float *y,
+                           int64_t ldy);
 // The AVX-512 table's attend_group (src/kernels/attend_avx512.c).
 int speck_attend_group_avx512(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                               const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
