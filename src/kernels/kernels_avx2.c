@@ -444,6 +444,27 @@ static inline __attribute__((always_inline)) void ftile8(const void *w, size_t w
         for (int r = 0; r < rows; r++) out[t * rows + r] = sums[t * R + r];
 }
 
+// The float tile kernels' entry points (speck_kernel_table.mm_f32 ...) from the inlined tile
+// body BODY(w, wrow, rows, x, ldx, nt, n, wt, R, T, out): R1 x 1 and R2 x 2 tiles, E x 3 and
+// E x 4, and E x nt whenever at most E rows are asked for (the last token group of a 5..7-token
+// call), so no tile computes missing rows for nothing. mm_tile_rows is then {0, R1, R2, E, E}.
+#define SPECK_FLOAT_TILES(NAME, BODY, WT, R1, R2, E)                                               \
+    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,    \
+                     int64_t n, float *out) {                                                      \
+        if (nt == 1 && rows > (E))                                                                 \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, R1, 1, out);                                    \
+        else if (nt == 2 && rows > (E))                                                            \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, R2, 2, out);                                    \
+        else if (nt == 1)                                                                          \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 1, out);                                     \
+        else if (nt == 2)                                                                          \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 2, out);                                     \
+        else if (nt == 3)                                                                          \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 3, out);                                     \
+        else                                                                                       \
+            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 4, out);                                     \
+    }
+
 SPECK_FLOAT_TILES(mm_f32_avx2, ftile8, SPECK_W_F32, 4, 4, 2)
 SPECK_FLOAT_TILES(mm_f16_avx2, ftile8, SPECK_W_F16, 4, 4, 2)
 SPECK_FLOAT_TILES(mm_bf16_avx2, ftile8, SPECK_W_BF16, 4, 4, 2)

@@ -23,27 +23,6 @@ typedef void (*speck_panel_q_fn)(const void *P, size_t pbytes, int np, int64_t p
 // Q8_0: the 16 rows' 32 values + 128 (as unsigned bytes) as eight 64-byte groups (group g:
 // values 4g .. 4g + 3 of each row), then the 16 fp16 scales.
 #define SPECK_Q8_PANEL_BLOCK 544
-// The float tile kernels' entry point (speck_kernel_table.mm_f32 ...) from an ISA's inlined tile
-// body BODY(w, wrow, rows, x, ldx, nt, n, wt, R, T, out): R1 x 1 and R2 x 2 tiles, E x 3 and
-// E x 4, and E x nt whenever at most E rows are asked for (the last token group of a 5..7-token
-// call), so no tile computes missing rows for nothing. mm_tile_rows is then {0, R1, R2, E, E}.
-#define SPECK_FLOAT_TILES(NAME, BODY, WT, R1, R2, E)                                               \
-    static void NAME(const void *w, size_t wrow, int rows, const float *x, int64_t ldx, int nt,    \
-                     int64_t n, float *out) {                                                      \
-        if (nt == 1 && rows > (E))                                                                 \
-            BODY(w, wrow, rows, x, ldx, nt, n, WT, R1, 1, out);                                    \
-        else if (nt == 2 && rows > (E))                                                            \
-            BODY(w, wrow, rows, x, ldx, nt, n, WT, R2, 2, out);                                    \
-        else if (nt == 1)                                                                          \
-            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 1, out);                                     \
-        else if (nt == 2)                                                                          \
-            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 2, out);                                     \
-        else if (nt == 3)                                                                          \
-            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 3, out);                                     \
-        else                                                                                       \
-            BODY(w, wrow, rows, x, ldx, nt, n, WT, E, 4, out);                                     \
-    }
-
 // Prefill int8 GEMM (Q8_0 / Q4_0 weights, n_tok at or above the small-batch threshold).
 // Weight rows are repacked per call, one strip of SPECK_GEMM_ROWS rows at a time, into
 // SPECK_GEMM_BLOCK_BYTES bytes per 32-value block (the layout is private to the ISA file).

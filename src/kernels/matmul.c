@@ -449,15 +449,19 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
     }
 }
 
+// Panels per call of wt's panel kernel for n_tok tokens, which it takes *tg at a time (0 and 0
+// where the ISA has no panel kernels for wt).
+static int panel_group(const speck_kernel_table *k, speck_type wt, int64_t n_tok, int *tg) {
+    const int quant = is_quant(wt);
+    const int tmax = quant ? k->panel_q_tokens : k->panel_tokens;
+    *tg = (int)(n_tok < tmax ? n_tok : tmax);
+    return quant ? k->panel_q_group[wt == SPECK_TYPE_Q8_0][*tg] : k->panel_group[*tg];
+}
+
 int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok) {
-    const speck_kernel_table *k = speck_kernels_get();
-    if (is_quant(wt)) {
-        if (!k->panel_q_tokens) return 16;
-        return 16 * k->panel_q_group[wt == SPECK_TYPE_Q8_0]
-                                    [n_tok < k->panel_q_tokens ? n_tok : k->panel_q_tokens];
-    }
-    if (!k->panel_tokens) return 16;
-    return 16 * k->panel_group[n_tok < k->panel_tokens ? n_tok : k->panel_tokens];
+    int tg;
+    const int R = panel_group(speck_kernels_get(), wt, n_tok, &tg);
+    return 16 * (R ? R : 1);
 }
 
 // One speck_mm_panel_rows call: rows [o0, o1) of panels P (pbytes each) against a into Y.
@@ -495,8 +499,8 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
     if (o0 >= o1) return;
     const speck_kernel_table *k = speck_kernels_get();
     const int quant = is_quant(wt);
-    const int tmax = quant ? k->panel_q_tokens : k->panel_tokens;
-    const int TG = (int)(a->n_tok < tmax ? a->n_tok : tmax);
+    int TG;
+    const int R = panel_group(k, wt, a->n_tok, &TG);
     panel_job j = {.qfn = quant ? panel_q_fn(k, wt) : NULL,
                    .ffn = quant ? NULL : panel_fn(k, wt),
                    .P = P,
@@ -509,10 +513,9 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
                    .p0 = o0 / 16,
                    .p1 = (o1 + 15) / 16,
                    .TG = TG,
-                   .R = quant ? k->panel_q_group[wt == SPECK_TYPE_Q8_0][TG] : k->panel_group[TG],
+                   .R = R,
                    .accumulate = accumulate};
-    const int R = j.R;
-    int64_t p = j.p0, end = j.p1;
+    int64_t p = j.p0;
     if (quant && R > 1 && k->panel_q_spread[wt == SPECK_TYPE_Q8_0]) {
         // The R panels of a call come from R equal consecutive parts of the range's whole
         // panels, so each of the call's R weight streams runs on through its part (the next
@@ -531,7 +534,7 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
             p = f0 + R * L;
         }
     }
-    for (; p < end; p += R) panel_call(&j, p, (int)(end - p < R ? end - p : R), 1);
+    for (; p < j.p1; p += R) panel_call(&j, p, (int)(j.p1 - p < R ? j.p1 - p : R), 1);
 }
 
 // Streaming path. W: (n_out, n_in) of type wt; X: (n_tok, n_in) f32; Y: (n_tok, n_out). P: W's
