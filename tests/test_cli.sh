@@ -24,7 +24,7 @@ mentions() {
 expect 2 "no command" -- "$SPECK"
 expect 2 "unknown command" -- "$SPECK" frobnicate
 mentions "unknown command"
-for c in generate bench info init tokenize quantize; do
+for c in generate bench bench-decode info init tokenize quantize; do
   expect 0 "$c --help" -- "$SPECK" "$c" --help
   grep -q "usage: speck $c" "$dir/out" && ok || bad "$c --help prints usage"
   expect 2 "$c unknown option" -- "$SPECK" "$c" --no-such-option
@@ -107,6 +107,24 @@ expect 2 "bad --kv-type" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 
 mentions "--kv-type" "q4_0"
 expect 0 "generate f16 KV cache, accelerated" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world hello world" -n 24 --ignore-eos --kv-type f16 --draft prompt,aded --compare
 grep -q "output identical" "$dir/err" && ok || bad "f16 KV cache: accelerated output differs: $(cat "$dir/err")"
+
+# bench-decode: every strategy greedy-identical to plain decoding, the cost curve, and the
+# perfect-draft ceiling it implies (max of n / cost(n), to the printed rounding).
+printf '%s\n' '"def foo(x):\n    return x + 1\n\ndef bar("' '"hello world hello world hello"' '{"prompt": "import os\nimport sys\n"}' >"$dir/prompts.jsonl"
+expect 0 "bench-decode json" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/prompts.jsonl" -n 12 --json
+/usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["results"]
+assert r[0]["strategy"] == "plain" and len(r) > 5 and all(x["identical"] for x in r), r
+c = d["cost_curve"]
+assert c[0]["n"] == 1 and c[0]["relative_cost"] == 1 and all(x["relative_cost"] > 0 for x in c), c
+best = max(c, key=lambda x: x["n"] / x["relative_cost"])
+cl = d["perfect_draft_ceiling"]
+assert cl["n"] == best["n"] and abs(cl["speedup"] - best["n"] / best["relative_cost"]) < 0.01 * cl["speedup"], cl
+' "$dir/out" && ok || bad "bench-decode --json output: $(head -c 600 "$dir/out")"
+expect 1 "bench-decode missing prompts" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/none.jsonl"
+mentions "none.jsonl" "cannot open"
 
 echo "$pass passed, $fail failed"
 [[ $fail == 0 ]]

@@ -320,6 +320,13 @@ int cmd_bench_decode(int argc, char **argv) {
     for (int i = nsmall; i < ncn; i++) forward_costs(cc, cn + i, 1, 128, 9, V, cost + i);
     speck_ctx_free(cc);
 
+    // What perfect drafts would gain: a pass over n tokens (the last one plus n - 1 drafts) then
+    // yields n tokens, so the best chain is worth max n / cost(n) passes of one token. No
+    // drafter beats this on this model and machine, whatever its acceptance.
+    int bi = 0;
+    for (int i = 1; i < ncn; i++)
+        if (cn[i] / cost[i] > cn[bi] / cost[bi]) bi = i;
+    const double ceiling = cn[bi] * cost[0] / cost[bi];
     double base = R[0][0].tok_s;
     bool all_identical = true;
     if (json) {
@@ -344,7 +351,7 @@ int cmd_bench_decode(int argc, char **argv) {
         for (int i = 0; i < ncn; i++)
             printf("%s{\"n\": %d, \"relative_cost\": %.3f}", i ? ", " : "", cn[i],
                    cost[i] / cost[0]);
-        printf("]}\n");
+        printf("], \"perfect_draft_ceiling\": {\"speedup\": %.3f, \"n\": %d}}\n", ceiling, cn[bi]);
     } else {
         printf("\n%d prompts, %d tokens each, %d threads\n\n", P.n, n_predict, speck_get_threads());
         printf("| strategy | mode | tok/s | speedup | accepted/pass | passes/token | draft time | "
@@ -370,7 +377,9 @@ int cmd_bench_decode(int argc, char **argv) {
         for (int i = 0; i < ncn; i++) printf(" ---: |");
         printf("\n| cost(n)/cost(1) |");
         for (int i = 0; i < ncn; i++) printf(" %.2f |", cost[i] / cost[0]);
-        printf("\n");
+        printf("\n\nceiling: perfect drafts (every candidate accepted) would decode %.2fx as fast "
+               "as plain decoding, verifying %d tokens per pass (n / cost(n) at its best)\n",
+               ceiling, cn[bi]);
     }
     for (int si = 1; si < ns; si++)
         if (R[0][si].total && R[0][si].identical != R[0][si].total) all_identical = false;
