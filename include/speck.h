@@ -503,8 +503,8 @@ typedef enum {
 typedef struct {
     speck_draft_kind kinds[4];      // tried in order; SPECK_DRAFT_NONE ends the list
     const speck_model *draft_model; // for SPECK_DRAFT_MODEL (same vocabulary as the target)
-    int max_draft;                  // longest draft chain (default 6)
-    int max_nodes;  // most candidate tokens verified in one pass, all branches (default 12)
+    int max_draft;                  // longest draft chain (default 4)
+    int max_nodes;  // most candidate tokens verified in one pass, all branches (default 4)
     int tree_width; // alternatives at the first draft position: 1 = a chain (default 1)
     float adaptive; // > 0: stop extending a draft once the predicted chance that some draft
                     // token is rejected exceeds this (SpecDec++-style); 0: fixed length

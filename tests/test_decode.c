@@ -215,6 +215,8 @@ int main(int argc, char **argv) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         speck_spec_params sp = speck_spec_default();
+        sp.max_draft = 6; // deeper and wider than the defaults: more rejections to recover from
+        sp.max_nodes = 12;
         speck_spec_parse_kinds(cases[i].kinds, sp.kinds);
         sp.tree_width = cases[i].width;
         sp.adaptive = cases[i].adaptive;

@@ -117,8 +117,9 @@ static void help(void) {
            "accelerated decoding (same output as plain decoding; docs/decoding.md):\n"
            "  --draft LIST           prompt | aded | jacobi | model:FILE, or a comma list tried\n"
            "                         in order, e.g. prompt,aded\n"
-           "  --draft-max K          longest draft (default 6)\n"
-           "  --draft-nodes N|auto   most candidates verified per pass, 1..14 (default 12);\n"
+           "  --draft-max K          longest draft (default 4; a longer one raises the node\n"
+           "                         budget unless --draft-nodes N is given)\n"
+           "  --draft-nodes N|auto   most candidates verified per pass, 1..14 (default 4);\n"
            "                         auto: chosen each pass from this machine's measured\n"
            "                         verification cost and the observed acceptance rate\n"
            "  --tree-width W         alternative branches per step (default 1 = chain)\n"
@@ -196,6 +197,7 @@ int cmd_generate(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL, *ids_arg = NULL, *draft_arg = NULL, *warm = NULL;
     int n_predict = 128, n_ctx = 0;
     bool stats = true, ignore_eos = false, compare = false;
+    bool draft_max_set = false, nodes_set = false; // given on the command line
     speck_sampler_params sp = speck_sampler_default();
     draft_setup ds = {.sp = speck_spec_default()};
     stop_filter sf = {0};
@@ -225,13 +227,16 @@ int cmd_generate(int argc, char **argv) {
             sf.stops[sf.n_stops++] = v;
         } else if (cli_opt(argc, argv, &i, "--draft", NULL, &v))
             draft_arg = v;
-        else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
+        else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v)) {
             ds.sp.max_draft = (int)cli_int("generate", "--draft-max", v, 1, 64);
-        else if (cli_opt(argc, argv, &i, "--draft-nodes", NULL, &v)) {
+            draft_max_set = true;
+        } else if (cli_opt(argc, argv, &i, "--draft-nodes", NULL, &v)) {
             if (!strcmp(v, "auto"))
                 ds.sp.auto_budget = true;
-            else
+            else {
                 ds.sp.max_nodes = (int)cli_int("generate", "--draft-nodes", v, 1, 14);
+                nodes_set = true;
+            }
         } else if (cli_opt(argc, argv, &i, "--tree-width", NULL, &v))
             ds.sp.tree_width = (int)cli_int("generate", "--tree-width", v, 1, 8);
         else if (cli_opt(argc, argv, &i, "--adaptive", NULL, &v))
@@ -250,6 +255,10 @@ int cmd_generate(int argc, char **argv) {
             return 2;
         }
     }
+    // A longer --draft-max than the node budget would be cut to the budget: without an explicit
+    // --draft-nodes the budget follows it (up to the verifier's 14).
+    if (draft_max_set && !nodes_set && ds.sp.max_draft > ds.sp.max_nodes)
+        ds.sp.max_nodes = ds.sp.max_draft < 14 ? ds.sp.max_draft : 14;
     if (!(path = cli_model_path("generate", path))) return 2;
     if (!prompt && !ids_arg) prompt = "";
     speck_model *m = cli_load_model(path);
