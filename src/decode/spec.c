@@ -39,9 +39,9 @@ speck_spec_params speck_spec_default(void) {
     // more costs more than the drafters' acceptance gains. `bench-decode` on the default code
     // model (30 prompts, greedy, two runs each): the fixed-budget strategies 0.74-1.04x plain
     // decoding with 12 nodes (the previous default), 0.93-1.24x with 4 (3: 1.01-1.21x, 6:
-    // 0.81-1.23x); the auto budget, which chooses up to max_nodes, 1.17-1.21x -> 1.26-1.31x (it
+    // 0.81-1.23x); the auto budget, which chooses up to max_nodes, 1.17-1.21x -> 1.26-1.32x (it
     // also calibrates fewer sizes). On the 1.1B Q4_0 shape, whose weights stream from memory, 5
-    // tokens cost ~1.5 single passes and 13 ~3.5, so longer drafts pay only when nearly all of
+    // tokens cost ~1.2-1.8 single passes and 13 ~3.5, so longer drafts pay only when nearly all of
     // them is accepted there too.
     p.max_draft = 4;
     p.max_nodes = 4;
