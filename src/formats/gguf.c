@@ -139,7 +139,7 @@ const char *speck_gguf_type_label(int t) {
     return "unknown";
 }
 
-static size_t vtype_size(speck_gguf_vtype t) {
+size_t speck_gguf_vtype_size(speck_gguf_vtype t) {
     switch (t) {
     case SPECK_GGUF_UINT8:
     case SPECK_GGUF_INT8:
@@ -251,7 +251,7 @@ static int read_kv(speck_gguf *g, cursor *c, gguf_kv *kv, int64_t idx) {
             }
             return 0;
         }
-        size_t es = vtype_size(kv->arr_type);
+        size_t es = speck_gguf_vtype_size(kv->arr_type);
         if (!es)
             return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s': invalid array element type %u",
                                    g->path, kv->key, at);
@@ -264,7 +264,7 @@ static int read_kv(speck_gguf *g, cursor *c, gguf_kv *kv, int64_t idx) {
         c->p += kv->n * es;
         return 0;
     }
-    size_t es = vtype_size(kv->type);
+    size_t es = speck_gguf_vtype_size(kv->type);
     if (!es)
         return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s': invalid value type %u", g->path,
                                kv->key, t);
@@ -573,7 +573,7 @@ static double scalar_f(speck_gguf_vtype t, const uint8_t *p) {
         int64_t i64;
         double f64;
     } v;
-    memcpy(&v, p, vtype_size(t));
+    memcpy(&v, p, speck_gguf_vtype_size(t));
     switch (t) {
     case SPECK_GGUF_UINT8:
         return v.u8;
@@ -613,12 +613,12 @@ static int64_t scalar_i(speck_gguf_vtype t, const uint8_t *p) {
 
 int64_t speck_gguf_get_int(const speck_gguf *g, int64_t i) {
     const gguf_kv *kv = &g->kv[i];
-    return vtype_size(kv->type) ? scalar_i(kv->type, kv->data) : 0;
+    return speck_gguf_vtype_size(kv->type) ? scalar_i(kv->type, kv->data) : 0;
 }
 
 double speck_gguf_get_float(const speck_gguf *g, int64_t i) {
     const gguf_kv *kv = &g->kv[i];
-    return vtype_size(kv->type) ? scalar_f(kv->type, kv->data) : 0;
+    return speck_gguf_vtype_size(kv->type) ? scalar_f(kv->type, kv->data) : 0;
 }
 
 const char *speck_gguf_get_str(const speck_gguf *g, int64_t i) {
@@ -694,7 +694,8 @@ char *speck_gguf_value_str(const speck_gguf *g, int64_t i, char *buf, size_t siz
             buf[pos++] = '"';
             buf[pos] = 0;
         } else {
-            put_scalar(buf, size, &pos, kv->arr_type, kv->data + j * vtype_size(kv->arr_type));
+            put_scalar(buf, size, &pos, kv->arr_type,
+                       kv->data + j * speck_gguf_vtype_size(kv->arr_type));
         }
     }
     if (kv->n > (uint64_t)max_items && pos + 5 < size) snprintf(buf + pos, size - pos, ", ...");

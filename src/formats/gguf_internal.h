@@ -9,6 +9,9 @@
 // Lower-case label of any ggml type id ("q4_k", ...) or "unknown".
 const char *speck_gguf_type_label(int type);
 
+// Bytes of one value of a scalar metadata type (0 for strings, arrays and unknown types).
+size_t speck_gguf_vtype_size(speck_gguf_vtype t);
+
 // llama.cpp's general.file_type code for a model whose matrices are of type t (ALL_F32 = 0,
 // MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32).
 int speck_gguf_file_type(int t);

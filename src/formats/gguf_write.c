@@ -149,31 +149,9 @@ int speck_gguf_set_str(speck_gguf_writer *w, const char *key, const char *v) {
     return set_kv(w, key, &b);
 }
 
-static size_t elem_size(speck_gguf_vtype t) {
-    switch (t) {
-    case SPECK_GGUF_UINT8:
-    case SPECK_GGUF_INT8:
-    case SPECK_GGUF_BOOL:
-        return 1;
-    case SPECK_GGUF_UINT16:
-    case SPECK_GGUF_INT16:
-        return 2;
-    case SPECK_GGUF_UINT32:
-    case SPECK_GGUF_INT32:
-    case SPECK_GGUF_FLOAT32:
-        return 4;
-    case SPECK_GGUF_UINT64:
-    case SPECK_GGUF_INT64:
-    case SPECK_GGUF_FLOAT64:
-        return 8;
-    default:
-        return 0;
-    }
-}
-
 int speck_gguf_set_arr(speck_gguf_writer *w, const char *key, speck_gguf_vtype vtype,
                        const void *data, int64_t n) {
-    size_t es = elem_size(vtype);
+    size_t es = speck_gguf_vtype_size(vtype);
     if (!es || n < 0)
         return speck_set_error(SPECK_ERR_ARG, "gguf writer: key '%s': bad array type", key);
     buf b = {0};
@@ -215,7 +193,7 @@ int speck_gguf_copy_kv(speck_gguf_writer *w, const speck_gguf *g, int64_t i) {
         return set_kv(w, key, &b);
     }
     // Scalars: re-serialize from the typed value so the bytes match exactly.
-    size_t es = elem_size(t);
+    size_t es = speck_gguf_vtype_size(t);
     uint8_t v[8] = {0};
     if (t == SPECK_GGUF_FLOAT32) {
         float f = (float)speck_gguf_get_float(g, i);
