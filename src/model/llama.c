@@ -2,8 +2,6 @@
 // the KV cache, plus the cache itself (truncate / compact for rejected draft tokens).
 #include <math.h>
 #include <omp.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +11,7 @@
 #include "core/simd_math.h"
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
+#include "model/team.h"
 
 // Batches of at least this many new tokens compute attention with GEMMs.
 #define ATT_GEMM_MIN 16
@@ -24,110 +23,6 @@
 // Queries per speck_attend_group call on the streaming path: a KV group's heads for a few tokens
 // share each read of its keys and values; each thread's score scratch holds this many rows.
 #define ATT_GROUP_Q 16
-
-// A barrier for the threads of forward_stream's parallel region. libgomp's barrier ends with a
-// futex wake system call even when the other threads are spinning, not sleeping: ~1.5 us per
-// barrier on this project's VM (paravirtualised syscalls), and a decode step of a 4-layer model
-// passes 21 of them. Here waiters spin on a generation counter, yielding the CPU after a while so
-// that a descheduled peer can run. The counters sit on separate cache lines.
-typedef struct {
-    atomic_int arrived;
-    char pad[64 - sizeof(atomic_int)];
-    atomic_int gen;
-} spin_barrier;
-
-#if defined(__x86_64__) || defined(__i386__)
-#define CPU_RELAX() __builtin_ia32_pause()
-#else
-#define CPU_RELAX() ((void)0)
-#endif
-#define SPIN_BEFORE_YIELD 4096 // pauses (~tens of microseconds) before a waiter yields
-
-// A cheap timestamp for the thread balancer (units cancel: only ratios are used).
-static inline uint64_t ticks(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    return __builtin_ia32_rdtsc();
-#else
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-#endif
-}
-
-// Every thread of the team calls this; returns when all nth have. The arrivals' writes happen
-// before every thread's return (acq_rel count, release/acquire generation).
-static void barrier_wait(spin_barrier *b, int nth) {
-    if (nth <= 1) return;
-    const int g = atomic_load_explicit(&b->gen, memory_order_relaxed);
-    if (atomic_fetch_add_explicit(&b->arrived, 1, memory_order_acq_rel) == nth - 1) {
-        atomic_store_explicit(&b->arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&b->gen, g + 1, memory_order_release);
-        return;
-    }
-    for (unsigned i = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == g; i++) {
-        if (i < SPIN_BEFORE_YIELD)
-            CPU_RELAX();
-        else
-            sched_yield();
-    }
-}
-
-// Static row splits weighted by each thread's measured speed. On this project's VM one core
-// runs the same work ~30 % slower than the other (whichever thread is placed on it), so even
-// splits left the fast thread waiting at every barrier. Each pass times every thread's work on
-// the split matmuls and moves the shares towards equal finish times (an exponential average, so
-// splits stay stable and each core keeps its rows cached).
-#define BAL_MAX 64 // threads balanced; more share evenly
-
-typedef struct {
-    int nth;                 // team size the estimates are for (0: none yet)
-    double speed[BAL_MAX];   // work per tick, relative
-    double cut[BAL_MAX + 1]; // thread t's share is [cut[t], cut[t + 1]) of [0, 1]
-    uint64_t busy[BAL_MAX];  // this pass: ticks each thread spent on its shares
-} balancer;
-
-// Prepares the cuts for a pass with nth threads.
-static void balance_begin(balancer *b, int nth) {
-    if (nth != b->nth || nth > BAL_MAX) {
-        b->nth = nth <= BAL_MAX ? nth : 0;
-        for (int t = 0; t < nth && t < BAL_MAX; t++) b->speed[t] = 1.0;
-    }
-    if (!b->nth) return;
-    for (int t = 0; t < nth; t++) b->busy[t] = 0;
-    double total = 0;
-    for (int t = 0; t < nth; t++) total += b->speed[t];
-    b->cut[0] = 0;
-    for (int t = 0; t < nth; t++) b->cut[t + 1] = b->cut[t] + b->speed[t] / total;
-    b->cut[nth] = 1.0;
-}
-
-// After a pass: new speed estimates from the busy times.
-static void balance_end(balancer *b) {
-    const int nth = b->nth;
-    if (nth < 2) return;
-    for (int t = 0; t < nth; t++)
-        if (b->busy[t] == 0) return; // a pass too short to measure
-    double rate[BAL_MAX], mean = 0;  // share of the work per tick this pass
-    for (int t = 0; t < nth; t++)
-        mean += rate[t] = (b->cut[t + 1] - b->cut[t]) / (double)b->busy[t];
-    mean /= nth;
-    for (int t = 0; t < nth; t++) {
-        double v = rate[t] / mean;               // relative speed this pass
-        v = v < 0.25 ? 0.25 : v > 4.0 ? 4.0 : v; // ignore descheduling outliers
-        b->speed[t] = 0.9 * b->speed[t] + 0.1 * v;
-    }
-}
-
-// Thread tid's range [*u0, *u1) of n units under the cuts (even split without estimates).
-static void balance_range(const balancer *b, int tid, int nth, int64_t n, int64_t *u0,
-                          int64_t *u1) {
-    if (b->nth != nth) {
-        *u0 = n * tid / nth, *u1 = n * (tid + 1) / nth;
-        return;
-    }
-    *u0 = (int64_t)(b->cut[tid] * (double)n + 0.5);
-    *u1 = tid == nth - 1 ? n : (int64_t)(b->cut[tid + 1] * (double)n + 0.5);
-}
 
 struct speck_ctx {
     const speck_model *m;
@@ -154,8 +49,8 @@ struct speck_ctx {
     char **tbuf;
     size_t tbuf_bytes;
     int tbuf_threads;
-    spin_barrier bar; // forward_stream's barriers
-    balancer bal;     // forward_stream's row splits
+    speck_barrier bar;  // forward_stream's barriers
+    speck_balancer bal; // forward_stream's row splits
 };
 
 speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
@@ -172,8 +67,7 @@ speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type)
     if (n_ctx <= 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
     speck_ctx *c = calloc(1, sizeof *c);
     if (!c) goto oom;
-    atomic_init(&c->bar.arrived, 0);
-    atomic_init(&c->bar.gen, 0);
+    speck_barrier_init(&c->bar);
     c->m = m;
     c->n_ctx = n_ctx;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
@@ -532,25 +426,26 @@ static int64_t item_rows(const speck_weight *w, int n) {
     return use_panels(w) ? speck_panel_rows_per_item(w->type, n) : ROW_BLOCK;
 }
 
-// This thread's rows [*o0, *o1) of n under the balancer's cuts, split on multiples of 16 (the
+// This thread's rows [*o0, *o1) of n under the speck_balancer's cuts, split on multiples of 16 (the
 // panel boundaries).
-static void share16(const balancer *b, int tid, int nth, int64_t n, int64_t *o0, int64_t *o1) {
+static void share16(const speck_balancer *b, int tid, int nth, int64_t n, int64_t *o0,
+                    int64_t *o1) {
     int64_t a, e;
-    balance_range(b, tid, nth, (n + 15) / 16, &a, &e);
+    speck_balance_range(b, tid, nth, (n + 15) / 16, &a, &e);
     *o0 = 16 * a < n ? 16 * a : n;
     *o1 = 16 * e < n ? 16 * e : n;
 }
 
 // Inside forward_stream's parallel region: this thread's share of w's rows applied to X into Y
 // (ldy); the ticks it took are added to *busy (the balancer's measure). No barrier at the end.
-static void mm_shared(act_slot *s, const balancer *b, int tid, int nth, const speck_weight *w,
+static void mm_shared(act_slot *s, const speck_balancer *b, int tid, int nth, const speck_weight *w,
                       const float *X, int n, float *Y, int64_t ldy, int accumulate,
                       uint64_t *busy) {
-    const uint64_t t0 = ticks();
+    const uint64_t t0 = speck_ticks();
     int64_t r0, r1;
     share16(b, tid, nth, w->n_out, &r0, &r1);
     mm_rows(s, w, X, n, r0, r1, Y, ldy, accumulate);
-    *busy += ticks() - t0;
+    *busy += speck_ticks() - t0;
 }
 
 // Rows of heads [h0, h1) of w for the n tokens of xn, with bias b and (rope) RoPE applied:
@@ -663,7 +558,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
     const int nkv = hp->n_head_kv, group = nh / nkv, F = hp->n_ff;
     const int n_past = c->n_past, n_total = n_past + n;
     const float scale = 1.0f / sqrtf((float)hd);
-    balance_begin(&c->bal, omp_get_max_threads());
+    speck_balance_begin(&c->bal, omp_get_max_threads());
 #pragma omp parallel
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -703,32 +598,32 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                     const int nmax = which ? nkv : nh;
                     qkv_heads(c, l, &act, xn, n, which, h0, h0 + hpu < nmax ? h0 + hpu : nmax, kt);
                 }
-                barrier_wait(&c->bar, nth);
+                speck_barrier_wait(&c->bar, nth);
 #pragma omp for schedule(dynamic, 1) nowait
                 for (int u = 0; u < nkv * au.ntc * au.parts; u++)
                     attend_unit_at(c, l, mask, n, n_total, scale, &au, u, sc);
             }
-            barrier_wait(&c->bar, nth);
+            speck_barrier_wait(&c->bar, nth);
             mm_shared(&act, &c->bal, tid, nth, &ly->wo, c->att, n, c->x, E, 1, &busy);
-            barrier_wait(&c->bar, nth);
+            speck_barrier_wait(&c->bar, nth);
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E,
                             hp->norm_eps);
             act.valid = false;
             {
                 int64_t o0, o1; // gate rows, then the same up rows, then SwiGLU on them
-                const uint64_t t0 = ticks();
+                const uint64_t t0 = speck_ticks();
                 share16(&c->bal, tid, nth, F, &o0, &o1);
                 mm_rows(&act, &ly->wg, xn, n, o0, o1, c->g, F, 0);
                 mm_rows(&act, &ly->wu, xn, n, o0, o1, c->u, F, 0);
                 for (int i = 0; i < n; i++)
                     swiglu(c->g + (size_t)i * F + o0, c->u + (size_t)i * F + o0, (size_t)(o1 - o0));
-                busy += ticks() - t0;
+                busy += speck_ticks() - t0;
             }
-            barrier_wait(&c->bar, nth);
+            speck_barrier_wait(&c->bar, nth);
             mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, c->x, E, 1, &busy);
             act.valid = false; // g is rewritten by the next layer at the same address
-            barrier_wait(&c->bar, nth);
+            speck_barrier_wait(&c->bar, nth);
         }
         // Only the requested rows go through the (large) output head.
         for (int r = 0; r < n_out; r++)
@@ -738,9 +633,9 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
         if (n_out > 0)
             mm_shared(&act, &c->bal, tid, nth, &m->output, xn, n_out, logits, hp->n_vocab, 0,
                       &busy);
-        if (tid < BAL_MAX) c->bal.busy[tid] = busy;
+        if (tid < SPECK_BAL_MAX) c->bal.busy[tid] = busy;
     }
-    balance_end(&c->bal);
+    speck_balance_end(&c->bal);
 }
 
 // Many tokens (prefill, wide trees): one operation at a time, each parallel inside, with GEMMs.
