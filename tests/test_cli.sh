@@ -98,15 +98,15 @@ grep -q "context full" "$dir/err" && ok || bad "context-full stop: $(cat "$dir/e
 expect 0 "bench json" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 16 -n 4 -r 2 --json
 /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["pp_tok_s"]>0 and d["tg_tok_s"]>0 and 0<d["roofline_fraction"]' "$dir/out" && ok || bad "bench --json output: $(cat "$dir/out")"
 cp "$dir/out" "$dir/b0"
-expect 0 "bench at a depth" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -d 40 -r 1 --json
+expect 0 "bench at a depth, f32 KV cache" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -d 40 -r 1 --kv-type f32 --json
 /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d0=json.load(open(sys.argv[2])); assert d["n_depth"]==40 and d["pp_tok_s"]>0 and d["tg_tok_s"]>0 and d["bytes_per_token"]>d0["bytes_per_token"]' "$dir/out" "$dir/b0" && ok || bad "bench -d output: $(cat "$dir/out")"
 cp "$dir/out" "$dir/b32"
-expect 0 "bench f16 KV cache at a depth" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -d 40 -r 1 --kv-type f16 --json
-/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d0=json.load(open(sys.argv[2])); z=json.load(open(sys.argv[3])); assert d["tg_tok_s"]>0 and d0["bytes_per_token"]<d["bytes_per_token"]<z["bytes_per_token"]' "$dir/out" "$dir/b0" "$dir/b32" && ok || bad "bench --kv-type f16 output: $(cat "$dir/out")"
+expect 0 "bench at a depth, f16 KV cache (the default)" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -d 40 -r 1 --json
+/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d0=json.load(open(sys.argv[2])); z=json.load(open(sys.argv[3])); assert d["tg_tok_s"]>0 and d0["bytes_per_token"]<d["bytes_per_token"]<z["bytes_per_token"]' "$dir/out" "$dir/b0" "$dir/b32" && ok || bad "bench f16 KV cache output: $(cat "$dir/out")"
 expect 2 "bad --kv-type" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 4 --kv-type q4_0
 mentions "--kv-type" "q4_0"
-expect 0 "generate f16 KV cache, accelerated" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world hello world" -n 24 --ignore-eos --kv-type f16 --draft prompt,aded --compare
-grep -q "output identical" "$dir/err" && ok || bad "f16 KV cache: accelerated output differs: $(cat "$dir/err")"
+expect 0 "generate f32 KV cache, accelerated" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world hello world" -n 24 --ignore-eos --kv-type f32 --draft prompt,aded --compare
+grep -q "output identical" "$dir/err" && ok || bad "f32 KV cache: accelerated output differs: $(cat "$dir/err")"
 
 # bench-decode: every strategy greedy-identical to plain decoding, the cost curve, and the
 # perfect-draft ceiling it implies (max of n / cost(n), to the printed rounding).

@@ -82,7 +82,7 @@ static double bw_probe_run(const bw_probe *p, int passes) {
 
 static void help(void) {
     printf("usage: speck bench -m MODEL.gguf [-p 512] [-n 128] [-d 0] [-r 5] [-t THREADS]\n"
-           "                   [--kv-type f16] [--json] [--hugepages]\n\n"
+           "                   [--kv-type f32] [--json] [--hugepages]\n\n"
            "Measures prompt processing (one forward over -p tokens) and text generation (-n\n"
            "single-token forwards), each from a cache holding -d tokens already (0: empty),\n"
            "reporting the median of -r runs after one warm-up, like llama-bench's pp/tg tests\n"
@@ -91,7 +91,7 @@ static void help(void) {
            "weights, plus the KV cache at the run's mean depth), and the median fraction of it\n"
            "reached, each run against its own bandwidth reading. --hugepages\n"
            "reads the weights into transparent huge pages instead of mapping the file; --kv-type\n"
-           "f16 stores the KV cache in f16 (default f32).\n");
+           "f32 stores the KV cache in f32 (default f16, as llama-bench).\n");
 }
 
 int cmd_bench(int argc, char **argv) {

@@ -126,7 +126,7 @@ static void help(void) {
            "  --aded-warm FILE    warm ADED's statistics with this text\n"
            "  --json              machine-readable results\n"
            "  --plot FILE.png     speedup per strategy and the cost curve (gnuplot)\n"
-           "  --kv-type T         KV cache values: f32 (default) or f16\n"
+           "  --kv-type T         KV cache values: f16 (default) or f32\n"
            "  -t N                threads\n");
 }
 

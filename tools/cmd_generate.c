@@ -109,7 +109,7 @@ static void help(void) {
            "  --stop STR             stop when STR is generated (repeatable, up to 8)\n"
            "  --ignore-eos           keep going past end-of-generation tokens\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
-           "  --kv-type T            KV cache values: f32 (default) or f16 (half the memory)\n"
+           "  --kv-type T            KV cache values: f16 (default) or f32 (twice the memory)\n"
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages instead of\n"
            "                         mapping the file (faster decoding of large models)\n"
