@@ -45,6 +45,10 @@ static inline const void *kv_row_at(const void *base, int64_t j, int64_t ld, int
 // sums its keys in order in S chains (key j in chain j mod S), S fixed by CS alone (two where a
 // query has only one or two chunks, so its FMAs are not latency-bound): a query's arithmetic
 // does not depend on which queries run beside it (the decode path's batch invariance).
+// Value rows prefetched ahead: from memory (the first pass over a group's values), smollm2-135m's
+// shapes with an f16 cache, 1024 keys, one thread: 22.1 -> 19.4 ns per key and group (the 1.1B's
+// in f32: 28.8 -> 26.4); 16 or 32 rows ahead no better; no cost when the values are cached.
+#define V_AHEAD 8
 static inline __attribute__((always_inline)) void
 attend_v_group(const float *const *p, const int *nk, const float *inv, float *const *out, int nq,
                const void *vb, int64_t ld, __mmask16 last, const int CS, const int HQ,
@@ -64,6 +68,10 @@ attend_v_group(const float *const *p, const int *nk, const float *inv, float *co
             const int k = j + s;
             if (k >= kmax) break;
             const void *v = kv_row_at(vb, k, ld, h16);
+#pragma GCC unroll 8
+            for (int c = 0; c < CS; c += h16 + 1) // each 64-byte line of the slab, V_AHEAD on
+                _mm_prefetch((const char *)kv_row_at(vb, k + V_AHEAD, ld, h16) + 64 * c / (h16 + 1),
+                             _MM_HINT_T0);
             __m512 vv[8];
 #pragma GCC unroll 8
             for (int c = 0; c < CS; c++)
