@@ -68,10 +68,12 @@ attend_v_group(const float *const *p, const int *nk, const float *inv, float *co
             const int k = j + s;
             if (k >= kmax) break;
             const void *v = kv_row_at(vb, k, ld, h16);
+            // Each 64-byte line of the slab V_AHEAD rows on (the last row again near the end: no
+            // address past the values).
+            const char *vp = kv_row_at(vb, k + V_AHEAD < kmax ? k + V_AHEAD : kmax - 1, ld, h16);
 #pragma GCC unroll 8
-            for (int c = 0; c < CS; c += h16 + 1) // each 64-byte line of the slab, V_AHEAD on
-                _mm_prefetch((const char *)kv_row_at(vb, k + V_AHEAD, ld, h16) + 64 * c / (h16 + 1),
-                             _MM_HINT_T0);
+            for (int c = 0; c < CS; c += h16 + 1)
+                _mm_prefetch(vp + 64 * c / (h16 + 1), _MM_HINT_T0);
             __m512 vv[8];
 #pragma GCC unroll 8
             for (int c = 0; c < CS; c++)
