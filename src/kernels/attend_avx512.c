@@ -32,6 +32,17 @@ static inline __attribute__((always_inline)) __m512 load_kv(const void *row, int
     return _mm512_maskz_loadu_ps(m, (const float *)row + idx);
 }
 
+// The kernels below are instantiated per chunk count (1..8) and value type (f32, f16: H = 0, 1),
+// so their accumulators stay in registers; F(CHUNKS, H) defines one, CHUNK_TABLE(prefix) lists
+// them indexed [H][CHUNKS].
+#define PER_CHUNKS(F, H) F(1, H) F(2, H) F(3, H) F(4, H) F(5, H) F(6, H) F(7, H) F(8, H)
+#define CHUNK_TABLE(P)                                                                             \
+    {                                                                                              \
+        {NULL, P##0_1, P##0_2, P##0_3, P##0_4, P##0_5, P##0_6, P##0_7, P##0_8}, {                  \
+            NULL, P##1_1, P##1_2, P##1_3, P##1_4, P##1_5, P##1_6, P##1_7, P##1_8                   \
+        }                                                                                          \
+    }
+
 // Address of key/value row j (ld elements apart) of a cache of floats or f16 values.
 static inline const void *kv_row_at(const void *base, int64_t j, int64_t ld, int h16) {
     return (const char *)base + j * ld * (h16 ? 2 : 4);
@@ -111,15 +122,10 @@ typedef void (*vgroup_fn)(const float *const *p, const int *nk, const float *inv
                               __mmask16 last) {                                                    \
         attend_v_group(p, nk, inv, out, nq, vb, ld, last, CS, VG_HQ(CS), H);                       \
     }
-#define VG_FNS(H)                                                                                  \
-    VG_FN(1, H) VG_FN(2, H) VG_FN(3, H) VG_FN(4, H) VG_FN(5, H) VG_FN(6, H) VG_FN(7, H) VG_FN(8, H)
-VG_FNS(0)
-VG_FNS(1)
-#undef VG_FNS
+PER_CHUNKS(VG_FN, 0)
+PER_CHUNKS(VG_FN, 1)
 #undef VG_FN
-static const vgroup_fn vgroup_fns[2][9] = {
-    {NULL, vg_0_1, vg_0_2, vg_0_3, vg_0_4, vg_0_5, vg_0_6, vg_0_7, vg_0_8},
-    {NULL, vg_1_1, vg_1_2, vg_1_3, vg_1_4, vg_1_5, vg_1_6, vg_1_7, vg_1_8}};
+static const vgroup_fn vgroup_fns[2][9] = CHUNK_TABLE(vg_);
 
 // Scores of one query (q: (hd), NC chunks of 16, the last masked by hm) against the keys
 // k0 + r * ld, r < nk <= 16 (floats, or f16 values when H): lane r = q . k_r (lanes >= nk:
@@ -171,15 +177,10 @@ typedef __m512 (*qk_fn)(const void *k0, int64_t ld, int nk, const float *q, __mm
                                 __mmask16 hm) {                                                    \
         return qk_block(k0, ld, nk, q, NC, H, hm);                                                 \
     }
-#define QK_FNS(H)                                                                                  \
-    QK_FN(1, H) QK_FN(2, H) QK_FN(3, H) QK_FN(4, H) QK_FN(5, H) QK_FN(6, H) QK_FN(7, H) QK_FN(8, H)
-QK_FNS(0)
-QK_FNS(1)
-#undef QK_FNS
+PER_CHUNKS(QK_FN, 0)
+PER_CHUNKS(QK_FN, 1)
 #undef QK_FN
-static const qk_fn qk_fns[2][9] = {
-    {NULL, qk_0_1, qk_0_2, qk_0_3, qk_0_4, qk_0_5, qk_0_6, qk_0_7, qk_0_8},
-    {NULL, qk_1_1, qk_1_2, qk_1_3, qk_1_4, qk_1_5, qk_1_6, qk_1_7, qk_1_8}};
+static const qk_fn qk_fns[2][9] = CHUNK_TABLE(qk_);
 
 // One query's softmax weights in place of its n_keys scores (masked ones -inf; mx: their lane
 // maxima). Returns 1 / their sum, or 0 when no key is allowed.
