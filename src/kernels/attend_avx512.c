@@ -48,6 +48,12 @@ static inline const void *kv_row_at(const void *base, int64_t j, int64_t ld, int
     return (const char *)base + j * ld * (h16 ? 2 : 4);
 }
 
+// Value rows prefetched ahead in the value pass: from memory (the first pass over a group's
+// values), smollm2-135m's shapes with an f16 cache, 1024 keys, one thread: 22.1 -> 19.4 ns per
+// key and group (the 1.1B's in f32: 28.8 -> 26.4); 16 or 32 rows ahead no better; no cost when
+// the values are cached.
+#define V_AHEAD 8
+
 // Weighted values of nq <= HQ queries, CS chunks of 16 of each (the last masked by `last`):
 // out[i] = inv[i] * sum_j p[i][j] v_j over query i's keys j < nk[i]. Each value row is loaded
 // once for all the queries (heads of one KV group, tokens of one pass) instead of once per
@@ -56,10 +62,6 @@ static inline const void *kv_row_at(const void *base, int64_t j, int64_t ld, int
 // sums its keys in order in S chains (key j in chain j mod S), S fixed by CS alone (two where a
 // query has only one or two chunks, so its FMAs are not latency-bound): a query's arithmetic
 // does not depend on which queries run beside it (the decode path's batch invariance).
-// Value rows prefetched ahead: from memory (the first pass over a group's values), smollm2-135m's
-// shapes with an f16 cache, 1024 keys, one thread: 22.1 -> 19.4 ns per key and group (the 1.1B's
-// in f32: 28.8 -> 26.4); 16 or 32 rows ahead no better; no cost when the values are cached.
-#define V_AHEAD 8
 static inline __attribute__((always_inline)) void
 attend_v_group(const float *const *p, const int *nk, const float *inv, float *const *out, int nq,
                const void *vb, int64_t ld, __mmask16 last, const int CS, const int HQ,
@@ -222,7 +224,8 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
         // The next block's keys: 16 rows of a 4 KiB page (head size 64, f32), so the hardware
         // prefetchers, which stop at page ends, would restart at every block. A 1.1B's 44 KV
         // groups per thread per token, 1024 cached keys, single-threaded from memory: 38 -> 29
-        // ns per key. (Prefetching the block's values as well, for the value pass, gained nothing.)
+        // ns per key. (Prefetching the block's values here, for the value pass, gained nothing;
+        // that pass prefetches its own, V_AHEAD rows on.)
         for (int r = 0; r < 16 && j0 + 16 + r < maxk; r++)
             for (size_t b = 0; b < row_bytes; b += 64)
                 _mm_prefetch((const char *)kv_row_at(kb, j0 + 16 + r, ld, h16) + b, _MM_HINT_T0);
