@@ -899,13 +899,14 @@ static void test_attend(void) {
 }
 
 // speck_attend_group on every ISA: each query's output bit-identical to speck_attend on that
-// query alone (the decode path's batch invariance), for head sizes with a tail and above 128
-// (the generic chunk loop), per-token key counts and mask rows (one row allowing nothing), and
-// more queries than one pass holds (gq 20 x 5 tokens = 100 > 64). Keys and values in f32, and in
-// f16 (then against speck_attend on the same values widened to f32: the conversion is exact).
+// query alone (the decode path's batch invariance), for head sizes 32, 80 (five chunks of 16),
+// 100 (a partial last chunk on every ISA) and 144 (above 128: the generic chunk loop), per-token
+// key counts and mask rows (one row allowing nothing), and more queries than one pass holds (gq
+// 20 x 5 tokens = 100 > 64). Keys and values in f32, and in f16 (then against speck_attend on the
+// same values widened to f32: the conversion is exact).
 static void test_attend_group(void) {
     const char *isas[] = {"scalar", "avx2", "avx512"};
-    const int hds[] = {32, 80, 144}, gqs[] = {1, 3, 20};
+    const int hds[] = {32, 80, 100, 144}, gqs[] = {1, 3, 20};
     const int nt = 5, maxk = 90, ld = 3 * 144 + 5, lda = 97, ldq = 20 * 144 + 3;
     const size_t nkv = (size_t)2 * maxk * ld;
     float *kv = malloc(nkv * sizeof(float)), *kvw = malloc(nkv * sizeof(float));
@@ -926,7 +927,7 @@ static void test_attend_group(void) {
         if (speck_kernels_force_isa(isas[ii]) != 0) continue;
         int ok[2] = {1, 1};
         for (int f16 = 0; f16 < 2; f16++)
-            for (int hi = 0; hi < 3; hi++)
+            for (int hi = 0; hi < 4; hi++)
                 for (int gi = 0; gi < 3; gi++)
                     for (int mi = 0; mi < 2; mi++) {
                         const int hd = hds[hi], gq = gqs[gi];
@@ -953,7 +954,7 @@ static void test_attend_group(void) {
                     }
         check(ok[0],
               "[%s] attend_group: every query's output bit-identical to speck_attend alone "
-              "(head sizes 32/80/144, 1/3/20 heads x 5 tokens, per-token key counts and masks)",
+              "(head sizes 32/80/100/144, 1/3/20 heads x 5 tokens, per-token key counts and masks)",
               isas[ii]);
         check(ok[1],
               "[%s] attend_group on an f16 cache: bit-identical to speck_attend on the "
