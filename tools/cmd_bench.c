@@ -218,9 +218,9 @@ int cmd_bench(int argc, char **argv) {
             printf("| %s | %s | %.1f MiB | %d | %s | tg%d%s | %.2f |\n",
                    hp->name[0] ? hp->name : path, wt, mib, speck_get_threads(), speck_kernels_isa(),
                    n_tg, at, tg);
-        printf("\nmedians of %d runs; memory read bandwidth %.1f GB/s (probed after each run);\n"
-               "%.1f MiB read per token; decode roofline %.1f tok/s",
-               reps, bw_med, bpt / 1048576.0, roof);
+        printf("\nmedians of %d runs; %s KV cache; memory read bandwidth %.1f GB/s (probed after "
+               "each run);\n%.1f MiB read per token; decode roofline %.1f tok/s",
+               reps, speck_type_name(cli_kv_type), bw_med, bpt / 1048576.0, roof);
         if (n_tg > 0)
             printf("; reached %.1f %% (each run against its own probe)", 100.0 * frac_med);
         printf("; peak RSS %.1f MiB\n", rss_mib);
