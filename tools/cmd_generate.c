@@ -256,9 +256,9 @@ int cmd_generate(int argc, char **argv) {
         }
     }
     // A longer --draft-max than the node budget would be cut to the budget: without an explicit
-    // --draft-nodes the budget follows it (up to the verifier's 14).
+    // --draft-nodes the budget follows it (the decoder caps it at the verifier's limit).
     if (draft_max_set && !nodes_set && ds.sp.max_draft > ds.sp.max_nodes)
-        ds.sp.max_nodes = ds.sp.max_draft < 14 ? ds.sp.max_draft : 14;
+        ds.sp.max_nodes = ds.sp.max_draft;
     if (!(path = cli_model_path("generate", path))) return 2;
     if (!prompt && !ids_arg) prompt = "";
     speck_model *m = cli_load_model(path);

@@ -43,11 +43,6 @@ static inline __attribute__((always_inline)) __m512 load_kv(const void *row, int
         }                                                                                          \
     }
 
-// Address of key/value row j (ld elements apart) of a cache of floats or f16 values.
-static inline const void *kv_row_at(const void *base, int64_t j, int64_t ld, int h16) {
-    return (const char *)base + j * ld * (h16 ? 2 : 4);
-}
-
 // Value rows prefetched ahead in the value pass: from memory (the first pass over a group's
 // values), smollm2-135m's shapes with an f16 cache, 1024 keys, one thread: 22.1 -> 19.4 ns per
 // key and group (the 1.1B's in f32: 28.8 -> 26.4); 16 or 32 rows ahead no better; no cost when
@@ -80,10 +75,10 @@ attend_v_group(const float *const *p, const int *nk, const float *inv, float *co
         for (int s = 0; s < S; s++) {
             const int k = j + s;
             if (k >= kmax) break;
-            const void *v = kv_row_at(vb, k, ld, h16);
+            const void *v = speck_kv_row(vb, k, ld, h16);
             // Each 64-byte line of the slab V_AHEAD rows on (the last row again near the end: no
             // address past the values).
-            const char *vp = kv_row_at(vb, k + V_AHEAD < kmax ? k + V_AHEAD : kmax - 1, ld, h16);
+            const char *vp = speck_kv_row(vb, k + V_AHEAD < kmax ? k + V_AHEAD : kmax - 1, ld, h16);
 #pragma GCC unroll 8
             for (int c = 0; c < CS; c += h16 + 1)
                 _mm_prefetch(vp + 64 * c / (h16 + 1), _MM_HINT_T0);
@@ -144,7 +139,7 @@ static inline __attribute__((always_inline)) __m512 qk_block(const void *k0, int
 #pragma GCC unroll 16
     for (int r = 0; r < 16; r++) {
         // Slots past the last key repeat it (branch-free); the caller masks those lanes.
-        const void *k = kv_row_at(k0, r < nk ? r : nk - 1, ld, H);
+        const void *k = speck_kv_row(k0, r < nk ? r : nk - 1, ld, H);
         acc[r] = _mm512_setzero_ps();
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++)
@@ -161,7 +156,7 @@ static __m512 qk_block_any(const void *k0, int64_t ld, int nk, const float *q, i
     for (int r = 0; r < 16; r++) {
         acc[r] = _mm512_setzero_ps();
         if (r >= nk) continue;
-        const void *k = kv_row_at(k0, r, ld, h16);
+        const void *k = speck_kv_row(k0, r, ld, h16);
         for (int c = 0; c < nc; c++) {
             const __mmask16 m = c == nc - 1 ? hm : 0xFFFF;
             const __m512 kc = h16 ? load_kv(k, 16 * c, m, 1) : load_kv(k, 16 * c, m, 0);
@@ -220,7 +215,7 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
     for (int i = 0; i < nt * gq; i++) mx[i] = _mm512_set1_ps(-INFINITY);
     const size_t row_bytes = (size_t)hd * (h16 ? 2 : 4);
     for (int j0 = 0; j0 < maxk; j0 += 16) {
-        const void *k0 = kv_row_at(kb, j0, ld, h16);
+        const void *k0 = speck_kv_row(kb, j0, ld, h16);
         // The next block's keys: 16 rows of a 4 KiB page (head size 64, f32), so the hardware
         // prefetchers, which stop at page ends, would restart at every block. A 1.1B's 44 KV
         // groups per thread per token, 1024 cached keys, single-threaded from memory: 38 -> 29
@@ -228,7 +223,7 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
         // that pass prefetches its own, V_AHEAD rows on.)
         for (int r = 0; r < 16 && j0 + 16 + r < maxk; r++)
             for (size_t b = 0; b < row_bytes; b += 64)
-                _mm_prefetch((const char *)kv_row_at(kb, j0 + 16 + r, ld, h16) + b, _MM_HINT_T0);
+                _mm_prefetch((const char *)speck_kv_row(kb, j0 + 16 + r, ld, h16) + b, _MM_HINT_T0);
         for (int t = 0; t < nt; t++) {
             if (j0 >= n_keys[t]) continue;
             const int nk = n_keys[t] - j0 < 16 ? n_keys[t] - j0 : 16;

@@ -285,11 +285,6 @@ static inline __attribute__((always_inline)) __m256 load_kv8(const void *row, in
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
 }
 
-// Address of row j (ld elements apart) of floats or f16 values.
-static inline const void *kv_row8(const void *base, int64_t j, int64_t ld, int h16) {
-    return (const char *)base + j * ld * (h16 ? 2 : 4);
-}
-
 // out[c0 * 8 ..) (cn chunks of 8, the last with lanes `last` / `ln` of them) = inv * sum_j sc[j]
 // v_j; two accumulator sets by j parity, summed at the end.
 static inline __attribute__((always_inline)) void
@@ -302,7 +297,7 @@ attend_v_slab8(const float *sc, const void *vb, int64_t ld, int n_keys, const in
     for (int j = 0; j < n_keys; j += 2)
         for (int u = 0; u < 2 && j + u < n_keys; u++) {
             const __m256 p = _mm256_set1_ps(sc[j + u]);
-            const void *v = kv_row8(vb, j + u, ld, h16);
+            const void *v = speck_kv_row(vb, j + u, ld, h16);
             for (int c = 0; c < cn; c++)
                 o[u][c] = _mm256_fmadd_ps(
                     p, load_kv8(v, 8 * c, c == cn - 1 ? last : all, c == cn - 1 ? ln : 8, h16),
@@ -328,7 +323,7 @@ attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd,
         for (int r = 0; r < 8; r++) {
             acc[r] = _mm256_setzero_ps();
             if (r >= nk) continue;
-            const void *k = kv_row8(kb, j0 + r, ld, h16);
+            const void *k = speck_kv_row(kb, j0 + r, ld, h16);
             for (int c = 0; c < nc; c++) {
                 const __m256i m = c == nc - 1 ? hm : all;
                 acc[r] = _mm256_fmadd_ps(load_kv8(k, 8 * c, m, c == nc - 1 ? hn : 8, h16),

@@ -9,6 +9,11 @@
 #define SPECK_MT 4
 // Float weight row types, as compile-time constants of the ISA files' inlined kernels.
 enum { SPECK_W_F32, SPECK_W_F16, SPECK_W_BF16 };
+// Address of KV cache row j (ld elements apart) of floats (h16 = 0) or f16 values (h16 = 1):
+// the attention kernels read both.
+static inline const void *speck_kv_row(const void *base, int64_t j, int64_t ld, int h16) {
+    return (const char *)base + j * ld * (h16 ? 2 : 4);
+}
 // Most token rows a panel kernel call takes (the widest ISA's panel_tokens).
 #define SPECK_PT 8
 typedef void (*speck_panel_fn)(const void *P, size_t pbytes, int np, const float *x, int64_t ldx,
