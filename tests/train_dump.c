@@ -8,6 +8,7 @@
 //       train_ref.py: lr 1e-2, min_lr 1e-3, warmup 2, total K, betas 0.9/0.95, eps 1e-8,
 //       weight decay 0.1 on matrices but not norms/embeddings, clip 0.5)
 // TOKENS.i32 holds B rows of T+1 int32 ids: inputs are ids 0..T-1, targets ids 1..T of a row.
+// A 7th argument OUT.gguf also exports the model as it ends (f32, speck_train_export).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +32,8 @@ static int write_f32(const char *dir, const char *name, const float *x, int64_t 
 }
 
 int main(int argc, char **argv) {
-    if (argc != 7) {
-        fprintf(stderr, "usage: train_dump MODEL TOKENS B T OUTDIR grad|adam:K\n");
+    if (argc != 7 && argc != 8) {
+        fprintf(stderr, "usage: train_dump MODEL TOKENS B T OUTDIR grad|adam:K [OUT.gguf]\n");
         return 2;
     }
     int B = atoi(argv[3]), T = atoi(argv[4]);
@@ -75,6 +76,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "train_dump: cannot write into %s\n", dir);
             return 1;
         }
+    if (argc == 8 && speck_train_export(tm, NULL, SPECK_TYPE_F32, NULL, argv[7]))
+        return die("export");
     char path[1024];
     snprintf(path, sizeof path, "%s/loss.txt", dir);
     f = fopen(path, "w");

@@ -25,6 +25,7 @@
 #include "formats/hf_internal.h"
 #include "formats/gguf_internal.h"
 #include "kernels/kernels.h"
+#include "model/model_internal.h"
 
 /* ---- shared helpers (also used by hf_export.c) ---- */
 
@@ -386,40 +387,34 @@ static int build_plan(conv *c, int type) {
 
 static int write_kv(conv *c, speck_gguf_writer *w) {
     const hf_cfg *h = &c->cfg;
-    char key[128], name[256];
-    int rc = 0;
-#define K(s) (snprintf(key, sizeof key, "%s." s, h->arch), key)
+    // Llama 3.1 scaling goes into the rope_freqs.weight tensor (build_plan), as llama.cpp has it.
+    speck_hparams hp = {.n_vocab = (int)h->n_vocab,
+                        .n_ctx_train = (int)h->n_ctx,
+                        .n_embd = (int)h->n_embd,
+                        .n_layer = (int)h->n_layer,
+                        .n_head = (int)h->n_head,
+                        .n_head_kv = (int)h->n_head_kv,
+                        .head_dim = (int)h->head_dim,
+                        .n_ff = (int)h->n_ff,
+                        .norm_eps = (float)h->eps,
+                        .rope_freq_base = (float)h->theta,
+                        .rope_scaling = h->scaling == 1 ? SPECK_ROPE_SCALING_LINEAR
+                                                        : SPECK_ROPE_SCALING_NONE,
+                        .rope_scale_factor = (float)h->factor};
+    snprintf(hp.arch, sizeof hp.arch, "%s", h->arch);
+    char name[256];
     snprintf(name, sizeof name, "%s", c->dir);
     size_t n = strlen(name);
     while (n > 1 && name[n - 1] == '/') name[--n] = 0;
-    const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
-    rc |= speck_gguf_set_str(w, "general.architecture", h->arch);
-    rc |= speck_gguf_set_str(w, "general.name", base);
+    snprintf(hp.name, sizeof hp.name, "%s", strrchr(name, '/') ? strrchr(name, '/') + 1 : name);
+    int rc = speck_hparams_write(w, &hp);
+    if (rc) return rc;
     // The matrices' type: that of the q projections, which every layout has.
     int ft = 0;
     for (int i = 0; i < c->n; i++)
         if (strstr(c->p[i].gg, "attn_q.weight")) ft = speck_gguf_file_type(c->p[i].out);
-    rc |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)ft);
-    rc |= speck_gguf_set_u32(w, K("context_length"), (uint32_t)h->n_ctx);
-    rc |= speck_gguf_set_u32(w, K("embedding_length"), (uint32_t)h->n_embd);
-    rc |= speck_gguf_set_u32(w, K("block_count"), (uint32_t)h->n_layer);
-    rc |= speck_gguf_set_u32(w, K("feed_forward_length"), (uint32_t)h->n_ff);
-    rc |= speck_gguf_set_u32(w, K("attention.head_count"), (uint32_t)h->n_head);
-    rc |= speck_gguf_set_u32(w, K("attention.head_count_kv"), (uint32_t)h->n_head_kv);
-    rc |= speck_gguf_set_u32(w, K("rope.dimension_count"), (uint32_t)h->head_dim);
-    if (h->head_dim != h->n_embd / h->n_head) {
-        rc |= speck_gguf_set_u32(w, K("attention.key_length"), (uint32_t)h->head_dim);
-        rc |= speck_gguf_set_u32(w, K("attention.value_length"), (uint32_t)h->head_dim);
-    }
-    rc |= speck_gguf_set_f32(w, K("rope.freq_base"), (float)h->theta);
-    rc |= speck_gguf_set_f32(w, K("attention.layer_norm_rms_epsilon"), (float)h->eps);
-    rc |= speck_gguf_set_u32(w, K("vocab_size"), (uint32_t)h->n_vocab);
-    if (h->scaling == 1) {
-        rc |= speck_gguf_set_str(w, K("rope.scaling.type"), "linear");
-        rc |= speck_gguf_set_f32(w, K("rope.scaling.factor"), (float)h->factor);
-    }
-#undef K
-    if (rc) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    if (speck_gguf_set_u32(w, "general.file_type", (uint32_t)ft))
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     return hf_tokenizer_to_gguf(w, c->dir, h->n_vocab);
 }
 

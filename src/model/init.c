@@ -9,6 +9,7 @@
 #include "formats/gguf_internal.h"
 #include "tokenizer/tokenizer_internal.h"
 #include "kernels/kernels.h"
+#include "model/model_internal.h"
 #include "speck.h"
 
 static const speck_preset g_presets[] = {
@@ -184,25 +185,24 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
     buflist bl = {0};
     int err = build_vocab(p->n_vocab, &v);
     int hd = p->n_embd / p->n_head;
-    char key[128];
-#define K(s) (snprintf(key, sizeof key, "%s." s, p->arch), key)
     if (!err) {
-        err |= speck_gguf_set_str(w, "general.architecture", p->arch);
-        char name[96];
-        snprintf(name, sizeof name, "speck-init %s (random weights, seed %llu)", p->name,
+        speck_hparams hp = {.n_vocab = p->n_vocab,
+                            .n_ctx_train = p->n_ctx_train,
+                            .n_embd = p->n_embd,
+                            .n_layer = p->n_layer,
+                            .n_head = p->n_head,
+                            .n_head_kv = p->n_head_kv,
+                            .head_dim = hd,
+                            .n_ff = p->n_ff,
+                            .norm_eps = p->norm_eps,
+                            .rope_freq_base = p->rope_freq_base};
+        snprintf(hp.arch, sizeof hp.arch, "%s", p->arch);
+        snprintf(hp.name, sizeof hp.name, "speck-init %s (random weights, seed %llu)", p->name,
                  (unsigned long long)seed);
-        err |= speck_gguf_set_str(w, "general.name", name);
+        err = speck_hparams_write(w, &hp);
+    }
+    if (!err) {
         err |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)speck_gguf_file_type(type));
-        err |= speck_gguf_set_u32(w, K("context_length"), (uint32_t)p->n_ctx_train);
-        err |= speck_gguf_set_u32(w, K("embedding_length"), (uint32_t)p->n_embd);
-        err |= speck_gguf_set_u32(w, K("block_count"), (uint32_t)p->n_layer);
-        err |= speck_gguf_set_u32(w, K("feed_forward_length"), (uint32_t)p->n_ff);
-        err |= speck_gguf_set_u32(w, K("attention.head_count"), (uint32_t)p->n_head);
-        err |= speck_gguf_set_u32(w, K("attention.head_count_kv"), (uint32_t)p->n_head_kv);
-        err |= speck_gguf_set_u32(w, K("rope.dimension_count"), (uint32_t)hd);
-        err |= speck_gguf_set_f32(w, K("rope.freq_base"), p->rope_freq_base);
-        err |= speck_gguf_set_f32(w, K("attention.layer_norm_rms_epsilon"), p->norm_eps);
-        err |= speck_gguf_set_u32(w, K("vocab_size"), (uint32_t)p->n_vocab);
         err |= speck_gguf_set_str(w, "tokenizer.ggml.model", "gpt2");
         err |= speck_gguf_set_str(w, "tokenizer.ggml.pre", "gpt-2");
         err |= speck_gguf_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v.tokens,
@@ -216,7 +216,6 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
         err |= speck_gguf_set_bool(w, "tokenizer.ggml.add_bos_token", false);
         if (err) err = SPECK_ERR_NOMEM;
     }
-#undef K
     uint64_t tid = 0;
     int64_t E = p->n_embd, Q = (int64_t)p->n_head * hd, KV = (int64_t)p->n_head_kv * hd,
             F = p->n_ff;

@@ -190,6 +190,7 @@ static int init_rope(loader *L) {
     const float *factors = NULL;
     int err = get_vec(L, "rope_freqs.weight", half, 0, &factors);
     if (err) return err;
+    m->rope_factors = factors;
     for (int i = 0; i < half; i++) {
         double f = pow((double)hp->rope_freq_base, -2.0 * i / hp->head_dim);
         if (factors) {

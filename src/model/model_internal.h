@@ -31,9 +31,16 @@ struct speck_model {
     const float *out_norm; // (n_embd)
     speck_layer *layers;
     float *rope_freq; // (head_dim/2) angle per position unit for each rotated pair, scaling applied
+    const float *rope_factors; // (head_dim/2) the file's rope_freqs.weight divisors, or NULL
     float **owned;    // f32 copies of norm/bias vectors stored in other types
     int n_owned;
     void *panels; // the weights' panel copies (speck_weight.packed point into it), or NULL
 };
+
+// Write general.architecture, general.name (when set) and every <arch>.* hyper-parameter key the
+// loader reads (model.c), so the file loads back with these hparams. The caller adds
+// general.file_type, the tokenizer and the tensors (rope_freqs.weight included, when the model
+// has one). The one writer for init, convert, train export and checkpoints.
+int speck_hparams_write(speck_gguf_writer *w, const speck_hparams *hp);
 
 #endif

@@ -571,6 +571,22 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
     tm->cfg = *c;
     int hd = tm->head_dim = c->n_embd / c->n_head;
     tm->rope_type = SPECK_ROPE_NORMAL;
+    tm->hp = (speck_hparams){.arch = "llama",
+                             .n_vocab = c->n_vocab,
+                             .n_ctx_train = c->n_ctx,
+                             .n_embd = c->n_embd,
+                             .n_layer = c->n_layer,
+                             .n_head = c->n_head,
+                             .n_head_kv = c->n_head_kv,
+                             .head_dim = hd,
+                             .n_ff = c->n_ff,
+                             .norm_eps = c->norm_eps,
+                             .rope_freq_base = c->rope_freq_base,
+                             .rope_type = SPECK_ROPE_NORMAL,
+                             .rope_scale_factor = 1.0f,
+                             .tied_output = c->tied_output,
+                             .bos_id = -1,
+                             .eos_id = -1};
     int64_t C = c->n_embd, Qd = (int64_t)c->n_head * hd, KVd = (int64_t)c->n_head_kv * hd,
             F = c->n_ff, V = c->n_vocab;
     tm->rope_freq = malloc((size_t)(hd / 2) * sizeof(float));
@@ -691,7 +707,18 @@ speck_train_model *speck_train_model_load(const char *path) {
     tm = alloc_model(&c);
     if (!tm) goto done;
     tm->rope_type = hp->rope_type;
+    tm->hp = *hp;
     memcpy(tm->rope_freq, m->rope_freq, (size_t)(hp->head_dim / 2) * sizeof(float));
+    if (m->rope_factors) {
+        size_t bytes = (size_t)(hp->head_dim / 2) * sizeof(float);
+        if (!(tm->rope_factors = malloc(bytes))) {
+            speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+            speck_train_model_free(tm);
+            tm = NULL;
+            goto done;
+        }
+        memcpy(tm->rope_factors, m->rope_factors, bytes);
+    }
     tm->src_path = strdup(path);
     copy_weight(tm->p.tok_embd, &m->tok_embd);
     memcpy(tm->p.out_norm, m->out_norm, (size_t)hp->n_embd * sizeof(float));
@@ -718,6 +745,7 @@ void speck_train_model_free(speck_train_model *tm) {
     if (!tm) return;
     acts_free(tm->acts);
     free(tm->rope_freq);
+    free(tm->rope_factors);
     free(tm->tensors);
     free(tm->p.layers);
     free(tm->g.layers);

@@ -98,25 +98,18 @@ static int copy_vocab(speck_gguf_writer *w, const char *vocab_path, int n_vocab)
 // live until the writer is saved.
 static int write_model(speck_gguf_writer *w, speck_train_model *tm, speck_type type,
                        const char *name, void **bufs) {
-    const speck_train_config *c = &tm->cfg;
-    int err = 0;
-    err |= speck_gguf_set_str(w, "general.architecture", "llama");
-    err |= speck_gguf_set_str(w, "general.name", name ? name : "speck-trained");
-    err |= speck_gguf_set_u32(w, "general.file_type", (uint32_t)speck_gguf_file_type(type));
-    err |= speck_gguf_set_u32(w, "llama.context_length", (uint32_t)c->n_ctx);
-    err |= speck_gguf_set_u32(w, "llama.embedding_length", (uint32_t)c->n_embd);
-    err |= speck_gguf_set_u32(w, "llama.block_count", (uint32_t)c->n_layer);
-    err |= speck_gguf_set_u32(w, "llama.feed_forward_length", (uint32_t)c->n_ff);
-    err |= speck_gguf_set_u32(w, "llama.attention.head_count", (uint32_t)c->n_head);
-    err |= speck_gguf_set_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_head_kv);
-    err |= speck_gguf_set_u32(w, "llama.rope.dimension_count", (uint32_t)tm->head_dim);
-    err |= speck_gguf_set_f32(w, "llama.rope.freq_base", c->rope_freq_base);
-    err |= speck_gguf_set_f32(w, "llama.attention.layer_norm_rms_epsilon", c->norm_eps);
-    err |= speck_gguf_set_u32(w, "llama.vocab_size", (uint32_t)c->n_vocab);
-    if (err) return speck_set_error(SPECK_ERR_NOMEM, "export: out of memory");
-    if (tm->rope_type != SPECK_ROPE_NORMAL)
-        return speck_set_error(SPECK_ERR_UNSUPPORTED,
-                               "export: NEOX RoPE models cannot be written as architecture llama");
+    speck_hparams hp = tm->hp;
+    snprintf(hp.name, sizeof hp.name, "%s", name ? name : "speck-trained");
+    int err = speck_hparams_write(w, &hp);
+    if (err) return err;
+    if (speck_gguf_set_u32(w, "general.file_type", (uint32_t)speck_gguf_file_type(type)))
+        return speck_set_error(SPECK_ERR_NOMEM, "export: out of memory");
+    if (tm->rope_factors) {
+        int64_t ne[1] = {tm->head_dim / 2};
+        if ((err = speck_gguf_add_tensor(w, "rope_freqs.weight", SPECK_TYPE_F32, 1, ne,
+                                         tm->rope_factors)))
+            return err;
+    }
     for (int i = 0; i < tm->n_tensors; i++) {
         const speck_ttensor *t = &tm->tensors[i];
         const float *src = tm->params + t->offset;
@@ -215,7 +208,14 @@ int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_t
     SAME(n_layer) SAME(n_head) SAME(n_head_kv) SAME(n_ff) SAME(tied_output) SAME(norm_eps)
         SAME(rope_freq_base)
 #undef SAME
-            speck_gguf *g = err ? NULL : speck_gguf_open(path);
+    if (!err && (strcmp(tm->hp.arch, ck->hp.arch) || tm->hp.rope_scaling != ck->hp.rope_scaling ||
+                 memcmp(tm->rope_freq, ck->rope_freq, (size_t)(tm->head_dim / 2) * sizeof(float))))
+        err = speck_set_error(SPECK_ERR_ARG,
+                              "%s: checkpoint of another model: architecture %s and its RoPE "
+                              "frequencies differ from the run's (%s; start it with the same "
+                              "--init-from)",
+                              path, ck->hp.arch, tm->hp.arch);
+    speck_gguf *g = err ? NULL : speck_gguf_open(path);
     if (!err && !g) err = SPECK_ERR_IO;
     int64_t ks = g ? speck_gguf_find_key(g, "train.step") : -1;
     if (!err && ks < 0)

@@ -36,9 +36,13 @@ typedef struct speck_tacts speck_tacts;
 
 struct speck_train_model {
     speck_train_config cfg;
+    // The architecture and every hyper-parameter of the model written on export (the source's
+    // for --init-from: RoPE type and scaling, context, name), kept in step with cfg.
+    speck_hparams hp;
     int head_dim;
     speck_rope_type rope_type;
-    float *rope_freq; // (head_dim/2)
+    float *rope_freq;    // (head_dim/2)
+    float *rope_factors; // (head_dim/2) the source's rope_freqs.weight divisors, or NULL
     int n_tensors;
     speck_ttensor *tensors;
     int64_t n_params;

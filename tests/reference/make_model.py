@@ -35,6 +35,8 @@ CONFIGS = {
     "mha": dict(n_head_kv=4),
     "tied": dict(tied=True),
     "qwen2": dict(arch="qwen2", qkv_bias=True, rope_base=1e6, eps=1e-6),
+    # Qwen2's NEOX RoPE without the biases (what speck can train).
+    "qwen2nb": dict(arch="qwen2", rope_base=1e6, eps=1e-6),
     # Llama 3.1 scaling described by metadata keys only (frequencies computed by the loader).
     "llama3": dict(rope_scaling="llama3", rope_factor=8.0),
     # The same scaling the way llama.cpp's converter ships it: a rope_freqs.weight tensor of

@@ -20,6 +20,13 @@ and this script computes the same with torch autograd / torch.optim.AdamW from t
               worst element errors are 0.4-1.4e-4, update-norm errors 2-7e-5; a wrong bias
               correction, decay or clip factor gives >= 5e-2.
 
+Export: for models whose RoPE differs from the plain llama's (linear and llama3 scaling by keys,
+llama3 as a rope_freqs tensor, qwen2's NEOX rotation), train_dump exports the training model after
+0 and 2 AdamW steps. The reference, reading each exported file's own metadata, must give the
+source's logits for the 0-step export (max abs difference <= 1e-9: the weights are the same f32
+values, so only a changed hyper-parameter can make them differ) and the same RoPE frequencies,
+architecture and weights as speck's training model for the 2-step one.
+
 Usage: /usr/bin/python3 tests/reference/train_ref.py --dump build/tests/train_dump --workdir DIR
 Prints PASS/FAIL per case and `N passed, M failed`; exits 1 on any failure.
 """
@@ -46,6 +53,8 @@ TOL_ADAM_REL = 1e-3
 B, T, ADAM_STEPS = 2, 12, 5
 CASES = [("gqa", "f32"), ("mqa", "f32"), ("mha", "f32"), ("tied", "f32"), ("llama3", "f32"),
          ("gqa", "q8_0")]
+EXPORT_CASES = ["linear", "llama3", "llama3f", "qwen2nb"]
+TOL_EXPORT = 1e-9
 
 
 def lr_at(step, lr=1e-2, min_lr=1e-3, warmup=2, total=ADAM_STEPS):
@@ -84,9 +93,54 @@ def read_dump(d: str, name: str, shape) -> np.ndarray:
     return np.fromfile(os.path.join(d, name + ".f32"), dtype="<f4").reshape(shape)
 
 
-def run(args, model: str, tok_path: str, out: str, mode: str):
+def run(args, model: str, tok_path: str, out: str, mode: str, export: str | None = None):
     os.makedirs(out, exist_ok=True)
-    subprocess.run([args.dump, model, tok_path, str(B), str(T), out, mode], check=True)
+    subprocess.run([args.dump, model, tok_path, str(B), str(T), out, mode] +
+                   ([export] if export else []), check=True)
+
+
+def check_export(args, cfg: str) -> tuple[int, int]:
+    """Export after 0 and 2 steps; the files must describe the source's model (see the top)."""
+    passed = failed = 0
+    model = M.make_model(cfg, os.path.join(args.workdir, f"export-{cfg}.gguf"), "f32", seed=4)
+    src = G.read_gguf(model)
+    tok = np.random.default_rng(8).integers(0, M.config(cfg)["n_vocab"], size=(B, T + 1))
+    tok_path = os.path.join(args.workdir, f"export-{cfg}.i32")
+    tok.astype("<i4").tofile(tok_path)
+    src_ref = L.LlamaRef(src.kv, src.tensors)
+    src_hp = L.hparams_from_gguf(src.kv, src.tensors)
+    for steps in (0, 2):
+        out = os.path.join(args.workdir, f"export-{cfg}-{steps}")
+        path = out + ".gguf"
+        run(args, model, tok_path, out, f"adam:{steps}", path)
+        g = G.read_gguf(path)
+        hp = L.hparams_from_gguf(g.kv, g.tensors)
+        ok = (hp.arch == src_hp.arch and hp.rope_neox == src_hp.rope_neox and
+              hp.rope_pos_scale == src_hp.rope_pos_scale and
+              np.array_equal(hp.rope_inv_freq, src_hp.rope_inv_freq) and
+              hp.n_ctx_train == src_hp.n_ctx_train)
+        print(f"{'PASS' if ok else 'FAIL'} export {cfg} after {steps} steps: architecture "
+              f"{hp.arch} (source {src_hp.arch}), position scale {hp.rope_pos_scale} (source "
+              f"{src_hp.rope_pos_scale}), RoPE frequencies "
+              f"{'equal' if np.array_equal(hp.rope_inv_freq, src_hp.rope_inv_freq) else 'differ'}")
+        passed, failed = passed + ok, failed + (not ok)
+        if steps == 0:
+            with torch.no_grad():
+                a = src_ref.forward(tok[0])
+                b = L.LlamaRef(g.kv, g.tensors).forward(tok[0])
+            err = float((a - b).abs().max())
+            ok = err <= TOL_EXPORT
+            print(f"{'PASS' if ok else 'FAIL'} export {cfg}: logits of the exported model vs "
+                  f"the source: max abs diff {err:.2e} (tol {TOL_EXPORT})")
+        else:
+            bad = [n for n in g.tensors if n != "rope_freqs.weight" and not np.array_equal(
+                np.asarray(g.tensors[n], dtype=np.float32).reshape(-1),
+                read_dump(out, n, (-1,)))]
+            ok = not bad
+            print(f"{'PASS' if ok else 'FAIL'} export {cfg}: exported weights equal the trained "
+                  f"ones{'' if ok else ' except ' + ', '.join(bad)}")
+        passed, failed = passed + ok, failed + (not ok)
+    return passed, failed
 
 
 def main() -> int:
@@ -166,6 +220,9 @@ def main() -> int:
                 passed += 1
         print(f"PASS-INFO {tag} adamw {ADAM_STEPS} steps: worst max abs err {worst:.2e}, "
               f"worst update rel err {worst_rel:.2e}")
+    for cfg in EXPORT_CASES:
+        p, f = check_export(args, cfg)
+        passed, failed = passed + p, failed + f
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
