@@ -8,11 +8,6 @@ scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build build -j"$(nproc)"
 model=models/default.gguf
-if [[ ! -f $model ]]; then
-  # Until the trained default model lands, a small random-weight model written by speck itself.
-  model=build/speck-tiny.gguf
-  [[ -f $model ]] || build/speck init --preset tiny --seed 1 -o "$model"
-fi
 build/speck info -m "$model" --no-tensors | tail -2
 prompt='def read_config(path):
     """Read a configuration file and return a dict."""

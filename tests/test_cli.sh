@@ -126,5 +126,22 @@ assert cl["n"] == best["n"] and abs(cl["speedup"] - best["n"] / best["relative_c
 expect 1 "bench-decode missing prompts" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/none.jsonl"
 mentions "none.jsonl" "cannot open"
 
+# The default model when -m is omitted: found from the executable's location whatever the working
+# directory (a checkout's build/speck, or an install's PREFIX/bin with PREFIX/share/speck/models);
+# a binary with no model beside it says so.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -f $repo/models/default.gguf && $SPECK -ef $repo/build/speck ]]; then
+  expect 0 "default model from another directory" -- env -u SPECK_MODEL -C "$dir" "$repo/build/speck" info --no-tensors
+  grep -qF "$repo/build/../models/default.gguf" "$dir/out" && ok || bad "info without -m from $dir: $(head -c 300 "$dir/out")"
+fi
+mkdir -p "$dir/inst/bin" "$dir/inst/share/speck/models"
+cp "$SPECK" "$dir/inst/bin/speck"
+expect 2 "no default model" -- env -u SPECK_MODEL -C "$dir" "$dir/inst/bin/speck" generate -p x -n 1
+mentions "no default model found" "-m"
+cp "$dir/tiny.gguf" "$dir/inst/share/speck/models/default.gguf"
+expect 0 "installed default model" -- env -u SPECK_MODEL -C / "$dir/inst/bin/speck" tokenize "ab"
+expect 0 "installed default model (info)" -- env -u SPECK_MODEL -C / "$dir/inst/bin/speck" info --no-tensors
+grep -qF "$dir/inst/bin/../share/speck/models/default.gguf" "$dir/out" && ok || bad "installed info: $(head -c 300 "$dir/out")"
+
 echo "$pass passed, $fail failed"
 [[ $fail == 0 ]]

@@ -32,8 +32,9 @@ double cli_float(const char *cmd, const char *opt, const char *s);
 int cli_fail(const char *cmd);
 // Parse "1,2,3" into ids (malloc'd); returns count or -1.
 int cli_parse_ids(const char *s, int32_t **ids);
-// The model used when -m is omitted: $SPECK_MODEL, else models/default.gguf beside the
-// executable's source tree or the working directory. NULL if none exists.
+// The model used when -m is omitted: $SPECK_MODEL, else models/default.gguf in the working
+// directory, else found from the executable's location (a checkout's build/speck, or an
+// installed PREFIX/bin/speck with PREFIX/share/speck/models). NULL if none exists.
 const char *cli_default_model(void);
 // path, else the default model; NULL after printing "speck CMD: no model ..." when neither exists.
 const char *cli_model_path(const char *cmd, const char *path);

@@ -1,5 +1,6 @@
 // Helpers shared by the CLI subcommands: option parsing, errors, timing.
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,12 +83,26 @@ int cli_parse_ids(const char *s, int32_t **ids) {
     return v ? n : -1;
 }
 
+// Where the default model may be, after $SPECK_MODEL: the working directory's models/ (a
+// checkout), then relative to the executable: build/speck in a checkout ("../models"), an install
+// under PREFIX/bin ("../share/speck/models", where `cmake --install` puts it).
 const char *cli_default_model(void) {
     const char *env = getenv("SPECK_MODEL");
     if (env && *env) return env;
-    static const char *cands[] = {"models/default.gguf", "models/speck-tiny.gguf"};
-    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++)
-        if (access(cands[i], R_OK) == 0) return cands[i];
+    if (access("models/default.gguf", R_OK) == 0) return "models/default.gguf";
+    static char path[PATH_MAX + 64];
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return NULL;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return NULL;
+    *slash = 0;
+    static const char *rel[] = {"../models/default.gguf", "../share/speck/models/default.gguf"};
+    for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", exe, rel[i]);
+        if (access(path, R_OK) == 0) return path;
+    }
     return NULL;
 }
 

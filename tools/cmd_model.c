@@ -35,10 +35,7 @@ int cmd_info(int argc, char **argv) {
             return 2;
         }
     }
-    if (!path) {
-        fprintf(stderr, "speck info: no file given (-m FILE.gguf)\n");
-        return 2;
-    }
+    if (!(path = cli_model_path("info", path))) return 2;
     speck_gguf *g = speck_gguf_open(path);
     if (!g) return cli_fail("info");
     printf("file:       %s\n", path);
