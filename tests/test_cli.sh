@@ -134,7 +134,9 @@ expect 0 "generate f32 KV cache, accelerated" -- "$SPECK" generate -m "$dir/tiny
 grep -q "output identical" "$dir/err" && ok || bad "f32 KV cache: accelerated output differs: $(cat "$dir/err")"
 
 # bench-decode: every strategy greedy-identical to plain decoding, the cost curve, and the
-# perfect-draft ceiling it implies (max of n / cost(n), to the printed rounding).
+# perfect-draft ceiling it implies (max of n / cost(n), to the printed rounding: costs have 3
+# decimals, so n / cost is known only within the interval of cost +- 0.0005, which is wide when a
+# loaded machine measures a tiny relative cost).
 printf '%s\n' '"def foo(x):\n    return x + 1\n\ndef bar("' '"hello world hello world hello"' '{"prompt": "import os\nimport sys\n"}' >"$dir/prompts.jsonl"
 expect 0 "bench-decode json" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/prompts.jsonl" -n 12 --json
 /usr/bin/python3 -c '
@@ -144,9 +146,14 @@ r = d["results"]
 assert r[0]["strategy"] == "plain" and len(r) > 5 and all(x["identical"] for x in r), r
 c = d["cost_curve"]
 assert c[0]["n"] == 1 and c[0]["relative_cost"] == 1 and all(x["relative_cost"] > 0 for x in c), c
-best = max(c, key=lambda x: x["n"] / x["relative_cost"])
+def span(x):
+    return x["n"] / (x["relative_cost"] + 0.0005), x["n"] / max(x["relative_cost"] - 0.0005, 1e-9)
 cl = d["perfect_draft_ceiling"]
-assert cl["n"] == best["n"] and abs(cl["speedup"] - best["n"] / best["relative_cost"]) < 0.01 * cl["speedup"], cl
+at = [x for x in c if x["n"] == cl["n"]]
+assert len(at) == 1, cl
+lo, hi = span(at[0])
+assert 0.999 * lo <= cl["speedup"] <= 1.001 * hi, (cl, at)
+assert all(span(x)[0] <= 1.001 * cl["speedup"] for x in c), (cl, c)
 ' "$dir/out" && ok || bad "bench-decode --json output: $(head -c 600 "$dir/out")"
 expect 1 "bench-decode missing prompts" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/none.jsonl"
 mentions "none.jsonl" "cannot open"

@@ -111,10 +111,10 @@ static void explore(const speck_draft_tree *t, int parent, const float *p, int V
     }
 }
 
+static double g_worst; // largest deviation seen, printed at the end
+
 // Output distribution of one step, compared with p. q: the draft distribution the single
 // candidate is sampled from (summing over its value), or NULL for the tree as given.
-static double g_worst;
-
 static void expect_target(const char *label, const speck_draft_tree *t, int parent, const float *p,
                           const float *q, int V) {
     double out[V_MAX] = {0};
