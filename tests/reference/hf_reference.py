@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_io as G  # noqa: E402
+import skips as S  # noqa: E402
 
 TORCH_DT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -503,8 +504,9 @@ def main(argv=None) -> int:
         return make_real(a)
     tok = os.path.join(a.node, "node_modules", "@lenml", "tokenizer-llama2", "models")
     if not os.path.exists(tok):
-        print(f"SKIP: npm tokenizers not installed ({tok})")
-        return 0
+        return S.missing(tok, "the HF directories take their tokenizer from tests/node's npm "
+                              "packages: run `bash scripts/deps.sh --test` (or `npm ci` in "
+                              "tests/node)")
     res = Result()
     for name in a.case.split(","):
         test_case(name, CASES[name], a, res, a.workdir)
