@@ -4,6 +4,7 @@
 #define SPECK_KERNELS_INTERNAL_H
 
 #include "kernels/kernels.h"
+#include "quant/quant.h"
 
 // Most activation rows a multi-token kernel handles per call (matmul tiles tokens by this).
 #define SPECK_MT 4
@@ -44,6 +45,19 @@ typedef struct {
     const float *d;    // (n_tok, n / 32) block scales (the stored fp16 widened)
     int64_t n_tok, n;  // n a multiple of 32
 } speck_gemm_act;
+
+// Kernels of one block type of src/quant/ (speck_kernel_table.qt, indexed by type id). Every
+// result follows the dot contract of quant.h, so all ISAs give the same bits.
+typedef struct {
+    // One weight row . one activation row of blocks (Q8_0 for the 32-value types, Q8_K for the
+    // 256-value ones); n values.
+    float (*dot)(const void *w, const void *a, int64_t n);
+    // One weight row . token rows t0 .. t0 + nt - 1 (nt 1..SPECK_MT) of a (prepared in the
+    // layout speck_mm_kind_for gives); out: (nt). NULL: per-token dots.
+    void (*mm)(const void *w, const speck_mm_act *a, int64_t t0, int nt, float *out);
+    // Row dequantization x: n / block-size blocks -> y: (n). NULL: the reference.
+    void (*to_f32)(const void *x, float *y, int64_t n);
+} speck_qt_kernels;
 
 typedef struct {
     const char *name;
@@ -128,6 +142,10 @@ typedef struct {
     void (*bf16_to_f32)(const uint16_t *x, float *y, int64_t n);
     void (*q8_0_to_f32)(const speck_block_q8_0 *x, float *y, int64_t n);
     void (*q4_0_to_f32)(const speck_block_q4_0 *x, float *y, int64_t n);
+    // Q8_K activation quantization (x: (n) -> n / 256 blocks), bit-identical to
+    // speck_quant_q8_k_ref.
+    void (*quantize_q8_k)(const float *x, speck_block_q8_k *y, int64_t n);
+    speck_qt_kernels qt[SPECK_TYPE_ID_MAX];
 } speck_kernel_table;
 
 // The table in use (chosen once; see dispatch.c).

@@ -252,4 +252,5 @@ const speck_kernel_table speck_kernels_scalar = {
     .attend = speck_attend_ref,
     .q8_0_to_f32 = q8_0_to_f32_scalar,
     .q4_0_to_f32 = q4_0_to_f32_scalar,
+    .quantize_q8_k = speck_quant_q8_k_ref,
 };
