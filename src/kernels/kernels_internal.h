@@ -145,7 +145,9 @@ typedef struct {
     // Q8_K activation quantization (x: (n) -> n / 256 blocks), bit-identical to
     // speck_quant_q8_k_ref.
     void (*quantize_q8_k)(const float *x, speck_block_q8_k *y, int64_t n);
-    speck_qt_kernels qt[SPECK_TYPE_ID_MAX];
+    // Kernels of the src/quant/ block types, SPECK_TYPE_ID_MAX entries indexed by type id (NULL
+    // members: the scalar reference).
+    const speck_qt_kernels *qt;
 } speck_kernel_table;
 
 // The table in use (chosen once; see dispatch.c).
@@ -159,6 +161,12 @@ extern const speck_kernel_table speck_kernels_avx512;
 // Scalar row helpers shared by all ISAs (the reference semantics).
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n);
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
+// The block-type kernels of each ISA (src/kernels/quant_*.c; the scalar table's are all NULL).
+extern const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX];
+extern const speck_qt_kernels speck_qt_avx2[SPECK_TYPE_ID_MAX];
+extern const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX];
+void speck_quantize_q8_k_avx2(const float *x, speck_block_q8_k *y, int64_t n);
+void speck_quantize_q8_k_avx512(const float *x, speck_block_q8_k *y, int64_t n);
 // The AVX-512 table's gemm_pack / gemm_run (src/kernels/gemm_avx512.c).
 void speck_gemm_pack_avx512(speck_type wt, const void *w, size_t wrow, int rows, int64_t n_in,
                             void *dst);
