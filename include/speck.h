@@ -61,19 +61,43 @@ typedef enum {
     SPECK_TYPE_F32 = 0,
     SPECK_TYPE_F16 = 1,
     SPECK_TYPE_Q4_0 = 2,
+    SPECK_TYPE_Q4_1 = 3,
+    SPECK_TYPE_Q5_0 = 6,
+    SPECK_TYPE_Q5_1 = 7,
     SPECK_TYPE_Q8_0 = 8,
+    SPECK_TYPE_Q2_K = 10,
+    SPECK_TYPE_Q3_K = 11,
+    SPECK_TYPE_Q4_K = 12,
+    SPECK_TYPE_Q5_K = 13,
+    SPECK_TYPE_Q6_K = 14,
+    SPECK_TYPE_Q8_K = 15, // activations of the 256-value types' dots; not a storage type
+    SPECK_TYPE_IQ4_NL = 20,
+    SPECK_TYPE_IQ4_XS = 23,
     SPECK_TYPE_BF16 = 30,
 } speck_type;
 
-// "f32", "f16", "q4_0", "q8_0", "bf16" or NULL for a type speck does not handle.
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
+// "q6_k", "iq4_nl", "iq4_xs", or NULL for a type speck does not store (Q8_K, ggml's others).
 const char *speck_type_name(int type);
 // Parse a name as above (case-insensitive); returns -1 if unknown.
 int speck_type_from_name(const char *name);
-// Values per block (1 for float types, 32 for Q8_0/Q4_0) and bytes per block.
+// Values per block (1 for float types, 32 for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL, 256 for
+// the K-quants, IQ4_XS and Q8_K) and bytes per block (0 for unknown types).
 int64_t speck_type_block_size(speck_type t);
 int64_t speck_type_block_bytes(speck_type t);
 // Bytes of a row of n values (n must be a multiple of the block size).
 size_t speck_type_row_size(speck_type t, int64_t n);
+// The type a matrix of rows of n_per_row values gets when t is asked for: t when its block
+// divides the row, otherwise llama-quantize's fallback (Q2_K / Q3_K -> Q4_0, Q4_K -> Q5_0,
+// Q5_K -> Q5_1, Q6_K -> Q8_0, IQ4_XS -> IQ4_NL), and f16 when no block fits.
+speck_type speck_type_for_row(speck_type t, int64_t n_per_row);
+// Quantize nrow rows of n_per_row floats into type t, rows contiguous: x (nrow, n_per_row) ->
+// y (nrow rows of speck_type_row_size(t, n_per_row) bytes). The algorithms are llama-quantize's,
+// byte for byte. imp: per-column importance weights (n_per_row values, e.g. an imatrix's) that
+// steer the scale searches toward the columns that matter, or NULL. Threaded over rows.
+// SPECK_ERR_ARG (error set) for a type speck cannot write or a row its block does not divide.
+int speck_quantize(speck_type t, const float *x, void *y, int64_t nrow, int64_t n_per_row,
+                   const float *imp);
 
 /* ------------------------------------------------------------------------------------------ */
 /* GGUF v3 files                                                                               */

@@ -13,7 +13,8 @@ const char *speck_gguf_type_label(int type);
 size_t speck_gguf_vtype_size(speck_gguf_vtype t);
 
 // llama.cpp's general.file_type code for a model whose matrices are of type t (ALL_F32 = 0,
-// MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32).
+// MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32, MOSTLY_Q4_K_S = 14, ...:
+// the file_type column of src/quant/quant_types.c).
 int speck_gguf_file_type(int t);
 
 // Drop the resident pages of [p, p + len) (inside g's tensor data) from this process: they are

@@ -18,15 +18,15 @@ static bool is_quant(int t) {
 }
 
 // The type tensor t gets: matrices (two or more dimensions) take the requested type (the token
-// embeddings and output head their own when given), falling back to f16 when the type's block
-// does not divide a row, as `speck convert` does; vectors (norms, biases) are kept as they are.
+// embeddings and output head their own when given), falling back as llama-quantize does when
+// the type's block does not divide a row (speck_type_for_row), as `speck convert` does; vectors
+// (norms, biases) are kept as they are.
 static int out_type(const speck_gguf_tensor *t, const speck_quantize_opts *o) {
     if (t->n_dims < 2) return t->type;
     speck_type want = o->type;
     if (!strcmp(t->name, "token_embd.weight") && o->embd_type >= 0) want = o->embd_type;
     if (!strcmp(t->name, "output.weight") && o->output_type >= 0) want = o->output_type;
-    if (t->ne[0] % speck_type_block_size(want)) return SPECK_TYPE_F16;
-    return want;
+    return speck_type_for_row(want, t->ne[0]);
 }
 
 static int check_types(const speck_gguf *g, const char *in, const speck_quantize_opts *o) {
@@ -37,9 +37,10 @@ static int check_types(const speck_gguf *g, const char *in, const speck_quantize
         if (!speck_computes(t->type))
             return speck_set_error(
                 SPECK_ERR_FORMAT,
-                "%s: tensor '%s' has ggml type id %d, which speck cannot convert "
-                "(it reads f32, f16, bf16, q8_0 and q4_0)",
-                in, t->name, t->type);
+                "%s: tensor '%s' has ggml type %s (id %d), which speck cannot convert "
+                "(it reads f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k, "
+                "iq4_nl, iq4_xs)",
+                in, t->name, speck_gguf_type_label(t->type), t->type);
         if (is_quant(t->type) && is_quant(dt) && !o->allow_requantize)
             return speck_set_error(SPECK_ERR_ARG,
                                    "%s: tensor '%s' is already %s; quantizing it again to %s "

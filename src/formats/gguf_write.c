@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "quant/quant.h"
 #include "speck.h"
 #include "formats/gguf_internal.h"
 #include "formats/gguf_stream.h"
@@ -346,16 +347,6 @@ int speck_gguf_writer_save(speck_gguf_writer *w, const char *path) {
 }
 
 int speck_gguf_file_type(int t) {
-    switch (t) {
-    case SPECK_TYPE_F16:
-        return 1;
-    case SPECK_TYPE_Q4_0:
-        return 2;
-    case SPECK_TYPE_Q8_0:
-        return 7;
-    case SPECK_TYPE_BF16:
-        return 32;
-    default:
-        return 0;
-    }
+    const speck_type_traits *tr = speck_traits(t);
+    return tr && tr->file_type > 0 ? tr->file_type : 0;
 }

@@ -290,16 +290,15 @@ static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64
     p->rows = rows;
     p->cols = cols;
     p->qk_head_dim = qk;
-    // Vectors are f32; matrices take the requested type (the source's for -1), falling back to
-    // f16 when a quantized type's block does not divide the row.
+    // Vectors are f32; matrices take the requested type (the source's for -1), falling back as
+    // llama-quantize does (speck_type_for_row: Q4_K -> Q5_0, ..., f16 last) when the type's
+    // block does not divide the row.
     if (!cols)
         p->out = SPECK_TYPE_F32;
     else if (type < 0)
         p->out = t->type;
-    else if (cols % speck_type_block_size((speck_type)type))
-        p->out = SPECK_TYPE_F16;
     else
-        p->out = (speck_type)type;
+        p->out = speck_type_for_row((speck_type)type, cols);
     return 0;
 }
 

@@ -77,28 +77,20 @@ const char *speck_isa(void) {
 }
 
 speck_type speck_act_type(speck_type weight_type) {
-    return (weight_type == SPECK_TYPE_Q8_0 || weight_type == SPECK_TYPE_Q4_0) ? SPECK_TYPE_Q8_0
-                                                                              : SPECK_TYPE_F32;
+    const speck_type_traits *t = speck_traits(weight_type);
+    return t ? t->act : SPECK_TYPE_F32;
 }
 
-// x: (n) -> y: one row of type t.
+// x: (n) -> y: one row of type t. The activation formats go through the ISA's quantizers (they
+// give the same bits on every ISA); weight types through the reference quantizers.
 void speck_quantize_row(speck_type t, const float *x, void *y, int64_t n) {
-    switch (t) {
-    case SPECK_TYPE_F32:
-        memcpy(y, x, (size_t)n * sizeof(float));
-        break;
-    case SPECK_TYPE_F16:
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_fp16(x[i]);
-        break;
-    case SPECK_TYPE_BF16:
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_bf16(x[i]);
-        break;
-    case SPECK_TYPE_Q8_0:
+    if (t == SPECK_TYPE_Q8_0) {
         g_table->quantize_q8_0(x, y, n);
-        break;
-    case SPECK_TYPE_Q4_0:
-        speck_quantize_row_q4_0_ref(x, y, n);
-        break;
+    } else if (t == SPECK_TYPE_Q8_K) {
+        g_table->quantize_q8_k(x, y, n);
+    } else {
+        const speck_type_traits *tr = speck_traits(t);
+        if (tr && tr->quant) tr->quant(x, y, n, NULL);
     }
 }
 
@@ -107,20 +99,28 @@ void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n) {
     switch (t) {
     case SPECK_TYPE_F32:
         memcpy(y, x, (size_t)n * sizeof(float));
-        break;
+        return;
     case SPECK_TYPE_F16:
         g_table->f16_to_f32(x, y, n);
-        break;
+        return;
     case SPECK_TYPE_BF16:
         g_table->bf16_to_f32(x, y, n);
-        break;
+        return;
     case SPECK_TYPE_Q8_0:
         g_table->q8_0_to_f32(x, y, n);
-        break;
+        return;
     case SPECK_TYPE_Q4_0:
         g_table->q4_0_to_f32(x, y, n);
+        return;
+    default:
         break;
     }
+    const speck_type_traits *tr = speck_traits(t);
+    if (!tr) return;
+    if ((int)t < SPECK_TYPE_ID_MAX && g_table->qt[t].to_f32)
+        g_table->qt[t].to_f32(x, y, n);
+    else
+        tr->dequant(x, y, n);
 }
 
 // w: one weight row of type t (n values); act: (n) in speck_act_type(t).
@@ -137,8 +137,12 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
         return k->dot_q8_0(w, act, n);
     case SPECK_TYPE_Q4_0:
         return k->dot_q4_0(w, act, n);
+    default:
+        break;
     }
-    return 0.0f;
+    if ((int)t >= 0 && (int)t < SPECK_TYPE_ID_MAX && k->qt[t].dot) return k->qt[t].dot(w, act, n);
+    const speck_type_traits *tr = speck_traits(t);
+    return tr && tr->dot ? tr->dot(w, act, n) : 0.0f;
 }
 
 // q: (hd); kb, vb: key/value j at + j * ld; allow, sc: (n_keys); out: (hd).

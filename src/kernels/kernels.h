@@ -47,7 +47,8 @@ void speck_quantize_row(speck_type t, const float *x, void *y, int64_t n);
 void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n);
 
 // Type the activations must be in to be dotted with weights of type t:
-// SPECK_TYPE_Q8_0 for Q8_0/Q4_0 weights, SPECK_TYPE_F32 otherwise.
+// SPECK_TYPE_Q8_0 for Q8_0 / Q4_0 and the other 32-value block types, SPECK_TYPE_Q8_K for the
+// 256-value ones (K-quants, IQ4_XS), SPECK_TYPE_F32 for float weights.
 speck_type speck_act_type(speck_type weight_type);
 
 // Dot product of one weight row (type t, n values) with one activation row already converted to
@@ -97,10 +98,11 @@ speck_type speck_matmul_act_type(speck_type wt, int64_t n_tok);
 // floor(nb / 8) * 8 blocks) as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks];
 // matmul.c builds that order when it passes Q4_0 rows (see quantize_rows()).
 typedef struct {
-    const int8_t *qs; // (n_tok, n) quantized values; rows 64-byte aligned
-    const float *d;   // (n_tok, n / 32) block scales
-    const float *s;   // (n_tok, n / 32) d * (sum of the block's 32 values), for Q4_0's -8 offset
-    int64_t n;        // values per row, a multiple of 32
+    const int8_t *qs;    // (n_tok, n) quantized values; rows 64-byte aligned
+    const float *d;      // (n_tok, n / 32) block scales
+    const float *s;      // (n_tok, n / 32) d * (sum of the block's 32 values), for Q4_0's -8 offset
+    const int16_t *qsum; // (n_tok, n / 32) sum of the block's 32 values
+    int64_t n;           // values per row, a multiple of 32
 } speck_q8_rows;
 
 typedef enum {
@@ -108,12 +110,14 @@ typedef enum {
     SPECK_MM_Q8_BLOCKS,   // Q8_0 block rows (Q8_0/Q4_0 weights, ISAs without mm kernels)
     SPECK_MM_Q8_SPLIT,    // split Q8_0 layout for the mm kernels, natural order (Q8_0 weights)
     SPECK_MM_Q8_SPLIT_Q4, // split layout in Q4_0's nibble order (Q4_0 weights)
+    SPECK_MM_Q8K,         // Q8_K block rows (the 256-value types: K-quants, IQ4_XS)
 } speck_mm_kind;
 
 typedef struct {
     speck_mm_kind kind;
     const float *x;     // SPECK_MM_F32: the caller's X
-    const char *blocks; // Q8_0 block rows (SPECK_MM_Q8_BLOCKS, and kept by the split layouts)
+    const char *blocks; // Q8_0 block rows (SPECK_MM_Q8_BLOCKS, and kept by the split layouts),
+                        // or Q8_K block rows (SPECK_MM_Q8K)
     speck_q8_rows rows; // SPECK_MM_Q8_SPLIT*
     int64_t n_tok, n_in;
 } speck_mm_act;
@@ -129,6 +133,8 @@ speck_mm_kind speck_mm_kind_for(speck_type wt);
 int speck_mm_stream_max(speck_type wt);
 // Bytes of buffer speck_mm_act_prepare needs (0 for SPECK_MM_F32).
 size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in);
+// The most any weight type needs (a buffer for whatever matrices share it).
+size_t speck_mm_act_bytes_max(int64_t n_tok, int64_t n_in);
 // X: (n_tok, n_in) f32 -> a, using buf (64-byte aligned, speck_mm_act_bytes long). X must stay
 // alive and unchanged while a is used for SPECK_MM_F32.
 void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t n_in, void *buf,

@@ -795,4 +795,6 @@ const speck_kernel_table speck_kernels_avx2 = {
     .attend_group = attend_group_avx2,
     .q8_0_to_f32 = q8_0_to_f32_avx2,
     .q4_0_to_f32 = q4_0_to_f32_avx2,
+    .quantize_q8_k = speck_quantize_q8_k_avx2,
+    .qt = speck_qt_avx2,
 };

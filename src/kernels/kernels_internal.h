@@ -4,6 +4,7 @@
 #define SPECK_KERNELS_INTERNAL_H
 
 #include "kernels/kernels.h"
+#include "quant/quant.h"
 
 // Most activation rows a multi-token kernel handles per call (matmul tiles tokens by this).
 #define SPECK_MT 4
@@ -44,6 +45,19 @@ typedef struct {
     const float *d;    // (n_tok, n / 32) block scales (the stored fp16 widened)
     int64_t n_tok, n;  // n a multiple of 32
 } speck_gemm_act;
+
+// Kernels of one block type of src/quant/ (speck_kernel_table.qt, indexed by type id). Every
+// result follows the dot contract of quant.h, so all ISAs give the same bits.
+typedef struct {
+    // One weight row . one activation row of blocks (Q8_0 for the 32-value types, Q8_K for the
+    // 256-value ones); n values.
+    float (*dot)(const void *w, const void *a, int64_t n);
+    // One weight row . token rows t0 .. t0 + nt - 1 (nt 1..SPECK_MT) of a (prepared in the
+    // layout speck_mm_kind_for gives); out: (nt). NULL: per-token dots.
+    void (*mm)(const void *w, const speck_mm_act *a, int64_t t0, int nt, float *out);
+    // Row dequantization x: n / block-size blocks -> y: (n). NULL: the reference.
+    void (*to_f32)(const void *x, float *y, int64_t n);
+} speck_qt_kernels;
 
 typedef struct {
     const char *name;
@@ -128,6 +142,12 @@ typedef struct {
     void (*bf16_to_f32)(const uint16_t *x, float *y, int64_t n);
     void (*q8_0_to_f32)(const speck_block_q8_0 *x, float *y, int64_t n);
     void (*q4_0_to_f32)(const speck_block_q4_0 *x, float *y, int64_t n);
+    // Q8_K activation quantization (x: (n) -> n / 256 blocks), bit-identical to
+    // speck_quant_q8_k_ref.
+    void (*quantize_q8_k)(const float *x, speck_block_q8_k *y, int64_t n);
+    // Kernels of the src/quant/ block types, SPECK_TYPE_ID_MAX entries indexed by type id (NULL
+    // members: the scalar reference).
+    const speck_qt_kernels *qt;
 } speck_kernel_table;
 
 // The table in use (chosen once; see dispatch.c).
@@ -141,6 +161,12 @@ extern const speck_kernel_table speck_kernels_avx512;
 // Scalar row helpers shared by all ISAs (the reference semantics).
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n);
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
+// The block-type kernels of each ISA (src/kernels/quant_*.c; the scalar table's are all NULL).
+extern const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX];
+extern const speck_qt_kernels speck_qt_avx2[SPECK_TYPE_ID_MAX];
+extern const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX];
+void speck_quantize_q8_k_avx2(const float *x, speck_block_q8_k *y, int64_t n);
+void speck_quantize_q8_k_avx512(const float *x, speck_block_q8_k *y, int64_t n);
 // The AVX-512 table's gemm_pack / gemm_run (src/kernels/gemm_avx512.c).
 void speck_gemm_pack_avx512(speck_type wt, const void *w, size_t wrow, int rows, int64_t n_in,
                             void *dst);

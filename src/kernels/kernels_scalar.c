@@ -235,6 +235,8 @@ int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t l
     return 1;
 }
 
+const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX] = {{NULL, NULL, NULL}};
+
 const speck_kernel_table speck_kernels_scalar = {
     .name = "scalar",
     .dot_f32 = dot_f32_scalar,
@@ -252,4 +254,6 @@ const speck_kernel_table speck_kernels_scalar = {
     .attend = speck_attend_ref,
     .q8_0_to_f32 = q8_0_to_f32_scalar,
     .q4_0_to_f32 = q4_0_to_f32_scalar,
+    .quantize_q8_k = speck_quant_q8_k_ref,
+    .qt = speck_qt_none,
 };

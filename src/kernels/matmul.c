@@ -80,12 +80,14 @@ static inline float dot_one(const speck_kernel_table *k, speck_type wt, const vo
         return k->dot_q8_0(w, a, n);
     case SPECK_TYPE_Q4_0:
         return k->dot_q4_0(w, a, n);
+    default:
+        break;
     }
-    return 0.0f;
+    return k->qt[wt].dot ? k->qt[wt].dot(w, a, n) : speck_traits(wt)->dot(w, a, n);
 }
 
 // Quantize X into the matmul-internal layout (kernels with mm_* entry points).
-// X: (n_tok, n_in) f32 -> a: qs (n_tok, n_in), d and s (n_tok, n_in / 32), all inside buf.
+// X: (n_tok, n_in) f32 -> a: qs (n_tok, n_in), d, s and qsum (n_tok, n_in / 32), inside buf.
 // blk: (n_tok, n_in / 32) Q8_0 block rows, kept (the AVX2 row tiles read them). q4_order:
 // within the first floor(nb / 8) * 8 blocks, store each group of 4 blocks as [elements 0-15 of
 // the 4 blocks | elements 16-31 of the 4 blocks], the order the AVX-512 Q4_0 kernel unpacks
@@ -96,6 +98,7 @@ static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, 
     int8_t *qs = (int8_t *)buf;
     float *d = (float *)(buf + (((size_t)(n_tok * n_in) + 63) & ~(size_t)63));
     float *s = d + n_tok * nb;
+    int16_t *qsum = (int16_t *)(s + n_tok * nb);
     for (int64_t t = 0; t < n_tok; t++, blk += nb) {
         k->quantize_q8_0(X + t * n_in, blk, n_in);
         int8_t *row = qs + t * n_in;
@@ -111,9 +114,10 @@ static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, 
             }
             d[t * nb + b] = speck_fp16_to_fp32(blk[b].d);
             s[t * nb + b] = d[t * nb + b] * (float)sum;
+            qsum[t * nb + b] = (int16_t)sum;
         }
     }
-    return (speck_q8_rows){.qs = qs, .d = d, .s = s, .n = n_in};
+    return (speck_q8_rows){.qs = qs, .d = d, .s = s, .qsum = qsum, .n = n_in};
 }
 
 static int has_mm(const speck_kernel_table *k, speck_type wt) {
@@ -125,7 +129,11 @@ static int has_mm(const speck_kernel_table *k, speck_type wt) {
 // which also keeps the Q8_0 block rows its row tiles read, so one prepared activation serves
 // a layer's panels and rows alike.
 static speck_mm_kind mm_kind(const speck_kernel_table *k, speck_type wt) {
-    if (speck_act_type(wt) != SPECK_TYPE_Q8_0) return SPECK_MM_F32;
+    const speck_type at = speck_act_type(wt);
+    if (at == SPECK_TYPE_Q8_K) return SPECK_MM_Q8K;
+    if (at != SPECK_TYPE_Q8_0) return SPECK_MM_F32;
+    // The other 32-value types: the split layout (natural order) where the ISA has row kernels.
+    if (speck_type_is_extra(wt)) return k->qt[wt].mm ? SPECK_MM_Q8_SPLIT : SPECK_MM_Q8_BLOCKS;
     if (!has_mm(k, wt))
         return k->mm_panel_q4_0 || k->mm_panel_q8_0 ? SPECK_MM_Q8_SPLIT : SPECK_MM_Q8_BLOCKS;
     return wt == SPECK_TYPE_Q4_0 ? SPECK_MM_Q8_SPLIT_Q4 : SPECK_MM_Q8_SPLIT;
@@ -167,11 +175,24 @@ int speck_mm_stream_max(speck_type wt) {
 size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in) {
     const speck_mm_kind kind = speck_mm_kind_for(wt);
     if (kind == SPECK_MM_F32) return 0;
+    if (kind == SPECK_MM_Q8K)
+        return (speck_type_row_size(SPECK_TYPE_Q8_K, n_in) * (size_t)n_tok + 63) & ~(size_t)63;
     const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     const size_t blocks = (arow * (size_t)n_tok + 63) & ~(size_t)63;
     if (kind == SPECK_MM_Q8_BLOCKS) return blocks;
     return blocks + (size_t)(n_tok * n_in) + 64 +
-           2 * sizeof(float) * (size_t)(n_tok * (n_in / SPECK_QK));
+           (2 * sizeof(float) + sizeof(int16_t)) * (size_t)(n_tok * (n_in / SPECK_QK));
+}
+
+size_t speck_mm_act_bytes_max(int64_t n_tok, int64_t n_in) {
+    // One weight type of each activation layout; Q8_K rows only exist when n_in allows them.
+    const speck_type types[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_1, SPECK_TYPE_Q4_K};
+    size_t m = 0;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        const size_t b = speck_mm_act_bytes(types[i], n_tok, n_in);
+        m = b > m ? b : m;
+    }
+    return m;
 }
 
 void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t n_in, void *buf,
@@ -179,8 +200,15 @@ void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t 
     const speck_kernel_table *k = speck_kernels_get();
     *a = (speck_mm_act){.kind = mm_kind(k, wt), .x = X, .n_tok = n_tok, .n_in = n_in};
     if (a->kind == SPECK_MM_F32) return;
-    const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     char *b = buf;
+    if (a->kind == SPECK_MM_Q8K) {
+        const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, n_in);
+        for (int64_t t = 0; t < n_tok; t++)
+            k->quantize_q8_k(X + t * n_in, (speck_block_q8_k *)(b + (size_t)t * krow), n_in);
+        a->blocks = b;
+        return;
+    }
+    const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     if (a->kind == SPECK_MM_Q8_BLOCKS) {
         for (int64_t t = 0; t < n_tok; t++)
             k->quantize_q8_0(X + t * n_in, (speck_block_q8_0 *)(b + (size_t)t * arow), n_in);
@@ -231,11 +259,44 @@ static void row_tile(const row_tiles *t, int64_t o, int64_t step, int rows) {
     }
 }
 
+// speck_mm_rows for the block types of src/quant/: the ISA's one-row kernel for up to SPECK_MT
+// tokens at a time where it has one (and a was prepared for it), else per-token dots on the
+// activation blocks. Both give the same bits (quant.h's contract).
+static void mm_rows_qt(const speck_kernel_table *k, speck_type wt, const void *W,
+                       const speck_mm_act *a, int64_t o0, int64_t o1, float *Y, int64_t ldy,
+                       int accumulate) {
+    const int64_t n_in = a->n_in, n_tok = a->n_tok;
+    const size_t wrow = speck_type_row_size(wt, n_in);
+    const speck_qt_kernels *q = &k->qt[wt];
+    const int use_mm = q->mm && a->kind == mm_kind(k, wt) && a->kind != SPECK_MM_Q8_BLOCKS;
+    const size_t arow = speck_type_row_size(speck_act_type(wt), n_in);
+    for (int64_t o = o0; o < o1; o++) {
+        const char *w = (const char *)W + (size_t)o * wrow;
+        for (int64_t t = 0; t < n_tok; t += SPECK_MT) {
+            const int nt = (int)(n_tok - t < SPECK_MT ? n_tok - t : SPECK_MT);
+            float out[SPECK_MT];
+            if (use_mm)
+                q->mm(w, a, t, nt, out);
+            else
+                for (int j = 0; j < nt; j++)
+                    out[j] = dot_one(k, wt, w, a->blocks + (size_t)(t + j) * arow, n_in);
+            for (int j = 0; j < nt; j++) {
+                float *y = Y + (t + j) * ldy + o;
+                *y = accumulate ? *y + out[j] : out[j];
+            }
+        }
+    }
+}
+
 // Rows [o0, o1) of Y = X · Wᵀ from prepared activations; each row is dotted with every token
 // while it is hot in L1.
 void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t o0, int64_t o1,
                    float *Y, int64_t ldy, int accumulate) {
     const speck_kernel_table *k = speck_kernels_get();
+    if (speck_type_is_extra(wt)) {
+        mm_rows_qt(k, wt, W, a, o0, o1, Y, ldy, accumulate);
+        return;
+    }
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t wrow = speck_type_row_size(wt, n_in);
     // Split activations go to the mm_* row kernels where the ISA has them; otherwise (AVX2, whose
@@ -584,7 +645,6 @@ void speck_blas_single_threaded(void) {
 static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
                         const float *X, int64_t n_tok, float *Y) {
     speck_blas_single_threaded();
-    const speck_kernel_table *k = speck_kernels_get();
     const size_t wrow = speck_type_row_size(wt, n_in);
     int failed = 0;
 #pragma omp parallel
@@ -617,24 +677,7 @@ static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_o
                         speck_panel_unpack(wt, P, n_in, o0 + r, 1, row);
                         src = row;
                     }
-                    float *dst = panel + r * n_in;
-                    switch (wt) {
-                    case SPECK_TYPE_F16:
-                        k->f16_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_BF16:
-                        k->bf16_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_Q8_0:
-                        k->q8_0_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_Q4_0:
-                        k->q4_0_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_F32:
-                        memcpy(dst, src, (size_t)n_in * sizeof(float));
-                        break;
-                    }
+                    speck_dequantize_row(wt, src, panel + r * n_in, n_in);
                 }
                 // Y[:, o0 : o0 + rows] = X · panelᵀ (ldc = n_out writes the column slice in place)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)rows,

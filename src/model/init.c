@@ -174,11 +174,6 @@ static void *random_tensor(buflist *bl, speck_type t, int64_t rows, int64_t cols
 int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path) {
     if (!speck_type_name(type))
         return speck_set_error(SPECK_ERR_ARG, "init: unsupported weight type %d", (int)type);
-    if (p->n_embd % speck_type_block_size(type) || p->n_ff % speck_type_block_size(type))
-        return speck_set_error(SPECK_ERR_ARG,
-                               "init: preset '%s' widths are not multiples of %s "
-                               "blocks",
-                               p->name, speck_type_name(type));
     speck_gguf_writer *w = speck_gguf_writer_new();
     if (!w) return SPECK_ERR_NOMEM;
     vocab_build v;
@@ -225,9 +220,11 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
 #define MAT(name, rows, cols)                                                                      \
     do {                                                                                           \
         if (err) break;                                                                            \
-        void *d = random_tensor(&bl, type, rows, cols, seed, ++tid, 0.0f, 0.02f);                  \
+        /* rows the type's block does not divide take llama-quantize's fallback type */         \
+        const speck_type mt = speck_type_for_row(type, cols);                                      \
+        void *d = random_tensor(&bl, mt, rows, cols, seed, ++tid, 0.0f, 0.02f);                    \
         int64_t ne[2] = {cols, rows};                                                              \
-        err = d ? speck_gguf_add_tensor(w, name, type, 2, ne, d) : SPECK_ERR_NOMEM;                \
+        err = d ? speck_gguf_add_tensor(w, name, mt, 2, ne, d) : SPECK_ERR_NOMEM;                  \
     } while (0)
 #define VEC(name, n, data)                                                                         \
     do {                                                                                           \

@@ -201,9 +201,7 @@ static size_t align64(size_t n) {
 // largest prepared activation any weight type needs.
 static size_t tbuf_need(const speck_hparams *hp, int n) {
     int64_t in = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
-    size_t a = speck_mm_act_bytes(SPECK_TYPE_Q4_0, n, in),
-           b = speck_mm_act_bytes(SPECK_TYPE_Q8_0, n, in);
-    return align64((size_t)n * hp->n_embd * sizeof(float)) + align64(a > b ? a : b);
+    return align64((size_t)n * hp->n_embd * sizeof(float)) + align64(speck_mm_act_bytes_max(n, in));
 }
 
 // stream: whether this forward takes the streaming path (per-thread buffers) or the batch path.

@@ -55,9 +55,9 @@ static int global_int(const speck_gguf *g, const char *key, int def) {
     return i < 0 ? def : (int)speck_gguf_get_int(g, i);
 }
 
+// Every type speck can store it can compute with.
 static int is_compute_type(int t) {
-    return t == SPECK_TYPE_F32 || t == SPECK_TYPE_F16 || t == SPECK_TYPE_BF16 ||
-           t == SPECK_TYPE_Q8_0 || t == SPECK_TYPE_Q4_0;
+    return speck_type_name(t) != NULL;
 }
 
 // Find a tensor and check its shape: ne0 x ne1 (ne1 = 0 for a vector).
@@ -88,7 +88,8 @@ static const speck_gguf_tensor *get_tensor(loader *L, const char *name, int64_t 
     if (!is_compute_type(t->type)) {
         *err = speck_set_error(SPECK_ERR_UNSUPPORTED,
                                "%s: tensor '%s' has type %s, which speck does not support "
-                               "(f32, f16, bf16, q8_0, q4_0)",
+                               "(f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, "
+                               "q4_k, q5_k, q6_k, iq4_nl, iq4_xs)",
                                L->path, name, speck_gguf_type_label(t->type));
         return NULL;
     }

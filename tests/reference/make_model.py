@@ -53,6 +53,27 @@ CONFIGS = {
 LLAMA3_LOW, LLAMA3_HIGH, LLAMA3_ORIG_CTX = 1.0, 4.0, 64
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+# The other block types, and "mix": a llama.cpp-Q4_K_M-like file holding every block type at
+# once (see MIX). Types with 256-value super-blocks (and mix) use widened models (WIDE) so that
+# every row length is a multiple of 256.
+QTYPES = ("q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs",
+          "mix")
+ALL_TYPES = TYPES + QTYPES
+WIDE = dict(n_embd=256, n_ff=512)
+# mix: Q4_K matrices, a Q6_K head and Q6_K attn_v / ffn_down in layer 0 (as llama.cpp's Q4_K_M
+# does in some layers), and one matrix of each other block type.
+MIX_DEFAULT = "q4_k"
+MIX = {"output.weight": "q6_k", "blk.0.attn_v.weight": "q6_k", "blk.0.ffn_down.weight": "q6_k",
+       "blk.0.attn_k.weight": "q5_0", "blk.0.ffn_gate.weight": "iq4_xs",
+       "blk.0.attn_output.weight": "q8_0", "blk.1.attn_q.weight": "q3_k",
+       "blk.1.attn_k.weight": "q4_1", "blk.1.attn_v.weight": "q5_1",
+       "blk.1.attn_output.weight": "iq4_nl", "blk.1.ffn_gate.weight": "q2_k",
+       "blk.1.ffn_up.weight": "q5_k", "blk.1.ffn_down.weight": "q4_0"}
+
+
+def wide(wtype: str) -> bool:
+    return wtype == "mix" or (wtype in G.TYPE_FROM_NAME and
+                              G._BLOCK[G.TYPE_FROM_NAME[wtype]][0] == 256)
 
 
 def config(name: str) -> dict:
@@ -102,7 +123,10 @@ def tokenizer_kv(n_vocab: int) -> list:
 def build(c: dict, wtype: str = "f32", seed: int = 1):
     """Return (kv list, tensor list) for write_gguf. Matrices (token_embd included) use wtype;
     norms, biases and rope_freqs are always f32, as real converters store them."""
-    qt = G.TYPE_FROM_NAME[wtype]
+    if wide(wtype):
+        c = dict(c, **WIDE)
+        c["head_dim"] *= 4
+    qt = G.TYPE_FROM_NAME[MIX_DEFAULT if wtype == "mix" else wtype]
     rng = np.random.default_rng(seed)
     E, F, D = c["n_embd"], c["n_ff"], c["head_dim"]
     Hq, Hkv = c["n_head"] * D, c["n_head_kv"] * D
@@ -171,6 +195,8 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
         tensors.append(("rope_freqs.weight", (inv / scaled).astype(np.float32), G.F32))
 
     kv += tokenizer_kv(c["n_vocab"])
+    if wtype == "mix":
+        tensors = [(n, a, G.TYPE_FROM_NAME[MIX[n]] if n in MIX else t) for n, a, t in tensors]
     return kv, tensors
 
 
@@ -183,7 +209,7 @@ def make_model(config_name: str, path: str, wtype: str = "f32", seed: int = 1) -
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="gqa", choices=sorted(CONFIGS))
-    ap.add_argument("--type", default="f32", choices=TYPES)
+    ap.add_argument("--type", default="f32", choices=ALL_TYPES)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
