@@ -296,6 +296,9 @@ static void test_hostile_headers(void) {
     raw_kv_u32(&r, "general.alignment", 48);
     expect_raw_error(&r, "align48.gguf", "general.alignment = 48 is not a power of two",
                      "alignment not a power of two");
+    raw_header(&r, 0, 1);
+    raw_kv_u32(&r, "general.alignment", 2); // f32 data at odd multiples of 2: misaligned reads
+    expect_raw_error(&r, "align2.gguf", "general.alignment = 2 is below 8", "alignment below 8");
 
     // Counts: a header may not promise more records than the file has bytes for, nor more than
     // the format's bounds, however large the file (no allocation is made for them).

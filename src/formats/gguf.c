@@ -18,6 +18,7 @@
 
 #define GGUF_MAGIC "GGUF"
 #define GGUF_DEFAULT_ALIGNMENT 32
+#define GGUF_MIN_ALIGNMENT 8
 // Bounds that no real file approaches (a few dozen keys, a few thousand tensors); together with
 // the file-size bounds below they keep a hostile header from making us allocate absurd amounts
 // before the records themselves are checked.
@@ -485,6 +486,13 @@ static int parse(speck_gguf *g) {
         if (a == 0 || (a & (a - 1)))
             return speck_set_error(SPECK_ERR_FORMAT,
                                    "%s: general.alignment = %u is not a power of two", g->path, a);
+        // Tensor data is read in place as f32 / f16 / ... values: each must start aligned for
+        // its widest element (8 bytes), which smaller alignments do not guarantee.
+        if (a < GGUF_MIN_ALIGNMENT)
+            return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                                   "%s: general.alignment = %u is below %d, which speck needs to "
+                                   "read tensors in place",
+                                   g->path, a, GGUF_MIN_ALIGNMENT);
         g->alignment = a;
     }
     for (uint64_t i = 0; i < nt; i++) {
