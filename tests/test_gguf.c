@@ -336,6 +336,23 @@ static void test_hostile_headers(void) {
     raw_data(&r, 32, 32);
     expect_raw_error(&r, "bytes.gguf", "size overflows", "tensor byte size overflowing");
 
+    // Float keys read as integers (a token id stored as f32): defined for any value.
+    raw_header(&r, 0, 4);
+    const float fv[4] = {1e27f, -1e27f, NAN, -3.7f};
+    for (int i = 0; i < 4; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "f%d", i);
+        raw_str(&r, key, strlen(key));
+        raw_u32(&r, SPECK_GGUF_FLOAT32);
+        raw_put(&r, &fv[i], 4);
+    }
+    write_bytes(tmp("floats.gguf"), r.b, r.n);
+    speck_gguf *fg = speck_gguf_open(tmp("floats.gguf"));
+    CHECK(fg && speck_gguf_get_int(fg, 0) == INT64_MAX && speck_gguf_get_int(fg, 1) == INT64_MIN &&
+              speck_gguf_get_int(fg, 2) == 0 && speck_gguf_get_int(fg, 3) == -3,
+          "f32 keys as integers saturate (NaN: 0): %s", fg ? "" : speck_last_error());
+    speck_gguf_close(fg);
+
     // Names: unique, without NUL bytes (a C string would silently cut them short).
     raw_header(&r, 0, 2);
     raw_kv_u32(&r, "k", 1);

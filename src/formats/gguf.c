@@ -721,7 +721,13 @@ static int64_t scalar_i(speck_gguf_vtype t, const uint8_t *p) {
         memcpy(&v, p, 8);
         return v;
     }
-    return (int64_t)scalar_f(t, p);
+    // A float key converts toward zero, saturating at int64's range and NaN giving 0: the plain
+    // conversion of such values is undefined (a file can hold bos_token_id = 1e27 as f32).
+    const double f = scalar_f(t, p);
+    if (!(f == f)) return 0;
+    if (f >= 9223372036854775808.0) return INT64_MAX;
+    if (f < -9223372036854775808.0) return INT64_MIN;
+    return (int64_t)f;
 }
 
 int64_t speck_gguf_get_int(const speck_gguf *g, int64_t i) {
