@@ -1,4 +1,5 @@
-// Helpers shared by the fuzz targets and the seed generator (fuzz/README in docs/fuzzing.md).
+// Helpers shared by the fuzz targets, the seed generator and tests/test_nonfinite.c
+// (docs/fuzzing.md).
 #ifndef SPECK_FUZZ_COMMON_H
 #define SPECK_FUZZ_COMMON_H
 
@@ -68,7 +69,7 @@ speck_vocab *fuzz_vocab_shared(const char *file);
 // normalisation, when neither BOS/EOS nor special-token text is involved.
 bool fuzz_vocab_round_trips(const speck_vocab *v);
 
-/* ---- micro artifacts: the seeds, and the fixed parts of multi-file targets ---- */
+/* ---- micro artifacts (fuzz_micro.c): the seeds, and the fixed parts of multi-file targets ---- */
 
 enum { FUZZ_VOCAB_NONE = 0, FUZZ_VOCAB_SPM = 1, FUZZ_VOCAB_BPE = 2 };
 

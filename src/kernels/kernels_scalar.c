@@ -93,7 +93,8 @@ void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n)
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = speck_fp32_to_fp16(d);
-        for (int j = 0; j < SPECK_QK; j++) y[b].qs[j] = (int8_t)to_int_clamped(roundf(xb[j] * id), -128, 127);
+        for (int j = 0; j < SPECK_QK; j++)
+            y[b].qs[j] = (int8_t)to_int_clamped(roundf(xb[j] * id), -128, 127);
     }
 }
 
