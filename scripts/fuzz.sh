@@ -50,12 +50,14 @@ run() {
     build-fuzz/fuzz/fuzz_"$t" "${time_arg[@]}" -timeout=10 -rss_limit_mb=2048 \
     -malloc_limit_mb=1024 -print_final_stats=1 -dict=fuzz/dict/"$(dict_of "$t")".dict \
     -artifact_prefix=build-fuzz/crashes/"$t"/ ${FUZZ_ARGS:-} "${dirs[@]}" >"$log" 2>&1 || rc=$?
-  local runs cov ft
+  local runs eps rss cov
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+  eps=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -1)
   if ((rc == 0)); then
-    printf 'fuzz_%-15s ok: %s executions, %s, %s inputs in the corpus\n' "$t" "${runs:-?}" \
-      "${cov:-cov: ?}" "$(ls build-fuzz/corpus/"$t" | wc -l)"
+    printf 'fuzz_%-15s ok: %s executions (%s/s), %s, %s inputs in the corpus, peak RSS %s MB\n' \
+      "$t" "${runs:-?}" "${eps:-?}" "${cov:-cov: ?}" "$(ls build-fuzz/corpus/"$t" | wc -l)" "${rss:-?}"
     return 0
   fi
   printf 'fuzz_%-15s FAILED (status %d): %s executions; log %s\n' "$t" "$rc" "${runs:-?}" "$log"
