@@ -528,7 +528,8 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
     cJSON *vocab = cJSON_CreateObject(), *merges = cJSON_CreateArray();
     for (int64_t i = 0; i < gv.n && !rc; i++) {
         uint64_t len;
-        if (memchr(gtok(&gv, i, &len), 0, len)) {
+        const char *text = gtok(&gv, i, &len);
+        if (memchr(text, 0, len)) {
             rc = nul_error(src, "tokens", i);
             break;
         }
