@@ -212,3 +212,26 @@ void fuzz_tokenize_check(const speck_vocab *v, const char *text, size_t len, boo
     free(out);
     free(ids);
 }
+
+/* ---- Hugging Face conversion ---- */
+
+void fuzz_convert_and_run(const char *dir, const char *out, int type) {
+    struct stat st;
+    if (speck_hf_convert(dir, out, type, false) != 0) {
+        FUZZ_CHECK(stat(out, &st) != 0, "a failed conversion left %s behind", out);
+        return;
+    }
+    speck_model *m = speck_model_load(out);
+    FUZZ_CHECK(m != NULL, "the converted model does not load");
+    speck_ctx *c = speck_ctx_new(m, 2);
+    FUZZ_CHECK(c != NULL, "context");
+    const int nv = speck_model_hparams(m)->n_vocab;
+    float *logits = malloc((size_t)nv * sizeof *logits);
+    if (!logits) abort();
+    int32_t tok = nv - 1;
+    FUZZ_CHECK(speck_forward(c, 1, &tok, NULL, NULL, NULL, 0, logits) == 0, "forward");
+    free(logits);
+    speck_ctx_free(c);
+    speck_model_free(m);
+    unlink(out);
+}

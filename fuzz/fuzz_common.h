@@ -50,6 +50,10 @@ fuzz_span fuzz_split(fuzz_span *rest, uint8_t sep);
 // A span as a NUL-terminated malloc'd string (embedded NULs stay, truncating it for C readers).
 char *fuzz_strdup(fuzz_span s);
 
+// speck_hf_convert(dir -> out, type); when it succeeds the output must load and run one token
+// (what the converter writes, the loader accepts), when it fails no file may be left.
+void fuzz_convert_and_run(const char *dir, const char *out, int type);
+
 // Tokenize, then decode (in one call, streamed and piece by piece), checking what any input must
 // satisfy: ids in range, sizes consistent, the streamed text equal to the one-call text. With
 // round_trip the decoded text must equal the input (byte-level vocabularies, no special parsing).

@@ -42,23 +42,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *dir = g_dir[pick % 4];
     if (fuzz_write(dir, "config.json", data + 1, size - 1)) abort();
     static const int types[] = {-1, SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0, SPECK_TYPE_BF16};
-    struct stat st;
-    if (speck_hf_convert(dir, g_out, types[pick / 4 % 4], false) != 0) {
-        FUZZ_CHECK(stat(g_out, &st) != 0, "a failed conversion left %s behind", g_out);
-        return 0;
-    }
-    speck_model *m = speck_model_load(g_out);
-    FUZZ_CHECK(m != NULL, "the converted model does not load");
-    speck_ctx *c = speck_ctx_new(m, 2);
-    FUZZ_CHECK(c != NULL, "context");
-    const int nv = speck_model_hparams(m)->n_vocab;
-    float *logits = malloc((size_t)nv * sizeof *logits);
-    if (!logits) abort();
-    int32_t tok = nv - 1;
-    FUZZ_CHECK(speck_forward(c, 1, &tok, NULL, NULL, NULL, 0, logits) == 0, "forward");
-    free(logits);
-    speck_ctx_free(c);
-    speck_model_free(m);
-    unlink(g_out);
+    fuzz_convert_and_run(dir, g_out, types[pick / 4 % 4]);
     return 0;
 }

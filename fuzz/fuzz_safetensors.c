@@ -60,28 +60,6 @@ static void walk(const speck_st *s) {
     g_sink += sum;
 }
 
-static void convert_and_load(uint8_t pick) {
-    static const int types[] = {-1, SPECK_TYPE_F32, SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0};
-    if (speck_hf_convert(g_conv_dir, g_out, types[pick % 4], false) != 0) {
-        struct stat st;
-        FUZZ_CHECK(stat(g_out, &st) != 0, "a failed conversion left %s behind", g_out);
-        return;
-    }
-    speck_model *m = speck_model_load(g_out);
-    FUZZ_CHECK(m != NULL, "the converted model does not load");
-    speck_ctx *c = speck_ctx_new(m, 2);
-    FUZZ_CHECK(c != NULL, "context");
-    const int nv = speck_model_hparams(m)->n_vocab;
-    float *logits = malloc((size_t)nv * sizeof *logits);
-    if (!logits) abort();
-    int32_t tok = nv - 1;
-    FUZZ_CHECK(speck_forward(c, 1, &tok, NULL, NULL, NULL, 0, logits) == 0, "forward");
-    free(logits);
-    speck_ctx_free(c);
-    speck_model_free(m);
-    unlink(g_out);
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size == 0) return 0;
     const uint8_t mode = data[0] % 3, pick = data[0] / 3;
@@ -104,8 +82,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             speck_st_close(s);
         }
     } else {
+        static const int types[] = {-1, SPECK_TYPE_F32, SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0};
         put(g_conv_dir, "model.safetensors", data, size);
-        convert_and_load(pick);
+        fuzz_convert_and_run(g_conv_dir, g_out, types[pick % 4]);
     }
     return 0;
 }
