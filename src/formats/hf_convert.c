@@ -12,6 +12,7 @@
 // (row j of a head comes from row (j % 2) * d/2 + j / 2). Qwen2 is rotate-half in GGUF too
 // (NEOX) and is copied as is.
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -131,8 +132,12 @@ static int cfg_num(const hf_cfg *c, const cJSON *j, const char *k, double dflt, 
         *out = dflt;
         return 0;
     }
-    if (!cJSON_IsNumber(x) || !(x->valuedouble > 0))
-        return speck_set_error(SPECK_ERR_FORMAT, "%s: %s: not a positive number", c->path, k);
+    // Stored as f32 in the GGUF: the value must stay positive and finite there.
+    if (!cJSON_IsNumber(x) ||
+        !(x->valuedouble > 0 && x->valuedouble <= FLT_MAX && (float)x->valuedouble > 0))
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: %s: not a positive number (as a 32-bit float: %g to %g)",
+                               c->path, k, (double)FLT_TRUE_MIN, (double)FLT_MAX);
     *out = x->valuedouble;
     return 0;
 }
@@ -318,30 +323,6 @@ static int build_plan(conv *c, int type) {
     if ((rc = plan_add(c, "model.embed_tokens.weight", "token_embd.weight", V, E, 0, type, 1)))
         return rc;
     c->cfg.n_vocab = V;
-    if (h->scaling == 2) {
-        // llama.cpp ships Llama 3.1 scaling as per-frequency divisors of the base frequencies.
-        int half = (int)h->head_dim / 2;
-        if (!(c->rope_freqs = malloc((size_t)half * sizeof(float))))
-            return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-        double lo_wl = h->orig / h->low, hi_wl = h->orig / h->high;
-        for (int i = 0; i < half; i++) {
-            double f = pow(h->theta, -2.0 * i / (double)h->head_dim), wl = 2 * M_PI / f;
-            double d = 1.0;
-            if (wl > lo_wl)
-                d = h->factor;
-            else if (wl >= hi_wl) {
-                double s = (h->orig / wl - h->low) / (h->high - h->low);
-                d = 1.0 / ((1 - s) / h->factor + s);
-            }
-            c->rope_freqs[i] = (float)d;
-        }
-        plan_t *p = &c->p[c->n++]; // capacity >= 64 after the first add
-        memset(p, 0, sizeof *p);
-        strcpy(p->gg, "rope_freqs.weight");
-        p->rows = half;
-        p->out = SPECK_TYPE_F32;
-        p->synth = c->rope_freqs;
-    }
     if ((rc = plan_add(c, "model.norm.weight", "output_norm.weight", E, 0, 0, type, 1))) return rc;
     if (!h->tied && (rc = plan_add(c, "lm_head.weight", "output.weight", V, E, 0, type, 1)))
         return rc;
@@ -367,6 +348,37 @@ static int build_plan(conv *c, int type) {
         T("mlp.up_proj.weight", "ffn_up.weight", F, E, 0, 1);
         T("mlp.down_proj.weight", "ffn_down.weight", E, F, 0, 1);
 #undef T
+    }
+    if (h->scaling == 2) {
+        // llama.cpp ships Llama 3.1 scaling as per-frequency divisors of the base frequencies.
+        // Computed once the q projections have matched head_dim: the config alone could ask
+        // for gigabytes here.
+        int half = (int)h->head_dim / 2;
+        if (!(c->rope_freqs = malloc((size_t)half * sizeof(float))))
+            return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        double lo_wl = h->orig / h->low, hi_wl = h->orig / h->high;
+        for (int i = 0; i < half; i++) {
+            double f = pow(h->theta, -2.0 * i / (double)h->head_dim), wl = 2 * M_PI / f;
+            double d = 1.0;
+            if (wl > lo_wl)
+                d = h->factor;
+            else if (wl >= hi_wl) {
+                double s = (h->orig / wl - h->low) / (h->high - h->low);
+                d = 1.0 / ((1 - s) / h->factor + s);
+            }
+            c->rope_freqs[i] = (float)d;
+        }
+        if (c->n == c->cap) {
+            plan_t *p = realloc(c->p, (size_t)(c->cap *= 2) * sizeof *p);
+            if (!p) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+            c->p = p;
+        }
+        plan_t *p = &c->p[c->n++];
+        memset(p, 0, sizeof *p);
+        strcpy(p->gg, "rope_freqs.weight");
+        p->rows = half;
+        p->out = SPECK_TYPE_F32;
+        p->synth = c->rope_freqs;
     }
     // Anything else means a layout this converter does not know.
     for (int64_t i = 0; i < speck_st_n_tensors(c->st); i++) {

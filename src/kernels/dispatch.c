@@ -3,6 +3,7 @@
 // The table is picked once, by a constructor, before main() and before any thread exists, so the
 // hot paths read a plain pointer without synchronisation. speck_kernels_force_isa() (tests,
 // benchmarks) swaps it; it must not race with running kernels.
+#include <cpuid.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,18 +11,28 @@
 
 static const speck_kernel_table *g_table = &speck_kernels_scalar;
 
+// F16C and AVX-512 VNNI straight from CPUID: clang's __builtin_cpu_supports (14) knows neither
+// name (the fuzz build uses clang). The OS-support (XSAVE state) checks come with "avx2" and
+// "avx512f", which both compilers know.
+static int cpuid_bit(unsigned leaf, int reg, int bit) {
+    unsigned r[4];
+    if (!__get_cpuid_count(leaf, 0, &r[0], &r[1], &r[2], &r[3])) return 0;
+    return (int)(r[reg] >> bit & 1);
+}
+#define HAS_F16C() cpuid_bit(1, 2, 29)       // CPUID.1:ECX[29]
+#define HAS_AVX512VNNI() cpuid_bit(7, 2, 11) // CPUID.(7,0):ECX[11]
+
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512vl") && HAS_AVX512VNNI() &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("fma") && HAS_F16C();
 }
 
 static int cpu_has_avx2(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HAS_F16C();
 }
 
 static const speck_kernel_table *best_table(void) {

@@ -77,6 +77,12 @@ uint16_t speck_fp32_to_bf16(float f) {
 /* Quantization (the reference semantics)                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
+// (int)v clamped to [lo, hi], NaN to lo: the plain conversion is undefined for NaN and for values
+// out of int's range, which a row holding inf or NaN (weights from a damaged file) produces.
+static inline int to_int_clamped(float v, int lo, int hi) {
+    return v >= (float)hi ? hi : v > (float)lo ? (int)v : lo;
+}
+
 // x: (n) -> y: (n / 32) blocks. d = amax / 127, q = roundf(x / d) computed as x * (1/d) like
 // llama.cpp, so SIMD versions can reproduce it bit for bit.
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n) {
@@ -87,7 +93,8 @@ void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n)
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = speck_fp32_to_fp16(d);
-        for (int j = 0; j < SPECK_QK; j++) y[b].qs[j] = (int8_t)roundf(xb[j] * id);
+        for (int j = 0; j < SPECK_QK; j++)
+            y[b].qs[j] = (int8_t)to_int_clamped(roundf(xb[j] * id), -128, 127);
     }
 }
 
@@ -109,10 +116,8 @@ void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n)
         y[b].d = speck_fp32_to_fp16(d);
         for (int j = 0; j < SPECK_QK / 2; j++) {
             // x * id + 8.5 lies in [0.5, 16.5]; the int8 conversion truncates (= floor here).
-            int q0 = (int8_t)(xb[j] * id + 8.5f);
-            int q1 = (int8_t)(xb[j + SPECK_QK / 2] * id + 8.5f);
-            q0 = q0 < 15 ? q0 : 15;
-            q1 = q1 < 15 ? q1 : 15;
+            const int q0 = to_int_clamped(xb[j] * id + 8.5f, 0, 15);
+            const int q1 = to_int_clamped(xb[j + SPECK_QK / 2] * id + 8.5f, 0, 15);
             y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
         }
     }

@@ -40,14 +40,29 @@ static int req_int(loader *L, const char *suffix, int *out) {
     return 0;
 }
 
-static int opt_int(loader *L, const char *suffix, int def) {
-    int64_t i = key_idx(L, suffix);
-    return i < 0 ? def : (int)speck_gguf_get_int(L->m->g, i);
+// Optional integer key: def when absent, else it must be an integer in [1, 2^30] like the
+// required ones (a wrapped-around value would pass checks it should fail).
+static int opt_int(loader *L, const char *suffix, int def, int *out) {
+    if (key_idx(L, suffix) < 0) {
+        *out = def;
+        return 0;
+    }
+    return req_int(L, suffix, out);
 }
 
-static float opt_float(loader *L, const char *suffix, float def) {
+// Optional float key: def when absent; a finite value when present (min_exclusive: above it).
+static int opt_float(loader *L, const char *suffix, float def, float min_exclusive, float *out) {
     int64_t i = key_idx(L, suffix);
-    return i < 0 ? def : (float)speck_gguf_get_float(L->m->g, i);
+    if (i < 0) {
+        *out = def;
+        return 0;
+    }
+    const double v = speck_gguf_get_float(L->m->g, i);
+    if (!(v > min_exclusive && v <= 3.4e38))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' = %g is out of range (> %g)",
+                               L->path, L->arch, suffix, v, (double)min_exclusive);
+    *out = (float)v;
+    return 0;
 }
 
 static int global_int(const speck_gguf *g, const char *key, int def) {
@@ -139,31 +154,47 @@ static int load_hparams(loader *L) {
         req_int(L, "feed_forward_length", &hp->n_ff) ||
         req_int(L, "attention.head_count", &hp->n_head))
         return SPECK_ERR_FORMAT;
-    hp->n_head_kv = opt_int(L, "attention.head_count_kv", hp->n_head);
-    if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv)
+    if (opt_int(L, "attention.head_count_kv", hp->n_head, &hp->n_head_kv)) return SPECK_ERR_FORMAT;
+    if (hp->n_head % hp->n_head_kv)
         return speck_set_error(SPECK_ERR_FORMAT,
                                "%s: %s.attention.head_count_kv = %d does not divide head_count %d",
                                L->path, L->arch, hp->n_head_kv, hp->n_head);
-    hp->head_dim = opt_int(L, "attention.key_length", hp->n_embd / hp->n_head);
-    if (hp->head_dim <= 0 || hp->head_dim % 2 ||
-        opt_int(L, "attention.value_length", hp->head_dim) != hp->head_dim)
+    int value_length;
+    if (opt_int(L, "attention.key_length", hp->n_embd / hp->n_head, &hp->head_dim) ||
+        opt_int(L, "attention.value_length", hp->head_dim, &value_length))
+        return SPECK_ERR_FORMAT;
+    if (hp->head_dim <= 0 || hp->head_dim % 2 || value_length != hp->head_dim)
         return speck_set_error(SPECK_ERR_FORMAT, "%s: invalid head dimension %d", L->path,
                                hp->head_dim);
-    hp->norm_eps = opt_float(L, "attention.layer_norm_rms_epsilon", 1e-5f);
-    hp->rope_freq_base = opt_float(L, "rope.freq_base", 10000.0f);
+    // The forward pass sizes rows as heads x head_dim in int: keep the products in range (the
+    // matching tensors would be far larger than any file anyway).
+    if ((int64_t)hp->n_head * hp->head_dim > (1 << 30))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: %d heads x head dimension %d is too large",
+                               L->path, hp->n_head, hp->head_dim);
+    if (opt_float(L, "attention.layer_norm_rms_epsilon", 1e-5f, 0.0f, &hp->norm_eps) ||
+        opt_float(L, "rope.freq_base", 10000.0f, 0.0f, &hp->rope_freq_base))
+        return SPECK_ERR_FORMAT;
     hp->rope_type = strcmp(L->arch, "qwen2") == 0 ? SPECK_ROPE_NEOX : SPECK_ROPE_NORMAL;
     hp->rope_scale_factor = 1.0f;
     int64_t si = key_idx(L, "rope.scaling.type");
     const char *st = si >= 0 ? speck_gguf_get_str(g, si) : NULL;
     if (st && !strcmp(st, "linear")) {
         hp->rope_scaling = SPECK_ROPE_SCALING_LINEAR;
-        hp->rope_scale_factor = opt_float(L, "rope.scaling.factor", 1.0f);
+        if (opt_float(L, "rope.scaling.factor", 1.0f, 0.0f, &hp->rope_scale_factor))
+            return SPECK_ERR_FORMAT;
     } else if (st && !strcmp(st, "llama3")) {
         hp->rope_scaling = SPECK_ROPE_SCALING_LLAMA3;
-        hp->rope_scale_factor = opt_float(L, "rope.scaling.factor", 8.0f);
-        hp->rope_low_freq_factor = opt_float(L, "rope.scaling.low_freq_factor", 1.0f);
-        hp->rope_high_freq_factor = opt_float(L, "rope.scaling.high_freq_factor", 4.0f);
-        hp->rope_orig_ctx = opt_int(L, "rope.scaling.original_context_length", 8192);
+        if (opt_float(L, "rope.scaling.factor", 8.0f, 0.0f, &hp->rope_scale_factor) ||
+            opt_float(L, "rope.scaling.low_freq_factor", 1.0f, 0.0f, &hp->rope_low_freq_factor) ||
+            opt_float(L, "rope.scaling.high_freq_factor", 4.0f, 0.0f, &hp->rope_high_freq_factor) ||
+            opt_int(L, "rope.scaling.original_context_length", 8192, &hp->rope_orig_ctx))
+            return SPECK_ERR_FORMAT;
+        // The smooth band between them divides by their difference.
+        if (!(hp->rope_high_freq_factor > hp->rope_low_freq_factor))
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: %s.rope.scaling.high_freq_factor must exceed "
+                                   "low_freq_factor",
+                                   L->path, L->arch);
     } else if (st && strcmp(st, "none") != 0) {
         return speck_set_error(SPECK_ERR_UNSUPPORTED,
                                "%s: %s.rope.scaling.type '%s' is not supported (none, linear, "
@@ -171,10 +202,9 @@ static int load_hparams(loader *L) {
                                L->path, L->arch, st);
     } else if (key_idx(L, "rope.scale_linear") >= 0) {
         hp->rope_scaling = SPECK_ROPE_SCALING_LINEAR;
-        hp->rope_scale_factor = opt_float(L, "rope.scale_linear", 1.0f);
+        if (opt_float(L, "rope.scale_linear", 1.0f, 0.0f, &hp->rope_scale_factor))
+            return SPECK_ERR_FORMAT;
     }
-    if (!(hp->rope_scale_factor > 0))
-        return speck_set_error(SPECK_ERR_FORMAT, "%s: rope scaling factor must be > 0", L->path);
     hp->bos_id = global_int(g, "tokenizer.ggml.bos_token_id", -1);
     hp->eos_id = global_int(g, "tokenizer.ggml.eos_token_id", -1);
     return 0;
@@ -243,6 +273,14 @@ static int load_tensors(loader *L) {
     m->hp.tied_output = m->output.data == NULL;
     if (m->hp.tied_output) m->output = m->tok_embd;
     if ((err = get_vec(L, "output_norm.weight", E, 1, &m->out_norm))) return err;
+    // Every layer has at least 9 tensors: a block_count beyond that is refused before the
+    // layer table is allocated (a 100-byte file could otherwise ask for gigabytes).
+    if (hp->n_layer > speck_gguf_n_tensors(m->g) / 9)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: %s.block_count = %d, but the file has only %lld tensors (9 "
+                               "or more per layer)",
+                               L->path, L->arch, hp->n_layer,
+                               (long long)speck_gguf_n_tensors(m->g));
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     char n[96];
