@@ -141,16 +141,20 @@ static void copy_range(const int *src, int n, int n_src, int *lo, int *hi) {
     free(cnt);
 }
 
+// The source query head of target query head t: kv head j's copy j / Hkv of source kv head
+// j mod Hkv seats that group's query heads in turn, continuing where its previous copy stopped.
+static int head_source(const shapes *p, int t) {
+    const int j = t / p->G2, slot = (j / p->Hkv) * p->G2 + t % p->G2;
+    return (j % p->Hkv) * p->G + slot % p->G;
+}
+
 static void describe(const speck_hparams *s, const shapes *p, char *desc, size_t size) {
     if (!desc || !size) return;
     int *hs = malloc((size_t)(p->H2 + p->Hkv2) * sizeof *hs);
     int qlo = 0, qhi = 0, klo = 0, khi = 0;
     if (hs) {
-        for (int j = 0; j < p->Hkv2; j++) {
-            hs[p->H2 + j] = j % p->Hkv;
-            for (int s2 = 0; s2 < p->G2; s2++)
-                hs[j * p->G2 + s2] = (j % p->Hkv) * p->G + ((j / p->Hkv) * p->G2 + s2) % p->G;
-        }
+        for (int t = 0; t < p->H2; t++) hs[t] = head_source(p, t);
+        for (int j = 0; j < p->Hkv2; j++) hs[p->H2 + j] = j % p->Hkv;
         copy_range(hs, p->H2, p->H, &qlo, &qhi);
         copy_range(hs + p->H2, p->Hkv2, p->Hkv, &klo, &khi);
         free(hs);
@@ -456,9 +460,7 @@ static int make_maps(grow *g) {
         return speck_set_error(SPECK_ERR_NOMEM, "grow: out of memory");
     for (int j = 0; j < p->E2; j++) g->res_src[j] = j < p->k * p->E ? j % p->E : -1;
     for (int u = 0; u < p->F2; u++) g->ff_src[u] = u % p->F;
-    for (int j = 0; j < p->Hkv2; j++)
-        for (int s = 0; s < p->G2; s++) // copy j / Hkv of kv head j % Hkv seats slots from there
-            g->head_src[j * p->G2 + s] = (j % p->Hkv) * p->G + ((j / p->Hkv) * p->G2 + s) % p->G;
+    for (int t = 0; t < p->H2; t++) g->head_src[t] = head_source(p, t);
     for (int i = 0; i < p->d2 / 2; i++) g->pair_src[i] = i % p->m ? -1 : i / p->m;
     const bool neox = g->m->hp.rope_type == SPECK_ROPE_NEOX;
     for (int mu = 0; mu < p->d2; mu++) {
