@@ -4,7 +4,8 @@
 // those that are not. The logits against the PyTorch reference, per shape class, are
 // tests/reference/test_grow.py.
 //
-// usage: test_grow MODELS_DIR WORK_DIR   (MODELS_DIR holds default.gguf)
+// usage: test_grow MODELS_DIR WORK_DIR [quick]   (MODELS_DIR holds default.gguf; `quick`, used
+// by the sanitizer build, decodes 2 prompts instead of 4)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,7 +29,7 @@ static const char *PROMPTS[] = {
     "import os\nimport sys\n\n\ndef main(argv):\n    parser = ",
     "    def __repr__(self):\n        return '<%s %r>' % (",
 };
-#define N_PROMPTS (int)(sizeof PROMPTS / sizeof PROMPTS[0])
+static int g_prompts = (int)(sizeof PROMPTS / sizeof PROMPTS[0]);
 
 // Plain greedy decoding with the bare forward API; logits of every step into lg (NPRED, V).
 static int greedy(const speck_model *m, speck_type kv, const int32_t *p, int np, int32_t *out,
@@ -90,7 +91,7 @@ static void check_greedy(const char *src_path, const char *grown_path) {
     float *la = malloc((size_t)NPRED * V * sizeof(float)),
           *lb = malloc((size_t)NPRED * V * sizeof(float));
     double worst = 0, min_margin = INFINITY;
-    for (int k = 0; v && k < N_PROMPTS; k++) {
+    for (int k = 0; v && k < g_prompts; k++) {
         int32_t p[256], ta[NPRED], tb[NPRED];
         const int np = (int)speck_tokenize(v, PROMPTS[k], strlen(PROMPTS[k]), true, false, p, 256);
         for (int kv = 0; kv < 2; kv++) {
@@ -138,7 +139,7 @@ static void check_greedy(const char *src_path, const char *grown_path) {
     }
     printf("  greedy: %d prompts x %d tokens; worst logit diff %.2e x scale; smallest top-2 "
            "margin of the source %.3g\n",
-           N_PROMPTS, NPRED, worst, min_margin);
+           g_prompts, NPRED, worst, min_margin);
     free(la);
     free(lb);
     speck_vocab_free(v);
@@ -251,6 +252,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: test_grow MODELS_DIR WORK_DIR\n");
         return 2;
     }
+    if (argc > 3 && !strcmp(argv[3], "quick")) g_prompts = 2;
     speck_set_threads(2);
     char src[4096], grown[4096];
     snprintf(src, sizeof src, "%s/default.gguf", argv[1]);
