@@ -326,6 +326,40 @@ const speck_preset *speck_preset_find(const char *name);
 int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Function-preserving growth (`speck grow`, docs/training.md)                                 */
+/* ------------------------------------------------------------------------------------------ */
+//
+// A model widened and deepened to larger shapes that computes the same function: residual units
+// duplicated (padded with zero units when the width is not a multiple, RMSNorm's epsilon scaled
+// to match), query heads copied with their output columns split, kv heads copied, each head's
+// RoPE pairs moved to the target pair of the same frequency, FFN units duplicated with their
+// down-projection columns split, new layers that start as the identity (zero attn_output and
+// ffn_down). Copies' shares of a split are random (from the seed) so that training the grown
+// model can tell them apart; weights that cannot influence the output (new layers' inputs,
+// padding columns, unused head dimensions) are random too, uniform with std 0.02. Exact in real
+// arithmetic; in f32 the logits agree to float rounding (tests/reference/test_grow.py).
+//
+// From `target`: n_embd, n_layer, n_head, n_head_kv, n_ff (head size n_embd / n_head), and a
+// tied head when both it and the source have one (a source with a tied head is untied
+// otherwise; an untied one stays untied). From the source: architecture, vocabulary and
+// tokenizer, context length, RoPE (type, base, scaling), q/k/v biases; the RMSNorm epsilon
+// times k * n_embd / n_embd' (k = n_embd' / n_embd rounded down).
+
+// Whether src can grow exactly to target: 0, or SPECK_ERR_ARG naming the shape out of reach and
+// why. Reachable: every target size >= the source's; n_embd' a multiple of n_head'; the head
+// size a multiple of the source's; n_head' a multiple of n_head_kv'; and
+// n_head_kv' >= n_head_kv * ceil(G / G') for G, G' the query heads per kv head of each. desc
+// (may be NULL) receives a one-line summary of the construction.
+int speck_grow_check(const speck_hparams *src, const speck_preset *target, char *desc,
+                     size_t desc_size);
+// Write the model of src_path grown to target's shapes, matrices stored as `type` (norms,
+// biases f32), streamed to a temporary file renamed to out_path. Quantized types also need
+// every row length (n_embd', n_ff', n_head' x head size) to be a multiple of their block of 32.
+// progress: a progress bar on stderr.
+int speck_grow_model(const char *src_path, const speck_preset *target, speck_type type,
+                     uint64_t seed, bool progress, const char *out_path);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Tokenizers                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 

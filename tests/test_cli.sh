@@ -25,7 +25,7 @@ expect 2 "no command" -- "$SPECK"
 mentions "usage: speck <command>" "generate" "quantize"
 expect 2 "unknown command" -- "$SPECK" frobnicate
 mentions "unknown command 'frobnicate'"
-for c in generate bench bench-decode info init tokenize quantize; do
+for c in generate bench bench-decode info init tokenize quantize grow; do
   expect 0 "$c --help" -- "$SPECK" "$c" --help
   grep -q "usage: speck $c" "$dir/out" && ok || bad "$c --help prints usage"
   expect 2 "$c unknown option" -- "$SPECK" "$c" --no-such-option
@@ -79,6 +79,32 @@ mentions "$dir/missing.gguf"
 expect 1 "quantize twice refused" -- "$SPECK" quantize "$dir/tiny-q8.gguf" "$dir/x.gguf" q4_0
 mentions "already q8_0" "--allow-requantize"
 ls "$dir"/x.gguf* >/dev/null 2>&1 && bad "failed quantize left files" || ok
+
+# grow: the plan is printed, the file has the target shapes, bad targets are explained and leave
+# nothing behind (the logits are checked in tests/reference/test_grow.py).
+expect 0 "grow dry run" -- "$SPECK" grow -m "$dir/tiny.gguf" --n-embd 160 --n-head 5 --n-head-kv 5 --dry-run
+mentions "n_embd 64 -> 160 (units x2 + 32 zero units)" "RoPE pair i -> 2i" "rms eps 1e-05 -> 8e-06"
+ls "$dir"/*.gguf | grep -qv -e tiny -e keep && bad "grow --dry-run wrote a file" || ok
+expect 0 "grow" -- "$SPECK" grow -m "$dir/tiny.gguf" --n-embd 128 --n-layer 3 --n-ff 256 --type q8_0 -o "$dir/grown.gguf" --quiet
+mentions "wrote $dir/grown.gguf (q8_0, seed 1)"
+expect 0 "info of the grown file" -- "$SPECK" info -m "$dir/grown.gguf"
+grep -q "llama, 3 layers, width 128, 4 heads (2 kv, head dim 32), ffn 256, vocab 512" "$dir/out" && grep -q "blk.2.ffn_down.weight *q8_0" "$dir/out" && ok || bad "grown shapes: $(grep model: "$dir/out")"
+expect 0 "generate with the grown file" -- "$SPECK" generate -m "$dir/grown.gguf" -p hi -n 4 --ignore-eos
+expect 1 "grow narrower" -- "$SPECK" grow -m "$dir/tiny.gguf" --n-embd 32 -o "$dir/x.gguf"
+mentions "$dir/tiny.gguf" "n_embd 32 is smaller than the source's 64"
+expect 1 "grow to fewer kv heads" -- "$SPECK" grow -m "$dir/tiny.gguf" --n-head-kv 1 -o "$dir/x.gguf"
+mentions "1 kv heads with 4 query heads each cannot hold the source's 2 kv heads" "n_head_kv must be at least 2"
+expect 1 "grow to a head size that keeps no RoPE frequency" -- "$SPECK" grow -m "$dir/tiny.gguf" --n-embd 96 -o "$dir/x.gguf"
+mentions "head size 24" "not a multiple of the source's 16"
+expect 2 "grow without a target" -- "$SPECK" grow -m "$dir/tiny.gguf" -o "$dir/x.gguf"
+mentions "--preset NAME or shape flags"
+expect 2 "grow unknown preset" -- "$SPECK" grow -m "$dir/tiny.gguf" --preset huge -o "$dir/x.gguf"
+mentions "unknown preset 'huge'"
+expect 2 "grow bad number" -- "$SPECK" grow -m "$dir/tiny.gguf" --n-embd 12x -o "$dir/x.gguf"
+mentions "--n-embd" "'12x'"
+expect 1 "grow missing source" -- "$SPECK" grow -m "$dir/missing.gguf" --n-layer 3 -o "$dir/x.gguf"
+mentions "$dir/missing.gguf"
+ls "$dir"/x.gguf* >/dev/null 2>&1 && bad "failed grow left files" || ok
 head -c 1000 "$dir/tiny.gguf" >"$dir/trunc.gguf"
 expect 1 "info truncated" -- "$SPECK" info -m "$dir/trunc.gguf"
 mentions "$dir/trunc.gguf" "truncated"

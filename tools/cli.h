@@ -20,6 +20,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_grow(int argc, char **argv);
 
 // Option matching: if argv[*i] is `name` (or `alias`) followed by a value, or `name=value`,
 // store the value, advance *i and return true. Exits with a message when the value is missing.
@@ -54,5 +55,8 @@ extern unsigned cli_load_flags;
 extern speck_type cli_kv_type;
 bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i);
 speck_model *cli_load_model(const char *path);
+// Model shape flags (--n-embd, --n-layer, --n-head, --n-head-kv, --n-ff): the value goes into
+// the preset's field. True if argv[*i] was one; exits with status 2 on a bad number.
+bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset *p);
 
 #endif

@@ -211,3 +211,22 @@ double cli_median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+
+bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset *p) {
+    const struct {
+        const char *flag;
+        int *dst;
+    } opts[] = {{"--n-embd", &p->n_embd},
+                {"--n-layer", &p->n_layer},
+                {"--n-head", &p->n_head},
+                {"--n-head-kv", &p->n_head_kv},
+                {"--n-ff", &p->n_ff}};
+    for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
+        const char *v;
+        if (cli_opt(argc, argv, i, opts[k].flag, NULL, &v)) {
+            *opts[k].dst = (int)cli_int(cmd, opts[k].flag, v, 1, 1 << 20);
+            return true;
+        }
+    }
+    return false;
+}

@@ -25,6 +25,7 @@ static void usage(FILE *f) {
             "  convert    convert a Hugging Face checkpoint directory to GGUF\n"
             "  export     write a GGUF model as a Hugging Face directory\n"
             "  quantize   write a GGUF model with its matrices in another type (q8_0, q4_0, ...)\n"
+            "  grow       widen and deepen a model to larger shapes, computing the same function\n"
             "  train      train a model on a directory of text files (docs/training.md)\n"
             "  tokenizer-train  train a byte-level BPE vocabulary on text files\n"
             "  eval       perplexity and bits per byte of a model on a text file\n\n"
@@ -61,7 +62,7 @@ int main(int argc, char **argv) {
                 {"tokenize", cmd_tokenize}, {"convert", cmd_convert},
                 {"export", cmd_export},     {"quantize", cmd_quantize},
                 {"train", cmd_train},       {"tokenizer-train", cmd_tokenizer_train},
-                {"eval", cmd_eval}};
+                {"eval", cmd_eval},         {"grow", cmd_grow}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "speck: unknown command '%s'\n\n", cmd);
