@@ -379,8 +379,9 @@ static speck_panel_fn panel_fn(const speck_kernel_table *k, speck_type wt) {
                                    : NULL;
 }
 
+// Quantized types whose panels replace their rows (their activations are quantized too).
 static int is_quant(speck_type wt) {
-    return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0;
+    return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0 || speck_type_is_extra(wt);
 }
 
 static speck_panel_q_fn panel_q_fn(const speck_kernel_table *k, speck_type wt) {
@@ -390,16 +391,19 @@ static speck_panel_q_fn panel_q_fn(const speck_kernel_table *k, speck_type wt) {
 }
 
 speck_type speck_panel_act_type(speck_type wt) {
+    if (speck_type_is_extra(wt)) return wt; // the layout its row kernels take
     return is_quant(wt) ? SPECK_TYPE_Q8_0 : wt; // Q8_0's split layout: natural order
 }
 
 int speck_panel_supported(speck_type wt) {
     const speck_kernel_table *k = speck_kernels_get();
+    if (speck_type_is_extra(wt)) return k->qt[wt].panel != NULL && speck_qt_panel_layout(wt);
     return is_quant(wt) ? panel_q_fn(k, wt) != NULL : panel_fn(k, wt) != NULL;
 }
 
 // Bytes of one panel (16 rows) of n_in inputs.
 static size_t panel_stride(speck_type wt, int64_t n_in) {
+    if (speck_type_is_extra(wt)) return 16 * speck_type_row_size(wt, n_in);
     if (wt == SPECK_TYPE_Q4_0) return (size_t)(n_in / SPECK_QK) * SPECK_Q4_PANEL_BLOCK;
     if (wt == SPECK_TYPE_Q8_0) return (size_t)(n_in / SPECK_QK) * SPECK_Q8_PANEL_BLOCK;
     return (size_t)16 * (size_t)n_in * elem_size(wt);
@@ -482,7 +486,9 @@ void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
         const int rows = (int)(n_out - 16 * p < 16 ? n_out - 16 * p : 16);
         const char *src = (const char *)W + (size_t)(16 * p) * wrow;
         char *dst = (char *)P + (size_t)p * pbytes;
-        if (wt == SPECK_TYPE_Q4_0)
+        if (speck_type_is_extra(wt))
+            speck_qt_panel_pack(wt, src, n_in / speck_type_block_size(wt), rows, dst);
+        else if (wt == SPECK_TYPE_Q4_0)
             pack_panel_q4((const speck_block_q4_0 *)src, n_in / SPECK_QK, rows, (uint8_t *)dst);
         else if (wt == SPECK_TYPE_Q8_0)
             pack_panel_q8((const speck_block_q8_0 *)src, n_in / SPECK_QK, rows, (uint8_t *)dst);
@@ -502,7 +508,9 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
         const int n = (int)(16 - j0 < o0 + rows - r ? 16 - j0 : o0 + rows - r);
         const char *src = (const char *)P + (size_t)p * pbytes;
         char *out = (char *)dst + (size_t)(r - o0) * wrow;
-        if (wt == SPECK_TYPE_Q4_0)
+        if (speck_type_is_extra(wt))
+            speck_qt_panel_unpack(wt, src, n_in / speck_type_block_size(wt), j0, n, out);
+        else if (wt == SPECK_TYPE_Q4_0)
             unpack_panel_q4((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q4_0 *)out);
         else
             unpack_panel_q8((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q8_0 *)out);
@@ -513,6 +521,11 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
 // Panels per call of wt's panel kernel for n_tok tokens, which it takes *tg at a time (0 and 0
 // where the ISA has no panel kernels for wt).
 static int panel_group(const speck_kernel_table *k, speck_type wt, int64_t n_tok, int *tg) {
+    if (speck_type_is_extra(wt)) {
+        const speck_qt_kernels *q = &k->qt[wt];
+        *tg = (int)(n_tok < q->panel_tokens ? n_tok : q->panel_tokens);
+        return q->panel ? q->panel_group[*tg] : 0;
+    }
     const int quant = is_quant(wt);
     const int tmax = quant ? k->panel_q_tokens : k->panel_tokens;
     *tg = (int)(n_tok < tmax ? n_tok : tmax);
@@ -527,7 +540,8 @@ int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok) {
 
 // One speck_mm_panel_rows call: rows [o0, o1) of panels P (pbytes each) against a into Y.
 typedef struct {
-    speck_panel_q_fn qfn; // quantized weights, else ffn
+    speck_panel_x_fn xfn; // src/quant/ block types, else quantized weights (qfn), else ffn
+    speck_panel_q_fn qfn;
     speck_panel_fn ffn;
     const char *P;
     size_t pbytes;
@@ -547,7 +561,9 @@ static void panel_call(const panel_job *j, int64_t q, int np, int64_t pstep) {
     for (int64_t t = 0; t < n_tok; t += j->TG) {
         const int nt = (int)(n_tok - t < j->TG ? n_tok - t : j->TG);
         float *y = j->Y + t * j->ldy + 16 * q;
-        if (j->qfn)
+        if (j->xfn)
+            j->xfn(pp, j->pbytes, np, pstep, j->a, t, nt, y, j->ldy, m0, m1, j->accumulate);
+        else if (j->qfn)
             j->qfn(pp, j->pbytes, np, pstep, &j->a->rows, t, nt, y, j->ldy, m0, m1, j->accumulate);
         else
             j->ffn(pp, j->pbytes, np, j->a->x + t * n_in, n_in, nt, n_in, y, j->ldy, m0, m1,
@@ -562,7 +578,9 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
     const int quant = is_quant(wt);
     int TG;
     const int R = panel_group(k, wt, a->n_tok, &TG);
-    panel_job j = {.qfn = quant ? panel_q_fn(k, wt) : NULL,
+    const int extra = speck_type_is_extra(wt);
+    panel_job j = {.xfn = extra ? k->qt[wt].panel : NULL,
+                   .qfn = quant && !extra ? panel_q_fn(k, wt) : NULL,
                    .ffn = quant ? NULL : panel_fn(k, wt),
                    .P = P,
                    .pbytes = panel_stride(wt, a->n_in),
@@ -577,7 +595,8 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
                    .R = R,
                    .accumulate = accumulate};
     int64_t p = j.p0;
-    if (quant && R > 1 && k->panel_q_spread[wt == SPECK_TYPE_Q8_0]) {
+    const int spread = extra ? k->qt[wt].panel_spread : k->panel_q_spread[wt == SPECK_TYPE_Q8_0];
+    if (quant && R > 1 && spread) {
         // The R panels of a call come from R equal consecutive parts of the range's whole
         // panels, so each of the call's R weight streams runs on through its part (the next
         // panel of a part follows in memory) instead of ending every panel (16 rows, 18 KB of

@@ -559,17 +559,8 @@ static inline __attribute__((always_inline)) void qr_dequant32(const void *x, fl
         qr_dequant32(x, y, n, QT);                                                                 \
     }
 
-// The table entries (designated initializers of speck_kernel_table.qt).
-#define QR_TABLE(ISA)                                                                              \
-    [SPECK_TYPE_Q2_K] = {dot_q2_k_##ISA, mm_q2_k_##ISA, deq_q2_k_##ISA},                           \
-    [SPECK_TYPE_Q3_K] = {dot_q3_k_##ISA, mm_q3_k_##ISA, deq_q3_k_##ISA},                           \
-    [SPECK_TYPE_Q4_K] = {dot_q4_k_##ISA, mm_q4_k_##ISA, deq_q4_k_##ISA},                           \
-    [SPECK_TYPE_Q5_K] = {dot_q5_k_##ISA, mm_q5_k_##ISA, deq_q5_k_##ISA},                           \
-    [SPECK_TYPE_Q6_K] = {dot_q6_k_##ISA, mm_q6_k_##ISA, deq_q6_k_##ISA},                           \
-    [SPECK_TYPE_IQ4_XS] = {dot_iq4_xs_##ISA, mm_iq4_xs_##ISA, deq_iq4_xs_##ISA},                   \
-    [SPECK_TYPE_Q4_1] = {NULL, mm_q4_1_##ISA, deq_q4_1_##ISA},                                     \
-    [SPECK_TYPE_Q5_0] = {NULL, mm_q5_0_##ISA, deq_q5_0_##ISA},                                     \
-    [SPECK_TYPE_Q5_1] = {NULL, mm_q5_1_##ISA, deq_q5_1_##ISA},                                     \
-    [SPECK_TYPE_IQ4_NL] = {NULL, mm_iq4_nl_##ISA, deq_iq4_nl_##ISA}
+// The members of a type's speck_qt_kernels entry defined here (designated initializers).
+#define QR_ENTRY_K(T, ISA) .dot = dot_##T##_##ISA, .mm = mm_##T##_##ISA, .to_f32 = deq_##T##_##ISA
+#define QR_ENTRY_32(T, ISA) .dot = NULL, .mm = mm_##T##_##ISA, .to_f32 = deq_##T##_##ISA
 
 #endif
