@@ -207,6 +207,158 @@ pq6k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a,
     store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
+/* ---- IQ4_XS --------------------------------------------------------------------------------- */
+
+// Panel block (2176 B): d | scales_h (16 x 2 B) | scales_l words | qs words 0..31. Word g of qs
+// holds bytes 4g..4g+3 of each row: sub-block j = g / 4, low nibbles elements 32j + 4(g % 4) ..,
+// high nibbles 32j + 16 + 4(g % 4) ..; levels are the grid + 128 (unsigned), the 128 taken out
+// through the activations' bsums.
+static inline __attribute__((always_inline)) void
+pq4xs_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a, int64_t t0,
+           float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int R,
+           const int T) {
+    const int64_t nsb = a->n_in / SB;
+    const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, a->n_in), bb = 16 * 136;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i grid = _mm512_broadcast_i32x4(_mm_setr_epi8(
+        (char)1, (char)24, (char)45, (char)63, (char)79, (char)93, (char)106, (char)118, (char)129,
+        (char)141, (char)153, (char)166, (char)181, (char)197, (char)217, (char)241));
+    __m512 acc[8];
+    for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const speck_block_q8_k *x[4];
+        for (int t = 0; t < T; t++)
+            x[t] = (const speck_block_q8_k *)(a->blocks + (size_t)(t0 + t) * krow) + sb;
+        for (int r = 0; r < R; r++) {
+            const uint8_t *pb = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
+            _mm_prefetch((const char *)pb + PK_AHEAD * bb, _MM_HINT_T0);
+            _mm_prefetch((const char *)pb + PK_AHEAD * bb + 64, _MM_HINT_T0);
+            const __m512i sh = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(pb + 32)));
+            const __m512i sl = _mm512_loadu_si512(pb + 64);
+            __m512i sumi[4];
+            for (int t = 0; t < T; t++) sumi[t] = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j++) {
+                __m512i ac[4];
+                for (int t = 0; t < T; t++) ac[t] = _mm512_setzero_si512();
+                for (int q = 0; q < 4; q++) {
+                    const uint8_t *g = pb + 128 + 64 * (4 * j + q);
+                    _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
+                    const __m512i v = _mm512_loadu_si512(g);
+                    const __m512i lo = _mm512_shuffle_epi8(grid, _mm512_and_si512(v, m4));
+                    const __m512i hi = _mm512_shuffle_epi8(grid, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+                    for (int t = 0; t < T; t++) {
+                        ac[t] = _mm512_dpbusd_epi32(ac[t], lo, bcast4(x[t]->qs + 32 * j + 4 * q));
+                        ac[t] = _mm512_dpbusd_epi32(ac[t], hi, bcast4(x[t]->qs + 32 * j + 16 + 4 * q));
+                    }
+                }
+                // ls_j - 32: nibble j % 2 of byte j / 2 of scales_l, bits 2j.. of scales_h.
+                const __m512i ls = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi32(sl, 8 * (j / 2) + 4 * (j % 2)), _mm512_set1_epi32(0xF)),
+                    _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(sh, 2 * j), _mm512_set1_epi32(3)), 4));
+                const __m512i sc = _mm512_sub_epi32(ls, _mm512_set1_epi32(32));
+                for (int t = 0; t < T; t++) {
+                    const int bs = x[t]->bsums[2 * j] + x[t]->bsums[2 * j + 1];
+                    const __m512i is = _mm512_sub_epi32(ac[t], _mm512_set1_epi32(128 * bs));
+                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(is, sc));
+                }
+            }
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
+            for (int t = 0; t < T; t++)
+                acc[t * R + r] = _mm512_add_ps(
+                    acc[t * R + r], _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_set1_ps(x[t]->d)),
+                                                  _mm512_cvtepi32_ps(sumi[t])));
+        }
+    }
+    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+}
+
+/* ---- Q2_K and Q3_K -------------------------------------------------------------------------- */
+
+// Panel blocks: Q2_K (1344 B): d | dmin | scale words 0..3 (byte j: sc | m << 4 of sub-block j)
+// | qs words 0..15; Q3_K (1760 B): d | scale words 0..2 (the 12 bytes) | hmask words 0..7 | qs
+// words 0..15. qs word g holds bytes 4g..4g+3 of each row: with h = g / 8, q = g % 8, bits 2s..
+// of its bytes are elements 128h + 32s + 4q .. (sub-block 8h + 2s + q / 4); Q3_K's third bit is
+// bit 4h + s of hmask word q. Levels are unsigned (Q3_K: + 4, taken out through the bsums).
+static inline __attribute__((always_inline)) void
+pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a, int64_t t0,
+           float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int q3,
+           const int R, const int T) {
+    const int64_t nsb = a->n_in / SB;
+    const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, a->n_in), bb = 16 * (q3 ? 110 : 84);
+    const size_t qs_at = q3 ? 736 : 320;
+    const __m512i c3 = _mm512_set1_epi8(3), c4 = _mm512_set1_epi8(4);
+    __m512 acc[8];
+    for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const speck_block_q8_k *x[4];
+        for (int t = 0; t < T; t++)
+            x[t] = (const speck_block_q8_k *)(a->blocks + (size_t)(t0 + t) * krow) + sb;
+        for (int r = 0; r < R; r++) {
+            const uint8_t *pb = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
+            for (size_t c = 0; c < qs_at; c += 64) _mm_prefetch((const char *)pb + PK_AHEAD * bb + c, _MM_HINT_T0);
+            __m512i sumi[4], summ[4];
+            for (int t = 0; t < T; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
+            for (int h = 0; h < 2; h++) {
+                __m512i ac[4][8]; // [token][2s + q / 4]
+                for (int t = 0; t < T; t++)
+                    for (int k = 0; k < 8; k++) ac[t][k] = _mm512_setzero_si512();
+                for (int q = 0; q < 8; q++) {
+                    const uint8_t *g = pb + qs_at + 64 * (8 * h + q);
+                    _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
+                    const __m512i v = _mm512_loadu_si512(g);
+                    const __m512i hm = q3 ? _mm512_loadu_si512(pb + 224 + 64 * q) : v;
+                    for (int s = 0; s < 4; s++) {
+                        __m512i u = _mm512_and_si512(_mm512_srli_epi16(v, 2 * s), c3);
+                        if (q3) // bit 4h + s of hmask to bit 2
+                            u = _mm512_or_si512(u, _mm512_and_si512(shift_bits(hm, 2 - (4 * h + s)), c4));
+                        for (int t = 0; t < T; t++)
+                            ac[t][2 * s + q / 4] = _mm512_dpbusd_epi32(
+                                ac[t][2 * s + q / 4], u, bcast4(x[t]->qs + 128 * h + 32 * s + 4 * q));
+                    }
+                }
+                for (int k = 0; k < 8; k++) {
+                    const int j = 8 * h + k; // sub-block: 8h + 2s + q / 4 with k = 2s + q / 4
+                    __m512i sc;
+                    if (q3) {
+                        const __m512i wl = _mm512_loadu_si512(pb + 32 + 64 * ((j % 8) / 4));
+                        const __m512i w2 = _mm512_loadu_si512(pb + 32 + 128);
+                        const __m512i lo = _mm512_and_si512(
+                            _mm512_srli_epi32(wl, 8 * (j % 4) + 4 * (j / 8)), _mm512_set1_epi32(0xF));
+                        const __m512i hi = _mm512_and_si512(
+                            _mm512_srli_epi32(w2, 8 * (j % 4) + 2 * (j / 4)), _mm512_set1_epi32(3));
+                        sc = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)),
+                                              _mm512_set1_epi32(32));
+                    } else {
+                        const __m512i w = _mm512_loadu_si512(pb + 64 + 64 * (j / 4));
+                        const __m512i byte = _mm512_and_si512(_mm512_srli_epi32(w, 8 * (j % 4)),
+                                                              _mm512_set1_epi32(0xFF));
+                        sc = _mm512_and_si512(byte, _mm512_set1_epi32(0xF));
+                        const __m512i mn = _mm512_srli_epi32(byte, 4);
+                        for (int t = 0; t < T; t++)
+                            summ[t] = _mm512_add_epi32(
+                                summ[t], _mm512_mullo_epi32(mn, _mm512_set1_epi32(x[t]->bsums[j])));
+                    }
+                    for (int t = 0; t < T; t++) {
+                        __m512i is = ac[t][k];
+                        if (q3) is = _mm512_sub_epi32(is, _mm512_set1_epi32(4 * x[t]->bsums[j]));
+                        sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(is, sc));
+                    }
+                }
+            }
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
+            const __m512 dmv = q3 ? _mm512_setzero_ps()
+                                  : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + 32)));
+            for (int t = 0; t < T; t++) {
+                const __m512 c =
+                    q3 ? _mm512_mul_ps(_mm512_mul_ps(dv, _mm512_set1_ps(x[t]->d)), _mm512_cvtepi32_ps(sumi[t]))
+                       : k_contrib(dv, dmv, x[t]->d, sumi[t], summ[t]);
+                acc[t * R + r] = _mm512_add_ps(acc[t * R + r], c);
+            }
+        }
+    }
+    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+}
+
 // An entry point taking np panels x nt tokens as 4 x 1, 2 x 2, 2 x 3, 1 x 4 (the table's
 // panel_group) or fewer panels at the end of a range, from BODY(R, T).
 #define PANEL_ENTRY(NAME, BODY)                                                                    \
@@ -239,6 +391,12 @@ pq6k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a,
 #define Q4K(R, T) pq45k_body(ARGS, 0, R, T)
 #define Q5K(R, T) pq45k_body(ARGS, 1, R, T)
 #define Q6K(R, T) pq6k_body(ARGS, R, T)
+#define IQ4XS(R, T) pq4xs_body(ARGS, R, T)
+#define Q2K(R, T) pq23k_body(ARGS, 0, R, T)
+#define Q3K(R, T) pq23k_body(ARGS, 1, R, T)
+PANEL_ENTRY(speck_panel_q2_k_avx512, Q2K)
+PANEL_ENTRY(speck_panel_q3_k_avx512, Q3K)
+PANEL_ENTRY(speck_panel_iq4_xs_avx512, IQ4XS)
 PANEL_ENTRY(speck_panel_q4_k_avx512, Q4K)
 PANEL_ENTRY(speck_panel_q5_k_avx512, Q5K)
 PANEL_ENTRY(speck_panel_q6_k_avx512, Q6K)

@@ -28,8 +28,36 @@ static const panel_layout L_Q5_K = {5, {{0, 2, 2}, {2, 2, 2}, {4, 12, 4}, {16, 3
 // Q6_K: d, the 16 scales (4 words), ql (32 words), qh (16 words).
 static const panel_layout L_Q6_K = {4, {{208, 2, 2}, {192, 16, 4}, {0, 128, 4}, {128, 64, 4}}};
 
+// The 32-value types: d (, m) (, qh as one word), the 16 nibble bytes as 4 words (word g: bytes
+// 4g .. 4g + 3, elements 4g .. 4g + 3 in the low nibbles and 16 + 4g .. in the high ones).
+static const panel_layout L_Q4_1 = {3, {{0, 2, 2}, {2, 2, 2}, {4, 16, 4}}};
+static const panel_layout L_Q5_0 = {3, {{0, 2, 2}, {2, 4, 4}, {6, 16, 4}}};
+static const panel_layout L_Q5_1 = {4, {{0, 2, 2}, {2, 2, 2}, {4, 4, 4}, {8, 16, 4}}};
+static const panel_layout L_IQ4_NL = {2, {{0, 2, 2}, {2, 16, 4}}};
+
+// IQ4_XS: d, scales_h (16 x 2 B), scales_l (a word), qs (32 words).
+static const panel_layout L_IQ4_XS = {4, {{0, 2, 2}, {2, 2, 2}, {4, 4, 4}, {8, 128, 4}}};
+// Q3_K: d, the 12 scale bytes (3 words), hmask (8 words), qs (16 words).
+static const panel_layout L_Q3_K = {4, {{108, 2, 2}, {96, 12, 4}, {0, 32, 4}, {32, 64, 4}}};
+// Q2_K: d, dmin, the 16 scale bytes (4 words), qs (16 words).
+static const panel_layout L_Q2_K = {4, {{80, 2, 2}, {82, 2, 2}, {0, 16, 4}, {16, 64, 4}}};
+
 static const panel_layout *layout(speck_type t) {
     switch (t) {
+    case SPECK_TYPE_IQ4_XS:
+        return &L_IQ4_XS;
+    case SPECK_TYPE_Q3_K:
+        return &L_Q3_K;
+    case SPECK_TYPE_Q2_K:
+        return &L_Q2_K;
+    case SPECK_TYPE_Q4_1:
+        return &L_Q4_1;
+    case SPECK_TYPE_Q5_0:
+        return &L_Q5_0;
+    case SPECK_TYPE_Q5_1:
+        return &L_Q5_1;
+    case SPECK_TYPE_IQ4_NL:
+        return &L_IQ4_NL;
     case SPECK_TYPE_Q4_K:
         return &L_Q4_K;
     case SPECK_TYPE_Q5_K:
