@@ -99,20 +99,24 @@ static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, 
     float *d = (float *)(buf + (((size_t)(n_tok * n_in) + 63) & ~(size_t)63));
     float *s = d + n_tok * nb;
     int16_t *qsum = (int16_t *)(s + n_tok * nb);
-    for (int64_t t = 0; t < n_tok; t++, blk += nb) {
-        k->quantize_q8_0(X + t * n_in, blk, n_in);
+    // Many tokens (a prefill on the streaming kernels) quantize in parallel; a caller already in
+    // a parallel region (the decoder's per-thread copies) does it alone.
+#pragma omp parallel for schedule(static) if (n_tok >= 16 && !omp_in_parallel())
+    for (int64_t t = 0; t < n_tok; t++) {
+        speck_block_q8_0 *blk_t = blk + t * nb;
+        k->quantize_q8_0(X + t * n_in, blk_t, n_in);
         int8_t *row = qs + t * n_in;
         for (int64_t b = 0; b < nb; b++) {
             int32_t sum = 0;
-            for (int j = 0; j < SPECK_QK; j++) sum += blk[b].qs[j];
+            for (int j = 0; j < SPECK_QK; j++) sum += blk_t[b].qs[j];
             if (b < grouped) {
                 int8_t *g = row + (b / 4) * 4 * SPECK_QK + (b % 4) * 16;
-                memcpy(g, blk[b].qs, 16);
-                memcpy(g + 64, blk[b].qs + 16, 16);
+                memcpy(g, blk_t[b].qs, 16);
+                memcpy(g + 64, blk_t[b].qs + 16, 16);
             } else {
-                memcpy(row + b * SPECK_QK, blk[b].qs, SPECK_QK);
+                memcpy(row + b * SPECK_QK, blk_t[b].qs, SPECK_QK);
             }
-            d[t * nb + b] = speck_fp16_to_fp32(blk[b].d);
+            d[t * nb + b] = speck_fp16_to_fp32(blk_t[b].d);
             s[t * nb + b] = d[t * nb + b] * (float)sum;
             qsum[t * nb + b] = (int16_t)sum;
         }
@@ -203,6 +207,7 @@ void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t 
     char *b = buf;
     if (a->kind == SPECK_MM_Q8K) {
         const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, n_in);
+#pragma omp parallel for schedule(static) if (n_tok >= 16 && !omp_in_parallel())
         for (int64_t t = 0; t < n_tok; t++)
             k->quantize_q8_k(X + t * n_in, (speck_block_q8_k *)(b + (size_t)t * krow), n_in);
         a->blocks = b;
@@ -766,15 +771,22 @@ static int has_gemm(const speck_kernel_table *k, speck_type wt) {
     return k->gemm_pack && (wt == SPECK_TYPE_Q8_0 || wt == SPECK_TYPE_Q4_0);
 }
 
-static mm_path choose_path(const speck_kernel_table *k, speck_type wt, int64_t n_tok) {
+// panels: the call reads a panel copy of W.
+static mm_path choose_path(const speck_kernel_table *k, speck_type wt, int64_t n_tok, int panels) {
     if (g_force == PATH_SMALL || g_force == PATH_BLAS) return g_force;
     if (g_force == PATH_GEMM && has_gemm(k, wt)) return PATH_GEMM;
     if (n_tok < SMALL_BATCH) return PATH_SMALL;
-    return has_gemm(k, wt) ? PATH_GEMM : PATH_BLAS;
+    if (has_gemm(k, wt)) return PATH_GEMM;
+    // The src/quant/ block types have no int8 GEMM, but their panel kernels (4 tokens per weight
+    // load, a call's panels kept in cache across all the token groups) run 2-4x the dequantize +
+    // sgemm path's GFLOP/s at 512 tokens (bench_kernels, AVX-512: Q4_K 118-122 vs 33-34, Q6_K
+    // 76-79 vs 28-33, Q3_K 43-44 vs 34; BENCHMARKS.md). Their row kernels do not beat sgemm.
+    if (panels && speck_type_is_extra(wt)) return PATH_SMALL;
+    return PATH_BLAS;
 }
 
 speck_type speck_matmul_act_type(speck_type wt, int64_t n_tok) {
-    return choose_path(speck_kernels_get(), wt, n_tok) == PATH_BLAS ? SPECK_TYPE_F32
+    return choose_path(speck_kernels_get(), wt, n_tok, 0) == PATH_BLAS ? SPECK_TYPE_F32
                                                                     : speck_act_type(wt);
 }
 
@@ -805,7 +817,7 @@ void speck_matmul_panels(speck_type wt, const void *W, const void *P, int64_t n_
         return;
     }
     const speck_kernel_table *k = speck_kernels_get();
-    switch (choose_path(k, wt, n_tok)) {
+    switch (choose_path(k, wt, n_tok, P != NULL)) {
     case PATH_GEMM:
         matmul_gemm(k, wt, W, P, n_out, n_in, X, n_tok, Y);
         break;

@@ -60,6 +60,25 @@ static inline __m512i shift_bits(__m512i x, const int k) {
 // 0..31 (2304 B for Q4_K, 2816 for Q5_K). Word g of qs holds bytes 4g..4g+3 of each row: low
 // nibbles are elements 64c + 4q .. + 3 (c = g / 8, q = g % 8; sub-block 2c), high nibbles
 // 64c + 32 + 4q .. (sub-block 2c + 1); Q5_K's fifth bits are bits 2c and 2c + 1 of qh word q.
+// Bytes (0, 2) and (1, 3) of every dword (four 6-bit mins) as int16 pairs.
+static inline __m512i pair_even(__m512i v) {
+    return _mm512_and_si512(v, _mm512_set1_epi32(0x00FF00FF));
+}
+static inline __m512i pair_odd(__m512i v) {
+    return _mm512_and_si512(_mm512_srli_epi32(v, 8), _mm512_set1_epi32(0x00FF00FF));
+}
+
+// The bsums of a token's super-block as int16 pairs for pair_even / pair_odd: sub-block sums
+// bs_j = bsums[2j] + bsums[2j + 1], broadcast as (bs_j0 | bs_j0+2 << 16).
+static inline __m512i bs_pair(const speck_block_q8_k *x, int j0) {
+    const int a = x->bsums[2 * j0] + x->bsums[2 * j0 + 1];
+    const int b = x->bsums[2 * j0 + 4] + x->bsums[2 * j0 + 5];
+    return _mm512_set1_epi32((int)(((uint32_t)(uint16_t)a) | ((uint32_t)(uint16_t)b << 16)));
+}
+
+// Loops: per sub-block pair c, the weight words q = 0..7 of all R panels in turn, so a call's
+// 2 R T accumulators are independent chains (an 8-deep chain per panel had left the one-token
+// kernel latency-bound) and each activation broadcast serves every panel.
 static inline __attribute__((always_inline)) void
 pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a, int64_t t0,
            float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int q5,
@@ -77,58 +96,77 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
         const speck_block_q8_k *x[4];
         for (int t = 0; t < T; t++)
             x[t] = (const speck_block_q8_k *)(a->blocks + (size_t)(t0 + t) * krow) + sb;
+        const uint8_t *pb[4];
         for (int r = 0; r < R; r++) {
-            const uint8_t *pb = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
-            for (int c = 0; c < 4; c++) _mm_prefetch((const char *)pb + PK_AHEAD * bb + 64 * c, _MM_HINT_T0);
-            // Scales and mins of the 8 sub-blocks, four per dword (sc_lo: 0-3, sc_hi: 4-7).
-            const __m512i w0 = _mm512_loadu_si512(pb + 64), w1 = _mm512_loadu_si512(pb + 128),
-                          w2 = _mm512_loadu_si512(pb + 192);
-            const __m512i sc_lo = _mm512_and_si512(w0, k3f), m_lo = _mm512_and_si512(w1, k3f);
-            const __m512i sc_hi = _mm512_or_si512(_mm512_and_si512(w2, k0f),
-                                                  _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30));
-            const __m512i m_hi =
-                _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), k0f),
-                                _mm512_and_si512(_mm512_srli_epi32(w1, 2), k30));
-            __m512i sumi[4], summ[4];
-            for (int t = 0; t < T; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
-            for (int c = 0; c < 4; c++) {
-                const __m512i scv = c < 2 ? sc_lo : sc_hi;
-                const __m512i s0 = dword_byte(scv, (2 * c) % 4), s1 = dword_byte(scv, (2 * c + 1) % 4);
-                __m512i lo_acc[4], hi_acc[4];
-                for (int t = 0; t < T; t++) lo_acc[t] = hi_acc[t] = _mm512_setzero_si512();
-                for (int q = 0; q < 8; q++) {
-                    const uint8_t *g = pb + qs_at + 64 * (8 * c + q);
+            pb[r] = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
+            for (int c = 0; c < 4; c++)
+                _mm_prefetch((const char *)pb[r] + PK_AHEAD * bb + 64 * c, _MM_HINT_T0);
+        }
+        __m512i sumi[8];
+        for (int s = 0; s < R * T; s++) sumi[s] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i lo_acc[8], hi_acc[8];
+            for (int s = 0; s < R * T; s++) lo_acc[s] = hi_acc[s] = _mm512_setzero_si512();
+            for (int q = 0; q < 8; q++) {
+                __m512i xl[4], xh[4];
+                for (int t = 0; t < T; t++) {
+                    xl[t] = bcast4(x[t]->qs + 64 * c + 4 * q);
+                    xh[t] = bcast4(x[t]->qs + 64 * c + 32 + 4 * q);
+                }
+                for (int r = 0; r < R; r++) {
+                    const uint8_t *g = pb[r] + qs_at + 64 * (8 * c + q);
                     _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
                     const __m512i v = _mm512_loadu_si512(g);
                     __m512i lo = _mm512_and_si512(v, m4);
                     __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
                     if (q5) { // bit 2c (low nibble) / 2c + 1 (high) of qh to bit 4; 0xF8: A | (B & C)
-                        const __m512i h = _mm512_loadu_si512(pb + 256 + 64 * q);
-                        if (c < 2) _mm_prefetch((const char *)pb + 256 + 64 * (4 * c + q / 2) + PK_AHEAD * bb, _MM_HINT_T0);
+                        const __m512i h = _mm512_loadu_si512(pb[r] + 256 + 64 * q);
+                        if (c < 2)
+                            _mm_prefetch((const char *)pb[r] + 256 + 64 * (4 * c + q / 2) + PK_AHEAD * bb,
+                                         _MM_HINT_T0);
                         lo = _mm512_ternarylogic_epi32(lo, shift_bits(h, 4 - 2 * c), b4, 0xF8);
                         hi = _mm512_ternarylogic_epi32(hi, shift_bits(h, 3 - 2 * c), b4, 0xF8);
                     }
                     for (int t = 0; t < T; t++) {
-                        lo_acc[t] = _mm512_dpbusd_epi32(lo_acc[t], lo, bcast4(x[t]->qs + 64 * c + 4 * q));
-                        hi_acc[t] = _mm512_dpbusd_epi32(hi_acc[t], hi, bcast4(x[t]->qs + 64 * c + 32 + 4 * q));
+                        lo_acc[t * R + r] = _mm512_dpbusd_epi32(lo_acc[t * R + r], lo, xl[t]);
+                        hi_acc[t * R + r] = _mm512_dpbusd_epi32(hi_acc[t * R + r], hi, xh[t]);
                     }
                 }
+            }
+            // Sub-blocks 2c, 2c + 1: scale bytes (2c) % 4, (2c + 1) % 4 of sc_lo (c < 2: the low 6
+            // bits of word 0) or sc_hi (word 2's low nibbles, word 0's top bits).
+            for (int r = 0; r < R; r++) {
+                const __m512i w0 = _mm512_loadu_si512(pb[r] + 64);
+                const __m512i scv =
+                    c < 2 ? _mm512_and_si512(w0, k3f)
+                          : _mm512_or_si512(_mm512_and_si512(_mm512_loadu_si512(pb[r] + 192), k0f),
+                                            _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30));
+                const __m512i s0 = dword_byte(scv, (2 * c) % 4), s1 = dword_byte(scv, (2 * c + 1) % 4);
                 for (int t = 0; t < T; t++)
-                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_add_epi32(_mm512_mullo_epi32(lo_acc[t], s0),
-                                                                         _mm512_mullo_epi32(hi_acc[t], s1)));
+                    sumi[t * R + r] = _mm512_add_epi32(
+                        sumi[t * R + r], _mm512_add_epi32(_mm512_mullo_epi32(lo_acc[t * R + r], s0),
+                                                          _mm512_mullo_epi32(hi_acc[t * R + r], s1)));
             }
-            // Mins times the sub-blocks' activation sums (two bsums each).
-            for (int j = 0; j < 8; j++) {
-                const __m512i mj = dword_byte(j < 4 ? m_lo : m_hi, j % 4);
-                for (int t = 0; t < T; t++) {
-                    const int bs = x[t]->bsums[2 * j] + x[t]->bsums[2 * j + 1];
-                    summ[t] = _mm512_add_epi32(summ[t], _mm512_mullo_epi32(mj, _mm512_set1_epi32(bs)));
-                }
+        }
+        __m512i bsp[4][2];
+        for (int t = 0; t < T; t++) bsp[t][0] = bs_pair(x[t], 0), bsp[t][1] = bs_pair(x[t], 1);
+        for (int r = 0; r < R; r++) {
+            // Mins times the sub-blocks' activation sums, two sub-blocks per dpwssd.
+            const __m512i w1 = _mm512_loadu_si512(pb[r] + 128), w2 = _mm512_loadu_si512(pb[r] + 192);
+            const __m512i m_lo = _mm512_and_si512(w1, k3f);
+            const __m512i m_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), k0f),
+                                                 _mm512_and_si512(_mm512_srli_epi32(w1, 2), k30));
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb[r]));
+            const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb[r] + 32)));
+            for (int t = 0; t < T; t++) {
+                // m_lo holds mins 0-3: pairs (0, 2) and (1, 3); m_hi mins 4-7: (4, 6), (5, 7).
+                __m512i summ = _mm512_dpwssd_epi32(_mm512_setzero_si512(), pair_even(m_lo), bsp[t][0]);
+                summ = _mm512_dpwssd_epi32(summ, pair_odd(m_lo), bsp[t][1]);
+                summ = _mm512_dpwssd_epi32(summ, pair_even(m_hi), bs_pair(x[t], 4));
+                summ = _mm512_dpwssd_epi32(summ, pair_odd(m_hi), bs_pair(x[t], 5));
+                acc[t * R + r] =
+                    _mm512_add_ps(acc[t * R + r], k_contrib(dv, dmv, x[t]->d, sumi[t * R + r], summ));
             }
-            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb));
-            const __m512 dmv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pb + 32)));
-            for (int t = 0; t < T; t++)
-                acc[t * R + r] = _mm512_add_ps(acc[t * R + r], k_contrib(dv, dmv, x[t]->d, sumi[t], summ[t]));
         }
     }
     store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
