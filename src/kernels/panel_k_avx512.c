@@ -99,14 +99,17 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
         const uint8_t *pb[4];
         for (int r = 0; r < R; r++) {
             pb[r] = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
+#pragma GCC unroll 8
             for (int c = 0; c < 4; c++)
                 _mm_prefetch((const char *)pb[r] + PK_AHEAD * bb + 64 * c, _MM_HINT_T0);
         }
         __m512i sumi[8];
         for (int s = 0; s < R * T; s++) sumi[s] = _mm512_setzero_si512();
+#pragma GCC unroll 8
         for (int c = 0; c < 4; c++) {
             __m512i lo_acc[8], hi_acc[8];
             for (int s = 0; s < R * T; s++) lo_acc[s] = hi_acc[s] = _mm512_setzero_si512();
+#pragma GCC unroll 8
             for (int q = 0; q < 8; q++) {
                 __m512i xl[4], xh[4];
                 for (int t = 0; t < T; t++) {
@@ -324,7 +327,7 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
     const int64_t nsb = a->n_in / SB;
     const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, a->n_in), bb = 16 * (q3 ? 110 : 84);
     const size_t qs_at = q3 ? 736 : 320;
-    const __m512i c3 = _mm512_set1_epi8(3), c4 = _mm512_set1_epi8(4);
+    const __m512i k0f = _mm512_set1_epi32(0x0F0F0F0F), k03 = _mm512_set1_epi32(0x03030303);
     __m512 acc[8];
     for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
@@ -334,52 +337,82 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
         for (int r = 0; r < R; r++) {
             const uint8_t *pb = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
             for (size_t c = 0; c < qs_at; c += 64) _mm_prefetch((const char *)pb + PK_AHEAD * bb + c, _MM_HINT_T0);
+            // The 16 sub-block scales as four dwords of bytes (sub-blocks 4k .. 4k + 3): Q2_K's low
+            // nibbles (its mins in the high ones); Q3_K's 6-bit scales minus 32 (signed bytes).
+            __m512i scw[4];
+            if (q3) {
+                const __m512i w0 = _mm512_loadu_si512(pb + 32), w1 = _mm512_loadu_si512(pb + 96),
+                              w2 = _mm512_loadu_si512(pb + 160);
+                const __m512i lo[4] = {_mm512_and_si512(w0, k0f), _mm512_and_si512(w1, k0f),
+                                       _mm512_and_si512(_mm512_srli_epi32(w0, 4), k0f),
+                                       _mm512_and_si512(_mm512_srli_epi32(w1, 4), k0f)};
+                for (int k = 0; k < 4; k++) {
+                    const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(w2, 2 * k), k03);
+                    scw[k] = _mm512_sub_epi8(_mm512_or_si512(lo[k], _mm512_slli_epi32(hi, 4)),
+                                             _mm512_set1_epi8(32));
+                }
+            } else {
+                for (int k = 0; k < 4; k++) scw[k] = _mm512_loadu_si512(pb + 64 + 64 * k);
+            }
             __m512i sumi[4], summ[4];
             for (int t = 0; t < T; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
-            for (int h = 0; h < 2; h++) {
-                __m512i ac[4][8]; // [token][2s + q / 4]
-                for (int t = 0; t < T; t++)
-                    for (int k = 0; k < 8; k++) ac[t][k] = _mm512_setzero_si512();
-                for (int q = 0; q < 8; q++) {
-                    const uint8_t *g = pb + qs_at + 64 * (8 * h + q);
-                    _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
-                    const __m512i v = _mm512_loadu_si512(g);
-                    const __m512i hm = q3 ? _mm512_loadu_si512(pb + 224 + 64 * q) : v;
-                    for (int s = 0; s < 4; s++) {
-                        __m512i u = _mm512_and_si512(_mm512_srli_epi16(v, 2 * s), c3);
-                        if (q3) // bit 4h + s of hmask to bit 2
-                            u = _mm512_or_si512(u, _mm512_and_si512(shift_bits(hm, 2 - (4 * h + s)), c4));
-                        for (int t = 0; t < T; t++)
-                            ac[t][2 * s + q / 4] = _mm512_dpbusd_epi32(
-                                ac[t][2 * s + q / 4], u, bcast4(x[t]->qs + 128 * h + 32 * s + 4 * q));
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++)
+#pragma GCC unroll 4
+                for (int s = 0; s < 4; s++) {
+                    // Crumb s kept in place (levels times 4^s); Q3_K's third bit moved just above
+                    // it (bit 2s + 2; for s = 3, whose crumb fills the byte's top, the crumb is
+                    // moved down to bits 4-5 and the third bit to 6: times 16): no shift of the
+                    // quants, one per sub-block at the end.
+                    const int sh = q3 && s == 3 ? 4 : 2 * s; // the levels' place
+                    __m512i ac[4][2];
+                    for (int t = 0; t < T; t++) ac[t][0] = ac[t][1] = _mm512_setzero_si512();
+                    const __m512i cm = _mm512_set1_epi8((char)(3 << sh));
+                    const __m512i hb = _mm512_set1_epi8((char)(1 << (4 * h + s)));
+#pragma GCC unroll 8
+                    for (int q = 0; q < 8; q++) {
+                        const uint8_t *g = pb + qs_at + 64 * (8 * h + q);
+                        if (s == 0) _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
+                        __m512i v = _mm512_loadu_si512(g), u;
+                        if (q3) {
+                            if (sh != 2 * s) v = _mm512_srli_epi32(v, 2 * s - sh);
+                            const __m512i hv = _mm512_and_si512(_mm512_loadu_si512(pb + 224 + 64 * q), hb);
+                            // 0xEC: (A & C) | B
+                            u = _mm512_ternarylogic_epi32(v, shift_bits(hv, sh + 2 - (4 * h + s)), cm, 0xEC);
+                        } else {
+                            u = _mm512_and_si512(v, cm);
+                        }
+                        for (int t = 0; t < T; t++) {
+                            const __m512i xv = bcast4(x[t]->qs + 128 * h + 32 * s + 4 * q);
+                            ac[t][q / 4] = _mm512_dpbusd_epi32(ac[t][q / 4], u, xv);
+                        }
+                    }
+                    for (int half = 0; half < 2; half++) {
+                        const int j = 8 * h + 2 * s + half;
+                        // Scale byte j % 4 of word j / 4, sign- (Q3_K) or zero-extended (Q2_K).
+                        const __m512i sw = scw[j / 4];
+                        const __m512i sc =
+                            q3 ? _mm512_srai_epi32(_mm512_slli_epi32(sw, 24 - 8 * (j % 4)), 24)
+                               : _mm512_and_si512(_mm512_srli_epi32(sw, 8 * (j % 4)), _mm512_set1_epi32(0xF));
+                        for (int t = 0; t < T; t++) {
+                            __m512i is = _mm512_srai_epi32(ac[t][half], sh);
+                            if (q3) // level = low2 + 4 * hbit - 4
+                                is = _mm512_sub_epi32(is, _mm512_set1_epi32(4 * x[t]->bsums[j]));
+                            sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(is, sc));
+                        }
                     }
                 }
-                for (int k = 0; k < 8; k++) {
-                    const int j = 8 * h + k; // sub-block: 8h + 2s + q / 4 with k = 2s + q / 4
-                    __m512i sc;
-                    if (q3) {
-                        const __m512i wl = _mm512_loadu_si512(pb + 32 + 64 * ((j % 8) / 4));
-                        const __m512i w2 = _mm512_loadu_si512(pb + 32 + 128);
-                        const __m512i lo = _mm512_and_si512(
-                            _mm512_srli_epi32(wl, 8 * (j % 4) + 4 * (j / 8)), _mm512_set1_epi32(0xF));
-                        const __m512i hi = _mm512_and_si512(
-                            _mm512_srli_epi32(w2, 8 * (j % 4) + 2 * (j / 4)), _mm512_set1_epi32(3));
-                        sc = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)),
-                                              _mm512_set1_epi32(32));
-                    } else {
-                        const __m512i w = _mm512_loadu_si512(pb + 64 + 64 * (j / 4));
-                        const __m512i byte = _mm512_and_si512(_mm512_srli_epi32(w, 8 * (j % 4)),
-                                                              _mm512_set1_epi32(0xFF));
-                        sc = _mm512_and_si512(byte, _mm512_set1_epi32(0xF));
-                        const __m512i mn = _mm512_srli_epi32(byte, 4);
-                        for (int t = 0; t < T; t++)
-                            summ[t] = _mm512_add_epi32(
-                                summ[t], _mm512_mullo_epi32(mn, _mm512_set1_epi32(x[t]->bsums[j])));
-                    }
+            if (!q3) {
+                // Mins (the scale bytes' high nibbles) times the bsums, two sub-blocks per dpwssd:
+                // bytes (0, 2) and (1, 3) of each word as int16 pairs.
+                for (int k = 0; k < 4; k++) {
+                    const __m512i mw = _mm512_and_si512(_mm512_srli_epi32(scw[k], 4), k0f);
                     for (int t = 0; t < T; t++) {
-                        __m512i is = ac[t][k];
-                        if (q3) is = _mm512_sub_epi32(is, _mm512_set1_epi32(4 * x[t]->bsums[j]));
-                        sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(is, sc));
+                        const int16_t *bs = x[t]->bsums + 4 * k;
+                        const __m512i b02 = _mm512_set1_epi32((int)((uint32_t)(uint16_t)bs[0] | (uint32_t)(uint16_t)bs[2] << 16));
+                        const __m512i b13 = _mm512_set1_epi32((int)((uint32_t)(uint16_t)bs[1] | (uint32_t)(uint16_t)bs[3] << 16));
+                        summ[t] = _mm512_dpwssd_epi32(summ[t], pair_even(mw), b02);
+                        summ[t] = _mm512_dpwssd_epi32(summ[t], pair_odd(mw), b13);
                     }
                 }
             }
