@@ -71,6 +71,9 @@ typedef struct {
     int panel_tokens;
     int panel_group[SPECK_PT + 1];
     int panel_spread;
+    // 1: the panel kernels also beat dequantize + sgemm on large batches (prefill), so every
+    // token count takes them.
+    int panel_prefill;
 } speck_qt_kernels;
 
 // Panel layouts of the src/quant/ block types (panel_pack.c; the same on every ISA): rows
@@ -197,6 +200,9 @@ SPECK_PANEL_X_DECL(speck_panel_q6_k_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q2_k_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q3_k_avx512);
 SPECK_PANEL_X_DECL(speck_panel_iq4_xs_avx512);
+// (src/kernels/panel_k_avx2.c)
+SPECK_PANEL_X_DECL(speck_panel_q4_k_avx2);
+SPECK_PANEL_X_DECL(speck_panel_q6_k_avx2);
 // (src/kernels/panel_q32_avx512.c)
 SPECK_PANEL_X_DECL(speck_panel_q4_1_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q5_0_avx512);

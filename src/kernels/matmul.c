@@ -777,11 +777,12 @@ static mm_path choose_path(const speck_kernel_table *k, speck_type wt, int64_t n
     if (g_force == PATH_GEMM && has_gemm(k, wt)) return PATH_GEMM;
     if (n_tok < SMALL_BATCH) return PATH_SMALL;
     if (has_gemm(k, wt)) return PATH_GEMM;
-    // The src/quant/ block types have no int8 GEMM, but their panel kernels (4 tokens per weight
-    // load, a call's panels kept in cache across all the token groups) run 2-4x the dequantize +
-    // sgemm path's GFLOP/s at 512 tokens (bench_kernels, AVX-512: Q4_K 118-122 vs 33-34, Q6_K
-    // 76-79 vs 28-33, Q3_K 43-44 vs 34; BENCHMARKS.md). Their row kernels do not beat sgemm.
-    if (panels && speck_type_is_extra(wt)) return PATH_SMALL;
+    // The src/quant/ block types have no int8 GEMM, but their panel kernels (several tokens per
+    // weight load, a call's panels kept in cache across all the token groups) beat the
+    // dequantize + sgemm path at 512 tokens where panel_prefill says so (bench_kernels: on
+    // AVX-512 every type, 1.8-4x; on AVX2 Q4_K 1.2-1.35x but not Q6_K; BENCHMARKS.md). Their
+    // row kernels do not beat sgemm.
+    if (panels && speck_type_is_extra(wt) && k->qt[wt].panel_prefill) return PATH_SMALL;
     return PATH_BLAS;
 }
 

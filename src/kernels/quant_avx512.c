@@ -8,7 +8,10 @@ QR_DEFINE_KERNELS(avx512)
 
 // Panel calls take 4 panels x 1 token, 2 x 2, 2 x 3 or 1 x 4, from separate parts of a thread's
 // row range (as Q4_0's: each of a call's weight streams runs on through its part).
-#define PANELS(FN) .panel = FN, .panel_tokens = 4, .panel_group = {0, 4, 2, 2, 1}, .panel_spread = 1
+// They beat dequantize + sgemm on large batches too (panel_prefill).
+#define PANELS(FN)                                                                                 \
+    .panel = FN, .panel_tokens = 4, .panel_group = {0, 4, 2, 2, 1}, .panel_spread = 1,             \
+    .panel_prefill = 1
 
 const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX] = {
     [SPECK_TYPE_Q2_K] = {QR_ENTRY_K(q2_k, avx512), PANELS(speck_panel_q2_k_avx512)},
