@@ -146,7 +146,8 @@ speck_gguf *speck_gguf_open(const char *path);
 // By default the few-token (decode / verification) kernels run on a *panel* copy (16 rows
 // interleaved, src/kernels/kernels.h) where it pays: float (F32 / F16 / BF16) matrices when they
 // total at most 32 MiB — up to 32 MiB more memory, ~1.5-2x faster passes on such compute-bound
-// models; and Q4_0 / Q8_0 matrices of any size on AVX-512 VNNI and AVX2 CPUs when the file is
+// models; and quantized matrices of any size (Q4_0 / Q8_0 on AVX-512 VNNI and AVX2 CPUs, the
+// other block types — K-quants, IQ4, Q4_1, Q5_0, Q5_1 — on AVX-512 VNNI) when the file is
 // mapped (not
 // with SPECK_LOAD_HUGEPAGES; not a head tied to the token embedding), whose mapped pages are
 // then dropped (resident memory stays about the file's size; packing takes ~0.5 s per GB).
@@ -321,8 +322,8 @@ const speck_preset *speck_presets(void);
 const speck_preset *speck_preset_find(const char *name);
 
 // Write a model with the preset's shapes, weights ~ N(0, 0.02) (norms 1, biases small) from a
-// seeded RNG, matrices stored as `type` (norms and biases f32), a byte-level vocabulary of
-// n_vocab tokens, atomically to path.
+// seeded RNG, matrices stored as `type` (rows its block does not divide: speck_type_for_row's
+// fallback; norms and biases f32), a byte-level vocabulary of n_vocab tokens, atomically to path.
 int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -511,7 +512,7 @@ size_t speck_st_largest_file(const speck_st *s); // bytes of the largest shard
 // Convert a Hugging Face directory (config.json, safetensors, tokenizer.json and
 // tokenizer_config.json) of a LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM model
 // into a GGUF file with llama.cpp's keys and tensor names (llama Q/K rows permuted to
-// interleaved RoPE). type: matrices' type (f32, f16, bf16, q8_0, q4_0), or -1 to keep the
+// interleaved RoPE). type: matrices' type (any speck_type_name names), or -1 to keep the
 // checkpoint's dtype; norms and biases are f32. Tensors are streamed one at a time into a
 // temporary file renamed into place, so memory stays small and a failure leaves no file.
 // progress: a progress bar on stderr.
@@ -521,17 +522,19 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
 // every tensor of two or more dimensions takes `type` (token_embd.weight `embd_type` and
 // output.weight `output_type` when >= 0), falling back to f16 where the type's block does not
 // divide a row; vectors (norms, biases) and every metadata key are copied, general.file_type
-// set from the new matrices. A tensor already Q8_0/Q4_0 that would go to the other quantized
-// type is refused (SPECK_ERR_ARG) unless allow_requantize, since the rounding errors add up
-// (to f32/f16/bf16 it is dequantized); a tensor in a type speck cannot read (llama.cpp's
-// K-quants, ...) is an error naming it when it would have to change, and copied otherwise.
+// set from the new matrices. Rows a type's block does not divide take llama-quantize's fallback
+// (speck_type_for_row). The quantizers are llama-quantize's (the same bytes for the same
+// floats). A tensor already quantized that would go to another quantized type is refused
+// (SPECK_ERR_ARG) unless allow_requantize, since the rounding errors add up (to f32/f16/bf16 it
+// is dequantized); a tensor in a type speck cannot read (llama.cpp's IQ2/IQ3 types, ...) is an
+// error naming it when it would have to change, and copied otherwise.
 // Streams row chunks into a temporary file renamed into place (a failure leaves no file); the
 // source's pages are dropped as they are written.
 typedef struct {
-    speck_type type;       // the matrices: f32, f16, bf16, q8_0 or q4_0
+    speck_type type;       // the matrices: any type speck_type_name names
     int embd_type;         // token_embd.weight: a speck_type, or -1 for `type`
     int output_type;       // output.weight: a speck_type, or -1 for `type`
-    bool allow_requantize; // convert Q8_0/Q4_0 tensors to the other quantized type too
+    bool allow_requantize; // convert quantized tensors to another quantized type too
 } speck_quantize_opts;
 int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
                         bool progress);

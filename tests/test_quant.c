@@ -338,6 +338,91 @@ static void test_matmul_paths(void) {
     speck_kernels_force_isa("scalar");
 }
 
+/* ---- panels -------------------------------------------------------------------------------- */
+
+// Panel copies (speck_panel_pack) of every type that has a panel layout: they unpack to the
+// exact rows; on each ISA with panel kernels, speck_mm_panel_rows over ragged ranges (+=, other
+// rows untouched) for n_tok 1..15 gives the scalar one-token rows bit for bit; and
+// speck_matmul_panels reads the panels alone on the streaming and prefill paths.
+static void test_panels(void) {
+    const int64_t n_out = 53, nt = 15;
+    for (int ti = 0; ti < N_QTYPES; ti++) {
+        const speck_type t = qtypes[ti];
+        const int64_t n_in = speck_type_block_size(t) == 32 ? 32 * 13 : 256 * 3;
+        const size_t wrow = speck_type_row_size(t, n_in), pb = speck_panel_bytes(t, n_out, n_in);
+        char *W = malloc(wrow * n_out), *back = malloc(wrow * n_out), *P = malloc(pb);
+        for (int64_t o = 0; o < n_out; o++) make_row(t, n_in, o % 3 == 1, W + o * wrow);
+        float *X = malloc(nt * n_in * sizeof(float)), *ref = malloc(nt * n_out * sizeof(float)),
+              *Y = malloc(nt * n_out * sizeof(float)), *Y2 = malloc(nt * n_out * sizeof(float));
+        fill(X, nt * n_in, 1.0f);
+        speck_kernels_force_isa("scalar");
+        for (int64_t i = 0; i < nt; i++) speck_matmul(t, W, n_out, n_in, X + i * n_in, 1, ref + i * n_out);
+        int tested = 0;
+        for (int ii = 1; ii < 3; ii++) {
+            if (!force(isas[ii]) || !speck_panel_supported(t)) continue;
+            tested = 1;
+            CHECK(pb == 16 * wrow * (size_t)((n_out + 15) / 16), "%s panel bytes", speck_type_name(t));
+            speck_panel_pack(t, W, n_out, n_in, P);
+            speck_panel_unpack(t, P, n_in, 0, n_out, back);
+            int ok = !memcmp(back, W, wrow * n_out);
+            speck_panel_unpack(t, P, n_in, 7, n_out - 9, back);
+            ok &= !memcmp(back, W + 7 * wrow, wrow * (n_out - 9));
+            CHECK(ok, "[%s] %s panels unpack to the exact rows", isas[ii], speck_type_name(t));
+            const speck_type at = speck_panel_act_type(t);
+            void *buf = aligned_alloc(64, (speck_mm_act_bytes(at, nt, n_in) + 63) / 64 * 64 + 64);
+            int same = 1, keep = 1;
+            const int64_t ranges[][2] = {{0, n_out}, {5, 37}, {17, 18}, {16, n_out}};
+            for (int64_t n = 1; n <= nt; n++) {
+                speck_mm_act a;
+                speck_mm_act_prepare(at, X, n, n_in, buf, &a);
+                for (int ri = 0; ri < 4; ri++) {
+                    const int64_t o0 = ranges[ri][0], o1 = ranges[ri][1];
+                    const int acc = ri % 2;
+                    for (int64_t i = 0; i < n * n_out; i++) Y[i] = (float)(i % 97);
+                    speck_mm_panel_rows(t, P, &a, o0, o1, Y, n_out, acc);
+                    for (int64_t tok = 0; tok < n; tok++)
+                        for (int64_t o = 0; o < n_out; o++) {
+                            const float base = (float)((tok * n_out + o) % 97);
+                            const float r = ref[tok * n_out + o];
+                            const float want = o >= o0 && o < o1 ? (acc ? base + r : r) : base;
+                            if (memcmp(&Y[tok * n_out + o], &want, 4)) {
+                                if (o >= o0 && o < o1) {
+                                    if (same)
+                                        printf("  %s %s n_tok %lld range [%lld, %lld) row %lld: %.9g vs %.9g\n",
+                                               isas[ii], speck_type_name(t), (long long)n, (long long)o0,
+                                               (long long)o1, (long long)o, Y[tok * n_out + o], want);
+                                    same = 0;
+                                } else {
+                                    keep = 0;
+                                }
+                            }
+                        }
+                }
+            }
+            CHECK(same, "[%s] %s panel rows bit-identical to the scalar one-token rows (n_tok 1..15, "
+                        "ragged ranges, +=)", isas[ii], speck_type_name(t));
+            CHECK(keep, "[%s] %s panel calls leave rows outside their range alone", isas[ii],
+                  speck_type_name(t));
+            free(buf);
+            // Every path from the panels alone (the row copy poisoned).
+            memset(back, 0x7F, wrow * n_out);
+            const char *paths[] = {"small", "sgemm"};
+            for (int pi = 0; pi < 2; pi++) {
+                speck_matmul_force_path(paths[pi]);
+                speck_matmul_panels(t, back, P, n_out, n_in, X, 4, Y);
+                speck_matmul(t, W, n_out, n_in, X, 4, Y2);
+                CHECK(!memcmp(Y, Y2, 4 * n_out * sizeof(float)),
+                      "[%s] %s speck_matmul_panels (%s path) reads the panels", isas[ii],
+                      speck_type_name(t), paths[pi]);
+            }
+            speck_matmul_force_path("auto");
+        }
+        if (!tested) printf("(no %s panel kernels on this CPU's paths)\n", speck_type_name(t));
+        free(W), free(back), free(P), free(X), free(ref), free(Y), free(Y2);
+    }
+    speck_kernels_force_isa("scalar");
+}
+
 /* ---- importance weights ---------------------------------------------------------------------- */
 
 // Importance weights concentrated on a quarter of the columns must lower the error on those
@@ -460,6 +545,7 @@ int main(int argc, char **argv) {
     test_dots();
     test_mm();
     test_matmul_paths();
+    test_panels();
     speck_kernels_force_isa(best);
     test_importance();
     test_bad_rows(dir);

@@ -7,6 +7,10 @@
 
 #include "speck.h"
 
+// The weight types the commands write (speck_type_name), for messages and --help.
+#define CLI_TYPES                                                                                  \
+    "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_xs"
+
 int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

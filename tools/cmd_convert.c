@@ -9,8 +9,7 @@
 static int type_arg(const char *cmd, const char *opt, const char *v) {
     int t = speck_type_from_name(v);
     if (t < 0)
-        fprintf(stderr, "speck %s: %s: unknown type '%s' (f32, f16, bf16, q8_0, q4_0)\n", cmd, opt,
-                v);
+        fprintf(stderr, "speck %s: %s: unknown type '%s' (%s)\n", cmd, opt, v, CLI_TYPES);
     return t;
 }
 
@@ -22,13 +21,13 @@ int cmd_convert(int argc, char **argv) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
             printf(
-                "usage: speck convert HF_DIR -o OUT.gguf [--type f32|f16|bf16|q8_0|q4_0] "
-                "[--quiet]\n\n"
+                "usage: speck convert HF_DIR -o OUT.gguf [--type T] [--quiet]\n\n"
                 "Convert a Hugging Face checkpoint directory (config.json, model.safetensors or\n"
                 "a sharded model.safetensors.index.json, tokenizer.json, tokenizer_config.json)\n"
                 "of a LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM model to GGUF\n"
                 "with llama.cpp's keys and tensor names. --type sets the matrices' type\n"
-                "(default: keep the checkpoint's f32/f16/bf16); norms and biases stay f32.\n"
+                "(" CLI_TYPES ";\n"
+                "default: keep the checkpoint's f32/f16/bf16); norms and biases stay f32.\n"
                 "The output appears only when complete (temporary file + rename).\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--output", "-o", &v))
@@ -108,14 +107,16 @@ int cmd_quantize(int argc, char **argv) {
             printf("usage: speck quantize IN.gguf OUT.gguf TYPE [--output-tensor-type T]\n"
                    "                      [--token-embedding-type T] [--allow-requantize] "
                    "[--quiet]\n\n"
-                   "Write IN's matrices in TYPE (f32, f16, bf16, q8_0, q4_0), like llama.cpp's\n"
-                   "llama-quantize: norms, biases and metadata are copied, general.file_type is\n"
-                   "updated, and rows that TYPE's 32-value blocks do not divide fall back to f16.\n"
-                   "--output-tensor-type / --token-embedding-type give output.weight /\n"
-                   "token_embd.weight their own type (e.g. q8_0 beside q4_0 matrices). Tensors\n"
-                   "already q8_0/q4_0 go to the other quantized type only with\n"
-                   "--allow-requantize (f32/f16/bf16 dequantize them). OUT appears only when\n"
-                   "complete (temporary file + rename).\n");
+                   "Write IN's matrices in TYPE (" CLI_TYPES "),\n"
+                   "like llama.cpp's llama-quantize, with its algorithms (the same bytes): norms,\n"
+                   "biases and metadata are copied, general.file_type is updated, and rows that\n"
+                   "TYPE's blocks do not divide take llama-quantize's fallback (q4_k -> q5_0,\n"
+                   "q5_k -> q5_1, q6_k -> q8_0, q2_k/q3_k -> q4_0, iq4_xs -> iq4_nl; f16 when no\n"
+                   "block fits). --output-tensor-type / --token-embedding-type give output.weight /\n"
+                   "token_embd.weight their own type (e.g. q6_k beside q4_k matrices). Tensors\n"
+                   "already quantized go to another quantized type only with --allow-requantize\n"
+                   "(f32/f16/bf16 dequantize them). OUT appears only when complete (temporary\n"
+                   "file + rename).\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--output-tensor-type", NULL, &v)) {
             if ((o.output_type = type_arg("quantize", "--output-tensor-type", v)) < 0) return 2;

@@ -96,9 +96,12 @@ int cmd_init(int argc, char **argv) {
                 "usage: speck init --preset NAME [--type T] [--seed S] -o FILE.gguf\n\n"
                 "Write a model with the exact shapes of a real checkpoint and random weights\n"
                 "(uniform, std 0.02; norms 1) from a seeded generator: the same seed gives the\n"
-                "same file on any machine and thread count. T: f32 (default), f16, bf16, q8_0,\n"
-                "q4_0 for the matrices; norms and biases stay f32. The file carries a byte-level\n"
-                "BPE vocabulary of the preset's size, so llama.cpp loads it too.\n\npresets:\n");
+                "same file on any machine and thread count. T: the matrices' type, f32 (default)\n"
+                "or " CLI_TYPES ";\n"
+                "rows T's blocks do not divide take llama-quantize's fallback type (q4_k on\n"
+                "smollm2's 576-wide rows: q5_0); norms and biases stay f32. The file carries a\n"
+                "byte-level BPE vocabulary of the preset's size, so llama.cpp loads it too.\n\n"
+                "presets:\n");
             for (const speck_preset *p = speck_presets(); p->name; p++)
                 printf("  %-16s %-6s vocab %6d, %2d layers, width %4d, %2d heads (%d kv), ffn "
                        "%5d%s%s\n",
@@ -114,10 +117,7 @@ int cmd_init(int argc, char **argv) {
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             type = speck_type_from_name(v);
             if (type < 0) {
-                fprintf(stderr,
-                        "speck init: --type: unknown type '%s' (f32, f16, bf16, q8_0, "
-                        "q4_0)\n",
-                        v);
+                fprintf(stderr, "speck init: --type: unknown type '%s' (%s)\n", v, CLI_TYPES);
                 return 2;
             }
         } else {

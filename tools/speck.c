@@ -24,7 +24,7 @@ static void usage(FILE *f) {
             "  tokenize   print the token ids / pieces of a text\n"
             "  convert    convert a Hugging Face checkpoint directory to GGUF\n"
             "  export     write a GGUF model as a Hugging Face directory\n"
-            "  quantize   write a GGUF model with its matrices in another type (q8_0, q4_0, ...)\n"
+            "  quantize   write a GGUF model with its matrices in another type (q4_k, q8_0, ...)\n"
             "  grow       widen and deepen a model to larger shapes, computing the same function\n"
             "  train      train a model on a directory of text files (docs/training.md)\n"
             "  tokenizer-train  train a byte-level BPE vocabulary on text files\n"

@@ -46,8 +46,16 @@ typedef struct {
     int64_t n_tok, n;  // n a multiple of 32
 } speck_gemm_act;
 
+// A panel kernel of a src/quant/ block type (speck_panel_pack's layout for that type, see
+// panel_pack.c): np panels pstep panels apart (pbytes each) times token rows t0 .. t0 + nt - 1 of
+// a (prepared for the type), as speck_panel_q_fn.
+typedef void (*speck_panel_x_fn)(const void *P, size_t pbytes, int np, int64_t pstep,
+                                 const speck_mm_act *a, int64_t t0, int nt, float *y, int64_t ldy,
+                                 unsigned m0, unsigned m1, int accumulate);
+
 // Kernels of one block type of src/quant/ (speck_kernel_table.qt, indexed by type id). Every
-// result follows the dot contract of quant.h, so all ISAs give the same bits.
+// result follows the dot contract of quant.h, so all ISAs (and rows and panels) give the same
+// bits.
 typedef struct {
     // One weight row . one activation row of blocks (Q8_0 for the 32-value types, Q8_K for the
     // 256-value ones); n values.
@@ -57,7 +65,23 @@ typedef struct {
     void (*mm)(const void *w, const speck_mm_act *a, int64_t t0, int nt, float *out);
     // Row dequantization x: n / block-size blocks -> y: (n). NULL: the reference.
     void (*to_f32)(const void *x, float *y, int64_t n);
+    // Panel kernel (NULL: none on this ISA), most tokens per call, panels per call for nt
+    // tokens, and whether a call's panels come from separate parts of a row range.
+    speck_panel_x_fn panel;
+    int panel_tokens;
+    int panel_group[SPECK_PT + 1];
+    int panel_spread;
+    // 1: the panel kernels also beat dequantize + sgemm on large batches (prefill), so every
+    // token count takes them.
+    int panel_prefill;
 } speck_qt_kernels;
+
+// Panel layouts of the src/quant/ block types (panel_pack.c; the same on every ISA): rows
+// (<= 16) consecutive rows W of nb blocks <-> one panel of 16 * nb blocks' bytes, missing rows
+// zero. Whether t has a panel layout.
+int speck_qt_panel_layout(speck_type t);
+void speck_qt_panel_pack(speck_type t, const void *W, int64_t nb, int rows, void *dst);
+void speck_qt_panel_unpack(speck_type t, const void *src, int64_t nb, int j0, int rows, void *W);
 
 typedef struct {
     const char *name;
@@ -166,6 +190,24 @@ extern const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX];
 extern const speck_qt_kernels speck_qt_avx2[SPECK_TYPE_ID_MAX];
 extern const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX];
 void speck_quantize_q8_k_avx2(const float *x, speck_block_q8_k *y, int64_t n);
+// Panel kernels (src/kernels/panel_k_avx512.c).
+#define SPECK_PANEL_X_DECL(NAME)                                                                   \
+    void NAME(const void *P, size_t pbytes, int np, int64_t pstep, const speck_mm_act *a,          \
+              int64_t t0, int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate)
+SPECK_PANEL_X_DECL(speck_panel_q4_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q5_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q6_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q2_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q3_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_iq4_xs_avx512);
+// (src/kernels/panel_k_avx2.c)
+SPECK_PANEL_X_DECL(speck_panel_q4_k_avx2);
+SPECK_PANEL_X_DECL(speck_panel_q6_k_avx2);
+// (src/kernels/panel_q32_avx512.c)
+SPECK_PANEL_X_DECL(speck_panel_q4_1_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q5_0_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q5_1_avx512);
+SPECK_PANEL_X_DECL(speck_panel_iq4_nl_avx512);
 void speck_quantize_q8_k_avx512(const float *x, speck_block_q8_k *y, int64_t n);
 // The AVX-512 table's gemm_pack / gemm_run (src/kernels/gemm_avx512.c).
 void speck_gemm_pack_avx512(speck_type wt, const void *w, size_t wrow, int rows, int64_t n_in,

@@ -240,7 +240,7 @@ int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t l
     return 1;
 }
 
-const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX] = {{NULL, NULL, NULL}};
+const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX]; // all NULL: the reference
 
 const speck_kernel_table speck_kernels_scalar = {
     .name = "scalar",

@@ -312,10 +312,10 @@ static inline __attribute__((always_inline)) void qr_kdot(const void *w, const c
 
 enum { QR_Q41, QR_Q50, QR_Q51, QR_IQ4NL };
 
-// Block b of a 32-value type: levels (element order) and its scale / min.
+// Block b of a 32-value type: levels (element order) and its scale / min as stored (fp16).
 static inline __attribute__((always_inline)) __m256i qr_unpack32(const void *w, int64_t b,
-                                                                 const int qt, float *d,
-                                                                 float *m) {
+                                                                 const int qt, uint16_t *d,
+                                                                 uint16_t *m) {
     const uint8_t *qs, *qh = NULL;
     uint16_t hd, hm = 0;
     switch (qt) {
@@ -340,8 +340,8 @@ static inline __attribute__((always_inline)) __m256i qr_unpack32(const void *w, 
         break;
     }
     }
-    *d = _cvtsh_ss(hd);
-    *m = _cvtsh_ss(hm);
+    *d = hd;
+    *m = hm;
     const __m128i v = _mm_loadu_si128((const __m128i *)qs);
     __m256i q = _mm256_and_si256(
         _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1),
@@ -358,6 +358,28 @@ static inline __attribute__((always_inline)) __m256i qr_unpack32(const void *w, 
     return q;
 }
 
+// v with word j (a constant after unrolling) replaced by x.
+static inline __attribute__((always_inline)) __m128i qr_insert16(__m128i v, uint16_t x, const int j) {
+    switch (j) {
+    case 0:
+        return _mm_insert_epi16(v, x, 0);
+    case 1:
+        return _mm_insert_epi16(v, x, 1);
+    case 2:
+        return _mm_insert_epi16(v, x, 2);
+    case 3:
+        return _mm_insert_epi16(v, x, 3);
+    case 4:
+        return _mm_insert_epi16(v, x, 4);
+    case 5:
+        return _mm_insert_epi16(v, x, 5);
+    case 6:
+        return _mm_insert_epi16(v, x, 6);
+    default:
+        return _mm_insert_epi16(v, x, 7);
+    }
+}
+
 // One weight row of a 32-value type x nt token rows t0.. of the split Q8_0 layout: out[t].
 // Blocks go 8 at a time: their int32 sums are reduced together, the contributions computed in
 // 8 lanes, then added to each token's sum in block order.
@@ -371,20 +393,20 @@ static inline __attribute__((always_inline)) void qr_dot32(const void *w, const 
     for (int64_t b0 = 0; b0 < nb; b0 += 8) {
         const int cnt = (int)(nb - b0 < 8 ? nb - b0 : 8);
         __m256i q[8], sgn[8];
-        float dw[8], mw[8];
+        // The blocks' fp16 scales and mins gathered into vector lanes (word inserts: small stores
+        // read back as one vector stalled on store forwarding).
+        __m128i dh = _mm_setzero_si128(), mh = _mm_setzero_si128();
         for (int j = 0; j < 8; j++) {
-            if (j < cnt) {
-                q[j] = qr_unpack32(w, b0 + j, qt, &dw[j], &mw[j]);
-            } else {
-                q[j] = _mm256_setzero_si256();
-                dw[j] = mw[j] = 0.0f;
-            }
+            uint16_t d = 0, m = 0;
+            q[j] = j < cnt ? qr_unpack32(w, b0 + j, qt, &d, &m) : _mm256_setzero_si256();
+            dh = qr_insert16(dh, d, j);
+            if (has_min) mh = qr_insert16(mh, m, j);
             if (qt == QR_IQ4NL) {
                 sgn[j] = _mm256_shuffle_epi8(qr_iq4_sign(), q[j]);
                 q[j] = _mm256_shuffle_epi8(qr_iq4_abs(), q[j]);
             }
         }
-        const __m256 vdw = _mm256_loadu_ps(dw), vmw = _mm256_loadu_ps(mw);
+        const __m256 vdw = _mm256_cvtph_ps(dh), vmw = _mm256_cvtph_ps(mh);
         for (int t = 0; t < nt; t++) {
             const int64_t row = t0 + t;
             const int8_t *x = a->qs + row * n + b0 * 32;
@@ -402,21 +424,42 @@ static inline __attribute__((always_inline)) void qr_dot32(const void *w, const 
             // g0: [b0 b1 b2 b3 (low halves) | b0 b1 b2 b3 (high halves)], g1 the same for 4-7.
             __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20),
                                             _mm256_permute2x128_si256(g0, g1, 0x31));
-            int32_t qsum[8] = {0};
-            const float *da = a->d + row * nb + b0, *sa = a->s + row * nb + b0;
-            float dav[8] = {0}, sav[8] = {0};
-            for (int j = 0; j < cnt; j++) {
-                dav[j] = da[j];
-                sav[j] = sa[j];
-                qsum[j] = a->qsum[row * nb + b0 + j];
+            const int64_t at = row * nb + b0;
+            __m256 dav, sav;
+            __m256i qsum;
+            if (cnt == 8) {
+                dav = _mm256_loadu_ps(a->d + at);
+                sav = _mm256_loadu_ps(a->s + at);
+                qsum = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(a->qsum + at)));
+            } else { // the row's last blocks: the lanes past them stay zero and are not added
+                float dv[8] = {0}, sv[8] = {0};
+                int16_t qv[8] = {0};
+                for (int j = 0; j < cnt; j++) dv[j] = a->d[at + j], sv[j] = a->s[at + j], qv[j] = a->qsum[at + j];
+                dav = _mm256_loadu_ps(dv);
+                sav = _mm256_loadu_ps(sv);
+                qsum = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)qv));
             }
-            if (qt == QR_Q50)
-                isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)qsum), 4));
-            __m256 c = _mm256_mul_ps(_mm256_mul_ps(vdw, _mm256_loadu_ps(dav)), _mm256_cvtepi32_ps(isum));
-            if (has_min) c = _mm256_add_ps(c, _mm256_mul_ps(vmw, _mm256_loadu_ps(sav)));
-            float cs[8];
-            _mm256_storeu_ps(cs, c);
-            for (int j = 0; j < cnt; j++) acc[t] += cs[j];
+            if (qt == QR_Q50) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(qsum, 4));
+            __m256 c = _mm256_mul_ps(_mm256_mul_ps(vdw, dav), _mm256_cvtepi32_ps(isum));
+            if (has_min) c = _mm256_add_ps(c, _mm256_mul_ps(vmw, sav));
+            // Added one block at a time, in order (the contract): a chain of adds.
+            __m128 lo = _mm256_castps256_ps128(c), hi = _mm256_extractf128_ps(c, 1);
+            float sum = acc[t];
+            if (cnt == 8) {
+                sum += _mm_cvtss_f32(lo);
+                sum += _mm_cvtss_f32(_mm_movehdup_ps(lo));
+                sum += _mm_cvtss_f32(_mm_movehl_ps(lo, lo));
+                sum += _mm_cvtss_f32(_mm_shuffle_ps(lo, lo, 3));
+                sum += _mm_cvtss_f32(hi);
+                sum += _mm_cvtss_f32(_mm_movehdup_ps(hi));
+                sum += _mm_cvtss_f32(_mm_movehl_ps(hi, hi));
+                sum += _mm_cvtss_f32(_mm_shuffle_ps(hi, hi, 3));
+            } else {
+                float cs[8];
+                _mm256_storeu_ps(cs, c);
+                for (int j = 0; j < cnt; j++) sum += cs[j];
+            }
+            acc[t] = sum;
         }
     }
     for (int t = 0; t < nt; t++) out[t] = acc[t];
@@ -481,8 +524,9 @@ static inline __attribute__((always_inline)) void qr_kdequant(const void *x, flo
 static inline __attribute__((always_inline)) void qr_dequant32(const void *x, float *y, int64_t n,
                                                                const int qt) {
     for (int64_t b = 0; b < n / 32; b++, y += 32) {
-        float d, m;
-        const __m256i q = qr_unpack32(x, b, qt, &d, &m);
+        uint16_t hd, hm;
+        const __m256i q = qr_unpack32(x, b, qt, &hd, &hm);
+        const float d = _cvtsh_ss(hd), m = _cvtsh_ss(hm);
         if (qt == QR_IQ4NL) {
             qr_store32_iq4(q, d, d, y);
         } else {
@@ -559,17 +603,8 @@ static inline __attribute__((always_inline)) void qr_dequant32(const void *x, fl
         qr_dequant32(x, y, n, QT);                                                                 \
     }
 
-// The table entries (designated initializers of speck_kernel_table.qt).
-#define QR_TABLE(ISA)                                                                              \
-    [SPECK_TYPE_Q2_K] = {dot_q2_k_##ISA, mm_q2_k_##ISA, deq_q2_k_##ISA},                           \
-    [SPECK_TYPE_Q3_K] = {dot_q3_k_##ISA, mm_q3_k_##ISA, deq_q3_k_##ISA},                           \
-    [SPECK_TYPE_Q4_K] = {dot_q4_k_##ISA, mm_q4_k_##ISA, deq_q4_k_##ISA},                           \
-    [SPECK_TYPE_Q5_K] = {dot_q5_k_##ISA, mm_q5_k_##ISA, deq_q5_k_##ISA},                           \
-    [SPECK_TYPE_Q6_K] = {dot_q6_k_##ISA, mm_q6_k_##ISA, deq_q6_k_##ISA},                           \
-    [SPECK_TYPE_IQ4_XS] = {dot_iq4_xs_##ISA, mm_iq4_xs_##ISA, deq_iq4_xs_##ISA},                   \
-    [SPECK_TYPE_Q4_1] = {NULL, mm_q4_1_##ISA, deq_q4_1_##ISA},                                     \
-    [SPECK_TYPE_Q5_0] = {NULL, mm_q5_0_##ISA, deq_q5_0_##ISA},                                     \
-    [SPECK_TYPE_Q5_1] = {NULL, mm_q5_1_##ISA, deq_q5_1_##ISA},                                     \
-    [SPECK_TYPE_IQ4_NL] = {NULL, mm_iq4_nl_##ISA, deq_iq4_nl_##ISA}
+// The members of a type's speck_qt_kernels entry defined here (designated initializers).
+#define QR_ENTRY_K(T, ISA) .dot = dot_##T##_##ISA, .mm = mm_##T##_##ISA, .to_f32 = deq_##T##_##ISA
+#define QR_ENTRY_32(T, ISA) .dot = NULL, .mm = mm_##T##_##ISA, .to_f32 = deq_##T##_##ISA
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "formats/gguf_internal.h"
 #include "kernels/kernels.h"
+#include "quant/quant.h"
 #include "model/model_internal.h"
 
 typedef struct {
@@ -325,7 +326,7 @@ static int load_tensors(loader *L) {
 //   replace the rows: each chunk's mapped pages are dropped once packed (every later use reads
 //   the panels), so resident memory stays about the file's size.
 static bool quantized(speck_type t) {
-    return t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0;
+    return t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0 || speck_type_is_extra(t);
 }
 
 // Bytes w's panel copy takes in the shared buffer (64-byte aligned slots).

@@ -1,0 +1,62 @@
+// Cross-check tool (not built by CMake, not a test): llama.cpp's logits for a token sequence, in
+// forward_dump's format, so bench/compare_logits.py can put llama.cpp, speck and the PyTorch
+// reference side by side on the same GGUF file.
+//
+//   gcc -O2 -I$LLAMA/include -I$LLAMA/ggml/include bench/llamacpp_logits.c \
+//       -L$LLAMA/build/bin -lllama -Wl,-rpath,$LLAMA/build/bin -o /tmp/llamacpp_logits
+//   llamacpp_logits MODEL.gguf MODE OUT.f32 TOKENS     MODE: prefill (one batch) | decode
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "llama.h"
+
+int main(int argc, char **argv) {
+    if (argc != 5) {
+        fprintf(stderr, "usage: llamacpp_logits MODEL MODE OUT TOKENS\n");
+        return 2;
+    }
+    llama_backend_init();
+    struct llama_model_params mp = llama_model_default_params();
+    struct llama_model *m = llama_model_load_from_file(argv[1], mp);
+    if (!m) return 1;
+    const struct llama_vocab *voc = llama_model_get_vocab(m);
+    const int V = llama_vocab_n_tokens(voc);
+    llama_token toks[4096];
+    int n = 0;
+    for (char *s = argv[4]; *s && n < 4096;) {
+        char *end;
+        toks[n++] = (llama_token)strtol(s, &end, 10);
+        s = *end == ',' ? end + 1 : end;
+    }
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = 1024;
+    cp.n_batch = cp.n_ubatch = 1024;
+    cp.n_threads = cp.n_threads_batch = 2;
+    struct llama_context *c = llama_init_from_model(m, cp);
+    if (!c) return 1;
+    float *out = malloc((size_t)n * V * sizeof(float));
+    const int step = strcmp(argv[2], "decode") ? n : 1;
+    for (int i = 0; i < n; i += step) {
+        const int k = i + step <= n ? step : n - i;
+        struct llama_batch b = llama_batch_init(k, 0, 1);
+        for (int j = 0; j < k; j++) {
+            b.token[j] = toks[i + j];
+            b.pos[j] = i + j;
+            b.n_seq_id[j] = 1;
+            b.seq_id[j][0] = 0;
+            b.logits[j] = 1;
+        }
+        b.n_tokens = k;
+        if (llama_decode(c, b)) return 1;
+        for (int j = 0; j < k; j++)
+            memcpy(out + (size_t)(i + j) * V, llama_get_logits_ith(c, j), (size_t)V * sizeof(float));
+        llama_batch_free(b);
+    }
+    FILE *f = fopen(argv[3], "wb");
+    fwrite(out, sizeof(float), (size_t)n * V, f);
+    fclose(f);
+    llama_free(c);
+    llama_model_free(m);
+    return 0;
+}
