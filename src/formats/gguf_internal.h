@@ -24,6 +24,10 @@ int speck_gguf_release(speck_gguf *g, const void *p, size_t len);
 // Whether g's tensor data is a mapping of the file (so speck_gguf_release can drop pages).
 int speck_gguf_file_mapped(const speck_gguf *g);
 
+// A GGUF file held in memory (n bytes, copied; `name` stands for the path in messages): the
+// same validation as speck_gguf_open.
+speck_gguf *speck_gguf_open_mem(const void *data, size_t n, const char *name);
+
 // Atomic output files: open a temporary file beside `path`; commit renames it over `path`
 // (after fsync), abort removes it. tmp must hold PATH_MAX bytes.
 FILE *speck_atomic_open(const char *path, char *tmp, size_t tmp_size);
