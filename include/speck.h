@@ -561,6 +561,33 @@ typedef void (*speck_matmul_hook)(const char *weight, const float *x, int n, int
                                   void *user);
 void speck_ctx_set_matmul_hook(speck_ctx *c, speck_matmul_hook fn, void *user);
 
+// Quality of a model against a reference's saved log-probabilities, measured as llama.cpp's
+// llama-perplexity measures it: the text in chunks of n_ctx tokens, each run from an empty cache
+// (BOS replacing its first token when the vocabulary adds one), each scored on its second half
+// (positions n_ctx/2 .. n_ctx-2 predicting the next token, so every scored token sees at least
+// n_ctx/2 tokens of context).
+typedef struct {
+    int64_t n_scored;          // tokens scored
+    int n_ctx, n_chunks;
+    double nll, nll_err;       // mean negative log-likelihood (nats/token), its standard error;
+                               // perplexity = exp(nll)
+    bool has_base;             // a base file was read; then:
+    double nll_base;           // the base model's mean nll on the same tokens
+    double ln_ppl_ratio;       // nll - nll_base = ln(PPL / PPL_base), and its standard error
+    double ln_ppl_ratio_err;   // (the two nlls are correlated token by token)
+    double kld, kld_err;       // mean KL(base || model) in nats per token, standard error
+    double kld_median, kld_p99, kld_max;
+    double top1;               // fraction of positions where both rank the same token first
+} speck_kld_result;
+// Run the model over tokens (n_tokens; at least 2 chunks) or, with base_in, over the tokens and
+// chunking stored in that file, comparing with its log-probabilities. base_out: write this
+// model's log-probabilities (atomically). Both files are llama-perplexity's
+// --kl-divergence-base format: either program's file serves the other. A file made with another
+// vocabulary size, truncated or damaged is an error naming it. progress(done, total) per chunk.
+int speck_eval_kld(const speck_model *m, const int32_t *tokens, int64_t n_tokens, int n_ctx,
+                   const char *base_in, const char *base_out, speck_kld_result *res,
+                   void (*progress)(int64_t done, int64_t total, void *user), void *user);
+
 // How `speck_gguf_quantize` rounds each matrix.
 typedef enum {
     SPECK_QMETHOD_RTN = 0,  // llama-quantize's algorithms (scale searches weighted by the imatrix)

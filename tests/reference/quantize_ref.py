@@ -10,6 +10,12 @@ references written from the definitions (not from speck's C):
            the error of each tensor under the per-type bound of quant_ref.QUANT_RMSE; --pure;
            the fallback is reported on stderr. (That speck's files are byte-identical to
            llama-quantize's is checked outside the tests: docs/convert.md.)
+  eval     `speck eval --kld-base-out / --kld-base` (llama-perplexity's protocol and file format):
+           the base file's header, tokens and log-probabilities against a float64 PyTorch
+           forward (llama_ref.py) of the base model; perplexity, KL divergence (mean, median,
+           99th percentile), top-1 agreement and delta perplexity of a second model against
+           the same computed here from both models' float64 logits; damaged and mismatched
+           base files are refused.
 
 Usage (ctest): quantize_ref.py --speck build/speck --workdir DIR --part mix
 Prints PASS/FAIL lines and `N passed, M failed`; exits 1 on failure.
@@ -24,11 +30,13 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_io as G  # noqa: E402
 import make_model as MM  # noqa: E402
 import quant_ref as QR  # noqa: E402
+from llama_ref import LlamaRef  # noqa: E402
 
 
 class Results:
@@ -184,7 +192,119 @@ def part_mix(args, res):
                 res.check(said, f"{tag}: each fallback is reported on stderr")
 
 
-PARTS = {"mix": part_mix}
+# ---- eval ------------------------------------------------------------------------------------
+
+def read_base(path):
+    """llama-perplexity's --kl-divergence-base file: (n_ctx, n_vocab, n_chunk, tokens,
+    scale (rows), min_log_prob (rows), u16 levels (rows, n_vocab))."""
+    with open(path, "rb") as f:
+        d = f.read()
+    assert d[:8] == b"_logits_", "magic"
+    n_ctx, n_vocab, n_chunk = np.frombuffer(d[8:20], dtype="<u4").astype(int)
+    off = 20 + 4 * n_chunk * n_ctx
+    toks = np.frombuffer(d[20:off], dtype="<i4")
+    nv = 2 * ((n_vocab + 1) // 2) + 4
+    rows = np.frombuffer(d[off:], dtype="<u2").reshape(-1, nv)
+    head = rows[:, :4].copy().view("<f4")
+    return n_ctx, n_vocab, n_chunk, toks, head[:, 0], head[:, 1], rows[:, 4:4 + n_vocab]
+
+
+def part_eval(args, res):
+    w = args.workdir
+    c = MM.config("gqa")
+    kv, tensors = MM.build(c, "f32", 3)
+    a_path, b_path = os.path.join(w, "evalA.gguf"), os.path.join(w, "evalB.gguf")
+    G.write_gguf(a_path, kv, tensors)
+    # B: A with every matrix perturbed by 20 % noise -- far enough for a KL divergence of a few
+    # hundredths, near enough that the top tokens mostly agree.
+    rng = np.random.default_rng(4)
+    pert = [(n, x + 0.2 * x.std() * rng.standard_normal(x.shape).astype(np.float32)
+             if x.ndim == 2 else x, t) for n, x, t in tensors]
+    G.write_gguf(b_path, kv, pert)
+    n_ctx, n_chunk = 32, 6
+    text = bytes(rng.integers(32, 127, size=n_ctx * n_chunk + 11, dtype=np.uint8))
+    txt = os.path.join(w, "eval.txt")
+    with open(txt, "wb") as f:
+        f.write(text)
+    base = os.path.join(w, "base.kld")
+    run([args.speck, "eval", "-m", a_path, "--text", txt, "--kld-base-out", base, "--ctx",
+         str(n_ctx)])
+    ctx_, nvoc, nch, toks, scale, minlp, q = read_base(base)
+    res.check((ctx_, nvoc, nch) == (n_ctx, c["n_vocab"], n_chunk),
+              f"eval: base header (n_ctx, n_vocab, n_chunk) = {(ctx_, nvoc, nch)}")
+    # Byte-level vocabulary without merges: token ids are the bytes (whole chunks only).
+    res.check(np.array_equal(toks, np.frombuffer(text[:n_ctx * n_chunk], np.uint8)),
+              "eval: base tokens are the text's, whole chunks only")
+    first, n_out = n_ctx // 2, n_ctx - 1 - n_ctx // 2
+    ref = {}
+    for key, path in (("A", a_path), ("B", b_path)):
+        m = LlamaRef.from_file(path)
+        rows = []
+        for k in range(n_chunk):
+            with torch.no_grad():
+                lg = m.forward(toks[k * n_ctx:(k + 1) * n_ctx].tolist())
+            rows.append(lg[first:first + n_out].numpy())
+        ref[key] = np.concatenate(rows)  # (n_chunk * n_out, n_vocab) float64
+    lpa = ref["A"] - np.logaddexp.reduce(ref["A"], axis=1, keepdims=True)
+    lpb = ref["B"] - np.logaddexp.reduce(ref["B"], axis=1, keepdims=True)
+    # Stored log-probs: min_log_prob + scale * q within half a step (plus the float error of
+    # speck's logits, 1e-4 of their size: test_forward.py's bound) where above the max - 16 floor.
+    dec = minlp[:, None].astype(np.float64) + scale[:, None] * q
+    above = lpa > lpa.max(axis=1, keepdims=True) - 16 + 1e-3
+    tol = scale[:, None] / 2 + 1e-4 * np.maximum(1, np.abs(ref["A"]).max())
+    err = np.abs(dec - lpa)
+    res.check(bool((err[above] <= np.broadcast_to(tol, err.shape)[above]).all()),
+              f"eval: stored log-probs within half a step of the reference's "
+              f"(worst {float((err - tol)[above].max()):+.2e} over the bound)")
+    p = run([args.speck, "eval", "-m", b_path, "--kld-base", base, "--json"])
+    import json
+    got = json.loads(p.stdout)
+    tgt = np.concatenate([toks[k * n_ctx + first + 1:(k + 1) * n_ctx] for k in range(n_chunk)])
+    nll_b = -lpb[np.arange(len(tgt)), tgt]
+    nll_a = -lpa[np.arange(len(tgt)), tgt]
+    kl = (np.exp(lpa) * (lpa - lpb)).sum(axis=1)
+    want = dict(ppl=np.exp(nll_b.mean()), ppl_base=np.exp(nll_a.mean()), kld=kl.mean(),
+                kld_median=np.median(kl), kld_p99=np.percentile(kl, 99),
+                top1=np.mean(ref["A"].argmax(1) == ref["B"].argmax(1)))
+    want["dppl"] = want["ppl"] - want["ppl_base"]
+    # Tolerances: speck's logits are within 1e-4 * max|logit| of the float64 ones (f32 weights),
+    # which moves each KL term by at most ~2e-4 nats; the base is stored to 16 / 65535 (2.4e-4)
+    # per log-prob, which moves a KL divergence by at most that much; and the terms below
+    # e^-16 that llama-perplexity's formula leaves out weigh < 4096 * 1e-7 = 4e-4 in the
+    # worst case. A wrong formula (a sign, the direction of the divergence, a missing
+    # normalisation) is off by far more than 1e-3 on divergences of ~0.05.
+    for k, tol in (("ppl", 2e-3), ("ppl_base", 2e-3), ("dppl", 4e-3), ("kld", 1e-3),
+                   ("kld_median", 1e-3), ("kld_p99", 2e-3)):
+        res.check(abs(got[k] - want[k]) <= tol * max(1.0, abs(want[k])),
+                  f"eval: {k} {got[k]:.6f} vs reference {want[k]:.6f}")
+    res.check(abs(got["top1"] - want["top1"]) <= 1.5 / len(tgt),
+              f"eval: top-1 agreement {got['top1']:.4f} vs {want['top1']:.4f}")
+    res.check(0.01 < want["kld"] < 1 and want["top1"] < 1,
+              f"eval: the test's models differ measurably (KLD {want['kld']:.4f})")
+    # A base made with another vocabulary, a truncated one and a non-base file are refused.
+    other = os.path.join(w, "other.gguf")
+    c2 = dict(c, n_vocab=c["n_vocab"] + 2)
+    kv2, t2 = MM.build(c2, "f32", 3)
+    G.write_gguf(other, kv2, t2)
+    p = run([args.speck, "eval", "-m", other, "--kld-base", base], ok_codes=(1,))
+    res.check("vocabulary" in p.stderr and base in p.stderr,
+              f"eval: a base of another vocabulary is refused: {p.stderr.strip()}")
+    trunc = os.path.join(w, "trunc.kld")
+    with open(base, "rb") as f, open(trunc, "wb") as g:
+        g.write(f.read()[:-100])
+    p = run([args.speck, "eval", "-m", b_path, "--kld-base", trunc], ok_codes=(1,))
+    res.check("truncated" in p.stderr, f"eval: a truncated base is refused: {p.stderr.strip()}")
+    p = run([args.speck, "eval", "-m", b_path, "--kld-base", txt], ok_codes=(1,))
+    res.check("not a log-probability file" in p.stderr,
+              f"eval: a non-base file is refused: {p.stderr.strip()}")
+    # Nothing half-written: a base file into a missing directory fails and leaves nothing.
+    bad = os.path.join(w, "nodir", "x.kld")
+    p = run([args.speck, "eval", "-m", a_path, "--text", txt, "--kld-base-out", bad, "--ctx",
+             str(n_ctx)], ok_codes=(1,))
+    res.check(not os.path.exists(os.path.dirname(bad)), "eval: failed base write leaves nothing")
+
+
+PARTS = {"mix": part_mix, "eval": part_eval}
 
 
 def main(argv=None) -> int:
