@@ -540,8 +540,8 @@ const float *speck_imatrix_get(const speck_imatrix *im, const char *name, int64_
 // Tokens the sums of entry `name` were collected over (0 if absent).
 int64_t speck_imatrix_count(const speck_imatrix *im, const char *name);
 // Every entry must name a matrix of the model with as many columns: an imatrix made for another
-// model is refused with an error naming the entry and both sizes (model_path in the message).
-int speck_imatrix_check(const speck_imatrix *im, const speck_gguf *model, const char *im_path);
+// model is refused with an error naming the imatrix file, the entry, the model and both sizes.
+int speck_imatrix_check(const speck_imatrix *im, const speck_gguf *model);
 // Write atomically as GGUF (dat = false) or legacy .dat (dat = true).
 int speck_imatrix_save(const speck_imatrix *im, const char *path, bool dat);
 // Collect one: run `tokens` through the model in consecutive windows of n_ctx tokens (each from

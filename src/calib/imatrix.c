@@ -23,6 +23,7 @@ struct speck_imatrix {
     char **datasets;
     int n_datasets;
     int64_t chunk_count, chunk_size;
+    char *source; // the file (or what) it was read from, for messages; NULL if computed
 };
 
 void speck_imatrix_free(speck_imatrix *im) {
@@ -30,6 +31,7 @@ void speck_imatrix_free(speck_imatrix *im) {
     for (int i = 0; i < im->n; i++) free(im->e[i].name), free(im->e[i].sum), free(im->e[i].mean);
     for (int i = 0; i < im->n_datasets; i++) free(im->datasets[i]);
     free(im->datasets);
+    free(im->source);
     free(im->e);
     free(im);
 }
@@ -238,8 +240,9 @@ speck_imatrix *speck_imatrix_parse(const void *data, size_t n, const char *what)
         speck_set_error(SPECK_ERR_NOMEM, "out of memory");
         return NULL;
     }
-    int rc;
-    if (n >= 4 && !memcmp(data, "GGUF", 4)) {
+    int rc = (im->source = strdup(what)) ? 0 : speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    if (rc) {
+    } else if (n >= 4 && !memcmp(data, "GGUF", 4)) {
         speck_gguf *g = speck_gguf_open_mem(data, n, what);
         rc = g ? parse_gguf(im, g, what) : SPECK_ERR_FORMAT;
         speck_gguf_close(g);
@@ -281,7 +284,8 @@ speck_imatrix *speck_imatrix_load(const char *path) {
     return im;
 }
 
-int speck_imatrix_check(const speck_imatrix *im, const speck_gguf *model, const char *im_path) {
+int speck_imatrix_check(const speck_imatrix *im, const speck_gguf *model) {
+    const char *im_path = im->source ? im->source : "imatrix";
     for (int i = 0; i < im->n; i++) {
         const speck_gguf_tensor *t = speck_gguf_find_tensor(model, im->e[i].name);
         if (!t)

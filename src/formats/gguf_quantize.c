@@ -240,7 +240,7 @@ int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_q
     float *x = NULL;
     quant_plan *plan = calloc((size_t)(n > 0 ? n : 1), sizeof *plan);
     int rc = plan ? 0 : speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-    if (!rc && o->imatrix) rc = speck_imatrix_check(o->imatrix, g, in_path);
+    if (!rc && o->imatrix) rc = speck_imatrix_check(o->imatrix, g);
     if (!rc) rc = quant_plan_build(g, in_path, o, plan);
     if (!rc) rc = check_types(g, in_path, plan, o);
     if (!rc && (o->method == SPECK_QMETHOD_GPTQ || o->target_bpw > 0))

@@ -16,6 +16,13 @@ references written from the definitions (not from speck's C):
            99th percentile), top-1 agreement and delta perplexity of a second model against
            the same computed here from both models' float64 logits; damaged and mismatched
            base files are refused.
+  imatrix  `speck imatrix`: every entry's sums of squared matrix inputs against a float64
+           PyTorch forward that records them (windows from an empty cache), counts and
+           metadata, --process-output, the legacy .dat layout (parsed here from the format's
+           description) and conversions between the formats; quantize --imatrix lowers the
+           importance-weighted error of every matrix under a skewed imatrix written here, and
+           applies the imatrix rules of the mixes; imatrix files of another model, damaged ones
+           and non-finite values are refused with nothing written.
 
 Usage (ctest): quantize_ref.py --speck build/speck --workdir DIR --part mix
 Prints PASS/FAIL lines and `N passed, M failed`; exits 1 on failure.
@@ -304,7 +311,208 @@ def part_eval(args, res):
     res.check(not os.path.exists(os.path.dirname(bad)), "eval: failed base write leaves nothing")
 
 
-PARTS = {"mix": part_mix, "eval": part_eval}
+# ---- imatrix ---------------------------------------------------------------------------------
+
+class Recorder(LlamaRef):
+    """The reference forward, summing each matrix input's squared columns per weight name."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.sums, self.counts = {}, {}
+
+    def linear(self, x, name):
+        key = name + ".weight"
+        if key == "output.weight" and "output.weight" not in self.own:
+            key = "token_embd.weight"  # a tied head is the embedding matrix
+        x2 = (x.to(torch.float64) ** 2).sum(0).numpy()
+        self.sums[key] = self.sums.get(key, 0) + x2
+        self.counts[key] = self.counts.get(key, 0) + x.shape[0]
+        return super().linear(x, name)
+
+
+def recorder(path):
+    g = G.read_gguf(path)
+    r = Recorder(g.kv, g.tensors)
+    r.own = set(g.tensors)
+    return r
+
+
+def parse_dat(path):
+    """llama-imatrix's legacy .dat: i32 n; per entry i32 len, name, i32 ncall, i32 nval,
+    nval f32; then i32 chunks, i32 len, dataset."""
+    d = open(path, "rb").read()
+    pos = 0
+
+    def i32():
+        nonlocal pos
+        v = int(np.frombuffer(d[pos:pos + 4], "<i4")[0])
+        pos += 4
+        return v
+    out = {}
+    for _ in range(i32()):
+        ln = i32()
+        name = d[pos:pos + ln].decode()
+        pos += ln
+        ncall, nval = i32(), i32()
+        out[name] = (ncall, np.frombuffer(d[pos:pos + 4 * nval], "<f4").copy())
+        pos += 4 * nval
+    chunks = i32()
+    ln = i32()
+    return out, chunks, d[pos:pos + ln].decode(), pos + ln == len(d)
+
+
+def write_imatrix(path, entries, count, datasets=("x",)):
+    """A GGUF imatrix file (llama.cpp's layout) from {name: sums}, every entry counting `count`
+    tokens."""
+    kv = [("general.type", G.GGUF_STRING, "imatrix"),
+          ("imatrix.datasets", (G.GGUF_ARRAY, G.GGUF_STRING), list(datasets)),
+          ("imatrix.chunk_count", G.GGUF_U32, 1), ("imatrix.chunk_size", G.GGUF_U32, count)]
+    tensors = []
+    for name, v in sorted(entries.items()):
+        tensors.append((name + ".in_sum2", np.asarray(v, np.float32).reshape(1, -1), G.F32))
+        tensors.append((name + ".counts", np.array([[count]], np.float32), G.F32))
+    G.write_gguf(path, kv, tensors)
+
+
+def weighted_err(q, x, w):
+    return float((((q - x) ** 2) * w[None, :]).sum() / ((x ** 2) * w[None, :]).sum())
+
+
+def part_imatrix(args, res):
+    w = args.workdir
+    for cfg in ("gqa", "tied"):
+        c = MM.config(cfg)
+        kv, tensors = MM.build(c, "f32", 5)
+        path = os.path.join(w, f"im-{cfg}.gguf")
+        G.write_gguf(path, kv, tensors)
+        n_ctx, n_win = 24, 5
+        rng = np.random.default_rng(6)
+        text = bytes(rng.integers(32, 127, size=n_ctx * n_win + 7, dtype=np.uint8))
+        txt = os.path.join(w, "im.txt")
+        open(txt, "wb").write(text)
+        out = os.path.join(w, f"im-{cfg}.imatrix")
+        run([args.speck, "imatrix", "-m", path, "-f", txt, "-o", out, "--ctx", str(n_ctx),
+             "--process-output", "-q"])
+        r = recorder(path)
+        with torch.no_grad():
+            for k in range(n_win):  # whole windows only, each from an empty cache
+                r.forward(list(text[k * n_ctx:(k + 1) * n_ctx]))
+        g = G.read_gguf(out)
+        res.check(g.kv.get("general.type") == "imatrix" and g.kv.get("imatrix.chunk_count") ==
+                  n_win and g.kv.get("imatrix.chunk_size") == n_ctx and
+                  g.kv.get("imatrix.datasets") == [txt],
+                  f"imatrix {cfg}: metadata {g.kv}")
+        names = {n[:-len(".in_sum2")] for n in g.tensors if n.endswith(".in_sum2")}
+        res.check(names == set(r.sums), f"imatrix {cfg}: one entry per matrix with the head's "
+                                        f"({sorted(names ^ set(r.sums))[:4]})")
+        worst = 0.0
+        for n in names & set(r.sums):
+            got = g.tensors[n + ".in_sum2"].ravel().astype(np.float64)
+            ref = r.sums[n]
+            worst = max(worst, float(np.abs(got - ref).max() / np.abs(ref).max()))
+            res.check(float(g.tensors[n + ".counts"].ravel()[0]) == r.counts[n] == n_ctx * n_win,
+                      f"imatrix {cfg}: {n} counts {r.counts[n]} tokens")
+        # speck's activations are within ~1e-5 of float64 (f32 weights, test_forward.py) and it
+        # sums squares in double: 1e-4 of the largest column sum leaves room, while a missing
+        # window, a wrong input (before/after a norm or SwiGLU) or a dropped token is far off.
+        res.check(worst < 1e-4, f"imatrix {cfg}: sums match the reference (worst {worst:.2e})")
+        # Without --process-output the head is left out, as llama-imatrix does.
+        out2 = os.path.join(w, f"im-{cfg}-noout.imatrix")
+        run([args.speck, "imatrix", "-m", path, "-f", txt, "-o", out2, "--ctx", str(n_ctx), "-q"])
+        g2 = G.read_gguf(out2, dequant=False)
+        res.check(all(n.startswith("blk.") for n in g2.tensor_types),
+                  f"imatrix {cfg}: only the layers without --process-output")
+        # Legacy .dat: written by speck, parsed here; values are sum / count * ncall with
+        # ncall = ceil(count / chunk size) calls.
+        dat = os.path.join(w, f"im-{cfg}.dat")
+        run([args.speck, "imatrix", "-m", path, "-f", txt, "-o", dat, "--ctx", str(n_ctx),
+             "--process-output", "--output-format", "dat", "-q"])
+        ent, chunks, ds, whole = parse_dat(dat)
+        ok = whole and chunks == n_win and ds == txt and set(ent) == set(r.sums)
+        for n, (ncall, v) in ent.items():
+            ok &= ncall == n_win and np.allclose(v / ncall, r.sums[n] / (n_ctx * n_win),
+                                                 rtol=1e-4, atol=0)
+        res.check(ok, f"imatrix {cfg}: legacy .dat layout and values")
+        # .dat -> GGUF keeps llama-quantize's weights (sum / count) and the entries.
+        back = os.path.join(w, f"im-{cfg}-back.gguf")
+        run([args.speck, "imatrix", "--in-file", dat, "-o", back, "-q"])
+        gb = G.read_gguf(back)
+        ok = True
+        for n in names:
+            m1 = g.tensors[n + ".in_sum2"].ravel() / g.tensors[n + ".counts"].ravel()[0]
+            m2 = gb.tensors[n + ".in_sum2"].ravel() / gb.tensors[n + ".counts"].ravel()[0]
+            ok &= np.allclose(m1, m2, rtol=1e-6)
+        res.check(ok, f"imatrix {cfg}: .dat -> GGUF keeps the weights")
+
+    # quantize --imatrix: with strongly skewed column importances, every matrix's error weighted
+    # by them is lower than without the imatrix (the scale searches trade the light columns'
+    # error for the heavy ones').
+    c = MM.config("gqa")
+    c.update(n_embd=256, n_ff=512, head_dim=64)
+    kv, tensors = MM.build(c, "f32", 7)
+    src = os.path.join(w, "imq.gguf")
+    G.write_gguf(src, kv, tensors)
+    rng = np.random.default_rng(8)
+    imp = {n: np.exp(3 * rng.standard_normal(x.shape[1])) for n, x, _ in tensors
+           if x.ndim == 2 and n.startswith("blk.")}
+    imf = os.path.join(w, "skewed.imatrix")
+    write_imatrix(imf, imp, 1)
+    ref = G.read_gguf(src)
+    for ft in ("Q4_K_M", "Q2_K", "IQ4_XS", "Q4_0", "Q5_1", "Q3_K_S", "Q6_K"):
+        a, b = os.path.join(w, f"imq-{ft}-im.gguf"), os.path.join(w, f"imq-{ft}.gguf")
+        run([args.speck, "quantize", src, a, ft, "--imatrix", imf, "-q"])
+        run([args.speck, "quantize", src, b, ft, "-q"])
+        ga, gb = G.read_gguf(a), G.read_gguf(b)
+        worse = [n for n in imp if weighted_err(ga.tensors[n], ref.tensors[n], imp[n]) >=
+                 weighted_err(gb.tensors[n], ref.tensors[n], imp[n])]
+        res.check(not worse, f"quantize {ft} --imatrix: weighted error lower on every matrix "
+                             f"({worse[:3]})")
+    # The mixes' imatrix rules: Q4_0 / IQ4_XS with an imatrix on a 16-layer model.
+    c = MM.config("gqa")
+    c.update(n_layer=16, n_embd=256, n_ff=512, n_head=4, n_head_kv=2, head_dim=64)
+    kv, tensors = MM.build(c, "f32", 9)
+    src16 = os.path.join(w, "im16.gguf")
+    G.write_gguf(src16, kv, tensors)
+    im16 = os.path.join(w, "im16.imatrix")
+    write_imatrix(im16, {n: np.ones(x.shape[1]) for n, x, _ in tensors
+                         if x.ndim == 2 and n.startswith("blk.")}, 4)
+    for ft in ("Q4_0", "IQ4_XS", "Q5_0"):
+        out = os.path.join(w, f"im16-{ft}.gguf")
+        run([args.speck, "quantize", src16, out, ft, "--imatrix", im16, "-q"])
+        g = G.read_gguf(out, dequant=False)
+        bad = [n for n, t in g.tensor_types.items() if len(g.tensor_ne[n]) == 2 and
+               G.TYPE_NAMES[t] != fallback(mix_type(ft, n, g.tensor_ne[n][0], 16, 2, True, True),
+                                           g.tensor_ne[n][0])]
+        res.check(not bad, f"quantize {ft} --imatrix: the mix's imatrix rules ({bad[:3]})")
+
+    # Refused: an imatrix of another model (a name it lacks; a size that differs), damaged files
+    # and non-finite values; no output file is left.
+    out = os.path.join(w, "refused.gguf")
+    cases = {
+        "another model (name)": ("other1", lambda p: write_imatrix(p, {"blk.9.attn_q.weight":
+                                                                        np.ones(256)}, 1),
+                                 "names no tensor"),
+        "another model (size)": ("other2", lambda p: write_imatrix(p, {"blk.0.attn_q.weight":
+                                                                        np.ones(128)}, 1),
+                                 "another model"),
+        "NaN": ("nan", lambda p: write_imatrix(p, {"blk.0.attn_q.weight":
+                                                   np.full(256, np.nan)}, 1), "value"),
+        "truncated .dat": ("trunc", lambda p: open(p, "wb").write(
+            open(os.path.join(w, "im-gqa.dat"), "rb").read()[:50]), "imatrix"),
+        "sums without counts": ("nocount", lambda p: G.write_gguf(p, [], [
+            ("blk.0.attn_q.weight.in_sum2", np.ones((1, 256), np.float32), G.F32)]),
+            "counts"),
+        "a model file": ("model", lambda p: shutil.copy(src, p), "in_sum2"),
+    }
+    for what, (name, make, msg) in cases.items():
+        p = os.path.join(w, name + ".imatrix")
+        make(p)
+        q = run([args.speck, "quantize", src, out, "Q4_K_M", "--imatrix", p], ok_codes=(1,))
+        res.check(msg in q.stderr and p in q.stderr and not os.path.exists(out),
+                  f"quantize --imatrix {what}: refused, nothing written: {q.stderr.strip()}")
+
+
+PARTS = {"mix": part_mix, "eval": part_eval, "imatrix": part_imatrix}
 
 
 def main(argv=None) -> int:
