@@ -115,24 +115,26 @@ static int copy_kv(speck_gguf_writer *w, const speck_gguf *g, const quant_plan *
     return rc;
 }
 
-// A Hugging Face directory is converted (dtypes kept) into a temporary GGUF first, opened and
-// unlinked at once: the mapping keeps it readable and nothing is left behind.
-static speck_gguf *open_input(const char *in_path, bool progress) {
+// A Hugging Face directory is converted (dtypes kept) into a temporary GGUF first, whose path
+// goes to tmp (the caller unlinks it when done: calibration loads the model from it); tmp is ""
+// for a GGUF input.
+static speck_gguf *open_input(const char *in_path, bool progress, char *tmp, size_t tmp_size) {
     struct stat st;
+    tmp[0] = 0;
     if (stat(in_path, &st) || !S_ISDIR(st.st_mode)) return speck_gguf_open(in_path);
     const char *td = getenv("TMPDIR");
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/speck-quant-XXXXXX", td && *td ? td : "/tmp");
-    int fd = mkstemp(path);
+    snprintf(tmp, tmp_size, "%s/speck-quant-XXXXXX", td && *td ? td : "/tmp");
+    int fd = mkstemp(tmp);
     if (fd < 0) {
-        speck_set_error(SPECK_ERR_IO, "%s: cannot create a temporary file: %s", path,
+        speck_set_error(SPECK_ERR_IO, "%s: cannot create a temporary file: %s", tmp,
                         strerror(errno));
+        tmp[0] = 0;
         return NULL;
     }
     close(fd);
     speck_gguf *g = NULL;
-    if (speck_hf_convert(in_path, path, -1, progress) == 0) g = speck_gguf_open(path);
-    unlink(path);
+    if (speck_hf_convert(in_path, tmp, -1, progress) == 0) g = speck_gguf_open(tmp);
+    if (!g) unlink(tmp), tmp[0] = 0;
     return g;
 }
 
@@ -231,8 +233,10 @@ int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_q
             !speck_computes(types[i]))
             return speck_set_error(SPECK_ERR_ARG, "quantize: unsupported output type %d",
                                    types[i]);
-    speck_gguf *g = open_input(in_path, progress);
+    char tmp[PATH_MAX];
+    speck_gguf *g = open_input(in_path, progress, tmp, sizeof tmp);
     if (!g) return SPECK_ERR_FORMAT; // the message names the file and the fault
+    const char *src = tmp[0] ? tmp : in_path; // what calibration loads the model from
     const int64_t n = speck_gguf_n_tensors(g);
     speck_gguf_writer *w = NULL;
     speck_gguf_stream *s = NULL;
@@ -244,7 +248,7 @@ int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_q
     if (!rc) rc = quant_plan_build(g, in_path, o, plan);
     if (!rc) rc = check_types(g, in_path, plan, o);
     if (!rc && (o->method == SPECK_QMETHOD_GPTQ || o->target_bpw > 0))
-        rc = quant_plan_calibrate(g, in_path, o, plan, progress);
+        rc = quant_plan_calibrate(g, src, o, plan, progress);
     if (!rc && !(w = speck_gguf_writer_new())) rc = SPECK_ERR_NOMEM;
     if (!rc) rc = copy_kv(w, g, plan, o);
     size_t max_row = 0;
@@ -323,5 +327,6 @@ int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_q
     free(x);
     speck_gguf_writer_free(w);
     speck_gguf_close(g);
+    if (tmp[0]) unlink(tmp);
     return rc;
 }
