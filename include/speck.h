@@ -634,6 +634,10 @@ typedef struct {
                            // this many bits per weight (over all tensors; docs/convert.md)
     bool measure;          // compute each tensor's err for on_tensor
     void (*on_tensor)(const speck_quant_tensor_info *ti, void *user); // after each tensor
+    // target_bpw: every candidate type of every matrix, with its size and measured KL
+    // divergence, once the choice is made (chosen: the type the matrix gets).
+    void (*on_candidate)(const char *tensor, int type, int64_t bytes, double kld, bool chosen,
+                         void *user);
     void *user;
 } speck_quantize_opts;
 int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,

@@ -24,6 +24,9 @@ typedef struct {
     int64_t elements, mat_elements;
     size_t mat_bytes;
     double err_sum; // sum over matrices of err * elements
+    int n_cand;
+    bool header; // the tensor table's header is still to print
+    double predicted; // the bit allocation's summed KL divergence of its choices
 } report_state;
 
 static void on_tensor(const speck_quant_tensor_info *ti, void *user) {
@@ -46,6 +49,12 @@ static void on_tensor(const speck_quant_tensor_info *ti, void *user) {
                 isatty(2) ? "\r\033[K" : "\n", ti->name, (long long)ti->ne0, speck_type_name(ti->wanted),
                 (long long)speck_type_block_size((speck_type)ti->wanted),
                 speck_type_name(ti->type));
+    if (r->report && r->header) {
+        if (r->n_cand) printf("predicted KLD (sum of the chosen): %.4e\n", r->predicted);
+        printf("%-32s %-7s %-7s %12s %10s %7s %11s\n", "tensor", "from", "to", "elements", "MiB",
+               "bpw", "rel.err");
+        r->header = false;
+    }
     if (r->report) {
         char err[32] = "";
         if (ti->err >= 0) snprintf(err, sizeof err, "%.3e", ti->err);
@@ -55,6 +64,18 @@ static void on_tensor(const speck_quant_tensor_info *ti, void *user) {
                (long long)ti->n_elements, ti->bytes / 1048576.0,
                8.0 * (double)ti->bytes / (double)ti->n_elements, err);
     }
+}
+
+// --report with --target-bpw: the allocation's table (what each candidate type of each matrix
+// costs in KL divergence and bytes; * the choice) and the predicted total.
+static void on_candidate(const char *tensor, int type, int64_t bytes, double kld, bool chosen,
+                         void *user) {
+    report_state *r = user;
+    if (!r->report) return;
+    if (!r->n_cand++) printf("%-32s %-7s %10s %12s\n", "candidate", "type", "bytes", "KLD");
+    printf("%-32s %-7s %10lld %12.4e%s\n", tensor, speck_type_name(type), (long long)bytes, kld,
+           chosen ? " *" : "");
+    if (chosen) r->predicted += kld;
 }
 
 int cmd_quantize(int argc, char **argv) {
@@ -154,6 +175,7 @@ int cmd_quantize(int argc, char **argv) {
     o.ftype = pure ? 0 : ftype;
     o.measure = rep.report;
     o.on_tensor = on_tensor;
+    o.on_candidate = on_candidate;
     o.user = &rep;
     speck_imatrix *im = NULL;
     int32_t *calib_ids = NULL;
@@ -165,9 +187,8 @@ int cmd_quantize(int argc, char **argv) {
         o.calib = calib_ids;
         o.n_calib = calib_max > 0 && calib_max < n ? calib_max : n;
     }
-    if (rep.report)
-        printf("%-32s %-7s %-7s %12s %10s %7s %11s\n", "tensor", "from", "to", "elements", "MiB",
-               "bpw", "rel.err");
+    // The table's header comes with its first row: the allocation's candidates print first.
+    rep.header = rep.report;
     const int rc = speck_gguf_quantize(pos[0], pos[1], &o, !rep.quiet);
     speck_imatrix_free(im);
     free(calib_ids);

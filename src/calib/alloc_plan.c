@@ -238,6 +238,12 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
     for (int it = 0; it < n_items; it++) {
         const speck_type t = cand[(size_t)it * N_OPT + choice[it]];
         plan[item[it]].type = plan[item[it]].wanted = (int)t;
+        for (int k = 0; o->on_candidate && k < N_OPT; k++) {
+            const size_t ci = (size_t)it * N_OPT + k;
+            if (isfinite(cost[ci]))
+                o->on_candidate(speck_gguf_tensor_at(g, item[it])->name, (int)cand[ci], size[ci],
+                                cost[ci], k == choice[it], o->user);
+        }
     }
 done:
     if (e.c) speck_ctx_free(e.c);

@@ -29,6 +29,12 @@ references written from the definitions (not from speck's C):
            every block type: the layer's output error on the calibration inputs,
            tr((W - Q) X^T X (W - Q)^T), decoded with quant_ref's dequantizers, is well below that
            of the same type rounded without error feedback.
+  alloc    --target-bpw: the file's bits per weight (counted here) within the target; the types
+           written are the ones the --report table marks; that choice is optimal for the
+           table's costs and sizes (an exact dynamic program here, in numpy); sensitivities
+           (KL divergence with one matrix quantized) against a float64 PyTorch forward of the
+           model holding that matrix's quantized values; a target below the smallest mix is
+           refused, naming it.
 
 Usage (ctest): quantize_ref.py --speck build/speck --workdir DIR --part mix
 Prints PASS/FAIL lines and `N passed, M failed`; exits 1 on failure.
@@ -622,7 +628,110 @@ def part_gptq(args, res):
                                f"(ratio {g / r:.3f})")
 
 
-PARTS = {"mix": part_mix, "eval": part_eval, "imatrix": part_imatrix, "gptq": part_gptq}
+# ---- alloc -----------------------------------------------------------------------------------
+
+def knapsack_optimum(items, budget):
+    """Least total cost choosing one (cost, size) per item with sizes summing <= budget: a
+    dynamic program over bytes (numpy, exact)."""
+    best = np.zeros(budget + 1)
+    for opts in items:
+        nxt = np.full(budget + 1, np.inf)
+        for cost, size in opts:
+            if size <= budget:
+                cand = np.full(budget + 1, np.inf)
+                cand[size:] = best[:budget + 1 - size] + cost
+                nxt = np.minimum(nxt, cand)
+        best = nxt
+    return float(best.min())
+
+
+def file_bpw(path):
+    g = G.read_gguf(path, dequant=False)
+    bits = elems = 0
+    for n, t in g.tensor_types.items():
+        e = int(np.prod(g.tensor_ne[n]))
+        elems += e
+        bits += 8 * G.row_bytes(t, e)
+    return bits / elems, g
+
+
+def part_alloc(args, res):
+    w = args.workdir
+    c = MM.config("gqa")
+    c.update(n_embd=256, n_ff=512, head_dim=64)
+    kv, tensors = MM.build(c, "f32", 12)
+    src = os.path.join(w, "alloc.gguf")
+    G.write_gguf(src, kv, tensors)
+    n_ctx, n_win = 128, 4
+    rng = np.random.default_rng(13)
+    text = bytes(rng.integers(32, 127, size=n_ctx * n_win, dtype=np.uint8))
+    txt = os.path.join(w, "calib.txt")
+    open(txt, "wb").write(text)
+    total_elems = sum(int(np.prod(x.shape)) for _, x, _ in tensors)
+    for target in (3.5, 5.0):
+        out = os.path.join(w, f"alloc-{target}.gguf")
+        p = run([args.speck, "quantize", src, out, "Q4_K_M", "--target-bpw", str(target),
+                 "--calib", txt, "--calib-ctx", str(n_ctx), "--report", "-q"])
+        table = {}
+        for line in p.stdout.splitlines():
+            f = line.split()
+            if len(f) >= 4 and f[0].endswith(".weight") and f[1] in BLOCK and len(f) <= 5 and \
+                    f[2].isdigit():
+                table.setdefault(f[0], []).append((f[1], int(f[2]), float(f[3]), len(f) == 5))
+        bpw, g = file_bpw(out)
+        res.check(bpw <= target, f"alloc {target}: file at {bpw:.4f} bits per weight <= target")
+        chosen = {n: [o for o in opts if o[3]] for n, opts in table.items()}
+        ok = len(table) == 16 and all(len(v) == 1 for v in chosen.values()) and all(
+            G.TYPE_NAMES[g.tensor_types[n]] == v[0][0] for n, v in chosen.items())
+        res.check(ok, f"alloc {target}: 16 matrices, one choice each, written as chosen")
+        fixed = sum(8 * G.row_bytes(t, int(np.prod(g.tensor_ne[n])))
+                    for n, t in g.tensor_types.items() if n not in table) // 8
+        budget = int(np.floor(target * total_elems / 8)) - fixed
+        opt = knapsack_optimum([[(o[2], o[1]) for o in opts] for opts in table.values()], budget)
+        got = sum(v[0][2] for v in chosen.values())
+        # The costs are printed to 5 significant digits: the sums may differ by that rounding.
+        res.check(abs(got - opt) <= 1e-4 * opt + 1e-12,
+                  f"alloc {target}: the choice is the optimum of the table ({got:.6e} vs "
+                  f"{opt:.6e})")
+        if target != 3.5:
+            continue
+        # Sensitivities: the model with one matrix quantized (speck's bytes for it, from a --pure
+        # file of that type), KL divergence from the unquantized model over the windows it
+        # measures (all 4 here), every position.
+        ref = G.read_gguf(src)
+        base_m = LlamaRef(ref.kv, ref.tensors)
+        with torch.no_grad():
+            base = [torch.log_softmax(base_m.forward(list(text[k * n_ctx:(k + 1) * n_ctx])), -1)
+                    for k in range(n_win)]
+        for name, tname in (("blk.1.ffn_down.weight", "q3_k"), ("output.weight", "q4_k"),
+                            ("blk.0.attn_v.weight", "q2_k")):
+            pure = os.path.join(w, f"pure-{tname}.gguf")
+            if not os.path.exists(pure):
+                run([args.speck, "quantize", src, pure, {"q2_k": "Q2_K", "q3_k": "Q3_K_S",
+                                                         "q4_k": "Q4_K_S"}[tname], "--pure", "-q"])
+            q = G.read_gguf(pure)
+            tens = dict(ref.tensors)
+            tens[name] = q.tensors[name]
+            m = LlamaRef(ref.kv, tens)
+            kl = 0.0
+            with torch.no_grad():
+                for k in range(n_win):
+                    lq = torch.log_softmax(m.forward(list(text[k * n_ctx:(k + 1) * n_ctx])), -1)
+                    kl += float((base[k].exp() * (base[k] - lq)).sum())
+            kl /= n_win * n_ctx
+            got = [o[2] for o in table[name] if o[0] == tname][0]
+            # speck's logits are float32 (relative error ~1e-6 here); both models' errors are
+            # alike, so their divergence is off by far less than 2 %, the bound.
+            res.check(abs(got - kl) <= 0.02 * kl, f"alloc: sensitivity of {name} in {tname}: "
+                                                 f"{got:.4e} vs reference {kl:.4e}")
+    p = run([args.speck, "quantize", src, os.path.join(w, "low.gguf"), "Q4_K_M", "--target-bpw",
+             "1.5", "--calib", txt, "--calib-ctx", str(n_ctx), "-q"], ok_codes=(1,))
+    res.check("below the smallest mix" in p.stderr and not os.path.exists(
+        os.path.join(w, "low.gguf")), f"alloc: 1.5 bpw refused: {p.stderr.strip()}")
+
+
+PARTS = {"mix": part_mix, "eval": part_eval, "imatrix": part_imatrix, "gptq": part_gptq,
+         "alloc": part_alloc}
 
 
 def main(argv=None) -> int:
