@@ -15,6 +15,7 @@
 #include "formats/hf_internal.h"
 #include "formats/quant_plan.h"
 #include "kernels/kernels.h"
+#include "quant/quant.h"
 #include "speck.h"
 
 // speck's types are the ones speck_type_name knows; the quantized ones have blocks.
@@ -204,17 +205,40 @@ static int write_converted(speck_gguf_stream *s, const speck_gguf_tensor *t, spe
         hf_release(t->data, (size_t)rows * in_rs);
         return rc;
     }
+    (void)x;
     int64_t chunk = (int64_t)(buf_size / out_rs);
-    if ((int64_t)(x_cap / (size_t)cols) < chunk) chunk = (int64_t)(x_cap / (size_t)cols);
     if (chunk < 1) chunk = 1;
     const float *imp = imp_for(o, t);
+    void (*quant)(const float *, void *, int64_t, const float *) = speck_traits(dt)->quant;
     double num = 0, den = 0;
-    int rc = 0;
+    int rc = 0, oom = 0;
     for (int64_t r0 = 0; r0 < rows && !rc; r0 += chunk) {
         const int64_t k = rows - r0 < chunk ? rows - r0 : chunk;
-        rows_f32(t, r0, k, x);
-        rc = speck_quantize(dt, x, buf, k, cols, imp);
-        if (!rc && o->measure) add_err(x, buf, dt, k, cols, imp, &num, &den);
+        // Each row converted in one go (read, quantize, measure) by whichever thread is free:
+        // rows are claimed a few at a time, so a thread the shared machine descheduled does
+        // not hold the others up at the end of the chunk.
+#pragma omp parallel reduction(+ : num, den, oom) if (k * cols >= (1 << 16))
+        {
+            float *a = malloc((size_t)cols * 2 * sizeof *a), *b = a ? a + cols : NULL;
+            oom += !a;
+#pragma omp for schedule(dynamic, 4)
+            for (int64_t r = 0; r < k; r++) {
+                if (!a) continue;
+                uint8_t *q = buf + (size_t)r * out_rs;
+                speck_dequantize_row((speck_type)t->type,
+                                     (const uint8_t *)t->data + (size_t)(r0 + r) * in_rs, a, cols);
+                quant(a, q, cols, imp);
+                if (!o->measure) continue;
+                speck_dequantize_row(dt, q, b, cols);
+                for (int64_t j = 0; j < cols; j++) {
+                    const double e = (double)a[j] - b[j], c = imp ? imp[j] : 1.0;
+                    num += c * e * e;
+                    den += c * (double)a[j] * a[j];
+                }
+            }
+            free(a);
+        }
+        if (oom) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
         if (!rc) rc = speck_gguf_stream_write(s, buf, (size_t)k * out_rs);
         hf_release((const uint8_t *)t->data + (size_t)r0 * in_rs, (size_t)k * in_rs);
     }
