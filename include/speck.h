@@ -592,6 +592,8 @@ int speck_eval_kld(const speck_model *m, const int32_t *tokens, int64_t n_tokens
 typedef enum {
     SPECK_QMETHOD_RTN = 0,  // llama-quantize's algorithms (scale searches weighted by the imatrix)
     SPECK_QMETHOD_GPTQ = 1, // error feedback over columns under a calibration Hessian (GPTQ)
+    SPECK_QMETHOD_RECON = 2, // GPTQ in forward order, each matrix retargeted to reproduce the
+                             // unquantized model's output from the quantized model's inputs
 } speck_quant_method;
 
 // What speck_gguf_quantize did with one tensor (opts.on_tensor).

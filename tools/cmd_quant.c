@@ -89,7 +89,7 @@ int cmd_quantize(int argc, char **argv) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
             printf(
-                "usage: speck quantize IN OUT TYPE [--imatrix FILE] [--method rtn|gptq]\n"
+                "usage: speck quantize IN OUT TYPE [--imatrix FILE] [--method rtn|gptq|recon]\n"
                 "         [--calib TEXT] [--calib-ctx N] [--calib-tokens N] [--target-bpw X]\n"
                 "         [--output-tensor-type T] [--token-embedding-type T] [--pure]\n"
                 "         [--allow-requantize] [--report] [--threads N] [--quiet]\n\n"
@@ -102,6 +102,9 @@ int cmd_quantize(int argc, char **argv) {
                 "                     or .dat) weighting the scale searches\n"
                 "  --method gptq      GPTQ: round columns in order, feeding the error forward\n"
                 "                     under a Hessian from the calibration text (--calib)\n"
+                "  --method recon     GPTQ in forward order, each matrix retargeted so that its\n"
+                "                     output from the quantized model's inputs matches the\n"
+                "                     unquantized model's (errors of earlier layers compensated)\n"
                 "  --target-bpw X     choose per-tensor types to minimize the measured error at\n"
                 "                     X bits per weight over all tensors (needs --calib)\n"
                 "  --calib TEXT       calibration text; --calib-ctx window (default the model's\n"
@@ -136,8 +139,10 @@ int cmd_quantize(int argc, char **argv) {
                 o.method = SPECK_QMETHOD_RTN;
             else if (!strcmp(v, "gptq"))
                 o.method = SPECK_QMETHOD_GPTQ;
+            else if (!strcmp(v, "recon"))
+                o.method = SPECK_QMETHOD_RECON;
             else {
-                fprintf(stderr, "speck quantize: --method: '%s' is not rtn or gptq\n", v);
+                fprintf(stderr, "speck quantize: --method: '%s' is not rtn, gptq or recon\n", v);
                 return 2;
             }
         } else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
@@ -167,8 +172,8 @@ int cmd_quantize(int argc, char **argv) {
                 speck_ftype_list());
         return 2;
     }
-    if ((o.method == SPECK_QMETHOD_GPTQ || o.target_bpw > 0) && !calib) {
-        fprintf(stderr, "speck quantize: --method gptq and --target-bpw need --calib TEXT\n");
+    if ((o.method != SPECK_QMETHOD_RTN || o.target_bpw > 0) && !calib) {
+        fprintf(stderr, "speck quantize: --method gptq/recon and --target-bpw need --calib TEXT\n");
         return 2;
     }
     o.type = (speck_type)speck_ftype_base(ftype);

@@ -119,7 +119,7 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
                 (t->n_elements / t->ne[0]);
         }
         item[n_items++] = (int)i;
-        if (o->method == SPECK_QMETHOD_GPTQ) { // each distinct input's Hessian, once
+        if (o->method != SPECK_QMETHOD_RTN) { // each distinct input's Hessian, once
             char key[80];
             calib_input_key(t->name, key, sizeof key);
             int k = 0;

@@ -137,6 +137,7 @@ int quant_plan_calibrate(const speck_gguf *g, const char *path, const speck_quan
                          quant_plan *plan, bool progress) {
     int rc = 0;
     if (o->target_bpw > 0 && (rc = calib_allocate(g, path, o, plan, progress))) return rc;
+    if (o->method == SPECK_QMETHOD_RECON) return calib_recon(g, path, o, plan, progress);
     if (o->method != SPECK_QMETHOD_GPTQ) return 0;
     const int64_t nt = speck_gguf_n_tensors(g);
     // The distinct inputs of the matrices to round, and their widths.

@@ -37,4 +37,10 @@ int calib_hessians(const char *model_path, const speck_quantize_opts *o, const c
 int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quantize_opts *o,
                    void *plan, bool progress);
 
+// --method recon (src/calib/recon.c): the converted matrices quantized in forward order, each
+// retargeted to reproduce the unquantized model's output from the quantized model's inputs and
+// GPTQ-rounded; fills plan[].data.
+int calib_recon(const speck_gguf *g, const char *path, const speck_quantize_opts *o, void *plan,
+                bool progress);
+
 #endif

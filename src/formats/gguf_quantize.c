@@ -271,7 +271,7 @@ int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_q
     if (!rc && o->imatrix) rc = speck_imatrix_check(o->imatrix, g);
     if (!rc) rc = quant_plan_build(g, in_path, o, plan);
     if (!rc) rc = check_types(g, in_path, plan, o);
-    if (!rc && (o->method == SPECK_QMETHOD_GPTQ || o->target_bpw > 0))
+    if (!rc && (o->method != SPECK_QMETHOD_RTN || o->target_bpw > 0))
         rc = quant_plan_calibrate(g, src, o, plan, progress);
     if (!rc && !(w = speck_gguf_writer_new())) rc = SPECK_ERR_NOMEM;
     if (!rc) rc = copy_kv(w, g, plan, o);
