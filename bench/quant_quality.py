@@ -24,6 +24,7 @@ prints the markdown tables of BENCHMARKS.md.
 
 Usage: bench/quant_quality.py [--build build] [--llama /tmp/llama.cpp/build/bin]
                               [--work /tmp/speck-quant-bench] [--models default,draft]
+                              [--eval-bytes 180000] [--windows 100]
 Env: OMP_WAIT_POLICY=passive is set for every run (the shared machine: spinning OpenMP threads
 cost several times the work).
 """
@@ -60,7 +61,7 @@ def is_val(rel, frac=0.05):
     return (h % 1000000) < frac * 1e6
 
 
-def texts(work):
+def texts(work, eval_bytes):
     files = []
     for d, dirs, fs in os.walk(CORPUS):
         dirs[:] = sorted(x for x in dirs if not x.startswith("."))
@@ -77,8 +78,11 @@ def texts(work):
             for f in fs:
                 out.write(open(os.path.join(CORPUS, f), errors="replace").read())
         return path
-    return (cat(cal, os.path.join(work, "calib.txt")), cat(val, os.path.join(work, "heldout.txt")),
-            len(cal), len(val))
+    held = cat(val, os.path.join(work, "heldout.txt"))
+    if eval_bytes:  # the first modules of the held-out split only (the evaluation's time)
+        data = open(held, "rb").read()[:eval_bytes]
+        open(held, "wb").write(data)
+    return cat(cal, os.path.join(work, "calib.txt")), held, len(cal), len(val)
 
 
 def sh(cmd, log=None, may_fail=False):
@@ -116,11 +120,13 @@ def main() -> int:
     ap.add_argument("--models", default="default,draft")
     ap.add_argument("--windows", type=int, default=100, help="calibration windows")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-bytes", type=int, default=180000,
+                    help="held-out text evaluated (0: all of it)")
     args = ap.parse_args()
     speck = os.path.join(args.build, "speck")
     L = args.llama
     os.makedirs(args.work, exist_ok=True)
-    calib, held, n_cal, n_val = texts(args.work)
+    calib, held, n_cal, n_val = texts(args.work, args.eval_bytes)
     res_path = os.path.join(args.work, "results.json")
     results = json.load(open(res_path)) if os.path.exists(res_path) else {}
     t = str(args.threads)
