@@ -118,9 +118,10 @@ static int read_header(FILE *f, const char *path, int n_vocab, int *n_ctx, int *
     }
     for (int64_t i = 0; i < (int64_t)nc * ctx; i++)
         if (t[i] < 0 || t[i] >= n_vocab) {
+            const int32_t bad = t[i];
             free(t);
             return speck_set_error(SPECK_ERR_FORMAT, "%s: token %lld is %d, outside [0, %d)", path,
-                                   (long long)i, t[i], n_vocab);
+                                   (long long)i, bad, n_vocab);
         }
     *n_ctx = (int)ctx, *n_chunk = nc, *tokens = t;
     return 0;
