@@ -1,10 +1,10 @@
 // Test driver for tests/reference/quantize_ref.py (part gptq): GPTQ or plain rounding of a
 // matrix into a block type, with the Hessian from given calibration inputs.
 //
-//   gptq_dump TYPE gptq|gptq-plain|rtn ROWS COLS W.f32 X.f32 OUT
-// W: (ROWS, COLS) f32, X: (N, COLS) f32 inputs (N from the file size); OUT: the rows in TYPE.
-// gptq: scale searches weighted by diag(X^T X) (what speck quantize --method gptq does);
-// gptq-plain: unweighted searches; rtn: speck_quantize weighted by diag(X^T X) / N.
+//   gptq_dump TYPE gptq|gptq-plain|rtn ROWS COLS W.f32 H.f64 OUT
+// W: (ROWS, COLS) f32, H: (COLS, COLS) f64, the calibration inputs' X^T X; OUT: the rows in TYPE.
+// gptq: scale searches weighted by diag(H) (what speck quantize --method gptq does);
+// gptq-plain: unweighted searches; rtn: speck_quantize weighted by diag(H).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,29 +26,24 @@ static float *read_f32(const char *path, long *n) {
 
 int main(int argc, char **argv) {
     if (argc != 8) {
-        fprintf(stderr, "usage: gptq_dump TYPE gptq|gptq-plain|rtn ROWS COLS W X OUT\n");
+        fprintf(stderr, "usage: gptq_dump TYPE gptq|gptq-plain|rtn ROWS COLS W H OUT\n");
         return 2;
     }
     const int t = speck_type_from_name(argv[1]);
     const long rows = atol(argv[3]), cols = atol(argv[4]);
-    long nw, nx;
-    float *W = read_f32(argv[5], &nw), *X = read_f32(argv[6], &nx);
-    if (t < 0 || !W || !X || nw != rows * cols || nx % cols) {
+    long nw, nh;
+    float *W = read_f32(argv[5], &nw);
+    double *H = (double *)read_f32(argv[6], &nh); // 8-byte values: twice as many 4-byte words
+    if (t < 0 || !W || !H || nw != rows * cols || nh != 2 * cols * cols) {
         fprintf(stderr, "gptq_dump: bad arguments or files\n");
         return 2;
     }
-    const long n = nx / cols;
-    double *H = calloc((size_t)cols * cols, sizeof *H);
-    for (long k = 0; k < n; k++)
-        for (long i = 0; i < cols; i++)
-            for (long j = 0; j < cols; j++)
-                H[i * cols + j] += (double)X[k * cols + i] * X[k * cols + j];
     const size_t bytes = speck_type_row_size((speck_type)t, cols) * (size_t)rows;
     void *out = malloc(bytes);
     int rc;
     if (!strcmp(argv[2], "rtn")) {
         float *imp = malloc((size_t)cols * sizeof *imp);
-        for (long j = 0; j < cols; j++) imp[j] = (float)(H[j * cols + j] / (double)n);
+        for (long j = 0; j < cols; j++) imp[j] = (float)H[j * cols + j];
         rc = speck_quantize((speck_type)t, W, out, rows, cols, imp);
         free(imp);
     } else {
@@ -61,6 +56,6 @@ int main(int argc, char **argv) {
         return 1;
     }
     fclose(f);
-    free(W), free(X), free(H), free(out);
+    free(W), free(H), free(out);
     return 0;
 }

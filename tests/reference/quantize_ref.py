@@ -318,6 +318,13 @@ def part_eval(args, res):
         g.write(f.read()[:-100])
     p = run([args.speck, "eval", "-m", b_path, "--kld-base", trunc], ok_codes=(1,))
     res.check("truncated" in p.stderr, f"eval: a truncated base is refused: {p.stderr.strip()}")
+    bad_tok = os.path.join(w, "badtok.kld")
+    raw = bytearray(open(base, "rb").read())
+    raw[20 + 4 * 7:20 + 4 * 8] = (c["n_vocab"] + 5).to_bytes(4, "little")
+    open(bad_tok, "wb").write(raw)
+    p = run([args.speck, "eval", "-m", b_path, "--kld-base", bad_tok], ok_codes=(1,))
+    res.check("token 7" in p.stderr and "outside" in p.stderr,
+              f"eval: a base holding a token outside the vocabulary is refused: {p.stderr.strip()}")
     p = run([args.speck, "eval", "-m", b_path, "--kld-base", txt], ok_codes=(1,))
     res.check("not a log-probability file" in p.stderr,
               f"eval: a non-base file is refused: {p.stderr.strip()}")
@@ -595,14 +602,14 @@ def part_gptq(args, res):
     rows, cols, n = 48, 512, 2048
     X = correlated_inputs(rng, n, cols)
     W = rng.standard_normal((rows, cols)).astype(np.float32) * 0.05
-    H = X.astype(np.float64).T @ X.astype(np.float64)
-    wf, xf = os.path.join(w, "W.f32"), os.path.join(w, "X.f32")
+    H = X.astype(np.float64).T @ X.astype(np.float64)  # the calibration inputs' X^T X
+    wf, hf = os.path.join(w, "W.f32"), os.path.join(w, "H.f64")
     W.tofile(wf)
-    X.tofile(xf)
+    H.astype("<f8").tofile(hf)
 
     def speck(tname, mode):
         out = os.path.join(w, f"{tname}-{mode}.bin")
-        run([args.gptq_dump, tname, mode, str(rows), str(cols), wf, xf, out])
+        run([args.gptq_dump, tname, mode, str(rows), str(cols), wf, hf, out])
         return dequant_rows(open(out, "rb").read(), tname, rows, cols)
 
     def objective(Q):
