@@ -518,27 +518,6 @@ size_t speck_st_largest_file(const speck_st *s); // bytes of the largest shard
 // progress: a progress bar on stderr.
 int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool progress);
 
-// Rewrite a GGUF model with its matrices in another type, like llama.cpp's llama-quantize:
-// every tensor of two or more dimensions takes `type` (token_embd.weight `embd_type` and
-// output.weight `output_type` when >= 0), falling back to f16 where the type's block does not
-// divide a row; vectors (norms, biases) and every metadata key are copied, general.file_type
-// set from the new matrices. Rows a type's block does not divide take llama-quantize's fallback
-// (speck_type_for_row). The quantizers are llama-quantize's (the same bytes for the same
-// floats). A tensor already quantized that would go to another quantized type is refused
-// (SPECK_ERR_ARG) unless allow_requantize, since the rounding errors add up (to f32/f16/bf16 it
-// is dequantized); a tensor in a type speck cannot read (llama.cpp's IQ2/IQ3 types, ...) is an
-// error naming it when it would have to change, and copied otherwise.
-// Streams row chunks into a temporary file renamed into place (a failure leaves no file); the
-// source's pages are dropped as they are written.
-typedef struct {
-    speck_type type;       // the matrices: any type speck_type_name names
-    int embd_type;         // token_embd.weight: a speck_type, or -1 for `type`
-    int output_type;       // output.weight: a speck_type, or -1 for `type`
-    bool allow_requantize; // convert quantized tensors to another quantized type too
-} speck_quantize_opts;
-int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
-                        bool progress);
-
 // Load a model straight from a Hugging Face directory: it is converted (keeping its dtype) to
 // an unlinked temporary GGUF in $TMPDIR (default /tmp), which needs that much free disk while
 // the model is loaded, and then mapped like any GGUF.
@@ -547,6 +526,160 @@ speck_model *speck_model_load_hf(const char *hf_dir);
 // and tokenizer_config.json into out_dir (created; an existing directory is replaced) from a
 // "llama" or "qwen2" GGUF, via a temporary directory renamed into place.
 int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype, bool progress);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Quantization: llama-quantize's file types, importance matrices, calibration (docs/convert.md) */
+/* ------------------------------------------------------------------------------------------ */
+
+// llama-quantize's file types. A name as llama-quantize takes it (case-insensitive): Q2_K,
+// Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+// IQ4_NL, IQ4_XS, F16, BF16, F32, and the aliases Q3_K, Q4_K, Q5_K of the _M mixes -> its
+// general.file_type code (llama.cpp's LLAMA_FTYPE_MOSTLY_*), or -1.
+int speck_ftype_from_name(const char *name);
+const char *speck_ftype_name(int ftype); // canonical name; NULL for a code speck does not write
+int speck_ftype_base(int ftype);         // the speck_type most matrices get; -1 if unknown
+const char *speck_ftype_list(void);      // the names, for messages
+// Whether a file type conversion touches a tensor: matrices named "*weight" except norms (as
+// llama-quantize); vectors and everything else keep their type.
+bool speck_ftype_quantizes(const char *name, int n_dims);
+// What a file type's per-tensor mix depends on.
+typedef struct {
+    const char *arch;      // general.architecture
+    int n_layer, n_head, n_head_kv;
+    bool has_output;       // false: token_embd doubles as the head and is treated as it
+    bool has_imatrix;      // a few rules (Q4_0/Q5_0, IQ4 ffn_down) differ with an imatrix
+} speck_mix_info;
+// The type llama-quantize's mix gives matrix `name` (rows of ne0 values) in a file of type
+// ftype, before the fallback for rows the type's block does not divide (speck_type_for_row).
+// The rules (which tensors get more bits) are listed in docs/convert.md.
+speck_type speck_ftype_tensor_type(int ftype, const speck_mix_info *mi, const char *name,
+                                   int64_t ne0);
+
+// Importance matrices, in llama.cpp's imatrix file formats: per weight matrix, the sum over
+// calibration tokens of each input column's squared activation, and the number of tokens.
+typedef struct speck_imatrix speck_imatrix;
+// Read either format llama-imatrix writes: GGUF (general.type "imatrix"; tensors NAME.in_sum2
+// (n_in, n_mat) and NAME.counts (1, n_mat) f32; imatrix.datasets / chunk_count / chunk_size) or
+// the legacy binary ("dat": i32 entries, then per entry i32 name length, name, i32 ncall, i32
+// n, n f32 of sum/count*ncall; then optionally i32 chunks, i32 length, dataset name). Every
+// count, length and value is validated (finite, >= 0); errors name the file and entry.
+speck_imatrix *speck_imatrix_load(const char *path);
+// The same from n bytes in memory (`what` names them in messages): the fuzzing entry point.
+speck_imatrix *speck_imatrix_parse(const void *data, size_t n, const char *what);
+void speck_imatrix_free(speck_imatrix *im);
+int speck_imatrix_n_entries(const speck_imatrix *im);
+const char *speck_imatrix_entry_name(const speck_imatrix *im, int i);
+// Per-column mean squared activation of matrix `name` (sum / tokens, n_in values: what
+// llama-quantize hands its quantizers), or NULL when the file has no entry for it. *n_in may be
+// NULL.
+const float *speck_imatrix_get(const speck_imatrix *im, const char *name, int64_t *n_in);
+// Tokens the sums of entry `name` were collected over (0 if absent).
+int64_t speck_imatrix_count(const speck_imatrix *im, const char *name);
+// Every entry must name a matrix of the model with as many columns: an imatrix made for another
+// model is refused with an error naming the imatrix file, the entry, the model and both sizes.
+int speck_imatrix_check(const speck_imatrix *im, const speck_gguf *model);
+// Write atomically as GGUF (dat = false) or legacy .dat (dat = true).
+int speck_imatrix_save(const speck_imatrix *im, const char *path, bool dat);
+// Collect one: run `tokens` through the model in consecutive windows of n_ctx tokens (each from
+// an empty cache, like llama-imatrix's chunks), summing the squared inputs of every matrix
+// product of the layers (and of the head when with_output). dataset: recorded in the file.
+// progress(done, total, user) after each window, or NULL.
+speck_imatrix *speck_imatrix_compute(const speck_model *m, const int32_t *tokens, int64_t n,
+                                     int n_ctx, bool with_output, const char *dataset,
+                                     void (*progress)(int64_t done, int64_t total, void *user),
+                                     void *user);
+
+// Observe the input of every matrix product of speck_forward (calibration). fn gets the weight's
+// name ("blk.3.ffn_down.weight"), its input x: (n, n_in), from the calling thread between the
+// operations. While a hook is set every forward takes the batch path. NULL turns it off; unset,
+// it costs one test per product.
+typedef void (*speck_matmul_hook)(const char *weight, const float *x, int n, int n_in,
+                                  void *user);
+void speck_ctx_set_matmul_hook(speck_ctx *c, speck_matmul_hook fn, void *user);
+
+// Quality of a model against a reference's saved log-probabilities, measured as llama.cpp's
+// llama-perplexity measures it: the text in chunks of n_ctx tokens, each run from an empty cache
+// (BOS replacing its first token when the vocabulary adds one), each scored on its second half
+// (positions n_ctx/2 .. n_ctx-2 predicting the next token, so every scored token sees at least
+// n_ctx/2 tokens of context).
+typedef struct {
+    int64_t n_scored;          // tokens scored
+    int n_ctx, n_chunks;
+    double nll, nll_err;       // mean negative log-likelihood (nats/token), its standard error;
+                               // perplexity = exp(nll)
+    bool has_base;             // a base file was read; then:
+    double nll_base;           // the base model's mean nll on the same tokens
+    double ln_ppl_ratio;       // nll - nll_base = ln(PPL / PPL_base), and its standard error
+    double ln_ppl_ratio_err;   // (the two nlls are correlated token by token)
+    double kld, kld_err;       // mean KL(base || model) in nats per token, standard error
+    double kld_median, kld_p99, kld_max;
+    double top1;               // fraction of positions where both rank the same token first
+} speck_kld_result;
+// Run the model over tokens (n_tokens; at least 2 chunks) or, with base_in, over the tokens and
+// chunking stored in that file, comparing with its log-probabilities. base_out: write this
+// model's log-probabilities (atomically). Both files are llama-perplexity's
+// --kl-divergence-base format: either program's file serves the other. A file made with another
+// vocabulary size, truncated or damaged is an error naming it. progress(done, total) per chunk.
+int speck_eval_kld(const speck_model *m, const int32_t *tokens, int64_t n_tokens, int n_ctx,
+                   const char *base_in, const char *base_out, speck_kld_result *res,
+                   void (*progress)(int64_t done, int64_t total, void *user), void *user);
+
+// How `speck_gguf_quantize` rounds each matrix.
+typedef enum {
+    SPECK_QMETHOD_RTN = 0,  // llama-quantize's algorithms (scale searches weighted by the imatrix)
+    SPECK_QMETHOD_GPTQ = 1, // error feedback over columns under a calibration Hessian (GPTQ)
+    SPECK_QMETHOD_RECON = 2, // GPTQ in forward order, each matrix retargeted to reproduce the
+                             // unquantized model's output from the quantized model's inputs
+} speck_quant_method;
+
+// What speck_gguf_quantize did with one tensor (opts.on_tensor).
+typedef struct {
+    const char *name;
+    int index, n_tensors; // this tensor's position in the file
+    int src_type, type;   // before and after
+    int wanted;           // the type the mix/options asked for (!= type: fell back)
+    int64_t n_elements, ne0;
+    size_t bytes;         // after
+    double err;           // ||W - Q||^2 / ||W||^2 (column-weighted by the imatrix when given);
+                          // -1 when not measured (opts.measure) or not converted
+} speck_quant_tensor_info;
+
+// Rewrite a GGUF model (or a Hugging Face directory, converted first into an unlinked
+// temporary file in $TMPDIR) with its matrices in other types, like llama.cpp's llama-quantize:
+// with ftype, each matrix gets the type that file type's mix gives it (speck_ftype_tensor_type);
+// without, every matrix takes `type`. token_embd.weight / output.weight take embd_type /
+// output_type when >= 0. Rows a type's block does not divide fall back as llama-quantize does
+// (speck_type_for_row; the tensor info's `wanted` says so). Vectors (norms, biases) and every
+// metadata key are copied; general.file_type is set (ftype, or the q projections' type). A
+// quantized tensor that would change to another quantized type is refused (SPECK_ERR_ARG)
+// unless allow_requantize, since the rounding errors add up (to f32/f16/bf16 it is simply
+// dequantized); a tensor in a type speck cannot read is an error naming it when it would have
+// to change, and copied otherwise. Streams into a temporary file renamed into place (a failure
+// leaves no file); the source's pages are dropped as they are written.
+typedef struct {
+    speck_type type;       // every matrix, when ftype is 0
+    int embd_type;         // token_embd.weight: a speck_type, or -1 for the mix / `type`
+    int output_type;       // output.weight: a speck_type, or -1 for the mix / `type`
+    bool allow_requantize; // convert quantized tensors to another quantized type too
+    int ftype;             // llama-quantize file type (speck_ftype_from_name): its per-tensor
+                           // mix; 0 (F32's code, which has no mix): every matrix in `type`
+    const speck_imatrix *imatrix; // importance weights for the scale searches, or NULL
+    speck_quant_method method;
+    const int32_t *calib;  // calibration tokens (method GPTQ, target_bpw), n_calib of them,
+    int64_t n_calib;       // in windows of calib_ctx (0: the model's context, at most 512)
+    int calib_ctx;
+    double target_bpw;     // > 0: choose per-matrix types to minimize the measured error at
+                           // this many bits per weight (over all tensors; docs/convert.md)
+    bool measure;          // compute each tensor's err for on_tensor
+    void (*on_tensor)(const speck_quant_tensor_info *ti, void *user); // after each tensor
+    // target_bpw: every candidate type of every matrix, with its size and measured KL
+    // divergence, once the choice is made (chosen: the type the matrix gets).
+    void (*on_candidate)(const char *tensor, int type, int64_t bytes, double kld, bool chosen,
+                         void *user);
+    void *user;
+} speck_quantize_opts;
+int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
+                        bool progress);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Accelerated decoding: draft-and-verify with identical output                                */

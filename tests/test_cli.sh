@@ -73,7 +73,7 @@ expect 0 "generate with the quantized file" -- "$SPECK" generate -m "$dir/tiny-q
 expect 2 "quantize unknown type" -- "$SPECK" quantize "$dir/tiny.gguf" "$dir/x.gguf" q9
 mentions "unknown type 'q9'"
 expect 2 "quantize missing arguments" -- "$SPECK" quantize "$dir/tiny.gguf"
-mentions "need IN.gguf OUT.gguf TYPE"
+mentions "need IN OUT TYPE"
 expect 1 "quantize missing input" -- "$SPECK" quantize "$dir/missing.gguf" "$dir/x.gguf" q4_0
 mentions "$dir/missing.gguf"
 expect 1 "quantize twice refused" -- "$SPECK" quantize "$dir/tiny-q8.gguf" "$dir/x.gguf" q4_0

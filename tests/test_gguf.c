@@ -698,7 +698,8 @@ static void test_quantize(void) {
     speck_gguf *a = speck_gguf_open(src), *b = speck_gguf_open(out);
     CHECK(a && b, "open source and quantized files");
     if (a && b) {
-        bool types = true, bytes = true, kv = speck_gguf_n_kv(a) == speck_gguf_n_kv(b);
+        // One key more: general.quantization_version, set as llama-quantize does.
+        bool types = true, bytes = true, kv = speck_gguf_n_kv(a) + 1 == speck_gguf_n_kv(b);
         for (int i = 0; i < nt; i++) {
             const speck_gguf_tensor *t = speck_gguf_find_tensor(b, ts[i].name);
             if (!t || t->type != (int)ts[i].want || t->ne[0] != ts[i].ne[0]) {
@@ -724,6 +725,8 @@ static void test_quantize(void) {
             kv = !strcmp(va, vb);
         }
         const int64_t ft = speck_gguf_find_key(b, "general.file_type");
+        const int64_t qv = speck_gguf_find_key(b, "general.quantization_version");
+        CHECK(qv >= 0 && speck_gguf_get_int(b, qv) == 2, "quantize: quantization_version 2");
         CHECK(types, "quantize: matrices q4_0, head q8_0, embeddings f16, a 48-wide matrix f16, "
                      "the norm f32");
         CHECK(bytes, "quantize: every row is speck_quantize_row of its source row");

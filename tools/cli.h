@@ -25,6 +25,7 @@ int cmd_convert(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_grow(int argc, char **argv);
+int cmd_imatrix(int argc, char **argv);
 
 // Option matching: if argv[*i] is `name` (or `alias`) followed by a value, or `name=value`,
 // store the value, advance *i and return true. Exits with a message when the value is missing.
@@ -62,5 +63,10 @@ speck_model *cli_load_model(const char *path);
 // Model shape flags (--n-embd, --n-layer, --n-head, --n-head-kv, --n-ff): the value goes into
 // the preset's field. True if argv[*i] was one; exits with status 2 on a bad number.
 bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset *p);
+// Tokenize the text file at text with the vocabulary of vocab_path (a GGUF model, tokenizer.json
+// or a Hugging Face directory); add_special adds BOS/EOS as the vocabulary says. Returns the
+// count with *ids malloc'd, or -1 after printing "speck CMD: ..." (fewer than 2 tokens is an error).
+int64_t cli_tokenize_file(const char *cmd, const char *vocab_path, const char *text, bool add_special,
+                          int32_t **ids);
 
 #endif

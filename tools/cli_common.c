@@ -230,3 +230,29 @@ bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset 
     }
     return false;
 }
+
+int64_t cli_tokenize_file(const char *cmd, const char *vocab_path, const char *text, bool add_special,
+                          int32_t **ids) {
+    *ids = NULL;
+    size_t len = 0;
+    char *buf = cli_read_file(text, &len);
+    speck_vocab *v = buf ? speck_vocab_load(vocab_path) : NULL;
+    int64_t n = -1;
+    if (v && (*ids = malloc((len + 2) * sizeof **ids)))
+        n = speck_tokenize(v, buf, len, add_special, false, *ids, (int64_t)len + 2);
+    else if (v)
+        speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    speck_vocab_free(v);
+    free(buf);
+    if (n < 0) {
+        cli_fail(cmd);
+    } else if (n < 2) {
+        fprintf(stderr, "speck %s: %s: fewer than 2 tokens of text\n", cmd, text);
+        n = -1;
+    }
+    if (n < 0) {
+        free(*ids);
+        *ids = NULL;
+    }
+    return n;
+}

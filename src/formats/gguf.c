@@ -833,3 +833,37 @@ const speck_gguf_tensor *speck_gguf_find_tensor(const speck_gguf *g, const char 
     const int64_t i = g->tensor_order ? find_name(g->tensor_order, g->n_tensors, name) : -1;
     return i >= 0 ? &g->tensors[i] : NULL;
 }
+
+speck_gguf *speck_gguf_open_mem(const void *data, size_t n, const char *name) {
+    speck_gguf *g = calloc(1, sizeof *g);
+    if (!g || !(g->path = strdup(name))) {
+        free(g);
+        speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    g->fd = -1;
+    g->size = n;
+    // A private copy (page-aligned, like a mapping): the caller's buffer may go away, and tensor
+    // data pointers must stay valid and aligned as in a file.
+    g->anon_len = n ? n : 1;
+    g->anon = mmap(NULL, g->anon_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (g->anon == MAP_FAILED) {
+        g->anon = NULL;
+        speck_set_error(SPECK_ERR_NOMEM, "%s: cannot allocate %zu bytes", name, n);
+        speck_gguf_close(g);
+        return NULL;
+    }
+    if (n) memcpy(g->anon, data, n);
+    mprotect(g->anon, g->anon_len, PROT_READ);
+    g->map = g->anon;
+    if (!n) {
+        speck_set_error(SPECK_ERR_FORMAT, "%s: empty (not a GGUF file)", name);
+        speck_gguf_close(g);
+        return NULL;
+    }
+    if (parse(g)) {
+        speck_gguf_close(g);
+        return NULL;
+    }
+    return g;
+}

@@ -27,6 +27,9 @@ int speck_gguf_file_mapped(const speck_gguf *g);
 // The file's bytes as the reader holds them (the mapping, or the anonymous copy), for the bounds
 // checks of tests and fuzz targets: every pointer the accessors return lies inside them.
 const uint8_t *speck_gguf_bytes(const speck_gguf *g);
+// A GGUF file held in memory (n bytes, copied; `name` stands for the path in messages): the
+// same validation as speck_gguf_open.
+speck_gguf *speck_gguf_open_mem(const void *data, size_t n, const char *name);
 
 // Atomic output files: open a temporary file beside `path`; commit renames it over `path`
 // (after fsync), abort removes it. tmp must hold PATH_MAX bytes.

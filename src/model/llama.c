@@ -51,7 +51,25 @@ struct speck_ctx {
     int tbuf_threads;
     speck_barrier bar;  // forward_stream's barriers
     speck_balancer bal; // forward_stream's row splits
+    speck_matmul_hook hook; // calibration: sees every matrix product's input (batch path only)
+    void *hook_user;
 };
+
+void speck_ctx_set_matmul_hook(speck_ctx *c, speck_matmul_hook fn, void *user) {
+    c->hook = fn;
+    c->hook_user = user;
+}
+
+// The input x (n, n_in) of weight blk.<l>.<w>.weight (l >= 0) or <w>.weight to the hook.
+static void observe(const speck_ctx *c, int l, const char *w, const float *x, int n, int n_in) {
+    if (!c->hook) return;
+    char name[64];
+    if (l >= 0)
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, w);
+    else
+        snprintf(name, sizeof name, "%s.weight", w);
+    c->hook(name, x, n, n_in, c->hook_user);
+}
 
 speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
     return speck_ctx_new_kv(m, n_ctx, SPECK_TYPE_F32);
@@ -647,6 +665,11 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
     for (int l = 0; l < hp->n_layer; l++) {
         const speck_layer *ly = &m->layers[l];
         rmsnorm(c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps);
+        if (c->hook) {
+            observe(c, l, "attn_q", c->xn, n, E);
+            observe(c, l, "attn_k", c->xn, n, E);
+            observe(c, l, "attn_v", c->xn, n, E);
+        }
         matmul(&ly->wq, c->xn, n, c->q);
         add_bias(c->q, ly->bq, n, qd);
         rope(c->q, c->rope_cs, c->rope_sn, n, hp->n_head, hd, hp->rope_type);
@@ -674,15 +697,21 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
             }
             attention_gemm(c, c->q, c->att, kf, vf, (size_t)n_total * hd, n, n_total, mask);
         }
+        observe(c, l, "attn_output", c->att, n, qd);
         matmul(&ly->wo, c->att, n, c->xn);
         add_inplace(c->x, c->xn, (size_t)n * E);
 
         rmsnorm(c->xn, c->x, ly->ffn_norm, n, E, hp->norm_eps);
+        if (c->hook) {
+            observe(c, l, "ffn_gate", c->xn, n, E);
+            observe(c, l, "ffn_up", c->xn, n, E);
+        }
         matmul(&ly->wg, c->xn, n, c->g);
         matmul(&ly->wu, c->xn, n, c->u);
         const size_t F = (size_t)hp->n_ff;
 #pragma omp parallel for schedule(static)
         for (int i = 0; i < n; i++) swiglu(c->g + i * F, c->u + i * F, F);
+        observe(c, l, "ffn_down", c->g, n, (int)F);
         matmul(&ly->wd, c->g, n, c->xn);
         add_inplace(c->x, c->xn, (size_t)n * E);
     }
@@ -692,6 +721,8 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
         memmove(c->xn + (size_t)r * E, c->x + (size_t)src * E, (size_t)E * sizeof(float));
     }
     rmsnorm(c->xn, c->xn, m->out_norm, n_out, E, hp->norm_eps);
+    // A tied head is the embedding matrix: its input is recorded under that tensor's name.
+    if (n_out > 0) observe(c, -1, hp->tied_output ? "token_embd" : "output", c->xn, n_out, E);
     matmul(&m->output, c->xn, n_out, logits);
 }
 
@@ -753,7 +784,7 @@ static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_
                         const uint8_t *mask, const int *out_rows, int n_out, float *logits) {
     const speck_model *m = c->m;
     const speck_hparams *hp = &m->hp;
-    const bool stream = n < stream_max(m);
+    const bool stream = !c->hook && n < stream_max(m);
     if (reserve(c, n, stream)) return -1;
     rope_tables(c->rope_cs, c->rope_sn, pos, c->n_past, n, hp->head_dim, m->rope_freq);
     size_t erow = speck_type_row_size(m->tok_embd.type, hp->n_embd);

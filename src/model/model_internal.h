@@ -43,4 +43,10 @@ struct speck_model {
 // has one). The one writer for init, convert, train export and checkpoints.
 int speck_hparams_write(speck_gguf_writer *w, const speck_hparams *hp);
 
+// Exchange weight `name` of m ("blk.3.ffn_down.weight", "output.weight", "token_embd.weight")
+// with *w, which must have its shape: the model computes with w's data and type from then on,
+// and *w receives the weight it had, to swap back. w->packed NULL runs the row kernels. For
+// calibration between forward passes (src/calib/), never while one runs.
+int speck_model_swap_weight(speck_model *m, const char *name, speck_weight *w);
+
 #endif

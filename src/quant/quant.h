@@ -207,6 +207,28 @@ float speck_dot_q5_k_ref(const void *w, const void *a, int64_t n);
 float speck_dot_q6_k_ref(const void *w, const void *a, int64_t n);
 float speck_dot_iq4_xs_ref(const void *w, const void *a, int64_t n);
 
+// --- levels view (src/quant/quant_levels.c), for rounding chosen outside the quantizers -------
+// Element e of a block type's row holds value A[e] * g(L[e]) + B[e] (with a min) or
+// A[e] * g(L[e]) (without: then B is 0 and not added, which would turn a -0 into +0), bit for
+// bit the dequantizer's, where L[e] in [lmin, nlev) is its stored level and g(L) = L - off, or
+// grid[L] for the IQ4 types; A and B come from the block's scales.
+typedef struct {
+    int nlev, lmin, off;
+    const int8_t *grid; // NULL: linear levels
+    bool has_min;       // Q4_1, Q5_1, Q2_K, Q4_K, Q5_K
+} speck_levels_facts;
+// The value of level L of an element with scale A and min B.
+static inline float speck_levels_value(const speck_levels_facts *li, float A, float B, int L) {
+    const float g = li->grid ? (float)li->grid[L] : (float)(L - li->off);
+    return li->has_min ? A * g + B : A * g;
+}
+// 0 and the facts of type t, or -1 for a type without levels (float types).
+int speck_levels_info(speck_type t, speck_levels_facts *li);
+// For n values (whole blocks) of row y: each element's A, B and level L.
+void speck_levels_get(speck_type t, const void *y, int64_t n, float *A, float *B, uint8_t *L);
+// Store levels L (n) into the blocks of y, keeping their scales.
+void speck_levels_set(speck_type t, void *y, int64_t n, const uint8_t *L);
+
 // --- per-type facts -------------------------------------------------------------------------
 typedef struct {
     const char *name;   // "q4_k"; NULL for ids speck does not handle

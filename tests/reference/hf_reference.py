@@ -381,6 +381,18 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
             want = G.dequantize(G.quantize(src, G.Q8_0), G.Q8_0, src.size).reshape(src.shape)
             ok = gq.tensor_types[ggn] == G.Q8_0 and np.array_equal(gq.tensors[ggn], want)
         res.check(ok, f"{name}: --type q8_0 tensors equal the quantized permuted weights")
+        # A llama-quantize file type from the directory, by convert and by quantize, is the file
+        # quantize writes from the converted GGUF.
+        files = [os.path.join(work, name + f"-q4km-{k}.gguf") for k in ("gguf", "conv", "quant")]
+        p1 = run([a.speck, "quantize", out, files[0], "Q4_K_M", "-q"])
+        p2 = convert(a.speck, d, files[1], "--type", "Q4_K_M")
+        p3 = run([a.speck, "quantize", d, files[2], "Q4_K_M", "-q"])
+        ok = not (p1.returncode or p2.returncode or p3.returncode)
+        if ok:
+            ref_bytes = open(files[0], "rb").read()
+            ok = all(open(f, "rb").read() == ref_bytes for f in files[1:])
+        res.check(ok, f"{name}: convert --type Q4_K_M and quantize HF_DIR equal quantize of the "
+                      f"converted file ({(p1.stderr + p2.stderr + p3.stderr).strip()[-300:]})")
 
     # Export -> the original HF tensors bit for bit; export -> convert -> the same GGUF.
     exp = os.path.join(work, name + "-export")
