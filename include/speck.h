@@ -193,10 +193,21 @@ typedef enum {
     SPECK_ROPE_SCALING_NONE = 0,
     SPECK_ROPE_SCALING_LINEAR = 1,
     SPECK_ROPE_SCALING_LLAMA3 = 2,
+    // Phi-3's LongRoPE: per-frequency divisors from the rope_factors_short / rope_factors_long
+    // tensors (the long ones for contexts longer than rope_orig_ctx, chosen per context as
+    // llama.cpp does), cos and sin multiplied by rope_attn_factor.
+    SPECK_ROPE_SCALING_LONGROPE = 3,
 } speck_rope_scaling;
+// FFN activation: down(act(gate x) * up x).
+typedef enum {
+    SPECK_ACT_SILU = 0,      // SwiGLU: x sigmoid(x)
+    SPECK_ACT_GELU_TANH = 1, // GeGLU with the tanh approximation of GELU (Gemma)
+} speck_act;
 
+// A model's hyper-parameters. The architecture's description (src/model/arch_*.c) sets the
+// defaults of the fields below `tied_output` that its GGUF keys do not give.
 typedef struct {
-    char arch[32];  // "llama" or "qwen2"
+    char arch[32];  // general.architecture: "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"
     char name[128]; // general.name (may be empty)
     int n_vocab;
     int n_ctx_train; // context length the model was trained for
@@ -213,11 +224,29 @@ typedef struct {
     float rope_scale_factor;    // linear: positions divided by this; llama3: "factor"
     float rope_low_freq_factor; // llama3 scaling
     float rope_high_freq_factor;
-    int rope_orig_ctx;  // llama3 scaling: original_max_position_embeddings
+    int rope_orig_ctx;  // llama3 / LongRoPE scaling: original_max_position_embeddings
     bool qkv_bias;      // Qwen2-style biases on q/k/v projections
     bool tied_output;   // output head shares token_embd
     int bos_id, eos_id; // -1 if absent
+    speck_act ffn_act;  // FFN activation (SwiGLU; Gemma: GeGLU)
+    bool qk_norm;       // RMSNorm over each q and k head before RoPE (qwen3, gemma3)
+    bool post_norms;    // RMSNorm of the attention and FFN outputs before the residual adds (gemma)
+    float embd_scale;   // token embeddings multiplied by this (gemma: sqrt(n_embd); else 1)
+    float attn_scale;   // multiplies q . k: 1/sqrt(head_dim) unless the architecture or the file
+                        // says otherwise (gemma: 1/sqrt(query_pre_attn_scalar))
+    float attn_softcap; // > 0: attention logits s -> c tanh(s / c) (gemma2: 50); 0: off
+    float final_softcap;      // > 0: output logits likewise (gemma2: 30); 0: off
+    int n_swa;                // > 0: sliding-window attention; a windowed layer's query at position
+                              // p sees the keys at positions > p - n_swa; 0: none
+    int swa_period;           // which layers are windowed: 0 all; P >= 1 those with l % P < P - 1
+                              // (every P-th is global: gemma2 2, gemma3 6; 1 none)
+    float rope_freq_base_swa; // RoPE base of the windowed layers (gemma3: 10000; else the global)
+    float rope_attn_factor;   // cos and sin of RoPE multiplied by this (LongRoPE); 1 otherwise
 } speck_hparams;
+
+// Whether layer l is a sliding-window layer (n_swa > 0 and the layer is not one of the global
+// ones of the swa_period pattern).
+bool speck_hparams_layer_swa(const speck_hparams *hp, int l);
 
 typedef struct speck_model speck_model;
 
@@ -259,7 +288,13 @@ void speck_ctx_free(speck_ctx *c);
 int speck_ctx_n_ctx(const speck_ctx *c);
 // Number of entries currently in the KV cache.
 int speck_ctx_n_past(const speck_ctx *c);
+// Bytes allocated for the KV cache: n_ctx entries per layer, except that a sliding-window layer
+// keeps a ring of its window + 64 entries (pages are faulted in as the cache fills).
+size_t speck_ctx_kv_bytes(const speck_ctx *c);
 // Drop KV entries [n, n_past): rejected draft tokens, or restarting from a shared prefix.
+// SPECK_ERR_RANGE (nothing changed) when sliding-window layers no longer hold the window of
+// entry n: their rings keep the last window + 64 entries, so rolling back further needs the
+// entries computed again (truncate to 0 and run them).
 int speck_ctx_truncate(speck_ctx *c, int n);
 // Keep only the listed KV entries, in order, so the cache holds idx[0..n) then nothing else
 // (idx strictly increasing, all < n_past). Used to keep the accepted path of a token tree.
