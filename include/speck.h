@@ -320,10 +320,12 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
 
 typedef struct {
     const char *name; // "tiny", "smollm2-135m", ...
-    const char *arch;
+    const char *arch; // what the architecture's description does not say is its default
     int n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
     float rope_freq_base, norm_eps;
     bool tied_output, qkv_bias;
+    int head_dim; // 0: n_embd / n_head
+    int n_swa;    // sliding window (0: the architecture's default)
 } speck_preset;
 
 // Presets, terminated by an entry with name == NULL.

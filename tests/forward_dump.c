@@ -48,6 +48,7 @@ int main(int argc, char **argv) {
     int n = parse_list(argv[4], toks, 4096);
     if (n <= 0) return die("tokens");
     const char *kv = getenv("SPECK_TEST_KV"); // "f16": an f16 KV cache
+    // 1024 positions: make_model.DUMP_CTX (LongRoPE's factors depend on the context size).
     speck_ctx *c =
         speck_ctx_new_kv(m, 1024, kv && !strcmp(kv, "f16") ? SPECK_TYPE_F16 : SPECK_TYPE_F32);
     if (!c) return die("context");

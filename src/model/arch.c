@@ -96,10 +96,13 @@ void speck_arch_defaults(const speck_arch *a, speck_hparams *hp) {
     }
 }
 
-bool speck_hparams_layer_swa(const speck_hparams *hp, int l) {
-    if (hp->n_swa <= 0) return false;
+bool speck_swa_pattern_layer(int period, int l) {
     // llama.cpp's sliding_window_pattern: 0 every layer; P the first P - 1 of every P layers.
-    return hp->swa_period == 0 || l % hp->swa_period < hp->swa_period - 1;
+    return period == 0 || l % period < period - 1;
+}
+
+bool speck_hparams_layer_swa(const speck_hparams *hp, int l) {
+    return hp->n_swa > 0 && speck_swa_pattern_layer(hp->swa_period, l);
 }
 
 int speck_hf_num(const cJSON *j, const char *key, const char *path, double def, double *out) {

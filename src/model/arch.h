@@ -88,6 +88,7 @@ typedef struct {
     speck_act act;        // FFN activation: down(act(gate x) * up x)
     bool embd_scale;      // token embeddings multiplied by sqrt(n_embd)
     bool qkv_bias;        // q/k/v biases are always there (qwen2): export says so
+    bool hf_tied;         // config.json's tie_word_embeddings when it says nothing (Gemma: true)
     float hf_norm_shift;  // Hugging Face norms multiply by (shift + w); GGUF stores shift + w
     int swa_window;       // sliding_window when the file has none (0: no window)
     int swa_period;       // sliding_window_pattern when the file has none (0: every layer)
@@ -111,6 +112,9 @@ const speck_arch *speck_arch_find(const char *name);
 // The family whose Hugging Face classes include `hf_class` (or, when hf_class is NULL or empty,
 // whose model_type is `model_type`); NULL if none.
 const speck_arch *speck_arch_find_hf(const char *hf_class, const char *model_type);
+// Whether layer l is windowed under sliding_window_pattern `period` (0: every layer; P: the
+// first P - 1 of every P).
+bool speck_swa_pattern_layer(int period, int l);
 // "llama, qwen2, ..." for error messages.
 const char *speck_arch_names(void);
 // Rows of a dimension for hp.

@@ -104,7 +104,8 @@ static int read_pattern(const cJSON *cfg, const char *path, speck_hparams *hp, b
     hp->swa_period = first_full < 0 ? 0 : first_full + 1;
     for (int l = 0; l < hp->n_layer; l++) {
         const cJSON *t = cJSON_GetArrayItem(lt, l);
-        if (speck_hparams_layer_swa(hp, l) != !strcmp(t->valuestring, "sliding_attention"))
+        if (speck_swa_pattern_layer(hp->swa_period, l) !=
+            !strcmp(t->valuestring, "sliding_attention"))
             return speck_set_error(SPECK_ERR_UNSUPPORTED,
                                    "%s: layer_types: only a repeating pattern of windowed layers "
                                    "closed by one global layer is supported (layer %d breaks it)",
@@ -114,12 +115,6 @@ static int read_pattern(const cJSON *cfg, const char *path, speck_hparams *hp, b
 }
 
 static int hf_read(const cJSON *cfg, const char *path, speck_hparams *hp, bool gemma3) {
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(cfg, "hidden_activation");
-    if (!cJSON_IsString(act)) act = cJSON_GetObjectItemCaseSensitive(cfg, "hidden_act");
-    if (cJSON_IsString(act) && strcmp(act->valuestring, "gelu_pytorch_tanh"))
-        return speck_set_error(SPECK_ERR_UNSUPPORTED,
-                               "%s: hidden_activation: '%s' is not supported (gelu_pytorch_tanh)",
-                               path, act->valuestring);
     double qs, w, base_swa;
     bool any;
     int rc = speck_hf_num(cfg, "query_pre_attn_scalar", path,
@@ -199,6 +194,7 @@ const speck_arch speck_arch_gemma2 = {
     .rope = SPECK_ROPE_NEOX,
     .act = SPECK_ACT_GELU_TANH,
     .embd_scale = true,
+    .hf_tied = true,
     .hf_norm_shift = 1.0f,
     .swa_period = 2,
     .swa_window = 4096,
@@ -218,6 +214,7 @@ const speck_arch speck_arch_gemma3 = {
     .rope = SPECK_ROPE_NEOX,
     .act = SPECK_ACT_GELU_TANH,
     .embd_scale = true,
+    .hf_tied = true,
     .hf_norm_shift = 1.0f,
     .swa_period = 6,
     .rope_base_swa = 10000.0f,

@@ -148,8 +148,9 @@ static int load_arch_keys(loader *L) {
         bool is_float = t == SPECK_GGUF_FLOAT32 || t == SPECK_GGUF_FLOAT64;
         double v = is_num ? speck_gguf_get_float(g, i) : NAN;
         if (!is_num || (d->type == KEY_INT && is_float) || !(v >= 0 && v <= (double)(1 << 30)))
-            return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' must be a %s >= 0", L->path,
-                                   L->arch, d->gguf, d->type == KEY_INT ? "integer" : "number");
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' must be %s >= 0", L->path,
+                                   L->arch, d->gguf,
+                                   d->type == KEY_INT ? "an integer" : "a number");
         if (d->type == KEY_INT)
             *(int *)field = (int)speck_gguf_get_int(g, i);
         else
@@ -198,7 +199,7 @@ static int pattern_from_array(loader *L, int64_t i) {
     for (int l = 0; l < hp->n_layer && n_sw; l++) {
         bool sw = false;
         for (size_t b = 0; b < es; b++) sw |= a[(size_t)l * es + b] != 0;
-        if (sw != speck_hparams_layer_swa(hp, l))
+        if (sw != speck_swa_pattern_layer(hp->swa_period, l))
             return speck_set_error(SPECK_ERR_UNSUPPORTED,
                                    "%s: key '%s.attention.sliding_window_pattern': only a "
                                    "repeating run of windowed layers closed by one global layer "

@@ -68,6 +68,11 @@ N_TOKENS = 20
 # 600-token prefill runs as 512 + 88, chunks:70 adds cached entries to every batch.
 LONG_TOKENS = 600
 LONG_MODES = ["prefill", "chunks:70"]
+# Windowed configs: their rings (window + 64 rows) wrap over 600 tokens, so the long sequence also
+# runs token by token and in 5-token passes (the streaming path writing into a wrapping ring),
+# and a token tree follows a 150-token prefix (masked attention over a wrapped ring).
+LONG_WINDOW_MODES = ["decode", "chunks:5"]
+LONG_TREE = (150, [-1, 0, 0, 1, 1, 2, -1, 6, 7])
 ROW_STEP = 7  # rows:7 asks that prefill for every 7th row's logits only
 KV_TYPE = None  # --kv f16: speck's KV cache in f16, the reference rounding keys/values alike
 # (prefix length, parent list): a bushy two-root tree reaching depth 3, and a plain chain,
@@ -196,6 +201,7 @@ def main(argv=None) -> int:
     for prefix, parents in TREES:
         toks = rng.integers(0, BASE_VOCAB, size=prefix + len(parents)).tolist()
         tree_cases.append((prefix, parents, toks))
+    long_tree_toks = rng.integers(0, BASE_VOCAB, size=LONG_TREE[0] + len(LONG_TREE[1])).tolist()
 
     try:
         for cfg in configs:
@@ -205,6 +211,8 @@ def main(argv=None) -> int:
                 g = G.read_gguf(path)  # the reference sees exactly the stored weights
                 ref_model = L.LlamaRef(g.kv, g.tensors)
                 ref_model.kv_f16 = args.kv == "f16"
+                ref_model.long_rope = M.longrope_long(M.config(cfg))
+                windowed = ref_model.hp.window > 0
                 n_vocab = ref_model.hp.n_vocab
                 with torch.no_grad():
                     ref_causal = ref_model.forward(seq).numpy()
@@ -214,7 +222,10 @@ def main(argv=None) -> int:
                 cases = [(m, seq, ref_causal) for m in modes(len(seq))]
                 cases += [(m, long_seq, ref_long) for m in LONG_MODES]
                 cases.append((f"rows:{ROW_STEP}", long_seq, ref_long[::ROW_STEP]))
-                for prefix, parents, toks in tree_cases:
+                if windowed:
+                    cases += [(m, long_seq, ref_long) for m in LONG_WINDOW_MODES]
+                for prefix, parents, toks in tree_cases + (
+                        [(*LONG_TREE, long_tree_toks)] if windowed else []):
                     # Each node's logits = last row of prefix + root-to-node path run causally.
                     with torch.no_grad():
                         rows = [ref_model.forward(toks[:prefix] + [toks[prefix + j]
@@ -227,6 +238,8 @@ def main(argv=None) -> int:
                         continue
                     tag = mode.replace(":", "_").replace(",", "_") + f"_{len(toks)}"
                     name = f"{mode}@{len(toks)}" if len(toks) == LONG_TOKENS else mode
+                    if mode.startswith(f"tree:{LONG_TREE[0]}:"):
+                        name = f"tree:{LONG_TREE[0]}:..."
                     out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
                     got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab,
                                           args.isa)
