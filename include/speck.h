@@ -296,6 +296,9 @@ size_t speck_ctx_kv_bytes(const speck_ctx *c);
 // entry n: their rings keep the last window + 64 entries, so rolling back further needs the
 // entries computed again (truncate to 0 and run them).
 int speck_ctx_truncate(speck_ctx *c, int n);
+// The smallest n > 0 that speck_ctx_truncate accepts now: 1, or later when sliding-window rings
+// have moved past earlier entries (truncating to 0 is always possible).
+int speck_ctx_truncate_floor(const speck_ctx *c);
 // Keep only the listed KV entries, in order, so the cache holds idx[0..n) then nothing else
 // (idx strictly increasing, all < n_past). Used to keep the accepted path of a token tree.
 int speck_ctx_compact(speck_ctx *c, const int *idx, int n);
@@ -391,22 +394,37 @@ const char *speck_detok_push(speck_detok *d, int32_t id);
 const char *speck_detok_flush(speck_detok *d);
 
 // Chat templates. speck renders the prompt formats of the common instruction-tuned families
-// itself (it does not interpret Jinja): "chatml" (Qwen and many fine-tunes), "llama2", "llama3",
-// "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
+// itself (it does not interpret Jinja): "chatml" (Qwen2 and many fine-tunes), "qwen3", "llama2",
+// "llama3", "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
 typedef struct {
-    const char *role; // "system", "user", "assistant" (others pass through where the format
-                      // names roles itself: chatml, llama3, gemma)
+    const char *role; // "system", "user", "assistant", "tool" (qwen3; others pass through where
+                      // the format names roles itself: chatml, llama3, gemma)
     const char *content;
 } speck_chat_msg;
+
+// Options of speck_chat_apply_ex. The per-message fields are arrays parallel to the messages
+// (entries NULL where a message has none); qwen3 reads them, the other formats ignore them.
+typedef struct {
+    bool add_generation_prompt; // append the opening of an assistant turn
+    bool disable_thinking;      // qwen3: open it with an empty <think></think> block (Qwen3's
+                                // enable_thinking = false)
+    const char *tools; // qwen3: JSON array of tool definitions for the system prompt, or NULL
+    const char *const *reasoning_content; // (n) or NULL: an assistant turn's reasoning (else
+                                          // the text of a <think> block in its content)
+    const char *const *tool_calls;        // (n) or NULL: an assistant turn's calls, a JSON array of
+                                          // {"name", "arguments"} or {"function": {"name",
+                                          // "arguments"}} (arguments: an object or a string)
+} speck_chat_opts;
 
 // The built-in names, NULL-terminated.
 const char *const *speck_chat_templates(void);
 // Canonical name for a name or alias ("qwen2" -> "chatml", "Llama-3" -> "llama3"); NULL if unknown.
 const char *speck_chat_template_name(const char *name);
 // Which built-in format a model's Jinja template (tokenizer.chat_template, or tokenizer_config.json
-// "chat_template") is, recognised by its markers: "<|im_start|>" chatml, "<|start_header_id|>"
-// llama3, "<start_of_turn>" gemma, "[INST]" with "<<SYS>>" llama2 / without mistral, "<|user|>"
-// with "<|end|>" phi3 / with "</s>" or eos_token zephyr. NULL if none matches or s is NULL.
+// "chat_template") is, recognised by its markers: "<|im_start|>" with "<think>" qwen3 / without
+// chatml, "<|start_header_id|>" llama3, "<start_of_turn>" gemma, "[INST]" with "<<SYS>>" llama2 /
+// without mistral, "<|user|>" with "<|end|>" phi3 / with "</s>" or eos_token zephyr. NULL if none
+// matches or s is NULL.
 const char *speck_chat_template_detect(const char *template_str);
 // Render a conversation as the named format (name or alias) does, byte for byte what the family's
 // Jinja template gives for these messages; add_generation_prompt appends the opening of an
@@ -420,6 +438,14 @@ const char *speck_chat_template_detect(const char *template_str);
 // appears twice) and parse_special = true (so the markers become their special tokens).
 int64_t speck_chat_apply(const char *name, const speck_chat_msg *msgs, int n,
                          bool add_generation_prompt, char *buf, int64_t size);
+// The same with options (tools, thinking; opts NULL: a generation prompt, nothing else).
+// qwen3 renders Qwen3's template: a system prompt listing the tools, earlier assistant turns
+// without their reasoning, the turns after the last user query with it (in <think> blocks),
+// tool calls as <tool_call> JSON (objects re-serialised as Python's json.dumps does), "tool"
+// messages as <tool_response> blocks of a user turn. SPECK_ERR_ARG for tools / tool_calls that
+// are not valid JSON.
+int64_t speck_chat_apply_ex(const char *name, const speck_chat_msg *msgs, int n,
+                            const speck_chat_opts *opts, char *buf, int64_t size);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                    */

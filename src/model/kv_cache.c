@@ -116,6 +116,11 @@ int speck_ctx_truncate(speck_ctx *c, int n) {
     return 0;
 }
 
+int speck_ctx_truncate_floor(const speck_ctx *c) {
+    if (!c->swa_cap || c->swa_lo == 0) return 1;
+    return c->swa_lo + c->m->hp.n_swa - 1; // its window starts at swa_lo
+}
+
 void speck_kv_store(const speck_ctx *c, int l, void *cache, int g, int idx, const float *src,
                     int64_t src_ld, int n) {
     for (int i = 0; i < n; i++)
