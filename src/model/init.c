@@ -69,11 +69,14 @@ static void vocab_free(vocab_build *v, int n) {
 }
 
 // Tokens: the 256 byte tokens, then merged tokens built from an alphabet of 63 symbols (letters,
-// digits, 'Ġ' = space) — pairs, then triples — each with the merge that creates it, and one
-// control token "<|endoftext|>" last. Tokenizers (speck's, llama.cpp's) load it as GPT-2 BPE.
-static int build_vocab(int n_vocab, vocab_build *v) {
+// digits, 'Ġ' = space) — pairs, then triples — each with the merge that creates it, then the
+// control tokens `specials` (NULL-terminated), "<|endoftext|>" last. Tokenizers (speck's,
+// llama.cpp's) load it as GPT-2 BPE.
+static int build_vocab(int n_vocab, const char *const *specials, vocab_build *v) {
     memset(v, 0, sizeof *v);
-    if (n_vocab < 257 + 1) return speck_set_error(SPECK_ERR_ARG, "vocabulary too small");
+    int n_special = 0;
+    while (specials[n_special]) n_special++;
+    if (n_vocab < 256 + n_special + 2) return speck_set_error(SPECK_ERR_ARG, "vocabulary too small");
     v->tokens = calloc((size_t)n_vocab, sizeof(char *));
     v->merges = calloc((size_t)n_vocab, sizeof(char *));
     v->types = calloc((size_t)n_vocab, sizeof(int32_t));
@@ -96,7 +99,7 @@ static int build_vocab(int n_vocab, vocab_build *v) {
         v->tokens[n] = strdup(s);
         v->types[n++] = 1; // NORMAL
     }
-    int target = n_vocab - 1;
+    int target = n_vocab - 1 - n_special;
     for (int i = 0; i < na && n < target; i++)
         for (int j = 0; j < na && n < target; j++) {
             char t[16], m[16];
@@ -122,6 +125,10 @@ static int build_vocab(int n_vocab, vocab_build *v) {
         snprintf(t, sizeof t, "<|pad%d|>", n);
         v->tokens[n] = strdup(t);
         v->types[n++] = 4;
+    }
+    for (int i = 0; i < n_special; i++) {
+        v->tokens[n] = strdup(specials[i]);
+        v->types[n++] = 3; // CONTROL
     }
     v->tokens[n] = strdup("<|endoftext|>");
     v->types[n++] = 3; // CONTROL
@@ -203,7 +210,10 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
     vocab_build v = {0};
     buflist bl = {0};
     const speck_arch *a = speck_arch_find(p->arch);
-    int err = a ? build_vocab(p->n_vocab, &v)
+    // llama.cpp sets the attributes of Phi-3's special tokens in any model whose name says phi3,
+    // and fails when they are missing.
+    static const char *const none[] = {NULL}, *const phi3[] = {"<unk>", "<s>", "</s>", NULL};
+    int err = a ? build_vocab(p->n_vocab, strcmp(p->arch, "phi3") ? none : phi3, &v)
                 : speck_set_error(SPECK_ERR_ARG, "init: preset '%s': unknown architecture %s",
                                   p->name, p->arch);
     speck_hparams hp = {.n_vocab = p->n_vocab,
