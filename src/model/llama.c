@@ -114,7 +114,7 @@ static int reserve(speck_ctx *c, int n, bool stream) {
         if (grow(&c->att_s, (size_t)threads * ATT_ROWS * c->n_ctx)) return -1;
         c->att_s_threads = threads;
     }
-    if (c->swa_cap && threads > c->allow_threads) {
+    if (hp->n_swa > 0 && threads > c->allow_threads) { // windowed layers' masks
         uint8_t *a = realloc(c->allow, (size_t)threads * ATT_ROWS * c->n_ctx);
         if (!a) return -1;
         c->allow = a;

@@ -73,6 +73,9 @@ LONG_MODES = ["prefill", "chunks:70"]
 # and a token tree follows a 150-token prefix (masked attention over a wrapped ring).
 LONG_WINDOW_MODES = ["decode", "chunks:5"]
 LONG_TREE = (150, [-1, 0, 0, 1, 1, 2, -1, 6, 7])
+# ... and the short modes once more in a 48-position context, where window + 64 > the context:
+# windowed layers then keep the whole context (no ring), masked by position.
+SMALL_CTX = 48
 ROW_STEP = 7  # rows:7 asks that prefill for every 7th row's logits only
 KV_TYPE = None  # --kv f16: speck's KV cache in f16, the reference rounding keys/values alike
 # (prefix length, parent list): a bushy two-root tree reaching depth 3, and a plain chain,
@@ -99,7 +102,7 @@ def tree_mode(prefix: int, parents: list[int]) -> str:
 
 
 def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_rows: int,
-             n_vocab: int, isa: str | None = None):
+             n_vocab: int, isa: str | None = None, ctx: int | None = None):
     """Run forward_dump; returns (logits, None) or (None, error text)."""
     if os.path.exists(out):
         os.remove(out)
@@ -108,6 +111,8 @@ def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_row
         env = dict(os.environ, SPECK_TEST_ISA=isa) if isa else dict(os.environ)
         if KV_TYPE:
             env["SPECK_TEST_KV"] = KV_TYPE
+        if ctx:
+            env["SPECK_TEST_CTX"] = str(ctx)
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"{' '.join(cmd)}: {e}"
@@ -220,6 +225,8 @@ def main(argv=None) -> int:
                     ref_long = ref_model.forward(long_seq).numpy()
 
                 cases = [(m, seq, ref_causal) for m in modes(len(seq))]
+                if windowed:
+                    cases += [(m + f"@ctx{SMALL_CTX}", seq, ref_causal) for m in modes(len(seq))]
                 cases += [(m, long_seq, ref_long) for m in LONG_MODES]
                 cases.append((f"rows:{ROW_STEP}", long_seq, ref_long[::ROW_STEP]))
                 if windowed:
@@ -236,13 +243,18 @@ def main(argv=None) -> int:
                 for mode, toks, ref in cases:
                     if not wanted(mode):
                         continue
+                    ctx = None
+                    if mode.endswith(f"@ctx{SMALL_CTX}"):
+                        mode, ctx = mode[:-len(f"@ctx{SMALL_CTX}")], SMALL_CTX
                     tag = mode.replace(":", "_").replace(",", "_") + f"_{len(toks)}"
                     name = f"{mode}@{len(toks)}" if len(toks) == LONG_TOKENS else mode
                     if mode.startswith(f"tree:{LONG_TREE[0]}:"):
                         name = f"tree:{LONG_TREE[0]}:..."
+                    if ctx:
+                        name += f" (context {ctx})"
                     out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
                     got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab,
-                                          args.isa)
+                                          args.isa, ctx)
                     if error is not None:
                         failed += 1
                         print(f"FAIL {cfg} {wtype} {name} - - forward_dump failed:")
