@@ -124,8 +124,8 @@ speck_gguf *speck_gguf_open(const char *path);
 // total at most 32 MiB — up to 32 MiB more memory, ~1.5-2x faster passes on such compute-bound
 // models; and Q4_0 / Q8_0 matrices of any size on AVX-512 VNNI and AVX2 CPUs when the file is
 // mapped (not
-// with SPECK_LOAD_HUGEPAGES; not a head tied to the token embedding), whose mapped pages are
-// then dropped (resident memory stays about the file's size; packing takes ~0.5 s per GB).
+// with SPECK_LOAD_HUGEPAGES), whose mapped pages are then dropped (resident memory stays about
+// the file's size; packing takes ~0.5 s per GB; a tied head's embedding lookups read the panels).
 #define SPECK_LOAD_NO_PANELS 2u
 speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags);
 void speck_gguf_close(speck_gguf *g);

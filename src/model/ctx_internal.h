@@ -31,6 +31,7 @@ struct speck_ctx {
     // Scratch grown on demand to the largest batch seen.
     int cap_tok;                    // tokens the scratch below holds
     float *x, *xn;                  // (n, n_embd)
+    uint8_t *erow;                  // one embedding row of the weights' type
     float *xo;                      // (n, n_embd) post-norm models: a block's output
     float *q;                       // (n, n_head*hd)
     float *att;                     // (n, n_head*hd)

@@ -63,6 +63,7 @@ void speck_ctx_free(speck_ctx *c) {
     free(c->kpos);
     free(c->x);
     free(c->xn);
+    free(c->erow);
     free(c->xo);
     free(c->q);
     free(c->att);
@@ -99,10 +100,7 @@ int speck_ctx_truncate(speck_ctx *c, int n) {
     if (n < 0 || n > c->n_past)
         return speck_set_error(SPECK_ERR_RANGE, "truncate to %d: cache holds %d entries", n,
                                c->n_past);
-    if (n == 0) {
-        c->swa_lo = 0;
-        c->seq_pos = true;
-    } else if (c->swa_cap) {
+    if (n > 0 && c->swa_cap) {
         // The next entry's window starts n_swa - 1 entries back; a ring that has moved past
         // that cannot give it back (the entries must be computed again).
         const int need = n - c->m->hp.n_swa + 1 > 0 ? n - c->m->hp.n_swa + 1 : 0;
@@ -111,6 +109,14 @@ int speck_ctx_truncate(speck_ctx *c, int n) {
                                    "truncate to %d: the sliding-window layers hold entries %d.. "
                                    "only (window %d + %d), the window of entry %d starts at %d",
                                    n, c->swa_lo, c->m->hp.n_swa, SWA_SPARE, n, need);
+    }
+    if (n == 0) {
+        c->swa_lo = 0;
+        c->seq_pos = true;
+    } else if (!c->seq_pos) { // rejected tree nodes may have held the out-of-order positions
+        bool seq = true;
+        for (int i = 0; i < n && seq; i++) seq = c->kpos[i] == i;
+        c->seq_pos = seq;
     }
     c->n_past = n;
     return 0;

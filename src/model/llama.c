@@ -120,6 +120,8 @@ static int reserve(speck_ctx *c, int n, bool stream) {
         c->allow = a;
         c->allow_threads = threads;
     }
+    if (!c->erow && !(c->erow = malloc(speck_type_row_size(c->m->tok_embd.type, hp->n_embd))))
+        return -1;
     if (n <= c->cap_tok) return 0;
     size_t qd = (size_t)hp->n_head * hp->head_dim, half = (size_t)hp->head_dim / 2;
     if (grow(&c->x, (size_t)n * hp->n_embd) || grow(&c->xn, (size_t)n * hp->n_embd) ||
@@ -784,11 +786,18 @@ static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_
         c->kpos[c->n_past + i] = p;
         c->seq_pos &= p == c->n_past + i;
     }
-    size_t erow = speck_type_row_size(m->tok_embd.type, hp->n_embd);
+    const speck_weight *te = &m->tok_embd;
+    const size_t erow = speck_type_row_size(te->type, hp->n_embd);
+    // A quantized embedding with panels (a tied head) had its rows dropped: from the panels.
+    const bool unpack = te->packed && (te->type == SPECK_TYPE_Q8_0 || te->type == SPECK_TYPE_Q4_0);
     for (int i = 0; i < n; i++) {
         float *x = c->x + (size_t)i * hp->n_embd;
-        speck_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + erow * tokens[i],
-                             x, hp->n_embd);
+        const uint8_t *row = (const uint8_t *)te->data + erow * tokens[i];
+        if (unpack) {
+            speck_panel_unpack(te->type, te->packed, hp->n_embd, tokens[i], 1, c->erow);
+            row = c->erow;
+        }
+        speck_dequantize_row(te->type, row, x, hp->n_embd);
         if (hp->embd_scale != 1.0f)
             for (int j = 0; j < hp->n_embd; j++) x[j] *= hp->embd_scale;
     }

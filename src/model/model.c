@@ -508,10 +508,10 @@ static int pack_panels(speck_model *m) {
         speck_weight *lw[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->wg, &ly->wu, &ly->wd};
         memcpy(ws + 7 * l, lw, sizeof lw);
     }
-    // A tied head shares the token embedding, whose rows the lookups keep reading: quantized,
-    // its pages cannot be dropped, and a second copy would cost the table's size again.
+    // A head tied to the token embedding is packed like the others: the embedding lookups then
+    // unpack their rows from the panels (llama.c), so its mapped pages can be dropped too.
     ws[nw - 1] = &m->output;
-    const int nuse = m->hp.tied_output && quantized(m->output.type) ? nw - 1 : nw;
+    const int nuse = nw;
     size_t ftotal = 0, qtotal = 0;
     for (int i = 0; i < nuse; i++)
         if (speck_panel_supported(ws[i]->type))
@@ -556,6 +556,7 @@ static int pack_panels(speck_model *m) {
         w->packed = p;
         p += panel_slot(w);
     }
+    if (m->hp.tied_output) m->tok_embd.packed = m->output.packed;
     free(ws);
     return 0;
 }

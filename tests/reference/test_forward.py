@@ -70,9 +70,11 @@ LONG_TOKENS = 600
 LONG_MODES = ["prefill", "chunks:70"]
 # Windowed configs: their rings (window + 64 rows) wrap over 600 tokens, so the long sequence also
 # runs token by token and in 5-token passes (the streaming path writing into a wrapping ring),
-# and a token tree follows a 150-token prefix (masked attention over a wrapped ring).
+# and token trees follow a 150-token prefix (masked attention over a wrapped ring; the 40-node
+# tree takes the batch path where the streaming one stops below 40 tokens: the row layout).
 LONG_WINDOW_MODES = ["decode", "chunks:5"]
-LONG_TREE = (150, [-1, 0, 0, 1, 1, 2, -1, 6, 7])
+LONG_PREFIX = 150
+LONG_TREES = [[-1, 0, 0, 1, 1, 2, -1, 6, 7], [-1] + [(i - 1) // 2 for i in range(1, 40)]]
 # ... and the short modes once more in a 48-position context, where window + 64 > the context:
 # windowed layers then keep the whole context (no ring), masked by position.
 SMALL_CTX = 48
@@ -206,7 +208,9 @@ def main(argv=None) -> int:
     for prefix, parents in TREES:
         toks = rng.integers(0, BASE_VOCAB, size=prefix + len(parents)).tolist()
         tree_cases.append((prefix, parents, toks))
-    long_tree_toks = rng.integers(0, BASE_VOCAB, size=LONG_TREE[0] + len(LONG_TREE[1])).tolist()
+    long_trees = [(LONG_PREFIX, parents,
+                   rng.integers(0, BASE_VOCAB, size=LONG_PREFIX + len(parents)).tolist())
+                  for parents in LONG_TREES]
 
     try:
         for cfg in configs:
@@ -231,8 +235,7 @@ def main(argv=None) -> int:
                 cases.append((f"rows:{ROW_STEP}", long_seq, ref_long[::ROW_STEP]))
                 if windowed:
                     cases += [(m, long_seq, ref_long) for m in LONG_WINDOW_MODES]
-                for prefix, parents, toks in tree_cases + (
-                        [(*LONG_TREE, long_tree_toks)] if windowed else []):
+                for prefix, parents, toks in tree_cases + (long_trees if windowed else []):
                     # Each node's logits = last row of prefix + root-to-node path run causally.
                     with torch.no_grad():
                         rows = [ref_model.forward(toks[:prefix] + [toks[prefix + j]
@@ -248,8 +251,8 @@ def main(argv=None) -> int:
                         mode, ctx = mode[:-len(f"@ctx{SMALL_CTX}")], SMALL_CTX
                     tag = mode.replace(":", "_").replace(",", "_") + f"_{len(toks)}"
                     name = f"{mode}@{len(toks)}" if len(toks) == LONG_TOKENS else mode
-                    if mode.startswith(f"tree:{LONG_TREE[0]}:"):
-                        name = f"tree:{LONG_TREE[0]}:..."
+                    if mode.startswith(f"tree:{LONG_PREFIX}:"):
+                        name = f"tree:{LONG_PREFIX}:{mode.count(',') + 1} nodes"
                     if ctx:
                         name += f" (context {ctx})"
                     out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
