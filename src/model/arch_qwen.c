@@ -45,7 +45,7 @@ static int hf_read(const cJSON *cfg, const char *path, speck_hparams *hp) {
 }
 
 static void hf_write(cJSON *cfg, const speck_hparams *hp) {
-    (void)hp;
+    cJSON_AddBoolToObject(cfg, "attention_bias", hp->qkv_bias); // Qwen3's; Qwen2 always has them
     cJSON_AddBoolToObject(cfg, "use_sliding_window", false);
 }
 
