@@ -149,8 +149,8 @@ speck_gguf *speck_gguf_open(const char *path);
 // models; and quantized matrices of any size (Q4_0 / Q8_0 on AVX-512 VNNI and AVX2 CPUs, the
 // other block types — K-quants, IQ4, Q4_1, Q5_0, Q5_1 — on AVX-512 VNNI) when the file is
 // mapped (not
-// with SPECK_LOAD_HUGEPAGES; not a head tied to the token embedding), whose mapped pages are
-// then dropped (resident memory stays about the file's size; packing takes ~0.5 s per GB).
+// with SPECK_LOAD_HUGEPAGES), whose mapped pages are then dropped (resident memory stays about
+// the file's size; packing takes ~0.5 s per GB; a tied head's embedding lookups read the panels).
 #define SPECK_LOAD_NO_PANELS 2u
 speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags);
 void speck_gguf_close(speck_gguf *g);
@@ -219,10 +219,21 @@ typedef enum {
     SPECK_ROPE_SCALING_NONE = 0,
     SPECK_ROPE_SCALING_LINEAR = 1,
     SPECK_ROPE_SCALING_LLAMA3 = 2,
+    // Phi-3's LongRoPE: per-frequency divisors from the rope_factors_short / rope_factors_long
+    // tensors (the long ones for contexts longer than rope_orig_ctx, chosen per context as
+    // llama.cpp does), cos and sin multiplied by rope_attn_factor.
+    SPECK_ROPE_SCALING_LONGROPE = 3,
 } speck_rope_scaling;
+// FFN activation: down(act(gate x) * up x).
+typedef enum {
+    SPECK_ACT_SILU = 0,      // SwiGLU: x sigmoid(x)
+    SPECK_ACT_GELU_TANH = 1, // GeGLU with the tanh approximation of GELU (Gemma)
+} speck_act;
 
+// A model's hyper-parameters. The architecture's description (src/model/arch_*.c) sets the
+// defaults of the fields below `tied_output` that its GGUF keys do not give.
 typedef struct {
-    char arch[32];  // "llama" or "qwen2"
+    char arch[32];  // general.architecture: "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"
     char name[128]; // general.name (may be empty)
     int n_vocab;
     int n_ctx_train; // context length the model was trained for
@@ -239,11 +250,29 @@ typedef struct {
     float rope_scale_factor;    // linear: positions divided by this; llama3: "factor"
     float rope_low_freq_factor; // llama3 scaling
     float rope_high_freq_factor;
-    int rope_orig_ctx;  // llama3 scaling: original_max_position_embeddings
+    int rope_orig_ctx;  // llama3 / LongRoPE scaling: original_max_position_embeddings
     bool qkv_bias;      // Qwen2-style biases on q/k/v projections
     bool tied_output;   // output head shares token_embd
     int bos_id, eos_id; // -1 if absent
+    speck_act ffn_act;  // FFN activation (SwiGLU; Gemma: GeGLU)
+    bool qk_norm;       // RMSNorm over each q and k head before RoPE (qwen3, gemma3)
+    bool post_norms;    // RMSNorm of the attention and FFN outputs before the residual adds (gemma)
+    float embd_scale;   // token embeddings multiplied by this (gemma: sqrt(n_embd); else 1)
+    float attn_scale;   // multiplies q . k: 1/sqrt(head_dim) unless the architecture or the file
+                        // says otherwise (gemma: 1/sqrt(query_pre_attn_scalar))
+    float attn_softcap; // > 0: attention logits s -> c tanh(s / c) (gemma2: 50); 0: off
+    float final_softcap;      // > 0: output logits likewise (gemma2: 30); 0: off
+    int n_swa;                // > 0: sliding-window attention; a windowed layer's query at position
+                              // p sees the keys at positions > p - n_swa; 0: none
+    int swa_period;           // which layers are windowed: 0 all; P >= 1 those with l % P < P - 1
+                              // (every P-th is global: gemma2 2, gemma3 6; 1 none)
+    float rope_freq_base_swa; // RoPE base of the windowed layers (gemma3: 10000; else the global)
+    float rope_attn_factor;   // cos and sin of RoPE multiplied by this (LongRoPE); 1 otherwise
 } speck_hparams;
+
+// Whether layer l is a sliding-window layer (n_swa > 0 and the layer is not one of the global
+// ones of the swa_period pattern).
+bool speck_hparams_layer_swa(const speck_hparams *hp, int l);
 
 typedef struct speck_model speck_model;
 
@@ -285,8 +314,17 @@ void speck_ctx_free(speck_ctx *c);
 int speck_ctx_n_ctx(const speck_ctx *c);
 // Number of entries currently in the KV cache.
 int speck_ctx_n_past(const speck_ctx *c);
+// Bytes allocated for the KV cache: n_ctx entries per layer, except that a sliding-window layer
+// keeps a ring of its window + 64 entries (pages are faulted in as the cache fills).
+size_t speck_ctx_kv_bytes(const speck_ctx *c);
 // Drop KV entries [n, n_past): rejected draft tokens, or restarting from a shared prefix.
+// SPECK_ERR_RANGE (nothing changed) when sliding-window layers no longer hold the window of
+// entry n: their rings keep the last window + 64 entries, so rolling back further needs the
+// entries computed again (truncate to 0 and run them).
 int speck_ctx_truncate(speck_ctx *c, int n);
+// The smallest n > 0 that speck_ctx_truncate accepts now: 1, or later when sliding-window rings
+// have moved past earlier entries (truncating to 0 is always possible).
+int speck_ctx_truncate_floor(const speck_ctx *c);
 // Keep only the listed KV entries, in order, so the cache holds idx[0..n) then nothing else
 // (idx strictly increasing, all < n_past). Used to keep the accepted path of a token tree.
 int speck_ctx_compact(speck_ctx *c, const int *idx, int n);
@@ -311,10 +349,12 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
 
 typedef struct {
     const char *name; // "tiny", "smollm2-135m", ...
-    const char *arch;
+    const char *arch; // what the architecture's description does not say is its default
     int n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
     float rope_freq_base, norm_eps;
     bool tied_output, qkv_bias;
+    int head_dim; // 0: n_embd / n_head
+    int n_swa;    // sliding window (0: the architecture's default)
 } speck_preset;
 
 // Presets, terminated by an entry with name == NULL.
@@ -414,22 +454,37 @@ const char *speck_detok_push(speck_detok *d, int32_t id);
 const char *speck_detok_flush(speck_detok *d);
 
 // Chat templates. speck renders the prompt formats of the common instruction-tuned families
-// itself (it does not interpret Jinja): "chatml" (Qwen and many fine-tunes), "llama2", "llama3",
-// "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
+// itself (it does not interpret Jinja): "chatml" (Qwen2 and many fine-tunes), "qwen3", "llama2",
+// "llama3", "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
 typedef struct {
-    const char *role; // "system", "user", "assistant" (others pass through where the format
-                      // names roles itself: chatml, llama3, gemma)
+    const char *role; // "system", "user", "assistant", "tool" (qwen3; others pass through where
+                      // the format names roles itself: chatml, llama3, gemma)
     const char *content;
 } speck_chat_msg;
+
+// Options of speck_chat_apply_ex. The per-message fields are arrays parallel to the messages
+// (entries NULL where a message has none); qwen3 reads them, the other formats ignore them.
+typedef struct {
+    bool add_generation_prompt; // append the opening of an assistant turn
+    bool disable_thinking;      // qwen3: open it with an empty <think></think> block (Qwen3's
+                                // enable_thinking = false)
+    const char *tools; // qwen3: JSON array of tool definitions for the system prompt, or NULL
+    const char *const *reasoning_content; // (n) or NULL: an assistant turn's reasoning (else
+                                          // the text of a <think> block in its content)
+    const char *const *tool_calls;        // (n) or NULL: an assistant turn's calls, a JSON array of
+                                          // {"name", "arguments"} or {"function": {"name",
+                                          // "arguments"}} (arguments: an object or a string)
+} speck_chat_opts;
 
 // The built-in names, NULL-terminated.
 const char *const *speck_chat_templates(void);
 // Canonical name for a name or alias ("qwen2" -> "chatml", "Llama-3" -> "llama3"); NULL if unknown.
 const char *speck_chat_template_name(const char *name);
 // Which built-in format a model's Jinja template (tokenizer.chat_template, or tokenizer_config.json
-// "chat_template") is, recognised by its markers: "<|im_start|>" chatml, "<|start_header_id|>"
-// llama3, "<start_of_turn>" gemma, "[INST]" with "<<SYS>>" llama2 / without mistral, "<|user|>"
-// with "<|end|>" phi3 / with "</s>" or eos_token zephyr. NULL if none matches or s is NULL.
+// "chat_template") is, recognised by its markers: "<|im_start|>" with "<think>" qwen3 / without
+// chatml, "<|start_header_id|>" llama3, "<start_of_turn>" gemma, "[INST]" with "<<SYS>>" llama2 /
+// without mistral, "<|user|>" with "<|end|>" phi3 / with "</s>" or eos_token zephyr. NULL if none
+// matches or s is NULL.
 const char *speck_chat_template_detect(const char *template_str);
 // Render a conversation as the named format (name or alias) does, byte for byte what the family's
 // Jinja template gives for these messages; add_generation_prompt appends the opening of an
@@ -443,6 +498,14 @@ const char *speck_chat_template_detect(const char *template_str);
 // appears twice) and parse_special = true (so the markers become their special tokens).
 int64_t speck_chat_apply(const char *name, const speck_chat_msg *msgs, int n,
                          bool add_generation_prompt, char *buf, int64_t size);
+// The same with options (tools, thinking; opts NULL: a generation prompt, nothing else).
+// qwen3 renders Qwen3's template: a system prompt listing the tools, earlier assistant turns
+// without their reasoning, the turns after the last user query with it (in <think> blocks),
+// tool calls as <tool_call> JSON (objects re-serialised as Python's json.dumps does), "tool"
+// messages as <tool_response> blocks of a user turn. SPECK_ERR_ARG for tools / tool_calls that
+// are not valid JSON.
+int64_t speck_chat_apply_ex(const char *name, const speck_chat_msg *msgs, int n,
+                            const speck_chat_opts *opts, char *buf, int64_t size);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                    */

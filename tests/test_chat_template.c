@@ -93,7 +93,7 @@ static void test_formats(void) {
     };
     int n_names = 0;
     for (const char *const *p = speck_chat_templates(); *p; p++) n_names++;
-    CHECK(n_names == 7, "speck_chat_templates: %d names", n_names);
+    CHECK(n_names == 8, "speck_chat_templates: %d names", n_names);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         expect_render(cases[i].name, a, 2, true, cases[i].a);
         expect_render(cases[i].name, b, 3, true, cases[i].b);

@@ -1,4 +1,5 @@
 // `speck info`, `speck init`, `speck tokenize`.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,11 +77,33 @@ int cmd_info(int argc, char **argv) {
     printf("            rope %s base %g%s, rms eps %g, %s head%s, %s weights, %.1f MiB read per "
            "token\n",
            hp->rope_type == SPECK_ROPE_NEOX ? "neox" : "normal", hp->rope_freq_base,
-           hp->rope_scaling == SPECK_ROPE_SCALING_LINEAR   ? " (linear scaling)"
-           : hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3 ? " (llama3 scaling)"
-                                                           : "",
+           hp->rope_scaling == SPECK_ROPE_SCALING_LINEAR     ? " (linear scaling)"
+           : hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3   ? " (llama3 scaling)"
+           : hp->rope_scaling == SPECK_ROPE_SCALING_LONGROPE ? " (LongRoPE)"
+                                                             : "",
            hp->norm_eps, hp->tied_output ? "tied" : "separate", hp->qkv_bias ? ", qkv bias" : "",
            type_label(speck_model_weight_type(m)), speck_model_bytes_per_token(m) / 1048576.0);
+    // What the architecture adds to the Llama layer.
+    char extra[512] = "";
+    size_t k = 0;
+#define ADD(...) (k += (size_t)snprintf(extra + k, sizeof extra - k, __VA_ARGS__))
+    if (hp->ffn_act == SPECK_ACT_GELU_TANH) ADD(", GeGLU");
+    if (hp->qk_norm) ADD(", q/k norm");
+    if (hp->post_norms) ADD(", post-norms");
+    if (hp->embd_scale != 1.0f) ADD(", embeddings x %g", hp->embd_scale);
+    if (fabsf(hp->attn_scale * sqrtf((float)hp->head_dim) - 1.0f) > 1e-6f)
+        ADD(", q.k x %g", hp->attn_scale);
+    if (hp->attn_softcap > 0) ADD(", attention soft-cap %g", hp->attn_softcap);
+    if (hp->final_softcap > 0) ADD(", output soft-cap %g", hp->final_softcap);
+    if (hp->n_swa > 0) {
+        int nw = 0;
+        for (int l = 0; l < hp->n_layer; l++) nw += speck_hparams_layer_swa(hp, l);
+        ADD(", window %d on %d of %d layers", hp->n_swa, nw, hp->n_layer);
+        if (hp->rope_freq_base_swa != hp->rope_freq_base)
+            ADD(" (rope base %g)", hp->rope_freq_base_swa);
+    }
+#undef ADD
+    if (k) printf("            %s\n", extra + 2);
     speck_model_free(m);
     return 0;
 }

@@ -187,12 +187,17 @@ int hf_tokenizer_to_gguf(speck_gguf_writer *w, const char *dir, int64_t n_vocab)
     char **mstr = NULL;
     int64_t nm = 0;
     int rc = 0;
-    if (v->n_tokens > n_vocab) {
-        rc = speck_set_error(SPECK_ERR_FORMAT,
-                             "%s: %d tokens but the model's embedding has only %lld rows", tj_path,
-                             v->n_tokens, (long long)n_vocab);
-        goto done;
-    }
+    // Added tokens past the embedding's rows could never be fed to the model: they are left out
+    // (Gemma 3's text checkpoints ship the multimodal tokenizer with <image_soft_token> at
+    // 262144 and 262144 rows). Any other token past them is an error.
+    for (int64_t i = n_vocab; i < v->n_tokens; i++)
+        if ((v->type[i] != TOK_CONTROL && v->type[i] != TOK_USER_DEFINED) || i == v->bos ||
+            i == v->eos || i == v->unk || i == v->pad) {
+            rc = speck_set_error(SPECK_ERR_FORMAT,
+                                 "%s: %d tokens but the model's embedding has only %lld rows",
+                                 tj_path, v->n_tokens, (long long)n_vocab);
+            goto done;
+        }
     bool bpe = v->byte_level;
     const char *pre = NULL;
     if (bpe) {

@@ -158,20 +158,20 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
 
 // q: (hd); kb, vb: key/value j at + j * ld; allow, sc: (n_keys); out: (hd).
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
-                 float scale, const uint8_t *allow, float *sc, float *out) {
+                 float scale, float softcap, const uint8_t *allow, float *sc, float *out) {
     return speck_attend_group(q, 0, 1, 1, &n_keys, allow, 0, kb, vb, SPECK_TYPE_F32, ld, hd, scale,
-                              sc, 0, out, 0) == 0;
+                              softcap, sc, 0, out, 0) == 0;
 }
 
 // q, out: query/output (t, h) at + t * ldq (ldo) + h * hd; allow: (nt, lda) or NULL;
 // sc: (min(nt * gq, 64), sc_ld).
 int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                        const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                       speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
-                       float *out, int64_t ldo) {
+                       speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,
+                       int64_t sc_ld, float *out, int64_t ldo) {
     if (g_table->attend_group)
         return g_table->attend_group(q, ldq, nt, gq, n_keys, allow, lda, kb, vb, kv, ld, hd, scale,
-                                     sc, sc_ld, out, ldo);
+                                     softcap, sc, sc_ld, out, ldo);
     const float *kf = kb, *vf = vb;
     float *conv = NULL;
     if (kv == SPECK_TYPE_F16) { // the one-query kernels read floats: convert the rows seen
@@ -192,7 +192,7 @@ int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n
     for (int t = 0; t < nt; t++)
         for (int h = 0; h < gq; h++)
             empty += !g_table->attend(q + t * ldq + (int64_t)h * hd, kf, vf, ld, hd, n_keys[t],
-                                      scale, allow ? allow + t * lda : NULL, sc,
+                                      scale, softcap, allow ? allow + t * lda : NULL, sc,
                                       out + t * ldo + (int64_t)h * hd);
     free(conv);
     return empty;

@@ -55,10 +55,12 @@ speck_type speck_act_type(speck_type weight_type);
 // speck_act_type(t). n is a multiple of 32 for quantized types.
 float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n);
 // Attention of one query head over n_keys cached keys/values (rows ld floats apart, hd used):
-// out (hd) = softmax(scale * q . k_j over allowed j) . v. q: (hd); allow: (n_keys) or NULL;
-// sc: (n_keys) scratch. Returns 0 (out zeroed) when no key is allowed. Batch-invariant.
+// out (hd) = softmax(s_j over allowed j) . v with s_j = scale * q . k_j, or, when softcap > 0,
+// softcap * tanh(scale * q . k_j / softcap) (Gemma 2's attention-logit soft-capping). q: (hd);
+// allow: (n_keys) or NULL; sc: (n_keys) scratch. Returns 0 (out zeroed) when no key is allowed.
+// Batch-invariant.
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
-                 float scale, const uint8_t *allow, float *sc, float *out);
+                 float scale, float softcap, const uint8_t *allow, float *sc, float *out);
 // The same for gq query heads sharing one key/value head, for nt tokens at once (GQA heads and
 // the tokens of a verification pass): query (t, h) at q + t * ldq + h * hd, its output at
 // out + t * ldo + h * hd; token t sees keys j < n_keys[t], those with allow[t * lda + j] != 0
@@ -68,8 +70,8 @@ int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, i
 // (for f32 rows: speck_attend). Returns how many queries had no allowed key (outputs zeroed).
 int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                        const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                       speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
-                       float *out, int64_t ldo);
+                       speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,
+                       int64_t sc_ld, float *out, int64_t ldo);
 
 // Y = X · Wᵀ, threaded with OpenMP. Call it from outside any parallel region.
 // W: (n_out, n_in) rows of type wt, rows contiguous (row stride speck_type_row_size(wt, n_in))

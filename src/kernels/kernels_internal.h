@@ -147,19 +147,20 @@ typedef struct {
     // t < a->n_tok and r < rows (the packed strip's rows; nothing else in y is touched).
     void (*gemm_run)(const void *packed, int rows, const speck_gemm_act *a, float *y, int64_t ldy);
     // Attention of one query head over keys j < n_keys (k_j = kb + j * ld, v_j = vb + j * ld,
-    // each hd floats): out (hd) = sum_j softmax_j(scale * q . k_j) v_j over the allowed keys
+    // each hd floats): out (hd) = sum_j softmax_j(s_j) v_j over the allowed keys, s_j = scale *
+    // q . k_j soft-capped to softcap * tanh(s_j / softcap) when softcap > 0
     // (allow: (n_keys) bytes, nonzero = allowed; NULL = all). sc: (n_keys) scratch. Returns 0 and
     // zeroes out when no key is allowed. A query's result depends only on its own inputs, not on
     // which other queries or heads run alongside (batch invariance of the decode path).
     int (*attend)(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
-                  float scale, const uint8_t *allow, float *sc, float *out);
+                  float scale, float softcap, const uint8_t *allow, float *sc, float *out);
     // Attention of several queries over the same keys (speck_attend_group), keys and values f32
     // or f16; NULL: speck_attend once per query on f32 rows. Returns how many queries had no
     // allowed key.
     int (*attend_group)(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                         const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                        speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
-                        float *out, int64_t ldo);
+                        speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,
+                        int64_t sc_ld, float *out, int64_t ldo);
     // Activation quantization (must be bit-identical across ISAs) and row conversions.
     void (*quantize_q8_0)(const float *x, speck_block_q8_0 *y, int64_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
@@ -217,10 +218,11 @@ void speck_gemm_run_avx512(const void *packed, int rows, const speck_gemm_act *a
 // The AVX-512 table's attend_group (src/kernels/attend_avx512.c).
 int speck_attend_group_avx512(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                               const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                              speck_type kv, int64_t ld, int hd, float scale, float *sc,
-                              int64_t sc_ld, float *out, int64_t ldo);
+                              speck_type kv, int64_t ld, int hd, float scale, float softcap,
+                              float *sc, int64_t sc_ld, float *out, int64_t ldo);
 // Portable attention (the scalar table's attend).
 int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
-                     int n_keys, float scale, const uint8_t *allow, float *sc, float *out);
+                     int n_keys, float scale, float softcap, const uint8_t *allow, float *sc,
+                     float *out);
 
 #endif

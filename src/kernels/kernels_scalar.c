@@ -212,7 +212,8 @@ static float dot_q4_0_scalar(const speck_block_q4_0 *w, const speck_block_q8_0 *
 
 // q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys; sc: (n_keys); out: (hd).
 int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
-                     int n_keys, float scale, const uint8_t *allow, float *sc, float *out) {
+                     int n_keys, float scale, float softcap, const uint8_t *allow, float *sc,
+                     float *out) {
     float mx = -INFINITY;
     for (int j = 0; j < n_keys; j++) {
         if (allow && !allow[j]) {
@@ -223,6 +224,7 @@ int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t l
         float s = 0.0f;
         for (int d = 0; d < hd; d++) s += k[d] * q[d];
         sc[j] = s * scale;
+        if (softcap > 0) sc[j] = softcap * tanhf(sc[j] / softcap);
         if (sc[j] > mx) mx = sc[j];
     }
     memset(out, 0, (size_t)hd * sizeof(float));

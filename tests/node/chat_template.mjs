@@ -115,7 +115,7 @@ const CONVERSATIONS = [
 // try (the npm Llama 3 template always appends the assistant header, so only `true` there).
 const SETUPS = [
   ["llama3", null, "llama3", [true]],
-  ["qwen3", null, "chatml", [true, false]],
+  ["qwen3", null, "qwen3", [true, false]],
   ["gemma3", null, "gemma", [true, false]],
   ["llama2", LLAMA2, "llama2", [true, false]],
   ["llama2", MISTRAL, "mistral", [true, false]],
@@ -123,7 +123,7 @@ const SETUPS = [
   ["llama2", ZEPHYR, "zephyr", [true, false]],
   ["llama2", CHATML, "chatml", [true, false]],
 ];
-const ids_for = ["llama3/llama3", "qwen3/chatml", "gemma3/gemma", "llama2/llama2",
+const ids_for = ["llama3/llama3", "qwen3/chatml", "qwen3/qwen3", "gemma3/gemma", "llama2/llama2",
                  "llama2/mistral"];
 
 const out = [];

@@ -80,6 +80,16 @@ N_TOKENS = 20
 # 600-token prefill runs as 512 + 88, chunks:70 adds cached entries to every batch.
 LONG_TOKENS = 600
 LONG_MODES = ["prefill", "chunks:70"]
+# Windowed configs: their rings (window + 64 rows) wrap over 600 tokens, so the long sequence also
+# runs token by token and in 5-token passes (the streaming path writing into a wrapping ring),
+# and token trees follow a 150-token prefix (masked attention over a wrapped ring; the 40-node
+# tree takes the batch path where the streaming one stops below 40 tokens: the row layout).
+LONG_WINDOW_MODES = ["decode", "chunks:5"]
+LONG_PREFIX = 150
+LONG_TREES = [[-1, 0, 0, 1, 1, 2, -1, 6, 7], [-1] + [(i - 1) // 2 for i in range(1, 40)]]
+# ... and the short modes once more in a 48-position context, where window + 64 > the context:
+# windowed layers then keep the whole context (no ring), masked by position.
+SMALL_CTX = 48
 ROW_STEP = 7  # rows:7 asks that prefill for every 7th row's logits only
 KV_TYPE = None  # --kv f16: speck's KV cache in f16, the reference rounding keys/values alike
 # (prefix length, parent list): a bushy two-root tree reaching depth 3, and a plain chain,
@@ -106,7 +116,7 @@ def tree_mode(prefix: int, parents: list[int]) -> str:
 
 
 def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_rows: int,
-             n_vocab: int, isa: str | None = None):
+             n_vocab: int, isa: str | None = None, ctx: int | None = None):
     """Run forward_dump; returns (logits, None) or (None, error text)."""
     if os.path.exists(out):
         os.remove(out)
@@ -115,6 +125,8 @@ def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_row
         env = dict(os.environ, SPECK_TEST_ISA=isa) if isa else dict(os.environ)
         if KV_TYPE:
             env["SPECK_TEST_KV"] = KV_TYPE
+        if ctx:
+            env["SPECK_TEST_CTX"] = str(ctx)
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         return None, f"{' '.join(cmd)}: {e}"
@@ -208,6 +220,9 @@ def main(argv=None) -> int:
     for prefix, parents in TREES:
         toks = rng.integers(0, BASE_VOCAB, size=prefix + len(parents)).tolist()
         tree_cases.append((prefix, parents, toks))
+    long_trees = [(LONG_PREFIX, parents,
+                   rng.integers(0, BASE_VOCAB, size=LONG_PREFIX + len(parents)).tolist())
+                  for parents in LONG_TREES]
 
     try:
         for cfg in configs:
@@ -217,6 +232,8 @@ def main(argv=None) -> int:
                 g = G.read_gguf(path)  # the reference sees exactly the stored weights
                 ref_model = L.LlamaRef(g.kv, g.tensors)
                 ref_model.kv_f16 = args.kv == "f16"
+                ref_model.long_rope = M.longrope_long(M.config(cfg))
+                windowed = ref_model.hp.window > 0
                 n_vocab = ref_model.hp.n_vocab
                 with torch.no_grad():
                     ref_causal = ref_model.forward(seq).numpy()
@@ -224,9 +241,13 @@ def main(argv=None) -> int:
                     ref_long = ref_model.forward(long_seq).numpy()
 
                 cases = [(m, seq, ref_causal) for m in modes(len(seq))]
+                if windowed:
+                    cases += [(m + f"@ctx{SMALL_CTX}", seq, ref_causal) for m in modes(len(seq))]
                 cases += [(m, long_seq, ref_long) for m in LONG_MODES]
                 cases.append((f"rows:{ROW_STEP}", long_seq, ref_long[::ROW_STEP]))
-                for prefix, parents, toks in tree_cases:
+                if windowed:
+                    cases += [(m, long_seq, ref_long) for m in LONG_WINDOW_MODES]
+                for prefix, parents, toks in tree_cases + (long_trees if windowed else []):
                     # Each node's logits = last row of prefix + root-to-node path run causally.
                     with torch.no_grad():
                         rows = [ref_model.forward(toks[:prefix] + [toks[prefix + j]
@@ -237,11 +258,18 @@ def main(argv=None) -> int:
                 for mode, toks, ref in cases:
                     if not wanted(mode):
                         continue
+                    ctx = None
+                    if mode.endswith(f"@ctx{SMALL_CTX}"):
+                        mode, ctx = mode[:-len(f"@ctx{SMALL_CTX}")], SMALL_CTX
                     tag = mode.replace(":", "_").replace(",", "_") + f"_{len(toks)}"
                     name = f"{mode}@{len(toks)}" if len(toks) == LONG_TOKENS else mode
+                    if mode.startswith(f"tree:{LONG_PREFIX}:"):
+                        name = f"tree:{LONG_PREFIX}:{mode.count(',') + 1} nodes"
+                    if ctx:
+                        name += f" (context {ctx})"
                     out = os.path.join(work, f"{cfg}_{wtype}_{tag}.f32")
                     got, error = run_dump(args.dump, path, mode, toks, out, ref.shape[0], n_vocab,
-                                          args.isa)
+                                          args.isa, ctx)
                     if error is not None:
                         failed += 1
                         print(f"FAIL {cfg} {wtype} {name} - - forward_dump failed:")
