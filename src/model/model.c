@@ -489,14 +489,19 @@ static int load_tensors(loader *L) {
     m->hp.tied_output = m->output.data == NULL;
     if (m->hp.tied_output) m->output = m->tok_embd;
     if ((err = get_vec(L, "output_norm.weight", E, 1, &m->out_norm))) return err;
-    // Every layer has at least 9 tensors: a block_count beyond that is refused before the
-    // layer table is allocated (a 100-byte file could otherwise ask for gigabytes).
-    if (hp->n_layer > speck_gguf_n_tensors(m->g) / 9)
+    // Every layer has the description's required tensors: a block_count beyond what the file
+    // holds is refused before the layer table is allocated (a 100-byte file could otherwise ask
+    // for gigabytes).
+    int64_t per_layer = 0;
+    for (int i = 0; i < L->desc->n_layer_tensors; i++)
+        per_layer += !(L->desc->layer[i].flags & TD_OPTIONAL);
+    if (per_layer < 1) per_layer = 1;
+    if (hp->n_layer > speck_gguf_n_tensors(m->g) / per_layer)
         return speck_set_error(SPECK_ERR_FORMAT,
-                               "%s: %s.block_count = %d, but the file has only %lld tensors (9 "
+                               "%s: %s.block_count = %d, but the file has only %lld tensors (%lld "
                                "or more per layer)",
                                L->path, L->arch, hp->n_layer,
-                               (long long)speck_gguf_n_tensors(m->g));
+                               (long long)speck_gguf_n_tensors(m->g), (long long)per_layer);
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     for (int l = 0; l < hp->n_layer; l++) {
