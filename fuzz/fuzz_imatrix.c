@@ -1,8 +1,6 @@
 // Fuzz target: the importance-matrix reader (llama.cpp's GGUF and legacy .dat imatrix formats,
 // src/calib/imatrix.c) from memory; what it accepts must hold finite, non-negative weights and
 // survive writing in both formats and reading back unchanged.
-// (Written on branch quant-tools before fuzz/ reached main: add "imatrix" to
-// SPECK_FUZZ_TARGETS in fuzz/CMakeLists.txt when merging.)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

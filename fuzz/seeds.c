@@ -76,6 +76,11 @@ static void models(void) {
         {"llama-bf16", {"llama", SPECK_TYPE_BF16, false, 0, NULL, false, false}},
         {"llama-q8_0", {"llama", SPECK_TYPE_Q8_0, false, 0, NULL, false, false}},
         {"llama-q4_0", {"llama", SPECK_TYPE_Q4_0, false, 0, NULL, false, false}},
+        {"llama-q4_1", {"llama", SPECK_TYPE_Q4_1, false, 0, NULL, false, false}},
+        {"llama-q5_0", {"llama", SPECK_TYPE_Q5_0, false, 0, NULL, false, false}},
+        {"qwen2-q5_1", {"qwen2", SPECK_TYPE_Q5_1, false, 0, NULL, false, false}},
+        {"llama-iq4_nl-tied", {"llama", SPECK_TYPE_IQ4_NL, true, 0, NULL, false, false}},
+        {"llama-q5_0-nonfinite", {"llama", SPECK_TYPE_Q5_0, false, 0, NULL, false, true}},
         {"qwen2-f16-tied", {"qwen2", SPECK_TYPE_F16, true, 0, NULL, false, false}},
         {"qwen2-q8_0", {"qwen2", SPECK_TYPE_Q8_0, false, 0, NULL, false, false}},
         {"llama-q4_0-tied-ropefreqs", {"llama", SPECK_TYPE_Q4_0, true, 0, NULL, true, false}},
@@ -138,19 +143,45 @@ static void gguf_misc(void) {
     }
     const char *strs[] = {"a", "", "\xff\xfe", "<|im_start|>"};
     rc |= speck_gguf_set_arr_str(w, "arr.str", strs, NULL, 4);
-    const speck_type types[] = {SPECK_TYPE_F32, SPECK_TYPE_F16, SPECK_TYPE_BF16, SPECK_TYPE_Q8_0,
-                                SPECK_TYPE_Q4_0};
-    static uint8_t blocks[5][256];
-    for (int i = 0; i < 5; i++) {
+    // Every type speck computes with, in rows of 256 values (the K-quants' super-block).
+    static uint8_t blocks[2 * 256 * 4];
+    for (int t = 0; t < 64; t++) {
+        const char *tn = speck_type_name(t);
+        if (!tn) continue;
         char name[32];
-        snprintf(name, sizeof name, "t.%s", speck_type_name(types[i]));
-        const int64_t ne[2] = {32, 2};
-        rc |= speck_gguf_add_tensor(w, name, types[i], 2, ne, blocks[i]);
+        snprintf(name, sizeof name, "t.%s", tn);
+        const int64_t ne[2] = {256, 2};
+        rc |= speck_gguf_add_tensor(w, name, (speck_type)t, 2, ne, blocks);
     }
     if (rc || speck_gguf_writer_save(w, tmp)) die("all-types gguf");
     speck_gguf_writer_free(w);
     seed_file("gguf", "all-types", 0, false, tmp);
     free(tmp);
+}
+
+// Importance matrices collected on a micro model, in both of llama.cpp's formats.
+static void imatrices(void) {
+    char *mp = fuzz_path(fuzz_scratch(), "im-model.gguf"), *ip = fuzz_path(fuzz_scratch(), "im");
+    const fuzz_model_spec spec = {"llama", SPECK_TYPE_F32, false, 0, NULL, false, false};
+    if (fuzz_micro_model(mp, &spec, 7)) die("imatrix model");
+    speck_model *m = speck_model_load(mp);
+    if (!m) die(mp);
+    int32_t tok[40];
+    for (int i = 0; i < 40; i++) tok[i] = (i * 7) % FUZZ_VOCAB_BARE;
+    for (int out = 0; out < 2; out++) {
+        speck_imatrix *im = speck_imatrix_compute(m, tok, 40, 16, out, "seed", NULL, NULL);
+        if (!im) die("imatrix compute");
+        for (int dat = 0; dat < 2; dat++) {
+            if (speck_imatrix_save(im, ip, dat)) die("imatrix save");
+            char name[32];
+            snprintf(name, sizeof name, "%s%s", dat ? "dat" : "gguf", out ? "-output" : "");
+            seed_file("imatrix", name, 0, false, ip);
+        }
+        speck_imatrix_free(im);
+    }
+    speck_model_free(m);
+    free(mp);
+    free(ip);
 }
 
 static void safetensors(void) {
@@ -315,6 +346,7 @@ int main(int argc, char **argv) {
     if (mkdir(g_out, 0755) && errno != EEXIST) die(g_out);
     models();
     gguf_misc();
+    imatrices();
     safetensors();
     configs();
     tokenizer_json();
