@@ -175,7 +175,7 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
     for (int it = 0; it < n_items && !rc; it++) {
         const speck_gguf_tensor *t = speck_gguf_tensor_at(g, item[it]);
         const int64_t cols = t->ne[0], rows = t->n_elements / cols;
-        float *W = malloc((size_t)t->n_elements * sizeof *W);
+        float *W = calib_tensor_f32(t);
         int64_t qmax = 0;
         for (int k = 0; k < N_OPT; k++)
             if (size[(size_t)it * N_OPT + k] > qmax) qmax = size[(size_t)it * N_OPT + k];
@@ -185,10 +185,6 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
             rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
             break;
         }
-        const size_t rs = speck_type_row_size((speck_type)t->type, cols);
-        for (int64_t r = 0; r < rows; r++)
-            speck_dequantize_row((speck_type)t->type, (const uint8_t *)t->data + (size_t)r * rs,
-                                 W + r * cols, cols);
         char key[80];
         calib_input_key(t->name, key, sizeof key);
         int hk = 0;

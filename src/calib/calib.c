@@ -14,6 +14,17 @@
 #include "quant/quant.h"
 
 // q, k and v read the same normalised input, as do gate and up: one Hessian each pair/triple.
+float *calib_tensor_f32(const speck_gguf_tensor *t) {
+    const int64_t cols = t->ne[0], rows = t->n_elements / cols;
+    float *W = malloc((size_t)t->n_elements * sizeof *W);
+    if (!W) return NULL;
+    const size_t rs = speck_type_row_size((speck_type)t->type, cols);
+    for (int64_t r = 0; r < rows; r++)
+        speck_dequantize_row((speck_type)t->type, (const uint8_t *)t->data + (size_t)r * rs,
+                             W + r * cols, cols);
+    return W;
+}
+
 void calib_input_key(const char *weight, char *key, size_t size) {
     int l;
     char w[64];
@@ -174,17 +185,13 @@ int quant_plan_calibrate(const speck_gguf *g, const char *path, const speck_quan
         while (k < n_keys && strcmp(keys[k], key)) k++;
         if (!tokens[k]) continue;
         const int64_t cols = t->ne[0], rows = t->n_elements / cols;
-        float *W = malloc((size_t)t->n_elements * sizeof *W);
+        float *W = calib_tensor_f32(t);
         void *out = malloc(speck_type_row_size((speck_type)plan[i].type, cols) * (size_t)rows);
         if (!W || !out) {
             free(W), free(out);
             rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
             break;
         }
-        const size_t rs = speck_type_row_size((speck_type)t->type, cols);
-        for (int64_t r = 0; r < rows; r++)
-            speck_dequantize_row((speck_type)t->type, (const uint8_t *)t->data + (size_t)r * rs,
-                                 W + r * cols, cols);
         if (progress)
             fprintf(stderr, "\rgptq: %-32s %-7s", t->name, speck_type_name(plan[i].type));
         rc = speck_gptq((speck_type)plan[i].type, W, rows, cols, H[k], 0.01, true, out);

@@ -24,6 +24,10 @@ int speck_gptq(speck_type t, const float *W, int64_t rows, int64_t cols, const d
 int speck_alloc_solve(int n_items, int n_opt, const double *cost, const int64_t *size,
                       int64_t budget, int64_t unit, int *choice);
 
+// Tensor t (any readable type) as a malloc'd (rows, ne[0]) float matrix, or NULL when out of
+// memory.
+float *calib_tensor_f32(const speck_gguf_tensor *t);
+
 // The name of the input a weight reads ("blk.3.attn_in" for q, k and v; "blk.3.ffn_in" for gate
 // and up; the weight's own name otherwise): matrices with one key share a Hessian.
 void calib_input_key(const char *weight, char *key, size_t size);

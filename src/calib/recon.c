@@ -180,17 +180,13 @@ int calib_recon(const speck_gguf *g, const char *path, const speck_quantize_opts
             continue;
         const int64_t cols = t->ne[0], rows = t->n_elements / cols;
         const speck_type qt = (speck_type)plan[i].type;
-        float *W = malloc((size_t)t->n_elements * sizeof *W);
+        float *W = calib_tensor_f32(t);
         void *out = malloc(speck_type_row_size(qt, cols) * (size_t)rows);
         if (!W || !out) {
             free(W), free(out);
             rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
             break;
         }
-        const size_t rs = speck_type_row_size((speck_type)t->type, cols);
-        for (int64_t r = 0; r < rows; r++)
-            speck_dequantize_row((speck_type)t->type, (const uint8_t *)t->data + (size_t)r * rs,
-                                 W + r * cols, cols);
         int64_t ni = 0;
         const float *imp = o->imatrix ? speck_imatrix_get(o->imatrix, t->name, &ni) : NULL;
         rc = speck_quantize(qt, W, out, rows, cols, imp && ni == cols ? imp : NULL);
@@ -235,7 +231,7 @@ int calib_recon(const speck_gguf *g, const char *path, const speck_quantize_opts
             if (strcmp(key, keys[k]) || !strcmp(t->name, "token_embd.weight")) continue;
             const int64_t cols = t->ne[0], rows = t->n_elements / cols;
             const speck_type qt = (speck_type)plan[i].type;
-            float *W = malloc((size_t)t->n_elements * sizeof *W);
+            float *W = calib_tensor_f32(t);
             double *Hc = malloc((size_t)cols * cols * sizeof *Hc);
             void *out = malloc(speck_type_row_size(qt, cols) * (size_t)rows);
             if (!W || !Hc || !out) {
@@ -243,11 +239,6 @@ int calib_recon(const speck_gguf *g, const char *path, const speck_quantize_opts
                 rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
                 break;
             }
-            const size_t rs = speck_type_row_size((speck_type)t->type, cols);
-            for (int64_t r = 0; r < rows; r++)
-                speck_dequantize_row((speck_type)t->type,
-                                     (const uint8_t *)t->data + (size_t)r * rs, W + r * cols,
-                                     cols);
             memcpy(Hc, s.H, (size_t)cols * cols * sizeof *Hc);
             rc = retarget(W, rows, (int)cols, Hc, s.C, M32);
             if (!rc) rc = speck_gptq(qt, W, rows, cols, s.H, 0.01, true, out);
