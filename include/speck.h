@@ -344,6 +344,63 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
                   const uint8_t *mask, const int *out_rows, int n_out, float *logits);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Many sequences in one forward pass: a paged KV cache (src/serve/)                            */
+/* ------------------------------------------------------------------------------------------ */
+
+// A multi-sequence context: a pool of KV blocks of block_size positions each (every layer's keys
+// and values for those positions, f32) shared by up to n_seq sequences. A sequence takes blocks
+// from the pool as it grows and gives them back when freed, so memory follows the tokens actually
+// held, not n_seq times a worst case. A block may belong to several sequences at once (a shared
+// prompt prefix): blocks are reference-counted and return to the pool at zero.
+// One speck_mctx_forward runs the new tokens of any number of sequences together: every matrix
+// is read once per pass for all of them, and each token attends over its own sequence's blocks.
+// A token's results do not depend on what else is in the pass (the matrix products use the
+// few-token kernels, whose outputs are the same for every token count): a request's output is
+// the same whatever it is batched with, and equals speck_forward decoding it one token at a time.
+typedef struct speck_mctx speck_mctx;
+
+// n_blocks blocks of block_size positions (16 or 32 are good: a sequence wastes at most one
+// partly filled block); sequences up to max_len positions (0: the model's training context,
+// capped at 4096); n_seq sequence slots.
+speck_mctx *speck_mctx_new(const speck_model *m, int n_blocks, int block_size, int n_seq,
+                           int max_len);
+void speck_mctx_free(speck_mctx *mc);
+int speck_mctx_block_size(const speck_mctx *mc);
+int speck_mctx_n_blocks(const speck_mctx *mc);
+int speck_mctx_n_free_blocks(const speck_mctx *mc); // blocks with no reference
+int speck_mctx_max_len(const speck_mctx *mc);
+int speck_mctx_n_seq(const speck_mctx *mc);
+// Bytes of the block pool (allocated up front; pages are touched as blocks are first used).
+size_t speck_mctx_kv_bytes(const speck_mctx *mc);
+
+// A free sequence slot (empty sequence), or -1 with SPECK_ERR_RANGE when all are taken.
+int speck_mctx_seq_new(speck_mctx *mc);
+// End a sequence: its blocks lose one reference each (and return to the pool at zero).
+void speck_mctx_seq_free(speck_mctx *mc, int seq);
+// Positions a sequence holds.
+int speck_mctx_seq_len(const speck_mctx *mc, int seq);
+// Drop positions [n, len); blocks no longer needed lose their reference. SPECK_ERR_RANGE when
+// n > len, or when position n falls inside a block other sequences share (it would be written).
+int speck_mctx_seq_truncate(speck_mctx *mc, int seq, int n);
+// The block holding positions [i * block_size, (i + 1) * block_size) of seq.
+int speck_mctx_seq_block(const speck_mctx *mc, int seq, int i);
+// Give an empty sequence the n full blocks `blocks` (each gains a reference) as its first
+// n * block_size positions: a cached prompt prefix. SPECK_ERR_ARG if seq is not empty.
+int speck_mctx_seq_attach(speck_mctx *mc, int seq, const int *blocks, int n);
+// References held by others than sequences (a prefix cache keeping a block alive).
+void speck_mctx_block_ref(speck_mctx *mc, int block);
+void speck_mctx_block_unref(speck_mctx *mc, int block);
+int speck_mctx_block_refs(const speck_mctx *mc, int block);
+
+// One forward pass over n tokens of any sequences. tokens, seq, pos: (n) each; a token's
+// position must be its sequence's length plus the number of its sequence's tokens before it in
+// this pass (each sequence appends in order). out_rows/n_out/logits as for speck_forward.
+// Fails with nothing changed when a sequence would pass max_len, the pool runs out of blocks
+// (SPECK_ERR_NOMEM), or an id or position is wrong.
+int speck_mctx_forward(speck_mctx *mc, int n, const int32_t *tokens, const int32_t *seq,
+                       const int32_t *pos, const int *out_rows, int n_out, float *logits);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Random-weight models with real shapes (`speck init`)                                        */
 /* ------------------------------------------------------------------------------------------ */
 
