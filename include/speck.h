@@ -600,6 +600,75 @@ bool speck_sampler_is_greedy(const speck_sampler *s);
 int32_t speck_argmax(const float *x, int n);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Serving: continuous batching (src/serve/)                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+// A continuous-batching scheduler over a speck_mctx (src/serve/sched.c): requests join and leave
+// between passes; every pass runs one token of each decoding request, then prompt chunks of the
+// others up to a token budget (a long prompt never stalls the running decodes); identical prompt
+// prefixes reuse cached KV blocks (a chained hash per block of block_size tokens, blocks kept
+// alive by the cache and evicted least recently used when the pool runs short); when the pool is
+// still short the newest request is preempted (its blocks freed, its tokens recomputed later,
+// which gives the same numbers). Each request samples with its own settings and seed: since a
+// token's logits do not depend on the batch, its output is the same whatever runs beside it.
+// Not thread-safe: one thread drives it (the server holds a lock around every call).
+typedef struct speck_sched speck_sched;
+
+typedef struct {
+    int n_seq;         // requests decoded together (0: 4)
+    int n_blocks;      // KV blocks in the pool (0: enough for n_seq requests of max_len)
+    int block_size;    // positions per block (0: 16)
+    int max_len;       // positions per request, prompt + output (0: the model's, <= 4096)
+    int max_batch;     // tokens per pass (0: 256)
+    int prefill_chunk; // prompt tokens per request per pass (0: 128)
+    bool no_prefix_cache;
+} speck_sched_params;
+
+typedef enum {
+    SPECK_FINISH_NONE = 0, // a token, more to come
+    SPECK_FINISH_STOP,     // an end-of-generation token (not passed on)
+    SPECK_FINISH_LENGTH,   // max_tokens, or the request's max_len reached
+    SPECK_FINISH_CANCEL,   // speck_sched_cancel / speck_sched_free
+} speck_finish;
+
+// Called from speck_sched_step for every generated token (finish NONE, logprob: its log
+// probability under the model's distribution at temperature 1), and once at the end (token -1
+// and the reason). Returning false ends the request at once (the scheduler calls it no more).
+typedef bool (*speck_sched_cb)(void *user, int32_t token, float logprob, speck_finish finish);
+
+typedef struct {
+    const int32_t *prompt; // (n_prompt), copied
+    int n_prompt;
+    int max_tokens;              // >= 1
+    speck_sampler_params sample; // temperature, top_p, ..., seed
+    speck_sched_cb cb;
+    void *user;
+} speck_request;
+
+typedef struct {
+    int64_t requests, prompt_tokens, cached_tokens, gen_tokens, passes, preempted;
+    int queued, running, blocks_used, blocks_total, blocks_cached;
+} speck_sched_stats;
+
+// vocab decides which tokens end a generation (may be NULL: none do).
+speck_sched *speck_sched_new(const speck_model *m, const speck_vocab *v,
+                             const speck_sched_params *p);
+// Ends every request (callbacks with SPECK_FINISH_CANCEL).
+void speck_sched_free(speck_sched *s);
+int speck_sched_max_len(const speck_sched *s);
+// Queue a request; returns its id (>= 0) or a negative speck_err: SPECK_ERR_RANGE when the prompt
+// leaves no room for a token in max_len, SPECK_ERR_ARG for an empty prompt, bad ids or
+// max_tokens < 1.
+int64_t speck_sched_submit(speck_sched *s, const speck_request *r);
+// End a queued or running request at the next step (callback with SPECK_FINISH_CANCEL); 0, or
+// SPECK_ERR_ARG for an unknown id.
+int speck_sched_cancel(speck_sched *s, int64_t id);
+// Admit what fits, run one pass, deliver its tokens. Returns the tokens the pass ran (0: nothing
+// to do) or a negative speck_err.
+int speck_sched_step(speck_sched *s);
+void speck_sched_get_stats(const speck_sched *s, speck_sched_stats *st);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Hugging Face checkpoints: safetensors + config.json <-> GGUF                                */
 /* ------------------------------------------------------------------------------------------ */
 
