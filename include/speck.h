@@ -641,6 +641,7 @@ typedef struct {
     int n_prompt;
     int max_tokens;              // >= 1
     speck_sampler_params sample; // temperature, top_p, ..., seed
+    bool ignore_eos;             // end-of-generation tokens do not end it (benchmarks)
     speck_sched_cb cb;
     void *user;
 } speck_request;

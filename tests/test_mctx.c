@@ -6,7 +6,7 @@
 // bit-identical (tolerance 0: any difference means a token saw something else than its own
 // sequence, or the batch changed its arithmetic).
 //
-// usage: test_mctx MODEL.gguf
+// usage: test_mctx MODEL.gguf [quick]   (quick, for the sanitizer build: shorter prompts)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,7 +56,10 @@ int main(int argc, char **argv) {
     }
     const int V = speck_model_hparams(m)->n_vocab;
     static job jobs[NS + 1];
-    const int lens[NS + 1] = {3, 17, 33, 50, 70, 16, 40};
+    const bool quick = argc > 2 && !strcmp(argv[2], "quick");
+    const int lens_full[NS + 1] = {3, 17, 33, 50, 70, 16, 40}, lens_quick[NS + 1] = {3, 9, 17,
+                                                                                    34, 20, 16, 36};
+    const int *lens = quick ? lens_quick : lens_full;
     uint64_t r = 12345;
     for (int j = 0; j <= NS; j++) {
         jobs[j].np = lens[j];

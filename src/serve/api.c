@@ -230,6 +230,9 @@ int speck_api_parse(const speck_api_cfg *cfg, speck_api_kind kind, const char *b
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "stream");
     if (st && !cJSON_IsNull(st) && !cJSON_IsBool(st)) FAIL(400, "'stream' must be a boolean");
     r->stream = cJSON_IsTrue(st);
+    const cJSON *ie = cJSON_GetObjectItemCaseSensitive(j, "ignore_eos");
+    if (ie && !cJSON_IsNull(ie) && !cJSON_IsBool(ie)) FAIL(400, "'ignore_eos' must be a boolean");
+    r->ignore_eos = cJSON_IsTrue(ie);
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(j, "stream_options");
     if (so && !cJSON_IsNull(so)) {
         const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");

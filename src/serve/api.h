@@ -30,6 +30,7 @@ typedef struct {
     speck_sampler_params sp;
     bool has_seed;
     bool stream, include_usage;
+    bool ignore_eos; // llama-server's extension: generate max_tokens whatever comes
     int logprobs; // completions: 0..5 (only the sampled token's is given); chat: 0/1
     char *stop[SPECK_API_MAX_STOP];
     int n_stop;

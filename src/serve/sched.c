@@ -14,7 +14,7 @@ typedef struct {
     int seq;       // -1 while queued
     int n_reg;     // blocks registered in (or taken from) the prefix cache
     uint64_t hash; // chain hash of block n_reg - 1
-    bool cancel;
+    bool cancel, ignore_eos;
     speck_sampler *smp;
     speck_sched_cb cb;
     void *user;
@@ -155,6 +155,7 @@ int64_t speck_sched_submit(speck_sched *s, const speck_request *q) {
     memcpy(r->tok, q->prompt, (size_t)q->n_prompt * sizeof(int32_t));
     r->n_prompt = r->n_tok = q->n_prompt;
     r->max_tokens = q->max_tokens;
+    r->ignore_eos = q->ignore_eos;
     r->seq = -1;
     r->cb = q->cb;
     r->user = q->user;
@@ -317,7 +318,7 @@ int speck_sched_step(speck_sched *s) {
         const int32_t t = speck_sampler_sample(r->smp, lg);
         speck_sampler_accept(r->smp, t);
         s->st.gen_tokens++;
-        if (s->v && speck_vocab_is_eog(s->v, t)) {
+        if (s->v && !r->ignore_eos && speck_vocab_is_eog(s->v, t)) {
             finish(s, r, SPECK_FINISH_STOP, true);
             continue;
         }
