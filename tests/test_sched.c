@@ -133,17 +133,17 @@ int main(int argc, char **argv) {
     }
     const int V = speck_model_hparams(m)->n_vocab;
     const bool quick = argc > 2 && !strcmp(argv[2], "quick");
-    if (quick) g_npred = 8, g_shared = 32;
+    if (quick) g_npred = 6, g_shared = 16;
     static req rs[NR];
     uint64_t x = 99;
     for (int i = 0; i < NR; i++) {
-        rs[i].np = quick ? 5 + i * 7 : 5 + i * 15;
+        rs[i].np = quick ? 3 + i * 5 : 5 + i * 15;
         for (int k = 0; k < rs[i].np; k++) {
             x = x * 6364136223846793005ull + 1442695040888963407ull;
             rs[i].prompt[k] = (int32_t)((x >> 33) % (uint64_t)V);
         }
     }
-    // Requests 6.. share a 64-token (quick: 32) "system prompt" with request 5.
+    // Requests 6.. share a 64-token (quick: 16) "system prompt" with request 5.
     for (int i = 6; i < NR; i++) memcpy(rs[i].prompt, rs[5].prompt, (size_t)g_shared * 4);
     for (int i = 0; i < NR; i++) reference(m, &rs[i], V);
 
@@ -153,8 +153,8 @@ int main(int argc, char **argv) {
     p.no_prefix_cache = true;
     greedy_run(m, rs, &p, "no prefix cache, one cancelled", 3);
     p.no_prefix_cache = false;
-    // 224 positions (quick: 96) for 4 requests of up to 126 (quick: 62): eviction, preemption.
-    p.n_blocks = quick ? 6 : 14;
+    // 224 positions (quick: 64) for 4 requests of up to 126 (quick: 44): eviction, preemption.
+    p.n_blocks = quick ? 4 : 14;
     greedy_run(m, rs, &p, "small pool", 7);
 
     // Sampling: request 2 alone, then beside others with other seeds and settings.
