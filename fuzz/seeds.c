@@ -336,6 +336,34 @@ static void train_data(void) {
     }
 }
 
+// Request bodies of the server's API (selector byte: 0 completion, 1 chat, 2 tokenize,
+// 3 detokenize, 4 stop scan).
+static void serve_api(void) {
+    static const struct {
+        uint8_t sel;
+        const char *body;
+    } B[] = {
+        {0, "{\"model\":\"m\",\"prompt\":\"def f(x):\",\"max_tokens\":8,\"temperature\":0.7,"
+            "\"top_p\":0.9,\"seed\":3,\"stop\":[\"\\n\\n\",\"return\"],\"logprobs\":1}"},
+        {0, "{\"prompt\":[1,2,3],\"stream\":true,\"stream_options\":{\"include_usage\":true}}"},
+        {0, "{\"prompt\":\"a\",\"max_tokens\":-1}"},
+        {1, "{\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},{\"role\":\"user\","
+            "\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}],\"max_completion_tokens\":4,"
+            "\"logprobs\":true,\"stream\":true}"},
+        {1, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"response_format\":"
+            "{\"type\":\"json_object\"}}"},
+        {2, "{\"content\":\"hello world\",\"add_special\":true}"},
+        {3, "{\"tokens\":[1,2,3,40]}"},
+    };
+    for (size_t i = 0; i < sizeof B / sizeof B[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "body-%zu", i);
+        seed("serve_api", name, &B[i].sel, 1, B[i].body, strlen(B[i].body));
+    }
+    const char *stop[] = {"hello wor", "ld", "xyz", "\n\n"};
+    seed_fields("serve_api", "stop-0", 4, stop, 4);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
@@ -353,6 +381,7 @@ int main(int argc, char **argv) {
     tokenize_texts();
     chats();
     train_data();
+    serve_api();
     printf("fuzz_seeds: %d seeds in %s\n", g_count, g_out);
     return 0;
 }

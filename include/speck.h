@@ -344,6 +344,63 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
                   const uint8_t *mask, const int *out_rows, int n_out, float *logits);
 
 /* ------------------------------------------------------------------------------------------ */
+/* Many sequences in one forward pass: a paged KV cache (src/serve/)                            */
+/* ------------------------------------------------------------------------------------------ */
+
+// A multi-sequence context: a pool of KV blocks of block_size positions each (every layer's keys
+// and values for those positions, f32) shared by up to n_seq sequences. A sequence takes blocks
+// from the pool as it grows and gives them back when freed, so memory follows the tokens actually
+// held, not n_seq times a worst case. A block may belong to several sequences at once (a shared
+// prompt prefix): blocks are reference-counted and return to the pool at zero.
+// One speck_mctx_forward runs the new tokens of any number of sequences together: every matrix
+// is read once per pass for all of them, and each token attends over its own sequence's blocks.
+// A token's results do not depend on what else is in the pass (the matrix products use the
+// few-token kernels, whose outputs are the same for every token count): a request's output is
+// the same whatever it is batched with, and equals speck_forward decoding it one token at a time.
+typedef struct speck_mctx speck_mctx;
+
+// n_blocks blocks of block_size positions (16 or 32 are good: a sequence wastes at most one
+// partly filled block); sequences up to max_len positions (0: the model's training context,
+// capped at 4096); n_seq sequence slots.
+speck_mctx *speck_mctx_new(const speck_model *m, int n_blocks, int block_size, int n_seq,
+                           int max_len);
+void speck_mctx_free(speck_mctx *mc);
+int speck_mctx_block_size(const speck_mctx *mc);
+int speck_mctx_n_blocks(const speck_mctx *mc);
+int speck_mctx_n_free_blocks(const speck_mctx *mc); // blocks with no reference
+int speck_mctx_max_len(const speck_mctx *mc);
+int speck_mctx_n_seq(const speck_mctx *mc);
+// Bytes of the block pool (allocated up front; pages are touched as blocks are first used).
+size_t speck_mctx_kv_bytes(const speck_mctx *mc);
+
+// A free sequence slot (empty sequence), or -1 with SPECK_ERR_RANGE when all are taken.
+int speck_mctx_seq_new(speck_mctx *mc);
+// End a sequence: its blocks lose one reference each (and return to the pool at zero).
+void speck_mctx_seq_free(speck_mctx *mc, int seq);
+// Positions a sequence holds.
+int speck_mctx_seq_len(const speck_mctx *mc, int seq);
+// Drop positions [n, len); blocks no longer needed lose their reference. SPECK_ERR_RANGE when
+// n > len, or when position n falls inside a block other sequences share (it would be written).
+int speck_mctx_seq_truncate(speck_mctx *mc, int seq, int n);
+// The block holding positions [i * block_size, (i + 1) * block_size) of seq.
+int speck_mctx_seq_block(const speck_mctx *mc, int seq, int i);
+// Give an empty sequence the n full blocks `blocks` (each gains a reference) as its first
+// n * block_size positions: a cached prompt prefix. SPECK_ERR_ARG if seq is not empty.
+int speck_mctx_seq_attach(speck_mctx *mc, int seq, const int *blocks, int n);
+// References held by others than sequences (a prefix cache keeping a block alive).
+void speck_mctx_block_ref(speck_mctx *mc, int block);
+void speck_mctx_block_unref(speck_mctx *mc, int block);
+int speck_mctx_block_refs(const speck_mctx *mc, int block);
+
+// One forward pass over n tokens of any sequences. tokens, seq, pos: (n) each; a token's
+// position must be its sequence's length plus the number of its sequence's tokens before it in
+// this pass (each sequence appends in order). out_rows/n_out/logits as for speck_forward.
+// Fails with nothing changed when a sequence would pass max_len, the pool runs out of blocks
+// (SPECK_ERR_NOMEM), or an id or position is wrong.
+int speck_mctx_forward(speck_mctx *mc, int n, const int32_t *tokens, const int32_t *seq,
+                       const int32_t *pos, const int *out_rows, int n_out, float *logits);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Random-weight models with real shapes (`speck init`)                                        */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -541,6 +598,76 @@ bool speck_sampler_is_greedy(const speck_sampler *s);
 
 // Index of the largest value (first on ties).
 int32_t speck_argmax(const float *x, int n);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Serving: continuous batching (src/serve/)                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+// A continuous-batching scheduler over a speck_mctx (src/serve/sched.c): requests join and leave
+// between passes; every pass runs one token of each decoding request, then prompt chunks of the
+// others up to a token budget (a long prompt never stalls the running decodes); identical prompt
+// prefixes reuse cached KV blocks (a chained hash per block of block_size tokens, blocks kept
+// alive by the cache and evicted least recently used when the pool runs short); when the pool is
+// still short the newest request is preempted (its blocks freed, its tokens recomputed later,
+// which gives the same numbers). Each request samples with its own settings and seed: since a
+// token's logits do not depend on the batch, its output is the same whatever runs beside it.
+// Not thread-safe: one thread drives it (the server holds a lock around every call).
+typedef struct speck_sched speck_sched;
+
+typedef struct {
+    int n_seq;         // requests decoded together (0: 4)
+    int n_blocks;      // KV blocks in the pool (0: enough for n_seq requests of max_len)
+    int block_size;    // positions per block (0: 16)
+    int max_len;       // positions per request, prompt + output (0: the model's, <= 4096)
+    int max_batch;     // tokens per pass (0: 256)
+    int prefill_chunk; // prompt tokens per request per pass (0: 128)
+    bool no_prefix_cache;
+} speck_sched_params;
+
+typedef enum {
+    SPECK_FINISH_NONE = 0, // a token, more to come
+    SPECK_FINISH_STOP,     // an end-of-generation token (not passed on)
+    SPECK_FINISH_LENGTH,   // max_tokens, or the request's max_len reached
+    SPECK_FINISH_CANCEL,   // speck_sched_cancel / speck_sched_free
+} speck_finish;
+
+// Called from speck_sched_step for every generated token (finish NONE, logprob: its log
+// probability under the model's distribution at temperature 1), and once at the end (token -1
+// and the reason). Returning false ends the request at once (the scheduler calls it no more).
+typedef bool (*speck_sched_cb)(void *user, int32_t token, float logprob, speck_finish finish);
+
+typedef struct {
+    const int32_t *prompt; // (n_prompt), copied
+    int n_prompt;
+    int max_tokens;              // >= 1
+    speck_sampler_params sample; // temperature, top_p, ..., seed
+    bool ignore_eos;             // end-of-generation tokens do not end it (benchmarks)
+    speck_sched_cb cb;
+    void *user;
+} speck_request;
+
+typedef struct {
+    int64_t requests, prompt_tokens, cached_tokens, gen_tokens, passes, preempted;
+    int queued, running, blocks_used, blocks_total, blocks_cached;
+} speck_sched_stats;
+
+// vocab decides which tokens end a generation (may be NULL: none do).
+speck_sched *speck_sched_new(const speck_model *m, const speck_vocab *v,
+                             const speck_sched_params *p);
+// Ends every request (callbacks with SPECK_FINISH_CANCEL).
+void speck_sched_free(speck_sched *s);
+int speck_sched_max_len(const speck_sched *s);
+// Queue a request; returns its id (>= 0) or a negative speck_err: SPECK_ERR_RANGE when the prompt
+// leaves no room for a token in max_len, SPECK_ERR_ARG for an empty prompt, bad ids or
+// max_tokens < 1.
+int64_t speck_sched_submit(speck_sched *s, const speck_request *r);
+// End a queued or running request at the next step (callback with SPECK_FINISH_CANCEL); 0, or
+// SPECK_ERR_ARG for an unknown id.
+int speck_sched_cancel(speck_sched *s, int64_t id);
+// Admit what fits, run one pass, deliver its tokens. Returns the tokens the pass ran (0: nothing
+// to do) or a negative speck_err.
+int speck_sched_step(speck_sched *s);
+void speck_sched_get_stats(const speck_sched *s, speck_sched_stats *st);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Hugging Face checkpoints: safetensors + config.json <-> GGUF                                */

@@ -12,7 +12,9 @@
 # input to fuzz/regressions/T/: ctest replays it in every build from then on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(gguf model safetensors hf_config tokenizer_json spm bpe chat train_data tokenizer_train imatrix)
+# Every target fuzz/CMakeLists.txt builds (its list has one name per indented line).
+mapfile -t all < <(sed -n '/^set(SPECK_FUZZ_TARGETS$/,/)$/{/^ /{s/[ )]//g;p}}' fuzz/CMakeLists.txt)
+((${#all[@]})) || { echo "fuzz.sh: no targets found in fuzz/CMakeLists.txt" >&2; exit 1; }
 secs=${1:-60}
 (($# > 0)) && shift
 targets=("$@")

@@ -26,6 +26,7 @@ int cmd_export(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_grow(int argc, char **argv);
 int cmd_imatrix(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 // Option matching: if argv[*i] is `name` (or `alias`) followed by a value, or `name=value`,
 // store the value, advance *i and return true. Exits with a message when the value is missing.

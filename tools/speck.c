@@ -17,6 +17,7 @@ static void usage(FILE *f) {
             "commands:\n"
             "  generate   generate text from a prompt (default model when -m is omitted)\n"
             "  chat       interactive multi-turn chat using the model's chat template\n"
+            "  serve      OpenAI-compatible HTTP server with continuous batching (docs/serving.md)\n"
             "  bench      prefill/decode speed, median of runs, against the memory roofline\n"
             "  bench-decode  plain vs accelerated decoding strategies on a prompt set\n"
             "  info       print a GGUF file's metadata and tensor table\n"
@@ -64,7 +65,8 @@ int main(int argc, char **argv) {
                 {"export", cmd_export},     {"quantize", cmd_quantize},
                 {"imatrix", cmd_imatrix},
                 {"train", cmd_train},       {"tokenizer-train", cmd_tokenizer_train},
-                {"eval", cmd_eval},         {"grow", cmd_grow}};
+                {"eval", cmd_eval},         {"grow", cmd_grow},
+                {"serve", cmd_serve}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "speck: unknown command '%s'\n\n", cmd);

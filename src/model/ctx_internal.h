@@ -74,4 +74,19 @@ static inline int swa_held_from(const speck_ctx *c, int n_total) {
     return lo > c->swa_lo ? lo : c->swa_lo;
 }
 
+// The forward pass's per-row operations (llama.c), shared with the multi-sequence forward
+// (src/serve/forward_batch.c) so a token's arithmetic is the same on both.
+// out (dim) = x / rms(x) * w
+void speck_op_rmsnorm_row(float *out, const float *x, const float *w, int dim, float eps);
+// Rotate every head of x (n, n_heads * hd) in place, each RMS-normalised first by norm (hd) when
+// norm is not NULL; cs, sn: (n, hd / 2).
+void speck_op_rope(float *x, const float *cs, const float *sn, int n, int n_heads, int hd,
+                   speck_rope_type type, const float *norm, float eps);
+// cs, sn: (n, hd / 2) for positions pos (n), times mscale.
+void speck_op_rope_tables(float *cs, float *sn, const int32_t *pos, int n, int hd,
+                          const float *freq, float mscale);
+void speck_op_softcap_row(float *s, size_t n, float c); // s -> c tanh(s / c)
+void speck_op_ffn_act(speck_act act, float *g, const float *u, size_t n); // g = act(g) * u
+void speck_op_add(float *x, const float *y, size_t n);                     // x += y
+
 #endif

@@ -836,3 +836,26 @@ static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_
     if (c->swa_cap) c->swa_lo = swa_held_from(c, c->n_past);
     return 0;
 }
+
+// The per-row operations of the passes above, for the multi-sequence forward (src/serve/), so
+// that its tokens get the same arithmetic as a single-sequence pass.
+void speck_op_rmsnorm_row(float *out, const float *x, const float *w, int dim, float eps) {
+    rmsnorm_row(out, x, w, dim, eps);
+}
+void speck_op_rope(float *x, const float *cs, const float *sn, int n, int n_heads, int hd,
+                   speck_rope_type type, const float *norm, float eps) {
+    rope(x, cs, sn, n, n_heads, hd, type, norm, eps);
+}
+void speck_op_rope_tables(float *cs, float *sn, const int32_t *pos, int n, int hd,
+                          const float *freq, float mscale) {
+    rope_tables(cs, sn, pos, 0, n, hd, freq, mscale);
+}
+void speck_op_softcap_row(float *s, size_t n, float c) {
+    softcap_row(s, n, c);
+}
+void speck_op_ffn_act(speck_act act, float *g, const float *u, size_t n) {
+    ffn_act(act, g, u, n);
+}
+void speck_op_add(float *x, const float *y, size_t n) {
+    add_inplace(x, y, n);
+}

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Load test of an OpenAI-compatible server (speck serve, or llama-server on the same file):
+N concurrent clients, each sending streamed /v1/completions requests back to back for a fixed
+time; reports aggregate generated tokens/s, time to first token p50/p99, inter-token latency
+p50/p99 and errors per concurrency level. Loopback only, bounded in time.
+
+usage: bench/serve_load.py [--speck build/speck] [--llama-server PATH] -m MODEL.gguf
+                           [--clients 1,4,16] [--seconds 20] [--max-tokens 64] [--prompt-tokens N]
+                           [--cached-prefix]   (TTFT of a long prompt whose prefix is cached)
+Each server is started with --parallel equal to the largest client count (-np for llama-server)
+and stopped afterwards; the table is printed as Markdown.
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def pct(v, q):
+    if not v:
+        return float("nan")
+    v = sorted(v)
+    return v[min(len(v) - 1, int(q * (len(v) - 1) + 0.5))]
+
+
+def start(cmd, pattern, port):
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    p = subprocess.Popen(cmd, stdout=log, stderr=log)
+    for _ in range(1200):
+        time.sleep(0.1)
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return p, log.name
+        except OSError:
+            pass
+        if p.poll() is not None:
+            break
+    p.kill()
+    sys.exit("server did not start: " + open(log.name).read()[-2000:])
+
+
+def one_request(port, prompt, max_tokens, stats):
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                       "stream": True, "ignore_eos": True, "cache_prompt": True,
+                       "n_predict": max_tokens,
+                       "stream_options": {"include_usage": True}}).encode()
+    t0 = time.perf_counter()
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        r = c.getresponse()
+        if r.status != 200:
+            r.read()
+            stats["errors"] += 1
+            return
+        times, buf, used = [], b"", 0
+        while True:
+            chunk = r.read1(65536) if hasattr(r, "read1") else r.read(1)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                if not ev.startswith(b"data: ") or ev == b"data: [DONE]":
+                    continue
+                d = json.loads(ev[6:])
+                if d.get("usage"):
+                    used = d["usage"].get("completion_tokens", 0)
+                if d.get("choices") and d["choices"][0].get("text"):
+                    times.append(time.perf_counter())
+        c.close()
+    except (OSError, ValueError):
+        stats["errors"] += 1
+        return
+    if not times:
+        stats["errors"] += 1
+        return
+    stats["ttft"].append(times[0] - t0)
+    stats["itl"].extend(b - a for a, b in zip(times, times[1:]))
+    stats["chunks"] += used or len(times)  # tokens (the usage chunk), else text chunks
+
+
+def level(port, n, seconds, prompt_of, max_tokens):
+    stats = {"ttft": [], "itl": [], "chunks": 0, "errors": 0, "tokens": 0}
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client(k):
+        i = 0
+        while time.perf_counter() < stop:
+            local = {"ttft": [], "itl": [], "chunks": 0, "errors": 0}
+            one_request(port, prompt_of(k, i), max_tokens, local)
+            with lock:
+                for key in ("ttft", "itl"):
+                    stats[key] += local[key]
+                stats["chunks"] += local["chunks"]
+                stats["errors"] += local["errors"]
+            i += 1
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(n)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    wall = time.perf_counter() - t0
+    return stats, wall
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--speck", default="build/speck")
+    ap.add_argument("--llama-server", default="/tmp/llama.cpp/build/bin/llama-server")
+    ap.add_argument("-m", "--model", default="models/default.gguf")
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--ctx", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    levels = [int(x) for x in args.clients.split(",")]
+    np_ = max(levels)
+    servers = [("speck", [args.speck, "serve", "-m", args.model, "--port", "18431",
+                          "--parallel", str(np_), "--queue", "1024"]
+                + (["--ctx", str(args.ctx)] if args.ctx else [])
+                + (["-t", str(args.threads)] if args.threads else []), 18431)]
+    if os.path.exists(args.llama_server):
+        servers.append(("llama-server", [args.llama_server, "-m", args.model, "--port", "18432",
+                                         "-np", str(np_), "-c", str((args.ctx or 256) * np_)]
+                        + (["-t", str(args.threads)] if args.threads else []), 18432))
+    else:
+        print("(no llama-server at %s: speck only)" % args.llama_server)
+
+    def prompt_of(k, i):  # distinct short prompts (no prefix sharing between clients)
+        return "# client %d request %d\ndef f_%d_%d(x):\n" % (k, i, k, i)
+    print("| server | clients | requests | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms "
+          "| ITL p99 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, cmd, port in servers:
+        p, log = start(cmd, None, port)
+        try:
+            for n in levels:
+                st, wall = level(port, n, args.seconds, prompt_of, args.max_tokens)
+                print("| %s | %d | %d | %.1f | %.0f | %.0f | %.1f | %.1f | %d |" % (
+                    name, n, len(st["ttft"]), st["chunks"] / wall, 1e3 * pct(st["ttft"], 0.5),
+                    1e3 * pct(st["ttft"], 0.99), 1e3 * pct(st["itl"], 0.5),
+                    1e3 * pct(st["itl"], 0.99), st["errors"]), flush=True)
+        finally:
+            p.terminate()
+            p.wait()
+            os.unlink(log)
+
+
+if __name__ == "__main__":
+    main()
