@@ -12,7 +12,7 @@
 # input to fuzz/regressions/T/: ctest replays it in every build from then on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-all=(gguf model safetensors hf_config tokenizer_json spm bpe chat train_data tokenizer_train)
+all=(gguf model safetensors hf_config tokenizer_json spm bpe chat train_data tokenizer_train adapter)
 secs=${1:-60}
 (($# > 0)) && shift
 targets=("$@")
