@@ -17,25 +17,29 @@ struct speck_lora_run {
     float *scales;
 };
 
-// Σ in 16 float lanes combined in a fixed order (vectorises; the same value from every clone).
-static inline float dot16(const float *x, const float *y, int64_t n) {
-    float acc[16] = {0};
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int k = 0; k < 16; k++) acc[k] += x[j + k] * y[j + k];
-    for (; j < n; j++) acc[j % 16] += x[j] * y[j];
-    for (int k = 0; k < 8; k++) acc[k] += acc[k + 8];
-    for (int k = 0; k < 4; k++) acc[k] += acc[k + 4];
-    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
-}
-
-// t: (n, rank) = x: (n, n_in) · aᵀ
+// t: (n, rank) = x: (n, n_in) · A (at: (n_in, rank)): 16 ranks at a time held in one vector,
+// one multiply-add per input value, no reductions.
 SPECK_MULTIVERSION
 void speck_lora_w_xa(const speck_lora_w *w, const float *x, int n, float *t) {
-    for (int i = 0; i < n; i++)
-        for (int k = 0; k < w->rank; k++)
-            t[(size_t)i * w->rank + k] = dot16(x + (size_t)i * w->n_in, w->a + (size_t)k * w->n_in,
-                                               w->n_in);
+    const int r = w->rank;
+    for (int i = 0; i < n; i++) {
+        float *ti = t + (size_t)i * r;
+        const float *xi = x + (size_t)i * w->n_in;
+        int k0 = 0;
+        for (; k0 + 16 <= r; k0 += 16) {
+            float acc[16] = {0};
+            for (int64_t j = 0; j < w->n_in; j++) {
+                const float c = xi[j], *a = w->at + (size_t)j * r + k0;
+                for (int k = 0; k < 16; k++) acc[k] += c * a[k];
+            }
+            memcpy(ti + k0, acc, sizeof acc);
+        }
+        for (int k = k0; k < r; k++) {
+            float acc = 0.0f;
+            for (int64_t j = 0; j < w->n_in; j++) acc += xi[j] * w->at[(size_t)j * r + k];
+            ti[k] = acc;
+        }
+    }
 }
 
 // y[i][o0..o1) += Σ_k t[i][k] · bt[k][o0..o1)
@@ -131,20 +135,22 @@ static int build(speck_model *m, speck_lora **src, float *scales, int n) {
                 return speck_set_error(SPECK_ERR_NOMEM, "LoRA: out of memory");
             }
             r->bufs[l * SPECK_LORA_N_TARGETS + t] = buf;
-            float *a = buf, *bt = buf + (size_t)w->rank * w->n_in;
+            float *at = buf, *bt = buf + (size_t)w->rank * w->n_in;
             int k0 = 0;
             for (int i = 0; i < n; i++) {
                 if (l >= src[i]->n_layer) continue;
                 const speck_lora_mat *mt = &src[i]->m[l * SPECK_LORA_N_TARGETS + t];
                 if (!mt->rank) continue;
                 const float s = speck_lora_scale(src[i], mt, scales[i]);
-                memcpy(a + (size_t)k0 * w->n_in, mt->a, (size_t)mt->rank * w->n_in * sizeof(float));
+                for (int k = 0; k < mt->rank; k++)
+                    for (int64_t j = 0; j < w->n_in; j++)
+                        at[(size_t)j * w->rank + k0 + k] = mt->a[(size_t)k * w->n_in + j];
                 for (int k = 0; k < mt->rank; k++)
                     for (int64_t o = 0; o < w->n_out; o++)
                         bt[(size_t)(k0 + k) * w->n_out + o] = s * mt->b[(size_t)o * mt->rank + k];
                 k0 += mt->rank;
             }
-            w->a = a, w->bt = bt;
+            w->at = at, w->bt = bt;
             if (w->rank > maxr[t]) maxr[t] = w->rank;
         }
     int slot = 0;

@@ -20,13 +20,13 @@ typedef struct {
 } speck_weight;
 
 // The attached adapters' term on one matrix, all adapters concatenated along the rank:
-// y += (x·Aᵀ)·Bt with a: (rank, n_in) and bt: (rank, n_out), B transposed with each adapter's
-// scale folded in. target: which of a layer's matrices (speck_lora_target); slot: where its
+// y += (x·Aᵀ)·Bt with at = Aᵀ: (n_in, rank) and bt: (rank, n_out), B transposed with each
+// adapter's scale folded in (both transposed so that every inner loop is a vector update). target: which of a layer's matrices (speck_lora_target); slot: where its
 // x·Aᵀ rows go in a thread's scratch (n tokens x speck_model.lora_rsum floats, target-major).
 struct speck_lora_w {
     int rank, target, slot;
     int64_t n_in, n_out;
-    const float *a, *bt;
+    const float *at, *bt;
 };
 // x·Aᵀ -> t: (n, rank); then y[i][o0..o1) += t[i]·Bt[:, o0..o1) for the n rows of y (ldy apart).
 void speck_lora_w_xa(const speck_lora_w *w, const float *x, int n, float *t);
