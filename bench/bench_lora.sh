@@ -15,7 +15,7 @@ for round in 1 2; do
     out=$("$BUILD/bench_lora" "$MODEL" "$th" 16 64 15 8 256 4)
     echo "$out" | grep -v RESULT
     s=$(echo "$out" | awk '/^RESULT finetune/ {split($3, a, "="); print a[2]}')
-    t=$(/usr/bin/python3 "$here/bench_lora_torch.py" "$th" 16 | tee /dev/stderr |
+    t=$(/usr/bin/python3 "$here/bench_lora_torch.py" "$th" 16 | tee -a /dev/stderr |
         awk '/^RESULT/ {split($3, a, "="); print a[2]}')
     best_s=$(awk -v a="$best_s" -v b="$s" 'BEGIN {print (b > a ? b : a)}')
     best_t=$(awk -v a="$best_t" -v b="$t" 'BEGIN {print (b > a ? b : a)}')
