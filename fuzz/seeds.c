@@ -364,6 +364,43 @@ static void serve_api(void) {
     seed_fields("serve_api", "stop-0", 4, stop, 4);
 }
 
+// Fine-tuning data lines, a LoRA adapter of the micro model and its PEFT directory.
+static void adapters(void) {
+    static const char jl[] =
+        "{\"text\": \"def f(x):\\n    return x\\n\"}\n"
+        "{\"prompt\": \"def add(a, b):\\n\", \"completion\": \"    return a + b\\n\"}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": "
+        "\"assistant\", \"content\": \"hello\"}]}\n";
+    uint8_t pick = 0;
+    seed("adapter", "jsonl", &pick, 1, jl, strlen(jl));
+    seed("adapter", "text", &pick, 1, "print('hello')\n", 15);
+    char *mp = fuzz_path(fuzz_scratch(), "lora-base.gguf");
+    char *ap = fuzz_path(fuzz_scratch(), "lora.gguf"), *dir = fuzz_path(fuzz_scratch(), "lora-peft");
+    fuzz_model_spec spec = {"llama", SPECK_TYPE_F32, false, FUZZ_VOCAB_BPE, NULL, false, false};
+    speck_model *m = fuzz_micro_model(mp, &spec, 3) ? NULL : speck_model_load(mp);
+    unsigned targets;
+    speck_lora *a = NULL;
+    if (!m || speck_lora_parse_targets("q,k,v,o,gate,up,down", &targets) ||
+        !(a = speck_lora_new(m, 2, 4.0f, targets, 1)) || speck_lora_save(a, ap) ||
+        speck_lora_export_peft(a, m, dir))
+        die("adapter seeds");
+    seed_file("adapter", "lora", 1, true, ap);
+    size_t nc, ns;
+    char *c1 = fuzz_path(dir, "adapter_config.json"), *c2 = fuzz_path(dir, "adapter_model.safetensors");
+    uint8_t *cfg = fuzz_read(c1, &nc), *st = fuzz_read(c2, &ns);
+    uint8_t *both = malloc(nc + 1 + ns);
+    if (!cfg || !st || !both) die("peft seed");
+    memcpy(both, cfg, nc);
+    both[nc] = 0;
+    memcpy(both + nc + 1, st, ns);
+    pick = 2;
+    seed("adapter", "peft", &pick, 1, both, nc + 1 + ns);
+    unlink(c1), unlink(c2), rmdir(dir), unlink(mp);
+    free(both), free(cfg), free(st), free(c1), free(c2), free(mp), free(ap), free(dir);
+    speck_lora_free(a);
+    speck_model_free(m);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
@@ -382,6 +419,7 @@ int main(int argc, char **argv) {
     chats();
     train_data();
     serve_api();
+    adapters();
     printf("fuzz_seeds: %d seeds in %s\n", g_count, g_out);
     return 0;
 }

@@ -60,7 +60,11 @@ extern unsigned cli_load_flags;
 // exits with status 2 on another value. True if argv[*i] was the option.
 extern speck_type cli_kv_type;
 bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i);
+// With --lora options given (cli_lora_opt), the adapters are attached, unmerged.
 speck_model *cli_load_model(const char *path);
+// --lora FILE[:SCALE] (repeatable, default scale 1): adapters cli_load_model attaches. True if
+// argv[*i] was one.
+bool cli_lora_opt(const char *cmd, int argc, char **argv, int *i);
 // Model shape flags (--n-embd, --n-layer, --n-head, --n-head-kv, --n-ff): the value goes into
 // the preset's field. True if argv[*i] was one; exits with status 2 on a bad number.
 bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset *p);
@@ -69,5 +73,19 @@ bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset 
 // count with *ids malloc'd, or -1 after printing "speck CMD: ..." (fewer than 2 tokens is an error).
 int64_t cli_tokenize_file(const char *cmd, const char *vocab_path, const char *text, bool add_special,
                           int32_t **ids);
+
+// Training runs (speck train, speck finetune):
+// OUT with its .gguf suffix replaced by ext (malloc'd; exits on no memory).
+char *cli_derived_path(const char *out, const char *ext);
+// The loss-curve CSV, keeping the rows of steps < keep (a resumed run rewrites what came after
+// its checkpoint); NULL if it cannot be written.
+FILE *cli_open_csv(const char *path, int64_t keep);
+// Plot the CSV's train and validation loss into png with gnuplot; -1 (with a message) on failure.
+int cli_plot(const char *csv, const char *png);
+// "1h02m" / "3m05s" / "?".
+void cli_fmt_time(double s, char *buf, size_t n);
+int cmd_finetune(int argc, char **argv);
+int cmd_adapter(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 #endif

@@ -136,11 +136,55 @@ const char *cli_model_path(const char *cmd, const char *path) {
     return path;
 }
 
+#define CLI_MAX_LORA 16
+static const char *g_lora_path[CLI_MAX_LORA];
+static float g_lora_scale[CLI_MAX_LORA];
+static int g_n_lora;
+
+bool cli_lora_opt(const char *cmd, int argc, char **argv, int *i) {
+    const char *v;
+    if (!cli_opt(argc, argv, i, "--lora", NULL, &v)) return false;
+    if (g_n_lora == CLI_MAX_LORA) {
+        fprintf(stderr, "speck %s: --lora: at most %d adapters\n", cmd, CLI_MAX_LORA);
+        exit(2);
+    }
+    // FILE or FILE:SCALE (a path may hold ':' itself: only a number after the last one is a scale)
+    float scale = 1.0f;
+    const char *colon = strrchr(v, ':');
+    size_t n = strlen(v);
+    if (colon && colon[1]) {
+        char *end;
+        double d = strtod(colon + 1, &end);
+        if (*end == 0) scale = (float)d, n = (size_t)(colon - v);
+    }
+    char *p = strndup(v, n);
+    if (!p) exit(1);
+    g_lora_path[g_n_lora] = p;
+    g_lora_scale[g_n_lora++] = scale;
+    return true;
+}
+
 speck_model *cli_load_model(const char *path) {
     // A directory is a Hugging Face checkpoint: converted on the fly (speck_model_load_hf).
     struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return speck_model_load_hf(path);
-    return speck_model_load_ex(path, cli_load_flags);
+    speck_model *m = stat(path, &st) == 0 && S_ISDIR(st.st_mode)
+                         ? speck_model_load_hf(path)
+                         : speck_model_load_ex(path, cli_load_flags);
+    for (int i = 0; m && i < g_n_lora; i++) {
+        speck_lora *a = speck_lora_load(g_lora_path[i]);
+        int err = a ? speck_model_lora_add(m, a, g_lora_scale[i]) : -1;
+        if (err && a) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", speck_last_error());
+            speck_set_error(SPECK_ERR_ARG, "--lora %s: %s", g_lora_path[i], msg);
+        }
+        speck_lora_free(a);
+        if (err) {
+            speck_model_free(m);
+            return NULL;
+        }
+    }
+    return m;
 }
 
 bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp) {
@@ -163,7 +207,7 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
         speck_set_threads((int)cli_int(cmd, "--threads", v, 1, 4096));
     else if (cli_flag(argv[*i], "--hugepages", NULL))
         cli_load_flags |= SPECK_LOAD_HUGEPAGES;
-    else if (cli_kv_opt(cmd, argc, argv, i))
+    else if (cli_kv_opt(cmd, argc, argv, i) || cli_lora_opt(cmd, argc, argv, i))
         return true;
     else
         return false;
@@ -255,4 +299,73 @@ int64_t cli_tokenize_file(const char *cmd, const char *vocab_path, const char *t
         *ids = NULL;
     }
     return n;
+}
+
+/* ---- training runs (speck train, speck finetune) ---- */
+
+char *cli_derived_path(const char *out, const char *ext) {
+    size_t n = strlen(out);
+    const char *dot = n > 5 && !strcmp(out + n - 5, ".gguf") ? out + n - 5 : out + n;
+    char *s = malloc((size_t)(dot - out) + strlen(ext) + 1);
+    if (!s) exit(1);
+    memcpy(s, out, (size_t)(dot - out));
+    strcpy(s + (dot - out), ext);
+    return s;
+}
+
+// Keep the CSV rows of steps < keep (a resumed run rewrites what came after its checkpoint).
+FILE *cli_open_csv(const char *path, int64_t keep) {
+    FILE *in = keep > 0 ? fopen(path, "r") : NULL;
+    char *kept = NULL;
+    size_t kn = 0;
+    if (in) {
+        FILE *m = open_memstream(&kept, &kn);
+        char line[512];
+        while (fgets(line, sizeof line, in))
+            if (!strncmp(line, "step,", 5) || atoll(line) < keep) fputs(line, m);
+        fclose(m);
+        fclose(in);
+    }
+    FILE *f = fopen(path, "w");
+    if (!f) return NULL;
+    if (kept && kn)
+        fwrite(kept, 1, kn, f);
+    else
+        fprintf(f, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
+    free(kept);
+    fflush(f);
+    return f;
+}
+
+int cli_plot(const char *csv, const char *png) {
+    char *gp = cli_derived_path(png, ".gp");
+    FILE *f = fopen(gp, "w");
+    if (!f) return -1;
+    fprintf(f,
+            "set terminal png size 900,540\nset output '%s'\nset datafile separator ','\n"
+            "set key autotitle columnhead\nset xlabel 'step'\nset ylabel 'loss (nats/token)'\n"
+            "set grid\nplot '%s' using 1:2 with lines title 'train', "
+            "'' using 1:($3 == $3 ? $3 : 1/0) with linespoints title 'validation'\n",
+            png, csv);
+    fclose(f);
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>&1", gp);
+    int rc = system(cmd);
+    unlink(gp);
+    free(gp);
+    if (rc != 0) {
+        fprintf(stderr, "speck: --plot: gnuplot failed or is not installed "
+                        "(apt-get install gnuplot-nox)\n");
+        return -1;
+    }
+    return 0;
+}
+
+void cli_fmt_time(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e7)
+        snprintf(buf, n, "?");
+    else if (s >= 3600)
+        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+    else
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
 }

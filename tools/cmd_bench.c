@@ -82,7 +82,8 @@ static double bw_probe_run(const bw_probe *p, int passes) {
 
 static void help(void) {
     printf("usage: speck bench -m MODEL.gguf [-p 512] [-n 128] [-d 0] [-r 5] [-t THREADS]\n"
-           "                   [--kv-type f32] [--json] [--hugepages]\n\n"
+           "                   [--kv-type f32] [--json] [--hugepages]\n"
+           "                   [--lora FILE[:SCALE]]...\n\n"
            "Measures prompt processing (one forward over -p tokens) and text generation (-n\n"
            "single-token forwards), each from a cache holding -d tokens already (0: empty),\n"
            "reporting the median of -r runs after one warm-up, like llama-bench's pp/tg tests\n"
@@ -126,7 +127,7 @@ int cmd_bench(int argc, char **argv) {
             speck_set_threads((int)cli_int("bench", "-t", v, 1, 4096));
         else if (cli_flag(argv[i], "--json", NULL))
             json = true;
-        else if (cli_kv_opt("bench", argc, argv, &i))
+        else if (cli_kv_opt("bench", argc, argv, &i) || cli_lora_opt("bench", argc, argv, &i))
             ;
         else if (cli_flag(argv[i], "--hugepages", NULL))
             cli_load_flags |= SPECK_LOAD_HUGEPAGES;

@@ -127,6 +127,7 @@ static void help(void) {
            "  --json              machine-readable results\n"
            "  --plot FILE.png     speedup per strategy and the cost curve (gnuplot)\n"
            "  --kv-type T         KV cache values: f16 (default) or f32\n"
+           "  --lora FILE[:SCALE] apply a LoRA adapter unmerged (repeatable)\n"
            "  -t N                threads\n");
 }
 
@@ -156,7 +157,7 @@ int cmd_bench_decode(int argc, char **argv) {
             warm = v;
         else if (cli_opt(argc, argv, &i, "--plot", NULL, &v))
             plot = v;
-        else if (cli_kv_opt("bench-decode", argc, argv, &i))
+        else if (cli_kv_opt("bench-decode", argc, argv, &i) || cli_lora_opt("bench-decode", argc, argv, &i))
             ;
         else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
             speck_set_threads((int)cli_int("bench-decode", "-t", v, 1, 4096));

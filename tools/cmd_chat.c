@@ -96,6 +96,7 @@ static void help(void) {
            "  --seed S               sampler seed (default 42)\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
            "  --kv-type T            KV cache values: f16 (default) or f32 (twice the memory)\n"
+           "  --lora FILE[:SCALE]    apply a LoRA adapter unmerged (repeatable; docs/adaptation.md)\n"
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages\n"
            "  --stats                print timings to stderr after each reply\n");

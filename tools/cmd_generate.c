@@ -110,6 +110,7 @@ static void help(void) {
            "  --ignore-eos           keep going past end-of-generation tokens\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
            "  --kv-type T            KV cache values: f16 (default) or f32 (twice the memory)\n"
+           "  --lora FILE[:SCALE]    apply a LoRA adapter unmerged (repeatable; docs/adaptation.md)\n"
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages instead of\n"
            "                         mapping the file (faster decoding of large models)\n"

@@ -294,16 +294,6 @@ static int parse_train(int argc, char **argv, train_opts *o) {
     return 0;
 }
 
-static char *derived(const char *out, const char *ext) {
-    size_t n = strlen(out);
-    const char *dot = n > 5 && !strcmp(out + n - 5, ".gguf") ? out + n - 5 : out + n;
-    char *s = malloc((size_t)(dot - out) + strlen(ext) + 1);
-    if (!s) exit(1);
-    memcpy(s, out, (size_t)(dot - out));
-    strcpy(s + (dot - out), ext);
-    return s;
-}
-
 // Mean loss over up to n_batches batches of B windows of T+1 tokens (stride T) of the split.
 static int eval_split(speck_train_model *tm, const int32_t *tok, int64_t n, int B, int T,
                       int n_batches, int32_t *in, int32_t *tg, double *mean) {
@@ -326,63 +316,6 @@ static int eval_split(speck_train_model *tm, const int32_t *tok, int64_t n, int 
     return 0;
 }
 
-// Keep the CSV rows of steps < keep (a resumed run rewrites what came after its checkpoint).
-static FILE *open_csv(const char *path, int64_t keep) {
-    FILE *in = keep > 0 ? fopen(path, "r") : NULL;
-    char *kept = NULL;
-    size_t kn = 0;
-    if (in) {
-        FILE *m = open_memstream(&kept, &kn);
-        char line[512];
-        while (fgets(line, sizeof line, in))
-            if (!strncmp(line, "step,", 5) || atoll(line) < keep) fputs(line, m);
-        fclose(m);
-        fclose(in);
-    }
-    FILE *f = fopen(path, "w");
-    if (!f) return NULL;
-    if (kept && kn)
-        fwrite(kept, 1, kn, f);
-    else
-        fprintf(f, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
-    free(kept);
-    fflush(f);
-    return f;
-}
-
-static int plot(const char *csv, const char *png) {
-    char *gp = derived(png, ".gp");
-    FILE *f = fopen(gp, "w");
-    if (!f) return -1;
-    fprintf(f,
-            "set terminal png size 900,540\nset output '%s'\nset datafile separator ','\n"
-            "set key autotitle columnhead\nset xlabel 'step'\nset ylabel 'loss (nats/token)'\n"
-            "set grid\nplot '%s' using 1:2 with lines title 'train', "
-            "'' using 1:($3 == $3 ? $3 : 1/0) with linespoints title 'validation'\n",
-            png, csv);
-    fclose(f);
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "gnuplot '%s' 2>&1", gp);
-    int rc = system(cmd);
-    unlink(gp);
-    free(gp);
-    if (rc != 0) {
-        fprintf(stderr, "speck train: --plot: gnuplot failed or is not installed "
-                        "(apt-get install gnuplot-nox)\n");
-        return -1;
-    }
-    return 0;
-}
-
-static void fmt_time(double s, char *buf, size_t n) {
-    if (!(s >= 0) || s > 1e7)
-        snprintf(buf, n, "?");
-    else if (s >= 3600)
-        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-    else
-        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
-}
-
 // Everything a training run owns, released by cmd_train on every exit path (early error returns
 // included), so the run body can simply return.
 static struct {
@@ -399,9 +332,9 @@ static int train_run(int argc, char **argv) {
     train_opts o;
     parse_train(argc, argv, &o);
     if (o.threads) speck_set_threads(o.threads);
-    char *ckpt = R.ckpt = o.ckpt ? strdup(o.ckpt) : derived(o.out, ".ckpt");
-    char *csv = R.csv = o.csv ? strdup(o.csv) : derived(o.out, ".csv");
-    char *cache = R.cache = o.cache ? strdup(o.cache) : derived(o.out, ".tokens");
+    char *ckpt = R.ckpt = o.ckpt ? strdup(o.ckpt) : cli_derived_path(o.out, ".ckpt");
+    char *csv = R.csv = o.csv ? strdup(o.csv) : cli_derived_path(o.out, ".csv");
+    char *cache = R.cache = o.cache ? strdup(o.cache) : cli_derived_path(o.out, ".tokens");
     const char *vocab_path = o.vocab ? o.vocab : o.init_from;
     speck_vocab *voc = R.voc = speck_vocab_load(vocab_path);
     if (!voc) return cli_fail("train");
@@ -482,7 +415,7 @@ static int train_run(int argc, char **argv) {
                 c->n_layer, c->n_embd, c->n_head, c->n_head_kv, c->n_ff, c->n_vocab,
                 c->tied_output ? "tied" : "untied", speck_train_n_params(tm) / 1e6, o.B, T, o.accum,
                 o.steps, speck_get_threads());
-    FILE *fcsv = R.fcsv = open_csv(csv, st.step);
+    FILE *fcsv = R.fcsv = cli_open_csv(csv, st.step);
     if (!fcsv) {
         fprintf(stderr, "speck train: %s: cannot write: %s\n", csv, strerror(errno));
         return 1;
@@ -540,7 +473,7 @@ static int train_run(int argc, char **argv) {
             double el = cli_now() - t_start;
             double eta = el / (double)(st.step - step0) * (double)(o.steps - st.step);
             char etas[32], bar[32];
-            fmt_time(eta, etas, sizeof etas);
+            cli_fmt_time(eta, etas, sizeof etas);
             int filled = (int)(20.0 * (double)st.step / o.steps);
             for (int j = 0; j < 20; j++) bar[j] = j < filled ? '#' : '.';
             bar[20] = 0;
@@ -576,8 +509,8 @@ static int train_run(int argc, char **argv) {
         rc = 130;
     }
     if (!rc && o.plot) {
-        char *png = derived(o.out, ".png");
-        if (plot(csv, png) == 0 && !o.quiet) fprintf(stderr, "plot: %s\n", png);
+        char *png = cli_derived_path(o.out, ".png");
+        if (cli_plot(csv, png) == 0 && !o.quiet) fprintf(stderr, "plot: %s\n", png);
         free(png);
     }
     return rc;

@@ -199,7 +199,7 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
                 rc = speck_gptq(cand[ci], W, rows, cols, H[hk], 0.01, true, q);
             else
                 rc = speck_quantize(cand[ci], W, q, rows, cols, imp);
-            speck_weight sw = {q, cand[ci], cols, rows, NULL};
+            speck_weight sw = {q, cand[ci], cols, rows, NULL, NULL};
             if (!rc) rc = speck_model_swap_weight(e.m, t->name, &sw);
             if (!rc) {
                 rc = kld_now(&e, &cost[ci]);

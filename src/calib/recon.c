@@ -190,7 +190,7 @@ int calib_recon(const speck_gguf *g, const char *path, const speck_quantize_opts
         int64_t ni = 0;
         const float *imp = o->imatrix ? speck_imatrix_get(o->imatrix, t->name, &ni) : NULL;
         rc = speck_quantize(qt, W, out, rows, cols, imp && ni == cols ? imp : NULL);
-        speck_weight sw = {out, qt, cols, rows, NULL};
+        speck_weight sw = {out, qt, cols, rows, NULL, NULL};
         if (!rc) rc = speck_model_swap_weight(mq, t->name, &sw);
         free(W);
         if (rc) {
@@ -242,7 +242,7 @@ int calib_recon(const speck_gguf *g, const char *path, const speck_quantize_opts
             memcpy(Hc, s.H, (size_t)cols * cols * sizeof *Hc);
             rc = retarget(W, rows, (int)cols, Hc, s.C, M32);
             if (!rc) rc = speck_gptq(qt, W, rows, cols, s.H, 0.01, true, out);
-            speck_weight sw = {out, qt, cols, rows, NULL};
+            speck_weight sw = {out, qt, cols, rows, NULL, NULL};
             if (!rc) rc = speck_model_swap_weight(mq, t->name, &sw);
             free(W), free(Hc);
             if (rc) {

@@ -75,10 +75,12 @@ static size_t align64(size_t n) {
 // Per-thread scratch of the streaming path for n tokens: (n, n_embd) normalised rows, for
 // post-norm models (n, n_embd) of the residual stream, then the largest prepared activation any
 // weight type needs.
-static size_t tbuf_need(const speck_hparams *hp, int n) {
+static size_t tbuf_need(const speck_model *m, int n) {
+    const speck_hparams *hp = &m->hp;
     int64_t in = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
     const size_t rows = align64((size_t)n * hp->n_embd * sizeof(float));
-    return rows * (hp->post_norms ? 2 : 1) + align64(speck_mm_act_bytes_max(n, in));
+    return rows * (hp->post_norms ? 2 : 1) + align64(speck_mm_act_bytes_max(n, in)) +
+           align64((size_t)n * m->lora_rsum * sizeof(float)); // adapters' x·Aᵀ (lora_rows)
 }
 
 // stream: whether this forward takes the streaming path (per-thread buffers) or the batch path.
@@ -89,8 +91,8 @@ static int reserve(speck_ctx *c, int n, bool stream) {
         if (grow(&c->scores, (size_t)threads * ATT_GROUP_Q * c->n_ctx)) return -1;
         c->scores_threads = threads;
     }
-    if (stream && (threads > c->tbuf_threads || tbuf_need(hp, n) > c->tbuf_bytes)) {
-        size_t need = tbuf_need(hp, n < 4 ? 4 : n);
+    if (stream && (threads > c->tbuf_threads || tbuf_need(c->m, n) > c->tbuf_bytes)) {
+        size_t need = tbuf_need(c->m, n < 4 ? 4 : n);
         if (need < c->tbuf_bytes) need = c->tbuf_bytes;
         int nt = threads > c->tbuf_threads ? threads : c->tbuf_threads;
         char **tb = realloc(c->tbuf, (size_t)nt * sizeof *tb);
@@ -321,16 +323,49 @@ static void ffn_act(speck_act act, float *g, const float *u, size_t n) {
 }
 
 // Quantized weights held in panels had their mapped pages dropped: they are read from the panels.
+// Attached adapters (w->lora) add their unmerged term s·(x·Aᵀ)·Bᵀ to the product.
 static void matmul(const speck_weight *w, const float *x, int n, float *y) {
     speck_matmul_panels(w->type, w->data, w->packed, w->n_out, w->n_in, x, n, y);
+    const speck_lora_w *lw = w->lora;
+    if (!lw) return;
+#pragma omp parallel if (n > 1)
+    {
+        float t[64 * 16];
+        const int blk = lw->rank <= 16 ? 64 : 1; // tokens per x·Aᵀ block that fits t
+        float *tb = lw->rank <= 16 ? t : malloc((size_t)lw->rank * sizeof(float));
+#pragma omp for schedule(static)
+        for (int i0 = 0; i0 < n; i0 += blk) {
+            const int nb = i0 + blk < n ? blk : n - i0;
+            if (!tb) continue;
+            speck_lora_w_xa(lw, x + (size_t)i0 * w->n_in, nb, tb);
+            speck_lora_w_add(lw, tb, nb, 0, w->n_out, y + (size_t)i0 * w->n_out, w->n_out);
+        }
+        if (tb != t) free(tb);
+    }
 }
 
-// A thread's prepared activations, reused by the matmuls that read the same rows in one stage.
+// A thread's prepared activations, reused by the matmuls that read the same rows in one stage,
+// and its adapters' x·Aᵀ rows (lt: (n, lora_rsum) floats; lt_key[t]: the term whose rows target
+// t's slot holds this pass, each layer's term being a distinct pointer).
 typedef struct {
     speck_mm_act a;
     bool valid;
     void *buf;
+    float *lt;
+    const speck_lora_w *lt_key[SPECK_LORA_N_TARGETS];
 } act_slot;
+
+// Rows [o0, o1) of an adapter's term on X added to Y (ldy); x·Aᵀ computed once per pass and
+// thread for each adapted matrix (its input is final when its first rows are asked for).
+static void lora_rows(act_slot *s, const speck_lora_w *lw, const float *X, int n, int64_t o0,
+                      int64_t o1, float *Y, int64_t ldy) {
+    float *t = s->lt + (size_t)n * lw->slot;
+    if (s->lt_key[lw->target] != lw) {
+        speck_lora_w_xa(lw, X, n, t);
+        s->lt_key[lw->target] = lw;
+    }
+    speck_lora_w_add(lw, t, n, o0, o1, Y, ldy);
+}
 
 // Prepared activations of X (n, n_in) for weights of type wt, converting only when the slot
 // holds another matrix's input or layout. Callers invalidate the slot when X's contents change.
@@ -353,6 +388,7 @@ static void mm_rows(act_slot *s, const speck_weight *w, const float *X, int n, i
         speck_mm_rows(w->type, w->data, act_for(s, w->type, X, n, (int)w->n_in), o0, o1, Y, ldy,
                       accumulate);
     }
+    if (w->lora) lora_rows(s, w->lora, X, n, o0, o1, Y, ldy);
 }
 
 #define ROW_BLOCK 16 // rows per work item of the shared matmuls (row layout)
@@ -539,6 +575,8 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
         // (n, E) the residual stream: shared, or this thread's own copy (post-norm models)
         float *xr = post ? (float *)(c->tbuf[tid] + rows_bytes) : c->x;
         act_slot act = {.buf = c->tbuf[tid] + rows_bytes * (post ? 2 : 1)};
+        act.lt = (float *)(c->tbuf[tid] + c->tbuf_bytes -
+                           align64((size_t)n * m->lora_rsum * sizeof(float)));
         float *sc = c->scores + (size_t)tid * ATT_GROUP_Q * c->n_ctx;
         uint8_t *allow = c->allow ? c->allow + (size_t)tid * ATT_ROWS * c->n_ctx : NULL;
         float *kt = c->kvt ? c->kvt + (size_t)tid * n * hd : NULL; // new K/V rows before storing

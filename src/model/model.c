@@ -120,7 +120,7 @@ static int get_weight(loader *L, const char *name, int64_t n_in, int64_t n_out, 
     int err = 0;
     const speck_gguf_tensor *t = get_tensor(L, name, n_in, n_out, required, &err);
     if (!t) return err;
-    *w = (speck_weight){t->data, (speck_type)t->type, n_in, n_out, NULL};
+    *w = (speck_weight){t->data, (speck_type)t->type, n_in, n_out, NULL, NULL};
     return 0;
 }
 
@@ -376,7 +376,7 @@ static int init_rope(loader *L) {
 static speck_weight sub_weight(const speck_gguf_tensor *t, int64_t r0, int64_t rows) {
     size_t rs = speck_type_row_size((speck_type)t->type, t->ne[0]);
     return (speck_weight){(const char *)t->data + (size_t)r0 * rs, (speck_type)t->type, t->ne[0],
-                          rows, NULL};
+                          rows, NULL, NULL};
 }
 
 // q, k and v of layer l: fused (attn_qkv) when the file has it, else three tensors.
@@ -635,6 +635,7 @@ fail:
 
 void speck_model_free(speck_model *m) {
     if (!m) return;
+    speck_model_lora_clear(m);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);

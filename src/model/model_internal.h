@@ -9,12 +9,29 @@
 // path uses it when the ISA has panel kernels. Quantized matrices with panels had their mapped
 // rows dropped, so their matmuls read the panels on every path (speck_matmul_panels); data stays
 // valid (pages are read from the file again if touched) for everything else.
+// lora: the attached adapters' term on this matrix, or NULL (src/adapt/lora_run.c).
+typedef struct speck_lora_w speck_lora_w;
 typedef struct {
     const void *data;
     speck_type type;
     int64_t n_in, n_out;
     const void *packed;
+    const speck_lora_w *lora;
 } speck_weight;
+
+// The attached adapters' term on one matrix, all adapters concatenated along the rank:
+// y += (x·Aᵀ)·Bt with at = Aᵀ: (n_in, rank) and bt: (rank, n_out), B transposed with each
+// adapter's scale folded in (both transposed so that every inner loop is a vector update). target: which of a layer's matrices (speck_lora_target); slot: where its
+// x·Aᵀ rows go in a thread's scratch (n tokens x speck_model.lora_rsum floats, target-major).
+struct speck_lora_w {
+    int rank, target, slot;
+    int64_t n_in, n_out;
+    const float *at, *bt;
+};
+// x·Aᵀ -> t: (n, rank); then y[i][o0..o1) += t[i]·Bt[:, o0..o1) for the n rows of y (ldy apart).
+void speck_lora_w_xa(const speck_lora_w *w, const float *x, int n, float *t);
+void speck_lora_w_add(const speck_lora_w *w, const float *t, int n, int64_t o0, int64_t o1,
+                      float *y, int64_t ldy);
 
 #include "model/arch.h"
 
@@ -45,6 +62,8 @@ struct speck_model {
     float **owned;                       // f32 copies of norm/bias vectors stored in other types
     int n_owned;
     void *panels; // the weights' panel copies (speck_weight.packed point into it), or NULL
+    struct speck_lora_run *lora; // attached adapters (src/adapt/lora_run.c), or NULL
+    int lora_rsum; // Σ over targets of the largest combined rank: a thread's x·Aᵀ scratch per token
 };
 
 // Write general.architecture, general.name (when set) and every <arch>.* hyper-parameter key the

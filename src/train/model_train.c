@@ -11,16 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
-
-#include "core/simd_math.h"
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
 #include "train/train_internal.h"
+#include "train/train_ops.h"
 
-// Loops with less work than this many element-operations run on one thread: a parallel region
-// costs microseconds, and far more on a loaded machine.
-#define PAR_MIN 32768
 
 /* ---- activations -------------------------------------------------------------------------- */
 
@@ -138,291 +133,6 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
     return 0;
 }
 
-/* ---- matmul: forward y = x·Wᵀ, backward dx (+)= dy·W, dW += dyᵀ·x --------------------------- */
-
-// GEMMs run on the OpenMP pool: each thread calls a single-threaded OpenBLAS sgemm on its slice
-// of rows (speck_blas_single_threaded). Slices depend only on the thread count.
-
-// Rows [r0, r1) of n for this thread (in a parallel region).
-static void slice(int n, int *r0, int *r1) {
-    int nt = omp_get_num_threads(), id = omp_get_thread_num();
-    *r0 = (int)((int64_t)n * id / nt);
-    *r1 = (int)((int64_t)n * (id + 1) / nt);
-}
-
-#define GEMM_PAR(mnk) if ((size_t)(mnk) > ((size_t)1 << 18))
-
-// y: (N, n_out) = x: (N, n_in) · W: (n_out, n_in)ᵀ
-static void matmul_forward(float *y, const float *x, const float *W, int N, int n_in, int n_out) {
-#pragma omp parallel GEMM_PAR((size_t)N *n_in *n_out)
-    {
-        int r0, r1;
-        slice(N, &r0, &r1);
-        if (r1 > r0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, n_out, n_in, 1.0f,
-                        x + (size_t)r0 * n_in, n_in, W, n_in, 0.0f, y + (size_t)r0 * n_out, n_out);
-    }
-}
-
-// dx: (N, n_in) = (accumulate ? dx : 0) + dy: (N, n_out) · W: (n_out, n_in);
-// dW: (n_out, n_in) += dyᵀ · x: (N, n_in)
-static void matmul_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
-                            int N, int n_in, int n_out, bool accumulate) {
-#pragma omp parallel GEMM_PAR((size_t)N *n_in *n_out)
-    {
-        int r0, r1;
-        slice(N, &r0, &r1);
-        if (r1 > r0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, n_in, n_out, 1.0f,
-                        dy + (size_t)r0 * n_out, n_out, W, n_in, accumulate ? 1.0f : 0.0f,
-                        dx + (size_t)r0 * n_in, n_in);
-        slice(n_out, &r0, &r1);
-        if (r1 > r0)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r1 - r0, n_in, N, 1.0f, dy + r0,
-                        n_out, x, n_in, 1.0f, dW + (size_t)r0 * n_in, n_in);
-    }
-}
-
-/* ---- embedding --------------------------------------------------------------------------------
- */
-
-// x: (N, C) = E[tok]; E: (V, C)
-static void embedding_forward(float *x, const float *E, const int32_t *tok, int N, int C) {
-    for (int i = 0; i < N; i++)
-        memcpy(x + (size_t)i * C, E + (size_t)tok[i] * C, (size_t)C * sizeof(float));
-}
-
-// dE: (V, C) += scatter of dx: (N, C) by tok. Threads own column slices (no races, fixed order).
-static void embedding_backward(float *dE, const float *dx, const int32_t *tok, int N, int C) {
-#pragma omp parallel if ((size_t)N * C > PAR_MIN)
-    {
-        int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        int c0 = C * id / nt, c1 = C * (id + 1) / nt;
-        for (int i = 0; i < N; i++) {
-            float *d = dE + (size_t)tok[i] * C;
-            const float *s = dx + (size_t)i * C;
-            for (int j = c0; j < c1; j++) d[j] += s[j];
-        }
-    }
-}
-
-/* ---- RMSNorm: y = x * r * w, r = 1/sqrt(mean(x²) + eps) ------------------------------------- */
-
-// y, x: (N, C); w: (C); rstd: (N)
-static void rmsnorm_forward(float *y, float *rstd, const float *x, const float *w, int N, int C,
-                            float eps) {
-#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
-    for (int i = 0; i < N; i++) {
-        const float *xi = x + (size_t)i * C;
-        float *yi = y + (size_t)i * C;
-        float r = (float)(1.0 / sqrt(speck_sum_sq(xi, C) / C + eps));
-        rstd[i] = r;
-        for (int j = 0; j < C; j++) yi[j] = xi[j] * r * w[j];
-    }
-}
-
-// dx: (N, C) (+)= r w dy - x r³/C Σ_k dy_k w_k x_k;  dw: (C) += Σ_rows dy x r
-static void rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                             const float *rstd, int N, int C, bool accumulate) {
-#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
-    for (int i = 0; i < N; i++) {
-        const float *xi = x + (size_t)i * C, *dyi = dy + (size_t)i * C;
-        float *dxi = dx + (size_t)i * C;
-        float r = rstd[i];
-        double dot = 0;
-        for (int j = 0; j < C; j++) dot += (double)dyi[j] * w[j] * xi[j];
-        float k = (float)(dot * r * r * r / C);
-        for (int j = 0; j < C; j++) {
-            float v = r * w[j] * dyi[j] - xi[j] * k;
-            dxi[j] = accumulate ? dxi[j] + v : v;
-        }
-    }
-#pragma omp parallel if ((size_t)N * C > PAR_MIN)
-    {
-        int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        int c0 = C * id / nt, c1 = C * (id + 1) / nt;
-        for (int i = 0; i < N; i++) {
-            const float *xi = x + (size_t)i * C, *dyi = dy + (size_t)i * C;
-            float r = rstd[i];
-            for (int j = c0; j < c1; j++) dw[j] += dyi[j] * xi[j] * r;
-        }
-    }
-}
-
-/* ---- RoPE: rotate pair j of every head by angle t * freq[j] ------------------------------- */
-
-// x: (B*T, nh*hd) in place; cos, sin: (T, hd/2). inverse: rotate by -angle (the backward pass:
-// a rotation's transpose is its inverse).
-static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int nh,
-                       int hd, speck_rope_type type, bool inverse) {
-    int half = hd / 2;
-    float sgn = inverse ? -1.0f : 1.0f;
-#pragma omp parallel for schedule(static) if ((size_t)B * T * nh * hd > PAR_MIN)
-    for (int i = 0; i < B * T; i++) {
-        const float *cs = cos_t + (size_t)(i % T) * half, *sn = sin_t + (size_t)(i % T) * half;
-        for (int h = 0; h < nh; h++) {
-            float *v = x + ((size_t)i * nh + h) * hd;
-            for (int j = 0; j < half; j++) {
-                int a = type == SPECK_ROPE_NEOX ? j : 2 * j;
-                int b = type == SPECK_ROPE_NEOX ? j + half : 2 * j + 1;
-                float x0 = v[a], x1 = v[b], s = sgn * sn[j];
-                v[a] = x0 * cs[j] - x1 * s;
-                v[b] = x0 * s + x1 * cs[j];
-            }
-        }
-    }
-}
-
-/* ---- causal self-attention with GQA ------------------------------------------------------- */
-// Query head h reads kv head h / (H/Hkv). Scores scale 1/sqrt(hd).
-
-// q: (N, Qd); k, v: (N, KVd); att: (B, H, T, T); out: (N, Qd)
-static void attention_forward(float *out, float *att, const float *q, const float *k,
-                              const float *v, int B, int T, int H, int Hkv, int hd) {
-    int Qd = H * hd, KVd = Hkv * hd, group = H / Hkv;
-    float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * H * T * T * hd > 2 * PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            int kh = h / group;
-            for (int t = 0; t < T; t++) {
-                const float *qt = q + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                float *p = att + (((size_t)b * H + h) * T + t) * T;
-                float mx = -INFINITY;
-                for (int s = 0; s <= t; s++) {
-                    const float *ks = k + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                    float d = 0;
-                    for (int e = 0; e < hd; e++) d += qt[e] * ks[e];
-                    p[s] = d * scale;
-                    if (p[s] > mx) mx = p[s];
-                }
-                double sum = 0;
-                for (int s = 0; s <= t; s++) {
-                    p[s] = expf(p[s] - mx);
-                    sum += p[s];
-                }
-                float inv = (float)(1.0 / sum);
-                for (int s = 0; s <= t; s++) p[s] *= inv;
-                for (int s = t + 1; s < T; s++) p[s] = 0.0f;
-                float *o = out + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                for (int e = 0; e < hd; e++) o[e] = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    const float *vs = v + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                    for (int e = 0; e < hd; e++) o[e] += p[s] * vs[e];
-                }
-            }
-        }
-}
-
-// dq: (N, Qd) = ...; dk, dv: (N, KVd) = ... (overwritten). dout: (N, Qd).
-// One task per (batch, kv head): the query heads of a group add into the same dk/dv rows in a
-// fixed order, so there are no races.
-static void attention_backward(float *dq, float *dk, float *dv, float *dp_scratch,
-                               const float *dout, const float *att, const float *q, const float *k,
-                               const float *v, int B, int T, int H, int Hkv, int hd) {
-    int Qd = H * hd, KVd = Hkv * hd, group = H / Hkv;
-    float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * H * T * T * hd > 2 * PAR_MIN)
-    for (int b = 0; b < B; b++)
-        for (int kh = 0; kh < Hkv; kh++) {
-            float *dp = dp_scratch + (size_t)omp_get_thread_num() * T;
-            for (int t = 0; t < T; t++) {
-                memset(dk + ((size_t)b * T + t) * KVd + (size_t)kh * hd, 0, hd * sizeof(float));
-                memset(dv + ((size_t)b * T + t) * KVd + (size_t)kh * hd, 0, hd * sizeof(float));
-            }
-            for (int h = kh * group; h < (kh + 1) * group; h++)
-                for (int t = 0; t < T; t++) {
-                    const float *p = att + (((size_t)b * H + h) * T + t) * T;
-                    const float *dot = dout + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                    const float *qt = q + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                    float *dqt = dq + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                    // dP = dO·Vᵀ, dV += Pᵀ·dO
-                    double psum = 0;
-                    for (int s = 0; s <= t; s++) {
-                        const float *vs = v + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        float *dvs = dv + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        float d = 0;
-                        for (int e = 0; e < hd; e++) {
-                            d += dot[e] * vs[e];
-                            dvs[e] += p[s] * dot[e];
-                        }
-                        dp[s] = d;
-                        psum += (double)d * p[s];
-                    }
-                    // dS = P ∘ (dP - Σ P dP); dQ = scale dS·K; dK += scale dSᵀ·Q
-                    for (int e = 0; e < hd; e++) dqt[e] = 0.0f;
-                    for (int s = 0; s <= t; s++) {
-                        float ds = p[s] * (dp[s] - (float)psum) * scale;
-                        const float *ks = k + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        float *dks = dk + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        for (int e = 0; e < hd; e++) {
-                            dqt[e] += ds * ks[e];
-                            dks[e] += ds * qt[e];
-                        }
-                    }
-                }
-        }
-}
-
-/* ---- SwiGLU: h = silu(g) * u -------------------------------------------------------------- */
-
-// h, g, u: (n)
-static void swiglu_forward(float *h, const float *g, const float *u, size_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (size_t j = 0; j < n; j++) h[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
-}
-
-// dg, du: (n) from dh: (n)
-static void swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u,
-                            size_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (size_t j = 0; j < n; j++) {
-        float sg = 1.0f / (1.0f + expf(-g[j]));
-        du[j] = dh[j] * g[j] * sg;
-        dg[j] = dh[j] * u[j] * sg * (1.0f + g[j] * (1.0f - sg));
-    }
-}
-
-/* ---- residual ----------------------------------------------------------------------------- */
-
-// out: (n) = a + b
-static void residual_forward(float *out, const float *a, const float *b, size_t n) {
-#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-    for (size_t j = 0; j < n; j++) out[j] = a[j] + b[j];
-}
-
-/* ---- softmax cross-entropy ---------------------------------------------------------------- */
-
-// logits: (N, V) in place -> probabilities; returns Σ_i -log p_i[target_i] (double).
-static double crossentropy_forward(float *logits, const int32_t *targets, int N, int V) {
-    double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total) if ((size_t)N * V > PAR_MIN)
-    for (int i = 0; i < N; i++) {
-        float *l = logits + (size_t)i * V;
-        float mx = l[0];
-        for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
-        double sum = 0;
-        for (int j = 0; j < V; j++) {
-            l[j] = expf(l[j] - mx);
-            sum += l[j];
-        }
-        float inv = (float)(1.0 / sum);
-        for (int j = 0; j < V; j++) l[j] *= inv;
-        total += -log((double)l[targets[i]] > 0 ? (double)l[targets[i]] : 1e-45);
-    }
-    return total;
-}
-
-// probs: (N, V) in place -> dlogits = scale * (p - onehot(target))
-static void crossentropy_backward(float *probs, const int32_t *targets, int N, int V, float scale) {
-#pragma omp parallel for schedule(static) if ((size_t)N * V > PAR_MIN)
-    for (int i = 0; i < N; i++) {
-        float *p = probs + (size_t)i * V;
-        for (int j = 0; j < V; j++) p[j] *= scale;
-        p[targets[i]] -= scale;
-    }
-}
-
 /* ---- the model ---------------------------------------------------------------------------- */
 
 // Per-row loss sum in double; deterministic because of the fixed static schedule.
@@ -449,30 +159,30 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
     const speck_tweights *w = &tm->p;
     int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
     int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
-    embedding_forward(a->l[0].x_in, w->tok_embd, in, N, C);
+    train_embedding_forward(a->l[0].x_in, w->tok_embd, in, N, C);
     for (int l = 0; l < c->n_layer; l++) {
         tlayer_acts *la = &a->l[l];
         const speck_tlayer *wl = &w->layers[l];
         float *x_out = l + 1 < c->n_layer ? a->l[l + 1].x_in : a->x_final;
-        rmsnorm_forward(la->xn1, la->rstd1, la->x_in, wl->attn_norm, N, C, c->norm_eps);
-        matmul_forward(la->q, la->xn1, wl->wq, N, C, Qd);
-        matmul_forward(la->k, la->xn1, wl->wk, N, C, KVd);
-        matmul_forward(la->v, la->xn1, wl->wv, N, C, KVd);
-        rope_apply(la->q, a->cos, a->sin, B, T, H, hd, tm->rope_type, false);
-        rope_apply(la->k, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, false);
-        attention_forward(la->ao, la->att, la->q, la->k, la->v, B, T, H, Hkv, hd);
-        matmul_forward(a->dt, la->ao, wl->wo, N, Qd, C);
-        residual_forward(la->x_mid, la->x_in, a->dt, (size_t)N * C);
-        rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, wl->ffn_norm, N, C, c->norm_eps);
-        matmul_forward(la->g, la->xn2, wl->wg, N, C, F);
-        matmul_forward(la->u, la->xn2, wl->wu, N, C, F);
-        swiglu_forward(la->h, la->g, la->u, (size_t)N * F);
-        matmul_forward(a->dt, la->h, wl->wd, N, F, C);
-        residual_forward(x_out, la->x_mid, a->dt, (size_t)N * C);
+        train_rmsnorm_forward(la->xn1, la->rstd1, la->x_in, wl->attn_norm, N, C, c->norm_eps);
+        train_matmul_forward(la->q, la->xn1, wl->wq, N, C, Qd);
+        train_matmul_forward(la->k, la->xn1, wl->wk, N, C, KVd);
+        train_matmul_forward(la->v, la->xn1, wl->wv, N, C, KVd);
+        train_rope_apply(la->q, a->cos, a->sin, B, T, H, hd, tm->rope_type, false);
+        train_rope_apply(la->k, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, false);
+        train_attention_forward(la->ao, la->att, la->q, la->k, la->v, B, T, H, Hkv, hd);
+        train_matmul_forward(a->dt, la->ao, wl->wo, N, Qd, C);
+        train_residual_forward(la->x_mid, la->x_in, a->dt, (size_t)N * C);
+        train_rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, wl->ffn_norm, N, C, c->norm_eps);
+        train_matmul_forward(la->g, la->xn2, wl->wg, N, C, F);
+        train_matmul_forward(la->u, la->xn2, wl->wu, N, C, F);
+        train_swiglu_forward(la->h, la->g, la->u, (size_t)N * F);
+        train_matmul_forward(a->dt, la->h, wl->wd, N, F, C);
+        train_residual_forward(x_out, la->x_mid, a->dt, (size_t)N * C);
     }
-    rmsnorm_forward(a->xf, a->rstdf, a->x_final, w->out_norm, N, C, c->norm_eps);
-    matmul_forward(a->logits, a->xf, w->output, N, C, V);
-    *loss = (float)(crossentropy_forward(a->logits, tg, N, V) / N);
+    train_rmsnorm_forward(a->xf, a->rstdf, a->x_final, w->out_norm, N, C, c->norm_eps);
+    train_matmul_forward(a->logits, a->xf, w->output, N, C, V);
+    *loss = (float)(train_crossentropy_forward(a->logits, tg, N, V) / N);
 }
 
 static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B, int T,
@@ -482,34 +192,34 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
     const speck_tweights *w = &tm->p, *g = &tm->g;
     int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
     int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
-    crossentropy_backward(a->logits, tg, N, V, grad_scale / N);
+    train_crossentropy_backward(a->logits, tg, N, V, grad_scale / N);
     // head: dxf = dlogits·W_out; dW_out += dlogitsᵀ·xf (into dE when tied)
-    matmul_backward(a->dt, g->output, a->logits, a->xf, w->output, N, C, V, false);
-    rmsnorm_backward(a->dx, g->out_norm, a->dt, a->x_final, w->out_norm, a->rstdf, N, C, false);
+    train_matmul_backward(a->dt, g->output, a->logits, a->xf, w->output, N, C, V, false);
+    train_rmsnorm_backward(a->dx, g->out_norm, a->dt, a->x_final, w->out_norm, a->rstdf, N, C, false);
     // a->dx holds dL/dx_out of the current layer; each block adds its branch gradient.
     for (int l = c->n_layer - 1; l >= 0; l--) {
         tlayer_acts *la = &a->l[l];
         const speck_tlayer *wl = &w->layers[l], *gl = &g->layers[l];
         // FFN branch: x_out = x_mid + wd(swiglu(wg xn2, wu xn2))
-        matmul_backward(a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
-        swiglu_backward(a->dg, a->du, a->dh, la->g, la->u, (size_t)N * F);
-        matmul_backward(a->dt, gl->wg, a->dg, la->xn2, wl->wg, N, C, F, false);
-        matmul_backward(a->dt, gl->wu, a->du, la->xn2, wl->wu, N, C, F, true);
-        rmsnorm_backward(a->dx, gl->ffn_norm, a->dt, la->x_mid, wl->ffn_norm, la->rstd2, N, C,
+        train_matmul_backward(a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
+        train_swiglu_backward(a->dg, a->du, a->dh, la->g, la->u, (size_t)N * F);
+        train_matmul_backward(a->dt, gl->wg, a->dg, la->xn2, wl->wg, N, C, F, false);
+        train_matmul_backward(a->dt, gl->wu, a->du, la->xn2, wl->wu, N, C, F, true);
+        train_rmsnorm_backward(a->dx, gl->ffn_norm, a->dt, la->x_mid, wl->ffn_norm, la->rstd2, N, C,
                          true);
         // attention branch: x_mid = x_in + wo(attn(rope(wq xn1), rope(wk xn1), wv xn1))
-        matmul_backward(a->dao, gl->wo, a->dx, la->ao, wl->wo, N, Qd, C, false);
-        attention_backward(a->dq, a->dk, a->dv, a->dp, a->dao, la->att, la->q, la->k, la->v, B, T,
+        train_matmul_backward(a->dao, gl->wo, a->dx, la->ao, wl->wo, N, Qd, C, false);
+        train_attention_backward(a->dq, a->dk, a->dv, a->dp, a->dao, la->att, la->q, la->k, la->v, B, T,
                            H, Hkv, hd);
-        rope_apply(a->dq, a->cos, a->sin, B, T, H, hd, tm->rope_type, true);
-        rope_apply(a->dk, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, true);
-        matmul_backward(a->dt, gl->wq, a->dq, la->xn1, wl->wq, N, C, Qd, false);
-        matmul_backward(a->dt, gl->wk, a->dk, la->xn1, wl->wk, N, C, KVd, true);
-        matmul_backward(a->dt, gl->wv, a->dv, la->xn1, wl->wv, N, C, KVd, true);
-        rmsnorm_backward(a->dx, gl->attn_norm, a->dt, la->x_in, wl->attn_norm, la->rstd1, N, C,
+        train_rope_apply(a->dq, a->cos, a->sin, B, T, H, hd, tm->rope_type, true);
+        train_rope_apply(a->dk, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, true);
+        train_matmul_backward(a->dt, gl->wq, a->dq, la->xn1, wl->wq, N, C, Qd, false);
+        train_matmul_backward(a->dt, gl->wk, a->dk, la->xn1, wl->wk, N, C, KVd, true);
+        train_matmul_backward(a->dt, gl->wv, a->dv, la->xn1, wl->wv, N, C, KVd, true);
+        train_rmsnorm_backward(a->dx, gl->attn_norm, a->dt, la->x_in, wl->attn_norm, la->rstd1, N, C,
                          true);
     }
-    embedding_backward(g->tok_embd, a->dx, in, N, C);
+    train_embedding_backward(g->tok_embd, a->dx, in, N, C);
 }
 
 int speck_train_loss(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,

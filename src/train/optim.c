@@ -26,49 +26,61 @@ float speck_lr_at(const speck_adamw_params *p, int64_t step) {
 
 // Σ g² in double, per-thread partial sums combined in thread order (deterministic for a
 // fixed thread count).
-double speck_train_grad_norm(speck_train_model *tm) {
-    const float *g = tm->grads;
-    int64_t n = tm->n_params;
+double speck_adamw_grad_norm(const float *g, int64_t n) {
     double total = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
     for (int64_t i = 0; i < n; i++) total += (double)g[i] * g[i];
     return sqrt(total);
 }
 
-int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t step,
-                     float *grad_norm) {
+double speck_train_grad_norm(speck_train_model *tm) {
+    return speck_adamw_grad_norm(tm->grads, tm->n_params);
+}
+
+int speck_adamw_begin(const speck_adamw_params *p, int64_t step, double norm, float *clip) {
     if (step < 0) return speck_set_error(SPECK_ERR_ARG, "adamw: negative step");
-    double norm = speck_train_grad_norm(tm);
-    if (grad_norm) *grad_norm = (float)norm;
     if (!isfinite(norm))
         return speck_set_error(SPECK_ERR_RANGE, "adamw: gradient norm is not finite (diverged; "
                                                 "lower the learning rate)");
     // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
-    float clip = 1.0f;
+    *clip = 1.0f;
     if (p->grad_clip > 0) {
         double c = p->grad_clip / (norm + 1e-6);
-        if (c < 1.0) clip = (float)c;
+        if (c < 1.0) *clip = (float)c;
     }
+    return 0;
+}
+
+void speck_adamw_update(const speck_adamw_params *p, int64_t step, float clip, bool decay,
+                        float *w, const float *g, float *m, float *v, int64_t n) {
     float lr = speck_lr_at(p, step);
     double bc1 = 1.0 - pow(p->beta1, (double)(step + 1));
     double bc2 = 1.0 - pow(p->beta2, (double)(step + 1));
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float b1 = p->beta1, b2 = p->beta2;
+    float wd = decay ? 1.0f - lr * p->weight_decay : 1.0f;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i] * clip;
+        w[i] *= wd;
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        w[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + p->eps);
+    }
+}
+
+int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t step,
+                     float *grad_norm) {
+    double norm = speck_train_grad_norm(tm);
+    if (grad_norm) *grad_norm = (float)norm;
+    float clip = 1.0f;
+    int err = speck_adamw_begin(p, step, norm, &clip);
+    if (err) return err;
     for (int ti = 0; ti < tm->n_tensors; ti++) {
         const speck_ttensor *t = &tm->tensors[ti];
         bool decay = p->decay_all || (t->is_matrix && !t->is_embd);
-        float wd = decay ? 1.0f - lr * p->weight_decay : 1.0f;
-        int64_t n = t->ne0 * t->ne1;
-        float *w = tm->params + t->offset, *g = tm->grads + t->offset;
-        float *m = tm->adam_m + t->offset, *v = tm->adam_v + t->offset;
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            float gi = g[i] * clip;
-            w[i] *= wd;
-            m[i] = b1 * m[i] + (1.0f - b1) * gi;
-            v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-            w[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + p->eps);
-        }
+        speck_adamw_update(p, step, clip, decay, tm->params + t->offset, tm->grads + t->offset,
+                           tm->adam_m + t->offset, tm->adam_v + t->offset, t->ne0 * t->ne1);
     }
     return 0;
 }

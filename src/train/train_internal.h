@@ -52,6 +52,14 @@ struct speck_train_model {
     char *src_path; // GGUF the model was loaded from (its tokenizer is the default vocabulary)
 };
 
+// AdamW on any flat parameter buffer (speck_adamw_step for whole models, adapter fine-tuning in
+// src/adapt/): the gradient norm, then the clip factor for step (errors on a bad step or a
+// non-finite norm), then one update per tensor (decay: apply weight decay to it).
+double speck_adamw_grad_norm(const float *g, int64_t n);
+int speck_adamw_begin(const speck_adamw_params *p, int64_t step, double norm, float *clip);
+void speck_adamw_update(const speck_adamw_params *p, int64_t step, float clip, bool decay,
+                        float *w, const float *g, float *m, float *v, int64_t n);
+
 // Map the tensor table over a flat buffer.
 void speck_tweights_bind(speck_train_model *tm, float *base, speck_tweights *w);
 

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `speck finetune`, `speck adapter`, `speck merge` and `--lora` end to end on the default model:
+# outputs load and run, Ctrl-C then --resume reproduces the uninterrupted loss curve, merged
+# and unmerged adapters generate the same greedy text, clear errors and no file on bad input.
+#   usage: test_finetune_cli.sh path/to/speck MODELS_DIR
+set -u
+SPECK=$1
+M=$2/default.gguf
+D=$2/draft.gguf
+[[ -f $M && -f $D ]] || { echo "SKIP: $M not found (the default models ship in models/)"; exit 77; }
+dir=$(mktemp -d /tmp/speck-finetune-cli.XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+expect() { # expect CODE WHAT -- cmd...
+  local code=$1 what=$2; shift 3
+  "$@" >"$dir/out" 2>"$dir/err"; local rc=$?
+  [[ $rc == "$code" ]] && ok || bad "$what: exit $rc, wanted $code: $(tail -c 300 "$dir/err")"
+}
+mentions() { for s in "$@"; do grep -qF -- "$s" "$dir/err" || { bad "stderr lacks '$s': $(tail -c 300 "$dir/err")"; return; }; done; ok; }
+
+for i in $(seq 1 30); do
+  printf '{"prompt": "def add_%d(a, b):\\n", "completion": "    return a + b * %d\\n"}\n' $i $i
+done >"$dir/data.jsonl"
+ft=(-m "$M" --data "$dir/data.jsonl" --rank 4 --steps 6 --batch 2 --ctx 32 --val-every 3
+    --val-fraction 0.2 --ckpt-every 2 --threads 2 --quiet)
+
+expect 0 "finetune --help" -- "$SPECK" finetune --help
+grep -q "usage: speck finetune" "$dir/out" && ok || bad "finetune --help prints usage"
+expect 0 "finetune" -- "$SPECK" finetune "${ft[@]}" -o "$dir/a.gguf"
+[[ -f $dir/a.gguf && -f $dir/a.ckpt && -f $dir/a.csv ]] && ok || bad "finetune outputs"
+[[ $(grep -c '^[0-9]' "$dir/a.csv") == 6 ]] && ok || bad "6 CSV rows: $(cat "$dir/a.csv")"
+awk -F, 'NR > 1 && $3 != "" { v++ } END { exit !(v == 2) }' "$dir/a.csv" && ok || bad "2 validation losses"
+expect 0 "adapter info" -- "$SPECK" adapter info "$dir/a.gguf"
+grep -qF "rank 4, 4 layers, targets q,k,v,o,gate,up,down" "$dir/out" && ok || bad "info: $(cat "$dir/out")"
+
+# Interrupted after step 3 (the signal handler saves a checkpoint), resumed: the same curve.
+SPECK_TRAIN_SIGNAL_AT=3:2 "$SPECK" finetune "${ft[@]}" -o "$dir/b.gguf" >/dev/null 2>"$dir/err"
+[[ $? == 130 ]] && ok || bad "Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
+expect 0 "finetune --resume" -- "$SPECK" finetune "${ft[@]}" -o "$dir/b.gguf" --resume
+cmp -s <(cut -d, -f1-4 "$dir/a.csv") <(cut -d, -f1-4 "$dir/b.csv") && ok || bad "resumed curve differs: $(diff <(cut -d, -f1-4 "$dir/a.csv") <(cut -d, -f1-4 "$dir/b.csv") | head -5)"
+cmp -s "$dir/a.gguf" "$dir/b.gguf" && ok || bad "resumed adapter differs from the uninterrupted one"
+
+# Running it: unmerged (--lora) and merged give the same greedy text; a scale of 0 is the base.
+gen=(-p "def add_7(a, b):" -n 16 --temp 0 -t 2)
+expect 0 "generate --lora" -- "$SPECK" generate -m "$M" --lora "$dir/a.gguf" "${gen[@]}"
+cp "$dir/out" "$dir/unmerged.txt"
+expect 0 "merge" -- "$SPECK" merge "$M" "$dir/a.gguf" -o "$dir/merged.gguf" --type f32
+expect 0 "generate merged" -- "$SPECK" generate -m "$dir/merged.gguf" "${gen[@]}"
+cmp -s "$dir/out" "$dir/unmerged.txt" && ok || bad "merged text differs: $(cat "$dir/out") vs $(cat "$dir/unmerged.txt")"
+expect 0 "generate base" -- "$SPECK" generate -m "$M" "${gen[@]}"
+cp "$dir/out" "$dir/base.txt"
+expect 0 "generate --lora :0" -- "$SPECK" generate -m "$M" --lora "$dir/a.gguf:0" "${gen[@]}"
+cmp -s "$dir/out" "$dir/base.txt" && ok || bad "scale 0 is not the base"
+expect 0 "bench --lora" -- "$SPECK" bench -m "$M" --lora "$dir/a.gguf" -p 8 -n 4 -r 1 -t 2
+
+# PEFT round trip through the CLI.
+expect 0 "adapter export" -- "$SPECK" adapter export "$dir/a.gguf" --peft "$dir/peft" -m "$M"
+[[ -f $dir/peft/adapter_config.json && -f $dir/peft/adapter_model.safetensors ]] && ok || bad "PEFT files"
+expect 0 "adapter import" -- "$SPECK" adapter import "$dir/peft" -o "$dir/c.gguf" -m "$M"
+cmp -s "$dir/a.gguf" "$dir/c.gguf" && ok || bad "GGUF -> PEFT -> GGUF differs"
+
+# Bad input: clear errors, nothing written.
+printf '{"text": "a"}\n{"text": "b"}\n{"text": "c"\n' >"$dir/bad.jsonl"
+expect 1 "malformed JSONL" -- "$SPECK" finetune -m "$M" --data "$dir/bad.jsonl" -o "$dir/x.gguf" --steps 1
+mentions "bad.jsonl:3: not a JSON object"
+[[ ! -e $dir/x.gguf && ! -e $dir/x.ckpt ]] && ok || bad "malformed data left files"
+expect 2 "rank 0" -- "$SPECK" finetune "${ft[@]}" --rank 0 -o "$dir/x.gguf"
+mentions "--rank 0 must be in [1, 4096]"
+expect 1 "unknown target" -- "$SPECK" finetune "${ft[@]}" --targets q,v,mlp -o "$dir/x.gguf"
+mentions "unknown target 'mlp'"
+expect 1 "adapter of another base" -- "$SPECK" generate -m "$D" --lora "$dir/a.gguf" -p x -n 1
+mentions "--lora $dir/a.gguf:" "another base model"
+expect 1 "merge onto another base" -- "$SPECK" merge "$D" "$dir/a.gguf" -o "$dir/x.gguf"
+[[ ! -e $dir/x.gguf ]] && ok || bad "merge onto another base left a file"
+expect 1 "model as adapter" -- "$SPECK" generate -m "$M" --lora "$M" -p x -n 1
+mentions "not 'adapter'"
+ls "$dir" | grep -q '\.tmp\.' && bad "temporary files left: $(ls "$dir")" || ok
+
+echo "$pass passed, $fail failed"
+((fail == 0))

@@ -1,0 +1,347 @@
+// `speck finetune`: LoRA / QLoRA fine-tuning of a base model on a text or JSONL file, writing a
+// llama.cpp adapter GGUF. See docs/adaptation.md.
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) {
+    g_stop = sig;
+}
+
+typedef struct {
+    const char *model, *data, *out, *ckpt, *csv, *targets, *tmpl;
+    int rank, B, accum, steps, T, val_every, val_batches, ckpt_every, threads;
+    float alpha, dropout;
+    double val_fraction;
+    uint64_t seed;
+    speck_adamw_params opt;
+    bool resume, plot, quiet;
+} ft_opts;
+
+static void usage(void) {
+    printf(
+        "usage: speck finetune [-m BASE.gguf] --data FILE -o ADAPTER.gguf [options]\n\n"
+        "Train a LoRA adapter on FILE with the base model frozen in its stored type (a Q4_0,\n"
+        "Q8_0 or K-quant base makes this QLoRA). FILE is plain text (all of it learned) or JSONL\n"
+        "with one object per line: {\"text\": ...}, {\"prompt\": ..., \"completion\": ...} (loss\n"
+        "on the completion only) or {\"messages\": [{\"role\", \"content\"}...]} rendered with\n"
+        "the model's chat template (loss on the assistant turns only). Examples are packed end\n"
+        "to end; the last --val-fraction of them is held out. Output: ADAPTER.gguf (llama.cpp's\n"
+        "LoRA format: speck and llama-cli --lora run it), ADAPTER.ckpt (atomic, --resume),\n"
+        "ADAPTER.csv (loss curve), ADAPTER.png (--plot).\n\n"
+        "adapter:\n"
+        "  --rank R (16)  --alpha A (= rank)  --dropout P (0)\n"
+        "  --targets LIST     of q,k,v,o,gate,up,down (default all)\n"
+        "  --chat-template NAME  for \"messages\" data when the model's is not recognised\n"
+        "optimisation (as speck train):\n"
+        "  --steps N (200)  --batch B (8)  --accum K (1)  --ctx T (256)  --lr X (1e-3)\n"
+        "  --min-lr X (lr/10)  --warmup N (steps/20)  --wd X (0)  --clip X (1.0)  --seed N (1)\n"
+        "  --threads N\n"
+        "evaluation and output:\n"
+        "  --val-fraction X (0.1)  --val-every N (50)  --val-batches N (8)  --ckpt-every N (50)\n"
+        "  --checkpoint PATH  --resume  --csv PATH  --plot  --quiet\n"
+        "Ctrl-C saves the checkpoint and the adapter, then exits (status 130).\n");
+}
+
+static void parse(int argc, char **argv, ft_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->rank = 16, o->B = 8, o->accum = 1, o->steps = 200, o->T = 256, o->val_every = 50;
+    o->val_batches = 8, o->ckpt_every = 50, o->val_fraction = 0.1, o->seed = 1;
+    o->alpha = -1, o->targets = "q,k,v,o,gate,up,down";
+    o->opt = speck_adamw_default();
+    o->opt.warmup_steps = -1, o->opt.min_lr = -1, o->opt.weight_decay = 0;
+    const char *C = "finetune";
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (cli_flag(argv[i], "--help", "-h")) {
+            usage();
+            exit(0);
+        }
+#define INT(flag, dst, lo, hi)                                                                     \
+    else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (int)cli_int(C, flag, v, lo, hi)
+#define FLT(flag, dst)                                                                             \
+    else if (cli_opt(argc, argv, &i, flag, NULL, &v)) dst = (float)cli_float(C, flag, v)
+        else if (cli_opt(argc, argv, &i, "--model", "-m", &v)) o->model = v;
+        else if (cli_opt(argc, argv, &i, "--data", "-d", &v)) o->data = v;
+        else if (cli_opt(argc, argv, &i, "--output", "-o", &v)) o->out = v;
+        else if (cli_opt(argc, argv, &i, "--checkpoint", NULL, &v)) o->ckpt = v;
+        else if (cli_opt(argc, argv, &i, "--csv", NULL, &v)) o->csv = v;
+        else if (cli_opt(argc, argv, &i, "--targets", NULL, &v)) o->targets = v;
+        else if (cli_opt(argc, argv, &i, "--chat-template", NULL, &v)) o->tmpl = v;
+        INT("--rank", o->rank, INT32_MIN, INT32_MAX);
+        INT("--steps", o->steps, 1, 1 << 30);
+        INT("--batch", o->B, 1, 1 << 16);
+        INT("--accum", o->accum, 1, 1 << 16);
+        INT("--ctx", o->T, 2, 1 << 16);
+        INT("--warmup", o->opt.warmup_steps, 0, 1 << 30);
+        INT("--val-every", o->val_every, 0, 1 << 30);
+        INT("--val-batches", o->val_batches, 1, 1 << 20);
+        INT("--ckpt-every", o->ckpt_every, 0, 1 << 30);
+        INT("--threads", o->threads, 1, 1024);
+        else if (cli_opt(argc, argv, &i, "-t", NULL, &v)) o->threads = (int)cli_int(C, "-t", v, 1, 1024);
+        FLT("--alpha", o->alpha);
+        FLT("--dropout", o->dropout);
+        FLT("--lr", o->opt.lr);
+        FLT("--min-lr", o->opt.min_lr);
+        FLT("--wd", o->opt.weight_decay);
+        FLT("--clip", o->opt.grad_clip);
+        FLT("--val-fraction", o->val_fraction);
+        else if (cli_opt(argc, argv, &i, "--seed", NULL, &v)) o->seed =
+            (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
+        else if (cli_flag(argv[i], "--resume", NULL)) o->resume = true;
+        else if (cli_flag(argv[i], "--plot", NULL)) o->plot = true;
+        else if (cli_flag(argv[i], "--quiet", "-q")) o->quiet = true;
+        else {
+            fprintf(stderr, "speck finetune: unknown option '%s'\n", argv[i]);
+            exit(2);
+        }
+#undef INT
+#undef FLT
+    }
+    if (!o->data || !o->out) {
+        fprintf(stderr, "speck finetune: --data and -o are required (speck finetune --help)\n");
+        exit(2);
+    }
+    if (o->rank < 1 || o->rank > 4096) {
+        fprintf(stderr, "speck finetune: --rank %d must be in [1, 4096]\n", o->rank);
+        exit(2);
+    }
+    if (!(o->dropout >= 0 && o->dropout < 1)) {
+        fprintf(stderr, "speck finetune: --dropout must be in [0, 1)\n");
+        exit(2);
+    }
+    if (!(o->val_fraction >= 0 && o->val_fraction < 1)) {
+        fprintf(stderr, "speck finetune: --val-fraction must be in [0, 1)\n");
+        exit(2);
+    }
+    if (o->alpha < 0) o->alpha = (float)o->rank;
+    if (o->opt.warmup_steps < 0) o->opt.warmup_steps = o->steps / 20;
+    if (o->opt.min_lr < 0) o->opt.min_lr = o->opt.lr / 10;
+    o->opt.total_steps = o->steps;
+}
+
+// Row b of micro-batch k at step s: a window of T+1 tokens of [0, n_train) drawn from (seed,
+// step, micro, row) only (so a resumed run draws the same); targets masked where not trained.
+static void sample(const speck_ft_data *d, int64_t n_train, uint64_t seed, int64_t step, int k,
+                   int b, int T, int32_t *in, int32_t *tg) {
+    uint64_t x = seed * 0x9E3779B97F4A7C15ULL ^ ((uint64_t)step << 20) ^ ((uint64_t)k << 10) ^
+                 (uint64_t)b;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    int64_t o = (int64_t)(x % (uint64_t)(n_train - T));
+    for (int j = 0; j < T; j++) {
+        in[j] = d->tok[o + j];
+        tg[j] = d->train[o + j + 1] ? d->tok[o + j + 1] : -1;
+    }
+}
+
+// Mean loss per trained token over windows of [v0, v1) (stride T), up to n_batches batches.
+static int eval_val(speck_lora_trainer *tr, const speck_ft_data *d, int64_t v0, int64_t v1, int B,
+                    int T, int n_batches, int32_t *in, int32_t *tg, double *mean) {
+    double total = 0, count = 0;
+    int64_t w = v0;
+    for (int nb = 0; nb < n_batches && w + T < v1; nb++) {
+        int rows = 0;
+        int64_t c = 0;
+        for (; rows < B && w + T < v1; rows++, w += T)
+            for (int j = 0; j < T; j++) {
+                in[(size_t)rows * T + j] = d->tok[w + j];
+                tg[(size_t)rows * T + j] = d->train[w + j + 1] ? d->tok[w + j + 1] : -1;
+                c += d->train[w + j + 1] != 0;
+            }
+        float loss;
+        int err = speck_lora_trainer_loss(tr, in, tg, rows, T, &loss);
+        if (err) return err;
+        total += (double)loss * c, count += c;
+    }
+    if (count == 0) return 1;
+    *mean = total / count;
+    return 0;
+}
+
+static struct {
+    speck_model *m;
+    speck_vocab *voc;
+    speck_lora *a;
+    speck_lora_trainer *tr;
+    speck_ft_data data;
+    char *ckpt, *csv;
+    FILE *fcsv;
+    int32_t *in, *tg;
+} R;
+
+static int run(int argc, char **argv) {
+    ft_opts o;
+    parse(argc, argv, &o);
+    if (o.threads) speck_set_threads(o.threads);
+    unsigned targets;
+    if (speck_lora_parse_targets(o.targets, &targets)) return cli_fail("finetune");
+    const char *path = cli_model_path("finetune", o.model);
+    if (!path) return 1;
+    char *ckpt = R.ckpt = o.ckpt ? strdup(o.ckpt) : cli_derived_path(o.out, ".ckpt");
+    char *csv = R.csv = o.csv ? strdup(o.csv) : cli_derived_path(o.out, ".csv");
+    // The weights stay in the file's row layout: training never reads decode panels.
+    speck_model *m = R.m = speck_model_load_ex(path, SPECK_LOAD_NO_PANELS);
+    if (!m) return cli_fail("finetune");
+    speck_vocab *voc = R.voc = speck_vocab_from_gguf(speck_model_gguf(m));
+    if (!voc) return cli_fail("finetune");
+    double t0 = cli_now();
+    speck_ft_data *d = &R.data;
+    if (speck_ft_data_load(o.data, voc, o.tmpl, d)) return cli_fail("finetune");
+    // Validation: the last examples holding ~val_fraction of the tokens (of the tokens when
+    // there is one example).
+    int64_t split = d->n;
+    if (o.val_fraction > 0) {
+        int64_t want = (int64_t)((1.0 - o.val_fraction) * (double)d->n);
+        split = want;
+        for (int i = 1; i < d->n_examples && d->n_examples > 1; i++)
+            if (d->start[i] >= want) {
+                split = d->start[i];
+                break;
+            }
+    }
+    const speck_hparams *hp = speck_model_hparams(m);
+    int T = o.T < hp->n_ctx_train ? o.T : hp->n_ctx_train;
+    if (T > split - 1) T = (int)(split - 1);
+    if (T < 2) {
+        fprintf(stderr, "speck finetune: %s: too little training text (%lld tokens)\n", o.data,
+                (long long)split);
+        return 1;
+    }
+    int64_t n_trained = 0;
+    for (int64_t i = 0; i < split; i++) n_trained += d->train[i];
+    speck_lora *a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed);
+    if (!a) return cli_fail("finetune");
+    speck_lora_trainer *tr = R.tr = speck_lora_trainer_new(m, a, o.dropout, o.seed);
+    if (!tr) return cli_fail("finetune");
+    if (!o.quiet)
+        fprintf(stderr,
+                "data: %d examples, %lld tokens (%lld trained), %lld validation tokens (%.1f s)\n"
+                "base: %s (%s, %s), adapter: rank %d, alpha %g, targets %s, %.3fM parameters; "
+                "batch %d x %d x %d accum, %d steps, %d threads\n",
+                d->n_examples, (long long)split, (long long)n_trained, (long long)(d->n - split),
+                cli_now() - t0, path, hp->arch, speck_type_name(speck_model_weight_type(m)),
+                o.rank, o.alpha, o.targets, speck_lora_n_params(a) / 1e6, o.B, T, o.accum,
+                o.steps, speck_get_threads());
+    speck_train_state st = {0, o.seed};
+    if (o.resume && access(ckpt, F_OK) == 0) {
+        if (speck_lora_checkpoint_load(tr, ckpt, &st)) return cli_fail("finetune");
+        if (!o.quiet) fprintf(stderr, "resumed from %s at step %lld\n", ckpt, (long long)st.step);
+    }
+    FILE *fcsv = R.fcsv = cli_open_csv(csv, st.step);
+    if (!fcsv) {
+        fprintf(stderr, "speck finetune: %s: cannot write: %s\n", csv, strerror(errno));
+        return 1;
+    }
+    int32_t *in = R.in = malloc((size_t)o.B * T * sizeof *in);
+    int32_t *tg = R.tg = malloc((size_t)o.B * T * sizeof *tg);
+    if (!in || !tg) return 1;
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int64_t hook_step = -1;
+    int hook_sig = 0;
+    const char *hook = getenv("SPECK_TRAIN_SIGNAL_AT"); // tests: a signal after step N
+    if (hook && sscanf(hook, "%lld:%d", (long long *)&hook_step, &hook_sig) != 2) hook_step = -1;
+    double t_start = cli_now(), tokens_done = 0, last_val = NAN, last_print = 0;
+    int64_t step0 = st.step;
+    int rc = 0;
+    for (int64_t step = st.step; step < o.steps && !g_stop; step++) {
+        double ts = cli_now(), loss_sum = 0;
+        speck_lora_trainer_zero_grad(tr);
+        for (int k = 0; k < o.accum && !rc; k++) {
+            for (int b = 0; b < o.B; b++)
+                sample(d, split, o.seed, step, k, b, T, in + (size_t)b * T, tg + (size_t)b * T);
+            float loss;
+            if (speck_lora_trainer_step(tr, in, tg, o.B, T, 1.0f / o.accum,
+                                        (uint64_t)step * 65536 + (uint64_t)k, &loss))
+                rc = cli_fail("finetune");
+            loss_sum += loss;
+        }
+        float gnorm = 0;
+        if (!rc && speck_lora_trainer_adamw(tr, &o.opt, step, &gnorm)) rc = cli_fail("finetune");
+        if (rc) break;
+        st.step = step + 1;
+        double dt = cli_now() - ts, tps = (double)o.B * T * o.accum / dt;
+        tokens_done += (double)o.B * T * o.accum;
+        double val = NAN;
+        if (o.val_every && split < d->n && (st.step % o.val_every == 0 || st.step == o.steps)) {
+            double v;
+            int e = eval_val(tr, d, split, d->n, o.B, T, o.val_batches, in, tg, &v);
+            if (e < 0) {
+                rc = cli_fail("finetune");
+                break;
+            }
+            if (e == 0) val = last_val = v;
+        }
+        float lr = speck_lr_at(&o.opt, step);
+        fprintf(fcsv, "%lld,%.6f,", (long long)step, loss_sum / o.accum);
+        if (val == val) fprintf(fcsv, "%.6f", val);
+        fprintf(fcsv, ",%.6g,%.4f,%.1f\n", lr, gnorm, tps);
+        fflush(fcsv);
+        if (!o.quiet && (val == val || st.step == o.steps || cli_now() - last_print > 0.2)) {
+            last_print = cli_now();
+            double el = cli_now() - t_start;
+            char etas[32];
+            cli_fmt_time(el / (double)(st.step - step0) * (double)(o.steps - st.step), etas,
+                         sizeof etas);
+            fprintf(stderr, "\rstep %lld/%d loss %.4f", (long long)st.step, o.steps,
+                    loss_sum / o.accum);
+            if (last_val == last_val) fprintf(stderr, " val %.4f", last_val);
+            fprintf(stderr, " | lr %.2e | %.0f tok/s | ETA %s   ", lr, tokens_done / el, etas);
+            if (val == val) fprintf(stderr, "\n");
+        }
+        if (o.ckpt_every && st.step % o.ckpt_every == 0 && st.step < o.steps &&
+            speck_lora_checkpoint_save(tr, &st, ckpt)) {
+            rc = cli_fail("finetune");
+            break;
+        }
+        if (hook_step >= 0 && st.step == hook_step) raise(hook_sig);
+    }
+    if (!o.quiet) fprintf(stderr, "\n");
+    fclose(fcsv);
+    R.fcsv = NULL;
+    if (!rc) {
+        if (speck_lora_checkpoint_save(tr, &st, ckpt) || speck_lora_save(a, o.out))
+            rc = cli_fail("finetune");
+        else if (!o.quiet)
+            fprintf(stderr, "saved %s and checkpoint %s at step %lld\n", o.out, ckpt,
+                    (long long)st.step);
+    }
+    if (!rc && g_stop) {
+        fprintf(stderr, "speck finetune: interrupted at step %lld; resume with --resume\n",
+                (long long)st.step);
+        rc = 130;
+    }
+    if (!rc && o.plot) {
+        char *png = cli_derived_path(o.out, ".png");
+        if (cli_plot(csv, png) == 0 && !o.quiet) fprintf(stderr, "plot: %s\n", png);
+        free(png);
+    }
+    return rc;
+}
+
+int cmd_finetune(int argc, char **argv) {
+    memset(&R, 0, sizeof R);
+    int rc = run(argc, argv);
+    if (R.fcsv) fclose(R.fcsv);
+    free(R.in);
+    free(R.tg);
+    free(R.ckpt);
+    free(R.csv);
+    speck_ft_data_free(&R.data);
+    speck_lora_trainer_free(R.tr);
+    speck_lora_free(R.a);
+    speck_vocab_free(R.voc);
+    speck_model_free(R.m);
+    return rc;
+}
