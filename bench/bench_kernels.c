@@ -5,9 +5,10 @@
 // Built by CMake as `bench_kernels`, or by hand (one line):
 //   gcc -O3 -fopenmp -Iinclude -Isrc bench/bench_kernels.c build/libspeck.a $(pkg-config --libs
 //   openblas libcjson libpcre2-8) -lm -o bench_kernels
-// Run: ./bench_kernels [threads] [isa|best] [hot|sweep]   (measure sgemm with `env -u
+// Run: ./bench_kernels [threads] [isa|best] [hot|sweep|mem] [types]   (measure sgemm with `env -u
 // OPENBLAS_CORETYPE`) "sweep" times the small / int8 GEMM / sgemm paths against each other for
-// n_tok 8..512.
+// n_tok 8..512. types: a comma list (default q4_0,q8_0,f16,bf16,f32). Types with panel kernels
+// on this ISA are timed on their panel copy too (what models decode with), in the same loop.
 //
 // Decode streams a set of weight copies larger than any cache (>= 512 MiB in all), cycling
 // through them, so the number is DRAM bandwidth as in a real forward pass, not L3 bandwidth.
@@ -93,8 +94,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "isa %s unavailable\n", argv[2]);
     printf("isa %s, %d threads, OPENBLAS_CORETYPE=%s\n", speck_kernels_isa(), speck_get_threads(),
            getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "(unset)");
-    const speck_type types[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0, SPECK_TYPE_F16, SPECK_TYPE_BF16,
-                                SPECK_TYPE_F32};
+    speck_type types[32] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0, SPECK_TYPE_F16, SPECK_TYPE_BF16,
+                            SPECK_TYPE_F32};
+    size_t n_types = 5;
+    if (argc > 4) {
+        n_types = 0;
+        char list[256];
+        snprintf(list, sizeof list, "%s", argv[4]);
+        for (char *tok = strtok(list, ","); tok && n_types < 32; tok = strtok(NULL, ",")) {
+            const int t = speck_type_from_name(tok);
+            if (t < 0) {
+                fprintf(stderr, "unknown type %s\n", tok);
+                return 2;
+            }
+            types[n_types++] = (speck_type)t;
+        }
+    }
     const int64_t shapes[][2] = {{2048, 2048}, {5632, 2048}};
     const int64_t prefill = 512;
     float *X = malloc((size_t)prefill * 5632 * sizeof(float));
@@ -107,36 +122,57 @@ int main(int argc, char **argv) {
     }
     for (size_t s = 0; s < 2; s++) {
         const int64_t n_out = shapes[s][0], n_in = shapes[s][1];
-        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        for (size_t ti = 0; ti < n_types; ti++) {
             const speck_type t = types[ti];
             size_t one;
             size_t probe = speck_type_row_size(t, n_in) * (size_t)n_out;
             int copies = hot ? 1 : (int)((512u << 20) / probe) + 1;
             char *W = make_weights(t, n_out, n_in, copies, &one);
             printf("%-5s %5lldx%-5lld", speck_type_name(t), (long long)n_out, (long long)n_in);
-            // Decode and small batches: GB/s of weight bytes streamed.
+            // Decode and small batches: GB/s of weight bytes streamed, on the rows and (where the
+            // ISA has panel kernels) on panel copies, alternated per pass (shared machines drift).
+            const int panels = speck_panel_supported(t) && speck_type_block_size(t) > 1;
+            const size_t pb = panels ? speck_panel_bytes(t, n_out, n_in) : 0;
+            char *P = panels ? aligned_alloc(64, (pb * (size_t)copies + 63) / 64 * 64) : NULL;
+            for (int c = 0; panels && c < copies; c++)
+                speck_panel_pack(t, W + one * (size_t)c, n_out, n_in, P + pb * (size_t)c);
             const int64_t toks[] = {1, 4, 16};
             for (size_t k = 0; k < 3; k++) {
                 int iters = hot ? 200 : copies * 2;
+                double dt[2] = {0, 0};
                 speck_matmul(t, W, n_out, n_in, X, toks[k], Y); // warm-up (scratch, threads)
-                double t0 = now();
-                for (int i = 0; i < iters; i++)
-                    speck_matmul(t, W + one * (size_t)(i % copies), n_out, n_in, X, toks[k], Y);
-                double dt = now() - t0;
+                for (int pass = 0; pass < 4; pass++)
+                    for (int v = 0; v < 1 + panels; v++) {
+                        double t0 = now();
+                        for (int i = 0; i < iters / 4; i++)
+                            speck_matmul_panels(t, W + one * (size_t)(i % copies),
+                                                v ? P + pb * (size_t)(i % copies) : NULL, n_out,
+                                                n_in, X, toks[k], Y);
+                        dt[v] += now() - t0;
+                    }
                 printf("  n_tok=%-2lld %6.1f GB/s", (long long)toks[k],
-                       (double)one * iters / dt * 1e-9);
+                       (double)one * (iters / 4 * 4) / dt[0] * 1e-9);
+                if (panels) printf(" (panels %6.1f)", (double)one * (iters / 4 * 4) / dt[1] * 1e-9);
             }
             // Prefill: GFLOP/s of the automatic path and, for types with an int8 GEMM, of the
             // sgemm path, interleaved in the same run (shared machines drift), best of 5.
-            const int qtype = t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0;
+            // Types whose automatic prefill path is not sgemm (the int8 GEMM of Q8_0 / Q4_0, the
+            // streaming kernels of the other block types) are timed on sgemm too.
+            const int qtype = speck_type_block_size(t) > 1;
+            if (getenv("BENCH_NO_PREFILL")) {
+                printf("\n");
+                free(W), free(P);
+                continue;
+            }
             const char *paths[] = {"auto", "sgemm"};
             double best[2] = {1e30, 1e30};
             for (int rep = 0; rep < 5; rep++) {
                 for (int p = 0; p < (qtype ? 2 : 1); p++) {
                     speck_matmul_force_path(paths[p]);
-                    if (rep == 0) speck_matmul(t, W, n_out, n_in, X, prefill, Y); // warm-up
+                    // With the panel copy where there is one, as the model runs it.
+                    if (rep == 0) speck_matmul_panels(t, W, P, n_out, n_in, X, prefill, Y);
                     double t0 = now();
-                    speck_matmul(t, W, n_out, n_in, X, prefill, Y);
+                    speck_matmul_panels(t, W, P, n_out, n_in, X, prefill, Y);
                     double dt = now() - t0;
                     if (dt < best[p]) best[p] = dt;
                 }
@@ -146,7 +182,7 @@ int main(int argc, char **argv) {
             printf("  n_tok=512 %6.1f GFLOP/s", flop / best[0]);
             if (qtype) printf(" (sgemm path %6.1f)", flop / best[1]);
             printf("\n");
-            free(W);
+            free(W), free(P);
         }
     }
     free(X), free(Y);

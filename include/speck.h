@@ -61,19 +61,43 @@ typedef enum {
     SPECK_TYPE_F32 = 0,
     SPECK_TYPE_F16 = 1,
     SPECK_TYPE_Q4_0 = 2,
+    SPECK_TYPE_Q4_1 = 3,
+    SPECK_TYPE_Q5_0 = 6,
+    SPECK_TYPE_Q5_1 = 7,
     SPECK_TYPE_Q8_0 = 8,
+    SPECK_TYPE_Q2_K = 10,
+    SPECK_TYPE_Q3_K = 11,
+    SPECK_TYPE_Q4_K = 12,
+    SPECK_TYPE_Q5_K = 13,
+    SPECK_TYPE_Q6_K = 14,
+    SPECK_TYPE_Q8_K = 15, // activations of the 256-value types' dots; not a storage type
+    SPECK_TYPE_IQ4_NL = 20,
+    SPECK_TYPE_IQ4_XS = 23,
     SPECK_TYPE_BF16 = 30,
 } speck_type;
 
-// "f32", "f16", "q4_0", "q8_0", "bf16" or NULL for a type speck does not handle.
+// "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
+// "q6_k", "iq4_nl", "iq4_xs", or NULL for a type speck does not store (Q8_K, ggml's others).
 const char *speck_type_name(int type);
 // Parse a name as above (case-insensitive); returns -1 if unknown.
 int speck_type_from_name(const char *name);
-// Values per block (1 for float types, 32 for Q8_0/Q4_0) and bytes per block.
+// Values per block (1 for float types, 32 for Q8_0 / Q4_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL, 256 for
+// the K-quants, IQ4_XS and Q8_K) and bytes per block (0 for unknown types).
 int64_t speck_type_block_size(speck_type t);
 int64_t speck_type_block_bytes(speck_type t);
 // Bytes of a row of n values (n must be a multiple of the block size).
 size_t speck_type_row_size(speck_type t, int64_t n);
+// The type a matrix of rows of n_per_row values gets when t is asked for: t when its block
+// divides the row, otherwise llama-quantize's fallback (Q2_K / Q3_K -> Q4_0, Q4_K -> Q5_0,
+// Q5_K -> Q5_1, Q6_K -> Q8_0, IQ4_XS -> IQ4_NL), and f16 when no block fits.
+speck_type speck_type_for_row(speck_type t, int64_t n_per_row);
+// Quantize nrow rows of n_per_row floats into type t, rows contiguous: x (nrow, n_per_row) ->
+// y (nrow rows of speck_type_row_size(t, n_per_row) bytes). The algorithms are llama-quantize's,
+// byte for byte. imp: per-column importance weights (n_per_row values, e.g. an imatrix's) that
+// steer the scale searches toward the columns that matter, or NULL. Threaded over rows.
+// SPECK_ERR_ARG (error set) for a type speck cannot write or a row its block does not divide.
+int speck_quantize(speck_type t, const float *x, void *y, int64_t nrow, int64_t n_per_row,
+                   const float *imp);
 
 /* ------------------------------------------------------------------------------------------ */
 /* GGUF v3 files                                                                               */
@@ -122,10 +146,11 @@ speck_gguf *speck_gguf_open(const char *path);
 // By default the few-token (decode / verification) kernels run on a *panel* copy (16 rows
 // interleaved, src/kernels/kernels.h) where it pays: float (F32 / F16 / BF16) matrices when they
 // total at most 32 MiB — up to 32 MiB more memory, ~1.5-2x faster passes on such compute-bound
-// models; and Q4_0 / Q8_0 matrices of any size on AVX-512 VNNI and AVX2 CPUs when the file is
+// models; and quantized matrices of any size (Q4_0 / Q8_0 on AVX-512 VNNI and AVX2 CPUs, the
+// other block types — K-quants, IQ4, Q4_1, Q5_0, Q5_1 — on AVX-512 VNNI) when the file is
 // mapped (not
-// with SPECK_LOAD_HUGEPAGES; not a head tied to the token embedding), whose mapped pages are
-// then dropped (resident memory stays about the file's size; packing takes ~0.5 s per GB).
+// with SPECK_LOAD_HUGEPAGES), whose mapped pages are then dropped (resident memory stays about
+// the file's size; packing takes ~0.5 s per GB; a tied head's embedding lookups read the panels).
 #define SPECK_LOAD_NO_PANELS 2u
 speck_gguf *speck_gguf_open_ex(const char *path, unsigned flags);
 void speck_gguf_close(speck_gguf *g);
@@ -146,8 +171,9 @@ int64_t speck_gguf_arr_n(const speck_gguf *g, int64_t i);
 const void *speck_gguf_arr_data(const speck_gguf *g, int64_t i);
 // Array of strings: element j (pointer into the mapping, not NUL-terminated) and its length.
 const char *speck_gguf_arr_str(const speck_gguf *g, int64_t i, int64_t j, uint64_t *len);
-// Scalar value of key i converted to the requested C type (any integer/float/bool type converts;
-// false/0 on type mismatch — check speck_gguf_kv_type when it matters).
+// Scalar value of key i converted to the requested C type (any integer/float/bool type converts,
+// floats to integers toward zero, saturating, NaN as 0; false/0 on type mismatch — check
+// speck_gguf_kv_type when it matters).
 int64_t speck_gguf_get_int(const speck_gguf *g, int64_t i);
 double speck_gguf_get_float(const speck_gguf *g, int64_t i);
 // String value (NUL-terminated copy owned by g) or NULL if key i is not a string.
@@ -193,10 +219,21 @@ typedef enum {
     SPECK_ROPE_SCALING_NONE = 0,
     SPECK_ROPE_SCALING_LINEAR = 1,
     SPECK_ROPE_SCALING_LLAMA3 = 2,
+    // Phi-3's LongRoPE: per-frequency divisors from the rope_factors_short / rope_factors_long
+    // tensors (the long ones for contexts longer than rope_orig_ctx, chosen per context as
+    // llama.cpp does), cos and sin multiplied by rope_attn_factor.
+    SPECK_ROPE_SCALING_LONGROPE = 3,
 } speck_rope_scaling;
+// FFN activation: down(act(gate x) * up x).
+typedef enum {
+    SPECK_ACT_SILU = 0,      // SwiGLU: x sigmoid(x)
+    SPECK_ACT_GELU_TANH = 1, // GeGLU with the tanh approximation of GELU (Gemma)
+} speck_act;
 
+// A model's hyper-parameters. The architecture's description (src/model/arch_*.c) sets the
+// defaults of the fields below `tied_output` that its GGUF keys do not give.
 typedef struct {
-    char arch[32];  // "llama" or "qwen2"
+    char arch[32];  // general.architecture: "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"
     char name[128]; // general.name (may be empty)
     int n_vocab;
     int n_ctx_train; // context length the model was trained for
@@ -213,11 +250,29 @@ typedef struct {
     float rope_scale_factor;    // linear: positions divided by this; llama3: "factor"
     float rope_low_freq_factor; // llama3 scaling
     float rope_high_freq_factor;
-    int rope_orig_ctx;  // llama3 scaling: original_max_position_embeddings
+    int rope_orig_ctx;  // llama3 / LongRoPE scaling: original_max_position_embeddings
     bool qkv_bias;      // Qwen2-style biases on q/k/v projections
     bool tied_output;   // output head shares token_embd
     int bos_id, eos_id; // -1 if absent
+    speck_act ffn_act;  // FFN activation (SwiGLU; Gemma: GeGLU)
+    bool qk_norm;       // RMSNorm over each q and k head before RoPE (qwen3, gemma3)
+    bool post_norms;    // RMSNorm of the attention and FFN outputs before the residual adds (gemma)
+    float embd_scale;   // token embeddings multiplied by this (gemma: sqrt(n_embd); else 1)
+    float attn_scale;   // multiplies q . k: 1/sqrt(head_dim) unless the architecture or the file
+                        // says otherwise (gemma: 1/sqrt(query_pre_attn_scalar))
+    float attn_softcap; // > 0: attention logits s -> c tanh(s / c) (gemma2: 50); 0: off
+    float final_softcap;      // > 0: output logits likewise (gemma2: 30); 0: off
+    int n_swa;                // > 0: sliding-window attention; a windowed layer's query at position
+                              // p sees the keys at positions > p - n_swa; 0: none
+    int swa_period;           // which layers are windowed: 0 all; P >= 1 those with l % P < P - 1
+                              // (every P-th is global: gemma2 2, gemma3 6; 1 none)
+    float rope_freq_base_swa; // RoPE base of the windowed layers (gemma3: 10000; else the global)
+    float rope_attn_factor;   // cos and sin of RoPE multiplied by this (LongRoPE); 1 otherwise
 } speck_hparams;
+
+// Whether layer l is a sliding-window layer (n_swa > 0 and the layer is not one of the global
+// ones of the swa_period pattern).
+bool speck_hparams_layer_swa(const speck_hparams *hp, int l);
 
 typedef struct speck_model speck_model;
 
@@ -259,8 +314,17 @@ void speck_ctx_free(speck_ctx *c);
 int speck_ctx_n_ctx(const speck_ctx *c);
 // Number of entries currently in the KV cache.
 int speck_ctx_n_past(const speck_ctx *c);
+// Bytes allocated for the KV cache: n_ctx entries per layer, except that a sliding-window layer
+// keeps a ring of its window + 64 entries (pages are faulted in as the cache fills).
+size_t speck_ctx_kv_bytes(const speck_ctx *c);
 // Drop KV entries [n, n_past): rejected draft tokens, or restarting from a shared prefix.
+// SPECK_ERR_RANGE (nothing changed) when sliding-window layers no longer hold the window of
+// entry n: their rings keep the last window + 64 entries, so rolling back further needs the
+// entries computed again (truncate to 0 and run them).
 int speck_ctx_truncate(speck_ctx *c, int n);
+// The smallest n > 0 that speck_ctx_truncate accepts now: 1, or later when sliding-window rings
+// have moved past earlier entries (truncating to 0 is always possible).
+int speck_ctx_truncate_floor(const speck_ctx *c);
 // Keep only the listed KV entries, in order, so the cache holds idx[0..n) then nothing else
 // (idx strictly increasing, all < n_past). Used to keep the accepted path of a token tree.
 int speck_ctx_compact(speck_ctx *c, const int *idx, int n);
@@ -285,10 +349,12 @@ int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos
 
 typedef struct {
     const char *name; // "tiny", "smollm2-135m", ...
-    const char *arch;
+    const char *arch; // what the architecture's description does not say is its default
     int n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
     float rope_freq_base, norm_eps;
     bool tied_output, qkv_bias;
+    int head_dim; // 0: n_embd / n_head
+    int n_swa;    // sliding window (0: the architecture's default)
 } speck_preset;
 
 // Presets, terminated by an entry with name == NULL.
@@ -296,9 +362,43 @@ const speck_preset *speck_presets(void);
 const speck_preset *speck_preset_find(const char *name);
 
 // Write a model with the preset's shapes, weights ~ N(0, 0.02) (norms 1, biases small) from a
-// seeded RNG, matrices stored as `type` (norms and biases f32), a byte-level vocabulary of
-// n_vocab tokens, atomically to path.
+// seeded RNG, matrices stored as `type` (rows its block does not divide: speck_type_for_row's
+// fallback; norms and biases f32), a byte-level vocabulary of n_vocab tokens, atomically to path.
 int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Function-preserving growth (`speck grow`, docs/training.md)                                 */
+/* ------------------------------------------------------------------------------------------ */
+//
+// A model widened and deepened to larger shapes that computes the same function: residual units
+// duplicated (padded with zero units when the width is not a multiple, RMSNorm's epsilon scaled
+// to match), query heads copied with their output columns split, kv heads copied, each head's
+// RoPE pairs moved to the target pair of the same frequency, FFN units duplicated with their
+// down-projection columns split, new layers that start as the identity (zero attn_output and
+// ffn_down). Copies' shares of a split are random (from the seed) so that training the grown
+// model can tell them apart; weights that cannot influence the output (new layers' inputs,
+// padding columns, unused head dimensions) are random too, uniform with std 0.02. Exact in real
+// arithmetic; in f32 the logits agree to float rounding (tests/reference/test_grow.py).
+//
+// From `target`: n_embd, n_layer, n_head, n_head_kv, n_ff (head size n_embd / n_head), and a
+// tied head when both it and the source have one (a source with a tied head is untied
+// otherwise; an untied one stays untied). From the source: architecture, vocabulary and
+// tokenizer, context length, RoPE (type, base, scaling), q/k/v biases; the RMSNorm epsilon
+// times k * n_embd / n_embd' (k = n_embd' / n_embd rounded down).
+
+// Whether src can grow exactly to target: 0, or SPECK_ERR_ARG naming the shape out of reach and
+// why. Reachable: every target size >= the source's; n_embd' a multiple of n_head'; the head
+// size a multiple of the source's; n_head' a multiple of n_head_kv'; and
+// n_head_kv' >= n_head_kv * ceil(G / G') for G, G' the query heads per kv head of each. desc
+// (may be NULL) receives a one-line summary of the construction.
+int speck_grow_check(const speck_hparams *src, const speck_preset *target, char *desc,
+                     size_t desc_size);
+// Write the model of src_path grown to target's shapes, matrices stored as `type` (norms,
+// biases f32), streamed to a temporary file renamed to out_path. Quantized types also need
+// every row length (n_embd', n_ff', n_head' x head size) to be a multiple of their block of 32.
+// progress: a progress bar on stderr.
+int speck_grow_model(const char *src_path, const speck_preset *target, speck_type type,
+                     uint64_t seed, bool progress, const char *out_path);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Tokenizers                                                                                  */
@@ -354,22 +454,37 @@ const char *speck_detok_push(speck_detok *d, int32_t id);
 const char *speck_detok_flush(speck_detok *d);
 
 // Chat templates. speck renders the prompt formats of the common instruction-tuned families
-// itself (it does not interpret Jinja): "chatml" (Qwen and many fine-tunes), "llama2", "llama3",
-// "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
+// itself (it does not interpret Jinja): "chatml" (Qwen2 and many fine-tunes), "qwen3", "llama2",
+// "llama3", "mistral", "gemma", "phi3", "zephyr" (docs/tokenizers.md shows each).
 typedef struct {
-    const char *role; // "system", "user", "assistant" (others pass through where the format
-                      // names roles itself: chatml, llama3, gemma)
+    const char *role; // "system", "user", "assistant", "tool" (qwen3; others pass through where
+                      // the format names roles itself: chatml, llama3, gemma)
     const char *content;
 } speck_chat_msg;
+
+// Options of speck_chat_apply_ex. The per-message fields are arrays parallel to the messages
+// (entries NULL where a message has none); qwen3 reads them, the other formats ignore them.
+typedef struct {
+    bool add_generation_prompt; // append the opening of an assistant turn
+    bool disable_thinking;      // qwen3: open it with an empty <think></think> block (Qwen3's
+                                // enable_thinking = false)
+    const char *tools; // qwen3: JSON array of tool definitions for the system prompt, or NULL
+    const char *const *reasoning_content; // (n) or NULL: an assistant turn's reasoning (else
+                                          // the text of a <think> block in its content)
+    const char *const *tool_calls;        // (n) or NULL: an assistant turn's calls, a JSON array of
+                                          // {"name", "arguments"} or {"function": {"name",
+                                          // "arguments"}} (arguments: an object or a string)
+} speck_chat_opts;
 
 // The built-in names, NULL-terminated.
 const char *const *speck_chat_templates(void);
 // Canonical name for a name or alias ("qwen2" -> "chatml", "Llama-3" -> "llama3"); NULL if unknown.
 const char *speck_chat_template_name(const char *name);
 // Which built-in format a model's Jinja template (tokenizer.chat_template, or tokenizer_config.json
-// "chat_template") is, recognised by its markers: "<|im_start|>" chatml, "<|start_header_id|>"
-// llama3, "<start_of_turn>" gemma, "[INST]" with "<<SYS>>" llama2 / without mistral, "<|user|>"
-// with "<|end|>" phi3 / with "</s>" or eos_token zephyr. NULL if none matches or s is NULL.
+// "chat_template") is, recognised by its markers: "<|im_start|>" with "<think>" qwen3 / without
+// chatml, "<|start_header_id|>" llama3, "<start_of_turn>" gemma, "[INST]" with "<<SYS>>" llama2 /
+// without mistral, "<|user|>" with "<|end|>" phi3 / with "</s>" or eos_token zephyr. NULL if none
+// matches or s is NULL.
 const char *speck_chat_template_detect(const char *template_str);
 // Render a conversation as the named format (name or alias) does, byte for byte what the family's
 // Jinja template gives for these messages; add_generation_prompt appends the opening of an
@@ -383,6 +498,14 @@ const char *speck_chat_template_detect(const char *template_str);
 // appears twice) and parse_special = true (so the markers become their special tokens).
 int64_t speck_chat_apply(const char *name, const speck_chat_msg *msgs, int n,
                          bool add_generation_prompt, char *buf, int64_t size);
+// The same with options (tools, thinking; opts NULL: a generation prompt, nothing else).
+// qwen3 renders Qwen3's template: a system prompt listing the tools, earlier assistant turns
+// without their reasoning, the turns after the last user query with it (in <think> blocks),
+// tool calls as <tool_call> JSON (objects re-serialised as Python's json.dumps does), "tool"
+// messages as <tool_response> blocks of a user turn. SPECK_ERR_ARG for tools / tool_calls that
+// are not valid JSON.
+int64_t speck_chat_apply_ex(const char *name, const speck_chat_msg *msgs, int n,
+                            const speck_chat_opts *opts, char *buf, int64_t size);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Sampling                                                                                    */
@@ -452,30 +575,11 @@ size_t speck_st_largest_file(const speck_st *s); // bytes of the largest shard
 // Convert a Hugging Face directory (config.json, safetensors, tokenizer.json and
 // tokenizer_config.json) of a LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM model
 // into a GGUF file with llama.cpp's keys and tensor names (llama Q/K rows permuted to
-// interleaved RoPE). type: matrices' type (f32, f16, bf16, q8_0, q4_0), or -1 to keep the
+// interleaved RoPE). type: matrices' type (any speck_type_name names), or -1 to keep the
 // checkpoint's dtype; norms and biases are f32. Tensors are streamed one at a time into a
 // temporary file renamed into place, so memory stays small and a failure leaves no file.
 // progress: a progress bar on stderr.
 int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool progress);
-
-// Rewrite a GGUF model with its matrices in another type, like llama.cpp's llama-quantize:
-// every tensor of two or more dimensions takes `type` (token_embd.weight `embd_type` and
-// output.weight `output_type` when >= 0), falling back to f16 where the type's block does not
-// divide a row; vectors (norms, biases) and every metadata key are copied, general.file_type
-// set from the new matrices. A tensor already Q8_0/Q4_0 that would go to the other quantized
-// type is refused (SPECK_ERR_ARG) unless allow_requantize, since the rounding errors add up
-// (to f32/f16/bf16 it is dequantized); a tensor in a type speck cannot read (llama.cpp's
-// K-quants, ...) is an error naming it when it would have to change, and copied otherwise.
-// Streams row chunks into a temporary file renamed into place (a failure leaves no file); the
-// source's pages are dropped as they are written.
-typedef struct {
-    speck_type type;       // the matrices: f32, f16, bf16, q8_0 or q4_0
-    int embd_type;         // token_embd.weight: a speck_type, or -1 for `type`
-    int output_type;       // output.weight: a speck_type, or -1 for `type`
-    bool allow_requantize; // convert Q8_0/Q4_0 tensors to the other quantized type too
-} speck_quantize_opts;
-int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
-                        bool progress);
 
 // Load a model straight from a Hugging Face directory: it is converted (keeping its dtype) to
 // an unlinked temporary GGUF in $TMPDIR (default /tmp), which needs that much free disk while
@@ -485,6 +589,160 @@ speck_model *speck_model_load_hf(const char *hf_dir);
 // and tokenizer_config.json into out_dir (created; an existing directory is replaced) from a
 // "llama" or "qwen2" GGUF, via a temporary directory renamed into place.
 int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype, bool progress);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Quantization: llama-quantize's file types, importance matrices, calibration (docs/convert.md) */
+/* ------------------------------------------------------------------------------------------ */
+
+// llama-quantize's file types. A name as llama-quantize takes it (case-insensitive): Q2_K,
+// Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
+// IQ4_NL, IQ4_XS, F16, BF16, F32, and the aliases Q3_K, Q4_K, Q5_K of the _M mixes -> its
+// general.file_type code (llama.cpp's LLAMA_FTYPE_MOSTLY_*), or -1.
+int speck_ftype_from_name(const char *name);
+const char *speck_ftype_name(int ftype); // canonical name; NULL for a code speck does not write
+int speck_ftype_base(int ftype);         // the speck_type most matrices get; -1 if unknown
+const char *speck_ftype_list(void);      // the names, for messages
+// Whether a file type conversion touches a tensor: matrices named "*weight" except norms (as
+// llama-quantize); vectors and everything else keep their type.
+bool speck_ftype_quantizes(const char *name, int n_dims);
+// What a file type's per-tensor mix depends on.
+typedef struct {
+    const char *arch;      // general.architecture
+    int n_layer, n_head, n_head_kv;
+    bool has_output;       // false: token_embd doubles as the head and is treated as it
+    bool has_imatrix;      // a few rules (Q4_0/Q5_0, IQ4 ffn_down) differ with an imatrix
+} speck_mix_info;
+// The type llama-quantize's mix gives matrix `name` (rows of ne0 values) in a file of type
+// ftype, before the fallback for rows the type's block does not divide (speck_type_for_row).
+// The rules (which tensors get more bits) are listed in docs/convert.md.
+speck_type speck_ftype_tensor_type(int ftype, const speck_mix_info *mi, const char *name,
+                                   int64_t ne0);
+
+// Importance matrices, in llama.cpp's imatrix file formats: per weight matrix, the sum over
+// calibration tokens of each input column's squared activation, and the number of tokens.
+typedef struct speck_imatrix speck_imatrix;
+// Read either format llama-imatrix writes: GGUF (general.type "imatrix"; tensors NAME.in_sum2
+// (n_in, n_mat) and NAME.counts (1, n_mat) f32; imatrix.datasets / chunk_count / chunk_size) or
+// the legacy binary ("dat": i32 entries, then per entry i32 name length, name, i32 ncall, i32
+// n, n f32 of sum/count*ncall; then optionally i32 chunks, i32 length, dataset name). Every
+// count, length and value is validated (finite, >= 0); errors name the file and entry.
+speck_imatrix *speck_imatrix_load(const char *path);
+// The same from n bytes in memory (`what` names them in messages): the fuzzing entry point.
+speck_imatrix *speck_imatrix_parse(const void *data, size_t n, const char *what);
+void speck_imatrix_free(speck_imatrix *im);
+int speck_imatrix_n_entries(const speck_imatrix *im);
+const char *speck_imatrix_entry_name(const speck_imatrix *im, int i);
+// Per-column mean squared activation of matrix `name` (sum / tokens, n_in values: what
+// llama-quantize hands its quantizers), or NULL when the file has no entry for it. *n_in may be
+// NULL.
+const float *speck_imatrix_get(const speck_imatrix *im, const char *name, int64_t *n_in);
+// Tokens the sums of entry `name` were collected over (0 if absent).
+int64_t speck_imatrix_count(const speck_imatrix *im, const char *name);
+// Every entry must name a matrix of the model with as many columns: an imatrix made for another
+// model is refused with an error naming the imatrix file, the entry, the model and both sizes.
+int speck_imatrix_check(const speck_imatrix *im, const speck_gguf *model);
+// Write atomically as GGUF (dat = false) or legacy .dat (dat = true).
+int speck_imatrix_save(const speck_imatrix *im, const char *path, bool dat);
+// Collect one: run `tokens` through the model in consecutive windows of n_ctx tokens (each from
+// an empty cache, like llama-imatrix's chunks), summing the squared inputs of every matrix
+// product of the layers (and of the head when with_output). dataset: recorded in the file.
+// progress(done, total, user) after each window, or NULL.
+speck_imatrix *speck_imatrix_compute(const speck_model *m, const int32_t *tokens, int64_t n,
+                                     int n_ctx, bool with_output, const char *dataset,
+                                     void (*progress)(int64_t done, int64_t total, void *user),
+                                     void *user);
+
+// Observe the input of every matrix product of speck_forward (calibration). fn gets the weight's
+// name ("blk.3.ffn_down.weight"), its input x: (n, n_in), from the calling thread between the
+// operations. While a hook is set every forward takes the batch path. NULL turns it off; unset,
+// it costs one test per product.
+typedef void (*speck_matmul_hook)(const char *weight, const float *x, int n, int n_in,
+                                  void *user);
+void speck_ctx_set_matmul_hook(speck_ctx *c, speck_matmul_hook fn, void *user);
+
+// Quality of a model against a reference's saved log-probabilities, measured as llama.cpp's
+// llama-perplexity measures it: the text in chunks of n_ctx tokens, each run from an empty cache
+// (BOS replacing its first token when the vocabulary adds one), each scored on its second half
+// (positions n_ctx/2 .. n_ctx-2 predicting the next token, so every scored token sees at least
+// n_ctx/2 tokens of context).
+typedef struct {
+    int64_t n_scored;          // tokens scored
+    int n_ctx, n_chunks;
+    double nll, nll_err;       // mean negative log-likelihood (nats/token), its standard error;
+                               // perplexity = exp(nll)
+    bool has_base;             // a base file was read; then:
+    double nll_base;           // the base model's mean nll on the same tokens
+    double ln_ppl_ratio;       // nll - nll_base = ln(PPL / PPL_base), and its standard error
+    double ln_ppl_ratio_err;   // (the two nlls are correlated token by token)
+    double kld, kld_err;       // mean KL(base || model) in nats per token, standard error
+    double kld_median, kld_p99, kld_max;
+    double top1;               // fraction of positions where both rank the same token first
+} speck_kld_result;
+// Run the model over tokens (n_tokens; at least 2 chunks) or, with base_in, over the tokens and
+// chunking stored in that file, comparing with its log-probabilities. base_out: write this
+// model's log-probabilities (atomically). Both files are llama-perplexity's
+// --kl-divergence-base format: either program's file serves the other. A file made with another
+// vocabulary size, truncated or damaged is an error naming it. progress(done, total) per chunk.
+int speck_eval_kld(const speck_model *m, const int32_t *tokens, int64_t n_tokens, int n_ctx,
+                   const char *base_in, const char *base_out, speck_kld_result *res,
+                   void (*progress)(int64_t done, int64_t total, void *user), void *user);
+
+// How `speck_gguf_quantize` rounds each matrix.
+typedef enum {
+    SPECK_QMETHOD_RTN = 0,  // llama-quantize's algorithms (scale searches weighted by the imatrix)
+    SPECK_QMETHOD_GPTQ = 1, // error feedback over columns under a calibration Hessian (GPTQ)
+    SPECK_QMETHOD_RECON = 2, // GPTQ in forward order, each matrix retargeted to reproduce the
+                             // unquantized model's output from the quantized model's inputs
+} speck_quant_method;
+
+// What speck_gguf_quantize did with one tensor (opts.on_tensor).
+typedef struct {
+    const char *name;
+    int index, n_tensors; // this tensor's position in the file
+    int src_type, type;   // before and after
+    int wanted;           // the type the mix/options asked for (!= type: fell back)
+    int64_t n_elements, ne0;
+    size_t bytes;         // after
+    double err;           // ||W - Q||^2 / ||W||^2 (column-weighted by the imatrix when given);
+                          // -1 when not measured (opts.measure) or not converted
+} speck_quant_tensor_info;
+
+// Rewrite a GGUF model (or a Hugging Face directory, converted first into an unlinked
+// temporary file in $TMPDIR) with its matrices in other types, like llama.cpp's llama-quantize:
+// with ftype, each matrix gets the type that file type's mix gives it (speck_ftype_tensor_type);
+// without, every matrix takes `type`. token_embd.weight / output.weight take embd_type /
+// output_type when >= 0. Rows a type's block does not divide fall back as llama-quantize does
+// (speck_type_for_row; the tensor info's `wanted` says so). Vectors (norms, biases) and every
+// metadata key are copied; general.file_type is set (ftype, or the q projections' type). A
+// quantized tensor that would change to another quantized type is refused (SPECK_ERR_ARG)
+// unless allow_requantize, since the rounding errors add up (to f32/f16/bf16 it is simply
+// dequantized); a tensor in a type speck cannot read is an error naming it when it would have
+// to change, and copied otherwise. Streams into a temporary file renamed into place (a failure
+// leaves no file); the source's pages are dropped as they are written.
+typedef struct {
+    speck_type type;       // every matrix, when ftype is 0
+    int embd_type;         // token_embd.weight: a speck_type, or -1 for the mix / `type`
+    int output_type;       // output.weight: a speck_type, or -1 for the mix / `type`
+    bool allow_requantize; // convert quantized tensors to another quantized type too
+    int ftype;             // llama-quantize file type (speck_ftype_from_name): its per-tensor
+                           // mix; 0 (F32's code, which has no mix): every matrix in `type`
+    const speck_imatrix *imatrix; // importance weights for the scale searches, or NULL
+    speck_quant_method method;
+    const int32_t *calib;  // calibration tokens (method GPTQ, target_bpw), n_calib of them,
+    int64_t n_calib;       // in windows of calib_ctx (0: the model's context, at most 512)
+    int calib_ctx;
+    double target_bpw;     // > 0: choose per-matrix types to minimize the measured error at
+                           // this many bits per weight (over all tensors; docs/convert.md)
+    bool measure;          // compute each tensor's err for on_tensor
+    void (*on_tensor)(const speck_quant_tensor_info *ti, void *user); // after each tensor
+    // target_bpw: every candidate type of every matrix, with its size and measured KL
+    // divergence, once the choice is made (chosen: the type the matrix gets).
+    void (*on_candidate)(const char *tensor, int type, int64_t bytes, double kld, bool chosen,
+                         void *user);
+    void *user;
+} speck_quantize_opts;
+int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
+                        bool progress);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Accelerated decoding: draft-and-verify with identical output                                */

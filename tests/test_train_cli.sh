@@ -31,6 +31,13 @@ for c in train tokenizer-train eval; do
 done
 
 expect 0 "tokenizer-train" -- "$SPECK" tokenizer-train --data "$dir/corpus" --glob '*.py' --vocab-size 320 -o "$dir/vocab.gguf"
+mentions "24 files" "(320 tokens)"
+# The vocabulary has its 320 tokens and merges that shorten the corpus' text.
+expect 0 "tokenize with the trained vocabulary" -- "$SPECK" tokenize -m "$dir/vocab.gguf" '    return x + y * 12'
+n_ids=$(wc -w <"$dir/out")
+(( n_ids > 0 && n_ids < 19 )) && ok || bad "20 bytes of corpus text took $n_ids tokens: $(cat "$dir/out")"
+"$SPECK" info -m "$dir/vocab.gguf" >"$dir/out" 2>&1
+grep -q "tokenizer.ggml.tokens *= \[str x 320\]" "$dir/out" && ok || bad "trained vocabulary size: $(grep tokens "$dir/out")"
 expect 1 "tokenizer-train empty corpus" -- "$SPECK" tokenizer-train --data "$dir/empty" --glob '*.py' -o "$dir/v2.gguf"
 mentions "empty corpus"
 
@@ -41,8 +48,20 @@ expect 0 "train" -- "$SPECK" train "${ARGS[@]}" -o "$dir/a.gguf"
 first=$(awk -F, 'NR==2 {print $2}' "$dir/a.csv"); last=$(awk -F, 'END {print $2}' "$dir/a.csv")
 awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < a - 1.0)}' && ok || bad "loss fell: $first -> $last"
 expect 0 "eval" -- "$SPECK" eval -m "$dir/a.gguf" --text "$dir/corpus/m1.py" --ctx 32
-grep -q "perplexity" "$dir/out" && grep -q "bits/byte" "$dir/out" && ok || bad "eval output"
+# Better than uniform over the 320 tokens, and the three figures agree: nats = ln(perplexity),
+# bits/byte = nats x the tokens scored (all but the first) / bytes / ln 2, within 2e-4 (the
+# figures are printed to 4 decimals: rounding moves the recomputed ones by at most ~8e-5).
+awk -v bytes="$(wc -c <"$dir/corpus/m1.py")" '
+  /^text:/ {b = substr($3, 2) + 0; tokens = $5 + 0}
+  /^perplexity:/ {ppl = $2; nats = substr($3, 2) + 0}
+  /^bits\/byte:/ {bpb = $2}
+  END {
+    ok = b == bytes && tokens > 0 && ppl > 1 && ppl < 320 && (log(ppl) - nats) ^ 2 < 4e-8 &&
+         (nats * (tokens - 1) / bytes / log(2) - bpb) ^ 2 < 4e-8
+    exit !ok
+  }' "$dir/out" && ok || bad "eval output: $(cat "$dir/out")"
 expect 0 "generate with the trained model" -- "$SPECK" generate -m "$dir/a.gguf" -n 8 -p "def"
+[[ $(head -c 3 "$dir/out") == def && $(wc -c <"$dir/out") -gt 4 ]] && grep -q "generated 8 tokens" "$dir/err" && ok || bad "generate output: $(head -c 100 "$dir/out") / $(cat "$dir/err")"
 
 # Ctrl-C: checkpoint + model saved, exit 130; --resume finishes the identical curve.
 # (SPECK_TRAIN_SIGNAL_AT=STEP:SIGNAL makes the run signal itself after STEP: no timing races.)
@@ -73,6 +92,7 @@ mentions "mismatch"
 expect 1 "train: checkpoint from another config" -- "$SPECK" train "${ARGS[@]}" --n-embd 64 -o "$dir/a.gguf" --resume
 mentions "another config"
 expect 2 "train: unknown option" -- "$SPECK" train --bogus
+mentions "unknown option '--bogus'"
 [[ ! -e $dir/e.gguf ]] && ok || bad "no output after errors"
 
 echo "$pass passed, $fail failed"

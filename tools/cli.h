@@ -7,6 +7,10 @@
 
 #include "speck.h"
 
+// The weight types the commands write (speck_type_name), for messages and --help.
+#define CLI_TYPES                                                                                  \
+    "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_xs"
+
 int cmd_generate(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
@@ -20,6 +24,8 @@ int cmd_eval(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_grow(int argc, char **argv);
+int cmd_imatrix(int argc, char **argv);
 
 // Option matching: if argv[*i] is `name` (or `alias`) followed by a value, or `name=value`,
 // store the value, advance *i and return true. Exits with a message when the value is missing.
@@ -54,5 +60,13 @@ extern unsigned cli_load_flags;
 extern speck_type cli_kv_type;
 bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i);
 speck_model *cli_load_model(const char *path);
+// Model shape flags (--n-embd, --n-layer, --n-head, --n-head-kv, --n-ff): the value goes into
+// the preset's field. True if argv[*i] was one; exits with status 2 on a bad number.
+bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset *p);
+// Tokenize the text file at text with the vocabulary of vocab_path (a GGUF model, tokenizer.json
+// or a Hugging Face directory); add_special adds BOS/EOS as the vocabulary says. Returns the
+// count with *ids malloc'd, or -1 after printing "speck CMD: ..." (fewer than 2 tokens is an error).
+int64_t cli_tokenize_file(const char *cmd, const char *vocab_path, const char *text, bool add_special,
+                          int32_t **ids);
 
 #endif

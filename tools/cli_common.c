@@ -211,3 +211,48 @@ double cli_median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
+
+bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset *p) {
+    const struct {
+        const char *flag;
+        int *dst;
+    } opts[] = {{"--n-embd", &p->n_embd},
+                {"--n-layer", &p->n_layer},
+                {"--n-head", &p->n_head},
+                {"--n-head-kv", &p->n_head_kv},
+                {"--n-ff", &p->n_ff}};
+    for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
+        const char *v;
+        if (cli_opt(argc, argv, i, opts[k].flag, NULL, &v)) {
+            *opts[k].dst = (int)cli_int(cmd, opts[k].flag, v, 1, 1 << 20);
+            return true;
+        }
+    }
+    return false;
+}
+
+int64_t cli_tokenize_file(const char *cmd, const char *vocab_path, const char *text, bool add_special,
+                          int32_t **ids) {
+    *ids = NULL;
+    size_t len = 0;
+    char *buf = cli_read_file(text, &len);
+    speck_vocab *v = buf ? speck_vocab_load(vocab_path) : NULL;
+    int64_t n = -1;
+    if (v && (*ids = malloc((len + 2) * sizeof **ids)))
+        n = speck_tokenize(v, buf, len, add_special, false, *ids, (int64_t)len + 2);
+    else if (v)
+        speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    speck_vocab_free(v);
+    free(buf);
+    if (n < 0) {
+        cli_fail(cmd);
+    } else if (n < 2) {
+        fprintf(stderr, "speck %s: %s: fewer than 2 tokens of text\n", cmd, text);
+        n = -1;
+    }
+    if (n < 0) {
+        free(*ids);
+        *ids = NULL;
+    }
+    return n;
+}

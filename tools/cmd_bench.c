@@ -94,6 +94,15 @@ static void help(void) {
            "f32 stores the KV cache in f32 (default f16, as llama-bench).\n");
 }
 
+// The cache back to the first `depth` tokens (untimed): truncated, or, when sliding-window
+// rings no longer hold the window there, filled again.
+static int back_to_depth(speck_ctx *ctx, int depth, const int32_t *toks, float *logits) {
+    if (speck_ctx_truncate(ctx, depth) == 0) return 0;
+    int none = 0;
+    speck_ctx_truncate(ctx, 0);
+    return depth > 0 ? speck_forward(ctx, depth, toks, NULL, NULL, &none, 0, logits) : 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     const char *path = NULL;
     int n_pp = 512, n_tg = 128, depth = 0, reps = 5;
@@ -152,16 +161,21 @@ int cmd_bench(int argc, char **argv) {
     double *bw = calloc((size_t)reps, sizeof(double)), *frac = calloc((size_t)reps, sizeof(double));
     if (!bw || !frac) return cli_fail("bench");
     // Each generated token also reads the cached keys and values of every layer: at depth 1024
-    // that is 45 MB (f32) for tinyllama-1.1b, 8 % of its Q4_0 weights.
+    // that is 45 MB (f32) for tinyllama-1.1b, 8 % of its Q4_0 weights; a sliding-window layer
+    // reads its window at most.
     const double mean_ctx = depth + (n_tg > 0 ? (n_tg - 1) / 2.0 : 0.0);
     const double kv_bytes = cli_kv_type == SPECK_TYPE_F16 ? 2.0 : 4.0;
+    double kv_rows = 0;
+    for (int l = 0; l < hp->n_layer; l++)
+        kv_rows += speck_hparams_layer_swa(hp, l) && hp->n_swa < mean_ctx ? hp->n_swa : mean_ctx;
     double bpt = (double)speck_model_bytes_per_token(m) +
-                 2.0 * hp->n_layer * hp->n_head_kv * hp->head_dim * kv_bytes * mean_ctx;
+                 2.0 * hp->n_head_kv * hp->head_dim * kv_bytes * kv_rows;
+    const double kv_mib = speck_ctx_kv_bytes(ctx) / 1048576.0;
     bw_probe probe = {0};
     double rss_mib = 0;
     for (int r = -1; r < reps; r++) { // r = -1: warm-up (page-in of the mapping, caches)
         if (n_pp > 0) {
-            speck_ctx_truncate(ctx, depth);
+            if (back_to_depth(ctx, depth, toks, logits)) return cli_fail("bench");
             int last = n_pp - 1;
             double t0 = cli_now();
             if (speck_forward(ctx, n_pp, toks + depth, NULL, NULL, &last, 1, logits))
@@ -169,7 +183,7 @@ int cmd_bench(int argc, char **argv) {
             if (r >= 0) t_pp[r] = cli_now() - t0;
         }
         if (n_tg > 0) {
-            speck_ctx_truncate(ctx, depth);
+            if (back_to_depth(ctx, depth, toks, logits)) return cli_fail("bench");
             double t0 = cli_now();
             for (int i = 0; i < n_tg; i++)
                 if (speck_forward(ctx, 1, &toks[depth + i], NULL, NULL, NULL, 0, logits))
@@ -200,10 +214,10 @@ int cmd_bench(int argc, char **argv) {
                "%d, \"kv_type\": \"%s\", "
                "\"repetitions\": %d, \"pp_tok_s\": %.3f, \"tg_tok_s\": %.3f, "
                "\"bandwidth_gb_s\": %.2f, \"bytes_per_token\": %.0f, \"roofline_tok_s\": %.3f, "
-               "\"roofline_fraction\": %.4f, \"peak_rss_mib\": %.1f}\n",
+               "\"roofline_fraction\": %.4f, \"kv_cache_mib\": %.2f, \"peak_rss_mib\": %.1f}\n",
                path, hp->arch, wt, speck_gguf_file_size(speck_model_gguf(m)), speck_get_threads(),
                speck_kernels_isa(), n_pp, n_tg, depth, speck_type_name(cli_kv_type), reps, pp, tg,
-               bw_med, bpt, roof, frac_med, rss_mib);
+               bw_med, bpt, roof, frac_med, kv_mib, rss_mib);
     } else {
         printf("| model | type | size | threads | isa | test | t/s |\n");
         printf("| --- | --- | ---: | ---: | --- | --- | ---: |\n");
@@ -218,9 +232,11 @@ int cmd_bench(int argc, char **argv) {
             printf("| %s | %s | %.1f MiB | %d | %s | tg%d%s | %.2f |\n",
                    hp->name[0] ? hp->name : path, wt, mib, speck_get_threads(), speck_kernels_isa(),
                    n_tg, at, tg);
-        printf("\nmedians of %d runs; %s KV cache; memory read bandwidth %.1f GB/s (probed after "
-               "each run);\n%.1f MiB read per token; decode roofline %.1f tok/s",
-               reps, speck_type_name(cli_kv_type), bw_med, bpt / 1048576.0, roof);
+        printf("\nmedians of %d runs; %s KV cache of %.1f MiB (%d positions); memory read "
+               "bandwidth %.1f GB/s (probed after each run);\n%.1f MiB read per token; decode "
+               "roofline %.1f tok/s",
+               reps, speck_type_name(cli_kv_type), kv_mib, speck_ctx_n_ctx(ctx), bw_med,
+               bpt / 1048576.0, roof);
         if (n_tg > 0)
             printf("; reached %.1f %% (each run against its own probe)", 100.0 * frac_med);
         printf("; peak RSS %.1f MiB\n", rss_mib);

@@ -223,6 +223,8 @@ int cmd_chat(int argc, char **argv) {
         while (p < kv.text.len && p < full.len && kv.text.data[p] == full.data[p]) p++;
         int keep = 0;
         while (keep < kv.n && kv.end[keep] <= p) keep++;
+        // A sliding-window model's cache cannot go back past its rings: then it starts over.
+        if (keep > 0 && keep < kv.n && keep < speck_ctx_truncate_floor(ctx)) keep = 0;
         size_t from = keep ? kv.end[keep - 1] : 0;
         const char *rest = full.data + from;
         size_t rest_len = full.len - from;

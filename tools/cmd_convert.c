@@ -1,40 +1,35 @@
-// `speck convert` (Hugging Face directory -> GGUF), `speck export` (GGUF -> Hugging Face) and
-// `speck quantize` (GGUF -> GGUF with the matrices in another type).
+// `speck convert` (Hugging Face directory -> GGUF) and `speck export` (GGUF -> Hugging Face).
 #include <stdio.h>
 #include <string.h>
 
 #include "cli.h"
 
-// A weight type named on the command line (speck_type), or -1 after saying what is accepted.
-static int type_arg(const char *cmd, const char *opt, const char *v) {
-    int t = speck_type_from_name(v);
-    if (t < 0)
-        fprintf(stderr, "speck %s: %s: unknown type '%s' (f32, f16, bf16, q8_0, q4_0)\n", cmd, opt,
-                v);
-    return t;
-}
-
 int cmd_convert(int argc, char **argv) {
     const char *in = NULL, *out = NULL;
-    int type = -1;
+    int ftype = -1;
     bool quiet = false;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
             printf(
-                "usage: speck convert HF_DIR -o OUT.gguf [--type f32|f16|bf16|q8_0|q4_0] "
-                "[--quiet]\n\n"
+                "usage: speck convert HF_DIR -o OUT.gguf [--type TYPE] [--quiet]\n\n"
                 "Convert a Hugging Face checkpoint directory (config.json, model.safetensors or\n"
                 "a sharded model.safetensors.index.json, tokenizer.json, tokenizer_config.json)\n"
                 "of a LlamaForCausalLM, MistralForCausalLM or Qwen2ForCausalLM model to GGUF\n"
-                "with llama.cpp's keys and tensor names. --type sets the matrices' type\n"
-                "(default: keep the checkpoint's f32/f16/bf16); norms and biases stay f32.\n"
-                "The output appears only when complete (temporary file + rename).\n");
+                "with llama.cpp's keys and tensor names. --type takes llama-quantize's file\n"
+                "types (F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, ...: speck quantize --help) with\n"
+                "their per-tensor mixes (default: keep the checkpoint's f32/f16/bf16); norms\n"
+                "and biases stay f32. The output appears only when complete (temporary file +\n"
+                "rename).\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--output", "-o", &v))
             out = v;
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
-            if ((type = type_arg("convert", "--type", v)) < 0) return 2;
+            if ((ftype = speck_ftype_from_name(v)) < 0) {
+                fprintf(stderr, "speck convert: --type: unknown type '%s' (%s)\n", v,
+                        speck_ftype_list());
+                return 2;
+            }
         } else if (cli_flag(argv[i], "--quiet", "-q"))
             quiet = true;
         else if (argv[i][0] != '-' && !in)
@@ -48,7 +43,15 @@ int cmd_convert(int argc, char **argv) {
         fprintf(stderr, "speck convert: need HF_DIR and -o OUT.gguf (speck convert --help)\n");
         return 2;
     }
-    if (speck_hf_convert(in, out, type, !quiet)) return cli_fail("convert");
+    // Float and Q8_0 types (every matrix alike) stream straight from the checkpoint; the mixes
+    // go through speck_gguf_quantize, which converts to a temporary file first.
+    const int base = ftype >= 0 ? speck_ftype_base(ftype) : -1;
+    if (base < 0 || speck_type_block_size((speck_type)base) == 1 || base == SPECK_TYPE_Q8_0) {
+        if (speck_hf_convert(in, out, base, !quiet)) return cli_fail("convert");
+    } else {
+        const speck_quantize_opts o = {.ftype = ftype, .embd_type = -1, .output_type = -1};
+        if (speck_gguf_quantize(in, out, &o, !quiet)) return cli_fail("convert");
+    }
     if (!quiet) fprintf(stderr, "speck convert: wrote %s\n", out);
     return 0;
 }
@@ -94,52 +97,5 @@ int cmd_export(int argc, char **argv) {
     }
     if (speck_hf_export(in, out, (speck_type)type, !quiet)) return cli_fail("export");
     if (!quiet) fprintf(stderr, "speck export: wrote %s\n", out);
-    return 0;
-}
-
-int cmd_quantize(int argc, char **argv) {
-    const char *pos[3] = {NULL, NULL, NULL};
-    int n_pos = 0;
-    speck_quantize_opts o = {.embd_type = -1, .output_type = -1};
-    bool quiet = false;
-    for (int i = 1; i < argc; i++) {
-        const char *v;
-        if (cli_flag(argv[i], "--help", "-h")) {
-            printf("usage: speck quantize IN.gguf OUT.gguf TYPE [--output-tensor-type T]\n"
-                   "                      [--token-embedding-type T] [--allow-requantize] "
-                   "[--quiet]\n\n"
-                   "Write IN's matrices in TYPE (f32, f16, bf16, q8_0, q4_0), like llama.cpp's\n"
-                   "llama-quantize: norms, biases and metadata are copied, general.file_type is\n"
-                   "updated, and rows that TYPE's 32-value blocks do not divide fall back to f16.\n"
-                   "--output-tensor-type / --token-embedding-type give output.weight /\n"
-                   "token_embd.weight their own type (e.g. q8_0 beside q4_0 matrices). Tensors\n"
-                   "already q8_0/q4_0 go to the other quantized type only with\n"
-                   "--allow-requantize (f32/f16/bf16 dequantize them). OUT appears only when\n"
-                   "complete (temporary file + rename).\n");
-            return 0;
-        } else if (cli_opt(argc, argv, &i, "--output-tensor-type", NULL, &v)) {
-            if ((o.output_type = type_arg("quantize", "--output-tensor-type", v)) < 0) return 2;
-        } else if (cli_opt(argc, argv, &i, "--token-embedding-type", NULL, &v)) {
-            if ((o.embd_type = type_arg("quantize", "--token-embedding-type", v)) < 0) return 2;
-        } else if (cli_flag(argv[i], "--allow-requantize", NULL))
-            o.allow_requantize = true;
-        else if (cli_flag(argv[i], "--quiet", "-q"))
-            quiet = true;
-        else if (argv[i][0] != '-' && n_pos < 3)
-            pos[n_pos++] = argv[i];
-        else {
-            fprintf(stderr, "speck quantize: unknown option '%s'\n", argv[i]);
-            return 2;
-        }
-    }
-    if (n_pos != 3) {
-        fprintf(stderr, "speck quantize: need IN.gguf OUT.gguf TYPE (speck quantize --help)\n");
-        return 2;
-    }
-    int t = type_arg("quantize", "TYPE", pos[2]);
-    if (t < 0) return 2;
-    o.type = (speck_type)t;
-    if (speck_gguf_quantize(pos[0], pos[1], &o, !quiet)) return cli_fail("quantize");
-    if (!quiet) fprintf(stderr, "speck quantize: wrote %s\n", pos[1]);
     return 0;
 }

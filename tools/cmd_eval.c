@@ -4,22 +4,96 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
+static void kld_progress(int64_t done, int64_t total, void *user) {
+    double *last = user, t = cli_now();
+    if (done < total && t - *last < 0.2) return;
+    *last = t;
+    fprintf(stderr, "\rspeck eval: chunk %lld/%lld", (long long)done, (long long)total);
+    if (done == total) fprintf(stderr, "\r%40s\r", "");
+}
+
+// --kld-base / --kld-base-out: llama-perplexity's protocol (speck_eval_kld).
+static int eval_kld(const char *model, const char *text, const char *base_in,
+                    const char *base_out, int ctx, int threads, bool json) {
+    if (!model || (!base_in && !text) || (base_in && text)) {
+        fprintf(stderr, "speck eval: --kld-base-out needs -m MODEL and --text FILE; --kld-base "
+                        "needs -m MODEL (the text comes from the file)\n");
+        return 2;
+    }
+    if (threads) speck_set_threads(threads);
+    speck_model *m = speck_model_load(model);
+    if (!m) return cli_fail("eval");
+    if (!ctx) ctx = speck_model_hparams(m)->n_ctx_train < 512 ? speck_model_hparams(m)->n_ctx_train
+                                                             : 512;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    if (text && (n = cli_tokenize_file("eval", model, text, true, &ids)) < 0) return 1;
+    speck_kld_result r;
+    double last = 0, t0 = cli_now();
+    const int rc = speck_eval_kld(m, ids, n, ctx, base_in, base_out, &r,
+                                  isatty(2) && !json ? kld_progress : NULL, &last);
+    free(ids);
+    speck_model_free(m);
+    if (rc) return cli_fail("eval");
+    const double ppl = exp(r.nll), ppl_base = exp(r.nll_base);
+    if (json) {
+        printf("{\"model\": \"%s\", \"n_ctx\": %d, \"chunks\": %d, \"scored\": %lld, "
+               "\"ppl\": %.6f, \"nll\": %.6f, \"nll_err\": %.6f",
+               model, r.n_ctx, r.n_chunks, (long long)r.n_scored, ppl, r.nll, r.nll_err);
+        if (r.has_base)
+            printf(", \"ppl_base\": %.6f, \"dppl\": %.6f, \"ln_ppl_ratio\": %.6f, "
+                   "\"ln_ppl_ratio_err\": %.6f, \"kld\": %.8f, \"kld_err\": %.8f, "
+                   "\"kld_median\": %.8f, \"kld_p99\": %.8f, \"kld_max\": %.6f, "
+                   "\"top1\": %.6f",
+                   ppl_base, ppl - ppl_base, r.ln_ppl_ratio, r.ln_ppl_ratio_err, r.kld, r.kld_err,
+                   r.kld_median, r.kld_p99, r.kld_max, r.top1);
+        printf("}\n");
+        return 0;
+    }
+    printf("model:       %s\n", model);
+    printf("chunks:      %d of %d tokens, %lld tokens scored (second halves)\n", r.n_chunks,
+           r.n_ctx, (long long)r.n_scored);
+    printf("perplexity:  %.4f  (%.4f +- %.4f nats/token)\n", ppl, r.nll, r.nll_err);
+    if (base_out) printf("saved:       %s\n", base_out);
+    if (r.has_base) {
+        printf("base:        %s, perplexity %.4f\n", base_in, ppl_base);
+        printf("delta ppl:   %+.4f  (ln(PPL/PPL_base) %+.5f +- %.5f)\n", ppl - ppl_base,
+               r.ln_ppl_ratio, r.ln_ppl_ratio_err);
+        printf("KLD:         mean %.6f +- %.6f, median %.6f, 99%% %.6f, max %.6f\n", r.kld,
+               r.kld_err, r.kld_median, r.kld_p99, r.kld_max);
+        printf("top-1:       %.3f %% agreement\n", 100.0 * r.top1);
+    }
+    printf("time:        %.2f s\n", cli_now() - t0);
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *text_path = NULL, *tokens_path = NULL;
+    const char *base_in = NULL, *base_out = NULL;
     int ctx = 0, stride = 0, threads = 0;
+    bool json = false;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
             printf("usage: speck eval -m MODEL.gguf --text FILE|--tokens CACHE [--ctx N] "
-                   "[--stride S] [--threads N]\n\n"
+                   "[--stride S] [--threads N]\n"
+                   "       speck eval -m BASE.gguf --text FILE --kld-base-out LOGPROBS [--ctx N]\n"
+                   "       speck eval -m QUANT.gguf --kld-base LOGPROBS [--json]\n\n"
                    "Perplexity and bits per byte of FILE under the model. Windows of N tokens\n"
                    "(default: the model's context, at most 512) advance by S tokens (default\n"
                    "N/2); every token is scored once, with at least N-S tokens of context except\n"
                    "in the first window. --tokens scores the validation split of a token cache\n"
-                   "written by speck train (OUT.tokens) instead of a text file.\n");
+                   "written by speck train (OUT.tokens) instead of a text file.\n\n"
+                   "Quantization quality as llama-perplexity measures it: the text in chunks of\n"
+                   "N tokens, each scored on its second half. --kld-base-out saves the model's\n"
+                   "log-probabilities (llama-perplexity's --kl-divergence-base format: either\n"
+                   "program reads the other's); --kld-base compares a model with them: KL\n"
+                   "divergence (mean, median, 99th percentile, max), top-1 agreement, perplexity\n"
+                   "and its change.\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--model", "-m", &v))
             model = v;
@@ -33,12 +107,19 @@ int cmd_eval(int argc, char **argv) {
             stride = (int)cli_int("eval", "--stride", v, 1, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
             threads = (int)cli_int("eval", "--threads", v, 1, 1024);
+        else if (cli_opt(argc, argv, &i, "--kld-base", NULL, &v))
+            base_in = v;
+        else if (cli_opt(argc, argv, &i, "--kld-base-out", NULL, &v))
+            base_out = v;
+        else if (cli_flag(argv[i], "--json", NULL))
+            json = true;
         else {
             fprintf(stderr, "speck eval: unknown option '%s'\n", argv[i]);
             return 2;
         }
     }
     if (!model) model = cli_default_model();
+    if (base_in || base_out) return eval_kld(model, text_path, base_in, base_out, ctx, threads, json);
     if (!model || (!text_path == !tokens_path)) {
         fprintf(stderr,
                 "speck eval: -m MODEL and one of --text FILE, --tokens CACHE are required\n");

@@ -1,4 +1,5 @@
 // `speck info`, `speck init`, `speck tokenize`.
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,11 +77,33 @@ int cmd_info(int argc, char **argv) {
     printf("            rope %s base %g%s, rms eps %g, %s head%s, %s weights, %.1f MiB read per "
            "token\n",
            hp->rope_type == SPECK_ROPE_NEOX ? "neox" : "normal", hp->rope_freq_base,
-           hp->rope_scaling == SPECK_ROPE_SCALING_LINEAR   ? " (linear scaling)"
-           : hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3 ? " (llama3 scaling)"
-                                                           : "",
+           hp->rope_scaling == SPECK_ROPE_SCALING_LINEAR     ? " (linear scaling)"
+           : hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3   ? " (llama3 scaling)"
+           : hp->rope_scaling == SPECK_ROPE_SCALING_LONGROPE ? " (LongRoPE)"
+                                                             : "",
            hp->norm_eps, hp->tied_output ? "tied" : "separate", hp->qkv_bias ? ", qkv bias" : "",
            type_label(speck_model_weight_type(m)), speck_model_bytes_per_token(m) / 1048576.0);
+    // What the architecture adds to the Llama layer.
+    char extra[512] = "";
+    size_t k = 0;
+#define ADD(...) (k += (size_t)snprintf(extra + k, sizeof extra - k, __VA_ARGS__))
+    if (hp->ffn_act == SPECK_ACT_GELU_TANH) ADD(", GeGLU");
+    if (hp->qk_norm) ADD(", q/k norm");
+    if (hp->post_norms) ADD(", post-norms");
+    if (hp->embd_scale != 1.0f) ADD(", embeddings x %g", hp->embd_scale);
+    if (fabsf(hp->attn_scale * sqrtf((float)hp->head_dim) - 1.0f) > 1e-6f)
+        ADD(", q.k x %g", hp->attn_scale);
+    if (hp->attn_softcap > 0) ADD(", attention soft-cap %g", hp->attn_softcap);
+    if (hp->final_softcap > 0) ADD(", output soft-cap %g", hp->final_softcap);
+    if (hp->n_swa > 0) {
+        int nw = 0;
+        for (int l = 0; l < hp->n_layer; l++) nw += speck_hparams_layer_swa(hp, l);
+        ADD(", window %d on %d of %d layers", hp->n_swa, nw, hp->n_layer);
+        if (hp->rope_freq_base_swa != hp->rope_freq_base)
+            ADD(" (rope base %g)", hp->rope_freq_base_swa);
+    }
+#undef ADD
+    if (k) printf("            %s\n", extra + 2);
     speck_model_free(m);
     return 0;
 }
@@ -96,9 +119,12 @@ int cmd_init(int argc, char **argv) {
                 "usage: speck init --preset NAME [--type T] [--seed S] -o FILE.gguf\n\n"
                 "Write a model with the exact shapes of a real checkpoint and random weights\n"
                 "(uniform, std 0.02; norms 1) from a seeded generator: the same seed gives the\n"
-                "same file on any machine and thread count. T: f32 (default), f16, bf16, q8_0,\n"
-                "q4_0 for the matrices; norms and biases stay f32. The file carries a byte-level\n"
-                "BPE vocabulary of the preset's size, so llama.cpp loads it too.\n\npresets:\n");
+                "same file on any machine and thread count. T: the matrices' type, f32 (default)\n"
+                "or " CLI_TYPES ";\n"
+                "rows T's blocks do not divide take llama-quantize's fallback type (q4_k on\n"
+                "smollm2's 576-wide rows: q5_0); norms and biases stay f32. The file carries a\n"
+                "byte-level BPE vocabulary of the preset's size, so llama.cpp loads it too.\n\n"
+                "presets:\n");
             for (const speck_preset *p = speck_presets(); p->name; p++)
                 printf("  %-16s %-6s vocab %6d, %2d layers, width %4d, %2d heads (%d kv), ffn "
                        "%5d%s%s\n",
@@ -114,10 +140,7 @@ int cmd_init(int argc, char **argv) {
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             type = speck_type_from_name(v);
             if (type < 0) {
-                fprintf(stderr,
-                        "speck init: --type: unknown type '%s' (f32, f16, bf16, q8_0, "
-                        "q4_0)\n",
-                        v);
+                fprintf(stderr, "speck init: --type: unknown type '%s' (%s)\n", v, CLI_TYPES);
                 return 2;
             }
         } else {

@@ -429,6 +429,13 @@ static int train_run(int argc, char **argv) {
             fprintf(stderr, "speck train: unknown preset '%s'\n", o.preset);
             return 2;
         }
+        if (strcmp(p->arch, "llama") || p->n_swa) { // training builds the Llama layer
+            fprintf(stderr,
+                    "speck train: preset '%s' is a %s model; speck trains Llama-layer models "
+                    "(presets of architecture llama without a window)\n",
+                    o.preset, p->arch);
+            return 2;
+        }
         o.cfg = speck_train_config_from_preset(p);
         o.cfg.n_vocab = n_vocab;
         o.cfg.rope_freq_base = 10000.0f;

@@ -24,7 +24,9 @@ static void usage(FILE *f) {
             "  tokenize   print the token ids / pieces of a text\n"
             "  convert    convert a Hugging Face checkpoint directory to GGUF\n"
             "  export     write a GGUF model as a Hugging Face directory\n"
-            "  quantize   write a GGUF model with its matrices in another type (q8_0, q4_0, ...)\n"
+            "  quantize   write a model with its matrices quantized (Q4_K_M, Q8_0, ..., GPTQ)\n"
+            "  grow       widen and deepen a model to larger shapes, computing the same function\n"
+            "  imatrix    importance matrix from calibration text (llama.cpp's file format)\n"
             "  train      train a model on a directory of text files (docs/training.md)\n"
             "  tokenizer-train  train a byte-level BPE vocabulary on text files\n"
             "  eval       perplexity and bits per byte of a model on a text file\n\n"
@@ -60,8 +62,9 @@ int main(int argc, char **argv) {
                 {"info", cmd_info},         {"init", cmd_init},
                 {"tokenize", cmd_tokenize}, {"convert", cmd_convert},
                 {"export", cmd_export},     {"quantize", cmd_quantize},
+                {"imatrix", cmd_imatrix},
                 {"train", cmd_train},       {"tokenizer-train", cmd_tokenizer_train},
-                {"eval", cmd_eval}};
+                {"eval", cmd_eval},         {"grow", cmd_grow}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "speck: unknown command '%s'\n\n", cmd);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "quant/quant.h"
 #include "speck.h"
 
 static _Thread_local char g_err[1024];
@@ -17,11 +18,15 @@ void speck_clear_error(void) {
     g_err[0] = 0;
 }
 
+// Formatted aside first: an argument may be the current message itself (adding context to an
+// error from a callee), and vsnprintf into the buffer it reads from is undefined.
 int speck_set_error(int code, const char *fmt, ...) {
+    char msg[sizeof g_err];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(g_err, msg, strlen(msg) + 1);
     return code;
 }
 
@@ -41,47 +46,24 @@ const char *speck_version(void) {
 }
 
 const char *speck_type_name(int type) {
-    switch (type) {
-    case SPECK_TYPE_F32:
-        return "f32";
-    case SPECK_TYPE_F16:
-        return "f16";
-    case SPECK_TYPE_Q4_0:
-        return "q4_0";
-    case SPECK_TYPE_Q8_0:
-        return "q8_0";
-    case SPECK_TYPE_BF16:
-        return "bf16";
-    default:
-        return NULL;
-    }
+    const speck_type_traits *t = speck_traits(type);
+    return t ? t->name : NULL;
 }
 
 int speck_type_from_name(const char *name) {
-    static const int types[] = {SPECK_TYPE_F32, SPECK_TYPE_F16, SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0,
-                                SPECK_TYPE_BF16};
-    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
-        if (!strcasecmp(name, speck_type_name(types[i]))) return types[i];
+    for (int t = 0; t < SPECK_TYPE_ID_MAX; t++)
+        if (speck_type_name(t) && !strcasecmp(name, speck_type_name(t))) return t;
     return -1;
 }
 
 int64_t speck_type_block_size(speck_type t) {
-    return (t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0) ? 32 : 1;
+    const speck_type_traits *tr = speck_traits(t);
+    return tr ? tr->block : 1;
 }
 
 int64_t speck_type_block_bytes(speck_type t) {
-    switch (t) {
-    case SPECK_TYPE_F32:
-        return 4;
-    case SPECK_TYPE_F16:
-    case SPECK_TYPE_BF16:
-        return 2;
-    case SPECK_TYPE_Q4_0:
-        return 18;
-    case SPECK_TYPE_Q8_0:
-        return 34;
-    }
-    return 0;
+    const speck_type_traits *tr = speck_traits(t);
+    return tr ? tr->bytes : 0;
 }
 
 size_t speck_type_row_size(speck_type t, int64_t n) {

@@ -20,12 +20,17 @@
 // e^x without a library call, so that loops over it vectorise (libm's expf was ~5 % of a decode
 // step of the default model in SwiGLU, and most of the sampler's softmax): Cody-Waite
 // reduction, the Cephes expf polynomial (~1 ulp), 2^n built in the exponent field. Below
-// -87.3 (where e^x leaves the normal floats) the result is 0, as for -inf.
+// -87.3 (where e^x leaves the normal floats) the result is 0, as for -inf; above 88.72 (where
+// it leaves the floats) +inf; NaN stays NaN. Between 88 and 88.72 it stays at e^88.
+// Every float gives a defined result: a comparison with NaN is false, so the clamps send NaN to
+// -87 and the exponent built from it stays in range (converting NaN to an integer, or shifting
+// a negative one, would be undefined; weights from a hostile file make NaN activations).
 static inline float speck_exp_poly(float x) {
     const float zero = x < -87.3f ? 0.0f : 1.0f;
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    const float n = rintf(x * 1.44269504088896341f);
-    float r = x - n * 0.693359375f;
+    float c = x > -87.0f ? x : -87.0f;
+    c = c < 88.0f ? c : 88.0f;
+    const float n = rintf(c * 1.44269504088896341f);
+    float r = c - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -34,10 +39,11 @@ static inline float speck_exp_poly(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale * zero;
+    const float y = x > 88.7228394f ? INFINITY : p * scale * zero;
+    return x == x ? y : x;
 }
 
 // Σ x[j]² in double, in 16 lanes combined in a fixed order: the same value from every clone,

@@ -72,6 +72,16 @@ static inline int32_t speck_draw(speck_sampler *s, const float *probs, int n) {
     return last >= 0 ? last : 0;
 }
 
+// One step of the verification walk (spec.c): the children of node `parent` (-1: the root) are
+// tried in tree order against the target distribution probs (n_vocab) -- a child sampled from q
+// is accepted with probability min(1, p/q), a point-mass child with probability p; after each
+// rejection probs becomes the residual the next child, or the bonus token, is drawn against.
+// Returns the accepted child, or -1 when none was (probs then holds the bonus distribution).
+// uniform(rng) gives the U[0,1) draws, taken only where the rule needs one; it is a parameter so
+// that tests can compute the step's exact output distribution (tests/test_spec_accept.c).
+int speck_spec_accept(const speck_draft_tree *t, int parent, float *probs, int n_vocab,
+                      double (*uniform)(void *), void *rng);
+
 // True when a first-level branch starting with tok is already in the tree.
 static inline bool speck_tree_has_branch(const speck_draft_tree *t, int32_t tok) {
     for (int i = 0; i < t->n; i++)

@@ -318,6 +318,35 @@ static void learn_bins(speck_decoder *d, const speck_draft_tree *t, const uint8_
     }
 }
 
+int speck_spec_accept(const speck_draft_tree *t, int parent, float *probs, int n_vocab,
+                      double (*uniform)(void *), void *rng) {
+    for (int c = 0; c < t->n; c++) {
+        if (t->parent[c] != parent) continue;
+        float pc = probs[t->tok[c]];
+        const float *q = t->q[c];
+        if (q) { // sampled from q: accept with min(1, p/q), else p <- norm(max(0, p - q))
+            if (uniform(rng) * q[t->tok[c]] < pc) return c;
+            double rest = 0;
+            for (int v = 0; v < n_vocab; v++) rest += fmaxf(probs[v] - q[v], 0.0f);
+            if (rest > 0) // 0 only when p = q up to rounding: p stays as it is
+                for (int v = 0; v < n_vocab; v++)
+                    probs[v] = (float)(fmaxf(probs[v] - q[v], 0.0f) / rest);
+            continue;
+        }
+        if (pc <= 0.0f) continue;
+        if (pc >= 1.0f || uniform(rng) < pc) return c;
+        // Rejected: remove it from the target distribution and renormalise.
+        probs[t->tok[c]] = 0.0f;
+        float rest = 1.0f - pc;
+        for (int v = 0; v < n_vocab; v++) probs[v] /= rest;
+    }
+    return -1;
+}
+
+static double sampler_uniform(void *s) {
+    return speck_sampler_uniform(s);
+}
+
 int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
                  speck_sampler *s, bool (*eog)(int32_t, void *), speck_token_cb cb, void *user,
                  speck_spec_stats *st) {
@@ -447,33 +476,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         for (;;) {
             int row = cur + 1;
             speck_sampler_probs(s, d->logits + (size_t)row * d->n_vocab, d->probs);
-            int next = -1;
-            for (int c = 0; c < tree.n && next < 0; c++) {
-                if (tree.parent[c] != cur) continue;
-                float pc = d->probs[tree.tok[c]];
-                const float *q = tree.q[c];
-                if (q) { // sampled from q: accept with min(1, p/q), else p <- norm(max(0, p - q))
-                    if (speck_sampler_uniform(s) * q[tree.tok[c]] < pc) {
-                        next = c;
-                    } else {
-                        double rest = 0;
-                        for (int v = 0; v < d->n_vocab; v++)
-                            rest += fmaxf(d->probs[v] - q[v], 0.0f);
-                        if (rest > 0) // 0 only when p = q up to rounding: p stays as it is
-                            for (int v = 0; v < d->n_vocab; v++)
-                                d->probs[v] = (float)(fmaxf(d->probs[v] - q[v], 0.0f) / rest);
-                    }
-                    continue;
-                }
-                if (pc <= 0.0f) continue;
-                if (pc >= 1.0f || speck_sampler_uniform(s) < pc) {
-                    next = c;
-                } else { // rejected: remove it from the target distribution and renormalise
-                    d->probs[tree.tok[c]] = 0.0f;
-                    float rest = 1.0f - pc;
-                    for (int v = 0; v < d->n_vocab; v++) d->probs[v] /= rest;
-                }
-            }
+            int next = speck_spec_accept(&tree, cur, d->probs, d->n_vocab, sampler_uniform, s);
             if (next < 0) {
                 bonus = speck_draw(s, d->probs, d->n_vocab);
                 break;

@@ -18,10 +18,17 @@
 
 #define GGUF_MAGIC "GGUF"
 #define GGUF_DEFAULT_ALIGNMENT 32
-// Bounds that no real file approaches; they keep a hostile header from making us allocate
-// absurd amounts before the file-size checks catch it.
+#define GGUF_MIN_ALIGNMENT 8
+// Bounds that no real file approaches (a few dozen keys, a few thousand tensors); together with
+// the file-size bounds below they keep a hostile header from making us allocate absurd amounts
+// before the records themselves are checked.
 #define GGUF_MAX_KV (1 << 20)
 #define GGUF_MAX_TENSORS (1 << 20)
+// The smallest records: a key/value is a key length (8), a type (4) and a 1-byte value; a tensor
+// record a name length (8), n_dims (4), one dimension (8), a type (4) and an offset (8). A
+// header's counts must fit the file at that size each.
+#define GGUF_MIN_KV_BYTES 13
+#define GGUF_MIN_TENSOR_BYTES 32
 
 typedef struct {
     char *key;
@@ -32,6 +39,13 @@ typedef struct {
     uint64_t *str_off;   // string arrays: offset of each element's length prefix from data
     char *str;           // strings: NUL-terminated copy
 } gguf_kv;
+
+// A name and its record's index: keys and tensor names sorted, for duplicate checks and
+// logarithmic lookups (a file may hold up to GGUF_MAX_* of them).
+typedef struct {
+    const char *name;
+    int64_t i;
+} gguf_name;
 
 struct speck_gguf {
     char *path;
@@ -46,6 +60,7 @@ struct speck_gguf {
     int64_t n_kv, n_tensors;
     gguf_kv *kv;
     speck_gguf_tensor *tensors;
+    gguf_name *key_order, *tensor_order; // sorted by name (NULL while parsing)
 };
 
 /* ---- type facts for every ggml type, so files with types we cannot compute still open ---- */
@@ -218,6 +233,9 @@ static int read_kv(speck_gguf *g, cursor *c, gguf_kv *kv, int64_t idx) {
     char what[64];
     snprintf(what, sizeof what, "key #%" PRId64, idx);
     if (rd_str(c, &ks, &klen, what)) return SPECK_ERR_FORMAT;
+    if (memchr(ks, 0, klen))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key #%" PRId64 " contains a NUL byte",
+                               g->path, idx);
     if (!(kv->key = dup_n(ks, klen))) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     uint32_t t;
     if (rd_u32(c, &t, kv->key)) return SPECK_ERR_FORMAT;
@@ -280,6 +298,10 @@ static int read_tensor(speck_gguf *g, cursor *c, speck_gguf_tensor *t, int64_t i
     char what[64];
     snprintf(what, sizeof what, "tensor #%" PRId64, idx);
     if (rd_str(c, &ns, &nlen, what)) return SPECK_ERR_FORMAT;
+    if (memchr(ns, 0, nlen))
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: the name of tensor #%" PRId64 " contains a NUL byte", g->path,
+                               idx);
     char *name = dup_n(ns, nlen);
     if (!name) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     t->name = name;
@@ -332,6 +354,8 @@ static void gguf_free_contents(speck_gguf *g) {
         for (int64_t i = 0; i < g->n_tensors; i++) free((char *)g->tensors[i].name);
     free(g->kv);
     free(g->tensors);
+    free(g->key_order);
+    free(g->tensor_order);
 }
 
 void speck_gguf_close(speck_gguf *g) {
@@ -344,6 +368,79 @@ void speck_gguf_close(speck_gguf *g) {
     if (g->fd >= 0) close(g->fd);
     free(g->path);
     free(g);
+}
+
+static int by_name(const void *a, const void *b) {
+    const gguf_name *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+// The n keys (or tensor names) sorted; NULL with an error when two are equal, as llama.cpp
+// refuses them too (which of two values would a reader take?).
+static gguf_name *sort_names(speck_gguf *g, int64_t n, bool keys, const char *what) {
+    gguf_name *s = malloc((size_t)(n ? n : 1) * sizeof *s);
+    if (!s) {
+        speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    for (int64_t i = 0; i < n; i++) s[i] = (gguf_name){keys ? g->kv[i].key : g->tensors[i].name, i};
+    qsort(s, (size_t)n, sizeof *s, by_name);
+    for (int64_t i = 1; i < n; i++)
+        if (!strcmp(s[i - 1].name, s[i].name)) {
+            speck_set_error(SPECK_ERR_FORMAT,
+                            "%s: duplicate %s '%s' (#%" PRId64 " and #%" PRId64 ")", g->path, what,
+                            s[i].name, s[i - 1].i, s[i].i);
+            free(s);
+            return NULL;
+        }
+    return s;
+}
+
+static int64_t find_name(const gguf_name *s, int64_t n, const char *name) {
+    for (int64_t lo = 0, hi = n; lo < hi;) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        const int c = strcmp(name, s[mid].name);
+        if (!c) return s[mid].i;
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return -1;
+}
+
+static int by_offset(const void *a, const void *b) {
+    const speck_gguf_tensor *x = *(speck_gguf_tensor *const *)a,
+                            *y = *(speck_gguf_tensor *const *)b;
+    if (x->offset != y->offset) return x->offset < y->offset ? -1 : 1;
+    return (x->n_bytes > y->n_bytes) - (x->n_bytes < y->n_bytes);
+}
+
+// No two tensors may share a byte of data: sorted by offset, each starts at or after the end of
+// the one before (empty tensors overlap nothing). llama.cpp refuses such files as well; speck
+// would otherwise compute with two weights aliasing the same bytes without a word.
+static int check_overlaps(speck_gguf *g) {
+    const int64_t n = g->n_tensors;
+    speck_gguf_tensor **s = malloc((size_t)(n ? n : 1) * sizeof *s);
+    if (!s) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++) s[i] = &g->tensors[i];
+    qsort(s, (size_t)n, sizeof *s, by_offset);
+    int rc = 0;
+    const speck_gguf_tensor *prev = NULL;
+    for (int64_t i = 0; i < n && !rc; i++) {
+        if (!s[i]->n_bytes) continue;
+        if (prev && s[i]->offset < prev->offset + prev->n_bytes)
+            rc = speck_set_error(SPECK_ERR_FORMAT,
+                                 "%s: tensors '%s' and '%s' overlap: data [%" PRIu64 ", %" PRIu64
+                                 ") and [%" PRIu64 ", %" PRIu64 ")",
+                                 g->path, prev->name, s[i]->name, prev->offset,
+                                 prev->offset + (uint64_t)prev->n_bytes, s[i]->offset,
+                                 s[i]->offset + (uint64_t)s[i]->n_bytes);
+        prev = s[i];
+    }
+    free(s);
+    return rc;
 }
 
 static int parse(speck_gguf *g) {
@@ -361,8 +458,16 @@ static int parse(speck_gguf *g) {
         return SPECK_ERR_FORMAT;
     if (nt > GGUF_MAX_TENSORS || nkv > GGUF_MAX_KV)
         return speck_set_error(SPECK_ERR_FORMAT,
-                               "%s: implausible header (%" PRIu64 " tensors, %" PRIu64 " keys)",
-                               g->path, nt, nkv);
+                               "%s: implausible header (%" PRIu64 " tensors, %" PRIu64
+                               " keys; at most %d each)",
+                               g->path, nt, nkv, GGUF_MAX_TENSORS);
+    const uint64_t left = (uint64_t)(c.end - c.p);
+    if (nkv * GGUF_MIN_KV_BYTES + nt * GGUF_MIN_TENSOR_BYTES > left)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: truncated file: the header's tensor count %" PRIu64
+                               " and key/value count %" PRIu64 " need more than the %" PRIu64
+                               " bytes left",
+                               g->path, nt, nkv, left);
     g->kv = calloc(nkv ? nkv : 1, sizeof *g->kv);
     g->tensors = calloc(nt ? nt : 1, sizeof *g->tensors);
     if (!g->kv || !g->tensors) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
@@ -370,6 +475,7 @@ static int parse(speck_gguf *g) {
         g->n_kv = (int64_t)i + 1;
         if (read_kv(g, &c, &g->kv[i], (int64_t)i)) return SPECK_ERR_FORMAT;
     }
+    if (!(g->key_order = sort_names(g, g->n_kv, true, "key"))) return SPECK_ERR_FORMAT;
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
     int64_t ai = speck_gguf_find_key(g, "general.alignment");
     if (ai >= 0) {
@@ -380,12 +486,21 @@ static int parse(speck_gguf *g) {
         if (a == 0 || (a & (a - 1)))
             return speck_set_error(SPECK_ERR_FORMAT,
                                    "%s: general.alignment = %u is not a power of two", g->path, a);
+        // Tensor data is read in place as f32 / f16 / ... values: each must start aligned for
+        // its widest element (8 bytes), which smaller alignments do not guarantee.
+        if (a < GGUF_MIN_ALIGNMENT)
+            return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                                   "%s: general.alignment = %u is below %d, which speck needs to "
+                                   "read tensors in place",
+                                   g->path, a, GGUF_MIN_ALIGNMENT);
         g->alignment = a;
     }
     for (uint64_t i = 0; i < nt; i++) {
         g->n_tensors = (int64_t)i + 1;
         if (read_tensor(g, &c, &g->tensors[i], (int64_t)i)) return SPECK_ERR_FORMAT;
     }
+    if (!(g->tensor_order = sort_names(g, g->n_tensors, false, "tensor name")))
+        return SPECK_ERR_FORMAT;
     size_t hdr = (size_t)(c.p - g->map);
     g->data_offset = (hdr + g->alignment - 1) / g->alignment * g->alignment;
     if (nt && g->data_offset > g->size)
@@ -405,12 +520,8 @@ static int parse(speck_gguf *g) {
                                    g->path, t->name, t->offset, t->offset + (uint64_t)t->n_bytes,
                                    (size_t)avail);
         t->data = g->map + g->data_offset + t->offset;
-        for (uint64_t j = 0; j < i; j++)
-            if (!strcmp(g->tensors[j].name, t->name))
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: duplicate tensor name '%s'", g->path,
-                                       t->name);
     }
-    return 0;
+    return check_overlaps(g);
 }
 
 #define HUGE_PAGE ((size_t)2 << 20)
@@ -442,6 +553,10 @@ static int load_anon(speck_gguf *g) {
     mprotect(base, len, PROT_READ);
     g->map = p;
     return 0;
+}
+
+const uint8_t *speck_gguf_bytes(const speck_gguf *g) {
+    return g->map;
 }
 
 int speck_gguf_file_mapped(const speck_gguf *g) {
@@ -527,9 +642,7 @@ const char *speck_gguf_key(const speck_gguf *g, int64_t i) {
 }
 
 int64_t speck_gguf_find_key(const speck_gguf *g, const char *key) {
-    for (int64_t i = 0; i < g->n_kv; i++)
-        if (g->kv[i].key && !strcmp(g->kv[i].key, key)) return i;
-    return -1;
+    return g->key_order ? find_name(g->key_order, g->n_kv, key) : -1;
 }
 
 speck_gguf_vtype speck_gguf_kv_type(const speck_gguf *g, int64_t i) {
@@ -608,7 +721,13 @@ static int64_t scalar_i(speck_gguf_vtype t, const uint8_t *p) {
         memcpy(&v, p, 8);
         return v;
     }
-    return (int64_t)scalar_f(t, p);
+    // A float key converts toward zero, saturating at int64's range and NaN giving 0: the plain
+    // conversion of such values is undefined (a file can hold bos_token_id = 1e27 as f32).
+    const double f = scalar_f(t, p);
+    if (!(f == f)) return 0;
+    if (f >= 9223372036854775808.0) return INT64_MAX;
+    if (f < -9223372036854775808.0) return INT64_MIN;
+    return (int64_t)f;
 }
 
 int64_t speck_gguf_get_int(const speck_gguf *g, int64_t i) {
@@ -711,7 +830,40 @@ const speck_gguf_tensor *speck_gguf_tensor_at(const speck_gguf *g, int64_t i) {
 }
 
 const speck_gguf_tensor *speck_gguf_find_tensor(const speck_gguf *g, const char *name) {
-    for (int64_t i = 0; i < g->n_tensors; i++)
-        if (!strcmp(g->tensors[i].name, name)) return &g->tensors[i];
-    return NULL;
+    const int64_t i = g->tensor_order ? find_name(g->tensor_order, g->n_tensors, name) : -1;
+    return i >= 0 ? &g->tensors[i] : NULL;
+}
+
+speck_gguf *speck_gguf_open_mem(const void *data, size_t n, const char *name) {
+    speck_gguf *g = calloc(1, sizeof *g);
+    if (!g || !(g->path = strdup(name))) {
+        free(g);
+        speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    g->fd = -1;
+    g->size = n;
+    // A private copy (page-aligned, like a mapping): the caller's buffer may go away, and tensor
+    // data pointers must stay valid and aligned as in a file.
+    g->anon_len = n ? n : 1;
+    g->anon = mmap(NULL, g->anon_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (g->anon == MAP_FAILED) {
+        g->anon = NULL;
+        speck_set_error(SPECK_ERR_NOMEM, "%s: cannot allocate %zu bytes", name, n);
+        speck_gguf_close(g);
+        return NULL;
+    }
+    if (n) memcpy(g->anon, data, n);
+    mprotect(g->anon, g->anon_len, PROT_READ);
+    g->map = g->anon;
+    if (!n) {
+        speck_set_error(SPECK_ERR_FORMAT, "%s: empty (not a GGUF file)", name);
+        speck_gguf_close(g);
+        return NULL;
+    }
+    if (parse(g)) {
+        speck_gguf_close(g);
+        return NULL;
+    }
+    return g;
 }

@@ -13,7 +13,8 @@ const char *speck_gguf_type_label(int type);
 size_t speck_gguf_vtype_size(speck_gguf_vtype t);
 
 // llama.cpp's general.file_type code for a model whose matrices are of type t (ALL_F32 = 0,
-// MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32).
+// MOSTLY_F16 = 1, MOSTLY_Q4_0 = 2, MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32, MOSTLY_Q4_K_S = 14, ...:
+// the file_type column of src/quant/quant_types.c).
 int speck_gguf_file_type(int t);
 
 // Drop the resident pages of [p, p + len) (inside g's tensor data) from this process: they are
@@ -22,6 +23,13 @@ int speck_gguf_file_type(int t);
 int speck_gguf_release(speck_gguf *g, const void *p, size_t len);
 // Whether g's tensor data is a mapping of the file (so speck_gguf_release can drop pages).
 int speck_gguf_file_mapped(const speck_gguf *g);
+
+// The file's bytes as the reader holds them (the mapping, or the anonymous copy), for the bounds
+// checks of tests and fuzz targets: every pointer the accessors return lies inside them.
+const uint8_t *speck_gguf_bytes(const speck_gguf *g);
+// A GGUF file held in memory (n bytes, copied; `name` stands for the path in messages): the
+// same validation as speck_gguf_open.
+speck_gguf *speck_gguf_open_mem(const void *data, size_t n, const char *name);
 
 // Atomic output files: open a temporary file beside `path`; commit renames it over `path`
 // (after fsync), abort removes it. tmp must hold PATH_MAX bytes.

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "quant/quant.h"
 #include "speck.h"
 #include "formats/gguf_internal.h"
 #include "formats/gguf_stream.h"
@@ -91,10 +92,16 @@ void speck_gguf_writer_free(speck_gguf_writer *w) {
 }
 
 // Takes ownership of b's bytes; a key set twice keeps its first position with the new value.
+// general.alignment is never written: this writer (and gguf_stream.c) always aligns to 32, the
+// format's default, and a copied key of another value would make the output unreadable.
 static int set_kv(speck_gguf_writer *w, const char *key, buf *b) {
     if (b->oom) {
         free(b->p);
         return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    }
+    if (!strcmp(key, "general.alignment")) {
+        free(b->p);
+        return 0;
     }
     for (int64_t i = 0; i < w->n_kv; i++)
         if (!strcmp(w->kv[i].key, key)) {
@@ -346,16 +353,6 @@ int speck_gguf_writer_save(speck_gguf_writer *w, const char *path) {
 }
 
 int speck_gguf_file_type(int t) {
-    switch (t) {
-    case SPECK_TYPE_F16:
-        return 1;
-    case SPECK_TYPE_Q4_0:
-        return 2;
-    case SPECK_TYPE_Q8_0:
-        return 7;
-    case SPECK_TYPE_BF16:
-        return 32;
-    default:
-        return 0;
-    }
+    const speck_type_traits *tr = speck_traits(t);
+    return tr && tr->file_type > 0 ? tr->file_type : 0;
 }

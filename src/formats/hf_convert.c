@@ -1,5 +1,5 @@
-// Hugging Face directory (config.json + safetensors + tokenizer.json) -> GGUF, for the Llama
-// layer structure (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and look-alikes).
+// Hugging Face directory (config.json + safetensors + tokenizer.json) -> GGUF, for the families
+// speck describes (src/model/arch_*.c: each lists its classes, tensors and config keys).
 //
 // Everything is validated before the first byte is written: the config's hyper-parameters, every
 // tensor the layout needs (present, right shape), and no tensor left over that the layout does
@@ -9,9 +9,10 @@
 //
 // Q/K layout: HF Llama checkpoints rotate halves (x[i], x[i + d/2]) while GGUF "llama" models
 // rotate adjacent pairs (x[2i], x[2i+1]), so the rows of q_proj / k_proj are interleaved per head
-// (row j of a head comes from row (j % 2) * d/2 + j / 2). Qwen2 is rotate-half in GGUF too
-// (NEOX) and is copied as is.
+// (row j of a head comes from row (j % 2) * d/2 + j / 2). The other families are rotate-half
+// (NEOX) in GGUF too and are copied as they are. Gemma's norms are stored as 1 + w.
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -100,15 +101,18 @@ void hf_convert_rows(const void *src, speck_type st, void *dst, speck_type dt, i
 
 /* ---- config.json ---- */
 
+// What config.json says, as the GGUF will: the family's description and its hyper-parameters,
+// plus the per-frequency vectors some RoPE scalings become (tensors in GGUF).
 typedef struct {
     const char *path; // DIR/config.json, for messages
-    char arch[16];
+    const speck_arch *desc;
     char hf_arch[64];
-    int64_t n_embd, n_ff, n_layer, n_head, n_head_kv, head_dim, n_ctx, n_vocab;
-    double eps, theta;
-    bool tied, attn_bias;
-    int scaling; // 0 none, 1 linear, 2 llama3
+    speck_hparams hp;
+    bool attn_bias;
+    int64_t n_vocab; // 0: the embedding's rows
+    int scaling;     // 0 none, 1 linear, 2 llama3, 3 longrope
     double factor, low, high, orig;
+    float *long_factor, *short_factor; // LongRoPE: (head_dim / 2) each
 } hf_cfg;
 
 static int cfg_int(const hf_cfg *c, const cJSON *j, const char *k, int64_t dflt, int64_t *out) {
@@ -126,15 +130,80 @@ static int cfg_int(const hf_cfg *c, const cJSON *j, const char *k, int64_t dflt,
 }
 
 static int cfg_num(const hf_cfg *c, const cJSON *j, const char *k, double dflt, double *out) {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(j, k);
-    if (!x || cJSON_IsNull(x)) {
-        *out = dflt;
+    return speck_hf_num(j, k, c->path, dflt, out);
+}
+
+// LongRoPE's factor list `key` of rope_scaling: half = head_dim / 2 numbers.
+static int longrope_factors(hf_cfg *c, const cJSON *rs, const char *key, int half, float **out) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(rs, key);
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != half)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: rope_scaling: %s: expected %d numbers (head_dim / 2)", c->path,
+                               key, half);
+    if (!(*out = malloc((size_t)half * sizeof(float))))
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < half; i++) {
+        const cJSON *x = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsNumber(x) || !(x->valuedouble > 0 && x->valuedouble <= FLT_MAX))
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: rope_scaling: %s[%d]: not a positive "
+                                   "number",
+                                   c->path, key, i);
+        (*out)[i] = (float)x->valuedouble;
+    }
+    return 0;
+}
+
+static int read_rope_scaling(hf_cfg *c, const cJSON *j) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
+    if (!rs || cJSON_IsNull(rs)) return 0;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+    if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
+    const char *type = cJSON_IsString(t) ? t->valuestring : "(missing)";
+    int rc = 0;
+    if (!strcmp(type, "default")) return 0;
+    if (!strcmp(type, "linear")) {
+        c->scaling = 1;
+        return cfg_num(c, rs, "factor", 1.0, &c->factor);
+    }
+    if (!strcmp(type, "llama3")) {
+        c->scaling = 2;
+        if ((rc = cfg_num(c, rs, "factor", 8.0, &c->factor)) ||
+            (rc = cfg_num(c, rs, "low_freq_factor", 1.0, &c->low)) ||
+            (rc = cfg_num(c, rs, "high_freq_factor", 4.0, &c->high)) ||
+            (rc = cfg_num(c, rs, "original_max_position_embeddings", 8192, &c->orig)))
+            return rc;
+        if (c->high <= c->low)
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: rope_scaling: high_freq_factor must exceed "
+                                   "low_freq_factor",
+                                   c->path);
         return 0;
     }
-    if (!cJSON_IsNumber(x) || !(x->valuedouble > 0))
-        return speck_set_error(SPECK_ERR_FORMAT, "%s: %s: not a positive number", c->path, k);
-    *out = x->valuedouble;
-    return 0;
+    if (!strcmp(type, "longrope") || !strcmp(type, "su")) {
+        // Phi-3 128k: divisors per frequency for contexts up to the original one and beyond,
+        // cos and sin scaled by attention_factor (the paper's sqrt(1 + ln s / ln orig) unless
+        // given), s = max_position_embeddings / original_max_position_embeddings.
+        c->scaling = 3;
+        const int half = c->hp.head_dim / 2;
+        double orig, af;
+        if ((rc = cfg_num(c, j, "original_max_position_embeddings", c->hp.n_ctx_train, &orig)) ||
+            (rc = cfg_num(c, rs, "original_max_position_embeddings", orig, &orig)) ||
+            (rc = longrope_factors(c, rs, "short_factor", half, &c->short_factor)) ||
+            (rc = longrope_factors(c, rs, "long_factor", half, &c->long_factor)))
+            return rc;
+        const double s = c->hp.n_ctx_train / orig;
+        if ((rc = cfg_num(c, rs, "attention_factor", s > 1 ? sqrt(1 + log(s) / log(orig)) : 1.0,
+                          &af)))
+            return rc;
+        c->orig = orig;
+        c->hp.rope_attn_factor = (float)af;
+        return 0;
+    }
+    return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                           "%s: rope_scaling: type '%s' is not supported (linear, llama3, "
+                           "longrope)",
+                           c->path, type);
 }
 
 static int read_config(const char *dir, char *path, size_t path_size, hf_cfg *c) {
@@ -150,81 +219,68 @@ static int read_config(const char *dir, char *path, size_t path_size, hf_cfg *c)
     const char *name = cJSON_IsString(a0) ? a0->valuestring : NULL;
     const char *mtype = cJSON_IsString(mt) ? mt->valuestring : "";
     snprintf(c->hf_arch, sizeof c->hf_arch, "%s", name ? name : mtype);
-    if (name ? !strcmp(name, "LlamaForCausalLM") || !strcmp(name, "MistralForCausalLM")
-             : !strcmp(mtype, "llama") || !strcmp(mtype, "mistral"))
-        strcpy(c->arch, "llama");
-    else if (name ? !strcmp(name, "Qwen2ForCausalLM") : !strcmp(mtype, "qwen2"))
-        strcpy(c->arch, "qwen2");
-    else {
-        rc = speck_set_error(SPECK_ERR_UNSUPPORTED,
-                             "%s: architectures: '%s' is not supported (LlamaForCausalLM, "
-                             "MistralForCausalLM, Qwen2ForCausalLM)",
-                             path, c->hf_arch[0] ? c->hf_arch : "(missing)");
+    if (!(c->desc = speck_arch_find_hf(name, mtype))) {
+        char known[512] = "";
+        for (const speck_arch *const *a = speck_archs(); *a; a++)
+            for (int k = 0; (*a)->hf.classes[k]; k++)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s",
+                         known[0] ? ", " : "", (*a)->hf.classes[k]);
+        rc = speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: architectures: '%s' is not supported (%s)",
+                             path, c->hf_arch[0] ? c->hf_arch : "(missing)", known);
         goto done;
     }
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "hidden_act");
-    if (cJSON_IsString(act) && strcmp(act->valuestring, "silu")) {
-        rc = speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: hidden_act: '%s' is not supported (silu)",
-                             path, act->valuestring);
+    speck_hparams *hp = &c->hp;
+    snprintf(hp->arch, sizeof hp->arch, "%s", c->desc->name);
+    // The activation the family's FFN uses (Gemma names it hidden_activation).
+    const char *want = c->desc->act == SPECK_ACT_GELU_TANH ? "gelu_pytorch_tanh" : "silu";
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "hidden_activation");
+    if (!cJSON_IsString(act)) act = cJSON_GetObjectItemCaseSensitive(j, "hidden_act");
+    if (cJSON_IsString(act) && strcmp(act->valuestring, want)) {
+        rc = speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: %s: '%s' is not supported (%s)", path,
+                             act->string, act->valuestring, want);
         goto done;
     }
-    if ((rc = cfg_int(c, j, "hidden_size", -1, &c->n_embd)) ||
-        (rc = cfg_int(c, j, "intermediate_size", -1, &c->n_ff)) ||
-        (rc = cfg_int(c, j, "num_hidden_layers", -1, &c->n_layer)) ||
-        (rc = cfg_int(c, j, "num_attention_heads", -1, &c->n_head)) ||
-        (rc = cfg_int(c, j, "num_key_value_heads", c->n_head, &c->n_head_kv)) ||
-        (rc = cfg_int(c, j, "head_dim", c->n_embd / c->n_head, &c->head_dim)) ||
-        (rc = cfg_int(c, j, "max_position_embeddings", 4096, &c->n_ctx)) ||
+    int64_t E = 0, F = 0, L = 0, H = 0, KV = 0, HD = 0, C = 0;
+    double eps, theta;
+    if ((rc = cfg_int(c, j, "hidden_size", -1, &E)) ||
+        (rc = cfg_int(c, j, "intermediate_size", -1, &F)) ||
+        (rc = cfg_int(c, j, "num_hidden_layers", -1, &L)) ||
+        (rc = cfg_int(c, j, "num_attention_heads", -1, &H)) ||
+        (rc = cfg_int(c, j, "num_key_value_heads", H, &KV)) ||
+        (rc = cfg_int(c, j, "head_dim", E / H, &HD)) ||
+        (rc = cfg_int(c, j, "max_position_embeddings", 4096, &C)) ||
         (rc = cfg_int(c, j, "vocab_size", 0, &c->n_vocab)) ||
-        (rc = cfg_num(c, j, "rms_norm_eps", 1e-6, &c->eps)) ||
-        (rc = cfg_num(c, j, "rope_theta", 10000.0, &c->theta)))
+        (rc = cfg_num(c, j, "rms_norm_eps", 1e-6, &eps)) ||
+        (rc = cfg_num(c, j, "rope_theta", 10000.0, &theta)))
         goto done;
-    if (c->n_head % c->n_head_kv || c->head_dim % 2) {
+    if (H % KV || HD % 2) {
         rc = speck_set_error(SPECK_ERR_FORMAT,
                              "%s: num_key_value_heads %lld must divide num_attention_heads %lld "
                              "and head_dim %lld be even",
-                             path, (long long)c->n_head_kv, (long long)c->n_head,
-                             (long long)c->head_dim);
+                             path, (long long)KV, (long long)H, (long long)HD);
         goto done;
     }
-    // Llama and Mistral default to an untied head; so does Qwen2's config class.
-    c->tied = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings"));
-    c->attn_bias = !strcmp(c->arch, "qwen2") ||
-                   cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "attention_bias"));
+    hp->n_embd = (int)E, hp->n_ff = (int)F, hp->n_layer = (int)L, hp->n_head = (int)H;
+    hp->n_head_kv = (int)KV, hp->head_dim = (int)HD, hp->n_ctx_train = (int)C;
+    hp->norm_eps = (float)eps, hp->rope_freq_base = (float)theta;
+    hp->rope_scale_factor = 1.0f;
+    speck_arch_defaults(c->desc, hp);
+    // Llama, Mistral, Qwen and Phi-3 default to an untied head; Gemma ties it.
+    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(j, "tie_word_embeddings");
+    hp->tied_output = tie && !cJSON_IsNull(tie) ? cJSON_IsTrue(tie) : c->desc->hf_tied;
+    c->attn_bias =
+        c->desc->qkv_bias || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "attention_bias"));
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "mlp_bias"))) {
         rc = speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: mlp_bias: true is not supported", path);
         goto done;
     }
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs)) {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
-        if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
-        const char *type = cJSON_IsString(t) ? t->valuestring : "(missing)";
-        if (!strcmp(type, "default")) {
-        } else if (!strcmp(type, "linear")) {
-            c->scaling = 1;
-            if ((rc = cfg_num(c, rs, "factor", 1.0, &c->factor))) goto done;
-        } else if (!strcmp(type, "llama3")) {
-            c->scaling = 2;
-            if ((rc = cfg_num(c, rs, "factor", 8.0, &c->factor)) ||
-                (rc = cfg_num(c, rs, "low_freq_factor", 1.0, &c->low)) ||
-                (rc = cfg_num(c, rs, "high_freq_factor", 4.0, &c->high)) ||
-                (rc = cfg_num(c, rs, "original_max_position_embeddings", 8192, &c->orig)))
-                goto done;
-            if (c->high <= c->low) {
-                rc = speck_set_error(SPECK_ERR_FORMAT,
-                                     "%s: rope_scaling: high_freq_factor must exceed "
-                                     "low_freq_factor",
-                                     path);
-                goto done;
-            }
-        } else {
-            rc = speck_set_error(SPECK_ERR_UNSUPPORTED,
-                                 "%s: rope_scaling: type '%s' is not supported (linear, llama3)",
-                                 path, type);
-            goto done;
-        }
-    }
+    if ((rc = read_rope_scaling(c, j))) goto done;
+    hp->rope_scaling = c->scaling == 1   ? SPECK_ROPE_SCALING_LINEAR
+                       : c->scaling == 3 ? SPECK_ROPE_SCALING_LONGROPE
+                                         : SPECK_ROPE_SCALING_NONE;
+    hp->rope_scale_factor = c->scaling == 1 ? (float)c->factor : 1.0f;
+    hp->rope_orig_ctx = c->scaling == 3 ? (int)c->orig : 0;
+    if (c->desc->hf.read) rc = c->desc->hf.read(j, path, hp);
 done:
     cJSON_Delete(j);
     return rc;
@@ -237,8 +293,9 @@ typedef struct {
     const speck_st_tensor *src;
     int64_t rows, cols; // cols = 0: a vector of `rows` values
     int qk_head_dim;    // > 0: Q/K rows to interleave
+    float shift;        // added to every value (Gemma's norms: 1 + w)
     speck_type out;
-    const float *synth; // tensors computed here (rope_freqs), f32
+    const float *synth; // tensors computed here (rope_freqs, LongRoPE's factors), f32
 } plan_t;
 
 typedef struct {
@@ -250,8 +307,21 @@ typedef struct {
     float *rope_freqs;
 } conv;
 
+static plan_t *plan_new(conv *c) {
+    if (c->n == c->cap) {
+        int cap = c->cap ? c->cap * 2 : 64;
+        plan_t *p = realloc(c->p, (size_t)cap * sizeof *p);
+        if (!p) return speck_set_error(SPECK_ERR_NOMEM, "out of memory"), NULL;
+        c->p = p;
+        c->cap = cap;
+    }
+    plan_t *p = &c->p[c->n++];
+    memset(p, 0, sizeof *p);
+    return p;
+}
+
 static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64_t cols, int qk,
-                    int type, bool required) {
+                    float shift, int type, bool required) {
     const speck_st_tensor *t = speck_st_find(c->st, hf);
     if (!t) {
         if (!required) return 0;
@@ -275,36 +345,42 @@ static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64
                                "%s: tensor '%s' has shape %s but config.json implies [%lld]",
                                t->file, hf, got, (long long)rows);
     }
-    if (c->n == c->cap) {
-        int cap = c->cap ? c->cap * 2 : 64;
-        plan_t *p = realloc(c->p, (size_t)cap * sizeof *p);
-        if (!p) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-        c->p = p;
-        c->cap = cap;
-    }
-    plan_t *p = &c->p[c->n++];
-    memset(p, 0, sizeof *p);
+    plan_t *p = plan_new(c);
+    if (!p) return SPECK_ERR_NOMEM;
     snprintf(p->hf, sizeof p->hf, "%s", hf);
     snprintf(p->gg, sizeof p->gg, "%s", gg);
     p->src = t;
     p->rows = rows;
     p->cols = cols;
     p->qk_head_dim = qk;
-    // Vectors are f32; matrices take the requested type (the source's for -1), falling back to
-    // f16 when a quantized type's block does not divide the row.
+    p->shift = shift;
+    // Vectors are f32; matrices take the requested type (the source's for -1), falling back as
+    // llama-quantize does (speck_type_for_row: Q4_K -> Q5_0, ..., f16 last) when the type's
+    // block does not divide the row.
     if (!cols)
         p->out = SPECK_TYPE_F32;
     else if (type < 0)
         p->out = t->type;
-    else if (cols % speck_type_block_size((speck_type)type))
-        p->out = SPECK_TYPE_F16;
     else
-        p->out = (speck_type)type;
+        p->out = speck_type_for_row((speck_type)type, cols);
+    return 0;
+}
+
+// A vector computed here (f32).
+static int plan_synth(conv *c, const char *gg, int64_t n, const float *data) {
+    plan_t *p = plan_new(c);
+    if (!p) return SPECK_ERR_NOMEM;
+    snprintf(p->gg, sizeof p->gg, "%s", gg);
+    p->rows = n;
+    p->out = SPECK_TYPE_F32;
+    p->synth = data;
     return 0;
 }
 
 static int build_plan(conv *c, int type) {
-    const hf_cfg *h = &c->cfg;
+    hf_cfg *h = &c->cfg;
+    const speck_hparams *hp = &h->hp;
+    const speck_arch *a = h->desc;
     const speck_st_tensor *emb = speck_st_find(c->st, "model.embed_tokens.weight");
     if (!emb)
         return speck_set_error(SPECK_ERR_FORMAT,
@@ -312,21 +388,42 @@ static int build_plan(conv *c, int type) {
                                "checkpoint",
                                c->dir);
     int64_t V = h->n_vocab ? h->n_vocab : (emb->n_dims == 2 ? emb->shape[0] : 0);
-    int64_t E = h->n_embd, Q = h->n_head * h->head_dim, KV = h->n_head_kv * h->head_dim,
-            F = h->n_ff;
-    int qk = strcmp(h->arch, "llama") ? 0 : (int)h->head_dim;
+    const int64_t E = hp->n_embd;
+    const int half = hp->head_dim / 2;
     int rc;
-    if ((rc = plan_add(c, "model.embed_tokens.weight", "token_embd.weight", V, E, 0, type, 1)))
+    if ((rc = plan_add(c, "model.embed_tokens.weight", "token_embd.weight", V, E, 0, 0, type, 1)))
         return rc;
-    c->cfg.n_vocab = V;
+    h->n_vocab = V;
+    h->hp.n_vocab = (int)V;
+    if ((rc = plan_add(c, "model.norm.weight", "output_norm.weight", E, 0, 0, a->hf_norm_shift,
+                       type, 1)))
+        return rc;
+    if (!hp->tied_output &&
+        (rc = plan_add(c, "lm_head.weight", "output.weight", V, E, 0, 0, type, 1)))
+        return rc;
+    for (int l = 0; l < hp->n_layer; l++)
+        for (int i = 0; i < a->n_layer_tensors; i++) {
+            const speck_tensor_desc *d = &a->layer[i];
+            const bool bias = d->slot == SLOT_BQ || d->slot == SLOT_BK || d->slot == SLOT_BV;
+            if (bias && !h->attn_bias) continue; // then a bias in the file is unexpected
+            char hf[128], gg[96];
+            snprintf(hf, sizeof hf, "model.layers.%d.%s", l, d->hf);
+            snprintf(gg, sizeof gg, "blk.%d.%s", l, d->gguf);
+            // Biases are permuted like their weight rows.
+            if ((rc = plan_add(c, hf, gg, speck_dim_size(d->rows, hp), speck_dim_size(d->cols, hp),
+                               d->flags & TD_PERMUTE ? hp->head_dim : 0,
+                               d->flags & TD_NORM ? a->hf_norm_shift : 0, type, 1)))
+                return rc;
+        }
     if (h->scaling == 2) {
         // llama.cpp ships Llama 3.1 scaling as per-frequency divisors of the base frequencies.
-        int half = (int)h->head_dim / 2;
+        // Computed once the q projections have matched head_dim: the config alone could ask
+        // for gigabytes here.
         if (!(c->rope_freqs = malloc((size_t)half * sizeof(float))))
             return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
         double lo_wl = h->orig / h->low, hi_wl = h->orig / h->high;
         for (int i = 0; i < half; i++) {
-            double f = pow(h->theta, -2.0 * i / (double)h->head_dim), wl = 2 * M_PI / f;
+            double f = pow(hp->rope_freq_base, -2.0 * i / (double)hp->head_dim), wl = 2 * M_PI / f;
             double d = 1.0;
             if (wl > lo_wl)
                 d = h->factor;
@@ -336,72 +433,30 @@ static int build_plan(conv *c, int type) {
             }
             c->rope_freqs[i] = (float)d;
         }
-        plan_t *p = &c->p[c->n++]; // capacity >= 64 after the first add
-        memset(p, 0, sizeof *p);
-        strcpy(p->gg, "rope_freqs.weight");
-        p->rows = half;
-        p->out = SPECK_TYPE_F32;
-        p->synth = c->rope_freqs;
+        if ((rc = plan_synth(c, "rope_freqs.weight", half, c->rope_freqs))) return rc;
     }
-    if ((rc = plan_add(c, "model.norm.weight", "output_norm.weight", E, 0, 0, type, 1))) return rc;
-    if (!h->tied && (rc = plan_add(c, "lm_head.weight", "output.weight", V, E, 0, type, 1)))
+    if (h->scaling == 3 &&
+        ((rc = plan_synth(c, "rope_factors_long.weight", half, h->long_factor)) ||
+         (rc = plan_synth(c, "rope_factors_short.weight", half, h->short_factor))))
         return rc;
-    for (int64_t l = 0; l < h->n_layer; l++) {
-        char hf[96], gg[64];
-#define T(hfs, ggs, rows, cols, q, req)                                                            \
-    do {                                                                                           \
-        snprintf(hf, sizeof hf, "model.layers.%lld." hfs, (long long)l);                           \
-        snprintf(gg, sizeof gg, "blk.%lld." ggs, (long long)l);                                    \
-        if ((rc = plan_add(c, hf, gg, rows, cols, q, type, req))) return rc;                       \
-    } while (0)
-        T("input_layernorm.weight", "attn_norm.weight", E, 0, 0, 1);
-        T("self_attn.q_proj.weight", "attn_q.weight", Q, E, qk, 1);
-        T("self_attn.k_proj.weight", "attn_k.weight", KV, E, qk, 1);
-        T("self_attn.v_proj.weight", "attn_v.weight", KV, E, 0, 1);
-        // Biases are permuted like their weight rows.
-        T("self_attn.q_proj.bias", "attn_q.bias", Q, 0, qk, h->attn_bias);
-        T("self_attn.k_proj.bias", "attn_k.bias", KV, 0, qk, h->attn_bias);
-        T("self_attn.v_proj.bias", "attn_v.bias", KV, 0, 0, h->attn_bias);
-        T("self_attn.o_proj.weight", "attn_output.weight", E, Q, 0, 1);
-        T("post_attention_layernorm.weight", "ffn_norm.weight", E, 0, 0, 1);
-        T("mlp.gate_proj.weight", "ffn_gate.weight", F, E, 0, 1);
-        T("mlp.up_proj.weight", "ffn_up.weight", F, E, 0, 1);
-        T("mlp.down_proj.weight", "ffn_down.weight", E, F, 0, 1);
-#undef T
-    }
     // Anything else means a layout this converter does not know.
     for (int64_t i = 0; i < speck_st_n_tensors(c->st); i++) {
         const speck_st_tensor *t = speck_st_tensor_at(c->st, i);
         bool used = false;
         for (int k = 0; k < c->n && !used; k++) used = c->p[k].src == t;
         if (used || strstr(t->name, "rotary_emb.inv_freq") ||
-            (h->tied && !strcmp(t->name, "lm_head.weight")))
+            (hp->tied_output && !strcmp(t->name, "lm_head.weight")))
             continue;
         return speck_set_error(SPECK_ERR_FORMAT,
                                "%s: unexpected tensor '%s' (not part of the %s layout of "
-                               "config.json: %lld layers)",
-                               t->file, t->name, h->hf_arch, (long long)h->n_layer);
+                               "config.json: %d layers)",
+                               t->file, t->name, h->hf_arch, hp->n_layer);
     }
     return 0;
 }
 
 static int write_kv(conv *c, speck_gguf_writer *w) {
-    const hf_cfg *h = &c->cfg;
-    // Llama 3.1 scaling goes into the rope_freqs.weight tensor (build_plan), as llama.cpp has it.
-    speck_hparams hp = {.n_vocab = (int)h->n_vocab,
-                        .n_ctx_train = (int)h->n_ctx,
-                        .n_embd = (int)h->n_embd,
-                        .n_layer = (int)h->n_layer,
-                        .n_head = (int)h->n_head,
-                        .n_head_kv = (int)h->n_head_kv,
-                        .head_dim = (int)h->head_dim,
-                        .n_ff = (int)h->n_ff,
-                        .norm_eps = (float)h->eps,
-                        .rope_freq_base = (float)h->theta,
-                        .rope_scaling = h->scaling == 1 ? SPECK_ROPE_SCALING_LINEAR
-                                                        : SPECK_ROPE_SCALING_NONE,
-                        .rope_scale_factor = (float)h->factor};
-    snprintf(hp.arch, sizeof hp.arch, "%s", h->arch);
+    speck_hparams hp = c->cfg.hp; // Llama 3.1 scaling and LongRoPE went into tensors (build_plan)
     char name[256];
     snprintf(name, sizeof name, "%s", c->dir);
     size_t n = strlen(name);
@@ -409,18 +464,27 @@ static int write_kv(conv *c, speck_gguf_writer *w) {
     snprintf(hp.name, sizeof hp.name, "%s", strrchr(name, '/') ? strrchr(name, '/') + 1 : name);
     int rc = speck_hparams_write(w, &hp);
     if (rc) return rc;
-    // The matrices' type: that of the q projections, which every layout has.
+    // The matrices' type: that of the attention output, which every layout has.
     int ft = 0;
     for (int i = 0; i < c->n; i++)
-        if (strstr(c->p[i].gg, "attn_q.weight")) ft = speck_gguf_file_type(c->p[i].out);
+        if (strstr(c->p[i].gg, "attn_output.weight")) ft = speck_gguf_file_type(c->p[i].out);
     if (speck_gguf_set_u32(w, "general.file_type", (uint32_t)ft))
         return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-    return hf_tokenizer_to_gguf(w, c->dir, h->n_vocab);
+    return hf_tokenizer_to_gguf(w, c->dir, c->cfg.n_vocab);
 }
 
 static int stream_tensor(conv *c, speck_gguf_stream *s, const plan_t *p, uint8_t *buf,
                          size_t buf_size) {
     if (p->synth) return speck_gguf_stream_write(s, p->synth, (size_t)p->rows * sizeof(float));
+    if (p->shift != 0) { // a norm vector stored as shift + w (f32)
+        float *v = malloc((size_t)p->rows * sizeof(float));
+        if (!v) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        speck_dequantize_row(p->src->type, p->src->data, v, p->rows);
+        for (int64_t i = 0; i < p->rows; i++) v[i] += p->shift;
+        int rc = speck_gguf_stream_write(s, v, (size_t)p->rows * sizeof(float));
+        free(v);
+        return rc;
+    }
     int64_t rows = p->cols ? p->rows : 1, cols = p->cols ? p->cols : p->rows;
     // A vector is one row, except permuted biases, which are rows of one value each.
     if (!p->cols && p->qk_head_dim) rows = p->rows, cols = 1;
@@ -486,6 +550,8 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
     speck_st_close(c.st);
     free(c.p);
     free(c.rope_freqs);
+    free(c.cfg.long_factor);
+    free(c.cfg.short_factor);
     return rc;
 }
 

@@ -1,8 +1,9 @@
-// GGUF ("llama" / "qwen2") -> Hugging Face directory: config.json, model.safetensors,
-// tokenizer.json, tokenizer_config.json. The inverse of hf_convert.c: tensor names mapped back,
-// llama Q/K rows de-interleaved to rotate-half, llama.cpp's rope_freqs divisors turned back
-// into a "llama3" rope_scaling entry. Everything is written into a temporary directory beside
-// the target, renamed into place only when complete.
+// GGUF -> Hugging Face directory: config.json, model.safetensors, tokenizer.json,
+// tokenizer_config.json. The inverse of hf_convert.c, from the same architecture descriptions
+// (src/model/arch_*.c): tensor names mapped back, llama Q/K rows de-interleaved to rotate-half,
+// Gemma's norms back to w, llama.cpp's rope_freqs divisors turned back into a "llama3"
+// rope_scaling entry, LongRoPE's factor tensors into a "longrope" one. Everything is written into
+// a temporary directory beside the target, renamed into place only when complete.
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -13,12 +14,15 @@
 #include <unistd.h>
 
 #include "formats/hf_internal.h"
+#include "kernels/kernels.h"
+#include "model/model_internal.h"
 
 typedef struct {
     char hf[96];
     const speck_gguf_tensor *src;
     int64_t rows, cols; // cols = 0: vector
     int qk_head_dim;
+    float shift; // subtracted from every value (Gemma's norms: GGUF 1 + w -> w)
 } ex_t;
 
 typedef struct {
@@ -27,7 +31,7 @@ typedef struct {
 } ex_list;
 
 static int ex_add(ex_list *l, const speck_gguf *g, const char *gg, const char *hf, int qk,
-                  bool required) {
+                  float shift, bool required) {
     const speck_gguf_tensor *t = speck_gguf_find_tensor(g, gg);
     if (!t) {
         if (!required) return 0;
@@ -46,6 +50,7 @@ static int ex_add(ex_list *l, const speck_gguf *g, const char *gg, const char *h
     e->rows = t->n_dims == 1 ? t->ne[0] : t->ne[1];
     e->cols = t->n_dims == 1 ? 0 : t->ne[0];
     e->qk_head_dim = qk;
+    e->shift = shift;
     return 0;
 }
 
@@ -117,14 +122,30 @@ static const char *torch_dtype(speck_type t) {
     return t == SPECK_TYPE_F16 ? "float16" : t == SPECK_TYPE_BF16 ? "bfloat16" : "float32";
 }
 
+// LongRoPE's factors of tensor `name` as a config.json list.
+static int add_factors(cJSON *rs, const speck_gguf *g, const char *name, const char *key,
+                       int half) {
+    const speck_gguf_tensor *t = speck_gguf_find_tensor(g, name);
+    if (!t || t->type != SPECK_TYPE_F32 || t->n_elements != half)
+        return speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: %s: expected %d f32 values",
+                               speck_gguf_path(g), name, half);
+    cJSON *a = cJSON_AddArrayToObject(rs, key);
+    for (int i = 0; i < half; i++) {
+        float v;
+        memcpy(&v, (const float *)t->data + i, sizeof v);
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(short_f32(v)));
+    }
+    return 0;
+}
+
 static int write_config(const speck_model *m, speck_type dtype, const char *dir) {
     const speck_hparams *hp = speck_model_hparams(m);
     const speck_gguf *g = speck_model_gguf(m);
-    bool qwen = !strcmp(hp->arch, "qwen2");
+    const speck_arch *arch = m->arch;
     cJSON *c = cJSON_CreateObject();
     cJSON *a = cJSON_AddArrayToObject(c, "architectures");
-    cJSON_AddItemToArray(a, cJSON_CreateString(qwen ? "Qwen2ForCausalLM" : "LlamaForCausalLM"));
-    cJSON_AddStringToObject(c, "model_type", qwen ? "qwen2" : "llama");
+    cJSON_AddItemToArray(a, cJSON_CreateString(arch->hf.classes[0]));
+    cJSON_AddStringToObject(c, "model_type", arch->hf.model_type);
     cJSON_AddNumberToObject(c, "hidden_size", hp->n_embd);
     cJSON_AddNumberToObject(c, "intermediate_size", hp->n_ff);
     cJSON_AddNumberToObject(c, "num_hidden_layers", hp->n_layer);
@@ -135,21 +156,25 @@ static int write_config(const speck_model *m, speck_type dtype, const char *dir)
     cJSON_AddNumberToObject(c, "vocab_size", hp->n_vocab);
     cJSON_AddNumberToObject(c, "rms_norm_eps", short_f32(hp->norm_eps));
     cJSON_AddNumberToObject(c, "rope_theta", short_f32(hp->rope_freq_base));
-    cJSON_AddStringToObject(c, "hidden_act", "silu");
+    cJSON_AddStringToObject(c, "hidden_act",
+                            hp->ffn_act == SPECK_ACT_GELU_TANH ? "gelu_pytorch_tanh" : "silu");
     cJSON_AddBoolToObject(c, "tie_word_embeddings", hp->tied_output);
-    if (!qwen) {
-        cJSON_AddBoolToObject(c, "attention_bias", hp->qkv_bias);
-        cJSON_AddBoolToObject(c, "mlp_bias", false);
-    } else {
-        cJSON_AddBoolToObject(c, "use_sliding_window", false);
-    }
+    if (arch->hf.write) arch->hf.write(c, hp);
     if (hp->bos_id >= 0) cJSON_AddNumberToObject(c, "bos_token_id", hp->bos_id);
     if (hp->eos_id >= 0) cJSON_AddNumberToObject(c, "eos_token_id", hp->eos_id);
     cJSON_AddStringToObject(c, "torch_dtype", torch_dtype(dtype));
     cJSON_AddNumberToObject(c, "initializer_range", 0.02);
     int rc = 0;
     const speck_gguf_tensor *rf = speck_gguf_find_tensor(g, "rope_freqs.weight");
-    if (rf || hp->rope_scaling != SPECK_ROPE_SCALING_NONE) {
+    if (hp->rope_scaling == SPECK_ROPE_SCALING_LONGROPE) {
+        cJSON *rs = cJSON_AddObjectToObject(c, "rope_scaling");
+        cJSON_AddStringToObject(rs, "type", "longrope");
+        cJSON_AddNumberToObject(rs, "attention_factor", short_f32(hp->rope_attn_factor));
+        rc = add_factors(rs, g, "rope_factors_short.weight", "short_factor", hp->head_dim / 2);
+        if (!rc)
+            rc = add_factors(rs, g, "rope_factors_long.weight", "long_factor", hp->head_dim / 2);
+        cJSON_AddNumberToObject(c, "original_max_position_embeddings", hp->rope_orig_ctx);
+    } else if (rf || hp->rope_scaling != SPECK_ROPE_SCALING_NONE) {
         cJSON *rs = cJSON_AddObjectToObject(c, "rope_scaling");
         bool l3 = rf || hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3;
         cJSON_AddStringToObject(rs, "rope_type", l3 ? "llama3" : "linear");
@@ -187,36 +212,20 @@ static int write_safetensors(const speck_model *m, speck_type dtype, const char 
                              bool progress) {
     const speck_hparams *hp = speck_model_hparams(m);
     const speck_gguf *g = speck_model_gguf(m);
-    int qk = strcmp(hp->arch, "llama") ? 0 : hp->head_dim;
+    const speck_arch *a = m->arch;
     ex_list l = {0};
-    int rc = ex_add(&l, g, "token_embd.weight", "model.embed_tokens.weight", 0, 1);
-    if (!rc && !hp->tied_output) rc = ex_add(&l, g, "output.weight", "lm_head.weight", 0, 1);
-    if (!rc) rc = ex_add(&l, g, "output_norm.weight", "model.norm.weight", 0, 1);
-    for (int i = 0; !rc && i < hp->n_layer; i++) {
-        static const struct {
-            const char *gg, *hf;
-            int qk, req;
-        } map[] = {
-            {"attn_norm.weight", "input_layernorm.weight", 0, 1},
-            {"attn_q.weight", "self_attn.q_proj.weight", 1, 1},
-            {"attn_k.weight", "self_attn.k_proj.weight", 1, 1},
-            {"attn_v.weight", "self_attn.v_proj.weight", 0, 1},
-            {"attn_q.bias", "self_attn.q_proj.bias", 1, 0},
-            {"attn_k.bias", "self_attn.k_proj.bias", 1, 0},
-            {"attn_v.bias", "self_attn.v_proj.bias", 0, 0},
-            {"attn_output.weight", "self_attn.o_proj.weight", 0, 1},
-            {"ffn_norm.weight", "post_attention_layernorm.weight", 0, 1},
-            {"ffn_gate.weight", "mlp.gate_proj.weight", 0, 1},
-            {"ffn_up.weight", "mlp.up_proj.weight", 0, 1},
-            {"ffn_down.weight", "mlp.down_proj.weight", 0, 1},
-        };
-        for (size_t k = 0; !rc && k < sizeof map / sizeof map[0]; k++) {
+    int rc = ex_add(&l, g, "token_embd.weight", "model.embed_tokens.weight", 0, 0, 1);
+    if (!rc && !hp->tied_output) rc = ex_add(&l, g, "output.weight", "lm_head.weight", 0, 0, 1);
+    if (!rc) rc = ex_add(&l, g, "output_norm.weight", "model.norm.weight", 0, a->hf_norm_shift, 1);
+    for (int i = 0; !rc && i < hp->n_layer; i++)
+        for (int k = 0; !rc && k < a->n_layer_tensors; k++) {
+            const speck_tensor_desc *d = &a->layer[k];
             char gg[96], hf[128];
-            snprintf(gg, sizeof gg, "blk.%d.%s", i, map[k].gg);
-            snprintf(hf, sizeof hf, "model.layers.%d.%s", i, map[k].hf);
-            rc = ex_add(&l, g, gg, hf, map[k].qk ? qk : 0, map[k].req);
+            snprintf(gg, sizeof gg, "blk.%d.%s", i, d->gguf);
+            snprintf(hf, sizeof hf, "model.layers.%d.%s", i, d->hf);
+            rc = ex_add(&l, g, gg, hf, d->flags & TD_PERMUTE ? hp->head_dim : 0,
+                        d->flags & TD_NORM ? a->hf_norm_shift : 0, !(d->flags & TD_OPTIONAL));
         }
-    }
     // Header: tensors in order, data offsets packed; padded with spaces to 8 bytes as the
     // reference implementation does.
     cJSON *h = cJSON_CreateObject();
@@ -265,8 +274,20 @@ static int write_safetensors(const speck_model *m, speck_type dtype, const char 
         int64_t chunk = (int64_t)(buf_size / out_rs);
         for (int64_t r0 = 0; r0 < rows && !rc; r0 += chunk) {
             int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
-            hf_convert_rows(e->src->data, (speck_type)e->src->type, buf, dtype, r0, n, cols,
-                            e->qk_head_dim, -1);
+            if (e->shift != 0) { // a norm vector: shift + w back to w
+                float *v = malloc((size_t)cols * sizeof(float));
+                if (!v) {
+                    rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+                    break;
+                }
+                speck_dequantize_row((speck_type)e->src->type, e->src->data, v, cols);
+                for (int64_t j = 0; j < cols; j++) v[j] -= e->shift;
+                hf_convert_rows(v, SPECK_TYPE_F32, buf, dtype, 0, 1, cols, 0, -1);
+                free(v);
+            } else {
+                hf_convert_rows(e->src->data, (speck_type)e->src->type, buf, dtype, r0, n, cols,
+                                e->qk_head_dim, -1);
+            }
             if (fwrite(buf, 1, (size_t)n * out_rs, f) != (size_t)n * out_rs)
                 rc = speck_set_error(SPECK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
         }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/limits.h"
 #include "formats/hf_internal.h"
 #include "tokenizer/tokenizer_internal.h"
 
@@ -25,6 +26,13 @@ cJSON *hf_read_json(const char *path) {
     }
     long n = -1;
     if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (n > (long)SPECK_JSON_MAX_BYTES) {
+        fclose(f);
+        speck_set_error(SPECK_ERR_FORMAT,
+                        "%s: %ld bytes, more than the %zu MB a JSON file may have", path, n,
+                        SPECK_JSON_MAX_BYTES >> 20);
+        return NULL;
+    }
     char *buf = n >= 0 && fseek(f, 0, SEEK_SET) == 0 ? malloc((size_t)n + 1) : NULL;
     if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
         free(buf);
@@ -179,12 +187,17 @@ int hf_tokenizer_to_gguf(speck_gguf_writer *w, const char *dir, int64_t n_vocab)
     char **mstr = NULL;
     int64_t nm = 0;
     int rc = 0;
-    if (v->n_tokens > n_vocab) {
-        rc = speck_set_error(SPECK_ERR_FORMAT,
-                             "%s: %d tokens but the model's embedding has only %lld rows", tj_path,
-                             v->n_tokens, (long long)n_vocab);
-        goto done;
-    }
+    // Added tokens past the embedding's rows could never be fed to the model: they are left out
+    // (Gemma 3's text checkpoints ship the multimodal tokenizer with <image_soft_token> at
+    // 262144 and 262144 rows). Any other token past them is an error.
+    for (int64_t i = n_vocab; i < v->n_tokens; i++)
+        if ((v->type[i] != TOK_CONTROL && v->type[i] != TOK_USER_DEFINED) || i == v->bos ||
+            i == v->eos || i == v->unk || i == v->pad) {
+            rc = speck_set_error(SPECK_ERR_FORMAT,
+                                 "%s: %d tokens but the model's embedding has only %lld rows",
+                                 tj_path, v->n_tokens, (long long)n_vocab);
+            goto done;
+        }
     bool bpe = v->byte_level;
     const char *pre = NULL;
     if (bpe) {
@@ -314,6 +327,15 @@ static char *dupn(const char *s, uint64_t n) {
     char *r = malloc(n + 1);
     if (r) memcpy(r, s, n), r[n] = 0;
     return r;
+}
+
+// JSON strings as cJSON holds them end at a NUL: a token or merge containing one cannot be
+// exported (it would be cut short, or lose its space).
+static int nul_error(const char *src, const char *what, int64_t i) {
+    return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                           "%s: tokenizer.ggml.%s[%lld] contains a NUL byte, which tokenizer.json "
+                           "cannot hold",
+                           src, what, (long long)i);
 }
 
 // NUL-terminated copy of token i (malloc'd).
@@ -451,13 +473,17 @@ static cJSON *template_processor(const gvocab *gv, int32_t bos, int32_t eos, boo
     return pp;
 }
 
+// The GPT-2 regex as one object: the export tells it apart from the others by address, which two
+// copies of a string literal are not guaranteed to share.
+static const char re_gpt2[] = RE_GPT2;
+
 static const char *pre_regex_for(const char *pre, bool *nfc, bool *digits) {
     *nfc = *digits = false;
-    if (!pre || !strcmp(pre, "gpt-2") || !strcmp(pre, "gpt2")) return RE_GPT2;
+    if (!pre || !strcmp(pre, "gpt-2") || !strcmp(pre, "gpt2")) return re_gpt2;
     if (!strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3") || !strcmp(pre, "llama-v3"))
         return RE_LLAMA3;
     if (!strcmp(pre, "qwen2")) return *nfc = true, RE_QWEN2;
-    if (!strcmp(pre, "smollm") || !strcmp(pre, "starcoder")) return *digits = true, RE_GPT2;
+    if (!strcmp(pre, "smollm") || !strcmp(pre, "starcoder")) return *digits = true, re_gpt2;
     return NULL;
 }
 
@@ -506,6 +532,12 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
     cJSON *model_j = cJSON_CreateObject();
     cJSON *vocab = cJSON_CreateObject(), *merges = cJSON_CreateArray();
     for (int64_t i = 0; i < gv.n && !rc; i++) {
+        uint64_t len;
+        const char *text = gtok(&gv, i, &len);
+        if (memchr(text, 0, len)) {
+            rc = nul_error(src, "tokens", i);
+            break;
+        }
         char *t = gtok_dup(&gv, i);
         if (!t) {
             rc = speck_set_error(SPECK_ERR_NOMEM, "%s: out of memory", src);
@@ -537,6 +569,10 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
         for (int64_t i = 0; kg >= 0 && i < speck_gguf_arr_n(g, kg); i++) {
             uint64_t len = 0;
             const char *ms = speck_gguf_arr_str(g, kg, i, &len);
+            if (ms && memchr(ms, 0, len)) {
+                rc = nul_error(src, "merges", i);
+                break;
+            }
             char *t = dupn(ms ? ms : "", ms ? len : 0);
             cJSON_AddItemToArray(merges, cJSON_CreateString(t ? t : ""));
             free(t);
@@ -557,7 +593,7 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
             cJSON_AddStringToObject(d, "type", "Digits");
             cJSON_AddBoolToObject(d, "individual_digits", true);
             cJSON_AddItemToArray(seq, d);
-        } else if (re != (const char *)RE_GPT2) {
+        } else if (re != re_gpt2) {
             cJSON *s = cJSON_CreateObject();
             cJSON_AddStringToObject(s, "type", "Split");
             cJSON_AddStringToObject(obj(s, "pattern"), "Regex", re);
@@ -569,7 +605,7 @@ int hf_tokenizer_from_gguf(const speck_gguf *g, const char *dir, int n_ctx) {
         cJSON_AddStringToObject(bl, "type", "ByteLevel");
         cJSON_AddBoolToObject(bl, "add_prefix_space", false);
         cJSON_AddBoolToObject(bl, "trim_offsets", true);
-        cJSON_AddBoolToObject(bl, "use_regex", re == (const char *)RE_GPT2);
+        cJSON_AddBoolToObject(bl, "use_regex", re == re_gpt2);
         cJSON_AddItemToArray(seq, bl);
         cJSON *dec = obj(tj, "decoder");
         cJSON_AddStringToObject(dec, "type", "ByteLevel");

@@ -36,6 +36,7 @@ struct speck_st {
     int n_files;
     speck_st_tensor *t;
     int64_t n, cap;
+    int64_t *order; // tensor indices sorted by name (set once every file is read)
 };
 
 static int dtype_of(const char *s, speck_type *t, size_t *es) {
@@ -214,6 +215,32 @@ static int open_file(speck_st *s, const char *path) {
     return rc;
 }
 
+static _Thread_local const speck_st *t_sort;
+
+static int by_name(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    const int c = strcmp(t_sort->t[x].name, t_sort->t[y].name);
+    return c ? c : (x > y) - (x < y);
+}
+
+// Sort the tensors by name, refusing a name that repeats; lookups then take log n (a header may
+// list a million tensors: pairwise comparisons would take hours).
+static int sort_names(speck_st *s) {
+    free(s->order);
+    if (!(s->order = malloc((size_t)(s->n ? s->n : 1) * sizeof *s->order)))
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < s->n; i++) s->order[i] = i;
+    t_sort = s;
+    qsort(s->order, (size_t)s->n, sizeof *s->order, by_name);
+    for (int64_t i = 1; i < s->n; i++) {
+        const speck_st_tensor *a = &s->t[s->order[i - 1]], *b = &s->t[s->order[i]];
+        if (!strcmp(a->name, b->name))
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' appears twice (also in %s)",
+                                   b->file, b->name, a->file);
+    }
+    return 0;
+}
+
 static bool is_dir(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
@@ -264,6 +291,7 @@ static int open_index(speck_st *s, const char *index) {
         }
         if ((rc = open_file(s, path))) break;
     }
+    if (!rc) rc = sort_names(s);
     for (e = wm->child; !rc && e; e = e->next) {
         const speck_st_tensor *t = speck_st_find(s, e->string);
         if (!t)
@@ -281,17 +309,6 @@ static int open_index(speck_st *s, const char *index) {
     }
     cJSON_Delete(j);
     return rc;
-}
-
-static int check_duplicates(speck_st *s) {
-    for (int64_t i = 0; i < s->n; i++)
-        for (int64_t k = i + 1; k < s->n; k++)
-            if (!strcmp(s->t[i].name, s->t[k].name))
-                return speck_set_error(SPECK_ERR_FORMAT,
-                                       "%s: tensor '%s' appears twice (also in "
-                                       "%s)",
-                                       s->t[k].file, s->t[k].name, s->t[i].file);
-    return 0;
 }
 
 speck_st *speck_st_open(const char *path) {
@@ -324,7 +341,7 @@ speck_st *speck_st_open(const char *path) {
     } else {
         rc = open_file(s, path);
     }
-    if (!rc) rc = check_duplicates(s);
+    if (!rc && !s->order) rc = sort_names(s);
     if (rc) {
         speck_st_close(s);
         return NULL;
@@ -341,6 +358,7 @@ void speck_st_close(speck_st *s) {
     }
     free(s->files);
     free(s->t);
+    free(s->order);
     free(s);
 }
 
@@ -353,8 +371,16 @@ const speck_st_tensor *speck_st_tensor_at(const speck_st *s, int64_t i) {
 }
 
 const speck_st_tensor *speck_st_find(const speck_st *s, const char *name) {
-    for (int64_t i = 0; i < s->n; i++)
-        if (!strcmp(s->t[i].name, name)) return &s->t[i];
+    for (int64_t lo = 0, hi = s->n; lo < hi;) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        const speck_st_tensor *t = &s->t[s->order[mid]];
+        const int c = strcmp(name, t->name);
+        if (!c) return t;
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
     return NULL;
 }
 

@@ -3,6 +3,7 @@
 // The table is picked once, by a constructor, before main() and before any thread exists, so the
 // hot paths read a plain pointer without synchronisation. speck_kernels_force_isa() (tests,
 // benchmarks) swaps it; it must not race with running kernels.
+#include <cpuid.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,18 +11,28 @@
 
 static const speck_kernel_table *g_table = &speck_kernels_scalar;
 
+// F16C and AVX-512 VNNI straight from CPUID: clang's __builtin_cpu_supports (14) knows neither
+// name (the fuzz build uses clang). The OS-support (XSAVE state) checks come with "avx2" and
+// "avx512f", which both compilers know.
+static int cpuid_bit(unsigned leaf, int reg, int bit) {
+    unsigned r[4];
+    if (!__get_cpuid_count(leaf, 0, &r[0], &r[1], &r[2], &r[3])) return 0;
+    return (int)(r[reg] >> bit & 1);
+}
+#define HAS_F16C() cpuid_bit(1, 2, 29)       // CPUID.1:ECX[29]
+#define HAS_AVX512VNNI() cpuid_bit(7, 2, 11) // CPUID.(7,0):ECX[11]
+
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512vl") && HAS_AVX512VNNI() &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+           __builtin_cpu_supports("fma") && HAS_F16C();
 }
 
 static int cpu_has_avx2(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HAS_F16C();
 }
 
 static const speck_kernel_table *best_table(void) {
@@ -77,28 +88,20 @@ const char *speck_isa(void) {
 }
 
 speck_type speck_act_type(speck_type weight_type) {
-    return (weight_type == SPECK_TYPE_Q8_0 || weight_type == SPECK_TYPE_Q4_0) ? SPECK_TYPE_Q8_0
-                                                                              : SPECK_TYPE_F32;
+    const speck_type_traits *t = speck_traits(weight_type);
+    return t ? t->act : SPECK_TYPE_F32;
 }
 
-// x: (n) -> y: one row of type t.
+// x: (n) -> y: one row of type t. The activation formats go through the ISA's quantizers (they
+// give the same bits on every ISA); weight types through the reference quantizers.
 void speck_quantize_row(speck_type t, const float *x, void *y, int64_t n) {
-    switch (t) {
-    case SPECK_TYPE_F32:
-        memcpy(y, x, (size_t)n * sizeof(float));
-        break;
-    case SPECK_TYPE_F16:
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_fp16(x[i]);
-        break;
-    case SPECK_TYPE_BF16:
-        for (int64_t i = 0; i < n; i++) ((uint16_t *)y)[i] = speck_fp32_to_bf16(x[i]);
-        break;
-    case SPECK_TYPE_Q8_0:
+    if (t == SPECK_TYPE_Q8_0) {
         g_table->quantize_q8_0(x, y, n);
-        break;
-    case SPECK_TYPE_Q4_0:
-        speck_quantize_row_q4_0_ref(x, y, n);
-        break;
+    } else if (t == SPECK_TYPE_Q8_K) {
+        g_table->quantize_q8_k(x, y, n);
+    } else {
+        const speck_type_traits *tr = speck_traits(t);
+        if (tr && tr->quant) tr->quant(x, y, n, NULL);
     }
 }
 
@@ -107,20 +110,28 @@ void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n) {
     switch (t) {
     case SPECK_TYPE_F32:
         memcpy(y, x, (size_t)n * sizeof(float));
-        break;
+        return;
     case SPECK_TYPE_F16:
         g_table->f16_to_f32(x, y, n);
-        break;
+        return;
     case SPECK_TYPE_BF16:
         g_table->bf16_to_f32(x, y, n);
-        break;
+        return;
     case SPECK_TYPE_Q8_0:
         g_table->q8_0_to_f32(x, y, n);
-        break;
+        return;
     case SPECK_TYPE_Q4_0:
         g_table->q4_0_to_f32(x, y, n);
+        return;
+    default:
         break;
     }
+    const speck_type_traits *tr = speck_traits(t);
+    if (!tr) return;
+    if ((int)t < SPECK_TYPE_ID_MAX && g_table->qt[t].to_f32)
+        g_table->qt[t].to_f32(x, y, n);
+    else
+        tr->dequant(x, y, n);
 }
 
 // w: one weight row of type t (n values); act: (n) in speck_act_type(t).
@@ -137,26 +148,30 @@ float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n) {
         return k->dot_q8_0(w, act, n);
     case SPECK_TYPE_Q4_0:
         return k->dot_q4_0(w, act, n);
+    default:
+        break;
     }
-    return 0.0f;
+    if ((int)t >= 0 && (int)t < SPECK_TYPE_ID_MAX && k->qt[t].dot) return k->qt[t].dot(w, act, n);
+    const speck_type_traits *tr = speck_traits(t);
+    return tr && tr->dot ? tr->dot(w, act, n) : 0.0f;
 }
 
 // q: (hd); kb, vb: key/value j at + j * ld; allow, sc: (n_keys); out: (hd).
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
-                 float scale, const uint8_t *allow, float *sc, float *out) {
+                 float scale, float softcap, const uint8_t *allow, float *sc, float *out) {
     return speck_attend_group(q, 0, 1, 1, &n_keys, allow, 0, kb, vb, SPECK_TYPE_F32, ld, hd, scale,
-                              sc, 0, out, 0) == 0;
+                              softcap, sc, 0, out, 0) == 0;
 }
 
 // q, out: query/output (t, h) at + t * ldq (ldo) + h * hd; allow: (nt, lda) or NULL;
 // sc: (min(nt * gq, 64), sc_ld).
 int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                        const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                       speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
-                       float *out, int64_t ldo) {
+                       speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,
+                       int64_t sc_ld, float *out, int64_t ldo) {
     if (g_table->attend_group)
         return g_table->attend_group(q, ldq, nt, gq, n_keys, allow, lda, kb, vb, kv, ld, hd, scale,
-                                     sc, sc_ld, out, ldo);
+                                     softcap, sc, sc_ld, out, ldo);
     const float *kf = kb, *vf = vb;
     float *conv = NULL;
     if (kv == SPECK_TYPE_F16) { // the one-query kernels read floats: convert the rows seen
@@ -177,7 +192,7 @@ int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n
     for (int t = 0; t < nt; t++)
         for (int h = 0; h < gq; h++)
             empty += !g_table->attend(q + t * ldq + (int64_t)h * hd, kf, vf, ld, hd, n_keys[t],
-                                      scale, allow ? allow + t * lda : NULL, sc,
+                                      scale, softcap, allow ? allow + t * lda : NULL, sc,
                                       out + t * ldo + (int64_t)h * hd);
     free(conv);
     return empty;

@@ -47,17 +47,20 @@ void speck_quantize_row(speck_type t, const float *x, void *y, int64_t n);
 void speck_dequantize_row(speck_type t, const void *x, float *y, int64_t n);
 
 // Type the activations must be in to be dotted with weights of type t:
-// SPECK_TYPE_Q8_0 for Q8_0/Q4_0 weights, SPECK_TYPE_F32 otherwise.
+// SPECK_TYPE_Q8_0 for Q8_0 / Q4_0 and the other 32-value block types, SPECK_TYPE_Q8_K for the
+// 256-value ones (K-quants, IQ4_XS), SPECK_TYPE_F32 for float weights.
 speck_type speck_act_type(speck_type weight_type);
 
 // Dot product of one weight row (type t, n values) with one activation row already converted to
 // speck_act_type(t). n is a multiple of 32 for quantized types.
 float speck_vec_dot(speck_type t, const void *w, const void *act, int64_t n);
 // Attention of one query head over n_keys cached keys/values (rows ld floats apart, hd used):
-// out (hd) = softmax(scale * q . k_j over allowed j) . v. q: (hd); allow: (n_keys) or NULL;
-// sc: (n_keys) scratch. Returns 0 (out zeroed) when no key is allowed. Batch-invariant.
+// out (hd) = softmax(s_j over allowed j) . v with s_j = scale * q . k_j, or, when softcap > 0,
+// softcap * tanh(scale * q . k_j / softcap) (Gemma 2's attention-logit soft-capping). q: (hd);
+// allow: (n_keys) or NULL; sc: (n_keys) scratch. Returns 0 (out zeroed) when no key is allowed.
+// Batch-invariant.
 int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
-                 float scale, const uint8_t *allow, float *sc, float *out);
+                 float scale, float softcap, const uint8_t *allow, float *sc, float *out);
 // The same for gq query heads sharing one key/value head, for nt tokens at once (GQA heads and
 // the tokens of a verification pass): query (t, h) at q + t * ldq + h * hd, its output at
 // out + t * ldo + h * hd; token t sees keys j < n_keys[t], those with allow[t * lda + j] != 0
@@ -67,8 +70,8 @@ int speck_attend(const float *q, const float *kb, const float *vb, int64_t ld, i
 // (for f32 rows: speck_attend). Returns how many queries had no allowed key (outputs zeroed).
 int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                        const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                       speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
-                       float *out, int64_t ldo);
+                       speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,
+                       int64_t sc_ld, float *out, int64_t ldo);
 
 // Y = X · Wᵀ, threaded with OpenMP. Call it from outside any parallel region.
 // W: (n_out, n_in) rows of type wt, rows contiguous (row stride speck_type_row_size(wt, n_in))
@@ -97,10 +100,11 @@ speck_type speck_matmul_act_type(speck_type wt, int64_t n_tok);
 // floor(nb / 8) * 8 blocks) as [elements 0-15 of the 4 blocks | elements 16-31 of the 4 blocks];
 // matmul.c builds that order when it passes Q4_0 rows (see quantize_rows()).
 typedef struct {
-    const int8_t *qs; // (n_tok, n) quantized values; rows 64-byte aligned
-    const float *d;   // (n_tok, n / 32) block scales
-    const float *s;   // (n_tok, n / 32) d * (sum of the block's 32 values), for Q4_0's -8 offset
-    int64_t n;        // values per row, a multiple of 32
+    const int8_t *qs;    // (n_tok, n) quantized values; rows 64-byte aligned
+    const float *d;      // (n_tok, n / 32) block scales
+    const float *s;      // (n_tok, n / 32) d * (sum of the block's 32 values), for Q4_0's -8 offset
+    const int16_t *qsum; // (n_tok, n / 32) sum of the block's 32 values
+    int64_t n;           // values per row, a multiple of 32
 } speck_q8_rows;
 
 typedef enum {
@@ -108,12 +112,14 @@ typedef enum {
     SPECK_MM_Q8_BLOCKS,   // Q8_0 block rows (Q8_0/Q4_0 weights, ISAs without mm kernels)
     SPECK_MM_Q8_SPLIT,    // split Q8_0 layout for the mm kernels, natural order (Q8_0 weights)
     SPECK_MM_Q8_SPLIT_Q4, // split layout in Q4_0's nibble order (Q4_0 weights)
+    SPECK_MM_Q8K,         // Q8_K block rows (the 256-value types: K-quants, IQ4_XS)
 } speck_mm_kind;
 
 typedef struct {
     speck_mm_kind kind;
     const float *x;     // SPECK_MM_F32: the caller's X
-    const char *blocks; // Q8_0 block rows (SPECK_MM_Q8_BLOCKS, and kept by the split layouts)
+    const char *blocks; // Q8_0 block rows (SPECK_MM_Q8_BLOCKS, and kept by the split layouts),
+                        // or Q8_K block rows (SPECK_MM_Q8K)
     speck_q8_rows rows; // SPECK_MM_Q8_SPLIT*
     int64_t n_tok, n_in;
 } speck_mm_act;
@@ -129,6 +135,8 @@ speck_mm_kind speck_mm_kind_for(speck_type wt);
 int speck_mm_stream_max(speck_type wt);
 // Bytes of buffer speck_mm_act_prepare needs (0 for SPECK_MM_F32).
 size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in);
+// The most any weight type needs (a buffer for whatever matrices share it).
+size_t speck_mm_act_bytes_max(int64_t n_tok, int64_t n_in);
 // X: (n_tok, n_in) f32 -> a, using buf (64-byte aligned, speck_mm_act_bytes long). X must stay
 // alive and unchanged while a is used for SPECK_MM_F32.
 void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t n_in, void *buf,

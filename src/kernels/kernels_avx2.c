@@ -272,6 +272,17 @@ static inline __m256 exp_nonpos8(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+// c * tanh(s / c) (attention-logit soft-capping), tanh from e = e^(-2|x|) as (1 - e) / (1 + e)
+// with x's sign: absolute error ~1e-7 x c, no overflow for any s.
+static inline __m256 softcap8(__m256 s, float c) {
+    const __m256 x = _mm256_mul_ps(s, _mm256_set1_ps(1.0f / c));
+    const __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0f));
+    const __m256 e = exp_nonpos8(_mm256_mul_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(-2.0f)));
+    const __m256 t = _mm256_div_ps(_mm256_sub_ps(_mm256_set1_ps(1.0f), e),
+                                   _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    return _mm256_mul_ps(_mm256_or_ps(t, sign), _mm256_set1_ps(c));
+}
+
 // Chunk idx.. of a key/value row of floats (h16 = 0, lanes m) or f16 values (h16 = 1, the first
 // n of the chunk's 8; the rest read as 0). f16 values are widened exactly, so both give the
 // same arithmetic on the same values.
@@ -312,7 +323,8 @@ attend_v_slab8(const float *sc, const void *vb, int64_t ld, int n_keys, const in
 // sc: (n_keys); out: (hd).
 static inline __attribute__((always_inline)) int
 attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd, int n_keys,
-             float scale, const uint8_t *allow, float *sc, float *out, const int h16) {
+             float scale, float softcap, const uint8_t *allow, float *sc, float *out,
+             const int h16) {
     const int nc = (hd + 7) / 8, hn = hd - 8 * (nc - 1);
     const __m256i hm = lanes8(hn), all = _mm256_set1_epi32(-1);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
@@ -337,8 +349,9 @@ attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd,
             const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)a8));
             ok = _mm256_andnot_si256(_mm256_cmpeq_epi32(a, _mm256_setzero_si256()), ok);
         }
-        const __m256 s = _mm256_blendv_ps(ninf, _mm256_mul_ps(hsum8x8(acc), _mm256_set1_ps(scale)),
-                                          _mm256_castsi256_ps(ok));
+        __m256 sv = _mm256_mul_ps(hsum8x8(acc), _mm256_set1_ps(scale));
+        if (softcap > 0) sv = softcap8(sv, softcap);
+        const __m256 s = _mm256_blendv_ps(ninf, sv, _mm256_castsi256_ps(ok));
         _mm256_maskstore_ps(sc + j0, lanes8(nk), s);
         mx = _mm256_max_ps(mx, s);
     }
@@ -385,8 +398,9 @@ attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd,
 }
 
 static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
-                       int n_keys, float scale, const uint8_t *allow, float *sc, float *out) {
-    return attend_body8(q, kb, vb, ld, hd, n_keys, scale, allow, sc, out, 0);
+                       int n_keys, float scale, float softcap, const uint8_t *allow, float *sc,
+                       float *out) {
+    return attend_body8(q, kb, vb, ld, hd, n_keys, scale, softcap, allow, sc, out, 0);
 }
 
 // speck_attend_group on AVX2: one query at a time (keys and values re-read from cache per
@@ -394,8 +408,8 @@ static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t
 // a 5 M-parameter model's decode 2-5 %).
 static int attend_group_avx2(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                              const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                             speck_type kv, int64_t ld, int hd, float scale, float *sc,
-                             int64_t sc_ld, float *out, int64_t ldo) {
+                             speck_type kv, int64_t ld, int hd, float scale, float softcap,
+                             float *sc, int64_t sc_ld, float *out, int64_t ldo) {
     (void)sc_ld;
     int empty = 0;
     for (int t = 0; t < nt; t++)
@@ -403,9 +417,10 @@ static int attend_group_avx2(const float *q, int64_t ldq, int nt, int gq, const 
             const float *qp = q + t * ldq + (int64_t)h * hd;
             const uint8_t *al = allow ? allow + t * lda : NULL;
             float *o = out + t * ldo + (int64_t)h * hd;
-            empty += !(kv == SPECK_TYPE_F16
-                           ? attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, al, sc, o, 1)
-                           : attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, al, sc, o, 0));
+            empty +=
+                !(kv == SPECK_TYPE_F16
+                      ? attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o, 1)
+                      : attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o, 0));
         }
     return empty;
 }
@@ -795,4 +810,6 @@ const speck_kernel_table speck_kernels_avx2 = {
     .attend_group = attend_group_avx2,
     .q8_0_to_f32 = q8_0_to_f32_avx2,
     .q4_0_to_f32 = q4_0_to_f32_avx2,
+    .quantize_q8_k = speck_quantize_q8_k_avx2,
+    .qt = speck_qt_avx2,
 };

@@ -797,4 +797,6 @@ const speck_kernel_table speck_kernels_avx512 = {
     .attend_group = speck_attend_group_avx512,
     .q8_0_to_f32 = q8_0_to_f32_avx512,
     .q4_0_to_f32 = q4_0_to_f32_avx512,
+    .quantize_q8_k = speck_quantize_q8_k_avx512,
+    .qt = speck_qt_avx512,
 };

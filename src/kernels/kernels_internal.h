@@ -4,6 +4,7 @@
 #define SPECK_KERNELS_INTERNAL_H
 
 #include "kernels/kernels.h"
+#include "quant/quant.h"
 
 // Most activation rows a multi-token kernel handles per call (matmul tiles tokens by this).
 #define SPECK_MT 4
@@ -44,6 +45,43 @@ typedef struct {
     const float *d;    // (n_tok, n / 32) block scales (the stored fp16 widened)
     int64_t n_tok, n;  // n a multiple of 32
 } speck_gemm_act;
+
+// A panel kernel of a src/quant/ block type (speck_panel_pack's layout for that type, see
+// panel_pack.c): np panels pstep panels apart (pbytes each) times token rows t0 .. t0 + nt - 1 of
+// a (prepared for the type), as speck_panel_q_fn.
+typedef void (*speck_panel_x_fn)(const void *P, size_t pbytes, int np, int64_t pstep,
+                                 const speck_mm_act *a, int64_t t0, int nt, float *y, int64_t ldy,
+                                 unsigned m0, unsigned m1, int accumulate);
+
+// Kernels of one block type of src/quant/ (speck_kernel_table.qt, indexed by type id). Every
+// result follows the dot contract of quant.h, so all ISAs (and rows and panels) give the same
+// bits.
+typedef struct {
+    // One weight row . one activation row of blocks (Q8_0 for the 32-value types, Q8_K for the
+    // 256-value ones); n values.
+    float (*dot)(const void *w, const void *a, int64_t n);
+    // One weight row . token rows t0 .. t0 + nt - 1 (nt 1..SPECK_MT) of a (prepared in the
+    // layout speck_mm_kind_for gives); out: (nt). NULL: per-token dots.
+    void (*mm)(const void *w, const speck_mm_act *a, int64_t t0, int nt, float *out);
+    // Row dequantization x: n / block-size blocks -> y: (n). NULL: the reference.
+    void (*to_f32)(const void *x, float *y, int64_t n);
+    // Panel kernel (NULL: none on this ISA), most tokens per call, panels per call for nt
+    // tokens, and whether a call's panels come from separate parts of a row range.
+    speck_panel_x_fn panel;
+    int panel_tokens;
+    int panel_group[SPECK_PT + 1];
+    int panel_spread;
+    // 1: the panel kernels also beat dequantize + sgemm on large batches (prefill), so every
+    // token count takes them.
+    int panel_prefill;
+} speck_qt_kernels;
+
+// Panel layouts of the src/quant/ block types (panel_pack.c; the same on every ISA): rows
+// (<= 16) consecutive rows W of nb blocks <-> one panel of 16 * nb blocks' bytes, missing rows
+// zero. Whether t has a panel layout.
+int speck_qt_panel_layout(speck_type t);
+void speck_qt_panel_pack(speck_type t, const void *W, int64_t nb, int rows, void *dst);
+void speck_qt_panel_unpack(speck_type t, const void *src, int64_t nb, int j0, int rows, void *W);
 
 typedef struct {
     const char *name;
@@ -109,25 +147,32 @@ typedef struct {
     // t < a->n_tok and r < rows (the packed strip's rows; nothing else in y is touched).
     void (*gemm_run)(const void *packed, int rows, const speck_gemm_act *a, float *y, int64_t ldy);
     // Attention of one query head over keys j < n_keys (k_j = kb + j * ld, v_j = vb + j * ld,
-    // each hd floats): out (hd) = sum_j softmax_j(scale * q . k_j) v_j over the allowed keys
+    // each hd floats): out (hd) = sum_j softmax_j(s_j) v_j over the allowed keys, s_j = scale *
+    // q . k_j soft-capped to softcap * tanh(s_j / softcap) when softcap > 0
     // (allow: (n_keys) bytes, nonzero = allowed; NULL = all). sc: (n_keys) scratch. Returns 0 and
     // zeroes out when no key is allowed. A query's result depends only on its own inputs, not on
     // which other queries or heads run alongside (batch invariance of the decode path).
     int (*attend)(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
-                  float scale, const uint8_t *allow, float *sc, float *out);
+                  float scale, float softcap, const uint8_t *allow, float *sc, float *out);
     // Attention of several queries over the same keys (speck_attend_group), keys and values f32
     // or f16; NULL: speck_attend once per query on f32 rows. Returns how many queries had no
     // allowed key.
     int (*attend_group)(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                         const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                        speck_type kv, int64_t ld, int hd, float scale, float *sc, int64_t sc_ld,
-                        float *out, int64_t ldo);
+                        speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,
+                        int64_t sc_ld, float *out, int64_t ldo);
     // Activation quantization (must be bit-identical across ISAs) and row conversions.
     void (*quantize_q8_0)(const float *x, speck_block_q8_0 *y, int64_t n);
     void (*f16_to_f32)(const uint16_t *x, float *y, int64_t n);
     void (*bf16_to_f32)(const uint16_t *x, float *y, int64_t n);
     void (*q8_0_to_f32)(const speck_block_q8_0 *x, float *y, int64_t n);
     void (*q4_0_to_f32)(const speck_block_q4_0 *x, float *y, int64_t n);
+    // Q8_K activation quantization (x: (n) -> n / 256 blocks), bit-identical to
+    // speck_quant_q8_k_ref.
+    void (*quantize_q8_k)(const float *x, speck_block_q8_k *y, int64_t n);
+    // Kernels of the src/quant/ block types, SPECK_TYPE_ID_MAX entries indexed by type id (NULL
+    // members: the scalar reference).
+    const speck_qt_kernels *qt;
 } speck_kernel_table;
 
 // The table in use (chosen once; see dispatch.c).
@@ -141,6 +186,30 @@ extern const speck_kernel_table speck_kernels_avx512;
 // Scalar row helpers shared by all ISAs (the reference semantics).
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n);
 void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n);
+// The block-type kernels of each ISA (src/kernels/quant_*.c; the scalar table's are all NULL).
+extern const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX];
+extern const speck_qt_kernels speck_qt_avx2[SPECK_TYPE_ID_MAX];
+extern const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX];
+void speck_quantize_q8_k_avx2(const float *x, speck_block_q8_k *y, int64_t n);
+// Panel kernels (src/kernels/panel_k_avx512.c).
+#define SPECK_PANEL_X_DECL(NAME)                                                                   \
+    void NAME(const void *P, size_t pbytes, int np, int64_t pstep, const speck_mm_act *a,          \
+              int64_t t0, int nt, float *y, int64_t ldy, unsigned m0, unsigned m1, int accumulate)
+SPECK_PANEL_X_DECL(speck_panel_q4_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q5_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q6_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q2_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q3_k_avx512);
+SPECK_PANEL_X_DECL(speck_panel_iq4_xs_avx512);
+// (src/kernels/panel_k_avx2.c)
+SPECK_PANEL_X_DECL(speck_panel_q4_k_avx2);
+SPECK_PANEL_X_DECL(speck_panel_q6_k_avx2);
+// (src/kernels/panel_q32_avx512.c)
+SPECK_PANEL_X_DECL(speck_panel_q4_1_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q5_0_avx512);
+SPECK_PANEL_X_DECL(speck_panel_q5_1_avx512);
+SPECK_PANEL_X_DECL(speck_panel_iq4_nl_avx512);
+void speck_quantize_q8_k_avx512(const float *x, speck_block_q8_k *y, int64_t n);
 // The AVX-512 table's gemm_pack / gemm_run (src/kernels/gemm_avx512.c).
 void speck_gemm_pack_avx512(speck_type wt, const void *w, size_t wrow, int rows, int64_t n_in,
                             void *dst);
@@ -149,10 +218,11 @@ void speck_gemm_run_avx512(const void *packed, int rows, const speck_gemm_act *a
 // The AVX-512 table's attend_group (src/kernels/attend_avx512.c).
 int speck_attend_group_avx512(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                               const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                              speck_type kv, int64_t ld, int hd, float scale, float *sc,
-                              int64_t sc_ld, float *out, int64_t ldo);
+                              speck_type kv, int64_t ld, int hd, float scale, float softcap,
+                              float *sc, int64_t sc_ld, float *out, int64_t ldo);
 // Portable attention (the scalar table's attend).
 int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
-                     int n_keys, float scale, const uint8_t *allow, float *sc, float *out);
+                     int n_keys, float scale, float softcap, const uint8_t *allow, float *sc,
+                     float *out);
 
 #endif

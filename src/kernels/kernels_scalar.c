@@ -77,6 +77,12 @@ uint16_t speck_fp32_to_bf16(float f) {
 /* Quantization (the reference semantics)                                                    */
 /* ---------------------------------------------------------------------------------------- */
 
+// (int)v clamped to [lo, hi], NaN to lo: the plain conversion is undefined for NaN and for values
+// out of int's range, which a row holding inf or NaN (weights from a damaged file) produces.
+static inline int to_int_clamped(float v, int lo, int hi) {
+    return v >= (float)hi ? hi : v > (float)lo ? (int)v : lo;
+}
+
 // x: (n) -> y: (n / 32) blocks. d = amax / 127, q = roundf(x / d) computed as x * (1/d) like
 // llama.cpp, so SIMD versions can reproduce it bit for bit.
 void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n) {
@@ -87,7 +93,8 @@ void speck_quantize_row_q8_0_ref(const float *x, speck_block_q8_0 *y, int64_t n)
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = speck_fp32_to_fp16(d);
-        for (int j = 0; j < SPECK_QK; j++) y[b].qs[j] = (int8_t)roundf(xb[j] * id);
+        for (int j = 0; j < SPECK_QK; j++)
+            y[b].qs[j] = (int8_t)to_int_clamped(roundf(xb[j] * id), -128, 127);
     }
 }
 
@@ -109,10 +116,8 @@ void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n)
         y[b].d = speck_fp32_to_fp16(d);
         for (int j = 0; j < SPECK_QK / 2; j++) {
             // x * id + 8.5 lies in [0.5, 16.5]; the int8 conversion truncates (= floor here).
-            int q0 = (int8_t)(xb[j] * id + 8.5f);
-            int q1 = (int8_t)(xb[j + SPECK_QK / 2] * id + 8.5f);
-            q0 = q0 < 15 ? q0 : 15;
-            q1 = q1 < 15 ? q1 : 15;
+            const int q0 = to_int_clamped(xb[j] * id + 8.5f, 0, 15);
+            const int q1 = to_int_clamped(xb[j + SPECK_QK / 2] * id + 8.5f, 0, 15);
             y[b].qs[j] = (uint8_t)(q0 | (q1 << 4));
         }
     }
@@ -207,7 +212,8 @@ static float dot_q4_0_scalar(const speck_block_q4_0 *w, const speck_block_q8_0 *
 
 // q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys; sc: (n_keys); out: (hd).
 int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
-                     int n_keys, float scale, const uint8_t *allow, float *sc, float *out) {
+                     int n_keys, float scale, float softcap, const uint8_t *allow, float *sc,
+                     float *out) {
     float mx = -INFINITY;
     for (int j = 0; j < n_keys; j++) {
         if (allow && !allow[j]) {
@@ -218,6 +224,7 @@ int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t l
         float s = 0.0f;
         for (int d = 0; d < hd; d++) s += k[d] * q[d];
         sc[j] = s * scale;
+        if (softcap > 0) sc[j] = softcap * tanhf(sc[j] / softcap);
         if (sc[j] > mx) mx = sc[j];
     }
     memset(out, 0, (size_t)hd * sizeof(float));
@@ -234,6 +241,8 @@ int speck_attend_ref(const float *q, const float *kb, const float *vb, int64_t l
     for (int d = 0; d < hd; d++) out[d] *= inv;
     return 1;
 }
+
+const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX]; // all NULL: the reference
 
 const speck_kernel_table speck_kernels_scalar = {
     .name = "scalar",
@@ -252,4 +261,6 @@ const speck_kernel_table speck_kernels_scalar = {
     .attend = speck_attend_ref,
     .q8_0_to_f32 = q8_0_to_f32_scalar,
     .q4_0_to_f32 = q4_0_to_f32_scalar,
+    .quantize_q8_k = speck_quant_q8_k_ref,
+    .qt = speck_qt_none,
 };

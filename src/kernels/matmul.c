@@ -80,12 +80,14 @@ static inline float dot_one(const speck_kernel_table *k, speck_type wt, const vo
         return k->dot_q8_0(w, a, n);
     case SPECK_TYPE_Q4_0:
         return k->dot_q4_0(w, a, n);
+    default:
+        break;
     }
-    return 0.0f;
+    return k->qt[wt].dot ? k->qt[wt].dot(w, a, n) : speck_traits(wt)->dot(w, a, n);
 }
 
 // Quantize X into the matmul-internal layout (kernels with mm_* entry points).
-// X: (n_tok, n_in) f32 -> a: qs (n_tok, n_in), d and s (n_tok, n_in / 32), all inside buf.
+// X: (n_tok, n_in) f32 -> a: qs (n_tok, n_in), d, s and qsum (n_tok, n_in / 32), inside buf.
 // blk: (n_tok, n_in / 32) Q8_0 block rows, kept (the AVX2 row tiles read them). q4_order:
 // within the first floor(nb / 8) * 8 blocks, store each group of 4 blocks as [elements 0-15 of
 // the 4 blocks | elements 16-31 of the 4 blocks], the order the AVX-512 Q4_0 kernel unpacks
@@ -96,24 +98,30 @@ static speck_q8_rows quantize_rows(const speck_kernel_table *k, const float *X, 
     int8_t *qs = (int8_t *)buf;
     float *d = (float *)(buf + (((size_t)(n_tok * n_in) + 63) & ~(size_t)63));
     float *s = d + n_tok * nb;
-    for (int64_t t = 0; t < n_tok; t++, blk += nb) {
-        k->quantize_q8_0(X + t * n_in, blk, n_in);
+    int16_t *qsum = (int16_t *)(s + n_tok * nb);
+    // Many tokens (a prefill on the streaming kernels) quantize in parallel; a caller already in
+    // a parallel region (the decoder's per-thread copies) does it alone.
+#pragma omp parallel for schedule(static) if (n_tok >= 16 && !omp_in_parallel())
+    for (int64_t t = 0; t < n_tok; t++) {
+        speck_block_q8_0 *blk_t = blk + t * nb;
+        k->quantize_q8_0(X + t * n_in, blk_t, n_in);
         int8_t *row = qs + t * n_in;
         for (int64_t b = 0; b < nb; b++) {
             int32_t sum = 0;
-            for (int j = 0; j < SPECK_QK; j++) sum += blk[b].qs[j];
+            for (int j = 0; j < SPECK_QK; j++) sum += blk_t[b].qs[j];
             if (b < grouped) {
                 int8_t *g = row + (b / 4) * 4 * SPECK_QK + (b % 4) * 16;
-                memcpy(g, blk[b].qs, 16);
-                memcpy(g + 64, blk[b].qs + 16, 16);
+                memcpy(g, blk_t[b].qs, 16);
+                memcpy(g + 64, blk_t[b].qs + 16, 16);
             } else {
-                memcpy(row + b * SPECK_QK, blk[b].qs, SPECK_QK);
+                memcpy(row + b * SPECK_QK, blk_t[b].qs, SPECK_QK);
             }
-            d[t * nb + b] = speck_fp16_to_fp32(blk[b].d);
+            d[t * nb + b] = speck_fp16_to_fp32(blk_t[b].d);
             s[t * nb + b] = d[t * nb + b] * (float)sum;
+            qsum[t * nb + b] = (int16_t)sum;
         }
     }
-    return (speck_q8_rows){.qs = qs, .d = d, .s = s, .n = n_in};
+    return (speck_q8_rows){.qs = qs, .d = d, .s = s, .qsum = qsum, .n = n_in};
 }
 
 static int has_mm(const speck_kernel_table *k, speck_type wt) {
@@ -125,7 +133,11 @@ static int has_mm(const speck_kernel_table *k, speck_type wt) {
 // which also keeps the Q8_0 block rows its row tiles read, so one prepared activation serves
 // a layer's panels and rows alike.
 static speck_mm_kind mm_kind(const speck_kernel_table *k, speck_type wt) {
-    if (speck_act_type(wt) != SPECK_TYPE_Q8_0) return SPECK_MM_F32;
+    const speck_type at = speck_act_type(wt);
+    if (at == SPECK_TYPE_Q8_K) return SPECK_MM_Q8K;
+    if (at != SPECK_TYPE_Q8_0) return SPECK_MM_F32;
+    // The other 32-value types: the split layout (natural order) where the ISA has row kernels.
+    if (speck_type_is_extra(wt)) return k->qt[wt].mm ? SPECK_MM_Q8_SPLIT : SPECK_MM_Q8_BLOCKS;
     if (!has_mm(k, wt))
         return k->mm_panel_q4_0 || k->mm_panel_q8_0 ? SPECK_MM_Q8_SPLIT : SPECK_MM_Q8_BLOCKS;
     return wt == SPECK_TYPE_Q4_0 ? SPECK_MM_Q8_SPLIT_Q4 : SPECK_MM_Q8_SPLIT;
@@ -167,11 +179,24 @@ int speck_mm_stream_max(speck_type wt) {
 size_t speck_mm_act_bytes(speck_type wt, int64_t n_tok, int64_t n_in) {
     const speck_mm_kind kind = speck_mm_kind_for(wt);
     if (kind == SPECK_MM_F32) return 0;
+    if (kind == SPECK_MM_Q8K)
+        return (speck_type_row_size(SPECK_TYPE_Q8_K, n_in) * (size_t)n_tok + 63) & ~(size_t)63;
     const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     const size_t blocks = (arow * (size_t)n_tok + 63) & ~(size_t)63;
     if (kind == SPECK_MM_Q8_BLOCKS) return blocks;
     return blocks + (size_t)(n_tok * n_in) + 64 +
-           2 * sizeof(float) * (size_t)(n_tok * (n_in / SPECK_QK));
+           (2 * sizeof(float) + sizeof(int16_t)) * (size_t)(n_tok * (n_in / SPECK_QK));
+}
+
+size_t speck_mm_act_bytes_max(int64_t n_tok, int64_t n_in) {
+    // One weight type of each activation layout; Q8_K rows only exist when n_in allows them.
+    const speck_type types[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_1, SPECK_TYPE_Q4_K};
+    size_t m = 0;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        const size_t b = speck_mm_act_bytes(types[i], n_tok, n_in);
+        m = b > m ? b : m;
+    }
+    return m;
 }
 
 void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t n_in, void *buf,
@@ -179,8 +204,16 @@ void speck_mm_act_prepare(speck_type wt, const float *X, int64_t n_tok, int64_t 
     const speck_kernel_table *k = speck_kernels_get();
     *a = (speck_mm_act){.kind = mm_kind(k, wt), .x = X, .n_tok = n_tok, .n_in = n_in};
     if (a->kind == SPECK_MM_F32) return;
-    const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     char *b = buf;
+    if (a->kind == SPECK_MM_Q8K) {
+        const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, n_in);
+#pragma omp parallel for schedule(static) if (n_tok >= 16 && !omp_in_parallel())
+        for (int64_t t = 0; t < n_tok; t++)
+            k->quantize_q8_k(X + t * n_in, (speck_block_q8_k *)(b + (size_t)t * krow), n_in);
+        a->blocks = b;
+        return;
+    }
+    const size_t arow = speck_type_row_size(SPECK_TYPE_Q8_0, n_in);
     if (a->kind == SPECK_MM_Q8_BLOCKS) {
         for (int64_t t = 0; t < n_tok; t++)
             k->quantize_q8_0(X + t * n_in, (speck_block_q8_0 *)(b + (size_t)t * arow), n_in);
@@ -231,11 +264,44 @@ static void row_tile(const row_tiles *t, int64_t o, int64_t step, int rows) {
     }
 }
 
+// speck_mm_rows for the block types of src/quant/: the ISA's one-row kernel for up to SPECK_MT
+// tokens at a time where it has one (and a was prepared for it), else per-token dots on the
+// activation blocks. Both give the same bits (quant.h's contract).
+static void mm_rows_qt(const speck_kernel_table *k, speck_type wt, const void *W,
+                       const speck_mm_act *a, int64_t o0, int64_t o1, float *Y, int64_t ldy,
+                       int accumulate) {
+    const int64_t n_in = a->n_in, n_tok = a->n_tok;
+    const size_t wrow = speck_type_row_size(wt, n_in);
+    const speck_qt_kernels *q = &k->qt[wt];
+    const int use_mm = q->mm && a->kind == mm_kind(k, wt) && a->kind != SPECK_MM_Q8_BLOCKS;
+    const size_t arow = speck_type_row_size(speck_act_type(wt), n_in);
+    for (int64_t o = o0; o < o1; o++) {
+        const char *w = (const char *)W + (size_t)o * wrow;
+        for (int64_t t = 0; t < n_tok; t += SPECK_MT) {
+            const int nt = (int)(n_tok - t < SPECK_MT ? n_tok - t : SPECK_MT);
+            float out[SPECK_MT];
+            if (use_mm)
+                q->mm(w, a, t, nt, out);
+            else
+                for (int j = 0; j < nt; j++)
+                    out[j] = dot_one(k, wt, w, a->blocks + (size_t)(t + j) * arow, n_in);
+            for (int j = 0; j < nt; j++) {
+                float *y = Y + (t + j) * ldy + o;
+                *y = accumulate ? *y + out[j] : out[j];
+            }
+        }
+    }
+}
+
 // Rows [o0, o1) of Y = X · Wᵀ from prepared activations; each row is dotted with every token
 // while it is hot in L1.
 void speck_mm_rows(speck_type wt, const void *W, const speck_mm_act *a, int64_t o0, int64_t o1,
                    float *Y, int64_t ldy, int accumulate) {
     const speck_kernel_table *k = speck_kernels_get();
+    if (speck_type_is_extra(wt)) {
+        mm_rows_qt(k, wt, W, a, o0, o1, Y, ldy, accumulate);
+        return;
+    }
     const int64_t n_in = a->n_in, n_tok = a->n_tok;
     const size_t wrow = speck_type_row_size(wt, n_in);
     // Split activations go to the mm_* row kernels where the ISA has them; otherwise (AVX2, whose
@@ -318,8 +384,9 @@ static speck_panel_fn panel_fn(const speck_kernel_table *k, speck_type wt) {
                                    : NULL;
 }
 
+// Quantized types whose panels replace their rows (their activations are quantized too).
 static int is_quant(speck_type wt) {
-    return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0;
+    return wt == SPECK_TYPE_Q4_0 || wt == SPECK_TYPE_Q8_0 || speck_type_is_extra(wt);
 }
 
 static speck_panel_q_fn panel_q_fn(const speck_kernel_table *k, speck_type wt) {
@@ -329,16 +396,19 @@ static speck_panel_q_fn panel_q_fn(const speck_kernel_table *k, speck_type wt) {
 }
 
 speck_type speck_panel_act_type(speck_type wt) {
+    if (speck_type_is_extra(wt)) return wt; // the layout its row kernels take
     return is_quant(wt) ? SPECK_TYPE_Q8_0 : wt; // Q8_0's split layout: natural order
 }
 
 int speck_panel_supported(speck_type wt) {
     const speck_kernel_table *k = speck_kernels_get();
+    if (speck_type_is_extra(wt)) return k->qt[wt].panel != NULL && speck_qt_panel_layout(wt);
     return is_quant(wt) ? panel_q_fn(k, wt) != NULL : panel_fn(k, wt) != NULL;
 }
 
 // Bytes of one panel (16 rows) of n_in inputs.
 static size_t panel_stride(speck_type wt, int64_t n_in) {
+    if (speck_type_is_extra(wt)) return 16 * speck_type_row_size(wt, n_in);
     if (wt == SPECK_TYPE_Q4_0) return (size_t)(n_in / SPECK_QK) * SPECK_Q4_PANEL_BLOCK;
     if (wt == SPECK_TYPE_Q8_0) return (size_t)(n_in / SPECK_QK) * SPECK_Q8_PANEL_BLOCK;
     return (size_t)16 * (size_t)n_in * elem_size(wt);
@@ -421,7 +491,9 @@ void speck_panel_pack(speck_type wt, const void *W, int64_t n_out, int64_t n_in,
         const int rows = (int)(n_out - 16 * p < 16 ? n_out - 16 * p : 16);
         const char *src = (const char *)W + (size_t)(16 * p) * wrow;
         char *dst = (char *)P + (size_t)p * pbytes;
-        if (wt == SPECK_TYPE_Q4_0)
+        if (speck_type_is_extra(wt))
+            speck_qt_panel_pack(wt, src, n_in / speck_type_block_size(wt), rows, dst);
+        else if (wt == SPECK_TYPE_Q4_0)
             pack_panel_q4((const speck_block_q4_0 *)src, n_in / SPECK_QK, rows, (uint8_t *)dst);
         else if (wt == SPECK_TYPE_Q8_0)
             pack_panel_q8((const speck_block_q8_0 *)src, n_in / SPECK_QK, rows, (uint8_t *)dst);
@@ -441,7 +513,9 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
         const int n = (int)(16 - j0 < o0 + rows - r ? 16 - j0 : o0 + rows - r);
         const char *src = (const char *)P + (size_t)p * pbytes;
         char *out = (char *)dst + (size_t)(r - o0) * wrow;
-        if (wt == SPECK_TYPE_Q4_0)
+        if (speck_type_is_extra(wt))
+            speck_qt_panel_unpack(wt, src, n_in / speck_type_block_size(wt), j0, n, out);
+        else if (wt == SPECK_TYPE_Q4_0)
             unpack_panel_q4((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q4_0 *)out);
         else
             unpack_panel_q8((const uint8_t *)src, n_in / SPECK_QK, j0, n, (speck_block_q8_0 *)out);
@@ -452,6 +526,11 @@ void speck_panel_unpack(speck_type wt, const void *P, int64_t n_in, int64_t o0, 
 // Panels per call of wt's panel kernel for n_tok tokens, which it takes *tg at a time (0 and 0
 // where the ISA has no panel kernels for wt).
 static int panel_group(const speck_kernel_table *k, speck_type wt, int64_t n_tok, int *tg) {
+    if (speck_type_is_extra(wt)) {
+        const speck_qt_kernels *q = &k->qt[wt];
+        *tg = (int)(n_tok < q->panel_tokens ? n_tok : q->panel_tokens);
+        return q->panel ? q->panel_group[*tg] : 0;
+    }
     const int quant = is_quant(wt);
     const int tmax = quant ? k->panel_q_tokens : k->panel_tokens;
     *tg = (int)(n_tok < tmax ? n_tok : tmax);
@@ -466,7 +545,8 @@ int64_t speck_panel_rows_per_item(speck_type wt, int64_t n_tok) {
 
 // One speck_mm_panel_rows call: rows [o0, o1) of panels P (pbytes each) against a into Y.
 typedef struct {
-    speck_panel_q_fn qfn; // quantized weights, else ffn
+    speck_panel_x_fn xfn; // src/quant/ block types, else quantized weights (qfn), else ffn
+    speck_panel_q_fn qfn;
     speck_panel_fn ffn;
     const char *P;
     size_t pbytes;
@@ -486,7 +566,9 @@ static void panel_call(const panel_job *j, int64_t q, int np, int64_t pstep) {
     for (int64_t t = 0; t < n_tok; t += j->TG) {
         const int nt = (int)(n_tok - t < j->TG ? n_tok - t : j->TG);
         float *y = j->Y + t * j->ldy + 16 * q;
-        if (j->qfn)
+        if (j->xfn)
+            j->xfn(pp, j->pbytes, np, pstep, j->a, t, nt, y, j->ldy, m0, m1, j->accumulate);
+        else if (j->qfn)
             j->qfn(pp, j->pbytes, np, pstep, &j->a->rows, t, nt, y, j->ldy, m0, m1, j->accumulate);
         else
             j->ffn(pp, j->pbytes, np, j->a->x + t * n_in, n_in, nt, n_in, y, j->ldy, m0, m1,
@@ -501,7 +583,9 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
     const int quant = is_quant(wt);
     int TG;
     const int R = panel_group(k, wt, a->n_tok, &TG);
-    panel_job j = {.qfn = quant ? panel_q_fn(k, wt) : NULL,
+    const int extra = speck_type_is_extra(wt);
+    panel_job j = {.xfn = extra ? k->qt[wt].panel : NULL,
+                   .qfn = quant && !extra ? panel_q_fn(k, wt) : NULL,
                    .ffn = quant ? NULL : panel_fn(k, wt),
                    .P = P,
                    .pbytes = panel_stride(wt, a->n_in),
@@ -516,7 +600,8 @@ void speck_mm_panel_rows(speck_type wt, const void *P, const speck_mm_act *a, in
                    .R = R,
                    .accumulate = accumulate};
     int64_t p = j.p0;
-    if (quant && R > 1 && k->panel_q_spread[wt == SPECK_TYPE_Q8_0]) {
+    const int spread = extra ? k->qt[wt].panel_spread : k->panel_q_spread[wt == SPECK_TYPE_Q8_0];
+    if (quant && R > 1 && spread) {
         // The R panels of a call come from R equal consecutive parts of the range's whole
         // panels, so each of the call's R weight streams runs on through its part (the next
         // panel of a part follows in memory) instead of ending every panel (16 rows, 18 KB of
@@ -584,7 +669,6 @@ void speck_blas_single_threaded(void) {
 static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_out, int64_t n_in,
                         const float *X, int64_t n_tok, float *Y) {
     speck_blas_single_threaded();
-    const speck_kernel_table *k = speck_kernels_get();
     const size_t wrow = speck_type_row_size(wt, n_in);
     int failed = 0;
 #pragma omp parallel
@@ -617,24 +701,7 @@ static void matmul_blas(speck_type wt, const void *W, const void *P, int64_t n_o
                         speck_panel_unpack(wt, P, n_in, o0 + r, 1, row);
                         src = row;
                     }
-                    float *dst = panel + r * n_in;
-                    switch (wt) {
-                    case SPECK_TYPE_F16:
-                        k->f16_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_BF16:
-                        k->bf16_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_Q8_0:
-                        k->q8_0_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_Q4_0:
-                        k->q4_0_to_f32(src, dst, n_in);
-                        break;
-                    case SPECK_TYPE_F32:
-                        memcpy(dst, src, (size_t)n_in * sizeof(float));
-                        break;
-                    }
+                    speck_dequantize_row(wt, src, panel + r * n_in, n_in);
                 }
                 // Y[:, o0 : o0 + rows] = X · panelᵀ (ldc = n_out writes the column slice in place)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_tok, (int)rows,
@@ -704,15 +771,23 @@ static int has_gemm(const speck_kernel_table *k, speck_type wt) {
     return k->gemm_pack && (wt == SPECK_TYPE_Q8_0 || wt == SPECK_TYPE_Q4_0);
 }
 
-static mm_path choose_path(const speck_kernel_table *k, speck_type wt, int64_t n_tok) {
+// panels: the call reads a panel copy of W.
+static mm_path choose_path(const speck_kernel_table *k, speck_type wt, int64_t n_tok, int panels) {
     if (g_force == PATH_SMALL || g_force == PATH_BLAS) return g_force;
     if (g_force == PATH_GEMM && has_gemm(k, wt)) return PATH_GEMM;
     if (n_tok < SMALL_BATCH) return PATH_SMALL;
-    return has_gemm(k, wt) ? PATH_GEMM : PATH_BLAS;
+    if (has_gemm(k, wt)) return PATH_GEMM;
+    // The src/quant/ block types have no int8 GEMM, but their panel kernels (several tokens per
+    // weight load, a call's panels kept in cache across all the token groups) beat the
+    // dequantize + sgemm path at 512 tokens where panel_prefill says so (bench_kernels: on
+    // AVX-512 every type, 1.8-4x; on AVX2 Q4_K 1.2-1.35x but not Q6_K; BENCHMARKS.md). Their
+    // row kernels do not beat sgemm.
+    if (panels && speck_type_is_extra(wt) && k->qt[wt].panel_prefill) return PATH_SMALL;
+    return PATH_BLAS;
 }
 
 speck_type speck_matmul_act_type(speck_type wt, int64_t n_tok) {
-    return choose_path(speck_kernels_get(), wt, n_tok) == PATH_BLAS ? SPECK_TYPE_F32
+    return choose_path(speck_kernels_get(), wt, n_tok, 0) == PATH_BLAS ? SPECK_TYPE_F32
                                                                     : speck_act_type(wt);
 }
 
@@ -743,7 +818,7 @@ void speck_matmul_panels(speck_type wt, const void *W, const void *P, int64_t n_
         return;
     }
     const speck_kernel_table *k = speck_kernels_get();
-    switch (choose_path(k, wt, n_tok)) {
+    switch (choose_path(k, wt, n_tok, P != NULL)) {
     case PATH_GEMM:
         matmul_gemm(k, wt, W, P, n_out, n_in, X, n_tok, Y);
         break;

@@ -1,14 +1,17 @@
 // The one writer of the hyper-parameter keys the loader (model.c) reads: every GGUF model speck
 // writes (init, convert, train export and checkpoints) goes through it, so a key the loader
-// learns cannot be forgotten by one of the writers.
+// learns cannot be forgotten by one of the writers. The architecture's own keys come from its
+// description's list (arch.h), the one the loader reads.
 #include <stdio.h>
 #include <string.h>
 
 #include "model/model_internal.h"
 
 int speck_hparams_write(speck_gguf_writer *w, const speck_hparams *hp) {
-    if (!hp->arch[0])
-        return speck_set_error(SPECK_ERR_ARG, "hyper-parameters: no architecture name");
+    const speck_arch *a = speck_arch_find(hp->arch);
+    if (!a)
+        return speck_set_error(SPECK_ERR_ARG, "hyper-parameters: architecture '%s' is unknown (%s)",
+                               hp->arch, speck_arch_names());
     char key[160];
     int err = 0;
 #define K(s) (snprintf(key, sizeof key, "%s." s, hp->arch), key)
@@ -46,6 +49,24 @@ int speck_hparams_write(speck_gguf_writer *w, const speck_hparams *hp) {
         err |= speck_gguf_set_u32(w, K("rope.scaling.original_context_length"),
                                   (uint32_t)hp->rope_orig_ctx);
         break;
+    case SPECK_ROPE_SCALING_LONGROPE:
+        // As llama.cpp's converter: no type key (the rope_factors_short / _long tensors, which
+        // the writer adds, say it), the original context.
+        err |= speck_gguf_set_u32(w, K("rope.scaling.original_context_length"),
+                                  (uint32_t)hp->rope_orig_ctx);
+        break;
+    }
+    if (hp->rope_attn_factor != 1.0f && hp->rope_attn_factor > 0)
+        err |= speck_gguf_set_f32(w, K("rope.scaling.attn_factor"), hp->rope_attn_factor);
+    // The architecture's own keys, as its description lists them (model.c reads the same list).
+    for (int k = 0; k < a->n_keys; k++) {
+        const speck_key_desc *d = &a->keys[k];
+        const void *field = (const char *)hp + d->offset;
+        snprintf(key, sizeof key, "%s.%s", hp->arch, d->gguf);
+        if (d->type == KEY_INT)
+            err |= speck_gguf_set_u32(w, key, (uint32_t) * (const int *)field);
+        else
+            err |= speck_gguf_set_f32(w, key, *(const float *)field);
     }
 #undef K
     return err ? speck_set_error(SPECK_ERR_NOMEM, "hyper-parameters: out of memory") : 0;

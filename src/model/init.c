@@ -9,17 +9,36 @@
 #include "formats/gguf_internal.h"
 #include "tokenizer/tokenizer_internal.h"
 #include "kernels/kernels.h"
+#include "model/arch.h"
 #include "model/model_internal.h"
 #include "speck.h"
 
 static const speck_preset g_presets[] = {
-    // name, arch, vocab, ctx, embd, layers, heads, kv heads, ff, rope base, eps, tied, bias
-    {"tiny", "llama", 512, 512, 64, 2, 4, 2, 192, 10000.0f, 1e-5f, false, false},
-    {"tiny-qwen2", "qwen2", 512, 512, 64, 2, 4, 1, 192, 1000000.0f, 1e-6f, true, true},
-    {"smollm2-135m", "llama", 49152, 8192, 576, 30, 9, 3, 1536, 100000.0f, 1e-5f, true, false},
-    {"qwen2.5-0.5b", "qwen2", 151936, 32768, 896, 24, 14, 2, 4864, 1000000.0f, 1e-6f, true, true},
-    {"tinyllama-1.1b", "llama", 32000, 2048, 2048, 22, 32, 4, 5632, 10000.0f, 1e-5f, false, false},
-    {NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, false, false},
+    // name, arch, vocab, ctx, embd, layers, heads, kv heads, ff, rope base, eps, tied, bias,
+    // head size (0: embd / heads), window (0: the architecture's)
+    {"tiny", "llama", 512, 512, 64, 2, 4, 2, 192, 10000.0f, 1e-5f, false, false, 0, 0},
+    {"tiny-qwen2", "qwen2", 512, 512, 64, 2, 4, 1, 192, 1000000.0f, 1e-6f, true, true, 0, 0},
+    {"tiny-mistral", "llama", 512, 512, 64, 2, 4, 2, 192, 10000.0f, 1e-5f, false, false, 0, 32},
+    {"tiny-qwen3", "qwen3", 512, 512, 64, 2, 4, 2, 192, 1000000.0f, 1e-6f, true, false, 32, 0},
+    {"tiny-gemma2", "gemma2", 512, 512, 64, 2, 4, 2, 192, 10000.0f, 1e-6f, true, false, 32, 32},
+    {"tiny-gemma3", "gemma3", 512, 512, 64, 6, 4, 1, 192, 1000000.0f, 1e-6f, true, false, 32, 32},
+    {"tiny-phi3", "phi3", 512, 512, 64, 2, 4, 4, 192, 10000.0f, 1e-5f, false, false, 0, 0},
+    {"smollm2-135m", "llama", 49152, 8192, 576, 30, 9, 3, 1536, 100000.0f, 1e-5f, true, false, 0,
+     0},
+    {"qwen2.5-0.5b", "qwen2", 151936, 32768, 896, 24, 14, 2, 4864, 1000000.0f, 1e-6f, true, true, 0,
+     0},
+    {"qwen3-0.6b", "qwen3", 151936, 40960, 1024, 28, 16, 8, 3072, 1000000.0f, 1e-6f, true, false,
+     128, 0},
+    {"gemma3-1b", "gemma3", 262144, 32768, 1152, 26, 4, 1, 6912, 1000000.0f, 1e-6f, true, false,
+     256, 512},
+    {"tinyllama-1.1b", "llama", 32000, 2048, 2048, 22, 32, 4, 5632, 10000.0f, 1e-5f, false, false,
+     0, 0},
+    {"gemma2-2b", "gemma2", 256000, 8192, 2304, 26, 8, 4, 9216, 10000.0f, 1e-6f, true, false, 256,
+     4096},
+    // Phi-3-mini-4k: every layer windowed (2047), as its config says.
+    {"phi3-mini", "phi3", 32064, 4096, 3072, 32, 32, 32, 8192, 10000.0f, 1e-5f, false, false, 0,
+     2047},
+    {NULL, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, false, false, 0, 0},
 };
 
 const speck_preset *speck_presets(void) {
@@ -50,11 +69,14 @@ static void vocab_free(vocab_build *v, int n) {
 }
 
 // Tokens: the 256 byte tokens, then merged tokens built from an alphabet of 63 symbols (letters,
-// digits, 'Ġ' = space) — pairs, then triples — each with the merge that creates it, and one
-// control token "<|endoftext|>" last. Tokenizers (speck's, llama.cpp's) load it as GPT-2 BPE.
-static int build_vocab(int n_vocab, vocab_build *v) {
+// digits, 'Ġ' = space) — pairs, then triples — each with the merge that creates it, then the
+// control tokens `specials` (NULL-terminated), "<|endoftext|>" last. Tokenizers (speck's,
+// llama.cpp's) load it as GPT-2 BPE.
+static int build_vocab(int n_vocab, const char *const *specials, vocab_build *v) {
     memset(v, 0, sizeof *v);
-    if (n_vocab < 257 + 1) return speck_set_error(SPECK_ERR_ARG, "vocabulary too small");
+    int n_special = 0;
+    while (specials[n_special]) n_special++;
+    if (n_vocab < 256 + n_special + 2) return speck_set_error(SPECK_ERR_ARG, "vocabulary too small");
     v->tokens = calloc((size_t)n_vocab, sizeof(char *));
     v->merges = calloc((size_t)n_vocab, sizeof(char *));
     v->types = calloc((size_t)n_vocab, sizeof(int32_t));
@@ -77,7 +99,7 @@ static int build_vocab(int n_vocab, vocab_build *v) {
         v->tokens[n] = strdup(s);
         v->types[n++] = 1; // NORMAL
     }
-    int target = n_vocab - 1;
+    int target = n_vocab - 1 - n_special;
     for (int i = 0; i < na && n < target; i++)
         for (int j = 0; j < na && n < target; j++) {
             char t[16], m[16];
@@ -103,6 +125,10 @@ static int build_vocab(int n_vocab, vocab_build *v) {
         snprintf(t, sizeof t, "<|pad%d|>", n);
         v->tokens[n] = strdup(t);
         v->types[n++] = 4;
+    }
+    for (int i = 0; i < n_special; i++) {
+        v->tokens[n] = strdup(specials[i]);
+        v->types[n++] = 3; // CONTROL
     }
     v->tokens[n] = strdup("<|endoftext|>");
     v->types[n++] = 3; // CONTROL
@@ -174,31 +200,36 @@ static void *random_tensor(buflist *bl, speck_type t, int64_t rows, int64_t cols
 int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path) {
     if (!speck_type_name(type))
         return speck_set_error(SPECK_ERR_ARG, "init: unsupported weight type %d", (int)type);
-    if (p->n_embd % speck_type_block_size(type) || p->n_ff % speck_type_block_size(type))
-        return speck_set_error(SPECK_ERR_ARG,
-                               "init: preset '%s' widths are not multiples of %s "
-                               "blocks",
-                               p->name, speck_type_name(type));
     speck_gguf_writer *w = speck_gguf_writer_new();
     if (!w) return SPECK_ERR_NOMEM;
-    vocab_build v;
+    vocab_build v = {0};
     buflist bl = {0};
-    int err = build_vocab(p->n_vocab, &v);
-    int hd = p->n_embd / p->n_head;
+    const speck_arch *a = speck_arch_find(p->arch);
+    // llama.cpp sets the attributes of Phi-3's special tokens in any model whose name says phi3,
+    // and fails when they are missing.
+    static const char *const none[] = {NULL}, *const phi3[] = {"<unk>", "<s>", "</s>", NULL};
+    int err = a ? build_vocab(p->n_vocab, strcmp(p->arch, "phi3") ? none : phi3, &v)
+                : speck_set_error(SPECK_ERR_ARG, "init: preset '%s': unknown architecture %s",
+                                  p->name, p->arch);
+    speck_hparams hp = {.n_vocab = p->n_vocab,
+                        .n_ctx_train = p->n_ctx_train,
+                        .n_embd = p->n_embd,
+                        .n_layer = p->n_layer,
+                        .n_head = p->n_head,
+                        .n_head_kv = p->n_head_kv,
+                        .head_dim = p->head_dim ? p->head_dim : p->n_embd / p->n_head,
+                        .n_ff = p->n_ff,
+                        .norm_eps = p->norm_eps,
+                        .rope_freq_base = p->rope_freq_base,
+                        .rope_scale_factor = 1.0f,
+                        .tied_output = p->tied_output,
+                        .qkv_bias = p->qkv_bias};
     if (!err) {
-        speck_hparams hp = {.n_vocab = p->n_vocab,
-                            .n_ctx_train = p->n_ctx_train,
-                            .n_embd = p->n_embd,
-                            .n_layer = p->n_layer,
-                            .n_head = p->n_head,
-                            .n_head_kv = p->n_head_kv,
-                            .head_dim = hd,
-                            .n_ff = p->n_ff,
-                            .norm_eps = p->norm_eps,
-                            .rope_freq_base = p->rope_freq_base};
         snprintf(hp.arch, sizeof hp.arch, "%s", p->arch);
         snprintf(hp.name, sizeof hp.name, "speck-init %s (random weights, seed %llu)", p->name,
                  (unsigned long long)seed);
+        speck_arch_defaults(a, &hp);
+        if (p->n_swa) hp.n_swa = p->n_swa;
         err = speck_hparams_write(w, &hp);
     }
     if (!err) {
@@ -217,17 +248,18 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
         if (err) err = SPECK_ERR_NOMEM;
     }
     uint64_t tid = 0;
-    int64_t E = p->n_embd, Q = (int64_t)p->n_head * hd, KV = (int64_t)p->n_head_kv * hd,
-            F = p->n_ff;
-    float *ones = keep(&bl, malloc((size_t)(E > F ? E : F) * sizeof(float)));
+    const int64_t E = p->n_embd;
+    float *ones = keep(&bl, malloc((size_t)(E > hp.head_dim ? E : hp.head_dim) * sizeof(float)));
     if (!ones) err = SPECK_ERR_NOMEM;
-    for (int64_t i = 0; !err && i < (E > F ? E : F); i++) ones[i] = 1.0f;
+    for (int64_t i = 0; !err && i < (E > hp.head_dim ? E : hp.head_dim); i++) ones[i] = 1.0f;
 #define MAT(name, rows, cols)                                                                      \
     do {                                                                                           \
         if (err) break;                                                                            \
-        void *d = random_tensor(&bl, type, rows, cols, seed, ++tid, 0.0f, 0.02f);                  \
+        /* rows the type's block does not divide take llama-quantize's fallback type */         \
+        const speck_type mt = speck_type_for_row(type, cols);                                      \
+        void *d = random_tensor(&bl, mt, rows, cols, seed, ++tid, 0.0f, 0.02f);                    \
         int64_t ne[2] = {cols, rows};                                                              \
-        err = d ? speck_gguf_add_tensor(w, name, type, 2, ne, d) : SPECK_ERR_NOMEM;                \
+        err = d ? speck_gguf_add_tensor(w, name, mt, 2, ne, d) : SPECK_ERR_NOMEM;                  \
     } while (0)
 #define VEC(name, n, data)                                                                         \
     do {                                                                                           \
@@ -238,34 +270,28 @@ int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, cons
     MAT("token_embd.weight", p->n_vocab, E);
     VEC("output_norm.weight", E, ones);
     if (!p->tied_output) MAT("output.weight", p->n_vocab, E);
-    for (int l = 0; l < p->n_layer && !err; l++) {
-        char n[64];
-#define N(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
-        VEC(N("attn_norm.weight"), E, ones);
-        MAT(N("attn_q.weight"), Q, E);
-        MAT(N("attn_k.weight"), KV, E);
-        MAT(N("attn_v.weight"), KV, E);
-        if (p->qkv_bias) {
-            float *b[3];
-            int64_t sz[3] = {Q, KV, KV};
-            const char *names[3] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
-            for (int i = 0; i < 3 && !err; i++) {
-                b[i] = random_tensor(&bl, SPECK_TYPE_F32, 1, sz[i], seed, ++tid, 0.0f, 0.02f);
-                char bn[64];
-                snprintf(bn, sizeof bn, "blk.%d.%s", l, names[i]);
-                if (!b[i])
+    // Every layer tensor the architecture's description lists: norms 1 (Gemma's GGUF norms
+    // are 1 + w: w = 0), biases when the preset has them, matrices random.
+    for (int l = 0; l < p->n_layer && !err; l++)
+        for (int i = 0; i < a->n_layer_tensors && !err; i++) {
+            const speck_tensor_desc *d = &a->layer[i];
+            const int64_t rows = speck_dim_size(d->rows, &hp), cols = speck_dim_size(d->cols, &hp);
+            const bool bias = d->slot == SLOT_BQ || d->slot == SLOT_BK || d->slot == SLOT_BV;
+            char n[96];
+            snprintf(n, sizeof n, "blk.%d.%s", l, d->gguf);
+            if (bias && !p->qkv_bias) continue;
+            if (bias) {
+                float *b = random_tensor(&bl, SPECK_TYPE_F32, 1, rows, seed, ++tid, 0.0f, 0.02f);
+                if (!b)
                     err = SPECK_ERR_NOMEM;
                 else
-                    VEC(bn, sz[i], b[i]);
+                    VEC(n, rows, b);
+            } else if (cols) {
+                MAT(n, rows, cols);
+            } else {
+                VEC(n, rows, ones);
             }
         }
-        MAT(N("attn_output.weight"), E, Q);
-        VEC(N("ffn_norm.weight"), E, ones);
-        MAT(N("ffn_gate.weight"), F, E);
-        MAT(N("ffn_up.weight"), F, E);
-        MAT(N("ffn_down.weight"), E, F);
-#undef N
-    }
 #undef MAT
 #undef VEC
     if (!err)

@@ -1,5 +1,7 @@
-// The Llama-family forward pass over N tokens with explicit positions and an attention mask over
-// the KV cache, plus the cache itself (truncate / compact for rejected draft tokens).
+// The forward pass over N tokens with explicit positions and an attention mask over the KV cache
+// (kv_cache.c), for every architecture: what sets one apart (norm placement, QK-norm,
+// activation, soft-caps, windows, embedding scale, RoPE tables) comes from its description
+// (arch.h) through the hyper-parameters and the layers' tensors.
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -10,8 +12,7 @@
 
 #include "core/simd_math.h"
 #include "kernels/kernels.h"
-#include "model/model_internal.h"
-#include "model/team.h"
+#include "model/ctx_internal.h"
 
 // Batches of at least this many new tokens compute attention with GEMMs.
 #define ATT_GEMM_MIN 16
@@ -24,146 +25,20 @@
 // share each read of its keys and values; each thread's score scratch holds this many rows.
 #define ATT_GROUP_Q 16
 
-struct speck_ctx {
-    const speck_model *m;
-    int n_ctx, n_past;
-    int kv_dim;         // n_head_kv * head_dim
-    void **k, **v;      // per layer: (n_head_kv, n_ctx, head_dim) of kv_type, see kv_at
-    speck_type kv_type; // SPECK_TYPE_F32 or SPECK_TYPE_F16
-    size_t kv_es;       // bytes per cached value
-    // Scratch grown on demand to the largest batch seen.
-    int cap;                  // tokens the scratch below holds
-    float *x, *xn;            // (n, n_embd)
-    float *q;                 // (n, n_head*hd)
-    float *att;               // (n, n_head*hd)
-    float *g, *u;             // (n, n_ff)
-    float *scores;            // (threads, ATT_GROUP_Q, n_ctx)
-    float *att_s;             // (threads, ATT_ROWS, n_ctx) attention probabilities of a batch
-    float *rope_cs, *rope_sn; // (cap, head_dim / 2) rotation of each new token's position
-    int scores_threads, att_s_threads; // threads that scores / att_s hold rows for
-    float *kvt; // f16 cache, streaming path: (threads, n, head_dim) new K/V rows
-    float *kvf; // f16 cache, batch path: one layer's K and V as floats, (2, n_kv, n_total, hd)
-    size_t kvt_cap, kvf_cap; // floats allocated
-    // Streaming path (n < stream_max()): one buffer per thread, normalised rows then prepared
-    // activations, grown on demand.
-    char **tbuf;
-    size_t tbuf_bytes;
-    int tbuf_threads;
-    speck_barrier bar;  // forward_stream's barriers
-    speck_balancer bal; // forward_stream's row splits
-};
-
-speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
-    return speck_ctx_new_kv(m, n_ctx, SPECK_TYPE_F32);
+void speck_ctx_set_matmul_hook(speck_ctx *c, speck_matmul_hook fn, void *user) {
+    c->hook = fn;
+    c->hook_user = user;
 }
 
-speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type) {
-    const speck_hparams *hp = &m->hp;
-    if (kv_type != SPECK_TYPE_F32 && kv_type != SPECK_TYPE_F16) {
-        speck_set_error(SPECK_ERR_ARG, "KV cache type %s is not supported (f32 or f16)",
-                        speck_type_name(kv_type));
-        return NULL;
-    }
-    if (n_ctx <= 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
-    speck_ctx *c = calloc(1, sizeof *c);
-    if (!c) goto oom;
-    speck_barrier_init(&c->bar);
-    c->m = m;
-    c->n_ctx = n_ctx;
-    c->kv_dim = hp->n_head_kv * hp->head_dim;
-    c->kv_type = kv_type;
-    c->kv_es = kv_type == SPECK_TYPE_F16 ? 2 : 4;
-    c->k = calloc((size_t)hp->n_layer, sizeof(void *));
-    c->v = calloc((size_t)hp->n_layer, sizeof(void *));
-    if (!c->k || !c->v) goto oom;
-    for (int l = 0; l < hp->n_layer; l++) {
-        // calloc of large blocks maps zero pages lazily: only the part of the context actually
-        // used becomes resident.
-        c->k[l] = calloc((size_t)n_ctx * c->kv_dim, c->kv_es);
-        c->v[l] = calloc((size_t)n_ctx * c->kv_dim, c->kv_es);
-        if (!c->k[l] || !c->v[l]) goto oom;
-    }
-    return c;
-oom:
-    speck_ctx_free(c);
-    speck_set_error(SPECK_ERR_NOMEM, "out of memory allocating a %d-position KV cache", n_ctx);
-    return NULL;
-}
-
-void speck_ctx_free(speck_ctx *c) {
-    if (!c) return;
-    for (int l = 0; c->k && l < c->m->hp.n_layer; l++) free(c->k[l]);
-    for (int l = 0; c->v && l < c->m->hp.n_layer; l++) free(c->v[l]);
-    free(c->k);
-    free(c->v);
-    free(c->x);
-    free(c->xn);
-    free(c->q);
-    free(c->att);
-    free(c->g);
-    free(c->u);
-    free(c->scores);
-    free(c->att_s);
-    free(c->kvt);
-    free(c->kvf);
-    free(c->rope_cs);
-    free(c->rope_sn);
-    for (int t = 0; c->tbuf && t < c->tbuf_threads; t++) free(c->tbuf[t]);
-    free(c->tbuf);
-    free(c);
-}
-
-int speck_ctx_n_ctx(const speck_ctx *c) {
-    return c->n_ctx;
-}
-speck_type speck_ctx_kv_type(const speck_ctx *c) {
-    return c->kv_type;
-}
-int speck_ctx_n_past(const speck_ctx *c) {
-    return c->n_past;
-}
-
-int speck_ctx_truncate(speck_ctx *c, int n) {
-    if (n < 0 || n > c->n_past)
-        return speck_set_error(SPECK_ERR_RANGE, "truncate to %d: cache holds %d entries", n,
-                               c->n_past);
-    c->n_past = n;
-    return 0;
-}
-
-// Layer cache (cache: (n_head_kv, n_ctx, head_dim) of kv_type): KV group g's row at position
-// pos. Each group's keys and values are contiguous, so attention streams them without striding
-// over the other groups' rows.
-static inline void *kv_at(const speck_ctx *c, void *cache, int g, int pos) {
-    return (char *)cache + ((size_t)g * c->n_ctx + (size_t)pos) * c->m->hp.head_dim * c->kv_es;
-}
-
-// Stores n rows of head_dim floats (src, src_ld apart) as cache rows pos.. of group g
-// (rounded to f16 for an f16 cache).
-static void kv_store(const speck_ctx *c, void *cache, int g, int pos, const float *src,
-                     int64_t src_ld, int n) {
-    for (int i = 0; i < n; i++)
-        speck_quantize_row(c->kv_type, src + i * src_ld, kv_at(c, cache, g, pos + i),
-                           c->m->hp.head_dim);
-}
-
-int speck_ctx_compact(speck_ctx *c, const int *idx, int n) {
-    for (int i = 0; i < n; i++)
-        if (idx[i] < 0 || idx[i] >= c->n_past || (i && idx[i] <= idx[i - 1]))
-            return speck_set_error(SPECK_ERR_RANGE,
-                                   "compact: index %d (%d) must be increasing and < %d", i, idx[i],
-                                   c->n_past);
-    const size_t row = (size_t)c->m->hp.head_dim * c->kv_es;
-    // idx[i] >= i, so moving rows forward in order never overwrites a row still to be read.
-    for (int l = 0; l < c->m->hp.n_layer; l++)
-        for (int g = 0; g < c->m->hp.n_head_kv; g++)
-            for (int i = 0; i < n; i++)
-                if (idx[i] != i) {
-                    memcpy(kv_at(c, c->k[l], g, i), kv_at(c, c->k[l], g, idx[i]), row);
-                    memcpy(kv_at(c, c->v[l], g, i), kv_at(c, c->v[l], g, idx[i]), row);
-                }
-    c->n_past = n;
-    return 0;
+// The input x (n, n_in) of weight blk.<l>.<w>.weight (l >= 0) or <w>.weight to the hook.
+static void observe(const speck_ctx *c, int l, const char *w, const float *x, int n, int n_in) {
+    if (!c->hook) return;
+    char name[64];
+    if (l >= 0)
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, w);
+    else
+        snprintf(name, sizeof name, "%s.weight", w);
+    c->hook(name, x, n, n_in, c->hook_user);
 }
 
 static int grow(float **p, size_t n) {
@@ -197,13 +72,13 @@ static size_t align64(size_t n) {
     return (n + 63) & ~(size_t)63;
 }
 
-// Per-thread scratch of the streaming path for n tokens: (n, n_embd) normalised rows, then the
-// largest prepared activation any weight type needs.
+// Per-thread scratch of the streaming path for n tokens: (n, n_embd) normalised rows, for
+// post-norm models (n, n_embd) of the residual stream, then the largest prepared activation any
+// weight type needs.
 static size_t tbuf_need(const speck_hparams *hp, int n) {
     int64_t in = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
-    size_t a = speck_mm_act_bytes(SPECK_TYPE_Q4_0, n, in),
-           b = speck_mm_act_bytes(SPECK_TYPE_Q8_0, n, in);
-    return align64((size_t)n * hp->n_embd * sizeof(float)) + align64(a > b ? a : b);
+    const size_t rows = align64((size_t)n * hp->n_embd * sizeof(float));
+    return rows * (hp->post_norms ? 2 : 1) + align64(speck_mm_act_bytes_max(n, in));
 }
 
 // stream: whether this forward takes the streaming path (per-thread buffers) or the batch path.
@@ -234,10 +109,14 @@ static int reserve(speck_ctx *c, int n, bool stream) {
         }
         c->tbuf_bytes = need;
     }
-    if (c->kv_type == SPECK_TYPE_F16) {
-        const size_t hd = (size_t)hp->head_dim;
-        const size_t need = stream ? (size_t)threads * n * hd
-                                   : 2 * (size_t)hp->n_head_kv * (size_t)(c->n_past + n) * hd;
+    if (c->kv_type == SPECK_TYPE_F16 || c->swa_cap) {
+        // Streaming: new rows before they are stored. Batch: the floats of one layer's keys and
+        // values, all of them (f16 cache) or a windowed layer's held entries and the new ones.
+        const size_t hd = (size_t)hp->head_dim, kv2 = 2 * (size_t)hp->n_head_kv * hd;
+        const int held = c->n_past < c->swa_cap ? c->n_past : c->swa_cap;
+        const size_t need =
+            stream ? (size_t)threads * n * hd
+                   : kv2 * (size_t)(c->kv_type == SPECK_TYPE_F16 ? c->n_past + n : held + n);
         float **p = stream ? &c->kvt : &c->kvf;
         size_t *cap = stream ? &c->kvt_cap : &c->kvf_cap;
         if (need > *cap) {
@@ -249,14 +128,25 @@ static int reserve(speck_ctx *c, int n, bool stream) {
         if (grow(&c->att_s, (size_t)threads * ATT_ROWS * c->n_ctx)) return -1;
         c->att_s_threads = threads;
     }
-    if (n <= c->cap) return 0;
+    if (hp->n_swa > 0 && threads > c->allow_threads) { // windowed layers' masks
+        uint8_t *a = realloc(c->allow, (size_t)threads * ATT_ROWS * c->n_ctx);
+        if (!a) return -1;
+        c->allow = a;
+        c->allow_threads = threads;
+    }
+    if (!c->erow && !(c->erow = malloc(speck_type_row_size(c->m->tok_embd.type, hp->n_embd))))
+        return -1;
+    if (n <= c->cap_tok) return 0;
     size_t qd = (size_t)hp->n_head * hp->head_dim, half = (size_t)hp->head_dim / 2;
     if (grow(&c->x, (size_t)n * hp->n_embd) || grow(&c->xn, (size_t)n * hp->n_embd) ||
-        grow(&c->q, (size_t)n * qd) || grow(&c->att, (size_t)n * qd) ||
-        grow(&c->g, (size_t)n * hp->n_ff) || grow(&c->u, (size_t)n * hp->n_ff) ||
-        grow(&c->rope_cs, (size_t)n * half) || grow(&c->rope_sn, (size_t)n * half))
+        (hp->post_norms && grow(&c->xo, (size_t)n * hp->n_embd)) || grow(&c->q, (size_t)n * qd) ||
+        grow(&c->att, (size_t)n * qd) || grow(&c->g, (size_t)n * hp->n_ff) ||
+        grow(&c->u, (size_t)n * hp->n_ff))
         return -1;
-    c->cap = n;
+    for (int i = 0; i < 2; i++)
+        if (grow(&c->rope_cs[i], (size_t)n * half) || grow(&c->rope_sn[i], (size_t)n * half))
+            return -1;
+    c->cap_tok = n;
     return 0;
 }
 
@@ -274,17 +164,17 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, int dim, 
         rmsnorm_row(out + (size_t)i * dim, x + (size_t)i * dim, w, dim, eps);
 }
 
-// cs, sn: (n, hd / 2) cosine and sine of each position's angle for every rotated pair.
-// pos: (n), or NULL for positions first, first + 1, ...
+// cs, sn: (n, hd / 2) cosine and sine of each position's angle for every rotated pair, times
+// mscale (LongRoPE's attention factor; 1 otherwise). pos: (n), or NULL for first, first + 1, ...
 static void rope_tables(float *cs, float *sn, const int32_t *pos, int first, int n, int hd,
-                        const float *freq) {
+                        const float *freq, float mscale) {
     int half = hd / 2;
 #pragma omp parallel for schedule(static) if (n > 1)
     for (int i = 0; i < n; i++)
         for (int j = 0; j < half; j++) {
             double a = (double)(pos ? pos[i] : first + i) * freq[j];
-            cs[(size_t)i * half + j] = (float)cos(a);
-            sn[(size_t)i * half + j] = (float)sin(a);
+            cs[(size_t)i * half + j] = (float)(cos(a) * mscale);
+            sn[(size_t)i * half + j] = (float)(sin(a) * mscale);
         }
 }
 
@@ -301,14 +191,17 @@ static void rope_head(float *v, const float *cs, const float *sn, int hd, speck_
     }
 }
 
-// Rotate every head of x in place. x: (n, n_heads * hd); cs, sn: (n, hd / 2)
+// Rotate every head of x in place, each first RMS-normalised with weights norm (hd) when norm is
+// not NULL (QK-norm). x: (n, n_heads * hd); cs, sn: (n, hd / 2)
 static void rope(float *x, const float *cs, const float *sn, int n, int n_heads, int hd,
-                 speck_rope_type type) {
+                 speck_rope_type type, const float *norm, float eps) {
 #pragma omp parallel for schedule(static) if (n > 1)
     for (int i = 0; i < n; i++)
-        for (int h = 0; h < n_heads; h++)
-            rope_head(x + ((size_t)i * n_heads + h) * hd, cs + (size_t)i * (hd / 2),
-                      sn + (size_t)i * (hd / 2), hd, type);
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)i * n_heads + h) * hd;
+            if (norm) rmsnorm_row(v, v, norm, hd, eps);
+            rope_head(v, cs + (size_t)i * (hd / 2), sn + (size_t)i * (hd / 2), hd, type);
+        }
 }
 
 static void add_bias(float *x, const float *b, int n, int dim) {
@@ -340,33 +233,57 @@ static bool softmax_masked(float *s, int n_total, int limit, const uint8_t *mi) 
     return true;
 }
 
-// Attention of n >= ATT_GEMM_MIN new queries over cache entries [0, n_total): per (head, chunk
-// of ATT_ROWS queries) S = Q Kᵀ, a row softmax and O = P V, the units in parallel with one
-// single-threaded sgemm each (OpenBLAS runs serially inside a parallel region): no fork/join
-// per head, and a causal chunk only multiplies the keys its last query can see, which skips the
-// masked half of the square at n_past = 0.
-// q, out: (n, n_head*hd); k, v: per KV group gstride floats apart, (n_total, hd) rows each;
-// mask: (n, n_total) or NULL (causal).
+// s (n) -> c tanh(s / c): soft-capped logits, tanh from e = e^(-2|x|) as (1 - e) / (1 + e)
+// with x's sign (absolute error ~1e-7 c).
+SPECK_MULTIVERSION
+static void softcap_row(float *s, size_t n, float c) {
+    const float inv = 1.0f / c;
+    for (size_t j = 0; j < n; j++) {
+        const float x = s[j] * inv, e = speck_exp_poly(-2.0f * fabsf(x));
+        s[j] = copysignf((1.0f - e) / (1.0f + e), x) * c;
+    }
+}
+
+// Attention of n >= ATT_GEMM_MIN new queries over cache entries [k0, n_total), their keys and
+// values given as floats: per (head, chunk of ATT_ROWS queries) S = Q Kᵀ (soft-capped), a row
+// softmax and O = P V, the units in parallel with one single-threaded sgemm each (OpenBLAS runs
+// serially inside a parallel region): no fork/join per head, and a causal chunk only multiplies
+// the keys its last query can see (in a window over sequential positions, and its first query
+// can see), which skips the masked half of the square at n_past = 0.
+// q, out: (n, n_head*hd); kc, vc: per KV group gstride floats apart, (n_total - k0, hd) rows
+// each, entry k0 first; mask: (n, n_total) or NULL (causal); window: the layer's, or 0.
 static void attention_gemm(speck_ctx *c, const float *q, float *out, const float *kc,
-                           const float *vc, size_t gstride, int n, int n_total,
-                           const uint8_t *mask) {
+                           const float *vc, size_t gstride, int n, int n_total, int k0,
+                           const uint8_t *mask, int window) {
     const speck_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim, nh = hp->n_head, group = hp->n_head / hp->n_head_kv;
     const int n_past = n_total - n, qd = nh * hd, nch = (n + ATT_ROWS - 1) / ATT_ROWS;
-    const float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int u = 0; u < nh * nch; u++) {
-        const int h = u / nch, i0 = u % nch * ATT_ROWS;
+        const int h = u / nch, i0 = u % nch * ATT_ROWS, tid = omp_get_thread_num();
         const int rows = n - i0 < ATT_ROWS ? n - i0 : ATT_ROWS;
-        const int keys = mask ? n_total : n_past + i0 + rows;
-        const float *kb = kc + (size_t)(h / group) * gstride;
-        const float *vb = vc + (size_t)(h / group) * gstride;
-        float *S = c->att_s + (size_t)omp_get_thread_num() * ATT_ROWS * c->n_ctx;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale,
+        const int khi = mask ? n_total : n_past + i0 + rows;
+        int klo = k0;
+        if (window && !mask && c->seq_pos && n_past + i0 - window + 1 > klo)
+            klo = n_past + i0 - window + 1;
+        const int keys = khi - klo;
+        const float *kb = kc + (size_t)(h / group) * gstride + (size_t)(klo - k0) * hd;
+        const float *vb = vc + (size_t)(h / group) * gstride + (size_t)(klo - k0) * hd;
+        float *S = c->att_s + (size_t)tid * ATT_ROWS * c->n_ctx;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, hp->attn_scale,
                     q + (size_t)i0 * qd + (size_t)h * hd, qd, kb, hd, 0.0f, S, keys);
-        for (int i = 0; i < rows; i++)
-            softmax_masked(S + (size_t)i * keys, keys, mask ? keys : n_past + i0 + i + 1,
-                           mask ? mask + (size_t)(i0 + i) * n_total : NULL);
+        if (hp->attn_softcap > 0) softcap_row(S, (size_t)rows * keys, hp->attn_softcap);
+        for (int i = 0; i < rows; i++) {
+            const int qi = n_past + i0 + i, limit = mask ? keys : qi + 1 - klo;
+            const uint8_t *mi = mask ? mask + (size_t)(i0 + i) * n_total + klo : NULL;
+            if (window) { // the window, by position, on top of the mask
+                uint8_t *a = c->allow + (size_t)tid * ATT_ROWS * c->n_ctx;
+                for (int j = 0; j < limit; j++)
+                    a[j] = (!mi || mi[j]) && c->kpos[qi] - c->kpos[klo + j] < window;
+                mi = a;
+            }
+            softmax_masked(S + (size_t)i * keys, keys, limit, mi);
+        }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, S, keys, vb,
                     hd, 0.0f, out + (size_t)i0 * qd + (size_t)h * hd, qd);
     }
@@ -382,6 +299,25 @@ static void add_inplace(float *x, const float *y, size_t n) {
 SPECK_MULTIVERSION
 static void swiglu(float *g, const float *u, size_t n) {
     for (size_t j = 0; j < n; j++) g[j] = g[j] / (1.0f + speck_exp_poly(-g[j])) * u[j];
+}
+
+// g (n) = gelu(g) * u, GELU's tanh form 0.5 x (1 + tanh(y)) = x / (1 + e^(-2y)),
+// y = sqrt(2/pi) (x + 0.044715 x^3): the same vectorising shape as SwiGLU.
+SPECK_MULTIVERSION
+static void geglu(float *g, const float *u, size_t n) {
+    const float k = 2.0f * 0.7978845608028654f; // 2 sqrt(2/pi)
+    for (size_t j = 0; j < n; j++) {
+        const float x = g[j];
+        g[j] = x / (1.0f + speck_exp_poly(-k * (x + 0.044715f * x * x * x))) * u[j];
+    }
+}
+
+// g (n) = act(g) * u
+static void ffn_act(speck_act act, float *g, const float *u, size_t n) {
+    if (act == SPECK_ACT_GELU_TANH)
+        geglu(g, u, n);
+    else
+        swiglu(g, u, n);
 }
 
 // Quantized weights held in panels had their mapped pages dropped: they are read from the panels.
@@ -448,59 +384,90 @@ static void mm_shared(act_slot *s, const speck_balancer *b, int tid, int nth, co
     *busy += speck_ticks() - t0;
 }
 
-// Rows of heads [h0, h1) of w for the n tokens of xn, with bias b and (rope) RoPE applied:
-// head h of token i lands at y + i * ld + h * hd.
-static void head_rows(speck_ctx *c, const speck_weight *w, const float *b, bool rope, act_slot *act,
-                      const float *xn, int n, int h0, int h1, float *y, int64_t ld) {
+// Rows of heads [h0, h1) of w for the n tokens of xn, with bias b, QK-norm (norm, or NULL) and
+// (rope) layer l's RoPE applied: head h of token i lands at y + i * ld + h * hd.
+static void head_rows(speck_ctx *c, int l, const speck_weight *w, const float *b, const float *norm,
+                      bool rope, act_slot *act, const float *xn, int n, int h0, int h1, float *y,
+                      int64_t ld) {
     const speck_hparams *hp = &c->m->hp;
-    const int hd = hp->head_dim, half = hd / 2;
+    const int hd = hp->head_dim, half = hd / 2, rt = c->m->layers[l].rope;
     mm_rows(act, w, xn, n, (int64_t)h0 * hd, (int64_t)h1 * hd, y, ld, 0);
     for (int i = 0; i < n; i++)
         for (int h = h0; h < h1; h++) {
             float *v = y + (size_t)i * ld + (size_t)h * hd;
             if (b)
                 for (int j = 0; j < hd; j++) v[j] += b[h * hd + j];
+            if (norm) rmsnorm_row(v, v, norm, hd, hp->norm_eps);
             if (rope)
-                rope_head(v, c->rope_cs + (size_t)i * half, c->rope_sn + (size_t)i * half, hd,
-                          hp->rope_type);
+                rope_head(v, c->rope_cs[rt] + (size_t)i * half, c->rope_sn[rt] + (size_t)i * half,
+                          hd, hp->rope_type);
         }
 }
 
 // Rows of heads [h0, h1) of Q (which 0), or of KV groups [h0, h1) of K (1) or V (2), for the n
-// tokens of xn, with bias and (Q, K) RoPE applied; K/V rows land directly in layer l's cache
-// (through kt: (n, head_dim) floats of this thread's, for an f16 cache).
+// tokens of xn, with bias, QK-norm and (Q, K) RoPE applied; K/V rows land directly in layer l's
+// cache when it is a full f32 one, else through kt ((n, head_dim) floats of this thread's).
 static void qkv_heads(speck_ctx *c, int l, act_slot *act, const float *xn, int n, int which, int h0,
                       int h1, float *kt) {
     const speck_layer *ly = &c->m->layers[l];
     const int hd = c->m->hp.head_dim;
     if (which == 0) {
-        head_rows(c, &ly->wq, ly->bq, true, act, xn, n, h0, h1, c->q,
+        head_rows(c, l, &ly->wq, ly->bq, ly->q_norm, true, act, xn, n, h0, h1, c->q,
                   (int64_t)c->m->hp.n_head * hd);
         return;
     }
     void *cache = which == 1 ? c->k[l] : c->v[l];
+    const bool direct = c->kv_type == SPECK_TYPE_F32 && c->cap[l] == c->n_ctx;
     for (int g = h0; g < h1; g++) { // one group at a time: its rows are hd values apart
-        float *y = c->kv_type == SPECK_TYPE_F32 ? (float *)kv_at(c, cache, g, c->n_past) : kt;
-        head_rows(c, which == 1 ? &ly->wk : &ly->wv, which == 1 ? ly->bk : ly->bv, which == 1, act,
-                  xn, n, g, g + 1, y - (size_t)g * hd, hd);
-        if (c->kv_type != SPECK_TYPE_F32) kv_store(c, cache, g, c->n_past, kt, hd, n);
+        float *y = direct ? (float *)kv_at(c, l, cache, g, c->n_past) : kt;
+        head_rows(c, l, which == 1 ? &ly->wk : &ly->wv, which == 1 ? ly->bk : ly->bv,
+                  which == 1 ? ly->k_norm : NULL, which == 1, act, xn, n, g, g + 1,
+                  y - (size_t)g * hd, hd);
+        if (!direct) speck_kv_store(c, l, cache, g, c->n_past, kt, hd, n);
     }
+}
+
+// A windowed layer's allow mask for new tokens [t0, t1) over its cache slots [0, ns): slot s holds
+// the entry j of [lo, n_total) with j = s mod cap (a full cache: j = s); token t may see it when
+// the causal order or the mask lets it and the positions are less than the window apart.
+// allow: (t1 - t0, ns); returns ns.
+static int window_allow(const speck_ctx *c, int l, const uint8_t *mask, int n_total, int t0, int t1,
+                        uint8_t *allow) {
+    const int cap = c->cap[l], w = c->m->layers[l].n_swa, ns = n_total < cap ? n_total : cap;
+    const int lo = cap < c->n_ctx ? swa_held_from(c, n_total) : 0, s0 = lo % cap;
+    for (int t = t0; t < t1; t++) {
+        const int qi = c->n_past + t;
+        const int32_t qp = c->kpos[qi];
+        uint8_t *a = allow + (size_t)(t - t0) * ns;
+        memset(a, 0, (size_t)ns);
+        for (int j = lo, s = s0; j < n_total; j++, s = s + 1 == cap ? 0 : s + 1)
+            a[s] = (mask ? mask[(size_t)t * n_total + j] != 0 : j <= qi) && qp - c->kpos[j] < w;
+    }
+    return ns;
 }
 
 // Attention of query heads [h0, h1) of KV group g for new tokens [t0, t1) over layer l's cache
 // into c->att (mask: (n, n_total) or NULL for causal), in one call that reads each block of the
 // group's keys and values once for all of them. (t1 - t0) * (h1 - h0) <= ATT_GROUP_Q.
-// sc: (ATT_GROUP_Q, n_ctx) scratch.
-static void attend_unit(speck_ctx *c, int l, const uint8_t *mask, int n_total, float scale, int g,
-                        int h0, int h1, int t0, int t1, float *sc) {
+// sc: (ATT_GROUP_Q, n_ctx) scratch; allow: (ATT_GROUP_Q, n_ctx) scratch for windowed layers.
+static void attend_unit(speck_ctx *c, int l, const uint8_t *mask, int n_total, int g, int h0,
+                        int h1, int t0, int t1, float *sc, uint8_t *allow) {
     const speck_hparams *hp = &c->m->hp;
     const int hd = hp->head_dim;
     const size_t qd = (size_t)hp->n_head * hd;
     int nk[ATT_GROUP_Q];
-    for (int t = t0; t < t1; t++) nk[t - t0] = mask ? n_total : c->n_past + t + 1;
-    speck_attend_group(c->q + t0 * qd + (size_t)h0 * hd, (int64_t)qd, t1 - t0, h1 - h0, nk,
-                       mask ? mask + (size_t)t0 * n_total : NULL, n_total, kv_at(c, c->k[l], g, 0),
-                       kv_at(c, c->v[l], g, 0), c->kv_type, hd, hd, scale, sc, c->n_ctx,
+    const uint8_t *al = mask ? mask + (size_t)t0 * n_total : NULL;
+    int64_t lda = n_total;
+    if (c->m->layers[l].n_swa) {
+        lda = window_allow(c, l, mask, n_total, t0, t1, allow);
+        al = allow;
+        for (int t = t0; t < t1; t++) nk[t - t0] = (int)lda;
+    } else {
+        for (int t = t0; t < t1; t++) nk[t - t0] = mask ? n_total : c->n_past + t + 1;
+    }
+    speck_attend_group(c->q + t0 * qd + (size_t)h0 * hd, (int64_t)qd, t1 - t0, h1 - h0, nk, al, lda,
+                       kv_at(c, l, c->k[l], g, 0), kv_at(c, l, c->v[l], g, 0), c->kv_type, hd, hd,
+                       hp->attn_scale, hp->attn_softcap, sc, c->n_ctx,
                        c->att + t0 * qd + (size_t)h0 * hd, (int64_t)qd);
 }
 
@@ -530,25 +497,28 @@ static att_units attention_units(int group, int nkv, int n, int nth) {
 
 // Unit u of a (see attention_units) for the n new tokens.
 static void attend_unit_at(speck_ctx *c, int l, const uint8_t *mask, int n, int n_total,
-                           float scale, const att_units *a, int u, float *sc) {
+                           const att_units *a, int u, float *sc, uint8_t *allow) {
     const int group = c->m->hp.n_head / c->m->hp.n_head_kv;
     const int g = u / (a->ntc * a->parts), t = u / a->parts % a->ntc * a->tc;
     const int h = g * group + u % a->parts * a->hc;
-    attend_unit(c, l, mask, n_total, scale, g, h,
+    attend_unit(c, l, mask, n_total, g, h,
                 h + a->hc < (g + 1) * group ? h + a->hc : (g + 1) * group, t,
-                t + a->tc < n ? t + a->tc : n, sc);
+                t + a->tc < n ? t + a->tc : n, sc, allow);
 }
 
 // Few tokens (decode, draft verification): the whole forward is one OpenMP parallel region.
 // Each thread normalises and quantises the activations itself (cheaper than waiting for one
-// thread to do it), weight rows are split between threads, and bias, RoPE, residual adds and
-// SwiGLU are applied to each thread's own rows as they are produced, so a layer needs only five
-// barriers: after Q/K/V, attention, the output projection, gate/up, and down — four when the
-// threads divide the KV groups between them. Row splits are static, so each core keeps reading
-// the same weight rows and cache slices pass after pass: on a machine whose cores do not share a
-// last-level cache (this project's VM), a row another core read last time is a remote fetch
-// (dynamic/guided splits were 7-9 % slower on the default model's 1- and 4-token passes). Every
-// token's arithmetic is the same whatever n is (speculative decoding relies on it).
+// thread to do it), weight rows are split between threads, and bias, QK-norm, RoPE, residual
+// adds and the FFN activation are applied to each thread's own rows as they are produced, so a
+// layer needs only five barriers: after Q/K/V, attention, the output projection, gate/up, and
+// down — four when the threads divide the KV groups between them. Post-norm models (Gemma)
+// normalise a block's whole output before adding it: the projections write it to c->xo, and
+// every thread adds it, normalised, to a residual stream of its own (the same arithmetic on
+// every thread, so the copies agree), which costs no barrier more. Row splits are static, so each
+// core keeps reading the same weight rows and cache slices pass after pass: on a machine whose
+// cores do not share a last-level cache (this project's VM), a row another core read last time is a
+// remote fetch (dynamic/guided splits were 7-9 % slower on the default model's 1- and 4-token
+// passes). Every token's arithmetic is the same whatever n is (speculative decoding relies on it).
 // c->x: (n, n_embd) embeddings in; logits: (n_out, n_vocab) out.
 static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows, int n_out,
                            float *logits) {
@@ -557,23 +527,27 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
     const int E = hp->n_embd, hd = hp->head_dim, nh = hp->n_head;
     const int nkv = hp->n_head_kv, group = nh / nkv, F = hp->n_ff;
     const int n_past = c->n_past, n_total = n_past + n;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const bool post = hp->post_norms;
     speck_balance_begin(&c->bal, omp_get_max_threads());
 #pragma omp parallel
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const bool own_groups = nkv % nth == 0;
-        uint64_t busy = 0;                 // ticks on the balanced matmuls
+        uint64_t busy = 0; // ticks on the balanced matmuls
+        const size_t rows_bytes = align64((size_t)n * E * sizeof(float));
         float *xn = (float *)c->tbuf[tid]; // (n, E) this thread's normalised rows
-        act_slot act = {.buf = c->tbuf[tid] + align64((size_t)n * E * sizeof(float))};
+        // (n, E) the residual stream: shared, or this thread's own copy (post-norm models)
+        float *xr = post ? (float *)(c->tbuf[tid] + rows_bytes) : c->x;
+        act_slot act = {.buf = c->tbuf[tid] + rows_bytes * (post ? 2 : 1)};
         float *sc = c->scores + (size_t)tid * ATT_GROUP_Q * c->n_ctx;
-        float *kt = c->kvt ? c->kvt + (size_t)tid * n * hd : NULL; // f16 cache: new rows first
+        uint8_t *allow = c->allow ? c->allow + (size_t)tid * ATT_ROWS * c->n_ctx : NULL;
+        float *kt = c->kvt ? c->kvt + (size_t)tid * n * hd : NULL; // new K/V rows before storing
         const att_units au = attention_units(group, nkv, n, nth);
+        if (post) memcpy(xr, c->x, (size_t)n * E * sizeof(float));
         for (int l = 0; l < hp->n_layer; l++) {
             const speck_layer *ly = &m->layers[l];
             for (int i = 0; i < n; i++)
-                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->attn_norm, E,
-                            hp->norm_eps);
+                rmsnorm_row(xn + (size_t)i * E, xr + (size_t)i * E, ly->attn_norm, E, hp->norm_eps);
             act.valid = false;
             if (own_groups) {
                 // Each thread owns whole KV groups: their Q/K/V rows, then their heads'
@@ -585,7 +559,7 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 qkv_heads(c, l, &act, xn, n, 2, g0, g1, kt);
                 const int per_group = au.ntc * au.parts;
                 for (int u = g0 * per_group; u < g1 * per_group; u++)
-                    attend_unit_at(c, l, mask, n, n_total, scale, &au, u, sc);
+                    attend_unit_at(c, l, mask, n, n_total, &au, u, sc, allow);
             } else {
                 // Q, K and V in units of a few heads (as many as fill a panel kernel's work
                 // item; one head on the row layout), then the attention units, shared dynamically.
@@ -601,91 +575,157 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 speck_barrier_wait(&c->bar, nth);
 #pragma omp for schedule(dynamic, 1) nowait
                 for (int u = 0; u < nkv * au.ntc * au.parts; u++)
-                    attend_unit_at(c, l, mask, n, n_total, scale, &au, u, sc);
+                    attend_unit_at(c, l, mask, n, n_total, &au, u, sc, allow);
             }
             speck_barrier_wait(&c->bar, nth);
-            mm_shared(&act, &c->bal, tid, nth, &ly->wo, c->att, n, c->x, E, 1, &busy);
+            mm_shared(&act, &c->bal, tid, nth, &ly->wo, c->att, n, post ? c->xo : c->x, E, !post,
+                      &busy);
             speck_barrier_wait(&c->bar, nth);
-            for (int i = 0; i < n; i++)
-                rmsnorm_row(xn + (size_t)i * E, c->x + (size_t)i * E, ly->ffn_norm, E,
-                            hp->norm_eps);
+            for (int i = 0; i < n; i++) {
+                float *xi = xr + (size_t)i * E, *ni = xn + (size_t)i * E;
+                if (post) { // xr += norm(attention output), then the FFN's norm of it
+                    rmsnorm_row(ni, c->xo + (size_t)i * E, ly->attn_post_norm, E, hp->norm_eps);
+                    add_inplace(xi, ni, (size_t)E);
+                }
+                rmsnorm_row(ni, xi, ly->ffn_norm, E, hp->norm_eps);
+            }
             act.valid = false;
             {
-                int64_t o0, o1; // gate rows, then the same up rows, then SwiGLU on them
+                int64_t o0, o1; // gate rows, then the same up rows, then the activation on them
                 const uint64_t t0 = speck_ticks();
                 share16(&c->bal, tid, nth, F, &o0, &o1);
                 mm_rows(&act, &ly->wg, xn, n, o0, o1, c->g, F, 0);
                 mm_rows(&act, &ly->wu, xn, n, o0, o1, c->u, F, 0);
                 for (int i = 0; i < n; i++)
-                    swiglu(c->g + (size_t)i * F + o0, c->u + (size_t)i * F + o0, (size_t)(o1 - o0));
+                    ffn_act(hp->ffn_act, c->g + (size_t)i * F + o0, c->u + (size_t)i * F + o0,
+                            (size_t)(o1 - o0));
                 busy += speck_ticks() - t0;
             }
             speck_barrier_wait(&c->bar, nth);
-            mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, c->x, E, 1, &busy);
+            mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, post ? c->xo : c->x, E, !post,
+                      &busy);
             act.valid = false; // g is rewritten by the next layer at the same address
             speck_barrier_wait(&c->bar, nth);
+            for (int i = 0; post && i < n; i++) { // xr += norm(FFN output)
+                rmsnorm_row(xn + (size_t)i * E, c->xo + (size_t)i * E, ly->ffn_post_norm, E,
+                            hp->norm_eps);
+                add_inplace(xr + (size_t)i * E, xn + (size_t)i * E, (size_t)E);
+            }
         }
         // Only the requested rows go through the (large) output head.
         for (int r = 0; r < n_out; r++)
-            rmsnorm_row(xn + (size_t)r * E, c->x + (size_t)(out_rows ? out_rows[r] : r) * E,
+            rmsnorm_row(xn + (size_t)r * E, xr + (size_t)(out_rows ? out_rows[r] : r) * E,
                         m->out_norm, E, hp->norm_eps);
         act.valid = false;
-        if (n_out > 0)
+        if (n_out > 0) {
             mm_shared(&act, &c->bal, tid, nth, &m->output, xn, n_out, logits, hp->n_vocab, 0,
                       &busy);
+            if (hp->final_softcap > 0) { // this thread's columns of every row
+                int64_t r0, r1;
+                share16(&c->bal, tid, nth, hp->n_vocab, &r0, &r1);
+                for (int r = 0; r < n_out && r1 > r0; r++)
+                    softcap_row(logits + (size_t)r * hp->n_vocab + r0, (size_t)(r1 - r0),
+                                hp->final_softcap);
+            }
+        }
         if (tid < SPECK_BAL_MAX) c->bal.busy[tid] = busy;
     }
     speck_balance_end(&c->bal);
 }
 
 // Many tokens (prefill, wide trees): one operation at a time, each parallel inside, with GEMMs.
+// A windowed layer whose cache is a ring gathers the entries the ring holds and the batch's own
+// as floats (storing the new ones into the ring as it goes, where later ones of a long batch
+// overwrite earlier ones), so a batch of any length attends within its window.
 // c->x: (n, n_embd) embeddings in; logits: (n_out, n_vocab) out.
 static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *out_rows, int n_out,
                           float *logits) {
     const speck_model *m = c->m;
     const speck_hparams *hp = &m->hp;
-    int E = hp->n_embd, hd = hp->head_dim, qd = hp->n_head * hd, kvd = c->kv_dim;
-    int n_total = c->n_past + n;
+    const int E = hp->n_embd, hd = hp->head_dim, qd = hp->n_head * hd, kvd = c->kv_dim;
+    const int nkv = hp->n_head_kv, n_past = c->n_past, n_total = n_past + n;
     for (int l = 0; l < hp->n_layer; l++) {
         const speck_layer *ly = &m->layers[l];
+        const float *cs = c->rope_cs[ly->rope], *sn = c->rope_sn[ly->rope];
+        const bool ring = c->cap[l] < c->n_ctx;
+        const int lo = ring ? swa_held_from(c, n_past) : 0, keys = n_total - lo;
+        float *kf = c->kvf, *vf = c->kvf + (size_t)nkv * keys * hd; // (nkv, keys, hd) each
         rmsnorm(c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps);
+        if (c->hook) {
+            observe(c, l, "attn_q", c->xn, n, E);
+            observe(c, l, "attn_k", c->xn, n, E);
+            observe(c, l, "attn_v", c->xn, n, E);
+        }
         matmul(&ly->wq, c->xn, n, c->q);
         add_bias(c->q, ly->bq, n, qd);
-        rope(c->q, c->rope_cs, c->rope_sn, n, hp->n_head, hd, hp->rope_type);
+        rope(c->q, cs, sn, n, hp->n_head, hd, hp->rope_type, ly->q_norm, hp->norm_eps);
+        if (ring) { // the held entries first: the new ones may take their slots
+#pragma omp parallel for schedule(static)
+            for (int g = 0; g < nkv; g++)
+                for (int j = lo; j < n_past; j++) {
+                    const size_t at = ((size_t)g * keys + (size_t)(j - lo)) * hd;
+                    speck_dequantize_row(c->kv_type, kv_at(c, l, c->k[l], g, j), kf + at, hd);
+                    speck_dequantize_row(c->kv_type, kv_at(c, l, c->v[l], g, j), vf + at, hd);
+                }
+        }
         // New keys, then values, in c->att (free until the attention writes it): (n, kv_dim)
-        // rows, copied into the cache's per-group rows.
+        // rows, copied into the cache's per-group rows (and a ring's floats, as stored).
         for (int kv = 0; kv < 2; kv++) {
+            void *cache = kv ? c->v[l] : c->k[l];
             matmul(kv ? &ly->wv : &ly->wk, c->xn, n, c->att);
             add_bias(c->att, kv ? ly->bv : ly->bk, n, kvd);
-            if (!kv) rope(c->att, c->rope_cs, c->rope_sn, n, hp->n_head_kv, hd, hp->rope_type);
+            if (!kv) rope(c->att, cs, sn, n, nkv, hd, hp->rope_type, ly->k_norm, hp->norm_eps);
 #pragma omp parallel for schedule(static)
-            for (int g = 0; g < hp->n_head_kv; g++)
-                kv_store(c, kv ? c->v[l] : c->k[l], g, c->n_past, c->att + (size_t)g * hd, kvd, n);
+            for (int g = 0; g < nkv; g++) {
+                if (!ring) {
+                    speck_kv_store(c, l, cache, g, n_past, c->att + (size_t)g * hd, kvd, n);
+                    continue;
+                }
+                float *dst = (kv ? vf : kf) + ((size_t)g * keys + (size_t)(n_past - lo)) * hd;
+                for (int i = 0; i < n; i++) {
+                    void *slot = kv_at(c, l, cache, g, n_past + i);
+                    speck_quantize_row(c->kv_type, c->att + (size_t)i * kvd + (size_t)g * hd, slot,
+                                       hd);
+                    speck_dequantize_row(c->kv_type, slot, dst + (size_t)i * hd, hd);
+                }
+            }
         }
-        if (c->kv_type == SPECK_TYPE_F32) {
-            attention_gemm(c, c->q, c->att, c->k[l], c->v[l], (size_t)c->n_ctx * hd, n, n_total,
-                           mask);
+        if (ring) {
+            attention_gemm(c, c->q, c->att, kf, vf, (size_t)keys * hd, n, n_total, lo, mask,
+                           ly->n_swa);
+        } else if (c->kv_type == SPECK_TYPE_F32) {
+            attention_gemm(c, c->q, c->att, c->k[l], c->v[l], (size_t)c->n_ctx * hd, n, n_total, 0,
+                           mask, ly->n_swa);
         } else { // sgemm reads floats: this layer's cached rows [0, n_total), converted once
-            float *kf = c->kvf, *vf = c->kvf + (size_t)hp->n_head_kv * n_total * hd;
+            vf = c->kvf + (size_t)nkv * n_total * hd;
 #pragma omp parallel for schedule(static)
-            for (int g = 0; g < hp->n_head_kv; g++) {
-                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, c->k[l], g, 0),
+            for (int g = 0; g < nkv; g++) {
+                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, l, c->k[l], g, 0),
                                      kf + (size_t)g * n_total * hd, (int64_t)n_total * hd);
-                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, c->v[l], g, 0),
+                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, l, c->v[l], g, 0),
                                      vf + (size_t)g * n_total * hd, (int64_t)n_total * hd);
             }
-            attention_gemm(c, c->q, c->att, kf, vf, (size_t)n_total * hd, n, n_total, mask);
+            attention_gemm(c, c->q, c->att, kf, vf, (size_t)n_total * hd, n, n_total, 0, mask,
+                           ly->n_swa);
         }
+        observe(c, l, "attn_output", c->att, n, qd);
         matmul(&ly->wo, c->att, n, c->xn);
+        if (ly->attn_post_norm) rmsnorm(c->xn, c->xn, ly->attn_post_norm, n, E, hp->norm_eps);
         add_inplace(c->x, c->xn, (size_t)n * E);
 
         rmsnorm(c->xn, c->x, ly->ffn_norm, n, E, hp->norm_eps);
+        if (c->hook) {
+            observe(c, l, "ffn_gate", c->xn, n, E);
+            observe(c, l, "ffn_up", c->xn, n, E);
+        }
         matmul(&ly->wg, c->xn, n, c->g);
         matmul(&ly->wu, c->xn, n, c->u);
         const size_t F = (size_t)hp->n_ff;
 #pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) swiglu(c->g + i * F, c->u + i * F, F);
+        for (int i = 0; i < n; i++) ffn_act(hp->ffn_act, c->g + i * F, c->u + i * F, F);
+        observe(c, l, "ffn_down", c->g, n, (int)F);
         matmul(&ly->wd, c->g, n, c->xn);
+        if (ly->ffn_post_norm) rmsnorm(c->xn, c->xn, ly->ffn_post_norm, n, E, hp->norm_eps);
         add_inplace(c->x, c->xn, (size_t)n * E);
     }
     // Only the requested rows go through the (large) output head.
@@ -694,7 +734,14 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
         memmove(c->xn + (size_t)r * E, c->x + (size_t)src * E, (size_t)E * sizeof(float));
     }
     rmsnorm(c->xn, c->xn, m->out_norm, n_out, E, hp->norm_eps);
+    // A tied head is the embedding matrix: its input is recorded under that tensor's name.
+    if (n_out > 0) observe(c, -1, hp->tied_output ? "token_embd" : "output", c->xn, n_out, E);
     matmul(&m->output, c->xn, n_out, logits);
+    if (hp->final_softcap > 0) {
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < n_out; r++)
+            softcap_row(logits + (size_t)r * hp->n_vocab, (size_t)hp->n_vocab, hp->final_softcap);
+    }
 }
 
 static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
@@ -755,17 +802,37 @@ static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_
                         const uint8_t *mask, const int *out_rows, int n_out, float *logits) {
     const speck_model *m = c->m;
     const speck_hparams *hp = &m->hp;
-    const bool stream = n < stream_max(m);
+    const bool stream = !c->hook && n < stream_max(m);
     if (reserve(c, n, stream)) return -1;
-    rope_tables(c->rope_cs, c->rope_sn, pos, c->n_past, n, hp->head_dim, m->rope_freq);
-    size_t erow = speck_type_row_size(m->tok_embd.type, hp->n_embd);
-    for (int i = 0; i < n; i++)
-        speck_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + erow * tokens[i],
-                             c->x + (size_t)i * hp->n_embd, hp->n_embd);
+    for (int t = 0; t < 2; t++)
+        if (t == 0 || c->freq[1] != c->freq[0])
+            rope_tables(c->rope_cs[t], c->rope_sn[t], pos, c->n_past, n, hp->head_dim, c->freq[t],
+                        hp->rope_attn_factor);
+    for (int i = 0; i < n; i++) {
+        const int32_t p = pos ? pos[i] : c->n_past + i;
+        c->kpos[c->n_past + i] = p;
+        c->seq_pos &= p == c->n_past + i;
+    }
+    const speck_weight *te = &m->tok_embd;
+    const size_t erow = speck_type_row_size(te->type, hp->n_embd);
+    // A quantized embedding with panels (a tied head) had its rows dropped: from the panels.
+    const bool unpack = te->packed && (te->type == SPECK_TYPE_Q8_0 || te->type == SPECK_TYPE_Q4_0);
+    for (int i = 0; i < n; i++) {
+        float *x = c->x + (size_t)i * hp->n_embd;
+        const uint8_t *row = (const uint8_t *)te->data + erow * tokens[i];
+        if (unpack) {
+            speck_panel_unpack(te->type, te->packed, hp->n_embd, tokens[i], 1, c->erow);
+            row = c->erow;
+        }
+        speck_dequantize_row(te->type, row, x, hp->n_embd);
+        if (hp->embd_scale != 1.0f)
+            for (int j = 0; j < hp->n_embd; j++) x[j] *= hp->embd_scale;
+    }
     if (stream)
         forward_stream(c, n, mask, out_rows, n_out, logits);
     else
         forward_batch(c, n, mask, out_rows, n_out, logits);
     c->n_past += n;
+    if (c->swa_cap) c->swa_lo = swa_held_from(c, c->n_past);
     return 0;
 }

@@ -1,6 +1,8 @@
-// Loading Llama-family models ("llama", "qwen2") from GGUF: hyper-parameters from llama.cpp's
-// metadata keys, weights referenced in place in the mapping, shapes and types validated.
+// Loading models from GGUF: hyper-parameters from llama.cpp's metadata keys, tensors as the
+// architecture's description (arch.h) lists them, weights referenced in place in the mapping,
+// shapes and types validated.
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,12 +10,14 @@
 
 #include "formats/gguf_internal.h"
 #include "kernels/kernels.h"
+#include "quant/quant.h"
 #include "model/model_internal.h"
 
 typedef struct {
     speck_model *m;
     const char *path;
     const char *arch;
+    const speck_arch *desc;
 } loader;
 
 static int64_t key_idx(loader *L, const char *suffix) {
@@ -40,14 +44,29 @@ static int req_int(loader *L, const char *suffix, int *out) {
     return 0;
 }
 
-static int opt_int(loader *L, const char *suffix, int def) {
-    int64_t i = key_idx(L, suffix);
-    return i < 0 ? def : (int)speck_gguf_get_int(L->m->g, i);
+// Optional integer key: def when absent, else it must be an integer in [1, 2^30] like the
+// required ones (a wrapped-around value would pass checks it should fail).
+static int opt_int(loader *L, const char *suffix, int def, int *out) {
+    if (key_idx(L, suffix) < 0) {
+        *out = def;
+        return 0;
+    }
+    return req_int(L, suffix, out);
 }
 
-static float opt_float(loader *L, const char *suffix, float def) {
+// Optional float key: def when absent; a finite value when present (min_exclusive: above it).
+static int opt_float(loader *L, const char *suffix, float def, float min_exclusive, float *out) {
     int64_t i = key_idx(L, suffix);
-    return i < 0 ? def : (float)speck_gguf_get_float(L->m->g, i);
+    if (i < 0) {
+        *out = def;
+        return 0;
+    }
+    const double v = speck_gguf_get_float(L->m->g, i);
+    if (!(v > min_exclusive && v <= 3.4e38))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' = %g is out of range (> %g)",
+                               L->path, L->arch, suffix, v, (double)min_exclusive);
+    *out = (float)v;
+    return 0;
 }
 
 static int global_int(const speck_gguf *g, const char *key, int def) {
@@ -55,9 +74,9 @@ static int global_int(const speck_gguf *g, const char *key, int def) {
     return i < 0 ? def : (int)speck_gguf_get_int(g, i);
 }
 
+// Every type speck can store it can compute with.
 static int is_compute_type(int t) {
-    return t == SPECK_TYPE_F32 || t == SPECK_TYPE_F16 || t == SPECK_TYPE_BF16 ||
-           t == SPECK_TYPE_Q8_0 || t == SPECK_TYPE_Q4_0;
+    return speck_type_name(t) != NULL;
 }
 
 // Find a tensor and check its shape: ne0 x ne1 (ne1 = 0 for a vector).
@@ -88,7 +107,8 @@ static const speck_gguf_tensor *get_tensor(loader *L, const char *name, int64_t 
     if (!is_compute_type(t->type)) {
         *err = speck_set_error(SPECK_ERR_UNSUPPORTED,
                                "%s: tensor '%s' has type %s, which speck does not support "
-                               "(f32, f16, bf16, q8_0, q4_0)",
+                               "(f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, "
+                               "q4_k, q5_k, q6_k, iq4_nl, iq4_xs)",
                                L->path, name, speck_gguf_type_label(t->type));
         return NULL;
     }
@@ -125,6 +145,87 @@ static int get_vec(loader *L, const char *name, int64_t n, int required, const f
     return 0;
 }
 
+static int pattern_from_array(loader *L, int64_t i);
+
+// The architecture's own keys (its description's list), over the defaults it sets.
+static int load_arch_keys(loader *L) {
+    speck_hparams *hp = &L->m->hp;
+    const speck_gguf *g = L->m->g;
+    for (int k = 0; k < L->desc->n_keys; k++) {
+        const speck_key_desc *d = &L->desc->keys[k];
+        int64_t i = key_idx(L, d->gguf);
+        if (i < 0) continue;
+        speck_gguf_vtype t = speck_gguf_kv_type(g, i);
+        void *field = (char *)hp + d->offset;
+        if (d->offset == offsetof(speck_hparams, swa_period) && t == SPECK_GGUF_ARRAY) {
+            if (pattern_from_array(L, i)) return SPECK_ERR_FORMAT;
+            continue;
+        }
+        bool is_num = t != SPECK_GGUF_STRING && t != SPECK_GGUF_ARRAY;
+        bool is_float = t == SPECK_GGUF_FLOAT32 || t == SPECK_GGUF_FLOAT64;
+        double v = is_num ? speck_gguf_get_float(g, i) : NAN;
+        if (!is_num || (d->type == KEY_INT && is_float) || !(v >= 0 && v <= (double)(1 << 30)))
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.%s' must be %s >= 0", L->path,
+                                   L->arch, d->gguf,
+                                   d->type == KEY_INT ? "an integer" : "a number");
+        if (d->type == KEY_INT)
+            *(int *)field = (int)speck_gguf_get_int(g, i);
+        else
+            *(float *)field = (float)v;
+    }
+    if (hp->n_swa > hp->n_ctx_train ||
+        (L->desc->swa_ge_ctx_is_none && hp->n_swa == hp->n_ctx_train)) {
+        if (!L->desc->swa_ge_ctx_is_none)
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: key '%s.attention.sliding_window' = %d is larger than the "
+                                   "context ('%s.context_length' = %d)",
+                                   L->path, L->arch, hp->n_swa, L->arch, hp->n_ctx_train);
+        hp->n_swa = 0;
+    }
+    if (!(hp->attn_scale > 0) || !(hp->rope_freq_base_swa > 0))
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: '%s.attention.scale' and '%s.rope.freq_base_swa' must be > 0",
+                               L->path, L->arch, L->arch);
+    return 0;
+}
+
+// attention.sliding_window_pattern given per layer (an array of bools, as llama.cpp's newer
+// converters write it): the period P it follows (layer l windowed iff l % P < P - 1), or an
+// error when it follows none.
+static int pattern_from_array(loader *L, int64_t i) {
+    speck_hparams *hp = &L->m->hp;
+    const speck_gguf *g = L->m->g;
+    speck_gguf_vtype at = speck_gguf_arr_type(g, i);
+    size_t es = speck_gguf_vtype_size(at);
+    if (speck_gguf_arr_n(g, i) != hp->n_layer || es == 0 || at == SPECK_GGUF_FLOAT32 ||
+        at == SPECK_GGUF_FLOAT64)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: key '%s.attention.sliding_window_pattern': expected %d "
+                               "booleans, one per layer",
+                               L->path, L->arch, hp->n_layer);
+    const uint8_t *a = speck_gguf_arr_data(g, i);
+    int first_full = -1, n_sw = 0;
+    for (int l = 0; l < hp->n_layer; l++) {
+        bool sw = false;
+        for (size_t b = 0; b < es; b++) sw |= a[(size_t)l * es + b] != 0;
+        n_sw += sw;
+        if (!sw && first_full < 0) first_full = l;
+    }
+    hp->swa_period = first_full < 0 ? 0 : first_full + 1;
+    if (n_sw == 0) hp->n_swa = 0;
+    for (int l = 0; l < hp->n_layer && n_sw; l++) {
+        bool sw = false;
+        for (size_t b = 0; b < es; b++) sw |= a[(size_t)l * es + b] != 0;
+        if (sw != speck_swa_pattern_layer(hp->swa_period, l))
+            return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                                   "%s: key '%s.attention.sliding_window_pattern': only a "
+                                   "repeating run of windowed layers closed by one global layer "
+                                   "is supported (layer %d breaks it)",
+                                   L->path, L->arch, l);
+    }
+    return 0;
+}
+
 static int load_hparams(loader *L) {
     speck_model *m = L->m;
     speck_hparams *hp = &m->hp;
@@ -138,66 +239,86 @@ static int load_hparams(loader *L) {
         req_int(L, "feed_forward_length", &hp->n_ff) ||
         req_int(L, "attention.head_count", &hp->n_head))
         return SPECK_ERR_FORMAT;
-    hp->n_head_kv = opt_int(L, "attention.head_count_kv", hp->n_head);
-    if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv)
+    if (opt_int(L, "attention.head_count_kv", hp->n_head, &hp->n_head_kv)) return SPECK_ERR_FORMAT;
+    if (hp->n_head % hp->n_head_kv)
         return speck_set_error(SPECK_ERR_FORMAT,
                                "%s: %s.attention.head_count_kv = %d does not divide head_count %d",
                                L->path, L->arch, hp->n_head_kv, hp->n_head);
-    hp->head_dim = opt_int(L, "attention.key_length", hp->n_embd / hp->n_head);
-    if (hp->head_dim <= 0 || hp->head_dim % 2 ||
-        opt_int(L, "attention.value_length", hp->head_dim) != hp->head_dim)
+    int value_length;
+    if (opt_int(L, "attention.key_length", hp->n_embd / hp->n_head, &hp->head_dim) ||
+        opt_int(L, "attention.value_length", hp->head_dim, &value_length))
+        return SPECK_ERR_FORMAT;
+    if (hp->head_dim <= 0 || hp->head_dim % 2 || value_length != hp->head_dim)
         return speck_set_error(SPECK_ERR_FORMAT, "%s: invalid head dimension %d", L->path,
                                hp->head_dim);
-    hp->norm_eps = opt_float(L, "attention.layer_norm_rms_epsilon", 1e-5f);
-    hp->rope_freq_base = opt_float(L, "rope.freq_base", 10000.0f);
-    hp->rope_type = strcmp(L->arch, "qwen2") == 0 ? SPECK_ROPE_NEOX : SPECK_ROPE_NORMAL;
+    // The forward pass sizes rows as heads x head_dim in int: keep the products in range (the
+    // matching tensors would be far larger than any file anyway).
+    if ((int64_t)hp->n_head * hp->head_dim > (1 << 30))
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: %d heads x head dimension %d is too large",
+                               L->path, hp->n_head, hp->head_dim);
+    if (opt_float(L, "attention.layer_norm_rms_epsilon", 1e-5f, 0.0f, &hp->norm_eps) ||
+        opt_float(L, "rope.freq_base", 10000.0f, 0.0f, &hp->rope_freq_base))
+        return SPECK_ERR_FORMAT;
     hp->rope_scale_factor = 1.0f;
     int64_t si = key_idx(L, "rope.scaling.type");
     const char *st = si >= 0 ? speck_gguf_get_str(g, si) : NULL;
     if (st && !strcmp(st, "linear")) {
         hp->rope_scaling = SPECK_ROPE_SCALING_LINEAR;
-        hp->rope_scale_factor = opt_float(L, "rope.scaling.factor", 1.0f);
+        if (opt_float(L, "rope.scaling.factor", 1.0f, 0.0f, &hp->rope_scale_factor))
+            return SPECK_ERR_FORMAT;
     } else if (st && !strcmp(st, "llama3")) {
         hp->rope_scaling = SPECK_ROPE_SCALING_LLAMA3;
-        hp->rope_scale_factor = opt_float(L, "rope.scaling.factor", 8.0f);
-        hp->rope_low_freq_factor = opt_float(L, "rope.scaling.low_freq_factor", 1.0f);
-        hp->rope_high_freq_factor = opt_float(L, "rope.scaling.high_freq_factor", 4.0f);
-        hp->rope_orig_ctx = opt_int(L, "rope.scaling.original_context_length", 8192);
+        if (opt_float(L, "rope.scaling.factor", 8.0f, 0.0f, &hp->rope_scale_factor) ||
+            opt_float(L, "rope.scaling.low_freq_factor", 1.0f, 0.0f, &hp->rope_low_freq_factor) ||
+            opt_float(L, "rope.scaling.high_freq_factor", 4.0f, 0.0f, &hp->rope_high_freq_factor) ||
+            opt_int(L, "rope.scaling.original_context_length", 8192, &hp->rope_orig_ctx))
+            return SPECK_ERR_FORMAT;
+        // The smooth band between them divides by their difference.
+        if (!(hp->rope_high_freq_factor > hp->rope_low_freq_factor))
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: %s.rope.scaling.high_freq_factor must exceed "
+                                   "low_freq_factor",
+                                   L->path, L->arch);
+    } else if (st && !strcmp(st, "longrope")) {
+        hp->rope_scaling = SPECK_ROPE_SCALING_LONGROPE; // the factor tensors are then required
     } else if (st && strcmp(st, "none") != 0) {
         return speck_set_error(SPECK_ERR_UNSUPPORTED,
                                "%s: %s.rope.scaling.type '%s' is not supported (none, linear, "
-                               "llama3)",
+                               "llama3, longrope)",
                                L->path, L->arch, st);
     } else if (key_idx(L, "rope.scale_linear") >= 0) {
         hp->rope_scaling = SPECK_ROPE_SCALING_LINEAR;
-        hp->rope_scale_factor = opt_float(L, "rope.scale_linear", 1.0f);
+        if (opt_float(L, "rope.scale_linear", 1.0f, 0.0f, &hp->rope_scale_factor))
+            return SPECK_ERR_FORMAT;
     }
-    if (!(hp->rope_scale_factor > 0))
-        return speck_set_error(SPECK_ERR_FORMAT, "%s: rope scaling factor must be > 0", L->path);
+    // LongRoPE as llama.cpp's converter writes it: no type key, the two factor tensors, the
+    // original context and the factor applied to cos and sin.
+    if (speck_gguf_find_tensor(g, "rope_factors_long.weight") ||
+        speck_gguf_find_tensor(g, "rope_factors_short.weight"))
+        hp->rope_scaling = SPECK_ROPE_SCALING_LONGROPE;
+    if (hp->rope_scaling == SPECK_ROPE_SCALING_LONGROPE &&
+        opt_int(L, "rope.scaling.original_context_length", hp->n_ctx_train, &hp->rope_orig_ctx))
+        return SPECK_ERR_FORMAT;
+    speck_arch_defaults(L->desc, hp);
+    if (opt_float(L, "rope.scaling.attn_factor", 1.0f, 0.0f, &hp->rope_attn_factor))
+        return SPECK_ERR_FORMAT;
     hp->bos_id = global_int(g, "tokenizer.ggml.bos_token_id", -1);
     hp->eos_id = global_int(g, "tokenizer.ggml.eos_token_id", -1);
-    return 0;
+    return load_arch_keys(L);
 }
 
-// Per-pair rotation frequency, with linear or llama3 scaling, or divided by the file's
-// rope_freqs factors (how llama.cpp's converter stores llama3 scaling).
-static int init_rope(loader *L) {
-    speck_model *m = L->m;
-    const speck_hparams *hp = &m->hp;
-    int half = hp->head_dim / 2;
-    m->rope_freq = malloc((size_t)half * sizeof(float));
-    if (!m->rope_freq) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-    const float *factors = NULL;
-    int err = get_vec(L, "rope_freqs.weight", half, 0, &factors);
-    if (err) return err;
-    m->rope_factors = factors;
-    for (int i = 0; i < half; i++) {
-        double f = pow((double)hp->rope_freq_base, -2.0 * i / hp->head_dim);
+// Per-pair rotation frequency base^(-2i/d) with linear or llama3 scaling (scaled), or divided by
+// the given per-pair factors (how llama.cpp's converter stores llama3 scaling and LongRoPE).
+// out: (head_dim / 2).
+static void rope_freqs(const speck_hparams *hp, float base, bool scaled, const float *factors,
+                       float *out) {
+    for (int i = 0; i < hp->head_dim / 2; i++) {
+        double f = pow((double)base, -2.0 * i / hp->head_dim);
         if (factors) {
             f /= factors[i];
-        } else if (hp->rope_scaling == SPECK_ROPE_SCALING_LINEAR) {
+        } else if (scaled && hp->rope_scaling == SPECK_ROPE_SCALING_LINEAR) {
             f /= hp->rope_scale_factor;
-        } else if (hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3) {
+        } else if (scaled && hp->rope_scaling == SPECK_ROPE_SCALING_LLAMA3) {
             double wavelen = 2 * M_PI / f;
             double lo = hp->rope_orig_ctx / hp->rope_low_freq_factor;
             double hi = hp->rope_orig_ctx / hp->rope_high_freq_factor;
@@ -209,16 +330,142 @@ static int init_rope(loader *L) {
                 f = (1 - s) * f / hp->rope_scale_factor + s * f;
             }
         }
-        m->rope_freq[i] = (float)f;
+        out[i] = (float)f;
     }
+}
+
+// The frequency tables: the model's (with the file's rope_freqs divisors, or LongRoPE's short
+// and long ones), and the windowed layers' own where the architecture gives them one (gemma3:
+// another base, unscaled).
+static int init_rope(loader *L) {
+    speck_model *m = L->m;
+    const speck_hparams *hp = &m->hp;
+    const int half = hp->head_dim / 2;
+    const bool longrope = hp->rope_scaling == SPECK_ROPE_SCALING_LONGROPE;
+    int err;
+    if ((err = get_vec(L, "rope_freqs.weight", half, 0, &m->rope_factors)) ||
+        (err = get_vec(L, "rope_factors_short.weight", half, longrope, &m->rope_short)) ||
+        (err = get_vec(L, "rope_factors_long.weight", half, longrope, &m->rope_long)))
+        return err;
+    m->rope_freq = malloc((size_t)half * sizeof(float));
+    m->rope_freq_long = longrope ? malloc((size_t)half * sizeof(float)) : NULL;
+    m->rope_freq_swa = malloc((size_t)half * sizeof(float));
+    if (!m->rope_freq || (longrope && !m->rope_freq_long) || !m->rope_freq_swa)
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    rope_freqs(hp, hp->rope_freq_base, true, longrope ? m->rope_short : m->rope_factors,
+               m->rope_freq);
+    if (longrope) rope_freqs(hp, hp->rope_freq_base, true, m->rope_long, m->rope_freq_long);
+    // Windowed layers: their own base, unscaled when the architecture gives them their own RoPE
+    // (gemma3), else the model's scaling.
+    const bool own = L->desc->rope_base_swa > 0;
+    rope_freqs(hp, hp->rope_freq_base_swa, !own, own ? NULL : m->rope_factors, m->rope_freq_swa);
+    bool same = !own && hp->rope_freq_base_swa == hp->rope_freq_base;
+    for (int l = 0; l < hp->n_layer; l++) {
+        speck_layer *ly = &m->layers[l];
+        ly->n_swa = speck_hparams_layer_swa(hp, l) ? hp->n_swa : 0;
+        ly->rope = ly->n_swa && !same ? 1 : 0;
+    }
+    if (same) {
+        free(m->rope_freq_swa);
+        m->rope_freq_swa = NULL;
+    }
+    return 0;
+}
+
+// Rows [r0, r0 + rows) of a (n_out, n_in) tensor as a weight of its own (a part of a fused one).
+static speck_weight sub_weight(const speck_gguf_tensor *t, int64_t r0, int64_t rows) {
+    size_t rs = speck_type_row_size((speck_type)t->type, t->ne[0]);
+    return (speck_weight){(const char *)t->data + (size_t)r0 * rs, (speck_type)t->type, t->ne[0],
+                          rows, NULL};
+}
+
+// q, k and v of layer l: fused (attn_qkv) when the file has it, else three tensors.
+static int load_qkv(loader *L, int l, speck_layer *ly) {
+    const speck_hparams *hp = &L->m->hp;
+    const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
+                  KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    char n[96];
+    int err = 0;
+    snprintf(n, sizeof n, "blk.%d.attn_qkv.weight", l);
+    if (speck_gguf_find_tensor(L->m->g, n)) {
+        const speck_gguf_tensor *t = get_tensor(L, n, E, Q + 2 * KV, 1, &err);
+        if (!t) return err;
+        ly->wq = sub_weight(t, 0, Q);
+        ly->wk = sub_weight(t, Q, KV);
+        ly->wv = sub_weight(t, Q + KV, KV);
+    } else {
+        static const char *const parts[3] = {"attn_q", "attn_k", "attn_v"};
+        speck_weight *w[3] = {&ly->wq, &ly->wk, &ly->wv};
+        for (int p = 0; p < 3 && !err; p++) {
+            snprintf(n, sizeof n, "blk.%d.%s.weight", l, parts[p]);
+            err = get_weight(L, n, E, p ? KV : Q, 1, w[p]);
+        }
+        if (err) return err;
+    }
+    // Biases, in any architecture (as llama.cpp): fused, three, or none.
+    snprintf(n, sizeof n, "blk.%d.attn_qkv.bias", l);
+    if (speck_gguf_find_tensor(L->m->g, n)) {
+        const float *b;
+        if ((err = get_vec(L, n, Q + 2 * KV, 1, &b))) return err;
+        ly->bq = b, ly->bk = b + Q, ly->bv = b + Q + KV;
+        return 0;
+    }
+    static const char *const bparts[3] = {"attn_q", "attn_k", "attn_v"};
+    const float **b[3] = {&ly->bq, &ly->bk, &ly->bv};
+    for (int p = 0; p < 3 && !err; p++) {
+        snprintf(n, sizeof n, "blk.%d.%s.bias", l, bparts[p]);
+        err = get_vec(L, n, p ? KV : Q, 0, b[p]);
+    }
+    return err;
+}
+
+// Layer l's tensors as the architecture's description lists them.
+static int load_layer(loader *L, int l, speck_layer *ly) {
+    const speck_hparams *hp = &L->m->hp;
+    int err = 0;
+    bool qkv_done = false;
+    for (int i = 0; i < L->desc->n_layer_tensors && !err; i++) {
+        const speck_tensor_desc *d = &L->desc->layer[i];
+        const int64_t rows = speck_dim_size(d->rows, hp), cols = speck_dim_size(d->cols, hp);
+        const int req = !(d->flags & TD_OPTIONAL);
+        char n[96];
+        snprintf(n, sizeof n, "blk.%d.%s", l, d->gguf);
+        const float **vec = d->slot == SLOT_ATTN_NORM        ? &ly->attn_norm
+                            : d->slot == SLOT_FFN_NORM       ? &ly->ffn_norm
+                            : d->slot == SLOT_Q_NORM         ? &ly->q_norm
+                            : d->slot == SLOT_K_NORM         ? &ly->k_norm
+                            : d->slot == SLOT_ATTN_POST_NORM ? &ly->attn_post_norm
+                            : d->slot == SLOT_FFN_POST_NORM  ? &ly->ffn_post_norm
+                                                             : NULL;
+        speck_weight *w = d->slot == SLOT_WO   ? &ly->wo
+                          : d->slot == SLOT_WG ? &ly->wg
+                          : d->slot == SLOT_WU ? &ly->wu
+                          : d->slot == SLOT_WD ? &ly->wd
+                                               : NULL;
+        if (vec) {
+            err = get_vec(L, n, rows, req, vec);
+        } else if (w) {
+            err = get_weight(L, n, cols, rows, req, w);
+        } else if (d->slot == SLOT_WQ || d->slot == SLOT_WK || d->slot == SLOT_WV ||
+                   d->slot == SLOT_WQKV) {
+            if (!qkv_done) err = load_qkv(L, l, ly);
+            qkv_done = true;
+        } else if (d->slot == SLOT_WGU) { // gate rows first, then up
+            const speck_gguf_tensor *t = get_tensor(L, n, cols, rows, 1, &err);
+            if (t) ly->wg = sub_weight(t, 0, rows / 2), ly->wu = sub_weight(t, rows / 2, rows / 2);
+        } // biases: with q/k/v
+    }
+    if (err) return err;
+    if (!!ly->bq != !!ly->bk || !!ly->bq != !!ly->bv)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: layer %d has only some of the q/k/v biases",
+                               L->path, l);
     return 0;
 }
 
 static int load_tensors(loader *L) {
     speck_model *m = L->m;
     const speck_hparams *hp = &m->hp;
-    int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
-            KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
+    int64_t E = hp->n_embd;
     int err;
     const speck_gguf_tensor *te = speck_gguf_find_tensor(m->g, "token_embd.weight");
     if (!te)
@@ -242,35 +489,30 @@ static int load_tensors(loader *L) {
     m->hp.tied_output = m->output.data == NULL;
     if (m->hp.tied_output) m->output = m->tok_embd;
     if ((err = get_vec(L, "output_norm.weight", E, 1, &m->out_norm))) return err;
+    // Every layer has the description's required tensors: a block_count beyond what the file
+    // holds is refused before the layer table is allocated (a 100-byte file could otherwise ask
+    // for gigabytes).
+    int64_t per_layer = 0;
+    for (int i = 0; i < L->desc->n_layer_tensors; i++)
+        per_layer += !(L->desc->layer[i].flags & TD_OPTIONAL);
+    if (per_layer < 1) per_layer = 1;
+    if (hp->n_layer > speck_gguf_n_tensors(m->g) / per_layer)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: %s.block_count = %d, but the file has only %lld tensors (%lld "
+                               "or more per layer)",
+                               L->path, L->arch, hp->n_layer,
+                               (long long)speck_gguf_n_tensors(m->g), (long long)per_layer);
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-    char n[96];
-#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
     for (int l = 0; l < hp->n_layer; l++) {
         speck_layer *ly = &m->layers[l];
-        if ((err = get_vec(L, NAME("attn_norm.weight"), E, 1, &ly->attn_norm)) ||
-            (err = get_vec(L, NAME("ffn_norm.weight"), E, 1, &ly->ffn_norm)) ||
-            (err = get_weight(L, NAME("attn_q.weight"), E, Q, 1, &ly->wq)) ||
-            (err = get_weight(L, NAME("attn_k.weight"), E, KV, 1, &ly->wk)) ||
-            (err = get_weight(L, NAME("attn_v.weight"), E, KV, 1, &ly->wv)) ||
-            (err = get_weight(L, NAME("attn_output.weight"), Q, E, 1, &ly->wo)) ||
-            (err = get_weight(L, NAME("ffn_gate.weight"), E, F, 1, &ly->wg)) ||
-            (err = get_weight(L, NAME("ffn_up.weight"), E, F, 1, &ly->wu)) ||
-            (err = get_weight(L, NAME("ffn_down.weight"), F, E, 1, &ly->wd)) ||
-            (err = get_vec(L, NAME("attn_q.bias"), Q, 0, &ly->bq)) ||
-            (err = get_vec(L, NAME("attn_k.bias"), KV, 0, &ly->bk)) ||
-            (err = get_vec(L, NAME("attn_v.bias"), KV, 0, &ly->bv)))
-            return err;
-        if (!!ly->bq != !!ly->bk || !!ly->bq != !!ly->bv)
-            return speck_set_error(SPECK_ERR_FORMAT,
-                                   "%s: layer %d has only some of the q/k/v biases", L->path, l);
+        if ((err = load_layer(L, l, ly))) return err;
         if (l == 0)
             m->hp.qkv_bias = ly->bq != NULL;
         else if (m->hp.qkv_bias != (ly->bq != NULL))
             return speck_set_error(SPECK_ERR_FORMAT, "%s: q/k/v biases present in some layers only",
                                    L->path);
     }
-#undef NAME
     return 0;
 }
 
@@ -286,7 +528,7 @@ static int load_tensors(loader *L) {
 //   replace the rows: each chunk's mapped pages are dropped once packed (every later use reads
 //   the panels), so resident memory stays about the file's size.
 static bool quantized(speck_type t) {
-    return t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0;
+    return t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q8_0 || speck_type_is_extra(t);
 }
 
 // Bytes w's panel copy takes in the shared buffer (64-byte aligned slots).
@@ -304,10 +546,10 @@ static int pack_panels(speck_model *m) {
         speck_weight *lw[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->wg, &ly->wu, &ly->wd};
         memcpy(ws + 7 * l, lw, sizeof lw);
     }
-    // A tied head shares the token embedding, whose rows the lookups keep reading: quantized,
-    // its pages cannot be dropped, and a second copy would cost the table's size again.
+    // A head tied to the token embedding is packed like the others: the embedding lookups then
+    // unpack their rows from the panels (llama.c), so its mapped pages can be dropped too.
     ws[nw - 1] = &m->output;
-    const int nuse = m->hp.tied_output && quantized(m->output.type) ? nw - 1 : nw;
+    const int nuse = nw;
     size_t ftotal = 0, qtotal = 0;
     for (int i = 0; i < nuse; i++)
         if (speck_panel_supported(ws[i]->type))
@@ -352,6 +594,7 @@ static int pack_panels(speck_model *m) {
         w->packed = p;
         p += panel_slot(w);
     }
+    if (m->hp.tied_output) m->tok_embd.packed = m->output.packed;
     free(ws);
     return 0;
 }
@@ -370,16 +613,16 @@ speck_model *speck_model_load_ex(const char *path, unsigned flags) {
         return NULL;
     }
     m->g = g;
-    loader L = {m, path, NULL};
+    loader L = {m, path, NULL, NULL};
     int64_t ai = speck_gguf_find_key(g, "general.architecture");
     if (ai < 0 || !speck_gguf_get_str(g, ai)) {
         speck_set_error(SPECK_ERR_FORMAT, "%s: missing required key 'general.architecture'", path);
         goto fail;
     }
     L.arch = speck_gguf_get_str(g, ai);
-    if (strcmp(L.arch, "llama") && strcmp(L.arch, "qwen2")) {
-        speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "%s: architecture '%s' is not supported (llama, qwen2)", path, L.arch);
+    if (!(L.desc = m->arch = speck_arch_find(L.arch))) {
+        speck_set_error(SPECK_ERR_UNSUPPORTED, "%s: architecture '%s' is not supported (%s)", path,
+                        L.arch, speck_arch_names());
         goto fail;
     }
     if (load_hparams(&L) || load_tensors(&L) || init_rope(&L)) goto fail;
@@ -396,6 +639,8 @@ void speck_model_free(speck_model *m) {
     free(m->owned);
     free(m->layers);
     free(m->rope_freq);
+    free(m->rope_freq_long);
+    free(m->rope_freq_swa);
     free(m->panels);
     speck_gguf_close(m->g);
     free(m);

@@ -16,23 +16,33 @@ typedef struct {
     const void *packed;
 } speck_weight;
 
+#include "model/arch.h"
+
 typedef struct {
-    const float *attn_norm, *ffn_norm; // (n_embd)
+    const float *attn_norm, *ffn_norm;           // (n_embd)
+    const float *q_norm, *k_norm;                // (head_dim) per-head RMSNorm before RoPE, or NULL
+    const float *attn_post_norm, *ffn_post_norm; // (n_embd) output norms, or NULL
     speck_weight wq, wk, wv, wo; // (n_head*hd, n_embd) (n_kv*hd, n_embd) x2 (n_embd, n_head*hd)
     speck_weight wg, wu, wd;     // (n_ff, n_embd) x2, (n_embd, n_ff)
     const float *bq, *bk, *bv;   // Qwen2 biases or NULL
+    int n_swa;                   // this layer's window (hp.n_swa), or 0: the whole cache
+    int rope;                    // RoPE table: 0 the model's, 1 the windowed layers' own
 } speck_layer;
 
 struct speck_model {
     speck_gguf *g;
+    const speck_arch *arch; // the architecture's description
     speck_hparams hp;
     speck_weight tok_embd; // (n_vocab, n_embd)
     speck_weight output;   // (n_vocab, n_embd); == tok_embd when tied
     const float *out_norm; // (n_embd)
     speck_layer *layers;
     float *rope_freq; // (head_dim/2) angle per position unit for each rotated pair, scaling applied
+    float *rope_freq_long; // LongRoPE: the same with the long factors (contexts > rope_orig_ctx)
+    float *rope_freq_swa;  // the windowed layers' own frequencies (gemma3), or NULL
     const float *rope_factors; // (head_dim/2) the file's rope_freqs.weight divisors, or NULL
-    float **owned;    // f32 copies of norm/bias vectors stored in other types
+    const float *rope_long, *rope_short; // (head_dim/2) LongRoPE's divisors, or NULL
+    float **owned;                       // f32 copies of norm/bias vectors stored in other types
     int n_owned;
     void *panels; // the weights' panel copies (speck_weight.packed point into it), or NULL
 };
@@ -42,5 +52,11 @@ struct speck_model {
 // general.file_type, the tokenizer and the tensors (rope_freqs.weight included, when the model
 // has one). The one writer for init, convert, train export and checkpoints.
 int speck_hparams_write(speck_gguf_writer *w, const speck_hparams *hp);
+
+// Exchange weight `name` of m ("blk.3.ffn_down.weight", "output.weight", "token_embd.weight")
+// with *w, which must have its shape: the model computes with w's data and type from then on,
+// and *w receives the weight it had, to swap back. w->packed NULL runs the row kernels. For
+// calibration between forward passes (src/calib/), never while one runs.
+int speck_model_swap_weight(speck_model *m, const char *name, speck_weight *w);
 
 #endif

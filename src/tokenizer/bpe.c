@@ -98,7 +98,7 @@ static void cache_put(tok_cache *c, const char *w, size_t n, uint64_t h, const i
     c->arena_used += (n + 3) & ~(size_t)3;
     e->ids_off = (uint32_t)c->arena_used;
     e->n_ids = (uint32_t)n_ids;
-    memcpy(c->arena + c->arena_used, ids, (size_t)n_ids * 4);
+    if (n_ids) memcpy(c->arena + c->arena_used, ids, (size_t)n_ids * 4);
     c->arena_used += (size_t)n_ids * 4;
     c->used++;
 out:
@@ -282,7 +282,9 @@ static int encode_word(const speck_vocab *v, work *w, const char *text, size_t l
     if (got) return got < 0 ? SPECK_ERR_NOMEM : SPECK_OK;
     int64_t start = out->n;
     int rc = merge_word(v, w, text, len, out);
-    if (!rc) cache_put(c, text, len, h, out->ids + start, out->n - start);
+    // A word of unknown symbols only (no unk token) yields no ids, and out->ids may then still
+    // be NULL: no pointer arithmetic on it.
+    if (!rc) cache_put(c, text, len, h, out->n > start ? out->ids + start : NULL, out->n - start);
     return rc;
 }
 

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "core/limits.h"
 #include "tokenizer_internal.h"
 
 static char *slurp(const char *path, size_t *len) {
@@ -25,6 +26,13 @@ static char *slurp(const char *path, size_t *len) {
     if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
         fclose(f);
         speck_set_error(SPECK_ERR_IO, "%s: cannot read", path);
+        return NULL;
+    }
+    if ((size_t)n > SPECK_JSON_MAX_BYTES) {
+        fclose(f);
+        speck_set_error(SPECK_ERR_FORMAT,
+                        "%s: %ld bytes, more than the %zu MB a JSON file may have", path, n,
+                        SPECK_JSON_MAX_BYTES >> 20);
         return NULL;
     }
     buf = malloc((size_t)n + 1);
@@ -230,7 +238,7 @@ static int load_config(speck_vocab *v, const cJSON *tj, const char *cfg_path) {
     }
     if (!cfg_path) return SPECK_OK;
     cJSON *cfg = parse_json(cfg_path);
-    if (!cfg) return speck_set_error(SPECK_ERR_FORMAT, "%s", speck_last_error());
+    if (!cfg) return SPECK_ERR_FORMAT; // parse_json named the file
     int32_t id;
     if ((id = config_token(v, cfg, "bos_token")) >= 0) v->bos = id;
     if ((id = config_token(v, cfg, "eos_token")) >= 0) v->eos = id;
@@ -680,6 +688,13 @@ speck_vocab *tok_vocab_from_hf(const char *path, const char *cfg_path) {
         return NULL;
     }
     size_t doc_len = (size_t)st.st_size;
+    if (doc_len > SPECK_JSON_MAX_BYTES) {
+        close(fd);
+        speck_set_error(SPECK_ERR_FORMAT,
+                        "%s: %zu bytes, more than the %zu MB a JSON file may have", path, doc_len,
+                        SPECK_JSON_MAX_BYTES >> 20);
+        return NULL;
+    }
     void *map = doc_len ? mmap(NULL, doc_len, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
     close(fd);
     char *rest = NULL;
@@ -737,6 +752,15 @@ speck_vocab *tok_vocab_from_hf(const char *path, const char *cfg_path) {
     }
     if (n == 0) {
         speck_set_error(SPECK_ERR_FORMAT, "%s: model.vocab: empty", path);
+        goto fail;
+    }
+    // Ids may be sparse, but the token table is allocated up to the largest: bounded by the
+    // document's size (a 30-byte file naming id 10^9 would otherwise take 17 GB).
+    if (n > SPECK_MAX_VOCAB || (size_t)n > doc_len) {
+        speck_set_error(SPECK_ERR_FORMAT,
+                        "%s: token id %lld is too large (at most %d, and below the file's %zu "
+                        "bytes)",
+                        path, (long long)(n - 1), SPECK_MAX_VOCAB, doc_len);
         goto fail;
     }
     v = tok_vocab_alloc((int32_t)n);

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "core/limits.h"
 #include "tokenizer_internal.h"
 
 /* ---------------------------------------------------------------------------------------- */
@@ -512,9 +513,9 @@ speck_vocab *speck_vocab_from_gguf(const speck_gguf *g) {
         return NULL;
     }
     int64_t n = speck_gguf_arr_n(g, kt);
-    if (n <= 0 || n > INT32_MAX / 2) {
-        speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.tokens: bad count %lld", src,
-                        (long long)n);
+    if (n <= 0 || n > SPECK_MAX_VOCAB) {
+        speck_set_error(SPECK_ERR_FORMAT, "%s: tokenizer.ggml.tokens: bad count %lld (1 to %d)",
+                        src, (long long)n, SPECK_MAX_VOCAB);
         return NULL;
     }
     speck_vocab *v = tok_vocab_alloc((int32_t)n);

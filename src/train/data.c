@@ -104,10 +104,8 @@ static int ibuf_reserve(ibuf *b, int64_t extra) {
 static int tokenize_file(const char *path, const speck_vocab *v, ibuf *out) {
     FILE *f = fopen(path, "rb");
     if (!f) return speck_set_error(SPECK_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = malloc((size_t)len + 1);
+    long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1; // -1: not seekable (a pipe, ...)
+    char *text = len >= 0 && fseek(f, 0, SEEK_SET) == 0 ? malloc((size_t)len + 1) : NULL;
     if (!text || fread(text, 1, (size_t)len, f) != (size_t)len) {
         free(text);
         fclose(f);
@@ -135,21 +133,32 @@ static int tokenize_file(const char *path, const speck_vocab *v, ibuf *out) {
     return err;
 }
 
-static int cache_read(const char *path, uint64_t key, speck_token_data *out) {
+#define CACHE_HEADER 40 // magic, key, n_train, n_val, files_train, files_val
+
+// A cache that does not hold exactly what its header says, or holds an id outside the
+// vocabulary (a damaged file, or one written for another vocabulary whose key collides), is
+// ignored and rebuilt: the ids index the embedding table when training.
+static int cache_read(const char *path, uint64_t key, int32_t n_vocab, speck_token_data *out) {
     FILE *f = fopen(path, "rb");
     if (!f) return -1;
     char magic[8];
     uint64_t k, nt, nv;
     uint32_t ft, fv;
-    int ok = fread(magic, 1, 8, f) == 8 && !memcmp(magic, "SPKTOK01", 8) &&
-             fread(&k, 8, 1, f) == 1 && k == key && fread(&nt, 8, 1, f) == 1 &&
-             fread(&nv, 8, 1, f) == 1 && fread(&ft, 4, 1, f) == 1 && fread(&fv, 4, 1, f) == 1 &&
-             nt < (1ULL << 40) && nv < (1ULL << 40);
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    int ok = size >= CACHE_HEADER && fseek(f, 0, SEEK_SET) == 0 && fread(magic, 1, 8, f) == 8 &&
+             !memcmp(magic, "SPKTOK01", 8) && fread(&k, 8, 1, f) == 1 && k == key &&
+             fread(&nt, 8, 1, f) == 1 && fread(&nv, 8, 1, f) == 1 && fread(&ft, 4, 1, f) == 1 &&
+             fread(&fv, 4, 1, f) == 1 && nt <= (uint64_t)(size - CACHE_HEADER) / 4 &&
+             nv == (uint64_t)(size - CACHE_HEADER) / 4 - nt && (size - CACHE_HEADER) % 4 == 0;
     if (ok) {
         out->train = malloc((size_t)(nt ? nt : 1) * 4);
         out->val = malloc((size_t)(nv ? nv : 1) * 4);
         ok = out->train && out->val && fread(out->train, 4, nt, f) == nt &&
              fread(out->val, 4, nv, f) == nv;
+    }
+    for (uint64_t i = 0; ok && i < nt + nv; i++) {
+        int32_t id = i < nt ? out->train[i] : out->val[i - nt];
+        ok = id >= 0 && id < n_vocab;
     }
     fclose(f);
     if (!ok) {
@@ -210,7 +219,7 @@ int speck_token_data_build(const char *dir, const char *glob, const speck_vocab 
         key = fnv(key, &st.st_size, sizeof st.st_size);
         key = fnv(key, &st.st_mtime, sizeof st.st_mtime);
     }
-    if (!err && !(cache_path && cache_read(cache_path, key, out) == 0)) {
+    if (!err && !(cache_path && cache_read(cache_path, key, speck_vocab_n_tokens(v), out) == 0)) {
         ibuf tr = {0}, va = {0};
         for (int i = 0; !err && i < fl.n; i++) {
             snprintf(full, sizeof full, "%s%s%s", dir, *fl.paths[i] ? "/" : "", fl.paths[i]);
@@ -225,7 +234,10 @@ int speck_token_data_build(const char *dir, const char *glob, const speck_vocab 
         if (!err && cache_path) err = cache_write(cache_path, key, out);
     }
     if (!err && out->n_train == 0)
-        err = speck_set_error(SPECK_ERR_ARG, "%s: the corpus holds no tokens (empty files)", dir);
+        err = speck_set_error(SPECK_ERR_ARG,
+                              "%s: the training split holds no tokens (empty files, or every file "
+                              "went to validation)",
+                              dir);
     for (int i = 0; i < fl.n; i++) free(fl.paths[i]);
     free(fl.paths);
     if (err) speck_token_data_free(out);

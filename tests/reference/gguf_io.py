@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import quant_ref as QR
+
 # --------------------------------------------------------------------------------------------
 # Type numbering (identical to the file format; do not renumber)
 # --------------------------------------------------------------------------------------------
@@ -49,13 +51,18 @@ _SCALAR_DTYPE = {
     GGUF_U64: "<u8", GGUF_I64: "<i8", GGUF_F64: "<f8",
 }
 
-# Tensor (ggml) types supported here.
+# Tensor (ggml) types supported here: the float types, Q8_0 and Q4_0 below, and every block type
+# of quant_ref.py (its own dequantizers and simple encoders).
 F32, F16, Q4_0, Q8_0, BF16 = 0, 1, 2, 8, 30
 TYPE_NAMES = {F32: "f32", F16: "f16", Q4_0: "q4_0", Q8_0: "q8_0", BF16: "bf16"}
-TYPE_FROM_NAME = {v: k for k, v in TYPE_NAMES.items()}
-QK = 32  # values per block of the quantized types
+QK = 32  # values per block of Q8_0 / Q4_0
 # (values per block, bytes per block)
 _BLOCK = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (QK, 2 + QK), Q4_0: (QK, 2 + QK // 2)}
+for _name, (_id, _bs, _bytes) in QR.TYPES.items():
+    if _id not in TYPE_NAMES:
+        TYPE_NAMES[_id] = _name
+        _BLOCK[_id] = (_bs, _bytes)
+TYPE_FROM_NAME = {v: k for k, v in TYPE_NAMES.items()}
 
 DEFAULT_ALIGNMENT = 32
 MAGIC = b"GGUF"
@@ -97,6 +104,8 @@ def quantize(x: np.ndarray, ggml_type: int) -> bytes:
         return x.astype("<f2").tobytes()
     if ggml_type == BF16:
         return _f32_to_bf16_bits(x).astype("<u2").tobytes()
+    if ggml_type in _BLOCK and ggml_type not in (Q8_0, Q4_0):
+        return QR.quantize(TYPE_NAMES[ggml_type], x)
     if ggml_type not in (Q8_0, Q4_0):
         raise ValueError(f"unsupported tensor type {ggml_type}")
     if x.size % QK:
@@ -149,6 +158,8 @@ def dequantize(raw: bytes | memoryview | np.ndarray, ggml_type: int, n: int) -> 
         # Low nibbles hold values 0..15 of the block, high nibbles values 16..31.
         q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float32) - 8
         return (d * q).reshape(-1)
+    if ggml_type in _BLOCK:
+        return QR.dequantize(TYPE_NAMES[ggml_type], buf.tobytes())
     raise ValueError(f"unsupported tensor type {ggml_type}")
 
 

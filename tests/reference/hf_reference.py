@@ -5,7 +5,10 @@ The reference side works in Hugging Face's own conventions and never looks at GG
 HF-layout directories (config.json, safetensors -- one file or sharded with an index --, the real
 tokenizer.json / tokenizer_config.json of the npm tokenizer packages) with random weights, and
 computes logits straight from those weights with rotate-half RoPE on the un-permuted q/k
-projections. speck converts the directory, runs `forward_dump`, and the logits must agree; a
+projections, each family's layer written from its transformers definition: Qwen3's q/k norms,
+Mistral's window, Gemma's (1 + w) norms / scaled embeddings / post-norms / GeGLU /
+query_pre_attn_scalar / soft-caps / windowed layers (Gemma 3's with their own RoPE base),
+Phi-3's fused qkv_proj and gate_up_proj and LongRoPE. speck converts the directory, runs `forward_dump`, and the logits must agree; a
 wrong Q/K permutation, tensor mapping or hyper-parameter shows up as a large error.
 
 Also checked: `--type q8_0` stores exactly the quantized permuted weights; export -> original HF
@@ -34,8 +37,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_io as G  # noqa: E402
+import skips as S  # noqa: E402
 
 TORCH_DT = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+DROP = object()  # a config override that removes the key
 
 # --------------------------------------------------------------------------------------------
 # safetensors, written from the format description (u64 header length, JSON header, data)
@@ -132,43 +137,111 @@ CASES = {
                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                           "original_max_position_embeddings": 64}),
                    tok="llama3", dtype="F32", shards=1),
+    # Mistral v0.1's window (4 positions: the 16-token sequence crosses it).
+    "mistral-window": dict(cfg=dict(architectures=["MistralForCausalLM"], model_type="mistral",
+                                    tie_word_embeddings=False, sliding_window=4),
+                           tok="llama2", dtype="F32", shards=1),
+    "qwen3": dict(cfg=dict(architectures=["Qwen3ForCausalLM"], model_type="qwen3",
+                           tie_word_embeddings=True, vocab_size=151936, rope_theta=1e6,
+                           rms_norm_eps=1e-6, head_dim=32, attention_bias=False,
+                           use_sliding_window=False),
+                  tok="qwen3", dtype="BF16", shards=2),
+    # Soft-caps that bend these models' scores and logits; windows of 4 on layer 0.
+    "gemma2": dict(cfg=dict(architectures=["Gemma2ForCausalLM"], model_type="gemma2",
+                            hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=24,
+                            sliding_window=4, attn_logit_softcapping=1.5,
+                            final_logit_softcapping=2.5, rms_norm_eps=1e-6),
+                   tok="gemma3", dtype="BF16", shards=2),
+    # Layers 0, 1, 3 windowed with their own RoPE base, layer 2 global with linear scaling 2.
+    "gemma3": dict(cfg=dict(architectures=["Gemma3ForCausalLM"], model_type="gemma3_text",
+                            hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=16,
+                            num_hidden_layers=4, sliding_window=4, rope_theta=1e6,
+                            rope_local_base_freq=1e4, rms_norm_eps=1e-6,
+                            layer_types=["sliding_attention", "sliding_attention",
+                                         "full_attention", "sliding_attention"],
+                            rope_scaling={"rope_type": "linear", "factor": 2.0},
+                            final_logit_softcapping=None, attn_logit_softcapping=None),
+                   tok="gemma3", dtype="F32", shards=1),
+    # Phi-3 with LongRoPE: an original context of 2048 (speck's 1024-position test context and
+    # the 16-token sequence both take the short factors) ...
+    "phi3": dict(cfg=dict(architectures=["Phi3ForCausalLM"], model_type="phi3",
+                          tie_word_embeddings=False, vocab_size=32064,
+                          max_position_embeddings=4096, original_max_position_embeddings=2048,
+                          rope_scaling={"type": "longrope"}),
+                 tok="llama2", dtype="BF16", shards=1),
+    # ... and of 8 (both take the long ones), no window.
+    "phi3-long": dict(cfg=dict(architectures=["Phi3ForCausalLM"], model_type="phi3",
+                               tie_word_embeddings=False, vocab_size=32064,
+                               max_position_embeddings=4096, original_max_position_embeddings=8,
+                               rope_scaling={"type": "longrope"}, sliding_window=None),
+                      tok="llama2", dtype="F32", shards=1),
 }
 
-TOK_VOCAB = {"llama2": 32000, "llama3": 128256, "qwen3": 151936}
+TOK_VOCAB = {"llama2": 32000, "llama3": 128256, "qwen3": 151936, "gemma3": 262144}
 GGUF_TOK = {"llama2": ("llama", None), "llama3": ("gpt2", "llama-bpe"),
-            "qwen3": ("gpt2", "qwen2")}
+            "qwen3": ("gpt2", "qwen2"), "gemma3": ("llama", None)}
+ARCH = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
+        "Qwen3ForCausalLM": "qwen3", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
+        "Phi3ForCausalLM": "phi3"}
+
+
+def family(cfg: dict) -> str:
+    return ARCH[cfg["architectures"][0]]
 
 
 def hf_weights(cfg: dict, dtype: str, bias: bool, seed: int) -> dict:
-    """name -> (dtype, tensor) with HF names and shapes ((out, in) weights)."""
+    """name -> (dtype, tensor) with HF names and shapes ((out, in) weights), the family's
+    layout (family(cfg))."""
     g = torch.Generator().manual_seed(seed)
     E, F, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim", E // H)
     V = cfg["vocab_size"]
     tdt = TORCH_DT[dtype]
+    fam = family(cfg)
+    gemma = fam in ("gemma2", "gemma3")
 
     def rnd(*shape, std=0.05, mean=0.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float32) * std + mean).to(tdt)
 
-    w = {"model.embed_tokens.weight": rnd(V, E, std=0.5)}
+    def norm(n):
+        # Gemma stores w of (1 + w), near 0: kept off |w| < 1e-3 so that 1 + w is exact in f32
+        # and export (GGUF 1 + w -> w) gives the stored bits back.
+        if not gemma:
+            return rnd(n, std=0.1, mean=1.0)
+        w = torch.randn(n, generator=g, dtype=torch.float32) * 0.1
+        return torch.where(w.abs() < 1e-3, torch.full_like(w, 1e-3), w).to(tdt)
+
+    w = {"model.embed_tokens.weight": rnd(V, E, std=0.5 if not gemma else 0.1)}
     for l in range(L):
         p = f"model.layers.{l}."
-        w[p + "input_layernorm.weight"] = rnd(E, std=0.1, mean=1.0)
-        w[p + "self_attn.q_proj.weight"] = rnd(H * hd, E, std=0.15)
-        w[p + "self_attn.k_proj.weight"] = rnd(KV * hd, E, std=0.15)
-        w[p + "self_attn.v_proj.weight"] = rnd(KV * hd, E, std=0.15)
+        w[p + "input_layernorm.weight"] = norm(E)
+        if fam == "phi3":
+            w[p + "self_attn.qkv_proj.weight"] = rnd((H + 2 * KV) * hd, E, std=0.15)
+        else:
+            w[p + "self_attn.q_proj.weight"] = rnd(H * hd, E, std=0.15)
+            w[p + "self_attn.k_proj.weight"] = rnd(KV * hd, E, std=0.15)
+            w[p + "self_attn.v_proj.weight"] = rnd(KV * hd, E, std=0.15)
         if bias:
             w[p + "self_attn.q_proj.bias"] = rnd(H * hd, std=0.1)
             w[p + "self_attn.k_proj.bias"] = rnd(KV * hd, std=0.1)
             w[p + "self_attn.v_proj.bias"] = rnd(KV * hd, std=0.1)
+        if fam in ("qwen3", "gemma3"):
+            w[p + "self_attn.q_norm.weight"] = norm(hd)
+            w[p + "self_attn.k_norm.weight"] = norm(hd)
         w[p + "self_attn.o_proj.weight"] = rnd(E, H * hd, std=0.1)
-        w[p + "post_attention_layernorm.weight"] = rnd(E, std=0.1, mean=1.0)
-        w[p + "mlp.gate_proj.weight"] = rnd(F, E, std=0.1)
-        w[p + "mlp.up_proj.weight"] = rnd(F, E, std=0.1)
+        w[p + "post_attention_layernorm.weight"] = norm(E)
+        if gemma:
+            w[p + "pre_feedforward_layernorm.weight"] = norm(E)
+            w[p + "post_feedforward_layernorm.weight"] = norm(E)
+        if fam == "phi3":
+            w[p + "mlp.gate_up_proj.weight"] = rnd(2 * F, E, std=0.1)
+        else:
+            w[p + "mlp.gate_proj.weight"] = rnd(F, E, std=0.1)
+            w[p + "mlp.up_proj.weight"] = rnd(F, E, std=0.1)
         w[p + "mlp.down_proj.weight"] = rnd(E, F, std=0.1)
-    w["model.norm.weight"] = rnd(E, std=0.1, mean=1.0)
-    if not cfg.get("tie_word_embeddings"):
+    w["model.norm.weight"] = norm(E)
+    if not cfg.get("tie_word_embeddings", gemma):
         w["lm_head.weight"] = rnd(V, E, std=0.2)
     return {k: (dtype, v) for k, v in w.items()}
 
@@ -204,8 +277,16 @@ def case_config(case: dict) -> dict:
     cfg = dict(SMALL)
     cfg.update(case["cfg"])
     cfg.setdefault("vocab_size", TOK_VOCAB[case["tok"]])
-    cfg.update(hidden_act="silu", torch_dtype={"F32": "float32", "F16": "float16",
-                                               "BF16": "bfloat16"}[case["dtype"]])
+    act = "gelu_pytorch_tanh" if family(cfg) in ("gemma2", "gemma3") else "silu"
+    cfg.update(hidden_act=act, torch_dtype={"F32": "float32", "F16": "float16",
+                                            "BF16": "bfloat16"}[case["dtype"]])
+    if family(cfg) == "phi3":  # LongRoPE factors: short ones mild, long ones strong
+        g = torch.Generator().manual_seed(5)
+        half = cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]) // 2
+        rs = dict(cfg["rope_scaling"])
+        rs["short_factor"] = (1 + 2 * torch.rand(half, generator=g)).tolist()
+        rs["long_factor"] = (1 + 19 * torch.rand(half, generator=g)).tolist()
+        cfg["rope_scaling"] = rs
     return cfg
 
 
@@ -214,14 +295,26 @@ def case_config(case: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def inv_freq(cfg: dict) -> tuple[torch.Tensor, float]:
+def inv_freq(cfg: dict, n: int = 0) -> tuple[torch.Tensor, float, float]:
+    """Frequencies, position scale and cos/sin factor of the (global) rotary embedding for a
+    sequence of n tokens (LongRoPE chooses its factors by the sequence length)."""
     E, H = cfg["hidden_size"], cfg["num_attention_heads"]
     hd = cfg.get("head_dim", E // H)
     inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
     rs = cfg.get("rope_scaling") or {}
     kind = rs.get("rope_type", rs.get("type"))
-    pos_scale = 1.0
-    if kind == "linear":
+    pos_scale, mscale = 1.0, 1.0
+    if kind in ("longrope", "su"):
+        # transformers' longrope: 1 / (factor_i base^(2i/d)) with the long factors once the
+        # sequence is longer than the original context; cos and sin times
+        # sqrt(1 + ln(s) / ln(orig)), s = max_position_embeddings / orig.
+        orig = cfg["original_max_position_embeddings"]
+        ext = torch.tensor(rs["long_factor"] if n > orig else rs["short_factor"],
+                           dtype=torch.float64)
+        inv = inv / ext
+        s = cfg["max_position_embeddings"] / orig
+        mscale = math.sqrt(1 + math.log(s) / math.log(orig)) if s > 1 else 1.0
+    elif kind == "linear":
         pos_scale = 1.0 / rs["factor"]
     elif kind == "llama3":
         fac, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
@@ -235,7 +328,7 @@ def inv_freq(cfg: dict) -> tuple[torch.Tensor, float]:
                 s = (orig / wl - lo) / (hi - lo)
                 out[i] = (1 - s) * f / fac + s * f
         inv = out
-    return inv, pos_scale
+    return inv, pos_scale, mscale
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -243,44 +336,100 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
 
+def sliding_layers(cfg: dict) -> list[bool]:
+    """Which layers attend within a window (transformers' conventions)."""
+    L, fam = cfg["num_hidden_layers"], family(cfg)
+    if cfg.get("sliding_window") is None:
+        return [False] * L
+    if "layer_types" in cfg:
+        return [t == "sliding_attention" for t in cfg["layer_types"]]
+    if fam == "gemma2":  # is_sliding = not bool(layer_idx % 2)
+        return [l % 2 == 0 for l in range(L)]
+    if fam == "gemma3":  # is_sliding = bool((layer_idx + 1) % sliding_window_pattern)
+        return [bool((l + 1) % cfg.get("sliding_window_pattern", 6)) for l in range(L)]
+    return [True] * L  # Mistral, Phi-3: every layer
+
+
 def hf_forward(cfg: dict, w: dict, tokens: list[int]) -> torch.Tensor:
     E, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim", E // H)
     eps = cfg["rms_norm_eps"]
+    fam = family(cfg)
+    gemma = fam in ("gemma2", "gemma3")
     n = len(tokens)
-    inv, pos_scale = inv_freq(cfg)
-    ang = (torch.arange(n, dtype=torch.float64) * pos_scale)[:, None] * inv[None, :]
-    emb = torch.cat([ang, ang], dim=-1)
-    cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]
+    pos = torch.arange(n, dtype=torch.float64)
+
+    def rotary(inv, pos_scale, mscale):
+        ang = (pos * pos_scale)[:, None] * inv[None, :]
+        emb = torch.cat([ang, ang], dim=-1)
+        return emb.cos()[:, None, :] * mscale, emb.sin()[:, None, :] * mscale
+
+    glob = rotary(*inv_freq(cfg, n))
+    local = glob
+    if fam == "gemma3":  # windowed layers: rope_local_base_freq, no scaling
+        base = cfg.get("rope_local_base_freq", 10000.0)
+        local = rotary(1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)), 1.0,
+                       1.0)
 
     def rms(x, g):
-        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * g
+        x = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+        return x * (1.0 + g) if gemma else x * g  # Gemma's RMSNorm scales by (1 + weight)
 
     def lin(x, name):
         y = x @ w[name + ".weight"].T
         return y + w[name + ".bias"] if name + ".bias" in w else y
 
-    mask = torch.ones(n, n, dtype=torch.bool).tril()
+    def softcap(x, c):
+        return c * torch.tanh(x / c) if c else x
+
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    idx = torch.arange(n)
+    win = cfg.get("sliding_window") or n
+    windowed = causal & ((idx[:, None] - idx[None, :]) < win)
+    sliding = sliding_layers(cfg)
+    scale = (cfg["query_pre_attn_scalar"] if gemma else hd) ** -0.5
     x = w["model.embed_tokens.weight"][torch.tensor(tokens)]
+    if gemma:
+        x = x * math.sqrt(E)
     for l in range(L):
         p = f"model.layers.{l}."
         h = rms(x, w[p + "input_layernorm.weight"])
-        q = lin(h, p + "self_attn.q_proj").view(n, H, hd)
-        k = lin(h, p + "self_attn.k_proj").view(n, KV, hd)
-        v = lin(h, p + "self_attn.v_proj").view(n, KV, hd)
+        if fam == "phi3":  # qkv_proj rows: q, k, v
+            qkv = lin(h, p + "self_attn.qkv_proj")
+            q, k, v = torch.split(qkv, [H * hd, KV * hd, KV * hd], dim=-1)
+            q, k, v = q.reshape(n, H, hd), k.reshape(n, KV, hd), v.reshape(n, KV, hd)
+        else:
+            q = lin(h, p + "self_attn.q_proj").view(n, H, hd)
+            k = lin(h, p + "self_attn.k_proj").view(n, KV, hd)
+            v = lin(h, p + "self_attn.v_proj").view(n, KV, hd)
+        if p + "self_attn.q_norm.weight" in w:
+            q, k = rms(q, w[p + "self_attn.q_norm.weight"]), rms(k, w[p + "self_attn.k_norm.weight"])
+        cos, sin = local if sliding[l] else glob
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
-        s = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(hd)
+        s = softcap(torch.einsum("ihd,jhd->hij", q, k) * scale,
+                    cfg.get("attn_logit_softcapping") if fam == "gemma2" else None)
+        mask = windowed if sliding[l] else causal
         a = torch.softmax(s.masked_fill(~mask[None], float("-inf")), dim=-1)
-        o = torch.einsum("hij,jhd->ihd", a, v).reshape(n, H * hd)
-        x = x + lin(o, p + "self_attn.o_proj")
-        h = rms(x, w[p + "post_attention_layernorm.weight"])
-        g = torch.nn.functional.silu(lin(h, p + "mlp.gate_proj"))
-        x = x + lin(g * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+        o = lin(torch.einsum("hij,jhd->ihd", a, v).reshape(n, H * hd), p + "self_attn.o_proj")
+        if gemma:  # Gemma's post_attention_layernorm normalises the attention output
+            x = x + rms(o, w[p + "post_attention_layernorm.weight"])
+            h = rms(x, w[p + "pre_feedforward_layernorm.weight"])
+        else:
+            x = x + o
+            h = rms(x, w[p + "post_attention_layernorm.weight"])
+        if fam == "phi3":  # gate_up_proj rows: gate, up
+            gate, up = lin(h, p + "mlp.gate_up_proj").chunk(2, dim=-1)
+        else:
+            gate, up = lin(h, p + "mlp.gate_proj"), lin(h, p + "mlp.up_proj")
+        act = (torch.nn.functional.gelu(gate, approximate="tanh") if gemma
+               else torch.nn.functional.silu(gate))
+        o = lin(act * up, p + "mlp.down_proj")
+        x = x + (rms(o, w[p + "post_feedforward_layernorm.weight"]) if gemma else o)
     x = rms(x, w["model.norm.weight"])
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
-    return x @ head.T
+    return softcap(x @ head.T, cfg.get("final_logit_softcapping"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,7 +490,7 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
     if p.returncode:
         return
     g = G.read_gguf(out)
-    arch = "qwen2" if name == "qwen2" else "llama"
+    arch = family(cfg)
     tm, pre = GGUF_TOK[case["tok"]]
     res.check(g.kv.get("general.architecture") == arch and g.kv.get("tokenizer.ggml.model") == tm
               and (pre is None or g.kv.get("tokenizer.ggml.pre") == pre)
@@ -380,6 +529,18 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
             want = G.dequantize(G.quantize(src, G.Q8_0), G.Q8_0, src.size).reshape(src.shape)
             ok = gq.tensor_types[ggn] == G.Q8_0 and np.array_equal(gq.tensors[ggn], want)
         res.check(ok, f"{name}: --type q8_0 tensors equal the quantized permuted weights")
+        # A llama-quantize file type from the directory, by convert and by quantize, is the file
+        # quantize writes from the converted GGUF.
+        files = [os.path.join(work, name + f"-q4km-{k}.gguf") for k in ("gguf", "conv", "quant")]
+        p1 = run([a.speck, "quantize", out, files[0], "Q4_K_M", "-q"])
+        p2 = convert(a.speck, d, files[1], "--type", "Q4_K_M")
+        p3 = run([a.speck, "quantize", d, files[2], "Q4_K_M", "-q"])
+        ok = not (p1.returncode or p2.returncode or p3.returncode)
+        if ok:
+            ref_bytes = open(files[0], "rb").read()
+            ok = all(open(f, "rb").read() == ref_bytes for f in files[1:])
+        res.check(ok, f"{name}: convert --type Q4_K_M and quantize HF_DIR equal quantize of the "
+                      f"converted file ({(p1.stderr + p2.stderr + p3.stderr).strip()[-300:]})")
 
     # Export -> the original HF tensors bit for bit; export -> convert -> the same GGUF.
     exp = os.path.join(work, name + "-export")
@@ -390,10 +551,20 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
     if p.returncode:
         return
     back = read_hf_tensors(exp)
-    orig = {k: (dt, tuple(t.shape), _raw(t)) for k, (dt, t) in tensors.items()}
+
+    def stored(k, dt, t):
+        # GGUF holds Gemma's norms as f32 1 + w, so an f32 w comes back as (1 + w) - 1 rounded
+        # in f32 (16-bit w exactly: 1 + w has room for its bits).
+        if family(cfg) in ("gemma2", "gemma3") and k.endswith("norm.weight") and dt == "F32":
+            one = np.float32(1)
+            return torch.from_numpy((t.numpy().astype(np.float32) + one) - one)
+        return t
+    orig = {k: (dt, tuple(t.shape), _raw(stored(k, dt, t))) for k, (dt, t) in tensors.items()}
     diff = sorted(k for k in set(orig) | set(back) if orig.get(k) != back.get(k))
     res.check(not diff, f"{name}: exported safetensors equal the originals {diff[:3]}")
     ecfg = json.load(open(os.path.join(exp, "config.json")))
+    # Gemma's config ties the head unless it says otherwise (the gemma2 case leaves it out).
+    cfg.setdefault("tie_word_embeddings", family(cfg) in ("gemma2", "gemma3"))
     res.check(all(ecfg.get(k) == cfg[k] for k in
                   ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "vocab_size", "tie_word_embeddings",
@@ -401,6 +572,22 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
                    "rms_norm_eps", "rope_theta")),
               f"{name}: exported config.json hyper-parameters "
               f"{[(k, ecfg.get(k)) for k in ('rms_norm_eps', 'rope_theta')]}")
+    # The family's own keys come back as written (a window of at least the context is none).
+    fam_keys = ("sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping",
+                "final_logit_softcapping", "layer_types", "rope_local_base_freq",
+                "original_max_position_embeddings", "head_dim")
+    want = {k: cfg[k] for k in fam_keys if k in cfg}
+    if (want.get("sliding_window") or 0) >= cfg["max_position_embeddings"]:
+        want["sliding_window"] = None
+    if family(cfg) == "llama" and want.get("sliding_window") is None:
+        want.pop("sliding_window", None)  # Llama's config has no window
+    rs_ok = True
+    if "short_factor" in (cfg.get("rope_scaling") or {}):
+        ers = ecfg.get("rope_scaling") or {}
+        rs_ok = all(np.allclose(ers.get(k, []), cfg["rope_scaling"][k], rtol=1e-7, atol=0)
+                    for k in ("short_factor", "long_factor"))
+    bad = [(k, ecfg.get(k), v) for k, v in want.items() if ecfg.get(k) != v]
+    res.check(not bad and rs_ok, f"{name}: exported config.json family keys {bad[:3]}")
     out2 = os.path.join(work, name + "-rt.gguf")
     p = convert(a.speck, exp, out2)
     res.check(p.returncode == 0, f"{name}: convert the export ({p.stderr.strip()[-300:]})")
@@ -503,8 +690,9 @@ def main(argv=None) -> int:
         return make_real(a)
     tok = os.path.join(a.node, "node_modules", "@lenml", "tokenizer-llama2", "models")
     if not os.path.exists(tok):
-        print(f"SKIP: npm tokenizers not installed ({tok})")
-        return 0
+        return S.missing(tok, "the HF directories take their tokenizer from tests/node's npm "
+                              "packages: run `bash scripts/deps.sh --test` (or `npm ci` in "
+                              "tests/node)")
     res = Result()
     for name in a.case.split(","):
         test_case(name, CASES[name], a, res, a.workdir)

@@ -1,10 +1,17 @@
-"""Plain-PyTorch reference forward pass for Llama-family models (architectures "llama", "qwen2").
+"""Plain-PyTorch reference forward pass for the dense decoder architectures speck runs: "llama"
+(also Mistral's sliding window), "qwen2", "qwen3", "gemma2", "gemma3", "phi3".
 
 This is the accurate, obviously-correct side of speck's forward-pass tests: no KV cache, no
 kernels, no fusion; everything in float64 by default so that the reference's own rounding is
 negligible next to speck's float32 arithmetic. It follows llama.cpp's conventions for tensor
-names, metadata keys and RoPE layouts, so a model that llama.cpp and speck agree on should
-match this too.
+names, metadata keys and RoPE layouts (gemma's norm weights stored as 1 + w, phi3's fused
+attn_qkv and gate/up ffn_up, LongRoPE's rope_factors_* tensors), so a model that llama.cpp and
+speck agree on should match this too. The layer structure of each architecture follows its
+model definition (Hugging Face transformers' modeling code): Qwen3 / Gemma 3 normalise each q
+and k head before RoPE; Gemma scales embeddings by sqrt(n_embd), normalises the attention and
+FFN outputs before each residual add, uses GELU's tanh form in GeGLU, scales q . k by
+1/sqrt(query_pre_attn_scalar), soft-caps logits as c tanh(x / c), and windows some layers (a
+query at position p sees keys at positions > p - window).
 
 The forward is stateless: it takes the whole token list with explicit positions and an (n, n)
 boolean attention mask. A KV cache, chunked prefill, truncation and token trees are all just
@@ -36,6 +43,23 @@ class HParams:
     rope_neox: bool              # True: rotate (x[i], x[i+d/2]); False: rotate (x[2i], x[2i+1])
     rope_inv_freq: np.ndarray    # (head_dim/2,) float64, all scaling already applied
     rope_pos_scale: float        # positions are multiplied by this (linear scaling: 1/factor)
+    # Architecture features (defaults: the Llama layer).
+    act: str = "silu"            # "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    embd_scale: float = 1.0      # token embeddings multiplied by this
+    attn_scale: float = 0.0      # q . k multiplier (0: 1/sqrt(head_dim))
+    attn_softcap: float = 0.0    # > 0: scores -> c tanh(s / c)
+    final_softcap: float = 0.0   # > 0: logits likewise
+    window: int = 0              # > 0: sliding window of the windowed layers
+    swa_period: int = 0          # llama.cpp's pattern: layer l windowed iff l % P < P - 1 (0: all)
+    swa_inv_freq: np.ndarray | None = None   # windowed layers' own frequencies (None: the same)
+    swa_pos_scale: float = 1.0
+    rope_mscale: float = 1.0     # cos and sin multiplied by this (LongRoPE's attention factor)
+    long_inv_freq: np.ndarray | None = None  # LongRoPE: frequencies with the long factors
+
+    def layer_windowed(self, il: int) -> bool:
+        if self.window <= 0:
+            return False
+        return self.swa_period == 0 or il % self.swa_period < self.swa_period - 1
 
 
 def _get(kv: dict, key: str, default=None, required=True):
@@ -65,9 +89,12 @@ def llama3_inv_freq(inv_freq: np.ndarray, factor: float, low: float, high: float
     return out
 
 
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+
+
 def hparams_from_gguf(kv: dict, tensors: dict) -> HParams:
     arch = kv["general.architecture"]
-    if arch not in ("llama", "qwen2"):
+    if arch not in ARCHS:
         raise ValueError(f"unsupported architecture {arch!r}")
     a = arch + "."
     n_embd = int(_get(kv, a + "embedding_length"))
@@ -78,9 +105,16 @@ def hparams_from_gguf(kv: dict, tensors: dict) -> HParams:
     inv_freq = base ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
 
     pos_scale = 1.0
+    long_inv = None
     scaling = _get(kv, a + "rope.scaling.type", required=False)
     factor = float(_get(kv, a + "rope.scaling.factor", 1.0, required=False))
-    if "rope_freqs.weight" in tensors:
+    if "rope_factors_long.weight" in tensors:
+        # LongRoPE (Phi-3 128k): frequencies divided by per-pair factors, the short ones for a
+        # context within the original one and the long ones beyond (chosen by the caller).
+        short = np.asarray(tensors["rope_factors_short.weight"], dtype=np.float64).reshape(-1)
+        lng = np.asarray(tensors["rope_factors_long.weight"], dtype=np.float64).reshape(-1)
+        inv_freq, long_inv = inv_freq / short, inv_freq / lng
+    elif "rope_freqs.weight" in tensors:
         # How llama.cpp actually ships Llama 3.1 scaling: per-frequency divisors precomputed by
         # the converter. It takes precedence over any scaling keys.
         ff = np.asarray(tensors["rope_freqs.weight"], dtype=np.float64).reshape(-1)
@@ -98,7 +132,7 @@ def hparams_from_gguf(kv: dict, tensors: dict) -> HParams:
     elif scaling not in (None, "none"):
         raise ValueError(f"unsupported rope scaling {scaling!r}")
 
-    return HParams(
+    hp = HParams(
         arch=arch,
         n_vocab=int(tensors["token_embd.weight"].shape[0]),
         n_ctx_train=int(_get(kv, a + "context_length")),
@@ -110,11 +144,47 @@ def hparams_from_gguf(kv: dict, tensors: dict) -> HParams:
         n_ff=int(_get(kv, a + "feed_forward_length")),
         norm_eps=float(_get(kv, a + "attention.layer_norm_rms_epsilon")),
         rope_base=base,
-        # llama.cpp: LLM_ARCH_LLAMA uses LLAMA_ROPE_TYPE_NORM, LLM_ARCH_QWEN2 uses NEOX.
-        rope_neox=(arch == "qwen2"),
+        # llama.cpp: LLM_ARCH_LLAMA uses LLAMA_ROPE_TYPE_NORM, the others here NEOX.
+        rope_neox=(arch != "llama"),
         rope_inv_freq=inv_freq,
         rope_pos_scale=pos_scale,
     )
+    hp.long_inv_freq = long_inv
+    hp.rope_mscale = float(_get(kv, a + "rope.scaling.attn_factor", 1.0, required=False))
+    gemma = arch in ("gemma2", "gemma3")
+    if gemma:
+        hp.act = "gelu_tanh"
+        hp.embd_scale = math.sqrt(n_embd)
+        # query_pre_attn_scalar: n_embd / n_head for the 27B models (46 / 62 layers), else the
+        # head size -- what llama.cpp assumes without an attention.scale key.
+        big = hp.n_layer == (46 if arch == "gemma2" else 62)
+        hp.attn_scale = 1.0 / math.sqrt(n_embd // n_head if big else head_dim)
+    hp.attn_scale = float(_get(kv, a + "attention.scale", hp.attn_scale, required=False))
+    if hp.attn_scale == 0.0:
+        hp.attn_scale = 1.0 / math.sqrt(head_dim)
+    if arch == "gemma2":
+        hp.attn_softcap = float(_get(kv, a + "attn_logit_softcapping", 50.0, required=False))
+        hp.final_softcap = float(_get(kv, a + "final_logit_softcapping", 30.0, required=False))
+    elif arch == "gemma3":
+        hp.final_softcap = float(_get(kv, a + "final_logit_softcapping", 0.0, required=False))
+    if arch in ("llama", "gemma2", "gemma3", "phi3"):
+        default_window = 4096 if arch == "gemma2" else 0
+        hp.window = int(_get(kv, a + "attention.sliding_window", default_window, required=False))
+        hp.swa_period = int(_get(kv, a + "attention.sliding_window_pattern",
+                                 {"gemma2": 2, "gemma3": 6}.get(arch, 0), required=False))
+        if arch == "phi3" and hp.window >= hp.n_ctx_train:
+            hp.window = 0  # Phi-3 128k files say 262144: no window
+    if arch == "gemma3":
+        # Windowed layers: their own base (rope_local_base_freq), no scaling.
+        b = float(_get(kv, a + "rope.freq_base_swa", 10000.0, required=False))
+        hp.swa_inv_freq = b ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
+    elif gemma and a + "rope.freq_base_swa" in kv:
+        # Gemma 2: windowed layers share the global layers' RoPE unless the file gives them a
+        # base of their own (then with the same scaling).
+        b = float(kv[a + "rope.freq_base_swa"])
+        hp.swa_inv_freq = b ** (-2.0 * np.arange(half, dtype=np.float64) / head_dim)
+        hp.swa_pos_scale = pos_scale
+    return hp
 
 
 class LlamaRef:
@@ -130,9 +200,28 @@ class LlamaRef:
         # them); set after construction.
         self.kv_f16 = False
         self.q8_inputs = set(q8_inputs)
+        # LongRoPE: the long factors (speck and llama.cpp use them in a context longer than the
+        # original one); set after construction.
+        self.long_rope = False
         self.w = {k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in tensors.items()}
         if "output.weight" not in self.w:  # tied output head
             self.w["output.weight"] = self.w["token_embd.weight"]
+        hp = self.hp
+        Q, KV, F = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_ff
+        for il in range(hp.n_layer):
+            p = f"blk.{il}."
+            # Fused q/k/v (attn_qkv: q rows, then k, then v) and Phi-3's gate/up (ffn_up of
+            # 2 n_ff rows: gate first) split into the separate tensors.
+            for kind in ("weight", "bias"):
+                fused = self.w.pop(p + "attn_qkv." + kind, None)
+                if fused is not None:
+                    q, k, v = torch.split(fused, [Q, KV, KV], dim=0)
+                    self.w[p + "attn_q." + kind] = q
+                    self.w[p + "attn_k." + kind] = k
+                    self.w[p + "attn_v." + kind] = v
+            up = self.w[p + "ffn_up.weight"]
+            if p + "ffn_gate.weight" not in self.w and up.shape[0] == 2 * F:
+                self.w[p + "ffn_gate.weight"], self.w[p + "ffn_up.weight"] = up[:F], up[F:]
 
     @classmethod
     def from_file(cls, path: str, dtype=torch.float64) -> "LlamaRef":
@@ -145,12 +234,25 @@ class LlamaRef:
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x / torch.sqrt((x * x).mean(-1, keepdim=True) + self.hp.norm_eps) * w
 
-    def rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x: (n, heads, head_dim); pos: (n,). Rotation by angle pos * inv_freq[i] of pair i."""
+    def rope_freqs(self, il: int) -> tuple[np.ndarray, float]:
+        """Layer il's frequencies and position scale: a windowed layer's own (Gemma 3), else the
+        model's (LongRoPE's long ones when long_rope)."""
         hp = self.hp
-        inv = torch.from_numpy(hp.rope_inv_freq).to(self.dtype)
-        ang = (pos.to(self.dtype) * hp.rope_pos_scale)[:, None] * inv[None, :]  # (n, d/2)
-        cos, sin = torch.cos(ang)[:, None, :], torch.sin(ang)[:, None, :]
+        if hp.layer_windowed(il) and hp.swa_inv_freq is not None:
+            return hp.swa_inv_freq, hp.swa_pos_scale
+        if self.long_rope and hp.long_inv_freq is not None:
+            return hp.long_inv_freq, hp.rope_pos_scale
+        return hp.rope_inv_freq, hp.rope_pos_scale
+
+    def rope(self, x: torch.Tensor, pos: torch.Tensor, il: int = 0) -> torch.Tensor:
+        """x: (n, heads, head_dim); pos: (n,). Rotation by angle pos * inv_freq[i] of pair i,
+        cos and sin scaled by the LongRoPE attention factor (1 otherwise)."""
+        hp = self.hp
+        inv_np, pos_scale = self.rope_freqs(il)
+        inv = torch.from_numpy(inv_np).to(self.dtype)
+        ang = (pos.to(self.dtype) * pos_scale)[:, None] * inv[None, :]  # (n, d/2)
+        cos = torch.cos(ang)[:, None, :] * hp.rope_mscale
+        sin = torch.sin(ang)[:, None, :] * hp.rope_mscale
         if hp.rope_neox:
             a, b = x[..., : hp.head_dim // 2], x[..., hp.head_dim // 2:]
             return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1)
@@ -186,32 +288,55 @@ class LlamaRef:
             raise ValueError("a row of the mask attends to nothing")
 
         group = hp.n_head // hp.n_head_kv
-        x = self.w["token_embd.weight"][tok]  # (n, n_embd)
+        w = self.w
+        # Windowed layers: query i sees key j only when pos_i - pos_j < window as well.
+        posd = pos.to(torch.int64)
+        win_mask = mask & ((posd[:, None] - posd[None, :]) < max(hp.window, 1))
+        x = w["token_embd.weight"][tok] * hp.embd_scale  # (n, n_embd)
         for il in range(hp.n_layer):
             p = f"blk.{il}."
-            h = self.rms_norm(x, self.w[p + "attn_norm.weight"])
+            h = self.rms_norm(x, w[p + "attn_norm.weight"])
             q = self.linear(h, p + "attn_q").view(n, hp.n_head, hp.head_dim)
             k = self.linear(h, p + "attn_k").view(n, hp.n_head_kv, hp.head_dim)
             v = self.linear(h, p + "attn_v").view(n, hp.n_head_kv, hp.head_dim)
-            q, k = self.rope(q, pos), self.rope(k, pos)
+            if p + "attn_q_norm.weight" in w:  # QK-norm: RMSNorm over each head
+                q = self.rms_norm(q, w[p + "attn_q_norm.weight"])
+                k = self.rms_norm(k, w[p + "attn_k_norm.weight"])
+            q, k = self.rope(q, pos, il), self.rope(k, pos, il)
             if self.kv_f16:
                 k, v = k.half().to(self.dtype), v.half().to(self.dtype)
             # GQA: query head hq reads kv head hq // group (consecutive query heads share one).
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
-            scores = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(hp.head_dim)
-            scores = scores.masked_fill(~mask[None], float("-inf"))
+            scores = torch.einsum("ihd,jhd->hij", q, k) * hp.attn_scale
+            if hp.attn_softcap > 0:
+                scores = hp.attn_softcap * torch.tanh(scores / hp.attn_softcap)
+            m = win_mask if hp.layer_windowed(il) else mask
+            scores = scores.masked_fill(~m[None], float("-inf"))
             attn = torch.softmax(scores, dim=-1)
             o = torch.einsum("hij,jhd->ihd", attn, v).reshape(n, hp.n_head * hp.head_dim)
-            x = x + self.linear(o, p + "attn_output")
+            o = self.linear(o, p + "attn_output")
+            if p + "post_attention_norm.weight" in w:  # Gemma: the output normalised first
+                o = self.rms_norm(o, w[p + "post_attention_norm.weight"])
+            x = x + o
 
-            h = self.rms_norm(x, self.w[p + "ffn_norm.weight"])
+            h = self.rms_norm(x, w[p + "ffn_norm.weight"])
             g = self.linear(h, p + "ffn_gate")
             u = self.linear(h, p + "ffn_up")
-            x = x + self.linear(torch.nn.functional.silu(g) * u, p + "ffn_down")
+            if hp.act == "gelu_tanh":
+                a = torch.nn.functional.gelu(g, approximate="tanh")
+            else:
+                a = torch.nn.functional.silu(g)
+            o = self.linear(a * u, p + "ffn_down")
+            if p + "post_ffw_norm.weight" in w:
+                o = self.rms_norm(o, w[p + "post_ffw_norm.weight"])
+            x = x + o
 
-        x = self.rms_norm(x, self.w["output_norm.weight"])
-        return self.linear(x, "output")
+        x = self.rms_norm(x, w["output_norm.weight"])
+        logits = self.linear(x, "output")
+        if hp.final_softcap > 0:
+            logits = hp.final_softcap * torch.tanh(logits / hp.final_softcap)
+        return logits
 
 
 def q8_0_roundtrip(x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
 """Write small random-weight GGUF models that exercise one model feature each.
 
-Each config differs from the plain GQA Llama in exactly one respect (attention grouping, tied
-output head, Qwen2 biases + NEOX RoPE, a RoPE scaling scheme, a non-default head size), so a
-failing config points at the feature at fault. Sizes are tiny so the float64 reference runs in
+Each Llama config differs from the plain GQA Llama in exactly one respect (attention grouping,
+tied output head, Qwen2 biases + NEOX RoPE, a RoPE scaling scheme, a non-default head size,
+Mistral's sliding window), so a failing config points at the feature at fault; the other
+architectures (qwen3, gemma2, gemma3, phi3) get one config each with everything they add, their
+soft-caps and windows small enough that these tiny models feel them. Sizes are tiny so the float64 reference runs in
 well under a second, while every row length is a multiple of 32 so that the block-quantized
 types (Q8_0, Q4_0) can store every matrix.
 
@@ -13,6 +15,7 @@ Usage: make_model.py --config gqa --type f32 --seed 1 -o out.gguf
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -27,7 +30,15 @@ BASE = dict(
     head_dim=16, n_ff=192, eps=1e-5, rope_base=10000.0, tied=False, qkv_bias=False,
     rope_scaling=None, rope_factor=1.0, rope_freqs_tensor=False,
     explicit_head_dim=False,
+    # Architecture features (keys are written only when not None).
+    qk_norm=False, post_norms=False, fused=False, window=None, swa_period=None,
+    freq_base_swa=None, attn_scale=None, attn_softcap=None, final_softcap=None,
+    longrope_orig=None,  # LongRoPE: original context (factor tensors + attn_factor written)
 )
+
+# A window of 8 positions: the 20-token sequences cross it, and the 600-token ones make a
+# windowed layer's ring (window + 64 rows) wrap many times.
+WINDOW = 8
 
 CONFIGS = {
     "gqa": {},
@@ -45,7 +56,36 @@ CONFIGS = {
     "linear": dict(rope_scaling="linear", rope_factor=2.0),
     # head_dim given by attention.key_length and != n_embd / n_head (q width 128 != n_embd 64).
     "headdim": dict(head_dim=32, explicit_head_dim=True),
+    # Mistral v0.1: every layer windowed (llama.attention.sliding_window).
+    "mistral": dict(window=WINDOW),
+    # Qwen3: RMSNorm over each q / k head, NEOX, head_dim 32 != n_embd / n_head as in Qwen3.
+    "qwen3": dict(arch="qwen3", qk_norm=True, rope_base=1e6, eps=1e-6, head_dim=32,
+                  explicit_head_dim=True, tied=True),
+    # Gemma 2: post-norms, GeGLU, sqrt(n_embd) embeddings, query_pre_attn_scalar 24 (not the
+    # head size), soft-caps that bend these models' scores (~+-2) and logits (~+-3), layer 0
+    # windowed and layer 1 global (the default pattern 2).
+    "gemma2": dict(arch="gemma2", post_norms=True, tied=True, eps=1e-6, window=WINDOW,
+                   attn_scale=24 ** -0.5, attn_softcap=1.5, final_softcap=2.0),
+    # Gemma 3: QK-norm too, no attention soft-cap; layers 0, 1, 3 windowed (pattern 3) with
+    # their own unscaled RoPE base, layer 2 global with base 1e6 and linear scaling 2.
+    "gemma3": dict(arch="gemma3", post_norms=True, qk_norm=True, tied=True, eps=1e-6,
+                   n_layer=4, window=WINDOW, swa_period=3, rope_base=1e6, freq_base_swa=1e4,
+                   rope_scaling="linear", rope_factor=2.0, final_softcap=2.5),
+    # Phi-3: fused attn_qkv and gate/up; LongRoPE factors for an original context of 2048, so
+    # speck's 1024-position test context takes the short ones...
+    "phi3": dict(arch="phi3", fused=True, n_ctx=4096, longrope_orig=2048),
+    # ... and of 64, so it takes the long ones.
+    "phi3long": dict(arch="phi3", fused=True, n_ctx=4096, longrope_orig=64),
 }
+
+# speck's forward_dump context (positions), which decides LongRoPE's factors.
+DUMP_CTX = 1024
+
+
+def longrope_long(c: dict) -> bool:
+    """Whether an engine with a DUMP_CTX context uses the long LongRoPE factors (llama.cpp and
+    speck switch when the context exceeds the original one)."""
+    return bool(c["longrope_orig"]) and DUMP_CTX > c["longrope_orig"]
 
 # Llama 3.1 scaling constants used by the llama3 configs. With head_dim 16 and base 1e4 the
 # wavelengths are 6.3, 20, 63, 199, ... so orig_ctx 64 / high 4 = 16 and 64 / low 1 = 64 put
@@ -53,6 +93,27 @@ CONFIGS = {
 LLAMA3_LOW, LLAMA3_HIGH, LLAMA3_ORIG_CTX = 1.0, 4.0, 64
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+# The other block types, and "mix": a llama.cpp-Q4_K_M-like file holding every block type at
+# once (see MIX). Types with 256-value super-blocks (and mix) use widened models (WIDE) so that
+# every row length is a multiple of 256.
+QTYPES = ("q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs",
+          "mix")
+ALL_TYPES = TYPES + QTYPES
+WIDE = dict(n_embd=256, n_ff=512)
+# mix: Q4_K matrices, a Q6_K head and Q6_K attn_v / ffn_down in layer 0 (as llama.cpp's Q4_K_M
+# does in some layers), and one matrix of each other block type.
+MIX_DEFAULT = "q4_k"
+MIX = {"output.weight": "q6_k", "blk.0.attn_v.weight": "q6_k", "blk.0.ffn_down.weight": "q6_k",
+       "blk.0.attn_k.weight": "q5_0", "blk.0.ffn_gate.weight": "iq4_xs",
+       "blk.0.attn_output.weight": "q8_0", "blk.1.attn_q.weight": "q3_k",
+       "blk.1.attn_k.weight": "q4_1", "blk.1.attn_v.weight": "q5_1",
+       "blk.1.attn_output.weight": "iq4_nl", "blk.1.ffn_gate.weight": "q2_k",
+       "blk.1.ffn_up.weight": "q5_k", "blk.1.ffn_down.weight": "q4_0"}
+
+
+def wide(wtype: str) -> bool:
+    return wtype == "mix" or (wtype in G.TYPE_FROM_NAME and
+                              G._BLOCK[G.TYPE_FROM_NAME[wtype]][0] == 256)
 
 
 def config(name: str) -> dict:
@@ -102,7 +163,10 @@ def tokenizer_kv(n_vocab: int) -> list:
 def build(c: dict, wtype: str = "f32", seed: int = 1):
     """Return (kv list, tensor list) for write_gguf. Matrices (token_embd included) use wtype;
     norms, biases and rope_freqs are always f32, as real converters store them."""
-    qt = G.TYPE_FROM_NAME[wtype]
+    if wide(wtype):
+        c = dict(c, **WIDE)
+        c["head_dim"] *= 4
+    qt = G.TYPE_FROM_NAME[MIX_DEFAULT if wtype == "mix" else wtype]
     rng = np.random.default_rng(seed)
     E, F, D = c["n_embd"], c["n_ff"], c["head_dim"]
     Hq, Hkv = c["n_head"] * D, c["n_head_kv"] * D
@@ -120,18 +184,31 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
     for il in range(c["n_layer"]):
         p = f"blk.{il}."
         tensors.append((p + "attn_norm.weight", norm(E), G.F32))
-        tensors.append((p + "attn_q.weight", mat(Hq, E), qt))
-        tensors.append((p + "attn_k.weight", mat(Hkv, E), qt))
-        tensors.append((p + "attn_v.weight", mat(Hkv, E), qt))
+        if c["fused"]:  # q, k, v rows in one tensor
+            tensors.append((p + "attn_qkv.weight", mat(Hq + 2 * Hkv, E), qt))
+        else:
+            tensors.append((p + "attn_q.weight", mat(Hq, E), qt))
+            tensors.append((p + "attn_k.weight", mat(Hkv, E), qt))
+            tensors.append((p + "attn_v.weight", mat(Hkv, E), qt))
         if c["qkv_bias"]:
             tensors.append((p + "attn_q.bias", bias(Hq), G.F32))
             tensors.append((p + "attn_k.bias", bias(Hkv), G.F32))
             tensors.append((p + "attn_v.bias", bias(Hkv), G.F32))
+        if c["qk_norm"]:
+            tensors.append((p + "attn_q_norm.weight", norm(D), G.F32))
+            tensors.append((p + "attn_k_norm.weight", norm(D), G.F32))
         tensors.append((p + "attn_output.weight", mat(E, Hq), qt))
+        if c["post_norms"]:
+            tensors.append((p + "post_attention_norm.weight", norm(E), G.F32))
         tensors.append((p + "ffn_norm.weight", norm(E), G.F32))
-        tensors.append((p + "ffn_gate.weight", mat(F, E), qt))
-        tensors.append((p + "ffn_up.weight", mat(F, E), qt))
+        if c["fused"]:  # gate rows, then up rows
+            tensors.append((p + "ffn_up.weight", mat(2 * F, E), qt))
+        else:
+            tensors.append((p + "ffn_gate.weight", mat(F, E), qt))
+            tensors.append((p + "ffn_up.weight", mat(F, E), qt))
         tensors.append((p + "ffn_down.weight", mat(E, F), qt))
+        if c["post_norms"]:
+            tensors.append((p + "post_ffw_norm.weight", norm(E), G.F32))
     tensors.append(("output_norm.weight", norm(E), G.F32))
     if not c["tied"]:
         tensors.append(("output.weight", mat(c["n_vocab"], E), qt))
@@ -170,7 +247,30 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
         scaled = llama3_inv_freq(inv, c["rope_factor"], LLAMA3_LOW, LLAMA3_HIGH, LLAMA3_ORIG_CTX)
         tensors.append(("rope_freqs.weight", (inv / scaled).astype(np.float32), G.F32))
 
+    optional = [("attention.sliding_window", G.GGUF_U32, c["window"]),
+                ("attention.sliding_window_pattern", G.GGUF_U32, c["swa_period"]),
+                ("rope.freq_base_swa", G.GGUF_F32, c["freq_base_swa"]),
+                ("attention.scale", G.GGUF_F32, c["attn_scale"]),
+                ("attn_logit_softcapping", G.GGUF_F32, c["attn_softcap"]),
+                ("final_logit_softcapping", G.GGUF_F32, c["final_softcap"])]
+    kv += [(a + k, t, v) for k, t, v in optional if v is not None]
+    if c["longrope_orig"]:
+        # Phi-3's LongRoPE as llama.cpp's converter writes it: per-pair divisors for short and
+        # long contexts, the original context, and the attention factor of the paper,
+        # sqrt(1 + ln(s) / ln(orig)) with s = context / original context.
+        orig = c["longrope_orig"]
+        tensors.append(("rope_factors_short.weight",
+                        rng.uniform(1.0, 3.0, D // 2).astype(np.float32), G.F32))
+        tensors.append(("rope_factors_long.weight",
+                        rng.uniform(1.0, 20.0, D // 2).astype(np.float32), G.F32))
+        kv.append((a + "rope.scaling.original_context_length", G.GGUF_U32, orig))
+        scale = c["n_ctx"] / orig
+        kv.append((a + "rope.scaling.attn_factor", G.GGUF_F32,
+                   math.sqrt(1 + math.log(scale) / math.log(orig))))
+
     kv += tokenizer_kv(c["n_vocab"])
+    if wtype == "mix":
+        tensors = [(n, a, G.TYPE_FROM_NAME[MIX[n]] if n in MIX else t) for n, a, t in tensors]
     return kv, tensors
 
 
@@ -183,7 +283,7 @@ def make_model(config_name: str, path: str, wtype: str = "f32", seed: int = 1) -
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="gqa", choices=sorted(CONFIGS))
-    ap.add_argument("--type", default="f32", choices=TYPES)
+    ap.add_argument("--type", default="f32", choices=ALL_TYPES)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)

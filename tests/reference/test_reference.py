@@ -165,22 +165,24 @@ def test_rope(tmp: str) -> None:
 
 # ---- forward ---------------------------------------------------------------------------------
 
-def naive_forward(g: G.GGUFFile, tokens, positions, mask) -> np.ndarray:
+def naive_forward(g: G.GGUFFile, tokens, positions, mask, long_rope=False) -> np.ndarray:
     """Deliberately plain numpy: one loop per layer/head/row, RoPE by explicit 2x2 rotations,
-    the kv head looked up per query head. Shares nothing with LlamaRef but hparams parsing."""
+    the kv head looked up per query head, fused tensors cut by row slices, GELU and tanh written
+    out. Shares nothing with LlamaRef but hparams parsing."""
     hp = L.hparams_from_gguf(g.kv, g.tensors)
     W = {k: v.astype(np.float64) for k, v in g.tensors.items()}
     out_w = W.get("output.weight", W["token_embd.weight"])
     n, D = len(tokens), hp.head_dim
+    Q, KV, F = hp.n_head * D, hp.n_head_kv * D, hp.n_ff
 
     def norm(x, w):
         return x / math.sqrt(float(np.mean(x * x)) + hp.norm_eps) * w
 
-    def rope_vec(v, p):
+    def rope_vec(v, p, inv, ps):
         v = v.copy()
         for i in range(D // 2):
-            a = p * hp.rope_pos_scale * hp.rope_inv_freq[i]
-            c, s = math.cos(a), math.sin(a)
+            a = p * ps * inv[i]
+            c, s = math.cos(a) * hp.rope_mscale, math.sin(a) * hp.rope_mscale
             j0, j1 = (i, i + D // 2) if hp.rope_neox else (2 * i, 2 * i + 1)
             v[j0], v[j1] = v[j0] * c - v[j1] * s, v[j0] * s + v[j1] * c
         return v
@@ -189,32 +191,68 @@ def naive_forward(g: G.GGUFFile, tokens, positions, mask) -> np.ndarray:
         y = W[name + ".weight"] @ x
         return y + W[name + ".bias"] if name + ".bias" in W else y
 
-    x = [W["token_embd.weight"][t].copy() for t in tokens]
+    def cap(s, c):
+        return c * math.tanh(s / c) if c > 0 else s
+
+    def act(x):
+        if hp.act == "gelu_tanh":
+            return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+        return x / (1 + np.exp(-x))
+
+    x = [W["token_embd.weight"][t].copy() * hp.embd_scale for t in tokens]
     for il in range(hp.n_layer):
         p = f"blk.{il}."
+        if p + "attn_qkv.weight" in W:  # fused: q rows, k rows, v rows
+            qkv = W[p + "attn_qkv.weight"]
+            W[p + "attn_q.weight"], W[p + "attn_k.weight"] = qkv[:Q], qkv[Q:Q + KV]
+            W[p + "attn_v.weight"] = qkv[Q + KV:]
+        if p + "ffn_gate.weight" not in W:  # Phi-3: gate rows, then up rows
+            up = W[p + "ffn_up.weight"]
+            W[p + "ffn_gate.weight"], W[p + "ffn_up.weight"] = up[:F], up[F:]
+        windowed = hp.layer_windowed(il)
+        if windowed and hp.swa_inv_freq is not None:
+            inv, ps = hp.swa_inv_freq, hp.swa_pos_scale
+        elif long_rope and hp.long_inv_freq is not None:
+            inv, ps = hp.long_inv_freq, hp.rope_pos_scale
+        else:
+            inv, ps = hp.rope_inv_freq, hp.rope_pos_scale
         h = [norm(xi, W[p + "attn_norm.weight"]) for xi in x]
         q = [lin(hi, p + "attn_q").reshape(hp.n_head, D) for hi in h]
         k = [lin(hi, p + "attn_k").reshape(hp.n_head_kv, D) for hi in h]
         v = [lin(hi, p + "attn_v").reshape(hp.n_head_kv, D) for hi in h]
-        q = [np.stack([rope_vec(qi[hh], positions[i]) for hh in range(hp.n_head)])
+        if p + "attn_q_norm.weight" in W:
+            q = [np.stack([norm(qh, W[p + "attn_q_norm.weight"]) for qh in qi]) for qi in q]
+            k = [np.stack([norm(kh, W[p + "attn_k_norm.weight"]) for kh in ki]) for ki in k]
+        q = [np.stack([rope_vec(qi[hh], positions[i], inv, ps) for hh in range(hp.n_head)])
              for i, qi in enumerate(q)]
-        k = [np.stack([rope_vec(ki[hh], positions[i]) for hh in range(hp.n_head_kv)])
+        k = [np.stack([rope_vec(ki[hh], positions[i], inv, ps) for hh in range(hp.n_head_kv)])
              for i, ki in enumerate(k)]
         for i in range(n):
             o = np.zeros(hp.n_head * D)
             for hh in range(hp.n_head):
                 kvh = hh * hp.n_head_kv // hp.n_head
-                js = [j for j in range(n) if mask[i][j]]
-                s = np.array([q[i][hh] @ k[j][kvh] / math.sqrt(D) for j in js])
+                js = [j for j in range(n) if mask[i][j] and
+                      (not windowed or positions[i] - positions[j] < hp.window)]
+                s = np.array([cap(q[i][hh] @ k[j][kvh] * hp.attn_scale, hp.attn_softcap)
+                              for j in js])
                 pr = np.exp(s - s.max())
                 pr /= pr.sum()
                 o[hh * D:(hh + 1) * D] = sum(pr[t] * v[j][kvh] for t, j in enumerate(js))
-            x[i] = x[i] + lin(o, p + "attn_output")
+            o = lin(o, p + "attn_output")
+            if p + "post_attention_norm.weight" in W:
+                o = norm(o, W[p + "post_attention_norm.weight"])
+            x[i] = x[i] + o
         for i in range(n):
             h = norm(x[i], W[p + "ffn_norm.weight"])
             gg, uu = lin(h, p + "ffn_gate"), lin(h, p + "ffn_up")
-            x[i] = x[i] + lin(gg / (1 + np.exp(-gg)) * uu, p + "ffn_down")
-    return np.stack([out_w @ norm(xi, W["output_norm.weight"]) for xi in x])
+            o = lin(act(gg) * uu, p + "ffn_down")
+            if p + "post_ffw_norm.weight" in W:
+                o = norm(o, W[p + "post_ffw_norm.weight"])
+            x[i] = x[i] + o
+    logits = np.stack([out_w @ norm(xi, W["output_norm.weight"]) for xi in x])
+    if hp.final_softcap > 0:
+        logits = hp.final_softcap * np.tanh(logits / hp.final_softcap)
+    return logits
 
 
 def test_forward(tmp: str) -> None:
@@ -227,8 +265,9 @@ def test_forward(tmp: str) -> None:
         mask = rng.random((n, n)) < 0.5
         mask[np.arange(n), np.arange(n)] = True
         pos = rng.permutation(40)[:n]
+        m.long_rope = M.longrope_long(M.config(cfg))
         got = m.forward(tokens, pos, mask).numpy()
-        want = naive_forward(g, tokens, pos, mask)
+        want = naive_forward(g, tokens, pos, mask, m.long_rope)
         err = np.abs(got - want).max()
         check(f"forward {cfg} vs naive loops", err < 1e-10, f"{err:.1e}")
 
@@ -248,8 +287,9 @@ def test_forward(tmp: str) -> None:
         diff = (m.forward(tokens, pos) - full)[-1].abs().max().item()
         check(f"positions matter {cfg}", diff > 1e-3, f"{diff:.1e}")
 
-    # Tree mask in one forward == each root-to-node path run as an ordinary causal sequence.
-    for cfg in ("gqa", "qwen2"):
+    # Tree mask in one forward == each root-to-node path run as an ordinary causal sequence (a
+    # window by position, as the tree's nodes sit at prefix + depth).
+    for cfg in ("gqa", "qwen2", "mistral", "gemma3"):
         _, m = model(cfg, tmp=tmp)
         P, parents = 5, [-1, 0, 0, 1, 1, 2, -1, 6, 7]
         seq = rng.integers(0, 300, size=P + len(parents)).tolist()
@@ -290,6 +330,38 @@ def test_forward(tmp: str) -> None:
     diff = (la - lc).abs().max().item()
     check("llama3 keys == rope_freqs tensor", err < 1e-5 and diff > 1e-2,
           f"{err:.1e} (vs unscaled {diff:.1e})")
+
+    # A window wider than the sequence changes nothing; one inside it does.
+    g, m = model("mistral", tmp=tmp)
+    _, plain = model("gqa", tmp=tmp)
+    err = (m.forward(tokens) - plain.forward(tokens)).abs().max().item()
+    diff = (m.forward(long) - plain.forward(long)).abs().max().item()
+    check("window 8 changes 12 and 40 tokens", err > 1e-3 and diff > 1e-3,
+          f"{err:.1e} {diff:.1e}")
+    err = (m.forward(tokens[:8]) - plain.forward(tokens[:8])).abs().max().item()
+    check("window 8 over 8 tokens == no window", err < 1e-12, f"{err:.1e}")
+
+    # Phi-3's fused tensors are the separate ones stacked: the same model as qwen2's layout
+    # (NEOX, no biases) with q/k/v and gate/up cut apart.
+    g, m = model("phi3", tmp=tmp)
+    hp = m.hp
+    Q, KV, F = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_ff
+    t2 = {k: v for k, v in g.tensors.items() if not k.startswith("rope_factors")}
+    for il in range(hp.n_layer):
+        p = f"blk.{il}."
+        qkv, up = t2.pop(p + "attn_qkv.weight"), t2.pop(p + "ffn_up.weight")
+        t2.update({p + "attn_q.weight": qkv[:Q], p + "attn_k.weight": qkv[Q:Q + KV],
+                   p + "attn_v.weight": qkv[Q + KV:], p + "ffn_gate.weight": up[:F],
+                   p + "ffn_up.weight": up[F:]})
+    kv2 = {k.replace("phi3.", "qwen2."): v for k, v in g.kv.items() if "rope.scaling" not in k}
+    kv2["general.architecture"] = "qwen2"
+    ref_q = L.LlamaRef(kv2, t2)
+    m.long_rope = False
+    # LongRoPE off on the phi3 side: factors of 1 and attention factor 1.
+    m.hp.rope_inv_freq = ref_q.hp.rope_inv_freq
+    m.hp.rope_mscale = 1.0
+    err = (ref_q.forward(tokens) - m.forward(tokens)).abs().max().item()
+    check("phi3 fused qkv / gate-up == qwen2 layout split", err < 1e-12, f"{err:.1e}")
 
     # float32 vs float64 reference: the size of rounding a float32 engine cannot avoid.
     for cfg in ("gqa", "qwen2"):
