@@ -104,7 +104,8 @@ def main():
         if not os.path.exists(path):
             subprocess.run([a.speck, "init", "--preset", preset, "--type", typ, "--seed", "1",
                             "-o", path], check=True, env=env)
-        sp, stg, lp, ltg, rss, roof, frac, btg = [], [], [], [], [], [], [], []
+        sp, stg, lp, ltg, rss, roof, frac, btg, bw = [], [], [], [], [], [], [], [], []
+        load0 = os.getloadavg()[0]
         # One warm-up of each (page cache, CPU clocks), then alternate so drift hits both alike.
         speck_once(a.speck, path, 16, 4, a.threads, env)
         llama_once(a.llama_bin, path, 16, 4, a.threads, env)
@@ -115,6 +116,7 @@ def main():
             rss.append(d["peak_rss_mib"])
             roof.append(d["roofline_tok_s"])
             frac.append(d["roofline_fraction"])
+            bw.append(d.get("bandwidth_gb_s", 0.0))
             l = llama_once(a.llama_bin, path, a.pp, a.tg, a.threads, env)
             lp.append(l.get("pp", 0.0))
             ltg.append(l.get("tg", 0.0))
@@ -126,6 +128,12 @@ def main():
             "speck_tg": statistics.median(stg), "llama_tg": statistics.median(ltg),
             "roofline_tg": statistics.median(roof), "speck_peak_rss_mib": max(rss),
             "runs": a.reps,
+            # The minute's conditions: the read probe's bandwidth (median over speck's runs) and
+            # the 1-minute load average before and after (other tenants of a shared machine).
+            "bandwidth_gb_s": statistics.median(bw), "loadavg": [load0, os.getloadavg()[0]],
+            # Run-by-run ratios (the programs alternate, so each pair shares its minute).
+            "pp_ratio_runs": [x / y for x, y in zip(sp, lp) if y],
+            "tg_ratio_runs": [x / y for x, y in zip(stg, ltg) if y],
         }
         if btg:
             r["base_tg"] = statistics.median(btg)
@@ -143,15 +151,19 @@ def main():
           f"{f', speck SPECK_ISA={a.isa}' if a.isa else ''}"
           f"{', speck --hugepages vs llama.cpp -mmp 0' if a.hugepages else ''}\n")
     print("| model | type | file MiB | speck pp t/s | llama.cpp pp t/s | pp ratio | speck tg t/s "
-          "| llama.cpp tg t/s | tg ratio | tg roofline t/s | % of roofline | speck peak RSS MiB |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| llama.cpp tg t/s | tg ratio | tg ratio per run | tg roofline t/s | % of roofline "
+          "| probe GB/s | speck peak RSS MiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: "
+          "| ---: |")
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
     for r in results:
         print(f"| {r['model']} | {r['type']} | {r['file_mib']:.0f} | {f(r['speck_pp'], '.1f')} | "
               f"{f(r['llama_pp'], '.1f')} | {f(r['pp_ratio'], '.2f')}x | {r['speck_tg']:.1f} | "
-              f"{r['llama_tg']:.1f} | {f(r['tg_ratio'], '.2f')}x | {r['roofline_tg']:.1f} | "
-              f"{100 * r['tg_roofline_fraction']:.0f} % | {r['speck_peak_rss_mib']:.0f} |")
+              f"{r['llama_tg']:.1f} | {f(r['tg_ratio'], '.2f')}x | "
+              f"{' / '.join(format(x, '.2f') for x in r['tg_ratio_runs'])} | {r['roofline_tg']:.1f} | "
+              f"{100 * r['tg_roofline_fraction']:.0f} % | {r['bandwidth_gb_s']:.0f} | "
+              f"{r['speck_peak_rss_mib']:.0f} |")
     if any("base_tg" in r for r in results):
         print("\n| model | type | speck tg t/s | --speck-base tg t/s | ratio |")
         print("| --- | --- | ---: | ---: | ---: |")
