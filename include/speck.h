@@ -74,6 +74,9 @@ typedef enum {
     SPECK_TYPE_IQ4_NL = 20,
     SPECK_TYPE_IQ4_XS = 23,
     SPECK_TYPE_BF16 = 30,
+    // speck's own (no ggml id near it; llama.cpp cannot load it): 2:4-sparse rows with 8-bit
+    // values, 22 bytes per 32 weights (docs/sparsity.md has the layout).
+    SPECK_TYPE_S24_Q8 = 100,
 } speck_type;
 
 // "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
@@ -766,6 +769,8 @@ typedef struct {
                      // (f32, f16, bf16, q8_0, q4_0, q5_0), else f16
     double damp;     // SparseGPT: added to H's diagonal as a fraction of its mean (0: 0.01)
     int blocksize;   // SparseGPT: columns per mask-selection block (0: 128, the paper's)
+    const char *dense_path; // with a sparse out_type (SPECK_TYPE_S24_Q8): also write the same
+                            // pruned weights densely here (the default types; llama.cpp runs it)
 } speck_prune_opts;
 
 // "50%", "0.6" (unstructured) or "2:4" (N:M) into o. 0, or SPECK_ERR_ARG saying what is

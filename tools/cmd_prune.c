@@ -16,8 +16,8 @@ int cmd_prune(int argc, char **argv) {
         if (cli_flag(argv[i], "--help", "-h")) {
             printf("usage: speck prune IN OUT --sparsity 50%%|0.6|2:4\n"
                    "         [--method magnitude|wanda|sparsegpt] [--calib TEXT] [--calib-ctx N]\n"
-                   "         [--calib-tokens N] [--type T] [--embd-head] [--dense] [--threads N]\n"
-                   "         [--quiet]\n\n"
+                   "         [--calib-tokens N] [--type T] [--dense FILE] [--embd-head]\n"
+                   "         [--threads N] [--quiet]\n\n"
                    "Write IN (GGUF) with every layer matrix pruned: the given fraction of each\n"
                    "row zeroed, or N:M (at most N nonzeros in every M consecutive inputs).\n"
                    "  magnitude   the smallest |W| of each row (no calibration)\n"
@@ -25,12 +25,14 @@ int cmd_prune(int argc, char **argv) {
                    "  sparsegpt   OBS masks per 128-column block with the error compensated on\n"
                    "              the remaining weights under the input Hessian (--calib)\n"
                    "The output is dense (zeros in place; llama.cpp runs it) in the source's type\n"
-                   "when that stores zero exactly (f32, f16, bf16, q8_0, q4_0, q5_0), else f16\n"
-                   "(--type T to choose). The embedding and output head stay dense unless\n"
-                   "--embd-head (the embedding then by magnitude). --dense is the default and\n"
-                   "only output for now. Calibration: --calib-ctx window (default the model's\n"
-                   "context, at most 512), --calib-tokens N uses the first N. OUT appears only\n"
-                   "when complete. See docs/sparsity.md.\n");
+                   "when that stores zero exactly (f32, f16, bf16, q8_0, q4_0, q5_0), else f16.\n"
+                   "--type s24_q8 (with --sparsity 2:4) stores speck's sparse 8-bit format\n"
+                   "instead: 22 bytes per 32 weights, faster decoding, but llama.cpp cannot load\n"
+                   "it; --dense FILE also writes the same pruned weights densely to FILE.\n"
+                   "The embedding and output head stay dense unless --embd-head (the embedding\n"
+                   "then by magnitude). Calibration: --calib-ctx window (default the model's\n"
+                   "context, at most 512), --calib-tokens N uses the first N. Outputs appear\n"
+                   "only when complete. See docs/sparsity.md.\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--method", NULL, &v))
             method = v;
@@ -49,8 +51,8 @@ int cmd_prune(int argc, char **argv) {
             }
         } else if (cli_flag(argv[i], "--embd-head", NULL))
             o.embd_head = true;
-        else if (cli_flag(argv[i], "--dense", NULL))
-            ; // the only output so far
+        else if (cli_opt(argc, argv, &i, "--dense", NULL, &v))
+            o.dense_path = v;
         else if (cli_flag(argv[i], "--quiet", "-q"))
             quiet = true;
         else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))

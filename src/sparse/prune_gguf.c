@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "calib/calib.h"
 #include "formats/gguf_internal.h"
@@ -26,9 +27,12 @@ static bool stores_zero(int t) {
            t == SPECK_TYPE_Q8_0 || t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q5_0;
 }
 
-static int out_type_of(const speck_gguf_tensor *t, const speck_prune_opts *o) {
-    if (o->out_type >= 0) return o->out_type;
+static int dense_type_of(const speck_gguf_tensor *t) {
     return stores_zero(t->type) ? t->type : SPECK_TYPE_F16;
+}
+
+static int out_type_of(const speck_gguf_tensor *t, const speck_prune_opts *o) {
+    return o->out_type >= 0 ? o->out_type : dense_type_of(t);
 }
 
 typedef struct {
@@ -125,6 +129,46 @@ static int prune_tensor(const speck_gguf_tensor *t, const speck_prune_opts *o,
     return speck_prune_matrix(&mo, W, rows, cols, H, x2);
 }
 
+// The output's header: g's metadata with the pruning recorded, its tensors with the pruned
+// matrices in their output types (dense: the dense copy's). Grows *max_out (bytes of the
+// largest pruned tensor) and *max_el (its elements).
+static int make_writer(const speck_gguf *g, const speck_prune_opts *o, bool dense,
+                       speck_gguf_writer **out, size_t *max_out, int64_t *max_el) {
+    speck_gguf_writer *w = speck_gguf_writer_new();
+    if (!w) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    const int64_t nt = speck_gguf_n_tensors(g);
+    int rc = 0, first = -1;
+    for (int64_t i = 0; !rc && i < speck_gguf_n_kv(g); i++)
+        if (strcmp(speck_gguf_key(g, i), "general.file_type")) rc = speck_gguf_copy_kv(w, g, i);
+    char spars[32];
+    if (o->nm_m > 0)
+        snprintf(spars, sizeof spars, "%d:%d", o->nm_n, o->nm_m);
+    else
+        snprintf(spars, sizeof spars, "%g", o->sparsity);
+    static const char *const mname[] = {"magnitude", "wanda", "sparsegpt"};
+    if (!rc) rc = speck_gguf_set_str(w, "speck.prune.method", mname[o->method]);
+    if (!rc) rc = speck_gguf_set_str(w, "speck.prune.sparsity", spars);
+    for (int64_t i = 0; !rc && i < nt; i++) {
+        const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
+        const bool p = prunable(t, o);
+        const int ot = !p ? t->type : dense ? dense_type_of(t) : out_type_of(t, o);
+        if (p && first < 0) first = ot;
+        rc = speck_gguf_add_tensor(w, t->name, (speck_type)ot, t->n_dims, t->ne, NULL);
+        if (p) {
+            const size_t ob = speck_type_row_size((speck_type)ot, t->ne[0]) *
+                              (size_t)(t->n_elements / t->ne[0]);
+            if (ob > *max_out) *max_out = ob;
+            if (t->n_elements > *max_el) *max_el = t->n_elements;
+        }
+    }
+    // general.file_type: llama.cpp's code of the matrices' type (speck's own types have none).
+    const int ft = first >= 0 ? speck_gguf_file_type(first) : -1;
+    if (!rc && ft >= 0) rc = speck_gguf_set_u32(w, "general.file_type", (uint32_t)ft);
+    if (rc) speck_gguf_writer_free(w), w = NULL;
+    *out = w;
+    return rc;
+}
+
 int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *o,
                      bool progress) {
     if (o->method < SPECK_PRUNE_MAGNITUDE || o->method > SPECK_PRUNE_SPARSEGPT)
@@ -132,7 +176,7 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
     speck_gguf *g = speck_gguf_open(in_path);
     if (!g) return SPECK_ERR_FORMAT;
     const int64_t nt = speck_gguf_n_tensors(g);
-    int rc = 0, n_pruned = 0, first_type = -1;
+    int rc = 0, n_pruned = 0;
     // Everything checked before anything is computed or written.
     for (int64_t i = 0; i < nt && !rc; i++) {
         const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
@@ -149,50 +193,36 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
                                  speck_type_name(ot) ? speck_type_name(ot) : "?");
         else
             rc = sparse_check_shape(o, what, t->ne[0]);
-        if (first_type < 0) first_type = ot;
         n_pruned++;
     }
+    if (!rc && o->out_type == SPECK_TYPE_S24_Q8 && !(o->nm_n == 2 && o->nm_m == 4))
+        rc = speck_set_error(SPECK_ERR_ARG, "prune: type s24_q8 stores 2:4 sparsity only (--sparsity "
+                                            "2:4)");
+    if (!rc && o->dense_path && !strcmp(o->dense_path, out_path))
+        rc = speck_set_error(SPECK_ERR_ARG, "prune: the dense copy would overwrite %s", out_path);
     if (!rc && !n_pruned)
         rc = speck_set_error(SPECK_ERR_ARG, "%s: no layer matrices to prune", in_path);
     calib_stats cs = {0};
     if (!rc && o->method != SPECK_PRUNE_MAGNITUDE) rc = gather(g, in_path, o, &cs, progress);
-    speck_gguf_writer *w = rc ? NULL : speck_gguf_writer_new();
-    if (!rc && !w) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
-    for (int64_t i = 0; !rc && i < speck_gguf_n_kv(g); i++)
-        if (strcmp(speck_gguf_key(g, i), "general.file_type"))
-            rc = speck_gguf_copy_kv(w, g, i);
-    char spars[32];
-    if (o->nm_m > 0)
-        snprintf(spars, sizeof spars, "%d:%d", o->nm_n, o->nm_m);
-    else
-        snprintf(spars, sizeof spars, "%g", o->sparsity);
-    static const char *const mname[] = {"magnitude", "wanda", "sparsegpt"};
-    if (!rc) rc = speck_gguf_set_str(w, "speck.prune.method", mname[o->method]);
-    if (!rc) rc = speck_gguf_set_str(w, "speck.prune.sparsity", spars);
-    if (!rc) rc = speck_gguf_set_u32(w, "general.file_type", (uint32_t)speck_gguf_file_type(first_type));
+    const bool two = o->dense_path != NULL;
+    speck_gguf_writer *w = NULL, *w2 = NULL;
     size_t max_out = 0;
     int64_t max_el = 0;
-    for (int64_t i = 0; !rc && i < nt; i++) {
-        const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
-        const int ot = prunable(t, o) ? out_type_of(t, o) : t->type;
-        rc = speck_gguf_add_tensor(w, t->name, (speck_type)ot, t->n_dims, t->ne, NULL);
-        if (prunable(t, o)) {
-            const size_t ob = speck_type_row_size((speck_type)ot, t->ne[0]) *
-                              (size_t)(t->n_elements / t->ne[0]);
-            if (ob > max_out) max_out = ob;
-            if (t->n_elements > max_el) max_el = t->n_elements;
-        }
-    }
+    if (!rc) rc = make_writer(g, o, false, &w, &max_out, &max_el);
+    if (!rc && two) rc = make_writer(g, o, true, &w2, &max_out, &max_el);
     float *W = rc ? NULL : malloc((size_t)max_el * sizeof *W);
     uint8_t *buf = rc ? NULL : malloc(max_out ? max_out : 1);
     if (!rc && (!W || !buf)) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     speck_gguf_stream *s = rc ? NULL : speck_gguf_stream_open(w, out_path);
     if (!rc && !s) rc = SPECK_ERR_IO;
+    speck_gguf_stream *s2 = rc || !two ? NULL : speck_gguf_stream_open(w2, o->dense_path);
+    if (!rc && two && !s2) rc = SPECK_ERR_IO;
     int64_t zeros = 0, total = 0;
     for (int64_t i = 0; !rc && i < nt; i++) {
         const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
         if (!prunable(t, o)) {
             rc = speck_gguf_stream_write(s, t->data, t->n_bytes);
+            if (!rc && two) rc = speck_gguf_stream_write(s2, t->data, t->n_bytes);
             continue;
         }
         const int64_t cols = t->ne[0], rows = t->n_elements / cols;
@@ -212,6 +242,11 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         if (!rc)
             rc = speck_gguf_stream_write(s, buf, speck_type_row_size((speck_type)ot, cols) *
                                                      (size_t)rows);
+        const int dt = dense_type_of(t);
+        if (!rc && two) rc = speck_quantize((speck_type)dt, W, buf, rows, cols, NULL);
+        if (!rc && two)
+            rc = speck_gguf_stream_write(s2, buf, speck_type_row_size((speck_type)dt, cols) *
+                                                      (size_t)rows);
     }
     if (progress && !rc)
         fprintf(stderr, "\rprune: %d matrices, %.2f %% of their weights zero%20s\n", n_pruned,
@@ -220,7 +255,14 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         rc = speck_gguf_stream_close(s);
         s = NULL;
     }
+    if (!rc && two) {
+        rc = speck_gguf_stream_close(s2);
+        s2 = NULL;
+        if (rc) unlink(out_path); // both or neither
+    }
     speck_gguf_stream_abort(s);
+    speck_gguf_stream_abort(s2);
+    speck_gguf_writer_free(w2);
     free(W), free(buf);
     stats_free(&cs);
     speck_gguf_writer_free(w);
