@@ -74,6 +74,8 @@ typedef struct {
     // 1: the panel kernels also beat dequantize + sgemm on large batches (prefill), so every
     // token count takes them.
     int panel_prefill;
+    // 1: the row kernel (mm) takes large batches too, instead of dequantize + sgemm.
+    int rows_prefill;
 } speck_qt_kernels;
 
 // Panel layouts of the src/quant/ block types (panel_pack.c; the same on every ISA): rows
