@@ -44,11 +44,9 @@ int main(int argc, char **argv) {
     }
     const int rc = speck_prune_matrix(&o, W, rows, cols, H, x2);
     FILE *f = rc ? NULL : fopen(argv[8], "wb");
-    if (rc || !f || fwrite(W, 4, (size_t)(rows * cols), f) != (size_t)(rows * cols)) {
-        fprintf(stderr, "prune_dump: %s\n", speck_last_error());
-        return 1;
-    }
-    fclose(f);
+    const int bad = rc || !f || fwrite(W, 4, (size_t)(rows * cols), f) != (size_t)(rows * cols);
+    if (bad) fprintf(stderr, "prune_dump: %s\n", speck_last_error());
+    if (f) fclose(f);
     free(W), free(H), free(x2);
-    return 0;
+    return bad;
 }
