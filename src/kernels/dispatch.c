@@ -33,7 +33,8 @@ static int cpu_has_avx512(void) {
 
 static int cpu_has_avx2(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HAS_F16C();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HAS_F16C() &&
+           __builtin_cpu_supports("bmi2"); // every AVX2 CPU has it (the S24_Q8 kernel)
 }
 
 static const speck_kernel_table *best_table(void) {
