@@ -52,7 +52,8 @@ static void test_blocks(int64_t n) {
     float *w = malloc((size_t)n * sizeof *w), *y1 = malloc((size_t)n * sizeof *y1),
           *y2 = malloc((size_t)n * sizeof *y2), *x = malloc((size_t)n * sizeof *x);
     speck_block_s24_q8 *s = malloc((size_t)(n / 32) * sizeof *s);
-    speck_block_q8_0 *q = malloc((size_t)(n / 32) * sizeof *q), *a = malloc((size_t)(n / 32) * sizeof *a);
+    speck_block_q8_0 *q = malloc((size_t)(n / 32) * sizeof *q),
+                     *a = malloc((size_t)(n / 32) * sizeof *a);
     make_24(w, 1, n);
     CHECK(speck_quantize(SPECK_TYPE_S24_Q8, w, s, 1, n, NULL) == 0, "quantize s24_q8 n=%lld",
           (long long)n);
@@ -82,8 +83,10 @@ static void test_blocks(int64_t n) {
         for (int j = 0; j < 4; j++) nz += y1[g + j] != 0;
         float lo_kept = INFINITY, hi_drop = 0;
         for (int j = 0; j < 4; j++) {
-            if (y1[g + j] != 0) lo_kept = fminf(lo_kept, fabsf(w[g + j]));
-            else hi_drop = fmaxf(hi_drop, fabsf(w[g + j]));
+            if (y1[g + j] != 0)
+                lo_kept = fminf(lo_kept, fabsf(w[g + j]));
+            else
+                hi_drop = fmaxf(hi_drop, fabsf(w[g + j]));
         }
         ok &= nz <= 2 && (nz < 2 || hi_drop <= lo_kept);
     }
@@ -97,7 +100,8 @@ static void test_blocks(int64_t n) {
 // prefill path): float reordering only, 1e-5 of the sum of |terms|.
 static void test_matmul(const char *isa, int64_t rows, int64_t n, int64_t nt) {
     float *w = malloc((size_t)(rows * n) * sizeof *w), *x = malloc((size_t)(nt * n) * sizeof *x);
-    float *ys = malloc((size_t)(nt * rows) * sizeof *ys), *yd = malloc((size_t)(nt * rows) * sizeof *yd);
+    float *ys = malloc((size_t)(nt * rows) * sizeof *ys),
+          *yd = malloc((size_t)(nt * rows) * sizeof *yd);
     const size_t srs = speck_type_row_size(SPECK_TYPE_S24_Q8, n),
                  qrs = speck_type_row_size(SPECK_TYPE_Q8_0, n);
     char *s = malloc(srs * (size_t)rows), *q = malloc(qrs * (size_t)rows);
@@ -122,8 +126,8 @@ static void test_matmul(const char *isa, int64_t rows, int64_t n, int64_t nt) {
     for (int64_t t = 0; t < nt; t++) {
         speck_quantize_row(SPECK_TYPE_Q8_0, x + t * n, a, n);
         for (int64_t r = 0; r < rows; r++) {
-            const float ref = dense_contract((const speck_block_q8_0 *)(q + (size_t)r * qrs), a, n,
-                                             NULL);
+            const float ref =
+                dense_contract((const speck_block_q8_0 *)(q + (size_t)r * qrs), a, n, NULL);
             const float got = ys[t * rows + r];
             exact &= memcmp(&ref, &got, 4) == 0;
             double mag = 0;
@@ -136,8 +140,9 @@ static void test_matmul(const char *isa, int64_t rows, int64_t n, int64_t nt) {
     if (nt < 16)
         CHECK(exact, "%s %lldx%lld, %lld tokens: S24_Q8 matmul == dense contract bit for bit", isa,
               (long long)rows, (long long)n, (long long)nt);
-    CHECK(close, "%s %lldx%lld, %lld tokens: S24_Q8 matmul == dense matmul of the zero-filled "
-                 "weights within 1e-5 of sum|w x| (worst %.2g)",
+    CHECK(close,
+          "%s %lldx%lld, %lld tokens: S24_Q8 matmul == dense matmul of the zero-filled "
+          "weights within 1e-5 of sum|w x| (worst %.2g)",
           isa, (long long)rows, (long long)n, (long long)nt, worst);
     free(w), free(x), free(ys), free(yd), free(s), free(q), free(a);
 }

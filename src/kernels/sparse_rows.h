@@ -3,8 +3,8 @@
 // sums), both with BMI2: the activations are gathered by the weights' 2-bit indices, so each
 // block reads 22 bytes of weights instead of Q8_0's 34. Results equal speck_dot_s24_q8_ref bit
 // for bit (quant.h's contract: exact int32 block sums, (d_w * d_a) * sum added in block order;
-// built with -ffp-contract=off). The includer defines S24_DOT4(w, a) first: int32 lanes of sums of 4
-// products of unsigned bytes w and signed bytes a.
+// built with -ffp-contract=off). The includer first defines S24_DOT4(w, a): int32 lanes of
+// sums of 4 products of unsigned bytes w and signed bytes a.
 #ifndef SPECK_SPARSE_ROWS_H
 #define SPECK_SPARSE_ROWS_H
 
@@ -20,9 +20,8 @@ static inline uint64_t gather_ctrl(uint32_t idx16) {
 }
 
 // Weight row w (n values) . token rows t0 .. t0 + NT - 1 of a.
-static inline __attribute__((always_inline)) void s24_dot(const speck_block_s24_q8 *w,
-                                                          const speck_q8_rows *a, int64_t t0,
-                                                          const int NT, float *out) {
+static inline __attribute__((always_inline)) void
+s24_dot(const speck_block_s24_q8 *w, const speck_q8_rows *a, int64_t t0, const int NT, float *out) {
     const int64_t n = a->n, nb = n / 32;
     // Lane 0 gathers kept values 0-7 into bytes 0-7, lane 1 values 8-15 into bytes 8-15 (the
     // other bytes zeroed by the 0x80 control), matching the weights broadcast to both lanes.
@@ -91,10 +90,18 @@ static inline __attribute__((always_inline)) void s24_dot(const speck_block_s24_
 #define S24_DEFINE_MM(NAME)                                                                        \
     void NAME(const void *w, const speck_mm_act *a, int64_t t0, int nt, float *out) {              \
         switch (nt) {                                                                              \
-        case 1: s24_dot(w, &a->rows, t0, 1, out); break;                                           \
-        case 2: s24_dot(w, &a->rows, t0, 2, out); break;                                           \
-        case 3: s24_dot(w, &a->rows, t0, 3, out); break;                                           \
-        default: s24_dot(w, &a->rows, t0, 4, out); break;                                          \
+        case 1:                                                                                    \
+            s24_dot(w, &a->rows, t0, 1, out);                                                      \
+            break;                                                                                 \
+        case 2:                                                                                    \
+            s24_dot(w, &a->rows, t0, 2, out);                                                      \
+            break;                                                                                 \
+        case 3:                                                                                    \
+            s24_dot(w, &a->rows, t0, 3, out);                                                      \
+            break;                                                                                 \
+        default:                                                                                   \
+            s24_dot(w, &a->rows, t0, 4, out);                                                      \
+            break;                                                                                 \
         }                                                                                          \
     }
 

@@ -145,8 +145,7 @@ static int prune_sparsegpt(const speck_prune_opts *o, float *W0, int64_t rows, i
     int oom = 0;
     for (int i1 = 0; i1 < n; i1 += bs) {
         const int i2 = i1 + bs < n ? i1 + bs : n, nb = i2 - i1;
-        const int64_t k_blk =
-            sparse_n_pruned(o->sparsity, i2) - sparse_n_pruned(o->sparsity, i1);
+        const int64_t k_blk = sparse_n_pruned(o->sparsity, i2) - sparse_n_pruned(o->sparsity, i1);
 #pragma omp parallel reduction(+ : oom) if (rows * nb * nb >= (1 << 18))
         {
             double *sc = malloc((size_t)bs * sizeof *sc);
@@ -211,7 +210,8 @@ int speck_prune_matrix(const speck_prune_opts *o, float *W, int64_t rows, int64_
     int rc = sparse_check_shape(o, "prune", cols);
     if (rc) return rc;
     switch (o->method) {
-    case SPECK_PRUNE_MAGNITUDE: return prune_scored(o, W, rows, cols, NULL);
+    case SPECK_PRUNE_MAGNITUDE:
+        return prune_scored(o, W, rows, cols, NULL);
     case SPECK_PRUNE_WANDA:
         if (!x2) return speck_set_error(SPECK_ERR_ARG, "wanda: no input norms (calibration)");
         return prune_scored(o, W, rows, cols, x2);

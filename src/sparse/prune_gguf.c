@@ -55,8 +55,8 @@ static int calib_window(const speck_prune_opts *o, const speck_model *m) {
     return ctx;
 }
 
-static int gather(const speck_gguf *g, const char *path, const speck_prune_opts *o,
-                  calib_stats *c, bool progress) {
+static int gather(const speck_gguf *g, const char *path, const speck_prune_opts *o, calib_stats *c,
+                  bool progress) {
     speck_model *m = speck_model_load(path);
     if (!m) return SPECK_ERR_FORMAT;
     const int ctx = calib_window(o, m);
@@ -108,8 +108,8 @@ static int gather(const speck_gguf *g, const char *path, const speck_prune_opts 
 
 // Prune tensor t (its rows as floats in W) with the statistics of its input; the embedding
 // (no matrix product reads it) and inputs no token reached go by magnitude.
-static int prune_tensor(const speck_gguf_tensor *t, const speck_prune_opts *o,
-                        const calib_stats *c, float *W) {
+static int prune_tensor(const speck_gguf_tensor *t, const speck_prune_opts *o, const calib_stats *c,
+                        float *W) {
     const int64_t cols = t->ne[0], rows = t->n_elements / cols;
     speck_prune_opts mo = *o;
     const double *H = NULL;
@@ -155,8 +155,8 @@ static int make_writer(const speck_gguf *g, const speck_prune_opts *o, bool dens
         if (p && first < 0) first = ot;
         rc = speck_gguf_add_tensor(w, t->name, (speck_type)ot, t->n_dims, t->ne, NULL);
         if (p) {
-            const size_t ob = speck_type_row_size((speck_type)ot, t->ne[0]) *
-                              (size_t)(t->n_elements / t->ne[0]);
+            const size_t ob =
+                speck_type_row_size((speck_type)ot, t->ne[0]) * (size_t)(t->n_elements / t->ne[0]);
             if (ob > *max_out) *max_out = ob;
             if (t->n_elements > *max_el) *max_el = t->n_elements;
         }
@@ -185,8 +185,8 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         snprintf(what, sizeof what, "%s: tensor '%s'", in_path, t->name);
         const int ot = out_type_of(t, o);
         if (!speck_traits(t->type))
-            rc = speck_set_error(SPECK_ERR_FORMAT, "%s has type %s, which speck cannot read",
-                                 what, speck_gguf_type_label(t->type));
+            rc = speck_set_error(SPECK_ERR_FORMAT, "%s has type %s, which speck cannot read", what,
+                                 speck_gguf_type_label(t->type));
         else if (!speck_traits(ot) || t->ne[0] % speck_type_block_size((speck_type)ot))
             rc = speck_set_error(SPECK_ERR_ARG, "%s: rows of %lld values cannot be written as %s",
                                  what, (long long)t->ne[0],
@@ -196,8 +196,9 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         n_pruned++;
     }
     if (!rc && o->out_type == SPECK_TYPE_S24_Q8 && !(o->nm_n == 2 && o->nm_m == 4))
-        rc = speck_set_error(SPECK_ERR_ARG, "prune: type s24_q8 stores 2:4 sparsity only (--sparsity "
-                                            "2:4)");
+        rc = speck_set_error(SPECK_ERR_ARG,
+                             "prune: type s24_q8 stores 2:4 sparsity only (--sparsity "
+                             "2:4)");
     if (!rc && o->dense_path && !strcmp(o->dense_path, out_path))
         rc = speck_set_error(SPECK_ERR_ARG, "prune: the dense copy would overwrite %s", out_path);
     if (!rc && !n_pruned)
@@ -240,13 +241,13 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         total += t->n_elements;
         if (!rc) rc = speck_quantize((speck_type)ot, W, buf, rows, cols, NULL);
         if (!rc)
-            rc = speck_gguf_stream_write(s, buf, speck_type_row_size((speck_type)ot, cols) *
-                                                     (size_t)rows);
+            rc = speck_gguf_stream_write(s, buf,
+                                         speck_type_row_size((speck_type)ot, cols) * (size_t)rows);
         const int dt = dense_type_of(t);
         if (!rc && two) rc = speck_quantize((speck_type)dt, W, buf, rows, cols, NULL);
         if (!rc && two)
-            rc = speck_gguf_stream_write(s2, buf, speck_type_row_size((speck_type)dt, cols) *
-                                                      (size_t)rows);
+            rc = speck_gguf_stream_write(s2, buf,
+                                         speck_type_row_size((speck_type)dt, cols) * (size_t)rows);
     }
     if (progress && !rc)
         fprintf(stderr, "\rprune: %d matrices, %.2f %% of their weights zero%20s\n", n_pruned,
