@@ -74,6 +74,9 @@ typedef enum {
     SPECK_TYPE_IQ4_NL = 20,
     SPECK_TYPE_IQ4_XS = 23,
     SPECK_TYPE_BF16 = 30,
+    // speck's own (no ggml id near it; llama.cpp cannot load it): 2:4-sparse rows with 8-bit
+    // values, 22 bytes per 32 weights (docs/sparsity.md has the layout).
+    SPECK_TYPE_S24_Q8 = 100,
 } speck_type;
 
 // "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
@@ -870,6 +873,47 @@ typedef struct {
 } speck_quantize_opts;
 int speck_gguf_quantize(const char *in_path, const char *out_path, const speck_quantize_opts *opts,
                         bool progress);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pruning (src/sparse/): zero weights so that fewer bytes are read per token                  */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum {
+    SPECK_PRUNE_MAGNITUDE = 0, // the smallest |W_ij| of each row
+    SPECK_PRUNE_WANDA = 1,     // the smallest |W_ij| * ||x_j|| of each row (Sun et al. 2023)
+    SPECK_PRUNE_SPARSEGPT = 2, // OBS mask selection + error compensation (Frantar & Alistarh 2023)
+} speck_prune_method;
+
+typedef struct {
+    speck_prune_method method;
+    double sparsity; // unstructured: the fraction of each row zeroed, in (0, 1)
+    int nm_n, nm_m;  // N:M (nm_m > 0): at most nm_n nonzeros in every nm_m consecutive inputs
+    const int32_t *calib; // calibration tokens (Wanda, SparseGPT) in windows of calib_ctx
+    int64_t n_calib;      // (0: the model's context, at most 512)
+    int calib_ctx;
+    bool embd_head;  // also prune token_embd / output (off: they stay dense)
+    int out_type;    // type of the pruned matrices; -1: the source's when it stores 0 exactly
+                     // (f32, f16, bf16, q8_0, q4_0, q5_0), else f16
+    double damp;     // SparseGPT: added to H's diagonal as a fraction of its mean (0: 0.01)
+    int blocksize;   // SparseGPT: columns per mask-selection block (0: 128, the paper's)
+    const char *dense_path; // with a sparse out_type (SPECK_TYPE_S24_Q8): also write the same
+                            // pruned weights densely here (the default types; llama.cpp runs it)
+} speck_prune_opts;
+
+// "50%", "0.6" (unstructured) or "2:4" (N:M) into o. 0, or SPECK_ERR_ARG saying what is
+// accepted (sparsity outside (0, 1), N >= M, ...).
+int speck_prune_parse_sparsity(const char *s, speck_prune_opts *o);
+// Prune W (rows, cols) in place. SparseGPT reads H (cols, cols), the sum over calibration
+// tokens of x x^T of the matrix's input; Wanda reads x2 (cols), ||x_j||^2 or any positive
+// multiple of it (the imatrix's mean squares); magnitude neither (NULL). Every row ends with
+// exactly round(sparsity * cols) zeros chosen (N:M: nm_m - nm_n in every group; SparseGPT also
+// updates the kept weights). SPECK_ERR_ARG when cols does not split into N:M groups.
+int speck_prune_matrix(const speck_prune_opts *o, float *W, int64_t rows, int64_t cols,
+                       const double *H, const float *x2);
+// Write in_path's model to out_path with every layer matrix pruned (dense: zeros in place, so
+// llama.cpp runs it). OUT appears only when complete.
+int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *o,
+                     bool progress);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Accelerated decoding: draft-and-verify with identical output                                */

@@ -24,6 +24,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_prune(int argc, char **argv);
 int cmd_grow(int argc, char **argv);
 int cmd_imatrix(int argc, char **argv);
 int cmd_serve(int argc, char **argv);

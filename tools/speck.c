@@ -26,6 +26,7 @@ static void usage(FILE *f) {
             "  convert    convert a Hugging Face checkpoint directory to GGUF\n"
             "  export     write a GGUF model as a Hugging Face directory\n"
             "  quantize   write a model with its matrices quantized (Q4_K_M, Q8_0, ..., GPTQ)\n"
+            "  prune      zero weights: magnitude, Wanda, SparseGPT; 50%%, 2:4 (docs/sparsity.md)\n"
             "  grow       widen and deepen a model to larger shapes, computing the same function\n"
             "  imatrix    importance matrix from calibration text (llama.cpp's file format)\n"
             "  train      train a model on a directory of text files (docs/training.md)\n"
@@ -65,7 +66,7 @@ int main(int argc, char **argv) {
                 {"bench", cmd_bench},       {"bench-decode", cmd_bench_decode},
                 {"info", cmd_info},         {"init", cmd_init},
                 {"tokenize", cmd_tokenize}, {"convert", cmd_convert},
-                {"export", cmd_export},     {"quantize", cmd_quantize},
+                {"export", cmd_export},     {"quantize", cmd_quantize}, {"prune", cmd_prune},
                 {"imatrix", cmd_imatrix},
                 {"train", cmd_train},       {"tokenizer-train", cmd_tokenizer_train},
                 {"eval", cmd_eval},         {"grow", cmd_grow},

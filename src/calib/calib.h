@@ -16,6 +16,11 @@
 int speck_gptq(speck_type t, const float *W, int64_t rows, int64_t cols, const double *H,
                double damp, bool weighted, void *out);
 
+// A (n, n) row-major, a damped Hessian H, is overwritten with U, upper triangular, H^-1 = U^T U
+// (the factor GPTQ and SparseGPT feed errors forward with). 0, or -1 when H is not positive
+// definite.
+int calib_inverse_cholesky(double *A, int n);
+
 // Choose one option per item to minimize the summed cost with the summed size <= budget:
 // cost, size: (n_items, n_opt) row-major, size >= 0; an option with cost INFINITY is never
 // chosen. Exact dynamic programming over sizes in units of `unit` bytes (sizes rounded up, so

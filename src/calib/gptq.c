@@ -18,10 +18,9 @@
 extern void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 extern void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info);
 
-// U (n, n) row-major upper triangular with H^-1 = U^T U, from A = H (damped; overwritten).
-// Row-major arrays are the transposes of LAPACK's column-major view: a column-major lower factor
+// (calib.h) Row-major arrays are the transposes of LAPACK's column-major view: a column-major lower factor
 // L (A = L L^T) reads as the row-major upper triangle L^T.
-static int inverse_cholesky(double *A, int n) {
+int calib_inverse_cholesky(double *A, int n) {
     int info = 0;
     dpotrf_("L", &n, A, &n, &info);
     if (!info) dpotri_("L", &n, A, &n, &info);
@@ -99,7 +98,7 @@ int speck_gptq(speck_type t, const float *W0, int64_t rows, int64_t cols, const 
         }
         *hjj += damp * (mean > 0 ? mean : 1);
     }
-    if (inverse_cholesky(Hd, n)) {
+    if (calib_inverse_cholesky(Hd, n)) {
         free(Hd), free(W), free(U), free(imp), free(E);
         return speck_set_error(SPECK_ERR_ARG, "gptq: the Hessian is not positive definite "
                                               "(too little calibration data? raise the damping)");

@@ -136,6 +136,8 @@ static ggml_type_info type_info(int t) {
         return (ggml_type_info){256, 66};
     case 39:
         return (ggml_type_info){32, 17}; // MXFP4
+    case SPECK_TYPE_S24_Q8:
+        return (ggml_type_info){32, 22}; // speck's own 2:4-sparse type (src/sparse/)
     default:
         return (ggml_type_info){0, 0};
     }
@@ -151,6 +153,7 @@ const char *speck_gguf_type_label(int t) {
         [27] = "i64",    [28] = "f64",     [29] = "iq1_m", [30] = "bf16",   [34] = "tq1_0",
         [35] = "tq2_0",  [39] = "mxfp4"};
     if (t >= 0 && t < (int)(sizeof names / sizeof names[0]) && names[t]) return names[t];
+    if (t == SPECK_TYPE_S24_Q8) return "s24_q8";
     return "unknown";
 }
 

@@ -27,12 +27,14 @@ static int cpu_has_avx512(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && HAS_AVX512VNNI() &&
            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma") && HAS_F16C();
+           __builtin_cpu_supports("fma") && HAS_F16C() &&
+           __builtin_cpu_supports("bmi2"); // every AVX-512 CPU has it (the S24_Q8 kernel)
 }
 
 static int cpu_has_avx2(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HAS_F16C();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HAS_F16C() &&
+           __builtin_cpu_supports("bmi2"); // every AVX2 CPU has it (the S24_Q8 kernel)
 }
 
 static const speck_kernel_table *best_table(void) {

@@ -74,6 +74,8 @@ typedef struct {
     // 1: the panel kernels also beat dequantize + sgemm on large batches (prefill), so every
     // token count takes them.
     int panel_prefill;
+    // 1: the row kernel (mm) takes large batches too, instead of dequantize + sgemm.
+    int rows_prefill;
 } speck_qt_kernels;
 
 // Panel layouts of the src/quant/ block types (panel_pack.c; the same on every ISA): rows
@@ -190,6 +192,9 @@ void speck_quantize_row_q4_0_ref(const float *x, speck_block_q4_0 *y, int64_t n)
 extern const speck_qt_kernels speck_qt_none[SPECK_TYPE_ID_MAX];
 extern const speck_qt_kernels speck_qt_avx2[SPECK_TYPE_ID_MAX];
 extern const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX];
+// S24_Q8 rows (sparse_avx512.c, sparse_avx2.c), speck_qt_kernels.mm of those tables.
+void speck_mm_s24_q8_avx512(const void *w, const speck_mm_act *a, int64_t t0, int nt, float *out);
+void speck_mm_s24_q8_avx2(const void *w, const speck_mm_act *a, int64_t t0, int nt, float *out);
 void speck_quantize_q8_k_avx2(const float *x, speck_block_q8_k *y, int64_t n);
 // Panel kernels (src/kernels/panel_k_avx512.c).
 #define SPECK_PANEL_X_DECL(NAME)                                                                   \

@@ -783,6 +783,9 @@ static mm_path choose_path(const speck_kernel_table *k, speck_type wt, int64_t n
     // AVX-512 every type, 1.8-4x; on AVX2 Q4_K 1.2-1.35x but not Q6_K; BENCHMARKS.md). Their
     // row kernels do not beat sgemm.
     if (panels && speck_type_is_extra(wt) && k->qt[wt].panel_prefill) return PATH_SMALL;
+    // Types whose row kernels take every batch (S24_Q8: Q8_0 activations at every token count,
+    // as its dense counterpart's int8 GEMM).
+    if (speck_type_is_extra(wt) && k->qt[wt].mm && k->qt[wt].rows_prefill) return PATH_SMALL;
     return PATH_BLAS;
 }
 

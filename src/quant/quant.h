@@ -118,6 +118,17 @@ typedef struct {
     int16_t bsums[SPECK_QK_K / 16];
 } speck_block_q8_k;
 
+// S24_Q8 (src/sparse/s24_q8.c): 32 weights in 2:4 pattern, 16 kept. qs[k] is kept value k
+// (int8, value d * qs[k]) of group k / 2 (inputs 4 (k / 2) .. + 3); bits 2k, 2k + 1 of the
+// little-endian u32 idx hold its position in the group (kept values of a group in increasing
+// position order).
+typedef struct {
+    uint16_t d;
+    int8_t qs[16];
+    uint8_t idx[4];
+} speck_block_s24_q8;
+_Static_assert(sizeof(speck_block_s24_q8) == 22, "S24_Q8 block");
+
 _Static_assert(sizeof(speck_block_q4_1) == 20, "Q4_1 block");
 _Static_assert(sizeof(speck_block_q5_0) == 22, "Q5_0 block");
 _Static_assert(sizeof(speck_block_q5_1) == 24, "Q5_1 block");
@@ -206,6 +217,12 @@ float speck_dot_q4_k_ref(const void *w, const void *a, int64_t n);
 float speck_dot_q5_k_ref(const void *w, const void *a, int64_t n);
 float speck_dot_q6_k_ref(const void *w, const void *a, int64_t n);
 float speck_dot_iq4_xs_ref(const void *w, const void *a, int64_t n);
+// S24_Q8 (src/sparse/s24_q8.c): the quantizer keeps the 2 largest |x| of every group of 4 and
+// rounds them as Q8_0 rounds the zero-filled row; dequant and the reference dot (Q8_0
+// activations, the contract above).
+void speck_quant_s24_q8(const float *x, void *y, int64_t n, const float *imp);
+void speck_dequant_s24_q8(const void *x, float *y, int64_t n);
+float speck_dot_s24_q8_ref(const void *w, const void *a, int64_t n);
 
 // --- levels view (src/quant/quant_levels.c), for rounding chosen outside the quantizers -------
 // Element e of a block type's row holds value A[e] * g(L[e]) + B[e] (with a min) or
@@ -242,7 +259,7 @@ typedef struct {
     float (*dot)(const void *w, const void *a, int64_t n);                   // reference, or NULL
 } speck_type_traits;
 
-#define SPECK_TYPE_ID_MAX 32 // type ids below this (ggml numbering)
+#define SPECK_TYPE_ID_MAX 128 // type ids below this (ggml numbering; speck's own from 100)
 // Facts of type id t, or NULL when speck does not know it.
 const speck_type_traits *speck_traits(int t);
 // Whether t is one of the new block types (not F32 / F16 / BF16 / Q8_0 / Q4_0).

@@ -79,6 +79,9 @@ static const speck_type_traits g_traits[SPECK_TYPE_ID_MAX] = {
                          speck_quant_q6_k, speck_dot_q6_k_ref},
     [SPECK_TYPE_IQ4_XS] = {"iq4_xs", 256, 136, 30, SPECK_TYPE_IQ4_NL, QK8, speck_dequant_iq4_xs,
                            speck_quant_iq4_xs, speck_dot_iq4_xs_ref},
+    // speck's 2:4 sparse type (src/sparse/): no llama.cpp file type; rows of other lengths: f16.
+    [SPECK_TYPE_S24_Q8] = {"s24_q8", 32, 22, -1, -1, Q8, speck_dequant_s24_q8, speck_quant_s24_q8,
+                           speck_dot_s24_q8_ref},
     // Activations only: not a storage type (no name, so no file or command takes it).
     [SPECK_TYPE_Q8_K] = {NULL, 256, 292, -1, -1, F, speck_dequant_q8_k, NULL, NULL},
 };

@@ -1,0 +1,105 @@
+// `speck prune`: one-shot pruning (magnitude, Wanda, SparseGPT; unstructured or N:M).
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int cmd_prune(int argc, char **argv) {
+    const char *pos[2] = {NULL, NULL}, *calib = NULL, *sparsity = NULL, *method = "wanda";
+    int n_pos = 0;
+    int64_t calib_max = 0;
+    bool quiet = false;
+    speck_prune_opts o = {.out_type = -1};
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (cli_flag(argv[i], "--help", "-h")) {
+            printf("usage: speck prune IN OUT --sparsity 50%%|0.6|2:4\n"
+                   "         [--method magnitude|wanda|sparsegpt] [--calib TEXT] [--calib-ctx N]\n"
+                   "         [--calib-tokens N] [--type T] [--dense FILE] [--embd-head]\n"
+                   "         [--threads N] [--quiet]\n\n"
+                   "Write IN (GGUF) with every layer matrix pruned: the given fraction of each\n"
+                   "row zeroed, or N:M (at most N nonzeros in every M consecutive inputs).\n"
+                   "  magnitude   the smallest |W| of each row (no calibration)\n"
+                   "  wanda       the smallest |W_ij| * ||x_j|| of each row (default; --calib)\n"
+                   "  sparsegpt   OBS masks per 128-column block with the error compensated on\n"
+                   "              the remaining weights under the input Hessian (--calib)\n"
+                   "The output is dense (zeros in place; llama.cpp runs it) in the source's type\n"
+                   "when that stores zero exactly (f32, f16, bf16, q8_0, q4_0, q5_0), else f16.\n"
+                   "--type s24_q8 (with --sparsity 2:4) stores speck's sparse 8-bit format\n"
+                   "instead: 22 bytes per 32 weights, faster decoding, but llama.cpp cannot load\n"
+                   "it; --dense FILE also writes the same pruned weights densely to FILE.\n"
+                   "The embedding and output head stay dense unless --embd-head (the embedding\n"
+                   "then by magnitude). Calibration: --calib-ctx window (default the model's\n"
+                   "context, at most 512), --calib-tokens N uses the first N. Outputs appear\n"
+                   "only when complete. See docs/sparsity.md.\n");
+            return 0;
+        } else if (cli_opt(argc, argv, &i, "--method", NULL, &v))
+            method = v;
+        else if (cli_opt(argc, argv, &i, "--sparsity", NULL, &v))
+            sparsity = v;
+        else if (cli_opt(argc, argv, &i, "--calib", NULL, &v))
+            calib = v;
+        else if (cli_opt(argc, argv, &i, "--calib-ctx", NULL, &v))
+            o.calib_ctx = (int)cli_int("prune", "--calib-ctx", v, 16, 1 << 16);
+        else if (cli_opt(argc, argv, &i, "--calib-tokens", NULL, &v))
+            calib_max = cli_int("prune", "--calib-tokens", v, 16, INT64_MAX);
+        else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
+            if ((o.out_type = speck_type_from_name(v)) < 0) {
+                fprintf(stderr, "speck prune: --type: unknown type '%s'\n", v);
+                return 2;
+            }
+        } else if (cli_flag(argv[i], "--embd-head", NULL))
+            o.embd_head = true;
+        else if (cli_opt(argc, argv, &i, "--dense", NULL, &v))
+            o.dense_path = v;
+        else if (cli_flag(argv[i], "--quiet", "-q"))
+            quiet = true;
+        else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
+            speck_set_threads((int)cli_int("prune", "--threads", v, 1, 4096));
+        else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "speck prune: unknown option '%s' (see --help)\n", argv[i]);
+            return 2;
+        } else if (n_pos < 2)
+            pos[n_pos++] = argv[i];
+        else {
+            fprintf(stderr, "speck prune: too many arguments ('%s')\n", argv[i]);
+            return 2;
+        }
+    }
+    if (n_pos != 2 || !sparsity) {
+        fprintf(stderr, "speck prune: usage: speck prune IN OUT --sparsity S [options] (--help)\n");
+        return 2;
+    }
+    if (!strcmp(method, "magnitude"))
+        o.method = SPECK_PRUNE_MAGNITUDE;
+    else if (!strcmp(method, "wanda"))
+        o.method = SPECK_PRUNE_WANDA;
+    else if (!strcmp(method, "sparsegpt"))
+        o.method = SPECK_PRUNE_SPARSEGPT;
+    else {
+        fprintf(stderr, "speck prune: --method: '%s' is not magnitude, wanda or sparsegpt\n",
+                method);
+        return 2;
+    }
+    if (speck_prune_parse_sparsity(sparsity, &o)) {
+        fprintf(stderr, "speck prune: --sparsity: %s\n", speck_last_error());
+        return 2;
+    }
+    if (o.method != SPECK_PRUNE_MAGNITUDE && !calib) {
+        fprintf(stderr, "speck prune: --method %s needs --calib TEXT\n", method);
+        return 2;
+    }
+    int32_t *ids = NULL;
+    if (calib) {
+        const int64_t n = cli_tokenize_file("prune", pos[0], calib, false, &ids);
+        if (n < 0) return 1;
+        o.calib = ids;
+        o.n_calib = calib_max > 0 && calib_max < n ? calib_max : n;
+    }
+    const int rc = speck_gguf_prune(pos[0], pos[1], &o, !quiet);
+    free(ids);
+    if (rc) return cli_fail("prune");
+    if (!quiet) fprintf(stderr, "speck prune: wrote %s\n", pos[1]);
+    return 0;
+}
