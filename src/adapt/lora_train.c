@@ -143,7 +143,7 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
     tr->dg = alloc_f(tr, N * F, &err);
     tr->du = alloc_f(tr, N * F, &err);
     tr->dh = alloc_f(tr, N * F, &err);
-    tr->dp = alloc_f(tr, (size_t)tr->dp_threads * T, &err);
+    tr->dp = alloc_f(tr, (size_t)tr->dp_threads * T * T, &err);
     tr->dlt = alloc_f(tr, N * max_r, &err);
     tr->xd = alloc_f(tr, N * max_in, &err);
     tr->wbuf = alloc_f(tr, wb, &err);

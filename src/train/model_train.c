@@ -41,7 +41,7 @@ struct speck_tacts {
     float *dx, *dt;            // (N, C) residual gradient, temporary
     float *dq, *dk, *dv, *dao; // (N, Qd), (N, KVd) x2, (N, Qd)
     float *dg, *du, *dh;       // (N, F)
-    float *dp;                 // (threads, T) attention row scratch
+    float *dp;                 // (threads, T, T) attention backward scratch
     int dp_threads;
     void **blocks; // every allocation above, for freeing
     int n_blocks;
@@ -116,7 +116,7 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
     a->dg = acts_alloc(a, N * F, &err);
     a->du = acts_alloc(a, N * F, &err);
     a->dh = acts_alloc(a, N * F, &err);
-    a->dp = acts_alloc(a, (size_t)a->dp_threads * T, &err);
+    a->dp = acts_alloc(a, (size_t)a->dp_threads * T * T, &err);
     if (err) {
         acts_free(a);
         return speck_set_error(SPECK_ERR_NOMEM,

@@ -177,91 +177,82 @@ void train_rope_apply(float *x, const float *cos_t, const float *sin_t, int B, i
 /* ---- causal self-attention with GQA ------------------------------------------------------- */
 // Query head h reads kv head h / (H/Hkv). Scores scale 1/sqrt(hd).
 
+// Each (batch, head) is two GEMMs (single-threaded OpenBLAS inside the OpenMP loop) over the
+// strided rows of q, k, v: S = scale·Q·Kᵀ (the whole T x T square; the causal upper triangle is
+// then set to 0 after the softmax, a 2x waste that GEMM speed repays many times over a loop),
+// O = P·V.
+
 // q: (N, Qd); k, v: (N, KVd); att: (B, H, T, T); out: (N, Qd)
 void train_attention_forward(float *out, float *att, const float *q, const float *k,
-                              const float *v, int B, int T, int H, int Hkv, int hd) {
+                             const float *v, int B, int T, int H, int Hkv, int hd) {
     int Qd = H * hd, KVd = Hkv * hd, group = H / Hkv;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * H * T * T * hd > 2 * PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             int kh = h / group;
+            const float *Q = q + (size_t)b * T * Qd + (size_t)h * hd;
+            const float *K = k + (size_t)b * T * KVd + (size_t)kh * hd;
+            const float *V = v + (size_t)b * T * KVd + (size_t)kh * hd;
+            float *P = att + ((size_t)b * H + h) * T * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, Q, Qd, K, KVd,
+                        0.0f, P, T);
             for (int t = 0; t < T; t++) {
-                const float *qt = q + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                float *p = att + (((size_t)b * H + h) * T + t) * T;
-                float mx = -INFINITY;
-                for (int s = 0; s <= t; s++) {
-                    const float *ks = k + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                    float d = 0;
-                    for (int e = 0; e < hd; e++) d += qt[e] * ks[e];
-                    p[s] = d * scale;
-                    if (p[s] > mx) mx = p[s];
-                }
+                float *p = P + (size_t)t * T, mx = -INFINITY;
+                for (int s2 = 0; s2 <= t; s2++) mx = p[s2] > mx ? p[s2] : mx;
                 double sum = 0;
-                for (int s = 0; s <= t; s++) {
-                    p[s] = expf(p[s] - mx);
-                    sum += p[s];
+                for (int s2 = 0; s2 <= t; s2++) {
+                    p[s2] = expf(p[s2] - mx);
+                    sum += p[s2];
                 }
                 float inv = (float)(1.0 / sum);
-                for (int s = 0; s <= t; s++) p[s] *= inv;
-                for (int s = t + 1; s < T; s++) p[s] = 0.0f;
-                float *o = out + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                for (int e = 0; e < hd; e++) o[e] = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    const float *vs = v + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                    for (int e = 0; e < hd; e++) o[e] += p[s] * vs[e];
-                }
+                for (int s2 = 0; s2 <= t; s2++) p[s2] *= inv;
+                for (int s2 = t + 1; s2 < T; s2++) p[s2] = 0.0f;
             }
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, V, KVd,
+                        0.0f, out + (size_t)b * T * Qd + (size_t)h * hd, Qd);
         }
 }
 
-// dq: (N, Qd) = ...; dk, dv: (N, KVd) = ... (overwritten). dout: (N, Qd).
+// dq: (N, Qd); dk, dv: (N, KVd) (overwritten); dout: (N, Qd); dp_scratch: (threads, T, T).
 // One task per (batch, kv head): the query heads of a group add into the same dk/dv rows in a
-// fixed order, so there are no races.
+// fixed order, so there are no races and the sums do not depend on the schedule.
+//   dV += Pᵀ·dO;  dP = dO·Vᵀ;  dS = scale·P∘(dP - Σ_s P dP);  dQ = dS·K;  dK += dSᵀ·Q
 void train_attention_backward(float *dq, float *dk, float *dv, float *dp_scratch,
-                               const float *dout, const float *att, const float *q, const float *k,
-                               const float *v, int B, int T, int H, int Hkv, int hd) {
+                              const float *dout, const float *att, const float *q, const float *k,
+                              const float *v, int B, int T, int H, int Hkv, int hd) {
     int Qd = H * hd, KVd = Hkv * hd, group = H / Hkv;
     float scale = 1.0f / sqrtf((float)hd);
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * H * T * T * hd > 2 * PAR_MIN)
     for (int b = 0; b < B; b++)
         for (int kh = 0; kh < Hkv; kh++) {
-            float *dp = dp_scratch + (size_t)omp_get_thread_num() * T;
-            for (int t = 0; t < T; t++) {
-                memset(dk + ((size_t)b * T + t) * KVd + (size_t)kh * hd, 0, hd * sizeof(float));
-                memset(dv + ((size_t)b * T + t) * KVd + (size_t)kh * hd, 0, hd * sizeof(float));
-            }
-            for (int h = kh * group; h < (kh + 1) * group; h++)
+            float *dS = dp_scratch + (size_t)omp_get_thread_num() * T * T;
+            const float *K = k + (size_t)b * T * KVd + (size_t)kh * hd;
+            const float *V = v + (size_t)b * T * KVd + (size_t)kh * hd;
+            float *dK = dk + (size_t)b * T * KVd + (size_t)kh * hd;
+            float *dV = dv + (size_t)b * T * KVd + (size_t)kh * hd;
+            for (int h = kh * group; h < (kh + 1) * group; h++) {
+                const float beta = h == kh * group ? 0.0f : 1.0f; // the group's first head sets
+                const float *P = att + ((size_t)b * H + h) * T * T;
+                const float *dO = dout + (size_t)b * T * Qd + (size_t)h * hd;
+                const float *Q = q + (size_t)b * T * Qd + (size_t)h * hd;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, Qd,
+                            beta, dV, KVd);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, Qd, V,
+                            KVd, 0.0f, dS, T);
                 for (int t = 0; t < T; t++) {
-                    const float *p = att + (((size_t)b * H + h) * T + t) * T;
-                    const float *dot = dout + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                    const float *qt = q + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                    float *dqt = dq + ((size_t)b * T + t) * Qd + (size_t)h * hd;
-                    // dP = dO·Vᵀ, dV += Pᵀ·dO
+                    const float *p = P + (size_t)t * T;
+                    float *d = dS + (size_t)t * T;
                     double psum = 0;
-                    for (int s = 0; s <= t; s++) {
-                        const float *vs = v + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        float *dvs = dv + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        float d = 0;
-                        for (int e = 0; e < hd; e++) {
-                            d += dot[e] * vs[e];
-                            dvs[e] += p[s] * dot[e];
-                        }
-                        dp[s] = d;
-                        psum += (double)d * p[s];
-                    }
-                    // dS = P ∘ (dP - Σ P dP); dQ = scale dS·K; dK += scale dSᵀ·Q
-                    for (int e = 0; e < hd; e++) dqt[e] = 0.0f;
-                    for (int s = 0; s <= t; s++) {
-                        float ds = p[s] * (dp[s] - (float)psum) * scale;
-                        const float *ks = k + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        float *dks = dk + ((size_t)b * T + s) * KVd + (size_t)kh * hd;
-                        for (int e = 0; e < hd; e++) {
-                            dqt[e] += ds * ks[e];
-                            dks[e] += ds * qt[e];
-                        }
-                    }
+                    for (int s2 = 0; s2 <= t; s2++) psum += (double)d[s2] * p[s2];
+                    for (int s2 = 0; s2 <= t; s2++) d[s2] = p[s2] * (d[s2] - (float)psum) * scale;
+                    for (int s2 = t + 1; s2 < T; s2++) d[s2] = 0.0f;
                 }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, K,
+                            KVd, 0.0f, dq + (size_t)b * T * Qd + (size_t)h * hd, Qd);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, Q, Qd,
+                            beta, dK, KVd);
+            }
         }
 }
 

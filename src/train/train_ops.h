@@ -40,7 +40,7 @@ void train_rope_apply(float *x, const float *cos_t, const float *sin_t, int B, i
 // Causal GQA attention. q: (N, H*hd); k, v: (N, Hkv*hd); att: (B, H, T, T); out: (N, H*hd)
 void train_attention_forward(float *out, float *att, const float *q, const float *k,
                              const float *v, int B, int T, int H, int Hkv, int hd);
-// dq, dk, dv overwritten; dp_scratch: (threads, T)
+// dq, dk, dv overwritten; dp_scratch: (threads, T, T)
 void train_attention_backward(float *dq, float *dk, float *dv, float *dp_scratch,
                               const float *dout, const float *att, const float *q, const float *k,
                               const float *v, int B, int T, int H, int Hkv, int hd);
