@@ -75,15 +75,20 @@ static void mm(speck_mctx *mc, const speck_weight *w, const float *X, int n, flo
     const speck_type at = panels ? speck_panel_act_type(w->type) : w->type;
     speck_mm_act a;
     speck_mm_act_prepare(at, X, n, w->n_in, mc->act, &a);
-    const int64_t item = panels ? speck_panel_rows_per_item(w->type, n) : 16;
-    const int64_t items = (w->n_out + item - 1) / item;
-#pragma omp parallel for schedule(static)
-    for (int64_t it = 0; it < items; it++) {
-        const int64_t o0 = it * item, o1 = o0 + item < w->n_out ? o0 + item : w->n_out;
-        if (panels)
-            speck_mm_panel_rows(w->type, w->packed, &a, o0, o1, Y, w->n_out, accumulate);
-        else
-            speck_mm_rows(w->type, w->data, &a, o0, o1, Y, w->n_out, accumulate);
+    // Each thread one contiguous share of the rows, cut on multiples of 16 (panel boundaries):
+    // one kernel call per thread, as the single-sequence pass makes.
+#pragma omp parallel
+    {
+        const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+        const int64_t units = (w->n_out + 15) / 16;
+        const int64_t u0 = units * tid / nth, u1 = units * (tid + 1) / nth;
+        const int64_t o0 = 16 * u0, o1 = 16 * u1 < w->n_out ? 16 * u1 : w->n_out;
+        if (o1 > o0) {
+            if (panels)
+                speck_mm_panel_rows(w->type, w->packed, &a, o0, o1, Y, w->n_out, accumulate);
+            else
+                speck_mm_rows(w->type, w->data, &a, o0, o1, Y, w->n_out, accumulate);
+        }
     }
 }
 
