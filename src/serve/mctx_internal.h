@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "kernels/kernels.h"
 #include "model/model_internal.h"
 
 typedef struct {
@@ -30,6 +31,7 @@ struct speck_mctx {
     float *rope_cs[2], *rope_sn[2];             // (n, head_dim / 2)
     uint8_t *erow;                              // one embedding row
     void *act;                                  // prepared activations
+    speck_mm_act mma;                           // ... as the kernels take them
     size_t act_bytes;
     int32_t *bpos; // (n) cache slot of each token: block * bs + offset
     int *runs;     // (2n + 2) attention units scratch
