@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <microhttpd.h>
+#include <omp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -199,6 +200,7 @@ static void cancel_job(job *j) {
 // The engine: takes the new requests and cancellations, runs a pass without the lock, repeats.
 static void *engine(void *arg) {
     (void)arg;
+    omp_set_num_threads(speck_get_threads()); // -t: set on the main thread, not inherited
     double t_prev = now_s();
     long long gen_prev = 0;
     pthread_mutex_lock(&g.lock);

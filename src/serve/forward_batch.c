@@ -40,18 +40,20 @@ static int reserve(speck_mctx *mc, int n) {
         return -1;
     const int64_t in = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
     const int64_t qd = (int64_t)hp->n_head * hp->head_dim;
-    const size_t ab = speck_mm_act_bytes_max(n, in > qd ? in : qd);
-    if (ab > mc->act_bytes) {
+    // One activation buffer per thread: each prepares the rows it multiplies itself.
+    const size_t ab = (speck_mm_act_bytes_max(n, in > qd ? in : qd) + 63) & ~(size_t)63;
+    if (ab > mc->act_bytes || th > mc->act_th) {
         free(mc->act);
         mc->act_bytes = 0;
-        if (!(mc->act = aligned_alloc(64, (ab + 63) & ~(size_t)63))) return -1;
+        if (!(mc->act = aligned_alloc(64, ab * (size_t)th))) return -1;
         mc->act_bytes = ab;
+        mc->act_th = th;
     }
     if (n <= mc->cap_tok) return 0;
     const size_t E = (size_t)hp->n_embd, half = (size_t)hp->head_dim / 2;
     if (grow_f(&mc->x, n * E) || grow_f(&mc->xn, n * E) || grow_f(&mc->xo, n * E) ||
         grow_f(&mc->q, n * (size_t)qd) || grow_f(&mc->att, n * (size_t)qd) ||
-        grow_f(&mc->kvt, n * (size_t)mc->kv_dim) || grow_f(&mc->g, n * (size_t)hp->n_ff) ||
+        grow_f(&mc->kvt, n * (size_t)mc->kv_dim) || grow_f(&mc->kvt2, n * (size_t)mc->kv_dim) || grow_f(&mc->g, n * (size_t)hp->n_ff) ||
         grow_f(&mc->u, n * (size_t)hp->n_ff))
         return -1;
     for (int i = 0; i < 2; i++)
@@ -66,37 +68,66 @@ static int reserve(speck_mctx *mc, int n) {
     return 0;
 }
 
+// The pass runs in one OpenMP parallel region (a fork/join per operation costs a scheduling
+// round each, which a loaded machine makes expensive): the helpers below are called by every
+// thread of it, share the work by thread number and end with a barrier.
+
+// This thread's share [*i0, *i1) of n items.
+static void share(int64_t n, int64_t *i0, int64_t *i1) {
+    const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    *i0 = n * tid / nth;
+    *i1 = n * (tid + 1) / nth;
+}
+
 // Y (n, w->n_out) = X (n, w->n_in) · Wᵀ (+= Y when accumulate) with the few-token kernels,
 // whose every output is the same whatever n is (panel kernels where the model has panels, the
-// row kernels otherwise): the batch's composition never changes a token's numbers.
+// row kernels otherwise): the batch's composition never changes a token's numbers. This thread's
+// share: its contiguous rows [*o0, *o1), cut on multiples of 16 (panel boundaries), in one kernel
+// call on activations it prepares itself (as the single-sequence pass does). No barrier: callers
+// put one where the results are read.
 static void mm(speck_mctx *mc, const speck_weight *w, const float *X, int n, float *Y,
-               int accumulate) {
+               int accumulate, int64_t *o0p, int64_t *o1p) {
     const bool panels = use_panels(w);
-    const speck_type at = panels ? speck_panel_act_type(w->type) : w->type;
+    int64_t u0, u1;
+    share((w->n_out + 15) / 16, &u0, &u1);
+    const int64_t o0 = 16 * u0, o1 = 16 * u1 < w->n_out ? 16 * u1 : w->n_out;
+    if (o0p) *o0p = o0, *o1p = o1;
+    if (o1 <= o0) return;
     speck_mm_act a;
-    speck_mm_act_prepare(at, X, n, w->n_in, mc->act, &a);
-    const int64_t item = panels ? speck_panel_rows_per_item(w->type, n) : 16;
-    const int64_t items = (w->n_out + item - 1) / item;
-#pragma omp parallel for schedule(static)
-    for (int64_t it = 0; it < items; it++) {
-        const int64_t o0 = it * item, o1 = o0 + item < w->n_out ? o0 + item : w->n_out;
-        if (panels)
-            speck_mm_panel_rows(w->type, w->packed, &a, o0, o1, Y, w->n_out, accumulate);
-        else
-            speck_mm_rows(w->type, w->data, &a, o0, o1, Y, w->n_out, accumulate);
-    }
+    speck_mm_act_prepare(panels ? speck_panel_act_type(w->type) : w->type, X, n, w->n_in,
+                         (char *)mc->act + mc->act_bytes * (size_t)omp_get_thread_num(), &a);
+    if (panels)
+        speck_mm_panel_rows(w->type, w->packed, &a, o0, o1, Y, w->n_out, accumulate);
+    else
+        speck_mm_rows(w->type, w->data, &a, o0, o1, Y, w->n_out, accumulate);
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps) {
-#pragma omp parallel for schedule(static) if (n > 1)
+#pragma omp for schedule(static)
     for (int i = 0; i < n; i++)
         speck_op_rmsnorm_row(out + (size_t)i * dim, x + (size_t)i * dim, w, dim, eps);
 }
 
-static void add_bias(float *x, const float *b, int n, int dim) {
-    if (!b) return;
-    for (int i = 0; i < n; i++)
+// Bias, QK-norm and RoPE on this thread's tokens of x (n, heads * hd).
+static void bias_rope(const speck_mctx *mc, float *x, const float *b, int n, int heads,
+                      const float *cs, const float *sn, const float *norm) {
+    const speck_hparams *hp = &mc->m->hp;
+    const int hd = hp->head_dim, dim = heads * hd;
+    int64_t t0, t1;
+    share(n, &t0, &t1);
+    for (int64_t i = t0; b && i < t1; i++)
         for (int j = 0; j < dim; j++) x[(size_t)i * dim + j] += b[j];
+    if (cs && t1 > t0) // a team of one inside this region: the rotation runs on this thread
+        speck_op_rope(x + (size_t)t0 * dim, cs + (size_t)t0 * (hd / 2), sn + (size_t)t0 * (hd / 2),
+                      (int)(t1 - t0), heads, hd, hp->rope_type, norm, hp->norm_eps);
+}
+
+// x (n, dim) += y, this thread's rows, then a barrier.
+static void add_rows(float *x, const float *y, int n, int dim) {
+    int64_t t0, t1;
+    share(n, &t0, &t1);
+    if (t1 > t0) speck_op_add(x + (size_t)t0 * dim, y + (size_t)t0 * dim, (size_t)(t1 - t0) * dim);
+#pragma omp barrier
 }
 
 // Attention units: runs of consecutive tokens of one sequence, cut at ATT_TOK tokens.
@@ -149,59 +180,82 @@ static void forward_layers(speck_mctx *mc, int n, const int32_t *seq, const int3
     const int E = hp->n_embd, hd = hp->head_dim, nkv = hp->n_head_kv, kvd = mc->kv_dim;
     const size_t F = (size_t)hp->n_ff;
     const int units = attention_units(seq, n, mc->runs);
-    for (int l = 0; l < hp->n_layer; l++) {
-        const speck_layer *ly = &m->layers[l];
-        const float *cs = mc->rope_cs[ly->rope], *sn = mc->rope_sn[ly->rope];
-        rmsnorm(mc->xn, mc->x, ly->attn_norm, n, E, hp->norm_eps);
-        mm(mc, &ly->wq, mc->xn, n, mc->q, 0);
-        add_bias(mc->q, ly->bq, n, hp->n_head * hd);
-        speck_op_rope(mc->q, cs, sn, n, hp->n_head, hd, hp->rope_type, ly->q_norm, hp->norm_eps);
-        for (int kv = 0; kv < 2; kv++) { // new keys, then values: (n, kv_dim) into their slots
-            mm(mc, kv ? &ly->wv : &ly->wk, mc->xn, n, mc->kvt, 0);
-            add_bias(mc->kvt, kv ? ly->bv : ly->bk, n, kvd);
-            if (!kv)
-                speck_op_rope(mc->kvt, cs, sn, n, nkv, hd, hp->rope_type, ly->k_norm,
-                              hp->norm_eps);
-            float *cache = kv ? mc->v[l] : mc->k[l];
-            for (int i = 0; i < n; i++)
-                for (int g = 0; g < nkv; g++)
-                    memcpy(mkv_at(mc, cache, g, mc->bpos[i]), mc->kvt + (size_t)i * kvd + g * hd,
-                           (size_t)hd * sizeof(float));
+#pragma omp parallel
+    {
+        for (int l = 0; l < hp->n_layer; l++) {
+            const speck_layer *ly = &m->layers[l];
+            const float *cs = mc->rope_cs[ly->rope], *sn = mc->rope_sn[ly->rope];
+            rmsnorm(mc->xn, mc->x, ly->attn_norm, n, E, hp->norm_eps); // (ends with a barrier)
+            // Q, K, V: (n, n_head hd) and (n, kv_dim) twice, each thread its rows of all three.
+            mm(mc, &ly->wq, mc->xn, n, mc->q, 0, NULL, NULL);
+            mm(mc, &ly->wk, mc->xn, n, mc->kvt, 0, NULL, NULL);
+            mm(mc, &ly->wv, mc->xn, n, mc->kvt2, 0, NULL, NULL);
+#pragma omp barrier
+            // Bias, QK-norm, RoPE, then this thread's tokens' keys and values into their slots.
+            bias_rope(mc, mc->q, ly->bq, n, hp->n_head, cs, sn, ly->q_norm);
+            bias_rope(mc, mc->kvt, ly->bk, n, nkv, cs, sn, ly->k_norm);
+            bias_rope(mc, mc->kvt2, ly->bv, n, nkv, NULL, NULL, NULL);
+            {
+                int64_t t0, t1;
+                share(n, &t0, &t1);
+                for (int64_t i = t0; i < t1; i++)
+                    for (int g = 0; g < nkv; g++) {
+                        memcpy(mkv_at(mc, mc->k[l], g, mc->bpos[i]),
+                               mc->kvt + (size_t)i * kvd + g * hd, (size_t)hd * sizeof(float));
+                        memcpy(mkv_at(mc, mc->v[l], g, mc->bpos[i]),
+                               mc->kvt2 + (size_t)i * kvd + g * hd, (size_t)hd * sizeof(float));
+                    }
+            }
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+            for (int u = 0; u < units * nkv; u++)
+                attend_unit(mc, l, seq, pos, mc->runs[u / nkv], mc->runs[u / nkv + 1], u % nkv,
+                            omp_get_thread_num());
+            if (hp->post_norms) { // x += norm(attention output)
+                mm(mc, &ly->wo, mc->att, n, mc->xo, 0, NULL, NULL);
+#pragma omp barrier
+                rmsnorm(mc->xn, mc->xo, ly->attn_post_norm, n, E, hp->norm_eps);
+                add_rows(mc->x, mc->xn, n, E);
+            } else {
+                mm(mc, &ly->wo, mc->att, n, mc->x, 1, NULL, NULL);
+#pragma omp barrier
+            }
+            rmsnorm(mc->xn, mc->x, ly->ffn_norm, n, E, hp->norm_eps);
+            {
+                // Gate and up rows of this thread's share, then the activation on them.
+                int64_t o0, o1;
+                mm(mc, &ly->wg, mc->xn, n, mc->g, 0, &o0, &o1);
+                mm(mc, &ly->wu, mc->xn, n, mc->u, 0, NULL, NULL);
+                for (int i = 0; i < n && o1 > o0; i++)
+                    speck_op_ffn_act(hp->ffn_act, mc->g + i * F + o0, mc->u + i * F + o0,
+                                     (size_t)(o1 - o0));
+            }
+#pragma omp barrier
+            if (hp->post_norms) {
+                mm(mc, &ly->wd, mc->g, n, mc->xo, 0, NULL, NULL);
+#pragma omp barrier
+                rmsnorm(mc->xn, mc->xo, ly->ffn_post_norm, n, E, hp->norm_eps);
+                add_rows(mc->x, mc->xn, n, E);
+            } else {
+                mm(mc, &ly->wd, mc->g, n, mc->x, 1, NULL, NULL);
+#pragma omp barrier
+            }
         }
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int u = 0; u < units * nkv; u++)
-            attend_unit(mc, l, seq, pos, mc->runs[u / nkv], mc->runs[u / nkv + 1], u % nkv,
-                        omp_get_thread_num());
-        if (hp->post_norms) { // x += norm(attention output)
-            mm(mc, &ly->wo, mc->att, n, mc->xo, 0);
-            rmsnorm(mc->xn, mc->xo, ly->attn_post_norm, n, E, hp->norm_eps);
-            speck_op_add(mc->x, mc->xn, (size_t)n * E);
-        } else {
-            mm(mc, &ly->wo, mc->att, n, mc->x, 1);
-        }
-        rmsnorm(mc->xn, mc->x, ly->ffn_norm, n, E, hp->norm_eps);
-        mm(mc, &ly->wg, mc->xn, n, mc->g, 0);
-        mm(mc, &ly->wu, mc->xn, n, mc->u, 0);
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) speck_op_ffn_act(hp->ffn_act, mc->g + i * F, mc->u + i * F, F);
-        if (hp->post_norms) {
-            mm(mc, &ly->wd, mc->g, n, mc->xo, 0);
-            rmsnorm(mc->xn, mc->xo, ly->ffn_post_norm, n, E, hp->norm_eps);
-            speck_op_add(mc->x, mc->xn, (size_t)n * E);
-        } else {
-            mm(mc, &ly->wd, mc->g, n, mc->x, 1);
+#pragma omp for schedule(static)
+        for (int r = 0; r < n_out; r++)
+            speck_op_rmsnorm_row(mc->xn + (size_t)r * E, mc->x + (size_t)out_rows[r] * E,
+                                 m->out_norm, E, hp->norm_eps);
+        if (n_out > 0) {
+            mm(mc, &m->output, mc->xn, n_out, logits, 0, NULL, NULL);
+#pragma omp barrier
+            if (hp->final_softcap > 0) {
+#pragma omp for schedule(static)
+                for (int r = 0; r < n_out; r++)
+                    speck_op_softcap_row(logits + (size_t)r * hp->n_vocab, (size_t)hp->n_vocab,
+                                         hp->final_softcap);
+            }
         }
     }
-    for (int r = 0; r < n_out; r++)
-        speck_op_rmsnorm_row(mc->xn + (size_t)r * E, mc->x + (size_t)out_rows[r] * E, m->out_norm,
-                             E, hp->norm_eps);
-    if (n_out == 0) return;
-    mm(mc, &m->output, mc->xn, n_out, logits, 0);
-    if (hp->final_softcap > 0)
-#pragma omp parallel for schedule(static)
-        for (int r = 0; r < n_out; r++)
-            speck_op_softcap_row(logits + (size_t)r * hp->n_vocab, (size_t)hp->n_vocab,
-                                 hp->final_softcap);
 }
 
 int speck_mctx_forward(speck_mctx *mc, int n, const int32_t *tokens, const int32_t *seq,

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "kernels/kernels.h"
 #include "model/model_internal.h"
 
 typedef struct {
@@ -26,11 +27,12 @@ struct speck_mctx {
     const float *freq[2]; // RoPE frequencies: the model's, the windowed layers' own
     // Forward scratch, grown to the largest pass seen.
     int cap_tok;
-    float *x, *xn, *xo, *q, *att, *kvt, *g, *u; // (n, n_embd) ... (n, n_ff)
+    float *x, *xn, *xo, *q, *att, *kvt, *kvt2, *g, *u; // (n, n_embd) ... (n, n_ff)
     float *rope_cs[2], *rope_sn[2];             // (n, head_dim / 2)
     uint8_t *erow;                              // one embedding row
-    void *act;                                  // prepared activations
-    size_t act_bytes;
+    void *act;        // (act_th, act_bytes) each thread's prepared activations
+    size_t act_bytes; // per thread
+    int act_th;
     int32_t *bpos; // (n) cache slot of each token: block * bs + offset
     int *runs;     // (2n + 2) attention units scratch
     int th;        // threads the per-thread scratch below holds

@@ -68,6 +68,7 @@ void speck_mctx_free(speck_mctx *mc) {
     free(mc->q);
     free(mc->att);
     free(mc->kvt);
+    free(mc->kvt2);
     free(mc->g);
     free(mc->u);
     for (int i = 0; i < 2; i++) free(mc->rope_cs[i]), free(mc->rope_sn[i]);
