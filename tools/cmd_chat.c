@@ -95,7 +95,8 @@ static void help(void) {
            "  --repeat-penalty R     penalise the last --repeat-last-n (64) tokens (default 1)\n"
            "  --seed S               sampler seed (default 42)\n"
            "  -c, --ctx N            context size (default: model's, at most 4096)\n"
-           "  --kv-type T            KV cache values: f16 (default) or f32 (twice the memory)\n"
+           "  --kv-type T            KV cache values: f16 (default), f32 (twice the memory),\n"
+           "                         q8_0 or q4_0 (0.53x / 0.28x f16's; also -ctk/-ctv T)\n"
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages\n"
            "  --stats                print timings to stderr after each reply\n");
