@@ -236,6 +236,18 @@ static float softmax_weights(float *sc, int n_keys, __m512 mx) {
 }
 
 #define GROUP_MAX_Q 64 // queries per pass over the keys (their running maxima live on the stack)
+#define KDQ_MAX_HD 256 // block-kind keys up to this head size are dequantized a block at a time
+
+// Rows [0, n) of kind K (block kinds, hd a multiple of 32), ld values apart -> dst (n, hd) floats.
+static void dequant_rows(const void *src, int64_t ld, int n, int hd, int K, float *dst) {
+    for (int r = 0; r < n; r++) {
+        const void *row = speck_kv_row(src, r, ld, K);
+        for (int c = 0; c < hd; c += 16)
+            _mm512_storeu_ps(dst + (size_t)r * hd + c,
+                             K == SPECK_KV_Q8 ? load_kv(row, c, 0xFFFF, SPECK_KV_Q8)
+                                              : load_kv(row, c, 0xFFFF, SPECK_KV_Q4));
+    }
+}
 
 // speck_attend_group for nt * gq <= GROUP_MAX_Q queries. Key blocks are the outer loop, so each
 // block of 16 keys is read from memory once and then from L1 for the other queries; each
@@ -246,7 +258,13 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
                              int64_t sc_ld, float *out, int64_t ldo) {
     const int nc = (hd + 15) / 16;
     const __mmask16 hm = (__mmask16)((1u << (hd - 16 * (nc - 1))) - 1); // last chunk's lanes
-    const qk_fn qk = nc <= 8 ? qk_fns[kind][nc] : NULL; // NULL: the generic chunk loop
+    // Block-kind keys: each block of 16 dequantized once into kdq for all the queries, which then
+    // run the f32 kernels on it (the same values, so the same results; widening in registers
+    // for each query instead took the 1.1B's shapes, 8 heads a group, 1.3-1.6x f16's time).
+    const int kdq_on = kind >= SPECK_KV_Q8 && hd <= KDQ_MAX_HD;
+    const int kk = kdq_on ? SPECK_KV_F32 : kind; // the kind the score kernels read
+    float kdq[kdq_on ? 16 * hd : 1];
+    const qk_fn qk = nc <= 8 ? qk_fns[kk][nc] : NULL; // NULL: the generic chunk loop
     __m512 mx[GROUP_MAX_Q];
     int maxk = 0;
     for (int t = 0; t < nt; t++) maxk = n_keys[t] > maxk ? n_keys[t] : maxk;
@@ -254,6 +272,11 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
     const int64_t row_bytes = speck_kv_bytes(hd, kind);
     for (int j0 = 0; j0 < maxk; j0 += 16) {
         const void *k0 = speck_kv_row(kb, j0, ld, kind);
+        int64_t kld = ld;
+        if (kdq_on) {
+            dequant_rows(k0, ld, maxk - j0 < 16 ? maxk - j0 : 16, hd, kind, kdq);
+            k0 = kdq, kld = hd;
+        }
         // The next block's keys: 16 rows of a 4 KiB page (head size 64, f32), so the hardware
         // prefetchers, which stop at page ends, would restart at every block. A 1.1B's 44 KV
         // groups per thread per token, 1024 cached keys, single-threaded from memory: 38 -> 29
@@ -274,7 +297,7 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
             for (int h = 0; h < gq; h++) {
                 const float *qp = q + (int64_t)t * ldq + (int64_t)h * hd;
                 const __m512 s0 =
-                    qk ? qk(k0, ld, nk, qp, hm) : qk_block_any(k0, ld, nk, qp, nc, kind, hm);
+                    qk ? qk(k0, kld, nk, qp, hm) : qk_block_any(k0, kld, nk, qp, nc, kk, hm);
                 __m512 sv = _mm512_mul_ps(s0, _mm512_set1_ps(scale));
                 if (softcap > 0) sv = softcap16(sv, softcap);
                 const __m512 s = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY), sv);
