@@ -48,7 +48,8 @@ int main(int argc, char **argv) {
     printf("| keys | KV type | cache MiB | ms per token | ns per key and layer | vs f16 |\n");
     printf("| ---: | --- | ---: | ---: | ---: | ---: |\n");
     float *row = malloc(sizeof(float) * (size_t)hd);
-    float *q = malloc(sizeof(float) * (size_t)heads * hd), *out = malloc(sizeof(float) * heads * hd);
+    float *q = malloc(sizeof(float) * (size_t)heads * hd),
+          *out = malloc(sizeof(float) * heads * hd);
     for (int i = 0; i < heads * hd; i++) q[i] = (float)(rand() % 2001 - 1000) / 1000.0f;
     for (int ki = 0; ki < nkeys; ki++) {
         const int n = keys[ki];

@@ -5,7 +5,8 @@
 //   MODE: prefill | decode | chunks:K | truncate:K | rows:STEP | tree:P:parents
 // Env SPECK_TEST_ISA=scalar|avx2|avx512 runs on that kernel path (exit 3 if the CPU lacks it);
 // SPECK_TEST_NO_PANELS=1 loads with SPECK_LOAD_NO_PANELS (the row-layout kernels);
-// SPECK_TEST_KV=f16 (q8_0, q4_0) gives the context a KV cache of that type; SPECK_TEST_CTX=N a context of N positions.
+// SPECK_TEST_KV=f16 (q8_0, q4_0) gives the context a KV cache of that type; SPECK_TEST_CTX=N a
+// context of N positions.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -101,10 +101,13 @@ int main(void) {
                                     err = x > err ? x : err;
                                 }
                             }
-                        CHECK(same, "[%s] %s cache, hd %d, %d heads, %s: output bit-identical to "
-                                    "the f32 kernel on the dequantized rows",
+                        CHECK(same,
+                              "[%s] %s cache, hd %d, %d heads, %s: output bit-identical to "
+                              "the f32 kernel on the dequantized rows",
                               isas[ii], speck_type_name(kv), hd, gq,
-                              mi == 1 ? "mask" : mi == 2 ? "soft-cap" : "causal");
+                              mi == 1   ? "mask"
+                              : mi == 2 ? "soft-cap"
+                                        : "causal");
                         CHECK(err <= 2e-5 * 40 && e == ref_empty && (mi != 1 || e == gq),
                               "[%s] %s cache, hd %d, %d heads, mode %d: max |out - scalar| %.3g "
                               "(tol %.3g), empty queries %d vs %d",

@@ -60,9 +60,9 @@ static inline __attribute__((always_inline)) __m512 load_kv(const void *row, int
         q = _mm512_cvtepi8_epi32(raw);
     } else { // element j: low nibble of byte j, element j + 16: its high nibble; levels - 8
         const __m512i u = _mm512_cvtepu8_epi32(raw);
-        q = _mm512_sub_epi32(_mm512_and_si512(hi ? _mm512_srli_epi32(u, 4) : u,
-                                              _mm512_set1_epi32(15)),
-                             _mm512_set1_epi32(8));
+        q = _mm512_sub_epi32(
+            _mm512_and_si512(hi ? _mm512_srli_epi32(u, 4) : u, _mm512_set1_epi32(15)),
+            _mm512_set1_epi32(8));
     }
     return _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
 }
@@ -71,8 +71,10 @@ static inline __attribute__((always_inline)) __m512 load_kv(const void *row, int
 // their accumulators stay in registers; F(CHUNKS, H) defines one, CHUNK_TABLE(prefix) lists them
 // indexed [H][CHUNKS]. (The block kinds only ever run even chunk counts.)
 #define PER_CHUNKS(F, H) F(1, H) F(2, H) F(3, H) F(4, H) F(5, H) F(6, H) F(7, H) F(8, H)
-#define CHUNK_ROW(P, H) {NULL, P##H##_1, P##H##_2, P##H##_3, P##H##_4, P##H##_5, P##H##_6, P##H##_7, P##H##_8}
-#define CHUNK_TABLE(P) {CHUNK_ROW(P, 0), CHUNK_ROW(P, 1), CHUNK_ROW(P, 2), CHUNK_ROW(P, 3)}
+#define CHUNK_ROW(P, H)                                                                            \
+    { NULL, P##H##_1, P##H##_2, P##H##_3, P##H##_4, P##H##_5, P##H##_6, P##H##_7, P##H##_8 }
+#define CHUNK_TABLE(P)                                                                             \
+    { CHUNK_ROW(P, 0), CHUNK_ROW(P, 1), CHUNK_ROW(P, 2), CHUNK_ROW(P, 3) }
 
 // Value rows prefetched ahead in the value pass: from memory (the first pass over a group's
 // values), smollm2-135m's shapes with an f16 cache, 1024 keys, one thread: 22.1 -> 19.4 ns per
@@ -115,8 +117,7 @@ attend_v_group(const float *const *p, const int *nk, const float *inv, float *co
                 _mm_prefetch(vp + b, _MM_HINT_T0);
             __m512 vv[8];
 #pragma GCC unroll 8
-            for (int c = 0; c < CS; c++)
-                vv[c] = load_kv(v, 16 * c, c == CS - 1 ? last : 0xFFFF, H);
+            for (int c = 0; c < CS; c++) vv[c] = load_kv(v, 16 * c, c == CS - 1 ? last : 0xFFFF, H);
 #pragma GCC unroll 16
             for (int i = 0; i < HQ; i++) {
                 if (i >= nq || (k >= kmin && k >= nk[i])) continue;
@@ -243,9 +244,9 @@ static void dequant_rows(const void *src, int64_t ld, int n, int hd, int K, floa
     for (int r = 0; r < n; r++) {
         const void *row = speck_kv_row(src, r, ld, K);
         for (int c = 0; c < hd; c += 16)
-            _mm512_storeu_ps(dst + (size_t)r * hd + c,
-                             K == SPECK_KV_Q8 ? load_kv(row, c, 0xFFFF, SPECK_KV_Q8)
-                                              : load_kv(row, c, 0xFFFF, SPECK_KV_Q4));
+            _mm512_storeu_ps(dst + (size_t)r * hd + c, K == SPECK_KV_Q8
+                                                           ? load_kv(row, c, 0xFFFF, SPECK_KV_Q8)
+                                                           : load_kv(row, c, 0xFFFF, SPECK_KV_Q4));
     }
 }
 
@@ -284,7 +285,8 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
         // that pass prefetches its own, V_AHEAD rows on.)
         for (int r = 0; r < 16 && j0 + 16 + r < maxk; r++)
             for (int64_t b = 0; b < row_bytes; b += 64)
-                _mm_prefetch((const char *)speck_kv_row(kb, j0 + 16 + r, ld, kind) + b, _MM_HINT_T0);
+                _mm_prefetch((const char *)speck_kv_row(kb, j0 + 16 + r, ld, kind) + b,
+                             _MM_HINT_T0);
         for (int t = 0; t < nt; t++) {
             if (j0 >= n_keys[t]) continue;
             const int nk = n_keys[t] - j0 < 16 ? n_keys[t] - j0 : 16;
@@ -331,7 +333,7 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
             const int n = nq - i0 < hq ? nq - i0 : hq;
             for (int i = 0; i < n; i++) pos[i] = po[i0 + i] + 16 * c0;
             vgroup_fns[kind][cs](pw + i0, pk + i0, inv + i0, pos, n, v, ld,
-                                c0 + cs == nc ? hm : 0xFFFF);
+                                 c0 + cs == nc ? hm : 0xFFFF);
         }
     }
     return empty;

@@ -300,7 +300,8 @@ static inline __attribute__((always_inline)) __m256 load_kv8(const void *row, in
         if (K == SPECK_KV_Q8) {
             q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + o)));
         } else { // element j: low nibble of byte j, element j + 16: its high nibble; levels - 8
-            const __m256i u = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + (o & 15))));
+            const __m256i u =
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + (o & 15))));
             q = _mm256_sub_epi32(
                 _mm256_and_si256(o >= 16 ? _mm256_srli_epi32(u, 4) : u, _mm256_set1_epi32(15)),
                 _mm256_set1_epi32(8));
@@ -341,8 +342,7 @@ attend_v_slab8(const float *sc, const void *vb, int64_t ld, int n_keys, const in
 // out: (hd).
 static inline __attribute__((always_inline)) int
 attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd, int n_keys,
-             float scale, float softcap, const uint8_t *allow, float *sc, float *out,
-             const int K) {
+             float scale, float softcap, const uint8_t *allow, float *sc, float *out, const int K) {
     const int nc = (hd + 7) / 8, hn = hd - 8 * (nc - 1);
     const __m256i hm = lanes8(hn), all = _mm256_set1_epi32(-1);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);

@@ -170,8 +170,8 @@ typedef struct {
     int (*attend)(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                   float scale, float softcap, const uint8_t *allow, float *sc, float *out);
     // Attention of several queries over the same keys (speck_attend_group), keys and values f32,
-    // f16, Q8_0 or Q4_0; NULL: speck_attend once per query on f32 rows. Returns how many queries had no
-    // allowed key.
+    // f16, Q8_0 or Q4_0; NULL: speck_attend once per query on f32 rows. Returns how many queries
+    // had no allowed key.
     int (*attend_group)(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                         const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
                         speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,
