@@ -305,11 +305,15 @@ typedef struct speck_ctx speck_ctx;
 // A context with room for n_ctx cached positions (0: the model's training context, capped at
 // 4096). Several contexts may share one model.
 speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx);
-// The same with the KV cache stored as kv_type: SPECK_TYPE_F32 (what speck_ctx_new uses) or
+// The same with the KV cache stored as kv_type: SPECK_TYPE_F32 (what speck_ctx_new uses),
 // SPECK_TYPE_F16, which halves the cache's memory and the bytes attention reads per token at the
 // cost of rounding keys and values to f16 (relative error <= 2^-11; llama.cpp's default cache
-// type). Outputs stay batch-invariant, so accelerated decoding stays lossless. Any other type
-// fails with SPECK_ERR_ARG.
+// type), or SPECK_TYPE_Q8_0 / SPECK_TYPE_Q4_0: each head's key and value rows rounded to ggml's
+// blocks of 32 (an f16 scale and 8- or 4-bit levels; 0.53x / 0.28x the f16 cache's memory, as
+// llama.cpp's --cache-type-k/-v q8_0 / q4_0), which attention reads directly (SPECK_ERR_UNSUPPORTED
+// when the head size is not a multiple of 32). Keys and values always share the type. Outputs
+// stay batch-invariant, so accelerated decoding stays lossless. Any other type fails with
+// SPECK_ERR_ARG.
 speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type);
 // The element type of the context's KV cache.
 speck_type speck_ctx_kv_type(const speck_ctx *c);

@@ -5,7 +5,8 @@
 //   MODE: prefill | decode | chunks:K | truncate:K | rows:STEP | tree:P:parents
 // Env SPECK_TEST_ISA=scalar|avx2|avx512 runs on that kernel path (exit 3 if the CPU lacks it);
 // SPECK_TEST_NO_PANELS=1 loads with SPECK_LOAD_NO_PANELS (the row-layout kernels);
-// SPECK_TEST_KV=f16 gives the context an f16 KV cache; SPECK_TEST_CTX=N a context of N positions.
+// SPECK_TEST_KV=f16 (q8_0, q4_0) gives the context a KV cache of that type; SPECK_TEST_CTX=N a
+// context of N positions.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,12 +48,13 @@ int main(int argc, char **argv) {
     int32_t toks[4096];
     int n = parse_list(argv[4], toks, 4096);
     if (n <= 0) return die("tokens");
-    const char *kv = getenv("SPECK_TEST_KV"); // "f16": an f16 KV cache
+    const char *kv = getenv("SPECK_TEST_KV"); // "f16", "q8_0", "q4_0": the KV cache's type
     // 1024 positions: make_model.DUMP_CTX (LongRoPE's factors depend on the context size), or
     // SPECK_TEST_CTX.
     const char *nc = getenv("SPECK_TEST_CTX");
-    speck_ctx *c = speck_ctx_new_kv(m, nc && *nc ? atoi(nc) : 1024,
-                                    kv && !strcmp(kv, "f16") ? SPECK_TYPE_F16 : SPECK_TYPE_F32);
+    const int kvt = kv && *kv ? speck_type_from_name(kv) : SPECK_TYPE_F32;
+    if (kvt < 0) return die("SPECK_TEST_KV");
+    speck_ctx *c = speck_ctx_new_kv(m, nc && *nc ? atoi(nc) : 1024, (speck_type)kvt);
     if (!c) return die("context");
     float *out = calloc((size_t)n * V, sizeof(float));
     int rows = n;

@@ -154,8 +154,23 @@ expect 0 "bench at a depth, f32 KV cache" -- "$SPECK" bench -m "$dir/tiny.gguf" 
 cp "$dir/out" "$dir/b32"
 expect 0 "bench at a depth, f16 KV cache (the default)" -- "$SPECK" bench -m "$dir/tiny.gguf" -p 8 -n 4 -d 40 -r 1 --json
 /usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d0=json.load(open(sys.argv[2])); z=json.load(open(sys.argv[3])); assert d["tg_tok_s"]>0 and d0["bytes_per_token"]<d["bytes_per_token"]<z["bytes_per_token"]' "$dir/out" "$dir/b0" "$dir/b32" && ok || bad "bench f16 KV cache output: $(cat "$dir/out")"
-expect 2 "bad --kv-type" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 4 --kv-type q4_0
-mentions "--kv-type" "q4_0"
+expect 2 "bad --kv-type" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 4 --kv-type q4_k
+mentions "--kv-type" "q4_k" "q8_0"
+expect 2 "bad --cache-type-v" -- "$SPECK" bench -m "$dir/tiny.gguf" -ctv int4
+mentions "--cache-type-v" "int4"
+expect 2 "K and V cache types differ" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 4 -ctk q8_0 -ctv q4_0
+mentions "--cache-type-k q8_0" "--cache-type-v q4_0" "one type"
+expect 1 "q8_0 KV cache on head size 16" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello" -n 4 --kv-type q8_0
+mentions "q8_0" "multiple of 32"
+# Q8_0 / Q4_0 KV caches on a head size of 32: accelerated decoding identical to plain, and the
+# bytes a generated token reads fall with the cache's bits.
+expect 0 "init tiny-qwen3" -- "$SPECK" init --preset tiny-qwen3 --seed 3 -o "$dir/tq3.gguf"
+expect 0 "generate q8_0 KV cache, accelerated" -- "$SPECK" generate -m "$dir/tq3.gguf" -p "hello world hello world" -n 24 --ignore-eos --kv-type q8_0 --draft prompt,aded --compare
+grep -q "output identical" "$dir/err" && ok || bad "q8_0 KV cache: accelerated output differs: $(cat "$dir/err")"
+expect 0 "bench q8_0 KV cache" -- "$SPECK" bench -m "$dir/tq3.gguf" -p 8 -n 4 -d 40 -r 1 --kv-type q8_0 --json
+cp "$dir/out" "$dir/bq8"
+expect 0 "bench q4_0 KV cache (llama-bench's names)" -- "$SPECK" bench -m "$dir/tq3.gguf" -p 8 -n 4 -d 40 -r 1 -ctk q4_0 -ctv q4_0 --json
+/usr/bin/python3 -c 'import json,sys; q4=json.load(open(sys.argv[1])); q8=json.load(open(sys.argv[2])); assert q4["kv_type"]=="q4_0" and q8["kv_type"]=="q8_0" and q4["tg_tok_s"]>0 and q4["bytes_per_token"]<q8["bytes_per_token"]' "$dir/out" "$dir/bq8" && ok || bad "bench block KV cache output: $(cat "$dir/out")"
 expect 0 "generate f32 KV cache, accelerated" -- "$SPECK" generate -m "$dir/tiny.gguf" -p "hello world hello world" -n 24 --ignore-eos --kv-type f32 --draft prompt,aded --compare
 grep -q "output identical" "$dir/err" && ok || bad "f32 KV cache: accelerated output differs: $(cat "$dir/err")"
 

@@ -57,8 +57,9 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
 char *cli_read_file(const char *path, size_t *len);
 // Load a GGUF file (with cli_load_flags, SPECK_LOAD_*) or a Hugging Face checkpoint directory.
 extern unsigned cli_load_flags;
-// --kv-type f32|f16: the element type of the KV caches the commands create (default f32);
-// exits with status 2 on another value. True if argv[*i] was the option.
+// --kv-type f32|f16|q8_0|q4_0 (or llama.cpp's --cache-type-k/-v, -ctk/-ctv, which must agree):
+// the type of the KV caches the commands create (default f16); exits with status 2 on another
+// value. True if argv[*i] was the option.
 extern speck_type cli_kv_type;
 bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i);
 // With --lora options given (cli_lora_opt), the adapters are attached, unmerged.

@@ -118,11 +118,33 @@ unsigned cli_load_flags = 0;
 speck_type cli_kv_type = SPECK_TYPE_F16;
 
 bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i) {
-    const char *v;
-    if (!cli_opt(argc, argv, i, "--kv-type", NULL, &v)) return false;
+    // --kv-type sets keys and values; llama.cpp's --cache-type-k / -ctk and --cache-type-v / -ctv
+    // are accepted too, but speck keeps both in one type, so they must agree.
+    static const char *names[3] = {"--kv-type", "--cache-type-k", "--cache-type-v"};
+    static int given[3] = {-1, -1, -1}; // the type each option last set
+    const char *v = NULL;
+    int o = 0;
+    if (cli_opt(argc, argv, i, "--kv-type", NULL, &v))
+        o = 0;
+    else if (cli_opt(argc, argv, i, "--cache-type-k", "-ctk", &v))
+        o = 1;
+    else if (cli_opt(argc, argv, i, "--cache-type-v", "-ctv", &v))
+        o = 2;
+    else
+        return false;
     const int t = speck_type_from_name(v);
-    if (t != SPECK_TYPE_F32 && t != SPECK_TYPE_F16) {
-        fprintf(stderr, "speck %s: --kv-type: '%s' is not a KV cache type (f32, f16)\n", cmd, v);
+    if (t != SPECK_TYPE_F32 && t != SPECK_TYPE_F16 && t != SPECK_TYPE_Q8_0 &&
+        t != SPECK_TYPE_Q4_0) {
+        fprintf(stderr, "speck %s: %s: '%s' is not a KV cache type (f32, f16, q8_0, q4_0)\n", cmd,
+                names[o], v);
+        exit(2);
+    }
+    given[o] = t;
+    if (o && given[3 - o] >= 0 && given[3 - o] != t) {
+        fprintf(stderr,
+                "speck %s: %s %s and %s %s differ: speck stores keys and values in one type "
+                "(--kv-type)\n",
+                cmd, names[1], speck_type_name(given[1]), names[2], speck_type_name(given[2]));
         exit(2);
     }
     cli_kv_type = (speck_type)t;

@@ -82,7 +82,7 @@ static double bw_probe_run(const bw_probe *p, int passes) {
 
 static void help(void) {
     printf("usage: speck bench -m MODEL.gguf [-p 512] [-n 128] [-d 0] [-r 5] [-t THREADS]\n"
-           "                   [--kv-type f32] [--json] [--hugepages]\n"
+           "                   [--kv-type f32|f16|q8_0|q4_0] [--json] [--hugepages]\n"
            "                   [--lora FILE[:SCALE]]...\n\n"
            "Measures prompt processing (one forward over -p tokens) and text generation (-n\n"
            "single-token forwards), each from a cache holding -d tokens already (0: empty),\n"
@@ -92,7 +92,8 @@ static void help(void) {
            "weights, plus the KV cache at the run's mean depth), and the median fraction of it\n"
            "reached, each run against its own bandwidth reading. --hugepages\n"
            "reads the weights into transparent huge pages instead of mapping the file; --kv-type\n"
-           "f32 stores the KV cache in f32 (default f16, as llama-bench).\n");
+           "(or llama-bench's -ctk/-ctv names) stores the KV cache in f32, f16 (the default, as\n"
+           "llama-bench), q8_0 or q4_0 blocks.\n");
 }
 
 // The cache back to the first `depth` tokens (untimed): truncated, or, when sliding-window
@@ -165,7 +166,7 @@ int cmd_bench(int argc, char **argv) {
     // that is 45 MB (f32) for tinyllama-1.1b, 8 % of its Q4_0 weights; a sliding-window layer
     // reads its window at most.
     const double mean_ctx = depth + (n_tg > 0 ? (n_tg - 1) / 2.0 : 0.0);
-    const double kv_bytes = cli_kv_type == SPECK_TYPE_F16 ? 2.0 : 4.0;
+    const double kv_bytes = (double)speck_type_row_size(cli_kv_type, 32) / 32; // per value
     double kv_rows = 0;
     for (int l = 0; l < hp->n_layer; l++)
         kv_rows += speck_hparams_layer_swa(hp, l) && hp->n_swa < mean_ctx ? hp->n_swa : mean_ctx;

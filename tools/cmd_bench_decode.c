@@ -126,7 +126,7 @@ static void help(void) {
            "  --aded-warm FILE    warm ADED's statistics with this text\n"
            "  --json              machine-readable results\n"
            "  --plot FILE.png     speedup per strategy and the cost curve (gnuplot)\n"
-           "  --kv-type T         KV cache values: f16 (default) or f32\n"
+           "  --kv-type T         KV cache values: f16 (default), f32, q8_0 or q4_0\n"
            "  --lora FILE[:SCALE] apply a LoRA adapter unmerged (repeatable)\n"
            "  -t N                threads\n");
 }

@@ -40,23 +40,41 @@ static inline __m512 softcap16(__m512 s, float c) {
         _mm512_set1_ps(c));
 }
 
-// Chunk idx.. of a key/value row of floats (h16 = 0) or f16 values (h16 = 1), lanes m.
+// Chunk idx.. (16 values) of a key/value row of kind K (kernels_internal.h), lanes m (the block
+// kinds: all 16, their head sizes are multiples of 32). Block values come out as d * q exactly
+// (an fp16 scale times a level of at most 8 bits fits a float's 24), so attention over a
+// quantized cache is the f32 kernels' arithmetic on the dequantized rows.
 static inline __attribute__((always_inline)) __m512 load_kv(const void *row, int64_t idx,
-                                                            __mmask16 m, const int h16) {
-    if (h16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + idx));
-    return _mm512_maskz_loadu_ps(m, (const float *)row + idx);
+                                                            __mmask16 m, const int K) {
+    if (K == SPECK_KV_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)row + idx));
+    if (K == SPECK_KV_F32) return _mm512_maskz_loadu_ps(m, (const float *)row + idx);
+    const int hi = (int)(idx & 16); // second half of the block
+    const uint8_t *b = (const uint8_t *)row + (idx >> 5) * (K == SPECK_KV_Q8 ? 34 : 18);
+    uint16_t dh;
+    memcpy(&dh, b, 2);
+    const __m512 d = _mm512_cvtph_ps(_mm256_set1_epi16((short)dh));
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(b + 2 + (K == SPECK_KV_Q8 ? hi : 0)));
+    __m512i q;
+    if (K == SPECK_KV_Q8) {
+        q = _mm512_cvtepi8_epi32(raw);
+    } else { // element j: low nibble of byte j, element j + 16: its high nibble; levels - 8
+        const __m512i u = _mm512_cvtepu8_epi32(raw);
+        q = _mm512_sub_epi32(
+            _mm512_and_si512(hi ? _mm512_srli_epi32(u, 4) : u, _mm512_set1_epi32(15)),
+            _mm512_set1_epi32(8));
+    }
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
 }
 
-// The kernels below are instantiated per chunk count (1..8) and value type (f32, f16: H = 0, 1),
-// so their accumulators stay in registers; F(CHUNKS, H) defines one, CHUNK_TABLE(prefix) lists
-// them indexed [H][CHUNKS].
+// The kernels below are instantiated per chunk count (1..8) and row kind (H: SPECK_KV_*), so
+// their accumulators stay in registers; F(CHUNKS, H) defines one, CHUNK_TABLE(prefix) lists them
+// indexed [H][CHUNKS]. (The block kinds only ever run even chunk counts.)
 #define PER_CHUNKS(F, H) F(1, H) F(2, H) F(3, H) F(4, H) F(5, H) F(6, H) F(7, H) F(8, H)
+#define CHUNK_ROW(P, H)                                                                            \
+    { NULL, P##H##_1, P##H##_2, P##H##_3, P##H##_4, P##H##_5, P##H##_6, P##H##_7, P##H##_8 }
 #define CHUNK_TABLE(P)                                                                             \
-    {                                                                                              \
-        {NULL, P##0_1, P##0_2, P##0_3, P##0_4, P##0_5, P##0_6, P##0_7, P##0_8}, {                  \
-            NULL, P##1_1, P##1_2, P##1_3, P##1_4, P##1_5, P##1_6, P##1_7, P##1_8                   \
-        }                                                                                          \
-    }
+    { CHUNK_ROW(P, 0), CHUNK_ROW(P, 1), CHUNK_ROW(P, 2), CHUNK_ROW(P, 3) }
 
 // Value rows prefetched ahead in the value pass: from memory (the first pass over a group's
 // values), smollm2-135m's shapes with an f16 cache, 1024 keys, one thread: 22.1 -> 19.4 ns per
@@ -75,7 +93,7 @@ static inline __attribute__((always_inline)) __m512 load_kv(const void *row, int
 static inline __attribute__((always_inline)) void
 attend_v_group(const float *const *p, const int *nk, const float *inv, float *const *out, int nq,
                const void *vb, int64_t ld, __mmask16 last, const int CS, const int HQ,
-               const int h16) {
+               const int H) {
     const int S = CS <= 2 ? 2 : 1;
     __m512 o[16];
     int kmin = nk[0], kmax = nk[0];
@@ -90,17 +108,16 @@ attend_v_group(const float *const *p, const int *nk, const float *inv, float *co
         for (int s = 0; s < S; s++) {
             const int k = j + s;
             if (k >= kmax) break;
-            const void *v = speck_kv_row(vb, k, ld, h16);
+            const void *v = speck_kv_row(vb, k, ld, H);
             // Each 64-byte line of the slab V_AHEAD rows on (the last row again near the end: no
             // address past the values).
-            const char *vp = speck_kv_row(vb, k + V_AHEAD < kmax ? k + V_AHEAD : kmax - 1, ld, h16);
+            const char *vp = speck_kv_row(vb, k + V_AHEAD < kmax ? k + V_AHEAD : kmax - 1, ld, H);
 #pragma GCC unroll 8
-            for (int c = 0; c < CS; c += h16 + 1)
-                _mm_prefetch(vp + 64 * c / (h16 + 1), _MM_HINT_T0);
+            for (int b = 0; b < speck_kv_bytes(16 * CS, H); b += 64)
+                _mm_prefetch(vp + b, _MM_HINT_T0);
             __m512 vv[8];
 #pragma GCC unroll 8
-            for (int c = 0; c < CS; c++)
-                vv[c] = load_kv(v, 16 * c, c == CS - 1 ? last : 0xFFFF, h16);
+            for (int c = 0; c < CS; c++) vv[c] = load_kv(v, 16 * c, c == CS - 1 ? last : 0xFFFF, H);
 #pragma GCC unroll 16
             for (int i = 0; i < HQ; i++) {
                 if (i >= nq || (k >= kmin && k >= nk[i])) continue;
@@ -124,7 +141,7 @@ attend_v_group(const float *const *p, const int *nk, const float *inv, float *co
 }
 
 // attend_v_group per chunk count (1..8: queries a call = 16 accumulators / chunks / chains) and
-// value type; index [h16][CS].
+// row kind; index [H][CS].
 typedef void (*vgroup_fn)(const float *const *p, const int *nk, const float *inv, float *const *out,
                           int nq, const void *vb, int64_t ld, __mmask16 last);
 #define VG_HQ(CS) ((CS) <= 2 ? 8 / (CS) : 16 / (CS))
@@ -136,11 +153,13 @@ typedef void (*vgroup_fn)(const float *const *p, const int *nk, const float *inv
     }
 PER_CHUNKS(VG_FN, 0)
 PER_CHUNKS(VG_FN, 1)
+PER_CHUNKS(VG_FN, 2)
+PER_CHUNKS(VG_FN, 3)
 #undef VG_FN
-static const vgroup_fn vgroup_fns[2][9] = CHUNK_TABLE(vg_);
+static const vgroup_fn vgroup_fns[4][9] = CHUNK_TABLE(vg_);
 
 // Scores of one query (q: (hd), NC chunks of 16, the last masked by hm) against the keys
-// k0 + r * ld, r < nk <= 16 (floats, or f16 values when H): lane r = q . k_r (lanes >= nk:
+// k0 + r * ld, r < nk <= 16 (rows of kind H): lane r = q . k_r (lanes >= nk:
 // garbage, masked by the caller). NC is a constant in each instantiation, so the query and the
 // 16 accumulators stay in registers (with a runtime chunk loop the compiler kept the
 // accumulators in memory: a store-to-load chain per FMA, 5x slower).
@@ -165,24 +184,27 @@ static inline __attribute__((always_inline)) __m512 qk_block(const void *k0, int
 }
 
 // qk_block for any number of chunks (head sizes above 128): the same arithmetic, slower.
-static __m512 qk_block_any(const void *k0, int64_t ld, int nk, const float *q, int nc, int h16,
+static __m512 qk_block_any(const void *k0, int64_t ld, int nk, const float *q, int nc, int kind,
                            __mmask16 hm) {
     __m512 acc[16];
     for (int r = 0; r < 16; r++) {
         acc[r] = _mm512_setzero_ps();
         if (r >= nk) continue;
-        const void *k = speck_kv_row(k0, r, ld, h16);
+        const void *k = speck_kv_row(k0, r, ld, kind);
         for (int c = 0; c < nc; c++) {
             const __mmask16 m = c == nc - 1 ? hm : 0xFFFF;
-            const __m512 kc = h16 ? load_kv(k, 16 * c, m, 1) : load_kv(k, 16 * c, m, 0);
+            const __m512 kc = kind == SPECK_KV_F32   ? load_kv(k, 16 * c, m, SPECK_KV_F32)
+                              : kind == SPECK_KV_F16 ? load_kv(k, 16 * c, m, SPECK_KV_F16)
+                              : kind == SPECK_KV_Q8  ? load_kv(k, 16 * c, m, SPECK_KV_Q8)
+                                                     : load_kv(k, 16 * c, m, SPECK_KV_Q4);
             acc[r] = _mm512_fmadd_ps(kc, _mm512_maskz_loadu_ps(m, q + 16 * c), acc[r]);
         }
     }
     return hsum16x16(acc);
 }
 
-// qk_block instantiated for 1..8 chunks (head sizes up to 128) and both key types; index
-// [h16][chunk count].
+// qk_block instantiated for 1..8 chunks (head sizes up to 128) and every row kind; index
+// [kind][chunk count].
 typedef __m512 (*qk_fn)(const void *k0, int64_t ld, int nk, const float *q, __mmask16 hm);
 #define QK_FN(NC, H)                                                                               \
     static __m512 qk_##H##_##NC(const void *k0, int64_t ld, int nk, const float *q,                \
@@ -191,8 +213,10 @@ typedef __m512 (*qk_fn)(const void *k0, int64_t ld, int nk, const float *q, __mm
     }
 PER_CHUNKS(QK_FN, 0)
 PER_CHUNKS(QK_FN, 1)
+PER_CHUNKS(QK_FN, 2)
+PER_CHUNKS(QK_FN, 3)
 #undef QK_FN
-static const qk_fn qk_fns[2][9] = CHUNK_TABLE(qk_);
+static const qk_fn qk_fns[4][9] = CHUNK_TABLE(qk_);
 
 // One query's softmax weights in place of its n_keys scores (masked ones -inf; mx: their lane
 // maxima). Returns 1 / their sum, or 0 when no key is allowed.
@@ -213,32 +237,56 @@ static float softmax_weights(float *sc, int n_keys, __m512 mx) {
 }
 
 #define GROUP_MAX_Q 64 // queries per pass over the keys (their running maxima live on the stack)
+#define KDQ_MAX_HD 256 // block-kind keys up to this head size are dequantized a block at a time
+
+// Rows [0, n) of kind K (block kinds, hd a multiple of 32), ld values apart -> dst (n, hd) floats.
+static void dequant_rows(const void *src, int64_t ld, int n, int hd, int K, float *dst) {
+    for (int r = 0; r < n; r++) {
+        const void *row = speck_kv_row(src, r, ld, K);
+        for (int c = 0; c < hd; c += 16)
+            _mm512_storeu_ps(dst + (size_t)r * hd + c, K == SPECK_KV_Q8
+                                                           ? load_kv(row, c, 0xFFFF, SPECK_KV_Q8)
+                                                           : load_kv(row, c, 0xFFFF, SPECK_KV_Q4));
+    }
+}
 
 // speck_attend_group for nt * gq <= GROUP_MAX_Q queries. Key blocks are the outer loop, so each
 // block of 16 keys is read from memory once and then from L1 for the other queries; each
 // query's arithmetic is that of the one-query case, whatever else runs alongside.
 static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                              const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
-                             int h16, int64_t ld, int hd, float scale, float softcap, float *sc,
+                             int kind, int64_t ld, int hd, float scale, float softcap, float *sc,
                              int64_t sc_ld, float *out, int64_t ldo) {
     const int nc = (hd + 15) / 16;
     const __mmask16 hm = (__mmask16)((1u << (hd - 16 * (nc - 1))) - 1); // last chunk's lanes
-    const qk_fn qk = nc <= 8 ? qk_fns[h16][nc] : NULL; // NULL: the generic chunk loop
+    // Block-kind keys: each block of 16 dequantized once into kdq for all the queries, which then
+    // run the f32 kernels on it (the same values, so the same results; widening in registers
+    // for each query instead took the 1.1B's shapes, 8 heads a group, 1.3-1.6x f16's time).
+    const int kdq_on = kind >= SPECK_KV_Q8 && hd <= KDQ_MAX_HD;
+    const int kk = kdq_on ? SPECK_KV_F32 : kind; // the kind the score kernels read
+    float kdq[kdq_on ? 16 * hd : 1];
+    const qk_fn qk = nc <= 8 ? qk_fns[kk][nc] : NULL; // NULL: the generic chunk loop
     __m512 mx[GROUP_MAX_Q];
     int maxk = 0;
     for (int t = 0; t < nt; t++) maxk = n_keys[t] > maxk ? n_keys[t] : maxk;
     for (int i = 0; i < nt * gq; i++) mx[i] = _mm512_set1_ps(-INFINITY);
-    const size_t row_bytes = (size_t)hd * (h16 ? 2 : 4);
+    const int64_t row_bytes = speck_kv_bytes(hd, kind);
     for (int j0 = 0; j0 < maxk; j0 += 16) {
-        const void *k0 = speck_kv_row(kb, j0, ld, h16);
+        const void *k0 = speck_kv_row(kb, j0, ld, kind);
+        int64_t kld = ld;
+        if (kdq_on) {
+            dequant_rows(k0, ld, maxk - j0 < 16 ? maxk - j0 : 16, hd, kind, kdq);
+            k0 = kdq, kld = hd;
+        }
         // The next block's keys: 16 rows of a 4 KiB page (head size 64, f32), so the hardware
         // prefetchers, which stop at page ends, would restart at every block. A 1.1B's 44 KV
         // groups per thread per token, 1024 cached keys, single-threaded from memory: 38 -> 29
         // ns per key. (Prefetching the block's values here, for the value pass, gained nothing;
         // that pass prefetches its own, V_AHEAD rows on.)
         for (int r = 0; r < 16 && j0 + 16 + r < maxk; r++)
-            for (size_t b = 0; b < row_bytes; b += 64)
-                _mm_prefetch((const char *)speck_kv_row(kb, j0 + 16 + r, ld, h16) + b, _MM_HINT_T0);
+            for (int64_t b = 0; b < row_bytes; b += 64)
+                _mm_prefetch((const char *)speck_kv_row(kb, j0 + 16 + r, ld, kind) + b,
+                             _MM_HINT_T0);
         for (int t = 0; t < nt; t++) {
             if (j0 >= n_keys[t]) continue;
             const int nk = n_keys[t] - j0 < 16 ? n_keys[t] - j0 : 16;
@@ -251,7 +299,7 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
             for (int h = 0; h < gq; h++) {
                 const float *qp = q + (int64_t)t * ldq + (int64_t)h * hd;
                 const __m512 s0 =
-                    qk ? qk(k0, ld, nk, qp, hm) : qk_block_any(k0, ld, nk, qp, nc, h16, hm);
+                    qk ? qk(k0, kld, nk, qp, hm) : qk_block_any(k0, kld, nk, qp, nc, kk, hm);
                 __m512 sv = _mm512_mul_ps(s0, _mm512_set1_ps(scale));
                 if (softcap > 0) sv = softcap16(sv, softcap);
                 const __m512 s = _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY), sv);
@@ -279,13 +327,13 @@ static int attend_group_part(const float *q, int64_t ldq, int nt, int gq, const 
         }
     for (int c0 = 0; c0 < nc; c0 += 8) {
         const int cs = nc - c0 < 8 ? nc - c0 : 8, hq = VG_HQ(cs);
-        const void *v = (const char *)vb + 16 * c0 * (h16 ? 2 : 4);
+        const void *v = (const char *)vb + speck_kv_bytes(16 * c0, kind);
         float *pos[16];
         for (int i0 = 0; i0 < nq; i0 += hq) {
             const int n = nq - i0 < hq ? nq - i0 : hq;
             for (int i = 0; i < n; i++) pos[i] = po[i0 + i] + 16 * c0;
-            vgroup_fns[h16][cs](pw + i0, pk + i0, inv + i0, pos, n, v, ld,
-                                c0 + cs == nc ? hm : 0xFFFF);
+            vgroup_fns[kind][cs](pw + i0, pk + i0, inv + i0, pos, n, v, ld,
+                                 c0 + cs == nc ? hm : 0xFFFF);
         }
     }
     return empty;
@@ -297,14 +345,14 @@ int speck_attend_group_avx512(const float *q, int64_t ldq, int nt, int gq, const
                               speck_type kv, int64_t ld, int hd, float scale, float softcap,
                               float *sc, int64_t sc_ld, float *out, int64_t ldo) {
     const int hc = gq < GROUP_MAX_Q ? gq : GROUP_MAX_Q, tc = GROUP_MAX_Q / hc;
-    const int h16 = kv == SPECK_TYPE_F16;
+    const int kind = speck_kv_kind(kv);
     int empty = 0;
     for (int t0 = 0; t0 < nt; t0 += tc)
         for (int h0 = 0; h0 < gq; h0 += hc)
             empty += attend_group_part(q + (int64_t)t0 * ldq + (int64_t)h0 * hd, ldq,
                                        nt - t0 < tc ? nt - t0 : tc, gq - h0 < hc ? gq - h0 : hc,
                                        n_keys + t0, allow ? allow + (int64_t)t0 * lda : NULL, lda,
-                                       kb, vb, h16, ld, hd, scale, softcap, sc, sc_ld,
+                                       kb, vb, kind, ld, hd, scale, softcap, sc, sc_ld,
                                        out + (int64_t)t0 * ldo + (int64_t)h0 * hd, ldo);
     return empty;
 }

@@ -176,7 +176,7 @@ int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n
                                      softcap, sc, sc_ld, out, ldo);
     const float *kf = kb, *vf = vb;
     float *conv = NULL;
-    if (kv == SPECK_TYPE_F16) { // the one-query kernels read floats: convert the rows seen
+    if (kv != SPECK_TYPE_F32) { // the one-query kernels read floats: convert the rows seen
         int maxk = 0;
         for (int t = 0; t < nt; t++) maxk = n_keys[t] > maxk ? n_keys[t] : maxk;
         conv = malloc(2 * sizeof(float) * (size_t)maxk * (size_t)hd + 1);
@@ -184,9 +184,11 @@ int speck_attend_group(const float *q, int64_t ldq, int nt, int gq, const int *n
             for (int t = 0; t < nt; t++) memset(out + t * ldo, 0, sizeof(float) * (size_t)gq * hd);
             return nt * gq;
         }
+        const int kind = speck_kv_kind(kv);
         for (int j = 0; j < maxk; j++) {
-            g_table->f16_to_f32((const uint16_t *)kb + j * ld, conv + (size_t)j * hd, hd);
-            g_table->f16_to_f32((const uint16_t *)vb + j * ld, conv + (size_t)(maxk + j) * hd, hd);
+            speck_dequantize_row(kv, speck_kv_row(kb, j, ld, kind), conv + (size_t)j * hd, hd);
+            speck_dequantize_row(kv, speck_kv_row(vb, j, ld, kind), conv + (size_t)(maxk + j) * hd,
+                                 hd);
         }
         kf = conv, vf = conv + (size_t)maxk * hd, ld = hd;
     }

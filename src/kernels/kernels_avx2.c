@@ -283,12 +283,31 @@ static inline __m256 softcap8(__m256 s, float c) {
     return _mm256_mul_ps(_mm256_or_ps(t, sign), _mm256_set1_ps(c));
 }
 
-// Chunk idx.. of a key/value row of floats (h16 = 0, lanes m) or f16 values (h16 = 1, the first
-// n of the chunk's 8; the rest read as 0). f16 values are widened exactly, so both give the
-// same arithmetic on the same values.
+// Chunk idx.. of a key/value row of kind K (kernels_internal.h): floats (lanes m), f16 values
+// (the first n of the chunk's 8; the rest read as 0), or 8 values of a Q8_0 / Q4_0 block (head
+// sizes a multiple of 32: always all 8). Every kind is widened exactly (a block value d * q fits
+// a float), so all give the f32 arithmetic on the same values.
 static inline __attribute__((always_inline)) __m256 load_kv8(const void *row, int64_t idx,
-                                                             __m256i m, int n, const int h16) {
-    if (!h16) return _mm256_maskload_ps((const float *)row + idx, m);
+                                                             __m256i m, int n, const int K) {
+    if (K == SPECK_KV_F32) return _mm256_maskload_ps((const float *)row + idx, m);
+    if (K == SPECK_KV_Q8 || K == SPECK_KV_Q4) {
+        const int o = (int)(idx & 31); // 0, 8, 16 or 24 within the block
+        const uint8_t *b = (const uint8_t *)row + (idx >> 5) * (K == SPECK_KV_Q8 ? 34 : 18);
+        uint16_t dh;
+        memcpy(&dh, b, 2);
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(dh));
+        __m256i q;
+        if (K == SPECK_KV_Q8) {
+            q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + o)));
+        } else { // element j: low nibble of byte j, element j + 16: its high nibble; levels - 8
+            const __m256i u =
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + (o & 15))));
+            q = _mm256_sub_epi32(
+                _mm256_and_si256(o >= 16 ? _mm256_srli_epi32(u, 4) : u, _mm256_set1_epi32(15)),
+                _mm256_set1_epi32(8));
+        }
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+    }
     const uint16_t *h = (const uint16_t *)row + idx;
     if (n == 8) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
     uint16_t t[8] = {0};
@@ -300,7 +319,7 @@ static inline __attribute__((always_inline)) __m256 load_kv8(const void *row, in
 // v_j; two accumulator sets by j parity, summed at the end.
 static inline __attribute__((always_inline)) void
 attend_v_slab8(const float *sc, const void *vb, int64_t ld, int n_keys, const int cn, __m256i last,
-               int ln, float inv, float *out, const int h16) {
+               int ln, float inv, float *out, const int K) {
     __m256 o[2][4];
     for (int u = 0; u < 2; u++)
         for (int c = 0; c < cn; c++) o[u][c] = _mm256_setzero_ps();
@@ -308,10 +327,10 @@ attend_v_slab8(const float *sc, const void *vb, int64_t ld, int n_keys, const in
     for (int j = 0; j < n_keys; j += 2)
         for (int u = 0; u < 2 && j + u < n_keys; u++) {
             const __m256 p = _mm256_set1_ps(sc[j + u]);
-            const void *v = speck_kv_row(vb, j + u, ld, h16);
+            const void *v = speck_kv_row(vb, j + u, ld, K);
             for (int c = 0; c < cn; c++)
                 o[u][c] = _mm256_fmadd_ps(
-                    p, load_kv8(v, 8 * c, c == cn - 1 ? last : all, c == cn - 1 ? ln : 8, h16),
+                    p, load_kv8(v, 8 * c, c == cn - 1 ? last : all, c == cn - 1 ? ln : 8, K),
                     o[u][c]);
         }
     for (int c = 0; c < cn; c++)
@@ -319,12 +338,11 @@ attend_v_slab8(const float *sc, const void *vb, int64_t ld, int n_keys, const in
                             _mm256_mul_ps(_mm256_add_ps(o[0][c], o[1][c]), _mm256_set1_ps(inv)));
 }
 
-// q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys (floats, or f16 values when h16);
-// sc: (n_keys); out: (hd).
+// q: (hd); keys/values kb + j * ld, vb + j * ld for j < n_keys (rows of kind K); sc: (n_keys);
+// out: (hd).
 static inline __attribute__((always_inline)) int
 attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd, int n_keys,
-             float scale, float softcap, const uint8_t *allow, float *sc, float *out,
-             const int h16) {
+             float scale, float softcap, const uint8_t *allow, float *sc, float *out, const int K) {
     const int nc = (hd + 7) / 8, hn = hd - 8 * (nc - 1);
     const __m256i hm = lanes8(hn), all = _mm256_set1_epi32(-1);
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
@@ -335,10 +353,10 @@ attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd,
         for (int r = 0; r < 8; r++) {
             acc[r] = _mm256_setzero_ps();
             if (r >= nk) continue;
-            const void *k = speck_kv_row(kb, j0 + r, ld, h16);
+            const void *k = speck_kv_row(kb, j0 + r, ld, K);
             for (int c = 0; c < nc; c++) {
                 const __m256i m = c == nc - 1 ? hm : all;
-                acc[r] = _mm256_fmadd_ps(load_kv8(k, 8 * c, m, c == nc - 1 ? hn : 8, h16),
+                acc[r] = _mm256_fmadd_ps(load_kv8(k, 8 * c, m, c == nc - 1 ? hn : 8, K),
                                          _mm256_maskload_ps(q + 8 * c, m), acc[r]);
             }
         }
@@ -378,19 +396,19 @@ attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd,
         const int cn = nc - c0 < 4 ? nc - c0 : 4;
         const __m256i last = c0 + cn == nc ? hm : all;
         const int ln = c0 + cn == nc ? hn : 8;
-        const void *v = (const char *)vb + 8 * c0 * (h16 ? 2 : 4);
+        const void *v = (const char *)vb + speck_kv_bytes(8 * c0, K);
         switch (cn) {
         case 1:
-            attend_v_slab8(sc, v, ld, n_keys, 1, last, ln, inv, out + 8 * c0, h16);
+            attend_v_slab8(sc, v, ld, n_keys, 1, last, ln, inv, out + 8 * c0, K);
             break;
         case 2:
-            attend_v_slab8(sc, v, ld, n_keys, 2, last, ln, inv, out + 8 * c0, h16);
+            attend_v_slab8(sc, v, ld, n_keys, 2, last, ln, inv, out + 8 * c0, K);
             break;
         case 3:
-            attend_v_slab8(sc, v, ld, n_keys, 3, last, ln, inv, out + 8 * c0, h16);
+            attend_v_slab8(sc, v, ld, n_keys, 3, last, ln, inv, out + 8 * c0, K);
             break;
         default:
-            attend_v_slab8(sc, v, ld, n_keys, 4, last, ln, inv, out + 8 * c0, h16);
+            attend_v_slab8(sc, v, ld, n_keys, 4, last, ln, inv, out + 8 * c0, K);
             break;
         }
     }
@@ -400,12 +418,12 @@ attend_body8(const float *q, const void *kb, const void *vb, int64_t ld, int hd,
 static int attend_avx2(const float *q, const float *kb, const float *vb, int64_t ld, int hd,
                        int n_keys, float scale, float softcap, const uint8_t *allow, float *sc,
                        float *out) {
-    return attend_body8(q, kb, vb, ld, hd, n_keys, scale, softcap, allow, sc, out, 0);
+    return attend_body8(q, kb, vb, ld, hd, n_keys, scale, softcap, allow, sc, out, SPECK_KV_F32);
 }
 
 // speck_attend_group on AVX2: one query at a time (keys and values re-read from cache per
-// query), f16 rows widened as they are loaded rather than copied to floats first (the copy cost
-// a 5 M-parameter model's decode 2-5 %).
+// query), f16 and block rows widened as they are loaded rather than copied to floats first (the
+// copy cost a 5 M-parameter model's decode 2-5 %).
 static int attend_group_avx2(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                              const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
                              speck_type kv, int64_t ld, int hd, float scale, float softcap,
@@ -417,10 +435,26 @@ static int attend_group_avx2(const float *q, int64_t ldq, int nt, int gq, const 
             const float *qp = q + t * ldq + (int64_t)h * hd;
             const uint8_t *al = allow ? allow + t * lda : NULL;
             float *o = out + t * ldo + (int64_t)h * hd;
-            empty +=
-                !(kv == SPECK_TYPE_F16
-                      ? attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o, 1)
-                      : attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o, 0));
+            int got;
+            switch (speck_kv_kind(kv)) {
+            case SPECK_KV_F16:
+                got = attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o,
+                                   SPECK_KV_F16);
+                break;
+            case SPECK_KV_Q8:
+                got = attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o,
+                                   SPECK_KV_Q8);
+                break;
+            case SPECK_KV_Q4:
+                got = attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o,
+                                   SPECK_KV_Q4);
+                break;
+            default:
+                got = attend_body8(qp, kb, vb, ld, hd, n_keys[t], scale, softcap, al, sc, o,
+                                   SPECK_KV_F32);
+                break;
+            }
+            empty += !got;
         }
     return empty;
 }

@@ -10,10 +10,25 @@
 #define SPECK_MT 4
 // Float weight row types, as compile-time constants of the ISA files' inlined kernels.
 enum { SPECK_W_F32, SPECK_W_F16, SPECK_W_BF16 };
-// Address of KV cache row j (ld elements apart) of floats (h16 = 0) or f16 values (h16 = 1):
-// the attention kernels read both.
-static inline const void *speck_kv_row(const void *base, int64_t j, int64_t ld, int h16) {
-    return (const char *)base + j * ld * (h16 ? 2 : 4);
+// Kinds of KV cache rows the attention kernels read, as compile-time constants of their inlined
+// bodies: floats, f16 values, Q8_0 and Q4_0 blocks (the block kinds: head sizes a multiple of 32,
+// each row its own blocks, dequantized in registers as they are read).
+enum { SPECK_KV_F32, SPECK_KV_F16, SPECK_KV_Q8, SPECK_KV_Q4 };
+static inline int speck_kv_kind(speck_type t) {
+    return t == SPECK_TYPE_F16    ? SPECK_KV_F16
+           : t == SPECK_TYPE_Q8_0 ? SPECK_KV_Q8
+           : t == SPECK_TYPE_Q4_0 ? SPECK_KV_Q4
+                                  : SPECK_KV_F32;
+}
+// Bytes of n values of kind K (the block kinds: whole blocks, n rounded up to 32).
+static inline int64_t speck_kv_bytes(int64_t n, int K) {
+    return K == SPECK_KV_F32   ? n * 4
+           : K == SPECK_KV_F16 ? n * 2
+                               : (n + 31) / 32 * (K == SPECK_KV_Q8 ? 34 : 18);
+}
+// Address of KV cache row j (rows of ld values, one after the other) of kind K.
+static inline const void *speck_kv_row(const void *base, int64_t j, int64_t ld, int K) {
+    return (const char *)base + j * speck_kv_bytes(ld, K);
 }
 // Most token rows a panel kernel call takes (the widest ISA's panel_tokens).
 #define SPECK_PT 8
@@ -156,9 +171,9 @@ typedef struct {
     // which other queries or heads run alongside (batch invariance of the decode path).
     int (*attend)(const float *q, const float *kb, const float *vb, int64_t ld, int hd, int n_keys,
                   float scale, float softcap, const uint8_t *allow, float *sc, float *out);
-    // Attention of several queries over the same keys (speck_attend_group), keys and values f32
-    // or f16; NULL: speck_attend once per query on f32 rows. Returns how many queries had no
-    // allowed key.
+    // Attention of several queries over the same keys (speck_attend_group), keys and values f32,
+    // f16, Q8_0 or Q4_0; NULL: speck_attend once per query on f32 rows. Returns how many queries
+    // had no allowed key.
     int (*attend_group)(const float *q, int64_t ldq, int nt, int gq, const int *n_keys,
                         const uint8_t *allow, int64_t lda, const void *kb, const void *vb,
                         speck_type kv, int64_t ld, int hd, float scale, float softcap, float *sc,

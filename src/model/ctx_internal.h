@@ -24,8 +24,8 @@ struct speck_ctx {
     int swa_lo;           // windowed layers: the oldest entry their rings still hold
     bool seq_pos;         // every cache entry's RoPE position is its index
     int32_t *kpos;        // (n_ctx) RoPE position of each cache entry (the windows are by position)
-    speck_type kv_type;   // SPECK_TYPE_F32 or SPECK_TYPE_F16
-    size_t kv_es;         // bytes per cached value
+    speck_type kv_type;   // SPECK_TYPE_F32, F16, Q8_0 or Q4_0 (blocks along each head's row)
+    size_t kv_row;        // bytes of one head's cached row (head_dim values of kv_type)
     const float *freq[2]; // (head_dim / 2) RoPE frequencies: the model's (LongRoPE's short or
                           // long ones for this context), the windowed layers' own
     // Scratch grown on demand to the largest batch seen.
@@ -60,11 +60,11 @@ struct speck_ctx {
 // group's rows are contiguous, so attention streams them without striding over other groups.
 static inline void *kv_at(const speck_ctx *c, int l, void *cache, int g, int idx) {
     const int cap = c->cap[l];
-    return (char *)cache + ((size_t)g * cap + (size_t)(idx % cap)) * c->m->hp.head_dim * c->kv_es;
+    return (char *)cache + ((size_t)g * cap + (size_t)(idx % cap)) * c->kv_row;
 }
 
 // Stores n rows of head_dim floats (src, src_ld apart) as layer l's cache entries idx.. of group
-// g (rounded to f16 for an f16 cache).
+// g (rounded to the cache's type: f16, or Q8_0 / Q4_0 blocks).
 void speck_kv_store(const speck_ctx *c, int l, void *cache, int g, int idx, const float *src,
                     int64_t src_ld, int n);
 

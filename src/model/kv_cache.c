@@ -12,9 +12,18 @@ speck_ctx *speck_ctx_new(const speck_model *m, int n_ctx) {
 
 speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type) {
     const speck_hparams *hp = &m->hp;
-    if (kv_type != SPECK_TYPE_F32 && kv_type != SPECK_TYPE_F16) {
-        speck_set_error(SPECK_ERR_ARG, "KV cache type %s is not supported (f32 or f16)",
+    if (kv_type != SPECK_TYPE_F32 && kv_type != SPECK_TYPE_F16 && kv_type != SPECK_TYPE_Q8_0 &&
+        kv_type != SPECK_TYPE_Q4_0) {
+        speck_set_error(SPECK_ERR_ARG, "KV cache type %s is not supported (f32, f16, q8_0, q4_0)",
                         speck_type_name(kv_type));
+        return NULL;
+    }
+    // Each head's row is quantized on its own, in blocks of 32 values.
+    if ((kv_type == SPECK_TYPE_Q8_0 || kv_type == SPECK_TYPE_Q4_0) && hp->head_dim % 32) {
+        speck_set_error(SPECK_ERR_UNSUPPORTED,
+                        "KV cache type %s needs a head size that is a multiple of 32 (this "
+                        "model's is %d): use f16",
+                        speck_type_name(kv_type), hp->head_dim);
         return NULL;
     }
     if (n_ctx <= 0) n_ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
@@ -25,7 +34,7 @@ speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type)
     c->n_ctx = n_ctx;
     c->kv_dim = hp->n_head_kv * hp->head_dim;
     c->kv_type = kv_type;
-    c->kv_es = kv_type == SPECK_TYPE_F16 ? 2 : 4;
+    c->kv_row = speck_type_row_size(kv_type, hp->head_dim);
     c->seq_pos = true;
     // LongRoPE: the long factors when this context reaches past the original one (llama.cpp's
     // choice; Hugging Face switches when the sequence does).
@@ -42,8 +51,8 @@ speck_ctx *speck_ctx_new_kv(const speck_model *m, int n_ctx, speck_type kv_type)
         if (c->cap[l] < n_ctx) c->swa_cap = c->cap[l];
         // calloc of large blocks maps zero pages lazily: only the part of the context actually
         // used becomes resident.
-        c->k[l] = calloc((size_t)c->cap[l] * c->kv_dim, c->kv_es);
-        c->v[l] = calloc((size_t)c->cap[l] * c->kv_dim, c->kv_es);
+        c->k[l] = calloc((size_t)c->cap[l] * hp->n_head_kv, c->kv_row);
+        c->v[l] = calloc((size_t)c->cap[l] * hp->n_head_kv, c->kv_row);
         if (!c->k[l] || !c->v[l]) goto oom;
     }
     return c;
@@ -93,7 +102,7 @@ int speck_ctx_n_past(const speck_ctx *c) {
 size_t speck_ctx_kv_bytes(const speck_ctx *c) {
     size_t rows = 0;
     for (int l = 0; l < c->m->hp.n_layer; l++) rows += (size_t)c->cap[l];
-    return 2 * rows * (size_t)c->kv_dim * c->kv_es;
+    return 2 * rows * (size_t)c->m->hp.n_head_kv * c->kv_row;
 }
 
 int speck_ctx_truncate(speck_ctx *c, int n) {
@@ -153,7 +162,7 @@ int speck_ctx_compact(speck_ctx *c, const int *idx, int n) {
                                "compact: entries %d..%d are not all held by the sliding-window "
                                "layers (entries %d.. of %d-row rings)",
                                idx[first], idx[hi], c->swa_lo, c->swa_cap);
-    const size_t row = (size_t)c->m->hp.head_dim * c->kv_es;
+    const size_t row = c->kv_row;
     // idx[i] >= i, so moving rows forward in order never overwrites a row still to be read.
     for (int l = 0; l < c->m->hp.n_layer; l++)
         for (int g = 0; g < c->m->hp.n_head_kv; g++)

@@ -111,14 +111,15 @@ static int reserve(speck_ctx *c, int n, bool stream) {
         }
         c->tbuf_bytes = need;
     }
-    if (c->kv_type == SPECK_TYPE_F16 || c->swa_cap) {
+    if (c->kv_type != SPECK_TYPE_F32 || c->swa_cap) {
         // Streaming: new rows before they are stored. Batch: the floats of one layer's keys and
-        // values, all of them (f16 cache) or a windowed layer's held entries and the new ones.
+        // values, all of them (f16 or block cache) or a windowed layer's held entries and the
+        // new ones.
         const size_t hd = (size_t)hp->head_dim, kv2 = 2 * (size_t)hp->n_head_kv * hd;
         const int held = c->n_past < c->swa_cap ? c->n_past : c->swa_cap;
         const size_t need =
             stream ? (size_t)threads * n * hd
-                   : kv2 * (size_t)(c->kv_type == SPECK_TYPE_F16 ? c->n_past + n : held + n);
+                   : kv2 * (size_t)(c->kv_type != SPECK_TYPE_F32 ? c->n_past + n : held + n);
         float **p = stream ? &c->kvt : &c->kvf;
         size_t *cap = stream ? &c->kvt_cap : &c->kvf_cap;
         if (need > *cap) {
@@ -734,13 +735,14 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
         } else if (c->kv_type == SPECK_TYPE_F32) {
             attention_gemm(c, c->q, c->att, c->k[l], c->v[l], (size_t)c->n_ctx * hd, n, n_total, 0,
                            mask, ly->n_swa);
-        } else { // sgemm reads floats: this layer's cached rows [0, n_total), converted once
+        } else { // sgemm reads floats: this layer's cached rows [0, n_total), converted once (a
+                 // group's rows are consecutive, blocks included: one conversion of them all)
             vf = c->kvf + (size_t)nkv * n_total * hd;
 #pragma omp parallel for schedule(static)
             for (int g = 0; g < nkv; g++) {
-                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, l, c->k[l], g, 0),
+                speck_dequantize_row(c->kv_type, kv_at(c, l, c->k[l], g, 0),
                                      kf + (size_t)g * n_total * hd, (int64_t)n_total * hd);
-                speck_dequantize_row(SPECK_TYPE_F16, kv_at(c, l, c->v[l], g, 0),
+                speck_dequantize_row(c->kv_type, kv_at(c, l, c->v[l], g, 0),
                                      vf + (size_t)g * n_total * hd, (int64_t)n_total * hd);
             }
             attention_gemm(c, c->q, c->att, kf, vf, (size_t)n_total * hd, n, n_total, 0, mask,

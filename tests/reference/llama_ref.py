@@ -199,6 +199,9 @@ class LlamaRef:
         # Round cached keys and values to f16 (as a speck context with an f16 KV cache stores
         # them); set after construction.
         self.kv_f16 = False
+        # Or round them through Q8_0 / Q4_0 blocks along each head's row ("q8_0", "q4_0"), with
+        # quant_ref.py's quantizer (ggml's rules); set after construction.
+        self.kv_quant = None
         self.q8_inputs = set(q8_inputs)
         # LongRoPE: the long factors (speck and llama.cpp use them in a context longer than the
         # original one); set after construction.
@@ -305,6 +308,8 @@ class LlamaRef:
             q, k = self.rope(q, pos, il), self.rope(k, pos, il)
             if self.kv_f16:
                 k, v = k.half().to(self.dtype), v.half().to(self.dtype)
+            if self.kv_quant:
+                k, v = kv_block_roundtrip(k, self.kv_quant), kv_block_roundtrip(v, self.kv_quant)
             # GQA: query head hq reads kv head hq // group (consecutive query heads share one).
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
@@ -337,6 +342,15 @@ class LlamaRef:
         if hp.final_softcap > 0:
             logits = hp.final_softcap * torch.tanh(logits / hp.final_softcap)
         return logits
+
+
+def kv_block_roundtrip(x: torch.Tensor, name: str) -> torch.Tensor:
+    """x (n, heads, head_dim) as a block KV cache stores it: each head's row, as float32, quantized
+    to `name` ("q8_0" / "q4_0") by quant_ref.py's numpy quantizer, and dequantized."""
+    import quant_ref
+    a = x.detach().to(torch.float32).numpy()
+    y = quant_ref.dequantize(name, quant_ref.quantize(name, a)).reshape(a.shape)
+    return torch.from_numpy(y).to(x.dtype)
 
 
 def q8_0_roundtrip(x: torch.Tensor) -> torch.Tensor:

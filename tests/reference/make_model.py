@@ -116,11 +116,22 @@ def wide(wtype: str) -> bool:
                               G._BLOCK[G.TYPE_FROM_NAME[wtype]][0] == 256)
 
 
+# Configurations run only when named (not in the default set): windowed models with head size
+# 32, for KV caches in 32-value blocks (Q8_0 / Q4_0) over sliding-window rings.
+EXTRA_CONFIGS = {
+    "mistral32": dict(window=WINDOW, head_dim=32, explicit_head_dim=True),
+    "gemma2hd32": dict(arch="gemma2", post_norms=True, tied=True, eps=1e-6, window=WINDOW,
+                       attn_scale=24 ** -0.5, attn_softcap=1.5, final_softcap=2.0, head_dim=32,
+                       explicit_head_dim=True),
+}
+
+
 def config(name: str) -> dict:
-    if name not in CONFIGS:
-        raise SystemExit(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+    known = {**CONFIGS, **EXTRA_CONFIGS}
+    if name not in known:
+        raise SystemExit(f"unknown config {name!r}; known: {', '.join(known)}")
     c = dict(BASE)
-    c.update(CONFIGS[name])
+    c.update(known[name])
     c["name"] = name
     return c
 
@@ -282,7 +293,7 @@ def make_model(config_name: str, path: str, wtype: str = "f32", seed: int = 1) -
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="gqa", choices=sorted(CONFIGS))
+    ap.add_argument("--config", default="gqa", choices=sorted({**CONFIGS, **EXTRA_CONFIGS}))
     ap.add_argument("--type", default="f32", choices=ALL_TYPES)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-o", "--output", required=True)

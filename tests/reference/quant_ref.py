@@ -234,8 +234,24 @@ def _grid_index(v):
     return np.abs(v[..., None] - IQ4_GRID).argmin(axis=-1).astype(np.uint8)
 
 
+def _roundf(v):
+    """C roundf (halves away from zero) of float32 values, exactly: v + 0.5 could round up."""
+    r = np.trunc(v)
+    return r + np.sign(v) * (np.abs(v - r) >= np.float32(0.5))
+
+
 def _q32(name, x):
     nb = x.shape[0]
+    if name == "q8_0":  # ggml: d = max|x| / 127, levels roundf(x * (1 / d)) (float32 product)
+        d = np.abs(x).max(1) / np.float32(127)
+        q = _roundf(x * _div(np.float32(1), d)[:, None]).astype(np.int8)
+        return np.concatenate([_h(d), q.view(np.uint8)], axis=1)
+    if name == "q4_0":  # ggml: d = (the value of largest magnitude) / -8, levels
+        # min(15, trunc(x * (1 / d) + 8.5)) in float32, element j low nibble, j + 16 high
+        d = _signed_max(x, 1) / np.float32(-8)
+        v = x * _div(np.float32(1), d)[:, None] + np.float32(8.5)
+        q = np.clip(np.trunc(v), 0, 15).astype(np.uint8)
+        return np.concatenate([_h(d), _pack_nib32(q)], axis=1)
     if name in ("q4_1", "q5_1"):
         nmax = 15 if name == "q4_1" else 31
         lo, hi = x.min(1), x.max(1)
@@ -494,7 +510,14 @@ def main(argv=None) -> int:
             if p.returncode != 0:
                 report(False, f"quantize {name} {tag}: quant_dump exit {p.returncode}: {p.stderr}")
                 continue
-            y = dequantize(name, open(qout, "rb").read()).reshape(rows, n)
+            raw_q = open(qout, "rb").read()
+            y = dequantize(name, raw_q).reshape(rows, n)
+            if name in ("q8_0", "q4_0") and not imp:
+                # ggml's plain rules, which a Q8_0 / Q4_0 KV cache also rounds by: byte-exact.
+                want = quantize(name, x)
+                nbad = sum(a != b for a, b in zip(raw_q, want)) + abs(len(raw_q) - len(want))
+                report(nbad == 0, f"quantize {name} plain: bytes identical to the numpy "
+                                  f"quantizer ({nbad} differ)")
             gauss = [r for r in range(rows) if r not in (2, 3, 4)]
             rel = np.sqrt(((y[gauss] - x[gauss]).astype(np.float64) ** 2).mean(axis=1)) / \
                 np.sqrt((x[gauss].astype(np.float64) ** 2).mean(axis=1))

@@ -73,6 +73,20 @@ K_ACT_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs", "mix")
 # ~1e-4 x scale; a few per model were observed (worst 1.5e-4 x scale). 1e-3 keeps 6x headroom
 # and still flags real bugs (a wrong row or type read moves logits by 1e-2 x scale or more).
 TOL_FLOAT_KV16 = 1e-3
+# --kv q8_0 / q4_0: both sides round each head's key and value rows with ggml's rules (speck's C
+# quantizer, quant_ref.py's numpy one: byte-identical on the same floats, see quant_ref.py).
+# Mostly no element lands near enough a rounding boundary for speck's float32 vs the reference's
+# float64 to matter, and the logits agree as with an f32 cache (the 20-token runs of headdim and
+# qwen3: <= 2.2e-6 x scale, exact parity of the cached levels). Where one does, it rounds one
+# level apart (one Q8_0 level is the block's max / 127, one Q4_0 level its max / 8): observed
+# worst 8.3e-4 x scale with q8_0 (gemma2hd32's 20 tokens) and 4.2e-3 with q4_0 (mistral32's
+# 600), rms <= 8.3e-5 x scale, over the headdim, qwen3, mistral32 and gemma2hd32 configs.
+# 5e-3 (q8_0) / 2e-2 (q4_0) and rms 5e-4 keep 4.8-6x headroom; a wrong level, nibble order,
+# scale or row moves the logits by 1e-2 x scale or more, and even leaving the keys and values
+# unrounded does by max 1.0-1.2e-2 / rms 1.9-2.2e-3 (q8_0) and 0.16-0.21 / 3.7e-2 (q4_0) x
+# scale.
+TOL_KV_BLOCK = {"q8_0": 5e-3, "q4_0": 2e-2}
+TOL_KV_BLOCK_RMS = 5e-4
 
 N_TOKENS = 20
 # A longer sequence for the batch attention's chunking (units of 64 queries, causal chunks over
@@ -157,6 +171,11 @@ def compare(got: np.ndarray, ref: np.ndarray, wtype: str):
         rms = float(np.sqrt((err ** 2).mean()))
         ok = maxerr <= tol and rms <= tol_rms
         return ok, maxerr, tol, f"rms {rms:.2e} (tol {tol_rms:.2e}) {where}"
+    if KV_TYPE in ("q8_0", "q4_0"):
+        tol, tol_rms = TOL_KV_BLOCK[KV_TYPE] * scale, TOL_KV_BLOCK_RMS * scale
+        rms = float(np.sqrt((err ** 2).mean()))
+        return (maxerr <= tol and rms <= tol_rms, maxerr, tol,
+                f"rms {rms:.2e} (tol {tol_rms:.2e}) {where}")
     tol = (TOL_FLOAT_KV16 if KV_TYPE == "f16" else TOL_FLOAT) * scale
     return maxerr <= tol, maxerr, tol, where
 
@@ -174,9 +193,9 @@ def main(argv=None) -> int:
                     help="kernel path for speck (scalar, avx2, avx512; default: the best); a CPU "
                          "without it skips the run")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--kv", choices=["f32", "f16"], default="f32",
-                    help="KV cache type of speck's context (f16: the reference rounds its keys and "
-                         "values to f16 too, so the usual tolerances apply)")
+    ap.add_argument("--kv", choices=["f32", "f16", "q8_0", "q4_0"], default="f32",
+                    help="KV cache type of speck's context (the reference rounds its keys and "
+                         "values the same way: f16, or quant_ref.py's Q8_0 / Q4_0 blocks)")
     ap.add_argument("--keep", action="store_true", help="keep models and outputs")
     ap.add_argument("-v", "--verbose", action="store_true", help="print where each case is worst")
     args = ap.parse_args(argv)
@@ -232,6 +251,7 @@ def main(argv=None) -> int:
                 g = G.read_gguf(path)  # the reference sees exactly the stored weights
                 ref_model = L.LlamaRef(g.kv, g.tensors)
                 ref_model.kv_f16 = args.kv == "f16"
+                ref_model.kv_quant = args.kv if args.kv in ("q8_0", "q4_0") else None
                 ref_model.long_rope = M.longrope_long(M.config(cfg))
                 windowed = ref_model.hp.window > 0
                 n_vocab = ref_model.hp.n_vocab
