@@ -126,6 +126,8 @@ def main() -> int:
                     help="comma list of series to run (default: all; a shorter run, e.g. on a "
                     "loaded machine); results.json keeps earlier runs' files")
     ap.add_argument("--ftypes", default="", help="comma list of file types (default: all)")
+    ap.add_argument("--targets", default="",
+                    help="comma list of --target-bpw values (default: %s)" % TARGETS)
     args = ap.parse_args()
     speck = os.path.join(args.build, "speck")
     L = args.llama
@@ -180,7 +182,7 @@ def main() -> int:
             jobs.append((f"recon {ft} pure", "recon", lambda o, ft=ft: [
                 speck, "quantize", model, o, ft, "--pure", "--method", "recon", "--calib", calib,
                 "--calib-ctx", str(ctx), "--calib-tokens", ntok, "-q", "-t", t]))
-        for x in TARGETS:
+        for x in ([float(v) for v in args.targets.split(",")] if args.targets else TARGETS):
             jobs.append((f"alloc {x}", "alloc", lambda o, x=x: [
                 speck, "quantize", model, o, "Q4_K_M", "--target-bpw", str(x), "--imatrix", sim,
                 "--calib", calib, "--calib-ctx", str(ctx), "--calib-tokens", ntok, "-q", "-t", t]))
