@@ -9,7 +9,11 @@ roofline fraction. Prints a Markdown table (paste into BENCHMARKS.md) and writes
 usage: bench/compare_llamacpp.py --llama-bin DIR [--speck build/speck] [--models DIR]
                                  [--reps 5] [--threads 2] [--only smollm2-135m:q8_0,...]
                                  [--pp 512] [--tg 128] [--depth 0] [--speck-base OLD_BUILD/speck]
-                                 [--isa avx2]
+                                 [--isa avx2] [--ik-bin DIR]
+With --ik-bin, ik_llama.cpp's llama-bench joins the alternation twice per rep, plain (its default
+flash attention on) and with run-time repacking (-rtr 1 -fa 1); it is reported at its better
+setting per test. A spec's file is MODELS/PRESET-TYPE.gguf when it exists (e.g. a file written by
+speck quantize / llama-quantize: tinyllama-1.1b:Q4_K_M), else speck init writes it.
 llama.cpp is built outside the repository (see BENCHMARKS.md for the exact commands).
 """
 import argparse
@@ -39,13 +43,13 @@ def speck_once(speck, path, n_pp, n_tg, threads, env):
     return d
 
 
-def llama_once(bindir, path, n_pp, n_tg, threads, env):
+def llama_once(bindir, path, n_pp, n_tg, threads, env, extra=()):
     res = {}
     for test, args in (("pp", ["-p", str(n_pp), "-n", "0"]), ("tg", ["-p", "0", "-n", str(n_tg)])):
         if (test == "pp" and n_pp == 0) or (test == "tg" and n_tg == 0):
             continue
         rows = run_json([os.path.join(bindir, "llama-bench"), "-m", path, "-t", str(threads),
-                         "-r", "1", "-o", "json"] + args + LLAMA_EXTRA, env)
+                         "-r", "1", "-o", "json"] + args + LLAMA_EXTRA + list(extra), env)
         res[test] = rows[0]["avg_ts"]
     return res
 
@@ -79,6 +83,8 @@ def main():
     ap.add_argument("--isa", default=None,
                     help="run speck on this kernel path (SPECK_ISA: avx2, scalar); pair it with a "
                          "llama.cpp built for the same instruction set")
+    ap.add_argument("--ik-bin", default=None,
+                    help="ik_llama.cpp's build/bin: a second peer, plain and -rtr 1 -fa 1")
     ap.add_argument("--hugepages", action="store_true",
                     help="speck bench --hugepages (weights read into transparent huge pages) "
                          "against llama-bench -mmp 0 (weights read into memory, no mmap)")
@@ -106,9 +112,13 @@ def main():
                             "-o", path], check=True, env=env)
         sp, stg, lp, ltg, rss, roof, frac, btg, bw = [], [], [], [], [], [], [], [], []
         load0 = os.getloadavg()[0]
+        ik = {"plain": ([], []), "rtr": ([], [])}  # setting: (pp runs, tg runs)
+        ik_flags = {"plain": [], "rtr": ["-rtr", "1", "-fa", "1"]}
         # One warm-up of each (page cache, CPU clocks), then alternate so drift hits both alike.
         speck_once(a.speck, path, 16, 4, a.threads, env)
         llama_once(a.llama_bin, path, 16, 4, a.threads, env)
+        if a.ik_bin:
+            llama_once(a.ik_bin, path, 16, 4, a.threads, env)
         for _ in range(a.reps):
             d = speck_once(a.speck, path, a.pp, a.tg, a.threads, env)
             sp.append(d["pp_tok_s"])
@@ -120,6 +130,10 @@ def main():
             l = llama_once(a.llama_bin, path, a.pp, a.tg, a.threads, env)
             lp.append(l.get("pp", 0.0))
             ltg.append(l.get("tg", 0.0))
+            for k in (ik if a.ik_bin else ()):
+                l = llama_once(a.ik_bin, path, a.pp, a.tg, a.threads, env, ik_flags[k])
+                ik[k][0].append(l.get("pp", 0.0))
+                ik[k][1].append(l.get("tg", 0.0))
             if a.speck_base:
                 btg.append(speck_once(a.speck_base, path, 0, a.tg, a.threads, env)["tg_tok_s"])
         r = {
@@ -138,6 +152,13 @@ def main():
         if btg:
             r["base_tg"] = statistics.median(btg)
             r["tg_vs_base"] = r["speck_tg"] / r["base_tg"]
+        if a.ik_bin:
+            for i, test in ((0, "pp"), (1, "tg")):
+                med = {k: statistics.median(v[i]) for k, v in ik.items()}
+                best = max(med, key=med.get)
+                r[f"ik_{test}_plain"], r[f"ik_{test}_rtr"] = med["plain"], med["rtr"]
+                r[f"ik_{test}"], r[f"ik_{test}_setting"] = med[best], best
+                r[f"ik_{test}_ratio"] = r[f"speck_{test}"] / med[best] if med[best] else None
         r["pp_ratio"] = r["speck_pp"] / r["llama_pp"] if r["llama_pp"] else None
         r["tg_ratio"] = r["speck_tg"] / r["llama_tg"] if r["llama_tg"] else None
         # Each run against the bandwidth probed right after it (the machine's drifts).
@@ -164,6 +185,14 @@ def main():
               f"{' / '.join(format(x, '.2f') for x in r['tg_ratio_runs'])} | {r['roofline_tg']:.1f} | "
               f"{100 * r['tg_roofline_fraction']:.0f} % | {r['bandwidth_gb_s']:.0f} | "
               f"{r['speck_peak_rss_mib']:.0f} |")
+    if a.ik_bin:
+        print("\n| model | type | speck pp t/s | ik pp t/s (plain / -rtr 1 -fa 1) | pp vs ik "
+              "| speck tg t/s | ik tg t/s (plain / -rtr 1 -fa 1) | tg vs ik |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in results:
+            print(f"| {r['model']} | {r['type']} | {r['speck_pp']:.1f} | {r['ik_pp_plain']:.1f} / "
+                  f"{r['ik_pp_rtr']:.1f} | {f(r['ik_pp_ratio'], '.2f')}x | {r['speck_tg']:.1f} | "
+                  f"{r['ik_tg_plain']:.1f} / {r['ik_tg_rtr']:.1f} | {f(r['ik_tg_ratio'], '.2f')}x |")
     if any("base_tg" in r for r in results):
         print("\n| model | type | speck tg t/s | --speck-base tg t/s | ratio |")
         print("| --- | --- | ---: | ---: | ---: |")

@@ -122,6 +122,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-bytes", type=int, default=180000,
                     help="held-out text evaluated (0: all of it)")
+    ap.add_argument("--series", default="",
+                    help="comma list of series to run (default: all; a shorter run, e.g. on a "
+                    "loaded machine); results.json keeps earlier runs' files")
+    ap.add_argument("--ftypes", default="", help="comma list of file types (default: all)")
+    ap.add_argument("--targets", default="",
+                    help="comma list of --target-bpw values (default: %s)" % TARGETS)
     args = ap.parse_args()
     speck = os.path.join(args.build, "speck")
     L = args.llama
@@ -176,7 +182,7 @@ def main() -> int:
             jobs.append((f"recon {ft} pure", "recon", lambda o, ft=ft: [
                 speck, "quantize", model, o, ft, "--pure", "--method", "recon", "--calib", calib,
                 "--calib-ctx", str(ctx), "--calib-tokens", ntok, "-q", "-t", t]))
-        for x in TARGETS:
+        for x in ([float(v) for v in args.targets.split(",")] if args.targets else TARGETS):
             jobs.append((f"alloc {x}", "alloc", lambda o, x=x: [
                 speck, "quantize", model, o, "Q4_K_M", "--target-bpw", str(x), "--imatrix", sim,
                 "--calib", calib, "--calib-ctx", str(ctx), "--calib-tokens", ntok, "-q", "-t", t]))
@@ -188,7 +194,14 @@ def main() -> int:
                 speck, "quantize", model, o, "Q4_K_M", "--target-bpw", str(x), "--method",
                 "recon", "--calib", calib, "--calib-ctx", str(ctx), "--calib-tokens", ntok, "-q",
                 "-t", t]))
+        want_s = set(args.series.split(",")) if args.series else None
+        want_t = set(args.ftypes.split(",")) if args.ftypes else None
         for label, series, cmd in jobs:
+            if want_s is not None and series not in want_s:
+                continue
+            ft = label.split()[1]
+            if want_t is not None and not series.startswith("alloc") and ft not in want_t:
+                continue
             if label in R and ("kld" in R[label] or "skipped" in R[label]):
                 continue
             out = os.path.join(w, label.replace(" ", "_").replace("+", "p") + ".gguf")
@@ -209,7 +222,7 @@ def main() -> int:
         # llama.cpp re-measures speck's best files (and, for scale, llama's Q4_K_M + imatrix).
         for label in ([f"alloc+recon {x}" for x in TARGETS] +
                       ["gptq Q4_K_M", "recon Q4_K_M", "llama+im Q4_K_M"]):
-            if "llama_kld" in R[label] or "skipped" in R[label]:
+            if label not in R or "llama_kld" in R[label] or "skipped" in R[label]:
                 continue
             p, _ = sh([os.path.join(L, "llama-perplexity"), "-m", R[label]["file"],
                        "--kl-divergence-base", base, "--kl-divergence", "-c", str(ctx), "-b",

@@ -7,7 +7,8 @@
 # usage: bench/quant_speed.sh [BUILD_DIR] [WORK_DIR]
 # env:   MODEL (default: a tinyllama-1.1b-shaped F16 file written by speck init, 2.2 GB),
 #        TYPES (default "Q4_K_M Q8_0 Q4_0 IQ4_XS"), RUNS (3), THREADS (2),
-#        LLAMA (/tmp/llama.cpp/build/bin)
+#        LLAMA (/tmp/llama.cpp/build/bin), KEEP (a folder: keep the last run's files there as
+#        speck-TYPE.gguf and llama-TYPE.gguf, e.g. for bench/compare_llamacpp.py)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build}
@@ -33,5 +34,9 @@ for t in $types; do
   done
   same=$(/usr/bin/python3 "$root/bench/gguf_diff.py" "$work/s.gguf" "$work/l.gguf" | tail -1)
   echo "$t median: speck $(median <"$work/s.$t") s, llama-quantize $(median <"$work/l.$t") s; $same"
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP" && mv "$work/s.gguf" "$KEEP/speck-$t.gguf" && mv "$work/l.gguf" "$KEEP/llama-$t.gguf"
+  fi
 done
 rm -f "$work/s.gguf" "$work/l.gguf"
+echo "done, load $(cut -d' ' -f1-3 /proc/loadavg)"
