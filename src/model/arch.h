@@ -107,6 +107,8 @@ typedef struct {
     bool shared;          // a shared expert with a sigmoid gate (Qwen2-MoE)
     bool ff_div_used;     // no expert_feed_forward_length: n_ff / n_expert_used (llama.cpp's
                           // Qwen MoE default), else n_ff
+    bool ff_is_n_ff;      // the experts' width is feed_forward_length, whatever
+                          // expert_feed_forward_length says (llama.cpp's llama and olmoe)
 } speck_moe_desc;
 
 typedef struct {

@@ -35,7 +35,7 @@ static const speck_tensor_desc layer[] = {
 };
 
 // Mixtral: softmax over the top-k router logits, i.e. the chosen probabilities renormalised.
-static const speck_moe_desc moe = {.norm_topk = true};
+static const speck_moe_desc moe = {.norm_topk = true, .ff_is_n_ff = true};
 
 static const speck_key_desc keys[] = {
     {"attention.sliding_window", offsetof(speck_hparams, n_swa), KEY_INT},

@@ -112,7 +112,7 @@ static int olmoe_read(const cJSON *cfg, const char *path, speck_hparams *hp) {
 static const speck_moe_desc qwen2moe_moe = {
     .norm_topk = false, .shared = true, .ff_div_used = true};
 static const speck_moe_desc qwen3moe_moe = {.norm_topk = true, .ff_div_used = true};
-static const speck_moe_desc olmoe_moe = {.norm_topk = false};
+static const speck_moe_desc olmoe_moe = {.norm_topk = false, .ff_is_n_ff = true};
 
 static const char *const qwen2moe_classes[] = {"Qwen2MoeForCausalLM", NULL};
 static const char *const qwen3moe_classes[] = {"Qwen3MoeForCausalLM", NULL};

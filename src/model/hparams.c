@@ -61,7 +61,8 @@ int speck_hparams_write(speck_gguf_writer *w, const speck_hparams *hp) {
     if (hp->n_expert > 0) { // the mixture of experts (model.c: load_moe_keys)
         err |= speck_gguf_set_u32(w, K("expert_count"), (uint32_t)hp->n_expert);
         err |= speck_gguf_set_u32(w, K("expert_used_count"), (uint32_t)hp->n_expert_used);
-        err |= speck_gguf_set_u32(w, K("expert_feed_forward_length"), (uint32_t)hp->n_ff_exp);
+        if (!(a->moe && a->moe->ff_is_n_ff)) // else feed_forward_length is the experts' width
+            err |= speck_gguf_set_u32(w, K("expert_feed_forward_length"), (uint32_t)hp->n_ff_exp);
         if (hp->n_ff_shexp > 0)
             err |= speck_gguf_set_u32(w, K("expert_shared_feed_forward_length"),
                                       (uint32_t)hp->n_ff_shexp);

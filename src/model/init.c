@@ -50,7 +50,8 @@ static const speck_preset g_presets[] = {
     // Mixtures of experts: ..., experts, used, expert FFN, shared expert FFN. Tiny ones for the
     // tests; OLMoE-1B-7B (64 experts of 1024, top 8, q/k norms over whole rows) and
     // Qwen3-30B-A3B (128 experts of 768, top 8; ~17 GB in Q4_0).
-    {"tiny-mixtral", "llama", 512, 512, 64, 2, 4, 2, 192, 10000.0f, 1e-5f, false, false, 0, 0, 4, 2,
+    // Mixtral: llama.cpp's llama architecture sizes experts by feed_forward_length.
+    {"tiny-mixtral", "llama", 512, 512, 64, 2, 4, 2, 64, 10000.0f, 1e-5f, false, false, 0, 0, 4, 2,
      64, 0},
     {"tiny-qwen2moe", "qwen2moe", 512, 512, 64, 2, 4, 2, 192, 1000000.0f, 1e-6f, false, true, 0, 0,
      8, 2, 64, 96},

@@ -256,7 +256,11 @@ static int load_moe_keys(loader *L) {
                                "= %d",
                                L->path, L->arch, hp->n_expert_used, L->arch, hp->n_expert);
     const int ff = moe->ff_div_used ? hp->n_ff / hp->n_expert_used : hp->n_ff;
-    if (opt_int(L, "expert_feed_forward_length", ff > 0 ? ff : 1, &hp->n_ff_exp) ||
+    if (moe->ff_is_n_ff)
+        hp->n_ff_exp = hp->n_ff;
+    else if (opt_int(L, "expert_feed_forward_length", ff > 0 ? ff : 1, &hp->n_ff_exp))
+        return SPECK_ERR_FORMAT;
+    if (
         (moe->shared &&
          opt_int(L, "expert_shared_feed_forward_length", hp->n_ff, &hp->n_ff_shexp)))
         return SPECK_ERR_FORMAT;
@@ -483,10 +487,12 @@ static int get_experts(loader *L, const char *name, int64_t cols, int64_t rows, 
         return speck_set_error(SPECK_ERR_FORMAT,
                                "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected "
                                "[%lld, %lld, %d] from the model's hyper-parameters ('%s.expert_count' "
-                               "= %d experts; '%s.expert_feed_forward_length' = %d)",
+                               "= %d experts; '%s.%s' = %d)",
                                L->path, name, (long long)t->ne[0], (long long)t->ne[1],
                                (long long)t->ne[2], (long long)t->ne[3], (long long)cols,
                                (long long)rows, hp->n_expert, L->arch, hp->n_expert, L->arch,
+                               L->desc->moe->ff_is_n_ff ? "feed_forward_length"
+                                                        : "expert_feed_forward_length",
                                hp->n_ff_exp);
     if (!is_compute_type(t->type))
         return speck_set_error(SPECK_ERR_UNSUPPORTED,

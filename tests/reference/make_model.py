@@ -82,19 +82,20 @@ CONFIGS = {
     "phi3": dict(arch="phi3", fused=True, n_ctx=4096, longrope_orig=2048),
     # ... and of 64, so it takes the long ones.
     "phi3long": dict(arch="phi3", fused=True, n_ctx=4096, longrope_orig=64),
-    # Mixtures of experts (tiny: 4-8 experts of 64, top 2): Mixtral (llama with experts, softmax
+    # Mixtures of experts (tiny: 4-8 experts of 64, top 2; llama.cpp's llama and olmoe size the
+    # experts by feed_forward_length, so those configs set it to the experts' 64): Mixtral (llama with experts, softmax
     # over the top-k), Qwen2-MoE (biases, no renormalisation, a shared expert of 96 behind a
     # sigmoid gate), Qwen3-MoE (per-head q/k norms, renormalised), OLMoE (q/k norms over whole
     # rows, not renormalised), and OLMoE with expert_weights_norm = true in the file.
-    "mixtral": dict(n_expert=4, n_expert_used=2),
+    "mixtral": dict(n_expert=4, n_expert_used=2, n_ff=64),
     "qwen2moe": dict(arch="qwen2moe", qkv_bias=True, rope_base=1e6, eps=1e-6, n_expert=8,
                      n_expert_used=2, n_ff_shexp=96),
     "qwen3moe": dict(arch="qwen3moe", qk_norm=True, rope_base=1e6, eps=1e-6, head_dim=32,
                      explicit_head_dim=True, n_expert=8, n_expert_used=2),
     "olmoe": dict(arch="olmoe", qk_norm=True, qk_norm_full=True, n_head_kv=4, n_expert=8,
-                  n_expert_used=2),
+                  n_expert_used=2, n_ff=64),
     "olmoenorm": dict(arch="olmoe", qk_norm=True, qk_norm_full=True, n_head_kv=4, n_expert=8,
-                      n_expert_used=3, expert_norm=True),
+                      n_expert_used=3, expert_norm=True, n_ff=64),
     # Quantized experts with f32 attention, embeddings and head (the tests' q4_0 / q4_k runs of
     # this config): the first layer's routing then sees float inputs as in the reference.
     "qexperts": dict(arch="qwen3moe", qk_norm=True, rope_base=1e6, eps=1e-6, n_expert=8,
@@ -188,10 +189,13 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
     """Return (kv list, tensor list) for write_gguf. Matrices (token_embd included) use wtype;
     norms, biases and rope_freqs are always f32, as real converters store them."""
     if wide(wtype):
+        ff_is_exp = c["n_expert"] and c["n_ff"] == c["n_ff_exp"]
         c = dict(c, **WIDE)
         c["head_dim"] *= 4
         if c["n_expert"]:
             c["n_ff_exp"] = 256
+            if ff_is_exp:
+                c["n_ff"] = 256
             c["n_ff_shexp"] = 256 if c["n_ff_shexp"] else 0
     et = G.TYPE_FROM_NAME[MIX_DEFAULT if wtype == "mix" else wtype]  # the experts' type
     qt = G.F32 if c["experts_only"] else et
@@ -258,7 +262,8 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
         else:
             tensors.append((p + "ffn_gate.weight", mat(F, E), qt))
             tensors.append((p + "ffn_up.weight", mat(F, E), qt))
-        tensors.append((p + "ffn_down.weight", mat(E, F), qt))
+        if not c["n_expert"]:
+            tensors.append((p + "ffn_down.weight", mat(E, F), qt))
         if c["post_norms"]:
             tensors.append((p + "post_ffw_norm.weight", norm(E), G.F32))
     tensors.append(("output_norm.weight", norm(E), G.F32))
@@ -309,7 +314,9 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
     if c["n_expert"]:
         kv += [(a + "expert_count", G.GGUF_U32, c["n_expert"]),
                (a + "expert_used_count", G.GGUF_U32, c["n_expert_used"]),
-               (a + "expert_feed_forward_length", G.GGUF_U32, c["n_ff_exp"])]
+               ]
+        if c["arch"] in ("qwen2moe", "qwen3moe"):  # llama, olmoe: feed_forward_length
+            kv.append((a + "expert_feed_forward_length", G.GGUF_U32, c["n_ff_exp"]))
         if c["n_ff_shexp"]:
             kv.append((a + "expert_shared_feed_forward_length", G.GGUF_U32, c["n_ff_shexp"]))
         if c["expert_norm"] is not None:

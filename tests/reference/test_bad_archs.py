@@ -91,10 +91,14 @@ def test_gguf(a, work: str) -> None:
                        tensors_over={"blk.1.ffn_up_exps.weight": exps[:7]}),
                ["blk.1.ffn_up_exps.weight", "'olmoe.expert_count' = 8"],
                "expert tensor with fewer experts than expert_count")
-    dump_fails(a, gguf(work, "moe-ff", "mixtral",
-                       kv_over={"llama.expert_feed_forward_length": (G.GGUF_U32, 96)}),
-               ["blk.0.ffn_gate_exps.weight", "'llama.expert_feed_forward_length' = 96"],
+    dump_fails(a, gguf(work, "moe-ff", "qwen3moe",
+                       kv_over={"qwen3moe.expert_feed_forward_length": (G.GGUF_U32, 96)}),
+               ["blk.0.ffn_gate_exps.weight", "'qwen3moe.expert_feed_forward_length' = 96"],
                "expert FFN width not matching the tensors")
+    dump_fails(a, gguf(work, "moe-ff-llama", "mixtral",
+                       kv_over={"llama.feed_forward_length": (G.GGUF_U32, 96)}),
+               ["blk.0.ffn_gate_exps.weight", "expected [64, 96, 4]"],
+               "Mixtral's feed_forward_length not matching its experts")
     dump_fails(a, gguf(work, "moe-topk", "qwen2moe",
                        kv_over={"qwen2moe.expert_used_count": (G.GGUF_U32, 9)}),
                ["'qwen2moe.expert_used_count' = 9", "'qwen2moe.expert_count' = 8"],
