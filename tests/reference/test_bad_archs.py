@@ -163,6 +163,16 @@ def test_hf(a, work: str) -> None:
     rs["long_factor"] = rs["long_factor"][:-1]
     convert_fails(a, hf_dir(work, "phi3-factors", "phi3", {"rope_scaling": rs}, n),
                   ["config.json", "long_factor", "head_dim / 2"], "LongRoPE factors too short")
+    convert_fails(a, hf_dir(work, "moe-topk", "qwen3moe", {"num_experts_per_tok": 9}, n),
+                  ["config.json", "num_experts_per_tok 9", "8 experts"],
+                  "top-k larger than the experts")
+    d = hf_dir(work, "moe-noexp", "olmoe", {}, n)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    del cfg["num_experts"]
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    convert_fails(a, d, ["config.json", "num_experts", "missing"], "OLMoE without num_experts")
+    convert_fails(a, hf_dir(work, "moe-sparse", "qwen2moe", {"decoder_sparse_step": 2}, n),
+                  ["config.json", "decoder_sparse_step"], "dense layers between sparse ones")
     d = hf_dir(work, "g3-norm", "gemma3", {}, n)
     os.remove(os.path.join(d, "model.safetensors"))
     cfg = json.load(open(os.path.join(d, "config.json")))
