@@ -271,6 +271,17 @@ typedef struct {
                               // (every P-th is global: gemma2 2, gemma3 6; 1 none)
     float rope_freq_base_swa; // RoPE base of the windowed layers (gemma3: 10000; else the global)
     float rope_attn_factor;   // cos and sin of RoPE multiplied by this (LongRoPE); 1 otherwise
+    bool qk_norm_full;        // the q/k norms cover the whole q (k) row, not each head (olmoe)
+    // Mixture of experts (n_expert > 0; docs/architectures.md): a router (n_expert, n_embd)
+    // scores the experts per token, softmax, the n_expert_used best are run (each a SwiGLU block
+    // of n_ff_exp) and their outputs summed weighted by their probabilities — renormalised over
+    // the chosen ones when moe_norm (Mixtral, Qwen3-MoE) — plus, when n_ff_shexp > 0, a shared
+    // expert every token runs, weighted by sigmoid(gate · x) (Qwen2-MoE).
+    int n_expert;      // ARCH.expert_count; 0: dense FFN
+    int n_expert_used; // ARCH.expert_used_count (top-k)
+    int n_ff_exp;      // ARCH.expert_feed_forward_length (default n_ff)
+    int n_ff_shexp;    // ARCH.expert_shared_feed_forward_length; 0: no shared expert
+    bool moe_norm;     // ARCH.expert_weights_norm: the k weights renormalised to sum to 1
 } speck_hparams;
 
 // Whether layer l is a sliding-window layer (n_swa > 0 and the layer is not one of the global
@@ -289,7 +300,8 @@ void speck_model_free(speck_model *m);
 const speck_hparams *speck_model_hparams(const speck_model *m);
 const speck_gguf *speck_model_gguf(const speck_model *m);
 // Bytes of all weights read by one decode step (every tensor but token_embd, plus one embedding
-// row) — the numerator of the memory-bandwidth roofline.
+// row; of a mixture of experts only the n_expert_used experts a token runs, the active
+// parameters) — the numerator of the memory-bandwidth roofline.
 size_t speck_model_bytes_per_token(const speck_model *m);
 // Bytes of all weight tensors in the file.
 size_t speck_model_weight_bytes(const speck_model *m);
@@ -324,6 +336,11 @@ int speck_ctx_n_past(const speck_ctx *c);
 // Bytes allocated for the KV cache: n_ctx entries per layer, except that a sliding-window layer
 // keeps a ring of its window + 64 entries (pages are faulted in as the cache fills).
 size_t speck_ctx_kv_bytes(const speck_ctx *c);
+// Mixture of experts: how often each expert was chosen since the context was made or the counts
+// were reset, (n_layer, n_expert) row-major, one count per token and chosen expert (decode and
+// prefill alike); NULL for a dense model.
+const int64_t *speck_ctx_expert_counts(const speck_ctx *c);
+void speck_ctx_reset_expert_counts(speck_ctx *c);
 // Drop KV entries [n, n_past): rejected draft tokens, or restarting from a shared prefix.
 // SPECK_ERR_RANGE (nothing changed) when sliding-window layers no longer hold the window of
 // entry n: their rings keep the last window + 64 entries, so rolling back further needs the
@@ -419,6 +436,9 @@ typedef struct {
     bool tied_output, qkv_bias;
     int head_dim; // 0: n_embd / n_head
     int n_swa;    // sliding window (0: the architecture's default)
+    // Mixture of experts (n_expert 0: dense): experts, chosen per token, their FFN width, the
+    // shared expert's (0: none).
+    int n_expert, n_expert_used, n_ff_exp, n_ff_shexp;
 } speck_preset;
 
 // Presets, terminated by an entry with name == NULL.
@@ -427,7 +447,9 @@ const speck_preset *speck_preset_find(const char *name);
 
 // Write a model with the preset's shapes, weights ~ N(0, 0.02) (norms 1, biases small) from a
 // seeded RNG, matrices stored as `type` (rows its block does not divide: speck_type_for_row's
-// fallback; norms and biases f32), a byte-level vocabulary of n_vocab tokens, atomically to path.
+// fallback; norms, biases and MoE routers f32), a byte-level vocabulary of n_vocab tokens,
+// atomically to path, one tensor in memory at a time. Fails with SPECK_ERR_IO before writing
+// anything when path's file system has not room for the file.
 int speck_init_model(const speck_preset *p, speck_type type, uint64_t seed, const char *path);
 
 /* ------------------------------------------------------------------------------------------ */

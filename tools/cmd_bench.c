@@ -1,5 +1,6 @@
 // `speck bench`: prefill and decode throughput (median of runs) and the memory roofline.
 #include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -210,16 +211,40 @@ int cmd_bench(int argc, char **argv) {
     const double bw_med = cli_median(bw, reps), frac_med = cli_median(frac, reps);
     double roof = bw_med * 1e9 / bpt;
     const char *wt = speck_type_name(speck_model_weight_type(m));
+    // Mixture of experts: how often each expert was chosen over every pass above (prefill,
+    // decode, warm-up), summed over the layers; the roofline above counts the chosen experts'
+    // bytes only (speck_model_bytes_per_token).
+    const int64_t *ec = speck_ctx_expert_counts(ctx);
+    int64_t e_total = 0, e_min = INT64_MAX, e_max = 0;
+    for (int e = 0; ec && e < hp->n_expert; e++) {
+        int64_t c = 0;
+        for (int l = 0; l < hp->n_layer; l++) c += ec[(size_t)l * hp->n_expert + e];
+        e_total += c;
+        e_min = c < e_min ? c : e_min;
+        e_max = c > e_max ? c : e_max;
+    }
     if (json) {
         printf("{\"model\": \"%s\", \"arch\": \"%s\", \"type\": \"%s\", \"file_bytes\": %zu, "
                "\"threads\": %d, \"isa\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": "
                "%d, \"kv_type\": \"%s\", "
                "\"repetitions\": %d, \"pp_tok_s\": %.3f, \"tg_tok_s\": %.3f, "
                "\"bandwidth_gb_s\": %.2f, \"bytes_per_token\": %.0f, \"roofline_tok_s\": %.3f, "
-               "\"roofline_fraction\": %.4f, \"kv_cache_mib\": %.2f, \"peak_rss_mib\": %.1f}\n",
+               "\"roofline_fraction\": %.4f, \"kv_cache_mib\": %.2f, \"peak_rss_mib\": %.1f",
                path, hp->arch, wt, speck_gguf_file_size(speck_model_gguf(m)), speck_get_threads(),
                speck_kernels_isa(), n_pp, n_tg, depth, speck_type_name(cli_kv_type), reps, pp, tg,
                bw_med, bpt, roof, frac_med, kv_mib, rss_mib);
+        if (ec) { // per layer, per expert: tokens routed to it
+            printf(", \"n_expert\": %d, \"n_expert_used\": %d, \"expert_counts\": [",
+                   hp->n_expert, hp->n_expert_used);
+            for (int l = 0; l < hp->n_layer; l++) {
+                printf("%s[", l ? ", " : "");
+                for (int e = 0; e < hp->n_expert; e++)
+                    printf("%s%lld", e ? ", " : "", (long long)ec[(size_t)l * hp->n_expert + e]);
+                printf("]");
+            }
+            printf("]");
+        }
+        printf("}\n");
     } else {
         printf("| model | type | size | threads | isa | test | t/s |\n");
         printf("| --- | --- | ---: | ---: | --- | --- | ---: |\n");
@@ -242,6 +267,12 @@ int cmd_bench(int argc, char **argv) {
         if (n_tg > 0)
             printf("; reached %.1f %% (each run against its own probe)", 100.0 * frac_med);
         printf("; peak RSS %.1f MiB\n", rss_mib);
+        if (ec && e_total > 0)
+            printf("experts: %d of %d per token (the roofline counts their bytes only); choices "
+                   "over all layers and passes: most-used expert %.2f %%, least-used %.2f %% "
+                   "(uniform %.2f %%)\n",
+                   hp->n_expert_used, hp->n_expert, 100.0 * e_max / e_total,
+                   100.0 * e_min / e_total, 100.0 / hp->n_expert);
         if (n_tg > 0 && frac_med > 1)
             printf("(above 100 %%: what a token reads fits in the CPU caches, so memory bandwidth "
                    "does not bound this model's decoding)\n");

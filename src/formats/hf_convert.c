@@ -206,6 +206,43 @@ static int read_rope_scaling(hf_cfg *c, const cJSON *j) {
                            c->path, type);
 }
 
+// Mixture of experts: num_local_experts (Mixtral) or num_experts, num_experts_per_tok, the
+// experts' width (moe_intermediate_size, else intermediate_size), Qwen2-MoE's
+// shared_expert_intermediate_size, norm_topk_prob (Mixtral: always renormalised). A Llama-class
+// config without experts stays dense.
+static int read_moe(hf_cfg *c, const cJSON *j) {
+    speck_hparams *hp = &c->hp;
+    const speck_moe_desc *moe = c->desc->moe;
+    if (!moe) return 0;
+    int64_t X = 0, K = 0, FX = 0, FS = 0;
+    int rc = cfg_int(c, j, "num_local_experts", 0, &X);
+    if (!rc && !X) rc = cfg_int(c, j, "num_experts", 0, &X);
+    if (rc) return rc;
+    if (!X && c->desc->ffn == SPECK_FFN_DENSE_OR_MOE) return 0;
+    if (!X)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: num_experts: missing (a mixture of experts)",
+                               c->path);
+    if ((rc = cfg_int(c, j, "num_experts_per_tok", -1, &K)) ||
+        (rc = cfg_int(c, j, "moe_intermediate_size", hp->n_ff, &FX)) ||
+        (moe->shared && (rc = cfg_int(c, j, "shared_expert_intermediate_size", -1, &FS))))
+        return rc;
+    if (K > X)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: num_experts_per_tok %lld is larger than the %lld experts",
+                               c->path, (long long)K, (long long)X);
+    if (moe->ff_is_n_ff && FX != hp->n_ff)
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: moe_intermediate_size %lld differs from intermediate_size "
+                               "%d, which GGUF's %s sizes the experts by",
+                               c->path, (long long)FX, hp->n_ff, c->desc->name);
+    hp->n_expert = (int)X, hp->n_expert_used = (int)K, hp->n_ff_exp = (int)FX;
+    hp->n_ff_shexp = (int)FS;
+    const cJSON *nt = cJSON_GetObjectItemCaseSensitive(j, "norm_topk_prob");
+    // Mixtral's block always renormalises (softmax over the top-k); the others say.
+    if (c->desc->ffn != SPECK_FFN_DENSE_OR_MOE) hp->moe_norm = cJSON_IsTrue(nt);
+    return 0;
+}
+
 static int read_config(const char *dir, char *path, size_t path_size, hf_cfg *c) {
     memset(c, 0, sizeof *c);
     snprintf(path, path_size, "%s/config.json", dir);
@@ -281,6 +318,7 @@ static int read_config(const char *dir, char *path, size_t path_size, hf_cfg *c)
     hp->rope_scale_factor = c->scaling == 1 ? (float)c->factor : 1.0f;
     hp->rope_orig_ctx = c->scaling == 3 ? (int)c->orig : 0;
     if (c->desc->hf.read) rc = c->desc->hf.read(j, path, hp);
+    if (!rc) rc = read_moe(c, j);
 done:
     cJSON_Delete(j);
     return rc;
@@ -296,6 +334,8 @@ typedef struct {
     float shift;        // added to every value (Gemma's norms: 1 + w)
     speck_type out;
     const float *synth; // tensors computed here (rope_freqs, LongRoPE's factors), f32
+    int n_mat;          // experts: > 0 on the first expert's slice (the GGUF tensor stacks
+                        // n_mat of them), -1 on the following ones (appended to it)
 } plan_t;
 
 typedef struct {
@@ -328,8 +368,10 @@ static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64
         return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is missing from the checkpoint",
                                c->dir, hf);
     }
+    // A vector may come as a (1, n) matrix (Qwen2-MoE's shared_expert_gate).
     bool ok = cols ? t->n_dims == 2 && t->shape[0] == rows && t->shape[1] == cols
-                   : t->n_dims == 1 && t->shape[0] == rows;
+                   : (t->n_dims == 1 && t->shape[0] == rows) ||
+                         (t->n_dims == 2 && t->shape[0] == 1 && t->shape[1] == rows);
     if (!ok) {
         char got[96] = "[";
         for (int d = 0; d < t->n_dims; d++)
@@ -406,13 +448,32 @@ static int build_plan(conv *c, int type) {
             const speck_tensor_desc *d = &a->layer[i];
             const bool bias = d->slot == SLOT_BQ || d->slot == SLOT_BK || d->slot == SLOT_BV;
             if (bias && !h->attn_bias) continue; // then a bias in the file is unexpected
+            if (((d->flags & TD_DENSE) && hp->n_expert) || ((d->flags & TD_MOE) && !hp->n_expert) ||
+                ((d->flags & TD_SHARED) && !hp->n_ff_shexp))
+                continue;
             char hf[128], gg[96];
+            if (d->flags & TD_EXPERTS) { // one HF tensor per expert, stacked in one GGUF tensor
+                snprintf(gg, sizeof gg, "blk.%d.%s", l, d->gguf);
+                for (int e = 0; e < hp->n_expert; e++) {
+                    char part[96];
+                    snprintf(part, sizeof part, d->hf, e);
+                    snprintf(hf, sizeof hf, "model.layers.%d.%s", l, part);
+                    if ((rc = plan_add(c, hf, gg, speck_dim_size(d->rows, hp),
+                                       speck_dim_size(d->cols, hp), 0, 0, type, 1)))
+                        return rc;
+                    c->p[c->n - 1].n_mat = e ? -1 : hp->n_expert;
+                    if (e) c->p[c->n - 1].out = c->p[c->n - 2].out;
+                }
+                continue;
+            }
             snprintf(hf, sizeof hf, "model.layers.%d.%s", l, d->hf);
             snprintf(gg, sizeof gg, "blk.%d.%s", l, d->gguf);
             // Biases are permuted like their weight rows.
+            // The router stays f32 as llama.cpp's quantizers leave it.
             if ((rc = plan_add(c, hf, gg, speck_dim_size(d->rows, hp), speck_dim_size(d->cols, hp),
                                d->flags & TD_PERMUTE ? hp->head_dim : 0,
-                               d->flags & TD_NORM ? a->hf_norm_shift : 0, type, 1)))
+                               d->flags & TD_NORM ? a->hf_norm_shift : 0,
+                               d->slot == SLOT_ROUTER ? SPECK_TYPE_F32 : type, 1)))
                 return rc;
         }
     if (h->scaling == 2) {
@@ -521,8 +582,9 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
     size_t max_row = 0;
     for (int i = 0; !rc && i < c.n; i++) {
         const plan_t *p = &c.p[i];
-        int64_t ne[2] = {p->cols ? p->cols : p->rows, p->rows};
-        rc = speck_gguf_add_tensor(w, p->gg, p->out, p->cols ? 2 : 1, ne, NULL);
+        int64_t ne[3] = {p->cols ? p->cols : p->rows, p->rows, p->n_mat};
+        if (p->n_mat < 0) continue; // another expert of the tensor before
+        rc = speck_gguf_add_tensor(w, p->gg, p->out, p->n_mat > 0 ? 3 : p->cols ? 2 : 1, ne, NULL);
         size_t rs = speck_type_row_size(p->out, ne[0]);
         if (rs > max_row) max_row = rs;
     }

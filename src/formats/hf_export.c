@@ -324,6 +324,12 @@ int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype
                                out_dir);
     speck_model *m = speck_model_load(gguf_path);
     if (!m) return SPECK_ERR_FORMAT;
+    if (speck_model_hparams(m)->n_expert > 0) { // per-expert HF tensors: not written yet
+        speck_model_free(m);
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: exporting a mixture of experts is not supported yet",
+                               gguf_path);
+    }
     char tmp[PATH_MAX];
     int rc = 0;
     size_t n = strlen(out_dir);

@@ -13,6 +13,9 @@ static const speck_arch *const g_archs[] = {
     &speck_arch_gemma2,
     &speck_arch_gemma3,
     &speck_arch_phi3,
+    &speck_arch_qwen2moe,
+    &speck_arch_qwen3moe,
+    &speck_arch_olmoe,
     NULL,
 };
 
@@ -37,13 +40,14 @@ const speck_arch *speck_arch_find_hf(const char *hf_class, const char *model_typ
         }
     }
     // Mistral's checkpoints say model_type "mistral": the llama family's second class.
-    if ((!hf_class || !*hf_class) && model_type && !strcmp(model_type, "mistral"))
+    if ((!hf_class || !*hf_class) && model_type &&
+        (!strcmp(model_type, "mistral") || !strcmp(model_type, "mixtral")))
         return &speck_arch_llama;
     return NULL;
 }
 
 const char *speck_arch_names(void) {
-    static char names[128];
+    static char names[192];
     if (!names[0])
         for (int i = 0; g_archs[i]; i++)
             snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
@@ -71,6 +75,12 @@ int64_t speck_dim_size(speck_dim d, const speck_hparams *hp) {
         return hp->n_ff;
     case DIM_2F:
         return 2 * (int64_t)hp->n_ff;
+    case DIM_X:
+        return hp->n_expert;
+    case DIM_FX:
+        return hp->n_ff_exp;
+    case DIM_FS:
+        return hp->n_ff_shexp;
     }
     return 0;
 }
@@ -90,11 +100,13 @@ void speck_arch_defaults(const speck_arch *a, speck_hparams *hp) {
     hp->swa_period = a->swa_period;
     hp->rope_freq_base_swa = a->rope_base_swa > 0 ? a->rope_base_swa : hp->rope_freq_base;
     hp->rope_attn_factor = 1.0f;
-    hp->qk_norm = hp->post_norms = false;
+    hp->qk_norm = hp->post_norms = hp->qk_norm_full = false;
     for (int i = 0; i < a->n_layer_tensors; i++) {
         hp->qk_norm |= a->layer[i].slot == SLOT_Q_NORM;
         hp->post_norms |= a->layer[i].slot == SLOT_ATTN_POST_NORM;
+        hp->qk_norm_full |= a->layer[i].slot == SLOT_Q_NORM && a->layer[i].rows == DIM_Q;
     }
+    hp->moe_norm = a->moe && a->moe->norm_topk;
 }
 
 bool speck_swa_pattern_layer(int period, int l) {

@@ -35,19 +35,37 @@ typedef enum {
     SLOT_WU,  // (n_ff, n_embd) up
     SLOT_WGU, // gate and up fused: (2 n_ff, n_embd), gate rows first (Phi-3's ffn_up)
     SLOT_WD,  // (n_embd, n_ff) down
-    // An FFN of kind "moe" adds its slots here (router, expert tensors) and speck_arch gets a
-    // field for it; the dense slots above stay as they are.
+    // A mixture of experts (FFN kind SPECK_FFN_MOE): the router, the experts stacked as 3-D
+    // tensors (n_expert matrices one after the other, TD_EXPERTS), the shared expert.
+    SLOT_ROUTER,   // (n_expert, n_embd) ffn_gate_inp
+    SLOT_WG_EXPS,  // (n_expert x (n_ff_exp, n_embd)) gate of every expert
+    SLOT_WU_EXPS,  // (n_expert x (n_ff_exp, n_embd)) up
+    SLOT_WD_EXPS,  // (n_expert x (n_embd, n_ff_exp)) down
+    SLOT_SH_GATE,  // (n_embd) the shared expert's gate: its output times sigmoid(gate · x)
+    SLOT_WG_SH,    // (n_ff_shexp, n_embd) the shared expert's gate, up, down
+    SLOT_WU_SH,
+    SLOT_WD_SH,
 } speck_slot;
 
 // Sizes the tensor shapes are written in.
-typedef enum { DIM_0, DIM_E, DIM_HD, DIM_Q, DIM_KV, DIM_QKV, DIM_F, DIM_2F } speck_dim;
+typedef enum {
+    DIM_0, DIM_E, DIM_HD, DIM_Q, DIM_KV, DIM_QKV, DIM_F, DIM_2F,
+    DIM_X,  // n_expert
+    DIM_FX, // n_ff_exp
+    DIM_FS, // n_ff_shexp
+} speck_dim;
 
 // Tensor flags.
 #define TD_OPTIONAL 1u // may be absent (biases)
 #define TD_NORM 2u    // a norm weight: Hugging Face may store it shifted (speck_arch.hf_norm_shift)
 #define TD_PERMUTE 4u // q/k rows: HF rotate-half layout -> GGUF interleaved pairs (NORMAL RoPE)
+#define TD_EXPERTS 8u // one (rows, cols) matrix per expert, stacked: GGUF [cols, rows, n_expert]
+#define TD_DENSE 16u  // only in layers without experts (n_expert = 0: Llama without Mixtral's)
+#define TD_MOE 32u    // only in layers with experts (n_expert > 0)
+#define TD_SHARED 64u // only with a shared expert (n_ff_shexp > 0)
 
-// One layer tensor: GGUF name after "blk.N.", Hugging Face name after "model.layers.N.", shape
+// One layer tensor: GGUF name after "blk.N.", Hugging Face name after "model.layers.N." (with a
+// %d for the expert of TD_EXPERTS tensors, which Hugging Face stores one per expert), shape
 // (rows, cols) — cols DIM_0 for a vector of `rows` values.
 typedef struct {
     speck_slot slot;
@@ -77,13 +95,26 @@ typedef struct {
     void (*write)(cJSON *cfg, const speck_hparams *hp);
 } speck_hf_desc;
 
-// The feed-forward block of a layer. Dense: down(act(gate x) * up x). A mixture of experts adds
-// a kind here (a router choosing experts per token, each a dense block of its own).
-typedef enum { SPECK_FFN_DENSE = 0 } speck_ffn_kind;
+// The feed-forward block of a layer. Dense: down(act(gate x) * up x). MoE: a router choosing
+// experts per token, each a dense block of its own (src/model/moe.c); DENSE_OR_MOE: experts when
+// the file has ARCH.expert_count (Llama: Mixtral).
+typedef enum { SPECK_FFN_DENSE = 0, SPECK_FFN_MOE, SPECK_FFN_DENSE_OR_MOE } speck_ffn_kind;
+
+// What a family's mixture of experts does beyond the common router / top-k / experts.
+typedef struct {
+    bool norm_topk;       // the chosen experts' weights renormalised to sum to 1 (when the file
+                          // has no ARCH.expert_weights_norm): Mixtral, Qwen3-MoE
+    bool shared;          // a shared expert with a sigmoid gate (Qwen2-MoE)
+    bool ff_div_used;     // no expert_feed_forward_length: n_ff / n_expert_used (llama.cpp's
+                          // Qwen MoE default), else n_ff
+    bool ff_is_n_ff;      // the experts' width is feed_forward_length, whatever
+                          // expert_feed_forward_length says (llama.cpp's llama and olmoe)
+} speck_moe_desc;
 
 typedef struct {
     const char *name;     // GGUF general.architecture, as llama.cpp names it
     speck_ffn_kind ffn;   // the FFN block
+    const speck_moe_desc *moe; // its mixture of experts (ffn MOE, DENSE_OR_MOE), else NULL
     speck_rope_type rope; // NORMAL (adjacent pairs) or NEOX (halves)
     speck_act act;        // FFN activation: down(act(gate x) * up x)
     bool embd_scale;      // token embeddings multiplied by sqrt(n_embd)
@@ -131,6 +162,7 @@ extern const speck_arch speck_arch_llama;
 extern const speck_arch speck_arch_qwen2, speck_arch_qwen3;
 extern const speck_arch speck_arch_gemma2, speck_arch_gemma3;
 extern const speck_arch speck_arch_phi3;
+extern const speck_arch speck_arch_qwen2moe, speck_arch_qwen3moe, speck_arch_olmoe;
 
 // config.json helpers shared by the families' hooks: a number (or null / absent -> def) that must
 // be positive; 0 on success, an error naming path and key otherwise.

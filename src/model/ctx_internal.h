@@ -53,7 +53,27 @@ struct speck_ctx {
     speck_balancer bal; // forward_stream's row splits
     speck_matmul_hook hook; // calibration: sees every matrix product's input (batch path only)
     void *hook_user;
+    float *kvn; // q/k norms over whole rows (olmoe), streaming path: (n, 3 kv_dim) raw K, raw V,
+                // normalised K
+    struct speck_moe_scratch *moe; // the mixture of experts' scratch (moe.c), or NULL
+    int64_t *expert_counts;        // (n_layer, n_expert) tokens routed to each expert, or NULL
 };
+
+// g (n) = act(g) * u (llama.c): the FFN's activation, for dense blocks and experts alike.
+void speck_ffn_act(speck_act act, float *g, const float *u, size_t n);
+
+// The mixture-of-experts FFN (moe.c). Scratch for n-token passes (0, or -1: out of memory).
+typedef struct speck_moe_scratch speck_moe_scratch;
+int speck_moe_reserve(speck_ctx *c, int n);
+void speck_moe_free(speck_ctx *c);
+// Streaming path, called by every thread of forward_stream's parallel region (tid of nth) with
+// its normalised rows xn (n, n_embd), the same on every thread: layer l's experts into y (n,
+// n_embd), = or += (accumulate), each thread writing its own columns. Holds two barriers; none
+// at the end (the caller's follows).
+void speck_moe_stream(speck_ctx *c, int l, const float *xn, int n, float *y, bool accumulate,
+                      int tid, int nth);
+// Batch path (outside a parallel region; parallel inside): the same for xn (n, n_embd).
+void speck_moe_batch(speck_ctx *c, int l, const float *xn, int n, float *y, bool accumulate);
 
 // Layer l's cache (c->k[l] or c->v[l]: (n_head_kv, cap[l], head_dim) of kv_type): KV group g's
 // row for cache entry idx — slot idx in a full cache, idx mod cap in a windowed layer's ring. Each

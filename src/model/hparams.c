@@ -58,6 +58,18 @@ int speck_hparams_write(speck_gguf_writer *w, const speck_hparams *hp) {
     }
     if (hp->rope_attn_factor != 1.0f && hp->rope_attn_factor > 0)
         err |= speck_gguf_set_f32(w, K("rope.scaling.attn_factor"), hp->rope_attn_factor);
+    if (hp->n_expert > 0) { // the mixture of experts (model.c: load_moe_keys)
+        err |= speck_gguf_set_u32(w, K("expert_count"), (uint32_t)hp->n_expert);
+        err |= speck_gguf_set_u32(w, K("expert_used_count"), (uint32_t)hp->n_expert_used);
+        if (!(a->moe && a->moe->ff_is_n_ff)) // else feed_forward_length is the experts' width
+            err |= speck_gguf_set_u32(w, K("expert_feed_forward_length"), (uint32_t)hp->n_ff_exp);
+        if (hp->n_ff_shexp > 0)
+            err |= speck_gguf_set_u32(w, K("expert_shared_feed_forward_length"),
+                                      (uint32_t)hp->n_ff_shexp);
+        // Only when it differs from the family's rule (llama.cpp hard-codes the rule per family).
+        if (a->moe && hp->moe_norm != a->moe->norm_topk)
+            err |= speck_gguf_set_bool(w, K("expert_weights_norm"), hp->moe_norm);
+    }
     // The architecture's own keys, as its description lists them (model.c reads the same list).
     for (int k = 0; k < a->n_keys; k++) {
         const speck_key_desc *d = &a->keys[k];

@@ -83,6 +83,8 @@ void speck_ctx_free(speck_ctx *c) {
     free(c->allow);
     free(c->kvt);
     free(c->kvf);
+    free(c->kvn);
+    speck_moe_free(c);
     for (int i = 0; i < 2; i++) free(c->rope_cs[i]), free(c->rope_sn[i]);
     for (int t = 0; c->tbuf && t < c->tbuf_threads; t++) free(c->tbuf[t]);
     free(c->tbuf);

@@ -139,6 +139,7 @@ static int reserve(speck_ctx *c, int n, bool stream) {
     }
     if (!c->erow && !(c->erow = malloc(speck_type_row_size(c->m->tok_embd.type, hp->n_embd))))
         return -1;
+    if (speck_moe_reserve(c, n)) return -1;
     if (n <= c->cap_tok) return 0;
     size_t qd = (size_t)hp->n_head * hp->head_dim, half = (size_t)hp->head_dim / 2;
     if (grow(&c->x, (size_t)n * hp->n_embd) || grow(&c->xn, (size_t)n * hp->n_embd) ||
@@ -149,6 +150,7 @@ static int reserve(speck_ctx *c, int n, bool stream) {
     for (int i = 0; i < 2; i++)
         if (grow(&c->rope_cs[i], (size_t)n * half) || grow(&c->rope_sn[i], (size_t)n * half))
             return -1;
+    if (hp->qk_norm_full && grow(&c->kvn, (size_t)n * 3 * c->kv_dim)) return -1;
     c->cap_tok = n;
     return 0;
 }
@@ -315,8 +317,7 @@ static void geglu(float *g, const float *u, size_t n) {
     }
 }
 
-// g (n) = act(g) * u
-static void ffn_act(speck_act act, float *g, const float *u, size_t n) {
+void speck_ffn_act(speck_act act, float *g, const float *u, size_t n) {
     if (act == SPECK_ACT_GELU_TANH)
         geglu(g, u, n);
     else
@@ -543,6 +544,46 @@ static void attend_unit_at(speck_ctx *c, int l, const uint8_t *mask, int n, int 
                 t + a->tc < n ? t + a->tc : n, sc, allow);
 }
 
+// Norms over whole q and k rows (olmoe), streaming path: KV groups [g0, g1) of the n new tokens'
+// raw projections (q in c->att, k and v in c->kvn) -> their q heads biased, normalised with the
+// whole row's RMS and rotated into c->q, their k and v rows (k likewise) into layer l's cache.
+static void qk_full_norm(speck_ctx *c, int l, int n, int g0, int g1) {
+    const speck_layer *ly = &c->m->layers[l];
+    const speck_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, half = hd / 2, group = hp->n_head / hp->n_head_kv;
+    const int qd = hp->n_head * hd, kvd = c->kv_dim, rt = ly->rope;
+    if (g0 >= g1) return;
+    for (int i = 0; i < n; i++) {
+        const float *cs = c->rope_cs[rt] + (size_t)i * half, *sn = c->rope_sn[rt] + (size_t)i * half;
+        for (int which = 0; which < 2; which++) {
+            const int d = which ? kvd : qd, h0 = which ? g0 : g0 * group, h1 = which ? g1 : g1 * group;
+            const float *raw = which ? c->kvn + (size_t)i * 3 * kvd : c->att + (size_t)i * qd;
+            float *out = which ? c->kvn + (size_t)i * 3 * kvd + 2 * kvd : c->q + (size_t)i * qd;
+            const float *b = which ? ly->bk : ly->bq, *w = which ? ly->k_norm : ly->q_norm;
+            double ss = 0;
+            for (int j = 0; j < d; j++) {
+                const float v = raw[j] + (b ? b[j] : 0.0f);
+                ss += (double)v * v;
+            }
+            const float inv = (float)(1.0 / sqrt(ss / d + hp->norm_eps));
+            for (int h = h0; h < h1; h++) {
+                float *v = out + (size_t)h * hd;
+                for (int j = h * hd; j < (h + 1) * hd; j++)
+                    v[j - h * hd] = (raw[j] + (b ? b[j] : 0.0f)) * inv * w[j];
+                rope_head(v, cs, sn, hd, hp->rope_type);
+            }
+        }
+    }
+    for (int g = g0; g < g1; g++) {
+        float *vb = c->kvn + kvd + (size_t)g * hd;
+        if (ly->bv)
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < hd; j++) vb[(size_t)i * 3 * kvd + j] += ly->bv[g * hd + j];
+        speck_kv_store(c, l, c->k[l], g, c->n_past, c->kvn + 2 * kvd + (size_t)g * hd, 3 * kvd, n);
+        speck_kv_store(c, l, c->v[l], g, c->n_past, vb, 3 * kvd, n);
+    }
+}
+
 // Few tokens (decode, draft verification): the whole forward is one OpenMP parallel region.
 // Each thread normalises and quantises the activations itself (cheaper than waiting for one
 // thread to do it), weight rows are split between threads, and bias, QK-norm, RoPE, residual
@@ -588,7 +629,21 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
             for (int i = 0; i < n; i++)
                 rmsnorm_row(xn + (size_t)i * E, xr + (size_t)i * E, ly->attn_norm, E, hp->norm_eps);
             act.valid = false;
-            if (own_groups) {
+            if (hp->qk_norm_full) {
+                // Norms over whole q and k rows (olmoe): the projections first, then each
+                // thread normalises and rotates its groups' heads and stores their K/V rows.
+                float *kvn = c->kvn;
+                mm_shared(&act, &c->bal, tid, nth, &ly->wq, xn, n, c->att, nh * hd, 0, &busy);
+                mm_shared(&act, &c->bal, tid, nth, &ly->wk, xn, n, kvn, 3 * c->kv_dim, 0, &busy);
+                mm_shared(&act, &c->bal, tid, nth, &ly->wv, xn, n, kvn + c->kv_dim, 3 * c->kv_dim,
+                          0, &busy);
+                speck_barrier_wait(&c->bar, nth);
+                qk_full_norm(c, l, n, nkv * tid / nth, nkv * (tid + 1) / nth);
+                speck_barrier_wait(&c->bar, nth);
+#pragma omp for schedule(dynamic, 1) nowait
+                for (int u = 0; u < nkv * au.ntc * au.parts; u++)
+                    attend_unit_at(c, l, mask, n, n_total, &au, u, sc, allow);
+            } else if (own_groups) {
                 // Each thread owns whole KV groups: their Q/K/V rows, then their heads'
                 // attention. No barrier between (nothing crosses threads), and a group's cache
                 // slices are written and read by the same core, in the same pass and the next.
@@ -629,20 +684,24 @@ static void forward_stream(speck_ctx *c, int n, const uint8_t *mask, const int *
                 rmsnorm_row(ni, xi, ly->ffn_norm, E, hp->norm_eps);
             }
             act.valid = false;
-            {
+            if (hp->n_expert > 0) {
+                speck_moe_stream(c, l, xn, n, post ? c->xo : c->x, !post, tid, nth);
+            } else {
                 int64_t o0, o1; // gate rows, then the same up rows, then the activation on them
                 const uint64_t t0 = speck_ticks();
                 share16(&c->bal, tid, nth, F, &o0, &o1);
                 mm_rows(&act, &ly->wg, xn, n, o0, o1, c->g, F, 0);
                 mm_rows(&act, &ly->wu, xn, n, o0, o1, c->u, F, 0);
                 for (int i = 0; i < n; i++)
-                    ffn_act(hp->ffn_act, c->g + (size_t)i * F + o0, c->u + (size_t)i * F + o0,
+                    speck_ffn_act(hp->ffn_act, c->g + (size_t)i * F + o0, c->u + (size_t)i * F + o0,
                             (size_t)(o1 - o0));
                 busy += speck_ticks() - t0;
             }
-            speck_barrier_wait(&c->bar, nth);
-            mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, post ? c->xo : c->x, E, !post,
-                      &busy);
+            if (hp->n_expert == 0) {
+                speck_barrier_wait(&c->bar, nth);
+                mm_shared(&act, &c->bal, tid, nth, &ly->wd, c->g, n, post ? c->xo : c->x, E,
+                          !post, &busy);
+            }
             act.valid = false; // g is rewritten by the next layer at the same address
             speck_barrier_wait(&c->bar, nth);
             for (int i = 0; post && i < n; i++) { // xr += norm(FFN output)
@@ -697,7 +756,9 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
         }
         matmul(&ly->wq, c->xn, n, c->q);
         add_bias(c->q, ly->bq, n, qd);
-        rope(c->q, cs, sn, n, hp->n_head, hd, hp->rope_type, ly->q_norm, hp->norm_eps);
+        if (hp->qk_norm_full) rmsnorm(c->q, c->q, ly->q_norm, n, qd, hp->norm_eps);
+        rope(c->q, cs, sn, n, hp->n_head, hd, hp->rope_type, hp->qk_norm_full ? NULL : ly->q_norm,
+             hp->norm_eps);
         if (ring) { // the held entries first: the new ones may take their slots
 #pragma omp parallel for schedule(static)
             for (int g = 0; g < nkv; g++)
@@ -713,7 +774,10 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
             void *cache = kv ? c->v[l] : c->k[l];
             matmul(kv ? &ly->wv : &ly->wk, c->xn, n, c->att);
             add_bias(c->att, kv ? ly->bv : ly->bk, n, kvd);
-            if (!kv) rope(c->att, cs, sn, n, nkv, hd, hp->rope_type, ly->k_norm, hp->norm_eps);
+            if (!kv && hp->qk_norm_full) rmsnorm(c->att, c->att, ly->k_norm, n, kvd, hp->norm_eps);
+            if (!kv)
+                rope(c->att, cs, sn, n, nkv, hd, hp->rope_type,
+                     hp->qk_norm_full ? NULL : ly->k_norm, hp->norm_eps);
 #pragma omp parallel for schedule(static)
             for (int g = 0; g < nkv; g++) {
                 if (!ring) {
@@ -754,6 +818,16 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
         add_inplace(c->x, c->xn, (size_t)n * E);
 
         rmsnorm(c->xn, c->x, ly->ffn_norm, n, E, hp->norm_eps);
+        if (hp->n_expert > 0) { // the experts write the block's output (post-norm: into xo)
+            observe(c, l, "ffn_gate_inp", c->xn, n, E);
+            const bool post = ly->ffn_post_norm != NULL;
+            speck_moe_batch(c, l, c->xn, n, post ? c->xo : c->x, !post);
+            if (post) {
+                rmsnorm(c->xo, c->xo, ly->ffn_post_norm, n, E, hp->norm_eps);
+                add_inplace(c->x, c->xo, (size_t)n * E);
+            }
+            continue;
+        }
         if (c->hook) {
             observe(c, l, "ffn_gate", c->xn, n, E);
             observe(c, l, "ffn_up", c->xn, n, E);
@@ -762,7 +836,7 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
         matmul(&ly->wu, c->xn, n, c->u);
         const size_t F = (size_t)hp->n_ff;
 #pragma omp parallel for schedule(static)
-        for (int i = 0; i < n; i++) ffn_act(hp->ffn_act, c->g + i * F, c->u + i * F, F);
+        for (int i = 0; i < n; i++) speck_ffn_act(hp->ffn_act, c->g + i * F, c->u + i * F, F);
         observe(c, l, "ffn_down", c->g, n, (int)F);
         matmul(&ly->wd, c->g, n, c->xn);
         if (ly->ffn_post_norm) rmsnorm(c->xn, c->xn, ly->ffn_post_norm, n, E, hp->norm_eps);

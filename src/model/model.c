@@ -226,6 +226,56 @@ static int pattern_from_array(loader *L, int64_t i) {
     return 0;
 }
 
+// Most experts a file may have (the largest released models have 256; a bound keeps a corrupt
+// count from sizing allocations).
+#define MAX_EXPERTS 4096
+
+// The mixture of experts' keys (llama.cpp's names): expert_count (required for the MoE
+// families, absent or 0 for a dense Llama), expert_used_count, the expert and shared-expert FFN
+// widths, expert_weights_norm over the family's default.
+static int load_moe_keys(loader *L) {
+    speck_hparams *hp = &L->m->hp;
+    const speck_moe_desc *moe = L->desc->moe;
+    hp->n_expert = hp->n_expert_used = hp->n_ff_exp = hp->n_ff_shexp = 0;
+    if (!moe) return 0;
+    const int64_t ci = key_idx(L, "expert_count");
+    if (L->desc->ffn == SPECK_FFN_DENSE_OR_MOE &&
+        (ci < 0 || (speck_gguf_kv_type(L->m->g, ci) != SPECK_GGUF_STRING &&
+                    speck_gguf_kv_type(L->m->g, ci) != SPECK_GGUF_ARRAY &&
+                    speck_gguf_get_int(L->m->g, ci) == 0)))
+        return 0; // a dense Llama
+    if (req_int(L, "expert_count", &hp->n_expert) ||
+        req_int(L, "expert_used_count", &hp->n_expert_used))
+        return SPECK_ERR_FORMAT;
+    if (hp->n_expert > MAX_EXPERTS)
+        return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.expert_count' = %d is more than %d",
+                               L->path, L->arch, hp->n_expert, MAX_EXPERTS);
+    if (hp->n_expert_used > hp->n_expert)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: key '%s.expert_used_count' = %d is larger than '%s.expert_count' "
+                               "= %d",
+                               L->path, L->arch, hp->n_expert_used, L->arch, hp->n_expert);
+    const int ff = moe->ff_div_used ? hp->n_ff / hp->n_expert_used : hp->n_ff;
+    if (moe->ff_is_n_ff)
+        hp->n_ff_exp = hp->n_ff;
+    else if (opt_int(L, "expert_feed_forward_length", ff > 0 ? ff : 1, &hp->n_ff_exp))
+        return SPECK_ERR_FORMAT;
+    if (
+        (moe->shared &&
+         opt_int(L, "expert_shared_feed_forward_length", hp->n_ff, &hp->n_ff_shexp)))
+        return SPECK_ERR_FORMAT;
+    const int64_t ni = key_idx(L, "expert_weights_norm");
+    if (ni >= 0) {
+        speck_gguf_vtype t = speck_gguf_kv_type(L->m->g, ni);
+        if (t == SPECK_GGUF_STRING || t == SPECK_GGUF_ARRAY || t == SPECK_GGUF_FLOAT32 ||
+            t == SPECK_GGUF_FLOAT64)
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: key '%s.expert_weights_norm' must be a "
+                                   "boolean", L->path, L->arch);
+        hp->moe_norm = speck_gguf_get_int(L->m->g, ni) != 0;
+    }
+    return 0;
+}
+
 static int load_hparams(loader *L) {
     speck_model *m = L->m;
     speck_hparams *hp = &m->hp;
@@ -304,7 +354,7 @@ static int load_hparams(loader *L) {
         return SPECK_ERR_FORMAT;
     hp->bos_id = global_int(g, "tokenizer.ggml.bos_token_id", -1);
     hp->eos_id = global_int(g, "tokenizer.ggml.eos_token_id", -1);
-    return load_arch_keys(L);
+    return load_arch_keys(L) || load_moe_keys(L) ? SPECK_ERR_FORMAT : 0;
 }
 
 // Per-pair rotation frequency base^(-2i/d) with linear or llama3 scaling (scaled), or divided by
@@ -419,6 +469,39 @@ static int load_qkv(loader *L, int l, speck_layer *ly) {
     return err;
 }
 
+// Whether layers of hp hold tensor d (the dense FFN or the experts, the shared expert or not).
+static bool layer_has(const speck_hparams *hp, const speck_tensor_desc *d) {
+    if ((d->flags & TD_DENSE) && hp->n_expert > 0) return false;
+    if ((d->flags & TD_MOE) && hp->n_expert == 0) return false;
+    if ((d->flags & TD_SHARED) && hp->n_ff_shexp == 0) return false;
+    return true;
+}
+
+// The experts' (rows, cols) matrices stacked in one 3-D tensor (GGUF [cols, rows, n_expert]):
+// expert e's matrix is rows [e rows, (e + 1) rows) of it, written to out[3 e].
+static int get_experts(loader *L, const char *name, int64_t cols, int64_t rows, speck_weight *out) {
+    const speck_hparams *hp = &L->m->hp;
+    const speck_gguf_tensor *t = speck_gguf_find_tensor(L->m->g, name);
+    if (!t) return speck_set_error(SPECK_ERR_FORMAT, "%s: missing tensor '%s'", L->path, name);
+    if (t->ne[0] != cols || t->ne[1] != rows || t->ne[2] != hp->n_expert || t->ne[3] != 1)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected "
+                               "[%lld, %lld, %d] from the model's hyper-parameters ('%s.expert_count' "
+                               "= %d experts; '%s.%s' = %d)",
+                               L->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                               (long long)t->ne[2], (long long)t->ne[3], (long long)cols,
+                               (long long)rows, hp->n_expert, L->arch, hp->n_expert, L->arch,
+                               L->desc->moe->ff_is_n_ff ? "feed_forward_length"
+                                                        : "expert_feed_forward_length",
+                               hp->n_ff_exp);
+    if (!is_compute_type(t->type))
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: tensor '%s' has type %s, which speck does not support", L->path,
+                               name, speck_gguf_type_label(t->type));
+    for (int e = 0; e < hp->n_expert; e++) out[3 * e] = sub_weight(t, (int64_t)e * rows, rows);
+    return 0;
+}
+
 // Layer l's tensors as the architecture's description lists them.
 static int load_layer(loader *L, int l, speck_layer *ly) {
     const speck_hparams *hp = &L->m->hp;
@@ -426,6 +509,7 @@ static int load_layer(loader *L, int l, speck_layer *ly) {
     bool qkv_done = false;
     for (int i = 0; i < L->desc->n_layer_tensors && !err; i++) {
         const speck_tensor_desc *d = &L->desc->layer[i];
+        if (!layer_has(hp, d)) continue;
         const int64_t rows = speck_dim_size(d->rows, hp), cols = speck_dim_size(d->cols, hp);
         const int req = !(d->flags & TD_OPTIONAL);
         char n[96];
@@ -436,14 +520,30 @@ static int load_layer(loader *L, int l, speck_layer *ly) {
                             : d->slot == SLOT_K_NORM         ? &ly->k_norm
                             : d->slot == SLOT_ATTN_POST_NORM ? &ly->attn_post_norm
                             : d->slot == SLOT_FFN_POST_NORM  ? &ly->ffn_post_norm
+                            : d->slot == SLOT_SH_GATE        ? &ly->shexp_gate
                                                              : NULL;
-        speck_weight *w = d->slot == SLOT_WO   ? &ly->wo
-                          : d->slot == SLOT_WG ? &ly->wg
-                          : d->slot == SLOT_WU ? &ly->wu
-                          : d->slot == SLOT_WD ? &ly->wd
-                                               : NULL;
-        if (vec) {
+        speck_weight *w = d->slot == SLOT_WO       ? &ly->wo
+                          : d->slot == SLOT_WG     ? &ly->wg
+                          : d->slot == SLOT_WU     ? &ly->wu
+                          : d->slot == SLOT_WD     ? &ly->wd
+                          : d->slot == SLOT_ROUTER ? &ly->router
+                          : d->slot == SLOT_WG_SH  ? &ly->shexp[0]
+                          : d->slot == SLOT_WU_SH  ? &ly->shexp[1]
+                          : d->slot == SLOT_WD_SH  ? &ly->shexp[2]
+                                                   : NULL;
+        if (d->flags & TD_EXPERTS) {
+            err = get_experts(L, n, cols, rows, ly->experts + (d->slot - SLOT_WG_EXPS));
+        } else if (vec) {
             err = get_vec(L, n, rows, req, vec);
+        } else if (d->slot == SLOT_ROUTER && speck_gguf_find_tensor(L->m->g, n) &&
+                   (speck_gguf_find_tensor(L->m->g, n)->ne[1] != hp->n_expert ||
+                    speck_gguf_find_tensor(L->m->g, n)->ne[0] != hp->n_embd)) {
+            const speck_gguf_tensor *t = speck_gguf_find_tensor(L->m->g, n);
+            err = speck_set_error(SPECK_ERR_FORMAT,
+                                  "%s: tensor '%s' has shape [%lld, %lld], expected [%d, %d]: "
+                                  "'%s.expert_count' = %d experts",
+                                  L->path, n, (long long)t->ne[0], (long long)t->ne[1], hp->n_embd,
+                                  hp->n_expert, L->arch, hp->n_expert);
         } else if (w) {
             err = get_weight(L, n, cols, rows, req, w);
         } else if (d->slot == SLOT_WQ || d->slot == SLOT_WK || d->slot == SLOT_WV ||
@@ -494,7 +594,7 @@ static int load_tensors(loader *L) {
     // for gigabytes).
     int64_t per_layer = 0;
     for (int i = 0; i < L->desc->n_layer_tensors; i++)
-        per_layer += !(L->desc->layer[i].flags & TD_OPTIONAL);
+        per_layer += !(L->desc->layer[i].flags & TD_OPTIONAL) && layer_has(hp, &L->desc->layer[i]);
     if (per_layer < 1) per_layer = 1;
     if (hp->n_layer > speck_gguf_n_tensors(m->g) / per_layer)
         return speck_set_error(SPECK_ERR_FORMAT,
@@ -504,8 +604,12 @@ static int load_tensors(loader *L) {
                                (long long)speck_gguf_n_tensors(m->g), (long long)per_layer);
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    if (hp->n_expert > 0 &&
+        !(m->experts = calloc((size_t)hp->n_layer * hp->n_expert * 3, sizeof *m->experts)))
+        return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     for (int l = 0; l < hp->n_layer; l++) {
         speck_layer *ly = &m->layers[l];
+        if (m->experts) ly->experts = m->experts + (size_t)l * hp->n_expert * 3;
         if ((err = load_layer(L, l, ly))) return err;
         if (l == 0)
             m->hp.qkv_bias = ly->bq != NULL;
@@ -538,18 +642,25 @@ static size_t panel_slot(const speck_weight *w) {
 
 static int pack_panels(speck_model *m) {
     const int nl = m->hp.n_layer;
-    const int nw = 7 * nl + 1;
+    // Per layer: q, k, v, o, the dense FFN's three or every expert's three and the shared
+    // expert's (the router stays in rows: it is small, and f32 in llama.cpp's files).
+    const int per_layer = 7 + 3 * m->hp.n_expert + 3;
+    const int nw = per_layer * nl + 1;
     speck_weight **ws = malloc((size_t)nw * sizeof *ws);
     if (!ws) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    int k = 0;
     for (int l = 0; l < nl; l++) {
         speck_layer *ly = &m->layers[l];
-        speck_weight *lw[7] = {&ly->wq, &ly->wk, &ly->wv, &ly->wo, &ly->wg, &ly->wu, &ly->wd};
-        memcpy(ws + 7 * l, lw, sizeof lw);
+        speck_weight *lw[10] = {&ly->wq, &ly->wk, &ly->wv,       &ly->wo,       &ly->wg,
+                                &ly->wu, &ly->wd, &ly->shexp[0], &ly->shexp[1], &ly->shexp[2]};
+        for (int i = 0; i < 10; i++)
+            if (lw[i]->data) ws[k++] = lw[i];
+        for (int e = 0; e < 3 * m->hp.n_expert; e++) ws[k++] = &ly->experts[e];
     }
     // A head tied to the token embedding is packed like the others: the embedding lookups then
     // unpack their rows from the panels (llama.c), so its mapped pages can be dropped too.
-    ws[nw - 1] = &m->output;
-    const int nuse = nw;
+    ws[k++] = &m->output;
+    const int nuse = k;
     size_t ftotal = 0, qtotal = 0;
     for (int i = 0; i < nuse; i++)
         if (speck_panel_supported(ws[i]->type))
@@ -639,6 +750,7 @@ void speck_model_free(speck_model *m) {
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);
+    free(m->experts);
     free(m->rope_freq);
     free(m->rope_freq_long);
     free(m->rope_freq_swa);
@@ -671,6 +783,12 @@ size_t speck_model_bytes_per_token(const speck_model *m) {
     size_t total = speck_model_weight_bytes(m);
     if (!m->hp.tied_output)
         total -= weight_bytes(&m->tok_embd) - speck_type_row_size(m->tok_embd.type, m->hp.n_embd);
+    // A mixture of experts reads n_expert_used of each layer's experts.
+    const int idle = m->hp.n_expert - m->hp.n_expert_used;
+    for (int l = 0; l < m->hp.n_layer && idle > 0; l++) {
+        const speck_weight *x = m->layers[l].experts;
+        total -= (size_t)idle * (weight_bytes(&x[0]) + weight_bytes(&x[1]) + weight_bytes(&x[2]));
+    }
     return total;
 }
 

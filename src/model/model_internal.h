@@ -42,6 +42,12 @@ typedef struct {
     speck_weight wq, wk, wv, wo; // (n_head*hd, n_embd) (n_kv*hd, n_embd) x2 (n_embd, n_head*hd)
     speck_weight wg, wu, wd;     // (n_ff, n_embd) x2, (n_embd, n_ff)
     const float *bq, *bk, *bv;   // Qwen2 biases or NULL
+    // Mixture of experts (hp.n_expert > 0), src/model/moe.c:
+    speck_weight router;       // (n_expert, n_embd) ffn_gate_inp
+    speck_weight *experts;     // (n_expert, 3): each expert's gate, up (n_ff_exp, n_embd) and
+                               // down (n_embd, n_ff_exp), slices of the stacked 3-D tensors
+    const float *shexp_gate;   // (n_embd) the shared expert's sigmoid gate, or NULL
+    speck_weight shexp[3];     // the shared expert's gate, up, down (n_ff_shexp), when present
     int n_swa;                   // this layer's window (hp.n_swa), or 0: the whole cache
     int rope;                    // RoPE table: 0 the model's, 1 the windowed layers' own
 } speck_layer;
@@ -64,6 +70,7 @@ struct speck_model {
     void *panels; // the weights' panel copies (speck_weight.packed point into it), or NULL
     struct speck_lora_run *lora; // attached adapters (src/adapt/lora_run.c), or NULL
     int lora_rsum; // Σ over targets of the largest combined rank: a thread's x·Aᵀ scratch per token
+    speck_weight *experts; // every layer's experts (speck_layer.experts point into it), or NULL
 };
 
 // Write general.architecture, general.name (when set) and every <arch>.* hyper-parameter key the

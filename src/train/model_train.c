@@ -402,11 +402,15 @@ speck_train_model *speck_train_model_load(const char *path) {
     speck_train_model *tm = NULL;
     // The training pass is the Llama layer: no QK-norm, post-norms, GeGLU, soft-caps, windows,
     // fused tensors or LongRoPE.
-    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2")) || hp->n_swa > 0) {
+    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2")) || hp->n_swa > 0 ||
+        hp->n_expert > 0) {
         speck_set_error(SPECK_ERR_UNSUPPORTED,
                         "%s: architecture %s%s cannot be trained by speck (llama and qwen2 "
                         "without a sliding window)",
-                        path, hp->arch, hp->n_swa > 0 ? " with a sliding window" : "");
+                        path, hp->arch,
+                        hp->n_swa > 0      ? " with a sliding window"
+                        : hp->n_expert > 0 ? " with experts"
+                                           : "");
         goto done;
     }
     if (hp->qkv_bias) {

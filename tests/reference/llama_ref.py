@@ -1,5 +1,6 @@
-"""Plain-PyTorch reference forward pass for the dense decoder architectures speck runs: "llama"
-(also Mistral's sliding window), "qwen2", "qwen3", "gemma2", "gemma3", "phi3".
+"""Plain-PyTorch reference forward pass for the decoder architectures speck runs: "llama"
+(also Mistral's sliding window and Mixtral's experts), "qwen2", "qwen3", "gemma2", "gemma3",
+"phi3", and the mixtures of experts "qwen2moe", "qwen3moe", "olmoe".
 
 This is the accurate, obviously-correct side of speck's forward-pass tests: no KV cache, no
 kernels, no fusion; everything in float64 by default so that the reference's own rounding is
@@ -12,6 +13,16 @@ and k head before RoPE; Gemma scales embeddings by sqrt(n_embd), normalises the 
 FFN outputs before each residual add, uses GELU's tanh form in GeGLU, scales q . k by
 1/sqrt(query_pre_attn_scalar), soft-caps logits as c tanh(x / c), and windows some layers (a
 query at position p sees keys at positions > p - window).
+
+Mixtures of experts follow transformers' sparse MoE blocks (MixtralSparseMoeBlock,
+Qwen2MoeSparseMoeBlock, Qwen3MoeSparseMoeBlock, OlmoeSparseMoeBlock): router logits = gate(h),
+softmax over all experts, the top k by probability, their probabilities renormalised to sum to
+1 when the model says so (Mixtral always: its softmax over the top-k logits is the same thing;
+Qwen3-MoE by norm_topk_prob, true in the released models; OLMoE and Qwen2-MoE not), each chosen
+expert's down(silu(gate h) * up h) summed with those weights, plus (Qwen2-MoE) the shared
+expert's output times sigmoid(shared_expert_gate(h)). OLMoE's q_norm / k_norm are RMSNorms over
+the whole q and k projections (not per head). In GGUF the experts are stacked 3-D tensors
+ffn_{gate,up,down}_exps of shape (n_expert, rows, cols).
 
 The forward is stateless: it takes the whole token list with explicit positions and an (n, n)
 boolean attention mask. A KV cache, chunked prefill, truncation and token trees are all just
@@ -55,6 +66,10 @@ class HParams:
     swa_pos_scale: float = 1.0
     rope_mscale: float = 1.0     # cos and sin multiplied by this (LongRoPE's attention factor)
     long_inv_freq: np.ndarray | None = None  # LongRoPE: frequencies with the long factors
+    n_expert: int = 0            # mixture of experts: experts per layer (0: dense FFN)
+    n_expert_used: int = 0       # top-k
+    moe_norm: bool = False       # renormalise the top-k probabilities
+    qk_norm_full: bool = False   # q/k RMSNorm over the whole projection (OLMoE), not per head
 
     def layer_windowed(self, il: int) -> bool:
         if self.window <= 0:
@@ -89,7 +104,10 @@ def llama3_inv_freq(inv_freq: np.ndarray, factor: float, low: float, high: float
     return out
 
 
-ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "qwen2moe", "qwen3moe", "olmoe")
+# Whether each MoE family renormalises its top-k weights (llama.cpp fixes it per family; a file
+# may say otherwise with ARCH.expert_weights_norm): Mixtral (llama) and Qwen3-MoE do.
+MOE_NORM = {"llama": True, "qwen3moe": True, "qwen2moe": False, "olmoe": False}
 
 
 def hparams_from_gguf(kv: dict, tensors: dict) -> HParams:
@@ -151,6 +169,11 @@ def hparams_from_gguf(kv: dict, tensors: dict) -> HParams:
     )
     hp.long_inv_freq = long_inv
     hp.rope_mscale = float(_get(kv, a + "rope.scaling.attn_factor", 1.0, required=False))
+    hp.n_expert = int(_get(kv, a + "expert_count", 0, required=False))
+    if hp.n_expert:
+        hp.n_expert_used = int(_get(kv, a + "expert_used_count"))
+        hp.moe_norm = bool(_get(kv, a + "expert_weights_norm", MOE_NORM[arch], required=False))
+    hp.qk_norm_full = arch == "olmoe"
     gemma = arch in ("gemma2", "gemma3")
     if gemma:
         hp.act = "gelu_tanh"
@@ -222,8 +245,8 @@ class LlamaRef:
                     self.w[p + "attn_q." + kind] = q
                     self.w[p + "attn_k." + kind] = k
                     self.w[p + "attn_v." + kind] = v
-            up = self.w[p + "ffn_up.weight"]
-            if p + "ffn_gate.weight" not in self.w and up.shape[0] == 2 * F:
+            up = self.w.get(p + "ffn_up.weight")
+            if up is not None and p + "ffn_gate.weight" not in self.w and up.shape[0] == 2 * F:
                 self.w[p + "ffn_gate.weight"], self.w[p + "ffn_up.weight"] = up[:F], up[F:]
 
     @classmethod
@@ -269,6 +292,36 @@ class LlamaRef:
         bias = self.w.get(name + ".bias")
         return y + bias if bias is not None else y
 
+    def moe(self, h: torch.Tensor, p: str) -> torch.Tensor:
+        """The sparse MoE block of transformers' Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE models
+        on h (n, n_embd): route, run the chosen experts, sum weighted (+ the shared expert)."""
+        hp, w = self.hp, self.w
+        logits = self.linear(h, p + "ffn_gate_inp")                      # (n, n_expert)
+        probs = torch.softmax(logits, dim=-1)
+        top_w, top_i = torch.topk(probs, hp.n_expert_used, dim=-1)       # (n, k)
+        if hp.moe_norm:
+            top_w = top_w / top_w.sum(-1, keepdim=True)
+        if hp.n_expert_used < hp.n_expert:  # the gap between the k-th and (k+1)-th logit
+            srt = logits.sort(-1, descending=True).values
+            self.last_margins.append(srt[:, hp.n_expert_used - 1] - srt[:, hp.n_expert_used])
+        else:
+            self.last_margins.append(torch.full((h.shape[0],), math.inf, dtype=h.dtype))
+        out = torch.zeros_like(h)
+        gate, up, down = (w[p + f"ffn_{t}_exps.weight"] for t in ("gate", "up", "down"))
+        for e in range(hp.n_expert):
+            rows, slot = torch.nonzero(top_i == e, as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            x = h[rows]
+            y = (torch.nn.functional.silu(x @ gate[e].T) * (x @ up[e].T)) @ down[e].T
+            out.index_add_(0, rows, y * top_w[rows, slot][:, None])
+        if p + "ffn_gate_inp_shexp.weight" in w:  # Qwen2-MoE's shared expert
+            g = torch.sigmoid(h @ w[p + "ffn_gate_inp_shexp.weight"].reshape(-1))[:, None]
+            y = self.linear(torch.nn.functional.silu(self.linear(h, p + "ffn_gate_shexp"))
+                            * self.linear(h, p + "ffn_up_shexp"), p + "ffn_down_shexp")
+            out = out + g * y
+        return out
+
     # ---- forward ------------------------------------------------------------------------------
 
     def forward(self, tokens, positions=None, mask=None) -> torch.Tensor:
@@ -279,6 +332,9 @@ class LlamaRef:
         mask:      (n, n) bool, mask[i, j] = row i may attend to row j (default causal)
         """
         hp = self.hp
+        # MoE: per layer, each row's gap between its k-th and (k+1)-th router logit (how close
+        # its routing is to a tie), for tests that must know.
+        self.last_margins = []
         tok = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
         n = tok.shape[0]
         pos = torch.arange(n) if positions is None else torch.as_tensor(np.asarray(positions))
@@ -299,10 +355,15 @@ class LlamaRef:
         for il in range(hp.n_layer):
             p = f"blk.{il}."
             h = self.rms_norm(x, w[p + "attn_norm.weight"])
-            q = self.linear(h, p + "attn_q").view(n, hp.n_head, hp.head_dim)
-            k = self.linear(h, p + "attn_k").view(n, hp.n_head_kv, hp.head_dim)
+            q = self.linear(h, p + "attn_q")
+            k = self.linear(h, p + "attn_k")
+            if hp.qk_norm_full:  # OLMoE: RMSNorm over the whole q / k projection
+                q = self.rms_norm(q, w[p + "attn_q_norm.weight"])
+                k = self.rms_norm(k, w[p + "attn_k_norm.weight"])
+            q = q.view(n, hp.n_head, hp.head_dim)
+            k = k.view(n, hp.n_head_kv, hp.head_dim)
             v = self.linear(h, p + "attn_v").view(n, hp.n_head_kv, hp.head_dim)
-            if p + "attn_q_norm.weight" in w:  # QK-norm: RMSNorm over each head
+            if p + "attn_q_norm.weight" in w and not hp.qk_norm_full:  # RMSNorm over each head
                 q = self.rms_norm(q, w[p + "attn_q_norm.weight"])
                 k = self.rms_norm(k, w[p + "attn_k_norm.weight"])
             q, k = self.rope(q, pos, il), self.rope(k, pos, il)
@@ -326,6 +387,9 @@ class LlamaRef:
             x = x + o
 
             h = self.rms_norm(x, w[p + "ffn_norm.weight"])
+            if hp.n_expert:
+                x = x + self.moe(h, p)
+                continue
             g = self.linear(h, p + "ffn_gate")
             u = self.linear(h, p + "ffn_up")
             if hp.act == "gelu_tanh":
@@ -403,3 +467,11 @@ def tree_paths(parents: list[int]) -> list[list[int]]:
             j = parents[j]
         paths.append(path[::-1])
     return paths
+
+
+def routing_margins(ref: LlamaRef, first_layer: int = 0) -> np.ndarray | None:
+    """After ref.forward: each row's smallest router-logit gap between its k-th and (k+1)-th
+    expert over layers first_layer.. (None for a dense model)."""
+    if not ref.hp.n_expert:
+        return None
+    return torch.stack(ref.last_margins[first_layer:]).min(0).values.numpy()

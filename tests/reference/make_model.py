@@ -34,6 +34,12 @@ BASE = dict(
     qk_norm=False, post_norms=False, fused=False, window=None, swa_period=None,
     freq_base_swa=None, attn_scale=None, attn_softcap=None, final_softcap=None,
     longrope_orig=None,  # LongRoPE: original context (factor tensors + attn_factor written)
+    # Mixture of experts: n_expert > 0 replaces the FFN by a router and stacked experts of
+    # n_ff_exp; n_ff_shexp > 0 adds Qwen2-MoE's shared expert; expert_norm writes
+    # expert_weights_norm; qk_norm_full: OLMoE's q/k norms over whole rows; experts_only: the
+    # weight type applies to the experts only (attention, embeddings and head stay f32).
+    n_expert=0, n_expert_used=0, n_ff_exp=64, n_ff_shexp=0, expert_norm=None, qk_norm_full=False,
+    experts_only=False,
 )
 
 # A window of 8 positions: the 20-token sequences cross it, and the 600-token ones make a
@@ -76,7 +82,26 @@ CONFIGS = {
     "phi3": dict(arch="phi3", fused=True, n_ctx=4096, longrope_orig=2048),
     # ... and of 64, so it takes the long ones.
     "phi3long": dict(arch="phi3", fused=True, n_ctx=4096, longrope_orig=64),
+    # Mixtures of experts (tiny: 4-8 experts of 64, top 2; llama.cpp's llama and olmoe size the
+    # experts by feed_forward_length, so those configs set it to the experts' 64): Mixtral (llama with experts, softmax
+    # over the top-k), Qwen2-MoE (biases, no renormalisation, a shared expert of 96 behind a
+    # sigmoid gate), Qwen3-MoE (per-head q/k norms, renormalised), OLMoE (q/k norms over whole
+    # rows, not renormalised), and OLMoE with expert_weights_norm = true in the file.
+    "mixtral": dict(n_expert=4, n_expert_used=2, n_ff=64),
+    "qwen2moe": dict(arch="qwen2moe", qkv_bias=True, rope_base=1e6, eps=1e-6, n_expert=8,
+                     n_expert_used=2, n_ff_shexp=96),
+    "qwen3moe": dict(arch="qwen3moe", qk_norm=True, rope_base=1e6, eps=1e-6, head_dim=32,
+                     explicit_head_dim=True, n_expert=8, n_expert_used=2),
+    "olmoe": dict(arch="olmoe", qk_norm=True, qk_norm_full=True, n_head_kv=4, n_expert=8,
+                  n_expert_used=2, n_ff=64),
+    "olmoenorm": dict(arch="olmoe", qk_norm=True, qk_norm_full=True, n_head_kv=4, n_expert=8,
+                      n_expert_used=3, expert_norm=True, n_ff=64),
+    # Quantized experts with f32 attention, embeddings and head (the tests' q4_0 / q4_k runs of
+    # this config): the first layer's routing then sees float inputs as in the reference.
+    "qexperts": dict(arch="qwen3moe", qk_norm=True, rope_base=1e6, eps=1e-6, n_expert=8,
+                     n_expert_used=2, experts_only=True),
 }
+MOE_CONFIGS = ("mixtral", "qwen2moe", "qwen3moe", "olmoe", "olmoenorm", "qexperts")
 
 # speck's forward_dump context (positions), which decides LongRoPE's factors.
 DUMP_CTX = 1024
@@ -175,9 +200,22 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
     """Return (kv list, tensor list) for write_gguf. Matrices (token_embd included) use wtype;
     norms, biases and rope_freqs are always f32, as real converters store them."""
     if wide(wtype):
+        ff_is_exp = c["n_expert"] and c["n_ff"] == c["n_ff_exp"]
         c = dict(c, **WIDE)
         c["head_dim"] *= 4
-    qt = G.TYPE_FROM_NAME[MIX_DEFAULT if wtype == "mix" else wtype]
+        if c["n_expert"]:
+            c["n_ff_exp"] = 256
+            if ff_is_exp:
+                c["n_ff"] = 256
+            c["n_ff_shexp"] = 256 if c["n_ff_shexp"] else 0
+    et = G.TYPE_FROM_NAME[MIX_DEFAULT if wtype == "mix" else wtype]  # the experts' type
+    qt = G.F32 if c["experts_only"] else et
+    if c["n_expert"] and wtype not in ("f32", "f16", "bf16") and not c["experts_only"]:
+        # Quantized attention moves the router's inputs (activation rounding, see
+        # test_forward.py), so a near-tied token may route differently from the reference; with
+        # one layer that changes only its own row, which the tests can leave out by its routing
+        # gap. (Float weights route exactly as the reference: their configs keep their layers.)
+        c = dict(c, n_layer=1)
     rng = np.random.default_rng(seed)
     E, F, D = c["n_embd"], c["n_ff"], c["head_dim"]
     Hq, Hkv = c["n_head"] * D, c["n_head_kv"] * D
@@ -206,18 +244,37 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
             tensors.append((p + "attn_k.bias", bias(Hkv), G.F32))
             tensors.append((p + "attn_v.bias", bias(Hkv), G.F32))
         if c["qk_norm"]:
-            tensors.append((p + "attn_q_norm.weight", norm(D), G.F32))
-            tensors.append((p + "attn_k_norm.weight", norm(D), G.F32))
+            tensors.append((p + "attn_q_norm.weight", norm(Hq if c["qk_norm_full"] else D), G.F32))
+            tensors.append((p + "attn_k_norm.weight", norm(Hkv if c["qk_norm_full"] else D),
+                            G.F32))
         tensors.append((p + "attn_output.weight", mat(E, Hq), qt))
         if c["post_norms"]:
             tensors.append((p + "post_attention_norm.weight", norm(E), G.F32))
         tensors.append((p + "ffn_norm.weight", norm(E), G.F32))
-        if c["fused"]:  # gate rows, then up rows
+        if c["n_expert"]:
+            # Router in f32 (llama.cpp's quantizers keep ffn_gate_inp so); its logits spread
+            # ~+-3 (std 3.2 / sqrt(n_embd) on unit-RMS inputs) so that the top-k are mostly well
+            # apart. Experts: (n_expert, rows, cols).
+            X, FX, FS = c["n_expert"], c["n_ff_exp"], c["n_ff_shexp"]
+            tensors.append((p + "ffn_gate_inp.weight", mat(X, E, 3.2 / math.sqrt(E)), G.F32))
+            tensors.append((p + "ffn_gate_exps.weight", np.stack([mat(FX, E) for _ in range(X)]),
+                            et))
+            tensors.append((p + "ffn_up_exps.weight", np.stack([mat(FX, E) for _ in range(X)]),
+                            et))
+            tensors.append((p + "ffn_down_exps.weight", np.stack([mat(E, FX) for _ in range(X)]),
+                            et))
+            if FS:
+                tensors.append((p + "ffn_gate_inp_shexp.weight", bias(E), G.F32))
+                tensors.append((p + "ffn_gate_shexp.weight", mat(FS, E), et))
+                tensors.append((p + "ffn_up_shexp.weight", mat(FS, E), et))
+                tensors.append((p + "ffn_down_shexp.weight", mat(E, FS), et))
+        elif c["fused"]:  # gate rows, then up rows
             tensors.append((p + "ffn_up.weight", mat(2 * F, E), qt))
         else:
             tensors.append((p + "ffn_gate.weight", mat(F, E), qt))
             tensors.append((p + "ffn_up.weight", mat(F, E), qt))
-        tensors.append((p + "ffn_down.weight", mat(E, F), qt))
+        if not c["n_expert"]:
+            tensors.append((p + "ffn_down.weight", mat(E, F), qt))
         if c["post_norms"]:
             tensors.append((p + "post_ffw_norm.weight", norm(E), G.F32))
     tensors.append(("output_norm.weight", norm(E), G.F32))
@@ -265,6 +322,16 @@ def build(c: dict, wtype: str = "f32", seed: int = 1):
                 ("attn_logit_softcapping", G.GGUF_F32, c["attn_softcap"]),
                 ("final_logit_softcapping", G.GGUF_F32, c["final_softcap"])]
     kv += [(a + k, t, v) for k, t, v in optional if v is not None]
+    if c["n_expert"]:
+        kv += [(a + "expert_count", G.GGUF_U32, c["n_expert"]),
+               (a + "expert_used_count", G.GGUF_U32, c["n_expert_used"]),
+               ]
+        if c["arch"] in ("qwen2moe", "qwen3moe"):  # llama, olmoe: feed_forward_length
+            kv.append((a + "expert_feed_forward_length", G.GGUF_U32, c["n_ff_exp"]))
+        if c["n_ff_shexp"]:
+            kv.append((a + "expert_shared_feed_forward_length", G.GGUF_U32, c["n_ff_shexp"]))
+        if c["expert_norm"] is not None:
+            kv.append((a + "expert_weights_norm", G.GGUF_BOOL, c["expert_norm"]))
     if c["longrope_orig"]:
         # Phi-3's LongRoPE as llama.cpp's converter writes it: per-pair divisors for short and
         # long contexts, the original context, and the attention factor of the paper,

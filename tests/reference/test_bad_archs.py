@@ -79,6 +79,44 @@ def test_gguf(a, work: str) -> None:
     dump_fails(a, gguf(work, "arch", "gqa",
                        kv_over={"general.architecture": (G.GGUF_STRING, "gpt2")}),
                ["'gpt2' is not supported", "gemma3", "phi3"], "unknown architecture")
+    # Mixtures of experts: counts that do not match the tensors, top-k beyond the experts, a
+    # missing count, a shared expert's tensor missing, experts stored 2-D.
+    dump_fails(a, gguf(work, "moe-count", "qwen3moe",
+                       kv_over={"qwen3moe.expert_count": (G.GGUF_U32, 6)}),
+               ["moe-count.gguf", "blk.0.ffn_gate_inp.weight", "'qwen3moe.expert_count' = 6"],
+               "expert_count not matching the router")
+    kv, tensors = M.build(M.config("olmoe"), "f32", 1)
+    exps = dict((n, t) for n, t, _ in tensors)["blk.1.ffn_up_exps.weight"]
+    dump_fails(a, gguf(work, "moe-exps", "olmoe",
+                       tensors_over={"blk.1.ffn_up_exps.weight": exps[:7]}),
+               ["blk.1.ffn_up_exps.weight", "'olmoe.expert_count' = 8"],
+               "expert tensor with fewer experts than expert_count")
+    dump_fails(a, gguf(work, "moe-ff", "qwen3moe",
+                       kv_over={"qwen3moe.expert_feed_forward_length": (G.GGUF_U32, 96)}),
+               ["blk.0.ffn_gate_exps.weight", "'qwen3moe.expert_feed_forward_length' = 96"],
+               "expert FFN width not matching the tensors")
+    dump_fails(a, gguf(work, "moe-ff-llama", "mixtral",
+                       kv_over={"llama.feed_forward_length": (G.GGUF_U32, 96)}),
+               ["blk.0.ffn_gate_exps.weight", "expected [64, 96, 4]"],
+               "Mixtral's feed_forward_length not matching its experts")
+    dump_fails(a, gguf(work, "moe-topk", "qwen2moe",
+                       kv_over={"qwen2moe.expert_used_count": (G.GGUF_U32, 9)}),
+               ["'qwen2moe.expert_used_count' = 9", "'qwen2moe.expert_count' = 8"],
+               "top-k larger than the expert count")
+    dump_fails(a, gguf(work, "moe-topk0", "olmoe",
+                       kv_over={"olmoe.expert_used_count": (G.GGUF_U32, 0)}),
+               ["'olmoe.expert_used_count' = 0"], "top-k of zero")
+    kv, _ = M.build(M.config("qwen3moe"), "f32", 1)
+    path = os.path.join(work, "moe-nocount.gguf")
+    G.write_gguf(path, [x for x in kv if x[0] != "qwen3moe.expert_count"],
+                 M.build(M.config("qwen3moe"), "f32", 1)[1])
+    dump_fails(a, path, ["missing required key 'qwen3moe.expert_count'"],
+               "MoE architecture without expert_count")
+    dump_fails(a, gguf(work, "moe-shexp", "qwen2moe", drop=("blk.1.ffn_down_shexp.weight",)),
+               ["blk.1.ffn_down_shexp.weight", "missing"], "shared expert without its down")
+    dump_fails(a, gguf(work, "moe-2d", "mixtral",
+                       tensors_over={"blk.0.ffn_down_exps.weight": exps[0]}),
+               ["blk.0.ffn_down_exps.weight", "shape"], "experts stored as one 2-D matrix")
     # A windowed layer's ring holds window + 64 entries: rolling 600 tokens back to 100 needs
     # entries it no longer has.
     dump_fails(a, gguf(work, "ring", "mistral"), ["truncate to 100", "sliding-window"],
@@ -125,6 +163,16 @@ def test_hf(a, work: str) -> None:
     rs["long_factor"] = rs["long_factor"][:-1]
     convert_fails(a, hf_dir(work, "phi3-factors", "phi3", {"rope_scaling": rs}, n),
                   ["config.json", "long_factor", "head_dim / 2"], "LongRoPE factors too short")
+    convert_fails(a, hf_dir(work, "moe-topk", "qwen3moe", {"num_experts_per_tok": 9}, n),
+                  ["config.json", "num_experts_per_tok 9", "8 experts"],
+                  "top-k larger than the experts")
+    d = hf_dir(work, "moe-noexp", "olmoe", {}, n)
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    del cfg["num_experts"]
+    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    convert_fails(a, d, ["config.json", "num_experts", "missing"], "OLMoE without num_experts")
+    convert_fails(a, hf_dir(work, "moe-sparse", "qwen2moe", {"decoder_sparse_step": 2}, n),
+                  ["config.json", "decoder_sparse_step"], "dense layers between sparse ones")
     d = hf_dir(work, "g3-norm", "gemma3", {}, n)
     os.remove(os.path.join(d, "model.safetensors"))
     cfg = json.load(open(os.path.join(d, "config.json")))

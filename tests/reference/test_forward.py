@@ -88,6 +88,20 @@ TOL_FLOAT_KV16 = 1e-3
 TOL_KV_BLOCK = {"q8_0": 5e-3, "q4_0": 2e-2}
 TOL_KV_BLOCK_RMS = 5e-4
 
+# Mixtures of experts with quantized weights: speck's logits differ from the reference's by the
+# activation rounding above, and so do the router's inputs, so a token whose k-th and (k+1)-th
+# router logits are nearly tied may pick another expert than the reference — a legitimate
+# difference whose effect on its logits (another expert's output, ~0.3-2 x scale) no tolerance
+# can absorb. Rows whose routing gap (smallest over the layers, in router logits) is below
+# MOE_GAP are therefore left out of the quantized comparisons. The router's inputs move by about
+# the tolerance above times the router's weight scale (~1e-2 x 0.4 x sqrt(64) ~ 0.03 in logits,
+# observed: every row that differed had a gap < 0.1); MOE_GAP 0.15 leaves out 6-10 % of the rows
+# of these tiny models, and at most MOE_SKIP_MAX of them may be left out (of cases with 20
+# rows or more). Float weights are
+# compared on every row: their routing must match exactly.
+MOE_GAP = 0.15
+MOE_SKIP_MAX = 0.25
+
 N_TOKENS = 20
 # A longer sequence for the batch attention's chunking (units of 64 queries, causal chunks over
 # only the keys they see) and for speck_forward's split of batches above 512 tokens: a
@@ -155,22 +169,30 @@ def run_dump(exe: str, model: str, mode: str, tokens: list[int], out: str, n_row
     return data.reshape(n_rows, n_vocab).astype(np.float64), None
 
 
-def compare(got: np.ndarray, ref: np.ndarray, wtype: str):
-    """(ok, maxerr, tol, extra text)."""
+def compare(got: np.ndarray, ref: np.ndarray, wtype: str, gaps: np.ndarray | None = None):
+    """(ok, maxerr, tol, extra text). gaps: each row's routing gap (MoE), or None."""
     scale = max(1.0, float(np.abs(ref).max()))
+    quant = wtype in ("q8_0", "q4_0") or wtype in M.QTYPES
+    skipped = ""
+    if gaps is not None and quant:
+        keep = gaps >= MOE_GAP
+        skipped = f" ({int((~keep).sum())} of {len(keep)} near-tie rows left out)"
+        if len(keep) >= 20 and (~keep).mean() > MOE_SKIP_MAX:
+            return False, float("nan"), 0.0, "too many near-tie rows" + skipped
+        got, ref = got[keep], ref[keep]
     if not np.all(np.isfinite(got)):
         return False, float("inf"), 0.0, "non-finite logits"
     err = np.abs(got - ref)
     maxerr = float(err.max())
     row, col = np.unravel_index(int(err.argmax()), err.shape)
     where = f"worst row {row} col {col}"
-    if wtype in ("q8_0", "q4_0") or wtype in M.QTYPES:
+    if quant:
         k = wtype in K_ACT_TYPES
         tol = (TOL_QUANT_K if k else TOL_QUANT) * scale
         tol_rms = (TOL_QUANT_K_RMS if k else TOL_QUANT_RMS) * scale
         rms = float(np.sqrt((err ** 2).mean()))
         ok = maxerr <= tol and rms <= tol_rms
-        return ok, maxerr, tol, f"rms {rms:.2e} (tol {tol_rms:.2e}) {where}"
+        return ok, maxerr, tol, f"rms {rms:.2e} (tol {tol_rms:.2e}) {where}{skipped}"
     if KV_TYPE in ("q8_0", "q4_0"):
         tol, tol_rms = TOL_KV_BLOCK[KV_TYPE] * scale, TOL_KV_BLOCK_RMS * scale
         rms = float(np.sqrt((err ** 2).mean()))
@@ -184,8 +206,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dump", required=True, help="path of the forward_dump executable")
     ap.add_argument("--workdir", default=None, help="where models and outputs are written")
-    ap.add_argument("--config", default=",".join(M.CONFIGS),
-                    help="comma-separated configs (default: all)")
+    ap.add_argument("--config", default=",".join(c for c in M.CONFIGS if c not in M.MOE_CONFIGS),
+                    help="comma-separated configs (default: all but the mixtures of experts, "
+                         "which ctest runs as forward_reference_moe)")
     ap.add_argument("--type", default=",".join(M.TYPES), help="comma-separated weight types")
     ap.add_argument("--mode", default=None,
                     help="comma-separated mode prefixes to run (e.g. prefill,chunks,tree)")
@@ -255,27 +278,41 @@ def main(argv=None) -> int:
                 ref_model.long_rope = M.longrope_long(M.config(cfg))
                 windowed = ref_model.hp.window > 0
                 n_vocab = ref_model.hp.n_vocab
+                # Routing gaps that matter: every layer's, but the first one's where only the
+                # experts are quantized (its router sees float inputs as in the reference).
+                first = 1 if M.config(cfg)["experts_only"] else 0
                 with torch.no_grad():
                     ref_causal = ref_model.forward(seq).numpy()
-
+                    gaps = L.routing_margins(ref_model, first)
                     ref_long = ref_model.forward(long_seq).numpy()
+                    gaps_long = L.routing_margins(ref_model, first)
 
-                cases = [(m, seq, ref_causal) for m in modes(len(seq))]
+                def g(x, sl=slice(None)):
+                    return None if x is None else x[sl]
+
+                cases = [(m, seq, ref_causal, gaps) for m in modes(len(seq))]
                 if windowed:
-                    cases += [(m + f"@ctx{SMALL_CTX}", seq, ref_causal) for m in modes(len(seq))]
-                cases += [(m, long_seq, ref_long) for m in LONG_MODES]
-                cases.append((f"rows:{ROW_STEP}", long_seq, ref_long[::ROW_STEP]))
+                    cases += [(m + f"@ctx{SMALL_CTX}", seq, ref_causal, gaps)
+                              for m in modes(len(seq))]
+                cases += [(m, long_seq, ref_long, gaps_long) for m in LONG_MODES]
+                cases.append((f"rows:{ROW_STEP}", long_seq, ref_long[::ROW_STEP],
+                              g(gaps_long, slice(None, None, ROW_STEP))))
                 if windowed:
-                    cases += [(m, long_seq, ref_long) for m in LONG_WINDOW_MODES]
+                    cases += [(m, long_seq, ref_long, gaps_long) for m in LONG_WINDOW_MODES]
                 for prefix, parents, toks in tree_cases + (long_trees if windowed else []):
                     # Each node's logits = last row of prefix + root-to-node path run causally.
+                    rows, tgaps = [], []
                     with torch.no_grad():
-                        rows = [ref_model.forward(toks[:prefix] + [toks[prefix + j]
-                                                                  for j in path])[-1].numpy()
-                                for path in L.tree_paths(parents)]
-                    cases.append((tree_mode(prefix, parents), toks, np.stack(rows)))
+                        for branch in L.tree_paths(parents):
+                            rows.append(ref_model.forward(toks[:prefix] + [toks[prefix + j]
+                                                                          for j in branch])[-1]
+                                        .numpy())
+                            m = L.routing_margins(ref_model, first)
+                            tgaps.append(None if m is None else m[-1])
+                    cases.append((tree_mode(prefix, parents), toks, np.stack(rows),
+                                  None if gaps is None else np.array(tgaps)))
 
-                for mode, toks, ref in cases:
+                for mode, toks, ref, rgaps in cases:
                     if not wanted(mode):
                         continue
                     ctx = None
@@ -295,7 +332,7 @@ def main(argv=None) -> int:
                         print(f"FAIL {cfg} {wtype} {name} - - forward_dump failed:")
                         print("    " + error.replace("\n", "\n    "))
                         continue
-                    ok, maxerr, tol, extra = compare(got, ref, wtype)
+                    ok, maxerr, tol, extra = compare(got, ref, wtype, rgaps)
                     passed += ok
                     failed += not ok
                     line = f"{'PASS' if ok else 'FAIL'} {cfg} {wtype} {name} {maxerr:.3e} {tol:.3e}"

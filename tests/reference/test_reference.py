@@ -206,7 +206,7 @@ def naive_forward(g: G.GGUFFile, tokens, positions, mask, long_rope=False) -> np
             qkv = W[p + "attn_qkv.weight"]
             W[p + "attn_q.weight"], W[p + "attn_k.weight"] = qkv[:Q], qkv[Q:Q + KV]
             W[p + "attn_v.weight"] = qkv[Q + KV:]
-        if p + "ffn_gate.weight" not in W:  # Phi-3: gate rows, then up rows
+        if p + "ffn_gate.weight" not in W and not hp.n_expert:  # Phi-3: gate rows, up rows
             up = W[p + "ffn_up.weight"]
             W[p + "ffn_gate.weight"], W[p + "ffn_up.weight"] = up[:F], up[F:]
         windowed = hp.layer_windowed(il)
@@ -217,10 +217,15 @@ def naive_forward(g: G.GGUFFile, tokens, positions, mask, long_rope=False) -> np
         else:
             inv, ps = hp.rope_inv_freq, hp.rope_pos_scale
         h = [norm(xi, W[p + "attn_norm.weight"]) for xi in x]
-        q = [lin(hi, p + "attn_q").reshape(hp.n_head, D) for hi in h]
-        k = [lin(hi, p + "attn_k").reshape(hp.n_head_kv, D) for hi in h]
+        q = [lin(hi, p + "attn_q") for hi in h]
+        k = [lin(hi, p + "attn_k") for hi in h]
+        if hp.qk_norm_full:  # OLMoE: one norm over each whole projection
+            q = [norm(qi, W[p + "attn_q_norm.weight"]) for qi in q]
+            k = [norm(ki, W[p + "attn_k_norm.weight"]) for ki in k]
+        q = [qi.reshape(hp.n_head, D) for qi in q]
+        k = [ki.reshape(hp.n_head_kv, D) for ki in k]
         v = [lin(hi, p + "attn_v").reshape(hp.n_head_kv, D) for hi in h]
-        if p + "attn_q_norm.weight" in W:
+        if p + "attn_q_norm.weight" in W and not hp.qk_norm_full:
             q = [np.stack([norm(qh, W[p + "attn_q_norm.weight"]) for qh in qi]) for qi in q]
             k = [np.stack([norm(kh, W[p + "attn_k_norm.weight"]) for kh in ki]) for ki in k]
         q = [np.stack([rope_vec(qi[hh], positions[i], inv, ps) for hh in range(hp.n_head)])
@@ -244,6 +249,23 @@ def naive_forward(g: G.GGUFFile, tokens, positions, mask, long_rope=False) -> np
             x[i] = x[i] + o
         for i in range(n):
             h = norm(x[i], W[p + "ffn_norm.weight"])
+            if hp.n_expert:  # experts: the k most probable by a plain sort, one at a time
+                z = W[p + "ffn_gate_inp.weight"] @ h
+                pr = [math.exp(zj - max(z)) for zj in z]
+                pr = [pj / sum(pr) for pj in pr]
+                top = sorted(range(hp.n_expert), key=lambda e: -pr[e])[:hp.n_expert_used]
+                tot = sum(pr[e] for e in top) if hp.moe_norm else 1.0
+                o = np.zeros_like(h)
+                for e in top:
+                    ge = W[p + "ffn_gate_exps.weight"][e] @ h
+                    ue = W[p + "ffn_up_exps.weight"][e] @ h
+                    o = o + pr[e] / tot * (W[p + "ffn_down_exps.weight"][e] @ (act(ge) * ue))
+                if p + "ffn_gate_inp_shexp.weight" in W:
+                    sg = 1 / (1 + math.exp(-float(W[p + "ffn_gate_inp_shexp.weight"] @ h)))
+                    gs, us = lin(h, p + "ffn_gate_shexp"), lin(h, p + "ffn_up_shexp")
+                    o = o + sg * lin(act(gs) * us, p + "ffn_down_shexp")
+                x[i] = x[i] + o
+                continue
             gg, uu = lin(h, p + "ffn_gate"), lin(h, p + "ffn_up")
             o = lin(act(gg) * uu, p + "ffn_down")
             if p + "post_ffw_norm.weight" in W:
@@ -270,6 +292,22 @@ def test_forward(tmp: str) -> None:
         want = naive_forward(g, tokens, pos, mask, m.long_rope)
         err = np.abs(got - want).max()
         check(f"forward {cfg} vs naive loops", err < 1e-10, f"{err:.1e}")
+
+    # Experts are a set: relabelling them (router rows and expert tensors permuted alike) must
+    # not change the logits; and the top-k renormalisation must matter.
+    for cfg in ("qwen2moe", "olmoe"):
+        g, m = model(cfg, tmp=tmp)
+        base = m.forward(tokens).numpy()
+        perm = np.random.default_rng(3).permutation(m.hp.n_expert)
+        t = dict(g.tensors)
+        for il in range(m.hp.n_layer):
+            for name in ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+                t[f"blk.{il}.{name}.weight"] = t[f"blk.{il}.{name}.weight"][perm]
+        got = L.LlamaRef(g.kv, t).forward(tokens).numpy()
+        check(f"experts relabelled {cfg}", np.abs(got - base).max() < 1e-12)
+        m.hp.moe_norm = not m.hp.moe_norm
+        diff = np.abs(m.forward(tokens).numpy() - base).max()
+        check(f"top-k renormalisation matters {cfg}", diff > 1e-2, f"{diff:.1e}")
 
     for cfg in ("gqa", "qwen2", "llama3"):
         _, m = model(cfg, tmp=tmp)
