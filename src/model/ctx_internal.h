@@ -106,7 +106,6 @@ void speck_op_rope(float *x, const float *cs, const float *sn, int n, int n_head
 void speck_op_rope_tables(float *cs, float *sn, const int32_t *pos, int n, int hd,
                           const float *freq, float mscale);
 void speck_op_softcap_row(float *s, size_t n, float c); // s -> c tanh(s / c)
-void speck_op_ffn_act(speck_act act, float *g, const float *u, size_t n); // g = act(g) * u
 void speck_op_add(float *x, const float *y, size_t n);                     // x += y
 
 #endif

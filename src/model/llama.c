@@ -967,9 +967,6 @@ void speck_op_rope_tables(float *cs, float *sn, const int32_t *pos, int n, int h
 void speck_op_softcap_row(float *s, size_t n, float c) {
     softcap_row(s, n, c);
 }
-void speck_op_ffn_act(speck_act act, float *g, const float *u, size_t n) {
-    ffn_act(act, g, u, n);
-}
 void speck_op_add(float *x, const float *y, size_t n) {
     add_inplace(x, y, n);
 }

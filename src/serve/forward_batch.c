@@ -227,7 +227,7 @@ static void forward_layers(speck_mctx *mc, int n, const int32_t *seq, const int3
                 mm(mc, &ly->wg, mc->xn, n, mc->g, 0, &o0, &o1);
                 mm(mc, &ly->wu, mc->xn, n, mc->u, 0, NULL, NULL);
                 for (int i = 0; i < n && o1 > o0; i++)
-                    speck_op_ffn_act(hp->ffn_act, mc->g + i * F + o0, mc->u + i * F + o0,
+                    speck_ffn_act(hp->ffn_act, mc->g + i * F + o0, mc->u + i * F + o0,
                                      (size_t)(o1 - o0));
             }
 #pragma omp barrier

@@ -13,6 +13,14 @@ speck_mctx *speck_mctx_new(const speck_model *m, int n_blocks, int block_size, i
                         block_size, n_seq);
         return NULL;
     }
+    // The batched pass (forward_batch.c) runs dense FFNs only.
+    if (hp->n_expert > 0) {
+        speck_set_error(SPECK_ERR_UNSUPPORTED,
+                        "mctx: %s is a mixture of experts (%d experts), which batched serving "
+                        "does not run yet",
+                        hp->name[0] ? hp->name : hp->arch, hp->n_expert);
+        return NULL;
+    }
     if (max_len == 0) max_len = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
     speck_mctx *mc = calloc(1, sizeof *mc);
     if (!mc) goto oom;
