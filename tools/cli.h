@@ -2,6 +2,7 @@
 #ifndef SPECK_CLI_H
 #define SPECK_CLI_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -86,6 +87,30 @@ FILE *cli_open_csv(const char *path, int64_t keep);
 int cli_plot(const char *csv, const char *png);
 // "1h02m" / "3m05s" / "?".
 void cli_fmt_time(double s, char *buf, size_t n);
+// A training loop's bookkeeping (tools/cli_train.c): SIGINT / SIGTERM set cli_stop (the loop
+// stops after the step and saves); the test hook SPECK_TRAIN_SIGNAL_AT=N:SIG raises SIG after
+// step N, so tests of Ctrl-C and kill -9 do not depend on timing.
+extern volatile sig_atomic_t cli_stop;
+typedef struct {
+    const char *cmd;
+    FILE *csv; // the loss curve: step, loss, val (empty when none), lr, gnorm, tok/s
+    int steps;
+    bool quiet;
+    int64_t step0, hook_step;
+    int hook_sig;
+    double t_start, tokens_done, last_val, last_print;
+} cli_train_log;
+void cli_train_begin(cli_train_log *L, const char *cmd, FILE *csv, int64_t step0, int steps,
+                     bool quiet);
+// After optimizer step `step` (0-based) of `tokens` tokens in dt seconds: the CSV row, the
+// progress line (at most ~5 a second, always on validation steps; val NaN when none).
+void cli_train_record(cli_train_log *L, int64_t step, double loss, double val, float lr,
+                      float gnorm, double tokens, double dt);
+// At the end of each step, after any checkpoint: the test hook's signal when it is due.
+void cli_train_hook(const cli_train_log *L, int64_t steps_done);
+// After the loop and the final save: the interrupt message (status 130) and the --plot PNG.
+int cli_train_end(cli_train_log *L, int rc, int64_t steps_done, bool plot, const char *out,
+                  const char *csv);
 int cmd_finetune(int argc, char **argv);
 int cmd_adapter(int argc, char **argv);
 int cmd_merge(int argc, char **argv);

@@ -10,11 +10,6 @@
 
 #include "cli.h"
 
-static volatile sig_atomic_t g_stop;
-static void on_signal(int sig) {
-    g_stop = sig;
-}
-
 typedef struct {
     const char *model, *data, *out, *ckpt, *csv, *targets, *tmpl;
     int rank, B, accum, steps, T, val_every, val_batches, ckpt_every, threads;
@@ -244,18 +239,10 @@ static int run(int argc, char **argv) {
     int32_t *in = R.in = malloc((size_t)o.B * T * sizeof *in);
     int32_t *tg = R.tg = malloc((size_t)o.B * T * sizeof *tg);
     if (!in || !tg) return 1;
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    int64_t hook_step = -1;
-    int hook_sig = 0;
-    const char *hook = getenv("SPECK_TRAIN_SIGNAL_AT"); // tests: a signal after step N
-    if (hook && sscanf(hook, "%lld:%d", (long long *)&hook_step, &hook_sig) != 2) hook_step = -1;
-    double t_start = cli_now(), tokens_done = 0, last_val = NAN, last_print = 0;
-    int64_t step0 = st.step;
+    cli_train_log L;
+    cli_train_begin(&L, "finetune", fcsv, st.step, o.steps, o.quiet);
     int rc = 0;
-    for (int64_t step = st.step; step < o.steps && !g_stop; step++) {
+    for (int64_t step = st.step; step < o.steps && !cli_stop; step++) {
         double ts = cli_now(), loss_sum = 0;
         speck_lora_trainer_zero_grad(tr);
         for (int k = 0; k < o.accum && !rc; k++) {
@@ -271,8 +258,7 @@ static int run(int argc, char **argv) {
         if (!rc && speck_lora_trainer_adamw(tr, &o.opt, step, &gnorm)) rc = cli_fail("finetune");
         if (rc) break;
         st.step = step + 1;
-        double dt = cli_now() - ts, tps = (double)o.B * T * o.accum / dt;
-        tokens_done += (double)o.B * T * o.accum;
+        const double dt = cli_now() - ts;
         double val = NAN;
         if (o.val_every && split < d->n && (st.step % o.val_every == 0 || st.step == o.steps)) {
             double v;
@@ -281,31 +267,16 @@ static int run(int argc, char **argv) {
                 rc = cli_fail("finetune");
                 break;
             }
-            if (e == 0) val = last_val = v;
+            if (e == 0) val = v;
         }
-        float lr = speck_lr_at(&o.opt, step);
-        fprintf(fcsv, "%lld,%.6f,", (long long)step, loss_sum / o.accum);
-        if (val == val) fprintf(fcsv, "%.6f", val);
-        fprintf(fcsv, ",%.6g,%.4f,%.1f\n", lr, gnorm, tps);
-        fflush(fcsv);
-        if (!o.quiet && (val == val || st.step == o.steps || cli_now() - last_print > 0.2)) {
-            last_print = cli_now();
-            double el = cli_now() - t_start;
-            char etas[32];
-            cli_fmt_time(el / (double)(st.step - step0) * (double)(o.steps - st.step), etas,
-                         sizeof etas);
-            fprintf(stderr, "\rstep %lld/%d loss %.4f", (long long)st.step, o.steps,
-                    loss_sum / o.accum);
-            if (last_val == last_val) fprintf(stderr, " val %.4f", last_val);
-            fprintf(stderr, " | lr %.2e | %.0f tok/s | ETA %s   ", lr, tokens_done / el, etas);
-            if (val == val) fprintf(stderr, "\n");
-        }
+        cli_train_record(&L, step, loss_sum / o.accum, val, speck_lr_at(&o.opt, step), gnorm,
+                         (double)o.B * T * o.accum, dt);
         if (o.ckpt_every && st.step % o.ckpt_every == 0 && st.step < o.steps &&
             speck_lora_checkpoint_save(tr, &st, ckpt)) {
             rc = cli_fail("finetune");
             break;
         }
-        if (hook_step >= 0 && st.step == hook_step) raise(hook_sig);
+        cli_train_hook(&L, st.step);
     }
     if (!o.quiet) fprintf(stderr, "\n");
     fclose(fcsv);
@@ -317,17 +288,7 @@ static int run(int argc, char **argv) {
             fprintf(stderr, "saved %s and checkpoint %s at step %lld\n", o.out, ckpt,
                     (long long)st.step);
     }
-    if (!rc && g_stop) {
-        fprintf(stderr, "speck finetune: interrupted at step %lld; resume with --resume\n",
-                (long long)st.step);
-        rc = 130;
-    }
-    if (!rc && o.plot) {
-        char *png = cli_derived_path(o.out, ".png");
-        if (cli_plot(csv, png) == 0 && !o.quiet) fprintf(stderr, "plot: %s\n", png);
-        free(png);
-    }
-    return rc;
+    return cli_train_end(&L, rc, st.step, o.plot, o.out, csv);
 }
 
 int cmd_finetune(int argc, char **argv) {

@@ -152,11 +152,6 @@ int cmd_tokenizer_train(int argc, char **argv) {
 
 /* ---- speck train ---------------------------------------------------------------------------- */
 
-static volatile sig_atomic_t g_stop;
-static void on_sigint(int sig) {
-    g_stop = sig;
-}
-
 typedef struct {
     const char *data, *glob, *vocab, *init_from, *preset, *out, *ckpt, *csv, *cache, *name;
     speck_train_config cfg;
@@ -423,19 +418,10 @@ static int train_run(int argc, char **argv) {
     int32_t *in = R.in = malloc((size_t)o.B * T * sizeof *in);
     int32_t *tg = R.tg = malloc((size_t)o.B * T * sizeof *tg);
     if (!in || !tg) return 1;
-    struct sigaction sa = {0};
-    sa.sa_handler = on_sigint;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    int64_t hook_step = -1;
-    int hook_sig = 0;
-    const char *hook = getenv("SPECK_TRAIN_SIGNAL_AT");
-    if (hook && sscanf(hook, "%lld:%d", (long long *)&hook_step, &hook_sig) != 2) hook_step = -1;
-    double t_start = cli_now(), tokens_done = 0;
-    int64_t step0 = st.step;
+    cli_train_log L;
+    cli_train_begin(&L, "train", fcsv, st.step, o.steps, o.quiet);
     int rc = 0;
-    double last_val = NAN, last_print = 0;
-    for (int64_t step = st.step; step < o.steps && !g_stop; step++) {
+    for (int64_t step = st.step; step < o.steps && !cli_stop; step++) {
         double ts = cli_now(), loss_sum = 0;
         speck_train_zero_grad(tm);
         for (int k = 0; k < o.accum && !rc; k++) {
@@ -450,8 +436,7 @@ static int train_run(int argc, char **argv) {
         if (!rc && speck_adamw_step(tm, &o.opt, step, &gnorm)) rc = cli_fail("train");
         if (rc) break;
         st.step = step + 1;
-        double dt = cli_now() - ts, tps = (double)o.B * T * o.accum / dt;
-        tokens_done += (double)o.B * T * o.accum;
+        const double dt = cli_now() - ts;
         double val = NAN;
         if (o.val_every && (st.step % o.val_every == 0 || st.step == o.steps)) {
             double v;
@@ -460,37 +445,16 @@ static int train_run(int argc, char **argv) {
                 rc = cli_fail("train");
                 break;
             }
-            if (e == 0) val = last_val = v;
+            if (e == 0) val = v;
         }
-        float lr = speck_lr_at(&o.opt, step);
-        fprintf(fcsv, "%lld,%.6f,", (long long)step, loss_sum / o.accum);
-        if (val == val) fprintf(fcsv, "%.6f", val);
-        fprintf(fcsv, ",%.6g,%.4f,%.1f\n", lr, gnorm, tps);
-        fflush(fcsv);
-        // Progress: at most ~5 updates a second (logs stay small), always on validation steps.
-        if (!o.quiet && (val == val || st.step == o.steps || cli_now() - last_print > 0.2)) {
-            last_print = cli_now();
-            double el = cli_now() - t_start;
-            double eta = el / (double)(st.step - step0) * (double)(o.steps - st.step);
-            char etas[32], bar[32];
-            cli_fmt_time(eta, etas, sizeof etas);
-            int filled = (int)(20.0 * (double)st.step / o.steps);
-            for (int j = 0; j < 20; j++) bar[j] = j < filled ? '#' : '.';
-            bar[20] = 0;
-            fprintf(stderr, "\rstep %lld/%d [%s] loss %.4f", (long long)st.step, o.steps, bar,
-                    loss_sum / o.accum);
-            if (last_val == last_val) fprintf(stderr, " val %.4f", last_val);
-            fprintf(stderr, " | lr %.2e | %.0f tok/s | ETA %s   ", lr, tokens_done / el, etas);
-            if (val == val) fprintf(stderr, "\n");
-        }
+        cli_train_record(&L, step, loss_sum / o.accum, val, speck_lr_at(&o.opt, step), gnorm,
+                         (double)o.B * T * o.accum, dt);
         if (o.ckpt_every && st.step % o.ckpt_every == 0 && st.step < o.steps &&
             speck_train_checkpoint_save(tm, &st, vocab_path, ckpt)) {
             rc = cli_fail("train");
             break;
         }
-        // Test hook: deliver a signal to ourselves after step N (SPECK_TRAIN_SIGNAL_AT=N:SIG), so
-        // tests of Ctrl-C / kill -9 do not depend on timing.
-        if (hook_step >= 0 && st.step == hook_step) raise(hook_sig);
+        cli_train_hook(&L, st.step);
     }
     if (!o.quiet) fprintf(stderr, "\n");
     fclose(fcsv);
@@ -503,17 +467,7 @@ static int train_run(int argc, char **argv) {
             fprintf(stderr, "saved %s (%s) and checkpoint %s at step %lld\n", o.out,
                     speck_type_name(o.type), ckpt, (long long)st.step);
     }
-    if (!rc && g_stop) {
-        fprintf(stderr, "speck train: interrupted at step %lld; resume with --resume\n",
-                (long long)st.step);
-        rc = 130;
-    }
-    if (!rc && o.plot) {
-        char *png = cli_derived_path(o.out, ".png");
-        if (cli_plot(csv, png) == 0 && !o.quiet) fprintf(stderr, "plot: %s\n", png);
-        free(png);
-    }
-    return rc;
+    return cli_train_end(&L, rc, st.step, o.plot, o.out, csv);
 }
 
 int cmd_train(int argc, char **argv) {
