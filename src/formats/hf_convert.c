@@ -448,9 +448,7 @@ static int build_plan(conv *c, int type) {
             const speck_tensor_desc *d = &a->layer[i];
             const bool bias = d->slot == SLOT_BQ || d->slot == SLOT_BK || d->slot == SLOT_BV;
             if (bias && !h->attn_bias) continue; // then a bias in the file is unexpected
-            if (((d->flags & TD_DENSE) && hp->n_expert) || ((d->flags & TD_MOE) && !hp->n_expert) ||
-                ((d->flags & TD_SHARED) && !hp->n_ff_shexp))
-                continue;
+            if (!speck_tensor_in_layer(hp, d)) continue;
             char hf[128], gg[96];
             if (d->flags & TD_EXPERTS) { // one HF tensor per expert, stacked in one GGUF tensor
                 snprintf(gg, sizeof gg, "blk.%d.%s", l, d->gguf);

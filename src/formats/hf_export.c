@@ -220,6 +220,7 @@ static int write_safetensors(const speck_model *m, speck_type dtype, const char 
     for (int i = 0; !rc && i < hp->n_layer; i++)
         for (int k = 0; !rc && k < a->n_layer_tensors; k++) {
             const speck_tensor_desc *d = &a->layer[k];
+            if (!speck_tensor_in_layer(hp, d)) continue;
             char gg[96], hf[128];
             snprintf(gg, sizeof gg, "blk.%d.%s", i, d->gguf);
             snprintf(hf, sizeof hf, "model.layers.%d.%s", i, d->hf);

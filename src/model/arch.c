@@ -133,3 +133,10 @@ int speck_hf_num(const cJSON *j, const char *key, const char *path, double def, 
     *out = x->valuedouble;
     return 0;
 }
+
+bool speck_tensor_in_layer(const speck_hparams *hp, const speck_tensor_desc *d) {
+    if ((d->flags & TD_DENSE) && hp->n_expert > 0) return false;
+    if ((d->flags & TD_MOE) && hp->n_expert == 0) return false;
+    if ((d->flags & TD_SHARED) && hp->n_ff_shexp == 0) return false;
+    return true;
+}

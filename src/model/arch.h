@@ -168,4 +168,8 @@ extern const speck_arch speck_arch_qwen2moe, speck_arch_qwen3moe, speck_arch_olm
 // be positive; 0 on success, an error naming path and key otherwise.
 int speck_hf_num(const cJSON *j, const char *key, const char *path, double def, double *out);
 
+// Whether the layers of a model with hp hold tensor d: the dense FFN or the experts, the shared
+// expert or not (TD_DENSE / TD_MOE / TD_SHARED).
+bool speck_tensor_in_layer(const speck_hparams *hp, const speck_tensor_desc *d);
+
 #endif

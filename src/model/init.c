@@ -236,9 +236,7 @@ static int plan_tensors(const speck_preset *p, const speck_arch *a, const speck_
     for (int l = 0; l < p->n_layer; l++)
         for (int i = 0; i < per_layer; i++) {
             const speck_tensor_desc *d = &a->layer[i];
-            if ((d->flags & TD_DENSE) && hp->n_expert) continue;
-            if ((d->flags & TD_MOE) && !hp->n_expert) continue;
-            if ((d->flags & TD_SHARED) && !hp->n_ff_shexp) continue;
+            if (!speck_tensor_in_layer(hp, d)) continue;
             const int64_t rows = speck_dim_size(d->rows, hp), cols = speck_dim_size(d->cols, hp);
             const bool bias = d->slot == SLOT_BQ || d->slot == SLOT_BK || d->slot == SLOT_BV;
             if (bias && !p->qkv_bias) continue;
@@ -273,7 +271,9 @@ static int check_space(const char *path, uint64_t need) {
     else
         *slash = 0;
     struct statvfs st;
-    if (statvfs(dir, &st)) return 0; // cannot tell: the write will say
+    // Cannot tell (or a pseudo file system such as /proc, which reports no blocks at all): the
+    // write will say what is wrong.
+    if (statvfs(dir, &st) || st.f_blocks == 0) return 0;
     const uint64_t avail = (uint64_t)st.f_bavail * st.f_frsize;
     if (avail < need + ((uint64_t)64 << 20))
         return speck_set_error(SPECK_ERR_IO,

@@ -469,14 +469,6 @@ static int load_qkv(loader *L, int l, speck_layer *ly) {
     return err;
 }
 
-// Whether layers of hp hold tensor d (the dense FFN or the experts, the shared expert or not).
-static bool layer_has(const speck_hparams *hp, const speck_tensor_desc *d) {
-    if ((d->flags & TD_DENSE) && hp->n_expert > 0) return false;
-    if ((d->flags & TD_MOE) && hp->n_expert == 0) return false;
-    if ((d->flags & TD_SHARED) && hp->n_ff_shexp == 0) return false;
-    return true;
-}
-
 // The experts' (rows, cols) matrices stacked in one 3-D tensor (GGUF [cols, rows, n_expert]):
 // expert e's matrix is rows [e rows, (e + 1) rows) of it, written to out[3 e].
 static int get_experts(loader *L, const char *name, int64_t cols, int64_t rows, speck_weight *out) {
@@ -509,7 +501,7 @@ static int load_layer(loader *L, int l, speck_layer *ly) {
     bool qkv_done = false;
     for (int i = 0; i < L->desc->n_layer_tensors && !err; i++) {
         const speck_tensor_desc *d = &L->desc->layer[i];
-        if (!layer_has(hp, d)) continue;
+        if (!speck_tensor_in_layer(hp, d)) continue;
         const int64_t rows = speck_dim_size(d->rows, hp), cols = speck_dim_size(d->cols, hp);
         const int req = !(d->flags & TD_OPTIONAL);
         char n[96];
@@ -593,8 +585,10 @@ static int load_tensors(loader *L) {
     // holds is refused before the layer table is allocated (a 100-byte file could otherwise ask
     // for gigabytes).
     int64_t per_layer = 0;
-    for (int i = 0; i < L->desc->n_layer_tensors; i++)
-        per_layer += !(L->desc->layer[i].flags & TD_OPTIONAL) && layer_has(hp, &L->desc->layer[i]);
+    for (int i = 0; i < L->desc->n_layer_tensors; i++) {
+        const speck_tensor_desc *d = &L->desc->layer[i];
+        per_layer += !(d->flags & TD_OPTIONAL) && speck_tensor_in_layer(hp, d);
+    }
     if (per_layer < 1) per_layer = 1;
     if (hp->n_layer > speck_gguf_n_tensors(m->g) / per_layer)
         return speck_set_error(SPECK_ERR_FORMAT,
