@@ -747,7 +747,8 @@ static void forward_batch(speck_ctx *c, int n, const uint8_t *mask, const int *o
         const float *cs = c->rope_cs[ly->rope], *sn = c->rope_sn[ly->rope];
         const bool ring = c->cap[l] < c->n_ctx;
         const int lo = ring ? swa_held_from(c, n_past) : 0, keys = n_total - lo;
-        float *kf = c->kvf, *vf = c->kvf + (size_t)nkv * keys * hd; // (nkv, keys, hd) each
+        // (nkv, keys, hd) each; no such scratch for a full f32 cache, which sgemm reads in place
+        float *kf = c->kvf, *vf = kf ? kf + (size_t)nkv * keys * hd : NULL;
         rmsnorm(c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps);
         if (c->hook) {
             observe(c, l, "attn_q", c->xn, n, E);
