@@ -217,9 +217,12 @@ static int parse_gguf(speck_imatrix *im, const speck_gguf *g, const char *what) 
                                    what, (int)(len - sl), t->name);
         float cnt;
         memcpy(&cnt, c->data, 4);
-        if (!(cnt >= 0) || !(cnt < 9e15f))
-            return speck_set_error(SPECK_ERR_FORMAT, "%s: entry '%.*s': count %g", what,
-                                   (int)(len - sl), t->name, (double)cnt);
+        // Below 2^31: the legacy format stores counts as int32 (a file accepted here must be
+        // writable in both formats).
+        if (!(cnt >= 0) || !(cnt < 2147483648.0f))
+            return speck_set_error(SPECK_ERR_FORMAT,
+                                   "%s: entry '%.*s': count %g is out of range (0 to 2^31 - 1)",
+                                   what, (int)(len - sl), t->name, (double)cnt);
         im_entry *e = add(im, t->name, len - sl, t->ne[0]);
         if (!e) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
         const float *v = t->data; // GGUF tensor data is aligned
