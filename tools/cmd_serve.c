@@ -236,6 +236,9 @@ static void *engine(void *arg) {
         }
         for (int i = 0; i < g.n_cancel; i++) speck_sched_cancel(g.s, g.cancels[i]);
         g.n_cancel = 0;
+        // /metrics must count the requests just handed over while this pass runs; a snapshot
+        // from before the hand-over showed them nowhere (neither pending nor queued).
+        speck_sched_get_stats(g.s, &g.st);
         pthread_mutex_unlock(&g.lock);
         int rc = speck_sched_step(g.s); // the callbacks take the lock themselves
         if (rc < 0) fprintf(stderr, "speck serve: pass failed: %s\n", speck_last_error());
@@ -419,7 +422,7 @@ static char *metrics_text(void) {
              "# TYPE speck_forward_passes_total counter\nspeck_forward_passes_total %lld\n"
              "# HELP speck_preemptions_total Requests preempted for KV blocks.\n"
              "# TYPE speck_preemptions_total counter\nspeck_preemptions_total %lld\n"
-             "# HELP speck_queue_length Requests waiting.\n# TYPE speck_queue_length gauge\n"
+             "# HELP speck_queue_length Requests waiting (not yet in the batch).\n# TYPE speck_queue_length gauge\n"
              "speck_queue_length %d\n"
              "# HELP speck_requests_running Requests in the batch.\n"
              "# TYPE speck_requests_running gauge\nspeck_requests_running %d\n"
@@ -431,7 +434,7 @@ static char *metrics_text(void) {
              "# TYPE speck_kv_blocks_total gauge\nspeck_kv_blocks_total %d\n",
              g.n_req, g.n_err, g.n_gen_req, (long long)st.prompt_tokens,
              (long long)st.cached_tokens, hit, (long long)st.gen_tokens, g.rate,
-             (long long)st.passes, (long long)st.preempted, st.queued, st.running,
+             (long long)st.passes, (long long)st.preempted, st.queued + g.n_pending, st.running,
              st.blocks_used, st.blocks_cached, st.blocks_total);
     return b;
 }
