@@ -160,7 +160,11 @@ static bool on_token_locked(job *j, int32_t tok, float lp, speck_finish fin) {
         job_release(j);
         return false;
     }
-    if (!j->n_gen) j->t_first = now_s();
+    if (!j->n_gen) {
+        j->t_first = now_s();
+        const int k = speck_sched_cached_tokens(g.s, j->sid);
+        j->cached = k > 0 ? k : 0;
+    }
     j->n_gen++;
     if (j->req.logprobs && j->n_lp < j->req.max_tokens) {
         if (j->n_lp == j->cap_lp) {

@@ -2,7 +2,8 @@
 // key only), and curl. models.list, completions and chat completions, streamed (for await over
 // the chunks) and not, agree with each other and with curl; a bad request is the SDK's
 // BadRequestError (an APIError, status 400), an unknown model its NotFoundError, a wrong key its
-// AuthenticationError; aborting a stream cancels the request on the server.
+// AuthenticationError; usage counts the prompt tokens taken from the prefix cache; aborting a
+// stream cancels the request on the server.
 //
 // usage: node openai_client.mjs SPECK_BINARY MODEL.gguf     (exit 77: a dependency is missing)
 import { spawnSync } from "node:child_process";
@@ -69,6 +70,17 @@ async function run(s) {
     if (chunk.choices.length) streamed += chunk.choices[0].text;
   }
   check(streamed === ctext, `streamed completion ${JSON.stringify(streamed)} != ${JSON.stringify(ctext)}`);
+
+  // The prefix cache, as usage reports it: a prompt sent again takes its whole 16-token blocks
+  // (all but the last token) from the cache.
+  const repeated = { model: id, max_tokens: 2, temperature: 0,
+                 prompt: Array.from({ length: 12 }, (_, i) => `def handler_${i}(request):\n    pass\n`).join("") };
+  const first = await client.completions.create(repeated);
+  const again = await client.completions.create(repeated);
+  const pt = first.usage.prompt_tokens, k0 = first.usage.prompt_tokens_details.cached_tokens,
+        k1 = again.usage.prompt_tokens_details.cached_tokens;
+  check(pt >= 64 && k0 === 0 && k1 === Math.floor((pt - 1) / 16) * 16,
+    `cached_tokens: ${k0} then ${k1} of ${pt} prompt tokens`);
 
   // Chat: non-streaming, streamed (role first, usage last), and curl; the same greedy text.
   const messages = [{ role: "system", content: "You write C." }, { role: "user", content: "Write a loop." }];
