@@ -127,8 +127,8 @@ def first_token_time(port, prompt_ids):
             u = d.get("usage") or {}
             if u.get("prompt_tokens_details"):
                 cached = u["prompt_tokens_details"].get("cached_tokens")
-            if "tokens_cached" in d.get("timings", {}):  # llama-server's count
-                cached = d["timings"]["tokens_cached"]
+            if "cache_n" in d.get("timings", {}):  # llama-server: prompt tokens reused
+                cached = d["timings"]["cache_n"]
     c.close()
     return first, cached
 
