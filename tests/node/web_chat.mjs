@@ -3,6 +3,7 @@
 // reach the request; an answer streams in (its text grows over several observations); Stop ends
 // it and the server logs the request as cancelled; the next question carries the history;
 // Shift+Enter is a newline, Enter sends; a server error is shown; New chat clears the history;
+// Escape stops an answer;
 // code fences render as <pre><code> and HTML in the model's text stays text; with --api-key the
 // page asks for the key and sends it; --no-webui turns the page off.
 //
@@ -195,6 +196,22 @@ async function mainServer(browser, s) {
   const b2 = sent[sent.length - 1].body;
   check(b2.messages.length === 2 && b2.messages[1].content === "fresh" && b2.max_tokens === 4,
     `after New chat: ${JSON.stringify(b2)}`);
+
+  // Escape stops an answer too (the keyboard's Stop).
+  await setField(page, "#set-max-tokens", "1500");
+  await ask(page, question);
+  await page.waitForFunction(() => {
+    const c = document.querySelectorAll("#log .msg.assistant .content");
+    return c.length === 2 && c[1].textContent.length > 0;
+  }, { timeout: 30000 }).catch(() => {});
+  check(await page.$eval("#stop", (e) => !e.disabled), "still answering before Escape");
+  await page.keyboard.press("Escape");
+  await idle(page);
+  const esc = await page.$$eval("#log .msg.assistant .note", (n) => n.map((e) => e.textContent));
+  check(esc.includes("(stopped)"), `Escape: notes ${esc}`);
+  const cancels = await s.waitLog(/(finish=cancelled[^]*){2}/);
+  check(cancels, "the server logged no second cancelled request");
+  await page.click("#new-chat");
 
   // Rendering, on an answer the test writes (intercepted): a code fence split across chunks
   // becomes <pre><code>; HTML in the text is shown as text and never runs.
