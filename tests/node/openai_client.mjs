@@ -134,7 +134,9 @@ async function run(s) {
   const ac = new AbortController();
   let got = 0, aborted = false;
   try {
-    const long = await client.chat.completions.create({ ...q, max_tokens: 1500, temperature: 1, seed: 3,
+    // ignore_eos (llama-server's extension, passed through by the SDK): the answer cannot end
+    // on its own before the abort reaches the server.
+    const long = await client.chat.completions.create({ ...q, max_tokens: 1500, ignore_eos: true,
                                                          stream: true }, { signal: ac.signal });
     for await (const chunk of long) {
       if (chunk.choices[0] && chunk.choices[0].delta.content && ++got === 3) ac.abort();

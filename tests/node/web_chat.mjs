@@ -31,8 +31,10 @@ if (!existsSync(chromium)) {
 const t = new Checks();
 const check = t.check.bind(t);
 const CHAT = "/v1/chat/completions";
-// The system prompt and the questions: the answer to the first must run past 120 tokens
-// (greedy) so that it can be stopped mid-way; the first of these that does is used.
+// The system prompt and the questions: the answer to the first must run past 400 tokens
+// (greedy) so that it is still running when Stop reaches the server (3 observations of the
+// page, then up to 100 ms until the server notices the closed connection); the first of these
+// that does is used.
 const SYSTEM = "You write Python.";
 const QUESTIONS = ["def parse_args(argv):", "class Config:", "import os\nimport sys\n", "Write a loop."];
 
@@ -105,14 +107,14 @@ async function mainServer(browser, s) {
   for (const q of QUESTIONS) {
     const b = await direct(s.url, { messages: [{ role: "system", content: SYSTEM },
                                                { role: "user", content: q }],
-                                    max_tokens: 120, temperature: 0 });
+                                    max_tokens: 400, temperature: 0 });
     if (b.choices && b.choices[0].finish_reason === "length") {
       question = q;
       greedy = b.choices[0].message.content;
       break;
     }
   }
-  if (!check(question, "every question's greedy answer ended within 120 tokens")) return;
+  if (!check(question, "every question's greedy answer ended within 400 tokens")) return;
 
   const sent = [];
   const page = await openPage(browser, s.url, sent);
