@@ -942,6 +942,8 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
 #endif
 #endif
 
-// The compression and adaptation families, split out to keep this manual readable.
+// The compression and adaptation families and constrained output, split out to keep this manual
+// readable.
 #include "speck_quant.h"
 #include "speck_adapt.h"
+#include "speck_grammar.h"
