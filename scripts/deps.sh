@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libcjson-dev libpcre2-dev libmicrohttpd-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-torch python3-numpy)
+  pkgs+=(python3 python3-torch python3-numpy python3-jsonschema)
   # Node.js may come from Debian (nodejs + npm) or from another vendor's nodejs package that
   # bundles npm and conflicts with Debian's npm: only install when the commands are missing.
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
