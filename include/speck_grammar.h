@@ -35,8 +35,8 @@ speck_grammar *speck_grammar_json_object(void);
 // ["string","null"]), properties / required / additionalProperties false, items, enum, const,
 // anyOf / oneOf, allOf of one schema, minItems / maxItems, minLength / maxLength, local $ref
 // into $defs / definitions; annotations (description, title, default, examples, $schema, $id,
-// format, ...) are ignored; any other keyword is an error (it would not be enforced). Objects
-// keep the properties' order; optional ones may be left out.
+// $comment, ...) are ignored; any other keyword (pattern, format, minimum, ...) is an error, since
+// it would not be enforced. Objects keep the properties' order; optional ones may be left out.
 char *speck_json_schema_to_gbnf(const char *schema, size_t len);
 // The same straight to a grammar.
 speck_grammar *speck_grammar_from_json_schema(const char *schema, size_t len);
