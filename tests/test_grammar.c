@@ -84,7 +84,8 @@ static void test_schema(void) {
                  "unsupported keyword 'minimum' at #/properties/x");
     schema_error("{\"type\":\"strin\"}", "unknown type 'strin'");
     schema_error("{\"$ref\":\"http://x/y\"}", "is not a local");
-    schema_error("{\"type\":\"object\",\"properties\":{},\"required\":[\"z\"]}", "required names 'z'");
+    schema_error("{\"type\":\"object\",\"properties\":{},\"required\":[\"z\"]}",
+                 "required names 'z'");
     schema_error("{\"type\":", "not valid JSON");
     schema_error("{\"type\":\"array\",\"minItems\":3,\"maxItems\":1}", "maxItems below minItems");
     schema_error("{\"allOf\":[{},{}]}", "allOf");
@@ -124,8 +125,10 @@ static void test_mask(const speck_vocab *v, const speck_token_trie *t) {
             printf("token %d '%.*s': mask %d, expected %d\n", i, len, piece, lg[i] == 0.0f, want);
         }
     }
-    CHECK(bad == 0 && n_ok == want_ok, "mask vs brute force: %d tokens differ (%d allowed, %d "
-                                       "expected)", bad, n_ok, want_ok);
+    CHECK(bad == 0 && n_ok == want_ok,
+          "mask vs brute force: %d tokens differ (%d allowed, %d "
+          "expected)",
+          bad, n_ok, want_ok);
     // Walk "maybe" token by token (tokenized as the model would), then the grammar is done.
     int32_t ids[16];
     int64_t k = speck_tokenize(v, "maybe", 5, false, false, ids, 16);

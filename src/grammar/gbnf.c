@@ -27,8 +27,10 @@ typedef struct {
 static void line_col(const parser *ps, const char *at, int *line, int *col) {
     *line = 1, *col = 1;
     for (const char *q = ps->s; q < at && q < ps->end; q++) {
-        if (*q == '\n') (*line)++, *col = 1;
-        else if (((unsigned char)*q & 0xC0) != 0x80) (*col)++;
+        if (*q == '\n')
+            (*line)++, *col = 1;
+        else if (((unsigned char)*q & 0xC0) != 0x80)
+            (*col)++;
     }
 }
 
@@ -55,8 +57,8 @@ static int oom(parser *ps) {
 }
 
 static bool is_word(char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
 }
 
 // Skip blanks and # comments; newlines too when nl is set.
@@ -140,22 +142,40 @@ static int32_t read_char(parser *ps) {
         char e = *ps->p++;
         int nhex = 0;
         switch (e) {
-        case 'n': return '\n';
-        case 'r': return '\r';
-        case 't': return '\t';
-        case '0': return 0;
-        case '\\': case '"': case '\'': case '[': case ']': case '-': case '^': case '/':
+        case 'n':
+            return '\n';
+        case 'r':
+            return '\r';
+        case 't':
+            return '\t';
+        case '0':
+            return 0;
+        case '\\':
+        case '"':
+        case '\'':
+        case '[':
+        case ']':
+        case '-':
+        case '^':
+        case '/':
             return (unsigned char)e;
-        case 'x': nhex = 2; break;
-        case 'u': nhex = 4; break;
-        case 'U': nhex = 8; break;
-        default: return fail_at(ps, at, "unknown escape '\\%c'", e);
+        case 'x':
+            nhex = 2;
+            break;
+        case 'u':
+            nhex = 4;
+            break;
+        case 'U':
+            nhex = 8;
+            break;
+        default:
+            return fail_at(ps, at, "unknown escape '\\%c'", e);
         }
         uint32_t v = 0;
         for (int i = 0; i < nhex; i++) {
             if (ps->p >= ps->end) return fail_at(ps, at, "short \\%c escape", e);
             char h = *ps->p++;
-            int d = h >= '0' && h <= '9' ? h - '0'
+            int d = h >= '0' && h <= '9'   ? h - '0'
                     : h >= 'a' && h <= 'f' ? h - 'a' + 10
                     : h >= 'A' && h <= 'F' ? h - 'A' + 10
                                            : -1;
@@ -213,8 +233,9 @@ static int repeat(parser *ps, int r, long lo, long hi, const char *at) {
     int prev = -1;
     for (long k = 0; k < hi - lo; k++) {
         int o = new_rule(ps, r);
-        if (o < 0 || emit(ps, o, x.type, x.val, x.n) || (prev >= 0 && emit(ps, o, GE_REF, prev, 0)) ||
-            emit(ps, o, GE_ALT, 0, 0) || emit(ps, o, GE_END, 0, 0))
+        if (o < 0 || emit(ps, o, x.type, x.val, x.n) ||
+            (prev >= 0 && emit(ps, o, GE_REF, prev, 0)) || emit(ps, o, GE_ALT, 0, 0) ||
+            emit(ps, o, GE_END, 0, 0))
             return -1;
         prev = o;
     }
@@ -358,7 +379,8 @@ static int parse_rules(parser *ps) {
             return fail_at(ps, ps->p, "expected '::=' after '%.*s'", (int)(we - w), w);
         int r = rule_id(ps, w, (size_t)(we - w), w);
         if (r < 0) return -1;
-        if (ps->rules[r].def_line) return fail_at(ps, w, "rule '%s' defined twice", ps->rules[r].name);
+        if (ps->rules[r].def_line)
+            return fail_at(ps, w, "rule '%s' defined twice", ps->rules[r].name);
         int col;
         line_col(ps, w, &ps->rules[r].def_line, &col);
         ps->p += 3;

@@ -17,8 +17,8 @@ typedef struct {
 } speck_gelem;
 
 struct speck_grammar {
-    speck_gelem *elems; // (n_elems)
-    int32_t *ranges;    // (2 * n_ranges) inclusive [lo, hi] code point pairs
+    speck_gelem *elems;  // (n_elems)
+    int32_t *ranges;     // (2 * n_ranges) inclusive [lo, hi] code point pairs
     int32_t *rule_start; // (n_rules) first element of each rule
     int n_elems, n_ranges, n_rules, root;
 };

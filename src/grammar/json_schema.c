@@ -13,7 +13,8 @@
 // digits) and so is whitespace, so a model cannot stall a structure by padding it forever.
 static const char JSON_COMMON[] =
     "value ::= object | array | string | number | \"true\" | \"false\" | \"null\"\n"
-    "object ::= \"{\" ws ( string ws \":\" ws value ws ( \",\" ws string ws \":\" ws value ws )* )? "
+    "object ::= \"{\" ws ( string ws \":\" ws value ws ( \",\" ws string ws \":\" ws value ws )* "
+    ")? "
     "\"}\"\n"
     "array ::= \"[\" ws ( value ws ( \",\" ws value ws )* )? \"]\"\n"
     "string ::= \"\\\"\" char* \"\\\"\"\n"
@@ -64,10 +65,14 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
 static void sb_literal(sbuf *b, const char *text) {
     sb_printf(b, "\"");
     for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
-        if (*p == '"' || *p == '\\') sb_printf(b, "\\%c", *p);
-        else if (*p == '\n') sb_printf(b, "\\n");
-        else if (*p < 0x20 || *p == 0x7F) sb_printf(b, "\\x%02X", *p);
-        else sb_printf(b, "%c", *p);
+        if (*p == '"' || *p == '\\')
+            sb_printf(b, "\\%c", *p);
+        else if (*p == '\n')
+            sb_printf(b, "\\n");
+        else if (*p < 0x20 || *p == 0x7F)
+            sb_printf(b, "\\x%02X", *p);
+        else
+            sb_printf(b, "%c", *p);
     }
     sb_printf(b, "\"");
 }
@@ -98,14 +103,13 @@ static int fail(conv *c, const char *fmt, ...) {
     return -1;
 }
 
-static const char *const ANNOTATIONS[] = {"description", "title",   "default",     "examples",
-                                          "$schema",     "$id",     "$comment",    "deprecated",
-                                          "readOnly",    "writeOnly", "$defs", "definitions",
-                                          "strict",      NULL};
-static const char *const KNOWN[] = {"type",     "properties", "required", "additionalProperties",
-                                    "items",    "enum",       "const",    "anyOf",
-                                    "oneOf",    "allOf",      "minItems", "maxItems",
-                                    "minLength", "maxLength", "$ref",     "nullable",
+static const char *const ANNOTATIONS[] = {
+    "description", "title",    "default",   "examples", "$schema",     "$id",    "$comment",
+    "deprecated",  "readOnly", "writeOnly", "$defs",    "definitions", "strict", NULL};
+static const char *const KNOWN[] = {"type",      "properties", "required", "additionalProperties",
+                                    "items",     "enum",       "const",    "anyOf",
+                                    "oneOf",     "allOf",      "minItems", "maxItems",
+                                    "minLength", "maxLength",  "$ref",     "nullable",
                                     NULL};
 
 static bool in_list(const char *const *l, const char *k) {
@@ -139,8 +143,10 @@ static void literal_value(conv *c, const cJSON *v) {
 }
 
 static void emit_repeat(conv *c, long lo, long hi) {
-    if (hi < 0) sb_printf(&c->out, "{%ld,}", lo);
-    else sb_printf(&c->out, "{%ld,%ld}", lo, hi);
+    if (hi < 0)
+        sb_printf(&c->out, "{%ld,}", lo);
+    else
+        sb_printf(&c->out, "{%ld,%ld}", lo, hi);
 }
 
 // The rule for schema s of one type; returns its id.
@@ -153,7 +159,8 @@ static int gen_typed(conv *c, const cJSON *s, const char *type, const char *path
         return id;
     }
     if (!strcmp(type, "string")) {
-        long lo = get_count(c, s, "minLength", 0, path), hi = get_count(c, s, "maxLength", -1, path);
+        long lo = get_count(c, s, "minLength", 0, path),
+             hi = get_count(c, s, "maxLength", -1, path);
         if (lo < -1 || hi < -1) return -1;
         if (hi >= 0 && hi < lo) return fail(c, "%s: maxLength below minLength", path);
         int id = c->next++;
@@ -173,8 +180,10 @@ static int gen_typed(conv *c, const cJSON *s, const char *type, const char *path
             if ((item = gen(c, items, sub)) < 0) return -1;
         }
         char it[32];
-        if (item >= 0) snprintf(it, sizeof it, "r%d", item);
-        else snprintf(it, sizeof it, "value");
+        if (item >= 0)
+            snprintf(it, sizeof it, "r%d", item);
+        else
+            snprintf(it, sizeof it, "value");
         int id = c->next++;
         if (hi == 0) {
             sb_printf(&c->out, "r%d ::= \"[\" ws \"]\"\n", id);
@@ -189,7 +198,8 @@ static int gen_typed(conv *c, const cJSON *s, const char *type, const char *path
         const cJSON *props = cJSON_GetObjectItemCaseSensitive(s, "properties");
         const cJSON *req = cJSON_GetObjectItemCaseSensitive(s, "required");
         const cJSON *addl = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
-        if (props && !cJSON_IsObject(props)) return fail(c, "%s/properties must be an object", path);
+        if (props && !cJSON_IsObject(props))
+            return fail(c, "%s/properties must be an object", path);
         if (req && !cJSON_IsArray(req)) return fail(c, "%s/required must be an array", path);
         if (addl && !cJSON_IsBool(addl) && !cJSON_IsObject(addl))
             return fail(c, "%s/additionalProperties must be a boolean or a schema", path);
@@ -198,8 +208,8 @@ static int gen_typed(conv *c, const cJSON *s, const char *type, const char *path
         cJSON_ArrayForEach(r, req) {
             if (!cJSON_IsString(r)) return fail(c, "%s/required: names must be strings", path);
             if (!cJSON_GetObjectItemCaseSensitive(props, r->valuestring))
-                return fail(c, "%s/required names '%.100s', which properties does not define",
-                            path, r->valuestring);
+                return fail(c, "%s/required names '%.100s', which properties does not define", path,
+                            r->valuestring);
         }
         if (n == 0 && !(addl && cJSON_IsFalse(addl))) { // any object
             int id = c->next++;
@@ -229,8 +239,10 @@ static int gen_typed(conv *c, const cJSON *s, const char *type, const char *path
             mem[i] = c->next++; // member rule: "key" ws ":" ws value
             cJSON *key = cJSON_CreateString(p->string);
             sb_printf(&c->out, "r%d ::= ", mem[i]);
-            if (key) literal_value(c, key);
-            else c->out.oom = true;
+            if (key)
+                literal_value(c, key);
+            else
+                c->out.oom = true;
             cJSON_Delete(key);
             sb_printf(&c->out, " ws \":\" ws r%d\n", v);
             i++;
@@ -296,13 +308,14 @@ static int gen(conv *c, const cJSON *s, const char *path) {
             }
         const char *r = ref->valuestring;
         const char *name = NULL, *sect = NULL;
-        if (!strncmp(r, "#/$defs/", 8)) sect = "$defs", name = r + 8;
-        else if (!strncmp(r, "#/definitions/", 14)) sect = "definitions", name = r + 14;
-        const cJSON *target =
-            !strcmp(r, "#") ? c->root
-            : sect ? cJSON_GetObjectItemCaseSensitive(
-                         cJSON_GetObjectItemCaseSensitive(c->root, sect), name)
-                   : NULL;
+        if (!strncmp(r, "#/$defs/", 8))
+            sect = "$defs", name = r + 8;
+        else if (!strncmp(r, "#/definitions/", 14))
+            sect = "definitions", name = r + 14;
+        const cJSON *target = !strcmp(r, "#") ? c->root
+                              : sect          ? cJSON_GetObjectItemCaseSensitive(
+                                                    cJSON_GetObjectItemCaseSensitive(c->root, sect), name)
+                                     : NULL;
         if (!target) {
             id = fail(c, "%s/$ref '%.100s' is not a local #/$defs/... or #/definitions/... entry",
                       path, r);
@@ -321,8 +334,10 @@ static int gen(conv *c, const cJSON *s, const char *path) {
         }
         c->refs[c->n_refs++].id = id;
         int t = gen(c, target, r);
-        if (t < 0) id = -1;
-        else sb_printf(&c->out, "r%d ::= r%d\n", id, t);
+        if (t < 0)
+            id = -1;
+        else
+            sb_printf(&c->out, "r%d ::= r%d\n", id, t);
         goto out;
     }
     if (en || cn) {

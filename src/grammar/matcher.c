@@ -200,7 +200,9 @@ static void expand(speck_gmatch *m, int32_t st, int depth) {
     const speck_gelem *e = &g->elems[pos];
     switch (e->type) {
     case GE_END:
-    case GE_ALT: expand(m, m->nodes[st].parent, depth + 1); return;
+    case GE_ALT:
+        expand(m, m->nodes[st].parent, depth + 1);
+        return;
     case GE_REF: {
         int32_t parent = m->nodes[st].parent, rest = parent;
         uint8_t after = g->elems[pos + 1].type;
@@ -250,10 +252,14 @@ static const uint32_t U8_MIN[5] = {0, 0, 0x80, 0x800, 0x10000};
 static int utf8_step(uint32_t *val, int *rem, uint8_t b, uint32_t *cp) {
     if (*rem == 0) {
         if (b < 0x80) return *cp = b, 1;
-        if (b >= 0xC2 && b < 0xE0) *val = b & 31, *rem = 1 | 2 << 4;
-        else if (b >= 0xE0 && b < 0xF0) *val = b & 15, *rem = 2 | 3 << 4;
-        else if (b >= 0xF0 && b < 0xF5) *val = b & 7, *rem = 3 | 4 << 4;
-        else return -1;
+        if (b >= 0xC2 && b < 0xE0)
+            *val = b & 31, *rem = 1 | 2 << 4;
+        else if (b >= 0xE0 && b < 0xF0)
+            *val = b & 15, *rem = 2 | 3 << 4;
+        else if (b >= 0xF0 && b < 0xF5)
+            *val = b & 7, *rem = 3 | 4 << 4;
+        else
+            return -1;
         return 0;
     }
     if ((b & 0xC0) != 0x80) return -1;
@@ -290,8 +296,10 @@ static int32_t advance(speck_gmatch *m, int32_t set, uint32_t cp) {
     r = set_intern(m, ids, m->tmp.n);
     free(ids);
     int cnt;
-    if (r > 0) set_items(m, r, &cnt);
-    else cnt = 0;
+    if (r > 0)
+        set_items(m, r, &cnt);
+    else
+        cnt = 0;
     if (r > 0 && cnt > MAX_STACKS) return m->overflow = true, -1;
     if (r < 0 || htab_put(&m->memo, key, r)) return m->oom = true, -1;
     return r;
@@ -346,6 +354,10 @@ static int rebuild(speck_gmatch *m) {
 oom:
     free(paths.v), free(lens.v);
     return speck_set_error(SPECK_ERR_NOMEM, "out of memory in the grammar matcher");
+}
+
+static bool too_big(const speck_gmatch *m) {
+    return m->n_nodes > MAX_NODES || m->memo.n > (size_t)MAX_NODES;
 }
 
 speck_gmatch *speck_gmatch_new(const speck_grammar *g, const speck_token_trie *t) {
@@ -430,9 +442,12 @@ static int feed(speck_gmatch *m, int32_t tok) {
     for (uint32_t i = 0; i < len && set > 0; i++) {
         uint32_t cp;
         int r = utf8_step(&val, &rem, b[i], &cp);
-        if (r < 0) set = 0;
-        else if (r == 0) set = may_continue(m, set, val, rem) ? set : 0;
-        else set = advance(m, set, cp);
+        if (r < 0)
+            set = 0;
+        else if (r == 0)
+            set = may_continue(m, set, val, rem) ? set : 0;
+        else
+            set = advance(m, set, cp);
     }
     m->overflow = m->oom = false;
     if (set <= 0) return -1;
@@ -441,7 +456,7 @@ static int feed(speck_gmatch *m, int32_t tok) {
 }
 
 int speck_gmatch_accept(speck_gmatch *m, int32_t token) {
-    if (m->n_nodes > MAX_NODES && rebuild(m)) return SPECK_ERR_NOMEM;
+    if (too_big(m) && rebuild(m)) return SPECK_ERR_NOMEM;
     if (feed(m, token))
         return speck_set_error(SPECK_ERR_ARG, "grammar: token %d is not allowed here", token);
     return 0;
@@ -480,15 +495,17 @@ static void walk(speck_gmatch *m, int lo, int hi, int32_t set, uint32_t val, int
 
 int speck_gmatch_mask(speck_gmatch *m, float *logits) {
     const speck_token_trie *t = m->t;
-    if (m->n_nodes > MAX_NODES && rebuild(m)) return SPECK_ERR_NOMEM;
+    if (too_big(m) && rebuild(m)) return SPECK_ERR_NOMEM;
     memset(m->allowed, 0, (size_t)t->n_vocab);
     walk(m, 0, t->n_nodes, m->cur, m->u8_val, m->u8_rem);
     if (speck_gmatch_complete(m))
         for (int i = 0; i < t->n_eog; i++) m->allowed[t->eog[i]] = 1;
     int n_ok = 0;
     for (int i = 0; i < t->n_vocab; i++) {
-        if (m->allowed[i]) n_ok++;
-        else logits[i] = -INFINITY;
+        if (m->allowed[i])
+            n_ok++;
+        else
+            logits[i] = -INFINITY;
     }
     return n_ok;
 }
