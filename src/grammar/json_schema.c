@@ -426,7 +426,31 @@ out:
     return c->failed ? -1 : id;
 }
 
+// JSON text is UTF-8 (RFC 8259); the grammar's literals must be too.
+static bool valid_utf8(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        int k = c < 0x80 ? 0 : c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2
+                : c >= 0xF0 && c < 0xF5                ? 3
+                                                       : -1;
+        if (k < 0 || i + (size_t)k >= n + (k == 0)) return false;
+        uint32_t v = k == 0 ? c : c & (0x3F >> k);
+        for (int j = 1; j <= k; j++) {
+            if ((p[i + j] & 0xC0) != 0x80) return false;
+            v = v << 6 | (p[i + j] & 0x3F);
+        }
+        static const uint32_t lo[4] = {0, 0x80, 0x800, 0x10000};
+        if (v < lo[k] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return false;
+        i += (size_t)k + 1;
+    }
+    return true;
+}
+
 char *speck_json_schema_to_gbnf(const char *schema, size_t len) {
+    if (schema && !valid_utf8((const unsigned char *)schema, len)) {
+        speck_set_error(SPECK_ERR_ARG, "json_schema: not valid UTF-8");
+        return NULL;
+    }
     cJSON *j = schema ? cJSON_ParseWithLength(schema, len) : NULL;
     if (!j) {
         speck_set_error(SPECK_ERR_ARG, "json_schema: not valid JSON");
