@@ -178,6 +178,35 @@ static bool eog_cb(int32_t t, void *u) {
     return speck_vocab_is_eog(((toks *)u)->v, t);
 }
 
+// Plain constrained greedy decoding spelled out: one token per forward pass, the full mask every
+// step, argmax; stops where the grammar is done or on an end-of-generation token.
+static int reference_greedy(speck_model *m, const speck_vocab *v, const speck_grammar *g,
+                            const speck_token_trie *t, const int32_t *prompt, int np, int32_t *out,
+                            int max) {
+    speck_ctx *c = speck_ctx_new(m, 512);
+    speck_gmatch *gm = speck_gmatch_new(g, t);
+    const int V = speck_vocab_n_tokens(v);
+    float *lg = malloc((size_t)V * sizeof *lg);
+    int n = 0, last = np - 1;
+    if (!c || !gm || !lg || speck_forward(c, np, prompt, NULL, NULL, &last, 1, lg) < 0) n = -1;
+    while (n >= 0 && n < max) {
+        if (speck_gmatch_mask(gm, lg) == 0) break;
+        int32_t tok = speck_argmax(lg, V);
+        if (speck_gmatch_accept(gm, tok)) {
+            n = -1;
+            break;
+        }
+        out[n++] = tok;
+        if (speck_vocab_is_eog(v, tok) || speck_gmatch_done(gm) || n == max) break;
+        int zero = 0;
+        if (speck_forward(c, 1, &tok, NULL, NULL, &zero, 1, lg) < 0) n = -1;
+    }
+    free(lg);
+    speck_gmatch_free(gm);
+    speck_ctx_free(c);
+    return n;
+}
+
 // Greedy constrained decoding with each drafter equals plain constrained decoding, and the text
 // is JSON (cJSON parses it).
 static void test_decode(const char *model_path, const char *draft_path, const speck_vocab *v,
@@ -223,6 +252,12 @@ static void test_decode(const char *model_path, const char *draft_path, const sp
             CHECK(j && !strcmp(st.stop_reason, "grammar complete"),
                   "plain constrained output is JSON and complete: %s (%s)", text, st.stop_reason);
             cJSON_Delete(j);
+            int32_t want[200];
+            int nw = reference_greedy(m, v, g, t, ids, (int)np, want, 200);
+            CHECK(nw == n_ref && !memcmp(want, ref, (size_t)nw * sizeof *want),
+                  "plain constrained decoding: %d tokens vs %d of the step-by-step reference "
+                  "(full mask, argmax)",
+                  n_ref, nw);
         } else {
             CHECK(o.n == n_ref && !memcmp(out, ref, (size_t)o.n * sizeof *out),
                   "drafter %s: %d tokens vs %d plain, differ", kinds[k], o.n, n_ref);

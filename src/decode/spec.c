@@ -62,6 +62,21 @@ static void grammar_filter(speck_gmatch *g, speck_draft_tree *t, bool greedy) {
     t->n = k;
 }
 
+// The sampling distribution of logits lg (n_vocab, masked in place when needed) under the
+// grammar, into d->probs. Greedy: the unmasked choice is checked first, and when the grammar
+// allows it the point mass is the same as after masking (masking only removes other tokens), so
+// the mask is computed only when the model's choice is rejected. 0: nothing is allowed.
+static int grammar_probs(speck_decoder *d, speck_sampler *s, float *lg) {
+    if (speck_sampler_is_greedy(s)) {
+        speck_sampler_probs(s, lg, d->probs);
+        int32_t a = speck_argmax(d->probs, d->n_vocab);
+        if (speck_gmatch_check(d->gm, &a, 1) == 1) return 1;
+    }
+    if (speck_gmatch_mask(d->gm, lg) == 0) return 0;
+    speck_sampler_probs(s, lg, d->probs);
+    return 1;
+}
+
 speck_spec_params speck_spec_default(void) {
     speck_spec_params p;
     memset(&p, 0, sizeof p);
@@ -414,11 +429,11 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
     st->t_prefill = now_s() - t_start;
     if (n_predict <= 0) goto out_early;
     {
-        if (d->gm && speck_gmatch_mask(d->gm, d->logits) == 0) {
+        if (d->gm ? !grammar_probs(d, s, d->logits)
+                  : (speck_sampler_probs(s, d->logits, d->probs), false)) {
             st->stop_reason = "grammar dead end";
             goto out_early;
         }
-        speck_sampler_probs(s, d->logits, d->probs);
         int32_t first = speck_draw(s, d->probs, d->n_vocab);
         speck_sampler_accept(s, first);
         if (d->gm && (rc = speck_gmatch_accept(d->gm, first))) return rc;
@@ -520,11 +535,12 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         for (;;) {
             int row = cur + 1;
             float *lg = d->logits + (size_t)row * d->n_vocab;
-            if (d->gm && speck_gmatch_mask(d->gm, lg) == 0) {
+            if (!d->gm) {
+                speck_sampler_probs(s, lg, d->probs);
+            } else if (!grammar_probs(d, s, lg)) {
                 gstop = "grammar dead end";
                 break;
             }
-            speck_sampler_probs(s, lg, d->probs);
             int next = speck_spec_accept(&tree, cur, d->probs, d->n_vocab, sampler_uniform, s);
             if (next < 0) {
                 bonus = speck_draw(s, d->probs, d->n_vocab);

@@ -337,11 +337,16 @@ int speck_sched_step(speck_sched *s) {
         sreq *r = s->bout[o];
         float *lg = s->logits + (size_t)o * s->V;
         const double lnorm = log_norm(lg, s->V); // the model's, before any grammar mask
-        if (r->gm && speck_gmatch_mask(r->gm, lg) == 0) { // the vocabulary cannot go on
+        int32_t t = -1;
+        if (r->gm && speck_sampler_is_greedy(r->smp)) { // the model's choice, if allowed, is
+            t = speck_sampler_sample(r->smp, lg);       // the masked argmax too
+            if (speck_gmatch_check(r->gm, &t, 1) != 1) t = -1;
+        }
+        if (t < 0 && r->gm && speck_gmatch_mask(r->gm, lg) == 0) { // the vocabulary cannot go on
             finish(s, r, SPECK_FINISH_STOP, true);
             continue;
         }
-        const int32_t t = speck_sampler_sample(r->smp, lg);
+        if (t < 0) t = speck_sampler_sample(r->smp, lg);
         speck_sampler_accept(r->smp, t);
         s->st.gen_tokens++;
         if (s->v && !r->ignore_eos && speck_vocab_is_eog(s->v, t)) {
