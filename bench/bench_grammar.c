@@ -46,7 +46,7 @@ static void run(const char *label, const speck_grammar *g, const speck_token_tri
         exit(1);
     }
     srand(1);
-    for (int i = 0; i < n; i++) base[i] = (float)rand() / RAND_MAX * 10.0f;
+    for (int i = 0; i < n; i++) base[i] = (float)(rand() % 10000) * 1e-3f;
     speck_sampler_params sp = speck_sampler_default();
     sp.temperature = 0.8f, sp.top_p = 0.95f;
     speck_sampler *s = speck_sampler_new(&sp, n);

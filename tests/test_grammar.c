@@ -65,11 +65,11 @@ static void schema_error(const char *schema, const char *want) {
 
 static void test_schema(void) {
     const char *ok[] = {
-        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"description\":\"x\"},"
-        "\"b\":{\"type\":[\"integer\",\"null\"]}},\"required\":[\"a\"],"
-        "\"additionalProperties\":false}",
-        "{\"$defs\":{\"n\":{\"type\":\"object\",\"properties\":{\"kids\":{\"type\":\"array\","
-        "\"items\":{\"$ref\":\"#/$defs/n\"}}}}},\"$ref\":\"#/$defs/n\"}",
+        ("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"description\":\"x\"},"
+         "\"b\":{\"type\":[\"integer\",\"null\"]}},\"required\":[\"a\"],"
+         "\"additionalProperties\":false}"),
+        ("{\"$defs\":{\"n\":{\"type\":\"object\",\"properties\":{\"kids\":{\"type\":\"array\","
+         "\"items\":{\"$ref\":\"#/$defs/n\"}}}}},\"$ref\":\"#/$defs/n\"}"),
         "{\"anyOf\":[{\"const\":1},{\"enum\":[\"a\",null,{\"x\":[1]}]}]}",
         "{\"type\":\"array\",\"items\":{\"type\":\"boolean\"},\"minItems\":2,\"maxItems\":3}",
         "true",
