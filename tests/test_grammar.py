@@ -169,6 +169,20 @@ def run_cli(binary, model):
         check(outs[0] == outs[1], "generate: drafts changed the output:\n%r\n%r" % tuple(outs))
         text = outs[0][len(PROMPT):].rstrip("\n")
         validate(schema, text, "generate --json-schema")
+        # sampled accelerated decoding under the grammar: drafts the grammar rejects are cut (or,
+        # sampled by the draft model, rejected by the masked target), and the text validates
+        draft_model = os.path.join(os.path.dirname(model), "draft.gguf")
+        for draft in (["prompt,aded"], ["model:" + draft_model]):
+            if not os.path.exists(draft[0].split(":")[-1]) and draft[0].startswith("model:"):
+                continue
+            for seed in ("1", "2"):
+                p = subprocess.run([binary, "generate", "-m", model, "-p", PROMPT, "-n", "200",
+                                    "--json-schema", f.name, "--no-stats", "--temp", "0.9",
+                                    "--seed", seed, "--draft"] + draft,
+                                   capture_output=True, text=True, timeout=120)
+                check(p.returncode == 0, "generate sampled %s: %s" % (draft, p.stderr))
+                validate(schema, p.stdout[len(PROMPT):].rstrip("\n"),
+                         "generate --temp 0.9 --seed %s --draft %s" % (seed, draft[0]))
         p = subprocess.run([binary, "generate", "-m", model, "-p", "x", "-n", "4",
                             "--grammar-text", "root ::= (\"a\""], capture_output=True, text=True)
         check(p.returncode != 0 and "line 1 column 10" in p.stderr, "generate bad grammar: %s"
