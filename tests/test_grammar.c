@@ -89,6 +89,12 @@ static void test_schema(void) {
     schema_error("{\"type\":", "not valid JSON");
     schema_error("{\"type\":\"array\",\"minItems\":3,\"maxItems\":1}", "maxItems below minItems");
     schema_error("{\"allOf\":[{},{}]}", "allOf");
+    char *g = speck_json_schema_to_gbnf("{\"$ref\":\"#\"}", 12);
+    speck_grammar *gr = g ? speck_grammar_from_json_schema("{\"$ref\":\"#\"}", 12) : NULL;
+    CHECK(g && !gr && strstr(speck_last_error(), "refers back to itself"),
+          "a schema that is its own $ref: %s", speck_last_error());
+    free(g);
+    speck_grammar_free(gr);
 }
 
 // Every string of a finite language; a token is allowed at the start iff its bytes are a prefix

@@ -474,5 +474,8 @@ speck_grammar *speck_grammar_from_json_schema(const char *schema, size_t len) {
     if (!txt) return NULL;
     speck_grammar *g = speck_grammar_parse(txt, strlen(txt));
     free(txt);
+    if (!g && strstr(speck_last_error(), "left-recursive")) // the only way a conversion fails
+        speck_set_error(SPECK_ERR_ARG, "json_schema: a $ref refers back to itself before any "
+                                       "JSON is written (e.g. {\"$ref\": \"#\"})");
     return g;
 }
