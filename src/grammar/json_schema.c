@@ -430,9 +430,11 @@ out:
 static bool valid_utf8(const unsigned char *p, size_t n) {
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
-        int k = c < 0x80 ? 0 : c >= 0xC2 && c < 0xE0 ? 1 : c >= 0xE0 && c < 0xF0 ? 2
-                : c >= 0xF0 && c < 0xF5                ? 3
-                                                       : -1;
+        int k = c < 0x80                ? 0
+                : c >= 0xC2 && c < 0xE0 ? 1
+                : c >= 0xE0 && c < 0xF0 ? 2
+                : c >= 0xF0 && c < 0xF5 ? 3
+                                        : -1;
         if (k < 0 || i + (size_t)k >= n + (k == 0)) return false;
         uint32_t v = k == 0 ? c : c & (0x3F >> k);
         for (int j = 1; j <= k; j++) {
