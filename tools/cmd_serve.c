@@ -45,6 +45,8 @@ typedef struct {
     speck_sched_stats st; // the scheduler's, after the last pass
     struct job *pending;  // submitted, not yet handed to the scheduler (a list)
     int n_pending;
+    long step_delay_ms; // SPECK_SERVE_STEP_DELAY_MS: a pause after each pass, for tests that must
+                        // act (stop, disconnect) while an answer is still running on any machine
     int64_t *cancels; // ids to cancel
     int n_cancel, cap_cancel;
 } server;
@@ -256,6 +258,9 @@ static void *engine(void *arg) {
         speck_sched_get_stats(g.s, &st);
         if (rc <= 0) { // nothing could run
             struct timespec ts = {0, 2000000};
+            nanosleep(&ts, NULL);
+        } else if (g.step_delay_ms > 0) { // the tests' slow engine (SPECK_SERVE_STEP_DELAY_MS)
+            struct timespec ts = {g.step_delay_ms / 1000, (long)(g.step_delay_ms % 1000) * 1000000L};
             nanosleep(&ts, NULL);
         }
         pthread_mutex_lock(&g.lock);
@@ -780,6 +785,9 @@ int cmd_serve(int argc, char **argv) {
                             .max_len = speck_sched_max_len(g.s),
                             .default_max_tokens = max_tokens};
     g.seed_counter = (uint64_t)time(NULL);
+    const char *delay = getenv("SPECK_SERVE_STEP_DELAY_MS");
+    g.step_delay_ms = delay ? strtol(delay, NULL, 10) : 0;
+    if (g.step_delay_ms < 0 || g.step_delay_ms > 10000) g.step_delay_ms = 0;
     pthread_mutex_init(&g.lock, NULL);
     pthread_cond_init(&g.work, NULL);
     pthread_cond_init(&g.out, NULL);

@@ -43,9 +43,9 @@ export class Checks {
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // `speck serve -m MODEL --port 0 ARGS...`; resolves once it prints its address.
-export async function startServer(binary, model, args = []) {
+export async function startServer(binary, model, args = [], env = {}) {
   const p = spawn(binary, ["serve", "-m", model, "--port", "0", ...args], {
-    stdio: ["ignore", "ignore", "pipe"],
+    stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, ...env },
   });
   let log = "", exited = null;
   p.stderr.setEncoding("utf8");

@@ -74,7 +74,11 @@ const lastAnswer = (page) => page.$$eval("#log .msg.assistant .content",
 const idle = (page, ms = 30000) =>
   page.waitForFunction(() => !document.getElementById("send").disabled, { timeout: ms });
 
+// Types text into the input and sends it; returns once the page took the question (its message
+// is in the log, or an error is shown): pressing Enter only dispatches the key, and an idle()
+// right after it could see the page before it turned busy.
 async function ask(page, text) {
+  const before = await page.$$eval("#log .msg.user", (n) => n.length);
   await page.focus("#input");
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
@@ -86,6 +90,9 @@ async function ask(page, text) {
     await page.keyboard.type(lines[i]);
   }
   await page.keyboard.press("Enter");
+  await page.waitForFunction((b) => document.querySelectorAll("#log .msg.user").length > b ||
+                                    !document.getElementById("error").hidden,
+                             { timeout: 10000 }, before).catch(() => {});
 }
 
 async function direct(url, body) {
@@ -289,7 +296,11 @@ async function main() {
   const servers = [];
   let browser = null;
   try {
-    const s = await startServer(binary, model, ["--parallel", "2", "-c", "2048"]);
+    // 5 ms after each pass: the default model writes ~850 tokens/s, so a 1500-token answer could
+    // end before a loaded machine's browser presses Stop (it did, under CI-like load); paused, it
+    // runs for >= 7.5 s.
+    const s = await startServer(binary, model, ["--parallel", "2", "-c", "2048"],
+                                { SPECK_SERVE_STEP_DELAY_MS: "5" });
     servers.push(["server", s]);
     const k = await startServer(binary, model, ["--api-key", "sekret", "--queue", "0"]);
     servers.push(["--api-key server", k]);
