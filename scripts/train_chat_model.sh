@@ -6,7 +6,8 @@
 #   2. base: scripts/gguf_chatml.py (EOS renamed <|im_end|>, ChatML chat template; tensors as
 #      they are)
 #   3. the validation loss of the base (one step at learning rate 0: the fresh adapter is the base)
-#   4. LoRA fine-tuning, rank 64 on all seven matrices (1.25M parameters), then `speck merge`
+#   4. LoRA fine-tuning, rank 64 on all seven matrices (1.25M parameters), `speck merge` into
+#      Q8_0, its validation loss, and the share of validation answers that parse as Python
 #   5. models/chat.gguf (+ chat.csv, chat.png: the loss curve)
 #
 # usage: scripts/train_chat_model.sh [BUILD_DIR] [WORK_DIR]
@@ -55,7 +56,14 @@ echo "base validation loss: $(tail -1 "$WORK/before.csv" | cut -d, -f3) nats/tok
 # 4. fine-tuning (resumable: run the script again after an interruption)
 "$SPECK" finetune -m "$WORK/base.gguf" "${COMMON[@]}" -o "$WORK/chat-lora.gguf" \
   --steps "$STEPS" --lr 1e-3 --warmup 40 --val-every 50 --ckpt-every 50 --resume --plot
-"$SPECK" merge "$WORK/base.gguf" "$WORK/chat-lora.gguf" -o "$WORK/chat.gguf"
+# Merged into Q8_0 (5.7 MB; F16 would be 10.6 MB): on 2026-12-07 its validation loss was the F16
+# merge's + 6e-5 nats/token, and 36 of the 44 validation answers parsed against F16's 34.
+"$SPECK" merge "$WORK/base.gguf" "$WORK/chat-lora.gguf" -o "$WORK/chat.gguf" --type q8_0
+"$SPECK" finetune -m "$WORK/chat.gguf" "${COMMON[@]}" -o "$WORK/after.gguf" --steps 1 --lr 0 \
+  --val-every 1 --quiet
+echo "chat model validation loss: $(tail -1 "$WORK/after.csv" | cut -d, -f3) nats/token"
+/usr/bin/python3 tests/test_chat_model.py "$SPECK" "$WORK/chat.gguf" \
+  --requests "$WORK/chat_valid.jsonl" | tail -1
 
 # 5. ship
 cp "$WORK/chat.gguf" models/chat.gguf
