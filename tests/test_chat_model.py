@@ -4,7 +4,8 @@ Each request goes through `speck chat` (the model's own chat template, greedy, o
 request so that every answer starts from an empty conversation). An answer counts as code when
 Python's own parser accepts it and it defines a function (ast.parse; nothing is run). An answer
 should also end its turn by itself (the model emits <|im_end|>: "stopped: end of generation"), and
-none may hold chat markup: those are what a model without chat training gets wrong.
+none may hold chat markup: those are what a model without chat training gets wrong. How many
+answers define the function under the requested name is printed, not required.
 
 The requests are every user turn of the validation split of scripts/make_chat_data.py (44): the
 functions of the modules the default code model held out, seen neither by the code model nor by
@@ -24,6 +25,7 @@ quick (sanitizer builds, ~20x slower): the first five requests, of which (observ
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -118,6 +120,17 @@ def ask(speck, model, request):
     return r.stdout.rstrip("\n"), "stopped: end of generation" in r.stderr
 
 
+def requested_name(request):
+    """The function name a request asks for: `name(...)`, `Class.name`, or "called name"."""
+    m = re.search(r"`(?:\w+\.)?(\w+)", request) or re.search(r"called (\w+)", request)
+    return m.group(1) if m else None
+
+
+def defined_name(answer):
+    m = re.match(r"\s*(?:@.*\n\s*)*(?:async\s+)?def (\w+)", answer)
+    return m.group(1) if m else None
+
+
 def is_code(answer):
     try:
         tree = ast.parse(answer)
@@ -139,20 +152,21 @@ def main():
     if not os.path.exists(model):
         print(f"SKIP: {model} not found (scripts/train_chat_model.sh makes it)")
         sys.exit(77)
-    n_code = n_ended = n_clean = 0
+    n_code = n_ended = n_clean = n_named = 0
     for req in reqs:
         answer, ended = ask(speck, model, req)
         code, clean = is_code(answer), not any(m in answer for m in MARKUP)
         n_code += code
         n_ended += ended
         n_clean += clean
+        n_named += defined_name(answer) == requested_name(req)
         print(f"{'code' if code else 'NOT CODE'}, {'ended' if ended else 'NOT ENDED'}, "
               f"{'clean' if clean else 'MARKUP'}: {req}")
         if not rates_only:
             print("    " + answer.replace("\n", "\n    "))
     n = len(reqs)
     print(f"{n_code}/{n} answers parse as Python defining a function, {n_ended}/{n} end their "
-          f"turn, {n_clean}/{n} free of chat markup")
+          f"turn, {n_clean}/{n} free of chat markup, {n_named}/{n} define the requested name")
     if rates_only:
         return
     need_code, need_ended = (2, 4) if quick else (int(0.6 * n + 0.999), int(0.7 * n + 0.999))
