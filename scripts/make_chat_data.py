@@ -127,6 +127,44 @@ def pick(options, key: str) -> str:
     return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
 
 
+def request(key: str, cls, name: str, args: str, s: str) -> str:
+    if cls:
+        return pick(METHOD_PHRASES, key).format(cls=cls, name=name, args=args, s=s)
+    return pick(FUNC_PHRASES, key).format(name=name, args=args, s=s)
+
+
+def rename(examples, fraction: float, max_chars: int):
+    """Give `fraction` of the examples (chosen by hash) another training function's name, in the
+    request and on the answer's def line. The code model saw every training function in
+    pretraining and may recall its name from the description instead of copying it from the
+    request: with the names shuffled, copying is the only way to the right def line. Tried on
+    2026-12-07 (fraction 0.5, otherwise the shipped run): it did not help — 1 of the 44
+    validation answers used the requested name (shipped model: 2), 33 parsed (36), validation
+    loss 2.789 (2.779) — so the default is 0 (docs/adaptation.md, "The chat model")."""
+    names = [ex[3][1] for ex in examples]
+    out = []
+    for i, (key, req, ans, (cls, name, args, s)) in enumerate(examples):
+        h = int(hashlib.sha256(("rename:" + key).encode()).hexdigest(), 16)
+        if (h % 1000) >= fraction * 1000:
+            out.append((key, req, ans))
+            continue
+        for k in range(1, 50):
+            new = names[(i + len(names) // 2 + k * 7919) % len(names)]
+            if new != name and not re.search(rf"\b{re.escape(new)}\b", ans):
+                break
+        else:
+            out.append((key, req, ans))
+            continue
+        ans2 = re.sub(rf"^(\s*(?:async\s+)?def\s+){re.escape(name)}\b", rf"\g<1>{new}", ans,
+                      count=1, flags=re.M)
+        req2 = request(key, cls, new, args, s)
+        if ans2 == ans or len(req2) + len(ans2) > max_chars:
+            out.append((key, req, ans))
+        else:
+            out.append((key, req2, ans2))
+    return out
+
+
 def is_trivial(body) -> bool:
     """Only pass / ... / raise NotImplementedError after the docstring: nothing to learn."""
     rest = body[1:]
@@ -191,13 +229,10 @@ def examples_of(root: str, rel: str, max_chars: int):
                     continue
                 args = ast.unparse(child.args)
                 key = f"{rel}:{cls or ''}.{name}"
-                if cls:
-                    req = pick(METHOD_PHRASES, key).format(cls=cls, name=name, args=args, s=s)
-                else:
-                    req = pick(FUNC_PHRASES, key).format(name=name, args=args, s=s)
+                req = request(key, cls, name, args, s)
                 if len(req) + len(answer) > max_chars:
                     continue
-                out.append((key, req, answer))
+                out.append((key, req, answer, (cls, name, args, s)))
 
     visit(tree, None)
     return out
@@ -207,9 +242,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default="/usr/lib/python3.11")
     ap.add_argument("--out-dir", default=".")
-    # ~200 tokens of the default model's vocabulary (Python averages ~3.5 characters a token
-    # there), leaving the rest of its 256-token context to the chat markup.
-    ap.add_argument("--max-chars", type=int, default=700)
+    # request + answer: ~200 tokens of the default model's vocabulary (these exchanges average ~3
+    # characters a token), leaving the rest of its 256-token context to the chat markup.
+    ap.add_argument("--max-chars", type=int, default=600)
+    ap.add_argument("--rename-fraction", type=float, default=0.0,
+                    help="share of training exchanges given another function's name (rename())")
     a = ap.parse_args()
     if not os.path.isdir(a.corpus):
         sys.exit(f"make_chat_data.py: {a.corpus}: no such directory (scripts/deps.sh --train)")
@@ -233,6 +270,8 @@ def main():
             va.append(ex)
     # Training examples in a fixed pseudo-random order (not grouped by module).
     tr.sort(key=lambda ex: hashlib.sha256(ex[0].encode()).hexdigest())
+    tr = rename(tr, a.rename_fraction, a.max_chars)
+    va = [ex[:3] for ex in va]
     os.makedirs(a.out_dir, exist_ok=True)
     for name, exs in (("chat_train.jsonl", tr), ("chat_valid.jsonl", va)):
         path = os.path.join(a.out_dir, name)
