@@ -693,6 +693,10 @@ int64_t speck_sched_submit(speck_sched *s, const speck_request *r);
 // End a queued or running request at the next step (callback with SPECK_FINISH_CANCEL); 0, or
 // SPECK_ERR_ARG for an unknown id.
 int speck_sched_cancel(speck_sched *s, int64_t id);
+// The prompt tokens a queued or running request took from the prefix cache when it was last
+// admitted (0 before that, or without the cache); SPECK_ERR_ARG for an unknown id. Callbacks may
+// call it (the server reports it as usage.prompt_tokens_details.cached_tokens).
+int speck_sched_cached_tokens(const speck_sched *s, int64_t id);
 // Admit what fits, run one pass, deliver its tokens. Returns the tokens the pass ran (0: nothing
 // to do) or a negative speck_err.
 int speck_sched_step(speck_sched *s);

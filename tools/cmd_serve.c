@@ -4,7 +4,7 @@
 // Only the engine thread touches the scheduler: connections hand it new requests and
 // cancellations through lists under one lock, which also guards the requests' output and is
 // never held during a forward pass. Request bodies are validated and responses written by
-// src/serve/api.c.
+// src/serve/api.c. GET / serves the chat page, tools/web/chat.html, compiled in by CMake.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
@@ -21,6 +21,10 @@
 #include "cli.h"
 #include "serve/api.h"
 
+// tools/web/chat.html, embedded at build time (cmake/embed_file.cmake; NUL-terminated).
+extern const unsigned char speck_web_chat_html[];
+extern const size_t speck_web_chat_html_len;
+
 typedef struct {
     speck_sched *s;
     const speck_vocab *v;
@@ -29,6 +33,7 @@ typedef struct {
     pthread_cond_t work, out; // work for the engine; output for the connections
     bool quit;
     const char *api_key;
+    bool webui; // GET / serves the chat page
     size_t max_body;
     int max_queue;
     double timeout;
@@ -155,7 +160,11 @@ static bool on_token_locked(job *j, int32_t tok, float lp, speck_finish fin) {
         job_release(j);
         return false;
     }
-    if (!j->n_gen) j->t_first = now_s();
+    if (!j->n_gen) {
+        j->t_first = now_s();
+        const int k = speck_sched_cached_tokens(g.s, j->sid);
+        j->cached = k > 0 ? k : 0;
+    }
     j->n_gen++;
     if (j->req.logprobs && j->n_lp < j->req.max_tokens) {
         if (j->n_lp == j->cap_lp) {
@@ -394,6 +403,25 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, conn *cs, int statu
     return reply(c, cs, status, speck_api_error_json(status, msg), "application/json");
 }
 
+// The chat page. It needs no key (it asks the user for one and sends it with its API calls).
+// Its policy lets it talk to this server only, and never be framed by another site.
+static enum MHD_Result reply_page(struct MHD_Connection *c, conn *cs) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        speck_web_chat_html_len, (void *)speck_web_chat_html, MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(r, "Content-Type", "text/html; charset=utf-8");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                            "'unsafe-inline'; connect-src 'self'; img-src data:; base-uri "
+                            "'none'; form-action 'none'; frame-ancestors 'none'");
+    enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    cs->status = 200;
+    return ok;
+}
+
 static char *metrics_text(void) {
     const speck_sched_stats st = g.st;
     char *b = malloc(4096);
@@ -547,6 +575,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return reply_error(c, cs, 413, msg);
     }
     const bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    if (g.webui && (!strcmp(url, "/") || !strcmp(url, "/index.html"))) {
+        if (!get && strcmp(method, "HEAD")) return reply_error(c, cs, 405, "use GET");
+        return reply_page(c, cs);
+    }
     if (!strcmp(url, "/health")) {
         if (!get) return reply_error(c, cs, 405, "use GET");
         return reply(c, cs, 200, strdup("{\"status\":\"ok\"}"), "application/json");
@@ -630,9 +662,9 @@ static void help(void) {
     printf("usage: speck serve [-m MODEL.gguf] [options]\n\n"
            "An OpenAI-compatible HTTP server with continuous batching: POST /v1/completions,\n"
            "POST /v1/chat/completions (stream or not), GET /v1/models, GET /health,\n"
-           "GET /metrics (Prometheus), POST /tokenize, POST /detokenize (docs/serving.md).\n"
-           "Without -m: $SPECK_MODEL, else models/chat.gguf (the code model tuned to answer\n"
-           "requests), else models/default.gguf.\n\n"
+           "GET /metrics (Prometheus), POST /tokenize, POST /detokenize (docs/serving.md),\n"
+           "and a chat page at GET /. Without -m: $SPECK_MODEL, else models/chat.gguf (the code\n"
+           "model tuned to answer requests), else models/default.gguf.\n\n"
            "  --host H            address to bind (default 127.0.0.1; any other needs --api-key)\n"
            "  --port N            port (default 8080; 0 picks a free one, printed at start)\n"
            "  --parallel N        requests decoded together (default 4)\n"
@@ -645,7 +677,9 @@ static void help(void) {
            "  --queue N           requests waiting before 503 (default 64)\n"
            "  --max-body BYTES    largest request body (default 1048576; larger: 413)\n"
            "  --timeout S         a request ends after S seconds (default 600; 0: never)\n"
-           "  --api-key KEY       require 'Authorization: Bearer KEY' (all but /health)\n"
+           "  --api-key KEY       require 'Authorization: Bearer KEY' (all but /health and\n"
+           "                      the chat page, which asks for the key)\n"
+           "  --no-webui          do not serve the chat page at /\n"
            "  --template NAME     chat format (default: detected from the model)\n"
            "  --max-tokens N      default max_tokens (default 512)\n"
            "  -t, --threads N     threads (default: all cores)\n");
@@ -659,6 +693,7 @@ int cmd_serve(int argc, char **argv) {
     g.max_body = 1 << 20;
     g.max_queue = 64;
     g.timeout = 600;
+    g.webui = true;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
@@ -682,6 +717,8 @@ int cmd_serve(int argc, char **argv) {
             sp.prefill_chunk = (int)cli_int("serve", "--chunk", v, 1, 1 << 16);
         else if (cli_flag(argv[i], "--no-prefix-cache", NULL))
             sp.no_prefix_cache = true;
+        else if (cli_flag(argv[i], "--no-webui", NULL))
+            g.webui = false;
         else if (cli_opt(argc, argv, &i, "--queue", NULL, &v))
             g.max_queue = (int)cli_int("serve", "--queue", v, 0, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--max-body", NULL, &v))

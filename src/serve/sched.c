@@ -11,6 +11,7 @@ typedef struct {
     int32_t *tok; // (max_len) prompt, then the generated tokens
     int n_prompt, n_tok, n_gen, max_tokens;
     int fed;       // tokens in the sequence's KV
+    int cached;    // of them, taken from the prefix cache at the last admission
     int seq;       // -1 while queued
     int n_reg;     // blocks registered in (or taken from) the prefix cache
     uint64_t hash; // chain hash of block n_reg - 1
@@ -171,6 +172,14 @@ int speck_sched_cancel(speck_sched *s, int64_t id) {
     return speck_set_error(SPECK_ERR_ARG, "cancel: no request %lld", (long long)id);
 }
 
+int speck_sched_cached_tokens(const speck_sched *s, int64_t id) {
+    for (int i = 0; i < s->p.n_seq; i++)
+        if (s->run[i] && s->run[i]->id == id) return s->run[i]->cached;
+    for (int i = 0; i < s->n_queue; i++)
+        if (s->queue[i]->id == id) return s->queue[i]->cached;
+    return speck_set_error(SPECK_ERR_ARG, "cached_tokens: no request %lld", (long long)id);
+}
+
 // Blocks obtainable now: free ones plus cached ones only the cache holds.
 static int blocks_available(const speck_sched *s) {
     return speck_mctx_n_free_blocks(s->mc) + (s->pc ? speck_pcache_evictable(s->pc) : 0);
@@ -192,6 +201,7 @@ static void admit(speck_sched *s) {
     s->order[r->seq] = s->clock++;
     s->st.prompt_tokens += r->n_tok; // counted again when a preempted request returns
     r->fed = 0;
+    r->cached = 0;
     r->n_reg = 0;
     r->hash = 0;
     if (!s->pc) return;
@@ -207,7 +217,7 @@ static void admit(speck_sched *s) {
         h = speck_pcache_hash(h, t, s->bs);
     }
     if (n && speck_mctx_seq_attach(s->mc, r->seq, blocks, n) == 0) {
-        r->fed = n * s->bs;
+        r->fed = r->cached = n * s->bs;
         r->n_reg = n;
         r->hash = h;
         s->st.cached_tokens += r->fed;
