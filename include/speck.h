@@ -671,6 +671,10 @@ typedef struct {
     int max_tokens;              // >= 1
     speck_sampler_params sample; // temperature, top_p, ..., seed
     bool ignore_eos;             // end-of-generation tokens do not end it (benchmarks)
+    // Constrained output (speck_grammar.h), or NULL: each step's logits are masked to what the
+    // grammar allows, and the request stops (SPECK_FINISH_STOP) when the grammar is complete and
+    // takes nothing more. Copied at submit; logprobs stay the model's unmasked ones.
+    const struct speck_grammar *grammar;
     speck_sched_cb cb;
     void *user;
 } speck_request;
@@ -946,6 +950,8 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
 #endif
 #endif
 
-// The compression and adaptation families, split out to keep this manual readable.
+// The compression and adaptation families and constrained output, split out to keep this manual
+// readable.
 #include "speck_quant.h"
 #include "speck_adapt.h"
+#include "speck_grammar.h"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libcjson-dev libpcre2-dev libmicrohttpd-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-torch python3-numpy)
+  pkgs+=(python3 python3-torch python3-numpy python3-jsonschema)
   # speck serve's tests: the chat page in headless Chromium (driven by puppeteer-core from npm;
   # about 100 MB installed, 20-30 s), and curl as a client.
   pkgs+=(chromium curl)

@@ -258,6 +258,59 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
     return true;
 }
 
+bool cli_grammar_opt(const char *cmd, int argc, char **argv, int *i, cli_grammar_src *g) {
+    (void)cmd;
+    const char *v;
+    if (cli_opt(argc, argv, i, "--grammar", NULL, &v))
+        g->file = v;
+    else if (cli_opt(argc, argv, i, "--grammar-text", NULL, &v))
+        g->text = v;
+    else if (cli_opt(argc, argv, i, "--json-schema", NULL, &v))
+        g->schema = v;
+    else if (cli_flag(argv[*i], "--json", NULL))
+        g->json = true;
+    else
+        return false;
+    return true;
+}
+
+speck_grammar *cli_grammar_load(const cli_grammar_src *g, bool *err) {
+    *err = false;
+    int n = (g->file != NULL) + (g->text != NULL) + (g->schema != NULL) + g->json;
+    if (n == 0) return NULL;
+    *err = true;
+    if (n > 1) {
+        speck_set_error(SPECK_ERR_ARG,
+                        "--grammar, --grammar-text, --json-schema and --json: give one");
+        return NULL;
+    }
+    if (g->json) {
+        speck_grammar *gr = speck_grammar_json_object();
+        *err = gr == NULL;
+        return gr;
+    }
+    if (g->text) {
+        speck_grammar *gr = speck_grammar_parse(g->text, strlen(g->text));
+        *err = gr == NULL;
+        return gr;
+    }
+    const char *path = g->file ? g->file : g->schema;
+    size_t len;
+    char *txt = cli_read_file(path, &len);
+    if (!txt) return NULL;
+    speck_grammar *gr = g->file ? speck_grammar_parse(txt, len)
+                                : speck_grammar_from_json_schema(txt, len);
+    free(txt);
+    if (!gr) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", speck_last_error());
+        speck_set_error(SPECK_ERR_ARG, "%s: %s", path, msg);
+        return NULL;
+    }
+    *err = false;
+    return gr;
+}
+
 char *cli_read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) {

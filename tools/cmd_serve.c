@@ -234,7 +234,8 @@ static void *engine(void *arg) {
             nx = j->next;
             speck_request q = {.prompt = j->req.prompt, .n_prompt = j->req.n_prompt,
                                .max_tokens = j->req.max_tokens, .sample = j->req.sp,
-                               .ignore_eos = j->req.ignore_eos, .cb = on_token, .user = j};
+                               .ignore_eos = j->req.ignore_eos, .grammar = j->req.grammar,
+                               .cb = on_token, .user = j};
             if (!j->cancel) j->sid = speck_sched_submit(g.s, &q);
             if (j->cancel || j->sid < 0) { // the scheduler's reference ends here
                 if (j->sid < 0 && !j->cancel)

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels/avx512_common.h"
 #include "kernels/kernels_internal.h"
 
 #define SB 256 // values per super-block
@@ -21,21 +22,6 @@
 // 16 (Q4_K), 12.7 to 16.5 (Q5_K), 18 to 20 (IQ4_XS) and, with every qh line of Q6_K prefetched
 // (half of them were), 9 to 16 (Q6_K) GB/s.
 #define PK_HINT _MM_HINT_T1
-
-// Stores acc[t * R + r] (panel r's 16 rows for token t) to y + t * ldy + r * ystep, =, or +=
-// when accumulate; lanes outside m0 (first panel) and m1 (last) untouched.
-static inline __attribute__((always_inline)) void
-store_acc(const __m512 *acc, float *y, int64_t ldy, int64_t ystep, __mmask16 m0, __mmask16 m1,
-          int accumulate, const int R, const int T) {
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + r * ystep;
-            __m512 v = acc[t * R + r];
-            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
-            _mm512_mask_storeu_ps(yp, m, v);
-        }
-}
 
 static inline __m512i bcast4(const int8_t *p) {
     int32_t v;
@@ -179,7 +165,7 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
             }
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 /* ---- Q6_K ----------------------------------------------------------------------------------- */
@@ -252,7 +238,7 @@ pq6k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a,
             }
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 /* ---- IQ4_XS --------------------------------------------------------------------------------- */
@@ -317,7 +303,7 @@ pq4xs_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
                                                   _mm512_cvtepi32_ps(sumi[t])));
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 /* ---- Q2_K and Q3_K -------------------------------------------------------------------------- */
@@ -434,7 +420,7 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
             }
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 // An entry point taking np panels x nt tokens as 4 x 1, 2 x 2, 2 x 3, 1 x 4 (the table's

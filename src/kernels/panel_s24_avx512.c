@@ -7,6 +7,7 @@
 // VBMI (the row kernel of sparse_avx512.c runs elsewhere).
 #include <immintrin.h>
 
+#include "kernels/avx512_common.h"
 #include "kernels/kernels_internal.h"
 
 #define S24_PB 352 // panel block: 16 x 22 bytes
@@ -70,14 +71,7 @@ ps24_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_q8_rows *a
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + r * 16 * pstep;
-            __m512 v = acc[t * R + r];
-            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
-            _mm512_mask_storeu_ps(yp, m, v);
-        }
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 // np panels x nt tokens as 4 x 1, 2 x 2, 2 x 3, 1 x 4 (the table's panel_group), fewer panels at
