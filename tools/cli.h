@@ -47,6 +47,10 @@ int cli_parse_ids(const char *s, int32_t **ids);
 const char *cli_default_model(void);
 // path, else the default model; NULL after printing "speck CMD: no model ..." when neither exists.
 const char *cli_model_path(const char *cmd, const char *path);
+// The same for chat and serve: $SPECK_MODEL, else models/chat.gguf (the chat-tuned code model),
+// else models/default.gguf, each looked for as above.
+const char *cli_default_chat_model(void);
+const char *cli_chat_model_path(const char *cmd, const char *path);
 double cli_now(void);
 // Median of v (n > 0); sorts v in place.
 double cli_median(double *v, int n);

@@ -669,7 +669,8 @@ static void help(void) {
            "An OpenAI-compatible HTTP server with continuous batching: POST /v1/completions,\n"
            "POST /v1/chat/completions (stream or not), GET /v1/models, GET /health,\n"
            "GET /metrics (Prometheus), POST /tokenize, POST /detokenize (docs/serving.md),\n"
-           "and a chat page at GET /.\n\n"
+           "and a chat page at GET /. Without -m: $SPECK_MODEL, else models/chat.gguf (the code\n"
+           "model tuned to answer requests), else models/default.gguf.\n\n"
            "  --host H            address to bind (default 127.0.0.1; any other needs --api-key)\n"
            "  --port N            port (default 8080; 0 picks a free one, printed at start)\n"
            "  --parallel N        requests decoded together (default 4)\n"
@@ -761,7 +762,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "speck serve: --template: unknown format '%s'\n", tmpl_arg);
         return 2;
     }
-    if (!(path = cli_model_path("serve", path))) return 2;
+    if (!(path = cli_chat_model_path("serve", path))) return 2;
     speck_model *m = cli_load_model(path);
     if (!m) return cli_fail("serve");
     speck_vocab *v = speck_vocab_from_gguf(speck_model_gguf(m));
