@@ -49,6 +49,9 @@ npm_complete() {
       const files = fs.readdirSync(dir).filter((f) => f.endsWith(".json"));
       if (!files.includes("tokenizer.json")) throw new Error(dir + ": no tokenizer.json");
       for (const f of files) JSON.parse(fs.readFileSync(path.join(dir, f), "utf8"));
+      const pkg = JSON.parse(fs.readFileSync(path.join("node_modules", d, "package.json"), "utf8"));
+      for (const entry of [pkg.main, pkg.module].filter(Boolean)) // the tests import the ES module
+        if (!fs.statSync(path.join("node_modules", d, entry)).size) throw new Error(d + ": " + entry);
     }
     for (const d of ["openai", "puppeteer-core"]) require.resolve(d);' >/dev/null 2>&1)
 }
