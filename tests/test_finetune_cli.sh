@@ -68,6 +68,11 @@ expect 0 "finetune --full" -- "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr
 awk -F, 'NR == 2 { first = $2 } NR > 1 { last = $2 } END { exit !(last < 0.8 * first) }' "$dir/full.csv" \
   && ok || bad "--full loss did not fall by 20 %: $(cut -d, -f1-2 "$dir/full.csv" | tr '\n' ' ')"
 expect 0 "generate with the --full model" -- "$SPECK" generate -m "$dir/full.gguf" "${gen[@]}"
+SPECK_TRAIN_SIGNAL_AT=4:2 "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-3 -o "$dir/full_b.gguf" >/dev/null 2>"$dir/err"
+[[ $? == 130 ]] && ok || bad "--full Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
+expect 0 "finetune --full --resume" -- "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-3 -o "$dir/full_b.gguf" --resume
+cmp -s <(cut -d, -f1-4 "$dir/full.csv") <(cut -d, -f1-4 "$dir/full_b.csv") && ok || bad "--full resumed curve differs"
+cmp -s "$dir/full.gguf" "$dir/full_b.gguf" && ok || bad "--full resumed model differs from the uninterrupted one"
 # Its delta against the base: extracted, compressed, applied, described.
 expect 0 "delta extract" -- "$SPECK" delta extract "$M" "$dir/full.gguf" -o "$dir/d.gguf"
 expect 0 "delta compress" -- "$SPECK" delta compress "$dir/d.gguf" --dare 0.9 -o "$dir/d90.gguf"
