@@ -160,9 +160,10 @@ typedef enum {
 // tuned − base, tensor by tensor (any stored type, dequantized). The models must have the same
 // general.architecture and the same tensors (names and shapes); the error names the first
 // difference. For f32 models each stored difference d is chosen so that base + d == tuned
-// exactly (d = tuned − base, nudged by an ulp where that sum rounds away); *n_inexact (may be
-// NULL) counts elements where no f32 d does (a weight moved far toward 0: off by < 1 ulp of
-// the base's value).
+// exactly (d = tuned − base, nudged by an ulp where that sum rounds away; such a d always
+// exists when tuned is within a factor 2 of base); *n_inexact (may be NULL) counts elements
+// where none does (a weight crossed or neared 0): they are restored within an ulp of
+// |tuned − base|, i.e. the step itself to f32 precision.
 speck_delta *speck_delta_extract(const char *base_path, const char *tuned_path,
                                  int64_t *n_inexact);
 void speck_delta_free(speck_delta *d);
