@@ -162,7 +162,7 @@ typedef enum {
 // difference. For f32 models each stored difference d is chosen so that base + d == tuned
 // exactly (d = tuned − base, nudged by an ulp where that sum rounds away; such a d always
 // exists when tuned is within a factor 2 of base); *n_inexact (may be NULL) counts elements
-// where none does (a weight crossed or neared 0): they are restored within an ulp of
+// where none does (a weight crossed or neared 0): they are restored within two ulps of
 // |tuned − base|, i.e. the step itself to f32 precision.
 speck_delta *speck_delta_extract(const char *base_path, const char *tuned_path,
                                  int64_t *n_inexact);

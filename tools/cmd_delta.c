@@ -165,7 +165,7 @@ int cmd_delta(int argc, char **argv) {
                     in.n_tensors, (long long)in.n_elements, out, file_size(out));
             if (inexact)
                 fprintf(stderr, "speck delta extract: %lld elements have no f32 difference that "
-                                "restores them exactly (within an ulp of their step)\n",
+                                "restores them exactly (within two ulps of their step)\n",
                         (long long)inexact);
         }
         speck_delta_free(d);
