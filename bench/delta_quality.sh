@@ -5,8 +5,10 @@
 # DAREx-q at 0.99 (q picked on a validation slice), ComPEFT density 0.1 / 0.05, with file sizes,
 # and a rank-16 LoRA on the same data and steps. Not a test: minutes of training.
 #   usage: bench/delta_quality.sh [SPECK] [WORKDIR] [STEPS 150]
-# Prints a markdown table; the gain kept is (ppl_base − ppl_x) / (ppl_base − ppl_tuned).
+# Prints a markdown table; the gain kept is (ppl_base − ppl_x) / (ppl_base − ppl_tuned), the
+# issue's definition, and the same in nats per token (ln ppl), a stricter view when ppl falls 10x.
 set -euo pipefail
+trap 'echo "delta_quality.sh: failed at line $LINENO" >&2' ERR
 SPECK=${1:-build/speck}
 W=${2:-/tmp/speck-delta-bench}
 STEPS=${3:-150}
@@ -49,11 +51,12 @@ ppl() { "$SPECK" eval -m "$1" --text "${2:-$W/held.txt}" -t "$T" 2>&1 | awk '/^p
 size() { stat -c %s "$1"; }
 apply() { "$SPECK" delta apply "$BASE" "$1" -o "$W/applied.gguf" --type f32 2>/dev/null; }
 pb=$(ppl "$BASE"); pt=$(ppl "$W/full.gguf")
-gain() { python3 -c "print(f'{($pb - $1) / ($pb - $pt) * 100:.1f}')"; }
-echo "| model | delta file | bytes | held-out ppl | gain kept % |"
-echo "|---|---|---:|---:|---:|"
-echo "| base | - | - | $pb | 0 |"
-echo "| full fine-tune | - | - | $pt | 100 |"
+gain() { python3 -c "import math; b, t, x = $pb, $pt, $1
+print(f'{(b - x) / (b - t) * 100:.1f} | {(math.log(b) - math.log(x)) / (math.log(b) - math.log(t)) * 100:.1f}')"; }
+echo "| model | delta file | bytes | held-out ppl | gain kept % (ppl) | gain kept % (nats) |"
+echo "|---|---|---:|---:|---:|---:|"
+echo "| base | - | - | $pb | 0 | 0 |"
+echo "| full fine-tune | - | - | $pt | 100 | 100 |"
 apply "$W/d.gguf"
 p=$(ppl "$W/applied.gguf")
 echo "| base + dense delta | f32 | $(size "$W/d.gguf") | $p | $(gain "$p") |"
