@@ -60,34 +60,40 @@ echo "| full fine-tune | - | - | $pt | 100 | 100 |"
 apply "$W/d.gguf"
 p=$(ppl "$W/applied.gguf")
 echo "| base + dense delta | f32 | $(size "$W/d.gguf") | $p | $(gain "$p") |"
-for dp in 0.5 0.9 0.99; do
+for dp in 0.5 0.9 0.95 0.97 0.99; do
   "$SPECK" delta compress "$W/d.gguf" --dare "$dp" --seed 1 -o "$W/dare.gguf" 2>/dev/null
   apply "$W/dare.gguf"
   p=$(ppl "$W/applied.gguf")
   echo "| DARE p=$dp | bf16 values | $(size "$W/dare.gguf") | $p | $(gain "$p") |"
 done
-# DAREx-q: q chosen on the validation slice (not the held-out text), as the paper tunes it.
-best_q="" best_v=""
-for q in 0.02 0.05 0.1 0.2; do
-  "$SPECK" delta compress "$W/d.gguf" --dare 0.99 --seed 1 --rescale "darex-q=$q" \
-    -o "$W/darex.gguf" 2>/dev/null
-  apply "$W/darex.gguf"
-  v=$(ppl "$W/applied.gguf" "$W/val.txt")
-  echo "# DAREx-q p=0.99 q=$q: validation ppl $v"
-  if [[ -z $best_v ]] || python3 -c "import sys; sys.exit(not $v < $best_v)"; then
-    best_q=$q best_v=$v
-  fi
-done
-"$SPECK" delta compress "$W/d.gguf" --dare 0.99 --seed 1 --rescale "darex-q=$best_q" \
-  -o "$W/darex.gguf" 2>/dev/null
-apply "$W/darex.gguf"
-p=$(ppl "$W/applied.gguf")
-echo "| DAREx-q p=0.99 q=$best_q | bf16 values | $(size "$W/darex.gguf") | $p | $(gain "$p") |"
+# A compression with the option from a grid that scores best on the validation slice (not the
+# held-out text), as the papers tune DAREx-q's q and ComPEFT's alpha: tuned LABEL OPTION GRID...
+tuned() {
+  local label=$1 opt=$2 best="" best_v="" x v
+  shift 2
+  for x in "$@"; do
+    # shellcheck disable=SC2086
+    "$SPECK" delta compress "$W/d.gguf" ${opt//@/$x} -o "$W/tuned.gguf" 2>/dev/null
+    apply "$W/tuned.gguf"
+    v=$(ppl "$W/applied.gguf" "$W/val.txt")
+    echo "# $label, $x: validation ppl $v"
+    if [[ -z $best_v ]] || python3 -c "import sys; sys.exit(not $v < $best_v)"; then
+      best=$x best_v=$v
+    fi
+  done
+  # shellcheck disable=SC2086
+  "$SPECK" delta compress "$W/d.gguf" ${opt//@/$best} -o "$W/tuned.gguf" 2>/dev/null
+  apply "$W/tuned.gguf"
+  p=$(ppl "$W/applied.gguf")
+  echo "| $label $best (best on validation) | - | $(size "$W/tuned.gguf") | $p | $(gain "$p") |"
+}
+tuned "DAREx-q p=0.99 q=" "--dare 0.99 --seed 1 --rescale darex-q=@" 0.02 0.03 0.04 0.05 0.07 0.1 0.2
 for k in 0.1 0.05; do
   "$SPECK" delta compress "$W/d.gguf" --compeft --density "$k" -o "$W/compeft.gguf" 2>/dev/null
   apply "$W/compeft.gguf"
   p=$(ppl "$W/applied.gguf")
   echo "| ComPEFT density $k (l2 scale) | signs + scale | $(size "$W/compeft.gguf") | $p | $(gain "$p") |"
+  tuned "ComPEFT density $k alpha=" "--compeft --density $k --scale @" 0.5 1 2 3 5 8 12 20
 done
 p=$(ppl "$W/lora_merged.gguf")
 echo "| LoRA rank 16 (same data, steps) | adapter f32 | $(size "$W/lora.gguf") | $p | $(gain "$p") |"
