@@ -76,7 +76,7 @@ tuned() {
     "$SPECK" delta compress "$W/d.gguf" ${opt//@/$x} -o "$W/tuned.gguf" 2>/dev/null
     apply "$W/tuned.gguf"
     v=$(ppl "$W/applied.gguf" "$W/val.txt")
-    echo "# $label, $x: validation ppl $v"
+    echo "# $label$x: validation ppl $v"
     if [[ -z $best_v ]] || python3 -c "import sys; sys.exit(not $v < $best_v)"; then
       best=$x best_v=$v
     fi
@@ -85,7 +85,7 @@ tuned() {
   "$SPECK" delta compress "$W/d.gguf" ${opt//@/$best} -o "$W/tuned.gguf" 2>/dev/null
   apply "$W/tuned.gguf"
   p=$(ppl "$W/applied.gguf")
-  echo "| $label $best (best on validation) | - | $(size "$W/tuned.gguf") | $p | $(gain "$p") |"
+  echo "| $label$best (best on validation) | - | $(size "$W/tuned.gguf") | $p | $(gain "$p") |"
 }
 tuned "DAREx-q p=0.99 q=" "--dare 0.99 --seed 1 --rescale darex-q=@" 0.02 0.03 0.04 0.05 0.07 0.1 0.2
 for k in 0.1 0.05; do
