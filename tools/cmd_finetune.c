@@ -24,7 +24,8 @@ typedef struct {
 
 static void usage(void) {
     printf(
-        "usage: speck finetune [-m BASE.gguf] --data FILE -o ADAPTER.gguf [options]\n\n"
+        "usage: speck finetune [-m BASE.gguf] --data FILE -o ADAPTER.gguf [options]\n"
+        "       speck finetune --full [-m BASE.gguf] --data FILE -o MODEL.gguf [options]\n\n"
         "Train a LoRA adapter on FILE with the base model frozen in its stored type (a Q4_0,\n"
         "Q8_0 or K-quant base makes this QLoRA). FILE is plain text (all of it learned) or JSONL\n"
         "with one object per line: {\"text\": ...}, {\"prompt\": ..., \"completion\": ...} (loss\n"
