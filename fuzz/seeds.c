@@ -364,6 +364,29 @@ static void serve_api(void) {
     seed_fields("serve_api", "stop-0", 4, stop, 4);
 }
 
+// GBNF grammars (selector 0) and JSON Schemas (selector 1) for fuzz_grammar.
+static void grammars(void) {
+    static const struct {
+        uint8_t sel;
+        const char *text;
+    } G[] = {
+        {0, "root ::= (\"yes\" | \"no\") \"!\""},
+        {2, "# list\nroot ::= (\"- \" item)+\nitem ::= [^\\n]+ \"\\n\""},
+        {4, "root ::= [a-z]{2,5} ( [0-9]? | \"\\u00e9\" ) .*"},
+        {0, "root ::= obj\nobj ::= \"{\" ( str \":\" obj | str )* \"}\"\nstr ::= \"'\" [^']* \"'\""},
+        {1, "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"maxLength\":3},"
+            "\"b\":{\"type\":[\"integer\",\"null\"]}},\"required\":[\"a\"]}"},
+        {3, "{\"$defs\":{\"n\":{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/n\"},"
+            "\"maxItems\":2}},\"anyOf\":[{\"$ref\":\"#/$defs/n\"},{\"enum\":[1,\"x\",null]}]}"},
+        {5, "{\"type\":\"array\",\"items\":{\"const\":true},\"minItems\":1}"},
+    };
+    for (size_t i = 0; i < sizeof G / sizeof G[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "%s-%zu", G[i].sel & 1 ? "schema" : "gbnf", i);
+        seed("grammar", name, &G[i].sel, 1, G[i].text, strlen(G[i].text));
+    }
+}
+
 // Fine-tuning data lines, a LoRA adapter of the micro model and its PEFT directory.
 static void adapters(void) {
     static const char jl[] =
@@ -442,6 +465,7 @@ int main(int argc, char **argv) {
     chats();
     train_data();
     serve_api();
+    grammars();
     adapters();
     deltas();
     printf("fuzz_seeds: %d seeds in %s\n", g_count, g_out);

@@ -673,6 +673,10 @@ typedef struct {
     int max_tokens;              // >= 1
     speck_sampler_params sample; // temperature, top_p, ..., seed
     bool ignore_eos;             // end-of-generation tokens do not end it (benchmarks)
+    // Constrained output (speck_grammar.h), or NULL: each step's logits are masked to what the
+    // grammar allows, and the request stops (SPECK_FINISH_STOP) when the grammar is complete and
+    // takes nothing more. Copied at submit; logprobs stay the model's unmasked ones.
+    const struct speck_grammar *grammar;
     speck_sched_cb cb;
     void *user;
 } speck_request;
@@ -695,6 +699,10 @@ int64_t speck_sched_submit(speck_sched *s, const speck_request *r);
 // End a queued or running request at the next step (callback with SPECK_FINISH_CANCEL); 0, or
 // SPECK_ERR_ARG for an unknown id.
 int speck_sched_cancel(speck_sched *s, int64_t id);
+// The prompt tokens a queued or running request took from the prefix cache when it was last
+// admitted (0 before that, or without the cache); SPECK_ERR_ARG for an unknown id. Callbacks may
+// call it (the server reports it as usage.prompt_tokens_details.cached_tokens).
+int speck_sched_cached_tokens(const speck_sched *s, int64_t id);
 // Admit what fits, run one pass, deliver its tokens. Returns the tokens the pass ran (0: nothing
 // to do) or a negative speck_err.
 int speck_sched_step(speck_sched *s);
@@ -946,6 +954,8 @@ int speck_bpe_trainer_save(speck_bpe_trainer *t, const speck_bpe_train_params *p
 #endif
 #endif
 
-// The compression and adaptation families, split out to keep this manual readable.
+// The compression and adaptation families and constrained output, split out to keep this manual
+// readable.
 #include "speck_quant.h"
 #include "speck_adapt.h"
+#include "speck_grammar.h"

@@ -215,6 +215,17 @@ cp "$dir/tiny.gguf" "$dir/inst/share/speck/models/default.gguf"
 expect 0 "installed default model" -- env -u SPECK_MODEL -C / "$dir/inst/bin/speck" tokenize "ab"
 expect 0 "installed default model (info)" -- env -u SPECK_MODEL -C / "$dir/inst/bin/speck" info --no-tensors
 grep -qF "$dir/inst/bin/../share/speck/models/default.gguf" "$dir/out" && ok || bad "installed info: $(head -c 300 "$dir/out")"
+# chat and serve take the chat model (models/chat.gguf) when there is one, else the code model;
+# generate keeps the code model. (tiny.gguf has no chat template: chat names the file it loaded.)
+expect 0 "chat without a chat model" -- env -u SPECK_MODEL -C / "$dir/inst/bin/speck" chat -n 2 <<<"hi"
+mentions "share/speck/models/default.gguf: no chat template"
+"$SPECK" init --preset tiny --seed 9 -o "$dir/inst/share/speck/models/chat.gguf" >/dev/null 2>&1
+expect 0 "chat with a chat model" -- env -u SPECK_MODEL -C / "$dir/inst/bin/speck" chat -n 2 <<<"hi"
+mentions "share/speck/models/chat.gguf: no chat template"
+expect 0 "generate keeps the code model" -- env -u SPECK_MODEL -C / "$dir/inst/bin/speck" info --no-tensors
+grep -qF "models/default.gguf" "$dir/out" && ok || bad "info with a chat model: $(head -c 300 "$dir/out")"
+expect 0 "\$SPECK_MODEL before the chat model" -- env -C / SPECK_MODEL="$dir/tiny.gguf" "$dir/inst/bin/speck" chat -n 2 <<<"hi"
+mentions "$dir/tiny.gguf: no chat template"
 
 echo "$pass passed, $fail failed"
 [[ $fail == 0 ]]

@@ -346,12 +346,13 @@ static void test_matmul_paths(void) {
 // speck_matmul_panels reads the panels alone on the streaming and prefill paths.
 static void test_panels(void) {
     const int64_t n_out = 53, nt = 15;
-    for (int ti = 0; ti < N_QTYPES; ti++) {
-        const speck_type t = qtypes[ti];
+    for (int ti = 0; ti <= N_QTYPES; ti++) { // and S24_Q8 (src/sparse/), whose rows are quantized
+        const speck_type t = ti < N_QTYPES ? qtypes[ti] : SPECK_TYPE_S24_Q8;
         const int64_t n_in = speck_type_block_size(t) == 32 ? 32 * 13 : 256 * 3;
         const size_t wrow = speck_type_row_size(t, n_in), pb = speck_panel_bytes(t, n_out, n_in);
         char *W = malloc(wrow * n_out), *back = malloc(wrow * n_out), *P = malloc(pb);
-        for (int64_t o = 0; o < n_out; o++) make_row(t, n_in, o % 3 == 1, W + o * wrow);
+        for (int64_t o = 0; o < n_out; o++)
+            make_row(t, n_in, o % 3 == 1 && ti < N_QTYPES, W + o * wrow);
         float *X = malloc(nt * n_in * sizeof(float)), *ref = malloc(nt * n_out * sizeof(float)),
               *Y = malloc(nt * n_out * sizeof(float)), *Y2 = malloc(nt * n_out * sizeof(float));
         fill(X, nt * n_in, 1.0f);

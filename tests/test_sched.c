@@ -30,6 +30,7 @@ typedef struct {
     int64_t pass_at[NPRED]; // the scheduler's pass count when each token arrived
     speck_sched *s;
     int cancel_after; // return false after this many tokens (0: never)
+    int cached;       // speck_sched_cached_tokens at the first token
 } req;
 
 static void reference(const speck_model *m, req *r, int V) {
@@ -53,6 +54,7 @@ static bool on_token(void *user, int32_t tok, float lp, speck_finish fin) {
     }
     speck_sched_stats st;
     speck_sched_get_stats(r->s, &st);
+    if (!r->n_out) r->cached = speck_sched_cached_tokens(r->s, r->id);
     if (r->n_out < NPRED) r->pass_at[r->n_out] = st.passes, r->out[r->n_out++] = tok;
     if (r->cancel_after && r->n_out == r->cancel_after) {
         r->fin = SPECK_FINISH_CANCEL;
@@ -76,6 +78,7 @@ static speck_request make(req *r, speck_sched *s, float temp, uint64_t seed) {
     q.sample.seed = seed;
     r->s = s;
     r->n_out = 0;
+    r->cached = -1;
     r->fin = SPECK_FINISH_NONE;
     return q;
 }
@@ -121,6 +124,20 @@ static void greedy_run(const speck_model *m, req *rs, const speck_sched_params *
     if (!p->no_prefix_cache)
         CHECK(st.cached_tokens >= 2 * g_shared, "%s: the shared prefix was not reused (%lld tokens)", what,
               (long long)st.cached_tokens);
+    // Each request's own count (usage.prompt_tokens_details.cached_tokens in the server): whole
+    // blocks, short of the prompt, adding up to the total when nothing was admitted twice.
+    const int bs = p->block_size ? p->block_size : 16;
+    long long sum = 0;
+    for (int i = 0; i < NR; i++) {
+        const int k = rs[i].cached;
+        CHECK(k >= 0 && k % bs == 0 && k < rs[i].np && (!p->no_prefix_cache || k == 0),
+              "%s: request %d: %d cached tokens of a %d-token prompt", what, i, k, rs[i].np);
+        sum += k;
+    }
+    if (!st.preempted)
+        CHECK(sum == st.cached_tokens, "%s: requests' cached tokens add up to %lld, not %lld", what,
+              sum, (long long)st.cached_tokens);
+    CHECK(speck_sched_cached_tokens(s, 1 << 30) < 0, "%s: cached_tokens of an unknown id", what);
     speck_sched_free(s);
 }
 

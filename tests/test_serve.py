@@ -4,7 +4,7 @@ server-sent event streams, finish reasons, stop strings across token boundaries,
 seeds, batch independence, cancellation on disconnect, and bad input (invalid JSON, wrong types,
 negative max_tokens, context overflow, unknown model, huge bodies, 200 connections opened and
 dropped, a full queue, a missing API key) answered with a 4xx/5xx JSON error while the server
-keeps serving.
+keeps serving; the chat page at / is tools/web/chat.html byte for byte, with or without a key.
 
 usage: test_serve.py SPECK_BINARY MODEL.gguf [quick]
 """
@@ -149,6 +149,18 @@ def run_main(s, quick):
     check(st == 200 and b["object"] == "list" and b["data"][0]["id"] == "default.gguf",
           "/v1/models: %s" % b)
     model_id = b["data"][0]["id"]
+
+    # The chat page: tools/web/chat.html byte for byte (embedded by CMake), at / and /index.html.
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "web",
+                           "chat.html"), "rb") as f:
+        page = f.read()
+    for path in ("/", "/index.html"):
+        st, h, raw = s.request("GET", path)
+        check(st == 200 and h.get("Content-Type", "").startswith("text/html") and raw == page,
+              "GET %s: %s %s, %d bytes (the file has %d)" % (path, st, h.get("Content-Type"),
+                                                             len(raw), len(page)))
+    st, _, b = s.json("POST", "/")
+    check(st == 405 and is_error_body(b, 405), "POST / -> %s" % st)
 
     # Non-streaming completion, greedy: shape, finish_reason, usage.
     prompt = "def parse_args(argv):\n    "
@@ -344,6 +356,8 @@ def run_limits(s):
     check(st == 401, "wrong API key -> %s" % st)
     st, _, b = s.json("GET", "/health")
     check(st == 200, "/health needs no key")
+    st, _, raw = s.request("GET", "/")
+    check(st == 200 and raw.startswith(b"<!doctype html>"), "the chat page needs no key: %s" % st)
     st, _, b = s.json("POST", "/v1/completions", {"prompt": "a", "max_tokens": 2}, auth)
     check(st == 200, "with the key -> %s %s" % (st, b))
     # One running, one queued: the rest of 8 concurrent long requests get 503 + Retry-After.

@@ -47,6 +47,10 @@ int cli_parse_ids(const char *s, int32_t **ids);
 const char *cli_default_model(void);
 // path, else the default model; NULL after printing "speck CMD: no model ..." when neither exists.
 const char *cli_model_path(const char *cmd, const char *path);
+// The same for chat and serve: $SPECK_MODEL, else models/chat.gguf (the chat-tuned code model),
+// else models/default.gguf, each looked for as above.
+const char *cli_default_chat_model(void);
+const char *cli_chat_model_path(const char *cmd, const char *path);
 double cli_now(void);
 // Median of v (n > 0); sorts v in place.
 double cli_median(double *v, int n);
@@ -56,6 +60,21 @@ double cli_median(double *v, int n);
 bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampler_params *sp);
 // Whole file, NUL-terminated (malloc'd); NULL with the error recorded.
 char *cli_read_file(const char *path, size_t *len);
+// Constrained output (docs/grammar.md): --grammar FILE (GBNF), --grammar-text STR,
+// --json-schema FILE, --json (any JSON object). True if argv[*i] was one.
+typedef struct {
+    const char *file, *text, *schema;
+    bool json;
+} cli_grammar_src;
+bool cli_grammar_opt(const char *cmd, int argc, char **argv, int *i, cli_grammar_src *g);
+#define CLI_GRAMMAR_HELP                                                                            \
+    "  --grammar FILE         constrain the output to a GBNF grammar (docs/grammar.md)\n"           \
+    "  --grammar-text STR     the same, the grammar given inline\n"                                 \
+    "  --json-schema FILE     constrain the output to JSON valid under a JSON Schema\n"             \
+    "  --json                 constrain the output to a JSON object\n"
+// The grammar the options chose, or NULL: *err is then set when one was asked for and failed
+// (the error recorded), clear when none was.
+speck_grammar *cli_grammar_load(const cli_grammar_src *g, bool *err);
 // Load a GGUF file (with cli_load_flags, SPECK_LOAD_*) or a Hugging Face checkpoint directory.
 extern unsigned cli_load_flags;
 // --kv-type f32|f16|q8_0|q4_0 (or llama.cpp's --cache-type-k/-v, -ctk/-ctv, which must agree):

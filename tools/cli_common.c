@@ -83,14 +83,13 @@ int cli_parse_ids(const char *s, int32_t **ids) {
     return v ? n : -1;
 }
 
-// Where the default model may be, after $SPECK_MODEL: the working directory's models/ (a
-// checkout), then relative to the executable: build/speck in a checkout ("../models"), an install
-// under PREFIX/bin ("../share/speck/models", where `cmake --install` puts it).
-const char *cli_default_model(void) {
-    const char *env = getenv("SPECK_MODEL");
-    if (env && *env) return env;
-    if (access("models/default.gguf", R_OK) == 0) return "models/default.gguf";
+// Where a shipped model (models/FILE) may be: the working directory's models/ (a checkout), then
+// relative to the executable: build/speck in a checkout ("../models"), an install under PREFIX/bin
+// ("../share/speck/models", where `cmake --install` puts it).
+static const char *find_shipped(const char *file) {
     static char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "models/%s", file);
+    if (access(path, R_OK) == 0) return path;
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return NULL;
@@ -98,12 +97,27 @@ const char *cli_default_model(void) {
     char *slash = strrchr(exe, '/');
     if (!slash) return NULL;
     *slash = 0;
-    static const char *rel[] = {"../models/default.gguf", "../share/speck/models/default.gguf"};
+    static const char *rel[] = {"../models", "../share/speck/models"};
     for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", exe, rel[i]);
+        snprintf(path, sizeof path, "%s/%s/%s", exe, rel[i], file);
         if (access(path, R_OK) == 0) return path;
     }
     return NULL;
+}
+
+const char *cli_default_model(void) {
+    const char *env = getenv("SPECK_MODEL");
+    if (env && *env) return env;
+    return find_shipped("default.gguf");
+}
+
+// chat and serve answer requests: the chat-tuned model (models/chat.gguf, docs/adaptation.md)
+// when it is there, else the code model.
+const char *cli_default_chat_model(void) {
+    const char *env = getenv("SPECK_MODEL");
+    if (env && *env) return env;
+    const char *p = find_shipped("chat.gguf");
+    return p ? p : find_shipped("default.gguf");
 }
 
 double cli_now(void) {
@@ -151,11 +165,19 @@ bool cli_kv_opt(const char *cmd, int argc, char **argv, int *i) {
     return true;
 }
 
-const char *cli_model_path(const char *cmd, const char *path) {
-    if (!path) path = cli_default_model();
+static const char *model_path(const char *cmd, const char *path, const char *(*dflt)(void)) {
+    if (!path) path = dflt();
     if (!path)
         fprintf(stderr, "speck %s: no model: pass -m FILE.gguf (no default model found)\n", cmd);
     return path;
+}
+
+const char *cli_model_path(const char *cmd, const char *path) {
+    return model_path(cmd, path, cli_default_model);
+}
+
+const char *cli_chat_model_path(const char *cmd, const char *path) {
+    return model_path(cmd, path, cli_default_chat_model);
 }
 
 #define CLI_MAX_LORA 16
@@ -234,6 +256,59 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
     else
         return false;
     return true;
+}
+
+bool cli_grammar_opt(const char *cmd, int argc, char **argv, int *i, cli_grammar_src *g) {
+    (void)cmd;
+    const char *v;
+    if (cli_opt(argc, argv, i, "--grammar", NULL, &v))
+        g->file = v;
+    else if (cli_opt(argc, argv, i, "--grammar-text", NULL, &v))
+        g->text = v;
+    else if (cli_opt(argc, argv, i, "--json-schema", NULL, &v))
+        g->schema = v;
+    else if (cli_flag(argv[*i], "--json", NULL))
+        g->json = true;
+    else
+        return false;
+    return true;
+}
+
+speck_grammar *cli_grammar_load(const cli_grammar_src *g, bool *err) {
+    *err = false;
+    int n = (g->file != NULL) + (g->text != NULL) + (g->schema != NULL) + g->json;
+    if (n == 0) return NULL;
+    *err = true;
+    if (n > 1) {
+        speck_set_error(SPECK_ERR_ARG,
+                        "--grammar, --grammar-text, --json-schema and --json: give one");
+        return NULL;
+    }
+    if (g->json) {
+        speck_grammar *gr = speck_grammar_json_object();
+        *err = gr == NULL;
+        return gr;
+    }
+    if (g->text) {
+        speck_grammar *gr = speck_grammar_parse(g->text, strlen(g->text));
+        *err = gr == NULL;
+        return gr;
+    }
+    const char *path = g->file ? g->file : g->schema;
+    size_t len;
+    char *txt = cli_read_file(path, &len);
+    if (!txt) return NULL;
+    speck_grammar *gr = g->file ? speck_grammar_parse(txt, len)
+                                : speck_grammar_from_json_schema(txt, len);
+    free(txt);
+    if (!gr) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", speck_last_error());
+        speck_set_error(SPECK_ERR_ARG, "%s: %s", path, msg);
+        return NULL;
+    }
+    *err = false;
+    return gr;
 }
 
 char *cli_read_file(const char *path, size_t *len) {

@@ -85,7 +85,9 @@ static void help(void) {
            "Chat with a model: type a message, the reply streams back; the conversation goes on\n"
            "until end of input (Ctrl-D). The prompt format comes from the model's chat template\n"
            "(tokenizer.chat_template), recognised as one of speck's built-in formats; ChatML when\n"
-           "the model has none. Commands: /reset clears the conversation, /exit quits.\n\n"
+           "the model has none. Commands: /reset clears the conversation, /exit quits.\n"
+           "Without -m: $SPECK_MODEL, else models/chat.gguf (the code model tuned to answer\n"
+           "requests), else models/default.gguf.\n\n"
            "  --template NAME        prompt format: chatml, llama2, llama3, mistral, gemma, phi3,\n"
            "                         zephyr (default: detected from the model)\n"
            "  --system TEXT          system message\n"
@@ -140,7 +142,7 @@ int cmd_chat(int argc, char **argv) {
                 tmpl_arg);
         return 2;
     }
-    if (!(path = cli_model_path("chat", path))) return 2;
+    if (!(path = cli_chat_model_path("chat", path))) return 2;
     speck_model *m = cli_load_model(path);
     if (!m) return cli_fail("chat");
     const speck_hparams *hp = speck_model_hparams(m);

@@ -115,7 +115,7 @@ static void help(void) {
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages instead of\n"
            "                         mapping the file (faster decoding of large models)\n"
-           "  --no-stats             do not print statistics to stderr\n\n"
+           "  --no-stats             do not print statistics to stderr\n" CLI_GRAMMAR_HELP "\n"
            "accelerated decoding (same output as plain decoding; docs/decoding.md):\n"
            "  --draft LIST           prompt | aded | jacobi | model:FILE, or a comma list tried\n"
            "                         in order, e.g. prompt,aded\n"
@@ -203,6 +203,7 @@ int cmd_generate(int argc, char **argv) {
     speck_sampler_params sp = speck_sampler_default();
     draft_setup ds = {.sp = speck_spec_default()};
     stop_filter sf = {0};
+    cli_grammar_src gsrc = {0};
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
@@ -218,7 +219,8 @@ int cmd_generate(int argc, char **argv) {
             n_predict = (int)cli_int("generate", "-n", v, 0, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--ctx", "-c", &v))
             n_ctx = (int)cli_int("generate", "--ctx", v, 1, 1 << 24);
-        else if (cli_sampler_opt("generate", argc, argv, &i, &sp))
+        else if (cli_sampler_opt("generate", argc, argv, &i, &sp) ||
+                 cli_grammar_opt("generate", argc, argv, &i, &gsrc))
             continue;
         else if (cli_opt(argc, argv, &i, "--stop", NULL, &v)) {
             if (sf.n_stops == MAX_STOPS || !*v) {
@@ -273,6 +275,9 @@ int cmd_generate(int argc, char **argv) {
     speck_ctx *ctx = NULL;
     speck_sampler *smp = NULL;
     speck_decoder *dec = NULL;
+    speck_grammar *grammar = NULL;
+    speck_token_trie *trie = NULL;
+    speck_gmatch *gm = NULL;
     gen_state gs = {.sf = &sf, .vocab = vocab, .eos = hp->eos_id, .ignore_eos = ignore_eos};
     if (ids_arg) {
         n_prompt = cli_parse_ids(ids_arg, &toks);
@@ -305,6 +310,16 @@ int cmd_generate(int argc, char **argv) {
     if (n_prompt == 0) { // an empty prompt needs a first token: BOS, else EOS as a separator
         toks[n_prompt++] = hp->bos_id >= 0 ? hp->bos_id : hp->eos_id >= 0 ? hp->eos_id : 0;
     }
+    bool gerr;
+    if ((grammar = cli_grammar_load(&gsrc, &gerr)) && !(trie = vocab ? speck_token_trie_new(vocab)
+                                                                    : NULL)) {
+        fprintf(stderr, "speck generate: %s: a grammar needs the model's vocabulary\n", path);
+        goto done;
+    }
+    if (gerr) {
+        cli_fail("generate");
+        goto done;
+    }
     if (draft_arg && setup_draft(draft_arg, warm, vocab, &ds)) {
         cli_fail("generate");
         goto done;
@@ -332,13 +347,17 @@ int cmd_generate(int argc, char **argv) {
         smp = speck_sampler_new(&sp, hp->n_vocab);
         sf.quiet = true;
         gs.dt = vocab ? speck_detok_new(vocab) : NULL;
-        if (!pd || !smp ||
+        speck_gmatch *pgm = grammar ? speck_gmatch_new(grammar, trie) : NULL;
+        if (pd) speck_decoder_set_grammar(pd, pgm);
+        if (!pd || !smp || (grammar && !pgm) ||
             speck_decode(pd, toks, n_prompt, n_predict, smp, is_eog, on_token, &gs, &plain_st)) {
             speck_decoder_free(pd);
+            speck_gmatch_free(pgm);
             cli_fail("generate");
             goto done;
         }
         speck_decoder_free(pd);
+        speck_gmatch_free(pgm);
         if (gs.dt && !gs.stopped) stop_push(&sf, speck_detok_flush(gs.dt));
         free(plain_text);
         plain_text = sf.all ? strdup(sf.all) : strdup("");
@@ -352,7 +371,8 @@ int cmd_generate(int argc, char **argv) {
     }
     dec = speck_decoder_new(m, ctx, &ds.sp);
     smp = speck_sampler_new(&sp, hp->n_vocab);
-    if (!dec || !smp) {
+    if (grammar && dec && (gm = speck_gmatch_new(grammar, trie))) speck_decoder_set_grammar(dec, gm);
+    if (!dec || !smp || (grammar && !gm)) {
         cli_fail("generate");
         free(plain_text);
         goto done;
@@ -398,6 +418,9 @@ done:
     speck_detok_free(gs.dt);
     speck_sampler_free(smp);
     speck_decoder_free(dec);
+    speck_gmatch_free(gm);
+    speck_token_trie_free(trie);
+    speck_grammar_free(grammar);
     speck_ctx_free(ctx);
     speck_model_free(ds.draft);
     speck_vocab_free(vocab);

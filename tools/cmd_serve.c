@@ -4,7 +4,7 @@
 // Only the engine thread touches the scheduler: connections hand it new requests and
 // cancellations through lists under one lock, which also guards the requests' output and is
 // never held during a forward pass. Request bodies are validated and responses written by
-// src/serve/api.c.
+// src/serve/api.c. GET / serves the chat page, tools/web/chat.html, compiled in by CMake.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
@@ -21,6 +21,10 @@
 #include "cli.h"
 #include "serve/api.h"
 
+// tools/web/chat.html, embedded at build time (cmake/embed_file.cmake; NUL-terminated).
+extern const unsigned char speck_web_chat_html[];
+extern const size_t speck_web_chat_html_len;
+
 typedef struct {
     speck_sched *s;
     const speck_vocab *v;
@@ -29,6 +33,7 @@ typedef struct {
     pthread_cond_t work, out; // work for the engine; output for the connections
     bool quit;
     const char *api_key;
+    bool webui; // GET / serves the chat page
     size_t max_body;
     int max_queue;
     double timeout;
@@ -40,6 +45,8 @@ typedef struct {
     speck_sched_stats st; // the scheduler's, after the last pass
     struct job *pending;  // submitted, not yet handed to the scheduler (a list)
     int n_pending;
+    long step_delay_ms; // SPECK_SERVE_STEP_DELAY_MS: a pause after each pass, for tests that must
+                        // act (stop, disconnect) while an answer is still running on any machine
     int64_t *cancels; // ids to cancel
     int n_cancel, cap_cancel;
 } server;
@@ -155,7 +162,11 @@ static bool on_token_locked(job *j, int32_t tok, float lp, speck_finish fin) {
         job_release(j);
         return false;
     }
-    if (!j->n_gen) j->t_first = now_s();
+    if (!j->n_gen) {
+        j->t_first = now_s();
+        const int k = speck_sched_cached_tokens(g.s, j->sid);
+        j->cached = k > 0 ? k : 0;
+    }
     j->n_gen++;
     if (j->req.logprobs && j->n_lp < j->req.max_tokens) {
         if (j->n_lp == j->cap_lp) {
@@ -225,7 +236,8 @@ static void *engine(void *arg) {
             nx = j->next;
             speck_request q = {.prompt = j->req.prompt, .n_prompt = j->req.n_prompt,
                                .max_tokens = j->req.max_tokens, .sample = j->req.sp,
-                               .ignore_eos = j->req.ignore_eos, .cb = on_token, .user = j};
+                               .ignore_eos = j->req.ignore_eos, .grammar = j->req.grammar,
+                               .cb = on_token, .user = j};
             if (!j->cancel) j->sid = speck_sched_submit(g.s, &q);
             if (j->cancel || j->sid < 0) { // the scheduler's reference ends here
                 if (j->sid < 0 && !j->cancel)
@@ -246,6 +258,9 @@ static void *engine(void *arg) {
         speck_sched_get_stats(g.s, &st);
         if (rc <= 0) { // nothing could run
             struct timespec ts = {0, 2000000};
+            nanosleep(&ts, NULL);
+        } else if (g.step_delay_ms > 0) { // the tests' slow engine (SPECK_SERVE_STEP_DELAY_MS)
+            struct timespec ts = {g.step_delay_ms / 1000, (long)(g.step_delay_ms % 1000) * 1000000L};
             nanosleep(&ts, NULL);
         }
         pthread_mutex_lock(&g.lock);
@@ -392,6 +407,25 @@ static enum MHD_Result reply(struct MHD_Connection *c, conn *cs, int status, cha
 static enum MHD_Result reply_error(struct MHD_Connection *c, conn *cs, int status,
                                    const char *msg) {
     return reply(c, cs, status, speck_api_error_json(status, msg), "application/json");
+}
+
+// The chat page. It needs no key (it asks the user for one and sends it with its API calls).
+// Its policy lets it talk to this server only, and never be framed by another site.
+static enum MHD_Result reply_page(struct MHD_Connection *c, conn *cs) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        speck_web_chat_html_len, (void *)speck_web_chat_html, MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(r, "Content-Type", "text/html; charset=utf-8");
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                            "'unsafe-inline'; connect-src 'self'; img-src data:; base-uri "
+                            "'none'; form-action 'none'; frame-ancestors 'none'");
+    enum MHD_Result ok = MHD_queue_response(c, MHD_HTTP_OK, r);
+    MHD_destroy_response(r);
+    cs->status = 200;
+    return ok;
 }
 
 static char *metrics_text(void) {
@@ -547,6 +581,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         return reply_error(c, cs, 413, msg);
     }
     const bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    if (g.webui && (!strcmp(url, "/") || !strcmp(url, "/index.html"))) {
+        if (!get && strcmp(method, "HEAD")) return reply_error(c, cs, 405, "use GET");
+        return reply_page(c, cs);
+    }
     if (!strcmp(url, "/health")) {
         if (!get) return reply_error(c, cs, 405, "use GET");
         return reply(c, cs, 200, strdup("{\"status\":\"ok\"}"), "application/json");
@@ -630,7 +668,9 @@ static void help(void) {
     printf("usage: speck serve [-m MODEL.gguf] [options]\n\n"
            "An OpenAI-compatible HTTP server with continuous batching: POST /v1/completions,\n"
            "POST /v1/chat/completions (stream or not), GET /v1/models, GET /health,\n"
-           "GET /metrics (Prometheus), POST /tokenize, POST /detokenize (docs/serving.md).\n\n"
+           "GET /metrics (Prometheus), POST /tokenize, POST /detokenize (docs/serving.md),\n"
+           "and a chat page at GET /. Without -m: $SPECK_MODEL, else models/chat.gguf (the code\n"
+           "model tuned to answer requests), else models/default.gguf.\n\n"
            "  --host H            address to bind (default 127.0.0.1; any other needs --api-key)\n"
            "  --port N            port (default 8080; 0 picks a free one, printed at start)\n"
            "  --parallel N        requests decoded together (default 4)\n"
@@ -643,7 +683,9 @@ static void help(void) {
            "  --queue N           requests waiting before 503 (default 64)\n"
            "  --max-body BYTES    largest request body (default 1048576; larger: 413)\n"
            "  --timeout S         a request ends after S seconds (default 600; 0: never)\n"
-           "  --api-key KEY       require 'Authorization: Bearer KEY' (all but /health)\n"
+           "  --api-key KEY       require 'Authorization: Bearer KEY' (all but /health and\n"
+           "                      the chat page, which asks for the key)\n"
+           "  --no-webui          do not serve the chat page at /\n"
            "  --template NAME     chat format (default: detected from the model)\n"
            "  --max-tokens N      default max_tokens (default 512)\n"
            "  -t, --threads N     threads (default: all cores)\n");
@@ -657,6 +699,7 @@ int cmd_serve(int argc, char **argv) {
     g.max_body = 1 << 20;
     g.max_queue = 64;
     g.timeout = 600;
+    g.webui = true;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
@@ -680,6 +723,8 @@ int cmd_serve(int argc, char **argv) {
             sp.prefill_chunk = (int)cli_int("serve", "--chunk", v, 1, 1 << 16);
         else if (cli_flag(argv[i], "--no-prefix-cache", NULL))
             sp.no_prefix_cache = true;
+        else if (cli_flag(argv[i], "--no-webui", NULL))
+            g.webui = false;
         else if (cli_opt(argc, argv, &i, "--queue", NULL, &v))
             g.max_queue = (int)cli_int("serve", "--queue", v, 0, 1 << 20);
         else if (cli_opt(argc, argv, &i, "--max-body", NULL, &v))
@@ -717,7 +762,7 @@ int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "speck serve: --template: unknown format '%s'\n", tmpl_arg);
         return 2;
     }
-    if (!(path = cli_model_path("serve", path))) return 2;
+    if (!(path = cli_chat_model_path("serve", path))) return 2;
     speck_model *m = cli_load_model(path);
     if (!m) return cli_fail("serve");
     speck_vocab *v = speck_vocab_from_gguf(speck_model_gguf(m));
@@ -741,6 +786,9 @@ int cmd_serve(int argc, char **argv) {
                             .max_len = speck_sched_max_len(g.s),
                             .default_max_tokens = max_tokens};
     g.seed_counter = (uint64_t)time(NULL);
+    const char *delay = getenv("SPECK_SERVE_STEP_DELAY_MS");
+    g.step_delay_ms = delay ? strtol(delay, NULL, 10) : 0;
+    if (g.step_delay_ms < 0 || g.step_delay_ms > 10000) g.step_delay_ms = 0;
     pthread_mutex_init(&g.lock, NULL);
     pthread_cond_init(&g.work, NULL);
     pthread_cond_init(&g.out, NULL);

@@ -30,7 +30,52 @@ struct speck_decoder {
     // auto_budget with cheap drafters: the acceptance observed for candidates whose drafter
     // confidence fell in each of CONF_BINS equal bins (decayed counts; prior 1 of 2).
     double bin_acc[CONF_BINS], bin_n[CONF_BINS];
+    speck_gmatch *gm; // constrained output (not owned), or NULL
 };
+
+void speck_decoder_set_grammar(speck_decoder *d, speck_gmatch *g) {
+    d->gm = g;
+}
+
+// Constrained output: drop the candidates the grammar rejects (with their subtrees) before
+// verification. Exact for greedy and for point-mass proposals (the target, masked, gives them
+// probability 0 anyway); a candidate sampled from a drafter distribution q stays, since the
+// residual distribution after its rejection must be computed with that q.
+static void grammar_filter(speck_gmatch *g, speck_draft_tree *t, bool greedy) {
+    const speck_draft_tree o = *t; // read from the original while t is compacted in place
+    int map[SPECK_MAX_NODES], k = 0; // new index, or < 0: no descendant may be kept
+    for (int i = 0; i < o.n; i++) {
+        map[i] = -1;
+        int par = o.parent[i];
+        if (par >= 0 && map[par] < 0) continue; // below a dropped node
+        int32_t path[SPECK_MAX_NODES];
+        int n = 0;
+        for (int j = i; j >= 0; j = o.parent[j]) n++;
+        for (int j = i, at = n; j >= 0; j = o.parent[j]) path[--at] = o.tok[j];
+        bool ok = speck_gmatch_check(g, path, n) == n;
+        if (!ok && (greedy || !o.q[i])) continue;
+        t->tok[k] = o.tok[i], t->parent[k] = par >= 0 ? map[par] : -1;
+        t->conf[k] = o.conf[i], t->q[k] = o.q[i];
+        map[i] = ok ? k : -1; // a rejected q-sampled node stays for the rejection rule only
+        k++;
+    }
+    t->n = k;
+}
+
+// The sampling distribution of logits lg (n_vocab, masked in place when needed) under the
+// grammar, into d->probs. Greedy: the unmasked choice is checked first, and when the grammar
+// allows it the point mass is the same as after masking (masking only removes other tokens), so
+// the mask is computed only when the model's choice is rejected. 0: nothing is allowed.
+static int grammar_probs(speck_decoder *d, speck_sampler *s, float *lg) {
+    if (speck_sampler_is_greedy(s)) {
+        speck_sampler_probs(s, lg, d->probs);
+        int32_t a = speck_argmax(d->probs, d->n_vocab);
+        if (speck_gmatch_check(d->gm, &a, 1) == 1) return 1;
+    }
+    if (speck_gmatch_mask(d->gm, lg) == 0) return 0;
+    speck_sampler_probs(s, lg, d->probs);
+    return 1;
+}
 
 speck_spec_params speck_spec_default(void) {
     speck_spec_params p;
@@ -384,9 +429,14 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
     st->t_prefill = now_s() - t_start;
     if (n_predict <= 0) goto out_early;
     {
-        speck_sampler_probs(s, d->logits, d->probs);
+        if (d->gm ? !grammar_probs(d, s, d->logits)
+                  : (speck_sampler_probs(s, d->logits, d->probs), false)) {
+            st->stop_reason = "grammar dead end";
+            goto out_early;
+        }
         int32_t first = speck_draw(s, d->probs, d->n_vocab);
         speck_sampler_accept(s, first);
+        if (d->gm && (rc = speck_gmatch_accept(d->gm, first))) return rc;
         if ((rc = seq_push(d, n, first))) return rc;
         n++;
         st->n_generated = 1;
@@ -396,6 +446,10 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         }
         if (eog && eog(first, user)) {
             st->stop_reason = "end of generation";
+            goto out_early;
+        }
+        if (d->gm && speck_gmatch_done(d->gm)) {
+            st->stop_reason = "grammar complete";
             goto out_early;
         }
     }
@@ -443,6 +497,10 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             prune_tree(d, &tree);
             t_draft = now_s() - t0;
         }
+        if (d->gm && tree.n > 0) {
+            grammar_filter(d->gm, &tree, speck_sampler_is_greedy(s));
+            t_draft = now_s() - t0;
+        }
         st->t_draft += t_draft;
 
         // Verify root + candidates in one pass.
@@ -470,12 +528,19 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         // sampling for point-mass candidates; for greedy, accept the child equal to the argmax).
         int path[SPECK_MAX_NODES + 1], n_path = 0, cur = -1; // cur: -1 = root (row 0)
         int32_t bonus = -1;
+        const char *gstop = NULL; // the grammar ended the generation in this pass
         memset(accepted, 0, sizeof accepted);
         for (int r = 0; r < nb; r++)
             amax[r] = speck_argmax(d->logits + (size_t)r * d->n_vocab, d->n_vocab);
         for (;;) {
             int row = cur + 1;
-            speck_sampler_probs(s, d->logits + (size_t)row * d->n_vocab, d->probs);
+            float *lg = d->logits + (size_t)row * d->n_vocab;
+            if (!d->gm) {
+                speck_sampler_probs(s, lg, d->probs);
+            } else if (!grammar_probs(d, s, lg)) {
+                gstop = "grammar dead end";
+                break;
+            }
             int next = speck_spec_accept(&tree, cur, d->probs, d->n_vocab, sampler_uniform, s);
             if (next < 0) {
                 bonus = speck_draw(s, d->probs, d->n_vocab);
@@ -485,8 +550,19 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             path[n_path++] = next;
             speck_sampler_accept(s, tree.tok[next]);
             cur = next;
+            if (d->gm) { // the filter let only grammatical candidates through
+                if ((rc = speck_gmatch_accept(d->gm, tree.tok[next]))) goto out;
+                if (speck_gmatch_done(d->gm)) {
+                    gstop = "grammar complete";
+                    break;
+                }
+            }
         }
-        speck_sampler_accept(s, bonus);
+        if (bonus >= 0) {
+            speck_sampler_accept(s, bonus);
+            if (d->gm && (rc = speck_gmatch_accept(d->gm, bonus))) goto out;
+            if (d->gm && speck_gmatch_done(d->gm)) gstop = "grammar complete";
+        }
         if (tuned) learn_bins(d, &tree, accepted);
         if (used >= 0 && d->drafters[used]->feedback)
             d->drafters[used]->feedback(d->drafters[used], &tree, accepted);
@@ -525,6 +601,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         bool stop = false;
         for (int i = 0; i <= n_path && !stop; i++) {
             int32_t tok = i < n_path ? tree.tok[path[i]] : bonus;
+            if (tok < 0) break; // the grammar ended it: no bonus token
             if ((rc = seq_push(d, n, tok))) goto out;
             n++;
             st->n_generated++;
@@ -539,6 +616,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             }
         }
         for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
+        if (!stop && gstop) st->stop_reason = gstop, stop = true;
         if (stop) break;
     }
 out:

@@ -520,7 +520,8 @@ static int write_kv(conv *c, speck_gguf_writer *w) {
     snprintf(name, sizeof name, "%s", c->dir);
     size_t n = strlen(name);
     while (n > 1 && name[n - 1] == '/') name[--n] = 0;
-    snprintf(hp.name, sizeof hp.name, "%s", strrchr(name, '/') ? strrchr(name, '/') + 1 : name);
+    const char *base = strrchr(name, '/') ? strrchr(name, '/') + 1 : name;
+    snprintf(hp.name, sizeof hp.name, "%.*s", (int)sizeof hp.name - 1, base); // cut if longer
     int rc = speck_hparams_write(w, &hp);
     if (rc) return rc;
     // The matrices' type: that of the attention output, which every layout has.

@@ -5,6 +5,22 @@
 #include <immintrin.h>
 #include <stdint.h>
 
+// The accumulators of a panel call: acc[t * R + r] (panel r's 16 rows for token t) to
+// y + t * ldy + r * ystep, stored (=) or added (+=, accumulate); lanes outside m0 (the first
+// panel's) and m1 (the last's) untouched.
+static inline __attribute__((always_inline)) void
+panel_store(const __m512 *acc, float *y, int64_t ldy, int64_t ystep, __mmask16 m0, __mmask16 m1,
+            int accumulate, const int R, const int T) {
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
+            float *yp = y + t * ldy + r * ystep;
+            __m512 v = acc[t * R + r];
+            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
+            _mm512_mask_storeu_ps(yp, m, v);
+        }
+}
+
 // Lanes below r set (r in 0..16).
 static inline __mmask16 tail_mask16(int64_t r) {
     return (__mmask16)((1u << r) - 1);

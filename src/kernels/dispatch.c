@@ -21,6 +21,7 @@ static int cpuid_bit(unsigned leaf, int reg, int bit) {
 }
 #define HAS_F16C() cpuid_bit(1, 2, 29)       // CPUID.1:ECX[29]
 #define HAS_AVX512VNNI() cpuid_bit(7, 2, 11) // CPUID.(7,0):ECX[11]
+#define HAS_AVX512VBMI() cpuid_bit(7, 2, 1)  // CPUID.(7,0):ECX[1]
 
 static int cpu_has_avx512(void) {
     __builtin_cpu_init();
@@ -37,8 +38,24 @@ static int cpu_has_avx2(void) {
            __builtin_cpu_supports("bmi2"); // every AVX2 CPU has it (the S24_Q8 kernel)
 }
 
+// The AVX-512 table for CPUs without VBMI (Skylake-X, Cascade Lake): the S24_Q8 panel kernel
+// (vpermb, vpmultishiftqb) left out, so S24_Q8 keeps its rows and the row kernel.
+static speck_kernel_table g_avx512_novbmi;
+static speck_qt_kernels g_qt_novbmi[SPECK_TYPE_ID_MAX];
+
+static const speck_kernel_table *avx512_table(void) {
+    if (HAS_AVX512VBMI()) return &speck_kernels_avx512;
+    if (!g_avx512_novbmi.name) {
+        memcpy(g_qt_novbmi, speck_qt_avx512, sizeof g_qt_novbmi);
+        g_qt_novbmi[SPECK_TYPE_S24_Q8].panel = NULL;
+        g_avx512_novbmi = speck_kernels_avx512;
+        g_avx512_novbmi.qt = g_qt_novbmi;
+    }
+    return &g_avx512_novbmi;
+}
+
 static const speck_kernel_table *best_table(void) {
-    if (cpu_has_avx512()) return &speck_kernels_avx512;
+    if (cpu_has_avx512()) return avx512_table();
     if (cpu_has_avx2()) return &speck_kernels_avx2;
     return &speck_kernels_scalar;
 }
@@ -66,7 +83,7 @@ int speck_kernels_force_isa(const char *name) {
         return 0;
     }
     if (!strcmp(name, "avx512") && cpu_has_avx512()) {
-        g_table = &speck_kernels_avx512;
+        g_table = avx512_table();
         return 0;
     }
     return -1;

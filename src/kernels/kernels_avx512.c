@@ -242,11 +242,13 @@ SPECK_PANELS_AVX512(mm_panel_bf16_avx512, SPECK_W_BF16)
 // prefetched 4 / R times as far, so as many bytes are in flight as with four: one panel 4
 // blocks ahead left the 4- and 8-token passes of the 1.1B Q4_0 model waiting on memory
 // (21.0-21.1 vs 23.1-23.6 ms and 32.4-32.9 vs 36.3-36.7 ms, alternated).
-// The block's prefetch for panel stream wb (bb bytes a block, R streams a call).
+// The block's prefetch for panel stream wb (bb bytes a block, R streams a call), into L2 as the
+// K-quants' (panel_k_avx512.c): one thread streaming Q8_0 panels from DRAM went from ~16.5 to
+// ~21.5 GB/s (a plain read loop: ~20), Q4_0 within the noise (16-23 vs 18-28).
 static inline __attribute__((always_inline)) void pq_prefetch(const uint8_t *wb, size_t bb,
                                                               const int R) {
     for (size_t c = 0; c < bb; c += 64)
-        _mm_prefetch((const char *)wb + PQ_AHEAD * 4 / R * bb + c, _MM_HINT_T0);
+        _mm_prefetch((const char *)wb + PQ_AHEAD * 4 / R * bb + c, _MM_HINT_T1);
 }
 
 // acc += d_w * (d_a * (s0 + s1) - off * d_a * sum(q_a)): one block of one panel and token, dw

@@ -229,6 +229,8 @@ SPECK_PANEL_X_DECL(speck_panel_q4_1_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q5_0_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q5_1_avx512);
 SPECK_PANEL_X_DECL(speck_panel_iq4_nl_avx512);
+// (src/kernels/panel_s24_avx512.c: needs VBMI as well, see dispatch.c)
+SPECK_PANEL_X_DECL(speck_panel_s24_q8_avx512);
 void speck_quantize_q8_k_avx512(const float *x, speck_block_q8_k *y, int64_t n);
 // The AVX-512 table's gemm_pack / gemm_run (src/kernels/gemm_avx512.c).
 void speck_gemm_pack_avx512(speck_type wt, const void *w, size_t wrow, int rows, int64_t n_in,

@@ -171,7 +171,8 @@ static quant_tile_fn quant_tiles(const speck_kernel_table *k, speck_type wt) {
 int speck_mm_stream_max(speck_type wt) {
     const speck_kernel_table *k = speck_kernels_get();
     // Measured on AVX-512 only; the AVX2 tiles are half as wide, so they keep the general bound.
-    return float_tiles(k, wt) && k == &speck_kernels_avx512 ? 2 * SMALL_BATCH : SMALL_BATCH;
+    return float_tiles(k, wt) && k->mm_f32 == speck_kernels_avx512.mm_f32 ? 2 * SMALL_BATCH
+                                                                       : SMALL_BATCH;
 }
 
 // Layout of the buffer: Q8_0 block rows (n_tok, n_in / 32) first (also the quantizer's scratch

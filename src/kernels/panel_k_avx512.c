@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels/avx512_common.h"
 #include "kernels/kernels_internal.h"
 
 #define SB 256 // values per super-block
@@ -14,21 +15,13 @@
 #ifndef PK_AHEAD
 #define PK_AHEAD 2 // super-blocks of each panel stream prefetched ahead
 #endif
-
-// Stores acc[t * R + r] (panel r's 16 rows for token t) to y + t * ldy + r * ystep, =, or +=
-// when accumulate; lanes outside m0 (first panel) and m1 (last) untouched.
-static inline __attribute__((always_inline)) void
-store_acc(const __m512 *acc, float *y, int64_t ldy, int64_t ystep, __mmask16 m0, __mmask16 m1,
-          int accumulate, const int R, const int T) {
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + r * ystep;
-            __m512 v = acc[t * R + r];
-            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
-            _mm512_mask_storeu_ps(yp, m, v);
-        }
-}
+// Prefetched into L2, not L1: R streams of 2.2-3.4 KB panel blocks PK_AHEAD ahead are 17-27 KB
+// in flight beside the blocks being read, and into a 48 KB L1 they evicted each other before use.
+// One thread streaming 768 MB of 5632 x 2048 panels (thread CPU time, so other tenants cost
+// little accuracy; a plain read loop: ~20 GB/s) went from 9 to 20 (Q2_K), 7.5 to 17 (Q3_K), 14 to
+// 16 (Q4_K), 12.7 to 16.5 (Q5_K), 18 to 20 (IQ4_XS) and, with every qh line of Q6_K prefetched
+// (half of them were), 9 to 16 (Q6_K) GB/s.
+#define PK_HINT _MM_HINT_T1
 
 static inline __m512i bcast4(const int8_t *p) {
     int32_t v;
@@ -101,7 +94,7 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
             pb[r] = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
 #pragma GCC unroll 8
             for (int c = 0; c < 4; c++)
-                _mm_prefetch((const char *)pb[r] + PK_AHEAD * bb + 64 * c, _MM_HINT_T0);
+                _mm_prefetch((const char *)pb[r] + PK_AHEAD * bb + 64 * c, PK_HINT);
         }
         __m512i sumi[8];
         for (int s = 0; s < R * T; s++) sumi[s] = _mm512_setzero_si512();
@@ -118,7 +111,7 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
                 }
                 for (int r = 0; r < R; r++) {
                     const uint8_t *g = pb[r] + qs_at + 64 * (8 * c + q);
-                    _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
+                    _mm_prefetch((const char *)g + PK_AHEAD * bb, PK_HINT);
                     const __m512i v = _mm512_loadu_si512(g);
                     __m512i lo = _mm512_and_si512(v, m4);
                     __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
@@ -126,7 +119,7 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
                         const __m512i h = _mm512_loadu_si512(pb[r] + 256 + 64 * q);
                         if (c < 2)
                             _mm_prefetch((const char *)pb[r] + 256 + 64 * (4 * c + q / 2) + PK_AHEAD * bb,
-                                         _MM_HINT_T0);
+                                         PK_HINT);
                         lo = _mm512_ternarylogic_epi32(lo, shift_bits(h, 4 - 2 * c), b4, 0xF8);
                         hi = _mm512_ternarylogic_epi32(hi, shift_bits(h, 3 - 2 * c), b4, 0xF8);
                     }
@@ -172,7 +165,7 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
             }
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 /* ---- Q6_K ----------------------------------------------------------------------------------- */
@@ -198,7 +191,7 @@ pq6k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a,
             x[t] = (const speck_block_q8_k *)(a->blocks + (size_t)(t0 + t) * krow) + sb;
         for (int r = 0; r < R; r++) {
             const uint8_t *pb = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
-            for (int c = 0; c < 5; c++) _mm_prefetch((const char *)pb + PK_AHEAD * bb + 64 * c, _MM_HINT_T0);
+            for (int c = 0; c < 5; c++) _mm_prefetch((const char *)pb + PK_AHEAD * bb + 64 * c, PK_HINT);
             __m512i sumi[4];
             for (int t = 0; t < T; t++) sumi[t] = _mm512_setzero_si512();
             for (int h = 0; h < 2; h++)
@@ -209,9 +202,9 @@ pq6k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a,
                     for (int i = 4 * half; i < 4 * half + 4; i++) {
                         const uint8_t *ga = pb + 288 + 64 * (16 * h + i), *gb = ga + 64 * 8;
                         const uint8_t *gh = pb + 288 + 2048 + 64 * (8 * h + i);
-                        _mm_prefetch((const char *)ga + PK_AHEAD * bb, _MM_HINT_T0);
-                        _mm_prefetch((const char *)gb + PK_AHEAD * bb, _MM_HINT_T0);
-                        if (i % 2 == 0) _mm_prefetch((const char *)gh + PK_AHEAD * bb, _MM_HINT_T0);
+                        _mm_prefetch((const char *)ga + PK_AHEAD * bb, PK_HINT);
+                        _mm_prefetch((const char *)gb + PK_AHEAD * bb, PK_HINT);
+                        _mm_prefetch((const char *)gh + PK_AHEAD * bb, PK_HINT); // a line per i
                         const __m512i va = _mm512_loadu_si512(ga), vb = _mm512_loadu_si512(gb);
                         const __m512i H = _mm512_loadu_si512(gh);
                         // Bits 4-5 of each level from its qh pair; 0xEC: (A & C) | B with C = 0x0F.
@@ -245,7 +238,7 @@ pq6k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a,
             }
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 /* ---- IQ4_XS --------------------------------------------------------------------------------- */
@@ -272,8 +265,8 @@ pq4xs_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
             x[t] = (const speck_block_q8_k *)(a->blocks + (size_t)(t0 + t) * krow) + sb;
         for (int r = 0; r < R; r++) {
             const uint8_t *pb = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
-            _mm_prefetch((const char *)pb + PK_AHEAD * bb, _MM_HINT_T0);
-            _mm_prefetch((const char *)pb + PK_AHEAD * bb + 64, _MM_HINT_T0);
+            _mm_prefetch((const char *)pb + PK_AHEAD * bb, PK_HINT);
+            _mm_prefetch((const char *)pb + PK_AHEAD * bb + 64, PK_HINT);
             const __m512i sh = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(pb + 32)));
             const __m512i sl = _mm512_loadu_si512(pb + 64);
             __m512i sumi[4];
@@ -283,7 +276,7 @@ pq4xs_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
                 for (int t = 0; t < T; t++) ac[t] = _mm512_setzero_si512();
                 for (int q = 0; q < 4; q++) {
                     const uint8_t *g = pb + 128 + 64 * (4 * j + q);
-                    _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
+                    _mm_prefetch((const char *)g + PK_AHEAD * bb, PK_HINT);
                     const __m512i v = _mm512_loadu_si512(g);
                     const __m512i lo = _mm512_shuffle_epi8(grid, _mm512_and_si512(v, m4));
                     const __m512i hi = _mm512_shuffle_epi8(grid, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
@@ -310,7 +303,7 @@ pq4xs_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
                                                   _mm512_cvtepi32_ps(sumi[t])));
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 /* ---- Q2_K and Q3_K -------------------------------------------------------------------------- */
@@ -336,7 +329,7 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
             x[t] = (const speck_block_q8_k *)(a->blocks + (size_t)(t0 + t) * krow) + sb;
         for (int r = 0; r < R; r++) {
             const uint8_t *pb = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
-            for (size_t c = 0; c < qs_at; c += 64) _mm_prefetch((const char *)pb + PK_AHEAD * bb + c, _MM_HINT_T0);
+            for (size_t c = 0; c < qs_at; c += 64) _mm_prefetch((const char *)pb + PK_AHEAD * bb + c, PK_HINT);
             // The 16 sub-block scales as four dwords of bytes (sub-blocks 4k .. 4k + 3): Q2_K's low
             // nibbles (its mins in the high ones); Q3_K's 6-bit scales minus 32 (signed bytes).
             __m512i scw[4];
@@ -372,7 +365,7 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
 #pragma GCC unroll 8
                     for (int q = 0; q < 8; q++) {
                         const uint8_t *g = pb + qs_at + 64 * (8 * h + q);
-                        if (s == 0) _mm_prefetch((const char *)g + PK_AHEAD * bb, _MM_HINT_T0);
+                        if (s == 0) _mm_prefetch((const char *)g + PK_AHEAD * bb, PK_HINT);
                         __m512i v = _mm512_loadu_si512(g), u;
                         if (q3) {
                             if (sh != 2 * s) v = _mm512_srli_epi32(v, 2 * s - sh);
@@ -427,7 +420,7 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
             }
         }
     }
-    store_acc(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 // An entry point taking np panels x nt tokens as 4 x 1, 2 x 2, 2 x 3, 1 x 4 (the table's

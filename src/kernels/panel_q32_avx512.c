@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "kernels/avx512_common.h"
 #include "kernels/kernels_internal.h"
 
 enum { P_Q41, P_Q50, P_Q51, P_IQ4NL };
@@ -98,14 +99,7 @@ p32_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_q8_rows *a,
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + r * 16 * pstep;
-            __m512 v = acc[t * R + r];
-            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
-            _mm512_mask_storeu_ps(yp, m, v);
-        }
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 // np panels x nt tokens as 4 x 1, 2 x 2, 2 x 3, 1 x 4 (the table's panel_group), fewer panels at

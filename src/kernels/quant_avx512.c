@@ -24,7 +24,10 @@ const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX] = {
     [SPECK_TYPE_Q5_0] = {QR_ENTRY_32(q5_0, avx512), PANELS(speck_panel_q5_0_avx512)},
     [SPECK_TYPE_Q5_1] = {QR_ENTRY_32(q5_1, avx512), PANELS(speck_panel_q5_1_avx512)},
     [SPECK_TYPE_IQ4_NL] = {QR_ENTRY_32(iq4_nl, avx512), PANELS(speck_panel_iq4_nl_avx512)},
-    [SPECK_TYPE_S24_Q8] = {.mm = speck_mm_s24_q8_avx512, .rows_prefill = 1},
+    // The panel kernel needs VBMI too: dispatch.c clears it on AVX-512 CPUs without (the row
+    // kernel, which takes every batch, runs there).
+    [SPECK_TYPE_S24_Q8] = {.mm = speck_mm_s24_q8_avx512, .rows_prefill = 1,
+                           PANELS(speck_panel_s24_q8_avx512)},
 };
 
 void speck_quantize_q8_k_avx512(const float *x, speck_block_q8_k *y, int64_t n) {

@@ -18,6 +18,7 @@
 void speck_api_req_free(speck_api_req *r) {
     free(r->prompt);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
+    speck_grammar_free(r->grammar);
     memset(r, 0, sizeof *r);
 }
 
@@ -122,6 +123,65 @@ done:
     return out;
 }
 
+// Compile a schema (JSON text of s) into r->grammar; 200 or 400 naming where.
+static int schema_grammar(const cJSON *s, const char *where, speck_api_req *r, char *err,
+                          size_t errsz) {
+    int status = 200;
+    char *txt = cJSON_PrintUnformatted(s);
+    if (!txt) FAIL(500, "out of memory");
+    if (!(r->grammar = speck_grammar_from_json_schema(txt, strlen(txt))))
+        FAIL(400, "%s: %s", where, speck_last_error());
+done:
+    free(txt);
+    return status;
+}
+
+// response_format, grammar, json_schema -> r->grammar (at most one of them constrains).
+static int parse_constraint(const cJSON *j, speck_api_req *r, char *err, size_t errsz) {
+    int status = 200;
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(j, "response_format");
+    const cJSON *gr = cJSON_GetObjectItemCaseSensitive(j, "grammar");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(j, "json_schema");
+    if (cJSON_IsNull(rf)) rf = NULL;
+    if (cJSON_IsNull(gr)) gr = NULL;
+    if (cJSON_IsNull(js)) js = NULL;
+    if (rf) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rf, "type");
+        if (!cJSON_IsObject(rf) || !cJSON_IsString(t))
+            FAIL(400, "'response_format' must be an object with a string 'type'");
+        if (!strcmp(t->valuestring, "text")) rf = NULL;
+        else if (strcmp(t->valuestring, "json_object") && strcmp(t->valuestring, "json_schema"))
+            FAIL(400, "'response_format': type '%.40s' is not text, json_object or json_schema",
+                 t->valuestring);
+    }
+    if ((rf != NULL) + (gr != NULL) + (js != NULL) > 1)
+        FAIL(400, "'response_format', 'grammar' and 'json_schema': give one");
+    if (gr) {
+        if (!cJSON_IsString(gr)) FAIL(400, "'grammar' must be a string (GBNF)");
+        if (!(r->grammar = speck_grammar_parse(gr->valuestring, strlen(gr->valuestring))))
+            FAIL(400, "'grammar': %s", speck_last_error());
+    } else if (js) {
+        return schema_grammar(js, "'json_schema'", r, err, errsz);
+    } else if (rf) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rf, "type");
+        if (!strcmp(t->valuestring, "json_object")) {
+            const cJSON *sc = cJSON_GetObjectItemCaseSensitive(rf, "schema"); // llama-server's
+            if (sc && !cJSON_IsNull(sc))
+                return schema_grammar(sc, "'response_format'.schema", r, err, errsz);
+            if (!(r->grammar = speck_grammar_json_object())) FAIL(500, "%s", speck_last_error());
+        } else {
+            const cJSON *w = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+            const cJSON *sc = cJSON_GetObjectItemCaseSensitive(w, "schema");
+            if (!cJSON_IsObject(w) || !sc)
+                FAIL(400, "'response_format': json_schema needs {\"json_schema\": {\"name\": ..., "
+                          "\"schema\": {...}}}");
+            return schema_grammar(sc, "'response_format'.json_schema.schema", r, err, errsz);
+        }
+    }
+done:
+    return status;
+}
+
 int speck_api_parse(const speck_api_cfg *cfg, speck_api_kind kind, const char *body, size_t len,
                     speck_api_req *r, char *err, size_t errsz) {
     memset(r, 0, sizeof *r);
@@ -143,12 +203,7 @@ int speck_api_parse(const speck_api_cfg *cfg, speck_api_kind kind, const char *b
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(j, "n");
     if (n && !cJSON_IsNull(n) && (!cJSON_IsNumber(n) || n->valuedouble != 1))
         FAIL(400, "'n': only 1 choice per request is supported");
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(j, "response_format");
-    if (rf && !cJSON_IsNull(rf)) {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(rf, "type");
-        if (!cJSON_IsString(t) || strcmp(t->valuestring, "text"))
-            FAIL(400, "'response_format': only {\"type\": \"text\"} is supported");
-    }
+    if ((status = parse_constraint(j, r, err, errsz)) != 200) goto done;
     // The prompt.
     if (kind == SPECK_API_CHAT) {
         if (!(text = render_chat(cfg, cJSON_GetObjectItemCaseSensitive(j, "messages"), err,

@@ -34,6 +34,10 @@ typedef struct {
     int logprobs; // completions: 0..5 (only the sampled token's is given); chat: 0/1
     char *stop[SPECK_API_MAX_STOP];
     int n_stop;
+    // Constrained output, or NULL: from response_format {"type": "json_object"} or
+    // {"type": "json_schema", "json_schema": {"schema": ...}}, llama-server's "grammar" (GBNF)
+    // or "json_schema" fields. A bad grammar or schema is a 400 naming what is wrong.
+    speck_grammar *grammar;
 } speck_api_req;
 
 // body (len bytes, not NUL-terminated) -> r. Returns the HTTP status: 200, or 400 / 404 with the

@@ -11,11 +11,13 @@ typedef struct {
     int32_t *tok; // (max_len) prompt, then the generated tokens
     int n_prompt, n_tok, n_gen, max_tokens;
     int fed;       // tokens in the sequence's KV
+    int cached;    // of them, taken from the prefix cache at the last admission
     int seq;       // -1 while queued
     int n_reg;     // blocks registered in (or taken from) the prefix cache
     uint64_t hash; // chain hash of block n_reg - 1
     bool cancel, ignore_eos;
     speck_sampler *smp;
+    speck_gmatch *gm; // constrained output, or NULL
     speck_sched_cb cb;
     void *user;
 } sreq;
@@ -25,6 +27,7 @@ struct speck_sched {
     const speck_vocab *v;
     speck_mctx *mc;
     speck_pcache *pc; // NULL: no prefix cache
+    speck_token_trie *trie; // the vocabulary's, built for the first request with a grammar
     speck_sched_params p;
     int V, bs;
     sreq **queue; // FIFO of waiting requests (preempted ones go to the front)
@@ -41,6 +44,7 @@ struct speck_sched {
 static void req_free(sreq *r) {
     if (!r) return;
     speck_sampler_free(r->smp);
+    speck_gmatch_free(r->gm);
     free(r->tok);
     free(r);
 }
@@ -104,6 +108,7 @@ void speck_sched_free(speck_sched *s) {
         if (s->run[i]) finish(s, s->run[i], SPECK_FINISH_CANCEL, true);
     for (int i = 0; i < s->n_queue; i++) finish(s, s->queue[i], SPECK_FINISH_CANCEL, true);
     speck_pcache_free(s->pc);
+    speck_token_trie_free(s->trie);
     speck_mctx_free(s->mc);
     free(s->queue), free(s->run), free(s->order), free(s->btok), free(s->bseq), free(s->bpos);
     free(s->brow), free(s->bout), free(s->logits);
@@ -146,7 +151,14 @@ int64_t speck_sched_submit(speck_sched *s, const speck_request *q) {
         if (q->prompt[i] < 0 || q->prompt[i] >= s->V)
             return speck_set_error(SPECK_ERR_ARG, "request: token id %d out of [0, %d)",
                                    q->prompt[i], s->V);
+    if (q->grammar && !s->v)
+        return speck_set_error(SPECK_ERR_ARG, "request: a grammar needs the vocabulary");
+    if (q->grammar && !s->trie && !(s->trie = speck_token_trie_new(s->v))) return SPECK_ERR_NOMEM;
+    speck_gmatch *gm = q->grammar ? speck_gmatch_new(q->grammar, s->trie) : NULL;
+    if (q->grammar && !gm) return SPECK_ERR_ARG;
     sreq *r = calloc(1, sizeof *r);
+    if (r) r->gm = gm;
+    else speck_gmatch_free(gm);
     if (!r || !(r->tok = malloc((size_t)s->p.max_len * sizeof(int32_t))) ||
         !(r->smp = speck_sampler_new(&q->sample, s->V)) || queue_put(s, r, false)) {
         req_free(r);
@@ -171,6 +183,14 @@ int speck_sched_cancel(speck_sched *s, int64_t id) {
     return speck_set_error(SPECK_ERR_ARG, "cancel: no request %lld", (long long)id);
 }
 
+int speck_sched_cached_tokens(const speck_sched *s, int64_t id) {
+    for (int i = 0; i < s->p.n_seq; i++)
+        if (s->run[i] && s->run[i]->id == id) return s->run[i]->cached;
+    for (int i = 0; i < s->n_queue; i++)
+        if (s->queue[i]->id == id) return s->queue[i]->cached;
+    return speck_set_error(SPECK_ERR_ARG, "cached_tokens: no request %lld", (long long)id);
+}
+
 // Blocks obtainable now: free ones plus cached ones only the cache holds.
 static int blocks_available(const speck_sched *s) {
     return speck_mctx_n_free_blocks(s->mc) + (s->pc ? speck_pcache_evictable(s->pc) : 0);
@@ -192,6 +212,7 @@ static void admit(speck_sched *s) {
     s->order[r->seq] = s->clock++;
     s->st.prompt_tokens += r->n_tok; // counted again when a preempted request returns
     r->fed = 0;
+    r->cached = 0;
     r->n_reg = 0;
     r->hash = 0;
     if (!s->pc) return;
@@ -207,7 +228,7 @@ static void admit(speck_sched *s) {
         h = speck_pcache_hash(h, t, s->bs);
     }
     if (n && speck_mctx_seq_attach(s->mc, r->seq, blocks, n) == 0) {
-        r->fed = n * s->bs;
+        r->fed = r->cached = n * s->bs;
         r->n_reg = n;
         r->hash = h;
         s->st.cached_tokens += r->fed;
@@ -235,13 +256,13 @@ static int blocks_needed(const speck_sched *s, const sreq *r, int add) {
     return (len + add + s->bs - 1) / s->bs - (len + s->bs - 1) / s->bs;
 }
 
-// log p(token) under softmax(logits).
-static float logprob_of(const float *lg, int V, int32_t t) {
+// log sum exp(logits): log p(t) = logits[t] - this.
+static double log_norm(const float *lg, int V) {
     float mx = lg[0];
     for (int i = 1; i < V; i++) mx = lg[i] > mx ? lg[i] : mx;
     double sum = 0;
     for (int i = 0; i < V; i++) sum += exp((double)lg[i] - mx);
-    return (float)((double)lg[t] - mx - log(sum));
+    return mx + log(sum);
 }
 
 int speck_sched_step(speck_sched *s) {
@@ -314,18 +335,36 @@ int speck_sched_step(speck_sched *s) {
     s->st.passes++;
     for (int o = 0; o < n_out; o++) {
         sreq *r = s->bout[o];
-        const float *lg = s->logits + (size_t)o * s->V;
-        const int32_t t = speck_sampler_sample(r->smp, lg);
+        float *lg = s->logits + (size_t)o * s->V;
+        const double lnorm = log_norm(lg, s->V); // the model's, before any grammar mask
+        int32_t t = -1;
+        if (r->gm && speck_sampler_is_greedy(r->smp)) { // the model's choice, if allowed, is
+            t = speck_sampler_sample(r->smp, lg);       // the masked argmax too
+            if (speck_gmatch_check(r->gm, &t, 1) != 1) t = -1;
+        }
+        if (t < 0 && r->gm && speck_gmatch_mask(r->gm, lg) == 0) { // the vocabulary cannot go on
+            finish(s, r, SPECK_FINISH_STOP, true);
+            continue;
+        }
+        if (t < 0) t = speck_sampler_sample(r->smp, lg);
         speck_sampler_accept(r->smp, t);
         s->st.gen_tokens++;
         if (s->v && !r->ignore_eos && speck_vocab_is_eog(s->v, t)) {
             finish(s, r, SPECK_FINISH_STOP, true);
             continue;
         }
+        if (r->gm && speck_gmatch_accept(r->gm, t)) { // the mask allowed it: cannot happen
+            finish(s, r, SPECK_FINISH_STOP, true);
+            continue;
+        }
         r->tok[r->n_tok++] = t;
         r->n_gen++;
-        if (r->cb && !r->cb(r->user, t, logprob_of(lg, s->V, t), SPECK_FINISH_NONE)) {
+        if (r->cb && !r->cb(r->user, t, (float)(lg[t] - lnorm), SPECK_FINISH_NONE)) {
             finish(s, r, SPECK_FINISH_CANCEL, false);
+            continue;
+        }
+        if (r->gm && speck_gmatch_done(r->gm)) { // the grammar is complete and takes no more
+            finish(s, r, SPECK_FINISH_STOP, true);
             continue;
         }
         if (r->n_gen >= r->max_tokens || r->n_tok >= s->p.max_len) {
