@@ -424,6 +424,29 @@ static void adapters(void) {
     speck_model_free(m);
 }
 
+// Deltas between two micro models of the same shapes: dense, DARE (gap-coded and bitmap
+// positions), DAREx-q, ComPEFT.
+static void deltas(void) {
+    char *b = fuzz_path(fuzz_scratch(), "delta-b.gguf"), *t = fuzz_path(fuzz_scratch(), "delta-t.gguf");
+    char *o = fuzz_path(fuzz_scratch(), "delta.gguf");
+    fuzz_model_spec spec = {"llama", SPECK_TYPE_F32, false, FUZZ_VOCAB_BPE, NULL, false, false};
+    if (fuzz_micro_model(b, &spec, 3) || fuzz_micro_model(t, &spec, 4)) die("delta models");
+    static const char *names[] = {"dense", "dare90", "dare50", "darexq", "compeft"};
+    for (int k = 0; k < 5; k++) {
+        speck_delta *d = speck_delta_extract(b, t, NULL);
+        int err = !d;
+        if (!err && k == 1) err = speck_delta_dare(d, 0.9f, 1, 0);
+        if (!err && k == 2) err = speck_delta_dare(d, 0.5f, 2, 0);
+        if (!err && k == 3) err = speck_delta_dare(d, 0.99f, 3, 10.0f);
+        if (!err && k == 4) err = speck_delta_compeft(d, 0.1f, 0);
+        if (err || speck_delta_save(d, o, k ? SPECK_TYPE_BF16 : SPECK_TYPE_F16)) die("delta seed");
+        speck_delta_free(d);
+        seed_file("delta", names[k], 0, false, o);
+    }
+    unlink(b), unlink(t);
+    free(b), free(t), free(o);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
@@ -444,6 +467,7 @@ int main(int argc, char **argv) {
     serve_api();
     grammars();
     adapters();
+    deltas();
     printf("fuzz_seeds: %d seeds in %s\n", g_count, g_out);
     return 0;
 }

@@ -209,6 +209,8 @@ int speck_gguf_set_arr_str(speck_gguf_writer *w, const char *key, const char *co
 // Copy key/value i of an open file (used when rewriting a model).
 int speck_gguf_copy_kv(speck_gguf_writer *w, const speck_gguf *g, int64_t i);
 // Add a tensor; ne as in speck_gguf_tensor; data holds speck_type_row_size(type, ne[0]) * rows.
+// type may also be SPECK_GGUF_TYPE_I8 (ggml's I8: ne[0] raw bytes a row; delta files use it).
+#define SPECK_GGUF_TYPE_I8 24
 int speck_gguf_add_tensor(speck_gguf_writer *w, const char *name, speck_type type, int n_dims,
                           const int64_t *ne, const void *data);
 int speck_gguf_writer_save(speck_gguf_writer *w, const char *path);
@@ -860,7 +862,9 @@ float *speck_train_grads(speck_train_model *tm);  // (n_params)
 void speck_train_zero_grad(speck_train_model *tm);
 
 // Mean next-token cross-entropy of B sequences of T tokens.
-//   inputs, targets: (B, T) ids; targets[b][t] is the token after inputs[b][t].
+//   inputs, targets: (B, T) ids; targets[b][t] is the token after inputs[b][t], or -1 to mask
+//   the position (no loss, no gradient: `speck finetune --full` masks prompts); the mean is
+//   over the unmasked positions (0 when there are none).
 // speck_train_step also back-propagates, ADDING grad_scale * d(loss)/d(param) to the gradients
 // (grad_scale = 1/k for k accumulated micro-batches). T must be <= n_ctx.
 int speck_train_loss(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,

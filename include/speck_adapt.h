@@ -131,6 +131,74 @@ int speck_ft_data_load(const char *path, const speck_vocab *v, const char *templ
                        speck_ft_data *out);
 void speck_ft_data_free(speck_ft_data *d);
 
+/* ------------------------------------------------------------------------------------------ */
+/* Fine-tuning deltas: extract, compress (DARE, DAREx-q, ComPEFT), apply (docs/adaptation.md)   */
+/* ------------------------------------------------------------------------------------------ */
+//
+// A delta holds tuned − base for every tensor of a model that fine-tuning changed (absent
+// tensors: zero), in f32 while in memory. Compression keeps vectors (norms) dense and sparsifies
+// matrices (2-D tensors):
+//   DARE ("Language Models are Super Mario", Yu et al. 2024): drop each element with probability
+//   p, multiply the kept ones by 1/(1-p) (the expected delta is unchanged);
+//   DAREx-q ("DARE the Extreme", Deng et al. 2025): the same mask, kept ones times 1/q for a
+//   chosen q > 1-p (a smaller factor: at p = 0.99 1/(1-p) = 100 overshoots);
+//   ComPEFT (Yadav et al. 2023): keep the top density·n elements by magnitude, then store only
+//   their signs and one magnitude per tensor: alpha · std(delta), or (alpha <= 0) the mean kept
+//   magnitude, which minimises the squared error against the dense delta.
+// Files: GGUF with general.type "delta" (keys and the sparse layout in docs/adaptation.md); a
+// sparse tensor's positions cost ~1 byte each (gap-coded) or n/8 bytes (a bitmap), whichever
+// is smaller; values f16/f32, ComPEFT 1 sign bit each plus the scale.
+typedef struct speck_delta speck_delta;
+
+typedef enum {
+    SPECK_DELTA_DENSE,
+    SPECK_DELTA_DARE,
+    SPECK_DELTA_DAREX_Q,
+    SPECK_DELTA_COMPEFT,
+} speck_delta_method;
+
+// tuned − base, tensor by tensor (any stored type, dequantized). The models must have the same
+// general.architecture and the same tensors (names and shapes); the error names the first
+// difference. For f32 models each stored difference d is chosen so that base + d == tuned
+// exactly (d = tuned − base, nudged by an ulp where that sum rounds away; such a d always
+// exists when tuned is within a factor 2 of base); *n_inexact (may be NULL) counts elements
+// where none does (a weight crossed or neared 0): they are restored within two ulps of
+// |tuned − base|, i.e. the step itself to f32 precision.
+speck_delta *speck_delta_extract(const char *base_path, const char *tuned_path,
+                                 int64_t *n_inexact);
+void speck_delta_free(speck_delta *d);
+// DARE / DAREx-q on a dense delta: element j of a matrix is kept when a hash of (seed, the
+// tensor's name, j) is >= p (reproducible for a seed, independent of threads and tensor order);
+// kept values times rescale (<= 0: 1/(1-p), DARE). p in [0, 1).
+int speck_delta_dare(speck_delta *d, float p, uint64_t seed, float rescale);
+// ComPEFT on a dense delta: density in (0, 1]; alpha as above.
+int speck_delta_compeft(speck_delta *d, float density, float alpha);
+// Write atomically; dense values and sparse values as value_type (SPECK_TYPE_F32 or F16).
+int speck_delta_save(const speck_delta *d, const char *path, speck_type value_type);
+// Load and validate every field (errors name the file and the field or tensor).
+speck_delta *speck_delta_load(const char *path);
+speck_delta *speck_delta_from_gguf(const speck_gguf *g, const char *path);
+// base + scale · delta into a copy of the base GGUF (every key and untouched tensor copied);
+// changed matrices written as type (-1: the base tensor's type, requantized), vectors keep
+// theirs. Errors: another architecture, a delta tensor the base lacks or has in another shape.
+// Atomic: nothing is left at out_path on error.
+int speck_delta_apply(const char *base_path, const speck_delta *d, float scale, int type,
+                      const char *out_path);
+
+typedef struct {
+    speck_delta_method method;
+    const char *arch;
+    float p, rescale;     // DARE / DAREx-q
+    uint64_t seed;        // DARE / DAREx-q
+    float density, alpha; // ComPEFT
+    int n_tensors;        // tensors the delta changes
+    int64_t n_elements;   // their elements
+    int64_t n_stored;     // elements with a stored value (dense: all; sparse: kept)
+    int64_t n_nonzero;    // nonzero values
+} speck_delta_info;
+void speck_delta_get_info(const speck_delta *d, speck_delta_info *info);
+const char *speck_delta_method_name(speck_delta_method m); // "dense", "dare", "darex-q", "compeft"
+
 
 #ifdef __cplusplus
 }

@@ -33,7 +33,7 @@ build-fuzz/fuzz/fuzz_seeds build-fuzz/seeds >/dev/null
 
 dict_of() {
   case $1 in
-    gguf | model) echo gguf ;;
+    gguf | model | delta) echo gguf ;;
     safetensors | hf_config | tokenizer_json) echo json ;;
     chat) echo chat ;;
     *) echo text ;;

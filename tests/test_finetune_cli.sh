@@ -61,6 +61,32 @@ expect 0 "adapter export" -- "$SPECK" adapter export "$dir/a.gguf" --peft "$dir/
 expect 0 "adapter import" -- "$SPECK" adapter import "$dir/peft" -o "$dir/c.gguf" -m "$M"
 cmp -s "$dir/a.gguf" "$dir/c.gguf" && ok || bad "GGUF -> PEFT -> GGUF differs"
 
+# Full fine-tuning (--full): the same data and masks through speck train's model; the loss
+# falls on this repetitive data, the output is a model that loads and generates.
+expect 0 "finetune --full" -- "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-3 -o "$dir/full.gguf"
+[[ -f $dir/full.gguf && -f $dir/full.ckpt ]] && ok || bad "finetune --full outputs"
+awk -F, 'NR == 2 { first = $2 } NR > 1 { last = $2 } END { exit !(last < 0.8 * first) }' "$dir/full.csv" \
+  && ok || bad "--full loss did not fall by 20 %: $(cut -d, -f1-2 "$dir/full.csv" | tr '\n' ' ')"
+expect 0 "generate with the --full model" -- "$SPECK" generate -m "$dir/full.gguf" "${gen[@]}"
+SPECK_TRAIN_SIGNAL_AT=4:2 "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-3 -o "$dir/full_b.gguf" >/dev/null 2>"$dir/err"
+[[ $? == 130 ]] && ok || bad "--full Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
+expect 0 "finetune --full --resume" -- "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-3 -o "$dir/full_b.gguf" --resume
+cmp -s <(cut -d, -f1-4 "$dir/full.csv") <(cut -d, -f1-4 "$dir/full_b.csv") && ok || bad "--full resumed curve differs"
+cmp -s "$dir/full.gguf" "$dir/full_b.gguf" && ok || bad "--full resumed model differs from the uninterrupted one"
+# Its delta against the base: extracted, compressed, applied, described.
+expect 0 "delta extract" -- "$SPECK" delta extract "$M" "$dir/full.gguf" -o "$dir/d.gguf"
+expect 0 "delta compress" -- "$SPECK" delta compress "$dir/d.gguf" --dare 0.9 -o "$dir/d90.gguf"
+expect 0 "delta info" -- "$SPECK" delta info "$dir/d90.gguf"
+grep -q "dare delta for llama" "$dir/out" && ok || bad "delta info: $(cat "$dir/out")"
+expect 0 "delta apply" -- "$SPECK" delta apply "$M" "$dir/d90.gguf" -o "$dir/applied.gguf"
+expect 0 "generate with the applied delta" -- "$SPECK" generate -m "$dir/applied.gguf" "${gen[@]}"
+expect 1 "delta of another shape" -- "$SPECK" delta extract "$M" "$D" -o "$dir/x.gguf"
+mentions "delta extract: tensor"
+[[ ! -e $dir/x.gguf ]] && ok || bad "delta extract of another shape left a file"
+expect 1 "model as delta" -- "$SPECK" delta apply "$M" "$M" -o "$dir/x.gguf"
+mentions "general.type"
+[[ ! -e $dir/x.gguf ]] && ok || bad "delta apply of a model left a file"
+
 # Bad input: clear errors, nothing written.
 printf '{"text": "a"}\n{"text": "b"}\n{"text": "c"\n' >"$dir/bad.jsonl"
 expect 1 "malformed JSONL" -- "$SPECK" finetune -m "$M" --data "$dir/bad.jsonl" -o "$dir/x.gguf" --steps 1

@@ -37,8 +37,9 @@ static void random_tokens(int32_t *t, int n, int V, unsigned seed) {
     }
 }
 
-// Central differences of the loss on the largest-gradient elements of several tensors.
-static void test_finite_differences(bool tied) {
+// Central differences of the loss on the largest-gradient elements of several tensors; masked:
+// every third target -1 (fine-tuning's prompt mask, `speck finetune --full`).
+static void test_finite_differences(bool tied, bool masked) {
     speck_train_config c = tiny_cfg(48, tied);
     speck_train_model *tm = speck_train_model_new(&c, 5);
     // Larger weights than the default init so every path carries signal.
@@ -48,6 +49,7 @@ static void test_finite_differences(bool tied) {
     int32_t in[B * T], tg[B * T];
     random_tokens(in, B * T, c.n_vocab, 11);
     random_tokens(tg, B * T, c.n_vocab, 12);
+    for (int i = 0; masked && i < B * T; i += 3) tg[i] = -1;
     float loss;
     speck_train_zero_grad(tm);
     CHECK(speck_train_step(tm, in, tg, B, T, 1.0f, &loss) == 0, "step: %s", speck_last_error());
@@ -72,8 +74,24 @@ static void test_finite_differences(bool tied) {
               speck_train_tensor_name(tm, ti), (long long)best, an, fd, rel);
         checked++;
     }
-    printf("finite differences (%s head): %d tensors, worst rel err %.2e\n",
-           tied ? "tied" : "untied", checked, worst);
+    printf("finite differences (%s head%s): %d tensors, worst rel err %.2e\n",
+           tied ? "tied" : "untied", masked ? ", masked targets" : "", checked, worst);
+    if (masked) {
+        // The loss is the mean over unmasked positions: row 1 masked whole = row 0 alone.
+        int32_t tg2[B * T];
+        memcpy(tg2, tg, sizeof tg2);
+        for (int i = T; i < B * T; i++) tg2[i] = -1;
+        float l2, l0;
+        CHECK(speck_train_loss(tm, in, tg2, B, T, &l2) == 0 &&
+                  speck_train_loss(tm, in, tg, 1, T, &l0) == 0 && fabsf(l2 - l0) <= 1e-6f * l0,
+              "masked row: loss %.7g vs the row alone %.7g", l2, l0);
+        // Everything masked: loss 0, no gradient.
+        for (int i = 0; i < B * T; i++) tg2[i] = -1;
+        speck_train_zero_grad(tm);
+        CHECK(speck_train_step(tm, in, tg2, B, T, 1.0f, &l2) == 0 && l2 == 0 &&
+                  speck_train_grad_norm(tm) == 0,
+              "all masked: loss %g, grad norm %g", l2, speck_train_grad_norm(tm));
+    }
     speck_train_model_free(tm);
 }
 
@@ -342,8 +360,9 @@ int main(int argc, char **argv) {
     snprintf(g_dir, sizeof g_dir, "%s", argc > 1 ? argv[1] : "/tmp/speck-test-train");
     mkdir(g_dir, 0755);
     speck_set_threads(2);
-    test_finite_differences(false);
-    test_finite_differences(true);
+    test_finite_differences(false, false);
+    test_finite_differences(true, false);
+    test_finite_differences(false, true);
     test_learning_and_resume();
     test_tokenizer_and_data();
     test_kill_during_write();

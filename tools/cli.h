@@ -133,5 +133,6 @@ int cli_train_end(cli_train_log *L, int rc, int64_t steps_done, bool plot, const
 int cmd_finetune(int argc, char **argv);
 int cmd_adapter(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_delta(int argc, char **argv);
 
 #endif

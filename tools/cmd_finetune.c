@@ -1,5 +1,6 @@
 // `speck finetune`: LoRA / QLoRA fine-tuning of a base model on a text or JSONL file, writing a
-// llama.cpp adapter GGUF. See docs/adaptation.md.
+// llama.cpp adapter GGUF, or with --full every weight trained by speck train's model (the same
+// data, masks and loop), writing a model GGUF. See docs/adaptation.md.
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -12,17 +13,19 @@
 
 typedef struct {
     const char *model, *data, *out, *ckpt, *csv, *targets, *tmpl;
+    int type; // --full: the output's matrix type
     int rank, B, accum, steps, T, val_every, val_batches, ckpt_every, threads;
     float alpha, dropout;
     double val_fraction;
     uint64_t seed;
     speck_adamw_params opt;
-    bool resume, plot, quiet;
+    bool resume, plot, quiet, full;
 } ft_opts;
 
 static void usage(void) {
     printf(
-        "usage: speck finetune [-m BASE.gguf] --data FILE -o ADAPTER.gguf [options]\n\n"
+        "usage: speck finetune [-m BASE.gguf] --data FILE -o ADAPTER.gguf [options]\n"
+        "       speck finetune --full [-m BASE.gguf] --data FILE -o MODEL.gguf [options]\n\n"
         "Train a LoRA adapter on FILE with the base model frozen in its stored type (a Q4_0,\n"
         "Q8_0 or K-quant base makes this QLoRA). FILE is plain text (all of it learned) or JSONL\n"
         "with one object per line: {\"text\": ...}, {\"prompt\": ..., \"completion\": ...} (loss\n"
@@ -35,6 +38,10 @@ static void usage(void) {
         "  --rank R (16)  --alpha A (= rank)  --dropout P (0)\n"
         "  --targets LIST     of q,k,v,o,gate,up,down (default all)\n"
         "  --chat-template NAME  for \"messages\" data when the model's is not recognised\n"
+        "full fine-tuning (no adapter; the options above except --chat-template are unused):\n"
+        "  --full             train every weight in f32 (speck train's forward, backward and\n"
+        "                     AdamW) and write a model GGUF to -o (lr default 1e-4)\n"
+        "  --type T           its matrices: f32 (default), f16, bf16, q8_0\n"
         "optimisation (as speck train):\n"
         "  --steps N (200)  --batch B (8)  --accum K (1)  --ctx T (256)  --lr X (1e-3)\n"
         "  --min-lr X (lr/10)  --warmup N (steps/20)  --wd X (0)  --clip X (1.0)  --seed N (1)\n"
@@ -51,6 +58,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
     o->val_batches = 8, o->ckpt_every = 50, o->val_fraction = 0.1, o->seed = 1;
     o->alpha = -1, o->targets = "q,k,v,o,gate,up,down";
     o->opt = speck_adamw_default();
+    o->opt.lr = -1;
     o->opt.warmup_steps = -1, o->opt.min_lr = -1, o->opt.weight_decay = 0;
     const char *C = "finetune";
     for (int i = 1; i < argc; i++) {
@@ -91,6 +99,15 @@ static void parse(int argc, char **argv, ft_opts *o) {
         else if (cli_opt(argc, argv, &i, "--seed", NULL, &v)) o->seed =
             (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
         else if (cli_flag(argv[i], "--resume", NULL)) o->resume = true;
+        else if (cli_flag(argv[i], "--full", NULL)) o->full = true;
+        else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
+            o->type = speck_type_from_name(v);
+            if (o->type != SPECK_TYPE_F32 && o->type != SPECK_TYPE_F16 &&
+                o->type != SPECK_TYPE_BF16 && o->type != SPECK_TYPE_Q8_0) {
+                fprintf(stderr, "speck finetune: --type %s: want f32, f16, bf16 or q8_0\n", v);
+                exit(2);
+            }
+        }
         else if (cli_flag(argv[i], "--plot", NULL)) o->plot = true;
         else if (cli_flag(argv[i], "--quiet", "-q")) o->quiet = true;
         else {
@@ -117,6 +134,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
         exit(2);
     }
     if (o->alpha < 0) o->alpha = (float)o->rank;
+    if (o->opt.lr < 0) o->opt.lr = o->full ? 1e-4f : 1e-3f;
     if (o->opt.warmup_steps < 0) o->opt.warmup_steps = o->steps / 20;
     if (o->opt.min_lr < 0) o->opt.min_lr = o->opt.lr / 10;
     o->opt.total_steps = o->steps;
@@ -138,8 +156,44 @@ static void sample(const speck_ft_data *d, int64_t n_train, uint64_t seed, int64
     }
 }
 
+// The model being trained: a LoRA adapter on a frozen base, or (--full) every weight of
+// speck train's model; the loop below calls these and nothing else.
+typedef struct {
+    speck_lora_trainer *lora;
+    speck_train_model *full;
+    const char *base_path; // tokenizer keys of checkpoints and the --full output
+} trainer;
+
+static int tr_step(trainer *t, const int32_t *in, const int32_t *tg, int B, int T, float scale,
+                   uint64_t key, float *loss) {
+    return t->full ? speck_train_step(t->full, in, tg, B, T, scale, loss)
+                   : speck_lora_trainer_step(t->lora, in, tg, B, T, scale, key, loss);
+}
+static int tr_loss(trainer *t, const int32_t *in, const int32_t *tg, int B, int T, float *loss) {
+    return t->full ? speck_train_loss(t->full, in, tg, B, T, loss)
+                   : speck_lora_trainer_loss(t->lora, in, tg, B, T, loss);
+}
+static void tr_zero_grad(trainer *t) {
+    if (t->full)
+        speck_train_zero_grad(t->full);
+    else
+        speck_lora_trainer_zero_grad(t->lora);
+}
+static int tr_adamw(trainer *t, const speck_adamw_params *p, int64_t step, float *gnorm) {
+    return t->full ? speck_adamw_step(t->full, p, step, gnorm)
+                   : speck_lora_trainer_adamw(t->lora, p, step, gnorm);
+}
+static int tr_ckpt_save(trainer *t, const speck_train_state *st, const char *path) {
+    return t->full ? speck_train_checkpoint_save(t->full, st, t->base_path, path)
+                   : speck_lora_checkpoint_save(t->lora, st, path);
+}
+static int tr_ckpt_load(trainer *t, const char *path, speck_train_state *st) {
+    return t->full ? speck_train_checkpoint_load(t->full, path, st)
+                   : speck_lora_checkpoint_load(t->lora, path, st);
+}
+
 // Mean loss per trained token over windows of [v0, v1) (stride T), up to n_batches batches.
-static int eval_val(speck_lora_trainer *tr, const speck_ft_data *d, int64_t v0, int64_t v1, int B,
+static int eval_val(trainer *tr, const speck_ft_data *d, int64_t v0, int64_t v1, int B,
                     int T, int n_batches, int32_t *in, int32_t *tg, double *mean) {
     double total = 0, count = 0;
     int64_t w = v0;
@@ -153,7 +207,7 @@ static int eval_val(speck_lora_trainer *tr, const speck_ft_data *d, int64_t v0, 
                 c += d->train[w + j + 1] != 0;
             }
         float loss;
-        int err = speck_lora_trainer_loss(tr, in, tg, rows, T, &loss);
+        int err = tr_loss(tr, in, tg, rows, T, &loss);
         if (err) return err;
         total += (double)loss * c, count += c;
     }
@@ -167,6 +221,7 @@ static struct {
     speck_vocab *voc;
     speck_lora *a;
     speck_lora_trainer *tr;
+    speck_train_model *tm;
     speck_ft_data data;
     char *ckpt, *csv;
     FILE *fcsv;
@@ -213,22 +268,35 @@ static int run(int argc, char **argv) {
     }
     int64_t n_trained = 0;
     for (int64_t i = 0; i < split; i++) n_trained += d->train[i];
-    speck_lora *a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed);
-    if (!a) return cli_fail("finetune");
-    speck_lora_trainer *tr = R.tr = speck_lora_trainer_new(m, a, o.dropout, o.seed);
-    if (!tr) return cli_fail("finetune");
-    if (!o.quiet)
+    trainer trn = {.base_path = path}, *tr = &trn;
+    speck_lora *a = NULL;
+    if (o.full) {
+        // speck train's model: every weight in f32 with its gradient and AdamW moments.
+        if (!(trn.full = R.tm = speck_train_model_load(path))) return cli_fail("finetune");
+    } else {
+        if (!(a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed)))
+            return cli_fail("finetune");
+        if (!(trn.lora = R.tr = speck_lora_trainer_new(m, a, o.dropout, o.seed)))
+            return cli_fail("finetune");
+    }
+    if (!o.quiet) {
         fprintf(stderr,
                 "data: %d examples, %lld tokens (%lld trained), %lld validation tokens (%.1f s)\n"
-                "base: %s (%s, %s), adapter: rank %d, alpha %g, targets %s, %.3fM parameters; "
-                "batch %d x %d x %d accum, %d steps, %d threads\n",
+                "base: %s (%s, %s), ",
                 d->n_examples, (long long)split, (long long)n_trained, (long long)(d->n - split),
-                cli_now() - t0, path, hp->arch, speck_type_name(speck_model_weight_type(m)),
-                o.rank, o.alpha, o.targets, speck_lora_n_params(a) / 1e6, o.B, T, o.accum,
+                cli_now() - t0, path, hp->arch, speck_type_name(speck_model_weight_type(m)));
+        if (o.full)
+            fprintf(stderr, "full fine-tuning: %.3fM parameters in f32; ",
+                    speck_train_n_params(trn.full) / 1e6);
+        else
+            fprintf(stderr, "adapter: rank %d, alpha %g, targets %s, %.3fM parameters; ", o.rank,
+                    o.alpha, o.targets, speck_lora_n_params(a) / 1e6);
+        fprintf(stderr, "batch %d x %d x %d accum, %d steps, %d threads\n", o.B, T, o.accum,
                 o.steps, speck_get_threads());
+    }
     speck_train_state st = {0, o.seed};
     if (o.resume && access(ckpt, F_OK) == 0) {
-        if (speck_lora_checkpoint_load(tr, ckpt, &st)) return cli_fail("finetune");
+        if (tr_ckpt_load(tr, ckpt, &st)) return cli_fail("finetune");
         if (!o.quiet) fprintf(stderr, "resumed from %s at step %lld\n", ckpt, (long long)st.step);
     }
     FILE *fcsv = R.fcsv = cli_open_csv(csv, st.step);
@@ -244,18 +312,18 @@ static int run(int argc, char **argv) {
     int rc = 0;
     for (int64_t step = st.step; step < o.steps && !cli_stop; step++) {
         double ts = cli_now(), loss_sum = 0;
-        speck_lora_trainer_zero_grad(tr);
+        tr_zero_grad(tr);
         for (int k = 0; k < o.accum && !rc; k++) {
             for (int b = 0; b < o.B; b++)
                 sample(d, split, o.seed, step, k, b, T, in + (size_t)b * T, tg + (size_t)b * T);
             float loss;
-            if (speck_lora_trainer_step(tr, in, tg, o.B, T, 1.0f / o.accum,
-                                        (uint64_t)step * 65536 + (uint64_t)k, &loss))
+            if (tr_step(tr, in, tg, o.B, T, 1.0f / o.accum, (uint64_t)step * 65536 + (uint64_t)k,
+                        &loss))
                 rc = cli_fail("finetune");
             loss_sum += loss;
         }
         float gnorm = 0;
-        if (!rc && speck_lora_trainer_adamw(tr, &o.opt, step, &gnorm)) rc = cli_fail("finetune");
+        if (!rc && tr_adamw(tr, &o.opt, step, &gnorm)) rc = cli_fail("finetune");
         if (rc) break;
         st.step = step + 1;
         const double dt = cli_now() - ts;
@@ -272,7 +340,7 @@ static int run(int argc, char **argv) {
         cli_train_record(&L, step, loss_sum / o.accum, val, speck_lr_at(&o.opt, step), gnorm,
                          (double)o.B * T * o.accum, dt);
         if (o.ckpt_every && st.step % o.ckpt_every == 0 && st.step < o.steps &&
-            speck_lora_checkpoint_save(tr, &st, ckpt)) {
+            tr_ckpt_save(tr, &st, ckpt)) {
             rc = cli_fail("finetune");
             break;
         }
@@ -282,7 +350,10 @@ static int run(int argc, char **argv) {
     fclose(fcsv);
     R.fcsv = NULL;
     if (!rc) {
-        if (speck_lora_checkpoint_save(tr, &st, ckpt) || speck_lora_save(a, o.out))
+        if (tr_ckpt_save(tr, &st, ckpt) ||
+            (o.full ? speck_train_export(trn.full, path, (speck_type)o.type,
+                                         "speck-finetuned", o.out)
+                    : speck_lora_save(a, o.out)))
             rc = cli_fail("finetune");
         else if (!o.quiet)
             fprintf(stderr, "saved %s and checkpoint %s at step %lld\n", o.out, ckpt,
@@ -301,6 +372,7 @@ int cmd_finetune(int argc, char **argv) {
     free(R.csv);
     speck_ft_data_free(&R.data);
     speck_lora_trainer_free(R.tr);
+    speck_train_model_free(R.tm);
     speck_lora_free(R.a);
     speck_vocab_free(R.voc);
     speck_model_free(R.m);

@@ -40,4 +40,31 @@ static inline float speck_lora_scale(const speck_lora *a, const speck_lora_mat *
     return a->alpha != 0 ? user * a->alpha / (float)mt->rank : user;
 }
 
+// A fine-tuning delta (delta.c, delta_io.c). One tensor: dense (nnz < 0, val: (n) values) or
+// sparse (idx: (nnz) increasing flat positions, val: (nnz) values; ternary: every |val| is
+// scale, stored as sign bits). ne as in GGUF (ne[0] fastest).
+typedef struct {
+    char *name;
+    int n_dims;
+    int64_t ne[4], n;
+    int64_t nnz;
+    int64_t *idx;
+    float *val;
+    bool ternary;
+    float scale;
+} speck_delta_tensor;
+
+struct speck_delta {
+    char arch[64];
+    speck_delta_method method;
+    float p, rescale, density, alpha;
+    uint64_t seed;
+    int n;
+    speck_delta_tensor *t;
+};
+
+// Append an empty tensor (name copied); NULL when out of memory.
+speck_delta_tensor *speck_delta_push(speck_delta *d, const char *name, int n_dims,
+                                     const int64_t *ne);
+
 #endif

@@ -217,9 +217,11 @@ int speck_gguf_copy_kv(speck_gguf_writer *w, const speck_gguf *g, int64_t i) {
 
 int speck_gguf_add_tensor(speck_gguf_writer *w, const char *name, speck_type type, int n_dims,
                           const int64_t *ne, const void *data) {
-    if (n_dims < 1 || n_dims > 4 || !speck_type_name(type))
+    // ggml's I8 (raw bytes: the sparse index streams of delta files) besides speck's types.
+    const bool i8 = (int)type == SPECK_GGUF_TYPE_I8;
+    if (n_dims < 1 || n_dims > 4 || (!speck_type_name(type) && !i8))
         return speck_set_error(SPECK_ERR_ARG, "gguf writer: tensor '%s': bad type or dims", name);
-    if (ne[0] % speck_type_block_size(type))
+    if (!i8 && ne[0] % speck_type_block_size(type))
         return speck_set_error(SPECK_ERR_ARG,
                                "gguf writer: tensor '%s': row length %lld not a multiple of %lld",
                                name, (long long)ne[0], (long long)speck_type_block_size(type));
@@ -238,7 +240,7 @@ int speck_gguf_add_tensor(speck_gguf_writer *w, const char *name, speck_type typ
     int64_t rows = 1;
     for (int d = 0; d < 4; d++) t->ne[d] = d < n_dims ? ne[d] : 1;
     for (int d = 1; d < n_dims; d++) rows *= ne[d];
-    t->n_bytes = speck_type_row_size(type, ne[0]) * (size_t)rows;
+    t->n_bytes = (i8 ? (size_t)ne[0] : speck_type_row_size(type, ne[0])) * (size_t)rows;
     t->data = data;
     return 0;
 }

@@ -144,12 +144,19 @@ static int check_batch(speck_train_model *tm, const int32_t *in, const int32_t *
         return speck_set_error(SPECK_ERR_RANGE, "train: sequence length %d exceeds n_ctx %d", T,
                                c->n_ctx);
     for (size_t i = 0; i < (size_t)B * T; i++)
-        if (in[i] < 0 || in[i] >= c->n_vocab || tg[i] < 0 || tg[i] >= c->n_vocab)
+        if (in[i] < 0 || in[i] >= c->n_vocab || tg[i] < -1 || tg[i] >= c->n_vocab)
             return speck_set_error(SPECK_ERR_RANGE,
                                    "train: token id %d at %zu out of range [0, %d) (vocabulary "
                                    "and model do not match?)",
                                    in[i] < 0 || in[i] >= c->n_vocab ? in[i] : tg[i], i, c->n_vocab);
     return acts_reserve(tm, B, T);
+}
+
+// Positions with a target (-1 masks one: fine-tuning prompts); the loss is their mean.
+static int n_valid(const int32_t *tg, int N) {
+    int n = 0;
+    for (int i = 0; i < N; i++) n += tg[i] >= 0;
+    return n;
 }
 
 static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B, int T,
@@ -182,7 +189,8 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
     }
     train_rmsnorm_forward(a->xf, a->rstdf, a->x_final, w->out_norm, N, C, c->norm_eps);
     train_matmul_forward(a->logits, a->xf, w->output, N, C, V);
-    *loss = (float)(train_crossentropy_forward(a->logits, tg, N, V) / N);
+    const int nv = n_valid(tg, N);
+    *loss = nv ? (float)(train_crossentropy_forward(a->logits, tg, N, V) / nv) : 0.0f;
 }
 
 static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B, int T,
@@ -192,7 +200,8 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
     const speck_tweights *w = &tm->p, *g = &tm->g;
     int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
     int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
-    train_crossentropy_backward(a->logits, tg, N, V, grad_scale / N);
+    const int nv = n_valid(tg, N);
+    train_crossentropy_backward(a->logits, tg, N, V, nv ? grad_scale / nv : 0.0f);
     // head: dxf = dlogits·W_out; dW_out += dlogitsᵀ·xf (into dE when tied)
     train_matmul_backward(a->dt, g->output, a->logits, a->xf, w->output, N, C, V, false);
     train_rmsnorm_backward(a->dx, g->out_norm, a->dt, a->x_final, w->out_norm, a->rstdf, N, C, false);
