@@ -137,23 +137,6 @@ SPECK_TILES_AVX512(mm_f32_avx512, SPECK_W_F32)
 SPECK_TILES_AVX512(mm_f16_avx512, SPECK_W_F16)
 SPECK_TILES_AVX512(mm_bf16_avx512, SPECK_W_BF16)
 
-// Stores a panel tile's accumulators acc[t * R + r] (16 rows of panel r for token t) to
-// y + t * ldy + 16 * r, =, or += when accumulate; lanes outside m0 (first panel) and m1 (last)
-// untouched.
-// Panel r of token t goes to y + t * ldy + r * ystep.
-static inline __attribute__((always_inline)) void
-store_panels(const __m512 *acc, float *y, int64_t ldy, int64_t ystep, __mmask16 m0, __mmask16 m1,
-             int accumulate, const int R, const int T) {
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            const __mmask16 m = (r == 0 ? m0 : 0xFFFF) & (r == R - 1 ? m1 : 0xFFFF);
-            float *yp = y + t * ldy + r * ystep;
-            __m512 v = acc[t * R + r];
-            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp), v);
-            _mm512_mask_storeu_ps(yp, m, v);
-        }
-}
-
 // R panels x T tokens of the panel layout (see speck_kernel_table.mm_panel_f16): per input k,
 // R 16-row weight vectors times T broadcast activations, R * T accumulators (>= 8 independent
 // FMA chains hide the FMA latency; at most 16 + 8 registers). No horizontal sums: lane j of an
@@ -174,7 +157,7 @@ ptile_body(const char *P, size_t pbytes, const float *x, int64_t ldx, int64_t n,
             for (int r = 0; r < R; r++) acc[t * R + r] = _mm512_fmadd_ps(w[r], xb, acc[t * R + r]);
         }
     }
-    store_panels(acc, y, ldy, 16, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 8 x 1, 4 x 2, 3 x 3, 2 x 4..8 (panel_group below); fewer
@@ -341,7 +324,7 @@ pq_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_q8_rows *a, 
             }
         }
     }
-    store_panels(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
 // Panel groups per token count: 4 x 1, 2 x 2, 2 x 3, 1 x 4 (panel_q_group below).
