@@ -224,8 +224,9 @@ static int read_idx(const speck_gguf_tensor *ti, const char *path, speck_delta *
     int64_t ne[4], n = 1;
     for (int k = 0; k < 4; k++) {
         const uint64_t v = get_u64(p + 2 + 8 * k);
-        if (v < 1 || (int64_t)v > MAX_ELEMENTS || (k >= n_dims && v != 1) ||
-            (uint64_t)n * v > (uint64_t)MAX_ELEMENTS)
+        // Unsigned comparisons: a dimension above 2^63 was negative as int64_t and passed.
+        if (v < 1 || v > (uint64_t)MAX_ELEMENTS || (k >= n_dims && v != 1) ||
+            v > (uint64_t)MAX_ELEMENTS / (uint64_t)n)
             return BAD("%s: tensor %s: bad dimension %d (%llu)", path, ti->name, k,
                        (unsigned long long)v);
         ne[k] = (int64_t)v, n *= (int64_t)v;
