@@ -16,21 +16,6 @@
 #include "speck.h"
 #include "test_util.h"
 
-static char g_work[1024];
-
-static const char *wpath(const char *name) {
-    static char buf[16][1200];
-    static int k;
-    k = (k + 1) % 16;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_work, name);
-    return buf[k];
-}
-
-static bool exists(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
 static long long fsize(const char *p) {
     struct stat st;
     return stat(p, &st) ? -1 : (long long)st.st_size;
@@ -105,9 +90,9 @@ static bool same_bits(const float *a, const float *b, int64_t n, int64_t *first)
 
 static void test_round_trip(void) {
     char base[1200], tuned[1200], t2[1200];
-    snprintf(base, sizeof base, "%s", wpath("base.gguf"));
-    snprintf(tuned, sizeof tuned, "%s", wpath("tuned.gguf"));
-    snprintf(t2, sizeof t2, "%s", wpath("t2.gguf"));
+    snprintf(base, sizeof base, "%s", test_path("base.gguf"));
+    snprintf(tuned, sizeof tuned, "%s", test_path("tuned.gguf"));
+    snprintf(t2, sizeof t2, "%s", test_path("t2.gguf"));
     CHECK(!write_toy(base, &g_base, "llama", C) && !write_toy(tuned, &g_tuned, "llama", C) &&
               !write_toy(t2, &g_tuned2, "llama", C),
           "write toys: %s", speck_last_error());
@@ -123,18 +108,18 @@ static void test_round_trip(void) {
         // The unchanged vector is left out: 2 tensors.
         CHECK(in.n_tensors == 2 && in.n_elements == R * C + C && in.method == SPECK_DELTA_DENSE,
               "info: %d tensors, %lld elements", in.n_tensors, (long long)in.n_elements);
-        CHECK(!speck_delta_save(d, wpath("d.gguf"), SPECK_TYPE_F32), "save: %s",
+        CHECK(!speck_delta_save(d, test_path("d.gguf"), SPECK_TYPE_F32), "save: %s",
               speck_last_error());
         speck_delta_free(d);
-        d = speck_delta_load(wpath("d.gguf"));
+        d = speck_delta_load(test_path("d.gguf"));
         CHECK(d != NULL, "load: %s", speck_last_error());
         if (!d) return;
-        CHECK(!speck_delta_apply(base, d, 1.0f, -1, wpath("applied.gguf")), "apply: %s",
+        CHECK(!speck_delta_apply(base, d, 1.0f, -1, test_path("applied.gguf")), "apply: %s",
               speck_last_error());
         speck_delta_free(d);
-        float *w = read_tensor(wpath("applied.gguf"), "blk.0.attn_q.weight", R * C);
-        float *n = read_tensor(wpath("applied.gguf"), "blk.0.attn_norm.weight", C);
-        float *u = read_tensor(wpath("applied.gguf"), "output_norm.weight", C);
+        float *w = read_tensor(test_path("applied.gguf"), "blk.0.attn_q.weight", R * C);
+        float *n = read_tensor(test_path("applied.gguf"), "blk.0.attn_norm.weight", C);
+        float *u = read_tensor(test_path("applied.gguf"), "output_norm.weight", C);
         CHECK(w && n && u, "applied tensors");
         if (w && n && u) {
             int64_t at = -1;
@@ -157,9 +142,9 @@ static bool mentions(const char *what) {
 }
 
 static void test_dare(void) {
-    char base[1200], tuned[1200]; // wpath's buffers are reused
-    snprintf(base, sizeof base, "%s", wpath("base.gguf"));
-    snprintf(tuned, sizeof tuned, "%s", wpath("tuned.gguf"));
+    char base[1200], tuned[1200]; // test_path's buffers are reused
+    snprintf(base, sizeof base, "%s", test_path("base.gguf"));
+    snprintf(tuned, sizeof tuned, "%s", test_path("tuned.gguf"));
     const int64_t n = R * C;
     int64_t nz = 0;
     for (int64_t i = 0; i < n; i++) nz += g_d[i] != 0;
@@ -170,9 +155,9 @@ static void test_dare(void) {
         speck_delta *d = speck_delta_extract(base, tuned, NULL);
         CHECK(d && !speck_delta_dare(d, p, 7, 0), "dare %g: %s", p, speck_last_error());
         if (!d) return;
-        CHECK(!speck_delta_save(d, wpath("dare.gguf"), SPECK_TYPE_F32), "save");
+        CHECK(!speck_delta_save(d, test_path("dare.gguf"), SPECK_TYPE_F32), "save");
         speck_delta_free(d);
-        d = speck_delta_load(wpath("dare.gguf"));
+        d = speck_delta_load(test_path("dare.gguf"));
         CHECK(d != NULL, "load dare: %s", speck_last_error());
         if (!d) return;
         speck_delta_info in;
@@ -184,10 +169,10 @@ static void test_dare(void) {
         const double kept = (double)(in.n_stored - C);
         CHECK(fabs(kept - mean) <= 5 * sd, "p %g: kept %.0f of %lld, expected %.0f +- %.0f", p,
               kept, (long long)nz, mean, 5 * sd);
-        CHECK(!speck_delta_apply(base, d, 1.0f, -1, wpath("applied.gguf")), "apply dare: %s",
+        CHECK(!speck_delta_apply(base, d, 1.0f, -1, test_path("applied.gguf")), "apply dare: %s",
               speck_last_error());
         speck_delta_free(d);
-        float *w = read_tensor(wpath("applied.gguf"), "blk.0.attn_q.weight", n);
+        float *w = read_tensor(test_path("applied.gguf"), "blk.0.attn_q.weight", n);
         if (!w) {
             CHECK(0, "read applied");
             return;
@@ -213,17 +198,17 @@ static void test_dare(void) {
               !speck_delta_dare(c, 0.9f, 8, 0),
           "dare seeds");
     if (a && b && c) {
-        speck_delta_save(a, wpath("s1.gguf"), SPECK_TYPE_F32);
-        speck_delta_save(b, wpath("s2.gguf"), SPECK_TYPE_F32);
-        speck_delta_save(c, wpath("s3.gguf"), SPECK_TYPE_F32);
+        speck_delta_save(a, test_path("s1.gguf"), SPECK_TYPE_F32);
+        speck_delta_save(b, test_path("s2.gguf"), SPECK_TYPE_F32);
+        speck_delta_save(c, test_path("s3.gguf"), SPECK_TYPE_F32);
         size_t l1, l2, l3;
-        char *f1 = test_read_file(wpath("s1.gguf"), &l1), *f2 = test_read_file(wpath("s2.gguf"), &l2);
-        char *f3 = test_read_file(wpath("s3.gguf"), &l3);
+        char *f1 = test_read_file(test_path("s1.gguf"), &l1), *f2 = test_read_file(test_path("s2.gguf"), &l2);
+        char *f3 = test_read_file(test_path("s3.gguf"), &l3);
         CHECK(f1 && f2 && l1 == l2 && !memcmp(f1, f2, l1), "same seed, same file");
         CHECK(f3 && !(l1 == l3 && !memcmp(f1, f3, l1)), "another seed, another file");
         free(f1), free(f2), free(f3);
         // The file's index stream decodes to the kept positions seen in the applied model.
-        speck_delta *ld = speck_delta_load(wpath("s1.gguf"));
+        speck_delta *ld = speck_delta_load(test_path("s1.gguf"));
         speck_delta_info in;
         if (ld) speck_delta_get_info(ld, &in);
         CHECK(ld && in.n_stored - C == first_nnz, "kept positions: %lld vs %lld",
@@ -238,13 +223,13 @@ static void test_dare(void) {
     speck_delta_free(a), speck_delta_free(b), speck_delta_free(c);
     a = speck_delta_extract(base, tuned, NULL);
     CHECK(a && !speck_delta_dare(a, 0.99f, 3, 1.0f / 0.05f) &&
-              !speck_delta_apply(base, a, 1.0f, -1, wpath("applied.gguf")),
+              !speck_delta_apply(base, a, 1.0f, -1, test_path("applied.gguf")),
           "darex-q: %s", speck_last_error());
     speck_delta_info in;
     if (a) speck_delta_get_info(a, &in);
     CHECK(a && in.method == SPECK_DELTA_DAREX_Q && in.rescale == 1.0f / 0.05f, "darex info");
     speck_delta_free(a);
-    float *w = read_tensor(wpath("applied.gguf"), "blk.0.attn_q.weight", n);
+    float *w = read_tensor(test_path("applied.gguf"), "blk.0.attn_q.weight", n);
     int64_t bad = 0, kept = 0;
     for (int64_t i = 0; w && i < n; i++) {
         const float kv = g_base.w[i] + g_d[i] * (1.0f / 0.05f);
@@ -266,9 +251,9 @@ static int cmp_desc(const void *a, const void *b) {
 }
 
 static void test_compeft(void) {
-    char base[1200], tuned[1200]; // wpath's buffers are reused
-    snprintf(base, sizeof base, "%s", wpath("base.gguf"));
-    snprintf(tuned, sizeof tuned, "%s", wpath("tuned.gguf"));
+    char base[1200], tuned[1200]; // test_path's buffers are reused
+    snprintf(base, sizeof base, "%s", test_path("base.gguf"));
+    snprintf(tuned, sizeof tuned, "%s", test_path("tuned.gguf"));
     const int64_t n = R * C;
     float *mag = malloc((size_t)n * sizeof *mag);
     for (int64_t i = 0; i < n; i++) mag[i] = fabsf(g_d[i]);
@@ -281,11 +266,11 @@ static void test_compeft(void) {
         for (int64_t i = 0; i < want; i++) sum += mag[i];
         speck_delta *d = speck_delta_extract(base, tuned, NULL);
         CHECK(d && !speck_delta_compeft(d, dens, 0) &&
-                  !speck_delta_save(d, wpath("c.gguf"), SPECK_TYPE_BF16),
+                  !speck_delta_save(d, test_path("c.gguf"), SPECK_TYPE_BF16),
               "compeft: %s", speck_last_error());
         speck_delta_free(d);
-        d = speck_delta_load(wpath("c.gguf"));
-        CHECK(d && !speck_delta_apply(base, d, 1.0f, -1, wpath("applied.gguf")), "apply: %s",
+        d = speck_delta_load(test_path("c.gguf"));
+        CHECK(d && !speck_delta_apply(base, d, 1.0f, -1, test_path("applied.gguf")), "apply: %s",
               speck_last_error());
         speck_delta_info in;
         if (d) speck_delta_get_info(d, &in);
@@ -295,7 +280,7 @@ static void test_compeft(void) {
         // Kept: the top-k magnitudes, each moved by sign(d) · scale, scale the mean kept |d|
         // (in f32: base + s rounds; compare with the same f32 sum).
         const float s = (float)(sum / (double)want);
-        float *w = read_tensor(wpath("applied.gguf"), "blk.0.attn_q.weight", n);
+        float *w = read_tensor(test_path("applied.gguf"), "blk.0.attn_q.weight", n);
         int64_t bad = 0, kept = 0;
         for (int64_t i = 0; w && i < n; i++) {
             const bool top = fabsf(g_d[i]) >= thr;
@@ -307,7 +292,7 @@ static void test_compeft(void) {
               (long long)bad);
         free(w);
         // Size: an index byte or so plus a sign bit per kept element, one scale per tensor.
-        const long long sz = fsize(wpath("c.gguf"));
+        const long long sz = fsize(test_path("c.gguf"));
         CHECK(sz > 0 && sz < 2 * want + 8 * C + 4096, "compeft file %lld bytes for %lld kept", sz,
               (long long)want);
     }
@@ -315,13 +300,13 @@ static void test_compeft(void) {
     // --scale A: A · std(delta).
     speck_delta *d = speck_delta_extract(base, tuned, NULL);
     CHECK(d && !speck_delta_compeft(d, 0.1f, 2.0f) &&
-              !speck_delta_apply(base, d, 1.0f, -1, wpath("applied.gguf")),
+              !speck_delta_apply(base, d, 1.0f, -1, test_path("applied.gguf")),
           "compeft alpha");
     speck_delta_free(d);
     double s1 = 0, s2 = 0;
     for (int64_t i = 0; i < n; i++) s1 += g_d[i], s2 += (double)g_d[i] * g_d[i];
     const float sd = (float)(2.0 * sqrt(s2 / n - (s1 / n) * (s1 / n)));
-    float *w = read_tensor(wpath("applied.gguf"), "blk.0.attn_q.weight", n);
+    float *w = read_tensor(test_path("applied.gguf"), "blk.0.attn_q.weight", n);
     int64_t bad = 0;
     for (int64_t i = 0; w && i < n; i++)
         if (w[i] != g_base.w[i])
@@ -334,58 +319,71 @@ static void test_compeft(void) {
 }
 
 static void test_sizes(void) {
-    char base[1200], tuned[1200]; // wpath's buffers are reused
-    snprintf(base, sizeof base, "%s", wpath("base.gguf"));
-    snprintf(tuned, sizeof tuned, "%s", wpath("tuned.gguf"));
+    char base[1200], tuned[1200]; // test_path's buffers are reused
+    snprintf(base, sizeof base, "%s", test_path("base.gguf"));
+    snprintf(tuned, sizeof tuned, "%s", test_path("tuned.gguf"));
     speck_delta *d = speck_delta_extract(base, tuned, NULL);
-    CHECK(d && !speck_delta_save(d, wpath("dense16.gguf"), SPECK_TYPE_F16), "dense f16");
+    CHECK(d && !speck_delta_save(d, test_path("dense16.gguf"), SPECK_TYPE_F16), "dense f16");
     CHECK(d && !speck_delta_dare(d, 0.9f, 1, 0) &&
-              !speck_delta_save(d, wpath("dare90.gguf"), SPECK_TYPE_BF16),
+              !speck_delta_save(d, test_path("dare90.gguf"), SPECK_TYPE_BF16),
           "dare 0.9");
     speck_delta_free(d);
     // 10 % kept: ~1 byte of gap + 2 bytes of value each, against 2 bytes for every element.
-    const long long dense = fsize(wpath("dense16.gguf")), sparse = fsize(wpath("dare90.gguf"));
+    const long long dense = fsize(test_path("dense16.gguf")), sparse = fsize(test_path("dare90.gguf"));
     CHECK(sparse > 0 && sparse * 5 < dense, "DARE 0.9 file %lld bytes vs dense f16 %lld", sparse,
           dense);
 }
 
+// A writer holding a DARE delta file's keys (p 0.5, seed 1), for hand-made tensors.
+static speck_gguf_writer *dare_writer(void) {
+    speck_gguf_writer *w = speck_gguf_writer_new();
+    speck_gguf_set_str(w, "general.type", "delta");
+    speck_gguf_set_str(w, "general.architecture", "llama");
+    speck_gguf_set_u32(w, "delta.version", 1);
+    speck_gguf_set_str(w, "delta.method", "dare");
+    speck_gguf_set_f32(w, "delta.dare.p", 0.5f);
+    speck_gguf_set_f32(w, "delta.dare.rescale", 2.0f);
+    speck_gguf_set_u64(w, "delta.dare.seed", 1);
+    return w;
+}
+
 static void test_bad_input(void) {
-    char base[1200], tuned[1200]; // wpath's buffers are reused
-    snprintf(base, sizeof base, "%s", wpath("base.gguf"));
-    snprintf(tuned, sizeof tuned, "%s", wpath("tuned.gguf"));
+    char base[1200], tuned[1200]; // test_path's buffers are reused
+    snprintf(base, sizeof base, "%s", test_path("base.gguf"));
+    snprintf(tuned, sizeof tuned, "%s", test_path("tuned.gguf"));
     // Another shape of the same tensor.
-    CHECK(!write_toy(wpath("reshaped.gguf"), &g_tuned, "llama", C / 2), "reshaped");
-    CHECK(!speck_delta_extract(base, wpath("reshaped.gguf"), NULL) &&
+    CHECK(!write_toy(test_path("reshaped.gguf"), &g_tuned, "llama", C / 2), "reshaped");
+    CHECK(!speck_delta_extract(base, test_path("reshaped.gguf"), NULL) &&
               mentions("blk.0.attn_q.weight"),
           "shape mismatch: %s", speck_last_error());
-    CHECK(!write_toy(wpath("qwen.gguf"), &g_tuned, "qwen2", C), "other arch");
-    CHECK(!speck_delta_extract(base, wpath("qwen.gguf"), NULL) && mentions("architecture"),
+    CHECK(!write_toy(test_path("qwen.gguf"), &g_tuned, "qwen2", C), "other arch");
+    CHECK(!speck_delta_extract(base, test_path("qwen.gguf"), NULL) && mentions("architecture"),
           "arch mismatch: %s", speck_last_error());
     // Applying: onto a base of another shape / architecture; nothing written.
     speck_delta *d = speck_delta_extract(base, tuned, NULL);
-    unlink(wpath("out.gguf"));
-    CHECK(d && speck_delta_apply(wpath("reshaped.gguf"), d, 1.0f, -1, wpath("out.gguf")) &&
-              mentions("blk.0.attn_q.weight") && !exists(wpath("out.gguf")),
+    unlink(test_path("out.gguf"));
+    CHECK(d && speck_delta_apply(test_path("reshaped.gguf"), d, 1.0f, -1, test_path("out.gguf")) &&
+              mentions("blk.0.attn_q.weight") && !test_file_exists(test_path("out.gguf")),
           "apply onto another shape: %s", speck_last_error());
-    CHECK(d && speck_delta_apply(wpath("qwen.gguf"), d, 1.0f, -1, wpath("out.gguf")) &&
-              mentions("qwen2") && !exists(wpath("out.gguf")),
+    CHECK(d && speck_delta_apply(test_path("qwen.gguf"), d, 1.0f, -1, test_path("out.gguf")) &&
+              mentions("qwen2") && !test_file_exists(test_path("out.gguf")),
           "apply onto another arch: %s", speck_last_error());
     // A model file is not a delta.
     CHECK(!speck_delta_load(base) && mentions("general.type"), "model as delta: %s",
           speck_last_error());
     // Truncated delta files: every cut refused (the GGUF reader or the delta loader).
     CHECK(d && !speck_delta_dare(d, 0.9f, 1, 0) &&
-              !speck_delta_save(d, wpath("dare.gguf"), SPECK_TYPE_BF16),
+              !speck_delta_save(d, test_path("dare.gguf"), SPECK_TYPE_BF16),
           "dare for truncation");
     speck_delta_free(d);
     size_t len;
-    char *buf = test_read_file(wpath("dare.gguf"), &len);
+    char *buf = test_read_file(test_path("dare.gguf"), &len);
     int refused = 0, tried = 0;
     for (size_t cut = 0; buf && cut < len; cut += len / 23 + 1, tried++) {
-        FILE *f = fopen(wpath("cut.gguf"), "wb");
+        FILE *f = fopen(test_path("cut.gguf"), "wb");
         fwrite(buf, 1, cut, f);
         fclose(f);
-        speck_delta *x = speck_delta_load(wpath("cut.gguf"));
+        speck_delta *x = speck_delta_load(test_path("cut.gguf"));
         refused += x == NULL;
         speck_delta_free(x);
     }
@@ -418,20 +416,13 @@ static void test_bad_input(void) {
         for (int b = 0; b < 3; b++) blob[10 + 8 * b] = 1; // ne[1..3] = 1
         memcpy(blob + 42, cases[k].payload, (size_t)cases[k].n_payload);
         float vals[4] = {1, 2, 3, 4};
-        speck_gguf_writer *w = speck_gguf_writer_new();
-        speck_gguf_set_str(w, "general.type", "delta");
-        speck_gguf_set_str(w, "general.architecture", "llama");
-        speck_gguf_set_u32(w, "delta.version", 1);
-        speck_gguf_set_str(w, "delta.method", "dare");
-        speck_gguf_set_f32(w, "delta.dare.p", 0.5f);
-        speck_gguf_set_f32(w, "delta.dare.rescale", 2.0f);
-        speck_gguf_set_u64(w, "delta.dare.seed", 1);
+        speck_gguf_writer *w = dare_writer();
         int64_t ne = 42 + cases[k].n_payload, nv = cases[k].n_vals;
         speck_gguf_add_tensor(w, "x.weight.idx", SPECK_GGUF_TYPE_I8, 1, &ne, blob);
         speck_gguf_add_tensor(w, "x.weight.val", SPECK_TYPE_F32, 1, &nv, vals);
-        CHECK(!speck_gguf_writer_save(w, wpath("bad.gguf")), "write bad %zu", k);
+        CHECK(!speck_gguf_writer_save(w, test_path("bad.gguf")), "write bad %zu", k);
         speck_gguf_writer_free(w);
-        speck_delta *x = speck_delta_load(wpath("bad.gguf"));
+        speck_delta *x = speck_delta_load(test_path("bad.gguf"));
         CHECK(!x && mentions("x.weight") && mentions(cases[k].what), "case %s: %s",
               cases[k].what, x ? "loaded" : speck_last_error());
         speck_delta_free(x);
@@ -442,20 +433,13 @@ static void test_bad_input(void) {
         blob[0] = 1, blob[1] = 1, blob[2] = 8, blob[34] = 2, blob[43] = 1;
         for (int b = 0; b < 3; b++) blob[10 + 8 * b] = 1;
         float vals[2] = {1, 2};
-        speck_gguf_writer *w = speck_gguf_writer_new();
-        speck_gguf_set_str(w, "general.type", "delta");
-        speck_gguf_set_str(w, "general.architecture", "llama");
-        speck_gguf_set_u32(w, "delta.version", 1);
-        speck_gguf_set_str(w, "delta.method", "dare");
-        speck_gguf_set_f32(w, "delta.dare.p", 0.5f);
-        speck_gguf_set_f32(w, "delta.dare.rescale", 2.0f);
-        speck_gguf_set_u64(w, "delta.dare.seed", 1);
+        speck_gguf_writer *w = dare_writer();
         int64_t ne = 44, nv = 2;
         speck_gguf_add_tensor(w, "x.weight.idx", SPECK_GGUF_TYPE_I8, 1, &ne, blob);
         speck_gguf_add_tensor(w, "x.weight.val", SPECK_TYPE_F32, 1, &nv, vals);
-        speck_gguf_writer_save(w, wpath("good.gguf"));
+        speck_gguf_writer_save(w, test_path("good.gguf"));
         speck_gguf_writer_free(w);
-        speck_delta *x = speck_delta_load(wpath("good.gguf"));
+        speck_delta *x = speck_delta_load(test_path("good.gguf"));
         speck_delta_info in;
         if (x) speck_delta_get_info(x, &in);
         CHECK(x && in.n_elements == 8 && in.n_stored == 2, "hand-made delta: %s",
@@ -469,8 +453,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: test_delta WORK_DIR\n");
         return 2;
     }
-    snprintf(g_work, sizeof g_work, "%s", argv[1]);
-    mkdir(g_work, 0755);
+    snprintf(test_work, sizeof test_work, "%s", argv[1]);
+    mkdir(test_work, 0755);
     make_models();
     test_round_trip();
     test_dare();

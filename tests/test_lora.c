@@ -14,21 +14,6 @@
 #include "speck.h"
 #include "test_util.h"
 
-static char g_work[1024];
-
-static const char *wpath(const char *name) {
-    static char buf[16][1200];
-    static int k;
-    k = (k + 1) % 16;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", g_work, name);
-    return buf[k];
-}
-
-static bool exists(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
 // An adapter for m with B drawn from a fixed pattern (a fresh one's B is 0: the base).
 static speck_lora *make_adapter(speck_model *m, int rank, const char *targets, float amp) {
     unsigned mask;
@@ -71,7 +56,7 @@ static double max_abs(const float *a, const float *b, size_t n, double *scale) {
 static void test_merge_equals_unmerged(const char *base16) {
     // An f32 copy of the base (a merge of no adapter), so that both sides multiply by the same
     // weights and differ only in summation order.
-    const char *base = wpath("base32.gguf"), *merged = wpath("merged32.gguf");
+    const char *base = test_path("base32.gguf"), *merged = test_path("merged32.gguf");
     CHECK(speck_lora_merge(base16, NULL, NULL, 0, SPECK_TYPE_F32, base) == 0, "f32 copy: %s",
           speck_last_error());
     speck_model *m = speck_model_load(base);
@@ -130,7 +115,7 @@ static void test_merge_equals_unmerged(const char *base16) {
 static void test_peft(const char *base16) {
     speck_model *m = speck_model_load(base16);
     speck_lora *a = make_adapter(m, 8, "q,k,v,o,gate,up,down", 0.02f);
-    const char *g1 = wpath("a.gguf"), *dir = wpath("a_peft"), *g2 = wpath("a2.gguf");
+    const char *g1 = test_path("a.gguf"), *dir = test_path("a_peft"), *g2 = test_path("a2.gguf");
     CHECK(speck_lora_save(a, g1) == 0, "save: %s", speck_last_error());
     CHECK(speck_lora_export_peft(a, m, dir) == 0, "export: %s", speck_last_error());
     speck_lora *b = speck_lora_import_peft(dir, m);
@@ -149,7 +134,7 @@ static void test_peft(const char *base16) {
         free(f2);
     }
     // Against the Hugging Face export of the base and of the merged model.
-    const char *merged = wpath("merged_peft.gguf"), *hb = wpath("hf_base"), *hm = wpath("hf_m");
+    const char *merged = test_path("merged_peft.gguf"), *hb = test_path("hf_base"), *hm = test_path("hf_m");
     float one = 1.0f;
     CHECK(speck_lora_merge(base16, &a, &one, 1, SPECK_TYPE_F32, merged) == 0, "merge: %s",
           speck_last_error());
@@ -276,15 +261,15 @@ static void test_bad_input(const char *base16, const char *draft) {
     CHECK(speck_model_lora_add(m, a, 1.0f) != 0 && strstr(speck_last_error(), "another base"),
           "adapter of the draft on the default model refused: %s", speck_last_error());
     CHECK(speck_model_lora_count(m) == 0, "nothing attached after the refusal");
-    const char *out = wpath("never.gguf");
+    const char *out = test_path("never.gguf");
     float one = 1.0f;
-    CHECK(speck_lora_merge(base16, &a, &one, 1, -1, out) != 0 && !exists(out),
+    CHECK(speck_lora_merge(base16, &a, &one, 1, -1, out) != 0 && !test_file_exists(out),
           "merge with the wrong base fails and writes nothing: %s", speck_last_error());
-    const char *dir = wpath("never_peft");
-    CHECK(speck_lora_export_peft(a, m, dir) != 0 && !exists(dir),
+    const char *dir = test_path("never_peft");
+    CHECK(speck_lora_export_peft(a, m, dir) != 0 && !test_file_exists(dir),
           "PEFT export against the wrong base fails and writes nothing");
     // An adapter GGUF of another architecture.
-    const char *p = wpath("arch.gguf");
+    const char *p = test_path("arch.gguf");
     speck_gguf_writer *w = speck_gguf_writer_new();
     float z[64 * 4] = {0};
     int64_t nea[2] = {64, 4}, neb[2] = {4, 64};
@@ -316,16 +301,16 @@ int main(int argc, char **argv) {
     char base[1024], draft[1024];
     snprintf(base, sizeof base, "%s/default.gguf", argv[1]);
     snprintf(draft, sizeof draft, "%s/draft.gguf", argv[1]);
-    snprintf(g_work, sizeof g_work, "%s", argv[2]);
-    mkdir(g_work, 0755);
-    if (!exists(base) || !exists(draft)) {
+    snprintf(test_work, sizeof test_work, "%s", argv[2]);
+    mkdir(test_work, 0755);
+    if (!test_file_exists(base) || !test_file_exists(draft)) {
         test_missing(base, "the default models ship in models/");
         return test_summary();
     }
     speck_set_threads(2);
     // Leftovers of an earlier run (exports refuse to replace non-empty directories).
     char cmd[3200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'/a_peft '%s'/hf_base '%s'/hf_m", g_work, g_work, g_work);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'/a_peft '%s'/hf_base '%s'/hf_m", test_work, test_work, test_work);
     if (system(cmd) != 0) return 1;
     test_merge_equals_unmerged(base);
     test_peft(base);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 // Exit status of a test that did not (fully) run: tests/CMakeLists.txt gives every test
 // SKIP_RETURN_CODE 77, so ctest reports it as skipped rather than passed.
@@ -44,6 +45,21 @@ static inline void test_missing(const char *what, const char *how) {
         g_skip++;
         printf("SKIP: %s not found; %s\n", what, how);
     }
+}
+
+// The test's scratch directory (it fills test_work) and paths in it: the last 16 stay valid.
+static char test_work[1024];
+static inline const char *test_path(const char *name) {
+    static char buf[16][1200];
+    static int k;
+    k = (k + 1) % 16;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", test_work, name);
+    return buf[k];
+}
+
+static inline int test_file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
 }
 
 // Failures first; then a skip, even if other checks passed, so a partly run test never shows
