@@ -143,6 +143,64 @@ def sparsegpt_ref(W, H, s, nm, bs=128, damp=0.01):
     return W
 
 
+def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1):
+    """DSnoT (Zhang et al. 2023, "Dynamic Sparse No Training"), from the paper's definition,
+    on the first mask of `init` (magnitude or wanda). Per row, the expected error of the pruned
+    row's output is eps = E[sum over pruned j of W_j x_j] = sum over pruned j of D_j, D_j =
+    W_j E[x_j]. Growing: revive the pruned weight that cancels most of eps per unit of input
+    variance (the paper weighs the expected reduction by 1 / Var(x_j)): the largest
+    sign(eps) D_j / Var_j among those with sign(eps) D_j > 0. Pruning: among the kept weights
+    whose removal moves eps back toward 0 (sign(eps) D_j < 0), the one of lowest Wanda score
+    |W_j| ||x_j|| (N:M: the same condition within the revived weight's group, among the
+    weights the first mask kept, so the pattern holds; a group with none skips the candidate,
+    using up the cycle). A row stops after `cycles` cycles, once |eps| <= thr, when a list runs out, or
+    when a swap would flip eps's sign (the paper keeps the sign). Ties: the lower column.
+    eps is summed in column order and updated as eps + D_p - D_g, the same float64 operations
+    as speck's, so the masks must agree exactly."""
+    W = W.astype(np.float64)
+    rows, cols = W.shape
+    wanda = np.abs(W) * np.sqrt(x2.astype(np.float64))[None, :]
+    first = mask_scored(wanda if init == "wanda" else np.abs(W), s, nm)  # True = pruned
+    mu = mean.astype(np.float64)
+    v = np.maximum(var.astype(np.float64), 1e-30)
+    mask = first.copy()
+    eps0, eps1 = np.zeros(rows), np.zeros(rows)
+    for r in range(rows):
+        D = W[r] * mu
+        eps = float(np.cumsum(np.where(first[r], D, 0.0))[-1])
+        eps0[r] = eps
+        if abs(eps) > thr:
+            sg = 1.0 if eps > 0 else -1.0
+            grow = [j for j in np.argsort(-(sg * D / v), kind="stable")
+                    if first[r, j] and sg * D[j] > 0]
+            cut = [j for j in np.argsort(wanda[r], kind="stable")
+                   if not first[r, j] and sg * D[j] < 0]
+            ig = ic = 0
+            for _ in range(cycles):
+                if not abs(eps) > thr or ig >= len(grow):
+                    break
+                g = grow[ig]
+                ig += 1
+                if not nm:
+                    if ic >= len(cut):
+                        break
+                    p = cut[ic]
+                    ic += 1
+                else:
+                    g0 = g - g % nm[1]
+                    cands = [j for j in range(g0, g0 + nm[1])
+                             if not first[r, j] and not mask[r, j] and sg * D[j] < 0]
+                    if not cands:
+                        continue
+                    p = min(cands, key=lambda j: (wanda[r, j], j))
+                after = eps + D[p] - D[g]
+                if not sg * after > 0:
+                    break
+                mask[r, g], mask[r, p], eps = False, True, after
+        eps1[r] = eps
+    return np.where(mask, 0.0, W), first, eps0, eps1
+
+
 def out_err(W, Q, H):
     D = W.astype(np.float64) - Q.astype(np.float64)
     return float(np.einsum("ij,jk,ik->", D, H, D))
@@ -208,6 +266,60 @@ def part_matrix(args, res):
             res.check(max(errs["sparsegpt"], errs["wanda"]) < 0.5 * errs["magnitude"],
                       f"{sp}: output error sparsegpt {errs['sparsegpt']:.4g}, wanda "
                       f"{errs['wanda']:.4g} < half of magnitude's {errs['magnitude']:.4g}")
+
+    # DSnoT: inputs with nonzero means (the expected error it cancels is sum W_j E[x_j]).
+    Xd = X + rng.normal(0, 1, cols)[None, :] * scales[None, :]
+    Xd[:, 5] = 0
+    mean = Xd.mean(axis=0).astype(np.float32)
+    var = (np.mean(Xd * Xd, axis=0) - Xd.mean(axis=0) ** 2).clip(0).astype(np.float32)
+    xd2 = np.mean(Xd * Xd, axis=0).astype(np.float32)
+    xd2.tofile(f"{wd}/xd2.f32")
+    mean.tofile(f"{wd}/mean.f32")
+    var.tofile(f"{wd}/var.f32")
+    for init in ("wanda", "magnitude"):
+        for sp in ("50%", "0.7", "2:4", "1:4", "4:8"):
+            s, nm = parse_sparsity(sp)
+            # The paper's defaults (50 cycles, threshold 0.1); 3 cycles (the cycle limit stops
+            # rows); the threshold at the median first |eps| (it stops rows).
+            e_first = np.abs(dsnot_ref(W, xd2, mean, var, s, nm, init, 0, 0.1)[2])
+            for cyc, thr in ((50, 0.1), (3, 0.1), (50, float(np.median(e_first)))):
+                tag = f"{init}+dsnot {sp} cycles {cyc} thr {thr:.4g}"
+                p = run([args.prune_dump, f"{init}+dsnot", sp, str(rows), str(cols), f"{wd}/W.f32",
+                         f"{wd}/H.f64", f"{wd}/xd2.f32", f"{wd}/out.f32", f"{wd}/mean.f32",
+                         f"{wd}/var.f32", str(cyc), repr(thr)])
+                if not res.check(p.returncode == 0, f"{tag}: prune_dump ran ({p.stderr.strip()})"):
+                    continue
+                got = np.fromfile(f"{wd}/out.f32", np.float32).reshape(rows, cols)
+                ref, first, e0, e1 = dsnot_ref(W, xd2, mean, var, s, nm, init, cyc, thr)
+                ref = ref.astype(np.float32)
+                res.check(np.array_equal(got, ref),
+                          f"{tag}: equals the reference bit for bit "
+                          f"({int(np.sum(got != ref))} differ)")
+                zg = got == 0
+                moved = (zg != first).sum(axis=1)
+                if nm:
+                    ok = np.all(zg.reshape(rows, cols // nm[1], nm[1]).sum(-1) == nm[1] - nm[0])
+                else:
+                    ok = np.all(zg.sum(1) == n_pruned(s, cols))
+                res.check(ok, f"{tag}: zero count per {'group' if nm else 'row'} unchanged")
+                # The swaps happen and do what DSnoT is for: no row's |eps| grows, the mean
+                # |eps| falls (by a fifth at least with 50 cycles), at most `cycles` swaps a row.
+                a0, a1 = float(np.mean(np.abs(e0))), float(np.mean(np.abs(e1)))
+                res.check(moved.sum() > 0 and np.all(np.abs(e1) <= np.abs(e0)) and
+                          a1 < (0.8 if cyc == 50 else 1.0) * a0 and np.all(moved <= 2 * cyc),
+                          f"{tag}: {moved.sum() // 2} swaps (at most {moved.max() // 2} a row), "
+                          f"mean |eps| {a0:.3g} -> {a1:.3g}")
+                if cyc == 50 and thr > 1:
+                    # Rows already within the threshold are left alone; some rows stop at it.
+                    small = np.abs(e0) <= thr
+                    res.check(np.all(moved[small] == 0) and
+                              np.any(~small & (np.abs(e1) <= thr) & (moved > 0)),
+                              f"{tag}: rows within the threshold untouched, others stop at it")
+    p = run([args.prune_dump, "sparsegpt+dsnot", "50%", str(rows), str(cols), f"{wd}/W.f32",
+             f"{wd}/H.f64", f"{wd}/xd2.f32", f"{wd}/out.f32", f"{wd}/mean.f32", f"{wd}/var.f32",
+             "50", "0.1"])
+    res.check(p.returncode == 1 and "not sparsegpt" in p.stderr,
+              f"dsnot on sparsegpt refused ({p.stderr.strip()})")
 
     # Bad input: 2:4 on rows of 202, sparsity outside (0, 1).
     W2 = rng.standard_normal((rows, 202)).astype(np.float32)
