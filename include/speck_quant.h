@@ -201,7 +201,14 @@ typedef struct {
     // speck_prune_matrix and docs/sparsity.md for the exact rule.
     int dsnot_cycles;       // > 0: at most this many cycles per row (the paper's 50); 0: off
     double dsnot_threshold; // a row stops once |eps| <= this (0: the paper's 0.1)
+    struct speck_dsnot_report *dsnot_report; // optional out: DSnoT's counts are added to it
 } speck_prune_opts;
+
+// What DSnoT did, summed over the rows it ran on (speck prune prints it).
+typedef struct speck_dsnot_report {
+    int64_t rows, swaps;     // rows refined, swaps made (one weight regrown + one pruned each)
+    double eps0, eps1;       // sum over rows of |eps| before and after
+} speck_dsnot_report;
 
 // "50%", "0.6" (unstructured) or "2:4" (N:M) into o. 0, or SPECK_ERR_ARG saying what is
 // accepted (sparsity outside (0, 1), N >= M, ...).

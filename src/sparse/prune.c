@@ -103,9 +103,9 @@ static bool row_buf_alloc(row_buf *b, int64_t cols, bool dsnot) {
 
 // DSnoT (Zhang et al. 2023) on one row w (cols) whose first mask is mask (1 = pruned); the rule
 // is speck_prune_matrix's comment in speck_quant.h. b->sc holds the Wanda scores |w_j| *
-// sqrt(x2_j). Only mask changes.
+// sqrt(x2_j). Only mask changes; rep gets the row's counts.
 static void dsnot_row(const speck_prune_opts *o, const float *w, int64_t cols, const col_stats *st,
-                      row_buf *b) {
+                      row_buf *b, speck_dsnot_report *rep) {
     const double thr = o->dsnot_threshold > 0 ? o->dsnot_threshold : 0.1;
     double *d = b->d, eps = 0;
     for (int64_t j = 0; j < cols; j++) {
@@ -113,7 +113,11 @@ static void dsnot_row(const speck_prune_opts *o, const float *w, int64_t cols, c
         if (b->mask[j]) eps += d[j];
         b->kept0[j] = !b->mask[j];
     }
-    if (!(fabs(eps) > thr)) return;
+    rep->rows++, rep->eps0 += fabs(eps);
+    if (!(fabs(eps) > thr)) {
+        rep->eps1 += fabs(eps);
+        return;
+    }
     const double s = eps > 0 ? 1.0 : -1.0;
     int64_t ng = 0, nc = 0;
     for (int64_t j = 0; j < cols; j++) {
@@ -144,7 +148,9 @@ static void dsnot_row(const speck_prune_opts *o, const float *w, int64_t cols, c
         const double after = eps + d[p] - d[g];
         if (!(s * after > 0)) break; // the swap would flip (or zero) the sign of eps
         b->mask[g] = 0, b->mask[p] = 1, eps = after;
+        rep->swaps++;
     }
+    rep->eps1 += fabs(eps);
 }
 
 // Magnitude and Wanda (score |W_ij|, times sqrt(x2_j) when wanda): one comparison group per
@@ -157,6 +163,7 @@ static int prune_scored(const speck_prune_opts *o, float *W, int64_t rows, int64
 #pragma omp parallel reduction(+ : oom) if (rows * cols >= (1 << 16))
     {
         row_buf b;
+        speck_dsnot_report rep = {0};
         const bool ok = row_buf_alloc(&b, cols, dsnot);
         oom += !ok;
 #pragma omp for schedule(static)
@@ -176,12 +183,20 @@ static int prune_scored(const speck_prune_opts *o, float *W, int64_t rows, int64
                 if (!wanda)
                     for (int64_t j = 0; j < cols; j++)
                         b.sc[j] = fabs((double)w[j]) * sqrt((double)st->x2[j]);
-                dsnot_row(o, w, cols, st, &b);
+                dsnot_row(o, w, cols, st, &b, &rep);
             }
             for (int64_t j = 0; j < cols; j++)
                 if (b.mask[j]) w[j] = 0;
         }
         row_buf_free(&b);
+        if (dsnot && o->dsnot_report) {
+#pragma omp critical(speck_dsnot_report)
+            {
+                speck_dsnot_report *t = o->dsnot_report;
+                t->rows += rep.rows, t->swaps += rep.swaps, t->eps0 += rep.eps0,
+                    t->eps1 += rep.eps1;
+            }
+        }
     }
     return oom ? speck_set_error(SPECK_ERR_NOMEM, "prune: out of memory") : 0;
 }

@@ -174,8 +174,13 @@ static int make_writer(const speck_gguf *g, const speck_prune_opts *o, bool dens
     return rc;
 }
 
-int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *o,
+int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *opts,
                      bool progress) {
+    // DSnoT's counts go to the caller's report, or to one here for the progress line.
+    speck_dsnot_report rep = {0};
+    speck_prune_opts oc = *opts;
+    if (!oc.dsnot_report) oc.dsnot_report = &rep;
+    const speck_prune_opts *o = &oc;
     if (o->method < SPECK_PRUNE_MAGNITUDE || o->method > SPECK_PRUNE_SPARSEGPT)
         return speck_set_error(SPECK_ERR_ARG, "prune: unknown method %d", (int)o->method);
     speck_gguf *g = speck_gguf_open(in_path);
@@ -261,6 +266,13 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
     if (progress && !rc)
         fprintf(stderr, "\rprune: %d matrices, %.2f %% of their weights zero%20s\n", n_pruned,
                 100.0 * (double)zeros / (double)(total ? total : 1), "");
+    const speck_dsnot_report *dr = o->dsnot_report;
+    if (progress && !rc && o->dsnot_cycles > 0 && dr->rows > 0)
+        fprintf(stderr,
+                "prune: dsnot: %lld swaps over %lld rows (%.2f per row), mean |expected row "
+                "error| %.4g -> %.4g\n",
+                (long long)dr->swaps, (long long)dr->rows, (double)dr->swaps / (double)dr->rows,
+                dr->eps0 / (double)dr->rows, dr->eps1 / (double)dr->rows);
     if (!rc) {
         rc = speck_gguf_stream_close(s);
         s = NULL;

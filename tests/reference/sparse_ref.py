@@ -342,6 +342,69 @@ def layer_mats(f):
             if n.startswith("blk.") and a.ndim == 2 and n.endswith(".weight")]
 
 
+def dsnot_cli(args, res, f32, src32):
+    """`speck prune --method wanda+dsnot` on the f32 model against dsnot_ref on the column means,
+    variances and mean squares of every matrix input, recorded by the float64 reference forward
+    (llama_ref.py) over the same windows of the same tokens."""
+    import torch
+    from llama_ref import LlamaRef
+
+    class Moments(LlamaRef):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.s1, self.s2, self.n = {}, {}, {}
+
+        def linear(self, x, name):
+            key = name + ".weight"
+            x64 = x.to(torch.float64)
+            self.s1[key] = self.s1.get(key, 0) + x64.sum(0).numpy()
+            self.s2[key] = self.s2.get(key, 0) + (x64 ** 2).sum(0).numpy()
+            self.n[key] = self.n.get(key, 0) + x.shape[0]
+            return super().linear(x, name)
+
+    wd = args.workdir
+    ctx, n_win = 32, 6
+    rng = np.random.default_rng(11)
+    text = bytes(rng.integers(32, 127, size=ctx * n_win + 5, dtype=np.uint8))
+    txt = f"{wd}/dsnot.txt"
+    open(txt, "wb").write(text)
+    rec = Moments(src32.kv, src32.tensors)
+    with torch.no_grad():
+        for k in range(n_win):  # whole windows, each from an empty cache (as speck's)
+            rec.forward(list(text[k * ctx:(k + 1) * ctx]))
+    # Threshold 1e-6: this random-weight model's expected row errors are small, and the check
+    # needs swaps to compare.
+    for sp in ("50%", "2:4"):
+        s, nm = parse_sparsity(sp)
+        out = f"{wd}/dsnot_{sp.replace(':', '-').replace('%', '')}.gguf"
+        p = run([args.speck, "prune", f32, out, "--method", "wanda+dsnot", "--sparsity", sp,
+                 "--calib", txt, "--calib-ctx", str(ctx), "--dsnot-threshold", "1e-6"])
+        if not res.check(p.returncode == 0 and os.path.exists(out),
+                         f"wanda+dsnot {sp} on f32 ran ({p.stderr.strip()[-300:]})"):
+            continue
+        f = G.read_gguf(out)
+        diff = total = swapped = 0
+        for n in layer_mats(f):
+            cnt = rec.n[n]
+            mu = rec.s1[n] / cnt
+            x2 = rec.s2[n] / cnt
+            var = np.maximum(x2 - mu * mu, 0)
+            ref, first, _, _ = dsnot_ref(src32.tensors[n], x2.astype(np.float32),
+                                         mu.astype(np.float32), var.astype(np.float32), s, nm,
+                                         "wanda", 50, 1e-6)
+            diff += int(np.sum((f.tensors[n] == 0) != (ref == 0)))
+            swapped += int(np.sum((ref == 0) != first))
+            total += ref.size
+        # speck's f32 activations are within ~1e-5 of float64 (test_forward.py): a score or a
+        # ranking key within that of another can swap, and a different swap early in a row can
+        # change its later ones; a wrong mean, variance, sign or rule changes most rows.
+        res.check(swapped > 0.02 * total / 4 and diff <= 2e-3 * total,
+                  f"wanda+dsnot {sp}: mask equals the reference on the recorded moments "
+                  f"({diff} of {total} differ; the reference moved {swapped})")
+        res.check("dsnot: " in p.stderr and "swaps over" in p.stderr,
+                  f"wanda+dsnot {sp}: progress reports the swaps")
+
+
 def part_cli(args, res):
     wd = args.workdir
     text = f"{wd}/calib.txt"
@@ -364,7 +427,7 @@ def part_cli(args, res):
 
     for sp in ("50%", "2:4", "0.7"):
         s, nm = parse_sparsity(sp)
-        for method in ("magnitude", "wanda", "sparsegpt"):
+        for method in ("magnitude", "wanda", "sparsegpt", "magnitude+dsnot", "wanda+dsnot"):
             out = f"{wd}/p_{method}_{sp.replace(':', '-').replace('%', '')}.gguf"
             calib = [] if method == "magnitude" else ["--calib", text]
             p = prune(q8, out, "--method", method, "--sparsity", sp, *calib)
@@ -413,6 +476,8 @@ def part_cli(args, res):
         res.check(diff <= 1e-3 * total,
                   f"wanda 2:4: mask equals the reference on imatrix statistics "
                   f"({diff} of {total} differ)")
+    dsnot_cli(args, res, f32, src32)
+
     # A type that cannot store zero exactly is written as f16.
     p = prune(q41, f"{wd}/q41p.gguf", "--method", "magnitude", "--sparsity", "2:4")
     if res.check(p.returncode == 0, "prune q4_1 ran"):
@@ -473,6 +538,15 @@ def part_cli(args, res):
         ([q8, out, "--method", "magnitude", "--sparsity", "1.5"], ["outside (0, 1)"]),
         ([q8, out, "--method", "magnitude", "--sparsity", "3:2"], ["N < M"]),
         ([q8, out, "--method", "wanda", "--sparsity", "50%"], ["needs --calib"]),
+        ([q8, out, "--method", "magnitude+dsnot", "--sparsity", "50%"], ["needs --calib"]),
+        ([q8, out, "--method", "sparsegpt+dsnot", "--sparsity", "50%", "--calib", text],
+         ["is not magnitude, wanda, sparsegpt"]),
+        ([q8, out, "--method", "wanda", "--sparsity", "50%", "--calib", text, "--dsnot-cycles",
+          "5"], ["need --method magnitude+dsnot or wanda+dsnot"]),
+        ([q8, out, "--method", "wanda+dsnot", "--sparsity", "50%", "--calib", text,
+          "--dsnot-threshold", "-1"], ["--dsnot-threshold"]),
+        ([q8, out, "--method", "wanda+dsnot", "--sparsity", "50%", "--calib", f"{wd}/short.txt"],
+         ["dsnot needs calibration text of at least one window"]),
         ([q8, out, "--method", "sparsegpt", "--sparsity", "50%", "--calib", f"{wd}/short.txt"],
          ["at least one window of 256 tokens"]),
         ([q8, out, "--method", "wanda", "--sparsity", "50%", "--calib", f"{wd}/short.txt"],
