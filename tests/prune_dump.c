@@ -43,7 +43,8 @@ int main(int argc, char **argv) {
     const long rows = atol(argv[3]), cols = atol(argv[4]);
     long nw, nh, nx, nm = cols * 4, nv = cols * 4;
     float *W = read_all(argv[5], &nw), *x2 = read_all(argv[7], &nx);
-    float *mean = dsnot ? read_all(argv[9], &nm) : NULL, *var = dsnot ? read_all(argv[10], &nv) : NULL;
+    float *mean = dsnot ? read_all(argv[9], &nm) : NULL,
+          *var = dsnot ? read_all(argv[10], &nv) : NULL;
     double *H = read_all(argv[6], &nh);
     if (!W || !H || !x2 || nw != rows * cols * 4 || nh != cols * cols * 8 || nx != cols * 4 ||
         (dsnot && (!mean || !var)) || nm != cols * 4 || nv != cols * 4) {

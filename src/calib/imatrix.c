@@ -132,7 +132,10 @@ int speck_imatrix_moments(const speck_imatrix *im, const char *name, const float
         return speck_set_error(SPECK_ERR_ARG,
                                "imatrix: no activation means for '%s' (%s; files hold only "
                                "sums of squares)",
-                               name, !e ? "no such entry" : e->sum1 ? "no tokens" : "read from a file");
+                               name,
+                               !e        ? "no such entry"
+                               : e->sum1 ? "no tokens"
+                                         : "read from a file");
     if (!make_moments(e)) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     *mean = e->xmean, *var = e->xvar;
     if (n_in) *n_in = e->n;

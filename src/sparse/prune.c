@@ -91,14 +91,13 @@ static void row_buf_free(row_buf *b) {
 
 static bool row_buf_alloc(row_buf *b, int64_t cols, bool dsnot) {
     const size_t n = (size_t)cols;
-    *b = (row_buf){.sc = malloc(n * sizeof *b->sc), .tmp = malloc(n * sizeof *b->tmp),
-                   .mask = malloc(n)};
+    *b = (row_buf){
+        .sc = malloc(n * sizeof *b->sc), .tmp = malloc(n * sizeof *b->tmp), .mask = malloc(n)};
     if (dsnot) {
         b->d = malloc(n * sizeof *b->d), b->grow = malloc(n * sizeof *b->grow);
         b->cut = malloc(n * sizeof *b->cut), b->kept0 = malloc(n);
     }
-    return b->sc && b->tmp && b->mask &&
-           (!dsnot || (b->d && b->grow && b->cut && b->kept0));
+    return b->sc && b->tmp && b->mask && (!dsnot || (b->d && b->grow && b->cut && b->kept0));
 }
 
 // DSnoT (Zhang et al. 2023) on one row w (cols) whose first mask is mask (1 = pruned); the rule

@@ -66,7 +66,7 @@ static int gather(const speck_gguf *g, const char *path, const speck_prune_opts 
                              "prune: %s needs calibration text of at least one window of %d "
                              "tokens; it has %lld (a longer --calib text, or a smaller "
                              "--calib-ctx)",
-                             o->dsnot_cycles > 0                ? "dsnot"
+                             o->dsnot_cycles > 0              ? "dsnot"
                              : o->method == SPECK_PRUNE_WANDA ? "wanda"
                                                               : "sparsegpt",
                              ctx, (long long)o->n_calib);
