@@ -2,7 +2,8 @@
 """Pruning quality (not a test): `speck prune` with every method at 50 / 60 / 70 % unstructured
 and 2:4, as held-out perplexity and KL divergence against the dense model. Methods: magnitude,
 wanda, sparsegpt, and DSnoT on the magnitude and Wanda masks (magnitude+dsnot, wanda+dsnot:
-the paper's 50 cycles and threshold 0.1; METHOD@T in --methods sets the threshold to T).
+the paper's 50 cycles and threshold 0.1; METHOD@T or METHOD@T/C in --methods sets the
+threshold to T and the cycles to C).
 
 Texts are quant_quality.py's: calibration = 60 training-split modules of the Python standard
 library, held-out = the validation modules (first --eval-bytes of them), disjoint by
@@ -65,11 +66,14 @@ def main() -> int:
                 label = f"{m} {sp}"
                 if label in R:
                     continue
-                out = os.path.join(w, f"{m}-{sp.replace(':', 'of').replace('%', '')}.gguf")
-                # METHOD@T: DSnoT with --dsnot-threshold T instead of the paper's 0.1
-                mname, _, thr = m.partition("@")
+                out = os.path.join(w, f"{m.replace('/', '_c')}-"
+                                      f"{sp.replace(':', 'of').replace('%', '')}.gguf")
+                # METHOD@T[/C]: DSnoT with --dsnot-threshold T (and --dsnot-cycles C)
+                mname, _, tc = m.partition("@")
+                thr, _, cyc = tc.partition("/")
                 cmd = [speck, "prune", model, out, "--method", mname, "--sparsity", sp, "-q", "-t",
-                       t] + (["--dsnot-threshold", thr] if thr else [])
+                       t] + (["--dsnot-threshold", thr] if thr else []) + \
+                    (["--dsnot-cycles", cyc] if cyc else [])
                 if m != "magnitude":
                     cmd += ["--calib", calib, "--calib-ctx", str(ctx), "--calib-tokens",
                             str(args.windows * ctx)]
@@ -90,15 +94,19 @@ def main() -> int:
     return 0
 
 
+def safe(m):
+    return m.replace("/", "_c")
+
+
 def plot(w, tag, R, methods):
     xs = {"50%": 0.5, "60%": 0.6, "70%": 0.7}
     for m in methods:
-        with open(os.path.join(w, f"{m}.dat"), "w") as f:
+        with open(os.path.join(w, f"{safe(m)}.dat"), "w") as f:
             for sp, x in xs.items():
                 r = R.get(f"{m} {sp}")
                 if r:
                     f.write(f"{x} {r['kld']} {r['ppl']}\n")
-        with open(os.path.join(w, f"{m}-24.dat"), "w") as f:
+        with open(os.path.join(w, f"{safe(m)}-24.dat"), "w") as f:
             r = R.get(f"{m} 2:4")
             if r:
                 f.write(f"0.5 {r['kld']} {r['ppl']}\n")
@@ -112,9 +120,9 @@ def plot(w, tag, R, methods):
              "set grid", "set key top left", "set logscale y", "set xrange [0.45:0.75]"]
         plots = []
         for i, m in enumerate(methods):
-            plots.append(f"'{os.path.join(w, m + '.dat')}' using 1:{col} with linespoints "
+            plots.append(f"'{os.path.join(w, safe(m) + '.dat')}' using 1:{col} with linespoints "
                          f"lc {i + 1} pt 7 title '{m}'")
-            plots.append(f"'{os.path.join(w, m + '-24.dat')}' using 1:{col} with points "
+            plots.append(f"'{os.path.join(w, safe(m) + '-24.dat')}' using 1:{col} with points "
                          f"lc {i + 1} pt 5 ps 2 title '{m} 2:4'")
         g.append("plot " + ", ".join(plots))
         subprocess.run(["gnuplot"], input="\n".join(g), text=True, check=True)
