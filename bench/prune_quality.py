@@ -114,7 +114,7 @@ def plot(w, tag, R, methods):
     for what, col, ylabel in (("kld", 2, "KL divergence from dense (nats/token)"),
                               ("ppl", 3, "perplexity (dense: %.3f)" % base_ppl)):
         png = os.path.join(w, f"{tag}-prune-{what}.png")
-        g = ["set terminal png size 900,600", f"set output '{png}'",
+        g = ["set terminal png size 900,600 noenhanced", f"set output '{png}'",
              f"set title 'speck prune: {tag} model, held-out stdlib code (2:4 drawn at 0.5)'",
              "set xlabel 'sparsity of the layer matrices'", f"set ylabel '{ylabel}'",
              "set grid", "set key top left", "set logscale y", "set xrange [0.45:0.75]"]
