@@ -13,6 +13,11 @@
                        round(s * i2) - round(s * i1) of the block's columns; N:M: per group when
                        the loop reaches its first column), each column's error (w - q) / U_jj
                        fed onto the later columns.
+            DSnoT      (Zhang et al. 2023) on the magnitude and Wanda masks, unstructured and
+                       N:M, from the paper's growing and pruning criteria (dsnot_ref states the
+                       rule), on inputs with nonzero column means: bit for bit, with the paper's
+                       settings, a 3-cycle limit and a threshold at the median |eps|; zero
+                       counts unchanged, no row's |eps| grows, every way a row ends exercised.
           Ties go to the lower column in both. Magnitude and Wanda only zero weights, so their
           output must equal the reference bit for bit; SparseGPT's float64 results differ from
           ours only by summation order (LAPACK's inverse vs numpy's, BLAS's product), so the
@@ -28,7 +33,10 @@
           magnitude on an f32 model equals the numpy reference; Wanda equals the reference
           run on `speck imatrix`'s statistics of the same text; bad input (2:4 on rows of 66,
           sparsity 0 / 1.5 / 3:2, too little calibration text, wanda without --calib, s24_q8
-          without 2:4) fails with a message naming the problem and writes nothing. The S24_Q8
+          without 2:4) fails with a message naming the problem and writes nothing.
+          wanda+dsnot on f32 equals dsnot_ref run on the column means, variances and mean
+          squares the float64 reference forward records over the same windows; the DSnoT
+          refusals (sparsegpt+dsnot, no --calib, --dsnot-* without it, bad threshold). The S24_Q8
           file (--type s24_q8 --dense) and its dense copy give the same model (speck eval
           --kld-base): KL divergence < 1e-7 on the scalar path, < 1e-5 on the best one (see
           the bounds' reasons at the check).
@@ -143,7 +151,7 @@ def sparsegpt_ref(W, H, s, nm, bs=128, damp=0.01):
     return W
 
 
-def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1):
+def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1, stats=None):
     """DSnoT (Zhang et al. 2023, "Dynamic Sparse No Training"), from the paper's definition,
     on the first mask of `init` (magnitude or wanda). Per row, the expected error of the pruned
     row's output is eps = E[sum over pruned j of W_j x_j] = sum over pruned j of D_j, D_j =
@@ -156,7 +164,8 @@ def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1):
     using up the cycle). A row stops after `cycles` cycles, once |eps| <= thr, when a list runs out, or
     when a swap would flip eps's sign (the paper keeps the sign). Ties: the lower column.
     eps is summed in column order and updated as eps + D_p - D_g, the same float64 operations
-    as speck's, so the masks must agree exactly."""
+    as speck's, so the masks must agree exactly. stats (a dict), if given, counts the ways rows
+    end ("threshold", "cycles", "sign", "exhausted") and the N:M "skipped" candidates."""
     W = W.astype(np.float64)
     rows, cols = W.shape
     wanda = np.abs(W) * np.sqrt(x2.astype(np.float64))[None, :]
@@ -165,6 +174,10 @@ def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1):
     v = np.maximum(var.astype(np.float64), 1e-30)
     mask = first.copy()
     eps0, eps1 = np.zeros(rows), np.zeros(rows)
+    stats = {} if stats is None else stats
+
+    def count(k):
+        stats[k] = stats.get(k, 0) + 1
     for r in range(rows):
         D = W[r] * mu
         eps = float(np.cumsum(np.where(first[r], D, 0.0))[-1])
@@ -176,13 +189,19 @@ def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1):
             cut = [j for j in np.argsort(wanda[r], kind="stable")
                    if not first[r, j] and sg * D[j] < 0]
             ig = ic = 0
+            end = "cycles"
             for _ in range(cycles):
-                if not abs(eps) > thr or ig >= len(grow):
+                if not abs(eps) > thr:
+                    end = "threshold"
+                    break
+                if ig >= len(grow):
+                    end = "exhausted"
                     break
                 g = grow[ig]
                 ig += 1
                 if not nm:
                     if ic >= len(cut):
+                        end = "exhausted"
                         break
                     p = cut[ic]
                     ic += 1
@@ -191,12 +210,19 @@ def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1):
                     cands = [j for j in range(g0, g0 + nm[1])
                              if not first[r, j] and not mask[r, j] and sg * D[j] < 0]
                     if not cands:
+                        count("skipped")
                         continue
                     p = min(cands, key=lambda j: (wanda[r, j], j))
                 after = eps + D[p] - D[g]
                 if not sg * after > 0:
+                    end = "sign"
                     break
                 mask[r, g], mask[r, p], eps = False, True, after
+            else:
+                end = "threshold" if not abs(eps) > thr else "cycles"
+            count(end)
+        else:
+            count("threshold")
         eps1[r] = eps
     return np.where(mask, 0.0, W), first, eps0, eps1
 
@@ -274,6 +300,7 @@ def part_matrix(args, res):
     var = (np.mean(Xd * Xd, axis=0) - Xd.mean(axis=0) ** 2).clip(0).astype(np.float32)
     xd2 = np.mean(Xd * Xd, axis=0).astype(np.float32)
     xd2.tofile(f"{wd}/xd2.f32")
+    ends = {}
     mean.tofile(f"{wd}/mean.f32")
     var.tofile(f"{wd}/var.f32")
     for init in ("wanda", "magnitude"):
@@ -290,7 +317,7 @@ def part_matrix(args, res):
                 if not res.check(p.returncode == 0, f"{tag}: prune_dump ran ({p.stderr.strip()})"):
                     continue
                 got = np.fromfile(f"{wd}/out.f32", np.float32).reshape(rows, cols)
-                ref, first, e0, e1 = dsnot_ref(W, xd2, mean, var, s, nm, init, cyc, thr)
+                ref, first, e0, e1 = dsnot_ref(W, xd2, mean, var, s, nm, init, cyc, thr, ends)
                 ref = ref.astype(np.float32)
                 res.check(np.array_equal(got, ref),
                           f"{tag}: equals the reference bit for bit "
@@ -315,6 +342,26 @@ def part_matrix(args, res):
                     res.check(np.all(moved[small] == 0) and
                               np.any(~small & (np.abs(e1) <= thr) & (moved > 0)),
                               f"{tag}: rows within the threshold untouched, others stop at it")
+    # All D_j of one sign (positive weights, positive means): no weight can be pruned back
+    # toward 0, so every row ends with its list exhausted and the mask is Wanda's.
+    np.abs(W).tofile(f"{wd}/Wabs.f32")
+    np.abs(mean).tofile(f"{wd}/meanabs.f32")
+    p = run([args.prune_dump, "wanda+dsnot", "50%", str(rows), str(cols), f"{wd}/Wabs.f32",
+             f"{wd}/H.f64", f"{wd}/xd2.f32", f"{wd}/out.f32", f"{wd}/meanabs.f32",
+             f"{wd}/var.f32", "50", "0.1"])
+    if res.check(p.returncode == 0, f"dsnot, one-signed D: ran ({p.stderr.strip()})"):
+        got = np.fromfile(f"{wd}/out.f32", np.float32).reshape(rows, cols)
+        n_ex = ends.get("exhausted", 0)
+        ref = dsnot_ref(np.abs(W), xd2, np.abs(mean), var, 0.5, None, "wanda", 50, 0.1, ends)[0]
+        res.check(np.array_equal(got, ref.astype(np.float32)) and
+                  np.array_equal(got, wanda_ref(np.abs(W), xd2, 0.5, None).astype(np.float32))
+                  and ends.get("exhausted", 0) - n_ex == rows,
+                  "dsnot, one-signed D: every row's prune list is empty, the mask stays Wanda's")
+    # Every way a row can end, and the N:M skip, happened somewhere above (so the bit-for-bit
+    # comparisons covered them).
+    res.check(all(ends.get(k, 0) > 0 for k in ("threshold", "cycles", "sign", "exhausted",
+                                               "skipped")),
+              f"dsnot: row endings and N:M skips all exercised {ends}")
     p = run([args.prune_dump, "sparsegpt+dsnot", "50%", str(rows), str(cols), f"{wd}/W.f32",
              f"{wd}/H.f64", f"{wd}/xd2.f32", f"{wd}/out.f32", f"{wd}/mean.f32", f"{wd}/var.f32",
              "50", "0.1"])
