@@ -474,7 +474,8 @@ def part_cli(args, res):
 
     for sp in ("50%", "2:4", "0.7"):
         s, nm = parse_sparsity(sp)
-        for method in ("magnitude", "wanda", "sparsegpt", "magnitude+dsnot", "wanda+dsnot"):
+        dsnot = ("magnitude+dsnot", "wanda+dsnot") if sp != "0.7" else ()
+        for method in ("magnitude", "wanda", "sparsegpt") + dsnot:
             out = f"{wd}/p_{method}_{sp.replace(':', '-').replace('%', '')}.gguf"
             calib = [] if method == "magnitude" else ["--calib", text]
             p = prune(q8, out, "--method", method, "--sparsity", sp, *calib)
