@@ -196,6 +196,15 @@ lo, hi = span(at[0])
 assert 0.999 * lo <= cl["speedup"] <= 1.001 * hi, (cl, at)
 assert all(span(x)[0] <= 1.001 * cl["speedup"] for x in c), (cl, c)
 ' "$dir/out" && ok || bad "bench-decode --json output: $(head -c 600 "$dir/out")"
+expect 0 "bench-decode --strategies" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/prompts.jsonl" -n 12 --json --strategies prompt,aded --no-curve
+/usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [x["strategy"] for x in d["results"]] == ["plain", "prompt", "aded"], d["results"]
+assert d["cost_curve"] == [] and d["perfect_draft_ceiling"] is None, d
+' "$dir/out" && ok || bad "bench-decode --strategies output: $(head -c 600 "$dir/out")"
+expect 2 "bench-decode unknown strategy" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/prompts.jsonl" --strategies prompt,nope
+mentions "unknown strategy 'nope'"
 expect 1 "bench-decode missing prompts" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/none.jsonl"
 mentions "none.jsonl" "cannot open"
 
