@@ -7,8 +7,7 @@
 # Both see STEPS x 8 x 256 tokens; the committed models/draft.gguf saw 6000 steps, but online
 # distillation runs the 5.25M target forward on every batch (~3x the draft's own step), which
 # the shared 2-core machine could not afford for 6000 steps, so both get the smaller budget.
-# Then both are compared with bench-decode on held-out code prompts (bench/make_code_prompts.py),
-# greedy and at temperature 0.7, with models/draft.gguf alongside.
+# Then both are compared as drafters (bench/bench_drafts.sh), with models/draft.gguf alongside.
 #
 # usage: scripts/train_distill_draft.sh [BUILD_DIR] [WORK_DIR]
 # Env: STEPS (2000), THREADS (1: the runs go side by side), TEMP (1), CE (0: pure KL).
@@ -45,12 +44,6 @@ for m in draft-text draft-distill; do
     --threads 1 | tee "$WORK/$m.eval.txt"
 done
 
-# acceptance and speed: held-out prompts, greedy and T = 0.7, same run per draft
-[[ -s $WORK/prompts.jsonl ]] || python3 bench/make_code_prompts.py -n 40 > "$WORK/prompts.jsonl"
-uptime | tee "$WORK/bench.txt"
-for d in models/draft.gguf "$WORK/draft-text.gguf" "$WORK/draft-distill.gguf"; do
-  echo "== $d" | tee -a "$WORK/bench.txt"
-  "$SPECK" bench-decode -m models/default.gguf --draft-model "$d" --prompts "$WORK/prompts.jsonl" \
-    -n 128 --temp 0.7 -t 1 | tee -a "$WORK/bench.txt"
-done
-uptime | tee -a "$WORK/bench.txt"
+# acceptance and speed, the committed draft alongside
+bench/bench_drafts.sh "$BUILD" "$WORK" models/draft.gguf "$WORK/draft-text.gguf" \
+  "$WORK/draft-distill.gguf" | tee "$WORK/bench.txt"
