@@ -294,7 +294,8 @@ static int parse_train(int argc, char **argv, train_opts *o) {
         fprintf(stderr, "speck train: --val-fraction must be in [0, 1)\n");
         exit(2);
     }
-    if (!(o->distill.temperature > 0) || !(o->distill.ce_weight >= 0 && o->distill.ce_weight <= 1)) {
+    if (!(o->distill.temperature > 0) ||
+        !(o->distill.ce_weight >= 0 && o->distill.ce_weight <= 1)) {
         fprintf(stderr, "speck train: --distill-temp must be > 0 and --distill-ce in [0, 1]\n");
         exit(2);
     }
@@ -339,7 +340,8 @@ static struct {
 } R;
 
 // A teacher must score the tokens the student is trained on: the same vocabulary, token by token.
-static int distill_teacher_check(const char *teacher, const speck_vocab *voc, const char *vocab_path) {
+static int distill_teacher_check(const char *teacher, const speck_vocab *voc,
+                                 const char *vocab_path) {
     speck_vocab *tv = speck_vocab_load(teacher);
     if (!tv) return cli_fail("train");
     int rc = 0, n = speck_vocab_n_tokens(tv), m = speck_vocab_n_tokens(voc);
@@ -426,7 +428,8 @@ static int train_run(int argc, char **argv) {
         if (!teacher) return cli_fail("train");
         if (speck_distill_check(tm, teacher)) return cli_fail("train");
         if (T > speck_train_model_config(teacher)->n_ctx) {
-            fprintf(stderr, "speck train: --distill-from %s: sequences of %d exceed its context %d\n",
+            fprintf(stderr,
+                    "speck train: --distill-from %s: sequences of %d exceed its context %d\n",
                     o.distill_from, T, speck_train_model_config(teacher)->n_ctx);
             return 2;
         }

@@ -69,7 +69,8 @@ static double distill_row(float *s, const float *t, int target, int V, float tem
         e1 = es, s1 = ss;
     else
         m1 = exp_row(e1, s, V, 1.0f, &s1);
-    *ce = -((double)s[target] - m1 - log(s1)); // reported whatever w is
+    // the text cross-entropy, reported whatever w is
+    *ce = -((double)s[target] - m1 - log(s1));
     const float ct = mt + (float)log(st), cs = ms + (float)log(ss); // log-normalisers
     const float it = (float)(1.0 / st), is = (float)(1.0 / ss), i1 = (float)(1.0 / s1);
     const float a = scale * (1.0f - w) * temp, b = scale * w;
