@@ -6,7 +6,10 @@
 # models/draft-distill.gguf is the latter when it wins (BENCHMARKS.md, "Distilled draft").
 #
 # usage: scripts/finetune_distill_draft.sh [BUILD_DIR] [WORK_DIR]
-# Env: STEPS (400), THREADS (1: the runs go side by side), TEMP (1), CE (0: pure KL).
+# Env: STEPS (400), THREADS (1: the runs go side by side), TEMP (1), CE (0: pure KL), INSTALL.
+# The committed models/draft-distill.gguf: INSTALL=1 with the defaults (2026-12-07, busy machine:
+# ~30 min for both runs side by side), then bench/bench_drafts.sh BUILD WORK models/draft.gguf
+# WORK/draft-ft-text.gguf WORK/draft-ft-distill.gguf.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -35,3 +38,7 @@ for m in draft-ft-text draft-ft-distill; do
   "$SPECK" eval -m "$WORK/$m.gguf" --tokens "$WORK/code.tokens" --ctx 256 --stride 128 \
     --threads 1 | tee "$WORK/$m.eval.txt"
 done
+# INSTALL=1: the distilled one becomes models/draft-distill.gguf (and its loss curve)
+if [[ ${INSTALL:-0} == 1 ]]; then
+  for x in gguf csv png; do cp "$WORK/draft-ft-distill.$x" "models/draft-distill.$x"; done
+fi
