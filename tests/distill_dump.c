@@ -58,7 +58,12 @@ int main(int argc, char **argv) {
     float loss = 0, kl = 0, ce = 0;
     speck_train_zero_grad(st);
     speck_train_zero_grad(te);
-    if (speck_distill_step(st, te, in, tg, B, T, &p, 1.0f, &loss, &kl, &ce)) return die("step");
+    if (speck_distill_step(st, te, in, tg, B, T, &p, 1.0f, &loss, &kl, &ce)) {
+        die("step");
+        speck_train_model_free(st), speck_train_model_free(te);
+        free(tok), free(in), free(tg);
+        return 1;
+    }
     const float *gt = speck_train_grads(te);
     for (int64_t i = 0; i < speck_train_n_params(te); i++)
         if (gt[i] != 0) {
