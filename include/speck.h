@@ -894,6 +894,29 @@ double speck_train_grad_norm(speck_train_model *tm);
 int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t step,
                      float *grad_norm);
 
+// Online logit distillation (docs/training.md, "Distilled draft models"): a student (a draft
+// model) learns a teacher's next-token distributions instead of the text's next tokens, the
+// teacher run forward (no gradient) on the same batch. Per position with a target, p/q the
+// teacher's/student's softmax(logits / T), r the student's softmax(logits):
+//   loss = mean[(1 - ce_weight) T² KL(p || q) + ce_weight (-log r[target])]
+// (T² keeps the gradient's size as T grows.) Targets of -1 mask positions, as in training.
+typedef struct {
+    float temperature; // T > 0; 1 = the distributions the models sample from
+    float ce_weight;   // in [0, 1]: 0 pure distillation, 1 ordinary text training
+} speck_distill_params;
+
+// 0, or SPECK_ERR_ARG naming both sizes when the vocabularies differ (only the token count is
+// visible here; the CLI also compares the tokens' texts).
+int speck_distill_check(const speck_train_model *student, const speck_train_model *teacher);
+// One distillation forward + backward on inputs/targets (B, T) as speck_train_step: ADDS
+// grad_scale * dloss/dparam to the student's gradients; the teacher's gradients are untouched
+// (its activations are overwritten). loss, kl (mean KL(p || q), without T²) and ce (mean text
+// cross-entropy of the student) may be NULL.
+int speck_distill_step(speck_train_model *student, speck_train_model *teacher,
+                       const int32_t *inputs, const int32_t *targets, int B, int T,
+                       const speck_distill_params *p, float grad_scale, float *loss, float *kl,
+                       float *ce);
+
 // Checkpoints: an f32 model GGUF (loadable by speck_model_load) plus the AdamW moments and the
 // step/seed, written atomically (temp file + fsync + rename: a killed write leaves the previous
 // checkpoint intact). vocab_path: GGUF whose tokenizer.* keys are copied (NULL: none).

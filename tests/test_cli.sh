@@ -196,6 +196,25 @@ lo, hi = span(at[0])
 assert 0.999 * lo <= cl["speedup"] <= 1.001 * hi, (cl, at)
 assert all(span(x)[0] <= 1.001 * cl["speedup"] for x in c), (cl, c)
 ' "$dir/out" && ok || bad "bench-decode --json output: $(head -c 600 "$dir/out")"
+expect 0 "bench-decode --strategies" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/prompts.jsonl" -n 12 --json --strategies prompt,aded --no-curve
+/usr/bin/python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert [x["strategy"] for x in d["results"]] == ["plain", "prompt", "aded"], d["results"]
+assert d["cost_curve"] == [] and d["perfect_draft_ceiling"] is None, d
+' "$dir/out" && ok || bad "bench-decode --strategies output: $(head -c 600 "$dir/out")"
+# The committed distilled draft drafts for the code model with plain greedy's exact output.
+models=$(cd "$(dirname "$0")/../models" && pwd)
+if [[ -f $models/draft-distill.gguf ]]; then
+  expect 0 "bench-decode with models/draft-distill.gguf" -- "$SPECK" bench-decode -m "$models/default.gguf" --draft-model "$models/draft-distill.gguf" --prompts "$dir/prompts.jsonl" -n 32 --json --strategies model,model-adaptive --no-curve -t 1
+  /usr/bin/python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+assert len(r) == 3 and all(x["identical"] for x in r) and r[1]["accepted_per_pass"] > 0.5, r
+' "$dir/out" && ok || bad "distilled draft: $(head -c 600 "$dir/out")"
+fi
+expect 2 "bench-decode unknown strategy" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/prompts.jsonl" --strategies prompt,nope
+mentions "unknown strategy 'nope'"
 expect 1 "bench-decode missing prompts" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/none.jsonl"
 mentions "none.jsonl" "cannot open"
 

@@ -79,6 +79,28 @@ SPECK_TRAIN_SIGNAL_AT=53:9 "$SPECK" train "${ARGS[@]}" -o "$dir/c.gguf" 2>/dev/n
 expect 0 "resume after kill -9" -- "$SPECK" train "${ARGS[@]}" -o "$dir/c.gguf" --resume
 cmp -s <(cut -d, -f1-3 "$dir/a.csv") <(cut -d, -f1-3 "$dir/c.csv") && ok || bad "resumed loss curve differs after kill -9"
 
+# Distillation: a narrower student learns a.gguf's distributions; the KL (train_loss) falls and
+# the text loss on validation (val_loss) falls with it.
+expect 0 "train --distill-from" -- "$SPECK" train "${ARGS[@]}" --n-embd 16 --steps 60 --val-every 60 \
+  --lr 3e-3 --distill-from "$dir/a.gguf" --distill-temp 2 --distill-ce 0.1 -o "$dir/d.gguf"
+awk -F, 'NR == 2 {first = $2} END {exit !($2 < first - 0.3 && $3 < 5.0)}' "$dir/d.csv" && ok ||
+  bad "distillation loss did not fall: $(sed -n '2p;$p' "$dir/d.csv")"
+expect 0 "generate with the distilled model" -- "$SPECK" generate -m "$dir/d.gguf" -n 4 -p "def"
+# The target must share the vocabulary token for token: another size, or the same size with
+# other tokens (a vocabulary trained on other text), is refused before training.
+"$SPECK" init --preset tiny -o "$dir/tiny.gguf" >/dev/null 2>&1
+expect 1 "train --distill-from: vocabulary size" -- "$SPECK" train "${ARGS[@]}" --distill-from "$dir/tiny.gguf" -o "$dir/e.gguf"
+mentions "vocabulary mismatch" "tiny.gguf"
+mkdir -p "$dir/other"
+for i in $(seq 1 30); do printf 'SELECT col%d FROM table%d WHERE id = %d;\n' $i $i $((i * 7)) >>"$dir/other/q.py"; done
+"$SPECK" tokenizer-train --data "$dir/other" --vocab-size 320 --min-frequency 1 -o "$dir/vocab-other.gguf" 2>/dev/null
+"$SPECK" train "${ARGS[@]}" --vocab "$dir/vocab-other.gguf" --data "$dir/other" --val-fraction 0 --steps 1 \
+  --val-every 0 --ctx 16 -o "$dir/other.gguf" 2>/dev/null
+expect 1 "train --distill-from: other tokens" -- "$SPECK" train "${ARGS[@]}" --distill-from "$dir/other.gguf" -o "$dir/e.gguf"
+mentions "vocabulary mismatch: token"
+expect 2 "train: --distill-temp 0" -- "$SPECK" train "${ARGS[@]}" --distill-from "$dir/a.gguf" --distill-temp 0 -o "$dir/e.gguf"
+mentions "--distill-temp"
+
 # bad input
 expect 1 "train: empty corpus" -- "$SPECK" train "${ARGS[@]}" --data "$dir/empty" -o "$dir/e.gguf"
 mentions "no files"

@@ -90,6 +90,16 @@ typedef struct {
     int identical, total;
 } result;
 
+// Whether the comma-separated list holds name.
+static bool list_has(const char *list, const char *name) {
+    for (const char *q = list; *q;) {
+        size_t len = strcspn(q, ",");
+        if (strlen(name) == len && !strncmp(name, q, len)) return true;
+        q += len + (q[len] == ',');
+    }
+    return false;
+}
+
 // Seconds of one verification pass of n[i] tokens (i < k) on top of a cached context of `past`
 // tokens: a forward returning all n rows' logits, as the decoder's verification does. The sizes
 // are timed round-robin (one untimed round first), so that the machine's drift falls on all of
@@ -128,11 +138,16 @@ static void help(void) {
            "  --plot FILE.png     speedup per strategy and the cost curve (gnuplot)\n"
            "  --kv-type T         KV cache values: f16 (default), f32, q8_0 or q4_0\n"
            "  --lora FILE[:SCALE] apply a LoRA adapter unmerged (repeatable)\n"
-           "  -t N                threads\n");
+           "  -t N                threads\n"
+           "  --strategies LIST   only these strategies (comma-separated names of the table;\n"
+           "                      plain always runs, as the baseline)\n"
+           "  --no-curve          skip the cost curve (minutes on a 1B model)\n");
 }
 
 int cmd_bench_decode(int argc, char **argv) {
     const char *path = NULL, *ppath = NULL, *dpath = NULL, *plot = NULL, *warm = NULL;
+    const char *only = NULL;
+    bool curve = true;
     int n_predict = 128, max_prompts = 1 << 30;
     float temp = 0.0f;
     bool json = false;
@@ -163,6 +178,10 @@ int cmd_bench_decode(int argc, char **argv) {
             speck_set_threads((int)cli_int("bench-decode", "-t", v, 1, 4096));
         else if (cli_flag(argv[i], "--json", NULL))
             json = true;
+        else if (cli_opt(argc, argv, &i, "--strategies", NULL, &v))
+            only = v;
+        else if (cli_flag(argv[i], "--no-curve", NULL))
+            curve = false;
         else {
             fprintf(stderr, "speck bench-decode: unknown option '%s'\n", argv[i]);
             return 2;
@@ -213,6 +232,22 @@ int cmd_bench_decode(int argc, char **argv) {
         {"model-auto", "model", 1, 0, true},
     };
     int ns = sizeof S / sizeof S[0];
+    bool skip[16] = {0};
+    if (only) {
+        for (int si = 1; si < ns; si++) skip[si] = !list_has(only, S[si].name);
+        for (const char *q = only; *q;) { // every name must be a strategy
+            size_t len = strcspn(q, ",");
+            bool known = false;
+            for (int si = 0; si < ns; si++)
+                known |= strlen(S[si].name) == len && !strncmp(S[si].name, q, len);
+            if (!known) {
+                fprintf(stderr, "speck bench-decode: --strategies: unknown strategy '%.*s'\n",
+                        (int)len, q);
+                return 2;
+            }
+            q += len + (q[len] == ',');
+        }
+    }
     int n_modes = temp > 0 ? 2 : 1;
     result R[2][16];
     memset(R, 0, sizeof R);
@@ -245,7 +280,7 @@ int cmd_bench_decode(int argc, char **argv) {
         for (int si = 0; si < ns; si++) {
             speck_spec_params sp = speck_spec_default();
             speck_spec_parse_kinds(S[si].kinds, sp.kinds);
-            if (sp.kinds[0] == SPECK_DRAFT_MODEL && !dm) continue;
+            if ((sp.kinds[0] == SPECK_DRAFT_MODEL && !dm) || skip[si]) continue;
             sp.draft_model = dm;
             sp.tree_width = S[si].width;
             sp.adaptive = S[si].adaptive;
@@ -317,7 +352,8 @@ int cmd_bench_decode(int argc, char **argv) {
     // one of them reads them from memory again (a steady decode never sees that).
     int nsmall = 0;
     while (nsmall < ncn && cn[nsmall] <= 16) nsmall++;
-    forward_costs(cc, cn, nsmall, 128, 9, V, cost);
+    if (!curve) ncn = 1, nsmall = 1;
+    forward_costs(cc, cn, nsmall, 128, curve ? 9 : 1, V, cost);
     for (int i = nsmall; i < ncn; i++) forward_costs(cc, cn + i, 1, 128, 9, V, cost + i);
     speck_ctx_free(cc);
 
@@ -349,10 +385,14 @@ int cmd_bench_decode(int argc, char **argv) {
                 first = 0;
             }
         printf("], \"cost_curve\": [");
-        for (int i = 0; i < ncn; i++)
+        for (int i = 0; curve && i < ncn; i++)
             printf("%s{\"n\": %d, \"relative_cost\": %.3f}", i ? ", " : "", cn[i],
                    cost[i] / cost[0]);
-        printf("], \"perfect_draft_ceiling\": {\"speedup\": %.3f, \"n\": %d}}\n", ceiling, cn[bi]);
+        if (curve)
+            printf("], \"perfect_draft_ceiling\": {\"speedup\": %.3f, \"n\": %d}}\n", ceiling,
+                   cn[bi]);
+        else
+            printf("], \"perfect_draft_ceiling\": null}\n");
     } else {
         printf("\n%d prompts, %d tokens each, %d threads\n\n", P.n, n_predict, speck_get_threads());
         printf("| strategy | mode | tok/s | speedup | accepted/pass | passes/token | draft time | "
@@ -371,16 +411,20 @@ int cmd_bench_decode(int argc, char **argv) {
                        r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
                        r->passes_per_tok, 100 * r->draft_share, ident);
             }
-        printf("\ncost of verifying n tokens (one forward, all n rows' logits) relative to "
-               "n = 1 (context 128):\n\n| n |");
-        for (int i = 0; i < ncn; i++) printf(" %d |", cn[i]);
-        printf("\n| --- |");
-        for (int i = 0; i < ncn; i++) printf(" ---: |");
-        printf("\n| cost(n)/cost(1) |");
-        for (int i = 0; i < ncn; i++) printf(" %.2f |", cost[i] / cost[0]);
-        printf("\n\nceiling: perfect drafts (every candidate accepted) would decode %.2fx as fast "
-               "as plain decoding, verifying %d tokens per pass (n / cost(n) at its best)\n",
-               ceiling, cn[bi]);
+        if (curve)
+            printf("\ncost of verifying n tokens (one forward, all n rows' logits) relative to "
+                   "n = 1 (context 128):\n\n| n |");
+        for (int i = 0; curve && i < ncn; i++) printf(" %d |", cn[i]);
+        if (curve) {
+            printf("\n| --- |");
+            for (int i = 0; i < ncn; i++) printf(" ---: |");
+            printf("\n| cost(n)/cost(1) |");
+            for (int i = 0; i < ncn; i++) printf(" %.2f |", cost[i] / cost[0]);
+            printf("\n\nceiling: perfect drafts (every candidate accepted) would decode %.2fx as "
+                   "fast as plain decoding, verifying %d tokens per pass (n / cost(n) at its "
+                   "best)\n",
+                   ceiling, cn[bi]);
+        }
     }
     for (int si = 1; si < ns; si++)
         if (R[0][si].total && R[0][si].identical != R[0][si].total) all_identical = false;

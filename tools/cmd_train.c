@@ -154,6 +154,8 @@ int cmd_tokenizer_train(int argc, char **argv) {
 
 typedef struct {
     const char *data, *glob, *vocab, *init_from, *preset, *out, *ckpt, *csv, *cache, *name;
+    const char *distill_from; // teacher model: distill its distributions (speck_distill_step)
+    speck_distill_params distill;
     speck_train_config cfg;
     int set_layer, set_embd, set_head, set_head_kv, set_ff, set_ctx;
     int B, accum, steps, val_every, val_batches, ckpt_every, threads;
@@ -181,6 +183,10 @@ static void train_usage(void) {
         "  --steps N (1000)  --batch B (8)  --accum K (1)  --lr X (1e-3)  --min-lr X (lr/10)\n"
         "  --warmup N (steps/20)  --wd X (0.1)  --clip X (1.0)  --decay-all  --seed N (1)\n"
         "  --threads N\n"
+        "distillation (a draft model learns a target's next-token distributions):\n"
+        "  --distill-from TARGET.gguf  loss (1-w) T^2 KL(p_target || p_model) + w CE(text),\n"
+        "                     the target run forward on each batch; same vocabulary required\n"
+        "  --distill-temp T (1)  --distill-ce w (0)\n"
         "evaluation and output:\n"
         "  --val-fraction X (0.05)  --val-every N (100)  --val-batches N (8)\n"
         "  --ckpt-every N (100)  --checkpoint PATH  --resume  --csv PATH  --cache PATH\n"
@@ -196,6 +202,7 @@ static int parse_train(int argc, char **argv, train_opts *o) {
     o->seed = 1, o->type = SPECK_TYPE_F16;
     o->opt = speck_adamw_default();
     o->opt.warmup_steps = -1, o->opt.min_lr = -1;
+    o->distill = (speck_distill_params){.temperature = 1.0f, .ce_weight = 0.0f};
     const char *C = "train";
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -227,6 +234,10 @@ static int parse_train(int argc, char **argv, train_opts *o) {
             o->cache = v;
         else if (cli_opt(argc, argv, &i, "--name", NULL, &v))
             o->name = v;
+        else if (cli_opt(argc, argv, &i, "--distill-from", NULL, &v))
+            o->distill_from = v;
+        FLT("--distill-temp", o->distill.temperature);
+        FLT("--distill-ce", o->distill.ce_weight);
         INT("--n-layer", o->set_layer, 1, 1024);
         INT("--n-embd", o->set_embd, 2, 1 << 16);
         INT("--n-head", o->set_head, 1, 1024);
@@ -283,6 +294,11 @@ static int parse_train(int argc, char **argv, train_opts *o) {
         fprintf(stderr, "speck train: --val-fraction must be in [0, 1)\n");
         exit(2);
     }
+    if (!(o->distill.temperature > 0) ||
+        !(o->distill.ce_weight >= 0 && o->distill.ce_weight <= 1)) {
+        fprintf(stderr, "speck train: --distill-temp must be > 0 and --distill-ce in [0, 1]\n");
+        exit(2);
+    }
     if (o->opt.warmup_steps < 0) o->opt.warmup_steps = o->steps / 20;
     if (o->opt.min_lr < 0) o->opt.min_lr = o->opt.lr / 10;
     o->opt.total_steps = o->steps;
@@ -315,13 +331,40 @@ static int eval_split(speck_train_model *tm, const int32_t *tok, int64_t n, int 
 // included), so the run body can simply return.
 static struct {
     speck_vocab *voc;
-    speck_train_model *tm;
+    speck_train_model *tm, *teacher;
     char *ckpt, *csv, *cache;
     speck_token_data data;
     bool have_data;
     FILE *fcsv;
     int32_t *in, *tg;
 } R;
+
+// A teacher must score the tokens the student is trained on: the same vocabulary, token by token.
+static int distill_teacher_check(const char *teacher, const speck_vocab *voc,
+                                 const char *vocab_path) {
+    speck_vocab *tv = speck_vocab_load(teacher);
+    if (!tv) return cli_fail("train");
+    int rc = 0, n = speck_vocab_n_tokens(tv), m = speck_vocab_n_tokens(voc);
+    if (n != m) {
+        fprintf(stderr,
+                "speck train: --distill-from %s: vocabulary mismatch: it has %d tokens, %s has "
+                "%d (the draft must use the target's vocabulary)\n",
+                teacher, n, vocab_path, m);
+        rc = 1;
+    }
+    for (int32_t i = 0; !rc && i < n; i++) {
+        const char *a = speck_vocab_token_text(tv, i), *b = speck_vocab_token_text(voc, i);
+        if (strcmp(a ? a : "", b ? b : "")) {
+            fprintf(stderr,
+                    "speck train: --distill-from %s: vocabulary mismatch: token %d is '%s' there "
+                    "and '%s' in %s (the draft must use the target's vocabulary)\n",
+                    teacher, i, a ? a : "", b ? b : "", vocab_path);
+            rc = 1;
+        }
+    }
+    speck_vocab_free(tv);
+    return rc;
+}
 
 static int train_run(int argc, char **argv) {
     train_opts o;
@@ -378,6 +421,23 @@ static int train_run(int argc, char **argv) {
         if (!tm) return cli_fail("train");
     }
     int T = o.set_ctx ? o.set_ctx : (o.cfg.n_ctx < 256 ? o.cfg.n_ctx : 256);
+    speck_train_model *teacher = NULL;
+    if (o.distill_from) {
+        if (distill_teacher_check(o.distill_from, voc, vocab_path)) return 1;
+        teacher = R.teacher = speck_train_model_load(o.distill_from);
+        if (!teacher) return cli_fail("train");
+        if (speck_distill_check(tm, teacher)) return cli_fail("train");
+        if (T > speck_train_model_config(teacher)->n_ctx) {
+            fprintf(stderr,
+                    "speck train: --distill-from %s: sequences of %d exceed its context %d\n",
+                    o.distill_from, T, speck_train_model_config(teacher)->n_ctx);
+            return 2;
+        }
+        if (!o.quiet)
+            fprintf(stderr, "distilling from %s (%.2fM parameters): T %g, text weight %g\n",
+                    o.distill_from, speck_train_n_params(teacher) / 1e6,
+                    (double)o.distill.temperature, (double)o.distill.ce_weight);
+    }
     speck_token_data data;
     double t0 = cli_now();
     if (speck_token_data_build(o.data, o.glob, voc, o.val_fraction, cache, &data))
@@ -429,7 +489,10 @@ static int train_run(int argc, char **argv) {
                 speck_token_data_sample(&data, o.seed, step, k, b, T, in + (size_t)b * T,
                                         tg + (size_t)b * T);
             float loss;
-            if (speck_train_step(tm, in, tg, o.B, T, 1.0f / o.accum, &loss)) rc = cli_fail("train");
+            if (teacher ? speck_distill_step(tm, teacher, in, tg, o.B, T, &o.distill,
+                                             1.0f / o.accum, &loss, NULL, NULL)
+                        : speck_train_step(tm, in, tg, o.B, T, 1.0f / o.accum, &loss))
+                rc = cli_fail("train");
             loss_sum += loss;
         }
         float gnorm = 0;
@@ -481,6 +544,7 @@ int cmd_train(int argc, char **argv) {
     free(R.cache);
     if (R.have_data) speck_token_data_free(&R.data);
     speck_train_model_free(R.tm);
+    speck_train_model_free(R.teacher);
     speck_vocab_free(R.voc);
     return rc;
 }

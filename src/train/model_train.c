@@ -144,7 +144,7 @@ static int check_batch(speck_train_model *tm, const int32_t *in, const int32_t *
         return speck_set_error(SPECK_ERR_RANGE, "train: sequence length %d exceeds n_ctx %d", T,
                                c->n_ctx);
     for (size_t i = 0; i < (size_t)B * T; i++)
-        if (in[i] < 0 || in[i] >= c->n_vocab || tg[i] < -1 || tg[i] >= c->n_vocab)
+        if (in[i] < 0 || in[i] >= c->n_vocab || (tg && (tg[i] < -1 || tg[i] >= c->n_vocab)))
             return speck_set_error(SPECK_ERR_RANGE,
                                    "train: token id %d at %zu out of range [0, %d) (vocabulary "
                                    "and model do not match?)",
@@ -189,6 +189,7 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
     }
     train_rmsnorm_forward(a->xf, a->rstdf, a->x_final, w->out_norm, N, C, c->norm_eps);
     train_matmul_forward(a->logits, a->xf, w->output, N, C, V);
+    if (!tg) return; // train_forward_logits: the caller takes the logits
     const int nv = n_valid(tg, N);
     *loss = nv ? (float)(train_crossentropy_forward(a->logits, tg, N, V) / nv) : 0.0f;
 }
@@ -200,8 +201,10 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
     const speck_tweights *w = &tm->p, *g = &tm->g;
     int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
     int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
-    const int nv = n_valid(tg, N);
-    train_crossentropy_backward(a->logits, tg, N, V, nv ? grad_scale / nv : 0.0f);
+    if (tg) { // else train_backward_logits: a->logits already holds dL/dlogits
+        const int nv = n_valid(tg, N);
+        train_crossentropy_backward(a->logits, tg, N, V, nv ? grad_scale / nv : 0.0f);
+    }
     // head: dxf = dlogits·W_out; dW_out += dlogitsᵀ·xf (into dE when tied)
     train_matmul_backward(a->dt, g->output, a->logits, a->xf, w->output, N, C, V, false);
     train_rmsnorm_backward(a->dx, g->out_norm, a->dt, a->x_final, w->out_norm, a->rstdf, N, C, false);
@@ -248,6 +251,17 @@ int speck_train_step(speck_train_model *tm, const int32_t *inputs, const int32_t
     forward(tm, inputs, targets, B, T, loss);
     backward(tm, inputs, targets, B, T, grad_scale);
     return 0;
+}
+
+float *train_forward_logits(speck_train_model *tm, const int32_t *inputs, int B, int T) {
+    if (check_batch(tm, inputs, NULL, B, T)) return NULL;
+    speck_blas_single_threaded();
+    forward(tm, inputs, NULL, B, T, NULL);
+    return tm->acts->logits;
+}
+
+void train_backward_logits(speck_train_model *tm, const int32_t *inputs, int B, int T) {
+    backward(tm, inputs, NULL, B, T, 1.0f);
 }
 
 /* ---- parameters: layout, creation, loading ------------------------------------------------ */

@@ -60,6 +60,14 @@ int speck_adamw_begin(const speck_adamw_params *p, int64_t step, double norm, fl
 void speck_adamw_update(const speck_adamw_params *p, int64_t step, float clip, bool decay,
                         float *w, const float *g, float *m, float *v, int64_t n);
 
+// The two halves of speck_train_step around the loss, for losses other than the text
+// cross-entropy (distill.c): train_forward_logits runs the forward pass over inputs (B, T) and
+// returns the model's logits (B*T, n_vocab), owned by tm (NULL on error, with the error set);
+// the caller may overwrite them with dL/dlogits (already scaled) and call train_backward_logits
+// with the same batch, which ADDS the parameter gradients.
+float *train_forward_logits(speck_train_model *tm, const int32_t *inputs, int B, int T);
+void train_backward_logits(speck_train_model *tm, const int32_t *inputs, int B, int T);
+
 // Map the tensor table over a flat buffer.
 void speck_tweights_bind(speck_train_model *tm, float *base, speck_tweights *w);
 
