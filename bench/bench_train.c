@@ -41,7 +41,7 @@ static double sgemm_peak(int n_threads) {
 
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
-    speck_train_config c = {4096, 256, 256, 4, 8, 4, 768, 1e-5f, 10000.0f, false};
+    speck_train_config c = {4096, 256, 256, 4, 8, 4, 768, 1e-5f, 10000.0f, false, 0, 0, false};
     int T = 128, B = 8, steps = 10;
     if (argc >= 10) {
         c.n_layer = atoi(argv[2]), c.n_embd = atoi(argv[3]), c.n_head = atoi(argv[4]);
