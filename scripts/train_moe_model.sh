@@ -11,7 +11,7 @@
 #                    load-balancing loss, 1 = perfectly balanced, 4 = collapsed onto two experts)
 #
 # usage: scripts/train_moe_model.sh [BUILD_DIR] [WORK_DIR]
-# Env: THREADS (2), STEPS (700). The committed model was made exactly so (one run, 2 threads) on
+# Env: THREADS (2), STEPS (400). The committed model was made exactly so (one run, 2 threads) on
 # this project's shared 2-core machine while it was loaded by other engineers' builds (load
 # average ~8; ~500 training tokens/s). Results depend only on the seed and the thread count. A run
 # can be interrupted with Ctrl-C and continued by running the script again (--resume).
@@ -22,7 +22,7 @@ WORK=${2:-/tmp/speck-moe}
 SPECK=$BUILD/speck
 CORPUS=/usr/lib/python3.11
 THREADS=${THREADS:-2}
-STEPS=${STEPS:-700}
+STEPS=${STEPS:-400}
 [[ -d $CORPUS ]] || { echo "missing $CORPUS: scripts/deps.sh --train" >&2; exit 1; }
 mkdir -p "$WORK" models
 
