@@ -53,7 +53,8 @@ int main(int argc, char **argv) {
         c.n_ctx = T;
     }
     if (argc >= 11) steps = atoi(argv[10]);
-    if (argc >= 13) c.n_expert = atoi(argv[11]), c.n_expert_used = atoi(argv[12]), c.moe_norm = true;
+    if (argc >= 13)
+        c.n_expert = atoi(argv[11]), c.n_expert_used = atoi(argv[12]), c.moe_norm = true;
     speck_set_threads(threads);
     speck_train_model *tm = speck_train_model_new(&c, 1);
     if (!tm) {

@@ -586,8 +586,8 @@ const char *speck_train_tensor_name(const speck_train_model *tm, int i) {
     return i >= 0 && i < tm->n_tensors ? tm->tensors[i].name : NULL;
 }
 int64_t speck_train_tensor_numel(const speck_train_model *tm, int i) {
-    return i >= 0 && i < tm->n_tensors ? tm->tensors[i].ne0 * tm->tensors[i].ne1 * tm->tensors[i].ne2
-                                       : 0;
+    if (i < 0 || i >= tm->n_tensors) return 0;
+    return tm->tensors[i].ne0 * tm->tensors[i].ne1 * tm->tensors[i].ne2;
 }
 double speck_train_aux_loss(const speck_train_model *tm) {
     return tm->aux_loss;
