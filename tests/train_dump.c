@@ -35,7 +35,8 @@ static int write_f32(const char *dir, const char *name, const float *x, int64_t 
 
 int main(int argc, char **argv) {
     if (argc != 7 && argc != 8) {
-        fprintf(stderr, "usage: train_dump MODEL TOKENS B T OUTDIR grad[:COEF]|adam:K [OUT.gguf]\n");
+        fprintf(stderr,
+                "usage: train_dump MODEL TOKENS B T OUTDIR grad[:COEF]|adam:K [OUT.gguf]\n");
         return 2;
     }
     int B = atoi(argv[3]), T = atoi(argv[4]);
