@@ -846,7 +846,8 @@ typedef struct {
 
 typedef struct speck_train_model speck_train_model;
 
-// Fill a config from a preset's shapes (n_vocab can then be replaced by the tokenizer's).
+// Fill a config from a preset's shapes (n_vocab can then be replaced by the tokenizer's); a preset
+// with experts gives n_expert, n_expert_used, n_ff = the experts' width and its family's moe_norm.
 speck_train_config speck_train_config_from_preset(const speck_preset *p);
 // A model with random weights: matrices ~ N(0, 0.02) (output projections scaled by
 // 1/sqrt(2 n_layer)), norms 1; identical for a seed whatever the thread count.

@@ -462,9 +462,10 @@ speck_train_config speck_train_config_from_preset(const speck_preset *p) {
                             .rope_freq_base = p->rope_freq_base,
                             .tied_output = p->tied_output};
     if (p->n_expert > 0) { // the experts' width is the training FFN's (Mixtral's convention)
+        const speck_arch *a = speck_arch_find(p->arch);
         c.n_expert = p->n_expert, c.n_expert_used = p->n_expert_used;
         c.n_ff = p->n_ff_exp ? p->n_ff_exp : p->n_ff;
-        c.moe_norm = true;
+        c.moe_norm = a && a->moe && a->moe->norm_topk; // the family's rule
     }
     return c;
 }
