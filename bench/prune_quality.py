@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """Pruning quality (not a test): `speck prune` with every method at 50 / 60 / 70 % unstructured
-and 2:4, as held-out perplexity and KL divergence against the dense model.
+and 2:4, as held-out perplexity and KL divergence against the dense model. Methods: magnitude,
+wanda, sparsegpt, and DSnoT on the magnitude and Wanda masks (magnitude+dsnot, wanda+dsnot:
+the paper's 50 cycles and threshold 0.1; METHOD@T or METHOD@T/C in --methods sets the
+threshold to T and the cycles to C).
 
 Texts are quant_quality.py's: calibration = 60 training-split modules of the Python standard
 library, held-out = the validation modules (first --eval-bytes of them), disjoint by
@@ -11,6 +14,7 @@ BENCHMARKS.md.
 
 Usage: bench/prune_quality.py [--build build] [--work /tmp/speck-prune-bench]
                               [--models default] [--windows 100] [--eval-bytes 180000]
+                              [--methods magnitude,wanda,...] [--sparsities 50%,2:4,...]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quant_quality as QQ  # noqa: E402  (the texts and the command runner)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["magnitude", "wanda", "sparsegpt"]
+METHODS = ["magnitude", "magnitude+dsnot", "wanda", "wanda+dsnot", "sparsegpt"]
 SPARSITIES = ["50%", "60%", "70%", "2:4"]
 
 
@@ -38,6 +42,8 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=100, help="calibration windows of 256")
     ap.add_argument("--eval-bytes", type=int, default=180000)
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--sparsities", default=",".join(SPARSITIES))
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     speck = os.path.join(args.build, "speck")
@@ -55,13 +61,19 @@ def main() -> int:
         if not os.path.exists(base):
             QQ.sh([speck, "eval", "-m", model, "--text", held, "--kld-base-out", base, "--ctx",
                    str(ctx), "-t", t])
-        for sp in SPARSITIES:
-            for m in METHODS:
+        for sp in args.sparsities.split(","):
+            for m in args.methods.split(","):
                 label = f"{m} {sp}"
                 if label in R:
                     continue
-                out = os.path.join(w, f"{m}-{sp.replace(':', 'of').replace('%', '')}.gguf")
-                cmd = [speck, "prune", model, out, "--method", m, "--sparsity", sp, "-q", "-t", t]
+                out = os.path.join(w, f"{m.replace('/', '_c')}-"
+                                      f"{sp.replace(':', 'of').replace('%', '')}.gguf")
+                # METHOD@T[/C]: DSnoT with --dsnot-threshold T (and --dsnot-cycles C)
+                mname, _, tc = m.partition("@")
+                thr, _, cyc = tc.partition("/")
+                cmd = [speck, "prune", model, out, "--method", mname, "--sparsity", sp, "-q", "-t",
+                       t] + (["--dsnot-threshold", thr] if thr else []) + \
+                    (["--dsnot-cycles", cyc] if cyc else [])
                 if m != "magnitude":
                     cmd += ["--calib", calib, "--calib-ctx", str(ctx), "--calib-tokens",
                             str(args.windows * ctx)]
@@ -76,20 +88,25 @@ def main() -> int:
                 print(f"{tag:8s} {label:16s} KLD {r['kld']:.5f}  ppl {r['ppl']:.3f} "
                       f"(dense {r['ppl_base']:.3f})  top1 {100 * r['top1']:.2f} %  "
                       f"({secs:.1f} s)", flush=True)
-        plot(w, tag, R)
-        report(tag, R, n_cal, n_val)
+        methods = args.methods.split(",")
+        plot(w, tag, R, methods)
+        report(tag, R, n_cal, n_val, methods, args.sparsities.split(","))
     return 0
 
 
-def plot(w, tag, R):
+def safe(m):
+    return m.replace("/", "_c")
+
+
+def plot(w, tag, R, methods):
     xs = {"50%": 0.5, "60%": 0.6, "70%": 0.7}
-    for m in METHODS:
-        with open(os.path.join(w, f"{m}.dat"), "w") as f:
+    for m in methods:
+        with open(os.path.join(w, f"{safe(m)}.dat"), "w") as f:
             for sp, x in xs.items():
                 r = R.get(f"{m} {sp}")
                 if r:
                     f.write(f"{x} {r['kld']} {r['ppl']}\n")
-        with open(os.path.join(w, f"{m}-24.dat"), "w") as f:
+        with open(os.path.join(w, f"{safe(m)}-24.dat"), "w") as f:
             r = R.get(f"{m} 2:4")
             if r:
                 f.write(f"0.5 {r['kld']} {r['ppl']}\n")
@@ -97,29 +114,29 @@ def plot(w, tag, R):
     for what, col, ylabel in (("kld", 2, "KL divergence from dense (nats/token)"),
                               ("ppl", 3, "perplexity (dense: %.3f)" % base_ppl)):
         png = os.path.join(w, f"{tag}-prune-{what}.png")
-        g = ["set terminal png size 900,600", f"set output '{png}'",
+        g = ["set terminal png size 900,600 noenhanced", f"set output '{png}'",
              f"set title 'speck prune: {tag} model, held-out stdlib code (2:4 drawn at 0.5)'",
              "set xlabel 'sparsity of the layer matrices'", f"set ylabel '{ylabel}'",
              "set grid", "set key top left", "set logscale y", "set xrange [0.45:0.75]"]
         plots = []
-        for i, m in enumerate(METHODS):
-            plots.append(f"'{os.path.join(w, m + '.dat')}' using 1:{col} with linespoints "
+        for i, m in enumerate(methods):
+            plots.append(f"'{os.path.join(w, safe(m) + '.dat')}' using 1:{col} with linespoints "
                          f"lc {i + 1} pt 7 title '{m}'")
-            plots.append(f"'{os.path.join(w, m + '-24.dat')}' using 1:{col} with points "
+            plots.append(f"'{os.path.join(w, safe(m) + '-24.dat')}' using 1:{col} with points "
                          f"lc {i + 1} pt 5 ps 2 title '{m} 2:4'")
         g.append("plot " + ", ".join(plots))
         subprocess.run(["gnuplot"], input="\n".join(g), text=True, check=True)
         print(f"wrote {png}")
 
 
-def report(tag, R, n_cal, n_val):
+def report(tag, R, n_cal, n_val, methods, sparsities):
     base_ppl = next(iter(R.values()))["ppl_base"]
     print(f"\n{tag} model: dense perplexity {base_ppl:.3f}; calibration {n_cal} modules, "
           f"held-out {n_val} modules\n")
     print("| sparsity | method | KLD mean | KLD 99 % | top-1 agree | ppl | Δppl |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for sp in SPARSITIES:
-        for m in METHODS:
+    for sp in sparsities:
+        for m in methods:
             r = R.get(f"{m} {sp}")
             if not r:
                 continue

@@ -57,6 +57,13 @@ const char *speck_imatrix_entry_name(const speck_imatrix *im, int i);
 const float *speck_imatrix_get(const speck_imatrix *im, const char *name, int64_t *n_in);
 // Tokens the sums of entry `name` were collected over (0 if absent).
 int64_t speck_imatrix_count(const speck_imatrix *im, const char *name);
+// Per-column mean E[x_j] and variance E[x_j^2] - E[x_j]^2 of matrix `name`'s input (n_in
+// values each, owned by im), for DSnoT. Only an imatrix collected by speck_imatrix_compute has
+// them: it also sums the activations themselves, which neither file format stores (llama.cpp
+// reads the files; the extra sums are never written). SPECK_ERR_ARG when the entry is absent,
+// read from a file, or saw no tokens.
+int speck_imatrix_moments(const speck_imatrix *im, const char *name, const float **mean,
+                          const float **var, int64_t *n_in);
 // Every entry must name a matrix of the model with as many columns: an imatrix made for another
 // model is refused with an error naming the imatrix file, the entry, the model and both sizes.
 int speck_imatrix_check(const speck_imatrix *im, const speck_gguf *model);
@@ -187,7 +194,21 @@ typedef struct {
     int blocksize;   // SparseGPT: columns per mask-selection block (0: 128, the paper's)
     const char *dense_path; // with a sparse out_type (SPECK_TYPE_S24_Q8): also write the same
                             // pruned weights densely here (the default types; llama.cpp runs it)
+    // DSnoT (Zhang et al. 2023, "Dynamic Sparse No Training"), on top of a magnitude or Wanda
+    // mask: per output row, swap pruned and kept weights (one regrown, one pruned per cycle;
+    // N:M: within the regrown weight's group) so that the row's expected output error
+    // eps = sum over pruned j of W_j * E[x_j] moves toward 0; no weight value changes. See
+    // speck_prune_matrix and docs/sparsity.md for the exact rule.
+    int dsnot_cycles;       // > 0: at most this many cycles per row (the paper's 50); 0: off
+    double dsnot_threshold; // a row stops once |eps| <= this (0: the paper's 0.1)
+    struct speck_dsnot_report *dsnot_report; // optional out: DSnoT's counts are added to it
 } speck_prune_opts;
+
+// What DSnoT did, summed over the rows it ran on (speck prune prints it).
+typedef struct speck_dsnot_report {
+    int64_t rows, swaps;     // rows refined, swaps made (one weight regrown + one pruned each)
+    double eps0, eps1;       // sum over rows of |eps| before and after
+} speck_dsnot_report;
 
 // "50%", "0.6" (unstructured) or "2:4" (N:M) into o. 0, or SPECK_ERR_ARG saying what is
 // accepted (sparsity outside (0, 1), N >= M, ...).
@@ -197,8 +218,22 @@ int speck_prune_parse_sparsity(const char *s, speck_prune_opts *o);
 // multiple of it (the imatrix's mean squares); magnitude neither (NULL). Every row ends with
 // exactly round(sparsity * cols) zeros chosen (N:M: nm_m - nm_n in every group; SparseGPT also
 // updates the kept weights). SPECK_ERR_ARG when cols does not split into N:M groups.
+//
+// DSnoT (o->dsnot_cycles > 0; magnitude or Wanda only) then also reads mean (cols), E[x_j],
+// and var (cols), Var[x_j] (speck_imatrix_moments), and x2 for its pruning score |W_j| *
+// sqrt(x2_j) (any positive multiple, as Wanda's). Per row, with D_j = W_j * mean_j and
+// eps = sum of D_j over the pruned j, s = sign(eps) at the start: the regrow candidates are the
+// pruned j with s * D_j > 0, in decreasing s * D_j / var_j (var_j below 1e-30 counts as 1e-30);
+// the prune candidates are the kept j with s * D_j < 0 (pruning them moves eps back toward 0),
+// in increasing |W_j| * sqrt(x2_j). Each cycle, while |eps| > threshold and fewer than
+// dsnot_cycles cycles have run, takes the next regrow candidate g and the next prune candidate
+// p (unstructured; N:M: the prune candidate of g's group that the first mask kept and that has
+// the lowest |W_j| * sqrt(x2_j); a group with none skips g, using up the cycle) and swaps them,
+// eps += D_p - D_g, unless that would make sign(eps) differ from s: then the row stops, as it
+// does when a candidate list runs out. So |eps| never grows. Ties go to the lower column. The
+// zero count per row (or group) is unchanged.
 int speck_prune_matrix(const speck_prune_opts *o, float *W, int64_t rows, int64_t cols,
-                       const double *H, const float *x2);
+                       const double *H, const float *x2, const float *mean, const float *var);
 // Write in_path's model to out_path with every layer matrix pruned (dense: zeros in place, so
 // llama.cpp runs it). OUT appears only when complete.
 int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *o,

@@ -1,4 +1,5 @@
-// `speck prune`: one-shot pruning (magnitude, Wanda, SparseGPT; unstructured or N:M).
+// `speck prune`: one-shot pruning (magnitude, Wanda, SparseGPT; unstructured or N:M; DSnoT
+// prune-and-grow on top of magnitude or Wanda).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,20 +11,27 @@ int cmd_prune(int argc, char **argv) {
     int n_pos = 0;
     int64_t calib_max = 0;
     bool quiet = false;
+    int dsnot_cycles = 0; // 0: the default (50) when the method asks for DSnoT
     speck_prune_opts o = {.out_type = -1};
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
             printf("usage: speck prune IN OUT --sparsity 50%%|0.6|2:4\n"
-                   "         [--method magnitude|wanda|sparsegpt] [--calib TEXT] [--calib-ctx N]\n"
-                   "         [--calib-tokens N] [--type T] [--dense FILE] [--embd-head]\n"
-                   "         [--threads N] [--quiet]\n\n"
+                   "         [--method magnitude|wanda|sparsegpt|magnitude+dsnot|wanda+dsnot]\n"
+                   "         [--dsnot-cycles N] [--dsnot-threshold E] [--calib TEXT]\n"
+                   "         [--calib-ctx N] [--calib-tokens N] [--type T] [--dense FILE]\n"
+                   "         [--embd-head] [--threads N] [--quiet]\n\n"
                    "Write IN (GGUF) with every layer matrix pruned: the given fraction of each\n"
                    "row zeroed, or N:M (at most N nonzeros in every M consecutive inputs).\n"
                    "  magnitude   the smallest |W| of each row (no calibration)\n"
                    "  wanda       the smallest |W_ij| * ||x_j|| of each row (default; --calib)\n"
                    "  sparsegpt   OBS masks per 128-column block with the error compensated on\n"
                    "              the remaining weights under the input Hessian (--calib)\n"
+                   "  +dsnot      after a magnitude or wanda mask, swap pruned and kept weights\n"
+                   "              per row (DSnoT: no training, no weight changes) to bring the\n"
+                   "              row's expected output error toward 0 (--calib): at most\n"
+                   "              --dsnot-cycles swaps per row (default 50), stopping once the\n"
+                   "              error is within --dsnot-threshold (default 0.1)\n"
                    "The output is dense (zeros in place; llama.cpp runs it) in the source's type\n"
                    "when that stores zero exactly (f32, f16, bf16, q8_0, q4_0, q5_0), else f16.\n"
                    "--type s24_q8 (with --sparsity 2:4) stores speck's sparse 8-bit format\n"
@@ -36,7 +44,16 @@ int cmd_prune(int argc, char **argv) {
             return 0;
         } else if (cli_opt(argc, argv, &i, "--method", NULL, &v))
             method = v;
-        else if (cli_opt(argc, argv, &i, "--sparsity", NULL, &v))
+        else if (cli_opt(argc, argv, &i, "--dsnot-cycles", NULL, &v))
+            dsnot_cycles = (int)cli_int("prune", "--dsnot-cycles", v, 1, 1 << 30);
+        else if (cli_opt(argc, argv, &i, "--dsnot-threshold", NULL, &v)) {
+            char *end;
+            o.dsnot_threshold = strtod(v, &end);
+            if (end == v || *end || !(o.dsnot_threshold > 0) || o.dsnot_threshold > 1e30) {
+                fprintf(stderr, "speck prune: --dsnot-threshold: '%s' is not a number > 0\n", v);
+                return 2;
+            }
+        } else if (cli_opt(argc, argv, &i, "--sparsity", NULL, &v))
             sparsity = v;
         else if (cli_opt(argc, argv, &i, "--calib", NULL, &v))
             calib = v;
@@ -71,22 +88,33 @@ int cmd_prune(int argc, char **argv) {
         fprintf(stderr, "speck prune: usage: speck prune IN OUT --sparsity S [options] (--help)\n");
         return 2;
     }
-    if (!strcmp(method, "magnitude"))
+    const char *plus = strchr(method, '+');
+    const size_t base = plus ? (size_t)(plus - method) : strlen(method);
+    const bool dsnot = plus && !strcmp(plus, "+dsnot");
+    if (base == 9 && !strncmp(method, "magnitude", 9) && (!plus || dsnot))
         o.method = SPECK_PRUNE_MAGNITUDE;
-    else if (!strcmp(method, "wanda"))
+    else if (base == 5 && !strncmp(method, "wanda", 5) && (!plus || dsnot))
         o.method = SPECK_PRUNE_WANDA;
     else if (!strcmp(method, "sparsegpt"))
         o.method = SPECK_PRUNE_SPARSEGPT;
     else {
-        fprintf(stderr, "speck prune: --method: '%s' is not magnitude, wanda or sparsegpt\n",
+        fprintf(stderr,
+                "speck prune: --method: '%s' is not magnitude, wanda, sparsegpt, "
+                "magnitude+dsnot or wanda+dsnot\n",
                 method);
         return 2;
     }
+    if (!dsnot && (dsnot_cycles || o.dsnot_threshold > 0)) {
+        fprintf(stderr, "speck prune: --dsnot-cycles / --dsnot-threshold need --method "
+                        "magnitude+dsnot or wanda+dsnot\n");
+        return 2;
+    }
+    if (dsnot) o.dsnot_cycles = dsnot_cycles ? dsnot_cycles : 50;
     if (speck_prune_parse_sparsity(sparsity, &o)) {
         fprintf(stderr, "speck prune: --sparsity: %s\n", speck_last_error());
         return 2;
     }
-    if (o.method != SPECK_PRUNE_MAGNITUDE && !calib) {
+    if ((o.method != SPECK_PRUNE_MAGNITUDE || dsnot) && !calib) {
         fprintf(stderr, "speck prune: --method %s needs --calib TEXT\n", method);
         return 2;
     }

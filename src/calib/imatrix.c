@@ -1,6 +1,8 @@
 // Importance matrices in llama.cpp's file formats (GGUF and the legacy .dat): reading (from a
 // file or memory, fully validated), writing, checking against a model, and collecting one from
-// calibration text through the forward pass's matmul hook.
+// calibration text through the forward pass's matmul hook (which also keeps the plain column
+// sums, for DSnoT's means and variances; they stay in memory, the files hold only llama.cpp's
+// fields).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,9 @@ typedef struct {
     double *sum;   // (n) sums of squared activations
     int64_t count; // tokens summed (legacy files: the call count, see parse_dat)
     float *mean;   // (n) sum / count, made on first use
+    double *sum1;  // (n) sums of the activations themselves: collected entries only (NULL when
+                   // read from a file; neither format has them)
+    float *xmean, *xvar; // (n) sum1 / count and sum / count - xmean^2, made on first use
 } im_entry;
 
 struct speck_imatrix {
@@ -28,7 +33,10 @@ struct speck_imatrix {
 
 void speck_imatrix_free(speck_imatrix *im) {
     if (!im) return;
-    for (int i = 0; i < im->n; i++) free(im->e[i].name), free(im->e[i].sum), free(im->e[i].mean);
+    for (int i = 0; i < im->n; i++) {
+        im_entry *e = &im->e[i];
+        free(e->name), free(e->sum), free(e->mean), free(e->sum1), free(e->xmean), free(e->xvar);
+    }
     for (int i = 0; i < im->n_datasets; i++) free(im->datasets[i]);
     free(im->datasets);
     free(im->source);
@@ -97,6 +105,41 @@ const float *speck_imatrix_get(const speck_imatrix *im, const char *name, int64_
     }
     if (n_in) *n_in = e->n;
     return e->mean;
+}
+
+// Means and variances in float64 from the sums, then rounded once (the variance clamped at 0:
+// the subtraction can cancel below it by rounding).
+static bool make_moments(im_entry *e) {
+    if (e->xmean) return true;
+    float *m = malloc((size_t)e->n * sizeof *m), *v = malloc((size_t)e->n * sizeof *v);
+    if (!m || !v) {
+        free(m), free(v);
+        return false;
+    }
+    for (int64_t j = 0; j < e->n; j++) {
+        const double mu = e->sum1[j] / (double)e->count;
+        const double var = e->sum[j] / (double)e->count - mu * mu;
+        m[j] = (float)mu, v[j] = (float)(var > 0 ? var : 0);
+    }
+    e->xmean = m, e->xvar = v;
+    return true;
+}
+
+int speck_imatrix_moments(const speck_imatrix *im, const char *name, const float **mean,
+                          const float **var, int64_t *n_in) {
+    im_entry *e = find(im, name);
+    if (!e || !e->sum1 || e->count <= 0)
+        return speck_set_error(SPECK_ERR_ARG,
+                               "imatrix: no activation means for '%s' (%s; files hold only "
+                               "sums of squares)",
+                               name,
+                               !e        ? "no such entry"
+                               : e->sum1 ? "no tokens"
+                                         : "read from a file");
+    if (!make_moments(e)) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    *mean = e->xmean, *var = e->xvar;
+    if (n_in) *n_in = e->n;
+    return 0;
 }
 
 /* ---- reading ---- */
@@ -404,21 +447,26 @@ typedef struct {
     int err;
 } collector;
 
-// The hook: add x's squared columns into the weight's entry (created on first sight).
+// The hook: add x's columns and squared columns into the weight's entry (created on first
+// sight).
 static void collect(const char *weight, const float *x, int n, int n_in, void *user) {
     collector *c = user;
     if (c->err || (strncmp(weight, "blk.", 4) && !c->with_output)) return;
     im_entry *e = find(c->im, weight);
-    if (!e && !(e = add(c->im, weight, strlen(weight), n_in))) {
+    if (!e && (!(e = add(c->im, weight, strlen(weight), n_in)) ||
+               !(e->sum1 = calloc((size_t)n_in, sizeof *e->sum1)))) {
         c->err = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
         return;
     }
-    double *s = e->sum;
+    double *s = e->sum, *s1 = e->sum1;
 #pragma omp parallel for schedule(static) if ((int64_t)n * n_in >= (1 << 16))
     for (int j = 0; j < n_in; j++) {
-        double a = 0;
-        for (int i = 0; i < n; i++) a += (double)x[(size_t)i * n_in + j] * x[(size_t)i * n_in + j];
-        s[j] += a;
+        double a = 0, b = 0;
+        for (int i = 0; i < n; i++) {
+            const double v = x[(size_t)i * n_in + j];
+            a += v * v, b += v;
+        }
+        s[j] += a, s1[j] += b;
     }
     e->count += n;
 }

@@ -1,5 +1,6 @@
 // One-shot pruning of one weight matrix: magnitude, Wanda and SparseGPT masks (unstructured or
-// N:M), SparseGPT's error compensation under the inverse Hessian's Cholesky factor.
+// N:M), SparseGPT's error compensation under the inverse Hessian's Cholesky factor, DSnoT's
+// prune-and-grow mask refinement on top of magnitude or Wanda.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,34 +71,131 @@ static void select_lowest(const double *score, int64_t n, int64_t k, scored *tmp
     for (int64_t j = 0; j < k && j < n; j++) mask[tmp[j].i] = 1;
 }
 
-// Magnitude and Wanda: one comparison group per row (unstructured) or per N:M group.
+// Column statistics of one matrix's input: x2 (Wanda's ||x_j||^2, or a positive multiple),
+// mean and var (DSnoT's E[x_j], Var[x_j]); NULL where a method does not read them.
+typedef struct {
+    const float *x2, *mean, *var;
+} col_stats;
+
+// Per-row scratch of the mask selection and DSnoT (cols entries each).
+typedef struct {
+    double *sc, *d;
+    scored *tmp, *grow, *cut;
+    uint8_t *mask, *kept0;
+} row_buf;
+
+static void row_buf_free(row_buf *b) {
+    free(b->sc), free(b->d), free(b->tmp), free(b->grow), free(b->cut), free(b->mask),
+        free(b->kept0);
+}
+
+static bool row_buf_alloc(row_buf *b, int64_t cols, bool dsnot) {
+    const size_t n = (size_t)cols;
+    *b = (row_buf){
+        .sc = malloc(n * sizeof *b->sc), .tmp = malloc(n * sizeof *b->tmp), .mask = malloc(n)};
+    if (dsnot) {
+        b->d = malloc(n * sizeof *b->d), b->grow = malloc(n * sizeof *b->grow);
+        b->cut = malloc(n * sizeof *b->cut), b->kept0 = malloc(n);
+    }
+    return b->sc && b->tmp && b->mask && (!dsnot || (b->d && b->grow && b->cut && b->kept0));
+}
+
+// DSnoT (Zhang et al. 2023) on one row w (cols) whose first mask is mask (1 = pruned); the rule
+// is speck_prune_matrix's comment in speck_quant.h. b->sc holds the Wanda scores |w_j| *
+// sqrt(x2_j). Only mask changes; rep gets the row's counts.
+static void dsnot_row(const speck_prune_opts *o, const float *w, int64_t cols, const col_stats *st,
+                      row_buf *b, speck_dsnot_report *rep) {
+    const double thr = o->dsnot_threshold > 0 ? o->dsnot_threshold : 0.1;
+    double *d = b->d, eps = 0;
+    for (int64_t j = 0; j < cols; j++) {
+        d[j] = (double)w[j] * (double)st->mean[j];
+        if (b->mask[j]) eps += d[j];
+        b->kept0[j] = !b->mask[j];
+    }
+    rep->rows++, rep->eps0 += fabs(eps);
+    if (!(fabs(eps) > thr)) {
+        rep->eps1 += fabs(eps);
+        return;
+    }
+    const double s = eps > 0 ? 1.0 : -1.0;
+    int64_t ng = 0, nc = 0;
+    for (int64_t j = 0; j < cols; j++) {
+        if (b->mask[j] && s * d[j] > 0) {
+            const double v = st->var[j] > 1e-30 ? (double)st->var[j] : 1e-30;
+            b->grow[ng++] = (scored){-(s * d[j] / v), j};
+        } else if (!b->mask[j] && s * d[j] < 0 && o->nm_m == 0) {
+            b->cut[nc++] = (scored){b->sc[j], j};
+        }
+    }
+    qsort(b->grow, (size_t)ng, sizeof *b->grow, cmp_scored);
+    if (o->nm_m == 0) qsort(b->cut, (size_t)nc, sizeof *b->cut, cmp_scored);
+    int64_t ig = 0, ic = 0;
+    for (int cyc = 0; cyc < o->dsnot_cycles && fabs(eps) > thr; cyc++) {
+        if (ig >= ng) break;
+        const int64_t g = b->grow[ig++].i;
+        int64_t p = -1;
+        if (o->nm_m == 0) {
+            if (ic >= nc) break;
+            p = b->cut[ic++].i;
+        } else {
+            const int64_t g0 = g - g % o->nm_m;
+            for (int64_t j = g0; j < g0 + o->nm_m; j++)
+                if (b->kept0[j] && !b->mask[j] && s * d[j] < 0 && (p < 0 || b->sc[j] < b->sc[p]))
+                    p = j;
+            if (p < 0) continue; // no weight of g's group can go in its place
+        }
+        const double after = eps + d[p] - d[g];
+        if (!(s * after > 0)) break; // the swap would flip (or zero) the sign of eps
+        b->mask[g] = 0, b->mask[p] = 1, eps = after;
+        rep->swaps++;
+    }
+    rep->eps1 += fabs(eps);
+}
+
+// Magnitude and Wanda (score |W_ij|, times sqrt(x2_j) when wanda): one comparison group per
+// row (unstructured) or per N:M group; then DSnoT when o->dsnot_cycles > 0.
 static int prune_scored(const speck_prune_opts *o, float *W, int64_t rows, int64_t cols,
-                        const float *x2) {
+                        bool wanda, const col_stats *st) {
     if (cols < 1 || rows < 1) return 0;
+    const bool dsnot = o->dsnot_cycles > 0;
     int oom = 0;
 #pragma omp parallel reduction(+ : oom) if (rows * cols >= (1 << 16))
     {
-        double *sc = malloc((size_t)cols * sizeof *sc);
-        scored *tmp = malloc((size_t)cols * sizeof *tmp);
-        uint8_t *mask = malloc((size_t)cols);
-        oom += !sc || !tmp || !mask;
+        row_buf b;
+        speck_dsnot_report rep = {0};
+        const bool ok = row_buf_alloc(&b, cols, dsnot);
+        oom += !ok;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r++) {
-            if (!sc || !tmp || !mask) continue;
+            if (!ok) continue;
             float *w = W + r * cols;
             for (int64_t j = 0; j < cols; j++) {
-                sc[j] = fabs((double)w[j]) * (x2 ? sqrt((double)x2[j]) : 1.0);
-                mask[j] = 0;
+                b.sc[j] = fabs((double)w[j]) * (wanda ? sqrt((double)st->x2[j]) : 1.0);
+                b.mask[j] = 0;
             }
             if (o->nm_m > 0)
                 for (int64_t g = 0; g < cols; g += o->nm_m)
-                    select_lowest(sc + g, o->nm_m, o->nm_m - o->nm_n, tmp, mask + g);
+                    select_lowest(b.sc + g, o->nm_m, o->nm_m - o->nm_n, b.tmp, b.mask + g);
             else
-                select_lowest(sc, cols, sparse_n_pruned(o->sparsity, cols), tmp, mask);
+                select_lowest(b.sc, cols, sparse_n_pruned(o->sparsity, cols), b.tmp, b.mask);
+            if (dsnot) {
+                if (!wanda)
+                    for (int64_t j = 0; j < cols; j++)
+                        b.sc[j] = fabs((double)w[j]) * sqrt((double)st->x2[j]);
+                dsnot_row(o, w, cols, st, &b, &rep);
+            }
             for (int64_t j = 0; j < cols; j++)
-                if (mask[j]) w[j] = 0;
+                if (b.mask[j]) w[j] = 0;
         }
-        free(sc), free(tmp), free(mask);
+        row_buf_free(&b);
+        if (dsnot && o->dsnot_report) {
+#pragma omp critical(speck_dsnot_report)
+            {
+                speck_dsnot_report *t = o->dsnot_report;
+                t->rows += rep.rows, t->swaps += rep.swaps, t->eps0 += rep.eps0,
+                    t->eps1 += rep.eps1;
+            }
+        }
     }
     return oom ? speck_set_error(SPECK_ERR_NOMEM, "prune: out of memory") : 0;
 }
@@ -206,15 +304,25 @@ int sparse_check_shape(const speck_prune_opts *o, const char *what, int64_t cols
 }
 
 int speck_prune_matrix(const speck_prune_opts *o, float *W, int64_t rows, int64_t cols,
-                       const double *H, const float *x2) {
+                       const double *H, const float *x2, const float *mean, const float *var) {
     int rc = sparse_check_shape(o, "prune", cols);
     if (rc) return rc;
+    const col_stats st = {x2, mean, var};
+    if (o->dsnot_cycles > 0) {
+        if (o->method == SPECK_PRUNE_SPARSEGPT)
+            return speck_set_error(SPECK_ERR_ARG, "dsnot: runs on magnitude or wanda masks, not "
+                                                  "sparsegpt (its weights are updated)");
+        if (!x2 || !mean || !var)
+            return speck_set_error(SPECK_ERR_ARG,
+                                   "dsnot: no input statistics (mean, variance, norms: "
+                                   "calibration)");
+    }
     switch (o->method) {
     case SPECK_PRUNE_MAGNITUDE:
-        return prune_scored(o, W, rows, cols, NULL);
+        return prune_scored(o, W, rows, cols, false, &st);
     case SPECK_PRUNE_WANDA:
         if (!x2) return speck_set_error(SPECK_ERR_ARG, "wanda: no input norms (calibration)");
-        return prune_scored(o, W, rows, cols, x2);
+        return prune_scored(o, W, rows, cols, true, &st);
     case SPECK_PRUNE_SPARSEGPT:
         if (!H) return speck_set_error(SPECK_ERR_ARG, "sparsegpt: no Hessian (calibration)");
         if (cols > (1 << 16))

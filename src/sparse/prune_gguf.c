@@ -1,6 +1,6 @@
 // `speck prune`: rewrite a GGUF model with its layer matrices pruned (zeros in place), the
-// calibration statistics (imatrix for Wanda, Hessians for SparseGPT) gathered through the
-// forward pass's matmul hook by src/calib/.
+// calibration statistics (imatrix for Wanda, with the activations' means and variances for
+// DSnoT; Hessians for SparseGPT) gathered through the forward pass's matmul hook by src/calib/.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,7 +36,7 @@ static int out_type_of(const speck_gguf_tensor *t, const speck_prune_opts *o) {
 }
 
 typedef struct {
-    speck_imatrix *im; // Wanda
+    speck_imatrix *im; // Wanda, DSnoT
     int n_keys;        // SparseGPT: the distinct inputs, their Hessians and token counts
     char (*keys)[80];
     double **H;
@@ -66,9 +66,11 @@ static int gather(const speck_gguf *g, const char *path, const speck_prune_opts 
                              "prune: %s needs calibration text of at least one window of %d "
                              "tokens; it has %lld (a longer --calib text, or a smaller "
                              "--calib-ctx)",
-                             o->method == SPECK_PRUNE_WANDA ? "wanda" : "sparsegpt", ctx,
-                             (long long)o->n_calib);
-    } else if (o->method == SPECK_PRUNE_WANDA) {
+                             o->dsnot_cycles > 0              ? "dsnot"
+                             : o->method == SPECK_PRUNE_WANDA ? "wanda"
+                                                              : "sparsegpt",
+                             ctx, (long long)o->n_calib);
+    } else if (o->method == SPECK_PRUNE_WANDA || o->dsnot_cycles > 0) {
         if (!(c->im = speck_imatrix_compute(m, o->calib, o->n_calib, ctx, o->embd_head, "prune",
                                             NULL, NULL)))
             rc = SPECK_ERR_ARG;
@@ -107,18 +109,19 @@ static int gather(const speck_gguf *g, const char *path, const speck_prune_opts 
 }
 
 // Prune tensor t (its rows as floats in W) with the statistics of its input; the embedding
-// (no matrix product reads it) and inputs no token reached go by magnitude.
+// (no matrix product reads it) and inputs no token reached go by magnitude, without DSnoT.
 static int prune_tensor(const speck_gguf_tensor *t, const speck_prune_opts *o, const calib_stats *c,
                         float *W) {
     const int64_t cols = t->ne[0], rows = t->n_elements / cols;
     speck_prune_opts mo = *o;
     const double *H = NULL;
-    const float *x2 = NULL;
-    if (o->method == SPECK_PRUNE_WANDA) {
+    const float *x2 = NULL, *mean = NULL, *var = NULL;
+    if (o->method == SPECK_PRUNE_WANDA || o->dsnot_cycles > 0) {
         int64_t n = 0;
         x2 = c->im ? speck_imatrix_get(c->im, t->name, &n) : NULL;
         if (x2 && (n != cols || speck_imatrix_count(c->im, t->name) <= 0)) x2 = NULL;
-        if (!x2) mo.method = SPECK_PRUNE_MAGNITUDE;
+        if (x2 && speck_imatrix_moments(c->im, t->name, &mean, &var, NULL)) x2 = NULL;
+        if (!x2) mo.method = SPECK_PRUNE_MAGNITUDE, mo.dsnot_cycles = 0;
     } else if (o->method == SPECK_PRUNE_SPARSEGPT) {
         char key[80];
         calib_input_key(t->name, key, sizeof key);
@@ -126,7 +129,7 @@ static int prune_tensor(const speck_gguf_tensor *t, const speck_prune_opts *o, c
             if (!strcmp(c->keys[k], key) && c->tokens[k] > 0) H = c->H[k];
         if (!H) mo.method = SPECK_PRUNE_MAGNITUDE;
     }
-    return speck_prune_matrix(&mo, W, rows, cols, H, x2);
+    return speck_prune_matrix(&mo, W, rows, cols, H, x2, mean, var);
 }
 
 // The output's header: g's metadata with the pruning recorded, its tensors with the pruned
@@ -146,7 +149,9 @@ static int make_writer(const speck_gguf *g, const speck_prune_opts *o, bool dens
     else
         snprintf(spars, sizeof spars, "%g", o->sparsity);
     static const char *const mname[] = {"magnitude", "wanda", "sparsegpt"};
-    if (!rc) rc = speck_gguf_set_str(w, "speck.prune.method", mname[o->method]);
+    char method[48];
+    snprintf(method, sizeof method, "%s%s", mname[o->method], o->dsnot_cycles > 0 ? "+dsnot" : "");
+    if (!rc) rc = speck_gguf_set_str(w, "speck.prune.method", method);
     if (!rc) rc = speck_gguf_set_str(w, "speck.prune.sparsity", spars);
     for (int64_t i = 0; !rc && i < nt; i++) {
         const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
@@ -169,8 +174,13 @@ static int make_writer(const speck_gguf *g, const speck_prune_opts *o, bool dens
     return rc;
 }
 
-int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *o,
+int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *opts,
                      bool progress) {
+    // DSnoT's counts go to the caller's report, or to one here for the progress line.
+    speck_dsnot_report rep = {0};
+    speck_prune_opts oc = *opts;
+    if (!oc.dsnot_report) oc.dsnot_report = &rep;
+    const speck_prune_opts *o = &oc;
     if (o->method < SPECK_PRUNE_MAGNITUDE || o->method > SPECK_PRUNE_SPARSEGPT)
         return speck_set_error(SPECK_ERR_ARG, "prune: unknown method %d", (int)o->method);
     speck_gguf *g = speck_gguf_open(in_path);
@@ -199,12 +209,16 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         rc = speck_set_error(SPECK_ERR_ARG,
                              "prune: type s24_q8 stores 2:4 sparsity only (--sparsity "
                              "2:4)");
+    if (!rc && o->dsnot_cycles > 0 && o->method == SPECK_PRUNE_SPARSEGPT)
+        rc = speck_set_error(SPECK_ERR_ARG, "prune: dsnot refines magnitude or wanda masks, not "
+                                            "sparsegpt's (whose kept weights are updated)");
     if (!rc && o->dense_path && !strcmp(o->dense_path, out_path))
         rc = speck_set_error(SPECK_ERR_ARG, "prune: the dense copy would overwrite %s", out_path);
     if (!rc && !n_pruned)
         rc = speck_set_error(SPECK_ERR_ARG, "%s: no layer matrices to prune", in_path);
     calib_stats cs = {0};
-    if (!rc && o->method != SPECK_PRUNE_MAGNITUDE) rc = gather(g, in_path, o, &cs, progress);
+    if (!rc && (o->method != SPECK_PRUNE_MAGNITUDE || o->dsnot_cycles > 0))
+        rc = gather(g, in_path, o, &cs, progress);
     const bool two = o->dense_path != NULL;
     speck_gguf_writer *w = NULL, *w2 = NULL;
     size_t max_out = 0;
@@ -252,6 +266,13 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
     if (progress && !rc)
         fprintf(stderr, "\rprune: %d matrices, %.2f %% of their weights zero%20s\n", n_pruned,
                 100.0 * (double)zeros / (double)(total ? total : 1), "");
+    const speck_dsnot_report *dr = o->dsnot_report;
+    if (progress && !rc && o->dsnot_cycles > 0 && dr->rows > 0)
+        fprintf(stderr,
+                "prune: dsnot: %lld swaps over %lld rows (%.2f per row), mean |expected row "
+                "error| %.4g -> %.4g\n",
+                (long long)dr->swaps, (long long)dr->rows, (double)dr->swaps / (double)dr->rows,
+                dr->eps0 / (double)dr->rows, dr->eps1 / (double)dr->rows);
     if (!rc) {
         rc = speck_gguf_stream_close(s);
         s = NULL;

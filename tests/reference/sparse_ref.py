@@ -13,6 +13,11 @@
                        round(s * i2) - round(s * i1) of the block's columns; N:M: per group when
                        the loop reaches its first column), each column's error (w - q) / U_jj
                        fed onto the later columns.
+            DSnoT      (Zhang et al. 2023) on the magnitude and Wanda masks, unstructured and
+                       N:M, from the paper's growing and pruning criteria (dsnot_ref states the
+                       rule), on inputs with nonzero column means: bit for bit, with the paper's
+                       settings, a 3-cycle limit and a threshold at the median |eps|; zero
+                       counts unchanged, no row's |eps| grows, every way a row ends exercised.
           Ties go to the lower column in both. Magnitude and Wanda only zero weights, so their
           output must equal the reference bit for bit; SparseGPT's float64 results differ from
           ours only by summation order (LAPACK's inverse vs numpy's, BLAS's product), so the
@@ -28,7 +33,10 @@
           magnitude on an f32 model equals the numpy reference; Wanda equals the reference
           run on `speck imatrix`'s statistics of the same text; bad input (2:4 on rows of 66,
           sparsity 0 / 1.5 / 3:2, too little calibration text, wanda without --calib, s24_q8
-          without 2:4) fails with a message naming the problem and writes nothing. The S24_Q8
+          without 2:4) fails with a message naming the problem and writes nothing.
+          wanda+dsnot on f32 equals dsnot_ref run on the column means, variances and mean
+          squares the float64 reference forward records over the same windows; the DSnoT
+          refusals (sparsegpt+dsnot, no --calib, --dsnot-* without it, bad threshold). The S24_Q8
           file (--type s24_q8 --dense) and its dense copy give the same model (speck eval
           --kld-base): KL divergence < 1e-7 on the scalar path, < 1e-5 on the best one (see
           the bounds' reasons at the check).
@@ -143,6 +151,82 @@ def sparsegpt_ref(W, H, s, nm, bs=128, damp=0.01):
     return W
 
 
+def dsnot_ref(W, x2, mean, var, s, nm, init, cycles=50, thr=0.1, stats=None):
+    """DSnoT (Zhang et al. 2023, "Dynamic Sparse No Training"), from the paper's definition,
+    on the first mask of `init` (magnitude or wanda). Per row, the expected error of the pruned
+    row's output is eps = E[sum over pruned j of W_j x_j] = sum over pruned j of D_j, D_j =
+    W_j E[x_j]. Growing: revive the pruned weight that cancels most of eps per unit of input
+    variance (the paper weighs the expected reduction by 1 / Var(x_j)): the largest
+    sign(eps) D_j / Var_j among those with sign(eps) D_j > 0. Pruning: among the kept weights
+    whose removal moves eps back toward 0 (sign(eps) D_j < 0), the one of lowest Wanda score
+    |W_j| ||x_j|| (N:M: the same condition within the revived weight's group, among the
+    weights the first mask kept, so the pattern holds; a group with none skips the candidate,
+    using up the cycle). A row stops after `cycles` cycles, once |eps| <= thr, when a list runs out, or
+    when a swap would flip eps's sign (the paper keeps the sign). Ties: the lower column.
+    eps is summed in column order and updated as eps + D_p - D_g, the same float64 operations
+    as speck's, so the masks must agree exactly. stats (a dict), if given, counts the ways rows
+    end ("threshold", "cycles", "sign", "exhausted") and the N:M "skipped" candidates."""
+    W = W.astype(np.float64)
+    rows, cols = W.shape
+    wanda = np.abs(W) * np.sqrt(x2.astype(np.float64))[None, :]
+    first = mask_scored(wanda if init == "wanda" else np.abs(W), s, nm)  # True = pruned
+    mu = mean.astype(np.float64)
+    v = np.maximum(var.astype(np.float64), 1e-30)
+    mask = first.copy()
+    eps0, eps1 = np.zeros(rows), np.zeros(rows)
+    stats = {} if stats is None else stats
+
+    def count(k):
+        stats[k] = stats.get(k, 0) + 1
+    for r in range(rows):
+        D = W[r] * mu
+        eps = float(np.cumsum(np.where(first[r], D, 0.0))[-1])
+        eps0[r] = eps
+        if abs(eps) > thr:
+            sg = 1.0 if eps > 0 else -1.0
+            grow = [j for j in np.argsort(-(sg * D / v), kind="stable")
+                    if first[r, j] and sg * D[j] > 0]
+            cut = [j for j in np.argsort(wanda[r], kind="stable")
+                   if not first[r, j] and sg * D[j] < 0]
+            ig = ic = 0
+            end = "cycles"
+            for _ in range(cycles):
+                if not abs(eps) > thr:
+                    end = "threshold"
+                    break
+                if ig >= len(grow):
+                    end = "exhausted"
+                    break
+                g = grow[ig]
+                ig += 1
+                if not nm:
+                    if ic >= len(cut):
+                        end = "exhausted"
+                        break
+                    p = cut[ic]
+                    ic += 1
+                else:
+                    g0 = g - g % nm[1]
+                    cands = [j for j in range(g0, g0 + nm[1])
+                             if not first[r, j] and not mask[r, j] and sg * D[j] < 0]
+                    if not cands:
+                        count("skipped")
+                        continue
+                    p = min(cands, key=lambda j: (wanda[r, j], j))
+                after = eps + D[p] - D[g]
+                if not sg * after > 0:
+                    end = "sign"
+                    break
+                mask[r, g], mask[r, p], eps = False, True, after
+            else:
+                end = "threshold" if not abs(eps) > thr else "cycles"
+            count(end)
+        else:
+            count("threshold")
+        eps1[r] = eps
+    return np.where(mask, 0.0, W), first, eps0, eps1
+
+
 def out_err(W, Q, H):
     D = W.astype(np.float64) - Q.astype(np.float64)
     return float(np.einsum("ij,jk,ik->", D, H, D))
@@ -209,6 +293,81 @@ def part_matrix(args, res):
                       f"{sp}: output error sparsegpt {errs['sparsegpt']:.4g}, wanda "
                       f"{errs['wanda']:.4g} < half of magnitude's {errs['magnitude']:.4g}")
 
+    # DSnoT: inputs with nonzero means (the expected error it cancels is sum W_j E[x_j]).
+    Xd = X + rng.normal(0, 1, cols)[None, :] * scales[None, :]
+    Xd[:, 5] = 0
+    mean = Xd.mean(axis=0).astype(np.float32)
+    var = (np.mean(Xd * Xd, axis=0) - Xd.mean(axis=0) ** 2).clip(0).astype(np.float32)
+    xd2 = np.mean(Xd * Xd, axis=0).astype(np.float32)
+    xd2.tofile(f"{wd}/xd2.f32")
+    ends = {}
+    mean.tofile(f"{wd}/mean.f32")
+    var.tofile(f"{wd}/var.f32")
+    for init in ("wanda", "magnitude"):
+        for sp in ("50%", "0.7", "2:4", "1:4", "4:8"):
+            s, nm = parse_sparsity(sp)
+            # The paper's defaults (50 cycles, threshold 0.1); 3 cycles (the cycle limit stops
+            # rows); the threshold at the median first |eps| (it stops rows).
+            e_first = np.abs(dsnot_ref(W, xd2, mean, var, s, nm, init, 0, 0.1)[2])
+            for cyc, thr in ((50, 0.1), (3, 0.1), (50, float(np.median(e_first)))):
+                tag = f"{init}+dsnot {sp} cycles {cyc} thr {thr:.4g}"
+                p = run([args.prune_dump, f"{init}+dsnot", sp, str(rows), str(cols), f"{wd}/W.f32",
+                         f"{wd}/H.f64", f"{wd}/xd2.f32", f"{wd}/out.f32", f"{wd}/mean.f32",
+                         f"{wd}/var.f32", str(cyc), repr(thr)])
+                if not res.check(p.returncode == 0, f"{tag}: prune_dump ran ({p.stderr.strip()})"):
+                    continue
+                got = np.fromfile(f"{wd}/out.f32", np.float32).reshape(rows, cols)
+                ref, first, e0, e1 = dsnot_ref(W, xd2, mean, var, s, nm, init, cyc, thr, ends)
+                ref = ref.astype(np.float32)
+                res.check(np.array_equal(got, ref),
+                          f"{tag}: equals the reference bit for bit "
+                          f"({int(np.sum(got != ref))} differ)")
+                zg = got == 0
+                moved = (zg != first).sum(axis=1)
+                if nm:
+                    ok = np.all(zg.reshape(rows, cols // nm[1], nm[1]).sum(-1) == nm[1] - nm[0])
+                else:
+                    ok = np.all(zg.sum(1) == n_pruned(s, cols))
+                res.check(ok, f"{tag}: zero count per {'group' if nm else 'row'} unchanged")
+                # The swaps happen and do what DSnoT is for: no row's |eps| grows, the mean
+                # |eps| falls (by a fifth at least with 50 cycles), at most `cycles` swaps a row.
+                a0, a1 = float(np.mean(np.abs(e0))), float(np.mean(np.abs(e1)))
+                res.check(moved.sum() > 0 and np.all(np.abs(e1) <= np.abs(e0)) and
+                          a1 < (0.8 if cyc == 50 else 1.0) * a0 and np.all(moved <= 2 * cyc),
+                          f"{tag}: {moved.sum() // 2} swaps (at most {moved.max() // 2} a row), "
+                          f"mean |eps| {a0:.3g} -> {a1:.3g}")
+                if cyc == 50 and thr > 1:
+                    # Rows already within the threshold are left alone; some rows stop at it.
+                    small = np.abs(e0) <= thr
+                    res.check(np.all(moved[small] == 0) and
+                              np.any(~small & (np.abs(e1) <= thr) & (moved > 0)),
+                              f"{tag}: rows within the threshold untouched, others stop at it")
+    # All D_j of one sign (positive weights, positive means): no weight can be pruned back
+    # toward 0, so every row ends with its list exhausted and the mask is Wanda's.
+    np.abs(W).tofile(f"{wd}/Wabs.f32")
+    np.abs(mean).tofile(f"{wd}/meanabs.f32")
+    p = run([args.prune_dump, "wanda+dsnot", "50%", str(rows), str(cols), f"{wd}/Wabs.f32",
+             f"{wd}/H.f64", f"{wd}/xd2.f32", f"{wd}/out.f32", f"{wd}/meanabs.f32",
+             f"{wd}/var.f32", "50", "0.1"])
+    if res.check(p.returncode == 0, f"dsnot, one-signed D: ran ({p.stderr.strip()})"):
+        got = np.fromfile(f"{wd}/out.f32", np.float32).reshape(rows, cols)
+        n_ex = ends.get("exhausted", 0)
+        ref = dsnot_ref(np.abs(W), xd2, np.abs(mean), var, 0.5, None, "wanda", 50, 0.1, ends)[0]
+        res.check(np.array_equal(got, ref.astype(np.float32)) and
+                  np.array_equal(got, wanda_ref(np.abs(W), xd2, 0.5, None).astype(np.float32))
+                  and ends.get("exhausted", 0) - n_ex == rows,
+                  "dsnot, one-signed D: every row's prune list is empty, the mask stays Wanda's")
+    # Every way a row can end, and the N:M skip, happened somewhere above (so the bit-for-bit
+    # comparisons covered them).
+    res.check(all(ends.get(k, 0) > 0 for k in ("threshold", "cycles", "sign", "exhausted",
+                                               "skipped")),
+              f"dsnot: row endings and N:M skips all exercised {ends}")
+    p = run([args.prune_dump, "sparsegpt+dsnot", "50%", str(rows), str(cols), f"{wd}/W.f32",
+             f"{wd}/H.f64", f"{wd}/xd2.f32", f"{wd}/out.f32", f"{wd}/mean.f32", f"{wd}/var.f32",
+             "50", "0.1"])
+    res.check(p.returncode == 1 and "not sparsegpt" in p.stderr,
+              f"dsnot on sparsegpt refused ({p.stderr.strip()})")
+
     # Bad input: 2:4 on rows of 202, sparsity outside (0, 1).
     W2 = rng.standard_normal((rows, 202)).astype(np.float32)
     W2.tofile(f"{wd}/W2.f32")
@@ -228,6 +387,69 @@ def part_matrix(args, res):
 def layer_mats(f):
     return [n for n, a in f.tensors.items()
             if n.startswith("blk.") and a.ndim == 2 and n.endswith(".weight")]
+
+
+def dsnot_cli(args, res, f32, src32):
+    """`speck prune --method wanda+dsnot` on the f32 model against dsnot_ref on the column means,
+    variances and mean squares of every matrix input, recorded by the float64 reference forward
+    (llama_ref.py) over the same windows of the same tokens."""
+    import torch
+    from llama_ref import LlamaRef
+
+    class Moments(LlamaRef):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.s1, self.s2, self.n = {}, {}, {}
+
+        def linear(self, x, name):
+            key = name + ".weight"
+            x64 = x.to(torch.float64)
+            self.s1[key] = self.s1.get(key, 0) + x64.sum(0).numpy()
+            self.s2[key] = self.s2.get(key, 0) + (x64 ** 2).sum(0).numpy()
+            self.n[key] = self.n.get(key, 0) + x.shape[0]
+            return super().linear(x, name)
+
+    wd = args.workdir
+    ctx, n_win = 32, 6
+    rng = np.random.default_rng(11)
+    text = bytes(rng.integers(32, 127, size=ctx * n_win + 5, dtype=np.uint8))
+    txt = f"{wd}/dsnot.txt"
+    open(txt, "wb").write(text)
+    rec = Moments(src32.kv, src32.tensors)
+    with torch.no_grad():
+        for k in range(n_win):  # whole windows, each from an empty cache (as speck's)
+            rec.forward(list(text[k * ctx:(k + 1) * ctx]))
+    # Threshold 1e-6: this random-weight model's expected row errors are small, and the check
+    # needs swaps to compare.
+    for sp in ("50%", "2:4"):
+        s, nm = parse_sparsity(sp)
+        out = f"{wd}/dsnot_{sp.replace(':', '-').replace('%', '')}.gguf"
+        p = run([args.speck, "prune", f32, out, "--method", "wanda+dsnot", "--sparsity", sp,
+                 "--calib", txt, "--calib-ctx", str(ctx), "--dsnot-threshold", "1e-6"])
+        if not res.check(p.returncode == 0 and os.path.exists(out),
+                         f"wanda+dsnot {sp} on f32 ran ({p.stderr.strip()[-300:]})"):
+            continue
+        f = G.read_gguf(out)
+        diff = total = swapped = 0
+        for n in layer_mats(f):
+            cnt = rec.n[n]
+            mu = rec.s1[n] / cnt
+            x2 = rec.s2[n] / cnt
+            var = np.maximum(x2 - mu * mu, 0)
+            ref, first, _, _ = dsnot_ref(src32.tensors[n], x2.astype(np.float32),
+                                         mu.astype(np.float32), var.astype(np.float32), s, nm,
+                                         "wanda", 50, 1e-6)
+            diff += int(np.sum((f.tensors[n] == 0) != (ref == 0)))
+            swapped += int(np.sum((ref == 0) != first))
+            total += ref.size
+        # speck's f32 activations are within ~1e-5 of float64 (test_forward.py): a score or a
+        # ranking key within that of another can swap, and a different swap early in a row can
+        # change its later ones; a wrong mean, variance, sign or rule changes most rows.
+        res.check(swapped > 0.02 * total / 4 and diff <= 2e-3 * total,
+                  f"wanda+dsnot {sp}: mask equals the reference on the recorded moments "
+                  f"({diff} of {total} differ; the reference moved {swapped})")
+        res.check("dsnot: " in p.stderr and "swaps over" in p.stderr,
+                  f"wanda+dsnot {sp}: progress reports the swaps")
 
 
 def part_cli(args, res):
@@ -252,7 +474,8 @@ def part_cli(args, res):
 
     for sp in ("50%", "2:4", "0.7"):
         s, nm = parse_sparsity(sp)
-        for method in ("magnitude", "wanda", "sparsegpt"):
+        dsnot = ("magnitude+dsnot", "wanda+dsnot") if sp != "0.7" else ()
+        for method in ("magnitude", "wanda", "sparsegpt") + dsnot:
             out = f"{wd}/p_{method}_{sp.replace(':', '-').replace('%', '')}.gguf"
             calib = [] if method == "magnitude" else ["--calib", text]
             p = prune(q8, out, "--method", method, "--sparsity", sp, *calib)
@@ -301,6 +524,8 @@ def part_cli(args, res):
         res.check(diff <= 1e-3 * total,
                   f"wanda 2:4: mask equals the reference on imatrix statistics "
                   f"({diff} of {total} differ)")
+    dsnot_cli(args, res, f32, src32)
+
     # A type that cannot store zero exactly is written as f16.
     p = prune(q41, f"{wd}/q41p.gguf", "--method", "magnitude", "--sparsity", "2:4")
     if res.check(p.returncode == 0, "prune q4_1 ran"):
@@ -361,6 +586,15 @@ def part_cli(args, res):
         ([q8, out, "--method", "magnitude", "--sparsity", "1.5"], ["outside (0, 1)"]),
         ([q8, out, "--method", "magnitude", "--sparsity", "3:2"], ["N < M"]),
         ([q8, out, "--method", "wanda", "--sparsity", "50%"], ["needs --calib"]),
+        ([q8, out, "--method", "magnitude+dsnot", "--sparsity", "50%"], ["needs --calib"]),
+        ([q8, out, "--method", "sparsegpt+dsnot", "--sparsity", "50%", "--calib", text],
+         ["is not magnitude, wanda, sparsegpt"]),
+        ([q8, out, "--method", "wanda", "--sparsity", "50%", "--calib", text, "--dsnot-cycles",
+          "5"], ["need --method magnitude+dsnot or wanda+dsnot"]),
+        ([q8, out, "--method", "wanda+dsnot", "--sparsity", "50%", "--calib", text,
+          "--dsnot-threshold", "-1"], ["--dsnot-threshold"]),
+        ([q8, out, "--method", "wanda+dsnot", "--sparsity", "50%", "--calib", f"{wd}/short.txt"],
+         ["dsnot needs calibration text of at least one window"]),
         ([q8, out, "--method", "sparsegpt", "--sparsity", "50%", "--calib", f"{wd}/short.txt"],
          ["at least one window of 256 tokens"]),
         ([q8, out, "--method", "wanda", "--sparsity", "50%", "--calib", f"{wd}/short.txt"],
