@@ -4,6 +4,9 @@
 // and threads) and prints the ratio.
 //
 //   bench_train [threads] [n_layer n_embd n_head n_head_kv n_ff n_vocab T B] [steps]
+//               [n_expert n_expert_used]
+// With experts every FFN is a mixture of n_expert experts of width n_ff, n_expert_used per
+// token (model FLOPs count the active ones and the router).
 // Prints one line per measurement; the last line is machine-readable:
 //   RESULT speck tokens_per_s=... gflops=... sgemm_gflops=...
 #include <cblas.h>
@@ -41,7 +44,7 @@ static double sgemm_peak(int n_threads) {
 
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
-    speck_train_config c = {4096, 256, 256, 4, 8, 4, 768, 1e-5f, 10000.0f, false};
+    speck_train_config c = {4096, 256, 256, 4, 8, 4, 768, 1e-5f, 10000.0f, false, 0, 0, false};
     int T = 128, B = 8, steps = 10;
     if (argc >= 10) {
         c.n_layer = atoi(argv[2]), c.n_embd = atoi(argv[3]), c.n_head = atoi(argv[4]);
@@ -50,6 +53,8 @@ int main(int argc, char **argv) {
         c.n_ctx = T;
     }
     if (argc >= 11) steps = atoi(argv[10]);
+    if (argc >= 13)
+        c.n_expert = atoi(argv[11]), c.n_expert_used = atoi(argv[12]), c.moe_norm = true;
     speck_set_threads(threads);
     speck_train_model *tm = speck_train_model_new(&c, 1);
     if (!tm) {
@@ -82,14 +87,16 @@ int main(int argc, char **argv) {
     // Model FLOPs per token: 6 x (matmul parameters incl. the head) + causal attention
     // (QKᵀ and PV: 2·T·C multiply-adds per token and layer on average, x3 for fwd+bwd).
     int64_t C = c.n_embd, hd = C / c.n_head, kv = (int64_t)c.n_head_kv * hd;
-    double mat =
-        (double)c.n_layer * (C * C * 2 + 2 * C * kv + 3.0 * C * c.n_ff) + (double)c.n_vocab * C;
+    const double ffn = c.n_expert ? 3.0 * C * c.n_ff * c.n_expert_used + (double)C * c.n_expert
+                                  : 3.0 * C * c.n_ff;
+    double mat = (double)c.n_layer * (C * C * 2 + 2 * C * kv + ffn) + (double)c.n_vocab * C;
     double flops_tok = 6.0 * mat + 6.0 * c.n_layer * T * C;
     double tps_med = B * T * steps / total, tps_best = B * T / best;
     double peak = sgemm_peak(threads);
-    printf("model: %d layers, width %d, %d heads (%d kv), ffn %d, vocab %d; %.2fM params; "
-           "batch %d x %d; %d threads\n",
-           c.n_layer, c.n_embd, c.n_head, c.n_head_kv, c.n_ff, c.n_vocab,
+    printf("model: %d layers, width %d, %d heads (%d kv), ffn %d", c.n_layer, c.n_embd, c.n_head,
+           c.n_head_kv, c.n_ff);
+    if (c.n_expert) printf(" x %d experts (%d per token)", c.n_expert, c.n_expert_used);
+    printf(", vocab %d; %.2fM params; batch %d x %d; %d threads\n", c.n_vocab,
            speck_train_n_params(tm) / 1e6, B, T, threads);
     printf("speck: %.0f tokens/s (mean of %d steps), %.0f best; %.2f GFLOP/s model FLOPs "
            "(%.1f%% of sgemm peak %.1f GFLOP/s)\n",

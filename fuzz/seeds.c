@@ -102,6 +102,13 @@ static void models(void) {
         if (i % 4 == 0 || m[i].spec.vocab) seed("gguf", m[i].name, NULL, 0, data, n);
         free(data);
     }
+    // A mixture of experts (Mixtral's layout: llama + router + stacked experts), small: the
+    // forward's routing and the training step's experts (run_train) see fuzzed files too.
+    speck_preset moe = *speck_preset_find("tiny-mixtral");
+    moe.name = "fuzz-mixtral", moe.n_vocab = 260, moe.n_embd = 32, moe.n_layer = 1;
+    moe.n_head = 2, moe.n_head_kv = 1, moe.n_ff = moe.n_ff_exp = 32, moe.n_ctx_train = 64;
+    if (speck_init_model(&moe, SPECK_TYPE_Q8_0, 5, tmp)) die("moe model");
+    seed_file("model", "mixtral-q8_0", 0, false, tmp);
     fuzz_model_spec bpe = {"llama", SPECK_TYPE_Q4_0, true, FUZZ_VOCAB_BPE, NULL, false, false};
     if (fuzz_micro_model(tmp, &bpe, 99)) die("bpe model");
     seed_file("gguf", "llama-q4_0-bpe", 0, false, tmp);

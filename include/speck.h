@@ -829,23 +829,32 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
 // Llama-architecture models trained in f32 on CPU (docs/training.md). A speck_train_model owns
 // its parameters, their gradients and the AdamW moments, each one contiguous f32 buffer holding
 // the tensors in a fixed order (speck_train_tensor_name). The forward pass computes exactly the
-// function of speck_forward (RMSNorm, RoPE, GQA causal attention, SwiGLU, tied or untied head).
+// function of speck_forward (RMSNorm, RoPE, GQA causal attention, SwiGLU, tied or untied head),
+// and with n_expert > 0 that of a Mixtral-style mixture of experts in every layer's FFN.
 
 typedef struct {
     int n_vocab, n_ctx, n_embd, n_layer, n_head, n_head_kv, n_ff;
     float norm_eps, rope_freq_base;
     bool tied_output;
+    // Mixture of experts (0: a dense FFN): every layer's FFN is a router (n_expert, n_embd) and
+    // n_expert SwiGLU experts of width n_ff; each token runs its n_expert_used most probable
+    // experts (softmax over all, then top-k; no capacity limit), their outputs weighted by their
+    // probabilities, renormalised over the chosen ones when moe_norm (Mixtral; OLMoE does not).
+    int n_expert, n_expert_used;
+    bool moe_norm;
 } speck_train_config;
 
 typedef struct speck_train_model speck_train_model;
 
-// Fill a config from a preset's shapes (n_vocab can then be replaced by the tokenizer's).
+// Fill a config from a preset's shapes (n_vocab can then be replaced by the tokenizer's); a preset
+// with experts gives n_expert, n_expert_used, n_ff = the experts' width and its family's moe_norm.
 speck_train_config speck_train_config_from_preset(const speck_preset *p);
 // A model with random weights: matrices ~ N(0, 0.02) (output projections scaled by
 // 1/sqrt(2 n_layer)), norms 1; identical for a seed whatever the thread count.
 speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t seed);
 // A model initialised from a GGUF model of any supported type (weights dequantized to f32).
-// Architecture "llama" (or "qwen2" without q/k/v biases); the file's RoPE settings are kept.
+// Architecture "llama" (or "qwen2" without q/k/v biases; llama with experts: Mixtral); the
+// file's RoPE settings are kept.
 speck_train_model *speck_train_model_load(const char *path);
 void speck_train_model_free(speck_train_model *tm);
 const speck_train_config *speck_train_model_config(const speck_train_model *tm);
@@ -867,10 +876,20 @@ void speck_train_zero_grad(speck_train_model *tm);
 //   over the unmasked positions (0 when there are none).
 // speck_train_step also back-propagates, ADDING grad_scale * d(loss)/d(param) to the gradients
 // (grad_scale = 1/k for k accumulated micro-batches). T must be <= n_ctx.
+// A mixture of experts also minimises coef · aux (speck_train_set_aux_coef): the gradients are
+// those of loss + coef · aux, while *loss stays the cross-entropy (comparable with a dense model).
 int speck_train_loss(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,
                      int T, float *loss);
 int speck_train_step(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,
                      int T, float grad_scale, float *loss);
+// The Switch Transformer load-balancing loss of the last forward pass (0 for a dense model):
+// per layer n_expert · Σ_i f_i · P_i over the batch's B·T tokens (masked ones too: they are
+// routed), f_i the fraction of the token-choices that went to expert i, P_i the mean router
+// probability of expert i; averaged over the layers, so 1 is perfect balance and n_expert /
+// n_expert_used total collapse. The top-k choice is a constant: gradients flow through P only.
+double speck_train_aux_loss(const speck_train_model *tm);
+// Its coefficient in the objective (default 0.01; 0 turns it off). Fails when coef < 0.
+int speck_train_set_aux_coef(speck_train_model *tm, float coef);
 
 typedef struct {
     float lr;         // peak learning rate

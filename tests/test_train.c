@@ -26,7 +26,7 @@ static const char *wpath(const char *name) {
 }
 
 static speck_train_config tiny_cfg(int V, bool tied) {
-    speck_train_config c = {V, 32, 16, 2, 4, 2, 40, 1e-5f, 10000.0f, tied};
+    speck_train_config c = {V, 32, 16, 2, 4, 2, 40, 1e-5f, 10000.0f, tied, 0, 0, false};
     return c;
 }
 
@@ -206,6 +206,155 @@ static void test_learning_and_resume(void) {
     speck_token_data_free(&d);
 }
 
+// Mixture of experts: finite differences of the objective CE + coef·aux (the top-k choice is
+// a constant, so steps small enough to keep every token's choice give the analytic gradient),
+// learning, the exported GGUF's inference loss, checkpoint round trip, refused configurations.
+static double moe_objective(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B,
+                            int T, float coef) {
+    float l;
+    CHECK(speck_train_loss(tm, in, tg, B, T, &l) == 0, "moe loss: %s", speck_last_error());
+    return l + coef * speck_train_aux_loss(tm);
+}
+
+static void test_moe(bool norm, int k) {
+    const int V = 48;
+    speck_train_config c = tiny_cfg(V, false);
+    c.n_ff = 24, c.n_expert = 4, c.n_expert_used = k, c.moe_norm = norm;
+    speck_train_model *tm = speck_train_model_new(&c, 9);
+    CHECK(tm != NULL, "moe model: %s", speck_last_error());
+    if (!tm) return;
+    float *p = speck_train_params(tm);
+    for (int64_t i = 0; i < speck_train_n_params(tm); i++) p[i] *= 4.0f;
+    const float coef = 0.5f;
+    CHECK(speck_train_set_aux_coef(tm, coef) == 0 && speck_train_set_aux_coef(tm, -1) != 0,
+          "aux coefficient");
+    enum { B = 2, T = 9 };
+    int32_t in[B * T], tg[B * T];
+    random_tokens(in, B * T, V, 21);
+    random_tokens(tg, B * T, V, 22);
+    float loss;
+    speck_train_zero_grad(tm);
+    CHECK(speck_train_step(tm, in, tg, B, T, 1.0f, &loss) == 0, "step: %s", speck_last_error());
+    const double aux = speck_train_aux_loss(tm);
+    CHECK(aux >= 1.0 - 1e-6 && aux <= 4.0 / k + 1e-6, "aux loss %g in [1, X/k]", aux);
+    double worst = 0;
+    for (int ti = 0; ti < speck_train_n_tensors(tm); ti++) {
+        float *w = speck_train_tensor(tm, ti, false), *g = speck_train_tensor(tm, ti, true);
+        int64_t n = speck_train_tensor_numel(tm, ti), best = 0;
+        for (int64_t i = 1; i < n; i++)
+            if (fabsf(g[i]) > fabsf(g[best])) best = i;
+        const float h = 1e-3f, w0 = w[best];
+        w[best] = w0 + h;
+        double lp = moe_objective(tm, in, tg, B, T, coef);
+        w[best] = w0 - h;
+        double lm = moe_objective(tm, in, tg, B, T, coef);
+        w[best] = w0;
+        double fd = (lp - lm) / (2.0 * h), an = g[best];
+        double rel = fabs(fd - an) / fmax(fabs(an), 1e-3);
+        worst = fmax(worst, rel);
+        CHECK(rel < 3e-2, "moe finite difference %s[%lld]: analytic %.6g numeric %.6g (rel %.2e)",
+              speck_train_tensor_name(tm, ti), (long long)best, an, fd, rel);
+    }
+    printf("moe finite differences (4 experts, top %d, %s): worst rel err %.2e, aux %.4f\n", k,
+           norm ? "renormalised" : "not renormalised", worst, aux);
+
+    // Learns the synthetic corpus; the router spreads the tokens (aux well under collapse).
+    speck_token_data d;
+    synthetic_corpus(&d, V, 4000);
+    float losses[60];
+    CHECK(run_steps(tm, &d, 0, 60, losses) == 0, "moe training: %s", speck_last_error());
+    CHECK(losses[59] < losses[0] - 0.5f, "moe loss falls: %.3f -> %.3f", losses[0], losses[59]);
+    const double aux_end = speck_train_aux_loss(tm);
+    CHECK(aux_end < 0.5 * (1.0 + 4.0 / k), "routing not collapsed: aux %.3f", aux_end);
+
+    // Export (3-D expert tensors, llama.cpp's names): the inference engine's loss is training's.
+    CHECK(speck_train_export(tm, NULL, SPECK_TYPE_F32, "moe", wpath("moe.gguf")) == 0,
+          "moe export: %s", speck_last_error());
+    speck_model *m = speck_model_load(wpath("moe.gguf"));
+    CHECK(m != NULL, "exported moe model loads: %s", speck_last_error());
+    if (m) {
+        speck_ctx *cx = speck_ctx_new(m, 32);
+        int32_t x[16], y[16];
+        speck_token_data_sample(&d, 3, 0, 0, 0, 16, x, y);
+        float *logits = malloc(16 * V * sizeof(float));
+        CHECK(speck_forward(cx, 16, x, NULL, NULL, NULL, 0, logits) == 0, "moe forward: %s",
+              speck_last_error());
+        double nll = 0;
+        for (int i = 0; i < 16; i++) {
+            float *l = logits + i * V, mx = l[0];
+            for (int j = 1; j < V; j++) mx = fmaxf(mx, l[j]);
+            double s2 = 0;
+            for (int j = 0; j < V; j++) s2 += exp(l[j] - mx);
+            nll += log(s2) + mx - l[y[i]];
+        }
+        float tl;
+        speck_train_loss(tm, x, y, 1, 16, &tl);
+        CHECK(fabs(nll / 16 - tl) < 1e-4, "moe inference loss %.6f == training loss %.6f",
+              nll / 16, tl);
+        const int64_t *cnt = speck_ctx_expert_counts(cx);
+        int64_t total = 0;
+        for (int e = 0; cnt && e < 2 * 4; e++) total += cnt[e];
+        CHECK(total == 2 * 16 * k, "expert counts: %lld token-choices, want %d", (long long)total,
+              2 * 16 * k);
+        free(logits);
+        speck_ctx_free(cx);
+        speck_model_free(m);
+    }
+    // Loaded back for training: the same config and the same loss.
+    speck_train_model *r = speck_train_model_load(wpath("moe.gguf"));
+    CHECK(r != NULL, "moe reload: %s", speck_last_error());
+    if (r) {
+        const speck_train_config *rc = speck_train_model_config(r);
+        float l1, l2;
+        speck_train_loss(tm, in, tg, B, T, &l1);
+        speck_train_loss(r, in, tg, B, T, &l2);
+        CHECK(rc->n_expert == 4 && rc->n_expert_used == k && rc->moe_norm == norm && l1 == l2,
+              "moe reload: %d experts top %d norm %d, loss %.7g vs %.7g", rc->n_expert,
+              rc->n_expert_used, rc->moe_norm, l1, l2);
+        speck_train_model_free(r);
+    }
+    // A checkpoint of a dense model is refused for it.
+    speck_train_state st = {3, 1};
+    CHECK(speck_train_checkpoint_save(tm, &st, NULL, wpath("moe.ckpt")) == 0, "moe ckpt: %s",
+          speck_last_error());
+    speck_train_config dc = c;
+    dc.n_expert = dc.n_expert_used = 0;
+    speck_train_model *dense = speck_train_model_new(&dc, 1);
+    CHECK(speck_train_checkpoint_load(dense, wpath("moe.ckpt"), &st) != 0 &&
+              strstr(speck_last_error(), "n_expert"),
+          "dense run refuses a moe checkpoint: '%s'", speck_last_error());
+    speck_train_model_free(dense);
+    speck_token_data_free(&d);
+    speck_train_model_free(tm);
+}
+
+static void test_moe_refused(void) {
+    speck_train_config c = tiny_cfg(48, false);
+    c.n_expert = 4, c.n_expert_used = 5;
+    CHECK(speck_train_model_new(&c, 1) == NULL && strstr(speck_last_error(), "5 used"),
+          "top-k > experts refused: '%s'", speck_last_error());
+    c.n_expert_used = 0;
+    CHECK(speck_train_model_new(&c, 1) == NULL && strstr(speck_last_error(), "experts"),
+          "top-0 refused: '%s'", speck_last_error());
+    // A shared expert (Qwen2-MoE) and the QK-norm families cannot be trained: clear errors.
+    const char *names[] = {"tiny-qwen2moe", "tiny-qwen3moe", "tiny-olmoe"};
+    for (int i = 0; i < 3; i++) {
+        CHECK(speck_init_model(speck_preset_find(names[i]), SPECK_TYPE_F32, 1, wpath("r.gguf")) ==
+                  0,
+              "init %s: %s", names[i], speck_last_error());
+        CHECK(speck_train_model_load(wpath("r.gguf")) == NULL &&
+                  strstr(speck_last_error(), "cannot be trained"),
+              "%s refused for training: '%s'", names[i], speck_last_error());
+    }
+    CHECK(speck_init_model(speck_preset_find("tiny-mixtral"), SPECK_TYPE_Q8_0, 1,
+                           wpath("r.gguf")) == 0,
+          "init tiny-mixtral");
+    speck_train_model *tm = speck_train_model_load(wpath("r.gguf"));
+    CHECK(tm && speck_train_model_config(tm)->n_expert == 4, "tiny-mixtral (q8_0) loads: %s",
+          speck_last_error());
+    speck_train_model_free(tm);
+}
+
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     if (f) {
@@ -324,7 +473,7 @@ static void test_tokenizer_and_data(void) {
 // A child rewrites a checkpoint in a loop and is killed with SIGKILL at random moments; the
 // checkpoint on disk must always load and hold one of the states written.
 static void test_kill_during_write(void) {
-    speck_train_config c = {512, 64, 128, 4, 4, 4, 384, 1e-5f, 10000.0f, false};
+    speck_train_config c = {512, 64, 128, 4, 4, 4, 384, 1e-5f, 10000.0f, false, 0, 0, false};
     speck_train_model *tm = speck_train_model_new(&c, 1);
     const char *path = wpath("kill.ckpt");
     speck_train_state st = {1, 1};
@@ -364,6 +513,9 @@ int main(int argc, char **argv) {
     test_finite_differences(true, false);
     test_finite_differences(false, true);
     test_learning_and_resume();
+    test_moe(true, 2);
+    test_moe(false, 3);
+    test_moe_refused();
     test_tokenizer_and_data();
     test_kill_during_write();
     return test_summary();

@@ -100,6 +100,26 @@ expect 1 "train --distill-from: other tokens" -- "$SPECK" train "${ARGS[@]}" --d
 mentions "vocabulary mismatch: token"
 expect 2 "train: --distill-temp 0" -- "$SPECK" train "${ARGS[@]}" --distill-from "$dir/a.gguf" --distill-temp 0 -o "$dir/e.gguf"
 mentions "--distill-temp"
+# A mixture of experts from scratch: the CSV's aux_loss column, a loss that falls, a model that
+# speck's inference path runs (bench's per-expert counts cover every token-choice); clear errors.
+MOE=(--n-expert 4 --n-expert-used 2 --n-ff 32 --steps 60 --val-every 30 --ckpt-every 0)
+expect 0 "train moe" -- "$SPECK" train "${ARGS[@]}" "${MOE[@]}" -o "$dir/moe.gguf"
+head -1 "$dir/moe.csv" | grep -q ',aux_loss$' && ok || bad "moe csv header: $(head -1 "$dir/moe.csv")"
+awk -F, 'NR > 1 && !($7 >= 0.99 && $7 <= 2.01) {bad = 1} END {exit bad}' "$dir/moe.csv" && ok ||
+  bad "aux loss in [1, experts/top-k]: $(tail -1 "$dir/moe.csv")"
+first=$(awk -F, 'NR==2 {print $2}' "$dir/moe.csv"); last=$(awk -F, 'END {print $2}' "$dir/moe.csv")
+awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < a - 1.0)}' && ok || bad "moe loss fell: $first -> $last"
+expect 0 "bench the moe model" -- "$SPECK" bench -m "$dir/moe.gguf" -p 16 -n 4 -r 1 -t 1
+grep -qi "expert" "$dir/out" "$dir/err" && ok || bad "bench prints expert usage: $(cat "$dir/out")"
+expect 1 "train: top-k > experts" -- "$SPECK" train "${ARGS[@]}" --n-expert 4 --n-expert-used 5 -o "$dir/e.gguf"
+mentions "5 used"
+expect 2 "train: top-k without experts" -- "$SPECK" train "${ARGS[@]}" --n-expert-used 2 -o "$dir/e.gguf"
+mentions "--n-expert"
+expect 2 "train: a preset of a family speck cannot train" -- "$SPECK" train "${ARGS[@]}" --preset tiny-qwen2moe -o "$dir/e.gguf"
+mentions "qwen2moe"
+"$SPECK" init --preset tiny-qwen3moe -o "$dir/q3m.gguf" >/dev/null 2>&1
+expect 1 "train: --init-from a qwen3moe model" -- "$SPECK" train "${ARGS[@]}" --init-from "$dir/q3m.gguf" -o "$dir/e.gguf"
+mentions "cannot be trained"
 
 # bad input
 expect 1 "train: empty corpus" -- "$SPECK" train "${ARGS[@]}" --data "$dir/empty" -o "$dir/e.gguf"

@@ -1,8 +1,10 @@
 // Test driver for tests/reference/train_ref.py: loads a model GGUF into a training model, runs
 // a batch, and writes raw little-endian f32 files OUTDIR/<tensor name>.f32 plus OUTDIR/loss.txt.
 //
-//   train_dump MODEL.gguf TOKENS.i32 B T OUTDIR grad
-//       gradients of the mean next-token cross-entropy (one forward + backward)
+//   train_dump MODEL.gguf TOKENS.i32 B T OUTDIR grad[:COEF]
+//       gradients of the mean next-token cross-entropy (one forward + backward); for a mixture
+//       of experts, of cross-entropy + COEF (default 0.01) x the load-balancing loss, which goes
+//       to OUTDIR/aux.txt
 //   train_dump MODEL.gguf TOKENS.i32 B T OUTDIR adam:K
 //       the parameters after K AdamW steps on the same batch (schedule and clipping as in
 //       train_ref.py: lr 1e-2, min_lr 1e-3, warmup 2, total K, betas 0.9/0.95, eps 1e-8,
@@ -33,7 +35,8 @@ static int write_f32(const char *dir, const char *name, const float *x, int64_t 
 
 int main(int argc, char **argv) {
     if (argc != 7 && argc != 8) {
-        fprintf(stderr, "usage: train_dump MODEL TOKENS B T OUTDIR grad|adam:K [OUT.gguf]\n");
+        fprintf(stderr,
+                "usage: train_dump MODEL TOKENS B T OUTDIR grad[:COEF]|adam:K [OUT.gguf]\n");
         return 2;
     }
     int B = atoi(argv[3]), T = atoi(argv[4]);
@@ -55,7 +58,9 @@ int main(int argc, char **argv) {
             tg[b * T + t] = tok[b * (T + 1) + t + 1];
         }
     float loss = 0;
-    bool grads = !strcmp(mode, "grad");
+    bool grads = !strncmp(mode, "grad", 4);
+    if (!strncmp(mode, "grad:", 5) && speck_train_set_aux_coef(tm, (float)atof(mode + 5)))
+        return die("aux coefficient");
     int steps = grads ? 0 : atoi(mode + 5);
     if (grads) {
         speck_train_zero_grad(tm);
@@ -83,6 +88,11 @@ int main(int argc, char **argv) {
     f = fopen(path, "w");
     if (!f) return 1;
     fprintf(f, "%.9g\n", loss);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/aux.txt", dir);
+    f = fopen(path, "w");
+    if (!f) return 1;
+    fprintf(f, "%.9g\n", speck_train_aux_loss(tm));
     fclose(f);
     speck_train_model_free(tm);
     free(tok), free(in), free(tg);

@@ -100,8 +100,9 @@ int64_t cli_tokenize_file(const char *cmd, const char *vocab_path, const char *t
 // OUT with its .gguf suffix replaced by ext (malloc'd; exits on no memory).
 char *cli_derived_path(const char *out, const char *ext);
 // The loss-curve CSV, keeping the rows of steps < keep (a resumed run rewrites what came after
-// its checkpoint); NULL if it cannot be written.
-FILE *cli_open_csv(const char *path, int64_t keep);
+// its checkpoint); extra_cols (e.g. ",aux_loss", or NULL) ends a new file's header; NULL if it
+// cannot be written.
+FILE *cli_open_csv(const char *path, int64_t keep, const char *extra_cols);
 // Plot the CSV's train and validation loss into png with gnuplot; -1 (with a message) on failure.
 int cli_plot(const char *csv, const char *png);
 // "1h02m" / "3m05s" / "?".
@@ -112,8 +113,10 @@ void cli_fmt_time(double s, char *buf, size_t n);
 extern volatile sig_atomic_t cli_stop;
 typedef struct {
     const char *cmd;
-    FILE *csv; // the loss curve: step, loss, val (empty when none), lr, gnorm, tok/s
+    FILE *csv; // the loss curve: step, loss, val (empty when none), lr, gnorm, tok/s[, aux]
     int steps;
+    bool moe;   // a mixture of experts: the CSV's last column and the progress line show aux
+    double aux; // the step's load-balancing loss (set before cli_train_record)
     bool quiet;
     int64_t step0, hook_step;
     int hook_sig;

@@ -411,7 +411,7 @@ char *cli_derived_path(const char *out, const char *ext) {
 }
 
 // Keep the CSV rows of steps < keep (a resumed run rewrites what came after its checkpoint).
-FILE *cli_open_csv(const char *path, int64_t keep) {
+FILE *cli_open_csv(const char *path, int64_t keep, const char *extra_cols) {
     FILE *in = keep > 0 ? fopen(path, "r") : NULL;
     char *kept = NULL;
     size_t kn = 0;
@@ -428,7 +428,8 @@ FILE *cli_open_csv(const char *path, int64_t keep) {
     if (kept && kn)
         fwrite(kept, 1, kn, f);
     else
-        fprintf(f, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s\n");
+        fprintf(f, "step,train_loss,val_loss,lr,grad_norm,tokens_per_s%s\n",
+                extra_cols ? extra_cols : "");
     free(kept);
     fflush(f);
     return f;

@@ -33,7 +33,9 @@ void cli_train_record(cli_train_log *L, int64_t step, double loss, double val, f
     if (val == val) L->last_val = val;
     fprintf(L->csv, "%lld,%.6f,", (long long)step, loss);
     if (val == val) fprintf(L->csv, "%.6f", val);
-    fprintf(L->csv, ",%.6g,%.4f,%.1f\n", lr, gnorm, tokens / dt);
+    fprintf(L->csv, ",%.6g,%.4f,%.1f", lr, gnorm, tokens / dt);
+    if (L->moe) fprintf(L->csv, ",%.5f", L->aux);
+    fputc('\n', L->csv);
     fflush(L->csv);
     // At most ~5 updates a second keeps logs of redirected runs small.
     if (!L->quiet && (val == val || done == L->steps || cli_now() - L->last_print > 0.2)) {
@@ -46,6 +48,7 @@ void cli_train_record(cli_train_log *L, int64_t step, double loss, double val, f
         for (int j = 0; j < 20; j++) bar[j] = j < filled ? '#' : '.';
         bar[20] = 0;
         fprintf(stderr, "\rstep %lld/%d [%s] loss %.4f", (long long)done, L->steps, bar, loss);
+        if (L->moe) fprintf(stderr, " aux %.3f", L->aux);
         if (L->last_val == L->last_val) fprintf(stderr, " val %.4f", L->last_val);
         fprintf(stderr, " | lr %.2e | %.0f tok/s | ETA %s   ", lr, L->tokens_done / el, etas);
         if (val == val) fprintf(stderr, "\n");

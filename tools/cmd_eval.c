@@ -222,6 +222,20 @@ int cmd_eval(int argc, char **argv) {
     printf("perplexity: %.4f  (%.4f nats/token)\n", ppl, nll / (double)(n - 1));
     if (text) printf("bits/byte:  %.4f\n", nll / log(2.0) / (double)n_bytes);
     printf("time:       %.2f s (%.0f tokens/s)\n", cli_now() - t0, (n - 1) / (cli_now() - t0));
+    // A mixture of experts: each layer's share of the token-choices per expert over every
+    // window's tokens (overlapping windows count their shared tokens again).
+    const int64_t *ec = speck_ctx_expert_counts(c);
+    for (int l = 0; ec && l < hp->n_layer; l++) {
+        int64_t tot = 0;
+        for (int e = 0; e < hp->n_expert; e++) tot += ec[(size_t)l * hp->n_expert + e];
+        printf("experts %d:  ", l);
+        for (int e = 0; e < hp->n_expert; e++) {
+            const int64_t k = ec[(size_t)l * hp->n_expert + e];
+            printf("%s%.1f", e ? " " : "", tot ? 100.0 * (double)k / (double)tot : 0.0);
+        }
+        printf(" %% of %lld choices (top %d of %d)\n", (long long)tot, hp->n_expert_used,
+               hp->n_expert);
+    }
     free(text), free(ids), free(logits), free(rows);
     speck_ctx_free(c);
     speck_model_free(m);

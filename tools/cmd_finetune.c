@@ -299,7 +299,7 @@ static int run(int argc, char **argv) {
         if (tr_ckpt_load(tr, ckpt, &st)) return cli_fail("finetune");
         if (!o.quiet) fprintf(stderr, "resumed from %s at step %lld\n", ckpt, (long long)st.step);
     }
-    FILE *fcsv = R.fcsv = cli_open_csv(csv, st.step);
+    FILE *fcsv = R.fcsv = cli_open_csv(csv, st.step, NULL);
     if (!fcsv) {
         fprintf(stderr, "speck finetune: %s: cannot write: %s\n", csv, strerror(errno));
         return 1;

@@ -157,7 +157,9 @@ typedef struct {
     const char *distill_from; // teacher model: distill its distributions (speck_distill_step)
     speck_distill_params distill;
     speck_train_config cfg;
-    int set_layer, set_embd, set_head, set_head_kv, set_ff, set_ctx;
+    int set_layer, set_embd, set_head, set_head_kv, set_ff, set_ctx, set_expert, set_expert_used;
+    float aux_coef;
+    bool no_moe_norm;
     int B, accum, steps, val_every, val_batches, ckpt_every, threads;
     double val_fraction;
     uint64_t seed;
@@ -179,6 +181,10 @@ static void train_usage(void) {
         "  --preset NAME        shapes of a preset (speck init --help lists them)\n"
         "  --n-layer N --n-embd N --n-head N --n-head-kv N --n-ff N --ctx N --tied|--untied\n"
         "  --init-from FILE     start from a GGUF model of any type (its vocabulary by default)\n"
+        "mixture of experts (Mixtral's layout; --n-ff is then each expert's width):\n"
+        "  --n-expert N --n-expert-used K   N experts per layer, K run per token (capacity-free)\n"
+        "  --moe-aux X (0.01)   load-balancing loss coefficient (Switch Transformer; 0: off)\n"
+        "  --moe-no-norm        do not renormalise the top-K weights (OLMoE's rule)\n"
         "optimisation:\n"
         "  --steps N (1000)  --batch B (8)  --accum K (1)  --lr X (1e-3)  --min-lr X (lr/10)\n"
         "  --warmup N (steps/20)  --wd X (0.1)  --clip X (1.0)  --decay-all  --seed N (1)\n"
@@ -199,7 +205,7 @@ static int parse_train(int argc, char **argv, train_opts *o) {
     memset(o, 0, sizeof *o);
     o->glob = "*", o->preset = "tiny", o->B = 8, o->accum = 1, o->steps = 1000;
     o->val_every = 100, o->val_batches = 8, o->ckpt_every = 100, o->val_fraction = 0.05;
-    o->seed = 1, o->type = SPECK_TYPE_F16;
+    o->seed = 1, o->type = SPECK_TYPE_F16, o->aux_coef = 0.01f;
     o->opt = speck_adamw_default();
     o->opt.warmup_steps = -1, o->opt.min_lr = -1;
     o->distill = (speck_distill_params){.temperature = 1.0f, .ce_weight = 0.0f};
@@ -244,6 +250,9 @@ static int parse_train(int argc, char **argv, train_opts *o) {
         INT("--n-head-kv", o->set_head_kv, 1, 1024);
         INT("--n-ff", o->set_ff, 1, 1 << 18);
         INT("--ctx", o->set_ctx, 2, 1 << 16);
+        INT("--n-expert", o->set_expert, 1, 256);
+        INT("--n-expert-used", o->set_expert_used, 1, 256);
+        FLT("--moe-aux", o->aux_coef);
         INT("--steps", o->steps, 1, 1 << 30);
         INT("--batch", o->B, 1, 1 << 16);
         INT("--accum", o->accum, 1, 1 << 16);
@@ -273,6 +282,7 @@ static int parse_train(int argc, char **argv, train_opts *o) {
         else if (cli_flag(argv[i], "--tied", NULL)) o->tied = 1;
         else if (cli_flag(argv[i], "--untied", NULL)) o->tied = -1;
         else if (cli_flag(argv[i], "--plot", NULL)) o->plot = true;
+        else if (cli_flag(argv[i], "--moe-no-norm", NULL)) o->no_moe_norm = true;
         else if (cli_flag(argv[i], "--quiet", "-q")) o->quiet = true;
         else {
             fprintf(stderr, "speck train: unknown option '%s'\n", argv[i]);
@@ -288,6 +298,10 @@ static int parse_train(int argc, char **argv, train_opts *o) {
     if (!o->vocab && !o->init_from) {
         fprintf(stderr, "speck train: --vocab VOCAB.gguf is required (speck tokenizer-train "
                         "makes one)\n");
+        exit(2);
+    }
+    if (!(o->aux_coef >= 0)) {
+        fprintf(stderr, "speck train: --moe-aux must be >= 0\n");
         exit(2);
     }
     if (!(o->val_fraction >= 0 && o->val_fraction < 1)) {
@@ -417,6 +431,17 @@ static int train_run(int argc, char **argv) {
         if (o.set_ff) o.cfg.n_ff = o.set_ff;
         if (o.set_ctx) o.cfg.n_ctx = o.set_ctx;
         if (o.tied) o.cfg.tied_output = o.tied > 0;
+        if (o.set_expert) {
+            o.cfg.n_expert = o.set_expert;
+            o.cfg.moe_norm = true;
+            if (!o.set_expert_used) o.cfg.n_expert_used = o.set_expert < 2 ? 1 : 2;
+        }
+        if (o.set_expert_used) o.cfg.n_expert_used = o.set_expert_used;
+        if (o.no_moe_norm) o.cfg.moe_norm = false;
+        if (o.cfg.n_expert_used && !o.cfg.n_expert) {
+            fprintf(stderr, "speck train: --n-expert-used needs --n-expert (or a MoE preset)\n");
+            return 2;
+        }
         tm = R.tm = speck_train_model_new(&o.cfg, o.seed);
         if (!tm) return cli_fail("train");
     }
@@ -463,6 +488,16 @@ static int train_run(int argc, char **argv) {
         if (!o.quiet) fprintf(stderr, "resumed from %s at step %lld\n", ckpt, (long long)st.step);
     }
     const speck_train_config *c = speck_train_model_config(tm);
+    if (c->n_expert && speck_train_set_aux_coef(tm, o.aux_coef)) return cli_fail("train");
+    if (!o.quiet && c->n_expert)
+        fprintf(stderr,
+                "experts: %d per layer, %d per token (%s), load-balancing loss x %g; %.2fM "
+                "parameters active per token\n",
+                c->n_expert, c->n_expert_used, c->moe_norm ? "renormalised" : "not renormalised",
+                (double)o.aux_coef,
+                (speck_train_n_params(tm) - (double)c->n_layer * (c->n_expert - c->n_expert_used) *
+                                                3 * c->n_ff * c->n_embd) /
+                    1e6);
     if (!o.quiet)
         fprintf(stderr,
                 "model: %d layers, width %d, %d heads (%d kv), ffn %d, vocab %d, %s head, "
@@ -470,7 +505,7 @@ static int train_run(int argc, char **argv) {
                 c->n_layer, c->n_embd, c->n_head, c->n_head_kv, c->n_ff, c->n_vocab,
                 c->tied_output ? "tied" : "untied", speck_train_n_params(tm) / 1e6, o.B, T, o.accum,
                 o.steps, speck_get_threads());
-    FILE *fcsv = R.fcsv = cli_open_csv(csv, st.step);
+    FILE *fcsv = R.fcsv = cli_open_csv(csv, st.step, c->n_expert ? ",aux_loss" : NULL);
     if (!fcsv) {
         fprintf(stderr, "speck train: %s: cannot write: %s\n", csv, strerror(errno));
         return 1;
@@ -480,9 +515,10 @@ static int train_run(int argc, char **argv) {
     if (!in || !tg) return 1;
     cli_train_log L;
     cli_train_begin(&L, "train", fcsv, st.step, o.steps, o.quiet);
+    L.moe = c->n_expert > 0;
     int rc = 0;
     for (int64_t step = st.step; step < o.steps && !cli_stop; step++) {
-        double ts = cli_now(), loss_sum = 0;
+        double ts = cli_now(), loss_sum = 0, aux_sum = 0;
         speck_train_zero_grad(tm);
         for (int k = 0; k < o.accum && !rc; k++) {
             for (int b = 0; b < o.B; b++)
@@ -494,6 +530,7 @@ static int train_run(int argc, char **argv) {
                         : speck_train_step(tm, in, tg, o.B, T, 1.0f / o.accum, &loss))
                 rc = cli_fail("train");
             loss_sum += loss;
+            aux_sum += speck_train_aux_loss(tm);
         }
         float gnorm = 0;
         if (!rc && speck_adamw_step(tm, &o.opt, step, &gnorm)) rc = cli_fail("train");
@@ -510,6 +547,7 @@ static int train_run(int argc, char **argv) {
             }
             if (e == 0) val = v;
         }
+        L.aux = aux_sum / o.accum;
         cli_train_record(&L, step, loss_sum / o.accum, val, speck_lr_at(&o.opt, step), gnorm,
                          (double)o.B * T * o.accum, dt);
         if (o.ckpt_every && st.step % o.ckpt_every == 0 && st.step < o.steps &&

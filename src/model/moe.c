@@ -165,8 +165,8 @@ static void route(const speck_layer *ly, const speck_hparams *hp, const float *l
         float chosen = 0.0f;
         for (int j = 0; j < k; j++) { // k is small: selection, not a sort
             int best = -1;
-            for (int e = 0; e < X; e++)
-                if (r->p[e] >= 0 && (best < 0 || r->p[e] > r->p[best])) best = e;
+            for (int e = 0; e < X; e++) // untaken: not -1 (a NaN of damaged weights counts)
+                if (!(r->p[e] < 0) && (best < 0 || r->p[e] > r->p[best])) best = e;
             sel[j] = best;
             chosen += r->p[best];
             r->w[(size_t)t * k1 + j] = r->p[best];

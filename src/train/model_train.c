@@ -13,6 +13,7 @@
 
 #include "kernels/kernels.h"
 #include "model/model_internal.h"
+#include "train/moe_train.h"
 #include "train/train_internal.h"
 #include "train/train_ops.h"
 
@@ -27,7 +28,8 @@ typedef struct {
     float *ao;          // (N, Qd) attention output before wo
     float *x_mid;       // (N, C) residual after attention
     float *xn2, *rstd2; // (N, C), (N) ffn RMSNorm
-    float *g, *u, *h;   // (N, F) gate pre-activation, up, silu(g)*u
+    float *g, *u, *h;   // (N, F) gate pre-activation, up, silu(g)*u (dense FFN)
+    tmoe_acts moe;      // the mixture of experts' (moe_train.h) instead
 } tlayer_acts;
 
 struct speck_tacts {
@@ -40,12 +42,18 @@ struct speck_tacts {
     // backward scratch
     float *dx, *dt;            // (N, C) residual gradient, temporary
     float *dq, *dk, *dv, *dao; // (N, Qd), (N, KVd) x2, (N, Qd)
-    float *dg, *du, *dh;       // (N, F)
+    float *dg, *du, *dh;       // (N, F) (dense FFN)
+    tmoe_scratch moe_d;        // experts' backward scratch (moe_train.h)
     float *dp;                 // (threads, T, T) attention backward scratch
     int dp_threads;
     void **blocks; // every allocation above, for freeing
     int n_blocks;
 };
+
+// The mixture of experts' shape for a batch of N tokens.
+static tmoe_shape moe_shape(const speck_train_config *c, int N) {
+    return (tmoe_shape){N, c->n_embd, c->n_ff, c->n_expert, c->n_expert_used, c->moe_norm};
+}
 
 static float *acts_alloc(speck_tacts *a, size_t n, int *err) {
     float *p = calloc(n ? n : 1, sizeof(float));
@@ -96,9 +104,15 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
         la->x_mid = acts_alloc(a, N * C, &err);
         la->xn2 = acts_alloc(a, N * C, &err);
         la->rstd2 = acts_alloc(a, N, &err);
-        la->g = acts_alloc(a, N * F, &err);
-        la->u = acts_alloc(a, N * F, &err);
-        la->h = acts_alloc(a, N * F, &err);
+        if (c->n_expert) {
+            const tmoe_shape sh = moe_shape(c, (int)N);
+            float *blk = acts_alloc(a, tmoe_acts_bytes(&sh) / sizeof(float), &err);
+            if (blk) tmoe_acts_at(&sh, blk, &la->moe);
+        } else {
+            la->g = acts_alloc(a, N * F, &err);
+            la->u = acts_alloc(a, N * F, &err);
+            la->h = acts_alloc(a, N * F, &err);
+        }
     }
     a->dp_threads = omp_get_max_threads();
     a->x_final = acts_alloc(a, N * C, &err);
@@ -113,9 +127,15 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
     a->dk = acts_alloc(a, N * KVd, &err);
     a->dv = acts_alloc(a, N * KVd, &err);
     a->dao = acts_alloc(a, N * Qd, &err);
-    a->dg = acts_alloc(a, N * F, &err);
-    a->du = acts_alloc(a, N * F, &err);
-    a->dh = acts_alloc(a, N * F, &err);
+    if (c->n_expert) {
+        const tmoe_shape sh = moe_shape(c, (int)N);
+        float *blk = acts_alloc(a, tmoe_scratch_bytes(&sh) / sizeof(float), &err);
+        if (blk) tmoe_scratch_at(&sh, blk, &a->moe_d);
+    } else {
+        a->dg = acts_alloc(a, N * F, &err);
+        a->du = acts_alloc(a, N * F, &err);
+        a->dh = acts_alloc(a, N * F, &err);
+    }
     a->dp = acts_alloc(a, (size_t)a->dp_threads * T * T, &err);
     if (err) {
         acts_free(a);
@@ -166,6 +186,8 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
     const speck_tweights *w = &tm->p;
     int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
     int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
+    const tmoe_shape sh = moe_shape(c, N);
+    double aux = 0;
     train_embedding_forward(a->l[0].x_in, w->tok_embd, in, N, C);
     for (int l = 0; l < c->n_layer; l++) {
         tlayer_acts *la = &a->l[l];
@@ -181,12 +203,18 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
         train_matmul_forward(a->dt, la->ao, wl->wo, N, Qd, C);
         train_residual_forward(la->x_mid, la->x_in, a->dt, (size_t)N * C);
         train_rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, wl->ffn_norm, N, C, c->norm_eps);
-        train_matmul_forward(la->g, la->xn2, wl->wg, N, C, F);
-        train_matmul_forward(la->u, la->xn2, wl->wu, N, C, F);
-        train_swiglu_forward(la->h, la->g, la->u, (size_t)N * F);
-        train_matmul_forward(a->dt, la->h, wl->wd, N, F, C);
+        if (c->n_expert) {
+            aux += tmoe_forward(&sh, &la->moe, a->dt, la->xn2, wl->router, wl->wg_x, wl->wu_x,
+                                wl->wd_x);
+        } else {
+            train_matmul_forward(la->g, la->xn2, wl->wg, N, C, F);
+            train_matmul_forward(la->u, la->xn2, wl->wu, N, C, F);
+            train_swiglu_forward(la->h, la->g, la->u, (size_t)N * F);
+            train_matmul_forward(a->dt, la->h, wl->wd, N, F, C);
+        }
         train_residual_forward(x_out, la->x_mid, a->dt, (size_t)N * C);
     }
+    tm->aux_loss = c->n_expert ? aux / c->n_layer : 0.0;
     train_rmsnorm_forward(a->xf, a->rstdf, a->x_final, w->out_norm, N, C, c->norm_eps);
     train_matmul_forward(a->logits, a->xf, w->output, N, C, V);
     if (!tg) return; // train_forward_logits: the caller takes the logits
@@ -212,11 +240,18 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
     for (int l = c->n_layer - 1; l >= 0; l--) {
         tlayer_acts *la = &a->l[l];
         const speck_tlayer *wl = &w->layers[l], *gl = &g->layers[l];
-        // FFN branch: x_out = x_mid + wd(swiglu(wg xn2, wu xn2))
-        train_matmul_backward(a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
-        train_swiglu_backward(a->dg, a->du, a->dh, la->g, la->u, (size_t)N * F);
-        train_matmul_backward(a->dt, gl->wg, a->dg, la->xn2, wl->wg, N, C, F, false);
-        train_matmul_backward(a->dt, gl->wu, a->du, la->xn2, wl->wu, N, C, F, true);
+        // FFN branch: x_out = x_mid + wd(swiglu(wg xn2, wu xn2)), or + moe(xn2)
+        if (c->n_expert) {
+            const tmoe_shape sh = moe_shape(c, N);
+            tmoe_backward(&sh, &la->moe, &a->moe_d, a->dt, gl->router, gl->wg_x, gl->wu_x,
+                          gl->wd_x, a->dx, la->xn2, wl->router, wl->wg_x, wl->wu_x, wl->wd_x,
+                          grad_scale * tm->aux_coef / c->n_layer);
+        } else {
+            train_matmul_backward(a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
+            train_swiglu_backward(a->dg, a->du, a->dh, la->g, la->u, (size_t)N * F);
+            train_matmul_backward(a->dt, gl->wg, a->dg, la->xn2, wl->wg, N, C, F, false);
+            train_matmul_backward(a->dt, gl->wu, a->du, la->xn2, wl->wu, N, C, F, true);
+        }
         train_rmsnorm_backward(a->dx, gl->ffn_norm, a->dt, la->x_mid, wl->ffn_norm, la->rstd2, N, C,
                          true);
         // attention branch: x_mid = x_in + wo(attn(rope(wq xn1), rope(wk xn1), wv xn1))
@@ -271,11 +306,14 @@ void speck_tweights_bind(speck_train_model *tm, float *base, speck_tweights *w) 
     w->tok_embd = base + tm->tensors[i++].offset;
     w->out_norm = base + tm->tensors[i++].offset;
     w->output = tm->cfg.tied_output ? w->tok_embd : base + tm->tensors[i++].offset;
+    const bool moe = tm->cfg.n_expert > 0;
     for (int l = 0; l < L; l++) {
         speck_tlayer *y = &w->layers[l];
-        float **slots[9] = {&y->attn_norm, &y->wq, &y->wk, &y->wv, &y->wo,
-                            &y->ffn_norm,  &y->wg, &y->wu, &y->wd};
-        for (int s = 0; s < 9; s++) *slots[s] = base + tm->tensors[i++].offset;
+        float **slots[10] = {&y->attn_norm, &y->wq, &y->wk, &y->wv, &y->wo, &y->ffn_norm,
+                             &y->wg,        &y->wu, &y->wd, NULL};
+        if (moe) slots[6] = &y->router, slots[7] = &y->wg_x, slots[8] = &y->wu_x,
+                 slots[9] = &y->wd_x;
+        for (int s = 0; s < (moe ? 10 : 9); s++) *slots[s] = base + tm->tensors[i++].offset;
     }
 }
 
@@ -293,6 +331,12 @@ static int validate_config(const speck_train_config *c) {
                                c->n_head);
     if (!(c->norm_eps > 0) || !(c->rope_freq_base > 0))
         return speck_set_error(SPECK_ERR_ARG, "train config: norm_eps and rope base must be > 0");
+    if (c->n_expert < 0 || c->n_expert > 256 ||
+        (c->n_expert > 0 && (c->n_expert_used < 1 || c->n_expert_used > c->n_expert)))
+        return speck_set_error(SPECK_ERR_ARG,
+                               "train config: %d experts, %d used per token: want 1 <= used <= "
+                               "experts <= 256 (or 0 experts: a dense FFN)",
+                               c->n_expert, c->n_expert_used);
     return 0;
 }
 
@@ -318,25 +362,33 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
                              .rope_type = SPECK_ROPE_NORMAL,
                              .rope_scale_factor = 1.0f,
                              .tied_output = c->tied_output,
+                             .n_expert = c->n_expert,
+                             .n_expert_used = c->n_expert ? c->n_expert_used : 0,
+                             .n_ff_exp = c->n_expert ? c->n_ff : 0,
+                             .moe_norm = c->n_expert && c->moe_norm,
                              .bos_id = -1,
                              .eos_id = -1};
+    tm->aux_coef = 0.01f;
     int64_t C = c->n_embd, Qd = (int64_t)c->n_head * hd, KVd = (int64_t)c->n_head_kv * hd,
             F = c->n_ff, V = c->n_vocab;
     tm->rope_freq = malloc((size_t)(hd / 2) * sizeof(float));
-    tm->tensors = calloc((size_t)(3 + 9 * c->n_layer), sizeof *tm->tensors);
+    tm->tensors = calloc((size_t)(3 + 10 * c->n_layer), sizeof *tm->tensors);
     tm->p.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
     tm->g.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
     if (!tm->rope_freq || !tm->tensors || !tm->p.layers || !tm->g.layers) goto oom;
     for (int j = 0; j < hd / 2; j++)
         tm->rope_freq[j] = (float)pow((double)c->rope_freq_base, -2.0 * j / hd);
     int64_t off = 0;
-#define ADD(nm, r, cols, mat, emb)                                                                 \
+#define ADD3(nm, x, r, cols, mat, emb)                                                             \
     do {                                                                                           \
         speck_ttensor *t = &tm->tensors[tm->n_tensors++];                                          \
         snprintf(t->name, sizeof t->name, "%s", nm);                                               \
-        t->offset = off, t->ne0 = cols, t->ne1 = r, t->is_matrix = mat, t->is_embd = emb;          \
-        off += (int64_t)(r) * (cols);                                                              \
+        t->offset = off, t->ne0 = cols, t->ne1 = r, t->ne2 = x, t->is_matrix = mat;                \
+        t->is_embd = emb, t->n_dims = (x) > 0 ? 3 : (mat) ? 2 : 1;                                 \
+        if (!t->ne2) t->ne2 = 1;                                                                   \
+        off += (int64_t)(r) * (cols) * t->ne2;                                                     \
     } while (0)
+#define ADD(nm, r, cols, mat, emb) ADD3(nm, 0, r, cols, mat, emb)
     ADD("token_embd.weight", V, C, true, true);
     ADD("output_norm.weight", 1, C, false, false);
     if (!c->tied_output) ADD("output.weight", V, C, true, false);
@@ -349,12 +401,21 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
         ADD(N("attn_v.weight"), KVd, C, true, false);
         ADD(N("attn_output.weight"), C, Qd, true, false);
         ADD(N("ffn_norm.weight"), 1, C, false, false);
-        ADD(N("ffn_gate.weight"), F, C, true, false);
-        ADD(N("ffn_up.weight"), F, C, true, false);
-        ADD(N("ffn_down.weight"), C, F, true, false);
+        if (c->n_expert) {
+            const int64_t X = c->n_expert;
+            ADD(N("ffn_gate_inp.weight"), X, C, true, false);
+            ADD3(N("ffn_gate_exps.weight"), X, F, C, true, false);
+            ADD3(N("ffn_up_exps.weight"), X, F, C, true, false);
+            ADD3(N("ffn_down_exps.weight"), X, C, F, true, false);
+        } else {
+            ADD(N("ffn_gate.weight"), F, C, true, false);
+            ADD(N("ffn_up.weight"), F, C, true, false);
+            ADD(N("ffn_down.weight"), C, F, true, false);
+        }
 #undef N
     }
 #undef ADD
+#undef ADD3
     tm->n_params = off;
     tm->params = calloc((size_t)off, sizeof(float));
     tm->grads = calloc((size_t)off, sizeof(float));
@@ -384,7 +445,7 @@ speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t
     for (int i = 0; i < tm->n_tensors; i++) {
         const speck_ttensor *t = &tm->tensors[i];
         float *p = tm->params + t->offset;
-        int64_t n = t->ne0 * t->ne1;
+        int64_t n = t->ne0 * t->ne1 * t->ne2;
         if (!t->is_matrix) {
             for (int64_t j = 0; j < n; j++) p[j] = 1.0f;
             continue;
@@ -404,9 +465,22 @@ speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t
 }
 
 speck_train_config speck_train_config_from_preset(const speck_preset *p) {
-    speck_train_config c = {p->n_vocab,        p->n_ctx_train, p->n_embd, p->n_layer,
-                            p->n_head,         p->n_head_kv,   p->n_ff,   p->norm_eps,
-                            p->rope_freq_base, p->tied_output};
+    speck_train_config c = {.n_vocab = p->n_vocab,
+                            .n_ctx = p->n_ctx_train,
+                            .n_embd = p->n_embd,
+                            .n_layer = p->n_layer,
+                            .n_head = p->n_head,
+                            .n_head_kv = p->n_head_kv,
+                            .n_ff = p->n_ff,
+                            .norm_eps = p->norm_eps,
+                            .rope_freq_base = p->rope_freq_base,
+                            .tied_output = p->tied_output};
+    if (p->n_expert > 0) { // the experts' width is the training FFN's (Mixtral's convention)
+        const speck_arch *a = speck_arch_find(p->arch);
+        c.n_expert = p->n_expert, c.n_expert_used = p->n_expert_used;
+        c.n_ff = p->n_ff_exp ? p->n_ff_exp : p->n_ff;
+        c.moe_norm = a && a->moe && a->moe->norm_topk; // the family's rule
+    }
     return c;
 }
 
@@ -424,16 +498,19 @@ speck_train_model *speck_train_model_load(const char *path) {
     const speck_hparams *hp = &m->hp;
     speck_train_model *tm = NULL;
     // The training pass is the Llama layer: no QK-norm, post-norms, GeGLU, soft-caps, windows,
-    // fused tensors or LongRoPE.
-    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2")) || hp->n_swa > 0 ||
-        hp->n_expert > 0) {
+    // fused tensors or LongRoPE; experts only as Mixtral's (llama with experts, no shared one).
+    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2")) || hp->n_swa > 0) {
         speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "%s: architecture %s%s cannot be trained by speck (llama and qwen2 "
-                        "without a sliding window)",
-                        path, hp->arch,
-                        hp->n_swa > 0      ? " with a sliding window"
-                        : hp->n_expert > 0 ? " with experts"
-                                           : "");
+                        "%s: architecture %s%s cannot be trained by speck (llama, llama with "
+                        "experts (Mixtral) and qwen2, without a sliding window)",
+                        path, hp->arch, hp->n_swa > 0 ? " with a sliding window" : "");
+        goto done;
+    }
+    if (hp->n_expert > 0 && (hp->n_ff_shexp > 0 || hp->n_ff_exp != hp->n_ff)) {
+        speck_set_error(SPECK_ERR_UNSUPPORTED,
+                        "%s: experts with %s cannot be trained by speck (Mixtral's layout: "
+                        "router and routed experts of feed_forward_length)",
+                        path, hp->n_ff_shexp > 0 ? "a shared expert" : "their own width");
         goto done;
     }
     if (hp->qkv_bias) {
@@ -447,9 +524,10 @@ speck_train_model *speck_train_model_load(const char *path) {
                         path, hp->head_dim, hp->n_head, hp->n_embd);
         goto done;
     }
-    speck_train_config c = {hp->n_vocab,        hp->n_ctx_train, hp->n_embd, hp->n_layer,
-                            hp->n_head,         hp->n_head_kv,   hp->n_ff,   hp->norm_eps,
-                            hp->rope_freq_base, hp->tied_output};
+    speck_train_config c = {hp->n_vocab,        hp->n_ctx_train, hp->n_embd,   hp->n_layer,
+                            hp->n_head,         hp->n_head_kv,   hp->n_ff,     hp->norm_eps,
+                            hp->rope_freq_base, hp->tied_output, hp->n_expert, hp->n_expert_used,
+                            hp->n_expert > 0 && hp->moe_norm};
     tm = alloc_model(&c);
     if (!tm) goto done;
     tm->rope_type = hp->rope_type;
@@ -478,9 +556,19 @@ speck_train_model *speck_train_model_load(const char *path) {
         copy_weight(d->wk, &s->wk);
         copy_weight(d->wv, &s->wv);
         copy_weight(d->wo, &s->wo);
-        copy_weight(d->wg, &s->wg);
-        copy_weight(d->wu, &s->wu);
-        copy_weight(d->wd, &s->wd);
+        if (hp->n_expert) {
+            const size_t ex = (size_t)hp->n_ff * hp->n_embd; // one expert's matrix
+            copy_weight(d->router, &s->router);
+            for (int e = 0; e < hp->n_expert; e++) {
+                copy_weight(d->wg_x + e * ex, &s->experts[3 * e]);
+                copy_weight(d->wu_x + e * ex, &s->experts[3 * e + 1]);
+                copy_weight(d->wd_x + e * ex, &s->experts[3 * e + 2]);
+            }
+        } else {
+            copy_weight(d->wg, &s->wg);
+            copy_weight(d->wu, &s->wu);
+            copy_weight(d->wd, &s->wd);
+        }
     }
 done:
     speck_model_free(m);
@@ -513,7 +601,18 @@ const char *speck_train_tensor_name(const speck_train_model *tm, int i) {
     return i >= 0 && i < tm->n_tensors ? tm->tensors[i].name : NULL;
 }
 int64_t speck_train_tensor_numel(const speck_train_model *tm, int i) {
-    return i >= 0 && i < tm->n_tensors ? tm->tensors[i].ne0 * tm->tensors[i].ne1 : 0;
+    if (i < 0 || i >= tm->n_tensors) return 0;
+    return tm->tensors[i].ne0 * tm->tensors[i].ne1 * tm->tensors[i].ne2;
+}
+double speck_train_aux_loss(const speck_train_model *tm) {
+    return tm->aux_loss;
+}
+int speck_train_set_aux_coef(speck_train_model *tm, float coef) {
+    if (!(coef >= 0) || !isfinite(coef))
+        return speck_set_error(SPECK_ERR_ARG, "train: auxiliary loss coefficient %g must be >= 0",
+                               (double)coef);
+    tm->aux_coef = coef;
+    return 0;
 }
 float *speck_train_tensor(speck_train_model *tm, int i, bool grad) {
     if (i < 0 || i >= tm->n_tensors) return NULL;

@@ -80,7 +80,8 @@ int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t
         const speck_ttensor *t = &tm->tensors[ti];
         bool decay = p->decay_all || (t->is_matrix && !t->is_embd);
         speck_adamw_update(p, step, clip, decay, tm->params + t->offset, tm->grads + t->offset,
-                           tm->adam_m + t->offset, tm->adam_v + t->offset, t->ne0 * t->ne1);
+                           tm->adam_m + t->offset, tm->adam_v + t->offset,
+                           t->ne0 * t->ne1 * t->ne2);
     }
     return 0;
 }
@@ -125,7 +126,7 @@ static int write_model(speck_gguf_writer *w, speck_train_model *tm, speck_type t
     for (int i = 0; i < tm->n_tensors; i++) {
         const speck_ttensor *t = &tm->tensors[i];
         const float *src = tm->params + t->offset;
-        int64_t ne[2] = {t->ne0, t->ne1};
+        int64_t ne[3] = {t->ne0, t->ne1, t->ne2}, rows = t->ne1 * t->ne2;
         speck_type tt = t->is_matrix ? type : SPECK_TYPE_F32;
         if (tt != SPECK_TYPE_F32 && t->ne0 % speck_type_block_size(tt))
             return speck_set_error(SPECK_ERR_ARG,
@@ -135,15 +136,15 @@ static int write_model(speck_gguf_writer *w, speck_train_model *tm, speck_type t
         const void *data = src;
         if (tt != SPECK_TYPE_F32) {
             size_t rs = speck_type_row_size(tt, t->ne0);
-            uint8_t *q = malloc(rs * (size_t)t->ne1);
+            uint8_t *q = malloc(rs * (size_t)rows);
             if (!q) return speck_set_error(SPECK_ERR_NOMEM, "export: out of memory");
             bufs[i] = q;
 #pragma omp parallel for schedule(static)
-            for (int64_t r = 0; r < t->ne1; r++)
+            for (int64_t r = 0; r < rows; r++)
                 speck_quantize_row(tt, src + (size_t)r * t->ne0, q + rs * (size_t)r, t->ne0);
             data = q;
         }
-        if ((err = speck_gguf_add_tensor(w, t->name, tt, t->is_matrix ? 2 : 1, ne, data)))
+        if ((err = speck_gguf_add_tensor(w, t->name, tt, t->n_dims, ne, data)))
             return err;
     }
     return 0;
@@ -189,7 +190,7 @@ int speck_train_checkpoint_save(speck_train_model *tm, const speck_train_state *
     }
     for (int i = 0; !err && i < tm->n_tensors; i++) {
         const speck_ttensor *t = &tm->tensors[i];
-        int64_t ne[2] = {t->ne0, t->ne1};
+        int64_t ne[2] = {t->ne0, t->ne1 * t->ne2}; // the experts' moments as one matrix
         snprintf(names[2 * i], 64, "adam_m.%s", t->name);
         snprintf(names[2 * i + 1], 64, "adam_v.%s", t->name);
         err = speck_gguf_add_tensor(w, names[2 * i], SPECK_TYPE_F32, 2, ne, tm->adam_m + t->offset);
@@ -218,7 +219,7 @@ int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_t
     SAME(n_vocab)
     SAME(n_embd)
     SAME(n_layer) SAME(n_head) SAME(n_head_kv) SAME(n_ff) SAME(tied_output) SAME(norm_eps)
-        SAME(rope_freq_base)
+        SAME(rope_freq_base) SAME(n_expert) SAME(n_expert_used) SAME(moe_norm)
 #undef SAME
     if (!err && (strcmp(tm->hp.arch, ck->hp.arch) || tm->hp.rope_scaling != ck->hp.rope_scaling ||
                  memcmp(tm->rope_freq, ck->rope_freq, (size_t)(tm->head_dim / 2) * sizeof(float))))
@@ -239,7 +240,7 @@ int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_t
             char n[64];
             snprintf(n, sizeof n, "%s.%s", k ? "adam_v" : "adam_m", t->name);
             const speck_gguf_tensor *gt = speck_gguf_find_tensor(g, n);
-            if (!gt || gt->type != SPECK_TYPE_F32 || gt->n_elements != t->ne0 * t->ne1)
+            if (!gt || gt->type != SPECK_TYPE_F32 || gt->n_elements != t->ne0 * t->ne1 * t->ne2)
                 err = speck_set_error(SPECK_ERR_FORMAT, "%s: missing or malformed tensor '%s'",
                                       path, n);
             else

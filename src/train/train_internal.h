@@ -12,8 +12,12 @@ typedef struct {
     float *wk, *wv;   // (KVd, C)
     float *wo;        // (C, Qd)
     float *ffn_norm;  // (C)
-    float *wg, *wu;   // (F, C)
-    float *wd;        // (C, F)
+    float *wg, *wu;   // (F, C), NULL with experts
+    float *wd;        // (C, F), NULL with experts
+    // Mixture of experts (X = n_expert; the FFN above is NULL): ffn_gate_inp, ffn_*_exps.
+    float *router;      // (X, C)
+    float *wg_x, *wu_x; // (X, F, C)
+    float *wd_x;        // (X, C, F)
 } speck_tlayer;
 
 // Views of one of the flat buffers (params or grads) as the model's tensors.
@@ -26,8 +30,9 @@ typedef struct {
 
 typedef struct {
     char name[48];
-    int64_t offset, ne0, ne1; // ne1 = 1 for vectors
-    bool is_matrix;           // weight decay applies (unless decay_all)
+    int64_t offset, ne0, ne1, ne2; // ne1 = 1 for vectors; ne2 = n_expert for stacked experts
+    int n_dims;                    // 1 vector, 2 matrix, 3 stacked experts (GGUF dims)
+    bool is_matrix;                // weight decay applies (unless decay_all)
     bool is_embd;
 } speck_ttensor;
 
@@ -49,6 +54,8 @@ struct speck_train_model {
     float *params, *grads, *adam_m, *adam_v; // (n_params) each; moments zero until first step
     speck_tweights p, g;
     speck_tacts *acts;
+    float aux_coef;  // weight of the load-balancing loss in the objective (experts only)
+    double aux_loss; // its value in the last forward pass (mean over layers)
     char *src_path; // GGUF the model was loaded from (its tokenizer is the default vocabulary)
 };
 

@@ -20,6 +20,23 @@ and this script computes the same with torch autograd / torch.optim.AdamW from t
               worst element errors are 0.4-1.4e-4, update-norm errors 2-7e-5; a wrong bias
               correction, decay or clip factor gives >= 5e-2.
 
+Mixture of experts: tiny Mixtral-layout models (llama + 4 experts: top-2 renormalised, and
+top-3 not renormalised as OLMoE's rule) are checked the same way for the gradient of
+cross-entropy + coef x the Switch Transformer load-balancing loss, written here from its
+definition (Fedus et al. 2021, as in transformers' load_balancing_loss_func but per layer): for
+each layer over the batch's B*T tokens, aux = X * sum_i f_i * P_i, f_i = the fraction of the
+N*k token-choices routed to expert i (no gradient: the top-k choice is a constant), P_i = the
+mean softmax probability of expert i; the model's aux is the mean over layers. The routing is
+transformers' sparse MoE block (llama_ref.py: softmax over all experts, torch.topk, renormalise
+when the file says so); the router's gradient flows through the chosen probabilities. coef 0.01
+(speck's default) and 1.0 (the load-balancing term then dominates the router's gradient, so a
+wrong aux gradient cannot hide under the cross-entropy's). Tolerances as above, plus the
+auxiliary loss itself within 1e-5 relative (float32 sums of N*X probabilities). The test also
+requires every token's k-th and (k+1)-th router logits to be >= 1e-3 apart in every layer
+(smallest gap printed): float32 vs float64 logits differ by ~1e-6, so the two implementations
+then choose the same experts and the comparison is of gradients, not of a tie broken
+differently.
+
 Export: for models whose RoPE differs from the plain llama's (linear and llama3 scaling by keys,
 llama3 as a rope_freqs tensor, qwen2's NEOX rotation), train_dump exports the training model after
 0 and 2 AdamW steps. The reference, reading each exported file's own metadata, must give the
@@ -53,7 +70,12 @@ TOL_ADAM_REL = 1e-3
 B, T, ADAM_STEPS = 2, 12, 5
 CASES = [("gqa", "f32"), ("mqa", "f32"), ("mha", "f32"), ("tied", "f32"), ("llama3", "f32"),
          ("gqa", "q8_0")]
-EXPORT_CASES = ["linear", "llama3", "llama3f", "qwen2nb"]
+EXPORT_CASES = ["linear", "llama3", "llama3f", "qwen2nb", "mixtral"]
+# (name, changes to make_model's "mixtral" config, aux coefficient)
+MOE_CASES = [("moe-top2", {}, 0.01), ("moe-top3-nonorm", dict(n_expert_used=3, expert_norm=False),
+                                       0.01), ("moe-top2-aux1", {}, 1.0)]
+TOL_AUX = 1e-5
+MIN_MARGIN = 1e-3
 TOL_EXPORT = 1e-9
 
 
@@ -143,15 +165,98 @@ def check_export(args, cfg: str) -> tuple[int, int]:
     return passed, failed
 
 
+class MoeRef(L.LlamaRef):
+    """llama_ref's model, also keeping each MoE layer's router probabilities and top-k choices
+    of every forward pass (routing[layer prefix] = [(probs (n, X), top_i (n, k)), ...])."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.routing = {}
+
+    def moe(self, h, p):
+        probs = torch.softmax(self.linear(h, p + "ffn_gate_inp"), dim=-1)
+        top_i = torch.topk(probs, self.hp.n_expert_used, dim=-1).indices
+        self.routing.setdefault(p, []).append((probs, top_i))
+        return super().moe(h, p)
+
+
+def aux_loss(ref: MoeRef) -> torch.Tensor:
+    """The load-balancing loss of the passes since ref.routing was cleared (see the top)."""
+    X, k = ref.hp.n_expert, ref.hp.n_expert_used
+    per_layer = []
+    for p, passes in ref.routing.items():
+        probs = torch.cat([a for a, _ in passes])            # (N, X)
+        top_i = torch.cat([b for _, b in passes])            # (N, k)
+        counts = torch.bincount(top_i.reshape(-1), minlength=X).to(probs.dtype)
+        f = counts / (probs.shape[0] * k)                    # fractions of the token-choices
+        P = probs.mean(0)                                    # mean router probabilities
+        per_layer.append(X * (f * P).sum())
+    return torch.stack(per_layer).mean()
+
+
+def check_moe(args, name: str, changes: dict, coef: float) -> tuple[int, int]:
+    passed = failed = 0
+    c = dict(M.config("mixtral"), **changes)
+    c["name"] = name
+    kv, tensors = M.build(c, "f32", seed=5)
+    model = os.path.join(args.workdir, name + ".gguf")
+    G.write_gguf(model, kv, tensors)
+    tok = np.random.default_rng(9).integers(0, c["n_vocab"], size=(B, T + 1)).astype("<i4")
+    tok_path = os.path.join(args.workdir, name + ".i32")
+    tok.tofile(tok_path)
+    g = G.read_gguf(model)
+    ref = MoeRef(g.kv, g.tensors)
+    params = trainable(ref)
+    margin = math.inf
+    total_ce = 0
+    for b in range(B):
+        logits = ref.forward(tok[b, :-1])
+        margin = min(margin, float(torch.stack(ref.last_margins).min()))
+        total_ce = total_ce + torch.nn.functional.cross_entropy(
+            logits, torch.as_tensor(tok[b, 1:], dtype=torch.int64), reduction="sum")
+    ce = total_ce / (B * T)
+    aux = aux_loss(ref)
+    (ce + coef * aux).backward()
+    ok = margin >= MIN_MARGIN
+    print(f"{'PASS' if ok else 'FAIL'} {name}: smallest top-k router-logit gap {margin:.2e} "
+          f"(>= {MIN_MARGIN})")
+    passed, failed = passed + ok, failed + (not ok)
+    out = os.path.join(args.workdir, name + "-grad")
+    run(args, model, tok_path, out, f"grad:{coef}")
+    c_loss = float(open(os.path.join(out, "loss.txt")).read())
+    c_aux = float(open(os.path.join(out, "aux.txt")).read())
+    ok = (abs(c_loss - ce.item()) <= 1e-5 * max(1.0, abs(ce.item())) and
+          abs(c_aux - aux.item()) <= TOL_AUX * abs(aux.item()))
+    print(f"{'PASS' if ok else 'FAIL'} {name} loss speck {c_loss:.7f} ref {ce.item():.7f}, "
+          f"aux speck {c_aux:.7f} ref {aux.item():.7f}")
+    passed, failed = passed + ok, failed + (not ok)
+    worst = (0.0, "")
+    for pname, t in params.items():
+        gr = t.grad.numpy()
+        gc = read_dump(out, pname, gr.shape)
+        rel = np.linalg.norm(gc - gr) / max(np.linalg.norm(gr), 1e-30)
+        if rel > worst[0]:
+            worst = (rel, pname)
+        if not rel <= TOL_GRAD:
+            print(f"FAIL {name} grad {pname} rel err {rel:.2e} > {TOL_GRAD}")
+            failed += 1
+        else:
+            passed += 1
+    print(f"PASS-INFO {name} (aux x {coef}) grads: {len(params)} tensors, worst rel err "
+          f"{worst[0]:.2e} ({worst[1]})")
+    return passed, failed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dump", required=True)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--moe-only", action="store_true", help="only the mixture-of-experts cases")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     torch.set_num_threads(2)
     passed = failed = 0
-    for cfg, wtype in CASES:
+    for cfg, wtype in [] if args.moe_only else CASES:
         tag = f"{cfg}-{wtype}"
         model = M.make_model(cfg, os.path.join(args.workdir, tag + ".gguf"), wtype, seed=3)
         rng = np.random.default_rng(7)
@@ -220,7 +325,10 @@ def main() -> int:
                 passed += 1
         print(f"PASS-INFO {tag} adamw {ADAM_STEPS} steps: worst max abs err {worst:.2e}, "
               f"worst update rel err {worst_rel:.2e}")
-    for cfg in EXPORT_CASES:
+    for name, changes, coef in MOE_CASES:
+        p, f = check_moe(args, name, changes, coef)
+        passed, failed = passed + p, failed + f
+    for cfg in ["mixtral"] if args.moe_only else EXPORT_CASES:
         p, f = check_export(args, cfg)
         passed, failed = passed + p, failed + f
     print(f"{passed} passed, {failed} failed")
