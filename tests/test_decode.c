@@ -3,9 +3,11 @@
 // speculative sampling's next-token distribution matches plain sampling (a coarse chi-square; the
 // exact check of the acceptance rule is test_spec_accept.c).
 //
-// usage: test_decode DIR [quick]   (scratch directory for the models it writes; `quick`, used by
-// the sanitizer build, runs 16 prompts per strategy instead of 200 and fewer sampling draws: every
-// strategy's code paths still run there under the sanitizers, the statistics are the release run's)
+// usage: test_decode DIR [quick|full] [SHARD/N]   (scratch directory for the models it writes;
+// `quick`, used by the sanitizer build, runs 16 prompts per strategy instead of 200 and fewer
+// sampling draws: every strategy's code paths still run there under the sanitizers, the
+// statistics are the release run's. SHARD/N runs every N-th check from the SHARD-th: ctest runs
+// the shards side by side, so the longest test of the suite no longer sets its end.)
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,8 +66,15 @@ static int make_prompt(uint64_t *rng, int32_t *p, int V) {
 
 static speck_type g_kv = SPECK_TYPE_F32; // KV cache type of check_strategy's contexts
 
+static int g_shard, g_n_shards = 1, g_job;
+// Whether the next check belongs to this shard (checks are numbered in the order they run).
+static bool my_job(void) {
+    return g_job++ % g_n_shards == g_shard;
+}
+
 static void check_strategy(const char *label, const speck_model *m, const speck_spec_params *sp,
                            int n_prompts, int n_ctx) {
+    if (!my_job()) return;
     speck_ctx *c = speck_ctx_new_kv(m, n_ctx, g_kv), *ref = speck_ctx_new_kv(m, n_ctx, g_kv);
     speck_decoder *d = speck_decoder_new(m, c, sp);
     speck_sampler_params gp = speck_sampler_default();
@@ -118,6 +127,7 @@ static int g_quick;
 // partial: the draft differs from the target but overlaps it, so both the acceptance and the
 // residual branch of the min(1, p/q) rule must be taken.
 static void check_sampling(const speck_model *m, const speck_model *draft, bool partial) {
+    if (!my_job()) return;
     int V = speck_model_hparams(m)->n_vocab;
     speck_sampler_params sp = speck_sampler_default();
     sp.temperature = 1.3f;
@@ -186,11 +196,19 @@ static void check_sampling(const speck_model *m, const speck_model *draft, bool 
 int main(int argc, char **argv) {
     const char *dir = argc > 1 ? argv[1] : "/tmp";
     g_quick = argc > 2 && !strcmp(argv[2], "quick");
+    if (argc > 3 && (sscanf(argv[3], "%d/%d", &g_shard, &g_n_shards) != 2 || g_n_shards < 1 ||
+                     g_shard < 0 || g_shard >= g_n_shards)) {
+        fprintf(stderr, "test_decode: shard '%s' is not SHARD/N with 0 <= SHARD < N\n", argv[3]);
+        return 2;
+    }
     int np = g_quick ? 16 : 200;
-    char tgt[512], drf[512], other[512];
-    snprintf(tgt, sizeof tgt, "%s/decode-target.gguf", dir);
-    snprintf(drf, sizeof drf, "%s/decode-draft.gguf", dir);
-    snprintf(other, sizeof other, "%s/decode-othervocab.gguf", dir);
+    // Scratch names carry the shard: shards run at the same time in the same directory.
+    char tgt[512], drf[512], other[512], q4[600], qp[600];
+    snprintf(tgt, sizeof tgt, "%s/decode%d-target.gguf", dir, g_shard);
+    snprintf(drf, sizeof drf, "%s/decode%d-draft.gguf", dir, g_shard);
+    snprintf(other, sizeof other, "%s/decode%d-othervocab.gguf", dir, g_shard);
+    snprintf(q4, sizeof q4, "%s/decode%d-q4draft.gguf", dir, g_shard);
+    snprintf(qp, sizeof qp, "%s/decode%d-q.gguf", dir, g_shard);
     CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_F32, 11, tgt) == 0, "init target");
     CHECK(speck_init_model(speck_preset_find("tiny-qwen2"), SPECK_TYPE_F32, 12, drf) == 0,
           "init draft");
@@ -245,8 +263,7 @@ int main(int argc, char **argv) {
     // Quantized weights: batch rows must equal single-token rows there too.
     const speck_type qtypes[] = {SPECK_TYPE_Q8_0, SPECK_TYPE_Q4_0, SPECK_TYPE_BF16};
     for (int i = 0; i < 3; i++) {
-        char qp[600], label[64];
-        snprintf(qp, sizeof qp, "%s/decode-q.gguf", dir);
+        char label[64];
         CHECK(speck_init_model(speck_preset_find("tiny"), qtypes[i], 13, qp) == 0, "init q");
         speck_model *qm = speck_model_load(qp);
         speck_spec_params qs = speck_spec_default();
@@ -285,8 +302,7 @@ int main(int argc, char **argv) {
                {"tiny-qwen3", SPECK_TYPE_Q4_0},
                {"tiny-gemma2", SPECK_TYPE_Q4_0}};
     for (int i = 0; i < 3; i++) {
-        char qp[600], label[96];
-        snprintf(qp, sizeof qp, "%s/decode-kvq.gguf", dir);
+        char label[96];
         CHECK(speck_init_model(speck_preset_find(qkv[i].preset), SPECK_TYPE_F32, 14, qp) == 0,
               "init %s", qkv[i].preset);
         speck_model *qm = speck_model_load(qp);
@@ -318,8 +334,6 @@ int main(int argc, char **argv) {
     check_sampling(m, m, false); // q = p: every draft accepted
     // The target's own weights in Q4_0 as the draft: q close to p but not equal, so drafts are
     // sampled from q, accepted with min(1, p/q), and rejections resample max(0, p - q).
-    char q4[600];
-    snprintf(q4, sizeof q4, "%s/decode-q4draft.gguf", dir);
     CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_Q4_0, 11, q4) == 0, "init q4");
     speck_model *q4m = speck_model_load(q4);
     if (q4m) check_sampling(m, q4m, true);
