@@ -753,7 +753,10 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
 speck_model *speck_model_load_hf(const char *hf_dir);
 // The other way: write config.json, model.safetensors (dtype F32, F16 or BF16), tokenizer.json
 // and tokenizer_config.json into out_dir (created; an existing directory is replaced) from a
-// "llama" or "qwen2" GGUF, via a temporary directory renamed into place.
+// GGUF of any architecture convert reads, via a temporary directory renamed into place. A
+// mixture of experts' stacked 3-D tensors become transformers' one tensor per expert (Mixtral's
+// block_sparse_moe.experts.E.{w1,w3,w2}, the others' mlp.experts.E.{gate,up,down}_proj) and its
+// config the class's expert keys.
 int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype, bool progress);
 
 /* ------------------------------------------------------------------------------------------ */
