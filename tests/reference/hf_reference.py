@@ -631,6 +631,41 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
                 f".experts.{X - 1}.{'w2' if family(cfg) == 'mixtral' else 'down_proj'}.weight"]
         res.check(x.shape[0] == X and np.array_equal(x[X - 1], src.numpy().astype(np.float32)),
                   f"{name}: experts stacked in order (last expert's down projection)")
+        # transformers 5's fused layout (experts.gate_up_proj (X, 2F, E): each expert's gate
+        # rows then its up rows; experts.down_proj (X, E, F)) converts to the same file.
+        blk = "block_sparse_moe." if family(cfg) == "mixtral" else "mlp."
+        names = ("w1", "w3", "w2") if family(cfg) == "mixtral" else ("gate_proj", "up_proj",
+                                                                      "down_proj")
+        fused = {}
+        for k, v in tensors.items():
+            if f".{blk}experts." in k:
+                continue
+            fused[k] = v
+        dt = case["dtype"]
+        for l in range(cfg["num_hidden_layers"]):
+            ex = f"model.layers.{l}.{blk}experts."
+            per = [[tensors[f"{ex}{e}.{n}.weight"][1] for n in names] for e in range(X)]
+            fused[ex + "gate_up_proj"] = (dt, torch.stack([torch.cat(p[:2]) for p in per]))
+            fused[ex + "down_proj"] = (dt, torch.stack([p[2] for p in per]))
+        fd = os.path.join(work, name + "-fused")
+        shutil.rmtree(fd, ignore_errors=True)
+        write_hf_dir(fd, cfg, fused, case["shards"], tok_dir)
+        fout = os.path.join(work, name + "-fused.gguf")
+        p = convert(a.speck, fd, fout)
+        bad = gguf_raw_equal(g, G.read_gguf(fout)) if p.returncode == 0 else ["convert failed"]
+        res.check(not bad, f"{name}: the fused experts layout converts to the same GGUF "
+                           f"{bad[:3]} {p.stderr.strip()[-200:]}")
+        # A fused tensor of the wrong shape (stored transposed) is named.
+        key = f"model.layers.0.{blk}experts.gate_up_proj"
+        if fused[key][1].shape[1] == fused[key][1].shape[2]:
+            key = f"model.layers.0.{blk}experts.down_proj"
+        fused[key] = (dt, fused[key][1].transpose(1, 2).contiguous())
+        shutil.rmtree(fd, ignore_errors=True)
+        write_hf_dir(fd, cfg, fused, case["shards"], tok_dir)
+        p = convert(a.speck, fd, fout)
+        res.check(p.returncode != 0 and key in p.stderr and "config.json implies" in p.stderr,
+                  f"{name}: a transposed fused tensor is refused, named "
+                  f"({p.stderr.strip()[-200:]})")
     # Export -> the original HF tensors bit for bit; export -> convert -> the same GGUF.
     exp = os.path.join(work, name + "-export")
     shutil.rmtree(exp, ignore_errors=True)
