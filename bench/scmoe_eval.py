@@ -5,7 +5,8 @@ continuations and pass@k on small Python function-completion problems.
 1. Held-out perplexity. Prompts from modules of the code corpus the model never saw
    (bench/make_code_prompts.py: the validation split of speck train's rule, each prompt ending
    after a `def` line). Each prompt is continued by N tokens of plain greedy decoding and of
-   SCMoE (`speck generate --scmoe`); each continuation is then scored by the *plain* model
+   SCMoE (`speck generate --scmoe`, no stop strings); each continuation is then scored by the
+   *plain* model
    (the usual top-k routing) — the float64 reference forward of tests/reference/llama_ref.py on
    the same GGUF, so the scorer is independent of speck — as the mean negative log-likelihood of
    its tokens given the prompt. Lower means the continuation is what the model itself finds more
@@ -84,10 +85,11 @@ PROBLEMS = [
 STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\n@", "\nimport ", "\nfrom "]
 
 
-def generate(a, prompt: str, n: int, scmoe: bool, temp: float = 0.0, seed: int = 42) -> str:
+def generate(a, prompt: str, n: int, scmoe: bool, temp: float = 0.0, seed: int = 42,
+             stops: bool = True) -> str:
     cmd = [a.speck, "generate", "-m", a.model, "-p", prompt, "-n", str(n), "--no-stats",
            "--ignore-eos"]
-    for s in STOPS:
+    for s in STOPS if stops else ():
         cmd += ["--stop", s]
     if temp > 0:
         cmd += ["--temp", str(temp), "--seed", str(seed)]
@@ -178,7 +180,7 @@ def main() -> int:
         pid = tokenize(a, p)
         conts = {}
         for mode in ("greedy", "scmoe"):
-            cont = generate(a, p, a.n, mode == "scmoe")
+            cont = generate(a, p, a.n, mode == "scmoe", stops=False)  # n tokens, whatever
             conts[mode] = cont
             ids = tokenize(a, p + cont)
             k0 = len(pid) if ids[:len(pid)] == pid else len(pid) - 1  # a merge across the seam
@@ -200,6 +202,7 @@ def main() -> int:
         res[f"heldout_{mode}"] = {"prompts": len(nll[mode]), "mean_nll": m, "ppl": math.exp(m),
                                   "distinct": float(np.mean(distinct[mode]))}
     res["heldout_identical"] = same
+    res["heldout_prompts"] = len(prompts)
 
     # 2. pass@k on the function-completion problems.
     ks = [int(k) for k in a.k.split(",")]
