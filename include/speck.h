@@ -753,7 +753,10 @@ int speck_hf_convert(const char *hf_dir, const char *out_path, int type, bool pr
 speck_model *speck_model_load_hf(const char *hf_dir);
 // The other way: write config.json, model.safetensors (dtype F32, F16 or BF16), tokenizer.json
 // and tokenizer_config.json into out_dir (created; an existing directory is replaced) from a
-// "llama" or "qwen2" GGUF, via a temporary directory renamed into place.
+// GGUF of any architecture convert reads, via a temporary directory renamed into place. A
+// mixture of experts' stacked 3-D tensors become transformers' one tensor per expert (Mixtral's
+// block_sparse_moe.experts.E.{w1,w3,w2}, the others' mlp.experts.E.{gate,up,down}_proj) and its
+// config the class's expert keys.
 int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype, bool progress);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -821,6 +824,58 @@ void speck_decoder_free(speck_decoder *d);
 int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
                  speck_sampler *s, bool (*eog)(int32_t tok, void *user), speck_token_cb cb,
                  void *user, speck_spec_stats *stats);
+
+/* ------------------------------------------------------------------------------------------ */
+/* SCMoE: self-contrast decoding of a mixture of experts (docs/decoding.md)                    */
+/* ------------------------------------------------------------------------------------------ */
+//
+// Shi et al. 2024, "Unchosen Experts Can Contribute Too": the same model runs twice, with its
+// usual top-k routing (the strong activation) and with a weak one (only the expert the router
+// ranks weak_rank-th, "rank-k routing"), each path with its own hidden states and KV cache. The
+// next token is chosen from
+//     score(v) = (1 + beta) * z_strong(v) - beta * z_weak(v)   where p_strong(v) >= alpha * max p_strong
+//     score(v) = -inf                                            elsewhere (the plausibility mask)
+// (z: logits). beta = 0 is plain decoding. Both paths run in one forward pass: their tokens are
+// one batch over one KV cache holding both paths' entries (a mask keeps each path to its own), so
+// every weight — router, attention, the experts both paths chose — is read once per step (the
+// router is one two-row product; each row then routes by its path). On olmoe-1b-7b Q4_0 a step
+// costs 1.24x a plain one, two separate passes 1.62x (BENCHMARKS.md). A shared expert runs on
+// both paths; the weak expert is weighted as the family weighs a chosen one (1 when it
+// renormalises the top-k, else its router probability).
+
+typedef struct {
+    float alpha;   // plausibility cut-off, (0, 1] (paper: 0.1)
+    float beta;    // contrast strength, >= 0 (paper's code default: 0.5)
+    int weak_rank; // the weak path runs the expert of this router rank, 1..n_expert (default 2;
+                   // 1 = top-1 routing)
+} speck_scmoe_params;
+
+speck_scmoe_params speck_scmoe_default(void); // alpha 0.1, beta 0.5, weak_rank 2
+
+// out (n_vocab) = the contrast scores above from the two paths' logits (n_vocab each).
+void speck_scmoe_scores(const float *strong, const float *weak, int n_vocab, float alpha,
+                        float beta, float *out);
+
+typedef struct speck_scmoe speck_scmoe;
+// Both paths over model m, room for n_ctx positions each (0: the model's context, at most 4096;
+// the cache holds 2 n_ctx entries of kv_type, see speck_ctx_new_kv). SPECK_ERR_UNSUPPORTED for a
+// dense model or one with sliding-window layers; SPECK_ERR_ARG for parameters out of range.
+speck_scmoe *speck_scmoe_new(const speck_model *m, int n_ctx, speck_type kv_type,
+                             const speck_scmoe_params *p);
+void speck_scmoe_free(speck_scmoe *s);
+void speck_scmoe_reset(speck_scmoe *s);     // forget the sequence
+int speck_scmoe_n_past(const speck_scmoe *s); // positions in each path
+// Append n tokens to both paths (one forward pass of 2n tokens) and write the next token's
+// contrast scores (n_vocab); strong / weak (n_vocab each, may be NULL) receive the two paths'
+// logits.
+int speck_scmoe_eval(speck_scmoe *s, int n, const int32_t *tokens, float *scores, float *strong,
+                     float *weak);
+// Generate up to n_predict tokens after the prompt (s is reset first), each drawn by sampler from
+// the contrast scores (greedy: their argmax). eog, cb, stats as for speck_decode (stats'
+// n_passes counts the steps; nothing is drafted).
+int speck_scmoe_generate(speck_scmoe *s, const int32_t *prompt, int n_prompt, int n_predict,
+                         speck_sampler *sampler, bool (*eog)(int32_t tok, void *user),
+                         speck_token_cb cb, void *user, speck_spec_stats *stats);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Training                                                                                    */

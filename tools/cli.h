@@ -75,6 +75,20 @@ bool cli_grammar_opt(const char *cmd, int argc, char **argv, int *i, cli_grammar
 // The grammar the options chose, or NULL: *err is then set when one was asked for and failed
 // (the error recorded), clear when none was.
 speck_grammar *cli_grammar_load(const cli_grammar_src *g, bool *err);
+// SCMoE self-contrast decoding of a mixture of experts (docs/decoding.md): --scmoe, and
+// --scmoe-beta B, --scmoe-alpha A, --scmoe-weak R (each implies --scmoe). True if argv[*i] was one.
+typedef struct {
+    bool on;
+    speck_scmoe_params p;
+} cli_scmoe;
+bool cli_scmoe_opt(const char *cmd, int argc, char **argv, int *i, cli_scmoe *o);
+#define CLI_SCMOE_HELP                                                                              \
+    "  --scmoe                self-contrast decoding of a mixture of experts (SCMoE): score\n"      \
+    "                         (1+B) z_strong - B z_weak over the tokens with p_strong >= A max\n"   \
+    "  --scmoe-beta B         contrast strength (default 0.5; 0 = plain decoding)\n"               \
+    "  --scmoe-alpha A        plausibility cut-off (default 0.1)\n"                                \
+    "  --scmoe-weak R         the weak path runs the expert the router ranks R-th (default 2;\n"   \
+    "                         1 = top-1 routing)\n"
 // Load a GGUF file (with cli_load_flags, SPECK_LOAD_*) or a Hugging Face checkpoint directory.
 extern unsigned cli_load_flags;
 // --kv-type f32|f16|q8_0|q4_0 (or llama.cpp's --cache-type-k/-v, -ctk/-ctv, which must agree):

@@ -258,6 +258,23 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
     return true;
 }
 
+bool cli_scmoe_opt(const char *cmd, int argc, char **argv, int *i, cli_scmoe *o) {
+    const char *v;
+    if (!o->on && !o->p.weak_rank) o->p = speck_scmoe_default();
+    if (cli_flag(argv[*i], "--scmoe", NULL))
+        ;
+    else if (cli_opt(argc, argv, i, "--scmoe-beta", NULL, &v))
+        o->p.beta = (float)cli_float(cmd, "--scmoe-beta", v);
+    else if (cli_opt(argc, argv, i, "--scmoe-alpha", NULL, &v))
+        o->p.alpha = (float)cli_float(cmd, "--scmoe-alpha", v);
+    else if (cli_opt(argc, argv, i, "--scmoe-weak", NULL, &v))
+        o->p.weak_rank = (int)cli_int(cmd, "--scmoe-weak", v, 1, 1 << 16);
+    else
+        return false;
+    o->on = true;
+    return true;
+}
+
 bool cli_grammar_opt(const char *cmd, int argc, char **argv, int *i, cli_grammar_src *g) {
     (void)cmd;
     const char *v;

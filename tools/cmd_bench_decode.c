@@ -141,7 +141,86 @@ static void help(void) {
            "  -t N                threads\n"
            "  --strategies LIST   only these strategies (comma-separated names of the table;\n"
            "                      plain always runs, as the baseline)\n"
-           "  --no-curve          skip the cost curve (minutes on a 1B model)\n");
+           "  --no-curve          skip the cost curve (minutes on a 1B model)\n"
+           "\nWith --scmoe (a mixture of experts), plain greedy decoding against SCMoE instead of\n"
+           "the accelerated strategies: tok/s of each, the ratio, prompts whose output is\n"
+           "unchanged (all of them when B = 0).\n" CLI_SCMOE_HELP);
+}
+
+// The prompts tokenized (exits on an empty one); ptoks[k][0] holds the count.
+static int32_t **ptoks_of(const speck_vocab *vocab, const prompts *P) {
+    int32_t **pt = calloc((size_t)P->n, sizeof *pt);
+    for (int k = 0; k < P->n; k++) {
+        const size_t len = strlen(P->text[k]);
+        pt[k] = malloc((len + 9) * sizeof(int32_t));
+        const int64_t n = speck_tokenize(vocab, P->text[k], len, true, false, pt[k] + 1,
+                                         (int64_t)len + 8);
+        if (n <= 0) {
+            fprintf(stderr, "speck bench-decode: prompt %d: empty or untokenizable\n", k + 1);
+            exit(1);
+        }
+        pt[k][0] = (int32_t)n;
+    }
+    return pt;
+}
+
+// --scmoe: plain greedy decoding and SCMoE on each prompt in turn (prompt-major, so the
+// machine's drift falls on both alike).
+static int scmoe_bench(speck_model *m, const speck_scmoe_params *p, int32_t **pt, int np,
+                       int n_predict, bool json, const char *path) {
+    int n_ctx = 0;
+    for (int k = 0; k < np; k++)
+        if (pt[k][0] + n_predict + 16 > n_ctx) n_ctx = pt[k][0] + n_predict + 16;
+    speck_scmoe *s = speck_scmoe_new(m, n_ctx, cli_kv_type, p);
+    if (!s) return cli_fail("bench-decode");
+    speck_ctx *ctx = speck_ctx_new_kv(m, n_ctx, cli_kv_type);
+    speck_spec_params none = speck_spec_default();
+    speck_decoder *dec = ctx ? speck_decoder_new(m, ctx, &none) : NULL;
+    if (!dec) return cli_fail("bench-decode");
+    const speck_sampler_params greedy = speck_sampler_default();
+    const int V = speck_model_hparams(m)->n_vocab;
+    double t[2] = {0};
+    long gen[2] = {0};
+    int same = 0;
+    for (int k = 0; k < np; k++) {
+        tokbuf out[2] = {{0}};
+        for (int w = 0; w < 2; w++) {
+            speck_sampler *smp = speck_sampler_new(&greedy, V);
+            speck_spec_stats st;
+            const int rc = w ? speck_scmoe_generate(s, pt[k] + 1, pt[k][0], n_predict, smp, NULL,
+                                                    collect, &out[w], &st)
+                             : speck_decode(dec, pt[k] + 1, pt[k][0], n_predict, smp, NULL,
+                                            collect, &out[w], &st);
+            speck_sampler_free(smp);
+            if (rc) return cli_fail("bench-decode");
+            t[w] += st.t_total - st.t_prefill;
+            gen[w] += st.n_generated;
+        }
+        same += out[0].n == out[1].n &&
+                !memcmp(out[0].toks, out[1].toks, (size_t)out[0].n * sizeof(int32_t));
+        free(out[0].toks), free(out[1].toks);
+        free(pt[k]);
+    }
+    free(pt);
+    const double r0 = gen[0] / t[0], r1 = gen[1] / t[1];
+    if (json)
+        printf("{\"model\": \"%s\", \"prompts\": %d, \"n_predict\": %d, \"threads\": %d, "
+               "\"scmoe\": {\"beta\": %g, \"alpha\": %g, \"weak_rank\": %d}, "
+               "\"plain_tok_s\": %.3f, \"scmoe_tok_s\": %.3f, \"ratio\": %.3f, "
+               "\"unchanged\": %d}\n",
+               path, np, n_predict, speck_get_threads(), (double)p->beta, (double)p->alpha,
+               p->weak_rank, r0, r1, r1 / r0, same);
+    else
+        printf("\n%d prompts, %d tokens each, %d threads; SCMoE beta %g, alpha %g, weak rank %d\n\n"
+               "| decoding | tok/s | vs plain | output unchanged |\n| --- | ---: | ---: | ---: |\n"
+               "| plain greedy | %.2f | 1.00x | |\n| scmoe | %.2f | %.2fx | %d/%d |\n",
+               np, n_predict, speck_get_threads(), (double)p->beta, (double)p->alpha,
+               p->weak_rank, r0, r1, r1 / r0, same, np);
+    speck_decoder_free(dec);
+    speck_ctx_free(ctx);
+    speck_scmoe_free(s);
+    speck_model_free(m);
+    return p->beta == 0.0f && same != np ? 1 : 0;
 }
 
 int cmd_bench_decode(int argc, char **argv) {
@@ -151,6 +230,7 @@ int cmd_bench_decode(int argc, char **argv) {
     int n_predict = 128, max_prompts = 1 << 30;
     float temp = 0.0f;
     bool json = false;
+    cli_scmoe sc = {0};
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
@@ -172,7 +252,9 @@ int cmd_bench_decode(int argc, char **argv) {
             warm = v;
         else if (cli_opt(argc, argv, &i, "--plot", NULL, &v))
             plot = v;
-        else if (cli_kv_opt("bench-decode", argc, argv, &i) || cli_lora_opt("bench-decode", argc, argv, &i))
+        else if (cli_kv_opt("bench-decode", argc, argv, &i) ||
+                 cli_lora_opt("bench-decode", argc, argv, &i) ||
+                 cli_scmoe_opt("bench-decode", argc, argv, &i, &sc))
             ;
         else if (cli_opt(argc, argv, &i, "--threads", "-t", &v))
             speck_set_threads((int)cli_int("bench-decode", "-t", v, 1, 4096));
@@ -232,6 +314,7 @@ int cmd_bench_decode(int argc, char **argv) {
         {"model-auto", "model", 1, 0, true},
     };
     int ns = sizeof S / sizeof S[0];
+    if (sc.on) return scmoe_bench(m, &sc.p, ptoks_of(vocab, &P), P.n, n_predict, json, path);
     bool skip[16] = {0};
     if (only) {
         for (int si = 1; si < ns; si++) skip[si] = !list_has(only, S[si].name);

@@ -115,7 +115,8 @@ static void help(void) {
            "  -t, --threads N        threads (default: all cores)\n"
            "  --hugepages            read the weights into transparent huge pages instead of\n"
            "                         mapping the file (faster decoding of large models)\n"
-           "  --no-stats             do not print statistics to stderr\n" CLI_GRAMMAR_HELP "\n"
+           "  --no-stats             do not print statistics to stderr\n" CLI_GRAMMAR_HELP
+           CLI_SCMOE_HELP "\n"
            "accelerated decoding (same output as plain decoding; docs/decoding.md):\n"
            "  --draft LIST           prompt | aded | jacobi | model:FILE, or a comma list tried\n"
            "                         in order, e.g. prompt,aded\n"
@@ -195,6 +196,45 @@ static void print_stats(const char *label, const speck_spec_stats *st) {
             gen_t > 0 ? 100.0 * st->t_draft / gen_t : 0.0, st->stop_reason);
 }
 
+// --scmoe: the prompt's completion by self-contrast decoding (speck_scmoe_generate).
+static int scmoe_run(const speck_model *m, const speck_scmoe_params *p, int n_ctx,
+                     const int32_t *toks, int n_prompt, int n_predict,
+                     const speck_sampler_params *sp, const char *prompt, gen_state *gs,
+                     bool stats) {
+    speck_scmoe *s = speck_scmoe_new(m, n_ctx, cli_kv_type, p);
+    if (!s) return cli_fail("generate");
+    speck_sampler *smp = speck_sampler_new(sp, speck_model_hparams(m)->n_vocab);
+    gs->dt = gs->vocab ? speck_detok_new(gs->vocab) : NULL;
+    speck_spec_stats st;
+    if (prompt) fputs(prompt, stdout);
+    int rc = !smp || speck_scmoe_generate(s, toks, n_prompt, n_predict, smp, is_eog, on_token,
+                                          gs, &st);
+    if (!rc) {
+        stop_filter *sf = gs->sf;
+        if (gs->dt && !gs->stopped) {
+            const char *rest = speck_detok_flush(gs->dt);
+            if (rest) stop_push(sf, rest);
+        }
+        if (!gs->stopped) emit(sf, sf->pending, sf->len);
+        printf("\n");
+        fflush(stdout);
+        if (gs->stopped) st.stop_reason = "stop string";
+        if (stats) {
+            const double gen_t = st.t_total - st.t_prefill;
+            fprintf(stderr,
+                    "speck scmoe (beta %g, alpha %g, weak rank %d): prompt %d tokens in %.3f s; "
+                    "generated %d tokens in %.3f s (%.2f tok/s); stopped: %s\n",
+                    (double)p->beta, (double)p->alpha, p->weak_rank, st.n_prompt, st.t_prefill,
+                    st.n_generated, gen_t, st.n_generated / (gen_t > 0 ? gen_t : 1e-9),
+                    st.stop_reason);
+        }
+    } else
+        cli_fail("generate");
+    speck_sampler_free(smp);
+    speck_scmoe_free(s);
+    return rc ? 1 : 0;
+}
+
 int cmd_generate(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL, *ids_arg = NULL, *draft_arg = NULL, *warm = NULL;
     int n_predict = 128, n_ctx = 0;
@@ -204,6 +244,7 @@ int cmd_generate(int argc, char **argv) {
     draft_setup ds = {.sp = speck_spec_default()};
     stop_filter sf = {0};
     cli_grammar_src gsrc = {0};
+    cli_scmoe sc = {0};
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_flag(argv[i], "--help", "-h")) {
@@ -220,7 +261,8 @@ int cmd_generate(int argc, char **argv) {
         else if (cli_opt(argc, argv, &i, "--ctx", "-c", &v))
             n_ctx = (int)cli_int("generate", "--ctx", v, 1, 1 << 24);
         else if (cli_sampler_opt("generate", argc, argv, &i, &sp) ||
-                 cli_grammar_opt("generate", argc, argv, &i, &gsrc))
+                 cli_grammar_opt("generate", argc, argv, &i, &gsrc) ||
+                 cli_scmoe_opt("generate", argc, argv, &i, &sc))
             continue;
         else if (cli_opt(argc, argv, &i, "--stop", NULL, &v)) {
             if (sf.n_stops == MAX_STOPS || !*v) {
@@ -263,6 +305,11 @@ int cmd_generate(int argc, char **argv) {
     // --draft-nodes the budget follows it (the decoder caps it at the verifier's limit).
     if (draft_max_set && !nodes_set && ds.sp.max_draft > ds.sp.max_nodes)
         ds.sp.max_nodes = ds.sp.max_draft;
+    if (sc.on && (draft_arg || compare || gsrc.file || gsrc.text || gsrc.schema || gsrc.json)) {
+        fprintf(stderr, "speck generate: --scmoe does not combine with --draft, --compare or a "
+                        "grammar\n");
+        return 2;
+    }
     if (!(path = cli_model_path("generate", path))) return 2;
     if (!prompt && !ids_arg) prompt = "";
     speck_model *m = cli_load_model(path);
@@ -322,6 +369,10 @@ int cmd_generate(int argc, char **argv) {
     }
     if (draft_arg && setup_draft(draft_arg, warm, vocab, &ds)) {
         cli_fail("generate");
+        goto done;
+    }
+    if (sc.on) {
+        rc = scmoe_run(m, &sc.p, n_ctx, toks, n_prompt, n_predict, &sp, prompt, &gs, stats);
         goto done;
     }
     ctx = speck_ctx_new_kv(m, n_ctx, cli_kv_type);

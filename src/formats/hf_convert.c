@@ -327,7 +327,7 @@ done:
 /* ---- the tensor plan ---- */
 
 typedef struct {
-    char hf[96], gg[64];
+    char hf[128], gg[96];
     const speck_st_tensor *src;
     int64_t rows, cols; // cols = 0: a vector of `rows` values
     int qk_head_dim;    // > 0: Q/K rows to interleave
@@ -336,6 +336,7 @@ typedef struct {
     const float *synth; // tensors computed here (rope_freqs, LongRoPE's factors), f32
     int n_mat;          // experts: > 0 on the first expert's slice (the GGUF tensor stacks
                         // n_mat of them), -1 on the following ones (appended to it)
+    size_t off;         // bytes into src's data: an expert's matrix in a fused 3-D tensor
 } plan_t;
 
 typedef struct {
@@ -408,6 +409,44 @@ static int plan_add(conv *c, const char *hf, const char *gg, int64_t rows, int64
     return 0;
 }
 
+// Expert e's matrix of TD_EXPERTS tensor d in transformers' fused layout (its 5.x classes):
+// PREFIXexperts.gate_up_proj (n_expert, 2 F, E), each expert's gate rows then its up rows, and
+// PREFIXexperts.down_proj (n_expert, E, F), PREFIX being what precedes "experts." in d's
+// per-expert name. 0, or 1 when the checkpoint has no fused tensor (then the per-expert one is
+// required), or an error for a fused tensor of the wrong shape.
+static int plan_fused(conv *c, int l, const speck_tensor_desc *d, int e, const char *gg, int type) {
+    const speck_hparams *hp = &c->cfg.hp;
+    const char *ex = strstr(d->hf, "experts.");
+    if (!ex) return 1;
+    const bool down = d->slot == SLOT_WD_EXPS;
+    char hf[128];
+    snprintf(hf, sizeof hf, "model.layers.%d.%.*sexperts.%s", l, (int)(ex - d->hf), d->hf,
+             down ? "down_proj" : "gate_up_proj");
+    const speck_st_tensor *t = speck_st_find(c->st, hf);
+    if (!t) return 1;
+    const int64_t X = hp->n_expert, E = hp->n_embd, F = hp->n_ff_exp;
+    const int64_t rows = down ? E : F, cols = down ? F : E, mid = down ? E : 2 * F;
+    if (t->n_dims != 3 || t->shape[0] != X || t->shape[1] != mid || t->shape[2] != cols)
+        return speck_set_error(SPECK_ERR_FORMAT,
+                               "%s: tensor '%s' has %d dimensions [%lld, %lld, %lld] but "
+                               "config.json implies [%lld, %lld, %lld]",
+                               t->file, hf, t->n_dims, (long long)t->shape[0],
+                               (long long)(t->n_dims > 1 ? t->shape[1] : 0),
+                               (long long)(t->n_dims > 2 ? t->shape[2] : 0), (long long)X,
+                               (long long)mid, (long long)cols);
+    plan_t *p = plan_new(c);
+    if (!p) return SPECK_ERR_NOMEM;
+    snprintf(p->hf, sizeof p->hf, "%s", hf);
+    snprintf(p->gg, sizeof p->gg, "%s", gg);
+    p->src = t;
+    p->rows = rows;
+    p->cols = cols;
+    const size_t rs = speck_type_row_size(t->type, cols);
+    p->off = ((size_t)e * mid + (d->slot == SLOT_WU_EXPS ? (size_t)F : 0)) * rs;
+    p->out = type < 0 ? t->type : speck_type_for_row((speck_type)type, cols);
+    return 0;
+}
+
 // A vector computed here (f32).
 static int plan_synth(conv *c, const char *gg, int64_t n, const float *data) {
     plan_t *p = plan_new(c);
@@ -456,8 +495,9 @@ static int build_plan(conv *c, int type) {
                     char part[96];
                     snprintf(part, sizeof part, d->hf, e);
                     snprintf(hf, sizeof hf, "model.layers.%d.%s", l, part);
-                    if ((rc = plan_add(c, hf, gg, speck_dim_size(d->rows, hp),
-                                       speck_dim_size(d->cols, hp), 0, 0, type, 1)))
+                    if ((rc = plan_fused(c, l, d, e, gg, type)) < 0 ||
+                        (rc == 1 && (rc = plan_add(c, hf, gg, speck_dim_size(d->rows, hp),
+                                                   speck_dim_size(d->cols, hp), 0, 0, type, 1))))
                         return rc;
                     c->p[c->n - 1].n_mat = e ? -1 : hp->n_expert;
                     if (e) c->p[c->n - 1].out = c->p[c->n - 2].out;
@@ -554,14 +594,15 @@ static int stream_tensor(conv *c, speck_gguf_stream *s, const plan_t *p, uint8_t
     int rc = 0;
     for (int64_t r0 = 0; r0 < rows && !rc; r0 += chunk) {
         int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
-        hf_convert_rows(p->src->data, p->src->type, buf, p->out, r0, n, cols, p->qk_head_dim, 1);
+        const uint8_t *src = (const uint8_t *)p->src->data + p->off;
+        hf_convert_rows(src, p->src->type, buf, p->out, r0, n, cols, p->qk_head_dim, 1);
         rc = speck_gguf_stream_write(s, buf, (size_t)n * out_rs);
         if (!p->qk_head_dim) { // rows done are never read again: keep only this chunk resident
             size_t in_rs = speck_type_row_size(p->src->type, cols);
-            hf_release((const uint8_t *)p->src->data + (size_t)r0 * in_rs, (size_t)n * in_rs);
+            hf_release(src + (size_t)r0 * in_rs, (size_t)n * in_rs);
         }
     }
-    hf_release(p->src->data, p->src->n_bytes);
+    if (!p->off) hf_release(p->src->data, p->src->n_bytes); // (a fused tensor: its slices)
     return rc;
 }
 

@@ -2,7 +2,8 @@
 // tokenizer_config.json. The inverse of hf_convert.c, from the same architecture descriptions
 // (src/model/arch_*.c): tensor names mapped back, llama Q/K rows de-interleaved to rotate-half,
 // Gemma's norms back to w, llama.cpp's rope_freqs divisors turned back into a "llama3"
-// rope_scaling entry, LongRoPE's factor tensors into a "longrope" one. Everything is written into
+// rope_scaling entry, LongRoPE's factor tensors into a "longrope" one, a mixture of experts'
+// stacked 3-D tensors into one tensor per expert. Everything is written into
 // a temporary directory beside the target, renamed into place only when complete.
 #include <errno.h>
 #include <limits.h>
@@ -18,11 +19,12 @@
 #include "model/model_internal.h"
 
 typedef struct {
-    char hf[96];
+    char hf[128];
     const speck_gguf_tensor *src;
     int64_t rows, cols; // cols = 0: vector
     int qk_head_dim;
     float shift; // subtracted from every value (Gemma's norms: GGUF 1 + w -> w)
+    size_t off;  // bytes into src's data: one expert's matrix of a stacked 3-D tensor
 } ex_t;
 
 typedef struct {
@@ -30,8 +32,11 @@ typedef struct {
     int n, cap;
 } ex_list;
 
+// expert >= 0: that expert's (rows, cols) matrix of the stacked [cols, rows, n_expert] tensor.
+// A vector stored as a (1, n) matrix in Hugging Face's layout (Qwen2-MoE's shared_expert_gate, a
+// Linear(n, 1)) has row1 set.
 static int ex_add(ex_list *l, const speck_gguf *g, const char *gg, const char *hf, int qk,
-                  float shift, bool required) {
+                  float shift, bool required, int expert, bool row1) {
     const speck_gguf_tensor *t = speck_gguf_find_tensor(g, gg);
     if (!t) {
         if (!required) return 0;
@@ -51,6 +56,16 @@ static int ex_add(ex_list *l, const speck_gguf *g, const char *gg, const char *h
     e->cols = t->n_dims == 1 ? 0 : t->ne[0];
     e->qk_head_dim = qk;
     e->shift = shift;
+    e->off = 0;
+    if (expert >= 0) {
+        if (t->n_dims != 3 || expert >= t->ne[2]) {
+            l->n--;
+            return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' does not hold expert %d",
+                                   speck_gguf_path(g), gg, expert);
+        }
+        e->off = (size_t)expert * (t->n_bytes / (size_t)t->ne[2]);
+    }
+    if (row1 && t->n_dims == 1) e->rows = 1, e->cols = t->ne[0];
     return 0;
 }
 
@@ -138,6 +153,31 @@ static int add_factors(cJSON *rs, const speck_gguf *g, const char *name, const c
     return 0;
 }
 
+// The mixture of experts' config.json keys, as transformers' classes name them: Mixtral's
+// num_local_experts (its block always renormalises), the others' num_experts,
+// moe_intermediate_size, norm_topk_prob and Qwen2-MoE's shared_expert_intermediate_size.
+static int write_moe(cJSON *c, const speck_model *m) {
+    const speck_hparams *hp = &m->hp;
+    const bool mixtral = m->arch->ffn == SPECK_FFN_DENSE_OR_MOE;
+    if (mixtral && !hp->moe_norm)
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "%s: expert_weights_norm is false, which Mixtral's config cannot "
+                               "say (its block always renormalises the chosen experts)",
+                               speck_gguf_path(m->g));
+    cJSON_AddNumberToObject(c, mixtral ? "num_local_experts" : "num_experts", hp->n_expert);
+    cJSON_AddNumberToObject(c, "num_experts_per_tok", hp->n_expert_used);
+    if (mixtral) {
+        cJSON_ReplaceItemInObject(c, "intermediate_size", cJSON_CreateNumber(hp->n_ff_exp));
+    } else {
+        cJSON_AddNumberToObject(c, "moe_intermediate_size", hp->n_ff_exp);
+        cJSON_AddBoolToObject(c, "norm_topk_prob", hp->moe_norm);
+    }
+    if (hp->n_ff_shexp > 0)
+        cJSON_AddNumberToObject(c, "shared_expert_intermediate_size", hp->n_ff_shexp);
+    cJSON_AddBoolToObject(c, "output_router_logits", false);
+    return 0;
+}
+
 static int write_config(const speck_model *m, speck_type dtype, const char *dir) {
     const speck_hparams *hp = speck_model_hparams(m);
     const speck_gguf *g = speck_model_gguf(m);
@@ -160,6 +200,10 @@ static int write_config(const speck_model *m, speck_type dtype, const char *dir)
                             hp->ffn_act == SPECK_ACT_GELU_TANH ? "gelu_pytorch_tanh" : "silu");
     cJSON_AddBoolToObject(c, "tie_word_embeddings", hp->tied_output);
     if (arch->hf.write) arch->hf.write(c, hp);
+    if (hp->n_expert > 0 && write_moe(c, m) != 0) {
+        cJSON_Delete(c);
+        return SPECK_ERR_UNSUPPORTED;
+    }
     if (hp->bos_id >= 0) cJSON_AddNumberToObject(c, "bos_token_id", hp->bos_id);
     if (hp->eos_id >= 0) cJSON_AddNumberToObject(c, "eos_token_id", hp->eos_id);
     cJSON_AddStringToObject(c, "torch_dtype", torch_dtype(dtype));
@@ -214,18 +258,31 @@ static int write_safetensors(const speck_model *m, speck_type dtype, const char 
     const speck_gguf *g = speck_model_gguf(m);
     const speck_arch *a = m->arch;
     ex_list l = {0};
-    int rc = ex_add(&l, g, "token_embd.weight", "model.embed_tokens.weight", 0, 0, 1);
-    if (!rc && !hp->tied_output) rc = ex_add(&l, g, "output.weight", "lm_head.weight", 0, 0, 1);
-    if (!rc) rc = ex_add(&l, g, "output_norm.weight", "model.norm.weight", 0, a->hf_norm_shift, 1);
+    int rc = ex_add(&l, g, "token_embd.weight", "model.embed_tokens.weight", 0, 0, 1, -1, 0);
+    if (!rc && !hp->tied_output)
+        rc = ex_add(&l, g, "output.weight", "lm_head.weight", 0, 0, 1, -1, 0);
+    if (!rc)
+        rc = ex_add(&l, g, "output_norm.weight", "model.norm.weight", 0, a->hf_norm_shift, 1, -1,
+                    0);
     for (int i = 0; !rc && i < hp->n_layer; i++)
         for (int k = 0; !rc && k < a->n_layer_tensors; k++) {
             const speck_tensor_desc *d = &a->layer[k];
             if (!speck_tensor_in_layer(hp, d)) continue;
             char gg[96], hf[128];
             snprintf(gg, sizeof gg, "blk.%d.%s", i, d->gguf);
+            if (d->flags & TD_EXPERTS) { // one Hugging Face tensor per expert, in expert order
+                for (int e = 0; !rc && e < hp->n_expert; e++) {
+                    char part[96];
+                    snprintf(part, sizeof part, d->hf, e);
+                    snprintf(hf, sizeof hf, "model.layers.%d.%s", i, part);
+                    rc = ex_add(&l, g, gg, hf, 0, 0, 1, e, 0);
+                }
+                continue;
+            }
             snprintf(hf, sizeof hf, "model.layers.%d.%s", i, d->hf);
             rc = ex_add(&l, g, gg, hf, d->flags & TD_PERMUTE ? hp->head_dim : 0,
-                        d->flags & TD_NORM ? a->hf_norm_shift : 0, !(d->flags & TD_OPTIONAL));
+                        d->flags & TD_NORM ? a->hf_norm_shift : 0, !(d->flags & TD_OPTIONAL), -1,
+                        d->slot == SLOT_SH_GATE);
         }
     // Header: tensors in order, data offsets packed; padded with spaces to 8 bytes as the
     // reference implementation does.
@@ -281,19 +338,22 @@ static int write_safetensors(const speck_model *m, speck_type dtype, const char 
                     rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
                     break;
                 }
-                speck_dequantize_row((speck_type)e->src->type, e->src->data, v, cols);
+                speck_dequantize_row((speck_type)e->src->type,
+                                     (const char *)e->src->data + e->off, v, cols);
                 for (int64_t j = 0; j < cols; j++) v[j] -= e->shift;
                 hf_convert_rows(v, SPECK_TYPE_F32, buf, dtype, 0, 1, cols, 0, -1);
                 free(v);
             } else {
-                hf_convert_rows(e->src->data, (speck_type)e->src->type, buf, dtype, r0, n, cols,
-                                e->qk_head_dim, -1);
+                hf_convert_rows((const char *)e->src->data + e->off, (speck_type)e->src->type,
+                                buf, dtype, r0, n, cols, e->qk_head_dim, -1);
             }
             if (fwrite(buf, 1, (size_t)n * out_rs, f) != (size_t)n * out_rs)
                 rc = speck_set_error(SPECK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
         }
-        hf_release(e->src->data, e->src->n_bytes);
-        hf_progress_step(&pr, i, e->hf, e->src->n_bytes);
+        const size_t nb = e->src->n_dims == 3 ? e->src->n_bytes / (size_t)e->src->ne[2]
+                                               : e->src->n_bytes;
+        hf_release((const char *)e->src->data + e->off, nb);
+        hf_progress_step(&pr, i, e->hf, nb);
     }
     if (f && fclose(f) != 0 && !rc)
         rc = speck_set_error(SPECK_ERR_IO, "%s: write failed: %s", path, strerror(errno));
@@ -325,12 +385,6 @@ int speck_hf_export(const char *gguf_path, const char *out_dir, speck_type dtype
                                out_dir);
     speck_model *m = speck_model_load(gguf_path);
     if (!m) return SPECK_ERR_FORMAT;
-    if (speck_model_hparams(m)->n_expert > 0) { // per-expert HF tensors: not written yet
-        speck_model_free(m);
-        return speck_set_error(SPECK_ERR_UNSUPPORTED,
-                               "%s: exporting a mixture of experts is not supported yet",
-                               gguf_path);
-    }
     char tmp[PATH_MAX];
     int rc = 0;
     size_t n = strlen(out_dir);

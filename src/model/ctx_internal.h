@@ -57,6 +57,8 @@ struct speck_ctx {
                 // normalised K
     struct speck_moe_scratch *moe; // the mixture of experts' scratch (moe.c), or NULL
     int64_t *expert_counts;        // (n_layer, n_expert) tokens routed to each expert, or NULL
+    const int *moe_rank; // (n) of the next pass, or NULL: per token 0 = the usual top-k routing,
+                         // r > 0 = only the r-th ranked expert (src/decode/scmoe.c sets it)
 };
 
 // g (n) = act(g) * u (llama.c): the FFN's activation, for dense blocks and experts alike.

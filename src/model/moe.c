@@ -151,9 +151,12 @@ static const speck_weight *expert(const speck_layer *ly, const speck_hparams *hp
 
 // Routing of n tokens from the router's logits (n, n_expert) and, for the shared expert's gate,
 // the normalised rows xn (n, n_embd). Each token's experts in order of probability (ties: the
-// lower index), slots grouped by expert and within an expert by token.
+// lower index), slots grouped by expert and within an expert by token. rank (n) or NULL: a token
+// with rank[t] = r > 0 runs only its r-th most probable expert (SCMoE's weak routing, weighted
+// as the family weighs one chosen expert: 1 when it renormalises, else its probability), plus
+// the shared expert; its other choices are unused (slot -1).
 static void route(const speck_layer *ly, const speck_hparams *hp, const float *logits,
-                  const float *xn, int n, moe_route *r) {
+                  const float *xn, int n, const int *rank, moe_route *r) {
     const int X = hp->n_expert, k = hp->n_expert_used, k1 = k1_of(hp);
     memset(r->cnt, 0, (size_t)(X + 1) * sizeof(int));
     for (int t = 0; t < n; t++) {
@@ -163,6 +166,23 @@ static void route(const speck_layer *ly, const speck_hparams *hp, const float *l
         for (int e = 0; e < X; e++) sum += r->p[e] = expf(lg[e] - mx);
         int *sel = r->sel + (size_t)t * k;
         float chosen = 0.0f;
+        if (rank && rank[t] > 0) { // a weak routing: the expert ranked rank[t] alone
+            int best = -1;
+            for (int j = 0; j < rank[t]; j++) {
+                best = -1;
+                for (int e = 0; e < X; e++)
+                    if (r->p[e] >= 0 && (best < 0 || r->p[e] > r->p[best])) best = e;
+                if (j + 1 < rank[t]) r->p[best] = -1.0f; // ranked above it: not run
+            }
+            sel[0] = best;
+            r->w[(size_t)t * k1] = hp->moe_norm ? 1.0f : r->p[best] / sum;
+            r->cnt[best]++;
+            for (int j = 1; j < k; j++) {
+                sel[j] = -1;
+                r->w[(size_t)t * k1 + j] = 0.0f;
+            }
+            continue;
+        }
         for (int j = 0; j < k; j++) { // k is small: selection, not a sort
             int best = -1;
             for (int e = 0; e < X; e++) // untaken: not -1 (a NaN of damaged weights counts)
@@ -189,6 +209,10 @@ static void route(const speck_layer *ly, const speck_hparams *hp, const float *l
     for (int e = 0; e <= X; e++) r->cnt[e] = r->off[e];
     for (int t = 0; t < n; t++)
         for (int j = 0; j < k; j++) {
+            if (r->sel[(size_t)t * k + j] < 0) { // a weak routing's unused choices
+                r->slot[(size_t)t * k1 + j] = -1;
+                continue;
+            }
             const int s = r->cnt[r->sel[(size_t)t * k + j]]++;
             r->tok[s] = t;
             r->slot[(size_t)t * k1 + j] = s;
@@ -246,6 +270,7 @@ static void combine(const moe_route *r, const speck_hparams *hp, const float *ys
         if (!accumulate)
             for (int64_t j = j0; j < j1; j++) yt[j] = 0.0f;
         for (int c = 0; c < k1; c++) {
+            if (r->slot[(size_t)t * k1 + c] < 0) continue;
             const float w = r->w[(size_t)t * k1 + c];
             const float *src = ys + (size_t)r->slot[(size_t)t * k1 + c] * E;
             for (int64_t j = j0; j < j1; j++) yt[j] += w * src[j];
@@ -284,7 +309,7 @@ void speck_moe_stream(speck_ctx *c, int l, const float *xn, int n, float *y, boo
         rows(&ly->router, &a, o0, o1, s->logits, X);
     }
     speck_barrier_wait(&c->bar, nth);
-    route(ly, hp, s->logits, xn, n, &r); // every thread the same, into its own buffer
+    route(ly, hp, s->logits, xn, n, c->moe_rank, &r); // every thread the same, into its own buffer
     if (tid == 0)
         for (int e = 0; e < X; e++) c->expert_counts[(size_t)l * X + e] += r.cnt[e];
     // Gate and up: the chosen experts' rows, cut into 16-row blocks shared evenly.
@@ -342,7 +367,7 @@ void speck_moe_batch(speck_ctx *c, int l, const float *xn, int n, float *y, bool
     moe_route r;
     route_at(s->tb[0], hp, n, &r);
     matmul(&ly->router, xn, n, s->logits);
-    route(ly, hp, s->logits, xn, n, &r);
+    route(ly, hp, s->logits, xn, n, c->moe_rank, &r);
     for (int e = 0; e < X; e++) c->expert_counts[(size_t)l * X + e] += r.cnt[e];
     // One expert at a time, each matmul parallel inside, each expert's rows read once.
     for (int e = 0; e <= X; e++) {

@@ -624,18 +624,48 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
         res.check(ok, f"{name}: convert --type Q4_K_M and quantize HF_DIR equal quantize of the "
                       f"converted file ({(p1.stderr + p2.stderr + p3.stderr).strip()[-300:]})")
 
-    if family(cfg) in MOE:  # the experts are stacked as 3-D tensors; export refuses (for now)
+    if family(cfg) in MOE:  # the experts are stacked as 3-D tensors, in expert order
         x = g.tensors["blk.1.ffn_down_exps.weight"]
         X = cfg.get("num_local_experts") or cfg["num_experts"]
         src = w[f"model.layers.1.{'block_sparse_moe' if family(cfg) == 'mixtral' else 'mlp'}"
                 f".experts.{X - 1}.{'w2' if family(cfg) == 'mixtral' else 'down_proj'}.weight"]
         res.check(x.shape[0] == X and np.array_equal(x[X - 1], src.numpy().astype(np.float32)),
                   f"{name}: experts stacked in order (last expert's down projection)")
-        p = run([a.speck, "export", "-m", out, "--hf", os.path.join(work, name + "-export"),
-                 "--quiet"])
-        res.check(p.returncode != 0 and "mixture of experts" in p.stderr,
-                  f"{name}: export refuses a mixture of experts ({p.stderr.strip()[-200:]})")
-        return
+        # transformers 5's fused layout (experts.gate_up_proj (X, 2F, E): each expert's gate
+        # rows then its up rows; experts.down_proj (X, E, F)) converts to the same file.
+        blk = "block_sparse_moe." if family(cfg) == "mixtral" else "mlp."
+        names = ("w1", "w3", "w2") if family(cfg) == "mixtral" else ("gate_proj", "up_proj",
+                                                                      "down_proj")
+        fused = {}
+        for k, v in tensors.items():
+            if f".{blk}experts." in k:
+                continue
+            fused[k] = v
+        dt = case["dtype"]
+        for l in range(cfg["num_hidden_layers"]):
+            ex = f"model.layers.{l}.{blk}experts."
+            per = [[tensors[f"{ex}{e}.{n}.weight"][1] for n in names] for e in range(X)]
+            fused[ex + "gate_up_proj"] = (dt, torch.stack([torch.cat(p[:2]) for p in per]))
+            fused[ex + "down_proj"] = (dt, torch.stack([p[2] for p in per]))
+        fd = os.path.join(work, name + "-fused")
+        shutil.rmtree(fd, ignore_errors=True)
+        write_hf_dir(fd, cfg, fused, case["shards"], tok_dir)
+        fout = os.path.join(work, name + "-fused.gguf")
+        p = convert(a.speck, fd, fout)
+        bad = gguf_raw_equal(g, G.read_gguf(fout)) if p.returncode == 0 else ["convert failed"]
+        res.check(not bad, f"{name}: the fused experts layout converts to the same GGUF "
+                           f"{bad[:3]} {p.stderr.strip()[-200:]}")
+        # A fused tensor of the wrong shape (stored transposed) is named.
+        key = f"model.layers.0.{blk}experts.gate_up_proj"
+        if fused[key][1].shape[1] == fused[key][1].shape[2]:
+            key = f"model.layers.0.{blk}experts.down_proj"
+        fused[key] = (dt, fused[key][1].transpose(1, 2).contiguous())
+        shutil.rmtree(fd, ignore_errors=True)
+        write_hf_dir(fd, cfg, fused, case["shards"], tok_dir)
+        p = convert(a.speck, fd, fout)
+        res.check(p.returncode != 0 and key in p.stderr and "config.json implies" in p.stderr,
+                  f"{name}: a transposed fused tensor is refused, named "
+                  f"({p.stderr.strip()[-200:]})")
     # Export -> the original HF tensors bit for bit; export -> convert -> the same GGUF.
     exp = os.path.join(work, name + "-export")
     shutil.rmtree(exp, ignore_errors=True)
@@ -670,7 +700,12 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
     fam_keys = ("sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping",
                 "final_logit_softcapping", "layer_types", "rope_local_base_freq",
                 "original_max_position_embeddings", "head_dim")
+    # A mixture of experts' keys (Mixtral's block always renormalises: no norm_topk_prob).
+    fam_keys += ("num_local_experts", "num_experts", "num_experts_per_tok",
+                 "moe_intermediate_size", "shared_expert_intermediate_size", "norm_topk_prob")
     want = {k: cfg[k] for k in fam_keys if k in cfg}
+    if family(cfg) in MOE and family(cfg) != "mixtral":
+        want["norm_topk_prob"] = bool(cfg.get("norm_topk_prob", False))
     if (want.get("sliding_window") or 0) >= cfg["max_position_embeddings"]:
         want["sliding_window"] = None
     if family(cfg) == "llama" and want.get("sliding_window") is None:
@@ -688,6 +723,12 @@ def test_case(name: str, case: dict, a, res: Result, work: str) -> None:
     if p.returncode == 0:
         bad = gguf_raw_equal(g, G.read_gguf(out2), rtol_names=("rope_freqs.weight",))
         res.check(not bad, f"{name}: GGUF -> export -> convert round trip is bit-identical {bad[:3]}")
+        # and so its logits are speck's on the first file, exactly.
+        dump2 = os.path.join(work, name + "-rt.f32")
+        p = run([a.dump, out2, "prefill", dump2, ",".join(map(str, toks))])
+        same = p.returncode == 0 and np.array_equal(
+            np.fromfile(dump2, dtype="<f4").reshape(ref.shape), got)
+        res.check(same, f"{name}: logits of the round-tripped file equal the converted file's")
 
 
 # ---- damaged inputs ---------------------------------------------------------------------------

@@ -229,6 +229,10 @@ class LlamaRef:
         # LongRoPE: the long factors (speck and llama.cpp use them in a context longer than the
         # original one); set after construction.
         self.long_rope = False
+        # SCMoE's weak activation (rank-k routing, Shi et al. 2024): > 0 runs only the expert the
+        # router ranks weak_rank-th (1 = the most probable) for every token; set after
+        # construction.
+        self.weak_rank = 0
         self.w = {k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in tensors.items()}
         if "output.weight" not in self.w:  # tied output head
             self.w["output.weight"] = self.w["token_embd.weight"]
@@ -299,6 +303,10 @@ class LlamaRef:
         logits = self.linear(h, p + "ffn_gate_inp")                      # (n, n_expert)
         probs = torch.softmax(logits, dim=-1)
         top_w, top_i = torch.topk(probs, hp.n_expert_used, dim=-1)       # (n, k)
+        if self.weak_rank:  # the rank-r expert alone, the family's rule normalising its weight
+            srt_w, srt_i = torch.sort(probs, dim=-1, descending=True, stable=True)
+            top_w = srt_w[:, self.weak_rank - 1:self.weak_rank]
+            top_i = srt_i[:, self.weak_rank - 1:self.weak_rank]
         if hp.moe_norm:
             top_w = top_w / top_w.sum(-1, keepdim=True)
         if hp.n_expert_used < hp.n_expert:  # the gap between the k-th and (k+1)-th logit
