@@ -11,23 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump_util.h"
 #include "speck.h"
-
-static int die(const char *what) {
-    fprintf(stderr, "distill_dump: %s: %s\n", what, speck_last_error());
-    return 1;
-}
-
-static int write_f32(const char *dir, const char *name, const float *x, int64_t n) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(x, sizeof(float), (size_t)n, f) != (size_t)n) {
-        if (f) fclose(f);
-        return -1;
-    }
-    return fclose(f);
-}
 
 int main(int argc, char **argv) {
     if (argc != 9) {
@@ -40,7 +25,7 @@ int main(int argc, char **argv) {
     speck_set_threads(2);
     speck_train_model *st = speck_train_model_load(argv[1]);
     speck_train_model *te = speck_train_model_load(argv[2]);
-    if (!st || !te) return die("load");
+    if (!st || !te) return dump_die("distill_dump", "load");
     int32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
     int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
     FILE *f = fopen(argv[3], "rb");
@@ -59,7 +44,7 @@ int main(int argc, char **argv) {
     speck_train_zero_grad(st);
     speck_train_zero_grad(te);
     if (speck_distill_step(st, te, in, tg, B, T, &p, 1.0f, &loss, &kl, &ce)) {
-        die("step");
+        dump_die("distill_dump", "step");
         speck_train_model_free(st), speck_train_model_free(te);
         free(tok), free(in), free(tg);
         return 1;
@@ -72,7 +57,7 @@ int main(int argc, char **argv) {
             return 3;
         }
     for (int i = 0; i < speck_train_n_tensors(st); i++)
-        if (write_f32(dir, speck_train_tensor_name(st, i), speck_train_tensor(st, i, true),
+        if (dump_write_f32(dir, speck_train_tensor_name(st, i), speck_train_tensor(st, i, true),
                       speck_train_tensor_numel(st, i))) {
             fprintf(stderr, "distill_dump: cannot write into %s\n", dir);
             return 1;

@@ -12,23 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump_util.h"
 #include "speck.h"
-
-static int die(const char *what) {
-    fprintf(stderr, "lora_dump: %s: %s\n", what, speck_last_error());
-    return 1;
-}
-
-static int write_f32(const char *dir, const char *name, const float *x, int64_t n) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(x, sizeof(float), (size_t)n, f) != (size_t)n) {
-        if (f) fclose(f);
-        return -1;
-    }
-    return fclose(f);
-}
 
 static const char *const GG[SPECK_LORA_N_TARGETS] = {
     "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
@@ -44,11 +29,11 @@ int main(int argc, char **argv) {
     bool mask = argc == 10 && !strcmp(argv[9], "mask");
     speck_set_threads(2);
     speck_model *m = speck_model_load_ex(argv[1], SPECK_LOAD_NO_PANELS);
-    if (!m) return die(argv[1]);
+    if (!m) return dump_die("lora_dump", argv[1]);
     unsigned targets;
-    if (speck_lora_parse_targets(argv[8], &targets)) return die("targets");
+    if (speck_lora_parse_targets(argv[8], &targets)) return dump_die("lora_dump", "targets");
     speck_lora *a = speck_lora_new(m, rank, alpha, targets, 5);
-    if (!a) return die("adapter");
+    if (!a) return dump_die("lora_dump", "adapter");
     const int L = speck_model_hparams(m)->n_layer;
     for (int l = 0; l < L; l++)
         for (int t = 0; t < SPECK_LORA_N_TARGETS; t++) {
@@ -59,7 +44,7 @@ int main(int argc, char **argv) {
         }
     char path[1024];
     snprintf(path, sizeof path, "%s/adapter.gguf", dir);
-    if (speck_lora_save(a, path)) return die("save");
+    if (speck_lora_save(a, path)) return dump_die("lora_dump", "save");
     FILE *f = fopen(argv[2], "rb");
     int32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
     int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
@@ -77,9 +62,9 @@ int main(int argc, char **argv) {
                 tg[b * T + t] = -1;
         }
     speck_lora_trainer *tr = speck_lora_trainer_new(m, a, 0.0f, 1);
-    if (!tr) return die("trainer");
+    if (!tr) return dump_die("lora_dump", "trainer");
     float loss;
-    if (speck_lora_trainer_step(tr, in, tg, B, T, 1.0f, 0, &loss)) return die("step");
+    if (speck_lora_trainer_step(tr, in, tg, B, T, 1.0f, 0, &loss)) return dump_die("lora_dump", "step");
     const float *g = speck_lora_trainer_grads(tr), *base = speck_lora_params(a);
     for (int l = 0; l < L; l++)
         for (int t = 0; t < SPECK_LORA_N_TARGETS; t++)
@@ -89,11 +74,11 @@ int main(int argc, char **argv) {
                 if (!p) continue;
                 char name[96];
                 snprintf(name, sizeof name, "blk.%d.%s.weight.lora_%c", l, GG[t], k ? 'b' : 'a');
-                if (write_f32(dir, name, g + (p - base), n)) return die(name);
+                if (dump_write_f32(dir, name, g + (p - base), n)) return dump_die("lora_dump", name);
             }
     snprintf(path, sizeof path, "%s/loss.txt", dir);
     f = fopen(path, "w");
-    if (!f) return die(path);
+    if (!f) return dump_die("lora_dump", path);
     fprintf(f, "%.9g\n", loss);
     fclose(f);
     speck_lora_trainer_free(tr);

@@ -15,23 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dump_util.h"
 #include "speck.h"
-
-static int die(const char *what) {
-    fprintf(stderr, "train_dump: %s: %s\n", what, speck_last_error());
-    return 1;
-}
-
-static int write_f32(const char *dir, const char *name, const float *x, int64_t n) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/%s.f32", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(x, sizeof(float), (size_t)n, f) != (size_t)n) {
-        if (f) fclose(f);
-        return -1;
-    }
-    return fclose(f);
-}
 
 int main(int argc, char **argv) {
     if (argc != 7 && argc != 8) {
@@ -43,7 +28,7 @@ int main(int argc, char **argv) {
     const char *dir = argv[5], *mode = argv[6];
     speck_set_threads(2);
     speck_train_model *tm = speck_train_model_load(argv[1]);
-    if (!tm) return die("load");
+    if (!tm) return dump_die("train_dump", "load");
     int32_t *tok = malloc((size_t)B * (T + 1) * sizeof *tok);
     int32_t *in = malloc((size_t)B * T * sizeof *in), *tg = malloc((size_t)B * T * sizeof *tg);
     FILE *f = fopen(argv[2], "rb");
@@ -60,29 +45,29 @@ int main(int argc, char **argv) {
     float loss = 0;
     bool grads = !strncmp(mode, "grad", 4);
     if (!strncmp(mode, "grad:", 5) && speck_train_set_aux_coef(tm, (float)atof(mode + 5)))
-        return die("aux coefficient");
+        return dump_die("train_dump", "aux coefficient");
     int steps = grads ? 0 : atoi(mode + 5);
     if (grads) {
         speck_train_zero_grad(tm);
-        if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return die("step");
+        if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return dump_die("train_dump", "step");
     } else {
         speck_adamw_params p = speck_adamw_default();
         p.lr = 1e-2f, p.min_lr = 1e-3f, p.warmup_steps = 2, p.total_steps = steps;
         p.beta1 = 0.9f, p.beta2 = 0.95f, p.eps = 1e-8f, p.weight_decay = 0.1f, p.grad_clip = 0.5f;
         for (int s = 0; s < steps; s++) {
             speck_train_zero_grad(tm);
-            if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return die("step");
-            if (speck_adamw_step(tm, &p, s, NULL)) return die("adamw");
+            if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return dump_die("train_dump", "step");
+            if (speck_adamw_step(tm, &p, s, NULL)) return dump_die("train_dump", "adamw");
         }
     }
     for (int i = 0; i < speck_train_n_tensors(tm); i++)
-        if (write_f32(dir, speck_train_tensor_name(tm, i), speck_train_tensor(tm, i, grads),
+        if (dump_write_f32(dir, speck_train_tensor_name(tm, i), speck_train_tensor(tm, i, grads),
                       speck_train_tensor_numel(tm, i))) {
             fprintf(stderr, "train_dump: cannot write into %s\n", dir);
             return 1;
         }
     if (argc == 8 && speck_train_export(tm, NULL, SPECK_TYPE_F32, NULL, argv[7]))
-        return die("export");
+        return dump_die("train_dump", "export");
     char path[1024];
     snprintf(path, sizeof path, "%s/loss.txt", dir);
     f = fopen(path, "w");

@@ -115,6 +115,27 @@ def read_dump(d: str, name: str, shape) -> np.ndarray:
     return np.fromfile(os.path.join(d, name + ".f32"), dtype="<f4").reshape(shape)
 
 
+def compare_grads(tag: str, params: dict, out: str) -> tuple[int, int]:
+    """Each parameter's gradient speck dumped in OUT against autograd's (relative error of the
+    tensor, <= TOL_GRAD); prints failures and the worst tensor; returns (passed, failed)."""
+    passed = failed = 0
+    worst = (0.0, "")
+    for name, t in params.items():
+        gr = t.grad.numpy()
+        gc = read_dump(out, name, gr.shape)
+        rel = np.linalg.norm(gc - gr) / max(np.linalg.norm(gr), 1e-30)
+        if rel > worst[0]:
+            worst = (rel, name)
+        if not rel <= TOL_GRAD:
+            print(f"FAIL {tag} grad {name} rel err {rel:.2e} > {TOL_GRAD}")
+            failed += 1
+        else:
+            passed += 1
+    print(f"PASS-INFO {tag} grads: {len(params)} tensors, worst rel err {worst[0]:.2e} "
+          f"({worst[1]})")
+    return passed, failed
+
+
 def run(args, model: str, tok_path: str, out: str, mode: str, export: str | None = None):
     os.makedirs(out, exist_ok=True)
     subprocess.run([args.dump, model, tok_path, str(B), str(T), out, mode] +
@@ -230,21 +251,8 @@ def check_moe(args, name: str, changes: dict, coef: float) -> tuple[int, int]:
     print(f"{'PASS' if ok else 'FAIL'} {name} loss speck {c_loss:.7f} ref {ce.item():.7f}, "
           f"aux speck {c_aux:.7f} ref {aux.item():.7f}")
     passed, failed = passed + ok, failed + (not ok)
-    worst = (0.0, "")
-    for pname, t in params.items():
-        gr = t.grad.numpy()
-        gc = read_dump(out, pname, gr.shape)
-        rel = np.linalg.norm(gc - gr) / max(np.linalg.norm(gr), 1e-30)
-        if rel > worst[0]:
-            worst = (rel, pname)
-        if not rel <= TOL_GRAD:
-            print(f"FAIL {name} grad {pname} rel err {rel:.2e} > {TOL_GRAD}")
-            failed += 1
-        else:
-            passed += 1
-    print(f"PASS-INFO {name} (aux x {coef}) grads: {len(params)} tensors, worst rel err "
-          f"{worst[0]:.2e} ({worst[1]})")
-    return passed, failed
+    p, f = compare_grads(f"{name} (aux x {coef})", params, out)
+    return passed + p, failed + f
 
 
 def main() -> int:
@@ -277,20 +285,8 @@ def main() -> int:
         ok = abs(c_loss - loss.item()) <= 1e-5 * max(1.0, abs(loss.item()))
         print(f"{'PASS' if ok else 'FAIL'} {tag} loss speck {c_loss:.7f} ref {loss.item():.7f}")
         passed, failed = passed + ok, failed + (not ok)
-        worst = (0.0, "")
-        for name, t in params.items():
-            gr = t.grad.numpy()
-            gc = read_dump(out, name, gr.shape)
-            rel = np.linalg.norm(gc - gr) / max(np.linalg.norm(gr), 1e-30)
-            if rel > worst[0]:
-                worst = (rel, name)
-            if not rel <= TOL_GRAD:
-                print(f"FAIL {tag} grad {name} rel err {rel:.2e} > {TOL_GRAD}")
-                failed += 1
-            else:
-                passed += 1
-        print(f"PASS-INFO {tag} grads: {len(params)} tensors, worst rel err {worst[0]:.2e} "
-              f"({worst[1]})")
+        p, f = compare_grads(tag, params, out)
+        passed, failed = passed + p, failed + f
 
         # ---- AdamW ----
         ref = L.LlamaRef(g.kv, g.tensors)
