@@ -224,6 +224,8 @@ SPECK_PANEL_X_DECL(speck_panel_iq4_xs_avx512);
 // (src/kernels/panel_k_avx2.c)
 SPECK_PANEL_X_DECL(speck_panel_q4_k_avx2);
 SPECK_PANEL_X_DECL(speck_panel_q6_k_avx2);
+// (src/kernels/panel_s24_avx2.c: also the AVX-512 table's on CPUs without VBMI, see dispatch.c)
+SPECK_PANEL_X_DECL(speck_panel_s24_q8_avx2);
 // (src/kernels/panel_q32_avx512.c)
 SPECK_PANEL_X_DECL(speck_panel_q4_1_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q5_0_avx512);

@@ -21,7 +21,7 @@ const speck_qt_kernels speck_qt_avx2[SPECK_TYPE_ID_MAX] = {
     [SPECK_TYPE_IQ4_XS] = {QR_ENTRY_K(iq4_xs, avx2)},
     [SPECK_TYPE_Q4_1] = {QR_ENTRY_32(q4_1, avx2)},    [SPECK_TYPE_Q5_0] = {QR_ENTRY_32(q5_0, avx2)},
     [SPECK_TYPE_Q5_1] = {QR_ENTRY_32(q5_1, avx2)},    [SPECK_TYPE_IQ4_NL] = {QR_ENTRY_32(iq4_nl, avx2)},
-    [SPECK_TYPE_S24_Q8] = {.mm = speck_mm_s24_q8_avx2},
+    [SPECK_TYPE_S24_Q8] = {.mm = speck_mm_s24_q8_avx2, PANELS(speck_panel_s24_q8_avx2, 0)},
 };
 
 void speck_quantize_q8_k_avx2(const float *x, speck_block_q8_k *y, int64_t n) {
