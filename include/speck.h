@@ -788,6 +788,11 @@ typedef struct {
                      // drafters, which then propose a full tree that is pruned); the cost
                      // curve is measured once per decoder. Output stays identical; with sampling,
                      // the random stream then depends on those timings (the distribution does not).
+    bool fixed_budget; // sampling only: verify what the drafters propose (up to max_nodes) even
+                       // when it does not pay. By default a sampling decoder budgets as
+                       // auto_budget does, so that where drafts are rarely accepted it falls back
+                       // to plain steps on its own (probing now and then to resume drafting);
+                       // greedy decoding budgets this way only with auto_budget.
     int ngram_max;   // prompt lookup: longest suffix n-gram matched (default 3)
     const int32_t *warm_tokens; // ADED: token stream to warm the tri-gram statistics, or NULL
     int64_t n_warm;

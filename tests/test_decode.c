@@ -125,8 +125,11 @@ static double chi2_crit_001(int df) {
 static int g_quick;
 
 // partial: the draft differs from the target but overlaps it, so both the acceptance and the
-// residual branch of the min(1, p/q) rule must be taken.
-static void check_sampling(const speck_model *m, const speck_model *draft, bool partial) {
+// residual branch of the min(1, p/q) rule must be taken. fixed: verify every draft (the rule is
+// exercised on every pass); otherwise the default sampling budget, which falls back to plain
+// steps and probes when drafting does not pay, mixing both kinds of pass in one decoder.
+static void check_sampling(const speck_model *m, const speck_model *draft, bool partial,
+                           bool fixed) {
     if (!my_job()) return;
     int V = speck_model_hparams(m)->n_vocab;
     speck_sampler_params sp = speck_sampler_default();
@@ -136,6 +139,7 @@ static void check_sampling(const speck_model *m, const speck_model *draft, bool 
     spec.kinds[0] = SPECK_DRAFT_MODEL;
     spec.draft_model = draft;
     spec.max_draft = 3;
+    spec.fixed_budget = fixed;
     speck_spec_params plain = speck_spec_default();
     speck_ctx *c1 = speck_ctx_new(m, 64), *c2 = speck_ctx_new(m, 64);
     speck_decoder *ds = speck_decoder_new(m, c1, &spec), *dp = speck_decoder_new(m, c2, &plain);
@@ -331,12 +335,13 @@ int main(int argc, char **argv) {
               strstr(speck_last_error(), "multiple of 32") != NULL,
           "a q8_0 KV cache on head size 16 is refused: %s", speck_last_error());
 
-    check_sampling(m, m, false); // q = p: every draft accepted
+    check_sampling(m, m, false, true); // q = p: every draft accepted
     // The target's own weights in Q4_0 as the draft: q close to p but not equal, so drafts are
     // sampled from q, accepted with min(1, p/q), and rejections resample max(0, p - q).
     CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_Q4_0, 11, q4) == 0, "init q4");
     speck_model *q4m = speck_model_load(q4);
-    if (q4m) check_sampling(m, q4m, true);
+    if (q4m) check_sampling(m, q4m, true, true);
+    if (q4m) check_sampling(m, q4m, false, false); // under the default (falling-back) budget
     speck_model_free(q4m);
     remove(q4);
 

@@ -142,6 +142,9 @@ static void help(void) {
            "  --strategies LIST   only these strategies (comma-separated names of the table;\n"
            "                      plain always runs, as the baseline)\n"
            "  --no-curve          skip the cost curve (minutes on a 1B model)\n"
+           "  --fixed-budget      sampling: verify every strategy's drafts even where they do\n"
+           "                      not pay (by default a sampling decoder falls back to plain\n"
+           "                      steps on its own; docs/decoding.md)\n"
            "\nWith --scmoe (a mixture of experts), plain greedy decoding against SCMoE instead of\n"
            "the accelerated strategies: tok/s of each, the ratio, prompts whose output is\n"
            "unchanged (all of them when B = 0).\n" CLI_SCMOE_HELP);
@@ -229,7 +232,7 @@ int cmd_bench_decode(int argc, char **argv) {
     bool curve = true;
     int n_predict = 128, max_prompts = 1 << 30;
     float temp = 0.0f;
-    bool json = false;
+    bool json = false, fixed = false;
     cli_scmoe sc = {0};
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -264,6 +267,8 @@ int cmd_bench_decode(int argc, char **argv) {
             only = v;
         else if (cli_flag(argv[i], "--no-curve", NULL))
             curve = false;
+        else if (cli_flag(argv[i], "--fixed-budget", NULL))
+            fixed = true;
         else {
             fprintf(stderr, "speck bench-decode: unknown option '%s'\n", argv[i]);
             return 2;
@@ -368,6 +373,7 @@ int cmd_bench_decode(int argc, char **argv) {
             sp.tree_width = S[si].width;
             sp.adaptive = S[si].adaptive;
             sp.auto_budget = S[si].auto_budget;
+            sp.fixed_budget = fixed;
             sp.warm_tokens = warm_toks;
             sp.n_warm = n_warm;
             dec[si] = speck_decoder_new(m, ctx, &sp);

@@ -125,6 +125,8 @@ static void help(void) {
            "  --draft-nodes N|auto   most candidates verified per pass, 1..14 (default 4);\n"
            "                         auto: chosen each pass from this machine's measured\n"
            "                         verification cost and the observed acceptance rate\n"
+           "  --fixed-budget         sampling: verify the drafts even where they do not pay\n"
+           "                         (by default sampling falls back to plain steps then)\n"
            "  --tree-width W         alternative branches per step (default 1 = chain)\n"
            "  --adaptive P           stop a draft once P(some token rejected) > P (SpecDec++)\n"
            "  --aded-warm FILE       warm ADED's tri-gram statistics with a text file\n"
@@ -291,6 +293,8 @@ int cmd_generate(int argc, char **argv) {
             warm = v;
         else if (cli_flag(argv[i], "--compare", NULL))
             compare = true;
+        else if (cli_flag(argv[i], "--fixed-budget", NULL))
+            ds.sp.fixed_budget = true;
         else if (cli_flag(argv[i], "--no-stats", NULL))
             stats = false;
         else if (cli_flag(argv[i], "--ignore-eos", NULL))

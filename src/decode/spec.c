@@ -26,7 +26,17 @@ struct speck_decoder {
     // decayed counts of accepted and rejected candidate positions, drafting seconds per token.
     double cost[SPECK_MAX_NODES + 2];
     double n_acc, n_rej, draft_per_tok;
+    // Seconds a pass spends outside the forward, smoothed: over_plain on passes that verify no
+    // candidate (sampling the token, the drafters' updates, a proposal pruned to nothing),
+    // over_tree on passes that do, less the drafting itself (the tree mask, the acceptance walk,
+    // the cache compaction, the drafters' feedback). Both are counted against the pass's gain.
+    double over_plain, over_tree;
+    // Probes while drafting does not pay: after at least 16 plain passes, and once the plain
+    // passes since the last probe took 50 times what that probe cost beyond a plain pass (so
+    // probing costs at most ~2 %, a draft model's catch-up on the skipped tokens included).
     int passes_at_zero;
+    double since_probe, probe_cost;
+    bool probing;
     // auto_budget with cheap drafters: the acceptance observed for candidates whose drafter
     // confidence fell in each of CONF_BINS equal bins (decayed counts; prior 1 of 2).
     double bin_acc[CONF_BINS], bin_n[CONF_BINS];
@@ -274,6 +284,23 @@ static int calibrate_cost(speck_decoder *d, int32_t tok) {
     return 0;
 }
 
+// While the budget rule keeps choosing no candidates, a pass now and then still verifies
+// `probe_k` of them, so that the decayed acceptance estimates see a recovery and drafting
+// resumes; probes are spaced so that they cost about 2 % of the plain passes' time.
+static int probe(speck_decoder *d, int best_k, int probe_k) {
+    d->probing = false;
+    if (best_k > 0) {
+        d->passes_at_zero = 0;
+        d->since_probe = 0;
+        return best_k;
+    }
+    if (++d->passes_at_zero < 16 || d->since_probe * 0.02 < d->probe_cost) return 0;
+    d->passes_at_zero = 0;
+    d->since_probe = 0;
+    d->probing = true;
+    return probe_k;
+}
+
 // auto_budget: the candidate count k maximising expected tokens per second, where a pass with
 // k candidates yields (1 - a^(k+1)) / (1 - a) tokens for acceptance rate a (the geometric model
 // of speculative decoding) and costs cost[k + 1] plus drafting k tokens. When not drafting looks
@@ -281,20 +308,17 @@ static int calibrate_cost(speck_decoder *d, int32_t tok) {
 static int choose_budget(speck_decoder *d) {
     const double a = d->n_acc / (d->n_acc + d->n_rej);
     int best_k = 0;
-    double best = 0, gain = 1, ak = 1;
-    for (int k = 0; k <= d->p.max_nodes; k++) {
-        if (k > 0) {
-            ak *= a;
-            gain += ak;
-        }
-        double rate = gain / (d->cost[k + 1] + k * d->draft_per_tok);
+    double best = 1.0 / (d->cost[1] + d->over_plain), gain = 1, ak = 1;
+    for (int k = 1; k <= d->p.max_nodes; k++) {
+        ak *= a;
+        gain += ak;
+        double rate = gain / (d->cost[k + 1] + k * d->draft_per_tok + d->over_tree);
         if (rate > best) {
             best = rate;
             best_k = k;
         }
     }
-    if (best_k == 0 && ++d->passes_at_zero % 16 == 0) best_k = 2;
-    return best_k;
+    return probe(d, best_k, 2);
 }
 
 static int conf_bin(float c) {
@@ -327,13 +351,14 @@ static void prune_tree(speck_decoder *d, speck_draft_tree *t) {
             order[j] = order[j - 1], order[j - 1] = x;
         }
     int best_k = 0;
-    double best = 1.0 / d->cost[1], gain = 1.0;
+    double best = 1.0 / (d->cost[1] + d->over_plain), gain = 1.0;
     for (int k = 1; k <= t->n; k++) {
         gain += P[order[k - 1]];
-        const double rate = gain / d->cost[k + 1]; // drafting is already paid for
+        // drafting is already paid for; the tree's bookkeeping is not
+        const double rate = gain / (d->cost[k + 1] + d->over_tree);
         if (rate > best) best = rate, best_k = k;
     }
-    if (best_k == 0 && ++d->passes_at_zero % 16 == 0) best_k = t->n < 2 ? t->n : 2;
+    best_k = probe(d, best_k, t->n < 2 ? t->n : 2);
     bool keep[SPECK_MAX_NODES] = {0};
     for (int k = 0; k < best_k; k++) keep[order[k]] = true;
     int map[SPECK_MAX_NODES], n = 0;
@@ -454,7 +479,11 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         }
     }
     for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
-    if (d->p.auto_budget && d->n_drafters > 0 && d->cost[1] == 0 &&
+    // Sampling budgets by expected gain unless told not to: there acceptance is often too low
+    // for drafting to pay, and the decoder must then fall back to plain steps on its own.
+    const bool budgeted =
+        d->p.auto_budget || (!d->p.fixed_budget && !speck_sampler_is_greedy(s));
+    if (budgeted && d->n_drafters > 0 && d->cost[1] == 0 &&
         (rc = calibrate_cost(d, d->seq[n - 1])))
         return rc;
 
@@ -473,7 +502,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         tree.n = 0;
         // auto_budget: cheap drafters propose everything and prune_tree() keeps what pays;
         // costly ones (a draft model) are told the budget from the global acceptance rate.
-        const bool tuned = d->p.auto_budget && d->cost[1] > 0;
+        const bool tuned = budgeted && d->cost[1] > 0;
         const bool cheap = tuned && d->draft_per_tok * d->p.max_nodes < 0.05 * d->cost[1];
         int budget = tuned && !cheap ? choose_budget(d) : d->p.max_nodes;
         int room = n_ctx - n_past - 1, left = n_predict - st->n_generated - 1;
@@ -491,8 +520,12 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         }
         clip_tree(&tree, budget);
         double t_draft = now_s() - t0;
-        if (tree.n > 0) // drafting cost per proposed candidate, smoothed over recent passes
-            d->draft_per_tok = 0.9 * d->draft_per_tok + 0.1 * t_draft / tree.n;
+        // Drafting cost per proposed candidate, smoothed over recent passes. Not from a probe:
+        // a draft model's first proposal after idle passes catches up on all of them at once,
+        // a cost that drafting every pass spreads over the passes.
+        if (tree.n > 0 && !d->probing)
+            d->draft_per_tok = d->draft_per_tok > 0 ? 0.9 * d->draft_per_tok + 0.1 * t_draft / tree.n
+                                                    : t_draft / tree.n;
         if (cheap) {
             prune_tree(d, &tree);
             t_draft = now_s() - t0;
@@ -520,7 +553,9 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             m = fullmask;
             pp = pos;
         }
+        const double t_fwd0 = now_s();
         if ((rc = speck_forward(d->ctx, nb, batch, pp, m, NULL, 0, d->logits)) < 0) goto out;
+        const double t_fwd = now_s() - t_fwd0;
         st->n_passes++;
         st->n_drafted += tree.n;
 
@@ -532,6 +567,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
         memset(accepted, 0, sizeof accepted);
         for (int r = 0; r < nb; r++)
             amax[r] = speck_argmax(d->logits + (size_t)r * d->n_vocab, d->n_vocab);
+        const double t_walk0 = now_s();
         for (;;) {
             int row = cur + 1;
             float *lg = d->logits + (size_t)row * d->n_vocab;
@@ -558,6 +594,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
                 }
             }
         }
+        const double t_walk = now_s() - t_walk0; // sampling n_path + 1 rows, as plain steps do
         if (bonus >= 0) {
             speck_sampler_accept(s, bonus);
             if (d->gm && (rc = speck_gmatch_accept(d->gm, bonus))) goto out;
@@ -576,6 +613,7 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             d->n_acc = 0.98 * d->n_acc + n_path;
             d->n_rej = 0.98 * d->n_rej + (more ? 1 : 0);
         }
+
 
         // Keep the root and the accepted path in the cache.
         bool prefix = true;
@@ -616,6 +654,19 @@ int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_pr
             }
         }
         for (int i = 0; i < d->n_drafters; i++) d->drafters[i]->update(d->drafters[i], d->seq, n);
+        if (tuned) { // this pass's time outside the forward (and the drafting, if it verified any)
+            const double t_pass = now_s() - t0, over = t_pass - t_fwd;
+            if (d->probing) // what the probe cost beyond a plain pass
+                d->probe_cost = fmax(t_pass - d->cost[1] - d->over_plain, 0.0);
+            else if (tree.n == 0)
+                d->since_probe += t_pass;
+            d->probing = false;
+            if (tree.n > 0)
+                d->over_tree = 0.9 * d->over_tree +
+                               0.1 * fmax(over - t_draft - t_walk * n_path / (n_path + 1), 0.0);
+            else
+                d->over_plain = 0.9 * d->over_plain + 0.1 * over;
+        }
         if (!stop && gstop) st->stop_reason = gstop, stop = true;
         if (stop) break;
     }
