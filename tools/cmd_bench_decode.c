@@ -85,6 +85,23 @@ typedef struct {
     bool auto_budget;
 } strategy;
 
+// The strategies bench-decode compares, plain first (the baseline).
+static const strategy k_strategies[] = {
+    {"plain", "none", 1, 0, false},
+    {"prompt", "prompt", 1, 0, false},
+    {"prompt-tree", "prompt", 3, 0, false},
+    {"aded", "aded", 1, 0, false},
+    {"aded-tree", "aded", 3, 0, false},
+    {"aded-adaptive", "aded", 3, 0.6f, false},
+    {"jacobi", "jacobi", 2, 0, false},
+    {"prompt+aded", "prompt,aded", 2, 0, false},
+    {"prompt+aded-auto", "prompt,aded", 2, 0, true},
+    {"model", "model", 1, 0, false},
+    {"model-adaptive", "model", 1, 0.5f, false},
+    {"model-auto", "model", 1, 0, true},
+};
+#define N_STRATEGIES ((int)(sizeof k_strategies / sizeof k_strategies[0]))
+
 typedef struct {
     double tok_s, accept_per_pass, passes_per_tok, draft_share;
     int identical, total;
@@ -156,8 +173,8 @@ static int32_t **ptoks_of(const speck_vocab *vocab, const prompts *P) {
     for (int k = 0; k < P->n; k++) {
         const size_t len = strlen(P->text[k]);
         pt[k] = malloc((len + 9) * sizeof(int32_t));
-        const int64_t n = speck_tokenize(vocab, P->text[k], len, true, false, pt[k] + 1,
-                                         (int64_t)len + 8);
+        const int64_t n =
+            speck_tokenize(vocab, P->text[k], len, true, false, pt[k] + 1, (int64_t)len + 8);
         if (n <= 0) {
             fprintf(stderr, "speck bench-decode: prompt %d: empty or untokenizable\n", k + 1);
             exit(1);
@@ -192,8 +209,8 @@ static int scmoe_bench(speck_model *m, const speck_scmoe_params *p, int32_t **pt
             speck_spec_stats st;
             const int rc = w ? speck_scmoe_generate(s, pt[k] + 1, pt[k][0], n_predict, smp, NULL,
                                                     collect, &out[w], &st)
-                             : speck_decode(dec, pt[k] + 1, pt[k][0], n_predict, smp, NULL,
-                                            collect, &out[w], &st);
+                             : speck_decode(dec, pt[k] + 1, pt[k][0], n_predict, smp, NULL, collect,
+                                            &out[w], &st);
             speck_sampler_free(smp);
             if (rc) return cli_fail("bench-decode");
             t[w] += st.t_total - st.t_prefill;
@@ -217,8 +234,8 @@ static int scmoe_bench(speck_model *m, const speck_scmoe_params *p, int32_t **pt
         printf("\n%d prompts, %d tokens each, %d threads; SCMoE beta %g, alpha %g, weak rank %d\n\n"
                "| decoding | tok/s | vs plain | output unchanged |\n| --- | ---: | ---: | ---: |\n"
                "| plain greedy | %.2f | 1.00x | |\n| scmoe | %.2f | %.2fx | %d/%d |\n",
-               np, n_predict, speck_get_threads(), (double)p->beta, (double)p->alpha,
-               p->weak_rank, r0, r1, r1 / r0, same, np);
+               np, n_predict, speck_get_threads(), (double)p->beta, (double)p->alpha, p->weak_rank,
+               r0, r1, r1 / r0, same, np);
     speck_decoder_free(dec);
     speck_ctx_free(ctx);
     speck_scmoe_free(s);
@@ -274,6 +291,19 @@ int cmd_bench_decode(int argc, char **argv) {
             return 2;
         }
     }
+    for (const char *q = only; q && *q;) { // every name must be a strategy
+        size_t len = strcspn(q, ",");
+        bool known = false;
+        for (int si = 0; si < N_STRATEGIES; si++)
+            known |=
+                strlen(k_strategies[si].name) == len && !strncmp(k_strategies[si].name, q, len);
+        if (!known) {
+            fprintf(stderr, "speck bench-decode: --strategies: unknown strategy '%.*s'\n", (int)len,
+                    q);
+            return 2;
+        }
+        q += len + (q[len] == ',');
+    }
     if (!(path = cli_model_path("bench-decode", path))) return 2;
     if (!ppath) {
         fprintf(stderr, "speck bench-decode: need --prompts FILE\n");
@@ -304,38 +334,12 @@ int cmd_bench_decode(int argc, char **argv) {
         free(text);
         if (n_warm < 0) return cli_fail("bench-decode");
     }
-    strategy S[] = {
-        {"plain", "none", 1, 0, false},
-        {"prompt", "prompt", 1, 0, false},
-        {"prompt-tree", "prompt", 3, 0, false},
-        {"aded", "aded", 1, 0, false},
-        {"aded-tree", "aded", 3, 0, false},
-        {"aded-adaptive", "aded", 3, 0.6f, false},
-        {"jacobi", "jacobi", 2, 0, false},
-        {"prompt+aded", "prompt,aded", 2, 0, false},
-        {"prompt+aded-auto", "prompt,aded", 2, 0, true},
-        {"model", "model", 1, 0, false},
-        {"model-adaptive", "model", 1, 0.5f, false},
-        {"model-auto", "model", 1, 0, true},
-    };
-    int ns = sizeof S / sizeof S[0];
+    const strategy *S = k_strategies;
+    const int ns = N_STRATEGIES;
     if (sc.on) return scmoe_bench(m, &sc.p, ptoks_of(vocab, &P), P.n, n_predict, json, path);
     bool skip[16] = {0};
-    if (only) {
+    if (only)
         for (int si = 1; si < ns; si++) skip[si] = !list_has(only, S[si].name);
-        for (const char *q = only; *q;) { // every name must be a strategy
-            size_t len = strcspn(q, ",");
-            bool known = false;
-            for (int si = 0; si < ns; si++)
-                known |= strlen(S[si].name) == len && !strncmp(S[si].name, q, len);
-            if (!known) {
-                fprintf(stderr, "speck bench-decode: --strategies: unknown strategy '%.*s'\n",
-                        (int)len, q);
-                return 2;
-            }
-            q += len + (q[len] == ',');
-        }
-    }
     int n_modes = temp > 0 ? 2 : 1;
     result R[2][16];
     memset(R, 0, sizeof R);
