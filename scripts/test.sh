@@ -24,13 +24,14 @@ skip_reasons build
 # Under the sanitizers: every test that runs speck's C code on inputs of its own. Left out are the
 # ones whose time goes to Python/Node rather than C (the transformers.js corpus comparison, the
 # Hugging Face reference and the reference's self-test), and the reruns of the forward-pass
-# comparison on other kernel paths and layouts (AVX2, portable, row layout, f16 cache): they run
-# the same forward-pass code as forward_reference over other kernels, whose memory accesses
+# comparison on other kernel paths and layouts (AVX2, portable, row layout, f16 cache; dense and
+# mixture-of-experts): they run the same forward-pass code as forward_reference(_moe) over other
+# kernels, whose memory accesses
 # test_kernels checks under the sanitizers on every path; their numerics are checked in the
 # release run above. Together they took ~60 % of the sanitizer run's time.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure --no-tests=error -j"$jobs" \
-  -E '^(tokenizer_hf|hf_reference|reference_selftest|forward_reference_(avx2|scalar|rows|kv16|kv16_avx2|mix_avx2|mix_scalar|quant_rows))$')
+  -E '^(tokenizer_hf|hf_reference|reference_selftest|forward_reference_(avx2|scalar|rows|kv16|kv16_avx2|mix_avx2|mix_scalar|quant_rows|moe_avx2|moe_scalar|moe_rows))$')
 skip_reasons build-asan
 # Fuzz smoke run: each libFuzzer target for 8 s, as many at once as there are cores (about
 # 1.5 minutes with the clang build on 2 cores). A crash, sanitizer report, leak, hang or
