@@ -18,8 +18,10 @@
 # builds kept it loaded (load average 8-16), in stages, each a --resume of the previous
 # checkpoint: steps 0-41 (700-step schedule) and 41-131 (400-step schedule) on 2 threads (~280
 # training tokens/s: on a loaded machine two threads wait at barriers), 131-155 (400) and 155-800
-# (800) on 1 thread (~900 tokens/s). One uninterrupted run of this script follows the same recipe
-# without the restarts (~35 min at 1,000 tokens/s).
+# (800) on 1 thread (~900 tokens/s), then 800-1800 (STEPS=1800: a warm restart under the longer
+# schedule) on 1 thread (~660-760 tokens/s, load 4-9). One uninterrupted run of this script with
+# STEPS=800, then again with STEPS=1800, follows the same recipe without the other restarts
+# (~65 min at 1,000 tokens/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
