@@ -107,12 +107,15 @@ def main() -> int:
     base_ppl = next(iter(R.values()))["ppl_base"]
     print(f"\ndefault model: dense perplexity {base_ppl:.3f}; held-out {n_val} modules "
           f"(first {args.eval_bytes} bytes), calibration {n_cal} modules\n")
-    print("| model | KLD mean | KLD 99 % | top-1 agree | ppl | Δppl vs dense |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| model | KLD mean | KLD 99 % | top-1 agree | ppl | Δppl vs dense | "
+          "ln(ppl/ppl_dense) ± err | train time |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, r in R.items():
+        tt = f"{r['train_s'] / 60:.1f} min" if "train_s" in r else ""
         print(f"| {label} | {r['kld']:.4f} | {r.get('kld_p99', float('nan')):.4f} | "
               f"{100 * r['top1']:.2f} % | {r['ppl']:.3f} | "
-              f"{100 * (r['ppl'] / base_ppl - 1):+.1f} % |")
+              f"{100 * (r['ppl'] / base_ppl - 1):+.1f} % | "
+              f"{r['ln_ppl_ratio']:+.4f} ± {r['ln_ppl_ratio_err']:.4f} | {tt} |")
     return 0
 
 
