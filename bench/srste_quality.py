@@ -15,7 +15,7 @@ Writes WORK/results.json and prints the markdown table of BENCHMARKS.md.
 
 Usage: bench/srste_quality.py [--build build] [--work /tmp/speck-srste] [--steps 300]
                               [--batch 8] [--lr 5e-4] [--lambda 2e-4] [--every 1]
-                              [--dense-control] [--threads 2]
+                              [--dense-control] [--tag sr-ste] [--threads 2]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--eval-bytes", type=int, default=180000)
     ap.add_argument("--threads", default="2")
     ap.add_argument("--dense-control", action="store_true")
+    ap.add_argument("--tag", default="sr-ste", help="the SR-STE run's label (ablations)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     speck = os.path.join(args.build, "speck")
@@ -80,7 +81,7 @@ def main() -> int:
         QQ.sh(cmd)
         evaluate(label, out, {})
 
-    runs = [("sr-ste", ["--nm", "2:4", "--nm-lambda", args.lam, "--nm-every", args.every,
+    runs = [(args.tag, ["--nm", "2:4", "--nm-lambda", args.lam, "--nm-every", args.every,
                         "--type", "s24_q8"])]
     if args.dense_control:
         runs.append(("dense fine-tune", []))
