@@ -72,6 +72,10 @@ SPECK_TRAIN_SIGNAL_AT=4:2 "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-
 [[ $? == 130 ]] && ok || bad "--full Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
 expect 0 "finetune --full --resume" -- "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-3 -o "$dir/full_b.gguf" --resume
 cmp -s <(cut -d, -f1-4 "$dir/full.csv") <(cut -d, -f1-4 "$dir/full_b.csv") && ok || bad "--full resumed curve differs"
+# --full --nm 2:4: SR-STE through the same model (masked export: speck.prune.method sr-ste)
+expect 0 "finetune --full --nm 2:4" -- "$SPECK" finetune "${ft[@]}" --full --nm 2:4 --steps 3 --lr 1e-3 -o "$dir/nm.gguf"
+"$SPECK" info -m "$dir/nm.gguf" 2>&1 | grep -q "sr-ste" && ok || bad "--full --nm output lacks speck.prune.method sr-ste"
+expect 2 "finetune --nm without --full" -- "$SPECK" finetune "${ft[@]}" --nm 2:4 --steps 3 -o "$dir/nm2.gguf"
 cmp -s "$dir/full.gguf" "$dir/full_b.gguf" && ok || bad "--full resumed model differs from the uninterrupted one"
 # Its delta against the base: extracted, compressed, applied, described.
 expect 0 "delta extract" -- "$SPECK" delta extract "$M" "$dir/full.gguf" -o "$dir/d.gguf"

@@ -20,6 +20,7 @@ typedef struct {
     uint64_t seed;
     speck_adamw_params opt;
     bool resume, plot, quiet, full;
+    cli_nm nm; // --full --nm N:M: SR-STE sparse fine-tuning (cli_train.c)
 } ft_opts;
 
 static void usage(void) {
@@ -42,6 +43,7 @@ static void usage(void) {
         "  --full             train every weight in f32 (speck train's forward, backward and\n"
         "                     AdamW) and write a model GGUF to -o (lr default 1e-4)\n"
         "  --type T           its matrices: f32 (default), f16, bf16, q8_0\n"
+        "  --nm N:M  --nm-every K  --nm-lambda X   N:M sparse (SR-STE), as speck train\n"
         "optimisation (as speck train):\n"
         "  --steps N (200)  --batch B (8)  --accum K (1)  --ctx T (256)  --lr X (1e-3)\n"
         "  --min-lr X (lr/10)  --warmup N (steps/20)  --wd X (0)  --clip X (1.0)  --seed N (1)\n"
@@ -60,6 +62,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
     o->opt = speck_adamw_default();
     o->opt.lr = -1;
     o->opt.warmup_steps = -1, o->opt.min_lr = -1, o->opt.weight_decay = 0;
+    cli_nm_init(&o->nm);
     const char *C = "finetune";
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -100,6 +103,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
             (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
         else if (cli_flag(argv[i], "--resume", NULL)) o->resume = true;
         else if (cli_flag(argv[i], "--full", NULL)) o->full = true;
+        else if (cli_nm_opt(C, argc, argv, &i, &o->nm)) continue;
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             o->type = speck_type_from_name(v);
             if (o->type != SPECK_TYPE_F32 && o->type != SPECK_TYPE_F16 &&
@@ -131,6 +135,10 @@ static void parse(int argc, char **argv, ft_opts *o) {
     }
     if (!(o->val_fraction >= 0 && o->val_fraction < 1)) {
         fprintf(stderr, "speck finetune: --val-fraction must be in [0, 1)\n");
+        exit(2);
+    }
+    if (o->nm.p.m && !o->full) {
+        fprintf(stderr, "speck finetune: --nm trains sparse weights: it needs --full\n");
         exit(2);
     }
     if (o->alpha < 0) o->alpha = (float)o->rank;
@@ -273,6 +281,7 @@ static int run(int argc, char **argv) {
     if (o.full) {
         // speck train's model: every weight in f32 with its gradient and AdamW moments.
         if (!(trn.full = R.tm = speck_train_model_load(path))) return cli_fail("finetune");
+        if (cli_nm_apply("finetune", &o.nm, trn.full, o.quiet)) return 1;
     } else {
         if (!(a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed)))
             return cli_fail("finetune");
