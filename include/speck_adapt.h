@@ -88,8 +88,9 @@ int speck_lora_merge(const char *base_path, speck_lora *const *adapters, const f
 // CorDA initialisation (Yang et al. 2024, docs/adaptation.md): for each adapted W: (n_out, n_in)
 // the covariance C = Σ x xᵀ of its input over the calibration tokens (run through m in windows
 // of ctx), Cd = C + damp·mean(diag C)·I (damp 0.01, doubled until Cd is positive definite),
-// W·Cd = U Σ Vᵀ, and the adapter takes r components σ_c u_c (v_cᵀ Cd⁻¹) split as
-// b_c = u_c √σ_c / √s, a_c = √σ_c v_cᵀ Cd⁻¹ / √s (s = alpha / rank): KPM the r smallest
+// W·Cd = U Σ Vᵀ, and the adapter takes r components σ_c u_c (v_cᵀ Cd⁻¹) split with equal norms:
+// b_c = g_c u_c, a_c = g_c x_c / ||x_c||, x_c = Cd⁻¹ v_c, g_c = √(σ_c ||x_c|| / s) (s = alpha /
+// rank; the paper's √σ_c on each side leaves the balance to C's scale): KPM the r smallest
 // (calibrate on the base's own domain: its large components stay frozen), IPM the r largest
 // (calibrate on the task's data). The base must then become W − s·B·A (speck_lora_merge with
 // scale −1) so the adapted model starts as the base. Fewer tokens than max(ctx, the widest

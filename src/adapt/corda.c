@@ -3,8 +3,9 @@
 // multiplied back by C⁻¹; the base keeps W − s·B·A, so the adapted model starts as the base.
 //
 // W: (n_out, n_in); C = Σ x xᵀ: (n_in, n_in); Cd = C + damp·I; W·Cd = U Σ Vᵀ, so
-// W = Σ_c σ_c u_c (v_cᵀ Cd⁻¹). A component's factors: b_c = u_c √σ_c / √s, a_c = √σ_c v_cᵀ Cd⁻¹ / √s
-// (s = the adapter's alpha / rank, so s·b_c·a_c is the component). KPM (knowledge-preserved mode,
+// W = Σ_c σ_c u_c (v_cᵀ Cd⁻¹). A component's factors: b_c = g_c u_c, a_c = g_c x̂_c with
+// x_c = Cd⁻¹ v_c, x̂_c = x_c / ||x_c||, g_c = √(σ_c ||x_c|| / s) (s = the adapter's alpha / rank,
+// so s·b_c·a_c is the component). KPM (knowledge-preserved mode,
 // calibration on the base's own domain) takes the r smallest σ; IPM (instruction-previewed mode,
 // calibration on the task's data) the r largest.
 #include <math.h>
@@ -103,12 +104,19 @@ int speck_corda_factor(const float *W, int64_t n_out, int64_t n_in, const double
         rc = speck_set_error(SPECK_ERR_ARG, "CorDA: solving with the covariance failed (%d)", info);
         goto done;
     }
-    const double is = 1.0 / sqrt((double)scale);
+    // The split between B and A: equal norms, ||b_c|| = ||a_c|| = √(σ_c ||Cd⁻¹ v_c|| / s). The
+    // paper splits √σ_c to each side, which leaves the balance to C's overall scale (tokens
+    // summed, activation size): on the default model that made ||a_c|| / ||b_c|| ~ 1e-4 and the
+    // first AdamW steps (which move every element by about lr) diverged. The product is the same.
     for (int i = 0; i < rank; i++) {
-        const double sq = sqrt(S[c0 + i]) * is;
-        for (int j = 0; j < ni; j++) a[(size_t)i * ni + j] = (float)(sq * X[(size_t)i * ni + j]);
+        const double *x = X + (size_t)i * ni;
+        double nx = 0;
+        for (int j = 0; j < ni; j++) nx += x[j] * x[j];
+        nx = sqrt(nx);
+        const double g = sqrt(S[c0 + i] * nx / (double)scale);
+        for (int j = 0; j < ni; j++) a[(size_t)i * ni + j] = (float)(g * x[j] / nx);
         for (int o = 0; o < no; o++)
-            b[(size_t)o * rank + i] = (float)(sq * VTp[(size_t)o * kk + c0 + i]);
+            b[(size_t)o * rank + i] = (float)(g * VTp[(size_t)o * kk + c0 + i]);
     }
 done:
     free(Cd), free(M), free(Wd), free(S), free(Up), free(VTp), free(L), free(iwork), free(work);
