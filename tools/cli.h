@@ -149,7 +149,8 @@ int cli_train_end(cli_train_log *L, int rc, int64_t steps_done, bool plot, const
                   const char *csv);
 int cmd_finetune(int argc, char **argv);
 // speck finetune --init corda-*: the CorDA adapter (tools/finetune_init.c), with *m replaced by
-// the residual base written to base_out (the caller frees both models); NULL with the error shown.
+// the residual base written to base_out (the caller then frees both models; *m is unchanged on
+// error); NULL with the error shown.
 typedef struct {
     const char *base_path, *calib, *base_out;
     const speck_vocab *voc;

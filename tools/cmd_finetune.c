@@ -332,9 +332,9 @@ static int run(int argc, char **argv) {
                                 o.type, o.alpha, targets, !strcmp(o.init, "corda-kpm"), o.quiet,
                                 o.resume && access(ckpt, F_OK) == 0 &&
                                     access(o.base_out, F_OK) == 0};
-            R.m0 = m;
-            if (!(a = R.a = ft_corda_init(&co, &R.m))) return 1;
-            m = R.m;
+            speck_model *res = m;
+            if (!(a = R.a = ft_corda_init(&co, &res))) return 1;
+            R.m0 = m, R.m = m = res;
         } else if (!(a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed)))
             return cli_fail("finetune");
         if (!(trn.lora = R.tr = speck_lora_trainer_new(m, a, o.dropout, o.seed)) ||

@@ -13,9 +13,13 @@ speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m) {
     if (o->reuse_base) { // --resume: the residual base of the interrupted run, as written
         speck_model *b = speck_model_load_ex(o->base_out, SPECK_LOAD_NO_PANELS);
         if (!b) return cli_fail(C), NULL;
-        *m = b;
         speck_lora *a = speck_lora_new(b, o->rank, o->alpha, o->targets, 0); // checkpoint's
-        if (!a) cli_fail(C);
+        if (!a) {
+            cli_fail(C);
+            speck_model_free(b);
+            return NULL;
+        }
+        *m = b;
         return a;
     }
     size_t len;
