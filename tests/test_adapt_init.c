@@ -13,32 +13,10 @@
 #include <sys/stat.h>
 
 #include "speck.h"
+#include "logits_util.h"
 #include "test_util.h"
 
 #define NTOK 40 // below 64: the streaming forward path (the batch one is the same hook)
-
-static float *run_logits(speck_model *m, const int32_t *tok, int n) {
-    const int V = speck_model_hparams(m)->n_vocab;
-    float *lg = malloc((size_t)n * V * sizeof(float));
-    speck_ctx *c = speck_ctx_new(m, 256);
-    if (!c || !lg || speck_forward(c, n, tok, NULL, NULL, NULL, 0, lg)) {
-        printf("forward failed: %s\n", speck_last_error());
-        free(lg);
-        lg = NULL;
-    }
-    speck_ctx_free(c);
-    return lg;
-}
-
-static double max_abs(const float *a, const float *b, size_t n, double *scale) {
-    double d = 0, s = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        s = fmax(s, fabs((double)b[i]));
-    }
-    if (scale) *scale = s;
-    return d;
-}
 
 // Calibration tokens: a fixed pseudo-random stream over the vocabulary (the covariances only need
 // to be full rank; what they describe does not matter to the identity checked here).
