@@ -4,7 +4,7 @@
 # (Debian's perl-modules, the same split, steps, batch and lr), then for each adapter the
 # held-out Perl perplexity (the task) and the held-out Python perplexity (the base's own domain,
 # the 5 % of modules the default model never saw: KPM's claim is that it forgets less of it).
-#   usage: bench/adapt_init_quality.sh [SPECK] [WORKDIR] [STEPS 150]
+#   usage: [SEED=1] [THREADS=1] [CALIB_TOKENS=16384] bench/adapt_init_quality.sh [SPECK] [WORKDIR] [STEPS 150]
 # Runs: LoRA rank 16; CorDA-KPM rank 16 (calibrated on Python training modules, the base's
 # domain); CorDA-IPM rank 16 (calibrated on the Perl training text, the task); Block-LoRA rank 24
 # with 8 shared blocks (273,408 trainable parameters) and LoRA rank 14 (272,384) beside it.
@@ -20,6 +20,7 @@ PERL=/usr/share/perl/5.36.0
 PY=/usr/lib/python3.11
 T=${THREADS:-1}
 CAL=${CALIB_TOKENS:-16384}
+SEED=${SEED:-1} # the training windows (CorDA's initialisation does not depend on it)
 [[ -d $PERL ]] || { echo "SKIP: $PERL missing (Debian perl-modules)"; exit 77; }
 [[ -d $PY ]] || { echo "SKIP: $PY missing (Debian libpython3.11-stdlib)"; exit 77; }
 mkdir -p "$W"
@@ -54,7 +55,7 @@ open(os.path.join(w, 'py_held.txt'), 'w').write('\n'.join(ph)[:24_000])
 open(os.path.join(w, 'py_calib.txt'), 'w').write('\n'.join(pt)[:150_000])
 PYEOF
 ft=(--data "$W/train.txt" --steps "$STEPS" --batch 8 --ctx 128 --val-every 50 --threads "$T"
-    --lr 1e-3)
+    --lr 1e-3 --seed "$SEED")
 ppl() { "$SPECK" eval -m "$1" --text "$2" -t "$T" 2>&1 | awk '/^perplexity:/ {print $2}'; }
 echo "# $(date -u '+%F %H:%M') UTC; $(uptime)"
 pb=$(ppl "$BASE" "$W/held.txt"); pyb=$(ppl "$BASE" "$W/py_held.txt")
