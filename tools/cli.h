@@ -159,6 +159,20 @@ int cli_nm_apply(const char *cmd, const cli_nm *o, speck_train_model *tm, bool q
 int cli_train_end(cli_train_log *L, int rc, int64_t steps_done, bool plot, const char *out,
                   const char *csv);
 int cmd_finetune(int argc, char **argv);
+// speck finetune --init corda-*: the CorDA adapter (tools/finetune_init.c), with *m replaced by
+// the residual base written to base_out (the caller then frees both models; *m is unchanged on
+// error); NULL with the error shown.
+typedef struct {
+    const char *base_path, *calib, *base_out;
+    const speck_vocab *voc;
+    int64_t calib_tokens;
+    int ctx, rank, type;
+    float alpha;
+    unsigned targets;
+    bool kpm, quiet, reuse_base;
+} ft_corda_opts;
+speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m);
+
 int cmd_adapter(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_delta(int argc, char **argv);
