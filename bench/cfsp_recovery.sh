@@ -77,11 +77,7 @@ CTRL=$WORK/dense-rec$STEPS.gguf
 if [[ $VAL_BYTES == 0 ]]; then EVAL=(--tokens "$WORK/default.tokens"); else EVAL=(--text "$WORK/heldout.txt"); fi
 ppl() { "$SPECK" eval -m "$1" "${EVAL[@]}" --ctx 256 --stride 128 --threads "$THREADS" 2>&1 |
   awk '/^perplexity:/ {print $2}'; }
-params() { /usr/bin/python3 -c "
-import sys; sys.path.insert(0, 'tests/reference'); import gguf_io as G
-f = G.read_gguf('$1', dequant=False); print(sum(int(__import__('numpy').prod(t.shape)) for t in f.tensors.values()))"; }
 pd=$(ppl "$DENSE"); pp=$(ppl "$PRUNED"); pr=$(ppl "$RECOV")
-echo "params: dense $(params "$DENSE"), pruned $(params "$PRUNED")"
 echo "held-out perplexity: dense $pd  pruned $pp  pruned+recovered($STEPS steps) $pr" \
      "($(echo "100 * ($pr / $pd - 1)" | bc -l | cut -c1-5) % above dense)"
 [[ $CONTROL != 1 ]] || echo "control: dense + the same $STEPS steps $(ppl "$CTRL")"
