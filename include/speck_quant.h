@@ -260,11 +260,23 @@ typedef struct {
     const int32_t *calib; // calibration tokens, in windows of calib_ctx (0: the model's
     int64_t n_calib;      // context, at most 512)
     int calib_ctx;
+    // Also remove this fraction of every layer's KV heads, each with its group of query heads
+    // (GQA: query head h reads KV head h / (n_head / n_head_kv)), in (0, 1); 0: heads stay.
+    // Not in the paper (it prunes the FFN only): speck applies the same score to the
+    // attention, with attn_output's input channels as the channels (gate term absent, q in
+    // up's place, attn_output in down's) and a group's score the sum over its query channels.
+    double head_ratio;
 } speck_cfsp_opts;
 // score (n_ff) of every channel as above; x2 (n_ff): down's input mean squares (any positive
 // multiple); wg may be NULL (no gate: its term is left out).
 void speck_cfsp_channel_scores(const float *wg, const float *wu, const float *wd, const float *x2,
                                int64_t n_embd, int64_t n_ff, double *score);
+// Per KV group g (n_head_kv of them): the sum of speck_cfsp_channel_scores(NULL, wq, wo, x2,
+// n_embd, n_head * head_dim) over the group's query channels [g, g + 1) * n_head / n_head_kv *
+// head_dim. wq: (n_head * head_dim, n_embd), wo: (n_embd, n_head * head_dim), x2: attn_output's
+// input mean squares.
+void speck_cfsp_group_scores(const float *wq, const float *wo, const float *x2, int64_t n_embd,
+                             int n_head, int n_head_kv, int head_dim, double *score);
 // Kept width: n_ff - round(ratio * n_ff), rounded to the nearest multiple of align (halves up).
 // SPECK_ERR_ARG when ratio is outside (0, 1) or the width would be 0 or n_ff.
 int speck_cfsp_width(int64_t n_ff, double ratio, int align, int64_t *keep);

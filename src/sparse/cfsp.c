@@ -103,11 +103,19 @@ int speck_cfsp_select(const double *score, int64_t n_ff, int64_t keep, int64_t *
     return 0;
 }
 
-// Per layer: the FFN tensors and the channels kept.
+// Per layer: the FFN tensors and the channels kept; the attention tensors and, when heads are
+// pruned, the rows of q (and columns of attn_output) and of k / v kept.
 typedef struct {
     const speck_gguf_tensor *g, *u, *d, *gb, *ub;
     int64_t *kept;
+    const speck_gguf_tensor *q, *k, *v, *o, *qb, *kb, *vb;
+    int64_t *qrows, *kvrows;
 } layer;
+
+// Attention shape: heads, KV heads, head width; with heads pruned, the KV groups kept.
+typedef struct {
+    int64_t n_head, n_kv, hd, keep_kv;
+} heads;
 
 static const speck_gguf_tensor *find(const speck_gguf *g, int l, const char *what) {
     char name[96];
@@ -173,18 +181,122 @@ static int check_layers(const speck_gguf *g, const char *path, int n_layer, int6
     return 0;
 }
 
-static bool is_layer_tensor(const layer *L, int n_layer, const speck_gguf_tensor *t, int *l,
-                            int *which) {
+// How tensor t is cut: 0 unchanged, 1 rows (1-D: entries) idx[0..n), 2 columns idx[0..n).
+static int lookup(const layer *L, int n_layer, const heads *h, int64_t keep,
+                  const speck_gguf_tensor *t, const int64_t **idx, int64_t *n) {
+    const int64_t nq = h->keep_kv * (h->n_head / h->n_kv) * h->hd, nkv = h->keep_kv * h->hd;
     for (int i = 0; i < n_layer; i++) {
-        const speck_gguf_tensor *ts[5] = {L[i].g, L[i].u, L[i].d, L[i].gb, L[i].ub};
-        for (int k = 0; k < 5; k++)
-            if (ts[k] == t) return *l = i, *which = k, true;
+        const layer *y = &L[i];
+        if (t == y->g || t == y->u || t == y->gb || t == y->ub || t == y->d) {
+            *idx = y->kept, *n = keep;
+            return t == y->d ? 2 : 1;
+        }
+        if (!y->qrows) continue;
+        if (t == y->q || t == y->qb || t == y->o) {
+            *idx = y->qrows, *n = nq;
+            return t == y->o ? 2 : 1;
+        }
+        if (t == y->k || t == y->v || t == y->kb || t == y->vb) {
+            *idx = y->kvrows, *n = nkv;
+            return 1;
+        }
     }
-    return false;
+    return 0;
 }
 
-static int score_layers(const speck_gguf *g, const char *path, const speck_cfsp_opts *o,
-                        int n_layer, int64_t F, int64_t E, int64_t keep, layer *L, bool progress) {
+// Attention tensors of every layer, checked, when heads are pruned: separate q, k, v (not
+// fused), attn_output's type able to hold rows of the kept query width.
+static int check_attn(const speck_gguf *g, const char *path, int n_layer, int64_t E,
+                      const heads *h, layer *L) {
+    const int64_t Hq = h->n_head * h->hd, Hk = h->n_kv * h->hd,
+                  nq = h->keep_kv * (h->n_head / h->n_kv) * h->hd;
+    for (int l = 0; l < n_layer; l++) {
+        layer *y = &L[l];
+        y->q = find(g, l, "attn_q.weight"), y->k = find(g, l, "attn_k.weight");
+        y->v = find(g, l, "attn_v.weight"), y->o = find(g, l, "attn_output.weight");
+        y->qb = find(g, l, "attn_q.bias"), y->kb = find(g, l, "attn_k.bias");
+        y->vb = find(g, l, "attn_v.bias");
+        if (!y->q || !y->k || !y->v || !y->o)
+            return speck_set_error(SPECK_ERR_ARG,
+                                   "%s: layer %d has no separate attn_q / attn_k / attn_v / "
+                                   "attn_output: --heads needs them (fused attn_qkv is not "
+                                   "supported)",
+                                   path, l);
+        const speck_gguf_tensor *ts[4] = {y->q, y->k, y->v, y->o};
+        const int64_t want[4][2] = {{E, Hq}, {E, Hk}, {E, Hk}, {Hq, E}};
+        for (int k = 0; k < 4; k++) {
+            const speck_gguf_tensor *t = ts[k];
+            if (t->n_dims != 2 || t->ne[0] != want[k][0] || t->ne[1] != want[k][1])
+                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is %lld x %lld, not "
+                                       "%lld x %lld", path, t->name, (long long)t->ne[1],
+                                       (long long)t->ne[0], (long long)want[k][1],
+                                       (long long)want[k][0]);
+            if (!speck_traits(t->type))
+                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' has type %s, which "
+                                       "speck cannot read", path, t->name,
+                                       speck_gguf_type_label(t->type));
+        }
+        if (nq % speck_type_block_size((speck_type)y->o->type))
+            return speck_set_error(SPECK_ERR_ARG, "%s: tensor '%s' (%s) cannot hold rows of %lld",
+                                   path, y->o->name, speck_type_name(y->o->type), (long long)nq);
+        const speck_gguf_tensor *bs[3] = {y->qb, y->kb, y->vb};
+        for (int k = 0; k < 3; k++)
+            if (bs[k] && (bs[k]->type != SPECK_TYPE_F32 || bs[k]->n_elements != (k ? Hk : Hq)))
+                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is not f32 of %lld",
+                                       path, bs[k]->name, (long long)(k ? Hk : Hq));
+    }
+    return 0;
+}
+
+void speck_cfsp_group_scores(const float *wq, const float *wo, const float *x2, int64_t n_embd,
+                             int n_head, int n_head_kv, int head_dim, double *score) {
+    const int64_t Hq = (int64_t)n_head * head_dim, per = Hq / n_head_kv;
+    double *c = malloc((size_t)Hq * sizeof *c);
+    for (int g = 0; g < n_head_kv; g++) score[g] = 0;
+    if (!c) return;
+    speck_cfsp_channel_scores(NULL, wq, wo, x2, n_embd, Hq, c);
+    for (int64_t j = 0; j < Hq; j++) score[j / per] += c[j];
+    free(c);
+}
+
+// Layer l's kept KV groups from attn_output's input statistics: the rows of q (and columns of
+// attn_output) and of k / v they own.
+static int select_heads(const speck_imatrix *im, const heads *h, int64_t E, layer *y, int l,
+                        bool progress) {
+    int64_t n = 0;
+    const int64_t Hq = h->n_head * h->hd, G = h->n_head / h->n_kv;
+    const float *x2 = speck_imatrix_get(im, y->o->name, &n);
+    if (!x2 || n != Hq || speck_imatrix_count(im, y->o->name) <= 0)
+        return speck_set_error(SPECK_ERR_ARG, "cfsp: no calibration statistics for %s",
+                               y->o->name);
+    float *wq = rows_f32(y->q), *wo = rows_f32(y->o);
+    double *sc = malloc((size_t)h->n_kv * sizeof *sc);
+    int64_t *kg = malloc((size_t)h->keep_kv * sizeof *kg);
+    y->qrows = malloc((size_t)(h->keep_kv * G * h->hd) * sizeof *y->qrows);
+    y->kvrows = malloc((size_t)(h->keep_kv * h->hd) * sizeof *y->kvrows);
+    int rc = 0;
+    if (!wq || !wo || !sc || !kg || !y->qrows || !y->kvrows)
+        rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        speck_cfsp_group_scores(wq, wo, x2, E, (int)h->n_head, (int)h->n_kv, (int)h->hd, sc);
+        rc = speck_cfsp_select(sc, h->n_kv, h->keep_kv, kg);
+    }
+    for (int64_t k = 0; !rc && k < h->keep_kv; k++) {
+        for (int64_t r = 0; r < h->hd; r++) y->kvrows[k * h->hd + r] = kg[k] * h->hd + r;
+        for (int64_t r = 0; r < G * h->hd; r++)
+            y->qrows[k * G * h->hd + r] = kg[k] * G * h->hd + r;
+    }
+    if (!rc && progress) {
+        fprintf(stderr, "prune: cfsp: layer %d keeps KV heads", l);
+        for (int64_t k = 0; k < h->keep_kv; k++) fprintf(stderr, " %lld", (long long)kg[k]);
+        fprintf(stderr, " of %lld\n", (long long)h->n_kv);
+    }
+    free(wq), free(wo), free(sc), free(kg);
+    return rc;
+}
+
+static int score_layers(const char *path, const speck_cfsp_opts *o, int n_layer, int64_t F,
+                        int64_t E, int64_t keep, const heads *h, layer *L, bool progress) {
     speck_model *m = speck_model_load(path);
     if (!m) return SPECK_ERR_FORMAT;
     int ctx = o->calib_ctx > 0 ? o->calib_ctx : speck_model_hparams(m)->n_ctx_train;
@@ -218,6 +330,7 @@ static int score_layers(const speck_gguf *g, const char *path, const speck_cfsp_
         if (!rc && !(L[l].kept = malloc((size_t)keep * sizeof *L[l].kept)))
             rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
         if (!rc) rc = speck_cfsp_select(score, F, keep, L[l].kept);
+        if (!rc && h->keep_kv < h->n_kv) rc = select_heads(im, h, E, &L[l], l, progress);
         if (!rc && progress) {
             double kept = 0, all = 0;
             for (int64_t j = 0; j < F; j++) all += score[j];
@@ -231,18 +344,18 @@ static int score_layers(const speck_gguf *g, const char *path, const speck_cfsp_
     return rc;
 }
 
-// One layer FFN tensor with only the kept channels: rows of gate / up (bytes copied), columns of
-// down (requantized in its type), entries of the biases.
-static int write_pruned(speck_gguf_stream *s, const speck_gguf_tensor *t, int which,
+// Tensor t with only the kept rows (kind 1: bytes copied; 1-D f32: entries) or columns (kind
+// 2: requantized in its type).
+static int write_pruned(speck_gguf_stream *s, const speck_gguf_tensor *t, int kind,
                         const int64_t *kept, int64_t keep) {
     int rc = 0;
-    if (which == 0 || which == 1) {
+    if (kind == 1 && t->n_dims == 2) {
         const size_t rs = speck_type_row_size((speck_type)t->type, t->ne[0]);
         for (int64_t k = 0; k < keep && !rc; k++)
             rc = speck_gguf_stream_write(s, (const uint8_t *)t->data + (size_t)kept[k] * rs, rs);
         return rc;
     }
-    if (which >= 3) {
+    if (kind == 1) {
         float v;
         for (int64_t k = 0; k < keep && !rc; k++) {
             memcpy(&v, (const uint8_t *)t->data + (size_t)kept[k] * sizeof v, sizeof v);
@@ -290,18 +403,58 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
                              (long long)F, ke, (long long)E, kb, n_layer);
     int64_t keep = 0;
     if (!rc) rc = speck_cfsp_width(F, o->ratio, o->align, &keep);
+    // Attention shape (llama.cpp's keys: head_count, head_count_kv, key_length).
+    char kh[160], kk[160], kl[160], kv[160];
+    snprintf(kh, sizeof kh, "%s.attention.head_count", arch ? arch : "");
+    snprintf(kk, sizeof kk, "%s.attention.head_count_kv", arch ? arch : "");
+    snprintf(kl, sizeof kl, "%s.attention.key_length", arch ? arch : "");
+    snprintf(kv, sizeof kv, "%s.attention.value_length", arch ? arch : "");
+    heads h = {1, 1, 1, 1};
+    const bool hp = o->head_ratio != 0;
+    if (!rc && hp) {
+        const int64_t ih = speck_gguf_find_key(g, kh), ik = speck_gguf_find_key(g, kk),
+                      il = speck_gguf_find_key(g, kl);
+        if (ih < 0 || speck_gguf_kv_type(g, ih) == SPECK_GGUF_ARRAY ||
+            (ik >= 0 && speck_gguf_kv_type(g, ik) == SPECK_GGUF_ARRAY))
+            rc = speck_set_error(SPECK_ERR_ARG, "%s: --heads needs one %s (and %s) for all "
+                                 "layers", in_path, kh, kk);
+        h.n_head = rc ? 1 : speck_gguf_get_int(g, ih);
+        h.n_kv = rc ? 1 : ik >= 0 ? speck_gguf_get_int(g, ik) : h.n_head;
+        h.hd = !rc && il >= 0 ? speck_gguf_get_int(g, il) : h.n_head > 0 ? E / h.n_head : 0;
+        if (!rc && (h.n_head < 1 || h.n_kv < 1 || h.n_head % h.n_kv || h.hd < 1))
+            rc = speck_set_error(SPECK_ERR_FORMAT, "%s: %lld heads, %lld KV heads of width %lld",
+                                 in_path, (long long)h.n_head, (long long)h.n_kv,
+                                 (long long)h.hd);
+        if (!rc && !(o->head_ratio > 0 && o->head_ratio < 1))
+            rc = speck_set_error(SPECK_ERR_ARG, "cfsp: heads ratio %g is outside (0, 1)",
+                                 o->head_ratio);
+        h.keep_kv = h.n_kv - sparse_n_pruned(o->head_ratio, h.n_kv);
+        if (!rc && (h.keep_kv < 1 || h.keep_kv >= h.n_kv))
+            rc = speck_set_error(SPECK_ERR_ARG, "cfsp: heads ratio %g keeps %lld of %lld KV "
+                                 "heads (at least one must go and one stay)", o->head_ratio,
+                                 (long long)h.keep_kv, (long long)h.n_kv);
+    }
     layer *L = rc ? NULL : calloc((size_t)n_layer, sizeof *L);
     if (!rc && !L) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     if (!rc) rc = check_layers(g, in_path, n_layer, F, E, keep, L);
-    if (!rc) rc = score_layers(g, in_path, o, n_layer, F, E, keep, L, progress);
+    if (!rc && hp) rc = check_attn(g, in_path, n_layer, E, &h, L);
+    if (!rc) rc = score_layers(in_path, o, n_layer, F, E, keep, &h, L, progress);
+    const int64_t G = h.n_head / h.n_kv;
     // Header: the source's metadata with the new width and the pruning recorded.
     speck_gguf_writer *w = rc ? NULL : speck_gguf_writer_new();
     if (!rc && !w) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; !rc && i < speck_gguf_n_kv(g); i++) {
         const char *k = speck_gguf_key(g, i);
-        if (strcmp(k, kf) && strncmp(k, "speck.prune.", 12)) rc = speck_gguf_copy_kv(w, g, i);
+        if (strcmp(k, kf) && strncmp(k, "speck.prune.", 12) &&
+            (!hp || (strcmp(k, kh) && strcmp(k, kk) && strcmp(k, kl) && strcmp(k, kv))))
+            rc = speck_gguf_copy_kv(w, g, i);
     }
     if (!rc) rc = speck_gguf_set_u32(w, kf, (uint32_t)keep);
+    if (!rc && hp) rc = speck_gguf_set_u32(w, kh, (uint32_t)(h.keep_kv * G));
+    if (!rc && hp) rc = speck_gguf_set_u32(w, kk, (uint32_t)h.keep_kv);
+    if (!rc && hp) rc = speck_gguf_set_u32(w, kl, (uint32_t)h.hd);
+    if (!rc && hp) rc = speck_gguf_set_u32(w, kv, (uint32_t)h.hd);
+    if (!rc && hp) rc = speck_gguf_set_f32(w, "speck.prune.heads", (float)o->head_ratio);
     if (!rc) rc = speck_gguf_set_str(w, "speck.prune.method", "cfsp");
     if (!rc) rc = speck_gguf_set_f32(w, "speck.prune.ratio", (float)o->ratio);
     const int64_t nt = rc ? 0 : speck_gguf_n_tensors(g);
@@ -309,16 +462,14 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
     for (int64_t i = 0; !rc && i < nt; i++) {
         const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
         int64_t ne[4] = {t->ne[0], t->ne[1], t->ne[2], t->ne[3]};
-        int l, which;
+        const int64_t *idx;
+        int64_t n;
+        const int kind = lookup(L, n_layer, &h, keep, t, &idx, &n);
         before += t->n_elements;
-        if (is_layer_tensor(L, n_layer, t, &l, &which)) {
-            if (which == 2)
-                ne[0] = keep;
-            else if (which < 2)
-                ne[1] = keep;
-            else
-                ne[0] = keep;
-        }
+        if (kind == 2 || (kind == 1 && t->n_dims == 1))
+            ne[0] = n;
+        else if (kind == 1)
+            ne[1] = n;
         after += ne[0] * ne[1] * ne[2] * ne[3];
         rc = speck_gguf_add_tensor(w, t->name, (speck_type)t->type, t->n_dims, ne, NULL);
     }
@@ -326,9 +477,11 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
     if (!rc && !s) rc = SPECK_ERR_IO;
     for (int64_t i = 0; !rc && i < nt; i++) {
         const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
-        int l, which;
-        if (is_layer_tensor(L, n_layer, t, &l, &which))
-            rc = write_pruned(s, t, which, L[l].kept, keep);
+        const int64_t *idx;
+        int64_t n;
+        const int kind = lookup(L, n_layer, &h, keep, t, &idx, &n);
+        if (kind)
+            rc = write_pruned(s, t, kind, idx, n);
         else
             rc = speck_gguf_stream_write(s, t->data, t->n_bytes);
     }
@@ -342,7 +495,10 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
                 "parameters (%.1f %% fewer)\n", (long long)F, (long long)keep, n_layer,
                 (long long)before, (long long)after,
                 100.0 * (double)(before - after) / (double)(before ? before : 1));
-    for (int l = 0; L && l < n_layer; l++) free(L[l].kept);
+    if (!rc && progress && hp)
+        fprintf(stderr, "prune: cfsp: heads %lld / %lld KV -> %lld / %lld\n", (long long)h.n_head,
+                (long long)h.n_kv, (long long)(h.keep_kv * G), (long long)h.keep_kv);
+    for (int l = 0; L && l < n_layer; l++) free(L[l].kept), free(L[l].qrows), free(L[l].kvrows);
     free(L);
     speck_gguf_writer_free(w);
     speck_gguf_close(g);

@@ -16,6 +16,12 @@
   forward  speck's logits on the pruned model (forward_dump, one prefill) equal the float64
            reference's on the pruned shapes within 1e-4 x max(1, max|logit|) (test_forward.py's
            f32 bound and its reasons).
+  heads    --heads 50% on a model with 8 query / 4 KV heads and q/k/v biases: the KV groups kept
+           (each with its 2 query heads) are the top groups of the same score applied to the
+           attention (q in up's place, attn_output in down's, no gate; a group's score the sum
+           over its query channels), on attn_output's input mean squares from the reference;
+           q/k/v rows, biases and attn_output columns are the source's; head counts and
+           key_length written; the forward equals the reference on the pruned shapes (1e-4).
   q8_0     a q8_0 model prunes to q8_0 tensors of the new width (down requantized), and
            speck runs it.
   bad      ratio 0, 1, 1.5, 2:4, one that removes every channel (0.99 at --align 32), one that
@@ -90,6 +96,68 @@ class Recorder(LlamaRef):
         self.s2[key] = self.s2.get(key, 0) + (x64 ** 2).sum(0).numpy()
         self.n[key] = self.n.get(key, 0) + x.shape[0]
         return super().linear(x, name)
+
+
+def heads_part(args, res, txt, ctx, n_win, text, rng):
+    """--heads: KV groups (with their query heads) chosen by the group score, on a model with 4
+    KV heads of 2 query heads each and q/k/v biases; the forward on the pruned shapes."""
+    c = MM.config("gqa")
+    c.update(n_head=8, n_head_kv=4, head_dim=8, qkv_bias=True)
+    kv, tensors = MM.build(c, "f32", 6)
+    path = f"{args.workdir}/h8.gguf"
+    G.write_gguf(path, kv, tensors)
+    src = G.read_gguf(path)
+    rec = Recorder(src.kv, src.tensors)
+    with torch.no_grad():
+        for k in range(n_win):
+            rec.forward(list(text[k * ctx:(k + 1) * ctx]))
+    out = f"{args.workdir}/h8_cfsp.gguf"
+    p = run([args.speck, "prune", path, out, "--method", "cfsp", "--ratio", "25%", "--align",
+             "16", "--heads", "50%", "--calib", txt, "--calib-ctx", str(ctx)])
+    if not res.check(p.returncode == 0, f"--heads 50% ran ({p.stderr.strip()[-300:]})"):
+        return
+    f = G.read_gguf(out)
+    a = "llama."
+    res.check((int(f.kv[a + "attention.head_count"]), int(f.kv[a + "attention.head_count_kv"]),
+               int(f.kv[a + "attention.key_length"])) == (4, 2, 8),
+              "heads 8 / 4 KV -> 4 / 2, key_length 8 written")
+    hd, G_ = 8, 2
+    ok = True
+    margin = 0.0
+    for l in range(c["n_layer"]):
+        b = f"blk.{l}."
+        Wq, Wk, Wv, Wo = (src.tensors[b + n + ".weight"] for n in ("attn_q", "attn_k", "attn_v",
+                                                                   "attn_output"))
+        key = b + "attn_output.weight"
+        S = cfsp_scores(None, Wq, Wo, rec.s2[key] / rec.n[key])
+        gs = S.reshape(4, G_ * hd).sum(1)
+        order = sorted(range(4), key=lambda g: (-gs[g], g))
+        ref = sorted(order[:2])
+        margin = max(margin, abs(gs[order[1]] - gs[order[2]]) / abs(gs[order[1]]))
+        qrows = np.concatenate([np.arange(g * G_ * hd, (g + 1) * G_ * hd) for g in ref])
+        kvrows = np.concatenate([np.arange(g * hd, (g + 1) * hd) for g in ref])
+        ok &= np.array_equal(f.tensors[b + "attn_q.weight"], Wq[qrows])
+        ok &= np.array_equal(f.tensors[b + "attn_q.bias"], src.tensors[b + "attn_q.bias"][qrows])
+        for n in ("attn_k", "attn_v"):
+            ok &= np.array_equal(f.tensors[b + n + ".weight"], src.tensors[b + n + ".weight"][kvrows])
+            ok &= np.array_equal(f.tensors[b + n + ".bias"], src.tensors[b + n + ".bias"][kvrows])
+        ok &= np.array_equal(f.tensors[b + "attn_output.weight"], Wo[:, qrows])
+    # The kept/removed boundary must not be a near-tie, or f32 vs float64 could decide it.
+    res.check(ok, f"kept KV groups (q rows, k/v rows, biases, attn_output columns) equal the "
+                  f"numpy group score's (boundary gap {margin:.1e} relative)")
+    toks = [int(t) for t in rng.integers(0, 256, size=24)]
+    o = f"{args.workdir}/hlogits.f32"
+    q = subprocess.run([args.dump, out, "prefill", o, ",".join(map(str, toks))],
+                       capture_output=True, text=True, timeout=120)
+    if res.check(q.returncode == 0, f"forward_dump ran on the head-pruned model "
+                                    f"({q.stderr.strip()[-200:]})"):
+        with torch.no_grad():
+            ref = LlamaRef(f.kv, f.tensors).forward(toks).numpy()
+        got = np.fromfile(o, dtype="<f4").reshape(ref.shape).astype(np.float64)
+        scale = max(1.0, float(np.abs(ref).max()))
+        err = float(np.abs(got - ref).max())
+        res.check(err <= 1e-4 * scale,
+                  f"head-pruned forward == reference: max err {err:.2e} <= {1e-4 * scale:.2e}")
 
 
 def main():
@@ -204,6 +272,8 @@ def main():
                            capture_output=True, text=True, timeout=120)
         res.check(q.returncode == 0, "speck runs the pruned q8_0 model")
 
+    heads_part(args, res, txt, ctx, n_win, text, rng)
+
     # Bad input: a clear message, nothing written.
     moe = MM.make_model("mixtral", f"{wd}/moe.gguf", "f32", seed=1)
     bad = f"{wd}/bad.gguf"
@@ -221,6 +291,9 @@ def main():
         ([f32, bad, *base, "--sparsity", "50%"], ["not --sparsity"]),
         ([f32, bad, "--method", "wanda", "--ratio", "25%", "--calib", txt], ["need --method cfsp"]),
         ([moe, bad, *base, "--ratio", "25%", "--align", "16"], ["no dense FFN"]),
+        ([f32, bad, *base, "--ratio", "25%", "--align", "16", "--heads", "1"], ["(0, 1)"]),
+        ([f32, bad, *base, "--ratio", "25%", "--align", "16", "--heads", "0.1"],
+         ["keeps 2 of 2 KV heads"]),
     ]
     for argv, needles in cases:
         if os.path.exists(bad):
