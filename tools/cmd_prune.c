@@ -29,9 +29,12 @@ static int prune_cfsp(const char *pos[2], const char *ratio, const char *heads, 
     int32_t *ids = NULL;
     const int64_t n = cli_tokenize_file("prune", pos[0], calib, false, &ids);
     if (n < 0) return 1;
-    speck_cfsp_opts o = {.ratio = r.sparsity, .align = align, .calib = ids,
+    speck_cfsp_opts o = {.ratio = r.sparsity,
+                         .align = align,
+                         .calib = ids,
                          .n_calib = calib_max > 0 && calib_max < n ? calib_max : n,
-                         .calib_ctx = po->calib_ctx, .head_ratio = hr.sparsity};
+                         .calib_ctx = po->calib_ctx,
+                         .head_ratio = hr.sparsity};
     const int rc = speck_gguf_prune_cfsp(pos[0], pos[1], &o, !quiet);
     free(ids);
     if (rc) return cli_fail("prune");
@@ -133,8 +136,8 @@ int cmd_prune(int argc, char **argv) {
             return 2;
         }
     }
-    if (n_pos == 2 && !strcmp(method, "cfsp")) return prune_cfsp(pos, ratio, heads, align, calib,
-                                                                 &o, calib_max, sparsity, quiet);
+    if (n_pos == 2 && !strcmp(method, "cfsp"))
+        return prune_cfsp(pos, ratio, heads, align, calib, &o, calib_max, sparsity, quiet);
     if (ratio || align || heads) {
         fprintf(stderr, "speck prune: --ratio / --heads / --align need --method cfsp\n");
         return 2;

@@ -162,9 +162,10 @@ static int check_layers(const speck_gguf *g, const char *path, int n_layer, int6
                                        (long long)(down ? E : F), (long long)(down ? F : E),
                                        (long long)F);
             if (!speck_traits(t->type))
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' has type %s, which "
-                                       "speck cannot read", path, t->name,
-                                       speck_gguf_type_label(t->type));
+                return speck_set_error(SPECK_ERR_FORMAT,
+                                       "%s: tensor '%s' has type %s, which "
+                                       "speck cannot read",
+                                       path, t->name, speck_gguf_type_label(t->type));
             if (down && keep % speck_type_block_size((speck_type)t->type))
                 return speck_set_error(SPECK_ERR_ARG,
                                        "%s: tensor '%s' (%s) cannot hold rows of %lld values "
@@ -175,8 +176,8 @@ static int check_layers(const speck_gguf *g, const char *path, int n_layer, int6
         const speck_gguf_tensor *bs[2] = {y->gb, y->ub};
         for (int k = 0; k < 2; k++)
             if (bs[k] && (bs[k]->type != SPECK_TYPE_F32 || bs[k]->n_elements != F))
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is not f32 of %lld",
-                                       path, bs[k]->name, (long long)F);
+                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is not f32 of %lld", path,
+                                       bs[k]->name, (long long)F);
     }
     return 0;
 }
@@ -206,8 +207,8 @@ static int lookup(const layer *L, int n_layer, const heads *h, int64_t keep,
 
 // Attention tensors of every layer, checked, when heads are pruned: separate q, k, v (not
 // fused), attn_output's type able to hold rows of the kept query width.
-static int check_attn(const speck_gguf *g, const char *path, int n_layer, int64_t E,
-                      const heads *h, layer *L) {
+static int check_attn(const speck_gguf *g, const char *path, int n_layer, int64_t E, const heads *h,
+                      layer *L) {
     const int64_t Hq = h->n_head * h->hd, Hk = h->n_kv * h->hd,
                   nq = h->keep_kv * (h->n_head / h->n_kv) * h->hd;
     for (int l = 0; l < n_layer; l++) {
@@ -227,14 +228,16 @@ static int check_attn(const speck_gguf *g, const char *path, int n_layer, int64_
         for (int k = 0; k < 4; k++) {
             const speck_gguf_tensor *t = ts[k];
             if (t->n_dims != 2 || t->ne[0] != want[k][0] || t->ne[1] != want[k][1])
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is %lld x %lld, not "
-                                       "%lld x %lld", path, t->name, (long long)t->ne[1],
-                                       (long long)t->ne[0], (long long)want[k][1],
-                                       (long long)want[k][0]);
+                return speck_set_error(SPECK_ERR_FORMAT,
+                                       "%s: tensor '%s' is %lld x %lld, not "
+                                       "%lld x %lld",
+                                       path, t->name, (long long)t->ne[1], (long long)t->ne[0],
+                                       (long long)want[k][1], (long long)want[k][0]);
             if (!speck_traits(t->type))
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' has type %s, which "
-                                       "speck cannot read", path, t->name,
-                                       speck_gguf_type_label(t->type));
+                return speck_set_error(SPECK_ERR_FORMAT,
+                                       "%s: tensor '%s' has type %s, which "
+                                       "speck cannot read",
+                                       path, t->name, speck_gguf_type_label(t->type));
         }
         if (nq % speck_type_block_size((speck_type)y->o->type))
             return speck_set_error(SPECK_ERR_ARG, "%s: tensor '%s' (%s) cannot hold rows of %lld",
@@ -242,8 +245,8 @@ static int check_attn(const speck_gguf *g, const char *path, int n_layer, int64_
         const speck_gguf_tensor *bs[3] = {y->qb, y->kb, y->vb};
         for (int k = 0; k < 3; k++)
             if (bs[k] && (bs[k]->type != SPECK_TYPE_F32 || bs[k]->n_elements != (k ? Hk : Hq)))
-                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is not f32 of %lld",
-                                       path, bs[k]->name, (long long)(k ? Hk : Hq));
+                return speck_set_error(SPECK_ERR_FORMAT, "%s: tensor '%s' is not f32 of %lld", path,
+                                       bs[k]->name, (long long)(k ? Hk : Hq));
     }
     return 0;
 }
@@ -267,8 +270,7 @@ static int select_heads(const speck_imatrix *im, const heads *h, int64_t E, laye
     const int64_t Hq = h->n_head * h->hd, G = h->n_head / h->n_kv;
     const float *x2 = speck_imatrix_get(im, y->o->name, &n);
     if (!x2 || n != Hq || speck_imatrix_count(im, y->o->name) <= 0)
-        return speck_set_error(SPECK_ERR_ARG, "cfsp: no calibration statistics for %s",
-                               y->o->name);
+        return speck_set_error(SPECK_ERR_ARG, "cfsp: no calibration statistics for %s", y->o->name);
     float *wq = rows_f32(y->q), *wo = rows_f32(y->o);
     double *sc = malloc((size_t)h->n_kv * sizeof *sc);
     int64_t *kg = malloc((size_t)h->keep_kv * sizeof *kg);
@@ -283,8 +285,7 @@ static int select_heads(const speck_imatrix *im, const heads *h, int64_t E, laye
     }
     for (int64_t k = 0; !rc && k < h->keep_kv; k++) {
         for (int64_t r = 0; r < h->hd; r++) y->kvrows[k * h->hd + r] = kg[k] * h->hd + r;
-        for (int64_t r = 0; r < G * h->hd; r++)
-            y->qrows[k * G * h->hd + r] = kg[k] * G * h->hd + r;
+        for (int64_t r = 0; r < G * h->hd; r++) y->qrows[k * G * h->hd + r] = kg[k] * G * h->hd + r;
     }
     if (!rc && progress) {
         fprintf(stderr, "prune: cfsp: layer %d keeps KV heads", l);
@@ -335,8 +336,10 @@ static int score_layers(const char *path, const speck_cfsp_opts *o, int n_layer,
             double kept = 0, all = 0;
             for (int64_t j = 0; j < F; j++) all += score[j];
             for (int64_t k = 0; k < keep; k++) kept += score[L[l].kept[k]];
-            fprintf(stderr, "prune: cfsp: layer %d keeps %lld of %lld channels (%.1f %% of the "
-                    "score)\n", l, (long long)keep, (long long)F, all > 0 ? 100 * kept / all : 0);
+            fprintf(stderr,
+                    "prune: cfsp: layer %d keeps %lld of %lld channels (%.1f %% of the "
+                    "score)\n",
+                    l, (long long)keep, (long long)F, all > 0 ? 100 * kept / all : 0);
         }
     }
     free(score);
@@ -391,11 +394,13 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
     const int64_t if_ = speck_gguf_find_key(g, kf), ib = speck_gguf_find_key(g, kb),
                   ie = speck_gguf_find_key(g, ke);
     if (!arch || if_ < 0 || ib < 0 || ie < 0)
-        rc = speck_set_error(SPECK_ERR_FORMAT, "%s: no general.architecture, %s, %s or %s",
-                             in_path, kf, kb, ke);
+        rc = speck_set_error(SPECK_ERR_FORMAT, "%s: no general.architecture, %s, %s or %s", in_path,
+                             kf, kb, ke);
     else if (speck_gguf_kv_type(g, if_) == SPECK_GGUF_ARRAY)
-        rc = speck_set_error(SPECK_ERR_ARG, "%s: %s is per layer (an array): cfsp needs one "
-                             "width", in_path, kf);
+        rc = speck_set_error(SPECK_ERR_ARG,
+                             "%s: %s is per layer (an array): cfsp needs one "
+                             "width",
+                             in_path, kf);
     const int64_t F = rc ? 0 : speck_gguf_get_int(g, if_), E = rc ? 0 : speck_gguf_get_int(g, ie);
     const int n_layer = rc ? 0 : (int)speck_gguf_get_int(g, ib);
     if (!rc && (F < 2 || E < 1 || n_layer < 1 || n_layer > 100000))
@@ -416,23 +421,25 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
                       il = speck_gguf_find_key(g, kl);
         if (ih < 0 || speck_gguf_kv_type(g, ih) == SPECK_GGUF_ARRAY ||
             (ik >= 0 && speck_gguf_kv_type(g, ik) == SPECK_GGUF_ARRAY))
-            rc = speck_set_error(SPECK_ERR_ARG, "%s: --heads needs one %s (and %s) for all "
-                                 "layers", in_path, kh, kk);
+            rc = speck_set_error(SPECK_ERR_ARG,
+                                 "%s: --heads needs one %s (and %s) for all "
+                                 "layers",
+                                 in_path, kh, kk);
         h.n_head = rc ? 1 : speck_gguf_get_int(g, ih);
         h.n_kv = rc ? 1 : ik >= 0 ? speck_gguf_get_int(g, ik) : h.n_head;
         h.hd = !rc && il >= 0 ? speck_gguf_get_int(g, il) : h.n_head > 0 ? E / h.n_head : 0;
         if (!rc && (h.n_head < 1 || h.n_kv < 1 || h.n_head % h.n_kv || h.hd < 1))
             rc = speck_set_error(SPECK_ERR_FORMAT, "%s: %lld heads, %lld KV heads of width %lld",
-                                 in_path, (long long)h.n_head, (long long)h.n_kv,
-                                 (long long)h.hd);
+                                 in_path, (long long)h.n_head, (long long)h.n_kv, (long long)h.hd);
         if (!rc && !(o->head_ratio > 0 && o->head_ratio < 1))
             rc = speck_set_error(SPECK_ERR_ARG, "cfsp: heads ratio %g is outside (0, 1)",
                                  o->head_ratio);
         h.keep_kv = h.n_kv - sparse_n_pruned(o->head_ratio, h.n_kv);
         if (!rc && (h.keep_kv < 1 || h.keep_kv >= h.n_kv))
-            rc = speck_set_error(SPECK_ERR_ARG, "cfsp: heads ratio %g keeps %lld of %lld KV "
-                                 "heads (at least one must go and one stay)", o->head_ratio,
-                                 (long long)h.keep_kv, (long long)h.n_kv);
+            rc = speck_set_error(SPECK_ERR_ARG,
+                                 "cfsp: heads ratio %g keeps %lld of %lld KV "
+                                 "heads (at least one must go and one stay)",
+                                 o->head_ratio, (long long)h.keep_kv, (long long)h.n_kv);
     }
     layer *L = rc ? NULL : calloc((size_t)n_layer, sizeof *L);
     if (!rc && !L) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
@@ -491,9 +498,10 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
     }
     speck_gguf_stream_abort(s);
     if (!rc && progress)
-        fprintf(stderr, "prune: cfsp: feed_forward_length %lld -> %lld in %d layers; %lld -> %lld "
-                "parameters (%.1f %% fewer)\n", (long long)F, (long long)keep, n_layer,
-                (long long)before, (long long)after,
+        fprintf(stderr,
+                "prune: cfsp: feed_forward_length %lld -> %lld in %d layers; %lld -> %lld "
+                "parameters (%.1f %% fewer)\n",
+                (long long)F, (long long)keep, n_layer, (long long)before, (long long)after,
                 100.0 * (double)(before - after) / (double)(before ? before : 1));
     if (!rc && progress && hp)
         fprintf(stderr, "prune: cfsp: heads %lld / %lld KV -> %lld / %lld\n", (long long)h.n_head,
