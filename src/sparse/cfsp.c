@@ -428,6 +428,10 @@ int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck
         h.n_head = rc ? 1 : speck_gguf_get_int(g, ih);
         h.n_kv = rc ? 1 : ik >= 0 ? speck_gguf_get_int(g, ik) : h.n_head;
         h.hd = !rc && il >= 0 ? speck_gguf_get_int(g, il) : h.n_head > 0 ? E / h.n_head : 0;
+        const int64_t iv = speck_gguf_find_key(g, kv);
+        if (!rc && iv >= 0 && speck_gguf_get_int(g, iv) != h.hd)
+            rc = speck_set_error(SPECK_ERR_ARG, "%s: %s differs from the key width %lld", in_path,
+                                 kv, (long long)h.hd);
         if (!rc && (h.n_head < 1 || h.n_kv < 1 || h.n_head % h.n_kv || h.hd < 1))
             rc = speck_set_error(SPECK_ERR_FORMAT, "%s: %lld heads, %lld KV heads of width %lld",
                                  in_path, (long long)h.n_head, (long long)h.n_kv, (long long)h.hd);
