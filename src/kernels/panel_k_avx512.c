@@ -168,6 +168,92 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
     panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
 }
 
+/* ---- DGQ4 ---------------------------------------------------------------------------------- */
+
+// Panel block (2208 B): d (16 fp16) | scale words 0..1 (the 8 int8 group scales, 2 x 64 B) | qs
+// words 0..31 as Q4_K's (word 8c + q: low nibbles elements 64c + 4q .., group 2c; high nibbles
+// 64c + 32 + 4q .., group 2c + 1). Levels 0..15 stand for q - 8: the offset comes back through
+// the activations' group sums, sumi = sum_g sc_g * (dot_g - 8 * bs_g), exact in int32.
+static inline __m512i sbyte(__m512i v, int j) { // byte j of every dword, sign-extended
+    return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * j), 24);
+}
+
+static inline __attribute__((always_inline)) void
+pdgq4_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a, int64_t t0,
+           float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int R,
+           const int T) {
+    const int64_t nsb = a->n_in / SB;
+    const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, a->n_in), bb = 16 * 138;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[8];
+    for (int s = 0; s < R * T; s++) acc[s] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const speck_block_q8_k *x[4];
+        for (int t = 0; t < T; t++)
+            x[t] = (const speck_block_q8_k *)(a->blocks + (size_t)(t0 + t) * krow) + sb;
+        const uint8_t *pb[4];
+        for (int r = 0; r < R; r++) {
+            pb[r] = P + (size_t)(r * pstep) * pbytes + (size_t)sb * bb;
+            for (int c = 0; c < 3; c++)
+                _mm_prefetch((const char *)pb[r] + PK_AHEAD * bb + 64 * c, PK_HINT);
+        }
+        __m512i sumi[8];
+        for (int s = 0; s < R * T; s++) sumi[s] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m512i lo_acc[8], hi_acc[8];
+            for (int s = 0; s < R * T; s++) lo_acc[s] = hi_acc[s] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int q = 0; q < 8; q++) {
+                __m512i xl[4], xh[4];
+                for (int t = 0; t < T; t++) {
+                    xl[t] = bcast4(x[t]->qs + 64 * c + 4 * q);
+                    xh[t] = bcast4(x[t]->qs + 64 * c + 32 + 4 * q);
+                }
+                for (int r = 0; r < R; r++) {
+                    const uint8_t *g = pb[r] + 160 + 64 * (8 * c + q);
+                    _mm_prefetch((const char *)g + PK_AHEAD * bb, PK_HINT);
+                    const __m512i v = _mm512_loadu_si512(g);
+                    const __m512i lo = _mm512_and_si512(v, m4);
+                    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    for (int t = 0; t < T; t++) {
+                        lo_acc[t * R + r] = _mm512_dpbusd_epi32(lo_acc[t * R + r], lo, xl[t]);
+                        hi_acc[t * R + r] = _mm512_dpbusd_epi32(hi_acc[t * R + r], hi, xh[t]);
+                    }
+                }
+            }
+            // Groups 2c, 2c + 1: bytes (2c) % 4 and (2c + 1) % 4 of scale word c / 2.
+            for (int r = 0; r < R; r++) {
+                const __m512i w = _mm512_loadu_si512(pb[r] + 32 + 64 * (c / 2));
+                const __m512i s0 = sbyte(w, (2 * c) % 4), s1 = sbyte(w, (2 * c + 1) % 4);
+                for (int t = 0; t < T; t++)
+                    sumi[t * R + r] = _mm512_add_epi32(
+                        sumi[t * R + r], _mm512_add_epi32(_mm512_mullo_epi32(lo_acc[t * R + r], s0),
+                                                          _mm512_mullo_epi32(hi_acc[t * R + r], s1)));
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            // The scales as signed int16 pairs: bytes (0, 2) and (1, 3) of each word, times the
+            // groups' activation sums (two groups per dpwssd), as Q4_K's mins.
+            const __m512i w0 = _mm512_loadu_si512(pb[r] + 32), w1 = _mm512_loadu_si512(pb[r] + 96);
+            const __m512i e0 = _mm512_srai_epi16(_mm512_slli_epi16(w0, 8), 8), o0 = _mm512_srai_epi16(w0, 8);
+            const __m512i e1 = _mm512_srai_epi16(_mm512_slli_epi16(w1, 8), 8), o1 = _mm512_srai_epi16(w1, 8);
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb[r]));
+            for (int t = 0; t < T; t++) {
+                __m512i sbs = _mm512_dpwssd_epi32(_mm512_setzero_si512(), e0, bs_pair(x[t], 0));
+                sbs = _mm512_dpwssd_epi32(sbs, o0, bs_pair(x[t], 1));
+                sbs = _mm512_dpwssd_epi32(sbs, e1, bs_pair(x[t], 4));
+                sbs = _mm512_dpwssd_epi32(sbs, o1, bs_pair(x[t], 5));
+                const __m512i s = _mm512_sub_epi32(sumi[t * R + r], _mm512_slli_epi32(sbs, 3));
+                const __m512 vda = _mm512_set1_ps(x[t]->d);
+                acc[t * R + r] = _mm512_add_ps(
+                    acc[t * R + r], _mm512_mul_ps(_mm512_mul_ps(dv, vda), _mm512_cvtepi32_ps(s)));
+            }
+        }
+    }
+    panel_store(acc, y, ldy, 16 * pstep, m0, m1, accumulate, R, T);
+}
+
 /* ---- Q6_K ----------------------------------------------------------------------------------- */
 
 // Panel block (3360 B): d (16 fp16) | scale words 0..3 (the 16 int8 scales, 4 x 64 B) | ql words
@@ -458,9 +544,11 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
 #define IQ4XS(R, T) pq4xs_body(ARGS, R, T)
 #define Q2K(R, T) pq23k_body(ARGS, 0, R, T)
 #define Q3K(R, T) pq23k_body(ARGS, 1, R, T)
+#define DGQ4(R, T) pdgq4_body(ARGS, R, T)
 PANEL_ENTRY(speck_panel_q2_k_avx512, Q2K)
 PANEL_ENTRY(speck_panel_q3_k_avx512, Q3K)
 PANEL_ENTRY(speck_panel_iq4_xs_avx512, IQ4XS)
 PANEL_ENTRY(speck_panel_q4_k_avx512, Q4K)
 PANEL_ENTRY(speck_panel_q5_k_avx512, Q5K)
 PANEL_ENTRY(speck_panel_q6_k_avx512, Q6K)
+PANEL_ENTRY(speck_panel_dgq4_avx512, DGQ4)
