@@ -241,6 +241,54 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
                      bool progress);
 
 
+// CFSP structured pruning (Wang et al. 2024, "CFSP: An Efficient Structured Pruning Framework
+// for LLMs with Coarse-to-Fine Activation Information"): whole FFN intermediate channels are
+// removed (rows of gate and up, columns of down), so the output is a smaller dense model that
+// any loader runs. One calibration pass gives a_j = ||x_j|| (the root mean square of down's
+// input j over the calibration tokens); channel j of a layer with weights gate, up (n_ff,
+// n_embd) and down (n_embd, n_ff) scores (the paper's fine-grained score with its exponents
+// a = b = c = 1)
+//   S_j = a_j / n_embd * sum_i [ |D_ij| a_j / sum_k |D_ik| a_k
+//                                + |U_ji| / sum_k |U_ki| + |G_ji| / sum_k |G_ki| ]
+// (each term: channel j's share of row i of down, or of input column i of up / gate, among
+// all channels). The paper's coarse step (per-block ratios from the angular distance between
+// a block's input and output) needs per-layer widths, which llama.cpp's llama architecture
+// does not load (it sizes every layer's FFN by the first entry), so every layer keeps the same
+// width: the channels with the highest S_j. docs/sparsity.md says more.
+typedef struct {
+    double ratio;         // fraction of each layer's FFN channels removed, in (0, 1)
+    int align;            // the kept width is rounded to a multiple of this (0: 32; paper: 128)
+    const int32_t *calib; // calibration tokens, in windows of calib_ctx (0: the model's
+    int64_t n_calib;      // context, at most 512)
+    int calib_ctx;
+    // Also remove this fraction of every layer's KV heads, each with its group of query heads
+    // (GQA: query head h reads KV head h / (n_head / n_head_kv)), in (0, 1); 0: heads stay.
+    // Not in the paper (it prunes the FFN only): speck applies the same score to the
+    // attention, with attn_output's input channels as the channels (gate term absent, q in
+    // up's place, attn_output in down's) and a group's score the sum over its query channels.
+    double head_ratio;
+} speck_cfsp_opts;
+// score (n_ff) of every channel as above; x2 (n_ff): down's input mean squares (any positive
+// multiple); wg may be NULL (no gate: its term is left out).
+void speck_cfsp_channel_scores(const float *wg, const float *wu, const float *wd, const float *x2,
+                               int64_t n_embd, int64_t n_ff, double *score);
+// Per KV group g (n_head_kv of them): the sum of speck_cfsp_channel_scores(NULL, wq, wo, x2,
+// n_embd, n_head * head_dim) over the group's query channels [g, g + 1) * n_head / n_head_kv *
+// head_dim. wq: (n_head * head_dim, n_embd), wo: (n_embd, n_head * head_dim), x2: attn_output's
+// input mean squares.
+void speck_cfsp_group_scores(const float *wq, const float *wo, const float *x2, int64_t n_embd,
+                             int n_head, int n_head_kv, int head_dim, double *score);
+// Kept width: n_ff - round(ratio * n_ff), rounded to the nearest multiple of align (halves up).
+// SPECK_ERR_ARG when ratio is outside (0, 1) or the width would be 0 or n_ff.
+int speck_cfsp_width(int64_t n_ff, double ratio, int align, int64_t *keep);
+// kept (keep): the indices of the keep highest scores (ties: the lower index), ascending.
+int speck_cfsp_select(const double *score, int64_t n_ff, int64_t keep, int64_t *kept);
+// Write in_path's model to out_path with every layer's FFN cut to the kept channels and
+// feed_forward_length set to the new width (down requantized in its type; gate, up copied).
+// Everything is checked and scored before anything is written; OUT appears only when complete.
+int speck_gguf_prune_cfsp(const char *in_path, const char *out_path, const speck_cfsp_opts *o,
+                          bool progress);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,13 +1,51 @@
 // `speck prune`: one-shot pruning (magnitude, Wanda, SparseGPT; unstructured or N:M; DSnoT
-// prune-and-grow on top of magnitude or Wanda).
+// prune-and-grow on top of magnitude or Wanda; CFSP structured pruning to a smaller dense model).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 
+// --method cfsp: structured, its own options (src/sparse/cfsp.c).
+static int prune_cfsp(const char *pos[2], const char *ratio, const char *heads, int align,
+                      const char *calib, const speck_prune_opts *po, int64_t calib_max,
+                      const char *sparsity, bool quiet) {
+    speck_prune_opts r = {0}, hr = {0};
+    if (sparsity || !ratio || !calib) {
+        fprintf(stderr, "speck prune: --method cfsp takes --ratio R (not --sparsity) and "
+                        "--calib TEXT\n");
+        return 2;
+    }
+    if (speck_prune_parse_sparsity(ratio, &r) || r.nm_m > 0) {
+        fprintf(stderr, "speck prune: --ratio: '%s' is not a fraction in (0, 1) (25%%, 0.3)\n",
+                ratio);
+        return 2;
+    }
+    if (heads && (speck_prune_parse_sparsity(heads, &hr) || hr.nm_m > 0)) {
+        fprintf(stderr, "speck prune: --heads: '%s' is not a fraction in (0, 1) (25%%, 0.5)\n",
+                heads);
+        return 2;
+    }
+    int32_t *ids = NULL;
+    const int64_t n = cli_tokenize_file("prune", pos[0], calib, false, &ids);
+    if (n < 0) return 1;
+    speck_cfsp_opts o = {.ratio = r.sparsity,
+                         .align = align,
+                         .calib = ids,
+                         .n_calib = calib_max > 0 && calib_max < n ? calib_max : n,
+                         .calib_ctx = po->calib_ctx,
+                         .head_ratio = hr.sparsity};
+    const int rc = speck_gguf_prune_cfsp(pos[0], pos[1], &o, !quiet);
+    free(ids);
+    if (rc) return cli_fail("prune");
+    if (!quiet) fprintf(stderr, "speck prune: wrote %s\n", pos[1]);
+    return 0;
+}
+
 int cmd_prune(int argc, char **argv) {
-    const char *pos[2] = {NULL, NULL}, *calib = NULL, *sparsity = NULL, *method = "wanda";
+    const char *pos[2] = {NULL, NULL}, *calib = NULL, *sparsity = NULL, *method = "wanda",
+               *ratio = NULL, *heads = NULL;
+    int align = 0;
     int n_pos = 0;
     int64_t calib_max = 0;
     bool quiet = false;
@@ -20,7 +58,9 @@ int cmd_prune(int argc, char **argv) {
                    "         [--method magnitude|wanda|sparsegpt|magnitude+dsnot|wanda+dsnot]\n"
                    "         [--dsnot-cycles N] [--dsnot-threshold E] [--calib TEXT]\n"
                    "         [--calib-ctx N] [--calib-tokens N] [--type T] [--dense FILE]\n"
-                   "         [--embd-head] [--threads N] [--quiet]\n\n"
+                   "         [--embd-head] [--threads N] [--quiet]\n"
+                   "       speck prune IN OUT --method cfsp --ratio 25%% --calib TEXT [--align N]\n"
+                   "                   [--heads R]\n\n"
                    "Write IN (GGUF) with every layer matrix pruned: the given fraction of each\n"
                    "row zeroed, or N:M (at most N nonzeros in every M consecutive inputs).\n"
                    "  magnitude   the smallest |W| of each row (no calibration)\n"
@@ -40,7 +80,13 @@ int cmd_prune(int argc, char **argv) {
                    "The embedding and output head stay dense unless --embd-head (the embedding\n"
                    "then by magnitude). Calibration: --calib-ctx window (default the model's\n"
                    "context, at most 512), --calib-tokens N uses the first N. Outputs appear\n"
-                   "only when complete. See docs/sparsity.md.\n");
+                   "only when complete.\n"
+                   "--method cfsp removes the --ratio of every layer's FFN channels with the\n"
+                   "lowest CFSP scores (activation-weighted relative weights, one calibration\n"
+                   "pass): a smaller dense model, the same width in every layer, rounded to a\n"
+                   "multiple of --align (default 32); --heads R also removes that fraction of\n"
+                   "every layer's KV heads, each with its query heads (speck's extension).\n"
+                   "See docs/sparsity.md.\n");
             return 0;
         } else if (cli_opt(argc, argv, &i, "--method", NULL, &v))
             method = v;
@@ -53,7 +99,13 @@ int cmd_prune(int argc, char **argv) {
                 fprintf(stderr, "speck prune: --dsnot-threshold: '%s' is not a number > 0\n", v);
                 return 2;
             }
-        } else if (cli_opt(argc, argv, &i, "--sparsity", NULL, &v))
+        } else if (cli_opt(argc, argv, &i, "--ratio", NULL, &v))
+            ratio = v;
+        else if (cli_opt(argc, argv, &i, "--heads", NULL, &v))
+            heads = v;
+        else if (cli_opt(argc, argv, &i, "--align", NULL, &v))
+            align = (int)cli_int("prune", "--align", v, 1, 1 << 20);
+        else if (cli_opt(argc, argv, &i, "--sparsity", NULL, &v))
             sparsity = v;
         else if (cli_opt(argc, argv, &i, "--calib", NULL, &v))
             calib = v;
@@ -83,6 +135,12 @@ int cmd_prune(int argc, char **argv) {
             fprintf(stderr, "speck prune: too many arguments ('%s')\n", argv[i]);
             return 2;
         }
+    }
+    if (n_pos == 2 && !strcmp(method, "cfsp"))
+        return prune_cfsp(pos, ratio, heads, align, calib, &o, calib_max, sparsity, quiet);
+    if (ratio || align || heads) {
+        fprintf(stderr, "speck prune: --ratio / --heads / --align need --method cfsp\n");
+        return 2;
     }
     if (n_pos != 2 || !sparsity) {
         fprintf(stderr, "speck prune: usage: speck prune IN OUT --sparsity S [options] (--help)\n");

@@ -26,7 +26,7 @@ static void usage(FILE *f) {
             "  convert    convert a Hugging Face checkpoint directory to GGUF\n"
             "  export     write a GGUF model as a Hugging Face directory\n"
             "  quantize   write a model with its matrices quantized (Q4_K_M, Q8_0, ..., GPTQ)\n"
-            "  prune      zero weights: magnitude, Wanda, SparseGPT; 50%%, 2:4 (docs/sparsity.md)\n"
+            "  prune      zero weights (magnitude, Wanda, SparseGPT; 50%%, 2:4) or FFN channels (CFSP)\n"
             "  grow       widen and deepen a model to larger shapes, computing the same function\n"
             "  imatrix    importance matrix from calibration text (llama.cpp's file format)\n"
             "  train      train a model on a directory of text files (docs/training.md)\n"
