@@ -1,10 +1,12 @@
 // Test driver for tests/reference/sparse_ft_ref.py.
 //
-//   sparse_ft_dump grad MODEL.gguf TOKENS.i32 B T OUTDIR spiel|s2ft
+//   sparse_ft_dump grad MODEL.gguf TOKENS.i32 B T OUTDIR spiel|s2ft [DENSITY]
 //       a sparse fine-tuning run of 3 AdamW steps on the batch (SpIEL: a drop/regrow after step
 //       2), then the gradient at the trained positions with δ as trained: OUTDIR/delta.gguf (the
 //       delta, f32), OUTDIR/grad.f32 (k floats, the delta's tensors and positions in order),
-//       OUTDIR/loss.txt (the loss of that last pass)
+//       OUTDIR/loss.txt (the loss of that last pass). SpIEL's density (default 0.2) decides the
+//       gradient's path: a dense GEMM per matrix read at the positions (>= 1/32), or a dot
+//       product per position (below).
 //   sparse_ft_dump regrow IN.bin OUT.bin
 //       speck_sparse_regrow on IN (int64 k, int64 c, f32 zeta, int64 idx[k], f32 val[k],
 //       int64 cand[c], f32 acc[c]); OUT: int64 d, int64 new_idx[k], u8 grown[k]
@@ -48,7 +50,7 @@ static int regrow(const char *in, const char *out) {
 
 int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "regrow")) return regrow(argv[2], argv[3]);
-    if (argc != 8 || strcmp(argv[1], "grad")) {
+    if ((argc != 8 && argc != 9) || strcmp(argv[1], "grad")) {
         fprintf(stderr, "usage: sparse_ft_dump grad MODEL TOKENS B T OUTDIR spiel|s2ft\n"
                         "       sparse_ft_dump regrow IN.bin OUT.bin\n");
         return 2;
@@ -60,7 +62,7 @@ int main(int argc, char **argv) {
     if (!tm) return dump_die("sparse_ft_dump", "load");
     speck_sparse_params sp = speck_sparse_default();
     if (speck_sparse_parse_method(argv[7], &sp.method)) return dump_die("sparse_ft_dump", "method");
-    sp.density = 0.2, sp.update_every = 2, sp.accum_steps = 2, sp.drop_fraction = 0.4f;
+    sp.density = argc == 9 ? atof(argv[8]) : 0.2, sp.update_every = 2, sp.accum_steps = 2, sp.drop_fraction = 0.4f;
     sp.total_steps = 3, sp.seed = 4;
     if (sp.method == SPECK_SPARSE_S2FT) sp.n_params = speck_train_n_params(tm) / 10;
     speck_sparse_ft *s = speck_sparse_ft_new(tm, &sp);

@@ -215,6 +215,7 @@ static int tr_loss(trainer *t, const int32_t *in, const int32_t *tg, int B, int 
                    : speck_lora_trainer_loss(t->lora, in, tg, B, T, loss);
 }
 static void tr_zero_grad(trainer *t) {
+    if (t->sparse) return; // its gradient lives in the delta's positions, zeroed by each step
     if (t->full)
         speck_train_zero_grad(t->full);
     else
