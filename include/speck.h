@@ -77,6 +77,9 @@ typedef enum {
     // speck's own (no ggml id near it; llama.cpp cannot load it): 2:4-sparse rows with 8-bit
     // values, 22 bytes per 32 weights (docs/sparsity.md has the layout).
     SPECK_TYPE_S24_Q8 = 100,
+    // speck's Dual-Grained Quantization type: 4-bit weights with int8 scales per 32 under an
+    // fp16 scale per 256, 138 bytes per 256 weights (docs/quantization.md has the layout).
+    SPECK_TYPE_DGQ4 = 101,
 } speck_type;
 
 // "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",

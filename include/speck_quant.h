@@ -16,7 +16,8 @@ extern "C" {
 // llama-quantize's file types. A name as llama-quantize takes it (case-insensitive): Q2_K,
 // Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1,
 // IQ4_NL, IQ4_XS, F16, BF16, F32, and the aliases Q3_K, Q4_K, Q5_K of the _M mixes -> its
-// general.file_type code (llama.cpp's LLAMA_FTYPE_MOSTLY_*), or -1.
+// general.file_type code (llama.cpp's LLAMA_FTYPE_MOSTLY_*), or -1. Also speck's own DGQ4
+// (code 1024: DGQ4 matrices, the head in Q6_K; llama.cpp cannot load such a file).
 int speck_ftype_from_name(const char *name);
 const char *speck_ftype_name(int ftype); // canonical name; NULL for a code speck does not write
 int speck_ftype_base(int ftype);         // the speck_type most matrices get; -1 if unknown

@@ -138,6 +138,8 @@ static ggml_type_info type_info(int t) {
         return (ggml_type_info){32, 17}; // MXFP4
     case SPECK_TYPE_S24_Q8:
         return (ggml_type_info){32, 22}; // speck's own 2:4-sparse type (src/sparse/)
+    case SPECK_TYPE_DGQ4:
+        return (ggml_type_info){256, 138}; // speck's own (src/quant/quant_dgq.c)
     default:
         return (ggml_type_info){0, 0};
     }
@@ -154,6 +156,7 @@ const char *speck_gguf_type_label(int t) {
         [35] = "tq2_0",  [39] = "mxfp4"};
     if (t >= 0 && t < (int)(sizeof names / sizeof names[0]) && names[t]) return names[t];
     if (t == SPECK_TYPE_S24_Q8) return "s24_q8";
+    if (t == SPECK_TYPE_DGQ4) return "dgq4";
     return "unknown";
 }
 

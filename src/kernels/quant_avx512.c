@@ -19,6 +19,7 @@ const speck_qt_kernels speck_qt_avx512[SPECK_TYPE_ID_MAX] = {
     [SPECK_TYPE_Q4_K] = {QR_ENTRY_K(q4_k, avx512), PANELS(speck_panel_q4_k_avx512)},
     [SPECK_TYPE_Q5_K] = {QR_ENTRY_K(q5_k, avx512), PANELS(speck_panel_q5_k_avx512)},
     [SPECK_TYPE_Q6_K] = {QR_ENTRY_K(q6_k, avx512), PANELS(speck_panel_q6_k_avx512)},
+    [SPECK_TYPE_DGQ4] = {QR_ENTRY_K(dgq4, avx512)},
     [SPECK_TYPE_IQ4_XS] = {QR_ENTRY_K(iq4_xs, avx512), PANELS(speck_panel_iq4_xs_avx512)},
     [SPECK_TYPE_Q4_1] = {QR_ENTRY_32(q4_1, avx512), PANELS(speck_panel_q4_1_avx512)},
     [SPECK_TYPE_Q5_0] = {QR_ENTRY_32(q5_0, avx512), PANELS(speck_panel_q5_0_avx512)},

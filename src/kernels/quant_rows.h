@@ -213,9 +213,18 @@ static inline void qr_unpack_iq4_xs(const speck_block_iq4_xs *b, qr_sb *u) {
     u->d = _cvtsh_ss(b->d);
 }
 
+// DGQ4: levels 0..15 (off 8) in Q4_K's nibble order; its int8 group scale per 32 values.
+static inline void qr_unpack_dgq4(const speck_block_dgq4 *b, qr_sb *u) {
+    qr_nibbles(b->qs, u->q);
+    int16_t s[16];
+    for (int j = 0; j < 8; j++) s[2 * j] = s[2 * j + 1] = b->sc[j];
+    u->sc = _mm256_loadu_si256((const __m256i *)s);
+    u->d = _cvtsh_ss(b->d);
+}
+
 /* ---- K-quant dots ---------------------------------------------------------------------------- */
 
-enum { QR_Q2K, QR_Q3K, QR_Q4K, QR_Q5K, QR_Q6K, QR_IQ4XS };
+enum { QR_Q2K, QR_Q3K, QR_Q4K, QR_Q5K, QR_Q6K, QR_IQ4XS, QR_DGQ4 };
 
 static inline __attribute__((always_inline)) void qr_unpack(const void *w, int64_t i, const int kt,
                                                             qr_sb *u) {
@@ -234,6 +243,9 @@ static inline __attribute__((always_inline)) void qr_unpack(const void *w, int64
         break;
     case QR_Q6K:
         qr_unpack_q6_k((const speck_block_q6_k *)w + i, u);
+        break;
+    case QR_DGQ4:
+        qr_unpack_dgq4((const speck_block_dgq4 *)w + i, u);
         break;
     default:
         qr_unpack_iq4_xs((const speck_block_iq4_xs *)w + i, u);
@@ -270,7 +282,7 @@ static inline void qr_pair_scales(__m256i sc, __m256i S[8]) {
 static inline __attribute__((always_inline)) void qr_kdot(const void *w, const char *a, size_t arow,
                                                           int64_t n, const int kt, const int nt,
                                                           float *out) {
-    const int off = kt == QR_Q3K ? 4 : kt == QR_Q6K ? 32 : 0;
+    const int off = kt == QR_Q3K ? 4 : kt == QR_Q6K ? 32 : kt == QR_DGQ4 ? 8 : 0;
     const int has_min = kt == QR_Q2K || kt == QR_Q4K || kt == QR_Q5K;
     float acc[SPECK_MT];
     for (int t = 0; t < nt; t++) acc[t] = 0.0f;
@@ -498,7 +510,7 @@ static inline void qr_store32_iq4(__m256i idx, float dl0, float dl1, float *y) {
 // x: n / 256 super-blocks of kind kt -> y: (n).
 static inline __attribute__((always_inline)) void qr_kdequant(const void *x, float *y, int64_t n,
                                                               const int kt) {
-    const int off = kt == QR_Q3K ? 4 : kt == QR_Q6K ? 32 : 0;
+    const int off = kt == QR_Q3K ? 4 : kt == QR_Q6K ? 32 : kt == QR_DGQ4 ? 8 : 0;
     const int has_min = kt == QR_Q2K || kt == QR_Q4K || kt == QR_Q5K;
     for (int64_t i = 0; i < n / QR_QKK; i++, y += QR_QKK) {
         qr_sb u;
@@ -544,6 +556,7 @@ static inline __attribute__((always_inline)) void qr_dequant32(const void *x, fl
     QR_K(q5_k, QR_Q5K, ISA)                                                                        \
     QR_K(q6_k, QR_Q6K, ISA)                                                                        \
     QR_K(iq4_xs, QR_IQ4XS, ISA)                                                                    \
+    QR_K(dgq4, QR_DGQ4, ISA)                                                                       \
     QR_32(q4_1, QR_Q41, ISA)                                                                       \
     QR_32(q5_0, QR_Q50, ISA)                                                                       \
     QR_32(q5_1, QR_Q51, ISA)                                                                       \

@@ -31,6 +31,9 @@ enum {
     FT_IQ4_NL = 25,
     FT_IQ4_XS = 30,
     FT_BF16 = 32,
+    // speck's own file type (no LLAMA_FTYPE_MOSTLY_* near it; llama.cpp cannot load its tensors):
+    // DGQ4 matrices, the head in Q6_K as in the K-quant mixes.
+    FT_DGQ4 = 1024,
 };
 
 typedef struct {
@@ -53,6 +56,7 @@ static const ftype_entry g_ftypes[] = {
     {"Q6_K", FT_Q6_K, SPECK_TYPE_Q6_K},       {"IQ4_NL", FT_IQ4_NL, SPECK_TYPE_IQ4_NL},
     {"IQ4_XS", FT_IQ4_XS, SPECK_TYPE_IQ4_XS}, {"Q3_K", FT_Q3_K_M, SPECK_TYPE_Q3_K},
     {"Q4_K", FT_Q4_K_M, SPECK_TYPE_Q4_K},     {"Q5_K", FT_Q5_K_M, SPECK_TYPE_Q5_K},
+    {"DGQ4", FT_DGQ4, SPECK_TYPE_DGQ4},
 };
 #define N_FTYPES (int)(sizeof g_ftypes / sizeof g_ftypes[0])
 
@@ -76,7 +80,7 @@ int speck_ftype_base(int ftype) {
 
 const char *speck_ftype_list(void) {
     return "Q2_K, Q3_K_S, Q3_K_M (Q3_K), Q3_K_L, Q4_K_S, Q4_K_M (Q4_K), Q5_K_S, Q5_K_M (Q5_K), "
-           "Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, F16, BF16, F32";
+           "Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, F16, BF16, F32, and speck's DGQ4";
 }
 
 bool speck_ftype_quantizes(const char *name, int n_dims) {

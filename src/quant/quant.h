@@ -129,6 +129,15 @@ typedef struct {
 } speck_block_s24_q8;
 _Static_assert(sizeof(speck_block_s24_q8) == 22, "S24_Q8 block");
 
+// DGQ4 (src/quant/quant_dgq.c): 8 groups of 32 values, x = d * (sc[e / 32] * (q - 8)), q 0..15
+// in Q4_K's nibble order (element 64c + l low nibble of qs[32c + l], 64c + 32 + l high).
+typedef struct {
+    uint16_t d;
+    int8_t sc[8];
+    uint8_t qs[128];
+} speck_block_dgq4;
+_Static_assert(sizeof(speck_block_dgq4) == 138, "DGQ4 block");
+
 _Static_assert(sizeof(speck_block_q4_1) == 20, "Q4_1 block");
 _Static_assert(sizeof(speck_block_q5_0) == 22, "Q5_0 block");
 _Static_assert(sizeof(speck_block_q5_1) == 24, "Q5_1 block");
@@ -223,6 +232,11 @@ float speck_dot_iq4_xs_ref(const void *w, const void *a, int64_t n);
 void speck_quant_s24_q8(const float *x, void *y, int64_t n, const float *imp);
 void speck_dequant_s24_q8(const void *x, float *y, int64_t n);
 float speck_dot_s24_q8_ref(const void *w, const void *a, int64_t n);
+// DGQ4 (src/quant/quant_dgq.c): the two-phase grid search (per-group float scales, then the
+// coarse scale and the groups' integer scales under it), dequant, reference dot (Q8_K).
+void speck_quant_dgq4(const float *x, void *y, int64_t n, const float *imp);
+void speck_dequant_dgq4(const void *x, float *y, int64_t n);
+float speck_dot_dgq4_ref(const void *w, const void *a, int64_t n);
 
 // --- levels view (src/quant/quant_levels.c), for rounding chosen outside the quantizers -------
 // Element e of a block type's row holds value A[e] * g(L[e]) + B[e] (with a min) or

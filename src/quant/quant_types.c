@@ -82,6 +82,9 @@ static const speck_type_traits g_traits[SPECK_TYPE_ID_MAX] = {
     // speck's 2:4 sparse type (src/sparse/): no llama.cpp file type; rows of other lengths: f16.
     [SPECK_TYPE_S24_Q8] = {"s24_q8", 32, 22, -1, -1, Q8, speck_dequant_s24_q8, speck_quant_s24_q8,
                            speck_dot_s24_q8_ref},
+    // speck's Dual-Grained Quantization type: no llama.cpp file type; other rows: Q5_0 (as Q4_K).
+    [SPECK_TYPE_DGQ4] = {"dgq4", 256, 138, -1, SPECK_TYPE_Q5_0, QK8, speck_dequant_dgq4,
+                         speck_quant_dgq4, speck_dot_dgq4_ref},
     // Activations only: not a storage type (no name, so no file or command takes it).
     [SPECK_TYPE_Q8_K] = {NULL, 256, 292, -1, -1, F, speck_dequant_q8_k, NULL, NULL},
 };

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -202,6 +203,73 @@ def compare(got: np.ndarray, ref: np.ndarray, wtype: str, gaps: np.ndarray | Non
     return maxerr <= tol, maxerr, tol, where
 
 
+def reference_outputs(ref_model, first: int, seq, long_seq, trees) -> dict:
+    """The reference's logits (and routing margins of MoE models) for every case of one model:
+    the causal rows of both sequences, and each tree node's row (the last row of prefix +
+    root-to-node path, run causally)."""
+    R = {}
+    with torch.no_grad():
+        R["causal"] = ref_model.forward(seq).numpy()
+        gaps = L.routing_margins(ref_model, first)
+        R["long"] = ref_model.forward(long_seq).numpy()
+        gaps_long = L.routing_margins(ref_model, first)
+        if gaps is not None:
+            R["gaps"], R["gaps_long"] = gaps, gaps_long
+        for i, (prefix, parents, toks) in enumerate(trees):
+            rows, tgaps = [], []
+            for branch in L.tree_paths(parents):
+                rows.append(ref_model.forward(toks[:prefix] + [toks[prefix + j] for j in branch])
+                            [-1].numpy())
+                m = L.routing_margins(ref_model, first)
+                tgaps.append(None if m is None else m[-1])
+            R[f"tree{i}"] = np.stack(rows)
+            if gaps is not None:
+                R[f"tree{i}_gaps"] = np.array(tgaps)
+    return R
+
+
+def cached_reference(cache_dir, model_path: str, variant, seq, long_seq, trees, compute) -> dict:
+    """compute(), or its result from an earlier run with the identical model file, KV rounding,
+    token sequences and reference code. ctest reruns the comparison on other kernel paths and
+    layouts (forward_reference_avx2, _scalar, _rows, ...) over the same models: the float64
+    reference, about 60 % of each run's time, is then computed once. A lock per entry makes a
+    test running beside the one computing it wait for the result instead of repeating it."""
+    if not cache_dir:
+        return compute()
+    import fcntl
+    import hashlib
+    h = hashlib.sha256()
+    with open(model_path, "rb") as f:
+        h.update(f.read())
+    here = os.path.dirname(os.path.abspath(__file__))
+    for src in ("llama_ref.py", "quant_ref.py", "gguf_io.py", "test_forward.py"):
+        with open(os.path.join(here, src), "rb") as f:
+            h.update(f.read())
+    h.update(repr((variant, seq, long_seq, trees)).encode())
+    os.makedirs(cache_dir, exist_ok=True)
+    # Entries of older reference code or models are never read again: drop what no run has
+    # used for three days (a full set of reruns keeps ~300 MB).
+    for old in os.listdir(cache_dir):
+        p = os.path.join(cache_dir, old)
+        try:
+            if time.time() - os.path.getmtime(p) > 3 * 86400:
+                os.remove(p)
+        except OSError:
+            pass  # another run removed it
+    entry = os.path.join(cache_dir, h.hexdigest()[:32] + ".npz")
+    with open(entry + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(entry):
+            os.utime(entry)
+            with np.load(entry) as z:
+                return {k: z[k] for k in z.files}
+        R = compute()
+        tmp = entry + f".{os.getpid()}.tmp.npz"
+        np.savez(tmp, **R)
+        os.replace(tmp, entry)
+        return R
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dump", required=True, help="path of the forward_dump executable")
@@ -219,6 +287,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kv", choices=["f32", "f16", "q8_0", "q4_0"], default="f32",
                     help="KV cache type of speck's context (the reference rounds its keys and "
                          "values the same way: f16, or quant_ref.py's Q8_0 / Q4_0 blocks)")
+    ap.add_argument("--ref-cache", default=None,
+                    help="directory keeping the reference's results between runs (ctest shares "
+                         "one between the reruns on other kernel paths)")
     ap.add_argument("--keep", action="store_true", help="keep models and outputs")
     ap.add_argument("-v", "--verbose", action="store_true", help="print where each case is worst")
     args = ap.parse_args(argv)
@@ -281,11 +352,12 @@ def main(argv=None) -> int:
                 # Routing gaps that matter: every layer's, but the first one's where only the
                 # experts are quantized (its router sees float inputs as in the reference).
                 first = 1 if M.config(cfg)["experts_only"] else 0
-                with torch.no_grad():
-                    ref_causal = ref_model.forward(seq).numpy()
-                    gaps = L.routing_margins(ref_model, first)
-                    ref_long = ref_model.forward(long_seq).numpy()
-                    gaps_long = L.routing_margins(ref_model, first)
+                trees = tree_cases + (long_trees if windowed else [])
+                R = cached_reference(args.ref_cache, path, (cfg, args.kv), seq, long_seq, trees,
+                                     lambda: reference_outputs(ref_model, first, seq, long_seq,
+                                                               trees))
+                ref_causal, gaps = R["causal"], R.get("gaps")
+                ref_long, gaps_long = R["long"], R.get("gaps_long")
 
                 def g(x, sl=slice(None)):
                     return None if x is None else x[sl]
@@ -299,18 +371,9 @@ def main(argv=None) -> int:
                               g(gaps_long, slice(None, None, ROW_STEP))))
                 if windowed:
                     cases += [(m, long_seq, ref_long, gaps_long) for m in LONG_WINDOW_MODES]
-                for prefix, parents, toks in tree_cases + (long_trees if windowed else []):
-                    # Each node's logits = last row of prefix + root-to-node path run causally.
-                    rows, tgaps = [], []
-                    with torch.no_grad():
-                        for branch in L.tree_paths(parents):
-                            rows.append(ref_model.forward(toks[:prefix] + [toks[prefix + j]
-                                                                          for j in branch])[-1]
-                                        .numpy())
-                            m = L.routing_margins(ref_model, first)
-                            tgaps.append(None if m is None else m[-1])
-                    cases.append((tree_mode(prefix, parents), toks, np.stack(rows),
-                                  None if gaps is None else np.array(tgaps)))
+                for i, (prefix, parents, toks) in enumerate(trees):
+                    cases.append((tree_mode(prefix, parents), toks, R[f"tree{i}"],
+                                  None if gaps is None else R[f"tree{i}_gaps"]))
 
                 for mode, toks, ref, rgaps in cases:
                     if not wanted(mode):
