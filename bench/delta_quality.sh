@@ -43,7 +43,8 @@ ft=(-m "$BASE" --data "$W/train.txt" --steps "$STEPS" --batch 8 --ctx 128 --val-
 # SpIEL and S2FT at the trainable-parameter count of the rank-16 LoRA (311,296 for the default
 # model; LORA_PARAMS= for another), same data, steps and batch; each of full, LoRA, SpIEL, S2FT
 # run under /usr/bin/time -v for its peak RSS and training tok/s; held-out perplexity of the
-# sparse deltas applied at load (speck eval --delta). ONLY=sparse runs just this block.
+# sparse deltas applied at load (speck eval --delta). ONLY=sparse runs just this block; in a
+# whole run it trains full and LoRA a second time (timed), after the table above.
 sparse_block() {
   local P=${LORA_PARAMS:-311296} name secs rss
   echo "# sparse block: $(date -u '+%F %H:%M') UTC; $(uptime)"
