@@ -21,6 +21,8 @@ typedef struct {
     int64_t *cand;    // (c) increasing positions, all inactive
     float *acc;       // (c) gradient summed since the candidates were chosen
     bool chosen;      // candidates chosen in this step already (several micro-batches)
+    int64_t ncols;    // S2FT: the positions are these whole columns of every row, row-major
+    int64_t *cols;    // (ncols) increasing
 } sft_mat;
 
 struct speck_sparse_ft {
@@ -180,7 +182,14 @@ static int init_s2ft(speck_sparse_ft *s, int64_t want) {
         const int td = find_tensor(tm, nm);
         sft_mat *a = heads && chans && to >= 0 && td >= 0 ? push_mat(s, to, C * h * hd) : NULL;
         sft_mat *b = a ? push_mat(s, td, C * f) : NULL;
+        if (b && (!(a->cols = malloc((size_t)(h * hd + 1) * sizeof *a->cols)) ||
+                  !(b->cols = malloc((size_t)(f + 1) * sizeof *b->cols))))
+            b = NULL;
         if (b) {
+            a->ncols = h * hd, b->ncols = f;
+            for (int64_t j = 0; j < h; j++)
+                for (int e = 0; e < hd; e++) a->cols[j * hd + e] = heads[j] * hd + e;
+            memcpy(b->cols, chans, (size_t)f * sizeof *chans);
             // W: (C, Qd) row r, the columns of head j: r·Qd + j·hd + [0, hd).
             int64_t q = 0;
             for (int64_t r = 0; r < C; r++)
@@ -262,7 +271,8 @@ void speck_sparse_ft_free(speck_sparse_ft *s) {
     if (!s) return;
     if (s->tm->wgrad_ctx == s) s->tm->wgrad = NULL, s->tm->wgrad_ctx = NULL;
     free(s->last_g), free(s->xt), free(s->dyt), free(s->dense);
-    for (int i = 0; i < s->n; i++) free(s->t[i].idx), free(s->t[i].cand), free(s->t[i].acc);
+    for (int i = 0; i < s->n; i++)
+        free(s->t[i].idx), free(s->t[i].cand), free(s->t[i].acc), free(s->t[i].cols);
     free(s->t);
     free(s->val), free(s->base), free(s->m), free(s->v), free(s->g);
     free(s);
@@ -447,6 +457,20 @@ static void weight_grad(void *ctx, int64_t offset, const float *dy, const float 
     bool first;
     const bool win = in_window(s, s->step, &first);
     float *g = s->g + t->off;
+    if (t->ncols) { // S2FT: dW[:, cols] = dyᵀ · x[:, cols], which is g's layout row by row
+        float *xs = scratch(&s->xt, &s->cap_xt, (size_t)N * t->ncols);
+        if (!xs) {
+            s->err = SPECK_ERR_NOMEM;
+            return;
+        }
+        const int64_t nc = t->ncols, *cols = t->cols;
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < N; r++)
+            for (int64_t j = 0; j < nc; j++) xs[(size_t)r * nc + j] = x[(size_t)r * n_in + cols[j]];
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n_out, (int)nc, N, 1.0f, dy, n_out,
+                    xs, (int)nc, 1.0f, g, (int)nc);
+        return;
+    }
     // Dense into scratch when choosing candidates, or when the matrix is dense enough that one
     // GEMM beats k dot products (BLAS runs the GEMM ~30x faster per multiply-add than strided
     // dots; on the default model at 7 % density the dots made a step 1.5x slower).
