@@ -85,6 +85,39 @@ int speck_model_lora_count(const speck_model *m);
 int speck_lora_merge(const char *base_path, speck_lora *const *adapters, const float *scales,
                      int n, int type, const char *out_path);
 
+// CorDA initialisation (Yang et al. 2024, docs/adaptation.md): for each adapted W: (n_out, n_in)
+// the covariance C = Σ x xᵀ of its input over the calibration tokens (run through m in windows
+// of ctx), Cd = C + damp·mean(diag C)·I (damp 0.01, doubled until Cd is positive definite),
+// W·Cd = U Σ Vᵀ, and the adapter takes r components σ_c u_c (v_cᵀ Cd⁻¹) split with equal norms:
+// b_c = g_c u_c, a_c = g_c x_c / ||x_c||, x_c = Cd⁻¹ v_c, g_c = √(σ_c ||x_c|| / s) (s = alpha /
+// rank; the paper's √σ_c on each side leaves the balance to C's scale): KPM the r smallest
+// (calibrate on the base's own domain: its large components stay frozen), IPM the r largest
+// (calibrate on the task's data). The base must then become W − s·B·A (speck_lora_merge with
+// scale −1) so the adapted model starts as the base. Fewer tokens than max(ctx, the widest
+// adapted input) are refused (C would be singular by construction).
+typedef enum { SPECK_CORDA_KPM, SPECK_CORDA_IPM } speck_corda_mode;
+speck_lora *speck_corda_init(const speck_model *m, const int32_t *tokens, int64_t n_tokens,
+                             int ctx, int rank, float alpha, unsigned targets,
+                             speck_corda_mode mode, bool progress);
+// One matrix: W (n_out, n_in) row-major f32, C (n_in, n_in) float64 (not modified) -> a (rank,
+// n_in), b (n_out, rank) under scale s; *damp: the damping used (fraction of the mean diagonal).
+int speck_corda_factor(const float *W, int64_t n_out, int64_t n_in, const double *C, int rank,
+                       speck_corda_mode mode, float scale, float *a, float *b, double *damp);
+
+// Block-LoRA (Zhou et al. 2025, docs/adaptation.md): each rank-r adapter split into K blocks,
+// ΔW = s·Σ_i B_i·A_s, the down-projection block A_s: (r/K, n_in) shared by the K up-projection
+// blocks B_i: (n_out, r/K). In memory and in checkpoints the adapter is expanded (A = K tied
+// copies of A_s); speck_lora_trainer_set_block_share makes the trainer sum the copies' gradients
+// and update A_s once. check: every rank a multiple of K; tie: copy block 0 of every A to the
+// others; fold: grads' A blocks summed into block 0 (the others zeroed; folding twice changes
+// nothing); n_trainable: the distinct parameters; collapse: the equal rank-r/K LoRA
+// (B' = Σ_i B_i, A' = A_s, alpha / K) that every LoRA runner (llama.cpp too) loads.
+int speck_lora_block_check(const speck_lora *a, int K);
+void speck_lora_block_tie(speck_lora *a, int K);
+void speck_lora_block_fold(const speck_lora *a, int K, float *grads);
+int64_t speck_lora_block_n_trainable(const speck_lora *a, int K);
+speck_lora *speck_lora_block_collapse(const speck_lora *a, int K);
+
 // Fine-tuning: forward and backward through the frozen base (its matrices dequantized a block
 // of rows at a time for each product, never held whole in f32) with the adapter's A and B in f32.
 // Architectures llama and qwen2 (no sliding window); others are refused.
@@ -105,6 +138,9 @@ void speck_lora_trainer_zero_grad(speck_lora_trainer *tr);
 // AdamW (the schedule and clipping of speck train; weight decay on A and B).
 int speck_lora_trainer_adamw(speck_lora_trainer *tr, const speck_adamw_params *p, int64_t step,
                              float *grad_norm);
+// Block-LoRA with K shared blocks (1: plain LoRA): checks the ranks, ties A's blocks; AdamW
+// then folds the gradients (speck_lora_block_fold) and updates each shared block once.
+int speck_lora_trainer_set_block_share(speck_lora_trainer *tr, int K);
 // Checkpoint: the adapter GGUF plus adam_m.* / adam_v.* and train.step / train.seed; atomic.
 int speck_lora_checkpoint_save(speck_lora_trainer *tr, const speck_train_state *st,
                                const char *path);

@@ -100,6 +100,27 @@ double speck_train_grad_norm(speck_train_model *tm);
 int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t step,
                      float *grad_norm);
 
+// N:M sparse training with SR-STE (Zhou et al. 2021; docs/sparsity.md, "Trained sparsity"):
+// the layers' 2-D matrices (q, k, v, output, gate, up, down, as `speck prune` chooses them) are
+// used as W̃ = W ⊙ E, E keeping the n largest |w| of every m consecutive inputs of a row (ties:
+// the lower position). The forward and backward passes read W̃; the gradient stored for W is
+// dL/dW̃ (straight-through estimator), and speck_adamw_step first adds the sparse-refined term
+// lambda · (1 - E) ⊙ W to it (before clipping), then updates the dense W. E is recomputed from
+// the dense W before the first pass and after every `every`-th optimizer step (steps numbered
+// from 0: after steps every-1, 2·every-1, ...). Exports write W̃; checkpoints the dense W.
+typedef struct {
+    int n, m;     // 1 <= n < m <= 64; m = 0 turns N:M training off
+    int every;    // mask period in optimizer steps (>= 1; the paper recomputes every step)
+    float lambda; // λ_W >= 0 (the paper's 2e-4; 0 is the plain straight-through estimator)
+} speck_nm_params;
+
+// Start (or, with p NULL or p->m == 0, stop) N:M training. SPECK_ERR_ARG when n, m, every or
+// lambda are out of range, or a masked matrix's rows are not a multiple of m (naming it).
+int speck_train_set_nm(speck_train_model *tm, const speck_nm_params *p);
+speck_nm_params speck_train_nm(const speck_train_model *tm); // m == 0 when off
+// Tensor i's current mask (numel bytes, 1 = kept), or NULL when tensor i is not masked.
+const uint8_t *speck_train_nm_mask(speck_train_model *tm, int i);
+
 // Online logit distillation (docs/training.md, "Distilled draft models"): a student (a draft
 // model) learns a teacher's next-token distributions instead of the text's next tokens, the
 // teacher run forward (no gradient) on the same batch. Per position with a target, p/q the
@@ -137,7 +158,10 @@ int speck_train_checkpoint_save(speck_train_model *tm, const speck_train_state *
 int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_train_state *st);
 // Write a normal model GGUF (architecture "llama", llama.cpp key names), matrices as `type`
 // (f32, f16, bf16, q8_0; norms f32), with the tokenizer.* keys of vocab_path (whose token count
-// must equal n_vocab), atomically.
+// must equal n_vocab), atomically. With N:M training the masked matrices are written masked
+// (keys speck.prune.method "sr-ste", speck.prune.sparsity "N:M"); then type may also be
+// SPECK_TYPE_S24_Q8 (2:4 only): the masked matrices in that sparse format, the other matrices
+// f16 (llama.cpp cannot load S24_Q8; export f16 as well for a dense copy).
 int speck_train_export(speck_train_model *tm, const char *vocab_path, speck_type type,
                        const char *name, const char *path);
 

@@ -30,7 +30,8 @@ static void test_levels(void) {
     const speck_type types[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_Q4_1, SPECK_TYPE_Q5_0,
                                 SPECK_TYPE_Q5_1, SPECK_TYPE_Q8_0, SPECK_TYPE_IQ4_NL,
                                 SPECK_TYPE_Q2_K, SPECK_TYPE_Q3_K, SPECK_TYPE_Q4_K,
-                                SPECK_TYPE_Q5_K, SPECK_TYPE_Q6_K, SPECK_TYPE_IQ4_XS};
+                                SPECK_TYPE_Q5_K, SPECK_TYPE_Q6_K, SPECK_TYPE_IQ4_XS,
+                                SPECK_TYPE_DGQ4};
     enum { N = 1024 };
     static float x[N], imp[N], y[N], A[N], B[N];
     static uint8_t L[N], L2[N], q[N * 2], q2[N * 2];

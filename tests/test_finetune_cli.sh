@@ -72,6 +72,10 @@ SPECK_TRAIN_SIGNAL_AT=4:2 "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-
 [[ $? == 130 ]] && ok || bad "--full Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
 expect 0 "finetune --full --resume" -- "$SPECK" finetune "${ft[@]}" --full --steps 8 --lr 1e-3 -o "$dir/full_b.gguf" --resume
 cmp -s <(cut -d, -f1-4 "$dir/full.csv") <(cut -d, -f1-4 "$dir/full_b.csv") && ok || bad "--full resumed curve differs"
+# --full --nm 2:4: SR-STE through the same model (masked export: speck.prune.method sr-ste)
+expect 0 "finetune --full --nm 2:4" -- "$SPECK" finetune "${ft[@]}" --full --nm 2:4 --steps 3 --lr 1e-3 -o "$dir/nm.gguf"
+"$SPECK" info -m "$dir/nm.gguf" 2>&1 | grep -q "sr-ste" && ok || bad "--full --nm output lacks speck.prune.method sr-ste"
+expect 2 "finetune --nm without --full" -- "$SPECK" finetune "${ft[@]}" --nm 2:4 --steps 3 -o "$dir/nm2.gguf"
 cmp -s "$dir/full.gguf" "$dir/full_b.gguf" && ok || bad "--full resumed model differs from the uninterrupted one"
 # Its delta against the base: extracted, compressed, applied, described.
 expect 0 "delta extract" -- "$SPECK" delta extract "$M" "$dir/full.gguf" -o "$dir/d.gguf"
@@ -86,6 +90,41 @@ mentions "delta extract: tensor"
 expect 1 "model as delta" -- "$SPECK" delta apply "$M" "$M" -o "$dir/x.gguf"
 mentions "general.type"
 [[ ! -e $dir/x.gguf ]] && ok || bad "delta apply of a model left a file"
+
+# CorDA (--init corda-kpm|corda-ipm): the adapter plus its residual base; at lr 0 the adapter on
+# the residual base generates the base's greedy text; Ctrl-C + --resume reuses the residual
+# base and gives the same curve and adapter. Block-LoRA (--block-share): saved as the rank/K
+# LoRA; a checkpoint of another K is refused.
+for i in $(seq 1 150); do printf 'def scale_%d(x):\n    return x * %d + %d\n\n' $i $i $((i % 7)); done >"$dir/calib.txt"
+expect 0 "finetune --init corda-ipm --lr 0" -- "$SPECK" finetune "${ft[@]}" --steps 1 --lr 0 --init corda-ipm --calib "$dir/calib.txt" -o "$dir/ci.gguf"
+[[ -f $dir/ci.gguf && -f $dir/ci.base.gguf ]] && ok || bad "corda outputs: $(ls "$dir")"
+expect 0 "generate corda step 0" -- "$SPECK" generate -m "$dir/ci.base.gguf" --lora "$dir/ci.gguf" "${gen[@]}"
+cmp -s "$dir/out" "$dir/base.txt" && ok || bad "CorDA at step 0 is not the base: $(cat "$dir/out") vs $(cat "$dir/base.txt")"
+expect 0 "generate corda residual alone" -- "$SPECK" generate -m "$dir/ci.base.gguf" "${gen[@]}"
+cmp -s "$dir/out" "$dir/base.txt" && bad "IPM's residual base alone gives the base's text" || ok
+ck=("${ft[@]}" --init corda-kpm --calib "$dir/calib.txt")
+expect 0 "finetune corda-kpm" -- "$SPECK" finetune "${ck[@]}" -o "$dir/ck.gguf"
+SPECK_TRAIN_SIGNAL_AT=3:2 "$SPECK" finetune "${ck[@]}" -o "$dir/ck2.gguf" >/dev/null 2>"$dir/err"
+[[ $? == 130 ]] && ok || bad "corda Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
+expect 0 "corda --resume" -- "$SPECK" finetune "${ck[@]}" -o "$dir/ck2.gguf" --resume
+cmp -s <(cut -d, -f1-4 "$dir/ck.csv") <(cut -d, -f1-4 "$dir/ck2.csv") && ok || bad "corda resumed curve differs"
+cmp -s "$dir/ck.gguf" "$dir/ck2.gguf" && ok || bad "corda resumed adapter differs"
+expect 0 "finetune --block-share 2" -- "$SPECK" finetune "${ft[@]}" --block-share 2 -o "$dir/bl.gguf"
+expect 0 "adapter info (block)" -- "$SPECK" adapter info "$dir/bl.gguf"
+grep -qF "rank 2, 4 layers" "$dir/out" && ok || bad "block-share 2 of rank 4 saved as rank 2: $(cat "$dir/out")"
+expect 0 "generate --lora (block)" -- "$SPECK" generate -m "$M" --lora "$dir/bl.gguf" "${gen[@]}"
+expect 1 "resume with another --block-share" -- "$SPECK" finetune "${ft[@]}" -o "$dir/bl.gguf" --resume
+mentions "--block-share 2, the run has 1"
+# Bad input of these options.
+expect 2 "corda without --calib" -- "$SPECK" finetune "${ft[@]}" --init corda-kpm -o "$dir/x.gguf"
+mentions "--init corda-* needs --calib"
+expect 2 "unknown --init" -- "$SPECK" finetune "${ft[@]}" --init pissa -o "$dir/x.gguf"
+mentions "unknown --init 'pissa'"
+expect 1 "too few calibration tokens" -- "$SPECK" finetune "${ft[@]}" --init corda-ipm --calib "$dir/calib.txt" --calib-tokens 100 -o "$dir/x.gguf"
+mentions "calib.txt" "too few"
+[[ ! -e $dir/x.gguf && ! -e $dir/x.base.gguf && ! -e $dir/x.ckpt ]] && ok || bad "corda error left files: $(ls "$dir")"
+expect 2 "block-share not dividing the rank" -- "$SPECK" finetune "${ft[@]}" --block-share 3 -o "$dir/x.gguf"
+mentions "--block-share 3"
 
 # Bad input: clear errors, nothing written.
 printf '{"text": "a"}\n{"text": "b"}\n{"text": "c"\n' >"$dir/bad.jsonl"

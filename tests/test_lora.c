@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "speck.h"
+#include "logits_util.h"
 #include "test_util.h"
 
 // An adapter for m with B drawn from a fixed pattern (a fresh one's B is 0: the base).
@@ -26,29 +27,6 @@ static speck_lora *make_adapter(speck_model *m, int rank, const char *targets, f
             for (int64_t j = 0; b && j < n; j++) b[j] = amp * sinf(0.61f * (float)j + (float)t);
         }
     return a;
-}
-
-static float *run_logits(speck_model *m, const int32_t *tok, int n) {
-    const int V = speck_model_hparams(m)->n_vocab;
-    float *lg = malloc((size_t)n * V * sizeof(float));
-    speck_ctx *c = speck_ctx_new(m, 256);
-    if (!c || !lg || speck_forward(c, n, tok, NULL, NULL, NULL, 0, lg)) {
-        printf("forward failed: %s\n", speck_last_error());
-        free(lg);
-        lg = NULL;
-    }
-    speck_ctx_free(c);
-    return lg;
-}
-
-static double max_abs(const float *a, const float *b, size_t n, double *scale) {
-    double d = 0, s = 0;
-    for (size_t i = 0; i < n; i++) {
-        d = fmax(d, fabs((double)a[i] - b[i]));
-        s = fmax(s, fabs((double)b[i]));
-    }
-    if (scale) *scale = s;
-    return d;
 }
 
 // Unmerged (attached) adapters give the merged model's logits on both forward paths (the

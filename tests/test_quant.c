@@ -19,7 +19,7 @@
 static const speck_type qtypes[] = {SPECK_TYPE_Q4_1,  SPECK_TYPE_Q5_0, SPECK_TYPE_Q5_1,
                                     SPECK_TYPE_IQ4_NL, SPECK_TYPE_Q2_K, SPECK_TYPE_Q3_K,
                                     SPECK_TYPE_Q4_K,  SPECK_TYPE_Q5_K, SPECK_TYPE_Q6_K,
-                                    SPECK_TYPE_IQ4_XS};
+                                    SPECK_TYPE_IQ4_XS, SPECK_TYPE_DGQ4};
 #define N_QTYPES (int)(sizeof qtypes / sizeof qtypes[0])
 static const char *const isas[] = {"scalar", "avx2", "avx512"};
 
@@ -57,7 +57,8 @@ static void test_types(void) {
                  {SPECK_TYPE_Q5_1, "q5_1", 32, 24, 9},     {SPECK_TYPE_IQ4_NL, "iq4_nl", 32, 18, 25},
                  {SPECK_TYPE_Q2_K, "q2_k", 256, 84, 10},   {SPECK_TYPE_Q3_K, "q3_k", 256, 110, 11},
                  {SPECK_TYPE_Q4_K, "q4_k", 256, 144, 14},  {SPECK_TYPE_Q5_K, "q5_k", 256, 176, 16},
-                 {SPECK_TYPE_Q6_K, "q6_k", 256, 210, 18},  {SPECK_TYPE_IQ4_XS, "iq4_xs", 256, 136, 30}};
+                 {SPECK_TYPE_Q6_K, "q6_k", 256, 210, 18},  {SPECK_TYPE_IQ4_XS, "iq4_xs", 256, 136, 30},
+                 {SPECK_TYPE_DGQ4, "dgq4", 256, 138, 0}};
     for (size_t i = 0; i < sizeof facts / sizeof facts[0]; i++) {
         const speck_type t = facts[i].t;
         CHECK(speck_type_name(t) && !strcmp(speck_type_name(t), facts[i].name), "name of %d", t);
@@ -83,7 +84,8 @@ static void test_types(void) {
               {SPECK_TYPE_Q6_K, 896, SPECK_TYPE_Q8_0},   {SPECK_TYPE_Q2_K, 64, SPECK_TYPE_Q4_0},
               {SPECK_TYPE_Q3_K, 64, SPECK_TYPE_Q4_0},    {SPECK_TYPE_IQ4_XS, 64, SPECK_TYPE_IQ4_NL},
               {SPECK_TYPE_Q4_K, 48, SPECK_TYPE_F16},     {SPECK_TYPE_Q4_K, 2048, SPECK_TYPE_Q4_K},
-              {SPECK_TYPE_Q5_0, 100, SPECK_TYPE_F16},    {SPECK_TYPE_F32, 7, SPECK_TYPE_F32}};
+              {SPECK_TYPE_Q5_0, 100, SPECK_TYPE_F16},    {SPECK_TYPE_F32, 7, SPECK_TYPE_F32},
+              {SPECK_TYPE_DGQ4, 576, SPECK_TYPE_Q5_0}};
     for (size_t i = 0; i < sizeof fb / sizeof fb[0]; i++)
         CHECK(speck_type_for_row(fb[i].want, fb[i].n) == fb[i].got, "%s on rows of %lld -> %s",
               speck_type_name(fb[i].want), (long long)fb[i].n,

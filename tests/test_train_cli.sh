@@ -121,6 +121,36 @@ mentions "qwen2moe"
 expect 1 "train: --init-from a qwen3moe model" -- "$SPECK" train "${ARGS[@]}" --init-from "$dir/q3m.gguf" -o "$dir/e.gguf"
 mentions "cannot be trained"
 
+# N:M sparse training (SR-STE) from the trained model: S24_Q8 + its dense copy, both loadable
+expect 0 "train --nm 2:4 --type s24_q8" -- "$SPECK" train "${ARGS[@]}" --init-from "$dir/a.gguf" --nm 2:4 \
+  --steps 4 --type s24_q8 -o "$dir/nm.gguf"
+[[ -s $dir/nm.gguf && -s $dir/nm.dense.gguf ]] && ok || bad "S24_Q8 model and its dense copy"
+"$SPECK" info -m "$dir/nm.gguf" >"$dir/out" 2>&1
+grep -q "sr-ste" "$dir/out" && grep -qi "s24_q8" "$dir/out" && ok || bad "info of the SR-STE model: $(head -c 600 "$dir/out")"
+expect 0 "eval the S24_Q8 model" -- "$SPECK" eval -m "$dir/nm.gguf" --text "$dir/corpus/m1.py" --ctx 32
+expect 0 "eval its dense copy" -- "$SPECK" eval -m "$dir/nm.dense.gguf" --text "$dir/corpus/m1.py" --ctx 32
+# --nm with Ctrl-C + --resume: the masks come back from the checkpoint's dense weights, so the
+# curve is the uninterrupted one (masks recomputed every step)
+NM=(--init-from "$dir/a.gguf" --nm 2:4 --nm-lambda 0.01 --steps 6 --val-every 3 --ckpt-every 0)
+expect 0 "train --nm, 6 steps" -- "$SPECK" train "${ARGS[@]}" "${NM[@]}" -o "$dir/nm6.gguf"
+SPECK_TRAIN_SIGNAL_AT=3:2 "$SPECK" train "${ARGS[@]}" "${NM[@]}" -o "$dir/nm6b.gguf" >/dev/null 2>"$dir/err"
+[[ $? == 130 ]] && ok || bad "--nm Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
+expect 0 "train --nm --resume" -- "$SPECK" train "${ARGS[@]}" "${NM[@]}" -o "$dir/nm6b.gguf" --resume
+cmp -s <(cut -d, -f1-4 "$dir/nm6.csv") <(cut -d, -f1-4 "$dir/nm6b.csv") && ok || bad "--nm resumed curve differs: $(cat "$dir/nm6.csv" "$dir/nm6b.csv")"
+cmp -s "$dir/nm6.gguf" "$dir/nm6b.gguf" && ok || bad "--nm resumed model differs"
+expect 1 "train: --nm 2:3 (M does not divide the rows)" -- "$SPECK" train "${ARGS[@]}" --nm 2:3 -o "$dir/e.gguf"
+mentions "not a multiple of M = 3" "--nm"
+expect 1 "train: --nm 4:4" -- "$SPECK" train "${ARGS[@]}" --nm 4:4 -o "$dir/e.gguf"
+mentions "1 <= N < M"
+expect 1 "train: --nm 2:4 with rows of 30" -- "$SPECK" train "${ARGS[@]}" --n-ff 30 --nm 2:4 -o "$dir/e.gguf"
+mentions "ffn_down.weight has rows of 30"
+expect 2 "train: --nm garbage" -- "$SPECK" train "${ARGS[@]}" --nm 2-4 -o "$dir/e.gguf"
+mentions "expected N:M"
+expect 2 "train: --type s24_q8 without --nm 2:4" -- "$SPECK" train "${ARGS[@]}" --type s24_q8 -o "$dir/e.gguf"
+mentions "--nm 2:4"
+expect 1 "train: --nm-every without --nm" -- "$SPECK" train "${ARGS[@]}" --nm-every 2 -o "$dir/e.gguf"
+mentions "need --nm"
+
 # bad input
 expect 1 "train: empty corpus" -- "$SPECK" train "${ARGS[@]}" --data "$dir/empty" -o "$dir/e.gguf"
 mentions "no files"

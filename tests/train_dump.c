@@ -9,6 +9,11 @@
 //       the parameters after K AdamW steps on the same batch (schedule and clipping as in
 //       train_ref.py: lr 1e-2, min_lr 1e-3, warmup 2, total K, betas 0.9/0.95, eps 1e-8,
 //       weight decay 0.1 on matrices but not norms/embeddings, clip 0.5)
+//   train_dump MODEL.gguf TOKENS.i32 B T OUTDIR nm:N:M:EVERY:LAMBDA:K
+//       N:M training (SR-STE, speck_train_set_nm): K = 0 the gradients of one pass through the
+//       masked matrices (as grad); K > 0 the parameters after K AdamW steps as adam:K, plus
+//       OUTDIR/grad.<tensor>.f32, the gradients the last step used (with the sparse-refined
+//       term), and OUTDIR/mask.<tensor>.f32, the masks of the last step (0/1)
 // TOKENS.i32 holds B rows of T+1 int32 ids: inputs are ids 0..T-1, targets ids 1..T of a row.
 // A 7th argument OUT.gguf also exports the model as it ends (f32, speck_train_export).
 #include <stdio.h>
@@ -43,10 +48,20 @@ int main(int argc, char **argv) {
             tg[b * T + t] = tok[b * (T + 1) + t + 1];
         }
     float loss = 0;
-    bool grads = !strncmp(mode, "grad", 4);
+    speck_nm_params nm = {0, 0, 1, 0};
+    int nm_steps = 0;
+    if (!strncmp(mode, "nm:", 3)) {
+        if (sscanf(mode + 3, "%d:%d:%d:%f:%d", &nm.n, &nm.m, &nm.every, &nm.lambda, &nm_steps) != 5)
+            return dump_die("train_dump", "nm:N:M:EVERY:LAMBDA:K");
+        if (speck_train_set_nm(tm, &nm)) return dump_die("train_dump", "nm");
+    }
+    // Masks of the step about to run (recomputed from the dense weights when due).
+    int n_t = speck_train_n_tensors(tm);
+    float **masks = calloc((size_t)n_t, sizeof *masks);
+    bool grads = !strncmp(mode, "grad", 4) || (nm.m && nm_steps == 0);
     if (!strncmp(mode, "grad:", 5) && speck_train_set_aux_coef(tm, (float)atof(mode + 5)))
         return dump_die("train_dump", "aux coefficient");
-    int steps = grads ? 0 : atoi(mode + 5);
+    int steps = grads ? 0 : nm.m ? nm_steps : atoi(mode + 5);
     if (grads) {
         speck_train_zero_grad(tm);
         if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return dump_die("train_dump", "step");
@@ -57,9 +72,27 @@ int main(int argc, char **argv) {
         for (int s = 0; s < steps; s++) {
             speck_train_zero_grad(tm);
             if (speck_train_step(tm, in, tg, B, T, 1.0f, &loss)) return dump_die("train_dump", "step");
+            for (int i = 0; nm.m && i < n_t; i++) {
+                const uint8_t *mk = speck_train_nm_mask(tm, i);
+                const int64_t n = speck_train_tensor_numel(tm, i);
+                if (!mk) continue;
+                if (!masks[i] && !(masks[i] = malloc((size_t)n * sizeof(float)))) return 1;
+                for (int64_t j = 0; j < n; j++) masks[i][j] = mk[j];
+            }
             if (speck_adamw_step(tm, &p, s, NULL)) return dump_die("train_dump", "adamw");
         }
     }
+    for (int i = 0; nm.m && steps > 0 && i < n_t; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "grad.%s", speck_train_tensor_name(tm, i));
+        int e = dump_write_f32(dir, name, speck_train_tensor(tm, i, true),
+                               speck_train_tensor_numel(tm, i));
+        snprintf(name, sizeof name, "mask.%s", speck_train_tensor_name(tm, i));
+        if (masks[i]) e |= dump_write_f32(dir, name, masks[i], speck_train_tensor_numel(tm, i));
+        if (e) return dump_die("train_dump", "write");
+    }
+    for (int i = 0; i < n_t; i++) free(masks[i]);
+    free(masks);
     for (int i = 0; i < speck_train_n_tensors(tm); i++)
         if (dump_write_f32(dir, speck_train_tensor_name(tm, i), speck_train_tensor(tm, i, grads),
                       speck_train_tensor_numel(tm, i))) {

@@ -147,10 +147,35 @@ void cli_train_record(cli_train_log *L, int64_t step, double loss, double val, f
                       float gnorm, double tokens, double dt);
 // At the end of each step, after any checkpoint: the test hook's signal when it is due.
 void cli_train_hook(const cli_train_log *L, int64_t steps_done);
+// N:M sparse training options shared by speck train and speck finetune --full: --nm N:M,
+// --nm-every K, --nm-lambda X. cli_nm_opt consumes argv[*i] (and its value) when it is one of
+// them (exits 2 on a malformed value); cli_nm_apply starts SR-STE on tm when --nm was given
+// (1 after printing the error: N >= M, rows not a multiple of M, ...).
+typedef struct {
+    speck_nm_params p;
+    bool every_set, lambda_set;
+} cli_nm;
+void cli_nm_init(cli_nm *o);
+bool cli_nm_opt(const char *cmd, int argc, char **argv, int *i, cli_nm *o);
+int cli_nm_apply(const char *cmd, const cli_nm *o, speck_train_model *tm, bool quiet);
 // After the loop and the final save: the interrupt message (status 130) and the --plot PNG.
 int cli_train_end(cli_train_log *L, int rc, int64_t steps_done, bool plot, const char *out,
                   const char *csv);
 int cmd_finetune(int argc, char **argv);
+// speck finetune --init corda-*: the CorDA adapter (tools/finetune_init.c), with *m replaced by
+// the residual base written to base_out (the caller then frees both models; *m is unchanged on
+// error); NULL with the error shown.
+typedef struct {
+    const char *base_path, *calib, *base_out;
+    const speck_vocab *voc;
+    int64_t calib_tokens;
+    int ctx, rank, type;
+    float alpha;
+    unsigned targets;
+    bool kpm, quiet, reuse_base;
+} ft_corda_opts;
+speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m);
+
 int cmd_adapter(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_delta(int argc, char **argv);

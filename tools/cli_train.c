@@ -1,5 +1,5 @@
 // The bookkeeping of a training loop shared by `speck train` and `speck finetune`: stop signals,
-// the test hook, the loss-curve CSV, the progress line and the final plot.
+// the test hook, the loss-curve CSV, the progress line, the final plot, N:M training's options.
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -72,4 +72,53 @@ int cli_train_end(cli_train_log *L, int rc, int64_t steps_done, bool plot, const
         free(png);
     }
     return rc;
+}
+
+void cli_nm_init(cli_nm *o) {
+    *o = (cli_nm){.p = {.n = 0, .m = 0, .every = 1, .lambda = 2e-4f}};
+}
+
+bool cli_nm_opt(const char *cmd, int argc, char **argv, int *i, cli_nm *o) {
+    const char *v;
+    if (cli_opt(argc, argv, i, "--nm", NULL, &v)) {
+        int n, m, used = 0;
+        if (sscanf(v, "%d:%d%n", &n, &m, &used) != 2 || v[used]) {
+            fprintf(stderr, "speck %s: --nm '%s': expected N:M (e.g. 2:4: 2 weights kept of every "
+                            "4 consecutive inputs)\n", cmd, v);
+            exit(2);
+        }
+        o->p.n = n, o->p.m = m;
+        return true;
+    }
+    if (cli_opt(argc, argv, i, "--nm-every", NULL, &v)) {
+        o->p.every = (int)cli_int(cmd, "--nm-every", v, 1, 1 << 30);
+        o->every_set = true;
+        return true;
+    }
+    if (cli_opt(argc, argv, i, "--nm-lambda", NULL, &v)) {
+        o->p.lambda = (float)cli_float(cmd, "--nm-lambda", v);
+        o->lambda_set = true;
+        return true;
+    }
+    return false;
+}
+
+int cli_nm_apply(const char *cmd, const cli_nm *o, speck_train_model *tm, bool quiet) {
+    if (!o->p.m) {
+        if (o->every_set || o->lambda_set) {
+            fprintf(stderr, "speck %s: --nm-every and --nm-lambda need --nm N:M\n", cmd);
+            return 1;
+        }
+        return 0;
+    }
+    if (speck_train_set_nm(tm, &o->p)) {
+        fprintf(stderr, "speck %s: --nm: %s\n", cmd, speck_last_error());
+        return 1;
+    }
+    if (!quiet)
+        fprintf(stderr,
+                "N:M sparse training (SR-STE): %d:%d in every layer matrix, masks recomputed "
+                "every %d step%s, lambda %g\n",
+                o->p.n, o->p.m, o->p.every, o->p.every == 1 ? "" : "s", (double)o->p.lambda);
+    return 0;
 }

@@ -23,6 +23,11 @@ typedef struct {
     // --sparse spiel|s2ft: sparse fine-tuning (src/adapt/sparse_ft.c), a delta GGUF to -o
     const char *sparse;
     speck_sparse_params sp;
+    cli_nm nm; // --full --nm N:M: SR-STE sparse fine-tuning (cli_train.c)
+    // --init corda-kpm|corda-ipm, --calib, --calib-tokens, --base-out; --block-share
+    const char *init, *calib, *base_out;
+    int64_t calib_tokens;
+    int block_share;
 } ft_opts;
 
 static void usage(void) {
@@ -41,6 +46,15 @@ static void usage(void) {
         "  --rank R (16)  --alpha A (= rank)  --dropout P (0)\n"
         "  --targets LIST     of q,k,v,o,gate,up,down (default all)\n"
         "  --chat-template NAME  for \"messages\" data when the model's is not recognised\n"
+        "initialisation and variants (docs/adaptation.md):\n"
+        "  --init lora|corda-kpm|corda-ipm  CorDA: A, B from the SVD of W*C (C the covariance\n"
+        "                     of W's input on --calib text): kpm the r smallest components\n"
+        "                     (calibrate on the base's domain), ipm the r largest (on the task)\n"
+        "  --calib FILE       calibration text (--calib-tokens N, default 8192, of it)\n"
+        "  --base-out PATH    CorDA's residual base W - s*B*A (default ADAPTER.base.gguf; its\n"
+        "                     adapted matrices as --type, default f32): run the adapter on it\n"
+        "  --block-share K    Block-LoRA: A split into K blocks that share one down-projection\n"
+        "                     (rank/K x n_in); saved as the equal rank/K LoRA\n"
         "full fine-tuning (no adapter; the options above except --chat-template are unused):\n"
         "  --full             train every weight in f32 (speck train's forward, backward and\n"
         "                     AdamW) and write a model GGUF to -o (lr default 1e-4)\n"
@@ -52,6 +66,7 @@ static void usage(void) {
         "  --density X (0.01) | --params N   trained elements (of --targets' matrices; s2ft:\n"
         "                     of attn_output + ffn_down)\n"
         "  --update-every N (20)  --regrow-accum N (5)  --drop-fraction Z (0.2)   SpIEL\n"
+        "  --nm N:M  --nm-every K  --nm-lambda X   N:M sparse (SR-STE), as speck train\n"
         "optimisation (as speck train):\n"
         "  --steps N (200)  --batch B (8)  --accum K (1)  --ctx T (256)  --lr X (1e-3)\n"
         "  --min-lr X (lr/10)  --warmup N (steps/20)  --wd X (0)  --clip X (1.0)  --seed N (1)\n"
@@ -71,6 +86,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
     o->opt.lr = -1;
     o->opt.warmup_steps = -1, o->opt.min_lr = -1, o->opt.weight_decay = 0;
     o->sp = speck_sparse_default();
+    cli_nm_init(&o->nm);
     const char *C = "finetune";
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -111,6 +127,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
             (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
         else if (cli_flag(argv[i], "--resume", NULL)) o->resume = true;
         else if (cli_flag(argv[i], "--full", NULL)) o->full = true;
+        else if (cli_nm_opt(C, argc, argv, &i, &o->nm)) continue;
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             o->type = speck_type_from_name(v);
             if (o->type != SPECK_TYPE_F32 && o->type != SPECK_TYPE_F16 &&
@@ -128,6 +145,13 @@ static void parse(int argc, char **argv, ft_opts *o) {
         INT("--update-every", o->sp.update_every, 0, 1 << 30);
         INT("--regrow-accum", o->sp.accum_steps, 1, 1 << 30);
         FLT("--drop-fraction", o->sp.drop_fraction);
+        // CorDA initialisation and Block-LoRA (docs/adaptation.md)
+        else if (cli_opt(argc, argv, &i, "--init", NULL, &v)) o->init = v;
+        else if (cli_opt(argc, argv, &i, "--calib", NULL, &v)) o->calib = v;
+        else if (cli_opt(argc, argv, &i, "--base-out", NULL, &v)) o->base_out = v;
+        else if (cli_opt(argc, argv, &i, "--calib-tokens", NULL, &v)) o->calib_tokens =
+            cli_int(C, "--calib-tokens", v, 1, INT64_MAX);
+        INT("--block-share", o->block_share, 1, 4096);
         else if (cli_flag(argv[i], "--plot", NULL)) o->plot = true;
         else if (cli_flag(argv[i], "--quiet", "-q")) o->quiet = true;
         else {
@@ -153,15 +177,41 @@ static void parse(int argc, char **argv, ft_opts *o) {
         fprintf(stderr, "speck finetune: --val-fraction must be in [0, 1)\n");
         exit(2);
     }
+    if (o->nm.p.m && !o->full) {
+        fprintf(stderr, "speck finetune: --nm trains sparse weights: it needs --full\n");
+        exit(2);
+    }
+    if (o->init && strcmp(o->init, "lora") && strcmp(o->init, "corda-kpm") &&
+        strcmp(o->init, "corda-ipm")) {
+        fprintf(stderr, "speck finetune: unknown --init '%s' (lora, corda-kpm or corda-ipm)\n",
+                o->init);
+        exit(2);
+    }
+    const bool corda = o->init && !strncmp(o->init, "corda", 5);
+    if (corda != (o->calib != NULL) || (corda && (o->full || o->block_share > 1))) {
+        fprintf(stderr, "speck finetune: %s\n",
+                !corda ? "--calib is for --init corda-kpm / corda-ipm"
+                : !o->calib ? "--init corda-* needs --calib TEXT (calibration text: the base's "
+                              "own domain for kpm, the task's data for ipm)"
+                            : "--init corda-* does not combine with --full or --block-share");
+        exit(2);
+    }
+    if (o->block_share > 1 && (o->full || o->rank % o->block_share)) {
+        fprintf(stderr, "speck finetune: --block-share %d needs LoRA (not --full) and a rank "
+                        "that is a multiple of it (--rank %d)\n", o->block_share, o->rank);
+        exit(2);
+    }
+    if (!o->block_share) o->block_share = 1;
+    if (!o->calib_tokens) o->calib_tokens = 8192;
     if (o->alpha < 0) o->alpha = (float)o->rank;
     if (o->sparse) {
         if (speck_sparse_parse_method(o->sparse, &o->sp.method)) {
             fprintf(stderr, "speck finetune: --sparse: %s\n", speck_last_error());
             exit(2);
         }
-        if (o->full || o->resume) {
+        if (o->full || o->resume || o->init || o->block_share > 1) {
             fprintf(stderr, "speck finetune: --sparse cannot be combined with %s\n",
-                    o->full ? "--full" : "--resume");
+                    o->full ? "--full" : o->resume ? "--resume" : o->init ? "--init" : "--block-share");
             exit(2);
         }
         if (!o->sp.n_params && !(o->sp.density > 0 && o->sp.density <= 1)) {
@@ -268,8 +318,18 @@ static int save_sparse(const speck_sparse_ft *s, const char *out) {
     return err;
 }
 
+// Block-LoRA saves the equal rank/K plain LoRA (speck_lora_block_collapse).
+static int save_adapter(const speck_lora *a, int K, const char *out) {
+    if (K <= 1) return speck_lora_save(a, out);
+    speck_lora *c = speck_lora_block_collapse(a, K);
+    int err = c ? speck_lora_save(c, out) : SPECK_ERR_NOMEM;
+    speck_lora_free(c);
+    return err;
+}
+
 static struct {
-    speck_model *m;
+    speck_model *m, *m0; // m0: the loaded base when CorDA replaced m by its residual base
+    char *base_out;
     speck_vocab *voc;
     speck_lora *a;
     speck_lora_trainer *tr;
@@ -332,10 +392,21 @@ static int run(int argc, char **argv) {
     } else if (o.full) {
         // speck train's model: every weight in f32 with its gradient and AdamW moments.
         if (!(trn.full = R.tm = speck_train_model_load(path))) return cli_fail("finetune");
+        if (cli_nm_apply("finetune", &o.nm, trn.full, o.quiet)) return 1;
     } else {
-        if (!(a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed)))
+        if (o.calib) { // CorDA: the adapter, and the residual base that replaces m
+            if (!o.base_out) o.base_out = R.base_out = cli_derived_path(o.out, ".base.gguf");
+            ft_corda_opts co = {path, o.calib, o.base_out, voc, o.calib_tokens, T, o.rank,
+                                o.type, o.alpha, targets, !strcmp(o.init, "corda-kpm"), o.quiet,
+                                o.resume && access(ckpt, F_OK) == 0 &&
+                                    access(o.base_out, F_OK) == 0};
+            speck_model *res = m;
+            if (!(a = R.a = ft_corda_init(&co, &res))) return 1;
+            R.m0 = m, R.m = m = res;
+        } else if (!(a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed)))
             return cli_fail("finetune");
-        if (!(trn.lora = R.tr = speck_lora_trainer_new(m, a, o.dropout, o.seed)))
+        if (!(trn.lora = R.tr = speck_lora_trainer_new(m, a, o.dropout, o.seed)) ||
+            (o.block_share > 1 && speck_lora_trainer_set_block_share(R.tr, o.block_share)))
             return cli_fail("finetune");
     }
     if (!o.quiet) {
@@ -352,8 +423,10 @@ static int run(int argc, char **argv) {
             fprintf(stderr, "full fine-tuning: %.3fM parameters in f32; ",
                     speck_train_n_params(trn.full) / 1e6);
         else
-            fprintf(stderr, "adapter: rank %d, alpha %g, targets %s, %.3fM parameters; ", o.rank,
-                    o.alpha, o.targets, speck_lora_n_params(a) / 1e6);
+            fprintf(stderr, "adapter: rank %d, alpha %g, targets %s, %.3fM parameters%s; ", o.rank,
+                    o.alpha, o.targets,
+                    speck_lora_block_n_trainable(a, o.block_share) / 1e6,
+                    o.block_share > 1 ? " (Block-LoRA)" : o.calib ? " (CorDA)" : "");
         fprintf(stderr, "batch %d x %d x %d accum, %d steps, %d threads\n", o.B, T, o.accum,
                 o.steps, speck_get_threads());
     }
@@ -417,7 +490,7 @@ static int run(int argc, char **argv) {
             (o.sparse ? save_sparse(trn.sparse, o.out)
              : o.full ? speck_train_export(trn.full, path, (speck_type)o.type,
                                          "speck-finetuned", o.out)
-                    : speck_lora_save(a, o.out)))
+                    : save_adapter(a, o.block_share, o.out)))
             rc = cli_fail("finetune");
         else if (!o.quiet)
             fprintf(stderr, "saved %s%s%s at step %lld\n", o.out,
@@ -441,5 +514,7 @@ int cmd_finetune(int argc, char **argv) {
     speck_lora_free(R.a);
     speck_vocab_free(R.voc);
     speck_model_free(R.m);
+    speck_model_free(R.m0);
+    free(R.base_out);
     return rc;
 }

@@ -155,6 +155,8 @@ int cmd_tokenizer_train(int argc, char **argv) {
 typedef struct {
     const char *data, *glob, *vocab, *init_from, *preset, *out, *ckpt, *csv, *cache, *name;
     const char *distill_from; // teacher model: distill its distributions (speck_distill_step)
+    const char *dense;        // --type s24_q8: the dense copy (default OUT.dense.gguf)
+    cli_nm nm;                // --nm N:M: SR-STE sparse training
     speck_distill_params distill;
     speck_train_config cfg;
     int set_layer, set_embd, set_head, set_head_kv, set_ff, set_ctx, set_expert, set_expert_used;
@@ -193,10 +195,17 @@ static void train_usage(void) {
         "  --distill-from TARGET.gguf  loss (1-w) T^2 KL(p_target || p_model) + w CE(text),\n"
         "                     the target run forward on each batch; same vocabulary required\n"
         "  --distill-temp T (1)  --distill-ce w (0)\n"
+        "N:M sparse training (SR-STE; docs/sparsity.md):\n"
+        "  --nm N:M           the layer matrices used with N of every M inputs kept (largest\n"
+        "                     |w|); straight-through gradients to the dense weights\n"
+        "  --nm-every K (1)   recompute the masks from the dense weights every K steps\n"
+        "  --nm-lambda X (2e-4)  sparse-refined term: X (1-mask) W added to the gradient\n"
+        "  OUT.gguf holds the masked weights; --type s24_q8 (with --nm 2:4) writes the sparse\n"
+        "  format and a dense copy (--dense FILE, default OUT.dense.gguf, f16) for llama.cpp\n"
         "evaluation and output:\n"
         "  --val-fraction X (0.05)  --val-every N (100)  --val-batches N (8)\n"
         "  --ckpt-every N (100)  --checkpoint PATH  --resume  --csv PATH  --cache PATH\n"
-        "  --type f16|q8_0|f32|bf16 (f16)  --name TEXT  --plot  --quiet\n"
+        "  --type f16|q8_0|f32|bf16|s24_q8 (f16)  --name TEXT  --plot  --quiet\n"
         "Ctrl-C saves a checkpoint and the model, then exits (status 130); --resume continues\n"
         "the identical loss curve (same seed and threads).\n");
 }
@@ -209,6 +218,7 @@ static int parse_train(int argc, char **argv, train_opts *o) {
     o->opt = speck_adamw_default();
     o->opt.warmup_steps = -1, o->opt.min_lr = -1;
     o->distill = (speck_distill_params){.temperature = 1.0f, .ce_weight = 0.0f};
+    cli_nm_init(&o->nm);
     const char *C = "train";
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -242,6 +252,10 @@ static int parse_train(int argc, char **argv, train_opts *o) {
             o->name = v;
         else if (cli_opt(argc, argv, &i, "--distill-from", NULL, &v))
             o->distill_from = v;
+        else if (cli_opt(argc, argv, &i, "--dense", NULL, &v))
+            o->dense = v;
+        else if (cli_nm_opt(C, argc, argv, &i, &o->nm))
+            continue;
         FLT("--distill-temp", o->distill.temperature);
         FLT("--distill-ce", o->distill.ce_weight);
         INT("--n-layer", o->set_layer, 1, 1024);
@@ -270,8 +284,10 @@ static int parse_train(int argc, char **argv, train_opts *o) {
             (uint64_t)cli_int(C, "--seed", v, 0, INT64_MAX);
         else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
             int t = speck_type_from_name(v);
-            if (t < 0 || t == SPECK_TYPE_Q4_0) {
-                fprintf(stderr, "speck train: --type: '%s' is not one of f32, f16, bf16, q8_0\n",
+            if (t != SPECK_TYPE_F32 && t != SPECK_TYPE_F16 && t != SPECK_TYPE_BF16 &&
+                t != SPECK_TYPE_Q8_0 && t != SPECK_TYPE_S24_Q8) {
+                fprintf(stderr,
+                        "speck train: --type: '%s' is not one of f32, f16, bf16, q8_0, s24_q8\n",
                         v);
                 exit(2);
             }
@@ -311,6 +327,15 @@ static int parse_train(int argc, char **argv, train_opts *o) {
     if (!(o->distill.temperature > 0) ||
         !(o->distill.ce_weight >= 0 && o->distill.ce_weight <= 1)) {
         fprintf(stderr, "speck train: --distill-temp must be > 0 and --distill-ce in [0, 1]\n");
+        exit(2);
+    }
+    if (o->type == SPECK_TYPE_S24_Q8 && !(o->nm.p.n == 2 && o->nm.p.m == 4)) {
+        fprintf(stderr, "speck train: --type s24_q8 stores 2:4-sparse matrices: it needs --nm 2:4 "
+                        "(a dense model can be pruned into it by speck prune)\n");
+        exit(2);
+    }
+    if (o->dense && o->type != SPECK_TYPE_S24_Q8) {
+        fprintf(stderr, "speck train: --dense FILE goes with --type s24_q8\n");
         exit(2);
     }
     if (o->opt.warmup_steps < 0) o->opt.warmup_steps = o->steps / 20;
@@ -445,6 +470,7 @@ static int train_run(int argc, char **argv) {
         tm = R.tm = speck_train_model_new(&o.cfg, o.seed);
         if (!tm) return cli_fail("train");
     }
+    if (cli_nm_apply("train", &o.nm, tm, o.quiet)) return 1;
     int T = o.set_ctx ? o.set_ctx : (o.cfg.n_ctx < 256 ? o.cfg.n_ctx : 256);
     speck_train_model *teacher = NULL;
     if (o.distill_from) {
@@ -561,12 +587,19 @@ static int train_run(int argc, char **argv) {
     fclose(fcsv);
     R.fcsv = NULL;
     if (!rc) {
+        const char *name = o.name ? o.name : "speck-trained";
+        char *dense = o.type != SPECK_TYPE_S24_Q8 ? NULL
+                      : o.dense                   ? strdup(o.dense)
+                                                  : cli_derived_path(o.out, ".dense.gguf");
         if (speck_train_checkpoint_save(tm, &st, vocab_path, ckpt) ||
-            speck_train_export(tm, vocab_path, o.type, o.name ? o.name : "speck-trained", o.out))
+            speck_train_export(tm, vocab_path, o.type, name, o.out) ||
+            (dense && speck_train_export(tm, vocab_path, SPECK_TYPE_F16, name, dense)))
             rc = cli_fail("train");
         else if (!o.quiet)
-            fprintf(stderr, "saved %s (%s) and checkpoint %s at step %lld\n", o.out,
-                    speck_type_name(o.type), ckpt, (long long)st.step);
+            fprintf(stderr, "saved %s (%s)%s%s and checkpoint %s at step %lld\n", o.out,
+                    speck_type_name(o.type), dense ? ", dense copy " : "", dense ? dense : "",
+                    ckpt, (long long)st.step);
+        free(dense);
     }
     return cli_train_end(&L, rc, st.step, o.plot, o.out, csv);
 }

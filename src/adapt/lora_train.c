@@ -40,6 +40,7 @@ struct speck_lora_trainer {
     float dropout;
     uint64_t seed, rng_key;
     bool train; // this pass draws dropout masks (a training step, not an evaluation)
+    int block_share; // Block-LoRA: A's K blocks tied (block_lora.c); 1 = plain LoRA
     float *grads, *adam_m, *adam_v; // (n_params) each, the adapter's layout
     int B, T, dp_threads;
     llayer *l;                      // (L)
@@ -470,7 +471,7 @@ speck_lora_trainer *speck_lora_trainer_new(const speck_model *m, speck_lora *a, 
     }
     speck_lora_trainer *tr = calloc(1, sizeof *tr);
     if (!tr) goto oom;
-    tr->m = m, tr->a = a, tr->dropout = dropout, tr->seed = seed;
+    tr->m = m, tr->a = a, tr->dropout = dropout, tr->seed = seed, tr->block_share = 1;
     size_t n = (size_t)(a->n_params ? a->n_params : 1);
     tr->grads = calloc(n, sizeof(float));
     tr->adam_m = calloc(n, sizeof(float));
@@ -500,9 +501,21 @@ void speck_lora_trainer_zero_grad(speck_lora_trainer *tr) {
     memset(tr->grads, 0, (size_t)tr->a->n_params * sizeof(float));
 }
 
+int speck_lora_trainer_set_block_share(speck_lora_trainer *tr, int K) {
+    int err = speck_lora_block_check(tr->a, K);
+    if (err) return err;
+    tr->block_share = K;
+    speck_lora_block_tie(tr->a, K);
+    return 0;
+}
+
 int speck_lora_trainer_adamw(speck_lora_trainer *tr, const speck_adamw_params *p, int64_t step,
                              float *grad_norm) {
     speck_lora *a = tr->a;
+    const int K = tr->block_share;
+    // Block-LoRA: the shared block's gradient is the sum over its K uses; the copies' slots are
+    // zeroed, so the norm counts each parameter once.
+    speck_lora_block_fold(a, K, tr->grads);
     double norm = speck_adamw_grad_norm(tr->grads, a->n_params);
     if (grad_norm) *grad_norm = (float)norm;
     float clip = 1.0f;
@@ -514,10 +527,13 @@ int speck_lora_trainer_adamw(speck_lora_trainer *tr, const speck_adamw_params *p
         for (int k = 0; k < 2; k++) {
             float *w = k ? mt->b : mt->a;
             size_t off = (size_t)(w - a->data);
+            // A under Block-LoRA: the shared block (block 0) only, copied to the others below.
+            const int64_t rows = k ? mt->rank : mt->rank / K;
             speck_adamw_update(p, step, clip, true, w, tr->grads + off, tr->adam_m + off,
-                               tr->adam_v + off, (int64_t)mt->rank * (k ? mt->n_out : mt->n_in));
+                               tr->adam_v + off, rows * (k ? mt->n_out : mt->n_in));
         }
     }
+    speck_lora_block_tie(a, K);
     return 0;
 }
 
@@ -527,7 +543,8 @@ int speck_lora_checkpoint_save(speck_lora_trainer *tr, const speck_train_state *
     if (!w) return speck_set_error(SPECK_ERR_NOMEM, "checkpoint: out of memory");
     int err = speck_lora_write_gguf(tr->a, w);
     if (!err && (speck_gguf_set_u64(w, "train.step", (uint64_t)st->step) ||
-                 speck_gguf_set_u64(w, "train.seed", st->seed)))
+                 speck_gguf_set_u64(w, "train.seed", st->seed) ||
+                 speck_gguf_set_u64(w, "train.block_share", (uint64_t)tr->block_share)))
         err = speck_set_error(SPECK_ERR_NOMEM, "checkpoint: out of memory");
     int64_t ne[1] = {tr->a->n_params};
     if (!err) err = speck_gguf_add_tensor(w, "adam_m", SPECK_TYPE_F32, 1, ne, tr->adam_m);
@@ -555,6 +572,13 @@ int speck_lora_checkpoint_load(speck_lora_trainer *tr, const char *path, speck_t
                               "%s: checkpoint from another configuration (%lld adapter "
                               "parameters, the run has %lld: same --rank and --targets?)",
                               path, (long long)tm->n_elements, (long long)tr->a->n_params);
+    int64_t kb = speck_gguf_find_key(g, "train.block_share");
+    if (!err && (kb >= 0 ? speck_gguf_get_int(g, kb) : 1) != tr->block_share)
+        err = speck_set_error(SPECK_ERR_ARG,
+                              "%s: checkpoint from another configuration (--block-share %lld, the "
+                              "run has %d)",
+                              path, (long long)(kb >= 0 ? speck_gguf_get_int(g, kb) : 1),
+                              tr->block_share);
     if (!err) {
         ck = speck_lora_from_gguf_skip(g, path, "adam_");
         if (!ck) err = SPECK_ERR_FORMAT;

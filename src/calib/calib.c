@@ -82,24 +82,19 @@ static void hess_hook(const char *weight, const float *x, int n, int n_in, void 
     h->tokens += n;
 }
 
-int calib_hessians(const char *model_path, const speck_quantize_opts *o, const char **keys,
-                   const int *n_in, int n_keys, double **H, int64_t *tokens, bool progress) {
-    speck_model *m = speck_model_load(model_path);
-    if (!m) return SPECK_ERR_FORMAT;
-    int ctx = o->calib_ctx > 0 ? o->calib_ctx : speck_model_hparams(m)->n_ctx_train;
-    if (ctx > 512 && o->calib_ctx <= 0) ctx = 512;
-    const int64_t windows = o->n_calib / ctx;
+int calib_hessians_model(const speck_model *m, const int32_t *tok, int64_t n_tok, int ctx,
+                         const char **keys, const int *n_in, int n_keys, double **H,
+                         int64_t *tokens, bool progress) {
+    const int64_t windows = ctx > 0 ? n_tok / ctx : 0;
     hess_set s = {0};
     int rc = 0, max_n = 0;
     speck_ctx *c = NULL;
     float *logits = NULL;
-    if (windows < 1) {
-        rc = speck_set_error(SPECK_ERR_ARG,
-                             "calibration: %lld tokens make no window of %d (a longer text, or "
-                             "--calib-ctx)",
-                             (long long)o->n_calib, ctx);
-        goto done;
-    }
+    if (windows < 1)
+        return speck_set_error(SPECK_ERR_ARG,
+                               "calibration: %lld tokens make no window of %d (a longer text, or "
+                               "--calib-ctx)",
+                               (long long)n_tok, ctx);
     for (int i = 0; i < n_keys; i++) max_n = n_in[i] > max_n ? n_in[i] : max_n;
     s.h = calloc((size_t)n_keys, sizeof *s.h);
     s.tmp = malloc((size_t)max_n * max_n * sizeof *s.tmp);
@@ -120,7 +115,7 @@ int calib_hessians(const char *model_path, const speck_quantize_opts *o, const c
     for (int64_t w = 0; w < windows && !rc; w++) {
         speck_ctx_truncate(c, 0);
         s.last_x = NULL;
-        rc = speck_forward(c, ctx, o->calib + w * ctx, NULL, NULL, NULL, ctx, logits);
+        rc = speck_forward(c, ctx, tok + w * ctx, NULL, NULL, NULL, ctx, logits);
         if (!rc) rc = s.err;
         if (progress)
             fprintf(stderr, "\rcalibration: window %lld/%lld", (long long)(w + 1),
@@ -133,6 +128,17 @@ done:
     free(s.tmp);
     free(logits);
     speck_ctx_free(c);
+    return rc;
+}
+
+int calib_hessians(const char *model_path, const speck_quantize_opts *o, const char **keys,
+                   const int *n_in, int n_keys, double **H, int64_t *tokens, bool progress) {
+    speck_model *m = speck_model_load(model_path);
+    if (!m) return SPECK_ERR_FORMAT;
+    int ctx = o->calib_ctx > 0 ? o->calib_ctx : speck_model_hparams(m)->n_ctx_train;
+    if (ctx > 512 && o->calib_ctx <= 0) ctx = 512;
+    int rc = calib_hessians_model(m, o->calib, o->n_calib, ctx, keys, n_in, n_keys, H, tokens,
+                                  progress);
     speck_model_free(m);
     return rc;
 }

@@ -41,6 +41,11 @@ void calib_input_key(const char *weight, char *key, size_t size);
 // tokens[i]: how many tokens it summed (0: no matrix product reads that input).
 int calib_hessians(const char *model_path, const speck_quantize_opts *o, const char **keys,
                    const int *n_in, int n_keys, double **H, int64_t *tokens, bool progress);
+// The same from a loaded model m over n_tok tokens in windows of ctx (whole windows only, each
+// from an empty cache); CorDA's covariances (src/adapt/corda.c) come from here too.
+int calib_hessians_model(const speck_model *m, const int32_t *tok, int64_t n_tok, int ctx,
+                         const char **keys, const int *n_in, int n_keys, double **H,
+                         int64_t *tokens, bool progress);
 // Bit allocation (src/calib/alloc_plan.c): rewrite plan[].type of the converted matrices to
 // the mix of candidate types that minimizes the measured loss at o->target_bpw.
 int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quantize_opts *o,

@@ -221,6 +221,7 @@ SPECK_PANEL_X_DECL(speck_panel_q6_k_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q2_k_avx512);
 SPECK_PANEL_X_DECL(speck_panel_q3_k_avx512);
 SPECK_PANEL_X_DECL(speck_panel_iq4_xs_avx512);
+SPECK_PANEL_X_DECL(speck_panel_dgq4_avx512);
 // (src/kernels/panel_k_avx2.c)
 SPECK_PANEL_X_DECL(speck_panel_q4_k_avx2);
 SPECK_PANEL_X_DECL(speck_panel_q6_k_avx2);

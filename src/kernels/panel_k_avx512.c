@@ -69,16 +69,54 @@ static inline __m512i bs_pair(const speck_block_q8_k *x, int j0) {
     return _mm512_set1_epi32((int)(((uint32_t)(uint16_t)a) | ((uint32_t)(uint16_t)b << 16)));
 }
 
+// Panel block (2208 B): d (16 fp16) | scale words 0..1 (the 8 int8 group scales, 2 x 64 B) | qs
+// words 0..31 as Q4_K's (word 8c + q: low nibbles elements 64c + 4q .., group 2c; high nibbles
+// 64c + 32 + 4q .., group 2c + 1). Levels 0..15 stand for q - 8: the offset comes back through
+// the activations' group sums, sumi = sum_g sc_g * (dot_g - 8 * bs_g), exact in int32.
+static inline __m512i sbyte(__m512i v, int j) { // byte j of every dword, sign-extended
+    return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * j), 24);
+}
+
+// A DGQ4 super-block's end: sumi - 8 * sum_g sc_g * bs_g, times d * d_a, into acc. The scales as
+// signed int16 pairs (bytes (0, 2) and (1, 3) of each word) meet the groups' activation sums two
+// groups per dpwssd, as Q4_K's mins do.
+static inline __attribute__((always_inline)) void
+dgq4_offsets(const uint8_t *const *pb, const speck_block_q8_k *const *x, const __m512i *sumi,
+             __m512 *acc, const int R, const int T) {
+    for (int r = 0; r < R; r++) {
+        const __m512i w0 = _mm512_loadu_si512(pb[r] + 32), w1 = _mm512_loadu_si512(pb[r] + 96);
+        const __m512i e0 = _mm512_srai_epi16(_mm512_slli_epi16(w0, 8), 8), o0 = _mm512_srai_epi16(w0, 8);
+        const __m512i e1 = _mm512_srai_epi16(_mm512_slli_epi16(w1, 8), 8), o1 = _mm512_srai_epi16(w1, 8);
+        const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)pb[r]));
+        for (int t = 0; t < T; t++) {
+            __m512i sbs = _mm512_dpwssd_epi32(_mm512_setzero_si512(), e0, bs_pair(x[t], 0));
+            sbs = _mm512_dpwssd_epi32(sbs, o0, bs_pair(x[t], 1));
+            sbs = _mm512_dpwssd_epi32(sbs, e1, bs_pair(x[t], 4));
+            sbs = _mm512_dpwssd_epi32(sbs, o1, bs_pair(x[t], 5));
+            const __m512i s = _mm512_sub_epi32(sumi[t * R + r], _mm512_slli_epi32(sbs, 3));
+            const __m512 vda = _mm512_set1_ps(x[t]->d);
+            acc[t * R + r] = _mm512_add_ps(
+                acc[t * R + r], _mm512_mul_ps(_mm512_mul_ps(dv, vda), _mm512_cvtepi32_ps(s)));
+        }
+    }
+}
+
+// Q4_K, Q5_K and DGQ4 share the nibble layout and the loops; they differ in the scales' fields
+// and in what the activations' group sums multiply (mins, or DGQ4's offset).
+enum { PK_Q4K, PK_Q5K, PK_DGQ4 };
+
 // Loops: per sub-block pair c, the weight words q = 0..7 of all R panels in turn, so a call's
 // 2 R T accumulators are independent chains (an 8-deep chain per panel had left the one-token
 // kernel latency-bound) and each activation broadcast serves every panel.
 static inline __attribute__((always_inline)) void
 pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a, int64_t t0,
-           float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int q5,
+           float *y, int64_t ldy, __mmask16 m0, __mmask16 m1, int accumulate, const int kind,
            const int R, const int T) {
+    const int q5 = kind == PK_Q5K, dgq = kind == PK_DGQ4;
     const int64_t nsb = a->n_in / SB;
-    const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, a->n_in), bb = 16 * (q5 ? 176 : 144);
-    const size_t qs_at = q5 ? 768 : 256; // offset of the qs words
+    const size_t krow = speck_type_row_size(SPECK_TYPE_Q8_K, a->n_in),
+                 bb = 16 * (q5 ? 176 : dgq ? 138 : 144);
+    const size_t qs_at = q5 ? 768 : dgq ? 160 : 256; // offset of the qs words
     const __m512i b4 = _mm512_set1_epi8(0x10);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i k3f = _mm512_set1_epi32(0x3F3F3F3F), k0f = _mm512_set1_epi32(0x0F0F0F0F),
@@ -130,19 +168,30 @@ pq45k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
                 }
             }
             // Sub-blocks 2c, 2c + 1: scale bytes (2c) % 4, (2c + 1) % 4 of sc_lo (c < 2: the low 6
-            // bits of word 0) or sc_hi (word 2's low nibbles, word 0's top bits).
+            // bits of word 0) or sc_hi (word 2's low nibbles, word 0's top bits); DGQ4: of its
+            // int8 scale word c / 2.
             for (int r = 0; r < R; r++) {
-                const __m512i w0 = _mm512_loadu_si512(pb[r] + 64);
-                const __m512i scv =
-                    c < 2 ? _mm512_and_si512(w0, k3f)
-                          : _mm512_or_si512(_mm512_and_si512(_mm512_loadu_si512(pb[r] + 192), k0f),
-                                            _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30));
-                const __m512i s0 = dword_byte(scv, (2 * c) % 4), s1 = dword_byte(scv, (2 * c + 1) % 4);
+                __m512i s0, s1;
+                if (dgq) {
+                    const __m512i w = _mm512_loadu_si512(pb[r] + 32 + 64 * (c / 2));
+                    s0 = sbyte(w, (2 * c) % 4), s1 = sbyte(w, (2 * c + 1) % 4);
+                } else {
+                    const __m512i w0 = _mm512_loadu_si512(pb[r] + 64);
+                    const __m512i scv =
+                        c < 2 ? _mm512_and_si512(w0, k3f)
+                              : _mm512_or_si512(_mm512_and_si512(_mm512_loadu_si512(pb[r] + 192), k0f),
+                                                _mm512_and_si512(_mm512_srli_epi32(w0, 2), k30));
+                    s0 = dword_byte(scv, (2 * c) % 4), s1 = dword_byte(scv, (2 * c + 1) % 4);
+                }
                 for (int t = 0; t < T; t++)
                     sumi[t * R + r] = _mm512_add_epi32(
                         sumi[t * R + r], _mm512_add_epi32(_mm512_mullo_epi32(lo_acc[t * R + r], s0),
                                                           _mm512_mullo_epi32(hi_acc[t * R + r], s1)));
             }
+        }
+        if (dgq) {
+            dgq4_offsets(pb, x, sumi, acc, R, T);
+            continue;
         }
         __m512i bsp[4][2];
         for (int t = 0; t < T; t++) bsp[t][0] = bs_pair(x[t], 0), bsp[t][1] = bs_pair(x[t], 1);
@@ -452,15 +501,17 @@ pq23k_body(const uint8_t *P, size_t pbytes, int64_t pstep, const speck_mm_act *a
     }
 
 #define ARGS P, pbytes, pstep, a, t0, y, ldy, k0, k1, accumulate
-#define Q4K(R, T) pq45k_body(ARGS, 0, R, T)
-#define Q5K(R, T) pq45k_body(ARGS, 1, R, T)
+#define Q4K(R, T) pq45k_body(ARGS, PK_Q4K, R, T)
+#define Q5K(R, T) pq45k_body(ARGS, PK_Q5K, R, T)
 #define Q6K(R, T) pq6k_body(ARGS, R, T)
 #define IQ4XS(R, T) pq4xs_body(ARGS, R, T)
 #define Q2K(R, T) pq23k_body(ARGS, 0, R, T)
 #define Q3K(R, T) pq23k_body(ARGS, 1, R, T)
+#define DGQ4(R, T) pq45k_body(ARGS, PK_DGQ4, R, T)
 PANEL_ENTRY(speck_panel_q2_k_avx512, Q2K)
 PANEL_ENTRY(speck_panel_q3_k_avx512, Q3K)
 PANEL_ENTRY(speck_panel_iq4_xs_avx512, IQ4XS)
 PANEL_ENTRY(speck_panel_q4_k_avx512, Q4K)
 PANEL_ENTRY(speck_panel_q5_k_avx512, Q5K)
 PANEL_ENTRY(speck_panel_q6_k_avx512, Q6K)
+PANEL_ENTRY(speck_panel_dgq4_avx512, DGQ4)

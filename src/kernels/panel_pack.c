@@ -41,6 +41,8 @@ static const panel_layout L_IQ4_XS = {4, {{0, 2, 2}, {2, 2, 2}, {4, 4, 4}, {8, 1
 static const panel_layout L_Q3_K = {4, {{108, 2, 2}, {96, 12, 4}, {0, 32, 4}, {32, 64, 4}}};
 // Q2_K: d, dmin, the 16 scale bytes (4 words), qs (16 words).
 static const panel_layout L_Q2_K = {4, {{80, 2, 2}, {82, 2, 2}, {0, 16, 4}, {16, 64, 4}}};
+// DGQ4: d, the 8 group scales (2 words), qs as Q4_K's (32 words).
+static const panel_layout L_DGQ4 = {3, {{0, 2, 2}, {2, 8, 4}, {10, 128, 4}}};
 // S24_Q8: d, the positions (a word), the 16 kept values (4 words: word g = kept values 4g ..).
 static const panel_layout L_S24_Q8 = {3, {{0, 2, 2}, {18, 4, 4}, {2, 16, 4}}};
 
@@ -68,6 +70,8 @@ static const panel_layout *layout(speck_type t) {
         return &L_Q6_K;
     case SPECK_TYPE_S24_Q8:
         return &L_S24_Q8;
+    case SPECK_TYPE_DGQ4:
+        return &L_DGQ4;
     default:
         return NULL;
     }

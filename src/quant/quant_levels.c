@@ -25,6 +25,7 @@ int speck_levels_info(speck_type t, speck_levels_facts *li) {
         {SPECK_TYPE_Q2_K, 4, 0, false},    {SPECK_TYPE_Q3_K, 8, 4, false},
         {SPECK_TYPE_Q4_K, 16, 0, false},   {SPECK_TYPE_Q5_K, 32, 0, false},
         {SPECK_TYPE_Q6_K, 64, 32, false},  {SPECK_TYPE_IQ4_XS, 16, 0, true},
+        {SPECK_TYPE_DGQ4, 16, 8, false},
     };
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
         if (tab[i].t == t) {
@@ -195,6 +196,13 @@ void speck_levels_get(speck_type t, const void *y, int64_t n, float *A, float *B
             for (int e = 0; e < 256; e++) a[e] = d * b->scales[e / 16], bb[e] = 0;
             break;
         }
+        case SPECK_TYPE_DGQ4: {
+            const speck_block_dgq4 *b = (const void *)blk;
+            get_q45k(b->qs, NULL, l);
+            const float d = h2f(b->d);
+            for (int e = 0; e < 256; e++) a[e] = d * (float)b->sc[e / 32], bb[e] = 0;
+            break;
+        }
         case SPECK_TYPE_IQ4_XS: {
             const speck_block_iq4_xs *b = (const void *)blk;
             for (int j = 0; j < 8; j++) {
@@ -258,6 +266,9 @@ void speck_levels_set(speck_type t, void *y, int64_t n, const uint8_t *L) {
             break;
         case SPECK_TYPE_Q6_K:
             set_q6k((speck_block_q6_k *)(void *)blk, l);
+            break;
+        case SPECK_TYPE_DGQ4:
+            set_q45k(((speck_block_dgq4 *)(void *)blk)->qs, NULL, l);
             break;
         case SPECK_TYPE_IQ4_XS:
             for (int j = 0; j < 8; j++)

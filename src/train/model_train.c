@@ -169,6 +169,7 @@ static int check_batch(speck_train_model *tm, const int32_t *in, const int32_t *
                                    "train: token id %d at %zu out of range [0, %d) (vocabulary "
                                    "and model do not match?)",
                                    in[i] < 0 || in[i] >= c->n_vocab ? in[i] : tg[i], i, c->n_vocab);
+    train_nm_refresh(tm); // the masked copies follow the dense weights' last update
     return acts_reserve(tm, B, T);
 }
 
@@ -183,7 +184,7 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
                     float *loss) {
     const speck_train_config *c = &tm->cfg;
     speck_tacts *a = tm->acts;
-    const speck_tweights *w = &tm->p;
+    const speck_tweights *w = &tm->f; // N:M training: the masked matrices
     int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
     int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
     const tmoe_shape sh = moe_shape(c, N);
@@ -237,7 +238,9 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
                      float grad_scale) {
     const speck_train_config *c = &tm->cfg;
     speck_tacts *a = tm->acts;
-    const speck_tweights *w = &tm->p, *g = &tm->g;
+    // N:M training: dx through the masked matrices; dW is dL/dW̃, applied to the dense W
+    // (straight-through).
+    const speck_tweights *w = &tm->f, *g = &tm->g;
     int N = B * T, C = c->n_embd, hd = tm->head_dim, H = c->n_head, Hkv = c->n_head_kv;
     int Qd = H * hd, KVd = Hkv * hd, F = c->n_ff, V = c->n_vocab;
     if (tg) { // else train_backward_logits: a->logits already holds dL/dlogits
@@ -386,7 +389,9 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
     tm->tensors = calloc((size_t)(3 + 10 * c->n_layer), sizeof *tm->tensors);
     tm->p.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
     tm->g.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
-    if (!tm->rope_freq || !tm->tensors || !tm->p.layers || !tm->g.layers) goto oom;
+    speck_tlayer *f_layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
+    tm->f.layers = f_layers;
+    if (!tm->rope_freq || !tm->tensors || !tm->p.layers || !tm->g.layers || !f_layers) goto oom;
     for (int j = 0; j < hd / 2; j++)
         tm->rope_freq[j] = (float)pow((double)c->rope_freq_base, -2.0 * j / hd);
     int64_t off = 0;
@@ -435,6 +440,9 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
     if (!tm->params || !tm->grads || !tm->adam_m || !tm->adam_v) goto oom;
     speck_tweights_bind(tm, tm->params, &tm->p);
     speck_tweights_bind(tm, tm->grads, &tm->g);
+    tm->f = tm->p; // dense training reads the params (speck_train_set_nm rebinds)
+    tm->f.layers = f_layers;
+    memcpy(f_layers, tm->p.layers, (size_t)c->n_layer * sizeof *f_layers);
     return tm;
 oom:
     speck_train_model_free(tm);
@@ -594,6 +602,8 @@ void speck_train_model_free(speck_train_model *tm) {
     free(tm->tensors);
     free(tm->p.layers);
     free(tm->g.layers);
+    free(tm->f.layers);
+    train_nm_free(tm);
     free(tm->params);
     free(tm->grads);
     free(tm->adam_m);

@@ -71,6 +71,7 @@ void speck_adamw_update(const speck_adamw_params *p, int64_t step, float clip, b
 
 int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t step,
                      float *grad_norm) {
+    train_nm_refine(tm); // SR-STE: + λ_W (1 - E) ⊙ W on the masked matrices
     double norm = speck_train_grad_norm(tm);
     if (grad_norm) *grad_norm = (float)norm;
     float clip = 1.0f;
@@ -83,6 +84,7 @@ int speck_adamw_step(speck_train_model *tm, const speck_adamw_params *p, int64_t
                            tm->adam_m + t->offset, tm->adam_v + t->offset,
                            t->ne0 * t->ne1 * t->ne2);
     }
+    train_nm_after_step(tm, step);
     return 0;
 }
 
@@ -108,15 +110,32 @@ static int copy_vocab(speck_gguf_writer *w, const char *vocab_path, int n_vocab)
 }
 
 // Model keys + weights (matrices as `type`, norms f32). bufs receives converted copies that must
-// live until the writer is saved.
+// live until the writer is saved. masked: N:M training's masked matrices as the passes read
+// them (exports), else the dense weights (checkpoints); S24_Q8 applies to those only, the other
+// matrices are then f16.
 static int write_model(speck_gguf_writer *w, speck_train_model *tm, speck_type type,
-                       const char *name, void **bufs) {
+                       const char *name, void **bufs, bool masked) {
+    const speck_nm_params nm = speck_train_nm(tm);
+    masked = masked && nm.m > 0;
+    if (type == SPECK_TYPE_S24_Q8 && !(masked && nm.n == 2 && nm.m == 4))
+        return speck_set_error(SPECK_ERR_ARG,
+                               "export: type s24_q8 needs 2:4 sparse training (the model's "
+                               "matrices are %s)",
+                               nm.m ? "N:M with another pattern" : "dense");
     speck_hparams hp = tm->hp;
     snprintf(hp.name, sizeof hp.name, "%s", name ? name : "speck-trained");
     int err = speck_hparams_write(w, &hp);
     if (err) return err;
-    if (speck_gguf_set_u32(w, "general.file_type", (uint32_t)speck_gguf_file_type(type)))
+    const int ft = speck_gguf_file_type(type == SPECK_TYPE_S24_Q8 ? SPECK_TYPE_F16 : type);
+    if (speck_gguf_set_u32(w, "general.file_type", (uint32_t)ft))
         return speck_set_error(SPECK_ERR_NOMEM, "export: out of memory");
+    if (masked) { // the keys `speck prune` writes
+        char spars[32];
+        snprintf(spars, sizeof spars, "%d:%d", nm.n, nm.m);
+        if (speck_gguf_set_str(w, "speck.prune.method", "sr-ste") ||
+            speck_gguf_set_str(w, "speck.prune.sparsity", spars))
+            return speck_set_error(SPECK_ERR_NOMEM, "export: out of memory");
+    }
     if (tm->rope_factors) {
         int64_t ne[1] = {tm->head_dim / 2};
         if ((err = speck_gguf_add_tensor(w, "rope_freqs.weight", SPECK_TYPE_F32, 1, ne,
@@ -125,9 +144,11 @@ static int write_model(speck_gguf_writer *w, speck_train_model *tm, speck_type t
     }
     for (int i = 0; i < tm->n_tensors; i++) {
         const speck_ttensor *t = &tm->tensors[i];
-        const float *src = tm->params + t->offset;
+        const bool is_masked = masked && speck_train_nm_mask(tm, i);
+        const float *src = is_masked ? train_nm_values(tm, i) : tm->params + t->offset;
         int64_t ne[3] = {t->ne0, t->ne1, t->ne2}, rows = t->ne1 * t->ne2;
         speck_type tt = t->is_matrix ? type : SPECK_TYPE_F32;
+        if (tt == SPECK_TYPE_S24_Q8 && !is_masked) tt = SPECK_TYPE_F16;
         if (tt != SPECK_TYPE_F32 && t->ne0 % speck_type_block_size(tt))
             return speck_set_error(SPECK_ERR_ARG,
                                    "export: %s row length %lld is not a multiple "
@@ -162,7 +183,7 @@ int speck_train_export(speck_train_model *tm, const char *vocab_path, speck_type
         return speck_set_error(SPECK_ERR_NOMEM, "export: out of memory");
     }
     if (!vocab_path) vocab_path = tm->src_path;
-    int err = write_model(w, tm, type, name, bufs);
+    int err = write_model(w, tm, type, name, bufs, true);
     if (!err && vocab_path) err = copy_vocab(w, vocab_path, tm->cfg.n_vocab);
     if (!err) err = speck_gguf_writer_save(w, path);
     speck_gguf_writer_free(w);
@@ -181,7 +202,7 @@ int speck_train_checkpoint_save(speck_train_model *tm, const speck_train_state *
     int err = 0;
     if (!w || !bufs || !names) err = speck_set_error(SPECK_ERR_NOMEM, "checkpoint: out of memory");
     if (!vocab_path) vocab_path = tm->src_path;
-    if (!err) err = write_model(w, tm, SPECK_TYPE_F32, "speck training checkpoint", bufs);
+    if (!err) err = write_model(w, tm, SPECK_TYPE_F32, "speck training checkpoint", bufs, false);
     if (!err && vocab_path) err = copy_vocab(w, vocab_path, tm->cfg.n_vocab);
     if (!err) {
         err |= speck_gguf_set_u64(w, "train.step", (uint64_t)st->step);
@@ -250,6 +271,7 @@ int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_t
     }
     if (!err) {
         memcpy(tm->params, ck->params, (size_t)tm->n_params * sizeof(float));
+        if (tm->nm.m) tm->nm.stale = true; // masks from the restored dense weights
         st->step = speck_gguf_get_int(g, ks);
         int64_t ki = speck_gguf_find_key(g, "train.seed");
         st->seed = ki >= 0 ? (uint64_t)speck_gguf_get_int(g, ki) : 0;

@@ -39,6 +39,18 @@ typedef struct {
 // Saved activations for one (B, T) batch shape; see model_train.c for each buffer's shape.
 typedef struct speck_tacts speck_tacts;
 
+// N:M sparse training (SR-STE, nm_train.c); off while m == 0. The masked tensors are the layers'
+// 2-D matrices (q, k, v, output, gate, up, down: what `speck prune` prunes).
+typedef struct {
+    int n, m, every; // keep n of every m inputs; masks recomputed every `every` optimizer steps
+    float lambda;    // λ_W of the sparse-refined term
+    int64_t n_masked; // elements of the masked tensors
+    int64_t *moff;    // (n_tensors) offset of tensor i in mask and w; -1: not masked
+    uint8_t *mask;    // (n_masked) 1 = kept
+    float *w;         // (n_masked) params ⊙ mask: what the forward and backward passes read
+    bool stale;       // masks to be recomputed from the dense weights before the next pass
+} speck_tnm;
+
 struct speck_train_model {
     speck_train_config cfg;
     // The architecture and every hyper-parameter of the model written on export (the source's
@@ -53,6 +65,9 @@ struct speck_train_model {
     int64_t n_params;
     float *params, *grads, *adam_m, *adam_v; // (n_params) each; moments zero until first step
     speck_tweights p, g;
+    // The weights the passes read: p, or with N:M training p with the masked matrices (nm.w).
+    speck_tweights f;
+    speck_tnm nm;
     speck_tacts *acts;
     float aux_coef;  // weight of the load-balancing loss in the objective (experts only)
     double aux_loss; // its value in the last forward pass (mean over layers)
@@ -84,5 +99,17 @@ void train_backward_logits(speck_train_model *tm, const int32_t *inputs, int B, 
 
 // Map the tensor table over a flat buffer.
 void speck_tweights_bind(speck_train_model *tm, float *base, speck_tweights *w);
+
+// N:M training (nm_train.c). train_nm_refresh: recompute stale masks, then nm.w = params ⊙ mask
+// (before every pass: the dense weights change between passes). train_nm_refine: add
+// λ_W (1 - mask) ⊙ W to the gradients of the masked tensors (before the optimizer step).
+// train_nm_after_step: optimizer step `step` (0-based) is done; mark the masks stale when the
+// next one starts a new period of `every`. train_nm_free releases the state.
+void train_nm_refresh(speck_train_model *tm);
+void train_nm_refine(speck_train_model *tm);
+void train_nm_after_step(speck_train_model *tm, int64_t step);
+void train_nm_free(speck_train_model *tm);
+// Tensor i's values as training last used them: masked (nm.w) when masked, else params.
+const float *train_nm_values(speck_train_model *tm, int i);
 
 #endif

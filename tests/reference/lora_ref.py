@@ -13,6 +13,12 @@ dequantized values) and the saved adapter, puts W + (alpha / r)·B·A into the r
   gradients:  ||g_speck - g_ref|| / ||g_ref|| <= 1e-3 per matrix (float32 vs float64 arithmetic
               gives ~1e-6; a missing scale, a transposed factor or a wrong term gives >= 1e-2)
 
+The Block-LoRA case (share K, Zhou et al. 2025, "One Head Eight Arms"): B's rank columns are K
+blocks B_i (n_out, r/K) and every down-projection block is one shared A_s (r/K, n_in), so
+delta W = (alpha / r) sum_i B_i A_s. The reference builds that sum with A_s as ONE leaf (autograd
+adds its K uses) and compares with speck's folded gradient of the shared block; the saved
+adapter's A must hold K identical copies of A_s.
+
 The "masked" case drops the targets of half of row 0 and of every odd position of row 1 on both
 sides (torch: ignore_index): the loss is the mean over the remaining positions only, and the
 gradients come only from them (loss masking of prompts and non-assistant turns).
@@ -39,13 +45,15 @@ TOL_GRAD = 1e-3
 TOL_LOSS = 1e-5
 B, T = 2, 12
 RANK, ALPHA = 4, 8.0
-# (config, base type, targets, masked)
-CASES = [("gqa", "f32", "q,k,v,o,gate,up,down", False),
-         ("mqa", "f32", "q,v,down", False),
-         ("gqa", "q8_0", "q,k,v,o,gate,up,down", False),
-         ("gqa", "q4_0", "q,k,v,o,gate,up,down", False),
-         ("qwen2", "f32", "q,k,v,o", False),
-         ("gqa", "f32", "q,k,v,o,gate,up,down", True)]
+# (config, base type, targets, masked, Block-LoRA shared blocks)
+CASES = [("gqa", "f32", "q,k,v,o,gate,up,down", False, 1),
+         ("mqa", "f32", "q,v,down", False, 1),
+         ("gqa", "q8_0", "q,k,v,o,gate,up,down", False, 1),
+         ("gqa", "q4_0", "q,k,v,o,gate,up,down", False, 1),
+         ("qwen2", "f32", "q,k,v,o", False, 1),
+         ("gqa", "f32", "q,k,v,o,gate,up,down", True, 1),
+         ("gqa", "f32", "q,k,v,o,gate,up,down", False, 2),
+         ("gqa", "q8_0", "q,v,down", False, 4)]
 GG = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
 
 
@@ -64,8 +72,9 @@ def main() -> int:
     os.makedirs(args.workdir, exist_ok=True)
     torch.set_num_threads(2)
     passed = failed = 0
-    for cfg, wtype, targets, masked in CASES:
-        tag = f"{cfg}-{wtype}-{targets.replace(',', '')}{'-masked' if masked else ''}"
+    for cfg, wtype, targets, masked, share in CASES:
+        tag = (f"{cfg}-{wtype}-{targets.replace(',', '')}{'-masked' if masked else ''}"
+               f"{f'-share{share}' if share > 1 else ''}")
         model = M.make_model(cfg, os.path.join(args.workdir, f"{cfg}-{wtype}.gguf"), wtype, seed=3)
         rng = np.random.default_rng(11)
         tok = rng.integers(0, M.config(cfg)["n_vocab"], size=(B, T + 1)).astype("<i4")
@@ -74,7 +83,8 @@ def main() -> int:
         out = os.path.join(args.workdir, tag)
         os.makedirs(out, exist_ok=True)
         subprocess.run([args.dump, model, tok_path, str(B), str(T), out, str(RANK), str(ALPHA),
-                        targets] + (["mask"] if masked else []), check=True)
+                        targets] + (["mask"] if masked else [])
+                       + ([f"share={share}"] if share > 1 else []), check=True)
 
         g = G.read_gguf(model)
         ad = G.read_gguf(os.path.join(out, "adapter.gguf"))
@@ -86,12 +96,19 @@ def main() -> int:
             if not name.endswith(".lora_a"):
                 continue
             wname = name[:-len(".lora_a")]
-            a = torch.from_numpy(np.asarray(ad.tensors[name], dtype=np.float64)).requires_grad_()
+            a_np = np.asarray(ad.tensors[name], dtype=np.float64)
             b = torch.from_numpy(np.asarray(ad.tensors[wname + ".lora_b"],
                                             dtype=np.float64)).requires_grad_()
-            assert a.shape[0] == b.shape[1] == RANK
+            assert a_np.shape[0] == b.shape[1] == RANK
+            q = RANK // share
+            for i in range(1, share):  # the saved A: K identical copies of the shared block
+                if not np.array_equal(a_np[i * q:(i + 1) * q], a_np[:q]):
+                    print(f"FAIL {tag}: {name} block {i} differs from the shared block 0")
+                    failed += 1
+            a = torch.from_numpy(a_np[:q].copy()).requires_grad_()
             leaves[name], leaves[wname + ".lora_b"] = a, b
-            ref.w[wname] = ref.w[wname] + (alpha / RANK) * (b @ a)
+            delta = sum(b[:, i * q:(i + 1) * q] @ a for i in range(share))
+            ref.w[wname] = ref.w[wname] + (alpha / RANK) * delta
         tgt = tok[:, 1:].astype(np.int64)
         if masked:
             tgt = mask_targets(tgt)

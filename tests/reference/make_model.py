@@ -122,7 +122,7 @@ TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 # once (see MIX). Types with 256-value super-blocks (and mix) use widened models (WIDE) so that
 # every row length is a multiple of 256.
 QTYPES = ("q4_1", "q5_0", "q5_1", "iq4_nl", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs",
-          "mix")
+          "dgq4", "mix")
 ALL_TYPES = TYPES + QTYPES
 WIDE = dict(n_embd=256, n_ff=512)
 # mix: Q4_K matrices, a Q6_K head and Q6_K attn_v / ffn_down in layer 0 (as llama.cpp's Q4_K_M

@@ -41,6 +41,7 @@ TYPES = {
     "q8_0": (8, 32, 34), "q2_k": (10, 256, 84), "q3_k": (11, 256, 110), "q4_k": (12, 256, 144),
     "q5_k": (13, 256, 176), "q6_k": (14, 256, 210), "iq4_nl": (20, 32, 18),
     "iq4_xs": (23, 256, 136),
+    "dgq4": (101, 256, 138),  # speck's own Dual-Grained Quantization type (no ggml id)
 }
 
 # The 16 levels of the IQ4_NL / IQ4_XS grid.
@@ -182,11 +183,22 @@ def deq_iq4_xs(b):
     return (dl[:, :, None] * IQ4_GRID[q]).reshape(nb, 256)
 
 
+def deq_dgq4(b):
+    # { fp16 d; i8 sc[8]; u8 qs[128] }: x = (d * sc[e // 32]) * (q - 8), nibbles in Q4_K's order
+    # (values 64c .. 64c + 31 the low nibbles of qs[32c .. 32c + 31], the next 32 the high ones).
+    nb = b.shape[0]
+    d = f16(b, 0)
+    sc = b[:, 2:10].view(np.int8).astype(np.float32)
+    c = b[:, 10:138].reshape(nb, 4, 32)
+    q = np.stack([c & 0xF, c >> 4], axis=2).reshape(nb, 8, 32).astype(np.float32) - 8
+    return ((d[:, None] * sc)[:, :, None] * q).reshape(nb, 256)
+
+
 DEQUANT = {
     "q4_0": deq_q4_0, "q4_1": deq_q4_1, "q5_0": lambda b: deq_q5(b, False),
     "q5_1": lambda b: deq_q5(b, True), "q8_0": deq_q8_0, "q2_k": deq_q2_k, "q3_k": deq_q3_k,
     "q4_k": lambda b: deq_q45_k(b, False), "q5_k": lambda b: deq_q45_k(b, True),
-    "q6_k": deq_q6_k, "iq4_nl": deq_iq4_nl, "iq4_xs": deq_iq4_xs,
+    "q6_k": deq_q6_k, "iq4_nl": deq_iq4_nl, "iq4_xs": deq_iq4_xs, "dgq4": deq_dgq4,
 }
 def dequantize_any(name: str, raw) -> np.ndarray:
     """Like dequantize, for callers holding a buffer (memoryview, bytes)."""
@@ -335,6 +347,16 @@ def _qk(name, x):
               ((h[:, :, 3] >> 4) << 6))
         return np.concatenate([ql.reshape(nb, 128), qh.reshape(nb, 64),
                                sc.astype(np.int8).view(np.uint8), _h(D)], axis=1)
+    if name == "dgq4":  # group scale = signed max / -8, d = the largest |group scale| / 127
+        sub = x.reshape(nb, 8, 32)
+        scale = _signed_max(sub, 2) / np.float32(-8)
+        D = np.abs(scale).max(1) / np.float32(127)
+        sc = np.clip(np.rint(_div(scale, D[:, None])), -127, 127).astype(np.int32)
+        dl = _hv(D)[:, None] * sc.astype(np.float32)
+        q = (np.clip(np.rint(_div(sub, dl[:, :, None])), -8, 7) + 8).astype(np.uint8)
+        c = q.reshape(nb, 4, 2, 32)
+        qs = (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(nb, 128)
+        return np.concatenate([_h(D), sc.astype(np.int8).view(np.uint8), qs], axis=1)
     # iq4_xs
     sub = x.reshape(nb, 8, 32)
     dj = _signed_max(sub, 2) / np.float32(-127)
@@ -366,6 +388,7 @@ def quantize(name: str, x: np.ndarray) -> bytes:
 F16_FIELDS = {
     "q4_0": [0], "q4_1": [0, 2], "q5_0": [0], "q5_1": [0, 2], "q8_0": [0], "q2_k": [80, 82],
     "q3_k": [108], "q4_k": [0, 2], "q5_k": [0, 2], "q6_k": [208], "iq4_nl": [0], "iq4_xs": [0],
+    "dgq4": [0],
 }
 
 
@@ -419,12 +442,14 @@ def same_bits(a: np.ndarray, b: np.ndarray):
 #   q4_1   4.1/15/3.46   = 0.079  / 0.081       q4_k  (as q4_1, searched) / 0.074
 #   iq4_nl, iq4_xs (a 16-level grid, denser near 0)  / 0.080
 #   q3_k   1.77/4/3.46   = 0.128  / 0.154       q2_k  3.5/3/3.46   = 0.34  / 0.30
+#   dgq4   (as q4_0: 8 levels a side per 32 values, the scale an integer multiple of d) / 0.084
 # (the extra over the prediction is the fp16 / 4-8-bit rounding of the scales). Bounds are 1.2x
 # the measured worst: rounding-level changes pass, while a wrong level, scale or min (errors of
 # 2x and more) fails.
 QUANT_RMSE = {
     "q8_0": 0.0066, "q6_k": 0.027, "q5_0": 0.053, "q5_1": 0.047, "q5_k": 0.046, "q4_0": 0.106,
     "q4_1": 0.097, "q4_k": 0.089, "iq4_nl": 0.096, "iq4_xs": 0.096, "q3_k": 0.185, "q2_k": 0.365,
+    "dgq4": 0.100,
 }
 
 

@@ -59,7 +59,7 @@ TOL_QUANT = 1e-1
 TOL_QUANT_RMS = 2e-2
 # The other 32-value block types (q4_1, q5_0, q5_1, iq4_nl) take the same Q8_0 activations, and
 # their worst observed errors are alike (max 2.3-3.4e-2, rms 0.6-0.7e-2 x scale): the same bounds.
-# The 256-value types (K-quants, iq4_xs, and "mix", whose matrices are mostly Q4_K / Q6_K) round
+# The 256-value types (K-quants, iq4_xs, dgq4, and "mix", whose matrices are mostly Q4_K / Q6_K) round
 # activations to Q8_K: one scale per 256 values, so each value's rounding step (the block's
 # largest magnitude / 127, ~2.9 sigma for 256 Gaussian values against ~2.07 for 32) is ~1.4x
 # Q8_0's. Observed worst over the configs and modes: max 6.8e-2, rms 1.2e-2 x scale (mix up to
@@ -67,7 +67,7 @@ TOL_QUANT_RMS = 2e-2
 # order moves these wide models' logits by 0.3 x scale and more.
 TOL_QUANT_K = 1.5e-1
 TOL_QUANT_K_RMS = 3e-2
-K_ACT_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs", "mix")
+K_ACT_TYPES = ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs", "dgq4", "mix")
 # --kv f16: both sides round keys and values to f16, but speck rounds values computed in float32
 # and the reference values computed in float64, so an element lying near an f16 rounding
 # boundary can round one f16 ulp (2^-11 relative) apart. Each such flip moves the logits by
