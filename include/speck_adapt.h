@@ -257,8 +257,9 @@ speck_model *speck_model_load_deltas(const char *path, const char *const *deltas
 //
 // Only k chosen elements of the base's matrices train, as a delta δ over them: W = W0 + δ at
 // those positions. The optimiser state is the k values, their positions, the base values there
-// and their AdamW moments. The gradient comes from speck train's f32 model (a dense gradient
-// of every weight is computed and read at the k positions; see docs for its memory).
+// and their AdamW moments. The forward and backward pass are speck train's f32 model's; while a
+// sparse trainer is attached its backward computes each matrix's weight gradient only at the
+// trained positions (no dense gradient of the model; docs/adaptation.md).
 //   SpIEL (Ansell et al. 2024): k random positions per target matrix (k/n the density); every
 //     update_every steps drop the ζ·k active positions of smallest |δ| and regrow as many with
 //     the largest accumulated gradient |Σ g| over the last accum_steps steps (SpIEL-AG), among
@@ -286,14 +287,17 @@ speck_sparse_params speck_sparse_default(void);
 int speck_sparse_parse_method(const char *name, speck_sparse_method *m);
 
 typedef struct speck_sparse_ft speck_sparse_ft;
-// Choose the positions over tm's current weights (they become the base W0). Errors: density
+// Choose the positions over tm's current weights (they become the base W0) and attach to tm:
+// from then on speck_train_step's backward adds the gradient at those positions here (and
+// gives tm no matrix or embedding gradients) until speck_sparse_ft_free. Errors: density
 // outside (0, 1], a budget larger than the targets, a model with experts.
 speck_sparse_ft *speck_sparse_ft_new(speck_train_model *tm, const speck_sparse_params *p);
 void speck_sparse_ft_free(speck_sparse_ft *s);
 int64_t speck_sparse_ft_n_params(const speck_sparse_ft *s);
-// After speck_train_step has accumulated tm's gradients: clip by the norm of the gradient at
-// the trained positions, one AdamW step on δ (weight decay pulls δ to 0), write W0 + δ into tm,
-// then (SpIEL) accumulate for / run a drop-and-regrow. *grad_norm may be NULL.
+// After speck_train_step(s) (micro-batches accumulate): clip by the norm of the gradient at the
+// trained positions, one AdamW step on δ (weight decay pulls δ to 0), write W0 + δ into tm,
+// zero the gradient, then (SpIEL) a drop-and-regrow when due. Steps must come in order from 0.
+// *grad_norm may be NULL.
 int speck_sparse_ft_step(speck_sparse_ft *s, const speck_adamw_params *p, int64_t step,
                          float *grad_norm);
 // The gradient at the trained positions as of the last speck_sparse_ft_step (before clipping),
