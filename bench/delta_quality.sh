@@ -38,6 +38,48 @@ open(os.path.join(w, 'held.txt'), 'w').write('\n'.join(held)[:24_000])
 EOF
 ft=(-m "$BASE" --data "$W/train.txt" --steps "$STEPS" --batch 8 --ctx 128 --val-every 50
     --threads "$T" --quiet)
+
+# ---- sparse fine-tuning (SpIEL, S2FT) against full and LoRA: begin ------------------------------
+# SpIEL and S2FT at the trainable-parameter count of the rank-16 LoRA (311,296 for the default
+# model; LORA_PARAMS= for another), same data, steps and batch; each of full, LoRA, SpIEL, S2FT
+# run under /usr/bin/time -v for its peak RSS and training tok/s; held-out perplexity of the
+# sparse deltas applied at load (speck eval --delta). ONLY=sparse runs just this block; in a
+# whole run it trains full and LoRA a second time (timed), after the table above.
+sparse_block() {
+  local P=${LORA_PARAMS:-311296} name secs rss
+  echo "# sparse block: $(date -u '+%F %H:%M') UTC; $(uptime)"
+  timed() { # NAME CMD...: runs CMD under /usr/bin/time -v; prints "secs rss_kib"
+    local n=$1
+    shift
+    /usr/bin/time -v "$@" 2> "$W/time_$n.txt" >/dev/null
+    awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, a, ":"); s = 0
+                  for (i = 1; i <= n; i++) s = s * 60 + a[i]; printf "%.1f ", s}
+                /Maximum resident set size/ {print $2}' "$W/time_$n.txt"
+  }
+  local toks=$((STEPS * 8 * 128))
+  echo "| method | trained parameters | held-out ppl | train s | tok/s | peak RSS MiB |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  local pb
+  pb=$("$SPECK" eval -m "$BASE" --text "$W/held.txt" -t "$T" 2>&1 | awk '/^perplexity:/ {print $2}')
+  echo "| base | 0 | $pb | - | - | - |"
+  for name in full lora spiel s2ft; do
+    case $name in
+      full) read -r secs rss < <(timed full "$SPECK" finetune --full "${ft[@]}" --lr 3e-4 -o "$W/sp_full.gguf") ;;
+      lora) read -r secs rss < <(timed lora "$SPECK" finetune "${ft[@]}" --rank 16 --lr 1e-3 -o "$W/sp_lora.gguf") ;;
+      *) read -r secs rss < <(timed "$name" "$SPECK" finetune --sparse "$name" --params "$P" "${ft[@]}" --lr 1e-3 -o "$W/sp_$name.gguf") ;;
+    esac
+    local ev=(-m "$BASE" --delta "$W/sp_$name.gguf") np=$P
+    [[ $name == full ]] && ev=(-m "$W/sp_full.gguf") && np=all
+    [[ $name == lora ]] && ev=(-m "$BASE" --lora "$W/sp_lora.gguf")
+    [[ $name == s2ft ]] && np=$("$SPECK" delta info "$W/sp_s2ft.gguf" | sed -E 's/.* ([0-9]+) stored.*/\1/')
+    local p
+    p=$("$SPECK" eval "${ev[@]}" --text "$W/held.txt" -t "$T" 2>&1 | awk '/^perplexity:/ {print $2}')
+    echo "| $name | $np | $p | $secs | $(python3 -c "print(f'{$toks / $secs:.0f}')") | $((rss / 1024)) |"
+  done
+  echo "# sparse block end: $(date -u '+%F %H:%M') UTC; $(uptime)"
+}
+[[ ${ONLY:-} == sparse ]] && { sparse_block; exit 0; }
+# ---- sparse fine-tuning: end (called again at the bottom) ----------------------------------------
 echo "# $(date -u '+%F %H:%M') UTC; $(uptime)"
 t0=$(date +%s)
 "$SPECK" finetune --full "${ft[@]}" --lr 3e-4 -o "$W/full.gguf"
@@ -98,3 +140,5 @@ done
 p=$(ppl "$W/lora_merged.gguf")
 echo "| LoRA rank 16 (same data, steps) | adapter f32 | $(size "$W/lora.gguf") | $p | $(gain "$p") |"
 echo "# $(date -u '+%F %H:%M') UTC; $(uptime)"
+# sparse fine-tuning block (defined above)
+sparse_block

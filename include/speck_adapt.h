@@ -191,6 +191,7 @@ typedef enum {
     SPECK_DELTA_DARE,
     SPECK_DELTA_DAREX_Q,
     SPECK_DELTA_COMPEFT,
+    SPECK_DELTA_SFT, // trained sparse (SpIEL, S2FT, or a sum of deltas): plain sparse values
 } speck_delta_method;
 
 // tuned − base, tensor by tensor (any stored type, dequantized). The models must have the same
@@ -231,9 +232,87 @@ typedef struct {
     int64_t n_elements;   // their elements
     int64_t n_stored;     // elements with a stored value (dense: all; sparse: kept)
     int64_t n_nonzero;    // nonzero values
+    const char *sft;      // SFT: "spiel", "s2ft" or "sum"
+    uint64_t base_fp;     // fingerprint of the base (0: not recorded)
 } speck_delta_info;
 void speck_delta_get_info(const speck_delta *d, speck_delta_info *info);
-const char *speck_delta_method_name(speck_delta_method m); // "dense", "dare", "darex-q", "compeft"
+const char *speck_delta_method_name(speck_delta_method m); // "dense", "dare", "darex-q", "compeft", "sft"
+// Composition (LT-SFT's rule, Ansell et al. 2022): add d into acc tensor by tensor: a tensor acc
+// lacks is copied, one both hold is summed (union of positions; dense when either is dense).
+// Both must be for the same architecture and, where both say, the same base (fingerprint).
+// acc becomes method "sft" (sub-method "sum") unless both were dense.
+int speck_delta_add(speck_delta *acc, const speck_delta *d);
+// A new empty delta for an architecture (to add deltas into).
+speck_delta *speck_delta_new(const char *arch);
+// Load a model with n deltas (files) added to it (`--delta`): their sum is applied onto the base
+// in a temporary file ($TMPDIR or /tmp, matrices keep their types as in speck_delta_apply),
+// which the model maps and which is unlinked at once; the same weights as `speck delta apply`
+// then speck_model_load_ex. n = 0: speck_model_load_ex.
+speck_model *speck_model_load_deltas(const char *path, const char *const *deltas, int n,
+                                     unsigned flags);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sparse fine-tuning: SpIEL, S2FT (docs/adaptation.md, "Sparse fine-tuning")                  */
+/* ------------------------------------------------------------------------------------------ */
+//
+// Only k chosen elements of the base's matrices train, as a delta δ over them: W = W0 + δ at
+// those positions. The optimiser state is the k values, their positions, the base values there
+// and their AdamW moments. The forward and backward pass are speck train's f32 model's; while a
+// sparse trainer is attached its backward computes each matrix's weight gradient only at the
+// trained positions (no dense gradient of the model; docs/adaptation.md).
+//   SpIEL (Ansell et al. 2024): k random positions per target matrix (k/n the density); every
+//     update_every steps drop the ζ·k active positions of smallest |δ| and regrow as many with
+//     the largest accumulated gradient |Σ g| over the last accum_steps steps (SpIEL-AG), among
+//     candidates: the k inactive positions of largest |g| in the first of those steps. ζ decays
+//     from drop_fraction to 0 by the last step (cosine). Regrown values start at 0 with zero
+//     moments; dropped ones return to the base value.
+//   S2FT (Yang et al. 2024): per layer a random set of attention heads and FFN channels; the
+//     columns of attn_output (head dims) and ffn_down (channels) they feed train, nothing else.
+typedef enum { SPECK_SPARSE_SPIEL, SPECK_SPARSE_S2FT } speck_sparse_method;
+
+typedef struct {
+    speck_sparse_method method;
+    double density;      // trained fraction of the target matrices' elements, in (0, 1]
+    int64_t n_params;    // > 0: train this many instead (overrides density)
+    unsigned targets;    // SpIEL: SPECK_LORA_* bits (S2FT always trains o and down)
+    int update_every;    // SpIEL: steps between drop/regrow (default 20; 0 = never)
+    int accum_steps;     // SpIEL-AG: gradient steps accumulated before a regrow (5)
+    float drop_fraction; // SpIEL: initial ζ (0.2)
+    int total_steps;     // the run's steps (ζ's schedule)
+    uint64_t seed;
+} speck_sparse_params;
+
+speck_sparse_params speck_sparse_default(void);
+// Parse "spiel" / "s2ft"; error naming the method otherwise.
+int speck_sparse_parse_method(const char *name, speck_sparse_method *m);
+
+typedef struct speck_sparse_ft speck_sparse_ft;
+// Choose the positions over tm's current weights (they become the base W0) and attach to tm:
+// from then on speck_train_step's backward adds the gradient at those positions here (and
+// gives tm no matrix or embedding gradients) until speck_sparse_ft_free. Errors: density
+// outside (0, 1], a budget larger than the targets, a model with experts.
+speck_sparse_ft *speck_sparse_ft_new(speck_train_model *tm, const speck_sparse_params *p);
+void speck_sparse_ft_free(speck_sparse_ft *s);
+int64_t speck_sparse_ft_n_params(const speck_sparse_ft *s);
+// After speck_train_step(s) (micro-batches accumulate): clip by the norm of the gradient at the
+// trained positions, one AdamW step on δ (weight decay pulls δ to 0), write W0 + δ into tm,
+// zero the gradient, then (SpIEL) a drop-and-regrow when due. Steps must come in order from 0.
+// *grad_norm may be NULL.
+int speck_sparse_ft_step(speck_sparse_ft *s, const speck_adamw_params *p, int64_t step,
+                         float *grad_norm);
+// The gradient at the trained positions as of the last speck_sparse_ft_step (before clipping),
+// in the order of speck_sparse_ft_delta's tensors and positions (tests).
+const float *speck_sparse_ft_grad(const speck_sparse_ft *s);
+// δ as a sparse delta (method "sft"; positions with δ == 0 are kept, so the mask is whole).
+speck_delta *speck_sparse_ft_delta(const speck_sparse_ft *s);
+// One drop-and-regrow now, ζ given, from acc (the accumulated gradient at the candidates) —
+// the rule speck_sparse_ft_step runs; exposed for the numpy reference test. Works on one
+// tensor's arrays: idx (k, increasing) and val (k) of the active set, cand (c, increasing) with
+// acc (c); returns in new_idx (k, increasing) the positions kept or grown and in grown (k) 1
+// where grown. Drops floor(zeta·k) (at most c).
+int64_t speck_sparse_regrow(const int64_t *idx, const float *val, int64_t k, const int64_t *cand,
+                            const float *acc, int64_t c, float zeta, int64_t *new_idx,
+                            uint8_t *grown);
 
 
 #ifdef __cplusplus

@@ -141,6 +141,31 @@ expect 1 "merge onto another base" -- "$SPECK" merge "$D" "$dir/a.gguf" -o "$dir
 [[ ! -e $dir/x.gguf ]] && ok || bad "merge onto another base left a file"
 expect 1 "model as adapter" -- "$SPECK" generate -m "$M" --lora "$M" -p x -n 1
 mentions "not 'adapter'"
+# Sparse fine-tuning (--sparse spiel|s2ft): a delta applied at load (--delta) scores as the same
+# delta merged by `delta apply`; two deltas compose; bad options and another base are refused.
+sft=(-m "$M" --data "$dir/data.jsonl" --steps 3 --batch 2 --ctx 32 --val-every 0 --threads 2 --quiet)
+expect 0 "finetune --sparse spiel" -- "$SPECK" finetune --sparse spiel --density 0.01 --update-every 2 "${sft[@]}" -o "$dir/sp.gguf"
+expect 0 "finetune --sparse s2ft" -- "$SPECK" finetune --sparse s2ft --params 20000 "${sft[@]}" -o "$dir/s2.gguf"
+expect 0 "delta info (sparse)" -- "$SPECK" delta info "$dir/s2.gguf"
+grep -q "sft delta for llama.*sparse fine-tuning (s2ft)" "$dir/out" && ok || bad "delta info: $(cat "$dir/out")"
+expect 0 "delta apply BASE D1 D2" -- "$SPECK" delta apply "$M" "$dir/sp.gguf" "$dir/s2.gguf" -o "$dir/m12.gguf"
+printf 'sub hello {\n    my ($x) = @_;\n    return $x + 1;\n}\n' >"$dir/p.txt"
+expect 0 "eval merged" -- "$SPECK" eval -m "$dir/m12.gguf" --text "$dir/p.txt"
+merged=$(grep '^perplexity:' "$dir/out")
+expect 0 "eval --delta D1 --delta D2" -- "$SPECK" eval -m "$M" --delta "$dir/sp.gguf" --delta "$dir/s2.gguf" --text "$dir/p.txt"
+[[ -n $merged && $(grep '^perplexity:' "$dir/out") == "$merged" ]] && ok || bad "--delta at load: $(grep '^perplexity:' "$dir/out") vs merged $merged"
+expect 0 "generate --delta" -- "$SPECK" generate -m "$M" --delta "$dir/sp.gguf" "${gen[@]}"
+expect 2 "--sparse unknown" -- "$SPECK" finetune --sparse lora "${sft[@]}" -o "$dir/x.gguf"
+mentions "unknown method 'lora'"
+for dens in 0 1.5 -0.2; do
+  expect 2 "--density $dens" -- "$SPECK" finetune --sparse spiel --density $dens "${sft[@]}" -o "$dir/x.gguf"
+  mentions "--density" "(0, 1]"
+done
+expect 1 "sparse delta onto another base" -- "$SPECK" delta apply "$D" "$dir/sp.gguf" -o "$dir/x.gguf"
+mentions "another base model"
+expect 1 "--delta onto another base" -- "$SPECK" eval -m "$D" --delta "$dir/sp.gguf" --text "$dir/p.txt"
+mentions "another base model"
+[[ ! -e $dir/x.gguf ]] && ok || bad "a refused sparse run or apply left a file"
 ls "$dir" | grep -q '\.tmp\.' && bad "temporary files left: $(ls "$dir")" || ok
 
 echo "$pass passed, $fail failed"

@@ -101,6 +101,9 @@ speck_model *cli_load_model(const char *path);
 // --lora FILE[:SCALE] (repeatable, default scale 1): adapters cli_load_model attaches. True if
 // argv[*i] was one.
 bool cli_lora_opt(const char *cmd, int argc, char **argv, int *i);
+// --delta FILE (repeatable): fine-tuning deltas cli_load_model adds to the model's weights
+// (summed, merged at load: speck_model_load_deltas). True if argv[*i] was one.
+bool cli_delta_opt(const char *cmd, int argc, char **argv, int *i);
 // Model shape flags (--n-embd, --n-layer, --n-head, --n-head-kv, --n-ff): the value goes into
 // the preset's field. True if argv[*i] was one; exits with status 2 on a bad number.
 bool cli_shape_opt(const char *cmd, int argc, char **argv, int *i, speck_preset *p);

@@ -208,12 +208,26 @@ bool cli_lora_opt(const char *cmd, int argc, char **argv, int *i) {
     return true;
 }
 
+static const char *g_delta_path[CLI_MAX_LORA];
+static int g_n_delta;
+
+bool cli_delta_opt(const char *cmd, int argc, char **argv, int *i) {
+    const char *v;
+    if (!cli_opt(argc, argv, i, "--delta", NULL, &v)) return false;
+    if (g_n_delta == CLI_MAX_LORA) {
+        fprintf(stderr, "speck %s: --delta: at most %d deltas\n", cmd, CLI_MAX_LORA);
+        exit(2);
+    }
+    g_delta_path[g_n_delta++] = v;
+    return true;
+}
+
 speck_model *cli_load_model(const char *path) {
     // A directory is a Hugging Face checkpoint: converted on the fly (speck_model_load_hf).
     struct stat st;
     speck_model *m = stat(path, &st) == 0 && S_ISDIR(st.st_mode)
                          ? speck_model_load_hf(path)
-                         : speck_model_load_ex(path, cli_load_flags);
+                         : speck_model_load_deltas(path, g_delta_path, g_n_delta, cli_load_flags);
     for (int i = 0; m && i < g_n_lora; i++) {
         speck_lora *a = speck_lora_load(g_lora_path[i]);
         int err = a ? speck_model_lora_add(m, a, g_lora_scale[i]) : -1;
@@ -251,7 +265,8 @@ bool cli_sampler_opt(const char *cmd, int argc, char **argv, int *i, speck_sampl
         speck_set_threads((int)cli_int(cmd, "--threads", v, 1, 4096));
     else if (cli_flag(argv[*i], "--hugepages", NULL))
         cli_load_flags |= SPECK_LOAD_HUGEPAGES;
-    else if (cli_kv_opt(cmd, argc, argv, i) || cli_lora_opt(cmd, argc, argv, i))
+    else if (cli_kv_opt(cmd, argc, argv, i) || cli_lora_opt(cmd, argc, argv, i) ||
+             cli_delta_opt(cmd, argc, argv, i))
         return true;
     else
         return false;

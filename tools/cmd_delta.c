@@ -7,13 +7,17 @@
 
 #include "cli.h"
 
+#define CLI_MAX_POS 18 // BASE and up to 17 deltas
+
 static void usage(void) {
     printf(
         "usage: speck delta extract BASE.gguf TUNED.gguf -o DELTA.gguf [--values f32|f16|bf16]\n"
         "       speck delta compress DELTA.gguf -o OUT.gguf (--dare P [--seed S]\n"
         "                [--rescale dare|darex-q=Q] | --compeft [--density K] [--scale A|l2])\n"
         "                [--values f32|f16|bf16]\n"
-        "       speck delta apply BASE.gguf DELTA.gguf -o MODEL.gguf [--type T] [--scale S]\n"
+        "       speck delta apply BASE.gguf DELTA.gguf [DELTA2.gguf...] -o MODEL.gguf [--type T]\n"
+        "                [--scale S]\n"
+        "       speck delta add DELTA.gguf DELTA2.gguf [...] -o SUM.gguf [--values f32|f16|bf16]\n"
         "       speck delta info DELTA.gguf\n\n"
         "extract: TUNED − BASE for every tensor that differs (same architecture and tensors;\n"
         "  values f32 by default, so that applying it to BASE gives TUNED bit for bit).\n"
@@ -25,7 +29,9 @@ static void usage(void) {
         "                kept magnitude (--scale l2, the default: least squared error)\n"
         "  --values      type of the stored values (bf16 default)\n"
         "apply: BASE + S x DELTA (S default 1); changed matrices written as --type (default:\n"
-        "  each keeps its type), everything else copied.\n");
+        "  each keeps its type), everything else copied. Several deltas are added first (LT-SFT\n"
+        "  composition: sparse deltas with their own masks sum where the masks overlap).\n"
+        "add: the sum of the deltas as one delta file (values f32 by default).\n");
 }
 
 static int parse_values(const char *v) {
@@ -56,6 +62,8 @@ static int info(const char *path) {
     if (in.method == SPECK_DELTA_DARE || in.method == SPECK_DELTA_DAREX_Q)
         printf(", drop %g, seed %llu, rescale %g", in.p, (unsigned long long)in.seed,
                in.rescale);
+    if (in.method == SPECK_DELTA_SFT) printf(", sparse fine-tuning (%s)", in.sft);
+    if (in.base_fp) printf(", base fingerprint %016llx", (unsigned long long)in.base_fp);
     if (in.method == SPECK_DELTA_COMPEFT) {
         printf(", density %g, scale ", in.density);
         if (in.alpha > 0)
@@ -75,7 +83,7 @@ int cmd_delta(int argc, char **argv) {
         usage();
         return argc < 2 ? 2 : 0;
     }
-    const char *sub = argv[1], *out = NULL, *pos[2] = {0};
+    const char *sub = argv[1], *out = NULL, *pos[CLI_MAX_POS] = {0};
     int npos = 0, type = -1, values = -1;
     float p = -1, rescale = 0, density = 0.1f, alpha = 0, scale = 1;
     uint64_t seed = 1;
@@ -123,7 +131,7 @@ int cmd_delta(int argc, char **argv) {
         } else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "speck %s: unknown option '%s'\n", cmd, argv[i]);
             return 2;
-        } else if (npos < 2) {
+        } else if (npos < CLI_MAX_POS) {
             pos[npos++] = argv[i];
         } else {
             fprintf(stderr, "speck %s: too many arguments (speck delta --help)\n", cmd);
@@ -138,11 +146,13 @@ int cmd_delta(int argc, char **argv) {
         return info(pos[0]);
     }
     const int want = !strcmp(sub, "compress") ? 1 : 2;
-    if (strcmp(sub, "extract") && strcmp(sub, "compress") && strcmp(sub, "apply")) {
+    const bool many = !strcmp(sub, "apply") || !strcmp(sub, "add"); // want or more
+    if (strcmp(sub, "extract") && strcmp(sub, "compress") && strcmp(sub, "apply") &&
+        strcmp(sub, "add")) {
         fprintf(stderr, "speck delta: unknown subcommand '%s' (speck delta --help)\n", sub);
         return 2;
     }
-    if (npos != want || !out) {
+    if ((many ? npos < want : npos != want) || !out) {
         fprintf(stderr, "speck %s: %s and -o are required (speck delta --help)\n", cmd,
                 want == 1 ? "DELTA.gguf" : "two files");
         return 2;
@@ -183,12 +193,37 @@ int cmd_delta(int argc, char **argv) {
         speck_delta_free(d);
         return rc;
     }
-    speck_delta *d = speck_delta_load(pos[1]);
-    if (!d) return cli_fail(cmd);
-    if (speck_delta_apply(pos[0], d, scale, type, out))
-        rc = cli_fail(cmd);
-    else
-        fprintf(stderr, "speck delta apply: %s + %g x %s -> %s\n", pos[0], scale, pos[1], out);
+    // apply, add: the deltas (apply: after BASE), summed when there are several.
+    const bool add = !strcmp(sub, "add");
+    speck_delta *d = NULL;
+    for (int k = add ? 0 : 1; k < npos && !rc; k++) {
+        speck_delta *x = speck_delta_load(pos[k]);
+        if (!x) return speck_delta_free(d), cli_fail(cmd);
+        if (!d) {
+            d = x;
+            continue;
+        }
+        if (speck_delta_add(d, x)) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s", speck_last_error());
+            fprintf(stderr, "speck %s: %s: %s\n", cmd, pos[k], msg);
+            rc = 1;
+        }
+        speck_delta_free(x);
+    }
+    if (!rc && add) {
+        if (speck_delta_save(d, out, values < 0 ? SPECK_TYPE_F32 : (speck_type)values))
+            rc = cli_fail(cmd);
+        else
+            fprintf(stderr, "speck delta add: %d deltas -> %s (%lld bytes)\n", npos, out,
+                    file_size(out));
+    } else if (!rc) {
+        if (speck_delta_apply(pos[0], d, scale, type, out))
+            rc = cli_fail(cmd);
+        else
+            fprintf(stderr, "speck delta apply: %s + %g x %d delta%s -> %s\n", pos[0], scale,
+                    npos - 1, npos > 2 ? "s (summed)" : "", out);
+    }
     speck_delta_free(d);
     return rc;
 }

@@ -81,6 +81,7 @@ int cmd_eval(int argc, char **argv) {
         if (cli_flag(argv[i], "--help", "-h")) {
             printf("usage: speck eval -m MODEL.gguf --text FILE|--tokens CACHE [--ctx N] "
                    "[--stride S] [--threads N]\n"
+                   "                  [--delta DELTA.gguf]... [--lora ADAPTER.gguf[:SCALE]]...\n"
                    "       speck eval -m BASE.gguf --text FILE --kld-base-out LOGPROBS [--ctx N]\n"
                    "       speck eval -m QUANT.gguf --kld-base LOGPROBS [--json]\n\n"
                    "Perplexity and bits per byte of FILE under the model. Windows of N tokens\n"
@@ -113,6 +114,8 @@ int cmd_eval(int argc, char **argv) {
             base_out = v;
         else if (cli_flag(argv[i], "--json", NULL))
             json = true;
+        else if (cli_delta_opt("eval", argc, argv, &i) || cli_lora_opt("eval", argc, argv, &i))
+            continue;
         else {
             fprintf(stderr, "speck eval: unknown option '%s'\n", argv[i]);
             return 2;
@@ -130,7 +133,7 @@ int cmd_eval(int argc, char **argv) {
     long n_bytes = 0;
     int32_t *ids = NULL;
     int64_t n = 0;
-    speck_model *m = speck_model_load(model);
+    speck_model *m = cli_load_model(model);
     if (!m) return cli_fail("eval");
     if (tokens_path) { // validation split of a speck train token cache (see src/train/data.c)
         FILE *f = fopen(tokens_path, "rb");

@@ -20,6 +20,9 @@ typedef struct {
     uint64_t seed;
     speck_adamw_params opt;
     bool resume, plot, quiet, full;
+    // --sparse spiel|s2ft: sparse fine-tuning (src/adapt/sparse_ft.c), a delta GGUF to -o
+    const char *sparse;
+    speck_sparse_params sp;
     cli_nm nm; // --full --nm N:M: SR-STE sparse fine-tuning (cli_train.c)
     // --init corda-kpm|corda-ipm, --calib, --calib-tokens, --base-out; --block-share
     const char *init, *calib, *base_out;
@@ -56,6 +59,13 @@ static void usage(void) {
         "  --full             train every weight in f32 (speck train's forward, backward and\n"
         "                     AdamW) and write a model GGUF to -o (lr default 1e-4)\n"
         "  --type T           its matrices: f32 (default), f16, bf16, q8_0\n"
+        "sparse fine-tuning (a sparse delta GGUF to -o; speck delta apply / --delta use it):\n"
+        "  --sparse M         spiel (random positions, drop smallest |delta| and regrow by\n"
+        "                     accumulated gradient) or s2ft (attn_output/ffn_down columns of\n"
+        "                     random heads and FFN channels); lr default 1e-4\n"
+        "  --density X (0.01) | --params N   trained elements (of --targets' matrices; s2ft:\n"
+        "                     of attn_output + ffn_down)\n"
+        "  --update-every N (20)  --regrow-accum N (5)  --drop-fraction Z (0.2)   SpIEL\n"
         "  --nm N:M  --nm-every K  --nm-lambda X   N:M sparse (SR-STE), as speck train\n"
         "optimisation (as speck train):\n"
         "  --steps N (200)  --batch B (8)  --accum K (1)  --ctx T (256)  --lr X (1e-3)\n"
@@ -75,6 +85,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
     o->opt = speck_adamw_default();
     o->opt.lr = -1;
     o->opt.warmup_steps = -1, o->opt.min_lr = -1, o->opt.weight_decay = 0;
+    o->sp = speck_sparse_default();
     cli_nm_init(&o->nm);
     const char *C = "finetune";
     for (int i = 1; i < argc; i++) {
@@ -125,6 +136,15 @@ static void parse(int argc, char **argv, ft_opts *o) {
                 exit(2);
             }
         }
+        // sparse fine-tuning
+        else if (cli_opt(argc, argv, &i, "--sparse", NULL, &v)) o->sparse = v;
+        else if (cli_opt(argc, argv, &i, "--density", NULL, &v))
+            o->sp.density = cli_float(C, "--density", v);
+        else if (cli_opt(argc, argv, &i, "--params", NULL, &v))
+            o->sp.n_params = cli_int(C, "--params", v, 1, INT64_MAX);
+        INT("--update-every", o->sp.update_every, 0, 1 << 30);
+        INT("--regrow-accum", o->sp.accum_steps, 1, 1 << 30);
+        FLT("--drop-fraction", o->sp.drop_fraction);
         // CorDA initialisation and Block-LoRA (docs/adaptation.md)
         else if (cli_opt(argc, argv, &i, "--init", NULL, &v)) o->init = v;
         else if (cli_opt(argc, argv, &i, "--calib", NULL, &v)) o->calib = v;
@@ -184,7 +204,27 @@ static void parse(int argc, char **argv, ft_opts *o) {
     if (!o->block_share) o->block_share = 1;
     if (!o->calib_tokens) o->calib_tokens = 8192;
     if (o->alpha < 0) o->alpha = (float)o->rank;
-    if (o->opt.lr < 0) o->opt.lr = o->full ? 1e-4f : 1e-3f;
+    if (o->sparse) {
+        if (speck_sparse_parse_method(o->sparse, &o->sp.method)) {
+            fprintf(stderr, "speck finetune: --sparse: %s\n", speck_last_error());
+            exit(2);
+        }
+        if (o->full || o->resume || o->init || o->block_share > 1) {
+            fprintf(stderr, "speck finetune: --sparse cannot be combined with %s\n",
+                    o->full ? "--full" : o->resume ? "--resume" : o->init ? "--init" : "--block-share");
+            exit(2);
+        }
+        if (!o->sp.n_params && !(o->sp.density > 0 && o->sp.density <= 1)) {
+            fprintf(stderr, "speck finetune: --density %g must be in (0, 1]\n", o->sp.density);
+            exit(2);
+        }
+        if (!(o->sp.drop_fraction >= 0 && o->sp.drop_fraction <= 1)) {
+            fprintf(stderr, "speck finetune: --drop-fraction must be in [0, 1]\n");
+            exit(2);
+        }
+        o->sp.total_steps = o->steps, o->sp.seed = o->seed;
+    }
+    if (o->opt.lr < 0) o->opt.lr = o->full || o->sparse ? 1e-4f : 1e-3f;
     if (o->opt.warmup_steps < 0) o->opt.warmup_steps = o->steps / 20;
     if (o->opt.min_lr < 0) o->opt.min_lr = o->opt.lr / 10;
     o->opt.total_steps = o->steps;
@@ -211,6 +251,7 @@ static void sample(const speck_ft_data *d, int64_t n_train, uint64_t seed, int64
 typedef struct {
     speck_lora_trainer *lora;
     speck_train_model *full;
+    speck_sparse_ft *sparse; // trains a delta over full's weights (full's AdamW unused)
     const char *base_path; // tokenizer keys of checkpoints and the --full output
 } trainer;
 
@@ -224,16 +265,19 @@ static int tr_loss(trainer *t, const int32_t *in, const int32_t *tg, int B, int 
                    : speck_lora_trainer_loss(t->lora, in, tg, B, T, loss);
 }
 static void tr_zero_grad(trainer *t) {
+    if (t->sparse) return; // its gradient lives in the delta's positions, zeroed by each step
     if (t->full)
         speck_train_zero_grad(t->full);
     else
         speck_lora_trainer_zero_grad(t->lora);
 }
 static int tr_adamw(trainer *t, const speck_adamw_params *p, int64_t step, float *gnorm) {
+    if (t->sparse) return speck_sparse_ft_step(t->sparse, p, step, gnorm);
     return t->full ? speck_adamw_step(t->full, p, step, gnorm)
                    : speck_lora_trainer_adamw(t->lora, p, step, gnorm);
 }
 static int tr_ckpt_save(trainer *t, const speck_train_state *st, const char *path) {
+    if (t->sparse) return 0; // no checkpoints (--resume is refused)
     return t->full ? speck_train_checkpoint_save(t->full, st, t->base_path, path)
                    : speck_lora_checkpoint_save(t->lora, st, path);
 }
@@ -266,6 +310,14 @@ static int eval_val(trainer *tr, const speck_ft_data *d, int64_t v0, int64_t v1,
     return 0;
 }
 
+// The trained sparse delta as a delta GGUF (f32 values).
+static int save_sparse(const speck_sparse_ft *s, const char *out) {
+    speck_delta *d = speck_sparse_ft_delta(s);
+    int err = d ? speck_delta_save(d, out, SPECK_TYPE_F32) : -1;
+    speck_delta_free(d);
+    return err;
+}
+
 // Block-LoRA saves the equal rank/K plain LoRA (speck_lora_block_collapse).
 static int save_adapter(const speck_lora *a, int K, const char *out) {
     if (K <= 1) return speck_lora_save(a, out);
@@ -282,6 +334,7 @@ static struct {
     speck_lora *a;
     speck_lora_trainer *tr;
     speck_train_model *tm;
+    speck_sparse_ft *sp;
     speck_ft_data data;
     char *ckpt, *csv;
     FILE *fcsv;
@@ -294,6 +347,7 @@ static int run(int argc, char **argv) {
     if (o.threads) speck_set_threads(o.threads);
     unsigned targets;
     if (speck_lora_parse_targets(o.targets, &targets)) return cli_fail("finetune");
+    o.sp.targets = targets;
     const char *path = cli_model_path("finetune", o.model);
     if (!path) return 1;
     char *ckpt = R.ckpt = o.ckpt ? strdup(o.ckpt) : cli_derived_path(o.out, ".ckpt");
@@ -330,7 +384,12 @@ static int run(int argc, char **argv) {
     for (int64_t i = 0; i < split; i++) n_trained += d->train[i];
     trainer trn = {.base_path = path}, *tr = &trn;
     speck_lora *a = NULL;
-    if (o.full) {
+    if (o.sparse) {
+        // speck train's model for the gradient; the delta over it is what trains.
+        if (!(trn.full = R.tm = speck_train_model_load(path)) ||
+            !(trn.sparse = R.sp = speck_sparse_ft_new(trn.full, &o.sp)))
+            return cli_fail("finetune");
+    } else if (o.full) {
         // speck train's model: every weight in f32 with its gradient and AdamW moments.
         if (!(trn.full = R.tm = speck_train_model_load(path))) return cli_fail("finetune");
         if (cli_nm_apply("finetune", &o.nm, trn.full, o.quiet)) return 1;
@@ -356,7 +415,11 @@ static int run(int argc, char **argv) {
                 "base: %s (%s, %s), ",
                 d->n_examples, (long long)split, (long long)n_trained, (long long)(d->n - split),
                 cli_now() - t0, path, hp->arch, speck_type_name(speck_model_weight_type(m)));
-        if (o.full)
+        if (o.sparse)
+            fprintf(stderr, "sparse fine-tuning (%s): %.3fM parameters of %.3fM; ", o.sparse,
+                    speck_sparse_ft_n_params(trn.sparse) / 1e6,
+                    speck_train_n_params(trn.full) / 1e6);
+        else if (o.full)
             fprintf(stderr, "full fine-tuning: %.3fM parameters in f32; ",
                     speck_train_n_params(trn.full) / 1e6);
         else
@@ -424,13 +487,14 @@ static int run(int argc, char **argv) {
     R.fcsv = NULL;
     if (!rc) {
         if (tr_ckpt_save(tr, &st, ckpt) ||
-            (o.full ? speck_train_export(trn.full, path, (speck_type)o.type,
+            (o.sparse ? save_sparse(trn.sparse, o.out)
+             : o.full ? speck_train_export(trn.full, path, (speck_type)o.type,
                                          "speck-finetuned", o.out)
                     : save_adapter(a, o.block_share, o.out)))
             rc = cli_fail("finetune");
         else if (!o.quiet)
-            fprintf(stderr, "saved %s and checkpoint %s at step %lld\n", o.out, ckpt,
-                    (long long)st.step);
+            fprintf(stderr, "saved %s%s%s at step %lld\n", o.out,
+                    o.sparse ? "" : " and checkpoint ", o.sparse ? "" : ckpt, (long long)st.step);
     }
     return cli_train_end(&L, rc, st.step, o.plot, o.out, csv);
 }
@@ -445,6 +509,7 @@ int cmd_finetune(int argc, char **argv) {
     free(R.csv);
     speck_ft_data_free(&R.data);
     speck_lora_trainer_free(R.tr);
+    speck_sparse_ft_free(R.sp);
     speck_train_model_free(R.tm);
     speck_lora_free(R.a);
     speck_vocab_free(R.voc);

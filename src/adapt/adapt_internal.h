@@ -59,9 +59,19 @@ struct speck_delta {
     speck_delta_method method;
     float p, rescale, density, alpha;
     uint64_t seed;
+    char sft[16];     // SFT: "spiel", "s2ft", "sum"
+    uint64_t base_fp; // speck_delta_base_fp of the base it was trained on; 0: unknown
     int n;
     speck_delta_tensor *t;
 };
+
+// A fingerprint of a base model, independent of what a delta touches: FNV-1a 64 of the f32 bit
+// patterns of the first 4096 values of token_embd.weight (dequantized) and all of
+// output_norm.weight. emb/norm: those values, n_emb/n_norm of them. Never 0.
+uint64_t speck_delta_base_fp(const float *emb, int64_t n_emb, const float *norm, int64_t n_norm);
+#define SPECK_DELTA_FP_EMB 4096
+// The same of a base GGUF (0: it lacks token_embd or output_norm, or speck cannot read them).
+uint64_t speck_delta_gguf_fp(const speck_gguf *g);
 
 // Append an empty tensor (name copied); NULL when out of memory.
 speck_delta_tensor *speck_delta_push(speck_delta *d, const char *name, int n_dims,

@@ -44,8 +44,8 @@ void speck_delta_free(speck_delta *d) {
 }
 
 const char *speck_delta_method_name(speck_delta_method m) {
-    static const char *names[] = {"dense", "dare", "darex-q", "compeft"};
-    return (unsigned)m < 4 ? names[m] : "?";
+    static const char *names[] = {"dense", "dare", "darex-q", "compeft", "sft"};
+    return (unsigned)m < 5 ? names[m] : "?";
 }
 
 void speck_delta_get_info(const speck_delta *d, speck_delta_info *in) {
@@ -53,6 +53,7 @@ void speck_delta_get_info(const speck_delta *d, speck_delta_info *in) {
     in->method = d->method, in->arch = d->arch, in->p = d->p, in->rescale = d->rescale;
     in->seed = d->seed, in->density = d->density, in->alpha = d->alpha;
     in->n_tensors = d->n;
+    in->sft = d->sft, in->base_fp = d->base_fp;
     for (int i = 0; i < d->n; i++) {
         const speck_delta_tensor *t = &d->t[i];
         const int64_t k = t->nnz < 0 ? t->n : t->nnz;
@@ -391,6 +392,11 @@ int speck_delta_apply(const char *base_path, const speck_delta *d, float scale, 
         err = speck_set_error(SPECK_ERR_ARG,
                               "delta apply: the delta is for architecture '%s' but %s is '%s'",
                               d->arch, base_path, arch_of(g));
+    if (!err && d->base_fp && speck_delta_gguf_fp(g) != d->base_fp)
+        err = speck_set_error(SPECK_ERR_ARG,
+                              "delta apply: the delta was trained on another base model than %s "
+                              "(its token_embd/output_norm fingerprint differs)",
+                              base_path);
     const int64_t nt = speck_gguf_n_tensors(g);
     // which[i]: the delta tensor of base tensor i, or -1.
     int *which = malloc((size_t)(nt ? nt : 1) * sizeof *which);

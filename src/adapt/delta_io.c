@@ -92,6 +92,9 @@ int speck_delta_save(const speck_delta *d, const char *path, speck_type vt) {
         err = err || speck_gguf_set_f32(w, "delta.compeft.density", d->density);
         err = err || speck_gguf_set_f32(w, "delta.compeft.alpha", d->alpha);
     }
+    if (d->method == SPECK_DELTA_SFT)
+        err = err || speck_gguf_set_str(w, "delta.sft.method", d->sft[0] ? d->sft : "sum");
+    if (d->base_fp) err = err || speck_gguf_set_u64(w, "delta.base.fingerprint", d->base_fp);
     if (err) {
         speck_gguf_writer_free(w);
         return speck_set_error(SPECK_ERR_NOMEM, "delta save: out of memory");
@@ -309,8 +312,8 @@ speck_delta *speck_delta_from_gguf(const speck_gguf *g, const char *path) {
     if (!err && !(err = want_key(g, path, "delta.method", true, &k))) {
         const char *m = speck_gguf_get_str(g, k);
         int i = 0;
-        while (i < 4 && strcmp(m, speck_delta_method_name((speck_delta_method)i))) i++;
-        if (i == 4)
+        while (i < 5 && strcmp(m, speck_delta_method_name((speck_delta_method)i))) i++;
+        if (i == 5)
             err = speck_set_error(SPECK_ERR_FORMAT, "%s: delta.method '%s' is unknown", path, m);
         d->method = (speck_delta_method)i;
     }
@@ -325,6 +328,16 @@ speck_delta *speck_delta_from_gguf(const speck_gguf *g, const char *path) {
         err = want_f32(g, path, "delta.compeft.density", 1e-30f, 1, &d->density);
         if (!err) err = want_f32(g, path, "delta.compeft.alpha", 0, 1e30f, &d->alpha);
     }
+    if (!err && d->method == SPECK_DELTA_SFT && !(err = want_key(g, path, "delta.sft.method", true, &k))) {
+        const char *m = speck_gguf_get_str(g, k);
+        if (strcmp(m, "spiel") && strcmp(m, "s2ft") && strcmp(m, "sum"))
+            err = speck_set_error(SPECK_ERR_FORMAT, "%s: delta.sft.method '%s' is unknown", path, m);
+        else
+            snprintf(d->sft, sizeof d->sft, "%s", m);
+    }
+    if (!err && speck_gguf_find_key(g, "delta.base.fingerprint") >= 0 &&
+        !(err = want_key(g, path, "delta.base.fingerprint", false, &k)))
+        d->base_fp = (uint64_t)speck_gguf_get_int(g, k);
     // Tensors: NAME (dense), NAME.idx + NAME.val [+ NAME.sign] (sparse); nothing else.
     char name[512];
     for (int64_t i = 0; !err && i < speck_gguf_n_tensors(g); i++) {

@@ -223,6 +223,17 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
     *loss = nv ? (float)(train_crossentropy_forward(a->logits, tg, N, V) / nv) : 0.0f;
 }
 
+// dx = dy·W (accumulated or not); dW += dyᵀ·x, or the weight gradient handed to tm->wgrad.
+static void matmul_back(speck_train_model *tm, float *dx, float *dW, const float *dy,
+                        const float *x, const float *W, int N, int n_in, int n_out, bool acc) {
+    if (!tm->wgrad) {
+        train_matmul_backward(dx, dW, dy, x, W, N, n_in, n_out, acc);
+        return;
+    }
+    train_matmul_backward_dx(dx, dy, W, N, n_in, n_out, acc);
+    tm->wgrad(tm->wgrad_ctx, W - tm->params, dy, x, N, n_in, n_out);
+}
+
 static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg, int B, int T,
                      float grad_scale) {
     const speck_train_config *c = &tm->cfg;
@@ -237,7 +248,7 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
         train_crossentropy_backward(a->logits, tg, N, V, nv ? grad_scale / nv : 0.0f);
     }
     // head: dxf = dlogits·W_out; dW_out += dlogitsᵀ·xf (into dE when tied)
-    train_matmul_backward(a->dt, g->output, a->logits, a->xf, w->output, N, C, V, false);
+    matmul_back(tm, a->dt, g->output, a->logits, a->xf, w->output, N, C, V, false);
     train_rmsnorm_backward(a->dx, g->out_norm, a->dt, a->x_final, w->out_norm, a->rstdf, N, C, false);
     // a->dx holds dL/dx_out of the current layer; each block adds its branch gradient.
     for (int l = c->n_layer - 1; l >= 0; l--) {
@@ -250,26 +261,26 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
                           gl->wd_x, a->dx, la->xn2, wl->router, wl->wg_x, wl->wu_x, wl->wd_x,
                           grad_scale * tm->aux_coef / c->n_layer);
         } else {
-            train_matmul_backward(a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
+            matmul_back(tm, a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
             train_swiglu_backward(a->dg, a->du, a->dh, la->g, la->u, (size_t)N * F);
-            train_matmul_backward(a->dt, gl->wg, a->dg, la->xn2, wl->wg, N, C, F, false);
-            train_matmul_backward(a->dt, gl->wu, a->du, la->xn2, wl->wu, N, C, F, true);
+            matmul_back(tm, a->dt, gl->wg, a->dg, la->xn2, wl->wg, N, C, F, false);
+            matmul_back(tm, a->dt, gl->wu, a->du, la->xn2, wl->wu, N, C, F, true);
         }
         train_rmsnorm_backward(a->dx, gl->ffn_norm, a->dt, la->x_mid, wl->ffn_norm, la->rstd2, N, C,
                          true);
         // attention branch: x_mid = x_in + wo(attn(rope(wq xn1), rope(wk xn1), wv xn1))
-        train_matmul_backward(a->dao, gl->wo, a->dx, la->ao, wl->wo, N, Qd, C, false);
+        matmul_back(tm, a->dao, gl->wo, a->dx, la->ao, wl->wo, N, Qd, C, false);
         train_attention_backward(a->dq, a->dk, a->dv, a->dp, a->dao, la->att, la->q, la->k, la->v, B, T,
                            H, Hkv, hd);
         train_rope_apply(a->dq, a->cos, a->sin, B, T, H, hd, tm->rope_type, true);
         train_rope_apply(a->dk, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, true);
-        train_matmul_backward(a->dt, gl->wq, a->dq, la->xn1, wl->wq, N, C, Qd, false);
-        train_matmul_backward(a->dt, gl->wk, a->dk, la->xn1, wl->wk, N, C, KVd, true);
-        train_matmul_backward(a->dt, gl->wv, a->dv, la->xn1, wl->wv, N, C, KVd, true);
+        matmul_back(tm, a->dt, gl->wq, a->dq, la->xn1, wl->wq, N, C, Qd, false);
+        matmul_back(tm, a->dt, gl->wk, a->dk, la->xn1, wl->wk, N, C, KVd, true);
+        matmul_back(tm, a->dt, gl->wv, a->dv, la->xn1, wl->wv, N, C, KVd, true);
         train_rmsnorm_backward(a->dx, gl->attn_norm, a->dt, la->x_in, wl->attn_norm, la->rstd1, N, C,
                          true);
     }
-    train_embedding_backward(g->tok_embd, a->dx, in, N, C);
+    if (!tm->wgrad) train_embedding_backward(g->tok_embd, a->dx, in, N, C);
 }
 
 int speck_train_loss(speck_train_model *tm, const int32_t *inputs, const int32_t *targets, int B,

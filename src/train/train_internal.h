@@ -72,6 +72,13 @@ struct speck_train_model {
     float aux_coef;  // weight of the load-balancing loss in the objective (experts only)
     double aux_loss; // its value in the last forward pass (mean over layers)
     char *src_path; // GGUF the model was loaded from (its tokenizer is the default vocabulary)
+    // Optional (sparse fine-tuning, src/adapt/sparse_ft.c): when set, the backward pass gives
+    // each matrix's weight gradient to wgrad instead of adding it to grads — the matrix by the
+    // offset of its weights in params, with dy: (N, n_out) and x: (N, n_in), dW = dyᵀ·x — and
+    // computes no embedding gradient; grads then receives the norms' gradients only.
+    void (*wgrad)(void *ctx, int64_t offset, const float *dy, const float *x, int N, int n_in,
+                  int n_out);
+    void *wgrad_ctx;
 };
 
 // AdamW on any flat parameter buffer (speck_adamw_step for whole models, adapter fine-tuning in
