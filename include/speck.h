@@ -83,7 +83,8 @@ typedef enum {
 } speck_type;
 
 // "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
-// "q6_k", "iq4_nl", "iq4_xs", or NULL for a type speck does not store (Q8_K, ggml's others).
+// "q6_k", "iq4_nl", "iq4_xs", speck's own "s24_q8" and "dgq4", or NULL for a type speck does not
+// store (Q8_K, ggml's others).
 const char *speck_type_name(int type);
 // Parse a name as above (case-insensitive); returns -1 if unknown.
 int speck_type_from_name(const char *name);
