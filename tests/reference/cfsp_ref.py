@@ -46,19 +46,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_io as G  # noqa: E402
 import make_model as MM  # noqa: E402
+from checks import Results  # noqa: E402
 from llama_ref import LlamaRef  # noqa: E402
-
-
-class Results:
-    def __init__(self):
-        self.passed = self.failed = 0
-
-    def check(self, ok, text):
-        ok = bool(ok)
-        self.passed += ok
-        self.failed += not ok
-        print(("PASS " if ok else "FAIL ") + text)
-        return ok
 
 
 def run(cmd):

@@ -60,20 +60,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_io as G  # noqa: E402
 import make_model as MM  # noqa: E402
 import quant_ref as QR  # noqa: E402
+from checks import Results  # noqa: E402
 from llama_ref import LlamaRef  # noqa: E402
-
-
-class Results:
-    def __init__(self, verbose: bool):
-        self.passed = self.failed = 0
-        self.verbose = verbose
-
-    def check(self, ok: bool, text: str) -> bool:
-        self.passed += bool(ok)
-        self.failed += not ok
-        if not ok or self.verbose:
-            print(("PASS " if ok else "FAIL ") + text)
-        return bool(ok)
 
 
 def run(cmd, ok_codes=(0,)):

@@ -58,18 +58,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gguf_io as G  # noqa: E402
 import make_model as MM  # noqa: E402
-
-
-class Results:
-    def __init__(self):
-        self.passed = self.failed = 0
-
-    def check(self, ok, text):
-        ok = bool(ok)
-        self.passed += ok
-        self.failed += not ok
-        print(("PASS " if ok else "FAIL ") + text)
-        return ok
+from checks import Results  # noqa: E402
 
 
 def run(cmd):
