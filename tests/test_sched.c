@@ -81,6 +81,7 @@ static speck_request make(req *r, speck_sched *s, float temp, uint64_t seed) {
     r->s = s;
     r->n_out = 0;
     r->cached = -1;
+    r->cancel_after = 0;
     r->fin = SPECK_FINISH_NONE;
     return q;
 }
@@ -94,11 +95,11 @@ static void greedy_run(const speck_model *m, req *rs, const speck_sched_params *
     // Requests 0-4 now, 5 after a few passes (joining a running batch), 6 and 7 once request 5
     // has its first token (its prompt's blocks are cached).
     for (int i = 0; i < NR; i++) {
-        rs[i].cancel_after = i == cancel_idx ? 5 : 0;
         if (i == 5)
             for (int k = 0; k < 3; k++) speck_sched_step(s);
         for (int k = 0; i == 6 && rs[5].n_out == 0 && k < 1000; k++) speck_sched_step(s);
         speck_request q = make(&rs[i], s, 0.0f, 1);
+        rs[i].cancel_after = i == cancel_idx ? 5 : 0;
         rs[i].id = speck_sched_submit(s, &q);
         CHECK(rs[i].id >= 0, "%s: submit: %s", what, speck_last_error());
     }
