@@ -19,6 +19,8 @@
            (1e-12), never worse than the uniform start; with a non-separable coupling term and
            with groups of two sizes (moves only between equal sizes) the same invariants; the
            same seed gives the same ratios.
+  zo       ECoFLaP's zeroth-order block scores against PyTorch autograd on the float64 reference
+           forward (part_zo states the check and its 0.5 % tolerance).
   cli      `speck prune --alloc` on a 4-block random-weight model (make_model's gqa shape):
            the ratios stored in speck.prune.layer_sparsity are ECoFLaP's rule applied to the
            block scores stored beside them (speck.prune.layer_score, f32: 1e-5), every row of
@@ -198,6 +200,91 @@ def part_tyr(args, res):
               f"tyr: max below the target refused ({p.stderr.strip()})")
 
 
+M64 = (1 << 64) - 1
+
+
+def mix64(z):
+    """splitmix64's finaliser (alloc_gguf.c's generator), on Python ints."""
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def mix64_np(z):
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def gauss(seed, n):
+    """The N(0, 1) draws z_0..z_{n-1} of one perturbation: Box-Muller on pairs of a counter-based
+    splitmix64 stream (alloc_gguf.c states the construction; this is its definition)."""
+    with np.errstate(over="ignore"):
+        i = np.arange(n, dtype=np.uint64)
+        a = mix64_np(np.uint64(seed) ^ mix64_np(i >> np.uint64(1)))
+        b = mix64_np(a)
+    u1 = ((a >> np.uint64(11)).astype(np.float64) + 1) * 2.0 ** -53
+    u2 = (b >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    r = np.sqrt(-2 * np.log(u1))
+    return np.where(i & np.uint64(1), r * np.sin(2 * np.pi * u2), r * np.cos(2 * np.pi * u2))
+
+
+def part_zo(args, res, model, src):
+    """ECoFLaP's block scores against autograd: per matrix and window, the finite difference
+    (L(W + eps z) - L(W - eps z)) / 2 eps equals the directional derivative g . z, which the
+    float64 reference forward (llama_ref.py) gives exactly by backpropagation; the stored score of
+    block l must equal sum_t G_t^2 sum(W_t^2) / n_l with G_t = mean over windows |g . z|.
+    Tolerance 0.5 % (0.04 % seen): speck's f32 loss differences over 2 eps = 2e-3 (its f32
+    logits are within ~1e-5 of float64) and eps^2 curvature terms; a wrong sign, window, seed or
+    scale is off by
+    far more (a different z gives an independent half-normal draw)."""
+    import torch
+    from llama_ref import LlamaRef
+
+    wd = args.workdir
+    ctx, n_win = 32, 2
+    rng = np.random.default_rng(5)
+    text = bytes(rng.integers(32, 127, size=ctx * n_win + 5, dtype=np.uint8))
+    txt = f"{wd}/zo.txt"
+    open(txt, "wb").write(text)
+    out = f"{wd}/zo.gguf"
+    p = run([args.speck, "prune", model, out, "--method", "magnitude", "--sparsity", "0.5",
+             "--alloc", "ecoflap", "--calib", txt, "--calib-ctx", str(ctx), "--alloc-windows",
+             str(n_win), "-q", "-t", "1"])
+    if not res.check(p.returncode == 0, f"zo: prune --alloc ecoflap ran ({p.stderr.strip()})"):
+        return
+    got = np.array(G.read_gguf(out).kv["speck.prune.layer_score"], float)
+    ref = LlamaRef(src.kv, src.tensors)
+    names = list(src.tensors)
+    mats = [n for n in names if n.startswith("blk.") and src.tensors[n].ndim == 2]
+    for n in mats:
+        ref.w[n].requires_grad_(True)
+    G_t = {n: 0.0 for n in mats}
+    for b in range(n_win):
+        tok = list(text[b * ctx:(b + 1) * ctx])
+        logits = ref.forward(tok)
+        lp = torch.log_softmax(logits, -1)
+        loss = -lp[torch.arange(ctx - 1), torch.tensor(tok[1:])].mean()
+        grads = torch.autograd.grad(loss, [ref.w[n] for n in mats])
+        for n, g in zip(mats, grads):
+            seed = mix64(((names.index(n) << 20) ^ b) & M64)
+            z = gauss(seed, g.numel())
+            G_t[n] += abs(float(np.dot(g.detach().numpy().reshape(-1), z))) / n_win
+    score = np.zeros(len(got))
+    size = np.zeros(len(got))
+    for n in mats:
+        l = int(n.split(".")[1])
+        W = np.asarray(src.tensors[n], np.float64)
+        score[l] += G_t[n] ** 2 * float(np.sum(W * W))
+        size[l] += W.size
+    score /= size
+    err = np.max(np.abs(got / score - 1))
+    res.check(err <= 0.005, f"zo: block scores equal autograd's (worst {100 * err:.3f} %: "
+                           f"{got} vs {score})")
+
+
 def part_cli(args, res):
     wd = args.workdir
     text = f"{wd}/calib.txt"
@@ -211,6 +298,8 @@ def part_cli(args, res):
     kv, tensors = MM.build(c, "f32", 5)
     model = f"{wd}/m.gguf"
     G.write_gguf(model, kv, tensors)
+
+    part_zo(args, res, model, G.read_gguf(model))
 
     def prune(out, *opts):
         if os.path.exists(out):
