@@ -125,8 +125,9 @@ int cmd_prune(int argc, char **argv) {
         } else if (cli_opt(argc, argv, &i, "--max-layer-sparsity", NULL, &v)) {
             speck_prune_opts m = {0};
             if (speck_prune_parse_sparsity(v, &m) || m.nm_m > 0) {
-                fprintf(stderr, "speck prune: --max-layer-sparsity: '%s' is not a fraction in "
-                                "(0, 1) (90%%, 0.85)\n",
+                fprintf(stderr,
+                        "speck prune: --max-layer-sparsity: '%s' is not a fraction in "
+                        "(0, 1) (90%%, 0.85)\n",
                         v);
                 return 2;
             }
@@ -212,8 +213,9 @@ int cmd_prune(int argc, char **argv) {
         return 2;
     }
     if (o.alloc != SPECK_ALLOC_UNIFORM && o.nm_m > 0) {
-        fprintf(stderr, "speck prune: --alloc shares an unstructured --sparsity among the "
-                        "blocks; %s is N:M\n",
+        fprintf(stderr,
+                "speck prune: --alloc shares an unstructured --sparsity among the "
+                "blocks; %s is N:M\n",
                 sparsity);
         return 2;
     }

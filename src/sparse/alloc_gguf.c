@@ -12,7 +12,7 @@
 #include "model/model_internal.h"
 #include "sparse/sparse.h"
 
-#define ZO_EPS 1e-3    // ECoFLaP's perturbation scale (the authors' noise_eps)
+#define ZO_EPS 1e-3          // ECoFLaP's perturbation scale (the authors' noise_eps)
 #define BASE_MAX (64u << 20) // at most this many stored dense log-probabilities (Týr's KL)
 
 int sparse_block_of(const char *name) {
@@ -45,8 +45,8 @@ static void log_softmax_rows(float *x, int rows, int n) {
 
 static int forward_window(evaluator *e, int w, float *out) {
     speck_ctx_truncate(e->c, 0);
-    int rc = speck_forward(e->c, e->ctx, e->tokens + (size_t)w * e->ctx, NULL, NULL, NULL, e->ctx,
-                           out);
+    int rc =
+        speck_forward(e->c, e->ctx, e->tokens + (size_t)w * e->ctx, NULL, NULL, NULL, e->ctx, out);
     if (!rc) log_softmax_rows(out, e->ctx, e->n_vocab);
     return rc;
 }
@@ -173,8 +173,7 @@ static int ecoflap_scores(const speck_gguf *g, evaluator *e, int n_layer, const 
         }
         G /= e->windows;
         score[l] += G * G * w2;
-        if (progress)
-            fprintf(stderr, "\rprune: ecoflap: %-28s |g.z| %.4g%16s", t->name, G, "");
+        if (progress) fprintf(stderr, "\rprune: ecoflap: %-28s |g.z| %.4g%16s", t->name, G, "");
         free(W0), free(Wp);
     }
     for (int l = 0; l < n_layer; l++) score[l] = size[l] ? score[l] / (double)size[l] : 0;
@@ -331,7 +330,11 @@ int sparse_layer_ratios(const speck_gguf *g, const char *path, const speck_prune
         for (int i = 0; i < n && !rc && score; i++) score[idx[i]] = sc[i];
         free(all);
     } else if (!rc && o->alloc == SPECK_ALLOC_TYR) {
-        T = (tyr_ctx){.g = g, .e = &e, .n_layer = n_layer, .block_t = block_t, .pr = pr,
+        T = (tyr_ctx){.g = g,
+                      .e = &e,
+                      .n_layer = n_layer,
+                      .block_t = block_t,
+                      .pr = pr,
                       .progress = progress};
         // The fitness indexes ratios by layer: every layer must be one of the searched blocks.
         if (n != n_layer)

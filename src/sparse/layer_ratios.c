@@ -82,13 +82,13 @@ static int rnd(uint64_t *s, int n) {
 }
 
 typedef struct {
-    int n, *center, d;          // the round: center (k units), step d units, +-2 d around it
+    int n, *center, d; // the round: center (k units), step d units, +-2 d around it
     const int64_t *size;
     double sparsity, u, max_s;
     speck_ratio_fitness f;
     void *user;
-    double *ratio;              // scratch (n)
-    int n_seen, cap_seen;       // every candidate evaluated so far, with its fitness
+    double *ratio;        // scratch (n)
+    int n_seen, cap_seen; // every candidate evaluated so far, with its fitness
     int *seen_k;
     double *seen_f;
 } search;
@@ -101,8 +101,7 @@ static bool allowed(const search *S, int i, int k) {
 // The fitness of k (n units), from the record or by one call; NaN aborts.
 static double fitness_of(search *S, const int *k) {
     for (int c = 0; c < S->n_seen; c++)
-        if (!memcmp(S->seen_k + (size_t)c * S->n, k, (size_t)S->n * sizeof *k))
-            return S->seen_f[c];
+        if (!memcmp(S->seen_k + (size_t)c * S->n, k, (size_t)S->n * sizeof *k)) return S->seen_f[c];
     for (int i = 0; i < S->n; i++) {
         const double r = S->sparsity + k[i] * S->u;
         S->ratio[i] = r < 0 ? 0 : r;
@@ -164,7 +163,8 @@ int speck_tyr_search(int n, const int64_t *size, double sparsity, double max_spa
     S.ratio = malloc((size_t)n * sizeof *S.ratio);
     int *pop = calloc((size_t)2 * P * n, sizeof *pop); // parents, then offspring
     double *fit = malloc((size_t)2 * P * sizeof *fit), *fit2 = malloc((size_t)P * sizeof *fit2);
-    int *order = malloc((size_t)2 * P * sizeof *order), *tmp = malloc((size_t)2 * P * n * sizeof *tmp);
+    int *order = malloc((size_t)2 * P * sizeof *order),
+        *tmp = malloc((size_t)2 * P * n * sizeof *tmp);
     int rc = 0;
     if (!S.center || !S.ratio || !pop || !fit || !fit2 || !order || !tmp)
         rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
@@ -237,7 +237,8 @@ int speck_tyr_search(int n, const int64_t *size, double sparsity, double max_spa
                 S.center[i]++, S.center[j]--;
                 const double f = fitness_of(&S, S.center);
                 S.center[i]--, S.center[j]++;
-                if (isnan(f)) rc = SPECK_ERR_ARG;
+                if (isnan(f))
+                    rc = SPECK_ERR_ARG;
                 else if (f < bf)
                     bf = f, bi = i, bj = j;
             }

@@ -292,8 +292,8 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         const sparse_pruner pr = {pr_takes, pr_prune, (void *)&pc};
         if (!rc) rc = sparse_layer_ratios(g, in_path, o, &pr, n_layer, ratio, score, progress);
         if (!rc && progress) {
-            fprintf(stderr, "prune: block sparsity (%s):", o->alloc == SPECK_ALLOC_TYR ? "tyr"
-                                                                                        : "ecoflap");
+            fprintf(stderr,
+                    "prune: block sparsity (%s):", o->alloc == SPECK_ALLOC_TYR ? "tyr" : "ecoflap");
             for (int l = 0; l < n_layer; l++) fprintf(stderr, " %.4f", ratio[l]);
             fprintf(stderr, "\n");
         }
