@@ -4,7 +4,9 @@ and 2:4, as held-out perplexity and KL divergence against the dense model. Metho
 wanda, sparsegpt, and DSnoT on the magnitude and Wanda masks (magnitude+dsnot, wanda+dsnot:
 the paper's 50 cycles and threshold 0.1; METHOD@T or METHOD@T/C in --methods sets the
 threshold to T and the cycles to C). ALLOC:METHOD runs METHOD with per-block ratios from
-`--alloc ALLOC` (ecoflap:wanda, tyr:wanda, ecoflap:sparsegpt, ...; 2:4 is skipped for them).
+`--alloc ALLOC` (ecoflap:wanda, tyr:wanda, ecoflap:sparsegpt, ...; 2:4 is skipped for them);
+ALLOC followed by a number N (ecoflap16:wanda) measures it on N calibration windows
+(--alloc-windows N).
 
 Texts are quant_quality.py's: calibration = 60 training-split modules of the Python standard
 library, held-out = the validation modules (first --eval-bytes of them), disjoint by
@@ -79,7 +81,9 @@ def main() -> int:
                 cmd = [speck, "prune", model, out, "--method", mname, "--sparsity", sp, "-q", "-t",
                        t] + (["--dsnot-threshold", thr] if thr else []) + \
                     (["--dsnot-cycles", cyc] if cyc else []) + \
-                    (["--alloc", alloc] if alloc else [])
+                    (["--alloc", alloc.rstrip("0123456789")] if alloc else []) + \
+                    (["--alloc-windows", alloc.lstrip("abcdefghijklmnopqrstuvwxyz")]
+                     if alloc[-1:].isdigit() else [])
                 if m != "magnitude":
                     cmd += ["--calib", calib, "--calib-ctx", str(ctx), "--calib-tokens",
                             str(args.windows * ctx)]
