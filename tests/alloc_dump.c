@@ -62,12 +62,10 @@ int main(int argc, char **argv) {
             printf("%.17g\n%ld\n", quad_fitness(ratio, &q), calls);
         }
     }
-    if (rc) {
+    if (rc)
         fprintf(stderr, "%s\n", speck_last_error());
-        return 1;
-    }
-    if (!tyr)
+    else if (!tyr)
         for (int i = 0; i < n; i++) printf("%.17g\n", ratio[i]);
     free(size), free(a), free(c), free(ratio);
-    return 0;
+    return rc ? 1 : 0;
 }
