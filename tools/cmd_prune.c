@@ -171,6 +171,11 @@ int cmd_prune(int argc, char **argv) {
             return 2;
         }
     }
+    if (!strcmp(method, "cfsp") && (o.alloc || o.max_layer_sparsity > 0 || o.alloc_windows)) {
+        fprintf(stderr, "speck prune: --alloc / --max-layer-sparsity / --alloc-windows share an "
+                        "unstructured sparsity, not with --method cfsp\n");
+        return 2;
+    }
     if (n_pos == 2 && !strcmp(method, "cfsp"))
         return prune_cfsp(pos, ratio, heads, align, calib, &o, calib_max, sparsity, quiet);
     if (ratio || align || heads) {

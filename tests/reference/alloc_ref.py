@@ -27,7 +27,8 @@
            every block matrix has exactly round(r_l * cols) zeros, so the zeros of all the
            matrices are the target within the rows' rounding (0.5 / cols); Týr's ratios lie on
            its grid with the global count fixed; refusals (unknown --alloc, N:M, --max-layer-
-           sparsity below --sparsity or without --alloc, --alloc without --calib) name the
+           sparsity below --sparsity or without --alloc, --alloc without --calib, --alloc with
+           --method cfsp) name the
            problem and write nothing.
 
 Usage (ctest): alloc_ref.py --speck build/speck --alloc-dump build/tests/alloc_dump --workdir DIR
@@ -356,6 +357,7 @@ def part_cli(args, res):
         (["--sparsity", "60%", "--max-layer-sparsity", "0.9"], "need --alloc"),
         (["--alloc", "ecoflap", "--sparsity", "60%", "--max-layer-sparsity", "1.2"],
          "max-layer-sparsity"),
+        (["--alloc", "tyr", "--method", "cfsp", "--ratio", "25%"], "not with --method cfsp"),
     ]
     for opts, why in bad:
         out = f"{wd}/bad.gguf"
