@@ -28,8 +28,7 @@
            matrices are the target within the rows' rounding (0.5 / cols); Týr's ratios lie on
            its grid with the global count fixed; refusals (unknown --alloc, N:M, --max-layer-
            sparsity below --sparsity or without --alloc, --alloc without --calib, --alloc with
-           --method cfsp) name the
-           problem and write nothing.
+           --method cfsp) name the problem and write nothing.
 
 Usage (ctest): alloc_ref.py --speck build/speck --alloc-dump build/tests/alloc_dump --workdir DIR
 """
