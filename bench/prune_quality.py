@@ -3,7 +3,10 @@
 and 2:4, as held-out perplexity and KL divergence against the dense model. Methods: magnitude,
 wanda, sparsegpt, and DSnoT on the magnitude and Wanda masks (magnitude+dsnot, wanda+dsnot:
 the paper's 50 cycles and threshold 0.1; METHOD@T or METHOD@T/C in --methods sets the
-threshold to T and the cycles to C).
+threshold to T and the cycles to C). ALLOC:METHOD runs METHOD with per-block ratios from
+`--alloc ALLOC` (ecoflap:wanda, tyr:wanda, ecoflap:sparsegpt, ...; 2:4 is skipped for them);
+ALLOC followed by a number N (ecoflap16:wanda) measures it on N calibration windows
+(--alloc-windows N).
 
 Texts are quant_quality.py's: calibration = 60 training-split modules of the Python standard
 library, held-out = the validation modules (first --eval-bytes of them), disjoint by
@@ -66,28 +69,42 @@ def main() -> int:
                 label = f"{m} {sp}"
                 if label in R:
                     continue
-                out = os.path.join(w, f"{m.replace('/', '_c')}-"
+                # ALLOC:METHOD: per-block ratios (unstructured only)
+                alloc, _, mm = m.rpartition(":")
+                if alloc and ":" in sp:
+                    continue
+                out = os.path.join(w, f"{safe(m)}-"
                                       f"{sp.replace(':', 'of').replace('%', '')}.gguf")
                 # METHOD@T[/C]: DSnoT with --dsnot-threshold T (and --dsnot-cycles C)
-                mname, _, tc = m.partition("@")
+                mname, _, tc = mm.partition("@")
                 thr, _, cyc = tc.partition("/")
                 cmd = [speck, "prune", model, out, "--method", mname, "--sparsity", sp, "-q", "-t",
                        t] + (["--dsnot-threshold", thr] if thr else []) + \
-                    (["--dsnot-cycles", cyc] if cyc else [])
+                    (["--dsnot-cycles", cyc] if cyc else []) + \
+                    (["--alloc", alloc.rstrip("0123456789")] if alloc else []) + \
+                    (["--alloc-windows", alloc.lstrip("abcdefghijklmnopqrstuvwxyz")]
+                     if alloc[-1:].isdigit() else [])
                 if m != "magnitude":
                     cmd += ["--calib", calib, "--calib-ctx", str(ctx), "--calib-tokens",
                             str(args.windows * ctx)]
+                if alloc:
+                    cmd.remove("-q")  # the progress output names the block ratios
                 t0 = time.time()
-                QQ.sh(cmd)
+                pp, _ = QQ.sh(cmd)
                 secs = time.time() - t0
+                ratios = [ln.split("):", 1)[1].split() for ln in pp.stderr.replace("\r", "\n")
+                          .splitlines() if ln.startswith("prune: block sparsity")]
                 p, _ = QQ.sh([speck, "eval", "-m", out, "--kld-base", base, "--json", "-t", t])
                 r = json.loads(p.stdout)
                 r.update(method=m, sparsity=sp, prune_s=secs)
+                if ratios:
+                    r["block_sparsity"] = [float(x) for x in ratios[0]]
                 R[label] = r
                 json.dump(results, open(res_path, "w"), indent=1)
                 print(f"{tag:8s} {label:16s} KLD {r['kld']:.5f}  ppl {r['ppl']:.3f} "
                       f"(dense {r['ppl_base']:.3f})  top1 {100 * r['top1']:.2f} %  "
-                      f"({secs:.1f} s)", flush=True)
+                      f"({secs:.1f} s){' blocks ' + ' '.join(ratios[0]) if ratios else ''}",
+                      flush=True)
         methods = args.methods.split(",")
         plot(w, tag, R, methods)
         report(tag, R, n_cal, n_val, methods, args.sparsities.split(","))
@@ -95,7 +112,7 @@ def main() -> int:
 
 
 def safe(m):
-    return m.replace("/", "_c")
+    return m.replace("/", "_c").replace(":", "_")
 
 
 def plot(w, tag, R, methods):
@@ -133,8 +150,9 @@ def report(tag, R, n_cal, n_val, methods, sparsities):
     base_ppl = next(iter(R.values()))["ppl_base"]
     print(f"\n{tag} model: dense perplexity {base_ppl:.3f}; calibration {n_cal} modules, "
           f"held-out {n_val} modules\n")
-    print("| sparsity | method | KLD mean | KLD 99 % | top-1 agree | ppl | Δppl |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| sparsity | method | KLD mean | KLD 99 % | top-1 agree | ppl | Δppl | prune s | "
+          "block ratios |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for sp in sparsities:
         for m in methods:
             r = R.get(f"{m} {sp}")
@@ -142,7 +160,8 @@ def report(tag, R, n_cal, n_val, methods, sparsities):
                 continue
             print(f"| {sp} | {m} | {r['kld']:.4f} | {r.get('kld_p99', float('nan')):.4f} | "
                   f"{100 * r['top1']:.2f} % | {r['ppl']:.3f} | "
-                  f"{100 * (r['ppl'] / base_ppl - 1):+.1f} % |")
+                  f"{100 * (r['ppl'] / base_ppl - 1):+.1f} % | {r.get('prune_s', 0):.1f} | "
+                  f"{' '.join(f'{x:.3f}' for x in r.get('block_sparsity', [])) or '-'} |")
 
 
 if __name__ == "__main__":

@@ -181,6 +181,12 @@ typedef enum {
     SPECK_PRUNE_SPARSEGPT = 2, // OBS mask selection + error compensation (Frantar & Alistarh 2023)
 } speck_prune_method;
 
+typedef enum {
+    SPECK_ALLOC_UNIFORM = 0, // every block at the global ratio
+    SPECK_ALLOC_ECOFLAP = 1, // zeroth-order block importance -> keep ratios (speck_ecoflap_ratios)
+    SPECK_ALLOC_TYR = 2,     // evolutionary search on the calibration KL (speck_tyr_search)
+} speck_prune_alloc;
+
 typedef struct {
     speck_prune_method method;
     double sparsity; // unstructured: the fraction of each row zeroed, in (0, 1)
@@ -203,6 +209,13 @@ typedef struct {
     int dsnot_cycles;       // > 0: at most this many cycles per row (the paper's 50); 0: off
     double dsnot_threshold; // a row stops once |eps| <= this (0: the paper's 0.1)
     struct speck_dsnot_report *dsnot_report; // optional out: DSnoT's counts are added to it
+    // Per-block sparsity (speck prune --alloc; unstructured only): how the global target --
+    // `sparsity` of all the blocks' matrices together -- is shared among the transformer
+    // blocks; the method above then prunes each block's matrices at its block's ratio. The
+    // ratios are printed with progress and stored as speck.prune.layer_sparsity.
+    speck_prune_alloc alloc;   // SPECK_ALLOC_UNIFORM (0): every block at `sparsity`
+    double max_layer_sparsity; // no block above this (0: max(0.8, sparsity + 0.1), at most 0.99)
+    int alloc_windows;         // calibration windows the allocation's losses use (0: 4)
 } speck_prune_opts;
 
 // What DSnoT did, summed over the rows it ran on (speck prune prints it).
@@ -239,6 +252,40 @@ int speck_prune_matrix(const speck_prune_opts *o, float *W, int64_t rows, int64_
 // llama.cpp runs it). OUT appears only when complete.
 int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prune_opts *o,
                      bool progress);
+
+// ECoFLaP's coarse step (Sung et al. 2024, "ECoFLaP: Efficient Coarse-to-Fine Layer-Wise
+// Pruning"): n groups (transformer blocks) of size[i] weights with importance score[i] >= 0 (the
+// mean per weight of (w * g)^2, g the zeroth-order gradient estimate: see docs/sparsity.md)
+// share the kept weights K = N - round(sparsity * N), N = sum of sizes: every group keeps at
+// least b_i = ceil(size_i * (1 - max_sparsity)), and the rest goes in proportion to the scores,
+// keep_i = min(size_i, b_i + lambda * score_i), lambda such that the keeps sum to K (groups that
+// fill up keep everything; the others share what is left). ratio[i] = 1 - keep_i / size_i, in
+// [0, max_sparsity]. All scores 0: every ratio = sparsity. SPECK_ERR_ARG when max_sparsity is
+// below sparsity or not below 1.
+int speck_ecoflap_ratios(int n, const double *score, const int64_t *size, double sparsity,
+                         double max_sparsity, double *ratio);
+
+// Týr-the-Pruner's search (Li et al. 2025), budget-sized: per-group ratios
+// sparsity + k_i * u (k_i integers, u = step / 2^(rounds - 1)) minimising fitness(ratio, user)
+// with sum_i size_i * ratio_i held at sparsity * N (each mutation moves one step of sparsity from
+// one group to another of the same size) and every ratio in [0, max_sparsity]. Round r
+// (coarse to fine) uses the step d = step / 2^r around the best so far, each group within +-2 d
+// of it (the "supernet": 5 variants per group); an evolutionary search of `population`
+// candidates over `generations`: offspring = a tournament-chosen parent with 1 or 2 mutations,
+// the best `population` of parents and offspring survive (candidates seen before are not
+// re-evaluated). The start (all at sparsity) is a candidate, so the result's fitness is never
+// worse. A fitness of NaN aborts the search (its error stands). Deterministic given seed.
+typedef struct {
+    int rounds;        // 0: 3
+    double step;       // the first round's step (0: 0.1)
+    int population;    // 0: 8
+    int generations;   // per round (0: 6)
+    uint64_t seed;     // 0: 1
+} speck_tyr_opts;
+typedef double (*speck_ratio_fitness)(const double *ratio, void *user);
+int speck_tyr_search(int n, const int64_t *size, double sparsity, double max_sparsity,
+                     const speck_tyr_opts *o, speck_ratio_fitness fitness, void *user,
+                     double *ratio);
 
 
 // CFSP structured pruning (Wang et al. 2024, "CFSP: An Efficient Structured Pruning Framework

@@ -1,5 +1,6 @@
 // `speck prune`: one-shot pruning (magnitude, Wanda, SparseGPT; unstructured or N:M; DSnoT
-// prune-and-grow on top of magnitude or Wanda; CFSP structured pruning to a smaller dense model).
+// prune-and-grow on top of magnitude or Wanda; ECoFLaP / Tyr per-block ratios; CFSP structured
+// pruning to a smaller dense model).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,8 @@ int cmd_prune(int argc, char **argv) {
                    "         [--dsnot-cycles N] [--dsnot-threshold E] [--calib TEXT]\n"
                    "         [--calib-ctx N] [--calib-tokens N] [--type T] [--dense FILE]\n"
                    "         [--embd-head] [--threads N] [--quiet]\n"
+                   "         [--alloc uniform|ecoflap|tyr] [--max-layer-sparsity S]\n"
+                   "         [--alloc-windows N]\n"
                    "       speck prune IN OUT --method cfsp --ratio 25%% --calib TEXT [--align N]\n"
                    "                   [--heads R]\n\n"
                    "Write IN (GGUF) with every layer matrix pruned: the given fraction of each\n"
@@ -81,6 +84,15 @@ int cmd_prune(int argc, char **argv) {
                    "then by magnitude). Calibration: --calib-ctx window (default the model's\n"
                    "context, at most 512), --calib-tokens N uses the first N. Outputs appear\n"
                    "only when complete.\n"
+                   "--alloc shares an unstructured --sparsity (of all the blocks' matrices\n"
+                   "together) unevenly among the transformer blocks, each block then pruned by\n"
+                   "--method at its own ratio (printed; --calib needed):\n"
+                   "  ecoflap     keep shares in proportion to each block's importance, (w g)^2\n"
+                   "              with g a zeroth-order (forward-only) gradient estimate\n"
+                   "  tyr         an evolutionary search of block ratios, coarse to fine, for the\n"
+                   "              lowest KL divergence from the dense model on calibration text\n"
+                   "No block goes above --max-layer-sparsity (default max(0.8, S + 0.1));\n"
+                   "--alloc-windows N calibration windows measure it (default 4).\n"
                    "--method cfsp removes the --ratio of every layer's FFN channels with the\n"
                    "lowest CFSP scores (activation-weighted relative weights, one calibration\n"
                    "pass): a smaller dense model, the same width in every layer, rounded to a\n"
@@ -99,7 +111,30 @@ int cmd_prune(int argc, char **argv) {
                 fprintf(stderr, "speck prune: --dsnot-threshold: '%s' is not a number > 0\n", v);
                 return 2;
             }
-        } else if (cli_opt(argc, argv, &i, "--ratio", NULL, &v))
+        } else if (cli_opt(argc, argv, &i, "--alloc", NULL, &v)) {
+            if (!strcmp(v, "uniform"))
+                o.alloc = SPECK_ALLOC_UNIFORM;
+            else if (!strcmp(v, "ecoflap"))
+                o.alloc = SPECK_ALLOC_ECOFLAP;
+            else if (!strcmp(v, "tyr"))
+                o.alloc = SPECK_ALLOC_TYR;
+            else {
+                fprintf(stderr, "speck prune: --alloc: '%s' is not uniform, ecoflap or tyr\n", v);
+                return 2;
+            }
+        } else if (cli_opt(argc, argv, &i, "--max-layer-sparsity", NULL, &v)) {
+            speck_prune_opts m = {0};
+            if (speck_prune_parse_sparsity(v, &m) || m.nm_m > 0) {
+                fprintf(stderr,
+                        "speck prune: --max-layer-sparsity: '%s' is not a fraction in "
+                        "(0, 1) (90%%, 0.85)\n",
+                        v);
+                return 2;
+            }
+            o.max_layer_sparsity = m.sparsity;
+        } else if (cli_opt(argc, argv, &i, "--alloc-windows", NULL, &v))
+            o.alloc_windows = (int)cli_int("prune", "--alloc-windows", v, 1, 1 << 20);
+        else if (cli_opt(argc, argv, &i, "--ratio", NULL, &v))
             ratio = v;
         else if (cli_opt(argc, argv, &i, "--heads", NULL, &v))
             heads = v;
@@ -135,6 +170,11 @@ int cmd_prune(int argc, char **argv) {
             fprintf(stderr, "speck prune: too many arguments ('%s')\n", argv[i]);
             return 2;
         }
+    }
+    if (!strcmp(method, "cfsp") && (o.alloc || o.max_layer_sparsity > 0 || o.alloc_windows)) {
+        fprintf(stderr, "speck prune: --alloc / --max-layer-sparsity / --alloc-windows share an "
+                        "unstructured sparsity, not with --method cfsp\n");
+        return 2;
     }
     if (n_pos == 2 && !strcmp(method, "cfsp"))
         return prune_cfsp(pos, ratio, heads, align, calib, &o, calib_max, sparsity, quiet);
@@ -172,8 +212,27 @@ int cmd_prune(int argc, char **argv) {
         fprintf(stderr, "speck prune: --sparsity: %s\n", speck_last_error());
         return 2;
     }
-    if ((o.method != SPECK_PRUNE_MAGNITUDE || dsnot) && !calib) {
-        fprintf(stderr, "speck prune: --method %s needs --calib TEXT\n", method);
+    if (o.alloc == SPECK_ALLOC_UNIFORM && (o.max_layer_sparsity > 0 || o.alloc_windows)) {
+        fprintf(stderr, "speck prune: --max-layer-sparsity / --alloc-windows need --alloc "
+                        "ecoflap or tyr\n");
+        return 2;
+    }
+    if (o.alloc != SPECK_ALLOC_UNIFORM && o.nm_m > 0) {
+        fprintf(stderr,
+                "speck prune: --alloc shares an unstructured --sparsity among the "
+                "blocks; %s is N:M\n",
+                sparsity);
+        return 2;
+    }
+    if (o.alloc != SPECK_ALLOC_UNIFORM && o.max_layer_sparsity > 0 &&
+        o.max_layer_sparsity < o.sparsity) {
+        fprintf(stderr, "speck prune: --max-layer-sparsity %g is below --sparsity %g\n",
+                o.max_layer_sparsity, o.sparsity);
+        return 2;
+    }
+    if ((o.method != SPECK_PRUNE_MAGNITUDE || dsnot || o.alloc) && !calib) {
+        fprintf(stderr, "speck prune: --method %s%s needs --calib TEXT\n", method,
+                o.alloc ? " with --alloc" : "");
         return 2;
     }
     int32_t *ids = NULL;

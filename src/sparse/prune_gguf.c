@@ -132,11 +132,49 @@ static int prune_tensor(const speck_gguf_tensor *t, const speck_prune_opts *o, c
     return speck_prune_matrix(&mo, W, rows, cols, H, x2, mean, var);
 }
 
+static void dequant_rows(const speck_gguf_tensor *t, float *W) {
+    const int64_t cols = t->ne[0], rows = t->n_elements / cols;
+    const size_t irs = speck_type_row_size((speck_type)t->type, cols);
+#pragma omp parallel for schedule(static) if (t->n_elements >= (1 << 16))
+    for (int64_t r = 0; r < rows; r++)
+        speck_dequantize_row((speck_type)t->type, (const uint8_t *)t->data + (size_t)r * irs,
+                             W + r * cols, cols);
+}
+
+// Prune t (its rows as floats in W) at sparsity s instead of o's; s that zeroes nothing per
+// row (a block the allocation keeps dense) leaves W as it is.
+static int prune_at(const speck_gguf_tensor *t, const speck_prune_opts *o, const calib_stats *c,
+                    double s, float *W) {
+    if (sparse_n_pruned(s, t->ne[0]) <= 0) return 0;
+    speck_prune_opts mo = *o;
+    mo.sparsity = s;
+    return prune_tensor(t, &mo, c, W);
+}
+
+// The ratio allocation's view (sparse_pruner): the same matrices, the same local method.
+typedef struct {
+    const speck_prune_opts *o;
+    const calib_stats *c;
+} pruner_ctx;
+
+static bool pr_takes(const speck_gguf_tensor *t, void *user) {
+    return prunable(t, ((const pruner_ctx *)user)->o);
+}
+
+static int pr_prune(const speck_gguf_tensor *t, double s, float *W, void *user) {
+    const pruner_ctx *p = user;
+    speck_prune_opts mo = *p->o;
+    mo.dsnot_report = NULL; // the variants' DSnoT counts are not the output's
+    dequant_rows(t, W);
+    return prune_at(t, &mo, p->c, s, W);
+}
+
 // The output's header: g's metadata with the pruning recorded, its tensors with the pruned
 // matrices in their output types (dense: the dense copy's). Grows *max_out (bytes of the
 // largest pruned tensor) and *max_el (its elements).
-static int make_writer(const speck_gguf *g, const speck_prune_opts *o, bool dense,
-                       speck_gguf_writer **out, size_t *max_out, int64_t *max_el) {
+static int make_writer(const speck_gguf *g, const speck_prune_opts *o, const double *ratio,
+                       const double *score, int n_layer, bool dense, speck_gguf_writer **out,
+                       size_t *max_out, int64_t *max_el) {
     speck_gguf_writer *w = speck_gguf_writer_new();
     if (!w) return speck_set_error(SPECK_ERR_NOMEM, "out of memory");
     const int64_t nt = speck_gguf_n_tensors(g);
@@ -153,6 +191,18 @@ static int make_writer(const speck_gguf *g, const speck_prune_opts *o, bool dens
     snprintf(method, sizeof method, "%s%s", mname[o->method], o->dsnot_cycles > 0 ? "+dsnot" : "");
     if (!rc) rc = speck_gguf_set_str(w, "speck.prune.method", method);
     if (!rc) rc = speck_gguf_set_str(w, "speck.prune.sparsity", spars);
+    static const char *const aname[] = {"uniform", "ecoflap", "tyr"};
+    if (!rc && ratio) rc = speck_gguf_set_str(w, "speck.prune.alloc", aname[o->alloc]);
+    float *buf = ratio ? malloc((size_t)(n_layer ? n_layer : 1) * sizeof *buf) : NULL;
+    if (!rc && ratio && !buf) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+    for (int l = 0; !rc && ratio && l < n_layer; l++) buf[l] = (float)ratio[l];
+    if (!rc && ratio)
+        rc = speck_gguf_set_arr(w, "speck.prune.layer_sparsity", SPECK_GGUF_FLOAT32, buf, n_layer);
+    for (int l = 0; !rc && score && o->alloc == SPECK_ALLOC_ECOFLAP && l < n_layer; l++)
+        buf[l] = (float)score[l];
+    if (!rc && score && o->alloc == SPECK_ALLOC_ECOFLAP)
+        rc = speck_gguf_set_arr(w, "speck.prune.layer_score", SPECK_GGUF_FLOAT32, buf, n_layer);
+    free(buf);
     for (int64_t i = 0; !rc && i < nt; i++) {
         const speck_gguf_tensor *t = speck_gguf_tensor_at(g, i);
         const bool p = prunable(t, o);
@@ -216,15 +266,44 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
         rc = speck_set_error(SPECK_ERR_ARG, "prune: the dense copy would overwrite %s", out_path);
     if (!rc && !n_pruned)
         rc = speck_set_error(SPECK_ERR_ARG, "%s: no layer matrices to prune", in_path);
+    if (!rc && o->alloc != SPECK_ALLOC_UNIFORM && o->nm_m > 0)
+        rc = speck_set_error(SPECK_ERR_ARG, "prune: --alloc shares an unstructured sparsity "
+                                            "among the blocks, not N:M");
+    if (!rc && (o->alloc < SPECK_ALLOC_UNIFORM || o->alloc > SPECK_ALLOC_TYR))
+        rc = speck_set_error(SPECK_ERR_ARG, "prune: unknown allocation %d", (int)o->alloc);
+    if (!rc && o->alloc == SPECK_ALLOC_UNIFORM && o->max_layer_sparsity != 0)
+        rc = speck_set_error(SPECK_ERR_ARG, "prune: a largest block sparsity needs --alloc "
+                                            "ecoflap or tyr");
     calib_stats cs = {0};
     if (!rc && (o->method != SPECK_PRUNE_MAGNITUDE || o->dsnot_cycles > 0))
         rc = gather(g, in_path, o, &cs, progress);
+    // Per-block ratios: the blocks are those the layer matrices name.
+    int n_layer = 0;
+    for (int64_t i = 0; i < nt; i++) {
+        const int l = sparse_block_of(speck_gguf_tensor_at(g, i)->name);
+        if (l >= n_layer && l < (1 << 16)) n_layer = l + 1;
+    }
+    double *ratio = NULL, *score = NULL;
+    if (!rc && o->alloc != SPECK_ALLOC_UNIFORM) {
+        ratio = malloc((size_t)(n_layer ? n_layer : 1) * sizeof *ratio);
+        score = malloc((size_t)(n_layer ? n_layer : 1) * sizeof *score);
+        if (!ratio || !score) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
+        const pruner_ctx pc = {o, &cs};
+        const sparse_pruner pr = {pr_takes, pr_prune, (void *)&pc};
+        if (!rc) rc = sparse_layer_ratios(g, in_path, o, &pr, n_layer, ratio, score, progress);
+        if (!rc && progress) {
+            fprintf(stderr,
+                    "prune: block sparsity (%s):", o->alloc == SPECK_ALLOC_TYR ? "tyr" : "ecoflap");
+            for (int l = 0; l < n_layer; l++) fprintf(stderr, " %.4f", ratio[l]);
+            fprintf(stderr, "\n");
+        }
+    }
     const bool two = o->dense_path != NULL;
     speck_gguf_writer *w = NULL, *w2 = NULL;
     size_t max_out = 0;
     int64_t max_el = 0;
-    if (!rc) rc = make_writer(g, o, false, &w, &max_out, &max_el);
-    if (!rc && two) rc = make_writer(g, o, true, &w2, &max_out, &max_el);
+    if (!rc) rc = make_writer(g, o, ratio, score, n_layer, false, &w, &max_out, &max_el);
+    if (!rc && two) rc = make_writer(g, o, ratio, score, n_layer, true, &w2, &max_out, &max_el);
     float *W = rc ? NULL : malloc((size_t)max_el * sizeof *W);
     uint8_t *buf = rc ? NULL : malloc(max_out ? max_out : 1);
     if (!rc && (!W || !buf)) rc = speck_set_error(SPECK_ERR_NOMEM, "out of memory");
@@ -241,16 +320,13 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
             continue;
         }
         const int64_t cols = t->ne[0], rows = t->n_elements / cols;
-        const size_t irs = speck_type_row_size((speck_type)t->type, cols);
         const int ot = out_type_of(t, o);
-#pragma omp parallel for schedule(static) if (t->n_elements >= (1 << 16))
-        for (int64_t r = 0; r < rows; r++)
-            speck_dequantize_row((speck_type)t->type, (const uint8_t *)t->data + (size_t)r * irs,
-                                 W + r * cols, cols);
+        dequant_rows(t, W);
         if (progress)
             fprintf(stderr, "\rprune: %-32s %5lld x %-5lld", t->name, (long long)rows,
                     (long long)cols);
-        rc = prune_tensor(t, o, &cs, W);
+        const int l = sparse_block_of(t->name);
+        rc = ratio && l >= 0 ? prune_at(t, o, &cs, ratio[l], W) : prune_tensor(t, o, &cs, W);
         for (int64_t j = 0; !rc && j < t->n_elements; j++) zeros += W[j] == 0;
         total += t->n_elements;
         if (!rc) rc = speck_quantize((speck_type)ot, W, buf, rows, cols, NULL);
@@ -285,7 +361,7 @@ int speck_gguf_prune(const char *in_path, const char *out_path, const speck_prun
     speck_gguf_stream_abort(s);
     speck_gguf_stream_abort(s2);
     speck_gguf_writer_free(w2);
-    free(W), free(buf);
+    free(W), free(buf), free(ratio), free(score);
     stats_free(&cs);
     speck_gguf_writer_free(w);
     speck_gguf_close(g);
