@@ -83,22 +83,24 @@ typedef struct {
     int width;
     float adaptive;
     bool auto_budget;
+    bool head; // uses --accept-head (SpecDec++), with --accept-threshold over `adaptive`
 } strategy;
 
 // The strategies bench-decode compares, plain first (the baseline).
 static const strategy k_strategies[] = {
-    {"plain", "none", 1, 0, false},
-    {"prompt", "prompt", 1, 0, false},
-    {"prompt-tree", "prompt", 3, 0, false},
-    {"aded", "aded", 1, 0, false},
-    {"aded-tree", "aded", 3, 0, false},
-    {"aded-adaptive", "aded", 3, 0.6f, false},
-    {"jacobi", "jacobi", 2, 0, false},
-    {"prompt+aded", "prompt,aded", 2, 0, false},
-    {"prompt+aded-auto", "prompt,aded", 2, 0, true},
-    {"model", "model", 1, 0, false},
-    {"model-adaptive", "model", 1, 0.5f, false},
-    {"model-auto", "model", 1, 0, true},
+    {"plain", "none", 1, 0, false, false},
+    {"prompt", "prompt", 1, 0, false, false},
+    {"prompt-tree", "prompt", 3, 0, false, false},
+    {"aded", "aded", 1, 0, false, false},
+    {"aded-tree", "aded", 3, 0, false, false},
+    {"aded-adaptive", "aded", 3, 0.6f, false, false},
+    {"jacobi", "jacobi", 2, 0, false, false},
+    {"prompt+aded", "prompt,aded", 2, 0, false, false},
+    {"prompt+aded-auto", "prompt,aded", 2, 0, true, false},
+    {"model", "model", 1, 0, false, false},
+    {"model-adaptive", "model", 1, 0.5f, false, false},
+    {"model-auto", "model", 1, 0, true, false},
+    {"model-specdecpp", "model", 1, 0.5f, false, true},
 };
 #define N_STRATEGIES ((int)(sizeof k_strategies / sizeof k_strategies[0]))
 
@@ -159,6 +161,11 @@ static void help(void) {
            "  --strategies LIST   only these strategies (comma-separated names of the table;\n"
            "                      plain always runs, as the baseline)\n"
            "  --no-curve          skip the cost curve (minutes on a 1B model)\n"
+           "  --draft-max K       longest draft and node budget of every strategy, 1..14\n"
+           "                      (default 4)\n"
+           "  --accept-head FILE  run model-specdecpp: model-adaptive with this SpecDec++ head\n"
+           "                      (speck train-accept) predicting each draft token's acceptance\n"
+           "  --accept-threshold H  its stopping threshold on P(some draft rejected) (0.5)\n"
            "  --fixed-budget      sampling: verify every strategy's drafts even where they do\n"
            "                      not pay (by default a sampling decoder falls back to plain\n"
            "                      steps on its own; docs/decoding.md)\n"
@@ -245,8 +252,10 @@ static int scmoe_bench(speck_model *m, const speck_scmoe_params *p, int32_t **pt
 
 int cmd_bench_decode(int argc, char **argv) {
     const char *path = NULL, *ppath = NULL, *dpath = NULL, *plot = NULL, *warm = NULL;
-    const char *only = NULL;
+    const char *only = NULL, *hpath = NULL;
     bool curve = true;
+    int draft_max = 0;
+    float threshold = 0;
     int n_predict = 128, max_prompts = 1 << 30;
     float temp = 0.0f;
     bool json = false, fixed = false;
@@ -284,6 +293,12 @@ int cmd_bench_decode(int argc, char **argv) {
             only = v;
         else if (cli_flag(argv[i], "--no-curve", NULL))
             curve = false;
+        else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
+            draft_max = (int)cli_int("bench-decode", "--draft-max", v, 1, 14);
+        else if (cli_opt(argc, argv, &i, "--accept-head", NULL, &v))
+            hpath = v;
+        else if (cli_opt(argc, argv, &i, "--accept-threshold", NULL, &v))
+            threshold = (float)cli_float("bench-decode", "--accept-threshold", v);
         else if (cli_flag(argv[i], "--fixed-budget", NULL))
             fixed = true;
         else {
@@ -320,6 +335,8 @@ int cmd_bench_decode(int argc, char **argv) {
     if (!m) return cli_fail("bench-decode");
     speck_model *dm = dpath ? speck_model_load(dpath) : NULL;
     if (dpath && !dm) return cli_fail("bench-decode");
+    speck_accept_head *head = hpath ? speck_accept_head_load(hpath) : NULL;
+    if (hpath && !head) return cli_fail("bench-decode");
     speck_vocab *vocab = speck_vocab_from_gguf(speck_model_gguf(m));
     if (!vocab) return cli_fail("bench-decode");
     int V = speck_model_hparams(m)->n_vocab;
@@ -372,10 +389,13 @@ int cmd_bench_decode(int argc, char **argv) {
         for (int si = 0; si < ns; si++) {
             speck_spec_params sp = speck_spec_default();
             speck_spec_parse_kinds(S[si].kinds, sp.kinds);
-            if ((sp.kinds[0] == SPECK_DRAFT_MODEL && !dm) || skip[si]) continue;
+            if ((sp.kinds[0] == SPECK_DRAFT_MODEL && !dm) || (S[si].head && !head) || skip[si])
+                continue;
             sp.draft_model = dm;
             sp.tree_width = S[si].width;
-            sp.adaptive = S[si].adaptive;
+            sp.adaptive = S[si].head && threshold > 0 ? threshold : S[si].adaptive;
+            sp.accept_head = S[si].head ? head : NULL;
+            if (draft_max) sp.max_draft = sp.max_nodes = draft_max;
             sp.auto_budget = S[si].auto_budget;
             sp.fixed_budget = fixed;
             sp.warm_tokens = warm_toks;
@@ -559,6 +579,7 @@ int cmd_bench_decode(int argc, char **argv) {
     speck_ctx_free(ctx);
     speck_vocab_free(vocab);
     speck_model_free(dm);
+    speck_accept_head_free(head);
     speck_model_free(m);
     if (!all_identical) {
         fprintf(stderr, "speck bench-decode: a strategy's greedy output differs from plain "
