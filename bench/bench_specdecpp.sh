@@ -46,7 +46,7 @@ fi
 HEAD=$WORK/accept-head.gguf
 echo "== train-accept; $(uptime)"
 "$SPECK" train-accept -m models/default.gguf --draft-model $DRAFT --text "$WORK/train.txt" \
-  -o "$HEAD" --max-windows 400 -t 1
+  -o "$HEAD" -t 1
 P=(--prompts "$WORK/prompts.jsonl" --draft-model $DRAFT --accept-head "$HEAD" --no-curve -t 1)
 for dmax in 4 8; do
   for h in $THRESHOLDS; do
