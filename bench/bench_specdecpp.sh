@@ -5,12 +5,13 @@
 #   2. `speck train-accept` for models/draft-distill.gguf under models/default.gguf (it prints
 #      the held-out AUC of the head and of the draft's own top probability);
 #   3. `speck bench-decode` greedy on 40 held-out prompts x 128 tokens (make_code_prompts.py):
-#      plain, model (fixed length), model-adaptive (the draft's top probability in the same
-#      stopping rule), model-auto (cost-model budget) and model-specdecpp at thresholds
-#      THRESHOLDS, for --draft-max 4 and 8;
-#   4. unless SKIP_BIG=1: the same on the default model grown to the tinyllama-1.1b shape in
-#      Q4_0 (`speck grow`, same function, a 1.1B model's cost per pass), 4 prompts x 64 tokens,
-#      --draft-max 8, without model-auto (its calibration takes minutes there).
+#      plain, model (fixed length), model-auto (cost-model budget), then model-adaptive (the
+#      draft's top probability in the stopping rule) and model-specdecpp (the head in the same
+#      rule) side by side at each threshold of THRESHOLDS, all with --draft-max 8 (and one run
+#      at --draft-max 4 with every strategy at 0.5);
+#   4. unless SKIP_BIG=1: the default model grown to the tinyllama-1.1b shape in Q4_0 (`speck
+#      grow`, same function, a 1.1B model's cost per pass), 4 prompts x 64 tokens, --draft-max 8,
+#      model, model-adaptive and model-specdecpp at BIG_THRESHOLD (default 0.5).
 # `uptime` before each run (the machine is shared).
 #
 # usage: bench/bench_specdecpp.sh BUILD_DIR WORK_DIR
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 BUILD=$1 WORK=$2
 SPECK=$BUILD/speck
 TEXT_KB=${TEXT_KB:-300}
-THRESHOLDS=${THRESHOLDS:-"0.3 0.5 0.7"}
+THRESHOLDS=${THRESHOLDS:-"0.2 0.35 0.65 0.8 0.9"}
 DRAFT=models/draft-distill.gguf
 mkdir -p "$WORK"
 [[ -s $WORK/prompts.jsonl ]] || python3 bench/make_code_prompts.py -n 40 > "$WORK/prompts.jsonl"
@@ -45,22 +46,24 @@ EOF
 fi
 HEAD=$WORK/accept-head.gguf
 echo "== train-accept; $(uptime)"
-"$SPECK" train-accept -m models/default.gguf --draft-model $DRAFT --text "$WORK/train.txt" \
+[[ -s $HEAD ]] || "$SPECK" train-accept -m models/default.gguf --draft-model $DRAFT --text "$WORK/train.txt" \
   -o "$HEAD" -t 1
 P=(--prompts "$WORK/prompts.jsonl" --draft-model $DRAFT --accept-head "$HEAD" --no-curve -t 1)
-for dmax in 4 8; do
-  for h in $THRESHOLDS; do
-    S=model-specdecpp
-    [[ $h == 0.5 ]] && S=model,model-adaptive,model-auto,model-specdecpp
-    echo "== default.gguf, --draft-max $dmax, threshold $h; $(uptime)"
-    "$SPECK" bench-decode -m models/default.gguf "${P[@]}" -n 128 --max-prompts 40 \
-      --draft-max $dmax --accept-threshold "$h" --strategies $S
-  done
+echo "== default.gguf, --draft-max 4, threshold 0.5; $(uptime)"
+"$SPECK" bench-decode -m models/default.gguf "${P[@]}" -n 128 --max-prompts 40 --draft-max 4 \
+  --adaptive 0.5 --strategies model,model-adaptive,model-auto,model-specdecpp
+echo "== default.gguf, --draft-max 8, threshold 0.5; $(uptime)"
+"$SPECK" bench-decode -m models/default.gguf "${P[@]}" -n 128 --max-prompts 40 --draft-max 8 \
+  --adaptive 0.5 --strategies model,model-adaptive,model-auto,model-specdecpp
+for h in $THRESHOLDS; do
+  echo "== default.gguf, --draft-max 8, threshold $h; $(uptime)"
+  "$SPECK" bench-decode -m models/default.gguf "${P[@]}" -n 128 --max-prompts 40 --draft-max 8 \
+    --adaptive "$h" --strategies model-adaptive,model-specdecpp
 done
 [[ ${SKIP_BIG:-0} == 1 ]] && exit 0
 [[ -s $WORK/tl-q4_0.gguf ]] ||
   "$SPECK" grow -m models/default.gguf --preset tinyllama-1.1b --type q4_0 -o "$WORK/tl-q4_0.gguf"
 echo "== tinyllama-shaped Q4_0, --draft-max 8; $(uptime)"
 "$SPECK" bench-decode -m "$WORK/tl-q4_0.gguf" "${P[@]}" -n 64 --max-prompts 4 --draft-max 8 \
-  --accept-threshold "${BIG_THRESHOLD:-0.5}" --strategies model,model-adaptive,model-specdecpp
+  --adaptive "${BIG_THRESHOLD:-0.5}" --strategies model,model-adaptive,model-specdecpp
 echo "== done; $(uptime)"

@@ -106,6 +106,7 @@ static const strategy k_strategies[] = {
 
 typedef struct {
     double tok_s, accept_per_pass, passes_per_tok, draft_share;
+    double drafted_per_pass; // candidates verified per pass (accepted/drafted: their acceptance)
     int identical, total;
 } result;
 
@@ -165,7 +166,10 @@ static void help(void) {
            "                      (default 4)\n"
            "  --accept-head FILE  run model-specdecpp: model-adaptive with this SpecDec++ head\n"
            "                      (speck train-accept) predicting each draft token's acceptance\n"
-           "  --accept-threshold H  its stopping threshold on P(some draft rejected) (0.5)\n"
+           "  --accept-threshold H  its stopping threshold on P(some draft rejected) (default\n"
+           "                      --adaptive's)\n"
+           "  --adaptive P        the threshold of every adaptive strategy (aded-adaptive 0.6,\n"
+           "                      model-adaptive and model-specdecpp 0.5 by default)\n"
            "  --fixed-budget      sampling: verify every strategy's drafts even where they do\n"
            "                      not pay (by default a sampling decoder falls back to plain\n"
            "                      steps on its own; docs/decoding.md)\n"
@@ -255,7 +259,7 @@ int cmd_bench_decode(int argc, char **argv) {
     const char *only = NULL, *hpath = NULL;
     bool curve = true;
     int draft_max = 0;
-    float threshold = 0;
+    float threshold = 0, adaptive = 0;
     int n_predict = 128, max_prompts = 1 << 30;
     float temp = 0.0f;
     bool json = false, fixed = false;
@@ -295,6 +299,8 @@ int cmd_bench_decode(int argc, char **argv) {
             curve = false;
         else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
             draft_max = (int)cli_int("bench-decode", "--draft-max", v, 1, 14);
+        else if (cli_opt(argc, argv, &i, "--adaptive", NULL, &v))
+            adaptive = (float)cli_float("bench-decode", "--adaptive", v);
         else if (cli_opt(argc, argv, &i, "--accept-head", NULL, &v))
             hpath = v;
         else if (cli_opt(argc, argv, &i, "--accept-threshold", NULL, &v))
@@ -385,7 +391,7 @@ int cmd_bench_decode(int argc, char **argv) {
     for (int mode = 0; mode < n_modes; mode++) {
         speck_decoder *dec[16] = {0};
         double t[16] = {0}, draft[16] = {0};
-        long gen[16] = {0}, passes[16] = {0}, acc[16] = {0};
+        long gen[16] = {0}, passes[16] = {0}, acc[16] = {0}, drafted[16] = {0};
         for (int si = 0; si < ns; si++) {
             speck_spec_params sp = speck_spec_default();
             speck_spec_parse_kinds(S[si].kinds, sp.kinds);
@@ -393,7 +399,9 @@ int cmd_bench_decode(int argc, char **argv) {
                 continue;
             sp.draft_model = dm;
             sp.tree_width = S[si].width;
-            sp.adaptive = S[si].head && threshold > 0 ? threshold : S[si].adaptive;
+            sp.adaptive = S[si].head && threshold > 0        ? threshold
+                          : S[si].adaptive > 0 && adaptive > 0 ? adaptive
+                                                                : S[si].adaptive;
             sp.accept_head = S[si].head ? head : NULL;
             if (draft_max) sp.max_draft = sp.max_nodes = draft_max;
             sp.auto_budget = S[si].auto_budget;
@@ -422,6 +430,7 @@ int cmd_bench_decode(int argc, char **argv) {
                 gen[si] += st.n_generated;
                 passes[si] += st.n_passes;
                 acc[si] += st.n_accepted;
+                drafted[si] += st.n_drafted;
                 if (mode == 0 && si == 0) {
                     plain_out[k] = out;
                 } else {
@@ -439,6 +448,7 @@ int cmd_bench_decode(int argc, char **argv) {
             if (mode == 0 && si == 0) r->identical = r->total;
             r->tok_s = gen[si] / t[si];
             r->accept_per_pass = passes[si] ? (double)acc[si] / passes[si] : 0;
+            r->drafted_per_pass = passes[si] ? (double)drafted[si] / passes[si] : 0;
             r->passes_per_tok = gen[si] ? (double)passes[si] / gen[si] : 0;
             r->draft_share = t[si] > 0 ? draft[si] / t[si] : 0;
             speck_decoder_free(dec[si]);
@@ -490,10 +500,10 @@ int cmd_bench_decode(int argc, char **argv) {
                 if (!r->total) continue;
                 printf("%s{\"strategy\": \"%s\", \"temperature\": %g, \"tok_s\": %.3f, "
                        "\"speedup\": %.3f, \"accepted_per_pass\": %.3f, \"passes_per_token\": "
-                       "%.3f, \"draft_share\": %.3f, \"identical\": %s}",
+                       "%.3f, \"drafted_per_pass\": %.3f, \"draft_share\": %.3f, \"identical\": %s}",
                        first ? "" : ", ", S[si].name, mode ? temp : 0.0, r->tok_s,
                        r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
-                       r->passes_per_tok, r->draft_share,
+                       r->passes_per_tok, r->drafted_per_pass, r->draft_share,
                        mode ? "null" : (r->identical == r->total ? "true" : "false"));
                 first = 0;
             }
@@ -509,7 +519,8 @@ int cmd_bench_decode(int argc, char **argv) {
     } else {
         printf("\n%d prompts, %d tokens each, %d threads\n\n", P.n, n_predict, speck_get_threads());
         printf("| strategy | mode | tok/s | speedup | accepted/pass | passes/token | draft time | "
-               "identical |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+               "identical | drafted/pass |\n"
+               "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n");
         for (int mode = 0; mode < n_modes; mode++)
             for (int si = 0; si < ns; si++) {
                 result *r = &R[mode][si];
@@ -519,10 +530,10 @@ int cmd_bench_decode(int argc, char **argv) {
                     snprintf(ident, sizeof ident, "(sampling)");
                 else
                     snprintf(ident, sizeof ident, "%d/%d", r->identical, r->total);
-                printf("| %s | %s | %.2f | %.2fx | %.2f | %.3f | %.1f %% | %s |\n", S[si].name,
-                       mode ? "sample" : "greedy", r->tok_s,
+                printf("| %s | %s | %.2f | %.2fx | %.2f | %.3f | %.1f %% | %s | %.2f |\n",
+                       S[si].name, mode ? "sample" : "greedy", r->tok_s,
                        r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
-                       r->passes_per_tok, 100 * r->draft_share, ident);
+                       r->passes_per_tok, 100 * r->draft_share, ident, r->drafted_per_pass);
             }
         if (curve)
             printf("\ncost of verifying n tokens (one forward, all n rows' logits) relative to "

@@ -397,7 +397,7 @@ speck_accept_head *speck_accept_head_train(const float *X, const uint8_t *y, int
         float clip;
         if (!isfinite(L) ||
             speck_adamw_begin(&ap, step, speck_adamw_grad_norm(grad, np_), &clip)) {
-            if (isfinite(L)) speck_set_error(SPECK_ERR_RANGE, "train-accept: loss diverged");
+            if (!isfinite(L)) speck_set_error(SPECK_ERR_RANGE, "train-accept: loss diverged");
             speck_accept_head_free(h);
             h = NULL;
             goto out;
