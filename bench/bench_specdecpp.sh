@@ -10,8 +10,10 @@
 #      rule) side by side at each threshold of THRESHOLDS, all with --draft-max 8 (and one run
 #      at --draft-max 4 with every strategy at 0.5);
 #   4. unless SKIP_BIG=1: the default model grown to the tinyllama-1.1b shape in Q4_0 (`speck
-#      grow`, same function, a 1.1B model's cost per pass), 4 prompts x 64 tokens, --draft-max 8,
-#      model, model-adaptive and model-specdecpp at BIG_THRESHOLD (default 0.5).
+#      grow`, same function, a 1.1B model's cost per pass), 64 tokens on BIG_PROMPTS prompts
+#      (default 8): --draft-max 8 at threshold 0.5 (model, model-adaptive, model-specdecpp), at
+#      0.2 and 0.8 (model-adaptive, model-specdecpp), and --draft-max 4 at 0.5 (all three).
+#      SKIP_DEFAULT=1 runs only this part. No model-auto (its calibration takes minutes there).
 # `uptime` before each run (the machine is shared).
 #
 # usage: bench/bench_specdecpp.sh BUILD_DIR WORK_DIR
@@ -49,6 +51,7 @@ echo "== train-accept; $(uptime)"
 [[ -s $HEAD ]] || "$SPECK" train-accept -m models/default.gguf --draft-model $DRAFT --text "$WORK/train.txt" \
   -o "$HEAD" -t 1
 P=(--prompts "$WORK/prompts.jsonl" --draft-model $DRAFT --accept-head "$HEAD" --no-curve -t 1)
+if [[ ${SKIP_DEFAULT:-0} != 1 ]]; then
 echo "== default.gguf, --draft-max 4, threshold 0.5; $(uptime)"
 "$SPECK" bench-decode -m models/default.gguf "${P[@]}" -n 128 --max-prompts 40 --draft-max 4 \
   --adaptive 0.5 --strategies model,model-adaptive,model-auto,model-specdecpp
@@ -60,10 +63,15 @@ for h in $THRESHOLDS; do
   "$SPECK" bench-decode -m models/default.gguf "${P[@]}" -n 128 --max-prompts 40 --draft-max 8 \
     --adaptive "$h" --strategies model-adaptive,model-specdecpp
 done
+fi
 [[ ${SKIP_BIG:-0} == 1 ]] && exit 0
 [[ -s $WORK/tl-q4_0.gguf ]] ||
   "$SPECK" grow -m models/default.gguf --preset tinyllama-1.1b --type q4_0 -o "$WORK/tl-q4_0.gguf"
-echo "== tinyllama-shaped Q4_0, --draft-max 8; $(uptime)"
-"$SPECK" bench-decode -m "$WORK/tl-q4_0.gguf" "${P[@]}" -n 64 --max-prompts 4 --draft-max 8 \
-  --adaptive "${BIG_THRESHOLD:-0.5}" --strategies model,model-adaptive,model-specdecpp
+B=(-m "$WORK/tl-q4_0.gguf" "${P[@]}" -n 64 --max-prompts "${BIG_PROMPTS:-8}")
+for run in "8 0.5 model,model-adaptive,model-specdecpp" "8 0.2 model-adaptive,model-specdecpp" \
+  "8 0.8 model-adaptive,model-specdecpp" "4 0.5 model,model-adaptive,model-specdecpp"; do
+  read -r dmax h S <<<"$run"
+  echo "== tinyllama-shaped Q4_0, --draft-max $dmax, threshold $h; $(uptime)"
+  "$SPECK" bench-decode "${B[@]}" --draft-max "$dmax" --adaptive "$h" --strategies "$S"
+done
 echo "== done; $(uptime)"

@@ -68,7 +68,7 @@ static int dm_propose(speck_drafter *dr, const int32_t *seq, int n, int max_node
             conf = q[tok];
         } else {
             tok = speck_argmax(d->logits, d->n_vocab);
-            conf = top_prob(d->logits, d->n_vocab, tok);
+            conf = d->head ? 0.0f : top_prob(d->logits, d->n_vocab, tok); // the head's, below
         }
         if (d->head) { // the features of the position that proposed tok: the last pass's row
             int rows;
