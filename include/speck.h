@@ -372,6 +372,11 @@ int speck_ctx_compact(speck_ctx *c, const int *idx, int n);
 // Fails (nothing appended) when the cache would overflow or a token id is out of range.
 int speck_forward(speck_ctx *c, int n, const int32_t *tokens, const int32_t *pos,
                   const uint8_t *mask, const int *out_rows, int n_out, float *logits);
+// The last forward pass's final hidden states: its output rows after the final norm (what the
+// output head multiplies), (n_rows, n_embd) in out_rows order — for heads trained on a model's
+// features (SpecDec++'s acceptance head). Valid until the next call on c; a causal batch split
+// into 512-token parts leaves its last part's rows. NULL (n_rows 0) before the first pass.
+const float *speck_ctx_hidden(const speck_ctx *c, int *n_rows);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Many sequences in one forward pass: a paged KV cache (src/serve/)                            */
@@ -788,6 +793,8 @@ typedef enum {
     SPECK_DRAFT_MODEL = 4,  // a smaller model with the same vocabulary
 } speck_draft_kind;
 
+typedef struct speck_accept_head speck_accept_head; // SpecDec++ acceptance head, see below
+
 typedef struct {
     speck_draft_kind kinds[4];      // tried in order; SPECK_DRAFT_NONE ends the list
     const speck_model *draft_model; // for SPECK_DRAFT_MODEL (same vocabulary as the target)
@@ -811,6 +818,9 @@ typedef struct {
     int ngram_max;   // prompt lookup: longest suffix n-gram matched (default 3)
     const int32_t *warm_tokens; // ADED: token stream to warm the tri-gram statistics, or NULL
     int64_t n_warm;
+    // Draft model: a trained acceptance head (not owned) whose predicted acceptance of each draft
+    // token replaces the draft's top probability in the `adaptive` stopping rule (SpecDec++).
+    const speck_accept_head *accept_head;
 } speck_spec_params;
 
 speck_spec_params speck_spec_default(void);
@@ -844,6 +854,76 @@ void speck_decoder_free(speck_decoder *d);
 int speck_decode(speck_decoder *d, const int32_t *prompt, int n_prompt, int n_predict,
                  speck_sampler *s, bool (*eog)(int32_t tok, void *user), speck_token_cb cb,
                  void *user, speck_spec_stats *stats);
+
+/* ------------------------------------------------------------------------------------------ */
+/* SpecDec++: a trained head predicts whether the target accepts a draft token (docs/decoding.md) */
+/* ------------------------------------------------------------------------------------------ */
+//
+// Huang et al. 2024: a small head on the DRAFT model's last hidden state predicts, for each draft
+// token, the chance that the target accepts it; drafting stops once the predicted chance that
+// some drafted token is rejected, 1 - Π p_accept, passes a threshold (speck_spec_params.adaptive
+// with .accept_head). Only the draft length changes: the output stays that of plain decoding.
+// Features (n_embd + SPECK_ACCEPT_N_EXTRA) of a draft token: the draft's final hidden state where
+// it proposed the token (speck_ctx_hidden), its probability of its own top token, and the entropy
+// of its next-token distribution. Head: p = sigmoid(w2 . silu(W1 u + b1) + b2), u the features
+// standardised with the training data's mean and scale; loss: BCE with rejections weighted w_rej.
+#define SPECK_ACCEPT_N_EXTRA 2
+
+// Random head (W1, w2 Gaussian, biases 0, identity standardisation) for n_embd-wide drafts.
+speck_accept_head *speck_accept_head_new(int n_embd, int n_hidden, uint64_t seed);
+// A head file: a GGUF (general.architecture "speck-accept-head") whose shapes and values are
+// checked; SPECK_ERR_FORMAT naming the file and the key or tensor otherwise.
+speck_accept_head *speck_accept_head_load(const char *path);
+int speck_accept_head_save(const speck_accept_head *h, const char *path); // temp file + rename
+void speck_accept_head_free(speck_accept_head *h);
+int speck_accept_head_n_embd(const speck_accept_head *h);
+int64_t speck_accept_head_n_params(const speck_accept_head *h); // W1, b1, w2, b2 in that order
+// x (n_embd + 2) from a draft's hidden row (n_embd) and its logits (n_vocab) at that position.
+void speck_accept_features(const float *hidden, int n_embd, const float *logits, int n_vocab,
+                           float *x);
+float speck_accept_head_prob(const speck_accept_head *h, const float *x); // P(accepted)
+// The weighted BCE over n samples X (n, n_embd + 2), y (n; 1 = accepted):
+//   L = Σ w_i BCE(p_i, y_i) / Σ w_i,  w_i = y_i ? 1 : w_rej
+// grad (n_params, may be NULL) += dL/dθ. NaN for n <= 0.
+double speck_accept_head_loss(const speck_accept_head *h, const float *X, const uint8_t *y,
+                              int64_t n, float w_rej, float *grad);
+
+// Training data: the target decodes greedily from windows of a token stream while the draft
+// proposes n_draft-token chains; every draft token whose predecessors were all accepted becomes a
+// sample (its features, accepted or not under greedy verification).
+typedef struct {
+    int n_draft;    // draft chain length while collecting (1..13, default 8)
+    int prompt_len; // tokens of text before each generation (default 64)
+    int gen_len;    // tokens the target generates per window (default 64)
+    int max_windows; // windows taken from the stream, evenly spaced (default 0: as many as fit)
+} speck_accept_collect_params;
+speck_accept_collect_params speck_accept_collect_default(void);
+// *X (n, n_embd + 2) and *y (n) are malloc'd for the caller.
+int speck_accept_collect(const speck_model *target, const speck_model *draft, const int32_t *text,
+                         int64_t n_text, const speck_accept_collect_params *p, float **X,
+                         uint8_t **y, int64_t *n);
+
+typedef struct {
+    int n_hidden;       // hidden width (default 32)
+    int steps, batch;   // AdamW steps on minibatches drawn with replacement (2000, 256)
+    float lr;           // peak learning rate, cosine to lr/10 (3e-3)
+    float w_rej;        // weight of a rejected sample in the loss (1)
+    float weight_decay; // on W1 and w2 (0.01)
+    float val_fraction; // the last samples held out for the report (0.2)
+    uint64_t seed;
+} speck_accept_train_params;
+speck_accept_train_params speck_accept_train_default(void);
+typedef struct {
+    int64_t n_train, n_val;
+    double accept_rate;            // share of accepted samples in the training split
+    double train_bce, val_bce;     // weighted BCE
+    double val_acc;                // held-out accuracy at p = 0.5
+    double val_auc_head;           // held-out AUC of the head's p_accept
+    double val_auc_top, train_auc_top; // AUC of the draft's top probability alone (the baseline)
+} speck_accept_report;
+speck_accept_head *speck_accept_head_train(const float *X, const uint8_t *y, int64_t n, int n_embd,
+                                           const speck_accept_train_params *p,
+                                           speck_accept_report *rep);
 
 /* ------------------------------------------------------------------------------------------ */
 /* SCMoE: self-contrast decoding of a mixture of experts (docs/decoding.md)                    */

@@ -25,7 +25,7 @@ expect 2 "no command" -- "$SPECK"
 mentions "usage: speck <command>" "generate" "quantize"
 expect 2 "unknown command" -- "$SPECK" frobnicate
 mentions "unknown command 'frobnicate'"
-for c in generate bench bench-decode info init tokenize quantize grow; do
+for c in generate bench bench-decode info init tokenize quantize grow train-accept; do
   expect 0 "$c --help" -- "$SPECK" "$c" --help
   grep -q "usage: speck $c" "$dir/out" && ok || bad "$c --help prints usage"
   expect 2 "$c unknown option" -- "$SPECK" "$c" --no-such-option
@@ -230,7 +230,25 @@ import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 assert len(r) == 3 and all(x["identical"] for x in r) and r[1]["accepted_per_pass"] > 0.5, r
 ' "$dir/out" && ok || bad "distilled draft: $(head -c 600 "$dir/out")"
+  # SpecDec++: a head trained on a little text (a few seconds), then drafting lengths it decides
+  # with plain greedy's exact output; heads refused where they do not fit.
+  head -c 6000 "$(dirname "$0")/../src/decode/spec.c" >"$dir/accept.txt"
+  expect 0 "train-accept" -- "$SPECK" train-accept -m "$models/default.gguf" --draft-model "$models/draft-distill.gguf" --text "$dir/accept.txt" -o "$dir/head.gguf" --prompt-len 16 --gen-len 16 --max-windows 12 --steps 50 -t 1
+  grep -q "held-out AUC: head" "$dir/out" && [[ -s $dir/head.gguf ]] && ok || bad "train-accept output: $(cat "$dir/out")"
+  expect 0 "bench-decode model-specdecpp" -- "$SPECK" bench-decode -m "$models/default.gguf" --draft-model "$models/draft-distill.gguf" --accept-head "$dir/head.gguf" --accept-threshold 0.6 --draft-max 8 --prompts "$dir/prompts.jsonl" -n 32 --json --strategies model-specdecpp --no-curve -t 1
+  /usr/bin/python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+assert [x["strategy"] for x in r] == ["plain", "model-specdecpp"] and all(x["identical"] for x in r), r
+' "$dir/out" && ok || bad "model-specdecpp: $(head -c 600 "$dir/out")"
+  expect 1 "bench-decode --accept-head with a model file" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --draft-model "$dir/tiny.gguf" --accept-head "$models/draft-distill.gguf" --prompts "$dir/prompts.jsonl" --no-curve
+  mentions "draft-distill.gguf" "not an acceptance head"
+  expect 1 "generate --accept-head for another draft width" -- "$SPECK" generate -m "$dir/tiny.gguf" --draft "model:$dir/tiny.gguf" --accept-head "$dir/head.gguf" -p hi -n 4
+  mentions "acceptance head" "width 96" "width 64"
 fi
+expect 2 "train-accept without a draft" -- "$SPECK" train-accept -m "$dir/tiny.gguf" --text "$dir/prompts.jsonl" -o "$dir/h.gguf"
+mentions "need --draft-model"
+[[ ! -e $dir/h.gguf ]] && ok || bad "train-accept wrote a head after an error"
 expect 2 "bench-decode unknown strategy" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/prompts.jsonl" --strategies prompt,nope
 mentions "unknown strategy 'nope'"
 expect 1 "bench-decode missing prompts" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/none.jsonl"

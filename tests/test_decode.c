@@ -168,8 +168,11 @@ static int g_quick;
 // residual branch of the min(1, p/q) rule must be taken. fixed: verify every draft (the rule is
 // exercised on every pass); otherwise the default sampling budget, which falls back to plain
 // steps and probes when drafting does not pay, mixing both kinds of pass in one decoder.
+// head: a SpecDec++ acceptance head deciding the draft lengths (adaptive 0.5), or NULL; with a
+// head the decodes run 6 tokens, so that the passes producing tokens 2 and 3 have room for
+// drafts of 1 to 3 tokens whose length the head chooses.
 static void check_sampling(const speck_model *m, const speck_model *draft, bool partial,
-                           bool fixed) {
+                           bool fixed, const speck_accept_head *head) {
     if (!my_job()) return;
     int V = speck_model_hparams(m)->n_vocab;
     speck_sampler_params sp = speck_sampler_default();
@@ -180,6 +183,8 @@ static void check_sampling(const speck_model *m, const speck_model *draft, bool 
     spec.draft_model = draft;
     spec.max_draft = 3;
     spec.fixed_budget = fixed;
+    spec.accept_head = head;
+    spec.adaptive = head ? 0.5f : 0.0f;
     speck_spec_params plain = speck_spec_default();
     speck_ctx *c1 = speck_ctx_new(m, 64), *c2 = speck_ctx_new(m, 64);
     speck_decoder *ds = speck_decoder_new(m, c1, &spec), *dp = speck_decoder_new(m, c2, &plain);
@@ -198,7 +203,7 @@ static void check_sampling(const speck_model *m, const speck_model *draft, bool 
         speck_sampler *s2 = speck_sampler_new(&sp, V);
         collect a = {.n = 0}, b = {.n = 0};
         speck_spec_stats st;
-        speck_decode(ds, prompt, 4, 3, s1, NULL, collect_cb, &a, &st);
+        speck_decode(ds, prompt, 4, head ? 6 : 3, s1, NULL, collect_cb, &a, &st);
         acc += st.n_accepted;
         drafted += st.n_drafted;
         speck_decode(dp, prompt, 4, 3, s2, NULL, collect_cb, &b, NULL);
@@ -279,7 +284,47 @@ int main(int argc, char **argv) {
         {"draft model adaptive", "model", 1, 0.5f, dm, false},
         {"prompt,aded auto budget", "prompt,aded", 2, 0, NULL, true},
         {"draft model auto budget", "model", 1, 0, dm, true},
+        {"draft model SpecDec++ head", "model", 1, 0.5f, dm, false},
+        {"draft model SpecDec++ random head", "model", 1, 0.9f, dm, false},
     };
+    // A SpecDec++ acceptance head for the draft, trained here on a few windows of a prompt
+    // stream (collection and training run under the sanitizers too); a head for another width
+    // is refused.
+    // A random head (predictions spread around 1/2) varies the lengths more than the trained
+    // one, which learns that the random-weight target rejects nearly everything.
+    speck_accept_head *head = NULL,
+                      *rhead = speck_accept_head_new(speck_model_hparams(dm)->n_embd, 8, 3);
+    {
+        uint64_t r = 5;
+        int32_t text[4 * MAXP];
+        int nt = 0;
+        while (nt + MAXP <= 4 * MAXP) nt += make_prompt(&r, text + nt, speck_model_hparams(m)->n_vocab);
+        speck_accept_collect_params cp = speck_accept_collect_default();
+        cp.prompt_len = 16, cp.gen_len = 24, cp.max_windows = g_quick ? 2 : 6, cp.n_draft = 6;
+        float *X = NULL;
+        uint8_t *y = NULL;
+        int64_t n = 0;
+        CHECK(speck_accept_collect(m, dm, text, nt, &cp, &X, &y, &n) == 0 && n > 20,
+              "acceptance samples collected (%lld): %s", (long long)n, speck_last_error());
+        speck_accept_train_params tp = speck_accept_train_default();
+        tp.steps = 50, tp.batch = 32, tp.n_hidden = 8;
+        speck_accept_report rep;
+        head = speck_accept_head_train(X, y, n, speck_model_hparams(dm)->n_embd, &tp, &rep);
+        CHECK(head && isfinite(rep.val_bce), "acceptance head trained: %s", speck_last_error());
+        free(X), free(y);
+        speck_spec_params sp = speck_spec_default();
+        sp.kinds[0] = SPECK_DRAFT_MODEL;
+        sp.draft_model = dm;
+        speck_accept_head *wide = speck_accept_head_new(speck_model_hparams(dm)->n_embd + 8, 4, 1);
+        sp.accept_head = wide;
+        speck_ctx *c = speck_ctx_new(m, 64);
+        speck_decoder *d = speck_decoder_new(m, c, &sp);
+        CHECK(!d && strstr(speck_last_error(), "acceptance head"),
+              "a head for another draft width is refused: %s", speck_last_error());
+        speck_decoder_free(d);
+        speck_accept_head_free(wide);
+        speck_ctx_free(c);
+    }
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         speck_spec_params sp = speck_spec_default();
         sp.max_draft = 6; // deeper and wider than the defaults: more rejections to recover from
@@ -289,6 +334,9 @@ int main(int argc, char **argv) {
         sp.adaptive = cases[i].adaptive;
         sp.draft_model = cases[i].draft;
         sp.auto_budget = cases[i].auto_budget;
+        sp.accept_head = strstr(cases[i].label, "random head") ? rhead
+                         : strstr(cases[i].label, "SpecDec++") ? head
+                                                               : NULL;
         check_strategy(cases[i].label, m, &sp, np, 512);
     }
     // Generation that runs into the context limit, with drafts longer than the room left.
@@ -376,13 +424,17 @@ int main(int argc, char **argv) {
               strstr(speck_last_error(), "multiple of 32") != NULL,
           "a q8_0 KV cache on head size 16 is refused: %s", speck_last_error());
 
-    check_sampling(m, m, false, true); // q = p: every draft accepted
+    check_sampling(m, m, false, true, NULL); // q = p: every draft accepted
     // The target's own weights in Q4_0 as the draft: q close to p but not equal, so drafts are
     // sampled from q, accepted with min(1, p/q), and rejections resample max(0, p - q).
     CHECK(speck_init_model(speck_preset_find("tiny"), SPECK_TYPE_Q4_0, 11, q4) == 0, "init q4");
     speck_model *q4m = speck_model_load(q4);
-    if (q4m) check_sampling(m, q4m, true, true);
-    if (q4m) check_sampling(m, q4m, false, false); // under the default (falling-back) budget
+    if (q4m) check_sampling(m, q4m, true, true, NULL);
+    if (q4m) check_sampling(m, q4m, false, false, NULL); // under the default (falling-back) budget
+    // SpecDec++ lengths (a random head on the draft's features): the distribution still holds.
+    speck_accept_head *rh = speck_accept_head_new(speck_model_hparams(m)->n_embd, 8, 5);
+    if (q4m && rh) check_sampling(m, q4m, true, true, rh);
+    speck_accept_head_free(rh);
     speck_model_free(q4m);
     remove(q4);
 
@@ -422,6 +474,8 @@ int main(int argc, char **argv) {
     speck_decoder_free(d);
     speck_ctx_free(c);
     speck_model_free(om);
+    speck_accept_head_free(head);
+    speck_accept_head_free(rhead);
     speck_model_free(dm);
     for (int i = 0; i < g_n_ref; i++) free(g_ref[i].want), free(g_ref[i].nw);
     speck_model_free(m);

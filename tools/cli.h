@@ -179,5 +179,6 @@ speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m);
 int cmd_adapter(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_delta(int argc, char **argv);
+int cmd_train_accept(int argc, char **argv); // cmd_train_accept.c: SpecDec++ head
 
 #endif

@@ -90,27 +90,30 @@ typedef struct {
     int width;
     float adaptive;
     bool auto_budget;
+    bool head; // uses --accept-head (SpecDec++), with --accept-threshold over `adaptive`
 } strategy;
 
 // The strategies bench-decode compares, plain first (the baseline).
 static const strategy k_strategies[] = {
-    {"plain", "none", 1, 0, false},
-    {"prompt", "prompt", 1, 0, false},
-    {"prompt-tree", "prompt", 3, 0, false},
-    {"aded", "aded", 1, 0, false},
-    {"aded-tree", "aded", 3, 0, false},
-    {"aded-adaptive", "aded", 3, 0.6f, false},
-    {"jacobi", "jacobi", 2, 0, false},
-    {"prompt+aded", "prompt,aded", 2, 0, false},
-    {"prompt+aded-auto", "prompt,aded", 2, 0, true},
-    {"model", "model", 1, 0, false},
-    {"model-adaptive", "model", 1, 0.5f, false},
-    {"model-auto", "model", 1, 0, true},
+    {"plain", "none", 1, 0, false, false},
+    {"prompt", "prompt", 1, 0, false, false},
+    {"prompt-tree", "prompt", 3, 0, false, false},
+    {"aded", "aded", 1, 0, false, false},
+    {"aded-tree", "aded", 3, 0, false, false},
+    {"aded-adaptive", "aded", 3, 0.6f, false, false},
+    {"jacobi", "jacobi", 2, 0, false, false},
+    {"prompt+aded", "prompt,aded", 2, 0, false, false},
+    {"prompt+aded-auto", "prompt,aded", 2, 0, true, false},
+    {"model", "model", 1, 0, false, false},
+    {"model-adaptive", "model", 1, 0.5f, false, false},
+    {"model-auto", "model", 1, 0, true, false},
+    {"model-specdecpp", "model", 1, 0.5f, false, true},
 };
 #define N_STRATEGIES ((int)(sizeof k_strategies / sizeof k_strategies[0]))
 
 typedef struct {
     double tok_s, accept_per_pass, passes_per_tok, draft_share;
+    double drafted_per_pass; // candidates verified per pass (accepted/drafted: their acceptance)
     int identical, total;
 } result;
 
@@ -234,6 +237,14 @@ static void help(void) {
            "  --strategies LIST   only these strategies (comma-separated names of the table;\n"
            "                      plain always runs, as the baseline)\n"
            "  --no-curve          skip the cost curve (minutes on a 1B model)\n"
+           "  --draft-max K       longest draft and node budget of every strategy, 1..14\n"
+           "                      (default 4)\n"
+           "  --accept-head FILE  run model-specdecpp: model-adaptive with this SpecDec++ head\n"
+           "                      (speck train-accept) predicting each draft token's acceptance\n"
+           "  --accept-threshold H  its stopping threshold on P(some draft rejected) (default\n"
+           "                      --adaptive's)\n"
+           "  --adaptive P        the threshold of every adaptive strategy (aded-adaptive 0.6,\n"
+           "                      model-adaptive and model-specdecpp 0.5 by default)\n"
            "  --category          also a table per prompt category (the \"category\" of each\n"
            "                      .jsonl object; bench/make_code_prompts.py --categories)\n"
            "  --fixed-budget      sampling: verify every strategy's drafts even where they do\n"
@@ -322,8 +333,10 @@ static int scmoe_bench(speck_model *m, const speck_scmoe_params *p, int32_t **pt
 
 int cmd_bench_decode(int argc, char **argv) {
     const char *path = NULL, *ppath = NULL, *dpath = NULL, *plot = NULL, *warm = NULL;
-    const char *only = NULL;
+    const char *only = NULL, *hpath = NULL;
     bool curve = true;
+    int draft_max = 0;
+    float threshold = 0, adaptive = 0;
     int n_predict = 128, max_prompts = 1 << 30;
     float temp = 0.0f;
     bool json = false, fixed = false, by_category = false;
@@ -361,6 +374,14 @@ int cmd_bench_decode(int argc, char **argv) {
             only = v;
         else if (cli_flag(argv[i], "--no-curve", NULL))
             curve = false;
+        else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
+            draft_max = (int)cli_int("bench-decode", "--draft-max", v, 1, 14);
+        else if (cli_opt(argc, argv, &i, "--adaptive", NULL, &v))
+            adaptive = (float)cli_float("bench-decode", "--adaptive", v);
+        else if (cli_opt(argc, argv, &i, "--accept-head", NULL, &v))
+            hpath = v;
+        else if (cli_opt(argc, argv, &i, "--accept-threshold", NULL, &v))
+            threshold = (float)cli_float("bench-decode", "--accept-threshold", v);
         else if (cli_flag(argv[i], "--fixed-budget", NULL))
             fixed = true;
         else if (cli_flag(argv[i], "--category", NULL))
@@ -399,6 +420,8 @@ int cmd_bench_decode(int argc, char **argv) {
     if (!m) return cli_fail("bench-decode");
     speck_model *dm = dpath ? speck_model_load(dpath) : NULL;
     if (dpath && !dm) return cli_fail("bench-decode");
+    speck_accept_head *head = hpath ? speck_accept_head_load(hpath) : NULL;
+    if (hpath && !head) return cli_fail("bench-decode");
     speck_vocab *vocab = speck_vocab_from_gguf(speck_model_gguf(m));
     if (!vocab) return cli_fail("bench-decode");
     int V = speck_model_hparams(m)->n_vocab;
@@ -449,14 +472,19 @@ int cmd_bench_decode(int argc, char **argv) {
     for (int mode = 0; mode < n_modes; mode++) {
         speck_decoder *dec[16] = {0};
         double t[16] = {0}, draft[16] = {0};
-        long gen[16] = {0}, passes[16] = {0}, acc[16] = {0};
+        long gen[16] = {0}, passes[16] = {0}, acc[16] = {0}, drafted[16] = {0};
         for (int si = 0; si < ns; si++) {
             speck_spec_params sp = speck_spec_default();
             speck_spec_parse_kinds(S[si].kinds, sp.kinds);
-            if ((sp.kinds[0] == SPECK_DRAFT_MODEL && !dm) || skip[si]) continue;
+            if ((sp.kinds[0] == SPECK_DRAFT_MODEL && !dm) || (S[si].head && !head) || skip[si])
+                continue;
             sp.draft_model = dm;
             sp.tree_width = S[si].width;
-            sp.adaptive = S[si].adaptive;
+            sp.adaptive = S[si].head && threshold > 0        ? threshold
+                          : S[si].adaptive > 0 && adaptive > 0 ? adaptive
+                                                                : S[si].adaptive;
+            sp.accept_head = S[si].head ? head : NULL;
+            if (draft_max) sp.max_draft = sp.max_nodes = draft_max;
             sp.auto_budget = S[si].auto_budget;
             sp.fixed_budget = fixed;
             sp.warm_tokens = warm_toks;
@@ -486,6 +514,7 @@ int cmd_bench_decode(int argc, char **argv) {
                 gen[si] += st.n_generated;
                 passes[si] += st.n_passes;
                 acc[si] += st.n_accepted;
+                drafted[si] += st.n_drafted;
                 if (mode == 0 && si == 0) {
                     plain_out[k] = out;
                 } else {
@@ -503,6 +532,7 @@ int cmd_bench_decode(int argc, char **argv) {
             if (mode == 0 && si == 0) r->identical = r->total;
             r->tok_s = gen[si] / t[si];
             r->accept_per_pass = passes[si] ? (double)acc[si] / passes[si] : 0;
+            r->drafted_per_pass = passes[si] ? (double)drafted[si] / passes[si] : 0;
             r->passes_per_tok = gen[si] ? (double)passes[si] / gen[si] : 0;
             r->draft_share = t[si] > 0 ? draft[si] / t[si] : 0;
             speck_decoder_free(dec[si]);
@@ -554,10 +584,10 @@ int cmd_bench_decode(int argc, char **argv) {
                 if (!r->total) continue;
                 printf("%s{\"strategy\": \"%s\", \"temperature\": %g, \"tok_s\": %.3f, "
                        "\"speedup\": %.3f, \"accepted_per_pass\": %.3f, \"passes_per_token\": "
-                       "%.3f, \"draft_share\": %.3f, \"identical\": %s}",
+                       "%.3f, \"drafted_per_pass\": %.3f, \"draft_share\": %.3f, \"identical\": %s}",
                        first ? "" : ", ", S[si].name, mode ? temp : 0.0, r->tok_s,
                        r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
-                       r->passes_per_tok, r->draft_share,
+                       r->passes_per_tok, r->drafted_per_pass, r->draft_share,
                        mode ? "null" : (r->identical == r->total ? "true" : "false"));
                 first = 0;
             }
@@ -573,7 +603,8 @@ int cmd_bench_decode(int argc, char **argv) {
     } else {
         printf("\n%d prompts, %d tokens each, %d threads\n\n", P.n, n_predict, speck_get_threads());
         printf("| strategy | mode | tok/s | speedup | accepted/pass | passes/token | draft time | "
-               "identical |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n");
+               "identical | drafted/pass |\n"
+               "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n");
         for (int mode = 0; mode < n_modes; mode++)
             for (int si = 0; si < ns; si++) {
                 result *r = &R[mode][si];
@@ -583,10 +614,10 @@ int cmd_bench_decode(int argc, char **argv) {
                     snprintf(ident, sizeof ident, "(sampling)");
                 else
                     snprintf(ident, sizeof ident, "%d/%d", r->identical, r->total);
-                printf("| %s | %s | %.2f | %.2fx | %.2f | %.3f | %.1f %% | %s |\n", S[si].name,
-                       mode ? "sample" : "greedy", r->tok_s,
+                printf("| %s | %s | %.2f | %.2fx | %.2f | %.3f | %.1f %% | %s | %.2f |\n",
+                       S[si].name, mode ? "sample" : "greedy", r->tok_s,
                        r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
-                       r->passes_per_tok, 100 * r->draft_share, ident);
+                       r->passes_per_tok, 100 * r->draft_share, ident, r->drafted_per_pass);
             }
         if (curve)
             printf("\ncost of verifying n tokens (one forward, all n rows' logits) relative to "
@@ -646,6 +677,7 @@ int cmd_bench_decode(int argc, char **argv) {
     speck_ctx_free(ctx);
     speck_vocab_free(vocab);
     speck_model_free(dm);
+    speck_accept_head_free(head);
     speck_model_free(m);
     if (!all_identical) {
         fprintf(stderr, "speck bench-decode: a strategy's greedy output differs from plain "

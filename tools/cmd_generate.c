@@ -129,6 +129,8 @@ static void help(void) {
            "                         (by default sampling falls back to plain steps then)\n"
            "  --tree-width W         alternative branches per step (default 1 = chain)\n"
            "  --adaptive P           stop a draft once P(some token rejected) > P (SpecDec++)\n"
+           "  --accept-head FILE     draft model: predict each token's acceptance with a head\n"
+           "                         from `speck train-accept` (SpecDec++; --adaptive default 0.5)\n"
            "  --aded-warm FILE       warm ADED's tri-gram statistics with a text file\n"
            "  --compare              also run plain decoding first and print the speedup\n");
 }
@@ -137,6 +139,8 @@ typedef struct {
     speck_spec_params sp;
     speck_model *draft;
     int32_t *warm;
+    const char *head_path; // --accept-head
+    speck_accept_head *head;
 } draft_setup;
 
 // Parse --draft's value into spec params (loading a draft model for model:FILE).
@@ -165,6 +169,15 @@ static int setup_draft(const char *arg, const char *warm_file, const speck_vocab
             if (!ds->draft) return -1;
             ds->sp.draft_model = ds->draft;
         }
+    if (ds->head_path) {
+        if (!ds->draft) {
+            speck_set_error(SPECK_ERR_ARG, "--accept-head needs a draft model (--draft model:FILE)");
+            return -1;
+        }
+        if (!(ds->head = speck_accept_head_load(ds->head_path))) return -1;
+        ds->sp.accept_head = ds->head;
+        if (ds->sp.adaptive <= 0) ds->sp.adaptive = 0.5f;
+    }
     if (warm_file) {
         if (!vocab) {
             speck_set_error(SPECK_ERR_ARG, "--aded-warm needs a model with a tokenizer");
@@ -291,6 +304,8 @@ int cmd_generate(int argc, char **argv) {
             ds.sp.adaptive = (float)cli_float("generate", "--adaptive", v);
         else if (cli_opt(argc, argv, &i, "--aded-warm", NULL, &v))
             warm = v;
+        else if (cli_opt(argc, argv, &i, "--accept-head", NULL, &v))
+            ds.head_path = v;
         else if (cli_flag(argv[i], "--compare", NULL))
             compare = true;
         else if (cli_flag(argv[i], "--fixed-budget", NULL))
@@ -309,6 +324,10 @@ int cmd_generate(int argc, char **argv) {
     // --draft-nodes the budget follows it (the decoder caps it at the verifier's limit).
     if (draft_max_set && !nodes_set && ds.sp.max_draft > ds.sp.max_nodes)
         ds.sp.max_nodes = ds.sp.max_draft;
+    if (ds.head_path && !draft_arg) {
+        fprintf(stderr, "speck generate: --accept-head needs --draft model:FILE\n");
+        return 2;
+    }
     if (sc.on && (draft_arg || compare || gsrc.file || gsrc.text || gsrc.schema || gsrc.json)) {
         fprintf(stderr, "speck generate: --scmoe does not combine with --draft, --compare or a "
                         "grammar\n");
@@ -478,6 +497,7 @@ done:
     speck_grammar_free(grammar);
     speck_ctx_free(ctx);
     speck_model_free(ds.draft);
+    speck_accept_head_free(ds.head);
     speck_vocab_free(vocab);
     speck_model_free(m);
     return rc;

@@ -35,7 +35,8 @@ static void usage(FILE *f) {
             "  finetune   train a LoRA adapter (QLoRA on a quantized base) or every weight (--full)\n"
             "  adapter    adapter files: PEFT export/import, info, a random adapter for tests\n"
             "  merge      bake LoRA adapters into a copy of the base model\n"
-            "  delta      fine-tuning deltas: extract, compress (DARE, ComPEFT), apply, info\n\n"
+            "  delta      fine-tuning deltas: extract, compress (DARE, ComPEFT), apply, info\n"
+            "  train-accept  SpecDec++ acceptance head for a draft model (docs/decoding.md)\n\n"
             "environment:\n"
             "  SPECK_ISA=avx2|scalar  use a narrower kernel path than this CPU's best (%s)\n",
             speck_version(), speck_isa());
@@ -73,7 +74,8 @@ int main(int argc, char **argv) {
                 {"eval", cmd_eval},         {"grow", cmd_grow},
                 {"serve", cmd_serve},
                 {"finetune", cmd_finetune}, {"adapter", cmd_adapter},
-                {"merge", cmd_merge}, {"delta", cmd_delta}};
+                {"merge", cmd_merge}, {"delta", cmd_delta},
+                {"train-accept", cmd_train_accept}};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name)) return cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "speck: unknown command '%s'\n\n", cmd);

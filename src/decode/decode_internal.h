@@ -47,7 +47,8 @@ struct speck_drafter {
 speck_drafter *speck_drafter_prompt_new(void);
 speck_drafter *speck_drafter_aded_new(const speck_spec_params *p, int n_vocab);
 speck_drafter *speck_drafter_jacobi_new(int n_vocab);
-speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_model *target);
+speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_model *target,
+                                       const speck_accept_head *head);
 
 // Append a node (the caller checks the budget); returns its index, the parent of what follows.
 static inline int speck_tree_add(speck_draft_tree *t, int32_t tok, int parent, float conf) {

@@ -1,7 +1,8 @@
 // Draft-model drafter: a smaller model with the same vocabulary proposes a chain — greedy when the
 // target decodes greedily, otherwise each token sampled from the draft's distribution q under the
 // target's sampling settings, with q handed to the engine for the min(1, p/q) rule. Its own KV
-// cache follows the accepted sequence (truncated back to the common prefix after each pass).
+// cache follows the accepted sequence (truncated back to the common prefix after each pass). With
+// a SpecDec++ acceptance head, each token's confidence is the head's predicted acceptance.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,8 @@ typedef struct {
     int cap;
     float *logits; // (n_vocab)
     float *q;      // (SPECK_MAX_NODES, n_vocab) distributions sampled drafts were drawn from
+    const speck_accept_head *head; // or NULL: the draft's own probability is the confidence
+    float *feat;                   // (n_embd + SPECK_ACCEPT_N_EXTRA) the head's input
 } draft_model;
 
 // Probability of the argmax under softmax(logits): the draft's confidence in its own token.
@@ -65,7 +68,15 @@ static int dm_propose(speck_drafter *dr, const int32_t *seq, int n, int max_node
             conf = q[tok];
         } else {
             tok = speck_argmax(d->logits, d->n_vocab);
-            conf = top_prob(d->logits, d->n_vocab, tok);
+            conf = d->head ? 0.0f : top_prob(d->logits, d->n_vocab, tok); // the head's, below
+        }
+        if (d->head) { // the features of the position that proposed tok: the last pass's row
+            int rows;
+            const float *h = speck_ctx_hidden(d->ctx, &rows);
+            speck_accept_features(h + (size_t)(rows - 1) * speck_accept_head_n_embd(d->head),
+                                  speck_accept_head_n_embd(d->head), d->logits, d->n_vocab,
+                                  d->feat);
+            conf = speck_accept_head_prob(d->head, d->feat);
         }
         if (k > 0 && !speck_keep_drafting(p, prod * conf)) break;
         prod *= conf;
@@ -94,10 +105,12 @@ static void dm_destroy(speck_drafter *dr) {
     free(d->cached);
     free(d->logits);
     free(d->q);
+    free(d->feat);
     free(d);
 }
 
-speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_model *target) {
+speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_model *target,
+                                       const speck_accept_head *head) {
     const speck_hparams *hd = speck_model_hparams(draft), *ht = speck_model_hparams(target);
     const speck_gguf *gd = speck_model_gguf(draft), *gt = speck_model_gguf(target);
     // Same vocabulary: same size and the same token strings (a reordered or different vocabulary
@@ -122,8 +135,18 @@ speck_drafter *speck_drafter_model_new(const speck_model *draft, const speck_mod
                         speck_gguf_path(gd), hd->n_vocab, speck_gguf_path(gt), ht->n_vocab);
         return NULL;
     }
+    if (head && speck_accept_head_n_embd(head) != hd->n_embd) {
+        speck_set_error(SPECK_ERR_ARG,
+                        "acceptance head: trained on a draft of width %d, the draft model %s has "
+                        "width %d",
+                        speck_accept_head_n_embd(head), speck_gguf_path(gd), hd->n_embd);
+        return NULL;
+    }
     draft_model *d = calloc(1, sizeof *d);
     if (!d) goto oom;
+    d->head = head;
+    if (head && !(d->feat = malloc((size_t)(hd->n_embd + SPECK_ACCEPT_N_EXTRA) * sizeof(float))))
+        goto oom;
     d->m = draft;
     d->n_vocab = hd->n_vocab;
     d->ctx = speck_ctx_new(draft, 0);

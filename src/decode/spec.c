@@ -171,7 +171,7 @@ speck_decoder *speck_decoder_new(const speck_model *model, speck_ctx *c,
                 speck_decoder_free(d);
                 return NULL;
             }
-            dr = speck_drafter_model_new(d->p.draft_model, model);
+            dr = speck_drafter_model_new(d->p.draft_model, model, d->p.accept_head);
             break;
         default:
             break;

@@ -59,6 +59,10 @@ struct speck_ctx {
     int64_t *expert_counts;        // (n_layer, n_expert) tokens routed to each expert, or NULL
     const int *moe_rank; // (n) of the next pass, or NULL: per token 0 = the usual top-k routing,
                          // r > 0 = only the r-th ranked expert (src/decode/scmoe.c sets it)
+    // The last pass's output rows after the final norm (speck_ctx_hidden): a pointer into the
+    // scratch that pass used (thread 0's rows on the streaming path, xn on the batch path).
+    const float *hidden;
+    int n_hidden;
 };
 
 // g (n) = act(g) * u (llama.c): the FFN's activation, for dense blocks and experts alike.

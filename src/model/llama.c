@@ -947,9 +947,17 @@ static int forward_part(speck_ctx *c, int n, const int32_t *tokens, const int32_
         forward_stream(c, n, mask, out_rows, n_out, logits);
     else
         forward_batch(c, n, mask, out_rows, n_out, logits);
+    // Both passes leave the normalised output rows in their scratch: expose them, copying nothing.
+    c->hidden = stream ? (const float *)c->tbuf[0] : c->xn;
+    c->n_hidden = n_out;
     c->n_past += n;
     if (c->swa_cap) c->swa_lo = swa_held_from(c, c->n_past);
     return 0;
+}
+
+const float *speck_ctx_hidden(const speck_ctx *c, int *n_rows) {
+    if (n_rows) *n_rows = c->hidden ? c->n_hidden : 0;
+    return c->hidden;
 }
 
 // The per-row operations of the passes above, for the multi-sequence forward (src/serve/), so
