@@ -29,6 +29,16 @@ typedef struct {
     // probabilities, renormalised over the chosen ones when moe_norm (Mixtral; OLMoE does not).
     int n_expert, n_expert_used;
     bool moe_norm;
+    // The architecture (docs/training.md, "Architectures"): its GGUF name, "" for "llama". Its
+    // description (src/model/arch_*.c) gives the layer's tensors and RoPE layout: "qwen2"
+    // (q/k/v biases, NEOX RoPE), "qwen3" (RMSNorm over each q and k head before RoPE),
+    // "qwen2moe" (experts plus a shared expert of width n_ff_shexp behind a sigmoid gate; biases),
+    // "qwen3moe" (per-head q/k norms, experts), "olmoe" (q/k norms over the whole projections,
+    // experts). Families with other layers (gemma, phi3) are refused.
+    char arch[32];
+    int head_dim;   // 0: n_embd / n_head
+    bool qkv_bias;  // q/k/v projections with biases (always for qwen2 and qwen2moe)
+    int n_ff_shexp; // the shared expert's width (qwen2moe; required there, 0 elsewhere)
 } speck_train_config;
 
 typedef struct speck_train_model speck_train_model;
@@ -40,8 +50,8 @@ speck_train_config speck_train_config_from_preset(const speck_preset *p);
 // 1/sqrt(2 n_layer)), norms 1; identical for a seed whatever the thread count.
 speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t seed);
 // A model initialised from a GGUF model of any supported type (weights dequantized to f32).
-// Architecture "llama" (or "qwen2" without q/k/v biases; llama with experts: Mixtral); the
-// file's RoPE settings are kept.
+// Architectures llama (with experts: Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, olmoe, without a
+// sliding window; the file's RoPE settings are kept.
 speck_train_model *speck_train_model_load(const char *path);
 void speck_train_model_free(speck_train_model *tm);
 const speck_train_config *speck_train_model_config(const speck_train_model *tm);

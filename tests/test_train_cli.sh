@@ -115,10 +115,10 @@ expect 1 "train: top-k > experts" -- "$SPECK" train "${ARGS[@]}" --n-expert 4 --
 mentions "5 used"
 expect 2 "train: top-k without experts" -- "$SPECK" train "${ARGS[@]}" --n-expert-used 2 -o "$dir/e.gguf"
 mentions "--n-expert"
-expect 2 "train: a preset of a family speck cannot train" -- "$SPECK" train "${ARGS[@]}" --preset tiny-qwen2moe -o "$dir/e.gguf"
-mentions "qwen2moe"
-"$SPECK" init --preset tiny-qwen3moe -o "$dir/q3m.gguf" >/dev/null 2>&1
-expect 1 "train: --init-from a qwen3moe model" -- "$SPECK" train "${ARGS[@]}" --init-from "$dir/q3m.gguf" -o "$dir/e.gguf"
+expect 1 "train: a preset of a family speck cannot train" -- "$SPECK" train "${ARGS[@]}" --preset tiny-phi3 -o "$dir/e.gguf"
+mentions "phi3"
+"$SPECK" init --preset tiny-gemma2 -o "$dir/g2.gguf" >/dev/null 2>&1
+expect 1 "train: --init-from a gemma2 model" -- "$SPECK" train "${ARGS[@]}" --init-from "$dir/g2.gguf" -o "$dir/e.gguf"
 mentions "cannot be trained"
 
 # N:M sparse training (SR-STE) from the trained model: S24_Q8 + its dense copy, both loadable
