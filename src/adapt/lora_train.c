@@ -1,5 +1,5 @@
-// LoRA / QLoRA fine-tuning: the Llama layer's forward and backward through a frozen base kept in
-// its stored type (each product dequantizes a block of the matrix's rows at a time), with the
+// LoRA / QLoRA fine-tuning: the Llama layer's forward and backward (with qwen2's q/k/v biases and
+// qwen3's per-head q/k norms) through a frozen base kept in its stored type (each product dequantizes a block of the matrix's rows at a time), with the
 // adapter's A and B in f32; AdamW from speck train (optim.c); checkpoints.
 //
 // Shapes: N = B*T rows; C = n_embd; H / Hkv heads; hd = head_dim; Qd = H*hd; KVd = Hkv*hd;
@@ -26,6 +26,8 @@ typedef struct {
     float *x_in;        // (N, C) residual stream entering the layer
     float *xn1, *rstd1; // (N, C), (N) attention RMSNorm
     float *q, *k, *v;   // (N, Qd), (N, KVd) x2; q, k after RoPE
+    float *q_raw, *k_raw;   // (N, Qd), (N, KVd) before the q/k norms (qwen3), or NULL
+    float *rstd_q, *rstd_k; // (N·H), (N·Hkv) their 1/rms (per head), or (N) over whole rows
     float *att;         // (B, H, T, T) softmax probabilities
     float *ao;          // (N, Qd) attention output
     float *x_mid;       // (N, C) residual after attention
@@ -48,6 +50,7 @@ struct speck_lora_trainer {
     float *logits;                  // (N, V)
     float *cos, *sin;               // (T, hd/2)
     float *dx, *dt, *dq, *dk, *dv, *dao, *dg, *du, *dh, *dp;
+    float *dqr, *dkr; // (N, Qd), (N, KVd) before the q/k norms (QK-norm only)
     float *dlt; // (N, max r) gradient of x̃·Aᵀ
     float *xd;  // (N, max n_in) x̃, and dx's adapter term under dropout
     float *wbuf; // (WCHUNK_FLOATS or one 16-row block) dequantized rows of a frozen matrix
@@ -99,6 +102,7 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
     int err = 0;
     if (!(tr->l = calloc((size_t)hp->n_layer, sizeof *tr->l))) err = 1;
     size_t max_r = 1, max_in = C > F ? C : F, wb = 0;
+    if (Qd > max_in) max_in = Qd; // attn_output's input (qwen3: Qd != C)
     for (int l = 0; !err && l < hp->n_layer; l++) {
         llayer *la = &tr->l[l];
         la->x_in = alloc_f(tr, N * C, &err);
@@ -107,6 +111,12 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
         la->q = alloc_f(tr, N * Qd, &err);
         la->k = alloc_f(tr, N * KVd, &err);
         la->v = alloc_f(tr, N * KVd, &err);
+        if (hp->qk_norm) {
+            la->q_raw = alloc_f(tr, N * Qd, &err);
+            la->k_raw = alloc_f(tr, N * KVd, &err);
+            la->rstd_q = alloc_f(tr, N * hp->n_head, &err);
+            la->rstd_k = alloc_f(tr, N * hp->n_head_kv, &err);
+        }
         la->att = alloc_f(tr, (size_t)B * hp->n_head * T * T, &err);
         la->ao = alloc_f(tr, N * Qd, &err);
         la->x_mid = alloc_f(tr, N * C, &err);
@@ -141,6 +151,10 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
     tr->dk = alloc_f(tr, N * KVd, &err);
     tr->dv = alloc_f(tr, N * KVd, &err);
     tr->dao = alloc_f(tr, N * Qd, &err);
+    if (hp->qk_norm) {
+        tr->dqr = alloc_f(tr, N * Qd, &err);
+        tr->dkr = alloc_f(tr, N * KVd, &err);
+    }
     tr->dg = alloc_f(tr, N * F, &err);
     tr->du = alloc_f(tr, N * F, &err);
     tr->dh = alloc_f(tr, N * F, &err);
@@ -328,6 +342,13 @@ static void lin_backward(speck_lora_trainer *tr, int l, int t, const float *x, c
 
 /* ---- the model ------------------------------------------------------------------------------ */
 
+// The frozen q/k norms' rows and width for N tokens of `heads` heads: per head (N·heads, hd), or
+// the whole projection (N, heads·hd) (olmoe).
+static void qkn_shape(const speck_hparams *hp, int N, int heads, int *rows, int *cols) {
+    *rows = hp->qk_norm_full ? N : N * heads;
+    *cols = hp->qk_norm_full ? heads * hp->head_dim : hp->head_dim;
+}
+
 // The loss over positions with a target >= 0 (their count in *n_valid).
 static float forward(speck_lora_trainer *tr, const int32_t *in, const int32_t *tg, int B, int T,
                      int64_t *n_valid) {
@@ -347,9 +368,18 @@ static float forward(speck_lora_trainer *tr, const int32_t *in, const int32_t *t
         const speck_layer *ly = &m->layers[l];
         float *x_out = l + 1 < hp->n_layer ? tr->l[l + 1].x_in : tr->x_final;
         train_rmsnorm_forward(la->xn1, la->rstd1, la->x_in, ly->attn_norm, N, C, hp->norm_eps);
-        lin_forward(tr, l, SPECK_LORA_Q, la->xn1, N, la->q);
-        lin_forward(tr, l, SPECK_LORA_K, la->xn1, N, la->k);
+        lin_forward(tr, l, SPECK_LORA_Q, la->xn1, N, hp->qk_norm ? la->q_raw : la->q);
+        lin_forward(tr, l, SPECK_LORA_K, la->xn1, N, hp->qk_norm ? la->k_raw : la->k);
         lin_forward(tr, l, SPECK_LORA_V, la->xn1, N, la->v);
+        if (hp->qk_norm) { // qwen3: RMSNorm of each q / k head (frozen weights) before RoPE
+            int rows, cols;
+            qkn_shape(hp, N, H, &rows, &cols);
+            train_rmsnorm_forward(la->q, la->rstd_q, la->q_raw, ly->q_norm, rows, cols,
+                                  hp->norm_eps);
+            qkn_shape(hp, N, Hkv, &rows, &cols);
+            train_rmsnorm_forward(la->k, la->rstd_k, la->k_raw, ly->k_norm, rows, cols,
+                                  hp->norm_eps);
+        }
         train_rope_apply(la->q, tr->cos, tr->sin, B, T, H, hd, hp->rope_type, false);
         train_rope_apply(la->k, tr->cos, tr->sin, B, T, Hkv, hd, hp->rope_type, false);
         train_attention_forward(la->ao, la->att, la->q, la->k, la->v, B, T, H, Hkv, hd);
@@ -400,8 +430,19 @@ static void backward(speck_lora_trainer *tr, const int32_t *tg, int B, int T, fl
                                  la->v, B, T, H, Hkv, hd);
         train_rope_apply(tr->dq, tr->cos, tr->sin, B, T, H, hd, hp->rope_type, true);
         train_rope_apply(tr->dk, tr->cos, tr->sin, B, T, Hkv, hd, hp->rope_type, true);
-        lin_backward(tr, l, SPECK_LORA_Q, la->xn1, tr->dq, N, tr->dt, false);
-        lin_backward(tr, l, SPECK_LORA_K, la->xn1, tr->dk, N, tr->dt, true);
+        float *dq = tr->dq, *dk = tr->dk;
+        if (hp->qk_norm) {
+            int rows, cols;
+            qkn_shape(hp, N, H, &rows, &cols);
+            train_rmsnorm_backward(tr->dqr, NULL, tr->dq, la->q_raw, ly->q_norm, la->rstd_q, rows,
+                                   cols, false);
+            qkn_shape(hp, N, Hkv, &rows, &cols);
+            train_rmsnorm_backward(tr->dkr, NULL, tr->dk, la->k_raw, ly->k_norm, la->rstd_k, rows,
+                                   cols, false);
+            dq = tr->dqr, dk = tr->dkr;
+        }
+        lin_backward(tr, l, SPECK_LORA_Q, la->xn1, dq, N, tr->dt, false);
+        lin_backward(tr, l, SPECK_LORA_K, la->xn1, dk, N, tr->dt, true);
         lin_backward(tr, l, SPECK_LORA_V, la->xn1, tr->dv, N, tr->dt, true);
         train_rmsnorm_backward(tr->dx, NULL, tr->dt, la->x_in, ly->attn_norm, la->rstd1, N, C,
                                true);
@@ -454,13 +495,13 @@ int speck_lora_trainer_step(speck_lora_trainer *tr, const int32_t *in, const int
 speck_lora_trainer *speck_lora_trainer_new(const speck_model *m, speck_lora *a, float dropout,
                                            uint64_t seed) {
     const speck_hparams *hp = &m->hp;
-    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2")) || hp->n_swa > 0 || hp->qk_norm ||
-        hp->post_norms || hp->ffn_act != SPECK_ACT_SILU || hp->embd_scale != 1.0f ||
+    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2") && strcmp(hp->arch, "qwen3")) ||
+        hp->n_swa > 0 || hp->post_norms || hp->ffn_act != SPECK_ACT_SILU || hp->embd_scale != 1.0f ||
         hp->attn_softcap > 0 || hp->final_softcap > 0 ||
         fabsf(hp->attn_scale * sqrtf((float)hp->head_dim) - 1.0f) > 1e-6f || m->rope_freq_long) {
         speck_set_error(SPECK_ERR_UNSUPPORTED,
                         "finetune: architecture %s%s cannot be fine-tuned by speck (the Llama layer "
-                        "of llama and qwen2 models without a sliding window)",
+                        "of llama, qwen2 and qwen3 models without a sliding window)",
                         hp->arch, hp->n_swa > 0 ? " with a sliding window" : "");
         return NULL;
     }

@@ -51,6 +51,9 @@ CASES = [("gqa", "f32", "q,k,v,o,gate,up,down", False, 1),
          ("gqa", "q8_0", "q,k,v,o,gate,up,down", False, 1),
          ("gqa", "q4_0", "q,k,v,o,gate,up,down", False, 1),
          ("qwen2", "f32", "q,k,v,o", False, 1),
+         # Qwen3: per-head q/k norms (frozen) between the adapted q/k and RoPE, head_dim 32 !=
+         # n_embd / n_head so attn_output's input is wider than the model.
+         ("qwen3", "f32", "q,k,v,o,gate,up,down", False, 1),
          ("gqa", "f32", "q,k,v,o,gate,up,down", True, 1),
          ("gqa", "f32", "q,k,v,o,gate,up,down", False, 2),
          ("gqa", "q8_0", "q,v,down", False, 4)]
