@@ -47,8 +47,9 @@ for what in RES CPU; do
     m=$(echo "${V[$k]}" | med)
     case $k in llama|qwen2|qwen3) base=llama ;; *) base=mixtral ;; esac
     b=$(echo "${V[$base]}" | med)
-    awk -v k="$k" -v m="$m" -v b="$b" -v base="$base" -v all="${V[$k]}" -v u="$what" \
-      'BEGIN {printf "%-9s %s median %7.0f (runs:%s)  x%.2f vs %s\n", k, u == "RES" ?
-        "tok/s" : "tok/CPU-s", m, all, m / b, base}'
+    unit=tok/s
+    [[ $what == CPU ]] && unit=tok/CPU-s
+    awk -v k="$k" -v m="$m" -v b="$b" -v base="$base" -v all="${V[$k]}" -v u="$unit" \
+      'BEGIN {printf "%-9s %-9s median %7.0f (runs:%s)  x%.2f vs %s\n", k, u, m, all, m / b, base}'
   done
 done

@@ -9,7 +9,8 @@
 # two tokens chosen).
 #
 # usage: bench/train_arch_check.sh [BUILD_DIR] [WORK_DIR]
-# Env: STEPS (150), THREADS (1), FAMILIES (mixtral qwen2 qwen3 qwen2moe qwen3moe olmoe)
+# Env: STEPS (150), THREADS (1), FAMILIES (mixtral qwen2 qwen3 qwen2moe qwen3moe olmoe), EXTRA
+# (more `speck train` flags, e.g. size flags over the presets' shapes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -24,7 +25,7 @@ for fam in ${FAMILIES:-mixtral qwen2 qwen3 qwen2moe qwen3moe olmoe}; do
   nice -n 10 "$BUILD/speck" train --data "$CORPUS" --glob '*.py' --vocab models/default.gguf \
     --cache "$WORK/corpus.tokens" --preset "tiny-$fam" --ctx 128 --batch 8 --steps "$STEPS" \
     --lr 3e-3 --warmup 10 --val-every 50 --val-batches 2 --ckpt-every 1000 --threads "$THREADS" \
-    --seed 1 --type f16 --quiet -o "$WORK/$fam.gguf"
+    --seed 1 --type f16 --quiet ${EXTRA:-} -o "$WORK/$fam.gguf"
   # train_loss at step 0 and train/val_loss at each validation
   awk -F, -v f="$fam" 'NR > 1 && ($1 == 0 || $3 != "") {l = l sprintf(" %d:%s%s", $1, $2,
     $3 != "" ? "/" $3 : "")} END {print f ":" l}' "$WORK/$fam.csv"
