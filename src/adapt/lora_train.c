@@ -505,6 +505,13 @@ speck_lora_trainer *speck_lora_trainer_new(const speck_model *m, speck_lora *a, 
                         hp->arch, hp->n_swa > 0 ? " with a sliding window" : "");
         return NULL;
     }
+    if (hp->n_expert > 0) { // the FFN is the experts: this pass has only the dense one
+        speck_set_error(SPECK_ERR_UNSUPPORTED,
+                        "finetune: LoRA of a model with experts (%s, %d experts) is not "
+                        "supported; finetune --full trains every weight of it",
+                        hp->arch, hp->n_expert);
+        return NULL;
+    }
     if (speck_lora_check(a, m)) return NULL;
     if (!(dropout >= 0 && dropout < 1)) {
         speck_set_error(SPECK_ERR_ARG, "finetune: dropout %g must be in [0, 1)", dropout);
