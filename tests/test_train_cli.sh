@@ -123,8 +123,10 @@ expect 0 "train qwen3" -- "$SPECK" train "${ARGS[@]}" --preset tiny-qwen3 --step
 for i in 1 2 3 4 5 6; do printf '{"prompt": "def f%d(x):", "completion": " return x + %d"}\n' $i $i; done >"$dir/ft.jsonl"
 expect 0 "finetune --full a qwen3 model" -- "$SPECK" finetune --full -m "$dir/q3.gguf" --data "$dir/ft.jsonl" --steps 2 --threads 1 --quiet -o "$dir/q3ft.gguf"
 expect 0 "LoRA on a qwen3 model" -- "$SPECK" finetune -m "$dir/q3.gguf" --data "$dir/ft.jsonl" --steps 2 --rank 2 --threads 1 --quiet -o "$dir/q3lora.gguf"
-expect 1 "LoRA on a mixture of experts" -- "$SPECK" finetune -m "$dir/moe.gguf" --data "$dir/ft.jsonl" --steps 2 --rank 2 --threads 1 --quiet -o "$dir/moelora.gguf"
-mentions "experts" "finetune --full"
+expect 0 "LoRA on a qwen2moe model (attention adapted, experts frozen)" -- "$SPECK" finetune -m "$dir/q2m.gguf" --data "$dir/ft.jsonl" --steps 2 --rank 2 --threads 1 --quiet -o "$dir/q2mlora.gguf"
+expect 0 "generate with the qwen2moe LoRA" -- "$SPECK" generate -m "$dir/q2m.gguf" --lora "$dir/q2mlora.gguf" -p "def" -n 4 -t 1
+expect 1 "LoRA of only FFN matrices on a mixture of experts" -- "$SPECK" finetune -m "$dir/q2m.gguf" --data "$dir/ft.jsonl" --steps 2 --rank 2 --targets gate,up --threads 1 --quiet -o "$dir/e.gguf"
+mentions "none of the targeted"
 expect 0 "generate with the qwen3 LoRA" -- "$SPECK" generate -m "$dir/q3.gguf" --lora "$dir/q3lora.gguf" -p "def" -n 4 -t 1
 expect 1 "train: top-k > experts" -- "$SPECK" train "${ARGS[@]}" --n-expert 4 --n-expert-used 5 -o "$dir/e.gguf"
 mentions "5 used"

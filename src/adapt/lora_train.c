@@ -1,5 +1,6 @@
-// LoRA / QLoRA fine-tuning: the Llama layer's forward and backward (with qwen2's q/k/v biases and
-// qwen3's per-head q/k norms) through a frozen base kept in its stored type (each product dequantizes a block of the matrix's rows at a time), with the
+// LoRA / QLoRA fine-tuning: the Llama layer's forward and backward (with qwen2's q/k/v biases,
+// qwen3's / olmoe's q/k norms, and the mixtures of experts of Mixtral, qwen2moe, qwen3moe and
+// olmoe frozen in f32 copies) through a frozen base kept in its stored type (each product dequantizes a block of the matrix's rows at a time), with the
 // adapter's A and B in f32; AdamW from speck train (optim.c); checkpoints.
 //
 // Shapes: N = B*T rows; C = n_embd; H / Hkv heads; hd = head_dim; Qd = H*hd; KVd = Hkv*hd;
@@ -15,6 +16,7 @@
 
 #include "adapt/adapt_internal.h"
 #include "kernels/kernels.h"
+#include "train/moe_train.h"
 #include "train/train_internal.h"
 #include "train/train_ops.h"
 
@@ -33,8 +35,17 @@ typedef struct {
     float *x_mid;       // (N, C) residual after attention
     float *xn2, *rstd2; // (N, C), (N) FFN RMSNorm
     float *g, *u, *h;   // (N, F)
+    tmoe_acts moe;      // with experts instead (moe_train.h)
+    tshexp_acts sh;     // and the shared expert's
     float *t[NT];       // (N, r) x̃·Aᵀ of each adapted matrix, or NULL
 } llayer;
+
+// A layer's mixture of experts as f32 copies of the frozen base (dequantized once at creation):
+// router (X, C), experts (X, Fx, C) x2 and (X, C, Fx), the shared expert's gate (C) and matrices
+// (Fs, C) x2, (C, Fs) or NULL. The adapters train the attention; the experts stay as they are.
+typedef struct {
+    float *router, *wg_x, *wu_x, *wd_x, *sh_gate, *wg_s, *wu_s, *wd_s;
+} lmoe;
 
 struct speck_lora_trainer {
     const speck_model *m;
@@ -51,6 +62,9 @@ struct speck_lora_trainer {
     float *cos, *sin;               // (T, hd/2)
     float *dx, *dt, *dq, *dk, *dv, *dao, *dg, *du, *dh, *dp;
     float *dqr, *dkr; // (N, Qd), (N, KVd) before the q/k norms (QK-norm only)
+    lmoe *moe_w;               // (L) with experts, else NULL
+    tmoe_scratch moe_d;        // the experts' backward scratch
+    tshexp_scratch sh_d;       // the shared expert's
     float *dlt; // (N, max r) gradient of x̃·Aᵀ
     float *xd;  // (N, max n_in) x̃, and dx's adapter term under dropout
     float *wbuf; // (WCHUNK_FLOATS or one 16-row block) dequantized rows of a frozen matrix
@@ -93,6 +107,12 @@ static int64_t chunk_rows(const speck_weight *w) {
     return r < w->n_out ? r : w->n_out;
 }
 
+// The experts' shape for N tokens (no auxiliary loss: the router is frozen).
+static tmoe_shape moe_shape(const speck_hparams *hp, int N) {
+    return (tmoe_shape){N, hp->n_embd, hp->n_ff_exp, hp->n_expert, hp->n_expert_used,
+                        hp->moe_norm};
+}
+
 static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
     if (tr->B == B && tr->T == T && tr->dp_threads >= omp_get_max_threads()) return 0;
     acts_free(tr);
@@ -122,9 +142,23 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
         la->x_mid = alloc_f(tr, N * C, &err);
         la->xn2 = alloc_f(tr, N * C, &err);
         la->rstd2 = alloc_f(tr, N, &err);
-        la->g = alloc_f(tr, N * F, &err);
-        la->u = alloc_f(tr, N * F, &err);
-        la->h = alloc_f(tr, N * F, &err);
+        if (hp->n_expert) {
+            const tmoe_shape sh = moe_shape(hp, (int)N);
+            float *blk = alloc_f(tr, tmoe_acts_bytes(&sh) / sizeof(float), &err);
+            if (blk) tmoe_acts_at(&sh, blk, &la->moe);
+            if (hp->n_ff_shexp) {
+                const size_t Fs = hp->n_ff_shexp;
+                la->sh.sg = alloc_f(tr, N, &err);
+                la->sh.g = alloc_f(tr, N * Fs, &err);
+                la->sh.u = alloc_f(tr, N * Fs, &err);
+                la->sh.h = alloc_f(tr, N * Fs, &err);
+                la->sh.ys = alloc_f(tr, N * C, &err);
+            }
+        } else {
+            la->g = alloc_f(tr, N * F, &err);
+            la->u = alloc_f(tr, N * F, &err);
+            la->h = alloc_f(tr, N * F, &err);
+        }
         for (int t = 0; t < NT; t++) {
             const speck_lora_mat *mt = mat_of(tr, l, t);
             const speck_weight *w = speck_lora_base_weight(tr->m, l, t);
@@ -155,9 +189,23 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
         tr->dqr = alloc_f(tr, N * Qd, &err);
         tr->dkr = alloc_f(tr, N * KVd, &err);
     }
-    tr->dg = alloc_f(tr, N * F, &err);
-    tr->du = alloc_f(tr, N * F, &err);
-    tr->dh = alloc_f(tr, N * F, &err);
+    if (hp->n_expert) {
+        const tmoe_shape sh = moe_shape(hp, (int)N);
+        float *blk = alloc_f(tr, tmoe_scratch_bytes(&sh) / sizeof(float), &err);
+        if (blk) tmoe_scratch_at(&sh, blk, &tr->moe_d);
+        if (hp->n_ff_shexp) {
+            const size_t Fs = hp->n_ff_shexp;
+            tr->sh_d.dys = alloc_f(tr, N * C, &err);
+            tr->sh_d.dh = alloc_f(tr, N * Fs, &err);
+            tr->sh_d.dg = alloc_f(tr, N * Fs, &err);
+            tr->sh_d.du = alloc_f(tr, N * Fs, &err);
+            tr->sh_d.dz = alloc_f(tr, N, &err);
+        }
+    } else {
+        tr->dg = alloc_f(tr, N * F, &err);
+        tr->du = alloc_f(tr, N * F, &err);
+        tr->dh = alloc_f(tr, N * F, &err);
+    }
     tr->dp = alloc_f(tr, (size_t)tr->dp_threads * T * T, &err);
     tr->dlt = alloc_f(tr, N * max_r, &err);
     tr->xd = alloc_f(tr, N * max_in, &err);
@@ -386,10 +434,19 @@ static float forward(speck_lora_trainer *tr, const int32_t *in, const int32_t *t
         lin_forward(tr, l, SPECK_LORA_O, la->ao, N, tr->dt);
         train_residual_forward(la->x_mid, la->x_in, tr->dt, (size_t)N * C);
         train_rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, ly->ffn_norm, N, C, hp->norm_eps);
-        lin_forward(tr, l, SPECK_LORA_GATE, la->xn2, N, la->g);
-        lin_forward(tr, l, SPECK_LORA_UP, la->xn2, N, la->u);
-        train_swiglu_forward(la->h, la->g, la->u, (size_t)N * hp->n_ff);
-        lin_forward(tr, l, SPECK_LORA_DOWN, la->h, N, tr->dt);
+        if (hp->n_expert) { // the frozen experts (and shared expert)
+            const lmoe *e = &tr->moe_w[l];
+            const tmoe_shape sh = moe_shape(hp, N);
+            tmoe_forward(&sh, &la->moe, tr->dt, la->xn2, e->router, e->wg_x, e->wu_x, e->wd_x);
+            if (e->sh_gate)
+                tshexp_forward(&la->sh, tr->dt, la->xn2, e->sh_gate, e->wg_s, e->wu_s, e->wd_s, N,
+                               C, hp->n_ff_shexp);
+        } else {
+            lin_forward(tr, l, SPECK_LORA_GATE, la->xn2, N, la->g);
+            lin_forward(tr, l, SPECK_LORA_UP, la->xn2, N, la->u);
+            train_swiglu_forward(la->h, la->g, la->u, (size_t)N * hp->n_ff);
+            lin_forward(tr, l, SPECK_LORA_DOWN, la->h, N, tr->dt);
+        }
         train_residual_forward(x_out, la->x_mid, tr->dt, (size_t)N * C);
     }
     train_rmsnorm_forward(tr->xf, tr->rstdf, tr->x_final, m->out_norm, N, C, hp->norm_eps);
@@ -418,10 +475,21 @@ static void backward(speck_lora_trainer *tr, const int32_t *tg, int B, int T, fl
         llayer *la = &tr->l[l];
         const speck_layer *ly = &m->layers[l];
         // FFN branch: x_out = x_mid + down(swiglu(gate xn2, up xn2))
-        lin_backward(tr, l, SPECK_LORA_DOWN, la->h, tr->dx, N, tr->dh, false);
-        train_swiglu_backward(tr->dg, tr->du, tr->dh, la->g, la->u, (size_t)N * F);
-        lin_backward(tr, l, SPECK_LORA_GATE, la->xn2, tr->dg, N, tr->dt, false);
-        lin_backward(tr, l, SPECK_LORA_UP, la->xn2, tr->du, N, tr->dt, true);
+        if (hp->n_expert) { // frozen: the input gradient only
+            const lmoe *e = &tr->moe_w[l];
+            const tmoe_shape sh = moe_shape(hp, N);
+            tmoe_backward(&sh, &la->moe, &tr->moe_d, tr->dt, NULL, NULL, NULL, NULL, tr->dx,
+                          la->xn2, e->router, e->wg_x, e->wu_x, e->wd_x, 0.0f);
+            if (e->sh_gate)
+                tshexp_backward(&la->sh, &tr->sh_d, tr->dt, NULL, NULL, NULL, NULL, tr->dx,
+                                la->xn2, e->sh_gate, e->wg_s, e->wu_s, e->wd_s, N, C,
+                                hp->n_ff_shexp);
+        } else {
+            lin_backward(tr, l, SPECK_LORA_DOWN, la->h, tr->dx, N, tr->dh, false);
+            train_swiglu_backward(tr->dg, tr->du, tr->dh, la->g, la->u, (size_t)N * F);
+            lin_backward(tr, l, SPECK_LORA_GATE, la->xn2, tr->dg, N, tr->dt, false);
+            lin_backward(tr, l, SPECK_LORA_UP, la->xn2, tr->du, N, tr->dt, true);
+        }
         train_rmsnorm_backward(tr->dx, NULL, tr->dt, la->x_mid, ly->ffn_norm, la->rstd2, N, C,
                                true);
         // attention branch
@@ -492,24 +560,54 @@ int speck_lora_trainer_step(speck_lora_trainer *tr, const int32_t *in, const int
 
 /* ---- creation, optimizer, checkpoints ------------------------------------------------------ */
 
+// A frozen matrix as a new f32 copy of its first `rows` rows (a stacked tensor's first slice:
+// its rows continue into the next experts'); NULL when out of memory.
+static float *f32_copy(const speck_weight *w, int64_t rows) {
+    float *d = malloc((size_t)rows * (size_t)w->n_in * sizeof(float));
+    if (d) dequant_rows(w, 0, rows, d);
+    return d;
+}
+
+// Every layer's router, experts and shared expert in f32 (moe_w); non-zero when out of memory.
+static int moe_dequantize(speck_lora_trainer *tr) {
+    const speck_hparams *hp = &tr->m->hp;
+    if (!(tr->moe_w = calloc((size_t)hp->n_layer, sizeof *tr->moe_w))) return 1;
+    const int64_t X = hp->n_expert;
+    for (int l = 0; l < hp->n_layer; l++) {
+        const speck_layer *ly = &tr->m->layers[l];
+        lmoe *e = &tr->moe_w[l];
+        // The experts' matrices are slices of one stacked tensor each: expert 0's rows first.
+        if (!(e->router = f32_copy(&ly->router, ly->router.n_out)) ||
+            !(e->wg_x = f32_copy(&ly->experts[0], X * ly->experts[0].n_out)) ||
+            !(e->wu_x = f32_copy(&ly->experts[1], X * ly->experts[1].n_out)) ||
+            !(e->wd_x = f32_copy(&ly->experts[2], X * ly->experts[2].n_out)))
+            return 1;
+        if (ly->shexp_gate) {
+            if (!(e->sh_gate = malloc((size_t)hp->n_embd * sizeof(float))) ||
+                !(e->wg_s = f32_copy(&ly->shexp[0], ly->shexp[0].n_out)) ||
+                !(e->wu_s = f32_copy(&ly->shexp[1], ly->shexp[1].n_out)) ||
+                !(e->wd_s = f32_copy(&ly->shexp[2], ly->shexp[2].n_out)))
+                return 1;
+            memcpy(e->sh_gate, ly->shexp_gate, (size_t)hp->n_embd * sizeof(float));
+        }
+    }
+    return 0;
+}
+
 speck_lora_trainer *speck_lora_trainer_new(const speck_model *m, speck_lora *a, float dropout,
                                            uint64_t seed) {
     const speck_hparams *hp = &m->hp;
-    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2") && strcmp(hp->arch, "qwen3")) ||
-        hp->n_swa > 0 || hp->post_norms || hp->ffn_act != SPECK_ACT_SILU || hp->embd_scale != 1.0f ||
+    static const char *const archs[] = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "olmoe"};
+    bool known = false;
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) known |= !strcmp(hp->arch, archs[i]);
+    if (!known || hp->n_swa > 0 || hp->post_norms || hp->ffn_act != SPECK_ACT_SILU ||
+        hp->embd_scale != 1.0f ||
         hp->attn_softcap > 0 || hp->final_softcap > 0 ||
         fabsf(hp->attn_scale * sqrtf((float)hp->head_dim) - 1.0f) > 1e-6f || m->rope_freq_long) {
         speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "finetune: architecture %s%s cannot be fine-tuned by speck (the Llama layer "
-                        "of llama, qwen2 and qwen3 models without a sliding window)",
+                        "finetune: architecture %s%s cannot be fine-tuned by speck (llama, Mixtral, "
+                        "qwen2, qwen3, qwen2moe, qwen3moe, olmoe without a sliding window)",
                         hp->arch, hp->n_swa > 0 ? " with a sliding window" : "");
-        return NULL;
-    }
-    if (hp->n_expert > 0) { // the FFN is the experts: this pass has only the dense one
-        speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "finetune: LoRA of a model with experts (%s, %d experts) is not "
-                        "supported; finetune --full trains every weight of it",
-                        hp->arch, hp->n_expert);
         return NULL;
     }
     if (speck_lora_check(a, m)) return NULL;
@@ -525,6 +623,7 @@ speck_lora_trainer *speck_lora_trainer_new(const speck_model *m, speck_lora *a, 
     tr->adam_m = calloc(n, sizeof(float));
     tr->adam_v = calloc(n, sizeof(float));
     if (!tr->grads || !tr->adam_m || !tr->adam_v) goto oom;
+    if (hp->n_expert && moe_dequantize(tr)) goto oom;
     return tr;
 oom:
     speck_lora_trainer_free(tr);
@@ -535,6 +634,12 @@ oom:
 void speck_lora_trainer_free(speck_lora_trainer *tr) {
     if (!tr) return;
     acts_free(tr);
+    for (int l = 0; tr->moe_w && l < tr->m->hp.n_layer; l++) {
+        lmoe *e = &tr->moe_w[l];
+        float *p[] = {e->router, e->wg_x, e->wu_x, e->wd_x, e->sh_gate, e->wg_s, e->wu_s, e->wd_s};
+        for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
+    }
+    free(tr->moe_w);
     free(tr->grads);
     free(tr->adam_m);
     free(tr->adam_v);
