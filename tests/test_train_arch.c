@@ -176,6 +176,26 @@ static void test_arch(const char *arch) {
               rc->head_dim, rc->qkv_bias, rc->n_ff_shexp, rc->moe_norm, l1, l2);
         speck_train_model_free(r);
     }
+    // A checkpoint resumes into a fresh model of the same config, and not into another family.
+    snprintf(name, sizeof name, "%s.ckpt", arch);
+    speck_train_state st = {7, 1};
+    CHECK(speck_train_checkpoint_save(tm, &st, NULL, wpath(name)) == 0, "%s checkpoint: %s", arch,
+          speck_last_error());
+    speck_train_model *f = speck_train_model_new(&c, 99);
+    speck_train_state st2 = {0, 0};
+    CHECK(f && speck_train_checkpoint_load(f, wpath(name), &st2) == 0 && st2.step == 7 &&
+              !memcmp(speck_train_params(f), speck_train_params(tm),
+                      (size_t)speck_train_n_params(tm) * sizeof(float)),
+          "%s checkpoint resumes: %s", arch, speck_last_error());
+    speck_train_model_free(f);
+    speck_train_config o = arch_cfg(strstr(arch, "moe") ? "llama" : "qwen2moe");
+    if (!o.n_expert && strstr(arch, "moe"))
+        o.n_expert = c.n_expert, o.n_expert_used = c.n_expert_used, o.n_ff = c.n_ff,
+        o.moe_norm = c.moe_norm;
+    f = speck_train_model_new(&o, 1);
+    CHECK(f && speck_train_checkpoint_load(f, wpath(name), &st2) != 0,
+          "%s checkpoint refused by a %s run", arch, o.arch);
+    speck_train_model_free(f);
     speck_train_model_free(tm);
 }
 
