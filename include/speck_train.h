@@ -17,7 +17,8 @@ extern "C" {
 // its parameters, their gradients and the AdamW moments, each one contiguous f32 buffer holding
 // the tensors in a fixed order (speck_train_tensor_name). The forward pass computes exactly the
 // function of speck_forward (RMSNorm, RoPE, GQA causal attention, SwiGLU, tied or untied head),
-// and with n_expert > 0 that of a Mixtral-style mixture of experts in every layer's FFN.
+// and with n_expert > 0 that of a Mixtral-style mixture of experts in every layer's FFN; `arch`
+// selects another family's layer (q/k/v biases, q/k norms, Qwen2-MoE's shared expert).
 
 typedef struct {
     int n_vocab, n_ctx, n_embd, n_layer, n_head, n_head_kv, n_ff;
