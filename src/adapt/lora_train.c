@@ -329,9 +329,7 @@ static void lin_forward(speck_lora_trainer *tr, int l, int t, const float *x, in
     frozen_forward(tr, w, x, N, y);
     const float *bias = t == SPECK_LORA_Q ? ly->bq : t == SPECK_LORA_K ? ly->bk
                         : t == SPECK_LORA_V ? ly->bv : NULL;
-    if (bias)
-        for (int i = 0; i < N; i++)
-            for (int o = 0; o < n_out; o++) y[(size_t)i * n_out + o] += bias[o];
+    if (bias) train_bias_forward(y, bias, N, n_out);
     const speck_lora_mat *mt = mat_of(tr, l, t);
     if (!mt) return;
     const float *xin = x;
