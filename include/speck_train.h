@@ -17,7 +17,8 @@ extern "C" {
 // its parameters, their gradients and the AdamW moments, each one contiguous f32 buffer holding
 // the tensors in a fixed order (speck_train_tensor_name). The forward pass computes exactly the
 // function of speck_forward (RMSNorm, RoPE, GQA causal attention, SwiGLU, tied or untied head),
-// and with n_expert > 0 that of a Mixtral-style mixture of experts in every layer's FFN.
+// and with n_expert > 0 that of a Mixtral-style mixture of experts in every layer's FFN; `arch`
+// selects another family's layer (q/k/v biases, q/k norms, Qwen2-MoE's shared expert).
 
 typedef struct {
     int n_vocab, n_ctx, n_embd, n_layer, n_head, n_head_kv, n_ff;
@@ -29,6 +30,16 @@ typedef struct {
     // probabilities, renormalised over the chosen ones when moe_norm (Mixtral; OLMoE does not).
     int n_expert, n_expert_used;
     bool moe_norm;
+    // The architecture (docs/training.md, "Architectures"): its GGUF name, "" for "llama". Its
+    // description (src/model/arch_*.c) gives the layer's tensors and RoPE layout: "qwen2"
+    // (q/k/v biases, NEOX RoPE), "qwen3" (RMSNorm over each q and k head before RoPE),
+    // "qwen2moe" (experts plus a shared expert of width n_ff_shexp behind a sigmoid gate; biases),
+    // "qwen3moe" (per-head q/k norms, experts), "olmoe" (q/k norms over the whole projections,
+    // experts). Families with other layers (gemma, phi3) are refused.
+    char arch[32];
+    int head_dim;   // 0: n_embd / n_head
+    bool qkv_bias;  // q/k/v projections with biases (always for qwen2 and qwen2moe)
+    int n_ff_shexp; // the shared expert's width (qwen2moe; required there, 0 elsewhere)
 } speck_train_config;
 
 typedef struct speck_train_model speck_train_model;
@@ -40,8 +51,8 @@ speck_train_config speck_train_config_from_preset(const speck_preset *p);
 // 1/sqrt(2 n_layer)), norms 1; identical for a seed whatever the thread count.
 speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t seed);
 // A model initialised from a GGUF model of any supported type (weights dequantized to f32).
-// Architecture "llama" (or "qwen2" without q/k/v biases; llama with experts: Mixtral); the
-// file's RoPE settings are kept.
+// Architectures llama (with experts: Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, olmoe, without a
+// sliding window; the file's RoPE settings are kept.
 speck_train_model *speck_train_model_load(const char *path);
 void speck_train_model_free(speck_train_model *tm);
 const speck_train_config *speck_train_model_config(const speck_train_model *tm);

@@ -33,10 +33,12 @@ skip_reasons build
 # the other types' kernels, which test_quant runs here on every path) and the file-type mixes
 # (quantize_mix: the quantizers test_quant runs here, through the CLI for each ftype; the CLI's
 # streaming writer still runs here in quantize_imatrix / _gptq / _alloc / _recon) stay in the
-# release run: 22 s and 39 s of the sanitizer run's 233 s (2026-12-07).
+# release run: 22 s and 39 s of the sanitizer run's 233 s (2026-12-07). train_reference_arch
+# (PyTorch gradients of the qwen / olmoe layers) likewise: test_train_arch runs the same training
+# code (biases, q/k norms, the shared expert) here.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-asan && ctest --output-on-failure --no-tests=error -j"$jobs" \
-  -E '^(tokenizer_hf|hf_reference|reference_selftest|quantize_mix|forward_reference_(avx2|scalar|rows|kv16|kv16_avx2|mix_avx2|mix_scalar|quant|quant_rows|moe_avx2|moe_scalar|moe_rows))$')
+  -E '^(tokenizer_hf|hf_reference|reference_selftest|quantize_mix|train_reference_arch|forward_reference_(avx2|scalar|rows|kv16|kv16_avx2|mix_avx2|mix_scalar|quant|quant_rows|moe_avx2|moe_scalar|moe_rows))$')
 skip_reasons build-asan
 # Fuzz smoke run: each libFuzzer target for 8 s, as many at once as there are cores (about
 # 1.5 minutes with the clang build on 2 cores). A crash, sanitizer report, leak, hang or

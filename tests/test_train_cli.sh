@@ -111,14 +111,31 @@ first=$(awk -F, 'NR==2 {print $2}' "$dir/moe.csv"); last=$(awk -F, 'END {print $
 awk -v a="$first" -v b="$last" 'BEGIN {exit !(b < a - 1.0)}' && ok || bad "moe loss fell: $first -> $last"
 expect 0 "bench the moe model" -- "$SPECK" bench -m "$dir/moe.gguf" -p 16 -n 4 -r 1 -t 1
 grep -qi "expert" "$dir/out" "$dir/err" && ok || bad "bench prints expert usage: $(cat "$dir/out")"
+# The other families from their presets (qwen2moe: biases, experts, the shared expert; qwen3:
+# per-head q/k norms), then `finetune --full` and LoRA continue the qwen3 file (docs/training.md,
+# "Architectures beyond Llama"). One thread: two spin at barriers on a loaded machine.
+expect 0 "train qwen2moe" -- "$SPECK" train "${ARGS[@]}" --preset tiny-qwen2moe --n-expert 4 --n-ff 16 --n-ff-shexp 16 --steps 4 --ckpt-every 0 --threads 1 -o "$dir/q2m.gguf"
+expect 0 "generate with the qwen2moe model" -- "$SPECK" generate -m "$dir/q2m.gguf" -p "def" -n 4 -t 1
+"$SPECK" info -m "$dir/q2m.gguf" >"$dir/out" 2>&1
+grep -q "qwen2moe.expert_shared_feed_forward_length" "$dir/out" && grep -q "attn_q.bias" "$dir/out" && ok ||
+  bad "qwen2moe export lacks the shared expert or biases: $(grep -c . "$dir/out") lines"
+expect 0 "train qwen3" -- "$SPECK" train "${ARGS[@]}" --preset tiny-qwen3 --steps 4 --ckpt-every 0 --threads 1 -o "$dir/q3.gguf"
+for i in 1 2 3 4 5 6; do printf '{"prompt": "def f%d(x):", "completion": " return x + %d"}\n' $i $i; done >"$dir/ft.jsonl"
+expect 0 "finetune --full a qwen3 model" -- "$SPECK" finetune --full -m "$dir/q3.gguf" --data "$dir/ft.jsonl" --steps 2 --threads 1 --quiet -o "$dir/q3ft.gguf"
+expect 0 "LoRA on a qwen3 model" -- "$SPECK" finetune -m "$dir/q3.gguf" --data "$dir/ft.jsonl" --steps 2 --rank 2 --threads 1 --quiet -o "$dir/q3lora.gguf"
+expect 0 "LoRA on a qwen2moe model (attention adapted, experts frozen)" -- "$SPECK" finetune -m "$dir/q2m.gguf" --data "$dir/ft.jsonl" --steps 2 --rank 2 --threads 1 --quiet -o "$dir/q2mlora.gguf"
+expect 0 "generate with the qwen2moe LoRA" -- "$SPECK" generate -m "$dir/q2m.gguf" --lora "$dir/q2mlora.gguf" -p "def" -n 4 -t 1
+expect 1 "LoRA of only FFN matrices on a mixture of experts" -- "$SPECK" finetune -m "$dir/q2m.gguf" --data "$dir/ft.jsonl" --steps 2 --rank 2 --targets gate,up --threads 1 --quiet -o "$dir/e.gguf"
+mentions "none of the targeted"
+expect 0 "generate with the qwen3 LoRA" -- "$SPECK" generate -m "$dir/q3.gguf" --lora "$dir/q3lora.gguf" -p "def" -n 4 -t 1
 expect 1 "train: top-k > experts" -- "$SPECK" train "${ARGS[@]}" --n-expert 4 --n-expert-used 5 -o "$dir/e.gguf"
 mentions "5 used"
 expect 2 "train: top-k without experts" -- "$SPECK" train "${ARGS[@]}" --n-expert-used 2 -o "$dir/e.gguf"
 mentions "--n-expert"
-expect 2 "train: a preset of a family speck cannot train" -- "$SPECK" train "${ARGS[@]}" --preset tiny-qwen2moe -o "$dir/e.gguf"
-mentions "qwen2moe"
-"$SPECK" init --preset tiny-qwen3moe -o "$dir/q3m.gguf" >/dev/null 2>&1
-expect 1 "train: --init-from a qwen3moe model" -- "$SPECK" train "${ARGS[@]}" --init-from "$dir/q3m.gguf" -o "$dir/e.gguf"
+expect 1 "train: a preset of a family speck cannot train" -- "$SPECK" train "${ARGS[@]}" --preset tiny-phi3 -o "$dir/e.gguf"
+mentions "phi3"
+"$SPECK" init --preset tiny-gemma2 -o "$dir/g2.gguf" >/dev/null 2>&1
+expect 1 "train: --init-from a gemma2 model" -- "$SPECK" train "${ARGS[@]}" --init-from "$dir/g2.gguf" -o "$dir/e.gguf"
 mentions "cannot be trained"
 
 # N:M sparse training (SR-STE) from the trained model: S24_Q8 + its dense copy, both loadable

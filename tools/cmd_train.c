@@ -160,6 +160,7 @@ typedef struct {
     speck_distill_params distill;
     speck_train_config cfg;
     int set_layer, set_embd, set_head, set_head_kv, set_ff, set_ctx, set_expert, set_expert_used;
+    int set_ff_shexp;
     float aux_coef;
     bool no_moe_norm;
     int B, accum, steps, val_every, val_batches, ckpt_every, threads;
@@ -175,18 +176,21 @@ static void train_usage(void) {
     printf(
         "usage: speck train --data DIR|FILE [--glob PATTERN] --vocab VOCAB.gguf -o OUT.gguf\n"
         "                   [--preset NAME | --init-from MODEL.gguf] [size flags] [options]\n\n"
-        "Train a Llama-architecture model from scratch (or continue a GGUF model) on every\n"
-        "file matching PATTERN under DIR. Whole files are held out for validation. Output:\n"
-        "OUT.gguf (architecture llama, the vocabulary of VOCAB.gguf), OUT.ckpt (checkpoint:\n"
-        "weights + AdamW state, atomic, resumable), OUT.csv (loss curve), OUT.png (--plot).\n\n"
+        "Train a model from scratch (or continue a GGUF model) on every file matching PATTERN\n"
+        "under DIR: architectures llama (Mixtral with experts), qwen2, qwen3, qwen2moe,\n"
+        "qwen3moe, olmoe. Whole files are held out for validation. Output: OUT.gguf (the\n"
+        "preset's or source's architecture, the vocabulary of VOCAB.gguf), OUT.ckpt\n"
+        "(checkpoint: weights + AdamW state, atomic, resumable), OUT.csv (loss curve), OUT.png.\n\n"
         "model (default preset tiny; vocabulary size from the tokenizer):\n"
-        "  --preset NAME        shapes of a preset (speck init --help lists them)\n"
+        "  --preset NAME        shapes and architecture of a preset (speck init --help lists\n"
+        "                       them: tiny-qwen3, tiny-qwen2moe, tiny-qwen3moe, tiny-olmoe, ...)\n"
         "  --n-layer N --n-embd N --n-head N --n-head-kv N --n-ff N --ctx N --tied|--untied\n"
         "  --init-from FILE     start from a GGUF model of any type (its vocabulary by default)\n"
         "mixture of experts (Mixtral's layout; --n-ff is then each expert's width):\n"
         "  --n-expert N --n-expert-used K   N experts per layer, K run per token (capacity-free)\n"
         "  --moe-aux X (0.01)   load-balancing loss coefficient (Switch Transformer; 0: off)\n"
         "  --moe-no-norm        do not renormalise the top-K weights (OLMoE's rule)\n"
+        "  --n-ff-shexp N       the shared expert's width (qwen2moe presets)\n"
         "optimisation:\n"
         "  --steps N (1000)  --batch B (8)  --accum K (1)  --lr X (1e-3)  --min-lr X (lr/10)\n"
         "  --warmup N (steps/20)  --wd X (0.1)  --clip X (1.0)  --decay-all  --seed N (1)\n"
@@ -266,6 +270,7 @@ static int parse_train(int argc, char **argv, train_opts *o) {
         INT("--ctx", o->set_ctx, 2, 1 << 16);
         INT("--n-expert", o->set_expert, 1, 256);
         INT("--n-expert-used", o->set_expert_used, 1, 256);
+        INT("--n-ff-shexp", o->set_ff_shexp, 1, 1 << 20);
         FLT("--moe-aux", o->aux_coef);
         INT("--steps", o->steps, 1, 1 << 30);
         INT("--batch", o->B, 1, 1 << 16);
@@ -439,11 +444,11 @@ static int train_run(int argc, char **argv) {
             fprintf(stderr, "speck train: unknown preset '%s'\n", o.preset);
             return 2;
         }
-        if (strcmp(p->arch, "llama") || p->n_swa) { // training builds the Llama layer
+        if (p->n_swa) { // the training pass attends to the whole context
             fprintf(stderr,
-                    "speck train: preset '%s' is a %s model; speck trains Llama-layer models "
-                    "(presets of architecture llama without a window)\n",
-                    o.preset, p->arch);
+                    "speck train: preset '%s' has a sliding window; speck trains models "
+                    "without one\n",
+                    o.preset);
             return 2;
         }
         o.cfg = speck_train_config_from_preset(p);
@@ -452,17 +457,19 @@ static int train_run(int argc, char **argv) {
         if (o.set_layer) o.cfg.n_layer = o.set_layer;
         if (o.set_embd) o.cfg.n_embd = o.set_embd;
         if (o.set_head) o.cfg.n_head = o.set_head;
+        if (o.set_embd || o.set_head) o.cfg.head_dim = 0; // n_embd / n_head
         o.cfg.n_head_kv = o.set_head_kv ? o.set_head_kv : o.set_head ? o.set_head : o.cfg.n_head_kv;
         if (o.set_ff) o.cfg.n_ff = o.set_ff;
         if (o.set_ctx) o.cfg.n_ctx = o.set_ctx;
         if (o.tied) o.cfg.tied_output = o.tied > 0;
         if (o.set_expert) {
+            if (!o.cfg.n_expert) o.cfg.moe_norm = true; // Mixtral's rule; a MoE preset's family's
             o.cfg.n_expert = o.set_expert;
-            o.cfg.moe_norm = true;
             if (!o.set_expert_used) o.cfg.n_expert_used = o.set_expert < 2 ? 1 : 2;
         }
         if (o.set_expert_used) o.cfg.n_expert_used = o.set_expert_used;
         if (o.no_moe_norm) o.cfg.moe_norm = false;
+        if (o.set_ff_shexp) o.cfg.n_ff_shexp = o.set_ff_shexp;
         if (o.cfg.n_expert_used && !o.cfg.n_expert) {
             fprintf(stderr, "speck train: --n-expert-used needs --n-expert (or a MoE preset)\n");
             return 2;

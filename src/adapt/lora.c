@@ -132,6 +132,7 @@ speck_lora *speck_lora_new(const speck_model *m, int rank, float alpha, unsigned
     int *ranks = calloc((size_t)nm, sizeof *ranks);
     int64_t *ni = calloc((size_t)nm, sizeof *ni), *no = calloc((size_t)nm, sizeof *no);
     speck_lora *a = NULL;
+    bool any = false;
     if (!ranks || !ni || !no) {
         speck_set_error(SPECK_ERR_NOMEM, "LoRA: out of memory");
         goto done;
@@ -141,8 +142,15 @@ speck_lora *speck_lora_new(const speck_model *m, int rank, float alpha, unsigned
             const speck_weight *w = speck_lora_base_weight(m, l, t);
             int i = l * SPECK_LORA_N_TARGETS + t;
             ni[i] = w->n_in, no[i] = w->n_out;
-            ranks[i] = (targets >> t) & 1 ? rank : 0;
+            // A model with experts has no dense FFN matrices: its gate/up/down targets are none.
+            ranks[i] = (targets >> t) & 1 && w->n_out > 0 ? rank : 0;
+            any |= ranks[i] > 0;
         }
+    if (!any) {
+        speck_set_error(SPECK_ERR_ARG, "LoRA: the model has none of the targeted matrices (a "
+                                       "model with experts: target q, k, v, o)");
+        goto done;
+    }
     if (!(a = speck_lora_alloc(hp->arch, hp->n_layer, ranks, ni, no, alpha))) goto done;
     // A as PEFT initialises it (kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(n_in), 1/sqrt(n_in))),
     // B zero: the adapted model starts as the base.

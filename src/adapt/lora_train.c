@@ -1,5 +1,6 @@
-// LoRA / QLoRA fine-tuning: the Llama layer's forward and backward through a frozen base kept in
-// its stored type (each product dequantizes a block of the matrix's rows at a time), with the
+// LoRA / QLoRA fine-tuning: the Llama layer's forward and backward (with qwen2's q/k/v biases,
+// qwen3's / olmoe's q/k norms, and the mixtures of experts of Mixtral, qwen2moe, qwen3moe and
+// olmoe frozen in f32 copies) through a frozen base kept in its stored type (each product dequantizes a block of the matrix's rows at a time), with the
 // adapter's A and B in f32; AdamW from speck train (optim.c); checkpoints.
 //
 // Shapes: N = B*T rows; C = n_embd; H / Hkv heads; hd = head_dim; Qd = H*hd; KVd = Hkv*hd;
@@ -15,6 +16,7 @@
 
 #include "adapt/adapt_internal.h"
 #include "kernels/kernels.h"
+#include "train/moe_train.h"
 #include "train/train_internal.h"
 #include "train/train_ops.h"
 
@@ -26,13 +28,24 @@ typedef struct {
     float *x_in;        // (N, C) residual stream entering the layer
     float *xn1, *rstd1; // (N, C), (N) attention RMSNorm
     float *q, *k, *v;   // (N, Qd), (N, KVd) x2; q, k after RoPE
+    float *q_raw, *k_raw;   // (N, Qd), (N, KVd) before the q/k norms (qwen3), or NULL
+    float *rstd_q, *rstd_k; // (N·H), (N·Hkv) their 1/rms (per head), or (N) over whole rows
     float *att;         // (B, H, T, T) softmax probabilities
     float *ao;          // (N, Qd) attention output
     float *x_mid;       // (N, C) residual after attention
     float *xn2, *rstd2; // (N, C), (N) FFN RMSNorm
     float *g, *u, *h;   // (N, F)
+    tmoe_acts moe;      // with experts instead (moe_train.h)
+    tshexp_acts sh;     // and the shared expert's
     float *t[NT];       // (N, r) x̃·Aᵀ of each adapted matrix, or NULL
 } llayer;
+
+// A layer's mixture of experts as f32 copies of the frozen base (dequantized once at creation):
+// router (X, C), experts (X, Fx, C) x2 and (X, C, Fx), the shared expert's gate (C) and matrices
+// (Fs, C) x2, (C, Fs) or NULL. The adapters train the attention; the experts stay as they are.
+typedef struct {
+    float *router, *wg_x, *wu_x, *wd_x, *sh_gate, *wg_s, *wu_s, *wd_s;
+} lmoe;
 
 struct speck_lora_trainer {
     const speck_model *m;
@@ -48,6 +61,10 @@ struct speck_lora_trainer {
     float *logits;                  // (N, V)
     float *cos, *sin;               // (T, hd/2)
     float *dx, *dt, *dq, *dk, *dv, *dao, *dg, *du, *dh, *dp;
+    float *dqr, *dkr; // (N, Qd), (N, KVd) before the q/k norms (QK-norm only)
+    lmoe *moe_w;               // (L) with experts, else NULL
+    tmoe_scratch moe_d;        // the experts' backward scratch
+    tshexp_scratch sh_d;       // the shared expert's
     float *dlt; // (N, max r) gradient of x̃·Aᵀ
     float *xd;  // (N, max n_in) x̃, and dx's adapter term under dropout
     float *wbuf; // (WCHUNK_FLOATS or one 16-row block) dequantized rows of a frozen matrix
@@ -90,6 +107,12 @@ static int64_t chunk_rows(const speck_weight *w) {
     return r < w->n_out ? r : w->n_out;
 }
 
+// The experts' shape for N tokens (no auxiliary loss: the router is frozen).
+static tmoe_shape moe_shape(const speck_hparams *hp, int N) {
+    return (tmoe_shape){N, hp->n_embd, hp->n_ff_exp, hp->n_expert, hp->n_expert_used,
+                        hp->moe_norm};
+}
+
 static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
     if (tr->B == B && tr->T == T && tr->dp_threads >= omp_get_max_threads()) return 0;
     acts_free(tr);
@@ -99,6 +122,7 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
     int err = 0;
     if (!(tr->l = calloc((size_t)hp->n_layer, sizeof *tr->l))) err = 1;
     size_t max_r = 1, max_in = C > F ? C : F, wb = 0;
+    if (Qd > max_in) max_in = Qd; // attn_output's input (qwen3: Qd != C)
     for (int l = 0; !err && l < hp->n_layer; l++) {
         llayer *la = &tr->l[l];
         la->x_in = alloc_f(tr, N * C, &err);
@@ -107,14 +131,34 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
         la->q = alloc_f(tr, N * Qd, &err);
         la->k = alloc_f(tr, N * KVd, &err);
         la->v = alloc_f(tr, N * KVd, &err);
+        if (hp->qk_norm) {
+            la->q_raw = alloc_f(tr, N * Qd, &err);
+            la->k_raw = alloc_f(tr, N * KVd, &err);
+            la->rstd_q = alloc_f(tr, N * hp->n_head, &err);
+            la->rstd_k = alloc_f(tr, N * hp->n_head_kv, &err);
+        }
         la->att = alloc_f(tr, (size_t)B * hp->n_head * T * T, &err);
         la->ao = alloc_f(tr, N * Qd, &err);
         la->x_mid = alloc_f(tr, N * C, &err);
         la->xn2 = alloc_f(tr, N * C, &err);
         la->rstd2 = alloc_f(tr, N, &err);
-        la->g = alloc_f(tr, N * F, &err);
-        la->u = alloc_f(tr, N * F, &err);
-        la->h = alloc_f(tr, N * F, &err);
+        if (hp->n_expert) {
+            const tmoe_shape sh = moe_shape(hp, (int)N);
+            float *blk = alloc_f(tr, tmoe_acts_bytes(&sh) / sizeof(float), &err);
+            if (blk) tmoe_acts_at(&sh, blk, &la->moe);
+            if (hp->n_ff_shexp) {
+                const size_t Fs = hp->n_ff_shexp;
+                la->sh.sg = alloc_f(tr, N, &err);
+                la->sh.g = alloc_f(tr, N * Fs, &err);
+                la->sh.u = alloc_f(tr, N * Fs, &err);
+                la->sh.h = alloc_f(tr, N * Fs, &err);
+                la->sh.ys = alloc_f(tr, N * C, &err);
+            }
+        } else {
+            la->g = alloc_f(tr, N * F, &err);
+            la->u = alloc_f(tr, N * F, &err);
+            la->h = alloc_f(tr, N * F, &err);
+        }
         for (int t = 0; t < NT; t++) {
             const speck_lora_mat *mt = mat_of(tr, l, t);
             const speck_weight *w = speck_lora_base_weight(tr->m, l, t);
@@ -141,9 +185,27 @@ static int acts_reserve(speck_lora_trainer *tr, int B, int T) {
     tr->dk = alloc_f(tr, N * KVd, &err);
     tr->dv = alloc_f(tr, N * KVd, &err);
     tr->dao = alloc_f(tr, N * Qd, &err);
-    tr->dg = alloc_f(tr, N * F, &err);
-    tr->du = alloc_f(tr, N * F, &err);
-    tr->dh = alloc_f(tr, N * F, &err);
+    if (hp->qk_norm) {
+        tr->dqr = alloc_f(tr, N * Qd, &err);
+        tr->dkr = alloc_f(tr, N * KVd, &err);
+    }
+    if (hp->n_expert) {
+        const tmoe_shape sh = moe_shape(hp, (int)N);
+        float *blk = alloc_f(tr, tmoe_scratch_bytes(&sh) / sizeof(float), &err);
+        if (blk) tmoe_scratch_at(&sh, blk, &tr->moe_d);
+        if (hp->n_ff_shexp) {
+            const size_t Fs = hp->n_ff_shexp;
+            tr->sh_d.dys = alloc_f(tr, N * C, &err);
+            tr->sh_d.dh = alloc_f(tr, N * Fs, &err);
+            tr->sh_d.dg = alloc_f(tr, N * Fs, &err);
+            tr->sh_d.du = alloc_f(tr, N * Fs, &err);
+            tr->sh_d.dz = alloc_f(tr, N, &err);
+        }
+    } else {
+        tr->dg = alloc_f(tr, N * F, &err);
+        tr->du = alloc_f(tr, N * F, &err);
+        tr->dh = alloc_f(tr, N * F, &err);
+    }
     tr->dp = alloc_f(tr, (size_t)tr->dp_threads * T * T, &err);
     tr->dlt = alloc_f(tr, N * max_r, &err);
     tr->xd = alloc_f(tr, N * max_in, &err);
@@ -267,9 +329,7 @@ static void lin_forward(speck_lora_trainer *tr, int l, int t, const float *x, in
     frozen_forward(tr, w, x, N, y);
     const float *bias = t == SPECK_LORA_Q ? ly->bq : t == SPECK_LORA_K ? ly->bk
                         : t == SPECK_LORA_V ? ly->bv : NULL;
-    if (bias)
-        for (int i = 0; i < N; i++)
-            for (int o = 0; o < n_out; o++) y[(size_t)i * n_out + o] += bias[o];
+    if (bias) train_bias_forward(y, bias, N, n_out);
     const speck_lora_mat *mt = mat_of(tr, l, t);
     if (!mt) return;
     const float *xin = x;
@@ -328,6 +388,13 @@ static void lin_backward(speck_lora_trainer *tr, int l, int t, const float *x, c
 
 /* ---- the model ------------------------------------------------------------------------------ */
 
+// The frozen q/k norms' rows and width for N tokens of `heads` heads: per head (N·heads, hd), or
+// the whole projection (N, heads·hd) (olmoe).
+static void qkn_shape(const speck_hparams *hp, int N, int heads, int *rows, int *cols) {
+    *rows = hp->qk_norm_full ? N : N * heads;
+    *cols = hp->qk_norm_full ? heads * hp->head_dim : hp->head_dim;
+}
+
 // The loss over positions with a target >= 0 (their count in *n_valid).
 static float forward(speck_lora_trainer *tr, const int32_t *in, const int32_t *tg, int B, int T,
                      int64_t *n_valid) {
@@ -347,19 +414,37 @@ static float forward(speck_lora_trainer *tr, const int32_t *in, const int32_t *t
         const speck_layer *ly = &m->layers[l];
         float *x_out = l + 1 < hp->n_layer ? tr->l[l + 1].x_in : tr->x_final;
         train_rmsnorm_forward(la->xn1, la->rstd1, la->x_in, ly->attn_norm, N, C, hp->norm_eps);
-        lin_forward(tr, l, SPECK_LORA_Q, la->xn1, N, la->q);
-        lin_forward(tr, l, SPECK_LORA_K, la->xn1, N, la->k);
+        lin_forward(tr, l, SPECK_LORA_Q, la->xn1, N, hp->qk_norm ? la->q_raw : la->q);
+        lin_forward(tr, l, SPECK_LORA_K, la->xn1, N, hp->qk_norm ? la->k_raw : la->k);
         lin_forward(tr, l, SPECK_LORA_V, la->xn1, N, la->v);
+        if (hp->qk_norm) { // qwen3: RMSNorm of each q / k head (frozen weights) before RoPE
+            int rows, cols;
+            qkn_shape(hp, N, H, &rows, &cols);
+            train_rmsnorm_forward(la->q, la->rstd_q, la->q_raw, ly->q_norm, rows, cols,
+                                  hp->norm_eps);
+            qkn_shape(hp, N, Hkv, &rows, &cols);
+            train_rmsnorm_forward(la->k, la->rstd_k, la->k_raw, ly->k_norm, rows, cols,
+                                  hp->norm_eps);
+        }
         train_rope_apply(la->q, tr->cos, tr->sin, B, T, H, hd, hp->rope_type, false);
         train_rope_apply(la->k, tr->cos, tr->sin, B, T, Hkv, hd, hp->rope_type, false);
         train_attention_forward(la->ao, la->att, la->q, la->k, la->v, B, T, H, Hkv, hd);
         lin_forward(tr, l, SPECK_LORA_O, la->ao, N, tr->dt);
         train_residual_forward(la->x_mid, la->x_in, tr->dt, (size_t)N * C);
         train_rmsnorm_forward(la->xn2, la->rstd2, la->x_mid, ly->ffn_norm, N, C, hp->norm_eps);
-        lin_forward(tr, l, SPECK_LORA_GATE, la->xn2, N, la->g);
-        lin_forward(tr, l, SPECK_LORA_UP, la->xn2, N, la->u);
-        train_swiglu_forward(la->h, la->g, la->u, (size_t)N * hp->n_ff);
-        lin_forward(tr, l, SPECK_LORA_DOWN, la->h, N, tr->dt);
+        if (hp->n_expert) { // the frozen experts (and shared expert)
+            const lmoe *e = &tr->moe_w[l];
+            const tmoe_shape sh = moe_shape(hp, N);
+            tmoe_forward(&sh, &la->moe, tr->dt, la->xn2, e->router, e->wg_x, e->wu_x, e->wd_x);
+            if (e->sh_gate)
+                tshexp_forward(&la->sh, tr->dt, la->xn2, e->sh_gate, e->wg_s, e->wu_s, e->wd_s, N,
+                               C, hp->n_ff_shexp);
+        } else {
+            lin_forward(tr, l, SPECK_LORA_GATE, la->xn2, N, la->g);
+            lin_forward(tr, l, SPECK_LORA_UP, la->xn2, N, la->u);
+            train_swiglu_forward(la->h, la->g, la->u, (size_t)N * hp->n_ff);
+            lin_forward(tr, l, SPECK_LORA_DOWN, la->h, N, tr->dt);
+        }
         train_residual_forward(x_out, la->x_mid, tr->dt, (size_t)N * C);
     }
     train_rmsnorm_forward(tr->xf, tr->rstdf, tr->x_final, m->out_norm, N, C, hp->norm_eps);
@@ -388,10 +473,21 @@ static void backward(speck_lora_trainer *tr, const int32_t *tg, int B, int T, fl
         llayer *la = &tr->l[l];
         const speck_layer *ly = &m->layers[l];
         // FFN branch: x_out = x_mid + down(swiglu(gate xn2, up xn2))
-        lin_backward(tr, l, SPECK_LORA_DOWN, la->h, tr->dx, N, tr->dh, false);
-        train_swiglu_backward(tr->dg, tr->du, tr->dh, la->g, la->u, (size_t)N * F);
-        lin_backward(tr, l, SPECK_LORA_GATE, la->xn2, tr->dg, N, tr->dt, false);
-        lin_backward(tr, l, SPECK_LORA_UP, la->xn2, tr->du, N, tr->dt, true);
+        if (hp->n_expert) { // frozen: the input gradient only
+            const lmoe *e = &tr->moe_w[l];
+            const tmoe_shape sh = moe_shape(hp, N);
+            tmoe_backward(&sh, &la->moe, &tr->moe_d, tr->dt, NULL, NULL, NULL, NULL, tr->dx,
+                          la->xn2, e->router, e->wg_x, e->wu_x, e->wd_x, 0.0f);
+            if (e->sh_gate)
+                tshexp_backward(&la->sh, &tr->sh_d, tr->dt, NULL, NULL, NULL, NULL, tr->dx,
+                                la->xn2, e->sh_gate, e->wg_s, e->wu_s, e->wd_s, N, C,
+                                hp->n_ff_shexp);
+        } else {
+            lin_backward(tr, l, SPECK_LORA_DOWN, la->h, tr->dx, N, tr->dh, false);
+            train_swiglu_backward(tr->dg, tr->du, tr->dh, la->g, la->u, (size_t)N * F);
+            lin_backward(tr, l, SPECK_LORA_GATE, la->xn2, tr->dg, N, tr->dt, false);
+            lin_backward(tr, l, SPECK_LORA_UP, la->xn2, tr->du, N, tr->dt, true);
+        }
         train_rmsnorm_backward(tr->dx, NULL, tr->dt, la->x_mid, ly->ffn_norm, la->rstd2, N, C,
                                true);
         // attention branch
@@ -400,8 +496,19 @@ static void backward(speck_lora_trainer *tr, const int32_t *tg, int B, int T, fl
                                  la->v, B, T, H, Hkv, hd);
         train_rope_apply(tr->dq, tr->cos, tr->sin, B, T, H, hd, hp->rope_type, true);
         train_rope_apply(tr->dk, tr->cos, tr->sin, B, T, Hkv, hd, hp->rope_type, true);
-        lin_backward(tr, l, SPECK_LORA_Q, la->xn1, tr->dq, N, tr->dt, false);
-        lin_backward(tr, l, SPECK_LORA_K, la->xn1, tr->dk, N, tr->dt, true);
+        float *dq = tr->dq, *dk = tr->dk;
+        if (hp->qk_norm) {
+            int rows, cols;
+            qkn_shape(hp, N, H, &rows, &cols);
+            train_rmsnorm_backward(tr->dqr, NULL, tr->dq, la->q_raw, ly->q_norm, la->rstd_q, rows,
+                                   cols, false);
+            qkn_shape(hp, N, Hkv, &rows, &cols);
+            train_rmsnorm_backward(tr->dkr, NULL, tr->dk, la->k_raw, ly->k_norm, la->rstd_k, rows,
+                                   cols, false);
+            dq = tr->dqr, dk = tr->dkr;
+        }
+        lin_backward(tr, l, SPECK_LORA_Q, la->xn1, dq, N, tr->dt, false);
+        lin_backward(tr, l, SPECK_LORA_K, la->xn1, dk, N, tr->dt, true);
         lin_backward(tr, l, SPECK_LORA_V, la->xn1, tr->dv, N, tr->dt, true);
         train_rmsnorm_backward(tr->dx, NULL, tr->dt, la->x_in, ly->attn_norm, la->rstd1, N, C,
                                true);
@@ -451,16 +558,53 @@ int speck_lora_trainer_step(speck_lora_trainer *tr, const int32_t *in, const int
 
 /* ---- creation, optimizer, checkpoints ------------------------------------------------------ */
 
+// A frozen matrix as a new f32 copy of its first `rows` rows (a stacked tensor's first slice:
+// its rows continue into the next experts'); NULL when out of memory.
+static float *f32_copy(const speck_weight *w, int64_t rows) {
+    float *d = malloc((size_t)rows * (size_t)w->n_in * sizeof(float));
+    if (d) dequant_rows(w, 0, rows, d);
+    return d;
+}
+
+// Every layer's router, experts and shared expert in f32 (moe_w); non-zero when out of memory.
+static int moe_dequantize(speck_lora_trainer *tr) {
+    const speck_hparams *hp = &tr->m->hp;
+    if (!(tr->moe_w = calloc((size_t)hp->n_layer, sizeof *tr->moe_w))) return 1;
+    const int64_t X = hp->n_expert;
+    for (int l = 0; l < hp->n_layer; l++) {
+        const speck_layer *ly = &tr->m->layers[l];
+        lmoe *e = &tr->moe_w[l];
+        // The experts' matrices are slices of one stacked tensor each: expert 0's rows first.
+        if (!(e->router = f32_copy(&ly->router, ly->router.n_out)) ||
+            !(e->wg_x = f32_copy(&ly->experts[0], X * ly->experts[0].n_out)) ||
+            !(e->wu_x = f32_copy(&ly->experts[1], X * ly->experts[1].n_out)) ||
+            !(e->wd_x = f32_copy(&ly->experts[2], X * ly->experts[2].n_out)))
+            return 1;
+        if (ly->shexp_gate) {
+            if (!(e->sh_gate = malloc((size_t)hp->n_embd * sizeof(float))) ||
+                !(e->wg_s = f32_copy(&ly->shexp[0], ly->shexp[0].n_out)) ||
+                !(e->wu_s = f32_copy(&ly->shexp[1], ly->shexp[1].n_out)) ||
+                !(e->wd_s = f32_copy(&ly->shexp[2], ly->shexp[2].n_out)))
+                return 1;
+            memcpy(e->sh_gate, ly->shexp_gate, (size_t)hp->n_embd * sizeof(float));
+        }
+    }
+    return 0;
+}
+
 speck_lora_trainer *speck_lora_trainer_new(const speck_model *m, speck_lora *a, float dropout,
                                            uint64_t seed) {
     const speck_hparams *hp = &m->hp;
-    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2")) || hp->n_swa > 0 || hp->qk_norm ||
-        hp->post_norms || hp->ffn_act != SPECK_ACT_SILU || hp->embd_scale != 1.0f ||
+    static const char *const archs[] = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "olmoe"};
+    bool known = false;
+    for (size_t i = 0; i < sizeof archs / sizeof *archs; i++) known |= !strcmp(hp->arch, archs[i]);
+    if (!known || hp->n_swa > 0 || hp->post_norms || hp->ffn_act != SPECK_ACT_SILU ||
+        hp->embd_scale != 1.0f ||
         hp->attn_softcap > 0 || hp->final_softcap > 0 ||
         fabsf(hp->attn_scale * sqrtf((float)hp->head_dim) - 1.0f) > 1e-6f || m->rope_freq_long) {
         speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "finetune: architecture %s%s cannot be fine-tuned by speck (the Llama layer "
-                        "of llama and qwen2 models without a sliding window)",
+                        "finetune: architecture %s%s cannot be fine-tuned by speck (llama, Mixtral, "
+                        "qwen2, qwen3, qwen2moe, qwen3moe, olmoe without a sliding window)",
                         hp->arch, hp->n_swa > 0 ? " with a sliding window" : "");
         return NULL;
     }
@@ -477,6 +621,7 @@ speck_lora_trainer *speck_lora_trainer_new(const speck_model *m, speck_lora *a, 
     tr->adam_m = calloc(n, sizeof(float));
     tr->adam_v = calloc(n, sizeof(float));
     if (!tr->grads || !tr->adam_m || !tr->adam_v) goto oom;
+    if (hp->n_expert && moe_dequantize(tr)) goto oom;
     return tr;
 oom:
     speck_lora_trainer_free(tr);
@@ -487,6 +632,12 @@ oom:
 void speck_lora_trainer_free(speck_lora_trainer *tr) {
     if (!tr) return;
     acts_free(tr);
+    for (int l = 0; tr->moe_w && l < tr->m->hp.n_layer; l++) {
+        lmoe *e = &tr->moe_w[l];
+        float *p[] = {e->router, e->wg_x, e->wu_x, e->wd_x, e->sh_gate, e->wg_s, e->wu_s, e->wd_s};
+        for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
+    }
+    free(tr->moe_w);
     free(tr->grads);
     free(tr->adam_m);
     free(tr->adam_v);

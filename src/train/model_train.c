@@ -1,12 +1,16 @@
-// Training forward and backward pass of the Llama architecture, in f32 (llm.c style: every layer
-// is a forward/backward pair side by side, shapes documented). The forward computes the same
-// function as speck_forward (src/model/llama.c) over B independent sequences of T tokens.
+// Training forward and backward pass of the Llama layer and its relatives, in f32 (llm.c style:
+// every layer is a forward/backward pair side by side, shapes documented). The forward computes
+// the same function as speck_forward (src/model/llama.c) over B independent sequences of T tokens.
+// Which tensors a layer has comes from the architecture's table (src/model/arch_*.c): q/k/v biases
+// (qwen2), RMSNorm of each q/k head (qwen3, qwen3moe) or of the whole projections (olmoe) before
+// RoPE, experts (moe_train.c) with Qwen2-MoE's shared expert.
 //
 // Shapes: N = B*T rows; C = n_embd; H / Hkv heads; hd = head_dim; Qd = H*hd; KVd = Hkv*hd;
 // F = n_ff; V = n_vocab. Matmuls y = x·Wᵀ go through OpenBLAS sgemm; elementwise loops and
 // attention are OpenMP loops with static schedules, so results depend only on the thread count.
 #include <math.h>
 #include <omp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,12 +28,15 @@ typedef struct {
     float *x_in;        // (N, C) residual stream entering the layer
     float *xn1, *rstd1; // (N, C) attn RMSNorm output, (N) its 1/rms
     float *q, *k, *v;   // (N, Qd), (N, KVd), (N, KVd); q, k after RoPE
+    float *q_raw, *k_raw;   // (N, Qd), (N, KVd) q, k before their norms (QK-norm only)
+    float *rstd_q, *rstd_k; // (rows of the q / k norm: N·H / N·Hkv per head, N whole) 1/rms
     float *att;         // (B, H, T, T) softmax probabilities (upper triangle 0)
     float *ao;          // (N, Qd) attention output before wo
     float *x_mid;       // (N, C) residual after attention
     float *xn2, *rstd2; // (N, C), (N) ffn RMSNorm
     float *g, *u, *h;   // (N, F) gate pre-activation, up, silu(g)*u (dense FFN)
     tmoe_acts moe;      // the mixture of experts' (moe_train.h) instead
+    tshexp_acts sh;     // and its shared expert's (Qwen2-MoE)
 } tlayer_acts;
 
 struct speck_tacts {
@@ -42,13 +49,23 @@ struct speck_tacts {
     // backward scratch
     float *dx, *dt;            // (N, C) residual gradient, temporary
     float *dq, *dk, *dv, *dao; // (N, Qd), (N, KVd) x2, (N, Qd)
+    float *dqr, *dkr;          // (N, Qd), (N, KVd) before the q/k norms (QK-norm only)
     float *dg, *du, *dh;       // (N, F) (dense FFN)
     tmoe_scratch moe_d;        // experts' backward scratch (moe_train.h)
+    tshexp_scratch sh_d;       // the shared expert's
     float *dp;                 // (threads, T, T) attention backward scratch
     int dp_threads;
     void **blocks; // every allocation above, for freeing
     int n_blocks;
 };
+
+// The q/k norms' rows and width for N tokens of `heads` heads of hd: per head (N·heads, hd), over
+// the whole projection (N, heads·hd) (olmoe).
+static void qkn_shape(const speck_train_model *tm, int N, int heads, int *rows, int *cols) {
+    const bool full = tm->hp.qk_norm_full;
+    *rows = full ? N : N * heads;
+    *cols = full ? heads * tm->head_dim : tm->head_dim;
+}
 
 // The mixture of experts' shape for a batch of N tokens.
 static tmoe_shape moe_shape(const speck_train_config *c, int N) {
@@ -99,6 +116,12 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
         la->q = acts_alloc(a, N * Qd, &err);
         la->k = acts_alloc(a, N * KVd, &err);
         la->v = acts_alloc(a, N * KVd, &err);
+        if (tm->hp.qk_norm) {
+            la->q_raw = acts_alloc(a, N * Qd, &err);
+            la->k_raw = acts_alloc(a, N * KVd, &err);
+            la->rstd_q = acts_alloc(a, N * c->n_head, &err);
+            la->rstd_k = acts_alloc(a, N * c->n_head_kv, &err);
+        }
         la->att = acts_alloc(a, (size_t)B * c->n_head * T * T, &err);
         la->ao = acts_alloc(a, N * Qd, &err);
         la->x_mid = acts_alloc(a, N * C, &err);
@@ -108,6 +131,14 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
             const tmoe_shape sh = moe_shape(c, (int)N);
             float *blk = acts_alloc(a, tmoe_acts_bytes(&sh) / sizeof(float), &err);
             if (blk) tmoe_acts_at(&sh, blk, &la->moe);
+            if (c->n_ff_shexp) {
+                const size_t Fs = c->n_ff_shexp;
+                la->sh.sg = acts_alloc(a, N, &err);
+                la->sh.g = acts_alloc(a, N * Fs, &err);
+                la->sh.u = acts_alloc(a, N * Fs, &err);
+                la->sh.h = acts_alloc(a, N * Fs, &err);
+                la->sh.ys = acts_alloc(a, N * C, &err);
+            }
         } else {
             la->g = acts_alloc(a, N * F, &err);
             la->u = acts_alloc(a, N * F, &err);
@@ -127,10 +158,22 @@ static int acts_reserve(speck_train_model *tm, int B, int T) {
     a->dk = acts_alloc(a, N * KVd, &err);
     a->dv = acts_alloc(a, N * KVd, &err);
     a->dao = acts_alloc(a, N * Qd, &err);
+    if (tm->hp.qk_norm) {
+        a->dqr = acts_alloc(a, N * Qd, &err);
+        a->dkr = acts_alloc(a, N * KVd, &err);
+    }
     if (c->n_expert) {
         const tmoe_shape sh = moe_shape(c, (int)N);
         float *blk = acts_alloc(a, tmoe_scratch_bytes(&sh) / sizeof(float), &err);
         if (blk) tmoe_scratch_at(&sh, blk, &a->moe_d);
+        if (c->n_ff_shexp) {
+            const size_t Fs = c->n_ff_shexp;
+            a->sh_d.dys = acts_alloc(a, N * C, &err);
+            a->sh_d.dh = acts_alloc(a, N * Fs, &err);
+            a->sh_d.dg = acts_alloc(a, N * Fs, &err);
+            a->sh_d.du = acts_alloc(a, N * Fs, &err);
+            a->sh_d.dz = acts_alloc(a, N, &err);
+        }
     } else {
         a->dg = acts_alloc(a, N * F, &err);
         a->du = acts_alloc(a, N * F, &err);
@@ -195,9 +238,21 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
         const speck_tlayer *wl = &w->layers[l];
         float *x_out = l + 1 < c->n_layer ? a->l[l + 1].x_in : a->x_final;
         train_rmsnorm_forward(la->xn1, la->rstd1, la->x_in, wl->attn_norm, N, C, c->norm_eps);
-        train_matmul_forward(la->q, la->xn1, wl->wq, N, C, Qd);
-        train_matmul_forward(la->k, la->xn1, wl->wk, N, C, KVd);
+        // q, k (+ biases; QK-norm: into q_raw, k_raw, then normalised into q, k), v
+        float *qp = wl->q_norm ? la->q_raw : la->q, *kp = wl->k_norm ? la->k_raw : la->k;
+        train_matmul_forward(qp, la->xn1, wl->wq, N, C, Qd);
+        train_matmul_forward(kp, la->xn1, wl->wk, N, C, KVd);
         train_matmul_forward(la->v, la->xn1, wl->wv, N, C, KVd);
+        if (wl->bq) train_bias_forward(qp, wl->bq, N, Qd);
+        if (wl->bk) train_bias_forward(kp, wl->bk, N, KVd);
+        if (wl->bv) train_bias_forward(la->v, wl->bv, N, KVd);
+        if (wl->q_norm) {
+            int rows, cols;
+            qkn_shape(tm, N, H, &rows, &cols);
+            train_rmsnorm_forward(la->q, la->rstd_q, qp, wl->q_norm, rows, cols, c->norm_eps);
+            qkn_shape(tm, N, Hkv, &rows, &cols);
+            train_rmsnorm_forward(la->k, la->rstd_k, kp, wl->k_norm, rows, cols, c->norm_eps);
+        }
         train_rope_apply(la->q, a->cos, a->sin, B, T, H, hd, tm->rope_type, false);
         train_rope_apply(la->k, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, false);
         train_attention_forward(la->ao, la->att, la->q, la->k, la->v, B, T, H, Hkv, hd);
@@ -207,6 +262,9 @@ static void forward(speck_train_model *tm, const int32_t *in, const int32_t *tg,
         if (c->n_expert) {
             aux += tmoe_forward(&sh, &la->moe, a->dt, la->xn2, wl->router, wl->wg_x, wl->wu_x,
                                 wl->wd_x);
+            if (wl->sh_gate)
+                tshexp_forward(&la->sh, a->dt, la->xn2, wl->sh_gate, wl->wg_s, wl->wu_s, wl->wd_s,
+                               N, C, c->n_ff_shexp);
         } else {
             train_matmul_forward(la->g, la->xn2, wl->wg, N, C, F);
             train_matmul_forward(la->u, la->xn2, wl->wu, N, C, F);
@@ -260,6 +318,10 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
             tmoe_backward(&sh, &la->moe, &a->moe_d, a->dt, gl->router, gl->wg_x, gl->wu_x,
                           gl->wd_x, a->dx, la->xn2, wl->router, wl->wg_x, wl->wu_x, wl->wd_x,
                           grad_scale * tm->aux_coef / c->n_layer);
+            if (wl->sh_gate)
+                tshexp_backward(&la->sh, &a->sh_d, a->dt, gl->sh_gate, gl->wg_s, gl->wu_s,
+                                gl->wd_s, a->dx, la->xn2, wl->sh_gate, wl->wg_s, wl->wu_s,
+                                wl->wd_s, N, C, c->n_ff_shexp);
         } else {
             matmul_back(tm, a->dh, gl->wd, a->dx, la->h, wl->wd, N, F, C, false);
             train_swiglu_backward(a->dg, a->du, a->dh, la->g, la->u, (size_t)N * F);
@@ -274,8 +336,22 @@ static void backward(speck_train_model *tm, const int32_t *in, const int32_t *tg
                            H, Hkv, hd);
         train_rope_apply(a->dq, a->cos, a->sin, B, T, H, hd, tm->rope_type, true);
         train_rope_apply(a->dk, a->cos, a->sin, B, T, Hkv, hd, tm->rope_type, true);
-        matmul_back(tm, a->dt, gl->wq, a->dq, la->xn1, wl->wq, N, C, Qd, false);
-        matmul_back(tm, a->dt, gl->wk, a->dk, la->xn1, wl->wk, N, C, KVd, true);
+        float *dq = a->dq, *dk = a->dk; // the projections' output gradients
+        if (wl->q_norm) {
+            int rows, cols;
+            qkn_shape(tm, N, H, &rows, &cols);
+            train_rmsnorm_backward(a->dqr, gl->q_norm, a->dq, la->q_raw, wl->q_norm, la->rstd_q,
+                                   rows, cols, false);
+            qkn_shape(tm, N, Hkv, &rows, &cols);
+            train_rmsnorm_backward(a->dkr, gl->k_norm, a->dk, la->k_raw, wl->k_norm, la->rstd_k,
+                                   rows, cols, false);
+            dq = a->dqr, dk = a->dkr;
+        }
+        if (gl->bq) train_bias_backward(gl->bq, dq, N, Qd);
+        if (gl->bk) train_bias_backward(gl->bk, dk, N, KVd);
+        if (gl->bv) train_bias_backward(gl->bv, a->dv, N, KVd);
+        matmul_back(tm, a->dt, gl->wq, dq, la->xn1, wl->wq, N, C, Qd, false);
+        matmul_back(tm, a->dt, gl->wk, dk, la->xn1, wl->wk, N, C, KVd, true);
         matmul_back(tm, a->dt, gl->wv, a->dv, la->xn1, wl->wv, N, C, KVd, true);
         train_rmsnorm_backward(a->dx, gl->attn_norm, a->dt, la->x_in, wl->attn_norm, la->rstd1, N, C,
                          true);
@@ -316,29 +392,93 @@ void train_backward_logits(speck_train_model *tm, const int32_t *inputs, int B, 
 /* ---- parameters: layout, creation, loading ------------------------------------------------ */
 
 void speck_tweights_bind(speck_train_model *tm, float *base, speck_tweights *w) {
-    int L = tm->cfg.n_layer, i = 0;
+    int i = 0;
     w->tok_embd = base + tm->tensors[i++].offset;
     w->out_norm = base + tm->tensors[i++].offset;
     w->output = tm->cfg.tied_output ? w->tok_embd : base + tm->tensors[i++].offset;
-    const bool moe = tm->cfg.n_expert > 0;
-    for (int l = 0; l < L; l++) {
-        speck_tlayer *y = &w->layers[l];
-        float **slots[10] = {&y->attn_norm, &y->wq, &y->wk, &y->wv, &y->wo, &y->ffn_norm,
-                             &y->wg,        &y->wu, &y->wd, NULL};
-        if (moe) slots[6] = &y->router, slots[7] = &y->wg_x, slots[8] = &y->wu_x,
-                 slots[9] = &y->wd_x;
-        for (int s = 0; s < (moe ? 10 : 9); s++) *slots[s] = base + tm->tensors[i++].offset;
+    memset(w->layers, 0, (size_t)tm->cfg.n_layer * sizeof *w->layers);
+    for (; i < tm->n_tensors; i++) {
+        const speck_ttensor *t = &tm->tensors[i];
+        *(float **)((char *)&w->layers[t->layer] + t->field) = base + t->offset;
     }
+}
+
+// The layer tensors training knows: where each architecture-table slot (src/model/arch.h) binds.
+static const struct {
+    speck_slot slot;
+    size_t field;
+} train_slots[] = {
+    {SLOT_ATTN_NORM, offsetof(speck_tlayer, attn_norm)},
+    {SLOT_WQ, offsetof(speck_tlayer, wq)},
+    {SLOT_WK, offsetof(speck_tlayer, wk)},
+    {SLOT_WV, offsetof(speck_tlayer, wv)},
+    {SLOT_BQ, offsetof(speck_tlayer, bq)},
+    {SLOT_BK, offsetof(speck_tlayer, bk)},
+    {SLOT_BV, offsetof(speck_tlayer, bv)},
+    {SLOT_Q_NORM, offsetof(speck_tlayer, q_norm)},
+    {SLOT_K_NORM, offsetof(speck_tlayer, k_norm)},
+    {SLOT_WO, offsetof(speck_tlayer, wo)},
+    {SLOT_FFN_NORM, offsetof(speck_tlayer, ffn_norm)},
+    {SLOT_WG, offsetof(speck_tlayer, wg)},
+    {SLOT_WU, offsetof(speck_tlayer, wu)},
+    {SLOT_WD, offsetof(speck_tlayer, wd)},
+    {SLOT_ROUTER, offsetof(speck_tlayer, router)},
+    {SLOT_WG_EXPS, offsetof(speck_tlayer, wg_x)},
+    {SLOT_WU_EXPS, offsetof(speck_tlayer, wu_x)},
+    {SLOT_WD_EXPS, offsetof(speck_tlayer, wd_x)},
+    {SLOT_SH_GATE, offsetof(speck_tlayer, sh_gate)},
+    {SLOT_WG_SH, offsetof(speck_tlayer, wg_s)},
+    {SLOT_WU_SH, offsetof(speck_tlayer, wu_s)},
+    {SLOT_WD_SH, offsetof(speck_tlayer, wd_s)},
+};
+
+// Where slot binds in speck_tlayer; false when training has no such tensor.
+static bool slot_field(speck_slot slot, size_t *field) {
+    for (size_t i = 0; i < sizeof train_slots / sizeof *train_slots; i++)
+        if (train_slots[i].slot == slot) return *field = train_slots[i].field, true;
+    return false;
+}
+
+static bool is_bias(speck_slot s) {
+    return s == SLOT_BQ || s == SLOT_BK || s == SLOT_BV;
+}
+
+// The architecture's layer is the training pass's (pre-norm, SiLU-gated FFN, plain attention,
+// only the tensors of train_slots); else what it has beyond, for the error.
+static const char *arch_untrainable(const speck_arch *a) {
+    if (a->act != SPECK_ACT_SILU) return "a GeGLU FFN";
+    if (a->embd_scale) return "scaled embeddings";
+    if (a->attn_softcap > 0 || a->final_softcap > 0) return "soft-capped logits";
+    if (a->attn_scale) return "its own attention scale";
+    if (a->swa_window > 0) return "a sliding window";
+    size_t f;
+    for (int i = 0; i < a->n_layer_tensors; i++)
+        if (!slot_field(a->layer[i].slot, &f))
+            return a->layer[i].slot == SLOT_ATTN_POST_NORM || a->layer[i].slot == SLOT_FFN_POST_NORM
+                       ? "post-norms"
+                       : "fused projections";
+    return NULL;
+}
+
+static const char *cfg_arch(const speck_train_config *c) {
+    return c->arch[0] ? c->arch : "llama";
+}
+
+static int head_dim_of(const speck_train_config *c) {
+    return c->head_dim > 0 ? c->head_dim : c->n_embd / c->n_head;
 }
 
 static int validate_config(const speck_train_config *c) {
     if (c->n_vocab < 2 || c->n_ctx < 1 || c->n_embd < 2 || c->n_layer < 1 || c->n_head < 1 ||
-        c->n_head_kv < 1 || c->n_ff < 1)
+        c->n_head_kv < 1 || c->n_ff < 1 || c->head_dim < 0 || c->n_ff_shexp < 0)
         return speck_set_error(SPECK_ERR_ARG, "train config: every size must be positive");
-    if (c->n_embd % c->n_head || (c->n_embd / c->n_head) % 2)
+    if (c->head_dim == 0 && c->n_embd % c->n_head)
         return speck_set_error(SPECK_ERR_ARG,
                                "train config: n_embd %d must split into %d heads of even size",
                                c->n_embd, c->n_head);
+    if (head_dim_of(c) % 2)
+        return speck_set_error(SPECK_ERR_ARG, "train config: head size %d must be even",
+                               head_dim_of(c));
     if (c->n_head % c->n_head_kv)
         return speck_set_error(SPECK_ERR_ARG,
                                "train config: n_head_kv %d does not divide n_head %d", c->n_head_kv,
@@ -351,19 +491,37 @@ static int validate_config(const speck_train_config *c) {
                                "train config: %d experts, %d used per token: want 1 <= used <= "
                                "experts <= 256 (or 0 experts: a dense FFN)",
                                c->n_expert, c->n_expert_used);
+    if (!memchr(c->arch, 0, sizeof c->arch))
+        return speck_set_error(SPECK_ERR_ARG, "train config: architecture name not terminated");
+    const speck_arch *a = speck_arch_find(cfg_arch(c));
+    const char *why = a ? arch_untrainable(a) : NULL;
+    if (!a || why)
+        return speck_set_error(SPECK_ERR_UNSUPPORTED,
+                               "train config: architecture '%s' %s%s (speck trains llama, qwen2, "
+                               "qwen3, qwen2moe, qwen3moe, olmoe)",
+                               cfg_arch(c), a ? "cannot be trained: it has " : "is unknown",
+                               a ? why : "");
+    if ((a->ffn == SPECK_FFN_DENSE && c->n_expert) || (a->ffn == SPECK_FFN_MOE && !c->n_expert))
+        return speck_set_error(SPECK_ERR_ARG, "train config: architecture %s %s experts",
+                               a->name, c->n_expert ? "has no" : "needs");
+    const bool shared = c->n_expert && a->moe && a->moe->shared;
+    if (shared != (c->n_ff_shexp > 0))
+        return speck_set_error(SPECK_ERR_ARG,
+                               "train config: architecture %s %s a shared expert (n_ff_shexp %d)",
+                               a->name, shared ? "needs" : "has no", c->n_ff_shexp);
     return 0;
 }
 
-// Allocate everything for config c (head_dim n_embd/n_head); params zero.
+// Allocate everything for config c; params zero.
 static speck_train_model *alloc_model(const speck_train_config *c) {
     if (validate_config(c)) return NULL;
+    const speck_arch *arch = speck_arch_find(cfg_arch(c));
     speck_train_model *tm = calloc(1, sizeof *tm);
     if (!tm) goto oom;
     tm->cfg = *c;
-    int hd = tm->head_dim = c->n_embd / c->n_head;
-    tm->rope_type = SPECK_ROPE_NORMAL;
-    tm->hp = (speck_hparams){.arch = "llama",
-                             .n_vocab = c->n_vocab,
+    int hd = tm->head_dim = tm->cfg.head_dim = head_dim_of(c); // explicit: checkpoints compare
+    snprintf(tm->cfg.arch, sizeof tm->cfg.arch, "%s", arch->name);
+    tm->hp = (speck_hparams){.n_vocab = c->n_vocab,
                              .n_ctx_train = c->n_ctx,
                              .n_embd = c->n_embd,
                              .n_layer = c->n_layer,
@@ -373,20 +531,23 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
                              .n_ff = c->n_ff,
                              .norm_eps = c->norm_eps,
                              .rope_freq_base = c->rope_freq_base,
-                             .rope_type = SPECK_ROPE_NORMAL,
                              .rope_scale_factor = 1.0f,
                              .tied_output = c->tied_output,
+                             .qkv_bias = c->qkv_bias,
                              .n_expert = c->n_expert,
                              .n_expert_used = c->n_expert ? c->n_expert_used : 0,
                              .n_ff_exp = c->n_expert ? c->n_ff : 0,
-                             .moe_norm = c->n_expert && c->moe_norm,
+                             .n_ff_shexp = c->n_ff_shexp,
                              .bos_id = -1,
                              .eos_id = -1};
+    snprintf(tm->hp.arch, sizeof tm->hp.arch, "%s", arch->name);
+    speck_arch_defaults(arch, &tm->hp); // RoPE layout, attention scale, which QK-norm
+    tm->hp.moe_norm = c->n_expert && c->moe_norm;
+    tm->rope_type = tm->hp.rope_type;
     tm->aux_coef = 0.01f;
-    int64_t C = c->n_embd, Qd = (int64_t)c->n_head * hd, KVd = (int64_t)c->n_head_kv * hd,
-            F = c->n_ff, V = c->n_vocab;
+    int64_t C = c->n_embd, V = c->n_vocab;
     tm->rope_freq = malloc((size_t)(hd / 2) * sizeof(float));
-    tm->tensors = calloc((size_t)(3 + 10 * c->n_layer), sizeof *tm->tensors);
+    tm->tensors = calloc((size_t)(3 + arch->n_layer_tensors * c->n_layer), sizeof *tm->tensors);
     tm->p.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
     tm->g.layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
     speck_tlayer *f_layers = calloc((size_t)c->n_layer, sizeof(speck_tlayer));
@@ -400,7 +561,7 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
         speck_ttensor *t = &tm->tensors[tm->n_tensors++];                                          \
         snprintf(t->name, sizeof t->name, "%s", nm);                                               \
         t->offset = off, t->ne0 = cols, t->ne1 = r, t->ne2 = x, t->is_matrix = mat;                \
-        t->is_embd = emb, t->n_dims = (x) > 0 ? 3 : (mat) ? 2 : 1;                                 \
+        t->is_embd = emb, t->n_dims = (x) > 0 ? 3 : (mat) ? 2 : 1, t->layer = -1;                  \
         if (!t->ne2) t->ne2 = 1;                                                                   \
         off += (int64_t)(r) * (cols) * t->ne2;                                                     \
     } while (0)
@@ -408,28 +569,25 @@ static speck_train_model *alloc_model(const speck_train_config *c) {
     ADD("token_embd.weight", V, C, true, true);
     ADD("output_norm.weight", 1, C, false, false);
     if (!c->tied_output) ADD("output.weight", V, C, true, false);
-    for (int l = 0; l < c->n_layer; l++) {
-        char n[48];
-#define N(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
-        ADD(N("attn_norm.weight"), 1, C, false, false);
-        ADD(N("attn_q.weight"), Qd, C, true, false);
-        ADD(N("attn_k.weight"), KVd, C, true, false);
-        ADD(N("attn_v.weight"), KVd, C, true, false);
-        ADD(N("attn_output.weight"), C, Qd, true, false);
-        ADD(N("ffn_norm.weight"), 1, C, false, false);
-        if (c->n_expert) {
-            const int64_t X = c->n_expert;
-            ADD(N("ffn_gate_inp.weight"), X, C, true, false);
-            ADD3(N("ffn_gate_exps.weight"), X, F, C, true, false);
-            ADD3(N("ffn_up_exps.weight"), X, F, C, true, false);
-            ADD3(N("ffn_down_exps.weight"), X, C, F, true, false);
-        } else {
-            ADD(N("ffn_gate.weight"), F, C, true, false);
-            ADD(N("ffn_up.weight"), F, C, true, false);
-            ADD(N("ffn_down.weight"), C, F, true, false);
+    // Each layer: the architecture's tensors in its table's order (biases when configured).
+    for (int l = 0; l < c->n_layer; l++)
+        for (int i = 0; i < arch->n_layer_tensors; i++) {
+            const speck_tensor_desc *d = &arch->layer[i];
+            size_t field = 0;
+            if (!speck_tensor_in_layer(&tm->hp, d) || (is_bias(d->slot) && !c->qkv_bias) ||
+                !slot_field(d->slot, &field))
+                continue;
+            char n[48];
+            snprintf(n, sizeof n, "blk.%d.%s", l, d->gguf);
+            const int64_t rows = speck_dim_size(d->rows, &tm->hp);
+            if (d->cols == DIM_0) // a vector (norm, bias, the shared expert's gate)
+                ADD(n, 1, rows, false, false);
+            else
+                ADD3(n, (d->flags & TD_EXPERTS) ? c->n_expert : 0, rows,
+                     speck_dim_size(d->cols, &tm->hp), true, false);
+            tm->tensors[tm->n_tensors - 1].layer = l;
+            tm->tensors[tm->n_tensors - 1].field = field;
         }
-#undef N
-    }
 #undef ADD
 #undef ADD3
     tm->n_params = off;
@@ -465,8 +623,10 @@ speck_train_model *speck_train_model_new(const speck_train_config *cfg, uint64_t
         const speck_ttensor *t = &tm->tensors[i];
         float *p = tm->params + t->offset;
         int64_t n = t->ne0 * t->ne1 * t->ne2;
-        if (!t->is_matrix) {
-            for (int64_t j = 0; j < n; j++) p[j] = 1.0f;
+        // Norms 1, biases 0; matrices and the shared expert's gate (a linear layer) random.
+        if (!t->is_matrix && !strstr(t->name, "ffn_gate_inp_shexp")) {
+            const float v = strstr(t->name, ".bias") ? 0.0f : 1.0f;
+            for (int64_t j = 0; j < n; j++) p[j] = v;
             continue;
         }
         float std = 0.02f;
@@ -493,12 +653,16 @@ speck_train_config speck_train_config_from_preset(const speck_preset *p) {
                             .n_ff = p->n_ff,
                             .norm_eps = p->norm_eps,
                             .rope_freq_base = p->rope_freq_base,
-                            .tied_output = p->tied_output};
+                            .tied_output = p->tied_output,
+                            .head_dim = p->head_dim};
+    const speck_arch *a = speck_arch_find(p->arch);
+    snprintf(c.arch, sizeof c.arch, "%s", p->arch);
+    c.qkv_bias = p->qkv_bias || (a && a->qkv_bias);
     if (p->n_expert > 0) { // the experts' width is the training FFN's (Mixtral's convention)
-        const speck_arch *a = speck_arch_find(p->arch);
         c.n_expert = p->n_expert, c.n_expert_used = p->n_expert_used;
         c.n_ff = p->n_ff_exp ? p->n_ff_exp : p->n_ff;
         c.moe_norm = a && a->moe && a->moe->norm_topk; // the family's rule
+        c.n_ff_shexp = a && a->moe && a->moe->shared ? (p->n_ff_shexp ? p->n_ff_shexp : p->n_ff) : 0;
     }
     return c;
 }
@@ -511,42 +675,47 @@ static void copy_weight(float *dst, const speck_weight *w) {
                              dst + (size_t)r * w->n_in, w->n_in);
 }
 
+static void copy_vec(float *dst, const float *src, int64_t n) {
+    if (dst && src) memcpy(dst, src, (size_t)n * sizeof(float));
+}
+
 speck_train_model *speck_train_model_load(const char *path) {
     speck_model *m = speck_model_load(path);
     if (!m) return NULL;
     const speck_hparams *hp = &m->hp;
     speck_train_model *tm = NULL;
-    // The training pass is the Llama layer: no QK-norm, post-norms, GeGLU, soft-caps, windows,
-    // fused tensors or LongRoPE; experts only as Mixtral's (llama with experts, no shared one).
-    if ((strcmp(hp->arch, "llama") && strcmp(hp->arch, "qwen2")) || hp->n_swa > 0) {
+    // The training pass: pre-norm blocks, SiLU-gated FFNs or experts (a shared one with its
+    // gate), optional q/k/v biases and q/k norms; no post-norms, GeGLU, soft-caps, windows,
+    // fused tensors or LongRoPE (arch_untrainable says which).
+    const char *why = arch_untrainable(m->arch);
+    if (!why && hp->n_swa > 0) why = "a sliding window";
+    if (!why && hp->rope_scaling == SPECK_ROPE_SCALING_LONGROPE) why = "LongRoPE";
+    if (!why && fabsf(hp->attn_scale * sqrtf((float)hp->head_dim) - 1.0f) > 1e-6f)
+        why = "an attention scale other than 1/sqrt(head_dim)";
+    if (why) {
         speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "%s: architecture %s%s cannot be trained by speck (llama, llama with "
-                        "experts (Mixtral) and qwen2, without a sliding window)",
-                        path, hp->arch, hp->n_swa > 0 ? " with a sliding window" : "");
+                        "%s: architecture %s with %s cannot be trained by speck (llama, "
+                        "Mixtral, qwen2, qwen3, qwen2moe, qwen3moe, olmoe without a window)",
+                        path, hp->arch, why);
         goto done;
     }
-    if (hp->n_expert > 0 && (hp->n_ff_shexp > 0 || hp->n_ff_exp != hp->n_ff)) {
-        speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "%s: experts with %s cannot be trained by speck (Mixtral's layout: "
-                        "router and routed experts of feed_forward_length)",
-                        path, hp->n_ff_shexp > 0 ? "a shared expert" : "their own width");
-        goto done;
-    }
-    if (hp->qkv_bias) {
-        speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "%s: models with q/k/v biases cannot be trained by speck", path);
-        goto done;
-    }
-    if (hp->head_dim * hp->n_head != hp->n_embd) {
-        speck_set_error(SPECK_ERR_UNSUPPORTED,
-                        "%s: head_dim %d x %d heads != n_embd %d is not supported for training",
-                        path, hp->head_dim, hp->n_head, hp->n_embd);
-        goto done;
-    }
-    speck_train_config c = {hp->n_vocab,        hp->n_ctx_train, hp->n_embd,   hp->n_layer,
-                            hp->n_head,         hp->n_head_kv,   hp->n_ff,     hp->norm_eps,
-                            hp->rope_freq_base, hp->tied_output, hp->n_expert, hp->n_expert_used,
-                            hp->n_expert > 0 && hp->moe_norm};
+    speck_train_config c = {.n_vocab = hp->n_vocab,
+                            .n_ctx = hp->n_ctx_train,
+                            .n_embd = hp->n_embd,
+                            .n_layer = hp->n_layer,
+                            .n_head = hp->n_head,
+                            .n_head_kv = hp->n_head_kv,
+                            .n_ff = hp->n_expert > 0 ? hp->n_ff_exp : hp->n_ff,
+                            .norm_eps = hp->norm_eps,
+                            .rope_freq_base = hp->rope_freq_base,
+                            .tied_output = hp->tied_output,
+                            .n_expert = hp->n_expert,
+                            .n_expert_used = hp->n_expert_used,
+                            .moe_norm = hp->n_expert > 0 && hp->moe_norm,
+                            .head_dim = hp->head_dim,
+                            .qkv_bias = hp->qkv_bias,
+                            .n_ff_shexp = hp->n_expert > 0 ? hp->n_ff_shexp : 0};
+    snprintf(c.arch, sizeof c.arch, "%s", hp->arch);
     tm = alloc_model(&c);
     if (!tm) goto done;
     tm->rope_type = hp->rope_type;
@@ -566,6 +735,8 @@ speck_train_model *speck_train_model_load(const char *path) {
     copy_weight(tm->p.tok_embd, &m->tok_embd);
     memcpy(tm->p.out_norm, m->out_norm, (size_t)hp->n_embd * sizeof(float));
     if (!hp->tied_output) copy_weight(tm->p.output, &m->output);
+    const int64_t Qd = (int64_t)hp->n_head * hp->head_dim, KVd = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t qn = hp->qk_norm_full ? Qd : hp->head_dim, kn = hp->qk_norm_full ? KVd : hp->head_dim;
     for (int l = 0; l < hp->n_layer; l++) {
         const speck_layer *s = &m->layers[l];
         speck_tlayer *d = &tm->p.layers[l];
@@ -575,13 +746,24 @@ speck_train_model *speck_train_model_load(const char *path) {
         copy_weight(d->wk, &s->wk);
         copy_weight(d->wv, &s->wv);
         copy_weight(d->wo, &s->wo);
+        copy_vec(d->bq, s->bq, Qd);
+        copy_vec(d->bk, s->bk, KVd);
+        copy_vec(d->bv, s->bv, KVd);
+        copy_vec(d->q_norm, s->q_norm, qn);
+        copy_vec(d->k_norm, s->k_norm, kn);
         if (hp->n_expert) {
-            const size_t ex = (size_t)hp->n_ff * hp->n_embd; // one expert's matrix
+            const size_t ex = (size_t)hp->n_ff_exp * hp->n_embd; // one expert's matrix
             copy_weight(d->router, &s->router);
             for (int e = 0; e < hp->n_expert; e++) {
                 copy_weight(d->wg_x + e * ex, &s->experts[3 * e]);
                 copy_weight(d->wu_x + e * ex, &s->experts[3 * e + 1]);
                 copy_weight(d->wd_x + e * ex, &s->experts[3 * e + 2]);
+            }
+            if (d->sh_gate) {
+                copy_vec(d->sh_gate, s->shexp_gate, hp->n_embd);
+                copy_weight(d->wg_s, &s->shexp[0]);
+                copy_weight(d->wu_s, &s->shexp[1]);
+                copy_weight(d->wd_s, &s->shexp[2]);
             }
         } else {
             copy_weight(d->wg, &s->wg);

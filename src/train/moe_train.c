@@ -6,6 +6,9 @@
 // pass: gradients reach the router through the weights w (and the auxiliary loss through P).
 // Token-choices are "slots" grouped by expert, so each expert is one GEMM over its tokens.
 //
+// Qwen2-MoE adds a shared expert (tshexp_*): a SwiGLU FFN every token runs, its output scaled by
+// a sigmoid gate σ(x · w) and added to the routed experts'.
+//
 // Load balancing (Switch Transformer, Fedus et al. 2021): aux = X · Σ_i f_i · P_i with f_i the
 // fraction of the N·k token-choices routed to expert i (a constant) and P_i = mean_t p_t,i.
 // Shapes: N tokens, C = n_embd, F = expert width, X experts, k chosen, S = N·k slots.
@@ -156,6 +159,15 @@ static void route_backward(const tmoe_shape *s, const tmoe_acts *a, tmoe_scratch
 
 /* ---- the layer ------------------------------------------------------------------------------ */
 
+// dx (+)= dy·W; dW += dyᵀ·x unless dW is NULL (frozen weights: LoRA fine-tuning's base).
+static void mm_back(float *dx, float *dW, const float *dy, const float *x, const float *W, int N,
+                    int n_in, int n_out, bool accumulate) {
+    if (dW)
+        train_matmul_backward(dx, dW, dy, x, W, N, n_in, n_out, accumulate);
+    else
+        train_matmul_backward_dx(dx, dy, W, N, n_in, n_out, accumulate);
+}
+
 double tmoe_forward(const tmoe_shape *s, tmoe_acts *a, float *y, const float *xn, const float *Wr,
                     const float *Wg, const float *Wu, const float *Wd) {
     const int N = s->N, C = s->C, F = s->F, X = s->X, k = s->k;
@@ -231,8 +243,8 @@ void tmoe_backward(const tmoe_shape *s, const tmoe_acts *a, tmoe_scratch *d, flo
         const int o = a->off[e], cnt = a->off[e + 1] - o;
         if (!cnt) continue;
         const size_t we = (size_t)e * C * F;
-        train_matmul_backward(d->dh + (size_t)o * F, dWd + we, d->dys + (size_t)o * C,
-                              a->h + (size_t)o * F, Wd + we, cnt, F, C, false);
+        mm_back(d->dh + (size_t)o * F, dWd ? dWd + we : NULL, d->dys + (size_t)o * C,
+                a->h + (size_t)o * F, Wd + we, cnt, F, C, false);
     }
     train_swiglu_backward(d->dg, d->du, d->dh, a->g, a->u, S * F);
     // gate, up: dxs_e = dg_e · Wg_e + du_e · Wu_e; dWg_e += dg_eᵀ xs_e; dWu_e += du_eᵀ xs_e
@@ -242,8 +254,8 @@ void tmoe_backward(const tmoe_shape *s, const tmoe_acts *a, tmoe_scratch *d, flo
         const size_t we = (size_t)e * F * C;
         float *dxs = d->dxs + (size_t)o * C;
         const float *xs = a->xs + (size_t)o * C;
-        train_matmul_backward(dxs, dWg + we, d->dg + (size_t)o * F, xs, Wg + we, cnt, C, F, false);
-        train_matmul_backward(dxs, dWu + we, d->du + (size_t)o * F, xs, Wu + we, cnt, C, F, true);
+        mm_back(dxs, dWg ? dWg + we : NULL, d->dg + (size_t)o * F, xs, Wg + we, cnt, C, F, false);
+        mm_back(dxs, dWu ? dWu + we : NULL, d->du + (size_t)o * F, xs, Wu + we, cnt, C, F, true);
     }
     // dxn_t = Σ_j dxs[slot_tj] (each token's own rows: no races, a fixed order)
 #pragma omp parallel for schedule(static) if (S * C > PAR_MIN)
@@ -257,5 +269,64 @@ void tmoe_backward(const tmoe_shape *s, const tmoe_acts *a, tmoe_scratch *d, flo
     }
     // router: dz from the weights and the auxiliary loss; dxn += dz · Wr; dWr += dzᵀ · xn
     route_backward(s, a, d, aux_scale);
-    train_matmul_backward(dxn, dWr, d->dz, xn, Wr, N, C, X, true);
+    mm_back(dxn, dWr, d->dz, xn, Wr, N, C, X, true);
+}
+
+/* ---- Qwen2-MoE's shared expert ---------------------------------------------------------------- */
+
+void tshexp_forward(tshexp_acts *a, float *y, const float *xn, const float *wgate, const float *Wg,
+                    const float *Wu, const float *Wd, int N, int C, int Fs) {
+    train_matmul_forward(a->g, xn, Wg, N, C, Fs);
+    train_matmul_forward(a->u, xn, Wu, N, C, Fs);
+    train_swiglu_forward(a->h, a->g, a->u, (size_t)N * Fs);
+    train_matmul_forward(a->ys, a->h, Wd, N, Fs, C);
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
+    for (int t = 0; t < N; t++) {
+        const float *x = xn + (size_t)t * C, *ys = a->ys + (size_t)t * C;
+        double z = 0;
+        for (int c = 0; c < C; c++) z += (double)x[c] * wgate[c];
+        const float sg = a->sg[t] = (float)(1.0 / (1.0 + exp(-z)));
+        float *yt = y + (size_t)t * C;
+        for (int c = 0; c < C; c++) yt[c] += sg * ys[c];
+    }
+}
+
+void tshexp_backward(const tshexp_acts *a, tshexp_scratch *d, float *dxn, float *dwgate,
+                     float *dWg, float *dWu, float *dWd, const float *dy, const float *xn,
+                     const float *wgate, const float *Wg, const float *Wu, const float *Wd, int N,
+                     int C, int Fs) {
+    // gate: dz_t = (dy_t · ys_t) σ (1 - σ); the expert's output gradient dys_t = σ dy_t
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
+    for (int t = 0; t < N; t++) {
+        const float *dyt = dy + (size_t)t * C, *ys = a->ys + (size_t)t * C;
+        float *dys = d->dys + (size_t)t * C;
+        const float sg = a->sg[t];
+        double dot = 0;
+        for (int c = 0; c < C; c++) {
+            dot += (double)dyt[c] * ys[c];
+            dys[c] = sg * dyt[c];
+        }
+        d->dz[t] = (float)(dot * sg * (1.0 - sg));
+    }
+    // dxn_t += dz_t wgate; dwgate += Σ_t dz_t xn_t (columns by thread, rows in order; NULL:
+    // frozen)
+#pragma omp parallel for schedule(static) if ((size_t)N * C > PAR_MIN)
+    for (int t = 0; t < N; t++) {
+        float *dx = dxn + (size_t)t * C;
+        for (int c = 0; c < C; c++) dx[c] += d->dz[t] * wgate[c];
+    }
+#pragma omp parallel if (dwgate && (size_t)N * C > PAR_MIN)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = C * id / nt, c1 = C * (id + 1) / nt;
+        for (int t = 0; dwgate && t < N; t++) {
+            const float *x = xn + (size_t)t * C;
+            for (int c = c0; c < c1; c++) dwgate[c] += d->dz[t] * x[c];
+        }
+    }
+    // the SwiGLU expert: dh = dys·Wd; dWd += dysᵀ h; dxn += dg·Wg + du·Wu
+    mm_back(d->dh, dWd, d->dys, a->h, Wd, N, Fs, C, false);
+    train_swiglu_backward(d->dg, d->du, d->dh, a->g, a->u, (size_t)N * Fs);
+    mm_back(dxn, dWg, d->dg, xn, Wg, N, C, Fs, true);
+    mm_back(dxn, dWu, d->du, xn, Wu, N, C, Fs, true);
 }

@@ -47,11 +47,34 @@ void tmoe_scratch_at(const tmoe_shape *s, void *block, tmoe_scratch *d);
 // X · Σ_i f_i · P_i.
 double tmoe_forward(const tmoe_shape *s, tmoe_acts *a, float *y, const float *xn, const float *Wr,
                     const float *Wg, const float *Wu, const float *Wd);
-// dxn: (N, C) = d/dxn (overwritten); dWr, dWg, dWu, dWd += the weights' gradients; dy: (N, C)
-// the output's gradient; aux_scale: d(objective)/d(this layer's auxiliary loss).
+// dxn: (N, C) = d/dxn (overwritten); dWr, dWg, dWu, dWd += the weights' gradients (all NULL:
+// frozen weights, dxn only); dy: (N, C) the output's gradient; aux_scale: d(objective)/d(this
+// layer's auxiliary loss).
 void tmoe_backward(const tmoe_shape *s, const tmoe_acts *a, tmoe_scratch *d, float *dxn,
                    float *dWr, float *dWg, float *dWu, float *dWd, const float *dy,
                    const float *xn, const float *Wr, const float *Wg, const float *Wu,
                    const float *Wd, float aux_scale);
+
+// Qwen2-MoE's shared expert (Fs = its width), which every token runs beside the routed ones:
+//   y_t += σ(xn_t · wgate) · Wd (silu(Wg xn_t) ∘ Wu xn_t)
+// Saved activations: sg: (N) the sigmoid gate; g, u, h: (N, Fs); ys: (N, C) the expert's output.
+typedef struct {
+    float *sg, *g, *u, *h, *ys;
+} tshexp_acts;
+// Backward scratch: dys: (N, C); dh, dg, du: (N, Fs); dz: (N).
+typedef struct {
+    float *dys, *dh, *dg, *du, *dz;
+} tshexp_scratch;
+
+// y: (N, C) += the shared expert's gated output; xn: (N, C); wgate: (C); Wg, Wu: (Fs, C);
+// Wd: (C, Fs).
+void tshexp_forward(tshexp_acts *a, float *y, const float *xn, const float *wgate, const float *Wg,
+                    const float *Wu, const float *Wd, int N, int C, int Fs);
+// dxn: (N, C) += d/dxn; dwgate, dWg, dWu, dWd += the weights' gradients (all NULL: frozen);
+// dy: (N, C) the output's.
+void tshexp_backward(const tshexp_acts *a, tshexp_scratch *d, float *dxn, float *dwgate,
+                     float *dWg, float *dWu, float *dWd, const float *dy, const float *xn,
+                     const float *wgate, const float *Wg, const float *Wu, const float *Wd, int N,
+                     int C, int Fs);
 
 #endif

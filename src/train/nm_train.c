@@ -91,8 +91,8 @@ int speck_train_set_nm(speck_train_model *tm, const speck_nm_params *p) {
     // to the params, then move every pointer that lands on a masked tensor.
     speck_tlayer *fl = bind_forward(tm);
     for (int l = 0; l < tm->cfg.n_layer; l++) {
-        float **slots[] = {&fl[l].wq, &fl[l].wk, &fl[l].wv, &fl[l].wo,
-                           &fl[l].wg, &fl[l].wu, &fl[l].wd};
+        float **slots[] = {&fl[l].wq, &fl[l].wk,   &fl[l].wv,   &fl[l].wo,  &fl[l].wg,
+                           &fl[l].wu, &fl[l].wd,   &fl[l].wg_s, &fl[l].wu_s, &fl[l].wd_s};
         for (size_t k = 0; k < sizeof slots / sizeof *slots; k++) {
             if (!*slots[k]) continue;
             const int64_t o = *slots[k] - tm->params;

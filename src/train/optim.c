@@ -241,6 +241,7 @@ int speck_train_checkpoint_load(speck_train_model *tm, const char *path, speck_t
     SAME(n_embd)
     SAME(n_layer) SAME(n_head) SAME(n_head_kv) SAME(n_ff) SAME(tied_output) SAME(norm_eps)
         SAME(rope_freq_base) SAME(n_expert) SAME(n_expert_used) SAME(moe_norm)
+            SAME(head_dim) SAME(qkv_bias) SAME(n_ff_shexp)
 #undef SAME
     if (!err && (strcmp(tm->hp.arch, ck->hp.arch) || tm->hp.rope_scaling != ck->hp.rope_scaling ||
                  memcmp(tm->rope_freq, ck->rope_freq, (size_t)(tm->head_dim / 2) * sizeof(float))))

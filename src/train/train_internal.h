@@ -5,19 +5,28 @@
 
 #include "speck.h"
 
-// Names C = n_embd, Qd = n_head*hd, KVd = n_head_kv*hd, F = n_ff, V = n_vocab, L = n_layer.
+// Names C = n_embd, Qd = n_head*hd, KVd = n_head_kv*hd, F = n_ff, V = n_vocab, L = n_layer,
+// Fs = n_ff_shexp. Which tensors a layer has follows the architecture's table (src/model/arch_*.c);
+// the others are NULL.
 typedef struct {
-    float *attn_norm; // (C)
-    float *wq;        // (Qd, C)
-    float *wk, *wv;   // (KVd, C)
-    float *wo;        // (C, Qd)
-    float *ffn_norm;  // (C)
-    float *wg, *wu;   // (F, C), NULL with experts
-    float *wd;        // (C, F), NULL with experts
+    float *attn_norm;       // (C)
+    float *wq;              // (Qd, C)
+    float *wk, *wv;         // (KVd, C)
+    float *bq, *bk, *bv;    // (Qd), (KVd), (KVd) q/k/v biases (qwen2), or NULL
+    float *q_norm, *k_norm; // (hd) RMSNorm of each q/k head (qwen3), or (Qd), (KVd) of the whole
+                            // projection (olmoe); or NULL
+    float *wo;              // (C, Qd)
+    float *ffn_norm;        // (C)
+    float *wg, *wu;         // (F, C), NULL with experts
+    float *wd;              // (C, F), NULL with experts
     // Mixture of experts (X = n_expert; the FFN above is NULL): ffn_gate_inp, ffn_*_exps.
     float *router;      // (X, C)
     float *wg_x, *wu_x; // (X, F, C)
     float *wd_x;        // (X, C, F)
+    // Qwen2-MoE's shared expert, or NULL: sigmoid(sh_gate · x) · wd_s(silu(wg_s x) ∘ wu_s x).
+    float *sh_gate;     // (C)
+    float *wg_s, *wu_s; // (Fs, C)
+    float *wd_s;        // (C, Fs)
 } speck_tlayer;
 
 // Views of one of the flat buffers (params or grads) as the model's tensors.
@@ -34,6 +43,8 @@ typedef struct {
     int n_dims;                    // 1 vector, 2 matrix, 3 stacked experts (GGUF dims)
     bool is_matrix;                // weight decay applies (unless decay_all)
     bool is_embd;
+    int layer;    // its layer, or -1
+    size_t field; // layer tensors: offsetof(speck_tlayer, the pointer bound to it)
 } speck_ttensor;
 
 // Saved activations for one (B, T) batch shape; see model_train.c for each buffer's shape.

@@ -278,6 +278,29 @@ void train_swiglu_backward(float *dg, float *du, const float *dh, const float *g
 /* ---- residual ----------------------------------------------------------------------------- */
 
 // out: (n) = a + b
+/* ---- biases ------------------------------------------------------------------------------- */
+
+void train_bias_forward(float *y, const float *b, int N, int n) {
+#pragma omp parallel for schedule(static) if ((size_t)N * n > PAR_MIN)
+    for (int i = 0; i < N; i++) {
+        float *yi = y + (size_t)i * n;
+        for (int j = 0; j < n; j++) yi[j] += b[j];
+    }
+}
+
+// Each thread owns a range of columns and sums them over the rows in order (deterministic).
+void train_bias_backward(float *db, const float *dy, int N, int n) {
+#pragma omp parallel if ((size_t)N * n > PAR_MIN)
+    {
+        int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        int c0 = n * id / nt, c1 = n * (id + 1) / nt;
+        for (int i = 0; i < N; i++) {
+            const float *dyi = dy + (size_t)i * n;
+            for (int j = c0; j < c1; j++) db[j] += dyi[j];
+        }
+    }
+}
+
 void train_residual_forward(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (size_t j = 0; j < n; j++) out[j] = a[j] + b[j];

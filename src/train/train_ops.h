@@ -48,6 +48,9 @@ void train_attention_backward(float *dq, float *dk, float *dv, float *dp_scratch
 void train_swiglu_forward(float *h, const float *g, const float *u, size_t n);
 void train_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u,
                            size_t n);
+// y: (N, n) += b: (n) on every row; db: (n) += the column sums of dy: (N, n)
+void train_bias_forward(float *y, const float *b, int N, int n);
+void train_bias_backward(float *db, const float *dy, int N, int n);
 // out = a + b over n values
 void train_residual_forward(float *out, const float *a, const float *b, size_t n);
 // logits: (N, V) -> probabilities in place; returns Σ -log p[target] over rows whose target is

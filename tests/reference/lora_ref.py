@@ -51,6 +51,14 @@ CASES = [("gqa", "f32", "q,k,v,o,gate,up,down", False, 1),
          ("gqa", "q8_0", "q,k,v,o,gate,up,down", False, 1),
          ("gqa", "q4_0", "q,k,v,o,gate,up,down", False, 1),
          ("qwen2", "f32", "q,k,v,o", False, 1),
+         # Qwen3: per-head q/k norms (frozen) between the adapted q/k and RoPE, head_dim 32 !=
+         # n_embd / n_head so attn_output's input is wider than the model.
+         ("qwen3", "f32", "q,k,v,o,gate,up,down", False, 1),
+         # Mixtures of experts: the attention adapted, the router, experts and shared expert
+         # frozen (qwen2moe: biases, 8 experts, the shared expert's gate; olmoe: whole-row q/k
+         # norms, its experts stored as Q8_0). No load-balancing loss (the router is frozen).
+         ("qwen2moe", "f32", "q,k,v,o", False, 1),
+         ("olmoe", "q8_0", "q,k,v,o", False, 1),
          ("gqa", "f32", "q,k,v,o,gate,up,down", True, 1),
          ("gqa", "f32", "q,k,v,o,gate,up,down", False, 2),
          ("gqa", "q8_0", "q,v,down", False, 4)]
@@ -113,17 +121,25 @@ def main() -> int:
         if masked:
             tgt = mask_targets(tgt)
         total, count = 0, int((tgt >= 0).sum())
+        margin = float("inf")
         for r in range(B):
             logits = ref.forward(tok[r, :-1])
+            if ref.hp.n_expert and ref.last_margins:
+                margin = min(margin, float(torch.stack(ref.last_margins).min()))
             total = total + torch.nn.functional.cross_entropy(
                 logits, torch.as_tensor(tgt[r]), ignore_index=-100, reduction="sum")
         loss = total / count
         loss.backward()
+        if ref.hp.n_expert:  # both sides must choose the same experts (see train_ref.py)
+            ok = margin >= 1e-3
+            print(f"{'PASS' if ok else 'FAIL'} {tag}: smallest top-k router-logit gap "
+                  f"{margin:.2e} (>= 1e-3)")
+            passed, failed = passed + ok, failed + (not ok)
         c_loss = float(open(os.path.join(out, "loss.txt")).read())
         ok = abs(c_loss - loss.item()) <= TOL_LOSS * max(1.0, abs(loss.item()))
         print(f"{'PASS' if ok else 'FAIL'} {tag} loss speck {c_loss:.7f} ref {loss.item():.7f}")
         passed, failed = passed + ok, failed + (not ok)
-        n_expect = 2 * M.config(cfg)["n_layer"] * len(targets.split(","))
+        n_expect = 2 * ref.hp.n_layer * len(targets.split(","))  # (quantized MoE: 1 layer)
         ok = len(leaves) == n_expect
         if not ok:
             print(f"FAIL {tag}: adapter has {len(leaves)} matrices, expected {n_expect}")

@@ -44,7 +44,19 @@ source's logits for the 0-step export (max abs difference <= 1e-9: the weights a
 values, so only a changed hyper-parameter can make them differ) and the same RoPE frequencies,
 architecture and weights as speck's training model for the 2-step one.
 
+The other families' layers (--arch-only, ctest train_reference_arch): make_model's qwen2 (q/k/v
+biases), qwen3 (RMSNorm of each q/k head, head_dim 32 != n_embd / n_head, tied), qwen2moe (biases,
+8 experts of 64 != feed_forward_length, top-2 not renormalised, the shared expert of 96 behind
+its sigmoid gate), qwen3moe (per-head norms, top-2 renormalised), olmoe (RMSNorm over the whole
+q/k rows, not renormalised): llama_ref.py's forward, written from transformers' Qwen2 / Qwen3 /
+Qwen2-MoE / Qwen3-MoE / OLMoE modules, under autograd; the same tolerances as above (observed
+worst 1-3e-6). That a missing term would fail: each ablated reference (MoeRef.ablate: the q/k
+norms' 1/rms as a constant, the shared expert's gate input as a constant) must differ from
+speck's gradients by more than TOL_GRAD (observed 0.13-0.28). Exports as above for qwen3,
+qwen2moe and olmoe.
+
 Usage: /usr/bin/python3 tests/reference/train_ref.py --dump build/tests/train_dump --workdir DIR
+       [--moe-only | --arch-only]
 Prints PASS/FAIL per case and `N passed, M failed`; exits 1 on any failure.
 """
 
@@ -71,6 +83,15 @@ B, T, ADAM_STEPS = 2, 12, 5
 CASES = [("gqa", "f32"), ("mqa", "f32"), ("mha", "f32"), ("tied", "f32"), ("llama3", "f32"),
          ("gqa", "q8_0")]
 EXPORT_CASES = ["linear", "llama3", "llama3f", "qwen2nb", "mixtral"]
+# The other families' layers (make_model's configs): (config, aux coefficient, ablations). Each
+# ablation is the reference with one of the layer's gradient terms left out, which speck's
+# gradients must then NOT match (so the comparison would see that term missing).
+ARCH_CASES = [("qwen2", 0.0, []), ("qwen3", 0.0, ["qk_norm_rstd"]),
+              ("qwen2moe", 0.01, ["shared_gate_input"]), ("qwen3moe", 0.01, []),
+              ("olmoe", 0.01, ["qk_norm_rstd"])]
+# Their exports: one per new tensor kind (per-head norms; biases and the shared expert; whole-row
+# norms).
+ARCH_EXPORT_CASES = ["qwen3", "qwen2moe", "olmoe"]
 # (name, changes to make_model's "mixtral" config, aux coefficient)
 MOE_CASES = [("moe-top2", {}, 0.01), ("moe-top3-nonorm", dict(n_expert_used=3, expert_norm=False),
                                        0.01), ("moe-top2-aux1", {}, 1.0)]
@@ -188,17 +209,44 @@ def check_export(args, cfg: str) -> tuple[int, int]:
 
 class MoeRef(L.LlamaRef):
     """llama_ref's model, also keeping each MoE layer's router probabilities and top-k choices
-    of every forward pass (routing[layer prefix] = [(probs (n, X), top_i (n, k)), ...])."""
+    of every forward pass (routing[layer prefix] = [(probs (n, X), top_i (n, k)), ...]).
 
-    def __init__(self, *a, **k):
+    ablate (ARCH_CASES) leaves one gradient term out of the backward pass, the forward unchanged:
+      qk_norm_rstd       the q/k norms' 1/rms treated as a constant (no gradient through the
+                         mean square back into the q/k projections);
+      shared_gate_input  the shared expert's sigmoid gate sees its input as a constant (no
+                         gradient from the gate back into the layer's input)."""
+
+    def __init__(self, *a, ablate=None, **k):
         super().__init__(*a, **k)
         self.routing = {}
+        self.ablate = ablate
+
+    def rms_norm(self, x, w):
+        if self.ablate == "qk_norm_rstd" and any(
+                w is t for n, t in self.w.items() if n.endswith(("attn_q_norm.weight",
+                                                                 "attn_k_norm.weight"))):
+            r = torch.rsqrt((x * x).mean(-1, keepdim=True) + self.hp.norm_eps)
+            return x * r.detach() * w
+        return super().rms_norm(x, w)
 
     def moe(self, h, p):
-        probs = torch.softmax(self.linear(h, p + "ffn_gate_inp"), dim=-1)
-        top_i = torch.topk(probs, self.hp.n_expert_used, dim=-1).indices
-        self.routing.setdefault(p, []).append((probs, top_i))
-        return super().moe(h, p)
+        if not self.ablate:  # (the ablated passes are compared only, not routed)
+            probs = torch.softmax(self.linear(h, p + "ffn_gate_inp"), dim=-1)
+            top_i = torch.topk(probs, self.hp.n_expert_used, dim=-1).indices
+            self.routing.setdefault(p, []).append((probs, top_i))
+        key = p + "ffn_gate_inp_shexp.weight"
+        if self.ablate != "shared_gate_input" or key not in self.w:
+            return super().moe(h, p)
+        gw = self.w.pop(key)  # the routed experts alone, then the shared one by hand
+        try:
+            out = super().moe(h, p)
+        finally:
+            self.w[key] = gw
+        g = torch.sigmoid(h.detach() @ gw.reshape(-1))[:, None]
+        y = self.linear(torch.nn.functional.silu(self.linear(h, p + "ffn_gate_shexp"))
+                        * self.linear(h, p + "ffn_up_shexp"), p + "ffn_down_shexp")
+        return out + g * y
 
 
 def aux_loss(ref: MoeRef) -> torch.Tensor:
@@ -255,16 +303,83 @@ def check_moe(args, name: str, changes: dict, coef: float) -> tuple[int, int]:
     return passed + p, failed + f
 
 
+def arch_objective(ref: MoeRef, tok: np.ndarray, coef: float):
+    """(cross-entropy, aux, objective, smallest router-logit gap) of the batch; aux 0 for a dense
+    model."""
+    margin = math.inf
+    total_ce = 0
+    for b in range(tok.shape[0]):
+        logits = ref.forward(tok[b, :-1])
+        if ref.hp.n_expert and ref.last_margins:
+            margin = min(margin, float(torch.stack(ref.last_margins).min()))
+        total_ce = total_ce + torch.nn.functional.cross_entropy(
+            logits, torch.as_tensor(tok[b, 1:], dtype=torch.int64), reduction="sum")
+    ce = total_ce / (tok.shape[0] * (tok.shape[1] - 1))
+    aux = aux_loss(ref) if ref.hp.n_expert and not ref.ablate else torch.zeros((),
+                                                                                 dtype=ce.dtype)
+    return ce, aux, ce + coef * aux, margin
+
+
+def check_arch(args, cfg: str, coef: float, ablations: list) -> tuple[int, int]:
+    """Gradients of a qwen2 / qwen3 / qwen2moe / qwen3moe / olmoe model against autograd (as
+    check_moe), then each ablated reference, which must differ from speck's by > TOL_GRAD."""
+    passed = failed = 0
+    model = M.make_model(cfg, os.path.join(args.workdir, f"arch-{cfg}.gguf"), "f32", seed=6)
+    tok = np.random.default_rng(10).integers(0, M.config(cfg)["n_vocab"],
+                                             size=(B, T + 1)).astype("<i4")
+    tok_path = os.path.join(args.workdir, f"arch-{cfg}.i32")
+    tok.tofile(tok_path)
+    g = G.read_gguf(model)
+    ref = MoeRef(g.kv, g.tensors)
+    params = trainable(ref)
+    ce, aux, obj, margin = arch_objective(ref, tok, coef)
+    obj.backward()
+    if ref.hp.n_expert:
+        ok = margin >= MIN_MARGIN
+        print(f"{'PASS' if ok else 'FAIL'} {cfg}: smallest top-k router-logit gap {margin:.2e} "
+              f"(>= {MIN_MARGIN})")
+        passed, failed = passed + ok, failed + (not ok)
+    out = os.path.join(args.workdir, f"arch-{cfg}-grad")
+    run(args, model, tok_path, out, f"grad:{coef}" if ref.hp.n_expert else "grad")
+    c_loss = float(open(os.path.join(out, "loss.txt")).read())
+    c_aux = float(open(os.path.join(out, "aux.txt")).read())
+    ok = (abs(c_loss - ce.item()) <= 1e-5 * max(1.0, abs(ce.item())) and
+          abs(c_aux - aux.item()) <= TOL_AUX * max(abs(aux.item()), 1e-30))
+    print(f"{'PASS' if ok else 'FAIL'} {cfg} loss speck {c_loss:.7f} ref {ce.item():.7f}, "
+          f"aux speck {c_aux:.7f} ref {aux.item():.7f}")
+    passed, failed = passed + ok, failed + (not ok)
+    p, f = compare_grads(f"{cfg}", params, out)
+    passed, failed = passed + p, failed + f
+    for ab in ablations:
+        aref = MoeRef(g.kv, g.tensors, ablate=ab)
+        aparams = trainable(aref)
+        arch_objective(aref, tok, coef)[2].backward()
+        worst = (0.0, "")
+        for name, t in aparams.items():
+            gr = t.grad.numpy()
+            rel = np.linalg.norm(read_dump(out, name, gr.shape) - gr) / max(np.linalg.norm(gr),
+                                                                             1e-30)
+            worst = max(worst, (rel, name))
+        ok = worst[0] > TOL_GRAD
+        print(f"{'PASS' if ok else 'FAIL'} {cfg} without the {ab} term: speck's gradients "
+              f"differ from it by {worst[0]:.2e} ({worst[1]}) > {TOL_GRAD}")
+        passed, failed = passed + ok, failed + (not ok)
+    return passed, failed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dump", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--moe-only", action="store_true", help="only the mixture-of-experts cases")
+    ap.add_argument("--arch-only", action="store_true",
+                    help="only the other families' layers (ARCH_CASES and their exports), which "
+                         "the default run leaves out")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     torch.set_num_threads(2)
     passed = failed = 0
-    for cfg, wtype in [] if args.moe_only else CASES:
+    for cfg, wtype in [] if args.moe_only or args.arch_only else CASES:
         tag = f"{cfg}-{wtype}"
         model = M.make_model(cfg, os.path.join(args.workdir, tag + ".gguf"), wtype, seed=3)
         rng = np.random.default_rng(7)
@@ -321,10 +436,14 @@ def main() -> int:
                 passed += 1
         print(f"PASS-INFO {tag} adamw {ADAM_STEPS} steps: worst max abs err {worst:.2e}, "
               f"worst update rel err {worst_rel:.2e}")
-    for name, changes, coef in MOE_CASES:
+    for name, changes, coef in [] if args.arch_only else MOE_CASES:
         p, f = check_moe(args, name, changes, coef)
         passed, failed = passed + p, failed + f
-    for cfg in ["mixtral"] if args.moe_only else EXPORT_CASES:
+    for cfg, coef, ablations in ARCH_CASES if args.arch_only else []:
+        p, f = check_arch(args, cfg, coef, ablations)
+        passed, failed = passed + p, failed + f
+    for cfg in (["mixtral"] if args.moe_only else ARCH_EXPORT_CASES
+                if args.arch_only else EXPORT_CASES):
         p, f = check_export(args, cfg)
         passed, failed = passed + p, failed + f
     print(f"{passed} passed, {failed} failed")
