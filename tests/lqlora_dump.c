@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
     const int no = atoi(argv[2]), ni = atoi(argv[3]), rank = atoi(argv[5]), it = atoi(argv[6]);
     const int t = speck_type_from_name(argv[4]);
     if (t < 0) return fprintf(stderr, "lqlora_dump: unknown type %s\n", argv[4]), 2;
-    speck_set_threads(2);
+    speck_set_threads(1);
     float *W = read_f32(argv[1], (size_t)no * ni);
     float *imp = argv[8][0] == '-' ? NULL : read_f32(argv[8], (size_t)ni);
     float *a = calloc((size_t)rank * ni, sizeof *a), *b = calloc((size_t)no * rank, sizeof *b);
