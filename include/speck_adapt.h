@@ -119,6 +119,11 @@ typedef struct {
     int rank, max_iter;
     float scale;             // the adapter's alpha / rank
     const float *col_weight; // (n_in) importance or NULL
+    // 0: the exact SVD (LAPACK dgesdd of the whole matrix) at every alternation; > 0: a
+    // truncated one by subspace iteration with this many power rounds per alternation,
+    // warm-started from the previous alternation's subspace (rank + 8 vectors): for matrices
+    // whose full SVD is too slow to repeat. The test bounds its error against the exact one.
+    int svd_power;
 } speck_lqlora_params;
 int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
                         const speck_lqlora_params *p, float *a, float *b, void *q, double *err,

@@ -1,7 +1,8 @@
 // Test driver for tests/reference/lqlora_ref.py: one matrix's LQ-LoRA decomposition.
 //
-//   lqlora_dump W.f32 N_OUT N_IN TYPE RANK ITERS SCALE IMP.f32|- OUTDIR
+//   lqlora_dump W.f32 N_OUT N_IN TYPE RANK ITERS SCALE IMP.f32|- OUTDIR [SVD_POWER]
 //
+// SVD_POWER > 0: the truncated SVD (subspace iteration) instead of the exact one.
 // Runs speck_lqlora_factor and writes OUTDIR/a.f32 (rank, n_in), b.f32 (n_out, rank), q.bin
 // (Q's raw blocks, for the reference's own dequantizer) and err.f32 (the error of each
 // iteration run).
@@ -23,8 +24,8 @@ static float *read_f32(const char *path, size_t n) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 10) {
-        fprintf(stderr, "usage: lqlora_dump W N_OUT N_IN TYPE RANK ITERS SCALE IMP|- OUTDIR\n");
+    if (argc != 10 && argc != 11) {
+        fprintf(stderr, "usage: lqlora_dump W N_OUT N_IN TYPE RANK ITERS SCALE IMP|- OUTDIR [SVD_POWER]\n");
         return 2;
     }
     const int no = atoi(argv[2]), ni = atoi(argv[3]), rank = atoi(argv[5]), it = atoi(argv[6]);
@@ -39,7 +40,8 @@ int main(int argc, char **argv) {
     double err[1001];
     float errf[1001];
     int n = 0;
-    speck_lqlora_params p = {(speck_type)t, rank, it, (float)atof(argv[7]), imp};
+    speck_lqlora_params p = {(speck_type)t, rank, it, (float)atof(argv[7]), imp,
+                             argc == 11 ? atoi(argv[10]) : 0};
     if (!a || !b || !q || it > 1000) return 1;
     if (speck_lqlora_factor(W, no, ni, &p, a, b, q, err, &n)) return dump_die("lqlora_dump", "factor");
     for (int i = 0; i < (n ? n : 1); i++) errf[i] = (float)err[i];

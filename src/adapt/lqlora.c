@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
 #include "adapt/adapt_internal.h"
 #include "calib/calib.h"
 #include "formats/gguf_internal.h"
@@ -68,6 +70,94 @@ static int svd_run(svd_ws *s) {
     return info;
 }
 
+// Truncated SVD by subspace iteration (Halko, Martinsson & Tropp 2011, Algorithm 4.4) for
+// matrices too large for a full SVD at every alternation: k = rank + oversampling right
+// vectors Ω (ni, k), warm-started from the previous alternation's (W − Q changes little
+// between alternations), `power` rounds of Ω ← orth(Mᵀ orth(M Ω)), then Qy = orth(M Ω), the
+// small SVD of Qyᵀ M (k, ni) = Ub Σ Vbᵀ, and M ≈ (Qy Ub) Σ Vbᵀ.
+#define LQ_OVERSAMPLE 8
+
+typedef struct {
+    int no, ni, k, power;
+    double *om, *y, *bm; // Ω (ni, k), Y (no, k), B (k, ni), all row-major
+    svd_ws small;        // of B
+    bool warm;
+} rsvd_ws;
+
+static void rsvd_free(rsvd_ws *r) {
+    free(r->om), free(r->y), free(r->bm);
+    svd_free(&r->small);
+}
+
+static int rsvd_init(rsvd_ws *r, int no, int ni, int rank, int power) {
+    memset(r, 0, sizeof *r);
+    const int kmax = no < ni ? no : ni;
+    r->no = no, r->ni = ni, r->power = power;
+    r->k = rank + LQ_OVERSAMPLE < kmax ? rank + LQ_OVERSAMPLE : kmax;
+    r->om = malloc((size_t)ni * r->k * sizeof *r->om);
+    r->y = malloc((size_t)no * r->k * sizeof *r->y);
+    r->bm = malloc((size_t)r->k * ni * sizeof *r->bm);
+    if (!r->om || !r->y || !r->bm || svd_init(&r->small, r->k, ni)) return -1;
+    // Cold start: Gaussian Ω from a fixed seed (splitmix64 + Box-Muller), so runs repeat.
+    uint64_t x = 0x9E3779B97F4A7C15ULL;
+    for (size_t i = 0; i < (size_t)ni * r->k; i++) {
+        double u[2];
+        for (int h = 0; h < 2; h++) {
+            uint64_t z = (x += 0x9E3779B97F4A7C15ULL);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+            u[h] = ((double)((z ^ (z >> 31)) >> 11) + 0.5) / 9007199254740992.0;
+        }
+        r->om[i] = sqrt(-2 * log(u[0])) * cos(6.283185307179586 * u[1]);
+    }
+    return 0;
+}
+
+// Columns of X (n, k) row-major made orthonormal (Gram-Schmidt, twice for stability); a
+// column with nothing left becomes zero.
+static void orth_cols(double *X, int n, int k) {
+    for (int c = 0; c < k; c++) {
+        for (int pass = 0; pass < 2; pass++)
+            for (int c2 = 0; c2 < c; c2++) {
+                double dot = 0;
+                for (int j = 0; j < n; j++) dot += X[(size_t)j * k + c2] * X[(size_t)j * k + c];
+                for (int j = 0; j < n; j++) X[(size_t)j * k + c] -= dot * X[(size_t)j * k + c2];
+            }
+        double nn = 0;
+        for (int j = 0; j < n; j++) nn += X[(size_t)j * k + c] * X[(size_t)j * k + c];
+        nn = sqrt(nn);
+        const double inv = nn > 1e-300 ? 1 / nn : 0;
+        for (int j = 0; j < n; j++) X[(size_t)j * k + c] *= inv;
+    }
+}
+
+// Top components of M (no, ni): S (k) descending, right vectors in r->small.Up (c * ni + j),
+// left ones written to U (no, k) row-major. Ω keeps the right vectors for the next call.
+static int rsvd_run(rsvd_ws *r, const double *M, double *U) {
+    const int no = r->no, ni = r->ni, k = r->k;
+    for (int it = 0; it < r->power; it++) {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, no, k, ni, 1.0, M, ni, r->om, k,
+                    0.0, r->y, k);
+        orth_cols(r->y, no, k);
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ni, k, no, 1.0, M, ni, r->y, k, 0.0,
+                    r->om, k);
+        orth_cols(r->om, ni, k);
+    }
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, no, k, ni, 1.0, M, ni, r->om, k, 0.0,
+                r->y, k);
+    orth_cols(r->y, no, k);
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, ni, no, 1.0, r->y, k, M, ni, 0.0,
+                r->small.M, ni);
+    int info = svd_run(&r->small);
+    if (info) return info;
+    // U = Qy · Ub, Ub the small SVD's left vectors (VTp[i * k + c]).
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, no, k, k, 1.0, r->y, k, r->small.VTp,
+                r->small.k, 0.0, U, k);
+    for (int c = 0; c < k; c++) // warm start: Ω = the right vectors
+        for (int j = 0; j < ni; j++) r->om[(size_t)j * k + c] = r->small.Up[(size_t)c * ni + j];
+    return 0;
+}
+
 int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
                         const speck_lqlora_params *p, float *a, float *b, void *q, double *err,
                         int *n_iter) {
@@ -94,8 +184,15 @@ int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
     float *a1 = malloc((size_t)rank * ni * sizeof *a1), *b1 = malloc((size_t)no * rank * sizeof *b1);
     void *q1 = malloc(qbytes);
     svd_ws s = {0};
+    rsvd_ws rs = {0};
+    double *Ut = NULL, *Md = NULL; // the truncated SVD's left vectors (no, rs.k), its input
+    const bool trunc = p->svd_power > 0 && p->max_iter > 0;
     int rc = 0;
-    if (!d || !R || !Qf || !a1 || !b1 || !q1 || (p->max_iter > 0 && svd_init(&s, no, ni))) {
+    if (!d || !R || !Qf || !a1 || !b1 || !q1 ||
+        (p->max_iter > 0 && !trunc && svd_init(&s, no, ni)) ||
+        (trunc && (rsvd_init(&rs, no, ni, rank, p->svd_power) ||
+                   !(Ut = malloc((size_t)no * rs.k * sizeof *Ut)) ||
+                   !(Md = malloc(nw * sizeof *Md))))) {
         rc = speck_set_error(SPECK_ERR_NOMEM, "LQ-LoRA: out of memory for a (%d, %d) matrix", no,
                              ni);
         goto done;
@@ -147,8 +244,13 @@ int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
     memset(Qf, 0, nw * sizeof *Qf); // Q⁰ = 0
     for (it = 1; it <= p->max_iter; it++) {
         // L = rank-r SVD of (W − Q)·D, unscaled: L = U_r Σ_r (V_rᵀ D⁻¹).
-        for (size_t i = 0; i < nw; i++) s.M[i] = ((double)W[i] - Qf[i]) * d[i % ni];
-        int info = svd_run(&s);
+        double *M = trunc ? Md : s.M;
+        for (size_t i = 0; i < nw; i++) M[i] = ((double)W[i] - Qf[i]) * d[i % ni];
+        int info = trunc ? rsvd_run(&rs, M, Ut) : svd_run(&s);
+        // Right vectors (c * ni + j), singular values, left vectors (o * lk + c).
+        const double *Vr = trunc ? rs.small.Up : s.Up, *Sv = trunc ? rs.small.S : s.S;
+        const double *Ul = trunc ? Ut : s.VTp;
+        const int lk = trunc ? rs.k : s.k;
         if (info) {
             rc = speck_set_error(SPECK_ERR_ARG, "LQ-LoRA: the SVD did not converge (%d)", info);
             goto done;
@@ -156,14 +258,14 @@ int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
         // Factors, CorDA's equal-norm split: x_c = D⁻¹ v_c, b_c = g u_c, a_c = g x_c / |x_c|,
         // g = √(σ_c |x_c| / s), so s·b_c·a_c = σ_c u_c x_cᵀ.
         for (int c = 0; c < rank; c++) {
-            const double *v = s.Up + (size_t)c * ni;
+            const double *v = Vr + (size_t)c * ni;
             double nx = 0;
             for (int j = 0; j < ni; j++) nx += (v[j] / d[j]) * (v[j] / d[j]);
             nx = sqrt(nx);
-            const double g = sqrt(s.S[c] * nx / (double)p->scale);
+            const double g = sqrt(Sv[c] * nx / (double)p->scale);
             for (int j = 0; j < ni; j++) a1[(size_t)c * ni + j] = (float)(g * v[j] / d[j] / nx);
             for (int o = 0; o < no; o++)
-                b1[(size_t)o * rank + c] = (float)(g * s.VTp[(size_t)o * s.k + c]);
+                b1[(size_t)o * rank + c] = (float)(g * Ul[(size_t)o * lk + c]);
         }
         // R = W − s·B·A (the floats the base file's matrix is quantized from), Q = quantize(R).
 #pragma omp parallel for schedule(static)
@@ -205,6 +307,8 @@ int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
                                                               // one is the best)
 done:
     svd_free(&s);
+    rsvd_free(&rs);
+    free(Ut), free(Md);
     free(d), free(R), free(Qf), free(a1), free(b1), free(q1);
     return rc;
 }
@@ -220,6 +324,13 @@ static bool cand_fits(speck_type t, int64_t n_in) {
     if (n_in % speck_type_block_size(t)) return false;
     // the 32-value 4/5-bit types only where no K-quant fits (they would duplicate Q4_K / Q5_K)
     return !((t == SPECK_TYPE_Q4_0 || t == SPECK_TYPE_Q5_0) && n_in % 256 == 0);
+}
+
+// Matrices whose smaller side exceeds this get the truncated SVD (2 power rounds): the full
+// SVD of a 2048 x 5632 matrix costs seconds, at every alternation.
+#define LQ_EXACT_MAX 1024
+static int svd_power_for(int64_t n_out, int64_t n_in) {
+    return (n_out < n_in ? n_out : n_in) > LQ_EXACT_MAX ? 2 : 0;
 }
 
 typedef struct {
@@ -373,7 +484,8 @@ speck_lora *speck_lqlora_init(const speck_model *m, const speck_lqlora_opts *o,
                 const size_t qb = speck_type_row_size(CAND[c], q->n_in) * (size_t)q->n_out;
                 void *qbuf = malloc(qb);
                 speck_lqlora_params p = {CAND[c], o->rank, o->max_iter,
-                                         speck_lora_scale(a, mt, 1.0f), q->imp};
+                                         speck_lora_scale(a, mt, 1.0f), q->imp,
+                                         svd_power_for(q->n_out, q->n_in)};
                 int it = 0;
                 if (!qbuf) rc = speck_set_error(SPECK_ERR_NOMEM, "LQ-LoRA: out of memory");
                 if (!rc) rc = speck_lqlora_factor(W, q->n_out, q->n_in, &p, mt->a, mt->b, qbuf,
@@ -411,7 +523,8 @@ speck_lora *speck_lqlora_init(const speck_model *m, const speck_lqlora_opts *o,
         bytes += (int64_t)qb;
         load_w(m, q->k, W);
         const double wn = weighted_norm2(W, q->n_out, q->n_in, q->imp);
-        speck_lqlora_params p = {q->type, o->rank, 0, speck_lora_scale(a, mt, 1.0f), q->imp};
+        speck_lqlora_params p = {q->type, o->rank, 0, speck_lora_scale(a, mt, 1.0f), q->imp,
+                                         svd_power_for(q->n_out, q->n_in)};
         int it = 0;
         // Plain quantization first (the QLoRA base's error, for the report) ...
         rc = speck_lqlora_factor(W, q->n_out, q->n_in, &p, mt->a, mt->b, q->q, err_hist, &it);
