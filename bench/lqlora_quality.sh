@@ -11,6 +11,8 @@
 # weights LQ-LoRA by the importance of the Perl training text (16,384 tokens). The step-0 figure
 # comes from a run of --steps 1 --lr 0 (one step that changes nothing). Then llama.cpp runs the
 # LQ-LoRA Q4_K base + trained adapter (bench/lora_llamacpp_check.sh) when LLAMA_BIN has it.
+# Last, the step-0 models' KL divergence from the f16 model on the held-out Perl text (eval
+# --kld-base; KLD_ONLY=1 computes just that table from a finished run's WORKDIR).
 # Not a test: tens of minutes.
 set -euo pipefail
 trap 'echo "lqlora_quality.sh: failed at line $LINENO" >&2' ERR
@@ -45,6 +47,18 @@ PYEOF
 ft=(-m "$BASE" --data "$W/train.txt" --batch 8 --ctx 128 --val-every 50 --threads "$T"
     --seed "$SEED" --rank "$RANK")
 ppl() { "$SPECK" eval "$@" --text "$W/held.txt" -t "$T" 2>&1 | awk '/^perplexity:/ {print $2}'; }
+kld_table() {
+  "$SPECK" eval -m "$BASE" --text "$W/held.txt" --kld-base-out "$W/f16.kld" -t "$T" >/dev/null 2>&1
+  echo "| step-0 model | KL(f16 || model), mean | top-1 agreement with f16 |"
+  echo "|---|---:|---:|"
+  for f in "$W"/*.s0.gguf; do
+    [[ $f == *.base.gguf ]] && continue
+    local n=${f%.s0.gguf} out
+    out=$("$SPECK" eval -m "$n.s0.base.gguf" --lora "$f" --kld-base "$W/f16.kld" -t "$T" 2>&1)
+    echo "| $(basename "$n") | $(awk '/^KLD:/ {print $3}' <<<"$out") | $(awk '/^top-1:/ {print $2}' <<<"$out") % |"
+  done
+}
+if [[ ${KLD_ONLY:-0} == 1 ]]; then kld_table; exit 0; fi
 echo "# $(date -u '+%F %H:%M') UTC; $(uptime)"
 echo "# f16 model: held-out Perl ppl $(ppl -m "$BASE")"
 echo "| base | method | bits/weight (adapted matrices) | init s | step-0 ppl | ppl after $STEPS steps | final val loss |"
@@ -77,6 +91,7 @@ for cfg in $CONFIGS; do
   run "$cfg" lq-lora "${q[@]}" --init lq-lora
 done
 echo "# $(date -u '+%F %H:%M') UTC; $(uptime)"
+kld_table
 LB=${LLAMA_BIN:-/tmp/llama.cpp/build/bin}
 if [[ -x $LB/llama-completion && -f $W/q4_k-lq-lora.gguf ]]; then
   LLAMA_BIN=$LB bash "$(dirname "$0")/lora_llamacpp_check.sh" "$(dirname "$SPECK")" \

@@ -36,6 +36,12 @@ cmp -s "$dir/q.base.gguf" "$dir/lq.base.gguf" && bad "LQ-LoRA's base is the plai
 f=$(ppl -m "$M") lq=$(ppl -m "$dir/lq.base.gguf" --lora "$dir/lq.gguf") q=$(ppl -m "$dir/q.base.gguf" --lora "$dir/q.gguf")
 awk -v f="$f" -v a="$lq" -v b="$q" 'BEGIN { d1 = a - f; d2 = b - f; exit !(f > 0 && (d1 < 0 ? -d1 : d1) < (d2 < 0 ? -d2 : d2)) }' \
   && ok || bad "step 0: |ppl(LQ base + adapter) - ppl(f16)| = |$lq - $f| not below the plain Q4_0 base's |$q - $f|"
+# The same by KL divergence from the f16 model's next-token distributions (eval --kld-base with
+# --lora attached).
+kld() { "$SPECK" eval "$@" --kld-base "$dir/f16.kld" -t 1 2>&1 | awk '/^KLD:/ {print $3}'; }
+expect 0 "kld base" -- "$SPECK" eval -m "$M" --text "$dir/data.txt" --kld-base-out "$dir/f16.kld" -t 1
+klq=$(kld -m "$dir/lq.base.gguf" --lora "$dir/lq.gguf") kq=$(kld -m "$dir/q.base.gguf" --lora "$dir/q.gguf")
+awk -v a="$klq" -v b="$kq" 'BEGIN { exit !(a > 0 && a < b) }' && ok || bad "step 0: KL(f16 || LQ) $klq not below KL(f16 || plain Q4_0) $kq"
 # A budget of 5 bits per weight over q and down: one type per matrix (K-quants only fit down's
 # 256-value rows).
 expect 0 "lq-lora --bits 5" -- "$SPECK" finetune "${ft[@]}" --init lq-lora --bits 5 --targets q,down --lq-iters 2 -o "$dir/mix.gguf"
