@@ -203,6 +203,24 @@ d = json.load(open(sys.argv[1]))
 assert [x["strategy"] for x in d["results"]] == ["plain", "prompt", "aded"], d["results"]
 assert d["cost_curve"] == [] and d["perfect_draft_ceiling"] is None, d
 ' "$dir/out" && ok || bad "bench-decode --strategies output: $(head -c 600 "$dir/out")"
+# --category: the main object, then one per category in first-appearance order, each with its
+# prompts' count and every strategy against plain decoding on those prompts.
+printf '%s\n' '{"prompt": "def foo(x):\n    return x + 1\n\ndef bar(", "category": "code"}' '"hello world hello world hello"' '{"prompt": "import os\nimport sys\n", "category": "code"}' '{"prompt": "hello hello", "category": "chat"}' >"$dir/cat.jsonl"
+expect 0 "bench-decode --category" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/cat.jsonl" -n 12 --json --strategies prompt,aded --no-curve --category
+/usr/bin/python3 -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert len(lines) == 4 and lines[0]["prompts"] == 4, lines
+cats = [(l["category"], l["prompts"]) for l in lines[1:]]
+assert cats == [("code", 2), ("(none)", 1), ("chat", 1)], cats
+for l in lines[1:]:
+    r = l["results"]
+    assert [x["strategy"] for x in r] == ["plain", "prompt", "aded"], r
+    assert r[0]["speedup"] == 1 and all(x["identical"] and x["tok_s"] > 0 for x in r), r
+' "$dir/out" && ok || bad "bench-decode --category output: $(head -c 900 "$dir/out")"
+printf '%s\n' '{"prompt": "x", "category": 3}' >"$dir/badcat.jsonl"
+expect 1 "bench-decode non-string category" -- "$SPECK" bench-decode -m "$dir/tiny.gguf" --prompts "$dir/badcat.jsonl" --category
+mentions "badcat.jsonl: line 1"
 # The committed distilled draft drafts for the code model with plain greedy's exact output.
 models=$(cd "$(dirname "$0")/../models" && pwd)
 if [[ -f $models/draft-distill.gguf ]]; then

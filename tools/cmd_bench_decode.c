@@ -12,16 +12,17 @@
 
 typedef struct {
     char **text;
+    char **category; // NULL where a prompt has none
     int n;
 } prompts;
 
-// Prompts: a .jsonl file (one JSON string, or an object with "prompt", per line), or plain text
-// with prompts separated by lines holding only "---".
+// Prompts: a .jsonl file (one JSON string, or an object with "prompt" and optionally "category",
+// per line), or plain text with prompts separated by lines holding only "---".
 static int load_prompts(const char *path, prompts *p) {
     size_t sz;
     char *buf = cli_read_file(path, &sz);
     if (!buf) return SPECK_ERR_IO;
-    p->text = NULL;
+    p->text = p->category = NULL;
     p->n = 0;
     size_t plen = strlen(path);
     bool jsonl = plen > 6 && !strcmp(path + plen - 6, ".jsonl");
@@ -33,14 +34,18 @@ static int load_prompts(const char *path, prompts *p) {
             if (!*l) continue;
             cJSON *j = cJSON_Parse(l);
             cJSON *s = cJSON_IsString(j) ? j : cJSON_GetObjectItem(j, "prompt");
-            if (!cJSON_IsString(s)) {
+            cJSON *c = cJSON_IsObject(j) ? cJSON_GetObjectItem(j, "category") : NULL;
+            if (!cJSON_IsString(s) || (c && !cJSON_IsString(c))) {
                 cJSON_Delete(j);
                 free(buf);
                 return speck_set_error(SPECK_ERR_FORMAT,
-                                       "%s: line %d: expected a JSON string or {\"prompt\": ...}",
+                                       "%s: line %d: expected a JSON string or {\"prompt\": "
+                                       "string, \"category\": string}",
                                        path, line);
             }
             p->text = realloc(p->text, (size_t)(p->n + 1) * sizeof *p->text);
+            p->category = realloc(p->category, (size_t)(p->n + 1) * sizeof *p->category);
+            p->category[p->n] = c ? strdup(c->valuestring) : NULL;
             p->text[p->n++] = strdup(s->valuestring);
             cJSON_Delete(j);
         }
@@ -51,6 +56,8 @@ static int load_prompts(const char *path, prompts *p) {
             if (sep) *sep = 0;
             if (*start) {
                 p->text = realloc(p->text, (size_t)(p->n + 1) * sizeof *p->text);
+                p->category = realloc(p->category, (size_t)(p->n + 1) * sizeof *p->category);
+                p->category[p->n] = NULL;
                 p->text[p->n++] = strdup(start);
             }
             if (!sep) break;
@@ -107,6 +114,74 @@ typedef struct {
     int identical, total;
 } result;
 
+typedef struct {
+    double t; // seconds of decoding, prefill left out
+    long gen, passes, accepted;
+    bool identical; // output equal to plain decoding's (greedy)
+} prompt_stat;
+
+// --category: the table again for each prompt category (in the order the categories first
+// appear; prompts without one form "(none)"), each strategy against plain decoding on the same
+// prompts. With --json one object per line after the main one.
+static void category_tables(const prompts *P, const strategy *S, int ns, prompt_stat *ps[2][16],
+                            int n_modes, bool json) {
+    const char *seen[64];
+    int n_cat = 0;
+    for (int k = 0; k < P->n && n_cat < 64; k++) {
+        const char *c = P->category[k] ? P->category[k] : "(none)";
+        bool known = false;
+        for (int i = 0; i < n_cat; i++) known |= !strcmp(seen[i], c);
+        if (!known) seen[n_cat++] = c;
+    }
+    for (int ci = 0; ci < n_cat; ci++) {
+        int np = 0;
+        for (int k = 0; k < P->n; k++)
+            np += !strcmp(P->category[k] ? P->category[k] : "(none)", seen[ci]);
+        if (json)
+            printf("{\"category\": \"%s\", \"prompts\": %d, \"results\": [", seen[ci], np);
+        else
+            printf("\ncategory %s (%d prompts)\n\n| strategy | mode | tok/s | speedup | "
+                   "accepted/pass | identical |\n| --- | --- | ---: | ---: | ---: | --- |\n",
+                   seen[ci], np);
+        bool first = true;
+        for (int mode = 0; mode < n_modes; mode++) {
+            double base = 0;
+            for (int si = 0; si < ns; si++) {
+                if (!ps[mode][si]) continue;
+                double t = 0;
+                long gen = 0, passes = 0, acc = 0;
+                int same = 0;
+                for (int k = 0; k < P->n; k++) {
+                    if (strcmp(P->category[k] ? P->category[k] : "(none)", seen[ci])) continue;
+                    const prompt_stat *q = &ps[mode][si][k];
+                    t += q->t, gen += q->gen, passes += q->passes, acc += q->accepted;
+                    same += q->identical;
+                }
+                double tok_s = t > 0 ? gen / t : 0, app = passes ? (double)acc / passes : 0;
+                if (si == 0) base = tok_s;
+                double speedup = base > 0 ? tok_s / base : 0;
+                if (json) {
+                    printf("%s{\"strategy\": \"%s\", \"sampling\": %s, \"tok_s\": %.3f, "
+                           "\"speedup\": %.3f, \"accepted_per_pass\": %.3f, \"identical\": ",
+                           first ? "" : ", ", S[si].name, mode ? "true" : "false", tok_s, speedup,
+                           app);
+                    if (mode)
+                        printf("null}");
+                    else
+                        printf("%s}", same == np ? "true" : "false");
+                    first = false;
+                } else {
+                    char ident[32] = "(sampling)";
+                    if (!mode) snprintf(ident, sizeof ident, "%d/%d", same, np);
+                    printf("| %s | %s | %.2f | %.2fx | %.2f | %s |\n", S[si].name,
+                           mode ? "sample" : "greedy", tok_s, speedup, app, ident);
+                }
+            }
+        }
+        if (json) printf("]}\n");
+    }
+}
+
 // Whether the comma-separated list holds name.
 static bool list_has(const char *list, const char *name) {
     for (const char *q = list; *q;) {
@@ -159,6 +234,8 @@ static void help(void) {
            "  --strategies LIST   only these strategies (comma-separated names of the table;\n"
            "                      plain always runs, as the baseline)\n"
            "  --no-curve          skip the cost curve (minutes on a 1B model)\n"
+           "  --category          also a table per prompt category (the \"category\" of each\n"
+           "                      .jsonl object; bench/make_code_prompts.py --categories)\n"
            "  --fixed-budget      sampling: verify every strategy's drafts even where they do\n"
            "                      not pay (by default a sampling decoder falls back to plain\n"
            "                      steps on its own; docs/decoding.md)\n"
@@ -249,7 +326,7 @@ int cmd_bench_decode(int argc, char **argv) {
     bool curve = true;
     int n_predict = 128, max_prompts = 1 << 30;
     float temp = 0.0f;
-    bool json = false, fixed = false;
+    bool json = false, fixed = false, by_category = false;
     cli_scmoe sc = {0};
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -286,6 +363,8 @@ int cmd_bench_decode(int argc, char **argv) {
             curve = false;
         else if (cli_flag(argv[i], "--fixed-budget", NULL))
             fixed = true;
+        else if (cli_flag(argv[i], "--category", NULL))
+            by_category = true;
         else {
             fprintf(stderr, "speck bench-decode: unknown option '%s'\n", argv[i]);
             return 2;
@@ -362,6 +441,8 @@ int cmd_bench_decode(int argc, char **argv) {
     speck_ctx *ctx = speck_ctx_new_kv(m, n_ctx, cli_kv_type);
     if (!ctx) return cli_fail("bench-decode");
     tokbuf *plain_out = calloc((size_t)P.n, sizeof *plain_out);
+    // Each prompt's own figures, for the per-category tables.
+    prompt_stat *ps[2][16] = {{0}};
     // Prompt-major: every strategy runs on prompt k before any runs on prompt k + 1, so the
     // machine's drift (this project's VM swings by tens of percent within minutes) falls on all
     // strategies alike instead of on whichever ran during a slow minute.
@@ -397,6 +478,9 @@ int cmd_bench_decode(int argc, char **argv) {
                                  &st))
                     return cli_fail("bench-decode");
                 speck_sampler_free(s);
+                if (!ps[mode][si]) ps[mode][si] = calloc((size_t)P.n, sizeof(prompt_stat));
+                ps[mode][si][k] = (prompt_stat){st.t_total - st.t_prefill, st.n_generated,
+                                                st.n_passes, st.n_accepted, true};
                 t[si] += st.t_total - st.t_prefill;
                 draft[si] += st.t_draft;
                 gen[si] += st.n_generated;
@@ -405,10 +489,10 @@ int cmd_bench_decode(int argc, char **argv) {
                 if (mode == 0 && si == 0) {
                     plain_out[k] = out;
                 } else {
-                    if (mode == 0)
-                        r->identical +=
-                            out.n == plain_out[k].n &&
-                            !memcmp(out.toks, plain_out[k].toks, (size_t)out.n * sizeof(int32_t));
+                    bool same = out.n == plain_out[k].n && !memcmp(out.toks, plain_out[k].toks,
+                                                                   (size_t)out.n * sizeof(int32_t));
+                    ps[mode][si][k].identical = same;
+                    if (mode == 0) r->identical += same;
                     free(out.toks);
                 }
                 r->total++;
@@ -519,6 +603,9 @@ int cmd_bench_decode(int argc, char **argv) {
                    ceiling, cn[bi]);
         }
     }
+    if (by_category) category_tables(&P, S, ns, ps, n_modes, json);
+    for (int mode = 0; mode < 2; mode++)
+        for (int si = 0; si < ns; si++) free(ps[mode][si]);
     for (int si = 1; si < ns; si++)
         if (R[0][si].total && R[0][si].identical != R[0][si].total) all_identical = false;
     if (plot) {
