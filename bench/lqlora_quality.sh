@@ -3,9 +3,9 @@
 # Python) fine-tuned on Perl as bench/adapt_init_quality.sh does it (Debian's perl-modules, the
 # same split, batch, lr), for each base quantization: held-out Perl perplexity at step 0 (the
 # quantized base + the initial adapter, against the f16 model) and after STEPS steps.
-#   usage: [SEED=1] [THREADS=1] [RANK=16] [CONFIGS="q4_k q3_k bits3.5 q3_k+imatrix"]
+#   usage: [SEED=1] [THREADS=1] [RANK=16] [CONFIGS="f16 q4_k q3_k bits3.5 q3_k+imatrix"]
 #          bench/lqlora_quality.sh [SPECK] [WORKDIR] [STEPS 100]
-# Per config two runs: QLoRA (--lq-iters 0: the base quantized with the same type(s), B = 0) and
+# "f16": plain LoRA on the f16 model (the unquantized reference). Per other config two runs: QLoRA (--lq-iters 0: the base quantized with the same type(s), B = 0) and
 # LQ-LoRA (--lq-iters 10, the paper's stop rule); "bitsB" is a mix of types within B bits per
 # adapted weight (the budget's types chosen per matrix by each method's own errors), "+imatrix"
 # weights LQ-LoRA by the importance of the Perl training text (16,384 tokens). The step-0 figure
@@ -24,7 +24,7 @@ PERL=/usr/share/perl/5.36.0
 T=${THREADS:-1}
 SEED=${SEED:-1}
 RANK=${RANK:-16}
-CONFIGS=${CONFIGS:-q4_k q3_k bits3.5 q3_k+imatrix}
+CONFIGS=${CONFIGS:-f16 q4_k q3_k bits3.5 q3_k+imatrix}
 [[ -d $PERL ]] || { echo "SKIP: $PERL missing (Debian perl-modules)"; exit 77; }
 mkdir -p "$W"
 # delta_quality.sh's split: 1 in 10 modules held out by a hash of the path; training text the
@@ -53,8 +53,10 @@ kld_table() {
   echo "|---|---:|---:|"
   for f in "$W"/*.s0.gguf; do
     [[ $f == *.base.gguf ]] && continue
-    local n=${f%.s0.gguf} out
-    out=$("$SPECK" eval -m "$n.s0.base.gguf" --lora "$f" --kld-base "$W/f16.kld" -t "$T" 2>&1)
+    local n=${f%.s0.gguf} out b
+    b=$n.s0.base.gguf
+    [[ -f $b ]] || b=$BASE
+    out=$("$SPECK" eval -m "$b" --lora "$f" --kld-base "$W/f16.kld" -t "$T" 2>&1)
     echo "| $(basename "$n") | $(awk '/^KLD:/ {print $3}' <<<"$out") | $(awk '/^top-1:/ {print $2}' <<<"$out") % |"
   done
 }
@@ -73,15 +75,17 @@ run() {
     2>"$W/$name.s0.log" || { cat "$W/$name.s0.log" >&2; return 1; }
   t1=$(date +%s)
   bpw=$(tr '\r' '\n' <"$W/$name.s0.log" | sed -n 's/.*matrices at \([0-9.]*\) bits.*/\1/p' | head -1)
-  local p0 p1
-  p0=$(ppl -m "$W/$name.s0.base.gguf" --lora "$W/$name.s0.gguf")
+  local p0 p1 b0=$W/$name.s0.base.gguf b1=$W/$name.base.gguf
+  [[ -f $b0 ]] || b0=$BASE b1=$BASE
+  p0=$(ppl -m "$b0" --lora "$W/$name.s0.gguf")
   "$SPECK" finetune "${ft[@]}" --steps "$STEPS" --lr 1e-3 -o "$W/$name.gguf" "$@" \
     2>"$W/$name.log" || { cat "$W/$name.log" >&2; return 1; }
-  p1=$(ppl -m "$W/$name.base.gguf" --lora "$W/$name.gguf")
+  p1=$(ppl -m "$b1" --lora "$W/$name.gguf")
   v=$(awk -F, 'NR > 1 && $3 != "" { v = $3 } END { print v }' "$W/$name.csv")
   echo "| $cfg | $meth | $bpw | $((t1 - t0)) | $p0 | $p1 | $v |"
 }
 for cfg in $CONFIGS; do
+  if [[ $cfg == f16 ]]; then run f16 lora; continue; fi
   case $cfg in
     bits*) q=(--bits "${cfg#bits}") ;;
     *+imatrix) q=(--type "${cfg%+imatrix}" --calib "$W/train.txt" --calib-tokens 16384) ;;
