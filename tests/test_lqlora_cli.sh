@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `speck finetune --init lq-lora` end to end on the small draft model: the quantized base and the
 # adapter are written and run, the base + initial adapter scores closer to the f16 model than
-# the plainly quantized base (the QLoRA start, --lq-iters 0), a bit budget mixes types, and bad
-# options give clear errors with nothing written.
+# the plainly quantized base (the QLoRA start, --lq-iters 0) in perplexity and KL divergence, a
+# bit budget mixes types, Ctrl-C + --resume gives the same run, and bad options give clear errors
+# with nothing written.
 #   usage: test_lqlora_cli.sh path/to/speck MODELS_DIR
 set -u
 SPECK=$1
@@ -49,6 +50,17 @@ mentions "(mixed)"
 bpw=$(sed -n 's/.*matrices at \([0-9.]*\) bits.*/\1/p' "$dir/err")
 awk -v b="$bpw" 'BEGIN { exit !(b > 4 && b <= 5) }' && ok || bad "budget: $bpw bits per weight"
 expect 0 "generate on the mixed base" -- "$SPECK" generate -m "$dir/mix.base.gguf" --lora "$dir/mix.gguf" -p "def add" -n 4 --temp 0 -t 1
+
+# Ctrl-C after step 3, then --resume (which reuses the base written): the uninterrupted run's
+# curve and adapter.
+rs=(-m "$M" --data "$dir/data.txt" --rank 4 --steps 6 --batch 2 --ctx 32 --threads 1 --quiet
+    --ckpt-every 2 --init lq-lora --type Q4_0 --lq-iters 3)
+expect 0 "lq-lora 6 steps" -- "$SPECK" finetune "${rs[@]}" -o "$dir/r1.gguf"
+SPECK_TRAIN_SIGNAL_AT=3:2 "$SPECK" finetune "${rs[@]}" -o "$dir/r2.gguf" >/dev/null 2>"$dir/err"
+[[ $? == 130 ]] && ok || bad "Ctrl-C exits 130: $(tail -c 200 "$dir/err")"
+expect 0 "lq-lora --resume" -- "$SPECK" finetune "${rs[@]}" -o "$dir/r2.gguf" --resume
+cmp -s <(cut -d, -f1-4 "$dir/r1.csv") <(cut -d, -f1-4 "$dir/r2.csv") && cmp -s "$dir/r1.gguf" "$dir/r2.gguf" \
+  && ok || bad "resumed LQ-LoRA run differs from the uninterrupted one"
 
 # Bad options: exit 2 (usage) or 1 (input), a message naming the problem, no base written.
 expect 2 "no type" -- "$SPECK" finetune "${ft[@]}" --init lq-lora -o "$dir/e.gguf"
