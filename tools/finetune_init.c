@@ -1,12 +1,31 @@
-// `speck finetune --init corda-kpm|corda-ipm`: the CorDA adapter from calibration text and the
-// residual base it needs (W − s·B·A written as a model GGUF), which then replaces the base the
-// run trains on. See docs/adaptation.md.
+// `speck finetune --init corda-kpm|corda-ipm|lq-lora`: the CorDA adapter from calibration text
+// and the residual base it needs (W − s·B·A written as a model GGUF), or the LQ-LoRA adapter and
+// its quantized base; either base then replaces the one the run trains on. See
+// docs/adaptation.md.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
+
+// Calibration text's tokens (at most o->calib_tokens), or NULL with the error shown.
+static int32_t *calib_tokens(const ft_corda_opts *o, int64_t *n_out) {
+    size_t len;
+    char *text = cli_read_file(o->calib, &len);
+    if (!text) return cli_fail("finetune"), NULL;
+    int64_t n = speck_tokenize(o->voc, text, len, false, false, NULL, 0);
+    int32_t *ids = n > 0 ? malloc((size_t)n * sizeof *ids) : NULL;
+    if (n > 0 && ids) n = speck_tokenize(o->voc, text, len, false, false, ids, n);
+    free(text);
+    if (n <= 0 || !ids) {
+        free(ids);
+        fprintf(stderr, "speck finetune: --calib %s: no tokens\n", o->calib);
+        return NULL;
+    }
+    *n_out = n < o->calib_tokens ? n : o->calib_tokens;
+    return ids;
+}
 
 speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m) {
     const char *C = "finetune";
@@ -22,19 +41,9 @@ speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m) {
         *m = b;
         return a;
     }
-    size_t len;
-    char *text = cli_read_file(o->calib, &len);
-    if (!text) return cli_fail(C), NULL;
-    int64_t n = speck_tokenize(o->voc, text, len, false, false, NULL, 0);
-    int32_t *ids = n > 0 ? malloc((size_t)n * sizeof *ids) : NULL;
-    if (n > 0 && ids) n = speck_tokenize(o->voc, text, len, false, false, ids, n);
-    free(text);
-    if (n <= 0 || !ids) {
-        free(ids);
-        fprintf(stderr, "speck finetune: --calib %s: no tokens\n", o->calib);
-        return NULL;
-    }
-    if (n > o->calib_tokens) n = o->calib_tokens;
+    int64_t n = 0;
+    int32_t *ids = calib_tokens(o, &n);
+    if (!ids) return NULL;
     if (!o->quiet)
         fprintf(stderr, "corda: %s covariances from %lld tokens of %s (windows of %d)\n",
                 o->kpm ? "KPM" : "IPM", (long long)n, o->calib, o->ctx);
@@ -62,24 +71,6 @@ speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m) {
                 speck_type_name((speck_type)o->type));
     *m = b;
     return a;
-}
-
-// Calibration text's tokens (at most o->calib_tokens), or NULL with the error shown.
-static int32_t *calib_tokens(const ft_corda_opts *o, int64_t *n_out) {
-    size_t len;
-    char *text = cli_read_file(o->calib, &len);
-    if (!text) return cli_fail("finetune"), NULL;
-    int64_t n = speck_tokenize(o->voc, text, len, false, false, NULL, 0);
-    int32_t *ids = n > 0 ? malloc((size_t)n * sizeof *ids) : NULL;
-    if (n > 0 && ids) n = speck_tokenize(o->voc, text, len, false, false, ids, n);
-    free(text);
-    if (n <= 0 || !ids) {
-        free(ids);
-        fprintf(stderr, "speck finetune: --calib %s: no tokens\n", o->calib);
-        return NULL;
-    }
-    *n_out = n < o->calib_tokens ? n : o->calib_tokens;
-    return ids;
 }
 
 // `speck finetune --init lq-lora`: W ≈ Q + s·B·A per adapted matrix (src/adapt/lqlora.c), Q
