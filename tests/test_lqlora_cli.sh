@@ -51,6 +51,12 @@ bpw=$(sed -n 's/.*matrices at \([0-9.]*\) bits.*/\1/p' "$dir/err")
 awk -v b="$bpw" 'BEGIN { exit !(b > 4 && b <= 5) }' && ok || bad "budget: $bpw bits per weight"
 expect 0 "generate on the mixed base" -- "$SPECK" generate -m "$dir/mix.base.gguf" --lora "$dir/mix.gguf" -p "def add" -n 4 --temp 0 -t 1
 
+# Importance from calibration text (an imatrix collected on the fly): the weighted decomposition.
+expect 0 "lq-lora --calib" -- "$SPECK" finetune "${ft[@]}" --init lq-lora --type Q4_0 --lq-iters 2 --calib "$dir/data.txt" -o "$dir/w.gguf"
+mentions "importance-weighted error" "w.base.gguf"
+expect 2 "--imatrix with --calib" -- "$SPECK" finetune "${ft[@]}" --init lq-lora --type Q4_0 --calib "$dir/data.txt" --imatrix "$dir/x" -o "$dir/e.gguf"
+mentions "--imatrix and --calib"
+
 # Ctrl-C after step 3, then --resume (which reuses the base written): the uninterrupted run's
 # curve and adapter.
 rs=(-m "$M" --data "$dir/data.txt" --rank 4 --steps 6 --batch 2 --ctx 32 --threads 1 --quiet
