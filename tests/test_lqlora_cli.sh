@@ -54,6 +54,12 @@ expect 0 "generate on the mixed base" -- "$SPECK" generate -m "$dir/mix.base.ggu
 # Importance from calibration text (an imatrix collected on the fly): the weighted decomposition.
 expect 0 "lq-lora --calib" -- "$SPECK" finetune "${ft[@]}" --init lq-lora --type Q4_0 --lq-iters 2 --calib "$dir/data.txt" -o "$dir/w.gguf"
 mentions "importance-weighted error" "w.base.gguf"
+# The same from an imatrix file (speck imatrix; llama-imatrix's format).
+expect 0 "imatrix" -- "$SPECK" imatrix -m "$M" -f "$dir/data.txt" -o "$dir/d.imatrix" --ctx 32 --threads 1
+expect 0 "lq-lora --imatrix" -- "$SPECK" finetune "${ft[@]}" --init lq-lora --type Q4_0 --lq-iters 2 --imatrix "$dir/d.imatrix" -o "$dir/wi.gguf"
+mentions "importance-weighted error"
+expect 0 "lq-lora unweighted, 2 iterations" -- "$SPECK" finetune "${ft[@]}" --init lq-lora --type Q4_0 --lq-iters 2 -o "$dir/u.gguf"
+[[ -f $dir/wi.base.gguf ]] && ! cmp -s "$dir/wi.base.gguf" "$dir/u.base.gguf" && ok || bad "--imatrix: no base, or the unweighted one"
 expect 2 "--imatrix with --calib" -- "$SPECK" finetune "${ft[@]}" --init lq-lora --type Q4_0 --calib "$dir/data.txt" --imatrix "$dir/x" -o "$dir/e.gguf"
 mentions "--imatrix and --calib"
 
