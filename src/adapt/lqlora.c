@@ -279,10 +279,10 @@ int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
             }
         }
         if ((rc = speck_quantize(p->type, R, q1, no, ni, imp))) goto done;
-        const size_t rs = qbytes / (size_t)no;
+        const size_t qrow = qbytes / (size_t)no;
 #pragma omp parallel for schedule(static)
         for (int o = 0; o < no; o++)
-            speck_dequantize_row(p->type, (const uint8_t *)q1 + rs * (size_t)o,
+            speck_dequantize_row(p->type, (const uint8_t *)q1 + qrow * (size_t)o,
                                  Qf + (size_t)o * ni, ni);
         // Error ||(W − Q − L)·D||² / ||W·D||² = ||(R − Q)·D||² / ||W·D||².
         double e = 0;
@@ -303,8 +303,8 @@ int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
         memcpy(b, b1, (size_t)no * rank * sizeof *b);
         memcpy(q, q1, qbytes);
     }
-    if (n_iter) *n_iter = it > p->max_iter ? p->max_iter : it; // iterations run (the last kept
-                                                              // one is the best)
+    // Iterations run: all max_iter, or up to the one that did not improve (then dropped).
+    if (n_iter) *n_iter = it > p->max_iter ? p->max_iter : it;
 done:
     svd_free(&s);
     rsvd_free(&rs);
