@@ -19,6 +19,8 @@ Checks:
             ~1e-7 of a rounding boundary can land on the other level and move the next SVD a
             little; observed <= 1e-5; a missing D^-1, a wrong rank or scale gives O(1))
   same Q:   at most 0.1 % of Q's elements differ from the reference's (the same boundary cases)
+  stop:     at rank 2 with 60 alternations allowed the error stops improving after 30: speck
+            stops at the same alternation and keeps the one before
   errors:   the same number of iterations, each error within 1e-3 relative, strictly
             decreasing over the kept iterations, and the error of the dumped Q + s B A itself
             (recomputed here) equal to the last kept one within 1e-4 relative
@@ -151,6 +153,12 @@ def main() -> int:
     imp = np.exp(1.5 * rng.standard_normal(256)).astype(np.float32)
     imp[:3] = 0  # columns no token reached: floored, not infinite
     case(a, res, "q8_0_weighted", W, "q8_0", 4, 5, 0.5, imp)
+    # The stop rule: at rank 2 the error stops decreasing after 30 alternations (of 60 allowed);
+    # speck must stop at the same one and drop it.
+    case(a, res, "q4_0_stop", W, "q4_0", 2, 60, 1.0, None)
+    st = np.fromfile(os.path.join(a.workdir, "q4_0_stop", "err.f32"), dtype=np.float32)
+    res.check(len(st) < 60 and st[-1] >= st[-2],
+              f"q4_0_stop: stopped at {len(st)} of 60 alternations, the last not improving")
     case(a, res, "q4_k", W, "q4_k", 8, 8, 1.0, None, ref=False)
     case(a, res, "q3_k_weighted", W, "q3_k", 8, 8, 1.0, imp, ref=False)
     # Bad input: clear errors, non-zero exit.
