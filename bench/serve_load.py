@@ -6,6 +6,7 @@ p50/p99 and errors per concurrency level. Loopback only, bounded in time.
 
 usage: bench/serve_load.py [--speck build/speck] [--llama-server PATH] -m MODEL.gguf
                            [--clients 1,4,16] [--seconds 20] [--max-tokens 64]
+                           [--draft prompt,aded]   (also speck serve --draft: drafts in the batch)
        bench/serve_load.py --cached-prefix [--prompt-tokens 1000] [--prefix-tokens 900]
                            [--trials 7] -m MODEL.gguf ...
 Each server is started with --parallel equal to the largest client count (-np for llama-server)
@@ -205,6 +206,8 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=1000)
     ap.add_argument("--prefix-tokens", type=int, default=900)
     ap.add_argument("--trials", type=int, default=7)
+    ap.add_argument("--draft", default="",
+                    help="also run speck serve --draft LIST (accelerated decoding in the batch)")
     args = ap.parse_args()
     if args.cached_prefix:
         args.clients = "1"
@@ -215,6 +218,10 @@ def main():
                           "--parallel", str(np_), "--queue", "1024"]
                 + (["--ctx", str(args.ctx)] if args.ctx else [])
                 + (["-t", str(args.threads)] if args.threads else []), 18431)]
+    if args.draft:
+        servers.append(("speck --draft " + args.draft,
+                        servers[0][1][:5] + ["18433"] + servers[0][1][6:] + ["--draft", args.draft],
+                        18433))
     if os.path.exists(args.llama_server):
         servers.append(("llama-server", [args.llama_server, "-m", args.model, "--port", "18432",
                                          "-np", str(np_), "-c", str((args.ctx or 256) * np_)]

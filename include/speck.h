@@ -657,6 +657,16 @@ typedef struct {
     int max_batch;     // tokens per pass (0: 256)
     int prefill_chunk; // prompt tokens per request per pass (0: 128)
     bool no_prefix_cache;
+    // Accelerated decoding per request: "prompt", "aded" or "prompt,aded" (NULL or "none":
+    // off). Each decoding request's drafters propose a chain of up to max_draft tokens (0: 4)
+    // after its last token; the chain goes into the same pass as more tokens of that sequence,
+    // is verified with the lossless acceptance rule (greedy: the same tokens as without drafts;
+    // sampling: the same distribution) and its rejected tail is dropped from the KV cache. At
+    // most max_draft_tokens (0: 16) draft tokens per pass: with many streams a pass is no longer
+    // bound by reading the weights, and extra rows cost their full compute. Requests with a
+    // grammar decode without drafts.
+    const char *draft;
+    int max_draft, max_draft_tokens;
 } speck_sched_params;
 
 typedef enum {
@@ -687,6 +697,7 @@ typedef struct {
 
 typedef struct {
     int64_t requests, prompt_tokens, cached_tokens, gen_tokens, passes, preempted;
+    int64_t drafted, draft_accepted; // draft tokens verified, and accepted
     int queued, running, blocks_used, blocks_total, blocks_cached;
 } speck_sched_stats;
 

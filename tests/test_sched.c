@@ -1,11 +1,13 @@
 // The continuous-batching scheduler (speck_sched): greedy outputs of many concurrent requests of
 // different lengths equal single-sequence decoding token for token — with and without the prefix
 // cache, with requests cancelled mid-way, with a pool small enough to force eviction and
-// preemption; a sampled request's output does not depend on what runs beside it; a long prompt
-// is prefilled in chunks while another request keeps getting a token every pass.
+// preemption, with draft chains verified in the batch; a sampled request's output does not
+// depend on what runs beside it (with drafts too), and drafts keep the sampled distribution; a
+// long prompt is prefilled in chunks while another request keeps getting a token every pass.
 //
 // usage: test_sched MODEL.gguf [quick]   (quick, for the sanitizer build: shorter prompts and
 // outputs)
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,8 +72,8 @@ static int drive(speck_sched *s) {
 }
 
 static speck_request make(req *r, speck_sched *s, float temp, uint64_t seed) {
-    speck_request q = {.prompt = r->prompt, .n_prompt = r->np, .max_tokens = g_npred, .cb = on_token,
-                       .user = r};
+    speck_request q = {
+        .prompt = r->prompt, .n_prompt = r->np, .max_tokens = g_npred, .cb = on_token, .user = r};
     q.sample = speck_sampler_default();
     q.sample.temperature = temp;
     q.sample.top_p = 0.95f;
@@ -113,16 +115,25 @@ static void greedy_run(const speck_model *m, req *rs, const speck_sched_params *
     speck_sched_stats st;
     speck_sched_get_stats(s, &st);
     printf("%s: %lld passes, %lld prompt tokens, %lld from the prefix cache, %lld preemptions, "
-           "%d blocks in use after (%d cached)\n",
+           "%d blocks in use after (%d cached), %lld of %lld draft tokens accepted\n",
            what, (long long)st.passes, (long long)st.prompt_tokens, (long long)st.cached_tokens,
-           (long long)st.preempted, st.blocks_used, st.blocks_cached);
+           (long long)st.preempted, st.blocks_used, st.blocks_cached, (long long)st.draft_accepted,
+           (long long)st.drafted);
     CHECK(st.running == 0 && st.queued == 0, "%s: requests left", what);
     CHECK(st.blocks_used == st.blocks_cached, "%s: %d blocks held by no one (%d cached)", what,
           st.blocks_used, st.blocks_cached);
-    if (p->n_blocks)
-        CHECK(st.preempted > 0, "%s: no request was preempted", what);
+    if (p->n_blocks) CHECK(st.preempted > 0, "%s: no request was preempted", what);
+    if (p->draft)
+        CHECK(st.drafted > 0 && st.draft_accepted > 0 && st.draft_accepted <= st.drafted &&
+                  st.passes < st.gen_tokens,
+              "%s: %lld draft tokens, %lld accepted, %lld passes for %lld tokens", what,
+              (long long)st.drafted, (long long)st.draft_accepted, (long long)st.passes,
+              (long long)st.gen_tokens);
+    else
+        CHECK(st.drafted == 0, "%s: drafts without drafters", what);
     if (!p->no_prefix_cache)
-        CHECK(st.cached_tokens >= 2 * g_shared, "%s: the shared prefix was not reused (%lld tokens)", what,
+        CHECK(st.cached_tokens >= 2 * g_shared,
+              "%s: the shared prefix was not reused (%lld tokens)", what,
               (long long)st.cached_tokens);
     // Each request's own count (usage.prompt_tokens_details.cached_tokens in the server): whole
     // blocks, short of the prompt, adding up to the total when nothing was admitted twice.
@@ -139,6 +150,67 @@ static void greedy_run(const speck_model *m, req *rs, const speck_sched_params *
               sum, (long long)st.cached_tokens);
     CHECK(speck_sched_cached_tokens(s, 1 << 30) < 0, "%s: cached_tokens of an unknown id", what);
     speck_sched_free(s);
+}
+
+// n samples (seeds seed0 + 1..n, temperature 0.8) of one prompt's tokens 2 and 3 into the
+// histograms h2 and h3, and the scheduler's stats.
+typedef struct {
+    int32_t tok[3];
+    int n;
+} small_out;
+
+static bool on_small(void *user, int32_t tok, float lp, speck_finish fin) {
+    small_out *o = user;
+    (void)lp;
+    if (fin == SPECK_FINISH_NONE && o->n < 3) o->tok[o->n++] = tok;
+    return true;
+}
+
+static void sample_run(const speck_model *m, const int32_t *prompt, int np, const char *draft,
+                       uint64_t seed0, int n, int *h2, int *h3, speck_sched_stats *st) {
+    speck_sched_params p = {.n_seq = 16, .block_size = 16, .max_len = 256, .draft = draft};
+    speck_sched *s = speck_sched_new(m, NULL, &p);
+    small_out *o = calloc((size_t)n, sizeof *o);
+    for (int i = 0; s && i < n; i++) {
+        speck_request q = {.prompt = prompt,
+                           .n_prompt = np,
+                           .max_tokens = 3,
+                           .cb = on_small,
+                           .user = &o[i],
+                           .ignore_eos = true};
+        q.sample = speck_sampler_default();
+        q.sample.temperature = 0.8f;
+        q.sample.seed = seed0 + 1 + (uint64_t)i;
+        speck_sched_submit(s, &q);
+    }
+    CHECK(s && drive(s) > 0, "sampling with drafts %s: %s", draft ? draft : "off",
+          speck_last_error());
+    for (int i = 0; i < n; i++)
+        if (o[i].n == 3) h2[o[i].tok[1]]++, h3[o[i].tok[2]]++;
+    if (s) speck_sched_get_stats(s, st);
+    speck_sched_free(s);
+    free(o);
+}
+
+// Two-sample chi-square of equal-size histograms over the tokens seen at least 10 times in all,
+// against its 0.999 quantile (Wilson-Hilferty); the rest pooled in one bin.
+static bool same_distribution(const int *a, const int *b, int V, double *stat, int *df) {
+    double x2 = 0, ra = 0, rb = 0;
+    int bins = 0;
+    for (int t = 0; t < V; t++) {
+        if (a[t] + b[t] >= 10) {
+            x2 += (double)(a[t] - b[t]) * (a[t] - b[t]) / (a[t] + b[t]);
+            bins++;
+        } else {
+            ra += a[t], rb += b[t];
+        }
+    }
+    if (ra + rb > 0) x2 += (ra - rb) * (ra - rb) / (ra + rb), bins++;
+    *stat = x2;
+    *df = bins - 1;
+    if (*df < 1) return true;
+    const double k = *df, z = 3.090, c = 1 - 2 / (9 * k) + z * sqrt(2 / (9 * k));
+    return x2 <= k * c * c * c;
 }
 
 int main(int argc, char **argv) {
@@ -164,8 +236,8 @@ int main(int argc, char **argv) {
     for (int i = 6; i < NR; i++) memcpy(rs[i].prompt, rs[5].prompt, (size_t)g_shared * 4);
     for (int i = 0; i < NR; i++) reference(m, &rs[i], V);
 
-    speck_sched_params p = {.n_seq = 4, .block_size = 16, .max_len = 256, .max_batch = 64,
-                            .prefill_chunk = 24};
+    speck_sched_params p = {
+        .n_seq = 4, .block_size = 16, .max_len = 256, .max_batch = 64, .prefill_chunk = 24};
     greedy_run(m, rs, &p, "prefix cache", -1);
     p.no_prefix_cache = true;
     greedy_run(m, rs, &p, "no prefix cache, one cancelled", 3);
@@ -173,6 +245,18 @@ int main(int argc, char **argv) {
     // 224 positions (quick: 64) for 4 requests of up to 126 (quick: 44): eviction, preemption.
     p.n_blocks = quick ? 4 : 14;
     greedy_run(m, rs, &p, "small pool", 7);
+    // Accelerated decoding in the batch: each decoding request's draft chain verified in the
+    // same pass, the rejected tail dropped from its blocks; greedy output unchanged, also with
+    // a pool short enough that drafts must be skipped and requests preempted.
+    p.n_blocks = 0;
+    p.draft = "prompt,aded";
+    greedy_run(m, rs, &p, "drafts", 2);
+    p.draft = "aded";
+    p.max_draft = 7;
+    p.n_blocks = quick ? 4 : 14;
+    greedy_run(m, rs, &p, "drafts, small pool", -1);
+    p.draft = NULL;
+    p.max_draft = 0;
 
     // Sampling: request 2 alone, then beside others with other seeds and settings.
     speck_sched_params ps = {.n_seq = 4, .block_size = 16, .max_len = 256};
@@ -198,6 +282,58 @@ int main(int argc, char **argv) {
     for (int k = 0; k < g_npred; k++) differs |= alone[k] != rs[2].ref[k];
     CHECK(differs, "temperature 0.9 gave the greedy output");
     speck_sched_free(s);
+
+    // The same with drafts: alone and beside others, the same output.
+    ps.draft = "prompt,aded";
+    for (int pass = 0; pass < 2; pass++) {
+        s = speck_sched_new(m, NULL, &ps);
+        for (int i = 0; i < (pass ? 6 : 1); i++) {
+            const int k = pass ? i : 2;
+            if (i == 3) speck_sched_step(s), speck_sched_step(s);
+            speck_request qi =
+                make(&rs[k], s, k == 2 ? 0.9f : 0.5f + 0.1f * k, k == 2 ? 7 : 100 + k);
+            speck_sched_submit(s, &qi);
+        }
+        drive(s);
+        if (!pass) memcpy(alone, rs[2].out, sizeof alone);
+        speck_sched_free(s);
+    }
+    CHECK(rs[2].n_out == g_npred && !memcmp(alone, rs[2].out, (size_t)g_npred * 4),
+          "with drafts, a sampled request's output changed with the batch around it");
+    ps.draft = NULL;
+
+    // Sampling with drafts keeps the distribution: a prompt that repeats a line, so that prompt
+    // lookup proposes its rest and the sampler often (not always) takes it; tokens 2 and 3 of
+    // 240 samples with drafts against 240 without (other seeds).
+    {
+        speck_vocab *voc = speck_vocab_from_gguf(speck_model_gguf(m));
+        const char *text = "def add(x, y):\n    return x + y\n\n\ndef add(x, y):\n    return";
+        int32_t pr[64];
+        const int np = voc ? (int)speck_tokenize(voc, text, strlen(text), true, false, pr, 64) : -1;
+        speck_vocab_free(voc);
+        CHECK(np > 0, "tokenize: %s", speck_last_error());
+        const int ns = quick ? 120 : 240;
+        int *h = calloc((size_t)4 * V, sizeof(int));
+        speck_sched_stats st0, st1;
+        sample_run(m, pr, np, NULL, 0, ns, h, h + V, &st0);
+        sample_run(m, pr, np, "prompt", 100000, ns, h + 2 * V, h + 3 * V, &st1);
+        for (int pos = 0; pos < 2; pos++) {
+            double x2;
+            int df;
+            const bool same = same_distribution(h + pos * V, h + (2 + pos) * V, V, &x2, &df);
+            printf("sampling with drafts: token %d, chi-square %.1f, %d degrees of freedom\n",
+                   pos + 2, x2, df);
+            CHECK(same,
+                  "token %d: drafts changed the sampled distribution (chi-square %.1f, df %d)",
+                  pos + 2, x2, df);
+        }
+        CHECK(st0.drafted == 0 && st1.drafted > st1.draft_accepted && st1.draft_accepted > 0,
+              "sampling drafts: %lld proposed, %lld accepted (want some of each)",
+              (long long)st1.drafted, (long long)st1.draft_accepted);
+        printf("sampling with drafts: %lld of %lld draft tokens accepted\n",
+               (long long)st1.draft_accepted, (long long)st1.drafted);
+        free(h);
+    }
 
     // Chunked prefill: request 0 decodes while request 7's 110-token prompt goes in 24-token
     // chunks; request 0 gets a token in every pass.

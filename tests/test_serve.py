@@ -121,9 +121,19 @@ def main():
     if not os.path.exists(model):
         print("SKIP: %s not found" % model)
         return SKIP
-    s = Server(binary, model, "--parallel", "4", "--max-body", "65536")
+    # The main server drafts (prompt lookup, then ADED) for every request, so streams, stop
+    # strings and usage are checked with several tokens per pass; the second does not, and gives
+    # the same greedy text.
+    s = Server(binary, model, "--parallel", "4", "--max-body", "65536", "--draft", "prompt,aded")
+    greedy = {"prompt": "def parse_args(argv):\n    parser = argparse.ArgumentParser(",
+              "max_tokens": 40, "temperature": 0}
     try:
         run_main(s, quick)
+        st, _, b = s.json("POST", "/v1/completions", greedy)
+        drafted = b["choices"][0]["text"] if st == 200 else None
+        m = metrics(s)
+        check(m["speck_draft_tokens_total"] >= m["speck_draft_tokens_accepted_total"] > 0,
+              "drafts in /metrics: %s" % {k: v for k, v in m.items() if "draft" in k})
     finally:
         rc, log = s.stop()
     check(rc == 0, "server exit status %s on SIGTERM" % rc)
@@ -133,6 +143,9 @@ def main():
 
     s2 = Server(binary, model, "--parallel", "1", "--queue", "1", "--api-key", "sekret")
     try:
+        st, _, b = s2.json("POST", "/v1/completions", greedy, {"Authorization": "Bearer sekret"})
+        check(st == 200 and drafted is not None and b["choices"][0]["text"] == drafted,
+              "greedy text with drafts %r, without %r" % (drafted, b["choices"][0].get("text")))
         run_limits(s2)
     finally:
         rc, log = s2.stop()

@@ -430,10 +430,10 @@ static enum MHD_Result reply_page(struct MHD_Connection *c, conn *cs) {
 
 static char *metrics_text(void) {
     const speck_sched_stats st = g.st;
-    char *b = malloc(4096);
+    char *b = malloc(8192);
     if (!b) return NULL;
     const double hit = st.prompt_tokens ? (double)st.cached_tokens / st.prompt_tokens : 0;
-    snprintf(b, 4096,
+    snprintf(b, 8192,
              "# HELP speck_requests_total HTTP requests served.\n# TYPE speck_requests_total "
              "counter\nspeck_requests_total %lld\n"
              "# HELP speck_requests_failed_total Requests answered with a 4xx/5xx status.\n"
@@ -454,6 +454,11 @@ static char *metrics_text(void) {
              "# TYPE speck_tokens_per_second gauge\nspeck_tokens_per_second %.2f\n"
              "# HELP speck_forward_passes_total Forward passes run.\n"
              "# TYPE speck_forward_passes_total counter\nspeck_forward_passes_total %lld\n"
+             "# HELP speck_draft_tokens_total Draft tokens verified (--draft).\n"
+             "# TYPE speck_draft_tokens_total counter\nspeck_draft_tokens_total %lld\n"
+             "# HELP speck_draft_tokens_accepted_total Draft tokens accepted.\n"
+             "# TYPE speck_draft_tokens_accepted_total counter\n"
+             "speck_draft_tokens_accepted_total %lld\n"
              "# HELP speck_preemptions_total Requests preempted for KV blocks.\n"
              "# TYPE speck_preemptions_total counter\nspeck_preemptions_total %lld\n"
              "# HELP speck_queue_length Requests waiting (not yet in the batch).\n# TYPE speck_queue_length gauge\n"
@@ -468,7 +473,8 @@ static char *metrics_text(void) {
              "# TYPE speck_kv_blocks_total gauge\nspeck_kv_blocks_total %d\n",
              g.n_req, g.n_err, g.n_gen_req, (long long)st.prompt_tokens,
              (long long)st.cached_tokens, hit, (long long)st.gen_tokens, g.rate,
-             (long long)st.passes, (long long)st.preempted, st.queued + g.n_pending, st.running,
+             (long long)st.passes, (long long)st.drafted, (long long)st.draft_accepted,
+             (long long)st.preempted, st.queued + g.n_pending, st.running,
              st.blocks_used, st.blocks_cached, st.blocks_total);
     return b;
 }
@@ -680,6 +686,9 @@ static void help(void) {
            "  --batch N           tokens per forward pass (default 256)\n"
            "  --chunk N           prompt tokens per request per pass (default 128)\n"
            "  --no-prefix-cache   do not reuse the KV blocks of earlier prompts\n"
+           "  --draft LIST        accelerated decoding per request: prompt, aded or prompt,aded\n"
+           "                      (lossless; grammar-constrained requests decode without)\n"
+           "  --draft-max N       longest draft chain per request and pass (default 4)\n"
            "  --queue N           requests waiting before 503 (default 64)\n"
            "  --max-body BYTES    largest request body (default 1048576; larger: 413)\n"
            "  --timeout S         a request ends after S seconds (default 600; 0: never)\n"
@@ -723,6 +732,10 @@ int cmd_serve(int argc, char **argv) {
             sp.prefill_chunk = (int)cli_int("serve", "--chunk", v, 1, 1 << 16);
         else if (cli_flag(argv[i], "--no-prefix-cache", NULL))
             sp.no_prefix_cache = true;
+        else if (cli_opt(argc, argv, &i, "--draft", NULL, &v))
+            sp.draft = v;
+        else if (cli_opt(argc, argv, &i, "--draft-max", NULL, &v))
+            sp.max_draft = (int)cli_int("serve", "--draft-max", v, 1, 14);
         else if (cli_flag(argv[i], "--no-webui", NULL))
             g.webui = false;
         else if (cli_opt(argc, argv, &i, "--queue", NULL, &v))
