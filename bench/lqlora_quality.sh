@@ -98,6 +98,10 @@ echo "# $(date -u '+%F %H:%M') UTC; $(uptime)"
 kld_table
 LB=${LLAMA_BIN:-/tmp/llama.cpp/build/bin}
 if [[ -x $LB/llama-completion && -f $W/q4_k-lq-lora.gguf ]]; then
-  LLAMA_BIN=$LB bash "$(dirname "$0")/lora_llamacpp_check.sh" "$(dirname "$SPECK")" \
+  # lora_llamacpp_check.sh runs BUILD_DIR/speck: a directory where SPECK is named so.
+  bd=$(mktemp -d)
+  ln -s "$(realpath "$SPECK")" "$bd/speck"
+  LLAMA_BIN=$LB bash "$(dirname "$0")/lora_llamacpp_check.sh" "$bd" \
     "$W/q4_k-lq-lora.base.gguf" "$W/q4_k-lq-lora.gguf" || true
+  rm -rf "$bd"
 fi
