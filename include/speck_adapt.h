@@ -104,6 +104,57 @@ speck_lora *speck_corda_init(const speck_model *m, const int32_t *tokens, int64_
 int speck_corda_factor(const float *W, int64_t n_out, int64_t n_in, const double *C, int rank,
                        speck_corda_mode mode, float scale, float *a, float *b, double *damp);
 
+// LQ-LoRA initialisation (Guo et al. 2023, docs/adaptation.md): each adapted W ≈ Q + s·B·A, Q
+// quantized (the new base, frozen) and s·B·A the adapter's start, by alternating from Q = 0:
+// L = the best rank-r approximation of (W − Q)·D (SVD; D = diag(√imp) with imp a matrix's
+// importance, an imatrix's mean squared inputs normalised to mean 1, or D = I), unscaled by
+// D⁻¹; Q = quantize(W − L) (imp steering the quantizer's scale searches); stopping when
+// ||(W − Q − L)·D||_F stops decreasing (the first iterate that does not improve is dropped) or
+// after max_iter. Factors split as CorDA's (equal norms). max_iter 0: Q = quantize(W) and a, b
+// untouched (plain QLoRA). W: (n_out, n_in) f32; a: (rank, n_in), b: (n_out, rank) written when
+// max_iter > 0; q: n_out rows of speck_type_row_size(type, n_in) bytes; err (max_iter, or 1
+// when 0): ||(W − Q − L)·D||² / ||W·D||² per iteration run, *n_iter of them.
+typedef struct {
+    speck_type type;         // Q's type (its block must divide n_in)
+    int rank, max_iter;
+    float scale;             // the adapter's alpha / rank
+    const float *col_weight; // (n_in) importance or NULL
+    // 0: the exact SVD (LAPACK dgesdd of the whole matrix) at every alternation; > 0: a
+    // truncated one by subspace iteration with this many power rounds per alternation,
+    // warm-started from the previous alternation's subspace (rank + 8 vectors): for matrices
+    // whose full SVD is too slow to repeat. The test bounds its error against the exact one.
+    int svd_power;
+} speck_lqlora_params;
+int speck_lqlora_factor(const float *W, int64_t n_out, int64_t n_in,
+                        const speck_lqlora_params *p, float *a, float *b, void *q, double *err,
+                        int *n_iter);
+// The whole model: every targeted matrix decomposed as above, the adapter returned and the new
+// base (m's file with those matrices replaced by their Q, every other key and tensor copied)
+// written atomically to base_out. bpw 0: every matrix as type; bpw > 0: one type per matrix
+// among Q2_K..Q6_K and Q8_0 (Q4_0 / Q5_0 / Q8_0 for rows that are not 256-multiples) minimizing
+// the summed ||(W − Q − L)·D||² within bpw bits per adapted weight (the paper's integer program,
+// solved exactly by the knapsack of quantize --target-bpw); it runs the decomposition once per
+// candidate. imatrix: entries named blk.N.attn_q.weight ..., or NULL.
+typedef struct {
+    int rank;
+    float alpha;
+    unsigned targets;
+    speck_type type;
+    double bpw;
+    int max_iter;                 // 0: the plain QLoRA baseline (B = 0, A drawn from seed)
+    uint64_t seed;
+    const speck_imatrix *imatrix;
+    bool progress;
+} speck_lqlora_opts;
+typedef struct {
+    int n_matrices;
+    double bpw;        // of the adapted matrices as written
+    double err;        // Σ ||(W − Q − L)·D||² over them
+    double err_quant;  // Σ ||(W − quantize(W))·D||² with the same types (the QLoRA base's)
+} speck_lqlora_report;
+speck_lora *speck_lqlora_init(const speck_model *m, const speck_lqlora_opts *o,
+                              const char *base_out, speck_lqlora_report *report);
+
 // Block-LoRA (Zhou et al. 2025, docs/adaptation.md): each rank-r adapter split into K blocks,
 // ΔW = s·Σ_i B_i·A_s, the down-projection block A_s: (r/K, n_in) shared by the K up-projection
 // blocks B_i: (n_out, r/K). In memory and in checkpoints the adapter is expanded (A = K tied

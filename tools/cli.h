@@ -173,8 +173,15 @@ typedef struct {
     float alpha;
     unsigned targets;
     bool kpm, quiet, reuse_base;
+    // --init lq-lora (type: Q's; calib may be NULL): --imatrix, --bits, --lq-iters, --seed
+    const char *imatrix;
+    double bpw;
+    int max_iter;
+    uint64_t seed;
 } ft_corda_opts;
 speck_lora *ft_corda_init(const ft_corda_opts *o, speck_model **m);
+// speck finetune --init lq-lora: the same contract, the base written being the quantized Q.
+speck_lora *ft_lqlora_init(const ft_corda_opts *o, speck_model **m);
 
 int cmd_adapter(int argc, char **argv);
 int cmd_merge(int argc, char **argv);

@@ -25,7 +25,7 @@ static int eval_kld(const char *model, const char *text, const char *base_in,
         return 2;
     }
     if (threads) speck_set_threads(threads);
-    speck_model *m = speck_model_load(model);
+    speck_model *m = cli_load_model(model); // with --lora / --delta applied
     if (!m) return cli_fail("eval");
     if (!ctx) ctx = speck_model_hparams(m)->n_ctx_train < 512 ? speck_model_hparams(m)->n_ctx_train
                                                              : 512;

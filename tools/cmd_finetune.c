@@ -24,8 +24,11 @@ typedef struct {
     const char *sparse;
     speck_sparse_params sp;
     cli_nm nm; // --full --nm N:M: SR-STE sparse fine-tuning (cli_train.c)
-    // --init corda-kpm|corda-ipm, --calib, --calib-tokens, --base-out; --block-share
+    // --init corda-kpm|corda-ipm|lq-lora, --calib, --calib-tokens, --base-out; --block-share
     const char *init, *calib, *base_out;
+    const char *type_name, *imatrix; // --type as given; LQ-LoRA: --imatrix, --bits, --lq-iters
+    double bpw;
+    int lq_iters;
     int64_t calib_tokens;
     int block_share;
 } ft_opts;
@@ -47,12 +50,17 @@ static void usage(void) {
         "  --targets LIST     of q,k,v,o,gate,up,down (default all)\n"
         "  --chat-template NAME  for \"messages\" data when the model's is not recognised\n"
         "initialisation and variants (docs/adaptation.md):\n"
-        "  --init lora|corda-kpm|corda-ipm  CorDA: A, B from the SVD of W*C (C the covariance\n"
+        "  --init lora|corda-kpm|corda-ipm|lq-lora  CorDA: A, B from the SVD of W*C (C the covariance\n"
         "                     of W's input on --calib text): kpm the r smallest components\n"
         "                     (calibrate on the base's domain), ipm the r largest (on the task)\n"
         "  --calib FILE       calibration text (--calib-tokens N, default 8192, of it)\n"
         "  --base-out PATH    CorDA's residual base W - s*B*A (default ADAPTER.base.gguf; its\n"
         "                     adapted matrices as --type, default f32): run the adapter on it\n"
+        "  --init lq-lora     LQ-LoRA: W = Q + s*B*A by alternating SVD and quantization; Q\n"
+        "                     (--type T: Q4_K, Q3_K, Q2_K, ...) becomes the frozen base, written\n"
+        "                     to --base-out; --bits B: a type per matrix within B bits/weight\n"
+        "  --imatrix FILE     LQ-LoRA weighted by input importance (or --calib TEXT collects it)\n"
+        "  --lq-iters N (10)  alternations at most (0: plain QLoRA, same base types, B = 0)\n"
         "  --block-share K    Block-LoRA: A split into K blocks that share one down-projection\n"
         "                     (rank/K x n_in); saved as the equal rank/K LoRA\n"
         "full fine-tuning (no adapter; the options above except --chat-template are unused):\n"
@@ -81,7 +89,7 @@ static void parse(int argc, char **argv, ft_opts *o) {
     memset(o, 0, sizeof *o);
     o->rank = 16, o->B = 8, o->accum = 1, o->steps = 200, o->T = 256, o->val_every = 50;
     o->val_batches = 8, o->ckpt_every = 50, o->val_fraction = 0.1, o->seed = 1;
-    o->alpha = -1, o->targets = "q,k,v,o,gate,up,down";
+    o->alpha = -1, o->targets = "q,k,v,o,gate,up,down", o->lq_iters = -1;
     o->opt = speck_adamw_default();
     o->opt.lr = -1;
     o->opt.warmup_steps = -1, o->opt.min_lr = -1, o->opt.weight_decay = 0;
@@ -128,14 +136,10 @@ static void parse(int argc, char **argv, ft_opts *o) {
         else if (cli_flag(argv[i], "--resume", NULL)) o->resume = true;
         else if (cli_flag(argv[i], "--full", NULL)) o->full = true;
         else if (cli_nm_opt(C, argc, argv, &i, &o->nm)) continue;
-        else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) {
-            o->type = speck_type_from_name(v);
-            if (o->type != SPECK_TYPE_F32 && o->type != SPECK_TYPE_F16 &&
-                o->type != SPECK_TYPE_BF16 && o->type != SPECK_TYPE_Q8_0) {
-                fprintf(stderr, "speck finetune: --type %s: want f32, f16, bf16 or q8_0\n", v);
-                exit(2);
-            }
-        }
+        else if (cli_opt(argc, argv, &i, "--type", NULL, &v)) o->type_name = v;
+        else if (cli_opt(argc, argv, &i, "--imatrix", NULL, &v)) o->imatrix = v;
+        else if (cli_opt(argc, argv, &i, "--bits", NULL, &v)) o->bpw = cli_float(C, "--bits", v);
+        INT("--lq-iters", o->lq_iters, 0, 1000);
         // sparse fine-tuning
         else if (cli_opt(argc, argv, &i, "--sparse", NULL, &v)) o->sparse = v;
         else if (cli_opt(argc, argv, &i, "--density", NULL, &v))
@@ -182,13 +186,56 @@ static void parse(int argc, char **argv, ft_opts *o) {
         exit(2);
     }
     if (o->init && strcmp(o->init, "lora") && strcmp(o->init, "corda-kpm") &&
-        strcmp(o->init, "corda-ipm")) {
-        fprintf(stderr, "speck finetune: unknown --init '%s' (lora, corda-kpm or corda-ipm)\n",
-                o->init);
+        strcmp(o->init, "corda-ipm") && strcmp(o->init, "lq-lora")) {
+        fprintf(stderr, "speck finetune: unknown --init '%s' (lora, corda-kpm, corda-ipm or "
+                        "lq-lora)\n", o->init);
         exit(2);
     }
     const bool corda = o->init && !strncmp(o->init, "corda", 5);
-    if (corda != (o->calib != NULL) || (corda && (o->full || o->block_share > 1))) {
+    const bool lq = o->init && !strcmp(o->init, "lq-lora");
+    o->type = -1;
+    if (o->type_name) {
+        o->type = speck_type_from_name(o->type_name);
+        const bool ok = lq ? o->type >= 0 && speck_type_block_size((speck_type)o->type) >= 32 &&
+                                 speck_type_block_size((speck_type)o->type) != 0
+                           : o->type == SPECK_TYPE_F32 || o->type == SPECK_TYPE_F16 ||
+                                 o->type == SPECK_TYPE_BF16 || o->type == SPECK_TYPE_Q8_0;
+        if (!ok) {
+            fprintf(stderr, "speck finetune: --type %s: want %s\n", o->type_name,
+                    lq ? "a quantized type (Q4_K, Q3_K, Q2_K, Q5_K, Q6_K, Q4_0, Q8_0, ...)"
+                       : "f32, f16, bf16 or q8_0");
+            exit(2);
+        }
+    } else if (!lq) {
+        o->type = 0; // f32
+    }
+    if (!lq && (o->imatrix || o->bpw != 0 || o->lq_iters >= 0)) {
+        fprintf(stderr, "speck finetune: --imatrix, --bits and --lq-iters are for --init lq-lora\n");
+        exit(2);
+    }
+    if (lq) {
+        const char *bad = o->full ? "--full" : o->block_share > 1 ? "--block-share" : NULL;
+        if (bad) {
+            fprintf(stderr, "speck finetune: --init lq-lora does not combine with %s\n", bad);
+            exit(2);
+        }
+        if ((o->type < 0) == (o->bpw == 0)) {
+            fprintf(stderr, "speck finetune: --init lq-lora needs one of --type T (the quantized "
+                            "base's type) and --bits B (a mix of types within B bits/weight)\n");
+            exit(2);
+        }
+        if (o->bpw != 0 && !(o->bpw >= 2.5 && o->bpw <= 8.5)) {
+            fprintf(stderr, "speck finetune: --bits %g must be in [2.5, 8.5] (the candidate "
+                            "types' range)\n", o->bpw);
+            exit(2);
+        }
+        if (o->imatrix && o->calib) {
+            fprintf(stderr, "speck finetune: --imatrix and --calib both give LQ-LoRA's "
+                            "importance: pass one\n");
+            exit(2);
+        }
+        if (o->lq_iters < 0) o->lq_iters = 10;
+    } else if (corda != (o->calib != NULL) || (corda && (o->full || o->block_share > 1))) {
         fprintf(stderr, "speck finetune: %s\n",
                 !corda ? "--calib is for --init corda-kpm / corda-ipm"
                 : !o->calib ? "--init corda-* needs --calib TEXT (calibration text: the base's "
@@ -394,14 +441,17 @@ static int run(int argc, char **argv) {
         if (!(trn.full = R.tm = speck_train_model_load(path))) return cli_fail("finetune");
         if (cli_nm_apply("finetune", &o.nm, trn.full, o.quiet)) return 1;
     } else {
-        if (o.calib) { // CorDA: the adapter, and the residual base that replaces m
+        const bool lq = o.init && !strcmp(o.init, "lq-lora");
+        if (o.calib || lq) { // CorDA / LQ-LoRA: the adapter, and the base that replaces m
             if (!o.base_out) o.base_out = R.base_out = cli_derived_path(o.out, ".base.gguf");
             ft_corda_opts co = {path, o.calib, o.base_out, voc, o.calib_tokens, T, o.rank,
-                                o.type, o.alpha, targets, !strcmp(o.init, "corda-kpm"), o.quiet,
+                                o.type, o.alpha, targets, o.calib && !strcmp(o.init, "corda-kpm"),
+                                o.quiet,
                                 o.resume && access(ckpt, F_OK) == 0 &&
-                                    access(o.base_out, F_OK) == 0};
+                                    access(o.base_out, F_OK) == 0,
+                                o.imatrix, o.bpw, o.lq_iters, o.seed};
             speck_model *res = m;
-            if (!(a = R.a = ft_corda_init(&co, &res))) return 1;
+            if (!(a = R.a = lq ? ft_lqlora_init(&co, &res) : ft_corda_init(&co, &res))) return 1;
             R.m0 = m, R.m = m = res;
         } else if (!(a = R.a = speck_lora_new(m, o.rank, o.alpha, targets, o.seed)))
             return cli_fail("finetune");
@@ -426,7 +476,10 @@ static int run(int argc, char **argv) {
             fprintf(stderr, "adapter: rank %d, alpha %g, targets %s, %.3fM parameters%s; ", o.rank,
                     o.alpha, o.targets,
                     speck_lora_block_n_trainable(a, o.block_share) / 1e6,
-                    o.block_share > 1 ? " (Block-LoRA)" : o.calib ? " (CorDA)" : "");
+                    o.block_share > 1                       ? " (Block-LoRA)"
+                    : o.init && !strcmp(o.init, "lq-lora") ? " (LQ-LoRA)"
+                    : o.calib                              ? " (CorDA)"
+                                                           : "");
         fprintf(stderr, "batch %d x %d x %d accum, %d steps, %d threads\n", o.B, T, o.accum,
                 o.steps, speck_get_threads());
     }
