@@ -17,8 +17,8 @@
 #include "quant/quant.h"
 
 // Candidate types by row length: 256-value super-blocks where they fit, else 32-value blocks.
-static const speck_type CAND_K[] = {SPECK_TYPE_Q2_K,   SPECK_TYPE_Q3_K, SPECK_TYPE_IQ4_XS,
-                                    SPECK_TYPE_Q4_K,   SPECK_TYPE_Q5_K, SPECK_TYPE_Q6_K,
+static const speck_type CAND_K[] = {SPECK_TYPE_Q2_K, SPECK_TYPE_Q3_K, SPECK_TYPE_IQ4_XS,
+                                    SPECK_TYPE_Q4_K, SPECK_TYPE_Q5_K, SPECK_TYPE_Q6_K,
                                     SPECK_TYPE_Q8_0};
 static const speck_type CAND_32[] = {SPECK_TYPE_Q4_0, SPECK_TYPE_IQ4_NL, SPECK_TYPE_Q5_0,
                                      SPECK_TYPE_Q5_1, SPECK_TYPE_Q8_0};
@@ -36,7 +36,7 @@ typedef struct {
     float *logits; // (ctx, n_vocab)
 } sens_eval;
 
-static void log_softmax_rows(float *x, int rows, int n) {
+void calib_log_softmax_rows(float *x, int rows, int n) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         float *l = x + (size_t)r * n, mx = l[0];
@@ -48,6 +48,18 @@ static void log_softmax_rows(float *x, int rows, int n) {
     }
 }
 
+double calib_kld_rows(const float *base, const float *logp, int rows, int n) {
+    double s = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s)
+    for (int r = 0; r < rows; r++) {
+        const float *lb = base + (size_t)r * n, *lq = logp + (size_t)r * n;
+        double k = 0;
+        for (int i = 0; i < n; i++) k += exp((double)lb[i]) * ((double)lb[i] - lq[i]);
+        s += k;
+    }
+    return s;
+}
+
 // Mean KL(base || model) per position over the windows, with the model as it stands.
 static int kld_now(sens_eval *e, double *out) {
     double sum = 0;
@@ -56,17 +68,9 @@ static int kld_now(sens_eval *e, double *out) {
         int rc = speck_forward(e->c, e->ctx, e->tokens + (size_t)w * e->ctx, NULL, NULL, NULL,
                                e->ctx, e->logits);
         if (rc) return rc;
-        log_softmax_rows(e->logits, e->ctx, e->n_vocab);
-        const float *b = e->base + (size_t)w * e->ctx * e->n_vocab;
-        double s = 0;
-#pragma omp parallel for schedule(static) reduction(+ : s)
-        for (int r = 0; r < e->ctx; r++) {
-            const float *lb = b + (size_t)r * e->n_vocab, *lq = e->logits + (size_t)r * e->n_vocab;
-            double k = 0;
-            for (int i = 0; i < e->n_vocab; i++) k += exp((double)lb[i]) * ((double)lb[i] - lq[i]);
-            s += k;
-        }
-        sum += s;
+        calib_log_softmax_rows(e->logits, e->ctx, e->n_vocab);
+        sum += calib_kld_rows(e->base + (size_t)w * e->ctx * e->n_vocab, e->logits, e->ctx,
+                              e->n_vocab);
     }
     *out = sum / ((double)e->windows * e->ctx);
     return 0;
@@ -78,7 +82,7 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
     const int64_t nt = speck_gguf_n_tensors(g);
     sens_eval e = {0};
     int rc = 0, n_items = 0, n_keys = 0;
-    int *item = calloc((size_t)nt, sizeof *item);       // item -> tensor index
+    int *item = calloc((size_t)nt, sizeof *item); // item -> tensor index
     speck_type *cand = calloc((size_t)nt * N_OPT, sizeof *cand);
     double *cost = malloc((size_t)nt * N_OPT * sizeof *cost);
     int64_t *size = calloc((size_t)nt * N_OPT, sizeof *size);
@@ -154,8 +158,9 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
     while (e.windows > 1 && (size_t)e.windows * e.ctx * e.n_vocab > (64u << 20)) e.windows--;
     e.tokens = o->calib;
     if (e.windows < 1) {
-        rc = speck_set_error(SPECK_ERR_ARG, "--target-bpw: %lld calibration tokens make no "
-                                            "window of %d",
+        rc = speck_set_error(SPECK_ERR_ARG,
+                             "--target-bpw: %lld calibration tokens make no "
+                             "window of %d",
                              (long long)o->n_calib, e.ctx);
         goto done;
     }
@@ -169,7 +174,7 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
         float *b = e.base + (size_t)w * e.ctx * e.n_vocab;
         speck_ctx_truncate(e.c, 0);
         rc = speck_forward(e.c, e.ctx, e.tokens + (size_t)w * e.ctx, NULL, NULL, NULL, e.ctx, b);
-        log_softmax_rows(b, e.ctx, e.n_vocab);
+        calib_log_softmax_rows(b, e.ctx, e.n_vocab);
     }
     // Each item in each candidate type, alone in the otherwise unquantized model.
     for (int it = 0; it < n_items && !rc; it++) {
@@ -214,8 +219,9 @@ int calib_allocate(const speck_gguf *g, const char *model_path, const speck_quan
     if (progress) fprintf(stderr, "\n");
     if (rc) goto done;
     if (budget <= 0) {
-        rc = speck_set_error(SPECK_ERR_ARG, "--target-bpw %.3f: the tensors kept as they are "
-                                            "already take more",
+        rc = speck_set_error(SPECK_ERR_ARG,
+                             "--target-bpw %.3f: the tensors kept as they are "
+                             "already take more",
                              o->target_bpw);
         goto done;
     }

@@ -21,6 +21,13 @@ int speck_gptq(speck_type t, const float *W, int64_t rows, int64_t cols, const d
 // definite.
 int calib_inverse_cholesky(double *A, int n);
 
+// Log-softmax in place: x holds rows rows of n logits.
+void calib_log_softmax_rows(float *x, int rows, int n);
+
+// Sum over rows of KL(base || model), base and logp each (rows, n) log-probabilities: the
+// divergence both bit allocation and pruning allocation minimise.
+double calib_kld_rows(const float *base, const float *logp, int rows, int n);
+
 // Choose one option per item to minimize the summed cost with the summed size <= budget:
 // cost, size: (n_items, n_opt) row-major, size >= 0; an option with cost INFINITY is never
 // chosen. Exact dynamic programming over sizes in units of `unit` bytes (sizes rounded up, so

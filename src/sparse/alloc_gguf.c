@@ -31,23 +31,11 @@ typedef struct {
     float *logits; // (ctx, n_vocab)
 } evaluator;
 
-static void log_softmax_rows(float *x, int rows, int n) {
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < rows; r++) {
-        float *l = x + (size_t)r * n, mx = l[0];
-        for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
-        double s = 0;
-        for (int i = 0; i < n; i++) s += exp((double)l[i] - mx);
-        const float ls = (float)log(s) + mx;
-        for (int i = 0; i < n; i++) l[i] -= ls;
-    }
-}
-
 static int forward_window(evaluator *e, int w, float *out) {
     speck_ctx_truncate(e->c, 0);
     int rc =
         speck_forward(e->c, e->ctx, e->tokens + (size_t)w * e->ctx, NULL, NULL, NULL, e->ctx, out);
-    if (!rc) log_softmax_rows(out, e->ctx, e->n_vocab);
+    if (!rc) calib_log_softmax_rows(out, e->ctx, e->n_vocab);
     return rc;
 }
 
@@ -65,16 +53,8 @@ static double kld(evaluator *e) {
     double sum = 0;
     for (int w = 0; w < e->windows; w++) {
         if (forward_window(e, w, e->logits)) return NAN;
-        const float *b = e->base + (size_t)w * e->ctx * e->n_vocab;
-        double s = 0;
-#pragma omp parallel for schedule(static) reduction(+ : s)
-        for (int r = 0; r < e->ctx; r++) {
-            const float *lb = b + (size_t)r * e->n_vocab, *lq = e->logits + (size_t)r * e->n_vocab;
-            double k = 0;
-            for (int i = 0; i < e->n_vocab; i++) k += exp((double)lb[i]) * ((double)lb[i] - lq[i]);
-            s += k;
-        }
-        sum += s;
+        sum += calib_kld_rows(e->base + (size_t)w * e->ctx * e->n_vocab, e->logits, e->ctx,
+                              e->n_vocab);
     }
     return sum / ((double)e->windows * e->ctx);
 }
