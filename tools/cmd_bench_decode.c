@@ -13,8 +13,15 @@
 typedef struct {
     char **text;
     char **category; // NULL where a prompt has none
-    int n;
+    int n, n_read;   // prompts used (--max-prompts), read
 } prompts;
+
+static void prompts_free(prompts *p) { // and leaves it empty
+    for (int k = 0; k < p->n_read; k++) free(p->text[k]), free(p->category[k]);
+    free(p->text), free(p->category);
+    p->text = p->category = NULL;
+    p->n = p->n_read = 0;
+}
 
 // Prompts: a .jsonl file (one JSON string, or an object with "prompt" and optionally "category",
 // per line), or plain text with prompts separated by lines holding only "---".
@@ -38,6 +45,8 @@ static int load_prompts(const char *path, prompts *p) {
             if (!cJSON_IsString(s) || (c && !cJSON_IsString(c))) {
                 cJSON_Delete(j);
                 free(buf);
+                p->n_read = p->n;
+                prompts_free(p);
                 return speck_set_error(SPECK_ERR_FORMAT,
                                        "%s: line %d: expected a JSON string or {\"prompt\": "
                                        "string, \"category\": string}",
@@ -65,6 +74,7 @@ static int load_prompts(const char *path, prompts *p) {
         }
     }
     free(buf);
+    p->n_read = p->n;
     if (!p->n) return speck_set_error(SPECK_ERR_FORMAT, "%s: no prompts", path);
     return 0;
 }
@@ -414,16 +424,22 @@ int cmd_bench_decode(int argc, char **argv) {
         return 2;
     }
     prompts P = {0};
-    if (load_prompts(ppath, &P)) return cli_fail("bench-decode");
+    speck_model *m = NULL, *dm = NULL;
+    speck_accept_head *head = NULL;
+    speck_vocab *vocab = NULL;
+    if (load_prompts(ppath, &P) || !(m = cli_load_model(path)) ||
+        (dpath && !(dm = speck_model_load(dpath))) ||
+        (hpath && !(head = speck_accept_head_load(hpath))) ||
+        !(vocab = speck_vocab_from_gguf(speck_model_gguf(m)))) {
+        const int rc = cli_fail("bench-decode");
+        speck_vocab_free(vocab);
+        speck_accept_head_free(head);
+        speck_model_free(dm);
+        speck_model_free(m);
+        prompts_free(&P);
+        return rc;
+    }
     if (P.n > max_prompts) P.n = max_prompts;
-    speck_model *m = cli_load_model(path);
-    if (!m) return cli_fail("bench-decode");
-    speck_model *dm = dpath ? speck_model_load(dpath) : NULL;
-    if (dpath && !dm) return cli_fail("bench-decode");
-    speck_accept_head *head = hpath ? speck_accept_head_load(hpath) : NULL;
-    if (hpath && !head) return cli_fail("bench-decode");
-    speck_vocab *vocab = speck_vocab_from_gguf(speck_model_gguf(m));
-    if (!vocab) return cli_fail("bench-decode");
     int V = speck_model_hparams(m)->n_vocab;
     int32_t *warm_toks = NULL;
     int64_t n_warm = 0;
@@ -480,9 +496,9 @@ int cmd_bench_decode(int argc, char **argv) {
                 continue;
             sp.draft_model = dm;
             sp.tree_width = S[si].width;
-            sp.adaptive = S[si].head && threshold > 0        ? threshold
+            sp.adaptive = S[si].head && threshold > 0          ? threshold
                           : S[si].adaptive > 0 && adaptive > 0 ? adaptive
-                                                                : S[si].adaptive;
+                                                               : S[si].adaptive;
             sp.accept_head = S[si].head ? head : NULL;
             if (draft_max) sp.max_draft = sp.max_nodes = draft_max;
             sp.auto_budget = S[si].auto_budget;
@@ -582,13 +598,14 @@ int cmd_bench_decode(int argc, char **argv) {
             for (int si = 0; si < ns; si++) {
                 result *r = &R[mode][si];
                 if (!r->total) continue;
-                printf("%s{\"strategy\": \"%s\", \"temperature\": %g, \"tok_s\": %.3f, "
-                       "\"speedup\": %.3f, \"accepted_per_pass\": %.3f, \"passes_per_token\": "
-                       "%.3f, \"drafted_per_pass\": %.3f, \"draft_share\": %.3f, \"identical\": %s}",
-                       first ? "" : ", ", S[si].name, mode ? temp : 0.0, r->tok_s,
-                       r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass,
-                       r->passes_per_tok, r->drafted_per_pass, r->draft_share,
-                       mode ? "null" : (r->identical == r->total ? "true" : "false"));
+                printf(
+                    "%s{\"strategy\": \"%s\", \"temperature\": %g, \"tok_s\": %.3f, "
+                    "\"speedup\": %.3f, \"accepted_per_pass\": %.3f, \"passes_per_token\": "
+                    "%.3f, \"drafted_per_pass\": %.3f, \"draft_share\": %.3f, \"identical\": %s}",
+                    first ? "" : ", ", S[si].name, mode ? temp : 0.0, r->tok_s,
+                    r->tok_s / (mode ? R[1][0].tok_s : base), r->accept_per_pass, r->passes_per_tok,
+                    r->drafted_per_pass, r->draft_share,
+                    mode ? "null" : (r->identical == r->total ? "true" : "false"));
                 first = 0;
             }
         printf("], \"cost_curve\": [");
@@ -665,11 +682,10 @@ int cmd_bench_decode(int argc, char **argv) {
         }
     }
     for (int k = 0; k < P.n; k++) {
-        free(P.text[k]);
         free(ptoks[k]);
         free(plain_out[k].toks);
     }
-    free(P.text);
+    prompts_free(&P);
     free(ptoks);
     free(plen);
     free(plain_out);
