@@ -155,6 +155,10 @@ merged=$(grep '^perplexity:' "$dir/out")
 expect 0 "eval --delta D1 --delta D2" -- "$SPECK" eval -m "$M" --delta "$dir/sp.gguf" --delta "$dir/s2.gguf" --text "$dir/p.txt"
 [[ -n $merged && $(grep '^perplexity:' "$dir/out") == "$merged" ]] && ok || bad "--delta at load: $(grep '^perplexity:' "$dir/out") vs merged $merged"
 expect 0 "generate --delta" -- "$SPECK" generate -m "$M" --delta "$dir/sp.gguf" "${gen[@]}"
+expect 0 "bench --delta" -- "$SPECK" bench -m "$M" --delta "$dir/sp.gguf" -p 8 -n 4 -r 1 -t 2 --json
+/usr/bin/python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["tg_tok_s"] > 0' "$dir/out" && ok || bad "bench --delta: $(head -c 300 "$dir/out")"
+expect 1 "bench --delta onto another base" -- "$SPECK" bench -m "$D" --delta "$dir/sp.gguf" -p 8 -n 4 -r 1
+mentions "sp.gguf"
 expect 2 "--sparse unknown" -- "$SPECK" finetune --sparse lora "${sft[@]}" -o "$dir/x.gguf"
 mentions "unknown method 'lora'"
 for dens in 0 1.5 -0.2; do

@@ -84,7 +84,7 @@ static double bw_probe_run(const bw_probe *p, int passes) {
 static void help(void) {
     printf("usage: speck bench -m MODEL.gguf [-p 512] [-n 128] [-d 0] [-r 5] [-t THREADS]\n"
            "                   [--kv-type f32|f16|q8_0|q4_0] [--json] [--hugepages]\n"
-           "                   [--lora FILE[:SCALE]]...\n\n"
+           "                   [--lora FILE[:SCALE]]... [--delta FILE]...\n\n"
            "Measures prompt processing (one forward over -p tokens) and text generation (-n\n"
            "single-token forwards), each from a cache holding -d tokens already (0: empty),\n"
            "reporting the median of -r runs after one warm-up, like llama-bench's pp/tg tests\n"
@@ -94,7 +94,8 @@ static void help(void) {
            "reached, each run against its own bandwidth reading. --hugepages\n"
            "reads the weights into transparent huge pages instead of mapping the file; --kv-type\n"
            "(or llama-bench's -ctk/-ctv names) stores the KV cache in f32, f16 (the default, as\n"
-           "llama-bench), q8_0 or q4_0 blocks.\n");
+           "llama-bench), q8_0 or q4_0 blocks. --lora applies adapters unmerged; --delta adds\n"
+           "fine-tuning deltas (`speck delta`, sparse fine-tuning) to the weights at load.\n");
 }
 
 // The cache back to the first `depth` tokens (untimed): truncated, or, when sliding-window
@@ -129,7 +130,8 @@ int cmd_bench(int argc, char **argv) {
             speck_set_threads((int)cli_int("bench", "-t", v, 1, 4096));
         else if (cli_flag(argv[i], "--json", NULL))
             json = true;
-        else if (cli_kv_opt("bench", argc, argv, &i) || cli_lora_opt("bench", argc, argv, &i))
+        else if (cli_kv_opt("bench", argc, argv, &i) || cli_lora_opt("bench", argc, argv, &i) ||
+                 cli_delta_opt("bench", argc, argv, &i))
             ;
         else if (cli_flag(argv[i], "--hugepages", NULL))
             cli_load_flags |= SPECK_LOAD_HUGEPAGES;
@@ -234,8 +236,8 @@ int cmd_bench(int argc, char **argv) {
                speck_kernels_isa(), n_pp, n_tg, depth, speck_type_name(cli_kv_type), reps, pp, tg,
                bw_med, bpt, roof, frac_med, kv_mib, rss_mib);
         if (ec) { // per layer, per expert: tokens routed to it
-            printf(", \"n_expert\": %d, \"n_expert_used\": %d, \"expert_counts\": [",
-                   hp->n_expert, hp->n_expert_used);
+            printf(", \"n_expert\": %d, \"n_expert_used\": %d, \"expert_counts\": [", hp->n_expert,
+                   hp->n_expert_used);
             for (int l = 0; l < hp->n_layer; l++) {
                 printf("%s[", l ? ", " : "");
                 for (int e = 0; e < hp->n_expert; e++)

@@ -138,7 +138,8 @@ int speck_delta_add(speck_delta *acc, const speck_delta *d) {
         // A lone ternary delta stays as it was; its tensors were copied as plain values.
         if (d->method == SPECK_DELTA_COMPEFT) acc->method = SPECK_DELTA_SFT;
         if (acc->method == SPECK_DELTA_COMPEFT || acc->method == SPECK_DELTA_SFT)
-            snprintf(acc->sft, sizeof acc->sft, "%s", d->method == SPECK_DELTA_SFT ? d->sft : "sum");
+            snprintf(acc->sft, sizeof acc->sft, "%s",
+                     d->method == SPECK_DELTA_SFT ? d->sft : "sum");
         return 0;
     }
     bool any_sparse = false;
@@ -182,6 +183,12 @@ speck_model *speck_model_load_deltas(const char *path, const char *const *deltas
     }
     close(fd);
     const int err = speck_delta_apply(path, d, 1.0f, -1, tmp);
+    if (err) { // name the delta files: the message names only the base
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", speck_last_error());
+        speck_set_error(err, "%s%s: %s", deltas[0], n > 1 ? " (and the deltas summed with it)" : "",
+                        msg);
+    }
     speck_delta_free(d);
     speck_model *m = err ? NULL : speck_model_load_ex(tmp, flags);
     unlink(tmp);
