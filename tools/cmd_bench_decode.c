@@ -133,6 +133,11 @@ typedef struct {
     bool identical; // output equal to plain decoding's (greedy)
 } prompt_stat;
 
+// Prompt k's category; "(none)" where it has none.
+static const char *category_of(const prompts *P, int k) {
+    return P->category[k] ? P->category[k] : "(none)";
+}
+
 // --category: the table again for each prompt category (in the order the categories first
 // appear; prompts without one form "(none)"), each strategy against plain decoding on the same
 // prompts. With --json one object per line after the main one.
@@ -141,15 +146,14 @@ static void category_tables(const prompts *P, const strategy *S, int ns, prompt_
     const char *seen[64];
     int n_cat = 0;
     for (int k = 0; k < P->n && n_cat < 64; k++) {
-        const char *c = P->category[k] ? P->category[k] : "(none)";
+        const char *c = category_of(P, k);
         bool known = false;
         for (int i = 0; i < n_cat; i++) known |= !strcmp(seen[i], c);
         if (!known) seen[n_cat++] = c;
     }
     for (int ci = 0; ci < n_cat; ci++) {
         int np = 0;
-        for (int k = 0; k < P->n; k++)
-            np += !strcmp(P->category[k] ? P->category[k] : "(none)", seen[ci]);
+        for (int k = 0; k < P->n; k++) np += !strcmp(category_of(P, k), seen[ci]);
         if (json)
             printf("{\"category\": \"%s\", \"prompts\": %d, \"results\": [", seen[ci], np);
         else
@@ -165,7 +169,7 @@ static void category_tables(const prompts *P, const strategy *S, int ns, prompt_
                 long gen = 0, passes = 0, acc = 0;
                 int same = 0;
                 for (int k = 0; k < P->n; k++) {
-                    if (strcmp(P->category[k] ? P->category[k] : "(none)", seen[ci])) continue;
+                    if (strcmp(category_of(P, k), seen[ci])) continue;
                     const prompt_stat *q = &ps[mode][si][k];
                     t += q->t, gen += q->gen, passes += q->passes, acc += q->accepted;
                     same += q->identical;
